@@ -1,0 +1,47 @@
+"""convengine: a CPU inference engine for convolutional networks.
+
+Every convolution algorithm worth having (im2col + GEMM, pointwise GEMM, Winograd, depthwise,
+dilated convolution by space-to-batch, direct loops) behind one dispatcher that says why it
+chose each one.
+"""
+from ._threads import get_num_threads, set_num_threads
+from .dispatch import ALGORITHMS as _ALGORITHMS
+from .errors import ModelError
+from .functional import conv2d
+from .ops.conv2d import Conv2d
+
+__version__ = "0.1.0"
+
+
+def algorithms() -> list[str]:
+    """Names accepted by ``algorithm=`` (besides "auto")."""
+    from .ops.conv2d_algorithms import REGISTRY
+    return [a for a in _ALGORITHMS if a in REGISTRY]
+
+
+def build_info() -> dict:
+    """How this installation was built and what it runs with."""
+    from ._kernels import _info
+    try:
+        from . import _build_config as cfg
+        flags = {"compile_args": list(cfg.COMPILE_ARGS), "link_args": list(cfg.LINK_ARGS),
+                 "compiler": cfg.COMPILER, "portable": cfg.PORTABLE}
+    except ImportError:
+        flags = {"compile_args": None, "link_args": None, "compiler": None, "portable": None}
+    blas = None
+    try:
+        from threadpoolctl import threadpool_info
+        import scipy.linalg.cython_blas  # noqa: F401
+        libs = [i for i in threadpool_info() if i.get("user_api") == "blas"]
+        scipy_libs = [i for i in libs if "scipy" in i.get("filepath", "")
+                      and "64_" not in i.get("filepath", "")]
+        blas = (scipy_libs or libs or [None])[0]
+    except Exception:  # threadpoolctl can fail on exotic platforms; the info is optional
+        pass
+    return {"version": __version__, **flags, "openmp": _info.openmp_enabled(),
+            "openmp_max_threads": _info.openmp_max_threads(), "num_threads": get_num_threads(),
+            "blas": blas, "algorithms": algorithms()}
+
+
+__all__ = ["conv2d", "Conv2d", "ModelError", "algorithms", "build_info", "set_num_threads",
+           "get_num_threads", "__version__"]

@@ -1,0 +1,172 @@
+"""The planned 2-D convolution: validate and choose once, transform weights once, run many times."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .. import dispatch
+from .._threads import blas_pinned, resolve_threads, threads_for
+from ..shapes import conv_output_shape, ntuple, resolve_padding
+from ._validate import as_float_array, check_out
+from .activation import activation_code
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Everything about one input shape that the kernels need, computed once per shape."""
+    batch: int
+    in_size: tuple[int, int]
+    out_size: tuple[int, int]
+    pads: tuple[tuple[int, int], tuple[int, int]]   # ((top, bottom), (left, right))
+    macs: int
+
+
+def _registry():
+    # Imported lazily so that engine imports cheaply and each algorithm lives in its own module.
+    from . import conv2d_algorithms as algos
+    return algos.REGISTRY
+
+
+class Conv2d:
+    """A 2-D convolution layer planned once.
+
+    weight: (out_channels, in_channels // groups, kh, kw); bias: (out_channels,) or None.
+    stride, padding, dilation, groups follow torch.nn.functional.conv2d; padding may also be
+    "same" (SAME_UPPER for stride > 1) or "valid". activation: None, "relu" or "relu6", applied
+    in the kernel's output step together with the bias. algorithm: "auto" or a name from
+    ``engine.algorithms()``. input_size: the (H, W) the layer will see, if known, so the
+    dispatcher can weigh it. Float64 input is converted to float32 except with
+    algorithm="direct", which computes and returns float64.
+    """
+
+    def __init__(self, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
+                 activation=None, algorithm="auto", *, input_size=None, num_threads=None):
+        w = as_float_array(weight, "weight", 4, dtype=np.float64)
+        if isinstance(groups, bool) or not isinstance(groups, (int, np.integer)) or groups < 1:
+            raise ValueError(f"groups must be a positive integer, got {groups!r}")
+        groups = int(groups)
+        k_out, cg, kh, kw = w.shape
+        if min(w.shape) < 1:
+            raise ValueError(f"weight must have no empty dimension, got shape {w.shape}")
+        if k_out % groups:
+            raise ValueError(f"out_channels ({k_out}, weight.shape[0]) must be divisible by "
+                             f"groups ({groups})")
+        self.stride = ntuple(stride, 2, "stride", minimum=1)
+        self.dilation = ntuple(dilation, 2, "dilation", minimum=1)
+        if isinstance(padding, str) and padding not in ("same", "valid"):
+            raise ValueError(f"padding must be an int, a tuple, 'same' or 'valid', got {padding!r}")
+        self.padding = padding
+        # padding that does not depend on the input size is resolved now
+        self._static_pads = None
+        if not (isinstance(padding, str) and padding == "same" and self.stride != (1, 1)):
+            self._static_pads = resolve_padding(padding, (1, 1), (kh, kw), self.stride,
+                                                self.dilation)
+        self.groups = groups
+        self.in_channels = cg * groups
+        self.out_channels = k_out
+        self.kernel_size = (kh, kw)
+        self.activation = activation
+        self.act_code = activation_code(activation)
+        self.weight64 = w
+        self.weight = np.ascontiguousarray(w, dtype=np.float32)
+        if bias is not None:
+            b = as_float_array(bias, "bias", 1, dtype=np.float64)
+            if b.shape != (k_out,):
+                raise ValueError(f"bias must have shape ({k_out},), got {b.shape}")
+            self.bias64 = b
+            self.bias = b.astype(np.float32)
+        else:
+            self.bias64 = self.bias = None
+        self.num_threads = num_threads
+        if input_size is not None:
+            input_size = ntuple(input_size, 2, "input_size", minimum=1)
+        self.params = dispatch.ConvParams(
+            in_channels=self.in_channels, out_channels=k_out, kernel=(kh, kw),
+            stride=self.stride, dilation=self.dilation, groups=groups, pads=self._static_pads,
+            in_size=input_size)
+        if input_size is not None:
+            # fail early, with the same message a call would give
+            self._geometry((1, self.in_channels) + input_size)
+        if algorithm == "auto":
+            self.algorithm, self.reason = dispatch.choose_conv2d(self.params)
+        else:
+            reason = dispatch.why_not(algorithm, self.params)
+            if reason is None and algorithm not in _registry():
+                reason = f"algorithm {algorithm!r} is not built"
+            if reason is not None:
+                raise ValueError(f"algorithm={algorithm!r} cannot run this layer: {reason}")
+            self.algorithm, self.reason = algorithm, "forced by the caller"
+        self._impl = _registry()[self.algorithm](self)
+        self._geometries = {}
+
+    # -- per-shape set-up -------------------------------------------------------------------
+    def _geometry(self, shape) -> Geometry:
+        n, _, h, w = shape
+        pads = self._static_pads or resolve_padding(self.padding, (h, w), self.kernel_size,
+                                                    self.stride, self.dilation)
+        try:
+            out_size = conv_output_shape((h, w), self.kernel_size, self.stride, pads,
+                                         self.dilation)
+        except ValueError as e:
+            raise ValueError(f"x: {e}") from None
+        macs = (n * self.out_channels * out_size[0] * out_size[1] * self.weight.shape[1]
+                * self.kernel_size[0] * self.kernel_size[1])
+        return Geometry(n, (h, w), out_size, pads, macs)
+
+    def output_shape(self, input_shape) -> tuple[int, int, int, int]:
+        g = self.geometry(input_shape)
+        return (g.batch, self.out_channels) + g.out_size
+
+    def geometry(self, input_shape) -> Geometry:
+        key = tuple(input_shape)
+        g = self._geometries.get(key)
+        if g is None:
+            if len(self._geometries) > 64:
+                self._geometries.clear()
+            g = self._geometries[key] = self._geometry(key)
+        return g
+
+    # -- running ------------------------------------------------------------------------------
+    def __call__(self, x, out=None):
+        dtype = np.float64 if (self.algorithm == "direct" and getattr(x, "dtype", None)
+                               == np.float64) else np.float32
+        x = as_float_array(x, "x", 4, dtype=dtype)
+        if x.shape[1] != self.in_channels:
+            raise ValueError(f"x must have {self.in_channels} channels (weight.shape[1] * groups "
+                             f"= {self.weight.shape[1]} * {self.groups}), got shape {x.shape}")
+        if min(x.shape) < 1:
+            raise ValueError(f"x must have no empty dimension, got shape {x.shape}")
+        g = self.geometry(x.shape)
+        shape = (g.batch, self.out_channels) + g.out_size
+        if out is None:
+            out = np.empty(shape, dtype=dtype)
+        elif dtype == np.float32:
+            check_out(out, shape)
+        else:
+            raise ValueError("out= is only supported for float32 input")
+        self.run(x, out, g)
+        return out
+
+    def run(self, x: np.ndarray, out: np.ndarray, g: Geometry, num_threads=None) -> None:
+        """Checked arrays in, no validation: for callers (the graph runner) that did it once."""
+        threads = threads_for(g.macs, resolve_threads(num_threads or self.num_threads))
+        with blas_pinned():
+            self._impl.run(x, out, g, threads)
+
+    # -- reporting ----------------------------------------------------------------------------
+    def __repr__(self):
+        kh, kw = self.kernel_size
+        return (f"Conv2d({self.in_channels}->{self.out_channels}, kernel={kh}x{kw}, "
+                f"stride={self.stride}, padding={self.padding!r}, dilation={self.dilation}, "
+                f"groups={self.groups}, activation={self.activation!r}, "
+                f"algorithm={self.algorithm!r})")
+
+    def explain(self) -> str:
+        lines = [repr(self), f"algorithm: {self.algorithm} ({self.reason})",
+                 "candidates (estimated ms on one core"
+                 + ("" if self.params.in_size else ", for a 56x56 output") + "):"]
+        for name, ms in sorted(dispatch.conv2d_candidates(self.params), key=lambda t: t[1]):
+            mark = "*" if name == self.algorithm else " "
+            lines.append(f"  {mark} {name:<14} {ms:9.3f}")
+        return "\n".join(lines)

@@ -1,0 +1,73 @@
+"""The algorithms behind engine.ops.conv2d.Conv2d: each prepares its weights once from the layer
+and runs one kernel from engine._kernels. Their ``run`` takes checked arrays and never decides."""
+from __future__ import annotations
+
+import numpy as np
+
+from .._kernels import conv_direct, conv_im2col, conv_pointwise
+
+# Bound on the im2col column buffer of one thread: large enough for efficient GEMMs, small
+# enough to stay in L2/L3 next to the weights.
+IM2COL_CHUNK_BYTES = 1 << 20
+# Pixel blocks of the pointwise GEMM: wide enough for sgemm to run near peak.
+POINTWISE_BLOCK = 1024
+
+
+class Direct:
+    """The reference loops; float64 input is computed in float64."""
+
+    def __init__(self, layer):
+        self.layer = layer
+        k = layer.out_channels
+        self.b32 = layer.bias if layer.bias is not None else np.zeros(k, np.float32)
+        self.b64 = layer.bias64 if layer.bias64 is not None else np.zeros(k, np.float64)
+
+    def run(self, x, out, g, threads):
+        L = self.layer
+        w, b = (L.weight64, self.b64) if x.dtype == np.float64 else (L.weight, self.b32)
+        conv_direct.conv2d_direct(x, w, b, out, L.stride[0], L.stride[1], g.pads[0][0],
+                                  g.pads[1][0], L.dilation[0], L.dilation[1], L.groups,
+                                  L.act_code, threads)
+
+
+class Im2col:
+    """im2col in bounded chunks of output rows + sgemm per chunk."""
+
+    def __init__(self, layer):
+        self.layer = layer
+        self.w2d = layer.weight.reshape(layer.out_channels, -1)
+
+    def run(self, x, out, g, threads):
+        L = self.layer
+        kdim = self.w2d.shape[1]
+        rows = max(1, IM2COL_CHUNK_BYTES // (4 * kdim * g.out_size[1]))
+        conv_im2col.f32_conv2d_im2col(x, self.w2d, L.bias, out, L.kernel_size[0],
+                                      L.kernel_size[1], L.stride[0], L.stride[1], g.pads[0][0],
+                                      g.pads[1][0], L.dilation[0], L.dilation[1], L.groups,
+                                      min(rows, g.out_size[0]), L.act_code, threads)
+
+
+class Pointwise:
+    """1x1 stride 1: one GEMM per image, group and pixel block, straight on the input."""
+
+    def __init__(self, layer):
+        self.layer = layer
+        self.w2d = layer.weight.reshape(layer.out_channels, -1)
+
+    def run(self, x, out, g, threads):
+        L = self.layer
+        n, c, h, w = x.shape
+        pixels = h * w
+        nblocks = -(-pixels // POINTWISE_BLOCK)
+        block = -(-pixels // nblocks)
+        block = -(-block // 16) * 16  # whole vectors
+        conv_pointwise.f32_conv2d_pointwise(x.reshape(n, c, pixels), self.w2d, L.bias,
+                                            out.reshape(n, L.out_channels, pixels), L.groups,
+                                            block, L.act_code, threads)
+
+
+REGISTRY = {
+    "direct": Direct,
+    "im2col": Im2col,
+    "pointwise": Pointwise,
+}

@@ -1,0 +1,108 @@
+# im2col + sgemm convolution for any kernel size, stride, padding, dilation and groups.
+#
+# The column matrix of one image and group has Cg*kh*kw rows and OH*OW columns; it is built
+# in chunks of whole output rows so the buffer stays bounded (the plan chooses the chunk so
+# that it holds a few MB). Each chunk is one GEMM
+#     out[n, g*Kg:(g+1)*Kg, rows] = W_g[Kg, Cg*kh*kw] @ cols[Cg*kh*kw, rows*OW]
+# followed by the bias/activation output step on the same, still cached, rows.
+# Work items are (image, group, chunk); the chunking depends on the shapes only, never on the
+# thread count, so every output element is computed by the same sgemm call for any count.
+from cython.parallel cimport prange, threadid
+from libc.stdlib cimport malloc, free
+from libc.string cimport memset, memcpy
+
+from _blas cimport sgemm_rm
+from _epilogue cimport bias_act_row
+
+
+cdef inline Py_ssize_t ceil_div_nonneg(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
+    # ceil(a / b) for b > 0, clamped at 0 for negative a
+    if a <= 0:
+        return 0
+    return (a + b - 1) // b
+
+
+cdef void im2col_rows(const float* xg, Py_ssize_t Cg, Py_ssize_t H, Py_ssize_t W,
+                      Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                      Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t dh, Py_ssize_t dw,
+                      Py_ssize_t OW, Py_ssize_t oy0, Py_ssize_t oy1,
+                      float* cols) noexcept nogil:
+    """Fill cols[(c*kh + u)*kw + v, (oy - oy0)*OW + ox] for output rows oy0 <= oy < oy1."""
+    cdef Py_ssize_t ncols = (oy1 - oy0) * OW
+    cdef Py_ssize_t c, u, v, oy, ox, iy, ix0, lo, hi, r
+    cdef float* dst
+    cdef const float* src
+    for c in range(Cg):
+        for u in range(kh):
+            for v in range(kw):
+                r = (c * kh + u) * kw + v
+                # output columns ox whose input column ix = ox*sw - pl + v*dw lies in [0, W)
+                ix0 = v * dw - pl
+                lo = ceil_div_nonneg(-ix0, sw)
+                hi = ceil_div_nonneg(W - ix0, sw)
+                if hi > OW:
+                    hi = OW
+                if lo > hi:
+                    lo = hi
+                for oy in range(oy0, oy1):
+                    dst = cols + r * ncols + (oy - oy0) * OW
+                    iy = oy * sh - pt + u * dh
+                    if iy < 0 or iy >= H:
+                        memset(dst, 0, OW * sizeof(float))
+                        continue
+                    src = xg + (c * H + iy) * W + ix0
+                    if lo > 0:
+                        memset(dst, 0, lo * sizeof(float))
+                    if sw == 1:
+                        if hi > lo:
+                            memcpy(dst + lo, src + lo, (hi - lo) * sizeof(float))
+                    else:
+                        for ox in range(lo, hi):
+                            dst[ox] = src[ox * sw]
+                    if hi < OW:
+                        memset(dst + hi, 0, (OW - hi) * sizeof(float))
+
+
+def f32_conv2d_im2col(const float[:, :, :, ::1] x, const float[:, ::1] w2d, bias,
+                      float[:, :, :, ::1] out,
+                      int kh, int kw, int sh, int sw, int pt, int pl, int dh, int dw,
+                      int groups, int rows_per_chunk, int act, int num_threads):
+    """out = conv2d(x, w) for w2d[K, Cg*kh*kw]; shapes are checked by the caller (engine.ops)."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t K = out.shape[1], OH = out.shape[2], OW = out.shape[3]
+    cdef Py_ssize_t Cg = C // groups, Kg = K // groups, kdim = Cg * kh * kw
+    cdef Py_ssize_t nchunks = (OH + rows_per_chunk - 1) // rows_per_chunk
+    cdef Py_ssize_t items = N * groups * nchunks
+    cdef Py_ssize_t chunk_cols = rows_per_chunk * OW
+    cdef const float[::1] b
+    cdef const float* bptr = NULL
+    if bias is not None:
+        b = bias
+        bptr = &b[0]
+    if num_threads > items:
+        num_threads = <int>max(1, items)
+    cdef float* buf = <float*>malloc(num_threads * kdim * chunk_cols * sizeof(float))
+    if buf == NULL:
+        raise MemoryError("im2col column buffer")
+    cdef Py_ssize_t it, n, g, ch, oy0, oy1, ncols, k
+    cdef float* cols
+    cdef float* dst
+    try:
+        for it in prange(items, nogil=True, num_threads=num_threads, schedule="static"):
+            n = it // (groups * nchunks)
+            g = (it // nchunks) % groups
+            ch = it % nchunks
+            oy0 = ch * rows_per_chunk
+            oy1 = min(oy0 + rows_per_chunk, OH)
+            ncols = (oy1 - oy0) * OW
+            cols = buf + threadid() * kdim * chunk_cols
+            im2col_rows(&x[n, g * Cg, 0, 0], Cg, H, W, kh, kw, sh, sw, pt, pl, dh, dw,
+                        OW, oy0, oy1, cols)
+            dst = &out[n, g * Kg, oy0, 0]
+            sgemm_rm(False, False, Kg, ncols, kdim, 1.0, &w2d[g * Kg, 0], kdim,
+                     cols, ncols, 0.0, dst, OH * OW)
+            for k in range(Kg):
+                bias_act_row(dst + k * OH * OW, ncols,
+                             bptr[g * Kg + k] if bptr != NULL else 0, act)
+    finally:
+        free(buf)
