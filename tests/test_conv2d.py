@@ -1,0 +1,277 @@
+"""engine.conv2d / engine.Conv2d: every algorithm against the float64 reference.
+
+Tolerance: float32 accumulation error is bounded by a multiple of eps32 times the sum of
+|w|*|x| over the taps of each output (the "magnitude" below), so the check is
+    |y - ref| <= RTOL[algorithm] * conv(|x|, |w|) + 1e-6.
+Direct, im2col, pointwise and depthwise sum the same products in some order: 1e-5 (~80 eps32,
+covering reductions of a few hundred terms). Winograd adds the transforms' rounding, a few times
+larger for F(2x2,3x3): 1e-4; F(4x4,3x3) has larger transform constants: 1e-3.
+"""
+import itertools
+
+import numpy as np
+import pytest
+
+import engine
+from engine import dispatch
+from engine._threads import threads_for
+from reference import conv2d_ref, same_pads_ref
+
+RTOL = {"direct": 1e-5, "im2col": 1e-5, "pointwise": 1e-5, "depthwise": 1e-5,
+        "winograd_f23": 1e-4, "dilated_s2b": 1e-4, "winograd_f43": 1e-3, "separable": 1e-5,
+        "fft": 1e-4}
+
+
+def _pads(padding, size, kernel, stride, dilation):
+    if padding == "same":
+        return same_pads_ref(size, kernel, stride, dilation)
+    if padding == "valid":
+        return ((0, 0), (0, 0))
+    if isinstance(padding, tuple) and len(padding) == 4:   # ONNX order: begins, then ends
+        return ((padding[0], padding[2]), (padding[1], padding[3]))
+    p = padding if isinstance(padding, tuple) else (padding, padding)
+    return ((p[0], p[0]), (p[1], p[1]))
+
+
+def check_against_reference(y, x, w, b, stride, pads, dilation, groups, algorithm,
+                            activation=None):
+    ref = conv2d_ref(x, w, b, stride, pads, dilation, groups)
+    mag = conv2d_ref(np.abs(x), np.abs(w), None if b is None else np.abs(b), stride, pads,
+                     dilation, groups)
+    if activation == "relu":
+        ref = np.maximum(ref, 0)
+    elif activation == "relu6":
+        ref = np.clip(ref, 0, 6)
+    assert y.shape == ref.shape
+    err = np.abs(y.astype(np.float64) - ref)
+    bound = RTOL[algorithm] * mag + 1e-6
+    worst = np.unravel_index(np.argmax(err - bound), err.shape)
+    assert np.all(err <= bound), (f"{algorithm}: error {err[worst]:.3g} > bound {bound[worst]:.3g}"
+                                  f" at {worst}")
+
+
+def _cases():
+    """A deterministic sample of the sweep: sizes 1, 5, 11, 53; kernels 1, 3, 5; strides 1-3;
+    dilations 1-4; paddings 0, 1, 2, same, asymmetric; groups 1, 2, depthwise with channel
+    multipliers 1 and 2; batch 1 and 3."""
+    sizes = [(1, 1), (5, 5), (11, 11), (53, 53), (5, 11), (11, 53)]
+    kernels = [(1, 1), (3, 3), (5, 5), (3, 1), (1, 3)]
+    paddings = [0, 1, 2, "same", "valid", (1, 0, 2, 1)]
+    channels = [(4, 6, 1), (4, 6, 2), (4, 4, 4), (4, 8, 4), (1, 3, 1), (9, 10, 1), (16, 16, 2)]
+    full = list(itertools.product(sizes, kernels, [1, 2, 3], [1, 2, 3, 4], paddings, channels))
+    rng = np.random.default_rng(0)
+    picked = [full[i] for i in rng.choice(len(full), size=700, replace=False)]
+    # every stride-1 3x3 combination, the shapes Winograd and its dilated form take
+    picked += [c for c in full if c[1] == (3, 3) and c[2] == 1]
+    out = []
+    for i, (size, kernel, stride, dil, pad, (c, k, g)) in enumerate(picked):
+        pads = _pads(pad, size, kernel, (stride, stride), (dil, dil))
+        if any(i + sum(p) < d * (kk - 1) + 1 for i, p, kk, d in zip(size, pads, kernel, (dil, dil))):
+            continue   # kernel larger than the padded input: an error case, tested below
+        out.append((size, kernel, stride, dil, pad, (c, k, g), 3 if i % 4 == 0 else 1))
+    return out
+
+
+CASES = _cases()
+
+
+def _params(size, kernel, stride, dil, pad, ckg):
+    c, k, g = ckg
+    pads = _pads(pad, size, kernel, (stride, stride), (dil, dil))
+    return dispatch.ConvParams(c, k, kernel, (stride, stride), (dil, dil), g, pads, size)
+
+
+@pytest.mark.parametrize("algorithm", engine.algorithms())
+def test_sweep_against_reference(algorithm, rng):
+    ran = 0
+    for size, kernel, stride, dil, pad, (c, k, g), batch in CASES:
+        if dispatch.why_not(algorithm, _params(size, kernel, stride, dil, pad, (c, k, g))):
+            continue
+        x = rng.standard_normal((batch, c) + size, dtype=np.float32)
+        w = rng.standard_normal((k, c // g) + kernel, dtype=np.float32)
+        b = rng.standard_normal(k, dtype=np.float32) if ran % 2 else None
+        y = engine.conv2d(x, w, b, stride, pad, dil, g, algorithm=algorithm)
+        pads = _pads(pad, size, kernel, (stride, stride), (dil, dil))
+        check_against_reference(y, x, w, b, (stride, stride), pads, (dil, dil), g, algorithm)
+        ran += 1
+    assert ran >= 20, f"only {ran} sweep cases apply to {algorithm}"
+
+
+@pytest.mark.parametrize("algorithm", engine.algorithms())
+@pytest.mark.parametrize("activation", ["relu", "relu6"])
+def test_fused_activation(algorithm, activation, rng):
+    for size, kernel, stride, dil, pad, ckg, batch in CASES[::7]:
+        if dispatch.why_not(algorithm, _params(size, kernel, stride, dil, pad, ckg)) is None:
+            break
+    else:
+        pytest.skip(f"no sampled case applies to {algorithm}")
+    c, k, g = ckg
+    x = rng.standard_normal((batch, c) + size, dtype=np.float32) * 3
+    w = rng.standard_normal((k, c // g) + kernel, dtype=np.float32)
+    b = rng.standard_normal(k, dtype=np.float32)
+    layer = engine.Conv2d(w, b, stride, pad, dil, g, activation=activation, algorithm=algorithm)
+    y = layer(x)
+    pads = _pads(pad, size, kernel, (stride, stride), (dil, dil))
+    check_against_reference(y, x, w, b, (stride, stride), pads, (dil, dil), g, algorithm,
+                            activation)
+
+
+# Layers big enough that the kernels really use two threads (threads_for checks the work).
+THREAD_LAYERS = [
+    ((2, 16, 40, 40), (16, 16, 3, 3), dict(padding=1)),
+    ((1, 16, 40, 36), (32, 8, 3, 3), dict(padding=2, dilation=2, groups=2)),
+    ((1, 16, 41, 41), (24, 16, 3, 3), dict(padding=1, stride=2)),
+    ((1, 32, 40, 40), (48, 32, 1, 1), {}),
+    ((1, 32, 40, 40), (64, 1, 3, 3), dict(padding=1, groups=32)),
+    ((1, 16, 40, 40), (16, 16, 5, 5), dict(padding="same", dilation=3)),
+]
+
+
+@pytest.mark.parametrize("algorithm", engine.algorithms())
+def test_one_and_two_threads_bit_identical(algorithm, rng):
+    ran = 0
+    for xs, ws, kw in THREAD_LAYERS:
+        x = rng.standard_normal(xs, dtype=np.float32)
+        w = rng.standard_normal(ws, dtype=np.float32)
+        b = rng.standard_normal(ws[0], dtype=np.float32)
+        try:
+            layer = engine.Conv2d(w, b, algorithm=algorithm, **kw)
+        except ValueError:
+            continue   # this algorithm cannot run this layer
+        assert threads_for(layer.geometry(xs).macs, 2) == 2, "layer too small to use 2 threads"
+        old = engine.get_num_threads()
+        try:
+            engine.set_num_threads(1)
+            y1 = layer(x)
+            engine.set_num_threads(2)
+            y2 = layer(x)
+        finally:
+            engine.set_num_threads(old)
+        assert np.array_equal(y1, y2), f"{algorithm} differs between 1 and 2 threads on {ws} {kw}"
+        ran += 1
+    assert ran >= 1
+
+
+def test_auto_matches_reference_and_explains(rng):
+    x = rng.standard_normal((1, 16, 20, 20), dtype=np.float32)
+    for ws, kw in [((16, 16, 3, 3), dict(padding=1)), ((32, 16, 1, 1), {}),
+                   ((16, 1, 3, 3), dict(padding=1, groups=16)),
+                   ((16, 16, 3, 3), dict(padding=2, dilation=2)),
+                   ((8, 16, 3, 3), dict(stride=2))]:
+        w = rng.standard_normal(ws, dtype=np.float32)
+        layer = engine.Conv2d(w, input_size=(20, 20), **kw)
+        y = layer(x)
+        pads = _pads(kw.get("padding", 0), (20, 20), ws[2:], (kw.get("stride", 1),) * 2,
+                     (kw.get("dilation", 1),) * 2)
+        check_against_reference(y, x, w, None, (kw.get("stride", 1),) * 2, pads,
+                                (kw.get("dilation", 1),) * 2, kw.get("groups", 1),
+                                layer.algorithm)
+        text = layer.explain()
+        assert layer.algorithm in repr(layer) and layer.reason in text
+        assert f"* {layer.algorithm}" in text
+
+
+def test_dispatcher_rules():
+    def choose(**kw):
+        base = dict(in_channels=64, out_channels=64, kernel=(3, 3), stride=(1, 1),
+                    dilation=(1, 1), groups=1, pads=((1, 1), (1, 1)), in_size=(56, 56))
+        base.update(kw)
+        return dispatch.choose_conv2d(dispatch.ConvParams(**base))[0]
+    assert choose(kernel=(1, 1), pads=((0, 0), (0, 0))) == "pointwise"
+    assert choose(groups=64) == "depthwise"
+    assert choose(stride=(2, 2)) == "im2col"
+    assert choose(kernel=(7, 7), in_channels=3) == "im2col"
+    assert choose(in_channels=3) == "im2col"            # too few channels for Winograd
+    assert choose() in ("winograd_f23", "winograd_f43")
+    assert choose(dilation=(2, 2), pads=((2, 2), (2, 2))) == "dilated_s2b"
+
+
+def test_torch_cross_check(rng):
+    torch = pytest.importorskip("torch")
+    x = rng.standard_normal((2, 12, 17, 19), dtype=np.float32)
+    for ws, kw in [((12, 12, 3, 3), dict(padding=1)), ((24, 4, 3, 3), dict(padding=2, dilation=2, groups=3)),
+                   ((12, 1, 3, 3), dict(padding=1, groups=12, stride=2)), ((6, 12, 1, 1), {}),
+                   ((8, 12, 5, 5), dict(padding="same", dilation=2)), ((8, 12, 7, 7), dict(stride=3))]:
+        w = rng.standard_normal(ws, dtype=np.float32)
+        b = rng.standard_normal(ws[0], dtype=np.float32)
+        ref = torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(w),
+                                         torch.from_numpy(b), **kw).numpy()
+        y = engine.conv2d(x, w, b, **kw)
+        np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+
+
+def test_same_padding_with_stride_is_same_upper(rng):
+    # stride 2 on an even size: total padding 1 goes to the end (SAME_UPPER), as ONNX
+    x = rng.standard_normal((1, 3, 8, 8), dtype=np.float32)
+    w = rng.standard_normal((4, 3, 3, 3), dtype=np.float32)
+    y = engine.conv2d(x, w, stride=2, padding="same")
+    assert y.shape == (1, 4, 4, 4)
+    check_against_reference(y, x, w, None, (2, 2), ((0, 1), (0, 1)), (1, 1), 1, "im2col")
+
+
+def test_noncontiguous_and_float64_input(rng):
+    base = rng.standard_normal((1, 8, 30, 30))
+    x = base[:, :, ::2, 1::2]                         # float64, non-contiguous view
+    w = rng.standard_normal((8, 8, 3, 3))
+    y = engine.conv2d(x, w, padding=1)
+    assert y.dtype == np.float32
+    check_against_reference(y, x, w, None, (1, 1), ((1, 1), (1, 1)), (1, 1), 1, "winograd_f23")
+    y64 = engine.conv2d(x, w, padding=1, algorithm="direct")   # the float64 path
+    assert y64.dtype == np.float64
+    np.testing.assert_allclose(y64, conv2d_ref(x, w, None, (1, 1), ((1, 1), (1, 1)), (1, 1)),
+                               rtol=1e-12, atol=1e-12)
+
+
+def test_out_buffer_is_used(rng):
+    x = rng.standard_normal((1, 4, 9, 9), dtype=np.float32)
+    w = rng.standard_normal((5, 4, 3, 3), dtype=np.float32)
+    layer = engine.Conv2d(w, padding=1)
+    out = np.full((1, 5, 9, 9), np.nan, np.float32)
+    assert layer(x, out=out) is out
+    np.testing.assert_array_equal(out, layer(x))
+    with pytest.raises(ValueError, match="out"):
+        layer(x, out=np.empty((1, 5, 9, 8), np.float32))
+    with pytest.raises(ValueError, match="out"):
+        layer(x, out=np.empty((1, 5, 9, 9), np.float64))
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda x, w: engine.conv2d(x[0], w), "x must be 4-D"),
+    (lambda x, w: engine.conv2d(x, w[0]), "weight must be 4-D"),
+    (lambda x, w: engine.conv2d(x, w[:, :3]), "channels"),
+    (lambda x, w: engine.conv2d(x, w, groups=3), "divisible by groups|channels"),
+    (lambda x, w: engine.conv2d(x, w, groups=0), "groups"),
+    (lambda x, w: engine.conv2d(x, w, stride=0), "stride"),
+    (lambda x, w: engine.conv2d(x, w, stride=-1), "stride"),
+    (lambda x, w: engine.conv2d(x, w, padding=-1), "padding"),
+    (lambda x, w: engine.conv2d(x, w, padding="full"), "padding"),
+    (lambda x, w: engine.conv2d(x, w, dilation=0), "dilation"),
+    (lambda x, w: engine.conv2d(x, w, stride=(1, 1, 1)), "stride"),
+    (lambda x, w: engine.conv2d(x[:, :, :2, :2], w), "larger than the padded input"),
+    (lambda x, w: engine.conv2d(x, w, dilation=4), "larger than the padded input"),
+    (lambda x, w: engine.conv2d(x, w, algorithm="magic"), "unknown algorithm"),
+    (lambda x, w: engine.conv2d(x, w, stride=2, algorithm="winograd_f23"), "stride 1"),
+    (lambda x, w: engine.conv2d(x, w, algorithm="pointwise"), "1x1"),
+    (lambda x, w: engine.conv2d(x, w, algorithm="depthwise"), "groups"),
+    (lambda x, w: engine.conv2d(x, w, bias=np.zeros(3)), "bias"),
+    (lambda x, w: engine.conv2d(x.astype(np.complex64), w), "real numbers"),
+    (lambda x, w: engine.conv2d(x, w, padding=1.5), "padding"),
+    (lambda x, w: engine.Conv2d(w, activation="gelu"), "activation"),
+])
+def test_bad_input_raises_value_error(call, match, rng):
+    x = rng.standard_normal((1, 4, 6, 6), dtype=np.float32)
+    w = rng.standard_normal((6, 4, 3, 3), dtype=np.float32)
+    with pytest.raises(ValueError, match=match):
+        call(x, w)
+
+
+def test_thread_setting_is_validated():
+    with pytest.raises(ValueError, match="num_threads"):
+        engine.set_num_threads(0)
+
+
+def test_build_info():
+    info = engine.build_info()
+    assert info["version"] == engine.__version__
+    assert isinstance(info["openmp"], bool)
+    assert set(engine.algorithms()) >= {"direct", "im2col", "pointwise"}
