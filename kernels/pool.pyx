@@ -1,0 +1,264 @@
+# Max and average pooling, max-unpooling and global pooling on NCHW float32 planes.
+#
+# Every kernel treats the input as P = N*C independent planes and gives whole planes to
+# threads (static schedule), so an output element is always computed by the same loop in the
+# same order whatever the thread count. Geometry (output sizes, padding limits, index ranges)
+# is checked by engine/ops/pool.py before any of these run.
+#
+# Window conventions follow PyTorch's CPU kernels, so values and indices match it exactly:
+#   max: the scan is row-major over the in-bounds taps; a tap wins if it is greater than the
+#        running maximum or is NaN, so the first maximum wins ties and a NaN always wins. The
+#        running index starts at the window's first tap at non-negative coordinates, which is
+#        what an all -inf window (or, with dilation, one with no tap inside the input) reports.
+#   avg: the window is first clipped to the padded input (so a ceil_mode window hanging past
+#        the padding does not count the overhang), that size is the count_include_pad divisor;
+#        then it is clipped to the input, which gives the other divisor and the taps summed.
+import numpy as np
+from cython.parallel cimport prange
+from libc.stdint cimport int64_t, uint64_t
+from libc.string cimport memset
+from libc.math cimport INFINITY
+
+
+cdef inline Py_ssize_t first_tap(Py_ssize_t start, Py_ssize_t d) noexcept nogil:
+    # smallest start + j*d that is >= 0 (start >= -padding, so j is small)
+    if start < 0:
+        start += ((-start + d - 1) // d) * d
+    return start
+
+
+cdef inline Py_ssize_t ceil_div_nonneg(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
+    # ceil(a / b) for b > 0, clamped at 0 for negative a
+    if a <= 0:
+        return 0
+    return (a + b - 1) // b
+
+
+cdef inline void tap_columns(Py_ssize_t off, Py_ssize_t sw, Py_ssize_t W, Py_ssize_t OW,
+                             Py_ssize_t* lo, Py_ssize_t* hi) noexcept nogil:
+    # the outputs ox whose tap column ix = ox*sw + off lies in [0, W)
+    lo[0] = min(ceil_div_nonneg(-off, sw), OW)
+    hi[0] = max(min(ceil_div_nonneg(W - off, sw), OW), lo[0])
+
+
+# Both pooling kernels work a whole output row at a time: for each tap (u, v) of the window,
+# one pass over the row's outputs updates every output that tap reaches. Each output still sees
+# its taps in row-major order (u outer, v inner), so maxima, indices and float sums are those of
+# the per-window scan, but the inner loop is a branch-free strided sweep the compiler vectorises.
+cdef void f32_maxpool2d_plane(const float* x, Py_ssize_t H, Py_ssize_t W,
+                              float* y, int64_t* idx, Py_ssize_t OH, Py_ssize_t OW,
+                              Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                              Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t dh,
+                              Py_ssize_t dw) noexcept nogil:
+    cdef Py_ssize_t oy, ox, u, v, iy, iy0, off, lo, hi
+    cdef float* yrow
+    cdef int64_t* irow
+    cdef const float* src
+    cdef float val, m
+    cdef bint take
+    for oy in range(OH):
+        yrow = y + oy * OW
+        irow = idx + oy * OW if idx != NULL else NULL
+        iy0 = first_tap(oy * sh - ph, dh)
+        for ox in range(OW):
+            yrow[ox] = -INFINITY
+        if irow != NULL:
+            for ox in range(OW):
+                irow[ox] = iy0 * W + first_tap(ox * sw - pw, dw)
+        for u in range(kh):
+            iy = oy * sh - ph + u * dh
+            if iy < 0 or iy >= H:
+                continue
+            for v in range(kw):
+                off = v * dw - pw
+                tap_columns(off, sw, W, OW, &lo, &hi)
+                src = x + iy * W + off
+                if irow == NULL:
+                    for ox in range(lo, hi):
+                        val = src[ox * sw]
+                        m = yrow[ox]
+                        yrow[ox] = val if (val > m) | (val != val) else m
+                else:
+                    for ox in range(lo, hi):
+                        val = src[ox * sw]
+                        take = (val > yrow[ox]) | (val != val)
+                        yrow[ox] = val if take else yrow[ox]
+                        irow[ox] = iy * W + ox * sw + off if take else irow[ox]
+
+
+def f32_maxpool2d(const float[:, :, ::1] x, float[:, :, ::1] y, int64_t[:, :, ::1] indices,
+                  int kh, int kw, int sh, int sw, int ph, int pw, int dh, int dw,
+                  int num_threads):
+    """y[p] = max over each window of x[p] for planes p of (P, H, W) arrays; indices (or None)
+    receives the plane-flat position iy*W + ix of each maximum."""
+    cdef Py_ssize_t P = x.shape[0], H = x.shape[1], W = x.shape[2]
+    cdef Py_ssize_t OH = y.shape[1], OW = y.shape[2], p
+    cdef bint want_idx = indices is not None
+    cdef int64_t* ip
+    if P == 0:
+        return
+    num_threads = <int>max(1, min(num_threads, P))
+    for p in prange(P, nogil=True, num_threads=num_threads, schedule="static"):
+        ip = &indices[p, 0, 0] if want_idx else NULL
+        f32_maxpool2d_plane(&x[p, 0, 0], H, W, &y[p, 0, 0], ip, OH, OW,
+                            kh, kw, sh, sw, ph, pw, dh, dw)
+
+
+cdef void f32_avgpool2d_plane(const float* x, Py_ssize_t H, Py_ssize_t W,
+                              float* y, Py_ssize_t OH, Py_ssize_t OW,
+                              Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                              Py_ssize_t ph, Py_ssize_t pw, bint count_pad) noexcept nogil:
+    cdef Py_ssize_t oy, ox, iy, v, iy0, iy1, jy0, jy1, ix0, ix1, jx0, jx1, off, lo, hi
+    cdef Py_ssize_t divisor
+    cdef float* yrow
+    cdef const float* src
+    for oy in range(OH):
+        yrow = y + oy * OW
+        iy0 = oy * sh - ph
+        iy1 = min(iy0 + kh, H + ph)
+        jy0 = max(iy0, 0)
+        jy1 = min(iy1, H)
+        for ox in range(OW):
+            yrow[ox] = 0
+        for iy in range(jy0, jy1):
+            for v in range(kw):
+                off = v - pw
+                tap_columns(off, sw, W, OW, &lo, &hi)
+                src = x + iy * W + off
+                for ox in range(lo, hi):
+                    yrow[ox] = yrow[ox] + src[ox * sw]
+        for ox in range(OW):
+            ix0 = ox * sw - pw
+            ix1 = min(ix0 + kw, W + pw)
+            jx0 = max(ix0, 0)
+            jx1 = min(ix1, W)
+            if jy0 >= jy1 or jx0 >= jx1:
+                yrow[ox] = 0           # no tap inside the input
+            else:
+                if count_pad:
+                    divisor = (iy1 - iy0) * (ix1 - ix0)
+                else:
+                    divisor = (jy1 - jy0) * (jx1 - jx0)
+                yrow[ox] = yrow[ox] / <float>divisor
+
+
+def f32_avgpool2d(const float[:, :, ::1] x, float[:, :, ::1] y,
+                  int kh, int kw, int sh, int sw, int ph, int pw, bint count_include_pad,
+                  int num_threads):
+    """y[p] = mean over each window of x[p] (float32 sum, PyTorch's divisor rules)."""
+    cdef Py_ssize_t P = x.shape[0], H = x.shape[1], W = x.shape[2]
+    cdef Py_ssize_t OH = y.shape[1], OW = y.shape[2], p
+    if P == 0:
+        return
+    num_threads = <int>max(1, min(num_threads, P))
+    for p in prange(P, nogil=True, num_threads=num_threads, schedule="static"):
+        f32_avgpool2d_plane(&x[p, 0, 0], H, W, &y[p, 0, 0], OH, OW,
+                            kh, kw, sh, sw, ph, pw, count_include_pad)
+
+
+def f32_global_avgpool(const float[:, ::1] x, float[::1] y, int num_threads):
+    """y[p] = mean of x[p, :], summed in float64: a whole plane can be thousands of terms."""
+    cdef Py_ssize_t P = x.shape[0], L = x.shape[1], p, i
+    cdef double acc
+    if P == 0:
+        return
+    num_threads = <int>max(1, min(num_threads, P))
+    for p in prange(P, nogil=True, num_threads=num_threads, schedule="static"):
+        acc = 0
+        for i in range(L):
+            acc = acc + x[p, i]
+        y[p] = <float>(acc / L)
+
+
+def f32_global_maxpool(const float[:, ::1] x, float[::1] y, int num_threads):
+    """y[p] = max of x[p, :]; NaN wins, as in max pooling."""
+    cdef Py_ssize_t P = x.shape[0], L = x.shape[1], p, i
+    cdef float m, v
+    if P == 0:
+        return
+    num_threads = <int>max(1, min(num_threads, P))
+    for p in prange(P, nogil=True, num_threads=num_threads, schedule="static"):
+        m = -INFINITY
+        for i in range(L):
+            v = x[p, i]
+            if v > m or v != v:
+                m = v
+        y[p] = m
+
+
+# Max-unpooling. One kernel serves two index conventions through plane_step:
+#   plane_step = 0          PyTorch: indices count within each (n, c) plane of the output
+#   plane_step = OH*OW      ONNX MaxUnpool: indices count over the whole output tensor, so
+#                           plane p's indices lie in [p*OH*OW, (p+1)*OH*OW)
+# Element i of plane p goes to out[p, indices[p, i] - p*plane_step]. An index that points into
+# another plane is rejected rather than followed: planes run in parallel, and writing across
+# them would make the result depend on the schedule.
+#
+# The output is mostly zeros (3 of 4 elements for 2x2 pooling) and is the bulk of the memory
+# traffic, so each plane is zero-filled and scattered into while it is still in cache, instead
+# of a whole-tensor fill followed by a scatter that brings every line in a second time.
+
+cdef inline int64_t first_out_of_range(const int64_t* idx, Py_ssize_t L, int64_t off,
+                                       Py_ssize_t out_plane) noexcept nogil:
+    # One unsigned compare catches both idx < off and idx >= off + out_plane. The scan is in
+    # blocks with a branch-free OR inside, so the common all-valid case vectorises.
+    cdef Py_ssize_t i, j, b, n
+    cdef uint64_t limit = <uint64_t>out_plane
+    cdef int any_bad
+    for b in range(0, L, 256):
+        n = min(L - b, 256)
+        any_bad = 0
+        for j in range(n):
+            any_bad = any_bad | (<uint64_t>(idx[b + j] - off) >= limit)
+        if any_bad:
+            for j in range(n):
+                if <uint64_t>(idx[b + j] - off) >= limit:
+                    return b + j
+    return -1
+
+
+def f32_unpool_first_bad_index(const int64_t[:, ::1] indices, Py_ssize_t out_plane,
+                               Py_ssize_t plane_step, int num_threads):
+    """Flat position in ``indices`` of the first element outside its output plane, or -1."""
+    cdef Py_ssize_t P = indices.shape[0], L = indices.shape[1], p, i, first = -1
+    cdef int64_t off
+    cdef int64_t[::1] bad
+    if P == 0 or L == 0:
+        return -1
+    bad = np.full(P, -1, dtype=np.int64)
+    num_threads = <int>max(1, min(num_threads, P))
+    for p in prange(P, nogil=True, num_threads=num_threads, schedule="static"):
+        off = p * plane_step
+        bad[p] = first_out_of_range(&indices[p, 0], L, off, out_plane)
+    for p in range(P):
+        if bad[p] >= 0:
+            first = p * L + bad[p]
+            break
+    return first
+
+
+def f32_max_unpool2d(const float[:, ::1] x, const int64_t[:, ::1] indices,
+                     float[:, ::1] out, Py_ssize_t plane_step, int num_threads):
+    """out[p] = zeros, then out[p, indices[p, i] - p*plane_step] = x[p, i] in order of i
+    (a repeated index keeps the last value, as PyTorch's serial loop does).
+
+    x and indices are (P, L), out is (P, OH*OW); every index must already have been checked
+    with f32_unpool_first_bad_index."""
+    cdef Py_ssize_t P = x.shape[0], L = x.shape[1], OL = out.shape[1], p, i
+    cdef float* o
+    cdef const float* xp
+    cdef const int64_t* ip
+    cdef int64_t off
+    if P == 0 or OL == 0:
+        return
+    num_threads = <int>max(1, min(num_threads, P))
+    for p in prange(P, nogil=True, num_threads=num_threads, schedule="static"):
+        o = &out[p, 0]
+        memset(o, 0, OL * sizeof(float))
+        if L == 0:
+            continue
+        xp = &x[p, 0]
+        ip = &indices[p, 0]
+        off = p * plane_step
+        for i in range(L):
+            o[ip[i] - off] = xp[i]

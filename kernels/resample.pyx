@@ -1,0 +1,71 @@
+# Nearest and bilinear resampling of NCHW float32 planes from precomputed source tables.
+#
+# Which source pixels and weights an output pixel uses is decided in engine/ops/resample.py,
+# in NumPy float32 arithmetic written to match PyTorch's (a C compiler is free to fuse
+# a*b - c into one rounding, which would move a nearest-neighbour floor across an integer).
+# The kernels only apply the tables, one (n, c) plane per work item, static schedule, so the
+# result does not depend on the thread count.
+from cython.parallel cimport prange
+from libc.stdint cimport int64_t
+
+
+cdef void f32_nearest_plane(const float* x, Py_ssize_t W, float* y, Py_ssize_t OH,
+                            Py_ssize_t OW, const int64_t* ys, const int64_t* xs) noexcept nogil:
+    cdef Py_ssize_t oy, ox
+    cdef const float* row
+    cdef float* dst
+    for oy in range(OH):
+        row = x + ys[oy] * W
+        dst = y + oy * OW
+        for ox in range(OW):
+            dst[ox] = row[xs[ox]]
+
+
+def f32_resize_nearest2d(const float[:, :, ::1] x, float[:, :, ::1] y,
+                         const int64_t[::1] ys, const int64_t[::1] xs, int num_threads):
+    """y[p, oy, ox] = x[p, ys[oy], xs[ox]] for (P, H, W) -> (P, OH, OW)."""
+    cdef Py_ssize_t P = x.shape[0], W = x.shape[2], OH = y.shape[1], OW = y.shape[2], p
+    if P == 0:
+        return
+    num_threads = <int>max(1, min(num_threads, P))
+    for p in prange(P, nogil=True, num_threads=num_threads, schedule="static"):
+        f32_nearest_plane(&x[p, 0, 0], W, &y[p, 0, 0], OH, OW, &ys[0], &xs[0])
+
+
+cdef void f32_bilinear_plane(const float* x, Py_ssize_t W, float* y, Py_ssize_t OH,
+                             Py_ssize_t OW, const int64_t* y0, const int64_t* y1,
+                             const float* wy0, const float* wy1, const int64_t* x0,
+                             const int64_t* x1, const float* wx0,
+                             const float* wx1) noexcept nogil:
+    # Rows first blended along x, then the two rows along y: PyTorch's order of operations.
+    cdef Py_ssize_t oy, ox
+    cdef const float* r0
+    cdef const float* r1
+    cdef float* dst
+    cdef float a, b, t0, t1
+    for oy in range(OH):
+        r0 = x + y0[oy] * W
+        r1 = x + y1[oy] * W
+        a = wy0[oy]
+        b = wy1[oy]
+        dst = y + oy * OW
+        for ox in range(OW):
+            t0 = r0[x0[ox]] * wx0[ox] + r0[x1[ox]] * wx1[ox]
+            t1 = r1[x0[ox]] * wx0[ox] + r1[x1[ox]] * wx1[ox]
+            dst[ox] = t0 * a + t1 * b
+
+
+def f32_resize_bilinear2d(const float[:, :, ::1] x, float[:, :, ::1] y,
+                          const int64_t[::1] y0, const int64_t[::1] y1,
+                          const float[::1] wy0, const float[::1] wy1,
+                          const int64_t[::1] x0, const int64_t[::1] x1,
+                          const float[::1] wx0, const float[::1] wx1, int num_threads):
+    """y[p, oy, ox] = the two-by-two blend of x[p] at rows y0/y1 (weights wy0/wy1) and
+    columns x0/x1 (weights wx0/wx1) for (P, H, W) -> (P, OH, OW)."""
+    cdef Py_ssize_t P = x.shape[0], W = x.shape[2], OH = y.shape[1], OW = y.shape[2], p
+    if P == 0:
+        return
+    num_threads = <int>max(1, min(num_threads, P))
+    for p in prange(P, nogil=True, num_threads=num_threads, schedule="static"):
+        f32_bilinear_plane(&x[p, 0, 0], W, &y[p, 0, 0], OH, OW, &y0[0], &y1[0], &wy0[0],
+                           &wy1[0], &x0[0], &x1[0], &wx0[0], &wx1[0])
