@@ -1,0 +1,242 @@
+"""Planned 1-D and 3-D convolutions.
+
+Conv1d is a Conv2d on the (N, C, 1, L) view with a (1, k) kernel, so every 2-D algorithm and
+the 2-D dispatcher apply to it unchanged. Conv3d runs vol2col + sgemm (kernels/conv3d.pyx).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .._kernels import conv3d as _c3
+from .._threads import blas_pinned, resolve_threads, threads_for
+from ..shapes import conv_output_shape, ntuple, resolve_padding
+from ._validate import as_float_array, check_out
+from .activation import activation_code
+from .conv2d import Conv2d
+
+# Bound on one thread's ring of 2-D column matrices (kernels/conv3d.pyx), and the number of
+# work items to aim for so that threads share a single image. Each item rebuilds the columns of
+# the input slices it shares with its neighbours, so short runs of slices cost copying, and
+# whole output slices make the widest GEMMs. On conv3d_3_c32_16x28 at one thread (ring of 3
+# slices x 288 x 784 columns = 2.7 MB), items of slices x rows 2x10 / 6x10 / 4x28 / 8x28 took
+# 9.1 / 8.6 / 8.2 / 7.9 ms, and the full vol2col matrix in whole slices 10.4 ms.
+VOL2COL_CHUNK_BYTES = 4 << 20
+VOL2COL_ITEMS = 4
+
+
+def _check_groups(groups):
+    if isinstance(groups, bool) or not isinstance(groups, (int, np.integer)) or groups < 1:
+        raise ValueError(f"groups must be a positive integer, got {groups!r}")
+    return int(groups)
+
+
+def _check_weight(w, groups):
+    if min(w.shape) < 1:
+        raise ValueError(f"weight must have no empty dimension, got shape {w.shape}")
+    if w.shape[0] % groups:
+        raise ValueError(f"out_channels ({w.shape[0]}, weight.shape[0]) must be divisible by "
+                         f"groups ({groups})")
+
+
+def _check_padding_arg(padding):
+    if isinstance(padding, str) and padding not in ("same", "valid"):
+        raise ValueError(f"padding must be an int, a tuple, 'same' or 'valid', got {padding!r}")
+
+
+def _check_x(x, ndim, in_channels, cg, groups, dtype=np.float32):
+    x = as_float_array(x, "x", ndim, dtype=dtype)
+    if x.shape[1] != in_channels:
+        raise ValueError(f"x must have {in_channels} channels (weight.shape[1] * groups = "
+                         f"{cg} * {groups}), got shape {x.shape}")
+    if min(x.shape) < 1:
+        raise ValueError(f"x must have no empty dimension, got shape {x.shape}")
+    return x
+
+
+class Conv1d:
+    """A 1-D convolution (torch.nn.functional.conv1d semantics) planned once.
+
+    weight: (out_channels, in_channels // groups, k); padding: int, 1-tuple, (begin, end),
+    "same" or "valid". Other options as engine.Conv2d, which runs it on the (N, C, 1, L) view.
+    """
+
+    def __init__(self, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
+                 activation=None, algorithm="auto", *, input_size=None, num_threads=None):
+        w = as_float_array(weight, "weight", 3, dtype=np.float64)
+        groups = _check_groups(groups)
+        _check_weight(w, groups)
+        self.stride = ntuple(stride, 1, "stride", minimum=1)
+        self.dilation = ntuple(dilation, 1, "dilation", minimum=1)
+        _check_padding_arg(padding)
+        self.padding = padding
+        self.kernel_size = (w.shape[2],)
+        if isinstance(padding, str):
+            pad2d = padding
+        else:
+            (pb, pe), = resolve_padding(padding, (1,), self.kernel_size, self.stride,
+                                        self.dilation)
+            pad2d = (0, pb, 0, pe)
+        if input_size is not None:
+            input_size = ntuple(input_size, 1, "input_size", minimum=1)
+            self._out_length(input_size[0])
+            input_size = (1,) + input_size
+        self.layer2d = Conv2d(w[:, :, None, :], bias, stride=(1,) + self.stride, padding=pad2d,
+                              dilation=(1,) + self.dilation, groups=groups,
+                              activation=activation, algorithm=algorithm,
+                              input_size=input_size, num_threads=num_threads)
+        self.groups = groups
+        self.in_channels = self.layer2d.in_channels
+        self.out_channels = self.layer2d.out_channels
+        self.algorithm, self.reason = self.layer2d.algorithm, self.layer2d.reason
+
+    def _out_length(self, length):
+        pads = resolve_padding(self.padding, (length,), self.kernel_size, self.stride,
+                               self.dilation)
+        try:
+            return conv_output_shape((length,), self.kernel_size, self.stride, pads,
+                                     self.dilation)[0]
+        except ValueError as e:
+            raise ValueError(f"x: {e}") from None
+
+    def __call__(self, x, out=None):
+        dtype = np.float64 if (self.algorithm == "direct" and getattr(x, "dtype", None)
+                               == np.float64) else np.float32
+        x = _check_x(x, 3, self.in_channels, self.in_channels // self.groups, self.groups,
+                     dtype)
+        length = self._out_length(x.shape[2])   # size errors in 1-D terms
+        if out is not None:
+            check_out(out, (x.shape[0], self.out_channels, length))
+        y = self.layer2d(x[:, :, None, :], out=None if out is None else out[:, :, None, :])
+        return y[:, :, 0, :] if out is None else out
+
+    def __repr__(self):
+        return (f"Conv1d({self.in_channels}->{self.out_channels}, kernel={self.kernel_size[0]}, "
+                f"stride={self.stride[0]}, padding={self.padding!r}, "
+                f"dilation={self.dilation[0]}, groups={self.groups}, "
+                f"algorithm={self.algorithm!r})")
+
+    def explain(self) -> str:
+        return f"{self!r}, run on the (N, C, 1, L) view as:\n{self.layer2d.explain()}"
+
+
+@dataclass(frozen=True)
+class Geometry3d:
+    batch: int
+    in_size: tuple[int, int, int]
+    out_size: tuple[int, int, int]
+    pads: tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
+    macs: int
+
+
+class Conv3d:
+    """A 3-D convolution (torch.nn.functional.conv3d semantics, NCDHW) planned once.
+
+    weight: (out_channels, in_channels // groups, kd, kh, kw); padding: int, 3-tuple,
+    6-tuple (all begins, then all ends), "same" or "valid". activation: None, "relu" or
+    "relu6". algorithm: "auto" or "im2col" (vol2col + sgemm, the only 3-D algorithm).
+    Float64 input is computed in float32.
+    """
+
+    def __init__(self, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
+                 activation=None, algorithm="auto", *, num_threads=None):
+        w = as_float_array(weight, "weight", 5)
+        groups = _check_groups(groups)
+        _check_weight(w, groups)
+        if algorithm not in ("auto", "im2col"):
+            raise ValueError(f"algorithm={algorithm!r} cannot run a 3-D convolution: conv3d "
+                             f"has only 'im2col' (vol2col + sgemm)")
+        self.algorithm = "im2col"
+        self.reason = ("forced by the caller" if algorithm == "im2col"
+                       else "the only 3-D algorithm: vol2col + sgemm")
+        self.stride = ntuple(stride, 3, "stride", minimum=1)
+        self.dilation = ntuple(dilation, 3, "dilation", minimum=1)
+        _check_padding_arg(padding)
+        self.padding = padding
+        self.kernel_size = tuple(w.shape[2:])
+        if not isinstance(padding, str):
+            resolve_padding(padding, (1, 1, 1), self.kernel_size, self.stride, self.dilation)
+        self.groups = groups
+        self.out_channels = w.shape[0]
+        self.in_channels = w.shape[1] * groups
+        self.activation = activation
+        self.act_code = activation_code(activation)
+        self.weight = w
+        # depth taps first: the columns of depth tap a are one contiguous block of a row
+        self.w_taps = np.ascontiguousarray(w.transpose(0, 2, 1, 3, 4)).reshape(w.shape[0], -1)
+        if bias is not None:
+            b = as_float_array(bias, "bias", 1)
+            if b.shape != (self.out_channels,):
+                raise ValueError(f"bias must have shape ({self.out_channels},), got {b.shape}")
+            self.bias = b
+        else:
+            self.bias = None
+        self.num_threads = num_threads
+        self._geometries = {}
+
+    def geometry(self, input_shape) -> Geometry3d:
+        key = tuple(input_shape)
+        g = self._geometries.get(key)
+        if g is None:
+            if len(self._geometries) > 64:
+                self._geometries.clear()
+            in_size = key[2:]
+            pads = resolve_padding(self.padding, in_size, self.kernel_size, self.stride,
+                                   self.dilation)
+            try:
+                out_size = conv_output_shape(in_size, self.kernel_size, self.stride, pads,
+                                             self.dilation)
+            except ValueError as e:
+                raise ValueError(f"x: {e}") from None
+            macs = key[0] * self.out_channels * int(np.prod(out_size)) * self.w_taps.shape[1]
+            g = self._geometries[key] = Geometry3d(key[0], in_size, out_size, pads, macs)
+        return g
+
+    def output_shape(self, input_shape):
+        g = self.geometry(input_shape)
+        return (g.batch, self.out_channels) + g.out_size
+
+    def __call__(self, x, out=None):
+        x = _check_x(x, 5, self.in_channels, self.weight.shape[1], self.groups)
+        g = self.geometry(x.shape)
+        shape = (g.batch, self.out_channels) + g.out_size
+        if out is None:
+            out = np.empty(shape, dtype=np.float32)
+        else:
+            check_out(out, shape)
+        self.run(x, out, g)
+        return out
+
+    def run(self, x, out, g: Geometry3d, num_threads=None) -> None:
+        """Checked arrays in, no validation."""
+        threads = threads_for(g.macs, resolve_threads(num_threads or self.num_threads))
+        slices, rows = self.work_split(g)
+        (kd, kh, kw), (sd, sh, sw), (dd, dh, dw) = self.kernel_size, self.stride, self.dilation
+        with blas_pinned():
+            _c3.f32_conv3d_vol2col(x, self.w_taps, self.bias, out, kd, kh, kw, sd, sh, sw,
+                                   g.pads[0][0], g.pads[1][0], g.pads[2][0], dd, dh, dw,
+                                   self.groups, slices, rows, self.act_code, threads)
+
+    def work_split(self, g: Geometry3d) -> tuple[int, int]:
+        """(output slices, output rows) per work item, from the shapes alone: whole slices
+        while the ring of column matrices fits VOL2COL_CHUNK_BYTES, then runs of slices
+        long enough to reuse columns but leaving about VOL2COL_ITEMS items."""
+        od, oh, ow = g.out_size
+        ring = (self.kernel_size[0] - 1) * self.dilation[0] + 1
+        row_bytes = 4 * ring * (self.in_channels // self.groups) * self.kernel_size[1] \
+            * self.kernel_size[2] * ow
+        rows = max(1, min(oh, VOL2COL_CHUNK_BYTES // row_bytes))
+        rows = -(-oh // -(-oh // rows))   # the same number of runs, evened out
+        others = g.batch * self.groups * -(-oh // rows)
+        runs = min(od, max(1, -(-VOL2COL_ITEMS // others)))
+        return -(-od // runs), rows
+
+    def __repr__(self):
+        return (f"Conv3d({self.in_channels}->{self.out_channels}, "
+                f"kernel={'x'.join(map(str, self.kernel_size))}, stride={self.stride}, "
+                f"padding={self.padding!r}, dilation={self.dilation}, groups={self.groups}, "
+                f"activation={self.activation!r}, algorithm={self.algorithm!r})")
+
+    def explain(self) -> str:
+        return f"{self!r}\nalgorithm: {self.algorithm} ({self.reason})"
