@@ -9,6 +9,16 @@ from .dispatch import ALGORITHMS as _ALGORITHMS
 from .errors import ModelError
 from .functional import conv2d
 from .ops.conv2d import Conv2d
+from .functional import deform_conv2d
+from .ops.deform import DeformConv2d
+from .ops.octave import OctaveConv2d
+from .functional import (avg_pool2d, global_avg_pool2d, global_max_pool2d, interpolate,
+                         max_pool2d, max_unpool2d)
+from .functional import conv1d, conv3d, conv_transpose1d, conv_transpose2d
+from .ops.conv_transpose import ConvTranspose1d, ConvTranspose2d, bilinear_upsample_kernel
+from .ops.convnd import Conv1d, Conv3d
+from .graph import Model
+from .io import export, load
 
 __version__ = "0.1.0"
 
@@ -43,5 +53,11 @@ def build_info() -> dict:
             "blas": blas, "algorithms": algorithms()}
 
 
-__all__ = ["conv2d", "Conv2d", "ModelError", "algorithms", "build_info", "set_num_threads",
+__all__ = ["conv2d", "Conv2d", "conv1d", "conv3d", "conv_transpose1d", "conv_transpose2d",
+           "Conv1d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "bilinear_upsample_kernel",
+           "ModelError", "algorithms", "build_info", "set_num_threads",
            "get_num_threads", "__version__"]
+__all__ += ["deform_conv2d", "DeformConv2d", "OctaveConv2d"]
+__all__ += ["max_pool2d", "avg_pool2d", "max_unpool2d", "global_avg_pool2d", "global_max_pool2d",
+            "interpolate"]
+__all__ += ["load", "Model", "export"]

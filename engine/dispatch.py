@@ -9,6 +9,7 @@ the estimates, make the choice, and the rules' thresholds come from the same ben
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -18,6 +19,15 @@ _GEMM_GFLOPS = 90.0
 _DIRECT_GFLOPS = 1.5
 _DEPTHWISE_GFLOPS = 25.0
 _MEMORY_GBS = 12.0
+# The fft path: scipy.fft real 2-D transforms counted as 2.5*n*log2(n) flops (about 10 GFLOP/s
+# measured, 8 with the padding and copies), and the per-frequency complex products, which
+# stream the weight spectrum from memory at batch 1 and are arithmetic-bound only for batches.
+_FFT_GFLOPS = 8.0
+_SPECTRAL_MAC_GFLOPS = 40.0
+# Auto never picks fft for a layer whose weight spectrum exceeds this: it is kept per input
+# size and read whole at every call. The largest layer measured, 64->64 15x15 on 128x128 (10x
+# faster than im2col), needs 344 MB.
+FFT_MAX_SPECTRUM_BYTES = 512 << 20
 
 # Winograd pays a transform per tile and channel; below this many channels per group the
 # transforms cost more than the multiplications they save (bench/bench_conv2d.py, c3 and c16 rows).
@@ -37,6 +47,9 @@ class ConvParams:
     pads: Optional[tuple[tuple[int, int], tuple[int, int]]] = None
     in_size: Optional[tuple[int, int]] = None
     batch: int = 1
+    # every kernel slice numerically rank 1 (engine.ops.separable.rank1_kernels); only computed,
+    # from the weights, for layers with one input channel per group, the ones separable runs
+    rank1_kernels: bool = False
 
     @property
     def out_size(self) -> tuple[int, int]:
@@ -75,7 +88,7 @@ def why_not(algorithm: str, p: ConvParams) -> Optional[str]:
         if p.pads is not None and p.pads != ((0, 0), (0, 0)):
             return "pointwise needs zero padding"
         return None
-    if algorithm in ("winograd_f23", "dilated_s2b"):
+    if algorithm in ("winograd_f23", "dilated_s2b", "winograd_f43"):
         if p.kernel != (3, 3):
             return f"{algorithm} needs a 3x3 kernel, got {p.kernel[0]}x{p.kernel[1]}"
         if p.stride != (1, 1):
@@ -91,10 +104,50 @@ def why_not(algorithm: str, p: ConvParams) -> Optional[str]:
                     f"groups, got groups={p.groups}, in_channels={p.in_channels}, "
                     f"out_channels={p.out_channels}")
         return None
+    if algorithm == "separable":
+        if p.in_channels // p.groups != 1:
+            return (f"separable needs one input channel per group (groups == in_channels), got "
+                    f"{p.in_channels // p.groups}: a layer summing over several input channels "
+                    f"does not factor into a kx1 and a 1xk convolution even when every slice is "
+                    f"rank 1, since each (out, in) pair would need its own intermediate")
+        return None
+    if algorithm == "fft":
+        if p.stride != (1, 1):
+            return f"fft needs stride 1, got {p.stride}"
+        if p.dilation != (1, 1):
+            return f"fft needs dilation 1, got {p.dilation}"
+        return None
     return f"unknown algorithm {algorithm!r}; known: {', '.join(ALGORITHMS)}"
 
 
-ALGORITHMS = ("direct", "im2col", "pointwise", "winograd_f23", "depthwise", "dilated_s2b")
+ALGORITHMS = ("direct", "im2col", "pointwise", "winograd_f23", "winograd_f43", "depthwise",
+              "dilated_s2b", "separable", "fft")
+
+
+def _fft_plane(p: ConvParams) -> tuple[int, int]:
+    """The padded input plane the fft path transforms (stride 1, dilation 1)."""
+    oh, ow = p.out_size
+    return oh + p.kernel[0] - 1, ow + p.kernel[1] - 1
+
+
+def fft_spectrum_bytes(p: ConvParams) -> int:
+    """Size of the fft path's complex64 weight spectrum for this layer and input size."""
+    fh, fw = _fft_plane(p)
+    return 8 * p.out_channels * (p.in_channels // p.groups) * fh * (fw // 2 + 1)
+
+
+def _fft_ms(p: ConvParams) -> float:
+    """FFT convolution: real FFTs of the padded input planes and of the output planes, plus
+    the per-frequency complex multiply-accumulate over input channels, which streams the
+    layer's weight spectrum (K * Cg complex values per frequency) from memory."""
+    fh, fw = _fft_plane(p)
+    plane = fh * fw
+    fft_flops = (2.5 * plane * math.log2(max(plane, 2)) * p.batch
+                 * (p.in_channels + p.out_channels))
+    spectrum_bytes = fft_spectrum_bytes(p)
+    mac_flops = p.batch * spectrum_bytes          # 8 flops per complex64 weight and image
+    return (fft_flops / _FFT_GFLOPS
+            + max(mac_flops / _SPECTRAL_MAC_GFLOPS, spectrum_bytes / _MEMORY_GBS)) / 1e6
 
 
 def estimated_ms(algorithm: str, p: ConvParams) -> float:
@@ -116,8 +169,22 @@ def estimated_ms(algorithm: str, p: ConvParams) -> float:
         gemm = 2.0 * 16 * p.groups * kg * cg * tiles
         transform_bytes = 4.0 * 16 * tiles * p.groups * (cg + kg) * 2
         return gemm / _GEMM_GFLOPS / 1e6 + transform_bytes / _MEMORY_GBS / 1e6
+    if algorithm == "winograd_f43":
+        # 36 products per 4x4 tile; each call also streams the 36 transformed weight matrices
+        # (sgemm repacks them), which is why it loses to F(2,3) below ~200 F(4,3) tiles
+        tiles = p.batch * -(-oh // 4) * -(-ow // 4)
+        gemm = 2.0 * 36 * p.groups * kg * cg * tiles
+        moved = 4.0 * 36 * (tiles * p.groups * (cg + kg) * 2 + p.groups * kg * cg)
+        return gemm / _GEMM_GFLOPS / 1e6 + moved / _MEMORY_GBS / 1e6
     if algorithm == "depthwise":
         return flops / _DEPTHWISE_GFLOPS / 1e6
+    if algorithm == "separable":
+        # R*(kh + kw) instead of kh*kw multiply-adds; a slice that is not rank 1 is taken at
+        # full rank, the worst case
+        rank = 1 if p.rank1_kernels else min(kh, kw)
+        return 2.0 * pixels * p.out_channels * rank * (kh + kw) / _DEPTHWISE_GFLOPS / 1e6
+    if algorithm == "fft":
+        return _fft_ms(p)
     raise ValueError(f"unknown algorithm {algorithm!r}")
 
 
@@ -129,6 +196,16 @@ def conv2d_candidates(p: ConvParams) -> list[tuple[str, float]]:
 def choose_conv2d(p: ConvParams) -> tuple[str, str]:
     """The ordered rules. The first that matches decides."""
     cg, kg = p.in_channels // p.groups, p.out_channels // p.groups
+    kh, kw = p.kernel
+    # Rank-1 filters (Gaussian, Sobel, box) on one input channel per group, measured one thread
+    # on a loaded machine, side by side, best of 5 (ms): single-channel 512x512, 3x3 separable
+    # 0.10 vs im2col 1.2, 5x5 0.12 vs 1.9; depthwise 32 channels 112x112, 5x5 0.28 vs the
+    # depthwise kernel 0.37-0.52, 7x7 0.33 vs 0.68-0.98, 5x5 multiplier 2 0.31 vs 0.38, but 3x3
+    # 0.20 vs 0.17: the depthwise kernel keeps 3x3 (and 1xk / kx1: nothing to factor).
+    if p.rank1_kernels and cg == 1 and min(kh, kw) >= 2 and (min(kh, kw) >= 5
+                                                              or not _is_depthwise(p)):
+        return "separable", (f"every {kh}x{kw} slice is rank 1: a {kh}x1 then a 1x{kw} pass, "
+                             f"{kh + kw} instead of {kh * kw} multiply-adds per output")
     if _is_depthwise(p):
         return "depthwise", "groups == in_channels: one small filter per channel, no GEMM to feed"
     if _is_pointwise(p):
@@ -143,4 +220,15 @@ def choose_conv2d(p: ConvParams) -> tuple[str, str]:
     if p.kernel == (3, 3) and p.stride == (1, 1):
         return "im2col", (f"3x3 stride 1 but only {min(cg, kg)} channels per group: Winograd's "
                           f"transforms would cost more than they save")
+    # fft vs im2col, one thread, batch 1, loaded machine, best of 3-5 (time ratio fft/im2col):
+    #   7x7:  8->8 64x64 0.50, 8->8 128x128 0.44, 16->16 128x128 0.31, 64->64 64x64 0.47,
+    #         64->64 128x128 0.57-0.63, 32->32 56x56 0.20, 64->64 28x28 0.59, 128->128 14x14
+    #         0.24, 16->4 128x128 0.78; but 4->32 128x128 1.3 and 3->64 128x128 about 4 (the
+    #         output planes' transforms dominate when there are few input channels)
+    #   9x9 64->64 groups 4, 64x64: 0.26;  11x11: 0.11-0.18;  15x15: 0.05-0.14
+    #   5x5 16->16 64x64 0.92, 64->64 64x64 1.1-1.3: too close to call, left to im2col
+    if (p.stride == (1, 1) and p.dilation == (1, 1) and min(kh, kw) >= 7
+            and min(cg, kg) >= 8 and fft_spectrum_bytes(p) <= FFT_MAX_SPECTRUM_BYTES):
+        return "fft", (f"{kh}x{kw} stride 1 with {cg}->{kg} channels per group: FFT convolution "
+                       f"costs O(log HW) per pixel instead of O({kh * kw})")
     return "im2col", "general case: im2col + sgemm handles any stride, padding and dilation"

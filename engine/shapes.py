@@ -11,13 +11,17 @@ this is also what PyTorch's padding="same" does.
 """
 from __future__ import annotations
 
+import math
+import numbers
 import operator
 from typing import Sequence
 
 __all__ = [
     "ntuple", "effective_kernel", "conv_output_size", "same_padding", "resolve_padding",
     "conv_output_shape", "pool_output_size", "conv_transpose_output_size",
-    "transpose_output_padding", "receptive_field",
+    "conv_transpose_output_shape",
+    "transpose_output_padding", "receptive_field", "pool_output_shape", "unpool_output_size",
+    "unpool_output_shape", "interpolate_output_size", "interpolate_output_shape",
 ]
 
 
@@ -107,6 +111,96 @@ def pool_output_size(i: int, k: int, s: int, p: int, d: int = 1, ceil_mode: bool
     return o
 
 
+def pool_output_shape(in_size: Sequence[int], kernel: Sequence[int], stride: Sequence[int],
+                      padding: Sequence[int], dilation: Sequence[int],
+                      ceil_mode: bool = False) -> tuple[int, ...]:
+    """Spatial output shape of max or average pooling with PyTorch's checks: padding at most
+    kernel_size // 2 (whatever the dilation), and at least one output along every axis."""
+    out = []
+    for axis, (i, k, s, p, d) in enumerate(zip(in_size, kernel, stride, padding, dilation)):
+        if p > k // 2:
+            raise ValueError(f"padding must be at most half of kernel_size ({k} // 2 = {k // 2})"
+                             f" along spatial axis {axis}, got {p}")
+        o = pool_output_size(i, k, s, p, d, ceil_mode)
+        if o < 1:
+            raise ValueError(
+                f"kernel_size {k} with dilation {d} (effective {effective_kernel(k, d)}) is larger"
+                f" than the padded input ({i} + 2*{p}) along spatial axis {axis}")
+        out.append(o)
+    return tuple(out)
+
+
+def unpool_output_size(i: int, k: int, s: int, p_begin: int, p_end: int | None = None) -> int:
+    """Max-unpooling's default size, the input size of a pooling without ceil_mode that gives
+    i outputs: (i - 1)*s - p_begin - p_end + k (PyTorch pads both ends alike; ONNX MaxUnpool's
+    pads may differ)."""
+    return (i - 1) * s - p_begin - (p_begin if p_end is None else p_end) + k
+
+
+def unpool_output_shape(in_size: Sequence[int], kernel: Sequence[int], stride: Sequence[int],
+                        padding: Sequence[int], output_size=None) -> tuple[int, ...]:
+    """PyTorch's max_unpool output shape: the default above, or ``output_size`` given as the
+    spatial sizes or a full (N, C, ...) shape whose trailing sizes count. A pooling with stride s
+    maps s consecutive input sizes to one output size, so an explicit size must lie strictly
+    within s of the default."""
+    n = len(kernel)
+    default = tuple(unpool_output_size(i, k, s, p)
+                    for i, k, s, p in zip(in_size, kernel, stride, padding))
+    if output_size is None:
+        for axis, o in enumerate(default):
+            if o < 1:
+                raise ValueError(f"the unpooled size along spatial axis {axis} would be {o}: "
+                                 f"padding is too large for kernel_size and stride")
+        return default
+    if not isinstance(output_size, (list, tuple)) or len(output_size) not in (n, n + 2):
+        raise ValueError(f"output_size must be a sequence of {n} or {n + 2} integers, "
+                         f"got {output_size!r}")
+    wanted = tuple(_as_int(o, "output_size") for o in output_size[len(output_size) - n:])
+    for axis, (o, dflt, s) in enumerate(zip(wanted, default, stride)):
+        if not dflt - s < o < dflt + s or o < 1:
+            raise ValueError(f"output_size {tuple(output_size)!r} is impossible: along spatial "
+                             f"axis {axis} it must be positive and strictly between "
+                             f"{dflt - s} and {dflt + s}")
+    return wanted
+
+
+def interpolate_output_size(i: int, scale: float) -> int:
+    """PyTorch's size for a scale_factor: floor(i * scale) in double precision."""
+    return int(math.floor(float(i) * scale))
+
+
+def interpolate_output_shape(in_size: Sequence[int], size=None, scale_factor=None
+                             ) -> tuple[tuple[int, ...], tuple[float, ...] | None]:
+    """(output shape, scales) for interpolate from exactly one of ``size`` (an int or one per
+    axis) and ``scale_factor`` (a number or one per axis). ``scales`` is the per-axis factor when
+    one was given, else None: PyTorch samples with 1/scale_factor rather than in/out then."""
+    n = len(in_size)
+    if (size is None) == (scale_factor is None):
+        raise ValueError("exactly one of size and scale_factor must be given, got "
+                         f"size={size!r}, scale_factor={scale_factor!r}")
+    if size is not None:
+        out = ntuple(size, n, "size")
+        if any(o < 1 for o in out):
+            raise ValueError(f"size must be positive, got {size!r}")
+        return out, None
+    factors = scale_factor if isinstance(scale_factor, (list, tuple)) else (scale_factor,) * n
+    if len(factors) != n:
+        raise ValueError(f"scale_factor must have {n} values, got {len(factors)}: "
+                         f"{scale_factor!r}")
+    scales = []
+    for f in factors:
+        if isinstance(f, bool) or not isinstance(f, numbers.Real) or not math.isfinite(f) \
+                or f <= 0:
+            raise ValueError(f"scale_factor must be positive finite numbers, got {scale_factor!r}")
+        scales.append(float(f))
+    out = tuple(interpolate_output_size(i, f) for i, f in zip(in_size, scales))
+    for axis, (i, o) in enumerate(zip(in_size, out)):
+        if o < 1:
+            raise ValueError(f"scale_factor {scale_factor!r} leaves no output along spatial "
+                             f"axis {axis} (input size {i})")
+    return out, tuple(scales)
+
+
 def conv_transpose_output_size(i: int, k: int, s: int, p_begin: int, p_end: int,
                                output_padding: int, d: int) -> int:
     return (i - 1) * s - p_begin - p_end + effective_kernel(k, d) + output_padding
@@ -122,6 +216,88 @@ def transpose_output_padding(i: int, k: int, s: int, p_begin: int, p_end: int, d
         raise ValueError(f"output_size {wanted} along spatial axis {axis} is impossible: "
                          f"this transposed convolution gives {smallest} to {largest}")
     return wanted - smallest
+
+
+def conv_transpose_output_shape(in_size: Sequence[int], kernel: Sequence[int],
+                                stride: Sequence[int], pads: Sequence[tuple[int, int]],
+                                dilation: Sequence[int], output_padding: Sequence[int],
+                                output_size=None) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(spatial output shape, output_padding used) of a transposed convolution. output_size,
+    the spatial sizes or a full (N, C, ...) shape whose trailing sizes count, picks
+    output_padding as PyTorch's ConvTranspose modules do and then overrides the one given.
+    ValueError for an impossible output_size or an empty output."""
+    n = len(kernel)
+    if output_size is not None:
+        if isinstance(output_size, numbers.Integral) and not isinstance(output_size, bool):
+            output_size = (output_size,)
+        if not isinstance(output_size, (list, tuple)) or len(output_size) not in (n, n + 2):
+            raise ValueError(f"output_size must be {n} spatial sizes or a full {n + 2}-D "
+                             f"shape, got {output_size!r}")
+        wanted = ntuple(tuple(output_size)[-n:], n, "output_size", minimum=1)
+        op = tuple(transpose_output_padding(i, k, s, pb, pe, d, o, axis)
+                   for axis, (i, k, s, (pb, pe), d, o)
+                   in enumerate(zip(in_size, kernel, stride, pads, dilation, wanted)))
+        return wanted, op
+    out = tuple(conv_transpose_output_size(i, k, s, pb, pe, o, d)
+                for i, k, s, (pb, pe), d, o
+                in zip(in_size, kernel, stride, pads, dilation, output_padding))
+    for axis, o in enumerate(out):
+        if o < 1:
+            raise ValueError(f"input size {tuple(in_size)} gives an empty output (size {o} "
+                             f"along spatial axis {axis}): the padding is too large for this "
+                             f"kernel, stride and dilation")
+    return out, tuple(output_padding)
+
+
+def onnx_auto_pads(auto_pad: str, in_size: Sequence[int], kernel: Sequence[int],
+                   stride: Sequence[int], dilation: Sequence[int]) -> tuple[tuple[int, int], ...]:
+    """Per-axis (begin, end) padding of ONNX's auto_pad for convolution and pooling:
+    SAME_UPPER as same_padding (the odd element at the end), SAME_LOWER the mirror image (the
+    odd element at the beginning), VALID none."""
+    if auto_pad == "VALID":
+        return ((0, 0),) * len(kernel)
+    pairs = tuple(same_padding(i, k, s, d) for i, k, s, d in zip(in_size, kernel, stride, dilation))
+    if auto_pad == "SAME_LOWER":
+        return tuple((e, b) for b, e in pairs)
+    if auto_pad == "SAME_UPPER":
+        return pairs
+    raise ValueError(f"auto_pad must be SAME_UPPER, SAME_LOWER or VALID here, got {auto_pad!r}")
+
+
+def onnx_resize_output_size(i: int, scale: float) -> int:
+    """ONNX Resize's size for a scale, floor(i * scale) with the product in float32, as ONNX
+    Runtime computes it (10 * 0.7 gives 7 there, 6 in double precision)."""
+    import numpy as np
+    return int(np.floor(np.float32(i) * np.float32(scale)))
+
+
+def onnx_pool_output_size(i: int, k: int, s: int, p_begin: int, p_end: int, d: int = 1,
+                          ceil_mode: bool = False) -> int:
+    """ONNX pooling size with separate begin and end padding. With ceil_mode the last window
+    may hang over the end but must start inside the input or its begin padding (PyTorch's rule,
+    which ONNX's reference implementation also applies)."""
+    span = i + p_begin + p_end - effective_kernel(k, d)
+    if ceil_mode:
+        o = -(-span // s) + 1
+        if (o - 1) * s >= i + p_begin:
+            o -= 1
+        return o
+    return span // s + 1
+
+
+def onnx_transpose_pads(i: int, k: int, s: int, d: int, output_padding: int, out: int,
+                        auto_pad: str) -> tuple[int, int]:
+    """(begin, end) padding of an ONNX ConvTranspose that must produce ``out`` elements (its
+    output_shape attribute, or i*s for SAME_*): the total
+    s*(i - 1) + output_padding + k_eff - out is split as the operator spec says, the odd
+    element at the end for SAME_UPPER and at the beginning otherwise. A negative total means
+    extra output at the end."""
+    total = s * (i - 1) + output_padding + effective_kernel(k, d) - out
+    if total < 0:
+        return 0, total
+    if auto_pad == "SAME_UPPER":
+        return total // 2, total - total // 2
+    return total - total // 2, total // 2
 
 
 def receptive_field(layers: Sequence[Sequence[int]]) -> tuple[int, int]:

@@ -10,6 +10,7 @@ from .._threads import blas_pinned, resolve_threads, threads_for
 from ..shapes import conv_output_shape, ntuple, resolve_padding
 from ._validate import as_float_array, check_out
 from .activation import activation_code
+from .separable import rank1_kernels as _rank1_kernels
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,7 @@ class Conv2d:
         self.params = dispatch.ConvParams(
             in_channels=self.in_channels, out_channels=k_out, kernel=(kh, kw),
             stride=self.stride, dilation=self.dilation, groups=groups, pads=self._static_pads,
-            in_size=input_size)
+            in_size=input_size, rank1_kernels=_rank1_kernels(w, groups))
         if input_size is not None:
             # fail early, with the same message a call would give
             self._geometry((1, self.in_channels) + input_size)

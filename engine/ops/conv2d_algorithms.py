@@ -5,6 +5,10 @@ from __future__ import annotations
 import numpy as np
 
 from .._kernels import conv_direct, conv_im2col, conv_pointwise
+from .depthwise import Depthwise
+from .fft import FFT
+from .separable import Separable
+from .winograd import WinogradF23, WinogradF43
 
 # Bound on the im2col column buffer of one thread: large enough for efficient GEMMs, small
 # enough to stay in L2/L3 next to the weights.
@@ -70,4 +74,10 @@ REGISTRY = {
     "direct": Direct,
     "im2col": Im2col,
     "pointwise": Pointwise,
+    "depthwise": Depthwise,
+    "separable": Separable,
+    "fft": FFT,
+    "winograd_f23": WinogradF23,   # dilation 1
+    "dilated_s2b": WinogradF23,    # the same kernel, phase sub-images in its addressing
+    "winograd_f43": WinogradF43,   # any dilation; forced only (see engine/ops/winograd.py)
 }

@@ -1,0 +1,304 @@
+"""Winograd convolution for 3x3 stride-1 layers, plain and dilated (space-to-batch).
+
+F(m x m, 3x3) computes an m x m output tile from an (m+2) x (m+2) input patch d as
+    Y = A^T [ (G g G^T) (.) (B^T d B) ] A
+with (m+2)^2 multiplications instead of 9 m^2. The weights are transformed once, here; each
+call transforms the input, runs (m+2)^2 GEMMs per group and transforms back, all in
+kernels/conv_winograd.pyx.
+
+Dilation. A rate-(dh, dw) convolution of the zero-padded input xpad is, for every phase pair
+(a, b) with 0 <= a < dh, 0 <= b < dw, an ordinary 3x3 convolution of the sub-image
+xpad[a::dh, b::dw] that produces y[a::dh, b::dw]. So "dilated_s2b" (dilation > 1) is the same
+kernel as "winograd_f23" (dilation 1) with different addressing: a tile is (image, a, b, tile
+row, tile column) and its patch is read at padded rows a + dh*(m*ti + r), columns
+b + dw*(m*tj + c). No sub-image is copied out and nothing is rearranged back: the
+space-to-batch rearrangement lives only in the transforms' addressing (and in the column order
+of the padded copy every call makes anyway), so a chain of same-rate layers pays nothing for it.
+
+Tiles per phase are counted exactly: phase a along an axis of OH outputs holds ceil((OH - a)/dh)
+output rows, hence ceil(that / m) tile rows; tiles of empty phases (OH < dh) do not exist.
+"""
+from __future__ import annotations
+
+import threading
+from fractions import Fraction
+
+import numpy as np
+
+from .._kernels import conv_winograd
+
+# Tiles are processed in blocks of whole tile rows; the blocks depend on the shapes alone, so
+# the result does not depend on the thread count. A block aims at a V (input transforms) that
+# stays in a 1 MB L2 next to the GEMM's packed panels, but has at least MIN_BLOCK_TILES tiles:
+# each block repacks all of U inside sgemm, and narrower GEMMs lose speed. Measured on the
+# five layers of BENCHMARKS.md (one thread, Zen 5): 64->64 56x56 runs ~20% faster in 4 blocks
+# of 196 tiles than in one of 784 or in blocks of 56..126 tiles; the 128-, 256- and
+# 512-channel layers run fastest unblocked (196, 49, 196 and 256 tiles).
+BLOCK_V_BYTES = 768 << 10
+MIN_BLOCK_TILES = 192
+# sgemm calls up to this many multiply-adds take OpenBLAS's unpacked small-matrix path (its
+# sgemm_small_kernel_permit for AVX-512); see gemm_rows.
+SMALL_GEMM = 100 ** 3
+MIN_GEMM_ROWS = 32
+# Hard bound on V + M of one block.
+WORKSPACE_BYTES = 16 << 20
+
+
+class WorkspacePool:
+    """Scratch buffers reused across calls and layers.
+
+    A fresh multi-MB buffer per call costs a page fault per 4 KB page on first touch, measured
+    at about 40% of a 64->64 56x56 layer's time; the kernel's own malloc/free does the same
+    since glibc returns large blocks to the system. Each call takes a buffer for itself (so
+    concurrent calls never share one) and gives it back; at most ``keep`` buffers stay, the
+    largest, and buffers above ``max_bytes`` are never kept.
+    """
+
+    def __init__(self, keep: int = 4, max_bytes: int = 256 << 20):
+        self.keep, self.max_bytes = keep, max_bytes
+        self._free: list[np.ndarray] = []
+        self._lock = threading.Lock()
+
+    def take(self, floats: int) -> np.ndarray:
+        with self._lock:
+            fits = [i for i, b in enumerate(self._free) if b.size >= floats]
+            if fits:
+                return self._free.pop(min(fits, key=lambda i: self._free[i].size))
+        # 64-byte aligned start, so the kernel's sub-buffers are aligned too
+        raw = np.empty(floats + 16, np.float32)
+        start = (-raw.ctypes.data % 64) // 4
+        return raw[start:start + floats]
+
+    def give(self, buf: np.ndarray) -> None:
+        if buf.nbytes > self.max_bytes:
+            return
+        with self._lock:
+            self._free.append(buf)
+            if len(self._free) > self.keep:
+                sizes = [b.size for b in self._free]
+                self._free.pop(sizes.index(min(sizes)))
+
+
+workspace = WorkspacePool()
+
+
+# ---- transform matrices ------------------------------------------------------------------------
+#
+# F(2,3): the design's matrices (Lavin & Gray 2016, points 0, 1, -1, infinity).
+F23_BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.float64)
+F23_G = np.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]], np.float64)
+F23_AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float64)
+
+
+def toom_cook(points, m: int, r: int = 3):
+    """(A^T, G, B^T) of F(m, r) for the m + r - 2 finite interpolation points plus infinity.
+
+    Derivation. Linear convolution s = a * g of a (m taps) with g (r taps) is the product of
+    polynomials a(x) g(x) of degree n - 1, n = m + r - 1. Evaluate both at the finite points
+    p_k and at infinity (the leading coefficient), multiply point-wise, interpolate back:
+        s = C [ (E_m a) (.) (E_r g) ],   E_q[k] = (1, p_k, ..., p_k^(q-1)),  E_q[inf] = e_(q-1).
+    Interpolation by Lagrange: with the node polynomials N_k(x) = prod_{j != k} (x - p_j) and
+    N(x) = prod_j (x - p_j), a degree n-1 polynomial s is sum_k s(p_k) N_k(x) / N_k(p_k)
+    + s(inf) N(x); so column k of C holds the coefficients of N_k / N_k(p_k) and the infinity
+    column those of N. Correlation (what a convolution layer computes) is the transpose of this
+    bilinear map with respect to a (Winograd's nesting):
+        y = E_m^T [ (E_r g) (.) (C^T d) ],
+    so A^T = E_m^T, G = E_r and B^T = C^T. The scale 1 / N_k(p_k) is moved from B^T into row k
+    of G, which leaves B^T with the integer coefficients of N_k and N.
+    For points (0, 1, -1, 2, -2) this gives the usual F(4,3) matrices (Lavin & Gray 2016):
+        B^T rows: 4 0 -5 0 1 0 | 0 -4 -4 1 1 0 | 0 4 -4 -1 1 0 | 0 -2 -1 2 1 0 |
+                  0 2 -1 -2 1 0 | 0 4 0 -5 0 1
+        G rows:   1/4 0 0 | -1/6 -1/6 -1/6 | -1/6 1/6 -1/6 | 1/24 1/12 1/6 | 1/24 -1/12 1/6 |
+                  0 0 1
+        A^T rows: 1 1 1 1 1 0 | 0 1 -1 2 -2 0 | 0 1 1 4 4 0 | 0 1 -1 8 -8 1
+    which is what kernels/conv_winograd.pyx hard-codes; tests check the identity numerically.
+    """
+    pts = [Fraction(p) for p in points]
+    n = m + r - 1
+    if len(pts) != n - 1 or len(set(pts)) != len(pts):
+        raise ValueError(f"F({m},{r}) needs {n - 1} distinct finite points, got {points!r}")
+
+    def poly_from_roots(roots):
+        coef = [Fraction(1)]
+        for root in roots:  # multiply by (x - root), coefficients in ascending powers
+            coef = [Fraction(0)] + coef
+            for i in range(len(coef) - 1):
+                coef[i] -= root * coef[i + 1]
+        return coef
+
+    AT = [[p ** i for p in pts] + [Fraction(1 if i == m - 1 else 0)] for i in range(m)]
+    G, BT = [], []
+    for k, p in enumerate(pts):
+        others = pts[:k] + pts[k + 1:]
+        scale = Fraction(1)
+        for q in others:
+            scale *= p - q
+        G.append([p ** i / scale for i in range(r)])
+        BT.append(poly_from_roots(others) + [Fraction(0)])
+    G.append([Fraction(1 if i == r - 1 else 0) for i in range(r)])
+    BT.append(poly_from_roots(pts))
+    as_array = lambda rows: np.array([[float(v) for v in row] for row in rows], np.float64)
+    return as_array(AT), as_array(G), as_array(BT)
+
+
+F43_AT, F43_G, F43_BT = toom_cook((0, 1, -1, 2, -2), m=4)
+
+TRANSFORMS = {2: (F23_AT, F23_G, F23_BT), 4: (F43_AT, F43_G, F43_BT)}
+
+
+def transform_weights(w64: np.ndarray, groups: int, m: int) -> np.ndarray:
+    """U[g, e, Kg, Cg] = (G w[k, c] G^T) flattened row-major over the (m+2) x (m+2) element e,
+    computed in float64, returned as float32."""
+    _, G, _ = TRANSFORMS[m]
+    k, cg = w64.shape[:2]
+    a = m + 2
+    u = np.einsum("ir,kcrs,js->ijkc", G, w64, G)           # (a, a, K, Cg)
+    u = u.reshape(a * a, groups, k // groups, cg).transpose(1, 0, 2, 3)
+    return np.ascontiguousarray(u, dtype=np.float32)
+
+
+# ---- tiling ----------------------------------------------------------------------------------
+
+def gemm_rows(kg: int, cg: int, tiles: int) -> int:
+    """Rows of U per sgemm call. OpenBLAS's AVX-512 build multiplies calls of at most
+    SMALL_GEMM multiply-adds without packing its operands; packing U costs as much as a third
+    of the GEMM time when the tiles are few. Splitting U's rows until a call fits pays when
+    the pieces keep at least MIN_GEMM_ROWS rows (measured: 128->128 on 196 tiles +18% GEMM speed
+    in 4 calls of 32 rows; 256->256 on 196 tiles loses in pieces of 16 or 32)."""
+    if kg * cg * tiles <= SMALL_GEMM:
+        return kg
+    rows = SMALL_GEMM // (cg * tiles)
+    if rows < MIN_GEMM_ROWS:
+        return kg
+    pieces = -(-kg // rows)
+    return -(-kg // pieces)
+
+
+def _phase_tiles(out: int, d: int, m: int) -> list[int]:
+    """Tiles along one axis for each phase: ceil(ceil((out - a) / d) / m), 0 for empty phases."""
+    return [-(-max(0, -(-(out - a) // d)) // m) for a in range(d)]
+
+
+class TilePlan:
+    """The addressing tables of one input shape (see kernels/conv_winograd.pyx).
+
+    A tile row is (image n, row phase a, tile row ti) and holds the tiles of every column
+    phase b: phase_tiles[b] of them, starting at phase_start[b]."""
+
+    def __init__(self, batch, in_size, out_size, pads, dilation, m, c_in, c_out, groups):
+        (h, w), (oh, ow), ((pt, _), (pl, _)), (dh, dw) = in_size, out_size, pads, dilation
+        th, tw = _phase_tiles(oh, dh, m), _phase_tiles(ow, dw, m)
+        self.m, self.dh, self.dw = m, dh, dw
+        self.phase_tiles = np.array(tw, np.intp)
+        self.phase_start = np.ascontiguousarray(np.cumsum(tw) - tw, dtype=np.intp)
+        per_row = int(sum(tw))
+        # positions per phase in a padded row: every tile's columns reach one element further
+        self.J = max(tw) + 1
+        # padded rows read by tile row ti of phase a: a + dh*(m*ti + r), r <= m + 1
+        self.hbuf = max(a + dh * (m * t + 1) + 1 for a, t in enumerate(th) if t)
+        # where each source column goes in a padded row (pad_plane); the columns right of the
+        # last patch are dropped
+        pc = np.arange(w) + pl
+        q, j = (pc // dw) % m, pc // dw // m
+        self.colmap = np.ascontiguousarray(((q * dw + pc % dw) * self.J + j)[j < self.J],
+                                           dtype=np.intp)
+        rows = np.array([(n, a, ti) for n in range(batch) for a in range(dh)
+                         for ti in range(th[a])], np.intp).reshape(-1, 3)
+        e = (m + 2) ** 2
+        total = len(rows) * per_row
+        target = max(BLOCK_V_BYTES // (4 * e * c_in), MIN_BLOCK_TILES)
+        target = max(1, min(target, WORKSPACE_BYTES // (4 * e * (c_in + c_out))))
+        nblocks = max(1, min(len(rows), round(total / target)))
+        # equal shares of whole tile rows
+        block_of = np.arange(len(rows)) * nblocks // len(rows)
+        first = np.flatnonzero(np.diff(block_of, prepend=-1))
+        end = np.append(first[1:], len(rows))
+        t0 = (np.arange(len(rows)) - np.repeat(first, end - first)) * per_row
+        # output rows a + dh*(m*ti + r) that exist, r < m
+        nr = np.minimum(-(-(oh - rows[:, 1] - dh * m * rows[:, 2]) // dh), m)
+        self.rows = np.ascontiguousarray(np.column_stack([rows, t0, nr]), dtype=np.intp)
+        # tiles of phase b whose output column b + dw*(m*tj + c) exists
+        cols = np.zeros((dw, 4), np.intp)
+        for b in range(dw):
+            for c in range(m):
+                cols[b, c] = min(max(0, -(-(ow - b - dw * c) // (dw * m))), tw[b])
+        self.phase_cols = cols
+        self.blocks = np.ascontiguousarray(
+            np.column_stack([first, end, (end - first) * per_row]), dtype=np.intp)
+        self.max_tiles = int(self.blocks[:, 2].max())
+        self.tiles = total
+        self.kchunk = gemm_rows(c_out // groups, c_in // groups, self.max_tiles)
+        self._check(h, oh, ow, pt)
+        self.work_floats = conv_winograd.workspace_floats(
+            batch, c_in, c_out, self.hbuf, self.J, dw, m, self.max_tiles)
+
+    def _check(self, h, oh, ow, pt):
+        """Every address the kernel derives from these tables lies inside its buffers."""
+        m, dh, dw = self.m, self.dh, self.dw
+        n, a, ti, t0, nr = self.rows.T
+        tw, ts = self.phase_tiles, self.phase_start
+        b = np.arange(dw)
+        ok = (np.all(a + dh * (m * ti + m + 1) < self.hbuf)          # patch rows
+              and np.all(a + dh * m * ti < oh)                       # first output row exists
+              and np.all((nr >= 1) & (nr <= m) & (a + dh * (m * ti + nr - 1) < oh))
+              and all(0 <= cnt <= tw[bb] and (cnt == 0 or bb + dw * (m * (cnt - 1) + c) < ow)
+                      for bb in range(dw) for c, cnt in enumerate(self.phase_cols[bb, :m]))
+              and np.all(tw + 1 <= self.J)                           # patch columns
+              and np.all(b[tw > 0] + dw * m * (tw[tw > 0] - 1) < ow)  # first output column
+              and np.all(ts + tw <= ts[-1] + tw[-1]) and self.hbuf >= pt + h
+              and np.all(self.colmap < m * dw * self.J) and np.all(self.colmap >= 0))
+        for r0, r1, tiles in self.blocks:
+            ok = ok and 0 < tiles <= self.max_tiles and np.all(t0[r0:r1] + ts[-1] + tw[-1]
+                                                                  <= tiles)
+        if not ok:  # a bug in this module, never the caller's input
+            raise RuntimeError("inconsistent Winograd tile tables")
+
+
+class Winograd:
+    """F(m x m, 3x3) Winograd for 3x3 stride-1 layers of any dilation and group count.
+
+    Registered as "winograd_f23" (m = 2, dilation 1), "dilated_s2b" (m = 2, dilation > 1) and
+    "winograd_f43" (m = 4, any dilation). The weight transform is done once, here.
+    """
+
+    tile = 2
+
+    def __init__(self, layer):
+        if layer.kernel_size != (3, 3) or layer.stride != (1, 1):
+            raise ValueError(f"Winograd needs a 3x3 stride-1 layer, got kernel "
+                             f"{layer.kernel_size} stride {layer.stride}")
+        self.layer = layer
+        self.u = transform_weights(layer.weight64, layer.groups, self.tile)
+        self.bias = (layer.bias if layer.bias is not None
+                     else np.zeros(layer.out_channels, np.float32))
+        self._plans = {}
+
+    def plan(self, g) -> TilePlan:
+        p = self._plans.get(g)
+        if p is None:
+            if len(self._plans) > 64:
+                self._plans.clear()
+            L = self.layer
+            p = self._plans[g] = TilePlan(g.batch, g.in_size, g.out_size, g.pads, L.dilation,
+                                          self.tile, L.in_channels, L.out_channels, L.groups)
+        return p
+
+    def run(self, x, out, g, threads):
+        L = self.layer
+        p = self.plan(g)
+        work = workspace.take(p.work_floats)
+        try:
+            conv_winograd.f32_conv3x3_winograd(
+                x, self.u, self.bias, out, p.rows, p.blocks, p.phase_tiles, p.phase_start,
+                p.phase_cols, p.colmap, self.tile, p.J, p.hbuf, p.max_tiles, g.pads[0][0], g.pads[1][0],
+                L.dilation[0], L.dilation[1], work, p.kchunk, L.act_code, threads)
+        finally:
+            workspace.give(work)
+
+
+class WinogradF23(Winograd):
+    tile = 2
+
+
+class WinogradF43(Winograd):
+    tile = 4

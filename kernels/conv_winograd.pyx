@@ -1,0 +1,501 @@
+# Winograd convolution for 3x3, stride-1 kernels of any dilation: F(2x2,3x3) and F(4x4,3x3).
+#
+# A tile of m x m outputs (m = 2 or 4) needs an (m+2) x (m+2) input patch d. With the
+# transformed weights U = G g G^T (prepared once by engine/ops/winograd.py) the tile is
+#     Y = A^T [ U (.) (B^T d B) ] A,
+# and over all channels the element-wise products become E = (m+2)^2 independent GEMMs
+#     M[e][k, t] = sum_c U[e][k, c] V[e][c, t],        V[e][c, t] = (B^T d_{c,t} B)[e].
+#
+# Dilation by space-to-batch, folded into the addressing: a rate-(dh, dw) convolution of the
+# zero-padded input equals ordinary convolutions of its phase sub-images xpad[a::dh, b::dw]
+# (0 <= a < dh, 0 <= b < dw). A tile is (image n, phases a and b, tile row ti, tile column tj);
+# its patch is read from padded rows a + dh*(m*ti + r) and columns b + dw*(m*tj + c), and its
+# outputs go to y[n, k, a + dh*(m*ti + r), b + dw*(m*tj + c)]. No sub-image is ever built.
+#
+# Layout of the padded copy. The input is copied once per call into a zero-padded buffer so the
+# transform loops have no bounds checks. Rows keep their order (hbuf of them); within a row the
+# columns are grouped by residue q = (column offset / dw) mod m, then by phase b:
+#     element (q*dw + b)*J + j  <->  padded column b + dw*(m*j + q),     j < J,
+# with J = (most tiles of any phase) + 1 for every phase. Column c of tile tj of phase b is then
+# element (c % m)*dw*J + (b*J + tj) + c // m: for the "position" u = b*J + tj the loads of
+# consecutive positions are contiguous, across the phases too, so one vector loop runs over a
+# whole row of tiles of every column phase (a "tile row" below). The J - tw_b positions at the
+# end of each phase are not tiles; their lanes are computed and dropped. This is the copy that
+# padding makes anyway, in another index order; nothing else is copied.
+#
+# V and M list the tiles of a block tile row after tile row, phase after phase (tile row r of a
+# block starts at tile t0 = rows[r, ROW_T0], phase b at t0 + phase_start[b]), without gaps.
+#
+# Work split, all prange(schedule="static") over outputs, independent of the thread count:
+#   padding copy       over (image, channel) planes
+#   input transform    over input channels, writes V for one block of tiles
+#   GEMMs              over (group, e) pairs, one sgemm each
+#   output transform   over output channels: A^T M A, bias, activation, only in-range outputs
+# so every value is computed by the same instructions for any count: bit-identical results.
+# The tables come from engine/ops/winograd.py, which checks that every address they imply lies
+# inside the buffers used here.
+from cython.parallel cimport prange
+from libc.string cimport memset, memcpy
+
+from _blas cimport sgemm_rm
+from _epilogue cimport activate
+
+cdef enum:
+    # Tiles per inner loop: the loop writes a small local buffer (which gcc knows aliases
+    # nothing, so it vectorises without run-time overlap checks) that is then copied out.
+    # 32 tiles = two AVX-512 vectors; 36 * 32 floats stay in L1.
+    STRIP = 32
+    # The strip loops run over whole vectors of LANES tiles (the extra lanes read data that
+    # exists, the slack after each buffer included, and are dropped): a 28-tile row would
+    # otherwise spend half its time in gcc's 8-wide and scalar epilogues.
+    LANES = 16
+
+ctypedef (float, float) f2
+ctypedef (float, float, float, float) f4
+ctypedef (float, float, float, float, float, float) f6
+
+# Columns of the tile-row table (engine/ops/winograd.py builds it in this order).
+cdef enum:
+    ROW_N = 0      # image
+    ROW_A = 1      # row phase
+    ROW_TI = 2     # tile row within the phase sub-image
+    ROW_T0 = 3     # its first tile within the block
+    ROW_NR = 4     # its output rows that exist (<= m)
+    ROW_COLS = 5
+
+
+cdef inline Py_ssize_t ceil_div_nonneg(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
+    # ceil(a / b) for b > 0, clamped at 0 for negative a
+    if a <= 0:
+        return 0
+    return (a + b - 1) // b
+
+
+cdef inline Py_ssize_t whole_vectors(Py_ssize_t n) noexcept nogil:
+    return (n + LANES - 1) // LANES * LANES
+
+
+# ---- 1-D transforms ------------------------------------------------------------------------
+# F(2,3), the matrices of the lead's design (points 0, 1, -1 and infinity):
+#   B^T = [[1,0,-1,0],[0,1,1,0],[0,-1,1,0],[0,1,0,-1]],   A^T = [[1,1,1,0],[0,1,-1,-1]].
+# F(4,3): see the derivation in engine/ops/winograd.py (points 0, 1, -1, 2, -2, infinity).
+
+cdef inline f4 bt4(float d0, float d1, float d2, float d3) noexcept nogil:
+    return (d0 - d2, d1 + d2, d2 - d1, d1 - d3)
+
+
+cdef inline f2 at4(float m0, float m1, float m2, float m3) noexcept nogil:
+    return (m0 + m1 + m2, m1 - m2 - m3)
+
+
+cdef inline f6 bt6(float d0, float d1, float d2, float d3, float d4, float d5) noexcept nogil:
+    return (4 * d0 - 5 * d2 + d4,
+            (d3 + d4) - 4 * (d1 + d2),
+            4 * (d1 - d2) + (d4 - d3),
+            2 * (d3 - d1) + (d4 - d2),
+            2 * (d1 - d3) + (d4 - d2),
+            4 * d1 - 5 * d3 + d5)
+
+
+cdef inline f4 at6(float m0, float m1, float m2, float m3, float m4, float m5) noexcept nogil:
+    return (m0 + (m1 + m2) + (m3 + m4),
+            (m1 - m2) + 2 * (m3 - m4),
+            (m1 + m2) + 4 * (m3 + m4),
+            (m1 - m2) + 8 * (m3 - m4) + m5)
+
+
+cdef inline void put4(f4 t, float* o) noexcept nogil:
+    o[0] = t[0]
+    o[STRIP] = t[1]
+    o[2 * STRIP] = t[2]
+    o[3 * STRIP] = t[3]
+
+
+cdef inline void put6(f6 t, float* o) noexcept nogil:
+    o[0] = t[0]
+    o[STRIP] = t[1]
+    o[2 * STRIP] = t[2]
+    o[3 * STRIP] = t[3]
+    o[4 * STRIP] = t[4]
+    o[5 * STRIP] = t[5]
+
+
+# ---- input transform: one channel, one tile row ----------------------------------------------
+
+cdef inline void copy_runs(const float* buf, Py_ssize_t E, Py_ssize_t u0, Py_ssize_t n,
+                           Py_ssize_t J, Py_ssize_t dw, const Py_ssize_t* tw,
+                           const Py_ssize_t* start, float* v, Py_ssize_t es) noexcept nogil:
+    """Copy the lanes of strip [u0, u0 + n) that are tiles into V, phase by phase.
+
+    Each run (at most J - 1 tiles) is copied as 8, 16 or 32 floats, a constant size: a few
+    vector moves, no libc call. The excess lands on later tiles of this channel, which this
+    thread rewrites afterwards, or in the STRIP floats of slack at the end of each V row; buf
+    has a STRIP of slack too. Copying less than a whole STRIP matters for short runs (4 tiles at
+    dilation 4 on a 28x28 image): the stores are what this loop waits for."""
+    cdef Py_ssize_t b, lo, hi, e
+    cdef const float* src
+    cdef float* dst
+    for b in range(dw):
+        lo = max(u0, b * J)
+        hi = min(u0 + n, b * J + tw[b])
+        if hi <= lo:
+            continue
+        src = buf + lo - u0
+        dst = v + start[b] + lo - b * J
+        if hi - lo <= 8:
+            for e in range(E):
+                memcpy(dst + e * es, src + e * STRIP, 8 * sizeof(float))
+        elif hi - lo <= 16:
+            for e in range(E):
+                memcpy(dst + e * es, src + e * STRIP, 16 * sizeof(float))
+        else:
+            for e in range(E):
+                memcpy(dst + e * es, src + e * STRIP, STRIP * sizeof(float))
+
+
+cdef void f23_input_row(const float* x0, Py_ssize_t rs, Py_ssize_t J, Py_ssize_t dw,
+                        const Py_ssize_t* tw, const Py_ssize_t* start,
+                        float* v, Py_ssize_t es) noexcept nogil:
+    """V[e][t] (at v + e*es + t) for the tiles of one tile row and channel. x0: the first of
+    the 4 padded rows of the patches, rs: the distance between those rows."""
+    cdef float buf[17 * STRIP]
+    cdef Py_ssize_t Q = dw * J       # distance between residues
+    cdef const float* r0 = x0
+    cdef const float* r1 = x0 + rs
+    cdef const float* r2 = x0 + 2 * rs
+    cdef const float* r3 = x0 + 3 * rs
+    cdef Py_ssize_t s, j, u, n, u0
+    cdef f4 c0, c1, c2, c3
+    for s in range((Q + STRIP - 1) // STRIP):
+        u0 = s * STRIP
+        n = min(Q - u0, <Py_ssize_t>STRIP)
+        for j in range(whole_vectors(n)):
+            u = u0 + j
+            # B^T along each patch column: columns 0, 1 are residues 0, 1 at this position,
+            # columns 2, 3 the same residues one position further
+            c0 = bt4(r0[u], r1[u], r2[u], r3[u])
+            c1 = bt4(r0[Q + u], r1[Q + u], r2[Q + u], r3[Q + u])
+            c2 = bt4(r0[u + 1], r1[u + 1], r2[u + 1], r3[u + 1])
+            c3 = bt4(r0[Q + u + 1], r1[Q + u + 1], r2[Q + u + 1], r3[Q + u + 1])
+            # ... then along each row: element e = 4*i + jj
+            put4(bt4(c0[0], c1[0], c2[0], c3[0]), buf + j)
+            put4(bt4(c0[1], c1[1], c2[1], c3[1]), buf + 4 * STRIP + j)
+            put4(bt4(c0[2], c1[2], c2[2], c3[2]), buf + 8 * STRIP + j)
+            put4(bt4(c0[3], c1[3], c2[3], c3[3]), buf + 12 * STRIP + j)
+        copy_runs(buf, 16, u0, n, J, dw, tw, start, v, es)
+
+
+cdef void f43_input_row(const float* x0, Py_ssize_t rs, Py_ssize_t J, Py_ssize_t dw,
+                        const Py_ssize_t* tw, const Py_ssize_t* start,
+                        float* v, Py_ssize_t es) noexcept nogil:
+    """As f23_input_row for 6x6 patches: columns 0..3 are residues 0..3 at this position,
+    columns 4, 5 residues 0, 1 one position further."""
+    cdef float buf[37 * STRIP]
+    cdef Py_ssize_t Q = dw * J, Q2 = 2 * dw * J, Q3 = 3 * dw * J
+    cdef const float* r0 = x0
+    cdef const float* r1 = x0 + rs
+    cdef const float* r2 = x0 + 2 * rs
+    cdef const float* r3 = x0 + 3 * rs
+    cdef const float* r4 = x0 + 4 * rs
+    cdef const float* r5 = x0 + 5 * rs
+    cdef Py_ssize_t s, j, u, n, u0
+    cdef f6 c0, c1, c2, c3, c4, c5
+    for s in range((Q + STRIP - 1) // STRIP):
+        u0 = s * STRIP
+        n = min(Q - u0, <Py_ssize_t>STRIP)
+        for j in range(whole_vectors(n)):
+            u = u0 + j
+            c0 = bt6(r0[u], r1[u], r2[u], r3[u], r4[u], r5[u])
+            c1 = bt6(r0[Q + u], r1[Q + u], r2[Q + u], r3[Q + u], r4[Q + u], r5[Q + u])
+            c2 = bt6(r0[Q2 + u], r1[Q2 + u], r2[Q2 + u], r3[Q2 + u], r4[Q2 + u], r5[Q2 + u])
+            c3 = bt6(r0[Q3 + u], r1[Q3 + u], r2[Q3 + u], r3[Q3 + u], r4[Q3 + u], r5[Q3 + u])
+            c4 = bt6(r0[u + 1], r1[u + 1], r2[u + 1], r3[u + 1], r4[u + 1], r5[u + 1])
+            c5 = bt6(r0[Q + u + 1], r1[Q + u + 1], r2[Q + u + 1], r3[Q + u + 1],
+                     r4[Q + u + 1], r5[Q + u + 1])
+            put6(bt6(c0[0], c1[0], c2[0], c3[0], c4[0], c5[0]), buf + j)
+            put6(bt6(c0[1], c1[1], c2[1], c3[1], c4[1], c5[1]), buf + 6 * STRIP + j)
+            put6(bt6(c0[2], c1[2], c2[2], c3[2], c4[2], c5[2]), buf + 12 * STRIP + j)
+            put6(bt6(c0[3], c1[3], c2[3], c3[3], c4[3], c5[3]), buf + 18 * STRIP + j)
+            put6(bt6(c0[4], c1[4], c2[4], c3[4], c4[4], c5[4]), buf + 24 * STRIP + j)
+            put6(bt6(c0[5], c1[5], c2[5], c3[5], c4[5], c5[5]), buf + 30 * STRIP + j)
+        copy_runs(buf, 36, u0, n, J, dw, tw, start, v, es)
+
+
+# ---- output transform: one output channel, one tile row ---------------------------------------
+
+cdef inline void scatter_run(const float* buf, Py_ssize_t m, Py_ssize_t tj0, Py_ssize_t n,
+                             float* y, Py_ssize_t row_step, Py_ssize_t nrows, Py_ssize_t dw,
+                             const Py_ssize_t* ncols, float bias, int act) noexcept nogil:
+    """y[r*row_step + dw*(m*(tj0 + j) + c)] = act(buf[(m*r + c)*STRIP + j] + bias) for the
+    outputs that exist: rows r < nrows, tiles tj0 + j < ncols[c]."""
+    cdef Py_ssize_t r, c, j, cnt, full = 0, step = m * dw
+    cdef const float* src
+    cdef float* dst
+    if dw == 1:
+        # columns interleave with a constant stride: gcc vectorises these with permutes
+        full = max(min(ncols[m - 1] - tj0, n), 0)       # tiles whose m columns all exist
+        for r in range(nrows):
+            dst = y + r * row_step + m * tj0
+            src = buf + m * r * STRIP
+            if m == 2:
+                for j in range(full):
+                    dst[2 * j] = activate(src[j] + bias, act)
+                    dst[2 * j + 1] = activate(src[STRIP + j] + bias, act)
+            else:
+                for j in range(full):
+                    dst[4 * j] = activate(src[j] + bias, act)
+                    dst[4 * j + 1] = activate(src[STRIP + j] + bias, act)
+                    dst[4 * j + 2] = activate(src[2 * STRIP + j] + bias, act)
+                    dst[4 * j + 3] = activate(src[3 * STRIP + j] + bias, act)
+    for r in range(nrows):
+        for c in range(m):
+            cnt = min(ncols[c] - tj0, n)
+            src = buf + (m * r + c) * STRIP
+            dst = y + r * row_step + dw * (m * tj0 + c)
+            for j in range(full, cnt):
+                dst[j * step] = activate(src[j] + bias, act)
+
+
+cdef inline void scatter_strip(const float* buf, Py_ssize_t m, Py_ssize_t j0, Py_ssize_t n,
+                               float* y, Py_ssize_t row_step, Py_ssize_t nrows, Py_ssize_t dw,
+                               const Py_ssize_t* tw, const Py_ssize_t* start,
+                               const Py_ssize_t* cols, float bias, int act) noexcept nogil:
+    """Output step for tiles [j0, j0 + n) of a tile row (y: its first output row, column 0),
+    split into runs of one column phase each; cols[4*b + c]: tiles of phase b whose output
+    column c exists."""
+    cdef Py_ssize_t b, lo, hi
+    for b in range(dw):
+        lo = max(j0, start[b])
+        hi = min(j0 + n, start[b] + tw[b])
+        if hi > lo:
+            scatter_run(buf + lo - j0, m, lo - start[b], hi - lo, y + b, row_step, nrows, dw,
+                        cols + 4 * b, bias, act)
+
+
+cdef void f23_output_row(const float* mm, Py_ssize_t es, Py_ssize_t ntiles, float* y,
+                         Py_ssize_t row_step, Py_ssize_t nrows, Py_ssize_t dw,
+                         const Py_ssize_t* tw, const Py_ssize_t* start, const Py_ssize_t* cols,
+                         float bias, int act) noexcept nogil:
+    """Y = A^T M A for the ntiles tiles of one tile row (M[e][t] at mm + e*es + t), then the
+    output step into y (the tile row's first output row; rows row_step apart)."""
+    cdef float buf[4 * STRIP]
+    cdef Py_ssize_t s, j, q, n, j0
+    cdef f2 k0, k1, k2, k3, y0, y1
+    for s in range((ntiles + STRIP - 1) // STRIP):
+        j0 = s * STRIP
+        n = min(ntiles - j0, <Py_ssize_t>STRIP)
+        for j in range(whole_vectors(n)):
+            q = j0 + j
+            # A^T along each column jj of M (elements jj, 4 + jj, 8 + jj, 12 + jj) ...
+            k0 = at4(mm[q], mm[4 * es + q], mm[8 * es + q], mm[12 * es + q])
+            k1 = at4(mm[es + q], mm[5 * es + q], mm[9 * es + q], mm[13 * es + q])
+            k2 = at4(mm[2 * es + q], mm[6 * es + q], mm[10 * es + q], mm[14 * es + q])
+            k3 = at4(mm[3 * es + q], mm[7 * es + q], mm[11 * es + q], mm[15 * es + q])
+            # ... then along each row
+            y0 = at4(k0[0], k1[0], k2[0], k3[0])
+            y1 = at4(k0[1], k1[1], k2[1], k3[1])
+            buf[j] = y0[0]
+            buf[STRIP + j] = y0[1]
+            buf[2 * STRIP + j] = y1[0]
+            buf[3 * STRIP + j] = y1[1]
+        scatter_strip(buf, 2, j0, n, y, row_step, nrows, dw, tw, start, cols, bias, act)
+
+
+cdef inline f6 col6(const float* mm, Py_ssize_t es, Py_ssize_t q, Py_ssize_t jj) noexcept nogil:
+    # column jj of the 6x6 M of tile q
+    return (mm[jj * es + q], mm[(6 + jj) * es + q], mm[(12 + jj) * es + q],
+            mm[(18 + jj) * es + q], mm[(24 + jj) * es + q], mm[(30 + jj) * es + q])
+
+
+cdef inline f4 at6v(f6 t) noexcept nogil:
+    return at6(t[0], t[1], t[2], t[3], t[4], t[5])
+
+
+cdef void f43_output_row(const float* mm, Py_ssize_t es, Py_ssize_t ntiles, float* y,
+                         Py_ssize_t row_step, Py_ssize_t nrows, Py_ssize_t dw,
+                         const Py_ssize_t* tw, const Py_ssize_t* start, const Py_ssize_t* cols,
+                         float bias, int act) noexcept nogil:
+    """As f23_output_row for 4x4 output tiles."""
+    cdef float buf[16 * STRIP]
+    cdef Py_ssize_t s, j, q, n, j0
+    cdef f4 k0, k1, k2, k3, k4, k5
+    for s in range((ntiles + STRIP - 1) // STRIP):
+        j0 = s * STRIP
+        n = min(ntiles - j0, <Py_ssize_t>STRIP)
+        for j in range(whole_vectors(n)):
+            q = j0 + j
+            k0 = at6v(col6(mm, es, q, 0))
+            k1 = at6v(col6(mm, es, q, 1))
+            k2 = at6v(col6(mm, es, q, 2))
+            k3 = at6v(col6(mm, es, q, 3))
+            k4 = at6v(col6(mm, es, q, 4))
+            k5 = at6v(col6(mm, es, q, 5))
+            put4(at6(k0[0], k1[0], k2[0], k3[0], k4[0], k5[0]), buf + j)
+            put4(at6(k0[1], k1[1], k2[1], k3[1], k4[1], k5[1]), buf + 4 * STRIP + j)
+            put4(at6(k0[2], k1[2], k2[2], k3[2], k4[2], k5[2]), buf + 8 * STRIP + j)
+            put4(at6(k0[3], k1[3], k2[3], k3[3], k4[3], k5[3]), buf + 12 * STRIP + j)
+        scatter_strip(buf, 4, j0, n, y, row_step, nrows, dw, tw, start, cols, bias, act)
+
+
+# ---- padding copy -------------------------------------------------------------------------------
+
+cdef void pad_plane(const float* src, Py_ssize_t H, Py_ssize_t W, float* dst, Py_ssize_t hbuf,
+                    Py_ssize_t J, Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t dw, Py_ssize_t m,
+                    const Py_ssize_t* colmap, Py_ssize_t wused) noexcept nogil:
+    """One channel into the padded, residue/phase-ordered layout (see the header): source
+    column col of a row goes to element colmap[col] of its padded row, for col < wused (the
+    columns further right are read by no tile)."""
+    cdef Py_ssize_t lrow = m * dw * J, R, sr, j, jlo = 0, jhi = 0, c
+    cdef float* drow
+    cdef const float* srow
+    cdef const float* s
+    if dw == 1:
+        # tiles j in [jlo, jhi) read only source columns: m*j + q - pl in [0, W) for all q
+        jlo = min(ceil_div_nonneg(pl, m), J)
+        jhi = max(min((W + pl) // m, J), jlo)
+    for R in range(hbuf):
+        drow = dst + R * lrow
+        memset(drow, 0, lrow * sizeof(float))
+        sr = R - pt
+        if sr < 0 or sr >= H:
+            continue
+        srow = src + sr * W
+        if dw == 1:
+            s = srow - pl
+            if m == 2:      # de-interleave with a constant stride: vectorised
+                for j in range(jlo, jhi):
+                    drow[j] = s[2 * j]
+                    drow[J + j] = s[2 * j + 1]
+            else:
+                for j in range(jlo, jhi):
+                    drow[j] = s[4 * j]
+                    drow[J + j] = s[4 * j + 1]
+                    drow[2 * J + j] = s[4 * j + 2]
+                    drow[3 * J + j] = s[4 * j + 3]
+            for c in range(min(m * jlo - pl, wused)):          # columns left of them ...
+                drow[colmap[c]] = srow[c]
+            for c in range(max(m * jhi - pl, 0), wused):       # ... and right of them
+                drow[colmap[c]] = srow[c]
+        else:
+            for c in range(wused):
+                drow[colmap[c]] = srow[c]
+
+
+# ---- the kernel -------------------------------------------------------------------------------
+
+cdef inline Py_ssize_t padded(Py_ssize_t n) noexcept nogil:
+    # buffers inside the workspace start at multiples of 16 floats: 64-byte aligned when it is
+    return (n + 15) // 16 * 16
+
+
+def workspace_floats(Py_ssize_t N, Py_ssize_t C, Py_ssize_t K, Py_ssize_t hbuf, Py_ssize_t J,
+                     Py_ssize_t dw, Py_ssize_t m, Py_ssize_t max_tiles):
+    """Floats of scratch f32_conv3x3_winograd needs: the padded input, V and M of one block,
+    and a STRIP after the input and M that the unused lanes of the last strips may read."""
+    cdef Py_ssize_t E = (m + 2) * (m + 2)
+    return (padded(N * C * hbuf * m * dw * J + STRIP) + padded(E * C * (max_tiles + STRIP))
+            + E * K * max_tiles + STRIP)
+
+
+def f32_conv3x3_winograd(const float[:, :, :, ::1] x, const float[:, :, :, ::1] u,
+                         const float[::1] bias, float[:, :, :, ::1] out,
+                         const Py_ssize_t[:, ::1] rows, const Py_ssize_t[:, ::1] blocks,
+                         const Py_ssize_t[::1] phase_tiles, const Py_ssize_t[::1] phase_start,
+                         const Py_ssize_t[:, ::1] phase_cols, const Py_ssize_t[::1] colmap,
+                         int m, int J, int hbuf, int max_tiles, int pt, int pl, int dh, int dw,
+                         float[::1] work, int kchunk, int act, int num_threads):
+    """out = conv3x3(x) by Winograd F(m x m, 3x3), stride 1, dilation (dh, dw).
+
+    u[groups, (m+2)^2, K/groups, C/groups]: transformed weights. rows[:, ROW_COLS]: the tile
+    rows; blocks[:, 3]: (first row, end row, tiles) per block of at most max_tiles tiles;
+    phase_tiles[b], phase_start[b]: tiles of column phase b in every tile row and the first of
+    them; phase_cols[b, c]: how many of them have an output column c (c < m);
+    J, hbuf, colmap: the padded layout (see the header and pad_plane). work: scratch of workspace_floats(...)
+    floats, reused by the caller across calls (fresh multi-MB buffers would cost a page fault
+    per 4 KB on every call). kchunk: rows of U[g, e] per sgemm call.
+    """
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t K = out.shape[1], OH = out.shape[2], OW = out.shape[3]
+    cdef Py_ssize_t groups = u.shape[0], E = u.shape[1], Kg = u.shape[2], Cg = u.shape[3]
+    cdef Py_ssize_t nblocks = blocks.shape[0]
+    if m not in (2, 4) or E != (m + 2) * (m + 2):
+        raise ValueError(f"u must hold {(m + 2) ** 2} transformed elements for m={m}, got {E}")
+    if out.shape[0] != N or groups * Cg != C or groups * Kg != K or bias.shape[0] != K:
+        raise ValueError("x, u, bias and out shapes do not agree")
+    if rows.shape[1] != ROW_COLS or blocks.shape[1] != 3 or phase_tiles.shape[0] != dw \
+            or phase_start.shape[0] != dw or colmap.shape[0] > W \
+            or phase_cols.shape[0] != dw or phase_cols.shape[1] != 4:
+        raise ValueError("malformed tile tables")
+    if rows.shape[0] == 0 or nblocks == 0 or N == 0 or C == 0 or K == 0:
+        return
+    if work.shape[0] < workspace_floats(N, C, K, hbuf, J, dw, m, max_tiles):
+        raise ValueError(f"work must hold {workspace_floats(N, C, K, hbuf, J, dw, m, max_tiles)}"
+                         f" floats, got {work.shape[0]}")
+
+    cdef Py_ssize_t lrow = <Py_ssize_t>m * dw * J, plane = hbuf * lrow
+    cdef Py_ssize_t ntiles = phase_start[dw - 1] + phase_tiles[dw - 1]   # per tile row
+    cdef float* xpad = &work[0]
+    # V rows (one per element and channel) hold a block's tiles plus STRIP floats of slack for
+    # the input transform's whole-strip copies; the GEMMs read only the first T of each row
+    cdef float* V = xpad + padded(N * C * plane + STRIP)
+    cdef float* M = V + padded(E * C * (<Py_ssize_t>max_tiles + STRIP))
+    cdef const Py_ssize_t* rt = &rows[0, 0]
+    cdef const Py_ssize_t* tw = &phase_tiles[0]
+    cdef const Py_ssize_t* ts = &phase_start[0]
+    cdef const Py_ssize_t* tc = &phase_cols[0, 0]
+    cdef const Py_ssize_t* cmap = &colmap[0] if colmap.shape[0] else NULL
+    cdef const float* bptr = &bias[0]
+    cdef const float* xptr = &x[0, 0, 0, 0]
+    cdef const float* uptr = &u[0, 0, 0, 0]
+    cdef float* yptr = &out[0, 0, 0, 0]
+    cdef Py_ssize_t blk, r0, r1, T, ldv, it, c, k, g, e, r, row0
+    cdef const Py_ssize_t* row
+    cdef const float* xrow
+    cdef int nt_pad = <int>max(1, min(num_threads, N * C))
+    cdef int nt_in = <int>max(1, min(num_threads, C))
+    if kchunk < 1:
+        raise ValueError(f"kchunk must be positive, got {kchunk}")
+    cdef Py_ssize_t nchunks = (Kg + kchunk - 1) // kchunk
+    cdef int nt_gemm = <int>max(1, min(num_threads, groups * E * nchunks))
+    cdef int nt_out = <int>max(1, min(num_threads, K))
+    with nogil:
+        memset(xpad + N * C * plane, 0, STRIP * sizeof(float))
+        memset(M + E * K * <Py_ssize_t>max_tiles, 0, STRIP * sizeof(float))
+        for it in prange(N * C, num_threads=nt_pad, schedule="static"):
+            pad_plane(xptr + it * H * W, H, W, xpad + it * plane, hbuf, J, pt, pl, dw, m,
+                      cmap, colmap.shape[0])
+        for blk in range(nblocks):
+            r0 = blocks[blk, 0]
+            r1 = blocks[blk, 1]
+            T = blocks[blk, 2]
+            ldv = T + STRIP
+            for c in prange(C, num_threads=nt_in, schedule="static"):
+                for r in range(r0, r1):
+                    row = rt + r * ROW_COLS
+                    xrow = (xpad + (row[ROW_N] * C + c) * plane
+                            + (row[ROW_A] + dh * m * row[ROW_TI]) * lrow)
+                    if m == 2:
+                        f23_input_row(xrow, dh * lrow, J, dw, tw, ts,
+                                      V + c * ldv + row[ROW_T0], C * ldv)
+                    else:
+                        f43_input_row(xrow, dh * lrow, J, dw, tw, ts,
+                                      V + c * ldv + row[ROW_T0], C * ldv)
+            for it in prange(groups * E * nchunks, num_threads=nt_gemm, schedule="static"):
+                g = it // (E * nchunks)
+                e = (it // nchunks) % E
+                k = (it % nchunks) * kchunk
+                sgemm_rm(False, False, min(kchunk, Kg - k), T, Cg, 1.0,
+                         uptr + ((g * E + e) * Kg + k) * Cg, Cg, V + (e * C + g * Cg) * ldv, ldv,
+                         0.0, M + (e * K + g * Kg + k) * T, T)
+            for k in prange(K, num_threads=nt_out, schedule="static"):
+                for r in range(r0, r1):
+                    row = rt + r * ROW_COLS
+                    row0 = row[ROW_A] + dh * m * row[ROW_TI]
+                    if m == 2:
+                        f23_output_row(M + k * T + row[ROW_T0], K * T, ntiles,
+                                       yptr + ((row[ROW_N] * K + k) * OH + row0) * OW,
+                                       dh * OW, row[ROW_NR], dw, tw, ts, tc, bptr[k], act)
+                    else:
+                        f43_output_row(M + k * T + row[ROW_T0], K * T, ntiles,
+                                       yptr + ((row[ROW_N] * K + k) * OH + row0) * OW,
+                                       dh * OW, row[ROW_NR], dw, tw, ts, tc, bptr[k], act)

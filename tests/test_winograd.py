@@ -1,0 +1,296 @@
+"""Winograd F(2x2,3x3) ("winograd_f23", "dilated_s2b") and F(4x4,3x3) ("winograd_f43") against
+the float64 reference, with the algorithm forced so the kernel under test is what runs.
+
+Tolerances, relative to the output's magnitude: |y - ref| <= RTOL * (1 + max |ref|).
+  F(2,3): 1e-5. Float32 direct sums of up to 9*Cg products are off by a few 1e-7 of the
+          output's scale; B^T, G and A^T hold only 0, +-1/2, +-1, so the transforms add a
+          few roundings of values at most 4x the inputs (observed: <= 3e-7).
+  F(4,3): 1e-4. B^T has entries up to 5 and A^T up to 8, so intermediate values reach ~100x
+          the inputs before they cancel, and the rounding error grows with them (observed:
+          <= 1.2e-5, 128 input channels).
+A wrong address, phase or transform coefficient gives errors of order 1, far above both.
+"""
+import threading
+
+import numpy as np
+import pytest
+
+import engine
+from engine.ops import winograd
+from engine.shapes import resolve_padding
+
+from conftest import torch_or_skip
+from reference import conv2d_ref
+
+RTOL = {"winograd_f23": 1e-5, "dilated_s2b": 1e-5, "winograd_f43": 1e-4}
+
+
+def assert_close(y, ref, algorithm):
+    err = np.abs(y - ref).max()
+    bound = RTOL[algorithm] * (1 + np.abs(ref).max())
+    assert err <= bound, f"{algorithm}: max error {err:.3g} > {bound:.3g}"
+
+
+def reference(x, w, b, pads, dilation, groups, activation):
+    ref = conv2d_ref(x, w, b, (1, 1), pads, dilation, groups)
+    if activation == "relu":
+        ref = np.maximum(ref, 0)
+    elif activation == "relu6":
+        ref = np.clip(ref, 0, 6)
+    return ref
+
+
+def run_case(rng, algorithm, n, c, k, h, w, padding=1, dilation=1, groups=1, bias=True,
+             activation=None, num_threads=None):
+    x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+    wt = rng.standard_normal((k, c // groups, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(k).astype(np.float32) if bias else None
+    layer = engine.Conv2d(wt, b, 1, padding, dilation, groups, activation=activation,
+                          algorithm=algorithm, num_threads=num_threads)
+    assert layer.algorithm == algorithm
+    y = layer(x)
+    dil = (dilation, dilation) if isinstance(dilation, int) else dilation
+    pads = resolve_padding(padding, (h, w), (3, 3), (1, 1), dil)
+    ref = reference(x, wt, b, pads, dil, groups, activation)
+    assert y.shape == ref.shape and y.dtype == np.float32
+    assert_close(y, ref, algorithm)
+    return layer, x, y
+
+
+def fits(size, pads, dilation):
+    return size + sum(pads) >= 2 * dilation + 1
+
+
+# ---- the transforms themselves ------------------------------------------------------------------
+
+@pytest.mark.parametrize("m", [2, 4])
+def test_transform_matrices_compute_correlation(m, rng):
+    """A^T [(G g) (.) (B^T d)] is the valid correlation of d with g, in 1-D and in 2-D."""
+    AT, G, BT = winograd.TRANSFORMS[m]
+    for _ in range(20):
+        d, g = rng.standard_normal(m + 2), rng.standard_normal(3)
+        np.testing.assert_allclose(AT @ ((G @ g) * (BT @ d)), np.correlate(d, g, "valid"),
+                                   rtol=0, atol=1e-12)
+        d2, g2 = rng.standard_normal((m + 2, m + 2)), rng.standard_normal((3, 3))
+        y = AT @ ((G @ g2 @ G.T) * (BT @ d2 @ BT.T)) @ AT.T
+        ref = np.array([[np.sum(d2[i:i + 3, j:j + 3] * g2) for j in range(m)] for i in range(m)])
+        np.testing.assert_allclose(y, ref, rtol=0, atol=1e-12)
+
+
+def test_f43_matrices_are_the_standard_ones():
+    AT, G, BT = winograd.TRANSFORMS[4]
+    np.testing.assert_array_equal(BT, [[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0],
+                                       [0, 4, -4, -1, 1, 0], [0, -2, -1, 2, 1, 0],
+                                       [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]])
+    np.testing.assert_allclose(G, [[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6],
+                                   [-1 / 6, 1 / 6, -1 / 6], [1 / 24, 1 / 12, 1 / 6],
+                                   [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]], rtol=1e-15)
+    np.testing.assert_array_equal(AT, [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0],
+                                       [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]])
+
+
+def test_toom_cook_rejects_wrong_points():
+    with pytest.raises(ValueError):
+        winograd.toom_cook((0, 1, 1, 2, -2), m=4)
+    with pytest.raises(ValueError):
+        winograd.toom_cook((0, 1), m=4)
+
+
+# ---- against the reference ------------------------------------------------------------------
+
+SIZES = [1, 5, 11, 53]
+PADDINGS = [0, 1, 2, (2, 0, 1, 3), "same"]      # the 4-tuple is ONNX order (top, left, bottom, right)
+
+
+@pytest.mark.parametrize("algorithm", ["winograd_f23", "winograd_f43"])
+@pytest.mark.parametrize("padding", PADDINGS, ids=str)
+def test_sizes_and_paddings(algorithm, padding, rng):
+    for h in SIZES:
+        for w in SIZES:
+            pads = resolve_padding(padding, (h, w), (3, 3), (1, 1), (1, 1))
+            if not (fits(h, pads[0], 1) and fits(w, pads[1], 1)):
+                with pytest.raises(ValueError):
+                    run_case(rng, algorithm, 1, 5, 7, h, w, padding)
+                continue
+            run_case(rng, algorithm, 1, 5, 7, h, w, padding)
+
+
+@pytest.mark.parametrize("algorithm", ["dilated_s2b", "winograd_f43"])
+@pytest.mark.parametrize("dilation", [2, 3, 4, (2, 3), (4, 1)], ids=str)
+def test_dilations(algorithm, dilation, rng):
+    d = (dilation, dilation) if isinstance(dilation, int) else dilation
+    for h, w in [(5, 5), (11, 53), (53, 11), (13, 8)]:
+        for padding in [0, d[0], "same", (1, 4, 0, 2)]:
+            pads = resolve_padding(padding, (h, w), (3, 3), (1, 1), d)
+            if fits(h, pads[0], d[0]) and fits(w, pads[1], d[1]):
+                run_case(rng, algorithm, 1, 6, 5, h, w, padding, dilation)
+
+
+@pytest.mark.parametrize("algorithm", ["winograd_f23", "dilated_s2b", "winograd_f43"])
+@pytest.mark.parametrize("groups", [1, 2, 4])
+def test_groups_batch_bias_activation(algorithm, groups, rng):
+    dilation = 2 if algorithm == "dilated_s2b" else 1
+    for n, bias, activation in [(1, True, None), (3, False, "relu"), (3, True, "relu6"),
+                                (1, False, None)]:
+        run_case(rng, algorithm, n, 3 * groups, 5 * groups, 11, 9, padding=dilation,
+                 dilation=dilation, groups=groups, bias=bias, activation=activation)
+
+
+@pytest.mark.parametrize("algorithm", ["winograd_f23", "dilated_s2b", "winograd_f43"])
+def test_many_channels(algorithm, rng):
+    """Long dot products (9 * 128 terms), where float32 error accumulates most."""
+    dilation = 2 if algorithm == "dilated_s2b" else 1
+    run_case(rng, algorithm, 1, 128, 40, 14, 15, padding=dilation, dilation=dilation)
+
+
+def test_blocks_and_split_gemms(rng, monkeypatch):
+    """Tiny blocks (one tile row each) and sgemm calls split into ragged pieces of U's rows give
+    the same result as the reference: the multi-block and multi-piece paths of the kernel."""
+    monkeypatch.setattr(winograd, "MIN_BLOCK_TILES", 1)
+    monkeypatch.setattr(winograd, "BLOCK_V_BYTES", 1)
+    monkeypatch.setattr(winograd, "gemm_rows", lambda kg, cg, tiles: 2)   # pieces of 2, 1 rows
+    for algorithm, dilation in [("winograd_f23", 1), ("dilated_s2b", 3), ("winograd_f43", 2)]:
+        layer, x, y = run_case(rng, algorithm, 2, 6, 9, 17, 12, padding=dilation,
+                               dilation=dilation, groups=3)
+        plan = layer._impl.plan(layer.geometry(x.shape))
+        assert len(plan.blocks) == len(plan.rows) > 1 and plan.kchunk == 2
+
+
+def test_gemm_rows():
+    # under the small-GEMM limit: one call
+    assert winograd.gemm_rows(64, 64, 196) == 64
+    # 128 x 128 on 196 tiles: 4 calls of 32 rows fit the limit
+    assert winograd.gemm_rows(128, 128, 196) == 32
+    # 256 x 256 on 196 tiles would need pieces of 19 rows: not worth it
+    assert winograd.gemm_rows(256, 256, 196) == 256
+    # equal pieces, the last one no smaller than the others need be
+    rows = winograd.gemm_rows(100, 256, 49)
+    assert rows * 256 * 49 <= winograd.SMALL_GEMM and -(-100 // rows) * rows - 100 < rows
+
+
+def test_block_sizes_follow_the_cache_rule():
+    # 64 -> 64 channels on 56x56: 784 tiles in 4 blocks of 196 (measured best)
+    plan = winograd.TilePlan(1, (56, 56), (56, 56), ((1, 1), (1, 1)), (1, 1), 2, 64, 64, 1)
+    assert plan.blocks[:, 2].tolist() == [196] * 4
+    # 256 -> 256 on 14x14: one block of all 49 tiles
+    plan = winograd.TilePlan(1, (14, 14), (14, 14), ((1, 1), (1, 1)), (1, 1), 2, 256, 256, 1)
+    assert plan.blocks[:, 2].tolist() == [49]
+
+
+def test_phase_tiles_are_exact():
+    # 7 output columns at dilation 4: phases 0..2 hold 2 columns (1 tile), phase 3 holds 1
+    assert winograd._phase_tiles(7, 4, 2) == [1, 1, 1, 1]
+    assert winograd._phase_tiles(9, 4, 2) == [2, 1, 1, 1]
+    assert winograd._phase_tiles(3, 4, 2) == [1, 1, 1, 0]
+    assert winograd._phase_tiles(28, 4, 4) == [2, 2, 2, 2]
+
+
+def test_reuse_across_shapes_and_out(rng):
+    w = rng.standard_normal((8, 8, 3, 3)).astype(np.float32)
+    layer = engine.Conv2d(w, None, 1, 2, 2, algorithm="dilated_s2b")
+    for shape in [(1, 8, 9, 9), (2, 8, 30, 17), (1, 8, 9, 9)]:
+        x = rng.standard_normal(shape).astype(np.float32)
+        out = np.full((shape[0], 8) + shape[2:], np.nan, np.float32)
+        assert layer(x, out=out) is out
+        assert_close(out, conv2d_ref(x, w, None, (1, 1), ((2, 2), (2, 2)), (2, 2)),
+                     "dilated_s2b")
+
+
+# ---- threads -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("algorithm", ["winograd_f23", "dilated_s2b", "winograd_f43"])
+def test_one_and_two_threads_bit_identical(algorithm, rng):
+    dilation = 2 if algorithm == "dilated_s2b" else 1
+    x = rng.standard_normal((2, 24, 40, 33)).astype(np.float32)
+    w = rng.standard_normal((20, 12, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(20).astype(np.float32)
+    ys = []
+    for threads in (1, 2):
+        layer = engine.Conv2d(w, b, 1, dilation, dilation, groups=2, activation="relu",
+                              algorithm=algorithm, num_threads=threads)
+        ys.append(layer(x))
+    assert engine.Conv2d(w, b, 1, dilation, dilation, 2).geometry(x.shape).macs > 8e5
+    assert np.array_equal(ys[0], ys[1])
+
+
+def test_with_the_threads_fixture(threads, rng):
+    run_case(rng, "winograd_f23", 1, 16, 16, 30, 30)
+    run_case(rng, "dilated_s2b", 1, 16, 16, 30, 30, padding=2, dilation=2)
+
+
+def test_concurrent_calls_match_serial(rng):
+    """Calls from several Python threads at once (each takes its own workspace)."""
+    w = rng.standard_normal((16, 16, 3, 3)).astype(np.float32)
+    layer = engine.Conv2d(w, None, 1, 2, 2, algorithm="dilated_s2b", num_threads=1)
+    xs = [rng.standard_normal((1, 16, 20 + i, 24)).astype(np.float32) for i in range(6)]
+    serial = [layer(x) for x in xs]
+    results = [None] * len(xs)
+
+    def work(i):
+        for _ in range(5):
+            results[i] = layer(xs[i])
+
+    workers = [threading.Thread(target=work, args=(i,)) for i in range(len(xs))]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    for a, b in zip(serial, results):
+        assert np.array_equal(a, b)
+
+
+# ---- bad input --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("algorithm,kwargs,message", [
+    ("winograd_f23", dict(kernel=5), "3x3"),
+    ("winograd_f23", dict(stride=2), "stride 1"),
+    ("winograd_f23", dict(dilation=2), "dilation 1"),
+    ("dilated_s2b", dict(dilation=1), "dilation > 1"),
+    ("dilated_s2b", dict(kernel=5, dilation=2), "3x3"),
+    ("winograd_f43", dict(stride=(1, 2)), "stride 1"),
+    ("winograd_f43", dict(kernel=1), "3x3"),
+])
+def test_forcing_on_a_layer_it_cannot_run_raises(algorithm, kwargs, message, rng):
+    k = kwargs.get("kernel", 3)
+    w = rng.standard_normal((8, 8, k, k)).astype(np.float32)
+    x = rng.standard_normal((1, 8, 12, 12)).astype(np.float32)
+    with pytest.raises(ValueError, match=message):
+        engine.Conv2d(w, None, kwargs.get("stride", 1), 1, kwargs.get("dilation", 1),
+                      algorithm=algorithm)
+    with pytest.raises(ValueError, match=message):
+        engine.conv2d(x, w, None, kwargs.get("stride", 1), 1, kwargs.get("dilation", 1),
+                      algorithm=algorithm)
+
+
+def test_bad_input_raises(rng):
+    w = rng.standard_normal((8, 4, 3, 3)).astype(np.float32)
+    layer = engine.Conv2d(w, None, 1, 0, 2, algorithm="dilated_s2b")
+    with pytest.raises(ValueError, match="channels"):
+        layer(np.zeros((1, 5, 9, 9), np.float32))
+    with pytest.raises(ValueError, match="larger than the padded input"):
+        layer(np.zeros((1, 4, 4, 9), np.float32))
+    with pytest.raises(ValueError, match="out"):
+        layer(np.zeros((1, 4, 9, 9), np.float32), out=np.zeros((1, 8, 4, 4), np.float32))
+
+
+def test_dispatcher_routes_here():
+    w = np.zeros((16, 16, 3, 3), np.float32)
+    assert engine.Conv2d(w, None, 1, 1).algorithm == "winograd_f23"
+    assert engine.Conv2d(w, None, 1, 2, 2).algorithm == "dilated_s2b"
+    assert "winograd_f43" in engine.algorithms()
+
+
+# ---- torch ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("algorithm", ["winograd_f23", "dilated_s2b", "winograd_f43"])
+def test_against_torch(algorithm, rng):
+    torch = torch_or_skip()
+    dilation = (2, 3) if algorithm == "dilated_s2b" else 1
+    x = rng.standard_normal((2, 12, 23, 19)).astype(np.float32)
+    w = rng.standard_normal((10, 6, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(10).astype(np.float32)
+    y = engine.conv2d(x, w, b, 1, "same", dilation, 2, algorithm=algorithm)
+    ref = torch.nn.functional.conv2d(torch.from_numpy(x).double(), torch.from_numpy(w).double(),
+                                     torch.from_numpy(b).double(), 1, "same", dilation,
+                                     2).numpy()
+    assert_close(y, ref, algorithm)
