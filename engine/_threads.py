@@ -2,12 +2,13 @@
 
 Kernels take their thread count explicitly (``num_threads``), split work over outputs and never
 over a reduction, so a result does not depend on the count. They call sgemm from inside their
-own OpenMP regions, so the BLAS library scipy links (the one kernels/_blas.pxd calls) is held at
-one thread while a kernel runs: ``blas_pinned()``.
+own OpenMP regions, so the BLAS libraries are held at one thread while a kernel runs:
+``blas_pinned()``. That covers scipy's BLAS (the one kernels/_blas.pxd calls) and numpy's own
+(wheels ship a second OpenBLAS, used by the few ops that call np.matmul), whose idle threads
+would otherwise spin beside the kernels' OpenMP threads.
 """
 import os
 import threading
-from contextlib import contextmanager
 
 
 def _default_threads() -> int:
@@ -53,7 +54,7 @@ def threads_for(work: float, num_threads: int, min_work_per_thread: float = 2e5)
 
 
 class _BlasPin:
-    """Hold scipy's BLAS at one thread while any kernel that calls it runs.
+    """Hold every loaded BLAS at one thread while any kernel that calls one runs.
 
     A process-wide count, so concurrent callers (a Model run from many threads) never restore
     the BLAS thread count under one another's feet.
@@ -69,9 +70,7 @@ class _BlasPin:
         if self._libs is None:
             import scipy.linalg.cython_blas  # noqa: F401  (make sure scipy's BLAS is loaded)
             from threadpoolctl import ThreadpoolController
-            ctl = ThreadpoolController().select(user_api="blas")
-            libs = [c for c in ctl.lib_controllers if "scipy" in c.filepath and "64_" not in c.filepath]
-            self._libs = libs or list(ctl.lib_controllers)
+            self._libs = list(ThreadpoolController().select(user_api="blas").lib_controllers)
         return self._libs
 
     def __enter__(self):
@@ -97,5 +96,5 @@ _pin = _BlasPin()
 
 
 def blas_pinned():
-    """Context manager: scipy's BLAS runs single-threaded inside it (re-entrant, thread-safe)."""
+    """Context manager: BLAS runs single-threaded inside it (re-entrant, thread-safe)."""
     return _pin

@@ -1,9 +1,11 @@
 # im2col + sgemm convolution for any kernel size, stride, padding, dilation and groups.
 #
 # The column matrix of one image and group has Cg*kh*kw rows and OH*OW columns; it is built
-# in chunks of whole output rows so the buffer stays bounded (the plan chooses the chunk so
-# that it holds a few MB). Each chunk is one GEMM
-#     out[n, g*Kg:(g+1)*Kg, rows] = W_g[Kg, Cg*kh*kw] @ cols[Cg*kh*kw, rows*OW]
+# in chunks so the buffer stays bounded (the plan chooses the chunk so that it holds about a
+# MB): whole output rows, or, when one row is already too wide (1-D convolutions run as 2-D
+# with OH = 1), pieces of a single row. Either way a chunk's outputs are contiguous within
+# each output channel, and each chunk is one GEMM
+#     out[n, g*Kg:(g+1)*Kg, chunk] = W_g[Kg, Cg*kh*kw] @ cols[Cg*kh*kw, chunk]
 # followed by the bias/activation output step on the same, still cached, rows.
 # Work items are (image, group, chunk); the chunking depends on the shapes only, never on the
 # thread count, so every output element is computed by the same sgemm call for any count.
@@ -25,10 +27,12 @@ cdef inline Py_ssize_t ceil_div_nonneg(Py_ssize_t a, Py_ssize_t b) noexcept nogi
 cdef void im2col_rows(const float* xg, Py_ssize_t Cg, Py_ssize_t H, Py_ssize_t W,
                       Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
                       Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t dh, Py_ssize_t dw,
-                      Py_ssize_t OW, Py_ssize_t oy0, Py_ssize_t oy1,
+                      Py_ssize_t oy0, Py_ssize_t oy1, Py_ssize_t ox0, Py_ssize_t ox1,
                       float* cols) noexcept nogil:
-    """Fill cols[(c*kh + u)*kw + v, (oy - oy0)*OW + ox] for output rows oy0 <= oy < oy1."""
-    cdef Py_ssize_t ncols = (oy1 - oy0) * OW
+    """Fill cols[(c*kh + u)*kw + v, (oy - oy0)*cw + ox - ox0] for output rows oy0 <= oy < oy1
+    and columns ox0 <= ox < ox1 (cw = ox1 - ox0)."""
+    cdef Py_ssize_t cw = ox1 - ox0
+    cdef Py_ssize_t ncols = (oy1 - oy0) * cw
     cdef Py_ssize_t c, u, v, oy, ox, iy, ix0, lo, hi, r
     cdef float* dst
     cdef const float* src
@@ -38,42 +42,47 @@ cdef void im2col_rows(const float* xg, Py_ssize_t Cg, Py_ssize_t H, Py_ssize_t W
                 r = (c * kh + u) * kw + v
                 # output columns ox whose input column ix = ox*sw - pl + v*dw lies in [0, W)
                 ix0 = v * dw - pl
-                lo = ceil_div_nonneg(-ix0, sw)
-                hi = ceil_div_nonneg(W - ix0, sw)
-                if hi > OW:
-                    hi = OW
+                lo = max(ceil_div_nonneg(-ix0, sw), ox0)
+                hi = min(ceil_div_nonneg(W - ix0, sw), ox1)
                 if lo > hi:
                     lo = hi
                 for oy in range(oy0, oy1):
-                    dst = cols + r * ncols + (oy - oy0) * OW
+                    # dst and src are indexed by the output column ox
+                    dst = cols + r * ncols + (oy - oy0) * cw - ox0
                     iy = oy * sh - pt + u * dh
                     if iy < 0 or iy >= H:
-                        memset(dst, 0, OW * sizeof(float))
+                        memset(dst + ox0, 0, cw * sizeof(float))
                         continue
                     src = xg + (c * H + iy) * W + ix0
-                    if lo > 0:
-                        memset(dst, 0, lo * sizeof(float))
+                    if lo > ox0:
+                        memset(dst + ox0, 0, (lo - ox0) * sizeof(float))
                     if sw == 1:
                         if hi > lo:
                             memcpy(dst + lo, src + lo, (hi - lo) * sizeof(float))
                     else:
                         for ox in range(lo, hi):
                             dst[ox] = src[ox * sw]
-                    if hi < OW:
-                        memset(dst + hi, 0, (OW - hi) * sizeof(float))
+                    if hi < ox1:
+                        memset(dst + hi, 0, (ox1 - hi) * sizeof(float))
 
 
 def f32_conv2d_im2col(const float[:, :, :, ::1] x, const float[:, ::1] w2d, bias,
                       float[:, :, :, ::1] out,
                       int kh, int kw, int sh, int sw, int pt, int pl, int dh, int dw,
-                      int groups, int rows_per_chunk, int act, int num_threads):
-    """out = conv2d(x, w) for w2d[K, Cg*kh*kw]; shapes are checked by the caller (engine.ops)."""
+                      int groups, int rows_per_chunk, int cols_per_chunk, int act,
+                      int num_threads):
+    """out = conv2d(x, w) for w2d[K, Cg*kh*kw]; shapes are checked by the caller (engine.ops).
+    Chunks are rows_per_chunk whole rows, or, with rows_per_chunk == 1, cols_per_chunk
+    columns of one row."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t K = out.shape[1], OH = out.shape[2], OW = out.shape[3]
     cdef Py_ssize_t Cg = C // groups, Kg = K // groups, kdim = Cg * kh * kw
-    cdef Py_ssize_t nchunks = (OH + rows_per_chunk - 1) // rows_per_chunk
+    if rows_per_chunk > 1 or cols_per_chunk > OW:
+        cols_per_chunk = OW
+    cdef Py_ssize_t row_pieces = (OW + cols_per_chunk - 1) // cols_per_chunk
+    cdef Py_ssize_t nchunks = (OH + rows_per_chunk - 1) // rows_per_chunk * row_pieces
     cdef Py_ssize_t items = N * groups * nchunks
-    cdef Py_ssize_t chunk_cols = rows_per_chunk * OW
+    cdef Py_ssize_t chunk_cols = rows_per_chunk * cols_per_chunk
     cdef const float[::1] b
     cdef const float* bptr = NULL
     if bias is not None:
@@ -84,7 +93,7 @@ def f32_conv2d_im2col(const float[:, :, :, ::1] x, const float[:, ::1] w2d, bias
     cdef float* buf = <float*>malloc(num_threads * kdim * chunk_cols * sizeof(float))
     if buf == NULL:
         raise MemoryError("im2col column buffer")
-    cdef Py_ssize_t it, n, g, ch, oy0, oy1, ncols, k
+    cdef Py_ssize_t it, n, g, ch, oy0, oy1, ox0, ox1, ncols, k
     cdef float* cols
     cdef float* dst
     try:
@@ -92,13 +101,15 @@ def f32_conv2d_im2col(const float[:, :, :, ::1] x, const float[:, ::1] w2d, bias
             n = it // (groups * nchunks)
             g = (it // nchunks) % groups
             ch = it % nchunks
-            oy0 = ch * rows_per_chunk
+            oy0 = (ch // row_pieces) * rows_per_chunk
             oy1 = min(oy0 + rows_per_chunk, OH)
-            ncols = (oy1 - oy0) * OW
+            ox0 = (ch % row_pieces) * cols_per_chunk
+            ox1 = min(ox0 + cols_per_chunk, OW)
+            ncols = (oy1 - oy0) * (ox1 - ox0)
             cols = buf + threadid() * kdim * chunk_cols
             im2col_rows(&x[n, g * Cg, 0, 0], Cg, H, W, kh, kw, sh, sw, pt, pl, dh, dw,
-                        OW, oy0, oy1, cols)
-            dst = &out[n, g * Kg, oy0, 0]
+                        oy0, oy1, ox0, ox1, cols)
+            dst = &out[n, g * Kg, oy0, ox0]
             sgemm_rm(False, False, Kg, ncols, kdim, 1.0, &w2d[g * Kg, 0], kdim,
                      cols, ncols, 0.0, dst, OH * OW)
             for k in range(Kg):

@@ -17,8 +17,23 @@ IM2COL_CHUNK_BYTES = 1 << 20
 POINTWISE_BLOCK = 1024
 
 
+def im2col_chunk(kdim: int, out_size) -> tuple[int, int]:
+    """(rows, columns) of output per im2col chunk: as many whole rows as fit the column
+    buffer bound, else pieces of one row; and at least two chunks for layers of more than one
+    row's worth of columns, so two threads share an image. Depends on the shape only."""
+    oh, ow = out_size
+    budget = max(16, IM2COL_CHUNK_BYTES // (4 * kdim))      # output pixels per chunk
+    if ow <= budget:
+        rows = max(1, min(budget // ow, -(-oh // 2)))
+        return rows, ow
+    pieces = -(-ow // budget)
+    return 1, -(-ow // pieces)
+
+
 class Direct:
     """The reference loops; float64 input is computed in float64."""
+
+    uses_blas = False
 
     def __init__(self, layer):
         self.layer = layer
@@ -43,12 +58,11 @@ class Im2col:
 
     def run(self, x, out, g, threads):
         L = self.layer
-        kdim = self.w2d.shape[1]
-        rows = max(1, IM2COL_CHUNK_BYTES // (4 * kdim * g.out_size[1]))
+        rows, cols = im2col_chunk(self.w2d.shape[1], g.out_size)
         conv_im2col.f32_conv2d_im2col(x, self.w2d, L.bias, out, L.kernel_size[0],
                                       L.kernel_size[1], L.stride[0], L.stride[1], g.pads[0][0],
                                       g.pads[1][0], L.dilation[0], L.dilation[1], L.groups,
-                                      min(rows, g.out_size[0]), L.act_code, threads)
+                                      rows, cols, L.act_code, threads)
 
 
 class Pointwise:

@@ -15,6 +15,8 @@ class Depthwise:
     """Padded input bands staged in stride phases, then one band kernel: f32_dwconv3x3s1,
     f32_dwconv3x3s2 (dilation 1, any padding) or four taps a pass for any other shape."""
 
+    uses_blas = False
+
     def __init__(self, layer):
         c, k = layer.in_channels, layer.out_channels
         if not (layer.groups == c and layer.weight.shape[1] == 1 and k % c == 0):

@@ -14,9 +14,8 @@ engine/dispatch.py for where it wins).
 
 Threads: scipy.fft's workers= splits whole planes between threads and the products are split
 by frequency, each frequency computed by one BLAS call, so results do not depend on the
-thread count. numpy ships its own OpenBLAS, which engine's blas_pinned does not hold: it is
-held at one thread here, where its own threads only slow the tiny per-frequency products
-(18.5 ms against 4.7 ms for 64->64 7x7 on 64x64).
+thread count. numpy's BLAS is held at one thread by blas_pinned (Conv2d.run): its own threads
+only slow the tiny per-frequency products (18.5 ms against 4.7 ms for 64->64 7x7 on 64x64).
 """
 from __future__ import annotations
 
@@ -26,23 +25,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import scipy.fft
 
-from .._threads import _BlasPin
 from .activation import apply_activation
 
 
-class _NumpyBlasPin(_BlasPin):
-    """_BlasPin for the BLAS numpy links (its own wheel's OpenBLAS, or the same library as
-    scipy's, in which case engine's blas_pinned already holds it and this selects nothing)."""
-
-    def _controllers(self):
-        if self._libs is None:
-            from threadpoolctl import ThreadpoolController
-            ctl = ThreadpoolController().select(user_api="blas")
-            self._libs = [c for c in ctl.lib_controllers if "numpy" in c.filepath]
-        return self._libs
-
-
-_numpy_blas_pin = _NumpyBlasPin()
 _pool = None
 _pool_size = 0
 _pool_lock = threading.Lock()
@@ -111,14 +96,13 @@ class FFT:
         # (freq, group, Cg, N): each frequency's input column block for the product
         xf = np.ascontiguousarray(xf.reshape(n, groups, cg, nf).transpose(3, 1, 2, 0))
         yf = np.empty((nf, groups, spec.shape[2], n), np.complex64)
-        with _numpy_blas_pin:
-            if threads == 1 or nf < 2 * threads:
-                np.matmul(spec, xf, out=yf)
-            else:
-                bounds = np.linspace(0, nf, threads + 1).astype(int)
-                list(_executor(threads).map(
-                    lambda a, b: np.matmul(spec[a:b], xf[a:b], out=yf[a:b]),
-                    bounds[:-1], bounds[1:]))
+        if threads == 1 or nf < 2 * threads:
+            np.matmul(spec, xf, out=yf)
+        else:
+            bounds = np.linspace(0, nf, threads + 1).astype(int)
+            list(_executor(threads).map(
+                lambda a, b: np.matmul(spec[a:b], xf[a:b], out=yf[a:b]),
+                bounds[:-1], bounds[1:]))
         del xf
         yf = np.ascontiguousarray(yf.transpose(3, 1, 2, 0)).reshape(
             (n, L.out_channels) + shape_f)

@@ -64,6 +64,8 @@ def separable_factors(weight64):
 class Separable:
     """The registry wrapper (engine.ops.conv2d_algorithms): factors once, runs both passes."""
 
+    uses_blas = False
+
     def __init__(self, layer):
         self.layer = layer
         self.col, self.row = separable_factors(layer.weight64)
