@@ -124,7 +124,8 @@ def onnx_single_node(op, inputs, initializers, attrs, out_name="y", opset=17, do
                             [out_name], domain=domain, **attrs)
     graph = helper.make_graph(
         [node], f"{op.lower()}_bench",
-        [helper.make_tensor_value_info(n, TensorProto.FLOAT, a.shape) for n, a in inputs],
+        [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(a.dtype), a.shape)
+         for n, a in inputs],
         [helper.make_tensor_value_info(out_name, TensorProto.FLOAT, None)],
         [numpy_helper.from_array(a, n) for n, a in initializers])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid(domain, opset)],

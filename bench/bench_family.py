@@ -1,0 +1,114 @@
+"""The rest of the layer suite (shared/BENCHMARKS.md): transposed, 1-D, 3-D, deformable
+convolution and max-unpooling, next to ONNX Runtime and PyTorch, 1 and 2 threads.
+
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/bench_family.py [--threads 1 2]
+"""
+import argparse
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(__file__))
+from _harness import Case, onnx_single_node, run_cases  # noqa: E402
+
+import engine  # noqa: E402
+from engine.ops.pool import max_unpool2d_onnx  # noqa: E402
+
+rng = np.random.default_rng(0)
+
+
+def _rand(*shape, scale=1.0):
+    return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+
+def _torch_call(fn, *arrays, **kw):
+    def make():
+        import torch
+        tensors = [torch.from_numpy(a) for a in arrays]
+
+        def run():
+            with torch.no_grad():
+                return fn(torch)(*tensors, **kw)
+        return run
+    return make
+
+
+def conv_transpose_case():
+    x, w, b = _rand(1, 64, 56, 56), _rand(64, 32, 4, 4, scale=0.05), _rand(32)
+    layer = engine.ConvTranspose2d(w, b, stride=2, padding=1)
+    out = np.empty((1, 32, 112, 112), np.float32)
+    flops = 2.0 * 64 * 56 * 56 * 32 * 16
+    model, feeds = onnx_single_node("ConvTranspose", [("x", x)], [("w", w), ("b", b)],
+                                    dict(kernel_shape=[4, 4], strides=[2, 2], pads=[1] * 4))
+    return Case("convT4x4_s2_c64_56", flops, lambda: (lambda: layer(x, out=out)), model, feeds,
+                _torch_call(lambda t: t.nn.functional.conv_transpose2d, x, w, b, stride=2,
+                            padding=1), note=getattr(layer, "algorithm", ""))
+
+
+def conv1d_case():
+    x, w, b = _rand(1, 64, 4096), _rand(64, 64, 3, scale=0.05), _rand(64)
+    layer = engine.Conv1d(w, b, padding=8, dilation=8)
+    flops = 2.0 * 64 * 64 * 3 * 4096
+    model, feeds = onnx_single_node("Conv", [("x", x)], [("w", w), ("b", b)],
+                                    dict(kernel_shape=[3], pads=[8, 8], dilations=[8]))
+    return Case("conv1d_k3_d8_c64_4096", flops, lambda: (lambda: layer(x)), model, feeds,
+                _torch_call(lambda t: t.nn.functional.conv1d, x, w, b, padding=8, dilation=8),
+                note=getattr(layer, "algorithm", ""))
+
+
+def conv3d_case():
+    x, w, b = _rand(1, 32, 16, 28, 28), _rand(32, 32, 3, 3, 3, scale=0.05), _rand(32)
+    layer = engine.Conv3d(w, b, padding=1)
+    flops = 2.0 * 32 * 32 * 27 * 16 * 28 * 28
+    model, feeds = onnx_single_node("Conv", [("x", x)], [("w", w), ("b", b)],
+                                    dict(kernel_shape=[3, 3, 3], pads=[1] * 6))
+    return Case("conv3d_3_c32_16x28", flops, lambda: (lambda: layer(x)), model, feeds,
+                _torch_call(lambda t: t.nn.functional.conv3d, x, w, b, padding=1),
+                note="vol2col")
+
+
+def deform_case():
+    x, w, b = _rand(1, 64, 56, 56), _rand(64, 64, 3, 3, scale=0.05), _rand(64)
+    offset = _rand(1, 18, 56, 56, scale=2.0)
+    mask = rng.random((1, 9, 56, 56), dtype=np.float32)
+    layer = engine.DeformConv2d(w, b, padding=1)
+    flops = 2.0 * 64 * 64 * 9 * 56 * 56
+    model, feeds = onnx_single_node("DeformConv", [("x", x)],
+                                    [("w", w), ("offset", offset), ("b", b), ("mask", mask)],
+                                    dict(kernel_shape=[3, 3], pads=[1] * 4), opset=19)
+    return Case("deform3x3_c64_56", flops, lambda: (lambda: layer(x, offset, mask)), model,
+                feeds, None, note="bilinear im2col")
+
+
+def unpool_case():
+    src = _rand(1, 64, 224, 224)
+    y, idx = engine.max_pool2d(src, 2, return_indices=True)
+    # ONNX MaxUnpool takes whole-tensor indices
+    onnx_idx = idx + (np.arange(64, dtype=np.int64) * 224 * 224)[None, :, None, None]
+    shape = np.array([1, 64, 224, 224], np.int64)
+    model, feeds = onnx_single_node("MaxUnpool", [("x", y), ("i", onnx_idx)], [],
+                                    dict(kernel_shape=[2, 2], strides=[2, 2]), opset=11)
+    return Case("maxunpool2_c64_112", 64 * 112 * 112,
+                lambda: (lambda: max_unpool2d_onnx(y, onnx_idx, shape)), model, feeds,
+                _torch_call(lambda t: t.nn.functional.max_unpool2d, y, idx, kernel_size=2),
+                note="scatter (ONNX indices)")
+
+
+CASES = [conv_transpose_case, conv1d_case, conv3d_case, deform_case, unpool_case]
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--repeat", type=int, default=15)
+    args = ap.parse_args(argv)
+    results = run_cases([make() for make in CASES], args.threads, args.repeat)
+    for t in args.threads:
+        rows = [r for r in results if r["threads"] == t and "onnxruntime" in r]
+        worst = max((r["engine_ms"] / r["onnxruntime"], r["case"]) for r in rows)
+        print(f"# {t} thread(s): worst vs ONNX Runtime: {worst[1]} {worst[0]:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
