@@ -20,54 +20,7 @@ from libc.string cimport memset, memcpy
 
 from _blas cimport sgemm_rm
 from _epilogue cimport bias_act_row
-
-
-cdef inline Py_ssize_t ceil_div_nonneg(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
-    # ceil(a / b) for b > 0, clamped at 0 for negative a
-    if a <= 0:
-        return 0
-    return (a + b - 1) // b
-
-
-cdef void im2col_slice(const float* xs, Py_ssize_t cstride, Py_ssize_t Cg, Py_ssize_t H,
-                       Py_ssize_t W, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh,
-                       Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t dh,
-                       Py_ssize_t dw, Py_ssize_t OW, Py_ssize_t oy0, Py_ssize_t oy1,
-                       float* cols) noexcept nogil:
-    """2-D im2col of one input depth slice (channel c at xs + c*cstride, H x W):
-    cols[(c*kh + u)*kw + v, (oy - oy0)*OW + ox] for output rows oy0 <= oy < oy1."""
-    cdef Py_ssize_t ncols = (oy1 - oy0) * OW
-    cdef Py_ssize_t c, u, v, oy, ox, iy, ix0, lo, hi
-    cdef float* dst
-    cdef const float* src
-    for c in range(Cg):
-        for u in range(kh):
-            for v in range(kw):
-                # output columns ox whose input column ix = ox*sw - pl + v*dw lies in [0, W)
-                ix0 = v * dw - pl
-                lo = ceil_div_nonneg(-ix0, sw)
-                hi = ceil_div_nonneg(W - ix0, sw)
-                if hi > OW:
-                    hi = OW
-                if lo > hi:
-                    lo = hi
-                for oy in range(oy0, oy1):
-                    dst = cols + ((c * kh + u) * kw + v) * ncols + (oy - oy0) * OW
-                    iy = oy * sh - pt + u * dh
-                    if iy < 0 or iy >= H:
-                        memset(dst, 0, OW * sizeof(float))
-                        continue
-                    src = xs + c * cstride + iy * W + ix0
-                    if lo > 0:
-                        memset(dst, 0, lo * sizeof(float))
-                    if sw == 1:
-                        if hi > lo:
-                            memcpy(dst + lo, src + lo, (hi - lo) * sizeof(float))
-                    else:
-                        for ox in range(lo, hi):
-                            dst[ox] = src[ox * sw]
-                    if hi < OW:
-                        memset(dst + hi, 0, (OW - hi) * sizeof(float))
+from _im2col cimport im2col_rows
 
 
 def f32_conv3d_vol2col(const float[:, :, :, :, ::1] x, const float[:, ::1] w_taps, bias,
@@ -129,8 +82,8 @@ def f32_conv3d_vol2col(const float[:, :, :, :, ::1] x, const float[:, ::1] w_tap
                     slot = iz % ring
                     cols = buf + (threadid() * ring + slot) * slot_floats
                     if tag[slot] != iz:
-                        im2col_slice(&x[n, g * Cg, iz, 0, 0], D * H * W, Cg, H, W, kh, kw,
-                                     sh, sw, pt, pl, dh, dw, OW, oy0, oy1, cols)
+                        im2col_rows(&x[n, g * Cg, iz, 0, 0], D * H * W, Cg, H, W, kh, kw,
+                                    sh, sw, pt, pl, dh, dw, oy0, oy1, 0, OW, cols)
                         tag[slot] = iz
                     sgemm_rm(False, False, Kg, ncols, kdim2, 1.0,
                              &w_taps[g * Kg, a * kdim2], kd * kdim2, cols, ncols,

@@ -44,13 +44,7 @@ cdef extern from *:
     ctypedef const float* crfloat "ce_crfloat"
 
 from _epilogue cimport activate, bias_act_row
-
-
-cdef inline Py_ssize_t ceil_div_nonneg(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
-    # ceil(a / b) for b > 0, clamped at 0 for negative a
-    if a <= 0:
-        return 0
-    return (a + b - 1) // b
+from _im2col cimport ceil_div_nonneg
 
 
 cdef inline Py_ssize_t round_up(Py_ssize_t a, Py_ssize_t b) noexcept nogil:

@@ -11,59 +11,10 @@
 # thread count, so every output element is computed by the same sgemm call for any count.
 from cython.parallel cimport prange, threadid
 from libc.stdlib cimport malloc, free
-from libc.string cimport memset, memcpy
 
 from _blas cimport sgemm_rm
 from _epilogue cimport bias_act_row
-
-
-cdef inline Py_ssize_t ceil_div_nonneg(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
-    # ceil(a / b) for b > 0, clamped at 0 for negative a
-    if a <= 0:
-        return 0
-    return (a + b - 1) // b
-
-
-cdef void im2col_rows(const float* xg, Py_ssize_t Cg, Py_ssize_t H, Py_ssize_t W,
-                      Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
-                      Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t dh, Py_ssize_t dw,
-                      Py_ssize_t oy0, Py_ssize_t oy1, Py_ssize_t ox0, Py_ssize_t ox1,
-                      float* cols) noexcept nogil:
-    """Fill cols[(c*kh + u)*kw + v, (oy - oy0)*cw + ox - ox0] for output rows oy0 <= oy < oy1
-    and columns ox0 <= ox < ox1 (cw = ox1 - ox0)."""
-    cdef Py_ssize_t cw = ox1 - ox0
-    cdef Py_ssize_t ncols = (oy1 - oy0) * cw
-    cdef Py_ssize_t c, u, v, oy, ox, iy, ix0, lo, hi, r
-    cdef float* dst
-    cdef const float* src
-    for c in range(Cg):
-        for u in range(kh):
-            for v in range(kw):
-                r = (c * kh + u) * kw + v
-                # output columns ox whose input column ix = ox*sw - pl + v*dw lies in [0, W)
-                ix0 = v * dw - pl
-                lo = max(ceil_div_nonneg(-ix0, sw), ox0)
-                hi = min(ceil_div_nonneg(W - ix0, sw), ox1)
-                if lo > hi:
-                    lo = hi
-                for oy in range(oy0, oy1):
-                    # dst and src are indexed by the output column ox
-                    dst = cols + r * ncols + (oy - oy0) * cw - ox0
-                    iy = oy * sh - pt + u * dh
-                    if iy < 0 or iy >= H:
-                        memset(dst + ox0, 0, cw * sizeof(float))
-                        continue
-                    src = xg + (c * H + iy) * W + ix0
-                    if lo > ox0:
-                        memset(dst + ox0, 0, (lo - ox0) * sizeof(float))
-                    if sw == 1:
-                        if hi > lo:
-                            memcpy(dst + lo, src + lo, (hi - lo) * sizeof(float))
-                    else:
-                        for ox in range(lo, hi):
-                            dst[ox] = src[ox * sw]
-                    if hi < ox1:
-                        memset(dst + hi, 0, (ox1 - hi) * sizeof(float))
+from _im2col cimport im2col_rows
 
 
 def f32_conv2d_im2col(const float[:, :, :, ::1] x, const float[:, ::1] w2d, bias,
@@ -107,7 +58,7 @@ def f32_conv2d_im2col(const float[:, :, :, ::1] x, const float[:, ::1] w2d, bias
             ox1 = min(ox0 + cols_per_chunk, OW)
             ncols = (oy1 - oy0) * (ox1 - ox0)
             cols = buf + threadid() * kdim * chunk_cols
-            im2col_rows(&x[n, g * Cg, 0, 0], Cg, H, W, kh, kw, sh, sw, pt, pl, dh, dw,
+            im2col_rows(&x[n, g * Cg, 0, 0], H * W, Cg, H, W, kh, kw, sh, sw, pt, pl, dh, dw,
                         oy0, oy1, ox0, ox1, cols)
             dst = &out[n, g * Kg, oy0, ox0]
             sgemm_rm(False, False, Kg, ncols, kdim, 1.0, &w2d[g * Kg, 0], kdim,

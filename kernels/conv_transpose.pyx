@@ -18,13 +18,7 @@ from libc.string cimport memset
 
 from _blas cimport sgemm_rm
 from _epilogue cimport bias_act_row
-
-
-cdef inline Py_ssize_t ceil_div_nonneg(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
-    # ceil(a / b) for b > 0, clamped at 0 for negative a
-    if a <= 0:
-        return 0
-    return (a + b - 1) // b
+from _im2col cimport ceil_div_nonneg
 
 
 cdef void col2im_rows(const float* cols, Py_ssize_t nco, Py_ssize_t W,

@@ -29,7 +29,8 @@
 # Work split, all prange(schedule="static") over outputs, independent of the thread count:
 #   padding copy       over (image, channel) planes
 #   input transform    over input channels, writes V for one block of tiles
-#   GEMMs              over (group, e) pairs, one sgemm each
+#   GEMMs              over (group, e, piece of U's rows), one sgemm each (BLAS pinned to one
+#                      thread by the caller)
 #   output transform   over output channels: A^T M A, bias, activation, only in-range outputs
 # so every value is computed by the same instructions for any count: bit-identical results.
 # The tables come from engine/ops/winograd.py, which checks that every address they imply lies
@@ -76,7 +77,7 @@ cdef inline Py_ssize_t whole_vectors(Py_ssize_t n) noexcept nogil:
 
 
 # ---- 1-D transforms ------------------------------------------------------------------------
-# F(2,3), the matrices of the lead's design (points 0, 1, -1 and infinity):
+# F(2,3) (points 0, 1, -1 and infinity):
 #   B^T = [[1,0,-1,0],[0,1,1,0],[0,-1,1,0],[0,1,0,-1]],   A^T = [[1,1,1,0],[0,1,-1,-1]].
 # F(4,3): see the derivation in engine/ops/winograd.py (points 0, 1, -1, 2, -2, infinity).
 
@@ -409,8 +410,8 @@ def f32_conv3x3_winograd(const float[:, :, :, ::1] x, const float[:, :, :, ::1] 
     u[groups, (m+2)^2, K/groups, C/groups]: transformed weights. rows[:, ROW_COLS]: the tile
     rows; blocks[:, 3]: (first row, end row, tiles) per block of at most max_tiles tiles;
     phase_tiles[b], phase_start[b]: tiles of column phase b in every tile row and the first of
-    them; phase_cols[b, c]: how many of them have an output column c (c < m);
-    J, hbuf, colmap: the padded layout (see the header and pad_plane). work: scratch of workspace_floats(...)
+    them; phase_cols[b, c]: how many of them have an output column c (c < m); J, hbuf, colmap:
+    the padded layout (see the header and pad_plane). work: scratch of workspace_floats(...)
     floats, reused by the caller across calls (fresh multi-MB buffers would cost a page fault
     per 4 KB on every call). kchunk: rows of U[g, e] per sgemm call.
     """

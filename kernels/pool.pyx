@@ -18,6 +18,7 @@ from cython.parallel cimport prange
 from libc.stdint cimport int64_t, uint64_t
 from libc.string cimport memset
 from libc.math cimport INFINITY
+from _im2col cimport ceil_div_nonneg
 
 
 cdef inline Py_ssize_t first_tap(Py_ssize_t start, Py_ssize_t d) noexcept nogil:
@@ -25,13 +26,6 @@ cdef inline Py_ssize_t first_tap(Py_ssize_t start, Py_ssize_t d) noexcept nogil:
     if start < 0:
         start += ((-start + d - 1) // d) * d
     return start
-
-
-cdef inline Py_ssize_t ceil_div_nonneg(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
-    # ceil(a / b) for b > 0, clamped at 0 for negative a
-    if a <= 0:
-        return 0
-    return (a + b - 1) // b
 
 
 cdef inline void tap_columns(Py_ssize_t off, Py_ssize_t sw, Py_ssize_t W, Py_ssize_t OW,
