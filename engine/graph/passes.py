@@ -1,0 +1,223 @@
+"""Graph rewrites run once when a model loads, each keeping the outputs' values:
+
+- ``remove_identities``: Identity nodes (Dropout becomes one on import) disappear;
+- ``fold_constants``: nodes whose inputs are all constants are computed, and so, when every
+  input dimension is declared, is everything that depends on input shapes only (Shape, and the
+  Gather/Concat/... chains exporters build on it);
+- ``fold_batchnorm``: BatchNormalization after a convolution is folded into its weights and
+  bias (computed in float64, stored in float32);
+- ``fuse_activations``: Relu, and Clip(0, 6) or Clip(0, none), after a convolution become the
+  convolution's ``activation``, applied in the kernel's output step;
+- ``fuse_residual``: an Add of a convolution's output and another tensor becomes a fourth
+  convolution input, added in the same plan step (followed by a fused activation if any).
+
+Each pass returns how many nodes it changed; ``optimize`` runs them all and records a summary
+in ``graph.notes`` for explain().
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .ir import Graph, Node
+from .nodes import OPS, Info
+from .plan import Plan, evaluate
+
+
+def make_op(node, constants):
+    from ..errors import ModelError
+    cls = OPS.get(node.op)
+    if cls is None:
+        raise ModelError(f"node {node.name!r}: operator {node.op!r} is not supported")
+    return cls(node, constants)
+
+
+def remove_identities(g: Graph) -> int:
+    removed = 0
+    outputs = g.output_names()
+    inputs = {s.name for s in g.inputs}
+    for node in list(g.nodes):
+        if node.op != "Identity":
+            continue
+        src, dst = node.inputs[0], node.outputs[0]
+        if dst not in outputs:
+            g.nodes.remove(node)
+            g.rename_uses(dst, src)
+            removed += 1
+            continue
+        producer = g.producers().get(src)
+        # an exported name must survive: let the producer write it, when nothing else
+        # (another output, a graph input, a constant) claims the source name
+        if producer is not None and src not in outputs and src not in inputs:
+            g.nodes.remove(node)
+            producer.outputs = [dst if o == src else o for o in producer.outputs]
+            g.rename_uses(src, dst)
+            removed += 1
+    return removed
+
+
+def fold_constants(g: Graph, input_shapes=None) -> int:
+    """Input-independent nodes, then (with ``input_shapes``) shape-only ones."""
+    folded = 0
+    for node in list(g.nodes):
+        if node.inputs and all(not i or i in g.constants for i in node.inputs):
+            op = make_op(node, g.constants)
+            ins = [Info.of(g.constants[i]) if i else None for i in node.inputs]
+            for name, value in zip(node.outputs, evaluate(op, ins)):
+                if name:
+                    g.constants[name] = value
+            g.nodes.remove(node)
+            folded += 1
+    if input_shapes is not None and any(n.op == "Shape" for n in g.nodes):
+        ops = {n.name: make_op(n, g.constants) for n in g.nodes}
+        plan = Plan(g, ops, input_shapes)
+        for node in list(g.nodes):
+            named = [o for o in node.outputs if o]
+            if named and all(o in plan.folded for o in named):
+                for o in named:
+                    g.constants[o] = plan.folded[o]
+                g.nodes.remove(node)
+                folded += 1
+    if folded:
+        g.remove_unused()
+    return folded
+
+
+def _single_reader(g: Graph, name: str, users=None):
+    """The one node reading ``name`` (once), if ``name`` is not also a graph output."""
+    users = g.consumers() if users is None else users
+    readers = users.get(name, [])
+    if len(readers) != 1 or name in g.output_names():
+        return None
+    return readers[0]
+
+
+def _is_plain_conv(node: Node) -> bool:
+    return (node.op == "Conv" and not node.attrs.get("activation")
+            and not (len(node.inputs) > 3 and node.inputs[3]))
+
+
+def fold_batchnorm(g: Graph) -> int:
+    count = 0
+    for conv in list(g.nodes):
+        if not _is_plain_conv(conv) or conv not in g.nodes:
+            continue
+        reader = _single_reader(g, conv.outputs[0])
+        if reader is None or reader[0].op != "BatchNormalization" or reader[1] != 0:
+            continue
+        bn = reader[0]
+        if len([o for o in bn.outputs if o]) != 1 or bn.attrs.get("spatial", 1) != 1:
+            continue
+        names = [conv.inputs[1], conv.inputs[2] if len(conv.inputs) > 2 else ""] + bn.inputs[1:5]
+        if any(n and n not in g.constants for n in names) or not all(names[2:]):
+            continue
+        w = g.constants[names[0]].astype(np.float64)
+        b = g.constants[names[1]].astype(np.float64) if names[1] else np.zeros(w.shape[0])
+        scale, beta, mean, var = (g.constants[n].astype(np.float64) for n in names[2:])
+        if not (scale.shape == beta.shape == mean.shape == var.shape == (w.shape[0],)) \
+                or w.dtype.kind != "f" or b.shape != (w.shape[0],):
+            continue
+        eps = float(bn.attrs.get("epsilon", 1e-5))
+        s = scale / np.sqrt(var + eps)
+        w_name = g.unique_name(f"{conv.name}.weight_bn")
+        g.constants[w_name] = (w * s.reshape((-1,) + (1,) * (w.ndim - 1))).astype(np.float32)
+        b_name = g.unique_name(f"{conv.name}.bias_bn")
+        g.constants[b_name] = ((b - mean) * s + beta).astype(np.float32)
+        conv.inputs = [conv.inputs[0], w_name, b_name]
+        conv.outputs = [bn.outputs[0]]
+        g.nodes.remove(bn)
+        count += 1
+    if count:
+        g.remove_unused()
+    return count
+
+
+def _activation_of(g: Graph, node: Node):
+    """"relu"/"relu6" when ``node`` is an activation a convolution kernel can apply."""
+    if node.op == "Relu":
+        return "relu"
+    if node.op != "Clip":
+        return None
+    bounds = []
+    for k in (1, 2):
+        name = node.inputs[k] if len(node.inputs) > k else ""
+        if name and name not in g.constants:
+            return None
+        v = g.constants[name] if name else None
+        if v is not None and v.size != 1:
+            return None
+        bounds.append(None if v is None else float(v.reshape(())))
+    if bounds == [0.0, None]:
+        return "relu"
+    if bounds == [0.0, 6.0]:
+        return "relu6"
+    return None
+
+
+def fuse_activations(g: Graph) -> int:
+    count = 0
+    for conv in list(g.nodes):
+        if conv.op != "Conv" or conv.attrs.get("activation") or conv not in g.nodes:
+            continue
+        reader = _single_reader(g, conv.outputs[0])
+        if reader is None or reader[1] != 0:
+            continue
+        act = _activation_of(g, reader[0])
+        if act is None:
+            continue
+        conv.attrs = dict(conv.attrs, activation=act)
+        conv.outputs = [reader[0].outputs[0]]
+        g.nodes.remove(reader[0])
+        count += 1
+    if count:
+        g.remove_unused()
+    return count
+
+
+def fuse_residual(g: Graph) -> int:
+    count = 0
+    for conv in list(g.nodes):
+        if not _is_plain_conv(conv) or conv not in g.nodes:
+            continue
+        y = conv.outputs[0]
+        reader = _single_reader(g, y)
+        if reader is None or reader[0].op != "Add" or reader[0].attrs:
+            continue
+        add = reader[0]
+        other = add.inputs[1 - reader[1]]
+        if other == y:
+            continue
+        inputs = list(conv.inputs) + [""] * (3 - len(conv.inputs))
+        conv.inputs = inputs[:3] + [other]
+        conv.outputs = [add.outputs[0]]
+        # the fused step runs where the Add ran: both operands exist there
+        g.nodes.remove(conv)
+        g.nodes[g.nodes.index(add)] = conv
+        count += 1
+    return count
+
+
+def optimize(g: Graph, input_shapes=None) -> None:
+    """All passes, in order; ``input_shapes`` when every input dimension is declared."""
+    g.check()
+    notes = []
+    n = remove_identities(g)
+    if n:
+        notes.append(f"removed {n} Identity/Dropout nodes")
+    n = fold_constants(g, input_shapes)
+    if n:
+        notes.append(f"folded {n} nodes into constants")
+    n = fold_batchnorm(g)
+    if n:
+        notes.append(f"folded {n} BatchNormalization nodes into convolution weights")
+    n = fuse_activations(g)
+    n_res = fuse_residual(g)
+    n += fuse_activations(g)
+    if n:
+        notes.append(f"fused {n} activations into convolutions")
+    if n_res:
+        notes.append(f"fused {n_res} residual Adds into convolution steps")
+    n = g.remove_unused()
+    if n:
+        notes.append(f"removed {n} nodes whose outputs nothing reads")
+    g.check()
+    g.notes = list(g.notes) + notes     # a native file brings the notes of its first load

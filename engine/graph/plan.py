@@ -1,0 +1,281 @@
+"""A plan: the graph laid out for one set of concrete input shapes.
+
+Made once per input shape (the runner caches a few), it holds
+- the steps: one prebound callable per remaining node, ``step(env, num_threads)``, reading and
+  writing the slots of ``env``, a flat list of arrays (one slot per tensor);
+- the values computable without the inputs' values (Shape and what follows from it, in
+  addition to the constants folded at load), computed here once;
+- a static memory plan: every intermediate tensor gets an offset in one arena, tensors whose
+  lifetimes (producing step to last reading step) do not overlap share bytes (greedy first
+  fit, largest first), elementwise steps write over an input that dies with them, and views
+  (Reshape, Flatten, Squeeze, Unsqueeze) share their input's bytes.
+
+Each thread that runs the plan gets its own arena and slot list, made on its first run
+(threading.local), so concurrent runs never share activation buffers. Outputs are returned in
+arrays allocated per call.
+"""
+from __future__ import annotations
+
+import math
+import threading
+import time
+
+import numpy as np
+
+from ..errors import ModelError
+from .nodes import Info
+
+ALIGN = 64
+
+
+class Step:
+    __slots__ = ("node", "names", "op", "ins", "outs", "fn", "flops", "detail", "runs")
+
+    def __init__(self, node, names, op, ins, outs, fn, flops, detail):
+        self.node, self.names, self.op, self.ins, self.outs = node, names, op, ins, outs
+        self.fn, self.flops, self.detail = fn, flops, detail
+        self.runs = True
+
+
+def evaluate(op, ins):
+    """Run one node on constant inputs (load-time and plan-time folding)."""
+    outs = op.infer(ins)
+    if all(o.value is not None for o in outs):
+        return [o.value for o in outs]
+    n = len(ins)
+    env = [None if x is None else x.value for x in ins]
+    for o in outs:
+        env.append(np.empty(o.shape, o.dtype) if op.storage == "write" else None)
+    fn = op.build(ins, outs, list(range(n)), list(range(n, n + len(outs))))
+    fn(env, 1)
+    return [np.array(v, copy=True) for v in env[n:]]
+
+
+class Plan:
+    def __init__(self, graph, ops, input_shapes: dict):
+        self.input_shapes = dict(input_shapes)
+        infos: dict = {name: Info.of(v) for name, v in graph.constants.items()}
+        for spec in graph.inputs:
+            infos[spec.name] = Info(input_shapes[spec.name], spec.dtype)
+        self.folded: dict = {}        # tensor name -> value computed while planning
+        slots: dict = {}
+
+        def slot(name):
+            if name not in slots:
+                slots[name] = len(slots)
+            return slots[name]
+
+        steps = []
+        for node in graph.nodes:
+            op = ops[node.name]
+            ins = [infos[n] if n else None for n in node.inputs]
+            outs = op.infer(ins)
+            if len(outs) != len(node.outputs):
+                raise ModelError(f"node {node.name!r} ({node.op}): produces {len(outs)} "
+                                 f"outputs, the node names {len(node.outputs)}")
+            names = [o or f"{node.name}:unused{k}" for k, o in enumerate(node.outputs)]
+            if all(x is None or x.value is not None for x in ins) or \
+                    all(o.value is not None for o in outs):
+                for name, value in zip(names, evaluate(op, ins)):
+                    infos[name] = Info.of(value)
+                    self.folded[name] = value
+                continue
+            i = [slot(n) if n else -1 for n in node.inputs]
+            o = [slot(n) for n in names]
+            fn = op.build(ins, outs, i, o)
+            steps.append(Step(node, names, op, ins, outs, fn, op.flops(ins, outs),
+                              op.describe(ins, outs)))
+            for name, info in zip(names, outs):
+                infos[name] = info
+        for name in [spec.name for spec in graph.outputs]:
+            slot(name)     # an output may be a graph input or a constant no step reads
+        self.steps = steps
+        self.infos = infos
+        self.slots = slots
+        self.outputs = [spec.name for spec in graph.outputs]
+        self.output_infos = [infos[name] for name in self.outputs]
+        self.inputs = [spec.name for spec in graph.inputs]
+        self._plan_memory(graph)
+        self._local = threading.local()
+        self.stats = [0.0] * len(self.steps)
+        self.profiled_runs = 0
+        self._stats_lock = threading.Lock()
+
+    # -- memory -----------------------------------------------------------------------------
+    def _plan_memory(self, graph):
+        steps, slots, infos = self.steps, self.slots, self.infos
+        end = len(steps)
+        last = {}
+        for t, s in enumerate(steps):
+            for n in s.node.inputs:
+                if n:
+                    last[n] = t
+        for name in self.outputs:
+            last[name] = end
+        root, kind, members = {}, {}, {}
+        for name in self.inputs:
+            root[name], kind[name] = name, "input"
+        for name in slots:
+            if name in self.folded or name in graph.constants:
+                root[name], kind[name] = name, "const"
+        outputs = set(self.outputs)
+        produced_at = {n: t for t, s in enumerate(steps) for n in s.names}
+        for t, s in enumerate(steps):
+            storage = s.op.storage
+            for k, (name, info) in enumerate(zip(s.names, s.outs)):
+                last.setdefault(name, t)
+                if storage == "view" and k == 0:
+                    r = root[s.node.inputs[0]]
+                    root[name] = r
+                    members.setdefault(r, [r]).append(name)
+                    continue
+                if storage == "alloc":
+                    root[name], kind[name] = name, "alloc"
+                    continue
+                if name in outputs:
+                    root[name], kind[name] = name, "fresh"
+                    continue
+                taken = None
+                if k == 0:
+                    for c in s.op.inplace_inputs(s.ins, s.outs):
+                        r = root[s.node.inputs[c]]
+                        if kind[r] == "arena" and max(last[m] for m in members[r]) == t:
+                            taken = r
+                            break
+                if taken is not None:
+                    root[name] = taken
+                    members[taken].append(name)
+                else:
+                    root[name], kind[name] = name, "arena"
+                    members[name] = [name]
+        # lifetimes and sizes of the arena buffers
+        blocks = []
+        naive = 0
+        for r, k in kind.items():
+            if k != "arena":
+                continue
+            info = infos[r]
+            nbytes = info.size * info.dtype.itemsize
+            naive += nbytes
+            start = produced_at[r]
+            stop = max(last[m] for m in members[r])
+            blocks.append([r, start, max(start, stop), -(-nbytes // ALIGN) * ALIGN, 0])
+        placed = []
+        for block in sorted(blocks, key=lambda b: (-b[3], b[1])):
+            _, start, stop, size, _ = block
+            overlapping = sorted((b[4], b[4] + b[3]) for b in placed
+                                 if b[1] <= stop and start <= b[2])
+            offset = 0
+            for lo, hi in overlapping:
+                if offset + size <= lo:
+                    break
+                offset = max(offset, hi)
+            block[4] = offset
+            placed.append(block)
+        self.arena_bytes = max((b[4] + b[3] for b in placed), default=0)
+        self.naive_bytes = naive
+        self.buffers = len(placed)
+        offsets = {b[0]: b[4] for b in placed}
+        # what each thread's slot list starts with, and what a run sets
+        self.layout = []          # (slot, offset, shape, dtype) of arena-backed tensors
+        for name, r in root.items():
+            if name in slots and kind.get(r) == "arena":
+                info = infos[name]
+                self.layout.append((slots[name], offsets[r], info.shape, info.dtype))
+        self.template = [None] * len(slots)
+        for name, s in slots.items():
+            if name in self.folded:
+                self.template[s] = self.folded[name]
+            elif name in graph.constants:
+                self.template[s] = graph.constants[name]
+        for s in steps:   # views of arena tensors are made once per thread, not per run
+            if s.op.storage == "view" and kind.get(root[s.node.inputs[0]]) == "arena":
+                s.runs = False
+        self.run_fns = [s.fn for s in steps if s.runs]
+        self.run_steps = [s for s in steps if s.runs]
+        self.input_slots = [slots.get(n, -1) for n in self.inputs]
+        self.fresh = [(slots[n], infos[n].shape, infos[n].dtype) for n, k in kind.items()
+                      if k == "fresh"]
+        self.clear_slots = [slots[n] for n, k in kind.items()
+                            if k in ("alloc", "input", "fresh") and n in slots]
+        self.clear_slots += [slots[n] for n, r in root.items()
+                             if n in slots and n != r and kind.get(r) != "arena"]
+        # how each graph output is handed back: its fresh array, or a copy
+        self.output_plan = []
+        for name in self.outputs:
+            if name in self.folded or name in graph.constants:
+                value = self.folded.get(name, graph.constants.get(name))
+                self.output_plan.append((name, -1, value))
+            else:
+                own = kind.get(root[name]) == "fresh" and root[name] == name
+                self.output_plan.append((name, slots[name], "own" if own else "copy"))
+        self.kind, self.root = kind, root
+
+    def env(self) -> list:
+        env = getattr(self._local, "env", None)
+        if env is None:
+            env = list(self.template)
+            arena = np.empty(self.arena_bytes, np.uint8)
+            for s, offset, shape, dtype in self.layout:
+                nbytes = math.prod(shape) * dtype.itemsize
+                env[s] = arena[offset:offset + nbytes].view(dtype).reshape(shape)
+            self._local.env = env
+        return env
+
+    # -- running ----------------------------------------------------------------------------
+    def run(self, feeds: list, num_threads: int, profile: bool = False) -> dict:
+        env = self.env()
+        for s, x in zip(self.input_slots, feeds):
+            if s >= 0:
+                env[s] = x
+        for s, shape, dtype in self.fresh:
+            env[s] = np.empty(shape, dtype)
+        f = None
+        try:
+            if profile:
+                self._run_profiled(env, num_threads)
+            else:
+                for f in self.run_fns:
+                    f(env, num_threads)
+            result = {}
+            for name, s, how in self.output_plan:
+                if s < 0:
+                    result[name] = np.array(how, copy=True)
+                elif how == "own":
+                    result[name] = env[s]
+                else:
+                    result[name] = np.array(env[s], copy=True)
+        except ModelError:
+            raise
+        except (ValueError, IndexError, TypeError, FloatingPointError) as e:
+            raise ModelError(f"running node {self._failed(f)}: {e}") from e
+        finally:
+            for s in self.clear_slots:
+                env[s] = None
+        return result
+
+    def _failed(self, fn):
+        for s in self.run_steps:
+            if s.fn is fn:
+                return f"{s.node.name!r} ({s.node.op})"
+        return "?"
+
+    def _run_profiled(self, env, num_threads):
+        clock = time.perf_counter
+        times = []
+        for s in self.run_steps:
+            t = clock()
+            try:
+                s.fn(env, num_threads)
+            except ModelError:
+                raise
+            except (ValueError, IndexError, TypeError, FloatingPointError) as e:
+                raise ModelError(f"running node {s.node.name!r} ({s.node.op}): {e}") from e
+            times.append(clock() - t)
+        with self._stats_lock:
+            k = 0
+            for idx, s in enumerate(self.steps):
+                if s.runs:
+                    self.stats[idx] += times[k]
+                    k += 1
+            self.profiled_runs += 1

@@ -1,0 +1,443 @@
+"""ONNX files to the engine's graph (engine.graph.ir), for opsets 6 to 21.
+
+Every node becomes an IR node with the operator's opset-21 semantics, so nothing after the
+import looks at an opset: attributes that later opsets made inputs (Clip's min/max before 11,
+Pad's pads before 11, Squeeze/Unsqueeze axes before 13, Slice before 10, Split before 13)
+become constant inputs; Upsample and opset-10 Resize become Resize with their asymmetric
+coordinates; Softmax before 13 keeps its flatten-to-2-D meaning as ``coerce_2d``; opset-6
+arithmetic with ``broadcast``/``axis`` keeps its axis as ``broadcast_axis``. Dropout becomes
+Identity. Later opsets (up to the newest the onnx package knows) changed these operators only
+by adding element types, which the engine refuses anyway, so they are read the same way.
+
+Operators: Conv (1-D, 2-D, 3-D), ConvTranspose (1-D, 2-D), DeformConv, BatchNormalization,
+Relu, Clip, LeakyRelu, PRelu, Sigmoid, HardSigmoid, HardSwish, Tanh, Add, Sub, Mul, Div, Sum,
+Concat, MaxPool (with Indices) and AveragePool (1-D, 2-D), GlobalAveragePool, GlobalMaxPool,
+MaxUnpool, LRN, Gemm, MatMul, Flatten, Reshape, Transpose, Squeeze, Unsqueeze, Pad, Resize,
+Upsample, Softmax, Split, Slice, Gather, Shape, Constant, ConstantOfShape, Cast, Expand,
+Dropout, Identity. Any other operator, or an attribute these do not understand, is an
+engine.ModelError naming the node.
+
+The ``onnx`` package is needed here only, and imported when an ONNX file is loaded.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from ..errors import ModelError
+from ..graph.ir import DTYPES, Graph, Node, TensorSpec
+
+MIN_OPSET = 6
+NEWEST_SEMANTICS = 21
+
+
+def _onnx():
+    try:
+        import onnx
+    except ImportError:
+        raise ModelError("loading an ONNX file needs the onnx package (pip install onnx); "
+                         "native .safetensors files load without it") from None
+    return onnx
+
+
+def _dtype(onnx, elem_type, what):
+    try:
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem_type))
+    except Exception:
+        raise ModelError(f"{what} has an unknown element type {elem_type}") from None
+    if dtype.name not in DTYPES:
+        raise ModelError(f"{what} has element type {dtype.name}, which is not supported "
+                         f"(supported: {', '.join(DTYPES)})")
+    return dtype.name
+
+
+def _array(onnx, tensor, what, base_dir=None):
+    try:
+        value = onnx.numpy_helper.to_array(tensor, base_dir or "")
+    except Exception as e:
+        raise ModelError(f"{what}: cannot read the tensor data: {e}") from None
+    if value.dtype.name not in DTYPES:
+        raise ModelError(f"{what} has dtype {value.dtype}, which is not supported "
+                         f"(supported: {', '.join(DTYPES)})")
+    return np.require(value, requirements="C")
+
+
+def load(source) -> Graph:
+    """A path to an .onnx file, or an onnx.ModelProto."""
+    onnx = _onnx()
+    base_dir = None
+    if isinstance(source, (str, os.PathLike)):
+        path = os.fspath(source)
+        base_dir = os.path.dirname(os.path.abspath(path))
+        try:
+            model = onnx.load(path)
+        except FileNotFoundError:
+            raise
+        except Exception as e:
+            raise ModelError(f"{path}: not a readable ONNX file: {e}") from None
+    else:
+        model = source
+    return _Importer(onnx, model, base_dir).graph
+
+
+class _Importer:
+    def __init__(self, onnx, model, base_dir):
+        self.onnx = onnx
+        self.base_dir = base_dir
+        self.opset = None
+        for imp in model.opset_import:
+            if imp.domain in ("", "ai.onnx"):
+                self.opset = imp.version
+        if self.opset is None:
+            raise ModelError("the model imports no version of the default ONNX operator set")
+        if self.opset < MIN_OPSET:
+            raise ModelError(f"opset {self.opset} is older than the oldest supported "
+                             f"({MIN_OPSET})")
+        newest = onnx.defs.onnx_opset_version()
+        if self.opset > newest:
+            raise ModelError(f"opset {self.opset} is newer than the onnx package knows "
+                             f"({newest})")
+        g = model.graph
+        if len(g.sparse_initializer):
+            raise ModelError("sparse initializers are not supported")
+        self.constants = {}
+        for t in g.initializer:
+            self.constants[t.name] = _array(onnx, t, f"initializer {t.name!r}", base_dir)
+        inputs = []
+        for vi in g.input:
+            if vi.name in self.constants:
+                continue   # IR < 4 lists initializers as inputs too: they are constants here
+            inputs.append(self._spec(vi, f"graph input {vi.name!r}", require_shape=True))
+        self.nodes = []
+        self.names = set()
+        self.unusable = {}      # tensor name -> why nothing may read it
+        for k, node in enumerate(g.node):
+            self._convert(node, k)
+        outputs = [self._spec(vi, f"graph output {vi.name!r}") for vi in g.output]
+        used = {i for n in self.nodes for i in n.inputs} | {o.name for o in outputs}
+        for name, why in self.unusable.items():
+            if name in used:
+                raise ModelError(f"tensor {name!r} is read, but {why}")
+        self.graph = Graph(self.nodes, inputs, outputs, self.constants, name=g.name)
+
+    # -- helpers ------------------------------------------------------------------------------
+    def _spec(self, vi, what, require_shape=False):
+        t = vi.type
+        if not require_shape and t.WhichOneof("value") is None:
+            return TensorSpec(vi.name, None, "float32")   # an output declared by name only
+        if t.WhichOneof("value") != "tensor_type":
+            raise ModelError(f"{what} is not a tensor")
+        dtype = _dtype(self.onnx, t.tensor_type.elem_type, what) \
+            if t.tensor_type.elem_type else "float32"
+        shape = None
+        if t.tensor_type.HasField("shape"):
+            shape = tuple(d.dim_value if d.HasField("dim_value") else None
+                          for d in t.tensor_type.shape.dim)
+        elif require_shape:
+            raise ModelError(f"{what} declares no shape: the rank at least must be known")
+        return TensorSpec(vi.name, shape, dtype)
+
+    def const(self, base, value):
+        name, k = base, 1
+        while name in self.constants:
+            name, k = f"{base}_{k}", k + 1
+        self.constants[name] = np.require(value, requirements="C")
+        return name
+
+    def emit(self, op, name, inputs, outputs, attrs=None):
+        self.nodes.append(Node(op, name, list(inputs), list(outputs),
+                               {k: v for k, v in (attrs or {}).items() if v is not None}))
+
+    def attrs(self, node, what):
+        out = {}
+        for a in node.attribute:
+            if a.ref_attr_name:
+                raise ModelError(f"{what}: attribute references are not supported")
+            if a.type == self.onnx.AttributeProto.TENSOR:
+                out[a.name] = _array(self.onnx, a.t, f"{what}: attribute {a.name!r}",
+                                     self.base_dir)
+                continue
+            if a.type in (self.onnx.AttributeProto.GRAPH, self.onnx.AttributeProto.GRAPHS,
+                          self.onnx.AttributeProto.SPARSE_TENSOR,
+                          self.onnx.AttributeProto.TENSORS,
+                          self.onnx.AttributeProto.SPARSE_TENSORS):
+                raise ModelError(f"{what}: attribute {a.name!r} of this type is not supported")
+            v = self.onnx.helper.get_attribute_value(a)
+            if isinstance(v, bytes):
+                v = v.decode("utf-8", "replace")
+            elif isinstance(v, (list, tuple)):
+                v = [e.decode("utf-8", "replace") if isinstance(e, bytes) else e for e in v]
+            out[a.name] = v
+        return out
+
+    # -- nodes ----------------------------------------------------------------------------------
+    def _convert(self, node, index):
+        name = node.name or f"{node.op_type}_{index}"
+        base, k = name, 1
+        while name in self.names:
+            name, k = f"{base}_{k}", k + 1
+        self.names.add(name)
+        what = f"node {name!r} ({node.op_type})"
+        if node.domain not in ("", "ai.onnx"):
+            raise ModelError(f"{what}: operator domain {node.domain!r} is not supported")
+        convert = CONVERTERS.get(node.op_type)
+        if convert is None:
+            raise ModelError(f"{what}: operator {node.op_type!r} is not supported")
+        attrs = self.attrs(node, what)
+        inputs, outputs = list(node.input), list(node.output)
+        try:
+            convert(self, name, inputs, outputs, attrs)
+        except ModelError as e:
+            if name in str(e):
+                raise
+            raise ModelError(f"{what}: {e}") from None
+
+    def take(self, attrs, known, drop=(), name=""):
+        """The attributes an IR node keeps; ModelError for any not understood."""
+        out = {}
+        for k, v in attrs.items():
+            if k in drop:
+                continue
+            if k not in known:
+                raise ModelError(f"attribute {k!r} is not supported")
+            out[k] = v
+        return out
+
+
+def _same(*known, drop=()):
+    """A converter that keeps the operator and the listed attributes as they are."""
+    def convert(imp, name, inputs, outputs, attrs):
+        imp.emit(op_of[convert], name, inputs, outputs, imp.take(attrs, known, drop))
+    return convert
+
+
+op_of = {}
+CONVERTERS = {}
+
+
+def _register(op, fn):
+    op_of[fn] = op
+    CONVERTERS[op] = fn
+
+
+_WINDOW = ("kernel_shape", "strides", "pads", "dilations", "auto_pad")
+for _op, _known in {
+        "Conv": _WINDOW + ("group",),
+        "ConvTranspose": _WINDOW + ("group", "output_padding", "output_shape"),
+        "DeformConv": ("kernel_shape", "strides", "pads", "dilations", "group", "offset_group"),
+        "AveragePool": _WINDOW + ("ceil_mode", "count_include_pad"),
+        "GlobalAveragePool": (), "GlobalMaxPool": (),
+        "MaxUnpool": ("kernel_shape", "strides", "pads"),
+        "Relu": (), "Sigmoid": (), "Tanh": (), "HardSwish": (), "PRelu": (),
+        "LeakyRelu": ("alpha",), "HardSigmoid": ("alpha", "beta"),
+        "LRN": ("alpha", "beta", "bias", "size"),
+        "MatMul": (), "Flatten": ("axis",), "Transpose": ("perm",), "Concat": ("axis",),
+        "Gather": ("axis",), "Shape": ("start", "end"), "Expand": (), "Sum": (),
+        "Identity": ()}.items():
+    _register(_op, _same(*_known, drop=("consumed_inputs",)))
+
+
+def _maxpool(imp, name, inputs, outputs, attrs):
+    attrs = imp.take(attrs, _WINDOW + ("ceil_mode", "storage_order"))
+    imp.emit("MaxPool", name, inputs, outputs[:2], attrs)
+
+
+def _batchnorm(imp, name, inputs, outputs, attrs):
+    if attrs.get("training_mode", 0):
+        raise ModelError("training_mode=1 is not supported (inference only)")
+    if imp.opset < 7 and not attrs.get("is_test", 1):
+        pass   # is_test=0 asks for running-statistics updates: outputs 1-4, refused if read
+    attrs = imp.take(attrs, ("epsilon", "spatial"),
+                     drop=("momentum", "is_test", "consumed_inputs", "training_mode"))
+    if imp.opset >= 9:
+        attrs.pop("spatial", None)
+    for extra in outputs[1:]:
+        if extra:
+            imp.unusable[extra] = (f"it is a training output of BatchNormalization {name!r}, "
+                                   f"which inference does not compute")
+    imp.emit("BatchNormalization", name, inputs[:5], outputs[:1], attrs)
+
+
+def _clip(imp, name, inputs, outputs, attrs):
+    if imp.opset < 11:
+        attrs = imp.take(attrs, ("min", "max"), drop=("consumed_inputs",))
+        ins = [inputs[0]]
+        for key in ("min", "max"):
+            ins.append(imp.const(f"{name}.{key}", np.array(attrs[key], np.float32))
+                       if key in attrs else "")
+        inputs = ins
+    else:
+        imp.take(attrs, ())
+    imp.emit("Clip", name, inputs, outputs)
+
+
+def _binary(op):
+    def convert(imp, name, inputs, outputs, attrs):
+        attrs = imp.take(attrs, ("broadcast", "axis"), drop=("consumed_inputs",))
+        ir = {}
+        if imp.opset < 7 and attrs.get("broadcast", 0) and "axis" in attrs:
+            ir["broadcast_axis"] = attrs["axis"]
+        imp.emit(op, name, inputs, outputs, ir)
+    return convert
+
+
+for _op in ("Add", "Sub", "Mul", "Div"):
+    CONVERTERS[_op] = _binary(_op)
+
+
+def _gemm(imp, name, inputs, outputs, attrs):
+    attrs = imp.take(attrs, ("alpha", "beta", "transA", "transB"), drop=("broadcast",))
+    imp.emit("Gemm", name, inputs, outputs, attrs)
+
+
+def _reshape(imp, name, inputs, outputs, attrs):
+    attrs = imp.take(attrs, ("allowzero",), drop=("consumed_inputs",))
+    imp.emit("Reshape", name, inputs, outputs, attrs)
+
+
+def _axes_op(op):
+    def convert(imp, name, inputs, outputs, attrs):
+        attrs = imp.take(attrs, ("axes",))
+        if imp.opset < 13 and "axes" in attrs:
+            inputs = [inputs[0], imp.const(f"{name}.axes", np.array(attrs["axes"], np.int64))]
+        elif op == "Unsqueeze" and imp.opset < 13:
+            raise ModelError("Unsqueeze needs axes")
+        imp.emit(op, name, inputs, outputs)
+    return convert
+
+
+CONVERTERS["Squeeze"] = _axes_op("Squeeze")
+CONVERTERS["Unsqueeze"] = _axes_op("Unsqueeze")
+
+
+def _pad(imp, name, inputs, outputs, attrs):
+    if imp.opset < 11:
+        attrs = imp.take(attrs, ("pads", "mode", "value"))
+        if "pads" not in attrs:
+            raise ModelError("pads is required")
+        inputs = [inputs[0], imp.const(f"{name}.pads", np.array(attrs["pads"], np.int64)),
+                  imp.const(f"{name}.value", np.array(attrs.get("value", 0.0), np.float32))]
+        attrs = {"mode": attrs.get("mode")}
+    else:
+        attrs = imp.take(attrs, ("mode",))
+    imp.emit("Pad", name, inputs, outputs, attrs)
+
+
+def _resize(imp, name, inputs, outputs, attrs):
+    if imp.opset < 11:   # Resize-10: X and scales; asymmetric coordinates as Upsample
+        attrs = imp.take(attrs, ("mode",))
+        attrs.update(coordinate_transformation_mode="asymmetric", nearest_mode="simple")
+        inputs = [inputs[0], "", inputs[1]]
+    else:
+        attrs = imp.take(attrs, ("mode", "coordinate_transformation_mode", "nearest_mode",
+                                 "extrapolation_value", "axes", "keep_aspect_ratio_policy",
+                                 "cubic_coeff_a", "exclude_outside", "antialias"))
+    imp.emit("Resize", name, inputs, outputs, attrs)
+
+
+def _upsample(imp, name, inputs, outputs, attrs):
+    attrs = imp.take(attrs, ("mode", "scales", "height_scale", "width_scale"))
+    mode = attrs.get("mode", "nearest")
+    if mode in ("bilinear", "linear"):
+        mode = "linear"
+    elif mode != "nearest":
+        raise ModelError(f"mode {mode!r} is not supported")
+    if imp.opset < 9:
+        if "scales" not in attrs:
+            raise ModelError("scales is required")
+        scales = imp.const(f"{name}.scales", np.array(attrs["scales"], np.float32))
+    else:
+        if len(inputs) < 2:
+            raise ModelError("the scales input is required")
+        scales = inputs[1]
+    imp.emit("Resize", name, [inputs[0], "", scales], outputs,
+             {"mode": mode, "coordinate_transformation_mode": "asymmetric",
+              "nearest_mode": "simple"})
+
+
+def _softmax(imp, name, inputs, outputs, attrs):
+    attrs = imp.take(attrs, ("axis",))
+    if imp.opset < 13:
+        attrs = {"axis": attrs.get("axis", 1), "coerce_2d": 1}
+    imp.emit("Softmax", name, inputs, outputs, attrs)
+
+
+def _dropout(imp, name, inputs, outputs, attrs):
+    imp.take(attrs, ("ratio", "seed", "is_test"), drop=("consumed_inputs",))
+    if len(inputs) > 2 and inputs[2]:
+        mode = imp.constants.get(inputs[2])
+        if mode is None or bool(np.asarray(mode).reshape(-1)[0]):
+            raise ModelError("training_mode must be a constant false (inference only)")
+    imp.emit("Identity", name, inputs[:1], outputs[:1])
+    if len(outputs) > 1 and outputs[1]:
+        # at inference every element is kept: the mask is all true
+        shape = f"{name}.shape"
+        imp.emit("Shape", f"{name}/mask_shape", inputs[:1], [shape])
+        imp.emit("ConstantOfShape", f"{name}/mask", [shape], outputs[1:2],
+                 {"value": 1, "dtype": "bool"})
+
+
+def _constant(imp, name, inputs, outputs, attrs):
+    if len(attrs) != 1:
+        raise ModelError(f"needs exactly one value attribute, got {sorted(attrs)}")
+    key, v = next(iter(attrs.items()))
+    if key == "value":
+        value = v
+    elif key in ("value_float", "value_floats"):
+        value = np.array(v, np.float32)
+    elif key in ("value_int", "value_ints"):
+        value = np.array(v, np.int64)
+    else:
+        raise ModelError(f"attribute {key!r} is not supported")
+    if outputs[0] in imp.constants:
+        raise ModelError(f"tensor {outputs[0]!r} is defined twice")
+    imp.constants[outputs[0]] = np.require(value, requirements="C")
+
+
+def _constant_of_shape(imp, name, inputs, outputs, attrs):
+    attrs = imp.take(attrs, ("value",))
+    ir = {}
+    if "value" in attrs:
+        v = attrs["value"]
+        if v.size != 1:
+            raise ModelError("value must hold one element")
+        ir = {"value": v.reshape(-1)[0].item(), "dtype": v.dtype.name}
+    imp.emit("ConstantOfShape", name, inputs, outputs, ir)
+
+
+def _slice(imp, name, inputs, outputs, attrs):
+    if imp.opset < 10:
+        attrs = imp.take(attrs, ("starts", "ends", "axes"))
+        ins = [inputs[0]]
+        for key in ("starts", "ends", "axes"):
+            ins.append(imp.const(f"{name}.{key}", np.array(attrs[key], np.int64))
+                       if key in attrs else "")
+        inputs = ins
+    else:
+        imp.take(attrs, ())
+    imp.emit("Slice", name, inputs, outputs)
+
+
+def _split(imp, name, inputs, outputs, attrs):
+    attrs = imp.take(attrs, ("axis", "split", "num_outputs"))
+    if "split" in attrs:
+        inputs = [inputs[0], imp.const(f"{name}.split", np.array(attrs.pop("split"), np.int64))]
+    imp.emit("Split", name, inputs, outputs, attrs)
+
+
+def _cast(imp, name, inputs, outputs, attrs):
+    attrs = imp.take(attrs, ("to", "saturate", "round_mode"))
+    to = attrs.get("to")
+    if isinstance(to, str):   # opset 6 allowed the type's name
+        to = getattr(imp.onnx.TensorProto, to.upper(), None)
+    imp.emit("Cast", name, inputs, outputs,
+             {"to": _dtype(imp.onnx, to, f"Cast {name!r} target")})
+
+
+for _op, _fn in {"MaxPool": _maxpool, "BatchNormalization": _batchnorm, "Clip": _clip,
+                 "Gemm": _gemm, "Reshape": _reshape, "Pad": _pad, "Resize": _resize,
+                 "Upsample": _upsample, "Softmax": _softmax, "Dropout": _dropout,
+                 "Constant": _constant, "ConstantOfShape": _constant_of_shape,
+                 "Slice": _slice, "Split": _split, "Cast": _cast}.items():
+    CONVERTERS[_op] = _fn

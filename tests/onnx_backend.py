@@ -1,0 +1,84 @@
+"""An onnx.backend.base.Backend running models with engine.load, for ONNX's own node tests.
+
+The engine plans against constant weights and shape parameters (a Conv's W and B, Reshape's
+shape, Resize's scales, ...) and refuses them as run-time inputs. ONNX's node tests feed
+them as graph inputs, so the adapter turns those inputs into initializers holding the values
+given at run time before loading: the same values reach the same operator, through the
+engine's constant path. ``PARAMETER_INPUTS`` lists, per ONNX operator, which inputs that
+applies to (the engine's ``weights`` and plan-time ``known`` inputs).
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+from onnx.backend.base import Backend, BackendRep
+
+import engine
+
+PARAMETER_INPUTS = {
+    "Conv": (1, 2), "ConvTranspose": (1, 2), "DeformConv": (1, 3),
+    "BatchNormalization": (1, 2, 3, 4), "Clip": (1, 2), "Reshape": (1,), "Squeeze": (1,),
+    "Unsqueeze": (1,), "Pad": (1, 2, 3), "Resize": (1, 2, 3), "Upsample": (1,),
+    "Slice": (1, 2, 3, 4), "Split": (1,), "ConstantOfShape": (0,), "Expand": (1,),
+    "MaxUnpool": (2,), "Dropout": (1, 2),
+}
+
+
+def parameter_inputs(model: onnx.ModelProto) -> set:
+    """Graph inputs that some node reads as a parameter."""
+    names = set()
+    for node in model.graph.node:
+        for k in PARAMETER_INPUTS.get(node.op_type, ()):
+            if k < len(node.input) and node.input[k]:
+                names.add(node.input[k])
+    graph_inputs = {vi.name for vi in model.graph.input}
+    return names & graph_inputs
+
+
+def bind_parameters(model: onnx.ModelProto, values: dict) -> onnx.ModelProto:
+    """A copy of ``model`` whose inputs named in ``values`` are initializers instead."""
+    bound = onnx.ModelProto()
+    bound.CopyFrom(model)
+    keep = [vi for vi in bound.graph.input if vi.name not in values]
+    del bound.graph.input[:]
+    bound.graph.input.extend(keep)
+    for name, value in values.items():
+        bound.graph.initializer.append(numpy_helper.from_array(np.asarray(value), name))
+    return bound
+
+
+class EngineRep(BackendRep):
+    def __init__(self, model: onnx.ModelProto):
+        self.model = model
+        self.parameters = parameter_inputs(model)
+        initializers = {t.name for t in model.graph.initializer}
+        self.input_names = [vi.name for vi in model.graph.input if vi.name not in initializers]
+        self.output_names = [vi.name for vi in model.graph.output]
+
+    def run(self, inputs, **kwargs):
+        if isinstance(inputs, dict):
+            feeds = dict(inputs)
+        else:
+            feeds = dict(zip(self.input_names, inputs))
+        feeds = {k: numpy_helper.to_array(v) if isinstance(v, onnx.TensorProto) else v
+                 for k, v in feeds.items()}
+        params = {k: feeds.pop(k) for k in list(feeds) if k in self.parameters}
+        model = engine.load(bind_parameters(self.model, params) if params else self.model)
+        outs = model.run(feeds)
+        return [outs[name] for name in self.output_names]
+
+
+class EngineBackend(Backend):
+    @classmethod
+    def prepare(cls, model, device="CPU", **kwargs):
+        super().prepare(model, device, **kwargs)
+        return EngineRep(model)
+
+    @classmethod
+    def run_model(cls, model, inputs, device="CPU", **kwargs):
+        return cls.prepare(model, device).run(inputs)
+
+    @classmethod
+    def supports_device(cls, device: str) -> bool:
+        return device in ("CPU", "cpu")

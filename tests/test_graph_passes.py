@@ -1,0 +1,277 @@
+"""Load-time passes (identity removal, constant folding, BatchNormalization folding,
+activation and residual fusion, dead code) and the per-shape plan (shape-only folding, static
+memory plan with buffer reuse, in-place steps and views), on graphs built in the engine's IR.
+
+References are float64 NumPy; tolerance max error <= 1e-4 * max |reference|, or exact where
+a pass must not change any arithmetic.
+"""
+import numpy as np
+import pytest
+
+import engine
+from engine.graph import Graph, Model, Node, TensorSpec
+from engine.graph import passes
+from reference import conv2d_ref
+
+
+def close(got, ref, rtol=1e-4):
+    ref = np.asarray(ref, np.float64)
+    assert got.shape == ref.shape
+    assert float(np.abs(got - ref).max()) <= rtol * float(np.abs(ref).max())
+
+
+def spec(name, shape=None, dtype="float32"):
+    return TensorSpec(name, shape, dtype)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(11)
+
+
+def f32(rng, *shape, scale=1.0):
+    return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+
+def bn_consts(rng, c):
+    return {"s": rng.uniform(0.5, 1.5, c).astype(np.float32), "b": f32(rng, c, scale=0.3),
+            "m": f32(rng, c, scale=0.2), "v": rng.uniform(0.3, 2.0, c).astype(np.float32)}
+
+
+def bn_ref(y, c, eps=1e-5):
+    shape = (1, -1, 1, 1)
+    return ((y - c["m"].reshape(shape)) / np.sqrt(c["v"].reshape(shape).astype(np.float64) + eps)
+            * c["s"].reshape(shape) + c["b"].reshape(shape))
+
+
+# ------------------------------------------------------------------------------ BN folding
+
+def test_batchnorm_folds_into_the_conv_weights(rng):
+    w, b = f32(rng, 6, 4, 3, 3), f32(rng, 6)
+    bn = bn_consts(rng, 6)
+    g = Graph([Node("Conv", "conv", ["x", "w", "cb"], ["c"], {"pads": [1, 1, 1, 1]}),
+               Node("BatchNormalization", "bn", ["c", "s", "b", "m", "v"], ["y"],
+                    {"epsilon": 1e-3})],
+              [spec("x", (1, 4, 7, 7))], [spec("y")], dict(w=w, cb=b, **bn))
+    model = Model(g)
+    assert [n.op for n in model.graph.nodes] == ["Conv"]
+    conv = model.graph.nodes[0]
+    s = bn["s"].astype(np.float64) / np.sqrt(bn["v"].astype(np.float64) + 1e-3)
+    np.testing.assert_array_equal(model.graph.constants[conv.inputs[1]],
+                                  (w * s.reshape(-1, 1, 1, 1)).astype(np.float32))
+    np.testing.assert_array_equal(model.graph.constants[conv.inputs[2]],
+                                  ((b - bn["m"].astype(np.float64)) * s + bn["b"])
+                                  .astype(np.float32))
+    x = f32(rng, 1, 4, 7, 7)
+    close(model(x), bn_ref(conv2d_ref(x, w, b, pads=((1, 1), (1, 1))), bn, eps=1e-3))
+    assert "folded 1 BatchNormalization" in model.explain()
+
+
+def test_batchnorm_stays_when_the_conv_output_is_read_twice(rng):
+    w = f32(rng, 3, 3, 1, 1)
+    bn = bn_consts(rng, 3)
+    g = Graph([Node("Conv", "conv", ["x", "w"], ["c"]),
+               Node("BatchNormalization", "bn", ["c", "s", "b", "m", "v"], ["y"]),
+               Node("Relu", "r", ["c"], ["z"])],
+              [spec("x", (2, 3, 4, 4))], [spec("y"), spec("z")], dict(w=w, **bn))
+    model = Model(g)
+    assert sorted(n.op for n in model.graph.nodes) == ["BatchNormalization", "Conv", "Relu"]
+    x = f32(rng, 2, 3, 4, 4)
+    out = model.run({"x": x})
+    c = conv2d_ref(x, w)
+    close(out["y"], bn_ref(c, bn))
+    close(out["z"], np.maximum(c, 0))
+
+
+# ------------------------------------------------------------------------------ fusion
+
+@pytest.mark.parametrize("act,lo,hi", [("Relu", None, None), ("Clip", 0.0, 6.0),
+                                       ("Clip", 0.0, None), ("Clip", -1.0, 6.0)])
+def test_activation_fusion_only_for_what_kernels_apply(rng, act, lo, hi):
+    consts = {"w": f32(rng, 4, 2, 3, 3, scale=2)}
+    ins = ["c"]
+    if act == "Clip":
+        consts["lo"] = np.array(lo, np.float32)
+        ins.append("lo")
+        if hi is not None:
+            consts["hi"] = np.array(hi, np.float32)
+            ins.append("hi")
+    g = Graph([Node("Conv", "conv", ["x", "w"], ["c"]), Node(act, "act", ins, ["y"])],
+              [spec("x", (1, 2, 6, 6))], [spec("y")], consts)
+    model = Model(g)
+    fused = (lo, hi) in ((None, None), (0.0, 6.0), (0.0, None))
+    assert len(model.graph.nodes) == (1 if fused else 2)
+    x = f32(rng, 1, 2, 6, 6)
+    ref = np.clip(conv2d_ref(x, consts["w"]), 0 if lo is None else lo,
+                  np.inf if hi is None else hi)
+    close(model(x), ref)
+
+
+def test_residual_fusion_keeps_both_operands_alive(rng):
+    """x -> conv1 -> relu = r; r -> conv2 -> conv3; conv3 + r -> relu: r must survive two
+    convolutions in the arena."""
+    w1, w2, w3 = (f32(rng, 4, 4, 3, 3, scale=0.3) for _ in range(3))
+    nodes = [Node("Conv", "c1", ["x", "w1"], ["a"], {"pads": [1, 1, 1, 1]}),
+             Node("Relu", "r1", ["a"], ["r"]),
+             Node("Conv", "c2", ["r", "w2"], ["b"], {"pads": [1, 1, 1, 1]}),
+             Node("Conv", "c3", ["b", "w3"], ["c"], {"pads": [1, 1, 1, 1]}),
+             Node("Add", "add", ["r", "c"], ["s"]),
+             Node("Relu", "r2", ["s"], ["y"])]
+    model = Model(Graph(nodes, [spec("x", (1, 4, 9, 9))], [spec("y")],
+                        {"w1": w1, "w2": w2, "w3": w3}))
+    assert [n.op for n in model.graph.nodes] == ["Conv"] * 3
+    assert model.graph.nodes[2].inputs[3] == "r"
+    x = f32(rng, 1, 4, 9, 9)
+    p = ((1, 1), (1, 1))
+    r = np.maximum(conv2d_ref(x, w1, pads=p), 0)
+    ref = np.maximum(conv2d_ref(conv2d_ref(r, w2, pads=p), w3, pads=p) + r, 0)
+    close(model(x), ref)
+    plan = model._last_plan      # r and b are live together; y is the caller's array
+    assert plan.buffers == 2 and plan.arena_bytes == 2 * 1344   # 1296 bytes, 64-aligned
+
+
+# ------------------------------------------------------------------------------ folding
+
+def test_identities_removed_and_exported_names_kept(rng):
+    nodes = [Node("Identity", "i0", ["x"], ["a"]), Node("Relu", "r", ["a"], ["b"]),
+             Node("Identity", "i1", ["b"], ["y"]), Node("Identity", "i2", ["x"], ["z"])]
+    model = Model(Graph(nodes, [spec("x", (3,))], [spec("y"), spec("z")], {}))
+    assert [n.op for n in model.graph.nodes] == ["Relu", "Identity"]
+    x = np.array([-1, 0, 2], np.float32)
+    out = model.run({"x": x})
+    np.testing.assert_array_equal(out["y"], [0, 0, 2])
+    np.testing.assert_array_equal(out["z"], x)
+    assert not np.shares_memory(out["z"], x)
+
+
+def test_constant_subgraphs_fold_at_load(rng):
+    consts = {"a": np.array([1.0, 2.0], np.float32), "b": np.array([3.0, 4.0], np.float32),
+              "shape": np.array([2, 2], np.int64)}
+    nodes = [Node("Mul", "m", ["a", "b"], ["ab"]),
+             Node("ConstantOfShape", "ones", ["shape"], ["o"], {"value": 1.0}),
+             Node("Add", "add", ["x", "ab"], ["s"]),
+             Node("Add", "add2", ["s", "o"], ["y"]),
+             Node("Relu", "unused", ["x"], ["dead"])]
+    model = Model(Graph(nodes, [spec("x", (2, 2))], [spec("y")], consts))
+    assert [n.name for n in model.graph.nodes] == ["add", "add2"]
+    np.testing.assert_array_equal(model.graph.constants["ab"], [3, 8])
+    np.testing.assert_array_equal(model.graph.constants["o"], np.ones((2, 2)))
+    x = f32(rng, 2, 2)
+    np.testing.assert_array_equal(model(x), x + np.float32([3, 8]) + 1)
+    assert "folded 2 nodes into constants" in model.explain()
+
+
+def test_shape_subgraph_folds_at_load_when_shapes_are_declared(rng):
+    consts = {"i": np.array(0, np.int64), "m1": np.array([-1], np.int64)}
+    nodes = [Node("Shape", "shape", ["x"], ["s"]), Node("Gather", "g", ["s", "i"], ["n"]),
+             Node("Unsqueeze", "u", ["n", "zero_axis"], ["n1"]),
+             Node("Concat", "cat", ["n1", "m1"], ["t"], {"axis": 0}),
+             Node("Reshape", "reshape", ["x", "t"], ["y"])]
+    consts["zero_axis"] = np.array([0], np.int64)
+    static = Model(Graph([Node(n.op, n.name, list(n.inputs), list(n.outputs), dict(n.attrs))
+                          for n in nodes], [spec("x", (2, 3, 4))], [spec("y")], dict(consts)))
+    assert [n.op for n in static.graph.nodes] == ["Reshape"]
+    free = Model(Graph(nodes, [spec("x", (None, 3, 4))], [spec("y")], consts))
+    assert len(free.graph.nodes) == 5
+    x = f32(rng, 5, 3, 4)
+    np.testing.assert_array_equal(free(x), x.reshape(5, 12))
+    plan = free._last_plan
+    assert len(plan.run_fns) == 1 and len(plan.folded) >= 4
+
+
+def test_dead_nodes_are_dropped():
+    nodes = [Node("Relu", "keep", ["x"], ["y"]), Node("Sigmoid", "dead", ["x"], ["unused"]),
+             Node("Tanh", "dead2", ["unused"], ["unused2"])]
+    model = Model(Graph(nodes, [spec("x", (2,))], [spec("y")], {"w": np.zeros(3, np.float32)}))
+    assert [n.name for n in model.graph.nodes] == ["keep"]
+    assert model.graph.constants == {}
+
+
+# ------------------------------------------------------------------------------ memory plan
+
+def test_conv_chain_ping_pongs_two_buffers(rng):
+    consts = {f"w{k}": f32(rng, 8, 8, 3, 3, scale=0.2) for k in range(6)}
+    nodes, prev = [], "x"
+    for k in range(6):
+        nodes.append(Node("Conv", f"c{k}", [prev, f"w{k}"], [f"t{k}"], {"pads": [1, 1, 1, 1]}))
+        prev = f"t{k}"
+    nodes.append(Node("Sigmoid", "out", [prev], ["y"]))
+    model = Model(Graph(nodes, [spec("x", (1, 8, 16, 16))], [spec("y")], consts))
+    plan = model._last_plan
+    tensor = 8 * 16 * 16 * 4
+    assert plan.buffers == 6 and plan.arena_bytes == 2 * tensor
+    assert plan.naive_bytes == 6 * tensor
+    assert "keeping every intermediate would take" in model.explain()
+    x = f32(rng, 1, 8, 16, 16)
+    ref = x
+    for k in range(6):
+        ref = conv2d_ref(ref, consts[f"w{k}"], pads=((1, 1), (1, 1)))
+    close(model(x), 1 / (1 + np.exp(-ref)))
+
+
+def test_elementwise_steps_run_in_place_and_views_cost_nothing(rng):
+    consts = {"w": f32(rng, 4, 4, 1, 1), "shape": np.array([1, -1], np.int64)}
+    nodes = [Node("Conv", "c", ["x", "w"], ["a"]),
+             Node("Sigmoid", "s", ["a"], ["b"]),
+             Node("Tanh", "t", ["b"], ["d"]),
+             Node("Reshape", "flat", ["d", "shape"], ["e"]),
+             Node("Mul", "sq", ["e", "e"], ["y"])]
+    model = Model(Graph(nodes, [spec("x", (1, 4, 5, 5))], [spec("y")], consts))
+    plan = model._last_plan
+    assert plan.buffers == 1
+    assert [s.runs for s in plan.steps] == [True, True, True, False, True]
+    x = f32(rng, 1, 4, 5, 5)
+    ref = np.tanh(1 / (1 + np.exp(-conv2d_ref(x, consts["w"])))).reshape(1, -1) ** 2
+    close(model(x), ref)
+
+
+def test_in_place_sum_does_not_write_over_an_operand_read_later(rng):
+    # a is read again later, so only b could take the output: but b is added twice
+    nodes = [Node("Sigmoid", "a", ["x"], ["a"]), Node("Tanh", "b", ["x"], ["b"]),
+             Node("Sum", "sum", ["a", "b", "b"], ["y"]), Node("Add", "r", ["y", "a"], ["z"])]
+    model = Model(Graph(nodes, [spec("x", (4,))], [spec("z")], {}))
+    x = np.array([-2, -0.5, 0.5, 2], np.float32)
+    a, b = 1 / (1 + np.exp(-x.astype(np.float64))), np.tanh(x.astype(np.float64))
+    close(model(x), 2 * a + 2 * b)
+
+
+def test_view_of_a_graph_input_and_output_of_a_view(rng):
+    consts = {"shape": np.array([-1], np.int64)}
+    nodes = [Node("Reshape", "flat", ["x", "shape"], ["f"]),
+             Node("Relu", "r", ["f"], ["g"]),
+             Node("Flatten", "y_is_a_view", ["g"], ["y"], {"axis": 0})]
+    model = Model(Graph(nodes, [spec("x", (2, 3))], [spec("y")], consts))
+    x = f32(rng, 2, 3)
+    y = model(x)
+    np.testing.assert_array_equal(y, np.maximum(x, 0).reshape(1, 6))
+    y2 = model(-x)
+    np.testing.assert_array_equal(y, np.maximum(x, 0).reshape(1, 6))   # not overwritten
+    assert not np.shares_memory(y, y2)
+
+
+# ------------------------------------------------------------------------------ graph checks
+
+@pytest.mark.parametrize("nodes,message", [
+    ([Node("Relu", "a", ["x"], ["y"]), Node("Relu", "b", ["x"], ["y"])], "defined twice"),
+    ([Node("Relu", "a", ["q"], ["y"])], "'a' \\(Relu\\): input 0 'q' is not"),
+    ([Node("Add", "a", ["x", "t"], ["u"]), Node("Relu", "b", ["u"], ["t"]),
+      Node("Relu", "c", ["u"], ["y"])], "cycle"),
+    ([Node("Relu", "a", ["x"], ["u"]), Node("Relu", "a", ["u"], ["y"])], "two nodes"),
+])
+def test_bad_graphs_are_model_errors(nodes, message):
+    with pytest.raises(engine.ModelError, match=message):
+        Model(Graph(nodes, [spec("x", (2,))], [spec("y")], {}))
+
+
+def test_optimize_is_idempotent(rng):
+    w = f32(rng, 4, 4, 3, 3)
+    bn = bn_consts(rng, 4)
+    nodes = [Node("Conv", "c", ["x", "w"], ["a"], {"pads": [1, 1, 1, 1]}),
+             Node("BatchNormalization", "bn", ["a", "s", "b", "m", "v"], ["n"]),
+             Node("Add", "add", ["n", "x"], ["p"]), Node("Relu", "r", ["p"], ["y"])]
+    g = Graph(nodes, [spec("x", (1, 4, 6, 6))], [spec("y")], dict(w=w, **bn))
+    passes.optimize(g)
+    before = [(n.op, n.inputs, n.outputs, dict(n.attrs)) for n in g.nodes]
+    passes.optimize(g)
+    assert before == [(n.op, n.inputs, n.outputs, dict(n.attrs)) for n in g.nodes]
+    assert len(before) == 1 and before[0][3] == {"pads": [1, 1, 1, 1], "activation": "relu"}

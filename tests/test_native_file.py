@@ -1,0 +1,248 @@
+"""The native file (Model.save / engine.load of a .safetensors file): bit-exact round trips,
+loading without onnx, and every kind of bad file refused with engine.ModelError naming what
+is wrong."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import engine
+from engine.graph import Graph, Model, Node, TensorSpec
+
+safetensors = pytest.importorskip("safetensors")
+from safetensors import safe_open  # noqa: E402
+from safetensors.numpy import save_file  # noqa: E402
+
+
+def net(rng, batch=1):
+    """Convolutions with folded BN, fused activations and residual, pooling with indices,
+    unpooling, resize, a shape subgraph and a head: most node kinds in one file."""
+    f = lambda *s: (rng.standard_normal(s) * 0.3).astype(np.float32)  # noqa: E731
+    consts = {"w1": f(8, 3, 3, 3), "b1": f(8), "w2": f(8, 8, 3, 3), "s": f(8) + 1,
+              "bb": f(8), "m": f(8), "v": np.abs(f(8)) + 0.5, "wt": f(8, 4, 2, 2),
+              "scales": np.array([1, 1, 2, 2], np.float32), "fc": f(10, 4),
+              "lo": np.array(0, np.float32), "hi": np.array(6, np.float32)}
+    nodes = [
+        Node("Conv", "conv1", ["x", "w1", "b1"], ["c1"], {"pads": [1, 1, 1, 1]}),
+        Node("Clip", "relu6", ["c1", "lo", "hi"], ["r1"]),
+        Node("Conv", "conv2", ["r1", "w2"], ["c2"], {"pads": [1, 1, 1, 1]}),
+        Node("BatchNormalization", "bn", ["c2", "s", "bb", "m", "v"], ["n2"]),
+        Node("Add", "res", ["n2", "r1"], ["a2"]),
+        Node("Relu", "relu", ["a2"], ["r2"]),
+        Node("MaxPool", "pool", ["r2"], ["p", "idx"], {"kernel_shape": [2, 2],
+                                                      "strides": [2, 2]}),
+        Node("Shape", "shape", ["r2"], ["sh"]),
+        Node("MaxUnpool", "unpool", ["p", "idx", "sh"], ["u"], {"kernel_shape": [2, 2],
+                                                              "strides": [2, 2]}),
+        Node("ConvTranspose", "up", ["p", "wt"], ["t"], {"strides": [2, 2]}),
+        Node("Resize", "resize", ["t", "", "scales"], ["z"], {"mode": "linear"}),
+        Node("GlobalAveragePool", "gap", ["t"], ["g"]),
+        Node("Flatten", "flat", ["g"], ["fl"]),
+        Node("Gemm", "fc", ["fl", "fc"], ["y"], {"transB": 1, "alpha": 0.7}),
+    ]
+    shape = (batch, 3, 10, 10) if batch else (None, 3, 10, 10)
+    outs = [TensorSpec(n, None, "float32") for n in ("y", "z", "u")]
+    return Model(Graph(nodes, [TensorSpec("x", shape, "float32")], outs, consts))
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(5)
+
+
+@pytest.fixture
+def saved(tmp_path, rng):
+    model = net(rng)
+    path = tmp_path / "net.safetensors"
+    model.save(path)
+    return model, path
+
+
+def test_round_trip_is_bit_exact(saved, rng):
+    model, path = saved
+    loaded = engine.load(path)
+    x = rng.standard_normal((1, 3, 10, 10)).astype(np.float32)
+    a, b = model.run({"x": x}), loaded.run({"x": x})
+    for name in ("y", "z", "u"):
+        np.testing.assert_array_equal(a[name], b[name])
+    assert loaded.inputs == model.inputs and loaded.outputs == model.outputs
+    assert [n.op for n in loaded.graph.nodes] == [n.op for n in model.graph.nodes]
+    assert "BatchNormalization" not in [n.op for n in loaded.graph.nodes]   # stored folded
+    assert loaded.graph.notes == model.graph.notes
+    # saving the loaded model again stores the same graph and tensors (the bytes may differ:
+    # safetensors does not fix the order of metadata keys)
+    again = path.parent / "again.safetensors"
+    loaded.save(again)
+    with safe_open(str(path), framework="numpy") as f, \
+            safe_open(str(again), framework="numpy") as g:
+        assert json.loads(f.metadata()["graph"]) == json.loads(g.metadata()["graph"])
+        assert sorted(f.keys()) == sorted(g.keys())
+        for k in f.keys():
+            np.testing.assert_array_equal(f.get_tensor(k), g.get_tensor(k))
+
+
+def test_round_trip_with_free_batch(tmp_path, rng):
+    model = net(rng, batch=None)
+    path = tmp_path / "free.safetensors"
+    model.save(path)
+    loaded = engine.load(path)
+    assert loaded.inputs[0].shape == (None, 3, 10, 10)
+    for batch in (1, 3):
+        x = rng.standard_normal((batch, 3, 10, 10)).astype(np.float32)
+        np.testing.assert_array_equal(model(x)[0], loaded(x)[0])
+
+
+def test_loading_does_not_import_onnx(saved, tmp_path):
+    _, path = saved
+    code = ("import sys, numpy as np, engine; m = engine.load(sys.argv[1]); "
+            "m.run({'x': np.zeros((1, 3, 10, 10), np.float32)}); "
+            "bad = [k for k in sys.modules if k == 'onnx' or k.startswith(('onnx.', 'torch'))]; "
+            "assert not bad, bad; print('ok')")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [
+        os.path.dirname(os.path.dirname(engine.__file__)), os.environ.get("PYTHONPATH")])))
+    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
+                         text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
+
+
+def test_file_layout(saved):
+    _, path = saved
+    with safe_open(str(path), framework="numpy") as f:
+        meta = f.metadata()
+        keys = set(f.keys())
+    assert meta["format"] == "convengine" and meta["format_version"] == "1"
+    graph = json.loads(meta["graph"])
+    assert set(graph["constants"]) == keys
+    assert {n["op"] for n in graph["nodes"]} >= {"Conv", "MaxPool", "Resize", "Gemm"}
+    conv2 = next(n for n in graph["nodes"] if n["name"] == "conv2")
+    assert conv2["attrs"]["activation"] == "relu" and conv2["inputs"][3]
+
+
+# ------------------------------------------------------------------------------ bad files
+
+def rewrite(src, dst, graph=None, tensors=None, meta=None):
+    """Copy a native file, editing its graph JSON, tensors or metadata on the way."""
+    with safe_open(str(src), framework="numpy") as f:
+        md = dict(f.metadata())
+        ts = {k: f.get_tensor(k) for k in f.keys()}
+    g = json.loads(md["graph"])
+    if graph:
+        graph(g)
+    if tensors:
+        tensors(ts, g)
+    md["graph"] = json.dumps(g)
+    if meta:
+        meta(md)
+    save_file(ts, str(dst), metadata=md)
+    return dst
+
+
+def node(g, name):
+    return next(n for n in g["nodes"] if n["name"] == name)
+
+
+def first_weight(g):
+    return node(g, "conv2")["inputs"][1]
+
+
+def _swap_shape(ts, g):
+    name = first_weight(g)
+    ts[name] = np.zeros((8, 8, 3, 2), np.float32)
+
+
+def _consistent_but_wrong_shape(ts, g):
+    name = first_weight(g)
+    ts[name] = np.zeros((8, 5, 3, 3), np.float32)
+    g["constants"][name]["shape"] = [8, 5, 3, 3]
+
+
+def _dtype(ts, g):
+    name = first_weight(g)
+    ts[name] = ts[name].astype(np.float64)
+
+
+def _cycle(g):
+    node(g, "conv1")["inputs"][0] = "y"
+
+
+def _dangling(g):
+    node(g, "gap")["inputs"][0] = "nowhere"
+
+
+def _unknown_op(g):
+    node(g, "relu6" if any(n["name"] == "relu6" for n in g["nodes"]) else "gap")["op"] = "Frob"
+
+
+def _missing_tensor(ts, g):
+    del ts[first_weight(g)]
+
+
+def _extra_tensor(ts, g):
+    ts["stowaway"] = np.zeros(3, np.float32)
+
+
+def _bad_attr(g):
+    node(g, "pool")["attrs"]["strides"] = "two"
+
+
+def _unknown_attr(g):
+    node(g, "pool")["attrs"]["windowing"] = 3
+
+
+def _bad_structure(g):
+    g["nodes"][0]["inputs"] = "x"
+
+
+def _duplicate_output(g):
+    node(g, "gap")["outputs"] = ["t"]
+
+
+@pytest.mark.parametrize("edit,message", [
+    (dict(tensors=_swap_shape), "has shape \\(8, 8, 3, 2\\) in the file, the graph says"),
+    (dict(tensors=_consistent_but_wrong_shape), "conv2.*channels"),
+    (dict(tensors=_dtype), "has dtype float64 in the file"),
+    (dict(graph=_cycle), "cycle"),
+    (dict(graph=_dangling), "'gap' \\(GlobalAveragePool\\): input 0 'nowhere'"),
+    (dict(graph=_unknown_op), "'Frob' is not supported"),
+    (dict(tensors=_missing_tensor), "missing from the file"),
+    (dict(tensors=_extra_tensor), "'stowaway' is in the file but not in the graph"),
+    (dict(graph=_bad_attr), "'pool'.*strides.*must be ints"),
+    (dict(graph=_unknown_attr), "'pool'.*unknown attribute 'windowing'"),
+    (dict(graph=_bad_structure), "inputs must be a list"),
+    (dict(graph=_duplicate_output), "defined twice"),
+    (dict(meta=lambda m: m.update(format="other")), "not a convengine model"),
+    (dict(meta=lambda m: m.update(format_version="99")), "format_version '99'"),
+    (dict(meta=lambda m: m.update(graph="{not json")), "not valid JSON"),
+])
+def test_bad_files_raise_model_error(saved, tmp_path, edit, message):
+    _, path = saved
+    bad = rewrite(path, tmp_path / "bad.safetensors", **edit)
+    with pytest.raises(engine.ModelError, match=message):
+        engine.load(bad)
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.99, 12 / 1e9])
+def test_truncated_files_raise_model_error(saved, tmp_path, keep):
+    _, path = saved
+    data = path.read_bytes()
+    bad = tmp_path / "cut.safetensors"
+    bad.write_bytes(data[:max(4, int(len(data) * keep))])
+    with pytest.raises(engine.ModelError):
+        engine.load(bad)
+
+
+def test_not_a_model_at_all(tmp_path):
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(os.urandom(300))
+    with pytest.raises(engine.ModelError):
+        engine.load(junk)
+    plain = tmp_path / "plain.safetensors"
+    save_file({"w": np.zeros(3, np.float32)}, str(plain))
+    with pytest.raises(engine.ModelError, match="not a convengine model"):
+        engine.load(plain)
+    with pytest.raises(FileNotFoundError):
+        engine.load(tmp_path / "nothing.safetensors")

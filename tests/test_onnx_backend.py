@@ -1,0 +1,103 @@
+"""ONNX's own node test cases (onnx.backend.test.case.node) for every operator the importer
+supports, run through tests/onnx_backend.py.
+
+Every case whose graph uses supported operators only is run. Expected outputs are ONNX's
+(its reference implementation), compared with the case's own rtol/atol (ONNX's defaults
+1e-3 / 1e-7, at least 1e-4 / 1e-6 here: float32 kernels with a different summation order),
+and the dtype must match. Cases outside what the engine supports must fail cleanly with
+engine.ModelError at load (REFUSED, with the reason); where ONNX Runtime and the reference
+disagree, the engine follows ONNX Runtime (FOLLOWS_ONNXRUNTIME).
+"""
+import re
+import warnings
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+
+import engine  # noqa: E402
+from engine.io.onnx_import import CONVERTERS  # noqa: E402
+
+from onnx_backend import EngineBackend  # noqa: E402
+
+REFUSED = [  # (pattern on the case name, why the engine refuses it)
+    (r"FLOAT16|BFLOAT16|FLOAT8|FLOAT4|INT4|UINT4|INT2|UINT2|_e8m0",
+     "element types float16, bfloat16, float8, 4-bit and 2-bit are not supported"),
+    (r"^test_cast.*(STRING|string)", "string tensors are not supported"),
+    (r"cubic", "Resize mode cubic is not supported"),
+    (r"antialias", "Resize antialias=1 is not supported"),
+    (r"^test_(max|average)pool_3d|^test_convtranspose_3d",
+     "3-D pooling and 3-D transposed convolution are not supported"),
+    (r"^test_averagepool_2d_dilations", "average pooling with dilation is not supported"),
+    (r"^test_maxpool_2d_uint8", "pooling runs on float32 only"),
+    (r"training", "training mode (BatchNormalization statistics, Dropout) is not supported"),
+    (r"^test_identity_(sequence|opt)", "sequence and optional values are not tensors"),
+]
+
+FOLLOWS_ONNXRUNTIME = {
+    "test_maxunpool_export_with_output_shape":
+        "the reference scatters into the default size and pads to output_shape; ONNX Runtime "
+        "scatters the flat indices into output_shape",
+    "test_resize_downsample_scales_linear_align_corners":
+        "the reference maps align_corners coordinates with the scale; ONNX Runtime with the "
+        "output size",
+}
+
+
+def _cases():
+    from onnx.backend.test.case import node
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cases = node.collect_testcases(None)
+    return [c for c in cases if c.kind == "node"
+            and all(n.op_type in CONVERTERS and n.domain in ("", "ai.onnx")
+                    for n in c.model.graph.node)]
+
+
+CASES = _cases()
+
+
+def refusal(name):
+    for pattern, reason in REFUSED:
+        if re.search(pattern, name):
+            return reason
+    return None
+
+
+def _array(v):
+    return onnx.numpy_helper.to_array(v) if isinstance(v, onnx.TensorProto) else v
+
+
+def test_cases_were_collected():
+    ops = {n.op_type for c in CASES for n in c.model.graph.node}
+    # the node tests exist for nearly every supported operator
+    assert len(CASES) > 300
+    assert len(ops) >= 40, sorted(set(CONVERTERS) - ops)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_node_case(case):
+    reason = refusal(case.name)
+    if reason is not None:
+        with pytest.raises(engine.ModelError):
+            rep = EngineBackend.prepare(case.model)
+            for inputs, _ in case.data_sets:
+                rep.run(inputs)
+        return
+    rep = EngineBackend.prepare(case.model)
+    for inputs, expected in case.data_sets:
+        if case.name in FOLLOWS_ONNXRUNTIME:
+            ort = pytest.importorskip("onnxruntime")
+            sess = ort.InferenceSession(case.model.SerializeToString(),
+                                        providers=["CPUExecutionProvider"])
+            names = [i.name for i in case.model.graph.input]
+            expected = sess.run(None, dict(zip(names, map(_array, inputs))))
+        got = rep.run(inputs)
+        assert len(got) == len(expected)
+        for g, e in zip(got, expected):
+            e = _array(e)
+            assert g.dtype == e.dtype, (g.dtype, e.dtype)
+            assert g.shape == e.shape, (g.shape, e.shape)
+            np.testing.assert_allclose(g, e, rtol=max(case.rtol, 1e-4),
+                                       atol=max(case.atol, 1e-6))
