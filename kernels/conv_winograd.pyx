@@ -76,7 +76,7 @@ cdef inline Py_ssize_t whole_vectors(Py_ssize_t n) noexcept nogil:
     return (n + LANES - 1) // LANES * LANES
 
 
-# ---- 1-D transforms ------------------------------------------------------------------------
+# ---- 1-D transforms --------------------------------------------------------------------------
 # F(2,3) (points 0, 1, -1 and infinity):
 #   B^T = [[1,0,-1,0],[0,1,1,0],[0,-1,1,0],[0,1,0,-1]],   A^T = [[1,1,1,0],[0,1,-1,-1]].
 # F(4,3): see the derivation in engine/ops/winograd.py (points 0, 1, -1, 2, -2, infinity).
@@ -222,7 +222,7 @@ cdef void f43_input_row(const float* x0, Py_ssize_t rs, Py_ssize_t J, Py_ssize_t
         copy_runs(buf, 36, u0, n, J, dw, tw, start, v, es)
 
 
-# ---- output transform: one output channel, one tile row ---------------------------------------
+# ---- output transform: one output channel, one block of tiles --------------------------------
 
 cdef inline void scatter_run(const float* buf, Py_ssize_t m, Py_ssize_t tj0, Py_ssize_t n,
                              float* y, Py_ssize_t row_step, Py_ssize_t nrows, Py_ssize_t dw,
@@ -273,18 +273,39 @@ cdef inline void scatter_strip(const float* buf, Py_ssize_t m, Py_ssize_t j0, Py
                         cols + 4 * b, bias, act)
 
 
-cdef void f23_output_row(const float* mm, Py_ssize_t es, Py_ssize_t ntiles, float* y,
-                         Py_ssize_t row_step, Py_ssize_t nrows, Py_ssize_t dw,
-                         const Py_ssize_t* tw, const Py_ssize_t* start, const Py_ssize_t* cols,
-                         float bias, int act) noexcept nogil:
-    """Y = A^T M A for the ntiles tiles of one tile row (M[e][t] at mm + e*es + t), then the
-    output step into y (the tile row's first output row; rows row_step apart)."""
+cdef inline void scatter_rows(const float* buf, Py_ssize_t m, Py_ssize_t j0, Py_ssize_t n,
+                              const Py_ssize_t* rows, Py_ssize_t per_row, float* yk,
+                              Py_ssize_t image_step, Py_ssize_t OW, Py_ssize_t dh, Py_ssize_t dw,
+                              const Py_ssize_t* tw, const Py_ssize_t* start,
+                              const Py_ssize_t* cols, float bias, int act) noexcept nogil:
+    """Output step for tiles [j0, j0 + n) of a block, split by tile row (per_row tiles each;
+    rows: the block's rows of the table, yk: y[0, k])."""
+    cdef Py_ssize_t r, lo, hi, row0
+    cdef const Py_ssize_t* row
+    for r in range(j0 // per_row, (j0 + n - 1) // per_row + 1):
+        lo = max(j0, r * per_row)
+        hi = min(j0 + n, (r + 1) * per_row)
+        row = rows + r * ROW_COLS
+        row0 = row[ROW_A] + dh * m * row[ROW_TI]
+        scatter_strip(buf + lo - j0, m, lo - r * per_row, hi - lo,
+                      yk + row[ROW_N] * image_step + row0 * OW, dh * OW, row[ROW_NR], dw,
+                      tw, start, cols, bias, act)
+
+
+cdef void f23_output_block(const float* mm, Py_ssize_t es, Py_ssize_t T,
+                           const Py_ssize_t* rows, Py_ssize_t per_row, float* yk,
+                           Py_ssize_t image_step, Py_ssize_t OW, Py_ssize_t dh, Py_ssize_t dw,
+                           const Py_ssize_t* tw, const Py_ssize_t* start,
+                           const Py_ssize_t* cols, float bias, int act) noexcept nogil:
+    """Y = A^T M A for the T tiles of a block (M[e][t] at mm + e*es + t), then the output step.
+    The block's tiles are contiguous in M, so the strips run across tile rows: a row of 7
+    tiles would fill less than half a vector."""
     cdef float buf[4 * STRIP]
     cdef Py_ssize_t s, j, q, n, j0
     cdef f2 k0, k1, k2, k3, y0, y1
-    for s in range((ntiles + STRIP - 1) // STRIP):
+    for s in range((T + STRIP - 1) // STRIP):
         j0 = s * STRIP
-        n = min(ntiles - j0, <Py_ssize_t>STRIP)
+        n = min(T - j0, <Py_ssize_t>STRIP)
         for j in range(whole_vectors(n)):
             q = j0 + j
             # A^T along each column jj of M (elements jj, 4 + jj, 8 + jj, 12 + jj) ...
@@ -299,7 +320,8 @@ cdef void f23_output_row(const float* mm, Py_ssize_t es, Py_ssize_t ntiles, floa
             buf[STRIP + j] = y0[1]
             buf[2 * STRIP + j] = y1[0]
             buf[3 * STRIP + j] = y1[1]
-        scatter_strip(buf, 2, j0, n, y, row_step, nrows, dw, tw, start, cols, bias, act)
+        scatter_rows(buf, 2, j0, n, rows, per_row, yk, image_step, OW, dh, dw, tw, start, cols,
+                     bias, act)
 
 
 cdef inline f6 col6(const float* mm, Py_ssize_t es, Py_ssize_t q, Py_ssize_t jj) noexcept nogil:
@@ -312,17 +334,18 @@ cdef inline f4 at6v(f6 t) noexcept nogil:
     return at6(t[0], t[1], t[2], t[3], t[4], t[5])
 
 
-cdef void f43_output_row(const float* mm, Py_ssize_t es, Py_ssize_t ntiles, float* y,
-                         Py_ssize_t row_step, Py_ssize_t nrows, Py_ssize_t dw,
-                         const Py_ssize_t* tw, const Py_ssize_t* start, const Py_ssize_t* cols,
-                         float bias, int act) noexcept nogil:
-    """As f23_output_row for 4x4 output tiles."""
+cdef void f43_output_block(const float* mm, Py_ssize_t es, Py_ssize_t T,
+                           const Py_ssize_t* rows, Py_ssize_t per_row, float* yk,
+                           Py_ssize_t image_step, Py_ssize_t OW, Py_ssize_t dh, Py_ssize_t dw,
+                           const Py_ssize_t* tw, const Py_ssize_t* start,
+                           const Py_ssize_t* cols, float bias, int act) noexcept nogil:
+    """As f23_output_block for 4x4 output tiles."""
     cdef float buf[16 * STRIP]
     cdef Py_ssize_t s, j, q, n, j0
     cdef f4 k0, k1, k2, k3, k4, k5
-    for s in range((ntiles + STRIP - 1) // STRIP):
+    for s in range((T + STRIP - 1) // STRIP):
         j0 = s * STRIP
-        n = min(ntiles - j0, <Py_ssize_t>STRIP)
+        n = min(T - j0, <Py_ssize_t>STRIP)
         for j in range(whole_vectors(n)):
             q = j0 + j
             k0 = at6v(col6(mm, es, q, 0))
@@ -335,10 +358,11 @@ cdef void f43_output_row(const float* mm, Py_ssize_t es, Py_ssize_t ntiles, floa
             put4(at6(k0[1], k1[1], k2[1], k3[1], k4[1], k5[1]), buf + 4 * STRIP + j)
             put4(at6(k0[2], k1[2], k2[2], k3[2], k4[2], k5[2]), buf + 8 * STRIP + j)
             put4(at6(k0[3], k1[3], k2[3], k3[3], k4[3], k5[3]), buf + 12 * STRIP + j)
-        scatter_strip(buf, 4, j0, n, y, row_step, nrows, dw, tw, start, cols, bias, act)
+        scatter_rows(buf, 4, j0, n, rows, per_row, yk, image_step, OW, dh, dw, tw, start, cols,
+                     bias, act)
 
 
-# ---- padding copy -------------------------------------------------------------------------------
+# ---- padding copy ----------------------------------------------------------------------------
 
 cdef void pad_plane(const float* src, Py_ssize_t H, Py_ssize_t W, float* dst, Py_ssize_t hbuf,
                     Py_ssize_t J, Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t dw, Py_ssize_t m,
@@ -382,7 +406,7 @@ cdef void pad_plane(const float* src, Py_ssize_t H, Py_ssize_t W, float* dst, Py
                 drow[colmap[c]] = srow[c]
 
 
-# ---- the kernel -------------------------------------------------------------------------------
+# ---- the kernel ------------------------------------------------------------------------------
 
 cdef inline Py_ssize_t padded(Py_ssize_t n) noexcept nogil:
     # buffers inside the workspace start at multiples of 16 floats: 64-byte aligned when it is
@@ -449,7 +473,7 @@ def f32_conv3x3_winograd(const float[:, :, :, ::1] x, const float[:, :, :, ::1] 
     cdef const float* xptr = &x[0, 0, 0, 0]
     cdef const float* uptr = &u[0, 0, 0, 0]
     cdef float* yptr = &out[0, 0, 0, 0]
-    cdef Py_ssize_t blk, r0, r1, T, ldv, it, c, k, g, e, r, row0
+    cdef Py_ssize_t blk, r0, r1, T, ldv, it, c, k, g, e, r
     cdef const Py_ssize_t* row
     cdef const float* xrow
     cdef int nt_pad = <int>max(1, min(num_threads, N * C))
@@ -489,14 +513,11 @@ def f32_conv3x3_winograd(const float[:, :, :, ::1] x, const float[:, :, :, ::1] 
                          uptr + ((g * E + e) * Kg + k) * Cg, Cg, V + (e * C + g * Cg) * ldv, ldv,
                          0.0, M + (e * K + g * Kg + k) * T, T)
             for k in prange(K, num_threads=nt_out, schedule="static"):
-                for r in range(r0, r1):
-                    row = rt + r * ROW_COLS
-                    row0 = row[ROW_A] + dh * m * row[ROW_TI]
-                    if m == 2:
-                        f23_output_row(M + k * T + row[ROW_T0], K * T, ntiles,
-                                       yptr + ((row[ROW_N] * K + k) * OH + row0) * OW,
-                                       dh * OW, row[ROW_NR], dw, tw, ts, tc, bptr[k], act)
-                    else:
-                        f43_output_row(M + k * T + row[ROW_T0], K * T, ntiles,
-                                       yptr + ((row[ROW_N] * K + k) * OH + row0) * OW,
-                                       dh * OW, row[ROW_NR], dw, tw, ts, tc, bptr[k], act)
+                if m == 2:
+                    f23_output_block(M + k * T, K * T, T, rt + r0 * ROW_COLS, ntiles,
+                                     yptr + k * OH * OW, K * OH * OW, OW, dh, dw, tw, ts, tc,
+                                     bptr[k], act)
+                else:
+                    f43_output_block(M + k * T, K * T, T, rt + r0 * ROW_COLS, ntiles,
+                                     yptr + k * OH * OW, K * OH * OW, OW, dh, dw, tw, ts, tc,
+                                     bptr[k], act)

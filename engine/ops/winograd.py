@@ -20,6 +20,7 @@ output rows, hence ceil(that / m) tile rows; tiles of empty phases (OH < dh) do 
 """
 from __future__ import annotations
 
+import functools
 import threading
 from fractions import Fraction
 
@@ -40,7 +41,8 @@ MIN_BLOCK_TILES = 192
 # sgemm_small_kernel_permit for AVX-512); see gemm_rows.
 SMALL_GEMM = 100 ** 3
 MIN_GEMM_ROWS = 32
-# Hard bound on V + M of one block.
+_SMALL_GEMM_CORES = ("skylakex", "cooperlake", "sapphirerapids")
+# Bound on V + M of one block (a block holds at least one tile row, whatever its size).
 WORKSPACE_BYTES = 16 << 20
 
 
@@ -159,13 +161,32 @@ def transform_weights(w64: np.ndarray, groups: int, m: int) -> np.ndarray:
 
 # ---- tiling ----------------------------------------------------------------------------------
 
+@functools.lru_cache(maxsize=None)
+def small_gemm_path() -> bool:
+    """Whether the BLAS that kernels/_blas.pxd calls (scipy's) is an OpenBLAS running its
+    AVX-512 kernels, the ones with an unpacked path for small sgemm calls."""
+    try:
+        import scipy.linalg.cython_blas  # noqa: F401  (loads the library)
+        from threadpoolctl import threadpool_info
+        for info in threadpool_info():
+            path = info.get("filepath", "")
+            if info.get("user_api") == "blas" and "scipy" in path and "64_" not in path:
+                return (info.get("internal_api") == "openblas" and
+                        str(info.get("architecture")).lower() in _SMALL_GEMM_CORES)
+    except Exception:  # threadpoolctl missing or failing: assume a plain BLAS
+        pass
+    return False
+
+
 def gemm_rows(kg: int, cg: int, tiles: int) -> int:
-    """Rows of U per sgemm call. OpenBLAS's AVX-512 build multiplies calls of at most
-    SMALL_GEMM multiply-adds without packing its operands; packing U costs as much as a third
+    """Rows of U per sgemm call. OpenBLAS's AVX-512 kernels multiply calls of at most
+    SMALL_GEMM multiply-adds without packing their operands; packing U costs as much as a third
     of the GEMM time when the tiles are few. Splitting U's rows until a call fits pays when
     the pieces keep at least MIN_GEMM_ROWS rows (measured: 128->128 on 196 tiles +18% GEMM speed
-    in 4 calls of 32 rows; 256->256 on 196 tiles loses in pieces of 16 or 32)."""
-    if kg * cg * tiles <= SMALL_GEMM:
+    in 4 calls of 32 rows; 256->256 on 196 tiles loses in pieces of 16 or 32). Any other BLAS
+    packs every call, and the split only costs (-33% on 128->128 28x28 with OpenBLAS's Haswell
+    kernels), so there it is one call."""
+    if kg * cg * tiles <= SMALL_GEMM or not small_gemm_path():
         return kg
     rows = SMALL_GEMM // (cg * tiles)
     if rows < MIN_GEMM_ROWS:
@@ -187,29 +208,37 @@ class TilePlan:
 
     def __init__(self, batch, in_size, out_size, pads, dilation, m, c_in, c_out, groups):
         (h, w), (oh, ow), ((pt, _), (pl, _)), (dh, dw) = in_size, out_size, pads, dilation
-        th, tw = _phase_tiles(oh, dh, m), _phase_tiles(ow, dw, m)
         self.m, self.dh, self.dw = m, dh, dw
+        th, tw = _phase_tiles(oh, dh, m), _phase_tiles(ow, dw, m)
+
+        # column phases: tiles, first tile within a tile row, tiles whose output column
+        # b + dw*(m*tj + c) exists (c < m)
         self.phase_tiles = np.array(tw, np.intp)
         self.phase_start = np.ascontiguousarray(np.cumsum(tw) - tw, dtype=np.intp)
+        self.phase_cols = np.zeros((dw, 4), np.intp)
+        for b in range(dw):
+            for c in range(m):
+                self.phase_cols[b, c] = min(max(0, -(-(ow - b - dw * c) // (dw * m))), tw[b])
         per_row = int(sum(tw))
-        # positions per phase in a padded row: every tile's columns reach one element further
+
+        # the padded copy: J positions per phase and residue (each tile's patch reaches one
+        # position further than its own), hbuf rows (tile row ti of phase a reads padded rows
+        # a + dh*(m*ti + r), r <= m + 1), and where each source column goes in a padded row;
+        # the columns right of the last patch are dropped
         self.J = max(tw) + 1
-        # padded rows read by tile row ti of phase a: a + dh*(m*ti + r), r <= m + 1
         self.hbuf = max(a + dh * (m * t + 1) + 1 for a, t in enumerate(th) if t)
-        # where each source column goes in a padded row (pad_plane); the columns right of the
-        # last patch are dropped
         pc = np.arange(w) + pl
         q, j = (pc // dw) % m, pc // dw // m
         self.colmap = np.ascontiguousarray(((q * dw + pc % dw) * self.J + j)[j < self.J],
                                            dtype=np.intp)
+
+        # tile rows (n, a, ti) in blocks of equal shares of whole rows (see BLOCK_V_BYTES)
         rows = np.array([(n, a, ti) for n in range(batch) for a in range(dh)
                          for ti in range(th[a])], np.intp).reshape(-1, 3)
         e = (m + 2) ** 2
-        total = len(rows) * per_row
         target = max(BLOCK_V_BYTES // (4 * e * c_in), MIN_BLOCK_TILES)
         target = max(1, min(target, WORKSPACE_BYTES // (4 * e * (c_in + c_out))))
-        nblocks = max(1, min(len(rows), round(total / target)))
-        # equal shares of whole tile rows
+        nblocks = max(1, min(len(rows), round(len(rows) * per_row / target)))
         block_of = np.arange(len(rows)) * nblocks // len(rows)
         first = np.flatnonzero(np.diff(block_of, prepend=-1))
         end = np.append(first[1:], len(rows))
@@ -217,16 +246,10 @@ class TilePlan:
         # output rows a + dh*(m*ti + r) that exist, r < m
         nr = np.minimum(-(-(oh - rows[:, 1] - dh * m * rows[:, 2]) // dh), m)
         self.rows = np.ascontiguousarray(np.column_stack([rows, t0, nr]), dtype=np.intp)
-        # tiles of phase b whose output column b + dw*(m*tj + c) exists
-        cols = np.zeros((dw, 4), np.intp)
-        for b in range(dw):
-            for c in range(m):
-                cols[b, c] = min(max(0, -(-(ow - b - dw * c) // (dw * m))), tw[b])
-        self.phase_cols = cols
         self.blocks = np.ascontiguousarray(
             np.column_stack([first, end, (end - first) * per_row]), dtype=np.intp)
         self.max_tiles = int(self.blocks[:, 2].max())
-        self.tiles = total
+
         self.kchunk = gemm_rows(c_out // groups, c_in // groups, self.max_tiles)
         self._check(h, oh, ow, pt)
         self.work_floats = conv_winograd.workspace_floats(
@@ -290,8 +313,8 @@ class Winograd:
         try:
             conv_winograd.f32_conv3x3_winograd(
                 x, self.u, self.bias, out, p.rows, p.blocks, p.phase_tiles, p.phase_start,
-                p.phase_cols, p.colmap, self.tile, p.J, p.hbuf, p.max_tiles, g.pads[0][0], g.pads[1][0],
-                L.dilation[0], L.dilation[1], work, p.kchunk, L.act_code, threads)
+                p.phase_cols, p.colmap, self.tile, p.J, p.hbuf, p.max_tiles, g.pads[0][0],
+                g.pads[1][0], L.dilation[0], L.dilation[1], work, p.kchunk, L.act_code, threads)
         finally:
             workspace.give(work)
 
