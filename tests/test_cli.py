@@ -1,5 +1,6 @@
 """The convengine command: demo, run, explain, bench, and its error handling."""
 import json
+import os
 import re
 from importlib import resources
 
@@ -8,6 +9,10 @@ import pytest
 
 import engine
 from engine.cli import Progress, format_table, main, time_alternating
+
+# subprocesses start here, not in the checkout, so that `import engine` finds the installed
+# package rather than the source tree without its compiled kernels
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 DATA = resources.files("engine.data")
 DIGITS = str(DATA.joinpath("digits_net.safetensors"))
@@ -72,7 +77,7 @@ def test_demo_runs_without_onnx_torch_or_sklearn():
             "from engine.cli import main\n"
             "sys.exit(main(['demo', '--repeat', '1', '--threads', '1']))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=120)
+                         timeout=120, cwd=HERE)
     assert out.returncode == 0, out.stderr
     expected = json.load(open(str(DATA.joinpath("digits_net.json"))))["test_accuracy"]
     assert f"accuracy {100 * expected:.2f}% " in out.stdout

@@ -11,6 +11,10 @@ import pytest
 
 import engine
 
+# subprocesses start here, not in the checkout, so that `import engine` finds the installed
+# package rather than the source tree without its compiled kernels
+HERE = os.path.dirname(os.path.abspath(__file__))
+
 DATA = resources.files("engine.data")
 MODEL = str(DATA.joinpath("digits_net.safetensors"))
 TEST = str(DATA.joinpath("digits_test.npz"))
@@ -85,7 +89,7 @@ def test_loads_and_runs_without_onnx_or_torch():
         "print(json.dumps(acc))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=120)
+                         timeout=120, cwd=HERE)
     assert out.returncode == 0, out.stderr
     acc = json.loads(out.stdout.strip().splitlines()[-1])
     assert abs(acc - _info()["test_accuracy"]) <= ACCURACY_TOLERANCE

@@ -16,6 +16,10 @@ safetensors = pytest.importorskip("safetensors")
 from safetensors import safe_open  # noqa: E402
 from safetensors.numpy import save_file  # noqa: E402
 
+# subprocesses start here, not in the checkout, so that `import engine` finds the installed
+# package rather than the source tree without its compiled kernels
+HERE = os.path.dirname(os.path.abspath(__file__))
+
 
 def net(rng, batch=1):
     """Convolutions with folded BN, fused activations and residual, pooling with indices,
@@ -104,7 +108,7 @@ def test_loading_does_not_import_onnx(saved, tmp_path):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [
         os.path.dirname(os.path.dirname(engine.__file__)), os.environ.get("PYTHONPATH")])))
     out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
-                         text=True, env=env, timeout=120)
+                         text=True, env=env, timeout=120, cwd=HERE)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
 
