@@ -19,7 +19,7 @@ from reference import conv2d_ref, same_pads_ref
 
 RTOL = {"direct": 1e-5, "im2col": 1e-5, "pointwise": 1e-5, "depthwise": 1e-5,
         "winograd_f23": 1e-4, "dilated_s2b": 1e-4, "winograd_f43": 1e-3, "separable": 1e-5,
-        "fft": 1e-4}
+        "fft": 1e-4, "direct_blocked": 1e-5}
 
 
 def _pads(padding, size, kernel, stride, dilation):
@@ -179,9 +179,13 @@ def test_dispatcher_rules():
         return dispatch.choose_conv2d(dispatch.ConvParams(**base))[0]
     assert choose(kernel=(1, 1), pads=((0, 0), (0, 0))) == "pointwise"
     assert choose(groups=64) == "depthwise"
-    assert choose(stride=(2, 2)) == "im2col"
-    assert choose(kernel=(7, 7), in_channels=3) == "im2col"
-    assert choose(in_channels=3) == "im2col"            # too few channels for Winograd
+    assert choose(stride=(2, 2)) == "direct_blocked"
+    assert choose(stride=(2, 2), in_channels=128) == "im2col"
+    assert choose(kernel=(7, 7), in_channels=3) == "direct_blocked"
+    assert choose(in_channels=3) == "direct_blocked"    # too few channels for Winograd
+    assert choose(in_channels=3, in_size=(12, 12)) == "im2col"     # too narrow for vectors
+    assert choose(in_channels=16, out_channels=16) == "direct_blocked"
+    assert choose(kernel=(1, 1), stride=(2, 2), pads=((0, 0), (0, 0))) == "im2col"
     assert choose() in ("winograd_f23", "winograd_f43")
     assert choose(dilation=(2, 2), pads=((2, 2), (2, 2))) == "dilated_s2b"
 

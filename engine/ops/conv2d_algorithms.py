@@ -6,6 +6,7 @@ import numpy as np
 
 from .._kernels import conv_direct, conv_im2col, conv_pointwise
 from .depthwise import Depthwise
+from .direct_blocked import DirectBlocked
 from .fft import FFT
 from .separable import Separable
 from .winograd import WinogradF23, WinogradF43
@@ -91,6 +92,7 @@ REGISTRY = {
     "depthwise": Depthwise,
     "separable": Separable,
     "fft": FFT,
+    "direct_blocked": DirectBlocked,
     "winograd_f23": WinogradF23,   # dilation 1
     "dilated_s2b": WinogradF23,    # the same kernel, phase sub-images in its addressing
     "winograd_f43": WinogradF43,   # any dilation; forced only (see engine/ops/winograd.py)
