@@ -1,5 +1,5 @@
 """Side-by-side timing: this engine and each installed peer on the same inputs, in one process,
-alternating run by run so that machine noise hits all of them alike.
+taking turns in short blocks so that machine noise hits all of them alike.
 
 Run benchmarks with OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE unset (they slow a current OpenBLAS):
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/bench_conv2d.py
@@ -49,20 +49,30 @@ def available_peers(wanted=("onnxruntime", "torch")):
     return peers
 
 
-def time_alternating(fns: dict, repeat: int, warmup: int = 2) -> dict:
-    """Median ms of each callable, run in turn ``repeat`` times; plus CPU/wall of each."""
+def time_alternating(fns: dict, repeat: int, warmup: int = 2, block: int = 3) -> dict:
+    """Median ms of each callable, plus its CPU time / wall time.
+
+    The callables take turns in short blocks: one untimed call, then ``block`` timed ones.
+    Turns rather than one long run each, so that machine noise hits every runtime alike; blocks
+    rather than single calls, because each runtime's idle worker threads spin for a while
+    after a parallel region (OpenMP, ONNX Runtime's pool): on a 2-core machine the next
+    runtime's first call would find its cores taken, which no user running one of them sees.
+    """
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     samples = {k: [] for k in fns}
     cpu = {k: 0.0 for k in fns}
-    for _ in range(repeat):
+    rounds = max(1, -(-repeat // block))
+    for _ in range(rounds):
         for k, fn in fns.items():
-            c0, t0 = time.process_time(), time.perf_counter()
             fn()
-            t1, c1 = time.perf_counter(), time.process_time()
-            samples[k].append((t1 - t0) * 1e3)
-            cpu[k] += c1 - c0
+            for _ in range(block):
+                c0, t0 = time.process_time(), time.perf_counter()
+                fn()
+                t1, c1 = time.perf_counter(), time.process_time()
+                samples[k].append((t1 - t0) * 1e3)
+                cpu[k] += c1 - c0
     return {k: (statistics.median(v), cpu[k] * 1e3 / max(sum(v), 1e-9)) for k, v in samples.items()}
 
 
