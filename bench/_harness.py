@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import os
 import statistics
-import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import numpy as np
 
 import engine
+from engine.cli import time_alternating as _time_turns
 
 
 @dataclass
@@ -50,30 +50,10 @@ def available_peers(wanted=("onnxruntime", "torch")):
 
 
 def time_alternating(fns: dict, repeat: int, warmup: int = 2, block: int = 3) -> dict:
-    """Median ms of each callable, plus its CPU time / wall time.
-
-    The callables take turns in short blocks: one untimed call, then ``block`` timed ones.
-    Turns rather than one long run each, so that machine noise hits every runtime alike; blocks
-    rather than single calls, because each runtime's idle worker threads spin for a while
-    after a parallel region (OpenMP, ONNX Runtime's pool): on a 2-core machine the next
-    runtime's first call would find its cores taken, which no user running one of them sees.
-    """
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    samples = {k: [] for k in fns}
-    cpu = {k: 0.0 for k in fns}
-    rounds = max(1, -(-repeat // block))
-    for _ in range(rounds):
-        for k, fn in fns.items():
-            fn()
-            for _ in range(block):
-                c0, t0 = time.process_time(), time.perf_counter()
-                fn()
-                t1, c1 = time.perf_counter(), time.process_time()
-                samples[k].append((t1 - t0) * 1e3)
-                cpu[k] += c1 - c0
-    return {k: (statistics.median(v), cpu[k] * 1e3 / max(sum(v), 1e-9)) for k, v in samples.items()}
+    """Median ms and CPU time / wall time of each callable, timed in turns of one untimed call
+    and ``block`` timed ones (engine.cli.time_alternating says why)."""
+    res = _time_turns(fns, repeat, warmup=warmup, block=block, cpu_runs=2)
+    return {k: (statistics.median(v["times"]), v["cpu"]) for k, v in res.items()}
 
 
 def run_cases(cases, threads_list=(1, 2), repeat=15, peers=("onnxruntime", "torch"), out=print):

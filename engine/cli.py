@@ -164,11 +164,14 @@ class Progress:
 
 
 def time_alternating(runners, repeat, warmup=1, progress_label=None, min_progress_seconds=2.0,
-                     cpu_runs=2):
+                     cpu_runs=2, block=1, settle=True):
     """Time each callable in ``runners`` (dict name -> fn) ``repeat`` times, interleaved.
 
-    Each round runs every runner once, in an order rotated by one each round, so slow drifts of
-    the machine (other load, clock changes) fall on all runners alike. Returns
+    Each round gives every runner a turn, in an order rotated by one each round, so slow drifts
+    of the machine (other load, clock changes) fall on all runners alike. A turn is one untimed
+    call (``settle``) and then ``block`` timed ones: the untimed call absorbs the moments when
+    the previous runtime's idle worker threads (OpenMP, ONNX Runtime's pool) still spin on the
+    cores, which no user running only one of them would see. Returns
     {name: {"times": [ms, ...], "cpu": process CPU time / wall time}}. The CPU ratio, about the
     number of cores a runner keeps busy, is measured in ``cpu_runs`` extra runs of each runner
     alone after a pause: during the interleaved rounds another runtime's idle worker threads
@@ -182,16 +185,21 @@ def time_alternating(runners, repeat, warmup=1, progress_label=None, min_progres
             runners[name]()
     per_round = (time.perf_counter() - t0) / max(warmup, 1)
     long_run = warmup > 0 and per_round * repeat > min_progress_seconds
-    progress = Progress(repeat * len(names), progress_label or "timing",
+    rounds = -(-repeat // block)
+    settle = settle and len(names) > 1
+    progress = Progress(rounds * len(names), progress_label or "timing",
                         enabled=bool(progress_label) and long_run)
     result = {name: {"times": [], "cpu": float("nan")} for name in names}
     try:
-        for r in range(repeat):
+        for r in range(rounds):
             k = r % len(names)
             for name in names[k:] + names[:k]:
-                t = time.perf_counter()
-                runners[name]()
-                result[name]["times"].append((time.perf_counter() - t) * 1e3)
+                if settle:
+                    runners[name]()
+                for _ in range(min(block, repeat - r * block)):
+                    t = time.perf_counter()
+                    runners[name]()
+                    result[name]["times"].append((time.perf_counter() - t) * 1e3)
                 progress.step()
     finally:
         progress.close()

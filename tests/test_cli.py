@@ -174,8 +174,13 @@ def test_bench_torch_module(tmp_path, capsys):
 def test_time_alternating_rotates_and_counts():
     calls = []
     res = time_alternating({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
-                           repeat=3, warmup=1, cpu_runs=0)
+                           repeat=3, warmup=1, cpu_runs=0, settle=False)
     assert calls == ["a", "b", "a", "b", "b", "a", "a", "b"]
+    assert [len(v["times"]) for v in res.values()] == [3, 3]
+    calls.clear()   # turns of one settling call and a block of two timed calls
+    res = time_alternating({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
+                           repeat=3, warmup=0, cpu_runs=0, block=2)
+    assert calls == ["a"] * 3 + ["b"] * 3 + ["b"] * 2 + ["a"] * 2
     assert [len(v["times"]) for v in res.values()] == [3, 3]
 
 
