@@ -1,8 +1,11 @@
 # Depthwise convolution: groups == in_channels, out_channels = in_channels * multiplier, and
-# output channel k reads input channel k // multiplier (torch's grouping).
+# output channel k reads input channel k // multiplier (torch's grouping). Two kernels:
+# f32_conv2d_depthwise works plane by plane and takes any layer; f32_conv2d_depthwise_cb works
+# on blocks of 16 channels in a channels-last copy, for 3x3 layers on small planes (see
+# "Channel blocks" below; engine/ops/depthwise.py chooses between them by shape).
 #
-# Work items are the (image, input channel) planes, statically split over the threads; each
-# item computes all `multiplier` output planes of its channel, so an input plane is staged
+# Planes. Work items are the (image, input channel) planes, statically split over the threads;
+# each item computes all `multiplier` output planes of its channel, so an input plane is staged
 # once however many filters read it, and every output element is computed by one thread in
 # one fixed order whatever the thread count (bit-identical results).
 #
@@ -15,19 +18,24 @@
 # over the whole band, P[...][i + shift], with no bounds checks, no border code and no short
 # loops (columns OW..L-1 of acc, and the lanes that round a band up to whole vectors, are
 # garbage that is never stored). The padding columns are zeroed once per buffer and never
-# written again; rows outside x are re-zeroed as they are staged. A band costs one copy of
-# its input rows against kh*kw multiply-adds per output, and is sized (stage_bytes) so that
-# the staged rows and acc stay in L2; rows shared by two bands are staged twice. Staging is
-# most of the time of a stride-2 layer: its rows go through one de-interleaving pass.
+# written again; rows outside x are re-zeroed as they are staged when a plane takes several
+# bands (with one band they never hold data). A band costs one copy of its input rows against
+# kh*kw multiply-adds per output, and is sized (stage_bytes) so that the staged rows and acc
+# stay in L2; rows shared by two bands are staged twice. The 3x3 stride-2 kernel splits rows
+# only (whole padded rows, 2L long) and reads columns with stride 2: de-interleaving rows as
+# they are staged measured 3-6% slower.
 #
 # Band kernels. f32_dwconv3x3s1 and f32_dwconv3x3s2 compute acc as the nine multiply-adds of
 # shifted staged runs in one pass; any other shape takes its taps four to a pass over acc.
-# The output step adds the bias, applies the activation (_epilogue.pxd) and moves each row
-# to its place in the output.
-import numpy as np
+# Each ends with the output step, bias and activation in the same loop; rows of acc then move
+# to their place in the output (copy_rows), unless L == OW and acc was the output itself.
 from cython.parallel cimport prange, threadid
+from libc.math cimport INFINITY
 from libc.stdlib cimport calloc, free
 from libc.string cimport memset, memcpy
+
+from _epilogue cimport ACT_RELU, ACT_RELU6
+from _im2col cimport ceil_div_nonneg
 
 # floats in the widest vector (AVX-512); band runs are rounded up to whole vectors
 cdef enum:
@@ -43,12 +51,16 @@ cdef extern from *:
     ctypedef float* rfloat "ce_rfloat"
     ctypedef const float* crfloat "ce_crfloat"
 
-from _epilogue cimport activate, bias_act_row
-from _im2col cimport ceil_div_nonneg
-
 
 cdef inline Py_ssize_t round_up(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
     return (a + b - 1) // b * b
+
+
+cdef inline float* aligned(float* p) noexcept nogil:
+    """p rounded up to a whole vector (64 bytes; calloc gives 16): every buffer below is a
+    whole number of vectors long, so vector loads from their starts never straddle cache
+    lines. The allocation has VEC floats to spare."""
+    return <float*>((<size_t>p + 63) & ~(<size_t>63))
 
 
 cdef inline void phase_range(Py_ssize_t W, Py_ssize_t pl, Py_ssize_t sw, Py_ssize_t px,
@@ -62,6 +74,70 @@ cdef inline void phase_range(Py_ssize_t W, Py_ssize_t pl, Py_ssize_t sw, Py_ssiz
         lo[0] = hi[0]
 
 
+# Short rows (28 x 28 and 14 x 14 planes, staged and copied out row by row) make a call to
+# memcpy or memset, or a vectorised loop's scalar remainder, cost more than the row's
+# arithmetic. The copies below move a row of n floats as two runs of 4 to 64 floats of a
+# constant size, the second overlapping the first instead of stopping short, so nothing outside
+# the row is read or written and no scalar loop runs for n >= 4. memcpy/memset of a constant
+# size compile to vector moves. Measured on 192ch 28x28, one thread: 73 -> 61 us (stride 1),
+# 44 -> 34 us (stride 2) against a library call per row.
+cdef inline void copy_floats(rfloat d, crfloat s, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i = 0
+    if n >= 128:
+        # gcc turns this loop into a call to memmove, worth it only for long rows
+        while i + 16 <= n:
+            memcpy(d + i, s + i, 64)
+            i = i + 16
+        if i < n:
+            memcpy(d + n - 16, s + n - 16, 64)
+    elif n >= 64:
+        memcpy(d, s, 256)
+        memcpy(d + n - 64, s + n - 64, 256)
+    elif n >= 32:
+        memcpy(d, s, 128)
+        memcpy(d + n - 32, s + n - 32, 128)
+    elif n >= 16:
+        memcpy(d, s, 64)
+        memcpy(d + n - 16, s + n - 16, 64)
+    elif n >= 8:
+        memcpy(d, s, 32)
+        memcpy(d + n - 8, s + n - 8, 32)
+    elif n >= 4:
+        memcpy(d, s, 16)
+        memcpy(d + n - 4, s + n - 4, 16)
+    else:
+        for i in range(n):
+            d[i] = s[i]
+
+
+cdef inline void zero_floats(rfloat d, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i = 0
+    if n >= 128:
+        while i + 16 <= n:
+            memset(d + i, 0, 64)
+            i = i + 16
+        if i < n:
+            memset(d + n - 16, 0, 64)
+    elif n >= 64:
+        memset(d, 0, 256)
+        memset(d + n - 64, 0, 256)
+    elif n >= 32:
+        memset(d, 0, 128)
+        memset(d + n - 32, 0, 128)
+    elif n >= 16:
+        memset(d, 0, 64)
+        memset(d + n - 16, 0, 64)
+    elif n >= 8:
+        memset(d, 0, 32)
+        memset(d + n - 8, 0, 32)
+    elif n >= 4:
+        memset(d, 0, 16)
+        memset(d + n - 4, 0, 16)
+    else:
+        for i in range(n):
+            d[i] = 0
+
+
 cdef void deinterleave2(crfloat s, rfloat ev, rfloat od, Py_ssize_t n) noexcept nogil:
     """ev[i] = s[2i], od[i] = s[2i + 1]."""
     cdef Py_ssize_t i
@@ -73,7 +149,7 @@ cdef void deinterleave2(crfloat s, rfloat ev, rfloat od, Py_ssize_t n) noexcept 
 cdef void stage_band(const float* xc, Py_ssize_t H, Py_ssize_t W, Py_ssize_t r0,
                      Py_ssize_t nrows, Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t sh,
                      Py_ssize_t sw, Py_ssize_t L, Py_ssize_t PS, const Py_ssize_t* lo,
-                     const Py_ssize_t* hi, float* buf) noexcept nogil:
+                     const Py_ssize_t* hi, bint zero_rows, float* buf) noexcept nogil:
     """Stage padded rows r0 .. r0 + nrows - 1 of one channel into the phase planes
     P[py, px] = buf + (py*sw + px)*PS. lo[px], hi[px]: phase_range of each column phase.
     Padding columns are already zero (see the header)."""
@@ -98,13 +174,14 @@ cdef void stage_band(const float* xc, Py_ssize_t H, Py_ssize_t W, Py_ssize_t r0,
             py = 0
             j = j + 1
         if iy < 0 or iy >= H:
-            for px in range(sw):
-                memset(row + px * PS, 0, L * sizeof(float))
+            if zero_rows:
+                for px in range(sw):
+                    zero_floats(row + px * PS, L)
             continue
         src = xc + iy * W
         if sw == 1:
             if hi[0] > lo[0]:
-                memcpy(row + lo[0], src + lo[0] - pl, (hi[0] - lo[0]) * sizeof(float))
+                copy_floats(row + lo[0], src + lo[0] - pl, hi[0] - lo[0])
         elif sw == 2:
             if n2 > 0:
                 deinterleave2(src + s_off, row + a0, row + PS + a0, n2)
@@ -118,52 +195,57 @@ cdef void stage_band(const float* xc, Py_ssize_t H, Py_ssize_t W, Py_ssize_t r0,
                     row[px * PS + l] = src[l * sw + px - pl]
 
 
-cdef void store_rows(crfloat acc, Py_ssize_t L, rfloat o, Py_ssize_t OW, Py_ssize_t nb,
-                     float b, int act) noexcept nogil:
-    """The output step: o[r, ox] = act(acc[r*L + ox] + b) for nb rows."""
-    cdef Py_ssize_t r, ox
-    cdef const float* a
+cdef void copy_rows(crfloat acc, Py_ssize_t L, rfloat o, Py_ssize_t OW,
+                    Py_ssize_t nb) noexcept nogil:
+    """The band's rows, acc[r*L : r*L + OW], to their place in the output."""
+    cdef Py_ssize_t r
     for r in range(nb):
-        a = acc + r * L
-        for ox in range(OW):
-            o[ox] = activate(a[ox] + b, act)
-        o = o + OW
+        copy_floats(o + r * OW, acc + r * L, OW)
 
 
-cdef void f32_dwconv3x3s1(crfloat P, Py_ssize_t L, const float* w, rfloat acc,
-                          Py_ssize_t n) noexcept nogil:
-    """acc[i] = sum over the 3x3 taps of w[u, v] * P[i + u*L + v]."""
+# Every band kernel ends with the output step: acc[i] = min(max(sum + b, lo), hi), with
+# (lo, hi) = (-inf, inf), (0, inf) or (0, 6) for no activation, relu and relu6 (act_bounds).
+# One loop for all three, branch-free; written as max(v, lo), min(v, hi) it compiles to
+# vmaxps/vminps with v as the operand returned on NaN, so a NaN stays a NaN.
+cdef void f32_dwconv3x3s1(crfloat P, Py_ssize_t L, const float* w, rfloat acc, Py_ssize_t n,
+                          float b, float lo, float hi) noexcept nogil:
+    """acc[i] = sum over the 3x3 taps of w[u, v] * P[i + u*L + v], then the output step."""
     cdef const float* r0 = P
     cdef const float* r1 = P + L
     cdef const float* r2 = P + 2 * L
     cdef float w0 = w[0], w1 = w[1], w2 = w[2], w3 = w[3], w4 = w[4]
     cdef float w5 = w[5], w6 = w[6], w7 = w[7], w8 = w[8]
+    cdef float v
     cdef Py_ssize_t i
     for i in range(n):
-        acc[i] = (w0 * r0[i] + w1 * r0[i + 1] + w2 * r0[i + 2]
-                  + w3 * r1[i] + w4 * r1[i + 1] + w5 * r1[i + 2]
-                  + w6 * r2[i] + w7 * r2[i + 1] + w8 * r2[i + 2])
+        v = ((w0 * r0[i] + w1 * r0[i + 1] + w2 * r0[i + 2])
+             + (w3 * r1[i] + w4 * r1[i + 1] + w5 * r1[i + 2])
+             + (w6 * r2[i] + w7 * r2[i + 1] + w8 * r2[i + 2])) + b
+        acc[i] = min(max(v, lo), hi)
 
 
 cdef void f32_dwconv3x3s2(crfloat P, Py_ssize_t PS, Py_ssize_t L, const float* w,
-                          rfloat acc, Py_ssize_t n) noexcept nogil:
-    """The same for stride 2 on the four phase planes: padded row 2*oy + u is phase u % 2,
-    row oy + u // 2; column 2*ox + v is phase v % 2, column ox + v // 2."""
-    cdef const float* ee = P             # even rows, even columns
-    cdef const float* eo = P + PS        # even rows, odd columns
-    cdef const float* oe = P + 2 * PS
-    cdef const float* oo = P + 3 * PS
+                          rfloat acc, Py_ssize_t n, float b, float lo, float hi) noexcept nogil:
+    """Stride 2 on two row-phase planes, even and odd padded rows, of rows 2L long: padded row
+    2*oy + u is plane u % 2, row oy + u // 2, and column 2*ox + v of it is at 2*i + v for
+    i = oy*L + ox. The stride-2 loads compile to vector permutes."""
+    cdef const float* e0 = P             # even padded rows, from row 2*oy
+    cdef const float* o0 = P + PS        # odd padded rows, from row 2*oy + 1
+    cdef const float* e1 = P + 2 * L     # even padded rows, from row 2*oy + 2
     cdef float w0 = w[0], w1 = w[1], w2 = w[2], w3 = w[3], w4 = w[4]
     cdef float w5 = w[5], w6 = w[6], w7 = w[7], w8 = w[8]
+    cdef float v
     cdef Py_ssize_t i
     for i in range(n):
-        acc[i] = (w0 * ee[i] + w1 * eo[i] + w2 * ee[i + 1]
-                  + w3 * oe[i] + w4 * oo[i] + w5 * oe[i + 1]
-                  + w6 * ee[i + L] + w7 * eo[i + L] + w8 * ee[i + L + 1])
+        v = ((w0 * e0[2 * i] + w1 * e0[2 * i + 1] + w2 * e0[2 * i + 2])
+             + (w3 * o0[2 * i] + w4 * o0[2 * i + 1] + w5 * o0[2 * i + 2])
+             + (w6 * e1[2 * i] + w7 * e1[2 * i + 1] + w8 * e1[2 * i + 2])) + b
+        acc[i] = min(max(v, lo), hi)
 
 
 cdef void f32_dwconv_band(const float* P, const Py_ssize_t* offs, Py_ssize_t ntaps,
-                          const float* w, rfloat acc, Py_ssize_t n) noexcept nogil:
+                          const float* w, rfloat acc, Py_ssize_t n, float b, float lo,
+                          float hi) noexcept nogil:
     """Any kernel, stride and dilation: tap t reads P + offs[t]. Taps go four to a pass over
     acc (fewer passes than one per tap, still few pointers live), in row-major order."""
     cdef Py_ssize_t t = 0, i
@@ -171,7 +253,7 @@ cdef void f32_dwconv_band(const float* P, const Py_ssize_t* offs, Py_ssize_t nta
     cdef const float* p1
     cdef const float* p2
     cdef const float* p3
-    cdef float w0, w1, w2, w3
+    cdef float w0, w1, w2, w3, v
     for i in range(n):
         acc[i] = 0
     while t + 4 <= ntaps:
@@ -192,12 +274,24 @@ cdef void f32_dwconv_band(const float* P, const Py_ssize_t* offs, Py_ssize_t nta
         for i in range(n):
             acc[i] = acc[i] + w0 * p0[i]
         t = t + 1
+    for i in range(n):
+        v = acc[i] + b
+        acc[i] = min(max(v, lo), hi)
+
+
+cdef void act_bounds(int act, float* lo, float* hi) noexcept nogil:
+    lo[0] = 0 if act == ACT_RELU or act == ACT_RELU6 else -INFINITY
+    hi[0] = 6 if act == ACT_RELU6 else INFINITY
 
 
 ctypedef struct Plan:
     # the layer's geometry and the staging layout, shared read-only by all threads
-    Py_ssize_t H, W, OH, OW, sh, pt, pl, sw, L, PS, band, halo, mult, ntaps
-    int kind, act
+    Py_ssize_t H, W, OH, OW, pt, pl, band, halo, mult, ntaps
+    Py_ssize_t sh, ssw        # row and column phases of the staging
+    Py_ssize_t LS, PS         # staged row length and floats per phase plane
+    Py_ssize_t L              # row stride of acc
+    int kind
+    float lo_act, hi_act      # the output step's clamp (act_bounds)
     const Py_ssize_t* lo      # phase_range of each column phase
     const Py_ssize_t* hi
     const Py_ssize_t* offs    # where each tap starts in the staged band
@@ -208,7 +302,7 @@ cdef void dw_channel(const Plan* q, const float* xc, float* outc, const float* w
     """All output planes of one input channel: outc[j] = conv(xc, wc[j]) (+ bc[j]), j < mult.
     P: this thread's staging buffer, its accumulator after the phase planes."""
     cdef Py_ssize_t OH = q.OH, OW = q.OW, L = q.L, oy0 = 0, nb, flat, j
-    cdef float* accbuf = P + q.sh * q.sw * q.PS
+    cdef float* accbuf = P + q.sh * q.ssw * q.PS
     cdef float* acc
     cdef float* o
     cdef const float* wk
@@ -219,8 +313,8 @@ cdef void dw_channel(const Plan* q, const float* xc, float* outc, const float* w
         if L != OW:
             # whole vectors: no scalar tail; the extra lanes are garbage never stored
             flat = round_up(flat, VEC)
-        stage_band(xc, q.H, q.W, oy0 * q.sh, (nb - 1) * q.sh + q.halo, q.pt, q.pl, q.sh, q.sw,
-                   L, q.PS, q.lo, q.hi, P)
+        stage_band(xc, q.H, q.W, oy0 * q.sh, (nb - 1) * q.sh + q.halo, q.pt, q.pl, q.sh, q.ssw,
+                   q.LS, q.PS, q.lo, q.hi, q.band < OH, P)
         for j in range(q.mult):
             wk = wc + j * q.ntaps
             o = outc + (j * OH + oy0) * OW
@@ -228,15 +322,15 @@ cdef void dw_channel(const Plan* q, const float* xc, float* outc, const float* w
             # rows of length L == OW are already the output's layout
             acc = o if L == OW else accbuf
             if q.kind == 1:
-                f32_dwconv3x3s1(P, L, wk, acc, flat)
+                f32_dwconv3x3s1(P, L, wk, acc, flat, b, q.lo_act, q.hi_act)
             elif q.kind == 2:
-                f32_dwconv3x3s2(P, q.PS, L, wk, acc, flat)
+                # one lane more: gcc ends a loop of stride-2 loads with scalar iterations
+                # ("peeling for gaps"), and this way they run one garbage lane, not a vector
+                f32_dwconv3x3s2(P, q.PS, L, wk, acc, flat + 1, b, q.lo_act, q.hi_act)
             else:
-                f32_dwconv_band(P, q.offs, q.ntaps, wk, acc, flat)
-            if L == OW:
-                bias_act_row(o, nb * OW, b, q.act)
-            else:
-                store_rows(acc, L, o, OW, nb, b, q.act)
+                f32_dwconv_band(P, q.offs, q.ntaps, wk, acc, flat, b, q.lo_act, q.hi_act)
+            if L != OW:
+                copy_rows(acc, L, o, OW, nb)
         oy0 = oy0 + nb
 
 
@@ -271,42 +365,54 @@ def f32_conv2d_depthwise(const float[:, :, :, ::1] x, const float[:, ::1] w2d, b
     if N == 0 or C == 0 or OH <= 0 or OW <= 0:
         return
     cdef Plan q
-    q.H, q.W, q.OH, q.OW, q.sh, q.sw, q.pt, q.pl = H, W, OH, OW, sh, sw, pt, pl
+    q.H, q.W, q.OH, q.OW, q.sh, q.pt, q.pl = H, W, OH, OW, sh, pt, pl
     q.mult = K // C
     q.ntaps = kh * kw
-    q.act = act
-    # phase row length: the padded columns the output reads, split into sw phases
-    q.L = ceil_div_nonneg((OW - 1) * sw + (kw - 1) * dw + 1, sw)
-    q.halo = (kh - 1) * dh + 1
-    cdef Py_ssize_t halo_rows = ceil_div_nonneg(q.halo, sh)   # phase rows beyond a band's own
-    cdef Py_ssize_t nphase = sh * sw
-    q.band = max(1, min(OH, (stage_bytes // <Py_ssize_t>sizeof(float) - nphase * halo_rows * q.L)
-                        // (nphase * q.L + q.L)))
-    # floats per phase plane, with room for the over-read of a band rounded up to whole vectors
-    q.PS = round_up((q.band - 1 + halo_rows) * q.L + VEC, VEC)
-    cdef Py_ssize_t thread_floats = nphase * q.PS + round_up(q.band * q.L + VEC, VEC)  # + acc
+    act_bounds(act, &q.lo_act, &q.hi_act)
     q.kind = 0
     if kh == 3 and kw == 3 and dh == 1 and dw == 1:
         if sh == 1 and sw == 1:
             q.kind = 1
         elif sh == 2 and sw == 2:
             q.kind = 2
-    cdef Py_ssize_t[::1] lo = np.empty(sw, dtype=np.intp), hi = np.empty(sw, dtype=np.intp)
-    cdef Py_ssize_t[::1] offs = np.empty(kh * kw, dtype=np.intp)
+    # acc row length: the padded columns the output reads, split into sw phases
+    q.L = ceil_div_nonneg((OW - 1) * sw + (kw - 1) * dw + 1, sw)
+    # f32_dwconv3x3s2 reads whole padded rows with stride 2; the other kernels staged phases
+    q.ssw = 1 if q.kind == 2 else sw
+    q.LS = 2 * q.L if q.kind == 2 else q.L
+    q.halo = (kh - 1) * dh + 1
+    cdef Py_ssize_t halo_rows = ceil_div_nonneg(q.halo, sh)   # phase rows beyond a band's own
+    cdef Py_ssize_t nphase = sh * q.ssw
+    q.band = max(1, min(OH, (stage_bytes // <Py_ssize_t>sizeof(float)
+                             - nphase * halo_rows * q.LS) // (nphase * q.LS + q.L)))
+    # floats per phase plane, with room for the over-read of a band rounded up to whole vectors
+    # (twice that for the stride-2 loads)
+    q.PS = round_up((q.band - 1 + halo_rows) * q.LS + 2 * VEC, VEC)
+    # the phase planes, then acc
+    cdef Py_ssize_t thread_floats = nphase * q.PS + round_up(q.band * q.L + 2 * VEC, VEC)
+    cdef Py_ssize_t items = N * C
+    num_threads = <int>max(1, min(num_threads, items))
+    # one allocation for the plan's small tables (lo, hi: sw each; offs: kh*kw) and the
+    # threads' buffers, zeroed once: staging never writes the padding columns, so they stay
+    # zero (numpy arrays for the tables cost about a microsecond each)
+    cdef Py_ssize_t table_floats = round_up((2 * sw + kh * kw) * sizeof(Py_ssize_t),
+                                            sizeof(float) * VEC) // sizeof(float)
+    cdef float* mem = <float*>calloc(table_floats + num_threads * thread_floats + VEC,
+                                     sizeof(float))
+    if mem == NULL:
+        raise MemoryError("depthwise staging buffer")
+    cdef float* bufs = aligned(mem)
+    cdef Py_ssize_t* lo = <Py_ssize_t*>bufs
+    cdef Py_ssize_t* hi = lo + sw
+    cdef Py_ssize_t* offs = hi + sw
     cdef Py_ssize_t px, u, v
-    for px in range(sw):
-        phase_range(W, pl, sw, px, q.L, &lo[px], &hi[px])
+    for px in range(q.ssw):
+        phase_range(W, pl, q.ssw, px, q.LS, &lo[px], &hi[px])
     for u in range(kh):
         for v in range(kw):
             offs[u * kw + v] = (((u * dh) % sh * sw + (v * dw) % sw) * q.PS
                                 + (u * dh) // sh * q.L + (v * dw) // sw)
-    q.lo, q.hi, q.offs = &lo[0], &hi[0], &offs[0]
-    cdef Py_ssize_t items = N * C
-    num_threads = <int>max(1, min(num_threads, items))
-    # zeroed once: staging never writes the padding columns, so they stay zero
-    cdef float* bufs = <float*>calloc(num_threads * thread_floats, sizeof(float))
-    if bufs == NULL:
-        raise MemoryError("depthwise staging buffer")
+    q.lo, q.hi, q.offs = lo, hi, offs
     cdef const float* xp = &x[0, 0, 0, 0]
     cdef float* op = &out[0, 0, 0, 0]
     cdef const float* wp = &w2d[0, 0]
@@ -317,6 +423,170 @@ def f32_conv2d_depthwise(const float[:, :, :, ::1] x, const float[:, ::1] w2d, b
             c = it % C
             k = c * q.mult
             dw_channel(&q, xp + it * H * W, op + (n * K + k) * OH * OW, wp + k * q.ntaps,
-                       bptr + k if bptr != NULL else NULL, bufs + threadid() * thread_floats)
+                       bptr + k if bptr != NULL else NULL,
+                       bufs + table_floats + threadid() * thread_floats)
     finally:
-        free(bufs)
+        free(mem)
+
+
+# Channel blocks. A small plane (7 x 7, 14 x 14) gives each channel so little arithmetic that a
+# plane's set-up (staging its rows, copying out rows of 7 floats) costs as much as its 441
+# multiply-adds. Blocks of CB channels are instead transposed to channels-last, T0[p, c], copied
+# row by row into a padded block T whose padding stays zero, computed with one vector of CB
+# channels per pixel and tap (no row edges, no garbage lanes) into Y[p, c], and transposed
+# back. Work items are the (image, block) pairs, statically split over the threads. The
+# transposes go 16 pixels at a time, which gcc turns into sixteen vector loads, in-register
+# permutes and sixteen vector stores. Into the planes, a loop over their own stride (unknown
+# when compiling) does not vectorise, the stores to the CB planes might alias one another, so
+# the way out goes through a 16 x 16 tile with fixed strides. Computing on rows W long, border
+# columns checked tap by tap, instead of copying T0 into T measured 3-30% slower.
+cdef enum:
+    CB = 16      # channels per block: one AVX-512 vector of floats
+
+CHANNEL_BLOCK = CB   # for the plan's weight layout (engine/ops/depthwise.py)
+
+
+cdef inline void transpose16(rfloat d, crfloat s) noexcept nogil:
+    """d[i, j] = s[j, i] for 16 x 16 floats: fixed strides, compiled to in-register permutes."""
+    cdef int i, j
+    for i in range(16):
+        for j in range(16):
+            d[i * 16 + j] = s[j * 16 + i]
+
+
+cdef inline void transpose16_from(rfloat d, crfloat s, Py_ssize_t stride) noexcept nogil:
+    """d[i, j] = s[j*stride + i] for 16 x 16 floats: sixteen row loads, then the permutes."""
+    cdef int i, j
+    for i in range(16):
+        for j in range(16):
+            d[i * 16 + j] = s[j * stride + i]
+
+
+cdef void cb_transpose_in(rfloat t, crfloat x, Py_ssize_t hw, rfloat tile) noexcept nogil:
+    """t[p, c] = x[c, p] for CB planes of hw pixels, 16 pixels at a time; the last, partial
+    16 through tile[CB, 16] so that nothing beyond the planes is read."""
+    cdef Py_ssize_t p0 = 0, n
+    cdef int c
+    while p0 + 16 <= hw:
+        transpose16_from(t + p0 * CB, x + p0, hw)
+        p0 = p0 + 16
+    if p0 < hw:
+        n = hw - p0
+        for c in range(CB):
+            copy_floats(tile + c * 16, x + c * hw + p0, n)
+        transpose16(t + p0 * CB, tile)
+
+
+cdef void cb_transpose_out(rfloat o, crfloat y, Py_ssize_t hw, rfloat tile) noexcept nogil:
+    """o[c, p] = y[p, c] for CB planes of hw pixels, 16 pixels at a time through tile[CB, 16]."""
+    cdef Py_ssize_t p0 = 0, n
+    cdef int c
+    while p0 < hw:
+        n = min(16, hw - p0)
+        transpose16(tile, y + p0 * CB)
+        for c in range(CB):
+            copy_floats(o + c * hw + p0, tile + c * 16, n)
+        p0 = p0 + 16
+
+
+cdef void cb_conv3x3(crfloat T, Py_ssize_t WP, Py_ssize_t sh, Py_ssize_t sw,
+                     const Py_ssize_t* offs, crfloat w, crfloat b, float lo, float hi,
+                     rfloat Y, Py_ssize_t OH, Py_ssize_t OW) noexcept nogil:
+    """Y[oy, ox, c] = act(sum over the taps t of w[t, c] * T[oy*sh, ox*sw, c] shifted by
+    offs[t], + b[c]) on the padded channels-last block T (rows WP pixels long)."""
+    cdef Py_ssize_t oy, ox, o0 = offs[0], o1 = offs[1], o2 = offs[2], o3 = offs[3]
+    cdef Py_ssize_t o4 = offs[4], o5 = offs[5], o6 = offs[6], o7 = offs[7], o8 = offs[8]
+    cdef const float* s
+    cdef float* y
+    cdef float v
+    cdef int c
+    for oy in range(OH):
+        for ox in range(OW):
+            s = T + (oy * sh * WP + ox * sw) * CB
+            y = Y + (oy * OW + ox) * CB
+            for c in range(CB):
+                v = ((w[c] * s[o0 + c] + w[CB + c] * s[o1 + c] + w[2 * CB + c] * s[o2 + c])
+                     + (w[3 * CB + c] * s[o3 + c] + w[4 * CB + c] * s[o4 + c]
+                        + w[5 * CB + c] * s[o5 + c])
+                     + (w[6 * CB + c] * s[o6 + c] + w[7 * CB + c] * s[o7 + c]
+                        + w[8 * CB + c] * s[o8 + c])) + b[c]
+                y[c] = min(max(v, lo), hi)
+
+
+def f32_conv2d_depthwise_cb(const float[:, :, :, ::1] x, const float[:, :, ::1] wcb, bias,
+                            float[:, :, :, ::1] out, int sh, int sw, int pt, int pl, int dh,
+                            int dw, int act, int num_threads):
+    """out = depthwise conv2d(x, w) for a 3x3 kernel, multiplier 1 and C a multiple of CB,
+    in blocks of CB channels: wcb[C // CB, 9, CB] holds w[cb*CB + c, 0, u, v] at
+    [cb, u*3 + v, c] (channel_blocks in engine/ops/depthwise.py).
+
+    Output sizes are the caller's (engine.shapes); padding beyond pt/pl is implied by them.
+    """
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t OH = out.shape[2], OW = out.shape[3]
+    if sh < 1 or sw < 1 or dh < 1 or dw < 1 or pt < 0 or pl < 0:
+        raise ValueError("strides and dilations must be positive and pads non-negative")
+    if C % CB:
+        raise ValueError(f"x must have a multiple of {CB} channels, got {C}")
+    if out.shape[0] != N or out.shape[1] != C:
+        raise ValueError(f"out must have shape (N={N}, C={C}, OH, OW), got {tuple(out.shape)}")
+    if wcb.shape[0] != C // CB or wcb.shape[1] != 9 or wcb.shape[2] != CB:
+        raise ValueError(f"wcb must have shape ({C // CB}, 9, {CB}), got {tuple(wcb.shape)[:3]}")
+    cdef const float[::1] b
+    cdef float zeros[CB]
+    memset(zeros, 0, sizeof(zeros))
+    cdef const float* bptr = zeros
+    if bias is not None:
+        b = bias
+        if b.shape[0] != C:
+            raise ValueError(f"bias must have {C} values, got {b.shape[0]}")
+        bptr = &b[0]
+    if H == 0 or W == 0:
+        raise ValueError(f"x must have non-empty spatial dimensions, got {tuple(x.shape)}")
+    if N == 0 or C == 0 or OH <= 0 or OW <= 0:
+        return
+    cdef float lo_act, hi_act
+    act_bounds(act, &lo_act, &hi_act)
+    # the padded block the output reads, and its rows [ra, rb) and columns [ca, cb) inside x
+    cdef Py_ssize_t HP = (OH - 1) * sh + 2 * dh + 1, WP = (OW - 1) * sw + 2 * dw + 1
+    cdef Py_ssize_t ra = min(pt, HP), rb = max(ra, min(HP, pt + H))
+    cdef Py_ssize_t ca = min(pl, WP), cb_ = max(ca, min(WP, pl + W))
+    cdef Py_ssize_t offs[9]
+    cdef Py_ssize_t u, v
+    for u in range(3):
+        for v in range(3):
+            offs[u * 3 + v] = (u * dh * WP + v * dw) * CB
+    # T0: the block channels-last, T: padded, Y: the output channels-last, then a transpose
+    # tile; T0 and Y rounded up to whole tiles of 16 pixels
+    cdef Py_ssize_t t0_floats = round_up(H * W, 16) * CB, t_floats = HP * WP * CB
+    cdef Py_ssize_t y_floats = round_up(OH * OW, 16) * CB
+    cdef Py_ssize_t thread_floats = t0_floats + t_floats + y_floats + 16 * CB
+    cdef Py_ssize_t nblocks = C // CB, items = N * nblocks
+    num_threads = <int>max(1, min(num_threads, items))
+    # zeroed once: blocks write only the inside of T, so its padding stays zero
+    cdef float* mem = <float*>calloc(num_threads * thread_floats + VEC, sizeof(float))
+    if mem == NULL:
+        raise MemoryError("depthwise channel-block buffer")
+    cdef float* bufs = aligned(mem)
+    cdef const float* xp = &x[0, 0, 0, 0]
+    cdef float* op = &out[0, 0, 0, 0]
+    cdef const float* wp = &wcb[0, 0, 0]
+    cdef Py_ssize_t it, r
+    cdef float* T0
+    cdef float* T
+    cdef float* Y
+    try:
+        for it in prange(items, nogil=True, num_threads=num_threads, schedule="static"):
+            T0 = bufs + threadid() * thread_floats
+            T = T0 + t0_floats
+            Y = T + t_floats
+            cb_transpose_in(T0, xp + it * CB * H * W, H * W, Y + y_floats)
+            if cb_ > ca:
+                for r in range(ra, rb):
+                    copy_floats(T + (r * WP + ca) * CB, T0 + ((r - pt) * W + ca - pl) * CB,
+                                (cb_ - ca) * CB)
+            cb_conv3x3(T, WP, sh, sw, offs, wp + (it % nblocks) * 9 * CB,
+                       bptr + (it % nblocks) * CB, lo_act, hi_act, Y, OH, OW)
+            cb_transpose_out(op + it * CB * OH * OW, Y, OH * OW, Y + y_floats)
+    finally:
+        free(mem)

@@ -48,14 +48,18 @@ def _fits(size, k, d, pads):
     return all(size[a] + sum(pads[a]) >= d * (k - 1) + 1 for a in range(2))
 
 
-def check_layer(rng, n, c, mult, size, k, s, padding, d, bias, activation, threads=None):
-    """Run one forced depthwise layer and compare with the reference; returns the output."""
+def check_layer(rng, n, c, mult, size, k, s, padding, d, bias, activation, threads=None,
+                blocks=None):
+    """Run one forced depthwise layer and compare with the reference; returns the output.
+    blocks: whether the layer must run in channel blocks (None: either kernel)."""
     x = rng.uniform(-1, 1, (n, c) + size).astype(np.float32)
     w = rng.uniform(-1, 1, (c * mult, 1, k, k)).astype(np.float32)
     b = rng.uniform(-1, 1, c * mult).astype(np.float32) if bias else None
     layer = engine.Conv2d(w, b, s, padding, d, groups=c, activation=activation,
                           algorithm="depthwise", num_threads=threads)
     assert layer.algorithm == "depthwise"
+    if blocks is not None:
+        assert layer._impl.uses_channel_blocks(size) == blocks
     y = layer(x)
     pads = _pads_ref(padding, size, k, s, d)
     ref = _act_ref(conv2d_ref(x, w, b, (s, s), pads, (d, d), groups=c), activation)
@@ -116,6 +120,116 @@ def test_rectangular_kernels_and_strides(rng):
         np.testing.assert_allclose(y, ref, rtol=0, atol=1e-5)
 
 
+# -- the two kernels for 3x3 layers: channel blocks on small planes, planes otherwise ------------
+@pytest.fixture(params=["planes", "blocks"])
+def kernel_path(request, monkeypatch):
+    """Force every 3x3 layer with a multiple of 16 channels and multiplier 1 through one kernel."""
+    limit = 10 ** 9 if request.param == "blocks" else 0
+    monkeypatch.setattr(depthwise_mod, "CHANNEL_BLOCK_MAX_PIXELS", limit)
+    return request.param
+
+
+SMALL_PADDINGS = (0, 1, 2, (0, 1, 2, 0), (2, 0, 1, 2))   # the last two: top, left, bottom, right
+
+
+@pytest.mark.parametrize("s", [1, 2])
+def test_small_planes_sweep(rng, kernel_path, s):
+    """Every size 1..20 (square and not), strides 1 and 2, paddings 0-2 and asymmetric, with
+    and without bias, no activation, relu and relu6, through the forced kernel."""
+    cases = 0
+    for size in range(1, 21):
+        for i, padding in enumerate(SMALL_PADDINGS):
+            hw = (size, max(1, size + (i % 3) - 1))
+            if not _fits(hw, 3, 1, _pads_ref(padding, hw, 3, s, 1)):
+                continue
+            check_layer(rng, n=1 + (size + i) % 2, c=32 if (size + i) % 4 == 0 else 16, mult=1,
+                        size=hw, k=3, s=s, padding=padding, d=1, bias=i % 2 == 0,
+                        activation=(None, "relu", "relu6")[(size + i) % 3],
+                        blocks=kernel_path == "blocks")
+            cases += 1
+    assert cases >= 80
+
+
+def test_channel_blocks_dilation_and_mixed_strides(rng):
+    """The channel blocks take any stride and dilation of a 3x3 kernel."""
+    for (sh, sw), (dh, dw), pads, size in [((1, 2), (1, 1), (1, 1, 1, 1), (9, 12)),
+                                             ((2, 1), (2, 3), (2, 3, 2, 3), (13, 10)),
+                                             ((3, 3), (1, 2), (0, 2, 1, 0), (17, 19)),
+                                             ((1, 1), (2, 2), (2, 2, 2, 2), (6, 7))]:
+        x = rng.uniform(-1, 1, (2, 16) + size).astype(np.float32)
+        w = rng.uniform(-1, 1, (16, 1, 3, 3)).astype(np.float32)
+        b = rng.uniform(-1, 1, 16).astype(np.float32)
+        layer = engine.Conv2d(w, b, (sh, sw), pads, (dh, dw), groups=16, activation="relu6",
+                              algorithm="depthwise")
+        assert layer._impl.uses_channel_blocks(size)
+        ref = conv2d_ref(x, w, b, (sh, sw), ((pads[0], pads[2]), (pads[1], pads[3])), (dh, dw),
+                         groups=16)
+        np.testing.assert_allclose(layer(x), np.clip(ref, 0, 6), rtol=0, atol=1e-5)
+
+
+def test_which_kernel(rng):
+    """The shape rule of engine/ops/depthwise.py: channel blocks only for 3x3, multiplier 1, a
+    multiple of 16 channels and a small input plane."""
+    def impl(c, mult, k, s=1):
+        w = rng.uniform(-1, 1, (c * mult, 1, k, k)).astype(np.float32)
+        return engine.Conv2d(w, stride=s, padding=1, groups=c, algorithm="depthwise")._impl
+    assert impl(16, 1, 3).uses_channel_blocks((14, 14))
+    assert impl(960, 1, 3).uses_channel_blocks((7, 7))
+    assert impl(32, 1, 3).uses_channel_blocks((24, 24))
+    assert not impl(32, 1, 3).uses_channel_blocks((25, 24))
+    assert not impl(192, 1, 3).uses_channel_blocks((28, 28))
+    assert impl(576, 1, 3, s=2).uses_channel_blocks((14, 14))
+    assert impl(32, 1, 3, s=2).uses_channel_blocks((12, 48))
+    assert not impl(192, 1, 3, s=2).uses_channel_blocks((28, 28))
+    assert not impl(24, 1, 3).uses_channel_blocks((7, 7))      # not a multiple of 16
+    assert not impl(16, 2, 3).uses_channel_blocks((7, 7))      # multiplier 2
+    assert not impl(16, 1, 5).uses_channel_blocks((7, 7))      # 5x5
+
+
+@pytest.mark.parametrize("s", [1, 2])
+def test_plane_rows_of_every_copy_width(rng, monkeypatch, s):
+    """Rows of 1 to 200 floats: every branch of the short-row copies (below 4, 4-7, 8-15,
+    16-31, 32-63, 64-127 and the loop from 128 on), for staging and for the output rows."""
+    monkeypatch.setattr(depthwise_mod, "CHANNEL_BLOCK_MAX_PIXELS", 0)
+    for i, width in enumerate((1, 2, 3, 5, 7, 9, 15, 17, 31, 33, 63, 65, 127, 129, 200)):
+        check_layer(rng, n=1, c=16, mult=1, size=(3 + i % 3, width), k=3, s=s,
+                    padding=(1, 1, i % 2, 2) if width > 2 else 1, d=1, bias=True,
+                    activation=("relu6", None)[i % 2], blocks=False)
+
+
+@pytest.mark.parametrize("s", [1, 2])
+def test_channel_blocks_threads_bit_identical(rng, s):
+    x = rng.standard_normal((2, 64, 14, 13)).astype(np.float32)
+    w = rng.standard_normal((64, 1, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(64).astype(np.float32)
+    layer = engine.Conv2d(w, b, s, 1, groups=64, activation="relu6", algorithm="depthwise")
+    assert layer._impl.uses_channel_blocks(x.shape[2:])
+    g = layer.geometry(x.shape)
+    outs = []
+    for t in (1, 2, 3):
+        out = np.full(layer.output_shape(x.shape), np.nan, np.float32)
+        layer._impl.run(x, out, g, t)
+        outs.append(out)
+    assert np.array_equal(outs[0], outs[1]) and np.array_equal(outs[0], outs[2])
+    assert np.isfinite(outs[0]).all()
+
+
+def test_channel_blocks_nan_reaches_exactly_its_receptive_field(rng):
+    x = rng.uniform(-1, 1, (1, 16, 9, 8)).astype(np.float32)
+    x[0, 3, 4, 0] = np.nan           # left border
+    x[0, 9, 8, 7] = np.inf           # bottom right corner: inf * w, never inf * 0
+    w = rng.uniform(0.5, 1, (16, 1, 3, 3)).astype(np.float32)
+    for s, padding in [(1, 1), (2, 1), (1, (0, 2, 1, 0))]:
+        layer = engine.Conv2d(w, None, s, padding, groups=16, algorithm="depthwise")
+        assert layer._impl.uses_channel_blocks((9, 8))
+        y = layer(x)
+        pads = _pads_ref(padding, (9, 8), 3, s, 1)
+        for bad, check in [(np.isnan(x), np.isnan), (np.isinf(x), np.isinf)]:
+            hit = conv2d_ref(bad.astype(np.float64), np.ones_like(w), None, (s, s), pads,
+                             (1, 1), groups=16) > 0
+            assert np.array_equal(check(y), hit)
+
+
 # -- bands: the staged input split over several bands of output rows ----------------------------
 @pytest.mark.parametrize("stage_bytes", [1, 3000])
 @pytest.mark.parametrize("k,s,d,padding", [(3, 1, 1, 1), (3, 2, 1, "same"), (5, 1, 2, 3),
@@ -126,6 +240,20 @@ def test_bands(rng, monkeypatch, stage_bytes, k, s, d, padding):
     monkeypatch.setattr(depthwise_mod, "DEPTHWISE_STAGE_BYTES", stage_bytes)
     check_layer(rng, n=2, c=3, mult=2, size=(29, 23), k=k, s=s, padding=padding, d=d,
                 bias=True, activation="relu6")
+
+
+@pytest.mark.parametrize("s,padding", [(1, 1), (2, 2), (1, (2, 1, 2, 0))])
+def test_bands_row_widths(rng, monkeypatch, s, padding):
+    """One output row per band on rows of 1 to 140 floats: the padding rows re-zeroed
+    between bands go through every branch of the row zeroing (and of the copies)."""
+    monkeypatch.setattr(depthwise_mod, "DEPTHWISE_STAGE_BYTES", 1)
+    cases = 0
+    for size in [(5, 1), (6, 4), (6, 10), (5, 20), (6, 40), (7, 70), (5, 140)]:
+        if _fits(size, 3, 1, _pads_ref(padding, size, 3, s, 1)):
+            check_layer(rng, n=1, c=3, mult=1, size=size, k=3, s=s, padding=padding, d=1,
+                        bias=True, activation=None, blocks=False)
+            cases += 1
+    assert cases >= 6
 
 
 # -- one channel: not depthwise for the dispatcher, but the kernel handles it -------------------
@@ -230,6 +358,24 @@ def test_bad_input_raises(rng):
     with pytest.raises(ValueError, match="positive"):
         conv_depthwise.f32_conv2d_depthwise(x, w2d, None, out, 3, 3, 0, 1, 1, 1, 1, 1,
                                             1 << 16, 0, 1)
+    # the channel-blocked kernel's guards
+    x16 = np.zeros((1, 16, 8, 8), np.float32)
+    out16 = np.zeros((1, 16, 8, 8), np.float32)
+    wcb = np.zeros((1, 9, 16), np.float32)
+    cb = conv_depthwise.f32_conv2d_depthwise_cb
+    with pytest.raises(ValueError, match="multiple of 16"):
+        cb(np.zeros((1, 8, 8, 8), np.float32), wcb, None, np.zeros((1, 8, 8, 8), np.float32),
+           1, 1, 1, 1, 1, 1, 0, 1)
+    with pytest.raises(ValueError, match="wcb"):
+        cb(x16, np.zeros((1, 9, 8), np.float32), None, out16, 1, 1, 1, 1, 1, 1, 0, 1)
+    with pytest.raises(ValueError, match="out"):
+        cb(x16, wcb, None, np.zeros((1, 32, 8, 8), np.float32), 1, 1, 1, 1, 1, 1, 0, 1)
+    with pytest.raises(ValueError, match="bias"):
+        cb(x16, wcb, np.zeros(15, np.float32), out16, 1, 1, 1, 1, 1, 1, 0, 1)
+    with pytest.raises(ValueError, match="positive"):
+        cb(x16, wcb, None, out16, 0, 1, 1, 1, 1, 1, 0, 1)
+    with pytest.raises(ValueError, match="non-negative"):
+        cb(x16, wcb, None, out16, 1, 1, -1, 1, 1, 1, 0, 1)
 
 
 # -- torch ----------------------------------------------------------------------------------------
