@@ -20,7 +20,7 @@ __all__ = [
     "ntuple", "effective_kernel", "conv_output_size", "same_padding", "resolve_padding",
     "conv_output_shape", "pool_output_size", "conv_transpose_output_size",
     "conv_transpose_output_shape",
-    "transpose_output_padding", "receptive_field", "pool_output_shape", "unpool_output_size",
+    "transpose_output_padding", "receptive_field", "phase_tiles", "pool_output_shape", "unpool_output_size",
     "unpool_output_shape", "interpolate_output_size", "interpolate_output_shape",
 ]
 
@@ -310,3 +310,9 @@ def receptive_field(layers: Sequence[Sequence[int]]) -> tuple[int, int]:
         rf += d * (k - 1) * jump
         jump *= s
     return rf, jump
+
+
+def phase_tiles(out: int, d: int, m: int) -> list[int]:
+    """Winograd tiles of m outputs along one axis for each of the d phases of a rate-d
+    convolution: phase a holds ceil((out - a) / d) outputs, hence ceil(that / m) tiles."""
+    return [-(-max(0, -(-(out - a) // d)) // m) for a in range(d)]

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 import engine
+from engine import shapes
 from engine.ops import winograd
 from engine.shapes import resolve_padding
 
@@ -216,10 +217,10 @@ def test_block_sizes_follow_the_cache_rule():
 
 def test_phase_tiles_are_exact():
     # 7 output columns at dilation 4: phases 0..2 hold 2 columns (1 tile), phase 3 holds 1
-    assert winograd._phase_tiles(7, 4, 2) == [1, 1, 1, 1]
-    assert winograd._phase_tiles(9, 4, 2) == [2, 1, 1, 1]
-    assert winograd._phase_tiles(3, 4, 2) == [1, 1, 1, 0]
-    assert winograd._phase_tiles(28, 4, 4) == [2, 2, 2, 2]
+    assert shapes.phase_tiles(7, 4, 2) == [1, 1, 1, 1]
+    assert shapes.phase_tiles(9, 4, 2) == [2, 1, 1, 1]
+    assert shapes.phase_tiles(3, 4, 2) == [1, 1, 1, 0]
+    assert shapes.phase_tiles(28, 4, 4) == [2, 2, 2, 2]
 
 
 def test_reuse_across_shapes_and_out(rng):

@@ -102,20 +102,6 @@ def bilinear_upsample_kernel(factor, channels):
     return np.ascontiguousarray(np.broadcast_to(kernel, (channels, 1, k, k)))
 
 
-def choose_conv_transpose2d(stride) -> tuple[str, str]:
-    """The rule for algorithm="auto", from side-by-side runs in one process at one thread
-    (best of 15, on a shared 2-core Zen 4):
-      convT4x4_s2_c64_56 (64->32, 56x56 -> 112x112, k4 s2 p1): col2im 1.66 ms, zero_insert
-        9.24 ms (113x113 zero-inserted input, flipped kernel, im2col), ONNX Runtime 1.73 ms;
-      3x3 stride 1, 64->64 at 56x56: col2im 2.08 ms, zero_insert 2.09 ms (the inner
-        convolution then runs winograd_f23)."""
-    if max(stride) > 1:
-        return "col2im", (f"stride {tuple(stride)}: col2im multiplies only real input pixels; "
-                          f"zero insertion would do {int(np.prod(stride))}x the arithmetic")
-    return "col2im", ("stride 1: as fast as the equivalent convolution and needs no padded copy "
-                      "of the input")
-
-
 class ConvTranspose2d:
     """A 2-D transposed convolution planned once (torch.nn.ConvTranspose2d semantics).
 
@@ -168,7 +154,7 @@ class ConvTranspose2d:
             self.bias = None
         self.num_threads = num_threads
         if algorithm == "auto":
-            self.algorithm, self.reason = choose_conv_transpose2d(self.stride)
+            self.algorithm, self.reason = dispatch.choose_conv_transpose2d(self.stride)
         elif algorithm in ALGORITHMS:
             self.algorithm, self.reason = algorithm, "forced by the caller"
         else:

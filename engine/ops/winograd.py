@@ -26,6 +26,7 @@ from fractions import Fraction
 
 import numpy as np
 
+from ..shapes import phase_tiles
 from .._kernels import conv_winograd
 
 # Tiles are processed in blocks of whole tile rows; the blocks depend on the shapes alone, so
@@ -195,11 +196,6 @@ def gemm_rows(kg: int, cg: int, tiles: int) -> int:
     return -(-kg // pieces)
 
 
-def _phase_tiles(out: int, d: int, m: int) -> list[int]:
-    """Tiles along one axis for each phase: ceil(ceil((out - a) / d) / m), 0 for empty phases."""
-    return [-(-max(0, -(-(out - a) // d)) // m) for a in range(d)]
-
-
 class TilePlan:
     """The addressing tables of one input shape (see kernels/conv_winograd.pyx).
 
@@ -209,7 +205,7 @@ class TilePlan:
     def __init__(self, batch, in_size, out_size, pads, dilation, m, c_in, c_out, groups):
         (h, w), (oh, ow), ((pt, _), (pl, _)), (dh, dw) = in_size, out_size, pads, dilation
         self.m, self.dh, self.dw = m, dh, dw
-        th, tw = _phase_tiles(oh, dh, m), _phase_tiles(ow, dw, m)
+        th, tw = phase_tiles(oh, dh, m), phase_tiles(ow, dw, m)
 
         # column phases: tiles, first tile within a tile row, tiles whose output column
         # b + dw*(m*tj + c) exists (c < m)
