@@ -1,36 +1,89 @@
-# 1x1, stride-1, unpadded convolution: for each image and group one GEMM on the input itself
+# 1x1, stride-1, unpadded convolution: per image and group one GEMM on the input itself,
 #     out[n, g*Kg:(g+1)*Kg, :] = W_g[Kg, Cg] @ x[n, g*Cg:(g+1)*Cg, :]     (pixels flattened)
-# The pixel axis is cut into fixed-width column blocks (independent of the thread count) so
-# two threads share one image and results stay bit-identical.
-from cython.parallel cimport prange
+# computed by the packed micro-kernel of _packed_gemm.h. The weights are packed once by the
+# plan; the pixel axis is cut into panels of NR columns.
+#
+# A work item is (image, group, chunk of output channels, group of panels). It copies its
+# panels into a per-thread buffer sized for L2, then for each 8-row block of weights (read once,
+# kept in L1) runs over all its panels, so the output rows are written as 8 sequential streams
+# and the weights of a small-image layer come from memory once. Every output is summed over the
+# input channels in order whatever the split, so results do not depend on it or on the thread
+# count.
+from cython.parallel cimport prange, threadid
 
-from _blas cimport sgemm_rm
-from _epilogue cimport bias_act_row
+cdef extern from "_packed_gemm.h":
+    int CE_PG_MR, CE_PG_NR
+    void ce_pg_pack_b(const float *B, Py_ssize_t ldb, int K, int ncols, float *panel) nogil
+    void ce_pg_block(const float *ap, const float *panel, int K, float *c, Py_ssize_t ldc,
+                     const float *res, const float *bias, int act, int nm, int ncols) nogil
+
+ROW_BLOCK = CE_PG_MR      # rows of A per packed block
+PANEL = CE_PG_NR          # columns of B per panel
 
 
-def f32_conv2d_pointwise(const float[:, :, ::1] x, const float[:, ::1] w2d, bias,
-                         float[:, :, ::1] out, int groups, int block, int act, int num_threads):
-    """x[N, C, P] -> out[N, K, P] with w2d[K, C/groups]; shapes checked by the caller."""
+def f32_conv2d_pointwise(const float[:, :, ::1] x, const float[::1] apack, bias, residual,
+                         float[:, :, ::1] out, float[::1] work, int groups, int mchunk,
+                         int group_panels, int act, int num_threads):
+    """x[N, C, P] -> out[N, K, P] (+ residual[N, K, P]) with apack the weights packed per
+    group as [ceil(Kg/MR)][Cg][MR]. mchunk: output channels per work item, a multiple of MR;
+    group_panels: pixel panels per work item; work: num_threads * group_panels * Cg * NR
+    floats, 64-byte aligned. Shapes checked by the caller."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], P = x.shape[2], K = out.shape[1]
     cdef Py_ssize_t Cg = C // groups, Kg = K // groups
-    cdef Py_ssize_t nblocks = (P + block - 1) // block
-    cdef Py_ssize_t items = N * groups * nblocks
+    cdef Py_ssize_t MR = CE_PG_MR, NR = CE_PG_NR
+    cdef Py_ssize_t nmb = (Kg + MR - 1) // MR            # packed row blocks per group
+    cdef Py_ssize_t nchunks = (Kg + mchunk - 1) // mchunk
+    cdef Py_ssize_t npanels = (P + NR - 1) // NR
+    cdef Py_ssize_t GP = group_panels
+    cdef Py_ssize_t npgroups = (npanels + GP - 1) // GP
+    cdef Py_ssize_t items = N * groups * nchunks * npgroups
+    cdef Py_ssize_t per_thread = GP * Cg * NR
+    if mchunk < MR or mchunk % MR or GP < 1:
+        raise ValueError(f"mchunk must be a positive multiple of {MR} and group_panels "
+                         f"positive, got {mchunk} and {GP}")
+    if apack.shape[0] != groups * nmb * Cg * MR:
+        raise ValueError(f"apack holds {apack.shape[0]} floats, expected {groups * nmb * Cg * MR}")
+    if num_threads > items:
+        num_threads = <int>max(1, items)
+    if work.shape[0] < num_threads * per_thread:
+        raise ValueError(f"work holds {work.shape[0]} floats, expected {num_threads * per_thread}")
     cdef const float[::1] b
     cdef const float* bptr = NULL
+    cdef const float[:, :, ::1] r
+    cdef const float* rptr = NULL
     if bias is not None:
         b = bias
         bptr = &b[0]
-    if num_threads > items:
-        num_threads = <int>max(1, items)
-    cdef Py_ssize_t it, n, g, p0, ncols, k
-    cdef float* dst
+    if residual is not None:
+        r = residual
+        rptr = &r[0, 0, 0]
+    cdef Py_ssize_t it, n, g, ch, pg, p0, p, pa, pb, mb, m0, mb1, rest
+    cdef float* buf
+    cdef const float* res
     for it in prange(items, nogil=True, num_threads=num_threads, schedule="static"):
-        n = it // (groups * nblocks)
-        g = (it // nblocks) % groups
-        p0 = (it % nblocks) * block
-        ncols = min(block, P - p0)
-        dst = &out[n, g * Kg, p0]
-        sgemm_rm(False, False, Kg, ncols, Cg, 1.0, &w2d[g * Kg, 0], Cg,
-                 &x[n, g * Cg, p0], P, 0.0, dst, P)
-        for k in range(Kg):
-            bias_act_row(dst + k * P, ncols, bptr[g * Kg + k] if bptr != NULL else 0, act)
+        rest = it
+        pg = rest % npgroups
+        rest = rest // npgroups
+        ch = rest % nchunks
+        rest = rest // nchunks
+        g = rest % groups
+        n = rest // groups
+        pa = pg * GP
+        pb = min(npanels, pa + GP)
+        buf = &work[0] + threadid() * per_thread
+        for p in range(pa, pb):
+            p0 = p * NR
+            ce_pg_pack_b(&x[n, g * Cg, p0], P, <int>Cg, <int>min(NR, P - p0),
+                         buf + (p - pa) * Cg * NR)
+        mb1 = min(nmb, (ch * mchunk + mchunk) // MR)
+        for mb in range(ch * mchunk // MR, mb1):
+            m0 = g * Kg + mb * MR
+            for p in range(pa, pb):
+                p0 = p * NR
+                res = NULL
+                if rptr != NULL:
+                    res = rptr + (n * K + m0) * P + p0
+                ce_pg_block(&apack[(g * nmb + mb) * Cg * MR], buf + (p - pa) * Cg * NR,
+                            <int>Cg, &out[n, m0, p0], P, res,
+                            (bptr + m0) if bptr != NULL else NULL, act,
+                            <int>min(MR, Kg - mb * MR), <int>min(NR, P - p0))

@@ -152,6 +152,35 @@ def test_one_and_two_threads_bit_identical(algorithm, rng):
     assert ran >= 1
 
 
+@pytest.mark.parametrize("shape", [
+    (1, 4, 1, 1, 3),        # one pixel, fewer output channels than a row block
+    (2, 13, 7, 7, 21),      # partial vectors, partial panels and a partial row block
+    (1, 64, 56, 56, 136),   # several panel groups and channel chunks: two threads share it
+    (1, 512, 14, 14, 64),
+])
+@pytest.mark.parametrize("activation", [None, "relu", "relu6"])
+def test_pointwise_residual_in_output_step(shape, activation, rng):
+    # act(conv(x) + b + r), the residual added by the kernel before the activation
+    n, c, h, w_, k = shape
+    x = rng.standard_normal((n, c, h, w_), dtype=np.float32)
+    w = rng.standard_normal((k, c, 1, 1), dtype=np.float32)
+    b = rng.standard_normal(k, dtype=np.float32)
+    r = rng.standard_normal((n, k, h, w_), dtype=np.float32) * 4
+    layer = engine.Conv2d(w, b, activation=activation, algorithm="pointwise")
+    assert layer.fuses_residual
+    g = layer.geometry(x.shape)
+    outs = []
+    for threads in (1, 2):
+        y = np.full((n, k, h, w_), np.nan, np.float32)
+        layer.run(x, y, g, threads, residual=r)
+        outs.append(y)
+    assert np.array_equal(outs[0], outs[1])
+    ref = conv2d_ref(x, w, b, (1, 1), ((0, 0), (0, 0)), (1, 1), 1) + r
+    ref = {None: ref, "relu": np.maximum(ref, 0), "relu6": np.clip(ref, 0, 6)}[activation]
+    mag = conv2d_ref(np.abs(x), np.abs(w), np.abs(b), (1, 1), ((0, 0), (0, 0)), (1, 1), 1)
+    assert np.all(np.abs(outs[0] - ref) <= RTOL["pointwise"] * (mag + np.abs(r)) + 1e-6)
+
+
 def test_auto_matches_reference_and_explains(rng):
     x = rng.standard_normal((1, 16, 20, 20), dtype=np.float32)
     for ws, kw in [((16, 16, 3, 3), dict(padding=1)), ((32, 16, 1, 1), {}),

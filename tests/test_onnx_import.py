@@ -159,6 +159,27 @@ def test_residual_that_broadcasts_and_one_that_is_larger(rng):
     assert got["z"].shape == (2, 4, 6, 6)
 
 
+@pytest.mark.parametrize("residual_shape", [(1, 8, 6, 6), (1, 8, 1, 1), (3, 8, 6, 6)])
+@pytest.mark.parametrize("act", ["Relu", "Clip", None])
+def test_pointwise_residual_then_activation(rng, residual_shape, act):
+    # a residual of the output's shape is added in the pointwise kernel's output step, which
+    # then applies the activation; one that broadcasts (smaller or larger) is added after it
+    inits = {"W": randn(rng, 8, 4, 1, 1), "B": randn(rng, 8), "r": randn(rng, *residual_shape),
+             "lo": np.float32(0), "hi": np.float32(6)}
+    nodes = [h.make_node("Conv", ["x", "W", "B"], ["c"]), h.make_node("Add", ["c", "r"], ["s"])]
+    if act == "Relu":
+        nodes.append(h.make_node("Relu", ["s"], ["y"]))
+    elif act == "Clip":
+        nodes.append(h.make_node("Clip", ["s", "lo", "hi"], ["y"]))
+    else:
+        nodes.append(h.make_node("Identity", ["s"], ["y"]))
+    m = make(nodes, [vi("x", [1, 4, 6, 6])], [vi("y")], inits)
+    model, _ = run_both(m, {"x": randn(rng, 1, 4, 6, 6, scale=3)})
+    assert ops_of(model) == ["Conv"]
+    in_kernel = residual_shape == (1, 8, 6, 6)
+    assert ("in the kernel's output step" in model.explain()) == in_kernel
+
+
 def test_conv_output_read_twice_is_not_fused(rng):
     inits = {"W": randn(rng, 4, 4, 3, 3)}
     nodes = [h.make_node("Conv", ["x", "W"], ["c"], pads=[1, 1, 1, 1]),

@@ -63,9 +63,10 @@ def _activate(out, activation):
 class Conv(Windowed):
     """Conv, with two fusions the passes may add: ``activation`` ("relu" or "relu6") runs in the
     kernel's output step, and a fourth input is a residual added to the convolution's output.
-    The kernels' output step takes bias and activation but no second tensor, so the residual
-    add is fused at plan level: the kernel writes the step's output buffer, then the add and
-    the activation run in place on it within the same step.
+    Where the layer's algorithm adds a residual in its output step (pointwise; see
+    Conv2d.fuses_residual) and the residual has the output's shape, the kernel does the add and
+    the activation after it; otherwise the add is fused at plan level: the kernel writes the
+    step's output buffer, then the add and the activation run in place on it within the step.
 
     The planned layer (engine.Conv2d; Conv1d's 2-D layer; Conv3d) is made per input size, so
     the dispatcher chooses with the real size: a model with a declared input shape transforms
@@ -126,33 +127,46 @@ class Conv(Windowed):
                                  f"convolution's output {shape}") from None
         return [Info(shape, F32)]
 
-    def layer(self, in_size, pads):
-        key = (tuple(in_size), pads)
+    def layer(self, in_size, pads, residual_in_kernel=False):
+        """The planned layer for this input size. residual_in_kernel: the residual has the
+        output's shape, so an algorithm that adds it in its output step may, and then also
+        applies the activation after it."""
+        key = (tuple(in_size), pads, residual_in_kernel)
         layer = self._layers.get(key)
         if layer is None:
-            act = None if self.residual else self.activation
-            try:
-                if self.nd == 3:
-                    from ..ops.convnd import Conv3d
-                    layer = Conv3d(self.w, self.b, self.strides, _flat(pads), self.dilations,
-                                   self.group, activation=act)
-                elif self.nd == 2:
-                    layer = Conv2d(self.w, self.b, self.strides, _flat(pads), self.dilations,
-                                   self.group, activation=act, input_size=in_size)
-                else:   # engine.Conv1d runs a Conv2d on the (N, C, 1, L) view: run that
-                    from ..ops.convnd import Conv1d
-                    layer = Conv1d(self.w, self.b, self.strides, pads[0], self.dilations,
-                                   self.group, activation=act, input_size=in_size).layer2d
-            except ValueError as e:
-                raise self.error(str(e)) from None
+            layer = self._make_layer(in_size, pads, None if self.residual else self.activation)
+            if residual_in_kernel and layer.fuses_residual and self.activation:
+                layer = self._make_layer(in_size, pads, self.activation, layer.algorithm)
             if len(self._layers) >= 8:
                 self._layers.pop(next(iter(self._layers)))
             self._layers[key] = layer
         return layer
 
+    def _make_layer(self, in_size, pads, act, algorithm="auto"):
+        try:
+            if self.nd == 3:
+                from ..ops.convnd import Conv3d
+                return Conv3d(self.w, self.b, self.strides, _flat(pads), self.dilations,
+                              self.group, activation=act)
+            if self.nd == 2:
+                return Conv2d(self.w, self.b, self.strides, _flat(pads), self.dilations,
+                              self.group, activation=act, algorithm=algorithm,
+                              input_size=in_size)
+            # engine.Conv1d runs a Conv2d on the (N, C, 1, L) view: run that
+            from ..ops.convnd import Conv1d
+            return Conv1d(self.w, self.b, self.strides, pads[0], self.dilations, self.group,
+                          activation=act, algorithm=algorithm, input_size=in_size).layer2d
+        except ValueError as e:
+            raise self.error(str(e)) from None
+
+    def _residual_in_kernel(self, ins, outs):
+        return (self.residual and self.nd != 3
+                and tuple(ins[3].shape) == tuple(outs[0].shape) == tuple(self.conv_shape))
+
     def build(self, ins, outs, i, o):
         x_shape = ins[0].shape
-        layer = self.layer(x_shape[2:], self.plan_pads)
+        in_kernel = self._residual_in_kernel(ins, outs)
+        layer = self.layer(x_shape[2:], self.plan_pads, in_kernel)
         self.last_layer = layer
         conv_shape = self.conv_shape
         if self.nd == 1:
@@ -172,7 +186,11 @@ class Conv(Windowed):
                     run(env[a], env[b], g, nt)
             return step
         r, act = i[3], self.activation
-        if outs[0].shape == conv_shape:
+        if in_kernel and layer.fuses_residual:
+            def step(env, nt):   # the kernel adds the residual (and applies act) itself
+                run(env[a].reshape(x_view), env[b].reshape(o_view), g, nt,
+                    residual=env[r].reshape(o_view))
+        elif outs[0].shape == conv_shape:
             def step(env, nt):
                 out = env[b]
                 run(env[a].reshape(x_view), out.reshape(o_view), g, nt)
@@ -193,11 +211,13 @@ class Conv(Windowed):
         return float(math.prod(self.conv_shape) * per_output + extra)
 
     def describe(self, ins, outs):
-        layer = self.layer(ins[0].shape[2:], self.plan_pads)
+        in_kernel = self._residual_in_kernel(ins, outs)
+        layer = self.layer(ins[0].shape[2:], self.plan_pads, in_kernel)
         text = f"{layer.algorithm}: {layer.reason}"
         if self.residual:
             text += " | + residual add" + (f" + {self.activation}" if self.activation else "")
-            text += " (plan level, in place after the kernel)"
+            text += (" in the kernel's output step" if in_kernel and layer.fuses_residual
+                     else " (plan level, in place after the kernel)")
         elif self.activation:
             text += f" | + {self.activation} in the kernel's output step"
         return text

@@ -149,10 +149,21 @@ class Conv2d:
         self.run(x, out, g)
         return out
 
-    def run(self, x: np.ndarray, out: np.ndarray, g: Geometry, num_threads=None) -> None:
-        """Checked arrays in, no validation: for callers (the graph runner) that did it once."""
+    @property
+    def fuses_residual(self) -> bool:
+        """Whether run() can add a residual tensor in the kernel's output step (before the
+        activation): true for the algorithms whose output step takes one."""
+        return getattr(self._impl, "fuses_residual", False)
+
+    def run(self, x: np.ndarray, out: np.ndarray, g: Geometry, num_threads=None,
+            residual=None) -> None:
+        """Checked arrays in, no validation: for callers (the graph runner) that did it once.
+        residual: None, or a C-contiguous float32 array of out's shape added before the
+        activation; only where fuses_residual."""
         threads = threads_for(g.macs, resolve_threads(num_threads or self.num_threads))
-        if getattr(self._impl, "uses_blas", True):
+        if residual is not None:
+            self._impl.run(x, out, g, threads, residual=residual)
+        elif getattr(self._impl, "uses_blas", True):
             with blas_pinned():
                 self._impl.run(x, out, g, threads)
         else:   # pinning costs a few microseconds: a 14x14 depthwise layer's tenth

@@ -9,13 +9,16 @@ from .depthwise import Depthwise
 from .direct_blocked import DirectBlocked
 from .fft import FFT
 from .separable import Separable
-from .winograd import WinogradF23, WinogradF43
+from .winograd import WinogradF23, WinogradF43, workspace
 
 # Bound on the im2col column buffer of one thread: large enough for efficient GEMMs, small
 # enough to stay in L2/L3 next to the weights.
 IM2COL_CHUNK_BYTES = 1 << 20
-# Pixel blocks of the pointwise GEMM: wide enough for sgemm to run near peak.
-POINTWISE_BLOCK = 1024
+# Pixel panels of one pointwise work item, copied contiguous: a quarter of the 1 MB L2, read
+# once per 8-row block of weights.
+POINTWISE_PANELS_BYTES = 256 << 10
+# Work items per pointwise layer at least (where it has that many row blocks x panel groups).
+POINTWISE_MIN_ITEMS = 8
 
 
 def im2col_chunk(kdim: int, out_size) -> tuple[int, int]:
@@ -67,22 +70,65 @@ class Im2col:
 
 
 class Pointwise:
-    """1x1 stride 1: one GEMM per image, group and pixel block, straight on the input."""
+    """1x1 stride 1: per image and group one GEMM straight on the input, by the packed
+    micro-kernel of kernels/_packed_gemm.h; weights packed once as [g][Kg/MR][Cg][MR]. Its
+    output step can add a residual tensor before the activation."""
+
+    uses_blas = False
+    fuses_residual = True
 
     def __init__(self, layer):
         self.layer = layer
-        self.w2d = layer.weight.reshape(layer.out_channels, -1)
+        self.wpack = pack_rows(layer.weight.reshape(layer.out_channels, -1), layer.groups)
+        self._splits = {}
 
-    def run(self, x, out, g, threads):
+    def run(self, x, out, g, threads, residual=None):
         L = self.layer
         n, c, h, w = x.shape
         pixels = h * w
-        nblocks = -(-pixels // POINTWISE_BLOCK)
-        block = -(-pixels // nblocks)
-        block = -(-block // 16) * 16  # whole vectors
-        conv_pointwise.f32_conv2d_pointwise(x.reshape(n, c, pixels), self.w2d, L.bias,
-                                            out.reshape(n, L.out_channels, pixels), L.groups,
-                                            block, L.act_code, threads)
+        cg = c // L.groups
+        split = self._splits.get(pixels)
+        if split is None:
+            split = self._splits[pixels] = pointwise_split(
+                cg, L.out_channels // L.groups, pixels, n * L.groups)
+        mchunk, group_panels = split
+        buf = workspace.take(threads * group_panels * cg * conv_pointwise.PANEL)
+        try:
+            conv_pointwise.f32_conv2d_pointwise(
+                x.reshape(n, c, pixels), self.wpack, L.bias,
+                None if residual is None else residual.reshape(n, L.out_channels, pixels),
+                out.reshape(n, L.out_channels, pixels), buf, L.groups, mchunk, group_panels,
+                L.act_code, threads)
+        finally:
+            workspace.give(buf)
+
+
+def pack_rows(w2d: np.ndarray, groups: int) -> np.ndarray:
+    """A weight matrix [K, Cg] (groups stacked along K) packed for the micro-kernel:
+    [groups][ceil(Kg/MR)][Cg][MR], rows beyond Kg zero."""
+    mr = conv_pointwise.ROW_BLOCK
+    k, cg = w2d.shape
+    kg = k // groups
+    nmb = -(-kg // mr)
+    a = np.zeros((groups, nmb * mr, cg), np.float32)
+    a[:, :kg] = w2d.reshape(groups, kg, cg)
+    return np.ascontiguousarray(a.reshape(groups, nmb, mr, cg).transpose(0, 1, 3, 2)).reshape(-1)
+
+
+def pointwise_split(cg: int, kg: int, pixels: int, planes: int) -> tuple[int, int]:
+    """(output channels, pixel panels) per pointwise work item. The panels of one item are
+    copied into a buffer of at most POINTWISE_PANELS_BYTES; the channels are then cut into
+    chunks until there are POINTWISE_MIN_ITEMS items (planes = images x groups), so that two
+    threads share even a small layer. Depends on the shapes only."""
+    mr, nr = conv_pointwise.ROW_BLOCK, conv_pointwise.PANEL
+    npanels = -(-pixels // nr)
+    fit = max(1, POINTWISE_PANELS_BYTES // (4 * cg * nr))
+    ngroups = -(-npanels // fit)
+    group_panels = -(-npanels // ngroups)
+    nmb = -(-kg // mr)
+    want = -(-POINTWISE_MIN_ITEMS // (planes * ngroups))
+    nchunks = max(1, min(nmb, want))
+    return -(-nmb // nchunks) * mr, group_panels
 
 
 REGISTRY = {

@@ -1,0 +1,141 @@
+/* Packed single-precision GEMM with the convolution output step, for C[M, N] = A[M, K] @ B[K, N]
+ * where B is an activation matrix read in place (rows of pixels, any row stride) and A is a
+ * weight matrix packed once by the plan.
+ *
+ * Layouts
+ *   A packed:  [ceil(M / CE_PG_MR)][K][CE_PG_MR], rows beyond M zero. Row block i holds, for
+ *              every k, the MR weights A[i*MR + r, k] side by side, so the micro-kernel reads
+ *              them in order and broadcasts each to a vector.
+ *   B panel:   [K][CE_PG_NR], the columns n0 .. n0+NR of B copied contiguous (zero beyond N),
+ *              so one panel stays in L1/L2 while every row block of A passes over it.
+ *
+ * Micro-kernel: MR = 8 rows x NV vectors of columns held in 8 x NV vector registers; each k
+ * loads NV vectors of B and does 8 x NV fused multiply-adds with broadcast A values. Every
+ * output is summed in the order k = 0 .. K-1 whatever the caller's split into panels and row
+ * blocks, so results do not depend on the thread count. The output step adds the bias, an
+ * optional residual tensor, and applies the activation (codes of _epilogue.pxd) before the one
+ * store of each output.
+ */
+#ifndef CE_PACKED_GEMM_H
+#define CE_PACKED_GEMM_H
+
+#include <stddef.h>
+#include <string.h>
+
+#if defined(__AVX512F__)
+#define CE_PG_VW 16
+#define CE_PG_NV 2
+#elif defined(__AVX__)
+#define CE_PG_VW 8
+#define CE_PG_NV 1
+#else
+#define CE_PG_VW 4
+#define CE_PG_NV 1
+#endif
+#define CE_PG_MR 8
+#define CE_PG_NR (CE_PG_VW * CE_PG_NV)
+
+typedef float ce_pg_vf __attribute__((vector_size(CE_PG_VW * 4)));
+typedef float ce_pg_vfu __attribute__((vector_size(CE_PG_VW * 4), aligned(4), may_alias));
+typedef int ce_pg_vi __attribute__((vector_size(CE_PG_VW * 4)));
+
+/* Copy columns n0 .. n0+ncols of K rows of B (row stride ldb) into a [K][NR] panel. */
+static inline void ce_pg_pack_b(const float *B, ptrdiff_t ldb, int K, int ncols, float *panel)
+{
+    for (int k = 0; k < K; k++) {
+        const float *src = B + k * ldb;
+        float *dst = panel + (ptrdiff_t)k * CE_PG_NR;
+        if (ncols == CE_PG_NR) {
+            memcpy(dst, src, CE_PG_NR * sizeof(float));
+        } else {
+            memcpy(dst, src, ncols * sizeof(float));
+            memset(dst + ncols, 0, (CE_PG_NR - ncols) * sizeof(float));
+        }
+    }
+}
+
+static inline ce_pg_vf ce_pg_act(ce_pg_vf v, int act)
+{
+    /* C has no vector ?:, so max(v, 0) and min(v, 6) select through the comparison masks */
+    const ce_pg_vf zero = {0};
+    if (act >= 1)
+        v = (ce_pg_vf)((ce_pg_vi)v & (v > zero));
+    if (act == 2) {
+        const ce_pg_vf six = zero + 6.0f;
+        ce_pg_vi below = v < six;
+        v = (ce_pg_vf)(((ce_pg_vi)v & below) | ((ce_pg_vi)six & ~below));
+    }
+    return v;
+}
+
+/* Output step of one vector: bias, residual, activation; n valid columns. */
+static inline void ce_pg_store(ce_pg_vf acc, float b, const float *res, float *out, int act,
+                               int n)
+{
+    if (n == CE_PG_VW) {
+        acc += b;
+        if (res)
+            acc += *(const ce_pg_vfu *)res;
+        *(ce_pg_vfu *)out = ce_pg_act(acc, act);
+    } else if (n > 0) {
+        float tmp[CE_PG_VW];
+        memcpy(tmp, &acc, sizeof tmp);
+        for (int j = 0; j < n; j++) {
+            float v = tmp[j] + b;
+            if (res)
+                v += res[j];
+            if (act >= 1)
+                v = v > 0 ? v : 0;
+            if (act == 2)
+                v = v < 6 ? v : 6;
+            out[j] = v;
+        }
+    }
+}
+
+#define CE_PG_ROWS(M) M(0) M(1) M(2) M(3) M(4) M(5) M(6) M(7)
+
+/* One MR x NR block: C rows r < nm, columns < ncols. ap: packed A block [K][MR]; panel: B panel
+ * [K][NR]; c: C[row 0, column 0] with row stride ldc; res: the residual at the same place (row
+ * stride ldc) or NULL; bias: MR values or NULL. */
+static void ce_pg_block(const float *restrict ap, const float *restrict panel, int K,
+                        float *c, ptrdiff_t ldc, const float *res, const float *bias, int act,
+                        int nm, int ncols)
+{
+#define CE_PG_DECL(r) ce_pg_vf a##r = {0}, b##r = {0};
+    CE_PG_ROWS(CE_PG_DECL)
+#undef CE_PG_DECL
+    const float *bp = panel;
+    const float *w = ap;
+    if (ncols > CE_PG_VW && CE_PG_NV == 2) {
+        for (int k = 0; k < K; k++, bp += CE_PG_NR, w += CE_PG_MR) {
+            ce_pg_vf x0 = *(const ce_pg_vf *)bp;
+            ce_pg_vf x1 = *(const ce_pg_vf *)(bp + CE_PG_VW);
+#define CE_PG_FMA2(r) a##r += x0 * w[r]; b##r += x1 * w[r];
+            CE_PG_ROWS(CE_PG_FMA2)
+#undef CE_PG_FMA2
+        }
+    } else {
+        for (int k = 0; k < K; k++, bp += CE_PG_NR, w += CE_PG_MR) {
+            ce_pg_vf x0 = *(const ce_pg_vf *)bp;
+#define CE_PG_FMA1(r) a##r += x0 * w[r];
+            CE_PG_ROWS(CE_PG_FMA1)
+#undef CE_PG_FMA1
+        }
+    }
+    int n0 = ncols < CE_PG_VW ? ncols : CE_PG_VW;
+    int n1 = ncols - n0;
+#define CE_PG_OUT(r)                                                                         \
+    if (r < nm) {                                                                            \
+        float bv = bias ? bias[r] : 0.0f;                                                    \
+        const float *rr = res ? res + r * ldc : NULL;                                        \
+        ce_pg_store(a##r, bv, rr, c + r * ldc, act, n0);                                     \
+        if (CE_PG_NV == 2)                                                                   \
+            ce_pg_store(b##r, bv, rr ? rr + CE_PG_VW : NULL, c + r * ldc + CE_PG_VW, act,   \
+                        n1);                                                                 \
+    }
+    CE_PG_ROWS(CE_PG_OUT)
+#undef CE_PG_OUT
+}
+
+#endif
