@@ -50,6 +50,10 @@ def _build_flags():
     portable = os.environ.get("CONVENGINE_PORTABLE", "") not in ("", "0")
     if not portable and _compiler_accepts(["-march=native", "-fopenmp"]):
         compile_args.append("-march=native")
+        # gcc's tuning for several AVX-512 CPUs keeps auto-vectorised loops at 256 bits; the
+        # depthwise, pooling and output-step loops run on full vectors only with this
+        if _compiler_accepts(["-march=native", "-mprefer-vector-width=512"]):
+            compile_args.append("-mprefer-vector-width=512")
     openmp = _compiler_accepts(["-fopenmp"])
     if openmp:
         compile_args.append("-fopenmp")
