@@ -29,17 +29,22 @@
 # Work split, all prange(schedule="static") over outputs, independent of the thread count:
 #   padding copy       over (image, channel) planes
 #   input transform    over input channels, writes V for one block of tiles
-#   GEMMs              over (group, e, piece of U's rows), one sgemm each (BLAS pinned to one
-#                      thread by the caller)
+#   GEMMs              over (group, e, chunk of U's rows, group of tile panels), by the packed
+#                      micro-kernel of _packed_gemm.h (U packed once by the plan)
 #   output transform   over output channels: A^T M A, bias, activation, only in-range outputs
 # so every value is computed by the same instructions for any count: bit-identical results.
 # The tables come from engine/ops/winograd.py, which checks that every address they imply lies
 # inside the buffers used here.
-from cython.parallel cimport prange
+from cython.parallel cimport prange, threadid
 from libc.string cimport memset, memcpy
 
-from _blas cimport sgemm_rm
 from _epilogue cimport activate
+
+cdef extern from "_packed_gemm.h":
+    int CE_PG_MR, CE_PG_NR
+    void ce_pg_pack_b(const float *B, Py_ssize_t ldb, int K, int ncols, float *panel) nogil
+    void ce_pg_block(const float *ap, const float *panel, int K, float *c, Py_ssize_t ldc,
+                     const float *res, const float *bias, int act, int nm, int ncols) nogil
 
 cdef enum:
     # Tiles per inner loop: the loop writes a small local buffer (which gcc knows aliases
@@ -422,31 +427,43 @@ def workspace_floats(Py_ssize_t N, Py_ssize_t C, Py_ssize_t K, Py_ssize_t hbuf, 
             + E * K * max_tiles + STRIP)
 
 
-def f32_conv3x3_winograd(const float[:, :, :, ::1] x, const float[:, :, :, ::1] u,
+def f32_conv3x3_winograd(const float[:, :, :, ::1] x, const float[::1] upack, int groups,
                          const float[::1] bias, float[:, :, :, ::1] out,
                          const Py_ssize_t[:, ::1] rows, const Py_ssize_t[:, ::1] blocks,
                          const Py_ssize_t[::1] phase_tiles, const Py_ssize_t[::1] phase_start,
                          const Py_ssize_t[:, ::1] phase_cols, const Py_ssize_t[::1] colmap,
                          int m, int J, int hbuf, int max_tiles, int pt, int pl, int dh, int dw,
-                         float[::1] work, int kchunk, int act, int num_threads):
+                         float[::1] work, float[::1] panels, int mchunk, int group_panels,
+                         int act, int num_threads):
     """out = conv3x3(x) by Winograd F(m x m, 3x3), stride 1, dilation (dh, dw).
 
-    u[groups, (m+2)^2, K/groups, C/groups]: transformed weights. rows[:, ROW_COLS]: the tile
+    upack: the transformed weights U[groups, (m+2)^2, K/groups, C/groups] packed for the
+    micro-kernel as [groups * (m+2)^2][ceil(Kg/MR)][Cg][MR]. rows[:, ROW_COLS]: the tile
     rows; blocks[:, 3]: (first row, end row, tiles) per block of at most max_tiles tiles;
     phase_tiles[b], phase_start[b]: tiles of column phase b in every tile row and the first of
     them; phase_cols[b, c]: how many of them have an output column c (c < m); J, hbuf, colmap:
     the padded layout (see the header and pad_plane). work: scratch of workspace_floats(...)
     floats, reused by the caller across calls (fresh multi-MB buffers would cost a page fault
-    per 4 KB on every call). kchunk: rows of U[g, e] per sgemm call.
+    per 4 KB on every call). mchunk (a multiple of MR) and group_panels: rows of U[g, e] and
+    panels of tiles per GEMM work item; panels: num_threads * group_panels * Cg * NR floats,
+    64-byte aligned, for the items' panel copies.
     """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t K = out.shape[1], OH = out.shape[2], OW = out.shape[3]
-    cdef Py_ssize_t groups = u.shape[0], E = u.shape[1], Kg = u.shape[2], Cg = u.shape[3]
+    cdef Py_ssize_t E = (m + 2) * (m + 2)
+    cdef Py_ssize_t MR = CE_PG_MR, NR = CE_PG_NR
+    if m not in (2, 4):
+        raise ValueError(f"m must be 2 or 4, got {m}")
+    if groups < 1 or C % groups or K % groups:
+        raise ValueError(f"groups ({groups}) must divide the {C} input and {K} output channels")
+    cdef Py_ssize_t Kg = K // groups, Cg = C // groups
+    cdef Py_ssize_t nmb = (Kg + MR - 1) // MR
     cdef Py_ssize_t nblocks = blocks.shape[0]
-    if m not in (2, 4) or E != (m + 2) * (m + 2):
-        raise ValueError(f"u must hold {(m + 2) ** 2} transformed elements for m={m}, got {E}")
-    if out.shape[0] != N or groups * Cg != C or groups * Kg != K or bias.shape[0] != K:
-        raise ValueError("x, u, bias and out shapes do not agree")
+    if upack.shape[0] != groups * E * nmb * Cg * MR:
+        raise ValueError(f"upack must hold {groups * E * nmb * Cg * MR} floats, got "
+                         f"{upack.shape[0]}")
+    if out.shape[0] != N or bias.shape[0] != K:
+        raise ValueError("x, bias and out shapes do not agree")
     if rows.shape[1] != ROW_COLS or blocks.shape[1] != 3 or phase_tiles.shape[0] != dw \
             or phase_start.shape[0] != dw or colmap.shape[0] > W \
             or phase_cols.shape[0] != dw or phase_cols.shape[1] != 4:
@@ -471,17 +488,25 @@ def f32_conv3x3_winograd(const float[:, :, :, ::1] x, const float[:, :, :, ::1] 
     cdef const Py_ssize_t* cmap = &colmap[0] if colmap.shape[0] else NULL
     cdef const float* bptr = &bias[0]
     cdef const float* xptr = &x[0, 0, 0, 0]
-    cdef const float* uptr = &u[0, 0, 0, 0]
+    cdef const float* uptr = &upack[0]
     cdef float* yptr = &out[0, 0, 0, 0]
     cdef Py_ssize_t blk, r0, r1, T, ldv, it, c, k, g, e, r
     cdef const Py_ssize_t* row
     cdef const float* xrow
     cdef int nt_pad = <int>max(1, min(num_threads, N * C))
     cdef int nt_in = <int>max(1, min(num_threads, C))
-    if kchunk < 1:
-        raise ValueError(f"kchunk must be positive, got {kchunk}")
-    cdef Py_ssize_t nchunks = (Kg + kchunk - 1) // kchunk
-    cdef int nt_gemm = <int>max(1, min(num_threads, groups * E * nchunks))
+    if mchunk < MR or mchunk % MR or group_panels < 1:
+        raise ValueError(f"mchunk must be a positive multiple of {MR} and group_panels "
+                         f"positive, got {mchunk} and {group_panels}")
+    cdef Py_ssize_t GP = group_panels, per_thread = GP * Cg * NR
+    if panels.shape[0] < max(1, num_threads) * per_thread:
+        raise ValueError(f"panels must hold {max(1, num_threads) * per_thread} floats, got "
+                         f"{panels.shape[0]}")
+    cdef Py_ssize_t nchunks = (Kg + mchunk - 1) // mchunk
+    cdef Py_ssize_t npanels, npg, pg, p, pa, pb, p0, mb, mb1, ch
+    cdef float* buf
+    cdef float* pbase = &panels[0]
+    cdef int nt_gemm
     cdef int nt_out = <int>max(1, min(num_threads, K))
     with nogil:
         memset(xpad + N * C * plane, 0, STRIP * sizeof(float))
@@ -505,13 +530,30 @@ def f32_conv3x3_winograd(const float[:, :, :, ::1] x, const float[:, :, :, ::1] 
                     else:
                         f43_input_row(xrow, dh * lrow, J, dw, tw, ts,
                                       V + c * ldv + row[ROW_T0], C * ldv)
-            for it in prange(groups * E * nchunks, num_threads=nt_gemm, schedule="static"):
-                g = it // (E * nchunks)
-                e = (it // nchunks) % E
-                k = (it % nchunks) * kchunk
-                sgemm_rm(False, False, min(kchunk, Kg - k), T, Cg, 1.0,
-                         uptr + ((g * E + e) * Kg + k) * Cg, Cg, V + (e * C + g * Cg) * ldv, ldv,
-                         0.0, M + (e * K + g * Kg + k) * T, T)
+            # M[e][g*Kg + k, t] = sum_c U[g, e][k, c] V[e][g*Cg + c, t]
+            npanels = (T + NR - 1) // NR
+            npg = (npanels + GP - 1) // GP
+            nt_gemm = <int>max(1, min(num_threads, groups * E * nchunks * npg))
+            for it in prange(groups * E * nchunks * npg, num_threads=nt_gemm,
+                             schedule="static"):
+                pg = it % npg
+                ch = (it // npg) % nchunks
+                e = (it // (npg * nchunks)) % E
+                g = it // (npg * nchunks * E)
+                pa = pg * GP
+                pb = min(npanels, pa + GP)
+                buf = pbase + threadid() * per_thread
+                for p in range(pa, pb):
+                    ce_pg_pack_b(V + (e * C + g * Cg) * ldv + p * NR, ldv, <int>Cg,
+                                 <int>min(NR, T - p * NR), buf + (p - pa) * Cg * NR)
+                mb1 = min(nmb, (ch + 1) * mchunk // MR)
+                for mb in range(ch * mchunk // MR, mb1):
+                    for p in range(pa, pb):
+                        p0 = p * NR
+                        ce_pg_block(uptr + ((g * E + e) * nmb + mb) * Cg * MR,
+                                    buf + (p - pa) * Cg * NR, <int>Cg,
+                                    M + (e * K + g * Kg + mb * MR) * T + p0, T, NULL, NULL, 0,
+                                    <int>min(MR, Kg - mb * MR), <int>min(NR, T - p0))
             for k in prange(K, num_threads=nt_out, schedule="static"):
                 if m == 2:
                     f23_output_block(M + k * T, K * T, T, rt + r0 * ROW_COLS, ntiles,

@@ -17,7 +17,7 @@ import pytest
 
 import engine
 from engine import shapes
-from engine.ops import winograd
+from engine.ops import packed_gemm, winograd
 from engine.shapes import resolve_padding
 
 from conftest import torch_or_skip
@@ -178,32 +178,41 @@ def test_random_layers_write_only_their_output(algorithm):
 
 
 def test_blocks_and_split_gemms(rng, monkeypatch):
-    """Tiny blocks (one tile row each) and sgemm calls split into ragged pieces of U's rows give
-    the same result as the reference: the multi-block and multi-piece paths of the kernel."""
+    """Tiny blocks (one tile row each) and GEMM work items of one 8-row block of U and one tile
+    panel give the same result as the reference: the multi-block and multi-item paths."""
     monkeypatch.setattr(winograd, "MIN_BLOCK_TILES", 1)
     monkeypatch.setattr(winograd, "BLOCK_V_BYTES", 1)
-    monkeypatch.setattr(winograd, "gemm_rows", lambda kg, cg, tiles: 2)   # pieces of 2, 1 rows
+    monkeypatch.setattr(packed_gemm, "PANELS_BYTES", 1)
+    monkeypatch.setattr(packed_gemm, "MIN_ITEMS", 10 ** 6)
     for algorithm, dilation in [("winograd_f23", 1), ("dilated_s2b", 3), ("winograd_f43", 2)]:
-        layer, x, y = run_case(rng, algorithm, 2, 6, 9, 17, 12, padding=dilation,
+        layer, x, y = run_case(rng, algorithm, 2, 18, 9, 17, 12, padding=dilation,
                                dilation=dilation, groups=3)
         plan = layer._impl.plan(layer.geometry(x.shape))
-        assert len(plan.blocks) == len(plan.rows) > 1 and plan.kchunk == 2
+        assert len(plan.blocks) == len(plan.rows) > 1
+        assert (plan.mchunk, plan.group_panels) == (packed_gemm.ROW_BLOCK, 1)
 
 
-def test_gemm_rows(monkeypatch):
-    monkeypatch.setattr(winograd, "small_gemm_path", lambda: True)
-    # under the small-GEMM limit: one call
-    assert winograd.gemm_rows(64, 64, 196) == 64
-    # 128 x 128 on 196 tiles: 4 calls of 32 rows fit the limit
-    assert winograd.gemm_rows(128, 128, 196) == 32
-    # 256 x 256 on 196 tiles would need pieces of 19 rows: not worth it
-    assert winograd.gemm_rows(256, 256, 196) == 256
-    # equal pieces, the last one no smaller than the others need be
-    rows = winograd.gemm_rows(100, 256, 49)
-    assert rows * 256 * 49 <= winograd.SMALL_GEMM and -(-100 // rows) * rows - 100 < rows
-    # a BLAS without the unpacked path: always one call
-    monkeypatch.setattr(winograd, "small_gemm_path", lambda: False)
-    assert winograd.gemm_rows(128, 128, 196) == 128
+def test_gemm_split():
+    mr, nr = packed_gemm.ROW_BLOCK, packed_gemm.PANEL
+    # 512 x 512 on 196 columns: the 7 panels of 512 rows exceed the panel budget: 2 groups of
+    # 4 and 3, and the rows in 4 chunks for at least MIN_ITEMS items
+    rows, gp = packed_gemm.split(512, 512, 196, 1)
+    assert gp * 512 * nr * 4 <= packed_gemm.PANELS_BYTES or gp == 1
+    assert rows % mr == 0 and -(-512 // rows) * -(-7 // gp) >= packed_gemm.MIN_ITEMS
+    # many independent GEMMs (Winograd's 16 elements): no chunking needed
+    assert packed_gemm.split(64, 64, 196, 16)[0] == 64
+    # fewer rows than a block: one block
+    assert packed_gemm.split(4, 3, 10, 1) == (mr, 1)
+
+
+def test_pack_rows_layout():
+    a = np.arange(2 * 10 * 3, dtype=np.float32).reshape(20, 3)     # 2 groups of 10 rows
+    p = packed_gemm.pack_rows(a, 2).reshape(2, 2, 3, packed_gemm.ROW_BLOCK)
+    mr = packed_gemm.ROW_BLOCK
+    for g in range(2):
+        for r in range(10):
+            assert np.array_equal(p[g, r // mr, :, r % mr], a[g * 10 + r])
+    assert np.all(p[:, 1, :, 10 - mr:] == 0)       # rows beyond 10: zero
 
 
 def test_block_sizes_follow_the_cache_rule():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._kernels import conv_direct, conv_im2col, conv_pointwise
+from . import packed_gemm
 from .depthwise import Depthwise
 from .direct_blocked import DirectBlocked
 from .fft import FFT
@@ -14,11 +15,6 @@ from .winograd import WinogradF23, WinogradF43, workspace
 # Bound on the im2col column buffer of one thread: large enough for efficient GEMMs, small
 # enough to stay in L2/L3 next to the weights.
 IM2COL_CHUNK_BYTES = 1 << 20
-# Pixel panels of one pointwise work item, copied contiguous: a quarter of the 1 MB L2, read
-# once per 8-row block of weights.
-POINTWISE_PANELS_BYTES = 256 << 10
-# Work items per pointwise layer at least (where it has that many row blocks x panel groups).
-POINTWISE_MIN_ITEMS = 8
 
 
 def im2col_chunk(kdim: int, out_size) -> tuple[int, int]:
@@ -79,7 +75,8 @@ class Pointwise:
 
     def __init__(self, layer):
         self.layer = layer
-        self.wpack = pack_rows(layer.weight.reshape(layer.out_channels, -1), layer.groups)
+        self.wpack = packed_gemm.pack_rows(layer.weight.reshape(layer.out_channels, -1),
+                                           layer.groups)
         self._splits = {}
 
     def run(self, x, out, g, threads, residual=None):
@@ -89,10 +86,10 @@ class Pointwise:
         cg = c // L.groups
         split = self._splits.get(pixels)
         if split is None:
-            split = self._splits[pixels] = pointwise_split(
+            split = self._splits[pixels] = packed_gemm.split(
                 cg, L.out_channels // L.groups, pixels, n * L.groups)
         mchunk, group_panels = split
-        buf = workspace.take(threads * group_panels * cg * conv_pointwise.PANEL)
+        buf = workspace.take(packed_gemm.panel_floats(threads, cg, group_panels))
         try:
             conv_pointwise.f32_conv2d_pointwise(
                 x.reshape(n, c, pixels), self.wpack, L.bias,
@@ -101,34 +98,6 @@ class Pointwise:
                 L.act_code, threads)
         finally:
             workspace.give(buf)
-
-
-def pack_rows(w2d: np.ndarray, groups: int) -> np.ndarray:
-    """A weight matrix [K, Cg] (groups stacked along K) packed for the micro-kernel:
-    [groups][ceil(Kg/MR)][Cg][MR], rows beyond Kg zero."""
-    mr = conv_pointwise.ROW_BLOCK
-    k, cg = w2d.shape
-    kg = k // groups
-    nmb = -(-kg // mr)
-    a = np.zeros((groups, nmb * mr, cg), np.float32)
-    a[:, :kg] = w2d.reshape(groups, kg, cg)
-    return np.ascontiguousarray(a.reshape(groups, nmb, mr, cg).transpose(0, 1, 3, 2)).reshape(-1)
-
-
-def pointwise_split(cg: int, kg: int, pixels: int, planes: int) -> tuple[int, int]:
-    """(output channels, pixel panels) per pointwise work item. The panels of one item are
-    copied into a buffer of at most POINTWISE_PANELS_BYTES; the channels are then cut into
-    chunks until there are POINTWISE_MIN_ITEMS items (planes = images x groups), so that two
-    threads share even a small layer. Depends on the shapes only."""
-    mr, nr = conv_pointwise.ROW_BLOCK, conv_pointwise.PANEL
-    npanels = -(-pixels // nr)
-    fit = max(1, POINTWISE_PANELS_BYTES // (4 * cg * nr))
-    ngroups = -(-npanels // fit)
-    group_panels = -(-npanels // ngroups)
-    nmb = -(-kg // mr)
-    want = -(-POINTWISE_MIN_ITEMS // (planes * ngroups))
-    nchunks = max(1, min(nmb, want))
-    return -(-nmb // nchunks) * mr, group_panels
 
 
 REGISTRY = {

@@ -20,7 +20,6 @@ output rows, hence ceil(that / m) tile rows; tiles of empty phases (OH < dh) do 
 """
 from __future__ import annotations
 
-import functools
 import threading
 from fractions import Fraction
 
@@ -28,6 +27,7 @@ import numpy as np
 
 from ..shapes import phase_tiles
 from .._kernels import conv_winograd
+from . import packed_gemm
 
 # Tiles are processed in blocks of whole tile rows; the blocks depend on the shapes alone, so
 # the result does not depend on the thread count. A block aims at a V (input transforms) that
@@ -38,11 +38,6 @@ from .._kernels import conv_winograd
 # 512-channel layers run fastest unblocked (196, 49, 196 and 256 tiles).
 BLOCK_V_BYTES = 768 << 10
 MIN_BLOCK_TILES = 192
-# sgemm calls up to this many multiply-adds take OpenBLAS's unpacked small-matrix path (its
-# sgemm_small_kernel_permit for AVX-512); see gemm_rows.
-SMALL_GEMM = 100 ** 3
-MIN_GEMM_ROWS = 32
-_SMALL_GEMM_CORES = ("skylakex", "cooperlake", "sapphirerapids")
 # Bound on V + M of one block (a block holds at least one tile row, whatever its size).
 WORKSPACE_BYTES = 16 << 20
 
@@ -162,40 +157,6 @@ def transform_weights(w64: np.ndarray, groups: int, m: int) -> np.ndarray:
 
 # ---- tiling ----------------------------------------------------------------------------------
 
-@functools.lru_cache(maxsize=None)
-def small_gemm_path() -> bool:
-    """Whether the BLAS that kernels/_blas.pxd calls (scipy's) is an OpenBLAS running its
-    AVX-512 kernels, the ones with an unpacked path for small sgemm calls."""
-    try:
-        import scipy.linalg.cython_blas  # noqa: F401  (loads the library)
-        from threadpoolctl import threadpool_info
-        for info in threadpool_info():
-            path = info.get("filepath", "")
-            if info.get("user_api") == "blas" and "scipy" in path and "64_" not in path:
-                return (info.get("internal_api") == "openblas" and
-                        str(info.get("architecture")).lower() in _SMALL_GEMM_CORES)
-    except Exception:  # threadpoolctl missing or failing: assume a plain BLAS
-        pass
-    return False
-
-
-def gemm_rows(kg: int, cg: int, tiles: int) -> int:
-    """Rows of U per sgemm call. OpenBLAS's AVX-512 kernels multiply calls of at most
-    SMALL_GEMM multiply-adds without packing their operands; packing U costs as much as a third
-    of the GEMM time when the tiles are few. Splitting U's rows until a call fits pays when
-    the pieces keep at least MIN_GEMM_ROWS rows (measured: 128->128 on 196 tiles +18% GEMM speed
-    in 4 calls of 32 rows; 256->256 on 196 tiles loses in pieces of 16 or 32). Any other BLAS
-    packs every call, and the split only costs (-33% on 128->128 28x28 with OpenBLAS's Haswell
-    kernels), so there it is one call."""
-    if kg * cg * tiles <= SMALL_GEMM or not small_gemm_path():
-        return kg
-    rows = SMALL_GEMM // (cg * tiles)
-    if rows < MIN_GEMM_ROWS:
-        return kg
-    pieces = -(-kg // rows)
-    return -(-kg // pieces)
-
-
 class TilePlan:
     """The addressing tables of one input shape (see kernels/conv_winograd.pyx).
 
@@ -246,7 +207,8 @@ class TilePlan:
             np.column_stack([first, end, (end - first) * per_row]), dtype=np.intp)
         self.max_tiles = int(self.blocks[:, 2].max())
 
-        self.kchunk = gemm_rows(c_out // groups, c_in // groups, self.max_tiles)
+        self.mchunk, self.group_panels = packed_gemm.split(
+            c_in // groups, c_out // groups, self.max_tiles, groups * e)
         self._check(h, oh, ow, pt)
         self.work_floats = conv_winograd.workspace_floats(
             batch, c_in, c_out, self.hbuf, self.J, dw, m, self.max_tiles)
@@ -281,13 +243,15 @@ class Winograd:
     """
 
     tile = 2
+    uses_blas = False
 
     def __init__(self, layer):
         if layer.kernel_size != (3, 3) or layer.stride != (1, 1):
             raise ValueError(f"Winograd needs a 3x3 stride-1 layer, got kernel "
                              f"{layer.kernel_size} stride {layer.stride}")
         self.layer = layer
-        self.u = transform_weights(layer.weight64, layer.groups, self.tile)
+        u = transform_weights(layer.weight64, layer.groups, self.tile)
+        self.upack = packed_gemm.pack_rows(u.reshape(-1, u.shape[3]), u.shape[0] * u.shape[1])
         self.bias = (layer.bias if layer.bias is not None
                      else np.zeros(layer.out_channels, np.float32))
         self._plans = {}
@@ -306,12 +270,16 @@ class Winograd:
         L = self.layer
         p = self.plan(g)
         work = workspace.take(p.work_floats)
+        panels = workspace.take(packed_gemm.panel_floats(
+            threads, L.in_channels // L.groups, p.group_panels))
         try:
             conv_winograd.f32_conv3x3_winograd(
-                x, self.u, self.bias, out, p.rows, p.blocks, p.phase_tiles, p.phase_start,
-                p.phase_cols, p.colmap, self.tile, p.J, p.hbuf, p.max_tiles, g.pads[0][0],
-                g.pads[1][0], L.dilation[0], L.dilation[1], work, p.kchunk, L.act_code, threads)
+                x, self.upack, L.groups, self.bias, out, p.rows, p.blocks, p.phase_tiles,
+                p.phase_start, p.phase_cols, p.colmap, self.tile, p.J, p.hbuf, p.max_tiles,
+                g.pads[0][0], g.pads[1][0], L.dilation[0], L.dilation[1], work, panels,
+                p.mchunk, p.group_panels, L.act_code, threads)
         finally:
+            workspace.give(panels)
             workspace.give(work)
 
 
