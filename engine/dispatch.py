@@ -35,6 +35,8 @@ FFT_MAX_SPECTRUM_BYTES = 512 << 20
 # Winograd pays a transform per tile and channel; below this many channels per group the
 # transforms cost more than the multiplications they save (bench/bench_conv2d.py, c3 and c16 rows).
 WINOGRAD_MIN_CHANNELS = 8
+# From this many channels per group (in and out) F(4x4,3x3) beats F(2x2,3x3) (see the rule).
+WINOGRAD_F43_MIN_CHANNELS = 256
 
 
 @dataclass(frozen=True)
@@ -180,7 +182,7 @@ def estimated_ms(algorithm: str, p: ConvParams) -> float:
         return gemm / _GEMM_GFLOPS / 1e6 + transform_bytes / _MEMORY_GBS / 1e6
     if algorithm == "winograd_f43":
         # 36 products per 4x4 tile; each call also streams the 36 transformed weight matrices
-        # (sgemm repacks them), which is why it loses to F(2,3) below ~200 F(4,3) tiles
+        # (each GEMM work item reads them once), which is why it loses to F(2,3) on few channels
         tiles = p.batch * -(-oh // 4) * -(-ow // 4)
         gemm = 2.0 * 36 * p.groups * kg * cg * tiles
         moved = 4.0 * 36 * (tiles * p.groups * (cg + kg) * 2 + p.groups * kg * cg)
@@ -286,6 +288,15 @@ def choose_conv2d(p: ConvParams) -> tuple[str, str]:
         return "direct_blocked", (f"{cg}->{kg} channels on a {p.out_size[1]}-wide output: "
                                   f"direct loops with register-resident sums beat a GEMM "
                                   f"fed by a column matrix as large as its arithmetic")
+    if (p.kernel == (3, 3) and p.stride == (1, 1)
+            and min(cg, kg) >= WINOGRAD_F43_MIN_CHANNELS):
+        # one thread, alternating, ms F(2,3) vs F(4,3), both on the packed GEMM kernel:
+        # 512->512 28x28 d1 11.7 vs 9.9, d2 12.7 vs 11.6, d4 15.8 vs 13.2; 256->512 d4 7.8 vs
+        # 6.2; 256->256 d2 3.2 vs 2.9; but 128->128 28x28 0.97 vs 0.98, 64->64 56x56 1.1 vs 1.2
+        return "winograd_f43", (f"3x3 stride 1 with {cg}->{kg} channels: Winograd F(4x4,3x3) "
+                                f"needs 4x fewer multiplications than im2col (1.8x fewer than "
+                                f"F(2x2,3x3)), and with this many channels its larger "
+                                f"transforms cost less than that saves")
     if p.kernel == (3, 3) and p.stride == (1, 1) and min(cg, kg) >= WINOGRAD_MIN_CHANNELS:
         if p.dilation == (1, 1):
             return "winograd_f23", ("3x3 stride 1: Winograd F(2x2,3x3) needs 2.25x fewer "
