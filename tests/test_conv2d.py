@@ -215,8 +215,12 @@ def test_dispatcher_rules():
     assert choose(in_channels=3, in_size=(12, 12)) == "im2col"     # too narrow for vectors
     assert choose(in_channels=16, out_channels=16) == "direct_blocked"
     assert choose(kernel=(1, 1), stride=(2, 2), pads=((0, 0), (0, 0))) == "im2col"
-    assert choose() in ("winograd_f23", "winograd_f43")
+    assert choose() == "winograd_f23"
     assert choose(dilation=(2, 2), pads=((2, 2), (2, 2))) == "dilated_s2b"
+    wide = dict(in_channels=256, out_channels=512, in_size=(28, 28))
+    assert choose(**wide) == "winograd_f43"
+    assert choose(dilation=(4, 4), pads=((4, 4), (4, 4)), **wide) == "winograd_f43"
+    assert choose(in_channels=128, out_channels=512, in_size=(28, 28)) == "winograd_f23"
 
 
 def test_torch_cross_check(rng):
