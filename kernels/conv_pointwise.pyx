@@ -38,6 +38,14 @@ def f32_conv2d_pointwise(const float[:, :, ::1] x, const float[::1] apack, bias,
     cdef Py_ssize_t npgroups = (npanels + GP - 1) // GP
     cdef Py_ssize_t items = N * groups * nchunks * npgroups
     cdef Py_ssize_t per_thread = GP * Cg * NR
+    if groups < 1 or C % groups or K % groups or out.shape[0] != N or out.shape[2] != P:
+        raise ValueError(f"x {tuple(x.shape)[:3]}, out {tuple(out.shape)[:3]} and groups "
+                         f"{groups} do not agree")
+    if bias is not None and len(bias) != K:
+        raise ValueError(f"bias must hold {K} values, got {len(bias)}")
+    if residual is not None and tuple(residual.shape) != tuple(out.shape)[:3]:
+        raise ValueError(f"residual must have the output's shape {tuple(out.shape)[:3]}, got "
+                         f"{tuple(residual.shape)}")
     if mchunk < MR or mchunk % MR or GP < 1:
         raise ValueError(f"mchunk must be a positive multiple of {MR} and group_panels "
                          f"positive, got {mchunk} and {GP}")
@@ -47,6 +55,9 @@ def f32_conv2d_pointwise(const float[:, :, ::1] x, const float[::1] apack, bias,
         num_threads = <int>max(1, items)
     if work.shape[0] < num_threads * per_thread:
         raise ValueError(f"work holds {work.shape[0]} floats, expected {num_threads * per_thread}")
+    if <size_t>&work[0] % 64:
+        raise ValueError("work must start on a 64-byte boundary (the panels are read as "
+                         "aligned vectors)")
     cdef const float[::1] b
     cdef const float* bptr = NULL
     cdef const float[:, :, ::1] r

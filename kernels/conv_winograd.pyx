@@ -502,6 +502,8 @@ def f32_conv3x3_winograd(const float[:, :, :, ::1] x, const float[::1] upack, in
     if panels.shape[0] < max(1, num_threads) * per_thread:
         raise ValueError(f"panels must hold {max(1, num_threads) * per_thread} floats, got "
                          f"{panels.shape[0]}")
+    if <size_t>&panels[0] % 64:
+        raise ValueError("panels must start on a 64-byte boundary (read as aligned vectors)")
     cdef Py_ssize_t nchunks = (Kg + mchunk - 1) // mchunk
     cdef Py_ssize_t npanels, npg, pg, p, pa, pb, p0, mb, mb1, ch
     cdef float* buf

@@ -181,6 +181,27 @@ def test_pointwise_residual_in_output_step(shape, activation, rng):
     assert np.all(np.abs(outs[0] - ref) <= RTOL["pointwise"] * (mag + np.abs(r)) + 1e-6)
 
 
+def test_pointwise_residual_of_another_shape_is_refused(rng):
+    layer = engine.Conv2d(rng.standard_normal((8, 4, 1, 1), dtype=np.float32),
+                          algorithm="pointwise")
+    x = rng.standard_normal((1, 4, 5, 5), dtype=np.float32)
+    y = np.empty((1, 8, 5, 5), np.float32)
+    with pytest.raises(ValueError):
+        layer.run(x, y, layer.geometry(x.shape), 1, residual=np.zeros((1, 8, 5, 4), np.float32))
+    # the kernel itself checks before it runs without the GIL
+    from engine._kernels import conv_pointwise
+    with pytest.raises(ValueError, match="residual"):
+        conv_pointwise.f32_conv2d_pointwise(
+            x.reshape(1, 4, 25), layer._impl.wpack, None, np.zeros((1, 8, 24), np.float32),
+            y.reshape(1, 8, 25), np.zeros(4096, np.float32), 1, 8, 1, 0, 1)
+    raw = np.zeros(4096 + 32, np.float32)
+    start = (-raw.ctypes.data % 64) // 4 + 1                 # 4 bytes past a 64-byte boundary
+    with pytest.raises(ValueError, match="64-byte"):
+        conv_pointwise.f32_conv2d_pointwise(
+            x.reshape(1, 4, 25), layer._impl.wpack, None, None, y.reshape(1, 8, 25),
+            raw[start:start + 4096], 1, 8, 1, 0, 1)
+
+
 def test_auto_matches_reference_and_explains(rng):
     x = rng.standard_normal((1, 16, 20, 20), dtype=np.float32)
     for ws, kw in [((16, 16, 3, 3), dict(padding=1)), ((32, 16, 1, 1), {}),
