@@ -183,7 +183,7 @@ def test_blocks_and_split_gemms(rng, monkeypatch):
     monkeypatch.setattr(winograd, "MIN_BLOCK_TILES", 1)
     monkeypatch.setattr(winograd, "BLOCK_V_BYTES", 1)
     monkeypatch.setattr(packed_gemm, "PANELS_BYTES", 1)
-    monkeypatch.setattr(packed_gemm, "MIN_ITEMS", 10 ** 6)
+    monkeypatch.setattr(packed_gemm, "ITEMS_PER_THREAD", 10 ** 6)
     for algorithm, dilation in [("winograd_f23", 1), ("dilated_s2b", 3), ("winograd_f43", 2)]:
         layer, x, y = run_case(rng, algorithm, 2, 18, 9, 17, 12, padding=dilation,
                                dilation=dilation, groups=3)
@@ -194,13 +194,23 @@ def test_blocks_and_split_gemms(rng, monkeypatch):
 
 def test_gemm_split():
     mr, nr = packed_gemm.ROW_BLOCK, packed_gemm.PANEL
-    # 512 x 512 on 196 columns: the 7 panels of 512 rows exceed the panel budget: 2 groups of
-    # 4 and 3, and the rows in 4 chunks for at least MIN_ITEMS items
-    rows, gp = packed_gemm.split(512, 512, 196, 1)
-    assert gp * 512 * nr * 4 <= packed_gemm.PANELS_BYTES or gp == 1
-    assert rows % mr == 0 and -(-512 // rows) * -(-7 // gp) >= packed_gemm.MIN_ITEMS
-    # many independent GEMMs (Winograd's 16 elements): no chunking needed
-    assert packed_gemm.split(64, 64, 196, 16)[0] == 64
+    budget = packed_gemm.PANELS_BYTES
+    # one thread: the fewest bytes read. 512 x 512 on 196 columns: 7 panels of 64 KB exceed
+    # the panel budget, so 2 groups (A read twice) and A whole
+    assert packed_gemm.split(512, 512, 196, 1) == (512, 4)
+    # 32 -> 64 on 12544 columns: B in groups as large as the budget allows, A whole
+    rows, gp = packed_gemm.split(32, 64, 12544, 1)
+    assert rows == 64 and gp * 32 * nr * 4 <= budget
+    # two threads: at least ITEMS_PER_THREAD items each; a large B is cut into groups, not A
+    # (A is then read once per group, B once per chunk)
+    per = packed_gemm.ITEMS_PER_THREAD * 2
+    rows, gp = packed_gemm.split(32, 64, 12544, 1, threads=2)
+    assert rows == 64 and -(-392 // gp) >= per
+    # a large A with few columns: A is cut into chunks, B kept whole
+    rows, gp = packed_gemm.split(1024, 1024, 49, 1, threads=2)
+    assert gp == 2 and -(-1024 // rows) >= per and rows % mr == 0
+    # many independent GEMMs (Winograd's 16 elements): enough items already
+    assert packed_gemm.split(64, 64, 196, 16, threads=2)[0] == 64
     # fewer rows than a block: one block
     assert packed_gemm.split(4, 3, 10, 1) == (mr, 1)
 

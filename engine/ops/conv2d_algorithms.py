@@ -84,12 +84,12 @@ class Pointwise:
         n, c, h, w = x.shape
         pixels = h * w
         cg = c // L.groups
-        split = self._splits.get((n, pixels))
+        split = self._splits.get((n, pixels, threads))
         if split is None:
             if len(self._splits) > 64:
                 self._splits.clear()
-            split = self._splits[(n, pixels)] = packed_gemm.split(
-                cg, L.out_channels // L.groups, pixels, n * L.groups)
+            split = self._splits[(n, pixels, threads)] = packed_gemm.split(
+                cg, L.out_channels // L.groups, pixels, n * L.groups, threads)
         mchunk, group_panels = split
         buf = workspace.take(packed_gemm.panel_floats(threads, cg, group_panels))
         try:

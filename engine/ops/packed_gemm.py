@@ -11,9 +11,9 @@ ROW_BLOCK = conv_pointwise.ROW_BLOCK     # rows of A per packed block (MR)
 PANEL = conv_pointwise.PANEL             # columns of B per panel (NR)
 # Panels of one work item, copied contiguous: a quarter of a 1 MB L2, read once per row block.
 PANELS_BYTES = 256 << 10
-# Work items per GEMM at least (where there are that many row blocks x panel groups), so that
-# two threads share even a small one.
-MIN_ITEMS = 8
+# Work items per thread at least, where the GEMM has that many row blocks x panel groups, so
+# that threads share even a small GEMM evenly.
+ITEMS_PER_THREAD = 4
 
 
 def pack_rows(a: np.ndarray, groups: int) -> np.ndarray:
@@ -28,19 +28,37 @@ def pack_rows(a: np.ndarray, groups: int) -> np.ndarray:
     return np.ascontiguousarray(p.reshape(groups, nmb, mr, cg).transpose(0, 1, 3, 2)).reshape(-1)
 
 
-def split(cg: int, kg: int, columns: int, planes: int) -> tuple[int, int]:
+def split(cg: int, kg: int, columns: int, planes: int, threads: int = 1) -> tuple[int, int]:
     """(rows of A, panels of B) per work item of `planes` independent [Kg, Cg] @ [Cg, columns]
-    GEMMs. The panels of one item fit PANELS_BYTES; the rows are then cut into chunks until
-    there are MIN_ITEMS items. Depends on the shapes only."""
+    GEMMs, for `threads` threads.
+
+    An item copies its panels (at most PANELS_BYTES) and runs every row block of its chunk of
+    A over them, so A is read once per group of panels and B once per chunk of rows. The split
+    reads the fewest bytes among those with at least ITEMS_PER_THREAD items per thread (where
+    the GEMM has that many), e.g. a 32->64 112x112 layer (A 8 KB, B 1.6 MB) cuts B into groups
+    and never A, a 1024->1024 7x7 one (A 4 MB, B 200 KB) the other way round. Results do not
+    depend on the split (every output is summed in one order), so it may follow the thread
+    count."""
     mr, nr = ROW_BLOCK, PANEL
     npanels = -(-columns // nr)
-    fit = max(1, PANELS_BYTES // (4 * cg * nr))
-    ngroups = -(-npanels // fit)
-    group_panels = -(-npanels // ngroups)
     nmb = -(-kg // mr)
-    want = -(-MIN_ITEMS // (planes * ngroups))
-    nchunks = max(1, min(nmb, want))
-    return -(-nmb // nchunks) * mr, group_panels
+    fit = max(1, PANELS_BYTES // (4 * cg * nr))
+    min_groups = -(-npanels // fit)
+    want = 1 if threads <= 1 else ITEMS_PER_THREAD * threads
+    a_bytes, b_bytes = kg * cg, cg * columns
+    best = None
+    for tried in range(min_groups, npanels + 1):
+        group_panels = -(-npanels // tried)
+        ngroups = -(-npanels // group_panels)            # the groups this size really makes
+        nchunks = max(1, min(nmb, -(-want // (planes * ngroups))))
+        rows = -(-nmb // nchunks) * mr
+        nchunks = -(-nmb * mr // rows)
+        cost = ngroups * a_bytes + nchunks * b_bytes
+        if best is None or cost < best[0]:
+            best = (cost, rows, group_panels)
+        if planes * ngroups >= want:
+            break                                        # more groups only read A more often
+    return best[1], best[2]
 
 
 def panel_floats(threads: int, cg: int, group_panels: int) -> int:
