@@ -334,14 +334,60 @@ cdef void dw_channel(const Plan* q, const float* xc, float* outc, const float* w
         oy0 = oy0 + nb
 
 
+cdef Py_ssize_t plane_layout(Plan* q, Py_ssize_t H, Py_ssize_t W, Py_ssize_t OH,
+                             Py_ssize_t OW, int kh, int kw, int sh, int sw, int dh, int dw,
+                             Py_ssize_t stage_bytes) noexcept nogil:
+    """Fill in q's geometry and staging layout; return the floats of one thread's buffer."""
+    q.H, q.W, q.OH, q.OW, q.sh = H, W, OH, OW, sh
+    q.kind = 0
+    if kh == 3 and kw == 3 and dh == 1 and dw == 1:
+        if sh == 1 and sw == 1:
+            q.kind = 1
+        elif sh == 2 and sw == 2:
+            q.kind = 2
+    # acc row length: the padded columns the output reads, split into sw phases
+    q.L = ceil_div_nonneg((OW - 1) * sw + (kw - 1) * dw + 1, sw)
+    # f32_dwconv3x3s2 reads whole padded rows with stride 2; the other kernels staged phases
+    q.ssw = 1 if q.kind == 2 else sw
+    q.LS = 2 * q.L if q.kind == 2 else q.L
+    q.halo = (kh - 1) * dh + 1
+    cdef Py_ssize_t halo_rows = ceil_div_nonneg(q.halo, sh)   # phase rows beyond a band's own
+    cdef Py_ssize_t nphase = sh * q.ssw
+    q.band = max(1, min(OH, (stage_bytes // <Py_ssize_t>sizeof(float)
+                             - nphase * halo_rows * q.LS) // (nphase * q.LS + q.L)))
+    # floats per phase plane, with room for the over-read of a band rounded up to whole vectors
+    # (twice that for the stride-2 loads)
+    q.PS = round_up((q.band - 1 + halo_rows) * q.LS + 2 * VEC, VEC)
+    # the phase planes, then acc
+    return nphase * q.PS + round_up(q.band * q.L + 2 * VEC, VEC)
+
+
+cdef inline Py_ssize_t table_floats_for(int sw, int kh, int kw) noexcept nogil:
+    """Floats of the small tables (lo, hi: sw each; offs: kh*kw) at the start of the buffer."""
+    return round_up((2 * sw + kh * kw) * sizeof(Py_ssize_t), sizeof(float) * VEC) // sizeof(float)
+
+
+def plane_work_floats(Py_ssize_t items, Py_ssize_t H, Py_ssize_t W, Py_ssize_t OH,
+                      Py_ssize_t OW, int kh, int kw, int sh, int sw, int dh, int dw,
+                      Py_ssize_t stage_bytes, int num_threads):
+    """Floats of the work buffer f32_conv2d_depthwise needs for these shapes (items: images x
+    channels), 64-byte aligned."""
+    cdef Plan q
+    cdef Py_ssize_t per_thread = plane_layout(&q, H, W, OH, OW, kh, kw, sh, sw, dh, dw,
+                                              stage_bytes)
+    return table_floats_for(sw, kh, kw) + max(1, min(num_threads, items)) * per_thread
+
+
 def f32_conv2d_depthwise(const float[:, :, :, ::1] x, const float[:, ::1] w2d, bias,
                          float[:, :, :, ::1] out, int kh, int kw, int sh, int sw, int pt,
                          int pl, int dh, int dw, Py_ssize_t stage_bytes, int act,
-                         int num_threads):
+                         int num_threads, work=None):
     """out = depthwise conv2d(x, w) for w2d[K, kh*kw], K = C * multiplier.
 
     Output sizes are the caller's (engine.shapes); padding beyond pt/pl is implied by them.
     stage_bytes bounds the per-thread buffer (it sets the band height, never below one row).
+    work: None (the kernel allocates) or a reused buffer of plane_work_floats(...) floats:
+    a fresh allocation above glibc's mmap threshold costs a page fault per 4 KB on every call.
     """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t K = out.shape[1], OH = out.shape[2], OW = out.shape[3]
@@ -365,43 +411,34 @@ def f32_conv2d_depthwise(const float[:, :, :, ::1] x, const float[:, ::1] w2d, b
     if N == 0 or C == 0 or OH <= 0 or OW <= 0:
         return
     cdef Plan q
-    q.H, q.W, q.OH, q.OW, q.sh, q.pt, q.pl = H, W, OH, OW, sh, pt, pl
+    q.pt, q.pl = pt, pl
     q.mult = K // C
     q.ntaps = kh * kw
     act_bounds(act, &q.lo_act, &q.hi_act)
-    q.kind = 0
-    if kh == 3 and kw == 3 and dh == 1 and dw == 1:
-        if sh == 1 and sw == 1:
-            q.kind = 1
-        elif sh == 2 and sw == 2:
-            q.kind = 2
-    # acc row length: the padded columns the output reads, split into sw phases
-    q.L = ceil_div_nonneg((OW - 1) * sw + (kw - 1) * dw + 1, sw)
-    # f32_dwconv3x3s2 reads whole padded rows with stride 2; the other kernels staged phases
-    q.ssw = 1 if q.kind == 2 else sw
-    q.LS = 2 * q.L if q.kind == 2 else q.L
-    q.halo = (kh - 1) * dh + 1
-    cdef Py_ssize_t halo_rows = ceil_div_nonneg(q.halo, sh)   # phase rows beyond a band's own
-    cdef Py_ssize_t nphase = sh * q.ssw
-    q.band = max(1, min(OH, (stage_bytes // <Py_ssize_t>sizeof(float)
-                             - nphase * halo_rows * q.LS) // (nphase * q.LS + q.L)))
-    # floats per phase plane, with room for the over-read of a band rounded up to whole vectors
-    # (twice that for the stride-2 loads)
-    q.PS = round_up((q.band - 1 + halo_rows) * q.LS + 2 * VEC, VEC)
-    # the phase planes, then acc
-    cdef Py_ssize_t thread_floats = nphase * q.PS + round_up(q.band * q.L + 2 * VEC, VEC)
+    cdef Py_ssize_t thread_floats = plane_layout(&q, H, W, OH, OW, kh, kw, sh, sw, dh, dw,
+                                                 stage_bytes)
     cdef Py_ssize_t items = N * C
     num_threads = <int>max(1, min(num_threads, items))
     # one allocation for the plan's small tables (lo, hi: sw each; offs: kh*kw) and the
     # threads' buffers, zeroed once: staging never writes the padding columns, so they stay
     # zero (numpy arrays for the tables cost about a microsecond each)
-    cdef Py_ssize_t table_floats = round_up((2 * sw + kh * kw) * sizeof(Py_ssize_t),
-                                            sizeof(float) * VEC) // sizeof(float)
-    cdef float* mem = <float*>calloc(table_floats + num_threads * thread_floats + VEC,
-                                     sizeof(float))
-    if mem == NULL:
-        raise MemoryError("depthwise staging buffer")
-    cdef float* bufs = aligned(mem)
+    cdef Py_ssize_t table_floats = table_floats_for(sw, kh, kw)
+    cdef Py_ssize_t need = table_floats + num_threads * thread_floats
+    cdef float* mem = NULL
+    cdef float* bufs
+    cdef float[::1] wk
+    if work is None:
+        mem = <float*>calloc(need + VEC, sizeof(float))
+        if mem == NULL:
+            raise MemoryError("depthwise staging buffer")
+        bufs = aligned(mem)
+    else:
+        wk = work
+        if wk.shape[0] < need or <size_t>&wk[0] % 64:
+            raise ValueError(f"work must hold {need} floats from a 64-byte boundary, got "
+                             f"{wk.shape[0]}")
+        bufs = &wk[0]
+        memset(bufs, 0, need * sizeof(float))
     cdef Py_ssize_t* lo = <Py_ssize_t*>bufs
     cdef Py_ssize_t* hi = lo + sw
     cdef Py_ssize_t* offs = hi + sw
@@ -513,14 +550,29 @@ cdef void cb_conv3x3(crfloat T, Py_ssize_t WP, Py_ssize_t sh, Py_ssize_t sw,
                 y[c] = min(max(v, lo), hi)
 
 
+cdef Py_ssize_t cb_thread_floats(Py_ssize_t H, Py_ssize_t W, Py_ssize_t OH, Py_ssize_t OW,
+                                 int sh, int sw, int dh, int dw) noexcept nogil:
+    """Floats of one thread's buffer in f32_conv2d_depthwise_cb: T0, T, Y and a tile."""
+    cdef Py_ssize_t HP = (OH - 1) * sh + 2 * dh + 1, WP = (OW - 1) * sw + 2 * dw + 1
+    return (round_up(H * W, 16) * CB + HP * WP * CB + round_up(OH * OW, 16) * CB + 16 * CB)
+
+
+def cb_work_floats(Py_ssize_t items, Py_ssize_t H, Py_ssize_t W, Py_ssize_t OH, Py_ssize_t OW,
+                   int sh, int sw, int dh, int dw, int num_threads):
+    """Floats of the work buffer f32_conv2d_depthwise_cb needs (items: images x channel
+    blocks), 64-byte aligned."""
+    return max(1, min(num_threads, items)) * cb_thread_floats(H, W, OH, OW, sh, sw, dh, dw)
+
+
 def f32_conv2d_depthwise_cb(const float[:, :, :, ::1] x, const float[:, :, ::1] wcb, bias,
                             float[:, :, :, ::1] out, int sh, int sw, int pt, int pl, int dh,
-                            int dw, int act, int num_threads):
+                            int dw, int act, int num_threads, work=None):
     """out = depthwise conv2d(x, w) for a 3x3 kernel, multiplier 1 and C a multiple of CB,
     in blocks of CB channels: wcb[C // CB, 9, CB] holds w[cb*CB + c, 0, u, v] at
     [cb, u*3 + v, c] (channel_blocks in engine/ops/depthwise.py).
 
     Output sizes are the caller's (engine.shapes); padding beyond pt/pl is implied by them.
+    work: None or a reused buffer of cb_work_floats(...) floats (see f32_conv2d_depthwise).
     """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t OH = out.shape[2], OW = out.shape[3]
@@ -560,14 +612,26 @@ def f32_conv2d_depthwise_cb(const float[:, :, :, ::1] x, const float[:, :, ::1] 
     # tile; T0 and Y rounded up to whole tiles of 16 pixels
     cdef Py_ssize_t t0_floats = round_up(H * W, 16) * CB, t_floats = HP * WP * CB
     cdef Py_ssize_t y_floats = round_up(OH * OW, 16) * CB
-    cdef Py_ssize_t thread_floats = t0_floats + t_floats + y_floats + 16 * CB
+    cdef Py_ssize_t thread_floats = cb_thread_floats(H, W, OH, OW, sh, sw, dh, dw)
     cdef Py_ssize_t nblocks = C // CB, items = N * nblocks
     num_threads = <int>max(1, min(num_threads, items))
     # zeroed once: blocks write only the inside of T, so its padding stays zero
-    cdef float* mem = <float*>calloc(num_threads * thread_floats + VEC, sizeof(float))
-    if mem == NULL:
-        raise MemoryError("depthwise channel-block buffer")
-    cdef float* bufs = aligned(mem)
+    cdef Py_ssize_t need = num_threads * thread_floats
+    cdef float* mem = NULL
+    cdef float* bufs
+    cdef float[::1] wk
+    if work is None:
+        mem = <float*>calloc(need + VEC, sizeof(float))
+        if mem == NULL:
+            raise MemoryError("depthwise channel-block buffer")
+        bufs = aligned(mem)
+    else:
+        wk = work
+        if wk.shape[0] < need or <size_t>&wk[0] % 64:
+            raise ValueError(f"work must hold {need} floats from a 64-byte boundary, got "
+                             f"{wk.shape[0]}")
+        bufs = &wk[0]
+        memset(bufs, 0, need * sizeof(float))
     cdef const float* xp = &x[0, 0, 0, 0]
     cdef float* op = &out[0, 0, 0, 0]
     cdef const float* wp = &wcb[0, 0, 0]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._kernels import conv_depthwise
+from .winograd import workspace
 
 # Bound on one thread's staging buffer (a band of padded input rows split into stride phases,
 # plus the band's accumulator): well inside L2 (1 MB per core on the reference machine), and
@@ -53,6 +54,7 @@ class Depthwise:
         self.layer = layer
         kh, kw = layer.kernel_size
         self.w2d = layer.weight.reshape(k, kh * kw)
+        self._work = {}
         self.wcb = None
         if k == c and c % CHANNEL_BLOCK == 0 and (kh, kw) == (3, 3):
             self.wcb = channel_blocks(layer.weight)
@@ -63,12 +65,32 @@ class Depthwise:
 
     def run(self, x, out, g, threads):
         L = self.layer
-        if self.uses_channel_blocks(g.in_size):
-            conv_depthwise.f32_conv2d_depthwise_cb(
-                x, self.wcb, L.bias, out, L.stride[0], L.stride[1], g.pads[0][0], g.pads[1][0],
-                L.dilation[0], L.dilation[1], L.act_code, threads)
-            return
-        conv_depthwise.f32_conv2d_depthwise(
-            x, self.w2d, L.bias, out, L.kernel_size[0], L.kernel_size[1], L.stride[0],
-            L.stride[1], g.pads[0][0], g.pads[1][0], L.dilation[0], L.dilation[1],
-            DEPTHWISE_STAGE_BYTES, L.act_code, threads)
+        n, c, h, w = x.shape
+        (oh, ow), (kh, kw) = g.out_size, L.kernel_size
+        (sh, sw), (dh, dw) = L.stride, L.dilation
+        blocks = self.uses_channel_blocks(g.in_size)
+        key = (g, threads)
+        floats = self._work.get(key)
+        if floats is None:
+            if len(self._work) > 64:
+                self._work.clear()
+            if blocks:
+                floats = conv_depthwise.cb_work_floats(n * c // CHANNEL_BLOCK, h, w, oh, ow,
+                                                       sh, sw, dh, dw, threads)
+            else:
+                floats = conv_depthwise.plane_work_floats(n * c, h, w, oh, ow, kh, kw, sh, sw,
+                                                          dh, dw, DEPTHWISE_STAGE_BYTES,
+                                                          threads)
+            self._work[key] = floats
+        work = workspace.take(floats)
+        try:
+            if blocks:
+                conv_depthwise.f32_conv2d_depthwise_cb(
+                    x, self.wcb, L.bias, out, sh, sw, g.pads[0][0], g.pads[1][0], dh, dw,
+                    L.act_code, threads, work)
+            else:
+                conv_depthwise.f32_conv2d_depthwise(
+                    x, self.w2d, L.bias, out, kh, kw, sh, sw, g.pads[0][0], g.pads[1][0], dh,
+                    dw, DEPTHWISE_STAGE_BYTES, L.act_code, threads, work)
+        finally:
+            workspace.give(work)

@@ -50,15 +50,28 @@ def split(cg: int, kg: int, columns: int, planes: int, threads: int = 1) -> tupl
     for tried in range(min_groups, npanels + 1):
         group_panels = -(-npanels // tried)
         ngroups = -(-npanels // group_panels)            # the groups this size really makes
-        nchunks = max(1, min(nmb, -(-want // (planes * ngroups))))
-        rows = -(-nmb // nchunks) * mr
-        nchunks = -(-nmb * mr // rows)
+        rows, nchunks = _chunks(nmb, mr, -(-want // (planes * ngroups)), planes * ngroups,
+                                threads)
         cost = ngroups * a_bytes + nchunks * b_bytes
         if best is None or cost < best[0]:
             best = (cost, rows, group_panels)
         if planes * ngroups >= want:
             break                                        # more groups only read A more often
     return best[1], best[2]
+
+
+def _chunks(nmb: int, mr: int, wanted: int, per_chunk: int, threads: int) -> tuple[int, int]:
+    """(rows, chunks) cutting nmb row blocks into at least `wanted` chunks of whole blocks, if
+    there are that many, preferring a count whose items (per_chunk each) the threads share
+    evenly: 7 items on 2 threads keep one thread busy 14% longer than 8 would."""
+    first = max(1, min(nmb, wanted))
+    for n in range(first, min(nmb, 2 * first) + 1):
+        rows = -(-nmb // n) * mr
+        real = -(-nmb * mr // rows)
+        if (real * per_chunk) % max(1, threads) == 0:
+            return rows, real
+    rows = -(-nmb // first) * mr
+    return rows, -(-nmb * mr // rows)
 
 
 def panel_floats(threads: int, cg: int, group_panels: int) -> int:
