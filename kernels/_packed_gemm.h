@@ -39,17 +39,22 @@ typedef float ce_pg_vf __attribute__((vector_size(CE_PG_VW * 4)));
 typedef float ce_pg_vfu __attribute__((vector_size(CE_PG_VW * 4), aligned(4), may_alias));
 typedef int ce_pg_vi __attribute__((vector_size(CE_PG_VW * 4)));
 
-/* Copy columns n0 .. n0+ncols of K rows of B (row stride ldb) into a [K][NR] panel. */
-static inline void ce_pg_pack_b(const float *B, ptrdiff_t ldb, int K, int ncols, float *panel)
+/* Copy columns 0 .. ncols of K rows of B into consecutive panels [K][NR] (zero beyond ncols).
+ * Row by row, so each row of B is read front to back: panel by panel, every 128-byte piece would
+ * come from another row (another page, K of them), beyond the hardware prefetcher's reach. */
+static inline void ce_pg_pack_panels(const float *B, ptrdiff_t ldb, int K, int ncols,
+                                     float *panels)
 {
+    int full = ncols / CE_PG_NR, rest = ncols % CE_PG_NR;
+    ptrdiff_t pstride = (ptrdiff_t)K * CE_PG_NR;
     for (int k = 0; k < K; k++) {
         const float *src = B + k * ldb;
-        float *dst = panel + (ptrdiff_t)k * CE_PG_NR;
-        if (ncols == CE_PG_NR) {
-            memcpy(dst, src, CE_PG_NR * sizeof(float));
-        } else {
-            memcpy(dst, src, ncols * sizeof(float));
-            memset(dst + ncols, 0, (CE_PG_NR - ncols) * sizeof(float));
+        float *dst = panels + (ptrdiff_t)k * CE_PG_NR;
+        for (int p = 0; p < full; p++)
+            memcpy(dst + p * pstride, src + p * CE_PG_NR, CE_PG_NR * sizeof(float));
+        if (rest) {
+            memcpy(dst + full * pstride, src + full * CE_PG_NR, rest * sizeof(float));
+            memset(dst + full * pstride + rest, 0, (CE_PG_NR - rest) * sizeof(float));
         }
     }
 }

@@ -13,7 +13,8 @@ from cython.parallel cimport prange, threadid
 
 cdef extern from "_packed_gemm.h":
     int CE_PG_MR, CE_PG_NR
-    void ce_pg_pack_b(const float *B, Py_ssize_t ldb, int K, int ncols, float *panel) nogil
+    void ce_pg_pack_panels(const float *B, Py_ssize_t ldb, int K, int ncols,
+                           float *panels) nogil
     void ce_pg_block(const float *ap, const float *panel, int K, float *c, Py_ssize_t ldc,
                      const float *res, const float *bias, int act, int nm, int ncols) nogil
 
@@ -82,10 +83,8 @@ def f32_conv2d_pointwise(const float[:, :, ::1] x, const float[::1] apack, bias,
         pa = pg * GP
         pb = min(npanels, pa + GP)
         buf = &work[0] + threadid() * per_thread
-        for p in range(pa, pb):
-            p0 = p * NR
-            ce_pg_pack_b(&x[n, g * Cg, p0], P, <int>Cg, <int>min(NR, P - p0),
-                         buf + (p - pa) * Cg * NR)
+        ce_pg_pack_panels(&x[n, g * Cg, pa * NR], P, <int>Cg, <int>min(P - pa * NR, GP * NR),
+                          buf)
         mb1 = min(nmb, (ch * mchunk + mchunk) // MR)
         for mb in range(ch * mchunk // MR, mb1):
             m0 = g * Kg + mb * MR

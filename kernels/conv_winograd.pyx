@@ -42,7 +42,8 @@ from _epilogue cimport activate
 
 cdef extern from "_packed_gemm.h":
     int CE_PG_MR, CE_PG_NR
-    void ce_pg_pack_b(const float *B, Py_ssize_t ldb, int K, int ncols, float *panel) nogil
+    void ce_pg_pack_panels(const float *B, Py_ssize_t ldb, int K, int ncols,
+                           float *panels) nogil
     void ce_pg_block(const float *ap, const float *panel, int K, float *c, Py_ssize_t ldc,
                      const float *res, const float *bias, int act, int nm, int ncols) nogil
 
@@ -545,9 +546,8 @@ def f32_conv3x3_winograd(const float[:, :, :, ::1] x, const float[::1] upack, in
                 pa = pg * GP
                 pb = min(npanels, pa + GP)
                 buf = pbase + threadid() * per_thread
-                for p in range(pa, pb):
-                    ce_pg_pack_b(V + (e * C + g * Cg) * ldv + p * NR, ldv, <int>Cg,
-                                 <int>min(NR, T - p * NR), buf + (p - pa) * Cg * NR)
+                ce_pg_pack_panels(V + (e * C + g * Cg) * ldv + pa * NR, ldv, <int>Cg,
+                                  <int>min(T - pa * NR, GP * NR), buf)
                 mb1 = min(nmb, (ch + 1) * mchunk // MR)
                 for mb in range(ch * mchunk // MR, mb1):
                     for p in range(pa, pb):
