@@ -163,15 +163,24 @@ class Progress:
             self.stream.flush()
 
 
+# Untimed calls open each turn when runtimes alternate, for at least this long. After a
+# two-thread run ONNX Runtime's pool keeps a second core busy for about 30 ms (measured in 10 ms
+# slices of process CPU time after one MobileNetV2 run); OpenMP pools spin a few ms. Timed right
+# after ONNX Runtime, convengine's two-thread MobileNetV2 took 7.9 ms against 5.3 ms alone;
+# idling through the spin instead leaves the next runs slow from the cold start.
+SETTLE_SECONDS = 0.05
+
+
 def time_alternating(runners, repeat, warmup=1, progress_label=None, min_progress_seconds=2.0,
-                     cpu_runs=2, block=1, settle=True):
+                     cpu_runs=2, block=1, settle=SETTLE_SECONDS):
     """Time each callable in ``runners`` (dict name -> fn) ``repeat`` times, interleaved.
 
     Each round gives every runner a turn, in an order rotated by one each round, so slow drifts
-    of the machine (other load, clock changes) fall on all runners alike. A turn is one untimed
-    call (``settle``) and then ``block`` timed ones: the untimed call absorbs the moments when
-    the previous runtime's idle worker threads (OpenMP, ONNX Runtime's pool) still spin on the
-    cores, which no user running only one of them would see. Returns
+    of the machine (other load, clock changes) fall on all runners alike. A turn starts with
+    untimed calls for at least ``settle`` seconds (one at least; none with 0 or a single
+    runner), long enough for the previous runtime's idle worker threads (OpenMP, ONNX Runtime's
+    pool) to stop spinning on the cores, which no user running only one of them would see; then
+    ``block`` timed calls. Returns
     {name: {"times": [ms, ...], "cpu": process CPU time / wall time}}. The CPU ratio, about the
     number of cores a runner keeps busy, is measured in ``cpu_runs`` extra runs of each runner
     alone after a pause: during the interleaved rounds another runtime's idle worker threads
@@ -186,7 +195,7 @@ def time_alternating(runners, repeat, warmup=1, progress_label=None, min_progres
     per_round = (time.perf_counter() - t0) / max(warmup, 1)
     long_run = warmup > 0 and per_round * repeat > min_progress_seconds
     rounds = -(-repeat // block)
-    settle = settle and len(names) > 1
+    settle = settle if len(names) > 1 else 0
     progress = Progress(rounds * len(names), progress_label or "timing",
                         enabled=bool(progress_label) and long_run)
     result = {name: {"times": [], "cpu": float("nan")} for name in names}
@@ -195,7 +204,10 @@ def time_alternating(runners, repeat, warmup=1, progress_label=None, min_progres
             k = r % len(names)
             for name in names[k:] + names[:k]:
                 if settle:
+                    t_end = time.perf_counter() + settle
                     runners[name]()
+                    while time.perf_counter() < t_end:
+                        runners[name]()
                 for _ in range(min(block, repeat - r * block)):
                     t = time.perf_counter()
                     runners[name]()

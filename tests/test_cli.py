@@ -2,6 +2,7 @@
 import json
 import os
 import re
+import time
 from importlib import resources
 
 import numpy as np
@@ -177,11 +178,17 @@ def test_time_alternating_rotates_and_counts():
                            repeat=3, warmup=1, cpu_runs=0, settle=False)
     assert calls == ["a", "b", "a", "b", "b", "a", "a", "b"]
     assert [len(v["times"]) for v in res.values()] == [3, 3]
-    calls.clear()   # turns of one settling call and a block of two timed calls
+    calls.clear()   # turns of one settling call (a very short settle) and two timed calls
     res = time_alternating({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
-                           repeat=3, warmup=0, cpu_runs=0, block=2)
+                           repeat=3, warmup=0, cpu_runs=0, block=2, settle=1e-9)
     assert calls == ["a"] * 3 + ["b"] * 3 + ["b"] * 2 + ["a"] * 2
     assert [len(v["times"]) for v in res.values()] == [3, 3]
+    calls.clear()   # a settle of 20 ms takes untimed calls until it has passed
+    res = time_alternating({"a": lambda: (calls.append("a"), time.sleep(0.004)),
+                            "b": lambda: (calls.append("b"), time.sleep(0.004))},
+                           repeat=1, warmup=0, cpu_runs=0, settle=0.02)
+    assert calls.count("a") >= 5 and calls.count("b") >= 5
+    assert [len(v["times"]) for v in res.values()] == [1, 1]
 
 
 def test_progress_bar_is_plain_text():
