@@ -654,3 +654,66 @@ def f32_conv2d_depthwise_cb(const float[:, :, :, ::1] x, const float[:, :, ::1] 
             cb_transpose_out(op + it * CB * OH * OW, Y, OH * OW, Y + y_floats)
     finally:
         free(mem)
+
+
+# ---- Rows: 3x3, stride 1 or 2, multiplier 1, large planes (kernels/_dw_rows.h) -------------
+
+cdef extern from "_dw_rows.h":
+    Py_ssize_t ce_dw_ring_floats(int OW, int sw, int pl, int W) nogil
+    void ce_dw3x3_plane(const float *x, int H, int W, int OH, int OW, int s, int pt, int pl,
+                        const float *w9, float b, float lo, float hi, float *out,
+                        float *ring) nogil
+
+
+def rows_work_floats(Py_ssize_t items, Py_ssize_t W, Py_ssize_t OW, int s, int pl,
+                     int num_threads):
+    """Floats of the work buffer f32_conv2d_depthwise_rows needs (items: images x channels)."""
+    return max(1, min(num_threads, items)) * ce_dw_ring_floats(<int>OW, s, pl, <int>W)
+
+
+def f32_conv2d_depthwise_rows(const float[:, :, :, ::1] x, const float[:, ::1] w2d, bias,
+                              float[:, :, :, ::1] out, int s, int pt, int pl, int act,
+                              int num_threads, float[::1] work):
+    """out = depthwise conv2d(x, w) for a 3x3 kernel, stride s (1 or 2) in both directions,
+    dilation 1 and multiplier 1, plane by plane and output row by output row (_dw_rows.h).
+    w2d[C, 9]; output sizes are the caller's (engine.shapes); work: rows_work_floats(...)
+    floats, 64-byte aligned."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t OH = out.shape[2], OW = out.shape[3]
+    if s not in (1, 2) or pt < 0 or pl < 0:
+        raise ValueError(f"stride must be 1 or 2 and pads non-negative, got {s}, {pt}, {pl}")
+    if out.shape[0] != N or out.shape[1] != C:
+        raise ValueError(f"out must have shape (N={N}, C={C}, OH, OW), got {tuple(out.shape)}")
+    if w2d.shape[0] != C or w2d.shape[1] != 9:
+        raise ValueError(f"w2d must have shape ({C}, 9), got {tuple(w2d.shape)[:2]}")
+    if H == 0 or W == 0 or OH <= 0 or OW <= 0 or H > 1 << 30 or W > 1 << 30:
+        raise ValueError(f"x {tuple(x.shape)} and out {tuple(out.shape)} must have non-empty "
+                         f"planes")
+    cdef const float[::1] b
+    cdef const float* bptr = NULL
+    if bias is not None:
+        b = bias
+        if b.shape[0] != C:
+            raise ValueError(f"bias must have {C} values, got {b.shape[0]}")
+        bptr = &b[0]
+    if N == 0 or C == 0:
+        return
+    cdef Py_ssize_t items = N * C
+    num_threads = <int>max(1, min(num_threads, items))
+    cdef Py_ssize_t per_thread = ce_dw_ring_floats(<int>OW, s, pl, <int>W)
+    if work.shape[0] < num_threads * per_thread or <size_t>&work[0] % 64:
+        raise ValueError(f"work must hold {num_threads * per_thread} floats from a 64-byte "
+                         f"boundary, got {work.shape[0]}")
+    cdef float lo_act, hi_act
+    act_bounds(act, &lo_act, &hi_act)
+    cdef float* bufs = &work[0]
+    memset(bufs, 0, num_threads * per_thread * sizeof(float))
+    cdef const float* xp = &x[0, 0, 0, 0]
+    cdef float* op = &out[0, 0, 0, 0]
+    cdef const float* wp = &w2d[0, 0]
+    cdef Py_ssize_t it, c
+    for it in prange(items, nogil=True, num_threads=num_threads, schedule="static"):
+        c = it % C
+        ce_dw3x3_plane(xp + it * H * W, <int>H, <int>W, <int>OH, <int>OW, s, pt, pl, wp + c * 9,
+                       bptr[c] if bptr != NULL else 0, lo_act, hi_act, op + it * OH * OW,
+                       bufs + threadid() * per_thread)

@@ -80,7 +80,7 @@ PADDINGS = (0, 1, "same", "valid", (2, 0, 1, 3), (0, 3, 2, 1))
 # -- the fast paths: 3x3, stride 1 and 2, dilation 1, every padding -----------------------------
 @pytest.mark.parametrize("s", [1, 2])
 @pytest.mark.parametrize("size", SIZES)
-def test_fast_paths_3x3(rng, threads, s, size):
+def test_fast_paths_3x3(rng, threads, kernel_path, s, size):
     for i, padding in enumerate(PADDINGS + (2, 4)):
         hw = (size, size + i % 3)    # non-square, odd and even widths (the s2 de-interleave)
         if not _fits(hw, 3, 1, _pads_ref(padding, hw, 3, s, 1)):
@@ -121,11 +121,13 @@ def test_rectangular_kernels_and_strides(rng):
 
 
 # -- the two kernels for 3x3 layers: channel blocks on small planes, planes otherwise ------------
-@pytest.fixture(params=["planes", "blocks"])
+@pytest.fixture(params=["planes", "blocks", "rows"])
 def kernel_path(request, monkeypatch):
-    """Force every 3x3 layer with a multiple of 16 channels and multiplier 1 through one kernel."""
+    """Force every 3x3 layer through one kernel where it applies: channel blocks (a multiple
+    of 16 channels, multiplier 1), rows (stride 1 or 2, dilation 1, multiplier 1), planes."""
     limit = 10 ** 9 if request.param == "blocks" else 0
     monkeypatch.setattr(depthwise_mod, "CHANNEL_BLOCK_MAX_PIXELS", limit)
+    monkeypatch.setattr(depthwise_mod, "ROWS_MIN_WIDTH", 1 if request.param == "rows" else 10 ** 9)
     return request.param
 
 
@@ -184,6 +186,19 @@ def test_which_kernel(rng):
     assert not impl(24, 1, 3).uses_channel_blocks((7, 7))      # not a multiple of 16
     assert not impl(16, 2, 3).uses_channel_blocks((7, 7))      # multiplier 2
     assert not impl(16, 1, 5).uses_channel_blocks((7, 7))      # 5x5
+
+    def kernel(c, mult, k, size, s=1):
+        layer = engine.Conv2d(rng.standard_normal((c * mult, 1, k, k), dtype=np.float32),
+                              stride=s, padding=k // 2, groups=c, algorithm="depthwise")
+        return layer._impl.kernel_for(layer.geometry((1, c) + size))
+    assert kernel(32, 1, 3, (112, 112)) == "rows"
+    assert kernel(96, 1, 3, (112, 112), s=2) == "rows"              # 56 wide
+    assert kernel(144, 1, 3, (56, 56), s=2) == "planes"             # 28 wide
+    assert kernel(192, 1, 3, (28, 28)) == "planes"
+    assert kernel(32, 2, 3, (112, 112)) == "planes"                 # multiplier 2
+    assert kernel(32, 1, 5, (112, 112)) == "planes"                 # 5x5
+    assert kernel(32, 1, 3, (112, 112), s=3) == "planes"
+    assert kernel(32, 1, 3, (14, 14)) == "blocks"
 
 
 @pytest.mark.parametrize("s", [1, 2])

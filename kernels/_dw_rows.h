@@ -1,0 +1,139 @@
+/* Depthwise 3x3 convolution of one plane, output row by output row, for strides 1 and 2 and
+ * dilation 1 (the MobileNet layers on planes too large for the channel-blocked kernel).
+ *
+ * The input rows an output row needs are copied into a ring of three zero-padded row buffers
+ * (a fourth, all zeros, stands for the rows above and below the plane), so each input row is
+ * copied once, into L1, and the taps read it with unit-stride vector loads at offsets 0, 1, 2
+ * (stride 1) or through even/odd lane shuffles (stride 2), with no border code. Each vector of
+ * outputs is finished in registers (bias, clamp) and stored straight into the output row: no
+ * accumulator buffer and no copy-out pass.
+ *
+ * Ring rows are RL floats: the data at [pl, pl + W), zeros around it, and room for the lanes of
+ * the last vector beyond the output's width (computed, never stored). ce_dw_ring_floats gives
+ * the buffer size; the caller zeroes it once per call.
+ */
+#ifndef CE_DW_ROWS_H
+#define CE_DW_ROWS_H
+
+#include <stddef.h>
+#include <string.h>
+
+#if defined(__AVX512F__)
+#define CE_DW_VW 16
+#elif defined(__AVX__)
+#define CE_DW_VW 8
+#else
+#define CE_DW_VW 4
+#endif
+
+typedef float ce_dw_vf __attribute__((vector_size(CE_DW_VW * 4)));
+typedef float ce_dw_vfu __attribute__((vector_size(CE_DW_VW * 4), aligned(4), may_alias));
+typedef int ce_dw_vi __attribute__((vector_size(CE_DW_VW * 4)));
+
+#define CE_DW_LD(p) ((ce_dw_vf)(*(const ce_dw_vfu *)(p)))
+
+/* Floats of one ring row: the last vector of outputs reads up to 2*VW + 2 floats past its
+ * start at stride 2. */
+static inline ptrdiff_t ce_dw_row_floats(int OW, int sw, int pl, int W)
+{
+    ptrdiff_t need = (ptrdiff_t)((OW + CE_DW_VW - 1) / CE_DW_VW) * CE_DW_VW * sw + 2 * CE_DW_VW + 2;
+    ptrdiff_t data = (ptrdiff_t)pl + W + 1;
+    ptrdiff_t n = need > data ? need : data;
+    return (n + 15) / 16 * 16;
+}
+
+static inline ptrdiff_t ce_dw_ring_floats(int OW, int sw, int pl, int W)
+{
+    return 4 * ce_dw_row_floats(OW, sw, pl, W);
+}
+
+/* Even and odd lanes of the 2*VW floats at p. */
+static inline void ce_dw_split(const float *p, ce_dw_vf *even, ce_dw_vf *odd)
+{
+    ce_dw_vf a = CE_DW_LD(p), b = CE_DW_LD(p + CE_DW_VW);
+#if CE_DW_VW == 16
+    const ce_dw_vi e = {0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30};
+    const ce_dw_vi o = {1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31};
+#elif CE_DW_VW == 8
+    const ce_dw_vi e = {0, 2, 4, 6, 8, 10, 12, 14};
+    const ce_dw_vi o = {1, 3, 5, 7, 9, 11, 13, 15};
+#else
+    const ce_dw_vi e = {0, 2, 4, 6};
+    const ce_dw_vi o = {1, 3, 5, 7};
+#endif
+    *even = __builtin_shuffle(a, b, e);
+    *odd = __builtin_shuffle(a, b, o);
+}
+
+static inline ce_dw_vf ce_dw_clamp(ce_dw_vf v, float lo, float hi)
+{
+    /* C has no vector ?:, so the clamps select through the comparison masks */
+    ce_dw_vf vlo = (ce_dw_vf){0} + lo, vhi = (ce_dw_vf){0} + hi;
+    ce_dw_vi m = v < vlo;
+    v = (ce_dw_vf)(((ce_dw_vi)v & ~m) | ((ce_dw_vi)vlo & m));
+    m = v > vhi;
+    return (ce_dw_vf)(((ce_dw_vi)v & ~m) | ((ce_dw_vi)vhi & m));
+}
+
+/* out[OH][OW] = clamp(conv3x3(x[H][W]) + b, lo, hi), stride sh = sw in {1, 2}, padding pt, pl
+ * (rows and columns outside x are zero). w9: the 3x3 filter row-major. ring: this thread's
+ * ce_dw_ring_floats(...) floats, zero where no row data is copied (the caller zeroes it once
+ * per call; copies write only [pl, pl + W) of rows 0..2). */
+static void ce_dw3x3_plane(const float *x, int H, int W, int OH, int OW, int s, int pt, int pl,
+                           const float *w9, float b, float lo, float hi, float *out, float *ring)
+{
+    const ptrdiff_t RL = ce_dw_row_floats(OW, s, pl, W);
+    const float *zero = ring + 3 * RL;
+    int held[3] = {-1, -1, -1};          /* the input row each ring slot holds */
+    float w[9];
+    memcpy(w, w9, sizeof w);
+    for (int oy = 0; oy < OH; oy++) {
+        const float *rows[3];
+        for (int u = 0; u < 3; u++) {
+            int r = oy * s + u - pt;
+            if (r < 0 || r >= H) {
+                rows[u] = zero;
+                continue;
+            }
+            int slot = r % 3;
+            float *dst = ring + slot * RL;
+            if (held[slot] != r) {
+                memcpy(dst + pl, x + (ptrdiff_t)r * W, (size_t)W * sizeof(float));
+                held[slot] = r;
+            }
+            rows[u] = dst;
+        }
+        float *orow = out + (ptrdiff_t)oy * OW;
+        for (int ox = 0; ox < OW; ox += CE_DW_VW) {
+            ce_dw_vf acc = (ce_dw_vf){0} + b;
+            if (s == 1) {
+                for (int u = 0; u < 3; u++) {
+                    const float *p = rows[u] + ox;
+                    acc += CE_DW_LD(p) * w[3 * u] + CE_DW_LD(p + 1) * w[3 * u + 1]
+                           + CE_DW_LD(p + 2) * w[3 * u + 2];
+                }
+            } else {
+                for (int u = 0; u < 3; u++) {
+                    const float *p = rows[u] + 2 * ox;
+                    ce_dw_vf e0, o0, e1, o1;
+                    ce_dw_split(p, &e0, &o0);
+                    ce_dw_split(p + 2, &e1, &o1);
+                    acc += e0 * w[3 * u] + o0 * w[3 * u + 1] + e1 * w[3 * u + 2];
+                }
+            }
+            acc = ce_dw_clamp(acc, lo, hi);
+            int n = OW - ox;
+            /* a whole vector also where it runs into the next output rows, which are written
+               after this one, as long as it stays inside the plane */
+            if (n >= CE_DW_VW || (ptrdiff_t)oy * OW + ox + CE_DW_VW <= (ptrdiff_t)OH * OW) {
+                *(ce_dw_vfu *)(orow + ox) = acc;
+            } else {
+                float t[CE_DW_VW];
+                memcpy(t, &acc, sizeof t);
+                memcpy(orow + ox, t, (size_t)n * sizeof(float));
+            }
+        }
+    }
+}
+
+#endif
