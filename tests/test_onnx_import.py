@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import engine
+from engine._threads import threads_for
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -602,3 +603,30 @@ def test_file_path_and_external_data(tmp_path, rng):
     bad.write_bytes(b"\x08\x07garbage that is not a protobuf" * 3)
     with pytest.raises(engine.ModelError):
         engine.load(bad)
+
+
+@pytest.mark.parametrize("rows", [1, 3, 8, 9])
+@pytest.mark.parametrize("trans_b", [0, 1])
+def test_gemm_with_constant_weights(rng, rows, trans_b):
+    # up to 8 rows: the engine's matrix-vector kernel (K = 1000: four-vector steps and a tail;
+    # large enough for two threads); more: numpy's matmul. Both against ONNX Runtime, and 1 vs
+    # 2 threads bit-identical.
+    k, n = 1000, 301
+    assert threads_for(k * n, 2) == 2
+    w = randn(rng, n, k) if trans_b else randn(rng, k, n)
+    inits = {"W": w, "C": randn(rng, n)}
+    m = make([h.make_node("Gemm", ["x", "W", "C"], ["y"], transB=trans_b, alpha=0.5, beta=2.0)],
+             [vi("x", [rows, k])], [vi("y")], inits)
+    feeds = {"x": randn(rng, rows, k)}
+    model, got = run_both(m, feeds)
+    outs = [model.run(feeds, num_threads=t)["y"] for t in (1, 2)]
+    assert np.array_equal(outs[0], outs[1])
+    ref = 0.5 * (feeds["x"].astype(np.float64) @ (w.T if trans_b else w)) + 2.0 * inits["C"]
+    np.testing.assert_allclose(outs[0], ref, rtol=1e-5, atol=1e-4)
+
+
+def test_dense_kernel_checks_shapes():
+    from engine._kernels import dense
+    with pytest.raises(ValueError, match="do not fit"):
+        dense.f32_dense_rows(np.zeros((2, 5), np.float32), np.zeros((3, 4), np.float32),
+                             np.zeros((2, 3), np.float32), 1)
