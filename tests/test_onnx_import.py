@@ -611,7 +611,7 @@ def test_gemm_with_constant_weights(rng, rows, trans_b):
     # up to 8 rows: the engine's matrix-vector kernel (K = 1000: four-vector steps and a tail;
     # large enough for two threads); more: numpy's matmul. Both against ONNX Runtime, and 1 vs
     # 2 threads bit-identical.
-    k, n = 1000, 301
+    k, n = 1000, 401
     assert threads_for(k * n, 2) == 2
     w = randn(rng, n, k) if trans_b else randn(rng, k, n)
     inits = {"W": w, "C": randn(rng, n)}
