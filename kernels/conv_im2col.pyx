@@ -1,4 +1,4 @@
-# im2col + sgemm convolution for any kernel size, stride, padding, dilation and groups.
+# im2col + GEMM convolution for any kernel size, stride, padding, dilation and groups.
 #
 # The column matrix of one image and group has Cg*kh*kw rows and OH*OW columns; it is built
 # in chunks so the buffer stays bounded (the plan chooses the chunk so that it holds about a
@@ -6,65 +6,98 @@
 # with OH = 1), pieces of a single row. Either way a chunk's outputs are contiguous within
 # each output channel, and each chunk is one GEMM
 #     out[n, g*Kg:(g+1)*Kg, chunk] = W_g[Kg, Cg*kh*kw] @ cols[Cg*kh*kw, chunk]
-# followed by the bias/activation output step on the same, still cached, rows.
-# Work items are (image, group, chunk); the chunking depends on the shapes only, never on the
-# thread count, so every output element is computed by the same sgemm call for any count.
+# run by the packed micro-kernel of _packed_gemm.h (weights packed once by the plan, the
+# chunk's columns copied into panels), whose output step adds the bias and applies the
+# activation. Work items are (image, group, chunk); the chunking depends on the shapes only,
+# and every output is summed in one order, so results do not depend on the thread count.
 from cython.parallel cimport prange, threadid
-from libc.stdlib cimport malloc, free
 
-from _blas cimport sgemm_rm
-from _epilogue cimport bias_act_row
 from _im2col cimport im2col_rows
 
+cdef extern from "_packed_gemm.h":
+    int CE_PG_MR, CE_PG_NR
+    void ce_pg_pack_panels(const float *B, Py_ssize_t ldb, int K, int ncols,
+                           float *panels) nogil
+    void ce_pg_block(const float *ap, const float *panel, int K, float *c, Py_ssize_t ldc,
+                     const float *res, const float *bias, int act, int nm, int ncols) nogil
 
-def f32_conv2d_im2col(const float[:, :, :, ::1] x, const float[:, ::1] w2d, bias,
+
+cdef inline Py_ssize_t thread_floats(Py_ssize_t kdim, Py_ssize_t chunk_cols) noexcept nogil:
+    """One thread's column chunk (rounded to whole 64-byte lines) and then its panels."""
+    cdef Py_ssize_t NR = CE_PG_NR
+    return (kdim * chunk_cols + 15) // 16 * 16 + kdim * ((chunk_cols + NR - 1) // NR * NR)
+
+
+def work_floats(Py_ssize_t kdim, Py_ssize_t chunk_cols, int num_threads):
+    """Floats of f32_conv2d_im2col's work buffer (chunk_cols: the columns of a chunk)."""
+    return max(1, num_threads) * thread_floats(kdim, chunk_cols)
+
+
+def f32_conv2d_im2col(const float[:, :, :, ::1] x, const float[::1] wpack, bias,
                       float[:, :, :, ::1] out,
                       int kh, int kw, int sh, int sw, int pt, int pl, int dh, int dw,
                       int groups, int rows_per_chunk, int cols_per_chunk, int act,
-                      int num_threads):
-    """out = conv2d(x, w) for w2d[K, Cg*kh*kw]; shapes are checked by the caller (engine.ops).
-    Chunks are rows_per_chunk whole rows, or, with rows_per_chunk == 1, cols_per_chunk
-    columns of one row."""
+                      int num_threads, float[::1] work):
+    """out = conv2d(x, w) with wpack the weights W[K, Cg*kh*kw] packed per group as
+    [ceil(Kg/MR)][Cg*kh*kw][MR]; output sizes are the caller's (engine.shapes). Chunks are
+    rows_per_chunk whole rows, or, with rows_per_chunk == 1, cols_per_chunk columns of one
+    row. work: work_floats(Cg*kh*kw, chunk columns, num_threads) floats, 64-byte aligned."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t K = out.shape[1], OH = out.shape[2], OW = out.shape[3]
+    if groups < 1 or C % groups or K % groups or out.shape[0] != N:
+        raise ValueError(f"x {tuple(x.shape)[:4]}, out {tuple(out.shape)[:4]} and groups "
+                         f"{groups} do not agree")
+    if rows_per_chunk < 1 or cols_per_chunk < 1:
+        raise ValueError("chunks must have at least one row and column")
     cdef Py_ssize_t Cg = C // groups, Kg = K // groups, kdim = Cg * kh * kw
+    cdef Py_ssize_t MR = CE_PG_MR, NR = CE_PG_NR
+    cdef Py_ssize_t nmb = (Kg + MR - 1) // MR
+    if wpack.shape[0] != groups * nmb * kdim * MR:
+        raise ValueError(f"wpack must hold {groups * nmb * kdim * MR} floats, got "
+                         f"{wpack.shape[0]}")
     if rows_per_chunk > 1 or cols_per_chunk > OW:
         cols_per_chunk = OW
     cdef Py_ssize_t row_pieces = (OW + cols_per_chunk - 1) // cols_per_chunk
     cdef Py_ssize_t nchunks = (OH + rows_per_chunk - 1) // rows_per_chunk * row_pieces
     cdef Py_ssize_t items = N * groups * nchunks
-    cdef Py_ssize_t chunk_cols = rows_per_chunk * cols_per_chunk
+    cdef Py_ssize_t chunk_cols = min(rows_per_chunk, OH) * cols_per_chunk
     cdef const float[::1] b
     cdef const float* bptr = NULL
     if bias is not None:
         b = bias
+        if b.shape[0] != K:
+            raise ValueError(f"bias must hold {K} values, got {b.shape[0]}")
         bptr = &b[0]
     if num_threads > items:
         num_threads = <int>max(1, items)
-    cdef float* buf = <float*>malloc(num_threads * kdim * chunk_cols * sizeof(float))
-    if buf == NULL:
-        raise MemoryError("im2col column buffer")
-    cdef Py_ssize_t it, n, g, ch, oy0, oy1, ox0, ox1, ncols, k
+    cdef Py_ssize_t cols_floats = (kdim * chunk_cols + 15) // 16 * 16   # panels: 64-byte aligned
+    cdef Py_ssize_t per_thread = thread_floats(kdim, chunk_cols)
+    if work.shape[0] < num_threads * per_thread or <size_t>&work[0] % 64:
+        raise ValueError(f"work must hold {num_threads * per_thread} floats from a 64-byte "
+                         f"boundary, got {work.shape[0]}")
+    cdef Py_ssize_t it, n, g, ch, oy0, oy1, ox0, ox1, ncols, mb, p, np_
     cdef float* cols
+    cdef float* panels
     cdef float* dst
-    try:
-        for it in prange(items, nogil=True, num_threads=num_threads, schedule="static"):
-            n = it // (groups * nchunks)
-            g = (it // nchunks) % groups
-            ch = it % nchunks
-            oy0 = (ch // row_pieces) * rows_per_chunk
-            oy1 = min(oy0 + rows_per_chunk, OH)
-            ox0 = (ch % row_pieces) * cols_per_chunk
-            ox1 = min(ox0 + cols_per_chunk, OW)
-            ncols = (oy1 - oy0) * (ox1 - ox0)
-            cols = buf + threadid() * kdim * chunk_cols
-            im2col_rows(&x[n, g * Cg, 0, 0], H * W, Cg, H, W, kh, kw, sh, sw, pt, pl, dh, dw,
-                        oy0, oy1, ox0, ox1, cols)
-            dst = &out[n, g * Kg, oy0, ox0]
-            sgemm_rm(False, False, Kg, ncols, kdim, 1.0, &w2d[g * Kg, 0], kdim,
-                     cols, ncols, 0.0, dst, OH * OW)
-            for k in range(Kg):
-                bias_act_row(dst + k * OH * OW, ncols,
-                             bptr[g * Kg + k] if bptr != NULL else 0, act)
-    finally:
-        free(buf)
+    for it in prange(items, nogil=True, num_threads=num_threads, schedule="static"):
+        n = it // (groups * nchunks)
+        g = (it // nchunks) % groups
+        ch = it % nchunks
+        oy0 = (ch // row_pieces) * rows_per_chunk
+        oy1 = min(oy0 + rows_per_chunk, OH)
+        ox0 = (ch % row_pieces) * cols_per_chunk
+        ox1 = min(ox0 + cols_per_chunk, OW)
+        ncols = (oy1 - oy0) * (ox1 - ox0)
+        cols = &work[0] + threadid() * per_thread
+        panels = cols + cols_floats
+        im2col_rows(&x[n, g * Cg, 0, 0], H * W, Cg, H, W, kh, kw, sh, sw, pt, pl, dh, dw,
+                    oy0, oy1, ox0, ox1, cols)
+        ce_pg_pack_panels(cols, ncols, <int>kdim, <int>ncols, panels)
+        np_ = (ncols + NR - 1) // NR
+        dst = &out[n, g * Kg, oy0, ox0]
+        for mb in range(nmb):
+            for p in range(np_):
+                ce_pg_block(&wpack[(g * nmb + mb) * kdim * MR], panels + p * kdim * NR,
+                            <int>kdim, dst + mb * MR * OH * OW + p * NR, OH * OW, NULL,
+                            (bptr + g * Kg + mb * MR) if bptr != NULL else NULL, act,
+                            <int>min(MR, Kg - mb * MR), <int>min(NR, ncols - p * NR))
