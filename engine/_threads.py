@@ -1,9 +1,9 @@
 """Thread settings shared by every kernel.
 
 Kernels take their thread count explicitly (``num_threads``), split work over outputs and never
-over a reduction, so a result does not depend on the count. They call sgemm from inside their
-own OpenMP regions, so the BLAS libraries are held at one thread while a kernel runs:
-``blas_pinned()``. That covers scipy's BLAS (the one kernels/_blas.pxd calls) and numpy's own
+over a reduction, so a result does not depend on the count. Those that call sgemm (transposed,
+3-D and deformable convolution) do so from inside their own OpenMP regions, so the BLAS
+libraries are held at one thread while such a kernel runs: ``blas_pinned()``. That covers scipy's BLAS (the one kernels/_blas.pxd calls) and numpy's own
 (wheels ship a second OpenBLAS, used by the few ops that call np.matmul), whose idle threads
 would otherwise spin beside the kernels' OpenMP threads.
 """

@@ -318,7 +318,7 @@ def choose_conv2d(p: ConvParams) -> tuple[str, str]:
             and min(cg, kg) >= 8 and fft_spectrum_bytes(p) <= FFT_MAX_SPECTRUM_BYTES):
         return "fft", (f"{kh}x{kw} stride 1 with {cg}->{kg} channels per group: FFT convolution "
                        f"costs O(log HW) per pixel instead of O({kh * kw})")
-    return "im2col", "general case: im2col + sgemm handles any stride, padding and dilation"
+    return "im2col", "general case: im2col + GEMM handles any stride, padding and dilation"
 
 
 def choose_conv_transpose2d(stride) -> tuple[str, str]:

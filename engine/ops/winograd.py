@@ -32,7 +32,7 @@ from . import packed_gemm
 # Tiles are processed in blocks of whole tile rows; the blocks depend on the shapes alone, so
 # the result does not depend on the thread count. A block aims at a V (input transforms) that
 # stays in a 1 MB L2 next to the GEMM's packed panels, but has at least MIN_BLOCK_TILES tiles:
-# each block repacks all of U inside sgemm, and narrower GEMMs lose speed. Measured on the
+# each block reads all of U again, and narrower GEMMs lose speed. Measured on the
 # five layers of BENCHMARKS.md (one thread, Zen 5): 64->64 56x56 runs ~20% faster in 4 blocks
 # of 196 tiles than in one of 784 or in blocks of 56..126 tiles; the 128-, 256- and
 # 512-channel layers run fastest unblocked (196, 49, 196 and 256 tiles).
