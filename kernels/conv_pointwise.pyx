@@ -3,12 +3,14 @@
 # computed by the packed micro-kernel of _packed_gemm.h. The weights are packed once by the
 # plan; the pixel axis is cut into panels of NR columns.
 #
-# A work item is (image, group, chunk of output channels, group of panels). It copies its
-# panels into a per-thread buffer sized for L2, then for each 8-row block of weights (read once,
-# kept in L1) runs over all its panels, so the output rows are written as 8 sequential streams
-# and the weights of a small-image layer come from memory once. Every output is summed over the
-# input channels in order whatever the split, so results do not depend on it or on the thread
-# count.
+# Each thread takes one share of every image and group: a range of the panels (all output
+# channels) when the input is the larger operand, a range of the 8-row blocks of weights (all
+# panels) when the weights are, the ranges as even as whole blocks and panels allow. Within its
+# share a thread copies up to group_panels panels at a time into its buffer (sized for L2),
+# then runs each of its weight blocks (kept in L1) over them, so output rows are written as 8
+# sequential streams and the larger operand is read from memory once. Every output is summed
+# over the input channels in order whatever the split, so results do not depend on it or on
+# the thread count.
 from cython.parallel cimport prange, threadid
 
 cdef extern from "_packed_gemm.h":
@@ -23,37 +25,35 @@ PANEL = CE_PG_NR          # columns of B per panel
 
 
 def f32_conv2d_pointwise(const float[:, :, ::1] x, const float[::1] apack, bias, residual,
-                         float[:, :, ::1] out, float[::1] work, int groups, int mchunk,
+                         float[:, :, ::1] out, float[::1] work, int groups, bint split_rows,
                          int group_panels, int act, int num_threads):
     """x[N, C, P] -> out[N, K, P] (+ residual[N, K, P]) with apack the weights packed per
-    group as [ceil(Kg/MR)][Cg][MR]. mchunk: output channels per work item, a multiple of MR;
-    group_panels: pixel panels per work item; work: num_threads * group_panels * Cg * NR
-    floats, 64-byte aligned. Shapes checked by the caller."""
+    group as [ceil(Kg/MR)][Cg][MR]. split_rows: the threads share the weight blocks (else the
+    panels); group_panels: panels copied at a time; work: num_threads * group_panels * Cg * NR
+    floats, 64-byte aligned."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], P = x.shape[2], K = out.shape[1]
-    cdef Py_ssize_t Cg = C // groups, Kg = K // groups
-    cdef Py_ssize_t MR = CE_PG_MR, NR = CE_PG_NR
-    cdef Py_ssize_t nmb = (Kg + MR - 1) // MR            # packed row blocks per group
-    cdef Py_ssize_t nchunks = (Kg + mchunk - 1) // mchunk
-    cdef Py_ssize_t npanels = (P + NR - 1) // NR
-    cdef Py_ssize_t GP = group_panels
-    cdef Py_ssize_t npgroups = (npanels + GP - 1) // GP
-    cdef Py_ssize_t items = N * groups * nchunks * npgroups
-    cdef Py_ssize_t per_thread = GP * Cg * NR
     if groups < 1 or C % groups or K % groups or out.shape[0] != N or out.shape[2] != P:
         raise ValueError(f"x {tuple(x.shape)[:3]}, out {tuple(out.shape)[:3]} and groups "
                          f"{groups} do not agree")
+    cdef Py_ssize_t Cg = C // groups, Kg = K // groups
+    cdef Py_ssize_t MR = CE_PG_MR, NR = CE_PG_NR
+    cdef Py_ssize_t nmb = (Kg + MR - 1) // MR            # packed row blocks per group
+    cdef Py_ssize_t npanels = (P + NR - 1) // NR
+    cdef Py_ssize_t GP = group_panels
     if bias is not None and len(bias) != K:
         raise ValueError(f"bias must hold {K} values, got {len(bias)}")
     if residual is not None and tuple(residual.shape) != tuple(out.shape)[:3]:
         raise ValueError(f"residual must have the output's shape {tuple(out.shape)[:3]}, got "
                          f"{tuple(residual.shape)}")
-    if mchunk < MR or mchunk % MR or GP < 1:
-        raise ValueError(f"mchunk must be a positive multiple of {MR} and group_panels "
-                         f"positive, got {mchunk} and {GP}")
+    if GP < 1:
+        raise ValueError(f"group_panels must be positive, got {GP}")
     if apack.shape[0] != groups * nmb * Cg * MR:
         raise ValueError(f"apack holds {apack.shape[0]} floats, expected {groups * nmb * Cg * MR}")
-    if num_threads > items:
-        num_threads = <int>max(1, items)
+    if N == 0 or P == 0 or K == 0:
+        return
+    cdef Py_ssize_t units = nmb if split_rows else npanels
+    num_threads = <int>max(1, min(num_threads, units))
+    cdef Py_ssize_t per_thread = GP * Cg * NR
     if work.shape[0] < num_threads * per_thread:
         raise ValueError(f"work holds {work.shape[0]} floats, expected {num_threads * per_thread}")
     if <size_t>&work[0] % 64:
@@ -69,31 +69,36 @@ def f32_conv2d_pointwise(const float[:, :, ::1] x, const float[::1] apack, bias,
     if residual is not None:
         r = residual
         rptr = &r[0, 0, 0]
-    cdef Py_ssize_t it, n, g, ch, pg, p0, p, pa, pb, mb, m0, mb1, rest
+    cdef Py_ssize_t t, lo, hi, mb_lo, mb_hi, p_lo, p_hi, plane, n, g, pa, pb, p, p0, mb, m0
     cdef float* buf
     cdef const float* res
-    for it in prange(items, nogil=True, num_threads=num_threads, schedule="static"):
-        rest = it
-        pg = rest % npgroups
-        rest = rest // npgroups
-        ch = rest % nchunks
-        rest = rest // nchunks
-        g = rest % groups
-        n = rest // groups
-        pa = pg * GP
-        pb = min(npanels, pa + GP)
+    for t in prange(num_threads, nogil=True, num_threads=num_threads, schedule="static"):
+        # this thread's share of the units: [lo, hi), as even as whole units allow
+        lo = t * units // num_threads
+        hi = (t + 1) * units // num_threads
+        mb_lo, mb_hi, p_lo, p_hi = 0, nmb, 0, npanels
+        if split_rows:
+            mb_lo, mb_hi = lo, hi
+        else:
+            p_lo, p_hi = lo, hi
         buf = &work[0] + threadid() * per_thread
-        ce_pg_pack_panels(&x[n, g * Cg, pa * NR], P, <int>Cg, <int>min(P - pa * NR, GP * NR),
-                          buf)
-        mb1 = min(nmb, (ch * mchunk + mchunk) // MR)
-        for mb in range(ch * mchunk // MR, mb1):
-            m0 = g * Kg + mb * MR
-            for p in range(pa, pb):
-                p0 = p * NR
-                res = NULL
-                if rptr != NULL:
-                    res = rptr + (n * K + m0) * P + p0
-                ce_pg_block(&apack[(g * nmb + mb) * Cg * MR], buf + (p - pa) * Cg * NR,
-                            <int>Cg, &out[n, m0, p0], P, res,
-                            (bptr + m0) if bptr != NULL else NULL, act,
-                            <int>min(MR, Kg - mb * MR), <int>min(NR, P - p0))
+        for plane in range(N * groups):
+            n = plane // groups
+            g = plane % groups
+            pa = p_lo
+            while pa < p_hi:
+                pb = min(p_hi, pa + GP)
+                ce_pg_pack_panels(&x[n, g * Cg, pa * NR], P, <int>Cg,
+                                  <int>min(P - pa * NR, (pb - pa) * NR), buf)
+                for mb in range(mb_lo, mb_hi):
+                    m0 = g * Kg + mb * MR
+                    for p in range(pa, pb):
+                        p0 = p * NR
+                        res = NULL
+                        if rptr != NULL:
+                            res = rptr + (n * K + m0) * P + p0
+                        ce_pg_block(&apack[(g * nmb + mb) * Cg * MR], buf + (p - pa) * Cg * NR,
+                                    <int>Cg, &out[n, m0, p0], P, res,
+                                    (bptr + m0) if bptr != NULL else NULL, act,
+                                    <int>min(MR, Kg - mb * MR), <int>min(NR, P - p0))
+                pa = pb

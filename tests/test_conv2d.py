@@ -157,6 +157,7 @@ def test_one_and_two_threads_bit_identical(algorithm, rng):
     (2, 13, 7, 7, 21),      # partial vectors, partial panels and a partial row block
     (1, 64, 56, 56, 136),   # several panel groups and channel chunks: two threads share it
     (1, 512, 14, 14, 64),
+    (2, 40, 5, 5, 100),     # more output channels than pixels: the threads share the weights
 ])
 @pytest.mark.parametrize("activation", [None, "relu", "relu6"])
 def test_pointwise_residual_in_output_step(shape, activation, rng):
@@ -193,13 +194,13 @@ def test_pointwise_residual_of_another_shape_is_refused(rng):
     with pytest.raises(ValueError, match="residual"):
         conv_pointwise.f32_conv2d_pointwise(
             x.reshape(1, 4, 25), layer._impl.wpack, None, np.zeros((1, 8, 24), np.float32),
-            y.reshape(1, 8, 25), np.zeros(4096, np.float32), 1, 8, 1, 0, 1)
+            y.reshape(1, 8, 25), np.zeros(4096, np.float32), 1, False, 1, 0, 1)
     raw = np.zeros(4096 + 32, np.float32)
     start = (-raw.ctypes.data % 64) // 4 + 1                 # 4 bytes past a 64-byte boundary
     with pytest.raises(ValueError, match="64-byte"):
         conv_pointwise.f32_conv2d_pointwise(
             x.reshape(1, 4, 25), layer._impl.wpack, None, None, y.reshape(1, 8, 25),
-            raw[start:start + 4096], 1, 8, 1, 0, 1)
+            raw[start:start + 4096], 1, False, 1, 0, 1)
 
 
 def test_auto_matches_reference_and_explains(rng):

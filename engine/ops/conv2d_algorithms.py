@@ -99,16 +99,16 @@ class Pointwise:
         if split is None:
             if len(self._splits) > 64:
                 self._splits.clear()
-            split = self._splits[(n, pixels, threads)] = packed_gemm.split(
-                cg, L.out_channels // L.groups, pixels, n * L.groups, threads)
-        mchunk, group_panels = split
+            split = self._splits[(n, pixels, threads)] = packed_gemm.share_split(
+                cg, L.out_channels // L.groups, pixels, threads)
+        split_rows, group_panels = split
         buf = workspace.take(packed_gemm.panel_floats(threads, cg, group_panels))
         try:
             conv_pointwise.f32_conv2d_pointwise(
                 x.reshape(n, c, pixels), self.wpack, L.bias,
                 None if residual is None else residual.reshape(n, L.out_channels, pixels),
-                out.reshape(n, L.out_channels, pixels), buf, L.groups, mchunk, group_panels,
-                L.act_code, threads)
+                out.reshape(n, L.out_channels, pixels), buf, L.groups, split_rows,
+                group_panels, L.act_code, threads)
         finally:
             workspace.give(buf)
 

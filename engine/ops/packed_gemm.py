@@ -74,6 +74,18 @@ def _chunks(nmb: int, mr: int, wanted: int, per_chunk: int, threads: int) -> tup
     return rows, -(-nmb * mr // rows)
 
 
+def share_split(cg: int, kg: int, columns: int, threads: int) -> tuple[bool, int]:
+    """(split_rows, group_panels) for a GEMM run as one share per thread (the pointwise
+    kernel): the threads share the rows of A when A is the larger operand (each then reads all
+    of B, the smaller), else the panels of B; a thread copies at most PANELS_BYTES of panels
+    at a time."""
+    npanels = -(-columns // PANEL)
+    split_rows = kg > columns
+    mine = npanels if split_rows else -(-npanels // max(1, threads))
+    fit = max(1, PANELS_BYTES // (4 * cg * PANEL))
+    return split_rows, max(1, min(fit, mine))
+
+
 def panel_floats(threads: int, cg: int, group_panels: int) -> int:
     """Floats of the per-thread panel buffers."""
     return max(1, threads) * group_panels * cg * PANEL
