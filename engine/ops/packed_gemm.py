@@ -1,6 +1,8 @@
 """Plan-side helpers of the packed GEMM micro-kernel (kernels/_packed_gemm.h), shared by the
-pointwise convolution and Winograd's element-wise GEMMs: weight packing and the split into work
-items. Results never depend on the split: every output is summed in one fixed order."""
+pointwise, im2col and Winograd convolutions: weight packing, and how the work is split (into
+one share per thread for pointwise, share_split; into work items for Winograd's many
+element-wise GEMMs, split). Results never depend on the split: every output is summed in one
+fixed order."""
 from __future__ import annotations
 
 import numpy as np
