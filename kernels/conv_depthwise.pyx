@@ -31,7 +31,6 @@
 # to their place in the output (copy_rows), unless L == OW and acc was the output itself.
 from cython.parallel cimport parallel, prange, threadid
 from libc.math cimport INFINITY
-from libc.stdlib cimport calloc, free
 from libc.string cimport memset, memcpy
 
 from _epilogue cimport ACT_RELU, ACT_RELU6
@@ -54,13 +53,6 @@ cdef extern from *:
 
 cdef inline Py_ssize_t round_up(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
     return (a + b - 1) // b * b
-
-
-cdef inline float* aligned(float* p) noexcept nogil:
-    """p rounded up to a whole vector (64 bytes; calloc gives 16): every buffer below is a
-    whole number of vectors long, so vector loads from their starts never straddle cache
-    lines. The allocation has VEC floats to spare."""
-    return <float*>((<size_t>p + 63) & ~(<size_t>63))
 
 
 cdef inline void phase_range(Py_ssize_t W, Py_ssize_t pl, Py_ssize_t sw, Py_ssize_t px,
@@ -279,6 +271,14 @@ cdef void f32_dwconv_band(const float* P, const Py_ssize_t* offs, Py_ssize_t nta
         acc[i] = min(max(v, lo), hi)
 
 
+cdef int check_work(float[::1] work, Py_ssize_t need) except -1:
+    """The kernels' scratch must hold `need` floats from a 64-byte boundary."""
+    if work.shape[0] < need or <size_t>&work[0] % 64:
+        raise ValueError(f"work must hold {need} floats from a 64-byte boundary, got "
+                         f"{work.shape[0]}")
+    return 0
+
+
 cdef void act_bounds(int act, float* lo, float* hi) noexcept nogil:
     lo[0] = 0 if act == ACT_RELU or act == ACT_RELU6 else -INFINITY
     hi[0] = 6 if act == ACT_RELU6 else INFINITY
@@ -381,13 +381,14 @@ def plane_work_floats(Py_ssize_t items, Py_ssize_t H, Py_ssize_t W, Py_ssize_t O
 def f32_conv2d_depthwise(const float[:, :, :, ::1] x, const float[:, ::1] w2d, bias,
                          float[:, :, :, ::1] out, int kh, int kw, int sh, int sw, int pt,
                          int pl, int dh, int dw, Py_ssize_t stage_bytes, int act,
-                         int num_threads, work=None):
+                         int num_threads, float[::1] work):
     """out = depthwise conv2d(x, w) for w2d[K, kh*kw], K = C * multiplier.
 
     Output sizes are the caller's (engine.shapes); padding beyond pt/pl is implied by them.
     stage_bytes bounds the per-thread buffer (it sets the band height, never below one row).
-    work: None (the kernel allocates) or a reused buffer of plane_work_floats(...) floats:
-    a fresh allocation above glibc's mmap threshold costs a page fault per 4 KB on every call.
+    work: plane_work_floats(...) floats from a 64-byte boundary, reused across calls by the
+    caller: a fresh allocation above glibc's mmap threshold costs a page fault per 4 KB on every
+    call (and zeroing it in one thread moves it between cores).
     """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t K = out.shape[1], OH = out.shape[2], OW = out.shape[3]
@@ -423,22 +424,8 @@ def f32_conv2d_depthwise(const float[:, :, :, ::1] x, const float[:, ::1] w2d, b
     # threads' buffers, zeroed once: staging never writes the padding columns, so they stay
     # zero (numpy arrays for the tables cost about a microsecond each)
     cdef Py_ssize_t table_floats = table_floats_for(sw, kh, kw)
-    cdef Py_ssize_t need = table_floats + num_threads * thread_floats
-    cdef float* mem = NULL
-    cdef float* bufs
-    cdef float[::1] wk
-    if work is None:
-        mem = <float*>calloc(need + VEC, sizeof(float))
-        if mem == NULL:
-            raise MemoryError("depthwise staging buffer")
-        bufs = aligned(mem)
-    else:
-        wk = work
-        if wk.shape[0] < need or <size_t>&wk[0] % 64:
-            raise ValueError(f"work must hold {need} floats from a 64-byte boundary, got "
-                             f"{wk.shape[0]}")
-        bufs = &wk[0]
-    cdef bint zero = work is not None     # calloc's memory is zero already
+    check_work(work, table_floats + num_threads * thread_floats)
+    cdef float* bufs = &work[0]
     cdef Py_ssize_t* lo = <Py_ssize_t*>bufs
     cdef Py_ssize_t* hi = lo + sw
     cdef Py_ssize_t* offs = hi + sw
@@ -455,20 +442,16 @@ def f32_conv2d_depthwise(const float[:, :, :, ::1] x, const float[:, ::1] w2d, b
     cdef const float* wp = &w2d[0, 0]
     cdef Py_ssize_t it, n, c, k
     cdef float* mine
-    try:
-        # each thread zeroes its own buffer, which then sits in its own core's cache
-        with nogil, parallel(num_threads=num_threads):
-            mine = bufs + table_floats + threadid() * thread_floats
-            if zero:
-                memset(mine, 0, thread_floats * sizeof(float))
-            for it in prange(items, schedule="static"):
-                n = it // C
-                c = it % C
-                k = c * q.mult
-                dw_channel(&q, xp + it * H * W, op + (n * K + k) * OH * OW, wp + k * q.ntaps,
-                           bptr + k if bptr != NULL else NULL, mine)
-    finally:
-        free(mem)
+    # each thread zeroes its own buffer, which then sits in its own core's cache
+    with nogil, parallel(num_threads=num_threads):
+        mine = bufs + table_floats + threadid() * thread_floats
+        memset(mine, 0, thread_floats * sizeof(float))
+        for it in prange(items, schedule="static"):
+            n = it // C
+            c = it % C
+            k = c * q.mult
+            dw_channel(&q, xp + it * H * W, op + (n * K + k) * OH * OW, wp + k * q.ntaps,
+                       bptr + k if bptr != NULL else NULL, mine)
 
 
 # Channel blocks. A small plane (7 x 7, 14 x 14) gives each channel so little arithmetic that a
@@ -571,13 +554,13 @@ def cb_work_floats(Py_ssize_t items, Py_ssize_t H, Py_ssize_t W, Py_ssize_t OH, 
 
 def f32_conv2d_depthwise_cb(const float[:, :, :, ::1] x, const float[:, :, ::1] wcb, bias,
                             float[:, :, :, ::1] out, int sh, int sw, int pt, int pl, int dh,
-                            int dw, int act, int num_threads, work=None):
+                            int dw, int act, int num_threads, float[::1] work):
     """out = depthwise conv2d(x, w) for a 3x3 kernel, multiplier 1 and C a multiple of CB,
     in blocks of CB channels: wcb[C // CB, 9, CB] holds w[cb*CB + c, 0, u, v] at
     [cb, u*3 + v, c] (channel_blocks in engine/ops/depthwise.py).
 
     Output sizes are the caller's (engine.shapes); padding beyond pt/pl is implied by them.
-    work: None or a reused buffer of cb_work_floats(...) floats (see f32_conv2d_depthwise).
+    work: cb_work_floats(...) floats from a 64-byte boundary (see f32_conv2d_depthwise).
     """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t OH = out.shape[2], OW = out.shape[3]
@@ -621,22 +604,8 @@ def f32_conv2d_depthwise_cb(const float[:, :, :, ::1] x, const float[:, :, ::1] 
     cdef Py_ssize_t nblocks = C // CB, items = N * nblocks
     num_threads = <int>max(1, min(num_threads, items))
     # zeroed once: blocks write only the inside of T, so its padding stays zero
-    cdef Py_ssize_t need = num_threads * thread_floats
-    cdef float* mem = NULL
-    cdef float* bufs
-    cdef float[::1] wk
-    if work is None:
-        mem = <float*>calloc(need + VEC, sizeof(float))
-        if mem == NULL:
-            raise MemoryError("depthwise channel-block buffer")
-        bufs = aligned(mem)
-    else:
-        wk = work
-        if wk.shape[0] < need or <size_t>&wk[0] % 64:
-            raise ValueError(f"work must hold {need} floats from a 64-byte boundary, got "
-                             f"{wk.shape[0]}")
-        bufs = &wk[0]
-    cdef bint zero = work is not None     # calloc's memory is zero already
+    check_work(work, num_threads * thread_floats)
+    cdef float* bufs = &work[0]
     cdef const float* xp = &x[0, 0, 0, 0]
     cdef float* op = &out[0, 0, 0, 0]
     cdef const float* wp = &wcb[0, 0, 0]
@@ -644,26 +613,22 @@ def f32_conv2d_depthwise_cb(const float[:, :, :, ::1] x, const float[:, :, ::1] 
     cdef float* T0
     cdef float* T
     cdef float* Y
-    try:
-        # each thread zeroes its own buffer, which then sits in its own core's cache (zeroed
-        # by the calling thread, two threads' buffers took as long as the 576ch 14x14 layer)
-        with nogil, parallel(num_threads=num_threads):
-            T0 = bufs + threadid() * thread_floats
-            T = T0 + t0_floats
-            Y = T + t_floats
-            if zero:
-                memset(T0, 0, thread_floats * sizeof(float))
-            for it in prange(items, schedule="static"):
-                cb_transpose_in(T0, xp + it * CB * H * W, H * W, Y + y_floats)
-                if cb_ > ca:
-                    for r in range(ra, rb):
-                        copy_floats(T + (r * WP + ca) * CB,
-                                    T0 + ((r - pt) * W + ca - pl) * CB, (cb_ - ca) * CB)
-                cb_conv3x3(T, WP, sh, sw, offs, wp + (it % nblocks) * 9 * CB,
-                           bptr + (it % nblocks) * CB, lo_act, hi_act, Y, OH, OW)
-                cb_transpose_out(op + it * CB * OH * OW, Y, OH * OW, Y + y_floats)
-    finally:
-        free(mem)
+    # each thread zeroes its own buffer, which then sits in its own core's cache (zeroed by
+    # the calling thread, two threads' buffers took as long as the 576ch 14x14 layer)
+    with nogil, parallel(num_threads=num_threads):
+        T0 = bufs + threadid() * thread_floats
+        T = T0 + t0_floats
+        Y = T + t_floats
+        memset(T0, 0, thread_floats * sizeof(float))
+        for it in prange(items, schedule="static"):
+            cb_transpose_in(T0, xp + it * CB * H * W, H * W, Y + y_floats)
+            if cb_ > ca:
+                for r in range(ra, rb):
+                    copy_floats(T + (r * WP + ca) * CB,
+                                T0 + ((r - pt) * W + ca - pl) * CB, (cb_ - ca) * CB)
+            cb_conv3x3(T, WP, sh, sw, offs, wp + (it % nblocks) * 9 * CB,
+                       bptr + (it % nblocks) * CB, lo_act, hi_act, Y, OH, OW)
+            cb_transpose_out(op + it * CB * OH * OW, Y, OH * OW, Y + y_floats)
 
 
 # ---- Rows: 3x3, stride 1 or 2, multiplier 1, large planes (kernels/_dw_rows.h) -------------
@@ -711,9 +676,7 @@ def f32_conv2d_depthwise_rows(const float[:, :, :, ::1] x, const float[:, ::1] w
     cdef Py_ssize_t items = N * C
     num_threads = <int>max(1, min(num_threads, items))
     cdef Py_ssize_t per_thread = ce_dw_ring_floats(<int>OW, s, pl, <int>W)
-    if work.shape[0] < num_threads * per_thread or <size_t>&work[0] % 64:
-        raise ValueError(f"work must hold {num_threads * per_thread} floats from a 64-byte "
-                         f"boundary, got {work.shape[0]}")
+    check_work(work, num_threads * per_thread)
     cdef float lo_act, hi_act
     act_bounds(act, &lo_act, &hi_act)
     cdef float* bufs = &work[0]

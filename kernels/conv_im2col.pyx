@@ -14,12 +14,7 @@ from cython.parallel cimport prange, threadid
 
 from _im2col cimport im2col_rows
 
-cdef extern from "_packed_gemm.h":
-    int CE_PG_MR, CE_PG_NR
-    void ce_pg_pack_panels(const float *B, Py_ssize_t ldb, int K, int ncols,
-                           float *panels) nogil
-    void ce_pg_block(const float *ap, const float *panel, int K, float *c, Py_ssize_t ldc,
-                     const float *res, const float *bias, int act, int nm, int ncols) nogil
+from _packed_gemm cimport CE_PG_MR, CE_PG_NR, ce_pg_block, ce_pg_pack_panels
 
 
 cdef inline Py_ssize_t thread_floats(Py_ssize_t kdim, Py_ssize_t chunk_cols) noexcept nogil:

@@ -13,12 +13,7 @@
 # the thread count.
 from cython.parallel cimport prange, threadid
 
-cdef extern from "_packed_gemm.h":
-    int CE_PG_MR, CE_PG_NR
-    void ce_pg_pack_panels(const float *B, Py_ssize_t ldb, int K, int ncols,
-                           float *panels) nogil
-    void ce_pg_block(const float *ap, const float *panel, int K, float *c, Py_ssize_t ldc,
-                     const float *res, const float *bias, int act, int nm, int ncols) nogil
+from _packed_gemm cimport CE_PG_MR, CE_PG_NR, ce_pg_block, ce_pg_pack_panels
 
 ROW_BLOCK = CE_PG_MR      # rows of A per packed block
 PANEL = CE_PG_NR          # columns of B per panel

@@ -40,12 +40,7 @@ from libc.string cimport memset, memcpy
 
 from _epilogue cimport activate
 
-cdef extern from "_packed_gemm.h":
-    int CE_PG_MR, CE_PG_NR
-    void ce_pg_pack_panels(const float *B, Py_ssize_t ldb, int K, int ncols,
-                           float *panels) nogil
-    void ce_pg_block(const float *ap, const float *panel, int K, float *c, Py_ssize_t ldc,
-                     const float *res, const float *bias, int act, int nm, int ncols) nogil
+from _packed_gemm cimport CE_PG_MR, CE_PG_NR, ce_pg_block, ce_pg_pack_panels
 
 cdef enum:
     # Tiles per inner loop: the loop writes a small local buffer (which gcc knows aliases

@@ -15,6 +15,7 @@ import engine
 from engine._kernels import conv_depthwise
 from engine.ops import depthwise as depthwise_mod
 from engine.ops.depthwise import Depthwise
+from engine.ops.winograd import workspace
 from reference import conv2d_ref, same_pads_ref
 
 RTOL = 1e-5
@@ -358,21 +359,22 @@ def test_bad_input_raises(rng):
     with pytest.raises(ValueError, match="larger than the padded input"):
         engine.Conv2d(w, groups=4, algorithm="depthwise")(np.zeros((1, 4, 2, 8), np.float32))
     # the kernel's own guards, for callers that skip the plan's checks
+    work = workspace.take(1 << 16)
     x = np.zeros((1, 4, 8, 8), np.float32)
     out = np.zeros((1, 8, 8, 8), np.float32)
     w2d = np.zeros((8, 9), np.float32)
     with pytest.raises(ValueError, match="w2d"):
         conv_depthwise.f32_conv2d_depthwise(x, np.zeros((8, 4), np.float32), None, out, 3, 3, 1, 1, 1, 1, 1, 1,
-                                            1 << 16, 0, 1)
+                                            1 << 16, 0, 1, work)
     with pytest.raises(ValueError, match="out"):
         conv_depthwise.f32_conv2d_depthwise(x, w2d, None, np.zeros((1, 6, 8, 8), np.float32), 3, 3, 1, 1, 1, 1, 1, 1,
-                                            1 << 16, 0, 1)
+                                            1 << 16, 0, 1, work)
     with pytest.raises(ValueError, match="bias"):
         conv_depthwise.f32_conv2d_depthwise(x, w2d, np.zeros(7, np.float32), out, 3, 3, 1, 1,
-                                            1, 1, 1, 1, 1 << 16, 0, 1)
+                                            1, 1, 1, 1, 1 << 16, 0, 1, work)
     with pytest.raises(ValueError, match="positive"):
         conv_depthwise.f32_conv2d_depthwise(x, w2d, None, out, 3, 3, 0, 1, 1, 1, 1, 1,
-                                            1 << 16, 0, 1)
+                                            1 << 16, 0, 1, work)
     # the channel-blocked kernel's guards
     x16 = np.zeros((1, 16, 8, 8), np.float32)
     out16 = np.zeros((1, 16, 8, 8), np.float32)
@@ -380,17 +382,33 @@ def test_bad_input_raises(rng):
     cb = conv_depthwise.f32_conv2d_depthwise_cb
     with pytest.raises(ValueError, match="multiple of 16"):
         cb(np.zeros((1, 8, 8, 8), np.float32), wcb, None, np.zeros((1, 8, 8, 8), np.float32),
-           1, 1, 1, 1, 1, 1, 0, 1)
+           1, 1, 1, 1, 1, 1, 0, 1, work)
     with pytest.raises(ValueError, match="wcb"):
-        cb(x16, np.zeros((1, 9, 8), np.float32), None, out16, 1, 1, 1, 1, 1, 1, 0, 1)
+        cb(x16, np.zeros((1, 9, 8), np.float32), None, out16, 1, 1, 1, 1, 1, 1, 0, 1, work)
     with pytest.raises(ValueError, match="out"):
-        cb(x16, wcb, None, np.zeros((1, 32, 8, 8), np.float32), 1, 1, 1, 1, 1, 1, 0, 1)
+        cb(x16, wcb, None, np.zeros((1, 32, 8, 8), np.float32), 1, 1, 1, 1, 1, 1, 0, 1, work)
     with pytest.raises(ValueError, match="bias"):
-        cb(x16, wcb, np.zeros(15, np.float32), out16, 1, 1, 1, 1, 1, 1, 0, 1)
+        cb(x16, wcb, np.zeros(15, np.float32), out16, 1, 1, 1, 1, 1, 1, 0, 1, work)
     with pytest.raises(ValueError, match="positive"):
-        cb(x16, wcb, None, out16, 0, 1, 1, 1, 1, 1, 0, 1)
+        cb(x16, wcb, None, out16, 0, 1, 1, 1, 1, 1, 0, 1, work)
     with pytest.raises(ValueError, match="non-negative"):
-        cb(x16, wcb, None, out16, 1, 1, -1, 1, 1, 1, 0, 1)
+        cb(x16, wcb, None, out16, 1, 1, -1, 1, 1, 1, 0, 1, work)
+    # the row kernel's guards, and every kernel's check of its scratch buffer
+    rows = conv_depthwise.f32_conv2d_depthwise_rows
+    with pytest.raises(ValueError, match="stride"):
+        rows(x16, np.zeros((16, 9), np.float32), None, out16, 3, 1, 1, 0, 1, work)
+    with pytest.raises(ValueError, match="w2d"):
+        rows(x16, np.zeros((16, 4), np.float32), None, out16, 1, 1, 1, 0, 1, work)
+    with pytest.raises(ValueError, match="work"):
+        rows(x16, np.zeros((16, 9), np.float32), None, out16, 1, 1, 1, 0, 1, work[:8])
+    with pytest.raises(ValueError, match="64-byte"):
+        rows(x16, np.zeros((16, 9), np.float32), None, out16, 1, 1, 1, 0, 1, work[1:])
+    with pytest.raises(ValueError, match="work"):
+        cb(x16, wcb, None, out16, 1, 1, 1, 1, 1, 1, 0, 1, work[:8])
+    with pytest.raises(ValueError, match="work"):
+        conv_depthwise.f32_conv2d_depthwise(x, w2d, None, out, 3, 3, 1, 1, 1, 1, 1, 1,
+                                            1 << 16, 0, 1, work[:8])
+    workspace.give(work)
 
 
 # -- torch ----------------------------------------------------------------------------------------

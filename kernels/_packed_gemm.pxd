@@ -1,0 +1,8 @@
+# The packed GEMM micro-kernel of _packed_gemm.h (layouts and the micro-kernel are described
+# there), declared once for the kernels that use it: pointwise, im2col and Winograd.
+cdef extern from "_packed_gemm.h":
+    int CE_PG_MR, CE_PG_NR
+    void ce_pg_pack_panels(const float *B, Py_ssize_t ldb, int K, int ncols,
+                           float *panels) nogil
+    void ce_pg_block(const float *ap, const float *panel, int K, float *c, Py_ssize_t ldc,
+                     const float *res, const float *bias, int act, int nm, int ncols) nogil
