@@ -6,19 +6,19 @@
 #     cols[(co*kh + u)*kw + v, iy*W + ix] = (W_g^T @ x_g)[...]          (x_g as [Cin_g, H*W])
 # and col2im scatter-adds each row of cols, shifted by (u*dh, v*dw), into output plane co.
 #
-# Work items are (image, group, block of output channels). A block's rows of W_g^T are
-# contiguous columns of W_g, so an item computes only its own rows of cols, in chunks of input
-# rows to bound the buffer, and is the only writer of its output planes. Every output element
+# The GEMM runs on the packed micro-kernel of _packed_gemm.h, with W_g^T packed once by the plan
+# per block of output channels. Work items are (image, group, block of output channels); an
+# item computes only its block's rows of cols, in chunks of input rows to bound the buffer,
+# and is the only writer of its output planes. Every output element
 # is therefore accumulated by one thread in one fixed order (chunk, channel, u, v, iy, ix), with
 # no atomics, and the block and chunk sizes come from the shapes alone: results are
 # bit-identical for any thread count.
 from cython.parallel cimport prange, threadid
-from libc.stdlib cimport malloc, free
 from libc.string cimport memset
 
-from _blas cimport sgemm_rm
 from _epilogue cimport bias_act_row
 from _im2col cimport ceil_div_nonneg
+from _packed_gemm cimport CE_PG_MR, CE_PG_NR, ce_pg_block, ce_pg_pack_panels
 
 
 cdef void col2im_rows(const float* cols, Py_ssize_t nco, Py_ssize_t W,
@@ -64,55 +64,91 @@ cdef void col2im_rows(const float* cols, Py_ssize_t nco, Py_ssize_t W,
                             dst[j * sw] = dst[j * sw] + src[j]
 
 
-def f32_conv_transpose2d_col2im(const float[:, :, :, ::1] x, const float[:, ::1] w2d, bias,
+cdef inline Py_ssize_t thread_floats(Py_ssize_t rows_a, Py_ssize_t Cg,
+                                     Py_ssize_t ncols) noexcept nogil:
+    """One thread's cols (rows_a x ncols, rounded to whole 64-byte lines), then its panels."""
+    cdef Py_ssize_t NR = CE_PG_NR
+    return (rows_a * ncols + 15) // 16 * 16 + Cg * ((ncols + NR - 1) // NR * NR)
+
+
+def work_floats(Py_ssize_t co_block, Py_ssize_t kk, Py_ssize_t Cg, Py_ssize_t chunk_cols,
+                int num_threads):
+    """Floats of f32_conv_transpose2d_col2im's work buffer (chunk_cols: input pixels per
+    chunk)."""
+    return max(1, num_threads) * thread_floats(co_block * kk, Cg, chunk_cols)
+
+
+def f32_conv_transpose2d_col2im(const float[:, :, :, ::1] x, const float[::1] wpack, bias,
                                 float[:, :, :, ::1] out,
                                 int kh, int kw, int sh, int sw, int pt, int pl, int dh, int dw,
                                 int groups, int co_block, int rows_per_chunk, int act,
-                                int num_threads):
-    """out = conv_transpose2d(x, w) for w2d[Cin, Cout_g*kh*kw] (the torch weight
-    (Cin, Cout_g, kh, kw) flattened); shapes are checked by the caller (engine.ops)."""
+                                int num_threads, float[::1] work):
+    """out = conv_transpose2d(x, w) for the torch weight (Cin, Cout_g, kh, kw); wpack: per
+    group and block of co_block output channels, the block's rows of W_g^T (Cout_g*kh*kw x
+    Cin_g, zero rows past the last channel) packed as [ceil(co_block*kh*kw/MR)][Cin_g][MR].
+    Output sizes are the caller's (engine.shapes). work: work_floats(...) floats, 64-byte
+    aligned."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t K = out.shape[1], OH = out.shape[2], OW = out.shape[3]
+    if groups < 1 or C % groups or K % groups or out.shape[0] != N:
+        raise ValueError(f"x {tuple(x.shape)[:4]}, out {tuple(out.shape)[:4]} and groups "
+                         f"{groups} do not agree")
+    if co_block < 1 or rows_per_chunk < 1:
+        raise ValueError("co_block and rows_per_chunk must be positive")
     cdef Py_ssize_t Cg = C // groups, Kg = K // groups, kk = kh * kw
-    cdef Py_ssize_t ldw = Kg * kk
+    cdef Py_ssize_t MR = CE_PG_MR, NR = CE_PG_NR
     cdef Py_ssize_t nblocks = (Kg + co_block - 1) // co_block
+    cdef Py_ssize_t nmb = (co_block * kk + MR - 1) // MR      # packed row blocks per block
+    if wpack.shape[0] != groups * nblocks * nmb * Cg * MR:
+        raise ValueError(f"wpack must hold {groups * nblocks * nmb * Cg * MR} floats, got "
+                         f"{wpack.shape[0]}")
     cdef Py_ssize_t nchunks = (H + rows_per_chunk - 1) // rows_per_chunk
     cdef Py_ssize_t items = N * groups * nblocks
-    cdef Py_ssize_t buf_floats = co_block * kk * rows_per_chunk * W
+    cdef Py_ssize_t chunk_cols = min(rows_per_chunk, H) * W
     cdef const float[::1] b
     cdef const float* bptr = NULL
     if bias is not None:
         b = bias
+        if b.shape[0] != K:
+            raise ValueError(f"bias must hold {K} values, got {b.shape[0]}")
         bptr = &b[0]
     if num_threads > items:
         num_threads = <int>max(1, items)
-    cdef float* buf = <float*>malloc(num_threads * buf_floats * sizeof(float))
-    if buf == NULL:
-        raise MemoryError("col2im column buffer")
-    cdef Py_ssize_t it, n, g, blk, c0, nco, ch, iy0, iy1, ncols, k
+    cdef Py_ssize_t per_thread = thread_floats(co_block * kk, Cg, chunk_cols)
+    cdef Py_ssize_t cols_floats = (co_block * kk * chunk_cols + 15) // 16 * 16
+    if work.shape[0] < num_threads * per_thread or <size_t>&work[0] % 64:
+        raise ValueError(f"work must hold {num_threads * per_thread} floats from a 64-byte "
+                         f"boundary, got {work.shape[0]}")
+    cdef Py_ssize_t it, n, g, blk, c0, nco, ch, iy0, iy1, ncols, k, rows_a, mb, p
     cdef float* cols
+    cdef float* panels
     cdef float* outp
-    try:
-        for it in prange(items, nogil=True, num_threads=num_threads, schedule="static"):
-            n = it // (groups * nblocks)
-            g = (it // nblocks) % groups
-            blk = it % nblocks
-            c0 = blk * co_block
-            nco = min(co_block, Kg - c0)
-            cols = buf + threadid() * buf_floats
-            outp = &out[n, g * Kg + c0, 0, 0]
-            memset(outp, 0, nco * OH * OW * sizeof(float))
-            for ch in range(nchunks):
-                iy0 = ch * rows_per_chunk
-                iy1 = min(iy0 + rows_per_chunk, H)
-                ncols = (iy1 - iy0) * W
-                # cols[nco*kk, ncols] = W_g[:, c0*kk:(c0+nco)*kk]^T @ x_g[:, iy0*W:iy1*W]
-                sgemm_rm(True, False, nco * kk, ncols, Cg, 1.0, &w2d[g * Cg, c0 * kk], ldw,
-                         &x[n, g * Cg, iy0, 0], H * W, 0.0, cols, ncols)
-                col2im_rows(cols, nco, W, iy0, iy1, kh, kw, sh, sw, pt, pl, dh, dw,
-                            outp, OH, OW)
-            for k in range(nco):
-                bias_act_row(outp + k * OH * OW, OH * OW,
-                             bptr[g * Kg + c0 + k] if bptr != NULL else 0, act)
-    finally:
-        free(buf)
+    cdef const float* ablk
+    for it in prange(items, nogil=True, num_threads=num_threads, schedule="static"):
+        n = it // (groups * nblocks)
+        g = (it // nblocks) % groups
+        blk = it % nblocks
+        c0 = blk * co_block
+        nco = min(co_block, Kg - c0)
+        rows_a = nco * kk
+        ablk = &wpack[0] + (g * nblocks + blk) * nmb * Cg * MR
+        cols = &work[0] + threadid() * per_thread
+        panels = cols + cols_floats
+        outp = &out[n, g * Kg + c0, 0, 0]
+        memset(outp, 0, nco * OH * OW * sizeof(float))
+        for ch in range(nchunks):
+            iy0 = ch * rows_per_chunk
+            iy1 = min(iy0 + rows_per_chunk, H)
+            ncols = (iy1 - iy0) * W
+            # cols[nco*kk, ncols] = W_g^T[c0*kk:(c0+nco)*kk, :] @ x_g[:, iy0*W:iy1*W]
+            ce_pg_pack_panels(&x[n, g * Cg, iy0, 0], H * W, <int>Cg, <int>ncols, panels)
+            for mb in range((rows_a + MR - 1) // MR):
+                for p in range((ncols + NR - 1) // NR):
+                    ce_pg_block(ablk + mb * Cg * MR, panels + p * Cg * NR, <int>Cg,
+                                cols + mb * MR * ncols + p * NR, ncols, NULL, NULL, 0,
+                                <int>min(MR, rows_a - mb * MR), <int>min(NR, ncols - p * NR))
+            col2im_rows(cols, nco, W, iy0, iy1, kh, kw, sh, sw, pt, pl, dh, dw,
+                        outp, OH, OW)
+        for k in range(nco):
+            bias_act_row(outp + k * OH * OW, OH * OW,
+                         bptr[g * Kg + c0 + k] if bptr != NULL else 0, act)

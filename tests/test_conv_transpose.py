@@ -7,7 +7,8 @@ import pytest
 
 import engine
 from engine._kernels import conv_transpose as ct_kernel
-from engine._threads import blas_pinned
+from engine.ops import conv_transpose as conv_transpose_mod
+from engine.ops.winograd import workspace
 
 
 # Float32 tolerance. Inputs and weights are N(0, 1); where TOL is used each output sums at
@@ -214,21 +215,34 @@ def test_planned_layers_agree_between_algorithms(rng):
 
 # -- threads -----------------------------------------------------------------------------------
 
-def test_kernel_one_and_two_threads_bit_identical(rng):
-    """Several channel blocks and row chunks, so the two threads really share the work."""
+def test_kernel_one_and_two_threads_bit_identical(rng, monkeypatch):
+    """Several channel blocks (of 2 channels: a partial row block of the packed weights each)
+    and row chunks, so the two threads really share the work."""
+    monkeypatch.setattr(conv_transpose_mod, "COL2IM_BLOCK_ROWS", 18)
     x, wt, b = random_case(rng, 2, 8, 12, 2, 3, 3, 17, 15)
-    w2d = wt.reshape(8, -1)
+    layer = engine.ConvTranspose2d(wt, b, stride=2, padding=1, output_padding=1, groups=2,
+                                   algorithm="col2im")
+    impl = layer._impl
+    assert impl.co_block == 2
     oh, ow = (17 - 1) * 2 - 2 + 3 + 1, (15 - 1) * 2 - 2 + 3 + 1
     outs = []
-    with blas_pinned():
-        for t in (1, 2):
-            out = np.empty((2, 12, oh, ow), np.float32)
-            ct_kernel.f32_conv_transpose2d_col2im(x, w2d, b, out, 3, 3, 2, 2, 1, 1, 1, 1, 2,
-                                                  2, 5, 0, t)
-            outs.append(out)
+    for t in (1, 2):
+        out = np.empty((2, 12, oh, ow), np.float32)
+        work = workspace.take(ct_kernel.work_floats(2, 9, 4, 5 * 15, t))
+        ct_kernel.f32_conv_transpose2d_col2im(x, impl.wpack, b, out, 3, 3, 2, 2, 1, 1, 1, 1, 2,
+                                              2, 5, 0, t, work)
+        workspace.give(work)
+        outs.append(out)
     assert np.array_equal(outs[0], outs[1])
     ref = conv_transpose2d_ref(x, wt, b, (2, 2), ((1, 1), (1, 1)), (1, 1), (1, 1), 2)
     np.testing.assert_allclose(outs[0], ref, **TOL)
+    # the kernel's guards
+    with pytest.raises(ValueError, match="wpack"):
+        ct_kernel.f32_conv_transpose2d_col2im(x, impl.wpack[:-1], b, out, 3, 3, 2, 2, 1, 1, 1, 1,
+                                              2, 2, 5, 0, 1, work)
+    with pytest.raises(ValueError, match="work"):
+        ct_kernel.f32_conv_transpose2d_col2im(x, impl.wpack, b, out, 3, 3, 2, 2, 1, 1, 1, 1, 2,
+                                              2, 5, 0, 1, work[:16])
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)

@@ -20,11 +20,13 @@ import numpy as np
 
 from .. import dispatch
 from .._kernels import conv_transpose as _ct
-from .._threads import blas_pinned, resolve_threads, threads_for
+from .._threads import resolve_threads, threads_for
 from ..shapes import conv_transpose_output_shape, effective_kernel, ntuple, resolve_padding
+from . import packed_gemm
 from ._validate import as_float_array, check_out
 from .activation import activation_code
 from .conv2d import Conv2d
+from .winograd import workspace
 
 # Bound on one thread's column buffer (rows of W_g^T @ x_g awaiting col2im): large enough for
 # efficient GEMMs, small enough to stay in L2 next to the output planes being accumulated.
@@ -251,28 +253,40 @@ class ConvTranspose2d:
 
 
 class Col2im:
-    """GEMM + col2im (kernels/conv_transpose.pyx); the weight is used as stored."""
+    """GEMM + col2im (kernels/conv_transpose.pyx): W_g^T packed once per block of output
+    channels for the packed GEMM micro-kernel."""
 
     def __init__(self, layer):
         self.layer = layer
-        kg = layer.out_channels // layer.groups
+        groups, cg = layer.groups, layer.in_channels // layer.groups
+        kg = layer.out_channels // groups
         kk = int(np.prod(layer.kernel_size))
-        self.w2d = layer.weight.reshape(layer.in_channels, kg * kk)
+        self.kk = kk
         # Output-channel blocks depend on the weight's shape only, never on the thread count.
         block = min(kg, max(1, -(-COL2IM_BLOCK_ROWS // kk)))
         nblocks = -(-kg // block)
         self.co_block = -(-kg // nblocks)
         self.block_bytes = 4 * self.co_block * kk
+        # W_g^T [Kg*kk, Cg] per group, each block's rows padded to co_block*kk
+        wt = layer.weight.reshape(groups, cg, kg * kk).transpose(0, 2, 1)
+        rows = nblocks * self.co_block * kk
+        padded = np.zeros((groups, rows, cg), np.float32)
+        padded[:, :kg * kk] = wt
+        self.wpack = packed_gemm.pack_rows(padded.reshape(-1, cg), groups * nblocks)
 
     def run(self, x, out, g, threads):
         L = self.layer
         (kh, kw), (sh, sw), (dh, dw) = L.kernel_size, L.stride, L.dilation
         h, w = g.in_size
         rows = max(1, min(h, COL2IM_CHUNK_BYTES // (self.block_bytes * w)))
-        with blas_pinned():
-            _ct.f32_conv_transpose2d_col2im(x, self.w2d, L.bias, out, kh, kw, sh, sw,
+        work = workspace.take(_ct.work_floats(self.co_block, self.kk,
+                                              L.in_channels // L.groups, rows * w, threads))
+        try:
+            _ct.f32_conv_transpose2d_col2im(x, self.wpack, L.bias, out, kh, kw, sh, sw,
                                             g.pads[0][0], g.pads[1][0], dh, dw, L.groups,
-                                            self.co_block, rows, L.act_code, threads)
+                                            self.co_block, rows, L.act_code, threads, work)
+        finally:
+            workspace.give(work)
 
 
 class ZeroInsert:
