@@ -230,7 +230,8 @@ def test_dispatcher_rules():
         return dispatch.choose_conv2d(dispatch.ConvParams(**base))[0]
     assert choose(kernel=(1, 1), pads=((0, 0), (0, 0))) == "pointwise"
     assert choose(groups=64) == "depthwise"
-    assert choose(stride=(2, 2)) == "direct_blocked"
+    assert choose(stride=(2, 2)) == "im2col"                        # 64 in, 28 wide
+    assert choose(stride=(2, 2), in_channels=32, in_size=(112, 112)) == "direct_blocked"
     assert choose(stride=(2, 2), in_channels=128) == "im2col"
     assert choose(kernel=(7, 7), in_channels=3) == "direct_blocked"
     assert choose(in_channels=3) == "direct_blocked"    # too few channels for Winograd
