@@ -182,8 +182,7 @@ def test_blocks_and_split_gemms(rng, monkeypatch):
     panel give the same result as the reference: the multi-block and multi-item paths."""
     monkeypatch.setattr(winograd, "MIN_BLOCK_TILES", 1)
     monkeypatch.setattr(winograd, "BLOCK_V_BYTES", 1)
-    monkeypatch.setattr(packed_gemm, "PANELS_BYTES", 1)
-    monkeypatch.setattr(packed_gemm, "ITEMS_PER_THREAD", 10 ** 6)
+    monkeypatch.setattr(packed_gemm, "split", lambda cg, kg, columns: (packed_gemm.ROW_BLOCK, 1))
     for algorithm, dilation in [("winograd_f23", 1), ("dilated_s2b", 3), ("winograd_f43", 2)]:
         layer, x, y = run_case(rng, algorithm, 2, 18, 9, 17, 12, padding=dilation,
                                dilation=dilation, groups=3)
@@ -195,28 +194,17 @@ def test_blocks_and_split_gemms(rng, monkeypatch):
 def test_gemm_split():
     mr, nr = packed_gemm.ROW_BLOCK, packed_gemm.PANEL
     budget = packed_gemm.PANELS_BYTES
-    # one thread: the fewest bytes read. 512 x 512 on 196 columns: the panels exceed the
-    # panel budget (with AVX-512, 7 panels of 64 KB), so as few groups as fit it, A whole
-    rows, gp = packed_gemm.split(512, 512, 196, 1)
+    # 512 x 512 on 196 columns: the panels exceed the budget (with AVX-512, 7 panels of
+    # 64 KB), so as few groups as fit it, and all of A per item
+    rows, gp = packed_gemm.split(512, 512, 196)
     npanels, fit = -(-196 // nr), budget // (4 * 512 * nr)
     assert rows == 512 and gp <= fit and -(-npanels // gp) == -(-npanels // fit)
-    # 32 -> 64 on 12544 columns: B in groups as large as the budget allows, A whole
-    rows, gp = packed_gemm.split(32, 64, 12544, 1)
-    assert rows == 64 and gp * 32 * nr * 4 <= budget
-    # two threads: at least ITEMS_PER_THREAD items each; a large B is cut into groups, not A
-    # (A is then read once per group, B once per chunk)
-    per = packed_gemm.ITEMS_PER_THREAD * 2
-    rows, gp = packed_gemm.split(32, 64, 12544, 1, threads=2)
-    assert rows == 64 and -(-(-(-12544 // nr)) // gp) >= per
-    # a large A with few columns: A is cut into chunks, B kept whole (when it fits the budget)
-    rows, gp = packed_gemm.split(1024, 1024, 49, 1, threads=2)
-    if -(-49 // nr) * 1024 * nr * 4 <= budget:
-        assert gp == -(-49 // nr)
-    assert -(-1024 // rows) >= per and rows % mr == 0
-    # many independent GEMMs (Winograd's 16 elements): enough items already
-    assert packed_gemm.split(64, 64, 196, 16, threads=2)[0] == 64
-    # fewer rows than a block: one block
-    assert packed_gemm.split(4, 3, 10, 1) == (mr, -(-10 // nr))
+    # few columns: one group; rows rounded up to whole blocks
+    assert packed_gemm.split(4, 3, 10) == (mr, -(-10 // nr))
+    # pointwise shares: the threads split the larger operand
+    assert packed_gemm.share_split(64, 1024, 49, 2)[0]             # weights larger: rows
+    split_rows, gp = packed_gemm.share_split(32, 64, 12544, 2)
+    assert not split_rows and gp * 32 * nr * 4 <= budget
 
 
 def test_pack_rows_layout():

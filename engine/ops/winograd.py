@@ -217,7 +217,7 @@ class TilePlan:
         self.max_tiles = int(self.blocks[:, 2].max())
 
         self.mchunk, self.group_panels = packed_gemm.split(
-            c_in // groups, c_out // groups, self.max_tiles, groups * e)
+            c_in // groups, c_out // groups, self.max_tiles)
         self._check(h, oh, ow, pt)
         self.work_floats = conv_winograd.workspace_floats(
             batch, c_in, c_out, self.hbuf, self.J, dw, m, self.max_tiles)
