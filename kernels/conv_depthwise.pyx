@@ -35,6 +35,7 @@ from libc.string cimport memset, memcpy
 
 from _epilogue cimport ACT_RELU, ACT_RELU6
 from _im2col cimport ceil_div_nonneg
+from _scratch cimport check_scratch
 
 # floats in the widest vector (AVX-512); band runs are rounded up to whole vectors
 cdef enum:
@@ -271,14 +272,6 @@ cdef void f32_dwconv_band(const float* P, const Py_ssize_t* offs, Py_ssize_t nta
         acc[i] = min(max(v, lo), hi)
 
 
-cdef int check_work(float[::1] work, Py_ssize_t need) except -1:
-    """The kernels' scratch must hold `need` floats from a 64-byte boundary."""
-    if work.shape[0] < need or <size_t>&work[0] % 64:
-        raise ValueError(f"work must hold {need} floats from a 64-byte boundary, got "
-                         f"{work.shape[0]}")
-    return 0
-
-
 cdef void act_bounds(int act, float* lo, float* hi) noexcept nogil:
     lo[0] = 0 if act == ACT_RELU or act == ACT_RELU6 else -INFINITY
     hi[0] = 6 if act == ACT_RELU6 else INFINITY
@@ -424,7 +417,7 @@ def f32_conv2d_depthwise(const float[:, :, :, ::1] x, const float[:, ::1] w2d, b
     # threads' buffers, zeroed once: staging never writes the padding columns, so they stay
     # zero (numpy arrays for the tables cost about a microsecond each)
     cdef Py_ssize_t table_floats = table_floats_for(sw, kh, kw)
-    check_work(work, table_floats + num_threads * thread_floats)
+    check_scratch(work, table_floats + num_threads * thread_floats, "work")
     cdef float* bufs = &work[0]
     cdef Py_ssize_t* lo = <Py_ssize_t*>bufs
     cdef Py_ssize_t* hi = lo + sw
@@ -604,7 +597,7 @@ def f32_conv2d_depthwise_cb(const float[:, :, :, ::1] x, const float[:, :, ::1] 
     cdef Py_ssize_t nblocks = C // CB, items = N * nblocks
     num_threads = <int>max(1, min(num_threads, items))
     # zeroed once: blocks write only the inside of T, so its padding stays zero
-    check_work(work, num_threads * thread_floats)
+    check_scratch(work, num_threads * thread_floats, "work")
     cdef float* bufs = &work[0]
     cdef const float* xp = &x[0, 0, 0, 0]
     cdef float* op = &out[0, 0, 0, 0]
@@ -676,7 +669,7 @@ def f32_conv2d_depthwise_rows(const float[:, :, :, ::1] x, const float[:, ::1] w
     cdef Py_ssize_t items = N * C
     num_threads = <int>max(1, min(num_threads, items))
     cdef Py_ssize_t per_thread = ce_dw_ring_floats(<int>OW, s, pl, <int>W)
-    check_work(work, num_threads * per_thread)
+    check_scratch(work, num_threads * per_thread, "work")
     cdef float lo_act, hi_act
     act_bounds(act, &lo_act, &hi_act)
     cdef float* bufs = &work[0]

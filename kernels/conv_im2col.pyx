@@ -15,6 +15,7 @@ from cython.parallel cimport prange, threadid
 from _im2col cimport im2col_rows
 
 from _packed_gemm cimport CE_PG_MR, CE_PG_NR, ce_pg_block, ce_pg_pack_panels
+from _scratch cimport check_scratch
 
 
 cdef inline Py_ssize_t thread_floats(Py_ssize_t kdim, Py_ssize_t chunk_cols) noexcept nogil:
@@ -67,9 +68,7 @@ def f32_conv2d_im2col(const float[:, :, :, ::1] x, const float[::1] wpack, bias,
         num_threads = <int>max(1, items)
     cdef Py_ssize_t cols_floats = (kdim * chunk_cols + 15) // 16 * 16   # panels: 64-byte aligned
     cdef Py_ssize_t per_thread = thread_floats(kdim, chunk_cols)
-    if work.shape[0] < num_threads * per_thread or <size_t>&work[0] % 64:
-        raise ValueError(f"work must hold {num_threads * per_thread} floats from a 64-byte "
-                         f"boundary, got {work.shape[0]}")
+    check_scratch(work, num_threads * per_thread, "work")
     cdef Py_ssize_t it, n, g, ch, oy0, oy1, ox0, ox1, ncols, mb, p, np_
     cdef float* cols
     cdef float* panels

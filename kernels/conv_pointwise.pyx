@@ -14,6 +14,7 @@
 from cython.parallel cimport prange, threadid
 
 from _packed_gemm cimport CE_PG_MR, CE_PG_NR, ce_pg_block, ce_pg_pack_panels
+from _scratch cimport check_scratch
 
 ROW_BLOCK = CE_PG_MR      # rows of A per packed block
 PANEL = CE_PG_NR          # columns of B per panel
@@ -49,11 +50,7 @@ def f32_conv2d_pointwise(const float[:, :, ::1] x, const float[::1] apack, bias,
     cdef Py_ssize_t units = nmb if split_rows else npanels
     num_threads = <int>max(1, min(num_threads, units))
     cdef Py_ssize_t per_thread = GP * Cg * NR
-    if work.shape[0] < num_threads * per_thread:
-        raise ValueError(f"work holds {work.shape[0]} floats, expected {num_threads * per_thread}")
-    if <size_t>&work[0] % 64:
-        raise ValueError("work must start on a 64-byte boundary (the panels are read as "
-                         "aligned vectors)")
+    check_scratch(work, num_threads * per_thread, "work")
     cdef const float[::1] b
     cdef const float* bptr = NULL
     cdef const float[:, :, ::1] r

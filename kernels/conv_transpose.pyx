@@ -19,6 +19,7 @@ from libc.string cimport memset
 from _epilogue cimport bias_act_row
 from _im2col cimport ceil_div_nonneg
 from _packed_gemm cimport CE_PG_MR, CE_PG_NR, ce_pg_block, ce_pg_pack_panels
+from _scratch cimport check_scratch
 
 
 cdef void col2im_rows(const float* cols, Py_ssize_t nco, Py_ssize_t W,
@@ -116,9 +117,7 @@ def f32_conv_transpose2d_col2im(const float[:, :, :, ::1] x, const float[::1] wp
         num_threads = <int>max(1, items)
     cdef Py_ssize_t per_thread = thread_floats(co_block * kk, Cg, chunk_cols)
     cdef Py_ssize_t cols_floats = (co_block * kk * chunk_cols + 15) // 16 * 16
-    if work.shape[0] < num_threads * per_thread or <size_t>&work[0] % 64:
-        raise ValueError(f"work must hold {num_threads * per_thread} floats from a 64-byte "
-                         f"boundary, got {work.shape[0]}")
+    check_scratch(work, num_threads * per_thread, "work")
     cdef Py_ssize_t it, n, g, blk, c0, nco, ch, iy0, iy1, ncols, k, rows_a, mb, p
     cdef float* cols
     cdef float* panels

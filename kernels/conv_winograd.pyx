@@ -41,6 +41,7 @@ from libc.string cimport memset, memcpy
 from _epilogue cimport activate
 
 from _packed_gemm cimport CE_PG_MR, CE_PG_NR, ce_pg_block, ce_pg_pack_panels
+from _scratch cimport check_scratch
 
 cdef enum:
     # Tiles per inner loop: the loop writes a small local buffer (which gcc knows aliases
@@ -495,11 +496,7 @@ def f32_conv3x3_winograd(const float[:, :, :, ::1] x, const float[::1] upack, in
         raise ValueError(f"mchunk must be a positive multiple of {MR} and group_panels "
                          f"positive, got {mchunk} and {group_panels}")
     cdef Py_ssize_t GP = group_panels, per_thread = GP * Cg * NR
-    if panels.shape[0] < max(1, num_threads) * per_thread:
-        raise ValueError(f"panels must hold {max(1, num_threads) * per_thread} floats, got "
-                         f"{panels.shape[0]}")
-    if <size_t>&panels[0] % 64:
-        raise ValueError("panels must start on a 64-byte boundary (read as aligned vectors)")
+    check_scratch(panels, max(1, num_threads) * per_thread, "panels")
     cdef Py_ssize_t nchunks = (Kg + mchunk - 1) // mchunk
     cdef Py_ssize_t npanels, npg, pg, p, pa, pb, p0, mb, mb1, ch
     cdef float* buf

@@ -8,7 +8,7 @@ import pytest
 import engine
 from engine._kernels import conv_transpose as ct_kernel
 from engine.ops import conv_transpose as conv_transpose_mod
-from engine.ops.winograd import workspace
+from engine.ops.workspace import workspace
 
 
 # Float32 tolerance. Inputs and weights are N(0, 1); where TOL is used each output sums at

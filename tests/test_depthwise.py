@@ -15,7 +15,7 @@ import engine
 from engine._kernels import conv_depthwise
 from engine.ops import depthwise as depthwise_mod
 from engine.ops.depthwise import Depthwise
-from engine.ops.winograd import workspace
+from engine.ops.workspace import workspace
 from reference import conv2d_ref, same_pads_ref
 
 RTOL = 1e-5

@@ -10,7 +10,8 @@ from .depthwise import Depthwise
 from .direct_blocked import DirectBlocked
 from .fft import FFT
 from .separable import Separable
-from .winograd import WinogradF23, WinogradF43, workspace
+from .winograd import WinogradF23, WinogradF43
+from .workspace import workspace
 
 # Bound on the im2col column buffer of one thread: large enough for efficient GEMMs, small
 # enough that it and its copy in panels stay in L2 next to the weights. Measured on 64->128

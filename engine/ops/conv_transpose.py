@@ -26,7 +26,7 @@ from . import packed_gemm
 from ._validate import as_float_array, check_out
 from .activation import activation_code
 from .conv2d import Conv2d
-from .winograd import workspace
+from .workspace import workspace
 
 # Bound on one thread's column buffer (rows of W_g^T @ x_g awaiting col2im): large enough for
 # efficient GEMMs, small enough to stay in L2 next to the output planes being accumulated.

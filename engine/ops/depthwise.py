@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._kernels import conv_depthwise
-from .winograd import workspace
+from .workspace import workspace
 
 # Bound on one thread's staging buffer (a band of padded input rows split into stride phases,
 # plus the band's accumulator): well inside L2 (1 MB per core on the reference machine), and

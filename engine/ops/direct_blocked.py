@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._kernels import conv_direct_blocked as _k
-from .winograd import workspace
+from .workspace import workspace
 
 # Bound on one thread's zero-padded copy of the input rows of a block of output rows: it is
 # read kh*kw times per block of output channels, so it should stay in the 1 MB L2 next to the

@@ -1,0 +1,54 @@
+"""Scratch buffers for the kernels, reused across calls and layers (one pool per process, free
+buffers kept per thread)."""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+
+class WorkspacePool:
+    """Scratch buffers reused across calls and layers.
+
+    A fresh multi-MB buffer per call costs a page fault per 4 KB page on first touch, measured
+    at about 40% of a 64->64 56x56 layer's time; the kernel's own malloc/free does the same
+    since glibc returns large blocks to the system. Each thread keeps its own free buffers, so
+    concurrent calls never share one and taking one needs no lock (a shared locked list cost
+    1.3 us a take and give, a fifth of a small layer's Python overhead); at most ``keep`` stay
+    per thread, the largest, and buffers above ``max_bytes`` are never kept.
+    """
+
+    def __init__(self, keep: int = 4, max_bytes: int = 256 << 20):
+        self.keep, self.max_bytes = keep, max_bytes
+        self._local = threading.local()
+
+    def _free(self) -> list:
+        free = getattr(self._local, "free", None)
+        if free is None:
+            free = self._local.free = []
+        return free
+
+    def take(self, floats: int) -> np.ndarray:
+        free = self._free()
+        best = -1
+        for i, b in enumerate(free):
+            if b.size >= floats and (best < 0 or b.size < free[best].size):
+                best = i
+        if best >= 0:
+            return free.pop(best)
+        # 64-byte aligned start, so the kernel's sub-buffers are aligned too
+        raw = np.empty(floats + 16, np.float32)
+        start = (-raw.ctypes.data % 64) // 4
+        return raw[start:start + floats]
+
+    def give(self, buf: np.ndarray) -> None:
+        if buf.nbytes > self.max_bytes:
+            return
+        free = self._free()
+        free.append(buf)
+        if len(free) > self.keep:
+            sizes = [b.size for b in free]
+            free.pop(sizes.index(min(sizes)))
+
+
+workspace = WorkspacePool()
