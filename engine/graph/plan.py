@@ -51,12 +51,38 @@ def evaluate(op, ins):
     return [np.array(v, copy=True) for v in env[n:]]
 
 
+def infer_nodes(graph, ops, input_shapes: dict, infos: dict, folded: dict):
+    """Walk the nodes in order, inferring every tensor's Info into ``infos`` (which starts from
+    the constants and the inputs). Nodes computable while planning (constant inputs, or outputs
+    the op can tell from shapes alone) are evaluated into ``folded``; the others are yielded as
+    (node, op, ins, outs, names), their outputs' Infos recorded once the caller is done."""
+    for name, v in graph.constants.items():
+        infos.setdefault(name, Info.of(v))
+    for spec in graph.inputs:
+        infos[spec.name] = Info(input_shapes[spec.name], spec.dtype)
+    for node in graph.nodes:
+        op = ops[node.name]
+        ins = [infos[n] if n else None for n in node.inputs]
+        outs = op.infer(ins)
+        if len(outs) != len(node.outputs):
+            raise ModelError(f"node {node.name!r} ({node.op}): produces {len(outs)} "
+                             f"outputs, the node names {len(node.outputs)}")
+        names = [o or f"{node.name}:unused{k}" for k, o in enumerate(node.outputs)]
+        if all(x is None or x.value is not None for x in ins) or \
+                all(o.value is not None for o in outs):
+            for name, value in zip(names, evaluate(op, ins)):
+                infos[name] = Info.of(value)
+                folded[name] = value
+            continue
+        yield node, op, ins, outs, names
+        for name, info in zip(names, outs):
+            infos[name] = info
+
+
 class Plan:
     def __init__(self, graph, ops, input_shapes: dict):
         self.input_shapes = dict(input_shapes)
-        infos: dict = {name: Info.of(v) for name, v in graph.constants.items()}
-        for spec in graph.inputs:
-            infos[spec.name] = Info(input_shapes[spec.name], spec.dtype)
+        infos: dict = {}
         self.folded: dict = {}        # tensor name -> value computed while planning
         slots: dict = {}
 
@@ -66,27 +92,13 @@ class Plan:
             return slots[name]
 
         steps = []
-        for node in graph.nodes:
-            op = ops[node.name]
-            ins = [infos[n] if n else None for n in node.inputs]
-            outs = op.infer(ins)
-            if len(outs) != len(node.outputs):
-                raise ModelError(f"node {node.name!r} ({node.op}): produces {len(outs)} "
-                                 f"outputs, the node names {len(node.outputs)}")
-            names = [o or f"{node.name}:unused{k}" for k, o in enumerate(node.outputs)]
-            if all(x is None or x.value is not None for x in ins) or \
-                    all(o.value is not None for o in outs):
-                for name, value in zip(names, evaluate(op, ins)):
-                    infos[name] = Info.of(value)
-                    self.folded[name] = value
-                continue
+        for node, op, ins, outs, names in infer_nodes(graph, ops, input_shapes, infos,
+                                                      self.folded):
             i = [slot(n) if n else -1 for n in node.inputs]
             o = [slot(n) for n in names]
             fn = op.build(ins, outs, i, o)
             steps.append(Step(node, names, op, ins, outs, fn, op.flops(ins, outs),
                               op.describe(ins, outs)))
-            for name, info in zip(names, outs):
-                infos[name] = info
         for name in [spec.name for spec in graph.outputs]:
             slot(name)     # an output may be a graph input or a constant no step reads
         self.steps = steps

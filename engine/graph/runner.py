@@ -8,7 +8,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from .._threads import blas_pinned, resolve_threads
-from . import passes
+from . import layout, passes
 from .ir import Graph, TensorSpec
 from .plan import Plan
 
@@ -137,7 +137,8 @@ class Model:
                 plan = self._plans.get(key)
             if plan is None:
                 shapes = {s.name: shape for s, shape in zip(self._inputs, key)}
-                plan = Plan(self.graph, self._ops, shapes)
+                graph, ops = layout.rewrite(self.graph, self._ops, shapes)
+                plan = Plan(graph, ops, shapes)
                 with self._lock:
                     self._plans[key] = plan
                     while len(self._plans) > MAX_PLANS:

@@ -1,0 +1,284 @@
+"""Plan-time layout choice: chains of pointwise and depthwise convolutions run on channel-blocked
+activations (NCHW16c, engine/ops/blocked.py), the rest of the graph on NCHW.
+
+In NCHW a pointwise layer has to pack its input into panels and a small depthwise layer has to
+transpose its planes; in the blocked layout neither does (kernels/_nchwc.h). Converting costs a
+pass over the tensor, so a layer is blocked only where a neighbour is too: a MobileNet becomes
+one conversion after the stem convolution and a blocked global average pool at the end.
+
+``rewrite(graph, ops, input_shapes)`` returns the graph the plan runs and the ops for its nodes:
+each blocked convolution becomes a ``BlockedConv`` writing ``<name>#nchw16c``; a ``ToBlocked``
+step precedes the first blocked reader of an NCHW tensor, a ``FromBlocked`` step (writing the
+original name) the first NCHW reader of a blocked one; a GlobalAveragePool reading a blocked
+tensor reads it in place. The graph the model keeps (and saves) is not changed.
+
+Blocked: 2-D Conv with a relu, relu6 or no activation that is either pointwise (1x1, stride 1,
+no padding, one group; a residual of the output's shape is added in the kernel) or depthwise
+(groups == in_channels == out_channels, any kernel, stride, dilation and padding). Channel
+counts need not be multiples of 16: the padding channels carry zeros.
+"""
+from __future__ import annotations
+
+import math
+
+from .._kernels import nchwc
+from .._threads import threads_for
+from ..ops import blocked
+from .ir import Graph, Node
+from .nodes import F32, Info, Op
+from .plan import infer_nodes
+
+SUFFIX = "#nchw16c"
+# Off: every plan runs NCHW (for comparing the layouts).
+ENABLED = True
+_ACT = {None: 0, "relu": 1, "relu6": 2}
+# Work (multiply-adds) below which a step runs on one thread. Depthwise layers move much more
+# data per multiply-add than pointwise ones: 576 channels 14x14 -> 7x7 (254k multiply-adds)
+# took 13 us on two threads and 18 us on one, in-model far more (its input comes from both
+# cores' caches).
+MIN_WORK_POINTWISE = 2e5
+MIN_WORK_DEPTHWISE = 5e4
+# Elements below which a layout change runs on one thread.
+MIN_CONVERT_ELEMENTS = 1 << 15
+
+
+def conv_kind(op, ins) -> str | None:
+    """"pointwise", "depthwise" or None (stays NCHW), for a Conv op inferred on ``ins``."""
+    if getattr(op, "kind", "") != "Conv" or op.nd != 2 or op.activation not in _ACT:
+        return None
+    k, cg, kh, kw = op.w.shape
+    c = ins[0].shape[1]
+    if op.residual and tuple(ins[3].shape) != tuple(op.conv_shape):
+        return None
+    if ((kh, kw) == (1, 1) and op.group == 1 and tuple(op.strides) == (1, 1)
+            and all(p == 0 for pair in op.plan_pads for p in pair)):
+        return "pointwise"
+    if op.group == c == k and cg == 1 and not op.residual:
+        return "depthwise"
+    return None
+
+
+class _Internal(Op):
+    """An op the layout pass makes: no attributes of its own, never read from a file."""
+    def __init__(self, node):
+        super().__init__(node, {})
+
+
+class ToBlocked(_Internal):
+    kind = "ToBlocked"
+
+    def infer(self, ins):
+        x = self.float_in(ins, 0, "X", 4)
+        return [Info(blocked.blocked_shape(x.shape), F32)]
+
+    def build(self, ins, outs, i, o):
+        a, b = i[0], o[0]
+        single = ins[0].size < MIN_CONVERT_ELEMENTS
+
+        def step(env, nt):
+            nchwc.f32_to_blocked(env[a], env[b], 1 if single else nt)
+        return step
+
+    def describe(self, ins, outs):
+        return "layout: NCHW -> NCHW16c for the blocked layers that read it"
+
+
+class FromBlocked(_Internal):
+    kind = "FromBlocked"
+
+    def __init__(self, node, channels):
+        super().__init__(node)
+        self.channels = channels
+
+    def infer(self, ins):
+        n, _, h, w, _ = self.float_in(ins, 0, "X", 5).shape
+        return [Info((n, self.channels, h, w), F32)]
+
+    def build(self, ins, outs, i, o):
+        a, b = i[0], o[0]
+        single = outs[0].size < MIN_CONVERT_ELEMENTS
+
+        def step(env, nt):
+            nchwc.f32_from_blocked(env[a], env[b], 1 if single else nt)
+        return step
+
+    def describe(self, ins, outs):
+        return "layout: NCHW16c -> NCHW for a reader that needs NCHW"
+
+
+class BlockedGlobalAveragePool(_Internal):
+    kind = "GlobalAveragePool"
+
+    def __init__(self, node, channels):
+        super().__init__(node)
+        self.channels = channels
+
+    def infer(self, ins):
+        n = self.float_in(ins, 0, "X", 5).shape[0]
+        return [Info((n, self.channels, 1, 1), F32)]
+
+    def build(self, ins, outs, i, o):
+        a, b = i[0], o[0]
+        n, c = outs[0].shape[:2]
+
+        def step(env, nt):
+            nchwc.f32_global_avg_blocked(env[a], env[b].reshape(n, c))
+        return step
+
+    def flops(self, ins, outs):
+        return float(ins[0].size)
+
+    def describe(self, ins, outs):
+        return "on the NCHW16c input in place"
+
+
+class BlockedConv(_Internal):
+    """A pointwise or depthwise Conv on blocked tensors. Made per plan: ``conv`` is the graph's
+    Conv op, ``ins``/``outs`` its NCHW Infos for this plan's shapes. Inputs: X, W, B as the
+    Conv's (W and B unread: the weights are packed here), and the residual, blocked."""
+    kind = "Conv"
+    n_inputs = (1, 4)
+
+    def __init__(self, node, conv, kind, ins, outs):
+        super().__init__(node)
+        self.conv, self.conv_kind = conv, kind
+        self.logical_ins, self.logical_outs = ins, outs
+        self.conv_shape = tuple(conv.conv_shape)
+        self.pads = conv.plan_pads
+        self.act = _ACT[conv.activation]
+        self.macs = math.prod(self.conv_shape) * math.prod(conv.w.shape[1:])
+        self._flops = conv.flops(ins, outs)
+        if kind == "pointwise":
+            self.w, self.b = blocked.pack_pointwise(conv.w, conv.b)
+        else:
+            self.w, self.b = blocked.pack_depthwise(conv.w, conv.b)
+
+    def infer(self, ins):
+        x = self.float_in(ins, 0, "X", 5)
+        want = blocked.blocked_shape(self.logical_ins[0].shape)
+        if x.shape != want:
+            raise self.error(f"X must have the blocked shape {want}, got {x.shape}")
+        return [Info(blocked.blocked_shape(self.conv_shape), F32)]
+
+    def build(self, ins, outs, i, o):
+        a, b = i[0], o[0]
+        w, bias, act, macs = self.w, self.b, self.act, self.macs
+        if self.conv_kind == "pointwise":
+            r = i[3] if len(i) > 3 and i[3] >= 0 else -1
+
+            def step(env, nt):
+                nchwc.f32_pointwise_blocked(env[a], w, bias, env[r] if r >= 0 else None,
+                                            env[b], act, threads_for(macs, nt,
+                                                                     MIN_WORK_POINTWISE))
+            return step
+        (sh, sw), (dh, dw) = self.conv.strides, self.conv.dilations
+        pt, pl = self.pads[0][0], self.pads[1][0]
+
+        def step(env, nt):
+            nchwc.f32_depthwise_blocked(env[a], w, bias, env[b], sh, sw, pt, pl, dh, dw, act,
+                                        threads_for(macs, nt, MIN_WORK_DEPTHWISE))
+        return step
+
+    def flops(self, ins, outs):
+        return self._flops
+
+    def describe(self, ins, outs):
+        text = (f"{self.conv_kind} on NCHW16c: "
+                + ("one broadcast-FMA GEMM over the input's channel blocks, no packing"
+                   if self.conv_kind == "pointwise" else
+                   "one vector of 16 channels per pixel and tap, no transposes"))
+        if self.conv.residual:
+            text += " | + residual add"
+        if self.conv.activation:
+            text += f" | + {self.conv.activation} in the kernel's output step"
+        return text
+
+
+def rewrite(graph: Graph, ops: dict, input_shapes: dict):
+    """(graph, ops) to plan for ``input_shapes``: the same objects when nothing is blocked."""
+    if not ENABLED:
+        return graph, ops
+    infos, folded, found = {}, {}, {}
+    for node, op, ins, outs, names in infer_nodes(graph, ops, input_shapes, infos, folded):
+        kind = conv_kind(op, ins)
+        if kind is not None and all(i not in folded for i in node.inputs[:1]):
+            found[node.name] = (kind, ins, outs)
+    if not found:
+        return graph, ops
+    producers = {o: n for n in graph.nodes for o in n.outputs if o}
+    readers: dict = {}
+    for n in graph.nodes:
+        for k, name in enumerate(n.inputs):
+            if name:
+                readers.setdefault(name, []).append((n, k))
+    # a layer is blocked only next to another blocked layer (its input's producer, or a reader
+    # of its output)
+    keep = set()
+    for name in found:
+        node = next(n for n in graph.nodes if n.name == name)
+        src = producers.get(node.inputs[0])
+        if src is not None and src.name in found:
+            keep.add(name)
+        elif any(r.name in found and k == 0 for r, k in readers.get(node.outputs[0], [])):
+            keep.add(name)
+    if not keep:
+        return graph, ops
+    taken = set(infos) | set(graph.constants)
+    blocked_name, nchw_ready = {}, set(taken)
+
+    def fresh(base):
+        name, k = base, 1
+        while name in taken:
+            name, k = f"{base}_{k}", k + 1
+        taken.add(name)
+        return name
+
+    for node in graph.nodes:
+        if node.name in keep:
+            out = node.outputs[0]
+            blocked_name[out] = fresh(out + SUFFIX)
+            nchw_ready.discard(out)
+    new_nodes, new_ops = [], dict(ops)
+
+    def add(node, op):
+        new_nodes.append(node)
+        new_ops[node.name] = op
+
+    def as_blocked(name):
+        if name not in blocked_name:          # an NCHW tensor a blocked layer reads
+            blocked_name[name] = fresh(name + SUFFIX)
+            node = Node("ToBlocked", fresh(name + ":to_nchw16c"), [name], [blocked_name[name]])
+            add(node, ToBlocked(node))
+        return blocked_name[name]
+
+    def as_nchw(name):
+        if name not in nchw_ready:            # a blocked tensor an NCHW reader needs
+            nchw_ready.add(name)
+            node = Node("FromBlocked", fresh(name + ":from_nchw16c"), [blocked_name[name]],
+                        [name])
+            add(node, FromBlocked(node, infos[name].shape[1]))
+        return name
+
+    for node in graph.nodes:
+        if node.name in keep:
+            kind, ins, outs = found[node.name]
+            inputs = [as_blocked(node.inputs[0])] + node.inputs[1:3]
+            if len(node.inputs) > 3 and node.inputs[3]:
+                inputs.append(as_blocked(node.inputs[3]))
+            new = Node(node.op, node.name, inputs, [blocked_name[node.outputs[0]]])
+            add(new, BlockedConv(new, ops[node.name], kind, ins, outs))
+        elif (node.op == "GlobalAveragePool" and node.inputs[0] in blocked_name
+              and node.inputs[0] not in nchw_ready):
+            new = Node(node.op, node.name, [blocked_name[node.inputs[0]]], list(node.outputs))
+            add(new, BlockedGlobalAveragePool(new, infos[node.inputs[0]].shape[1]))
+        else:
+            for name in node.inputs:
+                if name and name in blocked_name and name not in nchw_ready:
+                    as_nchw(name)
+            add(node, ops[node.name])
+    for spec in graph.outputs:
+        if spec.name in blocked_name and spec.name not in nchw_ready:
+            as_nchw(spec.name)
+    out = Graph(new_nodes, graph.inputs, graph.outputs, graph.constants, graph.name)
+    return out, new_ops
+

@@ -1,0 +1,68 @@
+"""Convolutions on channel-blocked activations (NCHW16c: [N][ceil(C/16)][H][W][16], channels
+beyond C zero), the layout the graph runner keeps chains of pointwise and depthwise layers in
+(engine/graph/layout.py). Kernels: kernels/_nchwc.h, kernels/nchwc.pyx.
+
+Weights are rearranged once, here: pointwise weights in groups of up to four output blocks, each
+[input channel][output channel of the group]; depthwise weights [block][kh][kw][16]. Padded
+input channels get zero weights and padded output channels zero weights and bias, so the
+padding stays zero through every activation the kernels apply (none, relu, relu6).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .._kernels import nchwc
+
+BLOCK = nchwc.BLOCK
+GROUP = nchwc.GROUP
+
+
+def blocks(channels: int) -> int:
+    return -(-channels // BLOCK)
+
+
+def blocked_shape(shape) -> tuple:
+    """(N, C, H, W) -> the blocked array's shape (N, ceil(C/16), H, W, 16)."""
+    n, c, h, w = shape
+    return (n, blocks(c), h, w, BLOCK)
+
+
+def to_blocked(x: np.ndarray, num_threads: int = 1) -> np.ndarray:
+    out = np.empty(blocked_shape(x.shape), np.float32)
+    nchwc.f32_to_blocked(np.ascontiguousarray(x, np.float32), out, num_threads)
+    return out
+
+
+def from_blocked(xb: np.ndarray, channels: int, num_threads: int = 1) -> np.ndarray:
+    n, _, h, w, _ = xb.shape
+    out = np.empty((n, channels, h, w), np.float32)
+    nchwc.f32_from_blocked(xb, out, num_threads)
+    return out
+
+
+def _padded_bias(bias, channels):
+    b = np.zeros(blocks(channels) * BLOCK, np.float32)
+    if bias is not None:
+        b[:channels] = bias
+    return b
+
+
+def pack_pointwise(weight: np.ndarray, bias=None):
+    """(K, C, 1, 1) weights and K biases -> (wpack, bias) as f32_pointwise_blocked reads them."""
+    k, c = weight.shape[:2]
+    kb, cb = blocks(k), blocks(c)
+    w = np.zeros((kb * BLOCK, cb * BLOCK), np.float32)
+    w[:k, :c] = weight.reshape(k, c)
+    parts = [np.ascontiguousarray(w[g * BLOCK:min(kb, g + GROUP) * BLOCK].T).ravel()
+             for g in range(0, kb, GROUP)]
+    return np.concatenate(parts), _padded_bias(bias, k)
+
+
+def pack_depthwise(weight: np.ndarray, bias=None):
+    """(C, 1, kh, kw) weights and C biases -> (w[Cb, kh, kw, 16], bias)."""
+    c, _, kh, kw = weight.shape
+    cb = blocks(c)
+    w = np.zeros((cb * BLOCK, kh, kw), np.float32)
+    w[:c] = weight[:, 0]
+    return (np.ascontiguousarray(w.reshape(cb, BLOCK, kh, kw).transpose(0, 2, 3, 1)),
+            _padded_bias(bias, c))

@@ -1,0 +1,220 @@
+# Kernels on channel-blocked activations, [N][ceil(C / 16)][H][W][16] (NCHW16c; the layout and
+# the micro-kernels are described in _nchwc.h): the layout changes to and from NCHW, pointwise
+# and depthwise convolution, and the global average pool. The graph runner keeps chains of
+# pointwise and depthwise layers in this layout (engine/graph/layout.py).
+#
+# Every kernel checks the shapes it is given against one another before it releases the GIL.
+# Results do not depend on the thread count: each output is computed whole by one thread, in an
+# order fixed by the shapes.
+from cython.parallel cimport prange
+
+cdef extern from "_nchwc.h":
+    int CE_NC_B, CE_NC_TILE_PIXELS, CE_NC_GROUP
+    void ce_nc_to_blocked(const float *src, Py_ssize_t P, int nc, float *dst) nogil
+    void ce_nc_from_blocked(const float *src, Py_ssize_t P, int nc, float *dst) nogil
+    void ce_nc_block_mean(const float *src, Py_ssize_t P, float *mean16) nogil
+    void ce_nc_pw_group(const float *x, Py_ssize_t P, int Cb, const float *wpack, int Kb,
+                        int g, const float *bias, const float *res, float *out, int act,
+                        Py_ssize_t t0, Py_ssize_t t1) nogil
+    void ce_nc_dw_row(const float *x, int H, int W, int OW, int oy, int sh, int sw, int pt,
+                      int pl, int kh, int kw, int dh, int dw, const float *w,
+                      const float *bias, float *out, int act) nogil
+
+BLOCK = CE_NC_B                 # channels per block
+TILE_PIXELS = CE_NC_TILE_PIXELS # pixels per pointwise tile
+GROUP = CE_NC_GROUP             # output blocks per pointwise tile
+# Bytes of input one pointwise chunk of tiles reads, kept in L2 while every group of output
+# blocks passes over it.
+CHUNK_BYTES = 96 << 10
+
+
+def blocks(Py_ssize_t channels):
+    """Channel blocks holding `channels` channels."""
+    return (channels + CE_NC_B - 1) // CE_NC_B
+
+
+cdef int check_blocked(x, str name) except -1:
+    if x.ndim != 5 or x.shape[4] != CE_NC_B:
+        raise ValueError(f"{name} must be channel-blocked (N, C/{CE_NC_B}, H, W, {CE_NC_B}), got "
+                         f"shape {tuple(x.shape)}")
+    return 0
+
+
+def f32_to_blocked(const float[:, :, :, ::1] x, float[:, :, :, :, ::1] out, int num_threads):
+    """out[n, c // 16, h, w, c % 16] = x[n, c, h, w], zero in the channels beyond C."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], P = x.shape[2] * x.shape[3]
+    cdef Py_ssize_t Cb = (C + CE_NC_B - 1) // CE_NC_B
+    if (out.shape[0] != N or out.shape[1] != Cb or out.shape[2] != x.shape[2]
+            or out.shape[3] != x.shape[3] or out.shape[4] != CE_NC_B):
+        raise ValueError(f"out must have shape ({N}, {Cb}, {x.shape[2]}, {x.shape[3]}, "
+                         f"{CE_NC_B}) for x {tuple(x.shape)[:4]}, got {tuple(out.shape)}")
+    if N == 0 or Cb == 0 or P == 0:
+        return
+    cdef const float* xp = &x[0, 0, 0, 0]
+    cdef float* op = &out[0, 0, 0, 0, 0]
+    cdef Py_ssize_t it, n, cb
+    num_threads = <int>max(1, min(num_threads, N * Cb))
+    for it in prange(N * Cb, nogil=True, num_threads=num_threads, schedule="static"):
+        n = it // Cb
+        cb = it % Cb
+        ce_nc_to_blocked(xp + (n * C + cb * CE_NC_B) * P, P,
+                         <int>min(CE_NC_B, C - cb * CE_NC_B), op + it * P * CE_NC_B)
+
+
+def f32_from_blocked(const float[:, :, :, :, ::1] x, float[:, :, :, ::1] out, int num_threads):
+    """out[n, c, h, w] = x[n, c // 16, h, w, c % 16] for the C channels of out."""
+    cdef Py_ssize_t N = out.shape[0], C = out.shape[1], P = out.shape[2] * out.shape[3]
+    cdef Py_ssize_t Cb = (C + CE_NC_B - 1) // CE_NC_B
+    if (x.shape[0] != N or x.shape[1] != Cb or x.shape[2] != out.shape[2]
+            or x.shape[3] != out.shape[3] or x.shape[4] != CE_NC_B):
+        raise ValueError(f"x must have shape ({N}, {Cb}, {out.shape[2]}, {out.shape[3]}, "
+                         f"{CE_NC_B}) for out {tuple(out.shape)[:4]}, got {tuple(x.shape)}")
+    if N == 0 or Cb == 0 or P == 0:
+        return
+    cdef const float* xp = &x[0, 0, 0, 0, 0]
+    cdef float* op = &out[0, 0, 0, 0]
+    cdef Py_ssize_t it, n, cb
+    num_threads = <int>max(1, min(num_threads, N * Cb))
+    for it in prange(N * Cb, nogil=True, num_threads=num_threads, schedule="static"):
+        n = it // Cb
+        cb = it % Cb
+        ce_nc_from_blocked(xp + it * P * CE_NC_B, P, <int>min(CE_NC_B, C - cb * CE_NC_B),
+                           op + (n * C + cb * CE_NC_B) * P)
+
+
+def f32_global_avg_blocked(const float[:, :, :, :, ::1] x, float[:, ::1] out):
+    """out[n, c] = mean over the pixels of channel c, for the C channels of out."""
+    cdef Py_ssize_t N = x.shape[0], Cb = x.shape[1], P = x.shape[2] * x.shape[3]
+    cdef Py_ssize_t C = out.shape[1]
+    if out.shape[0] != N or (C + CE_NC_B - 1) // CE_NC_B != Cb or x.shape[4] != CE_NC_B:
+        raise ValueError(f"out {tuple(out.shape)[:2]} does not fit x {tuple(x.shape)}")
+    if P == 0:
+        raise ValueError("x must have a non-empty plane")
+    cdef float mean[16]
+    cdef Py_ssize_t n, cb, j
+    with nogil:
+        for n in range(N):
+            for cb in range(Cb):
+                ce_nc_block_mean(&x[n, cb, 0, 0, 0], P, mean)
+                for j in range(min(CE_NC_B, C - cb * CE_NC_B)):
+                    out[n, cb * CE_NC_B + j] = mean[j]
+
+
+def pointwise_pack_floats(Py_ssize_t in_blocks, Py_ssize_t out_blocks):
+    """Floats of the packed pointwise weights."""
+    return in_blocks * CE_NC_B * out_blocks * CE_NC_B
+
+
+def f32_pointwise_blocked(const float[:, :, :, :, ::1] x, const float[::1] wpack,
+                          const float[::1] bias, residual, float[:, :, :, :, ::1] out, int act,
+                          int num_threads):
+    """out = act(W @ x + bias (+ residual)) per pixel, all in blocks. wpack: the weights packed
+    by engine.ops.blocked.pack_pointwise, groups of up to GROUP output blocks, each
+    [Cb * 16][blocks * 16]; bias: Kb * 16 values (zero beyond K); residual: None or an array
+    of out's shape.
+
+    The threads share either the tiles of pixels (all output channels each) or the groups of
+    output blocks (all pixels each), whichever leaves the busiest thread less to do."""
+    check_blocked(x, "x")
+    check_blocked(out, "out")
+    cdef Py_ssize_t N = x.shape[0], Cb = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t Kb = out.shape[1], P = H * W
+    if out.shape[0] != N or out.shape[2] != H or out.shape[3] != W:
+        raise ValueError(f"out {tuple(out.shape)} must match x {tuple(x.shape)} but in channels")
+    if wpack.shape[0] != Cb * CE_NC_B * Kb * CE_NC_B:
+        raise ValueError(f"wpack must hold {Cb * CE_NC_B * Kb * CE_NC_B} floats, got "
+                         f"{wpack.shape[0]}")
+    if bias.shape[0] != Kb * CE_NC_B:
+        raise ValueError(f"bias must hold {Kb * CE_NC_B} floats, got {bias.shape[0]}")
+    cdef const float[:, :, :, :, ::1] r
+    cdef const float* rbase = NULL
+    if residual is not None:
+        if tuple(residual.shape) != tuple(out.shape)[:5]:
+            raise ValueError(f"residual must have out's shape {tuple(out.shape)[:5]}, got "
+                             f"{tuple(residual.shape)}")
+        r = residual
+        rbase = &r[0, 0, 0, 0, 0]
+    if N == 0 or Kb == 0 or P == 0:
+        return
+    if Cb == 0:
+        raise ValueError("x must have at least one channel")
+    cdef Py_ssize_t T = (P + CE_NC_TILE_PIXELS - 1) // CE_NC_TILE_PIXELS
+    cdef Py_ssize_t G = (Kb + CE_NC_GROUP - 1) // CE_NC_GROUP
+    cdef int nt = <int>max(1, num_threads)
+    # the busiest thread's tiles x groups under each split
+    cdef Py_ssize_t by_pixels = (N * T + nt - 1) // nt * G
+    cdef Py_ssize_t by_groups = (G + nt - 1) // nt * N * T
+    cdef bint split_groups = nt > 1 and by_groups < by_pixels
+    cdef Py_ssize_t units = G if split_groups else N * T
+    nt = <int>min(nt, units)
+    cdef Py_ssize_t chunk = max(1, CHUNK_BYTES // (CE_NC_TILE_PIXELS * Cb * CE_NC_B * 4))
+    cdef const float* xp = &x[0, 0, 0, 0, 0]
+    cdef float* op = &out[0, 0, 0, 0, 0]
+    cdef const float* wp = &wpack[0]
+    cdef const float* bp = &bias[0]
+    cdef Py_ssize_t xs = Cb * P * CE_NC_B, os = Kb * P * CE_NC_B
+    cdef Py_ssize_t t, lo, hi, g_lo, g_hi, u_lo, u_hi, n, a, b, c0, c1, g
+    for t in prange(nt, nogil=True, num_threads=nt, schedule="static"):
+        lo = t * units // nt
+        hi = (t + 1) * units // nt
+        g_lo, g_hi, u_lo, u_hi = 0, G, 0, N * T
+        if split_groups:
+            g_lo, g_hi = lo, hi
+        else:
+            u_lo, u_hi = lo, hi
+        n = u_lo // T
+        while n * T < u_hi:
+            a = max(u_lo, n * T) - n * T          # this image's tiles [a, b)
+            b = min(u_hi, (n + 1) * T) - n * T
+            c0 = a
+            while c0 < b:
+                c1 = min(b, c0 + chunk)
+                for g in range(g_lo, g_hi):
+                    ce_nc_pw_group(xp + n * xs, P, <int>Cb, wp, <int>Kb, <int>g, bp,
+                                   (rbase + n * os) if rbase != NULL else NULL, op + n * os,
+                                   act, c0, c1)
+                c0 = c1
+            n = n + 1
+
+
+def f32_depthwise_blocked(const float[:, :, :, :, ::1] x, const float[:, :, :, ::1] w,
+                          const float[::1] bias, float[:, :, :, :, ::1] out, int sh, int sw,
+                          int pt, int pl, int dh, int dw, int act, int num_threads):
+    """Depthwise convolution (multiplier 1) in blocks: w[Cb, kh, kw, 16] holds channel
+    cb*16 + j's tap (u, v) at [cb, u, v, j] (zero beyond C); bias: Cb * 16 values. Output
+    sizes are the caller's (engine.shapes); padding beyond pt / pl is implied by them.
+
+    Work items are output rows of one block, ordered (image, row, block), so each thread takes
+    a band of rows: the pixels a pointwise layer next to it, split by pixels, also gives it."""
+    check_blocked(x, "x")
+    check_blocked(out, "out")
+    cdef Py_ssize_t N = x.shape[0], Cb = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t OH = out.shape[2], OW = out.shape[3]
+    if out.shape[0] != N or out.shape[1] != Cb:
+        raise ValueError(f"out {tuple(out.shape)} must have x's images and blocks "
+                         f"{tuple(x.shape)[:2]}")
+    if w.shape[0] != Cb or w.shape[3] != CE_NC_B or w.shape[1] < 1 or w.shape[2] < 1:
+        raise ValueError(f"w must have shape ({Cb}, kh, kw, {CE_NC_B}), got {tuple(w.shape)}")
+    if bias.shape[0] != Cb * CE_NC_B:
+        raise ValueError(f"bias must hold {Cb * CE_NC_B} floats, got {bias.shape[0]}")
+    if sh < 1 or sw < 1 or dh < 1 or dw < 1 or pt < 0 or pl < 0:
+        raise ValueError("strides and dilations must be positive and pads non-negative")
+    if H == 0 or W == 0 or H > 1 << 30 or W > 1 << 30 or OH > 1 << 30 or OW > 1 << 30:
+        raise ValueError(f"x {tuple(x.shape)} must have a non-empty plane of sane size")
+    cdef int kh = <int>w.shape[1], kw = <int>w.shape[2]
+    cdef Py_ssize_t taps = kh * kw
+    if N == 0 or Cb == 0 or OH <= 0 or OW <= 0:
+        return
+    cdef const float* xp = &x[0, 0, 0, 0, 0]
+    cdef float* op = &out[0, 0, 0, 0, 0]
+    cdef const float* wp = &w[0, 0, 0, 0]
+    cdef const float* bp = &bias[0]
+    cdef Py_ssize_t items = N * OH * Cb, it, n, oy, cb
+    num_threads = <int>max(1, min(num_threads, items))
+    for it in prange(items, nogil=True, num_threads=num_threads, schedule="static"):
+        cb = it % Cb
+        oy = (it // Cb) % OH
+        n = it // (Cb * OH)
+        ce_nc_dw_row(xp + (n * Cb + cb) * H * W * CE_NC_B, <int>H, <int>W, <int>OW, <int>oy,
+                     sh, sw, pt, pl, kh, kw, dh, dw, wp + cb * taps * CE_NC_B,
+                     bp + cb * CE_NC_B, op + ((n * Cb + cb) * OH + oy) * OW * CE_NC_B, act)

@@ -1,0 +1,289 @@
+"""Channel-blocked (NCHW16c) kernels (kernels/nchwc.pyx) and the plan-time layout pass that runs
+chains of pointwise and depthwise layers on them (engine/graph/layout.py).
+
+References: float64 NumPy (tests/reference.py). Tolerance: max error <= 1e-5 * the largest sum
+of |terms| an output adds (pointwise, depthwise), 1e-6 relative for the average pool; layout
+changes are exact. 1 and 2 threads must give bit-identical results, whichever way the threads
+split the work.
+"""
+import numpy as np
+import pytest
+
+from engine._kernels import nchwc
+from engine.graph import Graph, Model, Node, TensorSpec
+from engine.graph import layout
+from engine.ops import blocked
+from reference import conv2d_ref
+
+ACTS = {0: lambda v: v, 1: lambda v: np.maximum(v, 0), 2: lambda v: np.clip(v, 0, 6)}
+
+
+def f32(rng, *shape):
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+def check_close(got, ref, scale):
+    err = float(np.abs(got.astype(np.float64) - ref).max())
+    assert err <= 1e-5 * scale, f"max error {err:.3g} > 1e-5 * {scale:.3g}"
+
+
+# ---------------------------------------------------------------------------- layout changes
+
+@pytest.mark.parametrize("shape", [(1, 16, 4, 4), (2, 5, 3, 7), (1, 33, 1, 1), (1, 40, 17, 2)])
+def test_to_and_from_blocked_are_exact_and_pad_with_zeros(rng, shape):
+    x = f32(rng, *shape)
+    n, c, h, w = shape
+    xb = blocked.to_blocked(x, 2)
+    assert xb.shape == (n, -(-c // 16), h, w, 16)
+    ref = np.zeros((n, xb.shape[1] * 16, h, w), np.float32)
+    ref[:, :c] = x
+    np.testing.assert_array_equal(xb, ref.reshape(n, -1, 16, h, w).transpose(0, 1, 3, 4, 2))
+    for t in (1, 2):
+        np.testing.assert_array_equal(blocked.from_blocked(xb, c, t), x)
+
+
+def test_layout_changes_refuse_mismatched_shapes():
+    x = np.zeros((1, 20, 4, 4), np.float32)
+    with pytest.raises(ValueError, match="out must have shape"):
+        nchwc.f32_to_blocked(x, np.zeros((1, 1, 4, 4, 16), np.float32), 1)
+    with pytest.raises(ValueError, match="x must have shape"):
+        nchwc.f32_from_blocked(np.zeros((1, 2, 4, 3, 16), np.float32), x, 1)
+
+
+# -------------------------------------------------------------------------------- pointwise
+
+def run_pointwise(x, w, b, residual, act, threads):
+    n, c, h, wd = x.shape
+    k = w.shape[0]
+    wp, bp = blocked.pack_pointwise(w, b)
+    out = np.full(blocked.blocked_shape((n, k, h, wd)), np.nan, np.float32)
+    r = None if residual is None else blocked.to_blocked(residual)
+    nchwc.f32_pointwise_blocked(blocked.to_blocked(x), wp, bp, r, out, act, threads)
+    return out
+
+
+# (N, C, K, H, W): channel counts off the block size, every number of output blocks in the
+# last group (1..4), pixel counts with every tail of a 6-pixel tile, batches; small planes with
+# many output blocks make the threads split the groups, large planes the pixels
+POINTWISE = [(1, 16, 16, 4, 4), (1, 3, 5, 1, 1), (2, 24, 144, 9, 7), (1, 17, 70, 5, 13),
+             (1, 64, 48, 2, 5), (1, 40, 200, 1, 7), (3, 8, 33, 3, 3), (1, 100, 20, 11, 11),
+             (1, 320, 96, 7, 7)]
+
+
+@pytest.mark.parametrize("n,c,k,h,w", POINTWISE)
+def test_pointwise_matches_reference_and_is_thread_independent(rng, n, c, k, h, w):
+    x, wt, b = f32(rng, n, c, h, w), f32(rng, k, c, 1, 1), f32(rng, k)
+    res = f32(rng, n, k, h, w)
+    scale = float((np.abs(x).max(axis=1).max() * np.abs(wt).sum(axis=1).max()) + 10)
+    for act in (0, 1, 2):
+        for r in (None, res):
+            got = run_pointwise(x, wt, b, r, act, 1)
+            np.testing.assert_array_equal(got, run_pointwise(x, wt, b, r, act, 2))
+            # the padding channels of the output are zero
+            assert not np.any(got.reshape(n, -1, h, w, 16).transpose(0, 1, 4, 2, 3)
+                              .reshape(n, -1, h, w)[:, k:])
+            ref = conv2d_ref(x, wt, b) + (0 if r is None else r)
+            check_close(blocked.from_blocked(got, k), ACTS[act](ref), scale)
+
+
+def test_pointwise_refuses_inconsistent_arguments(rng):
+    x = blocked.to_blocked(f32(rng, 1, 20, 3, 3))
+    wp, bp = blocked.pack_pointwise(f32(rng, 40, 20, 1, 1), f32(rng, 40))
+    out = np.zeros((1, 3, 3, 3, 16), np.float32)
+    with pytest.raises(ValueError, match="wpack"):
+        nchwc.f32_pointwise_blocked(x, wp[:-1], bp, None, out, 0, 1)
+    with pytest.raises(ValueError, match="bias"):
+        nchwc.f32_pointwise_blocked(x, wp, bp[:16], None, out, 0, 1)
+    with pytest.raises(ValueError, match="residual"):
+        nchwc.f32_pointwise_blocked(x, wp, bp, np.zeros((1, 3, 3, 2, 16), np.float32), out, 0,
+                                    1)
+    with pytest.raises(ValueError, match="out"):
+        nchwc.f32_pointwise_blocked(x, wp, bp, None, np.zeros((1, 3, 3, 4, 16), np.float32), 0,
+                                    1)
+    with pytest.raises(ValueError, match="channel-blocked"):
+        nchwc.f32_pointwise_blocked(x, wp, bp, None, np.zeros((1, 3, 3, 3, 8), np.float32), 0,
+                                    1)
+
+
+# -------------------------------------------------------------------------------- depthwise
+
+def run_depthwise(x, w, b, stride, pads, dilation, act, threads):
+    n, c, h, wd = x.shape
+    kh, kw = w.shape[2:]
+    (pt, pb), (pl, pr) = pads
+    oh = (h + pt + pb - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    ow = (wd + pl + pr - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    wp, bp = blocked.pack_depthwise(w, b)
+    out = np.full((n, blocked.blocks(c), oh, ow, 16), np.nan, np.float32)
+    nchwc.f32_depthwise_blocked(blocked.to_blocked(x), wp, bp, out, stride[0], stride[1], pt, pl,
+                                dilation[0], dilation[1], act, threads)
+    return blocked.from_blocked(out, c)
+
+
+# (N, C, H, W, kernel, stride, pads ((top, bottom), (left, right)), dilation)
+DEPTHWISE = [
+    (1, 32, 12, 12, (3, 3), (1, 1), ((1, 1), (1, 1)), (1, 1)),
+    (1, 40, 13, 9, (3, 3), (2, 2), ((1, 1), (1, 1)), (1, 1)),
+    (2, 20, 7, 10, (3, 3), (1, 1), ((2, 2), (2, 2)), (2, 2)),
+    (1, 16, 5, 5, (3, 3), (1, 1), ((0, 0), (0, 0)), (1, 1)),
+    (1, 16, 1, 1, (3, 3), (1, 1), ((1, 1), (1, 1)), (1, 1)),
+    (1, 17, 2, 3, (3, 3), (2, 1), ((1, 1), (1, 1)), (1, 1)),
+    (1, 33, 8, 8, (3, 3), (1, 1), ((0, 1), (1, 0)), (1, 1)),
+    (1, 16, 9, 11, (5, 5), (2, 2), ((2, 2), (2, 2)), (1, 1)),
+    (1, 24, 6, 9, (1, 3), (1, 3), ((0, 0), (1, 1)), (1, 1)),
+    (1, 16, 10, 10, (3, 3), (3, 3), ((1, 1), (1, 1)), (1, 2)),
+]
+
+
+@pytest.mark.parametrize("n,c,h,w,kernel,stride,pads,dilation", DEPTHWISE)
+def test_depthwise_matches_reference_and_is_thread_independent(rng, n, c, h, w, kernel, stride,
+                                                               pads, dilation):
+    x, wt, b = f32(rng, n, c, h, w), f32(rng, c, 1, *kernel), f32(rng, c)
+    ref = conv2d_ref(x, wt, b, stride, pads, dilation, groups=c)
+    scale = float(np.abs(x).max() * np.abs(wt).sum(axis=(1, 2, 3)).max() + np.abs(b).max())
+    for act in (0, 2):
+        got = run_depthwise(x, wt, b, stride, pads, dilation, act, 1)
+        np.testing.assert_array_equal(got, run_depthwise(x, wt, b, stride, pads, dilation, act,
+                                                         2))
+        check_close(got, ACTS[act](ref), scale)
+
+
+def test_depthwise_refuses_inconsistent_arguments(rng):
+    x = blocked.to_blocked(f32(rng, 1, 20, 6, 6))
+    wp, bp = blocked.pack_depthwise(f32(rng, 20, 1, 3, 3), f32(rng, 20))
+    out = np.zeros((1, 2, 6, 6, 16), np.float32)
+    with pytest.raises(ValueError, match="w must have shape"):
+        nchwc.f32_depthwise_blocked(x, wp[:1], bp, out, 1, 1, 1, 1, 1, 1, 0, 1)
+    with pytest.raises(ValueError, match="bias"):
+        nchwc.f32_depthwise_blocked(x, wp, bp[:20], out, 1, 1, 1, 1, 1, 1, 0, 1)
+    with pytest.raises(ValueError, match="strides"):
+        nchwc.f32_depthwise_blocked(x, wp, bp, out, 0, 1, 1, 1, 1, 1, 0, 1)
+    with pytest.raises(ValueError, match="blocks"):
+        nchwc.f32_depthwise_blocked(x, wp, bp, np.zeros((1, 3, 6, 6, 16), np.float32), 1, 1,
+                                    1, 1, 1, 1, 0, 1)
+
+
+def test_global_average_pool_on_blocks(rng):
+    x = f32(rng, 2, 40, 7, 5)
+    out = np.empty((2, 40), np.float32)
+    nchwc.f32_global_avg_blocked(blocked.to_blocked(x), out)
+    ref = x.astype(np.float64).mean(axis=(2, 3))
+    assert np.abs(out - ref).max() <= 1e-6 * np.abs(x).max()
+    with pytest.raises(ValueError, match="does not fit"):
+        nchwc.f32_global_avg_blocked(blocked.to_blocked(x), np.empty((2, 50), np.float32))
+
+
+# ------------------------------------------------------------------------------ layout pass
+
+def spec(name, shape=None):
+    return TensorSpec(name, shape, "float32")
+
+
+def separable_net(rng, c=24, e=40):
+    """stem 3x3 -> dw 3x3 (relu6) -> pw (relu6) -> pw + residual -> dw s2 -> GAP -> Gemm, with
+    channel counts off the block size."""
+    consts = {"w0": f32(rng, c, 3, 3, 3) * 0.3, "w1": f32(rng, c, 1, 3, 3) * 0.3,
+              "w2": f32(rng, e, c, 1, 1) * 0.3, "w3": f32(rng, c, e, 1, 1) * 0.3,
+              "w4": f32(rng, c, 1, 3, 3) * 0.3, "b4": f32(rng, c), "fw": f32(rng, 10, c),
+              "fb": f32(rng, 10), "lo": np.array(0, np.float32), "hi": np.array(6, np.float32)}
+    nodes = [Node("Conv", "stem", ["x", "w0"], ["s"], {"pads": [1, 1, 1, 1]}),
+             Node("Relu", "r0", ["s"], ["a"]),
+             Node("Conv", "dw1", ["a", "w1"], ["d"], {"pads": [1, 1, 1, 1], "group": c}),
+             Node("Clip", "c1", ["d", "lo", "hi"], ["dr"]),
+             Node("Conv", "pw2", ["dr", "w2"], ["p"]),
+             Node("Relu", "r2", ["p"], ["pr"]),
+             Node("Conv", "pw3", ["pr", "w3"], ["q"]),
+             Node("Add", "add", ["q", "a"], ["sum"]),
+             Node("Conv", "dw4", ["sum", "w4", "b4"], ["z"],
+                  {"pads": [1, 1, 1, 1], "group": c, "strides": [2, 2]}),
+             Node("GlobalAveragePool", "gap", ["z"], ["g"]),
+             Node("Flatten", "flat", ["g"], ["f"]),
+             Node("Gemm", "fc", ["f", "fw", "fb"], ["y"], {"transB": 1})]
+    return nodes, consts
+
+
+def separable_ref(x, k):
+    p1 = ((1, 1), (1, 1))
+    c = k["w1"].shape[0]
+    a = np.maximum(conv2d_ref(x, k["w0"], pads=p1), 0)
+    d = np.clip(conv2d_ref(a, k["w1"], pads=p1, groups=c), 0, 6)
+    p = np.maximum(conv2d_ref(d, k["w2"]), 0)
+    s = conv2d_ref(p, k["w3"]) + a
+    z = conv2d_ref(s, k["w4"], k["b4"], (2, 2), p1, groups=c)
+    return z.mean(axis=(2, 3)) @ k["fw"].T.astype(np.float64) + k["fb"]
+
+
+def steps_of(model):
+    return [(s.node.op, type(s.op).__name__) for s in model._last_plan.steps]
+
+
+def test_layout_pass_blocks_the_separable_chain(rng, threads):
+    nodes, consts = separable_net(rng)
+    model = Model(Graph(nodes, [spec("x", (2, 3, 11, 10))], [spec("y")], consts))
+    x = f32(rng, 2, 3, 11, 10)
+    y = model(x)
+    ref = separable_ref(x, consts)
+    assert np.abs(y - ref).max() <= 1e-4 * np.abs(ref).max()
+    kinds = [k for _, k in steps_of(model)]
+    assert kinds == ["Conv", "ToBlocked", "BlockedConv", "BlockedConv", "BlockedConv",
+                     "BlockedConv", "BlockedGlobalAveragePool", "Flatten", "Gemm"]
+    assert "NCHW16c" in model.explain()
+    # the graph the model keeps and saves is untouched
+    assert all(n.op != "ToBlocked" for n in model.graph.nodes)
+
+
+def test_layout_pass_can_be_turned_off_and_gives_the_same_values(rng, monkeypatch):
+    nodes, consts = separable_net(rng)
+    x = f32(rng, 1, 3, 9, 9)
+    on = Model(Graph(nodes, [spec("x", (1, 3, 9, 9))], [spec("y")], consts))
+    monkeypatch.setattr(layout, "ENABLED", False)
+    nodes, _ = separable_net(np.random.default_rng(0))
+    off = Model(Graph(nodes, [spec("x", (1, 3, 9, 9))], [spec("y")], consts))
+    assert "BlockedConv" not in [k for _, k in steps_of(off)]
+    a, b = on(x), off(x)
+    assert np.abs(a - b).max() <= 1e-5 * np.abs(b).max()
+
+
+def test_blocked_tensors_read_in_nchw_are_converted_back(rng):
+    """A blocked layer's output that is also a graph output and read by an NCHW op (Relu after
+    a consumer took it) gets one FromBlocked step; an isolated pointwise layer stays NCHW."""
+    c = 20
+    consts = {"w1": f32(rng, c, 1, 3, 3), "w2": f32(rng, c, c, 1, 1), "w3": f32(rng, 8, c, 1, 1)}
+    nodes = [Node("Conv", "dw", ["x", "w1"], ["d"], {"pads": [1, 1, 1, 1], "group": c}),
+             Node("Conv", "pw", ["d", "w2"], ["p"]),
+             Node("Sigmoid", "sig", ["p"], ["s"]),
+             Node("Conv", "lone", ["s", "w3"], ["y2"])]
+    model = Model(Graph(nodes, [spec("x", (1, c, 6, 7))], [spec("p"), spec("y2")], consts))
+    x = f32(rng, 1, c, 6, 7)
+    p_out, y2 = model(x)
+    p = conv2d_ref(conv2d_ref(x, consts["w1"], pads=((1, 1), (1, 1)), groups=c), consts["w2"])
+    assert np.abs(p_out - p).max() <= 1e-4 * np.abs(p).max()
+    ref2 = conv2d_ref(1 / (1 + np.exp(-p)), consts["w3"])
+    assert np.abs(y2 - ref2).max() <= 1e-4 * np.abs(ref2).max()
+    kinds = steps_of(model)
+    assert [k for _, k in kinds].count("FromBlocked") == 1
+    assert ("Conv", "Conv") in kinds                     # "lone" runs on NCHW
+    assert [k for _, k in kinds].count("BlockedConv") == 2
+
+
+def test_conv_kind_rules(rng):
+    """Only pointwise (1x1 s1 unpadded, one group) and multiplier-1 depthwise layers with a
+    relu, relu6 or no activation are blocked; a residual must have the output's shape."""
+    def kind(w, attrs, shape, act=None):
+        node = Node("Conv", "c", ["x", "w"], ["y"], dict(attrs, **({"activation": act}
+                                                                   if act else {})))
+        from engine.graph.passes import make_op
+        from engine.graph.nodes import Info
+        op = make_op(node, {"w": w})
+        ins = [Info(shape, np.float32), Info(w.shape, np.float32, w)]
+        op.infer(ins)
+        return layout.conv_kind(op, ins)
+    assert kind(f32(rng, 8, 4, 1, 1), {}, (1, 4, 5, 5)) == "pointwise"
+    assert kind(f32(rng, 8, 4, 1, 1), {}, (1, 4, 5, 5), "relu6") == "pointwise"
+    assert kind(f32(rng, 8, 4, 1, 1), {"strides": [2, 2]}, (1, 4, 5, 5)) is None
+    assert kind(f32(rng, 8, 4, 1, 1), {"pads": [1, 1, 1, 1]}, (1, 4, 5, 5)) is None
+    assert kind(f32(rng, 8, 2, 1, 1), {"group": 2}, (1, 4, 5, 5)) is None
+    assert kind(f32(rng, 4, 1, 3, 3), {"group": 4, "dilations": [2, 2]},
+                (1, 4, 9, 9)) == "depthwise"
+    assert kind(f32(rng, 8, 1, 3, 3), {"group": 4}, (1, 4, 9, 9)) is None   # multiplier 2
+    assert kind(f32(rng, 8, 4, 3, 3), {}, (1, 4, 9, 9)) is None
