@@ -107,14 +107,15 @@ def pointwise_pack_floats(Py_ssize_t in_blocks, Py_ssize_t out_blocks):
 
 def f32_pointwise_blocked(const float[:, :, :, :, ::1] x, const float[::1] wpack,
                           const float[::1] bias, residual, float[:, :, :, :, ::1] out, int act,
-                          int num_threads):
+                          int num_threads, double group_slack=1.0):
     """out = act(W @ x + bias (+ residual)) per pixel, all in blocks. wpack: the weights packed
     by engine.ops.blocked.pack_pointwise, groups of up to GROUP output blocks, each
     [Cb * 16][blocks * 16]; bias: Kb * 16 values (zero beyond K); residual: None or an array
     of out's shape.
 
     The threads share either the tiles of pixels (all output channels each) or the groups of
-    output blocks (all pixels each), whichever leaves the busiest thread less to do."""
+    output blocks (all pixels each): the groups when that leaves the busiest thread less than
+    group_slack times what the pixel split would (1: whichever is less; 0: always pixels)."""
     check_blocked(x, "x")
     check_blocked(out, "out")
     cdef Py_ssize_t N = x.shape[0], Cb = x.shape[1], H = x.shape[2], W = x.shape[3]
@@ -144,7 +145,7 @@ def f32_pointwise_blocked(const float[:, :, :, :, ::1] x, const float[::1] wpack
     # the busiest thread's tiles x groups under each split
     cdef Py_ssize_t by_pixels = (N * T + nt - 1) // nt * G
     cdef Py_ssize_t by_groups = (G + nt - 1) // nt * N * T
-    cdef bint split_groups = nt > 1 and by_groups < by_pixels
+    cdef bint split_groups = nt > 1 and by_groups < by_pixels * group_slack
     cdef Py_ssize_t units = G if split_groups else N * T
     nt = <int>min(nt, units)
     cdef Py_ssize_t chunk = max(1, CHUNK_BYTES // (CE_NC_TILE_PIXELS * Cb * CE_NC_B * 4))
@@ -179,13 +180,15 @@ def f32_pointwise_blocked(const float[:, :, :, :, ::1] x, const float[::1] wpack
 
 def f32_depthwise_blocked(const float[:, :, :, :, ::1] x, const float[:, :, :, ::1] w,
                           const float[::1] bias, float[:, :, :, :, ::1] out, int sh, int sw,
-                          int pt, int pl, int dh, int dw, int act, int num_threads):
+                          int pt, int pl, int dh, int dw, int act, int num_threads,
+                          bint by_blocks=False):
     """Depthwise convolution (multiplier 1) in blocks: w[Cb, kh, kw, 16] holds channel
     cb*16 + j's tap (u, v) at [cb, u, v, j] (zero beyond C); bias: Cb * 16 values. Output
     sizes are the caller's (engine.shapes); padding beyond pt / pl is implied by them.
 
     Work items are output rows of one block, ordered (image, row, block), so each thread takes
-    a band of rows: the pixels a pointwise layer next to it, split by pixels, also gives it."""
+    a band of rows: the pixels a pointwise layer next to it, split by pixels, also gives it; or
+    with by_blocks (image, block, row), so each thread takes whole blocks."""
     check_blocked(x, "x")
     check_blocked(out, "out")
     cdef Py_ssize_t N = x.shape[0], Cb = x.shape[1], H = x.shape[2], W = x.shape[3]
@@ -212,8 +215,12 @@ def f32_depthwise_blocked(const float[:, :, :, :, ::1] x, const float[:, :, :, :
     cdef Py_ssize_t items = N * OH * Cb, it, n, oy, cb
     num_threads = <int>max(1, min(num_threads, items))
     for it in prange(items, nogil=True, num_threads=num_threads, schedule="static"):
-        cb = it % Cb
-        oy = (it // Cb) % OH
+        if by_blocks:
+            oy = it % OH
+            cb = (it // OH) % Cb
+        else:
+            cb = it % Cb
+            oy = (it // Cb) % OH
         n = it // (Cb * OH)
         ce_nc_dw_row(xp + (n * Cb + cb) * H * W * CE_NC_B, <int>H, <int>W, <int>OW, <int>oy,
                      sh, sw, pt, pl, kh, kw, dh, dw, wp + cb * taps * CE_NC_B,

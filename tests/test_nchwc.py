@@ -52,13 +52,13 @@ def test_layout_changes_refuse_mismatched_shapes():
 
 # -------------------------------------------------------------------------------- pointwise
 
-def run_pointwise(x, w, b, residual, act, threads):
+def run_pointwise(x, w, b, residual, act, threads, group_slack=1.0):
     n, c, h, wd = x.shape
     k = w.shape[0]
     wp, bp = blocked.pack_pointwise(w, b)
     out = np.full(blocked.blocked_shape((n, k, h, wd)), np.nan, np.float32)
     r = None if residual is None else blocked.to_blocked(residual)
-    nchwc.f32_pointwise_blocked(blocked.to_blocked(x), wp, bp, r, out, act, threads)
+    nchwc.f32_pointwise_blocked(blocked.to_blocked(x), wp, bp, r, out, act, threads, group_slack)
     return out
 
 
@@ -78,7 +78,8 @@ def test_pointwise_matches_reference_and_is_thread_independent(rng, n, c, k, h, 
     for act in (0, 1, 2):
         for r in (None, res):
             got = run_pointwise(x, wt, b, r, act, 1)
-            np.testing.assert_array_equal(got, run_pointwise(x, wt, b, r, act, 2))
+            for slack in (1.0, 0.0, 1e9):      # either split: pixels, groups of blocks
+                np.testing.assert_array_equal(got, run_pointwise(x, wt, b, r, act, 2, slack))
             # the padding channels of the output are zero
             assert not np.any(got.reshape(n, -1, h, w, 16).transpose(0, 1, 4, 2, 3)
                               .reshape(n, -1, h, w)[:, k:])
@@ -107,7 +108,7 @@ def test_pointwise_refuses_inconsistent_arguments(rng):
 
 # -------------------------------------------------------------------------------- depthwise
 
-def run_depthwise(x, w, b, stride, pads, dilation, act, threads):
+def run_depthwise(x, w, b, stride, pads, dilation, act, threads, by_blocks=False):
     n, c, h, wd = x.shape
     kh, kw = w.shape[2:]
     (pt, pb), (pl, pr) = pads
@@ -116,7 +117,7 @@ def run_depthwise(x, w, b, stride, pads, dilation, act, threads):
     wp, bp = blocked.pack_depthwise(w, b)
     out = np.full((n, blocked.blocks(c), oh, ow, 16), np.nan, np.float32)
     nchwc.f32_depthwise_blocked(blocked.to_blocked(x), wp, bp, out, stride[0], stride[1], pt, pl,
-                                dilation[0], dilation[1], act, threads)
+                                dilation[0], dilation[1], act, threads, by_blocks)
     return blocked.from_blocked(out, c)
 
 
@@ -143,8 +144,9 @@ def test_depthwise_matches_reference_and_is_thread_independent(rng, n, c, h, w, 
     scale = float(np.abs(x).max() * np.abs(wt).sum(axis=(1, 2, 3)).max() + np.abs(b).max())
     for act in (0, 2):
         got = run_depthwise(x, wt, b, stride, pads, dilation, act, 1)
-        np.testing.assert_array_equal(got, run_depthwise(x, wt, b, stride, pads, dilation, act,
-                                                         2))
+        for threads, by_blocks in ((2, False), (2, True), (1, True)):   # either work order
+            np.testing.assert_array_equal(
+                got, run_depthwise(x, wt, b, stride, pads, dilation, act, threads, by_blocks))
         check_close(got, ACTS[act](ref), scale)
 
 
