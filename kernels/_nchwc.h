@@ -232,6 +232,69 @@ static void ce_nc_dw_row(const float *x, int H, int W, int OW, int oy, int sh, i
                                                         dw, w, b), act));
 }
 
+/* ---- Direct, NCHW in ---------------------------------------------------------------------------
+ * A dense convolution with few input channels (a network's first layer) reading NCHW planes and
+ * writing channel blocks: eight output pixels of one block at a time, each tap's weights one
+ * vector multiplied by the input value at each pixel (a broadcast). Taps outside the plane are
+ * skipped, with the same order of sums as inside it.
+ *   x: the image's C planes H x W; w: the block's [C][kh][kw][16] weights; bias: one vector;
+ *   out: the block's output row, OW pixels of 16. */
+#define CE_NC_DIRECT_PIXELS 8
+
+static inline __attribute__((always_inline)) void
+ce_nc_direct_chunk(const float *x, int C, int H, int W, int iy0, int ix0, int sw, int kh,
+                   int kw, int dh, int dw, const float *w, ce_nc_vf b, float *out, int act,
+                   int np, const int checked)
+{
+    ce_nc_vf a0 = b, a1 = b, a2 = b, a3 = b, a4 = b, a5 = b, a6 = b, a7 = b;
+    for (int c = 0; c < C; c++) {
+        const float *plane = x + (ptrdiff_t)c * H * W;
+        for (int u = 0; u < kh; u++) {
+            int iy = iy0 + u * dh;
+            if (iy < 0 || iy >= H) {
+                w += kw * CE_NC_B;
+                continue;
+            }
+            const float *row = plane + (ptrdiff_t)iy * W;
+            for (int v = 0; v < kw; v++, w += CE_NC_B) {
+                ce_nc_vf wv = CE_NC_LD(w);
+                int ix = ix0 + v * dw;
+#define CE_NC_TAP(j, a)                                                                     \
+                if (!checked)                                                               \
+                    a += wv * row[ix + j * sw];                                             \
+                else if (j < np && ix + j * sw >= 0 && ix + j * sw < W)                     \
+                    a += wv * row[ix + j * sw];
+                CE_NC_TAP(0, a0) CE_NC_TAP(1, a1) CE_NC_TAP(2, a2) CE_NC_TAP(3, a3)
+                CE_NC_TAP(4, a4) CE_NC_TAP(5, a5) CE_NC_TAP(6, a6) CE_NC_TAP(7, a7)
+#undef CE_NC_TAP
+            }
+        }
+    }
+    ce_nc_vf acc[CE_NC_DIRECT_PIXELS] = {a0, a1, a2, a3, a4, a5, a6, a7};
+    for (int j = 0; j < np; j++)
+        CE_NC_ST(out + j * CE_NC_B, ce_nc_act(acc[j], act));
+}
+
+static void ce_nc_direct_row(const float *x, int C, int H, int W, int OW, int oy, int sh,
+                             int sw, int pt, int pl, int kh, int kw, int dh, int dw,
+                             const float *w, const float *bias, float *out, int act)
+{
+    const ce_nc_vf b = CE_NC_LD(bias);
+    int iy0 = oy * sh - pt;
+    int rows_inside = iy0 >= 0 && iy0 + (kh - 1) * dh < H;
+    for (int ox = 0; ox < OW; ox += CE_NC_DIRECT_PIXELS) {
+        int np = OW - ox < CE_NC_DIRECT_PIXELS ? OW - ox : CE_NC_DIRECT_PIXELS;
+        int ix0 = ox * sw - pl;
+        int last = ix0 + (CE_NC_DIRECT_PIXELS - 1) * sw + (kw - 1) * dw;
+        if (rows_inside && np == CE_NC_DIRECT_PIXELS && ix0 >= 0 && last < W)
+            ce_nc_direct_chunk(x, C, H, W, iy0, ix0, sw, kh, kw, dh, dw, w, b,
+                               out + (ptrdiff_t)ox * CE_NC_B, act, np, 0);
+        else
+            ce_nc_direct_chunk(x, C, H, W, iy0, ix0, sw, kh, kw, dh, dw, w, b,
+                               out + (ptrdiff_t)ox * CE_NC_B, act, np, 1);
+    }
+}
+
 /* ---- Layout changes --------------------------------------------------------------------------
  * One channel block of one image: src holds nc <= 16 planes of P pixels (plane stride P);
  * dst[P][16] gets them channel-interleaved, zero in channels nc .. 15. */

@@ -19,6 +19,9 @@ cdef extern from "_nchwc.h":
     void ce_nc_dw_row(const float *x, int H, int W, int OW, int oy, int sh, int sw, int pt,
                       int pl, int kh, int kw, int dh, int dw, const float *w,
                       const float *bias, float *out, int act) nogil
+    void ce_nc_direct_row(const float *x, int C, int H, int W, int OW, int oy, int sh, int sw,
+                          int pt, int pl, int kh, int kw, int dh, int dw, const float *w,
+                          const float *bias, float *out, int act) nogil
 
 BLOCK = CE_NC_B                 # channels per block
 TILE_PIXELS = CE_NC_TILE_PIXELS # pixels per pointwise tile
@@ -225,3 +228,46 @@ def f32_depthwise_blocked(const float[:, :, :, :, ::1] x, const float[:, :, :, :
         ce_nc_dw_row(xp + (n * Cb + cb) * H * W * CE_NC_B, <int>H, <int>W, <int>OW, <int>oy,
                      sh, sw, pt, pl, kh, kw, dh, dw, wp + cb * taps * CE_NC_B,
                      bp + cb * CE_NC_B, op + ((n * Cb + cb) * OH + oy) * OW * CE_NC_B, act)
+
+
+def f32_direct_to_blocked(const float[:, :, :, ::1] x, const float[:, :, :, :, ::1] w,
+                          const float[::1] bias, float[:, :, :, :, ::1] out, int sh, int sw,
+                          int pt, int pl, int dh, int dw, int act, int num_threads):
+    """A dense convolution (one group) from NCHW x to channel-blocked out, for layers with few
+    input channels: w[Kb, C, kh, kw, 16] holds output channel kb*16 + j's weights at [kb, ..., j]
+    (zero beyond K); bias: Kb * 16 values. Output sizes are the caller's (engine.shapes).
+    Work items are output rows of one block, ordered (image, row, block): bands of rows."""
+    check_blocked(out, "out")
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t Kb = out.shape[1], OH = out.shape[2], OW = out.shape[3]
+    if out.shape[0] != N:
+        raise ValueError(f"out {tuple(out.shape)} must have x's {N} images")
+    if (w.shape[0] != Kb or w.shape[1] != C or w.shape[4] != CE_NC_B or w.shape[2] < 1
+            or w.shape[3] < 1):
+        raise ValueError(f"w must have shape ({Kb}, {C}, kh, kw, {CE_NC_B}), got "
+                         f"{tuple(w.shape)}")
+    if bias.shape[0] != Kb * CE_NC_B:
+        raise ValueError(f"bias must hold {Kb * CE_NC_B} floats, got {bias.shape[0]}")
+    if sh < 1 or sw < 1 or dh < 1 or dw < 1 or pt < 0 or pl < 0:
+        raise ValueError("strides and dilations must be positive and pads non-negative")
+    if H == 0 or W == 0 or H > 1 << 30 or W > 1 << 30 or OH > 1 << 30 or OW > 1 << 30:
+        raise ValueError(f"x {tuple(x.shape)} must have a non-empty plane of sane size")
+    if N == 0 or Kb == 0 or OH <= 0 or OW <= 0:
+        return
+    if C == 0:
+        raise ValueError("x must have at least one channel")
+    cdef int kh = <int>w.shape[2], kw = <int>w.shape[3]
+    cdef Py_ssize_t wblock = C * kh * kw * CE_NC_B
+    cdef const float* xp = &x[0, 0, 0, 0]
+    cdef float* op = &out[0, 0, 0, 0, 0]
+    cdef const float* wp = &w[0, 0, 0, 0, 0]
+    cdef const float* bp = &bias[0]
+    cdef Py_ssize_t items = N * OH * Kb, it, n, oy, kb
+    num_threads = <int>max(1, min(num_threads, items))
+    for it in prange(items, nogil=True, num_threads=num_threads, schedule="static"):
+        kb = it % Kb
+        oy = (it // Kb) % OH
+        n = it // (Kb * OH)
+        ce_nc_direct_row(xp + n * C * H * W, <int>C, <int>H, <int>W, <int>OW, <int>oy, sh, sw,
+                         pt, pl, kh, kw, dh, dw, wp + kb * wblock, bp + kb * CE_NC_B,
+                         op + ((n * Kb + kb) * OH + oy) * OW * CE_NC_B, act)

@@ -165,6 +165,44 @@ def test_depthwise_refuses_inconsistent_arguments(rng):
                                     1, 1, 1, 1, 0, 1)
 
 
+# (N, C, K, H, W, kernel, stride, pad, dilation): a network's first layer and its variants
+DIRECT = [(1, 3, 32, 30, 30, 3, 2, 1, 1), (2, 3, 20, 9, 13, 3, 1, 1, 1),
+          (1, 1, 33, 10, 10, 5, 2, 2, 1), (1, 2, 16, 7, 7, 3, 1, 2, 2), (1, 1, 16, 1, 1, 3, 1, 1, 1),
+          (1, 3, 16, 5, 30, 3, 3, 0, 1), (1, 3, 8, 17, 40, 3, 1, 1, 1)]
+
+
+@pytest.mark.parametrize("n,c,k,h,w,kk,s,p,d", DIRECT)
+def test_direct_to_blocked_matches_reference_and_is_thread_independent(rng, n, c, k, h, w, kk,
+                                                                       s, p, d):
+    x, wt, b = f32(rng, n, c, h, w), f32(rng, k, c, kk, kk), f32(rng, k)
+    ref = conv2d_ref(x, wt, b, (s, s), ((p, p), (p, p)), (d, d))
+    scale = float(np.abs(x).max() * np.abs(wt).sum(axis=(1, 2, 3)).max() + np.abs(b).max())
+    wp, bp = blocked.pack_direct(wt, b)
+    for act in (0, 2):
+        outs = []
+        for t in (1, 2):
+            out = np.full((n, blocked.blocks(k)) + ref.shape[2:] + (16,), np.nan, np.float32)
+            nchwc.f32_direct_to_blocked(x, wp, bp, out, s, s, p, p, d, d, act, t)
+            outs.append(out)
+        np.testing.assert_array_equal(outs[0], outs[1])
+        check_close(blocked.from_blocked(outs[0], k), ACTS[act](ref), scale)
+
+
+def test_direct_to_blocked_refuses_inconsistent_arguments(rng):
+    x = f32(rng, 1, 3, 8, 8)
+    wp, bp = blocked.pack_direct(f32(rng, 20, 3, 3, 3), f32(rng, 20))
+    out = np.zeros((1, 2, 8, 8, 16), np.float32)
+    with pytest.raises(ValueError, match="w must have shape"):
+        nchwc.f32_direct_to_blocked(f32(rng, 1, 4, 8, 8), wp, bp, out, 1, 1, 1, 1, 1, 1, 0, 1)
+    with pytest.raises(ValueError, match="bias"):
+        nchwc.f32_direct_to_blocked(x, wp, bp[:16], out, 1, 1, 1, 1, 1, 1, 0, 1)
+    with pytest.raises(ValueError, match="strides"):
+        nchwc.f32_direct_to_blocked(x, wp, bp, out, 1, 0, 1, 1, 1, 1, 0, 1)
+    with pytest.raises(ValueError, match="images"):
+        nchwc.f32_direct_to_blocked(x, wp, bp, np.zeros((2, 2, 8, 8, 16), np.float32), 1, 1, 1,
+                                    1, 1, 1, 0, 1)
+
+
 def test_global_average_pool_on_blocks(rng):
     x = f32(rng, 2, 40, 7, 5)
     out = np.empty((2, 40), np.float32)
@@ -227,8 +265,9 @@ def test_layout_pass_blocks_the_separable_chain(rng, threads):
     ref = separable_ref(x, consts)
     assert np.abs(y - ref).max() <= 1e-4 * np.abs(ref).max()
     kinds = [k for _, k in steps_of(model)]
-    assert kinds == ["Conv", "ToBlocked", "BlockedConv", "BlockedConv", "BlockedConv",
-                     "BlockedConv", "BlockedGlobalAveragePool", "Flatten", "Gemm"]
+    assert kinds == ["BlockedConv"] * 5 + ["BlockedGlobalAveragePool", "Flatten", "Gemm"]
+    assert [s.op.conv_kind for s in model._last_plan.steps[:5]] == [
+        "direct", "depthwise", "pointwise", "pointwise", "depthwise"]
     assert "NCHW16c" in model.explain()
     # the graph the model keeps and saves is untouched
     assert all(n.op != "ToBlocked" for n in model.graph.nodes)
@@ -282,10 +321,12 @@ def test_conv_kind_rules(rng):
         return layout.conv_kind(op, ins)
     assert kind(f32(rng, 8, 4, 1, 1), {}, (1, 4, 5, 5)) == "pointwise"
     assert kind(f32(rng, 8, 4, 1, 1), {}, (1, 4, 5, 5), "relu6") == "pointwise"
-    assert kind(f32(rng, 8, 4, 1, 1), {"strides": [2, 2]}, (1, 4, 5, 5)) is None
-    assert kind(f32(rng, 8, 4, 1, 1), {"pads": [1, 1, 1, 1]}, (1, 4, 5, 5)) is None
+    assert kind(f32(rng, 8, 40, 1, 1), {"strides": [2, 2]}, (1, 40, 5, 5)) is None
+    assert kind(f32(rng, 8, 40, 1, 1), {"pads": [1, 1, 1, 1]}, (1, 40, 5, 5)) is None
+    assert kind(f32(rng, 8, 4, 1, 1), {"strides": [2, 2]}, (1, 4, 5, 5)) == "direct"
     assert kind(f32(rng, 8, 2, 1, 1), {"group": 2}, (1, 4, 5, 5)) is None
     assert kind(f32(rng, 4, 1, 3, 3), {"group": 4, "dilations": [2, 2]},
                 (1, 4, 9, 9)) == "depthwise"
     assert kind(f32(rng, 8, 1, 3, 3), {"group": 4}, (1, 4, 9, 9)) is None   # multiplier 2
-    assert kind(f32(rng, 8, 4, 3, 3), {}, (1, 4, 9, 9)) is None
+    assert kind(f32(rng, 8, 3, 3, 3), {"strides": [2, 2]}, (1, 3, 9, 9)) == "direct"
+    assert kind(f32(rng, 8, 4, 3, 3), {}, (1, 4, 9, 9)) is None          # 36 taps

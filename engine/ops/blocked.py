@@ -66,3 +66,14 @@ def pack_depthwise(weight: np.ndarray, bias=None):
     w[:c] = weight[:, 0]
     return (np.ascontiguousarray(w.reshape(cb, BLOCK, kh, kw).transpose(0, 2, 3, 1)),
             _padded_bias(bias, c))
+
+
+def pack_direct(weight: np.ndarray, bias=None):
+    """(K, C, kh, kw) weights and K biases -> (w[Kb, C, kh, kw, 16], bias) as
+    f32_direct_to_blocked reads them."""
+    k, c, kh, kw = weight.shape
+    kb = blocks(k)
+    w = np.zeros((kb * BLOCK, c, kh, kw), np.float32)
+    w[:k] = weight
+    return (np.ascontiguousarray(w.reshape(kb, BLOCK, c, kh, kw).transpose(0, 2, 3, 4, 1)),
+            _padded_bias(bias, k))
