@@ -45,17 +45,22 @@ static inline ce_nc_vf ce_nc_act(ce_nc_vf v, int act)
 }
 
 /* ---- Pointwise ------------------------------------------------------------------------------
- * One tile: np <= 6 pixels x NK <= 4 output blocks, all input channels.
- *   x:    the input at the tile's first pixel of block 0; blocks are P pixels apart;
- *   w:    the group's packed weights [Cb * 16][NK * 16] (input channel, output channel);
+ * One tile: np <= 6 pixels x NK <= 4 output blocks, over Cb input blocks (a batch of the
+ * input channels: the weights of a batch stay in L1 while the tiles of a chunk pass over them).
+ *   x:    the input at the tile's first pixel of the batch's first block; blocks P pixels apart;
+ *   w:    the batch's packed weights [Cb * 16][NK * 16] (input channel, output channel);
  *   bias: NK * 16 values; res/out: the tile's first pixel of its first output block, blocks
  *         P pixels apart; res may be NULL.
- * Pixels beyond np read the last valid pixel again (no read past the tensor) and are not
- * stored. */
+ *   first: start from zero, else from the partial sums in out; last: finish (bias, residual,
+ *         activation), else store the partial sums. The sums run over the channels in order
+ *         whatever the batches, and partial sums are stored exactly, so batching changes no
+ *         result.
+ * Pixels beyond np read the last valid pixel again (no read past the tensor) and are neither
+ * loaded nor stored. */
 static inline __attribute__((always_inline)) void
 ce_nc_pw_tile(const float *restrict x, ptrdiff_t P, int Cb, const float *restrict w,
               const int NK, const float *restrict bias, const float *res, float *out,
-              int act, int np)
+              int act, int np, int first, int last)
 {
     const ptrdiff_t B = CE_NC_B;
     const ptrdiff_t o0 = 0;
@@ -68,6 +73,16 @@ ce_nc_pw_tile(const float *restrict x, ptrdiff_t P, int Cb, const float *restric
 #define CE_NC_DECL(i) ce_nc_vf a##i##_0 = {0}, a##i##_1 = {0}, a##i##_2 = {0}, a##i##_3 = {0};
     CE_NC_PIX(CE_NC_DECL)
 #undef CE_NC_DECL
+    if (!first) {
+#define CE_NC_LOAD1(i, j) if (NK > j) a##i##_##j = CE_NC_LD(out + j * P * B + i * B);
+#define CE_NC_LOAD(i)                                                                       \
+        if (i < np) {                                                                       \
+            CE_NC_LOAD1(i, 0) CE_NC_LOAD1(i, 1) CE_NC_LOAD1(i, 2) CE_NC_LOAD1(i, 3)         \
+        }
+        CE_NC_PIX(CE_NC_LOAD)
+#undef CE_NC_LOAD
+#undef CE_NC_LOAD1
+    }
     const ptrdiff_t wstep = NK * B;
     for (int cb = 0; cb < Cb; cb++) {
         const float *xb = x + cb * P * B;
@@ -91,10 +106,14 @@ ce_nc_pw_tile(const float *restrict x, ptrdiff_t P, int Cb, const float *restric
 #define CE_NC_OUT1(i, j)                                                                    \
     if (NK > j) {                                                                           \
         ptrdiff_t at = j * P * B + i * B;                                                   \
-        ce_nc_vf v = a##i##_##j + CE_NC_LD(bias + j * B);                                   \
-        if (res)                                                                            \
-            v += CE_NC_LD(res + at);                                                        \
-        CE_NC_ST(out + at, ce_nc_act(v, act));                                        \
+        ce_nc_vf v = a##i##_##j;                                                            \
+        if (last) {                                                                         \
+            v += CE_NC_LD(bias + j * B);                                                    \
+            if (res)                                                                        \
+                v += CE_NC_LD(res + at);                                                    \
+            v = ce_nc_act(v, act);                                                          \
+        }                                                                                   \
+        CE_NC_ST(out + at, v);                                                              \
     }
 #define CE_NC_OUT(i)                                                                        \
     if (i < np) {                                                                           \
@@ -109,9 +128,10 @@ ce_nc_pw_tile(const float *restrict x, ptrdiff_t P, int Cb, const float *restric
 #define CE_NC_PW_TILE_N(NK)                                                                 \
     static void ce_nc_pw_tile##NK(const float *restrict x, ptrdiff_t P, int Cb,             \
                                   const float *restrict w, const float *bias,               \
-                                  const float *res, float *out, int act, int np)            \
+                                  const float *res, float *out, int act, int np,            \
+                                  int first, int last)                                      \
     {                                                                                       \
-        ce_nc_pw_tile(x, P, Cb, w, NK, bias, res, out, act, np);                            \
+        ce_nc_pw_tile(x, P, Cb, w, NK, bias, res, out, act, np, first, last);               \
     }
 CE_NC_PW_TILE_N(1)
 CE_NC_PW_TILE_N(2)
@@ -119,10 +139,13 @@ CE_NC_PW_TILE_N(3)
 CE_NC_PW_TILE_N(4)
 #undef CE_NC_PW_TILE_N
 
-/* Tiles t0 .. t1 (of 6 pixels) of the output blocks of group g, for one image.
+/* Tiles t0 .. t1 (of 6 pixels) of the output blocks of group g, for one image, in batches of
+ * CE_NC_BATCH input blocks.
  *   x: the image's input [Cb][P][16]; wpack: all groups' weights, group g at
  *   g * 4 * 16 * Cb * 16 floats, holding min(4, Kb - 4g) blocks; bias: Kb * 16 values;
  *   res/out: the image's [Kb][P][16]. */
+#define CE_NC_BATCH 8
+
 static void ce_nc_pw_group(const float *x, ptrdiff_t P, int Cb, const float *wpack, int Kb,
                            int g, const float *bias, const float *res, float *out, int act,
                            ptrdiff_t t0, ptrdiff_t t1)
@@ -130,20 +153,24 @@ static void ce_nc_pw_group(const float *x, ptrdiff_t P, int Cb, const float *wpa
     const ptrdiff_t B = CE_NC_B;
     int kb0 = g * CE_NC_GROUP;
     int nk = Kb - kb0 < CE_NC_GROUP ? Kb - kb0 : CE_NC_GROUP;
-    const float *w = wpack + (ptrdiff_t)kb0 * B * Cb * B;
     const float *bb = bias + kb0 * B;
     ptrdiff_t ob = (ptrdiff_t)kb0 * P * B;
-    for (ptrdiff_t t = t0; t < t1; t++) {
-        ptrdiff_t p0 = t * CE_NC_TILE_PIXELS;
-        int np = P - p0 < CE_NC_TILE_PIXELS ? (int)(P - p0) : CE_NC_TILE_PIXELS;
-        const float *xs = x + p0 * B;
-        const float *rs = res ? res + ob + p0 * B : NULL;
-        float *os = out + ob + p0 * B;
-        switch (nk) {
-        case 4: ce_nc_pw_tile4(xs, P, Cb, w, bb, rs, os, act, np); break;
-        case 3: ce_nc_pw_tile3(xs, P, Cb, w, bb, rs, os, act, np); break;
-        case 2: ce_nc_pw_tile2(xs, P, Cb, w, bb, rs, os, act, np); break;
-        default: ce_nc_pw_tile1(xs, P, Cb, w, bb, rs, os, act, np); break;
+    for (int c0 = 0; c0 < Cb; c0 += CE_NC_BATCH) {
+        int nb = Cb - c0 < CE_NC_BATCH ? Cb - c0 : CE_NC_BATCH;
+        int first = c0 == 0, last = c0 + nb == Cb;
+        const float *w = wpack + ((ptrdiff_t)kb0 * Cb + (ptrdiff_t)c0 * nk) * B * B;
+        for (ptrdiff_t t = t0; t < t1; t++) {
+            ptrdiff_t p0 = t * CE_NC_TILE_PIXELS;
+            int np = P - p0 < CE_NC_TILE_PIXELS ? (int)(P - p0) : CE_NC_TILE_PIXELS;
+            const float *xs = x + ((ptrdiff_t)c0 * P + p0) * B;
+            const float *rs = res ? res + ob + p0 * B : NULL;
+            float *os = out + ob + p0 * B;
+            switch (nk) {
+            case 4: ce_nc_pw_tile4(xs, P, nb, w, bb, rs, os, act, np, first, last); break;
+            case 3: ce_nc_pw_tile3(xs, P, nb, w, bb, rs, os, act, np, first, last); break;
+            case 2: ce_nc_pw_tile2(xs, P, nb, w, bb, rs, os, act, np, first, last); break;
+            default: ce_nc_pw_tile1(xs, P, nb, w, bb, rs, os, act, np, first, last); break;
+            }
         }
     }
 }
