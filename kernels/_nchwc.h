@@ -45,7 +45,7 @@ static inline ce_nc_vf ce_nc_act(ce_nc_vf v, int act)
 }
 
 /* ---- Pointwise ------------------------------------------------------------------------------
- * One tile: np <= 6 pixels x NK <= 4 output blocks, over Cb input blocks (a batch of the
+ * One tile: NP <= 6 pixels x NK <= 4 output blocks, over Cb input blocks (a batch of the
  * input channels: the weights of a batch stay in L1 while the tiles of a chunk pass over them).
  *   x:    the input at the tile's first pixel of the batch's first block; blocks P pixels apart;
  *   w:    the batch's packed weights [Cb * 16][NK * 16] (input channel, output channel);
@@ -55,20 +55,14 @@ static inline ce_nc_vf ce_nc_act(ce_nc_vf v, int act)
  *         activation), else store the partial sums. The sums run over the channels in order
  *         whatever the batches, and partial sums are stored exactly, so batching changes no
  *         result.
- * Pixels beyond np read the last valid pixel again (no read past the tensor) and are neither
- * loaded nor stored. */
+ * NP and NK are constants in each instance (ce_nc_pw_tiles), so a plane's last, partial
+ * tile costs its own pixels only. */
 static inline __attribute__((always_inline)) void
 ce_nc_pw_tile(const float *restrict x, ptrdiff_t P, int Cb, const float *restrict w,
-              const int NK, const float *restrict bias, const float *res, float *out,
-              int act, int np, int first, int last)
+              const int NK, const int NP, const float *restrict bias, const float *res,
+              float *out, int act, int first, int last)
 {
     const ptrdiff_t B = CE_NC_B;
-    const ptrdiff_t o0 = 0;
-    const ptrdiff_t o1 = (np > 1 ? 1 : np - 1) * B;
-    const ptrdiff_t o2 = (np > 2 ? 2 : np - 1) * B;
-    const ptrdiff_t o3 = (np > 3 ? 3 : np - 1) * B;
-    const ptrdiff_t o4 = (np > 4 ? 4 : np - 1) * B;
-    const ptrdiff_t o5 = (np > 5 ? 5 : np - 1) * B;
 #define CE_NC_PIX(M) M(0) M(1) M(2) M(3) M(4) M(5)
 #define CE_NC_DECL(i) ce_nc_vf a##i##_0 = {0}, a##i##_1 = {0}, a##i##_2 = {0}, a##i##_3 = {0};
     CE_NC_PIX(CE_NC_DECL)
@@ -76,7 +70,7 @@ ce_nc_pw_tile(const float *restrict x, ptrdiff_t P, int Cb, const float *restric
     if (!first) {
 #define CE_NC_LOAD1(i, j) if (NK > j) a##i##_##j = CE_NC_LD(out + j * P * B + i * B);
 #define CE_NC_LOAD(i)                                                                       \
-        if (i < np) {                                                                       \
+        if (i < NP) {                                                                       \
             CE_NC_LOAD1(i, 0) CE_NC_LOAD1(i, 1) CE_NC_LOAD1(i, 2) CE_NC_LOAD1(i, 3)         \
         }
         CE_NC_PIX(CE_NC_LOAD)
@@ -92,8 +86,8 @@ ce_nc_pw_tile(const float *restrict x, ptrdiff_t P, int Cb, const float *restric
             if (NK > 2) w2 = CE_NC_LD(w + 2 * B);
             if (NK > 3) w3 = CE_NC_LD(w + 3 * B);
 #define CE_NC_FMA(i)                                                                        \
-            {                                                                               \
-                float v = xb[o##i + c];                                                     \
+            if (i < NP) {                                                                   \
+                float v = xb[i * B + c];                                                    \
                 a##i##_0 += w0 * v;                                                         \
                 if (NK > 1) a##i##_1 += w1 * v;                                             \
                 if (NK > 2) a##i##_2 += w2 * v;                                             \
@@ -116,7 +110,7 @@ ce_nc_pw_tile(const float *restrict x, ptrdiff_t P, int Cb, const float *restric
         CE_NC_ST(out + at, v);                                                              \
     }
 #define CE_NC_OUT(i)                                                                        \
-    if (i < np) {                                                                           \
+    if (i < NP) {                                                                           \
         CE_NC_OUT1(i, 0) CE_NC_OUT1(i, 1) CE_NC_OUT1(i, 2) CE_NC_OUT1(i, 3)                 \
     }
     CE_NC_PIX(CE_NC_OUT)
@@ -125,18 +119,31 @@ ce_nc_pw_tile(const float *restrict x, ptrdiff_t P, int Cb, const float *restric
 #undef CE_NC_PIX
 }
 
-#define CE_NC_PW_TILE_N(NK)                                                                 \
-    static void ce_nc_pw_tile##NK(const float *restrict x, ptrdiff_t P, int Cb,             \
-                                  const float *restrict w, const float *bias,               \
-                                  const float *res, float *out, int act, int np,            \
-                                  int first, int last)                                      \
+typedef void (*ce_nc_pw_tile_fn)(const float *, ptrdiff_t, int, const float *, const float *,
+                                 const float *, float *, int, int, int);
+
+#define CE_NC_PW_TILE_N(NK, NP)                                                             \
+    static void ce_nc_pw_tile_##NK##_##NP(const float *restrict x, ptrdiff_t P, int Cb,     \
+                                          const float *restrict w, const float *bias,       \
+                                          const float *res, float *out, int act, int first, \
+                                          int last)                                         \
     {                                                                                       \
-        ce_nc_pw_tile(x, P, Cb, w, NK, bias, res, out, act, np, first, last);               \
+        ce_nc_pw_tile(x, P, Cb, w, NK, NP, bias, res, out, act, first, last);               \
     }
-CE_NC_PW_TILE_N(1)
-CE_NC_PW_TILE_N(2)
-CE_NC_PW_TILE_N(3)
-CE_NC_PW_TILE_N(4)
+#define CE_NC_PW_TILES_NK(NK)                                                               \
+    CE_NC_PW_TILE_N(NK, 1) CE_NC_PW_TILE_N(NK, 2) CE_NC_PW_TILE_N(NK, 3)                    \
+    CE_NC_PW_TILE_N(NK, 4) CE_NC_PW_TILE_N(NK, 5) CE_NC_PW_TILE_N(NK, 6)
+CE_NC_PW_TILES_NK(1)
+CE_NC_PW_TILES_NK(2)
+CE_NC_PW_TILES_NK(3)
+CE_NC_PW_TILES_NK(4)
+#undef CE_NC_PW_TILES_NK
+/* [NK - 1][NP - 1] */
+#define CE_NC_ROW(NK) {ce_nc_pw_tile_##NK##_1, ce_nc_pw_tile_##NK##_2, ce_nc_pw_tile_##NK##_3,   \
+                       ce_nc_pw_tile_##NK##_4, ce_nc_pw_tile_##NK##_5, ce_nc_pw_tile_##NK##_6}
+static const ce_nc_pw_tile_fn ce_nc_pw_tiles[CE_NC_GROUP][CE_NC_TILE_PIXELS] = {
+    CE_NC_ROW(1), CE_NC_ROW(2), CE_NC_ROW(3), CE_NC_ROW(4)};
+#undef CE_NC_ROW
 #undef CE_NC_PW_TILE_N
 
 /* Tiles t0 .. t1 (of 6 pixels) of the output blocks of group g, for one image, in batches of
@@ -165,12 +172,7 @@ static void ce_nc_pw_group(const float *x, ptrdiff_t P, int Cb, const float *wpa
             const float *xs = x + ((ptrdiff_t)c0 * P + p0) * B;
             const float *rs = res ? res + ob + p0 * B : NULL;
             float *os = out + ob + p0 * B;
-            switch (nk) {
-            case 4: ce_nc_pw_tile4(xs, P, nb, w, bb, rs, os, act, np, first, last); break;
-            case 3: ce_nc_pw_tile3(xs, P, nb, w, bb, rs, os, act, np, first, last); break;
-            case 2: ce_nc_pw_tile2(xs, P, nb, w, bb, rs, os, act, np, first, last); break;
-            default: ce_nc_pw_tile1(xs, P, nb, w, bb, rs, os, act, np, first, last); break;
-            }
+            ce_nc_pw_tiles[nk - 1][np - 1](xs, P, nb, w, bb, rs, os, act, first, last);
         }
     }
 }
@@ -261,19 +263,23 @@ static void ce_nc_dw_row(const float *x, int H, int W, int OW, int oy, int sh, i
 
 /* ---- Direct, NCHW in ---------------------------------------------------------------------------
  * A dense convolution with few input channels (a network's first layer) reading NCHW planes and
- * writing channel blocks: eight output pixels of one block at a time, each tap's weights one
- * vector multiplied by the input value at each pixel (a broadcast). Taps outside the plane are
- * skipped, with the same order of sums as inside it.
- *   x: the image's C planes H x W; w: the block's [C][kh][kw][16] weights; bias: one vector;
- *   out: the block's output row, OW pixels of 16. */
+ * writing channel blocks: eight output pixels of NK <= 2 blocks at a time, each tap's weights
+ * NK vectors multiplied by the input value at each pixel (a broadcast, shared by the blocks).
+ * Taps outside the plane are skipped, with the same order of sums as inside it.
+ *   x: the image's C planes H x W; w: the first block's [C][kh][kw][16] weights, the second's
+ *   wstride floats on; bias: NK vectors; out: the first block's output row (OW pixels of 16),
+ *   the second's ostride floats on. */
 #define CE_NC_DIRECT_PIXELS 8
 
 static inline __attribute__((always_inline)) void
 ce_nc_direct_chunk(const float *x, int C, int H, int W, int iy0, int ix0, int sw, int kh,
-                   int kw, int dh, int dw, const float *w, ce_nc_vf b, float *out, int act,
-                   int np, const int checked)
+                   int kw, int dh, int dw, const float *w, ptrdiff_t wstride, const float *bias,
+                   float *out, ptrdiff_t ostride, int act, int np, const int NK,
+                   const int checked)
 {
+    ce_nc_vf b = CE_NC_LD(bias), b1 = NK > 1 ? CE_NC_LD(bias + CE_NC_B) : b;
     ce_nc_vf a0 = b, a1 = b, a2 = b, a3 = b, a4 = b, a5 = b, a6 = b, a7 = b;
+    ce_nc_vf c0 = b1, c1 = b1, c2 = b1, c3 = b1, c4 = b1, c5 = b1, c6 = b1, c7 = b1;
     for (int c = 0; c < C; c++) {
         const float *plane = x + (ptrdiff_t)c * H * W;
         for (int u = 0; u < kh; u++) {
@@ -284,41 +290,57 @@ ce_nc_direct_chunk(const float *x, int C, int H, int W, int iy0, int ix0, int sw
             }
             const float *row = plane + (ptrdiff_t)iy * W;
             for (int v = 0; v < kw; v++, w += CE_NC_B) {
-                ce_nc_vf wv = CE_NC_LD(w);
+                ce_nc_vf wv = CE_NC_LD(w), wv1 = NK > 1 ? CE_NC_LD(w + wstride) : wv;
                 int ix = ix0 + v * dw;
-#define CE_NC_TAP(j, a)                                                                     \
-                if (!checked)                                                               \
-                    a += wv * row[ix + j * sw];                                             \
-                else if (j < np && ix + j * sw >= 0 && ix + j * sw < W)                     \
-                    a += wv * row[ix + j * sw];
-                CE_NC_TAP(0, a0) CE_NC_TAP(1, a1) CE_NC_TAP(2, a2) CE_NC_TAP(3, a3)
-                CE_NC_TAP(4, a4) CE_NC_TAP(5, a5) CE_NC_TAP(6, a6) CE_NC_TAP(7, a7)
+#define CE_NC_TAP(j, a, c)                                                                  \
+                if (!checked || (j < np && ix + j * sw >= 0 && ix + j * sw < W)) {          \
+                    float xv = row[ix + j * sw];                                            \
+                    a += wv * xv;                                                           \
+                    if (NK > 1)                                                             \
+                        c += wv1 * xv;                                                      \
+                }
+                CE_NC_TAP(0, a0, c0) CE_NC_TAP(1, a1, c1) CE_NC_TAP(2, a2, c2)
+                CE_NC_TAP(3, a3, c3) CE_NC_TAP(4, a4, c4) CE_NC_TAP(5, a5, c5)
+                CE_NC_TAP(6, a6, c6) CE_NC_TAP(7, a7, c7)
 #undef CE_NC_TAP
             }
         }
     }
     ce_nc_vf acc[CE_NC_DIRECT_PIXELS] = {a0, a1, a2, a3, a4, a5, a6, a7};
-    for (int j = 0; j < np; j++)
+    ce_nc_vf acc1[CE_NC_DIRECT_PIXELS] = {c0, c1, c2, c3, c4, c5, c6, c7};
+    for (int j = 0; j < np; j++) {
         CE_NC_ST(out + j * CE_NC_B, ce_nc_act(acc[j], act));
+        if (NK > 1)
+            CE_NC_ST(out + ostride + j * CE_NC_B, ce_nc_act(acc1[j], act));
+    }
 }
 
+/* One output row of nk (1 or 2) consecutive blocks. */
 static void ce_nc_direct_row(const float *x, int C, int H, int W, int OW, int oy, int sh,
                              int sw, int pt, int pl, int kh, int kw, int dh, int dw,
-                             const float *w, const float *bias, float *out, int act)
+                             const float *w, ptrdiff_t wstride, const float *bias, float *out,
+                             ptrdiff_t ostride, int nk, int act)
 {
-    const ce_nc_vf b = CE_NC_LD(bias);
     int iy0 = oy * sh - pt;
     int rows_inside = iy0 >= 0 && iy0 + (kh - 1) * dh < H;
     for (int ox = 0; ox < OW; ox += CE_NC_DIRECT_PIXELS) {
         int np = OW - ox < CE_NC_DIRECT_PIXELS ? OW - ox : CE_NC_DIRECT_PIXELS;
         int ix0 = ox * sw - pl;
         int last = ix0 + (CE_NC_DIRECT_PIXELS - 1) * sw + (kw - 1) * dw;
-        if (rows_inside && np == CE_NC_DIRECT_PIXELS && ix0 >= 0 && last < W)
-            ce_nc_direct_chunk(x, C, H, W, iy0, ix0, sw, kh, kw, dh, dw, w, b,
-                               out + (ptrdiff_t)ox * CE_NC_B, act, np, 0);
+        int inside = rows_inside && np == CE_NC_DIRECT_PIXELS && ix0 >= 0 && last < W;
+        float *o = out + (ptrdiff_t)ox * CE_NC_B;
+        if (nk == 2 && inside)
+            ce_nc_direct_chunk(x, C, H, W, iy0, ix0, sw, kh, kw, dh, dw, w, wstride, bias, o,
+                               ostride, act, np, 2, 0);
+        else if (nk == 2)
+            ce_nc_direct_chunk(x, C, H, W, iy0, ix0, sw, kh, kw, dh, dw, w, wstride, bias, o,
+                               ostride, act, np, 2, 1);
+        else if (inside)
+            ce_nc_direct_chunk(x, C, H, W, iy0, ix0, sw, kh, kw, dh, dw, w, wstride, bias, o,
+                               ostride, act, np, 1, 0);
         else
-            ce_nc_direct_chunk(x, C, H, W, iy0, ix0, sw, kh, kw, dh, dw, w, b,
-                               out + (ptrdiff_t)ox * CE_NC_B, act, np, 1);
+            ce_nc_direct_chunk(x, C, H, W, iy0, ix0, sw, kh, kw, dh, dw, w, wstride, bias, o,
+                               ostride, act, np, 1, 1);
     }
 }
 

@@ -21,7 +21,8 @@ cdef extern from "_nchwc.h":
                       const float *bias, float *out, int act) nogil
     void ce_nc_direct_row(const float *x, int C, int H, int W, int OW, int oy, int sh, int sw,
                           int pt, int pl, int kh, int kw, int dh, int dw, const float *w,
-                          const float *bias, float *out, int act) nogil
+                          Py_ssize_t wstride, const float *bias, float *out,
+                          Py_ssize_t ostride, int nk, int act) nogil
 
 BLOCK = CE_NC_B                 # channels per block
 TILE_PIXELS = CE_NC_TILE_PIXELS # pixels per pointwise tile
@@ -239,7 +240,8 @@ def f32_direct_to_blocked(const float[:, :, :, ::1] x, const float[:, :, :, :, :
     """A dense convolution (one group) from NCHW x to channel-blocked out, for layers with few
     input channels: w[Kb, C, kh, kw, 16] holds output channel kb*16 + j's weights at [kb, ..., j]
     (zero beyond K); bias: Kb * 16 values. Output sizes are the caller's (engine.shapes).
-    Work items are output rows of one block, ordered (image, row, block): bands of rows."""
+    Work items are output rows of a pair of blocks (the input values loaded once for both),
+    ordered (image, row, pair): bands of rows."""
     check_blocked(out, "out")
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t Kb = out.shape[1], OH = out.shape[2], OW = out.shape[3]
@@ -265,12 +267,14 @@ def f32_direct_to_blocked(const float[:, :, :, ::1] x, const float[:, :, :, :, :
     cdef float* op = &out[0, 0, 0, 0, 0]
     cdef const float* wp = &w[0, 0, 0, 0, 0]
     cdef const float* bp = &bias[0]
-    cdef Py_ssize_t items = N * OH * Kb, it, n, oy, kb
+    cdef Py_ssize_t pairs = (Kb + 1) // 2
+    cdef Py_ssize_t items = N * OH * pairs, it, n, oy, kb
     num_threads = <int>max(1, min(num_threads, items))
     for it in prange(items, nogil=True, num_threads=num_threads, schedule="static"):
-        kb = it % Kb
-        oy = (it // Kb) % OH
-        n = it // (Kb * OH)
+        kb = 2 * (it % pairs)
+        oy = (it // pairs) % OH
+        n = it // (pairs * OH)
         ce_nc_direct_row(xp + n * C * H * W, <int>C, <int>H, <int>W, <int>OW, <int>oy, sh, sw,
-                         pt, pl, kh, kw, dh, dw, wp + kb * wblock, bp + kb * CE_NC_B,
-                         op + ((n * Kb + kb) * OH + oy) * OW * CE_NC_B, act)
+                         pt, pl, kh, kw, dh, dw, wp + kb * wblock, wblock, bp + kb * CE_NC_B,
+                         op + ((n * Kb + kb) * OH + oy) * OW * CE_NC_B, OH * OW * CE_NC_B,
+                         <int>min(2, Kb - kb), act)
