@@ -196,6 +196,46 @@ static inline ce_nc_vf ce_nc_dw_pixel(const float *x, int H, int W, int iy0, int
     return acc;
 }
 
+/* The columns [lo, hi) of a 3x3 row whose taps are all inside the plane, over the NR kernel
+ * rows inside it (r: their input rows, wv: their weights), four pixels at a time so that their
+ * sums run side by side; ACT is the activation, a constant in each instance. */
+static inline __attribute__((always_inline)) void
+ce_nc_dw_interior(const float *const *r, const ce_nc_vf *wv, const int NR, ce_nc_vf b, int lo,
+                  int hi, int sw, int pl, ptrdiff_t d1, float *out, const int ACT)
+{
+    const ptrdiff_t B = CE_NC_B;
+    int ox = lo;
+    for (; ox + 4 <= hi; ox += 4) {
+        ce_nc_vf acc[4];
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; j++) {
+            ptrdiff_t at = (ptrdiff_t)((ox + j) * sw - pl) * B;
+            ce_nc_vf sum = b;
+#pragma GCC unroll 3
+            for (int k = 0; k < NR; k++) {
+                const float *p = r[k] + at;
+                sum += (wv[3 * k] * CE_NC_LD(p) + wv[3 * k + 1] * CE_NC_LD(p + d1))
+                       + wv[3 * k + 2] * CE_NC_LD(p + 2 * d1);
+            }
+            acc[j] = sum;
+        }
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; j++)
+            CE_NC_ST(out + (ptrdiff_t)(ox + j) * B, ce_nc_act(acc[j], ACT));
+    }
+    for (; ox < hi; ox++) {
+        ptrdiff_t at = (ptrdiff_t)(ox * sw - pl) * B;
+        ce_nc_vf sum = b;
+#pragma GCC unroll 3
+        for (int k = 0; k < NR; k++) {
+            const float *p = r[k] + at;
+            sum += (wv[3 * k] * CE_NC_LD(p) + wv[3 * k + 1] * CE_NC_LD(p + d1))
+                   + wv[3 * k + 2] * CE_NC_LD(p + 2 * d1);
+        }
+        CE_NC_ST(out + (ptrdiff_t)ox * B, ce_nc_act(sum, ACT));
+    }
+}
+
 /* One output row of one channel block: out[ox] for ox < OW, from the block's input plane
  * x[H][W][16]; w: kh * kw vectors of weights (tap-major), bias one vector. Taps in the padding
  * are skipped. For 3x3 kernels the columns whose taps are all inside the plane run without
@@ -232,29 +272,20 @@ static void ce_nc_dw_row(const float *x, int H, int W, int OW, int oy, int sh, i
                 nr++;
             }
         }
-        const ptrdiff_t d1 = (ptrdiff_t)dw * B, d2 = 2 * d1;
-        if (nr == 3) {
-            for (int ox = lo; ox < hi; ox++) {
-                ptrdiff_t at = (ptrdiff_t)(ox * sw - pl) * B;
-                const float *s0 = r[0] + at, *s1 = r[1] + at, *s2 = r[2] + at;
-                ce_nc_vf acc = b + wv[0] * CE_NC_LD(s0) + wv[1] * CE_NC_LD(s0 + d1)
-                               + wv[2] * CE_NC_LD(s0 + d2);
-                acc += wv[3] * CE_NC_LD(s1) + wv[4] * CE_NC_LD(s1 + d1) + wv[5] * CE_NC_LD(s1 + d2);
-                acc += wv[6] * CE_NC_LD(s2) + wv[7] * CE_NC_LD(s2 + d1) + wv[8] * CE_NC_LD(s2 + d2);
-                CE_NC_ST(out + ox * B, ce_nc_act(acc, act));
-            }
-        } else {
-            for (int ox = lo; ox < hi; ox++) {
-                ptrdiff_t at = (ptrdiff_t)(ox * sw - pl) * B;
-                ce_nc_vf acc = b;
-                for (int k = 0; k < nr; k++) {
-                    const float *s = r[k] + at;
-                    acc += wv[k * 3] * CE_NC_LD(s) + wv[k * 3 + 1] * CE_NC_LD(s + d1)
-                           + wv[k * 3 + 2] * CE_NC_LD(s + d2);
-                }
-                CE_NC_ST(out + ox * B, ce_nc_act(acc, act));
-            }
+        const ptrdiff_t d1 = (ptrdiff_t)dw * B;
+#define CE_NC_DW_ACT(NR)                                                                    \
+        switch (act) {                                                                      \
+        case 0: ce_nc_dw_interior(r, wv, NR, b, lo, hi, sw, pl, d1, out, 0); break;         \
+        case 1: ce_nc_dw_interior(r, wv, NR, b, lo, hi, sw, pl, d1, out, 1); break;         \
+        default: ce_nc_dw_interior(r, wv, NR, b, lo, hi, sw, pl, d1, out, 2); break;        \
         }
+        switch (nr) {
+        case 3: CE_NC_DW_ACT(3) break;
+        case 2: CE_NC_DW_ACT(2) break;
+        case 1: CE_NC_DW_ACT(1) break;
+        default: CE_NC_DW_ACT(0) break;
+        }
+#undef CE_NC_DW_ACT
     }
     for (int ox = hi > lo ? hi : lo; ox < OW; ox++)
         CE_NC_ST(out + ox * B, ce_nc_act(ce_nc_dw_pixel(x, H, W, iy0, ox * sw - pl, kh, kw, dh,
