@@ -29,10 +29,12 @@ TILE_PIXELS = CE_NC_TILE_PIXELS # pixels per pointwise tile
 GROUP = CE_NC_GROUP             # output blocks per pointwise tile
 # Bytes of input one pointwise chunk of tiles reads, kept in L2 while every group of output
 # blocks passes over it (the weights of each batch of 8 input blocks, 32 KB, stay in L1 over
-# the chunk's tiles). Measured one thread, ms, 96 KB / 256 KB: 512->512 14x14 0.72 / 0.65,
-# 1024->1024 7x7 0.99 / 0.79, 320->1280 7x7 0.30 / 0.27; batches of 4 or 16 blocks were slower
+# the chunk's tiles). Every chunk streams all the weights once, so chunks are large: half of
+# L2. Measured one thread, ms, chunks of 96 KB / 256 KB / 1 MB: 512->512 14x14 0.72 / 0.65 /
+# 0.64, 1024->1024 7x7 0.99 / 0.79 / 0.74; MobileNetV1 against ONNX Runtime went from 1.25x
+# to 1.17x at one thread with 1 MB instead of 256 KB. Batches of 4 or 16 blocks were slower
 # than 8.
-CHUNK_BYTES = 256 << 10
+CHUNK_BYTES = 1024 << 10
 
 
 def blocks(Py_ssize_t channels):
