@@ -31,9 +31,7 @@ GROUP = CE_NC_GROUP             # output blocks per pointwise tile
 # blocks passes over it (the weights of each batch of 8 input blocks, 32 KB, stay in L1 over
 # the chunk's tiles). Every chunk streams all the weights once, so chunks are large: half of
 # L2. Measured one thread, ms, chunks of 96 KB / 256 KB / 1 MB: 512->512 14x14 0.72 / 0.65 /
-# 0.64, 1024->1024 7x7 0.99 / 0.79 / 0.74; MobileNetV1 against ONNX Runtime went from 1.25x
-# to 1.17x at one thread with 1 MB instead of 256 KB. Batches of 4 or 16 blocks were slower
-# than 8.
+# 0.64, 1024->1024 7x7 0.99 / 0.79 / 0.74. Batches of 4 or 16 blocks were slower than 8.
 CHUNK_BYTES = 1024 << 10
 
 
