@@ -38,12 +38,14 @@ _ACT = {None: 0, "relu": 1, "relu6": 2}
 # cores' caches).
 MIN_WORK_POINTWISE = 2e5
 MIN_WORK_DEPTHWISE = 5e4
-# Largest output plane a depthwise layer computes block by block (each thread a range of channel
-# blocks) rather than in bands of rows across all blocks: on small planes whole blocks keep a
-# thread's data together and match the pointwise layers around them, which split by output
-# blocks there. Measured alternating, ms, bands everywhere / blocks up to 28x28: MobileNetV1
-# 5.93 / 5.61 and MobileNetV2 4.72 / 4.49 at two threads, MobileNetV2 7.93 / 7.74 at one;
-# blocks at every size: MobileNetV1 6.45 against 6.14 for bands.
+# Largest input plane a depthwise layer computes block by block (each thread a range of channel
+# blocks) rather than in bands of rows across all blocks. The input comes from a pointwise layer
+# that split the same plane by groups of blocks up to this size (POINTWISE_GROUP_MAX_PIXELS)
+# and by pixels above it, so each thread reads what it wrote. Measured alternating, ms, bands
+# everywhere / blocks on small planes: MobileNetV1 5.93 / 5.61 and MobileNetV2 4.72 / 4.49 at
+# two threads, MobileNetV2 7.93 / 7.74 at one; blocks at every size: MobileNetV1 6.45 against
+# 6.14 for bands. Deciding by the input rather than the output plane took MobileNetV1's 128
+# channel 56x56 stride-2 layer from 0.084 to 0.061 ms at two threads.
 DEPTHWISE_BLOCK_ORDER_PIXELS = 28 * 28
 # How the threads of a pointwise layer share it (kernels/nchwc.pyx): planes above
 # POINTWISE_GROUP_MAX_PIXELS by pixels, as the depthwise bands around them; smaller ones by
@@ -209,7 +211,8 @@ class BlockedConv(_Internal):
                                             act, threads_for(macs, nt, MIN_WORK_POINTWISE))
             return step
 
-        by_blocks = self.conv_shape[2] * self.conv_shape[3] <= DEPTHWISE_BLOCK_ORDER_PIXELS
+        h, w_ = self.logical_ins[0].shape[2:]
+        by_blocks = h * w_ <= DEPTHWISE_BLOCK_ORDER_PIXELS
 
         def step(env, nt):
             nchwc.f32_depthwise_blocked(env[a], w, bias, env[b], sh, sw, pt, pl, dh, dw, act,
