@@ -161,6 +161,17 @@ def test_constant_subgraphs_fold_at_load(rng):
     assert "folded 2 nodes into constants" in model.explain()
 
 
+@pytest.mark.parametrize("op", ["ConstantOfShape", "Expand"])
+def test_huge_tensors_are_refused_before_allocation(op):
+    """A file asking for a 16 GiB tensor gets a ModelError naming the node, not a MemoryError."""
+    consts = {"shape": np.array([1 << 16, 1 << 16], np.int64), "one": np.ones(1, np.float32)}
+    ins = ["shape"] if op == "ConstantOfShape" else ["one", "shape"]
+    nodes = [Node(op, "big", ins, ["o"], {"value": 1.0} if op == "ConstantOfShape" else {}),
+             Node("Add", "add", ["x", "o"], ["y"])]
+    with pytest.raises(engine.ModelError, match="'big'.*GiB"):
+        Model(Graph(nodes, [spec("x", (1,))], [spec("y")], consts))
+
+
 def test_shape_subgraph_folds_at_load_when_shapes_are_declared(rng):
     consts = {"i": np.array(0, np.int64), "m1": np.array([-1], np.int64)}
     nodes = [Node("Shape", "shape", ["x"], ["s"]), Node("Gather", "g", ["s", "i"], ["n"]),

@@ -30,6 +30,17 @@ from ..errors import ModelError
 from .ir import DTYPES
 
 F32 = np.dtype(np.float32)
+# Largest tensor a model may make, in bytes: a file that asks for more (a ConstantOfShape or an
+# Expand to a huge shape, a Resize by a huge factor) is refused while planning, before anything
+# is allocated.
+MAX_TENSOR_BYTES = 4 << 30
+
+
+def check_tensor_size(op, shape, dtype, what="output") -> None:
+    nbytes = math.prod(int(d) for d in shape) * np.dtype(dtype).itemsize
+    if nbytes > MAX_TENSOR_BYTES:
+        raise op.error(f"{what} of shape {tuple(shape)} would take {nbytes / 2**30:.1f} GiB, "
+                       f"more than the {MAX_TENSOR_BYTES >> 30} GiB the engine allows a tensor")
 I64 = np.dtype(np.int64)
 INTEGER_KINDS = "iub"
 
@@ -1043,6 +1054,7 @@ class ConstantOfShape(Op):
         if shape.ndim != 1 or shape.dtype.kind not in "iu" or (shape < 0).any():
             raise self.error(f"input must be a 1-D tensor of non-negative sizes, got "
                              f"{shape.tolist()}")
+        check_tensor_size(self, shape.tolist(), self.dtype)
         value = np.full(tuple(int(d) for d in shape), self.attr("value", 0), self.dtype)
         return [Info(value.shape, self.dtype, value)]
 

@@ -23,7 +23,7 @@ import time
 import numpy as np
 
 from ..errors import ModelError
-from .nodes import Info
+from .nodes import Info, check_tensor_size
 
 ALIGN = 64
 
@@ -42,6 +42,8 @@ def evaluate(op, ins):
     outs = op.infer(ins)
     if all(o.value is not None for o in outs):
         return [o.value for o in outs]
+    for k, o in enumerate(outs):
+        check_tensor_size(op, o.shape, o.dtype, f"output {k}")
     n = len(ins)
     env = [None if x is None else x.value for x in ins]
     for o in outs:
@@ -68,6 +70,8 @@ def infer_nodes(graph, ops, input_shapes: dict, infos: dict, folded: dict):
             raise ModelError(f"node {node.name!r} ({node.op}): produces {len(outs)} "
                              f"outputs, the node names {len(node.outputs)}")
         names = [o or f"{node.name}:unused{k}" for k, o in enumerate(node.outputs)]
+        for k, info in enumerate(outs):
+            check_tensor_size(op, info.shape, info.dtype, f"output {k}")
         if all(x is None or x.value is not None for x in ins) or \
                 all(o.value is not None for o in outs):
             for name, value in zip(names, evaluate(op, ins)):
