@@ -412,14 +412,17 @@ static void ce_nc_from_blocked(const float *src, ptrdiff_t P, int nc, float *dst
     }
 }
 
-/* Mean over the P pixels of one block src[P][16], into 16 sums (summed in pixel order). */
-static void ce_nc_block_mean(const float *src, ptrdiff_t P, float *mean16)
+/* Means over the P pixels of one block src[P][16] (summed in pixel order), channels 0 .. nc
+ * into mean. */
+static void ce_nc_block_mean(const float *src, ptrdiff_t P, float *mean, int nc)
 {
     ce_nc_vf s = {0};
     for (ptrdiff_t p = 0; p < P; p++)
         s += CE_NC_LD(src + p * 16);
     s = s * (1.0f / (float)P);
-    memcpy(mean16, &s, sizeof s);
+    float lanes[16];
+    memcpy(lanes, &s, sizeof s);
+    memcpy(mean, lanes, (size_t)nc * sizeof(float));
 }
 
 #endif

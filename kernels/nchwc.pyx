@@ -12,7 +12,7 @@ cdef extern from "_nchwc.h":
     int CE_NC_B, CE_NC_TILE_PIXELS, CE_NC_GROUP
     void ce_nc_to_blocked(const float *src, Py_ssize_t P, int nc, float *dst) nogil
     void ce_nc_from_blocked(const float *src, Py_ssize_t P, int nc, float *dst) nogil
-    void ce_nc_block_mean(const float *src, Py_ssize_t P, float *mean16) nogil
+    void ce_nc_block_mean(const float *src, Py_ssize_t P, float *mean, int nc) nogil
     void ce_nc_pw_group(const float *x, Py_ssize_t P, int Cb, const float *wpack, int Kb,
                         int g, const float *bias, const float *res, float *out, int act,
                         Py_ssize_t t0, Py_ssize_t t1) nogil
@@ -89,22 +89,27 @@ def f32_from_blocked(const float[:, :, :, :, ::1] x, float[:, :, :, ::1] out, in
                            op + (n * C + cb * CE_NC_B) * P)
 
 
-def f32_global_avg_blocked(const float[:, :, :, :, ::1] x, float[:, ::1] out):
-    """out[n, c] = mean over the pixels of channel c, for the C channels of out."""
+def f32_global_avg_blocked(const float[:, :, :, :, ::1] x, float[:, ::1] out,
+                           int num_threads=1):
+    """out[n, c] = mean over the pixels of channel c, for the C channels of out; the threads
+    take ranges of blocks."""
     cdef Py_ssize_t N = x.shape[0], Cb = x.shape[1], P = x.shape[2] * x.shape[3]
     cdef Py_ssize_t C = out.shape[1]
     if out.shape[0] != N or (C + CE_NC_B - 1) // CE_NC_B != Cb or x.shape[4] != CE_NC_B:
         raise ValueError(f"out {tuple(out.shape)[:2]} does not fit x {tuple(x.shape)}")
     if P == 0:
         raise ValueError("x must have a non-empty plane")
-    cdef float mean[16]
-    cdef Py_ssize_t n, cb, j
-    with nogil:
-        for n in range(N):
-            for cb in range(Cb):
-                ce_nc_block_mean(&x[n, cb, 0, 0, 0], P, mean)
-                for j in range(min(CE_NC_B, C - cb * CE_NC_B)):
-                    out[n, cb * CE_NC_B + j] = mean[j]
+    if N == 0 or Cb == 0:
+        return
+    cdef const float* xp = &x[0, 0, 0, 0, 0]
+    cdef float* op = &out[0, 0]
+    cdef Py_ssize_t it, n, cb
+    num_threads = <int>max(1, min(num_threads, N * Cb))
+    for it in prange(N * Cb, nogil=True, num_threads=num_threads, schedule="static"):
+        n = it // Cb
+        cb = it % Cb
+        ce_nc_block_mean(xp + it * P * CE_NC_B, P, op + n * C + cb * CE_NC_B,
+                         <int>min(CE_NC_B, C - cb * CE_NC_B))
 
 
 def pointwise_pack_floats(Py_ssize_t in_blocks, Py_ssize_t out_blocks):

@@ -209,6 +209,9 @@ def test_global_average_pool_on_blocks(rng):
     nchwc.f32_global_avg_blocked(blocked.to_blocked(x), out)
     ref = x.astype(np.float64).mean(axis=(2, 3))
     assert np.abs(out - ref).max() <= 1e-6 * np.abs(x).max()
+    out2 = np.empty((2, 40), np.float32)
+    nchwc.f32_global_avg_blocked(blocked.to_blocked(x), out2, 2)
+    np.testing.assert_array_equal(out, out2)
     with pytest.raises(ValueError, match="does not fit"):
         nchwc.f32_global_avg_blocked(blocked.to_blocked(x), np.empty((2, 50), np.float32))
 

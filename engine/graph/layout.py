@@ -147,8 +147,10 @@ class BlockedGlobalAveragePool(_Internal):
         a, b = i[0], o[0]
         n, c = outs[0].shape[:2]
 
+        single = ins[0].size < MIN_CONVERT_ELEMENTS
+
         def step(env, nt):
-            nchwc.f32_global_avg_blocked(env[a], env[b].reshape(n, c))
+            nchwc.f32_global_avg_blocked(env[a], env[b].reshape(n, c), 1 if single else nt)
         return step
 
     def flops(self, ins, outs):
