@@ -19,6 +19,8 @@
 #include <stddef.h>
 #include <string.h>
 
+#include "_vec_act.h"
+
 #define CE_NC_B 16            /* channels per block */
 #define CE_NC_TILE_PIXELS 6   /* pixels per pointwise tile */
 #define CE_NC_GROUP 4         /* output blocks per pointwise tile */
@@ -31,18 +33,7 @@ typedef int ce_nc_vi __attribute__((vector_size(64)));
 #define CE_NC_LD(p) ((ce_nc_vf)(*(const ce_nc_vfu *)(p)))
 #define CE_NC_ST(p, v) (*(ce_nc_vfu *)(p) = (v))
 
-static inline ce_nc_vf ce_nc_act(ce_nc_vf v, int act)
-{
-    const ce_nc_vf zero = {0};
-    if (act >= 1)
-        v = (ce_nc_vf)((ce_nc_vi)v & (v > zero));
-    if (act == 2) {
-        const ce_nc_vf six = zero + 6.0f;
-        ce_nc_vi below = v < six;
-        v = (ce_nc_vf)(((ce_nc_vi)v & below) | ((ce_nc_vi)six & ~below));
-    }
-    return v;
-}
+CE_DEFINE_VEC_ACT(ce_nc_act, ce_nc_vf, ce_nc_vi)
 
 /* ---- Pointwise ------------------------------------------------------------------------------
  * One tile: NP <= 6 pixels x NK <= 4 output blocks, over Cb input blocks (a batch of the

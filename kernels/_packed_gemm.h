@@ -22,6 +22,8 @@
 #include <stddef.h>
 #include <string.h>
 
+#include "_vec_act.h"
+
 #if defined(__AVX512F__)
 #define CE_PG_VW 16
 #define CE_PG_NV 2
@@ -59,19 +61,7 @@ static inline void ce_pg_pack_panels(const float *B, ptrdiff_t ldb, int K, int n
     }
 }
 
-static inline ce_pg_vf ce_pg_act(ce_pg_vf v, int act)
-{
-    /* C has no vector ?:, so max(v, 0) and min(v, 6) select through the comparison masks */
-    const ce_pg_vf zero = {0};
-    if (act >= 1)
-        v = (ce_pg_vf)((ce_pg_vi)v & (v > zero));
-    if (act == 2) {
-        const ce_pg_vf six = zero + 6.0f;
-        ce_pg_vi below = v < six;
-        v = (ce_pg_vf)(((ce_pg_vi)v & below) | ((ce_pg_vi)six & ~below));
-    }
-    return v;
-}
+CE_DEFINE_VEC_ACT(ce_pg_act, ce_pg_vf, ce_pg_vi)
 
 /* Output step of one vector: bias, residual, activation; n valid columns. */
 static inline void ce_pg_store(ce_pg_vf acc, float b, const float *res, float *out, int act,

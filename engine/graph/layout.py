@@ -93,27 +93,35 @@ class _Internal(Op):
         super().__init__(node, {})
 
 
-class ToBlocked(_Internal):
+class _LayoutChange(_Internal):
+    """One step that rewrites a tensor in the other layout (``kernel``)."""
+    kernel = None
+
+    def build(self, ins, outs, i, o):
+        a, b = i[0], o[0]
+        kernel = type(self).kernel
+        single = outs[0].size < MIN_CONVERT_ELEMENTS
+
+        def step(env, nt):
+            kernel(env[a], env[b], 1 if single else nt)
+        return step
+
+
+class ToBlocked(_LayoutChange):
     kind = "ToBlocked"
+    kernel = nchwc.f32_to_blocked
 
     def infer(self, ins):
         x = self.float_in(ins, 0, "X", 4)
         return [Info(blocked.blocked_shape(x.shape), F32)]
 
-    def build(self, ins, outs, i, o):
-        a, b = i[0], o[0]
-        single = ins[0].size < MIN_CONVERT_ELEMENTS
-
-        def step(env, nt):
-            nchwc.f32_to_blocked(env[a], env[b], 1 if single else nt)
-        return step
-
     def describe(self, ins, outs):
         return "layout: NCHW -> NCHW16c for the blocked layers that read it"
 
 
-class FromBlocked(_Internal):
+class FromBlocked(_LayoutChange):
     kind = "FromBlocked"
+    kernel = nchwc.f32_from_blocked
 
     def __init__(self, node, channels):
         super().__init__(node)
@@ -122,14 +130,6 @@ class FromBlocked(_Internal):
     def infer(self, ins):
         n, _, h, w, _ = self.float_in(ins, 0, "X", 5).shape
         return [Info((n, self.channels, h, w), F32)]
-
-    def build(self, ins, outs, i, o):
-        a, b = i[0], o[0]
-        single = outs[0].size < MIN_CONVERT_ELEMENTS
-
-        def step(env, nt):
-            nchwc.f32_from_blocked(env[a], env[b], 1 if single else nt)
-        return step
 
     def describe(self, ins, outs):
         return "layout: NCHW16c -> NCHW for a reader that needs NCHW"
