@@ -335,3 +335,14 @@ def test_build_info():
     assert info["version"] == engine.__version__
     assert isinstance(info["openmp"], bool)
     assert set(engine.algorithms()) >= {"direct", "im2col", "pointwise"}
+
+
+@pytest.mark.parametrize("kdim,ow", [(192, 4096), (27, 100000), (576, 3000)])
+def test_im2col_cuts_long_rows_into_an_even_number_of_bounded_pieces(kdim, ow):
+    """Two threads get equal shares of a row too long for one chunk, and no chunk's column
+    buffer exceeds the bound."""
+    from engine.ops.conv2d_algorithms import IM2COL_CHUNK_BYTES, im2col_chunk
+    rows, cols = im2col_chunk(kdim, (1, ow))
+    assert rows == 1
+    assert -(-ow // cols) % 2 == 0
+    assert cols * kdim * 4 <= IM2COL_CHUNK_BYTES

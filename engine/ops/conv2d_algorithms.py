@@ -22,13 +22,16 @@ IM2COL_CHUNK_BYTES = 512 << 10
 def im2col_chunk(kdim: int, out_size) -> tuple[int, int]:
     """(rows, columns) of output per im2col chunk: as many whole rows as fit the column
     buffer bound, else pieces of one row; and at least two chunks for layers of more than one
-    row's worth of columns, so two threads share an image. Depends on the shape only."""
+    row's worth of columns, so two threads share an image. Rows are cut into an even number of
+    pieces, so that two threads get equal shares (a 1-D layer of 4096 columns had 7 pieces,
+    4 against 3: 0.53 ms at two threads, 0.44 with 8). Depends on the shape only."""
     oh, ow = out_size
     budget = max(16, IM2COL_CHUNK_BYTES // (4 * kdim))      # output pixels per chunk
     if ow <= budget:
         rows = max(1, min(budget // ow, -(-oh // 2)))
         return rows, ow
     pieces = -(-ow // budget)
+    pieces += pieces % 2
     return 1, -(-ow // pieces)
 
 
