@@ -44,7 +44,7 @@ def conv1d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
 
 def conv3d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
            algorithm="auto"):
-    """torch.nn.functional.conv3d on NCDHW float32 arrays (vol2col + sgemm); padding may be
+    """torch.nn.functional.conv3d on NCDHW float32 arrays (vol2col + packed GEMM); padding may be
     an int, a 3-tuple, "same" or "valid". See engine.Conv3d."""
     layer = Conv3d(weight, bias, stride, padding, dilation, groups, algorithm=algorithm)
     return layer(x)

@@ -7,7 +7,7 @@ import pytest
 
 import engine
 from engine._kernels import conv3d as c3_kernel
-from engine._threads import blas_pinned
+from engine.ops.workspace import workspace
 
 
 # Float32 tolerance. Inputs and weights are N(0, 1); where TOL is used a reduction has at most
@@ -282,18 +282,40 @@ def test_conv3d_kernel_one_and_two_threads_bit_identical(rng):
     x = rng.standard_normal((2, 6, 7, 9, 10)).astype(np.float32)
     w = rng.standard_normal((8, 3, 3, 2, 3)).astype(np.float32)
     b = rng.standard_normal(8).astype(np.float32)
-    w_taps = np.ascontiguousarray(w.transpose(0, 2, 1, 3, 4)).reshape(8, -1)
+    wpack = engine.Conv3d(w, groups=2).wpack        # packed per group and depth tap
     outs = []
-    with blas_pinned():
-        for t in (1, 2):
-            out = np.empty((2, 8, 4, 5, 10), np.float32)
-            # stride (2, 2, 1), padding 1, groups 2, items of 2 slices x 3 rows
-            c3_kernel.f32_conv3d_vol2col(x, w_taps, b, out, 3, 2, 3, 2, 2, 1, 1, 1, 1,
-                                         1, 1, 1, 2, 2, 3, 0, t)
-            outs.append(out)
+    for t in (1, 2):
+        out = np.empty((2, 8, 4, 5, 10), np.float32)
+        # stride (2, 2, 1), padding 1, groups 2, items of 2 slices x 3 rows
+        work = workspace.take(c3_kernel.work_floats(3 * 2 * 3, 3, 3 * 10, t))
+        c3_kernel.f32_conv3d_vol2col(x, wpack, b, out, 3, 2, 3, 2, 2, 1, 1, 1, 1,
+                                     1, 1, 1, 2, 2, 3, 0, t, work)
+        workspace.give(work)
+        outs.append(out)
     assert np.array_equal(outs[0], outs[1])
     ref = conv3d_ref(x, w, b, (2, 2, 1), ((1, 1),) * 3, groups=2)
     np.testing.assert_allclose(outs[0], ref, **TOL)
+
+
+def test_conv3d_kernel_checks_weights_and_scratch(rng):
+    """The kernel refuses packed weights of the wrong size and a short or misaligned work
+    buffer before it runs without the GIL."""
+    x = rng.standard_normal((1, 2, 4, 5, 6)).astype(np.float32)
+    w = rng.standard_normal((3, 2, 3, 3, 3)).astype(np.float32)
+    wpack = engine.Conv3d(w).wpack
+    out = np.empty((1, 3, 2, 3, 4), np.float32)
+    need = c3_kernel.work_floats(2 * 9, 3, 3 * 4, 1)
+    args = (3, 3, 3, 1, 1, 1, 0, 0, 0, 1, 1, 1, 1, 2, 3, 0, 1)
+    with pytest.raises(ValueError, match="wpack"):
+        c3_kernel.f32_conv3d_vol2col(x, wpack[:-1], None, out, *args, np.zeros(need, np.float32))
+    raw = np.zeros(need + 32, np.float32)
+    start = (-raw.ctypes.data % 64) // 4
+    with pytest.raises(ValueError, match="work"):
+        c3_kernel.f32_conv3d_vol2col(x, wpack, None, out, *args, raw[start:start + need - 1])
+    with pytest.raises(ValueError, match="64-byte"):
+        c3_kernel.f32_conv3d_vol2col(x, wpack, None, out, *args, raw[start + 1:start + 1 + need])
+    c3_kernel.f32_conv3d_vol2col(x, wpack, None, out, *args, raw[start:start + need])
+    np.testing.assert_allclose(out, conv3d_ref(x, w), **TOL)
 
 
 def test_conv3d_public_one_and_two_threads_bit_identical(rng):

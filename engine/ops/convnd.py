@@ -1,7 +1,8 @@
 """Planned 1-D and 3-D convolutions.
 
 Conv1d is a Conv2d on the (N, C, 1, L) view with a (1, k) kernel, so every 2-D algorithm and
-the 2-D dispatcher apply to it unchanged. Conv3d runs vol2col + sgemm (kernels/conv3d.pyx).
+the 2-D dispatcher apply to it unchanged. Conv3d runs vol2col and the packed GEMM
+(kernels/conv3d.pyx).
 """
 from __future__ import annotations
 
@@ -10,11 +11,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from .._kernels import conv3d as _c3
-from .._threads import blas_pinned, resolve_threads, threads_for
+from .._threads import resolve_threads, threads_for
 from ..shapes import conv_output_shape, ntuple, resolve_padding
+from . import packed_gemm
 from ._validate import as_float_array, check_out
 from .activation import activation_code
 from .conv2d import Conv2d
+from .workspace import workspace
 
 # Bound on one thread's ring of 2-D column matrices (kernels/conv3d.pyx), and the number of
 # work items to aim for so that threads share a single image. Each item rebuilds the columns of
@@ -135,7 +138,7 @@ class Conv3d:
 
     weight: (out_channels, in_channels // groups, kd, kh, kw); padding: int, 3-tuple,
     6-tuple (all begins, then all ends), "same" or "valid". activation: None, "relu" or
-    "relu6". algorithm: "auto" or "im2col" (vol2col + sgemm, the only 3-D algorithm).
+    "relu6". algorithm: "auto" or "im2col" (vol2col + packed GEMM, the only 3-D algorithm).
     Float64 input is computed in float32.
     """
 
@@ -146,10 +149,10 @@ class Conv3d:
         _check_weight(w, groups)
         if algorithm not in ("auto", "im2col"):
             raise ValueError(f"algorithm={algorithm!r} cannot run a 3-D convolution: conv3d "
-                             f"has only 'im2col' (vol2col + sgemm)")
+                             f"has only 'im2col' (vol2col + packed GEMM)")
         self.algorithm = "im2col"
         self.reason = ("forced by the caller" if algorithm == "im2col"
-                       else "the only 3-D algorithm: vol2col + sgemm")
+                       else "the only 3-D algorithm: vol2col + packed GEMM")
         self.stride = ntuple(stride, 3, "stride", minimum=1)
         self.dilation = ntuple(dilation, 3, "dilation", minimum=1)
         _check_padding_arg(padding)
@@ -163,8 +166,11 @@ class Conv3d:
         self.activation = activation
         self.act_code = activation_code(activation)
         self.weight = w
-        # depth taps first: the columns of depth tap a are one contiguous block of a row
-        self.w_taps = np.ascontiguousarray(w.transpose(0, 2, 1, 3, 4)).reshape(w.shape[0], -1)
+        # packed per group and depth tap: W_ga[Kg, Cg*kh*kw] for the micro-kernel
+        kd = w.shape[2]
+        taps = w.transpose(2, 0, 1, 3, 4).reshape(kd, groups, w.shape[0] // groups, -1)
+        self.wpack = np.concatenate([packed_gemm.pack_rows(taps[a, g], 1)
+                                     for g in range(groups) for a in range(kd)])
         if bias is not None:
             b = as_float_array(bias, "bias", 1)
             if b.shape != (self.out_channels,):
@@ -189,7 +195,8 @@ class Conv3d:
                                              self.dilation)
             except ValueError as e:
                 raise ValueError(f"x: {e}") from None
-            macs = key[0] * self.out_channels * int(np.prod(out_size)) * self.w_taps.shape[1]
+            macs = key[0] * self.out_channels * int(np.prod(out_size)) * \
+                int(np.prod(self.weight.shape[1:]))
             g = self._geometries[key] = Geometry3d(key[0], in_size, out_size, pads, macs)
         return g
 
@@ -213,10 +220,16 @@ class Conv3d:
         threads = threads_for(g.macs, resolve_threads(num_threads or self.num_threads))
         slices, rows = self.work_split(g)
         (kd, kh, kw), (sd, sh, sw), (dd, dh, dw) = self.kernel_size, self.stride, self.dilation
-        with blas_pinned():
-            _c3.f32_conv3d_vol2col(x, self.w_taps, self.bias, out, kd, kh, kw, sd, sh, sw,
+        kdim2 = self.weight.shape[1] * kh * kw
+        rows = min(rows, max(1, g.out_size[1]))
+        work = workspace.take(_c3.work_floats(kdim2, (kd - 1) * dd + 1, rows * g.out_size[2],
+                                              threads))
+        try:
+            _c3.f32_conv3d_vol2col(x, self.wpack, self.bias, out, kd, kh, kw, sd, sh, sw,
                                    g.pads[0][0], g.pads[1][0], g.pads[2][0], dd, dh, dw,
-                                   self.groups, slices, rows, self.act_code, threads)
+                                   self.groups, slices, rows, self.act_code, threads, work)
+        finally:
+            workspace.give(work)
 
     def work_split(self, g: Geometry3d) -> tuple[int, int]:
         """(output slices, output rows) per work item, from the shapes alone: whole slices
