@@ -258,10 +258,9 @@ def rewrite(graph: Graph, ops: dict, input_shapes: dict):
         for k, name in enumerate(n.inputs):
             if name:
                 readers.setdefault(name, []).append((n, k))
-    # a layer is blocked only next to another blocked layer (its input's producer, or a reader
-    # of its output)
-    # "direct" layers read NCHW: only where their input is not blocked anyway, and a pointwise or
-    # depthwise layer reads their output
+    # a layer is blocked only next to another one (its input's producer, or a reader of its
+    # output); a "direct" layer, which reads NCHW, only where its input is NCHW anyway and a
+    # pointwise or depthwise layer reads its output
     by_name = {n.name: n for n in graph.nodes}
     keep = set()
     for name, (kind, _, _) in found.items():
