@@ -2,6 +2,28 @@
 # those that need the same clipped index arithmetic.
 from libc.string cimport memset, memcpy
 
+cdef extern from *:
+    """
+    /* dst[i] = src[2 * i] for i < n, sixteen at a time through even-lane shuffles; reads no
+     * further than src[2 * (n - 1)]. */
+    typedef float ce_ic_vf __attribute__((vector_size(64)));
+    typedef float ce_ic_vfu __attribute__((vector_size(64), aligned(4), may_alias));
+    typedef int ce_ic_vi __attribute__((vector_size(64)));
+    static inline void ce_im2col_even(const float *src, float *dst, Py_ssize_t n)
+    {
+        const ce_ic_vi even = {0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30};
+        Py_ssize_t i = 0;
+        for (; i + 16 < n; i += 16) {
+            ce_ic_vf a = *(const ce_ic_vfu *)(src + 2 * i);
+            ce_ic_vf b = *(const ce_ic_vfu *)(src + 2 * i + 16);
+            *(ce_ic_vfu *)(dst + i) = __builtin_shuffle(a, b, even);
+        }
+        for (; i < n; i++)
+            dst[i] = src[2 * i];
+    }
+    """
+    void ce_im2col_even(const float *src, float *dst, Py_ssize_t n) nogil
+
 
 cdef inline Py_ssize_t ceil_div_nonneg(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
     # ceil(a / b) for b > 0, clamped at 0 for negative a
@@ -47,6 +69,9 @@ cdef inline void im2col_rows(const float* xg, Py_ssize_t cstride, Py_ssize_t Cg,
                     if sw == 1:
                         if hi > lo:
                             memcpy(dst + lo, src + lo, (hi - lo) * sizeof(float))
+                    elif sw == 2:
+                        if hi > lo:
+                            ce_im2col_even(src + 2 * lo, dst + lo, hi - lo)
                     else:
                         for ox in range(lo, hi):
                             dst[ox] = src[ox * sw]

@@ -41,14 +41,15 @@ typedef float ce_pg_vf __attribute__((vector_size(CE_PG_VW * 4)));
 typedef float ce_pg_vfu __attribute__((vector_size(CE_PG_VW * 4), aligned(4), may_alias));
 typedef int ce_pg_vi __attribute__((vector_size(CE_PG_VW * 4)));
 
-/* Copy columns 0 .. ncols of K rows of B into consecutive panels [K][NR] (zero beyond ncols).
- * Row by row, so each row of B is read front to back: panel by panel, every 128-byte piece would
- * come from another row (another page, K of them), beyond the hardware prefetcher's reach. */
-static inline void ce_pg_pack_panels(const float *B, ptrdiff_t ldb, int K, int ncols,
-                                     float *panels)
+/* Copy columns 0 .. ncols of K rows of B into panels of NR columns, pstride floats apart (zero
+ * beyond ncols): rows 0 .. K of each panel, so a caller may fill a taller panel in slices of
+ * rows. Row by row, so each row of B is read front to back: panel by panel, every 128-byte
+ * piece would come from another row (another page, K of them), beyond the hardware
+ * prefetcher's reach. */
+static inline void ce_pg_pack_rows(const float *B, ptrdiff_t ldb, int K, int ncols,
+                                   float *panels, ptrdiff_t pstride)
 {
     int full = ncols / CE_PG_NR, rest = ncols % CE_PG_NR;
-    ptrdiff_t pstride = (ptrdiff_t)K * CE_PG_NR;
     for (int k = 0; k < K; k++) {
         const float *src = B + k * ldb;
         float *dst = panels + (ptrdiff_t)k * CE_PG_NR;
@@ -59,6 +60,13 @@ static inline void ce_pg_pack_panels(const float *B, ptrdiff_t ldb, int K, int n
             memset(dst + full * pstride + rest, 0, (CE_PG_NR - rest) * sizeof(float));
         }
     }
+}
+
+/* The K rows of B as whole panels [K][NR], one after another. */
+static inline void ce_pg_pack_panels(const float *B, ptrdiff_t ldb, int K, int ncols,
+                                     float *panels)
+{
+    ce_pg_pack_rows(B, ldb, K, ncols, panels, (ptrdiff_t)K * CE_PG_NR);
 }
 
 CE_DEFINE_VEC_ACT(ce_pg_act, ce_pg_vf, ce_pg_vi)

@@ -6,27 +6,31 @@
 # with OH = 1), pieces of a single row. Either way a chunk's outputs are contiguous within
 # each output channel, and each chunk is one GEMM
 #     out[n, g*Kg:(g+1)*Kg, chunk] = W_g[Kg, Cg*kh*kw] @ cols[Cg*kh*kw, chunk]
-# run by the packed micro-kernel of _packed_gemm.h (weights packed once by the plan, the
-# chunk's columns copied into panels), whose output step adds the bias and applies the
-# activation. Work items are (image, group, chunk); the chunking depends on the shapes only,
+# run by the packed micro-kernel of _packed_gemm.h (weights packed once by the plan), whose
+# output step adds the bias and applies the activation. The columns are built one input
+# channel (kh*kw rows) at a time and copied into the chunk's panels while still in L1, so the
+# full column matrix never exists. Work items are (image, group, chunk); the chunking depends on the shapes only,
 # and every output is summed in one order, so results do not depend on the thread count.
 from cython.parallel cimport prange, threadid
 
 from _im2col cimport im2col_rows
 
-from _packed_gemm cimport CE_PG_MR, CE_PG_NR, ce_pg_block, ce_pg_pack_panels
+from _packed_gemm cimport CE_PG_MR, CE_PG_NR, ce_pg_block, ce_pg_pack_rows
 from _scratch cimport check_scratch
 
 
-cdef inline Py_ssize_t thread_floats(Py_ssize_t kdim, Py_ssize_t chunk_cols) noexcept nogil:
-    """One thread's column chunk (rounded to whole 64-byte lines) and then its panels."""
+cdef inline Py_ssize_t thread_floats(Py_ssize_t kdim, Py_ssize_t taps,
+                                     Py_ssize_t chunk_cols) noexcept nogil:
+    """One thread's columns of one input channel (rounded to whole 64-byte lines), then the
+    chunk's panels."""
     cdef Py_ssize_t NR = CE_PG_NR
-    return (kdim * chunk_cols + 15) // 16 * 16 + kdim * ((chunk_cols + NR - 1) // NR * NR)
+    return (taps * chunk_cols + 15) // 16 * 16 + kdim * ((chunk_cols + NR - 1) // NR * NR)
 
 
-def work_floats(Py_ssize_t kdim, Py_ssize_t chunk_cols, int num_threads):
-    """Floats of f32_conv2d_im2col's work buffer (chunk_cols: the columns of a chunk)."""
-    return max(1, num_threads) * thread_floats(kdim, chunk_cols)
+def work_floats(Py_ssize_t kdim, Py_ssize_t taps, Py_ssize_t chunk_cols, int num_threads):
+    """Floats of f32_conv2d_im2col's work buffer (taps: kh * kw; chunk_cols: the columns of
+    a chunk)."""
+    return max(1, num_threads) * thread_floats(kdim, taps, chunk_cols)
 
 
 def f32_conv2d_im2col(const float[:, :, :, ::1] x, const float[::1] wpack, bias,
@@ -66,10 +70,11 @@ def f32_conv2d_im2col(const float[:, :, :, ::1] x, const float[::1] wpack, bias,
         bptr = &b[0]
     if num_threads > items:
         num_threads = <int>max(1, items)
-    cdef Py_ssize_t cols_floats = (kdim * chunk_cols + 15) // 16 * 16   # panels: 64-byte aligned
-    cdef Py_ssize_t per_thread = thread_floats(kdim, chunk_cols)
+    cdef Py_ssize_t taps = kh * kw
+    cdef Py_ssize_t cols_floats = (taps * chunk_cols + 15) // 16 * 16   # panels: 64-byte aligned
+    cdef Py_ssize_t per_thread = thread_floats(kdim, taps, chunk_cols)
     check_scratch(work, num_threads * per_thread, "work")
-    cdef Py_ssize_t it, n, g, ch, oy0, oy1, ox0, ox1, ncols, mb, p, np_
+    cdef Py_ssize_t it, n, g, ch, oy0, oy1, ox0, ox1, ncols, mb, p, np_, c, pstride
     cdef float* cols
     cdef float* panels
     cdef float* dst
@@ -84,10 +89,14 @@ def f32_conv2d_im2col(const float[:, :, :, ::1] x, const float[::1] wpack, bias,
         ncols = (oy1 - oy0) * (ox1 - ox0)
         cols = &work[0] + threadid() * per_thread
         panels = cols + cols_floats
-        im2col_rows(&x[n, g * Cg, 0, 0], H * W, Cg, H, W, kh, kw, sh, sw, pt, pl, dh, dw,
-                    oy0, oy1, ox0, ox1, cols)
-        ce_pg_pack_panels(cols, ncols, <int>kdim, <int>ncols, panels)
         np_ = (ncols + NR - 1) // NR
+        pstride = kdim * NR
+        # channel by channel: its kh*kw rows of columns, still in L1, go into the panels
+        for c in range(Cg):
+            im2col_rows(&x[n, g * Cg + c, 0, 0], H * W, 1, H, W, kh, kw, sh, sw, pt, pl,
+                        dh, dw, oy0, oy1, ox0, ox1, cols)
+            ce_pg_pack_rows(cols, ncols, <int>taps, <int>ncols, panels + c * taps * NR,
+                            pstride)
         dst = &out[n, g * Kg, oy0, ox0]
         for mb in range(nmb):
             for p in range(np_):

@@ -70,10 +70,12 @@ class Im2col:
         L = self.layer
         rows, cols = im2col_chunk(self.kdim, g.out_size)
         chunk_cols = min(rows, g.out_size[0]) * min(cols, g.out_size[1])
-        work = workspace.take(conv_im2col.work_floats(self.kdim, chunk_cols, threads))
+        kh, kw = L.kernel_size
+        work = workspace.take(conv_im2col.work_floats(self.kdim, kh * kw, chunk_cols,
+                                                      threads))
         try:
             conv_im2col.f32_conv2d_im2col(
-                x, self.wpack, L.bias, out, L.kernel_size[0], L.kernel_size[1], L.stride[0],
+                x, self.wpack, L.bias, out, kh, kw, L.stride[0],
                 L.stride[1], g.pads[0][0], g.pads[1][0], L.dilation[0], L.dilation[1],
                 L.groups, rows, cols, L.act_code, threads, work)
         finally:
