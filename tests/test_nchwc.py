@@ -333,3 +333,33 @@ def test_conv_kind_rules(rng):
     assert kind(f32(rng, 8, 1, 3, 3), {"group": 4}, (1, 4, 9, 9)) is None   # multiplier 2
     assert kind(f32(rng, 8, 3, 3, 3), {"strides": [2, 2]}, (1, 3, 9, 9)) == "direct"
     assert kind(f32(rng, 8, 4, 3, 3), {}, (1, 4, 9, 9)) is None          # 36 taps
+
+
+def test_eight_python_threads_running_blocked_layers_match_serial_runs(rng):
+    """Each call gets its own activation buffers, blocked ones included."""
+    import threading
+    nodes, consts = separable_net(rng)
+    model = Model(Graph(nodes, [spec("x", (2, 3, 12, 12))], [spec("y")], consts))
+    assert "BlockedConv" in [k for _, k in steps_of(model)]
+    inputs = [f32(np.random.default_rng(k), 2, 3, 12, 12) for k in range(8)]
+    serial = [model(x) for x in inputs]
+    barrier = threading.Barrier(8)
+    results, errors = [[] for _ in inputs], []
+
+    def work(k):
+        try:
+            barrier.wait()
+            for _ in range(10):
+                results[k].append(model(inputs[k]))
+        except Exception as e:      # reported below: a thread's exception is otherwise lost
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for k in range(8):
+        for r in results[k]:
+            np.testing.assert_array_equal(r, serial[k])
