@@ -13,6 +13,7 @@ from engine._kernels import nchwc
 from engine.graph import Graph, Model, Node, TensorSpec
 from engine.graph import layout
 from engine.ops import blocked
+from concurrency import run_concurrently
 from reference import conv2d_ref
 
 ACTS = {0: lambda v: v, 1: lambda v: np.maximum(v, 0), 2: lambda v: np.clip(v, 0, 6)}
@@ -337,102 +338,13 @@ def test_conv_kind_rules(rng):
 
 def test_eight_python_threads_running_blocked_layers_match_serial_runs(rng):
     """Each call gets its own activation buffers, blocked ones included."""
-    import threading
     nodes, consts = separable_net(rng)
     model = Model(Graph(nodes, [spec("x", (2, 3, 12, 12))], [spec("y")], consts))
     assert "BlockedConv" in [k for _, k in steps_of(model)]
     inputs = [f32(np.random.default_rng(k), 2, 3, 12, 12) for k in range(8)]
     serial = [model(x) for x in inputs]
-    barrier = threading.Barrier(8)
-    results, errors = [[] for _ in inputs], []
-
-    def work(k):
-        try:
-            barrier.wait()
-            for _ in range(10):
-                results[k].append(model(inputs[k]))
-        except Exception as e:      # reported below: a thread's exception is otherwise lost
-            errors.append(e)
-
-    threads = [threading.Thread(target=work, args=(k,)) for k in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    results, errors = run_concurrently(model, inputs, 10)
     assert not errors
     for k in range(8):
         for r in results[k]:
             np.testing.assert_array_equal(r, serial[k])
-
-
-def random_graph(rng, steps=10):
-    """A random chain of pointwise, depthwise (strides 1-2), dense 3x3, direct-eligible,
-    Relu, Sigmoid, Add and Concat nodes on channel counts off the block size, each node
-    reading the newest tensor and sometimes an older one of the same shape, with a random
-    output set."""
-    consts, nodes = {}, []
-    shapes = {"x": (1, 3, 11, 9)}
-    order = ["x"]
-    for i in range(steps):
-        src = order[-1]
-        n, c, h, w = shapes[src]
-        kind = rng.choice(["pw", "pw", "dw", "dw", "dense", "relu", "sigmoid", "add", "concat"])
-        out = f"t{i}"
-        if kind == "pw":
-            k = int(rng.integers(1, 40))
-            consts[f"w{i}"] = f32(rng, k, c, 1, 1) * 0.3
-            consts[f"b{i}"] = f32(rng, k)
-            nodes.append(Node("Conv", f"n{i}", [src, f"w{i}", f"b{i}"], [out],
-                              {"activation": str(rng.choice(["relu", "relu6"]))}
-                              if rng.random() < 0.5 else {}))
-            shapes[out] = (n, k, h, w)
-        elif kind == "dw":
-            s = int(rng.integers(1, 3))
-            consts[f"w{i}"] = f32(rng, c, 1, 3, 3) * 0.3
-            nodes.append(Node("Conv", f"n{i}", [src, f"w{i}"], [out],
-                              {"pads": [1, 1, 1, 1], "group": c, "strides": [s, s]}))
-            shapes[out] = (n, c, (h - 1) // s + 1, (w - 1) // s + 1)
-        elif kind == "dense":
-            k = int(rng.integers(1, 20))
-            consts[f"w{i}"] = f32(rng, k, c, 3, 3) * 0.2
-            nodes.append(Node("Conv", f"n{i}", [src, f"w{i}"], [out], {"pads": [1, 1, 1, 1]}))
-            shapes[out] = (n, k, h, w)
-        elif kind in ("relu", "sigmoid"):
-            nodes.append(Node("Relu" if kind == "relu" else "Sigmoid", f"n{i}", [src], [out]))
-            shapes[out] = shapes[src]
-        else:
-            same = [t for t in order[:-1] if shapes[t] == shapes[src]]
-            other = str(rng.choice(same)) if same else src
-            if kind == "add":
-                nodes.append(Node("Add", f"n{i}", [src, other], [out]))
-                shapes[out] = shapes[src]
-            else:
-                nodes.append(Node("Concat", f"n{i}", [src, other], [out], {"axis": 1}))
-                shapes[out] = (n, 2 * c, h, w)
-        order.append(out)
-    outs = [order[-1]] + [t for t in order[1:-1] if rng.random() < 0.2]
-    return nodes, consts, outs
-
-
-@pytest.mark.parametrize("seed", range(12))
-def test_random_graphs_give_the_same_values_with_and_without_the_layout(seed, monkeypatch):
-    """The layout pass changes how tensors are stored, never what a model computes: random
-    graphs agree with the all-NCHW plan within float32 rounding (1e-5 of the output's range),
-    and some of their layers do run blocked."""
-    rng = np.random.default_rng(100 + seed)
-    nodes, consts, outs = random_graph(rng)
-    x = f32(rng, 1, 3, 11, 9)
-
-    def build():
-        return Model(Graph([Node(n.op, n.name, list(n.inputs), list(n.outputs), dict(n.attrs))
-                            for n in nodes], [spec("x", (1, 3, 11, 9))],
-                           [spec(o) for o in outs], consts))
-    blocked_model = build()
-    assert "BlockedConv" in [k for _, k in steps_of(blocked_model)]
-    got = blocked_model.run({"x": x})
-    monkeypatch.setattr(layout, "ENABLED", False)
-    ref = build().run({"x": x})
-    for name in outs:
-        scale = max(1.0, float(np.abs(ref[name]).max()))
-        assert got[name].shape == ref[name].shape
-        assert np.abs(got[name] - ref[name]).max() <= 1e-5 * scale, name
