@@ -1,12 +1,10 @@
 """Thread settings shared by every kernel.
 
 Kernels take their thread count explicitly (``num_threads``), split work over outputs and never
-over a reduction, so a result does not depend on the count. The one that calls sgemm
-(deformable convolution) does so from inside its own OpenMP region, so the BLAS libraries are
-held at one thread while such a kernel runs: ``blas_pinned()``. That covers scipy's BLAS (the
-one kernels/_blas.pxd calls) and numpy's own (wheels ship a second OpenBLAS, used by the few ops
-that call np.matmul), whose idle threads would otherwise spin beside the kernels' OpenMP
-threads.
+over a reduction, so a result does not depend on the count. None of them calls a BLAS; the few
+ops that call np.matmul or scipy do, so the BLAS libraries (numpy's and scipy's OpenBLAS) are
+held at one thread while a plan or a layer that may reach them runs: ``blas_pinned()``. Their
+idle threads would otherwise spin beside the kernels' OpenMP threads.
 """
 import os
 import threading

@@ -19,6 +19,7 @@
 #include <stddef.h>
 #include <string.h>
 
+#include "_transpose16.h"
 #include "_vec_act.h"
 
 #define CE_NC_B 16            /* channels per block */
@@ -366,50 +367,18 @@ static void ce_nc_direct_row(const float *x, int C, int H, int W, int OW, int oy
     }
 }
 
-/* ---- Layout changes --------------------------------------------------------------------------
- * A 16 x 16 transpose in registers: row i of dst (dstride floats apart) = column i of the 16
- * rows of src (sstride floats apart). Four stages, each swapping the off-diagonal halves of
- * every 2b x 2b block (b = 8, 4, 2, 1) with two-vector shuffles. */
-static inline void ce_nc_transpose16(const float *src, ptrdiff_t sstride, float *dst,
-                                     ptrdiff_t dstride)
-{
-    ce_nc_vf r[16];
-    for (int i = 0; i < 16; i++)
-        r[i] = CE_NC_LD(src + i * sstride);
-#define CE_NC_STAGE(b, lo_mask, hi_mask)                                                    \
-    {                                                                                       \
-        const ce_nc_vi lo = lo_mask, hi = hi_mask;                                          \
-        for (int i = 0; i < 16; i++)                                                        \
-            if (!(i & b)) {                                                                 \
-                ce_nc_vf a = r[i], c = r[i + b];                                            \
-                r[i] = __builtin_shuffle(a, c, lo);                                         \
-                r[i + b] = __builtin_shuffle(a, c, hi);                                     \
-            }                                                                               \
-    }
-    /* lo[j] = j has bit b ? 16 + j - b : j;  hi[j] = j has bit b ? 16 + j : j + b */
-    CE_NC_STAGE(8, ((ce_nc_vi){0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23}),
-                ((ce_nc_vi){8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31}))
-    CE_NC_STAGE(4, ((ce_nc_vi){0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27}),
-                ((ce_nc_vi){4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31}))
-    CE_NC_STAGE(2, ((ce_nc_vi){0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29}),
-                ((ce_nc_vi){2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31}))
-    CE_NC_STAGE(1, ((ce_nc_vi){0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30}),
-                ((ce_nc_vi){1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31}))
-#undef CE_NC_STAGE
-    for (int i = 0; i < 16; i++)
-        CE_NC_ST(dst + i * dstride, r[i]);
-}
+/* ---- Layout changes -------------------------------------------------------------------------- */
 
 /* One channel block of one image: src holds nc <= 16 planes of P pixels (plane stride P);
  * dst[P][16] gets them channel-interleaved, zero in channels nc .. 15. Whole blocks of 16
- * pixels go through the register transpose, the rest element by element. */
+ * pixels go through the register transpose (_transpose16.h), the rest element by element. */
 static void ce_nc_to_blocked(const float *src, ptrdiff_t P, int nc, float *dst)
 {
     float tile[16][16];
     ptrdiff_t p0 = 0;
     if (nc == 16)
         for (; p0 + 16 <= P; p0 += 16)
-            ce_nc_transpose16(src + p0, P, dst + p0 * 16, 16);
+            ce_transpose16(src + p0, P, dst + p0 * 16, 16);
     for (; p0 < P; p0 += 16) {
         int n = P - p0 < 16 ? (int)(P - p0) : 16;
         for (int c = 0; c < 16; c++) {
@@ -433,7 +402,7 @@ static void ce_nc_from_blocked(const float *src, ptrdiff_t P, int nc, float *dst
     ptrdiff_t p0 = 0;
     if (nc == 16)
         for (; p0 + 16 <= P; p0 += 16)
-            ce_nc_transpose16(src + p0 * 16, 16, dst + p0, P);
+            ce_transpose16(src + p0 * 16, 16, dst + p0, P);
     for (; p0 < P; p0 += 16) {
         int n = P - p0 < 16 ? (int)(P - p0) : 16;
         memcpy(tile, src + p0 * 16, (size_t)n * 16 * sizeof(float));

@@ -1,6 +1,6 @@
 # Register-blocked direct convolution for layers with few channels and large images.
 #
-# With 16-32 output channels, im2col + sgemm moves a column matrix as large as its arithmetic
+# With 16-32 output channels, im2col + GEMM moves a column matrix as large as its arithmetic
 # and Winograd's transforms outweigh the products they save. Here the arithmetic reads the
 # input in place: for a strip of output columns of one output row, KB = 8 output channels keep
 # their partial sums in vector registers (KB x NV vectors) while the loop runs over input

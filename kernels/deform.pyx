@@ -1,4 +1,4 @@
-# Deformable convolution (DCN v1 and v2) as bilinear im2col + sgemm.
+# Deformable convolution (DCN v1 and v2) as bilinear im2col + GEMM on the packed micro-kernel.
 #
 # Tap (u, v) of output pixel (oy, ox) reads the input at the fractional position
 #     y = oy*sh - pt + u*dh + dy,    x = ox*sw - pl + v*dw + dx
@@ -9,17 +9,50 @@
 # from one index, every corner of a position in (-1, H) x (-1, W) lies inside the copy, and
 # the channel loop is a branch-free, vectorisable axpy of four rows.
 # The columns are pixel-major, cols[pixel, (u*kw + v)*Cg + c] (the weights are permuted to
-# match once, in the plan), and one GEMM per chunk of output rows gives
+# match and packed once, in the plan), and one GEMM per chunk of output rows gives
 #     out[n, g*Kg:(g+1)*Kg, rows] = W_g[Kg, kh*kw*Cg] @ cols[rows*OW, kh*kw*Cg]^T
+# run by the micro-kernel of _packed_gemm.h, whose output step adds the bias and applies the
+# activation; its panels of 32 pixels are the columns transposed 16 x 16 at a time in
+# registers (_transpose16.h).
 # Work items are (image, group, chunk); the chunking depends on the shapes only, so every
 # output element is computed by the same instructions for any thread count.
 from cython.parallel cimport prange, threadid
 from libc.math cimport floorf
-from libc.stdlib cimport malloc, free
 from libc.string cimport memset
 
-from _blas cimport sgemm_rm
-from _epilogue cimport bias_act_row
+from _packed_gemm cimport CE_PG_MR, CE_PG_NR, ce_pg_block
+from _scratch cimport check_scratch
+
+
+cdef extern from "_transpose16.h":
+    void ce_transpose16(const float *src, Py_ssize_t sstride, float *dst,
+                        Py_ssize_t dstride) nogil
+
+
+cdef void pack_transposed(const float* cols, Py_ssize_t ncols, Py_ssize_t kdim,
+                          float* panels) noexcept nogil:
+    """panels[p][k][j] = cols[p*NR + j, k] (zero beyond ncols): the pixel-major columns as
+    the micro-kernel's panels of NR pixels; whole 16 x 16 squares through the register
+    transpose, the edges element by element."""
+    cdef Py_ssize_t NR = CE_PG_NR, npan = (ncols + NR - 1) // NR
+    cdef Py_ssize_t p, j0, k0, k, j, n
+    cdef float* panel
+    for p in range(npan):
+        panel = panels + p * kdim * NR
+        j0 = 0
+        while j0 < NR:
+            n = min(16, ncols - p * NR - j0)        # pixels of this half-panel
+            k0 = 0
+            if n == 16 and NR % 16 == 0:
+                while k0 + 16 <= kdim:
+                    ce_transpose16(cols + (p * NR + j0) * kdim + k0, kdim,
+                                   panel + k0 * NR + j0, NR)
+                    k0 = k0 + 16
+            for k in range(k0, kdim):
+                for j in range(min(16, NR - j0)):
+                    panel[k * NR + j0 + j] = (cols[(p * NR + j0 + j) * kdim + k]
+                                              if j < n else 0)
+            j0 = j0 + 16
 
 
 cdef void to_padded_channels_last(const float* src, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
@@ -91,14 +124,31 @@ cdef void bilinear_columns(const float* xp, Py_ssize_t C, Py_ssize_t H, Py_ssize
                                    + w10 * s[c + Wp * C] + w11 * s[c + Wp * C + C])
 
 
+cdef inline Py_ssize_t thread_floats(Py_ssize_t kdim, Py_ssize_t chunk_cols) noexcept nogil:
+    """One thread's pixel-major columns (whole 64-byte lines), then the chunk's panels."""
+    cdef Py_ssize_t NR = CE_PG_NR
+    return (kdim * chunk_cols + 15) // 16 * 16 + kdim * ((chunk_cols + NR - 1) // NR * NR)
+
+
+def work_floats(Py_ssize_t N, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t kdim,
+                Py_ssize_t chunk_cols, int num_threads):
+    """Floats of f32_deform_conv2d's work buffer: the zero-bordered channels-last copy of the
+    input (whole 64-byte lines), then each thread's columns and panels."""
+    return ((N * (H + 2) * (W + 2) * C + 15) // 16 * 16
+            + max(1, num_threads) * thread_floats(kdim, chunk_cols))
+
+
 def f32_deform_conv2d(const float[:, :, :, ::1] x, const float[:, :, :, ::1] offset, mask,
-                      const float[:, ::1] w2d, bias, float[:, :, :, ::1] out,
+                      const float[::1] wpack, bias, float[:, :, :, ::1] out,
                       int kh, int kw, int sh, int sw, int pt, int pl, int dh, int dw,
                       int groups, int offset_groups, int rows_per_chunk, int act,
-                      int num_threads):
-    """out = deform_conv2d(x, offset, w, mask) for w2d[K, kh*kw*Cg] (taps outer, channels
-    inner); mask is None (v1) or float32 (N, offset_groups*kh*kw, OH, OW). Shapes are checked
-    by the caller (engine.ops.deform)."""
+                      int num_threads, float[::1] work):
+    """out = deform_conv2d(x, offset, w, mask) for wpack the weights W[K, kh*kw*Cg] (taps
+    outer, channels inner) packed per group as [ceil(Kg/MR)][kh*kw*Cg][MR]; mask is None (v1)
+    or float32 (N, offset_groups*kh*kw, OH, OW). Shapes are checked by the caller
+    (engine.ops.deform); the packed weights' size and the work buffer here. work:
+    work_floats(N, C, H, W, kh*kw*Cg, rows_per_chunk * OW, num_threads) floats, 64-byte
+    aligned."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t K = out.shape[1], OH = out.shape[2], OW = out.shape[3]
     cdef Py_ssize_t Cg = C // groups, Kg = K // groups, taps = kh * kw, kdim = Cg * taps
@@ -108,6 +158,14 @@ def f32_deform_conv2d(const float[:, :, :, ::1] x, const float[:, :, :, ::1] off
     cdef Py_ssize_t chunk_cols = rows_per_chunk * OW
     cdef Py_ssize_t ostride = OH * OW
     cdef Py_ssize_t image = (H + 2) * (W + 2) * C
+    cdef Py_ssize_t MR = CE_PG_MR, NR = CE_PG_NR, nmb = (Kg + MR - 1) // MR
+    if wpack.shape[0] != groups * nmb * kdim * MR:
+        raise ValueError(f"wpack must hold {groups * nmb * kdim * MR} floats, got "
+                         f"{wpack.shape[0]}")
+    # per thread: the pixel-major columns of a chunk, then its panels (64-byte aligned)
+    cdef Py_ssize_t cols_floats = (kdim * chunk_cols + 15) // 16 * 16
+    cdef Py_ssize_t per_thread = thread_floats(kdim, chunk_cols)
+    cdef Py_ssize_t xp_floats = (N * image + 15) // 16 * 16
     cdef const float[::1] b
     cdef const float* bptr = NULL
     cdef const float[:, :, :, ::1] mview
@@ -121,44 +179,42 @@ def f32_deform_conv2d(const float[:, :, :, ::1] x, const float[:, :, :, ::1] off
     cdef int copy_threads = <int>max(1, min(num_threads, N * (H + 2)))
     if num_threads > items:
         num_threads = <int>max(1, items)
-    cdef float* xp = <float*>malloc(N * image * sizeof(float))
-    cdef float* colbuf = <float*>malloc(num_threads * kdim * chunk_cols * sizeof(float))
-    if xp == NULL or colbuf == NULL:
-        free(xp)
-        free(colbuf)
-        raise MemoryError("deformable convolution buffers")
-    cdef Py_ssize_t it, n, g, ch, oy0, oy1, ncols, k, og, c0, c1
+    check_scratch(work, xp_floats + num_threads * per_thread, "work")
+    cdef float* xp = &work[0]
+    cdef float* colbuf = xp + xp_floats
+    cdef Py_ssize_t it, n, g, ch, oy0, oy1, ncols, og, c0, c1, mb, p, np_
     cdef float* cols
+    cdef float* panels
     cdef float* dst
     cdef const float* msk
-    try:
-        for it in prange(N * (H + 2), nogil=True, num_threads=copy_threads, schedule="static"):
-            n = it // (H + 2)
-            to_padded_channels_last(&x[n, 0, 0, 0], C, H, W, it % (H + 2), xp + n * image)
-        for it in prange(items, nogil=True, num_threads=num_threads, schedule="static"):
-            n = it // (groups * nchunks)
-            g = (it // nchunks) % groups
-            ch = it % nchunks
-            oy0 = ch * rows_per_chunk
-            oy1 = min(oy0 + rows_per_chunk, OH)
-            ncols = (oy1 - oy0) * OW
-            cols = colbuf + threadid() * kdim * chunk_cols
-            # the offset groups that share channels with this convolution group
-            for og in range((g * Cg) // Co, ((g + 1) * Cg - 1) // Co + 1):
-                msk = NULL
-                if mbase != NULL:
-                    msk = mbase + (n * offset_groups + og) * taps * ostride
-                c0 = max(g * Cg, og * Co)
-                c1 = min((g + 1) * Cg, (og + 1) * Co)
-                bilinear_columns(xp + n * image, C, H, W, &offset[n, og * 2 * taps, 0, 0], msk,
-                                 ostride, kh, kw, sh, sw, pt, pl, dh, dw, OW, oy0, oy1,
-                                 c0, c1, g * Cg, Cg, cols)
-            dst = &out[n, g * Kg, oy0, 0]
-            sgemm_rm(False, True, Kg, ncols, kdim, 1.0, &w2d[g * Kg, 0], kdim,
-                     cols, kdim, 0.0, dst, OH * OW)
-            for k in range(Kg):
-                bias_act_row(dst + k * OH * OW, ncols,
-                             bptr[g * Kg + k] if bptr != NULL else 0, act)
-    finally:
-        free(xp)
-        free(colbuf)
+    for it in prange(N * (H + 2), nogil=True, num_threads=copy_threads, schedule="static"):
+        n = it // (H + 2)
+        to_padded_channels_last(&x[n, 0, 0, 0], C, H, W, it % (H + 2), xp + n * image)
+    for it in prange(items, nogil=True, num_threads=num_threads, schedule="static"):
+        n = it // (groups * nchunks)
+        g = (it // nchunks) % groups
+        ch = it % nchunks
+        oy0 = ch * rows_per_chunk
+        oy1 = min(oy0 + rows_per_chunk, OH)
+        ncols = (oy1 - oy0) * OW
+        cols = colbuf + threadid() * per_thread
+        panels = cols + cols_floats
+        # the offset groups that share channels with this convolution group
+        for og in range((g * Cg) // Co, ((g + 1) * Cg - 1) // Co + 1):
+            msk = NULL
+            if mbase != NULL:
+                msk = mbase + (n * offset_groups + og) * taps * ostride
+            c0 = max(g * Cg, og * Co)
+            c1 = min((g + 1) * Cg, (og + 1) * Co)
+            bilinear_columns(xp + n * image, C, H, W, &offset[n, og * 2 * taps, 0, 0], msk,
+                             ostride, kh, kw, sh, sw, pt, pl, dh, dw, OW, oy0, oy1,
+                             c0, c1, g * Cg, Cg, cols)
+        pack_transposed(cols, ncols, kdim, panels)
+        np_ = (ncols + NR - 1) // NR
+        dst = &out[n, g * Kg, oy0, 0]
+        for mb in range(nmb):
+            for p in range(np_):
+                ce_pg_block(&wpack[(g * nmb + mb) * kdim * MR], panels + p * kdim * NR,
+                            <int>kdim, dst + mb * MR * ostride + p * NR, ostride, NULL,
+                            (bptr + g * Kg + mb * MR) if bptr != NULL else NULL, act,
+                            <int>min(MR, Kg - mb * MR), <int>min(NR, ncols - p * NR))

@@ -1,5 +1,5 @@
 """engine.conv1d / Conv1d (the 2-D kernels on an (N, C, 1, L) view) and engine.conv3d / Conv3d
-(vol2col + sgemm) against float64 NumPy references and torch."""
+(vol2col + packed GEMM) against float64 NumPy references and torch."""
 import itertools
 
 import numpy as np

@@ -421,7 +421,7 @@ class DeformConv(Windowed):
         return 2.0 * outs[0].size * self.w.shape[1] * math.prod(self.kernel)
 
     def describe(self, ins, outs):
-        return "deformable im2col + sgemm (bilinear sampling per tap)"
+        return "deformable im2col + packed GEMM (bilinear sampling per tap)"
 
 
 # ============================================================================ pooling

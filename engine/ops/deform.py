@@ -13,10 +13,12 @@ from __future__ import annotations
 import numpy as np
 
 from .._kernels import deform as _deform
-from .._threads import blas_pinned, resolve_threads, threads_for
+from .._threads import resolve_threads, threads_for
 from ..shapes import conv_output_shape, ntuple, resolve_padding
+from . import packed_gemm
 from ._validate import as_float_array, check_out
 from .activation import activation_code
+from .workspace import workspace
 
 # Bound on one thread's column buffer. Larger than im2col's: on the deform3x3_c64_56 layer
 # 2 MB chunks (16 output rows) ran 2.2 ms against 3.4 ms for 256 KB ones (one thread, loaded
@@ -72,7 +74,10 @@ class DeformConv2d:
         self.act_code = activation_code(activation)
         self.weight = w
         # taps outer, channels inner: the column layout of kernels/deform.pyx
-        self.w2d = np.ascontiguousarray(w.transpose(0, 2, 3, 1).reshape(k_out, -1))
+        # taps outer, channels inner, as the kernel's columns; packed for the micro-kernel
+        w2d = w.transpose(0, 2, 3, 1).reshape(k_out, -1)
+        self.kdim = w2d.shape[1]
+        self.wpack = packed_gemm.pack_rows(w2d, self.groups)
         self.bias = None
         if bias is not None:
             self.bias = as_float_array(bias, "bias", 1)
@@ -142,16 +147,20 @@ class DeformConv2d:
     def run(self, x, offset, mask, out, pads, offset_groups, num_threads=None) -> None:
         """Checked float32 arrays in, no validation: for callers that did it once."""
         kh, kw = self.kernel_size
-        kdim = self.w2d.shape[1]
+        kdim = self.kdim
         oh, ow = out.shape[2:]
         rows = max(1, min(-(-oh // DEFORM_MIN_CHUNKS), DEFORM_CHUNK_BYTES // (4 * kdim * ow)))
         macs = out.size * kdim
         threads = threads_for(macs, resolve_threads(num_threads or self.num_threads))
-        with blas_pinned():
-            _deform.f32_deform_conv2d(x, offset, mask, self.w2d, self.bias, out, kh, kw,
+        n, c, h, w = x.shape
+        work = workspace.take(_deform.work_floats(n, c, h, w, kdim, rows * ow, threads))
+        try:
+            _deform.f32_deform_conv2d(x, offset, mask, self.wpack, self.bias, out, kh, kw,
                                       self.stride[0], self.stride[1], pads[0][0], pads[1][0],
                                       self.dilation[0], self.dilation[1], self.groups,
-                                      offset_groups, rows, self.act_code, threads)
+                                      offset_groups, rows, self.act_code, threads, work)
+        finally:
+            workspace.give(work)
 
     def __repr__(self):
         kh, kw = self.kernel_size
