@@ -216,8 +216,8 @@ def test_eight_python_threads_match_serial_runs(rng):
 
 
 def test_elementwise_chain_runs_in_one_buffer():
-    """A chain of 200 Relu/Add nodes on a 1x1x1x1 tensor (the chain bench/bench_overhead.py
-    times): right value, and every step writes over the input that dies with it."""
+    """A chain of 200 Relu/Add nodes on a 1x1x1x1 tensor (bench/bench_overhead.py times a
+    chain like it): right value, and every step writes over the input that dies with it."""
     nodes, prev = [], "x"
     for k in range(200):
         out = f"t{k}"

@@ -333,6 +333,9 @@ def rewrite(graph: Graph, ops: dict, input_shapes: dict):
     for spec in graph.outputs:
         if spec.name in blocked_name and spec.name not in nchw_ready:
             as_nchw(spec.name)
+    convs = [op for op in new_ops.values() if isinstance(op, BlockedConv)]
+    for op, w in zip(convs, blocked.side_by_side([op.w for op in convs])):
+        op.w = w
     out = Graph(new_nodes, graph.inputs, graph.outputs, graph.constants, graph.name)
     return out, new_ops
 

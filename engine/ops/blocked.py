@@ -15,6 +15,8 @@ from .._kernels import nchwc
 
 BLOCK = nchwc.BLOCK
 GROUP = nchwc.GROUP
+# Boundary the weights of a plan's blocked layers start on: one transparent huge page.
+HUGE_PAGE = 2 << 20
 
 
 def blocks(channels: int) -> int:
@@ -77,3 +79,24 @@ def pack_direct(weight: np.ndarray, bias=None):
     w[:k] = weight
     return (np.ascontiguousarray(w.reshape(kb, BLOCK, c, kh, kw).transpose(0, 2, 3, 4, 1)),
             _padded_bias(bias, k))
+
+
+def side_by_side(arrays: list) -> list:
+    """Copies of float32 ``arrays``, in order, in one buffer that starts on a HUGE_PAGE
+    boundary, each on a 64-byte boundary.
+
+    A plan's packed weights are read once per run, layer after layer, mostly from memory. In
+    one buffer of a few MB, which numpy asks the kernel to back with huge pages, they take few
+    TLB entries and one run of pages the hardware prefetcher can follow (it stops at 4 KB
+    page boundaries). Measured alternating, ms, separate arrays / side by side: MobileNetV1
+    9.67 / 9.13 and MobileNetV2 6.58 / 6.17 at one thread, MobileNetV2 3.77 / 3.70 at two."""
+    sizes = [-(-a.size // 16) * 16 for a in arrays]
+    buf = np.empty(sum(sizes) + HUGE_PAGE // 4, np.float32)
+    at = (-buf.ctypes.data % HUGE_PAGE) // 4
+    out = []
+    for a, n in zip(arrays, sizes):
+        view = buf[at:at + a.size].reshape(a.shape)
+        view[...] = a
+        out.append(view)
+        at += n
+    return out
