@@ -1,5 +1,6 @@
 # The packed GEMM micro-kernel of _packed_gemm.h (layouts and the micro-kernel are described
-# there), declared once for the kernels that use it: pointwise, im2col and Winograd.
+# there), declared once for the kernels that use it: pointwise, im2col, Winograd, transposed,
+# 3-D and deformable convolution.
 cdef extern from "_packed_gemm.h":
     int CE_PG_MR, CE_PG_NR
     void ce_pg_pack_panels(const float *B, Py_ssize_t ldb, int K, int ncols,

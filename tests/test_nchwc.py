@@ -168,7 +168,8 @@ def test_depthwise_refuses_inconsistent_arguments(rng):
 
 # (N, C, K, H, W, kernel, stride, pad, dilation): a network's first layer and its variants
 DIRECT = [(1, 3, 32, 30, 30, 3, 2, 1, 1), (2, 3, 20, 9, 13, 3, 1, 1, 1),
-          (1, 1, 33, 10, 10, 5, 2, 2, 1), (1, 2, 16, 7, 7, 3, 1, 2, 2), (1, 1, 16, 1, 1, 3, 1, 1, 1),
+          (1, 1, 33, 10, 10, 5, 2, 2, 1), (1, 2, 16, 7, 7, 3, 1, 2, 2),
+          (1, 1, 16, 1, 1, 3, 1, 1, 1),
           (1, 3, 16, 5, 30, 3, 3, 0, 1), (1, 3, 8, 17, 40, 3, 1, 1, 1)]
 
 

@@ -17,13 +17,15 @@ Blocked: 2-D Conv with a relu, relu6 or no activation that is either pointwise (
 no padding, one group; a residual of the output's shape is added in the kernel) or depthwise
 (groups == in_channels == out_channels, any kernel, stride, dilation and padding); and, where
 its input is NCHW and a pointwise or depthwise layer reads its output, a dense layer (one group)
-of at most DIRECT_MAX_TAPS taps per output. Channel counts need not be multiples of 16: the
-padding channels carry zeros.
+of at most dispatch.BLOCKED_DIRECT_MAX_TAPS taps per output. Which blocked kernel can run a
+layer is the dispatcher's call (engine/dispatch.py, blocked_kind); whether to run it blocked is
+this pass's. Channel counts need not be multiples of 16: the padding channels carry zeros.
 """
 from __future__ import annotations
 
 import math
 
+from .. import dispatch
 from .._kernels import nchwc
 from .._threads import threads_for
 from ..ops import blocked
@@ -35,11 +37,10 @@ SUFFIX = "#nchw16c"
 # Off: every plan runs NCHW (for comparing the layouts).
 ENABLED = True
 _ACT = {None: 0, "relu": 1, "relu6": 2}
-# Work (multiply-adds) below which a step runs on one thread. Depthwise layers move much more
-# data per multiply-add than pointwise ones: 576 channels 14x14 -> 7x7 (254k multiply-adds)
-# took 13 us on two threads and 18 us on one, in-model far more (its input comes from both
-# cores' caches).
-MIN_WORK_POINTWISE = 2e5
+# Work (multiply-adds) below which a depthwise step runs on one thread, lower than the default
+# of threads_for: depthwise layers move much more data per multiply-add. 576 channels 14x14 ->
+# 7x7 (254k multiply-adds) took 13 us on two threads and 18 us on one, in-model far more (its
+# input comes from both cores' caches).
 MIN_WORK_DEPTHWISE = 5e4
 # Largest input plane a depthwise layer computes block by block (each thread a range of channel
 # blocks) rather than in bands of rows across all blocks. The input comes from a pointwise layer
@@ -59,32 +60,23 @@ DEPTHWISE_BLOCK_ORDER_PIXELS = 28 * 28
 # MobileNetV2 4.37 vs 4.44 (a loaded machine; repeated runs moved by about 5%).
 POINTWISE_GROUP_MAX_PIXELS = 28 * 28
 POINTWISE_GROUP_SLACK = 1.15
-# Largest number of taps (input channels x kernel size) of a dense layer that reads NCHW and
-# writes blocks directly (kernels/_nchwc.h), in place of its NCHW algorithm and a layout change:
-# a network's first layer. MobileNet's 3->32 3x3 stride 2 to 112x112: 0.10 ms at two threads,
-# against 0.19 ms for direct_blocked plus 0.13 ms for the layout change.
-DIRECT_MAX_TAPS = 32
 # Elements below which a layout change runs on one thread.
 MIN_CONVERT_ELEMENTS = 1 << 15
 
 
 def conv_kind(op, ins) -> str | None:
     """"pointwise", "depthwise", "direct" or None (stays NCHW), for a Conv op inferred on
-    ``ins``."""
+    ``ins``: the dispatcher's blocked_kind, for 2-D layers whose activation the blocked kernels
+    apply and whose residual (pointwise only) has the output's shape."""
     if getattr(op, "kind", "") != "Conv" or op.nd != 2 or op.activation not in _ACT:
         return None
-    k, cg, kh, kw = op.w.shape
-    c = ins[0].shape[1]
     if op.residual and tuple(ins[3].shape) != tuple(op.conv_shape):
         return None
-    if ((kh, kw) == (1, 1) and op.group == 1 and tuple(op.strides) == (1, 1)
-            and all(p == 0 for pair in op.plan_pads for p in pair)):
-        return "pointwise"
-    if op.group == c == k and cg == 1 and not op.residual:
-        return "depthwise"
-    if op.group == 1 and cg * kh * kw <= DIRECT_MAX_TAPS and not op.residual:
-        return "direct"
-    return None
+    k, cg = op.w.shape[:2]
+    kind = dispatch.blocked_kind(dispatch.ConvParams(
+        cg * op.group, k, tuple(op.kernel), tuple(op.strides), tuple(op.dilations), op.group,
+        tuple(op.plan_pads), tuple(ins[0].shape[2:]), ins[0].shape[0]))
+    return None if op.residual and kind != "pointwise" else kind
 
 
 class _Internal(Op):
@@ -205,15 +197,14 @@ class BlockedConv(_Internal):
 
             def step(env, nt):
                 nchwc.f32_pointwise_blocked(env[a], w, bias, env[r] if r >= 0 else None,
-                                            env[b], act, threads_for(macs, nt,
-                                                                     MIN_WORK_POINTWISE), slack)
+                                            env[b], act, threads_for(macs, nt), slack)
             return step
         (sh, sw), (dh, dw) = self.conv.strides, self.conv.dilations
         pt, pl = self.pads[0][0], self.pads[1][0]
         if self.conv_kind == "direct":
             def step(env, nt):
                 nchwc.f32_direct_to_blocked(env[a], w, bias, env[b], sh, sw, pt, pl, dh, dw,
-                                            act, threads_for(macs, nt, MIN_WORK_POINTWISE))
+                                            act, threads_for(macs, nt))
             return step
 
         h, w_ = self.logical_ins[0].shape[2:]

@@ -221,7 +221,6 @@ class Conv3d:
         slices, rows = self.work_split(g)
         (kd, kh, kw), (sd, sh, sw), (dd, dh, dw) = self.kernel_size, self.stride, self.dilation
         kdim2 = self.weight.shape[1] * kh * kw
-        rows = min(rows, max(1, g.out_size[1]))
         work = workspace.take(_c3.work_floats(kdim2, (kd - 1) * dd + 1, rows * g.out_size[2],
                                               threads))
         try:

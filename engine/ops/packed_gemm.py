@@ -1,7 +1,7 @@
 """Plan-side helpers of the packed GEMM micro-kernel (kernels/_packed_gemm.h), used by the
-pointwise, im2col, Winograd and transposed convolutions: weight packing (pack_rows), and how
-pointwise and Winograd split their GEMMs (share_split: one share per thread; split: work items
-of Winograd's many element-wise GEMMs). im2col and the transposed convolution cut their own
+pointwise, im2col, Winograd, transposed, 3-D and deformable convolutions: weight packing
+(pack_rows), and how pointwise and Winograd split their GEMMs (share_split: one share per
+thread; split: work items of Winograd's many element-wise GEMMs). The others cut their own
 chunks. Results never depend on the split: every output is summed in one fixed order."""
 from __future__ import annotations
 
