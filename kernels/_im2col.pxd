@@ -50,12 +50,12 @@ cdef inline void im2col_rows(const float* xg, Py_ssize_t cstride, Py_ssize_t Cg,
         for u in range(kh):
             for v in range(kw):
                 r = (c * kh + u) * kw + v
-                # output columns ox whose input column ix = ox*sw - pl + v*dw lies in [0, W)
+                # output columns ox whose input column ix = ox*sw - pl + v*dw lies in [0, W),
+                # clamped so that ox0 <= lo <= hi <= ox1 even when a tap's valid range lies
+                # wholly left or right of this piece (every write then stays in the piece)
                 ix0 = v * dw - pl
-                lo = max(ceil_div_nonneg(-ix0, sw), ox0)
-                hi = min(ceil_div_nonneg(W - ix0, sw), ox1)
-                if lo > hi:
-                    lo = hi
+                lo = min(max(ceil_div_nonneg(-ix0, sw), ox0), ox1)
+                hi = max(min(ceil_div_nonneg(W - ix0, sw), ox1), lo)
                 for oy in range(oy0, oy1):
                     # dst and src are indexed by the output column ox
                     dst = cols + r * ncols + (oy - oy0) * cw - ox0
