@@ -16,12 +16,17 @@ import numbers
 import operator
 from typing import Sequence
 
+# The kernels index with C int: every size, stride, dilation, padding and padded extent must fit
+# it, and is checked here, before any nogil code runs.
+INDEX_MAX = 2**31 - 1
+
 __all__ = [
     "ntuple", "effective_kernel", "conv_output_size", "same_padding", "resolve_padding",
     "conv_output_shape", "pool_output_size", "conv_transpose_output_size",
     "conv_transpose_output_shape",
     "transpose_output_padding", "receptive_field", "phase_tiles", "pool_output_shape", "unpool_output_size",
-    "unpool_output_shape", "interpolate_output_size", "interpolate_output_shape",
+    "unpool_output_shape", "interpolate_output_size", "interpolate_output_shape", "INDEX_MAX",
+    "check_extent",
 ]
 
 
@@ -35,7 +40,8 @@ def _as_int(v, name: str) -> int:
 
 
 def ntuple(value, n: int, name: str, minimum: int | None = None) -> tuple[int, ...]:
-    """An int or a length-n sequence of ints as an n-tuple, checked against ``minimum``."""
+    """An int or a length-n sequence of ints as an n-tuple, checked against ``minimum`` and
+    the kernels' index range."""
     if isinstance(value, (list, tuple)):
         if len(value) != n:
             raise ValueError(f"{name} must have {n} values, got {len(value)}: {value!r}")
@@ -45,7 +51,20 @@ def ntuple(value, n: int, name: str, minimum: int | None = None) -> tuple[int, .
     if minimum is not None and any(v < minimum for v in out):
         what = "positive" if minimum == 1 else f">= {minimum}"
         raise ValueError(f"{name} must be {what}, got {value!r}")
+    if any(abs(v) > INDEX_MAX for v in out):
+        raise ValueError(f"{name} must be at most {INDEX_MAX} in magnitude, got {value!r}")
     return out
+
+
+def check_extent(in_size: Sequence[int], pads: Sequence[tuple[int, int]], kernel: Sequence[int],
+                 dilation: Sequence[int], name: str = "padding") -> None:
+    """ValueError naming ``name`` unless every padded input extent and dilated kernel fits the
+    kernels' index range (the sums the kernels form from them then fit too)."""
+    for axis, (i, (pb, pe), k, d) in enumerate(zip(in_size, pads, kernel, dilation)):
+        if i + pb + pe > INDEX_MAX or effective_kernel(k, d) > INDEX_MAX:
+            raise ValueError(f"{name}: the padded input ({i} + {pb} + {pe}) or the dilated "
+                             f"kernel ({effective_kernel(k, d)}) along spatial axis {axis} "
+                             f"exceeds the kernels' index range ({INDEX_MAX})")
 
 
 def effective_kernel(k: int, d: int) -> int:
@@ -82,12 +101,16 @@ def resolve_padding(padding, in_size: Sequence[int], kernel: Sequence[int],
         pairs = tuple((p, p) for p in ntuple(padding, n, "padding"))
     if any(p < 0 for pair in pairs for p in pair):
         raise ValueError(f"padding must be non-negative, got {padding!r}")
+    if any(p > INDEX_MAX for pair in pairs for p in pair):
+        raise ValueError(f"padding must be at most {INDEX_MAX}, got {padding!r}")
     return pairs
 
 
 def conv_output_shape(in_size: Sequence[int], kernel: Sequence[int], stride: Sequence[int],
                       pads: Sequence[tuple[int, int]], dilation: Sequence[int]) -> tuple[int, ...]:
-    """Spatial output shape; ValueError if the dilated kernel is larger than the padded input."""
+    """Spatial output shape; ValueError if the dilated kernel is larger than the padded input
+    or the padded input exceeds the kernels' index range."""
+    check_extent(in_size, pads, kernel, dilation)
     out = []
     for axis, (i, k, s, (pb, pe), d) in enumerate(zip(in_size, kernel, stride, pads, dilation)):
         if i + pb + pe < effective_kernel(k, d):
@@ -116,6 +139,7 @@ def pool_output_shape(in_size: Sequence[int], kernel: Sequence[int], stride: Seq
                       ceil_mode: bool = False) -> tuple[int, ...]:
     """Spatial output shape of max or average pooling with PyTorch's checks: padding at most
     kernel_size // 2 (whatever the dilation), and at least one output along every axis."""
+    check_extent(in_size, [(p, p) for p in padding], kernel, dilation)
     out = []
     for axis, (i, k, s, p, d) in enumerate(zip(in_size, kernel, stride, padding, dilation)):
         if p > k // 2:

@@ -349,7 +349,8 @@ static void ce_nc_direct_row(const float *x, int C, int H, int W, int OW, int oy
     for (int ox = 0; ox < OW; ox += CE_NC_DIRECT_PIXELS) {
         int np = OW - ox < CE_NC_DIRECT_PIXELS ? OW - ox : CE_NC_DIRECT_PIXELS;
         int ix0 = ox * sw - pl;
-        int last = ix0 + (CE_NC_DIRECT_PIXELS - 1) * sw + (kw - 1) * dw;
+        ptrdiff_t last = (ptrdiff_t)ix0 + (CE_NC_DIRECT_PIXELS - 1) * (ptrdiff_t)sw
+                         + (ptrdiff_t)(kw - 1) * dw;
         int inside = rows_inside && np == CE_NC_DIRECT_PIXELS && ix0 >= 0 && last < W;
         float *o = out + (ptrdiff_t)ox * CE_NC_B;
         if (nk == 2 && inside)

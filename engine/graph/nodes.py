@@ -26,6 +26,7 @@ import scipy.special
 
 from .._kernels import dense as _dense
 from .._threads import threads_for
+from .. import shapes
 from ..errors import ModelError
 from .ir import DTYPES
 
@@ -105,33 +106,41 @@ class Op:
     def __init__(self, node, constants):
         self.node = node
         self.name = node.name
-        lo, hi = self.n_inputs
-        n = len(node.inputs)
-        while n > lo and not node.inputs[n - 1]:
-            n -= 1
-        if n < lo or (hi is not None and n > hi):
-            raise self.error(f"takes {lo}" + (f" to {hi}" if hi != lo else "") +
-                             f" inputs, got {len(node.inputs)}")
-        for i in range(lo):
-            if not node.inputs[i]:
-                raise self.error(f"input {i} is required")
-        lo, hi = self.n_outputs
-        if not (lo <= len(node.outputs) <= hi):
-            raise self.error(f"has {lo}" + (f" to {hi}" if hi != lo else "") +
-                             f" outputs, got {len(node.outputs)}")
-        if not isinstance(node.attrs, dict):
-            raise self.error("attributes must be a mapping")
-        for key, value in node.attrs.items():
-            kind = self.attributes.get(key)
-            if kind is None:
-                raise self.error(f"unknown attribute {key!r}")
-            if not _KINDS[kind](value):
-                raise self.error(f"attribute {key!r} must be {kind}, got {value!r}")
+        self.check_node(node)
         for i in self.weights:
             if i < len(node.inputs) and node.inputs[i] and node.inputs[i] not in constants:
                 raise self.error(f"input {i} ({node.inputs[i]!r}) must be a constant "
                                  f"(an initializer): the engine transforms weights once, at load")
         self.setup(constants)
+
+    @classmethod
+    def check_node(cls, node) -> None:
+        """The node's arity and attribute kinds: what the graph passes rely on, so the loader
+        runs it on every node before any pass (ModelError naming the node)."""
+        def error(message):
+            return ModelError(f"node {node.name!r} ({cls.kind}): {message}")
+        lo, hi = cls.n_inputs
+        n = len(node.inputs)
+        while hi is not None and n > lo and not node.inputs[n - 1]:   # absent optional inputs
+            n -= 1
+        if n < lo or (hi is not None and n > hi):
+            raise error(f"takes {lo}" + (f" to {hi}" if hi != lo else "") +
+                        f" inputs, got {len(node.inputs)}")
+        for i in range(lo if hi is not None else n):   # a variadic op's inputs are all required
+            if not node.inputs[i]:
+                raise error(f"input {i} is required")
+        lo, hi = cls.n_outputs
+        if not (lo <= len(node.outputs) <= hi):
+            raise error(f"has {lo}" + (f" to {hi}" if hi != lo else "") +
+                        f" outputs, got {len(node.outputs)}")
+        if not isinstance(node.attrs, dict):
+            raise error("attributes must be a mapping")
+        for key, value in node.attrs.items():
+            kind = cls.attributes.get(key)
+            if kind is None:
+                raise error(f"unknown attribute {key!r}")
+            if not _KINDS[kind](value):
+                raise error(f"attribute {key!r} must be {kind}, got {value!r}")
 
     # -- helpers ------------------------------------------------------------------------------
     def error(self, message) -> ModelError:
@@ -180,6 +189,9 @@ class Op:
             raise self.error(f"{name} must have {n} values, got {list(v)}")
         if minimum is not None and any(e < minimum for e in v):
             raise self.error(f"{name} must be >= {minimum}, got {list(v)}")
+        if any(abs(e) > shapes.INDEX_MAX for e in v):
+            raise self.error(f"{name} must be at most {shapes.INDEX_MAX} in magnitude, "
+                             f"got {list(v)}")
         return tuple(int(e) for e in v)
 
     def axis(self, a, rank, what="axis"):

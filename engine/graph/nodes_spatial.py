@@ -31,6 +31,9 @@ class Windowed(Op):
     def window(self, nd, kernel):
         self.nd = nd
         self.kernel = tuple(kernel)
+        if any(not 1 <= k <= shapes.INDEX_MAX for k in self.kernel):
+            raise self.error(f"kernel_shape must be positive and at most {shapes.INDEX_MAX}, "
+                             f"got {list(self.kernel)}")
         ks = self.attr("kernel_shape")
         if ks is not None and tuple(ks) != self.kernel:
             raise self.error(f"kernel_shape {list(ks)} does not match the weight's "
@@ -47,9 +50,15 @@ class Windowed(Op):
         if self.auto_pad == "NOTSET":
             if not negative_ok and any(p < 0 for pair in self.pad_pairs for p in pair):
                 raise self.error(f"pads must be non-negative, got {_flat(self.pad_pairs)}")
-            return self.pad_pairs
-        return shapes.onnx_auto_pads(self.auto_pad, in_size, self.kernel, self.strides,
-                                     self.dilations)
+            pads = self.pad_pairs
+        else:
+            pads = shapes.onnx_auto_pads(self.auto_pad, in_size, self.kernel, self.strides,
+                                         self.dilations)
+        try:
+            shapes.check_extent(in_size, pads, self.kernel, self.dilations, "pads")
+        except ValueError as e:
+            raise self.error(str(e)) from None
+        return pads
 
 
 def _activate(out, activation):
@@ -772,8 +781,8 @@ class Resize(Op):
         in_size = [x.shape[a] for a in axes]
         if scales is not None:
             sc = [float(v) for v in scales.reshape(-1)]
-            if len(sc) != len(axes) or min(sc) <= 0:
-                raise self.error(f"scales {sc} must be {len(axes)} positive numbers")
+            if len(sc) != len(axes) or not all(0 < v < math.inf for v in sc):
+                raise self.error(f"scales {sc} must be {len(axes)} positive finite numbers")
             out = [shapes.onnx_resize_output_size(i, s) for i, s in zip(in_size, sc)]
         else:
             sz = [int(v) for v in sizes.reshape(-1)]

@@ -18,17 +18,30 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import ModelError
 from .ir import Graph, Node
 from .nodes import OPS, Info
 from .plan import Plan, evaluate
 
 
-def make_op(node, constants):
-    from ..errors import ModelError
+def op_class(node):
     cls = OPS.get(node.op)
     if cls is None:
         raise ModelError(f"node {node.name!r}: operator {node.op!r} is not supported")
-    return cls(node, constants)
+    return cls
+
+
+def make_op(node, constants):
+    return op_class(node)(node, constants)
+
+
+def check_nodes(g: Graph) -> None:
+    """Every node's arity and attribute kinds, before any pass reads them (an unknown operator
+    is refused by make_op if the passes leave it in the graph)."""
+    for node in g.nodes:
+        cls = OPS.get(node.op)
+        if cls is not None:
+            cls.check_node(node)
 
 
 def remove_identities(g: Graph) -> int:
@@ -199,6 +212,7 @@ def fuse_residual(g: Graph) -> int:
 def optimize(g: Graph, input_shapes=None) -> None:
     """All passes, in order; ``input_shapes`` when every input dimension is declared."""
     g.check()
+    check_nodes(g)
     notes = []
     n = remove_identities(g)
     if n:

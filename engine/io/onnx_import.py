@@ -53,6 +53,10 @@ def _dtype(onnx, elem_type, what):
 
 
 def _array(onnx, tensor, what, base_dir=None):
+    if tensor.data_location == onnx.TensorProto.EXTERNAL and base_dir is None:
+        raise ModelError(f"{what}: the data is stored in an external file; pass base_dir= "
+                         f"(the directory it is relative to) to load a ModelProto with external "
+                         f"data")
     try:
         value = onnx.numpy_helper.to_array(tensor, base_dir or "")
     except Exception as e:
@@ -63,10 +67,11 @@ def _array(onnx, tensor, what, base_dir=None):
     return np.require(value, requirements="C")
 
 
-def load(source) -> Graph:
-    """A path to an .onnx file, or an onnx.ModelProto."""
+def load(source, base_dir=None) -> Graph:
+    """A path to an .onnx file (external data relative to its directory), or an
+    onnx.ModelProto (external data only relative to ``base_dir``, never the working
+    directory)."""
     onnx = _onnx()
-    base_dir = None
     if isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
         base_dir = os.path.dirname(os.path.abspath(path))
@@ -78,6 +83,8 @@ def load(source) -> Graph:
             raise ModelError(f"{path}: not a readable ONNX file: {e}") from None
     else:
         model = source
+        if base_dir is not None:
+            base_dir = os.path.abspath(os.fspath(base_dir))
     return _Importer(onnx, model, base_dir).graph
 
 
@@ -383,6 +390,8 @@ def _constant(imp, name, inputs, outputs, attrs):
         raise ModelError(f"needs exactly one value attribute, got {sorted(attrs)}")
     key, v = next(iter(attrs.items()))
     if key == "value":
+        if not isinstance(v, np.ndarray):
+            raise ModelError(f"attribute 'value' must be a tensor, got {type(v).__name__}")
         value = v
     elif key in ("value_float", "value_floats"):
         value = np.array(v, np.float32)
@@ -400,8 +409,8 @@ def _constant_of_shape(imp, name, inputs, outputs, attrs):
     ir = {}
     if "value" in attrs:
         v = attrs["value"]
-        if v.size != 1:
-            raise ModelError("value must hold one element")
+        if not isinstance(v, np.ndarray) or v.size != 1:
+            raise ModelError(f"attribute 'value' must be a tensor of one element, got {v!r}")
         ir = {"value": v.reshape(-1)[0].item(), "dtype": v.dtype.name}
     imp.emit("ConstantOfShape", name, inputs, outputs, ir)
 
