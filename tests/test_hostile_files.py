@@ -115,3 +115,39 @@ def test_functional_arguments_beyond_the_index_range(call, arg):
     w = np.ones((4, 3, 3, 3), np.float32)
     with pytest.raises(ValueError, match=arg):
         call(x, w)
+
+
+@pytest.mark.parametrize("call", [
+    lambda: engine.conv2d(np.ones((1, 3, 0, 8), np.float32), np.ones((4, 3, 3, 3), np.float32)),
+    lambda: engine.conv2d(np.ones((1, 3, 8, 0), np.float32), np.ones((4, 3, 1, 1), np.float32)),
+    lambda: engine.conv1d(np.ones((1, 3, 0), np.float32), np.ones((4, 3, 3), np.float32)),
+])
+def test_empty_spatial_input_names_x(call):
+    with pytest.raises(ValueError, match="^x must have non-empty spatial"):
+        call()
+
+
+def test_model_proto_external_data_needs_base_dir(tmp_path, monkeypatch):
+    w = np.arange(4 * 3 * 3 * 3, dtype=np.float32).reshape(4, 3, 3, 3)
+    m = model([h.make_node("Conv", ["x", "w"], ["y"])], {"w": w})
+    onnx.save_model(m, str(tmp_path / "m.onnx"), save_as_external_data=True,
+                    all_tensors_to_one_file=True, location="weights.bin", size_threshold=0)
+    proto = onnx.load(str(tmp_path / "m.onnx"), load_external_data=False)
+    # the working directory holds the data file too: it must not be read from there
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(engine.ModelError, match="base_dir"):
+        engine.load(proto)
+    x = np.ones((1, 3, 8, 8), np.float32)
+    got = engine.load(proto, base_dir=tmp_path)(x)
+    np.testing.assert_allclose(got, engine.conv2d(x, w), rtol=1e-6)
+
+
+def test_maxunpool_folded_at_load_with_indices_out_of_range():
+    # both inputs constant: the node is computed at load, where the kernel's check must become
+    # a ModelError naming the node
+    inits = {"xc": np.ones((1, 3, 4, 4), np.float32),
+             "ind": np.full((1, 3, 4, 4), 10**6, np.int64)}
+    m = model([h.make_node("MaxUnpool", ["xc", "ind"], ["u"], kernel_shape=[2, 2],
+                           strides=[2, 2]), h.make_node("Add", ["x", "u"], ["y"])], inits)
+    with pytest.raises(engine.ModelError, match="MaxUnpool"):
+        engine.load(m)

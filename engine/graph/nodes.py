@@ -28,6 +28,7 @@ from .._kernels import dense as _dense
 from .._threads import threads_for
 from .. import shapes
 from ..errors import ModelError
+from ..memory import current_max_memory, format_bytes
 from .ir import DTYPES
 
 F32 = np.dtype(np.float32)
@@ -37,11 +38,19 @@ F32 = np.dtype(np.float32)
 MAX_TENSOR_BYTES = 4 << 30
 
 
-def check_tensor_size(op, shape, dtype, what="output") -> None:
+def check_tensor_size(op, shape, dtype, what="output", folding=False) -> None:
+    """Before a tensor is made: within the single-tensor cap, and for a value computed while
+    inferring (``folding``, before the plan's own budget check can see it) within the model's
+    memory budget."""
     nbytes = math.prod(int(d) for d in shape) * np.dtype(dtype).itemsize
     if nbytes > MAX_TENSOR_BYTES:
         raise op.error(f"{what} of shape {tuple(shape)} would take {nbytes / 2**30:.1f} GiB, "
                        f"more than the {MAX_TENSOR_BYTES >> 30} GiB the engine allows a tensor")
+    budget = current_max_memory()
+    if folding and nbytes > budget:
+        raise op.error(f"{what} of shape {tuple(shape)} would take {format_bytes(nbytes)}, "
+                       f"more than the model's memory budget ({format_bytes(budget)}, "
+                       f"engine.load's max_memory)")
 I64 = np.dtype(np.int64)
 INTEGER_KINDS = "iub"
 
@@ -1027,6 +1036,7 @@ class Gather(Op):
         shape = x.shape[:ax] + idx.shape + x.shape[ax + 1:]
         value = None
         if x.value is not None and idx.value is not None:
+            check_tensor_size(self, shape, x.dtype, folding=True)
             value = np.take(x.value, idx.value, axis=ax)
         return [Info(shape, x.dtype, value)]
 
@@ -1066,7 +1076,7 @@ class ConstantOfShape(Op):
         if shape.ndim != 1 or shape.dtype.kind not in "iu" or (shape < 0).any():
             raise self.error(f"input must be a 1-D tensor of non-negative sizes, got "
                              f"{shape.tolist()}")
-        check_tensor_size(self, shape.tolist(), self.dtype)
+        check_tensor_size(self, shape.tolist(), self.dtype, folding=True)
         value = np.full(tuple(int(d) for d in shape), self.attr("value", 0), self.dtype)
         return [Info(value.shape, self.dtype, value)]
 

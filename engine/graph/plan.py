@@ -8,7 +8,16 @@ Made once per input shape (the runner caches a few), it holds
 - a static memory plan: every intermediate tensor gets an offset in one arena, tensors whose
   lifetimes (producing step to last reading step) do not overlap share bytes (greedy first
   fit, largest first), elementwise steps write over an input that dies with them, and views
-  (Reshape, Flatten, Squeeze, Unsqueeze) share their input's bytes.
+  (Reshape, Flatten, Squeeze, Unsqueeze) share their input's bytes;
+- the memory budget: what the plan makes the model hold (see ``Plan.budget_parts``) is checked
+  against ``max_memory`` after the shapes are inferred and the memory laid out, before any
+  layer is made, its weights transformed, or an arena allocated (ModelError naming the largest
+  tensors); checked again once the layers exist, with their transformed weights measured. Each
+  value computed while planning is checked before it is computed.
+
+The budget reaches the planning code that the model's passes run (constant folding, the layout
+rewrite) through engine.memory's ``memory_budget(max_memory)``, a context the Model enters while
+it loads and plans; code that plans outside one uses engine.memory.default_max_memory().
 
 Each thread that runs the plan gets its own arena and slot list, made on its first run
 (threading.local), so concurrent runs never share activation buffers. Outputs are returned in
@@ -23,23 +32,99 @@ import time
 import numpy as np
 
 from ..errors import ModelError
+from ..memory import current_max_memory, format_bytes, nbytes
+from .ir import Node
 from .nodes import Info, check_tensor_size
 
 ALIGN = 64
 
 
 class Step:
-    __slots__ = ("node", "names", "op", "ins", "outs", "fn", "flops", "detail", "runs")
+    __slots__ = ("node", "names", "op", "ins", "outs", "i", "o", "fn", "flops", "detail",
+                 "runs")
 
-    def __init__(self, node, names, op, ins, outs, fn, flops, detail):
+    def __init__(self, node, names, op, ins, outs, i, o):
         self.node, self.names, self.op, self.ins, self.outs = node, names, op, ins, outs
-        self.fn, self.flops, self.detail = fn, flops, detail
+        self.i, self.o = i, o             # slots of the inputs and outputs
+        self.fn, self.flops, self.detail = None, 0.0, ""   # bound once the budget allows
         self.runs = True
 
+    def bind(self):
+        self.fn = self.op.build(self.ins, self.outs, self.i, self.o)
+        self.flops = self.op.flops(self.ins, self.outs)
+        self.detail = self.op.describe(self.ins, self.outs)
 
-def evaluate(op, ins):
-    """Run one node on constant inputs (load-time and plan-time folding)."""
+
+def _tensor_text(name, shape, dtype) -> str:
+    dims = "x".join(str(d) for d in shape) or "scalar"
+    return f"{name!r} {dims} {np.dtype(dtype).name} ({format_bytes(nbytes(shape, dtype))})"
+
+
+def largest_tensors(tensors, count=3) -> str:
+    """``tensors``: (name, shape, dtype) triples; the ``count`` largest, as text."""
+    top = sorted(tensors, key=lambda t: -nbytes(t[1], t[2]))[:count]
+    return ", ".join(_tensor_text(*t) for t in top)
+
+
+def _owner(a: np.ndarray) -> np.ndarray:
+    while isinstance(a.base, np.ndarray):
+        a = a.base
+    return a
+
+
+# What the walk of held_bytes never enters: graph structure and planning records, whose arrays
+# are the graph's constants or values the plan accounts for itself.
+_NOT_HELD = (Node, Info)
+
+
+def held_bytes(roots, exclude=()) -> int:
+    """Bytes of the NumPy arrays reachable from ``roots`` (operators, planned layers) through
+    the attributes of the engine's own objects, dicts, lists and tuples: the packed and
+    transformed weights and the per-shape tables the planned layers keep. Each buffer counts
+    once (views count their base array), and buffers shared with ``exclude`` (the graph's
+    constants) not at all. Scratch buffers (engine/ops/workspace.py) are not held by a layer
+    and not counted."""
+    skip = {id(_owner(a)) for a in exclude if isinstance(a, np.ndarray)}
+    seen, owners = set(), {}
+    stack = list(roots)
+    while stack:
+        obj = stack.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, np.ndarray):
+            base = _owner(obj)
+            if id(base) not in skip:
+                owners[id(base)] = base.nbytes
+        elif isinstance(obj, dict):
+            stack.extend(obj.values())
+        elif isinstance(obj, (list, tuple)):
+            stack.extend(obj)
+        elif not isinstance(obj, _NOT_HELD) and type(obj).__module__.startswith("engine."):
+            stack.extend(getattr(obj, "__dict__", {}).values())
+            for cls in type(obj).__mro__:
+                for name in getattr(cls, "__slots__", ()):
+                    if hasattr(obj, name):
+                        stack.append(getattr(obj, name))
+    return sum(owners.values())
+
+
+def _budget_error(what, size, budget) -> str:
+    return (f"{what} would take {format_bytes(size)}, more than the model's memory budget "
+            f"(max_memory) of {format_bytes(budget)}")
+
+
+def evaluate(op, ins, max_memory=None):
+    """Run one node on constant inputs (load-time and plan-time folding). Each output is
+    checked against the single-tensor cap and ``max_memory`` (default: current_max_memory())
+    before it is allocated."""
+    budget = current_max_memory() if max_memory is None else max_memory
     outs = op.infer(ins)
+    for k, o in enumerate(outs):
+        size = nbytes(o.shape, o.dtype)
+        if size > budget:
+            raise op.error(_budget_error(f"output {k}, computed while planning, of shape "
+                                         f"{o.shape} ({o.dtype})", size, budget))
     if all(o.value is not None for o in outs):
         return [o.value for o in outs]
     for k, o in enumerate(outs):
@@ -49,15 +134,26 @@ def evaluate(op, ins):
     for o in outs:
         env.append(np.empty(o.shape, o.dtype) if op.storage == "write" else None)
     fn = op.build(ins, outs, list(range(n)), list(range(n, n + len(outs))))
-    fn(env, 1)
+    try:
+        fn(env, 1)
+    except ModelError:
+        raise
+    except ValueError as e:     # a kernel's check of constant inputs: the file's fault
+        raise op.error(str(e)) from None
     return [np.array(v, copy=True) for v in env[n:]]
 
 
-def infer_nodes(graph, ops, input_shapes: dict, infos: dict, folded: dict):
+def infer_nodes(graph, ops, input_shapes: dict, infos: dict, folded: dict, max_memory=None):
     """Walk the nodes in order, inferring every tensor's Info into ``infos`` (which starts from
     the constants and the inputs). Nodes computable while planning (constant inputs, or outputs
     the op can tell from shapes alone) are evaluated into ``folded``; the others are yielded as
-    (node, op, ins, outs, names), their outputs' Infos recorded once the caller is done."""
+    (node, op, ins, outs, names), their outputs' Infos recorded once the caller is done.
+
+    The graph's constants and the values folded here must fit ``max_memory`` (default:
+    current_max_memory()): a node whose outputs would take them over it is refused before it
+    is evaluated."""
+    budget = current_max_memory() if max_memory is None else max_memory
+    held = sum(v.nbytes for v in graph.constants.values())
     for name, v in graph.constants.items():
         infos.setdefault(name, Info.of(v))
     for spec in graph.inputs:
@@ -74,9 +170,21 @@ def infer_nodes(graph, ops, input_shapes: dict, infos: dict, folded: dict):
             check_tensor_size(op, info.shape, info.dtype, f"output {k}")
         if all(x is None or x.value is not None for x in ins) or \
                 all(o.value is not None for o in outs):
-            for name, value in zip(names, evaluate(op, ins)):
+            size = sum(nbytes(o.shape, o.dtype) for o in outs)
+            if held + size > budget:
+                tensors = [(n, folded[n].shape, folded[n].dtype) for n in folded]
+                tensors += [(n, v.shape, v.dtype) for n, v in graph.constants.items()]
+                tensors += [(n, o.shape, o.dtype) for n, o in zip(names, outs)]
+                raise op.error(
+                    f"computing {', '.join(repr(n) for n in names)} while planning "
+                    f"({format_bytes(size)}) would bring the constants and the values computed "
+                    f"while planning to {format_bytes(held + size)}, more than the model's "
+                    f"memory budget (max_memory) of {format_bytes(budget)}; the largest: "
+                    f"{largest_tensors(tensors)}")
+            for name, value in zip(names, evaluate(op, ins, budget)):
                 infos[name] = Info.of(value)
                 folded[name] = value
+                held += value.nbytes
             continue
         yield node, op, ins, outs, names
         for name, info in zip(names, outs):
@@ -84,8 +192,9 @@ def infer_nodes(graph, ops, input_shapes: dict, infos: dict, folded: dict):
 
 
 class Plan:
-    def __init__(self, graph, ops, input_shapes: dict):
+    def __init__(self, graph, ops, input_shapes: dict, max_memory=None):
         self.input_shapes = dict(input_shapes)
+        self.max_memory = current_max_memory() if max_memory is None else max_memory
         infos: dict = {}
         self.folded: dict = {}        # tensor name -> value computed while planning
         slots: dict = {}
@@ -95,14 +204,14 @@ class Plan:
                 slots[name] = len(slots)
             return slots[name]
 
+        # shapes first, steps bound (layers made, weights transformed) once the budget allows:
+        # each op keeps what its build needs from its own infer, so the two may be apart
         steps = []
         for node, op, ins, outs, names in infer_nodes(graph, ops, input_shapes, infos,
-                                                      self.folded):
+                                                      self.folded, self.max_memory):
             i = [slot(n) if n else -1 for n in node.inputs]
             o = [slot(n) for n in names]
-            fn = op.build(ins, outs, i, o)
-            steps.append(Step(node, names, op, ins, outs, fn, op.flops(ins, outs),
-                              op.describe(ins, outs)))
+            steps.append(Step(node, names, op, ins, outs, i, o))
         for name in [spec.name for spec in graph.outputs]:
             slot(name)     # an output may be a graph input or a constant no step reads
         self.steps = steps
@@ -111,11 +220,63 @@ class Plan:
         self.outputs = [spec.name for spec in graph.outputs]
         self.output_infos = [infos[name] for name in self.outputs]
         self.inputs = [spec.name for spec in graph.inputs]
+        self.ops = ops
         self._plan_memory(graph)
+        self.weight_bytes = sum(v.nbytes for v in graph.constants.values())
+        held = list(graph.constants.values()) + list(self.folded.values())
+        self.transformed_bytes = held_bytes(ops.values(), held)   # the layers made so far
+        self._check_budget(graph)
+        for s in steps:
+            s.bind()
+        self.transformed_bytes = held_bytes(ops.values(), held)
+        self._check_budget(graph)
+        self.run_fns = [s.fn for s in steps if s.runs]
+        self.run_steps = [s for s in steps if s.runs]
         self._local = threading.local()
         self.stats = [0.0] * len(self.steps)
         self.profiled_runs = 0
         self._stats_lock = threading.Lock()
+
+    # -- the budget ---------------------------------------------------------------------------
+    def budget_parts(self) -> dict:
+        """Bytes the model holds for this plan, by kind: the graph's constants ("weights"), the
+        arrays its layers keep beyond them ("transformed": packed weights, per-shape tables;
+        the model's, shared by its plans, and this plan's blocked-layout weights), values
+        computed while planning ("folded"), the activation arena of one running thread
+        ("arena"; each further thread running at once adds one), and the arrays a run
+        allocates: the outputs it returns and the tensors of steps that allocate their own
+        ("per_run"). Kernel scratch (chunked) and NumPy temporaries inside steps are not
+        counted."""
+        per_run = {name: self.infos[name] for name in self.outputs}
+        per_run.update((n, self.infos[n]) for n, k in self.kind.items() if k == "alloc")
+        return {"weights": self.weight_bytes, "transformed": self.transformed_bytes,
+                "folded": sum(v.nbytes for v in self.folded.values()),
+                "arena": self.arena_bytes,
+                "per_run": sum(nbytes(i.shape, i.dtype) for i in per_run.values())}
+
+    @property
+    def planned_bytes(self) -> int:
+        return sum(self.budget_parts().values())
+
+    def _check_budget(self, graph):
+        parts = self.budget_parts()
+        total = sum(parts.values())
+        if total <= self.max_memory:
+            return
+        names = set(self.outputs) | {n for n, k in self.kind.items()
+                                     if k in ("arena", "alloc")} | set(self.folded)
+        tensors = [(n, self.infos[n].shape, self.infos[n].dtype) for n in names]
+        tensors += [(n, v.shape, v.dtype) for n, v in graph.constants.items()]
+        shapes = ", ".join(f"{k}: {'x'.join(map(str, v)) or 'scalar'}"
+                           for k, v in self.input_shapes.items())
+        labels = {"weights": "weights", "transformed": "transformed weights",
+                  "folded": "values computed while planning", "arena": "arena per thread",
+                  "per_run": "outputs a run returns"}
+        detail = ", ".join(f"{labels[k]} {format_bytes(v)}" for k, v in parts.items() if v)
+        raise ModelError(f"the plan for input shapes {shapes or '(none)'} needs "
+                         f"{format_bytes(total)} ({detail}), more than the model's memory "
+                         f"budget (max_memory) of {format_bytes(self.max_memory)}; the largest "
+                         f"tensors: {largest_tensors(tensors)}")
 
     # -- memory -----------------------------------------------------------------------------
     def _plan_memory(self, graph):
@@ -207,8 +368,6 @@ class Plan:
         for s in steps:   # views of arena tensors are made once per thread, not per run
             if s.op.storage == "view" and kind.get(root[s.node.inputs[0]]) == "arena":
                 s.runs = False
-        self.run_fns = [s.fn for s in steps if s.runs]
-        self.run_steps = [s for s in steps if s.runs]
         self.input_slots = [slots.get(n, -1) for n in self.inputs]
         self.fresh = [(slots[n], infos[n].shape, infos[n].dtype) for n, k in kind.items()
                       if k == "fresh"]

@@ -8,9 +8,11 @@ from collections.abc import Mapping
 import numpy as np
 
 from .._threads import blas_pinned, resolve_threads
+from ..errors import ModelError
+from ..memory import format_bytes, memory_budget, resolve_max_memory
 from . import layout, passes
 from .ir import Graph, TensorSpec
-from .plan import Plan
+from .plan import Plan, held_bytes, largest_tensors
 
 # Plans kept for distinct input shapes (least recently used dropped first). Each holds its
 # layers' per-shape tables and, per thread that ran it, an arena as large as its memory plan.
@@ -33,6 +35,12 @@ class Model:
     run with each shape (the last MAX_PLANS are kept).
 
     num_threads: kernel threads for this model's runs; None follows engine.set_num_threads.
+    max_memory: the bytes a plan may make the model hold (weights, transformed weights, values
+    computed while planning, one thread's activation arena, the arrays a run returns; see
+    Plan.budget_parts); None for engine.memory.default_max_memory(), half of the RAM. Loading
+    and planning check it before allocating: a file whose constants or folded values, or an
+    input shape whose plan, would exceed it raises ModelError naming the largest tensors.
+    ``memory()`` reports what the model holds.
     A Model may be run from many threads at once: each thread has its own activation buffers,
     and the results equal those of serial runs.
 
@@ -41,14 +49,17 @@ class Model:
     ``profile(feeds, repeat)`` does both.
     """
 
-    def __init__(self, graph: Graph, *, num_threads=None, optimize=True):
+    def __init__(self, graph: Graph, *, num_threads=None, optimize=True, max_memory=None):
         self.num_threads = num_threads
+        self.max_memory = max_memory
         graph.check()
         static = self._declared_shapes(graph)
-        if optimize:
-            passes.optimize(graph, static)
+        with memory_budget(self.max_memory):
+            if optimize:
+                passes.optimize(graph, static)
+            self._check_weights(graph)
+            self._ops = {n.name: passes.make_op(n, graph.constants) for n in graph.nodes}
         self.graph = graph
-        self._ops = {n.name: passes.make_op(n, graph.constants) for n in graph.nodes}
         self._plans: OrderedDict = OrderedDict()
         self._lock = threading.Lock()
         self._build_lock = threading.Lock()
@@ -59,6 +70,15 @@ class Model:
             plan = self._plan(tuple(static[s.name] for s in self._inputs))
             self._outputs = [TensorSpec(s.name, info.shape, info.dtype.name)
                              for s, info in zip(graph.outputs, plan.output_infos)]
+
+    def _check_weights(self, graph):
+        """The constants (as loaded and folded) alone must fit the budget."""
+        size = sum(v.nbytes for v in graph.constants.values())
+        if size > self.max_memory:
+            tensors = [(n, v.shape, v.dtype) for n, v in graph.constants.items()]
+            raise ModelError(f"the model's constants take {format_bytes(size)}, more than its "
+                             f"memory budget (max_memory) of {format_bytes(self.max_memory)}; "
+                             f"the largest: {largest_tensors(tensors)}")
 
     @staticmethod
     def _declared_shapes(graph):
@@ -77,6 +97,16 @@ class Model:
             resolve_threads(n)   # validates
             n = int(n)
         self._num_threads = n
+
+    @property
+    def max_memory(self):
+        """The budget (bytes) the model's plans are held to; setting it applies to the plans
+        made afterwards."""
+        return self._max_memory
+
+    @max_memory.setter
+    def max_memory(self, value):
+        self._max_memory = resolve_max_memory(value)
 
     @property
     def inputs(self) -> list:
@@ -137,8 +167,9 @@ class Model:
                 plan = self._plans.get(key)
             if plan is None:
                 shapes = {s.name: shape for s, shape in zip(self._inputs, key)}
-                graph, ops = layout.rewrite(self.graph, self._ops, shapes)
-                plan = Plan(graph, ops, shapes)
+                with memory_budget(self.max_memory):
+                    graph, ops = layout.rewrite(self.graph, self._ops, shapes)
+                    plan = Plan(graph, ops, shapes, self.max_memory)
                 with self._lock:
                     self._plans[key] = plan
                     while len(self._plans) > MAX_PLANS:
@@ -204,7 +235,9 @@ class Model:
         lines.append(f"memory: {plan.buffers} intermediate tensors share one arena of "
                      f"{plan.arena_bytes / 2**20:.3f} MiB per running thread (the peak of the "
                      f"static plan; keeping every intermediate would take "
-                     f"{plan.naive_bytes / 2**20:.3f} MiB)")
+                     f"{plan.naive_bytes / 2**20:.3f} MiB); the plan holds "
+                     f"{format_bytes(plan.planned_bytes)} of the "
+                     f"{format_bytes(self.max_memory)} budget (max_memory)")
         runs = plan.profiled_runs
         head = (f"{'#':>3} {'node':<24} {'op':<18} {'input -> output':<34} {'MFLOP':>9}"
                 + (f" {'ms':>8} {'GFLOP/s':>8}" if runs else "") + "  algorithm / notes")
@@ -233,6 +266,35 @@ class Model:
                       f"{total_flops / total_time / 1e9 if total_time else 0:.2f} GFLOP/s")
         lines.append(total)
         return "\n".join(lines)
+
+    # -- memory ---------------------------------------------------------------------------------
+    def memory(self) -> dict:
+        """Bytes the model holds now:
+
+        - ``weights``: the graph's constants, as loaded (after load-time folding);
+        - ``transformed``: the arrays the operators' planned layers keep beyond those (packed
+          and transformed weights, per-shape tables), found by walking the layers' attributes,
+          for every layer made so far and every cached plan's blocked-layout weights;
+        - ``arena_per_thread``: the activation arena of the plan used last (0 before any
+          plan): each thread that runs that plan allocates one, on its first run;
+        - ``planned``: the last plan's total as checked against the budget (Plan.budget_parts:
+          weights, transformed, values computed while planning, arena, the arrays a run
+          returns), 0 before any plan;
+        - ``max_memory``: the budget;
+        - ``arenas``: {input shapes: arena bytes} of every cached plan.
+        """
+        with self._lock:
+            plans = list(self._plans.items())
+            last = self._last_plan
+        roots = list(self._ops.values()) + [op for _, p in plans for op in p.ops.values()]
+        exclude = list(self.graph.constants.values())
+        exclude += [v for _, p in plans for v in p.folded.values()]
+        return {"weights": sum(v.nbytes for v in self.graph.constants.values()),
+                "transformed": held_bytes(roots, exclude),
+                "arena_per_thread": last.arena_bytes if last is not None else 0,
+                "planned": last.planned_bytes if last is not None else 0,
+                "max_memory": self.max_memory,
+                "arenas": {key: p.arena_bytes for key, p in plans}}
 
     # -- files ----------------------------------------------------------------------------------
     def save(self, path) -> None:

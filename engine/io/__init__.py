@@ -19,13 +19,30 @@ def _is_native(path: str) -> bool:
     return path.lower().endswith(".safetensors")
 
 
-def load(source, *, num_threads=None):
+def load(source, *, num_threads=None, max_memory=None, base_dir=None):
     """engine.load: an ONNX file (or onnx.ModelProto) or a native file written by
-    Model.save, told apart by content (the suffix only breaks a tie)."""
+    Model.save, told apart by content (the suffix only breaks a tie).
+
+    base_dir: for an onnx.ModelProto only, the directory its external data is relative to;
+    without it a ModelProto with external data is refused (a file's is read beside the file).
+
+    num_threads: kernel threads for the model's runs (None: engine.set_num_threads).
+    max_memory: bytes a plan may make the model hold (its weights, transformed weights and
+    values computed while planning, one thread's activation arena, the arrays a run returns);
+    None for engine.memory.default_max_memory(), half of the machine's RAM (or of the
+    container's limit). A file, or at run time an input shape, whose plan needs more raises
+    engine.ModelError naming the largest tensors, before anything that size is allocated.
+    ``model.memory()`` reports what a loaded model holds."""
     from ..graph import Model
+    from ..memory import resolve_max_memory
+    max_memory = resolve_max_memory(max_memory)    # a bad value fails before the file is read
     if hasattr(source, "graph") and hasattr(source, "opset_import"):
         from . import onnx_import
-        return Model(onnx_import.load(source), num_threads=num_threads)
+        return Model(onnx_import.load(source, base_dir), num_threads=num_threads,
+                     max_memory=max_memory)
+    if base_dir is not None:
+        raise ValueError("base_dir is for an onnx.ModelProto; a file's external data is read "
+                         "from the file's directory")
     path = os.fspath(source)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no model file at {path!r}")
@@ -35,7 +52,7 @@ def load(source, *, num_threads=None):
     else:
         from . import onnx_import
         graph = onnx_import.load(path)
-    return Model(graph, num_threads=num_threads)
+    return Model(graph, num_threads=num_threads, max_memory=max_memory)
 
 
 def export(module, example_input, path, *, opset=17, input_names=("input",),

@@ -28,3 +28,9 @@ def check_out(out, shape, name: str = "out") -> np.ndarray:
     if not out.flags.c_contiguous or not out.flags.writeable:
         raise ValueError(f"{name} must be C-contiguous and writeable")
     return out
+
+
+def check_spatial(x, name: str = "x") -> None:
+    """The spatial dimensions (all after N and C) of ``x`` must be non-empty."""
+    if any(d < 1 for d in x.shape[2:]):
+        raise ValueError(f"{name} must have non-empty spatial dimensions, got shape {x.shape}")
