@@ -151,3 +151,10 @@ def test_maxunpool_folded_at_load_with_indices_out_of_range():
                            strides=[2, 2]), h.make_node("Add", ["x", "u"], ["y"])], inits)
     with pytest.raises(engine.ModelError, match="MaxUnpool"):
         engine.load(m)
+
+
+def test_planned_layer_output_beyond_the_budget_names_the_layer():
+    x = np.ones((1, 64, 8, 8), np.float32)
+    layer = engine.Conv2d(np.ones((64, 64, 1, 1), np.float32), padding=65536)
+    with pytest.raises(ValueError, match=r"^Conv2d on x of shape \(1, 64, 8, 8\).*budget"):
+        layer(x)

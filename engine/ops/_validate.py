@@ -34,3 +34,11 @@ def check_spatial(x, name: str = "x") -> None:
     """The spatial dimensions (all after N and C) of ``x`` must be non-empty."""
     if any(d < 1 for d in x.shape[2:]):
         raise ValueError(f"{name} must have non-empty spatial dimensions, got shape {x.shape}")
+
+
+def new_output(shape, dtype, layer, x_shape) -> np.ndarray:
+    """np.empty(shape, dtype) for ``layer``'s output, refused first with a ValueError naming
+    the layer and x's shape if it exceeds the memory budget (engine/memory.py)."""
+    from ..memory import check_output
+    check_output(shape, dtype, f"{type(layer).__name__} on x of shape {tuple(x_shape)}")
+    return np.empty(shape, dtype)

@@ -8,7 +8,7 @@ import numpy as np
 from .. import dispatch
 from .._threads import blas_pinned, resolve_threads, threads_for
 from ..shapes import conv_output_shape, ntuple, resolve_padding
-from ._validate import as_float_array, check_out
+from ._validate import as_float_array, check_out, new_output
 from .activation import activation_code
 from .separable import rank1_kernels as _rank1_kernels
 
@@ -141,7 +141,7 @@ class Conv2d:
         g = self.geometry(x.shape)
         shape = (g.batch, self.out_channels) + g.out_size
         if out is None:
-            out = np.empty(shape, dtype=dtype)
+            out = new_output(shape, dtype, self, x.shape)
         elif dtype == np.float32:
             check_out(out, shape)
         else:

@@ -23,7 +23,7 @@ from .._kernels import conv_transpose as _ct
 from .._threads import resolve_threads, threads_for
 from ..shapes import conv_transpose_output_shape, effective_kernel, ntuple, resolve_padding
 from . import packed_gemm
-from ._validate import as_float_array, check_out
+from ._validate import as_float_array, check_out, new_output
 from .activation import activation_code
 from .conv2d import Conv2d
 from .workspace import workspace
@@ -206,7 +206,7 @@ class ConvTranspose2d:
         g = self.geometry(x.shape, output_size)
         shape = (g.batch, self.out_channels) + g.out_size
         if out is None:
-            out = np.empty(shape, dtype=np.float32)
+            out = new_output(shape, np.float32, self, x.shape)
         else:
             check_out(out, shape)
         self.run(x, out, g)

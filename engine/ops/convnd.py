@@ -14,7 +14,7 @@ from .._kernels import conv3d as _c3
 from .._threads import resolve_threads, threads_for
 from ..shapes import conv_output_shape, ntuple, resolve_padding
 from . import packed_gemm
-from ._validate import as_float_array, check_out
+from ._validate import as_float_array, check_out, new_output
 from .activation import activation_code
 from .conv2d import Conv2d
 from .workspace import workspace
@@ -209,7 +209,7 @@ class Conv3d:
         g = self.geometry(x.shape)
         shape = (g.batch, self.out_channels) + g.out_size
         if out is None:
-            out = np.empty(shape, dtype=np.float32)
+            out = new_output(shape, np.float32, self, x.shape)
         else:
             check_out(out, shape)
         self.run(x, out, g)

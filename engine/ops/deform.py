@@ -16,7 +16,7 @@ from .._kernels import deform as _deform
 from .._threads import resolve_threads, threads_for
 from ..shapes import conv_output_shape, ntuple, resolve_padding
 from . import packed_gemm
-from ._validate import as_float_array, check_out
+from ._validate import as_float_array, check_out, new_output
 from .activation import activation_code
 from .workspace import workspace
 
@@ -138,7 +138,7 @@ class DeformConv2d:
                 raise ValueError(f"mask must have shape (N, offset_groups*kh*kw, OH, OW) = "
                                  f"{want}, got {mask.shape}")
         if out is None:
-            out = np.empty(shape, np.float32)
+            out = new_output(shape, np.float32, self, x.shape)
         else:
             check_out(out, shape)
         self.run(x, offset, mask, out, pads, og)

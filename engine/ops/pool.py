@@ -13,7 +13,7 @@ import numpy as np
 from .._kernels import pool as _k
 from .._threads import resolve_threads, threads_for
 from ..shapes import effective_kernel, ntuple, pool_output_shape, unpool_output_shape
-from ._validate import as_float_array, check_out
+from ._validate import as_float_array, check_out, new_output
 
 __all__ = ["MaxPool2d", "AvgPool2d", "MaxUnpool2d", "max_pool2d", "avg_pool2d", "max_unpool2d",
            "max_unpool2d_onnx", "global_avg_pool2d", "global_max_pool2d"]
@@ -86,7 +86,8 @@ class MaxPool2d(_Pool2d):
     def __call__(self, x, out=None):
         x = _nchw(x)
         shape = self.output_shape(x.shape)
-        out = np.empty(shape, np.float32) if out is None else check_out(out, shape)
+        out = new_output(shape, np.float32, self, x.shape) if out is None else \
+            check_out(out, shape)
         indices = np.empty(shape, np.int64) if self.return_indices else None
         self.run(x, out, indices)
         return (out, indices) if self.return_indices else out
@@ -116,7 +117,8 @@ class AvgPool2d(_Pool2d):
     def __call__(self, x, out=None):
         x = _nchw(x)
         shape = self.output_shape(x.shape)
-        out = np.empty(shape, np.float32) if out is None else check_out(out, shape)
+        out = new_output(shape, np.float32, self, x.shape) if out is None else \
+            check_out(out, shape)
         self.run(x, out)
         return out
 

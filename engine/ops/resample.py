@@ -22,7 +22,7 @@ import numpy as np
 from .._kernels import resample as _k
 from .._threads import resolve_threads, threads_for
 from ..shapes import interpolate_output_shape
-from ._validate import as_float_array, check_out
+from ._validate import as_float_array, check_out, new_output
 
 __all__ = ["Interpolate", "interpolate"]
 
@@ -118,7 +118,8 @@ class Interpolate:
         if x.shape[2] < 1 or x.shape[3] < 1:
             raise ValueError(f"x must have non-empty spatial dimensions, got shape {x.shape}")
         shape = self.output_shape(x.shape)
-        out = np.empty(shape, np.float32) if out is None else check_out(out, shape)
+        out = new_output(shape, np.float32, self, x.shape) if out is None else \
+            check_out(out, shape)
         self.run(x, out)
         return out
 
