@@ -24,7 +24,7 @@ import numpy as np
 # the rest of the machine keeps the other half.
 RAM_FRACTION = 0.5
 # Where the RAM size cannot be read (no os.sysconf, as on Windows): the engine's single-tensor
-# cap (engine/graph/nodes.py MAX_TENSOR_BYTES).
+# cap (engine/graph/ops/base.py MAX_TENSOR_BYTES).
 FALLBACK_BYTES = 4 << 30
 
 _CGROUP_LIMITS = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")

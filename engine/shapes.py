@@ -309,6 +309,19 @@ def onnx_pool_output_size(i: int, k: int, s: int, p_begin: int, p_end: int, d: i
     return span // s + 1
 
 
+def onnx_pool_explicit_pads(in_size: Sequence[int], out_size: Sequence[int],
+                            kernel: Sequence[int], stride: Sequence[int],
+                            dilation: Sequence[int], pads: Sequence[tuple[int, int]]
+                            ) -> tuple[tuple[int, int], ...]:
+    """Per-axis (begin, end) padding of the copy an ONNX pool runs on when the PyTorch-style
+    layers cannot take its pads: the begin padding as given, the end one extended so that all
+    ``out_size`` windows (ceil_mode's last one too) lie inside the copy, which the layers then
+    pool unpadded."""
+    return tuple((pb, max(pe, (o - 1) * s + effective_kernel(k, d) - i - pb))
+                 for i, o, k, s, d, (pb, pe) in zip(in_size, out_size, kernel, stride, dilation,
+                                                    pads))
+
+
 def onnx_transpose_pads(i: int, k: int, s: int, d: int, output_padding: int, out: int,
                         auto_pad: str) -> tuple[int, int]:
     """(begin, end) padding of an ONNX ConvTranspose that must produce ``out`` elements (its

@@ -4,17 +4,18 @@
 #ifndef CE_VEC_ACT_H
 #define CE_VEC_ACT_H
 
-/* C has no vector ?:, so max(v, 0) and min(v, 6) select through the comparison masks */
+/* C has no vector ?:, so max(v, 0) and min(v, 6) select through the comparison masks; the
+ * masks test v < 0 and v > 6, both false for NaN, so a NaN stays NaN (IEEE: relu(NaN) = NaN) */
 #define CE_DEFINE_VEC_ACT(name, vf, vi)                                                     \
     static inline vf name(vf v, int act)                                                    \
     {                                                                                       \
         const vf zero = {0};                                                                \
         if (act >= 1)                                                                       \
-            v = (vf)((vi)v & (v > zero));                                                   \
+            v = (vf)((vi)v & ~(v < zero));                                                  \
         if (act == 2) {                                                                     \
             const vf six = zero + 6.0f;                                                     \
-            vi below = v < six;                                                             \
-            v = (vf)(((vi)v & below) | ((vi)six & ~below));                                 \
+            vi above = v > six;                                                             \
+            v = (vf)(((vi)v & ~above) | ((vi)six & above));                                 \
         }                                                                                   \
         return v;                                                                           \
     }

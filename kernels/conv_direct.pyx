@@ -9,7 +9,7 @@ ctypedef fused real:
 
 cdef inline real act_value(real v, int act) noexcept nogil:
     if act == 1:
-        return v if v > 0 else 0
+        return 0 if v < 0 else v       # NaN stays NaN
     if act == 2:
         return 0 if v < 0 else (6 if v > 6 else v)
     return v

@@ -319,7 +319,7 @@ def test_conv_kind_rules(rng):
         node = Node("Conv", "c", ["x", "w"], ["y"], dict(attrs, **({"activation": act}
                                                                    if act else {})))
         from engine.graph.passes import make_op
-        from engine.graph.nodes import Info
+        from engine.graph.ops import Info
         op = make_op(node, {"w": w})
         ins = [Info(shape, np.float32), Info(w.shape, np.float32, w)]
         op.infer(ins)

@@ -30,7 +30,7 @@ from .._kernels import nchwc
 from .._threads import threads_for
 from ..ops import blocked
 from .ir import Graph, Node
-from .nodes import F32, Info, Op
+from .ops import F32, Info, Op
 from .plan import infer_nodes
 
 SUFFIX = "#nchw16c"

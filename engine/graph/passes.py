@@ -20,7 +20,7 @@ import numpy as np
 
 from ..errors import ModelError
 from .ir import Graph, Node
-from .nodes import OPS, Info
+from .ops import OPS, Info
 from .plan import Plan, evaluate
 
 

@@ -34,7 +34,7 @@ import numpy as np
 from ..errors import ModelError
 from ..memory import current_max_memory, format_bytes, nbytes
 from .ir import Node
-from .nodes import Info, check_tensor_size
+from .ops import Info, check_tensor_size
 
 ALIGN = 64
 

@@ -11,6 +11,10 @@ times the kernel, is scattered into the output. Two algorithms run it:
   pixels, pad by dilation*(k - 1) - padding, and convolve with the spatially flipped,
   in/out-swapped kernel (an engine.Conv2d, so every 2-D algorithm applies). For stride s it
   multiplies s*s times more often than col2im, mostly by the inserted zeros.
+
+ONNX ConvTranspose allows pads these layers cannot take (negative ones, which cut the output,
+or an output_shape beyond the layer's reach): ``ConvTransposeWindow`` runs the unpadded layer
+and copies out the window ONNX asks for.
 """
 from __future__ import annotations
 
@@ -381,3 +385,33 @@ class ConvTranspose1d:
 
     def explain(self) -> str:
         return f"1-D, run on the (N, C, 1, L) view:\n{self.layer2d.explain()}"
+
+
+class ConvTransposeWindow:
+    """An ONNX ConvTranspose whose pads its planned layer cannot take, for one input and output
+    shape: ``layer``, the unpadded and bias-free ConvTranspose2d, runs into a scratch buffer
+    and the window ONNX asks for is added to the bias; outputs no tap reaches hold the bias.
+    ``pads`` are ONNX's ((top, bottom), (left, right)), negative ones included: output index
+    j reads the unpadded output's j + top."""
+
+    def __init__(self, layer, bias, x_shape, out_shape, pads):
+        self.layer = layer
+        self.g = layer.geometry(x_shape)
+        self.full = (x_shape[0], out_shape[1]) + tuple(self.g.out_size)
+        src, dst = [slice(None)] * 2, [slice(None)] * 2
+        for ax in range(2):
+            begin = pads[ax][0]
+            lo = max(0, -begin)                       # first output index with a source
+            hi = min(out_shape[2 + ax], self.full[2 + ax] - begin)
+            dst.append(slice(lo, max(lo, hi)))
+            src.append(slice(lo + begin, max(lo, hi) + begin))
+        self.src, self.dst = tuple(src), tuple(dst)
+        self.bias = (np.zeros((1, out_shape[1], 1, 1), np.float32) if bias is None
+                     else bias.reshape(1, -1, 1, 1))
+
+    def run(self, x, out, num_threads=None) -> None:
+        """Checked arrays in (x of x_shape, out of out_shape), no validation."""
+        tmp = np.empty(self.full, np.float32)
+        self.layer.run(x, tmp, self.g, num_threads)
+        out[...] = self.bias
+        out[self.dst] += tmp[self.src]

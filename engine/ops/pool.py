@@ -5,6 +5,11 @@ output sizes (engine.shapes), padding limit (at most kernel_size // 2), ceil_mod
 average divisors, and max-pooling indices (the flat position iy*W + ix within each (n, c)
 plane, the first maximum on ties, a NaN always wins). Max-unpooling also takes ONNX
 MaxUnpool's indices, which count over the whole tensor (``max_unpool2d_onnx``).
+
+ONNX pools these layers cannot run as they are (uneven pads, pads over half the kernel, another
+output size) run them unpadded on an explicitly padded copy (engine.shapes.onnx_pool_explicit_pads);
+``onnx_avgpool_scale`` turns those averages into ONNX's, and ``onnx_max_indices`` turns
+MaxPool2d's indices into ONNX MaxPool's, which count over the whole tensor.
 """
 from __future__ import annotations
 
@@ -16,7 +21,8 @@ from ..shapes import effective_kernel, ntuple, pool_output_shape, unpool_output_
 from ._validate import as_float_array, check_out, new_output
 
 __all__ = ["MaxPool2d", "AvgPool2d", "MaxUnpool2d", "max_pool2d", "avg_pool2d", "max_unpool2d",
-           "max_unpool2d_onnx", "global_avg_pool2d", "global_max_pool2d"]
+           "max_unpool2d_onnx", "global_avg_pool2d", "global_max_pool2d", "onnx_avgpool_scale",
+           "onnx_max_indices"]
 
 
 def _window(kernel_size, stride, padding, dilation=1):
@@ -218,6 +224,52 @@ def max_unpool2d_onnx(x, indices, output_shape, num_threads=None) -> np.ndarray:
     if oh < 1 or ow < 1:
         raise ValueError(f"output_shape must be positive, got {shape}")
     return _unpool(x, indices, (oh, ow), True, num_threads)
+
+
+# -- ONNX pooling on an explicitly padded copy --------------------------------------------------
+def onnx_avgpool_scale(in_size, out_size, kernel, stride, pads, count_include_pad) -> np.ndarray:
+    """(OH, OW) float32 factors that turn AvgPool2d's averages over whole kernels (the layer
+    with count_include_pad, run unpadded on the zero-padded copy) into ONNX AveragePool's:
+    kernel area / the number of cells ONNX counts, padding up to the padded input's end with
+    count_include_pad, only input cells without. ``pads`` are ONNX's ((top, bottom),
+    (left, right)); a window with no cell to count gets inf (its output NaN)."""
+    counts = []
+    for i_, o_, k, s, (pb, pe) in zip(in_size, out_size, kernel, stride, pads):
+        start = np.arange(o_) * s - pb
+        lo, hi = (-pb, i_ + pe) if count_include_pad else (0, i_)
+        counts.append(np.minimum(start + k, hi) - np.maximum(start, lo))
+    area = kernel[0] * kernel[1]
+    with np.errstate(divide="ignore"):
+        return (area / np.outer(counts[0], counts[1]).astype(np.float64)).astype(np.float32)
+
+
+def onnx_max_indices(x_shape, padding=None, column_major=False):
+    """A function ``convert(indices)`` that rewrites, in place, the indices MaxPool2d.run gives
+    for x of ``x_shape`` (N, C, H, W), or for its copy padded by ``padding`` ((top, bottom),
+    (left, right)), as ONNX MaxPool's: counted over the whole tensor,
+    (n*C + c)*H*W + the position in the unpadded plane, row-major (storage_order 0) or
+    column-major (1)."""
+    n, c, h, w = x_shape
+    plane_base = (np.arange(n * c, dtype=np.int64) * (h * w)).reshape(n, c, 1, 1)
+    if padding is None and not column_major:
+        def convert(ind):
+            np.add(ind, plane_base, out=ind)
+        return convert
+    (top, _), (left, right) = padding if padding is not None else ((0, 0), (0, 0))
+    row_w = w + left + right
+
+    def convert(ind):
+        r, q = np.divmod(ind, row_w)
+        r -= top
+        q -= left
+        if column_major:
+            np.multiply(q, h, out=ind)
+            ind += r
+        else:
+            np.multiply(r, w, out=ind)
+            ind += q
+        ind += plane_base
+    return convert
 
 
 # -- functional forms ---------------------------------------------------------------------------

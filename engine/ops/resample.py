@@ -14,6 +14,13 @@ PyTorch's CPU kernels, so the nearest indices match PyTorch's exactly:
   bilinear, align_corners=False: src = max(r * (dst + 0.5) - 0.5, 0), r as for nearest.
       Then i0 = min(floor(src), in - 1), i1 = i0 + 1 unless i0 is the last pixel,
       w1 = clip(src - i0, 0, 1), w0 = 1 - w1; equal sizes copy.
+
+ONNX Resize (modes nearest and linear) is computed here too. Where it equals interpolate
+(``onnx_as_interpolate``: 4-D input, batch and channels kept; nearest with asymmetric
+coordinates and floor rounding, linear with half_pixel or align_corners) it runs an Interpolate
+and so the tables above. Every other case runs ``OnnxResize``: one gather per resized axis
+(two and a blend for linear) with tables from ``onnx_source``, the one definition of ONNX's
+coordinate_transformation_modes, computed in float64.
 """
 from __future__ import annotations
 
@@ -24,7 +31,7 @@ from .._threads import resolve_threads, threads_for
 from ..shapes import interpolate_output_shape
 from ._validate import as_float_array, check_out, new_output
 
-__all__ = ["Interpolate", "interpolate"]
+__all__ = ["Interpolate", "interpolate", "OnnxResize", "onnx_as_interpolate", "onnx_source"]
 
 MODES = ("nearest", "bilinear")
 
@@ -147,3 +154,136 @@ def interpolate(x, size=None, scale_factor=None, mode="nearest", align_corners=N
     """torch.nn.functional.interpolate on NCHW float32, modes "nearest" and "bilinear", with
     PyTorch's default recompute_scale_factor=None and antialias=False."""
     return Interpolate(size, scale_factor, mode, align_corners)(x)
+
+
+# -- ONNX Resize ---------------------------------------------------------------------------------
+COORDINATE_MODES = ("half_pixel", "half_pixel_symmetric", "pytorch_half_pixel", "align_corners",
+                    "asymmetric", "tf_half_pixel_for_nn", "tf_crop_and_resize")
+# "simple" is the nearest rounding of Upsample and of Resize before opset 11, as ONNX Runtime
+# runs them: truncation when enlarging, rounding up when shrinking.
+NEAREST_MODES = ("round_prefer_floor", "round_prefer_ceil", "floor", "ceil", "simple")
+
+
+def onnx_source(coord: str, i: int, o: int, scale: float, roi=(0.0, 1.0)) -> np.ndarray:
+    """Source coordinates (float64) of the o outputs along one axis of size i under ONNX
+    Resize's coordinate_transformation_mode ``coord``, with the axis's ``scale`` and, for
+    tf_crop_and_resize, its ``roi`` (start, end)."""
+    s = scale
+    d = np.arange(o, dtype=np.float64)
+    c = coord
+    if c == "half_pixel":
+        return (d + 0.5) / s - 0.5
+    if c == "half_pixel_symmetric":
+        adjust = o / (s * i)
+        return i / 2 * (1 - adjust) + (d + 0.5) / s - 0.5
+    if c == "pytorch_half_pixel":
+        return (d + 0.5) / s - 0.5 if o > 1 else np.zeros(o)
+    if c == "align_corners":
+        return d * (i - 1) / (o - 1) if o > 1 else np.zeros(o)
+    if c == "asymmetric":
+        return d / s
+    if c == "tf_half_pixel_for_nn":
+        return (d + 0.5) / s
+    start, end = roi
+    if o > 1:
+        return start * (i - 1) + d * (end - start) * (i - 1) / (o - 1)
+    return np.full(o, 0.5 * (start + end) * (i - 1))
+
+
+def onnx_as_interpolate(mode, coord, rounding, x_shape, out_size, scales, from_sizes):
+    """The Interpolate that computes this ONNX Resize, or None where interpolate's semantics
+    differ. ``out_size`` and ``scales`` cover every axis of ``x_shape``; ``from_sizes``: the
+    node gave sizes rather than scales."""
+    if len(x_shape) != 4 or out_size[:2] != tuple(x_shape[:2]):
+        return None
+    if mode == "nearest":
+        enlarging = all(o >= i for o, i in zip(out_size[2:], x_shape[2:]))
+        if coord != "asymmetric" or not (
+                rounding == "floor" or (rounding == "simple" and enlarging)):
+            return None
+        mode, align = "nearest", None
+    elif coord == "align_corners":
+        mode, align = "bilinear", True
+    elif coord == "half_pixel" or (coord == "pytorch_half_pixel" and min(out_size[2:]) > 1):
+        mode, align = "bilinear", False
+    else:
+        return None
+    if from_sizes:
+        layer = Interpolate(size=out_size[2:], mode=mode, align_corners=align)
+    else:
+        layer = Interpolate(scale_factor=tuple(scales[2:]), mode=mode, align_corners=align)
+    if layer.output_shape(x_shape) != tuple(out_size):
+        return None
+    return layer
+
+
+class OnnxResize:
+    """ONNX Resize, modes nearest and linear, for one input shape of any rank: gathers along
+    one axis at a time, with index and weight tables computed once, here. ``out_size``,
+    ``scales`` and ``roi`` ((start, end) pairs, for tf_crop_and_resize) cover every axis;
+    tf_crop_and_resize's outputs outside the input take ``extrapolation``."""
+
+    def __init__(self, mode, coord, rounding, x_shape, out_size, scales, roi,
+                 extrapolation=0.0):
+        self.mode, self.coord, self.rounding = mode, coord, rounding
+        self.out_size, self.scales, self.roi = tuple(out_size), list(scales), list(roi)
+        self.fill = np.float32(extrapolation)
+        rank = len(x_shape)
+
+        def expand(w, axis):
+            return w.reshape((-1,) + (1,) * (rank - 1 - axis))
+
+        self.steps = [(axis, i0, i1, None if w1 is None else expand(w1, axis),
+                       None if w1 is None else expand(1 - w1, axis),
+                       None if outside is None else
+                       (slice(None),) * axis + (outside,))
+                      for axis, i0, i1, w1, outside in self.tables(x_shape)]
+
+    def tables(self, x_shape):
+        """Per resized axis: (axis, i0, i1, w1, outside) for linear, (axis, index, None,
+        None, outside) for nearest; ``outside`` marks tf_crop_and_resize extrapolation."""
+        out = []
+        for axis, (i, o) in enumerate(zip(x_shape, self.out_size)):
+            if i == o and self.coord != "tf_crop_and_resize" and self.scales[axis] == 1.0:
+                continue
+            src = onnx_source(self.coord, i, o, self.scales[axis], self.roi[axis])
+            outside = None
+            if self.coord == "tf_crop_and_resize":
+                outside = (src < 0) | (src > i - 1)
+                if not outside.any():
+                    outside = None
+            if self.mode == "nearest":
+                r = self.rounding
+                if r == "simple":
+                    r = "ceil" if o < i else "floor"
+                if r == "round_prefer_floor":
+                    idx = np.ceil(src - 0.5)
+                elif r == "round_prefer_ceil":
+                    idx = np.floor(src + 0.5)
+                else:
+                    idx = np.floor(src) if r == "floor" else np.ceil(src)
+                idx = np.clip(idx, 0, i - 1).astype(np.int64)
+                out.append((axis, idx, None, None, outside))
+            else:
+                src = np.clip(src, 0, i - 1)
+                i0 = np.floor(src).astype(np.int64)
+                i1 = np.minimum(i0 + 1, i - 1)
+                w1 = (src - i0).astype(np.float32)
+                out.append((axis, i0, i1, w1, outside))
+        return out
+
+    def run(self, x, out) -> None:
+        """x of the shape the tables were made for, out of ``out_size``; no validation."""
+        y, fill = x, self.fill
+        for axis, i0, i1, w1, w0, outside in self.steps:
+            if i1 is None:
+                y = np.take(y, i0, axis=axis)
+            else:
+                y = np.take(y, i0, axis=axis) * w0 + np.take(y, i1, axis=axis) * w1
+            if outside is not None:
+                y[outside] = fill
+        np.copyto(out, y)
+
+    def __repr__(self):
+        return (f"OnnxResize(mode={self.mode!r}, coordinate_transformation_mode={self.coord!r}, "
+                f"out_size={self.out_size})")

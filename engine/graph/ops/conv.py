@@ -1,0 +1,419 @@
+"""Convolution node plans, each running one of the engine's planned layers: Conv (1-D and 2-D
+through engine.Conv2d, 3-D through engine.Conv3d), ConvTranspose and DeformConv; and
+``Windowed``, the kernel, strides, dilations, pads and auto_pad they share with the pools.
+
+ONNX describes padding as separate begin and end amounts, which the planned layers take for
+convolutions. A ConvTranspose's pads follow from its output_shape or auto_pad as
+engine.shapes.onnx_transpose_pads computes them; pads its planned layer cannot take run through
+engine.ops.conv_transpose.ConvTransposeWindow.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ... import shapes
+from ...ops.activation import apply_activation
+from ...ops.conv2d import Conv2d
+from .base import F32, Info, Op, register
+
+AUTO_PADS = ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID")
+
+
+def _flat(pairs):
+    """((b0, e0), (b1, e1), ...) -> (b0, b1, ..., e0, e1, ...), ONNX's order."""
+    return tuple(b for b, _ in pairs) + tuple(e for _, e in pairs)
+
+
+class Windowed(Op):
+    """What convolutions and pools share: kernel, strides, dilations, pads and auto_pad."""
+
+    def window(self, nd, kernel):
+        self.nd = nd
+        self.kernel = tuple(kernel)
+        if any(not 1 <= k <= shapes.INDEX_MAX for k in self.kernel):
+            raise self.error(f"kernel_shape must be positive and at most {shapes.INDEX_MAX}, "
+                             f"got {list(self.kernel)}")
+        ks = self.attr("kernel_shape")
+        if ks is not None and tuple(ks) != self.kernel:
+            raise self.error(f"kernel_shape {list(ks)} does not match the weight's "
+                             f"{list(self.kernel)}")
+        self.strides = self.ints("strides", nd, 1, minimum=1)
+        self.dilations = self.ints("dilations", nd, 1, minimum=1)
+        pads = self.ints("pads", 2 * nd, 0)
+        self.pad_pairs = tuple((pads[a], pads[a + nd]) for a in range(nd))
+        self.auto_pad = self.attr("auto_pad", "NOTSET")
+        if self.auto_pad not in AUTO_PADS:
+            raise self.error(f"auto_pad must be one of {AUTO_PADS}, got {self.auto_pad!r}")
+
+    def pads_for(self, in_size, negative_ok=False):
+        if self.auto_pad == "NOTSET":
+            if not negative_ok and any(p < 0 for pair in self.pad_pairs for p in pair):
+                raise self.error(f"pads must be non-negative, got {_flat(self.pad_pairs)}")
+            pads = self.pad_pairs
+        else:
+            pads = shapes.onnx_auto_pads(self.auto_pad, in_size, self.kernel, self.strides,
+                                         self.dilations)
+        try:
+            shapes.check_extent(in_size, pads, self.kernel, self.dilations, "pads")
+        except ValueError as e:
+            raise self.error(str(e)) from None
+        return pads
+
+
+def _activate(out, activation):
+    if activation is not None:
+        apply_activation(out, activation)
+
+
+# ============================================================================ convolution
+
+@register
+class Conv(Windowed):
+    """Conv, with two fusions the passes may add: ``activation`` ("relu" or "relu6") runs in the
+    kernel's output step, and a fourth input is a residual added to the convolution's output.
+    Where the layer's algorithm adds a residual in its output step (pointwise; see
+    Conv2d.fuses_residual) and the residual has the output's shape, the kernel does the add and
+    the activation after it; otherwise the add is fused at plan level: the kernel writes the
+    step's output buffer, then the add and the activation run in place on it within the step.
+
+    The planned layer (engine.Conv2d; Conv1d's 2-D layer; Conv3d) is made per input size, so
+    the dispatcher chooses with the real size: a model with a declared input shape transforms
+    each weight once; free spatial dimensions make one layer per size met (the last 8 kept)."""
+    kind = "Conv"
+    n_inputs = (2, 4)
+    attributes = {"kernel_shape": "ints", "strides": "ints", "pads": "ints",
+                  "dilations": "ints", "group": "int", "auto_pad": "str", "activation": "act"}
+    weights = (1, 2)
+
+    def setup(self, constants):
+        w = self.const(constants, 1, "W")
+        if w.dtype != F32 or w.ndim not in (3, 4, 5):
+            raise self.error(f"W must be a float32 tensor of rank 3 to 5, got {w.dtype} "
+                             f"{w.shape}")
+        b = self.const(constants, 2, "B")
+        if b is not None and (b.dtype != F32 or b.shape != (w.shape[0],)):
+            raise self.error(f"B must be float32 of shape ({w.shape[0]},), got {b.dtype} "
+                             f"{b.shape}")
+        self.window(w.ndim - 2, w.shape[2:])
+        self.group = self.attr("group", 1)
+        if self.group < 1 or w.shape[0] % self.group:
+            raise self.error(f"group {self.group} must be positive and divide the "
+                             f"{w.shape[0]} output channels")
+        if min(w.shape) < 1:
+            raise self.error(f"W has an empty dimension: {w.shape}")
+        self.w, self.b = w, b
+        self.activation = self.attr("activation")
+        self.residual = bool(self.input_name(3))
+        self._layers = {}
+
+    def set_weights(self, w, b):
+        """For passes that fold into this convolution (BatchNormalization)."""
+        self.w, self.b = w, b
+        self._layers.clear()
+
+    def infer(self, ins):
+        x = self.float_in(ins, 0, "X", self.nd + 2)
+        channels = self.w.shape[1] * self.group
+        if x.shape[1] != channels:
+            raise self.error(f"X must have {channels} channels (W.shape[1] * group = "
+                             f"{self.w.shape[1]} * {self.group}), got shape {x.shape}")
+        pads = self.pads_for(x.shape[2:])
+        try:
+            size = shapes.conv_output_shape(x.shape[2:], self.kernel, self.strides, pads,
+                                            self.dilations)
+        except ValueError as e:
+            raise self.error(f"X {x.shape}: {e}") from None
+        self.conv_shape = (x.shape[0], self.w.shape[0]) + size
+        self.plan_pads = pads
+        shape = self.conv_shape
+        if self.residual:
+            r = self.float_in(ins, 3, "residual")
+            try:
+                shape = np.broadcast_shapes(shape, r.shape)
+            except ValueError:
+                raise self.error(f"residual {r.shape} does not broadcast with the "
+                                 f"convolution's output {shape}") from None
+        return [Info(shape, F32)]
+
+    def layer(self, in_size, pads, residual_in_kernel=False):
+        """The planned layer for this input size. residual_in_kernel: the residual has the
+        output's shape, so an algorithm that adds it in its output step may, and then also
+        applies the activation after it."""
+        key = (tuple(in_size), pads, residual_in_kernel)
+        layer = self._layers.get(key)
+        if layer is None:
+            layer = self._make_layer(in_size, pads, None if self.residual else self.activation)
+            if residual_in_kernel and layer.fuses_residual and self.activation:
+                layer = self._make_layer(in_size, pads, self.activation, layer.algorithm)
+            if len(self._layers) >= 8:
+                self._layers.pop(next(iter(self._layers)))
+            self._layers[key] = layer
+        return layer
+
+    def _make_layer(self, in_size, pads, act, algorithm="auto"):
+        try:
+            if self.nd == 3:
+                from ...ops.convnd import Conv3d
+                return Conv3d(self.w, self.b, self.strides, _flat(pads), self.dilations,
+                              self.group, activation=act)
+            if self.nd == 2:
+                return Conv2d(self.w, self.b, self.strides, _flat(pads), self.dilations,
+                              self.group, activation=act, algorithm=algorithm,
+                              input_size=in_size)
+            # engine.Conv1d runs a Conv2d on the (N, C, 1, L) view: run that
+            from ...ops.convnd import Conv1d
+            return Conv1d(self.w, self.b, self.strides, pads[0], self.dilations, self.group,
+                          activation=act, algorithm=algorithm, input_size=in_size).layer2d
+        except ValueError as e:
+            raise self.error(str(e)) from None
+
+    def _residual_in_kernel(self, ins, outs):
+        return (self.residual and self.nd != 3
+                and tuple(ins[3].shape) == tuple(outs[0].shape) == tuple(self.conv_shape))
+
+    def build(self, ins, outs, i, o):
+        x_shape = ins[0].shape
+        in_kernel = self._residual_in_kernel(ins, outs)
+        layer = self.layer(x_shape[2:], self.plan_pads, in_kernel)
+        self.last_layer = layer
+        conv_shape = self.conv_shape
+        if self.nd == 1:
+            x_view = x_shape[:2] + (1,) + x_shape[2:]
+            o_view = conv_shape[:2] + (1,) + conv_shape[2:]
+        else:
+            x_view, o_view = x_shape, conv_shape
+        g = layer.geometry(x_view)
+        run = layer.run
+        a, b = i[0], o[0]
+        if not self.residual:
+            if self.nd == 1:
+                def step(env, nt):
+                    run(env[a].reshape(x_view), env[b].reshape(o_view), g, nt)
+            else:
+                def step(env, nt):
+                    run(env[a], env[b], g, nt)
+            return step
+        r, act = i[3], self.activation
+        if in_kernel and layer.fuses_residual:
+            def step(env, nt):   # the kernel adds the residual (and applies act) itself
+                run(env[a].reshape(x_view), env[b].reshape(o_view), g, nt,
+                    residual=env[r].reshape(o_view))
+        elif outs[0].shape == conv_shape:
+            def step(env, nt):
+                out = env[b]
+                run(env[a].reshape(x_view), out.reshape(o_view), g, nt)
+                np.add(out, env[r], out=out)
+                _activate(out, act)
+        else:   # the residual is the larger operand: convolve into a scratch buffer
+            def step(env, nt):
+                tmp = np.empty(o_view, np.float32)
+                run(env[a].reshape(x_view), tmp, g, nt)
+                out = env[b]
+                np.add(tmp.reshape(conv_shape), env[r], out=out)
+                _activate(out, act)
+        return step
+
+    def flops(self, ins, outs):
+        per_output = 2 * (self.w.shape[1]) * math.prod(self.kernel)
+        extra = outs[0].size if self.residual else 0
+        return float(math.prod(self.conv_shape) * per_output + extra)
+
+    def describe(self, ins, outs):
+        in_kernel = self._residual_in_kernel(ins, outs)
+        layer = self.layer(ins[0].shape[2:], self.plan_pads, in_kernel)
+        text = f"{layer.algorithm}: {layer.reason}"
+        if self.residual:
+            text += " | + residual add" + (f" + {self.activation}" if self.activation else "")
+            text += (" in the kernel's output step" if in_kernel and layer.fuses_residual
+                     else " (plan level, in place after the kernel)")
+        elif self.activation:
+            text += f" | + {self.activation} in the kernel's output step"
+        return text
+
+
+@register
+class ConvTranspose(Windowed):
+    kind = "ConvTranspose"
+    n_inputs = (2, 3)
+    attributes = {"kernel_shape": "ints", "strides": "ints", "pads": "ints",
+                  "dilations": "ints", "group": "int", "auto_pad": "str",
+                  "output_padding": "ints", "output_shape": "ints"}
+    weights = (1, 2)
+
+    def setup(self, constants):
+        w = self.const(constants, 1, "W")
+        if w.dtype != F32 or w.ndim not in (3, 4):
+            raise self.error(f"W must be float32 of rank 3 or 4 (1-D or 2-D; 3-D transposed "
+                             f"convolution is not supported), got {w.dtype} {w.shape}")
+        self.group = self.attr("group", 1)
+        if self.group < 1 or w.shape[0] % self.group:
+            raise self.error(f"group {self.group} must be positive and divide the "
+                             f"{w.shape[0]} input channels")
+        out_channels = w.shape[1] * self.group
+        b = self.const(constants, 2, "B")
+        if b is not None and (b.dtype != F32 or b.shape != (out_channels,)):
+            raise self.error(f"B must be float32 of shape ({out_channels},), got {b.dtype} "
+                             f"{b.shape}")
+        self.window(w.ndim - 2, w.shape[2:])
+        self.output_padding = self.ints("output_padding", self.nd, 0, minimum=0)
+        self.output_shape = self.attr("output_shape")
+        if self.output_shape is not None and len(self.output_shape) not in (self.nd,
+                                                                            self.nd + 2):
+            raise self.error(f"output_shape must have {self.nd} values, got "
+                             f"{self.output_shape}")
+        # the planned layers are 2-D: a 1-D layer runs on the (N, C, 1, L) view
+        self.w4 = w if self.nd == 2 else w[:, :, None, :]
+        self.b = b
+        self.out_channels = out_channels
+        self._layers = {}
+
+    def infer(self, ins):
+        x = self.float_in(ins, 0, "X", self.nd + 2)
+        if x.shape[1] != self.w4.shape[0]:
+            raise self.error(f"X must have {self.w4.shape[0]} channels (W.shape[0]), got "
+                             f"shape {x.shape}")
+        pads, size = [], []
+        for a, i in enumerate(x.shape[2:]):
+            k, s, d, op = self.kernel[a], self.strides[a], self.dilations[a], \
+                self.output_padding[a]
+            if self.output_shape is not None or self.auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+                out = (self.output_shape[-self.nd:][a] if self.output_shape is not None
+                       else i * s)
+                pb, pe = shapes.onnx_transpose_pads(i, k, s, d, op, out, self.auto_pad)
+            else:
+                pb, pe = self.pad_pairs[a] if self.auto_pad == "NOTSET" else (0, 0)
+                out = shapes.conv_transpose_output_size(i, k, s, pb, pe, op, d)
+            if out < 1:
+                raise self.error(f"X {x.shape} gives an empty output along spatial axis {a}")
+            pads.append((pb, pe))
+            size.append(out)
+        self.plan_pads = tuple(pads)
+        return [Info((x.shape[0], self.out_channels) + tuple(size), F32)]
+
+    def _layer(self, key, *args):
+        layer = self._layers.get(key)
+        if layer is None:
+            from ...ops.conv_transpose import ConvTranspose2d
+            try:
+                layer = ConvTranspose2d(*args)
+            except ValueError as e:
+                raise self.error(str(e)) from None
+            self._layers[key] = layer
+        return layer
+
+    def build(self, ins, outs, i, o):
+        nd, pads = self.nd, self.plan_pads
+        pairs = pads if nd == 2 else ((0, 0),) + pads
+        stride = self.strides if nd == 2 else (1,) + self.strides
+        dil = self.dilations if nd == 2 else (1,) + self.dilations
+        x_shape, out_shape = ins[0].shape, outs[0].shape
+        x4 = x_shape if nd == 2 else x_shape[:2] + (1,) + x_shape[2:]
+        o4 = out_shape if nd == 2 else out_shape[:2] + (1,) + out_shape[2:]
+        op = tuple(o4[2 + a] - shapes.conv_transpose_output_size(
+            x4[2 + a], self.w4.shape[2 + a], stride[a], pairs[a][0], pairs[a][1], 0, dil[a])
+            for a in range(2))
+        a, b = i[0], o[0]
+        direct = (all(p >= 0 for pair in pairs for p in pair)
+                  and all(p < s or p < d for p, s, d in zip(op, stride, dil)))
+        if direct:
+            layer = self._layer(("direct", pairs, op), self.w4, self.b, stride, _flat(pairs),
+                                op, self.group, dil)
+            self.last_layer = layer
+            g = layer.geometry(x4)
+            if tuple(g.out_size) != o4[2:]:
+                raise self.error(f"internal size mismatch {g.out_size} vs {o4[2:]}")
+            run = layer.run
+
+            def step(env, nt):
+                run(env[a].reshape(x4), env[b].reshape(o4), g, nt)
+            return step
+        # Pads the planned layer cannot take (negative, or output beyond its reach): run it
+        # unpadded and copy the window ONNX asks for.
+        from ...ops.conv_transpose import ConvTransposeWindow
+        layer = self._layer(("full",), self.w4, None, stride, 0, 0, self.group, dil)
+        self.last_layer = layer
+        run = ConvTransposeWindow(layer, self.b, x4, o4, pairs).run
+
+        def step(env, nt):
+            run(env[a].reshape(x4), env[b].reshape(o4), nt)
+        return step
+
+    def flops(self, ins, outs):
+        x = ins[0]
+        return 2.0 * x.size * (self.out_channels // self.group) * math.prod(self.kernel)
+
+    def describe(self, ins, outs):
+        layer = getattr(self, "last_layer", None)
+        return f"{layer.algorithm}: {layer.reason}" if layer is not None else ""
+
+
+@register
+class DeformConv(Windowed):
+    kind = "DeformConv"
+    n_inputs = (3, 5)
+    attributes = {"kernel_shape": "ints", "strides": "ints", "pads": "ints",
+                  "dilations": "ints", "group": "int", "offset_group": "int"}
+    weights = (1, 3)
+
+    def setup(self, constants):
+        w = self.const(constants, 1, "W")
+        if w.dtype != F32 or w.ndim != 4:
+            raise self.error(f"W must be float32 of rank 4 (2-D deformable convolution), got "
+                             f"{w.dtype} {w.shape}")
+        b = self.const(constants, 3, "B")
+        if b is not None and (b.dtype != F32 or b.shape != (w.shape[0],)):
+            raise self.error(f"B must be float32 of shape ({w.shape[0]},), got {b.dtype} "
+                             f"{b.shape}")
+        self.window(2, w.shape[2:])
+        self.group = self.attr("group", 1)
+        self.offset_group = self.attr("offset_group", 1)
+        if self.group < 1 or self.offset_group < 1:
+            raise self.error("group and offset_group must be positive")
+        from ...ops.deform import DeformConv2d
+        try:
+            self.layer = DeformConv2d(w, b, self.strides, _flat(self.pad_pairs), self.dilations,
+                                      self.group, self.offset_group)
+        except ValueError as e:
+            raise self.error(str(e)) from None
+        self.w = w
+
+    def infer(self, ins):
+        x = self.float_in(ins, 0, "X", 4)
+        if x.shape[1] != self.layer.in_channels:
+            raise self.error(f"X must have {self.layer.in_channels} channels, got {x.shape}")
+        pads = self.pads_for(x.shape[2:])
+        try:
+            size = shapes.conv_output_shape(x.shape[2:], self.kernel, self.strides, pads,
+                                            self.dilations)
+        except ValueError as e:
+            raise self.error(f"X {x.shape}: {e}") from None
+        self.plan_pads = pads
+        taps = math.prod(self.kernel)
+        n = x.shape[0]
+        off = self.float_in(ins, 2, "offset", 4)
+        want = (n, 2 * self.offset_group * taps) + size
+        if off.shape != want:
+            raise self.error(f"offset must have shape {want}, got {off.shape}")
+        if len(ins) > 4 and ins[4] is not None:
+            m = self.float_in(ins, 4, "mask", 4)
+            want = (n, self.offset_group * taps) + size
+            if m.shape != want:
+                raise self.error(f"mask must have shape {want}, got {m.shape}")
+        return [Info((n, self.w.shape[0]) + size, F32)]
+
+    def build(self, ins, outs, i, o):
+        a, off, b = i[0], i[2], o[0]
+        m = i[4] if len(i) > 4 and ins[4] is not None else None
+        run, pads, og = self.layer.run, self.plan_pads, self.offset_group
+
+        def step(env, nt):
+            run(env[a], env[off], None if m is None else env[m], env[b], pads, og, nt)
+        return step
+
+    def flops(self, ins, outs):
+        return 2.0 * outs[0].size * self.w.shape[1] * math.prod(self.kernel)
+
+    def describe(self, ins, outs):
+        return "deformable im2col + packed GEMM (bilinear sampling per tap)"
