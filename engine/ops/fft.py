@@ -16,6 +16,15 @@ Threads: scipy.fft's workers= splits whole planes between threads and the produc
 by frequency, each frequency computed by one BLAS call, so results do not depend on the
 thread count. numpy's BLAS is held at one thread by blas_pinned (Conv2d.run): its own threads
 only slow the tiny per-frequency products (18.5 ms against 4.7 ms for 64->64 7x7 on 64x64).
+
+NaN and infinity (IEEE semantics). A transform mixes a whole plane, so one NaN or infinity
+would make every output of the layer non-finite; the direct sum puts them only in the outputs
+whose window reads one. Such a value makes the DC term of its plane's spectrum (the plane's
+sum) non-finite, and nothing in the transform turns a non-finite value finite again, so testing
+the N*C DC terms finds those planes for free (a finite plane whose sum overflows costs a needless
+second transform, no more). They are transformed again with their non-finite values taken as
+zeros, and winograd.fix_nonfinite gives the outputs that read one the direct sum's value. The
+weights are assumed finite.
 """
 from __future__ import annotations
 
@@ -26,7 +35,10 @@ import numpy as np
 import scipy.fft
 
 from .activation import apply_activation
+from .winograd import fix_nonfinite
 
+# Benchmarks only (bench/bench_ieee.py): False skips the non-finite test and fix-up.
+_CHECK_NONFINITE = True
 
 _pool = None
 _pool_size = 0
@@ -90,6 +102,12 @@ class FFT:
         xp = np.zeros((n, c) + size, np.float32)
         xp[:, :, pt:pt + h, pl:pl + w] = x
         xf = scipy.fft.rfft2(xp, workers=threads)                  # (N, C, fh, fw//2+1)
+        nonfinite = _CHECK_NONFINITE and not np.isfinite(xf[:, :, 0, 0]).all()
+        if nonfinite:   # see the module docstring
+            bad = ~np.isfinite(xf[:, :, 0, 0])
+            planes = xp[bad]
+            planes[~np.isfinite(planes)] = 0
+            xf[bad] = scipy.fft.rfft2(planes, workers=threads)
         del xp
         shape_f = xf.shape[2:]
         nf = shape_f[0] * shape_f[1]
@@ -118,3 +136,5 @@ class FFT:
         if L.bias is not None:
             out += L.bias[None, :, None, None]
         apply_activation(out, L.activation)
+        if nonfinite:
+            fix_nonfinite(L, x, out, g.pads, threads)

@@ -17,6 +17,13 @@ of the padded copy every call makes anyway), so a chain of same-rate layers pays
 
 Tiles per phase are counted exactly: phase a along an axis of OH outputs holds ceil((OH - a)/dh)
 output rows, hence ceil(that / m) tile rows; tiles of empty phases (OH < dh) do not exist.
+
+NaN and infinity (IEEE semantics). The transforms mix a whole input patch into every output of
+its tile, so one Inf or NaN would turn outputs that never read it into NaN (and +Inf into NaN
+through Inf - Inf). The kernel finds the planes holding one during its padding copy, at no
+measurable cost (bench/bench_ieee.py), and computes with those values taken as zeros;
+fix_nonfinite then gives exactly the outputs whose window reads one the value the direct sum
+gives them. The weights are assumed finite.
 """
 from __future__ import annotations
 
@@ -41,7 +48,24 @@ MIN_BLOCK_TILES = 192
 # Bound on V + M of one block (a block holds at least one tile row, whatever its size).
 WORKSPACE_BYTES = 16 << 20
 
+# Benchmarks only (bench/bench_ieee.py): False skips the non-finite test and fix-up, so that a
+# NaN or infinity spreads over whole tiles, as before the test existed.
+_CHECK_NONFINITE = True
 
+
+def fix_nonfinite(layer, x, out, pads, threads) -> int:
+    """Give out the NaNs and infinities of the direct sum, where out holds the layer's output
+    (bias and activation included) for x with its NaNs and infinities taken as zeros.
+
+    For finite weights (the plans assume them) the direct sum is non-finite exactly where a
+    tap reads a non-finite input: NaN if it reads a NaN, an infinity under a zero weight, or
+    infinite products of both signs, else the infinity of their sign; the relu and relu6
+    clamps keep NaN as NaN. Used by the paths whose arithmetic would spread a non-finite value
+    further (Winograd here, engine/ops/fft.py). Returns the number of non-finite values in x.
+    """
+    return conv_winograd.f32_conv2d_fix_nonfinite(
+        x, layer.weight, out, layer.stride[0], layer.stride[1], pads[0][0], pads[1][0],
+        layer.dilation[0], layer.dilation[1], layer.groups, layer.act_code, threads)
 
 
 # ---- transform matrices ------------------------------------------------------------------------
@@ -203,7 +227,9 @@ class Winograd:
     """F(m x m, 3x3) Winograd for 3x3 stride-1 layers of any dilation and group count.
 
     Registered as "winograd_f23" (m = 2, dilation 1), "dilated_s2b" (m = 2, dilation > 1) and
-    "winograd_f43" (m = 4, any dilation). The weight transform is done once, here.
+    "winograd_f43" (m = 4, any dilation). The weight transform is done once, here. Weights must
+    be finite; a NaN or infinity in the input gives NaN or infinity exactly where the direct sum
+    does (see the module docstring).
     """
 
     tile = 2
@@ -237,14 +263,16 @@ class Winograd:
         panels = workspace.take(packed_gemm.panel_floats(
             threads, L.in_channels // L.groups, p.group_panels))
         try:
-            conv_winograd.f32_conv3x3_winograd(
+            nonfinite = conv_winograd.f32_conv3x3_winograd(
                 x, self.upack, L.groups, self.bias, out, p.rows, p.blocks, p.phase_tiles,
                 p.phase_start, p.phase_cols, p.colmap, self.tile, p.J, p.hbuf, p.max_tiles,
                 g.pads[0][0], g.pads[1][0], L.dilation[0], L.dilation[1], work, panels,
-                p.mchunk, p.group_panels, L.act_code, threads)
+                p.mchunk, p.group_panels, L.act_code, threads, _CHECK_NONFINITE)
         finally:
             workspace.give(panels)
             workspace.give(work)
+        if nonfinite:
+            fix_nonfinite(L, x, out, g.pads, threads)
 
 
 class WinogradF23(Winograd):
