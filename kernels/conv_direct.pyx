@@ -2,15 +2,17 @@
 # reference among the kernels and the float64 path; it is not meant to be fast.
 from cython.parallel cimport prange
 
+from _epilogue cimport ACT_RELU, ACT_RELU6
+
 ctypedef fused real:
     float
     double
 
 
 cdef inline real act_value(real v, int act) noexcept nogil:
-    if act == 1:
+    if act == ACT_RELU:
         return 0 if v < 0 else v       # NaN stays NaN
-    if act == 2:
+    if act == ACT_RELU6:
         return 0 if v < 0 else (6 if v > 6 else v)
     return v
 

@@ -29,6 +29,7 @@ from .. import dispatch
 from .._kernels import nchwc
 from .._threads import threads_for
 from ..ops import blocked
+from ..ops.activation import ACTIVATION_CODES
 from .ir import Graph, Node
 from .ops import F32, Info, Op
 from .plan import infer_nodes
@@ -36,7 +37,6 @@ from .plan import infer_nodes
 SUFFIX = "#nchw16c"
 # Off: every plan runs NCHW (for comparing the layouts).
 ENABLED = True
-_ACT = {None: 0, "relu": 1, "relu6": 2}
 # Work (multiply-adds) below which a depthwise step runs on one thread, lower than the default
 # of threads_for: depthwise layers move much more data per multiply-add. 576 channels 14x14 ->
 # 7x7 (254k multiply-adds) took 13 us on two threads and 18 us on one, in-model far more (its
@@ -70,7 +70,7 @@ def conv_kind(op, ins) -> str | None:
     """"pointwise", "depthwise", "direct" or None (stays NCHW), for a Conv op inferred on
     ``ins``: the dispatcher's blocked_kind, for 2-D layers whose activation the blocked kernels
     apply and whose residual (pointwise only) has the output's shape."""
-    if getattr(op, "kind", "") != "Conv" or op.nd != 2 or op.activation not in _ACT:
+    if getattr(op, "kind", "") != "Conv" or op.nd != 2 or op.activation not in ACTIVATION_CODES:
         return None
     if op.residual and tuple(ins[3].shape) != tuple(op.conv_shape):
         return None
@@ -170,7 +170,7 @@ class BlockedConv(_Internal):
         self.logical_ins, self.logical_outs = ins, outs
         self.conv_shape = tuple(conv.conv_shape)
         self.pads = conv.plan_pads
-        self.act = _ACT[conv.activation]
+        self.act = ACTIVATION_CODES[conv.activation]
         self.macs = math.prod(self.conv_shape) * math.prod(conv.w.shape[1:])
         self._flops = conv.flops(ins, outs)
         pack = {"pointwise": blocked.pack_pointwise, "depthwise": blocked.pack_depthwise,
