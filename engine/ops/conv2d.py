@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .._cache import ShapeCache
 from .. import dispatch
 from .._threads import blas_pinned, resolve_threads, threads_for
 from ..shapes import conv_output_shape, ntuple, resolve_padding
@@ -99,7 +100,7 @@ class Conv2d:
                 raise ValueError(f"algorithm={algorithm!r} cannot run this layer: {reason}")
             self.algorithm, self.reason = algorithm, "forced by the caller"
         self._impl = _registry()[self.algorithm](self)
-        self._geometries = {}
+        self._geometries = ShapeCache(64)
 
     # -- per-shape set-up -------------------------------------------------------------------
     def _geometry(self, shape) -> Geometry:
@@ -121,12 +122,7 @@ class Conv2d:
 
     def geometry(self, input_shape) -> Geometry:
         key = tuple(input_shape)
-        g = self._geometries.get(key)
-        if g is None:
-            if len(self._geometries) > 64:
-                self._geometries.clear()
-            g = self._geometries[key] = self._geometry(key)
-        return g
+        return self._geometries.get(key, lambda: self._geometry(key))
 
     # -- running ------------------------------------------------------------------------------
     def __call__(self, x, out=None):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._cache import ShapeCache
 from .._kernels import conv_direct, conv_im2col, conv_pointwise
 from . import packed_gemm
 from .depthwise import Depthwise
@@ -94,20 +95,16 @@ class Pointwise:
         self.layer = layer
         self.wpack = packed_gemm.pack_rows(layer.weight.reshape(layer.out_channels, -1),
                                            layer.groups)
-        self._splits = {}
+        self._splits = ShapeCache(64)
 
     def run(self, x, out, g, threads, residual=None):
         L = self.layer
         n, c, h, w = x.shape
         pixels = h * w
         cg = c // L.groups
-        split = self._splits.get((n, pixels, threads))
-        if split is None:
-            if len(self._splits) > 64:
-                self._splits.clear()
-            split = self._splits[(n, pixels, threads)] = packed_gemm.share_split(
-                cg, L.out_channels // L.groups, pixels, threads)
-        split_rows, group_panels = split
+        split_rows, group_panels = self._splits.get(
+            (n, pixels, threads),
+            lambda: packed_gemm.share_split(cg, L.out_channels // L.groups, pixels, threads))
         buf = workspace.take(packed_gemm.panel_floats(threads, cg, group_panels))
         try:
             conv_pointwise.f32_conv2d_pointwise(

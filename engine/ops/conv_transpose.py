@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .._cache import ShapeCache
 from .. import dispatch
 from .._kernels import conv_transpose as _ct
 from .._threads import resolve_threads, threads_for
@@ -167,21 +168,17 @@ class ConvTranspose2d:
             raise ValueError(f"algorithm={algorithm!r} cannot run a transposed convolution: "
                              f"known algorithms are 'auto', {', '.join(map(repr, ALGORITHMS))}")
         self._impl = (Col2im if self.algorithm == "col2im" else ZeroInsert)(self)
-        self._geometries = {}
+        self._geometries = ShapeCache(64)
 
     # -- per-shape set-up -------------------------------------------------------------------
     def geometry(self, input_shape, output_size=None) -> Geometry:
         size_key = tuple(output_size) if isinstance(output_size, list) else output_size
         key = (tuple(input_shape), size_key)
         try:
-            g = self._geometries.get(key)
+            hash(key)
         except TypeError:  # an unhashable output_size: checked (and refused) below
             return self._geometry(input_shape, output_size)
-        if g is None:
-            if len(self._geometries) > 64:
-                self._geometries.clear()
-            g = self._geometries[key] = self._geometry(input_shape, output_size)
-        return g
+        return self._geometries.get(key, lambda: self._geometry(input_shape, output_size))
 
     def _geometry(self, shape, output_size) -> Geometry:
         in_size = tuple(shape[2:])

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .._cache import ShapeCache
 from .._kernels import conv3d as _c3
 from .._threads import resolve_threads, threads_for
 from ..shapes import conv_output_shape, ntuple, resolve_padding
@@ -179,26 +180,24 @@ class Conv3d:
         else:
             self.bias = None
         self.num_threads = num_threads
-        self._geometries = {}
+        self._geometries = ShapeCache(64)
 
     def geometry(self, input_shape) -> Geometry3d:
         key = tuple(input_shape)
-        g = self._geometries.get(key)
-        if g is None:
-            if len(self._geometries) > 64:
-                self._geometries.clear()
-            in_size = key[2:]
-            pads = resolve_padding(self.padding, in_size, self.kernel_size, self.stride,
-                                   self.dilation)
-            try:
-                out_size = conv_output_shape(in_size, self.kernel_size, self.stride, pads,
-                                             self.dilation)
-            except ValueError as e:
-                raise ValueError(f"x: {e}") from None
-            macs = key[0] * self.out_channels * int(np.prod(out_size)) * \
-                int(np.prod(self.weight.shape[1:]))
-            g = self._geometries[key] = Geometry3d(key[0], in_size, out_size, pads, macs)
-        return g
+        return self._geometries.get(key, lambda: self._geometry(key))
+
+    def _geometry(self, key) -> Geometry3d:
+        in_size = key[2:]
+        pads = resolve_padding(self.padding, in_size, self.kernel_size, self.stride,
+                               self.dilation)
+        try:
+            out_size = conv_output_shape(in_size, self.kernel_size, self.stride, pads,
+                                         self.dilation)
+        except ValueError as e:
+            raise ValueError(f"x: {e}") from None
+        macs = key[0] * self.out_channels * int(np.prod(out_size)) * \
+            int(np.prod(self.weight.shape[1:]))
+        return Geometry3d(key[0], in_size, out_size, pads, macs)
 
     def output_shape(self, input_shape):
         g = self.geometry(input_shape)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._cache import ShapeCache
 from .._kernels import conv_depthwise
 from .workspace import workspace
 
@@ -64,7 +65,7 @@ class Depthwise:
         self.layer = layer
         kh, kw = layer.kernel_size
         self.w2d = layer.weight.reshape(k, kh * kw)
-        self._work = {}
+        self._work = ShapeCache(64)
         self.rows_ok = (k == c and (kh, kw) == (3, 3) and layer.dilation == (1, 1))
         self.wcb = None
         if k == c and c % CHANNEL_BLOCK == 0 and (kh, kw) == (3, 3):
@@ -90,11 +91,7 @@ class Depthwise:
         (oh, ow), (kh, kw) = g.out_size, L.kernel_size
         (sh, sw), (dh, dw) = L.stride, L.dilation
         pt, pl = g.pads[0][0], g.pads[1][0]
-        key = (g, threads)
-        plan = self._work.get(key)
-        if plan is None:
-            if len(self._work) > 64:
-                self._work.clear()
+        def work_plan():
             kind = self.kernel_for(g)
             if kind == "blocks":
                 floats = conv_depthwise.cb_work_floats(n * c // CHANNEL_BLOCK, h, w, oh, ow,
@@ -105,8 +102,8 @@ class Depthwise:
                 floats = conv_depthwise.plane_work_floats(n * c, h, w, oh, ow, kh, kw, sh, sw,
                                                           dh, dw, DEPTHWISE_STAGE_BYTES,
                                                           threads)
-            plan = self._work[key] = (kind, floats)
-        kind, floats = plan
+            return kind, floats
+        kind, floats = self._work.get((g, threads), work_plan)
         work = workspace.take(floats)
         try:
             if kind == "blocks":

@@ -34,6 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import scipy.fft
 
+from .._cache import ShapeCache
 from .activation import apply_activation
 from .winograd import fix_nonfinite
 
@@ -71,25 +72,21 @@ class FFT:
 
     def __init__(self, layer):
         self.layer = layer
-        self._spectra = {}
+        self._spectra = ShapeCache(4)    # a few input sizes at most: each can be large
         p = layer.params
         if p.in_size is not None and p.pads is not None:
             self._spectrum(fft_plane_size(*p.in_size, p.pads))
 
     def _spectrum(self, size):
         """conj(rfft2(w)) on an fh x fw plane, laid out (freq, group, Kg, Cg), complex64."""
-        spec = self._spectra.get(size)
-        if spec is None:
+        def make():
             L = self.layer
             k, cg = L.weight64.shape[:2]
             g = L.groups
             full = np.conj(scipy.fft.rfft2(L.weight64, s=size))        # (K, Cg, fh, fw//2+1)
             full = full.reshape(g, k // g, cg, -1).transpose(3, 0, 1, 2)
-            spec = np.ascontiguousarray(full, dtype=np.complex64)
-            if len(self._spectra) >= 4:   # a few input sizes at most: each can be large
-                self._spectra.clear()
-            self._spectra[size] = spec
-        return spec
+            return np.ascontiguousarray(full, dtype=np.complex64)
+        return self._spectra.get(size, make)
 
     def run(self, x, out, g, threads):
         L = self.layer

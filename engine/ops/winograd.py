@@ -31,6 +31,7 @@ from fractions import Fraction
 
 import numpy as np
 
+from .._cache import ShapeCache
 from ..shapes import phase_tiles
 from .._kernels import conv_winograd
 from . import packed_gemm
@@ -244,17 +245,13 @@ class Winograd:
         self.upack = packed_gemm.pack_rows(u.reshape(-1, u.shape[3]), u.shape[0] * u.shape[1])
         self.bias = (layer.bias if layer.bias is not None
                      else np.zeros(layer.out_channels, np.float32))
-        self._plans = {}
+        self._plans = ShapeCache(64)
 
     def plan(self, g) -> TilePlan:
-        p = self._plans.get(g)
-        if p is None:
-            if len(self._plans) > 64:
-                self._plans.clear()
-            L = self.layer
-            p = self._plans[g] = TilePlan(g.batch, g.in_size, g.out_size, g.pads, L.dilation,
-                                          self.tile, L.in_channels, L.out_channels, L.groups)
-        return p
+        L = self.layer
+        return self._plans.get(g, lambda: TilePlan(g.batch, g.in_size, g.out_size, g.pads,
+                                                   L.dilation, self.tile, L.in_channels,
+                                                   L.out_channels, L.groups))
 
     def run(self, x, out, g, threads):
         L = self.layer

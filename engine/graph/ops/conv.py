@@ -13,6 +13,7 @@ import math
 
 import numpy as np
 
+from ..._cache import ShapeCache
 from ... import shapes
 from ...ops.activation import apply_activation
 from ...ops.conv2d import Conv2d
@@ -106,7 +107,8 @@ class Conv(Windowed):
         self.w, self.b = w, b
         self.activation = self.attr("activation")
         self.residual = bool(self.input_name(3))
-        self._layers = {}
+        # planned layers per input size: one for a declared shape, the last 8 for free ones
+        self._layers = ShapeCache(8)
 
     def set_weights(self, w, b):
         """For passes that fold into this convolution (BatchNormalization)."""
@@ -141,16 +143,12 @@ class Conv(Windowed):
         """The planned layer for this input size. residual_in_kernel: the residual has the
         output's shape, so an algorithm that adds it in its output step may, and then also
         applies the activation after it."""
-        key = (tuple(in_size), pads, residual_in_kernel)
-        layer = self._layers.get(key)
-        if layer is None:
+        def make():
             layer = self._make_layer(in_size, pads, None if self.residual else self.activation)
             if residual_in_kernel and layer.fuses_residual and self.activation:
                 layer = self._make_layer(in_size, pads, self.activation, layer.algorithm)
-            if len(self._layers) >= 8:
-                self._layers.pop(next(iter(self._layers)))
-            self._layers[key] = layer
-        return layer
+            return layer
+        return self._layers.get((tuple(in_size), pads, residual_in_kernel), make)
 
     def _make_layer(self, in_size, pads, act, algorithm="auto"):
         try:
@@ -267,7 +265,7 @@ class ConvTranspose(Windowed):
         self.w4 = w if self.nd == 2 else w[:, :, None, :]
         self.b = b
         self.out_channels = out_channels
-        self._layers = {}
+        self._layers = ShapeCache(8)
 
     def infer(self, ins):
         x = self.float_in(ins, 0, "X", self.nd + 2)
@@ -293,15 +291,13 @@ class ConvTranspose(Windowed):
         return [Info((x.shape[0], self.out_channels) + tuple(size), F32)]
 
     def _layer(self, key, *args):
-        layer = self._layers.get(key)
-        if layer is None:
+        def make():
             from ...ops.conv_transpose import ConvTranspose2d
             try:
-                layer = ConvTranspose2d(*args)
+                return ConvTranspose2d(*args)
             except ValueError as e:
                 raise self.error(str(e)) from None
-            self._layers[key] = layer
-        return layer
+        return self._layers.get(key, make)
 
     def build(self, ins, outs, i, o):
         nd, pads = self.nd, self.plan_pads

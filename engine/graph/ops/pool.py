@@ -11,6 +11,7 @@ import math
 
 import numpy as np
 
+from ..._cache import ShapeCache
 from ... import shapes
 from .base import F32, I64, Info, Op, register
 from .conv import Windowed
@@ -31,7 +32,7 @@ class Pool(Windowed):
                              f"not supported), got {ks}")
         self.window(len(ks), ks)
         self.ceil = bool(self.attr("ceil_mode", 0))
-        self._layers = {}
+        self._layers = ShapeCache(8)
 
     def geometry(self, ins):
         x = self.float_in(ins, 0, "X", self.nd + 2)
@@ -64,13 +65,12 @@ class Pool(Windowed):
                                                                  dil, pads)
 
     def layer(self, key, make):
-        layer = self._layers.get(key)
-        if layer is None:
+        def checked():
             try:
-                layer = self._layers[key] = make()
+                return make()
             except ValueError as e:
                 raise self.error(str(e)) from None
-        return layer
+        return self._layers.get(key, checked)
 
     def flops(self, ins, outs):
         return float(outs[0].size * math.prod(self.kernel))
