@@ -1,5 +1,4 @@
 """The convengine command: demo, run, explain, bench, and its error handling."""
-import json
 import os
 import re
 import time
@@ -10,6 +9,7 @@ import pytest
 
 import engine
 from engine.cli import Progress, format_table, main, time_alternating
+from test_demo_model import reference_correct
 
 # subprocesses start here, not in the checkout, so that `import engine` finds the installed
 # package rather than the source tree without its compiled kernels
@@ -57,13 +57,15 @@ def _conv_relu_ref(x, w, b):
 
 
 def test_demo_reports_accuracy_speed_and_plan(capsys):
+    # the numbers checked come from the float64 reference network (tests/test_demo_model.py),
+    # whose predictions the engine's must equal image by image
+    correct = reference_correct()
     assert main(["demo", "--repeat", "1"]) == 0
     out = capsys.readouterr().out
-    expected = json.load(open(str(DATA.joinpath("digits_net.json"))))["test_accuracy"]
     m = re.search(r"accuracy (\d+\.\d+)% \((\d+)/360\), expected (\d+\.\d+)%", out)
     assert m, out
-    assert abs(float(m.group(1)) / 100 - expected) <= 0.005
-    assert float(m.group(3)) == pytest.approx(100 * expected, abs=0.006)
+    assert int(m.group(2)) == correct
+    assert m.group(1) == m.group(3) == f"{100 * correct / 360:.2f}"
     assert re.search(r"images/s", out)
     assert engine.load(DIGITS).explain().strip().splitlines()[0] in out
 
@@ -80,8 +82,8 @@ def test_demo_runs_without_onnx_torch_or_sklearn():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=120, cwd=HERE)
     assert out.returncode == 0, out.stderr
-    expected = json.load(open(str(DATA.joinpath("digits_net.json"))))["test_accuracy"]
-    assert f"accuracy {100 * expected:.2f}% " in out.stdout
+    correct = reference_correct()
+    assert f"accuracy {100 * correct / 360:.2f}% ({correct}/360)" in out.stdout
 
 
 # --------------------------------------------------------------------------- run

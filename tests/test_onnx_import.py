@@ -1,9 +1,13 @@
 """Hand-built ONNX graphs, one per feature of the importer and the planner, run by the engine
 and by ONNX Runtime.
 
-Tolerance: max |engine - onnxruntime| <= RTOL * max |onnxruntime output| (relative to the
-output's largest magnitude, so small entries of a large output are not over-weighted);
-integer outputs (indices, shapes) must be equal.
+Tolerance, per element: |engine - onnxruntime| <= RTOL * (|ref| + rms(ref)), ref being ONNX
+Runtime's output; integer outputs (indices, shapes) must be equal. Both runtimes compute in
+float32 with different summation orders: the error of a sum is a few eps32 of the sum of its
+|terms|, which for these random inputs is of the order of the output's root mean square, not of
+each element's own size (a sum that cancels to near zero keeps the error of its terms). RTOL =
+1e-5 (~80 eps32); the largest error measured is 1.4e-6 of |ref| + rms(ref), in the Gemm with
+K = 1000.
 """
 import numpy as np
 import pytest
@@ -17,7 +21,7 @@ from onnx import TensorProto as T  # noqa: E402
 from onnx import helper as h  # noqa: E402
 from onnx import numpy_helper as nh  # noqa: E402
 
-RTOL = 1e-4
+RTOL = 1e-5
 
 
 def vi(name, shape=None, elem=T.FLOAT):
@@ -33,10 +37,13 @@ def make(nodes, inputs, outputs, inits=None, opset=17):
 def assert_close(got, ref, rtol=RTOL):
     assert got.shape == ref.shape, (got.shape, ref.shape)
     assert got.dtype == ref.dtype, (got.dtype, ref.dtype)
-    if ref.dtype.kind == "f":
-        scale = max(float(np.abs(ref).max(initial=0)), 1e-6)
-        err = float(np.abs(got.astype(np.float64) - ref).max(initial=0))
-        assert err <= rtol * scale, f"max error {err:.3g} > {rtol} * {scale:.3g}"
+    if ref.dtype.kind == "f" and ref.size:
+        ref = ref.astype(np.float64)
+        err = np.abs(got.astype(np.float64) - ref)
+        bound = rtol * (np.abs(ref) + np.sqrt(np.mean(ref ** 2)))
+        worst = np.unravel_index(np.argmax(err - bound), err.shape)
+        assert np.all(err <= bound), (f"error {err[worst]:.3g} > bound {bound[worst]:.3g} at "
+                                      f"{worst}")
     else:
         np.testing.assert_array_equal(got, ref)
 
