@@ -16,6 +16,7 @@ from typing import NamedTuple, Optional
 import numpy as np
 
 from ..errors import ModelError
+from ..shapes import INDEX_MAX
 
 # Element types a graph may hold. Compute operators take float32; the integer types carry
 # shapes, indices and axes; bool only appears in constant subgraphs.
@@ -93,9 +94,10 @@ class Graph:
                 raise ModelError(f"graph input {spec.name!r} has no shape: the rank at least "
                                  f"must be declared")
             for d in spec.shape:
-                if d is not None and (not isinstance(d, (int, np.integer)) or d < 0):
+                if d is not None and (not isinstance(d, (int, np.integer)) or
+                                      not 0 <= d <= INDEX_MAX):
                     raise ModelError(f"graph input {spec.name!r} has a bad dimension {d!r} in "
-                                     f"shape {spec.shape}")
+                                     f"shape {spec.shape} (0 to {INDEX_MAX}, or free)")
         for name, value in self.constants.items():
             define(name, f"constant {name!r}")
             if not isinstance(value, np.ndarray):
@@ -113,6 +115,8 @@ class Graph:
             names.add(n.name)
             if not isinstance(n.inputs, list) or not isinstance(n.outputs, list):
                 raise ModelError(f"node {n.name!r}: inputs and outputs must be lists")
+            while n.inputs and n.inputs[-1] == "":   # trailing absent optional inputs
+                n.inputs.pop()
             for o in n.outputs:
                 if o:
                     define(o, f"node {n.name!r} ({n.op})")

@@ -32,7 +32,13 @@ def op_class(node):
 
 
 def make_op(node, constants):
-    return op_class(node)(node, constants)
+    cls = op_class(node)
+    try:
+        return cls(node, constants)
+    except ModelError:
+        raise
+    except (ValueError, TypeError, IndexError, KeyError, OverflowError) as e:
+        raise ModelError(f"node {node.name!r} ({node.op}): {type(e).__name__}: {e}") from None
 
 
 def check_nodes(g: Graph) -> None:

@@ -34,7 +34,7 @@ import numpy as np
 from ..errors import ModelError
 from ..memory import current_max_memory, format_bytes, nbytes
 from .ir import Node
-from .ops import Info, check_tensor_size
+from .ops import Info, blame, check_tensor_size
 
 ALIGN = 64
 
@@ -50,7 +50,8 @@ class Step:
         self.runs = True
 
     def bind(self):
-        self.fn = self.op.build(self.ins, self.outs, self.i, self.o)
+        with blame(self.op):
+            self.fn = self.op.build(self.ins, self.outs, self.i, self.o)
         self.flops = self.op.flops(self.ins, self.outs)
         self.detail = self.op.describe(self.ins, self.outs)
 
@@ -119,7 +120,8 @@ def evaluate(op, ins, max_memory=None):
     checked against the single-tensor cap and ``max_memory`` (default: current_max_memory())
     before it is allocated."""
     budget = current_max_memory() if max_memory is None else max_memory
-    outs = op.infer(ins)
+    with blame(op):
+        outs = op.infer(ins)
     for k, o in enumerate(outs):
         size = nbytes(o.shape, o.dtype)
         if size > budget:
@@ -133,13 +135,9 @@ def evaluate(op, ins, max_memory=None):
     env = [None if x is None else x.value for x in ins]
     for o in outs:
         env.append(np.empty(o.shape, o.dtype) if op.storage == "write" else None)
-    fn = op.build(ins, outs, list(range(n)), list(range(n, n + len(outs))))
-    try:
+    with blame(op):     # a kernel's check of constant inputs fails: the file's fault
+        fn = op.build(ins, outs, list(range(n)), list(range(n, n + len(outs))))
         fn(env, 1)
-    except ModelError:
-        raise
-    except ValueError as e:     # a kernel's check of constant inputs: the file's fault
-        raise op.error(str(e)) from None
     return [np.array(v, copy=True) for v in env[n:]]
 
 
@@ -161,7 +159,8 @@ def infer_nodes(graph, ops, input_shapes: dict, infos: dict, folded: dict, max_m
     for node in graph.nodes:
         op = ops[node.name]
         ins = [infos[n] if n else None for n in node.inputs]
-        outs = op.infer(ins)
+        with blame(op):
+            outs = op.infer(ins)
         if len(outs) != len(node.outputs):
             raise ModelError(f"node {node.name!r} ({node.op}): produces {len(outs)} "
                              f"outputs, the node names {len(node.outputs)}")

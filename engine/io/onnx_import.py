@@ -41,6 +41,11 @@ def _onnx():
     return onnx
 
 
+def _text(s) -> str:
+    """A protobuf string field; the Python protobuf runtime gives bytes where it is not UTF-8."""
+    return s.decode("utf-8", "replace") if isinstance(s, bytes) else s
+
+
 def _dtype(onnx, elem_type, what):
     try:
         dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem_type))
@@ -161,8 +166,11 @@ class _Importer:
         for a in node.attribute:
             if a.ref_attr_name:
                 raise ModelError(f"{what}: attribute references are not supported")
+            if a.type == self.onnx.AttributeProto.UNDEFINED:
+                # onnx would read such an attribute as None, silently dropping it
+                raise ModelError(f"{what}: attribute {a.name!r} has no type")
             if a.type == self.onnx.AttributeProto.TENSOR:
-                out[a.name] = _array(self.onnx, a.t, f"{what}: attribute {a.name!r}",
+                out[_text(a.name)] = _array(self.onnx, a.t, f"{what}: attribute {a.name!r}",
                                      self.base_dir)
                 continue
             if a.type in (self.onnx.AttributeProto.GRAPH, self.onnx.AttributeProto.GRAPHS,
@@ -175,12 +183,12 @@ class _Importer:
                 v = v.decode("utf-8", "replace")
             elif isinstance(v, (list, tuple)):
                 v = [e.decode("utf-8", "replace") if isinstance(e, bytes) else e for e in v]
-            out[a.name] = v
+            out[_text(a.name)] = v
         return out
 
     # -- nodes ----------------------------------------------------------------------------------
     def _convert(self, node, index):
-        name = node.name or f"{node.op_type}_{index}"
+        name = _text(node.name) or f"{_text(node.op_type)}_{index}"
         base, k = name, 1
         while name in self.names:
             name, k = f"{base}_{k}", k + 1
@@ -199,6 +207,11 @@ class _Importer:
             if name in str(e):
                 raise
             raise ModelError(f"{what}: {e}") from None
+        except (ValueError, TypeError, IndexError, KeyError, OverflowError) as e:
+            # a converter reads attributes and inputs as the operator's spec lays them out;
+            # a node that does not (a missing input, a string or NaN where a number belongs)
+            # is malformed
+            raise ModelError(f"{what}: malformed node ({type(e).__name__}: {e})") from None
 
     def take(self, attrs, known, drop=(), name=""):
         """The attributes an IR node keeps; ModelError for any not understood."""

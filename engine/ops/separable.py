@@ -25,7 +25,10 @@ SEPARABLE_ROWS_PER_BLOCK = 16
 
 
 def _slice_svd(weight64):
-    """Per-slice SVD of a (K, 1, kh, kw) weight: U (K, kh, r), S (K, r), Vh (K, r, kw)."""
+    """Per-slice SVD of a (K, 1, kh, kw) weight: U (K, kh, r), S (K, r), Vh (K, r, kw).
+    LAPACK's SVD may never return on a matrix holding an Inf, so those are refused."""
+    if not np.isfinite(weight64).all():
+        raise ValueError("separable needs finite weights: the weight holds a NaN or Inf")
     return np.linalg.svd(weight64[:, 0], full_matrices=False)
 
 
@@ -43,6 +46,8 @@ def rank1_kernels(weight, groups: int) -> bool:
         return False
     if kh == 1 or kw == 1:
         return True
+    if not np.isfinite(weight).all():
+        return False
     _, s, _ = _slice_svd(np.asarray(weight, np.float64))
     return bool(np.all(_kept(s).sum(axis=1) <= 1))
 

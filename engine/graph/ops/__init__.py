@@ -23,8 +23,8 @@ Importing this package imports every family, so ``OPS`` is complete.
 """
 # every family registers its operators when imported
 from . import conv, elementwise, linalg, norm, pool, resize, shape  # noqa: F401
-from .base import (F32, I64, MAX_TENSOR_BYTES, OPS, Info, Op, check_tensor_size, register,
-                   same_shape_inputs)
+from .base import (F32, I64, MAX_TENSOR_BYTES, OPS, Info, Op, blame, check_tensor_size,
+                   register, same_shape_inputs)
 
-__all__ = ["F32", "I64", "MAX_TENSOR_BYTES", "OPS", "Info", "Op", "check_tensor_size",
+__all__ = ["F32", "I64", "MAX_TENSOR_BYTES", "OPS", "Info", "Op", "blame", "check_tensor_size",
            "register", "same_shape_inputs"]

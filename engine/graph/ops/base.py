@@ -16,6 +16,7 @@ may be told to write over an input that dies with them (``inplace_inputs``).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
@@ -33,9 +34,13 @@ MAX_TENSOR_BYTES = 4 << 30
 
 
 def check_tensor_size(op, shape, dtype, what="output", folding=False) -> None:
-    """Before a tensor is made: within the single-tensor cap, and for a value computed while
-    inferring (``folding``, before the plan's own budget check can see it) within the model's
-    memory budget."""
+    """Before a tensor is made: every dimension within the kernels' index range (an empty
+    tensor may not hide a huge one), within the single-tensor cap, and for a value computed
+    while inferring (``folding``, before the plan's own budget check can see it) within the
+    model's memory budget."""
+    if any(not 0 <= int(d) <= shapes.INDEX_MAX for d in shape):
+        raise op.error(f"{what} of shape {tuple(shape)} has a dimension outside 0 to "
+                       f"{shapes.INDEX_MAX}")
     nbytes = math.prod(int(d) for d in shape) * np.dtype(dtype).itemsize
     if nbytes > MAX_TENSOR_BYTES:
         raise op.error(f"{what} of shape {tuple(shape)} would take {nbytes / 2**30:.1f} GiB, "
@@ -228,3 +233,18 @@ def same_shape_inputs(ins, outs, candidates):
     out = outs[0]
     return tuple(k for k in candidates if k < len(ins) and ins[k] is not None
                  and ins[k].shape == out.shape and ins[k].dtype == out.dtype)
+
+
+@contextlib.contextmanager
+def blame(op):
+    """Errors of the Python machinery while an operator infers, builds or folds (an index, a
+    type, a NaN where an integer belongs: what a malformed node causes) become a ModelError
+    naming the node."""
+    try:
+        yield
+    except ModelError:
+        raise
+    except ValueError as e:
+        raise op.error(str(e)) from None
+    except (TypeError, IndexError, KeyError, OverflowError, ZeroDivisionError) as e:
+        raise op.error(f"{type(e).__name__}: {e}") from None

@@ -49,6 +49,8 @@ class Windowed(Op):
             raise self.error(f"auto_pad must be one of {AUTO_PADS}, got {self.auto_pad!r}")
 
     def pads_for(self, in_size, negative_ok=False):
+        if any(i < 1 for i in in_size):
+            raise self.error(f"X has an empty spatial dimension: {tuple(in_size)}")
         if self.auto_pad == "NOTSET":
             if not negative_ok and any(p < 0 for pair in self.pad_pairs for p in pair):
                 raise self.error(f"pads must be non-negative, got {_flat(self.pad_pairs)}")
@@ -272,6 +274,8 @@ class ConvTranspose(Windowed):
         if x.shape[1] != self.w4.shape[0]:
             raise self.error(f"X must have {self.w4.shape[0]} channels (W.shape[0]), got "
                              f"shape {x.shape}")
+        if min(x.shape[2:]) < 1:
+            raise self.error(f"X has an empty spatial dimension: {x.shape}")
         pads, size = [], []
         for a, i in enumerate(x.shape[2:]):
             k, s, d, op = self.kernel[a], self.strides[a], self.dilations[a], \

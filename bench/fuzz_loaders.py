@@ -1,0 +1,1413 @@
+"""Long fuzz runs of the two model loaders: the native file (engine.io.native) and the ONNX
+importer (engine.io.onnx_import), each followed by a first run of whatever loads.
+
+    python bench/fuzz_loaders.py --loader native|onnx|both --cases 100000 [--seed S]
+                                 [--workers 2] [--timeout 20] [--mem-limit-mb 3072]
+                                 [--rss-budget-mb 1024] [--out /tmp/fuzz-findings]
+                                 [--engine auto|atheris|random]
+    python bench/fuzz_loaders.py --replay /tmp/fuzz-findings/some-case.onnx   # one case, here
+
+What a case is:
+  native  the bytes of a .safetensors file, grown from real native files (small ONNX graphs
+          loaded and saved with Model.save, and the bundled digits_net): the 8-byte header
+          length, bytes of the JSON header, values anywhere in the graph JSON (huge and
+          negative ints, 2**31, 2**63, NaN/inf, strings, lists, nulls, nested objects), deleted
+          and unknown keys, duplicated and dropped nodes, tensor dtype/shape/data_offsets,
+          tensors rewritten consistently with a new shape and dtype, truncation, byte flips,
+          inserts, deletes and splices of two files. Loaded with engine.load(path).
+  onnx    a serialized ModelProto: a single operator (Conv, ConvTranspose, DeformConv,
+          MaxPool, AveragePool, MaxUnpool, LRN, Resize, Upsample, Pad, Slice, Gather, Concat,
+          Reshape, Transpose, Split, Softmax, Gemm, BatchNormalization, Clip, ConstantOfShape,
+          Expand, ...) with drawn attributes (extreme ints, wrong types, wrong list lengths,
+          unknown names), constant inputs, missing/extra/empty inputs and outputs, input shapes
+          and opsets; or a node of a real seed graph so edited; or a seed file's bytes mutated.
+          Loaded with engine.load(proto), a tenth of them with engine.load(path) of the bytes.
+  Either way a model that loads is then run once on an input of its declared shape (free
+  dimensions 2) when that input has at most 2**20 elements.
+
+Allowed outcomes: success, engine.ModelError, ValueError. Counted apart: every other exception
+type, MemoryError (the address-space limit was hit), crashes (the worker died of a signal or
+exited), timeouts, and cases after which the worker's peak RSS exceeded --rss-budget-mb.
+
+How it runs: each worker is a subprocess of this script under RLIMIT_AS (--mem-limit-mb, set
+by the parent before exec) and one kernel thread. A worker makes and runs cases itself; before
+each case it writes the case to a file and tells the parent, after it reports the outcome. The
+parent kills a worker whose case runs past --timeout, notices one that dies, saves the case
+that was running to --out and starts a new worker. Cases that raise a type other than
+ModelError, non-ModelError ValueErrors, MemoryErrors and over-budget cases are saved by the
+worker (the first few of each kind and place). Each saved case has a .json beside it: the
+outcome, the traceback's last engine frame, and the mutations that made it.
+
+Engines: with atheris installed (``pip install atheris``) each worker is a libFuzzer loop,
+coverage-guided over the engine's Python code (atheris.instrument_imports), with this script's
+structured mutations as libFuzzer's custom mutator next to libFuzzer's own byte mutations; its
+corpus is kept in --out/corpus-LOADER, so restarted workers keep the coverage found so far.
+Without atheris (or with --engine random) each worker runs a seeded loop of the same
+mutations over the seeds and the cases whose outcome was new (exception type, engine frame and
+message shape); with --workers 1 and no crash that run is reproducible from --seed.
+
+At the end it prints, per loader: cases, successes, ModelError, ValueError, each other type
+(count and one message), crashes, timeouts, memory-limit hits, over-budget cases, the peak RSS,
+and writes the same as JSON to --out/summary-LOADER.json.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import random
+import re
+import select
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import time
+import traceback
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# ----------------------------------------------------------------------------- value vocabulary
+# Values a hostile or careless writer puts where the loader expects something sensible.
+EXTREME_INTS = [0, 1, 2, 3, -1, -2, 7, 255, 2**15, 2**31 - 1, 2**31, -2**31, 2**32, 2**53 + 1,
+                2**62, 2**63 - 1, -2**63]
+JSON_ONLY_INTS = [2**63, 2**64, -2**64 - 1, 10**30]      # beyond int64: JSON can say them
+FLOATS = [0.0, -0.0, 0.5, 1.5, -1.0, 1e-45, 1e30, -1e30, 3.4e38, float("nan"), float("inf"),
+          float("-inf")]
+STRINGS = ["", "x", "input", "relu", "relu6", "nearest", "linear", "cubic", "asymmetric",
+           "SAME_UPPER", "VALID", "NOTSET", "constant", "reflect", "float32", "int64", "bool",
+           "float16", "\x00", "\u00e9\u00e9", "a" * 300]
+
+
+class RandomDriver:
+    """The decisions of a case, from a seeded random.Random (the test drives the same case
+    makers from hypothesis instead)."""
+
+    def __init__(self, seed):
+        self.r = random.Random(seed)
+
+    def choice(self, seq):
+        return self.r.choice(list(seq))
+
+    def randint(self, a, b):
+        return self.r.randint(a, b)
+
+    def chance(self, p):
+        return self.r.random() < p
+
+    def int_value(self, json_ok=False):
+        if self.chance(0.4):
+            return self.r.randint(-3, 9)
+        return self.choice(EXTREME_INTS + (JSON_ONLY_INTS if json_ok else []))
+
+    def float_value(self):
+        return self.choice(FLOATS) if self.chance(0.7) else self.r.uniform(-10, 10)
+
+    def string_value(self):
+        return self.choice(STRINGS)
+
+    def json_value(self, depth=0):
+        """Any JSON value, hostile ones first."""
+        kind = self.randint(0, 9 if depth < 2 else 5)
+        if kind <= 1:
+            return self.int_value(json_ok=True)
+        if kind == 2:
+            return self.float_value()
+        if kind == 3:
+            return self.string_value()
+        if kind == 4:
+            return self.choice([None, True, False])
+        if kind == 5:
+            return [self.int_value(json_ok=True) for _ in range(self.randint(0, 5))]
+        if kind in (6, 7):
+            return [self.json_value(depth + 1) for _ in range(self.randint(0, 4))]
+        return {self.string_value(): self.json_value(depth + 1)
+                for _ in range(self.randint(0, 3))}
+
+    def bytes_value(self, n):
+        return bytes(self.r.randrange(256) for _ in range(n))
+
+
+# ----------------------------------------------------------------------------- seed models
+def seed_onnx_models():
+    """Small real graphs (ir_version 9, opset 17) that load and run: the starting points."""
+    from onnx import TensorProto as T, helper as h, numpy_helper as nh
+    rng = np.random.default_rng(0)
+
+    def w(*shape):
+        return rng.standard_normal(shape).astype(np.float32) * 0.2
+
+    def make(name, nodes, inits, x_shape, outputs=("y",)):
+        inputs = [h.make_tensor_value_info("x", T.FLOAT, list(x_shape))]
+        outs = [h.make_tensor_value_info(o, T.FLOAT, None) for o in outputs]
+        g = h.make_graph(nodes, name, inputs, outs,
+                         [nh.from_array(np.asarray(v), k) for k, v in inits.items()])
+        return h.make_model(g, opset_imports=[h.make_opsetid("", 17)], ir_version=9)
+
+    n = h.make_node
+    models = {}
+    models["cnn"] = make("cnn", [
+        n("Conv", ["x", "w1", "b1"], ["c1"], kernel_shape=[3, 3], pads=[1, 1, 1, 1], name="conv1"),
+        n("Relu", ["c1"], ["r1"], name="relu1"),
+        n("MaxPool", ["r1"], ["p1"], kernel_shape=[2, 2], strides=[2, 2], name="pool1"),
+        n("Conv", ["p1", "w2", "b2"], ["c2"], kernel_shape=[3, 3], pads=[1, 1, 1, 1],
+          name="conv2"),
+        n("Add", ["c2", "p1"], ["a2"], name="add2"),
+        n("Relu", ["a2"], ["r2"], name="relu2"),
+        n("GlobalAveragePool", ["r2"], ["g"], name="gap"),
+        n("Flatten", ["g"], ["f"], axis=1, name="flat"),
+        n("Gemm", ["f", "wf", "bf"], ["y"], transB=1, name="fc")],
+        {"w1": w(8, 3, 3, 3), "b1": w(8), "w2": w(8, 8, 3, 3), "b2": w(8), "wf": w(10, 8),
+         "bf": w(10)}, (1, 3, 16, 16))
+    models["resize"] = make("resize", [
+        n("Resize", ["x", "", "scales"], ["u"], mode="nearest", name="up"),
+        n("Conv", ["u", "w", "b"], ["c"], kernel_shape=[3, 3], pads=[1, 1, 1, 1], name="conv"),
+        n("Resize", ["c", "", "", "sizes"], ["y"], mode="linear",
+          coordinate_transformation_mode="half_pixel", name="down")],
+        {"scales": np.array([1, 1, 2, 2], np.float32), "w": w(4, 4, 3, 3), "b": w(4),
+         "sizes": np.array([1, 4, 8, 8], np.int64)}, (1, 4, 8, 8))
+    models["concat"] = make("concat", [
+        n("Conv", ["x", "wa"], ["a"], kernel_shape=[1, 1], name="conva"),
+        n("Conv", ["x", "wb", "bb"], ["b"], kernel_shape=[3, 3], pads=[1, 1, 1, 1],
+          group=3, name="convb"),
+        n("Concat", ["a", "b"], ["cat"], axis=1, name="cat"),
+        n("BatchNormalization", ["cat", "s", "o", "m", "v"], ["bn"], epsilon=1e-5, name="bn"),
+        n("AveragePool", ["bn"], ["ap"], kernel_shape=[2, 2], strides=[2, 2], name="avg"),
+        n("Clip", ["ap", "lo", "hi"], ["y"], name="clip")],
+        {"wa": w(4, 3, 1, 1), "wb": w(6, 1, 3, 3), "bb": w(6), "s": 1 + w(10), "o": w(10),
+         "m": w(10), "v": 1 + np.abs(w(10)), "lo": np.array(0, np.float32),
+         "hi": np.array(6, np.float32)}, ("N", 3, 8, 8))
+    models["misc"] = make("misc", [
+        n("Pad", ["x", "pads"], ["p"], mode="constant", name="pad"),
+        n("ConvTranspose", ["p", "wt", "bt"], ["t"], kernel_shape=[3, 3], strides=[2, 2],
+          name="deconv"),
+        n("Slice", ["t", "starts", "ends", "axes"], ["s"], name="slice"),
+        n("Split", ["s", "split"], ["s1", "s2"], axis=1, name="split"),
+        n("Mul", ["s1", "s2"], ["m"], name="mul"),
+        n("Transpose", ["m"], ["tr"], perm=[0, 1, 3, 2], name="transpose"),
+        n("Reshape", ["tr", "shape"], ["rs"], name="reshape"),
+        n("Softmax", ["rs"], ["y"], axis=-1, name="softmax")],
+        {"pads": np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64), "wt": w(3, 4, 3, 3),
+         "bt": w(4), "starts": np.array([1, 1], np.int64), "ends": np.array([9, 9], np.int64),
+         "axes": np.array([2, 3], np.int64), "split": np.array([2, 2], np.int64),
+         "shape": np.array([1, -1], np.int64)}, (1, 3, 4, 4))
+    models["shapes"] = make("shapes", [
+        n("Shape", ["x"], ["sh"], name="shape"),
+        n("Gather", ["sh", "idx"], ["hw"], axis=0, name="gather"),
+        n("Concat", ["one", "hw"], ["newshape"], axis=0, name="concat"),
+        n("Reshape", ["x", "newshape"], ["r"], name="reshape"),
+        n("MaxPool", ["x"], ["mp", "ind"], kernel_shape=[2, 2], strides=[2, 2], name="pool"),
+        n("MaxUnpool", ["mp", "ind"], ["un"], kernel_shape=[2, 2], strides=[2, 2],
+          name="unpool"),
+        n("LRN", ["un"], ["l"], size=3, name="lrn"),
+        n("Sub", ["l", "r"], ["y"], name="sub")],
+        {"idx": np.array([1, 2, 3], np.int64), "one": np.array([1], np.int64)}, (1, 2, 6, 6))
+    return models
+
+
+def seed_native_files(directory):
+    """Native files saved from the ONNX seeds, and the bundled digits_net: their paths."""
+    import engine
+    paths = []
+    for name, proto in seed_onnx_models().items():
+        path = os.path.join(directory, f"{name}.safetensors")
+        engine.load(proto).save(path)
+        paths.append(path)
+    paths.append(os.path.join(REPO, "engine", "data", "digits_net.safetensors"))
+    return paths
+
+
+# ----------------------------------------------------------------------------- native cases
+def split_safetensors(data):
+    """(header dict, data section) of a safetensors file, or None if it does not parse."""
+    if len(data) < 8:
+        return None
+    n = struct.unpack("<Q", data[:8])[0]
+    if n > len(data) - 8:
+        return None
+    try:
+        header = json.loads(data[8:8 + n])
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None
+    if not isinstance(header, dict):
+        return None
+    return header, data[8 + n:]
+
+
+def join_safetensors(header, body):
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)       # safetensors pads the header to 8 bytes
+    return struct.pack("<Q", len(text)) + text + body
+
+
+def _graph_of(header):
+    meta = header.get("__metadata__")
+    if not isinstance(meta, dict) or not isinstance(meta.get("graph"), str):
+        return None
+    try:
+        return json.loads(meta["graph"])
+    except ValueError:
+        return None
+
+
+def _paths(value, prefix=()):
+    """Every (path) to a value inside nested dicts and lists."""
+    out = [prefix]
+    if isinstance(value, dict):
+        for k, v in value.items():
+            out += _paths(v, prefix + (k,))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            out += _paths(v, prefix + (i,))
+    return out
+
+
+def _get(doc, path):
+    for k in path:
+        doc = doc[k]
+    return doc
+
+
+def _set(doc, path, value):
+    _get(doc, path[:-1])[path[-1]] = value
+
+
+SAFETENSORS_DTYPES = ["F32", "F64", "F16", "BF16", "I64", "I32", "I16", "I8", "U64", "U32",
+                      "U16", "U8", "BOOL", "F8_E4M3", "F8_E5M2", "X", "f32", ""]
+_NP_OF = {"F32": np.float32, "F64": np.float64, "I64": np.int64, "I32": np.int32,
+          "I16": np.int16, "I8": np.int8, "U64": np.uint64, "U32": np.uint32, "U16": np.uint16,
+          "U8": np.uint8, "BOOL": np.bool_}
+
+
+def _graph_mutation(d, graph, log):
+    """One edit of the graph JSON (in place)."""
+    paths = [p for p in _paths(graph) if p]
+    if not isinstance(graph, dict) or not paths:
+        return
+    attr_paths = [p for p in paths if "attrs" in p]
+    shape_paths = [p for p in paths if "shape" in p or "dtype" in p]
+    what = d.choice([0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 8, 8, 9])   # 8 keeps the JSON's types
+    if what <= 3:
+        pool = (attr_paths if what == 0 and attr_paths else
+                shape_paths if what == 1 and shape_paths else paths)
+        p = d.choice(pool)
+        v = d.json_value()
+        _set(graph, p, v)
+        log.append(f"graph{list(p)} = {v!r}"[:200])
+    elif what == 4:
+        dicts = [p for p in _paths(graph) if isinstance(_get(graph, p), dict) and _get(graph, p)]
+        if not dicts:
+            return
+        p = d.choice(dicts)
+        key = d.choice(sorted(_get(graph, p)))
+        del _get(graph, p)[key]
+        log.append(f"del graph{list(p)}[{key!r}]")
+    elif what == 5:
+        dicts = [p for p in _paths(graph) if isinstance(_get(graph, p), dict)]
+        p = d.choice(dicts)
+        key = d.choice(["extra", "attrs", "shape", "op", "activation", "group", "pads"])
+        v = d.json_value()
+        _get(graph, p)[key] = v
+        log.append(f"graph{list(p)}[{key!r}] = {v!r}"[:200])
+    elif what == 6 and isinstance(graph.get("nodes"), list) and graph["nodes"]:
+        nodes = graph["nodes"]
+        k = d.randint(0, len(nodes) - 1)
+        how = d.choice(["duplicate", "drop", "reverse", "move"])
+        if how == "duplicate":
+            nodes.insert(d.randint(0, len(nodes)), copy.deepcopy(nodes[k]))
+        elif how == "drop":
+            del nodes[k]
+        elif how == "reverse":
+            nodes.reverse()
+        else:
+            nodes.insert(d.randint(0, len(nodes)), nodes.pop(k))
+        log.append(f"nodes: {how} {k}")
+    elif what == 7:
+        # copy one string (a tensor name, an op, a mode) over another: dangling references,
+        # cycles, ops swapped
+        strs = [p for p in paths if isinstance(_get(graph, p), str)]
+        if len(strs) >= 2:
+            a, b = d.choice(strs), d.choice(strs)
+            _set(graph, b, _get(graph, a))
+            log.append(f"graph{list(b)} = graph{list(a)} ({_get(graph, a)!r})"[:200])
+    elif what == 8:
+        # an attribute of the right kind but another value: the loader accepts the types and
+        # the operator must check the values
+        nodes = graph.get("nodes") if isinstance(graph.get("nodes"), list) else []
+        nodes = [n for n in nodes if isinstance(n, dict)
+                 and isinstance(n.get("attrs"), dict) and n["attrs"]]
+        if nodes:
+            n = d.choice(nodes)
+            key = d.choice(sorted(n["attrs"]))
+            old = n["attrs"][key]
+            if isinstance(old, list):
+                v = [d.int_value() for _ in range(d.choice([len(old)] * 3 + [0, 1, 3, 6]))]
+            elif isinstance(old, bool) or not isinstance(old, (int, float)):
+                v = d.string_value() if isinstance(old, str) else d.json_value()
+            elif isinstance(old, int):
+                v = d.int_value()
+            else:
+                v = d.float_value()
+            n["attrs"][key] = v
+            log.append(f"{n.get('name')!r}.{key} = {v!r}"[:200])
+    else:
+        inputs = graph.get("inputs")
+        if isinstance(inputs, list) and inputs and isinstance(inputs[0], dict):
+            shape = [d.choice([None, 0, 1, 2, 3, 5, 16, 2**31, 2**40, -1])
+                     for _ in range(d.choice([0, 1, 2, 3, 4, 4, 4, 5]))]
+            inputs[0]["shape"] = shape
+            log.append(f"inputs[0].shape = {shape}")
+
+
+def _retensor(d, header, body, graph, log):
+    """Replace one tensor, in the safetensors header, the data and the graph's constants alike,
+    by one of another shape and dtype: the file stays consistent and the operator sees it."""
+    names = sorted(k for k in header if k != "__metadata__")
+    if not names or not isinstance(graph, dict) or not isinstance(graph.get("constants"), dict):
+        return body
+    name = d.choice(names)
+    dtype = d.choice(["F32", "F32", "F32", "I64", "I32", "F64", "U8", "BOOL", "I8"])
+    old = header[name].get("shape") if isinstance(header[name], dict) else None
+    if isinstance(old, list) and d.chance(0.5) and all(
+            isinstance(e, int) and 0 <= e <= 4096 for e in old):
+        shape = list(old)
+        if shape and d.chance(0.7):
+            shape[d.randint(0, len(shape) - 1)] = d.choice([0, 1, 2, 3, 5, 7])
+        else:
+            shape = shape + [d.choice([1, 2])] if d.chance(0.5) else shape[:-1]
+    else:
+        shape = [d.choice([0, 1, 2, 3, 4]) for _ in range(d.randint(0, 5))]
+    size = math.prod(shape)
+    if size > 4096:
+        return body
+    fill = d.choice([0, 1, -1, 7, 2**31 - 1, -2**31, float("nan"), float("inf"), 0.5])
+    np_dtype = np.dtype(_NP_OF[dtype])
+    with np.errstate(all="ignore"):
+        try:
+            value = np.full(shape, fill).astype(np_dtype)
+        except (OverflowError, ValueError):
+            value = np.zeros(shape, np_dtype)
+    tensors = {}
+    for k in names:
+        desc = header[k]
+        try:
+            a, b = desc["data_offsets"]
+            tensors[k] = (desc, body[a:b])
+        except Exception:
+            return body
+    tensors[name] = ({"dtype": dtype, "shape": shape}, value.tobytes())
+    new_body = b""
+    for k in names:
+        desc, raw = tensors[k]
+        header[k] = dict(desc, data_offsets=[len(new_body), len(new_body) + len(raw)])
+        new_body += raw
+    graph["constants"][name] = {"shape": shape, "dtype": np_dtype.name}
+    log.append(f"tensor {name!r} := {np_dtype.name}{shape} filled with {fill!r}")
+    return new_body
+
+
+def _tensor_header_mutation(d, header, body, log):
+    names = sorted(k for k in header if k != "__metadata__")
+    if not names:
+        return
+    name = d.choice(names)
+    desc = header[name]
+    if not isinstance(desc, dict):
+        return
+    field = d.choice(["dtype", "shape", "data_offsets", "data_offsets", "drop", "add", "whole"])
+    if field == "dtype":
+        desc["dtype"] = d.choice(SAFETENSORS_DTYPES)
+    elif field == "shape":
+        desc["shape"] = d.choice([[], [0], [-1], [2**31, 2**31], [2**63], [1] * 9,
+                                  [d.int_value() for _ in range(d.randint(0, 4))],
+                                  list(reversed(desc.get("shape") or []))])
+    elif field == "data_offsets":
+        n = len(body)
+        desc["data_offsets"] = d.choice([[0, 0], [0, n], [n, n + 4], [4, 0], [0, 2**63],
+                                         [-1, 4], [1, 5], [0], [0, 4, 8], "0",
+                                         [d.int_value(), d.int_value()]])
+    elif field == "drop":
+        del header[name]
+    elif field == "add":
+        header[d.choice(["extra", name + "_", ""])] = copy.deepcopy(desc)
+    else:
+        header[name] = d.json_value()
+    log.append(f"tensor {name!r}: {field} -> {header.get(name, '<deleted>')!r}"[:200])
+
+
+def _byte_mutation(d, data, others, header_only_end=None):
+    """Flip, set, insert, delete or splice bytes (inside the JSON header when its end is
+    given and a coin says so)."""
+    data = bytearray(data)
+    end = len(data)
+    if header_only_end and d.chance(0.7):
+        end = min(end, header_only_end)
+    if not data:
+        return bytes(d.bytes_value(d.randint(0, 16))), "random bytes"
+    how = d.choice(["flip", "set", "insert", "delete", "splice", "repeat"])
+    k = d.randint(0, max(0, end - 1))
+    if how == "flip":
+        data[k] ^= 1 << d.randint(0, 7)
+    elif how == "set":
+        data[k] = d.choice(b'{}[]",:-0123456789 \x00\xffeE.n')
+    elif how == "insert":
+        data[k:k] = d.choice([b"{", b"}", b"[", b'"', b",", b"0", b"-", b"999999999999",
+                              b"NaN", b"\x00", d.bytes_value(d.randint(1, 8))])
+    elif how == "delete":
+        del data[k:k + d.randint(1, 16)]
+    elif how == "splice":
+        other = d.choice(others) if others else bytes(data)
+        j = d.randint(0, max(0, len(other) - 1))
+        data[k:] = other[j:j + d.randint(1, 4096)] + data[k:]
+    else:
+        data[k:k] = data[k:k + d.randint(1, 32)] * d.randint(2, 64)
+    return bytes(data), f"bytes: {how} at {k}"
+
+
+def native_case(d, seeds, log):
+    """A mutated native file from one of ``seeds`` (file contents): 1 to 3 mutations."""
+    data = d.choice(seeds)
+    for _ in range(d.choice([1, 1, 1, 1, 1, 1, 2, 2, 2, 3])):
+        parsed = split_safetensors(data)
+        what = d.randint(0, 19)
+        if parsed is None or what >= 18:
+            how = d.randint(0, 5)
+            if how == 0:
+                cut = d.randint(0, len(data))
+                data = data[:cut]
+                log.append(f"truncate at {cut}")
+            elif how == 1 and len(data) >= 8:
+                n = struct.unpack("<Q", data[:8])[0]
+                v = d.choice([0, 1, 7, 8, n - 1, n + 1, n + 8, len(data) - 8, len(data),
+                              2**31, 2**32, 2**63, 2**64 - 1, d.randint(0, 2**64 - 1)])
+                data = struct.pack("<Q", max(0, v) % 2**64) + data[8:]
+                log.append(f"header length := {v}")
+            else:
+                end = 8 + struct.unpack("<Q", data[:8])[0] if len(data) >= 8 else None
+                data, how = _byte_mutation(d, data, seeds, end)
+                log.append(how)
+            continue
+        header, body = parsed
+        graph = _graph_of(header)
+        if graph is not None and what <= 11:
+            _graph_mutation(d, graph, log)
+        elif graph is not None and what <= 14:
+            body = _retensor(d, header, body, graph, log)
+        elif what <= 16:
+            _tensor_header_mutation(d, header, body, log)
+        else:
+            meta = header.get("__metadata__")
+            if isinstance(meta, dict):
+                key = d.choice(["format", "format_version", "graph", "other"])
+                v = d.choice([None, "", "convengine", "1", "2", "{}", "[]", "null", "{",
+                              d.json_value()])
+                if v is None:
+                    meta.pop(key, None)
+                else:
+                    meta[key] = v
+                log.append(f"metadata[{key!r}] = {v!r}"[:200])
+        if graph is not None and isinstance(header.get("__metadata__"), dict):
+            header["__metadata__"]["graph"] = json.dumps(graph, separators=(",", ":"))
+        data = join_safetensors(header, body)
+    return data
+
+
+# ----------------------------------------------------------------------------- ONNX cases
+# Per operator: default input shape of x, extra inputs (name, maker), attributes to draw
+# (name -> kind: "int", "ints:N", "float", "floats:N", "str:a|b|c", "tensor"), outputs, opsets
+# to draw from (the first is the usual one).
+_AUTO_PAD = "str:NOTSET|SAME_UPPER|SAME_LOWER|VALID|same"
+_WINDOW = {"kernel_shape": "ints:2", "strides": "ints:2", "pads": "ints:4",
+           "dilations": "ints:2", "auto_pad": _AUTO_PAD}
+
+
+def _f32(*shape):
+    return lambda: (np.arange(math.prod(shape), dtype=np.float32).reshape(shape) % 5) * 0.25
+
+
+def _i64(*values):
+    return lambda: np.array(values, np.int64)
+
+
+def _unpool_indices():
+    h, w = np.meshgrid(np.arange(3) * 2, np.arange(3) * 2, indexing="ij")
+    return np.broadcast_to((h * 6 + w)[None, None], (1, 3, 3, 3)).astype(np.int64).copy()
+
+
+OP_SPECS = {
+    "Conv": dict(x=(1, 3, 6, 6), inputs=[("w", _f32(4, 3, 3, 3)), ("b", _f32(4))],
+                 attrs=dict(_WINDOW, group="int"), required={"kernel_shape": [3, 3]}),
+    "ConvTranspose": dict(x=(1, 3, 4, 4), inputs=[("w", _f32(3, 4, 3, 3)), ("b", _f32(4))],
+                          attrs=dict(_WINDOW, group="int", output_padding="ints:2",
+                                     output_shape="ints:2"), required={"kernel_shape": [3, 3]}),
+    "DeformConv": dict(x=(1, 3, 6, 6), inputs=[("w", _f32(4, 3, 3, 3)),
+                                               ("offset", _f32(1, 18, 4, 4)), ("b", _f32(4)),
+                                               ("mask", _f32(1, 9, 4, 4))],
+                       attrs={"kernel_shape": "ints:2", "strides": "ints:2", "pads": "ints:4",
+                              "dilations": "ints:2", "group": "int", "offset_group": "int"},
+                       opsets=(19, 20, 21), required={"kernel_shape": [3, 3]}),
+    "MaxPool": dict(x=(1, 3, 6, 6), attrs=dict(_WINDOW, ceil_mode="int", storage_order="int"),
+                    required={"kernel_shape": [2, 2]}, outputs=(1, 2)),
+    "AveragePool": dict(x=(1, 3, 6, 6), attrs=dict(_WINDOW, ceil_mode="int",
+                                                   count_include_pad="int"),
+                        required={"kernel_shape": [2, 2]}, opsets=(17, 11, 7, 19)),
+    "MaxUnpool": dict(x=(1, 3, 3, 3), inputs=[("i", _unpool_indices), ("s", _i64(1, 3, 6, 6))],
+                      attrs={"kernel_shape": "ints:2", "strides": "ints:2", "pads": "ints:4"},
+                      required={"kernel_shape": [2, 2], "strides": [2, 2]}),
+    "LRN": dict(x=(1, 3, 4, 4), attrs={"alpha": "float", "beta": "float", "bias": "float",
+                                       "size": "int"}, required={"size": 3}),
+    "GlobalAveragePool": dict(x=(1, 3, 4, 4), attrs={}),
+    "Resize": dict(x=(1, 2, 4, 4), inputs=[("roi", None),
+                                           ("scales", lambda: np.array([1, 1, 2, 2],
+                                                                       np.float32))],
+                   attrs={"mode": "str:nearest|linear|cubic|bilinear",
+                          "coordinate_transformation_mode":
+                              "str:half_pixel|asymmetric|align_corners|pytorch_half_pixel|"
+                              "tf_crop_and_resize|half_pixel_symmetric",
+                          "nearest_mode": "str:round_prefer_floor|round_prefer_ceil|floor|ceil",
+                          "extrapolation_value": "float", "axes": "ints:2",
+                          "keep_aspect_ratio_policy": "str:stretch|not_larger|not_smaller",
+                          "cubic_coeff_a": "float", "exclude_outside": "int",
+                          "antialias": "int"}, opsets=(19, 13, 11, 10, 18)),
+    "Upsample": dict(x=(1, 2, 4, 4), inputs=[("scales", lambda: np.array([1, 1, 2, 2],
+                                                                         np.float32))],
+                     attrs={"mode": "str:nearest|linear|bilinear", "scales": "floats:4",
+                            "height_scale": "float", "width_scale": "float"},
+                     opsets=(9, 7, 8)),
+    "Pad": dict(x=(1, 2, 4, 4), inputs=[("pads", _i64(0, 0, 1, 1, 0, 0, 1, 1)),
+                                        ("value", lambda: np.array(0.5, np.float32))],
+                attrs={"mode": "str:constant|reflect|edge|wrap", "pads": "ints:8",
+                       "value": "float"}, opsets=(17, 11, 19, 2, 9)),
+    "Slice": dict(x=(1, 2, 6, 6), inputs=[("starts", _i64(1, 1)), ("ends", _i64(5, 5)),
+                                          ("axes", _i64(2, 3)), ("steps", _i64(1, 2))],
+                  attrs={"starts": "ints:2", "ends": "ints:2", "axes": "ints:2"},
+                  opsets=(17, 10, 9, 13)),
+    "Gather": dict(x=(1, 3, 4, 4), inputs=[("i", _i64(0, 2, -1))], attrs={"axis": "int"}),
+    "Concat": dict(x=(1, 2, 4, 4), inputs=[("x", None), ("c", _f32(1, 2, 4, 4))],
+                   attrs={"axis": "int"}, required={"axis": 1}),
+    "Reshape": dict(x=(1, 2, 4, 4), inputs=[("shape", _i64(1, -1, 4))],
+                    attrs={"allowzero": "int", "shape": "ints:2"}),
+    "Transpose": dict(x=(1, 2, 3, 4), attrs={"perm": "ints:4"}),
+    "Split": dict(x=(1, 4, 4, 4), inputs=[("split", _i64(1, 3))],
+                  attrs={"axis": "int", "split": "ints:2", "num_outputs": "int"},
+                  outputs=(2, 1, 3), opsets=(17, 18, 11)),
+    "Softmax": dict(x=(2, 5), attrs={"axis": "int"}, opsets=(17, 11)),
+    "Gemm": dict(x=(2, 5), inputs=[("w", _f32(3, 5)), ("c", _f32(3))],
+                 attrs={"alpha": "float", "beta": "float", "transA": "int", "transB": "int"},
+                 required={"transB": 1}),
+    "BatchNormalization": dict(x=(1, 3, 4, 4), inputs=[("s", _f32(3)), ("o", _f32(3)),
+                                                       ("m", _f32(3)),
+                                                       ("v", lambda: np.ones(3, np.float32))],
+                               attrs={"epsilon": "float", "momentum": "float",
+                                      "training_mode": "int", "spatial": "int"},
+                               outputs=(1, 3, 5), opsets=(15, 9, 7)),
+    "Clip": dict(x=(1, 3, 4, 4), inputs=[("lo", lambda: np.array(0, np.float32)),
+                                         ("hi", lambda: np.array(6, np.float32))],
+                 attrs={"min": "float", "max": "float"}, opsets=(13, 6, 11)),
+    "ConstantOfShape": dict(x=None, inputs=[("shape", _i64(2, 3))], attrs={"value": "tensor"}),
+    "Expand": dict(x=(1, 3, 1, 4), inputs=[("shape", _i64(2, 3, 4, 4))], attrs={}),
+    "Flatten": dict(x=(1, 2, 3, 4), attrs={"axis": "int"}),
+    "Squeeze": dict(x=(1, 2, 1, 4), inputs=[("axes", _i64(0, 2))], attrs={"axes": "ints:2"},
+                    opsets=(13, 11)),
+    "Unsqueeze": dict(x=(2, 4), inputs=[("axes", _i64(0, 3))], attrs={"axes": "ints:2"},
+                      opsets=(13, 11)),
+    "Cast": dict(x=(2, 4), attrs={"to": "int"}, required={"to": 7}),
+    "Shape": dict(x=(1, 2, 3, 4), attrs={"start": "int", "end": "int"}),
+    "LeakyRelu": dict(x=(2, 4), attrs={"alpha": "float"}),
+    "HardSigmoid": dict(x=(2, 4), attrs={"alpha": "float", "beta": "float"}),
+    "PRelu": dict(x=(1, 3, 2, 2), inputs=[("slope", _f32(3, 1, 1))], attrs={}),
+    "Dropout": dict(x=(2, 4), inputs=[("ratio", lambda: np.array(0.5, np.float32)),
+                                      ("training", lambda: np.array(False))],
+                    attrs={"ratio": "float", "seed": "int", "is_test": "int"}, outputs=(1, 2)),
+    "Add": dict(x=(1, 3, 2, 2), inputs=[("b", _f32(3))], attrs={"broadcast": "int",
+                                                                  "axis": "int"},
+                opsets=(17, 6)),
+    "MatMul": dict(x=(2, 5), inputs=[("w", _f32(5, 3))], attrs={}),
+    "Constant": dict(x=None, inputs=[], attrs={"value": "tensor", "value_float": "float",
+                                               "value_ints": "ints:2"}),
+}
+
+
+def _attr_value(d, kind):
+    """A value for an attribute of ``kind``: a good one, or a hostile one."""
+    base, _, arg = kind.partition(":")
+    if d.chance(0.35):       # valid-looking
+        if base == "int":
+            return d.randint(0, 3)
+        if base == "ints":
+            return [d.randint(0, 3) for _ in range(int(arg))]
+        if base == "float":
+            return d.choice([0.5, 1.0, 1e-5, 2.0])
+        if base == "floats":
+            return [d.choice([1.0, 2.0]) for _ in range(int(arg))]
+        if base == "str":
+            return d.choice(arg.split("|"))
+        if base == "tensor":
+            return d.choice([np.array([1.5], np.float32), np.array([3], np.int64)])
+    hostile = d.randint(0, 9)
+    if hostile <= 3 and base in ("int", "ints"):
+        if base == "int":
+            return d.int_value()
+        n = int(arg)
+        length = d.choice([n, n, n, 0, 1, n - 1, n + 1, 2 * n, 9])
+        return [d.int_value() for _ in range(max(0, length))]
+    if hostile <= 3 and base in ("float", "floats"):
+        if base == "float":
+            return d.float_value()
+        return [d.float_value() for _ in range(d.choice([int(arg), 0, 1, 5]))]
+    if hostile <= 3 and base == "tensor":
+        return d.choice([np.zeros((0,), np.float32), np.ones((2, 2), np.float32),
+                         np.array([1], np.float16), np.array(["a"], object),
+                         np.array([2**62], np.int64), np.array([np.nan], np.float32),
+                         np.array(True)])
+    # the wrong type altogether
+    return d.choice([d.int_value(), d.float_value(), d.string_value(), [d.int_value()],
+                     [d.float_value(), d.float_value()], ["a", "b"], [],
+                     np.array([1.0], np.float32), b"\xff\xfe"])
+
+
+def _make_attribute(name, value):
+    from onnx import AttributeProto, helper as h, numpy_helper as nh
+    if isinstance(value, np.ndarray):
+        return h.make_attribute(name, nh.from_array(value) if value.dtype != object
+                                else h.make_tensor(name, 8, value.shape, [b"a"]))
+    if isinstance(value, list) and not value:
+        return h.make_attribute(name, [], attr_type=AttributeProto.INTS)
+    return h.make_attribute(name, value)
+
+
+def _const_input(d, value):
+    """An initializer value: as specified, or with hostile values, length or dtype."""
+    if value.dtype == np.int64 and d.chance(0.5):
+        n = d.choice([value.size] * 3 + [0, 1, value.size + 1, 2 * value.size])
+        value = np.array([d.int_value() for _ in range(n)], np.int64)
+        if d.chance(0.1):
+            value = value.reshape(1, -1) if value.size else value.reshape(0, 1)
+    elif value.dtype == np.float32 and d.chance(0.3):
+        value = value.copy()
+        with np.errstate(all="ignore"):
+            if value.size:
+                value.reshape(-1)[d.randint(0, value.size - 1)] = d.float_value()
+            elif d.chance(0.5):
+                value = np.array([d.float_value()], np.float32)
+    if d.chance(0.1):
+        with np.errstate(all="ignore"):
+            value = value.astype(d.choice([np.float32, np.int32, np.int64, np.float64,
+                                           np.uint8, np.bool_, np.float16]))
+    if d.chance(0.08):
+        shape = [d.choice([0, 1, 2, 3]) for _ in range(d.randint(0, 4))]
+        value = np.zeros(shape, value.dtype)
+    return value
+
+
+def onnx_op_case(d, log, op=None):
+    """A one-operator model with drawn attributes, inputs, outputs, input shape and opset."""
+    from onnx import TensorProto as T, helper as h, numpy_helper as nh
+    op = op or d.choice(sorted(OP_SPECS))
+    spec = OP_SPECS[op]
+    opsets = spec.get("opsets", (17,))
+    opset = opsets[0] if d.chance(0.6) else d.choice(list(opsets) + [6, 13, 21])
+    attrs = dict(spec.get("required", {}))
+    for name, kind in spec["attrs"].items():
+        if d.chance(0.35):
+            attrs[name] = _attr_value(d, kind)
+    if d.chance(0.1):
+        attrs[d.choice(["foo", "", "activation", "axis", "kernel_shape"])] = \
+            _attr_value(d, d.choice(["int", "ints:2", "float", "str:a"]))
+    if d.chance(0.1) and attrs:
+        del attrs[d.choice(sorted(attrs))]
+    inits, inputs = {}, []
+    if spec["x"] is not None:
+        shape = list(spec["x"])
+        if d.chance(0.25):
+            how = d.choice(["dim", "dim", "free", "rank+", "rank-"])
+            if how == "dim":
+                shape[d.randint(0, len(shape) - 1)] = d.choice([0, 1, 2, 7, 33])
+            elif how == "free":
+                shape[d.randint(0, len(shape) - 1)] = d.choice(["N", None])
+            elif how == "rank+":
+                shape.append(d.choice([1, 2, 3]))
+            elif shape:
+                shape.pop()
+        inputs.append("x")
+    else:
+        shape = None
+    for name, make in spec.get("inputs", []):
+        if make is None:
+            if name == "x":
+                inputs.append("x")
+            else:
+                inputs.append("")
+            continue
+        value = _const_input(d, make())
+        inits[name] = value
+        inputs.append(name)
+    if op == "Resize" and d.chance(0.3):      # sizes instead of scales
+        inputs[2:] = ["", "sizes"]
+        inits["sizes"] = _const_input(d, np.array([1, 2, 8, 8], np.int64))
+    if d.chance(0.3) and len(inputs) > 1:
+        k = d.randint(1, len(inputs) - 1)
+        inputs = inputs[:k] if d.chance(0.5) else inputs[:k] + [""] + inputs[k + 1:]
+    if d.chance(0.1):
+        inputs.append(d.choice(["x", "", "missing"]))
+    if d.chance(0.05) and inputs:
+        inputs[0] = d.choice(["", "missing"])
+    if opset < 10 and op in ("Slice", "Clip", "Pad") and d.chance(0.6):
+        inputs = inputs[:1]      # older opsets took these as attributes
+    n_out = d.choice(spec.get("outputs", (1,)))
+    outputs = ["y"] + [f"y{k}" for k in range(1, n_out)]
+    if d.chance(0.05):
+        outputs[d.randint(0, len(outputs) - 1)] = d.choice(["", "x", "y"])
+    node = h.make_node(op, inputs, outputs, name=d.choice(["n", "n", "n", ""]))
+    for k, v in attrs.items():
+        try:
+            node.attribute.append(_make_attribute(k, v))
+        except Exception:        # a value ONNX itself cannot hold (e.g. beyond int64)
+            continue
+    shown = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in attrs.items()}
+    log.append(f"{op} opset {opset} inputs {inputs} outputs {outputs} x {shape} attrs "
+               f"{shown}"[:400])
+    for k, v in inits.items():
+        log.append(f"  {k} = {v.dtype}{list(v.shape)} {v.reshape(-1)[:8].tolist()}"[:200])
+    elem = T.FLOAT if op not in ("Cast",) or d.chance(0.5) else T.INT64
+    graph_inputs = [] if shape is None else [h.make_tensor_value_info("x", elem, shape)]
+    tensors = []
+    for k, v in inits.items():
+        try:
+            tensors.append(nh.from_array(v, k))
+        except Exception:
+            continue
+    g = h.make_graph([node], "fuzz", graph_inputs,
+                     [h.make_tensor_value_info(o or "y", T.FLOAT, None) for o in outputs[:1]]
+                     + [h.make_tensor_value_info(o, T.FLOAT, None) for o in outputs[1:] if o],
+                     tensors)
+    return h.make_model(g, opset_imports=[h.make_opsetid("", opset)], ir_version=9)
+
+
+def onnx_edit_case(d, proto, log):
+    """A seed graph with one node's attributes, inputs or op edited, or an initializer or the
+    graph input changed."""
+    from onnx import TensorProto as T, numpy_helper as nh
+    m = copy.deepcopy(proto)
+    g = m.graph
+    if not g.node:
+        return onnx_op_case(d, log)
+    what = d.randint(0, 9)
+    node = d.choice(list(g.node))
+    if what <= 3:
+        kinds = ["int", "ints:2", "ints:4", "float", "str:x", "tensor"]
+        names = [a.name for a in node.attribute] + ["kernel_shape", "pads", "strides", "axis",
+                                                    "group", "mode", "perm", "dilations"]
+        name = d.choice(names)
+        value = _attr_value(d, d.choice(kinds))
+        keep = [a for a in node.attribute if a.name != name]
+        del node.attribute[:]
+        node.attribute.extend(keep)
+        try:
+            node.attribute.append(_make_attribute(name, value))
+        except Exception:
+            pass
+        log.append(f"{node.name}.{name} = {value!r}"[:300])
+    elif what == 4 and node.attribute:
+        victim = d.choice([a.name for a in node.attribute])
+        keep = [a for a in node.attribute if a.name != victim]
+        del node.attribute[:]
+        node.attribute.extend(keep)
+        log.append(f"del {node.name}.{victim}")
+    elif what == 5:
+        names = [t for n in g.node for t in n.output if t.isprintable()] + ["x", "", "nope"]
+        ins = list(node.input)
+        how = d.choice(["drop", "add", "replace"])
+        if how == "drop" and ins:
+            del ins[d.randint(0, len(ins) - 1)]
+        elif how == "add":
+            ins.append(d.choice(names))
+        elif ins:
+            ins[d.randint(0, len(ins) - 1)] = d.choice(names)
+        del node.input[:]
+        node.input.extend(ins)
+        log.append(f"{node.name}.inputs = {ins}")
+    elif what == 6:
+        node.op_type = d.choice(sorted(OP_SPECS) + ["Einsum", ""])
+        log.append(f"{node.name}.op_type = {node.op_type}")
+    elif what == 7 and g.initializer:
+        t = d.choice(list(g.initializer))
+        value = _const_input(d, nh.to_array(t))
+        t.CopyFrom(nh.from_array(value, t.name))
+        log.append(f"initializer {t.name} = {value.dtype}{list(value.shape)}")
+    elif what == 8 and g.input and g.input[0].type.tensor_type.shape.dim:
+        dims = g.input[0].type.tensor_type.shape.dim
+        k = d.randint(0, len(dims) - 1)
+        v = d.choice([0, 1, 2, 3, 64, 2**31, -1, None])
+        if v is None:
+            dims[k].dim_param = "N"
+        else:
+            dims[k].dim_value = v
+        log.append(f"x.shape[{k}] = {v}")
+    elif g.input and m.opset_import:
+        m.opset_import[0].version = d.choice([1, 5, 6, 9, 10, 11, 13, 18, 21, 22, 99])
+        g.input[0].type.tensor_type.elem_type = d.choice([T.FLOAT, T.FLOAT, T.DOUBLE,
+                                                          T.FLOAT16, T.INT64, 0, 77])
+        log.append(f"opset {m.opset_import[0].version} x elem "
+                   f"{g.input[0].type.tensor_type.elem_type}")
+    return m
+
+
+def onnx_case(d, seeds, corpus, log, corpus_share=0.5):
+    """Serialized ModelProto bytes: a fresh one-operator model, an edited seed graph, or a
+    byte-mutated seed file."""
+    what = d.randint(0, 9)
+    if what <= 5:
+        return onnx_op_case(d, log).SerializeToString()
+    if what <= 8:
+        from onnx import ModelProto
+        base = d.choice(seeds)
+        if corpus and d.chance(corpus_share):
+            try:
+                base = ModelProto.FromString(d.choice(corpus))
+            except Exception:
+                pass
+        return onnx_edit_case(d, base, log).SerializeToString()
+    data = d.choice(seeds).SerializeToString()
+    for _ in range(d.randint(1, 4)):
+        data, how = _byte_mutation(d, data, [])
+        log.append(how)
+    return data
+
+
+# ----------------------------------------------------------------------------- one case
+def load_kwargs():
+    """max_memory=256 MB where engine.load takes it."""
+    import inspect
+    import engine
+    try:
+        params = inspect.signature(engine.load).parameters
+    except (TypeError, ValueError):
+        return {}
+    return {"max_memory": 256 << 20} if "max_memory" in params else {}
+
+
+def feeds_for(model, limit=1 << 20):
+    """An input of the declared shape (free dimensions 2), or None if it would be large."""
+    feeds = {}
+    for spec in model.inputs:
+        shape = [2 if d is None else int(d) for d in spec.shape]
+        if math.prod(shape) > limit or any(d > limit for d in shape):
+            return None
+        dtype = np.dtype(spec.dtype)
+        x = (np.arange(math.prod(shape)) % 7 - 3).reshape(shape)
+        feeds[spec.name] = (x * 0.25).astype(dtype) if dtype.kind == "f" else \
+            np.zeros(shape, dtype)
+    return feeds
+
+
+def onnx_loads_from_path(data):
+    """One ONNX case in ten (by its bytes' hash, so a replay repeats it), and every case that
+    is not a protobuf, goes through engine.load(path)."""
+    import zlib
+    return zlib.crc32(data) % 10 == 0
+
+
+def execute(loader, data, path, kwargs):
+    """Load (and run) one case. Returns (outcome, exception or None, phase): outcome is
+    "success", "ModelError", "ValueError" or the exception's type name."""
+    import engine
+    phase = "load"
+    try:
+        if loader == "native":
+            model = engine.load(path, **kwargs)
+        else:
+            from onnx import ModelProto
+            proto = None
+            if not onnx_loads_from_path(data):
+                try:
+                    proto = ModelProto.FromString(data)
+                except Exception:
+                    proto = None
+            model = engine.load(proto if proto is not None else path, **kwargs)
+        phase = "run"
+        feeds = feeds_for(model)
+        if feeds is not None:
+            model.run(feeds)
+        return "success", None, phase
+    except engine.ModelError as e:
+        return "ModelError", e, phase
+    except ValueError as e:
+        return "ValueError", e, phase
+    except Exception as e:   # noqa: BLE001 (every other type is what this run looks for)
+        return type(e).__name__, e, phase
+
+
+def engine_frame(exc):
+    """'engine/…py:LINE (function)' of the traceback's last frame in the engine (the last
+    frame at all if none is)."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    mine = [f for f in frames if f"{os.sep}engine{os.sep}" in f.filename]
+    f = (mine or frames or [None])[-1]
+    if f is None:
+        return "?"
+    name = f.filename
+    if name.startswith(REPO + os.sep):
+        name = name[len(REPO) + 1:]
+    return f"{name}:{f.lineno} ({f.name})"
+
+
+def signature(outcome, exc):
+    """What makes two outcomes the same finding: type, engine frame, message shape."""
+    if exc is None:
+        return outcome
+    msg = re.sub(r"'[^']*'", "'…'", str(exc))
+    msg = re.sub(r"\d+", "N", msg)[:80]
+    return f"{outcome} @ {engine_frame(exc)}: {msg}"
+
+
+# ----------------------------------------------------------------------------- worker
+SAVE_PER_SIGNATURE = 3
+
+
+def _save(out_dir, loader, tag, data, info):
+    import hashlib
+    os.makedirs(out_dir, exist_ok=True)
+    key = hashlib.sha1(info.get("signature", tag).encode()).hexdigest()[:10]
+    suffix = ".safetensors" if loader == "native" else ".onnx"
+    for k in range(SAVE_PER_SIGNATURE):
+        path = os.path.join(out_dir, f"{loader}-{tag}-{key}-{k}{suffix}")
+        if not os.path.exists(path):
+            with open(path, "wb") as f:
+                f.write(data)
+            with open(path + ".json", "w") as f:
+                json.dump(dict(info, loader=loader), f, indent=1, default=str)
+            return path
+    return None
+
+
+class Worker:
+    """The child's side: make cases, run them, report each to the parent as a JSON line on
+    the stdout it was started with."""
+
+    def __init__(self, args):
+        self.args = args
+        self.loader = args.worker
+        self.work = os.path.join(args.out, f"work-{os.getpid()}")   # the parent removes it
+        os.makedirs(self.work)
+        self.current = os.path.join(self.work, "case.safetensors" if self.loader == "native"
+                                    else "case.onnx")
+        self.out = os.fdopen(os.dup(1), "w", buffering=1)
+        os.dup2(2, 1)          # anything else printed goes to the log, not the protocol
+        self.budget_kb = args.rss_budget_mb * 1024
+        self.seen = set()
+        self.kwargs = {}
+
+    def report(self, **msg):
+        self.out.write(json.dumps(msg) + "\n")
+
+    def setup(self):
+        import engine
+        engine.set_num_threads(1)
+        self.kwargs = load_kwargs()
+        if self.loader == "native":
+            seed_dir = os.path.join(self.work, "seeds")
+            os.makedirs(seed_dir)
+            self.seeds = []
+            for p in seed_native_files(seed_dir):
+                with open(p, "rb") as f:
+                    self.seeds.append(f.read())
+        else:
+            self.seeds = list(seed_onnx_models().values())
+        self.corpus = []
+
+    def one(self, data, log):
+        import resource
+        with open(self.current, "wb") as f:
+            f.write(data)
+        self.report(event="start", path=self.current)
+        t0 = time.perf_counter()
+        outcome, exc, phase = execute(self.loader, data, self.current, self.kwargs)
+        seconds = time.perf_counter() - t0
+        rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        sig = signature(outcome, exc)
+        info = {"outcome": outcome, "phase": phase, "signature": sig,
+                "message": str(exc)[:500] if exc else "",
+                "frame": engine_frame(exc) if exc else "", "seconds": seconds,
+                "rss_mb": rss_kb / 1024, "mutations": log}
+        saved = None
+        over = rss_kb > self.budget_kb
+        if exc is not None and outcome != "ModelError":
+            info["traceback"] = "".join(traceback.format_exception(exc))[-3000:]
+            saved = _save(self.args.out, self.loader, outcome, data, info)
+        if over:
+            saved = _save(self.args.out, self.loader, "over-budget", data,
+                          dict(info, signature="over-budget " + sig)) or saved
+        self.report(event="done", outcome=outcome, phase=phase, signature=sig,
+                    message=info["message"][:300], frame=info["frame"], rss_kb=rss_kb,
+                    over_budget=over, saved=saved, seconds=seconds)
+        if sig not in self.seen:
+            self.seen.add(sig)
+            if len(self.corpus) < 2000:
+                self.corpus.append(data)
+        if over:
+            self.out.flush()
+            os._exit(0)      # a fresh worker measures the next cases
+
+    def make_case(self, d, log):
+        """A new case; a failure here is this script's bug: reported, never counted."""
+        try:
+            if self.loader == "native":
+                seeds = self.seeds + (self.corpus if d.chance(0.5) else [])
+                return native_case(d, seeds, log)
+            return onnx_case(d, self.seeds, self.corpus, log)
+        except Exception:    # noqa: BLE001
+            traceback.print_exc()
+            self.report(event="generator-error", message=traceback.format_exc()[-300:])
+            return None
+
+    def random_loop(self):
+        d = RandomDriver(self.args.seed)
+        while True:
+            log = []
+            data = self.make_case(d, log)
+            if data is not None:
+                self.one(data, log)
+
+    def atheris_loop(self):
+        import atheris
+        corpus_dir = os.path.join(self.args.out, f"corpus-{self.loader}")
+        os.makedirs(corpus_dir, exist_ok=True)
+        for k, s in enumerate(self.seeds):
+            path = os.path.join(corpus_dir, f"seed-{k}")
+            if not os.path.exists(path):
+                with open(path, "wb") as f:
+                    f.write(s if isinstance(s, bytes) else s.SerializeToString())
+        onnx_seeds = [] if self.loader == "native" else self.seeds
+        last_log = []
+
+        def mutator(data, max_size, seed):
+            d = RandomDriver(seed)
+            last_log.clear()
+            try:
+                return structured(d, data, max_size)[:max_size]
+            except Exception:    # noqa: BLE001 (this script's bug: logged, case still made)
+                traceback.print_exc()
+                self.report(event="generator-error", message=traceback.format_exc()[-300:])
+                last_log.append("libFuzzer mutation")
+                return atheris.Mutate(data, max_size)
+
+        def structured(d, data, max_size):
+            if d.chance(0.3):
+                end = None
+                if self.loader == "native" and len(data) >= 8:
+                    end = 8 + struct.unpack("<Q", data[:8])[0]
+                if end and end < len(data) and d.chance(0.7):
+                    # libFuzzer's byte mutations on the JSON header only, the length prefix
+                    # kept or made to fit
+                    head = atheris.Mutate(data[8:end], max(2 * end, 64))
+                    prefix = data[:8] if d.chance(0.3) else struct.pack("<Q", len(head))
+                    last_log.append("libFuzzer mutation of the header")
+                    return prefix + head + data[end:]
+                last_log.append("libFuzzer mutation")
+                return atheris.Mutate(data, max_size)
+            if self.loader == "native":
+                # a corpus file the structured edits cannot parse gets byte edits only: half
+                # the time start again from a seed instead
+                base = [data] if data and (split_safetensors(data) or d.chance(0.5)) \
+                    else self.seeds
+                return native_case(d, base, last_log)
+            return onnx_case(d, onnx_seeds, [data] if data else [], last_log, corpus_share=0.9)
+
+        def test_one_input(data):
+            self.one(data, list(last_log))
+
+        # the parent enforces --timeout; atheris reads -timeout=0 as one second, so give
+        # libFuzzer a day, and keep its artifacts (it writes the input of anything it calls a
+        # crash) in --out
+        argv = [sys.argv[0], corpus_dir, f"-seed={self.args.seed}", "-timeout=86400",
+                "-artifact_prefix=" + os.path.join(self.args.out, "libfuzzer-"),
+                "-rss_limit_mb=0", "-malloc_limit_mb=0", "-max_len=600000",
+                "-runs=1000000000", "-print_final_stats=0", "-reload=60"]
+        atheris.Setup(argv, test_one_input, custom_mutator=mutator)
+        atheris.Fuzz()
+
+
+def worker_main(args):
+    w = Worker(args)
+    if args.engine == "atheris":
+        import atheris
+        with atheris.instrument_imports(include=["engine"]):
+            import engine  # noqa: F401
+            import engine.io.native  # noqa: F401
+            import engine.io.onnx_import  # noqa: F401
+            import engine.graph  # noqa: F401
+        w.setup()
+        w.atheris_loop()
+    else:
+        w.setup()
+        w.random_loop()
+
+
+# ----------------------------------------------------------------------------- parent
+def _limit_memory(limit_bytes):
+    def apply():
+        import resource
+        resource.setrlimit(resource.RLIMIT_AS, (limit_bytes, limit_bytes))
+        os.setsid()
+    return apply
+
+
+class Tally:
+    def __init__(self, loader):
+        self.loader = loader
+        self.cases = 0
+        self.counts = {}
+        self.examples = {}            # outcome -> {signature: [count, message, frame, saved]}
+        self.crashes = []
+        self.timeouts = []
+        self.over_budget = []
+        self.peak_rss_kb = 0
+        self.restarts = 0
+        self.generator_errors = []    # this script's own bugs, not the engine's
+        self.stalls = 0               # workers silent outside a case: killed and restarted
+
+    def add(self, msg):
+        self.cases += 1
+        o = msg["outcome"]
+        self.counts[o] = self.counts.get(o, 0) + 1
+        self.peak_rss_kb = max(self.peak_rss_kb, msg["rss_kb"])
+        if o not in ("success", "ModelError"):
+            ex = self.examples.setdefault(o, {}).setdefault(
+                msg["signature"], [0, msg["message"], msg["frame"], msg["saved"]])
+            ex[0] += 1
+            ex[3] = ex[3] or msg["saved"]
+        if msg["over_budget"]:
+            self.over_budget.append((msg["signature"], msg["saved"], msg["rss_kb"]))
+
+    def table(self):
+        lines = [f"loader {self.loader}: {self.cases} cases"]
+        order = ["success", "ModelError", "ValueError"]
+        for k in order + sorted(set(self.counts) - set(order)):
+            lines.append(f"  {k:<32} {self.counts.get(k, 0):>8}")
+        lines.append(f"  {'crashes':<32} {len(self.crashes):>8}")
+        lines.append(f"  {'timeouts':<32} {len(self.timeouts):>8}")
+        lines.append(f"  {'memory-limit hits (MemoryError)':<32} "
+                     f"{self.counts.get('MemoryError', 0):>8}")
+        lines.append(f"  {'over the RSS budget':<32} {len(self.over_budget):>8}")
+        lines.append(f"  {'peak RSS of a worker':<32} {self.peak_rss_kb / 1024:>6.0f} MB")
+        lines.append(f"  {'worker restarts':<32} {self.restarts:>8}")
+        if self.stalls:
+            lines.append(f"  {'workers stalled outside a case':<32} {self.stalls:>8}")
+        if self.generator_errors:
+            lines.append(f"  {'fuzzer bugs (cases not made)':<32} "
+                         f"{len(self.generator_errors):>8}: {self.generator_errors[0]!r}")
+        for outcome, sigs in sorted(self.examples.items()):
+            lines.append(f"  {outcome} (not success or ModelError), by place:")
+            for sig, (count, message, frame, saved) in sorted(sigs.items(),
+                                                              key=lambda kv: -kv[1][0]):
+                lines.append(f"    {count:>6}  {frame}: {message[:160]}")
+                if saved:
+                    lines.append(f"            e.g. {saved}")
+        for what, items in (("crash", self.crashes), ("timeout", self.timeouts)):
+            for detail, saved in items[:20]:
+                lines.append(f"  {what}: {detail}  case {saved}")
+        for sig, saved, rss in self.over_budget[:20]:
+            lines.append(f"  over budget ({rss / 1024:.0f} MB): {sig[:160]}  case {saved}")
+        return "\n".join(lines)
+
+    def as_json(self):
+        return {"loader": self.loader, "cases": self.cases, "counts": self.counts,
+                "other": {o: {s: v for s, v in sigs.items()}
+                          for o, sigs in self.examples.items()},
+                "crashes": self.crashes, "timeouts": self.timeouts,
+                "over_budget": self.over_budget, "peak_rss_mb": self.peak_rss_kb / 1024,
+                "restarts": self.restarts, "stalls": self.stalls,
+                "generator_errors": self.generator_errors[:20]}
+
+
+class Child:
+    def __init__(self, args, loader, index, generation):
+        self.loader = loader
+        self.index = index
+        self.out = args.out
+        os.makedirs(args.out, exist_ok=True)
+        self.log = open(os.path.join(args.out, f"worker-{loader}-{index}.log"), "ab")
+        env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1",
+                   MKL_NUM_THREADS="1", PYTHONPATH=REPO + os.pathsep +
+                   os.environ.get("PYTHONPATH", ""))
+        seed = (args.seed * 1000003 + index * 7919 + generation) % 2**31
+        cmd = [sys.executable, os.path.abspath(__file__), "--worker", loader, "--seed",
+               str(seed), "--out", args.out, "--rss-budget-mb", str(args.rss_budget_mb),
+               "--engine", args.engine]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=self.log, env=env, cwd=args.out,
+                                     preexec_fn=_limit_memory(args.mem_limit_mb << 20))
+        self.buf = b""
+        self.started = None        # (time, path) of the case running
+        self.ready_at = self.last_report = time.time()
+
+    def kill(self):
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        self.proc.wait()
+        self.proc.stdout.close()
+        self.log.close()
+        shutil.rmtree(os.path.join(self.out, f"work-{self.proc.pid}"), ignore_errors=True)
+
+
+def _save_running(args, loader, child, tag, detail):
+    path = child.started[1] if child.started else None
+    if not path or not os.path.exists(path):
+        return None
+    with open(path, "rb") as f:
+        data = f.read()
+    return _save(args.out, loader, tag, data, {"signature": f"{tag} {detail}",
+                                               "outcome": tag, "message": detail})
+
+
+def _read_reports(child, tally, limit):
+    """Read what the child has written (one read) and count finished cases; False at EOF."""
+    chunk = os.read(child.proc.stdout.fileno(), 65536)
+    child.buf += chunk
+    child.last_report = time.time()
+    while b"\n" in child.buf and tally.cases < limit:
+        line, child.buf = child.buf.split(b"\n", 1)
+        msg = json.loads(line)
+        if msg["event"] == "start":
+            child.started = (time.time(), msg["path"])
+        elif msg["event"] == "generator-error":
+            tally.generator_errors.append(msg["message"])
+        else:
+            child.started = None
+            tally.add(msg)
+    return bool(chunk)
+
+
+def run_loader(args, loader):
+    tally = Tally(loader)
+    generation = 0
+    children = [Child(args, loader, k, generation) for k in range(args.workers)]
+    t0 = last_print = time.time()
+    try:
+        while tally.cases < args.cases:
+            fds = {c.proc.stdout.fileno(): c for c in children}
+            ready, _, _ = select.select(list(fds), [], [], 0.5)
+            now = time.time()
+            for fd in ready:
+                _read_reports(fds[fd], tally, args.cases)
+            for k, c in enumerate(children):
+                dead = c.proc.poll() is not None
+                if dead:               # what it wrote before dying counts first
+                    while _read_reports(c, tally, args.cases):
+                        pass
+                late = c.started and now - c.started[0] > args.timeout
+                # silent outside a case (making one, or starting up) for far too long
+                stalled = not c.started and now - c.last_report > max(120, 3 * args.timeout)
+                if not dead and not late and not stalled:
+                    continue
+                if stalled and not dead:
+                    tally.stalls += 1
+                    c.kill()
+                elif late and not dead:
+                    saved = _save_running(args, loader, c, "timeout",
+                                          f"over {args.timeout} s")
+                    tally.timeouts.append((f"over {args.timeout} s", saved))
+                    tally.cases += 1
+                    c.kill()
+                else:
+                    c.proc.wait()
+                    rc = c.proc.returncode
+                    if c.started:
+                        detail = (f"signal {signal.Signals(-rc).name}" if rc < 0
+                                  else f"exit status {rc}")
+                        saved = _save_running(args, loader, c, "crash", detail)
+                        tally.crashes.append((detail, saved))
+                        tally.cases += 1
+                    elif rc != 0 or now - c.ready_at < 5:
+                        if now - c.ready_at < 5 and tally.cases == 0:
+                            c.kill()
+                            raise SystemExit(f"worker {k} exited at start (status {rc}); "
+                                             f"see {c.log.name}")
+                    c.kill()
+                generation += 1
+                tally.restarts += 1
+                children[k] = Child(args, loader, k, generation)
+            if now - last_print > 30:
+                last_print = now
+                rate = tally.cases / (now - t0)
+                print(f"[{loader}] {tally.cases}/{args.cases} cases, {rate:.1f}/s, "
+                      f"{dict(sorted(tally.counts.items()))}", file=sys.stderr, flush=True)
+    finally:
+        for c in children:
+            c.kill()
+    elapsed = time.time() - t0
+    summary = tally.as_json()
+    summary.update(seconds=elapsed, rate=tally.cases / elapsed, seed=args.seed,
+                   workers=args.workers, engine=args.engine)
+    with open(os.path.join(args.out, f"summary-{loader}.json"), "w") as f:
+        json.dump(summary, f, indent=1, default=str)
+    print(tally.table())
+    print(f"  {elapsed:.0f} s, {tally.cases / elapsed:.1f} cases/s, engine {args.engine}, "
+          f"seed {args.seed}, {args.workers} workers")
+    return tally
+
+
+def replay(path, limit_mb):
+    """Run one saved case here and print its outcome and traceback."""
+    import resource
+    if limit_mb:
+        resource.setrlimit(resource.RLIMIT_AS, (limit_mb << 20, limit_mb << 20))
+    loader = "onnx" if path.endswith(".onnx") else "native"
+    with open(path, "rb") as f:
+        data = f.read()
+    import engine
+    engine.set_num_threads(1)
+    outcome, exc, phase = execute(loader, data, path, load_kwargs())
+    print(f"{loader}: {outcome} during {phase}")
+    if exc is not None:
+        traceback.print_exception(exc)
+    return outcome
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--loader", choices=["native", "onnx", "both"], default="both")
+    p.add_argument("--cases", type=int, default=100_000, help="per loader")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--timeout", type=float, default=20.0, help="seconds per case")
+    p.add_argument("--mem-limit-mb", type=int, default=3072, help="RLIMIT_AS of a worker")
+    p.add_argument("--rss-budget-mb", type=int, default=1024,
+                   help="a case after which the worker's peak RSS is above this is reported")
+    p.add_argument("--out", default="/tmp/fuzz-findings")
+    p.add_argument("--engine", choices=["auto", "atheris", "random"], default="auto")
+    p.add_argument("--replay", metavar="CASE", help="run one saved case in this process")
+    p.add_argument("--worker", choices=["native", "onnx"], help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.replay:
+        replay(args.replay, args.mem_limit_mb)
+        return 0
+    if args.engine == "auto":
+        try:
+            import atheris  # noqa: F401
+            args.engine = "atheris"
+        except ImportError:
+            args.engine = "random"
+    if args.worker:
+        worker_main(args)
+        return 0
+    loaders = ["native", "onnx"] if args.loader == "both" else [args.loader]
+    tallies = [run_loader(args, loader) for loader in loaders]
+    bad = sum(len(t.crashes) + len(t.timeouts) + len(t.over_budget) +
+              sum(n for o, n in t.counts.items() if o not in ("success", "ModelError",
+                                                              "ValueError"))
+              for t in tallies)
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
