@@ -3,6 +3,11 @@
 Environment switches:
   CONVENGINE_PORTABLE=1   do not tune for the build machine's CPU (no -march=native)
   CONVENGINE_KERNELS=a,b  build only these kernel modules (development convenience)
+  CONVENGINE_SANITIZE=address
+                          build with AddressSanitizer (-fsanitize=address, -O1, -g, frame
+                          pointers) to find out-of-bounds reads and writes in the kernels; the
+                          modules then load only with the ASan runtime preloaded, see
+                          bench/run_asan.sh. Recorded as SANITIZE in engine/_build_config.py
 """
 import glob
 import os
@@ -47,6 +52,14 @@ def _compiler_accepts(flags):
 def _build_flags():
     compile_args = ["-O3", "-fno-strict-aliasing"]
     link_args = []
+    sanitize = os.environ.get("CONVENGINE_SANITIZE", "").strip()
+    if sanitize not in ("", "address"):
+        sys.exit(f"CONVENGINE_SANITIZE={sanitize!r}: only 'address' is supported")
+    if sanitize:
+        # -O1 rather than -O3: ASan's reports then name the right lines and variables
+        compile_args = ["-O1", "-fno-strict-aliasing", "-g", "-fsanitize=address",
+                        "-fno-omit-frame-pointer"]
+        link_args.append("-fsanitize=address")
     portable = os.environ.get("CONVENGINE_PORTABLE", "") not in ("", "0")
     if not portable and _compiler_accepts(["-march=native", "-fopenmp"]):
         compile_args.append("-march=native")
@@ -60,10 +73,10 @@ def _build_flags():
         link_args.append("-fopenmp")
     else:
         warnings.warn("the C compiler has no OpenMP: convengine kernels will run single-threaded")
-    return compile_args, link_args, openmp, portable
+    return compile_args, link_args, openmp, portable, sanitize or None
 
 
-COMPILE_ARGS, LINK_ARGS, OPENMP, PORTABLE = _build_flags()
+COMPILE_ARGS, LINK_ARGS, OPENMP, PORTABLE, SANITIZE = _build_flags()
 
 
 def _extensions():
@@ -99,6 +112,7 @@ class BuildExt(build_ext):
             f"LINK_ARGS = {LINK_ARGS!r}\n"
             f"OPENMP = {OPENMP!r}\n"
             f"PORTABLE = {PORTABLE!r}\n"
+            f"SANITIZE = {SANITIZE!r}\n"
             f"COMPILER = {(os.environ.get('CC') or sysconfig.get_config_var('CC') or 'cc')!r}\n"
         )
         targets = [os.path.join(self.build_lib, "engine")]

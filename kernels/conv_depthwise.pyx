@@ -568,11 +568,14 @@ def f32_conv2d_depthwise_cb(const float[:, :, :, ::1] x, const float[:, :, ::1] 
     cdef const float[::1] b
     cdef float zeros[CB]
     memset(zeros, 0, sizeof(zeros))
+    # without a bias every block reads the same CB zeros: bstep 0
     cdef const float* bptr = zeros
+    cdef Py_ssize_t bstep = 0
     if bias is not None:
         b = bias
         if b.shape[0] != C:
             raise ValueError(f"bias must have {C} values, got {b.shape[0]}")
+        bstep = CB
         bptr = &b[0]
     if H == 0 or W == 0:
         raise ValueError(f"x must have non-empty spatial dimensions, got {tuple(x.shape)}")
@@ -620,7 +623,7 @@ def f32_conv2d_depthwise_cb(const float[:, :, :, ::1] x, const float[:, :, ::1] 
                     copy_floats(T + (r * WP + ca) * CB,
                                 T0 + ((r - pt) * W + ca - pl) * CB, (cb_ - ca) * CB)
             cb_conv3x3(T, WP, sh, sw, offs, wp + (it % nblocks) * 9 * CB,
-                       bptr + (it % nblocks) * CB, lo_act, hi_act, Y, OH, OW)
+                       bptr + (it % nblocks) * bstep, lo_act, hi_act, Y, OH, OW)
             cb_transpose_out(op + it * CB * OH * OW, Y, OH * OW, Y + y_floats)
 
 

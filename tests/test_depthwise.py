@@ -428,3 +428,11 @@ def test_against_torch(rng, c, mult, size, k, s, padding, d):
     layer = engine.Conv2d(w, b, s, padding, d, groups=c, activation="relu6",
                           algorithm="depthwise")
     np.testing.assert_allclose(layer(x), np.clip(t, 0, 6), rtol=1e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("c", [48, 96])
+def test_channel_blocks_without_bias(rng, threads, c):
+    """Every channel block past the first read its bias from beyond a 16-float stack array when
+    the layer had none (found by AddressSanitizer): many blocks, no bias, against the reference."""
+    check_layer(rng, n=2, c=c, mult=1, size=(7, 7), k=3, s=1, padding=1, d=1, bias=False,
+                activation=None, threads=threads, blocks=True)
