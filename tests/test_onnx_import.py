@@ -637,3 +637,42 @@ def test_dense_kernel_checks_shapes():
     with pytest.raises(ValueError, match="do not fit"):
         dense.f32_dense_rows(np.zeros((2, 5), np.float32), np.zeros((3, 4), np.float32),
                              np.zeros((2, 3), np.float32), 1)
+
+
+def test_each_conv_weight_transformed_once(rng, monkeypatch):
+    """The shape-folding pass and the plan, and a pointwise layer made again to take its
+    residual and activation in the kernel, share one packed weight per Conv node: packing runs
+    once per node while the model loads and plans, and again for nothing at a second run."""
+    from engine.ops import packed_gemm
+    calls = []
+    real = packed_gemm.pack_rows
+    monkeypatch.setattr(packed_gemm, "pack_rows",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    c = 24
+    inits = {"w1": randn(rng, c, c, 1, 1), "w2": randn(rng, c, c, 3, 3),
+             "one": np.array([1], np.int64), "minus": np.array([-1], np.int64)}
+    nodes = [h.make_node("Conv", ["x", "w1"], ["a"]),                 # pointwise
+             h.make_node("Add", ["a", "x"], ["s"]),                   # residual, in the kernel
+             h.make_node("Relu", ["s"], ["r"]),                       # then its activation
+             h.make_node("Conv", ["r", "w2"], ["b"], pads=[1, 1, 1, 1]),
+             h.make_node("Shape", ["b"], ["shape"]),                  # folded while loading
+             h.make_node("Gather", ["shape", "one"], ["ch"], axis=0),
+             h.make_node("Concat", ["one", "ch", "minus"], ["to"], axis=0),
+             h.make_node("Reshape", ["b", "to"], ["y"])]
+    m = make(nodes, [vi("x", [1, c, 20, 20])], [vi("y")], inits)
+    model = engine.load(m)
+    x = randn(rng, 1, c, 20, 20)
+    model.run({"x": x})
+    model.run({"x": x})
+    algorithms = sorted(layer.algorithm for op in model._ops.values()
+                        for layer in getattr(op, "_layers", ShapeCacheView()).values())
+    assert "pointwise" in algorithms, algorithms
+    packing = {"pointwise", "im2col", "winograd_f23", "winograd_f43", "dilated_s2b"}
+    assert len(calls) == sum(a in packing for a in algorithms[:2] + algorithms[2:]) <= 2
+    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(model.run({"x": x})["y"], sess.run(None, {"x": x})[0],
+                               rtol=1e-4, atol=1e-4)
+
+
+class ShapeCacheView(dict):
+    """An empty stand-in for ops without planned layers."""

@@ -21,7 +21,7 @@ import numpy as np
 from ..errors import ModelError
 from .ir import Graph, Node
 from .ops import OPS, Info
-from .plan import Plan, evaluate
+from .plan import evaluate, infer_nodes
 
 
 def op_class(node):
@@ -87,13 +87,16 @@ def fold_constants(g: Graph, input_shapes=None) -> int:
             g.nodes.remove(node)
             folded += 1
     if input_shapes is not None and any(n.op == "Shape" for n in g.nodes):
+        # shape inference alone: no layer is built (no weight transformed) for this
         ops = {n.name: make_op(n, g.constants) for n in g.nodes}
-        plan = Plan(g, ops, input_shapes)
+        shape_folded: dict = {}
+        for _ in infer_nodes(g, ops, input_shapes, {}, shape_folded):
+            pass
         for node in list(g.nodes):
             named = [o for o in node.outputs if o]
-            if named and all(o in plan.folded for o in named):
+            if named and all(o in shape_folded for o in named):
                 for o in named:
-                    g.constants[o] = plan.folded[o]
+                    g.constants[o] = shape_folded[o]
                 g.nodes.remove(node)
                 folded += 1
     if folded:

@@ -1,6 +1,7 @@
 """The planned 2-D convolution: validate and choose once, transform weights once, run many times."""
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,6 +31,31 @@ def _registry():
     return algos.REGISTRY
 
 
+class TransformedWeights:
+    """The transformed weights of one convolution's algorithms, keyed by algorithm (and, for
+    FFT, plane size): shared by the planned layers of one weight, so each transform is made
+    once. ``made`` counts the transforms made (what the tests check)."""
+
+    def __init__(self):
+        self._items = {}
+        self._lock = threading.Lock()
+        self.made = 0
+
+    def get(self, key, make):
+        with self._lock:
+            if key in self._items:
+                return self._items[key]
+        value = make()
+        with self._lock:
+            if key not in self._items:
+                self._items[key] = value
+                self.made += 1
+            return self._items[key]
+
+    def keys(self) -> list:
+        return list(self._items)
+
+
 class Conv2d:
     """A 2-D convolution layer planned once.
 
@@ -40,11 +66,21 @@ class Conv2d:
     ``engine.algorithms()``. input_size: the (H, W) the layer will see, if known, so the
     dispatcher can weigh it. Float64 input is converted to float32 except with
     algorithm="direct", which computes and returns float64.
+
+    transforms: a TransformedWeights shared by layers made from the same weight, bias, stride,
+    dilation and groups (a graph's Conv node makes one layer per input size and activation):
+    each algorithm's transformed weights are then made once and shared by all of them.
     """
 
     def __init__(self, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
-                 activation=None, algorithm="auto", *, input_size=None, num_threads=None):
-        w = as_float_array(weight, "weight", 4, dtype=np.float64)
+                 activation=None, algorithm="auto", *, input_size=None, num_threads=None,
+                 transforms=None):
+        # float32 weights are used as given (no copy); float64 ones are kept for the float64
+        # path and rounded once for the float32 kernels
+        given = weight if isinstance(weight, np.ndarray) else None
+        w = as_float_array(weight, "weight", 4,
+                           dtype=np.float64 if given is not None and given.dtype == np.float64
+                           else np.float32)
         if isinstance(groups, bool) or not isinstance(groups, (int, np.integer)) or groups < 1:
             raise ValueError(f"groups must be a positive integer, got {groups!r}")
         groups = int(groups)
@@ -70,8 +106,9 @@ class Conv2d:
         self.kernel_size = (kh, kw)
         self.activation = activation
         self.act_code = activation_code(activation)
-        self.weight64 = w
+        self._weight64 = w if w.dtype == np.float64 else None
         self.weight = np.ascontiguousarray(w, dtype=np.float32)
+        self.transforms = TransformedWeights() if transforms is None else transforms
         if bias is not None:
             b = as_float_array(bias, "bias", 1, dtype=np.float64)
             if b.shape != (k_out,):
@@ -101,6 +138,19 @@ class Conv2d:
             self.algorithm, self.reason = algorithm, "forced by the caller"
         self._impl = _registry()[self.algorithm](self)
         self._geometries = ShapeCache(64)
+
+    @property
+    def weight64(self) -> np.ndarray:
+        """The weights in float64 (for weight transforms and the float64 path), made when
+        asked for instead of kept beside the float32 ones."""
+        if self._weight64 is not None:
+            return self._weight64
+        return self.weight.astype(np.float64)
+
+    def transformed(self, key, make):
+        """The transformed weights ``key`` (an algorithm's name and what else they depend
+        on), made by ``make()`` once for every layer sharing ``transforms``."""
+        return self.transforms.get(key, make)
 
     # -- per-shape set-up -------------------------------------------------------------------
     def _geometry(self, shape) -> Geometry:

@@ -49,7 +49,10 @@ class Direct:
 
     def run(self, x, out, g, threads):
         L = self.layer
-        w, b = (L.weight64, self.b64) if x.dtype == np.float64 else (L.weight, self.b32)
+        if x.dtype == np.float64:
+            w, b = L.transformed("direct_float64", lambda: L.weight64), self.b64
+        else:
+            w, b = L.weight, self.b32
         conv_direct.conv2d_direct(x, w, b, out, L.stride[0], L.stride[1], g.pads[0][0],
                                   g.pads[1][0], L.dilation[0], L.dilation[1], L.groups,
                                   L.act_code, threads)
@@ -65,7 +68,9 @@ class Im2col:
         self.layer = layer
         w2d = layer.weight.reshape(layer.out_channels, -1)
         self.kdim = w2d.shape[1]
-        self.wpack = packed_gemm.pack_rows(w2d, layer.groups)
+        # the same rows as the pointwise GEMM's: one pack serves both
+        self.wpack = layer.transformed("packed_rows",
+                                       lambda: packed_gemm.pack_rows(w2d, layer.groups))
 
     def run(self, x, out, g, threads):
         L = self.layer
@@ -93,8 +98,8 @@ class Pointwise:
 
     def __init__(self, layer):
         self.layer = layer
-        self.wpack = packed_gemm.pack_rows(layer.weight.reshape(layer.out_channels, -1),
-                                           layer.groups)
+        self.wpack = layer.transformed("packed_rows", lambda: packed_gemm.pack_rows(
+            layer.weight.reshape(layer.out_channels, -1), layer.groups))
         self._splits = ShapeCache(64)
 
     def run(self, x, out, g, threads, residual=None):

@@ -67,8 +67,10 @@ class Conv1d:
     """
 
     def __init__(self, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
-                 activation=None, algorithm="auto", *, input_size=None, num_threads=None):
-        w = as_float_array(weight, "weight", 3, dtype=np.float64)
+                 activation=None, algorithm="auto", *, input_size=None, num_threads=None,
+                 transforms=None):
+        wide = isinstance(weight, np.ndarray) and weight.dtype == np.float64
+        w = as_float_array(weight, "weight", 3, dtype=np.float64 if wide else np.float32)
         groups = _check_groups(groups)
         _check_weight(w, groups)
         self.stride = ntuple(stride, 1, "stride", minimum=1)
@@ -89,7 +91,8 @@ class Conv1d:
         self.layer2d = Conv2d(w[:, :, None, :], bias, stride=(1,) + self.stride, padding=pad2d,
                               dilation=(1,) + self.dilation, groups=groups,
                               activation=activation, algorithm=algorithm,
-                              input_size=input_size, num_threads=num_threads)
+                              input_size=input_size, num_threads=num_threads,
+                              transforms=transforms)
         self.groups = groups
         self.in_channels = self.layer2d.in_channels
         self.out_channels = self.layer2d.out_channels

@@ -46,10 +46,13 @@ class DirectBlocked:
             raise ValueError(f"direct_blocked handles kernel widths and strides up to "
                              f"{_k.MAX_KERNEL_WIDTH}, got {kw} and {layer.stride[1]}")
         nkb = -(-kg // kb)
-        w = np.zeros((groups, nkb * kb, cg, kh, kw), np.float32)
-        w[:, :kg] = layer.weight.reshape(groups, kg, cg, kh, kw)
-        self.wpack = np.ascontiguousarray(
-            w.reshape(groups, nkb, kb, cg, kh, kw).transpose(0, 1, 3, 4, 5, 2)).reshape(-1)
+
+        def make():
+            w = np.zeros((groups, nkb * kb, cg, kh, kw), np.float32)
+            w[:, :kg] = layer.weight.reshape(groups, kg, cg, kh, kw)
+            return np.ascontiguousarray(
+                w.reshape(groups, nkb, kb, cg, kh, kw).transpose(0, 1, 3, 4, 5, 2)).reshape(-1)
+        self.wpack = layer.transformed("direct_blocked", make)
 
     def run(self, x, out, g, threads):
         L = self.layer

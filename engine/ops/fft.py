@@ -81,11 +81,13 @@ class FFT:
         """conj(rfft2(w)) on an fh x fw plane, laid out (freq, group, Kg, Cg), complex64."""
         def make():
             L = self.layer
-            k, cg = L.weight64.shape[:2]
+            k, cg = L.weight.shape[:2]
             g = L.groups
             full = np.conj(scipy.fft.rfft2(L.weight64, s=size))        # (K, Cg, fh, fw//2+1)
             full = full.reshape(g, k // g, cg, -1).transpose(3, 0, 1, 2)
             return np.ascontiguousarray(full, dtype=np.complex64)
+        # per layer, for a few sizes: a spectrum depends on the plane size, so sharing it
+        # between the layers of other input sizes would only keep it alive longer
         return self._spectra.get(size, make)
 
     def run(self, x, out, g, threads):

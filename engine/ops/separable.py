@@ -73,7 +73,8 @@ class Separable:
 
     def __init__(self, layer):
         self.layer = layer
-        self.col, self.row = separable_factors(layer.weight64)
+        self.col, self.row = layer.transformed("separable",
+                                               lambda: separable_factors(layer.weight64))
         self.rank = self.col.shape[0]
 
     def run(self, x, out, g, threads):

@@ -241,8 +241,10 @@ class Winograd:
             raise ValueError(f"Winograd needs a 3x3 stride-1 layer, got kernel "
                              f"{layer.kernel_size} stride {layer.stride}")
         self.layer = layer
-        u = transform_weights(layer.weight64, layer.groups, self.tile)
-        self.upack = packed_gemm.pack_rows(u.reshape(-1, u.shape[3]), u.shape[0] * u.shape[1])
+        def make():
+            u = transform_weights(layer.weight64, layer.groups, self.tile)
+            return packed_gemm.pack_rows(u.reshape(-1, u.shape[3]), u.shape[0] * u.shape[1])
+        self.upack = layer.transformed(f"winograd_tile{self.tile}", make)
         self.bias = (layer.bias if layer.bias is not None
                      else np.zeros(layer.out_channels, np.float32))
         self._plans = ShapeCache(64)

@@ -33,11 +33,17 @@ I64 = np.dtype(np.int64)
 MAX_TENSOR_BYTES = 4 << 30
 
 
+# NumPy's largest rank (numpy.lib's MAXDIMS in NumPy 2)
+MAX_RANK = 32
+
+
 def check_tensor_size(op, shape, dtype, what="output", folding=False) -> None:
     """Before a tensor is made: every dimension within the kernels' index range (an empty
     tensor may not hide a huge one), within the single-tensor cap, and for a value computed
     while inferring (``folding``, before the plan's own budget check can see it) within the
     model's memory budget."""
+    if len(shape) > MAX_RANK:
+        raise op.error(f"{what} would have rank {len(shape)}, more than NumPy's {MAX_RANK}")
     if any(not 0 <= int(d) <= shapes.INDEX_MAX for d in shape):
         raise op.error(f"{what} of shape {tuple(shape)} has a dimension outside 0 to "
                        f"{shapes.INDEX_MAX}")
@@ -246,5 +252,6 @@ def blame(op):
         raise
     except ValueError as e:
         raise op.error(str(e)) from None
-    except (TypeError, IndexError, KeyError, OverflowError, ZeroDivisionError) as e:
+    except (TypeError, IndexError, KeyError, OverflowError, ZeroDivisionError,
+            RuntimeError) as e:    # RuntimeError: NumPy's limits, e.g. on rank
         raise op.error(f"{type(e).__name__}: {e}") from None

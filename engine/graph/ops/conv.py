@@ -16,7 +16,7 @@ import numpy as np
 from ..._cache import ShapeCache
 from ... import shapes
 from ...ops.activation import apply_activation
-from ...ops.conv2d import Conv2d
+from ...ops.conv2d import Conv2d, TransformedWeights
 from .base import F32, Info, Op, register
 
 AUTO_PADS = ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID")
@@ -109,6 +109,8 @@ class Conv(Windowed):
         self.w, self.b = w, b
         self.activation = self.attr("activation")
         self.residual = bool(self.input_name(3))
+        # every algorithm's transformed weights, made once for all the layers below
+        self.transforms = TransformedWeights()
         # planned layers per input size: one for a declared shape, the last 8 for free ones
         self._layers = ShapeCache(8)
 
@@ -116,6 +118,7 @@ class Conv(Windowed):
         """For passes that fold into this convolution (BatchNormalization)."""
         self.w, self.b = w, b
         self._layers.clear()
+        self.transforms = TransformedWeights()
 
     def infer(self, ins):
         x = self.float_in(ins, 0, "X", self.nd + 2)
@@ -161,11 +164,12 @@ class Conv(Windowed):
             if self.nd == 2:
                 return Conv2d(self.w, self.b, self.strides, _flat(pads), self.dilations,
                               self.group, activation=act, algorithm=algorithm,
-                              input_size=in_size)
+                              input_size=in_size, transforms=self.transforms)
             # engine.Conv1d runs a Conv2d on the (N, C, 1, L) view: run that
             from ...ops.convnd import Conv1d
             return Conv1d(self.w, self.b, self.strides, pads[0], self.dilations, self.group,
-                          activation=act, algorithm=algorithm, input_size=in_size).layer2d
+                          activation=act, algorithm=algorithm, input_size=in_size,
+                          transforms=self.transforms).layer2d
         except ValueError as e:
             raise self.error(str(e)) from None
 
