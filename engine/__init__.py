@@ -35,9 +35,11 @@ def build_info() -> dict:
     try:
         from . import _build_config as cfg
         flags = {"compile_args": list(cfg.COMPILE_ARGS), "link_args": list(cfg.LINK_ARGS),
-                 "compiler": cfg.COMPILER, "portable": cfg.PORTABLE}
+                 "compiler": cfg.COMPILER, "portable": cfg.PORTABLE,
+                 "sanitize": getattr(cfg, "SANITIZE", None)}
     except ImportError:
-        flags = {"compile_args": None, "link_args": None, "compiler": None, "portable": None}
+        flags = {"compile_args": None, "link_args": None, "compiler": None, "portable": None,
+                 "sanitize": None}
     blas = None
     try:
         from threadpoolctl import threadpool_info
