@@ -210,6 +210,13 @@ def test_trailing_empty_input_name_means_absent():
     np.testing.assert_array_equal(engine.load(m).run({"x": x})["y"], 2 * x)
 
 
+def _child_env():
+    """The environment of a child Python that imports the engine this test imported."""
+    import os
+    root = os.path.dirname(os.path.dirname(os.path.abspath(engine.__file__)))
+    return dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
+
+
 def test_an_infinite_weight_does_not_hang_the_load(tmp_path):
     # LAPACK's SVD (the separable algorithm's rank test) never returned on a 3x3 slice with an
     # Inf: loaded in a child so that a hang fails the test instead of the run
@@ -224,6 +231,7 @@ def test_an_infinite_weight_does_not_hang_the_load(tmp_path):
             "m = engine.load(sys.argv[1])\n"
             "y = m.run({'x': np.ones((1, 1, 8, 8), np.float32)})['y']\n"
             "assert np.isinf(y[0, 1]).all() and np.isfinite(y[0, 0]).all()\n")
+    # cwd away from the source tree, whose engine/ would shadow the installed package
     done = subprocess.run([sys.executable, "-c", code, str(path)], timeout=120,
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, cwd=tmp_path, env=_child_env())
     assert done.returncode == 0, done.stderr

@@ -277,8 +277,10 @@ def limited(tmp_path_factory):
     fixed, free = native_file_with_batch(path, 65536)
     root = os.path.dirname(os.path.dirname(os.path.abspath(engine.__file__)))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
+    # cwd away from the source tree, whose engine/ (without built kernels) would shadow the
+    # installed package
     out = subprocess.run([sys.executable, "-c", CHILD, fixed, free], capture_output=True,
-                         text=True, env=env, timeout=120)
+                         text=True, env=env, timeout=120, cwd=path)
     assert out.returncode == 0, out.stderr[-2000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
