@@ -238,6 +238,9 @@ class OnnxResize:
                        None if outside is None else
                        (slice(None),) * axis + (outside,))
                       for axis, i0, i1, w1, outside in self.tables(x_shape)]
+        # shrinking axes first, growing ones last: the intermediates stay as small as they can
+        # (4 -> 524292 channels then 16 -> 8 pixels made 537 MB temporaries for a 134 MB output)
+        self.steps.sort(key=lambda step: self.out_size[step[0]] / x_shape[step[0]])
 
     def tables(self, x_shape):
         """Per resized axis: (axis, i0, i1, w1, outside) for linear, (axis, index, None,
@@ -279,7 +282,13 @@ class OnnxResize:
             if i1 is None:
                 y = np.take(y, i0, axis=axis)
             else:
-                y = np.take(y, i0, axis=axis) * w0 + np.take(y, i1, axis=axis) * w1
+                # in place: two temporaries of the step's output size, not four
+                a = np.take(y, i0, axis=axis)
+                a *= w0
+                b = np.take(y, i1, axis=axis)
+                b *= w1
+                a += b
+                y = a
             if outside is not None:
                 y[outside] = fill
         np.copyto(out, y)
