@@ -13,7 +13,7 @@ Each layer runs one batch whose images hold the cases: one NaN, one +Inf, one -I
 channel (besides the random zero weights everywhere), each in the interior, on a border and in a
 corner; and two images with a whole plane of NaN and of +Inf. Layers are large enough that two
 threads really run (the `threads` fixture runs every test at 1 and 2). Separable on slices of rank > 1
-(forced only) is marked xfail(strict=True) with its cause, so that a fix shows up.
+(forced only) included.
 """
 import numpy as np
 import pytest
@@ -147,18 +147,11 @@ def check_ieee(y, ref, mag, algorithm, names):
                                       f"{np.max(err - bound):.3g} beyond the tolerance")
 
 
-# A known deviation, marked so that a fix shows as XPASS: separable on slices of rank R > 1
-# (forced only: auto takes it for rank-1 slices alone):
-# R pairs of passes, each with its own sign for an infinity, so one +Inf gives +Inf - Inf = NaN
-# where the direct sum has an infinity.
-FULL_RANK_SEPARABLE = "separable of rank > 1 adds infinities of both signs (see above)"
 
 
 @pytest.mark.parametrize("activation", [None, "relu", "relu6"])
 @pytest.mark.parametrize("algorithm, name", CASES)
 def test_nonfinite_where_the_direct_sum_has_them(algorithm, name, activation, threads, request):
-    if algorithm == "separable" and not name.endswith("rank1"):
-        request.applymarker(pytest.mark.xfail(strict=True, reason=FULL_RANK_SEPARABLE))
     spec = LAYERS[name]
     x, wt, b, ref, mag, names = _reference(name, spec, activation, np.random.default_rng(7))
     c, k, h, w, ks, s, p, d, g = spec

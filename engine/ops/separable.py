@@ -79,7 +79,15 @@ class Separable:
 
     def run(self, x, out, g, threads):
         L = self.layer
+        # rank > 1 (forced only): R pairs of passes, each with its own sign for an infinity,
+        # would give +Inf - Inf = NaN where the direct sum has an infinity; so non-finite
+        # inputs are taken as zeros and the outputs they reach recomputed the direct way
+        nonfinite = self.rank > 1 and not np.isfinite(x).all()
+        xs = np.where(np.isfinite(x), x, np.float32(0)) if nonfinite else x
         conv_separable.f32_conv2d_separable(
-            x, self.col, self.row, L.bias, out, L.stride[0], L.stride[1], g.pads[0][0],
+            xs, self.col, self.row, L.bias, out, L.stride[0], L.stride[1], g.pads[0][0],
             g.pads[1][0], L.dilation[0], L.dilation[1], SEPARABLE_ROWS_PER_BLOCK, L.act_code,
             threads)
+        if nonfinite:
+            from .winograd import fix_nonfinite
+            fix_nonfinite(L, x, out, g.pads, threads)
