@@ -100,6 +100,8 @@ def main(argv=None) -> int:
     p.add_argument("--repeat", type=int, default=11)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--size", type=int, default=224)
+    p.add_argument("--layout", default="auto", choices=["auto", "nchw", "nchw16c"],
+                   help="engine.load's layout: the blocked layout where it pays, or forced")
     p.add_argument("--model-dir", default=None,
                    help="take NAME.onnx from here if present; with --keep, write exports here")
     p.add_argument("--keep", action="store_true", help="keep the ONNX exports in --model-dir")
@@ -132,7 +134,7 @@ def main(argv=None) -> int:
                 continue
             onnx_path, gflop, module = got
             try:
-                model = engine.load(onnx_path)
+                model = engine.load(onnx_path, layout=args.layout)
             except ValueError as e:   # engine.ModelError included: an op it cannot run yet
                 notes.append(f"{TITLES[name]}: convengine cannot load it: {e}")
                 continue

@@ -18,7 +18,6 @@ import time
 import numpy as np
 
 from engine.graph import Graph, Model, Node, TensorSpec
-from engine.graph import layout
 
 
 def separable_chain(layers: int, c: int = 16):
@@ -75,12 +74,7 @@ def main():
     rows = []
     graph, shape = separable_chain(args.layers)
     blocked = Model(graph)
-    layout.ENABLED = False
-    try:
-        nchw = Model(separable_chain(args.layers)[0])
-        nchw._plan((shape,))        # planned while the layout pass is off
-    finally:
-        layout.ENABLED = True
+    nchw = Model(separable_chain(args.layers)[0], layout="nchw")
     elem_graph, elem_shape = elementwise_chain(args.layers)
     elem = Model(elem_graph)
     for t in args.threads:

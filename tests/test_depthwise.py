@@ -13,6 +13,8 @@ import pytest
 
 import engine
 from engine._kernels import conv_depthwise
+from engine._threads import resolve_threads
+from engine.dispatch import why_not_depthwise_kernel
 from engine.ops import depthwise as depthwise_mod
 from engine.ops.depthwise import Depthwise
 from engine.ops.workspace import workspace
@@ -50,18 +52,28 @@ def _fits(size, k, d, pads):
 
 
 def check_layer(rng, n, c, mult, size, k, s, padding, d, bias, activation, threads=None,
-                blocks=None):
+                blocks=None, kernel=None):
     """Run one forced depthwise layer and compare with the reference; returns the output.
-    blocks: whether the layer must run in channel blocks (None: either kernel)."""
+    kernel: the depthwise kernel to force where it can run the layer (the plan's
+    depthwise_kernel; elsewhere, and for None, the dispatcher chooses); blocks: whether the
+    layer must run in channel blocks (None: any kernel)."""
     x = rng.uniform(-1, 1, (n, c) + size).astype(np.float32)
     w = rng.uniform(-1, 1, (c * mult, 1, k, k)).astype(np.float32)
     b = rng.uniform(-1, 1, c * mult).astype(np.float32) if bias else None
     layer = engine.Conv2d(w, b, s, padding, d, groups=c, activation=activation,
                           algorithm="depthwise", num_threads=threads)
     assert layer.algorithm == "depthwise"
+    impl = layer._impl
+    if kernel is not None and why_not_depthwise_kernel(kernel, layer.params) is None:
+        impl = Depthwise(layer, kernel=kernel)
+    g = layer.geometry(x.shape)
     if blocks is not None:
-        assert layer._impl.uses_channel_blocks(size) == blocks
-    y = layer(x)
+        assert (impl.kernel_choice(g)[0] == "blocks") == blocks
+    if impl is layer._impl:
+        y = layer(x)
+    else:   # the forced plan, on all the threads asked for (no work threshold in front)
+        y = np.full(layer.output_shape(x.shape), np.nan, np.float32)
+        impl.run(x, y, g, resolve_threads(threads))
     pads = _pads_ref(padding, size, k, s, d)
     ref = _act_ref(conv2d_ref(x, w, b, (s, s), pads, (d, d), groups=c), activation)
     scale = conv2d_ref(np.abs(x), np.abs(w), None if b is None else np.abs(b), (s, s), pads,
@@ -88,7 +100,7 @@ def test_fast_paths_3x3(rng, threads, kernel_path, s, size):
             continue
         check_layer(rng, n=1 + 2 * (i % 2), c=16 if size < 53 else 8, mult=1 + i % 2, size=hw,
                     k=3, s=s, padding=padding, d=1, bias=i % 3 != 0,
-                    activation=(None, "relu", "relu6")[i % 3])
+                    activation=(None, "relu", "relu6")[i % 3], kernel=kernel_path)
 
 
 # -- the general path: every kernel, stride, dilation and padding --------------------------------
@@ -123,12 +135,10 @@ def test_rectangular_kernels_and_strides(rng):
 
 # -- the two kernels for 3x3 layers: channel blocks on small planes, planes otherwise ------------
 @pytest.fixture(params=["planes", "blocks", "rows"])
-def kernel_path(request, monkeypatch):
-    """Force every 3x3 layer through one kernel where it applies: channel blocks (a multiple
-    of 16 channels, multiplier 1), rows (stride 1 or 2, dilation 1, multiplier 1), planes."""
-    limit = 10 ** 9 if request.param == "blocks" else 0
-    monkeypatch.setattr(depthwise_mod, "CHANNEL_BLOCK_MAX_PIXELS", limit)
-    monkeypatch.setattr(depthwise_mod, "ROWS_MIN_WIDTH", 1 if request.param == "rows" else 10 ** 9)
+def kernel_path(request):
+    """The kernel to force every 3x3 layer through where it applies: channel blocks (a
+    multiple of 16 channels, multiplier 1), rows (stride 1 or 2, dilation 1, multiplier 1),
+    planes."""
     return request.param
 
 
@@ -148,7 +158,7 @@ def test_small_planes_sweep(rng, kernel_path, s):
             check_layer(rng, n=1 + (size + i) % 2, c=32 if (size + i) % 4 == 0 else 16, mult=1,
                         size=hw, k=3, s=s, padding=padding, d=1, bias=i % 2 == 0,
                         activation=(None, "relu", "relu6")[(size + i) % 3],
-                        blocks=kernel_path == "blocks")
+                        blocks=kernel_path == "blocks", kernel=kernel_path)
             cases += 1
     assert cases >= 80
 
@@ -164,34 +174,34 @@ def test_channel_blocks_dilation_and_mixed_strides(rng):
         b = rng.uniform(-1, 1, 16).astype(np.float32)
         layer = engine.Conv2d(w, b, (sh, sw), pads, (dh, dw), groups=16, activation="relu6",
                               algorithm="depthwise")
-        assert layer._impl.uses_channel_blocks(size)
+        assert layer._impl.kernel_choice(layer.geometry(x.shape))[0] == "blocks"
         ref = conv2d_ref(x, w, b, (sh, sw), ((pads[0], pads[2]), (pads[1], pads[3])), (dh, dw),
                          groups=16)
         np.testing.assert_allclose(layer(x), np.clip(ref, 0, 6), rtol=0, atol=1e-5)
 
 
 def test_which_kernel(rng):
-    """The shape rule of engine/ops/depthwise.py: channel blocks only for 3x3, multiplier 1, a
-    multiple of 16 channels and a small input plane."""
-    def impl(c, mult, k, s=1):
-        w = rng.uniform(-1, 1, (c * mult, 1, k, k)).astype(np.float32)
-        return engine.Conv2d(w, stride=s, padding=1, groups=c, algorithm="depthwise")._impl
-    assert impl(16, 1, 3).uses_channel_blocks((14, 14))
-    assert impl(960, 1, 3).uses_channel_blocks((7, 7))
-    assert impl(32, 1, 3).uses_channel_blocks((24, 24))
-    assert not impl(32, 1, 3).uses_channel_blocks((25, 24))
-    assert not impl(192, 1, 3).uses_channel_blocks((28, 28))
-    assert impl(576, 1, 3, s=2).uses_channel_blocks((14, 14))
-    assert impl(32, 1, 3, s=2).uses_channel_blocks((12, 48))
-    assert not impl(192, 1, 3, s=2).uses_channel_blocks((28, 28))
-    assert not impl(24, 1, 3).uses_channel_blocks((7, 7))      # not a multiple of 16
-    assert not impl(16, 2, 3).uses_channel_blocks((7, 7))      # multiplier 2
-    assert not impl(16, 1, 5).uses_channel_blocks((7, 7))      # 5x5
-
+    """The shape rule of engine/dispatch/depthwise.py: channel blocks only for 3x3, multiplier
+    1, a multiple of 16 channels and a small input plane; rows for 3x3 stride 1 or 2,
+    multiplier 1, on wide outputs; planes for the rest. A plan states its choice with a
+    reason, and a forced kernel that cannot run the layer is refused."""
     def kernel(c, mult, k, size, s=1):
         layer = engine.Conv2d(rng.standard_normal((c * mult, 1, k, k), dtype=np.float32),
                               stride=s, padding=k // 2, groups=c, algorithm="depthwise")
-        return layer._impl.kernel_for(layer.geometry((1, c) + size))
+        kind, reason = layer._impl.kernel_choice(layer.geometry((1, c) + size))
+        assert reason
+        return kind
+    assert kernel(16, 1, 3, (14, 14)) == "blocks"
+    assert kernel(960, 1, 3, (7, 7)) == "blocks"
+    assert kernel(32, 1, 3, (24, 24)) == "blocks"
+    assert kernel(32, 1, 3, (25, 24)) != "blocks"
+    assert kernel(192, 1, 3, (28, 28)) != "blocks"
+    assert kernel(576, 1, 3, (14, 14), s=2) == "blocks"
+    assert kernel(32, 1, 3, (12, 48), s=2) == "blocks"
+    assert kernel(192, 1, 3, (28, 28), s=2) != "blocks"
+    assert kernel(24, 1, 3, (7, 7)) != "blocks"      # not a multiple of 16
+    assert kernel(16, 2, 3, (7, 7)) != "blocks"      # multiplier 2
+    assert kernel(16, 1, 5, (7, 7)) != "blocks"      # 5x5
     assert kernel(32, 1, 3, (112, 112)) == "rows"
     assert kernel(96, 1, 3, (112, 112), s=2) == "rows"              # 56 wide
     assert kernel(144, 1, 3, (56, 56), s=2) == "planes"             # 28 wide
@@ -201,16 +211,28 @@ def test_which_kernel(rng):
     assert kernel(32, 1, 3, (112, 112), s=3) == "planes"
     assert kernel(32, 1, 3, (14, 14)) == "blocks"
 
+    w = rng.standard_normal((32, 1, 3, 3), dtype=np.float32)
+    for forced, layer in [("rows", engine.Conv2d(w, stride=3, groups=32, algorithm="depthwise")),
+                          ("rows", engine.Conv2d(w, groups=16, algorithm="depthwise")),
+                          ("blocks", engine.Conv2d(w[:24], groups=24, algorithm="depthwise")),
+                          ("fast", engine.Conv2d(w, groups=32, algorithm="depthwise"))]:
+        with pytest.raises(ValueError, match=f"depthwise kernel '{forced}' cannot run"):
+            Depthwise(layer, kernel=forced)
+    layer = engine.Conv2d(w, padding=1, groups=32, algorithm="depthwise")
+    assert Depthwise(layer, kernel="planes").kernel_choice(layer.geometry((1, 32, 14, 14))) \
+        == ("planes", "forced by the caller")
 
+
+@pytest.mark.parametrize("kernel", ["planes", "rows"])
 @pytest.mark.parametrize("s", [1, 2])
-def test_plane_rows_of_every_copy_width(rng, monkeypatch, s):
+def test_plane_rows_of_every_copy_width(rng, s, kernel):
     """Rows of 1 to 200 floats: every branch of the short-row copies (below 4, 4-7, 8-15,
-    16-31, 32-63, 64-127 and the loop from 128 on), for staging and for the output rows."""
-    monkeypatch.setattr(depthwise_mod, "CHANNEL_BLOCK_MAX_PIXELS", 0)
+    16-31, 32-63, 64-127 and the loop from 128 on), for staging and for the output rows, and
+    the row kernel on the same widths."""
     for i, width in enumerate((1, 2, 3, 5, 7, 9, 15, 17, 31, 33, 63, 65, 127, 129, 200)):
         check_layer(rng, n=1, c=16, mult=1, size=(3 + i % 3, width), k=3, s=s,
                     padding=(1, 1, i % 2, 2) if width > 2 else 1, d=1, bias=True,
-                    activation=("relu6", None)[i % 2], blocks=False)
+                    activation=("relu6", None)[i % 2], blocks=False, kernel=kernel)
 
 
 @pytest.mark.parametrize("s", [1, 2])
@@ -219,8 +241,8 @@ def test_channel_blocks_threads_bit_identical(rng, s):
     w = rng.standard_normal((64, 1, 3, 3)).astype(np.float32)
     b = rng.standard_normal(64).astype(np.float32)
     layer = engine.Conv2d(w, b, s, 1, groups=64, activation="relu6", algorithm="depthwise")
-    assert layer._impl.uses_channel_blocks(x.shape[2:])
     g = layer.geometry(x.shape)
+    assert layer._impl.kernel_choice(g)[0] == "blocks"
     outs = []
     for t in (1, 2, 3):
         out = np.full(layer.output_shape(x.shape), np.nan, np.float32)
@@ -237,7 +259,7 @@ def test_channel_blocks_nan_reaches_exactly_its_receptive_field(rng):
     w = rng.uniform(0.5, 1, (16, 1, 3, 3)).astype(np.float32)
     for s, padding in [(1, 1), (2, 1), (1, (0, 2, 1, 0))]:
         layer = engine.Conv2d(w, None, s, padding, groups=16, algorithm="depthwise")
-        assert layer._impl.uses_channel_blocks((9, 8))
+        assert layer._impl.kernel_choice(layer.geometry(x.shape))[0] == "blocks"
         y = layer(x)
         pads = _pads_ref(padding, (9, 8), 3, s, 1)
         for bad, check in [(np.isnan(x), np.isnan), (np.isinf(x), np.isinf)]:

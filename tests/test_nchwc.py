@@ -278,14 +278,16 @@ def test_layout_pass_blocks_the_separable_chain(rng, threads):
     assert all(n.op != "ToBlocked" for n in model.graph.nodes)
 
 
-def test_layout_pass_can_be_turned_off_and_gives_the_same_values(rng, monkeypatch):
+def test_layout_pass_can_be_turned_off_and_gives_the_same_values(rng):
     nodes, consts = separable_net(rng)
     x = f32(rng, 1, 3, 9, 9)
     on = Model(Graph(nodes, [spec("x", (1, 3, 9, 9))], [spec("y")], consts))
-    monkeypatch.setattr(layout, "ENABLED", False)
     nodes, _ = separable_net(np.random.default_rng(0))
-    off = Model(Graph(nodes, [spec("x", (1, 3, 9, 9))], [spec("y")], consts))
+    off = Model(Graph(nodes, [spec("x", (1, 3, 9, 9))], [spec("y")], consts), layout="nchw")
     assert "BlockedConv" not in [k for _, k in steps_of(off)]
+    assert "layout nchw: forced by the caller (layout='nchw')" in off.explain()
+    with pytest.raises(ValueError, match="layout must be one of"):
+        Model(Graph(nodes, [spec("x", (1, 3, 9, 9))], [spec("y")], consts), layout="NCHW")
     a, b = on(x), off(x)
     assert np.abs(a - b).max() <= 1e-5 * np.abs(b).max()
 
@@ -323,7 +325,9 @@ def test_conv_kind_rules(rng):
         op = make_op(node, {"w": w})
         ins = [Info(shape, np.float32), Info(w.shape, np.float32, w)]
         op.infer(ins)
-        return layout.conv_kind(op, ins)
+        kind, reason = layout.conv_kind(op, ins)
+        assert reason
+        return kind
     assert kind(f32(rng, 8, 4, 1, 1), {}, (1, 4, 5, 5)) == "pointwise"
     assert kind(f32(rng, 8, 4, 1, 1), {}, (1, 4, 5, 5), "relu6") == "pointwise"
     assert kind(f32(rng, 8, 40, 1, 1), {"strides": [2, 2]}, (1, 40, 5, 5)) is None
@@ -418,7 +422,7 @@ def random_graph(rng, steps=10):
 
 
 @pytest.mark.parametrize("seed", range(12))
-def test_random_graphs_give_the_same_values_with_and_without_the_layout(seed, monkeypatch):
+def test_random_graphs_give_the_same_values_with_and_without_the_layout(seed):
     """The layout pass changes how tensors are stored, never what a model computes: random
     graphs agree with the all-NCHW plan within float32 rounding (1e-5 of the output's range),
     and some of their layers do run blocked."""
@@ -426,16 +430,21 @@ def test_random_graphs_give_the_same_values_with_and_without_the_layout(seed, mo
     nodes, consts, outs = random_graph(rng)
     x = f32(rng, 1, 3, 11, 9)
 
-    def build():
+    def build(layout):
         return Model(Graph([Node(n.op, n.name, list(n.inputs), list(n.outputs), dict(n.attrs))
                             for n in nodes], [spec("x", (1, 3, 11, 9))],
-                           [spec(o) for o in outs], consts))
-    blocked_model = build()
+                           [spec(o) for o in outs], consts), layout=layout)
+    blocked_model = build("auto")
     assert "BlockedConv" in [k for _, k in steps_of(blocked_model)]
     got = blocked_model.run({"x": x})
-    monkeypatch.setattr(layout, "ENABLED", False)
-    ref = build().run({"x": x})
+    ref = build("nchw").run({"x": x})
+    # every layer a blocked kernel can run, blocked, neighbours or not
+    everywhere = build("nchw16c")
+    n_blocked = [k for _, k in steps_of(everywhere)].count("BlockedConv")
+    assert n_blocked >= [k for _, k in steps_of(blocked_model)].count("BlockedConv")
+    forced = everywhere.run({"x": x})
     for name in outs:
         scale = max(1.0, float(np.abs(ref[name]).max()))
         assert got[name].shape == ref[name].shape
         assert np.abs(got[name] - ref[name]).max() <= 1e-5 * scale, name
+        assert np.abs(forced[name] - ref[name]).max() <= 1e-5 * scale, name

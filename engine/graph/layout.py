@@ -1,31 +1,29 @@
-"""Plan-time layout choice: chains of pointwise and depthwise convolutions run on channel-blocked
-activations (NCHW16c, engine/ops/blocked.py), the rest of the graph on NCHW.
+"""The channel-blocked layout in a plan: chains of pointwise and depthwise convolutions run on
+channel-blocked activations (NCHW16c, engine/ops/blocked.py), the rest of the graph on NCHW.
 
 In NCHW a pointwise layer has to pack its input into panels and a small depthwise layer has to
-transpose its planes; in the blocked layout neither does (kernels/_nchwc.h). Converting costs a
-pass over the tensor, so a layer is blocked only where a neighbour is too. A MobileNet runs
+transpose its planes; in the blocked layout neither does (kernels/_nchwc.h). A MobileNet runs
 blocked from its first layer (few input channels: it reads NCHW and writes blocks directly) to
-the global average pool, which reads the blocks in place.
+the global average pool, which reads the blocks in place. Which layers run blocked, and how the
+blocked kernels share their work between threads, is engine/dispatch/layout.py's choice; this
+module rewrites the graph accordingly.
 
-``rewrite(graph, ops, input_shapes)`` returns the graph the plan runs and the ops for its nodes:
-each blocked convolution becomes a ``BlockedConv`` writing ``<name>#nchw16c``; a ``ToBlocked``
-step precedes the first blocked reader of an NCHW tensor, a ``FromBlocked`` step (writing the
-original name) the first NCHW reader of a blocked one; a GlobalAveragePool reading a blocked
-tensor reads it in place. The graph the model keeps (and saves) is not changed.
-
-Blocked: 2-D Conv with a relu, relu6 or no activation that is either pointwise (1x1, stride 1,
-no padding, one group; a residual of the output's shape is added in the kernel) or depthwise
-(groups == in_channels == out_channels, any kernel, stride, dilation and padding); and, where
-its input is NCHW and a pointwise or depthwise layer reads its output, a dense layer (one group)
-of at most dispatch.BLOCKED_DIRECT_MAX_TAPS taps per output. Which blocked kernel can run a
-layer is the dispatcher's call (engine/dispatch.py, blocked_kind); whether to run it blocked is
-this pass's. Channel counts need not be multiples of 16: the padding channels carry zeros.
+``rewrite(graph, ops, input_shapes, layout)`` returns the graph the plan runs, the ops for its
+nodes and each convolution's layout choice with its reason: each blocked convolution becomes a
+``BlockedConv`` writing ``<name>#nchw16c``; a ``ToBlocked`` step precedes the first blocked
+reader of an NCHW tensor, a ``FromBlocked`` step (writing the original name) the first NCHW
+reader of a blocked one; a GlobalAveragePool reading a blocked tensor reads it in place. The
+graph the model keeps (and saves) is not changed. Channel counts need not be multiples of 16:
+the padding channels carry zeros.
 """
 from __future__ import annotations
 
 import math
 
-from .. import dispatch
+from ..dispatch.conv import ConvParams
+from ..dispatch.layout import (POINTWISE_GROUP_SLACK, blocked_kernel,
+                               choose_depthwise_blocked_split, choose_layout,
+                               choose_pointwise_blocked_split, why_not_layout)
 from .._kernels import nchwc
 from .._threads import threads_for
 from ..ops import blocked
@@ -35,50 +33,27 @@ from .ops import F32, Info, Op
 from .plan import infer_nodes
 
 SUFFIX = "#nchw16c"
-# Off: every plan runs NCHW (for comparing the layouts).
-ENABLED = True
-# Work (multiply-adds) below which a depthwise step runs on one thread, lower than the default
-# of threads_for: depthwise layers move much more data per multiply-add. 576 channels 14x14 ->
-# 7x7 (254k multiply-adds) took 13 us on two threads and 18 us on one, in-model far more (its
-# input comes from both cores' caches).
+# Multiply-adds per thread of a blocked depthwise step, a quarter of threads_for's default:
+# depthwise layers move much more data per multiply-add, so a second thread pays on smaller
+# ones (bench/bench_dispatch.py layout/depthwise).
 MIN_WORK_DEPTHWISE = 5e4
-# Largest input plane a depthwise layer computes block by block (each thread a range of channel
-# blocks) rather than in bands of rows across all blocks. The input comes from a pointwise layer
-# that split the same plane by groups of blocks up to this size (POINTWISE_GROUP_MAX_PIXELS)
-# and by pixels above it, so each thread reads what it wrote. Measured alternating, ms, bands
-# everywhere / blocks on small planes: MobileNetV1 5.93 / 5.61 and MobileNetV2 4.72 / 4.49 at
-# two threads, MobileNetV2 7.93 / 7.74 at one; blocks at every size: MobileNetV1 6.45 against
-# 6.14 for bands. Deciding by the input rather than the output plane took MobileNetV1's 128
-# channel 56x56 stride-2 layer from 0.084 to 0.061 ms at two threads.
-DEPTHWISE_BLOCK_ORDER_PIXELS = 28 * 28
-# How the threads of a pointwise layer share it (kernels/nchwc.pyx): planes above
-# POINTWISE_GROUP_MAX_PIXELS by pixels, as the depthwise bands around them; smaller ones by
-# groups of output blocks (each thread reads half the weights, and writes whole blocks, as the
-# depthwise layer after it reads them) unless that leaves the busiest thread more than
-# POINTWISE_GROUP_SLACK times the work of a pixel split. Measured alternating at two threads,
-# ms, against splitting by whichever is more even at every size: MobileNetV1 5.56 vs 5.85,
-# MobileNetV2 4.37 vs 4.44 (a loaded machine; repeated runs moved by about 5%).
-POINTWISE_GROUP_MAX_PIXELS = 28 * 28
-POINTWISE_GROUP_SLACK = 1.15
-# Elements below which a layout change (and the blocked average pool) runs on one thread.
-# Measured to NCHW16c, us, one / two threads: 2K elements 1.0 / 1.4, 16K 2.8 / 2.4, 32K 4.6 /
-# 3.3, 64K 6.4 / 4.2.
+# Elements below which a layout change (and the blocked average pool) runs on one thread: a
+# second thread pays from about 16K (bench/bench_dispatch.py layout/convert).
 MIN_CONVERT_ELEMENTS = 1 << 14
 
 
-def conv_kind(op, ins) -> str | None:
-    """"pointwise", "depthwise", "direct" or None (stays NCHW), for a Conv op inferred on
-    ``ins``: the dispatcher's blocked_kind, for 2-D layers whose activation the blocked kernels
-    apply and whose residual (pointwise only) has the output's shape."""
-    if getattr(op, "kind", "") != "Conv" or op.nd != 2 or op.activation not in ACTIVATION_CODES:
-        return None
-    if op.residual and tuple(ins[3].shape) != tuple(op.conv_shape):
-        return None
+def conv_kind(op, ins) -> tuple[str | None, str]:
+    """The channel-blocked kernel able to run a Conv op inferred on ``ins`` ("pointwise",
+    "depthwise", "direct" or None, for it to stay NCHW), and why (engine.dispatch.layout)."""
+    if op.nd != 2:
+        return None, f"{op.nd}-D: the channel-blocked kernels are 2-D"
+    residual = None
+    if op.residual:
+        residual = tuple(ins[3].shape) == tuple(op.conv_shape)
     k, cg = op.w.shape[:2]
-    kind = dispatch.blocked_kind(dispatch.ConvParams(
-        cg * op.group, k, tuple(op.kernel), tuple(op.strides), tuple(op.dilations), op.group,
-        tuple(op.plan_pads), tuple(ins[0].shape[2:]), ins[0].shape[0]))
-    return None if op.residual and kind != "pointwise" else kind
+    p = ConvParams(cg * op.group, k, tuple(op.kernel), tuple(op.strides), tuple(op.dilations),
+                   op.group, tuple(op.plan_pads), tuple(ins[0].shape[2:]), ins[0].shape[0])
+    return blocked_kernel(p, op.activation, residual)
 
 
 class _Internal(Op):
@@ -176,6 +151,12 @@ class BlockedConv(_Internal):
         pack = {"pointwise": blocked.pack_pointwise, "depthwise": blocked.pack_depthwise,
                 "direct": blocked.pack_direct}[kind]
         self.w, self.b = pack(conv.w, conv.b)
+        # how the kernel's threads share the layer (engine.dispatch.layout), None for direct
+        self.split = None
+        if kind == "pointwise":
+            self.split = choose_pointwise_blocked_split(self.conv_shape[2:])
+        elif kind == "depthwise":
+            self.split = choose_depthwise_blocked_split(ins[0].shape[2:])
 
     def infer(self, ins):
         if self.conv_kind == "direct":
@@ -194,8 +175,7 @@ class BlockedConv(_Internal):
         if self.conv_kind == "pointwise":
             r = i[3] if len(i) > 3 and i[3] >= 0 else -1
 
-            pixels = self.conv_shape[2] * self.conv_shape[3]
-            slack = POINTWISE_GROUP_SLACK if pixels <= POINTWISE_GROUP_MAX_PIXELS else 0.0
+            slack = POINTWISE_GROUP_SLACK if self.split[0] == "groups" else 0.0
 
             def step(env, nt):
                 nchwc.f32_pointwise_blocked(env[a], w, bias, env[r] if r >= 0 else None,
@@ -209,8 +189,7 @@ class BlockedConv(_Internal):
                                             act, threads_for(macs, nt))
             return step
 
-        h, w_ = self.logical_ins[0].shape[2:]
-        by_blocks = h * w_ <= DEPTHWISE_BLOCK_ORDER_PIXELS
+        by_blocks = self.split[0] == "blocks"
 
         def step(env, nt):
             nchwc.f32_depthwise_blocked(env[a], w, bias, env[b], sh, sw, pt, pl, dh, dw, act,
@@ -227,6 +206,8 @@ class BlockedConv(_Internal):
                              "tap, no transposes",
                 "direct": "direct NCHW -> NCHW16c: few input channels, eight output pixels a "
                           "time, and the layers after it read blocks"}[self.conv_kind]
+        if self.split is not None:
+            text += f" | threads by {self.split[0]}: {self.split[1]}"
         if self.conv.residual:
             text += " | + residual add"
         if self.conv.activation:
@@ -234,41 +215,38 @@ class BlockedConv(_Internal):
         return text
 
 
-def rewrite(graph: Graph, ops: dict, input_shapes: dict):
-    """(graph, ops) to plan for ``input_shapes``: the same objects when nothing is blocked."""
-    if not ENABLED:
-        return graph, ops
-    infos, folded, found = {}, {}, {}
+def rewrite(graph: Graph, ops: dict, input_shapes: dict, layout: str = "auto"):
+    """(graph, ops, choices) to plan for ``input_shapes``: graph and ops the same objects when
+    nothing is blocked; choices {node name: (layout, reason)} for every convolution whose input
+    is not computed while planning. layout: "auto", or "nchw" / "nchw16c" to force one
+    (engine.dispatch.layout)."""
+    reason = why_not_layout(layout)
+    if reason is not None:
+        raise ValueError(reason)
+    infos, folded, found, choices = {}, {}, {}, {}
     for node, op, ins, outs, names in infer_nodes(graph, ops, input_shapes, infos, folded):
-        kind = conv_kind(op, ins)
-        if kind is not None and all(i not in folded for i in node.inputs[:1]):
-            found[node.name] = (kind, ins, outs)
-    if not found:
-        return graph, ops
+        if getattr(op, "kind", "") != "Conv" or any(i in folded for i in node.inputs[:1]):
+            continue
+        found[node.name] = conv_kind(op, ins) + (ins, outs)
     producers = {o: n for n in graph.nodes for o in n.outputs if o}
     readers: dict = {}
     for n in graph.nodes:
         for k, name in enumerate(n.inputs):
             if name:
                 readers.setdefault(name, []).append((n, k))
-    # a layer is blocked only next to another one (its input's producer, or a reader of its
-    # output); a "direct" layer, which reads NCHW, only where its input is NCHW anyway and a
-    # pointwise or depthwise layer reads its output
     by_name = {n.name: n for n in graph.nodes}
     keep = set()
-    for name, (kind, _, _) in found.items():
+    for name, (kind, why, _, _) in found.items():
         node = by_name[name]
         src = producers.get(node.inputs[0])
-        src_blocked = src is not None and src.name in found
-        read_blocked = [found[r.name][0] for r, k in readers.get(node.outputs[0], [])
-                        if r.name in found and k == 0]
-        if kind == "direct":
-            if not src_blocked and any(k != "direct" for k in read_blocked):
-                keep.add(name)
-        elif src_blocked or read_blocked:
+        producer_kind = found[src.name][0] if src is not None and src.name in found else None
+        reader_kinds = [found[r.name][0] for r, k in readers.get(node.outputs[0], [])
+                        if r.name in found and found[r.name][0] is not None and k == 0]
+        choices[name] = choose_layout(kind, why, producer_kind, reader_kinds, layout)
+        if choices[name][0] == "nchw16c":
             keep.add(name)
     if not keep:
-        return graph, ops
+        return graph, ops, choices
     taken = set(infos) | set(graph.constants)
     blocked_name, nchw_ready = {}, set(taken)
 
@@ -307,9 +285,9 @@ def rewrite(graph: Graph, ops: dict, input_shapes: dict):
 
     for node in graph.nodes:
         if node.name in keep:
-            kind, ins, outs = found[node.name]
+            kind, _, ins, outs = found[node.name]
             x = node.inputs[0]
-            inputs = [x if kind == "direct" else as_blocked(x)] + node.inputs[1:3]
+            inputs = [as_nchw(x) if kind == "direct" else as_blocked(x)] + node.inputs[1:3]
             if len(node.inputs) > 3 and node.inputs[3]:
                 inputs.append(as_blocked(node.inputs[3]))
             new = Node(node.op, node.name, inputs, [blocked_name[node.outputs[0]]])
@@ -330,5 +308,5 @@ def rewrite(graph: Graph, ops: dict, input_shapes: dict):
     for op, w in zip(convs, blocked.side_by_side([op.w for op in convs])):
         op.w = w
     out = Graph(new_nodes, graph.inputs, graph.outputs, graph.constants, graph.name)
-    return out, new_ops
+    return out, new_ops, choices
 

@@ -191,8 +191,10 @@ def infer_nodes(graph, ops, input_shapes: dict, infos: dict, folded: dict, max_m
 
 
 class Plan:
-    def __init__(self, graph, ops, input_shapes: dict, max_memory=None):
+    def __init__(self, graph, ops, input_shapes: dict, max_memory=None, layouts=None):
+        """layouts: {node name: (layout, reason)}, the layout pass's choices, for explain()."""
         self.input_shapes = dict(input_shapes)
+        self.layouts = dict(layouts or {})
         self.max_memory = current_max_memory() if max_memory is None else max_memory
         infos: dict = {}
         self.folded: dict = {}        # tensor name -> value computed while planning

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from .._threads import blas_pinned, resolve_threads
+from ..dispatch.layout import why_not_layout
 from ..errors import ModelError
 from ..memory import format_bytes, memory_budget, resolve_max_memory
 from . import layout, passes
@@ -35,6 +36,9 @@ class Model:
     run with each shape (the last MAX_PLANS are kept).
 
     num_threads: kernel threads for this model's runs; None follows engine.set_num_threads.
+    layout: "auto" lets engine/dispatch/layout.py choose which convolutions run in the
+    channel-blocked layout (NCHW16c); "nchw" runs every one on NCHW, "nchw16c" every one a
+    blocked kernel can run (for comparing the layouts).
     max_memory: the bytes a plan may make the model hold (weights, transformed weights, values
     computed while planning, one thread's activation arena, the arrays a run returns; see
     Plan.budget_parts); None for engine.memory.default_max_memory(), half of the RAM. Loading
@@ -49,9 +53,14 @@ class Model:
     ``profile(feeds, repeat)`` does both.
     """
 
-    def __init__(self, graph: Graph, *, num_threads=None, optimize=True, max_memory=None):
+    def __init__(self, graph: Graph, *, num_threads=None, optimize=True, max_memory=None,
+                 layout="auto"):
         self.num_threads = num_threads
         self.max_memory = max_memory
+        reason = why_not_layout(layout)
+        if reason is not None:
+            raise ValueError(reason)
+        self._layout = layout
         graph.check()
         static = self._declared_shapes(graph)
         with memory_budget(self.max_memory):
@@ -97,6 +106,11 @@ class Model:
             resolve_threads(n)   # validates
             n = int(n)
         self._num_threads = n
+
+    @property
+    def layout(self) -> str:
+        """The layout asked for at load: "auto", "nchw" or "nchw16c"."""
+        return self._layout
 
     @property
     def max_memory(self):
@@ -168,8 +182,9 @@ class Model:
             if plan is None:
                 shapes = {s.name: shape for s, shape in zip(self._inputs, key)}
                 with memory_budget(self.max_memory):
-                    graph, ops = layout.rewrite(self.graph, self._ops, shapes)
-                    plan = Plan(graph, ops, shapes, self.max_memory)
+                    graph, ops, layouts = layout.rewrite(self.graph, self._ops, shapes,
+                                                         self._layout)
+                    plan = Plan(graph, ops, shapes, self.max_memory, layouts)
                 with self._lock:
                     self._plans[key] = plan
                     while len(self._plans) > MAX_PLANS:
@@ -208,7 +223,9 @@ class Model:
 
     # -- explanation ---------------------------------------------------------------------------
     def explain(self, input_shapes=None) -> str:
-        """A table per step: op, shapes, algorithm and reason (convolutions), MFLOP, and after
+        """A table per step: op, shapes, MFLOP, the choices made for the step with their
+        reasons (a convolution's algorithm and layout, a blocked kernel's thread split, a
+        transposed convolution's pads, a pool's or a Gemm's path), and after
         run(..., profile=True) the mean time and GFLOP/s. For the plan of ``input_shapes``
         (dict, or one shape for a single-input model), else the plan used last."""
         if input_shapes is not None:
@@ -228,7 +245,7 @@ class Model:
                 lines.append(f"  {n.name:<28} {n.op}")
             return "\n".join(lines)
         shapes = ", ".join(f"{k}: {_shape_text(v)}" for k, v in plan.input_shapes.items())
-        lines.append(f"plan for {shapes}: {len(plan.steps)} steps "
+        lines.append(f"plan for {shapes}, layout {self._layout}: {len(plan.steps)} steps "
                      f"({len(plan.run_fns)} run, the rest are views made once)"
                      + (f", {len(plan.folded)} tensors computed while planning"
                         if plan.folded else ""))
@@ -257,6 +274,9 @@ class Model:
                 row += f" {t * 1e3:8.3f} {rate:8.2f}" if s.runs else f" {'view':>8} {'':>8}"
             total_flops += s.flops
             detail = s.detail
+            if s.node.name in plan.layouts:
+                choice, why = plan.layouts[s.node.name]
+                detail = (detail + " | " if detail else "") + f"layout {choice}: {why}"
             if not s.runs:
                 detail = (detail + "; " if detail else "") + "a view of its input, no step"
             lines.append(row + ("  " + detail if detail else ""))

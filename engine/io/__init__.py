@@ -19,7 +19,7 @@ def _is_native(path: str) -> bool:
     return path.lower().endswith(".safetensors")
 
 
-def load(source, *, num_threads=None, max_memory=None, base_dir=None):
+def load(source, *, num_threads=None, max_memory=None, base_dir=None, layout="auto"):
     """engine.load: an ONNX file (or onnx.ModelProto) or a native file written by
     Model.save, told apart by content (the suffix only breaks a tie).
 
@@ -32,14 +32,21 @@ def load(source, *, num_threads=None, max_memory=None, base_dir=None):
     None for engine.memory.default_max_memory(), half of the machine's RAM (or of the
     container's limit). A file, or at run time an input shape, whose plan needs more raises
     engine.ModelError naming the largest tensors, before anything that size is allocated.
-    ``model.memory()`` reports what a loaded model holds."""
+    ``model.memory()`` reports what a loaded model holds.
+    layout: "auto" lets engine/dispatch/layout.py choose which convolutions run in the
+    channel-blocked layout (NCHW16c); "nchw" or "nchw16c" forces one for every convolution
+    a blocked kernel can run (for comparing the layouts)."""
     from ..graph import Model
     from ..memory import resolve_max_memory
+    from ..dispatch.layout import why_not_layout
     max_memory = resolve_max_memory(max_memory)    # a bad value fails before the file is read
+    reason = why_not_layout(layout)
+    if reason is not None:
+        raise ValueError(reason)
     if hasattr(source, "graph") and hasattr(source, "opset_import"):
         from . import onnx_import
         return Model(onnx_import.load(source, base_dir), num_threads=num_threads,
-                     max_memory=max_memory)
+                     max_memory=max_memory, layout=layout)
     if base_dir is not None:
         raise ValueError("base_dir is for an onnx.ModelProto; a file's external data is read "
                          "from the file's directory")
@@ -52,7 +59,7 @@ def load(source, *, num_threads=None, max_memory=None, base_dir=None):
     else:
         from . import onnx_import
         graph = onnx_import.load(path)
-    return Model(graph, num_threads=num_threads, max_memory=max_memory)
+    return Model(graph, num_threads=num_threads, max_memory=max_memory, layout=layout)
 
 
 def export(module, example_input, path, *, opset=17, input_names=("input",),

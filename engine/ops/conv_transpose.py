@@ -23,7 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .._cache import ShapeCache
-from .. import dispatch
+from ..dispatch.transposed import (TRANSPOSE_ALGORITHMS, choose_conv_transpose2d,
+                                   conv_transpose_estimated_ms, why_not_conv_transpose2d)
 from .._kernels import conv_transpose as _ct
 from .._threads import resolve_threads, threads_for
 from ..shapes import conv_transpose_output_shape, effective_kernel, ntuple, resolve_padding
@@ -41,8 +42,6 @@ COL2IM_CHUNK_BYTES = 1 << 20
 # often: on convT4x4_s2_c64_56 at one thread, blocks of 16/32/64/128/256/512 rows took about
 # 2.9/2.3/1.85/1.64/1.6/1.7 ms. 128 is as fast as 256 and leaves 4 work items there for threads.
 COL2IM_BLOCK_ROWS = 128
-
-ALGORITHMS = ("col2im", "zero_insert")
 
 
 @dataclass(frozen=True)
@@ -161,12 +160,13 @@ class ConvTranspose2d:
             self.bias = None
         self.num_threads = num_threads
         if algorithm == "auto":
-            self.algorithm, self.reason = dispatch.choose_conv_transpose2d(self.stride)
-        elif algorithm in ALGORITHMS:
-            self.algorithm, self.reason = algorithm, "forced by the caller"
+            self.algorithm, self.reason = choose_conv_transpose2d(self.stride)
         else:
-            raise ValueError(f"algorithm={algorithm!r} cannot run a transposed convolution: "
-                             f"known algorithms are 'auto', {', '.join(map(repr, ALGORITHMS))}")
+            reason = why_not_conv_transpose2d(algorithm)
+            if reason is not None:
+                raise ValueError(f"algorithm={algorithm!r} cannot run a transposed "
+                                 f"convolution: {reason}")
+            self.algorithm, self.reason = algorithm, "forced by the caller"
         self._impl = (Col2im if self.algorithm == "col2im" else ZeroInsert)(self)
         self._geometries = ShapeCache(64)
 
@@ -227,25 +227,17 @@ class ConvTranspose2d:
                 f"activation={self.activation!r}, algorithm={self.algorithm!r})")
 
     def estimated_ms(self, algorithm: str, in_size=None) -> float:
-        """Rough time on one core, with the conv2d dispatcher's rates (engine/dispatch.py)."""
-        in_size = in_size or (56,) * self.ndim
-        pixels = int(np.prod(in_size))
-        kk = int(np.prod(self.kernel_size))
-        flops = 2.0 * self.in_channels * pixels * (self.out_channels // self.groups) * kk
-        if algorithm == "col2im":
-            col_bytes = 4.0 * self.out_channels * kk * pixels * 2   # cols written, then read
-            return flops / dispatch._GEMM_GFLOPS / 1e6 + col_bytes / dispatch._MEMORY_GBS / 1e6
-        # zero_insert: every output pixel takes the whole kernel over the zero-inserted input
-        out_pixels = pixels * int(np.prod(self.stride))
-        flops = 2.0 * self.out_channels * out_pixels * (self.in_channels // self.groups) * kk
-        col_bytes = 4.0 * self.in_channels * kk * out_pixels * 2
-        return flops / dispatch._GEMM_GFLOPS / 1e6 + col_bytes / dispatch._MEMORY_GBS / 1e6
+        """Rough time on one core (engine.dispatch.transposed), for a 56x56 input if no size
+        is given."""
+        return conv_transpose_estimated_ms(algorithm, self.in_channels, self.out_channels,
+                                           self.groups, self.kernel_size, self.stride,
+                                           in_size or (56,) * self.ndim)
 
     def explain(self) -> str:
         side = "x".join(["56"] * self.ndim)
         lines = [repr(self), f"algorithm: {self.algorithm} ({self.reason})",
                  f"candidates (estimated ms on one core, for a {side} input):"]
-        for name in sorted(ALGORITHMS, key=self.estimated_ms):
+        for name in sorted(TRANSPOSE_ALGORITHMS, key=self.estimated_ms):
             mark = "*" if name == self.algorithm else " "
             lines.append(f"  {mark} {name:<14} {self.estimated_ms(name):9.3f}")
         if self.algorithm == "zero_insert":

@@ -2,9 +2,12 @@
 k filters input channel k // multiplier with its own kh x kw kernel."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from .._cache import ShapeCache
+from ..dispatch.depthwise import choose_depthwise_kernel, why_not_depthwise_kernel
 from .._kernels import conv_depthwise
 from .workspace import workspace
 
@@ -16,25 +19,6 @@ DEPTHWISE_STAGE_BYTES = 128 << 10
 
 # Channels per block of the channel-blocked kernel (one AVX-512 vector of floats).
 CHANNEL_BLOCK = conv_depthwise.CHANNEL_BLOCK
-# Largest input plane (pixels) run in channel blocks. The plane kernel pays per row (staging,
-# copying out rows of 7 or 14 floats), the channel blocks per pixel (two transposes), so small
-# planes go to channel blocks. Measured one thread, 256 channels, 3x3 relu6, loaded machine,
-# alternating (time of channel blocks / plane kernel):
-#   stride 1: 12x12 0.56, 14x14 0.72, 16x16 0.70, 18x18 0.71, 20x20 0.82, 22x22 0.89,
-#             24x24 0.92, 28x28 1.06
-#   stride 2: 12x12 0.43, 14x14 0.55, 16x16 0.50, 18x18 0.59, 20x20 0.66, 22x22 0.67,
-#             24x24 0.78, 28x28 0.98
-# Against ONNX Runtime's single-node Conv, alternating, one thread (MobileNet layers, us, ours
-# vs ORT): 960ch 7x7 34 vs 39, 384ch 14x14 35 vs 53, 576ch 14x14 stride 2 35 vs 41, where the
-# plane kernel, before this kernel existed, took 315, 115 and 209.
-CHANNEL_BLOCK_MAX_PIXELS = 24 * 24
-# Narrowest output run row by row (kernels/_dw_rows.h: three ring rows in L1, outputs stored
-# straight from registers) rather than in staged bands with a copy-out pass. Measured one
-# thread, alternating, ms plane kernel vs rows: 32ch 112x112 s1 0.254 vs 0.173, 96ch 112x112 s2
-# 0.366 vs 0.300, 144ch 56x56 s1 0.277 vs 0.254, 128ch 56x56 s1 0.236 vs 0.229; but 144ch
-# 56x56 s2 (28 wide) 0.119 vs 0.141 and 256ch 28x28 s1 0.102 vs 0.161: the per-row work
-# outweighs the saved pass on short rows.
-ROWS_MIN_WIDTH = 56
 
 
 def channel_blocks(weight: np.ndarray) -> np.ndarray:
@@ -45,45 +29,46 @@ def channel_blocks(weight: np.ndarray) -> np.ndarray:
 
 
 class Depthwise:
-    """Three kernels. Rows: 3x3, stride 1 or 2, dilation 1, multiplier 1 on outputs at least
-    ROWS_MIN_WIDTH wide, output row by output row from a ring of three padded rows. Planes:
-    padded input bands staged in stride phases, then one band kernel:
-    f32_dwconv3x3s1, f32_dwconv3x3s2 (dilation 1, any padding) or four taps a pass for any
-    other shape. Channel blocks: 3x3 kernels, multiplier 1 and a multiple of CHANNEL_BLOCK
-    channels on small planes (CHANNEL_BLOCK_MAX_PIXELS), CHANNEL_BLOCK channels at a time
-    transposed to channels-last and computed one vector per pixel (they take precedence).
-    kernel_for(geometry) says which runs."""
+    """Three kernels (engine/dispatch/depthwise.py says which runs a layer on each input size,
+    and why): channel blocks, rows, and planes (padded input bands staged in stride phases,
+    then f32_dwconv3x3s1, f32_dwconv3x3s2 or four taps a pass for any other shape).
+
+    kernel: "auto", or one of engine.dispatch.DEPTHWISE_KERNELS to run every input size with
+    it (ValueError if it cannot run the layer)."""
 
     uses_blas = False
 
-    def __init__(self, layer):
+    def __init__(self, layer, kernel="auto"):
         c, k = layer.in_channels, layer.out_channels
         if not (layer.groups == c and layer.weight.shape[1] == 1 and k % c == 0):
             raise ValueError(f"depthwise needs groups == in_channels and out_channels a multiple "
                              f"of in_channels, got groups={layer.groups}, in_channels={c}, "
                              f"out_channels={k}")
         self.layer = layer
+        if kernel != "auto":
+            reason = why_not_depthwise_kernel(kernel, layer.params)
+            if reason is not None:
+                raise ValueError(f"depthwise kernel {kernel!r} cannot run this layer: {reason}")
+        self.forced = kernel
         kh, kw = layer.kernel_size
         self.w2d = layer.weight.reshape(k, kh * kw)
+        self._choices = ShapeCache(64)
         self._work = ShapeCache(64)
-        self.rows_ok = (k == c and (kh, kw) == (3, 3) and layer.dilation == (1, 1))
         self.wcb = None
-        if k == c and c % CHANNEL_BLOCK == 0 and (kh, kw) == (3, 3):
+        if kernel in ("auto", "blocks") and why_not_depthwise_kernel("blocks",
+                                                                    layer.params) is None:
             self.wcb = channel_blocks(layer.weight)
 
-    def uses_channel_blocks(self, in_size) -> bool:
-        """Whether inputs of this spatial size run in channel blocks (a function of the shape)."""
-        return self.wcb is not None and in_size[0] * in_size[1] <= CHANNEL_BLOCK_MAX_PIXELS
+    def kernel_choice(self, g) -> tuple[str, str]:
+        """(kernel, reason): the kernel that runs the geometry ``g``, chosen once per input
+        size by engine.dispatch.choose_depthwise_kernel unless forced."""
+        if self.forced != "auto":
+            return self.forced, "forced by the caller"
 
-    def kernel_for(self, g) -> str:
-        """"blocks", "rows" or "planes": the kernel that runs this geometry."""
-        L = self.layer
-        if self.uses_channel_blocks(g.in_size):
-            return "blocks"
-        if (self.rows_ok and L.stride in ((1, 1), (2, 2))
-                and g.out_size[1] >= ROWS_MIN_WIDTH):
-            return "rows"
-        return "planes"
+        def choose():
+            p = replace(self.layer.params, in_size=g.in_size, pads=g.pads, batch=g.batch)
+            return choose_depthwise_kernel(p)
+        return self._choices.get(g, choose)
 
     def run(self, x, out, g, threads):
         L = self.layer
@@ -92,7 +77,7 @@ class Depthwise:
         (sh, sw), (dh, dw) = L.stride, L.dilation
         pt, pl = g.pads[0][0], g.pads[1][0]
         def work_plan():
-            kind = self.kernel_for(g)
+            kind = self.kernel_choice(g)[0]
             if kind == "blocks":
                 floats = conv_depthwise.cb_work_floats(n * c // CHANNEL_BLOCK, h, w, oh, ow,
                                                        sh, sw, dh, dw, threads)

@@ -307,7 +307,10 @@ class ConvTranspose(Windowed):
                 raise self.error(str(e)) from None
         return self._layers.get(key, make)
 
-    def build(self, ins, outs, i, o):
+    def _planned(self, ins, outs):
+        """The 2-D view of this node for these shapes, the path engine.dispatch chose for its
+        pads (with the reason) and the planned layer that runs it."""
+        from ...dispatch.transposed import choose_onnx_transpose_path
         nd, pads = self.nd, self.plan_pads
         pairs = pads if nd == 2 else ((0, 0),) + pads
         stride = self.strides if nd == 2 else (1,) + self.strides
@@ -318,13 +321,18 @@ class ConvTranspose(Windowed):
         op = tuple(o4[2 + a] - shapes.conv_transpose_output_size(
             x4[2 + a], self.w4.shape[2 + a], stride[a], pairs[a][0], pairs[a][1], 0, dil[a])
             for a in range(2))
-        a, b = i[0], o[0]
-        direct = (all(p >= 0 for pair in pairs for p in pair)
-                  and all(p < s or p < d for p, s, d in zip(op, stride, dil)))
-        if direct:
-            layer = self._layer(("direct", pairs, op), self.w4, self.b, stride, _flat(pairs),
+        path, reason = choose_onnx_transpose_path(pairs, op, stride, dil)
+        if path == "layer":
+            layer = self._layer(("layer", pairs, op), self.w4, self.b, stride, _flat(pairs),
                                 op, self.group, dil)
-            self.last_layer = layer
+        else:
+            layer = self._layer(("window",), self.w4, None, stride, 0, 0, self.group, dil)
+        return x4, o4, pairs, path, reason, layer
+
+    def build(self, ins, outs, i, o):
+        x4, o4, pairs, path, _, layer = self._planned(ins, outs)
+        a, b = i[0], o[0]
+        if path == "layer":
             g = layer.geometry(x4)
             if tuple(g.out_size) != o4[2:]:
                 raise self.error(f"internal size mismatch {g.out_size} vs {o4[2:]}")
@@ -333,11 +341,7 @@ class ConvTranspose(Windowed):
             def step(env, nt):
                 run(env[a].reshape(x4), env[b].reshape(o4), g, nt)
             return step
-        # Pads the planned layer cannot take (negative, or output beyond its reach): run it
-        # unpadded and copy the window ONNX asks for.
         from ...ops.conv_transpose import ConvTransposeWindow
-        layer = self._layer(("full",), self.w4, None, stride, 0, 0, self.group, dil)
-        self.last_layer = layer
         run = ConvTransposeWindow(layer, self.b, x4, o4, pairs).run
 
         def step(env, nt):
@@ -349,8 +353,8 @@ class ConvTranspose(Windowed):
         return 2.0 * x.size * (self.out_channels // self.group) * math.prod(self.kernel)
 
     def describe(self, ins, outs):
-        layer = getattr(self, "last_layer", None)
-        return f"{layer.algorithm}: {layer.reason}" if layer is not None else ""
+        *_, path, reason, layer = self._planned(ins, outs)
+        return f"{layer.algorithm}: {layer.reason} | pads: {path}, {reason}"
 
 
 @register

@@ -1,5 +1,6 @@
 """Matrix product node plans: MatMul (numpy.matmul's broadcasting) and Gemm, which runs a
-fully connected layer at small batch on the engine's threads (kernels/dense.pyx).
+fully connected layer at small batch on the engine's threads (kernels/dense.pyx; the choice is
+engine/dispatch/gemm.py's).
 """
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import numpy as np
 
 from ..._kernels import dense as _dense
 from ..._threads import threads_for
+from ...dispatch.gemm import choose_gemm
 from .base import F32, Info, Op, register
 
 
@@ -57,12 +59,6 @@ class MatMul(Op):
         return step
 
 
-# Gemm with a constant B and at most this many rows of A runs as matrix-vector products on the
-# engine's threads (MobileNetV2's classifier, 1x1280 @ 1280x1000: 0.22 ms with numpy's matmul at
-# one thread or two, about half that on two threads with kernels/dense.pyx).
-DENSE_MAX_ROWS = 8
-
-
 @register
 class Gemm(Op):
     kind = "Gemm"
@@ -97,6 +93,14 @@ class Gemm(Op):
         k = ins[0].shape[0 if self.ta else 1]
         return 2.0 * outs[0].size * k
 
+    def path(self, ins, outs) -> tuple[str, str]:
+        """"dense" or "matmul" for these shapes, and why (engine.dispatch.choose_gemm)."""
+        return choose_gemm(outs[0].shape[0], ins[1].value is not None, self.ta)
+
+    def describe(self, ins, outs):
+        path, reason = self.path(ins, outs)
+        return f"{path}: {reason}"
+
     def build(self, ins, outs, i, o):
         a, b, y = i[0], i[1], o[0]
         c = i[2] if len(i) > 2 and ins[2] is not None else None
@@ -105,9 +109,7 @@ class Gemm(Op):
         if cval is not None:
             cval = (cval * beta).astype(np.float32) if beta != 1 else cval
         rows = ins[0].shape[1 if ta else 0]
-        if ins[1].value is not None and not ta and rows <= DENSE_MAX_ROWS:
-            # a fully connected layer at small batch: a matrix-vector product that streams
-            # the constant weights once, on the engine's threads (see kernels/dense.pyx)
+        if self.path(ins, outs)[0] == "dense":
             w = np.ascontiguousarray(ins[1].value if tb else ins[1].value.T, dtype=np.float32)
             work = rows * w.size
 

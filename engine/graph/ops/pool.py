@@ -2,8 +2,9 @@
 pools and MaxUnpool.
 
 The pooling layers follow PyTorch (symmetric padding of at most half the kernel); ONNX pools
-outside that range run on an explicitly padded copy of the input, its pads from engine.shapes,
-the average's divisors and MaxPool's whole-tensor indices from engine.ops.pool.
+outside that range run on an explicitly padded copy of the input (the choice is
+engine/dispatch/pool.py's), its pads from engine.shapes, the average's divisors and MaxPool's
+whole-tensor indices from engine.ops.pool.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import numpy as np
 
 from ..._cache import ShapeCache
 from ... import shapes
+from ...dispatch.pool import choose_pool_path
 from .base import F32, I64, Info, Op, register
 from .conv import Windowed
 
@@ -37,7 +39,7 @@ class Pool(Windowed):
     def geometry(self, ins):
         x = self.float_in(ins, 0, "X", self.nd + 2)
         pads = self.pads_for(x.shape[2:])
-        size, direct = [], True
+        size = []
         for i, k, s, d, (pb, pe) in zip(x.shape[2:], self.kernel, self.strides,
                                         self.dilations, pads):
             o = shapes.onnx_pool_output_size(i, k, s, pb, pe, d, self.ceil)
@@ -45,10 +47,18 @@ class Pool(Windowed):
                 raise self.error(f"X {x.shape}: the window ({k}, dilation {d}) is larger than "
                                  f"the padded input")
             size.append(o)
-            direct = direct and pb == pe and pb <= k // 2 and \
-                shapes.pool_output_size(i, k, s, pb, d, self.ceil) == o
-        self.plan_pads, self.direct = pads, direct
+        self.plan_pads = pads
         return x, tuple(size)
+
+    def path(self, ins, outs) -> tuple[str, str]:
+        """"direct" or "padded" for these shapes, and why (engine.dispatch.choose_pool_path)."""
+        in_size = ins[0].shape[2:]
+        return choose_pool_path(in_size, outs[0].shape[2:], self.kernel, self.strides,
+                                self.dilations, self.pads_for(in_size), self.ceil)
+
+    def describe(self, ins, outs):
+        path, reason = self.path(ins, outs)
+        return f"{self.what}, {path}: {reason}"
 
     def views(self, x_shape, out_shape):
         """Shapes as the 2-D layers see them (1-D pools run with H = 1)."""
@@ -79,6 +89,7 @@ class Pool(Windowed):
 @register
 class MaxPool(Pool):
     kind = "MaxPool"
+    what = "max pooling"
     n_outputs = (1, 2)
 
     def setup(self, constants):
@@ -103,7 +114,7 @@ class MaxPool(Pool):
         a, b = i[0], o[0]
         want_idx = len(o) > 1 and bool(self.node.outputs[1])
         idx = o[1] if want_idx else None
-        if self.direct:
+        if self.path(ins, outs)[0] == "direct":
             pad = tuple(p for p, _ in pads)
             layer = self.layer(("direct", pad), lambda: MaxPool2d(
                 kernel, stride, pad, dil, self.ceil, return_indices=want_idx))
@@ -135,13 +146,11 @@ class MaxPool(Pool):
             convert(ind)
         return step
 
-    def describe(self, ins, outs):
-        return "max pooling" + ("" if self.direct else " (explicitly padded copy)")
-
 
 @register
 class AveragePool(Pool):
     kind = "AveragePool"
+    what = "average pooling"
 
     def setup(self, constants):
         super().setup(constants)
@@ -160,7 +169,7 @@ class AveragePool(Pool):
         from ...ops.pool import AvgPool2d, onnx_avgpool_scale
         x4, o4, kernel, stride, dil, pads = self.views(ins[0].shape, outs[0].shape)
         a, b = i[0], o[0]
-        if self.direct:
+        if self.path(ins, outs)[0] == "direct":
             pad = tuple(p for p, _ in pads)
             run = self.layer(("direct", pad), lambda: AvgPool2d(
                 kernel, stride, pad, self.ceil, self.include_pad)).run
@@ -180,9 +189,6 @@ class AveragePool(Pool):
             run(xp, out, nt)
             np.multiply(out, factor, out=out)
         return step
-
-    def describe(self, ins, outs):
-        return "average pooling" + ("" if self.direct else " (explicitly padded copy)")
 
 
 class GlobalPool(Op):

@@ -1,0 +1,223 @@
+"""The dispatcher's thresholds, measured: each choice in engine/dispatch/ timed on the layers
+around its threshold, every option forced on the same layer and run in alternation, and the
+option the dispatcher picks marked with *. The constants' comments point at the groups below;
+their timing tables are this script's output, not comments in the code.
+
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/bench_dispatch.py [--threads 1]
+        [--repeat 15] [--only conv/fft]
+
+Groups (section/group):
+  conv/direct_blocked, conv/winograd_min, conv/f43, conv/fft, conv/separable
+                                          engine/dispatch/conv.py
+  depthwise/blocks, depthwise/rows        engine/dispatch/depthwise.py
+  transposed/col2im                       engine/dispatch/transposed.py
+  gemm/dense                              engine/dispatch/gemm.py
+  layout/convert, layout/depthwise        the thread thresholds of engine/graph/layout.py
+                                          (1 against 2 threads, whatever --threads says)
+The layout's own choices (which layers run blocked, how blocked kernels split their threads)
+only show in whole models: bench/bench_models.py --layout auto|nchw|nchw16c.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(__file__))
+from _harness import time_alternating  # noqa: E402
+
+import engine  # noqa: E402
+from engine._kernels import dense, nchwc  # noqa: E402
+from engine._threads import blas_pinned, threads_for  # noqa: E402
+from engine.dispatch import choose_gemm  # noqa: E402
+from engine.graph.layout import MIN_CONVERT_ELEMENTS, MIN_WORK_DEPTHWISE  # noqa: E402
+from engine.ops import blocked  # noqa: E402
+from engine.ops.depthwise import Depthwise  # noqa: E402
+
+rng = np.random.default_rng(0)
+
+
+def _rand(*shape):
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+# -- conv: (C, K, size, kernel, stride, pad, dilation, groups, rank-1 weights) -------------------
+def L(c, k, size, kernel, stride=1, pad=None, dilation=1, groups=1, rank1=False):
+    return (c, k, size, kernel, stride, kernel // 2 * dilation if pad is None else pad,
+            dilation, groups, rank1)
+
+
+CONV = {
+    "direct_blocked": [L(3, 16, 224, 7), L(3, 16, 224, 3), L(16, 16, 224, 3), L(32, 32, 112, 3),
+                       L(16, 64, 112, 3), L(64, 16, 112, 3), L(64, 64, 56, 3),
+                       L(128, 128, 28, 3), L(32, 32, 56, 5), L(3, 32, 224, 3, 2),
+                       L(16, 32, 224, 3, 2), L(32, 64, 112, 3, 2), L(64, 128, 56, 3, 2),
+                       L(48, 96, 56, 3, 2), L(128, 256, 28, 3, 2), L(3, 64, 224, 7, 2),
+                       L(16, 32, 224, 1, 2), L(64, 128, 56, 1, 2), L(256, 512, 56, 1, 2),
+                       L(128, 128, 28, 3, groups=8)],
+    "winograd_min": [L(4, 4, 56, 3), L(8, 8, 56, 3), L(16, 16, 56, 3)],
+    "f43": [L(64, 64, 56, 3), L(128, 128, 28, 3), L(256, 256, 28, 3, dilation=2),
+            L(256, 512, 28, 3, dilation=4), L(512, 512, 28, 3), L(512, 512, 28, 3, dilation=2)],
+    "fft": [L(8, 8, 64, 7), L(16, 16, 128, 7), L(64, 64, 64, 7), L(32, 32, 56, 7),
+            L(4, 32, 128, 7), L(3, 64, 128, 7), L(16, 16, 64, 11), L(64, 64, 128, 15),
+            L(16, 16, 64, 5), L(64, 64, 64, 5)],
+    "separable": [L(1, 1, 512, 3, rank1=True), L(1, 1, 512, 5, rank1=True),
+                  L(32, 32, 112, 3, groups=32, rank1=True),
+                  L(32, 32, 112, 5, groups=32, rank1=True),
+                  L(32, 32, 112, 7, groups=32, rank1=True),
+                  L(32, 64, 112, 5, groups=32, rank1=True)],
+}
+# the options each group compares (those that cannot run a layer are shown as "-")
+CONV_OPTIONS = {"direct_blocked": ["direct_blocked", "im2col", "winograd_f23"],
+                "winograd_min": ["im2col", "winograd_f23"],
+                "f43": ["winograd_f23", "dilated_s2b", "winograd_f43"],
+                "fft": ["im2col", "fft"],
+                "separable": ["im2col", "depthwise", "separable"]}
+
+
+def conv_rows(group):
+    for c, k, size, ks, s, p, d, g, rank1 in CONV[group]:
+        if rank1:   # outer products: every slice rank 1, as for a Gaussian or box filter
+            u, v = _rand(k, c // g, ks, 1), _rand(k, c // g, 1, ks)
+            w = (u * v).astype(np.float32)
+        else:
+            w = _rand(k, c // g, ks, ks) / np.float32(np.sqrt(c // g * ks * ks))
+        b = _rand(k)
+        x = _rand(1, c, size, size)
+        label = (f"{ks}x{ks} s{s}" + (f" d{d}" if d > 1 else "") + (f" g{g}" if g > 1 else "")
+                 + f" {c}->{k} {size}")
+        fns = {}
+        for a in CONV_OPTIONS[group]:
+            try:
+                layer = engine.Conv2d(w, b, s, p, d, g, "relu", a, input_size=(size, size))
+            except ValueError:
+                continue
+            out = np.empty(layer.output_shape(x.shape), np.float32)
+            fns[a] = (lambda layer, out: lambda: layer(x, out=out))(layer, out)
+        auto = engine.Conv2d(w, b, s, p, d, g, "relu", input_size=(size, size)).algorithm
+        yield label, fns, auto
+
+
+# -- depthwise: (C, size, stride) on 3x3, multiplier 1, relu6 -------------------------------------
+DEPTHWISE = {
+    "blocks": [(256, n, s) for s in (1, 2) for n in (12, 14, 16, 20, 24, 28)],
+    "rows": [(32, 112, 1), (96, 112, 2), (144, 56, 1), (128, 56, 1), (144, 56, 2),
+             (256, 28, 1)],
+}
+
+
+def depthwise_rows(group, threads):
+    options = {"blocks": ["blocks", "planes"], "rows": ["rows", "planes"]}[group]
+    for c, size, s in DEPTHWISE[group]:
+        layer = engine.Conv2d(_rand(c, 1, 3, 3), _rand(c), s, 1, 1, c, "relu6", "depthwise")
+        x = _rand(1, c, size, size)
+        g = layer.geometry(x.shape)
+        out = np.empty(layer.output_shape(x.shape), np.float32)
+        nt = threads_for(g.macs, threads)
+        fns = {}
+        for kernel in options:
+            impl = Depthwise(layer, kernel=kernel)
+            fns[kernel] = (lambda impl: lambda: impl.run(x, out, g, nt))(impl)
+        yield f"{c}ch {size}x{size} s{s}", fns, layer._impl.kernel_choice(g)[0]
+
+
+# -- transposed ------------------------------------------------------------------------------------
+def transposed_rows(group):
+    for c, k, size, ks, s, p in [(64, 32, 56, 4, 2, 1), (64, 64, 56, 3, 1, 1)]:
+        w, b, x = _rand(c, k, ks, ks) * np.float32(0.05), _rand(k), _rand(1, c, size, size)
+        fns = {}
+        for a in ("col2im", "zero_insert"):
+            layer = engine.ConvTranspose2d(w, b, s, p, algorithm=a)
+            fns[a] = (lambda layer: lambda: layer(x))(layer)
+        auto = engine.ConvTranspose2d(w, b, s, p).algorithm
+        yield f"{ks}x{ks} s{s} {c}->{k} {size}", fns, auto
+
+
+# -- gemm: the classifier of MobileNetV2 (1280 -> 1000) at a few batch sizes ---------------------
+def gemm_rows(group, threads):
+    k, n = 1280, 1000
+    bmat = _rand(k, n)
+    w = np.ascontiguousarray(bmat.T)      # what the Gemm step packs once
+    for rows in (1, 8, 32):
+        a = _rand(rows, k)
+        out = np.empty((rows, n), np.float32)
+        nt = threads_for(rows * w.size, threads)
+
+        def run_matmul():
+            with blas_pinned():            # as the model runs it
+                np.matmul(a, bmat, out=out)
+        fns = {"dense": (lambda a, out, nt: lambda: dense.f32_dense_rows(a, w, out, nt))(
+                   a, out, nt),
+               "matmul": run_matmul}
+        yield f"{rows}x{k} @ {k}x{n}", fns, choose_gemm(rows, True, False)[0]
+
+
+# -- layout: where a second thread starts to pay --------------------------------------------------
+def layout_rows(group):
+    if group == "convert":
+        for c, hw in [(32, 8), (64, 16), (128, 16), (256, 16)]:
+            x = _rand(1, c, hw, hw)
+            out = np.empty(blocked.blocked_shape(x.shape), np.float32)
+            fns = {f"{t} thread": (lambda t: lambda: nchwc.f32_to_blocked(x, out, t))(t)
+                   for t in (1, 2)}
+            pick = "1 thread" if x.size < MIN_CONVERT_ELEMENTS else "2 thread"
+            yield f"to NCHW16c, {x.size // 1024}K floats", fns, pick
+        return
+    for c, size, s in [(576, 14, 2), (256, 14, 1), (96, 14, 2)]:
+        wp, bp = blocked.pack_depthwise(_rand(c, 1, 3, 3), _rand(c))
+        xb = blocked.to_blocked(_rand(1, c, size, size))
+        o = (size + 2 - 3) // s + 1
+        out = np.empty(blocked.blocked_shape((1, c, o, o)), np.float32)
+        macs = c * o * o * 9
+        fns = {f"{t} thread": (lambda t: lambda: nchwc.f32_depthwise_blocked(
+            xb, wp, bp, out, s, s, 1, 1, 1, 1, 2, t, True))(t) for t in (1, 2)}
+        pick = f"{threads_for(macs, 2, MIN_WORK_DEPTHWISE)} thread"
+        yield f"depthwise {c}ch {size}x{size} s{s} ({macs // 1000}k MACs)", fns, pick
+
+
+# section: (groups, rows(group, threads), the options a group's columns show)
+SECTIONS = {
+    "conv": (list(CONV), lambda g, t: conv_rows(g), CONV_OPTIONS.get),
+    "depthwise": (list(DEPTHWISE), depthwise_rows, lambda g: [g, "planes"]),
+    "transposed": (["col2im"], lambda g, t: transposed_rows(g),
+                   lambda g: ["col2im", "zero_insert"]),
+    "gemm": (["dense"], gemm_rows, lambda g: ["dense", "matmul"]),
+    "layout": (["convert", "depthwise"], lambda g, t: layout_rows(g),
+               lambda g: ["1 thread", "2 thread"]),
+}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--threads", type=int, nargs="+", default=[1])
+    ap.add_argument("--repeat", type=int, default=15)
+    ap.add_argument("--only", default="", help="substring of section/group, e.g. conv/fft")
+    args = ap.parse_args(argv)
+    for threads in args.threads:
+        engine.set_num_threads(threads)
+        for section, (groups, rows, options) in SECTIONS.items():
+            for group in groups:
+                name = f"{section}/{group}"
+                if args.only not in name:
+                    continue
+                print(f"\n## {name}, {threads} thread{'s' if threads > 1 else ''}: median ms, "
+                      f"* the dispatcher's pick")
+                header = options(group)
+                print(f"{'layer':<40}" + "".join(f"{o:>16}" for o in header))
+                for label, fns, pick in rows(group, threads):
+                    times = time_alternating(fns, args.repeat)
+                    cells = []
+                    for o in header:
+                        if o not in times:
+                            cells.append(f"{'-':>16}")
+                            continue
+                        mark = "*" if o == pick else " "
+                        cells.append(f"{times[o][0]:15.3f}{mark}")
+                    extra = "" if pick in header else f"  (auto: {pick})"
+                    print(f"{label:<40}" + "".join(cells) + extra, flush=True)
+
+
+if __name__ == "__main__":
+    main()

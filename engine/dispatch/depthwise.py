@@ -1,0 +1,78 @@
+"""Which of the depthwise kernels (engine/ops/depthwise.py, kernels/conv_depthwise.pyx) runs a
+depthwise layer on one input size, and why:
+
+- "blocks": 16 channels at a time, transposed to channels-last and computed one vector per
+  pixel (f32_conv2d_depthwise_cb): 3x3, multiplier 1, a multiple of 16 channels;
+- "rows": output row by output row from a ring of three padded rows in L1, outputs stored from
+  registers (f32_conv2d_depthwise_rows): 3x3, stride 1 or 2, dilation 1, multiplier 1;
+- "planes": padded input bands staged in stride phases, then one band kernel
+  (f32_conv2d_depthwise): any kernel, stride, dilation and multiplier.
+
+``choose_depthwise_kernel`` needs the input size (``ConvParams.in_size`` and ``pads``); a plan
+asks once per input size. ``why_not_depthwise_kernel`` tells whether a forced kernel can run
+the layer at all, whatever its size.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+from .._kernels.conv_depthwise import CHANNEL_BLOCK
+from .conv import ConvParams
+
+DEPTHWISE_KERNELS = ("blocks", "rows", "planes")
+
+# Largest input plane (pixels) run in channel blocks: they pay two transposes per pixel, the
+# plane kernel a staging and a copy per row, so small planes go to channel blocks
+# (bench/bench_dispatch.py depthwise/blocks).
+CHANNEL_BLOCK_MAX_PIXELS = 24 * 24
+# Narrowest output run row by row: on shorter rows the per-row work outweighs the staging and
+# copy-out pass it saves (bench/bench_dispatch.py depthwise/rows).
+ROWS_MIN_WIDTH = 56
+
+
+def why_not_depthwise_kernel(kernel: str, p: ConvParams) -> Optional[str]:
+    """None if the depthwise ``kernel`` can run the layer (any input size), else why not."""
+    multiplier = p.out_channels // p.in_channels
+    if kernel == "planes":
+        return None
+    if kernel not in DEPTHWISE_KERNELS:
+        return (f"unknown depthwise kernel {kernel!r}; known: "
+                f"{', '.join(map(repr, DEPTHWISE_KERNELS))}")
+    if p.kernel != (3, 3):
+        return f"the {kernel} kernel needs a 3x3 kernel, got {p.kernel[0]}x{p.kernel[1]}"
+    if p.out_channels != p.in_channels:
+        return f"the {kernel} kernel needs channel multiplier 1, got {multiplier}"
+    if kernel == "blocks":
+        if p.in_channels % CHANNEL_BLOCK:
+            return (f"the blocks kernel needs a multiple of {CHANNEL_BLOCK} channels, got "
+                    f"{p.in_channels}")
+        return None
+    if p.dilation != (1, 1):
+        return f"the rows kernel needs dilation 1, got {p.dilation}"
+    if p.stride not in ((1, 1), (2, 2)):
+        return f"the rows kernel needs stride 1 or 2 on both axes, got {p.stride}"
+    return None
+
+
+def choose_depthwise_kernel(p: ConvParams) -> tuple[str, str]:
+    """(kernel, reason) for the layer ``p`` on the input size ``p.in_size``."""
+    h, w = p.in_size
+    ow = p.out_size[1]
+    not_blocks = why_not_depthwise_kernel("blocks", p)
+    if not_blocks is None and h * w <= CHANNEL_BLOCK_MAX_PIXELS:
+        return "blocks", (f"{p.in_channels} channels on a {h}x{w} plane (at most "
+                          f"{CHANNEL_BLOCK_MAX_PIXELS} pixels): vectors of {CHANNEL_BLOCK} "
+                          f"channels per pixel cost less than staging short rows")
+    not_rows = why_not_depthwise_kernel("rows", p)
+    if not_rows is None and ow >= ROWS_MIN_WIDTH:
+        return "rows", (f"3x3 stride {p.stride[0]} to a {ow}-wide output (at least "
+                        f"{ROWS_MIN_WIDTH}): row by row from three ring rows, no staging or "
+                        f"copy-out pass")
+    staged = "staged input bands in stride phases"
+    if not_rows is None:
+        large = f" and a {h}x{w} plane too large for blocks" if not_blocks is None else ""
+        return "planes", f"a {ow}-wide output is too narrow for rows{large}: {staged}"
+    if not_blocks is None:
+        return "planes", (f"a {h}x{w} plane is too large for channel blocks ({not_rows}): "
+                          f"{staged}")
+    return "planes", f"only the plane kernel runs it ({not_rows}): {staged}"

@@ -1,0 +1,120 @@
+"""Which convolutions the graph runner keeps in the channel-blocked layout (NCHW16c,
+kernels/_nchwc.h), and how the blocked kernels split their work between threads. The graph
+rewriting (layout changes, blocked steps) is engine/graph/layout.py's; the choices are here.
+
+A layer can run blocked when a channel-blocked kernel computes it (``blocked_kernel``), and
+does when a neighbour does too (``choose_layout``): converting costs a pass over the tensor,
+which only a neighbour that reads or writes blocks saves. A caller may force a layout for a
+whole model: ``engine.load(path, layout="nchw")`` runs everything on NCHW, ``"nchw16c"`` every
+layer a blocked kernel can run, neighbours or not.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+from ..ops.activation import ACTIVATION_CODES
+from .conv import ConvParams, is_depthwise, is_pointwise
+
+LAYOUTS = ("auto", "nchw", "nchw16c")
+
+# Largest number of taps (input channels per group x kernel size) of a dense layer that reads
+# NCHW and writes channel blocks directly: a network's first layer, for which that beats its
+# NCHW algorithm plus a layout change (bench/bench_models.py, MobileNetV1's first layer).
+BLOCKED_DIRECT_MAX_TAPS = 32
+# Largest input plane a blocked depthwise layer splits between threads by channel blocks
+# rather than by bands of rows: the pointwise layer before it wrote the plane by blocks up to
+# this size, so each thread reads what it wrote (bench/bench_models.py, MobileNetV1 and V2).
+DEPTHWISE_BLOCK_ORDER_PIXELS = 28 * 28
+# Largest output plane a blocked pointwise layer splits by groups of output blocks (each thread
+# reads part of the weights, and writes whole blocks as the depthwise layer after it reads
+# them) rather than by pixels (bench/bench_models.py, MobileNetV1 and V2) ...
+POINTWISE_GROUP_MAX_PIXELS = 28 * 28
+# ... unless that leaves the busiest thread more than this times the work of a pixel split.
+POINTWISE_GROUP_SLACK = 1.15
+
+
+def why_not_layout(layout) -> Optional[str]:
+    if layout in LAYOUTS:
+        return None
+    return f"layout must be one of {', '.join(map(repr, LAYOUTS))}, got {layout!r}"
+
+
+def blocked_kernel(p: ConvParams, activation=None,
+                   residual: Optional[bool] = None) -> tuple[Optional[str], str]:
+    """The channel-blocked kernel able to run the layer, and why: "pointwise" (1x1 stride 1
+    unpadded, one group), "depthwise" (multiplier 1, any kernel, stride, dilation, padding),
+    "direct" (one group, at most BLOCKED_DIRECT_MAX_TAPS taps), or None.
+    activation: the fused one (the blocked kernels apply relu, relu6 or none); residual: None
+    without one, True if it has the output's shape (only the pointwise kernel adds one), False
+    if it broadcasts."""
+    if activation not in ACTIVATION_CODES:
+        return None, f"no channel-blocked kernel applies the activation {activation!r}"
+    if residual is False:
+        return None, ("the residual broadcasts: the blocked kernels add only one of the "
+                      "output's shape")
+    taps = p.in_channels * p.kernel[0] * p.kernel[1]
+    if is_pointwise(p) and p.groups == 1:
+        kind = "pointwise"
+    elif is_depthwise(p) and p.out_channels == p.in_channels:
+        kind = "depthwise"
+    elif p.groups == 1 and taps <= BLOCKED_DIRECT_MAX_TAPS:
+        kind = "direct"
+    else:
+        return None, (f"no channel-blocked kernel for {p.kernel[0]}x{p.kernel[1]} "
+                      f"{p.in_channels}->{p.out_channels} groups {p.groups} ({taps} taps)")
+    if residual is not None and kind != "pointwise":
+        return None, "a residual add, which only the pointwise blocked kernel makes"
+    return kind, f"the {kind} blocked kernel runs it"
+
+
+def choose_layout(kind: Optional[str], why: str, producer_kind: Optional[str] = None,
+                  reader_kinds=(), forced: str = "auto") -> tuple[str, str]:
+    """"nchw16c" or "nchw" for a convolution, and why. kind, why: blocked_kernel's answer;
+    producer_kind: the blocked kernel able to run the layer that writes its input (None if
+    none); reader_kinds: the blocked kernels able to run the layers that read its output as
+    their input; forced: the caller's layout ("auto" to let the rules choose)."""
+    if kind is None:
+        return "nchw", why
+    if forced == "nchw":
+        return "nchw", "forced by the caller (layout='nchw')"
+    if forced == "nchw16c":
+        return "nchw16c", f"{why}; forced by the caller (layout='nchw16c')"
+    if kind == "direct":
+        if producer_kind is not None:
+            return "nchw", ("its input comes from a layer with a blocked kernel, and the direct "
+                            "blocked kernel reads NCHW")
+        wanted = sorted({k for k in reader_kinds if k != "direct"})
+        if not wanted:
+            return "nchw", "no pointwise or depthwise layer reads its output"
+        return "nchw16c", (f"reads NCHW and writes the blocks its {' and '.join(wanted)} "
+                           f"reader takes, instead of a layout change")
+    if producer_kind is not None:
+        return "nchw16c", (f"{kind} after a {producer_kind} layer: no layout change between "
+                           f"them, no packing or transposes")
+    if reader_kinds:
+        return "nchw16c", (f"{kind} before a {reader_kinds[0]} layer: no layout change between "
+                           f"them, no packing or transposes")
+    return "nchw", (f"{kind}, but no neighbour has a blocked kernel: a layout change each way "
+                    f"would cost more than the blocked kernel saves")
+
+
+def choose_depthwise_blocked_split(in_size) -> tuple[str, str]:
+    """How the threads of a blocked depthwise layer share it: "blocks" (each a range of
+    channel blocks) or "bands" (rows across all blocks), and why."""
+    h, w = in_size
+    if h * w <= DEPTHWISE_BLOCK_ORDER_PIXELS:
+        return "blocks", (f"a {h}x{w} input (at most {DEPTHWISE_BLOCK_ORDER_PIXELS} pixels), "
+                          f"as the pointwise layer before it wrote it")
+    return "bands", f"a {h}x{w} input (over {DEPTHWISE_BLOCK_ORDER_PIXELS} pixels)"
+
+
+def choose_pointwise_blocked_split(out_size) -> tuple[str, str]:
+    """How the threads of a blocked pointwise layer share it: "groups" of output blocks
+    (unless that is more than POINTWISE_GROUP_SLACK times as uneven as a pixel split, decided
+    by the kernel for its thread count) or "pixels", and why."""
+    h, w = out_size
+    if h * w <= POINTWISE_GROUP_MAX_PIXELS:
+        return "groups", (f"a {h}x{w} output (at most {POINTWISE_GROUP_MAX_PIXELS} pixels): "
+                          f"each thread reads part of the weights and writes whole blocks; "
+                          f"by pixels if that is over {POINTWISE_GROUP_SLACK}x as uneven")
+    return "pixels", f"a {h}x{w} output (over {POINTWISE_GROUP_MAX_PIXELS} pixels)"

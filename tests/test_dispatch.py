@@ -1,0 +1,146 @@
+"""engine/dispatch/ beyond the convolution algorithm (tests/test_conv2d.py and the algorithm
+files test that one): the layout's rules, the pool, Gemm and transposed-convolution paths, each
+checked against the rule its module documents; explain() showing every choice with its reason;
+and engine.load(layout=) forcing the layout. Values are compared with the all-NCHW plan within
+float32 rounding, 1e-5 of the output's range (tests/test_nchwc.py's tolerance).
+"""
+import os
+
+import numpy as np
+import pytest
+
+import engine
+from engine.dispatch import (ConvParams, blocked_kernel, choose_conv_transpose2d, choose_gemm,
+                             choose_layout, choose_onnx_transpose_path, choose_pool_path,
+                             why_not_layout)
+from engine.graph import Graph, Model, Node, TensorSpec
+
+DIGITS = os.path.join(os.path.dirname(engine.__file__), "data", "digits_net.safetensors")
+
+
+def spec(name, shape=None):
+    return TensorSpec(name, shape, "float32")
+
+
+def test_layout_rules():
+    pw = ConvParams(32, 64, (1, 1), (1, 1), (1, 1), 1, ((0, 0), (0, 0)), (14, 14))
+    kind, why = blocked_kernel(pw)
+    assert kind == "pointwise" and why
+    # blocked only next to another layer with a blocked kernel, or when forced
+    assert choose_layout(kind, why)[0] == "nchw"
+    assert choose_layout(kind, why, "depthwise")[0] == "nchw16c"
+    assert choose_layout(kind, why, None, ["depthwise"])[0] == "nchw16c"
+    assert choose_layout(kind, why, "depthwise", forced="nchw") == (
+        "nchw", "forced by the caller (layout='nchw')")
+    assert choose_layout(kind, why, forced="nchw16c")[0] == "nchw16c"
+    # a direct first layer reads NCHW: blocked only where its input is NCHW anyway and a
+    # pointwise or depthwise layer reads its output
+    first = ConvParams(3, 32, (3, 3), (2, 2), (1, 1), 1, ((1, 1), (1, 1)), (224, 224))
+    kind, why = blocked_kernel(first)
+    assert kind == "direct"
+    assert choose_layout(kind, why, None, ["depthwise"])[0] == "nchw16c"
+    assert choose_layout(kind, why, "pointwise", ["depthwise"])[0] == "nchw"
+    assert choose_layout(kind, why, None, ["direct"])[0] == "nchw"
+    # no blocked kernel: NCHW even when the caller asks for blocks
+    dense = ConvParams(64, 64, (3, 3), (1, 1), (1, 1), 1, ((1, 1), (1, 1)), (56, 56))
+    kind, why = blocked_kernel(dense)
+    assert kind is None and "576 taps" in why
+    assert choose_layout(kind, why, "pointwise", forced="nchw16c") == ("nchw", why)
+    # depthwise with multiplier 1 only; a residual only on pointwise, of the output's shape
+    dw = ConvParams(32, 32, (3, 3), (2, 2), (2, 2), 32, ((2, 2), (2, 2)), (14, 14))
+    assert blocked_kernel(dw)[0] == "depthwise"
+    assert blocked_kernel(ConvParams(32, 64, (3, 3), (1, 1), (1, 1), 32, ((1, 1),) * 2,
+                                     (14, 14)))[0] is None
+    assert blocked_kernel(dw, residual=True)[0] is None
+    assert blocked_kernel(pw, residual=True)[0] == "pointwise"
+    assert blocked_kernel(pw, residual=False)[0] is None
+    assert blocked_kernel(pw, activation="sigmoid")[0] is None
+    assert why_not_layout("auto") is None and "layout must be one of" in why_not_layout("NCHW")
+
+
+def test_pool_gemm_and_transposed_rules():
+    # the pooling layers take symmetric pads of at most half the kernel
+    assert choose_pool_path((8, 8), (4, 4), (2, 2), (2, 2), (1, 1), ((0, 0), (0, 0)),
+                            False)[0] == "direct"
+    assert choose_pool_path((8, 8), (8, 8), (3, 3), (1, 1), (1, 1), ((1, 1), (1, 1)),
+                            False)[0] == "direct"
+    assert choose_pool_path((8, 8), (5, 4), (3, 3), (2, 2), (1, 1), ((0, 2), (0, 0)),
+                            False)[0] == "padded"
+    assert choose_pool_path((8, 8), (4, 4), (3, 3), (3, 3), (1, 1), ((2, 2), (2, 2)),
+                            False)[0] == "padded"
+    # the dense kernel: constant B, A not transposed, at most 8 rows
+    assert choose_gemm(1, True, False)[0] == "dense"
+    assert choose_gemm(8, True, False)[0] == "dense"
+    assert choose_gemm(9, True, False)[0] == "matmul"
+    assert choose_gemm(1, False, False)[0] == "matmul"
+    assert choose_gemm(1, True, True)[0] == "matmul"
+    # transposed: col2im always; ONNX pads to the layer unless negative or beyond its reach
+    assert choose_conv_transpose2d((2, 2))[0] == choose_conv_transpose2d((1, 1))[0] == "col2im"
+    assert choose_onnx_transpose_path(((1, 1), (1, 1)), (1, 0), (2, 2), (1, 1))[0] == "layer"
+    assert choose_onnx_transpose_path(((1, -1), (0, 0)), (0, 0), (2, 2), (1, 1))[0] == "window"
+    assert choose_onnx_transpose_path(((0, 0), (0, 0)), (0, 2), (2, 2), (1, 1))[0] == "window"
+    assert choose_onnx_transpose_path(((0, 0), (0, 0)), (0, 2), (2, 2), (1, 3))[0] == "layer"
+
+
+def small_graph(rng, rows):
+    """A pointwise layer, two ConvTransposes (pads the layer takes, negative pads), a depthwise
+    layer, a max pool the layer pads, an average pool that needs a padded copy, and a Gemm
+    with ``rows`` rows."""
+    def f(*shape):
+        return rng.standard_normal(shape).astype(np.float32)
+    consts = {"w1": f(32, 16, 1, 1), "wt": f(32, 8, 4, 4), "wd": f(8, 1, 3, 3),
+              "g": f(10, 8 * 8 * 8)}
+    nodes = [Node("Conv", "pw", ["x", "w1"], ["a"]),
+             Node("ConvTranspose", "up", ["a", "wt"], ["b"],
+                  {"strides": [2, 2], "pads": [1, 1, 1, 1]}),
+             Node("ConvTranspose", "crop", ["a", "wt"], ["b2"],
+                  {"strides": [2, 2], "pads": [-1, 0, 2, 1]}),
+             Node("Conv", "dw", ["b", "wd"], ["c"], {"group": 8, "pads": [1, 1, 1, 1]}),
+             Node("MaxPool", "mp", ["c"], ["d"], {"kernel_shape": [2, 2], "strides": [2, 2]}),
+             Node("AveragePool", "ap", ["d"], ["e"],
+                  {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [0, 0, 2, 2]}),
+             Node("Flatten", "fl", ["e"], ["h"]),
+             Node("Gemm", "fc", ["h", "g"], ["y"], {"transB": 1})]
+    return Model(Graph(nodes, [spec("x", (rows, 16, 16, 16))], [spec("y"), spec("b2")],
+                       consts))
+
+
+@pytest.mark.parametrize("rows", [1, 9])
+def test_explain_shows_every_choice(rng, rows):
+    text = small_graph(rng, rows).explain()
+    assert "pads: layer, the planned layer takes them itself" in text
+    assert "pads: window, negative pads (-1,) crop the output" in text
+    assert "max pooling, direct: symmetric pads" in text
+    assert "average pooling, padded: pads ((0, 2), (0, 2)) differ" in text
+    assert ("dense: 1 row of A" if rows == 1 else "matmul: 9 rows of A") in text
+    assert text.count("layout nchw: ") == 2            # pw and dw: no neighbour is blocked
+    assert "col2im: stride (2, 2)" in text
+
+
+def test_gemm_paths_agree(rng):
+    """The dense kernel (1 row per image) and numpy.matmul (9 rows) on the same weights."""
+    x = rng.standard_normal((9, 16, 16, 16)).astype(np.float32)
+    one, many = small_graph(np.random.default_rng(5), 1), small_graph(np.random.default_rng(5), 9)
+    y9 = many.run({"x": x})["y"]
+    y1 = np.concatenate([one.run({"x": x[i:i + 1]})["y"] for i in range(9)])
+    scale = np.abs(y9).max()
+    assert np.abs(y1 - y9).max() <= 1e-5 * scale
+
+
+def test_load_forces_the_layout(rng):
+    x = rng.standard_normal((2, 1, 16, 16)).astype(np.float32)
+    auto = engine.load(DIGITS)
+    nchw = engine.load(DIGITS, layout="nchw")
+    blocked = engine.load(DIGITS, layout="nchw16c")
+    ref = nchw(x)
+    for model in (auto, blocked):
+        assert np.abs(model(x) - ref).max() <= 1e-5 * np.abs(ref).max()
+    text = auto.explain()
+    assert "layout nchw16c: " in text and "NCHW16c" in text and "layout auto" in text
+    text = nchw.explain()
+    assert "layout nchw16c" not in text and "NCHW16c" not in text
+    assert "forced by the caller (layout='nchw')" in text
+    assert "forced by the caller (layout='nchw16c')" in blocked.explain()
+    assert auto.layout == "auto" and nchw.layout == "nchw"
+    with pytest.raises(ValueError, match="layout must be one of"):   # before the file is read
+        engine.load("no such file", layout="blocked")
