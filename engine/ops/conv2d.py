@@ -74,7 +74,7 @@ class Conv2d:
 
     def __init__(self, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
                  activation=None, algorithm="auto", *, input_size=None, num_threads=None,
-                 transforms=None):
+                 transforms=None, depthwise_kernel="auto"):
         # float32 weights are used as given (no copy); float64 ones are kept for the float64
         # path and rounded once for the float32 kernels
         given = weight if isinstance(weight, np.ndarray) else None
@@ -136,7 +136,11 @@ class Conv2d:
             if reason is not None:
                 raise ValueError(f"algorithm={algorithm!r} cannot run this layer: {reason}")
             self.algorithm, self.reason = algorithm, "forced by the caller"
-        self._impl = _registry()[self.algorithm](self)
+        if depthwise_kernel != "auto" and self.algorithm != "depthwise":
+            raise ValueError(f"depthwise_kernel={depthwise_kernel!r} needs the depthwise "
+                             f"algorithm, got {self.algorithm!r}")
+        options = {"kernel": depthwise_kernel} if self.algorithm == "depthwise" else {}
+        self._impl = _registry()[self.algorithm](self, **options)
         self._geometries = ShapeCache(64)
 
     @property
@@ -216,6 +220,12 @@ class Conv2d:
             self._impl.run(x, out, g, threads)
 
     # -- reporting ----------------------------------------------------------------------------
+    def kernel_choice(self, g):
+        """(kernel, reason) for geometry ``g`` where the algorithm has several kernels
+        (depthwise: engine/dispatch/depthwise.py), else None."""
+        choose = getattr(self._impl, "kernel_choice", None)
+        return None if choose is None else choose(g)
+
     def __repr__(self):
         kh, kw = self.kernel_size
         return (f"Conv2d({self.in_channels}->{self.out_channels}, kernel={kh}x{kw}, "

@@ -131,5 +131,5 @@ REGISTRY = {
     "direct_blocked": DirectBlocked,
     "winograd_f23": WinogradF23,   # dilation 1
     "dilated_s2b": WinogradF23,    # the same kernel, phase sub-images in its addressing
-    "winograd_f43": WinogradF43,   # any dilation; forced only (see engine/ops/winograd.py)
+    "winograd_f43": WinogradF43,   # any dilation (engine/dispatch/conv.py: >= 256 channels)
 }

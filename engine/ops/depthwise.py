@@ -57,7 +57,7 @@ class Depthwise:
         self.wcb = None
         if kernel in ("auto", "blocks") and why_not_depthwise_kernel("blocks",
                                                                     layer.params) is None:
-            self.wcb = channel_blocks(layer.weight)
+            self.wcb = layer.transformed("depthwise_blocks", lambda: channel_blocks(layer.weight))
 
     def kernel_choice(self, g) -> tuple[str, str]:
         """(kernel, reason): the kernel that runs the geometry ``g``, chosen once per input

@@ -10,7 +10,7 @@ weight spectra depend on (fh, fw), so they are computed once per input size and 
 Cost: the transforms are O(HW log HW) per plane whatever the kernel size, but the products
 stream the weight spectrum, K*Cg*fh*(fw/2 + 1) complex64 values (342 MB for 64->64 on 128x128),
 from memory at every call; that, not arithmetic, bounds this path (see the fft rule in
-engine/dispatch.py for where it wins).
+engine/dispatch/conv.py for where it wins).
 
 Threads: scipy.fft's workers= splits whole planes between threads and the products are split
 by frequency, each frequency computed by one BLAS call, so results do not depend on the

@@ -228,6 +228,11 @@ class Conv(Windowed):
         in_kernel = self._residual_in_kernel(ins, outs)
         layer = self.layer(ins[0].shape[2:], self.plan_pads, in_kernel)
         text = f"{layer.algorithm}: {layer.reason}"
+        x = ins[0].shape
+        sub = getattr(layer, "kernel_choice", None)
+        sub = sub and sub(layer.geometry(x[:2] + (1,) + x[2:] if self.nd == 1 else x))
+        if sub:
+            text += f" | {layer.algorithm} kernel {sub[0]}: {sub[1]}"
         if self.residual:
             text += " | + residual add" + (f" + {self.activation}" if self.activation else "")
             text += (" in the kernel's output step" if in_kernel and layer.fuses_residual
