@@ -6,6 +6,8 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 
+from ._threads import fork_safe
+
 
 class ShapeCache:
     """``get(key, make)``: the value for ``key``, made by ``make()`` on a miss. At most
@@ -16,6 +18,7 @@ class ShapeCache:
         self.maxsize = maxsize
         self._items: OrderedDict = OrderedDict()
         self._lock = threading.Lock()
+        fork_safe(self)
 
     def get(self, key, make):
         with self._lock:

@@ -8,6 +8,8 @@ idle threads would otherwise spin beside the kernels' OpenMP threads.
 """
 import os
 import threading
+import warnings
+import weakref
 
 
 def _default_threads() -> int:
@@ -18,6 +20,12 @@ def _default_threads() -> int:
 
 
 _num_threads = _default_threads()
+# Whether a kernel may have run an OpenMP team of more than one thread in this process: GNU
+# OpenMP's thread pool does not survive fork, and a child that enters a parallel region with
+# more than one thread waits forever for the parent's pool. A child forked after that runs every
+# kernel on one thread (PyTorch does the same), see _after_fork_in_child.
+_parallel_used = False
+_single_after_fork = False
 
 
 def set_num_threads(n: int) -> None:
@@ -28,6 +36,11 @@ def set_num_threads(n: int) -> None:
     n = int(n)
     if n < 1:
         raise ValueError(f"num_threads must be a positive integer, got {n}")
+    if n > 1 and _single_after_fork:
+        warnings.warn("this process was forked after its parent ran multi-threaded kernels; "
+                      "GNU OpenMP cannot start threads here, so kernels stay on one thread "
+                      "(use the 'spawn' or 'forkserver' start method for more)", RuntimeWarning,
+                      stacklevel=2)
     _num_threads = n
 
 
@@ -36,12 +49,48 @@ def get_num_threads() -> int:
 
 
 def resolve_threads(num_threads=None) -> int:
-    """An explicit per-call count, or the process-wide one."""
+    """An explicit per-call count, or the process-wide one (1 in a child forked after the
+    parent ran multi-threaded kernels)."""
+    global _parallel_used
     if num_threads is None:
-        return _num_threads
-    if int(num_threads) < 1:
+        n = _num_threads
+    elif int(num_threads) < 1:
         raise ValueError(f"num_threads must be a positive integer, got {num_threads}")
-    return int(num_threads)
+    else:
+        n = int(num_threads)
+    if _single_after_fork:
+        return 1
+    if n > 1:
+        _parallel_used = True
+    return n
+
+
+# Objects whose locks another thread may hold at the moment of a fork: in the child that thread
+# does not exist, so the locks are made anew there (fork_safe registers an object).
+_lock_holders = weakref.WeakSet()
+_LOCK_TYPES = (type(threading.Lock()), type(threading.RLock()))
+
+
+def fork_safe(obj):
+    """Register ``obj``: in a forked child, every lock among its attributes is replaced by a
+    new, unheld one. Returns obj."""
+    _lock_holders.add(obj)
+    return obj
+
+
+def _after_fork_in_child() -> None:
+    global _single_after_fork
+    if _parallel_used:
+        _single_after_fork = True
+    for obj in list(_lock_holders):
+        for name, value in list(vars(obj).items()):
+            if isinstance(value, _LOCK_TYPES):
+                setattr(obj, name, type(value)())
+    _pin._depth, _pin._saved = 0, None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def threads_for(work: float, num_threads: int, min_work_per_thread: float = 2e5) -> int:
@@ -61,6 +110,7 @@ class _BlasPin:
 
     def __init__(self):
         self._lock = threading.Lock()
+        fork_safe(self)
         self._depth = 0
         self._saved = None
         self._libs = None

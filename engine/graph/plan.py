@@ -31,6 +31,7 @@ import time
 
 import numpy as np
 
+from .._threads import fork_safe
 from ..errors import ModelError
 from ..memory import current_max_memory, format_bytes, nbytes
 from .ir import Node
@@ -237,6 +238,7 @@ class Plan:
         self.stats = [0.0] * len(self.steps)
         self.profiled_runs = 0
         self._stats_lock = threading.Lock()
+        fork_safe(self)
 
     # -- the budget ---------------------------------------------------------------------------
     def budget_parts(self) -> dict:

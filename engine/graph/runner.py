@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from .._threads import blas_pinned, resolve_threads
+from .._threads import blas_pinned, fork_safe, resolve_threads
 from ..dispatch.layout import why_not_layout
 from ..errors import ModelError
 from ..memory import format_bytes, memory_budget, resolve_max_memory
@@ -72,6 +72,7 @@ class Model:
         self._plans: OrderedDict = OrderedDict()
         self._lock = threading.Lock()
         self._build_lock = threading.Lock()
+        fork_safe(self)       # a fork while another thread plans must not leave these held
         self._last_plan = None
         self._inputs = list(graph.inputs)
         self._outputs = list(graph.outputs)

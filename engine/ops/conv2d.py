@@ -8,7 +8,7 @@ import numpy as np
 
 from .._cache import ShapeCache
 from .. import dispatch
-from .._threads import blas_pinned, resolve_threads, threads_for
+from .._threads import blas_pinned, fork_safe, resolve_threads, threads_for
 from ..shapes import conv_output_shape, ntuple, resolve_padding
 from ._validate import as_float_array, check_out, new_output
 from .activation import activation_code
@@ -39,6 +39,7 @@ class TransformedWeights:
     def __init__(self):
         self._items = {}
         self._lock = threading.Lock()
+        fork_safe(self)
         self.made = 0
 
     def get(self, key, make):

@@ -28,6 +28,7 @@ weights are assumed finite.
 """
 from __future__ import annotations
 
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -44,6 +45,16 @@ _CHECK_NONFINITE = True
 _pool = None
 _pool_size = 0
 _pool_lock = threading.Lock()
+
+
+def _forget_pool_in_child():
+    # a forked child has none of the parent's pool threads: work sent there would never run
+    global _pool, _pool_size, _pool_lock
+    _pool, _pool_size, _pool_lock = None, 0, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool_in_child)
 
 
 def _executor(threads):

@@ -1,0 +1,92 @@
+"""Forked children (gunicorn's workers, multiprocessing's default start method on Linux) run the
+engine: after the parent ran kernels on two threads (GNU OpenMP's pool does not survive fork),
+and while another of the parent's threads was inside Model.run holding the engine's locks.
+
+Each child gets a deadline: a child still running after it is killed and the test fails, so a
+hang cannot stall the run."""
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import engine
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+
+DEADLINE = 60.0
+
+
+def _in_child(fn) -> None:
+    """Run fn() in a forked child; fail unless it exits 0 within DEADLINE seconds."""
+    pid = os.fork()
+    if pid == 0:    # the child: no pytest machinery from here on
+        code = 1
+        try:
+            code = 0 if fn() else 3
+        except BaseException:
+            import traceback
+            traceback.print_exc()
+        os._exit(code)
+    t_end = time.monotonic() + DEADLINE
+    while time.monotonic() < t_end:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            assert os.waitstatus_to_exitcode(status) == 0, "the child failed (see its stderr)"
+            return
+        time.sleep(0.02)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    pytest.fail(f"the forked child did not finish within {DEADLINE:.0f} s (a hang)")
+
+
+def _layer_and_input():
+    rng = np.random.default_rng(5)
+    # 64->64 3x3 on 56x56: far above the work at which two threads run
+    w = rng.standard_normal((64, 64, 3, 3)).astype(np.float32) * 0.05
+    x = rng.standard_normal((1, 64, 56, 56)).astype(np.float32)
+    return w, x
+
+
+def test_child_runs_after_parent_used_two_threads():
+    w, x = _layer_and_input()
+    old = engine.get_num_threads()
+    engine.set_num_threads(2)
+    try:
+        want = engine.conv2d(x, w, padding=1, algorithm="im2col")   # two OpenMP threads
+        _in_child(lambda: np.array_equal(engine.conv2d(x, w, padding=1, algorithm="im2col"),
+                                         want))
+    finally:
+        engine.set_num_threads(old)
+
+
+def test_child_runs_while_parent_thread_is_inside_run():
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto as T, helper as h, numpy_helper as nh
+    w, x = _layer_and_input()
+    g = h.make_graph([h.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+                      h.make_node("Relu", ["c"], ["y"])], "g",
+                     [h.make_tensor_value_info("x", T.FLOAT, [None, 64, 56, 56])],
+                     [h.make_tensor_value_info("y", T.FLOAT, None)], [nh.from_array(w, "w")])
+    model = engine.load(h.make_model(g, opset_imports=[h.make_opsetid("", 17)], ir_version=9),
+                        num_threads=2)
+    want = model.run({"x": x})["y"]
+    stop = threading.Event()
+
+    def busy():
+        batch = 1
+        while not stop.is_set():     # new batch sizes: planning (the build lock) as well
+            batch = batch % 3 + 1
+            model.run({"x": np.repeat(x, batch, axis=0)})
+
+    worker = threading.Thread(target=busy)
+    worker.start()
+    try:
+        time.sleep(0.2)
+        for _ in range(3):
+            _in_child(lambda: np.array_equal(model.run({"x": x})["y"], want))
+    finally:
+        stop.set()
+        worker.join()
