@@ -54,7 +54,7 @@ from libc.string cimport memset, memcpy
 
 import numpy as np
 
-from _epilogue cimport ACT_RELU, ACT_RELU6, activate
+from _epilogue cimport activate
 
 from _packed_gemm cimport CE_PG_MR, CE_PG_NR, ce_pg_block, ce_pg_pack_panels
 from _scratch cimport check_scratch
@@ -623,15 +623,6 @@ def f32_conv3x3_winograd(const float[:, :, :, ::1] x, const float[::1] upack, in
 
 # ---- the direct sum's NaN and infinity -------------------------------------------------------
 
-cdef inline float activate_keep_nan(float v, int act) noexcept nogil:
-    # the fused activation as IEEE max(v, 0) and min(., 6) (NumPy, torch): NaN stays NaN
-    if act == ACT_RELU:
-        return 0 if v < 0 else v
-    if act == ACT_RELU6:
-        return 0 if v < 0 else (6 if v > 6 else v)
-    return v
-
-
 cdef inline Py_ssize_t first_output(Py_ssize_t i, Py_ssize_t pad, Py_ssize_t tap,
                                     Py_ssize_t s, Py_ssize_t d, Py_ssize_t n) noexcept nogil:
     """The output index o < n whose tap `tap` reads input index i (i = o*s - pad + tap*d),
@@ -778,7 +769,7 @@ def f32_conv2d_fix_nonfinite(const float[:, :, :, ::1] x, const float[:, :, :, :
                 # many infinities: the whole plane is less work (act is idempotent, and the
                 # kernels' finite outputs are activated already)
                 for i in range(OHW):
-                    yk[i] = activate_keep_nan(yk[i], act)
+                    yk[i] = activate(yk[i], act)
             elif act != 0:
                 for e in range(offsets[ng], offsets[ng + 1]):
                     iy = inf_at[e, 2]
@@ -790,7 +781,7 @@ def f32_conv2d_fix_nonfinite(const float[:, :, :, ::1] x, const float[:, :, :, :
                         for v in range(kw):
                             ox = first_output(ix, pl, v, sw, dw, OW)
                             if ox >= 0:
-                                yk[oy * OW + ox] = activate_keep_nan(yk[oy * OW + ox], act)
+                                yk[oy * OW + ox] = activate(yk[oy * OW + ox], act)
             if counts[ng, 0]:
                 for i in range(OHW):
                     if nan_out[ng, i]:
