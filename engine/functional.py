@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from .ops._validate import as_float_array, check_spatial
-from .ops.conv2d import Conv2d
+from .ops.conv2d import Conv2d, conv2d_for_size  # noqa: F401
 from .ops.pool import avg_pool2d, global_avg_pool2d, global_max_pool2d, max_pool2d
 from .ops.conv_transpose import ConvTranspose1d, ConvTranspose2d
 from .ops.convnd import Conv1d, Conv3d
@@ -22,8 +22,9 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
     if getattr(x, "ndim", None) != 4:
         x = as_float_array(x, "x", 4)
     check_spatial(x, "x")
-    layer = Conv2d(weight, bias, stride, padding, dilation, groups, algorithm=algorithm,
-                   input_size=x.shape[2:])
+    layer = conv2d_for_size(weight, bias, stride, padding, dilation, groups,
+                            algorithm=algorithm, input_size=x.shape[2:],
+                            drop_taps=algorithm == "auto")
     _check_output("conv2d", layer.output_shape, x.shape, padding=padding, stride=stride,
                   dilation=dilation)
     return layer(x)

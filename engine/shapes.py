@@ -25,7 +25,7 @@ __all__ = [
     "conv_output_shape", "pool_output_size", "conv_transpose_output_size",
     "conv_transpose_output_shape",
     "transpose_output_padding", "receptive_field", "phase_tiles", "pool_output_shape", "unpool_output_size",
-    "unpool_output_shape", "interpolate_output_size", "interpolate_output_shape", "INDEX_MAX",
+    "unpool_output_shape", "interpolate_output_size", "interpolate_output_shape", "INDEX_MAX", "live_taps",
     "check_extent",
 ]
 
@@ -347,6 +347,17 @@ def receptive_field(layers: Sequence[Sequence[int]]) -> tuple[int, int]:
         rf += d * (k - 1) * jump
         jump *= s
     return rf, jump
+
+
+def live_taps(i: int, k: int, s: int, p_begin: int, p_end: int, d: int) -> tuple[int, int]:
+    """(first, last) taps along one axis that read inside the input for at least one output.
+    Tap u reads i_in = o*s - p_begin + u*d for the outputs o < n_out, so it is live when
+    u*d - p_begin <= i - 1 and (n_out - 1)*s - p_begin + u*d >= 0: an interval of taps. With
+    a dilation past the map only the middle tap may be left (DeepLabV3's ASPP rates)."""
+    n_out = conv_output_size(i, k, s, p_begin, p_end, d)
+    first = max(0, -(-(p_begin - (n_out - 1) * s) // d))
+    last = min(k - 1, (i - 1 + p_begin) // d)
+    return first, last
 
 
 def phase_tiles(out: int, d: int, m: int) -> list[int]:

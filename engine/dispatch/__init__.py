@@ -21,8 +21,8 @@ from .conv import (ALGORITHMS, DIRECT_BLOCKED_MAX_IN, DIRECT_BLOCKED_MAX_OUT,
                    DIRECT_BLOCKED_MAX_POINTWISE, DIRECT_BLOCKED_MAX_WINOGRAD,
                    DIRECT_BLOCKED_MIN_WIDTH, DIRECT_BLOCKED_STRIDED_WIDTH,
                    FFT_MAX_SPECTRUM_BYTES, WINOGRAD_F43_MIN_CHANNELS, WINOGRAD_MIN_CHANNELS,
-                   ConvParams, choose_conv2d, conv2d_candidates, estimated_ms,
-                   fft_spectrum_bytes, why_not)
+                   ConvParams, choose_conv2d, conv2d_candidates, drop_padding_taps,
+                   estimated_ms, fft_spectrum_bytes, why_not)
 from .depthwise import DEPTHWISE_KERNELS, choose_depthwise_kernel, why_not_depthwise_kernel
 from .gemm import choose_gemm
 from .layout import BLOCKED_DIRECT_MAX_TAPS, LAYOUTS, blocked_kernel, choose_layout, why_not_layout
@@ -33,6 +33,7 @@ from .transposed import (TRANSPOSE_ALGORITHMS, choose_conv_transpose2d,
 __all__ = [
     # conv
     "ALGORITHMS", "ConvParams", "choose_conv2d", "why_not", "conv2d_candidates", "estimated_ms",
+    "drop_padding_taps",
     "fft_spectrum_bytes", "FFT_MAX_SPECTRUM_BYTES", "WINOGRAD_MIN_CHANNELS",
     "WINOGRAD_F43_MIN_CHANNELS", "DIRECT_BLOCKED_MAX_IN", "DIRECT_BLOCKED_MAX_OUT",
     "DIRECT_BLOCKED_MAX_POINTWISE", "DIRECT_BLOCKED_MAX_WINOGRAD", "DIRECT_BLOCKED_MIN_WIDTH",

@@ -34,6 +34,12 @@ WINOGRAD_MIN_CHANNELS = 8
 # From this many channels per group F(4x4,3x3) beats F(2x2,3x3): it streams its 36
 # transformed weight matrices per call, which only wide layers repay (bench_dispatch.py conv/f43).
 WINOGRAD_F43_MIN_CHANNELS = 256
+# Dilated 3x3 layers: F(4x4,3x3) needs phase sub-images (output side / dilation) of at least
+# this many pixels, any Winograd at least DILATED_MIN_PHASE_SIDE, else im2col is faster
+# (bench/bench_dispatch.py conv/dilated_phases: 960->256 14x14 at rates 4-12, 512->256 28x28
+# at 4-12).
+F43_MIN_PHASE_SIDE = 5
+DILATED_MIN_PHASE_SIDE = 1.5
 
 # Where direct_blocked (register-resident sums, no column matrix) beats im2col and Winograd,
 # by channels per group and output width (bench/bench_dispatch.py conv/direct_blocked):
@@ -269,9 +275,20 @@ def choose_conv2d(p: ConvParams) -> tuple[str, str]:
         return "direct_blocked", (f"{cg}->{kg} channels on a {p.out_size[1]}-wide output: "
                                   f"direct loops with register-resident sums beat a GEMM "
                                   f"fed by a column matrix as large as its arithmetic")
+    # A rate-d layer's phase sub-images are about out/d pixels a side: below one F(4x4) tile
+    # and a bit F(4x4,3x3) pads more than it saves, and below 1.5 even F(2x2,3x3)'s do
+    # (bench/bench_dispatch.py conv/dilated_phases)
+    phase_side = min(o / d for o, d in zip(p.out_size, p.dilation))
+    if (p.kernel == (3, 3) and p.stride == (1, 1) and p.dilation != (1, 1)
+            and phase_side < DILATED_MIN_PHASE_SIDE):
+        return "im2col", (f"3x3 dilation {p.dilation[0]}x{p.dilation[1]} on a "
+                          f"{p.out_size[0]}x{p.out_size[1]} output: phase sub-images of about "
+                          f"{phase_side:.1f} pixels a side, where Winograd tiles would be "
+                          f"mostly padding")
     # F(4x4,3x3) before F(2x2,3x3) and dilated_s2b: it takes any dilation itself
     if (p.kernel == (3, 3) and p.stride == (1, 1)
-            and min(cg, kg) >= WINOGRAD_F43_MIN_CHANNELS):
+            and min(cg, kg) >= WINOGRAD_F43_MIN_CHANNELS
+            and (p.dilation == (1, 1) or phase_side >= F43_MIN_PHASE_SIDE)):
         return "winograd_f43", (f"3x3 stride 1 with {cg}->{kg} channels: Winograd F(4x4,3x3) "
                                 f"needs 4x fewer multiplications than im2col (1.8x fewer than "
                                 f"F(2x2,3x3)), and with this many channels its larger "
@@ -294,3 +311,27 @@ def choose_conv2d(p: ConvParams) -> tuple[str, str]:
         return "fft", (f"{kh}x{kw} stride 1 with {cg}->{kg} channels per group: FFT convolution "
                        f"costs O(log HW) per pixel instead of O({kh * kw})")
     return "im2col", "general case: im2col + GEMM handles any stride, padding and dilation"
+
+
+def drop_padding_taps(in_size, kernel, stride, pads, dilation):
+    """For one input size: the kernel's rows and columns that can only ever read padding are
+    dropped, with the padding shrunk so that the output keeps its size and values. Returns
+    ((first row, last row), (first col, last col), new pads, reason), or None when every tap
+    may read the input (or when dropping would need negative padding, which no kernel takes)."""
+    from ..shapes import live_taps
+    keep, new_pads = [], []
+    for i, k, s, (pb, pe), d in zip(in_size, kernel, stride, pads, dilation):
+        first, last = live_taps(i, k, s, pb, pe, d)
+        nb, ne = pb - first * d, pe - (k - 1 - last) * d
+        if first > last or nb < 0 or ne < 0:
+            first, last, nb, ne = 0, k - 1, pb, pe
+        keep.append((first, last))
+        new_pads.append((nb, ne))
+    sizes = tuple(last - first + 1 for first, last in keep)
+    if sizes == tuple(kernel):
+        return None
+    dropped = math.prod(kernel) - math.prod(sizes)
+    reason = (f"{dropped} of {math.prod(kernel)} taps read only padding at "
+              f"{in_size[0]}x{in_size[1]} with dilation {tuple(dilation)}: run as "
+              f"{sizes[0]}x{sizes[1]}")
+    return keep[0], keep[1], tuple(new_pads), reason

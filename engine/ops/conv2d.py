@@ -242,3 +242,39 @@ class Conv2d:
             mark = "*" if name == self.algorithm else " "
             lines.append(f"  {mark} {name:<14} {ms:9.3f}")
         return "\n".join(lines)
+
+
+def conv2d_for_size(weight, bias, stride, padding, dilation, groups, activation=None,
+                    algorithm="auto", *, input_size, transforms=None, drop_taps=True,
+                    trimmed_transforms=None):
+    """A Conv2d planned for one input size, with the kernel's rows and columns that read only
+    padding at that size dropped first (engine/dispatch/conv.py drop_padding_taps): a 3x3 of
+    rate 24 on a 14x14 map is a 1x1. The output keeps its size and values; the layer's reason
+    says what was dropped. drop_taps=False keeps the whole kernel (a forced algorithm runs the
+    layer as given). transforms serves the whole kernel; trimmed_transforms (a dict) holds a
+    TransformedWeights per trimmed kernel."""
+    w = as_float_array(weight, "weight", 4,
+                       dtype=np.float64 if getattr(weight, "dtype", None) == np.float64
+                       else np.float32)
+    kernel = w.shape[2:]
+    s = ntuple(stride, 2, "stride", minimum=1)
+    d = ntuple(dilation, 2, "dilation", minimum=1)
+    size = ntuple(input_size, 2, "input_size", minimum=1)
+    trim = None
+    if drop_taps and d != (1, 1):
+        pads = resolve_padding(padding, size, kernel, s, d)
+        trim = dispatch.drop_padding_taps(size, kernel, s, pads, d)
+    if trim is None:
+        return Conv2d(weight, bias, stride, padding, dilation, groups, activation, algorithm,
+                      input_size=size, transforms=transforms)
+    (r0, r1), (c0, c1), ((pt, pb), (pl, pr)), reason = trim
+    if trimmed_transforms is not None:
+        transforms = trimmed_transforms.setdefault((r0, r1, c0, c1), TransformedWeights())
+    else:
+        transforms = None
+    layer = Conv2d(np.ascontiguousarray(w[:, :, r0:r1 + 1, c0:c1 + 1]), bias, stride,
+                   (pt, pl, pb, pr), dilation, groups, activation, algorithm,
+                   input_size=size, transforms=transforms)
+    layer.reason = f"{reason}; {layer.reason}"
+    layer.dropped_taps = reason
+    return layer

@@ -16,7 +16,7 @@ import numpy as np
 from ..._cache import ShapeCache
 from ... import shapes
 from ...ops.activation import apply_activation
-from ...ops.conv2d import Conv2d, TransformedWeights
+from ...ops.conv2d import TransformedWeights, conv2d_for_size
 from .base import F32, Info, Op, register
 
 AUTO_PADS = ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID")
@@ -109,8 +109,10 @@ class Conv(Windowed):
         self.w, self.b = w, b
         self.activation = self.attr("activation")
         self.residual = bool(self.input_name(3))
-        # every algorithm's transformed weights, made once for all the layers below
+        # every algorithm's transformed weights, made once for all the layers below (and per
+        # kernel trimmed of taps that read only padding, engine.ops.conv2d.conv2d_for_size)
         self.transforms = TransformedWeights()
+        self.trimmed_transforms = {}
         # planned layers per input size: one for a declared shape, the last 8 for free ones
         self._layers = ShapeCache(8)
 
@@ -119,6 +121,7 @@ class Conv(Windowed):
         self.w, self.b = w, b
         self._layers.clear()
         self.transforms = TransformedWeights()
+        self.trimmed_transforms = {}
 
     def infer(self, ins):
         x = self.float_in(ins, 0, "X", self.nd + 2)
@@ -162,9 +165,11 @@ class Conv(Windowed):
                 return Conv3d(self.w, self.b, self.strides, _flat(pads), self.dilations,
                               self.group, activation=act)
             if self.nd == 2:
-                return Conv2d(self.w, self.b, self.strides, _flat(pads), self.dilations,
-                              self.group, activation=act, algorithm=algorithm,
-                              input_size=in_size, transforms=self.transforms)
+                return conv2d_for_size(self.w, self.b, self.strides, _flat(pads),
+                                       self.dilations, self.group, activation=act,
+                                       algorithm=algorithm, input_size=in_size,
+                                       transforms=self.transforms,
+                                       trimmed_transforms=self.trimmed_transforms)
             # engine.Conv1d runs a Conv2d on the (N, C, 1, L) view: run that
             from ...ops.convnd import Conv1d
             return Conv1d(self.w, self.b, self.strides, pads[0], self.dilations, self.group,
