@@ -676,3 +676,18 @@ def test_each_conv_weight_transformed_once(rng, monkeypatch):
 
 class ShapeCacheView(dict):
     """An empty stand-in for ops without planned layers."""
+
+
+@pytest.mark.parametrize("order", ["x_first", "sigmoid_first"])
+def test_sigmoid_times_input_fuses_into_silu(rng, order):
+    inits = {"W": randn(rng, 16, 8, 3, 3)}
+    mul_in = ["c", "s"] if order == "x_first" else ["s", "c"]
+    nodes = [h.make_node("Conv", ["x", "W"], ["c"], pads=[1, 1, 1, 1]),
+             h.make_node("Sigmoid", ["c"], ["s"]),
+             h.make_node("Mul", mul_in, ["m"]),
+             h.make_node("Sigmoid", ["m"], ["t"]),          # read twice: stays a Sigmoid
+             h.make_node("Mul", ["t", "t"], ["y"])]
+    m = make(nodes, [vi("x", [2, 8, 12, 12])], [vi("y")], inits)
+    x = randn(rng, 2, 8, 12, 12) * 4
+    model, got = run_both(m, {"x": x})
+    assert ops_of(model).count("SiLU") == 1 and ops_of(model).count("Sigmoid") == 1

@@ -195,6 +195,29 @@ def fuse_activations(g: Graph) -> int:
     return count
 
 
+def fuse_silu(g: Graph) -> int:
+    """Mul(x, Sigmoid(x)) (SiLU/Swish as exporters write it, EfficientNet's and RegNetY's
+    activation) becomes one SiLU node, when the Sigmoid's output has no other reader."""
+    count = 0
+    producers = g.producers()
+    for mul in list(g.nodes):
+        if mul.op != "Mul" or len(mul.inputs) != 2:
+            continue
+        for k in (0, 1):
+            sig = producers.get(mul.inputs[k])
+            if (sig is None or sig.op != "Sigmoid" or sig not in g.nodes
+                    or sig.inputs[0] != mul.inputs[1 - k]
+                    or _single_reader(g, sig.outputs[0]) is None):
+                continue
+            g.nodes.insert(g.nodes.index(mul), Node("SiLU", mul.name, [sig.inputs[0]],
+                                                    list(mul.outputs)))
+            g.nodes.remove(mul)
+            g.nodes.remove(sig)
+            count += 1
+            break
+    return count
+
+
 def fuse_residual(g: Graph) -> int:
     count = 0
     for conv in list(g.nodes):
@@ -232,6 +255,9 @@ def optimize(g: Graph, input_shapes=None) -> None:
     n = fold_batchnorm(g)
     if n:
         notes.append(f"folded {n} BatchNormalization nodes into convolution weights")
+    n_silu = fuse_silu(g)
+    if n_silu:
+        notes.append(f"fused {n_silu} Sigmoid + Mul pairs into SiLU")
     n = fuse_activations(g)
     n_res = fuse_residual(g)
     n += fuse_activations(g)

@@ -71,6 +71,23 @@ def sigmoid(x, out):
 
 
 @register
+class SiLU(Unary):
+    """x * sigmoid(x) (SiLU, Swish), the engine's own node for the Sigmoid + Mul pair that
+    exporters write (engine/graph/passes.py fuse_silu): one step and one output instead of two."""
+    kind = "SiLU"
+    single_pass = False     # reads x again after the sigmoid
+
+    def kernel(self):
+        def silu(x, out):
+            sigmoid(x, out)
+            out *= x
+        return silu
+
+    def flops(self, ins, outs):
+        return 5.0 * outs[0].size
+
+
+@register
 class Tanh(Unary):
     kind = "Tanh"
 
