@@ -4,6 +4,7 @@
   convengine demo --layers             the layer benchmark: single convolutions, planned and timed
   convengine run MODEL --input X.npy [--output Y.npy]
   convengine explain MODEL
+  convengine check MODEL               every unsupported node and attribute, all at once
   convengine bench MODEL [--threads N ...] [--vs onnxruntime,torch] [--repeat R]
 
 MODEL is an .onnx file or a native file written by model.save. For bench, MODEL may also be
@@ -307,6 +308,36 @@ def cmd_explain(args) -> int:
     return 0
 
 
+def cmd_check(args) -> int:
+    """Every unsupported node and attribute of an ONNX file at once (each node read on its
+    own), then what loading and planning find; exit 1 if there is anything."""
+    import engine
+    path = args.model
+    if not os.path.isfile(path):
+        raise CLIError(f"model file not found: {path}")
+    problems = []
+    from .io import _is_native
+    if not _is_native(path):
+        try:
+            from .io import onnx_import
+            problems = onnx_import.check(path)
+        except ImportError as e:
+            raise CLIError(str(e)) from None
+    if not problems:
+        try:
+            model = engine.load(path)
+        except (ValueError, OSError) as e:
+            problems = [str(e)]
+        else:
+            nodes = len(model.graph.nodes)
+            print(f"{path}: loads and plans ({nodes} nodes after the load-time passes)")
+            return 0
+    print(f"{path}: {len(problems)} problem{'s' if len(problems) != 1 else ''}")
+    for p in problems:
+        print(f"  - {p}")
+    return 1
+
+
 # --------------------------------------------------------------------------- bench
 
 
@@ -485,6 +516,10 @@ def _parser():
     e.add_argument("--shape", type=_parse_shape, default=None,
                    help="input shape to plan for (default: the model's, free dims 1)")
     e.set_defaults(func=cmd_explain)
+
+    c = sub.add_parser("check", help="every unsupported node and attribute of a model, at once")
+    c.add_argument("model")
+    c.set_defaults(func=cmd_check)
 
     b = sub.add_parser("bench", help="time a model, side by side with other runtimes")
     b.add_argument("model", help="model file, or file.py:factory / module:factory (torch)")

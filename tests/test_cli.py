@@ -241,3 +241,27 @@ def test_bad_arguments_exit_2(capsys):
     with pytest.raises(SystemExit) as e:
         main(["run", DIGITS])   # --input is required
     assert e.value.code == 2
+
+
+def test_check_lists_every_problem_at_once(tmp_path, capsys):
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto as T, helper as h, numpy_helper as nh
+    w = nh.from_array(np.ones((4, 3, 3, 3), np.float32), "w")
+    nodes = [h.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+             h.make_node("NoSuchOp", ["c"], ["d"], name="mystery"),
+             h.make_node("Relu", ["d"], ["e"], name="relu", alpha=1.0),      # no such attribute
+             h.make_node("FancyOp", ["e"], ["y"], name="fancy")]
+    g = h.make_graph(nodes, "g", [h.make_tensor_value_info("x", T.FLOAT, [1, 3, 8, 8])],
+                     [h.make_tensor_value_info("y", T.FLOAT, None)], [w])
+    bad = tmp_path / "bad.onnx"
+    onnx.save(h.make_model(g, opset_imports=[h.make_opsetid("", 17)], ir_version=9), str(bad))
+    assert main(["check", str(bad)]) == 1
+    out = capsys.readouterr().out
+    assert "3 problems" in out
+    assert "'mystery'" in out and "NoSuchOp" in out and "'fancy'" in out and "'relu'" in out
+    good = tmp_path / "good.onnx"
+    g = h.make_graph(nodes[:1], "g", [h.make_tensor_value_info("x", T.FLOAT, [1, 3, 8, 8])],
+                     [h.make_tensor_value_info("c", T.FLOAT, None)], [w])
+    onnx.save(h.make_model(g, opset_imports=[h.make_opsetid("", 17)], ir_version=9), str(good))
+    assert main(["check", str(good)]) == 0
+    assert "loads and plans" in capsys.readouterr().out

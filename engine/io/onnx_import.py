@@ -93,8 +93,37 @@ def load(source, base_dir=None) -> Graph:
     return _Importer(onnx, model, base_dir).graph
 
 
+def check(path) -> list:
+    """Every problem the importer finds in the ONNX file at ``path``, all at once (each node
+    converted on its own), then the graph's node checks; an empty list when the import gets
+    through. What only planning finds is for the caller to add (``convengine check``)."""
+    onnx = _onnx()
+    problems = []
+    try:
+        model = onnx.load(os.fspath(path))
+    except Exception as e:
+        return [f"{path}: not a readable ONNX file: {e}"]
+    try:
+        imp = _Importer(onnx, model, os.path.dirname(os.path.abspath(path)), problems)
+    except ModelError as e:
+        return problems + [str(e)]
+    if problems:
+        return problems
+    from ..graph.ops import OPS
+    for node in imp.graph.nodes:
+        cls = OPS.get(node.op)
+        if cls is None:
+            problems.append(f"node {node.name!r}: operator {node.op!r} is not supported")
+            continue
+        try:
+            cls.check_node(node)
+        except ModelError as e:
+            problems.append(str(e))
+    return problems
+
+
 class _Importer:
-    def __init__(self, onnx, model, base_dir):
+    def __init__(self, onnx, model, base_dir, problems=None):
         self.onnx = onnx
         self.base_dir = base_dir
         self.opset = None
@@ -125,7 +154,15 @@ class _Importer:
         self.names = set()
         self.unusable = {}      # tensor name -> why nothing may read it
         for k, node in enumerate(g.node):
-            self._convert(node, k)
+            if problems is None:
+                self._convert(node, k)
+                continue
+            try:           # convengine check: every node's problem, not the first only
+                self._convert(node, k)
+            except ModelError as e:
+                problems.append(str(e))
+        if problems:
+            return
         outputs = [self._spec(vi, f"graph output {vi.name!r}") for vi in g.output]
         used = {i for n in self.nodes for i in n.inputs} | {o.name for o in outputs}
         for name, why in self.unusable.items():
