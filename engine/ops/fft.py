@@ -23,7 +23,7 @@ whose window reads one. Such a value makes the DC term of its plane's spectrum (
 sum) non-finite, and nothing in the transform turns a non-finite value finite again, so testing
 the N*C DC terms finds those planes for free (a finite plane whose sum overflows costs a needless
 second transform, no more). They are transformed again with their non-finite values taken as
-zeros, and winograd.fix_nonfinite gives the outputs that read one the direct sum's value. The
+zeros, and nonfinite.fix_nonfinite gives the outputs that read one the direct sum's value. The
 weights are assumed finite.
 """
 from __future__ import annotations
@@ -37,7 +37,7 @@ import scipy.fft
 
 from .._cache import ShapeCache
 from .activation import apply_activation
-from .winograd import fix_nonfinite
+from .nonfinite import fix_nonfinite
 
 # Benchmarks only (bench/bench_ieee.py): False skips the non-finite test and fix-up.
 _CHECK_NONFINITE = True

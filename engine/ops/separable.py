@@ -89,5 +89,5 @@ class Separable:
             g.pads[1][0], L.dilation[0], L.dilation[1], SEPARABLE_ROWS_PER_BLOCK, L.act_code,
             threads)
         if nonfinite:
-            from .winograd import fix_nonfinite
+            from .nonfinite import fix_nonfinite
             fix_nonfinite(L, x, out, g.pads, threads)

@@ -22,7 +22,7 @@ NaN and infinity (IEEE semantics). The transforms mix a whole input patch into e
 its tile, so one Inf or NaN would turn outputs that never read it into NaN (and +Inf into NaN
 through Inf - Inf). The kernel finds the planes holding one during its padding copy, at no
 measurable cost (bench/bench_ieee.py), and computes with those values taken as zeros;
-fix_nonfinite then gives exactly the outputs whose window reads one the value the direct sum
+engine/ops/nonfinite.py fix_nonfinite then gives exactly the outputs whose window reads one the value the direct sum
 gives them. The weights are assumed finite.
 """
 from __future__ import annotations
@@ -31,6 +31,7 @@ from fractions import Fraction
 
 import numpy as np
 
+from .nonfinite import fix_nonfinite
 from .._cache import ShapeCache
 from ..shapes import phase_tiles
 from .._kernels import conv_winograd
@@ -52,21 +53,6 @@ WORKSPACE_BYTES = 16 << 20
 # Benchmarks only (bench/bench_ieee.py): False skips the non-finite test and fix-up, so that a
 # NaN or infinity spreads over whole tiles, as before the test existed.
 _CHECK_NONFINITE = True
-
-
-def fix_nonfinite(layer, x, out, pads, threads) -> int:
-    """Give out the NaNs and infinities of the direct sum, where out holds the layer's output
-    (bias and activation included) for x with its NaNs and infinities taken as zeros.
-
-    For finite weights (the plans assume them) the direct sum is non-finite exactly where a
-    tap reads a non-finite input: NaN if it reads a NaN, an infinity under a zero weight, or
-    infinite products of both signs, else the infinity of their sign; the relu and relu6
-    clamps keep NaN as NaN. Used by the paths whose arithmetic would spread a non-finite value
-    further (Winograd here, engine/ops/fft.py). Returns the number of non-finite values in x.
-    """
-    return conv_winograd.f32_conv2d_fix_nonfinite(
-        x, layer.weight, out, layer.stride[0], layer.stride[1], pads[0][0], pads[1][0],
-        layer.dilation[0], layer.dilation[1], layer.groups, layer.act_code, threads)
 
 
 # ---- transform matrices ------------------------------------------------------------------------
