@@ -25,7 +25,7 @@ __all__ = [
     "conv_output_shape", "pool_output_size", "conv_transpose_output_size",
     "conv_transpose_output_shape",
     "transpose_output_padding", "receptive_field", "phase_tiles", "pool_output_shape", "unpool_output_size",
-    "unpool_output_shape", "interpolate_output_size", "interpolate_output_shape", "INDEX_MAX", "live_taps",
+    "unpool_output_shape", "interpolate_output_size", "interpolate_output_shape", "INDEX_MAX", "live_taps", "live_window",
     "check_extent",
 ]
 
@@ -358,6 +358,19 @@ def live_taps(i: int, k: int, s: int, p_begin: int, p_end: int, d: int) -> tuple
     first = max(0, -(-(p_begin - (n_out - 1) * s) // d))
     last = min(k - 1, (i - 1 + p_begin) // d)
     return first, last
+
+
+def live_window(i: int, k: int, s: int, p_begin: int, p_end: int,
+                d: int) -> tuple[int, int, int, int]:
+    """(first tap, last tap, begin padding, end padding) of the same convolution along one
+    axis with the taps outside live_taps dropped: the padding shrinks by the dropped taps'
+    span, so the output keeps its size and values. The whole kernel and padding when no tap is
+    live or dropping would need negative padding (no kernel takes it)."""
+    first, last = live_taps(i, k, s, p_begin, p_end, d)
+    nb, ne = p_begin - first * d, p_end - (k - 1 - last) * d
+    if first > last or nb < 0 or ne < 0:
+        return 0, k - 1, p_begin, p_end
+    return first, last, nb, ne
 
 
 def phase_tiles(out: int, d: int, m: int) -> list[int]:

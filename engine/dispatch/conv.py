@@ -318,13 +318,10 @@ def drop_padding_taps(in_size, kernel, stride, pads, dilation):
     dropped, with the padding shrunk so that the output keeps its size and values. Returns
     ((first row, last row), (first col, last col), new pads, reason), or None when every tap
     may read the input (or when dropping would need negative padding, which no kernel takes)."""
-    from ..shapes import live_taps
+    from ..shapes import live_window
     keep, new_pads = [], []
     for i, k, s, (pb, pe), d in zip(in_size, kernel, stride, pads, dilation):
-        first, last = live_taps(i, k, s, pb, pe, d)
-        nb, ne = pb - first * d, pe - (k - 1 - last) * d
-        if first > last or nb < 0 or ne < 0:
-            first, last, nb, ne = 0, k - 1, pb, pe
+        first, last, nb, ne = live_window(i, k, s, pb, pe, d)
         keep.append((first, last))
         new_pads.append((nb, ne))
     sizes = tuple(last - first + 1 for first, last in keep)
