@@ -68,7 +68,8 @@ def resolve_threads(num_threads=None) -> int:
 # Objects whose locks another thread may hold at the moment of a fork: in the child that thread
 # does not exist, so the locks are made anew there (fork_safe registers an object).
 _lock_holders = weakref.WeakSet()
-_LOCK_TYPES = (type(threading.Lock()), type(threading.RLock()))
+# The lock types and how to make one: the types themselves cannot be instantiated.
+_LOCK_FACTORIES = {type(threading.Lock()): threading.Lock, type(threading.RLock()): threading.RLock}
 
 
 def fork_safe(obj):
@@ -84,8 +85,9 @@ def _after_fork_in_child() -> None:
         _single_after_fork = True
     for obj in list(_lock_holders):
         for name, value in list(vars(obj).items()):
-            if isinstance(value, _LOCK_TYPES):
-                setattr(obj, name, type(value)())
+            make = _LOCK_FACTORIES.get(type(value))
+            if make is not None:
+                setattr(obj, name, make())
     _pin._depth, _pin._saved = 0, None
 
 

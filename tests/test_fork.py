@@ -90,3 +90,19 @@ def test_child_runs_while_parent_thread_is_inside_run():
     finally:
         stop.set()
         worker.join()
+
+
+def test_child_runs_when_fork_came_while_the_locks_were_held():
+    # Deterministic form of the test above: the parent holds the plan cache's and the planner's
+    # locks at the moment of the fork, and the child plans a new shape (both locks needed).
+    w, x = _layer_and_input()
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto as T, helper as h, numpy_helper as nh
+    g = h.make_graph([h.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])], "g",
+                     [h.make_tensor_value_info("x", T.FLOAT, [None, 64, 56, 56])],
+                     [h.make_tensor_value_info("y", T.FLOAT, None)], [nh.from_array(w, "w")])
+    model = engine.load(h.make_model(g, opset_imports=[h.make_opsetid("", 17)], ir_version=9))
+    want = model.run({"x": np.repeat(x, 2, axis=0)})["y"]
+    with model._build_lock, model._lock:
+        _in_child(lambda: np.array_equal(model.run({"x": np.repeat(x, 2, axis=0)})["y"], want)
+                  and model.run({"x": x})["y"].shape == (1, 64, 56, 56))
