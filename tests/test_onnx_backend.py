@@ -17,7 +17,7 @@ import pytest
 onnx = pytest.importorskip("onnx")
 
 import engine  # noqa: E402
-from engine.io.onnx_import import CONVERTERS  # noqa: E402
+from engine.io.onnx_import import supported_ops  # noqa: E402
 
 from onnx_backend import EngineBackend  # noqa: E402
 
@@ -45,13 +45,16 @@ FOLLOWS_ONNXRUNTIME = {
 }
 
 
+SUPPORTED = set(supported_ops())
+
+
 def _cases():
     from onnx.backend.test.case import node
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         cases = node.collect_testcases(None)
     return [c for c in cases if c.kind == "node"
-            and all(n.op_type in CONVERTERS and n.domain in ("", "ai.onnx")
+            and all(n.op_type in SUPPORTED and n.domain in ("", "ai.onnx")
                     for n in c.model.graph.node)]
 
 
@@ -73,7 +76,7 @@ def test_cases_were_collected():
     ops = {n.op_type for c in CASES for n in c.model.graph.node}
     # the node tests exist for nearly every supported operator
     assert len(CASES) > 300
-    assert len(ops) >= 40, sorted(set(CONVERTERS) - ops)
+    assert len(ops) >= 40, sorted(SUPPORTED - ops)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])

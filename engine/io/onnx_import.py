@@ -27,6 +27,7 @@ import numpy as np
 
 from ..errors import ModelError
 from ..graph.ir import DTYPES, Graph, Node, TensorSpec
+from ..graph.ops import OPS
 
 MIN_OPSET = 6
 NEWEST_SEMANTICS = 21
@@ -233,7 +234,7 @@ class _Importer:
         what = f"node {name!r} ({node.op_type})"
         if node.domain not in ("", "ai.onnx"):
             raise ModelError(f"{what}: operator domain {node.domain!r} is not supported")
-        convert = CONVERTERS.get(node.op_type)
+        convert = converter(node.op_type)
         if convert is None:
             raise ModelError(f"{what}: operator {node.op_type!r} is not supported")
         attrs = self.attrs(node, what)
@@ -276,6 +277,24 @@ CONVERTERS = {}
 def _register(op, fn):
     op_of[fn] = op
     CONVERTERS[op] = fn
+
+
+def converter(op_type):
+    """How a node of ONNX operator ``op_type`` becomes IR nodes, or None if unsupported: a
+    converter written for it, else, for an operator plan whose ONNX form is its own
+    (``Op.onnx``), the node as it is with the plan's attributes."""
+    convert = CONVERTERS.get(op_type)
+    if convert is None:
+        cls = OPS.get(op_type)
+        if cls is not None and cls.onnx:
+            convert = _same(*cls.attributes)
+            _register(op_type, convert)
+    return convert
+
+
+def supported_ops() -> list:
+    """Every ONNX operator the importer reads."""
+    return sorted(set(CONVERTERS) | {k for k, cls in OPS.items() if cls.onnx})
 
 
 _WINDOW = ("kernel_shape", "strides", "pads", "dilations", "auto_pad")

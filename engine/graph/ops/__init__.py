@@ -10,7 +10,12 @@ family a module:
   Slice, Gather, Shape, ConstantOfShape, Cast, Expand, Pad;
 - conv: Conv, ConvTranspose, DeformConv;
 - pool: MaxPool, AveragePool, the global pools, MaxUnpool;
-- resize: Resize.
+- resize: Resize;
+- reduce: the Reduce* family, ArgMax, ArgMin, TopK;
+- mathops: unary math and activations, Pow, Min, Max, Mean;
+- logic: comparisons, boolean logic, Where;
+- rearrange: DepthToSpace, SpaceToDepth, Tile, Range;
+- einsum: Einsum.
 
 An op is its attributes, ``infer`` and a short step. Elementwise, shape and small tensor
 operators are NumPy; the spatial ones run the engine's planned layers, and the arithmetic of
@@ -22,7 +27,8 @@ with pads its layer cannot take in engine/ops/conv_transpose.py.
 Importing this package imports every family, so ``OPS`` is complete.
 """
 # every family registers its operators when imported
-from . import conv, elementwise, linalg, norm, pool, resize, shape  # noqa: F401
+from . import (conv, einsum, elementwise, linalg, logic, mathops, norm, pool,  # noqa: F401
+               rearrange, reduce, resize, shape)
 from .base import (F32, I64, MAX_TENSOR_BYTES, OPS, Info, Op, blame, check_tensor_size,
                    register, same_shape_inputs)
 

@@ -115,6 +115,9 @@ class Op:
     attributes: dict = {}      # name -> kind in _KINDS
     weights = ()               # input indices that must be constants when the model loads
     storage = "write"
+    # Whether ONNX's operator of the same name is this plan with the same attributes, so the
+    # importer needs no converter for it (False for the engine's own fused nodes).
+    onnx = True
 
     def __init__(self, node, constants):
         self.node = node

@@ -75,6 +75,7 @@ class SiLU(Unary):
     """x * sigmoid(x) (SiLU, Swish), the engine's own node for the Sigmoid + Mul pair that
     exporters write (engine/graph/passes.py fuse_silu): one step and one output instead of two."""
     kind = "SiLU"
+    onnx = False
     single_pass = False     # reads x again after the sigmoid
 
     def kernel(self):

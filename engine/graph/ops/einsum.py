@@ -1,0 +1,2 @@
+"""Einsum, in the forms CNN exports use."""
+from __future__ import annotations
