@@ -27,8 +27,7 @@ REFUSED = [  # (pattern on the case name, why the engine refuses it)
     (r"^test_cast.*(STRING|string)", "string tensors are not supported"),
     (r"cubic", "Resize mode cubic is not supported"),
     (r"antialias", "Resize antialias=1 is not supported"),
-    (r"^test_(max|average)pool_3d|^test_convtranspose_3d",
-     "3-D pooling and 3-D transposed convolution are not supported"),
+    (r"^test_(max|average)pool_3d", "3-D pooling is not supported"),
     (r"^test_averagepool_2d_dilations", "average pooling with dilation is not supported"),
     (r"^test_maxpool_2d_uint8", "pooling runs on float32 only"),
     (r"training", "training mode (BatchNormalization statistics, Dropout) is not supported"),
@@ -104,3 +103,56 @@ def test_node_case(case):
             assert g.shape == e.shape, (g.shape, e.shape)
             np.testing.assert_allclose(g, e, rtol=max(case.rtol, 1e-4),
                                        atol=max(case.atol, 1e-6))
+
+
+# ------------------------------------------------------------------ ONNX's model-level sets
+# pytorch-converted and pytorch-operator: whole small models (torch.nn layers and functional
+# operators exported by an early PyTorch, opsets 6-9), each with its inputs and expected
+# outputs as protobuf files. Weights are initializers or graph inputs, as ONNX ships them.
+
+def _model_cases():
+    import glob
+    import os
+    import onnx.backend.test as onnx_tests
+    root = os.path.join(os.path.dirname(onnx_tests.__file__), "data")
+    found = []
+    for kind in ("pytorch-converted", "pytorch-operator"):
+        found += sorted(glob.glob(os.path.join(root, kind, "test_*")))
+    return found
+
+
+MODEL_CASES = _model_cases()
+
+
+def _unsupported(model):
+    return sorted({n.op_type for n in model.graph.node if n.op_type not in SUPPORTED})
+
+
+def test_model_cases_were_collected():
+    assert len(MODEL_CASES) > 100
+
+
+@pytest.mark.parametrize("path", MODEL_CASES, ids=[p.rsplit("/", 1)[-1] for p in MODEL_CASES])
+def test_model_case(path):
+    import glob
+    import os
+    model = onnx.load(os.path.join(path, "model.onnx"))
+    missing = _unsupported(model)
+    if missing:
+        with pytest.raises(engine.ModelError):
+            EngineBackend.prepare(model).run([])
+        pytest.skip(f"operators not supported: {', '.join(missing)}")
+    rep = EngineBackend.prepare(model)
+    sets = sorted(glob.glob(os.path.join(path, "test_data_set_*")))
+    assert sets
+    for data in sets:
+        def read(pattern):
+            return [onnx.numpy_helper.to_array(onnx.load_tensor(f))
+                    for f in sorted(glob.glob(os.path.join(data, pattern)))]
+        got = rep.run(read("input_*.pb"))
+        expected = read("output_*.pb")
+        assert len(got) == len(expected)
+        for g, e in zip(got, expected):
+            assert g.dtype == e.dtype and g.shape == e.shape, (g.dtype, g.shape, e.dtype, e.shape)
+            # early PyTorch computed these in float32 too: ONNX's own tolerance for the sets
+            np.testing.assert_allclose(g, e, rtol=1e-3, atol=1e-7)

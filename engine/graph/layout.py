@@ -47,6 +47,8 @@ def conv_kind(op, ins) -> tuple[str | None, str]:
     "depthwise", "direct" or None, for it to stay NCHW), and why (engine.dispatch.layout)."""
     if op.nd != 2:
         return None, f"{op.nd}-D: the channel-blocked kernels are 2-D"
+    if op.runtime_weights:
+        return None, "weights computed at run time: the blocked kernels pack them at load"
     residual = None
     if op.residual:
         residual = tuple(ins[3].shape) == tuple(op.conv_shape)

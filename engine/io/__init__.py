@@ -20,8 +20,8 @@ def _is_native(path: str) -> bool:
 
 
 def load(source, *, num_threads=None, max_memory=None, base_dir=None, layout="auto"):
-    """engine.load: an ONNX file (or onnx.ModelProto) or a native file written by
-    Model.save, told apart by content (the suffix only breaks a tie).
+    """engine.load: an ONNX file (its path, its bytes or an onnx.ModelProto) or a native file
+    written by Model.save, told apart by content (the suffix only breaks a tie).
 
     base_dir: for an onnx.ModelProto only, the directory its external data is relative to;
     without it a ModelProto with external data is refused (a file's is read beside the file).
@@ -43,7 +43,8 @@ def load(source, *, num_threads=None, max_memory=None, base_dir=None, layout="au
     reason = why_not_layout(layout)
     if reason is not None:
         raise ValueError(reason)
-    if hasattr(source, "graph") and hasattr(source, "opset_import"):
+    if isinstance(source, (bytes, bytearray, memoryview)) or (
+            hasattr(source, "graph") and hasattr(source, "opset_import")):
         from . import onnx_import
         return Model(onnx_import.load(source, base_dir), num_threads=num_threads,
                      max_memory=max_memory, layout=layout)

@@ -58,7 +58,14 @@ def _dtype(onnx, elem_type, what):
     return dtype.name
 
 
-def _array(onnx, tensor, what, base_dir=None):
+# Half-precision element types widened to float32 when a constant is read: the kernels are
+# float32, and every half value is exact in float32.
+_WIDENED = {10: "float16", 16: "bfloat16"}      # TensorProto.FLOAT16, BFLOAT16
+
+
+def _array(onnx, tensor, what, base_dir=None, widened=None):
+    """The tensor's values; a float16 or bfloat16 one as float32 (its name is appended to
+    ``widened``)."""
     if tensor.data_location == onnx.TensorProto.EXTERNAL and base_dir is None:
         raise ModelError(f"{what}: the data is stored in an external file; pass base_dir= "
                          f"(the directory it is relative to) to load a ModelProto with external "
@@ -67,6 +74,10 @@ def _array(onnx, tensor, what, base_dir=None):
         value = onnx.numpy_helper.to_array(tensor, base_dir or "")
     except Exception as e:
         raise ModelError(f"{what}: cannot read the tensor data: {e}") from None
+    if tensor.data_type in _WIDENED:
+        value = value.astype(np.float32)
+        if widened is not None:
+            widened.append(_WIDENED[tensor.data_type])
     if value.dtype.name not in DTYPES:
         raise ModelError(f"{what} has dtype {value.dtype}, which is not supported "
                          f"(supported: {', '.join(DTYPES)})")
@@ -74,10 +85,18 @@ def _array(onnx, tensor, what, base_dir=None):
 
 
 def load(source, base_dir=None) -> Graph:
-    """A path to an .onnx file (external data relative to its directory), or an
+    """A path to an .onnx file (external data relative to its directory), the file's bytes
+    (no external data), or an
     onnx.ModelProto (external data only relative to ``base_dir``, never the working
     directory)."""
     onnx = _onnx()
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        model = onnx.ModelProto()
+        try:
+            model.ParseFromString(bytes(source))
+        except Exception as e:
+            raise ModelError(f"the bytes given are not an ONNX model: {e}") from None
+        source, base_dir = model, None
     if isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
         base_dir = os.path.dirname(os.path.abspath(path))
@@ -144,8 +163,10 @@ class _Importer:
         if len(g.sparse_initializer):
             raise ModelError("sparse initializers are not supported")
         self.constants = {}
+        self.widened = []
         for t in g.initializer:
-            self.constants[t.name] = _array(onnx, t, f"initializer {t.name!r}", base_dir)
+            self.constants[t.name] = _array(onnx, t, f"initializer {t.name!r}", base_dir,
+                                            self.widened)
         inputs = []
         for vi in g.input:
             if vi.name in self.constants:
@@ -170,6 +191,9 @@ class _Importer:
             if name in used:
                 raise ModelError(f"tensor {name!r} is read, but {why}")
         self.graph = Graph(self.nodes, inputs, outputs, self.constants, name=g.name)
+        if self.widened:
+            kinds = " and ".join(sorted(set(self.widened)))
+            self.graph.notes.append(f"{len(self.widened)} {kinds} constants widened to float32")
 
     # -- helpers ------------------------------------------------------------------------------
     def _spec(self, vi, what, require_shape=False):
@@ -209,7 +233,7 @@ class _Importer:
                 raise ModelError(f"{what}: attribute {a.name!r} has no type")
             if a.type == self.onnx.AttributeProto.TENSOR:
                 out[_text(a.name)] = _array(self.onnx, a.t, f"{what}: attribute {a.name!r}",
-                                     self.base_dir)
+                                            self.base_dir, self.widened)
                 continue
             if a.type in (self.onnx.AttributeProto.GRAPH, self.onnx.AttributeProto.GRAPHS,
                           self.onnx.AttributeProto.SPARSE_TENSOR,
@@ -305,7 +329,7 @@ for _op, _known in {
         "AveragePool": _WINDOW + ("ceil_mode", "count_include_pad"),
         "GlobalAveragePool": (), "GlobalMaxPool": (),
         "MaxUnpool": ("kernel_shape", "strides", "pads"),
-        "Relu": (), "Sigmoid": (), "Tanh": (), "HardSwish": (), "PRelu": (),
+        "Relu": (), "Sigmoid": (), "Tanh": (), "HardSwish": (),
         "LeakyRelu": ("alpha",), "HardSigmoid": ("alpha", "beta"),
         "LRN": ("alpha", "beta", "bias", "size"),
         "MatMul": (), "Flatten": ("axis",), "Transpose": ("perm",), "Concat": ("axis",),
@@ -333,6 +357,11 @@ def _batchnorm(imp, name, inputs, outputs, attrs):
             imp.unusable[extra] = (f"it is a training output of BatchNormalization {name!r}, "
                                    f"which inference does not compute")
     imp.emit("BatchNormalization", name, inputs[:5], outputs[:1], attrs)
+
+
+def _prelu(imp, name, inputs, outputs, attrs):
+    imp.take(attrs, (), drop=("consumed_inputs",))
+    imp.emit("PRelu", name, inputs, outputs, {"channel_slope": 1} if imp.opset < 7 else {})
 
 
 def _clip(imp, name, inputs, outputs, attrs):
@@ -513,7 +542,7 @@ def _cast(imp, name, inputs, outputs, attrs):
              {"to": _dtype(imp.onnx, to, f"Cast {name!r} target")})
 
 
-for _op, _fn in {"MaxPool": _maxpool, "BatchNormalization": _batchnorm, "Clip": _clip,
+for _op, _fn in {"MaxPool": _maxpool, "PRelu": _prelu, "BatchNormalization": _batchnorm, "Clip": _clip,
                  "Gemm": _gemm, "Reshape": _reshape, "Pad": _pad, "Resize": _resize,
                  "Upsample": _upsample, "Softmax": _softmax, "Dropout": _dropout,
                  "Constant": _constant, "ConstantOfShape": _constant_of_shape,

@@ -254,3 +254,63 @@ class Conv3d:
 
     def explain(self) -> str:
         return f"{self!r}\nalgorithm: {self.algorithm} ({self.reason})"
+
+
+class ConvTranspose3d:
+    """A 3-D transposed convolution planned once, run as the convolution it is the adjoint of:
+    the input is spread out by the stride (zeros between samples) and padded by
+    dilation * (kernel - 1) less the transposed layer's pads, then convolved at stride 1 with
+    the kernel flipped and its input and output channels swapped (per group), on Conv3d's
+    vol2col + packed GEMM. The zeros cost stride**3 times the useful work; 3-D transposed
+    layers are rare in CNNs, and this reuses one tested kernel for every pad and stride.
+
+    weight: (in_channels, out_channels // groups, kd, kh, kw), ONNX and PyTorch's layout.
+    """
+    algorithm = "stride-spread + im2col"
+    reason = "the only 3-D transposed algorithm: a stride-1 Conv3d on the spread input"
+
+    def __init__(self, weight, bias=None, stride=1, dilation=1, groups=1):
+        w = as_float_array(weight, "weight", 5)
+        groups = _check_groups(groups)
+        if min(w.shape) < 1 or w.shape[0] % groups:
+            raise ValueError(f"weight of shape {w.shape} must have no empty dimension and "
+                             f"in_channels divisible by groups ({groups})")
+        self.stride = ntuple(stride, 3, "stride", minimum=1)
+        self.dilation = ntuple(dilation, 3, "dilation", minimum=1)
+        self.kernel_size = tuple(w.shape[2:])
+        self.groups = groups
+        self.in_channels = w.shape[0]
+        self.out_channels = w.shape[1] * groups
+        cin_g, cout_g = w.shape[0] // groups, w.shape[1]
+        flipped = (w.reshape((groups, cin_g, cout_g) + self.kernel_size)
+                   .transpose(0, 2, 1, 3, 4, 5)
+                   .reshape((self.out_channels, cin_g) + self.kernel_size)[:, :, ::-1, ::-1, ::-1])
+        self.conv = Conv3d(np.ascontiguousarray(flipped), bias, 1, 0, self.dilation, groups)
+
+    def run(self, x, out, pads, num_threads=None) -> None:
+        """x (N, C, D, H, W) into out, whose spatial size (with the begin pads ``pads[a][0]``)
+        fixes what is cropped or zero-extended at the ends (output_padding)."""
+        if out.size == 0:
+            return
+        spread_shape = x.shape[:2]
+        src, dst = [slice(None)] * 2, [slice(None)] * 2
+        for a in range(3):
+            i, s, reach = x.shape[2 + a], self.stride[a], \
+                self.dilation[a] * (self.kernel_size[a] - 1)
+            length = out.shape[2 + a] + reach      # what a stride-1 valid conv needs
+            lead = reach - pads[a][0]              # where input sample 0 lands
+            n0 = max(0, -(lead // s)) if lead < 0 else 0
+            n1 = min(i, (length - 1 - lead) // s + 1) if length - 1 >= lead else 0
+            spread_shape += (length,)
+            if n1 > n0:
+                src.append(slice(n0, n1))
+                dst.append(slice(lead + n0 * s, lead + (n1 - 1) * s + 1, s))
+            else:
+                src.append(slice(0, 0))
+                dst.append(slice(0, 0))
+        spread = np.zeros(spread_shape, np.float32)
+        spread[tuple(dst)] = x[tuple(src)]
+        self.conv.run(spread, out, self.conv.geometry(spread.shape), num_threads)
+
+    def explain(self) -> str:
+        return f"ConvTranspose3d: {self.algorithm} ({self.reason})"

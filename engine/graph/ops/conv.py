@@ -88,25 +88,19 @@ class Conv(Windowed):
     n_inputs = (2, 4)
     attributes = {"kernel_shape": "ints", "strides": "ints", "pads": "ints",
                   "dilations": "ints", "group": "int", "auto_pad": "str", "activation": "act"}
-    weights = (1, 2)
+    weights = ()        # W and B may be constants (transformed once) or come at run time
 
     def setup(self, constants):
-        w = self.const(constants, 1, "W")
-        if w.dtype != F32 or w.ndim not in (3, 4, 5):
-            raise self.error(f"W must be a float32 tensor of rank 3 to 5, got {w.dtype} "
-                             f"{w.shape}")
-        b = self.const(constants, 2, "B")
-        if b is not None and (b.dtype != F32 or b.shape != (w.shape[0],)):
-            raise self.error(f"B must be float32 of shape ({w.shape[0]},), got {b.dtype} "
-                             f"{b.shape}")
-        self.window(w.ndim - 2, w.shape[2:])
-        self.group = self.attr("group", 1)
-        if self.group < 1 or w.shape[0] % self.group:
-            raise self.error(f"group {self.group} must be positive and divide the "
-                             f"{w.shape[0]} output channels")
-        if min(w.shape) < 1:
-            raise self.error(f"W has an empty dimension: {w.shape}")
-        self.w, self.b = w, b
+        self.runtime_weights = any(self.input_name(k) and self.input_name(k) not in constants
+                                   for k in (1, 2))
+        self.w = self.b = None
+        if not self.runtime_weights:
+            self.w, self.b = self.const(constants, 1, "W"), self.const(constants, 2, "B")
+            self._check_weights(self.w.shape, self.w.dtype,
+                                None if self.b is None else (self.b.shape, self.b.dtype))
+        elif self.attr("kernel_shape") is not None:
+            ks = self.attr("kernel_shape")
+            self.window(len(ks), ks)
         self.activation = self.attr("activation")
         self.residual = bool(self.input_name(3))
         # every algorithm's transformed weights, made once for all the layers below (and per
@@ -116,6 +110,23 @@ class Conv(Windowed):
         # planned layers per input size: one for a declared shape, the last 8 for free ones
         self._layers = ShapeCache(8)
 
+    def _check_weights(self, w_shape, w_dtype, bias):
+        """W's shape and dtype, and B's ((shape, dtype) or None); sets the window and group."""
+        if w_dtype != F32 or len(w_shape) not in (3, 4, 5):
+            raise self.error(f"W must be a float32 tensor of rank 3 to 5, got {w_dtype} "
+                             f"{w_shape}")
+        if bias is not None and (bias[1] != F32 or bias[0] != (w_shape[0],)):
+            raise self.error(f"B must be float32 of shape ({w_shape[0]},), got {bias[1]} "
+                             f"{bias[0]}")
+        self.window(len(w_shape) - 2, w_shape[2:])
+        self.group = self.attr("group", 1)
+        if self.group < 1 or w_shape[0] % self.group:
+            raise self.error(f"group {self.group} must be positive and divide the "
+                             f"{w_shape[0]} output channels")
+        if min(w_shape) < 1:
+            raise self.error(f"W has an empty dimension: {w_shape}")
+        self.w_shape = tuple(w_shape)
+
     def set_weights(self, w, b):
         """For passes that fold into this convolution (BatchNormalization)."""
         self.w, self.b = w, b
@@ -124,18 +135,22 @@ class Conv(Windowed):
         self.trimmed_transforms = {}
 
     def infer(self, ins):
+        if self.runtime_weights:
+            w = self.float_in(ins, 1, "W")
+            b = ins[2] if len(ins) > 2 else None
+            self._check_weights(w.shape, w.dtype, None if b is None else (b.shape, b.dtype))
         x = self.float_in(ins, 0, "X", self.nd + 2)
-        channels = self.w.shape[1] * self.group
+        channels = self.w_shape[1] * self.group
         if x.shape[1] != channels:
             raise self.error(f"X must have {channels} channels (W.shape[1] * group = "
-                             f"{self.w.shape[1]} * {self.group}), got shape {x.shape}")
+                             f"{self.w_shape[1]} * {self.group}), got shape {x.shape}")
         pads = self.pads_for(x.shape[2:])
         try:
             size = shapes.conv_output_shape(x.shape[2:], self.kernel, self.strides, pads,
                                             self.dilations)
         except ValueError as e:
             raise self.error(f"X {x.shape}: {e}") from None
-        self.conv_shape = (x.shape[0], self.w.shape[0]) + size
+        self.conv_shape = (x.shape[0], self.w_shape[0]) + size
         self.plan_pads = pads
         shape = self.conv_shape
         if self.residual:
@@ -158,23 +173,28 @@ class Conv(Windowed):
             return layer
         return self._layers.get((tuple(in_size), pads, residual_in_kernel), make)
 
-    def _make_layer(self, in_size, pads, act, algorithm="auto"):
+    def _make_layer(self, in_size, pads, act, algorithm="auto", weights=None):
+        """The planned layer; ``weights`` (W, B) given at run time are transformed for it
+        alone, constant ones once for every layer of this node."""
+        w, b = weights if weights is not None else (self.w, self.b)
+        shared = weights is None
         try:
             if self.nd == 3:
                 from ...ops.convnd import Conv3d
-                return Conv3d(self.w, self.b, self.strides, _flat(pads), self.dilations,
+                return Conv3d(w, b, self.strides, _flat(pads), self.dilations,
                               self.group, activation=act)
             if self.nd == 2:
-                return conv2d_for_size(self.w, self.b, self.strides, _flat(pads),
+                return conv2d_for_size(w, b, self.strides, _flat(pads),
                                        self.dilations, self.group, activation=act,
                                        algorithm=algorithm, input_size=in_size,
-                                       transforms=self.transforms,
-                                       trimmed_transforms=self.trimmed_transforms)
+                                       transforms=self.transforms if shared else None,
+                                       trimmed_transforms=(self.trimmed_transforms if shared
+                                                           else None))
             # engine.Conv1d runs a Conv2d on the (N, C, 1, L) view: run that
             from ...ops.convnd import Conv1d
-            return Conv1d(self.w, self.b, self.strides, pads[0], self.dilations, self.group,
+            return Conv1d(w, b, self.strides, pads[0], self.dilations, self.group,
                           activation=act, algorithm=algorithm, input_size=in_size,
-                          transforms=self.transforms).layer2d
+                          transforms=self.transforms if shared else None).layer2d
         except ValueError as e:
             raise self.error(str(e)) from None
 
@@ -183,6 +203,8 @@ class Conv(Windowed):
                 and tuple(ins[3].shape) == tuple(outs[0].shape) == tuple(self.conv_shape))
 
     def build(self, ins, outs, i, o):
+        if self.runtime_weights:
+            return self._build_runtime(ins, outs, i, o)
         x_shape = ins[0].shape
         in_kernel = self._residual_in_kernel(ins, outs)
         layer = self.layer(x_shape[2:], self.plan_pads, in_kernel)
@@ -224,12 +246,46 @@ class Conv(Windowed):
                 _activate(out, act)
         return step
 
+    def _views(self, x_shape):
+        """The shapes the planned layer sees: a 1-D convolution runs on (N, C, 1, L)."""
+        if self.nd == 1:
+            return x_shape[:2] + (1,) + x_shape[2:], self.conv_shape[:2] + (1,) + \
+                self.conv_shape[2:]
+        return x_shape, self.conv_shape
+
+    def _build_runtime(self, ins, outs, i, o):
+        """W (or B) is computed at run time: the layer is planned, and its weights
+        transformed, on every run; the residual and activation follow it at plan level."""
+        x_view, o_view = self._views(ins[0].shape)
+        in_size, pads, conv_shape = ins[0].shape[2:], self.plan_pads, self.conv_shape
+        a, wi, y = i[0], i[1], o[0]
+        bi = i[2] if len(i) > 2 and ins[2] is not None else None
+        r = i[3] if self.residual else None
+        act, make = self.activation, self._make_layer
+
+        def step(env, nt):
+            layer = make(in_size, pads, None if r is not None else act,
+                         weights=(env[wi], None if bi is None else env[bi]))
+            out = env[y]
+            if r is None:
+                layer.run(env[a].reshape(x_view), out.reshape(o_view),
+                          layer.geometry(x_view), nt)
+                return
+            tmp = out if out.shape == conv_shape else np.empty(conv_shape, np.float32)
+            layer.run(env[a].reshape(x_view), tmp.reshape(o_view), layer.geometry(x_view), nt)
+            np.add(tmp, env[r], out=out)
+            _activate(out, act)
+        return step
+
     def flops(self, ins, outs):
-        per_output = 2 * (self.w.shape[1]) * math.prod(self.kernel)
+        per_output = 2 * (self.w_shape[1]) * math.prod(self.kernel)
         extra = outs[0].size if self.residual else 0
         return float(math.prod(self.conv_shape) * per_output + extra)
 
     def describe(self, ins, outs):
+        if self.runtime_weights:
+            return ("weights computed at run time: the layer is planned and its weights "
+                    "transformed on every run")
         in_kernel = self._residual_in_kernel(ins, outs)
         layer = self.layer(ins[0].shape[2:], self.plan_pads, in_kernel)
         text = f"{layer.algorithm}: {layer.reason}"
@@ -249,44 +305,60 @@ class Conv(Windowed):
 
 @register
 class ConvTranspose(Windowed):
+    """ConvTranspose in 1-D and 2-D on engine.ConvTranspose2d (1-D on the (N, C, 1, L) view),
+    3-D on engine.ops.convnd.ConvTranspose3d. W and B may be constants (the layers are made
+    once per shape from them) or computed at run time (the layer is made on every run)."""
     kind = "ConvTranspose"
     n_inputs = (2, 3)
     attributes = {"kernel_shape": "ints", "strides": "ints", "pads": "ints",
                   "dilations": "ints", "group": "int", "auto_pad": "str",
                   "output_padding": "ints", "output_shape": "ints"}
-    weights = (1, 2)
+    weights = ()
 
     def setup(self, constants):
-        w = self.const(constants, 1, "W")
-        if w.dtype != F32 or w.ndim not in (3, 4):
-            raise self.error(f"W must be float32 of rank 3 or 4 (1-D or 2-D; 3-D transposed "
-                             f"convolution is not supported), got {w.dtype} {w.shape}")
+        self.runtime_weights = any(self.input_name(k) and self.input_name(k) not in constants
+                                   for k in (1, 2))
+        self.w4 = self.b = None
+        if not self.runtime_weights:
+            w, b = self.const(constants, 1, "W"), self.const(constants, 2, "B")
+            self._check_weights(w.shape, w.dtype, None if b is None else (b.shape, b.dtype))
+            # the 2-D layers run a 1-D layer on the (N, C, 1, L) view
+            self.w4 = w[:, :, None, :] if self.nd == 1 else w
+            self.b = b
+        self._layers = ShapeCache(8)
+
+    def _check_weights(self, w_shape, w_dtype, bias):
+        """W's shape and dtype, and B's ((shape, dtype) or None); sets the window, group,
+        output padding and channels."""
+        if w_dtype != F32 or len(w_shape) not in (3, 4, 5):
+            raise self.error(f"W must be float32 of rank 3 to 5, got {w_dtype} {w_shape}")
         self.group = self.attr("group", 1)
-        if self.group < 1 or w.shape[0] % self.group:
+        if self.group < 1 or w_shape[0] % self.group:
             raise self.error(f"group {self.group} must be positive and divide the "
-                             f"{w.shape[0]} input channels")
-        out_channels = w.shape[1] * self.group
-        b = self.const(constants, 2, "B")
-        if b is not None and (b.dtype != F32 or b.shape != (out_channels,)):
-            raise self.error(f"B must be float32 of shape ({out_channels},), got {b.dtype} "
-                             f"{b.shape}")
-        self.window(w.ndim - 2, w.shape[2:])
+                             f"{w_shape[0]} input channels")
+        if min(w_shape) < 1:
+            raise self.error(f"W has an empty dimension: {w_shape}")
+        out_channels = w_shape[1] * self.group
+        if bias is not None and (bias[1] != F32 or bias[0] != (out_channels,)):
+            raise self.error(f"B must be float32 of shape ({out_channels},), got {bias[1]} "
+                             f"{bias[0]}")
+        self.window(len(w_shape) - 2, w_shape[2:])
         self.output_padding = self.ints("output_padding", self.nd, 0, minimum=0)
         self.output_shape = self.attr("output_shape")
         if self.output_shape is not None and len(self.output_shape) not in (self.nd,
                                                                             self.nd + 2):
             raise self.error(f"output_shape must have {self.nd} values, got "
                              f"{self.output_shape}")
-        # the planned layers are 2-D: a 1-D layer runs on the (N, C, 1, L) view
-        self.w4 = w if self.nd == 2 else w[:, :, None, :]
-        self.b = b
-        self.out_channels = out_channels
-        self._layers = ShapeCache(8)
+        self.in_channels, self.out_channels = w_shape[0], out_channels
 
     def infer(self, ins):
+        if self.runtime_weights:
+            w = self.float_in(ins, 1, "W")
+            b = ins[2] if len(ins) > 2 else None
+            self._check_weights(w.shape, w.dtype, None if b is None else (b.shape, b.dtype))
         x = self.float_in(ins, 0, "X", self.nd + 2)
-        if x.shape[1] != self.w4.shape[0]:
-            raise self.error(f"X must have {self.w4.shape[0]} channels (W.shape[0]), got "
+        if x.shape[1] != self.in_channels:
+            raise self.error(f"X must have {self.in_channels} channels (W.shape[0]), got "
                              f"shape {x.shape}")
         if min(x.shape[2:]) < 1:
             raise self.error(f"X has an empty spatial dimension: {x.shape}")
@@ -308,54 +380,80 @@ class ConvTranspose(Windowed):
         self.plan_pads = tuple(pads)
         return [Info((x.shape[0], self.out_channels) + tuple(size), F32)]
 
-    def _layer(self, key, *args):
+    def _layer(self, key, cls, *args):
+        """A planned layer made from constant weights (key: cached per shape), or from weights
+        given at run time (key None: made for this call alone)."""
         def make():
-            from ...ops.conv_transpose import ConvTranspose2d
             try:
-                return ConvTranspose2d(*args)
+                return cls(*args)
             except ValueError as e:
                 raise self.error(str(e)) from None
-        return self._layers.get(key, make)
+        return make() if key is None else self._layers.get(key, make)
 
-    def _planned(self, ins, outs):
+    def _planned(self, ins, outs, weights=None):
         """The 2-D view of this node for these shapes, the path engine.dispatch chose for its
-        pads (with the reason) and the planned layer that runs it."""
+        pads (with the reason) and the planned layer that runs it; ``weights`` (W as 4-D, B)
+        when they come at run time."""
         from ...dispatch.transposed import choose_onnx_transpose_path
+        from ...ops.conv_transpose import ConvTranspose2d
+        w4, b = weights if weights is not None else (self.w4, self.b)
         nd, pads = self.nd, self.plan_pads
         pairs = pads if nd == 2 else ((0, 0),) + pads
         stride = self.strides if nd == 2 else (1,) + self.strides
         dil = self.dilations if nd == 2 else (1,) + self.dilations
+        kernel = self.kernel if nd == 2 else (1,) + self.kernel
         x_shape, out_shape = ins[0].shape, outs[0].shape
         x4 = x_shape if nd == 2 else x_shape[:2] + (1,) + x_shape[2:]
         o4 = out_shape if nd == 2 else out_shape[:2] + (1,) + out_shape[2:]
         op = tuple(o4[2 + a] - shapes.conv_transpose_output_size(
-            x4[2 + a], self.w4.shape[2 + a], stride[a], pairs[a][0], pairs[a][1], 0, dil[a])
+            x4[2 + a], kernel[a], stride[a], pairs[a][0], pairs[a][1], 0, dil[a])
             for a in range(2))
         path, reason = choose_onnx_transpose_path(pairs, op, stride, dil)
+        keyed = weights is None
         if path == "layer":
-            layer = self._layer(("layer", pairs, op), self.w4, self.b, stride, _flat(pairs),
-                                op, self.group, dil)
+            layer = self._layer(("layer", pairs, op) if keyed else None, ConvTranspose2d, w4, b,
+                                stride, _flat(pairs), op, self.group, dil)
         else:
-            layer = self._layer(("window",), self.w4, None, stride, 0, 0, self.group, dil)
+            layer = self._layer(("window",) if keyed else None, ConvTranspose2d, w4, None,
+                                stride, 0, 0, self.group, dil)
         return x4, o4, pairs, path, reason, layer
 
-    def build(self, ins, outs, i, o):
-        x4, o4, pairs, path, _, layer = self._planned(ins, outs)
-        a, b = i[0], o[0]
+    def _runner(self, ins, outs, weights=None):
+        """run(x, out, num_threads) for these shapes."""
+        if self.nd == 3:
+            from ...ops.convnd import ConvTranspose3d
+            w, b = weights if weights is not None else (self.w4, self.b)
+            layer = self._layer(("3d",) if weights is None else None, ConvTranspose3d, w, b,
+                                self.strides, self.dilations, self.group)
+            pads = self.plan_pads
+            return lambda x, out, nt: layer.run(x, out, pads, nt)
+        x4, o4, pairs, path, _, layer = self._planned(ins, outs, weights)
         if path == "layer":
             g = layer.geometry(x4)
             if tuple(g.out_size) != o4[2:]:
                 raise self.error(f"internal size mismatch {g.out_size} vs {o4[2:]}")
-            run = layer.run
+            return lambda x, out, nt: layer.run(x.reshape(x4), out.reshape(o4), g, nt)
+        from ...ops.conv_transpose import ConvTransposeWindow
+        window = ConvTransposeWindow(layer, weights[1] if weights is not None else self.b,
+                                     x4, o4, pairs)
+        return lambda x, out, nt: window.run(x.reshape(x4), out.reshape(o4), nt)
+
+    def build(self, ins, outs, i, o):
+        a, b = i[0], o[0]
+        if not self.runtime_weights:
+            run = self._runner(ins, outs)
 
             def step(env, nt):
-                run(env[a].reshape(x4), env[b].reshape(o4), g, nt)
+                run(env[a], env[b], nt)
             return step
-        from ...ops.conv_transpose import ConvTransposeWindow
-        run = ConvTransposeWindow(layer, self.b, x4, o4, pairs).run
+        wi = i[1]
+        bi = i[2] if len(i) > 2 and ins[2] is not None else None
+        nd, runner = self.nd, self._runner
 
-        def step(env, nt):
-            run(env[a].reshape(x4), env[b].reshape(o4), nt)
+        def step(env, nt):     # weights computed at run time: plan the layer for this run
+            w = env[wi]
+            w = w[:, :, None, :] if nd == 1 else w
+            runner(ins, outs, (w, None if bi is None else env[bi]))(env[a], env[b], nt)
         return step
 
     def flops(self, ins, outs):
@@ -363,44 +461,69 @@ class ConvTranspose(Windowed):
         return 2.0 * x.size * (self.out_channels // self.group) * math.prod(self.kernel)
 
     def describe(self, ins, outs):
+        if self.runtime_weights:
+            return ("weights computed at run time: the layer is planned and its weights "
+                    "transformed on every run")
+        if self.nd == 3:
+            from ...ops.convnd import ConvTranspose3d
+            return f"{ConvTranspose3d.algorithm}: {ConvTranspose3d.reason}"
         *_, path, reason, layer = self._planned(ins, outs)
         return f"{layer.algorithm}: {layer.reason} | pads: {path}, {reason}"
 
 
 @register
 class DeformConv(Windowed):
+    """DeformConv on engine.ops.deform.DeformConv2d, made once from constant weights or on
+    every run from weights computed at run time."""
     kind = "DeformConv"
     n_inputs = (3, 5)
     attributes = {"kernel_shape": "ints", "strides": "ints", "pads": "ints",
                   "dilations": "ints", "group": "int", "offset_group": "int"}
-    weights = (1, 3)
+    weights = ()
 
     def setup(self, constants):
-        w = self.const(constants, 1, "W")
-        if w.dtype != F32 or w.ndim != 4:
+        self.runtime_weights = any(self.input_name(k) and self.input_name(k) not in constants
+                                   for k in (1, 3))
+        self.layer = None
+        if not self.runtime_weights:
+            w, b = self.const(constants, 1, "W"), self.const(constants, 3, "B")
+            self._check_weights(w.shape, w.dtype, None if b is None else (b.shape, b.dtype))
+            self.layer = self._make(w, b)
+
+    def _check_weights(self, w_shape, w_dtype, bias):
+        if w_dtype != F32 or len(w_shape) != 4:
             raise self.error(f"W must be float32 of rank 4 (2-D deformable convolution), got "
-                             f"{w.dtype} {w.shape}")
-        b = self.const(constants, 3, "B")
-        if b is not None and (b.dtype != F32 or b.shape != (w.shape[0],)):
-            raise self.error(f"B must be float32 of shape ({w.shape[0]},), got {b.dtype} "
-                             f"{b.shape}")
-        self.window(2, w.shape[2:])
+                             f"{w_dtype} {w_shape}")
+        if bias is not None and (bias[1] != F32 or bias[0] != (w_shape[0],)):
+            raise self.error(f"B must be float32 of shape ({w_shape[0]},), got {bias[1]} "
+                             f"{bias[0]}")
+        self.window(2, w_shape[2:])
         self.group = self.attr("group", 1)
         self.offset_group = self.attr("offset_group", 1)
         if self.group < 1 or self.offset_group < 1:
             raise self.error("group and offset_group must be positive")
+        if min(w_shape) < 1 or w_shape[0] % self.group:
+            raise self.error(f"W {w_shape} must have no empty dimension and output channels "
+                             f"divisible by group {self.group}")
+        self.w_shape = tuple(w_shape)
+
+    def _make(self, w, b):
         from ...ops.deform import DeformConv2d
         try:
-            self.layer = DeformConv2d(w, b, self.strides, _flat(self.pad_pairs), self.dilations,
-                                      self.group, self.offset_group)
+            return DeformConv2d(w, b, self.strides, _flat(self.pad_pairs), self.dilations,
+                                self.group, self.offset_group)
         except ValueError as e:
             raise self.error(str(e)) from None
-        self.w = w
 
     def infer(self, ins):
+        if self.runtime_weights:
+            w = self.float_in(ins, 1, "W")
+            b = ins[3] if len(ins) > 3 else None
+            self._check_weights(w.shape, w.dtype, None if b is None else (b.shape, b.dtype))
         x = self.float_in(ins, 0, "X", 4)
-        if x.shape[1] != self.layer.in_channels:
-            raise self.error(f"X must have {self.layer.in_channels} channels, got {x.shape}")
+        channels = self.w_shape[1] * self.group
+        if x.shape[1] != channels:
+            raise self.error(f"X must have {channels} channels, got {x.shape}")
         pads = self.pads_for(x.shape[2:])
         try:
             size = shapes.conv_output_shape(x.shape[2:], self.kernel, self.strides, pads,
@@ -419,19 +542,30 @@ class DeformConv(Windowed):
             want = (n, self.offset_group * taps) + size
             if m.shape != want:
                 raise self.error(f"mask must have shape {want}, got {m.shape}")
-        return [Info((n, self.w.shape[0]) + size, F32)]
+        return [Info((n, self.w_shape[0]) + size, F32)]
 
     def build(self, ins, outs, i, o):
         a, off, b = i[0], i[2], o[0]
         m = i[4] if len(i) > 4 and ins[4] is not None else None
-        run, pads, og = self.layer.run, self.plan_pads, self.offset_group
+        pads, og = self.plan_pads, self.offset_group
+        if not self.runtime_weights:
+            run = self.layer.run
 
-        def step(env, nt):
-            run(env[a], env[off], None if m is None else env[m], env[b], pads, og, nt)
+            def step(env, nt):
+                run(env[a], env[off], None if m is None else env[m], env[b], pads, og, nt)
+            return step
+        wi, bi, make = i[1], (i[3] if len(i) > 3 and ins[3] is not None else None), self._make
+
+        def step(env, nt):     # weights computed at run time: plan the layer for this run
+            layer = make(env[wi], None if bi is None else env[bi])
+            layer.run(env[a], env[off], None if m is None else env[m], env[b], pads, og, nt)
         return step
 
     def flops(self, ins, outs):
-        return 2.0 * outs[0].size * self.w.shape[1] * math.prod(self.kernel)
+        return 2.0 * outs[0].size * self.w_shape[1] * math.prod(self.kernel)
 
     def describe(self, ins, outs):
-        return "deformable im2col + packed GEMM (bilinear sampling per tap)"
+        text = "deformable im2col + packed GEMM (bilinear sampling per tap)"
+        if self.runtime_weights:
+            text += " | weights computed at run time: the layer is planned on every run"
+        return text

@@ -193,14 +193,22 @@ class Clip(Unary):
 
 @register
 class PRelu(Op):
+    """PRelu; ``channel_slope`` = 1 is the opset 1-6 form, whose 1-D slope of C values runs
+    along X's channel axis (1) instead of broadcasting from the last."""
     kind = "PRelu"
     n_inputs = (2, 2)
+    attributes = {"channel_slope": "int"}
 
     def infer(self, ins):
         x = self.float_in(ins, 0)
         s = self.float_in(ins, 1, "slope")
+        slope = s.shape
+        if self.attr("channel_slope", 0) and len(s.shape) == 1 and len(x.shape) >= 2 \
+                and s.shape[0] == x.shape[1]:
+            slope = s.shape + (1,) * (len(x.shape) - 2)
+        self.slope_view = slope
         try:
-            shape = np.broadcast_shapes(x.shape, s.shape)
+            shape = np.broadcast_shapes(x.shape, slope)
         except ValueError:
             shape = None
         if shape != x.shape:
@@ -211,11 +219,11 @@ class PRelu(Op):
         return 2.0 * outs[0].size
 
     def build(self, ins, outs, i, o):
-        a, s, b = i[0], i[1], o[0]
+        a, s, b, view = i[0], i[1], o[0], self.slope_view
 
         def step(env, nt):
             x, out = env[a], env[b]
-            np.multiply(x, env[s], out=out)
+            np.multiply(x, env[s].reshape(view), out=out)
             np.copyto(out, x, where=x >= 0)
         return step
 
