@@ -17,10 +17,7 @@ from onnx.backend.base import Backend, BackendRep
 import engine
 
 PARAMETER_INPUTS = {
-    "BatchNormalization": (1, 2, 3, 4), "Clip": (1, 2), "Reshape": (1,), "Squeeze": (1,),
-    "Unsqueeze": (1,), "Pad": (1, 2, 3), "Resize": (1, 2, 3), "Upsample": (1,),
-    "Slice": (1, 2, 3, 4), "Split": (1,), "ConstantOfShape": (0,), "Expand": (1,),
-    "MaxUnpool": (2,), "Dropout": (1, 2),
+    "BatchNormalization": (1, 2, 3, 4), "Clip": (1, 2), "MaxUnpool": (2,), "Dropout": (1, 2),
 }
 
 

@@ -303,3 +303,31 @@ def test_elementwise_chain_runs_in_one_buffer():
     assert model.run(feeds)[prev].item() == 101.0
     plan = model._last_plan
     assert plan.buffers == 1      # every step writes over the input that dies with it
+
+
+def test_graph_input_that_decides_shapes_is_planned_per_value():
+    """A Reshape whose shape is computed from a graph input: each value gets its own plan."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto as T, helper as h
+    g = h.make_graph([h.make_node("Add", ["s", "zero"], ["s2"]),
+                      h.make_node("Reshape", ["x", "s2"], ["y"])], "g",
+                     [h.make_tensor_value_info("x", T.FLOAT, (2, 6)),
+                      h.make_tensor_value_info("s", T.INT64, (2,))],
+                     [h.make_tensor_value_info("y", T.FLOAT, None)],
+                     [h.make_tensor("zero", T.INT64, (1,), [0])])
+    model = engine.load(h.make_model(g, opset_imports=[h.make_opsetid("", 17)]))
+    x = np.arange(12, dtype=np.float32).reshape(2, 6)
+    for shape in ([3, 4], [4, 3], [-1, 2], [3, 4]):
+        y = model.run({"x": x, "s": np.array(shape)})["y"]
+        np.testing.assert_array_equal(y, x.reshape(shape))
+    assert "s: 2 = [-1, 2]" in model.explain() or "s: 2 = [3, 4]" in model.explain()
+    with pytest.raises(ValueError, match="Reshape"):
+        model.run({"x": x, "s": np.array([5, 5])})
+    # a shape computed from a large input's values is refused at load, naming the node
+    g = h.make_graph([h.make_node("Cast", ["v"], ["vi"], to=T.INT64),
+                      h.make_node("Reshape", ["x", "vi"], ["y"])], "g",
+                     [h.make_tensor_value_info("x", T.FLOAT, (2, 6)),
+                      h.make_tensor_value_info("v", T.FLOAT, (100,))],
+                     [h.make_tensor_value_info("y", T.FLOAT, None)])
+    with pytest.raises(engine.ModelError, match="Reshape.*'v'"):
+        engine.load(h.make_model(g, opset_imports=[h.make_opsetid("", 17)]))

@@ -36,6 +36,16 @@ from ..errors import ModelError
 from ..memory import current_max_memory, format_bytes, nbytes
 from .ir import Node
 from .ops import Info, blame, check_tensor_size
+from .ops.base import NeedsValue
+
+
+def shape_text(given) -> str:
+    """An input's shape as a plan knows it, with its value for an input planned per value."""
+    if isinstance(given, np.ndarray):
+        values = given.ravel()[:8].tolist()
+        more = ", ..." if given.size > 8 else ""
+        return f"{shape_text(given.shape)} = [{', '.join(map(str, values))}{more}]"
+    return "x".join("?" if d is None else str(d) for d in given) or "scalar"
 
 ALIGN = 64
 
@@ -156,12 +166,18 @@ def infer_nodes(graph, ops, input_shapes: dict, infos: dict, folded: dict, max_m
     for name, v in graph.constants.items():
         infos.setdefault(name, Info.of(v))
     for spec in graph.inputs:
-        infos[spec.name] = Info(input_shapes[spec.name], spec.dtype)
+        given = input_shapes[spec.name]
+        infos[spec.name] = (Info.of(given) if isinstance(given, np.ndarray)
+                            else Info(given, spec.dtype))
     for node in graph.nodes:
         op = ops[node.name]
         ins = [infos[n] if n else None for n in node.inputs]
-        with blame(op):
-            outs = op.infer(ins)
+        try:
+            with blame(op):
+                outs = op.infer(ins)
+        except NeedsValue as e:
+            e.tensor, e.infos = node.inputs[e.index], infos
+            raise
         if len(outs) != len(node.outputs):
             raise ModelError(f"node {node.name!r} ({node.op}): produces {len(outs)} "
                              f"outputs, the node names {len(node.outputs)}")
@@ -270,8 +286,7 @@ class Plan:
                                      if k in ("arena", "alloc")} | set(self.folded)
         tensors = [(n, self.infos[n].shape, self.infos[n].dtype) for n in names]
         tensors += [(n, v.shape, v.dtype) for n, v in graph.constants.items()]
-        shapes = ", ".join(f"{k}: {'x'.join(map(str, v)) or 'scalar'}"
-                           for k, v in self.input_shapes.items())
+        shapes = ", ".join(f"{k}: {shape_text(v)}" for k, v in self.input_shapes.items())
         labels = {"weights": "weights", "transformed": "transformed weights",
                   "folded": "values computed while planning", "arena": "arena per thread",
                   "per_run": "outputs a run returns"}

@@ -13,17 +13,23 @@ from ..errors import ModelError
 from ..memory import format_bytes, memory_budget, resolve_max_memory
 from . import layout, passes
 from .ir import Graph, TensorSpec
-from .plan import Plan, held_bytes, largest_tensors
+from .ops.base import NeedsValue
+from .plan import Plan, held_bytes, largest_tensors, shape_text
 
 # Plans kept for distinct input shapes (least recently used dropped first). Each holds its
 # layers' per-shape tables and, per thread that ran it, an arena as large as its memory plan.
 MAX_PLANS = 8
 
 
+# Graph inputs that decide shapes (a Reshape's shape, a Resize's sizes fed at run time) are
+# planned per value; larger ones are refused: each value met makes a plan of its own.
+MAX_VALUE_INPUT_ELEMENTS = 64
+
+
 def _shape_text(shape):
     if shape is None:
         return "?"
-    return "x".join("?" if d is None else str(d) for d in shape) or "scalar"
+    return shape_text(shape)
 
 
 class Model:
@@ -76,10 +82,15 @@ class Model:
         self._last_plan = None
         self._inputs = list(graph.inputs)
         self._outputs = list(graph.outputs)
+        self._value_inputs = set()    # graph inputs planned per value (they decide shapes)
         if static is not None:
-            plan = self._plan(tuple(static[s.name] for s in self._inputs))
-            self._outputs = [TensorSpec(s.name, info.shape, info.dtype.name)
-                             for s, info in zip(graph.outputs, plan.output_infos)]
+            try:
+                plan = self._plan(tuple(static[s.name] for s in self._inputs))
+            except NeedsValue as e:
+                self._learn_value_inputs(e)      # planned at the first run, per value
+            else:
+                self._outputs = [TensorSpec(s.name, info.shape, info.dtype.name)
+                                 for s, info in zip(graph.outputs, plan.output_infos)]
 
     def _check_weights(self, graph):
         """The constants (as loaded and folded) alone must fit the budget."""
@@ -170,7 +181,48 @@ class Model:
             arrays.append(np.require(x, requirements="C"))
         return arrays
 
-    def _plan(self, key) -> Plan:
+    def _learn_value_inputs(self, e: NeedsValue, arrays=None) -> bool:
+        """Mark the graph inputs that the tensor ``e`` names depends on as planned per value;
+        False when there are none new (the tensor depends on computed values)."""
+        producers = self.graph.producers()
+        specs = {s.name: (k, s) for k, s in enumerate(self._inputs)}
+        found, stack, seen = set(), [e.tensor], set()
+        while stack:
+            name = stack.pop()
+            info = e.infos.get(name)
+            if name in seen or not name or (info is not None and info.value is not None):
+                continue            # known while planning: a Shape's output, a constant
+            seen.add(name)
+            if name in specs:
+                found.add(name)
+            elif name in producers:
+                stack.extend(producers[name].inputs)
+        new = found - self._value_inputs
+        for name in new:
+            k, spec = specs[name]
+            size = arrays[k].size if arrays is not None else (
+                None if None in spec.shape else int(np.prod(spec.shape)))
+            if size is not None and size > MAX_VALUE_INPUT_ELEMENTS:
+                raise ModelError(f"{e} (it depends on graph input {name!r}, whose value would "
+                                 f"decide the plan; the engine takes that for inputs of at "
+                                 f"most {MAX_VALUE_INPUT_ELEMENTS} elements)") from None
+        self._value_inputs |= new
+        return bool(new)
+
+    def _key(self, arrays) -> tuple:
+        """The plan cache's key: input shapes, and the values of inputs planned per value."""
+        return tuple((x.shape, x.dtype.str, x.tobytes()) if s.name in self._value_inputs
+                     else x.shape for s, x in zip(self._inputs, arrays))
+
+    def _plan_for(self, arrays) -> Plan:
+        while True:
+            try:
+                return self._plan(self._key(arrays), arrays)
+            except NeedsValue as e:
+                if not self._learn_value_inputs(e, arrays):
+                    raise
+
+    def _plan(self, key, arrays=None) -> Plan:
         with self._lock:
             plan = self._plans.get(key)
             if plan is not None:
@@ -182,6 +234,14 @@ class Model:
                 plan = self._plans.get(key)
             if plan is None:
                 shapes = {s.name: shape for s, shape in zip(self._inputs, key)}
+                if self._value_inputs:
+                    if arrays is None:
+                        names = sorted(self._value_inputs)
+                        raise ModelError(f"the plan depends on the values of the inputs "
+                                         f"{names}, not only on shapes: run the model")
+                    for s, x in zip(self._inputs, arrays):
+                        if s.name in self._value_inputs:
+                            shapes[s.name] = x.copy()
                 with memory_budget(self.max_memory):
                     graph, ops, layouts = layout.rewrite(self.graph, self._ops, shapes,
                                                          self._layout)
@@ -197,7 +257,7 @@ class Model:
         """Outputs by name for the inputs ``feeds`` ({name: array}; dtype and declared
         dimensions must match). ``profile=True`` times every step, for explain()."""
         arrays = self._check_feeds(feeds)
-        plan = self._plan(tuple(x.shape for x in arrays))
+        plan = self._plan_for(arrays)
         threads = resolve_threads(num_threads if num_threads is not None else self._num_threads)
         with blas_pinned():
             return plan.run(arrays, threads, profile)
@@ -245,7 +305,7 @@ class Model:
             for n in g.nodes:
                 lines.append(f"  {n.name:<28} {n.op}")
             return "\n".join(lines)
-        shapes = ", ".join(f"{k}: {_shape_text(v)}" for k, v in plan.input_shapes.items())
+        shapes = ", ".join(f"{k}: {shape_text(v)}" for k, v in plan.input_shapes.items())
         lines.append(f"plan for {shapes}, layout {self._layout}: {len(plan.steps)} steps "
                      f"({len(plan.run_fns)} run, the rest are views made once)"
                      + (f", {len(plan.folded)} tensors computed while planning"

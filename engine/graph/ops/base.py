@@ -61,6 +61,18 @@ def check_tensor_size(op, shape, dtype, what="output", folding=False) -> None:
 OPS: dict = {}
 
 
+class NeedsValue(ModelError):
+    """An input that decides shapes (``Op.known``) has no value while planning. The planner
+    names the tensor (``tensor``); a model whose graph inputs it depends on plans per value of
+    those inputs (engine/graph/runner.py)."""
+
+    def __init__(self, message, index):
+        super().__init__(message)
+        self.index = index
+        self.tensor = None
+        self.infos = {}      # what planning knew when it stopped
+
+
 def register(cls):
     OPS[cls.kind] = cls
     return cls
@@ -192,8 +204,9 @@ class Op:
         if i >= len(ins) or ins[i] is None:
             return None
         if ins[i].value is None:
-            raise self.error(f"{what} must be computable when the model is planned (a constant "
-                             f"or a function of input shapes), but depends on input values")
+            raise NeedsValue(f"node {self.name!r} ({self.kind}): {what} must be computable when "
+                             f"the model is planned (a constant, a function of input shapes, "
+                             f"or a small graph input), but depends on computed values", i)
         return ins[i].value
 
     def ints(self, name, n, default, minimum=None):
