@@ -423,6 +423,23 @@ def _peer_sessions(wanted, onnx_path, torch_module, notes):
     return peers
 
 
+def cmd_ops(args) -> int:
+    """The ONNX operators the engine reads, with the schema versions and a note."""
+    try:
+        from .io.onnx_import import operator_table
+        rows = operator_table()
+    except ImportError as e:
+        raise CLIError(str(e)) from None
+    if args.markdown:
+        print("| operator | ONNX versions | notes |\n|---|---|---|")
+        for op, versions, note in rows:
+            print(f"| {op} | {versions} | {note} |")
+    else:
+        print(format_table(["operator", "ONNX versions", "notes"],
+                           [[op, v, n[:70]] for op, v, n in rows]))
+    return 0
+
+
 def cmd_bench(args) -> int:
     import engine
     wanted = [w.strip() for w in args.vs.split(",") if w.strip() and w.strip() != "none"]
@@ -520,6 +537,10 @@ def _parser():
     c = sub.add_parser("check", help="every unsupported node and attribute of a model, at once")
     c.add_argument("model")
     c.set_defaults(func=cmd_check)
+
+    o = sub.add_parser("ops", help="the ONNX operators the engine reads")
+    o.add_argument("--markdown", action="store_true", help="as the README's table")
+    o.set_defaults(func=cmd_ops)
 
     b = sub.add_parser("bench", help="time a model, side by side with other runtimes")
     b.add_argument("model", help="model file, or file.py:factory / module:factory (torch)")

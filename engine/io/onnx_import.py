@@ -548,3 +548,25 @@ for _op, _fn in {"MaxPool": _maxpool, "PRelu": _prelu, "BatchNormalization": _ba
                  "Constant": _constant, "ConstantOfShape": _constant_of_shape,
                  "Slice": _slice, "Split": _split, "Cast": _cast}.items():
     CONVERTERS[_op] = _fn
+
+
+def operator_table() -> list:
+    """[(operator, ONNX versions read, note)] for every supported operator, from the
+    registry: the versions are the operator's schema versions from opset MIN_OPSET on (the
+    importer reads each; needs the onnx package), the note the first sentence of the plan's
+    or the converter's docstring."""
+    onnx = _onnx()
+    rows = []
+    for op in supported_ops():
+        versions = set()
+        for v in range(MIN_OPSET, onnx.defs.onnx_opset_version() + 1):
+            try:
+                versions.add(onnx.defs.get_schema(op, v, "").since_version)
+            except Exception:      # not defined at that opset (yet)
+                continue
+        cls = OPS.get(op)
+        doc = ((cls.__doc__ if cls is not None and cls.__doc__ and cls.onnx else None)
+               or (CONVERTERS[op].__doc__ if op in CONVERTERS else None) or "")
+        note = " ".join(doc.split()).split(". ")[0].rstrip(".")
+        rows.append((op, ", ".join(str(v) for v in sorted(versions)), note))
+    return rows
