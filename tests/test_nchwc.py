@@ -293,8 +293,9 @@ def test_layout_pass_can_be_turned_off_and_gives_the_same_values(rng):
 
 
 def test_blocked_tensors_read_in_nchw_are_converted_back(rng):
-    """A blocked layer's output that is also a graph output and read by an NCHW op (Relu after
-    a consumer took it) gets one FromBlocked step; an isolated pointwise layer stays NCHW."""
+    """A blocked layer's output that is also a graph output gets one FromBlocked step; the
+    Sigmoid between two pointwise layers runs on the blocks, so the third layer runs blocked
+    too and its output (a graph output) is converted back once."""
     c = 20
     consts = {"w1": f32(rng, c, 1, 3, 3), "w2": f32(rng, c, c, 1, 1), "w3": f32(rng, 8, c, 1, 1)}
     nodes = [Node("Conv", "dw", ["x", "w1"], ["d"], {"pads": [1, 1, 1, 1], "group": c}),
@@ -309,9 +310,9 @@ def test_blocked_tensors_read_in_nchw_are_converted_back(rng):
     ref2 = conv2d_ref(1 / (1 + np.exp(-p)), consts["w3"])
     assert np.abs(y2 - ref2).max() <= 1e-4 * np.abs(ref2).max()
     kinds = steps_of(model)
-    assert [k for _, k in kinds].count("FromBlocked") == 1
-    assert ("Conv", "Conv") in kinds                     # "lone" runs on NCHW
-    assert [k for _, k in kinds].count("BlockedConv") == 2
+    assert [k for _, k in kinds].count("FromBlocked") == 2
+    assert ("Sigmoid", "Sigmoid") in kinds
+    assert [k for _, k in kinds].count("BlockedConv") == 3
 
 
 def test_conv_kind_rules(rng):
@@ -374,16 +375,18 @@ def test_blocked_weights_sit_side_by_side_in_one_buffer(rng):
 
 def random_graph(rng, steps=10):
     """A random chain of pointwise, depthwise (strides 1-2), dense 3x3, direct-eligible,
-    Relu, Sigmoid, Add and Concat nodes on channel counts off the block size, each node
-    reading the newest tensor and sometimes an older one of the same shape, with a random
-    output set."""
+    Relu, Sigmoid, HardSwish, Add, Concat, squeeze-excite (global pool, two 1x1 layers, a
+    per-channel Mul) and per-channel or scalar arithmetic nodes on channel counts off the block
+    size, each node reading the newest tensor and sometimes an older one of the same shape,
+    with a random output set."""
     consts, nodes = {}, []
     shapes = {"x": (1, 3, 11, 9)}
     order = ["x"]
     for i in range(steps):
         src = order[-1]
         n, c, h, w = shapes[src]
-        kind = rng.choice(["pw", "pw", "dw", "dw", "dense", "relu", "sigmoid", "add", "concat"])
+        kind = rng.choice(["pw", "pw", "dw", "dw", "dense", "relu", "sigmoid", "add", "concat",
+                           "hardswish", "se", "channel_sub", "scale"])
         out = f"t{i}"
         if kind == "pw":
             k = int(rng.integers(1, 40))
@@ -404,8 +407,29 @@ def random_graph(rng, steps=10):
             consts[f"w{i}"] = f32(rng, k, c, 3, 3) * 0.2
             nodes.append(Node("Conv", f"n{i}", [src, f"w{i}"], [out], {"pads": [1, 1, 1, 1]}))
             shapes[out] = (n, k, h, w)
-        elif kind in ("relu", "sigmoid"):
-            nodes.append(Node("Relu" if kind == "relu" else "Sigmoid", f"n{i}", [src], [out]))
+        elif kind in ("relu", "sigmoid", "hardswish"):
+            op = {"relu": "Relu", "sigmoid": "Sigmoid", "hardswish": "HardSwish"}[kind]
+            nodes.append(Node(op, f"n{i}", [src], [out]))
+            shapes[out] = shapes[src]
+        elif kind == "se":
+            r = max(1, c // 4)
+            consts[f"w{i}a"] = f32(rng, r, c, 1, 1) * 0.3
+            consts[f"w{i}b"] = f32(rng, c, r, 1, 1) * 0.3
+            nodes += [Node("GlobalAveragePool", f"n{i}g", [src], [f"{out}g"]),
+                      Node("Conv", f"n{i}a", [f"{out}g", f"w{i}a"], [f"{out}a"],
+                           {"activation": "relu"}),
+                      Node("Conv", f"n{i}b", [f"{out}a", f"w{i}b"], [f"{out}b"]),
+                      Node("HardSigmoid", f"n{i}h", [f"{out}b"], [f"{out}h"]),
+                      Node("Mul", f"n{i}", [src, f"{out}h"] if rng.random() < 0.5
+                           else [f"{out}h", src], [out])]
+            shapes[out] = shapes[src]
+        elif kind == "channel_sub":
+            consts[f"v{i}"] = f32(rng, 1, c, 1, 1)
+            nodes.append(Node("Sub", f"n{i}", [src, f"v{i}"], [out]))
+            shapes[out] = shapes[src]
+        elif kind == "scale":
+            consts[f"v{i}"] = np.array(rng.uniform(0.5, 2), np.float32)
+            nodes.append(Node("Mul", f"n{i}", [f"v{i}", src], [out]))
             shapes[out] = shapes[src]
         else:
             same = [t for t in order[:-1] if shapes[t] == shapes[src]]
@@ -421,7 +445,7 @@ def random_graph(rng, steps=10):
     return nodes, consts, outs
 
 
-@pytest.mark.parametrize("seed", range(12))
+@pytest.mark.parametrize("seed", range(24))
 def test_random_graphs_give_the_same_values_with_and_without_the_layout(seed):
     """The layout pass changes how tensors are stored, never what a model computes: random
     graphs agree with the all-NCHW plan within float32 rounding (1e-5 of the output's range),
@@ -448,3 +472,33 @@ def test_random_graphs_give_the_same_values_with_and_without_the_layout(seed):
         assert got[name].shape == ref[name].shape
         assert np.abs(got[name] - ref[name]).max() <= 1e-5 * scale, name
         assert np.abs(forced[name] - ref[name]).max() <= 1e-5 * scale, name
+
+
+def test_elementwise_steps_and_squeeze_excite_run_on_the_blocks(rng):
+    """pw -> HardSwish -> dw -> squeeze-excite (GAP, 1x1, 1x1, HardSigmoid, per-channel Mul)
+    -> pw, on 40 channels: the activations and the Mul run on the blocks; the only layout
+    changes are the stem's input and the pooled vector (1x40x1x1) entering the first 1x1."""
+    c, r = 40, 10
+    consts = {"w0": f32(rng, c, 8, 1, 1) * 0.3, "w1": f32(rng, c, 1, 3, 3) * 0.3,
+              "wa": f32(rng, r, c, 1, 1) * 0.3, "wb": f32(rng, c, r, 1, 1) * 0.3,
+              "w2": f32(rng, 16, c, 1, 1) * 0.3}
+    nodes = [Node("Conv", "pw0", ["x", "w0"], ["p"]),
+             Node("HardSwish", "hs", ["p"], ["ph"]),
+             Node("Conv", "dw", ["ph", "w1"], ["d"], {"pads": [1, 1, 1, 1], "group": c}),
+             Node("GlobalAveragePool", "gap", ["d"], ["g"]),
+             Node("Conv", "fc1", ["g", "wa"], ["a"], {"activation": "relu"}),
+             Node("Conv", "fc2", ["a", "wb"], ["b"]),
+             Node("HardSigmoid", "hsig", ["b"], ["s"]),
+             Node("Mul", "scale", ["d", "s"], ["e"]),
+             Node("Conv", "pw2", ["e", "w2"], ["y"])]
+    x = f32(rng, 1, 8, 14, 14)
+    model = Model(Graph(nodes, [spec("x", x.shape)], [spec("y")], consts))
+    ref = Model(Graph([Node(n.op, n.name, list(n.inputs), list(n.outputs), dict(n.attrs))
+                       for n in nodes], [spec("x", x.shape)], [spec("y")], consts),
+                layout="nchw")
+    got, want = model(x), ref(x)
+    assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+    ops = [op for op, _ in steps_of(model)]
+    assert ops.count("ToBlocked") == 2 and ops.count("FromBlocked") == 1, ops
+    kinds = dict(steps_of(model))
+    assert kinds["HardSwish"] == "HardSwish" and kinds["Mul"] == "Mul"

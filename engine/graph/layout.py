@@ -12,9 +12,12 @@ module rewrites the graph accordingly.
 nodes and each convolution's layout choice with its reason: each blocked convolution becomes a
 ``BlockedConv`` writing ``<name>#nchw16c``; a ``ToBlocked`` step precedes the first blocked
 reader of an NCHW tensor, a ``FromBlocked`` step (writing the original name) the first NCHW
-reader of a blocked one; a GlobalAveragePool reading a blocked tensor reads it in place. The
-graph the model keeps (and saves) is not changed. Channel counts need not be multiples of 16:
-the padding channels carry zeros.
+reader of a blocked one; a GlobalAveragePool reading a blocked tensor reads it in place.
+Elementwise steps between blocked layers (activations, residual adds, a squeeze-excite's
+per-channel scaling) run on the blocks as they are, so that a layout change is needed only
+where a reader needs NCHW; the convolutions' layout choice looks through them. The graph the
+model keeps (and saves) is not changed. Channel counts need not be multiples of 16: the
+padding channels carry finite values, which the blocked kernels' zero weights cancel.
 """
 from __future__ import annotations
 
@@ -40,6 +43,44 @@ MIN_WORK_DEPTHWISE = 5e4
 # Elements below which a layout change (and the blocked average pool) runs on one thread: a
 # second thread pays from about 16K (bench/bench_dispatch.py layout/convert).
 MIN_CONVERT_ELEMENTS = 1 << 14
+
+
+# Elementwise operators that may run on channel-blocked tensors unchanged: each maps finite
+# numbers to finite numbers, so the padding channels stay finite (see the module docstring).
+UNARY_THROUGH = frozenset({"Relu", "Sigmoid", "SiLU", "HardSigmoid", "HardSwish", "Tanh",
+                           "LeakyRelu", "Clip", "Elu", "Selu", "Celu", "Gelu", "Softplus",
+                           "Mish", "Identity", "Neg", "Abs"})
+BINARY_THROUGH = frozenset({"Add", "Sub", "Mul"})
+
+
+def _per_channel(shape, big) -> bool:
+    """A 4-D operand that broadcasts over ``big`` (N, C, H, W) one value per channel."""
+    return len(shape) == 4 and shape[1] == big[1] and shape[2:] == (1, 1) \
+        and shape[0] in (1, big[0])
+
+
+def through_input(node, infos) -> int | None:
+    """The input of an elementwise ``node`` that a blocked tensor may flow through (its other
+    operands being of the same shape, one value per channel, or one value), else None."""
+    if len(node.outputs) != 1 or node.outputs[0] not in infos:
+        return None
+    out = infos[node.outputs[0]].shape
+    if len(out) != 4:
+        return None
+    if node.op in UNARY_THROUGH:
+        extra = [n for n in node.inputs[1:] if n]
+        ok = all(n in infos and infos[n].value is not None and infos[n].size == 1
+                 for n in extra)
+        return 0 if ok and node.inputs and infos[node.inputs[0]].shape == out else None
+    if node.op not in BINARY_THROUGH or len(node.inputs) != 2:
+        return None
+    shapes = [infos[n].shape for n in node.inputs]
+    for k in (0, 1):
+        other = shapes[1 - k]
+        if shapes[k] == out and (other == out or _per_channel(other, out)
+                                 or math.prod(other) == 1 and len(other) <= 4):
+            return k
+    return None
 
 
 def conv_kind(op, ins) -> tuple[str | None, str]:
@@ -237,13 +278,33 @@ def rewrite(graph: Graph, ops: dict, input_shapes: dict, layout: str = "auto"):
             if name:
                 readers.setdefault(name, []).append((n, k))
     by_name = {n.name: n for n in graph.nodes}
+    through = {n.name: through_input(n, infos) for n in graph.nodes}
+
+    def source_conv(name):
+        """The convolution that writes ``name``, through elementwise steps."""
+        node = producers.get(name)
+        while node is not None and node.name not in found and through[node.name] is not None:
+            node = producers.get(node.inputs[through[node.name]])
+        return node
+
+    def reader_convs(name):
+        """The convolutions that read ``name`` as their input, through elementwise steps."""
+        out, stack = [], [name]
+        while stack:
+            for r, k in readers.get(stack.pop(), []):
+                if r.name in found and k == 0:
+                    out.append(r)
+                elif through[r.name] == k:
+                    stack.append(r.outputs[0])
+        return out
+
     keep = set()
     for name, (kind, why, _, _) in found.items():
         node = by_name[name]
-        src = producers.get(node.inputs[0])
+        src = source_conv(node.inputs[0])
         producer_kind = found[src.name][0] if src is not None and src.name in found else None
-        reader_kinds = [found[r.name][0] for r, k in readers.get(node.outputs[0], [])
-                        if r.name in found and found[r.name][0] is not None and k == 0]
+        reader_kinds = [found[r.name][0] for r in reader_convs(node.outputs[0])
+                        if found[r.name][0] is not None]
         choices[name] = choose_layout(kind, why, producer_kind, reader_kinds, layout)
         if choices[name][0] == "nchw16c":
             keep.add(name)
@@ -259,11 +320,13 @@ def rewrite(graph: Graph, ops: dict, input_shapes: dict, layout: str = "auto"):
         taken.add(name)
         return name
 
+    native = set()      # tensors written blocked (not converted from NCHW)
     for node in graph.nodes:
         if node.name in keep:
             out = node.outputs[0]
             blocked_name[out] = fresh(out + SUFFIX)
             nchw_ready.discard(out)
+            native.add(out)
     new_nodes, new_ops = [], dict(ops)
 
     def add(node, op):
@@ -298,6 +361,15 @@ def rewrite(graph: Graph, ops: dict, input_shapes: dict, layout: str = "auto"):
               and node.inputs[0] not in nchw_ready):
             new = Node(node.op, node.name, [blocked_name[node.inputs[0]]], list(node.outputs))
             add(new, BlockedGlobalAveragePool(new, infos[node.inputs[0]].shape[1]))
+        elif through[node.name] is not None and node.inputs[through[node.name]] in native:
+            out = node.outputs[0]
+            inputs = [as_blocked(n) if n and n in infos and len(infos[n].shape) == 4 else n
+                      for n in node.inputs]
+            blocked_name[out] = fresh(out + SUFFIX)
+            nchw_ready.discard(out)
+            native.add(out)
+            new = Node(node.op, node.name, inputs, [blocked_name[out]], dict(node.attrs))
+            add(new, ops[node.name])
         else:
             for name in node.inputs:
                 if name and name in blocked_name and name not in nchw_ready:
