@@ -474,7 +474,8 @@ def test_random_graphs_give_the_same_values_with_and_without_the_layout(seed):
         assert np.abs(forced[name] - ref[name]).max() <= 1e-5 * scale, name
 
 
-def test_elementwise_steps_and_squeeze_excite_run_on_the_blocks(rng):
+@pytest.mark.parametrize("pool", ["GlobalAveragePool", "ReduceMean"])
+def test_elementwise_steps_and_squeeze_excite_run_on_the_blocks(rng, pool):
     """pw -> HardSwish -> dw -> squeeze-excite (GAP, 1x1, 1x1, HardSigmoid, per-channel Mul)
     -> pw, on 40 channels: the activations and the Mul run on the blocks; the only layout
     changes are the stem's input and the pooled vector (1x40x1x1) entering the first 1x1."""
@@ -485,7 +486,7 @@ def test_elementwise_steps_and_squeeze_excite_run_on_the_blocks(rng):
     nodes = [Node("Conv", "pw0", ["x", "w0"], ["p"]),
              Node("HardSwish", "hs", ["p"], ["ph"]),
              Node("Conv", "dw", ["ph", "w1"], ["d"], {"pads": [1, 1, 1, 1], "group": c}),
-             Node("GlobalAveragePool", "gap", ["d"], ["g"]),
+             Node(pool, "gap", ["d"], ["g"], {"axes": [-1, 2]} if pool == "ReduceMean" else {}),
              Node("Conv", "fc1", ["g", "wa"], ["a"], {"activation": "relu"}),
              Node("Conv", "fc2", ["a", "wb"], ["b"]),
              Node("HardSigmoid", "hsig", ["b"], ["s"]),
@@ -502,3 +503,4 @@ def test_elementwise_steps_and_squeeze_excite_run_on_the_blocks(rng):
     assert ops.count("ToBlocked") == 2 and ops.count("FromBlocked") == 1, ops
     kinds = dict(steps_of(model))
     assert kinds["HardSwish"] == "HardSwish" and kinds["Mul"] == "Mul"
+    assert kinds[pool] == "BlockedGlobalAveragePool"

@@ -83,6 +83,18 @@ def through_input(node, infos) -> int | None:
     return None
 
 
+def _spatial_mean(node, ops, infos) -> bool:
+    """Whether a ReduceMean node averages a 4-D tensor over H and W exactly (what
+    ``x.mean((2, 3))`` exports to)."""
+    ins = [infos.get(n) if n else None for n in node.inputs]
+    if ins[0] is None or len(ins[0].shape) != 4:
+        return False
+    try:
+        return ops[node.name].axes_of(ins) == (2, 3)
+    except ValueError:
+        return False
+
+
 def conv_kind(op, ins) -> tuple[str | None, str]:
     """The channel-blocked kernel able to run a Conv op inferred on ``ins`` ("pointwise",
     "depthwise", "direct" or None, for it to stay NCHW), and why (engine.dispatch.layout)."""
@@ -148,15 +160,18 @@ class FromBlocked(_LayoutChange):
 
 
 class BlockedGlobalAveragePool(_Internal):
+    """GlobalAveragePool, or a ReduceMean over H and W (``keepdims`` 0 drops them), reading
+    the blocks in place."""
     kind = "GlobalAveragePool"
 
-    def __init__(self, node, channels):
+    def __init__(self, node, channels, keepdims=True):
         super().__init__(node)
         self.channels = channels
+        self.keepdims = keepdims
 
     def infer(self, ins):
         n = self.float_in(ins, 0, "X", 5).shape[0]
-        return [Info((n, self.channels, 1, 1), F32)]
+        return [Info((n, self.channels) + ((1, 1) if self.keepdims else ()), F32)]
 
     def build(self, ins, outs, i, o):
         a, b = i[0], o[0]
@@ -357,10 +372,12 @@ def rewrite(graph: Graph, ops: dict, input_shapes: dict, layout: str = "auto"):
                 inputs.append(as_blocked(node.inputs[3]))
             new = Node(node.op, node.name, inputs, [blocked_name[node.outputs[0]]])
             add(new, BlockedConv(new, ops[node.name], kind, ins, outs))
-        elif (node.op == "GlobalAveragePool" and node.inputs[0] in blocked_name
-              and node.inputs[0] not in nchw_ready):
+        elif (node.op in ("GlobalAveragePool", "ReduceMean")
+              and node.inputs[0] in blocked_name and node.inputs[0] not in nchw_ready
+              and (node.op == "GlobalAveragePool" or _spatial_mean(node, ops, infos))):
             new = Node(node.op, node.name, [blocked_name[node.inputs[0]]], list(node.outputs))
-            add(new, BlockedGlobalAveragePool(new, infos[node.inputs[0]].shape[1]))
+            keepdims = len(infos[node.outputs[0]].shape) == 4
+            add(new, BlockedGlobalAveragePool(new, infos[node.inputs[0]].shape[1], keepdims))
         elif through[node.name] is not None and node.inputs[through[node.name]] in native:
             out = node.outputs[0]
             inputs = [as_blocked(n) if n and n in infos and len(infos[n].shape) == 4 else n
