@@ -4,6 +4,9 @@
 - ``fold_constants``: nodes whose inputs are all constants are computed, and so, when every
   input dimension is declared, is everything that depends on input shapes only (Shape, and the
   Gather/Concat/... chains exporters build on it);
+- ``fuse_layer_norm`` and ``fuse_gelu`` (engine/graph/fusions.py): the decomposed LayerNorm
+  and erf-form GELU that exporters write at older opsets become one LayerNormalization or
+  Gelu node;
 - ``fold_batchnorm``: BatchNormalization after a convolution is folded into its weights and
   bias (computed in float64, stored in float32);
 - ``fuse_activations``: Relu, and Clip(0, 6) or Clip(0, none), after a convolution become the
@@ -19,6 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ModelError
+from .fusions import fuse_gelu, fuse_layer_norm
 from .ir import Graph, Node
 from .ops import OPS, Info
 from .plan import evaluate, infer_nodes
@@ -252,6 +256,12 @@ def optimize(g: Graph, input_shapes=None) -> None:
     n = fold_constants(g, input_shapes)
     if n:
         notes.append(f"folded {n} nodes into constants")
+    n = fuse_layer_norm(g)
+    if n:
+        notes.append(f"fused {n} decomposed LayerNorms into LayerNormalization")
+    n = fuse_gelu(g)
+    if n:
+        notes.append(f"fused {n} erf-form GELUs into Gelu")
     n = fold_batchnorm(g)
     if n:
         notes.append(f"folded {n} BatchNormalization nodes into convolution weights")

@@ -364,6 +364,12 @@ def _prelu(imp, name, inputs, outputs, attrs):
     imp.emit("PRelu", name, inputs, outputs, {"channel_slope": 1} if imp.opset < 7 else {})
 
 
+def _groupnorm(imp, name, inputs, outputs, attrs):
+    attrs = imp.take(attrs, ("num_groups", "epsilon", "stash_type"))
+    attrs["group_affine"] = int(imp.opset < 21)   # opsets 18-20: scale and bias per group
+    imp.emit("GroupNormalization", name, inputs, outputs, attrs)
+
+
 def _clip(imp, name, inputs, outputs, attrs):
     if imp.opset < 11:
         attrs = imp.take(attrs, ("min", "max"), drop=("consumed_inputs",))
@@ -542,7 +548,7 @@ def _cast(imp, name, inputs, outputs, attrs):
              {"to": _dtype(imp.onnx, to, f"Cast {name!r} target")})
 
 
-for _op, _fn in {"MaxPool": _maxpool, "PRelu": _prelu, "BatchNormalization": _batchnorm, "Clip": _clip,
+for _op, _fn in {"MaxPool": _maxpool, "PRelu": _prelu, "GroupNormalization": _groupnorm, "BatchNormalization": _batchnorm, "Clip": _clip,
                  "Gemm": _gemm, "Reshape": _reshape, "Pad": _pad, "Resize": _resize,
                  "Upsample": _upsample, "Softmax": _softmax, "Dropout": _dropout,
                  "Constant": _constant, "ConstantOfShape": _constant_of_shape,

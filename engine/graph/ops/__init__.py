@@ -4,7 +4,8 @@ family a module:
 - base: ``Op`` (the interface every plan implements), ``Info``, the attribute kinds, the
   registry ``OPS`` and the single-tensor size cap;
 - elementwise: unary activations, Clip, PRelu, binary arithmetic, Sum;
-- norm: Softmax, BatchNormalization, LRN;
+- norm: Softmax, BatchNormalization, LRN, LayerNormalization, GroupNormalization,
+  InstanceNormalization, MeanVarianceNormalization;
 - linalg: MatMul, Gemm;
 - shape: the views (Identity, Flatten, Reshape, Squeeze, Unsqueeze), Transpose, Concat, Split,
   Slice, Gather, Shape, ConstantOfShape, Cast, Expand, Pad;

@@ -1,5 +1,11 @@
 """Normalisation node plans: Softmax, BatchNormalization left standing after the passes (one
-not after a convolution) and local response normalisation (LRN).
+not after a convolution), local response normalisation (LRN), and the normalisations that take
+their statistics from the input itself: LayerNormalization, GroupNormalization,
+InstanceNormalization and MeanVarianceNormalization.
+
+Their statistics take two passes over X (``standardize``: a mean, then the deviations from it,
+their mean and mean square), which keeps the precision however large the mean is against the
+spread; the deviations are stored in float32 in the output buffer and scaled there.
 """
 from __future__ import annotations
 
@@ -8,6 +14,10 @@ import math
 import numpy as np
 
 from .base import F32, Info, Op, register, same_shape_inputs
+
+# the stash_type values taken (ONNX element types float32 and float64): the statistics here are
+# within a few eps32, all that the float32 output can carry either way
+STASH_FLOAT, STASH_DOUBLE = 1, 11
 
 
 # ============================================================================ softmax, batch norm
@@ -151,4 +161,274 @@ class LRN(Op):
             bottom = np.maximum(np.arange(c) - lo, 0)
             window = csum[:, top] - csum[:, bottom]
             np.divide(x, (bias + scale * window) ** beta, out=env[b], casting="unsafe")
+        return step
+
+
+# ============================================================================ statistics from X
+
+def standardize(x, d, axis, dtype=np.float32):
+    """Writes x - m into ``d`` (x's shape; may be x itself), m a first estimate of the mean,
+    and returns (mean, variance, c): the mean and variance over ``axis`` (an int or a tuple;
+    float64, reduced dimensions kept) and c = mean - m, what is left to take from ``d``.
+
+    Sums accumulate in ``dtype``: float32 where the summed elements are contiguous rows
+    (NumPy sums those pairwise, within a few eps32 of the sum of |terms|), float64 for strided
+    ones. The second pass corrects the first (Chan, Golub and LeVeque's two-pass variance):
+    d = x - m rounds relative to d itself, and mean(d) recovers m's error, so the result keeps
+    its precision however large the mean is against the spread."""
+    m = x.mean(axis=axis, dtype=dtype, keepdims=True).astype(np.float32)
+    np.subtract(x, m, out=d)
+    c = d.mean(axis=axis, dtype=dtype, keepdims=True).astype(np.float64)
+    var = np.square(d).mean(axis=axis, dtype=dtype, keepdims=True) - c * c
+    return m + c, np.maximum(var, 0.0), c
+
+
+def broadcasts_to(shape, target) -> bool:
+    """Whether ``shape`` broadcasts to ``target`` without changing it (ONNX's unidirectional
+    broadcasting)."""
+    if len(shape) > len(target):
+        return False
+    return all(a in (1, b) for a, b in zip(shape[::-1], target[::-1]))
+
+
+def parameter(ins, i, k, prepare):
+    """``env -> array`` for input k, passed through ``prepare``: a constant is prepared once,
+    when the plan is built; a tensor computed at run time, on each run."""
+    if ins[k].value is not None:
+        fixed = np.ascontiguousarray(prepare(ins[k].value.astype(np.float32, copy=False)))
+        return lambda env: fixed
+    slot = i[k]
+    return lambda env: prepare(env[slot])
+
+
+class Normalization(Op):
+    """What the four share: epsilon and stash_type (checked once), the float32 inputs, and
+    running in place over X (read whole for the mean before the first write)."""
+    eps_default = 1e-5
+
+    def setup(self, constants):
+        self.eps = float(self.attr("epsilon", self.eps_default))
+        if not (math.isfinite(self.eps) and self.eps >= 0):
+            raise self.error(f"epsilon must be a finite number >= 0, got {self.eps}")
+        self.stash = self.attr("stash_type", STASH_FLOAT)
+        if self.stash not in (STASH_FLOAT, STASH_DOUBLE):
+            raise self.error(f"stash_type {self.stash} is not supported (1, float32, or 11, "
+                             f"float64)")
+
+    def inputs(self, ins, names):
+        """The float32 inputs that are present, X first."""
+        return [self.float_in(ins, k, what) if k < len(ins) and ins[k] is not None else None
+                for k, what in enumerate(names)]
+
+    def inplace_inputs(self, ins, outs):
+        # a parameter that is X itself must survive X's overwriting
+        if any(x is ins[0] for x in ins[1:]):
+            return ()
+        return same_shape_inputs(ins, outs, (0,))
+
+    def flops(self, ins, outs):
+        return 8.0 * outs[0].size
+
+
+@register
+class LayerNormalization(Normalization):
+    """Normalisation over the axes from ``axis`` on (opset 17), then Y = normalised * Scale + B,
+    Scale and B broadcasting to X; the optional outputs Mean and InvStdDev (float32, X's shape
+    with the normalised axes kept as 1) are computed when the node names them."""
+    kind = "LayerNormalization"
+    n_inputs = (2, 3)
+    n_outputs = (1, 3)
+    attributes = {"axis": "int", "epsilon": "float", "stash_type": "int"}
+
+    def setup(self, constants):
+        super().setup(constants)
+        if self.stash != STASH_FLOAT and any(self.node.outputs[1:]):
+            raise self.error("Mean and InvStdDev in float64 (stash_type 11) are not supported")
+
+    def infer(self, ins):
+        x, scale, bias = self.inputs(ins, ("X", "Scale", "B"))
+        rank = len(x.shape)
+        self.ax = self.axis(self.attr("axis", -1), rank)
+        for p, what in ((scale, "Scale"), (bias, "B")):
+            if p is not None and not broadcasts_to(p.shape, x.shape):
+                raise self.error(f"{what} of shape {p.shape} does not broadcast to X {x.shape}")
+        stats = x.shape[:self.ax] + (1,) * (rank - self.ax)
+        return [Info(x.shape, F32)] + [Info(stats, F32) for _ in self.node.outputs[1:]]
+
+    def describe(self, ins, outs):
+        return f"over axes {self.ax}..{len(outs[0].shape) - 1}"
+
+    def build(self, ins, outs, i, o):
+        shape = outs[0].shape
+        view = (math.prod(shape[:self.ax]), math.prod(shape[self.ax:]))
+        stats = outs[1].shape if len(outs) > 1 else None
+        wanted = [k for k in (1, 2) if k < len(o) and self.node.outputs[k]]
+        a, y, eps = i[0], o[0], self.eps
+        scale = parameter(ins, i, 1, lambda v: v)
+        bias = parameter(ins, i, 2, lambda v: v) if len(ins) > 2 and ins[2] is not None \
+            else None
+
+        def step(env, nt):
+            out = env[y]
+            if view[1] == 0:        # nothing to normalise: statistics of no elements
+                for k in wanted:
+                    env[o[k]].fill(np.nan)
+                return
+            d = out.reshape(view)
+            mean, var, c = standardize(env[a].reshape(view), d, 1)
+            d -= c.astype(np.float32)
+            # epsilon 0 and no spread: 0 * inf, NaN, as ONNX's formula gives
+            with np.errstate(divide="ignore", invalid="ignore"):
+                inv = 1.0 / np.sqrt(var + eps)
+                d *= inv.astype(np.float32)
+            out *= scale(env)
+            if bias is not None:
+                out += bias(env)
+            if 1 in wanted:
+                env[o[1]][...] = mean.reshape(stats)
+            if 2 in wanted:
+                env[o[2]][...] = inv.reshape(stats)
+        return step
+
+
+class ChannelNormalization(Normalization):
+    """Statistics per sample over groups of channels and the spatial positions, then a scale
+    and bias per channel: y = d * f + (bias - c * f), with d and c from ``standardize`` and
+    f = inv_std * scale, f and the shift taken per sample and channel on the small side."""
+    n_inputs = (3, 3)
+
+    def per_channel(self, x_shape):
+        """The function making the scale or bias input into the (C, 1) the step applies."""
+        raise NotImplementedError
+
+    def build(self, ins, outs, i, o):
+        shape = outs[0].shape
+        n, c = shape[:2]
+        groups = self.groups
+        stats_view = (n * groups, math.prod(shape[1:]) // groups if groups else 0)
+        affine_view = (n, c, math.prod(shape[2:]))
+        a, y, eps = i[0], o[0], self.eps
+        prepare = self.per_channel(shape)
+        scale = parameter(ins, i, 1, prepare)
+        bias = parameter(ins, i, 2, prepare)
+        per_group = c // groups if groups else 0
+
+        def step(env, nt):
+            if env[y].size == 0:
+                return
+            _, var, c = standardize(env[a].reshape(stats_view), env[y].reshape(stats_view), 1)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                per_sample = np.stack([1.0 / np.sqrt(var + eps), c]).reshape(2, n, groups)
+                inv, c = np.repeat(per_sample, per_group, axis=2)[..., None]
+                f = inv * scale(env)
+                d = env[y].reshape(affine_view)
+                d *= f.astype(np.float32)
+                d += (bias(env) - c * f).astype(np.float32)
+        return step
+
+
+@register
+class InstanceNormalization(ChannelNormalization):
+    """Normalisation per sample and channel over the spatial positions (X of rank >= 3),
+    then scale and B per channel."""
+    kind = "InstanceNormalization"
+    attributes = {"epsilon": "float"}
+
+    def infer(self, ins):
+        x, scale, bias = self.inputs(ins, ("input", "scale", "B"))
+        if len(x.shape) < 3:
+            raise self.error(f"input must be (N, C, D1, ...), of rank 3 or more, got shape "
+                             f"{x.shape}")
+        c = x.shape[1]
+        for p, what in ((scale, "scale"), (bias, "B")):
+            if p.shape != (c,):
+                raise self.error(f"{what} must have shape ({c},), one per channel of the "
+                                 f"input {x.shape}, got {p.shape}")
+        self.groups = c
+        return [Info(x.shape, F32)]
+
+    def per_channel(self, x_shape):
+        return lambda v: v.reshape(-1, 1)
+
+
+@register
+class GroupNormalization(ChannelNormalization):
+    """Normalisation per sample over ``num_groups`` groups of consecutive channels and the
+    spatial positions (X of rank >= 2). Scale and bias are per channel (C,) in opset 21 and per
+    group (num_groups,) in opsets 18-20; the shapes tell which, and where they agree (as many
+    groups as channels) so do the two forms. ``group_affine`` (1: per group, 0: per channel),
+    when given, says which the node's opset meant, so a shape of the other form is refused."""
+    kind = "GroupNormalization"
+    attributes = {"num_groups": "int", "epsilon": "float", "stash_type": "int",
+                  "group_affine": "int"}
+
+    def setup(self, constants):
+        super().setup(constants)
+        self.groups = self.attr("num_groups")
+        if self.groups is None or self.groups < 1:
+            raise self.error(f"num_groups must be a positive integer, got {self.groups!r}")
+        self.form = self.attr("group_affine")
+        if self.form not in (None, 0, 1):
+            raise self.error(f"group_affine must be 0 or 1, got {self.form}")
+
+    def infer(self, ins):
+        x, scale, bias = self.inputs(ins, ("X", "scale", "bias"))
+        if len(x.shape) < 2:
+            raise self.error(f"X must be (N, C, ...), of rank 2 or more, got shape {x.shape}")
+        c, g = x.shape[1], self.groups
+        if c % g:
+            raise self.error(f"X's {c} channels do not split into num_groups={g} groups")
+        shapes = {0: (c,), 1: (g,)} if self.form is None else {self.form: ((c,), (g,))[self.form]}
+        for p, what in ((scale, "scale"), (bias, "bias")):
+            if p.shape not in shapes.values():
+                raise self.error(f"{what} must have shape "
+                                 f"{' or '.join(map(str, sorted(set(shapes.values()))))} "
+                                 f"(per channel of X {x.shape} or per group), got {p.shape}")
+        if scale.shape != bias.shape:
+            raise self.error(f"scale {scale.shape} and bias {bias.shape} must have one shape")
+        self.per_group_params = scale.shape != (c,)
+        return [Info(x.shape, F32)]
+
+    def describe(self, ins, outs):
+        return (f"{self.groups} groups, scale and bias per "
+                f"{'group' if self.per_group_params else 'channel'}")
+
+    def per_channel(self, x_shape):
+        if self.per_group_params:
+            k = x_shape[1] // self.groups
+            return lambda v: np.repeat(v, k).reshape(-1, 1)
+        return lambda v: v.reshape(-1, 1)
+
+
+@register
+class MeanVarianceNormalization(Normalization):
+    """(X - mean) / (std + 1e-9) over ``axes`` (default 0, 2, 3; opsets 9 and 13): ONNX's
+    function adds its epsilon to the standard deviation, not to the variance. Empty axes, as
+    its ReduceMean reads them, take the statistics over every axis."""
+    kind = "MeanVarianceNormalization"
+    attributes = {"axes": "ints"}
+    eps_default = 1e-9
+
+    def infer(self, ins):
+        x, = self.inputs(ins, ("X",))
+        rank = len(x.shape)
+        axes = self.attr("axes", (0, 2, 3))
+        axes = tuple(self.axis(k, rank, "axes entry") for k in axes) or tuple(range(rank))
+        if len(set(axes)) != len(axes):
+            raise self.error(f"axes {list(self.attr('axes'))} name an axis twice")
+        self.axes = tuple(sorted(axes))
+        return [Info(x.shape, F32)]
+
+    def build(self, ins, outs, i, o):
+        a, y, eps, axes = i[0], o[0], self.eps, self.axes
+
+        def step(env, nt):
+            if env[y].size == 0:
+                return
+            d = env[y]
+            # float64 sums: the reduced axes need not be contiguous
+            _, var, c = standardize(env[a], d, axes, np.float64)
+            f = 1.0 / (np.sqrt(var) + eps)
+            d *= f.astype(np.float32)
+            d -= (c * f).astype(np.float32)
         return step
