@@ -1,11 +1,11 @@
 """An onnx.backend.base.Backend running models with engine.load, for ONNX's own node tests.
 
-The engine plans against constant weights and shape parameters (a Conv's W and B, Reshape's
-shape, Resize's scales, ...) and refuses them as run-time inputs. ONNX's node tests feed
-them as graph inputs, so the adapter turns those inputs into initializers holding the values
-given at run time before loading: the same values reach the same operator, through the
-engine's constant path. ``PARAMETER_INPUTS`` lists, per ONNX operator, which inputs that
-applies to (the engine's ``weights`` and plan-time ``known`` inputs).
+The cases run as ONNX ships them: weights given as graph inputs take the engine's run-time
+weight path, and inputs that decide shapes (Reshape's shape, Resize's sizes, a Clip's bounds)
+are planned per value. The one exception is Dropout, whose ``ratio`` and ``training_mode``
+the importer must see as constants (it turns an inference Dropout into Identity):
+``PARAMETER_INPUTS`` lists them, and the adapter makes those inputs initializers holding the
+values given at run time before loading.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from onnx.backend.base import Backend, BackendRep
 import engine
 
 PARAMETER_INPUTS = {
-    "BatchNormalization": (1, 2, 3, 4), "Clip": (1, 2), "MaxUnpool": (2,), "Dropout": (1, 2),
+    "Dropout": (1, 2),
 }
 
 

@@ -63,45 +63,57 @@ class Softmax(Op):
 @register
 class BatchNormalization(Op):
     """Inference BatchNormalization left standing (one not after a convolution): the
-    per-channel scale and shift are computed once, in float64. ``spatial`` = 0 (opset < 9)
-    takes statistics per channel and position."""
+    per-channel scale and shift are computed once, in float64, from constant statistics, or
+    on every run from statistics computed at run time. ``spatial`` = 0 (opset < 9) takes
+    statistics per channel and position."""
     kind = "BatchNormalization"
     n_inputs = (5, 5)
     attributes = {"epsilon": "float", "spatial": "int"}
-    weights = (1, 2, 3, 4)
 
     def setup(self, constants):
-        eps = float(self.attr("epsilon", 1e-5))
-        params = [self.const(constants, k, w).astype(np.float64)
-                  for k, w in ((1, "scale"), (2, "B"), (3, "mean"), (4, "var"))]
-        shape = params[0].shape
-        if any(p.shape != shape for p in params) or len(shape) < 1:
-            raise self.error(f"scale, B, mean and var must have one common shape, got "
-                             f"{[p.shape for p in params]}")
+        self.eps = float(self.attr("epsilon", 1e-5))
         self.spatial = bool(self.attr("spatial", 1))
+        self.runtime = any(self.input_name(k) not in constants for k in range(1, 5))
+        if not self.runtime:
+            params = [self.const(constants, k, w)
+                      for k, w in ((1, "scale"), (2, "B"), (3, "mean"), (4, "var"))]
+            self.stat_shape = self._check_shapes([p.shape for p in params])
+            self.scale, self.shift = self._scale_shift(*params)
+
+    def _check_shapes(self, shapes):
+        shape = shapes[0]
+        if any(p != shape for p in shapes) or len(shape) < 1:
+            raise self.error(f"scale, B, mean and var must have one common shape, got "
+                             f"{list(shapes)}")
         if self.spatial and len(shape) != 1:
             raise self.error(f"scale, B, mean and var must be 1-D (C,), got {shape}")
-        scale, bias, mean, var = params
-        if np.any(var + eps < 0):
+        return tuple(shape)
+
+    def _scale_shift(self, scale, bias, mean, var):
+        scale, bias, mean, var = (np.asarray(p, np.float64) for p in (scale, bias, mean, var))
+        if np.any(var + self.eps < 0):
             raise self.error("var + epsilon has negative entries")
-        s = scale / np.sqrt(var + eps)
-        self.scale = s.astype(np.float32)
-        self.shift = (bias - mean * s).astype(np.float32)
+        s = scale / np.sqrt(var + self.eps)
+        return s.astype(np.float32), (bias - mean * s).astype(np.float32)
 
     def infer(self, ins):
         x = self.float_in(ins, 0)
+        if self.runtime:
+            for k, what in ((1, "scale"), (2, "B"), (3, "mean"), (4, "var")):
+                self.float_in(ins, k, what)
+            self.stat_shape = self._check_shapes([ins[k].shape for k in range(1, 5)])
         if len(x.shape) < 2:
             raise self.error(f"X must have a channel axis, got shape {x.shape}")
         if self.spatial:
-            if x.shape[1] != self.scale.shape[0]:
+            if x.shape[1] != self.stat_shape[0]:
                 raise self.error(f"X has {x.shape[1]} channels, the statistics "
-                                 f"{self.scale.shape[0]}")
+                                 f"{self.stat_shape[0]}")
             self.view = (1, x.shape[1]) + (1,) * (len(x.shape) - 2)
         else:
-            if x.shape[1:] != self.scale.shape:
-                raise self.error(f"statistics of shape {self.scale.shape} do not match X "
+            if x.shape[1:] != self.stat_shape:
+                raise self.error(f"statistics of shape {self.stat_shape} do not match X "
                                  f"{x.shape} (spatial=0 takes one per channel and position)")
-            self.view = (1,) + self.scale.shape
+            self.view = (1,) + self.stat_shape
         return [Info(x.shape, F32)]
 
     def inplace_inputs(self, ins, outs):
@@ -111,14 +123,27 @@ class BatchNormalization(Op):
         return 2.0 * outs[0].size
 
     def build(self, ins, outs, i, o):
-        s, t = self.scale.reshape(self.view), self.shift.reshape(self.view)
-        a, b = i[0], o[0]
+        a, b, view = i[0], o[0], self.view
+        if self.runtime:
+            params, scale_shift = i[1:5], self._scale_shift
+
+            def step(env, nt):      # statistics computed at run time
+                s, t = scale_shift(*(env[k] for k in params))
+                out = env[b]
+                np.multiply(env[a], s.reshape(view), out=out)
+                np.add(out, t.reshape(view), out=out)
+            return step
+        s, t = self.scale.reshape(view), self.shift.reshape(view)
 
         def step(env, nt):
             out = env[b]
             np.multiply(env[a], s, out=out)
             np.add(out, t, out=out)
         return step
+
+    def describe(self, ins, outs):
+        return "statistics computed at run time: scale and shift made on every run" \
+            if self.runtime else ""
 
 
 # ============================================================================ local response norm
