@@ -9,13 +9,11 @@ arithmetic with ``broadcast``/``axis`` keeps its axis as ``broadcast_axis``. Dro
 Identity. Later opsets (up to the newest the onnx package knows) changed these operators only
 by adding element types, which the engine refuses anyway, so they are read the same way.
 
-Operators: Conv (1-D, 2-D, 3-D), ConvTranspose (1-D, 2-D), DeformConv, BatchNormalization,
-Relu, Clip, LeakyRelu, PRelu, Sigmoid, HardSigmoid, HardSwish, Tanh, Add, Sub, Mul, Div, Sum,
-Concat, MaxPool (with Indices) and AveragePool (1-D, 2-D), GlobalAveragePool, GlobalMaxPool,
-MaxUnpool, LRN, Gemm, MatMul, Flatten, Reshape, Transpose, Squeeze, Unsqueeze, Pad, Resize,
-Upsample, Softmax, Split, Slice, Gather, Shape, Constant, ConstantOfShape, Cast, Expand,
-Dropout, Identity. Any other operator, or an attribute these do not understand, is an
-engine.ModelError naming the node.
+Operators: every plan class registered in engine/graph/ops (``supported_ops()``; ``convengine
+ops`` prints them with the schema versions read). Most are read as they are, attributes and all
+(``converter``); the few above, and PRelu, GroupNormalization and Cast, have a converter of
+their own. Any other operator, or an attribute a plan does not understand, is an
+engine.ModelError naming the node. Float16 and bfloat16 constants are widened to float32.
 
 The ``onnx`` package is needed here only, and imported when an ONNX file is loaded.
 """

@@ -15,7 +15,7 @@ family a module:
 - reduce: the Reduce* family, ArgMax, ArgMin, TopK;
 - mathops: unary math and activations, Pow, Min, Max, Mean;
 - logic: comparisons, boolean logic, Where;
-- rearrange: DepthToSpace, SpaceToDepth, Tile, Range;
+- rearrange: DepthToSpace, SpaceToDepth, Tile, Range, Size, EyeLike, Trilu, CumSum, OneHot;
 - einsum: Einsum.
 
 An op is its attributes, ``infer`` and a short step. Elementwise, shape and small tensor
