@@ -28,8 +28,6 @@ REFUSED = [  # (pattern on the case name, why the engine refuses it)
     (r"^test_cast.*(STRING|string)", "string tensors are not supported"),
     (r"cubic", "Resize mode cubic is not supported"),
     (r"antialias", "Resize antialias=1 is not supported"),
-    (r"^test_(max|average)pool_3d", "3-D pooling is not supported"),
-    (r"^test_averagepool_2d_dilations", "average pooling with dilation is not supported"),
     (r"^test_maxpool_2d_uint8", "pooling runs on float32 only"),
     (r"training", "training mode (BatchNormalization statistics, Dropout) is not supported"),
     (r"^test_identity_(sequence|opt)", "sequence and optional values are not tensors"),

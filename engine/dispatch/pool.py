@@ -1,8 +1,10 @@
-"""How an ONNX MaxPool or AveragePool runs (engine/graph/ops/pool.py), and why: "direct", the
-pooling layers (engine/ops/pool.py) taking the pads themselves, which they do as PyTorch does
-(the same padding at both ends of an axis, at most half the kernel); or "padded", the layer run
-unpadded on an explicitly padded copy of the input (-inf for max, zeros for average, the
-divisors then rescaled to ONNX's).
+"""How an ONNX MaxPool, AveragePool or LpPool runs (engine/graph/ops/pool.py), and why:
+"direct", the 2-D pooling layers (engine/ops/pool.py; 1-D pools on the H = 1 view) taking the
+pads themselves, which they do as PyTorch does (the same padding at both ends of an axis, at
+most half the kernel); "padded", the layer run unpadded on an explicitly padded copy of the
+input (-inf for max, zeros for average, the divisors then rescaled to ONNX's); or "numpy",
+for what no pooling kernel takes (3-D windows, dilated averages, Lp pooling): NumPy reduces
+strided views of a padded copy (engine/ops/pool.py OnnxWindowPool).
 """
 from __future__ import annotations
 
@@ -10,9 +12,18 @@ from ..shapes import pool_output_size
 
 
 def choose_pool_path(in_size, out_size, kernel, stride, dilation, pads,
-                     ceil_mode: bool) -> tuple[str, str]:
-    """"direct" or "padded", and why. All arguments per spatial axis: ``out_size`` the ONNX
-    output size, ``pads`` (begin, end) pairs."""
+                     ceil_mode: bool, op: str = "max") -> tuple[str, str]:
+    """"direct", "padded" or "numpy", and why. ``op``: "max", "avg" or "lp"; the other
+    arguments per spatial axis (1 to 3 of them): ``out_size`` the ONNX output size, ``pads``
+    (begin, end) pairs."""
+    numpy = "so NumPy reduces strided views of a padded copy"
+    if len(kernel) == 3:
+        return "numpy", f"3-D: the pooling kernels are 2-D, {numpy}"
+    if op == "lp":
+        return "numpy", f"Lp pooling has no kernel, {numpy}"
+    if op == "avg" and any(d != 1 for d in dilation):
+        return "numpy", (f"dilations {list(dilation)}: the average pooling kernel has none, "
+                         f"{numpy}")
     for i, o, k, s, d, (pb, pe) in zip(in_size, out_size, kernel, stride, dilation, pads):
         if pb != pe:
             return "padded", (f"pads {tuple(pads)} differ between the ends of an axis: the "

@@ -9,7 +9,8 @@ MaxUnpool's indices, which count over the whole tensor (``max_unpool2d_onnx``).
 ONNX pools these layers cannot run as they are (uneven pads, pads over half the kernel, another
 output size) run them unpadded on an explicitly padded copy (engine.shapes.onnx_pool_explicit_pads);
 ``onnx_avgpool_scale`` turns those averages into ONNX's, and ``onnx_max_indices`` turns
-MaxPool2d's indices into ONNX MaxPool's, which count over the whole tensor.
+MaxPool2d's indices into ONNX MaxPool's, which count over the whole tensor. ONNX pools the
+kernels cannot take at all (3-D, dilated averages, Lp pooling) run in NumPy: ``OnnxWindowPool``.
 """
 from __future__ import annotations
 
@@ -17,12 +18,13 @@ import numpy as np
 
 from .._kernels import pool as _k
 from .._threads import resolve_threads, threads_for
-from ..shapes import effective_kernel, ntuple, pool_output_shape, unpool_output_shape
+from ..shapes import (effective_kernel, ntuple, onnx_pool_explicit_pads, pool_output_shape,
+                      unpool_output_shape)
 from ._validate import as_float_array, check_out, new_output
 
 __all__ = ["MaxPool2d", "AvgPool2d", "MaxUnpool2d", "max_pool2d", "avg_pool2d", "max_unpool2d",
-           "max_unpool2d_onnx", "global_avg_pool2d", "global_max_pool2d", "onnx_avgpool_scale",
-           "onnx_max_indices"]
+           "max_unpool2d_onnx", "global_avg_pool2d", "global_max_pool2d", "global_lp_pool",
+           "onnx_avgpool_divisor", "onnx_avgpool_scale", "onnx_max_indices", "OnnxWindowPool"]
 
 
 def _window(kernel_size, stride, padding, dilation=1):
@@ -227,49 +229,208 @@ def max_unpool2d_onnx(x, indices, output_shape, num_threads=None) -> np.ndarray:
 
 
 # -- ONNX pooling on an explicitly padded copy --------------------------------------------------
+def onnx_avgpool_divisor(in_size, out_size, kernel, stride, dilation, pads,
+                         count_include_pad) -> np.ndarray:
+    """float64 array of ``out_size``: the number of cells ONNX AveragePool (as ONNX Runtime
+    computes it) divides each window's sum by. A tap o*s - pb + u*d counts if it lies inside
+    the padded input [-pb, i + pe) with count_include_pad, inside the input [0, i) without;
+    ceil_mode's taps past the padded end never count. Windows are products of per-axis tap
+    sets, so the count is the outer product of per-axis counts. ``pads`` are (begin, end)
+    pairs per axis."""
+    total = np.ones((), np.float64)
+    for i, o, k, s, d, (pb, pe) in zip(in_size, out_size, kernel, stride, dilation, pads):
+        start = np.arange(o, dtype=np.int64) * s - pb
+        lo, hi = (-pb, i + pe) if count_include_pad else (0, i)
+        # taps u with lo <= start + u*d < hi: ceil((lo - start)/d) <= u < ceil((hi - start)/d)
+        first = np.clip(-((start - lo) // d), 0, k)
+        stop = np.clip(-((start - hi) // d), 0, k)
+        total = np.multiply.outer(total, np.maximum(stop - first, 0))
+    return total
+
+
 def onnx_avgpool_scale(in_size, out_size, kernel, stride, pads, count_include_pad) -> np.ndarray:
     """(OH, OW) float32 factors that turn AvgPool2d's averages over whole kernels (the layer
     with count_include_pad, run unpadded on the zero-padded copy) into ONNX AveragePool's:
-    kernel area / the number of cells ONNX counts, padding up to the padded input's end with
-    count_include_pad, only input cells without. ``pads`` are ONNX's ((top, bottom),
-    (left, right)); a window with no cell to count gets inf (its output NaN)."""
-    counts = []
-    for i_, o_, k, s, (pb, pe) in zip(in_size, out_size, kernel, stride, pads):
-        start = np.arange(o_) * s - pb
-        lo, hi = (-pb, i_ + pe) if count_include_pad else (0, i_)
-        counts.append(np.minimum(start + k, hi) - np.maximum(start, lo))
-    area = kernel[0] * kernel[1]
+    kernel area / onnx_avgpool_divisor. ``pads`` are ONNX's ((top, bottom), (left, right)).
+    A window with no cell to count gets 0, as in ONNX Runtime (only a dilated window can
+    skip over the whole input, and AvgPool2d has no dilation)."""
+    divisor = onnx_avgpool_divisor(in_size, out_size, kernel, stride, (1,) * len(kernel), pads,
+                                   count_include_pad)
+    area = float(np.prod(kernel))
     with np.errstate(divide="ignore"):
-        return (area / np.outer(counts[0], counts[1]).astype(np.float64)).astype(np.float32)
+        return np.where(divisor > 0, area / divisor, 0.0).astype(np.float32)
 
 
-def onnx_max_indices(x_shape, padding=None, column_major=False):
+def onnx_max_indices(x_shape, padding=None, column_major=False, empty=None):
     """A function ``convert(indices)`` that rewrites, in place, the indices MaxPool2d.run gives
     for x of ``x_shape`` (N, C, H, W), or for its copy padded by ``padding`` ((top, bottom),
     (left, right)), as ONNX MaxPool's: counted over the whole tensor,
     (n*C + c)*H*W + the position in the unpadded plane, row-major (storage_order 0) or
-    column-major (1)."""
+    column-major (1). ``empty``, a boolean (OH, OW) mask of the windows whose taps all miss
+    the input (only a dilated window can), gives those -1, as OnnxWindowPool does: the
+    kernel's position for them lies outside the plane."""
     n, c, h, w = x_shape
     plane_base = (np.arange(n * c, dtype=np.int64) * (h * w)).reshape(n, c, 1, 1)
     if padding is None and not column_major:
         def convert(ind):
             np.add(ind, plane_base, out=ind)
+    else:
+        (top, _), (left, right) = padding if padding is not None else ((0, 0), (0, 0))
+        row_w = w + left + right
+
+        def convert(ind):
+            r, q = np.divmod(ind, row_w)
+            r -= top
+            q -= left
+            if column_major:
+                np.multiply(q, h, out=ind)
+                ind += r
+            else:
+                np.multiply(r, w, out=ind)
+                ind += q
+            ind += plane_base
+    if empty is None or not empty.any():
         return convert
-    (top, _), (left, right) = padding if padding is not None else ((0, 0), (0, 0))
-    row_w = w + left + right
+    plain = convert
 
     def convert(ind):
-        r, q = np.divmod(ind, row_w)
-        r -= top
-        q -= left
-        if column_major:
-            np.multiply(q, h, out=ind)
-            ind += r
-        else:
-            np.multiply(r, w, out=ind)
-            ind += q
-        ind += plane_base
+        plain(ind)
+        np.copyto(ind, -1, where=empty)
     return convert
+
+
+class OnnxWindowPool:
+    """ONNX MaxPool (and its Indices), AveragePool or LpPool for one input shape
+    (N, C, *spatial), any number of spatial axes, in NumPy: what the 2-D kernels cannot run
+    (3-D pools, dilated averages, Lp pooling).
+
+    The input is copied once with its pads and the ceil_mode overhang (-inf for max, zero
+    otherwise; Lp pools |x|**p). A window is the product of per-axis tap sets, so it is reduced
+    one axis at a time, last axis first: along an axis, tap u of every output is one strided
+    view, and k views are combined (maximum or sum), shrinking that axis to the output size.
+    Python loops only over the taps of each axis, never over outputs; NumPy runs on one thread,
+    so the result cannot depend on a thread count.
+
+    ``mode`` is "max", "avg" or "lp"; ``pads`` (begin, end) per axis; averages divide by
+    onnx_avgpool_divisor (0 where a window counts no cell, as ONNX Runtime gives). Max follows
+    the 2-D kernel (and PyTorch): in the window's row-major order the first maximum wins ties
+    and a NaN always takes over (so the last NaN wins); a window whose taps all miss the input
+    (a dilated one can) gives -inf and index -1. Indices count over the whole tensor,
+    row-major or, with ``column_major`` (storage_order 1), column-major within each plane, as
+    ONNX Runtime numbers them."""
+
+    def __init__(self, mode, x_shape, out_size, kernel, stride, dilation, pads, *,
+                 count_include_pad=False, p=2.0, column_major=False):
+        if mode not in ("max", "avg", "lp"):
+            raise ValueError(f"mode must be 'max', 'avg' or 'lp', got {mode!r}")
+        self.mode = mode
+        self.x_shape = tuple(x_shape)
+        spatial = self.x_shape[2:]
+        self.out_shape = self.x_shape[:2] + tuple(out_size)
+        self.p = float(p)
+        self.column_major = bool(column_major)
+        self.nd = len(spatial)
+        explicit = onnx_pool_explicit_pads(spatial, out_size, kernel, stride, dilation, pads)
+        self.widths = ((0, 0), (0, 0)) + explicit
+        # (array axis, the view of each tap along it), last spatial axis first
+        self.passes = [(2 + a, [slice(u * d, u * d + (o - 1) * s + 1, s) for u in range(k)])
+                       for a, (o, k, s, d) in reversed(list(enumerate(
+                           zip(out_size, kernel, stride, dilation))))]
+        # first input position of each output's window, per axis (for the indices)
+        self.starts = [np.arange(o, dtype=np.int64) * s - pb
+                       for o, s, (pb, _) in zip(out_size, stride, pads)]
+        self.dilation = tuple(dilation)
+        # which cells of the padded copy are input, one boolean plane shared by all (n, c)
+        self.real = np.pad(np.ones(spatial, bool), explicit).reshape((1, 1) + tuple(
+            i + pb + pe for i, (pb, pe) in zip(spatial, explicit)))
+        self.divisor = None
+        if mode == "avg":
+            divisor = onnx_avgpool_divisor(spatial, out_size, kernel, stride, dilation, pads,
+                                           count_include_pad)
+            # a window that counts nothing has a zero sum: divide by 1 to give ONNX Runtime's 0
+            self.divisor = np.maximum(divisor, 1).astype(np.float32).reshape(
+                (1, 1) + tuple(out_size))
+
+    def _padded(self, x):
+        if self.mode == "max":
+            return np.pad(x, self.widths, constant_values=-np.inf)
+        if self.mode == "lp":
+            x = np.abs(x)
+            np.power(x, np.float32(self.p), out=x)
+        return np.pad(x, self.widths)
+
+    def run(self, x, out, indices=None, num_threads=None) -> None:
+        """x float32 of x_shape, out float32 (and indices int64) of out_shape; no validation."""
+        cur = self._padded(x)
+        if indices is not None:
+            self._max_with_taps(cur, out, indices)
+            return
+        combine = np.maximum if self.mode == "max" else np.add
+        for n, (axis, taps) in enumerate(self.passes):
+            def tap(u):
+                return cur[(slice(None),) * axis + (taps[u],)]
+            acc = out if n == len(self.passes) - 1 else np.empty_like(tap(0))
+            np.copyto(acc, tap(0))
+            for u in range(1, len(taps)):
+                combine(acc, tap(u), out=acc)
+            cur = acc
+        if self.mode == "avg":
+            np.divide(out, self.divisor, out=out)
+        elif self.mode == "lp" and self.p != 1.0:
+            np.power(out, np.float32(1.0 / self.p), out=out)
+
+    def _max_with_taps(self, cur, out, indices) -> None:
+        """Max pooling that also tracks, per output, the winning tap along every axis: a tap
+        takes over when it is an input cell (padding never beats one, even -inf) and is
+        greater, or NaN, or the first input cell seen."""
+        real = self.real
+        won = []                    # winning tap per axis reduced so far, last axis first
+        for n, (axis, taps) in enumerate(self.passes):
+            def at(a, u):
+                return a[(slice(None),) * axis + (taps[u],)]
+            best = out if n == len(self.passes) - 1 else np.empty_like(at(cur, 0))
+            np.copyto(best, at(cur, 0))
+            seen = at(real, 0).copy()
+            tap = np.zeros(best.shape, np.int32)
+            carried = [at(w, 0).copy() for w in won]
+            for u in range(1, len(taps)):
+                v, r = at(cur, u), at(real, u)
+                take = (v > best) | np.isnan(v)
+                take |= ~seen
+                take &= r
+                np.copyto(best, v, where=take)
+                tap[take] = u
+                for c, w in zip(carried, won):
+                    np.copyto(c, at(w, u), where=take)
+                seen |= r
+            cur, real = best, seen
+            won = [tap] + carried
+        # won[a] is now spatial axis a's winning tap: its input position, then the flat index
+        spatial = self.x_shape[2:]
+        order = range(self.nd) if self.column_major else reversed(range(self.nd))
+        step, steps = 1, [0] * self.nd
+        for a in order:
+            steps[a] = step
+            step *= spatial[a]
+        shape = (1, 1) + (1,) * self.nd
+        planes = np.arange(self.x_shape[0] * self.x_shape[1], dtype=np.int64) * step
+        np.copyto(indices, planes.reshape(self.x_shape[:2] + (1,) * self.nd))
+        for a in range(self.nd):
+            view = list(shape)
+            view[2 + a] = -1
+            indices += won[a].astype(np.int64) * (self.dilation[a] * steps[a])
+            indices += (self.starts[a] * steps[a]).reshape(view)
+        np.copyto(indices, -1, where=~real)
+
+
+def global_lp_pool(x, p) -> np.ndarray:
+    """ONNX GlobalLpPool: (sum of |x|**p over each (n, c) plane)**(1/p), shape (N, C, 1, ...)
+    (sums in float64); ``x`` float32 of rank >= 3."""
+    n, c = x.shape[:2]
+    a = np.abs(x.reshape(n, c, -1), dtype=np.float64)
+    total = np.power(a, float(p)).sum(axis=2)
+    return np.power(total, 1.0 / float(p)).astype(np.float32).reshape(
+        (n, c) + (1,) * (x.ndim - 2))
 
 
 # -- functional forms ---------------------------------------------------------------------------

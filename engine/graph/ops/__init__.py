@@ -10,7 +10,8 @@ family a module:
 - shape: the views (Identity, Flatten, Reshape, Squeeze, Unsqueeze), Transpose, Concat, Split,
   Slice, Gather, Shape, ConstantOfShape, Cast, Expand, Pad;
 - conv: Conv, ConvTranspose, DeformConv;
-- pool: MaxPool, AveragePool, the global pools, MaxUnpool;
+- pool: MaxPool, AveragePool, LpPool (1-D to 3-D), the global pools (GlobalLpPool too),
+  MaxUnpool;
 - resize: Resize;
 - reduce: the Reduce* family, ArgMax, ArgMin, TopK;
 - mathops: unary math and activations, Pow, Min, Max, Mean;

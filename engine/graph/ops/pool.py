@@ -1,10 +1,11 @@
-"""Pooling node plans: MaxPool and AveragePool on 1-D (as H = 1) and 2-D inputs, the global
-pools and MaxUnpool.
+"""Pooling node plans: MaxPool, AveragePool and LpPool on 1-D, 2-D and 3-D inputs, the global
+pools (GlobalLpPool too) and MaxUnpool.
 
-The pooling layers follow PyTorch (symmetric padding of at most half the kernel); ONNX pools
-outside that range run on an explicitly padded copy of the input (the choice is
-engine/dispatch/pool.py's), its pads from engine.shapes, the average's divisors and MaxPool's
-whole-tensor indices from engine.ops.pool.
+The pooling layers are 2-D and follow PyTorch (symmetric padding of at most half the kernel);
+1-D pools run them with H = 1, and ONNX pools outside that range run on an explicitly padded
+copy of the input (the choice is engine/dispatch/pool.py's), its pads from engine.shapes, the
+average's divisors and MaxPool's whole-tensor indices from engine.ops.pool. What no kernel
+takes (3-D pools, dilated averages, Lp pooling) runs in NumPy (engine.ops.pool.OnnxWindowPool).
 """
 from __future__ import annotations
 
@@ -22,18 +23,28 @@ from .conv import Windowed
 # ============================================================================ pooling
 
 class Pool(Windowed):
-    """MaxPool and AveragePool on 1-D (as H = 1) and 2-D inputs."""
+    """What MaxPool, AveragePool and LpPool share: the window on 1 to 3 spatial axes, ONNX's
+    output size and the path a shape runs on."""
     attributes = {"kernel_shape": "ints", "strides": "ints", "pads": "ints",
-                  "dilations": "ints", "auto_pad": "str", "ceil_mode": "int",
-                  "storage_order": "int", "count_include_pad": "int"}
+                  "dilations": "ints", "auto_pad": "str", "ceil_mode": "int"}
+    mode = ""          # OnnxWindowPool's name for the reduction
 
     def setup(self, constants):
         ks = self.attr("kernel_shape")
-        if ks is None or len(ks) not in (1, 2) or min(ks) < 1:
-            raise self.error(f"kernel_shape must give 1 or 2 positive sizes (3-D pooling is "
-                             f"not supported), got {ks}")
+        if ks is None or len(ks) not in (1, 2, 3):
+            raise self.error(f"kernel_shape must give 1 to 3 sizes (1-D to 3-D pooling), "
+                             f"got {ks}")
         self.window(len(ks), ks)
-        self.ceil = bool(self.attr("ceil_mode", 0))
+        if self.auto_pad == "NOTSET" and any(p >= k for pair, k in zip(self.pad_pairs,
+                                                                       self.kernel)
+                                             for p in pair):
+            # ONNX Runtime's rule: a window would otherwise start in the padding only
+            raise self.error(f"pads {list(self.attr('pads'))} must be smaller than "
+                             f"kernel_shape {list(self.kernel)}")
+        self.ceil = self.attr("ceil_mode", 0)
+        if self.ceil not in (0, 1):
+            raise self.error(f"ceil_mode must be 0 or 1, got {self.ceil}")
+        self.ceil = bool(self.ceil)
         self._layers = ShapeCache(8)
 
     def geometry(self, ins):
@@ -50,11 +61,16 @@ class Pool(Windowed):
         self.plan_pads = pads
         return x, tuple(size)
 
+    def infer(self, ins):
+        x, size = self.geometry(ins)
+        return [Info(x.shape[:2] + size, F32)]
+
     def path(self, ins, outs) -> tuple[str, str]:
-        """"direct" or "padded" for these shapes, and why (engine.dispatch.choose_pool_path)."""
+        """"direct", "padded" or "numpy" for these shapes, and why
+        (engine.dispatch.choose_pool_path)."""
         in_size = ins[0].shape[2:]
         return choose_pool_path(in_size, outs[0].shape[2:], self.kernel, self.strides,
-                                self.dilations, self.pads_for(in_size), self.ceil)
+                                self.dilations, self.pads_for(in_size), self.ceil, self.mode)
 
     def describe(self, ins, outs):
         path, reason = self.path(ins, outs)
@@ -82,6 +98,23 @@ class Pool(Windowed):
                 raise self.error(str(e)) from None
         return self._layers.get(key, checked)
 
+    def numpy_pool(self, ins, outs, **options):
+        """The NumPy pool for these shapes (engine.ops.pool.OnnxWindowPool)."""
+        from ...ops.pool import OnnxWindowPool
+        x_shape, out_size = ins[0].shape, outs[0].shape[2:]
+        key = ("numpy", x_shape, tuple(sorted(options.items())))
+        return self.layer(key, lambda: OnnxWindowPool(
+            self.mode, x_shape, out_size, self.kernel, self.strides, self.dilations,
+            self.plan_pads, **options))
+
+    def build_numpy(self, ins, outs, i, o, **options):
+        run = self.numpy_pool(ins, outs, **options).run
+        a, b = i[0], o[0]
+
+        def step(env, nt):
+            run(env[a], env[b])
+        return step
+
     def flops(self, ins, outs):
         return float(outs[0].size * math.prod(self.kernel))
 
@@ -90,31 +123,39 @@ class Pool(Windowed):
 class MaxPool(Pool):
     kind = "MaxPool"
     what = "max pooling"
+    mode = "max"
     n_outputs = (1, 2)
+    attributes = {**Pool.attributes, "storage_order": "int"}
 
     def setup(self, constants):
         super().setup(constants)
         self.storage_order = self.attr("storage_order", 0)
         if self.storage_order not in (0, 1):
             raise self.error(f"storage_order must be 0 or 1, got {self.storage_order}")
-        if self.attr("count_include_pad") is not None:
-            raise self.error("unknown attribute 'count_include_pad'")
 
     def infer(self, ins):
-        x, size = self.geometry(ins)
-        shape = x.shape[:2] + size
-        outs = [Info(shape, F32)]
+        outs = super().infer(ins)
         if len(self.node.outputs) > 1:
-            outs.append(Info(shape, I64))
+            outs.append(Info(outs[0].shape, I64))
         return outs
 
     def build(self, ins, outs, i, o):
-        from ...ops.pool import MaxPool2d, onnx_max_indices
+        from ...ops.pool import MaxPool2d, onnx_avgpool_divisor, onnx_max_indices
+        want_idx = len(o) > 1 and bool(self.node.outputs[1])
+        path = self.path(ins, outs)[0]
+        if path == "numpy":
+            if not want_idx:
+                return self.build_numpy(ins, outs, i, o)
+            run = self.numpy_pool(ins, outs, column_major=self.storage_order == 1).run
+            a, b, idx = i[0], o[0], o[1]
+
+            def step(env, nt):
+                run(env[a], env[b], env[idx])
+            return step
         x4, o4, kernel, stride, dil, pads = self.views(ins[0].shape, outs[0].shape)
         a, b = i[0], o[0]
-        want_idx = len(o) > 1 and bool(self.node.outputs[1])
         idx = o[1] if want_idx else None
-        if self.path(ins, outs)[0] == "direct":
+        if path == "direct":
             pad = tuple(p for p, _ in pads)
             layer = self.layer(("direct", pad), lambda: MaxPool2d(
                 kernel, stride, pad, dil, self.ceil, return_indices=want_idx))
@@ -134,8 +175,9 @@ class MaxPool(Pool):
                     run(xp, env[b].reshape(o4), None, nt)
             return step
         # ONNX counts indices over the whole tensor, in the unpadded planes
+        empty = onnx_avgpool_divisor(x4[2:], o4[2:], kernel, stride, dil, pads, False) == 0
         convert = onnx_max_indices(x4, None if widths is None else widths[2:],
-                                   column_major=self.storage_order == 1)
+                                   column_major=self.storage_order == 1, empty=empty)
 
         def step(env, nt):
             xv = env[a].reshape(x4)
@@ -151,25 +193,24 @@ class MaxPool(Pool):
 class AveragePool(Pool):
     kind = "AveragePool"
     what = "average pooling"
+    mode = "avg"
+    attributes = {**Pool.attributes, "count_include_pad": "int"}
 
     def setup(self, constants):
         super().setup(constants)
-        if any(d != 1 for d in self.dilations):
-            raise self.error(f"dilations {list(self.dilations)} are not supported for "
-                             f"average pooling")
-        self.include_pad = bool(self.attr("count_include_pad", 0))
-        if self.attr("storage_order") is not None:
-            raise self.error("unknown attribute 'storage_order'")
-
-    def infer(self, ins):
-        x, size = self.geometry(ins)
-        return [Info(x.shape[:2] + size, F32)]
+        self.include_pad = self.attr("count_include_pad", 0)
+        if self.include_pad not in (0, 1):
+            raise self.error(f"count_include_pad must be 0 or 1, got {self.include_pad}")
+        self.include_pad = bool(self.include_pad)
 
     def build(self, ins, outs, i, o):
         from ...ops.pool import AvgPool2d, onnx_avgpool_scale
+        path = self.path(ins, outs)[0]
+        if path == "numpy":
+            return self.build_numpy(ins, outs, i, o, count_include_pad=self.include_pad)
         x4, o4, kernel, stride, dil, pads = self.views(ins[0].shape, outs[0].shape)
         a, b = i[0], o[0]
-        if self.path(ins, outs)[0] == "direct":
+        if path == "direct":
             pad = tuple(p for p, _ in pads)
             run = self.layer(("direct", pad), lambda: AvgPool2d(
                 kernel, stride, pad, self.ceil, self.include_pad)).run
@@ -189,6 +230,34 @@ class AveragePool(Pool):
             run(xp, out, nt)
             np.multiply(out, factor, out=out)
         return step
+
+
+def _lp_order(op, p):
+    """p of LpPool and GlobalLpPool, a positive int (a float only before opset 2, which the
+    importer does not read)."""
+    if p is None:
+        return 2
+    if p < 1:
+        raise op.error(f"p must be a positive integer, got {p}")
+    return p
+
+
+@register
+class LpPool(Pool):
+    kind = "LpPool"
+    what = "Lp pooling"
+    mode = "lp"
+    attributes = {**Pool.attributes, "p": "int"}
+
+    def setup(self, constants):
+        super().setup(constants)
+        self.p = _lp_order(self, self.attr("p"))
+
+    def build(self, ins, outs, i, o):
+        return self.build_numpy(ins, outs, i, o, p=self.p)
+
+    def describe(self, ins, outs):
+        return f"p={self.p}, " + super().describe(ins, outs)
 
 
 class GlobalPool(Op):
@@ -226,6 +295,27 @@ class GlobalAveragePool(GlobalPool):
 class GlobalMaxPool(GlobalPool):
     kind = "GlobalMaxPool"
     function = "global_max_pool2d"
+
+
+@register
+class GlobalLpPool(GlobalPool):
+    """(sum of |x|**p over each plane)**(1/p), in NumPy."""
+    kind = "GlobalLpPool"
+    attributes = {"p": "int"}
+
+    def setup(self, constants):
+        self.p = _lp_order(self, self.attr("p"))
+
+    def build(self, ins, outs, i, o):
+        from ...ops.pool import global_lp_pool
+        a, b, p = i[0], o[0], self.p
+
+        def step(env, nt):
+            env[b] = global_lp_pool(env[a], p)
+        return step
+
+    def describe(self, ins, outs):
+        return f"p={self.p}"
 
 
 @register
