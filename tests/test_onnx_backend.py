@@ -25,7 +25,10 @@ REFUSED = [  # (pattern on the case name, why the engine refuses it)
     (r"FLOAT16|BFLOAT16|FLOAT8|FLOAT4|INT4|UINT4|INT2|UINT2|_e8m0|b?float16",
      "element types float16, bfloat16, float8, 4-bit and 2-bit are not supported (float16 "
      "and bfloat16 constants are widened to float32 at load; inputs and outputs are not)"),
-    (r"^test_cast.*(STRING|string)", "string tensors are not supported"),
+    (r"^test_cast.*(STRING|string)|^test_equal_string", "string tensors are not supported"),
+    (r"^test_not_[234]d$",
+     "the case's model declares opset 1, older than the oldest the importer reads (6)"),
+    (r"^test_pow_types_int", "Pow takes a float32 base only"),
     (r"cubic", "Resize mode cubic is not supported"),
     (r"antialias", "Resize antialias=1 is not supported"),
     (r"^test_maxpool_2d_uint8", "pooling runs on float32 only"),

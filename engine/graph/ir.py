@@ -19,7 +19,7 @@ from ..errors import ModelError
 from ..shapes import INDEX_MAX
 
 # Element types a graph may hold. Compute operators take float32; the integer types carry
-# shapes, indices and axes; bool only appears in constant subgraphs.
+# shapes, indices and axes; bool holds comparisons' results (masks for Where, And, ...).
 DTYPES = ("float32", "float64", "int64", "int32", "int16", "int8", "uint64", "uint32", "uint16",
           "uint8", "bool")
 

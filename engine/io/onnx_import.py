@@ -391,7 +391,7 @@ def _binary(op):
     return convert
 
 
-for _op in ("Add", "Sub", "Mul", "Div"):
+for _op in ("Add", "Sub", "Mul", "Div", "Pow", "Equal", "Less", "Greater", "And", "Or", "Xor"):
     CONVERTERS[_op] = _binary(_op)
 
 

@@ -152,8 +152,8 @@ class Op:
         while hi is not None and n > lo and not node.inputs[n - 1]:   # absent optional inputs
             n -= 1
         if n < lo or (hi is not None and n > hi):
-            raise error(f"takes {lo}" + (f" to {hi}" if hi != lo else "") +
-                        f" inputs, got {len(node.inputs)}")
+            more = " or more" if hi is None else (f" to {hi}" if hi != lo else "")
+            raise error(f"takes {lo}{more} inputs, got {len(node.inputs)}")
         for i in range(lo if hi is not None else n):   # a variadic op's inputs are all required
             if not node.inputs[i]:
                 raise error(f"input {i} is required")
