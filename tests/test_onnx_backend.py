@@ -88,7 +88,7 @@ def test_node_case(case):
             rep = EngineBackend.prepare(case.model)
             for inputs, _ in case.data_sets:
                 rep.run(inputs)
-        return
+        pytest.xfail(f"refused with ModelError, as expected: {reason}")   # listed by -ra
     rep = EngineBackend.prepare(case.model)
     for inputs, expected in case.data_sets:
         if case.name in FOLLOWS_ONNXRUNTIME:

@@ -687,3 +687,24 @@ def test_sigmoid_times_input_fuses_into_silu(rng, order):
     x = randn(rng, 2, 8, 12, 12) * 4
     model, got = run_both(m, {"x": x})
     assert ops_of(model).count("SiLU") == 1 and ops_of(model).count("Sigmoid") == 1
+
+
+def test_local_functions_are_inlined_and_refusals_name_opset_and_hint():
+    f = h.make_function("local", "Swish", ["x"], ["y"],
+                        [h.make_node("Sigmoid", ["x"], ["s"]), h.make_node("Mul", ["x", "s"], ["y"])],
+                        [h.make_opsetid("", 17)])
+    g = h.make_graph([h.make_node("Swish", ["x"], ["y"], domain="local")], "g",
+                     [vi("x", [2, 3])], [vi("y")])
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 17), h.make_opsetid("local", 1)],
+                     functions=[f])
+    x = np.linspace(-3, 3, 6, dtype=np.float32).reshape(2, 3)
+    np.testing.assert_allclose(engine.load(m).run({"x": x})["y"], x / (1 + np.exp(-x)),
+                               rtol=1e-6, atol=1e-7)
+    g = h.make_graph([h.make_node("FusedConv", ["x"], ["y"], domain="com.microsoft")], "g",
+                     [vi("x", [2, 3])], [vi("y")])
+    with pytest.raises(engine.ModelError, match="FusedConv.*com.microsoft.*contrib"):
+        engine.load(h.make_model(g, opset_imports=[h.make_opsetid("", 17),
+                                                   h.make_opsetid("com.microsoft", 1)]))
+    m = make([h.make_node("Loop", ["x"], ["y"], name="the_loop")], [vi("x", [2, 3])], [vi("y")])
+    with pytest.raises(engine.ModelError, match=r"the_loop.*'Loop' \(opset \d+\).*unroll"):
+        engine.load(m)

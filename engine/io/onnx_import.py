@@ -157,6 +157,15 @@ class _Importer:
         if self.opset > newest:
             raise ModelError(f"opset {self.opset} is newer than the onnx package knows "
                              f"({newest})")
+        self.local_functions = {(f.domain, f.name) for f in model.functions}
+        if self.local_functions:
+            # model-local functions (torch.onnx's dynamo exporter writes them) become the
+            # nodes they stand for
+            try:
+                from onnx.inliner import inline_local_functions
+                model = inline_local_functions(model)
+            except Exception as e:
+                raise ModelError(f"the model's local functions cannot be inlined: {e}") from None
         g = model.graph
         if len(g.sparse_initializer):
             raise ModelError("sparse initializers are not supported")
@@ -255,10 +264,12 @@ class _Importer:
         self.names.add(name)
         what = f"node {name!r} ({node.op_type})"
         if node.domain not in ("", "ai.onnx"):
-            raise ModelError(f"{what}: operator domain {node.domain!r} is not supported")
+            raise ModelError(f"{what}: operator {node.op_type!r} of domain {node.domain!r} is "
+                             f"not supported{_hint(node.domain, node.op_type)}")
         convert = converter(node.op_type)
         if convert is None:
-            raise ModelError(f"{what}: operator {node.op_type!r} is not supported")
+            raise ModelError(f"{what}: operator {node.op_type!r} (opset {self.opset}) is not "
+                             f"supported{_hint('', node.op_type)}")
         attrs = self.attrs(node, what)
         inputs, outputs = list(node.input), list(node.output)
         try:
@@ -283,6 +294,30 @@ class _Importer:
                 raise ModelError(f"attribute {k!r} is not supported")
             out[k] = v
         return out
+
+
+# What to do about operators the engine does not read, where there is something to say.
+_HINTS = {
+    "If": "control flow: export with static shapes (torch.onnx.export(..., dynamo=False) "
+          "traces the branch taken away)",
+    "Loop": "control flow: unroll it at export (static shapes, dynamo=False)",
+    "Scan": "control flow: unroll it at export (static shapes, dynamo=False)",
+    "QuantizeLinear": "quantized models are not supported: export the float model",
+    "DequantizeLinear": "quantized models are not supported: export the float model",
+    "QLinearConv": "quantized models are not supported: export the float model",
+}
+
+
+def _hint(domain, op_type) -> str:
+    if domain == "com.microsoft":
+        return ("; it is an ONNX Runtime contrib operator, written by ORT's graph optimiser or "
+                "a quantisation tool: give the engine the model as exported, before those")
+    if domain.startswith("pkg.") or domain.startswith("onnxscript"):
+        return ("; it comes from a library's custom domain (torch.onnx's dynamo exporter "
+                "writes such nodes when a function is not inlined): export with "
+                "torch.onnx.export(..., dynamo=False), or inline the functions first")
+    hint = _HINTS.get(op_type)
+    return f"; {hint}" if hint else ""
 
 
 def _same(*known, drop=()):
