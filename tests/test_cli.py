@@ -265,3 +265,16 @@ def test_check_lists_every_problem_at_once(tmp_path, capsys):
     onnx.save(h.make_model(g, opset_imports=[h.make_opsetid("", 17)], ir_version=9), str(good))
     assert main(["check", str(good)]) == 0
     assert "loads and plans" in capsys.readouterr().out
+
+
+def test_ops_table_is_the_readme_table(capsys):
+    """The README's operator table is `convengine ops --markdown`, regenerated when the
+    registry changes (copy the command's output between the README's ops markers)."""
+    pytest.importorskip("onnx")
+    assert main(["ops", "--markdown"]) == 0
+    table = capsys.readouterr().out.strip()
+    assert "| Conv |" in table and "| ReduceMean |" in table
+    readme = open(os.path.join(os.path.dirname(__file__), "..", "README.md")).read()
+    start, end = "<!-- ops: convengine ops --markdown -->", "<!-- /ops -->"
+    assert start in readme and end in readme
+    assert readme.split(start)[1].split(end)[0].strip() == table

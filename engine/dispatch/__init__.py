@@ -9,7 +9,8 @@ the layer's parameters returning (choice, one-line reason):
 - ``transposed``: the transposed convolution's algorithm, and whether an ONNX ConvTranspose's
   pads go to the planned layer or to a window copied out of its output;
 - ``pool``: whether an ONNX pool runs on the pooling layer directly or on a padded copy;
-- ``gemm``: whether an ONNX Gemm runs on the dense kernel or numpy.matmul.
+- ``gemm``: whether an ONNX Gemm runs on the dense kernel or numpy.matmul;
+- ``resize``: how each axis of an ONNX Resize is resampled (gather, taps, dense product).
 
 A plan asks once and stores the answer, explain() shows it with its reason, and a caller may
 force the choices worth comparing: ``algorithm=`` on the planned convolutions, ``kernel=`` on
@@ -27,6 +28,7 @@ from .depthwise import DEPTHWISE_KERNELS, choose_depthwise_kernel, why_not_depth
 from .gemm import choose_gemm
 from .layout import BLOCKED_DIRECT_MAX_TAPS, LAYOUTS, blocked_kernel, choose_layout, why_not_layout
 from .pool import choose_pool_path
+from .resize import choose_resize_axis_path
 from .transposed import (TRANSPOSE_ALGORITHMS, choose_conv_transpose2d,
                          choose_onnx_transpose_path, why_not_conv_transpose2d)
 

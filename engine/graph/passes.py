@@ -25,6 +25,7 @@ from ..errors import ModelError
 from .fusions import fuse_gelu, fuse_layer_norm
 from .ir import Graph, Node
 from .ops import OPS, Info
+from .ops.base import NeedsValue
 from .plan import evaluate, infer_nodes
 
 
@@ -94,8 +95,11 @@ def fold_constants(g: Graph, input_shapes=None) -> int:
         # shape inference alone: no layer is built (no weight transformed) for this
         ops = {n.name: make_op(n, g.constants) for n in g.nodes}
         shape_folded: dict = {}
-        for _ in infer_nodes(g, ops, input_shapes, {}, shape_folded):
-            pass
+        try:
+            for _ in infer_nodes(g, ops, input_shapes, {}, shape_folded):
+                pass
+        except NeedsValue:
+            pass        # a shape that waits for an input's value: fold what came before it
         for node in list(g.nodes):
             named = [o for o in node.outputs if o]
             if named and all(o in shape_folded for o in named):

@@ -15,23 +15,30 @@ PyTorch's CPU kernels, so the nearest indices match PyTorch's exactly:
       Then i0 = min(floor(src), in - 1), i1 = i0 + 1 unless i0 is the last pixel,
       w1 = clip(src - i0, 0, 1), w0 = 1 - w1; equal sizes copy.
 
-ONNX Resize (modes nearest and linear) is computed here too. Where it equals interpolate
-(``onnx_as_interpolate``: 4-D input, batch and channels kept; nearest with asymmetric
-coordinates and floor rounding, linear with half_pixel or align_corners) it runs an Interpolate
-and so the tables above. Every other case runs ``OnnxResize``: one gather per resized axis
-(two and a blend for linear) with tables from ``onnx_source``, the one definition of ONNX's
-coordinate_transformation_modes, computed in float64.
+ONNX Resize (modes nearest, linear and cubic, with antialias) is computed here too. Where it
+equals interpolate (``onnx_as_interpolate``: 4-D input, batch and channels kept; nearest with
+asymmetric coordinates and floor rounding, linear with half_pixel or align_corners and no
+antialiased shrinking) it runs an Interpolate and so the tables above. Every other case runs
+``OnnxResize``: one pass per resized axis, with tables from ``onnx_resize_taps`` (which input
+positions each output reads, and their weights) over ``onnx_source``, the one definition of
+ONNX's coordinate_transformation_modes, computed in float64 once per shape.
 """
 from __future__ import annotations
 
+import dataclasses
+import math
+
 import numpy as np
+
+from ..dispatch.resize import choose_resize_axis_path
 
 from .._kernels import resample as _k
 from .._threads import resolve_threads, threads_for
 from ..shapes import interpolate_output_shape
 from ._validate import as_float_array, check_out, new_output
 
-__all__ = ["Interpolate", "interpolate", "OnnxResize", "onnx_as_interpolate", "onnx_source"]
+__all__ = ["Interpolate", "interpolate", "OnnxResize", "ResizeFilter", "onnx_as_interpolate",
+           "onnx_resize_taps", "onnx_source"]
 
 MODES = ("nearest", "bilinear")
 
@@ -157,6 +164,7 @@ def interpolate(x, size=None, scale_factor=None, mode="nearest", align_corners=N
 
 
 # -- ONNX Resize ---------------------------------------------------------------------------------
+RESIZE_MODES = ("nearest", "linear", "cubic")
 COORDINATE_MODES = ("half_pixel", "half_pixel_symmetric", "pytorch_half_pixel", "align_corners",
                     "asymmetric", "tf_half_pixel_for_nn", "tf_crop_and_resize")
 # "simple" is the nearest rounding of Upsample and of Resize before opset 11, as ONNX Runtime
@@ -164,38 +172,208 @@ COORDINATE_MODES = ("half_pixel", "half_pixel_symmetric", "pytorch_half_pixel", 
 NEAREST_MODES = ("round_prefer_floor", "round_prefer_ceil", "floor", "ceil", "simple")
 
 
+@dataclasses.dataclass(frozen=True)
+class ResizeFilter:
+    """How ONNX Resize weighs its input along every axis: ``mode`` nearest, linear or cubic
+    (Keys' kernel with ``cubic_a``); ``rounding`` (nearest_mode) for nearest; ``exclude_outside``
+    drops taps outside the input and renormalises; ``antialias`` widens linear and cubic
+    filters by 1 / scale when an axis shrinks."""
+    mode: str = "nearest"
+    rounding: str = "round_prefer_floor"
+    cubic_a: float = -0.75
+    exclude_outside: bool = False
+    antialias: bool = False
+
+
 def onnx_source(coord: str, i: int, o: int, scale: float, roi=(0.0, 1.0)) -> np.ndarray:
-    """Source coordinates (float64) of the o outputs along one axis of size i under ONNX
-    Resize's coordinate_transformation_mode ``coord``, with the axis's ``scale`` and, for
-    tf_crop_and_resize, its ``roi`` (start, end)."""
-    s = scale
-    d = np.arange(o, dtype=np.float64)
-    c = coord
+    """Source coordinates of the o outputs along one axis of size i under ONNX Resize's
+    coordinate_transformation_mode ``coord``, with the axis's ``scale`` and, for
+    tf_crop_and_resize, its ``roi`` (start, end). Computed in float32 with ONNX Runtime's
+    operations, in its order, so that which input a nearest output reads where the exact
+    coordinate is a tie mostly follows its rounding (11.5 / 2.3 - 0.5 is 4.5 in float32, a
+    tie, and 4.50000010 in float64). Output sizes are the integer ones, as ONNX Runtime has
+    them (the reference evaluator puts i * scale in align_corners, half_pixel_symmetric and
+    tf_crop_and_resize)."""
+    f = np.float32
+    d = np.arange(o, dtype=f)
+    s, half, c = f(scale), f(0.5), coord
     if c == "half_pixel":
-        return (d + 0.5) / s - 0.5
-    if c == "half_pixel_symmetric":
-        adjust = o / (s * i)
-        return i / 2 * (1 - adjust) + (d + 0.5) / s - 0.5
-    if c == "pytorch_half_pixel":
-        return (d + 0.5) / s - 0.5 if o > 1 else np.zeros(o)
-    if c == "align_corners":
-        return d * (i - 1) / (o - 1) if o > 1 else np.zeros(o)
-    if c == "asymmetric":
-        return d / s
-    if c == "tf_half_pixel_for_nn":
-        return (d + 0.5) / s
-    start, end = roi
-    if o > 1:
-        return start * (i - 1) + d * (end - start) * (i - 1) / (o - 1)
-    return np.full(o, 0.5 * (start + end) * (i - 1))
+        src = (d + half) / s - half
+    elif c == "half_pixel_symmetric":     # the offset in float32, the sum in float64
+        adjust = f(o) / (s * f(i))
+        offset = f(i) / f(2) * (f(1) - adjust)
+        src = (float(offset) + (np.arange(o) + 0.5) / float(s) - 0.5).astype(f)
+    elif c == "pytorch_half_pixel":
+        src = (d + half) / s - half if o > 1 else np.zeros(o, f)
+    elif c == "align_corners":
+        src = d * f(i - 1) / f(o - 1) if o > 1 else np.zeros(o, f)
+    elif c == "asymmetric":
+        src = d / s
+    elif c == "tf_half_pixel_for_nn":
+        src = (d + half) / s
+    else:
+        start, end = f(roi[0]), f(roi[1])
+        if o > 1:
+            src = start * f(i - 1) + d * (end - start) * f(i - 1) / f(o - 1)
+        else:
+            src = np.full(o, 0.5 * float(start + end) * (i - 1), f)
+    return src.astype(np.float64)
 
 
-def onnx_as_interpolate(mode, coord, rounding, x_shape, out_size, scales, from_sizes):
+def keys_cubic(d: np.ndarray, a: float) -> np.ndarray:
+    """Keys' cubic convolution kernel at distances ``d`` >= 0 (zero from 2 on)."""
+    d2, d3 = d * d, d * d * d
+    near = (a + 2) * d3 - (a + 3) * d2 + 1
+    far = a * d3 - 5 * a * d2 + 8 * a * d - 4 * a
+    return np.where(d <= 1, near, np.where(d < 2, far, 0.0))
+
+
+def onnx_resize_taps(f: ResizeFilter, coord: str, i: int, o: int, scale: float,
+                     roi=(0.0, 1.0)):
+    """The taps of one axis: (index, weight, outside) with ``index`` (o, taps) int64 input
+    positions, already clamped (edge replication, as the spec's padded neighbourhood reads),
+    ``weight`` (o, taps) float64 or None for nearest, and ``outside`` the (o,) mask of
+    tf_crop_and_resize outputs that take the extrapolation value, or None.
+
+    Linear and cubic read every input j with |j - src| * s < r, weighted by the filter (the
+    triangle, r = 1, or Keys' cubic, r = 2) at (j - src) * s, where s = min(scale, 1) with
+    antialias (the filter widened by 1 / scale when shrinking, then normalised to sum 1) and
+    s = 1 without; that is 2 * ceil(r / s) taps from floor(src) - ceil(r / s) + 1."""
+    src = onnx_source(coord, i, o, scale, roi)
+    outside = None
+    if coord == "tf_crop_and_resize":
+        outside = (src < 0) | (src > i - 1)
+        if not outside.any():
+            outside = None
+        src = np.where(outside if outside is not None else False, 0.0, src)
+    if f.mode == "nearest":
+        r = f.rounding
+        if r == "simple":
+            r = "ceil" if o < i else "floor"
+        if r == "round_prefer_floor":
+            idx = np.ceil(src - 0.5)
+        elif r == "round_prefer_ceil":
+            idx = np.floor(src + 0.5)
+        else:
+            idx = np.floor(src) if r == "floor" else np.ceil(src)
+        return np.clip(idx, 0, i - 1).astype(np.int64)[:, None], None, outside
+    radius = 1 if f.mode == "linear" else 2
+    s = min(scale, 1.0) if f.antialias else 1.0
+    reach = math.ceil(radius / s)
+    j = np.floor(src)[:, None] + np.arange(1 - reach, reach + 1, dtype=np.float64)
+    dist = np.abs(j - src[:, None]) * s
+    w = np.maximum(1 - dist, 0.0) if f.mode == "linear" else keys_cubic(dist, f.cubic_a)
+    if f.antialias:
+        w /= w.sum(axis=1, keepdims=True)
+    if f.exclude_outside:
+        w = np.where((j >= 0) & (j <= i - 1), w, 0.0)
+        total = w.sum(axis=1, keepdims=True)
+        w /= np.where(total == 0, 1.0, total)      # nothing inside: 0, as the reference has it
+    idx = np.clip(j, 0, i - 1).astype(np.int64)
+    keep = np.any(w != 0, axis=0)                  # the window's rims are often all zero
+    keep[np.argmax(keep)] = True                   # one tap stays (if all weigh 0: zeros)
+    if not keep.all():
+        idx, w = idx[:, keep], w[:, keep]
+    return idx, w, outside
+
+
+class OnnxResize:
+    """ONNX Resize for one input shape of any rank: one pass per resized axis, with index
+    and weight tables computed once, here. ``out_size``, ``scales`` and ``roi`` ((start, end)
+    pairs, for tf_crop_and_resize) cover every axis; tf_crop_and_resize's outputs outside the
+    input take ``extrapolation``."""
+
+    def __init__(self, filt: ResizeFilter, coord, x_shape, out_size, scales, roi,
+                 extrapolation=0.0):
+        self.filter, self.coord = filt, coord
+        self.out_size, self.scales, self.roi = tuple(out_size), list(scales), list(roi)
+        self.fill = np.float32(extrapolation)
+        rank = len(x_shape)
+        # an axis kept as it is needs no pass (tf_crop_and_resize's only with roi (0, 1))
+        axes = [a for a, (i, o) in enumerate(zip(x_shape, self.out_size))
+                if not (i == o and self.scales[a] == 1.0 and (
+                    coord != "tf_crop_and_resize" or tuple(self.roi[a]) == (0.0, 1.0)))]
+        # shrinking axes first, growing ones last: the intermediates stay as small as they can
+        # (4 -> 524292 channels then 16 -> 8 pixels made 537 MB temporaries for a 134 MB output)
+        axes.sort(key=lambda a: self.out_size[a] / x_shape[a])
+        shape = list(x_shape)
+        self.steps, self.paths = [], []
+        for axis in axes:
+            i, o = shape[axis], self.out_size[axis]
+            idx, w, outside = onnx_resize_taps(filt, coord, i, o, self.scales[axis],
+                                               self.roi[axis])
+            innermost = math.prod(shape[axis + 1:]) == 1
+            unit = w is None or bool(np.all(w == 1))
+            path, reason = choose_resize_axis_path(i, o, idx.shape[1], innermost, unit)
+            if path == "take":
+                table = np.ascontiguousarray(idx[:, 0])
+            elif path == "taps":
+                expand = (-1,) + (1,) * (rank - 1 - axis)
+                table = [(np.ascontiguousarray(idx[:, t]),
+                          w[:, t].astype(np.float32).reshape(expand))
+                         for t in range(idx.shape[1])]
+            else:
+                m = np.zeros((o, i), np.float64)
+                np.add.at(m, (np.repeat(np.arange(o), idx.shape[1]), idx.ravel()), w.ravel())
+                table = np.ascontiguousarray(m.T, dtype=np.float32)    # y @ table
+            mask = None if outside is None else (slice(None),) * axis + (outside,)
+            shape[axis] = o
+            self.steps.append((path, axis, table, mask, tuple(shape)))
+            self.paths.append((axis, path, reason))
+
+    def run(self, x, out) -> None:
+        """x of the shape the tables were made for, out of ``out_size``; no validation."""
+        with np.errstate(invalid="ignore", over="ignore"):     # inf * a zero weight: NaN
+            self._run(x, out)
+
+    def _run(self, x, out) -> None:
+        y = x
+        last = len(self.steps) - 1
+        for k, (path, axis, table, mask, shape) in enumerate(self.steps):
+            dest = out if k == last else None
+            if path == "take":
+                y = np.take(y, table, axis=axis, out=dest)
+            elif path == "taps":
+                # in place: one temporary of the step's output size besides the result
+                (i0, w0), rest = table[0], table[1:]
+                acc = np.take(y, i0, axis=axis, out=dest)
+                acc *= w0
+                for it, wt in rest:
+                    b = np.take(y, it, axis=axis)
+                    b *= wt
+                    acc += b
+                y = acc
+            else:       # the axis is innermost (later axes, if any, of size 1)
+                i, o = table.shape
+                if dest is None:
+                    dest = np.empty(shape, np.float32)
+                np.matmul(y.reshape(-1, i), table, out=dest.reshape(-1, o))
+                y = dest
+            if mask is not None:
+                y[mask] = self.fill
+        if not self.steps:
+            np.copyto(out, y)
+
+    def describe(self) -> str:
+        """The passes in their order, e.g. "axis 3 matrix, then axis 2 taps"."""
+        return ", then ".join(f"axis {a} {p}" for a, p, _ in self.paths) or "a copy"
+
+    def __repr__(self):
+        return (f"OnnxResize(mode={self.filter.mode!r}, "
+                f"coordinate_transformation_mode={self.coord!r}, out_size={self.out_size})")
+
+
+def onnx_as_interpolate(filt: ResizeFilter, coord, x_shape, out_size, scales, from_sizes):
     """The Interpolate that computes this ONNX Resize, or None where interpolate's semantics
     differ. ``out_size`` and ``scales`` cover every axis of ``x_shape``; ``from_sizes``: the
     node gave sizes rather than scales."""
     if len(x_shape) != 4 or out_size[:2] != tuple(x_shape[:2]):
         return None
+    mode, rounding = filt.mode, filt.rounding
+    if mode == "cubic" or (mode == "linear" and filt.exclude_outside):
+        return None
+    if filt.antialias and any(s < 1 for s in scales[2:]):
+        return None     # antialias changes linear only where an axis shrinks
     if mode == "nearest":
         enlarging = all(o >= i for o, i in zip(out_size[2:], x_shape[2:]))
         if coord != "asymmetric" or not (
@@ -215,84 +393,3 @@ def onnx_as_interpolate(mode, coord, rounding, x_shape, out_size, scales, from_s
     if layer.output_shape(x_shape) != tuple(out_size):
         return None
     return layer
-
-
-class OnnxResize:
-    """ONNX Resize, modes nearest and linear, for one input shape of any rank: gathers along
-    one axis at a time, with index and weight tables computed once, here. ``out_size``,
-    ``scales`` and ``roi`` ((start, end) pairs, for tf_crop_and_resize) cover every axis;
-    tf_crop_and_resize's outputs outside the input take ``extrapolation``."""
-
-    def __init__(self, mode, coord, rounding, x_shape, out_size, scales, roi,
-                 extrapolation=0.0):
-        self.mode, self.coord, self.rounding = mode, coord, rounding
-        self.out_size, self.scales, self.roi = tuple(out_size), list(scales), list(roi)
-        self.fill = np.float32(extrapolation)
-        rank = len(x_shape)
-
-        def expand(w, axis):
-            return w.reshape((-1,) + (1,) * (rank - 1 - axis))
-
-        self.steps = [(axis, i0, i1, None if w1 is None else expand(w1, axis),
-                       None if w1 is None else expand(1 - w1, axis),
-                       None if outside is None else
-                       (slice(None),) * axis + (outside,))
-                      for axis, i0, i1, w1, outside in self.tables(x_shape)]
-        # shrinking axes first, growing ones last: the intermediates stay as small as they can
-        # (4 -> 524292 channels then 16 -> 8 pixels made 537 MB temporaries for a 134 MB output)
-        self.steps.sort(key=lambda step: self.out_size[step[0]] / x_shape[step[0]])
-
-    def tables(self, x_shape):
-        """Per resized axis: (axis, i0, i1, w1, outside) for linear, (axis, index, None,
-        None, outside) for nearest; ``outside`` marks tf_crop_and_resize extrapolation."""
-        out = []
-        for axis, (i, o) in enumerate(zip(x_shape, self.out_size)):
-            if i == o and self.coord != "tf_crop_and_resize" and self.scales[axis] == 1.0:
-                continue
-            src = onnx_source(self.coord, i, o, self.scales[axis], self.roi[axis])
-            outside = None
-            if self.coord == "tf_crop_and_resize":
-                outside = (src < 0) | (src > i - 1)
-                if not outside.any():
-                    outside = None
-            if self.mode == "nearest":
-                r = self.rounding
-                if r == "simple":
-                    r = "ceil" if o < i else "floor"
-                if r == "round_prefer_floor":
-                    idx = np.ceil(src - 0.5)
-                elif r == "round_prefer_ceil":
-                    idx = np.floor(src + 0.5)
-                else:
-                    idx = np.floor(src) if r == "floor" else np.ceil(src)
-                idx = np.clip(idx, 0, i - 1).astype(np.int64)
-                out.append((axis, idx, None, None, outside))
-            else:
-                src = np.clip(src, 0, i - 1)
-                i0 = np.floor(src).astype(np.int64)
-                i1 = np.minimum(i0 + 1, i - 1)
-                w1 = (src - i0).astype(np.float32)
-                out.append((axis, i0, i1, w1, outside))
-        return out
-
-    def run(self, x, out) -> None:
-        """x of the shape the tables were made for, out of ``out_size``; no validation."""
-        y, fill = x, self.fill
-        for axis, i0, i1, w1, w0, outside in self.steps:
-            if i1 is None:
-                y = np.take(y, i0, axis=axis)
-            else:
-                # in place: two temporaries of the step's output size, not four
-                a = np.take(y, i0, axis=axis)
-                a *= w0
-                b = np.take(y, i1, axis=axis)
-                b *= w1
-                a += b
-                y = a
-            if outside is not None:
-                y[outside] = fill
-        np.copyto(out, y)
-
-    def __repr__(self):
-        return (f"OnnxResize(mode={self.mode!r}, coordinate_transformation_mode={self.coord!r}, "
-                f"out_size={self.out_size})")

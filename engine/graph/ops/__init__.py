@@ -13,6 +13,7 @@ family a module:
 - pool: MaxPool, AveragePool, LpPool (1-D to 3-D), the global pools (GlobalLpPool too),
   MaxUnpool;
 - resize: Resize;
+- gridsample: GridSample;
 - reduce: the Reduce* family, ArgMax, ArgMin, TopK;
 - mathops: unary math and activations, Pow, Min, Max, Mean;
 - logic: comparisons, boolean logic, Where;
@@ -29,8 +30,8 @@ with pads its layer cannot take in engine/ops/conv_transpose.py.
 Importing this package imports every family, so ``OPS`` is complete.
 """
 # every family registers its operators when imported
-from . import (conv, einsum, elementwise, linalg, logic, mathops, norm, pool,  # noqa: F401
-               rearrange, reduce, resize, shape)
+from . import (conv, einsum, elementwise, gridsample, linalg, logic, mathops,  # noqa: F401
+               norm, pool, rearrange, reduce, resize, shape)
 from .base import (F32, I64, MAX_TENSOR_BYTES, OPS, Info, Op, blame, check_tensor_size,
                    register, same_shape_inputs)
 

@@ -34,10 +34,12 @@ class Softmax(Op):
         self.axis_attr = self.attr("axis", 1 if self.coerce else -1)
 
     def infer(self, ins):
-        x = self.float_in(ins, 0)
+        x = ins[0]
+        if x.dtype not in (F32, np.dtype(np.float64)):     # float64 in attention graphs
+            raise self.error(f"X must be float32 or float64, got {x.dtype}")
         rank = max(len(x.shape), 1)
         self.ax = self.axis(self.axis_attr, rank)
-        return [Info(x.shape, F32)]
+        return [Info(x.shape, x.dtype)]
 
     def flops(self, ins, outs):
         return 4.0 * outs[0].size
