@@ -600,12 +600,15 @@ def operator_table() -> list:
         versions = set()
         for v in range(MIN_OPSET, onnx.defs.onnx_opset_version() + 1):
             try:
-                versions.add(onnx.defs.get_schema(op, v, "").since_version)
+                since = onnx.defs.get_schema(op, v, "").since_version
             except Exception:      # not defined at that opset (yet)
                 continue
+            versions.add(max(since, MIN_OPSET))     # older forms are read from opset 6 on
         cls = OPS.get(op)
         doc = ((cls.__doc__ if cls is not None and cls.__doc__ and cls.onnx else None)
                or (CONVERTERS[op].__doc__ if op in CONVERTERS else None) or "")
-        note = " ".join(doc.split()).split(". ")[0].rstrip(".")
+        note = " ".join(doc.split()).split(". ")[0].rstrip(".").replace("|", "/")
+        if len(note) > 110:
+            note = note[:note.rfind(" ", 0, 107)] + " ..."
         rows.append((op, ", ".join(str(v) for v in sorted(versions)), note))
     return rows
