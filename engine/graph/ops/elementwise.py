@@ -15,6 +15,7 @@ from .base import F32, Info, Op, register, same_shape_inputs
 class Unary(Op):
     """One float32 input, one output of the same shape, computed by ``kernel(x, out)``."""
     single_pass = True      # reads x once before writing: may run in place
+    flops_per_element = 1   # for explain()'s GFLOP/s
 
     def infer(self, ins):
         x = self.float_in(ins, 0)
@@ -24,7 +25,7 @@ class Unary(Op):
         return same_shape_inputs(ins, outs, (0,)) if self.single_pass else ()
 
     def flops(self, ins, outs):
-        return float(outs[0].size)
+        return float(self.flops_per_element * outs[0].size)
 
     def kernel(self):
         raise NotImplementedError
@@ -84,8 +85,7 @@ class SiLU(Unary):
             out *= x
         return silu
 
-    def flops(self, ins, outs):
-        return 5.0 * outs[0].size
+    flops_per_element = 5
 
 
 @register

@@ -159,8 +159,7 @@ class Gelu(Unary):
             raise self.error(f"approximate must be 'none' or 'tanh', got "
                              f"{self.approximate!r}")
 
-    def flops(self, ins, outs):
-        return 8.0 * outs[0].size
+    flops_per_element = 8
 
     def kernel(self):
         if self.approximate == "tanh":
@@ -206,8 +205,7 @@ class Elu(Unary):
     def setup(self, constants):
         self.alpha = np.float32(self.attr("alpha", 1.0))
 
-    def flops(self, ins, outs):
-        return 4.0 * outs[0].size
+    flops_per_element = 4
 
     def kernel(self):
         return exponential_linear(self.alpha)
@@ -246,8 +244,7 @@ class Selu(Unary):
         self.alpha = np.float32(self.attr("alpha", 1.67326319217681884765625))
         self.gamma = np.float32(self.attr("gamma", 1.05070102214813232421875))
 
-    def flops(self, ins, outs):
-        return 4.0 * outs[0].size
+    flops_per_element = 4
 
     def kernel(self):
         return exponential_linear(self.alpha, self.gamma)
@@ -268,8 +265,7 @@ class Celu(Unary):
                              f"got {alpha!r}")
         self.alpha = np.float32(alpha)
 
-    def flops(self, ins, outs):
-        return 5.0 * outs[0].size
+    flops_per_element = 5
 
     def kernel(self):
         return exponential_linear(self.alpha, divisor=self.alpha)
@@ -291,8 +287,7 @@ class Softplus(Unary):
     kind = "Softplus"
     single_pass = False
 
-    def flops(self, ins, outs):
-        return 5.0 * outs[0].size
+    flops_per_element = 5
 
     def kernel(self):
         return softplus
@@ -304,8 +299,7 @@ class Mish(Unary):
     kind = "Mish"
     single_pass = False
 
-    def flops(self, ins, outs):
-        return 7.0 * outs[0].size
+    flops_per_element = 7
 
     def kernel(self):
         def mish(x, out):
@@ -322,8 +316,7 @@ class Softsign(Unary):
     kind = "Softsign"
     single_pass = False
 
-    def flops(self, ins, outs):
-        return 3.0 * outs[0].size
+    flops_per_element = 3
 
     def kernel(self):
         def softsign(x, out):
