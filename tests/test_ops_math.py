@@ -34,6 +34,8 @@ relative beyond the 1e-6), with NaN and inf in the same places.
 """
 import math
 
+import os
+
 import numpy as np
 import pytest
 
@@ -306,15 +308,18 @@ def test_large_inputs_do_not_overflow():
     assert np.isfinite(got[0]) and got[1] == np.inf and got[2] > 0 and got[3] == 0
 
 
-def test_scipy_is_imported_only_by_models_that_need_it():
+def test_scipy_is_imported_only_by_models_that_need_it(tmp_path):
     import subprocess
     import sys
     code = ("import sys, engine; from engine.graph import Graph, Model, Node, TensorSpec; "
             "Model(Graph([Node('Gelu', 'g', ['x'], ['y'], {'approximate': 'tanh'})], "
             "[TensorSpec('x', (2,), 'float32')], [TensorSpec('y', None, 'float32')], {})); "
             "print('scipy.special' in sys.modules)")
+    # run away from the source tree, which would shadow the installed package (no kernels)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True)
+                         cwd=tmp_path, env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                             p for p in sys.path if p)})
+    assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
 
 
