@@ -500,11 +500,13 @@ def _upsample(imp, name, inputs, outputs, attrs):
               "nearest_mode": "simple"})
 
 
-def _softmax(imp, name, inputs, outputs, attrs):
-    attrs = imp.take(attrs, ("axis",))
-    if imp.opset < 13:
-        attrs = {"axis": attrs.get("axis", 1), "coerce_2d": 1}
-    imp.emit("Softmax", name, inputs, outputs, attrs)
+def _softmax(op):
+    def convert(imp, name, inputs, outputs, attrs):
+        attrs = imp.take(attrs, ("axis",))
+        if imp.opset < 13:
+            attrs = {"axis": attrs.get("axis", 1), "coerce_2d": 1}
+        imp.emit(op, name, inputs, outputs, attrs)
+    return convert
 
 
 def _dropout(imp, name, inputs, outputs, attrs):
@@ -583,7 +585,8 @@ def _cast(imp, name, inputs, outputs, attrs):
 
 for _op, _fn in {"MaxPool": _maxpool, "PRelu": _prelu, "GroupNormalization": _groupnorm, "BatchNormalization": _batchnorm, "Clip": _clip,
                  "Gemm": _gemm, "Reshape": _reshape, "Pad": _pad, "Resize": _resize,
-                 "Upsample": _upsample, "Softmax": _softmax, "Dropout": _dropout,
+                 "Upsample": _upsample, "Softmax": _softmax("Softmax"),
+                 "LogSoftmax": _softmax("LogSoftmax"), "Dropout": _dropout,
                  "Constant": _constant, "ConstantOfShape": _constant_of_shape,
                  "Slice": _slice, "Split": _split, "Cast": _cast}.items():
     CONVERTERS[_op] = _fn

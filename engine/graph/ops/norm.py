@@ -53,13 +53,31 @@ class Softmax(Op):
         else:
             view, axis = shape, self.ax
 
+        normalise = self.normalise
+
         def step(env, nt):
             x = env[a].reshape(view)
             out = env[b].reshape(view)
             np.subtract(x, x.max(axis=axis, keepdims=True), out=out)
-            np.exp(out, out=out)
-            np.divide(out, out.sum(axis=axis, keepdims=True), out=out)
+            normalise(out, axis)
         return step
+
+    @staticmethod
+    def normalise(shifted, axis):
+        """From x - max(x) (in ``shifted``) to the result, in place."""
+        np.exp(shifted, out=shifted)
+        np.divide(shifted, shifted.sum(axis=axis, keepdims=True), out=shifted)
+
+
+@register
+class LogSoftmax(Softmax):
+    """log(softmax(x)) as x - max - log(sum(exp(x - max))): no exp of a large number, no log
+    of 0 for the largest entries."""
+    kind = "LogSoftmax"
+
+    @staticmethod
+    def normalise(shifted, axis):
+        shifted -= np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
 
 
 @register
