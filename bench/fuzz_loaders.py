@@ -77,6 +77,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXTREME_INTS = [0, 1, 2, 3, -1, -2, 7, 255, 2**15, 2**31 - 1, 2**31, -2**31, 2**32, 2**53 + 1,
                 2**62, 2**63 - 1, -2**63]
 JSON_ONLY_INTS = [2**63, 2**64, -2**64 - 1, 10**30]      # beyond int64: JSON can say them
+# Large but not absurd: sizes, repeats, lengths and windows that pass a range check and still
+# ask for gigabytes or hours
+MID_INTS = [100, 1000, 4096, 10**5, 10**6, 2**24, 3 * 10**7, 10**9]
+MID_FLOATS = [1e3, 1e5, 1e7, 3e7, 1e-7]
 FLOATS = [0.0, -0.0, 0.5, 1.5, -1.0, 1e-45, 1e30, -1e30, 3.4e38, float("nan"), float("inf"),
           float("-inf")]
 STRINGS = ["", "x", "input", "relu", "relu6", "nearest", "linear", "cubic", "asymmetric",
@@ -103,9 +107,13 @@ class RandomDriver:
     def int_value(self, json_ok=False):
         if self.chance(0.4):
             return self.r.randint(-3, 9)
+        if self.chance(0.2):
+            return self.choice(MID_INTS)
         return self.choice(EXTREME_INTS + (JSON_ONLY_INTS if json_ok else []))
 
     def float_value(self):
+        if self.chance(0.1):
+            return self.choice(MID_FLOATS)
         return self.choice(FLOATS) if self.chance(0.7) else self.r.uniform(-10, 10)
 
     def string_value(self):
@@ -984,13 +992,25 @@ def onnx_op_case(d, log, op=None):
             _attr_value(d, d.choice(["int", "ints:2", "float", "str:a"]))
     if not calm and d.chance(0.1) and attrs:
         del attrs[d.choice(sorted(attrs))]
+    kernel = spec["attrs"].get("kernel_shape", "")
+    if kernel.startswith("ints:") and d.chance(0.08):
+        # a window far larger than the input that still gives a small output: pads just
+        # under the kernel, strides as large or 1
+        n, k = int(kernel[5:]), d.choice([64, 1000, 10**5, 10**7, 2**30])
+        attrs["kernel_shape"] = [k] * n
+        attrs["pads"] = [d.choice([k - 1, k // 2, 0]) for _ in range(2 * n)]
+        attrs["strides"] = [d.choice([1, k, k // 2]) for _ in range(n)]
+        if d.chance(0.3):
+            attrs["dilations"] = [d.choice([1, 2, k]) for _ in range(n)]
+        log.append(f"  a huge window: {k}")
     inits, inputs = {}, []
     if spec["x"] is not None:
         shape = list(spec["x"])
         if d.chance(0.25):
             how = d.choice(["dim", "dim", "free", "rank+", "rank-"])
             if how == "dim":
-                shape[d.randint(0, len(shape) - 1)] = d.choice([0, 1, 2, 7, 33])
+                shape[d.randint(0, len(shape) - 1)] = d.choice([0, 1, 2, 7, 33, 33, 1024,
+                                                                65536, 2**20, 2**31])
             elif how == "free":
                 shape[d.randint(0, len(shape) - 1)] = d.choice(["N", None])
             elif how == "rank+":
@@ -1097,8 +1117,10 @@ def onnx_edit_case(d, proto, log):
         node.attribute.extend(keep)
         log.append(f"del {node.name}.{victim}")
     elif what == 5:
-        names = [t for n in g.node for t in n.output if t.isprintable()] + ["x", "", "nope"]
-        ins = list(node.input)
+        # a name that is not UTF-8 (a corpus case's byte edits) reads as bytes: left out
+        names = [t for n in g.node for t in n.output if isinstance(t, str) and t.isprintable()]
+        names += ["x", "", "nope"]
+        ins = [t for t in node.input if isinstance(t, str)]
         how = d.choice(["drop", "add", "replace"])
         if how == "drop" and ins:
             del ins[d.randint(0, len(ins) - 1)]
@@ -1175,8 +1197,12 @@ def feeds_for(model, limit=1 << 20, given=None):
     arrays ``given`` ({name: array}) as they are."""
     feeds = {}
     for spec in model.inputs:
-        if given and spec.name in given:
-            feeds[spec.name] = given[spec.name]
+        x = (given or {}).get(spec.name)
+        # a value the input takes (a byte edit may have changed the declaration), else the
+        # default: the runner's ValueError for a mismatched feed tests nothing of the model
+        if x is not None and x.dtype == np.dtype(spec.dtype) and x.ndim == len(spec.shape) \
+                and all(w is None or w == n for n, w in zip(x.shape, spec.shape)):
+            feeds[spec.name] = x
             continue
         shape = [2 if d is None else int(d) for d in spec.shape]
         if math.prod(shape) > limit or any(d > limit for d in shape):

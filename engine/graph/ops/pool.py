@@ -16,11 +16,20 @@ import numpy as np
 from ..._cache import ShapeCache
 from ... import shapes
 from ...dispatch.pool import choose_pool_path
-from .base import F32, I64, Info, Op, register
+from .base import F32, I64, Info, Op, check_tensor_size, register
 from .conv import Windowed
 
 
 # ============================================================================ pooling
+
+# What a pool that visits every tap of its windows on a padded copy (the "padded" and "numpy"
+# paths) may take. Real windows take a few dozen taps per element of X and Y; a window many
+# times the input, reaching deep into its padding, takes millions (hours, for a small output):
+# refused beyond MAX_TAPS_PER_ELEMENT once the taps exceed MAX_TAPS. The NumPy path loops in
+# Python over each axis's taps (a strided view each), so an axis's kernel is bounded too.
+MAX_TAPS = 2**32
+MAX_TAPS_PER_ELEMENT = 1024
+MAX_NUMPY_AXIS_TAPS = 2**16
 
 class Pool(Windowed):
     """What MaxPool, AveragePool and LpPool share: the window on 1 to 3 spatial axes, ONNX's
@@ -63,7 +72,31 @@ class Pool(Windowed):
 
     def infer(self, ins):
         x, size = self.geometry(ins)
+        self.check_cost(x.shape, x.shape[:2] + size)
         return [Info(x.shape[:2] + size, F32)]
+
+    def check_cost(self, x_shape, out_shape):
+        """Refuses, before anything is made, a pool whose padded copy would not fit the memory
+        budget or whose taps would take hours (the limits above); the "direct" path reads the
+        input cells of each window only."""
+        in_size, out_size = x_shape[2:], out_shape[2:]
+        path, _ = choose_pool_path(in_size, out_size, self.kernel, self.strides,
+                                   self.dilations, self.plan_pads, self.ceil, self.mode)
+        if path == "direct":
+            return
+        explicit = shapes.onnx_pool_explicit_pads(in_size, out_size, self.kernel, self.strides,
+                                                  self.dilations, self.plan_pads)
+        padded = x_shape[:2] + tuple(i + pb + pe for i, (pb, pe) in zip(in_size, explicit))
+        check_tensor_size(self, padded, F32, "the padded copy of X", folding=True)
+        if path == "numpy" and max(self.kernel) > MAX_NUMPY_AXIS_TAPS:
+            raise self.error(f"kernel_shape {list(self.kernel)}: pooling in NumPy takes at most "
+                             f"{MAX_NUMPY_AXIS_TAPS} taps along an axis")
+        taps = math.prod(out_shape) * math.prod(self.kernel)
+        elements = math.prod(x_shape) + math.prod(out_shape)
+        if taps > MAX_TAPS and taps > MAX_TAPS_PER_ELEMENT * elements:
+            raise self.error(f"kernel_shape {list(self.kernel)} on X {tuple(x_shape)} would take "
+                             f"{taps:.3g} taps, {taps / elements:.0f} per element of X and Y: "
+                             f"the window reaches far into its padding")
 
     def path(self, ins, outs) -> tuple[str, str]:
         """"direct", "padded" or "numpy" for these shapes, and why
