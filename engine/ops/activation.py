@@ -17,3 +17,29 @@ def apply_activation(y: np.ndarray, activation) -> np.ndarray:
     elif activation == "relu6":
         np.clip(y, 0, 6, out=y)
     return y
+
+
+# Multiply-adds a vector activation costs per element, for threads_for: with exp's polynomial
+# and a division, about twenty; a second thread pays from about ten thousand elements.
+VECTOR_ACTIVATION_WORK = 20
+
+
+def vector_activation(kind: str):
+    """run(x, out, num_threads) computing "sigmoid", "silu" or "gelu" (exact, erf form)
+    elementwise with kernels/activation.pyx: one pass over memory, within a few ulp of the
+    float64 value (tests/test_activation_kernels.py states the bounds). ``out`` may be ``x``."""
+    from .._kernels import activation as _act
+    from .._threads import threads_for
+    code = {"sigmoid": _act.SIGMOID, "silu": _act.SILU, "gelu": _act.GELU}[kind]
+    work = _act.f32_activation
+
+    def run(x, out, num_threads=1):
+        threads = threads_for(x.size * VECTOR_ACTIVATION_WORK, num_threads)
+        flat = np.ascontiguousarray(x, dtype=np.float32).reshape(-1)
+        if out.flags.c_contiguous:
+            work(flat, out.reshape(-1), code, threads)
+        else:
+            tmp = np.empty(out.shape, np.float32)
+            work(flat, tmp.reshape(-1), code, threads)
+            np.copyto(out, tmp)
+    return run

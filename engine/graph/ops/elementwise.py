@@ -7,15 +7,18 @@ from __future__ import annotations
 
 import numpy as np
 
+from ...ops.activation import vector_activation
 from .base import F32, Info, Op, register, same_shape_inputs
 
 
 # ============================================================================ elementwise, unary
 
 class Unary(Op):
-    """One float32 input, one output of the same shape, computed by ``kernel(x, out)``."""
+    """One float32 input, one output of the same shape, computed by ``kernel(x, out)``
+    (``kernel(x, out, num_threads)`` where ``threaded``)."""
     single_pass = True      # reads x once before writing: may run in place
     flops_per_element = 1   # for explain()'s GFLOP/s
+    threaded = False
 
     def infer(self, ins):
         x = self.float_in(ins, 0)
@@ -33,9 +36,12 @@ class Unary(Op):
     def build(self, ins, outs, i, o):
         fn = self.kernel()
         a, b = i[0], o[0]
-
-        def step(env, nt):
-            fn(env[a], env[b])
+        if self.threaded:
+            def step(env, nt):
+                fn(env[a], env[b], nt)
+        else:
+            def step(env, nt):
+                fn(env[a], env[b])
         return step
 
 
@@ -54,9 +60,11 @@ class Relu(Unary):
 @register
 class Sigmoid(Unary):
     kind = "Sigmoid"
+    threaded = True
+    flops_per_element = 4
 
     def kernel(self):
-        return sigmoid
+        return vector_activation("sigmoid")
 
 
 def sigmoid(x, out):
@@ -77,13 +85,10 @@ class SiLU(Unary):
     exporters write (engine/graph/passes.py fuse_silu): one step and one output instead of two."""
     kind = "SiLU"
     onnx = False
-    single_pass = False     # reads x again after the sigmoid
+    threaded = True
 
     def kernel(self):
-        def silu(x, out):
-            sigmoid(x, out)
-            out *= x
-        return silu
+        return vector_activation("silu")
 
     flops_per_element = 5
 

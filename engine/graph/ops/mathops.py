@@ -15,6 +15,7 @@ import math
 import numpy as np
 
 from .base import F32, I64, Info, register
+from ...ops.activation import vector_activation
 from .elementwise import Binary, Sum, Unary, sigmoid
 
 
@@ -151,7 +152,8 @@ class Gelu(Unary):
     x/2 (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
     kind = "Gelu"
     attributes = {"approximate": "str"}
-    single_pass = False
+    single_pass = False     # the tanh form reads x again
+    threaded = True
 
     def setup(self, constants):
         self.approximate = self.attr("approximate", "none")
@@ -163,20 +165,10 @@ class Gelu(Unary):
 
     def kernel(self):
         if self.approximate == "tanh":
-            return gelu_tanh
-        from scipy.special import erfc   # lazily, as for Erf
-
-        # 1 + erf(t) = erfc(-t): the same value without 1 + erf's cancellation for x < 0,
-        # where Gelu is tiny but not 0
-        scale = np.float32(-1 / math.sqrt(2))
-
-        def gelu(x, out):
-            np.multiply(x, scale, out=out)
-            erfc(out, out=out)
-            out *= np.float32(0.5)                # before x: x erfc(.) overflows for x > 1.7e38
-            with np.errstate(invalid="ignore"):   # -inf * erfc(inf) is NaN, as in the formula
-                out *= x
-        return gelu
+            return lambda x, out, num_threads: gelu_tanh(x, out)
+        # x Phi(x) with Phi = erfc(-x / sqrt 2) / 2 in one vector pass (kernels/activation.pyx):
+        # no 1 + erf cancellation for x < 0, where Gelu is tiny but not 0
+        return vector_activation("gelu")
 
 
 # 1 + tanh(u) = 2 sigmoid(2u), so Gelu's tanh form is x sigmoid(2u) with
