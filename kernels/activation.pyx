@@ -1,4 +1,4 @@
-# Activations with an exponential (Sigmoid, SiLU, exact GELU) in one pass over memory, on
+# Activations with an exponential (Sigmoid, SiLU, exact GELU), and HardSwish, in one pass over memory, on
 # vectors, with the exp of kernels/_vexp.h. Each thread takes a contiguous range of elements
 # in whole vectors (the last vector of the array is done on a padded copy), so a result does
 # not depend on the thread count. NumPy's float32 exp is vectorised too, but each formula then
@@ -57,7 +57,17 @@ cdef extern from *:
         return x * phi;
     }
 
-    enum { CE_ACT_SIGMOID = 0, CE_ACT_SILU = 1, CE_ACT_GELU = 2 };
+    /* x min(max(x/6 + 1/2, 0), 1), through the comparison masks: a NaN stays NaN */
+    static inline ce_act_vf ce_act_hardswish(ce_act_vf x)
+    {
+        const ce_act_vf zero = {0};
+        ce_act_vf t = x * (1.0f / 6.0f) + 0.5f;
+        t = ce_act_select(t < zero, t, zero);
+        t = ce_act_select(t > zero + 1.0f, t, zero + 1.0f);
+        return x * t;
+    }
+
+    enum { CE_ACT_SIGMOID = 0, CE_ACT_SILU = 1, CE_ACT_GELU = 2, CE_ACT_HARDSWISH = 3 };
 
     static inline ce_act_vf ce_act_apply(ce_act_vf x, int kind)
     {
@@ -65,6 +75,8 @@ cdef extern from *:
             return ce_act_sigmoid(x);
         if (kind == CE_ACT_SILU)
             return x * ce_act_sigmoid(x);
+        if (kind == CE_ACT_HARDSWISH)
+            return ce_act_hardswish(x);
         return ce_act_gelu(x);
     }
 
@@ -89,14 +101,14 @@ cdef extern from *:
     int CE_ACT_VW
     void ce_act_range(const float *x, float *y, long start, long stop, long n, int kind) nogil
 
-SIGMOID, SILU, GELU = 0, 1, 2
+SIGMOID, SILU, GELU, HARDSWISH = 0, 1, 2, 3
 
 # elements per work item: whole vectors, large enough that scheduling costs nothing
 cdef long CHUNK = 16384
 
 
 def f32_activation(const float[::1] x, float[::1] y, int kind, int num_threads):
-    """y = activation(x) elementwise (kind: SIGMOID, SILU or GELU), x and y flat, C-contiguous,
+    """y = activation(x) elementwise (kind: SIGMOID, SILU, GELU or HARDSWISH), x and y flat, C-contiguous,
     of one length (y may be x). Checked by the caller."""
     cdef long n = x.shape[0]
     cdef long items = (n + CHUNK - 1) // CHUNK

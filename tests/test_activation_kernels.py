@@ -6,6 +6,8 @@ on outputs in the normal range: exp's range reduction and degree-7 polynomial st
 - Sigmoid: 3 ulp (measured 2.7).
 - SiLU: 4 ulp where x sigmoid(x) is normal and sigmoid(x) is too (x > -87); below, sigmoid is a
   denormal with fewer significant bits: 64 ulp (measured 46).
+- HardSwish: 3 + 1 / |x/6 + 1/2| ulp: x/6 + 1/2 is rounded at the scale of 1/2, which near
+  x = -3, where it cancels, is many ulp of the result (NumPy's formula does the same).
 - GELU: 8 + 2 x^2 ulp (measured 5 near 0 and 1.55 x^2 in the tail): erfc's argument z = -x / sqrt 2
   enters as e^(-z^2), which magnifies the rounding of z^2 by z^2.
 Results do not depend on the thread count: each thread takes whole vectors.
@@ -36,6 +38,8 @@ def reference(kind, x):
             return sig
         if kind == act.SILU:
             return v * sig
+        if kind == act.HARDSWISH:
+            return v * np.clip(v / 6 + 0.5, 0, 1)
         return v * 0.5 * scipy_special.erfc(-v / np.sqrt(2))
 
 
@@ -45,10 +49,16 @@ def bound_ulp(kind, x):
         return np.full(x.shape, 3.0)
     if kind == act.SILU:
         return np.where(x > -87, 4.0, 64.0)
+    if kind == act.HARDSWISH:       # x/6 + 1/2 cancels near x = -3: its rounding, relative
+        return 3 + 1 / np.abs(x / 6 + 0.5)
     return 8 + 2 * x * x
 
 
-@pytest.mark.parametrize("kind", [act.SIGMOID, act.SILU, act.GELU], ids=["sigmoid", "silu", "gelu"])
+KINDS = [act.SIGMOID, act.SILU, act.GELU, act.HARDSWISH]
+NAMES = ["sigmoid", "silu", "gelu", "hardswish"]
+
+
+@pytest.mark.parametrize("kind", KINDS, ids=NAMES)
 def test_against_float64(kind):
     x = inputs()
     y = np.empty_like(x)
@@ -75,10 +85,11 @@ def test_special_values():
     np.testing.assert_array_equal(y, [np.nan, np.inf, np.nan, 0, 0])    # -inf * 0: NaN
     act.f32_activation(x, y, act.GELU, 1)
     np.testing.assert_array_equal(y, [np.nan, np.inf, np.nan, 0, 0])
-
+    act.f32_activation(x, y, act.HARDSWISH, 1)
+    np.testing.assert_array_equal(y, [np.nan, np.inf, np.nan, 0, 0])
 
 @pytest.mark.parametrize("n", [0, 1, 15, 16, 17, 16384 * 3 + 5])
-@pytest.mark.parametrize("kind", [act.SIGMOID, act.SILU, act.GELU])
+@pytest.mark.parametrize("kind", KINDS, ids=NAMES)
 def test_lengths_threads_and_in_place(kind, n):
     rng = np.random.default_rng(n)
     x = (rng.standard_normal(n) * 4).astype(np.float32)

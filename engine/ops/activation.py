@@ -25,12 +25,14 @@ VECTOR_ACTIVATION_WORK = 20
 
 
 def vector_activation(kind: str):
-    """run(x, out, num_threads) computing "sigmoid", "silu" or "gelu" (exact, erf form)
+    """run(x, out, num_threads) computing "sigmoid", "silu", "gelu" (exact, erf form) or
+    "hardswish"
     elementwise with kernels/activation.pyx: one pass over memory, within a few ulp of the
     float64 value (tests/test_activation_kernels.py states the bounds). ``out`` may be ``x``."""
     from .._kernels import activation as _act
     from .._threads import threads_for
-    code = {"sigmoid": _act.SIGMOID, "silu": _act.SILU, "gelu": _act.GELU}[kind]
+    code = {"sigmoid": _act.SIGMOID, "silu": _act.SILU, "gelu": _act.GELU,
+            "hardswish": _act.HARDSWISH}[kind]
     work = _act.f32_activation
 
     def run(x, out, num_threads=1):

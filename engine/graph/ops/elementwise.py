@@ -143,18 +143,13 @@ class HardSigmoid(Unary):
 
 @register
 class HardSwish(Unary):
+    """x min(max(x/6 + 1/2, 0), 1), one vector pass (kernels/activation.pyx)."""
     kind = "HardSwish"
-    single_pass = False
+    threaded = True
+    flops_per_element = 4
 
     def kernel(self):
-        sixth = np.float32(1 / 6)
-
-        def run(x, out):
-            np.multiply(x, sixth, out=out)
-            np.add(out, np.float32(0.5), out=out)
-            np.clip(out, 0.0, 1.0, out=out)
-            np.multiply(out, x, out=out)
-        return run
+        return vector_activation("hardswish")
 
 
 @register
