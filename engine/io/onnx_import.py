@@ -263,9 +263,10 @@ class _Importer:
             name, k = f"{base}_{k}", k + 1
         self.names.add(name)
         what = f"node {name!r} ({node.op_type})"
-        if node.domain not in ("", "ai.onnx"):
-            raise ModelError(f"{what}: operator {node.op_type!r} of domain {node.domain!r} is "
-                             f"not supported{_hint(node.domain, node.op_type)}")
+        domain = _text(node.domain)
+        if domain not in ("", "ai.onnx"):
+            raise ModelError(f"{what}: operator {node.op_type!r} of domain {domain!r} is "
+                             f"not supported{_hint(domain, _text(node.op_type))}")
         convert = converter(node.op_type)
         if convert is None:
             raise ModelError(f"{what}: operator {node.op_type!r} (opset {self.opset}) is not "

@@ -34,6 +34,7 @@ from ..dispatch.resize import choose_resize_axis_path
 
 from .._kernels import resample as _k
 from .._threads import resolve_threads, threads_for
+from ..memory import current_max_memory, format_bytes
 from ..shapes import interpolate_output_shape
 from ._validate import as_float_array, check_out, new_output
 
@@ -117,6 +118,12 @@ class Interpolate:
         if t is None:
             (oh, ow), scales = interpolate_output_shape((h, w), self.size, self.scale_factor)
             sy, sx = scales if scales is not None else (None, None)
+            taps = 1 if self.mode == "nearest" else 2
+            size = (oh + ow) * taps * TAP_TABLE_BYTES
+            if size > current_max_memory():
+                raise ValueError(f"the tables of a {oh}x{ow} output would take "
+                                 f"{format_bytes(size)} to make, more than the model's memory "
+                                 f"budget ({format_bytes(current_max_memory())})")
             if self.mode == "nearest":
                 t = (nearest_source(h, oh, sy), nearest_source(w, ow, sx))
             else:
@@ -228,6 +235,25 @@ def keys_cubic(d: np.ndarray, a: float) -> np.ndarray:
     return np.where(d <= 1, near, np.where(d < 2, far, 0.0))
 
 
+def onnx_resize_tap_count(f: ResizeFilter, scale: float) -> int:
+    """Taps per output ``onnx_resize_taps`` computes along an axis of this scale (before the
+    all-zero rims are dropped): 1 for nearest, 2 * ceil(r / s) for linear (r = 1) and cubic
+    (r = 2), s = min(scale, 1) with antialias and 1 without."""
+    if f.mode == "nearest":
+        return 1
+    radius = 1 if f.mode == "linear" else 2
+    s = min(scale, 1.0) if f.antialias else 1.0
+    return 2 * math.ceil(radius / s)
+
+
+# Bytes made while one axis's tables are computed, per (output, tap) entry: onnx_resize_taps's
+# float64 arrays of that shape (window positions, distances, the cubic's powers, weights,
+# indices) peak at 8.4 of them; a dense matrix takes 12 bytes (float64, then float32) per
+# (output, input) pair. Interpolate's tables (fewer arrays) are held to the same bound.
+TAP_TABLE_BYTES = 9 * 8
+MATRIX_TABLE_BYTES = 12
+
+
 def onnx_resize_taps(f: ResizeFilter, coord: str, i: int, o: int, scale: float,
                      roi=(0.0, 1.0)):
     """The taps of one axis: (index, weight, outside) with ``index`` (o, taps) int64 input
@@ -257,9 +283,8 @@ def onnx_resize_taps(f: ResizeFilter, coord: str, i: int, o: int, scale: float,
         else:
             idx = np.floor(src) if r == "floor" else np.ceil(src)
         return np.clip(idx, 0, i - 1).astype(np.int64)[:, None], None, outside
-    radius = 1 if f.mode == "linear" else 2
+    reach = onnx_resize_tap_count(f, scale) // 2
     s = min(scale, 1.0) if f.antialias else 1.0
-    reach = math.ceil(radius / s)
     j = np.floor(src)[:, None] + np.arange(1 - reach, reach + 1, dtype=np.float64)
     dist = np.abs(j - src[:, None]) * s
     w = np.maximum(1 - dist, 0.0) if f.mode == "linear" else keys_cubic(dist, f.cubic_a)
@@ -298,11 +323,22 @@ class OnnxResize:
         axes.sort(key=lambda a: self.out_size[a] / x_shape[a])
         shape = list(x_shape)
         self.steps, self.paths = [], []
+        budget = current_max_memory()
         for axis in axes:
             i, o = shape[axis], self.out_size[axis]
+            innermost = math.prod(shape[axis + 1:]) == 1
+            # the tables' size comes from the scale alone (a small input resized by a huge
+            # factor): checked before they are made
+            taps = onnx_resize_tap_count(filt, self.scales[axis])
+            size = o * taps * TAP_TABLE_BYTES
+            if choose_resize_axis_path(i, o, taps, innermost)[0] == "matrix":
+                size = max(size, o * i * MATRIX_TABLE_BYTES)
+            if size > budget:
+                raise ValueError(f"the tables of axis {axis} ({o} outputs of {taps} taps over "
+                                 f"{i} inputs) would take {format_bytes(size)} to make, more "
+                                 f"than the model's memory budget ({format_bytes(budget)})")
             idx, w, outside = onnx_resize_taps(filt, coord, i, o, self.scales[axis],
                                                self.roi[axis])
-            innermost = math.prod(shape[axis + 1:]) == 1
             unit = w is None or bool(np.all(w == 1))
             path, reason = choose_resize_axis_path(i, o, idx.shape[1], innermost, unit)
             if path == "take":

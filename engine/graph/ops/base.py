@@ -47,6 +47,10 @@ def check_tensor_size(op, shape, dtype, what="output", folding=False) -> None:
     if any(not 0 <= int(d) <= shapes.INDEX_MAX for d in shape):
         raise op.error(f"{what} of shape {tuple(shape)} has a dimension outside 0 to "
                        f"{shapes.INDEX_MAX}")
+    if 0 in tuple(shape) and math.prod(int(d) for d in shape if d) * \
+            np.dtype(dtype).itemsize >= 2**63:
+        raise op.error(f"{what} of shape {tuple(shape)} is empty, but NumPy cannot make an "
+                       f"array of its other dimensions")
     nbytes = math.prod(int(d) for d in shape) * np.dtype(dtype).itemsize
     if nbytes > MAX_TENSOR_BYTES:
         raise op.error(f"{what} of shape {tuple(shape)} would take {nbytes / 2**30:.1f} GiB, "

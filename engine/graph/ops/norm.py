@@ -54,6 +54,8 @@ class Softmax(Op):
             view, axis = shape, self.ax
 
         normalise = self.normalise
+        if math.prod(shape) == 0:       # nothing to normalise (max of an empty axis fails)
+            return lambda env, nt: None
 
         def step(env, nt):
             x = env[a].reshape(view)

@@ -22,11 +22,12 @@ from .conv import Windowed
 
 # ============================================================================ pooling
 
-# What a pool that visits every tap of its windows on a padded copy (the "padded" and "numpy"
-# paths) may take. Real windows take a few dozen taps per element of X and Y; a window many
-# times the input, reaching deep into its padding, takes millions (hours, for a small output):
-# refused beyond MAX_TAPS_PER_ELEMENT once the taps exceed MAX_TAPS. The NumPy path loops in
-# Python over each axis's taps (a strided view each), so an axis's kernel is bounded too.
+# What a pool may take. Real windows take a few dozen taps per element of X and Y; a window
+# many times the input, reaching deep into its padding, takes millions (hours, for a small
+# output; the average pooling kernel visits every column of a window, the "padded" and "numpy"
+# paths every tap of a padded copy): refused beyond MAX_TAPS_PER_ELEMENT once the taps exceed
+# MAX_TAPS. The NumPy path loops in Python over each axis's taps (a strided view each), so an
+# axis's kernel is bounded too.
 MAX_TAPS = 2**32
 MAX_TAPS_PER_ELEMENT = 1024
 MAX_NUMPY_AXIS_TAPS = 2**16
@@ -76,9 +77,15 @@ class Pool(Windowed):
         return [Info(x.shape[:2] + size, F32)]
 
     def check_cost(self, x_shape, out_shape):
-        """Refuses, before anything is made, a pool whose padded copy would not fit the memory
-        budget or whose taps would take hours (the limits above); the "direct" path reads the
-        input cells of each window only."""
+        """Refuses, before anything is made, a pool whose taps would take hours or whose
+        padded copy (paths other than "direct") would not fit the memory budget (the limits
+        above)."""
+        taps = math.prod(out_shape) * math.prod(self.kernel)
+        elements = math.prod(x_shape) + math.prod(out_shape)
+        if taps > MAX_TAPS and taps > MAX_TAPS_PER_ELEMENT * elements:
+            raise self.error(f"kernel_shape {list(self.kernel)} on X {tuple(x_shape)} would take "
+                             f"{taps:.3g} taps, {taps / elements:.0f} per element of X and Y: "
+                             f"the window reaches far into its padding")
         in_size, out_size = x_shape[2:], out_shape[2:]
         path, _ = choose_pool_path(in_size, out_size, self.kernel, self.strides,
                                    self.dilations, self.plan_pads, self.ceil, self.mode)
@@ -91,12 +98,6 @@ class Pool(Windowed):
         if path == "numpy" and max(self.kernel) > MAX_NUMPY_AXIS_TAPS:
             raise self.error(f"kernel_shape {list(self.kernel)}: pooling in NumPy takes at most "
                              f"{MAX_NUMPY_AXIS_TAPS} taps along an axis")
-        taps = math.prod(out_shape) * math.prod(self.kernel)
-        elements = math.prod(x_shape) + math.prod(out_shape)
-        if taps > MAX_TAPS and taps > MAX_TAPS_PER_ELEMENT * elements:
-            raise self.error(f"kernel_shape {list(self.kernel)} on X {tuple(x_shape)} would take "
-                             f"{taps:.3g} taps, {taps / elements:.0f} per element of X and Y: "
-                             f"the window reaches far into its padding")
 
     def path(self, ins, outs) -> tuple[str, str]:
         """"direct", "padded" or "numpy" for these shapes, and why

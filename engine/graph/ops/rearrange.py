@@ -70,6 +70,9 @@ def _scalar(op, value, what, kinds):
 # view (whose inner loop is a block row, bs elements): each call then moves 16 KiB or more,
 # which pays its overhead (bench: a 1x256x56x56 pixel shuffle, 1.9 -> 0.45 ms).
 BLOCK_COPY_MIN = 4096
+# Blocks a block-by-block copy loops over in Python, at most (a declared shape may hold a
+# blocksize in the tens of thousands): beyond, one transposed copy
+MAX_BLOCKS = 4096
 
 
 class _Blocks(_Fill):
@@ -97,26 +100,32 @@ class _Blocks(_Fill):
 
     def per_block(self, x) -> bool:
         n, c, h, w = self.grid(x.shape)[0]
-        return n * c * h * w >= BLOCK_COPY_MIN
+        return n * c * h * w >= BLOCK_COPY_MIN and self.bs * self.bs <= MAX_BLOCKS
 
     def infer(self, ins):
         x = ins[0]
         if len(x.shape) != 4:
             raise self.error(f"input must be 4-D (NCHW), got shape {x.shape}")
         (n, c, h, w), shape = self.grid(x.shape)
+        # an empty side leaves blocksize unchecked by the divisibility: bs * bs blocks of
+        # nothing, or a huge output
+        check_tensor_size(self, shape, x.dtype)
         bs, dcr, every = self.bs, self.mode == "DCR", slice(None)
         space = (n, c, h, bs, w, bs)
         depth = (n, bs, bs, c, h, w) if dcr else (n, c, bs, bs, h, w)
-        blocks = [((every,) * 3 + (i, every, j), (every, i, j) if dcr else (every, every, i, j))
-                  for i in range(bs) for j in range(bs)]
         perm = (0, 3, 4, 1, 5, 2) if dcr else (0, 1, 4, 2, 5, 3)    # depth view -> space view
         if self.to_depth:
             src, dst, perm = space, depth, tuple(np.argsort(perm))
-            blocks = [(d, s) for s, d in blocks]
         else:
             src, dst = depth, space
 
         if self.per_block(x):
+            blocks = [((every,) * 3 + (i, every, j),
+                       (every, i, j) if dcr else (every, every, i, j))
+                      for i in range(bs) for j in range(bs)]
+            if self.to_depth:
+                blocks = [(d, s) for s, d in blocks]
+
             def fill(x, out):
                 x, out = x.reshape(src), _view(out, dst)
                 for to, of in blocks:
@@ -226,7 +235,9 @@ class Range(Op):
             n = max(math.ceil((limit - start) / delta), 0)
         else:      # exact in Python's integers: ceil(a / b) = -(-a // b)
             n = max(-((start - limit) // delta), 0)
-        check_tensor_size(self, (n,), dtype, folding=True)
+        # computed in float64 or int64, then cast: that array is what must fit
+        work = np.dtype(np.float64 if dtype.kind == "f" else np.int64)
+        check_tensor_size(self, (n,), work, f"output (computed in {work.name})", folding=True)
         if dtype.kind == "f":
             value = (start + np.arange(n, dtype=np.float64) * delta).astype(dtype)
         else:      # every element lies between start and limit: no overflow
@@ -296,9 +307,11 @@ class Trilu(_Fill):
         k = self.known(ins, 1, "k")
         k = 0 if k is None else _scalar(self, k, "k", "iu")
         n, m = x.shape[-2:]
-        offset = np.arange(m)[None, :] - np.arange(n)[:, None]
+        # the (n, m) mask is made now, before the plan's budget sees the output
+        check_tensor_size(self, (n, m), np.bool_, "the mask of the last two axes", folding=True)
         k = max(min(k, m), -n)    # beyond the matrix every entry is kept or every one dropped
-        mask = offset >= k if self.upper else offset <= k
+        # np.tri(n, m, k): column - row <= k
+        mask = ~np.tri(n, m, k - 1, dtype=bool) if self.upper else np.tri(n, m, k, dtype=bool)
 
         def fill(x, out):
             out.fill(0)
@@ -369,7 +382,14 @@ class OneHot(_Fill):
         rank = len(idx.shape)
         ax = self.axis(self.attr("axis", -1), rank + 1)
         shape = idx.shape[:ax] + (depth,) + idx.shape[ax:]
-        check_tensor_size(self, shape, values.dtype)
+        # against the budget too: the depth table below is made before the plan checks it
+        check_tensor_size(self, shape, values.dtype, folding=True)
+        if math.prod(shape) == 0:
+            # no indices (or depth 0): nothing to write, and no table of a depth that may be
+            # anything up to the index range
+            self.fill = lambda idx, values, out: None
+            return [Info(shape, values.dtype, _fold(self, shape, values.dtype, self.fill,
+                                                    idx.value, values.value))]
         expanded = idx.shape[:ax] + (1,) + idx.shape[ax:]
         targets = np.arange(depth, dtype=np.int64).reshape((1,) * ax + (depth,) +
                                                            (1,) * (rank - ax))
