@@ -269,7 +269,10 @@ static void ce_nc_dw_row(const float *x, int H, int W, int OW, int oy, int sh, i
         switch (act) {                                                                      \
         case 0: ce_nc_dw_interior(r, wv, NR, b, lo, hi, sw, pl, d1, out, 0); break;         \
         case 1: ce_nc_dw_interior(r, wv, NR, b, lo, hi, sw, pl, d1, out, 1); break;         \
-        default: ce_nc_dw_interior(r, wv, NR, b, lo, hi, sw, pl, d1, out, 2); break;        \
+        case 2: ce_nc_dw_interior(r, wv, NR, b, lo, hi, sw, pl, d1, out, 2); break;         \
+        case 3: ce_nc_dw_interior(r, wv, NR, b, lo, hi, sw, pl, d1, out, 3); break;         \
+        case 4: ce_nc_dw_interior(r, wv, NR, b, lo, hi, sw, pl, d1, out, 4); break;         \
+        default: ce_nc_dw_interior(r, wv, NR, b, lo, hi, sw, pl, d1, out, 5); break;        \
         }
         switch (nr) {
         case 3: CE_NC_DW_ACT(3) break;

@@ -87,11 +87,7 @@ static inline void ce_pg_store(ce_pg_vf acc, float b, const float *res, float *o
             float v = tmp[j] + b;
             if (res)
                 v += res[j];
-            if (act >= 1)               /* tests false for NaN: a NaN stays NaN */
-                v = v < 0 ? 0 : v;
-            if (act == 2)
-                v = v > 6 ? 6 : v;
-            out[j] = v;
+            out[j] = ce_act_scalar(v, act);
         }
     }
 }

@@ -1,16 +1,117 @@
-/* exp on a GCC vector of floats, for the activation kernels (kernels/activation.pyx).
+/* exp, and the activations built on it, on GCC vectors of floats: the activation kernels
+ * (kernels/activation.pyx) and the fused output steps of the convolution kernels
+ * (kernels/_vec_act.h) compute them with the same formulas.
  *
- * e^x = 2^n e^r with n = round(x / ln 2) and r = x - n ln 2, ln 2 in two parts so that r is
- * exact (Cody and Waite); |r| <= ln2/2, where the Taylor polynomial of degree 7 is within
+ * CE_DEFINE_VEC_MATH(p, vf, vi) defines, for the float vector type vf and the int vector vi of
+ * the same size: p##_select, p##_exp, p##_sigmoid, p##_gelu (exact, erf form), p##_hardswish.
+ *
+ * exp: e^x = 2^n e^r with n = round(x / ln 2) and r = x - n ln 2, ln 2 in two parts so that r
+ * is exact (Cody and Waite); |r| <= ln2/2, where the Taylor polynomial of degree 7 is within
  * 7e-9 relative of e^r. 2^n is built in the exponent field as two factors, applied one after
  * the other, so that results down to the denormals (n to -150) and up to FLT_MAX (n = 128
  * with r < 0) come out right; x is clamped to [-104, 88.8] first (below: 0 after rounding;
  * above: inf). A NaN comes back as it went in. Measured against float64 in
  * tests/test_activation_kernels.py: within 2 ulp of the rounded result on normal outputs.
+ *
+ * sigmoid: 1 / (1 + e^-x) for x >= 0, e^x / (1 + e^x) below: e = e^-|x| never overflows, and
+ * sigmoid(x) keeps its value (down to the denormals) where x sigmoid(x) is still normal.
+ *
+ * gelu: x Phi(x), Phi(x) = erfc(-x / sqrt 2) / 2, with erfc(z) for z >= 0 by the Chebyshev
+ * fit of Numerical Recipes (erfcc: t e^(-z^2 + P(t)), t = 1 / (1 + z/2), fractional error
+ * below 1.2e-7 for every z >= 0), and 1 - erfc(z) / 2 for x > 0: no cancellation on either
+ * side. Near 0 (|z| < 1/2) Phi = 1/2 + erf(x / sqrt 2) / 2 by erf's Taylor series to z^15
+ * (remainder below 3e-10 relative), where the fit's 1.2e-7 would be 2 ulp of Phi.
+ *
+ * hardswish: x min(max(x/6 + 1/2, 0), 1), through the comparison masks: a NaN stays NaN.
  */
 #ifndef CE_VEXP_H
 #define CE_VEXP_H
 
+#define CE_DEFINE_VEC_MATH(p, vf, vi)                                                       \
+    /* where mask (all ones) is set, b; elsewhere a */                                      \
+    static inline vf p##_select(vi mask, vf a, vf b)                                        \
+    {                                                                                       \
+        return (vf)(((vi)a & ~mask) | ((vi)b & mask));                                      \
+    }                                                                                       \
+                                                                                            \
+    static inline vf p##_exp(vf x)                                                          \
+    {                                                                                       \
+        const vf zero = {0};                                                                \
+        vf c = p##_select(x > zero + 88.8f, x, zero + 88.8f);                               \
+        c = p##_select(c < zero - 104.0f, c, zero - 104.0f);                                \
+        /* n = round(c / ln 2): adding 1.5 * 2^23 rounds to an integer in the low bits */   \
+        const vf magic = zero + 12582912.0f;                                                \
+        vf t = c * 1.44269504088896341f + magic;                                            \
+        vi n = (vi)t - (vi)magic;                                                           \
+        vf nf = t - magic;                                                                  \
+        vf r = c - nf * 0.693145751953125f;          /* ln 2, high part: exact product */   \
+        r = r - nf * 1.428606765330187045e-06f;      /* ln 2, low part */                   \
+        vf q = zero + 1.0f / 5040.0f;                                                       \
+        q = q * r + 1.0f / 720.0f;                                                          \
+        q = q * r + 1.0f / 120.0f;                                                          \
+        q = q * r + 1.0f / 24.0f;                                                           \
+        q = q * r + 1.0f / 6.0f;                                                            \
+        q = q * r + 0.5f;                                                                   \
+        q = q * r + 1.0f;                                                                   \
+        q = q * r + 1.0f;                                                                   \
+        vi n1 = n >> 1;                                                                     \
+        vi n2 = n - n1;                                                                     \
+        q = q * (vf)((n1 + 127) << 23);                                                     \
+        q = q * (vf)((n2 + 127) << 23);                                                     \
+        return p##_select((vi)(x != x), q, x);                                              \
+    }                                                                                       \
+                                                                                            \
+    static inline vf p##_sigmoid(vf x)                                                      \
+    {                                                                                       \
+        const vf zero = {0};                                                                \
+        vf e = p##_exp(p##_select(x > zero, x, -x));                                        \
+        vf s = 1.0f / (1.0f + e);                                                           \
+        return p##_select(x < zero, s, e * s);                                              \
+    }                                                                                       \
+                                                                                            \
+    static inline vf p##_gelu(vf x)                                                         \
+    {                                                                                       \
+        const vf zero = {0};                                                                \
+        vf z = p##_select(x < zero, x, -x) * 0.70710678118654752f;                          \
+        vf t = 1.0f / (1.0f + 0.5f * z);                                                    \
+        vf q = zero + 0.17087277f;                                                          \
+        q = q * t - 0.82215223f;                                                            \
+        q = q * t + 1.48851587f;                                                            \
+        q = q * t - 1.13520398f;                                                            \
+        q = q * t + 0.27886807f;                                                            \
+        q = q * t - 0.18628806f;                                                            \
+        q = q * t + 0.09678418f;                                                            \
+        q = q * t + 0.37409196f;                                                            \
+        q = q * t + 1.00002368f;                                                            \
+        q = q * t - 1.26551223f;                                                            \
+        vf half_erfc = 0.5f * t * p##_exp(q - z * z);                                       \
+        vf phi = p##_select(x > zero, half_erfc, 1.0f - half_erfc);                         \
+        /* erf(s) / 2 = s (1 - s^2/3 + s^4/10 - s^6/42 + s^8/216 - s^10/1320 + s^12/9360    \
+         * - s^14/75600) / sqrt(pi), s = x / sqrt 2 */                                      \
+        vf s = x * 0.70710678118654752f, s2 = s * s;                                        \
+        vf u = zero - 1.0f / 75600.0f;                                                      \
+        u = u * s2 + 1.0f / 9360.0f;                                                        \
+        u = u * s2 - 1.0f / 1320.0f;                                                        \
+        u = u * s2 + 1.0f / 216.0f;                                                         \
+        u = u * s2 - 1.0f / 42.0f;                                                          \
+        u = u * s2 + 1.0f / 10.0f;                                                          \
+        u = u * s2 - 1.0f / 3.0f;                                                           \
+        u = u * s2 + 1.0f;                                                                  \
+        vf near = 0.5f + (s * 0.56418958354775629f) * u;                                    \
+        phi = p##_select(s2 < 0.25f, phi, near);                                            \
+        return x * phi;                                                                     \
+    }                                                                                       \
+                                                                                            \
+    static inline vf p##_hardswish(vf x)                                                    \
+    {                                                                                       \
+        const vf zero = {0};                                                                \
+        vf t = x * (1.0f / 6.0f) + 0.5f;                                                    \
+        t = p##_select(t < zero, t, zero);                                                  \
+        t = p##_select(t > zero + 1.0f, t, zero + 1.0f);                                    \
+        return x * t;                                                                       \
+    }
+
+/* the widest vector the build targets, for code with no vector type of its own */
 #if defined(__AVX512F__)
 #define CE_ACT_VW 16
 #elif defined(__AVX__)
@@ -22,37 +123,6 @@ typedef float ce_act_vf __attribute__((vector_size(CE_ACT_VW * 4)));
 typedef int ce_act_vi __attribute__((vector_size(CE_ACT_VW * 4)));
 typedef float ce_act_vfu __attribute__((vector_size(CE_ACT_VW * 4), aligned(4), may_alias));
 
-/* where mask (all ones) is set, b; elsewhere a */
-static inline ce_act_vf ce_act_select(ce_act_vi mask, ce_act_vf a, ce_act_vf b)
-{
-    return (ce_act_vf)(((ce_act_vi)a & ~mask) | ((ce_act_vi)b & mask));
-}
-
-static inline ce_act_vf ce_act_exp(ce_act_vf x)
-{
-    const ce_act_vf zero = {0};
-    ce_act_vf c = ce_act_select(x > zero + 88.8f, x, zero + 88.8f);
-    c = ce_act_select(c < zero - 104.0f, c, zero - 104.0f);
-    /* n = round(c / ln 2): adding 1.5 * 2^23 rounds to an integer in the low mantissa bits */
-    const ce_act_vf magic = zero + 12582912.0f;
-    ce_act_vf t = c * 1.44269504088896341f + magic;
-    ce_act_vi n = (ce_act_vi)t - (ce_act_vi)magic;
-    ce_act_vf nf = t - magic;
-    ce_act_vf r = c - nf * 0.693145751953125f;          /* ln 2, high part: exact product */
-    r = r - nf * 1.428606765330187045e-06f;             /* ln 2, low part */
-    ce_act_vf p = zero + 1.0f / 5040.0f;
-    p = p * r + 1.0f / 720.0f;
-    p = p * r + 1.0f / 120.0f;
-    p = p * r + 1.0f / 24.0f;
-    p = p * r + 1.0f / 6.0f;
-    p = p * r + 0.5f;
-    p = p * r + 1.0f;
-    p = p * r + 1.0f;
-    ce_act_vi n1 = n >> 1;
-    ce_act_vi n2 = n - n1;
-    p = p * (ce_act_vf)((n1 + 127) << 23);
-    p = p * (ce_act_vf)((n2 + 127) << 23);
-    return ce_act_select((ce_act_vi)(x != x), p, x);
-}
+CE_DEFINE_VEC_MATH(ce_act, ce_act_vf, ce_act_vi)
 
 #endif

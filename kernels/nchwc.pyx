@@ -8,6 +8,8 @@
 # order fixed by the shapes.
 from cython.parallel cimport prange
 
+import numpy as np
+
 cdef extern from "_nchwc.h":
     int CE_NC_B, CE_NC_TILE_PIXELS, CE_NC_GROUP
     void ce_nc_to_blocked(const float *src, Py_ssize_t P, int nc, float *dst) nogil
@@ -110,6 +112,114 @@ def f32_global_avg_blocked(const float[:, :, :, :, ::1] x, float[:, ::1] out,
         cb = it % Cb
         ce_nc_block_mean(xp + it * P * CE_NC_B, P, op + n * C + cb * CE_NC_B,
                          <int>min(CE_NC_B, C - cb * CE_NC_B))
+
+
+cdef extern from *:
+    """
+    /* out[p][:] = x[p][:] * s for the P pixels of one block: a squeeze-excite's gate */
+    static void ce_nc_block_scale(const float *x, Py_ssize_t P, const float *s, float *out)
+    {
+        ce_nc_vf v = CE_NC_LD(s);
+        for (Py_ssize_t p = 0; p < P; p++)
+            CE_NC_ST(out + p * CE_NC_B, CE_NC_LD(x + p * CE_NC_B) * v);
+    }
+    """
+    void ce_nc_block_scale(const float *x, Py_ssize_t P, const float *s, float *out) nogil
+
+
+cdef extern from *:
+    """
+    /* A squeeze-excite's gates for one image: h = act(W1 p + b1) (R values), then
+     * g = gate(W2 h + b2) (C values, the rest of out's Cpad set to 0). w1t: [C][R], w2t: [R][C]
+     * (each product runs over rows of the transposed weights, so the inner loop is a vector
+     * over outputs); gate 0 is the sigmoid, 1 max(0, min(1, alpha v + beta)). h: R floats of
+     * scratch. */
+    static void ce_nc_se_gates(const float *p, int C, int R, const float *w1t, const float *b1,
+                               const float *w2t, const float *b2, int act, int gate,
+                               float alpha, float beta, float *h, float *out, int Cpad)
+    {
+        for (int r = 0; r < R; r++)
+            h[r] = 0.0f;
+        for (int c = 0; c < C; c++) {
+            const float v = p[c], *w = w1t + (ptrdiff_t)c * R;
+            for (int r = 0; r < R; r++)
+                h[r] += w[r] * v;
+        }
+        for (int r = 0; r < R; r++)
+            h[r] += b1[r];
+        ce_act_row(h, R, 0.0f, act);
+        for (int c = 0; c < Cpad; c++)
+            out[c] = c < C ? b2[c] : 0.0f;
+        for (int r = 0; r < R; r++) {
+            const float v = h[r], *w = w2t + (ptrdiff_t)r * C;
+            for (int c = 0; c < C; c++)
+                out[c] += w[c] * v;
+        }
+        int c = 0;
+        if (gate == 0) {
+            for (; c + CE_ACT_VW <= C; c += CE_ACT_VW)
+                *(ce_act_vfu *)(out + c) = ce_act_vec_m_sigmoid(*(const ce_act_vfu *)(out + c));
+            for (; c < C; c++) {
+                ce_act_vf v = {out[c]};
+                out[c] = ce_act_vec_m_sigmoid(v)[0];
+            }
+        } else {
+            for (; c < C; c++) {
+                float v = out[c] * alpha + beta;
+                out[c] = v < 0.0f ? 0.0f : (v > 1.0f ? 1.0f : v);
+            }
+        }
+    }
+    """
+    void ce_nc_se_gates(const float *p, int C, int R, const float *w1t, const float *b1,
+                        const float *w2t, const float *b2, int act, int gate, float alpha,
+                        float beta, float *h, float *out, int Cpad) nogil
+
+
+def f32_se_gates(const float[:, ::1] pooled, const float[:, ::1] w1t, const float[::1] b1,
+                 const float[:, ::1] w2t, const float[::1] b2, int act, int gate, float alpha,
+                 float beta, float[:, ::1] out):
+    """out[n, :C] = gate(W2 act(W1 pooled[n] + b1) + b2), out[n, C:] = 0: a squeeze-excite's
+    per-channel factors from its pooled channels (w1t = W1.T, (C, R); w2t = W2.T, (R, C));
+    act: an activation code (engine/ops/activation.py); gate 0: sigmoid, 1: hard sigmoid
+    max(0, min(1, alpha v + beta)). One thread: the products are small."""
+    cdef Py_ssize_t N = pooled.shape[0], C = pooled.shape[1], R = w1t.shape[1]
+    if (w1t.shape[0] != C or b1.shape[0] != R or w2t.shape[0] != R or w2t.shape[1] != C
+            or b2.shape[0] != C or out.shape[0] != N or out.shape[1] < C or R < 1
+            or not 0 <= act <= 5 or gate not in (0, 1)):
+        raise ValueError(f"pooled {tuple(pooled.shape)[:2]}, W1.T {tuple(w1t.shape)[:2]}, "
+                         f"W2.T {tuple(w2t.shape)[:2]} and out {tuple(out.shape)[:2]} do not "
+                         f"fit, or act {act} / gate {gate} unknown")
+    cdef float[::1] h = np.empty(R, np.float32)
+    cdef Py_ssize_t n
+    if C == 0:
+        return
+    with nogil:
+        for n in range(N):
+            ce_nc_se_gates(&pooled[n, 0], <int>C, <int>R, &w1t[0, 0], &b1[0], &w2t[0, 0],
+                           &b2[0], act, gate, alpha, beta, &h[0], &out[n, 0],
+                           <int>out.shape[1])
+
+
+def f32_scale_blocked(const float[:, :, :, :, ::1] x, const float[:, ::1] s,
+                      float[:, :, :, :, ::1] out, int num_threads=1):
+    """out[n, cb, :, :, j] = x[n, cb, :, :, j] * s[n, cb * 16 + j]: every channel of x scaled
+    by its own factor (s holds Cb * 16 of them; out may be x); the threads take ranges of
+    blocks."""
+    cdef Py_ssize_t N = x.shape[0], Cb = x.shape[1], P = x.shape[2] * x.shape[3]
+    if (tuple(out.shape) != tuple(x.shape) or x.shape[4] != CE_NC_B or s.shape[0] != N
+            or s.shape[1] != Cb * CE_NC_B):
+        raise ValueError(f"x {tuple(x.shape)}, s {tuple(s.shape)[:2]} and out "
+                         f"{tuple(out.shape)} do not fit")
+    if N == 0 or Cb == 0 or P == 0:
+        return
+    cdef const float* xp = &x[0, 0, 0, 0, 0]
+    cdef const float* sp = &s[0, 0]
+    cdef float* op = &out[0, 0, 0, 0, 0]
+    cdef Py_ssize_t it
+    num_threads = <int>max(1, min(num_threads, N * Cb))
+    for it in prange(N * Cb, nogil=True, num_threads=num_threads, schedule="static"):
+        ce_nc_block_scale(xp + it * P * CE_NC_B, P, sp + it * CE_NC_B, op + it * P * CE_NC_B)
 
 
 def pointwise_pack_floats(Py_ssize_t in_blocks, Py_ssize_t out_blocks):

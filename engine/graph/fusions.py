@@ -7,7 +7,11 @@
   LayerNormalization node instead of seven to ten;
 - ``fuse_gelu``: x * 0.5 * (1 + erf(x / sqrt(2))) in any association of the product, and with
   x * (1/sqrt(2)) for the division: nn.GELU() as torch.onnx writes it at every opset up to 20;
-  one Gelu node (approximate="none") instead of five.
+  one Gelu node (approximate="none") instead of five;
+- ``fuse_squeeze_excite``: GlobalAveragePool (or ReduceMean over H and W) -> 1x1 Conv (with
+  its fused activation) -> 1x1 Conv -> Sigmoid or HardSigmoid -> Mul by the pooled tensor:
+  MobileNetV3's, EfficientNet's and RegNetY's squeeze-and-excitation; one SqueezeExcite node
+  (engine/graph/ops/se.py) instead of five.
 
 A chain is fused only when every intermediate tensor has no reader outside it and is not a
 graph output, and its constants have the values the formula needs (epsilon any positive
@@ -285,6 +289,97 @@ def fuse_gelu(g: Graph) -> int:
         chain.sort(key=g.nodes.index)
         _replace(g, chain, Node("Gelu", chain[-1].name, [x], [chain[-1].outputs[0]],
                                 {"approximate": "none"}))
+        m = _Match(g)
+        count += 1
+    if count:
+        g.remove_unused()
+    return count
+
+
+# ============================================================================ squeeze-excite
+
+def _pointwise_weights(m: _Match, conv: Node):
+    """(W, B) names of a Conv that is a plain 1x1 (stride 1, no padding, one group, constant
+    float32 weights, no residual), B "" when absent; else None."""
+    a = conv.attrs
+    if (len(conv.inputs) > 3 and conv.inputs[3]) or a.get("group", 1) != 1 \
+            or any(v != 1 for v in a.get("strides", ())) or any(a.get("pads", ())):
+        return None
+    w = m.g.constants.get(conv.inputs[1])
+    b = conv.inputs[2] if len(conv.inputs) > 2 else ""
+    if w is None or w.dtype != np.float32 or w.ndim != 4 or w.shape[2:] != (1, 1):
+        return None
+    if b and (b not in m.g.constants or m.g.constants[b].dtype != np.float32):
+        return None
+    return conv.inputs[1], b
+
+
+def _squeeze_excite_at(m: _Match, mul: Node):
+    """The squeeze-excite block whose final Mul is ``mul``: (chain in order, x, W1, B1, W2,
+    B2, attributes of the fused node), or None."""
+    if mul.op != "Mul" or len(mul.inputs) != 2 or mul.inputs[0] == mul.inputs[1]:
+        return None
+    for k in (0, 1):
+        x, s = mul.inputs[1 - k], mul.inputs[k]
+        gate = m.producers.get(s)
+        if gate is None or gate.op not in ("Sigmoid", "HardSigmoid") \
+                or m.only_reader(s) is not mul:
+            continue
+        fc2 = m.made_by(gate.inputs[0], "Conv")
+        if fc2 is None or fc2.attrs.get("activation") or m.only_reader(fc2.outputs[0]) is not gate:
+            continue
+        fc1 = m.made_by(fc2.inputs[0], "Conv")
+        if fc1 is None or m.only_reader(fc1.outputs[0]) is not fc2:
+            continue
+        pool = m.producers.get(fc1.inputs[0])
+        if pool is None or pool.inputs[0] != x or m.only_reader(pool.outputs[0]) is not fc1:
+            continue
+        if pool.op == "ReduceMean":
+            # the 1x1 convolution after it takes 4-D input: x is 4-D too (keepdims)
+            axes = _reduce_axes(m.g, pool)
+            if axes is None or sorted(a % 4 for a in axes if -4 <= a < 4) != [2, 3]:
+                continue
+        elif pool.op != "GlobalAveragePool":
+            continue
+        first, second = _pointwise_weights(m, fc1), _pointwise_weights(m, fc2)
+        if first is None or second is None:
+            continue
+        (r, c), (c2, r2) = (m.g.constants[first[0]].shape[:2],
+                            m.g.constants[second[0]].shape[:2])
+        if (c2, r2) != (c, r):
+            continue
+        attrs = {"gate": gate.op.lower()}
+        if gate.op == "HardSigmoid":
+            attrs["alpha"] = float(gate.attrs.get("alpha", 0.2))
+            attrs["beta"] = float(gate.attrs.get("beta", 0.5))
+        if fc1.attrs.get("activation"):
+            attrs["activation"] = fc1.attrs["activation"]
+        return [pool, fc1, fc2, gate, mul], x, first, second, attrs
+    return None
+
+
+def fuse_squeeze_excite(g: Graph) -> int:
+    """Each squeeze-and-excitation block becomes one SqueezeExcite node (absent biases become
+    zero constants). Run after the activations are fused into the convolutions: the first 1x1
+    convolution's activation is then an attribute, whichever node the exporter wrote."""
+    count = 0
+    m = _Match(g)
+    for mul in list(g.nodes):
+        if mul not in g.nodes:
+            continue
+        found = _squeeze_excite_at(m, mul)
+        if found is None:
+            continue
+        chain, x, (w1, b1), (w2, b2), attrs = found
+        biases = []
+        for w, b in ((w1, b1), (w2, b2)):
+            if not b:
+                b = g.unique_name(f"{mul.name}.zero_bias")
+                g.constants[b] = np.zeros(g.constants[w].shape[0], np.float32)
+            biases.append(b)
+        chain.sort(key=g.nodes.index)
+        _replace(g, chain, Node("SqueezeExcite", mul.name, [x, w1, biases[0], w2, biases[1]],
+                                [mul.outputs[0]], attrs))
         m = _Match(g)
         count += 1
     if count:

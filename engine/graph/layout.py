@@ -14,7 +14,7 @@ nodes and each convolution's layout choice with its reason: each blocked convolu
 reader of an NCHW tensor, a ``FromBlocked`` step (writing the original name) the first NCHW
 reader of a blocked one; a GlobalAveragePool reading a blocked tensor reads it in place.
 Elementwise steps between blocked layers (activations, residual adds, a squeeze-excite's
-per-channel scaling) run on the blocks as they are, so that a layout change is needed only
+per-channel scaling, a fused SqueezeExcite step) run on the blocks as they are, so that a layout change is needed only
 where a reader needs NCHW; the convolutions' layout choice looks through them. The graph the
 model keeps (and saves) is not changed. Channel counts need not be multiples of 16: the
 padding channels carry finite values, which the blocked kernels' zero weights cancel.
@@ -67,6 +67,8 @@ def through_input(node, infos) -> int | None:
     out = infos[node.outputs[0]].shape
     if len(out) != 4:
         return None
+    if node.op == "SqueezeExcite":      # its other inputs are its weights
+        return 0 if infos[node.inputs[0]].shape == out else None
     if node.op in UNARY_THROUGH:
         extra = [n for n in node.inputs[1:] if n]
         ok = all(n in infos and infos[n].value is not None and infos[n].size == 1
@@ -380,8 +382,9 @@ def rewrite(graph: Graph, ops: dict, input_shapes: dict, layout: str = "auto"):
             add(new, BlockedGlobalAveragePool(new, infos[node.inputs[0]].shape[1], keepdims))
         elif through[node.name] is not None and node.inputs[through[node.name]] in native:
             out = node.outputs[0]
-            inputs = [as_blocked(n) if n and n in infos and len(infos[n].shape) == 4 else n
-                      for n in node.inputs]
+            inputs = [as_blocked(n) if n and n in infos and len(infos[n].shape) == 4
+                      and (k == through[node.name] or node.op != "SqueezeExcite") else n
+                      for k, n in enumerate(node.inputs)]
             blocked_name[out] = fresh(out + SUFFIX)
             nchw_ready.discard(out)
             native.add(out)

@@ -9,10 +9,13 @@
   Gelu node;
 - ``fold_batchnorm``: BatchNormalization after a convolution is folded into its weights and
   bias (computed in float64, stored in float32);
-- ``fuse_activations``: Relu, and Clip(0, 6) or Clip(0, none), after a convolution become the
-  convolution's ``activation``, applied in the kernel's output step;
+- ``fuse_activations``: Relu, Clip(0, 6) or Clip(0, none), SiLU, HardSwish and exact Gelu
+  after a convolution become the convolution's ``activation``, applied in the kernel's output
+  step;
 - ``fuse_residual``: an Add of a convolution's output and another tensor becomes a fourth
-  convolution input, added in the same plan step (followed by a fused activation if any).
+  convolution input, added in the same plan step (followed by a fused activation if any);
+- ``fuse_squeeze_excite`` (engine/graph/fusions.py): a squeeze-and-excitation block (pool,
+  two 1x1 convolutions, gate, per-channel Mul) becomes one SqueezeExcite step.
 
 Each pass returns how many nodes it changed; ``optimize`` runs them all and records a summary
 in ``graph.notes`` for explain().
@@ -22,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ModelError
-from .fusions import fuse_gelu, fuse_layer_norm
+from .fusions import fuse_gelu, fuse_layer_norm, fuse_squeeze_excite
 from .ir import Graph, Node
 from .ops import OPS, Info
 from .ops.base import NeedsValue
@@ -161,10 +164,17 @@ def fold_batchnorm(g: Graph) -> int:
     return count
 
 
+# activation nodes a convolution's output step applies (engine/ops/activation.py)
+_FUSED_ACTIVATIONS = {"Relu": "relu", "SiLU": "silu", "HardSwish": "hardswish"}
+
+
 def _activation_of(g: Graph, node: Node):
-    """"relu"/"relu6" when ``node`` is an activation a convolution kernel can apply."""
-    if node.op == "Relu":
-        return "relu"
+    """The activation a convolution kernel can apply for ``node`` ("relu", "relu6", "silu",
+    "hardswish", "gelu"), or None."""
+    if node.op in _FUSED_ACTIVATIONS:
+        return _FUSED_ACTIVATIONS[node.op]
+    if node.op == "Gelu" and node.attrs.get("approximate", "none") == "none":
+        return "gelu"
     if node.op != "Clip":
         return None
     bounds = []
@@ -279,6 +289,9 @@ def optimize(g: Graph, input_shapes=None) -> None:
         notes.append(f"fused {n} activations into convolutions")
     if n_res:
         notes.append(f"fused {n_res} residual Adds into convolution steps")
+    n = fuse_squeeze_excite(g)
+    if n:
+        notes.append(f"fused {n} squeeze-excite blocks into one step each")
     n = g.remove_unused()
     if n:
         notes.append(f"removed {n} nodes whose outputs nothing reads")

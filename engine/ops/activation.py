@@ -1,7 +1,13 @@
-"""Activations that convolution kernels apply in their output step (codes in kernels/_epilogue.pxd)."""
+"""Activations that convolution kernels apply in their output step (codes in kernels/_vec_act.h
+and kernels/_epilogue.pxd), and the same activations as one vector pass over a tensor."""
 import numpy as np
 
-ACTIVATION_CODES = {None: 0, "relu": 1, "relu6": 2}
+# Every code maps 0 to 0, so the zero channels padding a channel block stay zero (NCHW16c).
+ACTIVATION_CODES = {None: 0, "relu": 1, "relu6": 2, "silu": 3, "hardswish": 4, "gelu": 5}
+
+# What every kernel's output step does, clamp-only ones included (the NCHW depthwise kernels
+# and the float64 direct loop); the rest run there as a vector pass after the kernel.
+CLAMP_ACTIVATIONS = (None, "relu", "relu6")
 
 
 def activation_code(activation) -> int:
@@ -10,13 +16,31 @@ def activation_code(activation) -> int:
     return ACTIVATION_CODES[activation]
 
 
-def apply_activation(y: np.ndarray, activation) -> np.ndarray:
-    """The same activations in NumPy, in place, for paths without a fused output step."""
+def apply_activation(y: np.ndarray, activation, num_threads: int = 1) -> np.ndarray:
+    """The same activations over a whole tensor, in place, for paths without a fused output
+    step: the vector kernels for float32 (the values the fused steps give), NumPy for
+    float64."""
     if activation == "relu":
         np.maximum(y, 0, out=y)
     elif activation == "relu6":
         np.clip(y, 0, 6, out=y)
+    elif activation is not None:
+        if y.dtype == np.float32:
+            vector_activation(activation)(y, y, num_threads)
+        else:
+            y[...] = _float64_activation(activation, y)
     return y
+
+
+def _float64_activation(kind, x):
+    if kind == "silu":
+        return x / (1 + np.exp(-x))
+    if kind == "hardswish":
+        return x * np.clip(x / 6 + 0.5, 0, 1)
+    if kind == "gelu":
+        from scipy.special import erf
+        return 0.5 * x * (1 + erf(x / np.sqrt(2)))
+    raise ValueError(f"activation must be one of {list(ACTIVATION_CODES)}, got {kind!r}")
 
 
 # Multiply-adds a vector activation costs per element, for threads_for: with exp's polynomial
@@ -26,9 +50,9 @@ VECTOR_ACTIVATION_WORK = 20
 
 def vector_activation(kind: str):
     """run(x, out, num_threads) computing "sigmoid", "silu", "gelu" (exact, erf form) or
-    "hardswish"
-    elementwise with kernels/activation.pyx: one pass over memory, within a few ulp of the
-    float64 value (tests/test_activation_kernels.py states the bounds). ``out`` may be ``x``."""
+    "hardswish" elementwise with kernels/activation.pyx: one pass over memory, within a few
+    ulp of the float64 value (tests/test_activation_kernels.py states the bounds). ``out`` may
+    be ``x``."""
     from .._kernels import activation as _act
     from .._threads import threads_for
     code = {"sigmoid": _act.SIGMOID, "silu": _act.SILU, "gelu": _act.GELU,

@@ -11,7 +11,7 @@ from .. import dispatch
 from .._threads import blas_pinned, fork_safe, resolve_threads, threads_for
 from ..shapes import conv_output_shape, ntuple, resolve_padding
 from ._validate import as_float_array, check_out, new_output
-from .activation import activation_code
+from .activation import CLAMP_ACTIVATIONS, activation_code, apply_activation
 from .separable import rank1_kernels as _rank1_kernels
 
 
@@ -62,8 +62,9 @@ class Conv2d:
 
     weight: (out_channels, in_channels // groups, kh, kw); bias: (out_channels,) or None.
     stride, padding, dilation, groups follow torch.nn.functional.conv2d; padding may also be
-    "same" (SAME_UPPER for stride > 1) or "valid". activation: None, "relu" or "relu6", applied
-    in the kernel's output step together with the bias. algorithm: "auto" or a name from
+    "same" (SAME_UPPER for stride > 1) or "valid". activation: None, "relu", "relu6", "silu",
+    "hardswish" or "gelu" (exact), applied in the kernel's output step together with the bias
+    (by the kernels that only clamp, as one vector pass right after them). algorithm: "auto" or a name from
     ``engine.algorithms()``. input_size: the (H, W) the layer will see, if known, so the
     dispatcher can weigh it. Float64 input is converted to float32 except with
     algorithm="direct", which computes and returns float64.
@@ -142,6 +143,10 @@ class Conv2d:
                              f"algorithm, got {self.algorithm!r}")
         options = {"kernel": depthwise_kernel} if self.algorithm == "depthwise" else {}
         self._impl = _registry()[self.algorithm](self, **options)
+        # an activation the kernel's output step cannot apply runs as one vector pass after it
+        self.post_activation = None
+        if getattr(self._impl, "clamp_only", False) and activation not in CLAMP_ACTIVATIONS:
+            self.act_code, self.post_activation = 0, activation
         self._geometries = ShapeCache(64)
 
     @property
@@ -219,6 +224,8 @@ class Conv2d:
                 self._impl.run(x, out, g, threads)
         else:   # pinning costs a few microseconds: a 14x14 depthwise layer's tenth
             self._impl.run(x, out, g, threads)
+        if self.post_activation is not None:
+            apply_activation(out, self.post_activation, threads)
 
     # -- reporting ----------------------------------------------------------------------------
     def kernel_choice(self, g):

@@ -40,6 +40,7 @@ class Direct:
     """The reference loops; float64 input is computed in float64."""
 
     uses_blas = False
+    clamp_only = True       # its output step applies relu and relu6 only
 
     def __init__(self, layer):
         self.layer = layer

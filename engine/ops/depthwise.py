@@ -37,6 +37,7 @@ class Depthwise:
     it (ValueError if it cannot run the layer)."""
 
     uses_blas = False
+    clamp_only = True       # the output steps clamp (relu, relu6) and apply nothing else
 
     def __init__(self, layer, kernel="auto"):
         c, k = layer.in_channels, layer.out_channels

@@ -18,7 +18,8 @@ family a module:
 - mathops: unary math and activations, Pow, Min, Max, Mean;
 - logic: comparisons, boolean logic, Where;
 - rearrange: DepthToSpace, SpaceToDepth, Tile, Range, Size, EyeLike, Trilu, CumSum, OneHot;
-- einsum: Einsum.
+- einsum: Einsum;
+- se: SqueezeExcite, the engine's own node for a squeeze-and-excitation block.
 
 An op is its attributes, ``infer`` and a short step. Elementwise, shape and small tensor
 operators are NumPy; the spatial ones run the engine's planned layers, and the arithmetic of
@@ -31,7 +32,7 @@ Importing this package imports every family, so ``OPS`` is complete.
 """
 # every family registers its operators when imported
 from . import (conv, einsum, elementwise, gridsample, linalg, logic, mathops,  # noqa: F401
-               norm, pool, rearrange, reduce, resize, shape)
+               norm, pool, rearrange, reduce, resize, se, shape)
 from .base import (F32, I64, MAX_TENSOR_BYTES, OPS, Info, Op, blame, check_tensor_size,
                    register, same_shape_inputs)
 

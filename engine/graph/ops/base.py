@@ -24,6 +24,7 @@ import numpy as np
 from ... import shapes
 from ...errors import ModelError
 from ...memory import current_max_memory, format_bytes
+from ...ops.activation import ACTIVATION_CODES
 
 F32 = np.dtype(np.float32)
 I64 = np.dtype(np.int64)
@@ -118,7 +119,7 @@ _KINDS = {
     "str": lambda v: isinstance(v, str),
     "ints": lambda v: isinstance(v, (list, tuple)) and all(_is_int(e) for e in v),
     "floats": lambda v: isinstance(v, (list, tuple)) and all(_is_num(e) for e in v),
-    "act": lambda v: v is None or v in ("relu", "relu6"),
+    "act": lambda v: (v is None or isinstance(v, str)) and v in ACTIVATION_CODES,
     "num": _is_num,
 }
 
