@@ -62,6 +62,27 @@ static inline void ce_pg_pack_rows(const float *B, ptrdiff_t ldb, int K, int nco
     }
 }
 
+/* One row block of A packed at run time: rows r < nm of A (row stride lda) as [K][MR], rows
+ * from nm on zero. Eight rows at a time are read as eight streams, a chunk of 16 columns of
+ * each into registers, and written out interleaved, so both sides move whole vectors. */
+static inline void ce_pg_pack_a(const float *A, ptrdiff_t lda, int K, int nm, float *ap)
+{
+    int k = 0;
+    if (nm == CE_PG_MR && CE_PG_MR == 8) {
+        for (; k + 16 <= K; k += 16) {
+            float t[8][16];
+            for (int r = 0; r < 8; r++)
+                memcpy(t[r], A + r * lda + k, sizeof t[r]);
+            for (int j = 0; j < 16; j++)
+                for (int r = 0; r < 8; r++)
+                    ap[(ptrdiff_t)(k + j) * 8 + r] = t[r][j];
+        }
+    }
+    for (; k < K; k++)
+        for (int r = 0; r < CE_PG_MR; r++)
+            ap[(ptrdiff_t)k * CE_PG_MR + r] = r < nm ? A[r * lda + k] : 0.0f;
+}
+
 /* The K rows of B as whole panels [K][NR], one after another. */
 static inline void ce_pg_pack_panels(const float *B, ptrdiff_t ldb, int K, int ncols,
                                      float *panels)

@@ -7,5 +7,6 @@ cdef extern from "_packed_gemm.h":
                            float *panels) nogil
     void ce_pg_pack_rows(const float *B, Py_ssize_t ldb, int K, int ncols, float *panels,
                          Py_ssize_t pstride) nogil
+    void ce_pg_pack_a(const float *A, Py_ssize_t lda, int K, int nm, float *ap) nogil
     void ce_pg_block(const float *ap, const float *panel, int K, float *c, Py_ssize_t ldc,
                      const float *res, const float *bias, int act, int nm, int ncols) nogil

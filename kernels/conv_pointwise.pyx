@@ -13,7 +13,7 @@
 # the thread count.
 from cython.parallel cimport prange, threadid
 
-from _packed_gemm cimport CE_PG_MR, CE_PG_NR, ce_pg_block, ce_pg_pack_panels
+from _packed_gemm cimport CE_PG_MR, CE_PG_NR, ce_pg_block, ce_pg_pack_a, ce_pg_pack_panels
 from _scratch cimport check_scratch
 
 ROW_BLOCK = CE_PG_MR      # rows of A per packed block
@@ -94,3 +94,19 @@ def f32_conv2d_pointwise(const float[:, :, ::1] x, const float[::1] apack, bias,
                                     (bptr + m0) if bptr != NULL else NULL, act,
                                     <int>min(MR, Kg - mb * MR), <int>min(NR, P - p0))
                 pa = pb
+
+
+def f32_pack_rows(const float[:, ::1] a, float[::1] apack, int num_threads):
+    """a[M, K] -> apack[ceil(M/MR)][K][MR] (rows beyond M zero): a matrix computed at run time
+    made the A operand of the micro-kernel (a MatMul's activations times its constant weights,
+    engine/ops/packed_gemm.py ConstantRight); the threads take ranges of row blocks."""
+    cdef Py_ssize_t M = a.shape[0], K = a.shape[1], MR = CE_PG_MR
+    cdef Py_ssize_t nmb = (M + MR - 1) // MR
+    if apack.shape[0] < nmb * K * MR:
+        raise ValueError(f"apack must hold {nmb * K * MR} floats, got {apack.shape[0]}")
+    if M == 0 or K == 0:
+        return
+    cdef Py_ssize_t mb
+    num_threads = <int>max(1, min(num_threads, nmb))
+    for mb in prange(nmb, nogil=True, num_threads=num_threads, schedule="static"):
+        ce_pg_pack_a(&a[mb * MR, 0], K, <int>K, <int>min(MR, M - mb * MR), &apack[mb * K * MR])

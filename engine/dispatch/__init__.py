@@ -9,7 +9,8 @@ the layer's parameters returning (choice, one-line reason):
 - ``transposed``: the transposed convolution's algorithm, and whether an ONNX ConvTranspose's
   pads go to the planned layer or to a window copied out of its output;
 - ``pool``: whether an ONNX pool runs on the pooling layer directly or on a padded copy;
-- ``gemm``: whether an ONNX Gemm runs on the dense kernel or numpy.matmul;
+- ``gemm``: whether an ONNX Gemm runs on the dense kernel or numpy.matmul, and a MatMul by
+  constant weights on the packed GEMM or numpy.matmul;
 - ``resize``: how each axis of an ONNX Resize is resampled (gather, taps, dense product).
 
 A plan asks once and stores the answer, explain() shows it with its reason, and a caller may
@@ -25,7 +26,7 @@ from .conv import (ALGORITHMS, DIRECT_BLOCKED_MAX_IN, DIRECT_BLOCKED_MAX_OUT,
                    ConvParams, choose_conv2d, conv2d_candidates, drop_padding_taps,
                    estimated_ms, fft_spectrum_bytes, why_not)
 from .depthwise import DEPTHWISE_KERNELS, choose_depthwise_kernel, why_not_depthwise_kernel
-from .gemm import choose_gemm
+from .gemm import choose_gemm, choose_matmul
 from .layout import BLOCKED_DIRECT_MAX_TAPS, LAYOUTS, blocked_kernel, choose_layout, why_not_layout
 from .pool import choose_pool_path
 from .resize import choose_resize_axis_path
@@ -48,5 +49,5 @@ __all__ = [
     "TRANSPOSE_ALGORITHMS", "choose_conv_transpose2d", "why_not_conv_transpose2d",
     "choose_onnx_transpose_path",
     # pool, gemm
-    "choose_pool_path", "choose_gemm",
+    "choose_pool_path", "choose_gemm", "choose_matmul",
 ]

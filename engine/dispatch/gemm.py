@@ -1,6 +1,7 @@
-"""How an ONNX Gemm runs (engine/graph/ops/linalg.py), and why: "dense", the matrix-vector
-kernel on the engine's threads (kernels/dense.pyx), which streams constant weights once per
-call; or "matmul", numpy.matmul.
+"""How an ONNX Gemm and a MatMul run (engine/graph/ops/linalg.py), and why. Gemm: "dense",
+the matrix-vector kernel on the engine's threads (kernels/dense.pyx), which streams constant
+weights once per call; or "matmul", numpy.matmul. MatMul by constant weights: "packed", the
+engine's packed GEMM on its threads (engine/ops/packed_gemm.py ConstantRight); or "numpy".
 """
 from __future__ import annotations
 
@@ -21,3 +22,19 @@ def choose_gemm(rows: int, constant_b: bool, trans_a: bool) -> tuple[str, str]:
                           f"whose GEMM reuses each weight across rows")
     return "dense", (f"{rows} row{'s' if rows > 1 else ''} of A times constant weights: "
                      f"matrix-vector products on the engine's threads, the weights read once")
+
+
+# Fewest rows of A for which a MatMul by constant weights runs on the packed micro-kernel
+# rather than numpy.matmul (bench/bench_dispatch.py gemm/matmul).
+PACKED_MIN_ROWS = 16
+
+
+def choose_matmul(rows: int, constant_b: bool) -> tuple[str, str]:
+    """"packed" or "numpy" for a MatMul whose A has ``rows`` rows (its leading dimensions
+    flattened); constant_b: B is a constant float32 matrix."""
+    if not constant_b:
+        return "numpy", "B is not a constant float32 matrix: numpy.matmul"
+    if rows < PACKED_MIN_ROWS:
+        return "numpy", f"{rows} rows of A (fewer than {PACKED_MIN_ROWS}): numpy.matmul"
+    return "packed", (f"{rows} rows of activations times constant weights: the packed "
+                      f"micro-kernel on the engine's threads, the same sums at any thread count")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._kernels import conv_pointwise
+from .workspace import workspace
 
 ROW_BLOCK = conv_pointwise.ROW_BLOCK     # rows of A per packed block (MR)
 PANEL = conv_pointwise.PANEL             # columns of B per panel (NR)
@@ -53,3 +54,31 @@ def share_split(cg: int, kg: int, columns: int, threads: int) -> tuple[bool, int
 def panel_floats(threads: int, cg: int, group_panels: int) -> int:
     """Floats of the per-thread panel buffers."""
     return max(1, threads) * group_panels * cg * PANEL
+
+
+class ConstantRight:
+    """out[M, N] = a[M, K] @ b[K, N] for a constant b and an a computed at run time (a MatMul
+    of activations by weights: a transformer-style block's Linear layers), on the engine's
+    threads with the micro-kernel: a is packed per call as the kernel's A operand, and b is
+    read in place as its B, the way a pointwise convolution reads its input (K channels of N
+    pixels). Every output is summed over k in order, whatever the thread count."""
+
+    def __init__(self, b: np.ndarray):
+        self.k, self.n = b.shape
+        self.b = np.ascontiguousarray(b, np.float32).reshape(1, self.k, self.n)
+
+    def run(self, a: np.ndarray, out: np.ndarray, threads: int) -> None:
+        """a: C-contiguous float32 (M, K); out: C-contiguous float32 (M, N)."""
+        m, k = a.shape
+        blocks = -(-m // ROW_BLOCK)
+        split_rows, group_panels = share_split(k, m, self.n, threads)
+        apack = workspace.take(blocks * k * ROW_BLOCK)
+        buf = workspace.take(panel_floats(threads, k, group_panels))
+        try:
+            conv_pointwise.f32_pack_rows(a, apack, threads)
+            conv_pointwise.f32_conv2d_pointwise(
+                self.b, apack[:blocks * k * ROW_BLOCK], None, None, out.reshape(1, m, self.n),
+                buf, 1, split_rows, group_panels, 0, threads)
+        finally:
+            workspace.give(buf)
+            workspace.give(apack)

@@ -1,14 +1,17 @@
-"""Matrix product node plans: MatMul (numpy.matmul's broadcasting) and Gemm, which runs a
-fully connected layer at small batch on the engine's threads (kernels/dense.pyx; the choice is
-engine/dispatch/gemm.py's).
+"""Matrix product node plans: MatMul (numpy.matmul's broadcasting; activations times constant
+weights on the engine's packed GEMM) and Gemm, which runs a fully connected layer at small
+batch on the engine's threads (kernels/dense.pyx). The choices are engine/dispatch/gemm.py's.
 """
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
 from ..._kernels import dense as _dense
 from ..._threads import threads_for
-from ...dispatch.gemm import choose_gemm
+from ...dispatch.gemm import choose_gemm, choose_matmul
+from ...ops.packed_gemm import ConstantRight
 from .base import F32, Info, Op, register
 
 
@@ -51,8 +54,28 @@ class MatMul(Op):
     def flops(self, ins, outs):
         return 2.0 * outs[0].size * ins[0].shape[-1]
 
+    def path(self, ins, outs) -> tuple[str, str]:
+        """"packed" or "numpy" for these shapes, and why (engine.dispatch.choose_matmul)."""
+        a, b = ins
+        rows = math.prod(a.shape[:-1]) if len(a.shape) >= 2 else 0
+        return choose_matmul(rows, a.dtype == F32 and b.value is not None and len(b.shape) == 2)
+
+    def describe(self, ins, outs):
+        path, reason = self.path(ins, outs)
+        return f"{path}: {reason}"
+
     def build(self, ins, outs, i, o):
         a, b, c = i[0], i[1], o[0]
+        if self.path(ins, outs)[0] == "packed":
+            gemm = ConstantRight(ins[1].value)
+            k, n = ins[1].shape
+            rows = math.prod(ins[0].shape[:-1])
+            work = rows * k * n
+
+            def step(env, nt):
+                gemm.run(np.ascontiguousarray(env[a]).reshape(rows, k),
+                         env[c].reshape(rows, n), threads_for(work, nt))
+            return step
 
         def step(env, nt):
             np.matmul(env[a], env[b], out=env[c])
