@@ -55,6 +55,22 @@ def build_info() -> dict:
             "blas": blas, "algorithms": algorithms()}
 
 
+# The algorithm lab and the Dask integration load on first use: ``import engine`` stays cheap
+# and needs neither matplotlib nor dask.
+_LAZY = {"compare": ("engine.lab.compare", "compare"), "tune": ("engine.lab.wisdom", "tune"),
+         "receptive_field": ("engine.lab.receptive", "receptive_field"),
+         "dask": ("engine.dask", None)}
+
+
+def __getattr__(name):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'engine' has no attribute {name!r}")
+    import importlib
+    module, attr = _LAZY[name]
+    value = importlib.import_module(module)
+    return value if attr is None else getattr(value, attr)
+
+
 __all__ = ["conv2d", "Conv2d", "conv1d", "conv3d", "conv_transpose1d", "conv_transpose2d",
            "Conv1d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "bilinear_upsample_kernel",
            "ModelError", "algorithms", "build_info", "set_num_threads",
@@ -62,4 +78,4 @@ __all__ = ["conv2d", "Conv2d", "conv1d", "conv3d", "conv_transpose1d", "conv_tra
 __all__ += ["deform_conv2d", "DeformConv2d", "OctaveConv2d"]
 __all__ += ["max_pool2d", "avg_pool2d", "max_unpool2d", "global_avg_pool2d", "global_max_pool2d",
             "interpolate"]
-__all__ += ["load", "Model", "export"]
+__all__ += ["load", "Model", "export", "compare", "tune", "receptive_field"]

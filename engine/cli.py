@@ -6,6 +6,8 @@
   convengine explain MODEL
   convengine check MODEL               every unsupported node and attribute, all at once
   convengine bench MODEL [--threads N ...] [--vs onnxruntime,torch] [--repeat R]
+  convengine compare (--layer SPEC | MODEL) [--vs onnxruntime,torch] [--json F] [--plot F.png]
+  convengine tune MODEL [--threads N] [--out WISDOM]
 
 MODEL is an .onnx file or a native file written by model.save. For bench, MODEL may also be
 "file.py:factory" or "package.module:factory", a callable returning a torch.nn.Module; it is
@@ -263,6 +265,14 @@ def _read_inputs(path, specs):
 
 
 def cmd_run(args) -> int:
+    if os.path.isdir(args.input):   # a folder of images: batches on Dask, see engine/dask.py
+        from .dask import run_folder_command
+        try:
+            return run_folder_command(args)
+        except (ValueError, ImportError, OSError) as e:
+            raise CLIError(str(e)) from None
+    if args.scheduler or args.batch_size or args.skip_bad:
+        raise CLIError("--scheduler, --batch-size and --skip-bad apply to a folder --input")
     _set_threads(args.threads)
     model = _load_model(args.model)
     specs = input_specs(model)
@@ -523,9 +533,16 @@ def _parser():
     r = sub.add_parser("run", help="run a model on an input array")
     r.add_argument("model")
     r.add_argument("--input", required=True,
-                   help=".npy for a single-input model, .npz with one array per input name")
+                   help=".npy for a single-input model, .npz with one array per input name, "
+                        "or a folder of .npy/PNG/JPEG images run in batches on Dask")
     r.add_argument("--output", help=".npy for one output; several outputs are written as .npz")
     r.add_argument("--threads", type=_positive_int, default=None)
+    r.add_argument("--scheduler", default=None,
+                   help="folder input: Dask scheduler address (default: a LocalCluster)")
+    r.add_argument("--batch-size", type=_positive_int, default=None,
+                   help="folder input: images per batch (default 32)")
+    r.add_argument("--skip-bad", action="store_true",
+                   help="folder input: skip unreadable images (listed) instead of failing")
     r.set_defaults(func=cmd_run)
 
     e = sub.add_parser("explain", help="the per-layer plan of a model")
@@ -553,6 +570,9 @@ def _parser():
     b.add_argument("--shape", type=_parse_shape, default=None,
                    help="input shape, e.g. 1,3,224,224 (default: the model's, free dims 1)")
     b.set_defaults(func=cmd_bench)
+
+    from .lab.cli import add_commands as lab_commands   # compare, tune
+    lab_commands(sub, _positive_int, CLIError)
     return p
 
 

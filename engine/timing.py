@@ -1,5 +1,5 @@
-"""Timing helpers shared by ``convengine bench`` and the bench/ scripts: alternating runs of
-several runtimes, medians, a progress line and plain text tables."""
+"""Timing helpers shared by ``convengine bench``, the algorithm lab and the bench/ scripts:
+alternating runs of several runtimes, medians, a progress bar and plain text tables."""
 from __future__ import annotations
 
 import sys
@@ -13,29 +13,18 @@ def percentile(times, q):
 
 
 class Progress:
-    """A one-line text progress bar on stderr, shown only for runs long enough to need it."""
+    """A progress bar on stderr (tqdm's), shown only for runs long enough to need it."""
 
-    def __init__(self, total, label, enabled=True, width=30, stream=None):
-        self.total, self.label, self.width = total, label, width
-        self.stream = stream or sys.stderr
-        self.enabled = enabled and total > 0
-        self.done = 0
-        self.shown = False
+    def __init__(self, total, label, enabled=True, stream=None):
+        from tqdm import tqdm
+        self.bar = tqdm(total=total, desc=label, disable=not (enabled and total > 0),
+                        file=stream or sys.stderr, leave=False, dynamic_ncols=True)
 
     def step(self, n=1):
-        self.done += n
-        if not self.enabled:
-            return
-        filled = self.width * self.done // self.total
-        bar = "#" * filled + "-" * (self.width - filled)
-        self.stream.write(f"\r{self.label} [{bar}] {self.done}/{self.total}")
-        self.stream.flush()
-        self.shown = True
+        self.bar.update(n)
 
     def close(self):
-        if self.shown:
-            self.stream.write("\n")
-            self.stream.flush()
+        self.bar.close()
 
 
 # Untimed calls open each turn when runtimes alternate, for at least this long. After a

@@ -255,9 +255,18 @@ def _direct_blocked_wins(p: ConvParams) -> bool:
     return True
 
 
-def choose_conv2d(p: ConvParams) -> tuple[str, str]:
-    """The ordered rules. The first that matches decides. Never chosen: "direct" (the
-    reference loops and the float64 path)."""
+def choose_conv2d(p: ConvParams, exclude=frozenset()) -> tuple[str, str]:
+    """The ordered rules. The first that matches decides, skipping algorithms in ``exclude``
+    (accuracy="strict" keeps engine/dispatch/policy.py STRICT_EXCLUDED out). Never chosen:
+    "direct" (the reference loops and the float64 path)."""
+    for algorithm, reason in _rules(p):
+        if algorithm not in exclude:
+            return algorithm, reason
+    return "im2col", "general case: im2col + GEMM handles any stride, padding and dilation"
+
+
+def _rules(p: ConvParams):
+    """(algorithm, reason) of every rule that matches, in order; the last always does."""
     cg, kg = p.in_channels // p.groups, p.out_channels // p.groups
     kh, kw = p.kernel
     # Rank-1 filters (Gaussian, Sobel, box) on one input channel per group: the two passes beat
@@ -265,52 +274,52 @@ def choose_conv2d(p: ConvParams) -> tuple[str, str]:
     # to factor) the depthwise kernel is as fast (bench/bench_dispatch.py conv/separable).
     if p.rank1_kernels and cg == 1 and min(kh, kw) >= 2 and (min(kh, kw) >= 5
                                                               or not is_depthwise(p)):
-        return "separable", (f"every {kh}x{kw} slice is rank 1: a {kh}x1 then a 1x{kw} pass, "
-                             f"{kh + kw} instead of {kh * kw} multiply-adds per output")
+        yield "separable", (f"every {kh}x{kw} slice is rank 1: a {kh}x1 then a 1x{kw} pass, "
+                            f"{kh + kw} instead of {kh * kw} multiply-adds per output")
     if is_depthwise(p):
-        return "depthwise", "groups == in_channels: one small filter per channel, no GEMM to feed"
+        yield "depthwise", "groups == in_channels: one small filter per channel, no GEMM to feed"
     if is_pointwise(p):
-        return "pointwise", "1x1 stride-1 unpadded: the convolution is one GEMM on the input"
+        yield "pointwise", "1x1 stride-1 unpadded: the convolution is one GEMM on the input"
     if _direct_blocked_wins(p):
-        return "direct_blocked", (f"{cg}->{kg} channels on a {p.out_size[1]}-wide output: "
-                                  f"direct loops with register-resident sums beat a GEMM "
-                                  f"fed by a column matrix as large as its arithmetic")
+        yield "direct_blocked", (f"{cg}->{kg} channels on a {p.out_size[1]}-wide output: "
+                                 f"direct loops with register-resident sums beat a GEMM "
+                                 f"fed by a column matrix as large as its arithmetic")
     # A rate-d layer's phase sub-images are about out/d pixels a side: below one F(4x4) tile
     # and a bit F(4x4,3x3) pads more than it saves, and below 1.5 even F(2x2,3x3)'s do
     # (bench/bench_dispatch.py conv/dilated_phases)
     phase_side = min(o / d for o, d in zip(p.out_size, p.dilation))
     if (p.kernel == (3, 3) and p.stride == (1, 1) and p.dilation != (1, 1)
             and phase_side < DILATED_MIN_PHASE_SIDE):
-        return "im2col", (f"3x3 dilation {p.dilation[0]}x{p.dilation[1]} on a "
-                          f"{p.out_size[0]}x{p.out_size[1]} output: phase sub-images of about "
-                          f"{phase_side:.1f} pixels a side, where Winograd tiles would be "
-                          f"mostly padding")
+        yield "im2col", (f"3x3 dilation {p.dilation[0]}x{p.dilation[1]} on a "
+                         f"{p.out_size[0]}x{p.out_size[1]} output: phase sub-images of about "
+                         f"{phase_side:.1f} pixels a side, where Winograd tiles would be "
+                         f"mostly padding")
     # F(4x4,3x3) before F(2x2,3x3) and dilated_s2b: it takes any dilation itself
     if (p.kernel == (3, 3) and p.stride == (1, 1)
             and min(cg, kg) >= WINOGRAD_F43_MIN_CHANNELS
             and (p.dilation == (1, 1) or phase_side >= F43_MIN_PHASE_SIDE)):
-        return "winograd_f43", (f"3x3 stride 1 with {cg}->{kg} channels: Winograd F(4x4,3x3) "
-                                f"needs 4x fewer multiplications than im2col (1.8x fewer than "
-                                f"F(2x2,3x3)), and with this many channels its larger "
-                                f"transforms cost less than that saves")
+        yield "winograd_f43", (f"3x3 stride 1 with {cg}->{kg} channels: Winograd F(4x4,3x3) "
+                               f"needs 4x fewer multiplications than im2col (1.8x fewer than "
+                               f"F(2x2,3x3)), and with this many channels its larger "
+                               f"transforms cost less than that saves")
     if p.kernel == (3, 3) and p.stride == (1, 1) and min(cg, kg) >= WINOGRAD_MIN_CHANNELS:
         if p.dilation == (1, 1):
-            return "winograd_f23", ("3x3 stride 1: Winograd F(2x2,3x3) needs 2.25x fewer "
-                                    "multiplications than im2col")
-        return "dilated_s2b", (f"3x3 stride 1 dilation {p.dilation[0]}x{p.dilation[1]}: the "
-                               "phase sub-images take Winograd F(2x2,3x3), 2.25x fewer "
-                               "multiplications than im2col")
+            yield "winograd_f23", ("3x3 stride 1: Winograd F(2x2,3x3) needs 2.25x fewer "
+                                   "multiplications than im2col")
+        yield "dilated_s2b", (f"3x3 stride 1 dilation {p.dilation[0]}x{p.dilation[1]}: the "
+                              "phase sub-images take Winograd F(2x2,3x3), 2.25x fewer "
+                              "multiplications than im2col")
     if p.kernel == (3, 3) and p.stride == (1, 1):
-        return "im2col", (f"3x3 stride 1 but only {min(cg, kg)} channels per group: Winograd's "
-                          f"transforms would cost more than they save")
+        yield "im2col", (f"3x3 stride 1 but only {min(cg, kg)} channels per group: Winograd's "
+                         f"transforms would cost more than they save")
     # FFT from 7x7 with at least 8 channels on each side: with fewer input channels the output
     # planes' transforms dominate, and 5x5 is too close to im2col to call
     # (bench/bench_dispatch.py conv/fft)
     if (p.stride == (1, 1) and p.dilation == (1, 1) and min(kh, kw) >= 7
             and min(cg, kg) >= 8 and fft_spectrum_bytes(p) <= FFT_MAX_SPECTRUM_BYTES):
-        return "fft", (f"{kh}x{kw} stride 1 with {cg}->{kg} channels per group: FFT convolution "
-                       f"costs O(log HW) per pixel instead of O({kh * kw})")
-    return "im2col", "general case: im2col + GEMM handles any stride, padding and dilation"
+        yield "fft", (f"{kh}x{kw} stride 1 with {cg}->{kg} channels per group: FFT convolution "
+                      f"costs O(log HW) per pixel instead of O({kh * kw})")
+    yield "im2col", "general case: im2col + GEMM handles any stride, padding and dilation"
 
 
 def drop_padding_taps(in_size, kernel, stride, pads, dilation):

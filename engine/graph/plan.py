@@ -447,6 +447,25 @@ class Plan:
                 env[s] = None
         return result
 
+    def run_observed(self, feeds: list, num_threads: int, before, after) -> None:
+        """Run once, calling ``before(step, env)`` and ``after(step, env)`` around every
+        step (env: the values by slot), for tools that read intermediate values
+        (explain(errors=True)); the outputs are not returned."""
+        env = self.env()
+        for s, x in zip(self.input_slots, feeds):
+            if s >= 0:
+                env[s] = x
+        for s, shape, dtype in self.fresh:
+            env[s] = np.empty(shape, dtype)
+        try:
+            for s in self.run_steps:
+                before(s, env)
+                s.fn(env, num_threads)
+                after(s, env)
+        finally:
+            for s in self.clear_slots:
+                env[s] = None
+
     def _failed(self, fn):
         for s in self.run_steps:
             if s.fn is fn:

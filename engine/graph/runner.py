@@ -9,6 +9,7 @@ import numpy as np
 
 from .._threads import blas_pinned, fork_safe, resolve_threads
 from ..dispatch.layout import why_not_layout
+from ..dispatch.policy import DEFAULT_POLICY, choice_policy
 from ..errors import ModelError
 from ..memory import format_bytes, memory_budget, resolve_max_memory
 from . import layout, passes
@@ -60,16 +61,18 @@ class Model:
     """
 
     def __init__(self, graph: Graph, *, num_threads=None, optimize=True, max_memory=None,
-                 layout="auto"):
+                 layout="auto", policy=None):
         self.num_threads = num_threads
         self.max_memory = max_memory
+        # measured choices (a wisdom file) and the accuracy level, for every layer planned
+        self.policy = DEFAULT_POLICY if policy is None else policy
         reason = why_not_layout(layout)
         if reason is not None:
             raise ValueError(reason)
         self._layout = layout
         graph.check()
         static = self._declared_shapes(graph)
-        with memory_budget(self.max_memory):
+        with memory_budget(self.max_memory), choice_policy(self.policy):
             if optimize:
                 passes.optimize(graph, static)
             self._check_weights(graph)
@@ -242,7 +245,7 @@ class Model:
                     for s, x in zip(self._inputs, arrays):
                         if s.name in self._value_inputs:
                             shapes[s.name] = x.copy()
-                with memory_budget(self.max_memory):
+                with memory_budget(self.max_memory), choice_policy(self.policy):
                     graph, ops, layouts = layout.rewrite(self.graph, self._ops, shapes,
                                                          self._layout)
                     plan = Plan(graph, ops, shapes, self.max_memory, layouts)
@@ -283,18 +286,38 @@ class Model:
         return self.explain()
 
     # -- explanation ---------------------------------------------------------------------------
-    def explain(self, input_shapes=None) -> str:
+    def explain(self, input_shapes=None, *, errors=False, feeds=None) -> str:
         """A table per step: op, shapes, MFLOP, the choices made for the step with their
         reasons (a convolution's algorithm and layout, a blocked kernel's thread split, a
         transposed convolution's pads, a pool's or a Gemm's path), and after
         run(..., profile=True) the mean time and GFLOP/s. For the plan of ``input_shapes``
-        (dict, or one shape for a single-input model), else the plan used last."""
-        if input_shapes is not None:
+        (dict, or one shape for a single-input model), else the plan used last.
+
+        errors=True runs the model once (on ``feeds``, else unit-normal inputs of the plan's
+        shapes, seed 0) and adds to each 2-D convolution its max error against the float64
+        reference computed on the same input, relative to the reference's largest value
+        (engine/lab/errors.py)."""
+        if feeds is not None:
+            arrays = self._check_feeds(feeds)
+            plan = self._plan_for(arrays)
+        elif input_shapes is not None:
             if not isinstance(input_shapes, Mapping):
                 input_shapes = {self._inputs[0].name: tuple(input_shapes)}
             plan = self._plan(tuple(tuple(input_shapes[s.name]) for s in self._inputs))
         else:
             plan = self._last_plan
+        step_errors = {}
+        if errors:
+            if plan is None:
+                raise ValueError("explain(errors=True) needs input shapes: give input_shapes "
+                                 "or feeds (the model has free input dimensions)")
+            if feeds is None:
+                rng = np.random.default_rng(0)
+                arrays = [rng.standard_normal(plan.input_shapes[s.name]).astype(s.dtype)
+                          for s in self._inputs]
+            from ..lab.errors import conv_errors
+            with blas_pinned():
+                step_errors = conv_errors(plan, arrays, resolve_threads(self._num_threads))
         g = self.graph
         lines = [repr(self)]
         if g.notes:
@@ -340,6 +363,8 @@ class Model:
                 detail = (detail + " | " if detail else "") + f"layout {choice}: {why}"
             if not s.runs:
                 detail = (detail + "; " if detail else "") + "a view of its input, no step"
+            if k in step_errors:
+                detail += f" | max relative error vs float64: {step_errors[k]:.2e}"
             lines.append(row + ("  " + detail if detail else ""))
         total = f"total: {total_flops / 1e6:.1f} MFLOP"
         if runs:

@@ -19,7 +19,8 @@ def _is_native(path: str) -> bool:
     return path.lower().endswith(".safetensors")
 
 
-def load(source, *, num_threads=None, max_memory=None, base_dir=None, layout="auto"):
+def load(source, *, num_threads=None, wisdom=None, accuracy="fast", max_memory=None,
+         base_dir=None, layout="auto"):
     """engine.load: an ONNX file (its path, its bytes or an onnx.ModelProto) or a native file
     written by Model.save, told apart by content (the suffix only breaks a tie).
 
@@ -35,11 +36,19 @@ def load(source, *, num_threads=None, max_memory=None, base_dir=None, layout="au
     ``model.memory()`` reports what a loaded model holds.
     layout: "auto" lets engine/dispatch/layout.py choose which convolutions run in the
     channel-blocked layout (NCHW16c); "nchw" or "nchw16c" forces one for every convolution
-    a blocked kernel can run (for comparing the layouts)."""
+    a blocked kernel can run (for comparing the layouts).
+    wisdom: a file written by engine.tune whose measured choices replace the rules' for the
+    layers it names; None reads the per-user default file if there is one, False none. A file
+    made for another CPU, engine version or thread count, or that does not parse, is ignored
+    with a warning (engine.lab.wisdom.WisdomWarning).
+    accuracy: "fast" (the rules), or "strict": algorithms whose measured error exceeds
+    engine/dispatch/policy.py's STRICT_MAX_REL_ERROR (Winograd F(4x4,3x3)) run no layer."""
     from ..graph import Model
+    from ..lab import wisdom as _wisdom
     from ..memory import resolve_max_memory
     from ..dispatch.layout import why_not_layout
     max_memory = resolve_max_memory(max_memory)    # a bad value fails before the file is read
+    policy = _wisdom.policy(wisdom, accuracy, num_threads)
     reason = why_not_layout(layout)
     if reason is not None:
         raise ValueError(reason)
@@ -47,7 +56,7 @@ def load(source, *, num_threads=None, max_memory=None, base_dir=None, layout="au
             hasattr(source, "graph") and hasattr(source, "opset_import")):
         from . import onnx_import
         return Model(onnx_import.load(source, base_dir), num_threads=num_threads,
-                     max_memory=max_memory, layout=layout)
+                     max_memory=max_memory, layout=layout, policy=policy)
     if base_dir is not None:
         raise ValueError("base_dir is for an onnx.ModelProto; a file's external data is read "
                          "from the file's directory")
@@ -60,7 +69,8 @@ def load(source, *, num_threads=None, max_memory=None, base_dir=None, layout="au
     else:
         from . import onnx_import
         graph = onnx_import.load(path)
-    return Model(graph, num_threads=num_threads, max_memory=max_memory, layout=layout)
+    return Model(graph, num_threads=num_threads, max_memory=max_memory, layout=layout,
+                 policy=policy)
 
 
 def export(module, example_input, path, *, opset=17, input_names=("input",),

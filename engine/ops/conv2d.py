@@ -8,6 +8,7 @@ import numpy as np
 
 from .._cache import ShapeCache
 from .. import dispatch
+from ..dispatch.policy import conv_signature, current_policy
 from .._threads import blas_pinned, fork_safe, resolve_threads, threads_for
 from ..shapes import conv_output_shape, ntuple, resolve_padding
 from ._validate import as_float_array, check_out, new_output
@@ -130,7 +131,8 @@ class Conv2d:
             # fail early, with the same message a call would give
             self._geometry((1, self.in_channels) + input_size)
         if algorithm == "auto":
-            self.algorithm, self.reason = dispatch.choose_conv2d(self.params)
+            self.algorithm, self.reason = dispatch.choose_conv2d(
+                self.params, current_policy().excluded)
         else:
             reason = dispatch.why_not(algorithm, self.params)
             if reason is None and algorithm not in _registry():
@@ -253,7 +255,7 @@ class Conv2d:
 
 def conv2d_for_size(weight, bias, stride, padding, dilation, groups, activation=None,
                     algorithm="auto", *, input_size, transforms=None, drop_taps=True,
-                    trimmed_transforms=None):
+                    trimmed_transforms=None, _tuned_by=None):
     """A Conv2d planned for one input size, with the kernel's rows and columns that read only
     padding at that size dropped first (engine/dispatch/conv.py drop_padding_taps): a 3x3 of
     rate 24 on a 14x14 map is a 1x1. The output keeps its size and values; the layer's reason
@@ -267,13 +269,29 @@ def conv2d_for_size(weight, bias, stride, padding, dilation, groups, activation=
     s = ntuple(stride, 2, "stride", minimum=1)
     d = ntuple(dilation, 2, "dilation", minimum=1)
     size = ntuple(input_size, 2, "input_size", minimum=1)
+    pads = resolve_padding(padding, size, kernel, s, d)
+    tuned = None
+    if algorithm == "auto":
+        # a measured choice for this layer (engine.tune's wisdom) replaces the rules' one,
+        # unless the accuracy asked for keeps its algorithm out
+        policy = current_policy()
+        tuned = policy.wisdom.get(conv_signature(w.shape, s, pads, d, groups, size))
+        if tuned is not None and tuned["algorithm"] not in policy.excluded:
+            try:
+                return conv2d_for_size(weight, bias, stride, padding, dilation, groups,
+                                       activation, tuned["algorithm"], input_size=size,
+                                       transforms=transforms, drop_taps=drop_taps,
+                                       trimmed_transforms=trimmed_transforms, _tuned_by=tuned)
+            except ValueError:
+                pass    # the file was made for another layer with this signature: the rules
+    tuned = _tuned_by
     trim = None
     if drop_taps and d != (1, 1):
-        pads = resolve_padding(padding, size, kernel, s, d)
         trim = dispatch.drop_padding_taps(size, kernel, s, pads, d)
     if trim is None:
-        return Conv2d(weight, bias, stride, padding, dilation, groups, activation, algorithm,
-                      input_size=size, transforms=transforms)
+        layer = Conv2d(weight, bias, stride, padding, dilation, groups, activation, algorithm,
+                       input_size=size, transforms=transforms)
+        return _tuned(layer, tuned)
     (r0, r1), (c0, c1), ((pt, pb), (pl, pr)), reason = trim
     if trimmed_transforms is not None:
         transforms = trimmed_transforms.setdefault((r0, r1, c0, c1), TransformedWeights())
@@ -284,4 +302,12 @@ def conv2d_for_size(weight, bias, stride, padding, dilation, groups, activation=
                    input_size=size, transforms=transforms)
     layer.reason = f"{reason}; {layer.reason}"
     layer.dropped_taps = reason
+    return _tuned(layer, tuned)
+
+
+def _tuned(layer, entry):
+    """The layer, its reason the measurement that chose its algorithm when it was tuned."""
+    if entry is not None:
+        layer.reason = (f"tuned: measured {entry['ms']:.3f} ms, the rule's choice "
+                        f"{entry['rule']} {entry['rule_ms']:.3f} ms")
     return layer

@@ -2,6 +2,7 @@
 buffers kept per thread)."""
 from __future__ import annotations
 
+import contextlib
 import threading
 
 import numpy as np
@@ -28,7 +29,35 @@ class WorkspacePool:
             free = self._local.free = []
         return free
 
+    @contextlib.contextmanager
+    def tracking(self):
+        """Within it, ``peak`` (floats) is the most scratch this thread held at once: what
+        engine.compare reports as an algorithm's scratch memory."""
+        # fresh buffers of the sizes asked for, not larger ones kept from other layers
+        saved, self._local.free = self._free(), []
+        self._local.held = self._local.peak = 0
+        try:
+            yield self
+        finally:
+            self._local.tracked = getattr(self._local, "peak", 0)
+            del self._local.held, self._local.peak
+            self._local.free = saved
+
+    @property
+    def peak(self) -> int:
+        return getattr(self._local, "tracked", 0)
+
+    def _count(self, floats: int) -> None:
+        if hasattr(self._local, "held"):
+            self._local.held += floats
+            self._local.peak = max(self._local.peak, self._local.held)
+
     def take(self, floats: int) -> np.ndarray:
+        buf = self._take(floats)
+        self._count(buf.size)
+        return buf
+
+    def _take(self, floats: int) -> np.ndarray:
         free = self._free()
         best = -1
         for i, b in enumerate(free):
@@ -42,6 +71,7 @@ class WorkspacePool:
         return raw[start:start + floats]
 
     def give(self, buf: np.ndarray) -> None:
+        self._count(-buf.size)
         if buf.nbytes > self.max_bytes:
             return
         free = self._free()

@@ -1,0 +1,69 @@
+"""What a model asks of the convolution choices beyond the rules: measured choices from a wisdom
+file (engine/lab/wisdom.py writes and checks them) and the accuracy level.
+
+A Model enters ``choice_policy(policy)`` while it loads and plans, as it does its memory budget;
+engine/ops/conv2d.py conv2d_for_size reads ``current_policy()`` when it plans a layer with
+algorithm="auto". Layers made outside a model (engine.Conv2d, the functional API) see the
+default: the rules alone, accuracy "fast".
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from dataclasses import dataclass, field
+
+ACCURACY_LEVELS = ("fast", "strict")
+
+# The largest error "strict" accepts from an algorithm: max |y - float64 reference| over
+# max |reference|, on unit-normal inputs and weights. Measured with engine.compare on the
+# layers of bench/bench_conv2d.py (README, "Accuracy"): the GEMM-based and direct algorithms,
+# depthwise, separable and FFT stay below 1e-6, Winograd F(2x2,3x3) about 1e-6, F(4x4,3x3) up
+# to 1e-5 on 512 channels; the budget keeps F(4x4,3x3) out.
+STRICT_MAX_REL_ERROR = 5e-6
+# Algorithms whose measured error exceeds STRICT_MAX_REL_ERROR on some measured layer.
+STRICT_EXCLUDED = frozenset({"winograd_f43"})
+
+
+@dataclass(frozen=True)
+class ChoicePolicy:
+    """accuracy: "fast" (the rules) or "strict" (no algorithm of STRICT_EXCLUDED); wisdom:
+    {layer signature: entry} of measured choices (engine/lab/wisdom.py), or empty."""
+    accuracy: str = "fast"
+    wisdom: dict = field(default_factory=dict)
+
+    @property
+    def excluded(self) -> frozenset:
+        return STRICT_EXCLUDED if self.accuracy == "strict" else frozenset()
+
+
+DEFAULT_POLICY = ChoicePolicy()
+_current = contextvars.ContextVar("engine_choice_policy", default=DEFAULT_POLICY)
+
+
+def check_accuracy(accuracy) -> str:
+    if accuracy not in ACCURACY_LEVELS:
+        raise ValueError(f"accuracy must be one of {list(ACCURACY_LEVELS)}, got {accuracy!r}")
+    return accuracy
+
+
+@contextlib.contextmanager
+def choice_policy(policy: ChoicePolicy):
+    token = _current.set(policy)
+    try:
+        yield policy
+    finally:
+        _current.reset(token)
+
+
+def current_policy() -> ChoicePolicy:
+    return _current.get()
+
+
+def conv_signature(weight_shape, stride, pads, dilation, groups, in_size) -> str:
+    """The key of a 2-D convolution layer in a wisdom file: its weights' shape, stride,
+    padding ((top, bottom), (left, right)), dilation, groups and input size."""
+    k, cg, kh, kw = (int(v) for v in weight_shape)
+    (pt, pb), (pl, pr) = pads
+    return (f"conv2d {cg * groups}->{k} {kh}x{kw} s{stride[0]}x{stride[1]} "
+            f"p{pt},{pb},{pl},{pr} d{dilation[0]}x{dilation[1]} g{groups} "
+            f"in{in_size[0]}x{in_size[1]}")
