@@ -188,12 +188,14 @@ def measure_layer(layer: Conv2d, x_shape, threads: int, repeat: int, exclude=fro
 
 
 def tune(model, input_shape=None, path=None, *, repeat=5, accuracy="fast",
-         progress=True) -> dict:
+         progress=True, verify=True) -> dict:
     """Measure every candidate algorithm of every convolution layer of ``model`` (a Model or
     a model file) at its input shape (declared, or ``input_shape`` for a single-input model)
     and the model's thread count, and write the fastest per layer to the wisdom file ``path``
     (default: the per-user file engine.load reads). Returns {"path", "key", "layers"}; a layer
-    keeps the rule's algorithm unless another is faster by MIN_GAIN."""
+    keeps the rule's algorithm unless another is faster by MIN_GAIN. verify: the whole model
+    is then timed with the measured choices and with the rules, alternating, and the choices
+    are kept only if it runs faster with them (tuning never makes a model slower)."""
     from ..graph import Model
     if not isinstance(model, Model):
         from ..io import load
@@ -220,8 +222,33 @@ def tune(model, input_shape=None, path=None, *, repeat=5, accuracy="fast",
             bar.step()
     finally:
         bar.close()
+    if verify and any(v["algorithm"] != v["rule"] for v in layers.values()):
+        layers = _verified(model, shapes, layers, threads, max(7, 2 * repeat))
     path = write(path or default_path(), threads, layers)
     return {"path": path, "key": machine_key(threads), "layers": layers}
+
+
+def _verified(model, shapes, layers, threads, repeat) -> dict:
+    """The layers' choices if the whole model runs faster with them than with the rules
+    (alternating runs, medians); else every layer back to the rule's choice. Layers measured
+    alone can mislead: in the model their inputs come from other layers' cache lines and the
+    blocked layout's neighbours."""
+    from ..graph import Model
+    rng = np.random.default_rng(0)
+    feeds = {s.name: rng.standard_normal(shapes[s.name]).astype(np.float32)
+             for s in model.inputs}
+    accuracy = model.policy.accuracy
+    # the model's graph is already optimised: two models on it, one per set of choices
+    tuned, ruled = (Model(model.graph, num_threads=threads, optimize=False,
+                          layout=model.layout, policy=ChoicePolicy(accuracy, choices))
+                    for choices in (layers, {}))
+    times = time_alternating({"rules": lambda: ruled.run(feeds),
+                              "tuned": lambda: tuned.run(feeds)},
+                             repeat, warmup=2, cpu_runs=0, settle=0)
+    rules_ms, tuned_ms = (float(np.median(times[k]["times"])) for k in ("rules", "tuned"))
+    if tuned_ms < rules_ms:
+        return layers
+    return {sig: dict(v, algorithm=v["rule"], ms=v["rule_ms"]) for sig, v in layers.items()}
 
 
 def _input_shapes(model, input_shape) -> dict:
