@@ -431,4 +431,66 @@ static void ce_nc_block_mean(const float *src, ptrdiff_t P, float *mean, int nc)
     memcpy(mean, lanes, (size_t)nc * sizeof(float));
 }
 
+/* ---- Grouped, groups within a block ---------------------------------------------------------
+ * A grouped convolution whose groups have g <= 16 input and g output channels, 16 / g groups to
+ * a block (RegNet's group width of 16 or 8): output block cb reads input block cb only, through
+ * a block-diagonal [16 in][16 out] weight matrix per tap (zeros between the groups). Four output
+ * pixels at a time, each tap's 16 input values broadcast against the tap's 16 weight vectors;
+ * taps outside the plane are skipped, and every output sums bias, then taps (u, v) and input
+ * channels in order, whatever the pixel's position.
+ *   x: the block's input plane [H][W][16]; w: [kh][kw][16][16]; bias one vector; out: the
+ *   block's output row [OW][16]. */
+static inline void ce_nc_group_pixels(const float *x, int H, int W, int iy0, int ix0, int sw,
+                                      int kh, int kw, int dh, int dw, const float *w,
+                                      ce_nc_vf b, float *out, int np, int act)
+{
+    const ptrdiff_t B = CE_NC_B;
+    ce_nc_vf a[4] = {b, b, b, b};
+    for (int u = 0; u < kh; u++) {
+        int iy = iy0 + u * dh;
+        if (iy < 0 || iy >= H)
+            continue;
+        const float *row = x + (ptrdiff_t)iy * W * B;
+        for (int v = 0; v < kw; v++) {
+            const float *wt = w + (ptrdiff_t)(u * kw + v) * B * B;
+            int ix = ix0 + v * dw;
+            int inside = ix >= 0 && ix + (np - 1) * sw < W;
+            if (inside && np == 4) {
+                const float *p0 = row + (ptrdiff_t)ix * B, *p1 = p0 + (ptrdiff_t)sw * B;
+                const float *p2 = p1 + (ptrdiff_t)sw * B, *p3 = p2 + (ptrdiff_t)sw * B;
+                for (int c = 0; c < CE_NC_B; c++) {
+                    ce_nc_vf wc = CE_NC_LD(wt + c * B);
+                    a[0] += wc * p0[c];
+                    a[1] += wc * p1[c];
+                    a[2] += wc * p2[c];
+                    a[3] += wc * p3[c];
+                }
+            } else {
+                for (int j = 0; j < np; j++) {
+                    int jx = ix + j * sw;
+                    if (jx < 0 || jx >= W)
+                        continue;
+                    const float *pj = row + (ptrdiff_t)jx * B;
+                    for (int c = 0; c < CE_NC_B; c++)
+                        a[j] += CE_NC_LD(wt + c * B) * pj[c];
+                }
+            }
+        }
+    }
+    for (int j = 0; j < np; j++)
+        CE_NC_ST(out + (ptrdiff_t)j * B, ce_nc_act(a[j], act));
+}
+
+static void ce_nc_group_row(const float *x, int H, int W, int OW, int oy, int sh, int sw,
+                            int pt, int pl, int kh, int kw, int dh, int dw, const float *w,
+                            const float *bias, float *out, int act)
+{
+    const ce_nc_vf b = CE_NC_LD(bias);
+    for (int ox = 0; ox < OW; ox += 4) {
+        int np = OW - ox < 4 ? OW - ox : 4;
+        ce_nc_group_pixels(x, H, W, oy * sh - pt, ox * sw - pl, sw, kh, kw, dh, dw, w, b,
+                           out + (ptrdiff_t)ox * CE_NC_B, np, act);
+    }
+}
+
 #endif

@@ -21,6 +21,9 @@ cdef extern from "_nchwc.h":
     void ce_nc_dw_row(const float *x, int H, int W, int OW, int oy, int sh, int sw, int pt,
                       int pl, int kh, int kw, int dh, int dw, const float *w,
                       const float *bias, float *out, int act) nogil
+    void ce_nc_group_row(const float *x, int H, int W, int OW, int oy, int sh, int sw, int pt,
+                         int pl, int kh, int kw, int dh, int dw, const float *w,
+                         const float *bias, float *out, int act) nogil
     void ce_nc_direct_row(const float *x, int C, int H, int W, int OW, int oy, int sh, int sw,
                           int pt, int pl, int kh, int kw, int dh, int dw, const float *w,
                           Py_ssize_t wstride, const float *bias, float *out,
@@ -347,6 +350,52 @@ def f32_depthwise_blocked(const float[:, :, :, :, ::1] x, const float[:, :, :, :
         ce_nc_dw_row(xp + (n * Cb + cb) * H * W * CE_NC_B, <int>H, <int>W, <int>OW, <int>oy,
                      sh, sw, pt, pl, kh, kw, dh, dw, wp + cb * taps * CE_NC_B,
                      bp + cb * CE_NC_B, op + ((n * Cb + cb) * OH + oy) * OW * CE_NC_B, act)
+
+
+def f32_grouped_blocked(const float[:, :, :, :, ::1] x, const float[:, :, :, :, ::1] w,
+                        const float[::1] bias, float[:, :, :, :, ::1] out, int sh, int sw,
+                        int pt, int pl, int dh, int dw, int act, int num_threads):
+    """A grouped convolution whose groups lie within blocks (16 / g groups of g input and g
+    output channels to a block): w[Cb, kh, kw, 16, 16] holds block cb's tap (u, v) as a
+    block-diagonal [input channel][output channel] matrix (engine/ops/blocked.py
+    pack_grouped); bias: Cb * 16 values. Output sizes are the caller's. Work items are output
+    rows of one block, ordered (image, row, block)."""
+    check_blocked(x, "x")
+    check_blocked(out, "out")
+    cdef Py_ssize_t N = x.shape[0], Cb = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t OH = out.shape[2], OW = out.shape[3]
+    if out.shape[0] != N or out.shape[1] != Cb:
+        raise ValueError(f"out {tuple(out.shape)} must have x's images and blocks "
+                         f"{tuple(x.shape)[:2]}")
+    if (w.shape[0] != Cb or w.shape[3] != CE_NC_B or w.shape[4] != CE_NC_B or w.shape[1] < 1
+            or w.shape[2] < 1):
+        raise ValueError(f"w must have shape ({Cb}, kh, kw, {CE_NC_B}, {CE_NC_B}), got "
+                         f"{tuple(w.shape)}")
+    if bias.shape[0] != Cb * CE_NC_B:
+        raise ValueError(f"bias must hold {Cb * CE_NC_B} floats, got {bias.shape[0]}")
+    if sh < 1 or sw < 1 or dh < 1 or dw < 1 or pt < 0 or pl < 0:
+        raise ValueError("strides and dilations must be positive and pads non-negative")
+    if H == 0 or W == 0 or H > 1 << 30 or W > 1 << 30 or OH > 1 << 30 or OW > 1 << 30:
+        raise ValueError(f"x {tuple(x.shape)} must have a non-empty plane of sane size")
+    if not 0 <= act <= 5:
+        raise ValueError(f"act must be an activation code 0-5, got {act}")
+    cdef int kh = <int>w.shape[1], kw = <int>w.shape[2]
+    cdef Py_ssize_t wblock = kh * kw * CE_NC_B * CE_NC_B
+    if N == 0 or Cb == 0 or OH <= 0 or OW <= 0:
+        return
+    cdef const float* xp = &x[0, 0, 0, 0, 0]
+    cdef float* op = &out[0, 0, 0, 0, 0]
+    cdef const float* wp = &w[0, 0, 0, 0, 0]
+    cdef const float* bp = &bias[0]
+    cdef Py_ssize_t items = N * OH * Cb, it, n, oy, cb
+    num_threads = <int>max(1, min(num_threads, items))
+    for it in prange(items, nogil=True, num_threads=num_threads, schedule="static"):
+        cb = it % Cb
+        oy = (it // Cb) % OH
+        n = it // (Cb * OH)
+        ce_nc_group_row(xp + (n * Cb + cb) * H * W * CE_NC_B, <int>H, <int>W, <int>OW,
+                        <int>oy, sh, sw, pt, pl, kh, kw, dh, dw, wp + cb * wblock,
+                        bp + cb * CE_NC_B, op + ((n * Cb + cb) * OH + oy) * OW * CE_NC_B, act)
 
 
 def f32_direct_to_blocked(const float[:, :, :, ::1] x, const float[:, :, :, :, ::1] w,

@@ -31,6 +31,20 @@ DEPTHWISE_BLOCK_ORDER_PIXELS = 28 * 28
 POINTWISE_GROUP_MAX_PIXELS = 28 * 28
 # ... unless that leaves the busiest thread more than this times the work of a pixel split.
 POINTWISE_GROUP_SLACK = 1.15
+# Fewest channels per group the blocked grouped kernel takes: it multiplies every input lane of
+# a block with every output lane, so groups of g channels waste 16 / g of its work; at 8 that
+# is half, and a 3x3 layer of RegNetY-400MF's width still ran ahead of its NCHW algorithm and
+# two layout changes.
+GROUPED_MIN_WIDTH = 8
+
+
+def grouped_in_blocks(p: ConvParams) -> bool:
+    """A grouped layer whose groups each have as many output as input channels, a divisor of
+    16 of at least GROUPED_MIN_WIDTH: its groups lie within channel blocks, so each output
+    block reads one input block (RegNet's group widths of 8 and 16)."""
+    cg = p.in_channels // p.groups
+    return (p.groups > 1 and p.out_channels == p.in_channels and 16 % cg == 0
+            and cg >= GROUPED_MIN_WIDTH)
 
 
 def why_not_layout(layout) -> Optional[str]:
@@ -43,8 +57,9 @@ def blocked_kernel(p: ConvParams, activation=None,
                    residual: Optional[bool] = None) -> tuple[Optional[str], str]:
     """The channel-blocked kernel able to run the layer, and why: "pointwise" (1x1 stride 1
     unpadded, one group), "depthwise" (multiplier 1, any kernel, stride, dilation, padding),
-    "direct" (one group, at most BLOCKED_DIRECT_MAX_TAPS taps), or None.
-    activation: the fused one (the blocked kernels apply relu, relu6 or none); residual: None
+    "grouped" (groups of GROUPED_MIN_WIDTH to 16 channels each way, within blocks), "direct"
+    (one group, at most BLOCKED_DIRECT_MAX_TAPS taps), or None.
+    activation: the fused one (any engine/ops/activation.py code); residual: None
     without one, True if it has the output's shape (only the pointwise kernel adds one), False
     if it broadcasts."""
     if activation not in ACTIVATION_CODES:
@@ -57,6 +72,8 @@ def blocked_kernel(p: ConvParams, activation=None,
         kind = "pointwise"
     elif is_depthwise(p) and p.out_channels == p.in_channels:
         kind = "depthwise"
+    elif grouped_in_blocks(p):
+        kind = "grouped"
     elif p.groups == 1 and taps <= BLOCKED_DIRECT_MAX_TAPS:
         kind = "direct"
     else:

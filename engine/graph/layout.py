@@ -208,9 +208,12 @@ class BlockedConv(_Internal):
         self.act = ACTIVATION_CODES[conv.activation]
         self.macs = math.prod(self.conv_shape) * math.prod(conv.w.shape[1:])
         self._flops = conv.flops(ins, outs)
-        pack = {"pointwise": blocked.pack_pointwise, "depthwise": blocked.pack_depthwise,
-                "direct": blocked.pack_direct}[kind]
-        self.w, self.b = pack(conv.w, conv.b)
+        if kind == "grouped":
+            self.w, self.b = blocked.pack_grouped(conv.w, conv.w.shape[1], conv.b)
+        else:
+            pack = {"pointwise": blocked.pack_pointwise, "depthwise": blocked.pack_depthwise,
+                    "direct": blocked.pack_direct}[kind]
+            self.w, self.b = pack(conv.w, conv.b)
         # how the kernel's threads share the layer (engine.dispatch.layout), None for direct
         self.split = None
         if kind == "pointwise":
@@ -249,6 +252,12 @@ class BlockedConv(_Internal):
                                             act, threads_for(macs, nt))
             return step
 
+        if self.conv_kind == "grouped":
+            def step(env, nt):
+                nchwc.f32_grouped_blocked(env[a], w, bias, env[b], sh, sw, pt, pl, dh, dw,
+                                          act, threads_for(macs, nt))
+            return step
+
         by_blocks = self.split[0] == "blocks"
 
         def step(env, nt):
@@ -265,7 +274,9 @@ class BlockedConv(_Internal):
                 "depthwise": "depthwise on NCHW16c: one vector of 16 channels per pixel and "
                              "tap, no transposes",
                 "direct": "direct NCHW -> NCHW16c: few input channels, eight output pixels a "
-                          "time, and the layers after it read blocks"}[self.conv_kind]
+                          "time, and the layers after it read blocks",
+                "grouped": "grouped on NCHW16c: each output block from its input block, four "
+                           "pixels a time"}[self.conv_kind]
         if self.split is not None:
             text += f" | threads by {self.split[0]}: {self.split[1]}"
         if self.conv.residual:

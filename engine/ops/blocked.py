@@ -70,6 +70,22 @@ def pack_depthwise(weight: np.ndarray, bias=None):
             _padded_bias(bias, c))
 
 
+def pack_grouped(weight: np.ndarray, groups: int, bias=None):
+    """(K, g, kh, kw) weights of a grouped convolution with g input and g output channels per
+    group (16 % g == 0) and K biases -> (w[Kb, kh, kw, 16, 16], bias) as f32_grouped_blocked
+    reads them: per block and tap, the block-diagonal [input channel][output channel] matrix
+    of its 16 / g groups."""
+    k, g, kh, kw = weight.shape
+    kb = blocks(k)
+    w = np.zeros((kb * BLOCK, BLOCK, kh, kw), np.float32)     # [out channel][in lane]
+    for o in range(k):
+        lane0 = (o // g) * g % BLOCK                           # its group's first input lane
+        w[o, lane0:lane0 + g] = weight[o]
+    # -> [block][kh][kw][in lane][out lane]
+    return (np.ascontiguousarray(w.reshape(kb, BLOCK, BLOCK, kh, kw).transpose(0, 3, 4, 2, 1)),
+            _padded_bias(bias, k))
+
+
 def pack_direct(weight: np.ndarray, bias=None):
     """(K, C, kh, kw) weights and K biases -> (w[Kb, C, kh, kw, 16], bias) as
     f32_direct_to_blocked reads them."""
