@@ -196,6 +196,47 @@ def test_direct_to_blocked_matches_reference_and_is_thread_independent(rng, n, c
         check_close(blocked.from_blocked(outs[0], k), ACTS[act](ref), scale)
 
 
+# (N, C, group width, H, W, kernel, stride, pad, dilation): RegNet's widths 16 and 8, channel
+# counts off the block size (8-wide groups in a half-filled last block), strides, dilations
+GROUPED = [(1, 160, 16, 14, 14, 3, 1, 1, 1), (2, 40, 8, 9, 13, 3, 2, 1, 1),
+           (1, 32, 16, 7, 7, 3, 1, 2, 2), (1, 64, 16, 28, 28, 3, 2, 1, 1),
+           (1, 48, 8, 5, 5, 1, 1, 0, 1), (1, 16, 16, 3, 2, 5, 1, 2, 1)]
+
+
+@pytest.mark.parametrize("n,c,g,h,w,kk,s,p,d", GROUPED)
+def test_grouped_blocked_matches_reference_and_is_thread_independent(rng, n, c, g, h, w, kk,
+                                                                     s, p, d):
+    x, wt, b = f32(rng, n, c, h, w), f32(rng, c, g, kk, kk), f32(rng, c)
+    ref = conv2d_ref(x, wt, b, (s, s), ((p, p), (p, p)), (d, d), c // g)
+    scale = float(np.abs(x).max() * np.abs(wt).sum(axis=(1, 2, 3)).max() + np.abs(b).max())
+    wp, bp = blocked.pack_grouped(wt, g, b)
+    for act in (0, 1, 3):
+        outs = []
+        for t in (1, 2):
+            out = np.full((n, blocked.blocks(c)) + ref.shape[2:] + (16,), np.nan, np.float32)
+            nchwc.f32_grouped_blocked(blocked.to_blocked(x), wp, bp, out, s, s, p, p, d, d,
+                                      act, t)
+            outs.append(out)
+        np.testing.assert_array_equal(outs[0], outs[1])
+        assert not np.any(np.isnan(outs[0]))
+        check_close(blocked.from_blocked(outs[0], c), ACTS[act](ref), scale)
+
+
+def test_grouped_blocked_refuses_inconsistent_arguments(rng):
+    x = f32(rng, 1, 2, 5, 5, 16)
+    wp, bp = blocked.pack_grouped(f32(rng, 32, 16, 3, 3), 16, None)
+    out = np.zeros((1, 2, 5, 5, 16), np.float32)
+    with pytest.raises(ValueError, match="w must"):
+        nchwc.f32_grouped_blocked(x, wp[:1], bp, out, 1, 1, 1, 1, 1, 1, 0, 1)
+    with pytest.raises(ValueError, match="bias"):
+        nchwc.f32_grouped_blocked(x, wp, bp[:16], out, 1, 1, 1, 1, 1, 1, 0, 1)
+    with pytest.raises(ValueError, match="act"):
+        nchwc.f32_grouped_blocked(x, wp, bp, out, 1, 1, 1, 1, 1, 1, 7, 1)
+    with pytest.raises(ValueError, match="out"):
+        nchwc.f32_grouped_blocked(x, wp, bp, np.zeros((1, 3, 5, 5, 16), np.float32), 1, 1, 1,
+                                  1, 1, 1, 0, 1)
+
+
 def test_direct_to_blocked_refuses_inconsistent_arguments(rng):
     x = f32(rng, 1, 3, 8, 8)
     wp, bp = blocked.pack_direct(f32(rng, 20, 3, 3, 3), f32(rng, 20))
@@ -346,6 +387,12 @@ def test_conv_kind_rules(rng):
     assert kind(f32(rng, 8, 1, 3, 3), {"group": 4}, (1, 4, 9, 9)) is None   # multiplier 2
     assert kind(f32(rng, 8, 3, 3, 3), {"strides": [2, 2]}, (1, 3, 9, 9)) == "direct"
     assert kind(f32(rng, 8, 4, 3, 3), {}, (1, 4, 9, 9)) is None          # 36 taps
+    # groups inside blocks: 16 or 8 channels each way
+    assert kind(f32(rng, 64, 16, 3, 3), {"group": 4}, (1, 64, 9, 9)) == "grouped"
+    assert kind(f32(rng, 24, 8, 3, 3), {"group": 3}, (1, 24, 9, 9)) == "grouped"
+    assert kind(f32(rng, 32, 4, 3, 3), {"group": 8}, (1, 32, 9, 9)) is None   # width 4
+    assert kind(f32(rng, 48, 12, 3, 3), {"group": 4}, (1, 48, 9, 9)) is None  # 16 % 12
+    assert kind(f32(rng, 64, 8, 3, 3), {"group": 4}, (1, 32, 9, 9)) is None   # 8 in, 16 out
 
 
 def test_eight_python_threads_running_blocked_layers_match_serial_runs(rng):
@@ -510,3 +557,29 @@ def test_elementwise_steps_and_squeeze_excite_run_on_the_blocks(rng, pool):
     text = model.explain()
     assert "+ hardswish in the kernel's output step" in text
     assert "-> relu -> 1x1 -> hardsigmoid -> scale, on the NCHW16c input in place" in text
+
+
+def test_a_regnet_block_stays_blocked_through_its_grouped_layer(rng):
+    """pw -> grouped 3x3 (16 channels a group) -> pw + residual: the body blocked, no layout
+    change around the grouped layer, the values those of the all-NCHW plan."""
+    c = 64
+    consts = {"wa": f32(rng, c, 24, 1, 1) * 0.3, "wg": f32(rng, c, 16, 3, 3) * 0.3,
+              "wb": f32(rng, c, c, 1, 1) * 0.3, "wr": f32(rng, c, 24, 1, 1) * 0.3}
+    nodes = [Node("Conv", "a", ["x", "wa"], ["pa"], {"activation": "relu"}),
+             Node("Conv", "g", ["pa", "wg"], ["pg"], {"pads": [1, 1, 1, 1], "group": 4,
+                                                       "activation": "relu"}),
+             Node("Conv", "b", ["pg", "wb"], ["pb"]),
+             Node("Conv", "r", ["x", "wr"], ["pr"]),
+             Node("Add", "add", ["pb", "pr"], ["y"])]
+
+    def build(layout):
+        return Model(Graph([Node(n.op, n.name, list(n.inputs), list(n.outputs), dict(n.attrs))
+                            for n in nodes], [spec("x", (1, 24, 14, 14))], [spec("y")], consts),
+                     layout=layout)
+    x = f32(rng, 1, 24, 14, 14)
+    model, ref = build("auto"), build("nchw")
+    got, want = model(x), ref(x)
+    assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+    assert "grouped on NCHW16c" in model.explain()
+    kinds = {s.node.name: type(s.op).__name__ for s in model._last_plan.steps}
+    assert kinds["a"] == kinds["g"] == kinds["b"] == "BlockedConv", kinds
