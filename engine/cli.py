@@ -8,6 +8,7 @@
   convengine bench MODEL [--threads N ...] [--vs onnxruntime,torch] [--repeat R]
   convengine compare (--layer SPEC | MODEL) [--vs onnxruntime,torch] [--json F] [--plot F.png]
   convengine tune MODEL [--threads N] [--out WISDOM]
+  convengine receptive-field MODEL [--input-shape 1,3,224,224] [--plot F.png]
 
 MODEL is an .onnx file or a native file written by model.save. For bench, MODEL may also be
 "file.py:factory" or "package.module:factory", a callable returning a torch.nn.Module; it is
@@ -573,6 +574,8 @@ def _parser():
 
     from .lab.cli import add_commands as lab_commands   # compare, tune
     lab_commands(sub, _positive_int, CLIError)
+    from .lab.receptive import add_command as receptive_command   # receptive-field
+    receptive_command(sub, _parse_shape, _load_model, CLIError)
     return p
 
 
