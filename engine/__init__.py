@@ -17,7 +17,6 @@ from .functional import (avg_pool2d, global_avg_pool2d, global_max_pool2d, inter
 from .functional import conv1d, conv3d, conv_transpose1d, conv_transpose2d
 from .ops.conv_transpose import ConvTranspose1d, ConvTranspose2d, bilinear_upsample_kernel
 from .ops.convnd import Conv1d, Conv3d
-from .graph import Model
 from .io import export, load
 
 __version__ = "0.1.0"
@@ -55,9 +54,11 @@ def build_info() -> dict:
             "blas": blas, "algorithms": algorithms()}
 
 
-# The algorithm lab and the Dask integration load on first use: ``import engine`` stays cheap
-# and needs neither matplotlib nor dask.
-_LAZY = {"compare": ("engine.lab.compare", "compare"), "tune": ("engine.lab.wisdom", "tune"),
+# The graph runner (with its operator catalog), the algorithm lab and the Dask integration load
+# on first use (engine.load imports the runner): ``import engine`` stays cheap and needs
+# neither matplotlib nor dask.
+_LAZY = {"Model": ("engine.graph", "Model"),
+         "compare": ("engine.lab.compare", "compare"), "tune": ("engine.lab.wisdom", "tune"),
          "receptive_field": ("engine.lab.receptive", "receptive_field"),
          "dask": ("engine.dask", None)}
 

@@ -323,6 +323,20 @@ def test_scipy_is_imported_only_by_models_that_need_it(tmp_path):
     assert out.stdout.strip() == "False"
 
 
+def test_import_engine_loads_only_the_functional_core(tmp_path):
+    # the graph runner, the lab, scipy, onnx, dask and matplotlib load when first used
+    import subprocess
+    import sys
+    code = ("import sys, engine; print(' '.join(m for m in ('engine.graph', 'engine.lab', "
+            "'scipy', 'onnx', 'dask', 'matplotlib', 'torch') if m in sys.modules)); "
+            "print(engine.Model.__name__, engine.compare.__name__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=tmp_path, env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                             p for p in sys.path if p)})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["", "Model compare"]
+
+
 # ============================================================================ Pow
 
 BASES = np.float32([np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-30, 0.5, -0.5, 1.0, -1.0, 2.0,
