@@ -52,6 +52,20 @@ cdef int check_blocked(x, str name) except -1:
     return 0
 
 
+cdef int check_window(Py_ssize_t blocks, Py_ssize_t nbias, Py_ssize_t H, Py_ssize_t W,
+                      Py_ssize_t OH, Py_ssize_t OW, int sh, int sw, int pt, int pl, int dh,
+                      int dw) except -1:
+    """The checks every windowed blocked kernel makes before its loops: bias length, strides,
+    dilations, pads, and a plane of a size the kernels' int arithmetic takes."""
+    if nbias != blocks * CE_NC_B:
+        raise ValueError(f"bias must hold {blocks * CE_NC_B} floats, got {nbias}")
+    if sh < 1 or sw < 1 or dh < 1 or dw < 1 or pt < 0 or pl < 0:
+        raise ValueError("strides and dilations must be positive and pads non-negative")
+    if H == 0 or W == 0 or H > 1 << 30 or W > 1 << 30 or OH > 1 << 30 or OW > 1 << 30:
+        raise ValueError(f"the input plane {H}x{W} must be non-empty and of sane size")
+    return 0
+
+
 def f32_to_blocked(const float[:, :, :, ::1] x, float[:, :, :, :, ::1] out, int num_threads):
     """out[n, c // 16, h, w, c % 16] = x[n, c, h, w], zero in the channels beyond C."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], P = x.shape[2] * x.shape[3]
@@ -323,12 +337,7 @@ def f32_depthwise_blocked(const float[:, :, :, :, ::1] x, const float[:, :, :, :
                          f"{tuple(x.shape)[:2]}")
     if w.shape[0] != Cb or w.shape[3] != CE_NC_B or w.shape[1] < 1 or w.shape[2] < 1:
         raise ValueError(f"w must have shape ({Cb}, kh, kw, {CE_NC_B}), got {tuple(w.shape)}")
-    if bias.shape[0] != Cb * CE_NC_B:
-        raise ValueError(f"bias must hold {Cb * CE_NC_B} floats, got {bias.shape[0]}")
-    if sh < 1 or sw < 1 or dh < 1 or dw < 1 or pt < 0 or pl < 0:
-        raise ValueError("strides and dilations must be positive and pads non-negative")
-    if H == 0 or W == 0 or H > 1 << 30 or W > 1 << 30 or OH > 1 << 30 or OW > 1 << 30:
-        raise ValueError(f"x {tuple(x.shape)} must have a non-empty plane of sane size")
+    check_window(Cb, bias.shape[0], H, W, OH, OW, sh, sw, pt, pl, dh, dw)
     cdef int kh = <int>w.shape[1], kw = <int>w.shape[2]
     cdef Py_ssize_t taps = kh * kw
     if N == 0 or Cb == 0 or OH <= 0 or OW <= 0:
@@ -371,12 +380,7 @@ def f32_grouped_blocked(const float[:, :, :, :, ::1] x, const float[:, :, :, :, 
             or w.shape[2] < 1):
         raise ValueError(f"w must have shape ({Cb}, kh, kw, {CE_NC_B}, {CE_NC_B}), got "
                          f"{tuple(w.shape)}")
-    if bias.shape[0] != Cb * CE_NC_B:
-        raise ValueError(f"bias must hold {Cb * CE_NC_B} floats, got {bias.shape[0]}")
-    if sh < 1 or sw < 1 or dh < 1 or dw < 1 or pt < 0 or pl < 0:
-        raise ValueError("strides and dilations must be positive and pads non-negative")
-    if H == 0 or W == 0 or H > 1 << 30 or W > 1 << 30 or OH > 1 << 30 or OW > 1 << 30:
-        raise ValueError(f"x {tuple(x.shape)} must have a non-empty plane of sane size")
+    check_window(Cb, bias.shape[0], H, W, OH, OW, sh, sw, pt, pl, dh, dw)
     if not 0 <= act <= 5:
         raise ValueError(f"act must be an activation code 0-5, got {act}")
     cdef int kh = <int>w.shape[1], kw = <int>w.shape[2]
@@ -415,12 +419,7 @@ def f32_direct_to_blocked(const float[:, :, :, ::1] x, const float[:, :, :, :, :
             or w.shape[3] < 1):
         raise ValueError(f"w must have shape ({Kb}, {C}, kh, kw, {CE_NC_B}), got "
                          f"{tuple(w.shape)}")
-    if bias.shape[0] != Kb * CE_NC_B:
-        raise ValueError(f"bias must hold {Kb * CE_NC_B} floats, got {bias.shape[0]}")
-    if sh < 1 or sw < 1 or dh < 1 or dw < 1 or pt < 0 or pl < 0:
-        raise ValueError("strides and dilations must be positive and pads non-negative")
-    if H == 0 or W == 0 or H > 1 << 30 or W > 1 << 30 or OH > 1 << 30 or OW > 1 << 30:
-        raise ValueError(f"x {tuple(x.shape)} must have a non-empty plane of sane size")
+    check_window(Kb, bias.shape[0], H, W, OH, OW, sh, sw, pt, pl, dh, dw)
     if N == 0 or Kb == 0 or OH <= 0 or OW <= 0:
         return
     if C == 0:

@@ -72,6 +72,27 @@ def _near(value, target) -> bool:
     return value is not None and abs(value - target) <= CONST_RTOL * abs(target)
 
 
+def _fuse_each(g: Graph, find, make) -> int:
+    """For every node where ``find(match, node)`` finds a chain (its first element the chain's
+    nodes), put ``make(found)``'s node in its place; the number of chains replaced."""
+    count = 0
+    m = _Match(g)
+    for node in list(g.nodes):
+        if node not in g.nodes:
+            continue
+        found = find(m, node)
+        if found is None:
+            continue
+        chain = found[0]
+        chain.sort(key=g.nodes.index)
+        _replace(g, chain, make(found))
+        m = _Match(g)
+        count += 1
+    if count:
+        g.remove_unused()
+    return count
+
+
 def _replace(g: Graph, chain, node: Node) -> None:
     """Put ``node`` where the chain's last node ran and drop the chain."""
     g.nodes[g.nodes.index(chain[-1])] = node
@@ -199,26 +220,15 @@ def fuse_layer_norm(g: Graph) -> int:
     scale and bias constants of rank at most the number of normalised axes; a missing scale
     becomes a constant 1). The reduced axes must be negative, or the input's rank known from
     the graph (a declared graph input, a Transpose), to tell that they are the trailing ones."""
-    count = 0
-    m = _Match(g)
-    for sub in list(g.nodes):
-        if sub not in g.nodes:
-            continue
-        found = _layer_norm_at(m, sub)
-        if found is None:
-            continue
+    def make(found):
         chain, x, k, eps, scale, bias = found
         if scale is None:
             scale = g.unique_name(f"{chain[-1].name}.scale")
             g.constants[scale] = np.ones(1, np.float32)
-        node = Node("LayerNormalization", chain[-1].name, [x, scale] + ([bias] if bias else []),
-                    [chain[-1].outputs[0]], {"axis": -k, "epsilon": eps})
-        _replace(g, chain, node)
-        m = _Match(g)
-        count += 1
-    if count:
-        g.remove_unused()
-    return count
+        return Node("LayerNormalization", chain[-1].name,
+                    [x, scale] + ([bias] if bias else []), [chain[-1].outputs[0]],
+                    {"axis": -k, "epsilon": eps})
+    return _fuse_each(g, _layer_norm_at, make)
 
 
 # ============================================================================ GELU
@@ -277,23 +287,9 @@ def fuse_gelu(g: Graph) -> int:
     plan."""
     if "Gelu" not in OPS:
         return 0
-    count = 0
-    m = _Match(g)
-    for erf in list(g.nodes):
-        if erf not in g.nodes:
-            continue
-        found = _gelu_at(m, erf)
-        if found is None:
-            continue
-        chain, x = found
-        chain.sort(key=g.nodes.index)
-        _replace(g, chain, Node("Gelu", chain[-1].name, [x], [chain[-1].outputs[0]],
-                                {"approximate": "none"}))
-        m = _Match(g)
-        count += 1
-    if count:
-        g.remove_unused()
-    return count
+    return _fuse_each(g, _gelu_at, lambda found: Node(
+        "Gelu", found[0][-1].name, [found[1]], [found[0][-1].outputs[0]],
+        {"approximate": "none"}))
 
 
 # ============================================================================ squeeze-excite
@@ -362,26 +358,15 @@ def fuse_squeeze_excite(g: Graph) -> int:
     """Each squeeze-and-excitation block becomes one SqueezeExcite node (absent biases become
     zero constants). Run after the activations are fused into the convolutions: the first 1x1
     convolution's activation is then an attribute, whichever node the exporter wrote."""
-    count = 0
-    m = _Match(g)
-    for mul in list(g.nodes):
-        if mul not in g.nodes:
-            continue
-        found = _squeeze_excite_at(m, mul)
-        if found is None:
-            continue
+    def make(found):
         chain, x, (w1, b1), (w2, b2), attrs = found
+        mul = chain[-1]
         biases = []
         for w, b in ((w1, b1), (w2, b2)):
             if not b:
                 b = g.unique_name(f"{mul.name}.zero_bias")
                 g.constants[b] = np.zeros(g.constants[w].shape[0], np.float32)
             biases.append(b)
-        chain.sort(key=g.nodes.index)
-        _replace(g, chain, Node("SqueezeExcite", mul.name, [x, w1, biases[0], w2, biases[1]],
-                                [mul.outputs[0]], attrs))
-        m = _Match(g)
-        count += 1
-    if count:
-        g.remove_unused()
-    return count
+        return Node("SqueezeExcite", mul.name, [x, w1, biases[0], w2, biases[1]],
+                    [mul.outputs[0]], attrs)
+    return _fuse_each(g, _squeeze_excite_at, make)

@@ -416,13 +416,18 @@ class Plan:
         return env
 
     # -- running ----------------------------------------------------------------------------
-    def run(self, feeds: list, num_threads: int, profile: bool = False) -> dict:
+    def _start(self, feeds: list) -> list:
+        """This thread's values by slot, the inputs and the fresh output buffers in place."""
         env = self.env()
         for s, x in zip(self.input_slots, feeds):
             if s >= 0:
                 env[s] = x
         for s, shape, dtype in self.fresh:
             env[s] = np.empty(shape, dtype)
+        return env
+
+    def run(self, feeds: list, num_threads: int, profile: bool = False) -> dict:
+        env = self._start(feeds)
         f = None
         try:
             if profile:
@@ -451,12 +456,7 @@ class Plan:
         """Run once, calling ``before(step, env)`` and ``after(step, env)`` around every
         step (env: the values by slot), for tools that read intermediate values
         (explain(errors=True)); the outputs are not returned."""
-        env = self.env()
-        for s, x in zip(self.input_slots, feeds):
-            if s >= 0:
-                env[s] = x
-        for s, shape, dtype in self.fresh:
-            env[s] = np.empty(shape, dtype)
+        env = self._start(feeds)
         try:
             for s in self.run_steps:
                 before(s, env)
