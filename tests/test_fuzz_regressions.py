@@ -223,3 +223,28 @@ def test_an_empty_output_whose_other_dimensions_overflow(op, x_shape, shape):
     # make it (ValueError "array is too big") when the plan allocates it
     refused(model(op, x_shape, {"s": np.array(shape, np.int64)}, ["x", "s"], opset=17),
             feeds={"x": np.ones(x_shape, np.float32)})
+
+
+def test_integer_attributes_beyond_int64_are_refused(tmp_path):
+    # a native file's JSON may hold any integer; LRN's size of 1e30 overflowed at run time
+    x = np.ones((1, 3, 4, 4), np.float32)
+    m = engine.load(model("LRN", [1, 3, 4, 4], size=3))
+    path = tmp_path / "lrn.safetensors"
+    m.save(path)
+    from safetensors import safe_open
+    from safetensors.numpy import save_file
+    with safe_open(str(path), "np") as f:
+        meta = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    assert '"size":3' in meta["graph"]
+    meta["graph"] = meta["graph"].replace('"size":3', '"size":' + str(10 ** 30))
+    bad = tmp_path / "bad.safetensors"
+    save_file(tensors, str(bad), metadata=meta)
+    with pytest.raises(engine.ModelError, match="size"):
+        engine.load(bad).run({"x": x})
+    # a window far wider than the channels is one over all of them
+    size = 2 ** 40
+    wide = engine.load(model("LRN", [1, 3, 4, 4], size=size, alpha=1.0, beta=0.5, bias=2.0))
+    ref = x / np.sqrt(2.0 + 1.0 / size * np.sum(x.astype(np.float64) ** 2, axis=1,
+                                                keepdims=True))
+    np.testing.assert_allclose(wide.run({"x": x})["y"], ref, rtol=1e-6)

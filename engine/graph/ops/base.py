@@ -106,7 +106,10 @@ class Info:
 
 # Attribute kinds: how a value from the file must look.
 def _is_int(v):
-    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+    """An integer in int64's range, as ONNX stores them (a native file's JSON could hold more:
+    refused here rather than overflowing NumPy's index arithmetic later)."""
+    return (isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+            and -(1 << 63) <= int(v) < (1 << 63))
 
 
 def _is_num(v):

@@ -196,7 +196,9 @@ class LRN(Op):
     def build(self, ins, outs, i, o):
         a, b = i[0], o[0]
         c = outs[0].shape[1]
-        lo, hi = (self.size - 1) // 2, -(-(self.size - 1) // 2)
+        # a window wider than the channels covers them all: clamped, so that a huge size
+        # cannot overflow the index arithmetic below
+        lo, hi = min((self.size - 1) // 2, c), min(-(-(self.size - 1) // 2), c)
         scale, beta, bias = self.alpha / self.size, self.beta, self.bias
 
         def step(env, nt):
