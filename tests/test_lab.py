@@ -236,3 +236,21 @@ def test_explain_errors_match_an_independent_float64_computation(rng, tmp_path):
     with pytest.raises(ValueError, match="input shapes"):
         free.explain(errors=True)
     assert "max relative error" in free.explain((2, c, 5, 7), errors=True)
+
+
+def test_explain_errors_on_blocked_layers_with_a_residual(rng):
+    # pw -> dw -> pw (+ the input): NCHW16c steps, read back through the layout
+    c = 24
+    inits = [nh.from_array((rng.standard_normal(s) * 0.3).astype(np.float32), n)
+             for n, s in (("a", (48, c, 1, 1)), ("d", (48, 1, 3, 3)), ("b", (c, 48, 1, 1)))]
+    nodes = [h.make_node("Conv", ["x", "a"], ["p"]), h.make_node("Relu", ["p"], ["pr"]),
+             h.make_node("Conv", ["pr", "d"], ["q"], pads=[1, 1, 1, 1], group=48),
+             h.make_node("HardSwish", ["q"], ["qh"]),
+             h.make_node("Conv", ["qh", "b"], ["r"]), h.make_node("Add", ["r", "x"], ["y"])]
+    g = h.make_graph(nodes, "mb", [h.make_tensor_value_info("x", T.FLOAT, [1, c, 17, 17])],
+                     [h.make_tensor_value_info("y", T.FLOAT, None)], inits)
+    model = engine.load(h.make_model(g, opset_imports=[h.make_opsetid("", 17)]), wisdom=False)
+    text = model.explain(errors=True)
+    lines = [line for line in text.splitlines() if "max relative error vs float64" in line]
+    assert len(lines) == 3 and all("NCHW16c" in line for line in lines), text
+    assert max(float(line.rsplit(": ", 1)[1]) for line in lines) < 1e-5
