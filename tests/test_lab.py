@@ -254,3 +254,25 @@ def test_explain_errors_on_blocked_layers_with_a_residual(rng):
     lines = [line for line in text.splitlines() if "max relative error vs float64" in line]
     assert len(lines) == 3 and all("NCHW16c" in line for line in lines), text
     assert max(float(line.rsplit(": ", 1)[1]) for line in lines) < 1e-5
+
+
+@pytest.mark.zoo
+@pytest.mark.parametrize("name", ["mobilenet_v2", "resnet50", "drn_c_26"])
+def test_strict_bound_holds_on_every_layer_of_real_models(name, tmp_path):
+    """accuracy="strict" on DRN-C-26, ResNet-50 and MobileNetV2 (random weights, 224x224):
+    every convolution within STRICT_MAX_REL_ERROR of float64 on the model's own activations
+    (about a minute each: the reference is the float64 direct loops)."""
+    pytest.importorskip("torch")
+    path = tmp_path / f"{name}.onnx"
+    if name == "resnet50":
+        import zoo
+        path.write_bytes(zoo.export(name, 17))
+    else:
+        import torch_models
+        torch_models.export_onnx(torch_models.make(name), str(path))
+    strict = engine.load(str(path), wisdom=False, accuracy="strict")
+    text = strict.explain((1, 3, 224, 224), errors=True)
+    errors = [float(line.rsplit("float64: ", 1)[1]) for line in text.splitlines()
+              if "float64: " in line]
+    assert len(errors) > 20 and max(errors) <= STRICT_MAX_REL_ERROR
+    assert not any(a in text for a in STRICT_EXCLUDED)
