@@ -2,9 +2,9 @@
 
 Kernels take their thread count explicitly (``num_threads``), split work over outputs and never
 over a reduction, so a result does not depend on the count. None of them calls a BLAS; the few
-ops that call np.matmul or scipy do, so the BLAS libraries (numpy's and scipy's OpenBLAS) are
-held at one thread while a plan or a layer that may reach them runs: ``blas_pinned()``. Their
-idle threads would otherwise spin beside the kernels' OpenMP threads.
+ops that call np.matmul do, so the BLAS libraries loaded (numpy's OpenBLAS) are held at one
+thread while a plan or a layer that may reach them runs: ``blas_pinned()``. Their idle threads
+would otherwise spin beside the kernels' OpenMP threads.
 """
 import os
 import threading
@@ -119,7 +119,9 @@ class _BlasPin:
 
     def _controllers(self):
         if self._libs is None:
-            import scipy.linalg.cython_blas  # noqa: F401  (make sure scipy's BLAS is loaded)
+            # the BLAS libraries loaded now: numpy's, which the ops' np.matmul calls use (the
+            # engine calls no scipy routine that uses BLAS, so scipy.linalg, a third of a
+            # second to import, is not loaded for it)
             from threadpoolctl import ThreadpoolController
             self._libs = list(ThreadpoolController().select(user_api="blas").lib_controllers)
         return self._libs

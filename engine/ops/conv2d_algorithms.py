@@ -9,7 +9,6 @@ from .._kernels import conv_direct, conv_im2col, conv_pointwise
 from . import packed_gemm
 from .depthwise import Depthwise
 from .direct_blocked import DirectBlocked
-from .fft import FFT
 from .separable import Separable
 from .winograd import WinogradF23, WinogradF43
 from .workspace import workspace
@@ -122,13 +121,20 @@ class Pointwise:
             workspace.give(buf)
 
 
+def _fft(layer, **options):
+    """The FFT algorithm, imported by the first layer that runs it: scipy.fft takes a quarter
+    of a second to import, which a model without such a layer should not pay."""
+    from .fft import FFT
+    return FFT(layer, **options)
+
+
 REGISTRY = {
     "direct": Direct,
     "im2col": Im2col,
     "pointwise": Pointwise,
     "depthwise": Depthwise,
     "separable": Separable,
-    "fft": FFT,
+    "fft": _fft,
     "direct_blocked": DirectBlocked,
     "winograd_f23": WinogradF23,   # dilation 1
     "dilated_s2b": WinogradF23,    # the same kernel, phase sub-images in its addressing
