@@ -248,3 +248,19 @@ def test_integer_attributes_beyond_int64_are_refused(tmp_path):
     ref = x / np.sqrt(2.0 + 1.0 / size * np.sum(x.astype(np.float64) ** 2, axis=1,
                                                 keepdims=True))
     np.testing.assert_allclose(wide.run({"x": x})["y"], ref, rtol=1e-6)
+
+
+def test_integer_mean_over_more_elements_than_the_type_holds():
+    # ReduceMean of uint8 over 1584 elements: the count does not fit uint8
+    x = np.full((33, 3, 4, 4), 7, np.uint8)
+    m = engine.load(model("ReduceMean", [33, 3, 4, 4], {"axes": np.array([1, 2], np.int64)},
+                          inputs=("x", "axes"), x_type=T.UINT8, opset=21))
+    y = m.run({"x": x})["y"]
+    ref = (x.astype(np.int64).sum(axis=(1, 2), keepdims=True) % 256) // 12
+    np.testing.assert_array_equal(y, ref.astype(np.uint8))
+    x8 = np.full((1, 300), -100, np.int8)
+    m8 = engine.load(model("ReduceMean", [1, 300], {"axes": np.array([1], np.int64)},
+                           inputs=("x", "axes"), x_type=T.INT8, opset=21))
+    s = np.int8(x8.astype(np.int64).sum() % 256 - 256 if x8.astype(np.int64).sum() % 256 > 127
+                else x8.astype(np.int64).sum() % 256)
+    assert m8.run({"x": x8})["y"].item() == int(np.trunc(int(s) / 300))

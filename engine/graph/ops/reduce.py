@@ -194,9 +194,11 @@ class ReduceMean(Reduce):
         if out.dtype.kind == "f":
             np.divide(out, m, out=out)
         else:
-            # integer means truncate toward zero, as ONNX Runtime's integer division does
-            q = np.abs(out) // m
-            np.copyto(out, np.where(out < 0, -q, q))
+            # integer means truncate toward zero, as ONNX Runtime's integer division does; in
+            # 64 bits, since the count may not fit the element type (1584 uint8 values)
+            wide = out.astype(np.uint64 if out.dtype == np.uint64 else np.int64)
+            q = np.abs(wide) // m
+            np.copyto(out, np.where(wide < 0, -q, q), casting="unsafe")
 
 
 @register
