@@ -323,3 +323,38 @@ def test_cli_runs_a_folder_on_a_cluster(client, model_path, tmp_path, capsys):
                  "--scheduler", address]) == 2
     err = capsys.readouterr().err
     assert "bad image" in err and any(name in err for name in corrupt)
+
+
+def test_a_worker_that_dies_mid_batch_has_its_batch_retried(model_path, tmp_path):
+    """The first batch to reach a worker kills that worker's process; Dask (its nanny and
+    the scheduler's allowed-failures) retries the batch on a live worker, and the output is
+    still exactly the local run's, every image counted once."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    rng = np.random.default_rng(11)
+    x = rng.random((24,) + SHAPE, dtype=np.float32)
+    for i, a in enumerate(x):
+        np.save(folder / f"img{i:03d}.npy", a)
+    marker = str(tmp_path / "died")
+
+    def preprocess(a, _marker=marker):
+        import os
+        import distributed
+        try:
+            distributed.get_worker()
+        except ValueError:
+            return a                         # on the client, reading the first image
+        if not os.path.exists(_marker):
+            open(_marker, "w").close()
+            os._exit(1)                      # this worker's process dies mid-batch
+        return a
+
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=":0") as cluster, \
+            distributed.Client(cluster) as c:
+        out = str(tmp_path / "pred.npy")
+        result = edask.predict_folder(model_path, folder, output=out, batch_size=8,
+                                      scheduler=c, preprocess=preprocess, progress=False)
+    assert os.path.exists(marker)            # a worker did die
+    assert result.files == [f"img{i:03d}.npy" for i in range(24)] and not result.skipped
+    np.testing.assert_array_equal(np.load(out), batched_reference(engine.load(model_path), x, 8))
