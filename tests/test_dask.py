@@ -170,13 +170,15 @@ def test_bad_arguments(model_path, images):
         edask.predict(model_path + ".missing", arr)
 
 
-def test_dask_is_imported_only_when_used():
+def test_dask_is_imported_only_when_used(tmp_path):
     code = ("import sys, engine, engine.dask; assert 'dask' not in sys.modules, 'imported';"
             "sys.modules['dask'] = None\n"
             "try:\n    engine.dask.predict('m', None)\n"
             "except ImportError as e:\n    print(e)")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    # away from the source tree, which would shadow the installed package (no kernels)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "pip install convengine[dask]" in out.stdout
 

@@ -26,7 +26,9 @@ from onnx import numpy_helper as nh  # noqa: E402
 
 ROW_KEYS = {"algorithm", "ms", "gflops", "real_gflops", "max_abs_err", "max_rel_err",
             "scratch_bytes"}
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# a child process sees this one's sys.path, and runs away from the source tree, which would
+# shadow the installed package (and its built kernels)
+CHILD_ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
 
 
 @pytest.fixture
@@ -126,7 +128,7 @@ def test_compare_command_writes_json_and_a_real_png(tmp_path):
     res = subprocess.run([sys.executable, "-m", "engine.cli", "compare", "--layer",
                           "c=8,o=16,h=10,k=3,p=1", "--repeat", "2", "--json", str(out_json),
                           "--plot", str(out_png)], cwd=tmp_path, capture_output=True,
-                         text=True, env=dict(os.environ, PYTHONPATH=ROOT), timeout=300)
+                         text=True, env=CHILD_ENV, timeout=300)
     assert res.returncode == 0, res.stderr
     assert "winograd_f23" in res.stdout and "max rel err" in res.stdout
     data = json.loads(out_json.read_text())
@@ -139,7 +141,7 @@ def test_compare_command_writes_json_and_a_real_png(tmp_path):
     assert coloured.mean() > 0.01
     bad = subprocess.run([sys.executable, "-m", "engine.cli", "compare", "--layer", "c=8"],
                          cwd=tmp_path, capture_output=True, text=True,
-                         env=dict(os.environ, PYTHONPATH=ROOT), timeout=120)
+                         env=CHILD_ENV, timeout=120)
     assert bad.returncode == 2 and "h (height)" in bad.stderr
 
 

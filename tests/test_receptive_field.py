@@ -21,7 +21,6 @@ import engine
 from engine import shapes
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
 
 
 # ============================================================================ layer tuples
@@ -361,7 +360,9 @@ def test_transposed_field_holds_what_reaches_it():
 # ============================================================================ command line
 
 def _cli(args, tmp_path, code=None):
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    # this process's sys.path, run in tmp_path: the source tree would shadow the installed
+    # package (and its built kernels)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
     cmd = [sys.executable, "-m", "engine.cli"] + args if code is None else \
         [sys.executable, "-c", code] + args
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path,
