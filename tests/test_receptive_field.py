@@ -20,7 +20,6 @@ import pytest
 import engine
 from engine import shapes
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 # ============================================================================ layer tuples
