@@ -28,11 +28,12 @@ class Progress:
 
 
 # Untimed calls open each turn when runtimes alternate, for at least this long. After a
-# two-thread run ONNX Runtime's pool keeps a second core busy for about 30 ms (measured in 10 ms
-# slices of process CPU time after one MobileNetV2 run); OpenMP pools spin a few ms. Timed right
-# after ONNX Runtime, convengine's two-thread MobileNetV2 took 7.9 ms against 5.3 ms alone;
-# idling through the spin instead leaves the next runs slow from the cold start.
-SETTLE_SECONDS = 0.05
+# two-thread run ONNX Runtime's pool keeps a second core busy for 50-60 ms (process CPU time in
+# 10 ms slices after one ResNet-18 run); OpenMP pools spin a few ms. With turns opening on 50 ms
+# of untimed calls, convengine's two-thread ResNet-18 took 25.0 ms against 21.4 ms with 200 ms
+# (21.7 ms alone); idling through the spin instead leaves the next runs slow from the cold
+# start.
+SETTLE_SECONDS = 0.2
 
 
 def time_alternating(runners, repeat, warmup=1, progress_label=None, min_progress_seconds=2.0,
