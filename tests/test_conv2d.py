@@ -290,12 +290,19 @@ def test_dispatcher_rules():
     assert choose(in_channels=3, in_size=(12, 12)) == "im2col"     # too narrow for vectors
     assert choose(in_channels=16, out_channels=16) == "direct_blocked"
     assert choose(kernel=(1, 1), stride=(2, 2), pads=((0, 0), (0, 0))) == "im2col"
-    assert choose() == "winograd_f23"
+    # F(4x4,3x3) from 64 channels on outputs of 28 a side and more, F(2x2,3x3) below
+    assert choose() == "winograd_f43"
+    assert choose(in_channels=48) == "winograd_f23"
+    assert choose(in_size=(14, 14)) == "winograd_f23"
+    assert choose(in_channels=512, out_channels=512, in_size=(7, 7)) == "winograd_f23"
+    assert choose(in_channels=128, out_channels=512, in_size=(28, 28)) == "winograd_f43"
+    # dilated: from 256 channels with phase sub-images large enough, else dilated_s2b
     assert choose(dilation=(2, 2), pads=((2, 2), (2, 2))) == "dilated_s2b"
     wide = dict(in_channels=256, out_channels=512, in_size=(28, 28))
     assert choose(**wide) == "winograd_f43"
     assert choose(dilation=(4, 4), pads=((4, 4), (4, 4)), **wide) == "winograd_f43"
-    assert choose(in_channels=128, out_channels=512, in_size=(28, 28)) == "winograd_f23"
+    assert choose(dilation=(4, 4), pads=((4, 4), (4, 4)), in_channels=128,
+                  in_size=(28, 28)) == "dilated_s2b"
 
 
 def test_torch_cross_check(rng):

@@ -36,7 +36,7 @@ def rng():
     return np.random.default_rng(5)
 
 
-def conv_model(rng, path, c=64, size=20, wide=256):
+def conv_model(rng, path, c=64, size=28, wide=256):
     """stem 3->c, 3x3 c->c, dilated 3x3 c->c, then a 3x3 wide->wide pair (F(4x4,3x3) by the
     rules), written to ``path``."""
     def w(*shape):
@@ -156,7 +156,7 @@ def test_tune_round_trip_and_refused_files(rng, tmp_path):
     assert len(data["layers"]) == 5 and data["layers"] == result["layers"]
     for entry in data["layers"].values():
         assert entry["ms"] <= entry["rule_ms"]
-    x = rng.standard_normal((1, 3, 20, 20), dtype=np.float32)
+    x = rng.standard_normal((1, 3, 28, 28), dtype=np.float32)
     ruled = engine.load(path, wisdom=False)
     tuned = engine.load(path, wisdom=str(wisdom))
     y0, y1 = ruled(x), tuned(x)

@@ -23,6 +23,7 @@ from .conv import (ALGORITHMS, DIRECT_BLOCKED_MAX_IN, DIRECT_BLOCKED_MAX_OUT,
                    DIRECT_BLOCKED_MAX_POINTWISE, DIRECT_BLOCKED_MAX_WINOGRAD,
                    DIRECT_BLOCKED_MIN_WIDTH, DIRECT_BLOCKED_STRIDED_WIDTH,
                    FFT_MAX_SPECTRUM_BYTES, WINOGRAD_F43_MIN_CHANNELS, WINOGRAD_MIN_CHANNELS,
+                   F43_MIN_OUTPUT_SIDE, F43_MIN_CHANNELS_DILATED,
                    ConvParams, choose_conv2d, conv2d_candidates, drop_padding_taps,
                    estimated_ms, fft_spectrum_bytes, why_not)
 from .depthwise import DEPTHWISE_KERNELS, choose_depthwise_kernel, why_not_depthwise_kernel
@@ -38,7 +39,7 @@ __all__ = [
     "ALGORITHMS", "ConvParams", "choose_conv2d", "why_not", "conv2d_candidates", "estimated_ms",
     "drop_padding_taps",
     "fft_spectrum_bytes", "FFT_MAX_SPECTRUM_BYTES", "WINOGRAD_MIN_CHANNELS",
-    "WINOGRAD_F43_MIN_CHANNELS", "DIRECT_BLOCKED_MAX_IN", "DIRECT_BLOCKED_MAX_OUT",
+    "WINOGRAD_F43_MIN_CHANNELS", "F43_MIN_OUTPUT_SIDE", "F43_MIN_CHANNELS_DILATED", "DIRECT_BLOCKED_MAX_IN", "DIRECT_BLOCKED_MAX_OUT",
     "DIRECT_BLOCKED_MAX_POINTWISE", "DIRECT_BLOCKED_MAX_WINOGRAD", "DIRECT_BLOCKED_MIN_WIDTH",
     "DIRECT_BLOCKED_STRIDED_WIDTH",
     # depthwise

@@ -31,9 +31,15 @@ FFT_MAX_SPECTRUM_BYTES = 512 << 20
 # Below this many channels per group Winograd's per-tile transforms cost more than the
 # multiplications they save (bench/bench_dispatch.py conv/winograd_min).
 WINOGRAD_MIN_CHANNELS = 8
-# From this many channels per group F(4x4,3x3) beats F(2x2,3x3): it streams its 36
-# transformed weight matrices per call, which only wide layers repay (bench_dispatch.py conv/f43).
-WINOGRAD_F43_MIN_CHANNELS = 256
+# F(4x4,3x3) beats F(2x2,3x3) on undilated layers from this many channels per group and an
+# output of at least F43_MIN_OUTPUT_SIDE a side: on smaller maps its 4x4 tiles are too few to
+# feed its 36 element-wise GEMMs (one thread, ms, F(4x4) / F(2x2): 64->64 56x56 1.49 / 1.58,
+# 128->128 28x28 1.37 / 1.39, 256->256 14x14 1.77 / 1.61, 512->512 7x7 4.52 / 1.90). Dilated
+# layers take it from F43_MIN_CHANNELS_DILATED channels, where their phase sub-images allow
+# (bench/bench_dispatch.py conv/f43).
+WINOGRAD_F43_MIN_CHANNELS = 64
+F43_MIN_OUTPUT_SIDE = 28
+F43_MIN_CHANNELS_DILATED = 256
 # Dilated 3x3 layers: F(4x4,3x3) needs phase sub-images (output side / dilation) of at least
 # this many pixels, any Winograd at least DILATED_MIN_PHASE_SIDE, else im2col is faster
 # (bench/bench_dispatch.py conv/dilated_phases: 960->256 14x14 at rates 4-12, 512->256 28x28
@@ -295,12 +301,16 @@ def _rules(p: ConvParams):
                          f"{phase_side:.1f} pixels a side, where Winograd tiles would be "
                          f"mostly padding")
     # F(4x4,3x3) before F(2x2,3x3) and dilated_s2b: it takes any dilation itself
-    if (p.kernel == (3, 3) and p.stride == (1, 1)
-            and min(cg, kg) >= WINOGRAD_F43_MIN_CHANNELS
-            and (p.dilation == (1, 1) or phase_side >= F43_MIN_PHASE_SIDE)):
-        yield "winograd_f43", (f"3x3 stride 1 with {cg}->{kg} channels: Winograd F(4x4,3x3) "
+    if p.dilation == (1, 1):
+        f43 = (min(cg, kg) >= WINOGRAD_F43_MIN_CHANNELS
+               and min(p.out_size) >= F43_MIN_OUTPUT_SIDE)
+    else:
+        f43 = min(cg, kg) >= F43_MIN_CHANNELS_DILATED and phase_side >= F43_MIN_PHASE_SIDE
+    if p.kernel == (3, 3) and p.stride == (1, 1) and f43:
+        yield "winograd_f43", (f"3x3 stride 1 with {cg}->{kg} channels on a "
+                               f"{p.out_size[0]}x{p.out_size[1]} output: Winograd F(4x4,3x3) "
                                f"needs 4x fewer multiplications than im2col (1.8x fewer than "
-                               f"F(2x2,3x3)), and with this many channels its larger "
+                               f"F(2x2,3x3)), and with this many channels and tiles its larger "
                                f"transforms cost less than that saves")
     if p.kernel == (3, 3) and p.stride == (1, 1) and min(cg, kg) >= WINOGRAD_MIN_CHANNELS:
         if p.dilation == (1, 1):
