@@ -52,6 +52,17 @@ cdef int check_blocked(x, str name) except -1:
     return 0
 
 
+cdef int check_same_blocks(x, out) except -1:
+    """x and out channel-blocked, with the same images and blocks (a layer from blocks to
+    blocks of as many channels)."""
+    check_blocked(x, "x")
+    check_blocked(out, "out")
+    if out.shape[0] != x.shape[0] or out.shape[1] != x.shape[1]:
+        raise ValueError(f"out {tuple(out.shape)} must have x's images and blocks "
+                         f"{tuple(x.shape)[:2]}")
+    return 0
+
+
 cdef int check_window(Py_ssize_t blocks, Py_ssize_t nbias, Py_ssize_t H, Py_ssize_t W,
                       Py_ssize_t OH, Py_ssize_t OW, int sh, int sw, int pt, int pl, int dh,
                       int dw) except -1:
@@ -328,13 +339,9 @@ def f32_depthwise_blocked(const float[:, :, :, :, ::1] x, const float[:, :, :, :
     Work items are output rows of one block, ordered (image, row, block), so each thread takes
     a band of rows: the pixels a pointwise layer next to it, split by pixels, also gives it; or
     with by_blocks (image, block, row), so each thread takes whole blocks."""
-    check_blocked(x, "x")
-    check_blocked(out, "out")
+    check_same_blocks(x, out)
     cdef Py_ssize_t N = x.shape[0], Cb = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t OH = out.shape[2], OW = out.shape[3]
-    if out.shape[0] != N or out.shape[1] != Cb:
-        raise ValueError(f"out {tuple(out.shape)} must have x's images and blocks "
-                         f"{tuple(x.shape)[:2]}")
     if w.shape[0] != Cb or w.shape[3] != CE_NC_B or w.shape[1] < 1 or w.shape[2] < 1:
         raise ValueError(f"w must have shape ({Cb}, kh, kw, {CE_NC_B}), got {tuple(w.shape)}")
     check_window(Cb, bias.shape[0], H, W, OH, OW, sh, sw, pt, pl, dh, dw)
@@ -369,13 +376,9 @@ def f32_grouped_blocked(const float[:, :, :, :, ::1] x, const float[:, :, :, :, 
     block-diagonal [input channel][output channel] matrix (engine/ops/blocked.py
     pack_grouped); bias: Cb * 16 values. Output sizes are the caller's. Work items are output
     rows of one block, ordered (image, row, block)."""
-    check_blocked(x, "x")
-    check_blocked(out, "out")
+    check_same_blocks(x, out)
     cdef Py_ssize_t N = x.shape[0], Cb = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t OH = out.shape[2], OW = out.shape[3]
-    if out.shape[0] != N or out.shape[1] != Cb:
-        raise ValueError(f"out {tuple(out.shape)} must have x's images and blocks "
-                         f"{tuple(x.shape)[:2]}")
     if (w.shape[0] != Cb or w.shape[3] != CE_NC_B or w.shape[4] != CE_NC_B or w.shape[1] < 1
             or w.shape[2] < 1):
         raise ValueError(f"w must have shape ({Cb}, kh, kw, {CE_NC_B}, {CE_NC_B}), got "

@@ -6,13 +6,12 @@ one run of the whole array, where the batch size may change a Gemm's path, the t
 float32 rounding: rtol 1e-5, atol 1e-6.
 """
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 import engine
+from children import run_python
 from engine.graph import Graph, Model, Node, TensorSpec
 
 da = pytest.importorskip("dask.array")
@@ -175,10 +174,7 @@ def test_dask_is_imported_only_when_used(tmp_path):
             "sys.modules['dask'] = None\n"
             "try:\n    engine.dask.predict('m', None)\n"
             "except ImportError as e:\n    print(e)")
-    # away from the source tree, which would shadow the installed package (no kernels)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                         cwd=tmp_path)
+    out = run_python(["-c", code], tmp_path)
     assert out.returncode == 0, out.stderr
     assert "pip install convengine[dask]" in out.stdout
 

@@ -6,9 +6,6 @@ Errors the lab reports are checked against an independent float64 computation
 float64 reference's own rounding. Timings are only checked to exist and be positive.
 """
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -17,6 +14,7 @@ import engine
 from engine.dispatch.policy import STRICT_EXCLUDED, STRICT_MAX_REL_ERROR
 from engine.lab.compare import compare, parse_layer_spec
 from engine.lab.wisdom import WisdomWarning, machine_key, tune
+from children import run_python
 from reference import conv2d_ref
 
 onnx = pytest.importorskip("onnx")
@@ -26,9 +24,6 @@ from onnx import numpy_helper as nh  # noqa: E402
 
 ROW_KEYS = {"algorithm", "ms", "gflops", "real_gflops", "max_abs_err", "max_rel_err",
             "scratch_bytes"}
-# a child process sees this one's sys.path, and runs away from the source tree, which would
-# shadow the installed package (and its built kernels)
-CHILD_ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
 
 
 @pytest.fixture
@@ -125,10 +120,9 @@ def test_compare_a_planned_layer_and_the_peers(rng):
 def test_compare_command_writes_json_and_a_real_png(tmp_path):
     plt = pytest.importorskip("matplotlib.pyplot")
     out_json, out_png = tmp_path / "rows.json", tmp_path / "rows.png"
-    res = subprocess.run([sys.executable, "-m", "engine.cli", "compare", "--layer",
-                          "c=8,o=16,h=10,k=3,p=1", "--repeat", "2", "--json", str(out_json),
-                          "--plot", str(out_png)], cwd=tmp_path, capture_output=True,
-                         text=True, env=CHILD_ENV, timeout=300)
+    res = run_python(["-m", "engine.cli", "compare", "--layer", "c=8,o=16,h=10,k=3,p=1",
+                      "--repeat", "2", "--json", str(out_json), "--plot", str(out_png)],
+                     tmp_path)
     assert res.returncode == 0, res.stderr
     assert "winograd_f23" in res.stdout and "max rel err" in res.stdout
     data = json.loads(out_json.read_text())
@@ -139,9 +133,7 @@ def test_compare_command_writes_json_and_a_real_png(tmp_path):
     rgb = img[..., :3]
     coloured = (rgb.max(axis=2) - rgb.min(axis=2)) > 0.2
     assert coloured.mean() > 0.01
-    bad = subprocess.run([sys.executable, "-m", "engine.cli", "compare", "--layer", "c=8"],
-                         cwd=tmp_path, capture_output=True, text=True,
-                         env=CHILD_ENV, timeout=120)
+    bad = run_python(["-m", "engine.cli", "compare", "--layer", "c=8"], tmp_path)
     assert bad.returncode == 2 and "h (height)" in bad.stderr
 
 

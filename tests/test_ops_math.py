@@ -34,7 +34,6 @@ relative beyond the 1e-6), with NaN and inf in the same places.
 """
 import math
 
-import os
 
 import numpy as np
 import pytest
@@ -45,6 +44,7 @@ from scipy.special import erf, erfc  # noqa: E402
 
 import engine  # noqa: E402
 from engine.graph import Graph, Model, Node, TensorSpec  # noqa: E402
+from children import run_python  # noqa: E402
 
 EPS = 2.0 ** -24
 ATOL = 1e-36
@@ -309,30 +309,21 @@ def test_large_inputs_do_not_overflow():
 
 
 def test_scipy_is_imported_only_by_models_that_need_it(tmp_path):
-    import subprocess
-    import sys
     code = ("import sys, engine; from engine.graph import Graph, Model, Node, TensorSpec; "
             "Model(Graph([Node('Gelu', 'g', ['x'], ['y'], {'approximate': 'tanh'})], "
             "[TensorSpec('x', (2,), 'float32')], [TensorSpec('y', None, 'float32')], {})); "
             "print('scipy.special' in sys.modules)")
-    # run away from the source tree, which would shadow the installed package (no kernels)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         cwd=tmp_path, env={**os.environ, "PYTHONPATH": os.pathsep.join(
-                             p for p in sys.path if p)})
+    out = run_python(["-c", code], tmp_path)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
 
 
 def test_import_engine_loads_only_the_functional_core(tmp_path):
     # the graph runner, the lab, scipy, onnx, dask and matplotlib load when first used
-    import subprocess
-    import sys
     code = ("import sys, engine; print(' '.join(m for m in ('engine.graph', 'engine.lab', "
             "'scipy', 'onnx', 'dask', 'matplotlib', 'torch') if m in sys.modules)); "
             "print(engine.Model.__name__, engine.compare.__name__)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         cwd=tmp_path, env={**os.environ, "PYTHONPATH": os.pathsep.join(
-                             p for p in sys.path if p)})
+    out = run_python(["-c", code], tmp_path)
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == ["", "Model compare"]
 

@@ -10,14 +10,12 @@ by float32 rounding inside a transform (Winograd tiles mix neighbouring pixels w
 cancel exactly only in real arithmetic): |change| > 1 counts as reached, a gap of three orders
 of magnitude either way.
 """
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 import engine
+from children import run_python
 from engine import shapes
 
 
@@ -359,13 +357,8 @@ def test_transposed_field_holds_what_reaches_it():
 # ============================================================================ command line
 
 def _cli(args, tmp_path, code=None):
-    # this process's sys.path, run in tmp_path: the source tree would shadow the installed
-    # package (and its built kernels)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
-    cmd = [sys.executable, "-m", "engine.cli"] + args if code is None else \
-        [sys.executable, "-c", code] + args
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path,
-                          env=env)
+    return run_python((["-m", "engine.cli"] if code is None else ["-c", code]) + args,
+                      tmp_path, timeout=120)
 
 
 @needs_onnx
