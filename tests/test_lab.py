@@ -137,6 +137,21 @@ def test_compare_command_writes_json_and_a_real_png(tmp_path):
     assert bad.returncode == 2 and "h (height)" in bad.stderr
 
 
+def test_the_plot_shows_the_rows(tmp_path):
+    plt = pytest.importorskip("matplotlib.pyplot")
+    from engine.lab.cli import plot
+    results = [(f"layer{i}", "", compare(spec, repeat=1)) for i, spec in
+               enumerate(["c=8,o=8,h=9,k=3,p=1", "c=16,o=8,h=7,k=1"])]
+    shown = plot(results, tmp_path / "p.png")
+    for i, (_, _, rows) in enumerate(results):
+        for r in rows:
+            assert (i, r["ms"]) in shown["ms"][r["algorithm"]]
+            assert (i, max(r["max_rel_err"], 1e-12)) in shown["max_rel_err"][r["algorithm"]]
+    assert sum(len(v) for v in shown["ms"].values()) == sum(len(r) for _, _, r in results)
+    img = plt.imread(tmp_path / "p.png")
+    assert img.ndim == 3 and min(img.shape[:2]) > 300
+
+
 # ---------------------------------------------------------------------------- tune, wisdom
 
 def test_tune_round_trip_and_refused_files(rng, tmp_path):

@@ -91,9 +91,10 @@ def cmd_compare(args) -> int:
     return 0
 
 
-def plot(results, path):
+def plot(results, path) -> dict:
     """Two panels: median ms and max relative error (log scale) per algorithm, one group of
-    bars per layer."""
+    bars per layer. Returns what the panels show: {"ms": {algorithm: [(layer index, value),
+    ...]}, "max_rel_err": {...}}."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -103,16 +104,20 @@ def plot(results, path):
     names = sorted({r["algorithm"] for _, _, rows in results for r in rows})
     fig, (ax_t, ax_e) = plt.subplots(2, 1, figsize=(max(6, 1.2 * len(results) + 4), 7))
     width = 0.8 / max(1, len(names))
+    shown = {"ms": {}, "max_rel_err": {}}
     for k, a in enumerate(names):
-        xs, ms, err = [], [], []
+        xs, ms, err, layers = [], [], [], []
         for i, (_, _, rows) in enumerate(results):
             row = next((r for r in rows if r["algorithm"] == a), None)
             if row is not None:
                 xs.append(i + k * width)
+                layers.append(i)
                 ms.append(row["ms"])
                 err.append(max(row["max_rel_err"], 1e-12))
         ax_t.bar(xs, ms, width, label=a)
         ax_e.bar(xs, err, width, label=a)
+        shown["ms"][a] = list(zip(layers, ms))
+        shown["max_rel_err"][a] = list(zip(layers, err))
     ticks = [i + 0.4 - width / 2 for i in range(len(results))]
     for ax in (ax_t, ax_e):
         ax.set_xticks(ticks)
@@ -126,6 +131,7 @@ def plot(results, path):
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+    return shown
 
 
 def cmd_tune(args) -> int:
