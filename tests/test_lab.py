@@ -205,6 +205,24 @@ def test_the_default_wisdom_file_is_the_per_user_one(rng, tmp_path, monkeypatch)
     assert "tuned" not in engine.load(path, wisdom=False).explain()
 
 
+def test_tune_takes_a_free_batch_as_one_and_refuses_other_free_dimensions(rng, tmp_path):
+    w = (rng.standard_normal((8, 4, 3, 3)) * 0.3).astype(np.float32)
+
+    def model(shape):
+        g = h.make_graph([h.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])], "free",
+                         [h.make_tensor_value_info("x", T.FLOAT, shape)],
+                         [h.make_tensor_value_info("y", T.FLOAT, None)], [nh.from_array(w, "w")])
+        return engine.load(h.make_model(g, opset_imports=[h.make_opsetid("", 17)]),
+                           wisdom=False)
+    result = tune(model(["n", 4, 12, 12]), path=str(tmp_path / "w.json"), repeat=1,
+                  progress=False)
+    assert list(result["layers"]) == ["conv2d 4->8 3x3 s1x1 p1,1,1,1 d1x1 g1 in12x12"]
+    with pytest.raises(ValueError, match="input_shape"):
+        tune(model(["n", 4, "h", 12]), path=str(tmp_path / "w.json"), progress=False)
+    assert tune(model(["n", 4, "h", 12]), (2, 4, 9, 12), path=str(tmp_path / "w.json"),
+                repeat=1, progress=False)["layers"]
+
+
 # ---------------------------------------------------------------------------- accuracy
 
 def test_strict_accuracy_keeps_the_large_tile_off_and_its_bound_holds(rng, tmp_path):

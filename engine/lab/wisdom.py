@@ -190,7 +190,8 @@ def measure_layer(layer: Conv2d, x_shape, threads: int, repeat: int, exclude=fro
 def tune(model, input_shape=None, path=None, *, repeat=5, accuracy="fast",
          progress=True, verify=True) -> dict:
     """Measure every candidate algorithm of every convolution layer of ``model`` (a Model or
-    a model file) at its input shape (declared, or ``input_shape`` for a single-input model)
+    a model file) at its input shape (declared, a free batch taken as 1, or ``input_shape``
+    for a single-input model)
     and the model's thread count, and write the fastest per layer to the wisdom file ``path``
     (default: the per-user file engine.load reads). Returns {"path", "key", "layers"}; a layer
     keeps the rule's algorithm unless another is faster by MIN_GAIN. verify: the whole model
@@ -260,6 +261,10 @@ def _input_shapes(model, input_shape) -> dict:
         if not all(isinstance(d, (int, np.integer)) and d > 0 for d in shape):
             raise ValueError(f"input_shape must be positive integers, got {input_shape!r}")
         return {model.inputs[0].name: shape}
-    if any(d is None for s in model.inputs for d in s.shape):
-        raise ValueError("the model has free input dimensions: give input_shape")
-    return {s.name: tuple(s.shape) for s in model.inputs}
+    # a free batch dimension is tuned at batch 1 (a service's usual case); any other free
+    # dimension decides the layers' sizes, which only the caller knows
+    if any(d is None for s in model.inputs for d in s.shape[1:]):
+        raise ValueError("the model has free input dimensions besides the batch: give "
+                         "input_shape")
+    return {s.name: (1 if s.shape[0] is None else s.shape[0],) + tuple(s.shape[1:])
+            for s in model.inputs}
