@@ -266,7 +266,7 @@ def _read_inputs(path, specs):
 
 
 def cmd_run(args) -> int:
-    if os.path.isdir(args.input):   # a folder of images: batches on Dask, see engine/dask.py
+    if os.path.isdir(args.input):   # a folder of images: batches on Dask, see engine/dask/folder.py
         from .dask import run_folder_command
         try:
             return run_folder_command(args)
