@@ -393,8 +393,9 @@ def rewrite(graph: Graph, ops: dict, input_shapes: dict, layout: str = "auto"):
             add(new, BlockedGlobalAveragePool(new, infos[node.inputs[0]].shape[1], keepdims))
         elif through[node.name] is not None and node.inputs[through[node.name]] in native:
             out = node.outputs[0]
+            weights = getattr(ops[node.name], "weights", ())    # a SqueezeExcite's 1x1s
             inputs = [as_blocked(n) if n and n in infos and len(infos[n].shape) == 4
-                      and (k == through[node.name] or node.op != "SqueezeExcite") else n
+                      and k not in weights else n
                       for k, n in enumerate(node.inputs)]
             blocked_name[out] = fresh(out + SUFFIX)
             nchw_ready.discard(out)

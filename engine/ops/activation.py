@@ -1,5 +1,7 @@
 """Activations that convolution kernels apply in their output step (codes in kernels/_vec_act.h
 and kernels/_epilogue.pxd), and the same activations as one vector pass over a tensor."""
+import functools
+
 import numpy as np
 
 # Every code maps 0 to 0, so the zero channels padding a channel block stay zero (NCHW16c).
@@ -48,6 +50,7 @@ def _float64_activation(kind, x):
 VECTOR_ACTIVATION_WORK = 20
 
 
+@functools.lru_cache(maxsize=None)   # one runner per kind: steps call it on every run
 def vector_activation(kind: str):
     """run(x, out, num_threads) computing "sigmoid", "silu", "gelu" (exact, erf form) or
     "hardswish" elementwise with kernels/activation.pyx: one pass over memory, within a few
