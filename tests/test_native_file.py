@@ -250,3 +250,222 @@ def test_not_a_model_at_all(tmp_path):
         engine.load(plain)
     with pytest.raises(FileNotFoundError):
         engine.load(tmp_path / "nothing.safetensors")
+
+
+# ------------------------------------------------------- mapped weights, stored transforms
+
+def big_net(rng, c=64, side=24):
+    """3x3 layers wide enough for Winograd and a pointwise one, blocked layers too."""
+    f = lambda *s: (rng.standard_normal(s) * 0.1).astype(np.float32)  # noqa: E731
+    consts = {"w1": f(c, 3, 3, 3), "w2": f(c, c, 3, 3), "w3": f(c, c, 1, 1), "dw": f(c, 1, 3, 3),
+              "w4": f(2 * c, c, 3, 3)}
+    nodes = [Node("Conv", "stem", ["x", "w1"], ["a"], {"pads": [1, 1, 1, 1]}),
+             Node("Conv", "wino", ["a", "w2"], ["b"], {"pads": [1, 1, 1, 1]}),
+             Node("Conv", "point", ["b", "w3"], ["c"]),
+             Node("Conv", "depth", ["c", "dw"], ["d"], {"pads": [1, 1, 1, 1], "group": c}),
+             Node("Conv", "dilated", ["d", "w4"], ["y"], {"pads": [2, 2, 2, 2],
+                                                          "dilations": [2, 2]})]
+    return Model(Graph(nodes, [TensorSpec("x", (1, 3, side, side), "float32")],
+                       [TensorSpec("y", None, "float32")], consts))
+
+
+def conv_transforms(model):
+    return {name: op.transforms for name, op in model._ops.items()
+            if hasattr(op, "transforms")}
+
+
+def test_weights_are_mapped_from_the_file_not_copied(saved, rng):
+    model, path = saved
+    loaded = engine.load(path)
+    mapped = [v for v in loaded.graph.constants.values() if v.size]
+    assert mapped and all(not v.flags.writeable and not v.flags.owndata for v in mapped)
+    x = rng.standard_normal((1, 3, 10, 10)).astype(np.float32)
+    want, got = model.run({"x": x}), loaded.run({"x": x})
+    assert all(np.array_equal(want[k], got[k]) for k in want)
+
+
+def _mapped_rss_kib(path):
+    """KiB of ``path``'s mappings resident in this process (/proc/self/smaps)."""
+    total, inside = 0, False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            first = line.split()[0]
+            if "-" in first and not first.endswith(":"):
+                inside = line.rstrip().endswith(str(path))
+            elif inside and first == "Rss:":
+                total += int(line.split()[1])
+    return total
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="needs Linux's smaps")
+def test_weights_only_a_transform_reads_leave_memory(tmp_path, rng):
+    """After planning, the pages of the file that only weight transforms read are given back:
+    the Winograd layers' original weights (most of the file) are not resident."""
+    c = 256
+    f = lambda *s: (rng.standard_normal(s) * 0.05).astype(np.float32)  # noqa: E731
+    consts = {f"w{k}": f(c, c, 3, 3) for k in range(3)}
+    nodes = [Node("Conv", f"conv{k}", [f"t{k}", f"w{k}"], [f"t{k + 1}"], {"pads": [1, 1, 1, 1]})
+             for k in range(3)]
+    path = tmp_path / "wide.safetensors"
+    Model(Graph(nodes, [TensorSpec("t0", (1, c, 28, 28), "float32")],
+                [TensorSpec("t3", None, "float32")], consts)).save(path)
+    loaded = engine.load(path)
+    assert {layer.algorithm for op in loaded._ops.values()
+            for layer in op._layers.values()} <= {"winograd_f23", "winograd_f43"}
+    loaded.run({"t0": f(1, c, 28, 28)})
+    size_kib = os.path.getsize(path) / 1024
+    assert _mapped_rss_kib(path) < 0.1 * size_kib, (_mapped_rss_kib(path), size_kib)
+
+
+def test_stored_transforms_are_read_instead_of_made(tmp_path, rng):
+    model = big_net(rng)
+    x = rng.standard_normal((1, 3, 24, 24)).astype(np.float32)
+    want = model.run({"x": x})["y"]
+    path = tmp_path / "t.safetensors"
+    model.save(path, transformed=True)
+    model.save(tmp_path / "p.safetensors")
+    plain = engine.load(tmp_path / "p.safetensors")
+    loaded = engine.load(path)
+    tw = conv_transforms(loaded)
+    assert sum(t.read for t in tw.values()) >= 5 and sum(t.made for t in tw.values()) == 0
+    keys = {k for t in tw.values() for k in t.keys()}
+    assert {"winograd_tile2", "packed_rows"} & keys and any("nchw16c" in k for k in keys)
+    assert "read the transformed weights of" in loaded.explain()
+    assert np.array_equal(loaded.run({"x": x})["y"], want)
+    # the file without them makes them, and computes the same
+    assert sum(t.made for t in conv_transforms(plain).values()) >= 5
+    assert np.array_equal(plain.run({"x": x})["y"], want)
+
+
+def _retag(ts, meta, edit):
+    doc = json.loads(meta["transformed"])
+    edit(doc, ts)
+    meta["transformed"] = json.dumps(doc)
+
+
+def rewrite_transformed(src, dst, edit):
+    with safe_open(str(src), framework="numpy") as f:
+        md = dict(f.metadata())
+        ts = {k: f.get_tensor(k) for k in f.keys()}
+    _retag(ts, md, edit)
+    save_file(ts, str(dst), metadata=md)
+    return dst
+
+
+def _other_cpu(doc, ts):
+    doc["made_for"]["cpu"] = "another CPU"
+
+
+def _wrong_shape(doc, ts):
+    for keys in doc["layers"].values():
+        for names in keys.values():
+            for n in (names if isinstance(names, list) else [names]):
+                if n is not None:
+                    ts[n] = ts[n].reshape(-1)[:-16].copy()
+
+
+def test_stored_transforms_for_another_machine_or_of_wrong_shape_are_made_again(tmp_path, rng):
+    model = big_net(rng)
+    x = rng.standard_normal((1, 3, 24, 24)).astype(np.float32)
+    want = model.run({"x": x})["y"]
+    path = tmp_path / "t.safetensors"
+    model.save(path, transformed=True)
+    other = engine.load(rewrite_transformed(path, tmp_path / "o.safetensors", _other_cpu))
+    assert "made for another machine or engine (cpu 'another CPU')" in other.explain()
+    assert sum(t.read for t in conv_transforms(other).values()) == 0
+    assert np.array_equal(other.run({"x": x})["y"], want)
+    cut = engine.load(rewrite_transformed(path, tmp_path / "c.safetensors", _wrong_shape))
+    assert sum(t.read for t in conv_transforms(cut).values()) == 0
+    assert np.array_equal(cut.run({"x": x})["y"], want)
+
+
+def _dangling_name(doc, ts):
+    node = next(iter(doc["layers"].values()))
+    key = next(iter(node))
+    for name in (node[key] if isinstance(node[key], list) else [node[key]]):
+        ts.pop(name, None)
+    node[key] = "nowhere"
+
+
+def _float64(doc, ts):
+    node = next(iter(doc["layers"].values()))
+    name = node[next(iter(node))]
+    name = name[0] if isinstance(name, list) else name
+    ts[name] = ts[name].astype(np.float64)
+
+
+@pytest.mark.parametrize("edit,message", [
+    (_dangling_name, "name a tensor that is not in the file"),
+    (_float64, "must be float32"),
+    (lambda doc, ts: doc.update(layers=[1]), "transformed.layers must be a dict"),
+    (lambda doc, ts: doc.pop("made_for"), "transformed lacks 'made_for'"),
+    (lambda doc, ts: doc["layers"].update(bad=3), "must be a JSON object"),
+])
+def test_bad_stored_transforms_raise_model_error(tmp_path, rng, edit, message):
+    path = tmp_path / "t.safetensors"
+    big_net(rng).save(path, transformed=True)
+    with pytest.raises(engine.ModelError, match=message):
+        engine.load(rewrite_transformed(path, tmp_path / "bad.safetensors", edit))
+
+
+def test_save_transformed_plans_a_free_batch_as_one(tmp_path, rng):
+    model = net(rng, batch=None)
+    path = tmp_path / "free.safetensors"
+    model.save(path, transformed=True)
+    loaded = engine.load(path)
+    x = rng.standard_normal((3, 3, 10, 10)).astype(np.float32)
+    want, got = model.run({"x": x}), loaded.run({"x": x})      # planned here, for batch 3
+    assert all(np.array_equal(want[k], got[k]) for k in want)
+    assert sum(t.read for t in conv_transforms(loaded).values()) >= 1
+
+
+def test_saving_over_the_file_a_model_maps(saved, rng):
+    """save writes a new file and renames it: a model loaded from the old one still reads
+    its own weights."""
+    model, path = saved
+    loaded = engine.load(path)
+    x = rng.standard_normal((1, 3, 10, 10)).astype(np.float32)
+    want = model.run({"x": x})
+    net(np.random.default_rng(99)).save(path)
+    got = loaded.run({"x": x})
+    assert all(np.array_equal(want[k], got[k]) for k in want)
+    assert not np.array_equal(engine.load(path).run({"x": x})["y"], want["y"])
+
+
+def _header_file(tmp_path, header, data=b"\0" * 64):
+    text = json.dumps(header).encode()
+    path = tmp_path / "h.safetensors"
+    path.write_bytes(len(text).to_bytes(8, "little") + text + data)
+    return path
+
+
+@pytest.mark.parametrize("header,message", [
+    ({"a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]},
+      "b": {"dtype": "F32", "shape": [4], "data_offsets": [8, 24]}}, "overlap"),
+    ({"a": {"dtype": "F32", "shape": [40], "data_offsets": [0, 160]}}, "lie outside"),
+    ({"a": {"dtype": "F32", "shape": [3], "data_offsets": [0, 16]}}, "16 bytes for shape"),
+    ({"a": {"dtype": "C64", "shape": [2], "data_offsets": [0, 16]}}, "'C64'"),
+    ({"a": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 16]}}, "bad shape"),
+    ({"a": {"dtype": "F32", "shape": [4]}}, "must have dtype, shape and data_offsets"),
+    ({"__metadata__": {"format": 3}}, "__metadata__ must map names to strings"),
+    ([1, 2], "not a JSON object"),
+])
+def test_bad_headers_raise_model_error(tmp_path, header, message):
+    with pytest.raises(engine.ModelError, match=message):
+        engine.load(_header_file(tmp_path, header))
+
+
+def test_unaligned_tensors_are_copied(tmp_path):
+    """A tensor at an offset its element size does not divide is read into aligned memory."""
+    header = {"__metadata__": {"format": "other"},
+              "b": {"dtype": "U8", "shape": [1], "data_offsets": [0, 1]},
+              "a": {"dtype": "F32", "shape": [4], "data_offsets": [1, 17]}}
+    from engine.io.native import read_tensors
+    data = b"\x07" + np.arange(4, dtype=np.float32).tobytes()
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    path = tmp_path / "u.safetensors"
+    path.write_bytes(len(text).to_bytes(8, "little") + text + data)
+    _, tensors, _ = read_tensors(path)
+    assert tensors["a"].flags.aligned and np.array_equal(tensors["a"], np.arange(4))
+    assert tensors["b"][0] == 7

@@ -670,15 +670,11 @@ def test_dense_kernel_checks_shapes():
                              np.zeros((2, 3), np.float32), 1)
 
 
-def test_each_conv_weight_transformed_once(rng, monkeypatch):
+def test_each_conv_weight_transformed_once(rng):
     """The shape-folding pass and the plan, and a pointwise layer made again to take its
-    residual and activation in the kernel, share one packed weight per Conv node: packing runs
-    once per node while the model loads and plans, and again for nothing at a second run."""
-    from engine.ops import packed_gemm
-    calls = []
-    real = packed_gemm.pack_rows
-    monkeypatch.setattr(packed_gemm, "pack_rows",
-                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    residual and activation in the kernel, share one transformed weight per Conv node and
+    algorithm: each is made once while the model loads and plans, and again for nothing at a
+    second run."""
     c = 24
     inits = {"w1": randn(rng, c, c, 1, 1), "w2": randn(rng, c, c, 3, 3),
              "one": np.array([1], np.int64), "minus": np.array([-1], np.int64)}
@@ -692,14 +688,16 @@ def test_each_conv_weight_transformed_once(rng, monkeypatch):
              h.make_node("Reshape", ["b", "to"], ["y"])]
     m = make(nodes, [vi("x", [1, c, 20, 20])], [vi("y")], inits)
     model = engine.load(m)
+    convs = [op for op in model._ops.values() if hasattr(op, "transforms")]
+    made = [op.transforms.made for op in convs]
+    assert len(convs) == 2 and all(made)
     x = randn(rng, 1, c, 20, 20)
     model.run({"x": x})
     model.run({"x": x})
-    algorithms = sorted(layer.algorithm for op in model._ops.values()
-                        for layer in getattr(op, "_layers", ShapeCacheView()).values())
+    algorithms = sorted(layer.algorithm for op in convs for layer in op._layers.values())
     assert "pointwise" in algorithms, algorithms
-    packing = {"pointwise", "im2col", "winograd_f23", "winograd_f43", "dilated_s2b"}
-    assert len(calls) == sum(a in packing for a in algorithms[:2] + algorithms[2:]) <= 2
+    assert [op.transforms.made for op in convs] == made
+    assert all(op.transforms.made == len(op.transforms.keys()) for op in convs)
     sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
     np.testing.assert_allclose(model.run({"x": x})["y"], sess.run(None, {"x": x})[0],
                                rtol=1e-4, atol=1e-4)

@@ -217,6 +217,23 @@ def test_pack_rows_layout():
     assert np.all(p[:, 1, :, 10 - mr:] == 0)       # rows beyond 10: zero
 
 
+@pytest.mark.parametrize("m", [2, 4])
+@pytest.mark.parametrize("k, c, groups", [(64, 64, 1), (17, 5, 1), (30, 12, 3), (16, 1, 16),
+                                          (40, 24, 2)])
+def test_packed_weight_transform(m, k, c, groups, rng):
+    """The one-pass transform and pack equals G w G^T in float64 packed by pack_rows, within
+    one float32 rounding of each element (it sums in another order), from float32 and float64
+    weights alike, bit-identical for 1 and 2 threads."""
+    w = rng.standard_normal((k, c, 3, 3)).astype(np.float32)
+    u = winograd.transform_weights(w.astype(np.float64), groups, m)
+    want = packed_gemm.pack_rows(u.reshape(-1, u.shape[3]), u.shape[0] * u.shape[1])
+    got = [winograd.pack_weights(w, groups, m, t) for t in (1, 2)]
+    assert got[0].shape == want.shape
+    np.testing.assert_allclose(got[0], want, rtol=2 ** -23, atol=1e-12)
+    assert np.array_equal(got[0], got[1])
+    assert np.array_equal(winograd.pack_weights(w.astype(np.float64), groups, m, 2), got[0])
+
+
 def test_block_sizes_follow_the_cache_rule():
     # 64 -> 64 channels on 56x56: 784 tiles in 4 blocks of 196 (measured best)
     plan = winograd.TilePlan(1, (56, 56), (56, 56), ((1, 1), (1, 1)), (1, 1), 2, 64, 64, 1)

@@ -11,8 +11,7 @@ side on the layers around each threshold.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Optional
+from typing import NamedTuple, Optional
 
 # Sustained one-core rates, only for ranking the candidates explain() lists (the rules choose);
 # bench/bench_conv2d.py --algorithm NAME prints each algorithm's GFLOP/s.
@@ -61,8 +60,7 @@ DIRECT_BLOCKED_MIN_WIDTH = 28
 # strided layers with >= 48 input channels only to outputs this wide: narrower, im2col wins.
 DIRECT_BLOCKED_STRIDED_WIDTH = 56
 
-@dataclass(frozen=True)
-class ConvParams:
+class ConvParams(NamedTuple):
     """What the dispatcher may look at. ``in_size`` is None when the plan is made before the
     input's spatial size is known; rules then assume a size at which every algorithm runs."""
     in_channels: int

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Mapping, NamedTuple
 
 ACCURACY_LEVELS = ("fast", "strict")
 
@@ -25,12 +26,11 @@ STRICT_MAX_REL_ERROR = 5e-6
 STRICT_EXCLUDED = frozenset({"winograd_f43"})
 
 
-@dataclass(frozen=True)
-class ChoicePolicy:
+class ChoicePolicy(NamedTuple):
     """accuracy: "fast" (the rules) or "strict" (no algorithm of STRICT_EXCLUDED); wisdom:
     {layer signature: entry} of measured choices (engine/lab/wisdom.py), or empty."""
     accuracy: str = "fast"
-    wisdom: dict = field(default_factory=dict)
+    wisdom: Mapping = MappingProxyType({})
 
     @property
     def excluded(self) -> frozenset:

@@ -10,7 +10,7 @@ Constants (initializers and folded subgraphs) are NumPy arrays held by the graph
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import mmap
 from typing import NamedTuple, Optional
 
 import numpy as np
@@ -32,13 +32,14 @@ class TensorSpec(NamedTuple):
     dtype: str
 
 
-@dataclass
 class Node:
-    op: str
-    name: str
-    inputs: list
-    outputs: list
-    attrs: dict = field(default_factory=dict)
+    """One operator application: op, a unique name, input and output tensor names ("" for an
+    absent optional input) and attributes."""
+    __slots__ = ("op", "name", "inputs", "outputs", "attrs")
+
+    def __init__(self, op: str, name: str, inputs: list, outputs: list, attrs=None):
+        self.op, self.name, self.inputs, self.outputs = op, name, inputs, outputs
+        self.attrs = {} if attrs is None else attrs
 
     def __repr__(self):
         return f"{self.op}({self.name!r}: {self.inputs} -> {self.outputs})"
@@ -55,6 +56,17 @@ class Graph:
         self.constants: dict[str, np.ndarray] = dict(constants)
         self.name = name
         self.notes: list[str] = []     # what the passes did, for explain()
+        # the memory map of the file the constants are views of (engine.io.native), if any,
+        # and the transformed weights that file carried: {node: {key: value}}
+        self.mapped = None
+        self.transformed: dict = {}
+
+    def release_mapped(self) -> None:
+        """Let the operating system drop the pages of the mapped file that the process has
+        read so far: once the layers have transformed their weights, most constants are not
+        read again, and a page that is gets read back (from the page cache) when it is."""
+        if self.mapped is not None and hasattr(self.mapped, "madvise"):
+            self.mapped.madvise(mmap.MADV_DONTNEED)
 
     # -- structure ----------------------------------------------------------------------------
     def producers(self) -> dict:

@@ -208,12 +208,18 @@ class BlockedConv(_Internal):
         self.act = ACTIVATION_CODES[conv.activation]
         self.macs = math.prod(self.conv_shape) * math.prod(conv.w.shape[1:])
         self._flops = conv.flops(ins, outs)
+        # packed once per Conv, shared by every plan (see rewrite's side_by_side)
+        self.pack_key = f"nchw16c_{kind}"
         if kind == "grouped":
-            self.w, self.b = blocked.pack_grouped(conv.w, conv.w.shape[1], conv.b)
+            def pack():
+                return blocked.pack_grouped(conv.w, conv.w.shape[1], conv.b)
         else:
-            pack = {"pointwise": blocked.pack_pointwise, "depthwise": blocked.pack_depthwise,
-                    "direct": blocked.pack_direct}[kind]
-            self.w, self.b = pack(conv.w, conv.b)
+            def pack():
+                return {"pointwise": blocked.pack_pointwise,
+                        "depthwise": blocked.pack_depthwise,
+                        "direct": blocked.pack_direct}[kind](conv.w, conv.b)
+        self.w, self.b = conv.transforms.get(self.pack_key, pack,
+                                             blocked.packed_shapes(kind, conv.w.shape))
         # how the kernel's threads share the layer (engine.dispatch.layout), None for direct
         self.split = None
         if kind == "pointwise":
@@ -410,9 +416,12 @@ def rewrite(graph: Graph, ops: dict, input_shapes: dict, layout: str = "auto"):
     for spec in graph.outputs:
         if spec.name in blocked_name and spec.name not in nchw_ready:
             as_nchw(spec.name)
-    convs = [op for op in new_ops.values() if isinstance(op, BlockedConv)]
-    for op, w in zip(convs, blocked.side_by_side([op.w for op in convs])):
+    # weights packed for this plan go side by side into one buffer, which later plans share
+    loose = [op for op in new_ops.values()
+             if isinstance(op, BlockedConv) and not op.conv.transforms.arranged(op.pack_key)]
+    for op, w in zip(loose, blocked.side_by_side([op.w for op in loose])):
         op.w = w
+        op.conv.transforms.rearrange(op.pack_key, (w, op.b))
     out = Graph(new_nodes, graph.inputs, graph.outputs, graph.constants, graph.name)
     return out, new_ops, choices
 

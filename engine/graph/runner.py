@@ -77,6 +77,10 @@ class Model:
                 passes.optimize(graph, static)
             self._check_weights(graph)
             self._ops = {n.name: passes.make_op(n, graph.constants) for n in graph.nodes}
+            for name, items in graph.transformed.items():
+                transforms = getattr(self._ops.get(name), "transforms", None)
+                if transforms is not None:
+                    transforms.preload(items)
         self.graph = graph
         self._plans: OrderedDict = OrderedDict()
         self._lock = threading.Lock()
@@ -249,6 +253,7 @@ class Model:
                     graph, ops, layouts = layout.rewrite(self.graph, self._ops, shapes,
                                                          self._layout)
                     plan = Plan(graph, ops, shapes, self.max_memory, layouts)
+                self.graph.release_mapped()
                 with self._lock:
                     self._plans[key] = plan
                     while len(self._plans) > MAX_PLANS:
@@ -403,7 +408,10 @@ class Model:
                 "arenas": {key: p.arena_bytes for key, p in plans}}
 
     # -- files ----------------------------------------------------------------------------------
-    def save(self, path) -> None:
-        """Write the native file (safetensors + graph JSON); see engine.io.native."""
+    def save(self, path, *, transformed=False) -> None:
+        """Write the native file (safetensors + graph JSON); see engine.io.native.
+        transformed=True adds every convolution's transformed weights (of the plans made so
+        far; of one for the declared shape if none was), which a machine with the same CPU
+        and engine version then reads instead of transforming at load."""
         from ..io import native
-        native.save(self, path)
+        native.save(self, path, transformed)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 
 __all__ = ["load", "export"]
 
@@ -78,6 +77,8 @@ def export(module, example_input, path, *, opset=17, input_names=("input",),
     """Export a torch.nn.Module through ONNX (TorchScript exporter, dynamo=False, where that
     keyword exists) to the native file at ``path``; returns the loaded Model. The exported
     graph has the example's shapes (no free dimensions)."""
+    import tempfile
+
     import numpy as np
     import torch
     args = example_input if isinstance(example_input, tuple) else (example_input,)

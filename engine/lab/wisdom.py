@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import warnings
 
 import numpy as np
 
-from .. import dispatch
+from .. import _machine, dispatch
 from .._threads import get_num_threads, resolve_threads
 from ..dispatch.policy import ChoicePolicy, check_accuracy, conv_signature
 from ..ops.conv2d import Conv2d
@@ -28,11 +27,6 @@ FORMAT, VERSION = "convengine-wisdom", 1
 # A measured algorithm replaces the rule's only when faster by this fraction: run-to-run noise
 # on a shared machine is a few percent, and a tie should keep the rule's choice.
 MIN_GAIN = 0.03
-# Instruction-set flags that change which kernels are built and how fast they run.
-_ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl",
-              "avx512_vnni", "avx512_bf16", "amx_tile", "neon", "asimd", "sve")
-
-
 class WisdomWarning(UserWarning):
     """A wisdom file was not used (unreadable, or made for another machine or setting)."""
 
@@ -40,23 +34,7 @@ class WisdomWarning(UserWarning):
 def machine_key(threads: int) -> dict:
     """What a measurement depends on: the CPU model, its instruction sets, the engine's
     version and the thread count."""
-    from .. import __version__
-    cpu, flags = platform.processor() or platform.machine(), set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                key = key.strip()
-                if key == "model name":
-                    cpu = value.strip()
-                elif key in ("flags", "Features"):
-                    flags = set(value.split())
-                if cpu and flags:
-                    break
-    except OSError:
-        pass
-    return {"cpu": cpu, "isa": sorted(f for f in _ISA_FLAGS if f in flags),
-            "engine": __version__, "threads": int(threads)}
+    return dict(_machine.machine_key(), threads=int(threads))
 
 
 def default_path() -> str:

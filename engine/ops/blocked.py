@@ -49,6 +49,19 @@ def _padded_bias(bias, channels):
     return b
 
 
+def packed_shapes(kind: str, weight_shape) -> tuple:
+    """The shapes of the (weights, bias) arrays pack_<kind> makes of weights of this shape."""
+    k, c, kh, kw = weight_shape
+    bias = (blocks(k) * BLOCK,)
+    if kind == "pointwise":
+        return (blocks(k) * BLOCK * blocks(c) * BLOCK,), bias
+    if kind == "depthwise":
+        return (blocks(k), kh, kw, BLOCK), bias
+    if kind == "grouped":
+        return (blocks(k), kh, kw, BLOCK, BLOCK), bias
+    return (blocks(k), c, kh, kw, BLOCK), bias
+
+
 def pack_pointwise(weight: np.ndarray, bias=None):
     """(K, C, 1, 1) weights and K biases -> (wpack, bias) as f32_pointwise_blocked reads them."""
     k, c = weight.shape[:2]

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -16,8 +16,7 @@ from .activation import CLAMP_ACTIVATIONS, activation_code, apply_activation
 from .separable import rank1_kernels as _rank1_kernels
 
 
-@dataclass(frozen=True)
-class Geometry:
+class Geometry(NamedTuple):
     """Everything about one input shape that the kernels need, computed once per shape."""
     batch: int
     in_size: tuple[int, int]
@@ -35,27 +34,71 @@ def _registry():
 class TransformedWeights:
     """The transformed weights of one convolution's algorithms, keyed by algorithm (and, for
     FFT, plane size): shared by the planned layers of one weight, so each transform is made
-    once. ``made`` counts the transforms made (what the tests check)."""
+    once. ``made`` counts the transforms made (what the tests check), ``read`` those taken from
+    a native file's stored ones (``preload``)."""
 
     def __init__(self):
         self._items = {}
+        self._preloaded = {}
+        self._arranged = set()
         self._lock = threading.Lock()
         fork_safe(self)
-        self.made = 0
+        self.made = self.read = 0
 
-    def get(self, key, make):
+    def preload(self, items: dict) -> None:
+        """Transformed weights read from a file: each is used instead of making it when an
+        algorithm asks for its key with the shape it needs, else ignored."""
+        self._preloaded.update(items)
+
+    def get(self, key, make, shape=None):
+        """The value of ``key``, made by ``make()`` once. ``shape``: the shape of the array
+        (or the tuple of shapes of the arrays, None for an absent one) that make() returns,
+        which a preloaded value must have to be used in its place."""
         with self._lock:
             if key in self._items:
                 return self._items[key]
-        value = make()
+            stored = self._preloaded.pop(key, None)
+        value = stored if stored is not None and shape is not None and \
+            _shapes(stored) == shape else None
+        if value is None:
+            value = make()
         with self._lock:
             if key not in self._items:
                 self._items[key] = value
-                self.made += 1
+                if value is stored:
+                    self.read += 1
+                else:
+                    self.made += 1
             return self._items[key]
+
+    def rearrange(self, key, value) -> None:
+        """Replace the made value of ``key`` by an equal one placed elsewhere (a plan's blocked
+        weights copied side by side into one buffer, engine.ops.blocked.side_by_side)."""
+        with self._lock:
+            self._items[key] = value
+            self._arranged.add(key)
+
+    def arranged(self, key) -> bool:
+        return key in self._arranged
 
     def keys(self) -> list:
         return list(self._items)
+
+    def items(self) -> list:
+        with self._lock:
+            return list(self._items.items())
+
+
+def _shapes(value):
+    """The shape of a float32 array, or the tuple of those of a tuple of arrays (None for
+    None); None for anything else."""
+    if isinstance(value, np.ndarray):
+        return value.shape if value.dtype == np.float32 and value.flags.c_contiguous else None
+    if isinstance(value, tuple):
+        shapes = tuple(None if v is None else _shapes(v) for v in value)
+        return shapes if all(s is not None for s, v in zip(shapes, value) if v is not None) \
+            else None
+    return None
 
 
 class Conv2d:
@@ -159,10 +202,16 @@ class Conv2d:
             return self._weight64
         return self.weight.astype(np.float64)
 
-    def transformed(self, key, make):
+    @property
+    def given_weight(self) -> np.ndarray:
+        """The weights as given: float64 where they were, else the float32 ones (no copy)."""
+        return self._weight64 if self._weight64 is not None else self.weight
+
+    def transformed(self, key, make, shape=None):
         """The transformed weights ``key`` (an algorithm's name and what else they depend
-        on), made by ``make()`` once for every layer sharing ``transforms``."""
-        return self.transforms.get(key, make)
+        on), made by ``make()`` once for every layer sharing ``transforms``; ``shape`` (that
+        of make()'s array) lets a native file's stored copy stand in for it."""
+        return self.transforms.get(key, make, shape)
 
     # -- per-shape set-up -------------------------------------------------------------------
     def _geometry(self, shape) -> Geometry:

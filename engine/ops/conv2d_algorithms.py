@@ -58,6 +58,12 @@ class Direct:
                                   L.act_code, threads)
 
 
+def _packed_rows_shape(layer):
+    """The shape of packed_gemm.pack_rows' array of the layer's weights."""
+    g, (k, cols) = layer.groups, layer.weight.reshape(layer.out_channels, -1).shape
+    return (g * packed_gemm.packed_rows(k // g) * cols,)
+
+
 class Im2col:
     """im2col in bounded chunks of output rows, each chunk one GEMM on the packed micro-kernel
     (kernels/_packed_gemm.h); weights packed once."""
@@ -70,7 +76,8 @@ class Im2col:
         self.kdim = w2d.shape[1]
         # the same rows as the pointwise GEMM's: one pack serves both
         self.wpack = layer.transformed("packed_rows",
-                                       lambda: packed_gemm.pack_rows(w2d, layer.groups))
+                                       lambda: packed_gemm.pack_rows(w2d, layer.groups),
+                                       _packed_rows_shape(layer))
 
     def run(self, x, out, g, threads):
         L = self.layer
@@ -99,7 +106,8 @@ class Pointwise:
     def __init__(self, layer):
         self.layer = layer
         self.wpack = layer.transformed("packed_rows", lambda: packed_gemm.pack_rows(
-            layer.weight.reshape(layer.out_channels, -1), layer.groups))
+            layer.weight.reshape(layer.out_channels, -1), layer.groups),
+            _packed_rows_shape(layer))
         self._splits = ShapeCache(64)
 
     def run(self, x, out, g, threads, residual=None):

@@ -18,7 +18,7 @@ and copies out the window ONNX asks for.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -44,8 +44,7 @@ COL2IM_CHUNK_BYTES = 1 << 20
 COL2IM_BLOCK_ROWS = 128
 
 
-@dataclass(frozen=True)
-class Geometry:
+class Geometry(NamedTuple):
     """Everything about one input shape (and requested output size) that the kernels need."""
     batch: int
     in_size: tuple[int, ...]

@@ -6,7 +6,8 @@ the 2-D dispatcher apply to it unchanged. Conv3d runs vol2col and the packed GEM
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+
+from typing import NamedTuple
 
 import numpy as np
 
@@ -128,8 +129,7 @@ class Conv1d:
         return f"{self!r}, run on the (N, C, 1, L) view as:\n{self.layer2d.explain()}"
 
 
-@dataclass(frozen=True)
-class Geometry3d:
+class Geometry3d(NamedTuple):
     batch: int
     in_size: tuple[int, int, int]
     out_size: tuple[int, int, int]

@@ -2,7 +2,6 @@
 k filters input channel k // multiplier with its own kh x kw kernel."""
 from __future__ import annotations
 
-from dataclasses import replace
 
 import numpy as np
 
@@ -67,7 +66,7 @@ class Depthwise:
             return self.forced, "forced by the caller"
 
         def choose():
-            p = replace(self.layer.params, in_size=g.in_size, pads=g.pads, batch=g.batch)
+            p = self.layer.params._replace(in_size=g.in_size, pads=g.pads, batch=g.batch)
             return choose_depthwise_kernel(p)
         return self._choices.get(g, choose)
 

@@ -52,7 +52,8 @@ class DirectBlocked:
             w[:, :kg] = layer.weight.reshape(groups, kg, cg, kh, kw)
             return np.ascontiguousarray(
                 w.reshape(groups, nkb, kb, cg, kh, kw).transpose(0, 1, 3, 4, 5, 2)).reshape(-1)
-        self.wpack = layer.transformed("direct_blocked", make)
+        self.wpack = layer.transformed("direct_blocked", make,
+                                       (groups * nkb * kb * cg * kh * kw,))
 
     def run(self, x, out, g, threads):
         L = self.layer

@@ -16,6 +16,11 @@ PANEL = conv_pointwise.PANEL             # columns of B per panel (NR)
 PANELS_BYTES = 256 << 10
 
 
+def packed_rows(kg: int) -> int:
+    """Rows of a packed [Kg, Cg] matrix: Kg rounded up to whole blocks of MR."""
+    return -(-kg // ROW_BLOCK) * ROW_BLOCK
+
+
 def pack_rows(a: np.ndarray, groups: int) -> np.ndarray:
     """A matrix [groups * Kg, Cg] (groups stacked along the rows) packed for the micro-kernel:
     [groups][ceil(Kg/MR)][Cg][MR], rows beyond Kg zero."""

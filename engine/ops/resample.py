@@ -25,8 +25,8 @@ ONNX's coordinate_transformation_modes, computed in float64 once per shape.
 """
 from __future__ import annotations
 
-import dataclasses
 import math
+from typing import NamedTuple
 
 import numpy as np
 
@@ -179,8 +179,7 @@ COORDINATE_MODES = ("half_pixel", "half_pixel_symmetric", "pytorch_half_pixel", 
 NEAREST_MODES = ("round_prefer_floor", "round_prefer_ceil", "floor", "ceil", "simple")
 
 
-@dataclasses.dataclass(frozen=True)
-class ResizeFilter:
+class ResizeFilter(NamedTuple):
     """How ONNX Resize weighs its input along every axis: ``mode`` nearest, linear or cubic
     (Keys' kernel with ``cubic_a``); ``rounding`` (nearest_mode) for nearest; ``exclude_outside``
     drops taps outside the input and renormalises; ``antialias`` widens linear and cubic

@@ -33,6 +33,7 @@ import numpy as np
 
 from .nonfinite import fix_nonfinite
 from .._cache import ShapeCache
+from .._threads import resolve_threads
 from ..shapes import phase_tiles
 from .._kernels import conv_winograd
 from . import packed_gemm
@@ -121,19 +122,29 @@ TRANSFORMS = {2: (F23_AT, F23_G, F23_BT), 4: (F43_AT, F43_G, F43_BT)}
 
 def transform_weights(w64: np.ndarray, groups: int, m: int) -> np.ndarray:
     """U[g, e, Kg, Cg] = (G w[k, c] G^T) flattened row-major over the (m+2) x (m+2) element e,
-    computed in float64, returned as float32."""
+    computed in float64, returned as float32 (the slow, obvious form the tests check
+    pack_weights against)."""
     _, G, _ = TRANSFORMS[m]
     k, cg = w64.shape[:2]
-    a = m + 2
-    # G w G^T for every (k, c) at once as one GEMM: element (i, j) of the tile is
-    # sum over taps (r, s) of G[i, r] G[j, s] w[k, c, r, s], i.e. kron(G, G) times the taps
-    # stacked as rows (an einsum over the four axes took 0.45 s on a 512-channel layer for
-    # F(4x4,3x3), most of a ResNet-50's planning; this product takes a tenth of that)
-    r = G.shape[1]
-    taps = np.ascontiguousarray(w64.reshape(k, cg, r * r).transpose(2, 0, 1))
-    u = np.kron(G, G) @ taps.reshape(r * r, k * cg)          # (a * a, K * Cg)
-    u = u.reshape(a * a, groups, k // groups, cg).transpose(1, 0, 2, 3)
-    return np.ascontiguousarray(u, dtype=np.float32)
+    u = np.einsum("ir,kcrs,js->kcij", G, w64, G).reshape(groups, k // groups, cg, -1)
+    return np.ascontiguousarray(u.transpose(0, 3, 1, 2), dtype=np.float32)
+
+
+def packed_floats(k: int, cg: int, groups: int, m: int) -> int:
+    """The length of pack_weights' array for K output and Cg input channels per group."""
+    return groups * (m + 2) ** 2 * packed_gemm.packed_rows(k // groups) * cg
+
+
+def pack_weights(w: np.ndarray, groups: int, m: int, threads: int) -> np.ndarray:
+    """transform_weights(w) packed for the micro-kernel (packed_gemm.pack_rows over the
+    groups * (m+2)^2 matrices), made in one pass over the weights (float32 or float64)."""
+    _, G, _ = TRANSFORMS[m]
+    k, cg = w.shape[:2]
+    out = np.zeros(packed_floats(k, cg, groups, m), np.float32)
+    conv_winograd.f32_pack_winograd_weights(w, np.ascontiguousarray(G), groups,
+                                            packed_gemm.ROW_BLOCK, out,
+                                            threads)
+    return out
 
 
 # ---- tiling ----------------------------------------------------------------------------------
@@ -233,10 +244,11 @@ class Winograd:
             raise ValueError(f"Winograd needs a 3x3 stride-1 layer, got kernel "
                              f"{layer.kernel_size} stride {layer.stride}")
         self.layer = layer
-        def make():
-            u = transform_weights(layer.weight64, layer.groups, self.tile)
-            return packed_gemm.pack_rows(u.reshape(-1, u.shape[3]), u.shape[0] * u.shape[1])
-        self.upack = layer.transformed(f"winograd_tile{self.tile}", make)
+        self.upack = layer.transformed(
+            f"winograd_tile{self.tile}",
+            lambda: pack_weights(layer.given_weight, layer.groups, self.tile,
+                                 resolve_threads(layer.num_threads)),
+            (packed_floats(layer.out_channels, layer.weight.shape[1], layer.groups, self.tile),))
         self.bias = (layer.bias if layer.bias is not None
                      else np.zeros(layer.out_channels, np.float32))
         self._plans = ShapeCache(64)
