@@ -11,6 +11,7 @@ import numpy as np
 
 from ..errors import ModelError
 from ..graph.ops import OPS
+from .onnx_proto import TYPE_NAMES
 
 # What to do about operators the engine does not read, where there is something to say.
 _HINTS = {
@@ -295,7 +296,7 @@ def _cast(imp, name, inputs, outputs, attrs):
     attrs = imp.take(attrs, ("to", "saturate", "round_mode"))
     to = attrs.get("to")
     if isinstance(to, str):   # opset 6 allowed the type's name
-        to = getattr(imp.onnx.TensorProto, to.upper(), None)
+        to = TYPE_NAMES.get(to.upper())
     imp.emit("Cast", name, inputs, outputs,
              {"to": imp.dtype(to, f"Cast {name!r} target")})
 

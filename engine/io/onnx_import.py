@@ -1,6 +1,6 @@
-"""ONNX files to the engine's graph (engine.graph.ir), from opset 6 to the newest the onnx
-package knows: reading the file (initializers, graph inputs and outputs, attributes, local
-functions inlined) here, each node's conversion in engine/io/onnx_convert.py.
+"""ONNX files to the engine's graph (engine.graph.ir), from opset 6 to MAX_OPSET: reading the
+file (initializers, graph inputs and outputs, attributes, local functions inlined) here, with
+protobuf's runtime (engine/io/onnx_proto.py), each node's conversion in onnx_convert.py.
 
 Every node becomes an IR node with the operator's opset-21 semantics, so nothing after the
 import looks at an opset: attributes that later opsets made inputs (Clip's min/max before 11,
@@ -8,8 +8,8 @@ Pad's pads before 11, Squeeze/Unsqueeze axes before 13, Slice before 10, Split b
 become constant inputs; Upsample and opset-10 Resize become Resize with their asymmetric
 coordinates; Softmax before 13 keeps its flatten-to-2-D meaning as ``coerce_2d``; opset-6
 arithmetic with ``broadcast``/``axis`` keeps its axis as ``broadcast_axis``. Dropout becomes
-Identity. Later opsets (up to the newest the onnx package knows) changed these operators only
-by adding element types, which the engine refuses anyway, so they are read the same way.
+Identity. Later opsets (up to MAX_OPSET) changed these operators only by adding element types,
+which the engine refuses anyway, so they are read the same way.
 
 Operators: every plan class registered in engine/graph/ops (``supported_ops()``; ``convengine
 ops`` prints them with the schema versions read). Most are read as they are, attributes and all
@@ -17,7 +17,8 @@ ops`` prints them with the schema versions read). Most are read as they are, att
 converter of their own. Any other operator, or an attribute a plan does not understand, is an
 engine.ModelError naming the node. Float16 and bfloat16 constants are widened to float32.
 
-The ``onnx`` package is needed here only, and imported when an ONNX file is loaded.
+The ``onnx`` package is imported only for what it alone does: inlining a model's local
+functions, and the schema versions of ``operator_table``.
 """
 from __future__ import annotations
 
@@ -28,17 +29,20 @@ import numpy as np
 from ..errors import ModelError
 from ..graph.ir import DTYPES, Graph, Node, TensorSpec
 from ..graph.ops import OPS
+from . import onnx_proto
 from .onnx_convert import CONVERTERS, converter, hint, supported_ops  # noqa: F401
 
 MIN_OPSET = 6
+# The newest opset whose operators the converters were checked against (onnx 1.23's).
+MAX_OPSET = 28
 
 
 def _onnx():
     try:
         import onnx
     except ImportError:
-        raise ModelError("loading an ONNX file needs the onnx package (pip install onnx); "
-                         "native .safetensors files load without it") from None
+        raise ModelError("inlining a model's local functions, and the operator table, need "
+                         "the onnx package (pip install onnx)") from None
     return onnx
 
 
@@ -47,11 +51,11 @@ def _text(s) -> str:
     return s.decode("utf-8", "replace") if isinstance(s, bytes) else s
 
 
-def _dtype(onnx, elem_type, what):
-    try:
-        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem_type))
-    except Exception:
-        raise ModelError(f"{what} has an unknown element type {elem_type}") from None
+def _dtype(elem_type, what):
+    if elem_type not in onnx_proto.DTYPE:
+        raise ModelError(f"{what} has element type {elem_type}, which is not supported "
+                         f"(supported: {', '.join(DTYPES)})")
+    dtype = np.dtype(onnx_proto.DTYPE[elem_type])
     if dtype.name not in DTYPES:
         raise ModelError(f"{what} has element type {dtype.name}, which is not supported "
                          f"(supported: {', '.join(DTYPES)})")
@@ -63,17 +67,10 @@ def _dtype(onnx, elem_type, what):
 _WIDENED = {10: "float16", 16: "bfloat16"}      # TensorProto.FLOAT16, BFLOAT16
 
 
-def _array(onnx, tensor, what, base_dir=None, widened=None):
+def _array(tensor, what, base_dir=None, widened=None):
     """The tensor's values; a float16 or bfloat16 one as float32 (its name is appended to
     ``widened``)."""
-    if tensor.data_location == onnx.TensorProto.EXTERNAL and base_dir is None:
-        raise ModelError(f"{what}: the data is stored in an external file; pass base_dir= "
-                         f"(the directory it is relative to) to load a ModelProto with external "
-                         f"data")
-    try:
-        value = onnx.numpy_helper.to_array(tensor, base_dir or "")
-    except Exception as e:
-        raise ModelError(f"{what}: cannot read the tensor data: {e}") from None
+    value = onnx_proto.to_array(tensor, what, base_dir)
     if tensor.data_type in _WIDENED:
         value = value.astype(np.float32)
         if widened is not None:
@@ -86,45 +83,47 @@ def _array(onnx, tensor, what, base_dir=None, widened=None):
 
 def load(source, base_dir=None) -> Graph:
     """A path to an .onnx file (external data relative to its directory), the file's bytes
-    (no external data), or an
-    onnx.ModelProto (external data only relative to ``base_dir``, never the working
-    directory)."""
-    onnx = _onnx()
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        model = onnx.ModelProto()
-        try:
-            model.ParseFromString(bytes(source))
-        except Exception as e:
-            raise ModelError(f"the bytes given are not an ONNX model: {e}") from None
-        source, base_dir = model, None
+    (no external data), or an onnx.ModelProto (external data only relative to ``base_dir``,
+    never the working directory)."""
     if isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
-        base_dir = os.path.dirname(os.path.abspath(path))
+        with open(path, "rb") as f:
+            data = f.read()
         try:
-            model = onnx.load(path)
-        except FileNotFoundError:
-            raise
-        except Exception as e:
-            raise ModelError(f"{path}: not a readable ONNX file: {e}") from None
+            model = onnx_proto.parse_model(data)
+        except ModelError as e:
+            raise ModelError(f"{path}: not a readable ONNX file ({e})") from None
+        base_dir = os.path.dirname(os.path.abspath(path))
     else:
-        model = source
-        if base_dir is not None:
-            base_dir = os.path.abspath(os.fspath(base_dir))
-    return _Importer(onnx, model, base_dir).graph
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            data, base_dir = bytes(source), None
+        elif hasattr(source, "SerializeToString"):      # an onnx.ModelProto
+            data = source.SerializeToString()
+            if base_dir is not None:
+                base_dir = os.path.abspath(os.fspath(base_dir))
+        else:
+            raise ModelError(f"expected a path, the bytes of an ONNX file or an "
+                             f"onnx.ModelProto, got {type(source).__name__}")
+        try:
+            model = onnx_proto.parse_model(data)
+        except ModelError as e:
+            raise ModelError(f"the bytes given are not an ONNX model ({e})") from None
+    return _Importer(model, data, base_dir).graph
 
 
 def check(path) -> list:
     """Every problem the importer finds in the ONNX file at ``path``, all at once (each node
     converted on its own), then the graph's node checks; an empty list when the import gets
     through. What only planning finds is for the caller to add (``convengine check``)."""
-    onnx = _onnx()
     problems = []
     try:
-        model = onnx.load(os.fspath(path))
-    except Exception as e:
+        with open(os.fspath(path), "rb") as f:
+            data = f.read()
+        model = onnx_proto.parse_model(data)
+    except (OSError, ModelError) as e:
         return [f"{path}: not a readable ONNX file: {e}"]
     try:
-        imp = _Importer(onnx, model, os.path.dirname(os.path.abspath(path)), problems)
+        imp = _Importer(model, data, os.path.dirname(os.path.abspath(path)), problems)
     except ModelError as e:
         return problems + [str(e)]
     if problems:
@@ -141,9 +140,28 @@ def check(path) -> list:
     return problems
 
 
+A = onnx_proto.AttributeProto
+# how each attribute type the converters read is taken from an AttributeProto
+_ATTRIBUTE_VALUE = {A.FLOAT: lambda a: a.f, A.INT: lambda a: a.i, A.STRING: lambda a: a.s,
+                    A.FLOATS: lambda a: list(a.floats), A.INTS: lambda a: list(a.ints),
+                    A.STRINGS: lambda a: list(a.strings)}
+
+
+def _inlined(data: bytes):
+    """The model in ``data`` with its local functions inlined (by the onnx package)."""
+    onnx = _onnx()
+    try:
+        from onnx.inliner import inline_local_functions
+        proto = onnx.ModelProto()
+        proto.ParseFromString(data)
+        data = inline_local_functions(proto).SerializeToString()
+    except Exception as e:
+        raise ModelError(f"the model's local functions cannot be inlined: {e}") from None
+    return onnx_proto.parse_model(data)
+
+
 class _Importer:
-    def __init__(self, onnx, model, base_dir, problems=None):
-        self.onnx = onnx
+    def __init__(self, model, data, base_dir, problems=None):
         self.base_dir = base_dir
         self.opset = None
         for imp in model.opset_import:
@@ -154,26 +172,21 @@ class _Importer:
         if self.opset < MIN_OPSET:
             raise ModelError(f"opset {self.opset} is older than the oldest supported "
                              f"({MIN_OPSET})")
-        newest = onnx.defs.onnx_opset_version()
-        if self.opset > newest:
-            raise ModelError(f"opset {self.opset} is newer than the onnx package knows "
-                             f"({newest})")
+        if self.opset > MAX_OPSET:
+            raise ModelError(f"opset {self.opset} is newer than this engine reads "
+                             f"({MAX_OPSET})")
         self.local_functions = {(f.domain, f.name) for f in model.functions}
         if self.local_functions:
             # model-local functions (torch.onnx's dynamo exporter writes them) become the
             # nodes they stand for
-            try:
-                from onnx.inliner import inline_local_functions
-                model = inline_local_functions(model)
-            except Exception as e:
-                raise ModelError(f"the model's local functions cannot be inlined: {e}") from None
+            model = _inlined(data)
         g = model.graph
         if len(g.sparse_initializer):
             raise ModelError("sparse initializers are not supported")
         self.constants = {}
         self.widened = []
         for t in g.initializer:
-            self.constants[t.name] = _array(onnx, t, f"initializer {t.name!r}", base_dir,
+            self.constants[t.name] = _array(t, f"initializer {t.name!r}", base_dir,
                                             self.widened)
         inputs = []
         for vi in g.input:
@@ -210,7 +223,7 @@ class _Importer:
             return TensorSpec(vi.name, None, "float32")   # an output declared by name only
         if t.WhichOneof("value") != "tensor_type":
             raise ModelError(f"{what} is not a tensor")
-        dtype = _dtype(self.onnx, t.tensor_type.elem_type, what) \
+        dtype = _dtype(t.tensor_type.elem_type, what) \
             if t.tensor_type.elem_type else "float32"
         shape = None
         if t.tensor_type.HasField("shape"):
@@ -236,29 +249,27 @@ class _Importer:
         for a in node.attribute:
             if a.ref_attr_name:
                 raise ModelError(f"{what}: attribute references are not supported")
-            if a.type == self.onnx.AttributeProto.UNDEFINED:
+            kind = a.type
+            if kind == A.UNDEFINED:
                 # onnx would read such an attribute as None, silently dropping it
                 raise ModelError(f"{what}: attribute {a.name!r} has no type")
-            if a.type == self.onnx.AttributeProto.TENSOR:
-                out[_text(a.name)] = _array(self.onnx, a.t, f"{what}: attribute {a.name!r}",
+            if kind == A.TENSOR:
+                out[_text(a.name)] = _array(a.t, f"{what}: attribute {a.name!r}",
                                             self.base_dir, self.widened)
                 continue
-            if a.type in (self.onnx.AttributeProto.GRAPH, self.onnx.AttributeProto.GRAPHS,
-                          self.onnx.AttributeProto.SPARSE_TENSOR,
-                          self.onnx.AttributeProto.TENSORS,
-                          self.onnx.AttributeProto.SPARSE_TENSORS):
+            if kind not in _ATTRIBUTE_VALUE:
                 raise ModelError(f"{what}: attribute {a.name!r} of this type is not supported")
-            v = self.onnx.helper.get_attribute_value(a)
+            v = _ATTRIBUTE_VALUE[kind](a)
             if isinstance(v, bytes):
                 v = v.decode("utf-8", "replace")
-            elif isinstance(v, (list, tuple)):
+            elif isinstance(v, list):
                 v = [e.decode("utf-8", "replace") if isinstance(e, bytes) else e for e in v]
             out[_text(a.name)] = v
         return out
 
     def dtype(self, elem_type, what):
         """The NumPy dtype name of an ONNX element type (for converters)."""
-        return _dtype(self.onnx, elem_type, what)
+        return _dtype(elem_type, what)
 
     # -- nodes ----------------------------------------------------------------------------------
     def _convert(self, node, index):
