@@ -1,7 +1,6 @@
 """The ONNX reader without the onnx package (engine/io/onnx_proto.py): every element type and
 storage form decodes as onnx.numpy_helper does, external data stays inside the model's
 directory, and loading an .onnx file never imports onnx."""
-import os
 
 import numpy as np
 import pytest
