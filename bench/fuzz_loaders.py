@@ -284,13 +284,19 @@ def seed_onnx_models():
 
 
 def seed_native_files(directory):
-    """Native files saved from the ONNX seeds, and the bundled digits_net: their paths."""
+    """Native files saved from the ONNX seeds (each also with its transformed weights, whose
+    metadata and tensors mutate too), and the bundled digits_net: their paths."""
     import engine
     paths = []
     for name, proto in seed_onnx_models().items():
-        path = os.path.join(directory, f"{name}.safetensors")
-        engine.load(proto).save(path)
-        paths.append(path)
+        model = engine.load(proto)
+        for suffix, transformed in (("", False), ("_transformed", True)):
+            path = os.path.join(directory, f"{name}{suffix}.safetensors")
+            try:
+                model.save(path, transformed=transformed)
+            except ValueError:           # free dimensions besides the batch: not planned
+                continue
+            paths.append(path)
     paths.append(os.path.join(REPO, "engine", "data", "digits_net.safetensors"))
     return paths
 
@@ -575,8 +581,11 @@ def native_case(d, seeds, log):
             _tensor_header_mutation(d, header, body, log)
         else:
             meta = header.get("__metadata__")
-            if isinstance(meta, dict):
-                key = d.choice(["format", "format_version", "graph", "other"])
+            if isinstance(meta, dict) and isinstance(meta.get("transformed"), str) \
+                    and d.chance(0.5):
+                _transformed_mutation(d, meta, header, log)
+            elif isinstance(meta, dict):
+                key = d.choice(["format", "format_version", "graph", "transformed", "other"])
                 v = d.choice([None, "", "convengine", "1", "2", "{}", "[]", "null", "{",
                               d.json_value()])
                 if v is None:
@@ -588,6 +597,35 @@ def native_case(d, seeds, log):
             header["__metadata__"]["graph"] = json.dumps(graph, separators=(",", ":"))
         data = join_safetensors(header, body)
     return data
+
+
+def _transformed_mutation(d, meta, header, log):
+    """Edit the stored transformed weights' listing: another machine, a key or node that
+    does not exist, a name pointing at another tensor or nowhere, a value of the wrong type."""
+    try:
+        doc = json.loads(meta["transformed"])
+        layers = doc["layers"]
+        node = d.choice(sorted(layers))
+        key = d.choice(sorted(layers[node]))
+    except Exception:      # noqa: BLE001 (already mangled, or nothing listed)
+        return
+    names = sorted(k for k in header if k != "__metadata__")
+    kind = d.randint(0, 5)
+    if kind == 0:
+        doc["made_for"] = d.json_value()
+    elif kind == 1:
+        layers[node][key] = d.choice(names + ["nowhere", None, 3, [None], []])
+    elif kind == 2:
+        layers[d.string_value()] = {key: layers[node][key]}
+    elif kind == 3:
+        layers[node][d.choice(["winograd_tile4", "packed_rows", "nchw16c_direct",
+                               d.string_value()])] = layers[node][key]
+    elif kind == 4:
+        doc["layers"] = d.json_value()
+    else:
+        doc[d.choice(["made_for", "layers"])] = d.json_value()
+    meta["transformed"] = json.dumps(doc)
+    log.append(f"transformed mutation {kind} on {node!r} {key!r}")
 
 
 # ----------------------------------------------------------------------------- ONNX cases

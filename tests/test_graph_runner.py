@@ -181,6 +181,31 @@ def test_free_dimensions_plan_per_shape_with_a_bounded_cache(rng):
     assert "plan for x: 2x3x10x6" in text
 
 
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="reads Linux's statm")
+def test_shapes_in_rotation_keep_memory_flat(rng):
+    """30 input shapes in rotation, 6 times over: every plan beyond MAX_PLANS is evicted with
+    its arenas and per-shape tables, so the process's resident memory does not grow after
+    the first rotations (a leak of each evicted plan would add its 0.8-1 MB arena
+    and tables 30 times per rotation)."""
+    model, _ = small_net(rng, free=True)
+    shapes = [(1, 3, 128 + 2 * k, 96) for k in range(30)]
+    xs = {s: x_of(np.random.default_rng(sum(s)), *s) for s in shapes}
+    page = os.sysconf("SC_PAGE_SIZE")
+
+    def rss():
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * page
+
+    after = []
+    for _ in range(6):
+        for s in shapes:
+            model(xs[s])
+            assert len(model._plans) <= engine.graph.runner.MAX_PLANS
+        after.append(rss())
+    assert all(len(op._layers) <= 8 for op in model._ops.values() if hasattr(op, "_layers"))
+    assert after[-1] - after[1] < 16 << 20, [a >> 20 for a in after]
+
+
 # ------------------------------------------------------------------------------ explain
 
 def test_explain_and_profile(rng):

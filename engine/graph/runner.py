@@ -11,7 +11,7 @@ from .._threads import blas_pinned, fork_safe, resolve_threads
 from ..dispatch.layout import why_not_layout
 from ..dispatch.policy import DEFAULT_POLICY, choice_policy
 from ..errors import ModelError
-from ..memory import format_bytes, memory_budget, resolve_max_memory
+from ..memory import format_bytes, memory_budget, release_free_heap, resolve_max_memory
 from . import layout, passes
 from .ir import Graph, TensorSpec
 from .ops.base import NeedsValue
@@ -254,6 +254,7 @@ class Model:
                                                          self._layout)
                     plan = Plan(graph, ops, shapes, self.max_memory, layouts)
                 self.graph.release_mapped()
+                release_free_heap()
                 with self._lock:
                     self._plans[key] = plan
                     while len(self._plans) > MAX_PLANS:
@@ -344,6 +345,11 @@ class Model:
                      f"{plan.naive_bytes / 2**20:.3f} MiB); the plan holds "
                      f"{format_bytes(plan.planned_bytes)} of the "
                      f"{format_bytes(self.max_memory)} budget (max_memory)")
+        held = self.memory()
+        lines.append(f"weights: {format_bytes(held['weights'])} as loaded"
+                     + (" (mapped from the file, resident only while read)"
+                        if g.mapped is not None else "")
+                     + f", {format_bytes(held['transformed'])} transformed or packed")
         runs = plan.profiled_runs
         head = (f"{'#':>3} {'node':<24} {'op':<18} {'input -> output':<34} {'MFLOP':>9}"
                 + (f" {'ms':>8} {'GFLOP/s':>8}" if runs else "") + "  algorithm / notes")

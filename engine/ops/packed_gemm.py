@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._kernels import conv_pointwise
-from .workspace import workspace
+from .workspace import weight_zeros, workspace
 
 ROW_BLOCK = conv_pointwise.ROW_BLOCK     # rows of A per packed block (MR)
 PANEL = conv_pointwise.PANEL             # columns of B per panel (NR)
@@ -28,9 +28,14 @@ def pack_rows(a: np.ndarray, groups: int) -> np.ndarray:
     k, cg = a.shape
     kg = k // groups
     nmb = -(-kg // mr)
-    p = np.zeros((groups, nmb * mr, cg), np.float32)
-    p[:, :kg] = a.reshape(groups, kg, cg)
-    return np.ascontiguousarray(p.reshape(groups, nmb, mr, cg).transpose(0, 1, 3, 2)).reshape(-1)
+    out = weight_zeros(groups * nmb * mr * cg)
+    packed = out.reshape(groups, nmb, cg, mr)
+    full = kg // mr                          # whole blocks of MR rows, then the rest
+    rows = a.reshape(groups, kg, cg)
+    packed[:, :full] = rows[:, :full * mr].reshape(groups, full, mr, cg).transpose(0, 1, 3, 2)
+    if kg > full * mr:
+        packed[:, full, :, :kg - full * mr] = rows[:, full * mr:].transpose(0, 2, 1)
+    return out
 
 
 def split(cg: int, kg: int, columns: int) -> tuple[int, int]:
