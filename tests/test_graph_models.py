@@ -127,11 +127,23 @@ def test_model_matches_onnxruntime_and_torch(exported, tmp_path):
     assert f"fused {sum(activations.values())} activations" in notes
     text = model.explain()
     assert "depthwise" in text or "winograd_f23" in text
-    # native file: bit-exact
+    # each convolution's transformed weights made once per algorithm, shared by the
+    # load-time and run-time plans and by the layers a fusion remade
+    model(x)
+    transforms = [op.transforms for op in model._ops.values() if hasattr(op, "transforms")]
+    assert len(transforms) == len(convs)
+    assert all(t.made == len(t.keys()) >= 1 for t in transforms)
+    # native file: bit-exact, and with the transformed weights stored none is made again
     native = tmp_path / f"{name}.safetensors"
     model.save(native)
     again = engine.load(native)
     np.testing.assert_array_equal(again(x), got)
+    model.save(native, transformed=True)
+    stored = engine.load(native)
+    np.testing.assert_array_equal(stored(x), got)
+    transforms = [op.transforms for op in stored._ops.values() if hasattr(op, "transforms")]
+    assert sum(t.made for t in transforms) == 0
+    assert sum(t.read for t in transforms) == sum(len(t.keys()) for t in transforms)
     assert again.outputs == model.outputs == [engine.graph.TensorSpec("output", (1, 1000),
                                                                       "float32")]
 

@@ -46,6 +46,12 @@ def check_model(name, opset, side=None, batches=(1, 4)):
         assert got.shape == want.shape
         err = relative_error(got, want)
         assert err <= RELATIVE_TOLERANCE, f"{name} opset {opset} batch {batch}: {err:.2e}"
+    # the plans of both batch sizes share each convolution's transformed weights: every one
+    # was made once
+    for op in model._ops.values():
+        if hasattr(op, "transforms"):
+            assert op.transforms.made == len(op.transforms.keys()), (op.name,
+                                                                     op.transforms.keys())
 
 
 @pytest.mark.parametrize("name,opset,side", SMALL, ids=[f"{n}-op{o}" for n, o, _ in SMALL])
