@@ -1,5 +1,5 @@
 """The rest of the layer suite (shared/BENCHMARKS.md): transposed, 1-D, 3-D, deformable
-convolution and max-unpooling, next to ONNX Runtime and PyTorch, 1 and 2 threads.
+convolution, max pooling and max-unpooling, next to ONNX Runtime and PyTorch, 1 and 2 threads.
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/bench_family.py [--threads 1 2]
 """
@@ -95,6 +95,26 @@ def unpool_case():
                 note="scatter (ONNX indices)")
 
 
+def maxpool_cases():
+    """3x3 stride-2 max pools: ResNet's stem (padded) and SqueezeNet's (ceil mode)."""
+    cases = []
+    for c, side, pad, ceil in ((64, 112, 1, False), (64, 111, 0, True), (128, 55, 0, True)):
+        x = _rand(1, c, side, side)
+        out = (side + 2 * pad - 3 + (1 if ceil else 0)) // 2 + 1
+        model, feeds = onnx_single_node("MaxPool", [("x", x)], [],
+                                        dict(kernel_shape=[3, 3], strides=[2, 2],
+                                             pads=[pad] * 4, ceil_mode=int(ceil)), opset=12)
+        cases.append(Case(f"maxpool3_s2_c{c}_{side}{'_ceil' if ceil else ''}",
+                          9.0 * c * out * out,
+                          lambda x=x, pad=pad, ceil=ceil: (lambda: engine.max_pool2d(
+                              x, 3, 2, pad, ceil_mode=ceil)),
+                          model, feeds,
+                          _torch_call(lambda t: t.nn.functional.max_pool2d, x, kernel_size=3,
+                                      stride=2, padding=pad, ceil_mode=ceil),
+                          note="rows, then columns"))
+    return cases
+
+
 CASES = [conv_transpose_case, conv1d_case, conv3d_case, deform_case, unpool_case]
 
 
@@ -102,8 +122,12 @@ def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--repeat", type=int, default=15)
+    ap.add_argument("--only", help="cases whose name contains this")
     args = ap.parse_args(argv)
-    results = run_cases([make() for make in CASES], args.threads, args.repeat)
+    cases = [make() for make in CASES] + maxpool_cases()
+    if args.only:
+        cases = [c for c in cases if args.only in c.name]
+    results = run_cases(cases, args.threads, args.repeat)
     for t in args.threads:
         rows = [r for r in results if r["threads"] == t and "onnxruntime" in r]
         worst = max((r["engine_ms"] / r["onnxruntime"], r["case"]) for r in rows)

@@ -17,6 +17,7 @@ import numpy as np
 from cython.parallel cimport prange
 from libc.stdint cimport int64_t, uint64_t
 from libc.string cimport memset
+from libc.stdlib cimport free, malloc
 from libc.math cimport INFINITY
 from _im2col cimport ceil_div_nonneg
 
@@ -35,6 +36,48 @@ cdef inline void tap_columns(Py_ssize_t off, Py_ssize_t sw, Py_ssize_t W, Py_ssi
     hi[0] = max(min(ceil_div_nonneg(W - off, sw), OW), lo[0])
 
 
+cdef void maxpool_rows_first(const float* x, Py_ssize_t H, Py_ssize_t W, float* y,
+                             Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t kh, Py_ssize_t kw,
+                             Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
+                             Py_ssize_t dh, Py_ssize_t dw, float* t,
+                             Py_ssize_t* cols) noexcept nogil:
+    # Max pooling without indices: per output row, the maximum over the window's kh input rows
+    # first (contiguous, one vector pass per row into t), then over its kw columns of t (in
+    # L1); cols holds each column tap's range of outputs (2 * kw), the same for every row.
+    # kh + kw passes instead of kh * kw strided ones (bench/bench_family.py --only maxpool).
+    # NaN wins as in the per-window scan; which of +0 and -0 is kept when both are the maximum
+    # may differ from it (they compare equal).
+    cdef Py_ssize_t oy, ox, u, v, i, iy, lo, hi
+    cdef float* yrow
+    cdef const float* src
+    cdef const float* row
+    cdef float val, m
+    for v in range(kw):
+        tap_columns(v * dw - pw, sw, W, OW, &cols[2 * v], &cols[2 * v + 1])
+    for oy in range(OH):
+        yrow = y + oy * OW
+        for i in range(W):
+            t[i] = -INFINITY
+        for u in range(kh):
+            iy = oy * sh - ph + u * dh
+            if iy < 0 or iy >= H:
+                continue
+            row = x + iy * W
+            for i in range(W):
+                val = row[i]
+                m = t[i]
+                t[i] = val if (val > m) | (val != val) else m
+        for ox in range(OW):
+            yrow[ox] = -INFINITY
+        for v in range(kw):
+            lo, hi = cols[2 * v], cols[2 * v + 1]
+            src = t + v * dw - pw
+            for ox in range(lo, hi):
+                val = src[ox * sw]
+                m = yrow[ox]
+                yrow[ox] = val if (val > m) | (val != val) else m
+
+
 # Both pooling kernels work a whole output row at a time: for each tap (u, v) of the window,
 # one pass over the row's outputs updates every output that tap reaches. Each output still sees
 # its taps in row-major order (u outer, v inner), so maxima, indices and float sums are those of
@@ -49,7 +92,20 @@ cdef void f32_maxpool2d_plane(const float* x, Py_ssize_t H, Py_ssize_t W,
     cdef int64_t* irow
     cdef const float* src
     cdef float val, m
-    cdef bint take
+    cdef bint take, done
+    cdef float* t
+    cdef Py_ssize_t* cols
+    if idx == NULL:
+        t = <float*>malloc(W * sizeof(float))
+        cols = <Py_ssize_t*>malloc(2 * kw * sizeof(Py_ssize_t))
+        done = t != NULL and cols != NULL
+        if done:
+            maxpool_rows_first(x, H, W, y, OH, OW, kh, kw, sh, sw, ph, pw, dh, dw, t, cols)
+        free(t)
+        free(cols)
+        if done:
+            return
+        # out of memory for two small rows: the per-tap loops below need none
     for oy in range(OH):
         yrow = y + oy * OW
         irow = idx + oy * OW if idx != NULL else NULL
