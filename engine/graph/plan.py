@@ -34,6 +34,7 @@ import numpy as np
 from .._threads import fork_safe
 from ..errors import ModelError
 from ..memory import current_max_memory, format_bytes, nbytes
+from ..ops.workspace import populated_zeros
 from .ir import Node
 from .ops import Info, blame, check_tensor_size
 from .ops.base import NeedsValue
@@ -408,7 +409,7 @@ class Plan:
         env = getattr(self._local, "env", None)
         if env is None:
             env = list(self.template)
-            arena = np.empty(self.arena_bytes, np.uint8)
+            arena = populated_zeros(self.arena_bytes, np.uint8)
             for s, offset, shape, dtype in self.layout:
                 nbytes = math.prod(shape) * dtype.itemsize
                 env[s] = arena[offset:offset + nbytes].view(dtype).reshape(shape)

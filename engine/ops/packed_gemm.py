@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._kernels import conv_pointwise
-from .workspace import weight_zeros, workspace
+from .workspace import populated_zeros, workspace
 
 ROW_BLOCK = conv_pointwise.ROW_BLOCK     # rows of A per packed block (MR)
 PANEL = conv_pointwise.PANEL             # columns of B per panel (NR)
@@ -28,7 +28,7 @@ def pack_rows(a: np.ndarray, groups: int) -> np.ndarray:
     k, cg = a.shape
     kg = k // groups
     nmb = -(-kg // mr)
-    out = weight_zeros(groups * nmb * mr * cg)
+    out = populated_zeros(groups * nmb * mr * cg)
     packed = out.reshape(groups, nmb, cg, mr)
     full = kg // mr                          # whole blocks of MR rows, then the rest
     rows = a.reshape(groups, kg, cg)

@@ -37,7 +37,7 @@ from .._threads import resolve_threads
 from ..shapes import phase_tiles
 from .._kernels import conv_winograd
 from . import packed_gemm
-from .workspace import weight_zeros, workspace
+from .workspace import populated_zeros, workspace
 
 # Tiles are processed in blocks of whole tile rows; the blocks depend on the shapes alone, so
 # the result does not depend on the thread count. A block aims at a V (input transforms) that
@@ -140,7 +140,7 @@ def pack_weights(w: np.ndarray, groups: int, m: int, threads: int) -> np.ndarray
     groups * (m+2)^2 matrices), made in one pass over the weights (float32 or float64)."""
     _, G, _ = TRANSFORMS[m]
     k, cg = w.shape[:2]
-    out = weight_zeros(packed_floats(k, cg, groups, m))
+    out = populated_zeros(packed_floats(k, cg, groups, m))
     conv_winograd.f32_pack_winograd_weights(w, np.ascontiguousarray(G), groups,
                                             packed_gemm.ROW_BLOCK, out,
                                             threads)

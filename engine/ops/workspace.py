@@ -9,12 +9,14 @@ import threading
 import numpy as np
 
 
-def weight_zeros(count: int, dtype=np.float32) -> np.ndarray:
-    """Zeroed memory for transformed weights, mapped with every page made at once
-    (MAP_POPULATE) and without NumPy's request for transparent huge pages: where memory is
-    fragmented, the kernel's compaction for huge pages made allocating DRN-C-26's 326 MB of
-    Winograd weights take 0.8 s instead of 0.15 s, and the runs were no faster for them
-    (bench/bench_deploy.py; A/B in one process)."""
+def populated_zeros(count: int, dtype=np.float32) -> np.ndarray:
+    """Zeroed memory made present at once (MAP_POPULATE), in small pages, for what is
+    allocated once and kept: transformed weights, a plan's activation arena, the kernels'
+    scratch buffers. NumPy asks
+    the kernel to back large arrays with transparent huge pages; where memory is fragmented
+    the kernel then compacts it on the first touch of each 2 MB, which made allocating DRN-C-26's
+    326 MB of Winograd weights take 0.8 s instead of 0.15 s and MobileNetV2's first run 28 ms
+    instead of 8, with runs no faster after (bench/bench_deploy.py)."""
     nbytes = int(count) * np.dtype(dtype).itemsize
     if nbytes < (1 << 20) or not hasattr(mmap, "MAP_POPULATE"):
         return np.zeros(count, dtype)
@@ -80,8 +82,9 @@ class WorkspacePool:
                 best = i
         if best >= 0:
             return free.pop(best)
-        # 64-byte aligned start, so the kernel's sub-buffers are aligned too
-        raw = np.empty(floats + 16, np.float32)
+        # 64-byte aligned start, so the kernel's sub-buffers are aligned too; made present at
+        # once, as it is kept and reused
+        raw = populated_zeros(floats + 16)
         start = (-raw.ctypes.data % 64) // 4
         return raw[start:start + floats]
 
