@@ -12,6 +12,7 @@ order of eps32 relative to f, as is the Gemm's own rounding relative to that sum
 (~80 eps32), the tolerance of the direct and im2col convolutions in tests/test_conv2d.py; the
 errors measured are about 1 eps32 of the magnitude, which is 4 to 5 times max |output|.
 """
+import collections
 import os
 import threading
 import time
@@ -204,6 +205,36 @@ def test_shapes_in_rotation_keep_memory_flat(rng):
         after.append(rss())
     assert all(len(op._layers) <= 8 for op in model._ops.values() if hasattr(op, "_layers"))
     assert after[-1] - after[1] < 16 << 20, [a >> 20 for a in after]
+
+
+def test_each_node_inferred_and_folded_once_per_plan(rng, monkeypatch):
+    """The layout pass's inference serves the plan: a node the pass leaves alone is inferred
+    once per plan, and a value computed while planning is computed once."""
+    from engine.graph import plan as plan_module
+    w = (rng.standard_normal((8, 3, 3, 3)) * 0.3).astype(np.float32)
+    consts = {"w": w, "zero": np.array(0, np.int64), "minus": np.array([-1], np.int64),
+              "axes": np.array([0], np.int64)}
+    nodes = [Node("Conv", "conv", ["x", "w"], ["c"], {"pads": [1, 1, 1, 1]}),
+             Node("Shape", "shape", ["c"], ["s"]),                   # computed while planning
+             Node("Gather", "batch", ["s", "zero"], ["n"], {"axis": 0}),
+             Node("Unsqueeze", "n1", ["n", "axes"], ["n1"]),
+             Node("Concat", "to", ["n1", "minus"], ["to"], {"axis": 0}),
+             Node("Reshape", "flat", ["c", "to"], ["y"])]
+    model = Model(Graph(nodes, [TensorSpec("x", (None, 3, None, None), "float32")],
+                        [TensorSpec("y", None, "float32")], consts))
+    calls, evaluated = collections.Counter(), collections.Counter()
+    for op in model._ops.values():
+        real = op.infer
+        monkeypatch.setattr(op, "infer", lambda ins, real=real, op=op:
+                            calls.update([op.name]) or real(ins))
+    real_eval = plan_module.evaluate
+    monkeypatch.setattr(plan_module, "evaluate", lambda op, *a, **k:
+                        evaluated.update([op.name]) or real_eval(op, *a, **k))
+    x = x_of(rng, 2, 3, 12, 12)
+    want = conv2d_ref(x, w, pads=((1, 1), (1, 1))).reshape(2, -1)
+    np.testing.assert_allclose(model(x), want, rtol=1e-5, atol=1e-5)
+    assert set(calls) == set(model._ops) and max(calls.values()) == 1, calls
+    assert evaluated and max(evaluated.values()) == 1, evaluated
 
 
 # ------------------------------------------------------------------------------ explain

@@ -9,7 +9,8 @@ blocked kernels share their work between threads, is engine/dispatch/layout.py's
 module rewrites the graph accordingly.
 
 ``rewrite(graph, ops, input_shapes, layout)`` returns the graph the plan runs, the ops for its
-nodes and each convolution's layout choice with its reason: each blocked convolution becomes a
+nodes, each convolution's layout choice with its reason, and its own inference of the graph
+(which the plan reuses for the nodes left alone, so each is inferred once per plan): each blocked convolution becomes a
 ``BlockedConv`` writing ``<name>#nchw16c``; a ``ToBlocked`` step precedes the first blocked
 reader of an NCHW tensor, a ``FromBlocked`` step (writing the original name) the first NCHW
 reader of a blocked one; a GlobalAveragePool reading a blocked tensor reads it in place.
@@ -33,7 +34,7 @@ from ..ops import blocked
 from ..ops.activation import ACTIVATION_CODES
 from .ir import Graph, Node
 from .ops import F32, Info, Op
-from .plan import infer_nodes
+from .plan import Inferred, infer_nodes
 
 SUFFIX = "#nchw16c"
 # Multiply-adds per thread of a blocked depthwise step, a quarter of threads_for's default:
@@ -293,9 +294,10 @@ class BlockedConv(_Internal):
 
 
 def rewrite(graph: Graph, ops: dict, input_shapes: dict, layout: str = "auto"):
-    """(graph, ops, choices) to plan for ``input_shapes``: graph and ops the same objects when
-    nothing is blocked; choices {node name: (layout, reason)} for every convolution whose input
-    is not computed while planning. layout: "auto", or "nchw" / "nchw16c" to force one
+    """(graph, ops, choices, inferred) to plan for ``input_shapes``: graph and ops the same
+    objects when nothing is blocked; choices {node name: (layout, reason)} for every
+    convolution whose input is not computed while planning; inferred: what this pass's
+    inference found, which the plan reuses for every node it did not change. layout: "auto", or "nchw" / "nchw16c" to force one
     (engine.dispatch.layout)."""
     reason = why_not_layout(layout)
     if reason is not None:
@@ -342,8 +344,9 @@ def rewrite(graph: Graph, ops: dict, input_shapes: dict, layout: str = "auto"):
         choices[name] = choose_layout(kind, why, producer_kind, reader_kinds, layout)
         if choices[name][0] == "nchw16c":
             keep.add(name)
+    prior = Inferred(infos, folded, ops)
     if not keep:
-        return graph, ops, choices
+        return graph, ops, choices, prior
     taken = set(infos) | set(graph.constants)
     blocked_name, nchw_ready = {}, set(taken)
 
@@ -423,5 +426,5 @@ def rewrite(graph: Graph, ops: dict, input_shapes: dict, layout: str = "auto"):
         op.w = w
         op.conv.transforms.rearrange(op.pack_key, (w, op.b))
     out = Graph(new_nodes, graph.inputs, graph.outputs, graph.constants, graph.name)
-    return out, new_ops, choices
+    return out, new_ops, choices, prior
 

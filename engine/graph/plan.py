@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+from typing import NamedTuple
 
 import numpy as np
 
@@ -127,13 +128,15 @@ def _budget_error(what, size, budget) -> str:
             f"(max_memory) of {format_bytes(budget)}")
 
 
-def evaluate(op, ins, max_memory=None):
-    """Run one node on constant inputs (load-time and plan-time folding). Each output is
-    checked against the single-tensor cap and ``max_memory`` (default: current_max_memory())
-    before it is allocated."""
+def evaluate(op, ins, max_memory=None, outs=None):
+    """Run one node on constant inputs (load-time and plan-time folding); ``outs``: the
+    Infos op.infer(ins) just gave, if the caller has them. Each output is checked against the
+    single-tensor cap and ``max_memory`` (default: current_max_memory()) before it is
+    allocated."""
     budget = current_max_memory() if max_memory is None else max_memory
-    with blame(op):
-        outs = op.infer(ins)
+    if outs is None:
+        with blame(op):
+            outs = op.infer(ins)
     for k, o in enumerate(outs):
         size = nbytes(o.shape, o.dtype)
         if size > budget:
@@ -153,26 +156,55 @@ def evaluate(op, ins, max_memory=None):
     return [np.array(v, copy=True) for v in env[n:]]
 
 
-def infer_nodes(graph, ops, input_shapes: dict, infos: dict, folded: dict, max_memory=None):
+class Inferred(NamedTuple):
+    """What one inference pass over a graph found (the layout pass's, engine/graph/layout.py):
+    every tensor's Info, the values folded, and the op of every node."""
+    infos: dict
+    folded: dict
+    ops: dict
+
+
+def infer_nodes(graph, ops, input_shapes: dict, infos: dict, folded: dict, max_memory=None,
+                prior: Inferred | None = None):
     """Walk the nodes in order, inferring every tensor's Info into ``infos`` (which starts from
     the constants and the inputs). Nodes computable while planning (constant inputs, or outputs
     the op can tell from shapes alone) are evaluated into ``folded``; the others are yielded as
     (node, op, ins, outs, names), their outputs' Infos recorded once the caller is done.
+
+    prior: an earlier pass over a graph this one was rewritten from, for the same input
+    shapes. A node with the same op reading the very tensors that pass saw takes that pass's
+    outputs (and folded values) instead of being inferred (and evaluated) again; its op still
+    holds what that inference computed, as no other inference ran in between.
 
     The graph's constants and the values folded here must fit ``max_memory`` (default:
     current_max_memory()): a node whose outputs would take them over it is refused before it
     is evaluated."""
     budget = current_max_memory() if max_memory is None else max_memory
     held = sum(v.nbytes for v in graph.constants.values())
+    seen = prior.infos if prior is not None else {}
     for name, v in graph.constants.items():
-        infos.setdefault(name, Info.of(v))
+        infos.setdefault(name, seen[name] if name in seen else Info.of(v))
     for spec in graph.inputs:
         given = input_shapes[spec.name]
-        infos[spec.name] = (Info.of(given) if isinstance(given, np.ndarray)
-                            else Info(given, spec.dtype))
+        infos[spec.name] = seen.get(spec.name) if spec.name in seen else (
+            Info.of(given) if isinstance(given, np.ndarray) else Info(given, spec.dtype))
     for node in graph.nodes:
         op = ops[node.name]
         ins = [infos[n] if n else None for n in node.inputs]
+        names = [o or f"{node.name}:unused{k}" for k, o in enumerate(node.outputs)]
+        if (prior is not None and prior.ops.get(node.name) is op
+                and all(n in seen for n in names)
+                and all(x is None or seen.get(n) is x for n, x in zip(node.inputs, ins))):
+            outs = [seen[n] for n in names]
+            if all(n in prior.folded for n in names):
+                for n, info in zip(names, outs):
+                    infos[n], folded[n] = info, prior.folded[n]
+                    held += prior.folded[n].nbytes
+                continue
+            yield node, op, ins, outs, names
+            for name, info in zip(names, outs):
+                infos[name] = info
+            continue
         try:
             with blame(op):
                 outs = op.infer(ins)
@@ -182,7 +214,6 @@ def infer_nodes(graph, ops, input_shapes: dict, infos: dict, folded: dict, max_m
         if len(outs) != len(node.outputs):
             raise ModelError(f"node {node.name!r} ({node.op}): produces {len(outs)} "
                              f"outputs, the node names {len(node.outputs)}")
-        names = [o or f"{node.name}:unused{k}" for k, o in enumerate(node.outputs)]
         for k, info in enumerate(outs):
             check_tensor_size(op, info.shape, info.dtype, f"output {k}")
         if all(x is None or x.value is not None for x in ins) or \
@@ -198,7 +229,7 @@ def infer_nodes(graph, ops, input_shapes: dict, infos: dict, folded: dict, max_m
                     f"while planning to {format_bytes(held + size)}, more than the model's "
                     f"memory budget (max_memory) of {format_bytes(budget)}; the largest: "
                     f"{largest_tensors(tensors)}")
-            for name, value in zip(names, evaluate(op, ins, budget)):
+            for name, value in zip(names, evaluate(op, ins, budget, outs)):
                 infos[name] = Info.of(value)
                 folded[name] = value
                 held += value.nbytes
@@ -209,8 +240,10 @@ def infer_nodes(graph, ops, input_shapes: dict, infos: dict, folded: dict, max_m
 
 
 class Plan:
-    def __init__(self, graph, ops, input_shapes: dict, max_memory=None, layouts=None):
-        """layouts: {node name: (layout, reason)}, the layout pass's choices, for explain()."""
+    def __init__(self, graph, ops, input_shapes: dict, max_memory=None, layouts=None,
+                 prior: Inferred | None = None):
+        """layouts: {node name: (layout, reason)}, the layout pass's choices, for explain();
+        prior: that pass's inference (infer_nodes), reused for the nodes it left alone."""
         self.input_shapes = dict(input_shapes)
         self.layouts = dict(layouts or {})
         self.max_memory = current_max_memory() if max_memory is None else max_memory
@@ -227,7 +260,7 @@ class Plan:
         # each op keeps what its build needs from its own infer, so the two may be apart
         steps = []
         for node, op, ins, outs, names in infer_nodes(graph, ops, input_shapes, infos,
-                                                      self.folded, self.max_memory):
+                                                      self.folded, self.max_memory, prior):
             i = [slot(n) if n else -1 for n in node.inputs]
             o = [slot(n) for n in names]
             steps.append(Step(node, names, op, ins, outs, i, o))

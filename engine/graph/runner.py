@@ -250,9 +250,9 @@ class Model:
                         if s.name in self._value_inputs:
                             shapes[s.name] = x.copy()
                 with memory_budget(self.max_memory), choice_policy(self.policy):
-                    graph, ops, layouts = layout.rewrite(self.graph, self._ops, shapes,
-                                                         self._layout)
-                    plan = Plan(graph, ops, shapes, self.max_memory, layouts)
+                    graph, ops, layouts, inferred = layout.rewrite(
+                        self.graph, self._ops, shapes, self._layout)
+                    plan = Plan(graph, ops, shapes, self.max_memory, layouts, inferred)
                 self.graph.release_mapped()
                 release_free_heap()
                 with self._lock:
