@@ -317,12 +317,19 @@ def test_weights_only_a_transform_reads_leave_memory(tmp_path, rng):
     assert _mapped_rss_kib(path) < 0.1 * size_kib, (_mapped_rss_kib(path), size_kib)
 
 
-def test_stored_transforms_are_read_instead_of_made(tmp_path, rng):
+@pytest.fixture
+def stored(tmp_path, rng):
+    """(model, input, its output, the native file saved with transformed weights)."""
     model = big_net(rng)
     x = rng.standard_normal((1, 3, 24, 24)).astype(np.float32)
     want = model.run({"x": x})["y"]
     path = tmp_path / "t.safetensors"
     model.save(path, transformed=True)
+    return model, x, want, path
+
+
+def test_stored_transforms_are_read_instead_of_made(tmp_path, stored):
+    model, x, want, path = stored
     model.save(tmp_path / "p.safetensors")
     plain = engine.load(tmp_path / "p.safetensors")
     loaded = engine.load(path)
@@ -364,12 +371,9 @@ def _wrong_shape(doc, ts):
                     ts[n] = ts[n].reshape(-1)[:-16].copy()
 
 
-def test_stored_transforms_for_another_machine_or_of_wrong_shape_are_made_again(tmp_path, rng):
-    model = big_net(rng)
-    x = rng.standard_normal((1, 3, 24, 24)).astype(np.float32)
-    want = model.run({"x": x})["y"]
-    path = tmp_path / "t.safetensors"
-    model.save(path, transformed=True)
+def test_stored_transforms_for_another_machine_or_of_wrong_shape_are_made_again(tmp_path,
+                                                                              stored):
+    _, x, want, path = stored
     other = engine.load(rewrite_transformed(path, tmp_path / "o.safetensors", _other_cpu))
     assert "made for another machine or engine (cpu 'another CPU')" in other.explain()
     assert sum(t.read for t in conv_transforms(other).values()) == 0
@@ -401,9 +405,8 @@ def _float64(doc, ts):
     (lambda doc, ts: doc.pop("made_for"), "transformed lacks 'made_for'"),
     (lambda doc, ts: doc["layers"].update(bad=3), "must be a JSON object"),
 ])
-def test_bad_stored_transforms_raise_model_error(tmp_path, rng, edit, message):
-    path = tmp_path / "t.safetensors"
-    big_net(rng).save(path, transformed=True)
+def test_bad_stored_transforms_raise_model_error(tmp_path, stored, edit, message):
+    path = stored[3]
     with pytest.raises(engine.ModelError, match=message):
         engine.load(rewrite_transformed(path, tmp_path / "bad.safetensors", edit))
 
