@@ -105,12 +105,13 @@ def conv_kind(op, ins) -> tuple[str | None, str]:
         return None, f"{op.nd}-D: the channel-blocked kernels are 2-D"
     if op.runtime_weights:
         return None, "weights computed at run time: the blocked kernels pack them at load"
+    pads, conv_shape = op.geometry(ins)
     residual = None
     if op.residual:
-        residual = tuple(ins[3].shape) == tuple(op.conv_shape)
+        residual = tuple(ins[3].shape) == conv_shape
     k, cg = op.w.shape[:2]
     p = ConvParams(cg * op.group, k, tuple(op.kernel), tuple(op.strides), tuple(op.dilations),
-                   op.group, tuple(op.plan_pads), tuple(ins[0].shape[2:]), ins[0].shape[0])
+                   op.group, tuple(pads), tuple(ins[0].shape[2:]), ins[0].shape[0])
     return blocked_kernel(p, op.activation, residual)
 
 
@@ -204,8 +205,7 @@ class BlockedConv(_Internal):
         super().__init__(node)
         self.conv, self.conv_kind = conv, kind
         self.logical_ins, self.logical_outs = ins, outs
-        self.conv_shape = tuple(conv.conv_shape)
-        self.pads = conv.plan_pads
+        self.pads, self.conv_shape = conv.geometry(ins)
         self.act = ACTIVATION_CODES[conv.activation]
         self.macs = math.prod(self.conv_shape) * math.prod(conv.w.shape[1:])
         self._flops = conv.flops(ins, outs)

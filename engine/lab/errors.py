@@ -48,15 +48,15 @@ def conv_errors(plan, feeds: list, num_threads: int = 1) -> dict:
         x = _nchw(env[step.i[0]], kind, conv.w_shape[1] * conv.group, True)
         r = None
         if conv.residual and len(step.i) > 3 and step.i[3] >= 0:
-            r = _nchw(env[step.i[3]], kind, conv.conv_shape[1], False)
+            r = _nchw(env[step.i[3]], kind, conv.w_shape[0], False)
         kept[id(step)] = (conv, kind, x, r)
 
     def after(step, env):
         if id(step) not in kept:
             return
         conv, kind, x, r = kept.pop(id(step))
-        y = _nchw(env[step.o[0]], kind, conv.conv_shape[1], False)
-        (pt, pb), (pl, pr) = conv.plan_pads
+        y = _nchw(env[step.o[0]], kind, conv.w_shape[0], False)
+        (pt, pb), (pl, pr) = conv.pads_for(x.shape[2:])
         ref = Conv2d(conv.w.astype(np.float64),
                      None if conv.b is None else conv.b.astype(np.float64), conv.strides,
                      (pt, pl, pb, pr), conv.dilations, conv.group, algorithm="direct")(x)

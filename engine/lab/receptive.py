@@ -259,7 +259,7 @@ def _node_field_parts(node, op, ins, outs, fields, nd, whole):
         kernel, stride = op.kernel, op.strides
         dilation = getattr(op, "dilations", (1,) * nd)
         if kind == "ConvTranspose":
-            pads = op.plan_pads
+            pads = op.geometry(ins)[0]
         elif kind == "MaxUnpool":
             pads = op.pad_pairs
         else:

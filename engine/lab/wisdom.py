@@ -137,8 +137,9 @@ def conv_layers(model, input_shapes):
         if not isinstance(op, Conv) or op.nd != 2 or op.runtime_weights:
             continue
         x_shape = tuple(s.ins[0].shape)
-        layer = op.layer(x_shape[2:], op.plan_pads, op._residual_in_kernel(s.ins, s.outs))
-        sig = conv_signature(op.w_shape, op.strides, op.plan_pads, op.dilations, op.group,
+        pads = op.geometry(s.ins)[0]
+        layer = op.layer(x_shape[2:], pads, op._residual_in_kernel(s.ins, s.outs))
+        sig = conv_signature(op.w_shape, op.strides, pads, op.dilations, op.group,
                              x_shape[2:])
         found.append((s.node.name, sig, layer, x_shape))
     return found

@@ -140,6 +140,20 @@ class Conv(Windowed):
             w = self.float_in(ins, 1, "W")
             b = ins[2] if len(ins) > 2 else None
             self._check_weights(w.shape, w.dtype, None if b is None else (b.shape, b.dtype))
+        _, shape = self.geometry(ins)
+        if self.residual:
+            r = self.float_in(ins, 3, "residual")
+            try:
+                shape = np.broadcast_shapes(shape, r.shape)
+            except ValueError:
+                raise self.error(f"residual {r.shape} does not broadcast with the "
+                                 f"convolution's output {shape}") from None
+        return [Info(shape, F32)]
+
+    def geometry(self, ins) -> tuple:
+        """(pads, the convolution's output shape) for these inputs, checked: what infer, build
+        and the layout pass need of a shape, computed from the inputs each time rather than
+        kept on the op."""
         x = self.float_in(ins, 0, "X", self.nd + 2)
         channels = self.w_shape[1] * self.group
         if x.shape[1] != channels:
@@ -151,17 +165,7 @@ class Conv(Windowed):
                                             self.dilations)
         except ValueError as e:
             raise self.error(f"X {x.shape}: {e}") from None
-        self.conv_shape = (x.shape[0], self.w_shape[0]) + size
-        self.plan_pads = pads
-        shape = self.conv_shape
-        if self.residual:
-            r = self.float_in(ins, 3, "residual")
-            try:
-                shape = np.broadcast_shapes(shape, r.shape)
-            except ValueError:
-                raise self.error(f"residual {r.shape} does not broadcast with the "
-                                 f"convolution's output {shape}") from None
-        return [Info(shape, F32)]
+        return pads, (x.shape[0], self.w_shape[0]) + size
 
     def layer(self, in_size, pads, residual_in_kernel=False):
         """The planned layer for this input size. residual_in_kernel: the residual has the
@@ -201,21 +205,17 @@ class Conv(Windowed):
 
     def _residual_in_kernel(self, ins, outs):
         return (self.residual and self.nd != 3
-                and tuple(ins[3].shape) == tuple(outs[0].shape) == tuple(self.conv_shape))
+                and tuple(ins[3].shape) == tuple(outs[0].shape) == self.geometry(ins)[1])
 
     def build(self, ins, outs, i, o):
         if self.runtime_weights:
             return self._build_runtime(ins, outs, i, o)
         x_shape = ins[0].shape
+        pads, conv_shape = self.geometry(ins)
         in_kernel = self._residual_in_kernel(ins, outs)
-        layer = self.layer(x_shape[2:], self.plan_pads, in_kernel)
+        layer = self.layer(x_shape[2:], pads, in_kernel)
         self.last_layer = layer
-        conv_shape = self.conv_shape
-        if self.nd == 1:
-            x_view = x_shape[:2] + (1,) + x_shape[2:]
-            o_view = conv_shape[:2] + (1,) + conv_shape[2:]
-        else:
-            x_view, o_view = x_shape, conv_shape
+        x_view, o_view = self._views(ins)
         g = layer.geometry(x_view)
         run = layer.run
         a, b = i[0], o[0]
@@ -247,18 +247,18 @@ class Conv(Windowed):
                 _activate(out, act)
         return step
 
-    def _views(self, x_shape):
+    def _views(self, ins):
         """The shapes the planned layer sees: a 1-D convolution runs on (N, C, 1, L)."""
+        x_shape, conv_shape = ins[0].shape, self.geometry(ins)[1]
         if self.nd == 1:
-            return x_shape[:2] + (1,) + x_shape[2:], self.conv_shape[:2] + (1,) + \
-                self.conv_shape[2:]
-        return x_shape, self.conv_shape
+            return x_shape[:2] + (1,) + x_shape[2:], conv_shape[:2] + (1,) + conv_shape[2:]
+        return x_shape, conv_shape
 
     def _build_runtime(self, ins, outs, i, o):
         """W (or B) is computed at run time: the layer is planned, and its weights
         transformed, on every run; the residual and activation follow it at plan level."""
-        x_view, o_view = self._views(ins[0].shape)
-        in_size, pads, conv_shape = ins[0].shape[2:], self.plan_pads, self.conv_shape
+        x_view, o_view = self._views(ins)
+        in_size, (pads, conv_shape) = ins[0].shape[2:], self.geometry(ins)
         a, wi, y = i[0], i[1], o[0]
         bi = i[2] if len(i) > 2 and ins[2] is not None else None
         r = i[3] if self.residual else None
@@ -281,14 +281,14 @@ class Conv(Windowed):
     def flops(self, ins, outs):
         per_output = 2 * (self.w_shape[1]) * math.prod(self.kernel)
         extra = outs[0].size if self.residual else 0
-        return float(math.prod(self.conv_shape) * per_output + extra)
+        return float(math.prod(self.geometry(ins)[1]) * per_output + extra)
 
     def describe(self, ins, outs):
         if self.runtime_weights:
             return ("weights computed at run time: the layer is planned and its weights "
                     "transformed on every run")
         in_kernel = self._residual_in_kernel(ins, outs)
-        layer = self.layer(ins[0].shape[2:], self.plan_pads, in_kernel)
+        layer = self.layer(ins[0].shape[2:], self.geometry(ins)[0], in_kernel)
         text = f"{layer.algorithm}: {layer.reason}"
         x = ins[0].shape
         sub = getattr(layer, "kernel_choice", None)
@@ -357,6 +357,10 @@ class ConvTranspose(Windowed):
             w = self.float_in(ins, 1, "W")
             b = ins[2] if len(ins) > 2 else None
             self._check_weights(w.shape, w.dtype, None if b is None else (b.shape, b.dtype))
+        return [Info(self.geometry(ins)[1], F32)]
+
+    def geometry(self, ins) -> tuple:
+        """(pads, output shape) for these inputs, checked, computed each time (as Conv's)."""
         x = self.float_in(ins, 0, "X", self.nd + 2)
         if x.shape[1] != self.in_channels:
             raise self.error(f"X must have {self.in_channels} channels (W.shape[0]), got "
@@ -378,8 +382,7 @@ class ConvTranspose(Windowed):
                 raise self.error(f"X {x.shape} gives an empty output along spatial axis {a}")
             pads.append((pb, pe))
             size.append(out)
-        self.plan_pads = tuple(pads)
-        return [Info((x.shape[0], self.out_channels) + tuple(size), F32)]
+        return tuple(pads), (x.shape[0], self.out_channels) + tuple(size)
 
     def _layer(self, key, cls, *args):
         """A planned layer made from constant weights (key: cached per shape), or from weights
@@ -398,7 +401,7 @@ class ConvTranspose(Windowed):
         from ...dispatch.transposed import choose_onnx_transpose_path
         from ...ops.conv_transpose import ConvTranspose2d
         w4, b = weights if weights is not None else (self.w4, self.b)
-        nd, pads = self.nd, self.plan_pads
+        nd, pads = self.nd, self.geometry(ins)[0]
         pairs = pads if nd == 2 else ((0, 0),) + pads
         stride = self.strides if nd == 2 else (1,) + self.strides
         dil = self.dilations if nd == 2 else (1,) + self.dilations
@@ -426,7 +429,7 @@ class ConvTranspose(Windowed):
             w, b = weights if weights is not None else (self.w4, self.b)
             layer = self._layer(("3d",) if weights is None else None, ConvTranspose3d, w, b,
                                 self.strides, self.dilations, self.group)
-            pads = self.plan_pads
+            pads = self.geometry(ins)[0]
             return lambda x, out, nt: layer.run(x, out, pads, nt)
         x4, o4, pairs, path, _, layer = self._planned(ins, outs, weights)
         if path == "layer":
@@ -521,6 +524,22 @@ class DeformConv(Windowed):
             w = self.float_in(ins, 1, "W")
             b = ins[3] if len(ins) > 3 else None
             self._check_weights(w.shape, w.dtype, None if b is None else (b.shape, b.dtype))
+        _, shape = self.geometry(ins)
+        n, size = shape[0], shape[2:]
+        taps = math.prod(self.kernel)
+        off = self.float_in(ins, 2, "offset", 4)
+        want = (n, 2 * self.offset_group * taps) + size
+        if off.shape != want:
+            raise self.error(f"offset must have shape {want}, got {off.shape}")
+        if len(ins) > 4 and ins[4] is not None:
+            m = self.float_in(ins, 4, "mask", 4)
+            want = (n, self.offset_group * taps) + size
+            if m.shape != want:
+                raise self.error(f"mask must have shape {want}, got {m.shape}")
+        return [Info(shape, F32)]
+
+    def geometry(self, ins) -> tuple:
+        """(pads, output shape) for these inputs, checked, computed each time (as Conv's)."""
         x = self.float_in(ins, 0, "X", 4)
         channels = self.w_shape[1] * self.group
         if x.shape[1] != channels:
@@ -531,24 +550,12 @@ class DeformConv(Windowed):
                                             self.dilations)
         except ValueError as e:
             raise self.error(f"X {x.shape}: {e}") from None
-        self.plan_pads = pads
-        taps = math.prod(self.kernel)
-        n = x.shape[0]
-        off = self.float_in(ins, 2, "offset", 4)
-        want = (n, 2 * self.offset_group * taps) + size
-        if off.shape != want:
-            raise self.error(f"offset must have shape {want}, got {off.shape}")
-        if len(ins) > 4 and ins[4] is not None:
-            m = self.float_in(ins, 4, "mask", 4)
-            want = (n, self.offset_group * taps) + size
-            if m.shape != want:
-                raise self.error(f"mask must have shape {want}, got {m.shape}")
-        return [Info((n, self.w_shape[0]) + size, F32)]
+        return pads, (x.shape[0], self.w_shape[0]) + size
 
     def build(self, ins, outs, i, o):
         a, off, b = i[0], i[2], o[0]
         m = i[4] if len(i) > 4 and ins[4] is not None else None
-        pads, og = self.plan_pads, self.offset_group
+        pads, og = self.geometry(ins)[0], self.offset_group
         if not self.runtime_weights:
             run = self.layer.run
 

@@ -58,6 +58,7 @@ class Pool(Windowed):
         self._layers = ShapeCache(8)
 
     def geometry(self, ins):
+        """(X's Info, output size), checked; pads_for(X's size) gives the pads."""
         x = self.float_in(ins, 0, "X", self.nd + 2)
         pads = self.pads_for(x.shape[2:])
         size = []
@@ -68,7 +69,6 @@ class Pool(Windowed):
                 raise self.error(f"X {x.shape}: the window ({k}, dilation {d}) is larger than "
                                  f"the padded input")
             size.append(o)
-        self.plan_pads = pads
         return x, tuple(size)
 
     def infer(self, ins):
@@ -87,12 +87,13 @@ class Pool(Windowed):
                              f"{taps:.3g} taps, {taps / elements:.0f} per element of X and Y: "
                              f"the window reaches far into its padding")
         in_size, out_size = x_shape[2:], out_shape[2:]
+        pads = self.pads_for(in_size)
         path, _ = choose_pool_path(in_size, out_size, self.kernel, self.strides,
-                                   self.dilations, self.plan_pads, self.ceil, self.mode)
+                                   self.dilations, pads, self.ceil, self.mode)
         if path == "direct":
             return
         explicit = shapes.onnx_pool_explicit_pads(in_size, out_size, self.kernel, self.strides,
-                                                  self.dilations, self.plan_pads)
+                                                  self.dilations, pads)
         padded = x_shape[:2] + tuple(i + pb + pe for i, (pb, pe) in zip(in_size, explicit))
         check_tensor_size(self, padded, F32, "the padded copy of X", folding=True)
         if path == "numpy" and max(self.kernel) > MAX_NUMPY_AXIS_TAPS:
@@ -112,12 +113,12 @@ class Pool(Windowed):
 
     def views(self, x_shape, out_shape):
         """Shapes as the 2-D layers see them (1-D pools run with H = 1)."""
+        pads = self.pads_for(x_shape[2:])
         if self.nd == 2:
-            return (x_shape, out_shape, self.kernel, self.strides, self.dilations,
-                    self.plan_pads)
+            return (x_shape, out_shape, self.kernel, self.strides, self.dilations, pads)
         return (x_shape[:2] + (1,) + x_shape[2:], out_shape[:2] + (1,) + out_shape[2:],
                 (1,) + self.kernel, (1,) + self.strides, (1,) + self.dilations,
-                ((0, 0),) + self.plan_pads)
+                ((0, 0),) + pads)
 
     def padded_widths(self, x4, o4, kernel, stride, dil, pads):
         """np.pad widths of the explicitly padded copy."""
@@ -139,7 +140,7 @@ class Pool(Windowed):
         key = ("numpy", x_shape, tuple(sorted(options.items())))
         return self.layer(key, lambda: OnnxWindowPool(
             self.mode, x_shape, out_size, self.kernel, self.strides, self.dilations,
-            self.plan_pads, **options))
+            self.pads_for(x_shape[2:]), **options))
 
     def build_numpy(self, ins, outs, i, o, **options):
         run = self.numpy_pool(ins, outs, **options).run
