@@ -158,7 +158,8 @@ class Clip(Unary):
     kind = "Clip"
     n_inputs = (1, 3)
 
-    def infer(self, ins):
+    def bounds(self, ins):
+        """(min, max) as scalars of X's dtype, None where absent; checked."""
         x = ins[0]
         if x.dtype.kind not in "fi":
             raise self.error(f"input must be a number type, got {x.dtype}")
@@ -167,12 +168,15 @@ class Clip(Unary):
         for v, what in ((lo, "min"), (hi, "max")):
             if v is not None and v.size != 1:
                 raise self.error(f"{what} must be a scalar, got shape {v.shape}")
-        self.bounds = (None if lo is None else lo.reshape(()).astype(x.dtype),
-                       None if hi is None else hi.reshape(()).astype(x.dtype))
-        return [Info(x.shape, x.dtype)]
+        return (None if lo is None else lo.reshape(()).astype(x.dtype),
+                None if hi is None else hi.reshape(()).astype(x.dtype))
+
+    def infer(self, ins):
+        self.bounds(ins)
+        return [Info(ins[0].shape, ins[0].dtype)]
 
     def build(self, ins, outs, i, o):
-        lo, hi = self.bounds
+        lo, hi = self.bounds(ins)
         a, b = i[0], o[0]
         if lo is not None and hi is not None:
             def step(env, nt):
@@ -199,14 +203,18 @@ class PRelu(Op):
     n_inputs = (2, 2)
     attributes = {"channel_slope": "int"}
 
+    def slope_view(self, ins) -> tuple:
+        """The shape the slope is read as (its own, or along X's channel axis)."""
+        x, s = ins[0], ins[1]
+        if self.attr("channel_slope", 0) and len(s.shape) == 1 and len(x.shape) >= 2 \
+                and s.shape[0] == x.shape[1]:
+            return s.shape + (1,) * (len(x.shape) - 2)
+        return s.shape
+
     def infer(self, ins):
         x = self.float_in(ins, 0)
         s = self.float_in(ins, 1, "slope")
-        slope = s.shape
-        if self.attr("channel_slope", 0) and len(s.shape) == 1 and len(x.shape) >= 2 \
-                and s.shape[0] == x.shape[1]:
-            slope = s.shape + (1,) * (len(x.shape) - 2)
-        self.slope_view = slope
+        slope = self.slope_view(ins)
         try:
             shape = np.broadcast_shapes(x.shape, slope)
         except ValueError:
@@ -219,7 +227,7 @@ class PRelu(Op):
         return 2.0 * outs[0].size
 
     def build(self, ins, outs, i, o):
-        a, s, b, view = i[0], i[1], o[0], self.slope_view
+        a, s, b, view = i[0], i[1], o[0], self.slope_view(ins)
 
         def step(env, nt):
             x, out = env[a], env[b]
@@ -261,15 +269,15 @@ class Binary(Op):
             raise self.error(f"inputs have different dtypes {a.dtype} and {b.dtype}")
         if a.dtype == np.bool_:
             raise self.error("arithmetic on bool tensors is not supported")
-        self.bview = self.b_shape(a.shape, b.shape)
+        view = self.b_shape(a.shape, b.shape)
         try:
-            shape = np.broadcast_shapes(a.shape, self.bview)
+            shape = np.broadcast_shapes(a.shape, view)
         except ValueError:
             raise self.error(f"shapes {a.shape} and {b.shape} do not broadcast") from None
         return [Info(shape, a.dtype)]
 
     def inplace_inputs(self, ins, outs):
-        if self.bview != ins[1].shape:
+        if self.b_shape(ins[0].shape, ins[1].shape) != ins[1].shape:
             return same_shape_inputs(ins, outs, (0,))
         return same_shape_inputs(ins, outs, (0, 1))
 
@@ -281,8 +289,8 @@ class Binary(Op):
         if self.kind == "Div" and outs[0].dtype.kind in "iu":
             fn = _int_div
         a, b, c = i[0], i[1], o[0]
-        if self.bview != ins[1].shape:
-            view = self.bview
+        view = self.b_shape(ins[0].shape, ins[1].shape)
+        if view != ins[1].shape:
 
             def step(env, nt):
                 fn(env[a], env[b].reshape(view), out=env[c])

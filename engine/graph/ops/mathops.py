@@ -20,11 +20,11 @@ from .elementwise import Binary, Sum, Unary, sigmoid
 
 
 def broadcast(op, a, b):
-    """Output shape of a two-input elementwise op (``op.bview``: B's shape as it lines up with
-    A's, from Binary's opset < 7 ``broadcast_axis``)."""
-    op.bview = op.b_shape(a.shape, b.shape)
+    """Output shape of a two-input elementwise op (B's shape lined up with A's by
+    ``op.b_shape``, for Binary's opset < 7 ``broadcast_axis``)."""
+    view = op.b_shape(a.shape, b.shape)
     try:
-        return np.broadcast_shapes(a.shape, op.bview)
+        return np.broadcast_shapes(a.shape, view)
     except ValueError:
         raise op.error(f"shapes {a.shape} and {b.shape} do not broadcast") from None
 
@@ -382,31 +382,38 @@ class Pow(Binary):
         y = ins[1]
         if y.dtype.kind not in "iuf":
             raise self.error(f"Y must be a number type, got {y.dtype}")
-        shape = broadcast(self, x, y)
-        self.fast = None
+        return [Info(broadcast(self, x, y), F32)]
+
+    @staticmethod
+    def fast_path(ins):
+        """(description, function) of _FAST_POW for a constant scalar exponent, else None."""
+        y = ins[1]
         if y.value is not None and y.value.size == 1:
-            self.fast = _FAST_POW.get(float(y.value.reshape(-1)[0]))
-        return [Info(shape, F32)]
+            return _FAST_POW.get(float(y.value.reshape(-1)[0]))
+        return None
 
     def inplace_inputs(self, ins, outs):
-        if self.fast is not None and self.fast[1] is _cube:
+        fast = self.fast_path(ins)
+        if fast is not None and fast[1] is _cube:
             return ()
         return super().inplace_inputs(ins, outs)
 
     def describe(self, ins, outs):
-        if self.fast is None:
+        fast = self.fast_path(ins)
+        if fast is None:
             return ""
-        return f"constant exponent {float(ins[1].value.reshape(-1)[0]):g}: {self.fast[0]}"
+        return f"constant exponent {float(ins[1].value.reshape(-1)[0]):g}: {fast[0]}"
 
     def build(self, ins, outs, i, o):
         a, b, c = i[0], i[1], o[0]
-        if self.fast is not None:
-            fast = self.fast[1]
+        fast = self.fast_path(ins)
+        if fast is not None:
+            run = fast[1]
 
             def step(env, nt):
-                fast(env[a], env[c])
+                run(env[a], env[c])
             return step
-        view = self.bview
+        view = self.b_shape(ins[0].shape, ins[1].shape)
 
         def power(x, y, out):
             with np.errstate(all="ignore"):

@@ -37,8 +37,7 @@ class Softmax(Op):
         x = ins[0]
         if x.dtype not in (F32, np.dtype(np.float64)):     # float64 in attention graphs
             raise self.error(f"X must be float32 or float64, got {x.dtype}")
-        rank = max(len(x.shape), 1)
-        self.ax = self.axis(self.axis_attr, rank)
+        self.axis(self.axis_attr, max(len(x.shape), 1))
         return [Info(x.shape, x.dtype)]
 
     def flops(self, ins, outs):
@@ -47,11 +46,12 @@ class Softmax(Op):
     def build(self, ins, outs, i, o):
         a, b = i[0], o[0]
         shape = outs[0].shape
+        ax = self.axis(self.axis_attr, max(len(shape), 1))
         if self.coerce:
-            view = (math.prod(shape[:self.ax]), math.prod(shape[self.ax:]))
+            view = (math.prod(shape[:ax]), math.prod(shape[ax:]))
             axis = 1
         else:
-            view, axis = shape, self.ax
+            view, axis = shape, ax
 
         normalise = self.normalise
         if math.prod(shape) == 0:       # nothing to normalise (max of an empty axis fails)
@@ -118,25 +118,31 @@ class BatchNormalization(Op):
         s = scale / np.sqrt(var + self.eps)
         return s.astype(np.float32), (bias - mean * s).astype(np.float32)
 
-    def infer(self, ins):
+    def stats_view(self, ins) -> tuple:
+        """The shape the per-channel (or, spatial=0, per-position) statistics are read as
+        against X; checked."""
         x = self.float_in(ins, 0)
         if self.runtime:
             for k, what in ((1, "scale"), (2, "B"), (3, "mean"), (4, "var")):
                 self.float_in(ins, k, what)
-            self.stat_shape = self._check_shapes([ins[k].shape for k in range(1, 5)])
+            stat_shape = self._check_shapes([ins[k].shape for k in range(1, 5)])
+        else:
+            stat_shape = self.stat_shape
         if len(x.shape) < 2:
             raise self.error(f"X must have a channel axis, got shape {x.shape}")
         if self.spatial:
-            if x.shape[1] != self.stat_shape[0]:
+            if x.shape[1] != stat_shape[0]:
                 raise self.error(f"X has {x.shape[1]} channels, the statistics "
-                                 f"{self.stat_shape[0]}")
-            self.view = (1, x.shape[1]) + (1,) * (len(x.shape) - 2)
-        else:
-            if x.shape[1:] != self.stat_shape:
-                raise self.error(f"statistics of shape {self.stat_shape} do not match X "
-                                 f"{x.shape} (spatial=0 takes one per channel and position)")
-            self.view = (1,) + self.stat_shape
-        return [Info(x.shape, F32)]
+                                 f"{stat_shape[0]}")
+            return (1, x.shape[1]) + (1,) * (len(x.shape) - 2)
+        if x.shape[1:] != stat_shape:
+            raise self.error(f"statistics of shape {stat_shape} do not match X "
+                             f"{x.shape} (spatial=0 takes one per channel and position)")
+        return (1,) + stat_shape
+
+    def infer(self, ins):
+        self.stats_view(ins)
+        return [Info(ins[0].shape, F32)]
 
     def inplace_inputs(self, ins, outs):
         return same_shape_inputs(ins, outs, (0,))
@@ -145,7 +151,7 @@ class BatchNormalization(Op):
         return 2.0 * outs[0].size
 
     def build(self, ins, outs, i, o):
-        a, b, view = i[0], o[0], self.view
+        a, b, view = i[0], o[0], self.stats_view(ins)
         if self.runtime:
             params, scale_shift = i[1:5], self._scale_shift
 
@@ -297,19 +303,24 @@ class LayerNormalization(Normalization):
     def infer(self, ins):
         x, scale, bias = self.inputs(ins, ("X", "Scale", "B"))
         rank = len(x.shape)
-        self.ax = self.axis(self.attr("axis", -1), rank)
+        ax = self.first_axis(x.shape)
         for p, what in ((scale, "Scale"), (bias, "B")):
             if p is not None and not broadcasts_to(p.shape, x.shape):
                 raise self.error(f"{what} of shape {p.shape} does not broadcast to X {x.shape}")
-        stats = x.shape[:self.ax] + (1,) * (rank - self.ax)
+        stats = x.shape[:ax] + (1,) * (rank - ax)
         return [Info(x.shape, F32)] + [Info(stats, F32) for _ in self.node.outputs[1:]]
 
+    def first_axis(self, shape) -> int:
+        """The first normalised axis of a tensor of this shape."""
+        return self.axis(self.attr("axis", -1), len(shape))
+
     def describe(self, ins, outs):
-        return f"over axes {self.ax}..{len(outs[0].shape) - 1}"
+        return f"over axes {self.first_axis(outs[0].shape)}..{len(outs[0].shape) - 1}"
 
     def build(self, ins, outs, i, o):
         shape = outs[0].shape
-        view = (math.prod(shape[:self.ax]), math.prod(shape[self.ax:]))
+        ax = self.first_axis(shape)
+        view = (math.prod(shape[:ax]), math.prod(shape[ax:]))
         stats = outs[1].shape if len(outs) > 1 else None
         wanted = [k for k in (1, 2) if k < len(o) and self.node.outputs[k]]
         a, y, eps = i[0], o[0], self.eps
@@ -346,18 +357,22 @@ class ChannelNormalization(Normalization):
     f = inv_std * scale, f and the shift taken per sample and channel on the small side."""
     n_inputs = (3, 3)
 
-    def per_channel(self, x_shape):
+    def per_channel(self, ins):
         """The function making the scale or bias input into the (C, 1) the step applies."""
+        raise NotImplementedError
+
+    def group_count(self, shape) -> int:
+        """Groups of channels the statistics are taken over, for X of this shape."""
         raise NotImplementedError
 
     def build(self, ins, outs, i, o):
         shape = outs[0].shape
         n, c = shape[:2]
-        groups = self.groups
+        groups = self.group_count(shape)
         stats_view = (n * groups, math.prod(shape[1:]) // groups if groups else 0)
         affine_view = (n, c, math.prod(shape[2:]))
         a, y, eps = i[0], o[0], self.eps
-        prepare = self.per_channel(shape)
+        prepare = self.per_channel(ins)
         scale = parameter(ins, i, 1, prepare)
         bias = parameter(ins, i, 2, prepare)
         per_group = c // groups if groups else 0
@@ -393,10 +408,12 @@ class InstanceNormalization(ChannelNormalization):
             if p.shape != (c,):
                 raise self.error(f"{what} must have shape ({c},), one per channel of the "
                                  f"input {x.shape}, got {p.shape}")
-        self.groups = c
         return [Info(x.shape, F32)]
 
-    def per_channel(self, x_shape):
+    def group_count(self, shape) -> int:
+        return shape[1]
+
+    def per_channel(self, ins):
         return lambda v: v.reshape(-1, 1)
 
 
@@ -413,9 +430,9 @@ class GroupNormalization(ChannelNormalization):
 
     def setup(self, constants):
         super().setup(constants)
-        self.groups = self.attr("num_groups")
-        if self.groups is None or self.groups < 1:
-            raise self.error(f"num_groups must be a positive integer, got {self.groups!r}")
+        self.num_groups = self.attr("num_groups")
+        if self.num_groups is None or self.num_groups < 1:
+            raise self.error(f"num_groups must be a positive integer, got {self.num_groups!r}")
         self.form = self.attr("group_affine")
         if self.form not in (None, 0, 1):
             raise self.error(f"group_affine must be 0 or 1, got {self.form}")
@@ -424,7 +441,7 @@ class GroupNormalization(ChannelNormalization):
         x, scale, bias = self.inputs(ins, ("X", "scale", "bias"))
         if len(x.shape) < 2:
             raise self.error(f"X must be (N, C, ...), of rank 2 or more, got shape {x.shape}")
-        c, g = x.shape[1], self.groups
+        c, g = x.shape[1], self.num_groups
         if c % g:
             raise self.error(f"X's {c} channels do not split into num_groups={g} groups")
         shapes = {0: (c,), 1: (g,)} if self.form is None else {self.form: ((c,), (g,))[self.form]}
@@ -435,16 +452,23 @@ class GroupNormalization(ChannelNormalization):
                                  f"(per channel of X {x.shape} or per group), got {p.shape}")
         if scale.shape != bias.shape:
             raise self.error(f"scale {scale.shape} and bias {bias.shape} must have one shape")
-        self.per_group_params = scale.shape != (c,)
         return [Info(x.shape, F32)]
 
-    def describe(self, ins, outs):
-        return (f"{self.groups} groups, scale and bias per "
-                f"{'group' if self.per_group_params else 'channel'}")
+    def group_count(self, shape) -> int:
+        return self.num_groups
 
-    def per_channel(self, x_shape):
-        if self.per_group_params:
-            k = x_shape[1] // self.groups
+    @staticmethod
+    def per_group_params(ins) -> bool:
+        """Scale and bias given per group (opsets 18-20), not per channel."""
+        return ins[1].shape != (ins[0].shape[1],)
+
+    def describe(self, ins, outs):
+        return (f"{self.num_groups} groups, scale and bias per "
+                f"{'group' if self.per_group_params(ins) else 'channel'}")
+
+    def per_channel(self, ins):
+        if self.per_group_params(ins):
+            k = ins[0].shape[1] // self.num_groups
             return lambda v: np.repeat(v, k).reshape(-1, 1)
         return lambda v: v.reshape(-1, 1)
 
@@ -458,18 +482,21 @@ class MeanVarianceNormalization(Normalization):
     attributes = {"axes": "ints"}
     eps_default = 1e-9
 
-    def infer(self, ins):
-        x, = self.inputs(ins, ("X",))
-        rank = len(x.shape)
+    def norm_axes(self, rank) -> tuple:
+        """The axes normalised over, for X of this rank; checked."""
         axes = self.attr("axes", (0, 2, 3))
         axes = tuple(self.axis(k, rank, "axes entry") for k in axes) or tuple(range(rank))
         if len(set(axes)) != len(axes):
             raise self.error(f"axes {list(self.attr('axes'))} name an axis twice")
-        self.axes = tuple(sorted(axes))
+        return tuple(sorted(axes))
+
+    def infer(self, ins):
+        x, = self.inputs(ins, ("X",))
+        self.norm_axes(len(x.shape))
         return [Info(x.shape, F32)]
 
     def build(self, ins, outs, i, o):
-        a, y, eps, axes = i[0], o[0], self.eps, self.axes
+        a, y, eps, axes = i[0], o[0], self.eps, self.norm_axes(len(outs[0].shape))
 
         def step(env, nt):
             if env[y].size == 0:
