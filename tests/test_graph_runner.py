@@ -387,3 +387,37 @@ def test_graph_input_that_decides_shapes_is_planned_per_value():
                      [h.make_tensor_value_info("y", T.FLOAT, None)])
     with pytest.raises(engine.ModelError, match="Reshape.*'v'"):
         engine.load(h.make_model(g, opset_imports=[h.make_opsetid("", 17)]))
+
+
+def test_ops_keep_no_per_shape_state():
+    """An op is made once per node and planned for many shapes: what infer, build, describe
+    and flops work out for one shape is returned or recomputed from the inputs, never kept on
+    the op, where a later plan's inference would overwrite what an earlier plan's steps and
+    explain() read."""
+    import ast
+    import inspect
+    import textwrap
+
+    from engine.graph import layout
+    from engine.graph.ops import OPS
+    classes = set(OPS.values()) | {c for c in vars(layout).values()
+                                   if inspect.isclass(c) and c.__module__ == layout.__name__}
+    found = []
+    for cls in classes:
+        for klass in cls.__mro__:
+            for name in ("infer", "build", "describe", "flops"):
+                fn = vars(klass).get(name)
+                if fn is None:
+                    continue
+                tree = ast.parse(textwrap.dedent(inspect.getsource(fn)))
+                for node in ast.walk(tree):
+                    targets = (node.targets if isinstance(node, ast.Assign) else
+                               [node.target] if isinstance(node, (ast.AugAssign,
+                                                                  ast.AnnAssign)) else [])
+                    for t in targets:
+                        for e in ast.walk(t):
+                            if isinstance(e, ast.Attribute) and isinstance(e.value, ast.Name) \
+                                    and e.value.id == "self":
+                                found.append(f"{klass.__name__}.{name} sets self.{e.attr}")
+    assert len(classes) > 80
+    assert not sorted(set(found)), sorted(set(found))

@@ -197,10 +197,12 @@ def test_transposed_convolution_and_resize_by_hand():
              h.make_node("Resize", ["x", "", "sc"], ["n"], mode="nearest",
                          coordinate_transformation_mode="asymmetric", nearest_mode="floor"),
              h.make_node("Resize", ["x", "", "sc"], ["l"], mode="linear",
-                         coordinate_transformation_mode="half_pixel")]
-    m = make(nodes, [vi("x", [1, 1, 6, 6])], [vi("t"), vi("n"), vi("l")],
+                         coordinate_transformation_mode="half_pixel"),
+             h.make_node("Pad", ["x", "pads"], ["p"], mode="reflect")]
+    m = make(nodes, [vi("x", [1, 1, 6, 6])], [vi("t"), vi("n"), vi("l"), vi("p")],
              {"wt": _weights(rng, 1, 1, 4, 4),
-              "sc": np.array([1, 1, 2, 2], np.float32)}, opset=13)
+              "sc": np.array([1, 1, 2, 2], np.float32),
+              "pads": np.array([0, 0, 2, 1, 0, 0, 1, 3], np.int64)}, opset=13)
     rows = _rows_by_tensor(engine.receptive_field(engine.load(m)))
     # 4x4 s2 p1 transposed: output o reads inputs (o + 1 - u)/2 for taps u = 0..3, for o = 0
     # the interval [-1, 0.5] (center -0.25, length 1.5): a field of 2.5 pixels, jump 1/2
@@ -213,6 +215,11 @@ def test_transposed_convolution_and_resize_by_hand():
     # linear, half_pixel: output o samples (o + 0.5)/2 - 0.5, two taps
     lin = rows["l"]
     assert (lin["size"], lin["jump"], lin["start"]) == ((2, 2), (0.5, 0.5), (-0.25, -0.25))
+    # padding 2 rows above and 1 column left: output (0, 0) is input (-2, -1)
+    p = rows["p"]
+    assert (p["size"], p["jump"], p["start"], p["output_size"]) == ((1, 1), (1, 1), (-2, -1),
+                                                                     (9, 10))
+    assert "reflect" in p["note"]
 
 
 @needs_onnx

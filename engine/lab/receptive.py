@@ -195,9 +195,11 @@ def _merge(candidates, out_sp):
     return tuple(merged), f"{len(candidates)} branches merge: {how}"
 
 
-def _resize_axis(op, f, in_n, out_n, tensor_axis):
-    """Resize along one spatial axis: the sampling position x = a*o + b, the taps."""
-    scale = Fraction(op.scales[tensor_axis])
+def _resize_axis(op, sampling, f, in_n, out_n, tensor_axis):
+    """Resize along one spatial axis: the sampling position x = a*o + b, the taps;
+    ``sampling``: op.sampling(ins)."""
+    scales, _, roi, _ = sampling
+    scale = Fraction(scales[tensor_axis])
     if in_n == out_n and scale == 1:
         return f
     coord = op.coord
@@ -208,7 +210,7 @@ def _resize_axis(op, f, in_n, out_n, tensor_axis):
     elif coord == "tf_half_pixel_for_nn":
         a, b = 1 / scale, 1 / (2 * scale)
     elif coord == "tf_crop_and_resize":
-        lo, hi = (Fraction(v) for v in op.roi[tensor_axis])
+        lo, hi = (Fraction(v) for v in roi[tensor_axis])
         a = (hi - lo) * (in_n - 1) / (out_n - 1) if out_n > 1 else Fraction(0)
         b = lo * (in_n - 1) if out_n > 1 else (lo + hi) * (in_n - 1) / 2
     elif coord == "pytorch_half_pixel" and out_n == 1:
@@ -306,14 +308,16 @@ def _node_field_parts(node, op, ins, outs, fields, nd, whole):
 
     if kind == "Resize" and x_sp is not None and carried == [0] and \
             len(out_shape) == len(x_shape):
-        field = tuple(_resize_axis(op, f, x_shape[ax], out_shape[ax], ax)
+        sampling = op.sampling(ins)
+        field = tuple(_resize_axis(op, sampling, f, x_shape[ax], out_shape[ax], ax)
                       for f, ax in zip(x_field, x_axes))
         return field, x_axes, f"{op.filter.mode}, {op.coord}: jump scaled by 1/scale", None
 
     if kind == "Pad" and x_sp is not None and carried == [0]:
         field = []
+        crop, widths, _, _ = op.padding(ins)
         for f, ax in zip(x_field, x_axes):
-            before = op.widths[ax][0] - (op.crop[ax].start or 0)
+            before = widths[ax][0] - (crop[ax].start or 0)
             field.append((f[0], f[1], f[2] - before * f[1]))
         note = "" if op.mode == "constant" else \
             f"{op.mode} padding: border outputs also read mirrored or repeated pixels"

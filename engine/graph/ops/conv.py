@@ -214,7 +214,6 @@ class Conv(Windowed):
         pads, conv_shape = self.geometry(ins)
         in_kernel = self._residual_in_kernel(ins, outs)
         layer = self.layer(x_shape[2:], pads, in_kernel)
-        self.last_layer = layer
         x_view, o_view = self._views(ins)
         g = layer.geometry(x_view)
         run = layer.run

@@ -137,21 +137,21 @@ class Einsum(Op):
     def _name(label):
         return f"{label!r}" if isinstance(label, str) else f"'...' (axis {label})"
 
-    def infer(self, ins):
+    def plan_for(self, ins) -> tuple:
+        """(output shape, fill(*inputs, out), multiply-adds) for these inputs; checked."""
         if len({x.dtype for x in ins}) != 1 or ins[0].dtype.kind not in "fiu":
             raise self.error(f"inputs must share a number dtype, got "
                              f"{[x.dtype.name for x in ins]}")
         terms, out, sizes = self.bind(ins)
         shape = tuple(sizes[label] for label in out)
-        self.work = 0.0
         if len(ins) == 1:
-            self.fill = self._one(terms[0], out, ins[0].shape)
-        elif len(ins) == 2:
-            self.fill = self._two(terms, out, [x.shape for x in ins], sizes)
-        else:
-            self.fill = self._many(self.equation)
-            self.work = float(math.prod(sizes.values()))
-        return [Info(shape, ins[0].dtype)]
+            return shape, self._one(terms[0], out, ins[0].shape), 0.0
+        if len(ins) == 2:
+            return (shape,) + self._two(terms, out, [x.shape for x in ins], sizes)
+        return shape, self._many(self.equation), float(math.prod(sizes.values()))
+
+    def infer(self, ins):
+        return [Info(self.plan_for(ins)[0], ins[0].dtype)]
 
     # -- plans ----------------------------------------------------------------------------------
     @staticmethod
@@ -215,7 +215,7 @@ class Einsum(Op):
         m = math.prod(sizes[lb] for lb in rows)
         n = math.prod(sizes[lb] for lb in cols)
         k = math.prod(sizes[lb] for lb in contracted)
-        self.work = 2.0 * math.prod(sizes[lb] for lb in batch) * m * n * k
+        work = 2.0 * math.prod(sizes[lb] for lb in batch) * m * n * k
 
         def arrange(x, order, tail):
             """Operand x's plan: the order of its held axes, and its shape as (batch, tail)."""
@@ -241,7 +241,7 @@ class Einsum(Op):
             np.matmul(operand(a, a_calls, a_sum, a_perm, a_shape),
                       operand(b, b_calls, b_sum, b_perm, b_shape),
                       out=y.reshape(y_shape, copy=False))
-        return fill
+        return fill, work
 
     @staticmethod
     def _many(equation):
@@ -251,7 +251,7 @@ class Einsum(Op):
 
     # -- steps ----------------------------------------------------------------------------------
     def build(self, ins, outs, i, o):
-        fill, srcs, b = self.fill, list(i), o[0]
+        fill, srcs, b = self.plan_for(ins)[1], list(i), o[0]
         if len(srcs) == 1:
             a = srcs[0]
 
@@ -268,4 +268,4 @@ class Einsum(Op):
         return step
 
     def flops(self, ins, outs):
-        return self.work
+        return self.plan_for(ins)[2]

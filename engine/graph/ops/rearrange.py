@@ -35,13 +35,19 @@ def _view(out, shape):
 
 
 class _Fill(Op):
-    """An operator whose step is one function ``fill(*inputs, out)``, made by ``infer`` for the
-    shapes it was given (``self.fill``) and taken by ``build`` right after, so that a step
-    keeps the function of its own shapes when the op is inferred again for others."""
+    """An operator whose step is one function ``fill(*inputs, out)``: ``fill_for(ins)`` gives
+    the output Infos (folded where the inputs are constant) and that function for these
+    shapes, and infer and build each ask it, so nothing per shape stays on the op."""
     reads = (0,)     # the inputs fill takes, in order
 
+    def fill_for(self, ins) -> tuple:
+        raise NotImplementedError
+
+    def infer(self, ins):
+        return self.fill_for(ins)[0]
+
     def build(self, ins, outs, i, o):
-        fill, b = self.fill, o[0]
+        fill, b = self.fill_for(ins)[1], o[0]
         if self.reads == (0,):
             a = i[0]
 
@@ -102,7 +108,7 @@ class _Blocks(_Fill):
         n, c, h, w = self.grid(x.shape)[0]
         return n * c * h * w >= BLOCK_COPY_MIN and self.bs * self.bs <= MAX_BLOCKS
 
-    def infer(self, ins):
+    def fill_for(self, ins):
         x = ins[0]
         if len(x.shape) != 4:
             raise self.error(f"input must be 4-D (NCHW), got shape {x.shape}")
@@ -133,8 +139,7 @@ class _Blocks(_Fill):
         else:
             def fill(x, out):
                 np.copyto(_view(out, dst), x.reshape(src).transpose(perm))
-        self.fill = fill
-        return [Info(shape, x.dtype, _fold(self, shape, x.dtype, fill, x.value))]
+        return [Info(shape, x.dtype, _fold(self, shape, x.dtype, fill, x.value))], fill
 
     def describe(self, ins, outs):
         how = "block by block" if self.per_block(ins[0]) else "one transposed copy"
@@ -180,7 +185,7 @@ class Tile(_Fill):
     kind = "Tile"
     n_inputs = (2, 2)
 
-    def infer(self, ins):
+    def fill_for(self, ins):
         x = ins[0]
         reps = self.known(ins, 1, "repeats")
         if reps.ndim != 1 or reps.dtype.kind not in "iu":
@@ -198,8 +203,7 @@ class Tile(_Fill):
 
         def fill(x, out):
             np.copyto(_view(out, dst), x.reshape(src))
-        self.fill = fill
-        return [Info(shape, x.dtype, _fold(self, shape, x.dtype, fill, x.value))]
+        return [Info(shape, x.dtype, _fold(self, shape, x.dtype, fill, x.value))], fill
 
 
 # ============================================================================ generated values
@@ -300,7 +304,7 @@ class Trilu(_Fill):
     def setup(self, constants):
         self.upper = bool(self.attr("upper", 1))
 
-    def infer(self, ins):
+    def fill_for(self, ins):
         x = ins[0]
         if len(x.shape) < 2:
             raise self.error(f"input must have at least 2 axes, got shape {x.shape}")
@@ -316,8 +320,7 @@ class Trilu(_Fill):
         def fill(x, out):
             out.fill(0)
             np.copyto(out, x, where=mask)   # not a product: NaN and inf outside become zeros
-        self.fill = fill
-        return [Info(x.shape, x.dtype, _fold(self, x.shape, x.dtype, fill, x.value))]
+        return [Info(x.shape, x.dtype, _fold(self, x.shape, x.dtype, fill, x.value))], fill
 
 
 CUMSUM_DTYPES = ("float32", "float64", "int32", "int64", "uint32", "uint64")
@@ -336,7 +339,7 @@ class CumSum(_Fill):
         self.exclusive = bool(self.attr("exclusive", 0))
         self.reverse = bool(self.attr("reverse", 0))
 
-    def infer(self, ins):
+    def fill_for(self, ins):
         x = ins[0]
         if x.dtype.name not in CUMSUM_DTYPES:
             raise self.error(f"input must be one of {', '.join(CUMSUM_DTYPES)}, got {x.dtype}")
@@ -354,8 +357,7 @@ class CumSum(_Fill):
                 out[head] = 0
                 x, out = x[lead], out[tail]
             np.add.accumulate(x, axis=ax, dtype=x.dtype, out=out)
-        self.fill = fill
-        return [Info(x.shape, x.dtype, _fold(self, x.shape, x.dtype, fill, x.value))]
+        return [Info(x.shape, x.dtype, _fold(self, x.shape, x.dtype, fill, x.value))], fill
 
 
 @register
@@ -369,7 +371,7 @@ class OneHot(_Fill):
     attributes = {"axis": "int"}
     reads = (0, 2)
 
-    def infer(self, ins):
+    def fill_for(self, ins):
         idx, values = ins[0], ins[2]
         if idx.dtype.kind not in "fiu":
             raise self.error(f"indices must be numbers, got {idx.dtype}")
@@ -387,9 +389,10 @@ class OneHot(_Fill):
         if math.prod(shape) == 0:
             # no indices (or depth 0): nothing to write, and no table of a depth that may be
             # anything up to the index range
-            self.fill = lambda idx, values, out: None
-            return [Info(shape, values.dtype, _fold(self, shape, values.dtype, self.fill,
-                                                    idx.value, values.value))]
+            def nothing(idx, values, out):
+                pass
+            return [Info(shape, values.dtype, _fold(self, shape, values.dtype, nothing,
+                                                    idx.value, values.value))], nothing
         expanded = idx.shape[:ax] + (1,) + idx.shape[ax:]
         targets = np.arange(depth, dtype=np.int64).reshape((1,) * ax + (depth,) +
                                                            (1,) * (rank - ax))
@@ -401,6 +404,5 @@ class OneHot(_Fill):
             off, on = values.reshape(-1)
             out.fill(off)
             np.copyto(out, on, where=idx == targets)
-        self.fill = fill
         return [Info(shape, values.dtype, _fold(self, shape, values.dtype, fill, idx.value,
-                                                values.value))]
+                                                values.value))], fill

@@ -9,6 +9,7 @@ import math
 import numpy as np
 
 from ... import shapes
+from ..._cache import ShapeCache
 from ...ops.resample import (COORDINATE_MODES, NEAREST_MODES, RESIZE_MODES, OnnxResize,
                              ResizeFilter, onnx_as_interpolate)
 from .base import F32, Info, Op, check_tensor_size, register
@@ -58,8 +59,12 @@ class Resize(Op):
         if self.policy not in ("stretch", "not_larger", "not_smaller"):
             raise self.error(f"keep_aspect_ratio_policy {self.policy!r} is unknown")
         self.extrapolation = float(self.attr("extrapolation_value", 0.0))
+        self._resamplers = ShapeCache(8)
 
-    def infer(self, ins):
+    def sampling(self, ins) -> tuple:
+        """(scales, output shape, roi pairs, from_sizes) for these inputs, over every axis;
+        checked. from_sizes: interpolate's size= samples with in / out, the node's scales
+        when it stretched to the sizes given."""
         x = self.float_in(ins, 0)
         rank = len(x.shape)
         if rank < 1:
@@ -117,27 +122,38 @@ class Resize(Op):
                 raise self.error(f"roi {r} must be finite")
             for k, a in enumerate(axes):
                 roi_pairs[a] = (r[k], r[k + len(axes)])
-        self.scales, self.out_size, self.roi = full_scale, tuple(full_out), roi_pairs
-        # interpolate's size= samples with in / out: the node's scales when it stretched
-        self.from_sizes = sizes is not None and self.policy == "stretch"
-        return [Info(self.out_size, F32)]
+        return full_scale, tuple(full_out), roi_pairs, sizes is not None and \
+            self.policy == "stretch"
+
+    def infer(self, ins):
+        return [Info(self.sampling(ins)[1], F32)]
+
+    def resampler(self, ins):
+        """The layer that runs this node for these inputs: the engine's interpolate where it
+        computes the same (its run takes the thread count), else OnnxResize; made once per
+        input shape and sampling."""
+        scales, out_size, roi, from_sizes = self.sampling(ins)
+        x_shape = ins[0].shape
+
+        def make():
+            layer = onnx_as_interpolate(self.filter, self.coord, x_shape, out_size, scales,
+                                        from_sizes)
+            if layer is not None:
+                layer.tables(x_shape)     # made now, not by the first run
+                return layer
+            return OnnxResize(self.filter, self.coord, x_shape, out_size, scales, roi,
+                              self.extrapolation)
+        return self._resamplers.get((x_shape, tuple(scales), out_size, tuple(roi), from_sizes),
+                                    make)
 
     def build(self, ins, outs, i, o):
         a, b = i[0], o[0]
-        layer = onnx_as_interpolate(self.filter, self.coord, ins[0].shape, self.out_size,
-                                    self.scales, self.from_sizes)
-        if layer is not None:
-            layer.tables(ins[0].shape)     # made now, not by the first run
-            self.how = "engine interpolate"
-            run = layer.run
-
+        layer = self.resampler(ins)
+        run = layer.run
+        if not isinstance(layer, OnnxResize):
             def step(env, nt):
                 run(env[a], env[b], nt)
             return step
-        resize = OnnxResize(self.filter, self.coord, ins[0].shape, self.out_size, self.scales,
-                            self.roi, self.extrapolation)
-        self.how = resize.describe()
-        run = resize.run
 
         def step(env, nt):
             run(env[a], env[b])
@@ -145,10 +161,13 @@ class Resize(Op):
 
     def flops(self, ins, outs):
         taps = {"nearest": 1, "linear": 2, "cubic": 4}[self.filter.mode]
-        return float(outs[0].size * taps * max(1, sum(s != 1 for s in self.scales)))
+        scales = self.sampling(ins)[0]
+        return float(outs[0].size * taps * max(1, sum(s != 1 for s in scales)))
 
     def describe(self, ins, outs):
         f = self.filter
         extra = (" antialias" if f.antialias else "") + (
             " exclude_outside" if f.exclude_outside else "")
-        return f"{f.mode}{extra}, {self.coord}: {getattr(self, 'how', '')}"
+        layer = self.resampler(ins)
+        how = layer.describe() if isinstance(layer, OnnxResize) else "engine interpolate"
+        return f"{f.mode}{extra}, {self.coord}: {how}"

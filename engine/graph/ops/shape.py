@@ -130,18 +130,20 @@ class Transpose(Op):
     kind = "Transpose"
     attributes = {"perm": "ints"}
 
-    def infer(self, ins):
-        x = ins[0]
-        rank = len(x.shape)
+    def perm(self, rank) -> tuple:
+        """The permutation for an input of this rank (reversal by default); checked."""
         perm = self.attr("perm")
         perm = tuple(range(rank))[::-1] if perm is None else tuple(int(p) for p in perm)
         if sorted(perm) != list(range(rank)):
             raise self.error(f"perm {list(perm)} is not a permutation of the {rank} axes")
-        self.perm = perm
-        return [Info(tuple(x.shape[p] for p in perm), x.dtype)]
+        return perm
+
+    def infer(self, ins):
+        x = ins[0]
+        return [Info(tuple(x.shape[p] for p in self.perm(len(x.shape))), x.dtype)]
 
     def build(self, ins, outs, i, o):
-        a, b, perm = i[0], o[0], self.perm
+        a, b, perm = i[0], o[0], self.perm(len(ins[0].shape))
 
         def step(env, nt):
             np.copyto(env[b], env[a].transpose(perm))
@@ -154,11 +156,14 @@ class Concat(Op):
     n_inputs = (1, None)
     attributes = {"axis": "int"}
 
-    def infer(self, ins):
-        rank = len(ins[0].shape)
+    def concat_axis(self, rank) -> int:
         if self.attr("axis") is None:
             raise self.error("attribute 'axis' is required")
-        ax = self.axis(self.attr("axis"), max(rank, 1))
+        return self.axis(self.attr("axis"), max(rank, 1))
+
+    def infer(self, ins):
+        rank = len(ins[0].shape)
+        ax = self.concat_axis(rank)
         dtypes = {x.dtype for x in ins}
         if len(dtypes) != 1:
             raise self.error(f"inputs have different dtypes {sorted(map(str, dtypes))}")
@@ -167,13 +172,12 @@ class Concat(Op):
                                            enumerate(zip(x.shape, ins[0].shape)) if k != ax):
                 raise self.error(f"input shapes {[x.shape for x in ins]} differ outside axis "
                                  f"{ax}")
-        self.ax = ax
         shape = list(ins[0].shape)
         shape[ax] = sum(x.shape[ax] for x in ins)
         return [Info(shape, ins[0].dtype)]
 
     def build(self, ins, outs, i, o):
-        srcs, b, ax = list(i), o[0], self.ax
+        srcs, b, ax = list(i), o[0], self.concat_axis(len(ins[0].shape))
 
         def step(env, nt):
             np.concatenate([env[k] for k in srcs], axis=ax, out=env[b])
@@ -187,7 +191,8 @@ class Split(Op):
     n_outputs = (1, 1 << 16)
     attributes = {"axis": "int", "num_outputs": "int"}
 
-    def infer(self, ins):
+    def cuts(self, ins) -> tuple:
+        """(axis, the output sizes along it); checked."""
         x = ins[0]
         ax = self.axis(self.attr("axis", 0), len(x.shape))
         n = len(self.node.outputs)
@@ -202,13 +207,19 @@ class Split(Op):
             sizes = [min(chunk, dim - k * chunk) for k in range(n)]
             if min(sizes) < 0 or (self.attr("num_outputs") is None and dim % n):
                 raise self.error(f"axis {ax} of size {dim} does not split into {n} outputs")
-        self.ax, self.bounds = ax, np.cumsum([0] + sizes).tolist()
+        return ax, sizes
+
+    def infer(self, ins):
+        x = ins[0]
+        ax, sizes = self.cuts(ins)
         return [Info(x.shape[:ax] + (s,) + x.shape[ax + 1:], x.dtype) for s in sizes]
 
     def build(self, ins, outs, i, o):
-        a, ax = i[0], self.ax
+        a = i[0]
+        ax, sizes = self.cuts(ins)
+        bounds = np.cumsum([0] + sizes).tolist()
         parts = [(b, (slice(None),) * ax + (slice(lo, hi),))
-                 for b, lo, hi in zip(o, self.bounds[:-1], self.bounds[1:])]
+                 for b, lo, hi in zip(o, bounds[:-1], bounds[1:])]
 
         def step(env, nt):
             x = env[a]
@@ -222,9 +233,9 @@ class Slice(Op):
     kind = "Slice"
     n_inputs = (3, 5)
 
-    def infer(self, ins):
-        x = ins[0]
-        rank = len(x.shape)
+    def slices(self, ins) -> tuple:
+        """The index of X per axis; checked."""
+        rank = len(ins[0].shape)
         starts = self.known(ins, 1, "starts").reshape(-1)
         ends = self.known(ins, 2, "ends").reshape(-1)
         axes = self.known(ins, 3, "axes")
@@ -243,13 +254,17 @@ class Slice(Op):
             big = np.iinfo(np.int64).max
             s, e = int(max(min(s, big), -big)), int(max(min(e, big), -big))
             slices[a] = slice(s, e, st)
-        self.slices = tuple(slices)
+        return tuple(slices)
+
+    def infer(self, ins):
+        x = ins[0]
+        slices = self.slices(ins)
         shape = tuple(len(range(d)[sl]) for d, sl in zip(x.shape, slices))
-        value = None if x.value is None else x.value[self.slices].copy()
+        value = None if x.value is None else x.value[slices].copy()
         return [Info(shape, x.dtype, value)]
 
     def build(self, ins, outs, i, o):
-        a, b, sl = i[0], o[0], self.slices
+        a, b, sl = i[0], o[0], self.slices(ins)
 
         def step(env, nt):
             np.copyto(env[b], env[a][sl])
@@ -272,7 +287,6 @@ class Gather(Op):
             if idx.value.min() < -d or idx.value.max() >= d:
                 raise self.error(f"indices {idx.value.tolist()} out of range for axis {ax} of "
                                  f"size {d}")
-        self.ax = ax
         shape = x.shape[:ax] + idx.shape + x.shape[ax + 1:]
         value = None
         if x.value is not None and idx.value is not None:
@@ -281,7 +295,8 @@ class Gather(Op):
         return [Info(shape, x.dtype, value)]
 
     def build(self, ins, outs, i, o):
-        a, k, b, ax = i[0], i[1], o[0], self.ax
+        a, k, b = i[0], i[1], o[0]
+        ax = self.axis(self.attr("axis", 0), max(len(ins[0].shape), 1))
 
         def step(env, nt):
             np.take(env[a], env[k], axis=ax, out=env[b])
@@ -378,7 +393,9 @@ class Pad(Op):
         if self.mode not in self.modes:
             raise self.error(f"mode {self.mode!r} is not one of {list(self.modes)}")
 
-    def infer(self, ins):
+    def padding(self, ins) -> tuple:
+        """(crop: X's index, widths: (before, after) per axis, the constant, the output shape)
+        for these inputs; checked."""
         x = ins[0]
         rank = len(x.shape)
         pads = self.known(ins, 1, "pads").reshape(-1).astype(np.int64)
@@ -395,21 +412,23 @@ class Pad(Op):
         inner = tuple(len(range(d)[c]) for d, c in zip(x.shape, crop))
         if min(inner, default=1) < 0:
             raise self.error(f"pads {pads.tolist()} crop more than X {x.shape} holds")
-        self.crop = crop
-        self.widths = tuple((max(b, 0), max(e, 0)) for b, e in zip(before, after))
-        for (b, e), d in zip(self.widths, inner):
+        widths = tuple((max(b, 0), max(e, 0)) for b, e in zip(before, after))
+        for (b, e), d in zip(widths, inner):
             if self.mode == "reflect" and (b or e) and (d < 2 or max(b, e) > d - 1):
                 raise self.error(f"reflect padding {b, e} needs more than {max(b, e)} elements "
                                  f"along an axis of size {d}")
             if self.mode in ("edge", "wrap") and (b or e) and d == 0:
                 raise self.error(f"{self.mode} padding of an empty axis")
-        self.value = 0 if value is None else value.reshape(-1)[0].item() if value.size else 0
-        shape = tuple(d + b + e for d, (b, e) in zip(inner, self.widths))
-        return [Info(shape, x.dtype)]
+        value = 0 if value is None else value.reshape(-1)[0].item() if value.size else 0
+        shape = tuple(d + b + e for d, (b, e) in zip(inner, widths))
+        return crop, widths, value, shape
+
+    def infer(self, ins):
+        return [Info(self.padding(ins)[3], ins[0].dtype)]
 
     def build(self, ins, outs, i, o):
         a, b = i[0], o[0]
-        crop, widths, value, mode = self.crop, self.widths, self.value, self.mode
+        (crop, widths, value, _), mode = self.padding(ins), self.mode
         inner = tuple(slice(lo, lo + (hi_dim - lo - hi)) for (lo, hi), hi_dim
                       in zip(widths, outs[0].shape))
         if mode == "constant":
