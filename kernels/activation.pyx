@@ -63,3 +63,38 @@ def f32_activation(const float[::1] x, float[::1] y, int kind, int num_threads):
     with nogil:
         for k in prange(items, schedule="static", num_threads=num_threads):
             ce_act_range(&x[0], &y[0], k * CHUNK, min(n, (k + 1) * CHUNK), n, kind)
+
+
+cdef extern from *:
+    """
+    #include "_vec_act.h"
+
+    /* y[i] = act(x[i] * s + t) for i < n (y may be x), act a code of _vec_act.h */
+    static void ce_scale_shift_row(const float *x, float *y, long n, float s, float t, int act)
+    {
+        long i = 0;
+        for (; i + CE_ACT_VW <= n; i += CE_ACT_VW)
+            *(ce_act_vfu *)(y + i) = ce_act_vec(*(const ce_act_vfu *)(x + i) * s + t, act);
+        for (; i < n; i++)
+            y[i] = ce_act_scalar(x[i] * s + t, act);
+    }
+    """
+    void ce_scale_shift_row(const float *x, float *y, long n, float s, float t, int act) nogil
+
+
+def f32_scale_shift(const float[:, :, ::1] x, const float[::1] scale, const float[::1] shift,
+                    float[:, :, ::1] y, int act, int num_threads):
+    """y[n, c, :] = act(x[n, c, :] * scale[c] + shift[c]) in one pass (an inference
+    BatchNormalization and the activation fused after it; act: a code of
+    engine/ops/activation.py). y may be x. Planes go to threads whole, so a value does not
+    depend on the thread count."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2], p
+    if y.shape[0] != N or y.shape[1] != C or y.shape[2] != L or scale.shape[0] != C \
+            or shift.shape[0] != C or not 0 <= act <= 5:
+        raise ValueError("f32_scale_shift: shapes or activation code do not match")
+    if N * C == 0 or L == 0:
+        return
+    num_threads = <int>max(1, min(num_threads, N * C))
+    for p in prange(N * C, nogil=True, num_threads=num_threads, schedule="static"):
+        ce_scale_shift_row(&x[p // C, p % C, 0], &y[p // C, p % C, 0], L, scale[p % C],
+                           shift[p % C], act)

@@ -374,6 +374,54 @@ def test_batchnorm_spatial0_rank3(rng):
     close_ref(y, (x - mean) * sc + b, np.abs(x * sc) + np.abs(b - mean * sc))
 
 
+@pytest.mark.parametrize("act", ["Relu", "Clip6", "HardSwish", "Sigmoid*"])
+def test_batchnorm_then_activation_is_one_pass(rng, act):
+    """DenseNet's pre-activation: a standing BatchNormalization and the activation after it
+    run as one step (scale, shift and activation in one pass, engine/_kernels/activation.pyx
+    f32_scale_shift), equal to the two steps within 2 ulp of the value per element, NaN kept,
+    bit-identical for 1 and 2 threads on a tensor large enough that both run. Per element
+    the fused x * s + t may round once (a fused multiply-add) where the two steps round twice:
+    the bound is 4 ulp of |x * s| + |t|, the size of what is summed (the activations'
+    slopes are at most 1.1)."""
+    from engine.ops.activation import apply_activation
+    c, shape = 24, (2, 24, 40, 40)
+    x = randn(rng, *shape)
+    x[0, 3, 5, 5] = np.nan
+    s, b, mean = randn(rng, c), randn(rng, c), randn(rng, c, scale=0.3)
+    var = rng.uniform(0.2, 2.0, c).astype(np.float32)
+    inits = {"s": s, "b": b, "m": mean, "v": var}
+    nodes = [h.make_node("BatchNormalization", ["x", "s", "b", "m", "v"], ["n"])]
+    if act == "Clip6":
+        inits.update(lo=np.array(0, np.float32), hi=np.array(6, np.float32))
+        nodes.append(h.make_node("Clip", ["n", "lo", "hi"], ["y"]))
+    elif act == "Sigmoid*":      # SiLU as exporters write it
+        nodes += [h.make_node("Sigmoid", ["n"], ["g"]), h.make_node("Mul", ["n", "g"], ["y"])]
+    else:
+        nodes.append(h.make_node(act, ["n"], ["y"]))
+    g = h.make_graph(nodes, "g", [h.make_tensor_value_info("x", T.FLOAT, shape)],
+                     [h.make_tensor_value_info("y", T.FLOAT, None)],
+                     [nh.from_array(v, k) for k, v in inits.items()])
+    model = engine.load(h.make_model(g, opset_imports=[h.make_opsetid("", 17)]))
+    assert [n.op for n in model.graph.nodes] == ["BatchNormalization"], model.graph.nodes
+    name = {"Relu": "relu", "Clip6": "relu6", "HardSwish": "hardswish", "Sigmoid*": "silu"}[act]
+    assert model.graph.nodes[0].attrs["activation"] == name
+    assert "fused 1 activations into batch normalizations" in model.explain()
+    got = [model.run({"x": x}, num_threads=t)["y"] for t in (1, 2)]
+    assert np.array_equal(got[0], got[1], equal_nan=True)
+    # the two steps: scale and shift as the op computes them, then the activation
+    op = model._ops[model.graph.nodes[0].name]
+    view = (1, c, 1, 1)
+    scaled = x * op.scale.reshape(view)
+    want = scaled + op.shift.reshape(view)
+    bound = 4 * np.spacing(np.abs(scaled) + np.abs(op.shift.reshape(view)))
+    apply_activation(want, name)
+    assert np.isnan(got[0][0, 3, 5, 5]) and np.isnan(want[0, 3, 5, 5])
+    ok = ~np.isnan(want)
+    np.testing.assert_array_less(np.abs(got[0] - want)[ok], bound[ok])
+    close_ort(np.nan_to_num(got[0]), np.nan_to_num(run_ort(h.make_model(
+        g, opset_imports=[h.make_opsetid("", 17)]), {"x": x})[0]))
+
+
 # ============================================================================ malformed nodes
 
 MALFORMED = [

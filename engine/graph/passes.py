@@ -194,9 +194,12 @@ def _activation_of(g: Graph, node: Node):
 
 
 def fuse_activations(g: Graph) -> int:
+    """An activation after a Conv, or after a BatchNormalization left standing, moves into
+    that node (its kernel applies it in the same pass)."""
     count = 0
     for conv in list(g.nodes):
-        if conv.op != "Conv" or conv.attrs.get("activation") or conv not in g.nodes:
+        if conv.op not in ("Conv", "BatchNormalization") or conv.attrs.get("activation") \
+                or conv not in g.nodes:
             continue
         reader = _single_reader(g, conv.outputs[0])
         if reader is None or reader[1] != 0:
@@ -282,11 +285,18 @@ def optimize(g: Graph, input_shapes=None) -> None:
     n_silu = fuse_silu(g)
     if n_silu:
         notes.append(f"fused {n_silu} Sigmoid + Mul pairs into SiLU")
+    def bn_fused():
+        return sum(1 for node in g.nodes if node.op == "BatchNormalization"
+                   and node.attrs.get("activation"))
+    n_bn = -bn_fused()
     n = fuse_activations(g)
     n_res = fuse_residual(g)
     n += fuse_activations(g)
-    if n:
-        notes.append(f"fused {n} activations into convolutions")
+    n_bn += bn_fused()
+    if n - n_bn:
+        notes.append(f"fused {n - n_bn} activations into convolutions")
+    if n_bn:
+        notes.append(f"fused {n_bn} activations into batch normalizations")
     if n_res:
         notes.append(f"fused {n_res} residual Adds into convolution steps")
     n = fuse_squeeze_excite(g)

@@ -13,6 +13,9 @@ import math
 
 import numpy as np
 
+from ..._kernels.activation import f32_scale_shift
+from ..._threads import threads_for
+from ...ops.activation import ACTIVATION_CODES, apply_activation
 from .base import F32, Info, Op, register, same_shape_inputs
 
 # the stash_type values taken (ONNX element types float32 and float64): the statistics here are
@@ -87,12 +90,17 @@ class BatchNormalization(Op):
     """Inference BatchNormalization left standing (one not after a convolution): the
     per-channel scale and shift are computed once, in float64, from constant statistics, or
     on every run from statistics computed at run time. ``spatial`` = 0 (opset < 9) takes
-    statistics per channel and position."""
+    statistics per channel and position. ``activation`` (the engine's fusion of a Relu, SiLU,
+    HardSwish, Gelu or clip after it) is applied in the same pass over X."""
     kind = "BatchNormalization"
     n_inputs = (5, 5)
-    attributes = {"epsilon": "float", "spatial": "int"}
+    attributes = {"epsilon": "float", "spatial": "int", "activation": "str"}
 
     def setup(self, constants):
+        self.activation = self.attr("activation")
+        if self.activation not in ACTIVATION_CODES:
+            raise self.error(f"activation must be one of {list(ACTIVATION_CODES)[1:]}, got "
+                             f"{self.activation!r}")
         self.eps = float(self.attr("epsilon", 1e-5))
         self.spatial = bool(self.attr("spatial", 1))
         self.runtime = any(self.input_name(k) not in constants for k in range(1, 5))
@@ -152,26 +160,42 @@ class BatchNormalization(Op):
 
     def build(self, ins, outs, i, o):
         a, b, view = i[0], o[0], self.stats_view(ins)
+        act = self.activation
+        if self.spatial:
+            # one pass over X, (N, C, positions) as the kernel sees it
+            shape = outs[0].shape
+            planes = shape[:2] + (math.prod(shape[2:]),)
+            code, work = ACTIVATION_CODES[act], threads_for
+            size = math.prod(shape)
+
+            def affine(x, out, s, t, nt):
+                f32_scale_shift(x.reshape(planes), s, t, out.reshape(planes), code,
+                                work(size, nt))
+        else:
+            def affine(x, out, s, t, nt):
+                np.multiply(x, s.reshape(view), out=out)
+                np.add(out, t.reshape(view), out=out)
+                if act is not None:
+                    apply_activation(out, act)
         if self.runtime:
             params, scale_shift = i[1:5], self._scale_shift
 
             def step(env, nt):      # statistics computed at run time
                 s, t = scale_shift(*(env[k] for k in params))
-                out = env[b]
-                np.multiply(env[a], s.reshape(view), out=out)
-                np.add(out, t.reshape(view), out=out)
+                affine(env[a], env[b], s, t, nt)
             return step
-        s, t = self.scale.reshape(view), self.shift.reshape(view)
+        s, t = self.scale, self.shift
 
         def step(env, nt):
-            out = env[b]
-            np.multiply(env[a], s, out=out)
-            np.add(out, t, out=out)
+            affine(env[a], env[b], s, t, nt)
         return step
 
     def describe(self, ins, outs):
-        return "statistics computed at run time: scale and shift made on every run" \
+        text = "statistics computed at run time: scale and shift made on every run" \
             if self.runtime else ""
+        if self.activation:
+            text += (" | " if text else "") + f"+ {self.activation} in the same pass"
+        return text
 
 
 # ============================================================================ local response norm
