@@ -1,8 +1,9 @@
 # Depthwise convolution: groups == in_channels, out_channels = in_channels * multiplier, and
-# output channel k reads input channel k // multiplier (torch's grouping). Two kernels:
-# f32_conv2d_depthwise works plane by plane and takes any layer; f32_conv2d_depthwise_cb works
-# on blocks of 16 channels in a channels-last copy, for 3x3 layers on small planes (see
-# "Channel blocks" below; engine/ops/depthwise.py chooses between them by shape).
+# output channel k reads input channel k // multiplier (torch's grouping). Kernels:
+# f32_conv2d_depthwise works plane by plane and takes any layer; f32_conv2d_depthwise_rows runs
+# 3x3 layers with multiplier 1 on large planes row by row (kernels/_dw_rows.h);
+# conv_depthwise_cb.pyx works on blocks of 16 channels in a channels-last copy, for 3x3 layers
+# on small planes (engine/dispatch/depthwise.py chooses between them by shape).
 #
 # Planes. Work items are the (image, input channel) planes, statically split over the threads;
 # each item computes all `multiplier` output planes of its channel, so an input plane is staged
@@ -33,6 +34,7 @@ from cython.parallel cimport parallel, prange, threadid
 from libc.math cimport INFINITY
 from libc.string cimport memset, memcpy
 
+from _dw_common cimport act_bounds, copy_floats, crfloat, rfloat, round_up, zero_floats
 from _epilogue cimport ACT_RELU, ACT_RELU6
 from _im2col cimport ceil_div_nonneg
 from _scratch cimport check_scratch
@@ -40,21 +42,6 @@ from _scratch cimport check_scratch
 # floats in the widest vector (AVX-512); band runs are rounded up to whole vectors
 cdef enum:
     VEC = 16
-
-# restrict-qualified pointers: the staged planes, the accumulator and the input never overlap,
-# and without the promise gcc re-checks that before every short vectorised loop
-cdef extern from *:
-    """
-    typedef float *__restrict ce_rfloat;
-    typedef const float *__restrict ce_crfloat;
-    """
-    ctypedef float* rfloat "ce_rfloat"
-    ctypedef const float* crfloat "ce_crfloat"
-
-
-cdef inline Py_ssize_t round_up(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
-    return (a + b - 1) // b * b
-
 
 cdef inline void phase_range(Py_ssize_t W, Py_ssize_t pl, Py_ssize_t sw, Py_ssize_t px,
                              Py_ssize_t L, Py_ssize_t* lo, Py_ssize_t* hi) noexcept nogil:
@@ -65,70 +52,6 @@ cdef inline void phase_range(Py_ssize_t W, Py_ssize_t pl, Py_ssize_t sw, Py_ssiz
         hi[0] = L
     if lo[0] > hi[0]:
         lo[0] = hi[0]
-
-
-# Short rows (28 x 28 and 14 x 14 planes, staged and copied out row by row) make a call to
-# memcpy or memset, or a vectorised loop's scalar remainder, cost more than the row's
-# arithmetic. The copies below move a row of n floats as two runs of 4 to 64 floats of a
-# constant size, the second overlapping the first instead of stopping short, so nothing outside
-# the row is read or written and no scalar loop runs for n >= 4. memcpy/memset of a constant
-# size compile to vector moves. Measured on 192ch 28x28, one thread: 73 -> 61 us (stride 1),
-# 44 -> 34 us (stride 2) against a library call per row.
-cdef inline void copy_floats(rfloat d, crfloat s, Py_ssize_t n) noexcept nogil:
-    cdef Py_ssize_t i = 0
-    if n >= 128:
-        # gcc turns this loop into a call to memmove, worth it only for long rows
-        while i + 16 <= n:
-            memcpy(d + i, s + i, 64)
-            i = i + 16
-        if i < n:
-            memcpy(d + n - 16, s + n - 16, 64)
-    elif n >= 64:
-        memcpy(d, s, 256)
-        memcpy(d + n - 64, s + n - 64, 256)
-    elif n >= 32:
-        memcpy(d, s, 128)
-        memcpy(d + n - 32, s + n - 32, 128)
-    elif n >= 16:
-        memcpy(d, s, 64)
-        memcpy(d + n - 16, s + n - 16, 64)
-    elif n >= 8:
-        memcpy(d, s, 32)
-        memcpy(d + n - 8, s + n - 8, 32)
-    elif n >= 4:
-        memcpy(d, s, 16)
-        memcpy(d + n - 4, s + n - 4, 16)
-    else:
-        for i in range(n):
-            d[i] = s[i]
-
-
-cdef inline void zero_floats(rfloat d, Py_ssize_t n) noexcept nogil:
-    cdef Py_ssize_t i = 0
-    if n >= 128:
-        while i + 16 <= n:
-            memset(d + i, 0, 64)
-            i = i + 16
-        if i < n:
-            memset(d + n - 16, 0, 64)
-    elif n >= 64:
-        memset(d, 0, 256)
-        memset(d + n - 64, 0, 256)
-    elif n >= 32:
-        memset(d, 0, 128)
-        memset(d + n - 32, 0, 128)
-    elif n >= 16:
-        memset(d, 0, 64)
-        memset(d + n - 16, 0, 64)
-    elif n >= 8:
-        memset(d, 0, 32)
-        memset(d + n - 8, 0, 32)
-    elif n >= 4:
-        memset(d, 0, 16)
-        memset(d + n - 4, 0, 16)
-    else:
-        for i in range(n):
-            d[i] = 0
 
 
 cdef void deinterleave2(crfloat s, rfloat ev, rfloat od, Py_ssize_t n) noexcept nogil:
@@ -270,11 +193,6 @@ cdef void f32_dwconv_band(const float* P, const Py_ssize_t* offs, Py_ssize_t nta
     for i in range(n):
         v = acc[i] + b
         acc[i] = min(max(v, lo), hi)
-
-
-cdef void act_bounds(int act, float* lo, float* hi) noexcept nogil:
-    lo[0] = 0 if act == ACT_RELU or act == ACT_RELU6 else -INFINITY
-    hi[0] = 6 if act == ACT_RELU6 else INFINITY
 
 
 ctypedef struct Plan:
@@ -445,186 +363,6 @@ def f32_conv2d_depthwise(const float[:, :, :, ::1] x, const float[:, ::1] w2d, b
             k = c * q.mult
             dw_channel(&q, xp + it * H * W, op + (n * K + k) * OH * OW, wp + k * q.ntaps,
                        bptr + k if bptr != NULL else NULL, mine)
-
-
-# Channel blocks. A small plane (7 x 7, 14 x 14) gives each channel so little arithmetic that a
-# plane's set-up (staging its rows, copying out rows of 7 floats) costs as much as its 441
-# multiply-adds. Blocks of CB channels are instead transposed to channels-last, T0[p, c], copied
-# row by row into a padded block T whose padding stays zero, computed with one vector of CB
-# channels per pixel and tap (no row edges, no garbage lanes) into Y[p, c], and transposed
-# back. Work items are the (image, block) pairs, statically split over the threads. The
-# transposes go 16 pixels at a time, which gcc turns into sixteen vector loads, in-register
-# permutes and sixteen vector stores. Into the planes, a loop over their own stride (unknown
-# when compiling) does not vectorise, the stores to the CB planes might alias one another, so
-# the way out goes through a 16 x 16 tile with fixed strides. Computing on rows W long, border
-# columns checked tap by tap, instead of copying T0 into T measured 3-30% slower.
-cdef enum:
-    CB = 16      # channels per block: one AVX-512 vector of floats
-
-CHANNEL_BLOCK = CB   # for the plan's weight layout (engine/ops/depthwise.py)
-
-
-cdef inline void transpose16(rfloat d, crfloat s) noexcept nogil:
-    """d[i, j] = s[j, i] for 16 x 16 floats: fixed strides, compiled to in-register permutes."""
-    cdef int i, j
-    for i in range(16):
-        for j in range(16):
-            d[i * 16 + j] = s[j * 16 + i]
-
-
-cdef inline void transpose16_from(rfloat d, crfloat s, Py_ssize_t stride) noexcept nogil:
-    """d[i, j] = s[j*stride + i] for 16 x 16 floats: sixteen row loads, then the permutes."""
-    cdef int i, j
-    for i in range(16):
-        for j in range(16):
-            d[i * 16 + j] = s[j * stride + i]
-
-
-cdef void cb_transpose_in(rfloat t, crfloat x, Py_ssize_t hw, rfloat tile) noexcept nogil:
-    """t[p, c] = x[c, p] for CB planes of hw pixels, 16 pixels at a time; the last, partial
-    16 through tile[CB, 16] so that nothing beyond the planes is read."""
-    cdef Py_ssize_t p0 = 0, n
-    cdef int c
-    while p0 + 16 <= hw:
-        transpose16_from(t + p0 * CB, x + p0, hw)
-        p0 = p0 + 16
-    if p0 < hw:
-        n = hw - p0
-        for c in range(CB):
-            copy_floats(tile + c * 16, x + c * hw + p0, n)
-        transpose16(t + p0 * CB, tile)
-
-
-cdef void cb_transpose_out(rfloat o, crfloat y, Py_ssize_t hw, rfloat tile) noexcept nogil:
-    """o[c, p] = y[p, c] for CB planes of hw pixels, 16 pixels at a time through tile[CB, 16]."""
-    cdef Py_ssize_t p0 = 0, n
-    cdef int c
-    while p0 < hw:
-        n = min(16, hw - p0)
-        transpose16(tile, y + p0 * CB)
-        for c in range(CB):
-            copy_floats(o + c * hw + p0, tile + c * 16, n)
-        p0 = p0 + 16
-
-
-cdef void cb_conv3x3(crfloat T, Py_ssize_t WP, Py_ssize_t sh, Py_ssize_t sw,
-                     const Py_ssize_t* offs, crfloat w, crfloat b, float lo, float hi,
-                     rfloat Y, Py_ssize_t OH, Py_ssize_t OW) noexcept nogil:
-    """Y[oy, ox, c] = act(sum over the taps t of w[t, c] * T[oy*sh, ox*sw, c] shifted by
-    offs[t], + b[c]) on the padded channels-last block T (rows WP pixels long)."""
-    cdef Py_ssize_t oy, ox, o0 = offs[0], o1 = offs[1], o2 = offs[2], o3 = offs[3]
-    cdef Py_ssize_t o4 = offs[4], o5 = offs[5], o6 = offs[6], o7 = offs[7], o8 = offs[8]
-    cdef const float* s
-    cdef float* y
-    cdef float v
-    cdef int c
-    for oy in range(OH):
-        for ox in range(OW):
-            s = T + (oy * sh * WP + ox * sw) * CB
-            y = Y + (oy * OW + ox) * CB
-            for c in range(CB):
-                v = ((w[c] * s[o0 + c] + w[CB + c] * s[o1 + c] + w[2 * CB + c] * s[o2 + c])
-                     + (w[3 * CB + c] * s[o3 + c] + w[4 * CB + c] * s[o4 + c]
-                        + w[5 * CB + c] * s[o5 + c])
-                     + (w[6 * CB + c] * s[o6 + c] + w[7 * CB + c] * s[o7 + c]
-                        + w[8 * CB + c] * s[o8 + c])) + b[c]
-                y[c] = min(max(v, lo), hi)
-
-
-cdef Py_ssize_t cb_thread_floats(Py_ssize_t H, Py_ssize_t W, Py_ssize_t OH, Py_ssize_t OW,
-                                 int sh, int sw, int dh, int dw) noexcept nogil:
-    """Floats of one thread's buffer in f32_conv2d_depthwise_cb: T0, T, Y and a tile."""
-    cdef Py_ssize_t HP = (OH - 1) * sh + 2 * dh + 1, WP = (OW - 1) * sw + 2 * dw + 1
-    return (round_up(H * W, 16) * CB + HP * WP * CB + round_up(OH * OW, 16) * CB + 16 * CB)
-
-
-def cb_work_floats(Py_ssize_t items, Py_ssize_t H, Py_ssize_t W, Py_ssize_t OH, Py_ssize_t OW,
-                   int sh, int sw, int dh, int dw, int num_threads):
-    """Floats of the work buffer f32_conv2d_depthwise_cb needs (items: images x channel
-    blocks), 64-byte aligned."""
-    return max(1, min(num_threads, items)) * cb_thread_floats(H, W, OH, OW, sh, sw, dh, dw)
-
-
-def f32_conv2d_depthwise_cb(const float[:, :, :, ::1] x, const float[:, :, ::1] wcb, bias,
-                            float[:, :, :, ::1] out, int sh, int sw, int pt, int pl, int dh,
-                            int dw, int act, int num_threads, float[::1] work):
-    """out = depthwise conv2d(x, w) for a 3x3 kernel, multiplier 1 and C a multiple of CB,
-    in blocks of CB channels: wcb[C // CB, 9, CB] holds w[cb*CB + c, 0, u, v] at
-    [cb, u*3 + v, c] (channel_blocks in engine/ops/depthwise.py).
-
-    Output sizes are the caller's (engine.shapes); padding beyond pt/pl is implied by them.
-    work: cb_work_floats(...) floats from a 64-byte boundary (see f32_conv2d_depthwise).
-    """
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
-    cdef Py_ssize_t OH = out.shape[2], OW = out.shape[3]
-    if sh < 1 or sw < 1 or dh < 1 or dw < 1 or pt < 0 or pl < 0:
-        raise ValueError("strides and dilations must be positive and pads non-negative")
-    if C % CB:
-        raise ValueError(f"x must have a multiple of {CB} channels, got {C}")
-    if out.shape[0] != N or out.shape[1] != C:
-        raise ValueError(f"out must have shape (N={N}, C={C}, OH, OW), got {tuple(out.shape)}")
-    if wcb.shape[0] != C // CB or wcb.shape[1] != 9 or wcb.shape[2] != CB:
-        raise ValueError(f"wcb must have shape ({C // CB}, 9, {CB}), got {tuple(wcb.shape)[:3]}")
-    cdef const float[::1] b
-    cdef float zeros[CB]
-    memset(zeros, 0, sizeof(zeros))
-    # without a bias every block reads the same CB zeros: bstep 0
-    cdef const float* bptr = zeros
-    cdef Py_ssize_t bstep = 0
-    if bias is not None:
-        b = bias
-        if b.shape[0] != C:
-            raise ValueError(f"bias must have {C} values, got {b.shape[0]}")
-        bstep = CB
-        bptr = &b[0]
-    if H == 0 or W == 0:
-        raise ValueError(f"x must have non-empty spatial dimensions, got {tuple(x.shape)}")
-    if N == 0 or C == 0 or OH <= 0 or OW <= 0:
-        return
-    cdef float lo_act, hi_act
-    act_bounds(act, &lo_act, &hi_act)
-    # the padded block the output reads, and its rows [ra, rb) and columns [ca, cb) inside x
-    cdef Py_ssize_t HP = (OH - 1) * sh + 2 * dh + 1, WP = (OW - 1) * sw + 2 * dw + 1
-    cdef Py_ssize_t ra = min(pt, HP), rb = max(ra, min(HP, pt + H))
-    cdef Py_ssize_t ca = min(pl, WP), cb_ = max(ca, min(WP, pl + W))
-    cdef Py_ssize_t offs[9]
-    cdef Py_ssize_t u, v
-    for u in range(3):
-        for v in range(3):
-            offs[u * 3 + v] = (u * dh * WP + v * dw) * CB
-    # T0: the block channels-last, T: padded, Y: the output channels-last, then a transpose
-    # tile; T0 and Y rounded up to whole tiles of 16 pixels
-    cdef Py_ssize_t t0_floats = round_up(H * W, 16) * CB, t_floats = HP * WP * CB
-    cdef Py_ssize_t y_floats = round_up(OH * OW, 16) * CB
-    cdef Py_ssize_t thread_floats = cb_thread_floats(H, W, OH, OW, sh, sw, dh, dw)
-    cdef Py_ssize_t nblocks = C // CB, items = N * nblocks
-    num_threads = <int>max(1, min(num_threads, items))
-    # zeroed once: blocks write only the inside of T, so its padding stays zero
-    check_scratch(work, num_threads * thread_floats, "work")
-    cdef float* bufs = &work[0]
-    cdef const float* xp = &x[0, 0, 0, 0]
-    cdef float* op = &out[0, 0, 0, 0]
-    cdef const float* wp = &wcb[0, 0, 0]
-    cdef Py_ssize_t it, r
-    cdef float* T0
-    cdef float* T
-    cdef float* Y
-    # each thread zeroes its own buffer, which then sits in its own core's cache (zeroed by
-    # the calling thread, two threads' buffers took as long as the 576ch 14x14 layer)
-    with nogil, parallel(num_threads=num_threads):
-        T0 = bufs + threadid() * thread_floats
-        T = T0 + t0_floats
-        Y = T + t_floats
-        memset(T0, 0, thread_floats * sizeof(float))
-        for it in prange(items, schedule="static"):
-            cb_transpose_in(T0, xp + it * CB * H * W, H * W, Y + y_floats)
-            if cb_ > ca:
-                for r in range(ra, rb):
-                    copy_floats(T + (r * WP + ca) * CB,
-                                T0 + ((r - pt) * W + ca - pl) * CB, (cb_ - ca) * CB)
-            cb_conv3x3(T, WP, sh, sw, offs, wp + (it % nblocks) * 9 * CB,
-                       bptr + (it % nblocks) * bstep, lo_act, hi_act, Y, OH, OW)
-            cb_transpose_out(op + it * CB * OH * OW, Y, OH * OW, Y + y_floats)
 
 
 # ---- Rows: 3x3, stride 1 or 2, multiplier 1, large planes (kernels/_dw_rows.h) -------------

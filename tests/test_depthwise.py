@@ -1,5 +1,6 @@
-"""The depthwise convolution (engine/ops/depthwise.py, kernels/conv_depthwise.pyx) against the
-float64 reference tests/reference.conv2d_ref, torch, and itself across thread counts.
+"""The depthwise convolution (engine/ops/depthwise.py, kernels/conv_depthwise.pyx and
+conv_depthwise_cb.pyx) against the float64 reference tests/reference.conv2d_ref, torch, and
+itself across thread counts.
 
 Tolerance: each output is a sum of at most kh*kw <= 25 float32 products plus the bias, so its
 rounding error is below ~30 eps32 (eps32 = 6e-8) of the sum of the magnitudes of its terms,
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 
 import engine
-from engine._kernels import conv_depthwise
+from engine._kernels import conv_depthwise, conv_depthwise_cb
 from engine._threads import resolve_threads
 from engine.dispatch import why_not_depthwise_kernel
 from engine.ops import depthwise as depthwise_mod
@@ -401,7 +402,7 @@ def test_bad_input_raises(rng):
     x16 = np.zeros((1, 16, 8, 8), np.float32)
     out16 = np.zeros((1, 16, 8, 8), np.float32)
     wcb = np.zeros((1, 9, 16), np.float32)
-    cb = conv_depthwise.f32_conv2d_depthwise_cb
+    cb = conv_depthwise_cb.f32_conv2d_depthwise_cb
     with pytest.raises(ValueError, match="multiple of 16"):
         cb(np.zeros((1, 8, 8, 8), np.float32), wcb, None, np.zeros((1, 8, 8, 8), np.float32),
            1, 1, 1, 1, 1, 1, 0, 1, work)

@@ -1,4 +1,4 @@
-"""Which of the depthwise kernels (engine/ops/depthwise.py, kernels/conv_depthwise.pyx) runs a
+"""Which of the depthwise kernels (engine/ops/depthwise.py, kernels/conv_depthwise*.pyx) runs a
 depthwise layer on one input size, and why:
 
 - "blocks": 16 channels at a time, transposed to channels-last and computed one vector per
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from .._kernels.conv_depthwise import CHANNEL_BLOCK
+from .._kernels.conv_depthwise_cb import CHANNEL_BLOCK
 from .conv import ConvParams
 
 DEPTHWISE_KERNELS = ("blocks", "rows", "planes")

@@ -7,7 +7,7 @@ import numpy as np
 
 from .._cache import ShapeCache
 from ..dispatch.depthwise import choose_depthwise_kernel, why_not_depthwise_kernel
-from .._kernels import conv_depthwise
+from .._kernels import conv_depthwise, conv_depthwise_cb
 from .workspace import workspace
 
 # Bound on one thread's staging buffer (a band of padded input rows split into stride phases,
@@ -17,7 +17,7 @@ from .workspace import workspace
 DEPTHWISE_STAGE_BYTES = 128 << 10
 
 # Channels per block of the channel-blocked kernel (one AVX-512 vector of floats).
-CHANNEL_BLOCK = conv_depthwise.CHANNEL_BLOCK
+CHANNEL_BLOCK = conv_depthwise_cb.CHANNEL_BLOCK
 
 
 def channel_blocks(weight: np.ndarray) -> np.ndarray:
@@ -79,8 +79,8 @@ class Depthwise:
         def work_plan():
             kind = self.kernel_choice(g)[0]
             if kind == "blocks":
-                floats = conv_depthwise.cb_work_floats(n * c // CHANNEL_BLOCK, h, w, oh, ow,
-                                                       sh, sw, dh, dw, threads)
+                floats = conv_depthwise_cb.cb_work_floats(n * c // CHANNEL_BLOCK, h, w, oh,
+                                                          ow, sh, sw, dh, dw, threads)
             elif kind == "rows":
                 floats = conv_depthwise.rows_work_floats(n * c, w, ow, sh, pl, threads)
             else:
@@ -92,7 +92,7 @@ class Depthwise:
         work = workspace.take(floats)
         try:
             if kind == "blocks":
-                conv_depthwise.f32_conv2d_depthwise_cb(
+                conv_depthwise_cb.f32_conv2d_depthwise_cb(
                     x, self.wcb, L.bias, out, sh, sw, pt, pl, dh, dw, L.act_code, threads, work)
             elif kind == "rows":
                 conv_depthwise.f32_conv2d_depthwise_rows(
