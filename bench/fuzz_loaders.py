@@ -607,7 +607,10 @@ def _transformed_mutation(d, meta, header, log):
         layers = doc["layers"]
         node = d.choice(sorted(layers))
         key = d.choice(sorted(layers[node]))
+        value = layers[node][key]
     except Exception:      # noqa: BLE001 (already mangled, or nothing listed)
+        return
+    if not isinstance(layers[node], dict):       # mangled by an earlier mutation
         return
     names = sorted(k for k in header if k != "__metadata__")
     kind = d.randint(0, 5)
@@ -616,10 +619,10 @@ def _transformed_mutation(d, meta, header, log):
     elif kind == 1:
         layers[node][key] = d.choice(names + ["nowhere", None, 3, [None], []])
     elif kind == 2:
-        layers[d.string_value()] = {key: layers[node][key]}
+        layers[d.string_value()] = {key: value}
     elif kind == 3:
         layers[node][d.choice(["winograd_tile4", "packed_rows", "nchw16c_direct",
-                               d.string_value()])] = layers[node][key]
+                               d.string_value()])] = value
     elif kind == 4:
         doc["layers"] = d.json_value()
     else:

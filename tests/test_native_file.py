@@ -449,6 +449,10 @@ def _header_file(tmp_path, header, data=b"\0" * 64):
     ({"a": {"dtype": "F32", "shape": [3], "data_offsets": [0, 16]}}, "16 bytes for shape"),
     ({"a": {"dtype": "C64", "shape": [2], "data_offsets": [0, 16]}}, "'C64'"),
     ({"a": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 16]}}, "bad shape"),
+    ({"a": {"dtype": "F32", "shape": [2, 2**31 - 1, 0, 2**32], "data_offsets": [0, 0]}},
+     "bad shape"),                                            # found by fuzz_loaders.py
+    ({"a": {"dtype": "F32", "shape": [0] + [2**31 - 1] * 3, "data_offsets": [0, 0]}},
+     "too large to address"),
     ({"a": {"dtype": "F32", "shape": [4]}}, "must have dtype, shape and data_offsets"),
     ({"__metadata__": {"format": 3}}, "__metadata__ must map names to strings"),
     ([1, 2], "not a JSON object"),

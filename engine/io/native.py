@@ -41,6 +41,7 @@ import numpy as np
 
 from .._machine import machine_key
 from ..errors import ModelError
+from ..shapes import INDEX_MAX
 from ..graph.ir import DTYPES, Graph, Node, TensorSpec
 
 FORMAT = "convengine"
@@ -236,7 +237,8 @@ def _read_tensors(path):
         dtype, shape, offsets = d["dtype"], d["shape"], d["data_offsets"]
         if dtype not in _ST_DTYPES:
             raise _fail(path, f"{what} has element type {dtype!r}, which is not supported")
-        if not (isinstance(shape, list) and all(type(v) is int and v >= 0 for v in shape)):
+        if not (isinstance(shape, list) and len(shape) <= 32
+                and all(type(v) is int and 0 <= v <= INDEX_MAX for v in shape)):
             raise _fail(path, f"{what}: bad shape {shape!r}")
         if not (isinstance(offsets, list) and len(offsets) == 2
                 and all(type(v) is int for v in offsets)
@@ -250,6 +252,9 @@ def _read_tensors(path):
             raise _fail(path, f"{what}: {end - begin} bytes for shape {shape} of {dt.name}")
         spans.append((begin, end, name))
         if count == 0:
+            # an empty tensor whose other dimensions NumPy could not address is refused
+            if math.prod(d for d in shape if d) * dt.itemsize > 2**62:
+                raise _fail(path, f"{what}: shape {shape} is too large to address")
             tensors[name] = np.zeros(shape, dt)
         elif (base + begin) % dt.itemsize:   # unaligned: a copy, which NumPy aligns
             tensors[name] = np.frombuffer(data, dt, count, base + begin).reshape(shape).copy()
