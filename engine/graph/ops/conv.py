@@ -65,6 +65,22 @@ class Windowed(Op):
         return pads
 
 
+def _conv_geometry(op, ins, rank) -> tuple:
+    """(pads, output shape) of a convolution op (Conv, DeformConv) on X = ins[0] of ``rank``
+    dimensions, checked against the op's weights and window."""
+    x = op.float_in(ins, 0, "X", rank)
+    channels = op.w_shape[1] * op.group
+    if x.shape[1] != channels:
+        raise op.error(f"X must have {channels} channels (W.shape[1] * group = "
+                       f"{op.w_shape[1]} * {op.group}), got shape {x.shape}")
+    pads = op.pads_for(x.shape[2:])
+    try:
+        size = shapes.conv_output_shape(x.shape[2:], op.kernel, op.strides, pads, op.dilations)
+    except ValueError as e:
+        raise op.error(f"X {x.shape}: {e}") from None
+    return pads, (x.shape[0], op.w_shape[0]) + size
+
+
 def _activate(out, activation):
     if activation is not None:
         apply_activation(out, activation)
@@ -154,18 +170,7 @@ class Conv(Windowed):
         """(pads, the convolution's output shape) for these inputs, checked: what infer, build
         and the layout pass need of a shape, computed from the inputs each time rather than
         kept on the op."""
-        x = self.float_in(ins, 0, "X", self.nd + 2)
-        channels = self.w_shape[1] * self.group
-        if x.shape[1] != channels:
-            raise self.error(f"X must have {channels} channels (W.shape[1] * group = "
-                             f"{self.w_shape[1]} * {self.group}), got shape {x.shape}")
-        pads = self.pads_for(x.shape[2:])
-        try:
-            size = shapes.conv_output_shape(x.shape[2:], self.kernel, self.strides, pads,
-                                            self.dilations)
-        except ValueError as e:
-            raise self.error(f"X {x.shape}: {e}") from None
-        return pads, (x.shape[0], self.w_shape[0]) + size
+        return _conv_geometry(self, ins, self.nd + 2)
 
     def layer(self, in_size, pads, residual_in_kernel=False):
         """The planned layer for this input size. residual_in_kernel: the residual has the
@@ -539,17 +544,7 @@ class DeformConv(Windowed):
 
     def geometry(self, ins) -> tuple:
         """(pads, output shape) for these inputs, checked, computed each time (as Conv's)."""
-        x = self.float_in(ins, 0, "X", 4)
-        channels = self.w_shape[1] * self.group
-        if x.shape[1] != channels:
-            raise self.error(f"X must have {channels} channels, got {x.shape}")
-        pads = self.pads_for(x.shape[2:])
-        try:
-            size = shapes.conv_output_shape(x.shape[2:], self.kernel, self.strides, pads,
-                                            self.dilations)
-        except ValueError as e:
-            raise self.error(f"X {x.shape}: {e}") from None
-        return pads, (x.shape[0], self.w_shape[0]) + size
+        return _conv_geometry(self, ins, 4)
 
     def build(self, ins, outs, i, o):
         a, off, b = i[0], i[2], o[0]
