@@ -14,7 +14,7 @@
 #        the padding does not count the overhang), that size is the count_include_pad divisor;
 #        then it is clipped to the input, which gives the other divisor and the taps summed.
 import numpy as np
-from cython.parallel cimport prange
+from cython.parallel cimport parallel, prange
 from libc.stdint cimport int64_t, uint64_t
 from libc.string cimport memset
 from libc.stdlib cimport free, malloc
@@ -86,26 +86,18 @@ cdef void f32_maxpool2d_plane(const float* x, Py_ssize_t H, Py_ssize_t W,
                               float* y, int64_t* idx, Py_ssize_t OH, Py_ssize_t OW,
                               Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
                               Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t dh,
-                              Py_ssize_t dw) noexcept nogil:
+                              Py_ssize_t dw, float* t, Py_ssize_t* cols) noexcept nogil:
+    # t, cols: the row buffers of maxpool_rows_first (W floats, 2 * kw), or NULL: the
+    # per-tap loops below, which also give indices, need none
     cdef Py_ssize_t oy, ox, u, v, iy, iy0, off, lo, hi
     cdef float* yrow
     cdef int64_t* irow
     cdef const float* src
     cdef float val, m
-    cdef bint take, done
-    cdef float* t
-    cdef Py_ssize_t* cols
-    if idx == NULL:
-        t = <float*>malloc(W * sizeof(float))
-        cols = <Py_ssize_t*>malloc(2 * kw * sizeof(Py_ssize_t))
-        done = t != NULL and cols != NULL
-        if done:
-            maxpool_rows_first(x, H, W, y, OH, OW, kh, kw, sh, sw, ph, pw, dh, dw, t, cols)
-        free(t)
-        free(cols)
-        if done:
-            return
-        # out of memory for two small rows: the per-tap loops below need none
+    cdef bint take
+    if idx == NULL and t != NULL:
+        maxpool_rows_first(x, H, W, y, OH, OW, kh, kw, sh, sw, ph, pw, dh, dw, t, cols)
+        return
     for oy in range(OH):
         yrow = y + oy * OW
         irow = idx + oy * OW if idx != NULL else NULL
@@ -145,13 +137,26 @@ def f32_maxpool2d(const float[:, :, ::1] x, float[:, :, ::1] y, int64_t[:, :, ::
     cdef Py_ssize_t OH = y.shape[1], OW = y.shape[2], p
     cdef bint want_idx = indices is not None
     cdef int64_t* ip
+    cdef float* t
+    cdef Py_ssize_t* cols
     if P == 0:
         return
     num_threads = <int>max(1, min(num_threads, P))
-    for p in prange(P, nogil=True, num_threads=num_threads, schedule="static"):
-        ip = &indices[p, 0, 0] if want_idx else NULL
-        f32_maxpool2d_plane(&x[p, 0, 0], H, W, &y[p, 0, 0], ip, OH, OW,
-                            kh, kw, sh, sw, ph, pw, dh, dw)
+    with nogil, parallel(num_threads=num_threads):
+        # each thread's row buffers, made once; out of memory, the per-tap loops need none
+        t = <float*>malloc(W * sizeof(float)) if not want_idx else NULL
+        cols = <Py_ssize_t*>malloc(2 * kw * sizeof(Py_ssize_t)) if not want_idx else NULL
+        if t == NULL or cols == NULL:
+            free(t)
+            free(cols)
+            t = NULL
+            cols = NULL
+        for p in prange(P, schedule="static"):
+            ip = &indices[p, 0, 0] if want_idx else NULL
+            f32_maxpool2d_plane(&x[p, 0, 0], H, W, &y[p, 0, 0], ip, OH, OW,
+                                kh, kw, sh, sw, ph, pw, dh, dw, t, cols)
+        free(t)
+        free(cols)
 
 
 cdef void f32_avgpool2d_plane(const float* x, Py_ssize_t H, Py_ssize_t W,

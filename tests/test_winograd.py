@@ -225,7 +225,10 @@ def test_packed_weight_transform(m, k, c, groups, rng):
     one float32 rounding of each element (it sums in another order), from float32 and float64
     weights alike, bit-identical for 1 and 2 threads."""
     w = rng.standard_normal((k, c, 3, 3)).astype(np.float32)
-    u = winograd.transform_weights(w.astype(np.float64), groups, m)
+    G = winograd.TRANSFORMS[m][1]
+    u = np.einsum("ir,kcrs,js->kcij", G, w.astype(np.float64), G)    # G w G^T per (k, c)
+    u = np.ascontiguousarray(u.reshape(groups, k // groups, c, -1).transpose(0, 3, 1, 2),
+                             dtype=np.float32)                         # [g, e, Kg, Cg]
     want = packed_gemm.pack_rows(u.reshape(-1, u.shape[3]), u.shape[0] * u.shape[1])
     got = [winograd.pack_weights(w, groups, m, t) for t in (1, 2)]
     assert got[0].shape == want.shape

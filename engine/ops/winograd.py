@@ -35,7 +35,7 @@ from .nonfinite import fix_nonfinite
 from .._cache import ShapeCache
 from .._threads import resolve_threads
 from ..shapes import phase_tiles
-from .._kernels import conv_winograd
+from .._kernels import conv_winograd, winograd_weights
 from . import packed_gemm
 from .workspace import populated_zeros, workspace
 
@@ -120,28 +120,19 @@ F43_AT, F43_G, F43_BT = toom_cook((0, 1, -1, 2, -2), m=4)
 TRANSFORMS = {2: (F23_AT, F23_G, F23_BT), 4: (F43_AT, F43_G, F43_BT)}
 
 
-def transform_weights(w64: np.ndarray, groups: int, m: int) -> np.ndarray:
-    """U[g, e, Kg, Cg] = (G w[k, c] G^T) flattened row-major over the (m+2) x (m+2) element e,
-    computed in float64, returned as float32 (the slow, obvious form the tests check
-    pack_weights against)."""
-    _, G, _ = TRANSFORMS[m]
-    k, cg = w64.shape[:2]
-    u = np.einsum("ir,kcrs,js->kcij", G, w64, G).reshape(groups, k // groups, cg, -1)
-    return np.ascontiguousarray(u.transpose(0, 3, 1, 2), dtype=np.float32)
-
-
 def packed_floats(k: int, cg: int, groups: int, m: int) -> int:
     """The length of pack_weights' array for K output and Cg input channels per group."""
     return groups * (m + 2) ** 2 * packed_gemm.packed_rows(k // groups) * cg
 
 
 def pack_weights(w: np.ndarray, groups: int, m: int, threads: int) -> np.ndarray:
-    """transform_weights(w) packed for the micro-kernel (packed_gemm.pack_rows over the
-    groups * (m+2)^2 matrices), made in one pass over the weights (float32 or float64)."""
+    """U[g, e, Kg, Cg] = (G w[k, c] G^T)[e] in float64, rounded once, packed for the
+    micro-kernel (packed_gemm.pack_rows' layout over the groups * (m+2)^2 matrices), made in
+    one pass over the weights (float32 or float64)."""
     _, G, _ = TRANSFORMS[m]
     k, cg = w.shape[:2]
     out = populated_zeros(packed_floats(k, cg, groups, m))
-    conv_winograd.f32_pack_winograd_weights(w, np.ascontiguousarray(G), groups,
+    winograd_weights.f32_pack_winograd_weights(w, np.ascontiguousarray(G), groups,
                                             packed_gemm.ROW_BLOCK, out,
                                             threads)
     return out

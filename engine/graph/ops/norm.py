@@ -165,12 +165,11 @@ class BatchNormalization(Op):
             # one pass over X, (N, C, positions) as the kernel sees it
             shape = outs[0].shape
             planes = shape[:2] + (math.prod(shape[2:]),)
-            code, work = ACTIVATION_CODES[act], threads_for
-            size = math.prod(shape)
+            code, size = ACTIVATION_CODES[act], math.prod(shape)
 
             def affine(x, out, s, t, nt):
                 f32_scale_shift(x.reshape(planes), s, t, out.reshape(planes), code,
-                                work(size, nt))
+                                threads_for(size, nt))
         else:
             def affine(x, out, s, t, nt):
                 np.multiply(x, s.reshape(view), out=out)
