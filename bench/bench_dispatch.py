@@ -15,6 +15,9 @@ Groups (section/group):
   gemm/dense                              engine/dispatch/gemm.py
   layout/convert, layout/depthwise        the thread thresholds of engine/graph/layout.py
                                           (1 against 2 threads, whatever --threads says)
+  layout/dense                            engine/dispatch/layout.py DENSE_ALONE_MIN_TAPS: a
+                                          lone dense layer on NCHW against blocked with a
+                                          layout change each way
 The layout's own choices (which layers run blocked, how blocked kernels split their threads)
 only show in whole models: bench/bench_models.py --layout auto|nchw|nchw16c.
 """
@@ -33,6 +36,7 @@ import engine  # noqa: E402
 from engine._kernels import dense, nchwc  # noqa: E402
 from engine._threads import blas_pinned, threads_for  # noqa: E402
 from engine.dispatch import choose_gemm  # noqa: E402
+from engine.dispatch.layout import DENSE_ALONE_MIN_TAPS  # noqa: E402
 from engine.graph.layout import MIN_CONVERT_ELEMENTS, MIN_WORK_DEPTHWISE  # noqa: E402
 from engine.ops import blocked  # noqa: E402
 from engine.ops.depthwise import Depthwise  # noqa: E402
@@ -160,7 +164,37 @@ def gemm_rows(group, threads):
 
 
 # -- layout: where a second thread starts to pay --------------------------------------------------
-def layout_rows(group):
+def dense_rows(threads):
+    """(C, K, size, (kh, kw), stride): ResNet's downsampling layers, Inception's 1x7, and
+    narrow layers around the threshold."""
+    for c, k, size, (kh, kw), s in [(8, 32, 28, (1, 7), 1), (16, 32, 56, (3, 3), 2),
+                                    (3, 64, 112, (7, 7), 2), (32, 64, 56, (3, 3), 2),
+                                    (64, 128, 56, (3, 3), 2), (256, 512, 56, (1, 1), 2),
+                                    (128, 128, 17, (1, 7), 1), (512, 512, 14, (3, 3), 2)]:
+        x, w = _rand(1, c, size, size), _rand(k, c, kh, kw)
+        pads = (kh // 2, kw // 2)
+        layer = engine.Conv2d(w, stride=s, padding=pads)
+        wp, bp = blocked.pack_dense(w, None)
+        oh, ow = (size + 2 * pads[0] - kh) // s + 1, (size + 2 * pads[1] - kw) // s + 1
+        xb = np.empty(blocked.blocked_shape(x.shape), np.float32)
+        ob = np.empty(blocked.blocked_shape((1, k, oh, ow)), np.float32)
+        y = np.empty((1, k, oh, ow), np.float32)
+
+        def blocked_run():
+            nchwc.f32_to_blocked(x, xb, threads)
+            nchwc.f32_conv2d_nchw16c(xb, c, wp, bp, None, ob, kh, kw, s, s, pads[0], pads[1],
+                                     1, 1, 0, threads)
+            nchwc.f32_from_blocked(ob, y, threads)
+        taps = c * kh * kw
+        pick = "blocked" if taps >= DENSE_ALONE_MIN_TAPS and kh * kw > 1 else "nchw"
+        yield (f"{c}->{k} {kh}x{kw} s{s} {size}x{size} ({taps} taps)",
+               {"nchw": lambda: layer(x), "blocked": blocked_run}, pick)
+
+
+def layout_rows(group, threads=1):
+    if group == "dense":
+        yield from dense_rows(threads)
+        return
     if group == "convert":
         for c, hw in [(32, 8), (64, 16), (128, 16), (256, 16)]:
             x = _rand(1, c, hw, hw)
@@ -189,8 +223,8 @@ SECTIONS = {
     "transposed": (["col2im"], lambda g, t: transposed_rows(g),
                    lambda g: ["col2im", "zero_insert"]),
     "gemm": (["dense"], gemm_rows, lambda g: ["dense", "matmul"]),
-    "layout": (["convert", "depthwise"], lambda g, t: layout_rows(g),
-               lambda g: ["1 thread", "2 thread"]),
+    "layout": (["convert", "depthwise", "dense"], layout_rows,
+               lambda g: ["nchw", "blocked"] if g == "dense" else ["1 thread", "2 thread"]),
 }
 
 

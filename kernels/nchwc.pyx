@@ -444,3 +444,83 @@ def f32_direct_to_blocked(const float[:, :, :, ::1] x, const float[:, :, :, :, :
                          pt, pl, kh, kw, dh, dw, wp + kb * wblock, wblock, bp + kb * CE_NC_B,
                          op + ((n * Kb + kb) * OH + oy) * OW * CE_NC_B, OH * OW * CE_NC_B,
                          <int>min(2, Kb - kb), act)
+
+
+cdef extern from "_nchwc_conv.h":
+    void ce_nc_conv_band(const float *x, int C, int H, int W, int Kb, int OH, int OW, int g,
+                         int oy0, int oy1, int sh, int sw, int pt, int pl, int kh, int kw,
+                         int dh, int dw, const float *w, const float *bias, const float *res,
+                         float *out, int act, int batch) nogil
+
+# Bytes of packed weights per batch of input blocks, kept in L2 while a band of output rows
+# passes over them; and bytes of output sums per band, kept there between batches
+# (bench/bench_dispatch.py layout/dense).
+DENSE_BATCH_BYTES = 256 << 10
+DENSE_BAND_BYTES = 64 << 10
+
+
+def dense_pack_floats(Py_ssize_t in_blocks, Py_ssize_t out_blocks, int kh, int kw):
+    """Floats of the packed dense weights."""
+    return in_blocks * out_blocks * kh * kw * CE_NC_B * CE_NC_B
+
+
+def f32_conv2d_nchw16c(const float[:, :, :, :, ::1] x, Py_ssize_t channels,
+                       const float[::1] wpack, const float[::1] bias, residual,
+                       float[:, :, :, :, ::1] out, int kh, int kw, int sh, int sw, int pt,
+                       int pl, int dh, int dw, int act, int num_threads):
+    """A dense convolution (one group) from blocks to blocks: out = act(conv(x) + bias
+    (+ residual)). x holds ``channels`` channels in its blocks; wpack: the weights packed by
+    engine.ops.blocked.pack_dense (groups of up to GROUP output blocks, each
+    [Cb][kh][kw][16][blocks * 16]); bias: Kb * 16 values; residual: None or an array of out's
+    shape. Output sizes are the caller's (engine.shapes). Work items are bands of output rows
+    of one group of output blocks, ordered (image, group, band)."""
+    check_blocked(x, "x")
+    check_blocked(out, "out")
+    cdef Py_ssize_t N = x.shape[0], Cb = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t Kb = out.shape[1], OH = out.shape[2], OW = out.shape[3]
+    if out.shape[0] != N:
+        raise ValueError(f"out {tuple(out.shape)} must have x's {N} images")
+    if not (Cb - 1) * CE_NC_B < channels <= Cb * CE_NC_B:
+        raise ValueError(f"channels ({channels}) must fill x's {Cb} blocks")
+    if kh < 1 or kw < 1:
+        raise ValueError(f"the kernel must be at least 1x1, got {kh}x{kw}")
+    if wpack.shape[0] != dense_pack_floats(Cb, Kb, kh, kw):
+        raise ValueError(f"wpack must hold {dense_pack_floats(Cb, Kb, kh, kw)} floats, got "
+                         f"{wpack.shape[0]}")
+    check_window(Kb, bias.shape[0], H, W, OH, OW, sh, sw, pt, pl, dh, dw)
+    if not 0 <= act <= 5:
+        raise ValueError(f"act must be an activation code 0-5, got {act}")
+    cdef const float[:, :, :, :, ::1] r
+    cdef const float* rbase = NULL
+    if residual is not None:
+        if tuple(residual.shape) != tuple(out.shape)[:5]:
+            raise ValueError(f"residual must have out's shape {tuple(out.shape)[:5]}, got "
+                             f"{tuple(residual.shape)}")
+        r = residual
+        rbase = &r[0, 0, 0, 0, 0]
+    if N == 0 or Kb == 0 or OH <= 0 or OW <= 0:
+        return
+    cdef Py_ssize_t G = (Kb + CE_NC_GROUP - 1) // CE_NC_GROUP
+    cdef int nt = <int>max(1, num_threads)
+    cdef Py_ssize_t block_bytes = kh * kw * CE_NC_B * CE_NC_GROUP * CE_NC_B * 4
+    cdef int batch = <int>max(1, min(Cb, DENSE_BATCH_BYTES // block_bytes))
+    cdef Py_ssize_t band = max(1, min(OH, DENSE_BAND_BYTES // (OW * CE_NC_GROUP * CE_NC_B * 4)))
+    # at least two items per thread, for balance
+    while band > 1 and N * G * ((OH + band - 1) // band) < 2 * nt:
+        band = (band + 1) // 2
+    cdef Py_ssize_t nbands = (OH + band - 1) // band
+    cdef Py_ssize_t items = N * G * nbands, it, n, g, b
+    nt = <int>min(nt, items)
+    cdef const float* xp = &x[0, 0, 0, 0, 0]
+    cdef float* op = &out[0, 0, 0, 0, 0]
+    cdef const float* wp = &wpack[0]
+    cdef const float* bp = &bias[0]
+    cdef Py_ssize_t xs = Cb * H * W * CE_NC_B, os = Kb * OH * OW * CE_NC_B
+    for it in prange(items, nogil=True, num_threads=nt, schedule="static"):
+        b = it % nbands
+        g = (it // nbands) % G
+        n = it // (nbands * G)
+        ce_nc_conv_band(xp + n * xs, <int>channels, <int>H, <int>W, <int>Kb, <int>OH, <int>OW,
+                        <int>g, <int>(b * band), <int>min(OH, (b + 1) * band), sh, sw, pt, pl,
+                        kh, kw, dh, dw, wp, bp, (rbase + n * os) if rbase != NULL else NULL,
+                        op + n * os, act, batch)

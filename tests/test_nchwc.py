@@ -363,8 +363,9 @@ def test_blocked_tensors_read_in_nchw_are_converted_back(rng):
 
 
 def test_conv_kind_rules(rng):
-    """Only pointwise (1x1 s1 unpadded, one group) and multiplier-1 depthwise layers with a
-    relu, relu6 or no activation are blocked; a residual must have the output's shape."""
+    """Which blocked kernel takes a layer (engine.dispatch.layout.blocked_kernel): pointwise,
+    depthwise with multiplier 1, grouped within blocks, direct for few taps, dense for the
+    other one-group layers but Winograd's 3x3 stride 1."""
     def kind(w, attrs, shape, act=None):
         node = Node("Conv", "c", ["x", "w"], ["y"], dict(attrs, **({"activation": act}
                                                                    if act else {})))
@@ -373,13 +374,16 @@ def test_conv_kind_rules(rng):
         op = make_op(node, {"w": w})
         ins = [Info(shape, np.float32), Info(w.shape, np.float32, w)]
         op.infer(ins)
-        kind, reason = layout.conv_kind(op, ins)
-        assert reason
+        kind, reason, alone = layout.conv_kind(op, ins)
+        assert reason and (not alone or kind == "dense")
         return kind
     assert kind(f32(rng, 8, 4, 1, 1), {}, (1, 4, 5, 5)) == "pointwise"
     assert kind(f32(rng, 8, 4, 1, 1), {}, (1, 4, 5, 5), "relu6") == "pointwise"
-    assert kind(f32(rng, 8, 40, 1, 1), {"strides": [2, 2]}, (1, 40, 5, 5)) is None
-    assert kind(f32(rng, 8, 40, 1, 1), {"pads": [1, 1, 1, 1]}, (1, 40, 5, 5)) is None
+    assert kind(f32(rng, 8, 40, 1, 1), {"strides": [2, 2]}, (1, 40, 5, 5)) == "dense"
+    assert kind(f32(rng, 8, 40, 1, 1), {"pads": [1, 1, 1, 1]}, (1, 40, 5, 5)) == "dense"
+    assert kind(f32(rng, 8, 40, 1, 7), {"pads": [0, 3, 0, 3]}, (1, 40, 5, 9)) == "dense"
+    assert kind(f32(rng, 8, 40, 3, 3), {"strides": [2, 2]}, (1, 40, 9, 9)) == "dense"
+    assert kind(f32(rng, 8, 40, 3, 3), {"dilations": [2, 2]}, (1, 40, 9, 9)) is None
     assert kind(f32(rng, 8, 4, 1, 1), {"strides": [2, 2]}, (1, 4, 5, 5)) == "direct"
     assert kind(f32(rng, 8, 2, 1, 1), {"group": 2}, (1, 4, 5, 5)) is None
     assert kind(f32(rng, 4, 1, 3, 3), {"group": 4, "dilations": [2, 2]},

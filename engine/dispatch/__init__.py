@@ -28,7 +28,8 @@ from .conv import (ALGORITHMS, DIRECT_BLOCKED_MAX_IN, DIRECT_BLOCKED_MAX_OUT,
                    estimated_ms, fft_spectrum_bytes, why_not)
 from .depthwise import DEPTHWISE_KERNELS, choose_depthwise_kernel, why_not_depthwise_kernel
 from .gemm import choose_gemm, choose_matmul
-from .layout import BLOCKED_DIRECT_MAX_TAPS, LAYOUTS, blocked_kernel, choose_layout, why_not_layout
+from .layout import (BLOCKED_DIRECT_MAX_TAPS, LAYOUTS, blocked_kernel, choose_layout, pays_alone,
+                     why_not_layout)
 from .pool import choose_pool_path
 from .resize import choose_resize_axis_path
 from .transposed import (TRANSPOSE_ALGORITHMS, choose_conv_transpose2d,
@@ -45,7 +46,7 @@ __all__ = [
     # depthwise
     "DEPTHWISE_KERNELS", "choose_depthwise_kernel", "why_not_depthwise_kernel",
     # layout
-    "LAYOUTS", "BLOCKED_DIRECT_MAX_TAPS", "blocked_kernel", "choose_layout", "why_not_layout",
+    "LAYOUTS", "BLOCKED_DIRECT_MAX_TAPS", "blocked_kernel", "choose_layout", "pays_alone", "why_not_layout",
     # transposed
     "TRANSPOSE_ALGORITHMS", "choose_conv_transpose2d", "why_not_conv_transpose2d",
     "choose_onnx_transpose_path",

@@ -36,6 +36,11 @@ POINTWISE_GROUP_SLACK = 1.15
 # is half, and a 3x3 layer of RegNetY-400MF's width still ran ahead of its NCHW algorithm and
 # two layout changes.
 GROUPED_MIN_WIDTH = 8
+# Fewest taps (input channels x kernel size) of a layer that the dense blocked kernel runs even
+# with no blocked neighbour, paying a layout change each way: from about here its lead over the
+# NCHW algorithms outweighs two passes over the tensors. A 1x1 layer never pays that alone: its
+# input is as large as its work per tap (bench/bench_dispatch.py layout/dense).
+DENSE_ALONE_MIN_TAPS = 256
 
 
 def grouped_in_blocks(p: ConvParams) -> bool:
@@ -53,15 +58,22 @@ def why_not_layout(layout) -> Optional[str]:
     return f"layout must be one of {', '.join(map(repr, LAYOUTS))}, got {layout!r}"
 
 
+def winograd_shaped(p: ConvParams) -> bool:
+    """3x3, stride 1: Winograd's layers, which run faster on NCHW than any blocked kernel
+    (dilated ones by phases)."""
+    return p.kernel == (3, 3) and p.stride == (1, 1)
+
+
 def blocked_kernel(p: ConvParams, activation=None,
                    residual: Optional[bool] = None) -> tuple[Optional[str], str]:
     """The channel-blocked kernel able to run the layer, and why: "pointwise" (1x1 stride 1
     unpadded, one group), "depthwise" (multiplier 1, any kernel, stride, dilation, padding),
     "grouped" (groups of GROUPED_MIN_WIDTH to 16 channels each way, within blocks), "direct"
-    (one group, at most BLOCKED_DIRECT_MAX_TAPS taps), or None.
+    (one group, at most BLOCKED_DIRECT_MAX_TAPS taps, NCHW in), "dense" (one group, any other
+    kernel but Winograd's 3x3 stride 1), or None.
     activation: the fused one (any engine/ops/activation.py code); residual: None
-    without one, True if it has the output's shape (only the pointwise kernel adds one), False
-    if it broadcasts."""
+    without one, True if it has the output's shape (the pointwise and dense kernels add one),
+    False if it broadcasts."""
     if activation not in ACTIVATION_CODES:
         return None, f"no channel-blocked kernel applies the activation {activation!r}"
     if residual is False:
@@ -76,20 +88,31 @@ def blocked_kernel(p: ConvParams, activation=None,
         kind = "grouped"
     elif p.groups == 1 and taps <= BLOCKED_DIRECT_MAX_TAPS:
         kind = "direct"
+    elif p.groups == 1 and not winograd_shaped(p):
+        kind = "dense"
     else:
         return None, (f"no channel-blocked kernel for {p.kernel[0]}x{p.kernel[1]} "
-                      f"{p.in_channels}->{p.out_channels} groups {p.groups} ({taps} taps)")
-    if residual is not None and kind != "pointwise":
-        return None, "a residual add, which only the pointwise blocked kernel makes"
+                      f"stride {p.stride[0]}x{p.stride[1]} {p.in_channels}->{p.out_channels} "
+                      f"groups {p.groups} ({taps} taps)")
+    if residual is not None and kind not in ("pointwise", "dense"):
+        return None, "a residual add, which only the pointwise and dense blocked kernels make"
     return kind, f"the {kind} blocked kernel runs it"
 
 
+def pays_alone(kind: Optional[str], p: ConvParams) -> bool:
+    """Whether a layer whose blocked kernel is ``kind`` runs blocked with no blocked neighbour:
+    a dense one, not 1x1, of at least DENSE_ALONE_MIN_TAPS taps."""
+    return (kind == "dense" and p.kernel != (1, 1)
+            and p.in_channels * p.kernel[0] * p.kernel[1] >= DENSE_ALONE_MIN_TAPS)
+
+
 def choose_layout(kind: Optional[str], why: str, producer_kind: Optional[str] = None,
-                  reader_kinds=(), forced: str = "auto") -> tuple[str, str]:
+                  reader_kinds=(), forced: str = "auto", alone: bool = False) -> tuple[str, str]:
     """"nchw16c" or "nchw" for a convolution, and why. kind, why: blocked_kernel's answer;
     producer_kind: the blocked kernel able to run the layer that writes its input (None if
     none); reader_kinds: the blocked kernels able to run the layers that read its output as
-    their input; forced: the caller's layout ("auto" to let the rules choose)."""
+    their input; forced: the caller's layout ("auto" to let the rules choose); alone: whether
+    the kernel pays with no blocked neighbour (``pays_alone``)."""
     if kind is None:
         return "nchw", why
     if forced == "nchw":
@@ -111,6 +134,9 @@ def choose_layout(kind: Optional[str], why: str, producer_kind: Optional[str] = 
     if reader_kinds:
         return "nchw16c", (f"{kind} before a {reader_kinds[0]} layer: no layout change between "
                            f"them, no packing or transposes")
+    if alone:
+        return "nchw16c", (f"{why}: with this many taps it beats the NCHW algorithms by more "
+                           f"than a layout change each way costs")
     return "nchw", (f"{kind}, but no neighbour has a blocked kernel: a layout change each way "
                     f"would cost more than the blocked kernel saves")
 

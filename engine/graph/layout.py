@@ -27,7 +27,7 @@ import math
 from ..dispatch.conv import ConvParams
 from ..dispatch.layout import (POINTWISE_GROUP_SLACK, blocked_kernel,
                                choose_depthwise_blocked_split, choose_layout,
-                               choose_pointwise_blocked_split, why_not_layout)
+                               choose_pointwise_blocked_split, pays_alone, why_not_layout)
 from .._kernels import nchwc
 from .._threads import threads_for
 from ..ops import blocked
@@ -98,13 +98,15 @@ def _spatial_mean(node, ops, infos) -> bool:
         return False
 
 
-def conv_kind(op, ins) -> tuple[str | None, str]:
-    """The channel-blocked kernel able to run a Conv op inferred on ``ins`` ("pointwise",
-    "depthwise", "direct" or None, for it to stay NCHW), and why (engine.dispatch.layout)."""
+def conv_kind(op, ins) -> tuple[str | None, str, bool]:
+    """The channel-blocked kernel able to run a Conv op inferred on ``ins`` (a kind of
+    engine.dispatch.layout.blocked_kernel, or None for it to stay NCHW), why, and whether it
+    pays with no blocked neighbour."""
     if op.nd != 2:
-        return None, f"{op.nd}-D: the channel-blocked kernels are 2-D"
+        return None, f"{op.nd}-D: the channel-blocked kernels are 2-D", False
     if op.runtime_weights:
-        return None, "weights computed at run time: the blocked kernels pack them at load"
+        return (None, "weights computed at run time: the blocked kernels pack them at load",
+                False)
     pads, conv_shape = op.geometry(ins)
     residual = None
     if op.residual:
@@ -112,7 +114,8 @@ def conv_kind(op, ins) -> tuple[str | None, str]:
     k, cg = op.w.shape[:2]
     p = ConvParams(cg * op.group, k, tuple(op.kernel), tuple(op.strides), tuple(op.dilations),
                    op.group, tuple(pads), tuple(ins[0].shape[2:]), ins[0].shape[0])
-    return blocked_kernel(p, op.activation, residual)
+    kind, why = blocked_kernel(p, op.activation, residual)
+    return kind, why, pays_alone(kind, p)
 
 
 class _Internal(Op):
@@ -195,7 +198,7 @@ class BlockedGlobalAveragePool(_Internal):
 
 
 class BlockedConv(_Internal):
-    """A pointwise or depthwise Conv on blocked tensors. Made per plan: ``conv`` is the graph's
+    """A Conv on blocked tensors (any kind of engine.dispatch.layout.blocked_kernel). Made per plan: ``conv`` is the graph's
     Conv op, ``ins``/``outs`` its NCHW Infos for this plan's shapes. Inputs: X, W, B as the
     Conv's (W and B unread: the weights are packed here), and the residual, blocked."""
     kind = "Conv"
@@ -218,7 +221,8 @@ class BlockedConv(_Internal):
             def pack():
                 return {"pointwise": blocked.pack_pointwise,
                         "depthwise": blocked.pack_depthwise,
-                        "direct": blocked.pack_direct}[kind](conv.w, conv.b)
+                        "direct": blocked.pack_direct,
+                        "dense": blocked.pack_dense}[kind](conv.w, conv.b)
         self.w, self.b = conv.transforms.get(self.pack_key, pack,
                                              blocked.packed_shapes(kind, conv.w.shape))
         # how the kernel's threads share the layer (engine.dispatch.layout), None for direct
@@ -253,6 +257,16 @@ class BlockedConv(_Internal):
             return step
         (sh, sw), (dh, dw) = self.conv.strides, self.conv.dilations
         pt, pl = self.pads[0][0], self.pads[1][0]
+        if self.conv_kind == "dense":
+            r = i[3] if len(i) > 3 and i[3] >= 0 else -1
+            channels = self.logical_ins[0].shape[1]
+            kh, kw = self.conv.w.shape[2:]
+
+            def step(env, nt):
+                nchwc.f32_conv2d_nchw16c(env[a], channels, w, bias, env[r] if r >= 0 else None,
+                                         env[b], kh, kw, sh, sw, pt, pl, dh, dw, act,
+                                         threads_for(macs, nt))
+            return step
         if self.conv_kind == "direct":
             def step(env, nt):
                 nchwc.f32_direct_to_blocked(env[a], w, bias, env[b], sh, sw, pt, pl, dh, dw,
@@ -283,7 +297,10 @@ class BlockedConv(_Internal):
                 "direct": "direct NCHW -> NCHW16c: few input channels, eight output pixels a "
                           "time, and the layers after it read blocks",
                 "grouped": "grouped on NCHW16c: each output block from its input block, four "
-                           "pixels a time"}[self.conv_kind]
+                           "pixels a time",
+                "dense": "dense on NCHW16c: the pointwise tile with taps, six pixels of a row "
+                         "by four output blocks, padding read as zeros, no column matrix"
+                }[self.conv_kind]
         if self.split is not None:
             text += f" | threads by {self.split[0]}: {self.split[1]}"
         if self.conv.residual:
@@ -335,13 +352,13 @@ def rewrite(graph: Graph, ops: dict, input_shapes: dict, layout: str = "auto"):
         return out
 
     keep = set()
-    for name, (kind, why, _, _) in found.items():
+    for name, (kind, why, alone, _, _) in found.items():
         node = by_name[name]
         src = source_conv(node.inputs[0])
         producer_kind = found[src.name][0] if src is not None and src.name in found else None
         reader_kinds = [found[r.name][0] for r in reader_convs(node.outputs[0])
                         if found[r.name][0] is not None]
-        choices[name] = choose_layout(kind, why, producer_kind, reader_kinds, layout)
+        choices[name] = choose_layout(kind, why, producer_kind, reader_kinds, layout, alone)
         if choices[name][0] == "nchw16c":
             keep.add(name)
     prior = Inferred(infos, folded, ops)
@@ -387,7 +404,7 @@ def rewrite(graph: Graph, ops: dict, input_shapes: dict, layout: str = "auto"):
 
     for node in graph.nodes:
         if node.name in keep:
-            kind, _, ins, outs = found[node.name]
+            kind, _, _, ins, outs = found[node.name]
             x = node.inputs[0]
             inputs = [as_nchw(x) if kind == "direct" else as_blocked(x)] + node.inputs[1:3]
             if len(node.inputs) > 3 and node.inputs[3]:

@@ -59,6 +59,8 @@ def packed_shapes(kind: str, weight_shape) -> tuple:
         return (blocks(k), kh, kw, BLOCK), bias
     if kind == "grouped":
         return (blocks(k), kh, kw, BLOCK, BLOCK), bias
+    if kind == "dense":
+        return (blocks(k) * blocks(c) * kh * kw * BLOCK * BLOCK,), bias
     return (blocks(k), c, kh, kw, BLOCK), bias
 
 
@@ -69,6 +71,22 @@ def pack_pointwise(weight: np.ndarray, bias=None):
     w = np.zeros((kb * BLOCK, cb * BLOCK), np.float32)
     w[:k, :c] = weight.reshape(k, c)
     parts = [np.ascontiguousarray(w[g * BLOCK:min(kb, g + GROUP) * BLOCK].T).ravel()
+             for g in range(0, kb, GROUP)]
+    return np.concatenate(parts), _padded_bias(bias, k)
+
+
+def pack_dense(weight: np.ndarray, bias=None):
+    """(K, C, kh, kw) weights and K biases -> (wpack, bias) as f32_conv2d_nchw16c reads them:
+    groups of up to four output blocks, each [input block][kh][kw][16][blocks * 16] (input
+    channel within its block, output channel of the group). The pointwise packing is the
+    1x1 case of this one."""
+    k, c, kh, kw = weight.shape
+    kb, cb = blocks(k), blocks(c)
+    w = np.zeros((kb * BLOCK, cb * BLOCK, kh, kw), np.float32)
+    w[:k, :c] = weight
+    # -> [input block][kh][kw][input lane][output channel]
+    w = w.reshape(kb * BLOCK, cb, BLOCK, kh, kw).transpose(1, 3, 4, 2, 0)
+    parts = [np.ascontiguousarray(w[..., g * BLOCK:min(kb, g + GROUP) * BLOCK]).ravel()
              for g in range(0, kb, GROUP)]
     return np.concatenate(parts), _padded_bias(bias, k)
 

@@ -1,0 +1,193 @@
+"""The dense convolution on channel blocks (kernels/_nchwc_conv.h, nchwc.f32_conv2d_nchw16c) and
+the layers the layout pass gives it: strided 3x3 and 1x1 downsampling, 1xk / kx1, larger
+kernels, padded 1x1.
+
+Reference: float64 NumPy (tests/reference.py). Tolerance, per output element: 1e-6 times the
+sum of |terms| that element adds (|x| * |w| over its window, plus |bias| and |residual|), about
+eight float32 roundings of the largest partial sum; a whole-output bound would let a wrong
+small output through. 1 and 2 threads must give bit-identical results.
+"""
+import numpy as np
+import pytest
+
+import engine
+from engine._kernels import nchwc
+from engine.graph import Graph, Model, Node, TensorSpec
+from engine.ops import blocked
+from engine.ops.activation import _float64_activation
+from reference import conv2d_ref
+
+ACTS = {0: lambda v: v, 1: lambda v: np.maximum(v, 0), 3: lambda v: _float64_activation("silu", v)}
+REL = 1e-6
+
+
+def f32(rng, *shape):
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+def run_dense(x, wt, b, residual, stride, pads, dilation, act, threads, garbage=None):
+    """The kernel on x (NCHW, converted to blocks), back in NCHW. garbage: a finite value
+    written into the padding channels of the input's last block, which must not matter."""
+    n, c = x.shape[:2]
+    k, _, kh, kw = wt.shape
+    oh = (x.shape[2] + sum(pads[0]) - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    ow = (x.shape[3] + sum(pads[1]) - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    xb = blocked.to_blocked(x)
+    if garbage is not None and c % 16:
+        xb[:, -1, :, :, c % 16:] = garbage
+    wp, bp = blocked.pack_dense(wt, b)
+    out = np.full(blocked.blocked_shape((n, k, oh, ow)), np.nan, np.float32)
+    r = None if residual is None else blocked.to_blocked(residual)
+    nchwc.f32_conv2d_nchw16c(xb, c, wp, bp, r, out, kh, kw, stride[0], stride[1], pads[0][0],
+                             pads[1][0], dilation[0], dilation[1], act, threads)
+    return out
+
+
+# (N, C, K, H, W, kernel, stride, pads ((top, bottom), (left, right)), dilation):
+# channel counts off the block size and past one batch of input blocks (600), every number of
+# output blocks in the last group (K of 1, 2, 3, 4 and 5 blocks), output widths with every
+# tail of a 6-pixel tile, strides 1-3, dilations, asymmetric and zero pads, ResNet's
+# downsampling layers, Inception's 1x7 / 7x1, a stem-like 7x7 on 3 channels
+DENSE = [
+    (1, 16, 16, 7, 7, (3, 3), (2, 2), ((1, 1), (1, 1)), (1, 1)),
+    (2, 40, 70, 14, 13, (3, 3), (2, 2), ((1, 1), (1, 1)), (1, 1)),
+    (1, 64, 128, 28, 28, (1, 1), (2, 2), ((0, 0), (0, 0)), (1, 1)),
+    (1, 17, 33, 9, 17, (1, 7), (1, 1), ((0, 0), (3, 3)), (1, 1)),
+    (1, 33, 18, 17, 9, (7, 1), (1, 1), ((3, 3), (0, 0)), (1, 1)),
+    (1, 20, 36, 13, 16, (3, 3), (1, 2), ((0, 2), (1, 0)), (2, 1)),
+    (1, 600, 20, 9, 9, (3, 3), (2, 2), ((1, 1), (1, 1)), (1, 1)),
+    (1, 8, 9, 23, 23, (5, 5), (3, 3), ((4, 1), (0, 3)), (2, 2)),
+    (1, 3, 64, 30, 29, (7, 7), (2, 2), ((3, 3), (3, 3)), (1, 1)),
+    (1, 24, 50, 5, 11, (1, 1), (1, 1), ((1, 1), (1, 1)), (1, 1)),
+    (1, 5, 5, 1, 1, (3, 3), (1, 1), ((1, 1), (1, 1)), (1, 1)),
+    (1, 48, 40, 6, 6, (5, 5), (1, 1), ((0, 0), (0, 0)), (1, 1)),
+]
+
+
+@pytest.mark.parametrize("n,c,k,h,w,kk,s,p,d", DENSE)
+def test_dense_matches_reference_per_element_and_is_thread_independent(rng, n, c, k, h, w, kk,
+                                                                       s, p, d):
+    x, wt, b = f32(rng, n, c, h, w), f32(rng, k, c, *kk), f32(rng, k)
+    ref = conv2d_ref(x, wt, b, s, p, d)
+    terms = conv2d_ref(np.abs(x), np.abs(wt), np.abs(b), s, p, d)
+    res = f32(rng, *ref.shape)
+    for act in ACTS:
+        for r in (None, res):
+            got = run_dense(x, wt, b, r, s, p, d, act, 1, garbage=3.0)
+            np.testing.assert_array_equal(got, run_dense(x, wt, b, r, s, p, d, act, 2))
+            # the padding channels of the output are zero
+            kb = blocked.blocks(k)
+            assert not np.any(got.reshape(n, kb, -1, 16)[:, -1, :, k - (kb - 1) * 16:])
+            want = ACTS[act](ref + (0 if r is None else r))
+            bound = REL * (terms + (0 if r is None else np.abs(r))) + 1e-30
+            err = np.abs(blocked.from_blocked(got, k).astype(np.float64) - want)
+            worst = np.unravel_index(np.argmax(err / bound), err.shape)
+            assert np.all(err <= bound), (f"act {act}: error {err[worst]:.3g} at {worst} "
+                                          f"over {bound[worst]:.3g}")
+
+
+def test_dense_two_threads_split_a_layer_that_has_work_for_both(rng):
+    """A downsampling layer of ResNet's size: the two threads take different bands and
+    groups, and the result is the one thread's, bit for bit."""
+    x, wt = f32(rng, 1, 128, 28, 28), f32(rng, 256, 128, 3, 3)
+    pads = ((1, 1), (1, 1))
+    one = run_dense(x, wt, None, None, (2, 2), pads, (1, 1), 1, 1)
+    np.testing.assert_array_equal(one, run_dense(x, wt, None, None, (2, 2), pads, (1, 1), 1, 2))
+    ref = np.maximum(conv2d_ref(x, wt, None, (2, 2), pads), 0)
+    scale = conv2d_ref(np.abs(x), np.abs(wt), None, (2, 2), pads)
+    assert np.all(np.abs(blocked.from_blocked(one, 256) - ref) <= REL * scale + 1e-30)
+
+
+def test_dense_nonfinite_inputs_spread_like_the_direct_sum(rng):
+    """An Inf or NaN in the input reaches the outputs whose window holds it, as the direct sum
+    takes it; padding is read as zeros, never as the neighbouring values."""
+    x, wt = f32(rng, 1, 16, 8, 8), f32(rng, 16, 16, 3, 3)
+    x[0, 3, 0, 0] = np.inf
+    x[0, 5, 7, 7] = np.nan
+    got = blocked.from_blocked(run_dense(x, wt, None, None, (2, 2), ((1, 1), (1, 1)), (1, 1),
+                                         0, 1), 16)
+    with np.errstate(invalid="ignore"):
+        ref = conv2d_ref(x, wt, None, (2, 2), ((1, 1), (1, 1)))
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(ref))
+    np.testing.assert_array_equal(np.isinf(got), np.isinf(ref))
+
+
+def test_dense_refuses_inconsistent_arguments(rng):
+    x = f32(rng, 1, 2, 6, 6, 16)
+    wp, bp = blocked.pack_dense(f32(rng, 20, 30, 3, 3), f32(rng, 20))
+    out = np.zeros((1, 2, 3, 3, 16), np.float32)
+
+    def call(x=x, channels=30, wp=wp, bp=bp, res=None, out=out, kh=3, sh=2, act=0):
+        nchwc.f32_conv2d_nchw16c(x, channels, wp, bp, res, out, kh, 3, sh, 2, 1, 1, 1, 1, act, 1)
+    call()
+    with pytest.raises(ValueError, match="channels"):
+        call(channels=33)
+    with pytest.raises(ValueError, match="channels"):
+        call(channels=16)
+    with pytest.raises(ValueError, match="wpack"):
+        call(wp=wp[:-1])
+    with pytest.raises(ValueError, match="wpack"):
+        call(kh=5)
+    with pytest.raises(ValueError, match="bias"):
+        call(bp=bp[:16])
+    with pytest.raises(ValueError, match="act"):
+        call(act=9)
+    with pytest.raises(ValueError, match="strides"):
+        call(sh=0)
+    with pytest.raises(ValueError, match="residual"):
+        call(res=np.zeros((1, 2, 3, 4, 16), np.float32))
+    with pytest.raises(ValueError, match="images"):
+        call(out=np.zeros((2, 2, 3, 3, 16), np.float32))
+    with pytest.raises(ValueError, match="blocked"):
+        call(x=np.zeros((1, 2, 6, 6, 8), np.float32))
+
+
+# ------------------------------------------------------------------------- in a model's plan
+
+def bottleneck(rng, c=64, mid=32, out=128):
+    """A ResNet downsampling block after a 1x1 layer: 1x1 -> relu -> 3x3 stride 2 -> relu ->
+    1x1, plus a 1x1 stride-2 shortcut, added, relu."""
+    w = {"w0": f32(rng, c, c, 1, 1) * 0.2, "w1": f32(rng, mid, c, 1, 1) * 0.2, "w2": f32(rng, mid, mid, 3, 3) * 0.1,
+         "w3": f32(rng, out, mid, 1, 1) * 0.2, "wd": f32(rng, out, c, 1, 1) * 0.2}
+    nodes = [Node("Conv", "c0", ["x", "w0"], ["x0"]),
+             Node("Conv", "c1", ["x0", "w1"], ["a1"]), Node("Relu", "r1", ["a1"], ["b1"]),
+             Node("Conv", "c2", ["b1", "w2"], ["a2"], {"strides": [2, 2], "pads": [1, 1, 1, 1]}),
+             Node("Relu", "r2", ["a2"], ["b2"]),
+             Node("Conv", "c3", ["b2", "w3"], ["a3"]),
+             Node("Conv", "cd", ["x0", "wd"], ["d"], {"strides": [2, 2]}),
+             Node("Add", "add", ["a3", "d"], ["s"]), Node("Relu", "r3", ["s"], ["y"])]
+    return Graph(nodes, [TensorSpec("x", (1, c, 28, 28), "float32")],
+                 [TensorSpec("y", None, "float32")], w)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_downsampling_block_runs_blocked_through_its_strided_layers(rng, threads):
+    g = bottleneck(rng)
+    x = f32(rng, 1, 64, 28, 28)
+    saved = engine.get_num_threads()
+    try:
+        engine.set_num_threads(threads)
+        blocked_model, nchw_model = Model(g), Model(g, layout="nchw")
+        got = blocked_model({"x": x})["y"]
+        text = blocked_model.explain()
+        assert text.count("dense on NCHW16c") == 2, text
+        np.testing.assert_allclose(got, nchw_model({"x": x})["y"], rtol=0,
+                                   atol=1e-5 * float(np.abs(got).max()))
+        engine.set_num_threads(1)
+        np.testing.assert_array_equal(got, Model(g)({"x": x})["y"])
+    finally:
+        engine.set_num_threads(saved)
+
+
+def test_a_lone_dense_layer_is_blocked_only_when_its_taps_pay_for_two_layout_changes(rng):
+    def model(c):
+        g = Graph([Node("Conv", "c", ["x", "w"], ["y"], {"pads": [0, 3, 0, 3]})],
+                  [TensorSpec("x", (1, c, 17, 17), "float32")], [TensorSpec("y", None, "float32")],
+                  {"w": f32(rng, 32, c, 1, 7)})
+        return Model(g)
+    wide, narrow = model(64), model(8)              # 448 and 56 taps
+    x = f32(rng, 1, 64, 17, 17)
+    assert "dense on NCHW16c" in wide.explain()
+    assert "dense on NCHW16c" not in narrow.explain()
+    np.testing.assert_allclose(wide({"x": x})["y"], Model(wide.graph, layout="nchw")({"x": x})["y"],
+                               rtol=0, atol=1e-5 * 64)
