@@ -1,5 +1,6 @@
 """The rest of the layer suite (shared/BENCHMARKS.md): transposed, 1-D, 3-D, deformable
-convolution, max pooling and max-unpooling, next to ONNX Runtime and PyTorch, 1 and 2 threads.
+convolution, max pooling and max-unpooling, the exp-based activations and layer
+normalisation, next to ONNX Runtime and PyTorch, 1 and 2 threads.
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/bench_family.py [--threads 1 2]
 """
@@ -115,6 +116,32 @@ def maxpool_cases():
     return cases
 
 
+def activation_cases():
+    """Sigmoid and exact GELU on ConvNeXt's largest activation (1.2M floats), and its layer
+    norm (3136 rows of 96): one-node models, run by the engine's graph runner as by ONNX
+    Runtime. FLOPs: one per element, for the GFLOP/s column to read as elements per ns."""
+    x = _rand(1, 384, 56, 56, scale=3.0)
+    cases = []
+    for op, opset, torch_fn in (("Sigmoid", 17, lambda t: t.sigmoid),
+                                ("Gelu", 20, lambda t: t.nn.functional.gelu)):
+        model, feeds = onnx_single_node(op, [("x", x)], [], {}, opset=opset)
+        cases.append(Case(f"{op.lower()}_1x384x56x56", float(x.size),
+                          lambda model=model, feeds=feeds: (
+                              lambda m=engine.load(model): lambda: m.run(feeds))(),
+                          model, feeds, _torch_call(torch_fn, x), note="vector pass"))
+    rows = _rand(1, 56, 56, 96)
+    scale, bias = _rand(96), _rand(96)
+    model, feeds = onnx_single_node("LayerNormalization", [("x", rows)],
+                                    [("s", scale), ("b", bias)], {"axis": -1}, opset=17)
+    cases.append(Case("layer_norm_3136x96", float(rows.size),
+                      lambda: (lambda m=engine.load(model): lambda: m.run(feeds))(),
+                      model, feeds,
+                      _torch_call(lambda t: t.nn.functional.layer_norm, rows,
+                                  normalized_shape=(96,)),
+                      note="one pass per row"))
+    return cases
+
+
 CASES = [conv_transpose_case, conv1d_case, conv3d_case, deform_case, unpool_case]
 
 
@@ -124,7 +151,7 @@ def main(argv=None):
     ap.add_argument("--repeat", type=int, default=15)
     ap.add_argument("--only", help="cases whose name contains this")
     args = ap.parse_args(argv)
-    cases = [make() for make in CASES] + maxpool_cases()
+    cases = [make() for make in CASES] + maxpool_cases() + activation_cases()
     if args.only:
         cases = [c for c in cases if args.only in c.name]
     results = run_cases(cases, args.threads, args.repeat)

@@ -96,17 +96,23 @@ def f32_conv2d_pointwise(const float[:, :, ::1] x, const float[::1] apack, bias,
                 pa = pb
 
 
-def f32_pack_rows(const float[:, ::1] a, float[::1] apack, int num_threads):
+def f32_pack_rows(const float[:, ::1] a, float[::1] apack, int num_threads, bint ones=False):
     """a[M, K] -> apack[ceil(M/MR)][K][MR] (rows beyond M zero): a matrix computed at run time
     made the A operand of the micro-kernel (a MatMul's activations times its constant weights,
-    engine/ops/packed_gemm.py ConstantRight); the threads take ranges of row blocks."""
+    engine/ops/packed_gemm.py ConstantRight); the threads take ranges of row blocks. ones: a
+    column of ones follows the K of each row ([K + 1][MR] per block), which multiplies a bias
+    row appended to B: the bias is then the last term of each sum, added as an Add after the
+    product would add it."""
     cdef Py_ssize_t M = a.shape[0], K = a.shape[1], MR = CE_PG_MR
-    cdef Py_ssize_t nmb = (M + MR - 1) // MR
-    if apack.shape[0] < nmb * K * MR:
-        raise ValueError(f"apack must hold {nmb * K * MR} floats, got {apack.shape[0]}")
+    cdef Py_ssize_t nmb = (M + MR - 1) // MR, KA = K + (1 if ones else 0)
+    if apack.shape[0] < nmb * KA * MR:
+        raise ValueError(f"apack must hold {nmb * KA * MR} floats, got {apack.shape[0]}")
     if M == 0 or K == 0:
         return
-    cdef Py_ssize_t mb
+    cdef Py_ssize_t mb, r
     num_threads = <int>max(1, min(num_threads, nmb))
     for mb in prange(nmb, nogil=True, num_threads=num_threads, schedule="static"):
-        ce_pg_pack_a(&a[mb * MR, 0], K, <int>K, <int>min(MR, M - mb * MR), &apack[mb * K * MR])
+        ce_pg_pack_a(&a[mb * MR, 0], K, <int>K, <int>min(MR, M - mb * MR), &apack[mb * KA * MR])
+        if ones:
+            for r in range(MR):
+                apack[(mb * KA + K) * MR + r] = 1.0

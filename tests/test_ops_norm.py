@@ -188,6 +188,26 @@ def test_layer_norm_large_mean_keeps_precision(rng):
     close_ref(inv, inv_ref, np.abs(inv_ref))
 
 
+def test_layer_norm_kernel_rows_are_thread_independent(rng):
+    """ConvNeXt's layer norm (3136 rows of 96 over the last axis, constant Scale and B: the
+    row kernel, kernels/layer_norm.pyx) on 1 and 2 threads: bit-identical, and the float64
+    reference's values."""
+    x = randn(rng, 1, 56, 56, 96, scale=3.0, shift=2.0)
+    scale, bias = randn(rng, 96), randn(rng, 96)
+    m = make("LayerNormalization", x.shape, [("s", scale), ("b", bias)], {"epsilon": 1e-6},
+             outputs=("y", "mean", "inv"))
+    model = engine.load(m)
+    assert "layer-norm kernel" in model.explain()
+    outs = [model.run({"x": x}, num_threads=t) for t in (1, 2)]
+    for name in ("y", "mean", "inv"):
+        np.testing.assert_array_equal(outs[0][name], outs[1][name])
+    z, mean_ref, inv_ref = standardised(x, (3,), 1e-6)
+    ref, mag = affine_ref(z, scale, bias)
+    close_ref(outs[0]["y"], ref, mag)
+    close_ref(outs[0]["mean"], mean_ref, np.abs(mean_ref))
+    close_ref(outs[0]["inv"], inv_ref, np.abs(inv_ref))
+
+
 @pytest.mark.parametrize("op", ["GroupNormalization", "InstanceNormalization",
                                 "MeanVarianceNormalization"])
 def test_channel_norms_large_mean_keep_precision(rng, op):

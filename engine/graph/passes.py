@@ -194,11 +194,12 @@ def _activation_of(g: Graph, node: Node):
 
 
 def fuse_activations(g: Graph) -> int:
-    """An activation after a Conv, or after a BatchNormalization left standing, moves into
-    that node (its kernel applies it in the same pass)."""
+    """An activation after a Conv, a MatMulBias, or a BatchNormalization left standing, moves
+    into that node (its kernel applies it in the same pass)."""
     count = 0
     for conv in list(g.nodes):
-        if conv.op not in ("Conv", "BatchNormalization") or conv.attrs.get("activation") \
+        if conv.op not in ("Conv", "BatchNormalization", "MatMulBias") \
+                or conv.attrs.get("activation") \
                 or conv not in g.nodes:
             continue
         reader = _single_reader(g, conv.outputs[0])
@@ -236,6 +237,32 @@ def fuse_silu(g: Graph) -> int:
             g.nodes.remove(sig)
             count += 1
             break
+    return count
+
+
+def fuse_matmul_bias(g: Graph) -> int:
+    """MatMul(A, constant matrix B) followed by an Add of a constant vector of B's columns
+    (a Linear layer on a tensor of more than two dimensions, as exporters write it) becomes one
+    MatMulBias node, when the MatMul's output has no other reader."""
+    count = 0
+    for mm in list(g.nodes):
+        if mm.op != "MatMul" or len(mm.inputs) != 2 or mm.inputs[1] not in g.constants:
+            continue
+        b = g.constants[mm.inputs[1]]
+        reader = _single_reader(g, mm.outputs[0])
+        if b.ndim != 2 or b.dtype != np.float32 or reader is None or reader[0].op != "Add":
+            continue
+        add = reader[0]
+        other = add.inputs[1 - reader[1]]
+        bias = g.constants.get(other)
+        if other == mm.outputs[0] or bias is None or bias.dtype != np.float32 \
+                or bias.shape != (b.shape[1],):
+            continue
+        fused = Node("MatMulBias", mm.name, [mm.inputs[0], mm.inputs[1], other],
+                     list(add.outputs))
+        g.nodes[g.nodes.index(add)] = fused
+        g.nodes.remove(mm)
+        count += 1
     return count
 
 
@@ -282,21 +309,26 @@ def optimize(g: Graph, input_shapes=None) -> None:
     n = fold_batchnorm(g)
     if n:
         notes.append(f"folded {n} BatchNormalization nodes into convolution weights")
+    n_mm = fuse_matmul_bias(g)
+    if n_mm:
+        notes.append(f"fused {n_mm} MatMul + bias Add pairs into MatMulBias")
     n_silu = fuse_silu(g)
     if n_silu:
         notes.append(f"fused {n_silu} Sigmoid + Mul pairs into SiLU")
-    def bn_fused():
-        return sum(1 for node in g.nodes if node.op == "BatchNormalization"
-                   and node.attrs.get("activation"))
-    n_bn = -bn_fused()
+    def fused(op):
+        return sum(1 for node in g.nodes if node.op == op and node.attrs.get("activation"))
+    n_bn, n_mm = -fused("BatchNormalization"), -fused("MatMulBias")
     n = fuse_activations(g)
     n_res = fuse_residual(g)
     n += fuse_activations(g)
-    n_bn += bn_fused()
-    if n - n_bn:
-        notes.append(f"fused {n - n_bn} activations into convolutions")
+    n_bn += fused("BatchNormalization")
+    n_mm += fused("MatMulBias")
+    if n - n_bn - n_mm:
+        notes.append(f"fused {n - n_bn - n_mm} activations into convolutions")
     if n_bn:
         notes.append(f"fused {n_bn} activations into batch normalizations")
+    if n_mm:
+        notes.append(f"fused {n_mm} activations into matrix products")
     if n_res:
         notes.append(f"fused {n_res} residual Adds into convolution steps")
     n = fuse_squeeze_excite(g)

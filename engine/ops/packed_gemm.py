@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._kernels import conv_pointwise
+from .activation import activation_code
 from .workspace import populated_zeros, workspace
 
 ROW_BLOCK = conv_pointwise.ROW_BLOCK     # rows of A per packed block (MR)
@@ -67,28 +68,37 @@ def panel_floats(threads: int, cg: int, group_panels: int) -> int:
 
 
 class ConstantRight:
-    """out[M, N] = a[M, K] @ b[K, N] for a constant b and an a computed at run time (a MatMul
-    of activations by weights: a transformer-style block's Linear layers), on the engine's
-    threads with the micro-kernel: a is packed per call as the kernel's A operand, and b is
-    read in place as its B, the way a pointwise convolution reads its input (K channels of N
-    pixels). Every output is summed over k in order, whatever the thread count."""
+    """out[M, N] = act(a[M, K] @ b[K, N] (+ bias[N])) for a constant b and an a computed at run
+    time (a MatMul of activations by weights: a transformer-style block's Linear layers), on the
+    engine's threads with the micro-kernel: a is packed per call as the kernel's A operand, and
+    b is read in place as its B, the way a pointwise convolution reads its input (K channels of
+    N pixels). A bias is a row appended to b, met by a column of ones in the packed a, so it is
+    the last term of each sum: the value an Add after the product gives, and the activation
+    (engine/ops/activation.py) runs in the output step. Every output is summed over k in order,
+    whatever the thread count."""
 
-    def __init__(self, b: np.ndarray):
+    def __init__(self, b: np.ndarray, bias=None, activation=None):
         self.k, self.n = b.shape
-        self.b = np.ascontiguousarray(b, np.float32).reshape(1, self.k, self.n)
+        self.ones = bias is not None
+        rows = [np.asarray(b, np.float32)]
+        if self.ones:
+            rows.append(np.asarray(bias, np.float32).reshape(1, self.n))
+        self.b = np.ascontiguousarray(np.concatenate(rows)).reshape(1, -1, self.n)
+        self.act = activation_code(activation)
 
     def run(self, a: np.ndarray, out: np.ndarray, threads: int) -> None:
         """a: C-contiguous float32 (M, K); out: C-contiguous float32 (M, N)."""
         m, k = a.shape
+        ka = k + self.ones
         blocks = -(-m // ROW_BLOCK)
-        split_rows, group_panels = share_split(k, m, self.n, threads)
-        apack = workspace.take(blocks * k * ROW_BLOCK)
-        buf = workspace.take(panel_floats(threads, k, group_panels))
+        split_rows, group_panels = share_split(ka, m, self.n, threads)
+        apack = workspace.take(blocks * ka * ROW_BLOCK)
+        buf = workspace.take(panel_floats(threads, ka, group_panels))
         try:
-            conv_pointwise.f32_pack_rows(a, apack, threads)
+            conv_pointwise.f32_pack_rows(a, apack, threads, self.ones)
             conv_pointwise.f32_conv2d_pointwise(
-                self.b, apack[:blocks * k * ROW_BLOCK], None, None, out.reshape(1, m, self.n),
-                buf, 1, split_rows, group_panels, 0, threads)
+                self.b, apack[:blocks * ka * ROW_BLOCK], None, None, out.reshape(1, m, self.n),
+                buf, 1, split_rows, group_panels, self.act, threads)
         finally:
             workspace.give(buf)
             workspace.give(apack)

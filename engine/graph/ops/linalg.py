@@ -11,6 +11,7 @@ import numpy as np
 from ..._kernels import dense as _dense
 from ..._threads import threads_for
 from ...dispatch.gemm import choose_gemm, choose_matmul
+from ...ops.activation import apply_activation
 from ...ops.packed_gemm import ConstantRight
 from .base import F32, Info, Op, register
 
@@ -79,6 +80,64 @@ class MatMul(Op):
 
         def step(env, nt):
             np.matmul(env[a], env[b], out=env[c])
+        return step
+
+
+@register
+class MatMulBias(MatMul):
+    """act(A @ B + bias): a MatMul by a constant matrix B (K, N), the Add of a constant bias of
+    N values after it, and an activation (``activation``, any engine/ops/activation.py one) —
+    the engine's own node for what exporters write for a Linear layer on a tensor of more than
+    two dimensions (engine/graph/passes.py fuse_matmul_bias). On the packed path the bias is
+    the last term of each sum and the activation runs in the output step: one pass, the values
+    of the unfused nodes."""
+    kind = "MatMulBias"
+    onnx = False
+    n_inputs = (3, 3)
+    attributes = {"activation": "act"}
+
+    def setup(self, constants):
+        self.activation = self.attr("activation", None)
+
+    def infer(self, ins):
+        a, b, bias = ins
+        if a.dtype != F32 or b.dtype != F32 or bias.dtype != F32 or len(b.shape) != 2 \
+                or bias.shape != (b.shape[1],):
+            raise self.error(f"A and B must be float32 with B a matrix and the bias one value "
+                             f"per column of B, got {a.shape}, {b.shape} and {bias.shape}")
+        return super().infer(ins[:2])
+
+    def flops(self, ins, outs):
+        return super().flops(ins, outs) + outs[0].size
+
+    def path(self, ins, outs) -> tuple[str, str]:
+        return super().path(ins[:2], outs)
+
+    def describe(self, ins, outs):
+        text = super().describe(ins, outs) + " | + bias"
+        if self.activation:
+            text += f" | + {self.activation} in the output step"
+        return text
+
+    def build(self, ins, outs, i, o):
+        a, b, bias, c = i[0], i[1], i[2], o[0]
+        act = self.activation
+        if self.path(ins, outs)[0] == "packed" and ins[2].value is not None:
+            gemm = ConstantRight(ins[1].value, ins[2].value, act)
+            k, n = ins[1].shape
+            rows = math.prod(ins[0].shape[:-1])
+            work = rows * k * n
+
+            def step(env, nt):
+                gemm.run(np.ascontiguousarray(env[a]).reshape(rows, k),
+                         env[c].reshape(rows, n), threads_for(work, nt))
+            return step
+
+        def step(env, nt):
+            out = env[c]
+            np.matmul(env[a], env[b], out=out)
+            out += env[bias]
+            apply_activation(out, act, nt)
         return step
 
 

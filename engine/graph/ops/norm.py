@@ -14,6 +14,7 @@ import math
 import numpy as np
 
 from ..._kernels.activation import f32_scale_shift
+from ..._kernels.layer_norm import f32_layer_norm_rows
 from ..._threads import threads_for
 from ...ops.activation import ACTIVATION_CODES, apply_activation
 from .base import F32, Info, Op, register, same_shape_inputs
@@ -338,12 +339,35 @@ class LayerNormalization(Normalization):
         return self.axis(self.attr("axis", -1), len(shape))
 
     def describe(self, ins, outs):
-        return f"over axes {self.first_axis(outs[0].shape)}..{len(outs[0].shape) - 1}"
+        text = f"over axes {self.first_axis(outs[0].shape)}..{len(outs[0].shape) - 1}"
+        if self.row_vectors(ins) is not None:
+            text += ": one pass per row (the layer-norm kernel)"
+        return text
+
+    def row_vectors(self, ins):
+        """(scale, bias or None) as one float32 value per normalised element when both are
+        constants that vary over the normalised axes only (the kernel's case), else None."""
+        x, params = ins[0], [p for p in ins[1:3] if p is not None]
+        ax = self.first_axis(x.shape)
+        tail = x.shape[ax:]
+        out = []
+        for p in params:
+            if p.value is None or len(p.shape) > len(x.shape):
+                return None
+            lead = len(p.shape) - len(tail)
+            if lead > 0 and any(d != 1 for d in p.shape[:lead]):
+                return None
+            v = p.value.reshape(p.shape[max(lead, 0):]).astype(np.float32, copy=False)
+            out.append(np.ascontiguousarray(np.broadcast_to(v, tail)).reshape(-1))
+        return out[0], (out[1] if len(out) > 1 else None)
 
     def build(self, ins, outs, i, o):
         shape = outs[0].shape
         ax = self.first_axis(shape)
         view = (math.prod(shape[:ax]), math.prod(shape[ax:]))
+        vectors = self.row_vectors(ins) if view[1] > 0 else None
+        if vectors is not None:
+            return self._kernel_step(outs, i, o, view, vectors)
         stats = outs[1].shape if len(outs) > 1 else None
         wanted = [k for k in (1, 2) if k < len(o) and self.node.outputs[k]]
         a, y, eps = i[0], o[0], self.eps
@@ -371,6 +395,20 @@ class LayerNormalization(Normalization):
                 env[o[1]][...] = mean.reshape(stats)
             if 2 in wanted:
                 env[o[2]][...] = inv.reshape(stats)
+        return step
+
+
+    def _kernel_step(self, outs, i, o, view, vectors):
+        scale, bias = vectors
+        a, y, eps = i[0], o[0], float(self.eps)
+        wanted = {k: o[k] for k in (1, 2) if k < len(o) and self.node.outputs[k]}
+        work = view[0] * view[1] * 4
+
+        def step(env, nt):
+            stats = [env[wanted[k]].reshape(-1) if k in wanted else None for k in (1, 2)]
+            f32_layer_norm_rows(np.ascontiguousarray(env[a]).reshape(view),
+                                scale, bias, env[y].reshape(view), eps, stats[0], stats[1],
+                                threads_for(work, nt))
         return step
 
 

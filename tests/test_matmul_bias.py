@@ -1,0 +1,128 @@
+"""MatMulBias (engine/graph/ops/linalg.py): a MatMul by constant weights, the Add of a constant
+bias after it and the activation after that, fused at load (engine/graph/passes.py
+fuse_matmul_bias, fuse_activations) into one step of the packed GEMM, as exporters write a
+Linear layer on a tensor of more than two dimensions (ConvNeXt's, an MLP block's).
+
+The fused step must give the unfused nodes' values bit for bit: the bias is the last term of
+each sum (a row of B met by a column of ones in the packed A), which rounds as the Add after
+the product does, and the activation is the same vector formula. Against float64 and ONNX
+Runtime as in tests/test_onnx_import.py: per element, 1e-5 of the sum of |terms| (and the
+activation's own stated error, tests/test_activation_kernels.py, far below it).
+"""
+import numpy as np
+import pytest
+
+import engine
+from engine._kernels import conv_pointwise
+from engine._threads import threads_for
+from engine.ops.activation import _float64_activation
+from engine.ops.packed_gemm import pack_rows
+
+onnx = pytest.importorskip("onnx")
+from onnx import TensorProto as T  # noqa: E402
+from onnx import helper as h  # noqa: E402
+from onnx import numpy_helper as nh  # noqa: E402
+
+
+def vi(name, shape=None):
+    return h.make_tensor_value_info(name, T.FLOAT, shape)
+
+
+def linear(a_shape, w, bias, act, extra_output=False, opset=17):
+    """x -> MatMul(W) -> Add(bias) -> act, erf-form GELU written out as exporters do."""
+    nodes = [h.make_node("MatMul", ["x", "W"], ["mm"]), h.make_node("Add", ["mm", "B"], ["z"])]
+    inits = {"W": w, "B": bias}
+    if act == "relu":
+        nodes.append(h.make_node("Relu", ["z"], ["y"]))
+    elif act == "gelu":
+        inits.update(sqrt2=np.array(np.sqrt(2.0), np.float32), one=np.array(1.0, np.float32),
+                     half=np.array(0.5, np.float32))
+        nodes += [h.make_node("Div", ["z", "sqrt2"], ["d"]), h.make_node("Erf", ["d"], ["e"]),
+                  h.make_node("Add", ["e", "one"], ["p"]), h.make_node("Mul", ["z", "p"], ["q"]),
+                  h.make_node("Mul", ["q", "half"], ["y"])]
+    else:
+        nodes.append(h.make_node("Identity", ["z"], ["y"]))
+    outputs = [vi("y")] + ([vi("mm")] if extra_output else [])
+    g = h.make_graph(nodes, "linear", [vi("x", list(a_shape))], outputs,
+                     [nh.from_array(np.asarray(v), k) for k, v in inits.items()])
+    return h.make_model(g, opset_imports=[h.make_opsetid("", opset)], ir_version=9)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(11)
+
+
+@pytest.mark.parametrize("a_shape", [(1, 28, 28, 96), (2, 7, 40), (1, 5, 3)])
+@pytest.mark.parametrize("act", [None, "relu", "gelu"])
+def test_fused_linear_layer_equals_the_unfused_nodes_bit_for_bit(rng, a_shape, act):
+    k, n = a_shape[-1], 70
+    w = rng.standard_normal((k, n)).astype(np.float32)
+    bias = rng.standard_normal(n).astype(np.float32)
+    x = rng.standard_normal(a_shape).astype(np.float32)
+    fused = engine.load(linear(a_shape, w, bias, act))
+    ops = [node.op for node in fused.graph.nodes]
+    assert ops == ["MatMulBias"], ops
+    text = fused.explain()
+    if act:
+        assert f"+ {act} in the output step" in text, text
+    # the MatMul's output is also a graph output: nothing fuses
+    unfused = engine.load(linear(a_shape, w, bias, act, extra_output=True))
+    assert "MatMulBias" not in [node.op for node in unfused.graph.nodes]
+    outs = [fused.run({"x": x}, num_threads=t)["y"] for t in (1, 2)]
+    np.testing.assert_array_equal(outs[0], outs[1])
+    np.testing.assert_array_equal(outs[0], unfused.run({"x": x})["y"])
+    z = x.astype(np.float64) @ w + bias
+    ref = {None: z, "relu": np.maximum(z, 0)}.get(act)
+    if act == "gelu":
+        ref = _float64_activation("gelu", z)
+    terms = np.abs(x).astype(np.float64) @ np.abs(w) + np.abs(bias)
+    assert np.all(np.abs(outs[0] - ref) <= 1e-5 * terms + 1e-30)
+
+
+def test_two_threads_share_a_large_fused_layer(rng):
+    a_shape, n = (1, 56, 56, 96), 384
+    assert threads_for(56 * 56 * 96 * n, 2) == 2
+    w = rng.standard_normal((96, n)).astype(np.float32)
+    bias = rng.standard_normal(n).astype(np.float32)
+    model = engine.load(linear(a_shape, w, bias, "gelu"))
+    x = rng.standard_normal(a_shape).astype(np.float32)
+    np.testing.assert_array_equal(model.run({"x": x}, num_threads=1)["y"],
+                                  model.run({"x": x}, num_threads=2)["y"])
+
+
+def test_only_a_constant_vector_of_the_columns_fuses(rng):
+    w = rng.standard_normal((8, 6)).astype(np.float32)
+    x = rng.standard_normal((2, 20, 8)).astype(np.float32)
+    for bias in (np.ones((1, 6), np.float32), np.ones((20, 6), np.float32),
+                 np.ones(1, np.float32)):
+        model = engine.load(linear(x.shape, w, bias, None))
+        assert "MatMulBias" not in [node.op for node in model.graph.nodes]
+        np.testing.assert_allclose(model.run({"x": x})["y"],
+                                   x @ w + bias, rtol=1e-5, atol=1e-5)
+
+
+def test_row_packing_with_a_column_of_ones(rng):
+    for m, k in [(1, 1), (8, 16), (13, 21), (17, 64)]:
+        a = rng.standard_normal((m, k)).astype(np.float32)
+        ap = np.full(-(-m // 8) * 8 * (k + 1), np.nan, np.float32)
+        conv_pointwise.f32_pack_rows(a, ap, 2, True)
+        want = pack_rows(np.concatenate([a, np.ones((m, 1), np.float32)], axis=1), 1)
+        got = ap.reshape(-1, k + 1, 8)
+        # rows beyond M: zero, but for the ones column, which only meets the bias row there
+        np.testing.assert_array_equal(got[:, :k], want.reshape(-1, k + 1, 8)[:, :k])
+        np.testing.assert_array_equal(got[:, k], 1.0)
+    with pytest.raises(ValueError, match="apack"):
+        conv_pointwise.f32_pack_rows(rng.standard_normal((9, 4)).astype(np.float32),
+                                     np.zeros(64, np.float32), 1, True)
+
+
+def test_a_fused_linear_layer_survives_the_native_file(rng, tmp_path):
+    w = rng.standard_normal((32, 24)).astype(np.float32)
+    bias = rng.standard_normal(24).astype(np.float32)
+    x = rng.standard_normal((1, 9, 9, 32)).astype(np.float32)
+    model = engine.load(linear(x.shape, w, bias, "gelu"))
+    model.save(tmp_path / "m.safetensors")
+    again = engine.load(tmp_path / "m.safetensors")
+    assert [node.op for node in again.graph.nodes] == ["MatMulBias"]
+    np.testing.assert_array_equal(again.run({"x": x})["y"], model.run({"x": x})["y"])
