@@ -7,8 +7,8 @@ their timing tables are this script's output, not comments in the code.
         [--repeat 15] [--only conv/fft]
 
 Groups (section/group):
-  conv/direct_blocked, conv/winograd_min, conv/f43, conv/dilated_phases, conv/fft,
-  conv/separable
+  conv/direct_blocked, conv/winograd_min, conv/f43, conv/dilated_phases, conv/live_taps,
+  conv/fft, conv/separable
                                           engine/dispatch/conv.py
   depthwise/blocks, depthwise/rows        engine/dispatch/depthwise.py
   transposed/col2im                       engine/dispatch/transposed.py
@@ -68,6 +68,10 @@ CONV = {
             L(256, 512, 28, 3, dilation=4), L(512, 512, 28, 3), L(512, 512, 28, 3, dilation=2)],
     "dilated_phases": [L(960, 256, 14, 3, dilation=d) for d in (4, 6, 8, 12)]
                       + [L(512, 256, 28, 3, dilation=d) for d in (4, 6, 8, 12)],
+    "live_taps": [L(960, 256, 14, 3, dilation=d) for d in (2, 3, 4, 6, 12)]
+                 + [L(512, 256, 28, 3, dilation=d) for d in (4, 6, 8, 12, 24)]
+                 + [L(128, 128, 14, 3, dilation=12), L(64, 64, 14, 3, dilation=12),
+                    L(16, 16, 14, 3, dilation=12)],
     "fft": [L(8, 8, 64, 7), L(16, 16, 128, 7), L(64, 64, 64, 7), L(32, 32, 56, 7),
             L(4, 32, 128, 7), L(3, 64, 128, 7), L(16, 16, 64, 11), L(64, 64, 128, 15),
             L(16, 16, 64, 5), L(64, 64, 64, 5)],
@@ -82,6 +86,7 @@ CONV_OPTIONS = {"direct_blocked": ["direct_blocked", "im2col", "winograd_f23"],
                 "winograd_min": ["im2col", "winograd_f23"],
                 "f43": ["winograd_f23", "dilated_s2b", "winograd_f43"],
                 "dilated_phases": ["im2col", "dilated_s2b", "winograd_f43"],
+                "live_taps": ["im2col", "dilated_s2b", "live_taps"],
                 "fft": ["im2col", "fft"],
                 "separable": ["im2col", "depthwise", "separable"]}
 

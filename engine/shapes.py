@@ -360,6 +360,15 @@ def live_taps(i: int, k: int, s: int, p_begin: int, p_end: int, d: int) -> tuple
     return first, last
 
 
+def live_outputs(n_in: int, n_out: int, s: int, p_begin: int, offset: int) -> tuple[int, int]:
+    """The outputs o in [lo, hi) whose input o * s - p_begin + offset (the tap at ``offset``,
+    u * dilation) lies inside [0, n_in) along one axis; lo == hi when there are none."""
+    start = offset - p_begin
+    lo = min(n_out, max(0, -(start // s)))                 # ceil(-start / s)
+    hi = min(n_out, (n_in - 1 - start) // s + 1) if n_in - 1 - start >= 0 else 0
+    return lo, max(lo, hi)
+
+
 def live_window(i: int, k: int, s: int, p_begin: int, p_end: int,
                 d: int) -> tuple[int, int, int, int]:
     """(first tap, last tap, begin padding, end padding) of the same convolution along one

@@ -22,7 +22,7 @@ from reference import conv2d_ref, same_pads_ref
 
 RTOL = {"direct": 1e-5, "im2col": 1e-5, "pointwise": 1e-5, "depthwise": 1e-5,
         "winograd_f23": 1e-4, "dilated_s2b": 1e-4, "winograd_f43": 1e-3, "separable": 1e-5,
-        "fft": 1e-4, "direct_blocked": 1e-5}
+        "fft": 1e-4, "direct_blocked": 1e-5, "live_taps": 1e-5}
 
 
 def _pads(padding, size, kernel, stride, dilation):

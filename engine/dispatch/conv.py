@@ -59,6 +59,15 @@ DIRECT_BLOCKED_MAX_WINOGRAD = 32
 DIRECT_BLOCKED_MIN_WIDTH = 28
 # strided layers with >= 48 input channels only to outputs this wide: narrower, im2col wins.
 DIRECT_BLOCKED_STRIDED_WIDTH = 56
+# A dilated layer computed tap by tap where each tap reads the input (live_taps) when at most
+# this fraction of its tap-output pairs do: it wins from 0.66 (rate 4 on 14x14, rate 8 on
+# 28x28) down, and at 0.18 (rate 12 on 14x14, DeepLabV3's ASPP on MobileNetV3) takes a fifth
+# of im2col's time; at 0.74 the phase algorithms tie with it (bench/bench_dispatch.py
+# conv/live_taps).
+LIVE_TAPS_MAX_FRACTION = 0.66
+# ... and its live products are at least this many multiply-adds: below, its per-tap set-up
+# (a copy and a GEMM call for each of the nine taps) costs more than im2col's waste.
+LIVE_TAPS_MIN_MACS = 1 << 20
 
 class ConvParams(NamedTuple):
     """What the dispatcher may look at. ``in_size`` is None when the plan is made before the
@@ -102,12 +111,12 @@ def is_pointwise(p: ConvParams) -> bool:
 
 
 ALGORITHMS = ("direct", "im2col", "pointwise", "winograd_f23", "winograd_f43", "depthwise",
-              "dilated_s2b", "separable", "fft", "direct_blocked")
+              "dilated_s2b", "separable", "fft", "direct_blocked", "live_taps")
 
 
 def why_not(algorithm: str, p: ConvParams) -> Optional[str]:
     """None if ``algorithm`` can run the layer, else the reason it cannot."""
-    if algorithm in ("direct", "im2col"):
+    if algorithm in ("direct", "im2col", "live_taps"):
         return None
     if algorithm == "direct_blocked":
         # the tap offsets and stride phases of one row live in fixed arrays in the kernel
@@ -223,6 +232,11 @@ def estimated_ms(algorithm: str, p: ConvParams) -> float:
         return 2.0 * pixels * p.out_channels * rank * (kh + kw) / _DEPTHWISE_GFLOPS / 1e6
     if algorithm == "fft":
         return _fft_ms(p)
+    if algorithm == "live_taps":
+        # the live pairs' products, and a copy of the input pixels each tap reads
+        live = live_fraction(p)
+        moved = 4.0 * p.batch * p.in_channels * kh * kw * oh * ow * live * 2
+        return flops * live / _GEMM_GFLOPS / 1e6 + moved / _MEMORY_GBS / 1e6
     raise ValueError(f"unknown algorithm {algorithm!r}")
 
 
@@ -232,6 +246,21 @@ def conv2d_candidates(p: ConvParams) -> list[tuple[str, float]]:
 
 
 # -- the rules ---------------------------------------------------------------------------------
+
+def live_fraction(p: ConvParams) -> float:
+    """The fraction of a layer's (tap, output) pairs whose input pixel lies inside the map
+    (1.0 when the input size is not known)."""
+    if p.in_size is None or p.pads is None:
+        return 1.0
+    from ..shapes import live_outputs
+    frac = 1.0
+    for i, o, k, s, (pb, _), d in zip(p.in_size, p.out_size, p.kernel, p.stride, p.pads,
+                                      p.dilation):
+        live = sum(hi - lo for lo, hi in (live_outputs(i, o, s, pb, t * d)
+                                          for t in range(k)))
+        frac *= live / max(1, k * o)
+    return frac
+
 
 def _direct_blocked_wins(p: ConvParams) -> bool:
     """Where bench/bench_dispatch.py conv/direct_blocked puts direct_blocked ahead. Dilated
@@ -288,6 +317,13 @@ def _rules(p: ConvParams):
         yield "direct_blocked", (f"{cg}->{kg} channels on a {p.out_size[1]}-wide output: "
                                  f"direct loops with register-resident sums beat a GEMM "
                                  f"fed by a column matrix as large as its arithmetic")
+    # Dilated past most of the map: the taps' live outputs only, one GEMM per tap
+    live = live_fraction(p)
+    if (p.dilation != (1, 1) and live <= LIVE_TAPS_MAX_FRACTION
+            and p.macs * live >= LIVE_TAPS_MIN_MACS):
+        yield "live_taps", (f"dilation {p.dilation[0]}x{p.dilation[1]} on a "
+                            f"{p.in_size[0]}x{p.in_size[1]} input: {live:.0%} of the tap-output "
+                            f"pairs read the input, one GEMM per tap over those")
     # A rate-d layer's phase sub-images are about out/d pixels a side: below one F(4x4) tile
     # and a bit F(4x4,3x3) pads more than it saves, and below 1.5 even F(2x2,3x3)'s do
     # (bench/bench_dispatch.py conv/dilated_phases)

@@ -9,6 +9,7 @@ from .._kernels import conv_direct, conv_im2col, conv_pointwise
 from . import packed_gemm
 from .depthwise import Depthwise
 from .direct_blocked import DirectBlocked
+from .live_taps import LiveTaps
 from .separable import Separable
 from .winograd import WinogradF23, WinogradF43
 from .workspace import workspace
@@ -147,4 +148,5 @@ REGISTRY = {
     "winograd_f23": WinogradF23,   # dilation 1
     "dilated_s2b": WinogradF23,    # the same kernel, phase sub-images in its addressing
     "winograd_f43": WinogradF43,   # any dilation (engine/dispatch/conv.py: >= 256 channels)
+    "live_taps": LiveTaps,         # dilated layers whose taps mostly read padding
 }
