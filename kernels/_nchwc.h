@@ -228,10 +228,50 @@ ce_nc_dw_interior(const float *const *r, const ce_nc_vf *wv, const int NR, ce_nc
     }
 }
 
+/* The columns [lo, hi) of a row whose kw taps are all inside the plane, for any kernel: over
+ * the nr kernel rows inside it (r: their input rows, wr: their kw weight vectors), four pixels
+ * at a time so that one load of a tap's weights serves four sums; each sum starts from the
+ * bias and takes the taps in row-major order, as ce_nc_dw_pixel does. */
+static void ce_nc_dw_interior_k(const float *const *r, const float *const *wr, int nr, int kw,
+                                ce_nc_vf b, int lo, int hi, int sw, int pl, ptrdiff_t d1,
+                                float *out, int act)
+{
+    const ptrdiff_t B = CE_NC_B, st = (ptrdiff_t)sw * B;
+    int ox = lo;
+    for (; ox + 4 <= hi; ox += 4) {
+        ce_nc_vf a0 = b, a1 = b, a2 = b, a3 = b;
+        const ptrdiff_t at = (ptrdiff_t)(ox * sw - pl) * B;
+        for (int k = 0; k < nr; k++) {
+            const float *p = r[k] + at, *wk = wr[k];
+            for (int v = 0; v < kw; v++, p += d1) {
+                ce_nc_vf wv = CE_NC_LD(wk + v * B);
+                a0 += wv * CE_NC_LD(p);
+                a1 += wv * CE_NC_LD(p + st);
+                a2 += wv * CE_NC_LD(p + 2 * st);
+                a3 += wv * CE_NC_LD(p + 3 * st);
+            }
+        }
+        CE_NC_ST(out + (ptrdiff_t)ox * B, ce_nc_act(a0, act));
+        CE_NC_ST(out + (ptrdiff_t)(ox + 1) * B, ce_nc_act(a1, act));
+        CE_NC_ST(out + (ptrdiff_t)(ox + 2) * B, ce_nc_act(a2, act));
+        CE_NC_ST(out + (ptrdiff_t)(ox + 3) * B, ce_nc_act(a3, act));
+    }
+    for (; ox < hi; ox++) {
+        ce_nc_vf a0 = b;
+        const ptrdiff_t at = (ptrdiff_t)(ox * sw - pl) * B;
+        for (int k = 0; k < nr; k++) {
+            const float *p = r[k] + at, *wk = wr[k];
+            for (int v = 0; v < kw; v++, p += d1)
+                a0 += CE_NC_LD(wk + v * B) * CE_NC_LD(p);
+        }
+        CE_NC_ST(out + (ptrdiff_t)ox * B, ce_nc_act(a0, act));
+    }
+}
+
 /* One output row of one channel block: out[ox] for ox < OW, from the block's input plane
  * x[H][W][16]; w: kh * kw vectors of weights (tap-major), bias one vector. Taps in the padding
- * are skipped. For 3x3 kernels the columns whose taps are all inside the plane run without
- * checks, over the kernel rows inside it. */
+ * are skipped. The columns whose taps are all inside the plane run without checks, over the
+ * kernel rows inside it (3x3 by its own unrolled loop). */
 static void ce_nc_dw_row(const float *x, int H, int W, int OW, int oy, int sh, int sw, int pt,
                          int pl, int kh, int kw, int dh, int dw, const float *w,
                          const float *bias, float *out, int act)
@@ -240,18 +280,33 @@ static void ce_nc_dw_row(const float *x, int H, int W, int OW, int oy, int sh, i
     const ce_nc_vf b = CE_NC_LD(bias);
     int iy0 = oy * sh - pt;
     int lo = 0, hi = 0;     /* [lo, hi): the unchecked columns */
-    if (kh == 3 && kw == 3) {
-        /* ox * sw - pl >= 0 and ox * sw - pl + 2 * dw <= W - 1 */
-        int last = W - 1 - 2 * dw + pl;
+    {
+        /* ox * sw - pl >= 0 and ox * sw - pl + (kw - 1) * dw <= W - 1 */
+        int last = W - 1 - (kw - 1) * dw + pl;
         lo = (pl + sw - 1) / sw;
         hi = last < 0 ? 0 : last / sw + 1;
         if (hi > OW) hi = OW;
         if (lo > hi) lo = hi;
+        if (kh > 64)        /* beyond the row tables below: every column checked */
+            lo = hi = 0;
     }
     for (int ox = 0; ox < lo; ox++)
         CE_NC_ST(out + ox * B, ce_nc_act(ce_nc_dw_pixel(x, H, W, iy0, ox * sw - pl, kh, kw, dh,
                                                         dw, w, b), act));
-    if (hi > lo) {
+    if (hi > lo && !(kh == 3 && kw == 3)) {
+        /* any other kernel: its rows inside the plane (at most 64 of them) */
+        const float *r[64], *wr[64];
+        int nr = 0;
+        for (int u = 0; u < kh; u++) {
+            int iy = iy0 + u * dh;
+            if (iy >= 0 && iy < H) {
+                r[nr] = x + (ptrdiff_t)iy * W * B;
+                wr[nr] = w + (ptrdiff_t)u * kw * B;
+                nr++;
+            }
+        }
+        ce_nc_dw_interior_k(r, wr, nr, kw, b, lo, hi, sw, pl, (ptrdiff_t)dw * B, out, act);
+    } else if (hi > lo) {
         const float *r[3];
         ce_nc_vf wv[9];
         int nr = 0;
