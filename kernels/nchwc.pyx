@@ -524,3 +524,65 @@ def f32_conv2d_nchw16c(const float[:, :, :, :, ::1] x, Py_ssize_t channels,
                         <int>g, <int>(b * band), <int>min(OH, (b + 1) * band), sh, sw, pt, pl,
                         kh, kw, dh, dw, wp, bp, (rbase + n * os) if rbase != NULL else NULL,
                         op + n * os, act, batch)
+
+
+cdef extern from *:
+    """
+    /* Max pooling of one output row of one channel block: out[ox] = the maximum over the
+     * window's taps inside the plane (taps in the padding or past a ceil-mode end are skipped:
+     * ONNX's -inf padding), NaN winning as in the NCHW kernels; a window with no tap inside
+     * the plane gives -inf. */
+    static void ce_nc_maxpool_row(const float *x, int H, int W, int OW, int oy, int sh, int sw,
+                                  int pt, int pl, int kh, int kw, int dh, int dw, float *out)
+    {
+        const ptrdiff_t B = CE_NC_B;
+        const ce_nc_vf zero = {0};
+        int iy0 = oy * sh - pt;
+        for (int ox = 0; ox < OW; ox++) {
+            ce_nc_vf m = zero - __builtin_inff();
+            int ix0 = ox * sw - pl;
+            for (int u = 0; u < kh; u++) {
+                int iy = iy0 + u * dh;
+                if (iy < 0 || iy >= H)
+                    continue;
+                const float *row = x + (ptrdiff_t)iy * W * B;
+                for (int v = 0; v < kw; v++) {
+                    int ix = ix0 + v * dw;
+                    if (ix < 0 || ix >= W)
+                        continue;
+                    ce_nc_vf t = CE_NC_LD(row + (ptrdiff_t)ix * B);
+                    ce_nc_vi take = (t > m) | (t != t);
+                    m = (ce_nc_vf)(((ce_nc_vi)t & take) | ((ce_nc_vi)m & ~take));
+                }
+            }
+            CE_NC_ST(out + (ptrdiff_t)ox * B, m);
+        }
+    }
+    """
+    void ce_nc_maxpool_row(const float *x, int H, int W, int OW, int oy, int sh, int sw, int pt,
+                           int pl, int kh, int kw, int dh, int dw, float *out) nogil
+
+
+def f32_maxpool_blocked(const float[:, :, :, :, ::1] x, float[:, :, :, :, ::1] out, int kh,
+                        int kw, int sh, int sw, int pt, int pl, int dh, int dw,
+                        int num_threads):
+    """Max pooling on blocks (no indices): out[n, cb, oy, ox] = the maximum over the window's
+    taps inside the plane. Output sizes are the caller's (ONNX's, ceil mode included). Work
+    items are output rows of one block, ordered (image, block, row)."""
+    check_same_blocks(x, out)
+    cdef Py_ssize_t N = x.shape[0], Cb = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t OH = out.shape[2], OW = out.shape[3]
+    if kh < 1 or kw < 1:
+        raise ValueError(f"the window must be at least 1x1, got {kh}x{kw}")
+    check_window(Cb, Cb * CE_NC_B, H, W, OH, OW, sh, sw, pt, pl, dh, dw)
+    if N == 0 or Cb == 0 or OH <= 0 or OW <= 0:
+        return
+    cdef const float* xp = &x[0, 0, 0, 0, 0]
+    cdef float* op = &out[0, 0, 0, 0, 0]
+    cdef Py_ssize_t items = N * Cb * OH, it, plane, oy
+    num_threads = <int>max(1, min(num_threads, items))
+    for it in prange(items, nogil=True, num_threads=num_threads, schedule="static"):
+        plane = it // OH
+        oy = it % OH
+        ce_nc_maxpool_row(xp + plane * H * W * CE_NC_B, <int>H, <int>W, <int>OW, <int>oy, sh, sw,
+                          pt, pl, kh, kw, dh, dw, op + (plane * OH + oy) * OW * CE_NC_B)

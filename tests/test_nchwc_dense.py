@@ -1,6 +1,8 @@
 """The dense convolution on channel blocks (kernels/_nchwc_conv.h, nchwc.f32_conv2d_nchw16c) and
 the layers the layout pass gives it: strided 3x3 and 1x1 downsampling, 1xk / kx1, larger
-kernels, padded 1x1.
+kernels, padded 1x1; and the max pool and Concat that keep a network blocked between them
+(ResNet's stem, SqueezeNet's and GoogLeNet's fire and inception modules). Max pooling is exact:
+the engine's NCHW max pool is its reference.
 
 Reference: float64 NumPy (tests/reference.py). Tolerance, per output element: 1e-6 times the
 sum of |terms| that element adds (|x| * |w| over its window, plus |bias| and |residual|), about
@@ -191,3 +193,100 @@ def test_a_lone_dense_layer_is_blocked_only_when_its_taps_pay_for_two_layout_cha
     assert "dense on NCHW16c" not in narrow.explain()
     np.testing.assert_allclose(wide({"x": x})["y"], Model(wide.graph, layout="nchw")({"x": x})["y"],
                                rtol=0, atol=1e-5 * 64)
+
+
+# ------------------------------------------------------------------------ max pool and Concat
+
+# (N, C, H, W, kernel, stride, pads (top, left), dilation, ceil): ResNet's stem pool,
+# SqueezeNet's ceil-mode pools, GoogLeNet's 3x3 stride 1, asymmetric windows, dilation
+POOLS = [(1, 64, 112, 112, (3, 3), (2, 2), (1, 1), (1, 1), False),
+         (1, 20, 111, 37, (3, 3), (2, 2), (0, 0), (1, 1), True),
+         (2, 33, 13, 13, (3, 3), (1, 1), (1, 1), (1, 1), False),
+         (1, 16, 9, 14, (2, 3), (2, 1), (1, 0), (1, 2), True),
+         (1, 8, 5, 5, (5, 5), (3, 3), (2, 2), (1, 1), True)]
+
+
+@pytest.mark.parametrize("n,c,h,w,kernel,stride,pads,dilation,ceil", POOLS)
+def test_max_pool_on_blocks_is_the_nchw_max_pool(rng, n, c, h, w, kernel, stride, pads,
+                                                 dilation, ceil):
+    x = f32(rng, n, c, h, w)
+    x[rng.random(x.shape) < 0.01] = np.nan
+    x[rng.random(x.shape) < 0.01] = -np.inf
+    ref = engine.max_pool2d(x, kernel, stride, pads, dilation, ceil_mode=ceil)
+    outs = []
+    for t in (1, 2):
+        out = np.full(blocked.blocked_shape(ref.shape), 7.0, np.float32)
+        nchwc.f32_maxpool_blocked(blocked.to_blocked(x), out, *kernel, *stride, *pads, *dilation,
+                                  t)
+        outs.append(out)
+    np.testing.assert_array_equal(outs[0], outs[1])
+    np.testing.assert_array_equal(blocked.from_blocked(outs[0], c), ref)
+
+
+def test_max_pool_on_blocks_refuses_inconsistent_arguments(rng):
+    x = f32(rng, 1, 2, 8, 8, 16)
+    with pytest.raises(ValueError, match="images and blocks"):
+        nchwc.f32_maxpool_blocked(x, np.zeros((1, 3, 4, 4, 16), np.float32), 3, 3, 2, 2, 1, 1,
+                                  1, 1, 1)
+    with pytest.raises(ValueError, match="window"):
+        nchwc.f32_maxpool_blocked(x, np.zeros((1, 2, 4, 4, 16), np.float32), 0, 3, 2, 2, 1, 1,
+                                  1, 1, 1)
+    with pytest.raises(ValueError, match="strides"):
+        nchwc.f32_maxpool_blocked(x, np.zeros((1, 2, 4, 4, 16), np.float32), 3, 3, 0, 2, 1, 1,
+                                  1, 1, 1)
+
+
+def fire_net(rng, squeeze=16, expand=32, first=48):
+    """A SqueezeNet-like net: a 3x3 stride-2 stem, a ceil-mode max pool, two fire modules
+    (1x1 squeeze, then 1x1 and 3x3 expands concatenated), a max pool with indices' sibling
+    absent, and a pointwise head; ``first`` the stem's channels (off the block size or not)."""
+    w = {"w0": f32(rng, first, 3, 3, 3) * 0.3}
+    nodes = [Node("Conv", "stem", ["x", "w0"], ["s"], {"strides": [2, 2], "activation": "relu"}),
+             Node("MaxPool", "pool1", ["s"], ["p"], {"kernel_shape": [3, 3], "strides": [2, 2],
+                                                     "ceil_mode": 1})]
+    src, c = "p", first
+    for i in range(2):
+        w[f"sq{i}"] = f32(rng, squeeze, c, 1, 1) * 0.3
+        w[f"e1{i}"] = f32(rng, expand, squeeze, 1, 1) * 0.3
+        w[f"e3{i}"] = f32(rng, expand, squeeze, 3, 3) * 0.2
+        nodes += [Node("Conv", f"sq{i}", [src, f"sq{i}"], [f"q{i}"], {"activation": "relu"}),
+                  Node("Conv", f"e1{i}", [f"q{i}", f"e1{i}"], [f"a{i}"], {"activation": "relu"}),
+                  Node("Conv", f"e3{i}", [f"q{i}", f"e3{i}"], [f"b{i}"],
+                       {"pads": [1, 1, 1, 1], "activation": "relu"}),
+                  Node("Concat", f"cat{i}", [f"a{i}", f"b{i}"], [f"f{i}"], {"axis": 1})]
+        src, c = f"f{i}", 2 * expand
+    w["head"] = f32(rng, 10, c, 1, 1) * 0.3
+    nodes += [Node("MaxPool", "pool2", [src], ["m"], {"kernel_shape": [3, 3],
+                                                       "strides": [1, 1], "pads": [1, 1, 1, 1]}),
+              Node("Conv", "head", ["m", "head"], ["y"])]
+    return Graph(nodes, [TensorSpec("x", (1, 3, 37, 37), "float32")],
+                 [TensorSpec("y", None, "float32")], w)
+
+
+@pytest.mark.parametrize("first", [48, 40])
+def test_a_fire_net_stays_blocked_through_its_pools_and_concats(rng, first):
+    g = fire_net(rng, first=first)
+    x = f32(rng, 1, 3, 37, 37)
+    model, nchw = Model(g), Model(g, layout="nchw")
+    text = model.explain()
+    assert text.count("max pooling on NCHW16c") == 2, text
+    assert text.count("on NCHW16c: the inputs' blocks one after another") == 2, text
+    got = model.run({"x": x})["y"]
+    np.testing.assert_allclose(got, nchw.run({"x": x})["y"], rtol=0,
+                               atol=1e-5 * float(np.abs(got).max()))
+    np.testing.assert_array_equal(got, model.run({"x": x}, num_threads=2)["y"])
+
+
+def test_a_concat_of_channels_off_the_block_size_stays_nchw(rng):
+    """Blocks of a tensor whose channels stop mid-block cannot be followed by another's."""
+    w = {"a": f32(rng, 24, 16, 1, 1), "b": f32(rng, 16, 16, 1, 1), "c": f32(rng, 8, 40, 1, 1)}
+    g = Graph([Node("Conv", "ca", ["x", "a"], ["ya"]), Node("Conv", "cb", ["x", "b"], ["yb"]),
+               Node("Concat", "cat", ["ya", "yb"], ["z"], {"axis": 1}),
+               Node("Conv", "cc", ["z", "c"], ["y"])],
+              [TensorSpec("x", (1, 16, 9, 9), "float32")], [TensorSpec("y", None, "float32")], w)
+    x = f32(rng, 1, 16, 9, 9)
+    model = Model(g)
+    assert "the inputs' blocks one after another" not in model.explain()
+    ref = conv2d_ref(np.concatenate([conv2d_ref(x, w["a"]), conv2d_ref(x, w["b"])], axis=1),
+                     w["c"])
+    np.testing.assert_allclose(model.run({"x": x})["y"], ref, rtol=1e-5, atol=1e-4)

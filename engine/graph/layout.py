@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from ..dispatch.conv import ConvParams
 from ..dispatch.layout import (POINTWISE_GROUP_SLACK, blocked_kernel,
                                choose_depthwise_blocked_split, choose_layout,
@@ -96,6 +98,29 @@ def _spatial_mean(node, ops, infos) -> bool:
         return ops[node.name].axes_of(ins) == (2, 3)
     except ValueError:
         return False
+
+
+def blocked_max_pool(node, ops, infos) -> bool:
+    """Whether a MaxPool can run on blocks: 2-D, without its indices output."""
+    op = ops.get(node.name)
+    if node.op != "MaxPool" or getattr(op, "nd", 0) != 2 or any(node.outputs[1:]):
+        return False
+    x = infos.get(node.inputs[0])
+    return x is not None and len(x.shape) == 4 and node.outputs[0] in infos
+
+
+def blocked_concat(node, ops, infos) -> bool:
+    """Whether a Concat can run on blocks: of 4-D float32 tensors along the channels, every
+    input but the last a whole number of blocks (the last one's padding lanes then end the
+    result, where they belong)."""
+    if node.op != "Concat" or node.outputs[0] not in infos or not node.inputs:
+        return False
+    shapes = [infos[n].shape if n in infos else None for n in node.inputs]
+    if any(sh is None or len(sh) != 4 for sh in shapes) or any(not n for n in node.inputs):
+        return False
+    if ops[node.name].concat_axis(4) != 1 or infos[node.outputs[0]].dtype != F32:
+        return False
+    return all(sh[1] % blocked.BLOCK == 0 for sh in shapes[:-1])
 
 
 def conv_kind(op, ins) -> tuple[str | None, str, bool]:
@@ -195,6 +220,69 @@ class BlockedGlobalAveragePool(_Internal):
 
     def describe(self, ins, outs):
         return "on the NCHW16c input in place"
+
+
+class BlockedMaxPool(_Internal):
+    """A 2-D MaxPool (no indices) on blocks: ``pool`` is the graph's MaxPool op, ``x``/``y``
+    its NCHW Infos for this plan's shapes."""
+    kind = "MaxPool"
+
+    def __init__(self, node, pool, x, y):
+        super().__init__(node)
+        self.logical = (x, y)
+        _, _, self.window, self.strides, self.dilations, pads = pool.views(x.shape, y.shape)
+        self.pads = tuple(p for p, _ in pads)
+
+    def infer(self, ins):
+        x = self.float_in(ins, 0, "X", 5)
+        if x.shape != blocked.blocked_shape(self.logical[0].shape):
+            raise self.error(f"X must have the blocked shape "
+                             f"{blocked.blocked_shape(self.logical[0].shape)}, got {x.shape}")
+        return [Info(blocked.blocked_shape(self.logical[1].shape), F32)]
+
+    def build(self, ins, outs, i, o):
+        a, b = i[0], o[0]
+        (kh, kw), (sh, sw), (dh, dw), (pt, pl) = (self.window, self.strides, self.dilations,
+                                                  self.pads)
+        single = outs[0].size < MIN_CONVERT_ELEMENTS
+
+        def step(env, nt):
+            nchwc.f32_maxpool_blocked(env[a], env[b], kh, kw, sh, sw, pt, pl, dh, dw,
+                                      1 if single else nt)
+        return step
+
+    def flops(self, ins, outs):
+        return float(outs[0].size * self.window[0] * self.window[1])
+
+    def describe(self, ins, outs):
+        return "max pooling on NCHW16c: one vector of 16 channels per tap"
+
+
+class BlockedConcat(_Internal):
+    """Concat along the channels of blocked tensors: the blocks one after another."""
+    kind = "Concat"
+    n_inputs = (1, None)
+
+    def __init__(self, node, channels):
+        super().__init__(node)
+        self.channels = channels
+
+    def infer(self, ins):
+        xs = [self.float_in(ins, k, "inputs", 5) for k in range(len(ins))]
+        n, _, h, w, b = xs[0].shape
+        if any(x.shape[0] != n or x.shape[2:] != (h, w, b) for x in xs):
+            raise self.error(f"blocked inputs {[x.shape for x in xs]} differ outside the blocks")
+        return [Info((n, blocked.blocks(self.channels), h, w, b), F32)]
+
+    def build(self, ins, outs, i, o):
+        srcs, b = list(i), o[0]
+
+        def step(env, nt):
+            np.concatenate([env[k] for k in srcs], axis=1, out=env[b])
+        return step
+
+    def describe(self, ins, outs):
+        return "on NCHW16c: the inputs' blocks one after another"
 
 
 class BlockedConv(_Internal):
@@ -332,22 +420,30 @@ def rewrite(graph: Graph, ops: dict, input_shapes: dict, layout: str = "auto"):
                 readers.setdefault(name, []).append((n, k))
     by_name = {n.name: n for n in graph.nodes}
     through = {n.name: through_input(n, infos) for n in graph.nodes}
+    pools = {n.name for n in graph.nodes if blocked_max_pool(n, ops, infos)}
+    concats = {n.name for n in graph.nodes if blocked_concat(n, ops, infos)}
+    for name in pools:
+        through[name] = 0
 
     def source_conv(name):
-        """The convolution that writes ``name``, through elementwise steps."""
+        """The convolution that writes ``name``, through elementwise steps, max pools and
+        (by their first input) concats."""
         node = producers.get(name)
-        while node is not None and node.name not in found and through[node.name] is not None:
-            node = producers.get(node.inputs[through[node.name]])
+        while node is not None and node.name not in found and (
+                through[node.name] is not None or node.name in concats):
+            node = producers.get(node.inputs[through[node.name] or 0])
         return node
 
     def reader_convs(name):
-        """The convolutions that read ``name`` as their input, through elementwise steps."""
-        out, stack = [], [name]
+        """The convolutions that read ``name`` as their input, through elementwise steps, max
+        pools and concats."""
+        out, stack, seen = [], [name], set()
         while stack:
             for r, k in readers.get(stack.pop(), []):
                 if r.name in found and k == 0:
                     out.append(r)
-                elif through[r.name] == k:
+                elif (through[r.name] == k or r.name in concats) and r.name not in seen:
+                    seen.add(r.name)
                     stack.append(r.outputs[0])
         return out
 
@@ -417,7 +513,23 @@ def rewrite(graph: Graph, ops: dict, input_shapes: dict, layout: str = "auto"):
             new = Node(node.op, node.name, [blocked_name[node.inputs[0]]], list(node.outputs))
             keepdims = len(infos[node.outputs[0]].shape) == 4
             add(new, BlockedGlobalAveragePool(new, infos[node.inputs[0]].shape[1], keepdims))
-        elif through[node.name] is not None and node.inputs[through[node.name]] in native:
+        elif node.name in pools and node.inputs[0] in native:
+            out = node.outputs[0]
+            blocked_name[out] = fresh(out + SUFFIX)
+            nchw_ready.discard(out)
+            native.add(out)
+            new = Node(node.op, node.name, [blocked_name[node.inputs[0]]], [blocked_name[out]])
+            add(new, BlockedMaxPool(new, ops[node.name], infos[node.inputs[0]], infos[out]))
+        elif node.name in concats and any(n in native for n in node.inputs):
+            out = node.outputs[0]
+            inputs = [as_blocked(n) for n in node.inputs]
+            blocked_name[out] = fresh(out + SUFFIX)
+            nchw_ready.discard(out)
+            native.add(out)
+            new = Node(node.op, node.name, inputs, [blocked_name[out]])
+            add(new, BlockedConcat(new, infos[out].shape[1]))
+        elif (through[node.name] is not None and node.name not in pools
+              and node.inputs[through[node.name]] in native):
             out = node.outputs[0]
             weights = getattr(ops[node.name], "weights", ())    # a SqueezeExcite's 1x1s
             inputs = [as_blocked(n) if n and n in infos and len(infos[n].shape) == 4
