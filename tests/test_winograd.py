@@ -363,3 +363,25 @@ def test_against_torch(algorithm, rng):
                                      torch.from_numpy(b).double(), 1, "same", dilation,
                                      2).numpy()
     assert_close(y, ref, algorithm)
+
+
+@pytest.mark.parametrize("algorithm, dilation", [("winograd_f23", 1), ("winograd_f43", 1),
+                                                 ("dilated_s2b", 2), ("winograd_f43", 3)])
+def test_fused_exp_activations_equal_the_separate_pass(algorithm, dilation, rng):
+    """SiLU, GELU and HardSwish run as one vector pass over each block of output tiles (not a
+    whole vector per output): the values of the convolution without activation followed by
+    the activation's own vector pass, bit for bit, with partial strips of tiles (a 27x23
+    output), at 1 and 2 threads."""
+    from engine.ops.activation import apply_activation
+    x = rng.standard_normal((2, 24, 27, 23)).astype(np.float32)
+    w = (rng.standard_normal((40, 24, 3, 3)) * 0.2).astype(np.float32)
+    b = rng.standard_normal(40).astype(np.float32)
+    plain = engine.Conv2d(w, b, padding=dilation, dilation=dilation, algorithm=algorithm)
+    for act in ("silu", "gelu", "hardswish"):
+        fused = engine.Conv2d(w, b, padding=dilation, dilation=dilation, algorithm=algorithm,
+                              activation=act)
+        want = apply_activation(plain(x), act)
+        for t in (1, 2):
+            out = np.empty_like(want)
+            fused.run(x, out, fused.geometry(x.shape), num_threads=t)
+            np.testing.assert_array_equal(out, want)
