@@ -41,7 +41,8 @@ export PYTHONMALLOC=malloc PYTHONPATH=$dir
 files=(test_conv2d.py test_convnd.py test_depthwise.py test_winograd.py test_pool.py
        test_conv_transpose.py test_deform.py test_resample.py test_separable_fft_octave.py
        test_direct_blocked.py test_nchwc.py test_shapes.py test_index_safety.py
-       test_activation_kernels.py test_squeeze_excite.py test_ops_norm.py)
+       test_activation_kernels.py test_squeeze_excite.py test_ops_norm.py
+       test_nchwc_dense.py test_matmul_bias.py test_dilation_past_map.py)
 failed=()
 for f in "${files[@]}"; do
     [[ -f tests/$f ]] || continue
