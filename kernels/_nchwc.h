@@ -36,6 +36,34 @@ typedef int ce_nc_vi __attribute__((vector_size(64)));
 
 CE_DEFINE_VEC_ACT(ce_nc_act, ce_nc_vf, ce_nc_vi)
 
+/* The sums of a tile of NP <= 6 pixels by NK <= 4 output blocks, a##i##_##j for pixel i and
+ * block j (the pointwise tile here, the dense one in _nchwc_conv.h): loaded from ``out`` to
+ * continue a batch's partial sums, or stored there, finished (bias, residual, activation)
+ * when ``last``. Blocks are ``os`` floats apart. */
+#define CE_NC_TILE_LOAD1(i, j) if (NK > j) a##i##_##j = CE_NC_LD(out + j * os + i * CE_NC_B);
+#define CE_NC_TILE_LOAD(i)                                                                  \
+    if (i < NP) {                                                                           \
+        CE_NC_TILE_LOAD1(i, 0) CE_NC_TILE_LOAD1(i, 1) CE_NC_TILE_LOAD1(i, 2)                \
+        CE_NC_TILE_LOAD1(i, 3)                                                              \
+    }
+#define CE_NC_TILE_STORE1(i, j)                                                             \
+    if (NK > j) {                                                                           \
+        ptrdiff_t at = j * os + i * CE_NC_B;                                                \
+        ce_nc_vf v = a##i##_##j;                                                            \
+        if (last) {                                                                         \
+            v += CE_NC_LD(bias + j * CE_NC_B);                                              \
+            if (res)                                                                        \
+                v += CE_NC_LD(res + at);                                                    \
+            v = ce_nc_act(v, act);                                                          \
+        }                                                                                   \
+        CE_NC_ST(out + at, v);                                                              \
+    }
+#define CE_NC_TILE_STORE(i)                                                                 \
+    if (i < NP) {                                                                           \
+        CE_NC_TILE_STORE1(i, 0) CE_NC_TILE_STORE1(i, 1) CE_NC_TILE_STORE1(i, 2)             \
+        CE_NC_TILE_STORE1(i, 3)                                                             \
+    }
+
 /* ---- Pointwise ------------------------------------------------------------------------------
  * One tile: NP <= 6 pixels x NK <= 4 output blocks, over Cb input blocks (a batch of the
  * input channels: the weights of a batch stay in L1 while the tiles of a chunk pass over them).
@@ -59,15 +87,9 @@ ce_nc_pw_tile(const float *restrict x, ptrdiff_t P, int Cb, const float *restric
 #define CE_NC_DECL(i) ce_nc_vf a##i##_0 = {0}, a##i##_1 = {0}, a##i##_2 = {0}, a##i##_3 = {0};
     CE_NC_PIX(CE_NC_DECL)
 #undef CE_NC_DECL
+    const ptrdiff_t os = P * B;
     if (!first) {
-#define CE_NC_LOAD1(i, j) if (NK > j) a##i##_##j = CE_NC_LD(out + j * P * B + i * B);
-#define CE_NC_LOAD(i)                                                                       \
-        if (i < NP) {                                                                       \
-            CE_NC_LOAD1(i, 0) CE_NC_LOAD1(i, 1) CE_NC_LOAD1(i, 2) CE_NC_LOAD1(i, 3)         \
-        }
-        CE_NC_PIX(CE_NC_LOAD)
-#undef CE_NC_LOAD
-#undef CE_NC_LOAD1
+        CE_NC_PIX(CE_NC_TILE_LOAD)
     }
     const ptrdiff_t wstep = NK * B;
     for (int cb = 0; cb < Cb; cb++) {
@@ -89,25 +111,7 @@ ce_nc_pw_tile(const float *restrict x, ptrdiff_t P, int Cb, const float *restric
 #undef CE_NC_FMA
         }
     }
-#define CE_NC_OUT1(i, j)                                                                    \
-    if (NK > j) {                                                                           \
-        ptrdiff_t at = j * P * B + i * B;                                                   \
-        ce_nc_vf v = a##i##_##j;                                                            \
-        if (last) {                                                                         \
-            v += CE_NC_LD(bias + j * B);                                                    \
-            if (res)                                                                        \
-                v += CE_NC_LD(res + at);                                                    \
-            v = ce_nc_act(v, act);                                                          \
-        }                                                                                   \
-        CE_NC_ST(out + at, v);                                                              \
-    }
-#define CE_NC_OUT(i)                                                                        \
-    if (i < NP) {                                                                           \
-        CE_NC_OUT1(i, 0) CE_NC_OUT1(i, 1) CE_NC_OUT1(i, 2) CE_NC_OUT1(i, 3)                 \
-    }
-    CE_NC_PIX(CE_NC_OUT)
-#undef CE_NC_OUT
-#undef CE_NC_OUT1
+    CE_NC_PIX(CE_NC_TILE_STORE)
 #undef CE_NC_PIX
 }
 

@@ -43,14 +43,7 @@ ce_nc_conv_tile(const float *restrict x, ptrdiff_t xs, int nb, int nclast, int H
     CE_NC_PIX(CE_NC_DECL)
 #undef CE_NC_DECL
     if (!first) {
-#define CE_NC_LOAD1(i, j) if (NK > j) a##i##_##j = CE_NC_LD(out + j * os + i * B);
-#define CE_NC_LOAD(i)                                                                       \
-        if (i < NP) {                                                                       \
-            CE_NC_LOAD1(i, 0) CE_NC_LOAD1(i, 1) CE_NC_LOAD1(i, 2) CE_NC_LOAD1(i, 3)         \
-        }
-        CE_NC_PIX(CE_NC_LOAD)
-#undef CE_NC_LOAD
-#undef CE_NC_LOAD1
+        CE_NC_PIX(CE_NC_TILE_LOAD)
     }
     for (int cb = 0; cb < nb; cb++) {
         const float *xb = x + cb * xs;
@@ -90,25 +83,7 @@ ce_nc_conv_tile(const float *restrict x, ptrdiff_t xs, int nb, int nclast, int H
             }
         }
     }
-#define CE_NC_OUT1(i, j)                                                                    \
-    if (NK > j) {                                                                           \
-        ptrdiff_t at = j * os + i * B;                                                      \
-        ce_nc_vf v = a##i##_##j;                                                            \
-        if (last) {                                                                         \
-            v += CE_NC_LD(bias + j * B);                                                    \
-            if (res)                                                                        \
-                v += CE_NC_LD(res + at);                                                    \
-            v = ce_nc_act(v, act);                                                          \
-        }                                                                                   \
-        CE_NC_ST(out + at, v);                                                              \
-    }
-#define CE_NC_OUT(i)                                                                        \
-    if (i < NP) {                                                                           \
-        CE_NC_OUT1(i, 0) CE_NC_OUT1(i, 1) CE_NC_OUT1(i, 2) CE_NC_OUT1(i, 3)                 \
-    }
-    CE_NC_PIX(CE_NC_OUT)
-#undef CE_NC_OUT
-#undef CE_NC_OUT1
+    CE_NC_PIX(CE_NC_TILE_STORE)
 #undef CE_NC_PIX
 }
 

@@ -309,16 +309,24 @@ cdef inline void scatter_rows(const float* buf, Py_ssize_t m, Py_ssize_t j0, Py_
                       tw, start, cols, bias, act)
 
 
-cdef inline void vector_activation(float* buf, Py_ssize_t strips, Py_ssize_t n, float bias,
-                                   int act) noexcept nogil:
-    """buf[e*STRIP + j] = act(buf[e*STRIP + j] + bias) for the strips e of an output block, in
-    whole vectors (the lanes past n, inside each strip, are never stored): the activations with
-    an exponential, and hardswish, one output per lane, where the scalar output step computes
-    a whole vector for each (EfficientNetV2's 48->192 SiLU layer took 5.7 ms instead of 3.5,
-    bench/bench_conv2d.py)."""
+cdef inline void finish_block(float* buf, Py_ssize_t m, Py_ssize_t j0, Py_ssize_t n,
+                              const Py_ssize_t* rows, Py_ssize_t per_row, float* yk,
+                              Py_ssize_t image_step, Py_ssize_t OW, Py_ssize_t dh, Py_ssize_t dw,
+                              const Py_ssize_t* tw, const Py_ssize_t* start,
+                              const Py_ssize_t* cols, float bias, int act) noexcept nogil:
+    """The output step of the m*m strips of an output block in buf, then its stores. The
+    activations with an exponential, and hardswish, run first as a vector pass over each strip
+    (in whole vectors: the lanes past n, inside the strip, are never stored), one output per
+    lane where the scalar output step computes a whole vector for each (EfficientNetV2's
+    48->192 SiLU layer took 5.7 ms instead of 3.5, bench/bench_conv2d.py); the stores then add
+    -0.0, which changes no value, not even a zero's sign."""
     cdef Py_ssize_t e
-    for e in range(strips):
-        ce_act_row(buf + e * STRIP, (n + 15) & ~15, bias, act)
+    if act >= ACT_SILU:
+        for e in range(m * m):
+            ce_act_row(buf + e * STRIP, (n + 15) & ~15, bias, act)
+        bias, act = -0.0, 0
+    scatter_rows(buf, m, j0, n, rows, per_row, yk, image_step, OW, dh, dw, tw, start, cols,
+                 bias, act)
 
 
 cdef void f23_output_block(const float* mm, Py_ssize_t es, Py_ssize_t T,
@@ -349,13 +357,8 @@ cdef void f23_output_block(const float* mm, Py_ssize_t es, Py_ssize_t T,
             buf[STRIP + j] = y0[1]
             buf[2 * STRIP + j] = y1[0]
             buf[3 * STRIP + j] = y1[1]
-        if act >= ACT_SILU:     # then the stores add -0.0: no value changes, not a zero's sign
-            vector_activation(buf, 4, n, bias, act)
-            scatter_rows(buf, 2, j0, n, rows, per_row, yk, image_step, OW, dh, dw, tw, start,
-                         cols, -0.0, 0)
-        else:
-            scatter_rows(buf, 2, j0, n, rows, per_row, yk, image_step, OW, dh, dw, tw, start,
-                         cols, bias, act)
+        finish_block(buf, 2, j0, n, rows, per_row, yk, image_step, OW, dh, dw, tw, start, cols,
+                     bias, act)
 
 
 cdef inline f6 col6(const float* mm, Py_ssize_t es, Py_ssize_t q, Py_ssize_t jj) noexcept nogil:
@@ -392,13 +395,8 @@ cdef void f43_output_block(const float* mm, Py_ssize_t es, Py_ssize_t T,
             put4(at6(k0[1], k1[1], k2[1], k3[1], k4[1], k5[1]), buf + 4 * STRIP + j)
             put4(at6(k0[2], k1[2], k2[2], k3[2], k4[2], k5[2]), buf + 8 * STRIP + j)
             put4(at6(k0[3], k1[3], k2[3], k3[3], k4[3], k5[3]), buf + 12 * STRIP + j)
-        if act >= ACT_SILU:
-            vector_activation(buf, 16, n, bias, act)
-            scatter_rows(buf, 4, j0, n, rows, per_row, yk, image_step, OW, dh, dw, tw, start,
-                         cols, -0.0, 0)
-        else:
-            scatter_rows(buf, 4, j0, n, rows, per_row, yk, image_step, OW, dh, dw, tw, start,
-                         cols, bias, act)
+        finish_block(buf, 4, j0, n, rows, per_row, yk, image_step, OW, dh, dw, tw, start, cols,
+                     bias, act)
 
 
 # ---- padding copy ----------------------------------------------------------------------------

@@ -77,6 +77,19 @@ cdef int check_window(Py_ssize_t blocks, Py_ssize_t nbias, Py_ssize_t H, Py_ssiz
     return 0
 
 
+cdef const float* residual_base(residual, out) except? NULL:
+    """The first element of ``residual`` (None, or a blocked array of out's shape, checked), or
+    NULL. The caller's reference keeps the array, and so the pointer, alive."""
+    cdef const float[:, :, :, :, ::1] r
+    if residual is None:
+        return NULL
+    if tuple(residual.shape) != tuple(out.shape)[:5]:
+        raise ValueError(f"residual must have out's shape {tuple(out.shape)[:5]}, got "
+                         f"{tuple(residual.shape)}")
+    r = residual
+    return &r[0, 0, 0, 0, 0] if r.size else NULL
+
+
 def f32_to_blocked(const float[:, :, :, ::1] x, float[:, :, :, :, ::1] out, int num_threads):
     """out[n, c // 16, h, w, c % 16] = x[n, c, h, w], zero in the channels beyond C."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], P = x.shape[2] * x.shape[3]
@@ -277,14 +290,7 @@ def f32_pointwise_blocked(const float[:, :, :, :, ::1] x, const float[::1] wpack
                          f"{wpack.shape[0]}")
     if bias.shape[0] != Kb * CE_NC_B:
         raise ValueError(f"bias must hold {Kb * CE_NC_B} floats, got {bias.shape[0]}")
-    cdef const float[:, :, :, :, ::1] r
-    cdef const float* rbase = NULL
-    if residual is not None:
-        if tuple(residual.shape) != tuple(out.shape)[:5]:
-            raise ValueError(f"residual must have out's shape {tuple(out.shape)[:5]}, got "
-                             f"{tuple(residual.shape)}")
-        r = residual
-        rbase = &r[0, 0, 0, 0, 0]
+    cdef const float* rbase = residual_base(residual, out)
     if N == 0 or Kb == 0 or P == 0:
         return
     if Cb == 0:
@@ -490,14 +496,7 @@ def f32_conv2d_nchw16c(const float[:, :, :, :, ::1] x, Py_ssize_t channels,
     check_window(Kb, bias.shape[0], H, W, OH, OW, sh, sw, pt, pl, dh, dw)
     if not 0 <= act <= 5:
         raise ValueError(f"act must be an activation code 0-5, got {act}")
-    cdef const float[:, :, :, :, ::1] r
-    cdef const float* rbase = NULL
-    if residual is not None:
-        if tuple(residual.shape) != tuple(out.shape)[:5]:
-            raise ValueError(f"residual must have out's shape {tuple(out.shape)[:5]}, got "
-                             f"{tuple(residual.shape)}")
-        r = residual
-        rbase = &r[0, 0, 0, 0, 0]
+    cdef const float* rbase = residual_base(residual, out)
     if N == 0 or Kb == 0 or OH <= 0 or OW <= 0:
         return
     cdef Py_ssize_t G = (Kb + CE_NC_GROUP - 1) // CE_NC_GROUP

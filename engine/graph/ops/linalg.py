@@ -38,6 +38,19 @@ def matmul_shape(a, b):
     return shape
 
 
+def packed_step(gemm: ConstantRight, ins, a, c):
+    """The step running ``gemm`` on input slot ``a`` (its leading dimensions flattened into
+    rows) into output slot ``c``."""
+    k, n = ins[1].shape
+    rows = math.prod(ins[0].shape[:-1])
+    work = rows * k * n
+
+    def step(env, nt):
+        gemm.run(np.ascontiguousarray(env[a]).reshape(rows, k), env[c].reshape(rows, n),
+                 threads_for(work, nt))
+    return step
+
+
 @register
 class MatMul(Op):
     kind = "MatMul"
@@ -68,15 +81,7 @@ class MatMul(Op):
     def build(self, ins, outs, i, o):
         a, b, c = i[0], i[1], o[0]
         if self.path(ins, outs)[0] == "packed":
-            gemm = ConstantRight(ins[1].value)
-            k, n = ins[1].shape
-            rows = math.prod(ins[0].shape[:-1])
-            work = rows * k * n
-
-            def step(env, nt):
-                gemm.run(np.ascontiguousarray(env[a]).reshape(rows, k),
-                         env[c].reshape(rows, n), threads_for(work, nt))
-            return step
+            return packed_step(ConstantRight(ins[1].value), ins, a, c)
 
         def step(env, nt):
             np.matmul(env[a], env[b], out=env[c])
@@ -123,15 +128,7 @@ class MatMulBias(MatMul):
         a, b, bias, c = i[0], i[1], i[2], o[0]
         act = self.activation
         if self.path(ins, outs)[0] == "packed" and ins[2].value is not None:
-            gemm = ConstantRight(ins[1].value, ins[2].value, act)
-            k, n = ins[1].shape
-            rows = math.prod(ins[0].shape[:-1])
-            work = rows * k * n
-
-            def step(env, nt):
-                gemm.run(np.ascontiguousarray(env[a]).reshape(rows, k),
-                         env[c].reshape(rows, n), threads_for(work, nt))
-            return step
+            return packed_step(ConstantRight(ins[1].value, ins[2].value, act), ins, a, c)
 
         def step(env, nt):
             out = env[c]
