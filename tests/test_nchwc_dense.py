@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import engine
-from engine._kernels import nchwc
+from engine._kernels import nchwc, pool_nchw16c
 from engine.graph import Graph, Model, Node, TensorSpec
 from engine.ops import blocked
 from engine.ops.activation import _float64_activation
@@ -216,7 +216,7 @@ def test_max_pool_on_blocks_is_the_nchw_max_pool(rng, n, c, h, w, kernel, stride
     outs = []
     for t in (1, 2):
         out = np.full(blocked.blocked_shape(ref.shape), 7.0, np.float32)
-        nchwc.f32_maxpool_blocked(blocked.to_blocked(x), out, *kernel, *stride, *pads, *dilation,
+        pool_nchw16c.f32_maxpool_blocked(blocked.to_blocked(x), out, *kernel, *stride, *pads, *dilation,
                                   t)
         outs.append(out)
     np.testing.assert_array_equal(outs[0], outs[1])
@@ -226,13 +226,13 @@ def test_max_pool_on_blocks_is_the_nchw_max_pool(rng, n, c, h, w, kernel, stride
 def test_max_pool_on_blocks_refuses_inconsistent_arguments(rng):
     x = f32(rng, 1, 2, 8, 8, 16)
     with pytest.raises(ValueError, match="images and blocks"):
-        nchwc.f32_maxpool_blocked(x, np.zeros((1, 3, 4, 4, 16), np.float32), 3, 3, 2, 2, 1, 1,
+        pool_nchw16c.f32_maxpool_blocked(x, np.zeros((1, 3, 4, 4, 16), np.float32), 3, 3, 2, 2, 1, 1,
                                   1, 1, 1)
     with pytest.raises(ValueError, match="window"):
-        nchwc.f32_maxpool_blocked(x, np.zeros((1, 2, 4, 4, 16), np.float32), 0, 3, 2, 2, 1, 1,
+        pool_nchw16c.f32_maxpool_blocked(x, np.zeros((1, 2, 4, 4, 16), np.float32), 0, 3, 2, 2, 1, 1,
                                   1, 1, 1)
     with pytest.raises(ValueError, match="strides"):
-        nchwc.f32_maxpool_blocked(x, np.zeros((1, 2, 4, 4, 16), np.float32), 3, 3, 0, 2, 1, 1,
+        pool_nchw16c.f32_maxpool_blocked(x, np.zeros((1, 2, 4, 4, 16), np.float32), 3, 3, 0, 2, 1, 1,
                                   1, 1, 1)
 
 
@@ -290,3 +290,63 @@ def test_a_concat_of_channels_off_the_block_size_stays_nchw(rng):
     ref = conv2d_ref(np.concatenate([conv2d_ref(x, w["a"]), conv2d_ref(x, w["b"])], axis=1),
                      w["c"])
     np.testing.assert_allclose(model.run({"x": x})["y"], ref, rtol=1e-5, atol=1e-4)
+
+
+# (N, C, H, W, kernel, stride, pads ((t, b), (l, r)), dilation, ceil, count_include_pad):
+# Inception's 3x3 stride-1 branch pool both ways, DenseNet's 2x2 transitions, ceil mode
+AVG_POOLS = [(1, 40, 17, 17, (3, 3), (1, 1), ((1, 1), (1, 1)), (1, 1), False, True),
+             (1, 40, 17, 17, (3, 3), (1, 1), ((1, 1), (1, 1)), (1, 1), False, False),
+             (2, 32, 14, 15, (2, 2), (2, 2), ((0, 0), (0, 0)), (1, 1), True, False),
+             (1, 16, 9, 11, (3, 2), (2, 3), ((1, 0), (0, 1)), (2, 1), True, True)]
+
+
+@pytest.mark.parametrize("n,c,h,w,kernel,stride,pads,dilation,ceil,include", AVG_POOLS)
+def test_average_pool_on_blocks_matches_reference(rng, n, c, h, w, kernel, stride, pads,
+                                                   dilation, ceil, include):
+    from engine.ops.pool import onnx_avgpool_divisor
+    from engine.shapes import onnx_pool_output_size
+    x = f32(rng, n, c, h, w)
+    out_size = tuple(onnx_pool_output_size(i, k, s, pb, pe, d, ceil) for i, k, s, (pb, pe), d
+                     in zip((h, w), kernel, stride, pads, dilation))
+    div = onnx_avgpool_divisor((h, w), out_size, kernel, stride, dilation, pads, include)
+    ref = np.zeros((n, c) + out_size)
+    mag = np.zeros_like(ref)
+    for oy, ox in np.ndindex(*out_size):
+        for u, v in np.ndindex(*kernel):
+            iy = oy * stride[0] - pads[0][0] + u * dilation[0]
+            ix = ox * stride[1] - pads[1][0] + v * dilation[1]
+            if 0 <= iy < h and 0 <= ix < w:
+                ref[:, :, oy, ox] += x[:, :, iy, ix]
+                mag[:, :, oy, ox] += np.abs(x[:, :, iy, ix])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ref = np.where(div > 0, ref / div, 0.0)
+        mag = np.where(div > 0, mag / div, 0.0)
+    outs = []
+    for t in (1, 2):
+        out = np.full(blocked.blocked_shape(ref.shape), 7.0, np.float32)
+        pool_nchw16c.f32_avgpool_blocked(blocked.to_blocked(x), out, div.astype(np.float32),
+                                         *kernel, *stride, pads[0][0], pads[1][0], *dilation, t)
+        outs.append(out)
+    np.testing.assert_array_equal(outs[0], outs[1])
+    got = blocked.from_blocked(outs[0], c)
+    assert np.all(np.abs(got - ref) <= 1e-6 * mag + 1e-30)
+
+
+def test_an_inception_branch_pool_runs_on_blocks(rng):
+    """A pointwise layer, a 3x3 stride-1 average pool (count_include_pad 0 and 1), a pointwise
+    layer: the pool reads and writes blocks, the values are the NCHW plan's."""
+    for include in (0, 1):
+        w = {"a": f32(rng, 32, 24, 1, 1) * 0.3, "b": f32(rng, 20, 32, 1, 1) * 0.3}
+        g = Graph([Node("Conv", "ca", ["x", "a"], ["ya"], {"activation": "relu"}),
+                   Node("AveragePool", "pool", ["ya"], ["p"],
+                        {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1],
+                         "count_include_pad": include}),
+                   Node("Conv", "cb", ["p", "b"], ["y"])],
+                  [TensorSpec("x", (1, 24, 13, 13), "float32")],
+                  [TensorSpec("y", None, "float32")], w)
+        x = f32(rng, 1, 24, 13, 13)
+        model = Model(g)
+        assert "average pooling on NCHW16c" in model.explain()
+        got = model.run({"x": x})["y"]
+        np.testing.assert_allclose(got, Model(g, layout="nchw").run({"x": x})["y"], rtol=0,
+                                   atol=1e-5 * float(np.abs(got).max()))

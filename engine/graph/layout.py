@@ -30,9 +30,10 @@ from ..dispatch.conv import ConvParams
 from ..dispatch.layout import (POINTWISE_GROUP_SLACK, blocked_kernel,
                                choose_depthwise_blocked_split, choose_layout,
                                choose_pointwise_blocked_split, pays_alone, why_not_layout)
-from .._kernels import nchwc
+from .._kernels import nchwc, pool_nchw16c
 from .._threads import threads_for
 from ..ops import blocked
+from ..ops.pool import onnx_avgpool_divisor
 from ..ops.activation import ACTIVATION_CODES
 from .ir import Graph, Node
 from .ops import F32, Info, Op
@@ -100,10 +101,11 @@ def _spatial_mean(node, ops, infos) -> bool:
         return False
 
 
-def blocked_max_pool(node, ops, infos) -> bool:
-    """Whether a MaxPool can run on blocks: 2-D, without its indices output."""
+def blocked_pool(node, ops, infos) -> bool:
+    """Whether a MaxPool or AveragePool can run on blocks: 2-D, without MaxPool's indices."""
     op = ops.get(node.name)
-    if node.op != "MaxPool" or getattr(op, "nd", 0) != 2 or any(node.outputs[1:]):
+    if node.op not in ("MaxPool", "AveragePool") or getattr(op, "nd", 0) != 2 \
+            or any(node.outputs[1:]):
         return False
     x = infos.get(node.inputs[0])
     return x is not None and len(x.shape) == 4 and node.outputs[0] in infos
@@ -222,16 +224,22 @@ class BlockedGlobalAveragePool(_Internal):
         return "on the NCHW16c input in place"
 
 
-class BlockedMaxPool(_Internal):
-    """A 2-D MaxPool (no indices) on blocks: ``pool`` is the graph's MaxPool op, ``x``/``y``
-    its NCHW Infos for this plan's shapes."""
-    kind = "MaxPool"
+class BlockedPool(_Internal):
+    """A 2-D MaxPool (no indices) or AveragePool on blocks (kernels/pool_nchw16c.pyx): ``pool``
+    is the graph's op, ``x``/``y`` its NCHW Infos for this plan's shapes."""
 
     def __init__(self, node, pool, x, y):
         super().__init__(node)
+        self.kind = node.op
         self.logical = (x, y)
-        _, _, self.window, self.strides, self.dilations, pads = pool.views(x.shape, y.shape)
+        _, _, window, strides, dilations, pads = pool.views(x.shape, y.shape)
+        self.window, self.strides, self.dilations = tuple(window), tuple(strides), tuple(dilations)
         self.pads = tuple(p for p, _ in pads)
+        self.divisor = None
+        if node.op == "AveragePool":
+            self.divisor = onnx_avgpool_divisor(x.shape[2:], y.shape[2:], self.window,
+                                                self.strides, self.dilations, pads,
+                                                pool.include_pad).astype(np.float32)
 
     def infer(self, ins):
         x = self.float_in(ins, 0, "X", 5)
@@ -241,21 +249,24 @@ class BlockedMaxPool(_Internal):
         return [Info(blocked.blocked_shape(self.logical[1].shape), F32)]
 
     def build(self, ins, outs, i, o):
-        a, b = i[0], o[0]
-        (kh, kw), (sh, sw), (dh, dw), (pt, pl) = (self.window, self.strides, self.dilations,
-                                                  self.pads)
+        a, b, divisor = i[0], o[0], self.divisor
+        args = self.window + self.strides + self.pads + self.dilations
         single = outs[0].size < MIN_CONVERT_ELEMENTS
-
-        def step(env, nt):
-            nchwc.f32_maxpool_blocked(env[a], env[b], kh, kw, sh, sw, pt, pl, dh, dw,
-                                      1 if single else nt)
+        if divisor is None:
+            def step(env, nt):
+                pool_nchw16c.f32_maxpool_blocked(env[a], env[b], *args, 1 if single else nt)
+        else:
+            def step(env, nt):
+                pool_nchw16c.f32_avgpool_blocked(env[a], env[b], divisor, *args,
+                                                 1 if single else nt)
         return step
 
     def flops(self, ins, outs):
         return float(outs[0].size * self.window[0] * self.window[1])
 
     def describe(self, ins, outs):
-        return "max pooling on NCHW16c: one vector of 16 channels per tap"
+        what = "max" if self.divisor is None else "average"
+        return f"{what} pooling on NCHW16c: one vector of 16 channels per tap"
 
 
 class BlockedConcat(_Internal):
@@ -420,14 +431,14 @@ def rewrite(graph: Graph, ops: dict, input_shapes: dict, layout: str = "auto"):
                 readers.setdefault(name, []).append((n, k))
     by_name = {n.name: n for n in graph.nodes}
     through = {n.name: through_input(n, infos) for n in graph.nodes}
-    pools = {n.name for n in graph.nodes if blocked_max_pool(n, ops, infos)}
+    pools = {n.name for n in graph.nodes if blocked_pool(n, ops, infos)}
     concats = {n.name for n in graph.nodes if blocked_concat(n, ops, infos)}
     for name in pools:
         through[name] = 0
 
     def source_conv(name):
-        """The convolution that writes ``name``, through elementwise steps, max pools and
-        (by their first input) concats."""
+        """The convolution that writes ``name``, through elementwise steps, pools and (by
+        their first input) concats."""
         node = producers.get(name)
         while node is not None and node.name not in found and (
                 through[node.name] is not None or node.name in concats):
@@ -435,7 +446,7 @@ def rewrite(graph: Graph, ops: dict, input_shapes: dict, layout: str = "auto"):
         return node
 
     def reader_convs(name):
-        """The convolutions that read ``name`` as their input, through elementwise steps, max
+        """The convolutions that read ``name`` as their input, through elementwise steps,
         pools and concats."""
         out, stack, seen = [], [name], set()
         while stack:
@@ -519,7 +530,7 @@ def rewrite(graph: Graph, ops: dict, input_shapes: dict, layout: str = "auto"):
             nchw_ready.discard(out)
             native.add(out)
             new = Node(node.op, node.name, [blocked_name[node.inputs[0]]], [blocked_name[out]])
-            add(new, BlockedMaxPool(new, ops[node.name], infos[node.inputs[0]], infos[out]))
+            add(new, BlockedPool(new, ops[node.name], infos[node.inputs[0]], infos[out]))
         elif node.name in concats and any(n in native for n in node.inputs):
             out = node.outputs[0]
             inputs = [as_blocked(n) for n in node.inputs]

@@ -1,0 +1,109 @@
+# Max and average pooling on channel-blocked tensors (NCHW16c, kernels/_nchwc.h): one vector of
+# 16 channels per tap, so a pool between blocked layers needs no layout change. Windows follow
+# ONNX: taps in the padding or past a ceil-mode end are skipped (max: ONNX's -inf padding;
+# average: the caller's divisor per output, engine.ops.pool.onnx_avgpool_divisor). Each output
+# takes its taps in row-major order from 0 (average) or -inf (max), as the NCHW kernels of
+# kernels/pool.pyx do, so values are theirs. Work items are output rows of one block, ordered
+# (image, block, row); every output is computed whole by one thread.
+from cython.parallel cimport prange
+
+cdef extern from *:
+    """
+    #include <stddef.h>
+
+    #define CE_NC_B 16      /* channels per block, as in _nchwc.h */
+    typedef float ce_np_vf __attribute__((vector_size(64)));
+    typedef float ce_np_vfu __attribute__((vector_size(64), aligned(4), may_alias));
+    typedef int ce_np_vi __attribute__((vector_size(64)));
+
+    /* One output row of one channel block: the maximum (avg == NULL) or the sum divided by
+     * avg[ox] (0 where avg[ox] is 0: a window with no tap to count) over the window's taps
+     * inside the plane; the maximum takes NaN as the NCHW kernels do. */
+    static void ce_nc_pool_row(const float *x, int H, int W, int OW, int oy, int sh, int sw,
+                               int pt, int pl, int kh, int kw, int dh, int dw,
+                               const float *avg, float *out)
+    {
+        const ptrdiff_t B = CE_NC_B;
+        const ce_np_vf zero = {0};
+        int iy0 = oy * sh - pt;
+        for (int ox = 0; ox < OW; ox++) {
+            ce_np_vf m = avg ? zero : zero - __builtin_inff();
+            int ix0 = ox * sw - pl;
+            for (int u = 0; u < kh; u++) {
+                int iy = iy0 + u * dh;
+                if (iy < 0 || iy >= H)
+                    continue;
+                const float *row = x + (ptrdiff_t)iy * W * B;
+                for (int v = 0; v < kw; v++) {
+                    int ix = ix0 + v * dw;
+                    if (ix < 0 || ix >= W)
+                        continue;
+                    ce_np_vf t = *(const ce_np_vfu *)(row + (ptrdiff_t)ix * B);
+                    if (avg) {
+                        m += t;
+                    } else {
+                        ce_np_vi take = (t > m) | (t != t);
+                        m = (ce_np_vf)(((ce_np_vi)t & take) | ((ce_np_vi)m & ~take));
+                    }
+                }
+            }
+            if (avg)
+                m = avg[ox] > 0.0f ? m / avg[ox] : zero;
+            *(ce_np_vfu *)(out + (ptrdiff_t)ox * B) = m;
+        }
+    }
+    """
+    int CE_NC_B
+    void ce_nc_pool_row(const float *x, int H, int W, int OW, int oy, int sh, int sw, int pt,
+                        int pl, int kh, int kw, int dh, int dw, const float *avg,
+                        float *out) nogil
+
+
+cdef int run_pool(const float[:, :, :, :, ::1] x, float[:, :, :, :, ::1] out, const float* avg,
+                  int kh, int kw, int sh, int sw, int pt, int pl, int dh, int dw,
+                  int num_threads) except -1:
+    cdef Py_ssize_t N = x.shape[0], Cb = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t OH = out.shape[2], OW = out.shape[3]
+    if x.shape[4] != CE_NC_B or out.shape[4] != CE_NC_B or out.shape[0] != N \
+            or out.shape[1] != Cb:
+        raise ValueError(f"x {tuple(x.shape)} and out {tuple(out.shape)} must be blocked with "
+                         f"the same images and blocks")
+    if kh < 1 or kw < 1:
+        raise ValueError(f"the window must be at least 1x1, got {kh}x{kw}")
+    if sh < 1 or sw < 1 or dh < 1 or dw < 1 or pt < 0 or pl < 0:
+        raise ValueError("strides and dilations must be positive and pads non-negative")
+    if H > 1 << 30 or W > 1 << 30 or OH > 1 << 30 or OW > 1 << 30:
+        raise ValueError(f"the planes {H}x{W} and {OH}x{OW} must be of sane size")
+    if N == 0 or Cb == 0 or OH == 0 or OW == 0:
+        return 0
+    cdef const float* xp = &x[0, 0, 0, 0, 0]
+    cdef float* op = &out[0, 0, 0, 0, 0]
+    cdef Py_ssize_t items = N * Cb * OH, it, plane, oy
+    num_threads = <int>max(1, min(num_threads, items))
+    for it in prange(items, nogil=True, num_threads=num_threads, schedule="static"):
+        plane = it // OH
+        oy = it % OH
+        ce_nc_pool_row(xp + plane * H * W * CE_NC_B, <int>H, <int>W, <int>OW, <int>oy, sh, sw,
+                       pt, pl, kh, kw, dh, dw, (avg + oy * OW) if avg != NULL else NULL,
+                       op + (plane * OH + oy) * OW * CE_NC_B)
+    return 0
+
+
+def f32_maxpool_blocked(const float[:, :, :, :, ::1] x, float[:, :, :, :, ::1] out, int kh,
+                        int kw, int sh, int sw, int pt, int pl, int dh, int dw,
+                        int num_threads):
+    """Max pooling on blocks (no indices): out[n, cb, oy, ox] = the maximum over the window's
+    taps inside the plane, -inf for a window with none. Output sizes are the caller's."""
+    run_pool(x, out, NULL, kh, kw, sh, sw, pt, pl, dh, dw, num_threads)
+
+
+def f32_avgpool_blocked(const float[:, :, :, :, ::1] x, float[:, :, :, :, ::1] out,
+                        const float[:, ::1] divisor, int kh, int kw, int sh, int sw, int pt,
+                        int pl, int dh, int dw, int num_threads):
+    """Average pooling on blocks: out[n, cb, oy, ox] = the sum over the window's taps inside
+    the plane / divisor[oy, ox] (ONNX's count, with or without the padding; 0 gives 0)."""
+    if divisor.shape[0] != out.shape[2] or divisor.shape[1] != out.shape[3]:
+        raise ValueError(f"divisor must have the output plane's shape "
+                         f"{tuple(out.shape)[2:4]}, got {tuple(divisor.shape)[:2]}")
+    run_pool(x, out, &divisor[0, 0] if divisor.size else NULL, kh, kw, sh, sw, pt, pl, dh, dw,
+             num_threads)
