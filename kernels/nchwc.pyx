@@ -523,3 +523,46 @@ def f32_conv2d_nchw16c(const float[:, :, :, :, ::1] x, Py_ssize_t channels,
                         <int>g, <int>(b * band), <int>min(OH, (b + 1) * band), sh, sw, pt, pl,
                         kh, kw, dh, dw, wp, bp, (rbase + n * os) if rbase != NULL else NULL,
                         op + n * os, act, batch)
+
+
+cdef extern from *:
+    """
+    /* out[p][:] = act(x[p][:] * s + t) for the P pixels of one block: an inference
+     * BatchNormalization (and the activation fused after it) on blocks */
+    static void ce_nc_block_affine(const float *x, Py_ssize_t P, const float *s, const float *t,
+                                   float *out, int act)
+    {
+        ce_nc_vf vs = CE_NC_LD(s), vt = CE_NC_LD(t);
+        for (Py_ssize_t p = 0; p < P; p++)
+            CE_NC_ST(out + p * CE_NC_B, ce_nc_act(CE_NC_LD(x + p * CE_NC_B) * vs + vt, act));
+    }
+    """
+    void ce_nc_block_affine(const float *x, Py_ssize_t P, const float *s, const float *t,
+                            float *out, int act) nogil
+
+
+def f32_scale_shift_blocked(const float[:, :, :, :, ::1] x, const float[::1] scale,
+                            const float[::1] shift, float[:, :, :, :, ::1] out, int act,
+                            int num_threads=1):
+    """out[n, cb, :, :, j] = act(x[n, cb, :, :, j] * scale[c] + shift[c]), c = cb * 16 + j (an
+    inference BatchNormalization on blocks; scale and shift hold Cb * 16 values, zero for the
+    padding channels, which every activation keeps at zero; out may be x). The threads take
+    ranges of blocks."""
+    cdef Py_ssize_t N = x.shape[0], Cb = x.shape[1], P = x.shape[2] * x.shape[3]
+    if (tuple(out.shape) != tuple(x.shape) or x.shape[4] != CE_NC_B
+            or scale.shape[0] != Cb * CE_NC_B or shift.shape[0] != Cb * CE_NC_B):
+        raise ValueError(f"x {tuple(x.shape)}, scale ({scale.shape[0]},), shift "
+                         f"({shift.shape[0]},) and out {tuple(out.shape)} do not fit")
+    if not 0 <= act <= 5:
+        raise ValueError(f"act must be an activation code 0-5, got {act}")
+    if N == 0 or Cb == 0 or P == 0:
+        return
+    cdef const float* xp = &x[0, 0, 0, 0, 0]
+    cdef float* op = &out[0, 0, 0, 0, 0]
+    cdef const float* sp = &scale[0]
+    cdef const float* tp = &shift[0]
+    cdef Py_ssize_t it
+    num_threads = <int>max(1, min(num_threads, N * Cb))
+    for it in prange(N * Cb, nogil=True, num_threads=num_threads, schedule="static"):
+        ce_nc_block_affine(xp + it * P * CE_NC_B, P, sp + (it % Cb) * CE_NC_B,
+                           tp + (it % Cb) * CE_NC_B, op + it * P * CE_NC_B, act)

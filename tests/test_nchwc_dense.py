@@ -149,7 +149,8 @@ def test_dense_refuses_inconsistent_arguments(rng):
 def bottleneck(rng, c=64, mid=32, out=128):
     """A ResNet downsampling block after a 1x1 layer: 1x1 -> relu -> 3x3 stride 2 -> relu ->
     1x1, plus a 1x1 stride-2 shortcut, added, relu."""
-    w = {"w0": f32(rng, c, c, 1, 1) * 0.2, "w1": f32(rng, mid, c, 1, 1) * 0.2, "w2": f32(rng, mid, mid, 3, 3) * 0.1,
+    w = {"w0": f32(rng, c, c, 1, 1) * 0.2, "w1": f32(rng, mid, c, 1, 1) * 0.2,
+         "w2": f32(rng, mid, mid, 3, 3) * 0.1,
          "w3": f32(rng, out, mid, 1, 1) * 0.2, "wd": f32(rng, out, c, 1, 1) * 0.2}
     nodes = [Node("Conv", "c0", ["x", "w0"], ["x0"]),
              Node("Conv", "c1", ["x0", "w1"], ["a1"]), Node("Relu", "r1", ["a1"], ["b1"]),
@@ -191,7 +192,8 @@ def test_a_lone_dense_layer_is_blocked_only_when_its_taps_pay_for_two_layout_cha
     x = f32(rng, 1, 64, 17, 17)
     assert "dense on NCHW16c" in wide.explain()
     assert "dense on NCHW16c" not in narrow.explain()
-    np.testing.assert_allclose(wide({"x": x})["y"], Model(wide.graph, layout="nchw")({"x": x})["y"],
+    np.testing.assert_allclose(wide({"x": x})["y"],
+                               Model(wide.graph, layout="nchw")({"x": x})["y"],
                                rtol=0, atol=1e-5 * 64)
 
 
@@ -216,8 +218,8 @@ def test_max_pool_on_blocks_is_the_nchw_max_pool(rng, n, c, h, w, kernel, stride
     outs = []
     for t in (1, 2):
         out = np.full(blocked.blocked_shape(ref.shape), 7.0, np.float32)
-        pool_nchw16c.f32_maxpool_blocked(blocked.to_blocked(x), out, *kernel, *stride, *pads, *dilation,
-                                  t)
+        pool_nchw16c.f32_maxpool_blocked(blocked.to_blocked(x), out, *kernel, *stride, *pads,
+                                         *dilation, t)
         outs.append(out)
     np.testing.assert_array_equal(outs[0], outs[1])
     np.testing.assert_array_equal(blocked.from_blocked(outs[0], c), ref)
@@ -225,15 +227,17 @@ def test_max_pool_on_blocks_is_the_nchw_max_pool(rng, n, c, h, w, kernel, stride
 
 def test_max_pool_on_blocks_refuses_inconsistent_arguments(rng):
     x = f32(rng, 1, 2, 8, 8, 16)
+
+    def call(out_blocks=2, kh=3, sh=2):
+        out = np.zeros((1, out_blocks, 4, 4, 16), np.float32)
+        pool_nchw16c.f32_maxpool_blocked(x, out, kh, 3, sh, 2, 1, 1, 1, 1, 1)
+    call()
     with pytest.raises(ValueError, match="images and blocks"):
-        pool_nchw16c.f32_maxpool_blocked(x, np.zeros((1, 3, 4, 4, 16), np.float32), 3, 3, 2, 2, 1, 1,
-                                  1, 1, 1)
+        call(out_blocks=3)
     with pytest.raises(ValueError, match="window"):
-        pool_nchw16c.f32_maxpool_blocked(x, np.zeros((1, 2, 4, 4, 16), np.float32), 0, 3, 2, 2, 1, 1,
-                                  1, 1, 1)
+        call(kh=0)
     with pytest.raises(ValueError, match="strides"):
-        pool_nchw16c.f32_maxpool_blocked(x, np.zeros((1, 2, 4, 4, 16), np.float32), 3, 3, 0, 2, 1, 1,
-                                  1, 1, 1)
+        call(sh=0)
 
 
 def fire_net(rng, squeeze=16, expand=32, first=48):
@@ -350,3 +354,64 @@ def test_an_inception_branch_pool_runs_on_blocks(rng):
         got = model.run({"x": x})["y"]
         np.testing.assert_allclose(got, Model(g, layout="nchw").run({"x": x})["y"], rtol=0,
                                    atol=1e-5 * float(np.abs(got).max()))
+
+
+def test_batch_norm_on_blocks(rng):
+    """An inference BatchNormalization on blocks: x * scale + shift per channel, the fused
+    activation after it, padding channels kept at zero; 1 and 2 threads alike."""
+    x = f32(rng, 2, 40, 9, 11)
+    s, t = f32(rng, 40), f32(rng, 40)
+    sp, tp = np.zeros(48, np.float32), np.zeros(48, np.float32)
+    sp[:40], tp[:40] = s, t
+    xb = blocked.to_blocked(x)
+    xb[:, -1, :, :, 8:] = 5.0          # finite garbage in the padding lanes
+    for act, f in ((0, lambda v: v), (1, lambda v: np.maximum(v, 0)),
+                   (2, lambda v: np.clip(v, 0, 6))):
+        outs = []
+        for threads in (1, 2):
+            out = np.full_like(xb, np.nan)
+            nchwc.f32_scale_shift_blocked(xb, sp, tp, out, act, threads)
+            outs.append(out)
+        np.testing.assert_array_equal(outs[0], outs[1])
+        # float64 reference; the kernel's multiply-add rounds once (per element: 1 ulp of the
+        # larger term)
+        prod = x.astype(np.float64) * s.reshape(1, -1, 1, 1)
+        want = f(prod + t.reshape(1, -1, 1, 1))
+        bound = 2.0 ** -23 * (np.abs(prod) + np.abs(t).reshape(1, -1, 1, 1))
+        assert np.all(np.abs(blocked.from_blocked(outs[0], 40) - want) <= bound)
+        assert not np.any(outs[0][:, -1, :, :, 8:])
+    with pytest.raises(ValueError, match="do not fit"):
+        nchwc.f32_scale_shift_blocked(xb, sp[:40], tp, xb.copy(), 0, 1)
+    with pytest.raises(ValueError, match="act"):
+        nchwc.f32_scale_shift_blocked(xb, sp, tp, xb.copy(), 9, 1)
+
+
+def test_a_densenet_layer_stays_blocked_through_its_batch_norms(rng):
+    """Concat -> BN + ReLU -> 1x1 -> BN + ReLU -> 3x3 -> Concat, DenseNet's layer: the batch
+    norms run on the blocks between the blocked layers; values are the NCHW plan's."""
+    c, g = 64, 32
+    w = {"w0": f32(rng, c, 3, 3, 3) * 0.3, "w1": f32(rng, 4 * g, c, 1, 1) * 0.2,
+         "w2": f32(rng, g, 4 * g, 3, 3) * 0.1}
+    for k, ch in (("a", c), ("b", 4 * g)):
+        w.update({f"{k}s": rng.uniform(0.5, 1.5, ch).astype(np.float32),
+                  f"{k}b": f32(rng, ch), f"{k}m": f32(rng, ch) * 0.1,
+                  f"{k}v": rng.uniform(0.5, 1.5, ch).astype(np.float32)})
+    nodes = [Node("Conv", "stem", ["x", "w0"], ["s0"],
+                  {"pads": [1, 1, 1, 1], "strides": [2, 2]}),
+             Node("MaxPool", "pool", ["s0"], ["p"], {"kernel_shape": [2, 2], "strides": [2, 2]}),
+             Node("BatchNormalization", "bn1", ["p", "as", "ab", "am", "av"], ["n1"]),
+             Node("Relu", "r1", ["n1"], ["a1"]),
+             Node("Conv", "c1", ["a1", "w1"], ["y1"]),
+             Node("BatchNormalization", "bn2", ["y1", "bs", "bb", "bm", "bv"], ["n2"]),
+             Node("Relu", "r2", ["n2"], ["a2"]),
+             Node("Conv", "c2", ["a2", "w2"], ["y2"], {"pads": [1, 1, 1, 1]}),
+             Node("Concat", "cat", ["p", "y2"], ["y"], {"axis": 1})]
+    graph = Graph(nodes, [TensorSpec("x", (1, 3, 32, 32), "float32")],
+                  [TensorSpec("y", None, "float32")], w)
+    x = f32(rng, 1, 3, 32, 32)
+    model = Model(graph)
+    text = model.explain()
+    assert text.count("one vector of scales and shifts per block") >= 1, text
+    got = model.run({"x": x})["y"]
+    np.testing.assert_allclose(got, Model(graph, layout="nchw").run({"x": x})["y"], rtol=0,
+                               atol=1e-5 * float(np.abs(got).max()))

@@ -111,6 +111,18 @@ def blocked_pool(node, ops, infos) -> bool:
     return x is not None and len(x.shape) == 4 and node.outputs[0] in infos
 
 
+def blocked_batch_norm(node, ops, infos) -> bool:
+    """Whether a BatchNormalization left standing (constant statistics, one per channel) can
+    run on blocks: its per-channel scale and shift, padded with zeros, keep the padding
+    channels at zero through every activation it fuses."""
+    op = ops.get(node.name)
+    if node.op != "BatchNormalization" or op is None or op.runtime or not op.spatial \
+            or any(node.outputs[1:]):
+        return False
+    x = infos.get(node.inputs[0])
+    return x is not None and len(x.shape) == 4 and x.dtype == F32
+
+
 def blocked_concat(node, ops, infos) -> bool:
     """Whether a Concat can run on blocks: of 4-D float32 tensors along the channels, every
     input but the last a whole number of blocks (the last one's padding lanes then end the
@@ -269,6 +281,41 @@ class BlockedPool(_Internal):
         return f"{what} pooling on NCHW16c: one vector of 16 channels per tap"
 
 
+class BlockedBatchNorm(_Internal):
+    """An inference BatchNormalization (and its fused activation) on blocks."""
+    kind = "BatchNormalization"
+
+    def __init__(self, node, bn, channels):
+        super().__init__(node)
+        cb = blocked.blocks(channels)
+        self.scale = np.zeros(cb * blocked.BLOCK, np.float32)
+        self.shift = np.zeros(cb * blocked.BLOCK, np.float32)
+        self.scale[:channels], self.shift[:channels] = bn.scale, bn.shift
+        self.activation = bn.activation
+
+    def infer(self, ins):
+        return [Info(self.float_in(ins, 0, "X", 5).shape, F32)]
+
+    def inplace_inputs(self, ins, outs):
+        return (0,)
+
+    def build(self, ins, outs, i, o):
+        a, b, s, t = i[0], o[0], self.scale, self.shift
+        act = ACTIVATION_CODES[self.activation]
+        single = outs[0].size < MIN_CONVERT_ELEMENTS
+
+        def step(env, nt):
+            nchwc.f32_scale_shift_blocked(env[a], s, t, env[b], act, 1 if single else nt)
+        return step
+
+    def flops(self, ins, outs):
+        return 2.0 * outs[0].size
+
+    def describe(self, ins, outs):
+        text = "on NCHW16c: one vector of scales and shifts per block"
+        return text + (f" | + {self.activation} in the same pass" if self.activation else "")
+
+
 class BlockedConcat(_Internal):
     """Concat along the channels of blocked tensors: the blocks one after another."""
     kind = "Concat"
@@ -413,7 +460,8 @@ def rewrite(graph: Graph, ops: dict, input_shapes: dict, layout: str = "auto"):
     """(graph, ops, choices, inferred) to plan for ``input_shapes``: graph and ops the same
     objects when nothing is blocked; choices {node name: (layout, reason)} for every
     convolution whose input is not computed while planning; inferred: what this pass's
-    inference found, which the plan reuses for every node it did not change. layout: "auto", or "nchw" / "nchw16c" to force one
+    inference found, which the plan reuses for every node it did not change. layout: "auto",
+    or "nchw" / "nchw16c" to force one
     (engine.dispatch.layout)."""
     reason = why_not_layout(layout)
     if reason is not None:
@@ -433,7 +481,8 @@ def rewrite(graph: Graph, ops: dict, input_shapes: dict, layout: str = "auto"):
     through = {n.name: through_input(n, infos) for n in graph.nodes}
     pools = {n.name for n in graph.nodes if blocked_pool(n, ops, infos)}
     concats = {n.name for n in graph.nodes if blocked_concat(n, ops, infos)}
-    for name in pools:
+    norms = {n.name for n in graph.nodes if blocked_batch_norm(n, ops, infos)}
+    for name in pools | norms:
         through[name] = 0
 
     def source_conv(name):
@@ -531,6 +580,13 @@ def rewrite(graph: Graph, ops: dict, input_shapes: dict, layout: str = "auto"):
             native.add(out)
             new = Node(node.op, node.name, [blocked_name[node.inputs[0]]], [blocked_name[out]])
             add(new, BlockedPool(new, ops[node.name], infos[node.inputs[0]], infos[out]))
+        elif node.name in norms and node.inputs[0] in native:
+            out = node.outputs[0]
+            blocked_name[out] = fresh(out + SUFFIX)
+            nchw_ready.discard(out)
+            native.add(out)
+            new = Node(node.op, node.name, [blocked_name[node.inputs[0]]], [blocked_name[out]])
+            add(new, BlockedBatchNorm(new, ops[node.name], infos[out].shape[1]))
         elif node.name in concats and any(n in native for n in node.inputs):
             out = node.outputs[0]
             inputs = [as_blocked(n) for n in node.inputs]
@@ -539,7 +595,7 @@ def rewrite(graph: Graph, ops: dict, input_shapes: dict, layout: str = "auto"):
             native.add(out)
             new = Node(node.op, node.name, inputs, [blocked_name[out]])
             add(new, BlockedConcat(new, infos[out].shape[1]))
-        elif (through[node.name] is not None and node.name not in pools
+        elif (through[node.name] is not None and node.name not in pools | norms
               and node.inputs[through[node.name]] in native):
             out = node.outputs[0]
             weights = getattr(ops[node.name], "weights", ())    # a SqueezeExcite's 1x1s
