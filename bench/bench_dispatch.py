@@ -13,7 +13,7 @@ Groups (section/group):
   depthwise/blocks, depthwise/rows        engine/dispatch/depthwise.py
   transposed/col2im                       engine/dispatch/transposed.py
   gemm/dense                              engine/dispatch/gemm.py
-  layout/convert, layout/depthwise        the thread thresholds of engine/graph/layout.py
+  layout/convert, layout/depthwise        the thread thresholds of engine/graph/blocked_steps.py
                                           (1 against 2 threads, whatever --threads says)
   layout/dense                            engine/dispatch/layout.py DENSE_ALONE_MIN_TAPS: a
                                           lone dense layer on NCHW against blocked with a
@@ -37,7 +37,7 @@ from engine._kernels import dense, nchwc  # noqa: E402
 from engine._threads import blas_pinned, threads_for  # noqa: E402
 from engine.dispatch import choose_gemm  # noqa: E402
 from engine.dispatch.layout import DENSE_ALONE_MIN_TAPS  # noqa: E402
-from engine.graph.layout import MIN_CONVERT_ELEMENTS, MIN_WORK_DEPTHWISE  # noqa: E402
+from engine.graph.blocked_steps import MIN_CONVERT_ELEMENTS, MIN_WORK_DEPTHWISE  # noqa: E402
 from engine.ops import blocked  # noqa: E402
 from engine.ops.depthwise import Depthwise  # noqa: E402
 

@@ -1,52 +1,42 @@
-"""The channel-blocked layout in a plan: chains of pointwise and depthwise convolutions run on
-channel-blocked activations (NCHW16c, engine/ops/blocked.py), the rest of the graph on NCHW.
+"""The channel-blocked layout in a plan: chains of convolutions that have a blocked kernel
+run on channel-blocked activations (NCHW16c, engine/ops/blocked.py), the rest of the graph
+on NCHW.
 
 In NCHW a pointwise layer has to pack its input into panels and a small depthwise layer has to
 transpose its planes; in the blocked layout neither does (kernels/_nchwc.h). A MobileNet runs
 blocked from its first layer (few input channels: it reads NCHW and writes blocks directly) to
 the global average pool, which reads the blocks in place. Which layers run blocked, and how the
 blocked kernels share their work between threads, is engine/dispatch/layout.py's choice; this
-module rewrites the graph accordingly.
+module rewrites the graph accordingly, with the steps of engine/graph/blocked_steps.py.
 
 ``rewrite(graph, ops, input_shapes, layout)`` returns the graph the plan runs, the ops for its
 nodes, each convolution's layout choice with its reason, and its own inference of the graph
-(which the plan reuses for the nodes left alone, so each is inferred once per plan): each blocked convolution becomes a
-``BlockedConv`` writing ``<name>#nchw16c``; a ``ToBlocked`` step precedes the first blocked
-reader of an NCHW tensor, a ``FromBlocked`` step (writing the original name) the first NCHW
-reader of a blocked one; a GlobalAveragePool reading a blocked tensor reads it in place.
-Elementwise steps between blocked layers (activations, residual adds, a squeeze-excite's
-per-channel scaling, a fused SqueezeExcite step) run on the blocks as they are, so that a layout change is needed only
-where a reader needs NCHW; the convolutions' layout choice looks through them. The graph the
-model keeps (and saves) is not changed. Channel counts need not be multiples of 16: the
-padding channels carry finite values, which the blocked kernels' zero weights cancel.
+(which the plan reuses for the nodes left alone, so each is inferred once per plan): each
+blocked convolution becomes a ``BlockedConv`` writing ``<name>#nchw16c``; a ``ToBlocked`` step
+precedes the first blocked reader of an NCHW tensor, a ``FromBlocked`` step (writing the
+original name) the first NCHW reader of a blocked one; a GlobalAveragePool reading a blocked
+tensor reads it in place. Elementwise steps between blocked layers (activations, residual
+adds, a squeeze-excite's per-channel scaling, a fused SqueezeExcite step) run on the blocks as
+they are; 2-D max and average pools, batch normalizations left standing and channel Concats
+have blocked steps of their own. A layout change is then needed only where a reader needs
+NCHW; the convolutions' layout choice looks through all of these. The graph the model keeps
+(and saves) is not changed. Channel counts need not be multiples of 16: the padding channels
+carry finite values, which the blocked kernels' zero weights cancel.
 """
 from __future__ import annotations
 
 import math
 
-import numpy as np
-
 from ..dispatch.conv import ConvParams
-from ..dispatch.layout import (POINTWISE_GROUP_SLACK, blocked_kernel,
-                               choose_depthwise_blocked_split, choose_layout,
-                               choose_pointwise_blocked_split, pays_alone, why_not_layout)
-from .._kernels import nchwc, pool_nchw16c
-from .._threads import threads_for
+from ..dispatch.layout import blocked_kernel, choose_layout, pays_alone, why_not_layout
 from ..ops import blocked
-from ..ops.pool import onnx_avgpool_divisor
-from ..ops.activation import ACTIVATION_CODES
+from .blocked_steps import (BlockedBatchNorm, BlockedConcat, BlockedConv,
+                            BlockedGlobalAveragePool, BlockedPool, FromBlocked, ToBlocked)
 from .ir import Graph, Node
-from .ops import F32, Info, Op
+from .ops import F32
 from .plan import Inferred, infer_nodes
 
 SUFFIX = "#nchw16c"
-# Multiply-adds per thread of a blocked depthwise step, a quarter of threads_for's default:
-# depthwise layers move much more data per multiply-add, so a second thread pays on smaller
-# ones (bench/bench_dispatch.py layout/depthwise).
-MIN_WORK_DEPTHWISE = 5e4
-# Elements below which a layout change (and the blocked average pool) runs on one thread: a
-# second thread pays from about 16K (bench/bench_dispatch.py layout/convert).
-MIN_CONVERT_ELEMENTS = 1 << 14
 
 
 # Elementwise operators that may run on channel-blocked tensors unchanged: each maps finite
@@ -157,305 +147,6 @@ def conv_kind(op, ins) -> tuple[str | None, str, bool]:
     return kind, why, pays_alone(kind, p)
 
 
-class _Internal(Op):
-    """An op the layout pass makes: no attributes of its own, never read from a file."""
-    def __init__(self, node):
-        super().__init__(node, {})
-
-
-class _LayoutChange(_Internal):
-    """One step that rewrites a tensor in the other layout (``kernel``)."""
-    kernel = None
-
-    def build(self, ins, outs, i, o):
-        a, b = i[0], o[0]
-        kernel = type(self).kernel
-        single = outs[0].size < MIN_CONVERT_ELEMENTS
-
-        def step(env, nt):
-            kernel(env[a], env[b], 1 if single else nt)
-        return step
-
-
-class ToBlocked(_LayoutChange):
-    kind = "ToBlocked"
-    kernel = nchwc.f32_to_blocked
-
-    def infer(self, ins):
-        x = self.float_in(ins, 0, "X", 4)
-        return [Info(blocked.blocked_shape(x.shape), F32)]
-
-    def describe(self, ins, outs):
-        return "layout: NCHW -> NCHW16c for the blocked layers that read it"
-
-
-class FromBlocked(_LayoutChange):
-    kind = "FromBlocked"
-    kernel = nchwc.f32_from_blocked
-
-    def __init__(self, node, channels):
-        super().__init__(node)
-        self.channels = channels
-
-    def infer(self, ins):
-        n, _, h, w, _ = self.float_in(ins, 0, "X", 5).shape
-        return [Info((n, self.channels, h, w), F32)]
-
-    def describe(self, ins, outs):
-        return "layout: NCHW16c -> NCHW for a reader that needs NCHW"
-
-
-class BlockedGlobalAveragePool(_Internal):
-    """GlobalAveragePool, or a ReduceMean over H and W (``keepdims`` 0 drops them), reading
-    the blocks in place."""
-    kind = "GlobalAveragePool"
-
-    def __init__(self, node, channels, keepdims=True):
-        super().__init__(node)
-        self.channels = channels
-        self.keepdims = keepdims
-
-    def infer(self, ins):
-        n = self.float_in(ins, 0, "X", 5).shape[0]
-        return [Info((n, self.channels) + ((1, 1) if self.keepdims else ()), F32)]
-
-    def build(self, ins, outs, i, o):
-        a, b = i[0], o[0]
-        n, c = outs[0].shape[:2]
-
-        single = ins[0].size < MIN_CONVERT_ELEMENTS
-
-        def step(env, nt):
-            nchwc.f32_global_avg_blocked(env[a], env[b].reshape(n, c), 1 if single else nt)
-        return step
-
-    def flops(self, ins, outs):
-        return float(ins[0].size)
-
-    def describe(self, ins, outs):
-        return "on the NCHW16c input in place"
-
-
-class BlockedPool(_Internal):
-    """A 2-D MaxPool (no indices) or AveragePool on blocks (kernels/pool_nchw16c.pyx): ``pool``
-    is the graph's op, ``x``/``y`` its NCHW Infos for this plan's shapes."""
-
-    def __init__(self, node, pool, x, y):
-        super().__init__(node)
-        self.kind = node.op
-        self.logical = (x, y)
-        _, _, window, strides, dilations, pads = pool.views(x.shape, y.shape)
-        self.window, self.strides, self.dilations = tuple(window), tuple(strides), tuple(dilations)
-        self.pads = tuple(p for p, _ in pads)
-        self.divisor = None
-        if node.op == "AveragePool":
-            self.divisor = onnx_avgpool_divisor(x.shape[2:], y.shape[2:], self.window,
-                                                self.strides, self.dilations, pads,
-                                                pool.include_pad).astype(np.float32)
-
-    def infer(self, ins):
-        x = self.float_in(ins, 0, "X", 5)
-        if x.shape != blocked.blocked_shape(self.logical[0].shape):
-            raise self.error(f"X must have the blocked shape "
-                             f"{blocked.blocked_shape(self.logical[0].shape)}, got {x.shape}")
-        return [Info(blocked.blocked_shape(self.logical[1].shape), F32)]
-
-    def build(self, ins, outs, i, o):
-        a, b, divisor = i[0], o[0], self.divisor
-        args = self.window + self.strides + self.pads + self.dilations
-        single = outs[0].size < MIN_CONVERT_ELEMENTS
-        if divisor is None:
-            def step(env, nt):
-                pool_nchw16c.f32_maxpool_blocked(env[a], env[b], *args, 1 if single else nt)
-        else:
-            def step(env, nt):
-                pool_nchw16c.f32_avgpool_blocked(env[a], env[b], divisor, *args,
-                                                 1 if single else nt)
-        return step
-
-    def flops(self, ins, outs):
-        return float(outs[0].size * self.window[0] * self.window[1])
-
-    def describe(self, ins, outs):
-        what = "max" if self.divisor is None else "average"
-        return f"{what} pooling on NCHW16c: one vector of 16 channels per tap"
-
-
-class BlockedBatchNorm(_Internal):
-    """An inference BatchNormalization (and its fused activation) on blocks."""
-    kind = "BatchNormalization"
-
-    def __init__(self, node, bn, channels):
-        super().__init__(node)
-        cb = blocked.blocks(channels)
-        self.scale = np.zeros(cb * blocked.BLOCK, np.float32)
-        self.shift = np.zeros(cb * blocked.BLOCK, np.float32)
-        self.scale[:channels], self.shift[:channels] = bn.scale, bn.shift
-        self.activation = bn.activation
-
-    def infer(self, ins):
-        return [Info(self.float_in(ins, 0, "X", 5).shape, F32)]
-
-    def inplace_inputs(self, ins, outs):
-        return (0,)
-
-    def build(self, ins, outs, i, o):
-        a, b, s, t = i[0], o[0], self.scale, self.shift
-        act = ACTIVATION_CODES[self.activation]
-        single = outs[0].size < MIN_CONVERT_ELEMENTS
-
-        def step(env, nt):
-            nchwc.f32_scale_shift_blocked(env[a], s, t, env[b], act, 1 if single else nt)
-        return step
-
-    def flops(self, ins, outs):
-        return 2.0 * outs[0].size
-
-    def describe(self, ins, outs):
-        text = "on NCHW16c: one vector of scales and shifts per block"
-        return text + (f" | + {self.activation} in the same pass" if self.activation else "")
-
-
-class BlockedConcat(_Internal):
-    """Concat along the channels of blocked tensors: the blocks one after another."""
-    kind = "Concat"
-    n_inputs = (1, None)
-
-    def __init__(self, node, channels):
-        super().__init__(node)
-        self.channels = channels
-
-    def infer(self, ins):
-        xs = [self.float_in(ins, k, "inputs", 5) for k in range(len(ins))]
-        n, _, h, w, b = xs[0].shape
-        if any(x.shape[0] != n or x.shape[2:] != (h, w, b) for x in xs):
-            raise self.error(f"blocked inputs {[x.shape for x in xs]} differ outside the blocks")
-        return [Info((n, blocked.blocks(self.channels), h, w, b), F32)]
-
-    def build(self, ins, outs, i, o):
-        srcs, b = list(i), o[0]
-
-        def step(env, nt):
-            np.concatenate([env[k] for k in srcs], axis=1, out=env[b])
-        return step
-
-    def describe(self, ins, outs):
-        return "on NCHW16c: the inputs' blocks one after another"
-
-
-class BlockedConv(_Internal):
-    """A Conv on blocked tensors (any kind of engine.dispatch.layout.blocked_kernel). Made per plan: ``conv`` is the graph's
-    Conv op, ``ins``/``outs`` its NCHW Infos for this plan's shapes. Inputs: X, W, B as the
-    Conv's (W and B unread: the weights are packed here), and the residual, blocked."""
-    kind = "Conv"
-    n_inputs = (1, 4)
-
-    def __init__(self, node, conv, kind, ins, outs):
-        super().__init__(node)
-        self.conv, self.conv_kind = conv, kind
-        self.logical_ins, self.logical_outs = ins, outs
-        self.pads, self.conv_shape = conv.geometry(ins)
-        self.act = ACTIVATION_CODES[conv.activation]
-        self.macs = math.prod(self.conv_shape) * math.prod(conv.w.shape[1:])
-        self._flops = conv.flops(ins, outs)
-        # packed once per Conv, shared by every plan (see rewrite's side_by_side)
-        self.pack_key = f"nchw16c_{kind}"
-        if kind == "grouped":
-            def pack():
-                return blocked.pack_grouped(conv.w, conv.w.shape[1], conv.b)
-        else:
-            def pack():
-                return {"pointwise": blocked.pack_pointwise,
-                        "depthwise": blocked.pack_depthwise,
-                        "direct": blocked.pack_direct,
-                        "dense": blocked.pack_dense}[kind](conv.w, conv.b)
-        self.w, self.b = conv.transforms.get(self.pack_key, pack,
-                                             blocked.packed_shapes(kind, conv.w.shape))
-        # how the kernel's threads share the layer (engine.dispatch.layout), None for direct
-        self.split = None
-        if kind == "pointwise":
-            self.split = choose_pointwise_blocked_split(self.conv_shape[2:])
-        elif kind == "depthwise":
-            self.split = choose_depthwise_blocked_split(ins[0].shape[2:])
-
-    def infer(self, ins):
-        if self.conv_kind == "direct":
-            x = self.float_in(ins, 0, "X", 4)
-            want = self.logical_ins[0].shape
-        else:
-            x = self.float_in(ins, 0, "X", 5)
-            want = blocked.blocked_shape(self.logical_ins[0].shape)
-        if x.shape != want:
-            raise self.error(f"X must have the blocked shape {want}, got {x.shape}")
-        return [Info(blocked.blocked_shape(self.conv_shape), F32)]
-
-    def build(self, ins, outs, i, o):
-        a, b = i[0], o[0]
-        w, bias, act, macs = self.w, self.b, self.act, self.macs
-        if self.conv_kind == "pointwise":
-            r = i[3] if len(i) > 3 and i[3] >= 0 else -1
-
-            slack = POINTWISE_GROUP_SLACK if self.split[0] == "groups" else 0.0
-
-            def step(env, nt):
-                nchwc.f32_pointwise_blocked(env[a], w, bias, env[r] if r >= 0 else None,
-                                            env[b], act, threads_for(macs, nt), slack)
-            return step
-        (sh, sw), (dh, dw) = self.conv.strides, self.conv.dilations
-        pt, pl = self.pads[0][0], self.pads[1][0]
-        if self.conv_kind == "dense":
-            r = i[3] if len(i) > 3 and i[3] >= 0 else -1
-            channels = self.logical_ins[0].shape[1]
-            kh, kw = self.conv.w.shape[2:]
-
-            def step(env, nt):
-                nchwc.f32_conv2d_nchw16c(env[a], channels, w, bias, env[r] if r >= 0 else None,
-                                         env[b], kh, kw, sh, sw, pt, pl, dh, dw, act,
-                                         threads_for(macs, nt))
-            return step
-        if self.conv_kind == "direct":
-            def step(env, nt):
-                nchwc.f32_direct_to_blocked(env[a], w, bias, env[b], sh, sw, pt, pl, dh, dw,
-                                            act, threads_for(macs, nt))
-            return step
-
-        if self.conv_kind == "grouped":
-            def step(env, nt):
-                nchwc.f32_grouped_blocked(env[a], w, bias, env[b], sh, sw, pt, pl, dh, dw,
-                                          act, threads_for(macs, nt))
-            return step
-
-        by_blocks = self.split[0] == "blocks"
-
-        def step(env, nt):
-            nchwc.f32_depthwise_blocked(env[a], w, bias, env[b], sh, sw, pt, pl, dh, dw, act,
-                                        threads_for(macs, nt, MIN_WORK_DEPTHWISE), by_blocks)
-        return step
-
-    def flops(self, ins, outs):
-        return self._flops
-
-    def describe(self, ins, outs):
-        text = {"pointwise": "pointwise on NCHW16c: one broadcast-FMA GEMM over the input's "
-                             "channel blocks, no packing",
-                "depthwise": "depthwise on NCHW16c: one vector of 16 channels per pixel and "
-                             "tap, no transposes",
-                "direct": "direct NCHW -> NCHW16c: few input channels, eight output pixels a "
-                          "time, and the layers after it read blocks",
-                "grouped": "grouped on NCHW16c: each output block from its input block, four "
-                           "pixels a time",
-                "dense": "dense on NCHW16c: the pointwise tile with taps, six pixels of a row "
-                         "by four output blocks, padding read as zeros, no column matrix"
-                }[self.conv_kind]
-        if self.split is not None:
-            text += f" | threads by {self.split[0]}: {self.split[1]}"
-        if self.conv.residual:
-            text += " | + residual add"
-        if self.conv.activation:
-            text += f" | + {self.conv.activation} in the kernel's output step"
-        return text
-
-
 def rewrite(graph: Graph, ops: dict, input_shapes: dict, layout: str = "auto"):
     """(graph, ops, choices, inferred) to plan for ``input_shapes``: graph and ops the same
     objects when nothing is blocked; choices {node name: (layout, reason)} for every
@@ -558,6 +249,17 @@ def rewrite(graph: Graph, ops: dict, input_shapes: dict, layout: str = "auto"):
             add(node, FromBlocked(node, infos[name].shape[1]))
         return name
 
+    def add_blocked(node, inputs, make, attrs=None):
+        """``node`` reading ``inputs`` and writing its output blocked, run by ``make(new
+        node)`` (an op of this module, or with ``attrs`` the graph's own op); the output is
+        then native blocked."""
+        out = node.outputs[0]
+        blocked_name[out] = fresh(out + SUFFIX)
+        nchw_ready.discard(out)
+        native.add(out)
+        new = Node(node.op, node.name, inputs, [blocked_name[out]], dict(attrs or {}))
+        add(new, make(new))
+
     for node in graph.nodes:
         if node.name in keep:
             kind, _, _, ins, outs = found[node.name]
@@ -574,39 +276,21 @@ def rewrite(graph: Graph, ops: dict, input_shapes: dict, layout: str = "auto"):
             keepdims = len(infos[node.outputs[0]].shape) == 4
             add(new, BlockedGlobalAveragePool(new, infos[node.inputs[0]].shape[1], keepdims))
         elif node.name in pools and node.inputs[0] in native:
-            out = node.outputs[0]
-            blocked_name[out] = fresh(out + SUFFIX)
-            nchw_ready.discard(out)
-            native.add(out)
-            new = Node(node.op, node.name, [blocked_name[node.inputs[0]]], [blocked_name[out]])
-            add(new, BlockedPool(new, ops[node.name], infos[node.inputs[0]], infos[out]))
+            add_blocked(node, [blocked_name[node.inputs[0]]], lambda new: BlockedPool(
+                new, ops[node.name], infos[node.inputs[0]], infos[node.outputs[0]]))
         elif node.name in norms and node.inputs[0] in native:
-            out = node.outputs[0]
-            blocked_name[out] = fresh(out + SUFFIX)
-            nchw_ready.discard(out)
-            native.add(out)
-            new = Node(node.op, node.name, [blocked_name[node.inputs[0]]], [blocked_name[out]])
-            add(new, BlockedBatchNorm(new, ops[node.name], infos[out].shape[1]))
+            add_blocked(node, [blocked_name[node.inputs[0]]], lambda new: BlockedBatchNorm(
+                new, ops[node.name], infos[node.outputs[0]].shape[1]))
         elif node.name in concats and any(n in native for n in node.inputs):
-            out = node.outputs[0]
-            inputs = [as_blocked(n) for n in node.inputs]
-            blocked_name[out] = fresh(out + SUFFIX)
-            nchw_ready.discard(out)
-            native.add(out)
-            new = Node(node.op, node.name, inputs, [blocked_name[out]])
-            add(new, BlockedConcat(new, infos[out].shape[1]))
+            add_blocked(node, [as_blocked(n) for n in node.inputs],
+                        lambda new: BlockedConcat(new, infos[node.outputs[0]].shape[1]))
         elif (through[node.name] is not None and node.name not in pools | norms
               and node.inputs[through[node.name]] in native):
-            out = node.outputs[0]
             weights = getattr(ops[node.name], "weights", ())    # a SqueezeExcite's 1x1s
             inputs = [as_blocked(n) if n and n in infos and len(infos[n].shape) == 4
                       and k not in weights else n
                       for k, n in enumerate(node.inputs)]
-            blocked_name[out] = fresh(out + SUFFIX)
-            nchw_ready.discard(out)
-            native.add(out)
-            new = Node(node.op, node.name, inputs, [blocked_name[out]], dict(node.attrs))
-            add(new, ops[node.name])
+            add_blocked(node, inputs, lambda new: ops[node.name], node.attrs)
         else:
             for name in node.inputs:
                 if name and name in blocked_name and name not in nchw_ready:

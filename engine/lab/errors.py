@@ -18,7 +18,7 @@ from .compare import _reference_activation
 
 def _conv_of(step):
     """The graph Conv op of a convolution step (NCHW or blocked), its layout, else None."""
-    from ..graph.layout import BlockedConv
+    from ..graph.blocked_steps import BlockedConv
     from ..graph.ops.conv import Conv
     op = step.op
     if isinstance(op, BlockedConv):
