@@ -314,12 +314,9 @@ cdef inline void finish_block(float* buf, Py_ssize_t m, Py_ssize_t j0, Py_ssize_
                               Py_ssize_t image_step, Py_ssize_t OW, Py_ssize_t dh, Py_ssize_t dw,
                               const Py_ssize_t* tw, const Py_ssize_t* start,
                               const Py_ssize_t* cols, float bias, int act) noexcept nogil:
-    """The output step of the m*m strips of an output block in buf, then its stores. The
-    activations with an exponential, and hardswish, run first as a vector pass over each strip
-    (in whole vectors: the lanes past n, inside the strip, are never stored), one output per
-    lane where the scalar output step computes a whole vector for each (EfficientNetV2's
-    48->192 SiLU layer took 5.7 ms instead of 3.5, bench/bench_conv2d.py); the stores then add
-    -0.0, which changes no value, not even a zero's sign."""
+    """Output step and stores of an output block's m*m strips in buf. Exp-based activations
+    and hardswish first run as one vector pass per strip (whole vectors; lanes past n are never
+    stored): the scalar step computes a whole vector per output. The stores then add -0.0."""
     cdef Py_ssize_t e
     if act >= ACT_SILU:
         for e in range(m * m):

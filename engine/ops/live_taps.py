@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._kernels import conv_pointwise
+from .._cache import ShapeCache
 from ..shapes import live_outputs
 from . import packed_gemm
 from .workspace import workspace
@@ -38,6 +39,7 @@ class LiveTaps:
         self.wpack = layer.transformed("live_taps", pack, (kh * kw, rows))
         self.bias = (layer.bias if layer.bias is not None
                      else np.zeros(layer.out_channels, np.float32))
+        self._rects = ShapeCache(16)
 
     def rectangles(self, g):
         """[(tap index, (oy0, oy1), (ox0, ox1), (iy0, ix0))] for the taps that read the input."""
@@ -65,7 +67,8 @@ class LiveTaps:
         sh, sw = L.stride
         out[...] = self.bias.reshape(1, k, 1, 1)
         cg = c // L.groups
-        for t, (oy0, oy1), (ox0, ox1), (iy0, ix0) in self.rectangles(g):
+        rects = self._rects.get((g.in_size, g.out_size, g.pads), lambda: self.rectangles(g))
+        for t, (oy0, oy1), (ox0, ox1), (iy0, ix0) in rects:
             rh, rw = oy1 - oy0, ox1 - ox0
             xs = np.ascontiguousarray(
                 x[:, :, iy0:iy0 + (rh - 1) * sh + 1:sh, ix0:ix0 + (rw - 1) * sw + 1:sw])
