@@ -3,7 +3,7 @@
 from libc.math cimport INFINITY
 from libc.string cimport memset, memcpy
 
-from _epilogue cimport ACT_RELU, ACT_RELU6
+from _epilogue cimport ACT_RELU, ACT_RELU6, ce_act_t
 
 # restrict-qualified pointers: the staged planes, the accumulator and the input never overlap,
 # and without the promise gcc re-checks that before every short vectorised loop
@@ -84,6 +84,6 @@ cdef inline void zero_floats(rfloat d, Py_ssize_t n) noexcept nogil:
             d[i] = 0
 
 
-cdef inline void act_bounds(int act, float* lo, float* hi) noexcept nogil:
-    lo[0] = 0 if act == ACT_RELU or act == ACT_RELU6 else -INFINITY
-    hi[0] = 6 if act == ACT_RELU6 else INFINITY
+cdef inline void act_bounds(ce_act_t act, float* lo, float* hi) noexcept nogil:
+    lo[0] = 0 if act.code == ACT_RELU or act.code == ACT_RELU6 else -INFINITY
+    hi[0] = 6 if act.code == ACT_RELU6 else INFINITY

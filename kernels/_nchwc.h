@@ -11,7 +11,7 @@
  * Every output is summed over the input channels (pointwise) or taps (depthwise) in one fixed
  * order, whatever the caller's split of the work, so results do not depend on the thread count.
  * The output step adds the bias, an optional residual in the same layout, and applies the
- * activation (codes of _epilogue.pxd: 0 none, 1 relu, 2 relu6) before the one store.
+ * activation (ce_act_t of _vec_act.h) before the one store.
  */
 #ifndef CE_NCHWC_H
 #define CE_NCHWC_H
@@ -80,7 +80,7 @@ CE_DEFINE_VEC_ACT(ce_nc_act, ce_nc_vf, ce_nc_vi)
 static inline __attribute__((always_inline)) void
 ce_nc_pw_tile(const float *restrict x, ptrdiff_t P, int Cb, const float *restrict w,
               const int NK, const int NP, const float *restrict bias, const float *res,
-              float *out, int act, int first, int last)
+              float *out, ce_act_t act, int first, int last)
 {
     const ptrdiff_t B = CE_NC_B;
 #define CE_NC_PIX(M) M(0) M(1) M(2) M(3) M(4) M(5)
@@ -116,12 +116,12 @@ ce_nc_pw_tile(const float *restrict x, ptrdiff_t P, int Cb, const float *restric
 }
 
 typedef void (*ce_nc_pw_tile_fn)(const float *, ptrdiff_t, int, const float *, const float *,
-                                 const float *, float *, int, int, int);
+                                 const float *, float *, ce_act_t, int, int);
 
 #define CE_NC_PW_TILE_N(NK, NP)                                                             \
     static void ce_nc_pw_tile_##NK##_##NP(const float *restrict x, ptrdiff_t P, int Cb,     \
                                           const float *restrict w, const float *bias,       \
-                                          const float *res, float *out, int act, int first, \
+                                          const float *res, float *out, ce_act_t act, int first, \
                                           int last)                                         \
     {                                                                                       \
         ce_nc_pw_tile(x, P, Cb, w, NK, NP, bias, res, out, act, first, last);               \
@@ -150,7 +150,7 @@ static const ce_nc_pw_tile_fn ce_nc_pw_tiles[CE_NC_GROUP][CE_NC_TILE_PIXELS] = {
 #define CE_NC_BATCH 8
 
 static void ce_nc_pw_group(const float *x, ptrdiff_t P, int Cb, const float *wpack, int Kb,
-                           int g, const float *bias, const float *res, float *out, int act,
+                           int g, const float *bias, const float *res, float *out, ce_act_t act,
                            ptrdiff_t t0, ptrdiff_t t1)
 {
     const ptrdiff_t B = CE_NC_B;
@@ -197,7 +197,7 @@ static inline ce_nc_vf ce_nc_dw_pixel(const float *x, int H, int W, int iy0, int
  * sums run side by side; ACT is the activation, a constant in each instance. */
 static inline __attribute__((always_inline)) void
 ce_nc_dw_interior(const float *const *r, const ce_nc_vf *wv, const int NR, ce_nc_vf b, int lo,
-                  int hi, int sw, int pl, ptrdiff_t d1, float *out, const int ACT)
+                  int hi, int sw, int pl, ptrdiff_t d1, float *out, const ce_act_t ACT)
 {
     const ptrdiff_t B = CE_NC_B;
     int ox = lo;
@@ -238,7 +238,7 @@ ce_nc_dw_interior(const float *const *r, const ce_nc_vf *wv, const int NR, ce_nc
  * bias and takes the taps in row-major order, as ce_nc_dw_pixel does. */
 static void ce_nc_dw_interior_k(const float *const *r, const float *const *wr, int nr, int kw,
                                 ce_nc_vf b, int lo, int hi, int sw, int pl, ptrdiff_t d1,
-                                float *out, int act)
+                                float *out, ce_act_t act)
 {
     const ptrdiff_t B = CE_NC_B, st = (ptrdiff_t)sw * B;
     int ox = lo;
@@ -278,7 +278,7 @@ static void ce_nc_dw_interior_k(const float *const *r, const float *const *wr, i
  * kernel rows inside it (3x3 by its own unrolled loop). */
 static void ce_nc_dw_row(const float *x, int H, int W, int OW, int oy, int sh, int sw, int pt,
                          int pl, int kh, int kw, int dh, int dw, const float *w,
-                         const float *bias, float *out, int act)
+                         const float *bias, float *out, ce_act_t act)
 {
     const ptrdiff_t B = CE_NC_B;
     const ce_nc_vf b = CE_NC_LD(bias);
@@ -324,14 +324,16 @@ static void ce_nc_dw_row(const float *x, int H, int W, int OW, int oy, int sh, i
             }
         }
         const ptrdiff_t d1 = (ptrdiff_t)dw * B;
+/* the common activations as constants, so that each instance has its own output step */
+#define CE_NC_DW_ACT1(NR, CODE)                                                             \
+        case CODE: ce_nc_dw_interior(r, wv, NR, b, lo, hi, sw, pl, d1, out,                 \
+                                     (ce_act_t){CODE, 0, 0}); break;
 #define CE_NC_DW_ACT(NR)                                                                    \
-        switch (act) {                                                                      \
-        case 0: ce_nc_dw_interior(r, wv, NR, b, lo, hi, sw, pl, d1, out, 0); break;         \
-        case 1: ce_nc_dw_interior(r, wv, NR, b, lo, hi, sw, pl, d1, out, 1); break;         \
-        case 2: ce_nc_dw_interior(r, wv, NR, b, lo, hi, sw, pl, d1, out, 2); break;         \
-        case 3: ce_nc_dw_interior(r, wv, NR, b, lo, hi, sw, pl, d1, out, 3); break;         \
-        case 4: ce_nc_dw_interior(r, wv, NR, b, lo, hi, sw, pl, d1, out, 4); break;         \
-        default: ce_nc_dw_interior(r, wv, NR, b, lo, hi, sw, pl, d1, out, 5); break;        \
+        switch (act.code) {                                                                 \
+        CE_NC_DW_ACT1(NR, CE_ACT_CODE_NONE) CE_NC_DW_ACT1(NR, CE_ACT_CODE_RELU)             \
+        CE_NC_DW_ACT1(NR, CE_ACT_CODE_RELU6) CE_NC_DW_ACT1(NR, CE_ACT_CODE_SILU)            \
+        CE_NC_DW_ACT1(NR, CE_ACT_CODE_HARDSWISH)                                            \
+        default: ce_nc_dw_interior(r, wv, NR, b, lo, hi, sw, pl, d1, out, act); break;      \
         }
         switch (nr) {
         case 3: CE_NC_DW_ACT(3) break;
@@ -340,6 +342,7 @@ static void ce_nc_dw_row(const float *x, int H, int W, int OW, int oy, int sh, i
         default: CE_NC_DW_ACT(0) break;
         }
 #undef CE_NC_DW_ACT
+#undef CE_NC_DW_ACT1
     }
     for (int ox = hi > lo ? hi : lo; ox < OW; ox++)
         CE_NC_ST(out + ox * B, ce_nc_act(ce_nc_dw_pixel(x, H, W, iy0, ox * sw - pl, kh, kw, dh,
@@ -359,7 +362,7 @@ static void ce_nc_dw_row(const float *x, int H, int W, int OW, int oy, int sh, i
 static inline __attribute__((always_inline)) void
 ce_nc_direct_chunk(const float *x, int C, int H, int W, int iy0, int ix0, int sw, int kh,
                    int kw, int dh, int dw, const float *w, ptrdiff_t wstride, const float *bias,
-                   float *out, ptrdiff_t ostride, int act, int np, const int NK,
+                   float *out, ptrdiff_t ostride, ce_act_t act, int np, const int NK,
                    const int checked)
 {
     ce_nc_vf b = CE_NC_LD(bias), b1 = NK > 1 ? CE_NC_LD(bias + CE_NC_B) : b;
@@ -404,7 +407,7 @@ ce_nc_direct_chunk(const float *x, int C, int H, int W, int iy0, int ix0, int sw
 static void ce_nc_direct_row(const float *x, int C, int H, int W, int OW, int oy, int sh,
                              int sw, int pt, int pl, int kh, int kw, int dh, int dw,
                              const float *w, ptrdiff_t wstride, const float *bias, float *out,
-                             ptrdiff_t ostride, int nk, int act)
+                             ptrdiff_t ostride, int nk, ce_act_t act)
 {
     int iy0 = oy * sh - pt;
     int rows_inside = iy0 >= 0 && iy0 + (kh - 1) * dh < H;
@@ -501,7 +504,7 @@ static void ce_nc_block_mean(const float *src, ptrdiff_t P, float *mean, int nc)
  *   block's output row [OW][16]. */
 static inline void ce_nc_group_pixels(const float *x, int H, int W, int iy0, int ix0, int sw,
                                       int kh, int kw, int dh, int dw, const float *w,
-                                      ce_nc_vf b, float *out, int np, int act)
+                                      ce_nc_vf b, float *out, int np, ce_act_t act)
 {
     const ptrdiff_t B = CE_NC_B;
     ce_nc_vf a[4] = {b, b, b, b};
@@ -542,7 +545,7 @@ static inline void ce_nc_group_pixels(const float *x, int H, int W, int iy0, int
 
 static void ce_nc_group_row(const float *x, int H, int W, int OW, int oy, int sh, int sw,
                             int pt, int pl, int kh, int kw, int dh, int dw, const float *w,
-                            const float *bias, float *out, int act)
+                            const float *bias, float *out, ce_act_t act)
 {
     const ce_nc_vf b = CE_NC_LD(bias);
     for (int ox = 0; ox < OW; ox += 4) {

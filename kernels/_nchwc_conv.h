@@ -34,7 +34,7 @@ static inline __attribute__((always_inline)) void
 ce_nc_conv_tile(const float *restrict x, ptrdiff_t xs, int nb, int nclast, int H, int W,
                 int iy0, int ix0, int sw, int kh, int kw, int dh, int dw,
                 const float *restrict w, const float *restrict bias, const float *res,
-                float *out, ptrdiff_t os, int act, int first, int last, const int NK,
+                float *out, ptrdiff_t os, ce_act_t act, int first, int last, const int NK,
                 const int NP)
 {
     const ptrdiff_t B = CE_NC_B, wstep = NK * CE_NC_B;
@@ -89,13 +89,13 @@ ce_nc_conv_tile(const float *restrict x, ptrdiff_t xs, int nb, int nclast, int H
 
 typedef void (*ce_nc_conv_tile_fn)(const float *, ptrdiff_t, int, int, int, int, int, int, int,
                                    int, int, int, int, const float *, const float *,
-                                   const float *, float *, ptrdiff_t, int, int, int);
+                                   const float *, float *, ptrdiff_t, ce_act_t, int, int);
 
 #define CE_NC_CONV_TILE_N(NK, NP)                                                           \
     static void ce_nc_conv_tile_##NK##_##NP(                                                \
         const float *x, ptrdiff_t xs, int nb, int nclast, int H, int W, int iy0, int ix0,   \
         int sw, int kh, int kw, int dh, int dw, const float *w, const float *bias,          \
-        const float *res, float *out, ptrdiff_t os, int act, int first, int last)           \
+        const float *res, float *out, ptrdiff_t os, ce_act_t act, int first, int last)           \
     {                                                                                       \
         ce_nc_conv_tile(x, xs, nb, nclast, H, W, iy0, ix0, sw, kh, kw, dh, dw, w, bias,     \
                         res, out, os, act, first, last, NK, NP);                            \
@@ -124,7 +124,7 @@ static const ce_nc_conv_tile_fn ce_nc_conv_tiles[CE_NC_GROUP][CE_NC_TILE_PIXELS]
 static void ce_nc_conv_band(const float *x, int C, int H, int W, int Kb, int OH, int OW,
                             int g, int oy0, int oy1, int sh, int sw, int pt, int pl, int kh,
                             int kw, int dh, int dw, const float *w, const float *bias,
-                            const float *res, float *out, int act, int batch)
+                            const float *res, float *out, ce_act_t act, int batch)
 {
     const ptrdiff_t B = CE_NC_B, xs = (ptrdiff_t)H * W * B, os = (ptrdiff_t)OH * OW * B;
     const int Cb = (C + CE_NC_B - 1) / CE_NC_B;

@@ -13,7 +13,7 @@
  * loads NV vectors of B and does 8 x NV fused multiply-adds with broadcast A values. Every
  * output is summed in the order k = 0 .. K-1 whatever the caller's split into panels and row
  * blocks, so results do not depend on the thread count. The output step adds the bias, an
- * optional residual tensor, and applies the activation (codes of _epilogue.pxd) before the one
+ * optional residual tensor, and applies the activation (ce_act_t of _vec_act.h) before the one
  * store of each output.
  */
 #ifndef CE_PACKED_GEMM_H
@@ -93,7 +93,7 @@ static inline void ce_pg_pack_panels(const float *B, ptrdiff_t ldb, int K, int n
 CE_DEFINE_VEC_ACT(ce_pg_act, ce_pg_vf, ce_pg_vi)
 
 /* Output step of one vector: bias, residual, activation; n valid columns. */
-static inline void ce_pg_store(ce_pg_vf acc, float b, const float *res, float *out, int act,
+static inline void ce_pg_store(ce_pg_vf acc, float b, const float *res, float *out, ce_act_t act,
                                int n)
 {
     if (n == CE_PG_VW) {
@@ -119,7 +119,7 @@ static inline void ce_pg_store(ce_pg_vf acc, float b, const float *res, float *o
  * [K][NR]; c: C[row 0, column 0] with row stride ldc; res: the residual at the same place (row
  * stride ldc) or NULL; bias: MR values or NULL. */
 static void ce_pg_block(const float *restrict ap, const float *restrict panel, int K,
-                        float *c, ptrdiff_t ldc, const float *res, const float *bias, int act,
+                        float *c, ptrdiff_t ldc, const float *res, const float *bias, ce_act_t act,
                         int nm, int ncols)
 {
 #define CE_PG_DECL(r) ce_pg_vf a##r = {0}, b##r = {0};

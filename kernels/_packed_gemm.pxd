@@ -1,6 +1,8 @@
 # The packed GEMM micro-kernel of _packed_gemm.h (layouts and the micro-kernel are described
 # there), declared once for the kernels that use it: pointwise, im2col, Winograd, transposed,
 # 3-D and deformable convolution.
+from _epilogue cimport ce_act_t
+
 cdef extern from "_packed_gemm.h":
     int CE_PG_MR, CE_PG_NR
     void ce_pg_pack_panels(const float *B, Py_ssize_t ldb, int K, int ncols,
@@ -9,4 +11,4 @@ cdef extern from "_packed_gemm.h":
                          Py_ssize_t pstride) nogil
     void ce_pg_pack_a(const float *A, Py_ssize_t lda, int K, int nm, float *ap) nogil
     void ce_pg_block(const float *ap, const float *panel, int K, float *c, Py_ssize_t ldc,
-                     const float *res, const float *bias, int act, int nm, int ncols) nogil
+                     const float *res, const float *bias, ce_act_t act, int nm, int ncols) nogil

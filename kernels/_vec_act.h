@@ -1,8 +1,8 @@
-/* The fused activation of the kernels' output steps (codes of _epilogue.pxd and
- * engine/ops/activation.py: 0 none, 1 relu, 2 relu6, 3 silu, 4 hardswish, 5 gelu), defined
- * once here for each vector type a kernel header uses: CE_DEFINE_VEC_ACT(name, float vector
- * type, int vector type of the same size). Every code maps 0 to 0, so the zero channels that
- * pad the last block of NCHW16c stay zero.
+/* The fused activation of the kernels' output steps (codes below, named in
+ * engine/ops/activation.py), defined once here for each vector type a kernel header uses:
+ * CE_DEFINE_VEC_ACT(name, float vector type, int vector type of the same size). Each maps
+ * finite values to finite values, so the channels padding the last block of NCHW16c stay
+ * finite (the blocked kernels' zero weights cancel them; engine/graph/layout.py).
  *
  * ce_act_scalar and ce_act_row are the same activations for kernels whose output step is
  * scalar: computed with the same vector formulas, so a value does not depend on which
@@ -14,50 +14,79 @@
 #include "_vexp.h"
 
 enum { CE_ACT_CODE_NONE = 0, CE_ACT_CODE_RELU = 1, CE_ACT_CODE_RELU6 = 2,
-       CE_ACT_CODE_SILU = 3, CE_ACT_CODE_HARDSWISH = 4, CE_ACT_CODE_GELU = 5 };
+       CE_ACT_CODE_SILU = 3, CE_ACT_CODE_HARDSWISH = 4, CE_ACT_CODE_GELU = 5,
+       CE_ACT_CODE_SIGMOID = 6, CE_ACT_CODE_TANH = 7, CE_ACT_CODE_GELU_TANH = 8,
+       CE_ACT_CODE_SOFTPLUS = 9, CE_ACT_CODE_MISH = 10, CE_ACT_CODE_ELU = 11,
+       CE_ACT_CODE_LEAKY_RELU = 12, CE_ACT_CODE_HARDSIGMOID = 13, CE_ACT_CODE_CLIP = 14,
+       CE_ACT_CODE_COUNT = 15 };
 
-/* C has no vector ?:, so max(v, 0) and min(v, 6) select through the comparison masks; the
- * masks test v < 0 and v > 6, both false for NaN, so a NaN stays NaN (IEEE: relu(NaN) = NaN) */
+/* An activation and its parameters: alpha for elu (alpha expm1(x) below 0) and leaky_relu
+ * (alpha x below 0); alpha and beta for hardsigmoid (clamp(alpha x + beta, 0, 1)) and clip
+ * (clamp(x, alpha, beta)). Passed by value: three words. */
+typedef struct { int code; float alpha, beta; } ce_act_t;
+
+/* C has no vector ?:, so selects go through the comparison masks; every mask tests a
+ * comparison that is false for NaN (v < 0, v > 6, ...), so a NaN stays NaN (relu(NaN) = NaN) */
 #define CE_DEFINE_VEC_ACT(name, vf, vi)                                                     \
     CE_DEFINE_VEC_MATH(name##_m, vf, vi)                                                    \
-    static inline vf name(vf v, int act)                                                    \
+    static inline vf name(vf v, ce_act_t act)                                               \
     {                                                                                       \
         const vf zero = {0};                                                                \
-        if (act == CE_ACT_CODE_NONE)                                                        \
+        switch (act.code) {                                                                 \
+        case CE_ACT_CODE_NONE:                                                              \
             return v;                                                                       \
-        if (act <= CE_ACT_CODE_RELU6) {                                                     \
-            v = (vf)((vi)v & ~(v < zero));                                                  \
-            if (act == CE_ACT_CODE_RELU6) {                                                 \
-                const vf six = zero + 6.0f;                                                 \
-                vi above = v > six;                                                         \
-                v = (vf)(((vi)v & ~above) | ((vi)six & above));                             \
-            }                                                                               \
-            return v;                                                                       \
-        }                                                                                   \
-        if (act == CE_ACT_CODE_SILU)                                                        \
+        case CE_ACT_CODE_RELU:                                                              \
+            return name##_m_select(v < zero, v, zero);                                      \
+        case CE_ACT_CODE_RELU6:                                                             \
+            v = name##_m_select(v < zero, v, zero);                                         \
+            return name##_m_select(v > zero + 6.0f, v, zero + 6.0f);                        \
+        case CE_ACT_CODE_SILU:                                                              \
             return v * name##_m_sigmoid(v);                                                 \
-        if (act == CE_ACT_CODE_HARDSWISH)                                                   \
+        case CE_ACT_CODE_HARDSWISH:                                                         \
             return name##_m_hardswish(v);                                                   \
-        return name##_m_gelu(v);                                                            \
+        case CE_ACT_CODE_GELU:                                                              \
+            return name##_m_gelu(v);                                                        \
+        case CE_ACT_CODE_SIGMOID:                                                           \
+            return name##_m_sigmoid(v);                                                     \
+        case CE_ACT_CODE_TANH:                                                              \
+            return name##_m_tanh(v);                                                        \
+        case CE_ACT_CODE_GELU_TANH:                                                         \
+            return name##_m_gelu_tanh(v);                                                   \
+        case CE_ACT_CODE_SOFTPLUS:                                                          \
+            return name##_m_softplus(v);                                                    \
+        case CE_ACT_CODE_MISH:                                                              \
+            return name##_m_mish(v);                                                        \
+        case CE_ACT_CODE_ELU:                                                               \
+            return name##_m_select(v > zero, act.alpha * name##_m_expm1(v), v);             \
+        case CE_ACT_CODE_LEAKY_RELU:                                                        \
+            return name##_m_select(v < zero, v, v * act.alpha);                             \
+        case CE_ACT_CODE_HARDSIGMOID:                                                       \
+            v = v * act.alpha + act.beta;                                                   \
+            v = name##_m_select(v < zero, v, zero);                                         \
+            return name##_m_select(v > zero + 1.0f, v, zero + 1.0f);                        \
+        default: /* CE_ACT_CODE_CLIP */                                                     \
+            v = name##_m_select(v < zero + act.alpha, v, zero + act.alpha);                 \
+            return name##_m_select(v > zero + act.beta, v, zero + act.beta);                \
+        }                                                                                   \
     }
 
 CE_DEFINE_VEC_ACT(ce_act_vec, ce_act_vf, ce_act_vi)
 
 /* act(v) for one value: lane 0 of the vector form */
-static inline float ce_act_scalar(float v, int act)
+static inline float ce_act_scalar(float v, ce_act_t act)
 {
-    if (act == CE_ACT_CODE_NONE)
+    if (act.code == CE_ACT_CODE_NONE)
         return v;
-    if (act == CE_ACT_CODE_RELU)
+    if (act.code == CE_ACT_CODE_RELU)
         return v < 0 ? 0 : v;
-    if (act == CE_ACT_CODE_RELU6)
+    if (act.code == CE_ACT_CODE_RELU6)
         return v < 0 ? 0 : (v > 6 ? 6 : v);
     ce_act_vf x = {v};
     return ce_act_vec(x, act)[0];
 }
 
 /* row[i] = act(row[i] + b) for i < n, n >= 0; row need not be aligned */
-static inline void ce_act_row(float *row, ptrdiff_t n, float b, int act)
+static inline void ce_act_row(float *row, ptrdiff_t n, float b, ce_act_t act)
 {
     ptrdiff_t i = 0;
     for (; i + CE_ACT_VW <= n; i += CE_ACT_VW)

@@ -3,7 +3,9 @@
  * (kernels/_vec_act.h) compute them with the same formulas.
  *
  * CE_DEFINE_VEC_MATH(p, vf, vi) defines, for the float vector type vf and the int vector vi of
- * the same size: p##_select, p##_exp, p##_sigmoid, p##_gelu (exact, erf form), p##_hardswish.
+ * the same size: p##_select, p##_exp, p##_expm1, p##_sigmoid, p##_gelu (exact, erf form),
+ * p##_gelu_tanh, p##_hardswish, p##_tanh, p##_softplus, p##_mish (and p##_log1p01, log1p on
+ * [0, 1]).
  *
  * exp: e^x = 2^n e^r with n = round(x / ln 2) and r = x - n ln 2, ln 2 in two parts so that r
  * is exact (Cody and Waite); |r| <= ln2/2, where the Taylor polynomial of degree 7 is within
@@ -23,6 +25,13 @@
  * (remainder below 3e-10 relative), where the fit's 1.2e-7 would be 2 ulp of Phi.
  *
  * hardswish: x min(max(x/6 + 1/2, 0), 1), through the comparison masks: a NaN stays NaN.
+ *
+ * expm1: with n and r as for exp, e^x - 1 = 2^n expm1(r) + (2^n - 1), expm1(r) by its Taylor
+ * polynomial to r^8 (within 6e-10 relative for |r| <= ln2/2) and 2^n - 1 exact for the n
+ * where it matters: within 2 ulp, and exact near 0 where e^x - 1 would cancel.
+ *
+ * tanh, softplus, mish and gelu_tanh are built on these (formulas at each); the bounds
+ * measured for each are in tests/test_activation_kernels.py.
  */
 #ifndef CE_VEXP_H
 #define CE_VEXP_H
@@ -128,6 +137,85 @@
         t = p##_select(t < zero, t, zero);                                                  \
         t = p##_select(t > zero + 1.0f, t, zero + 1.0f);                                    \
         return x * t;                                                                       \
+    }                                                                       \
+                                                                                            \
+    /* e^x - 1 as 2^n expm1(r) + (2^n - 1): no cancellation near 0 (see the header) */      \
+    static inline vf p##_expm1(vf x)                                                        \
+    {                                                                                       \
+        const vf zero = {0};                                                                \
+        vf c = CE_VEXP_CLAMP(p, vf, x, zero);                                               \
+        vf nf = CE_VEXP_ROUND(vf, c * 1.44269504088896341f, zero);                          \
+        vf r = c - nf * 0.693145751953125f;                                                 \
+        r = r - nf * 1.428606765330187045e-06f;                                             \
+        vf q = zero + 1.0f / 40320.0f;                                                      \
+        q = q * r + 1.0f / 5040.0f;                                                         \
+        q = q * r + 1.0f / 720.0f;                                                          \
+        q = q * r + 1.0f / 120.0f;                                                          \
+        q = q * r + 1.0f / 24.0f;                                                           \
+        q = q * r + 1.0f / 6.0f;                                                            \
+        q = q * r + 0.5f;                                                                   \
+        vf m = r + (r * r) * q;                                                             \
+        vf t = CE_VEXP_SCALE(vf, vi, zero + 1.0f, nf, zero);                                \
+        vf e = t * m + (t - 1.0f);                                                          \
+        /* from n = 25 on the -1 is below the rounding, and at n = 128 2^n is inf */         \
+        e = p##_select(nf > zero + 24.0f, e, CE_VEXP_SCALE(vf, vi, m + 1.0f, nf, zero) - 1.0f); \
+        return p##_select((x != x) | (x == zero), e, x);   /* NaN; and -0 stays -0 */       \
+    }                                                                                       \
+                                                                                            \
+    /* log(1 + y) for y in [0, 1]: u = 1 + y rounded, log u = k ln 2 + 2 atanh(s) with      \
+     * s = (m - 1) / (m + 1), m = u / 2^k in (0.70, 1.42], and (y - (u - 1)) / u for the     \
+     * rounding of u (Goldberg's correction) */                                             \
+    static inline vf p##_log1p01(vf y)                                                      \
+    {                                                                                       \
+        const vf zero = {0};                                                                \
+        vf u = 1.0f + y;                                                                    \
+        vi big = u > zero + 1.41421356f;                                                    \
+        vf m = p##_select(big, u, u * 0.5f);                                                \
+        vf s = (m - 1.0f) / (m + 1.0f), s2 = s * s;                                         \
+        vf q = zero + 1.0f / 11.0f;                                                         \
+        q = q * s2 + 1.0f / 9.0f;                                                           \
+        q = q * s2 + 1.0f / 7.0f;                                                           \
+        q = q * s2 + 1.0f / 5.0f;                                                           \
+        q = q * s2 + 1.0f / 3.0f;                                                           \
+        vf lm = 2.0f * s + (2.0f * s) * (s2 * q);                                           \
+        vf k = p##_select(big, zero, zero + 0.693147180559945309f);                         \
+        return (k + lm) + (y - (u - 1.0f)) / u;                                             \
+    }                                                                                       \
+                                                                                            \
+    /* tanh |x| = -expm1(-2|x|) / (2 + expm1(-2|x|)), then x's sign */                      \
+    static inline vf p##_tanh(vf x)                                                         \
+    {                                                                                       \
+        const vf zero = {0};                                                                \
+        const vi sign = (vi)(-zero);                   /* -0.0: the sign bit alone */       \
+        vf a = (vf)((vi)x & ~sign);                                                         \
+        vf e = p##_expm1(-2.0f * a);                                                        \
+        vf t = (vf)((vi)(-e / (2.0f + e)) & ~sign);    /* >= 0, and +0 for a = 0 */         \
+        return (vf)((vi)t | ((vi)x & sign));                                                \
+    }                                                                                       \
+                                                                                            \
+    /* log(1 + e^x) = max(x, 0) + log1p(e^-|x|): e^-|x| never overflows */                  \
+    static inline vf p##_softplus(vf x)                                                     \
+    {                                                                                       \
+        const vf zero = {0};                                                                \
+        vf l = p##_log1p01(p##_exp(p##_select(x > zero, x, -x)));                           \
+        return p##_select(x > zero, l, x + l);                                              \
+    }                                                                                       \
+                                                                                            \
+    /* x tanh(log(1 + e^x)) = x n (n + 2) / (n (n + 2) + 2), n = e^x: no log, no            \
+     * cancellation; from x = 20 on the fraction is 1 in float32 (and n^2 would overflow) */ \
+    static inline vf p##_mish(vf x)                                                         \
+    {                                                                                       \
+        const vf zero = {0};                                                                \
+        vf n = p##_exp(p##_select(x > zero + 20.0f, x, zero));                              \
+        vf a = n * (n + 2.0f);                                                              \
+        return p##_select(x > zero + 20.0f, x * (a / (a + 2.0f)), x);                       \
+    }                                                                                       \
+                                                                                            \
+    /* GELU's tanh form: x (1 + tanh z) / 2 = x sigmoid(2z), z = sqrt(2/pi) (x + 0.044715 x^3) */ \
+    static inline vf p##_gelu_tanh(vf x)                                                    \
+    {                                                                                       \
+        vf z = x * (1.5957691216057308f + 0.0713548162726f * (x * x));                      \
+        return x * p##_sigmoid(z);                                                          \
     }
 
 /* the widest vector the build targets, for code with no vector type of its own */

@@ -1,76 +1,38 @@
-# Activations with an exponential (Sigmoid, SiLU, exact GELU), and HardSwish, in one pass over
-# memory, on vectors, with the formulas of kernels/_vexp.h (the ones the convolutions' fused
-# output steps use). Each thread takes a contiguous range of elements
+# The activations of kernels/_vec_act.h (the convolutions' fused output steps) as one pass
+# over memory, on vectors: Sigmoid, Tanh, SiLU, GELU, Mish, Softplus, Elu, LeakyRelu,
+# HardSigmoid, HardSwish, Clip. Each thread takes a contiguous range of elements
 # in whole vectors (the last vector of the array is done on a padded copy), so a result does
 # not depend on the thread count. NumPy's float32 exp is vectorised too, but each formula then
 # takes four to twenty passes over the tensor; scipy's erfc is scalar.
 from cython.parallel cimport prange
 
-cdef extern from *:
-    """
-    #include "_vexp.h"
-
-    enum { CE_ACT_SIGMOID = 0, CE_ACT_SILU = 1, CE_ACT_GELU = 2, CE_ACT_HARDSWISH = 3 };
-
-    static inline ce_act_vf ce_act_apply(ce_act_vf x, int kind)
-    {
-        if (kind == CE_ACT_SIGMOID)
-            return ce_act_sigmoid(x);
-        if (kind == CE_ACT_SILU)
-            return x * ce_act_sigmoid(x);
-        if (kind == CE_ACT_HARDSWISH)
-            return ce_act_hardswish(x);
-        return ce_act_gelu(x);
-    }
-
-    /* elements [start, stop) of x into y; stop - start a multiple of the vector width
-     * unless stop is the end of the array */
-    static void ce_act_range(const float *x, float *y, long start, long stop, long n, int kind)
-    {
-        long i = start;
-        for (; i + CE_ACT_VW <= stop; i += CE_ACT_VW)
-            *(ce_act_vfu *)(y + i) = ce_act_apply(*(const ce_act_vfu *)(x + i), kind);
-        if (i < stop) {
-            float pad[CE_ACT_VW] = {0};
-            __builtin_memcpy(pad, x + i, (size_t)(stop - i) * sizeof(float));
-            ce_act_vf v;
-            __builtin_memcpy(&v, pad, sizeof v);
-            v = ce_act_apply(v, kind);
-            __builtin_memcpy(pad, &v, sizeof v);
-            __builtin_memcpy(y + i, pad, (size_t)(stop - i) * sizeof(float));
-        }
-    }
-    """
-    int CE_ACT_VW
-    void ce_act_range(const float *x, float *y, long start, long stop, long n, int kind) nogil
-
-SIGMOID, SILU, GELU, HARDSWISH = 0, 1, 2, 3
-
-# elements per work item: whole vectors, large enough that scheduling costs nothing
-cdef long CHUNK = 16384
-
-
-def f32_activation(const float[::1] x, float[::1] y, int kind, int num_threads):
-    """y = activation(x) elementwise (kind: SIGMOID, SILU, GELU or HARDSWISH), x and y flat, C-contiguous,
-    of one length (y may be x). Checked by the caller."""
-    cdef long n = x.shape[0]
-    cdef long items = (n + CHUNK - 1) // CHUNK
-    cdef long k
-    if n == 0:
-        return
-    if num_threads < 1 or items < 2:
-        num_threads = 1
-    with nogil:
-        for k in prange(items, schedule="static", num_threads=num_threads):
-            ce_act_range(&x[0], &y[0], k * CHUNK, min(n, (k + 1) * CHUNK), n, kind)
-
+from _epilogue cimport ce_act_t, check_act
 
 cdef extern from *:
     """
     #include "_vec_act.h"
 
-    /* y[i] = act(x[i] * s + t) for i < n (y may be x), act a code of _vec_act.h */
-    static void ce_scale_shift_row(const float *x, float *y, long n, float s, float t, int act)
+    /* elements [start, stop) of x into y; stop - start a multiple of the vector width
+     * unless stop is the end of the array */
+    static void ce_act_range(const float *x, float *y, long start, long stop, ce_act_t act)
+    {
+        long i = start;
+        for (; i + CE_ACT_VW <= stop; i += CE_ACT_VW)
+            *(ce_act_vfu *)(y + i) = ce_act_vec(*(const ce_act_vfu *)(x + i), act);
+        if (i < stop) {
+            float pad[CE_ACT_VW] = {0};
+            __builtin_memcpy(pad, x + i, (size_t)(stop - i) * sizeof(float));
+            ce_act_vf v;
+            __builtin_memcpy(&v, pad, sizeof v);
+            v = ce_act_vec(v, act);
+            __builtin_memcpy(pad, &v, sizeof v);
+            __builtin_memcpy(y + i, pad, (size_t)(stop - i) * sizeof(float));
+        }
+    }
+
+    /* y[i] = act(x[i] * s + t) for i < n (y may be x) */
+    static void ce_scale_shift_row(const float *x, float *y, long n, float s, float t,
+                                   ce_act_t act)
     {
         long i = 0;
         for (; i + CE_ACT_VW <= n; i += CE_ACT_VW)
@@ -79,19 +41,42 @@ cdef extern from *:
             y[i] = ce_act_scalar(x[i] * s + t, act);
     }
     """
-    void ce_scale_shift_row(const float *x, float *y, long n, float s, float t, int act) nogil
+    void ce_act_range(const float *x, float *y, long start, long stop, ce_act_t act) nogil
+    void ce_scale_shift_row(const float *x, float *y, long n, float s, float t,
+                            ce_act_t act) nogil
+
+# elements per work item: whole vectors, large enough that scheduling costs nothing
+cdef long CHUNK = 16384
+
+
+def f32_activation(const float[::1] x, float[::1] y, ce_act_t act, int num_threads):
+    """y = act(x) elementwise (act: engine/ops/activation.py kernel_act), x and y flat,
+    C-contiguous, of one length (y may be x)."""
+    check_act(act)
+    cdef long n = x.shape[0]
+    cdef long items = (n + CHUNK - 1) // CHUNK
+    cdef long k
+    if y.shape[0] != n:
+        raise ValueError(f"f32_activation: x has {n} elements, y {y.shape[0]}")
+    if n == 0:
+        return
+    if num_threads < 1 or items < 2:
+        num_threads = 1
+    with nogil:
+        for k in prange(items, schedule="static", num_threads=num_threads):
+            ce_act_range(&x[0], &y[0], k * CHUNK, min(n, (k + 1) * CHUNK), act)
 
 
 def f32_scale_shift(const float[:, :, ::1] x, const float[::1] scale, const float[::1] shift,
-                    float[:, :, ::1] y, int act, int num_threads):
+                    float[:, :, ::1] y, ce_act_t act, int num_threads):
     """y[n, c, :] = act(x[n, c, :] * scale[c] + shift[c]) in one pass (an inference
-    BatchNormalization and the activation fused after it; act: a code of
-    engine/ops/activation.py). y may be x. Planes go to threads whole, so a value does not
-    depend on the thread count."""
+    BatchNormalization and the activation fused after it). y may be x. Planes go to threads
+    whole, so a value does not depend on the thread count."""
+    check_act(act)
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2], p
     if y.shape[0] != N or y.shape[1] != C or y.shape[2] != L or scale.shape[0] != C \
-            or shift.shape[0] != C or not 0 <= act <= 5:
-        raise ValueError("f32_scale_shift: shapes or activation code do not match")
+            or shift.shape[0] != C:
+        raise ValueError("f32_scale_shift: shapes do not match")
     if N * C == 0 or L == 0:
         return
     num_threads = <int>max(1, min(num_threads, N * C))

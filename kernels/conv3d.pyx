@@ -21,7 +21,7 @@ from cython.parallel cimport prange, threadid
 
 import numpy as np
 
-from _epilogue cimport activate
+from _epilogue cimport activate, ce_act_t, check_act, no_act
 from _im2col cimport im2col_rows
 from _packed_gemm cimport CE_PG_MR, CE_PG_NR, ce_pg_block, ce_pg_pack_panels
 from _scratch cimport check_scratch
@@ -46,12 +46,13 @@ def f32_conv3d_vol2col(const float[:, :, :, :, ::1] x, const float[::1] wpack, b
                        float[:, :, :, :, ::1] out,
                        int kd, int kh, int kw, int sd, int sh, int sw,
                        int pf, int pt, int pl, int dd, int dh, int dw,
-                       int groups, int slices_per_item, int rows_per_item, int act,
+                       int groups, int slices_per_item, int rows_per_item, ce_act_t act,
                        int num_threads, float[::1] work):
     """out = conv3d(x, w) with wpack the weight (K, Cg, kd, kh, kw) packed per group and depth
     tap as [groups][kd][ceil(Kg/MR)][Cg*kh*kw][MR]; output sizes are the caller's. work:
     work_floats(Cg*kh*kw, (kd-1)*dd + 1, rows_per_item * OW, num_threads) floats, 64-byte
     aligned."""
+    check_act(act)
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1]
     cdef Py_ssize_t D = x.shape[2], H = x.shape[3], W = x.shape[4]
     cdef Py_ssize_t K = out.shape[1], OD = out.shape[2], OH = out.shape[3], OW = out.shape[4]
@@ -148,5 +149,5 @@ def f32_conv3d_vol2col(const float[:, :, :, :, ::1] x, const float[::1] wpack, b
                                     c if done > 1 else NULL,
                                     (bptr + g * Kg + mb * MR)
                                     if (bptr != NULL and done == taps) else NULL,
-                                    act if done == taps else 0,
+                                    act if done == taps else no_act(),
                                     <int>min(MR, Kg - mb * MR), <int>min(NR, ncols - p * NR))

@@ -35,7 +35,7 @@ from libc.math cimport INFINITY
 from libc.string cimport memset, memcpy
 
 from _dw_common cimport act_bounds, copy_floats, crfloat, rfloat, round_up, zero_floats
-from _epilogue cimport ACT_RELU, ACT_RELU6
+from _epilogue cimport ACT_RELU, ACT_RELU6, ce_act_t, check_act
 from _im2col cimport ceil_div_nonneg
 from _scratch cimport check_scratch
 
@@ -291,7 +291,7 @@ def plane_work_floats(Py_ssize_t items, Py_ssize_t H, Py_ssize_t W, Py_ssize_t O
 
 def f32_conv2d_depthwise(const float[:, :, :, ::1] x, const float[:, ::1] w2d, bias,
                          float[:, :, :, ::1] out, int kh, int kw, int sh, int sw, int pt,
-                         int pl, int dh, int dw, Py_ssize_t stage_bytes, int act,
+                         int pl, int dh, int dw, Py_ssize_t stage_bytes, ce_act_t act,
                          int num_threads, float[::1] work):
     """out = depthwise conv2d(x, w) for w2d[K, kh*kw], K = C * multiplier.
 
@@ -301,6 +301,7 @@ def f32_conv2d_depthwise(const float[:, :, :, ::1] x, const float[:, ::1] w2d, b
     caller: a fresh allocation above glibc's mmap threshold costs a page fault per 4 KB on every
     call (and zeroing it in one thread moves it between cores).
     """
+    check_act(act, 1)
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t K = out.shape[1], OH = out.shape[2], OW = out.shape[3]
     if kh < 1 or kw < 1 or sh < 1 or sw < 1 or dh < 1 or dw < 1 or pt < 0 or pl < 0:
@@ -381,12 +382,13 @@ def rows_work_floats(Py_ssize_t items, Py_ssize_t W, Py_ssize_t OW, int s, int p
 
 
 def f32_conv2d_depthwise_rows(const float[:, :, :, ::1] x, const float[:, ::1] w2d, bias,
-                              float[:, :, :, ::1] out, int s, int pt, int pl, int act,
+                              float[:, :, :, ::1] out, int s, int pt, int pl, ce_act_t act,
                               int num_threads, float[::1] work):
     """out = depthwise conv2d(x, w) for a 3x3 kernel, stride s (1 or 2) in both directions,
     dilation 1 and multiplier 1, plane by plane and output row by output row (_dw_rows.h).
     w2d[C, 9]; output sizes are the caller's (engine.shapes); work: rows_work_floats(...)
     floats, 64-byte aligned."""
+    check_act(act, 1)
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t OH = out.shape[2], OW = out.shape[3]
     if s not in (1, 2) or pt < 0 or pl < 0:

@@ -3,6 +3,7 @@
 from cython.parallel cimport parallel, prange, threadid
 from libc.string cimport memset
 
+from _epilogue cimport ce_act_t, check_act
 from _dw_common cimport act_bounds, copy_floats, crfloat, rfloat, round_up
 from _scratch cimport check_scratch
 
@@ -106,7 +107,7 @@ def cb_work_floats(Py_ssize_t items, Py_ssize_t H, Py_ssize_t W, Py_ssize_t OH, 
 
 def f32_conv2d_depthwise_cb(const float[:, :, :, ::1] x, const float[:, :, ::1] wcb, bias,
                             float[:, :, :, ::1] out, int sh, int sw, int pt, int pl, int dh,
-                            int dw, int act, int num_threads, float[::1] work):
+                            int dw, ce_act_t act, int num_threads, float[::1] work):
     """out = depthwise conv2d(x, w) for a 3x3 kernel, multiplier 1 and C a multiple of CB,
     in blocks of CB channels: wcb[C // CB, 9, CB] holds w[cb*CB + c, 0, u, v] at
     [cb, u*3 + v, c] (channel_blocks in engine/ops/depthwise.py).
@@ -114,6 +115,7 @@ def f32_conv2d_depthwise_cb(const float[:, :, :, ::1] x, const float[:, :, ::1] 
     Output sizes are the caller's (engine.shapes); padding beyond pt/pl is implied by them.
     work: cb_work_floats(...) floats from a 64-byte boundary (see f32_conv2d_depthwise).
     """
+    check_act(act, 1)
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t OH = out.shape[2], OW = out.shape[3]
     if sh < 1 or sw < 1 or dh < 1 or dw < 1 or pt < 0 or pl < 0:

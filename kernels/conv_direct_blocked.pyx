@@ -20,7 +20,7 @@
 from cython.parallel cimport prange, threadid
 from libc.string cimport memcpy, memset
 
-from _epilogue cimport bias_act_row
+from _epilogue cimport bias_act_row, ce_act_t, check_act
 
 cdef extern from *:
     """
@@ -249,11 +249,12 @@ def buffer_rows(Py_ssize_t rows, int kh, int sh, int dh):
 def f32_conv2d_direct_blocked(const float[:, :, :, ::1] x, const float[::1] wpack, bias,
                               float[:, :, :, ::1] out, float[::1] work,
                               int kh, int kw, int sh, int sw, int pt, int pl, int dh, int dw,
-                              int groups, int rows_per_block, int act, int num_threads):
+                              int groups, int rows_per_block, ce_act_t act, int num_threads):
     """out = conv2d(x, w) with wpack the weights as [groups][ceil(Kg/KB)][Cg][kh][kw][KB],
     zero beyond Kg; work holds num_threads buffers of Cg * buffer_rows * sw * phase_length
     floats. Shapes are checked by the caller (engine.ops.direct_blocked), and again here
     where a wrong size would write out of bounds."""
+    check_act(act)
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t K = out.shape[1], OH = out.shape[2], OW = out.shape[3]
     cdef Py_ssize_t Cg = C // groups, Kg = K // groups

@@ -15,6 +15,7 @@ from cython.parallel cimport prange, threadid
 
 from _im2col cimport im2col_rows
 
+from _epilogue cimport ce_act_t, check_act
 from _packed_gemm cimport CE_PG_MR, CE_PG_NR, ce_pg_block, ce_pg_pack_rows
 from _scratch cimport check_scratch
 
@@ -36,12 +37,13 @@ def work_floats(Py_ssize_t kdim, Py_ssize_t taps, Py_ssize_t chunk_cols, int num
 def f32_conv2d_im2col(const float[:, :, :, ::1] x, const float[::1] wpack, bias,
                       float[:, :, :, ::1] out,
                       int kh, int kw, int sh, int sw, int pt, int pl, int dh, int dw,
-                      int groups, int rows_per_chunk, int cols_per_chunk, int act,
+                      int groups, int rows_per_chunk, int cols_per_chunk, ce_act_t act,
                       int num_threads, float[::1] work):
     """out = conv2d(x, w) with wpack the weights W[K, Cg*kh*kw] packed per group as
     [ceil(Kg/MR)][Cg*kh*kw][MR]; output sizes are the caller's (engine.shapes). Chunks are
     rows_per_chunk whole rows, or, with rows_per_chunk == 1, cols_per_chunk columns of one
     row. work: work_floats(Cg*kh*kw, chunk columns, num_threads) floats, 64-byte aligned."""
+    check_act(act)
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t K = out.shape[1], OH = out.shape[2], OW = out.shape[3]
     if groups < 1 or C % groups or K % groups or out.shape[0] != N:

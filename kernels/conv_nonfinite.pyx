@@ -3,11 +3,11 @@
 # of rank > 1): they compute with such inputs taken as zeros, and f32_conv2d_fix_nonfinite then
 # gives exactly the outputs that read one the value the direct sum has.
 from cython.parallel cimport prange
-from libc.math cimport NAN
+from libc.math cimport NAN, isfinite
 
 import numpy as np
 
-from _epilogue cimport activate
+from _epilogue cimport activate, ce_act_t, check_act
 from _nonfinite cimport any_nonfinite, is_nonfinite
 
 
@@ -40,7 +40,7 @@ cdef inline Py_ssize_t reached(const Window* q, Py_ssize_t iy, Py_ssize_t ix, Py
 
 def f32_conv2d_fix_nonfinite(const float[:, :, :, ::1] x, const float[:, :, :, ::1] w,
                              float[:, :, :, ::1] out, int sh, int sw, int pt, int pl, int dh,
-                             int dw, int groups, int act, int num_threads):
+                             int dw, int groups, ce_act_t act, int num_threads):
     """Give out the NaNs and infinities of the direct sum, where out holds the convolution
     (bias and activation act included) of x with its NaNs and infinities taken as zeros.
 
@@ -51,7 +51,7 @@ def f32_conv2d_fix_nonfinite(const float[:, :, :, ::1] x, const float[:, :, :, :
     infinite products have both signs; else the infinity of their sign. Its finite part then
     does not matter, so the finite out plus the products of the non-finite inputs alone is that
     value (Inf + finite = Inf, Inf - Inf = NaN, NaN + anything = NaN), and act of it the
-    output (act is idempotent, and keeps NaN as NaN, as NumPy's maximum does). Other outputs are
+    output (applied once, to the outputs the products made non-finite). Other outputs are
     left as they are.
 
     A NaN input makes every output of its group that reads it NaN whatever the weights: those
@@ -62,6 +62,7 @@ def f32_conv2d_fix_nonfinite(const float[:, :, :, ::1] x, const float[:, :, :, :
     thread in one order: results do not depend on the thread count.
     Returns the number of non-finite values in x.
     """
+    check_act(act)
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t K = w.shape[0], Cg = w.shape[1], kh = w.shape[2], kw = w.shape[3]
     cdef Py_ssize_t OH = out.shape[2], OW = out.shape[3]
@@ -164,19 +165,22 @@ def f32_conv2d_fix_nonfinite(const float[:, :, :, ::1] x, const float[:, :, :, :
                         o = reached(&q, iy, ix, u, v)
                         if o >= 0:
                             yk[o] = yk[o] + val * wk[(cl * kh + u) * kw + v]
-            if act != 0 and (offsets[ng + 1] - offsets[ng]) * kh * kw > OHW:
-                # many infinities: the whole plane is less work (act is idempotent, and the
-                # kernels' finite outputs are activated already)
+            if act.code != 0 and (offsets[ng + 1] - offsets[ng]) * kh * kw > OHW:
+                # many infinities: the whole plane is less work (the outputs they reached are
+                # the non-finite ones; the rest are activated already)
                 for i in range(OHW):
-                    yk[i] = activate(yk[i], act)
-            elif act != 0:
+                    if not isfinite(yk[i]):
+                        yk[i] = activate(yk[i], act)
+            elif act.code != 0:
                 for e in range(offsets[ng], offsets[ng + 1]):
                     iy = inf_at[e, 2]
                     ix = inf_at[e, 3]
                     for u in range(kh):
                         for v in range(kw):
                             o = reached(&q, iy, ix, u, v)
-                            if o >= 0:
+                            if o >= 0 and not isfinite(yk[o]):
+                                # once: an output several infinities reach is activated at
+                                # the first (sigmoid(inf) = 1 is finite, and not a fixed point)
                                 yk[o] = activate(yk[o], act)
             if counts[ng, 0]:
                 for i in range(OHW):

@@ -13,6 +13,7 @@
 # the thread count.
 from cython.parallel cimport prange, threadid
 
+from _epilogue cimport ce_act_t, check_act
 from _packed_gemm cimport CE_PG_MR, CE_PG_NR, ce_pg_block, ce_pg_pack_a, ce_pg_pack_panels
 from _scratch cimport check_scratch
 
@@ -22,11 +23,12 @@ PANEL = CE_PG_NR          # columns of B per panel
 
 def f32_conv2d_pointwise(const float[:, :, ::1] x, const float[::1] apack, bias, residual,
                          float[:, :, ::1] out, float[::1] work, int groups, bint split_rows,
-                         int group_panels, int act, int num_threads):
+                         int group_panels, ce_act_t act, int num_threads):
     """x[N, C, P] -> out[N, K, P] (+ residual[N, K, P]) with apack the weights packed per
     group as [ceil(Kg/MR)][Cg][MR]. split_rows: the threads share the weight blocks (else the
     panels); group_panels: panels copied at a time; work: num_threads * group_panels * Cg * NR
     floats, 64-byte aligned."""
+    check_act(act)
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], P = x.shape[2], K = out.shape[1]
     if groups < 1 or C % groups or K % groups or out.shape[0] != N or out.shape[2] != P:
         raise ValueError(f"x {tuple(x.shape)[:3]}, out {tuple(out.shape)[:3]} and groups "

@@ -14,7 +14,7 @@ from cython.parallel cimport prange, threadid
 from libc.stdlib cimport malloc, free
 from libc.string cimport memset
 
-from _epilogue cimport bias_act_row
+from _epilogue cimport bias_act_row, ce_act_t, check_act
 
 
 cdef inline void axpy_taps(float* y, const float* x, Py_ssize_t step, const float* c,
@@ -83,9 +83,10 @@ cdef void separable_row(const float* plane, Py_ssize_t H, Py_ssize_t W,
 def f32_conv2d_separable(const float[:, :, :, ::1] x, const float[:, :, ::1] colw,
                          const float[:, :, ::1] roww, bias, float[:, :, :, ::1] out,
                          int sh, int sw, int pt, int pl, int dh, int dw, int rows_per_block,
-                         int act, int num_threads):
+                         ce_act_t act, int num_threads):
     """out = conv2d(x, w, groups=C) with w[k, 0] = sum_r outer(colw[r, k], roww[r, k]);
     colw (R, K, kh), roww (R, K, kw), K a multiple of C. Shapes are checked by the caller."""
+    check_act(act)
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t K = out.shape[1], OH = out.shape[2], OW = out.shape[3]
     cdef Py_ssize_t R = colw.shape[0], kh = colw.shape[2], kw = roww.shape[2]

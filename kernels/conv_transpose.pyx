@@ -16,7 +16,7 @@
 from cython.parallel cimport prange, threadid
 from libc.string cimport memset
 
-from _epilogue cimport bias_act_row
+from _epilogue cimport bias_act_row, ce_act_t, check_act, no_act
 from _im2col cimport ceil_div_nonneg
 from _packed_gemm cimport CE_PG_MR, CE_PG_NR, ce_pg_block, ce_pg_pack_panels
 from _scratch cimport check_scratch
@@ -82,13 +82,14 @@ def work_floats(Py_ssize_t co_block, Py_ssize_t kk, Py_ssize_t Cg, Py_ssize_t ch
 def f32_conv_transpose2d_col2im(const float[:, :, :, ::1] x, const float[::1] wpack, bias,
                                 float[:, :, :, ::1] out,
                                 int kh, int kw, int sh, int sw, int pt, int pl, int dh, int dw,
-                                int groups, int co_block, int rows_per_chunk, int act,
+                                int groups, int co_block, int rows_per_chunk, ce_act_t act,
                                 int num_threads, float[::1] work):
     """out = conv_transpose2d(x, w) for the torch weight (Cin, Cout_g, kh, kw); wpack: per
     group and block of co_block output channels, the block's rows of W_g^T (Cout_g*kh*kw x
     Cin_g, zero rows past the last channel) packed as [ceil(co_block*kh*kw/MR)][Cin_g][MR].
     Output sizes are the caller's (engine.shapes). work: work_floats(...) floats, 64-byte
     aligned."""
+    check_act(act)
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t K = out.shape[1], OH = out.shape[2], OW = out.shape[3]
     if groups < 1 or C % groups or K % groups or out.shape[0] != N:
@@ -144,7 +145,7 @@ def f32_conv_transpose2d_col2im(const float[:, :, :, ::1] x, const float[::1] wp
             for mb in range((rows_a + MR - 1) // MR):
                 for p in range((ncols + NR - 1) // NR):
                     ce_pg_block(ablk + mb * Cg * MR, panels + p * Cg * NR, <int>Cg,
-                                cols + mb * MR * ncols + p * NR, ncols, NULL, NULL, 0,
+                                cols + mb * MR * ncols + p * NR, ncols, NULL, NULL, no_act(),
                                 <int>min(MR, rows_a - mb * MR), <int>min(NR, ncols - p * NR))
             col2im_rows(cols, nco, W, iy0, iy1, kh, kw, sh, sw, pt, pl, dh, dw,
                         outp, OH, OW)

@@ -52,7 +52,7 @@ from libc.string cimport memset, memcpy
 
 import numpy as np
 
-from _epilogue cimport ACT_SILU, activate, ce_act_row
+from _epilogue cimport ACT_RELU6, activate, ce_act_row, ce_act_t, check_act, no_act
 from _nonfinite cimport any_nonfinite, zero_nonfinite
 
 from _packed_gemm cimport CE_PG_MR, CE_PG_NR, ce_pg_block, ce_pg_pack_panels
@@ -243,7 +243,7 @@ cdef void f43_input_row(const float* x0, Py_ssize_t rs, Py_ssize_t J, Py_ssize_t
 
 cdef inline void scatter_run(const float* buf, Py_ssize_t m, Py_ssize_t tj0, Py_ssize_t n,
                              float* y, Py_ssize_t row_step, Py_ssize_t nrows, Py_ssize_t dw,
-                             const Py_ssize_t* ncols, float bias, int act) noexcept nogil:
+                             const Py_ssize_t* ncols, float bias, ce_act_t act) noexcept nogil:
     """y[r*row_step + dw*(m*(tj0 + j) + c)] = act(buf[(m*r + c)*STRIP + j] + bias) for the
     outputs that exist: rows r < nrows, tiles tj0 + j < ncols[c]."""
     cdef Py_ssize_t r, c, j, cnt, full = 0, step = m * dw
@@ -277,7 +277,7 @@ cdef inline void scatter_run(const float* buf, Py_ssize_t m, Py_ssize_t tj0, Py_
 cdef inline void scatter_strip(const float* buf, Py_ssize_t m, Py_ssize_t j0, Py_ssize_t n,
                                float* y, Py_ssize_t row_step, Py_ssize_t nrows, Py_ssize_t dw,
                                const Py_ssize_t* tw, const Py_ssize_t* start,
-                               const Py_ssize_t* cols, float bias, int act) noexcept nogil:
+                               const Py_ssize_t* cols, float bias, ce_act_t act) noexcept nogil:
     """Output step for tiles [j0, j0 + n) of a tile row (y: its first output row, column 0),
     split into runs of one column phase each; cols[4*b + c]: tiles of phase b whose output
     column c exists."""
@@ -294,7 +294,7 @@ cdef inline void scatter_rows(const float* buf, Py_ssize_t m, Py_ssize_t j0, Py_
                               const Py_ssize_t* rows, Py_ssize_t per_row, float* yk,
                               Py_ssize_t image_step, Py_ssize_t OW, Py_ssize_t dh, Py_ssize_t dw,
                               const Py_ssize_t* tw, const Py_ssize_t* start,
-                              const Py_ssize_t* cols, float bias, int act) noexcept nogil:
+                              const Py_ssize_t* cols, float bias, ce_act_t act) noexcept nogil:
     """Output step for tiles [j0, j0 + n) of a block, split by tile row (per_row tiles each;
     rows: the block's rows of the table, yk: y[0, k])."""
     cdef Py_ssize_t r, lo, hi, row0
@@ -313,15 +313,15 @@ cdef inline void finish_block(float* buf, Py_ssize_t m, Py_ssize_t j0, Py_ssize_
                               const Py_ssize_t* rows, Py_ssize_t per_row, float* yk,
                               Py_ssize_t image_step, Py_ssize_t OW, Py_ssize_t dh, Py_ssize_t dw,
                               const Py_ssize_t* tw, const Py_ssize_t* start,
-                              const Py_ssize_t* cols, float bias, int act) noexcept nogil:
-    """Output step and stores of an output block's m*m strips in buf. Exp-based activations
-    and hardswish first run as one vector pass per strip (whole vectors; lanes past n are never
+                              const Py_ssize_t* cols, float bias, ce_act_t act) noexcept nogil:
+    """Output step and stores of an output block's m*m strips in buf. Activations other than
+    the clamps first run as one vector pass per strip (whole vectors; lanes past n are never
     stored): the scalar step computes a whole vector per output. The stores then add -0.0."""
     cdef Py_ssize_t e
-    if act >= ACT_SILU:
+    if act.code > ACT_RELU6:
         for e in range(m * m):
             ce_act_row(buf + e * STRIP, (n + 15) & ~15, bias, act)
-        bias, act = -0.0, 0
+        bias, act = -0.0, no_act()
     scatter_rows(buf, m, j0, n, rows, per_row, yk, image_step, OW, dh, dw, tw, start, cols,
                  bias, act)
 
@@ -330,7 +330,7 @@ cdef void f23_output_block(const float* mm, Py_ssize_t es, Py_ssize_t T,
                            const Py_ssize_t* rows, Py_ssize_t per_row, float* yk,
                            Py_ssize_t image_step, Py_ssize_t OW, Py_ssize_t dh, Py_ssize_t dw,
                            const Py_ssize_t* tw, const Py_ssize_t* start,
-                           const Py_ssize_t* cols, float bias, int act) noexcept nogil:
+                           const Py_ssize_t* cols, float bias, ce_act_t act) noexcept nogil:
     """Y = A^T M A for the T tiles of a block (M[e][t] at mm + e*es + t), then the output step.
     The block's tiles are contiguous in M, so the strips run across tile rows: a row of 7
     tiles would fill less than half a vector."""
@@ -372,7 +372,7 @@ cdef void f43_output_block(const float* mm, Py_ssize_t es, Py_ssize_t T,
                            const Py_ssize_t* rows, Py_ssize_t per_row, float* yk,
                            Py_ssize_t image_step, Py_ssize_t OW, Py_ssize_t dh, Py_ssize_t dw,
                            const Py_ssize_t* tw, const Py_ssize_t* start,
-                           const Py_ssize_t* cols, float bias, int act) noexcept nogil:
+                           const Py_ssize_t* cols, float bias, ce_act_t act) noexcept nogil:
     """As f23_output_block for 4x4 output tiles."""
     cdef float buf[16 * STRIP]
     cdef Py_ssize_t s, j, q, n, j0
@@ -470,7 +470,7 @@ def f32_conv3x3_winograd(const float[:, :, :, ::1] x, const float[::1] upack, in
                          const Py_ssize_t[:, ::1] phase_cols, const Py_ssize_t[::1] colmap,
                          int m, int J, int hbuf, int max_tiles, int pt, int pl, int dh, int dw,
                          float[::1] work, float[::1] panels, int mchunk, int group_panels,
-                         int act, int num_threads, bint check_nonfinite=True):
+                         ce_act_t act, int num_threads, bint check_nonfinite=True):
     """out = conv3x3(x) by Winograd F(m x m, 3x3), stride 1, dilation (dh, dw).
 
     Returns the number of (image, channel) planes of x that hold a NaN or an infinity; their
@@ -489,6 +489,7 @@ def f32_conv3x3_winograd(const float[:, :, :, ::1] x, const float[::1] upack, in
     panels of tiles per GEMM work item; panels: num_threads * group_panels * Cg * NR floats,
     64-byte aligned, for the items' panel copies.
     """
+    check_act(act)
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t K = out.shape[1], OH = out.shape[2], OW = out.shape[3]
     cdef Py_ssize_t E = (m + 2) * (m + 2)
@@ -591,7 +592,7 @@ def f32_conv3x3_winograd(const float[:, :, :, ::1] x, const float[::1] upack, in
                         p0 = p * NR
                         ce_pg_block(uptr + ((g * E + e) * nmb + mb) * Cg * MR,
                                     buf + (p - pa) * Cg * NR, <int>Cg,
-                                    M + (e * K + g * Kg + mb * MR) * T + p0, T, NULL, NULL, 0,
+                                    M + (e * K + g * Kg + mb * MR) * T + p0, T, NULL, NULL, no_act(),
                                     <int>min(MR, Kg - mb * MR), <int>min(NR, T - p0))
             for k in prange(K, num_threads=nt_out, schedule="static"):
                 if m == 2:

@@ -20,6 +20,7 @@ from cython.parallel cimport prange, threadid
 from libc.math cimport floorf
 from libc.string cimport memset
 
+from _epilogue cimport ce_act_t, check_act
 from _packed_gemm cimport CE_PG_MR, CE_PG_NR, ce_pg_block
 from _scratch cimport check_scratch
 
@@ -141,7 +142,7 @@ def work_floats(Py_ssize_t N, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize
 def f32_deform_conv2d(const float[:, :, :, ::1] x, const float[:, :, :, ::1] offset, mask,
                       const float[::1] wpack, bias, float[:, :, :, ::1] out,
                       int kh, int kw, int sh, int sw, int pt, int pl, int dh, int dw,
-                      int groups, int offset_groups, int rows_per_chunk, int act,
+                      int groups, int offset_groups, int rows_per_chunk, ce_act_t act,
                       int num_threads, float[::1] work):
     """out = deform_conv2d(x, offset, w, mask) for wpack the weights W[K, kh*kw*Cg] (taps
     outer, channels inner) packed per group as [ceil(Kg/MR)][kh*kw*Cg][MR]; mask is None (v1)
@@ -149,6 +150,7 @@ def f32_deform_conv2d(const float[:, :, :, ::1] x, const float[:, :, :, ::1] off
     (engine.ops.deform); the packed weights' size and the work buffer here. work:
     work_floats(N, C, H, W, kh*kw*Cg, rows_per_chunk * OW, num_threads) floats, 64-byte
     aligned."""
+    check_act(act)
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t K = out.shape[1], OH = out.shape[2], OW = out.shape[3]
     cdef Py_ssize_t Cg = C // groups, Kg = K // groups, taps = kh * kw, kdim = Cg * taps

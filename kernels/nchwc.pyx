@@ -8,6 +8,8 @@
 # order fixed by the shapes.
 from cython.parallel cimport prange
 
+from _epilogue cimport ce_act_t, check_act
+
 import numpy as np
 
 cdef extern from "_nchwc.h":
@@ -16,18 +18,18 @@ cdef extern from "_nchwc.h":
     void ce_nc_from_blocked(const float *src, Py_ssize_t P, int nc, float *dst) nogil
     void ce_nc_block_mean(const float *src, Py_ssize_t P, float *mean, int nc) nogil
     void ce_nc_pw_group(const float *x, Py_ssize_t P, int Cb, const float *wpack, int Kb,
-                        int g, const float *bias, const float *res, float *out, int act,
+                        int g, const float *bias, const float *res, float *out, ce_act_t act,
                         Py_ssize_t t0, Py_ssize_t t1) nogil
     void ce_nc_dw_row(const float *x, int H, int W, int OW, int oy, int sh, int sw, int pt,
                       int pl, int kh, int kw, int dh, int dw, const float *w,
-                      const float *bias, float *out, int act) nogil
+                      const float *bias, float *out, ce_act_t act) nogil
     void ce_nc_group_row(const float *x, int H, int W, int OW, int oy, int sh, int sw, int pt,
                          int pl, int kh, int kw, int dh, int dw, const float *w,
-                         const float *bias, float *out, int act) nogil
+                         const float *bias, float *out, ce_act_t act) nogil
     void ce_nc_direct_row(const float *x, int C, int H, int W, int OW, int oy, int sh, int sw,
                           int pt, int pl, int kh, int kw, int dh, int dw, const float *w,
                           Py_ssize_t wstride, const float *bias, float *out,
-                          Py_ssize_t ostride, int nk, int act) nogil
+                          Py_ssize_t ostride, int nk, ce_act_t act) nogil
 
 BLOCK = CE_NC_B                 # channels per block
 TILE_PIXELS = CE_NC_TILE_PIXELS # pixels per pointwise tile
@@ -176,7 +178,7 @@ cdef extern from *:
      * over outputs); gate 0 is the sigmoid, 1 max(0, min(1, alpha v + beta)). h: R floats of
      * scratch. */
     static void ce_nc_se_gates(const float *p, int C, int R, const float *w1t, const float *b1,
-                               const float *w2t, const float *b2, int act, int gate,
+                               const float *w2t, const float *b2, ce_act_t act, int gate,
                                float alpha, float beta, float *h, float *out, int Cpad)
     {
         for (int r = 0; r < R; r++)
@@ -213,24 +215,25 @@ cdef extern from *:
     }
     """
     void ce_nc_se_gates(const float *p, int C, int R, const float *w1t, const float *b1,
-                        const float *w2t, const float *b2, int act, int gate, float alpha,
+                        const float *w2t, const float *b2, ce_act_t act, int gate, float alpha,
                         float beta, float *h, float *out, int Cpad) nogil
 
 
 def f32_se_gates(const float[:, ::1] pooled, const float[:, ::1] w1t, const float[::1] b1,
-                 const float[:, ::1] w2t, const float[::1] b2, int act, int gate, float alpha,
+                 const float[:, ::1] w2t, const float[::1] b2, ce_act_t act, int gate, float alpha,
                  float beta, float[:, ::1] out):
     """out[n, :C] = gate(W2 act(W1 pooled[n] + b1) + b2), out[n, C:] = 0: a squeeze-excite's
     per-channel factors from its pooled channels (w1t = W1.T, (C, R); w2t = W2.T, (R, C));
-    act: an activation code (engine/ops/activation.py); gate 0: sigmoid, 1: hard sigmoid
+    act: an activation (engine/ops/activation.py kernel_act); gate 0: sigmoid, 1: hard sigmoid
     max(0, min(1, alpha v + beta)). One thread: the products are small."""
+    check_act(act)
     cdef Py_ssize_t N = pooled.shape[0], C = pooled.shape[1], R = w1t.shape[1]
     if (w1t.shape[0] != C or b1.shape[0] != R or w2t.shape[0] != R or w2t.shape[1] != C
             or b2.shape[0] != C or out.shape[0] != N or out.shape[1] < C or R < 1
-            or not 0 <= act <= 5 or gate not in (0, 1)):
+            or gate not in (0, 1)):
         raise ValueError(f"pooled {tuple(pooled.shape)[:2]}, W1.T {tuple(w1t.shape)[:2]}, "
                          f"W2.T {tuple(w2t.shape)[:2]} and out {tuple(out.shape)[:2]} do not "
-                         f"fit, or act {act} / gate {gate} unknown")
+                         f"fit, or gate {gate} unknown")
     cdef float[::1] h = np.empty(R, np.float32)
     cdef Py_ssize_t n
     if C == 0:
@@ -269,7 +272,7 @@ def pointwise_pack_floats(Py_ssize_t in_blocks, Py_ssize_t out_blocks):
 
 
 def f32_pointwise_blocked(const float[:, :, :, :, ::1] x, const float[::1] wpack,
-                          const float[::1] bias, residual, float[:, :, :, :, ::1] out, int act,
+                          const float[::1] bias, residual, float[:, :, :, :, ::1] out, ce_act_t act,
                           int num_threads, double group_slack=1.0):
     """out = act(W @ x + bias (+ residual)) per pixel, all in blocks. wpack: the weights packed
     by engine.ops.blocked.pack_pointwise, groups of up to GROUP output blocks, each
@@ -279,6 +282,7 @@ def f32_pointwise_blocked(const float[:, :, :, :, ::1] x, const float[::1] wpack
     The threads share either the tiles of pixels (all output channels each) or the groups of
     output blocks (all pixels each): the groups when that leaves the busiest thread less than
     group_slack times what the pixel split would (1: whichever is less; 0: always pixels)."""
+    check_act(act)
     check_blocked(x, "x")
     check_blocked(out, "out")
     cdef Py_ssize_t N = x.shape[0], Cb = x.shape[1], H = x.shape[2], W = x.shape[3]
@@ -336,7 +340,7 @@ def f32_pointwise_blocked(const float[:, :, :, :, ::1] x, const float[::1] wpack
 
 def f32_depthwise_blocked(const float[:, :, :, :, ::1] x, const float[:, :, :, ::1] w,
                           const float[::1] bias, float[:, :, :, :, ::1] out, int sh, int sw,
-                          int pt, int pl, int dh, int dw, int act, int num_threads,
+                          int pt, int pl, int dh, int dw, ce_act_t act, int num_threads,
                           bint by_blocks=False):
     """Depthwise convolution (multiplier 1) in blocks: w[Cb, kh, kw, 16] holds channel
     cb*16 + j's tap (u, v) at [cb, u, v, j] (zero beyond C); bias: Cb * 16 values. Output
@@ -345,6 +349,7 @@ def f32_depthwise_blocked(const float[:, :, :, :, ::1] x, const float[:, :, :, :
     Work items are output rows of one block, ordered (image, row, block), so each thread takes
     a band of rows: the pixels a pointwise layer next to it, split by pixels, also gives it; or
     with by_blocks (image, block, row), so each thread takes whole blocks."""
+    check_act(act)
     check_same_blocks(x, out)
     cdef Py_ssize_t N = x.shape[0], Cb = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t OH = out.shape[2], OW = out.shape[3]
@@ -376,12 +381,13 @@ def f32_depthwise_blocked(const float[:, :, :, :, ::1] x, const float[:, :, :, :
 
 def f32_grouped_blocked(const float[:, :, :, :, ::1] x, const float[:, :, :, :, ::1] w,
                         const float[::1] bias, float[:, :, :, :, ::1] out, int sh, int sw,
-                        int pt, int pl, int dh, int dw, int act, int num_threads):
+                        int pt, int pl, int dh, int dw, ce_act_t act, int num_threads):
     """A grouped convolution whose groups lie within blocks (16 / g groups of g input and g
     output channels to a block): w[Cb, kh, kw, 16, 16] holds block cb's tap (u, v) as a
     block-diagonal [input channel][output channel] matrix (engine/ops/blocked.py
     pack_grouped); bias: Cb * 16 values. Output sizes are the caller's. Work items are output
     rows of one block, ordered (image, row, block)."""
+    check_act(act)
     check_same_blocks(x, out)
     cdef Py_ssize_t N = x.shape[0], Cb = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t OH = out.shape[2], OW = out.shape[3]
@@ -390,8 +396,6 @@ def f32_grouped_blocked(const float[:, :, :, :, ::1] x, const float[:, :, :, :, 
         raise ValueError(f"w must have shape ({Cb}, kh, kw, {CE_NC_B}, {CE_NC_B}), got "
                          f"{tuple(w.shape)}")
     check_window(Cb, bias.shape[0], H, W, OH, OW, sh, sw, pt, pl, dh, dw)
-    if not 0 <= act <= 5:
-        raise ValueError(f"act must be an activation code 0-5, got {act}")
     cdef int kh = <int>w.shape[1], kw = <int>w.shape[2]
     cdef Py_ssize_t wblock = kh * kw * CE_NC_B * CE_NC_B
     if N == 0 or Cb == 0 or OH <= 0 or OW <= 0:
@@ -413,12 +417,13 @@ def f32_grouped_blocked(const float[:, :, :, :, ::1] x, const float[:, :, :, :, 
 
 def f32_direct_to_blocked(const float[:, :, :, ::1] x, const float[:, :, :, :, ::1] w,
                           const float[::1] bias, float[:, :, :, :, ::1] out, int sh, int sw,
-                          int pt, int pl, int dh, int dw, int act, int num_threads):
+                          int pt, int pl, int dh, int dw, ce_act_t act, int num_threads):
     """A dense convolution (one group) from NCHW x to channel-blocked out, for layers with few
     input channels: w[Kb, C, kh, kw, 16] holds output channel kb*16 + j's weights at [kb, ..., j]
     (zero beyond K); bias: Kb * 16 values. Output sizes are the caller's (engine.shapes).
     Work items are output rows of a pair of blocks (the input values loaded once for both),
     ordered (image, row, pair): bands of rows."""
+    check_act(act)
     check_blocked(out, "out")
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t Kb = out.shape[1], OH = out.shape[2], OW = out.shape[3]
@@ -456,7 +461,7 @@ cdef extern from "_nchwc_conv.h":
     void ce_nc_conv_band(const float *x, int C, int H, int W, int Kb, int OH, int OW, int g,
                          int oy0, int oy1, int sh, int sw, int pt, int pl, int kh, int kw,
                          int dh, int dw, const float *w, const float *bias, const float *res,
-                         float *out, int act, int batch) nogil
+                         float *out, ce_act_t act, int batch) nogil
 
 # Bytes of packed weights per batch of input blocks, kept in L2 while a band of output rows
 # passes over them; and bytes of output sums per band, kept there between batches
@@ -473,13 +478,14 @@ def dense_pack_floats(Py_ssize_t in_blocks, Py_ssize_t out_blocks, int kh, int k
 def f32_conv2d_nchw16c(const float[:, :, :, :, ::1] x, Py_ssize_t channels,
                        const float[::1] wpack, const float[::1] bias, residual,
                        float[:, :, :, :, ::1] out, int kh, int kw, int sh, int sw, int pt,
-                       int pl, int dh, int dw, int act, int num_threads):
+                       int pl, int dh, int dw, ce_act_t act, int num_threads):
     """A dense convolution (one group) from blocks to blocks: out = act(conv(x) + bias
     (+ residual)). x holds ``channels`` channels in its blocks; wpack: the weights packed by
     engine.ops.blocked.pack_dense (groups of up to GROUP output blocks, each
     [Cb][kh][kw][16][blocks * 16]); bias: Kb * 16 values; residual: None or an array of out's
     shape. Output sizes are the caller's (engine.shapes). Work items are bands of output rows
     of one group of output blocks, ordered (image, group, band)."""
+    check_act(act)
     check_blocked(x, "x")
     check_blocked(out, "out")
     cdef Py_ssize_t N = x.shape[0], Cb = x.shape[1], H = x.shape[2], W = x.shape[3]
@@ -494,8 +500,6 @@ def f32_conv2d_nchw16c(const float[:, :, :, :, ::1] x, Py_ssize_t channels,
         raise ValueError(f"wpack must hold {dense_pack_floats(Cb, Kb, kh, kw)} floats, got "
                          f"{wpack.shape[0]}")
     check_window(Kb, bias.shape[0], H, W, OH, OW, sh, sw, pt, pl, dh, dw)
-    if not 0 <= act <= 5:
-        raise ValueError(f"act must be an activation code 0-5, got {act}")
     cdef const float* rbase = residual_base(residual, out)
     if N == 0 or Kb == 0 or OH <= 0 or OW <= 0:
         return
@@ -530,7 +534,7 @@ cdef extern from *:
     /* out[p][:] = act(x[p][:] * s + t) for the P pixels of one block: an inference
      * BatchNormalization (and the activation fused after it) on blocks */
     static void ce_nc_block_affine(const float *x, Py_ssize_t P, const float *s, const float *t,
-                                   float *out, int act)
+                                   float *out, ce_act_t act)
     {
         ce_nc_vf vs = CE_NC_LD(s), vt = CE_NC_LD(t);
         for (Py_ssize_t p = 0; p < P; p++)
@@ -538,23 +542,22 @@ cdef extern from *:
     }
     """
     void ce_nc_block_affine(const float *x, Py_ssize_t P, const float *s, const float *t,
-                            float *out, int act) nogil
+                            float *out, ce_act_t act) nogil
 
 
 def f32_scale_shift_blocked(const float[:, :, :, :, ::1] x, const float[::1] scale,
-                            const float[::1] shift, float[:, :, :, :, ::1] out, int act,
+                            const float[::1] shift, float[:, :, :, :, ::1] out, ce_act_t act,
                             int num_threads=1):
     """out[n, cb, :, :, j] = act(x[n, cb, :, :, j] * scale[c] + shift[c]), c = cb * 16 + j (an
     inference BatchNormalization on blocks; scale and shift hold Cb * 16 values, zero for the
     padding channels, which every activation keeps at zero; out may be x). The threads take
     ranges of blocks."""
+    check_act(act)
     cdef Py_ssize_t N = x.shape[0], Cb = x.shape[1], P = x.shape[2] * x.shape[3]
     if (tuple(out.shape) != tuple(x.shape) or x.shape[4] != CE_NC_B
             or scale.shape[0] != Cb * CE_NC_B or shift.shape[0] != Cb * CE_NC_B):
         raise ValueError(f"x {tuple(x.shape)}, scale ({scale.shape[0]},), shift "
                          f"({shift.shape[0]},) and out {tuple(out.shape)} do not fit")
-    if not 0 <= act <= 5:
-        raise ValueError(f"act must be an activation code 0-5, got {act}")
     if N == 0 or Cb == 0 or P == 0:
         return
     cdef const float* xp = &x[0, 0, 0, 0, 0]

@@ -17,7 +17,7 @@ import pytest
 import engine
 from engine import dispatch
 from engine._threads import threads_for
-from engine.ops.activation import _float64_activation, apply_activation
+from engine.ops.activation import NO_ACT, apply_activation, float64_activation
 from reference import conv2d_ref, same_pads_ref
 
 RTOL = {"direct": 1e-5, "im2col": 1e-5, "pointwise": 1e-5, "depthwise": 1e-5,
@@ -47,9 +47,9 @@ def check_against_reference(y, x, w, b, stride, pads, dilation, groups, algorith
     elif activation == "relu6":
         ref = np.clip(ref, 0, 6)
     elif activation is not None:
-        # silu, hardswish and gelu have slopes below 1.5 (so the convolution's error grows at
-        # most that much) and round within 4 ulp of their own (tests/test_activation_kernels)
-        ref = _float64_activation(activation, ref)
+        # every activation has slopes below 1.5 (so the convolution's error grows at most that
+        # much) and rounds within 4 ulp of its own (tests/test_activation_kernels)
+        ref = float64_activation(activation, ref)
         slope, own = 1.5, 4 * 2.0 ** -23
     assert y.shape == ref.shape
     err = np.abs(y.astype(np.float64) - ref)
@@ -106,7 +106,9 @@ def test_sweep_against_reference(algorithm, rng):
     assert ran >= 20, f"only {ran} sweep cases apply to {algorithm}"
 
 
-FUSED_ACTIVATIONS = ["relu", "relu6", "silu", "hardswish", "gelu"]
+FUSED_ACTIVATIONS = ["relu", "relu6", "silu", "hardswish", "gelu", "sigmoid", "tanh",
+                     "gelu_tanh", "softplus", "mish", "elu(0.7)", "leaky_relu(0.1)",
+                     "hardsigmoid(0.2,0.5)", "clip(-1,2)"]
 
 
 @pytest.mark.parametrize("algorithm", engine.algorithms())
@@ -246,13 +248,13 @@ def test_pointwise_residual_of_another_shape_is_refused(rng):
     with pytest.raises(ValueError, match="residual"):
         conv_pointwise.f32_conv2d_pointwise(
             x.reshape(1, 4, 25), layer._impl.wpack, None, np.zeros((1, 8, 24), np.float32),
-            y.reshape(1, 8, 25), np.zeros(4096, np.float32), 1, False, 1, 0, 1)
+            y.reshape(1, 8, 25), np.zeros(4096, np.float32), 1, False, 1, NO_ACT, 1)
     raw = np.zeros(4096 + 32, np.float32)
     start = (-raw.ctypes.data % 64) // 4 + 1                 # 4 bytes past a 64-byte boundary
     with pytest.raises(ValueError, match="64-byte"):
         conv_pointwise.f32_conv2d_pointwise(
             x.reshape(1, 4, 25), layer._impl.wpack, None, None, y.reshape(1, 8, 25),
-            raw[start:start + 4096], 1, False, 1, 0, 1)
+            raw[start:start + 4096], 1, False, 1, NO_ACT, 1)
 
 
 def test_auto_matches_reference_and_explains(rng):
@@ -383,7 +385,8 @@ def test_out_buffer_is_used(rng):
     (lambda x, w: engine.conv2d(x, w, bias=np.zeros(3)), "bias"),
     (lambda x, w: engine.conv2d(x.astype(np.complex64), w), "real numbers"),
     (lambda x, w: engine.conv2d(x, w, padding=1.5), "padding"),
-    (lambda x, w: engine.Conv2d(w, activation="tanh"), "activation"),
+    (lambda x, w: engine.Conv2d(w, activation="swish"), "activation"),
+    (lambda x, w: engine.Conv2d(w, activation="leaky_relu(nan)"), "activation"),
 ])
 def test_bad_input_raises_value_error(call, match, rng):
     x = rng.standard_normal((1, 4, 6, 6), dtype=np.float32)

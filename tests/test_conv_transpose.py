@@ -9,6 +9,7 @@ import engine
 from engine._kernels import conv_transpose as ct_kernel
 from engine.ops import conv_transpose as conv_transpose_mod
 from engine.ops.workspace import workspace
+from engine.ops.activation import NO_ACT
 
 
 # Float32 tolerance. Inputs and weights are N(0, 1); where TOL is used each output sums at
@@ -230,7 +231,7 @@ def test_kernel_one_and_two_threads_bit_identical(rng, monkeypatch):
         out = np.empty((2, 12, oh, ow), np.float32)
         work = workspace.take(ct_kernel.work_floats(2, 9, 4, 5 * 15, t))
         ct_kernel.f32_conv_transpose2d_col2im(x, impl.wpack, b, out, 3, 3, 2, 2, 1, 1, 1, 1, 2,
-                                              2, 5, 0, t, work)
+                                              2, 5, NO_ACT, t, work)
         workspace.give(work)
         outs.append(out)
     assert np.array_equal(outs[0], outs[1])
@@ -239,10 +240,10 @@ def test_kernel_one_and_two_threads_bit_identical(rng, monkeypatch):
     # the kernel's guards
     with pytest.raises(ValueError, match="wpack"):
         ct_kernel.f32_conv_transpose2d_col2im(x, impl.wpack[:-1], b, out, 3, 3, 2, 2, 1, 1, 1, 1,
-                                              2, 2, 5, 0, 1, work)
+                                              2, 2, 5, NO_ACT, 1, work)
     with pytest.raises(ValueError, match="work"):
         ct_kernel.f32_conv_transpose2d_col2im(x, impl.wpack, b, out, 3, 3, 2, 2, 1, 1, 1, 1, 2,
-                                              2, 5, 0, 1, work[:16])
+                                              2, 5, NO_ACT, 1, work[:16])
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)

@@ -8,6 +8,7 @@ import pytest
 import engine
 from engine._kernels import conv3d as c3_kernel
 from engine.ops.workspace import workspace
+from engine.ops.activation import NO_ACT
 
 
 # Float32 tolerance. Inputs and weights are N(0, 1); where TOL is used a reduction has at most
@@ -289,7 +290,7 @@ def test_conv3d_kernel_one_and_two_threads_bit_identical(rng):
         # stride (2, 2, 1), padding 1, groups 2, items of 2 slices x 3 rows
         work = workspace.take(c3_kernel.work_floats(3 * 2 * 3, 3, 3 * 10, t))
         c3_kernel.f32_conv3d_vol2col(x, wpack, b, out, 3, 2, 3, 2, 2, 1, 1, 1, 1,
-                                     1, 1, 1, 2, 2, 3, 0, t, work)
+                                     1, 1, 1, 2, 2, 3, NO_ACT, t, work)
         workspace.give(work)
         outs.append(out)
     assert np.array_equal(outs[0], outs[1])
@@ -305,7 +306,7 @@ def test_conv3d_kernel_checks_weights_and_scratch(rng):
     wpack = engine.Conv3d(w).wpack
     out = np.empty((1, 3, 2, 3, 4), np.float32)
     need = c3_kernel.work_floats(2 * 9, 3, 3 * 4, 1)
-    args = (3, 3, 3, 1, 1, 1, 0, 0, 0, 1, 1, 1, 1, 2, 3, 0, 1)
+    args = (3, 3, 3, 1, 1, 1, 0, 0, 0, 1, 1, 1, 1, 2, 3, NO_ACT, 1)
     with pytest.raises(ValueError, match="wpack"):
         c3_kernel.f32_conv3d_vol2col(x, wpack[:-1], None, out, *args, np.zeros(need, np.float32))
     raw = np.zeros(need + 32, np.float32)

@@ -19,6 +19,7 @@ from engine.dispatch import why_not_depthwise_kernel
 from engine.ops import depthwise as depthwise_mod
 from engine.ops.depthwise import Depthwise
 from engine.ops.workspace import workspace
+from engine.ops.activation import NO_ACT
 from reference import conv2d_ref, same_pads_ref
 
 RTOL = 1e-5
@@ -388,16 +389,16 @@ def test_bad_input_raises(rng):
     w2d = np.zeros((8, 9), np.float32)
     with pytest.raises(ValueError, match="w2d"):
         conv_depthwise.f32_conv2d_depthwise(x, np.zeros((8, 4), np.float32), None, out, 3, 3, 1, 1, 1, 1, 1, 1,
-                                            1 << 16, 0, 1, work)
+                                            1 << 16, NO_ACT, 1, work)
     with pytest.raises(ValueError, match="out"):
         conv_depthwise.f32_conv2d_depthwise(x, w2d, None, np.zeros((1, 6, 8, 8), np.float32), 3, 3, 1, 1, 1, 1, 1, 1,
-                                            1 << 16, 0, 1, work)
+                                            1 << 16, NO_ACT, 1, work)
     with pytest.raises(ValueError, match="bias"):
         conv_depthwise.f32_conv2d_depthwise(x, w2d, np.zeros(7, np.float32), out, 3, 3, 1, 1,
-                                            1, 1, 1, 1, 1 << 16, 0, 1, work)
+                                            1, 1, 1, 1, 1 << 16, NO_ACT, 1, work)
     with pytest.raises(ValueError, match="positive"):
         conv_depthwise.f32_conv2d_depthwise(x, w2d, None, out, 3, 3, 0, 1, 1, 1, 1, 1,
-                                            1 << 16, 0, 1, work)
+                                            1 << 16, NO_ACT, 1, work)
     # the channel-blocked kernel's guards
     x16 = np.zeros((1, 16, 8, 8), np.float32)
     out16 = np.zeros((1, 16, 8, 8), np.float32)
@@ -405,32 +406,32 @@ def test_bad_input_raises(rng):
     cb = conv_depthwise_cb.f32_conv2d_depthwise_cb
     with pytest.raises(ValueError, match="multiple of 16"):
         cb(np.zeros((1, 8, 8, 8), np.float32), wcb, None, np.zeros((1, 8, 8, 8), np.float32),
-           1, 1, 1, 1, 1, 1, 0, 1, work)
+           1, 1, 1, 1, 1, 1, NO_ACT, 1, work)
     with pytest.raises(ValueError, match="wcb"):
-        cb(x16, np.zeros((1, 9, 8), np.float32), None, out16, 1, 1, 1, 1, 1, 1, 0, 1, work)
+        cb(x16, np.zeros((1, 9, 8), np.float32), None, out16, 1, 1, 1, 1, 1, 1, NO_ACT, 1, work)
     with pytest.raises(ValueError, match="out"):
-        cb(x16, wcb, None, np.zeros((1, 32, 8, 8), np.float32), 1, 1, 1, 1, 1, 1, 0, 1, work)
+        cb(x16, wcb, None, np.zeros((1, 32, 8, 8), np.float32), 1, 1, 1, 1, 1, 1, NO_ACT, 1, work)
     with pytest.raises(ValueError, match="bias"):
-        cb(x16, wcb, np.zeros(15, np.float32), out16, 1, 1, 1, 1, 1, 1, 0, 1, work)
+        cb(x16, wcb, np.zeros(15, np.float32), out16, 1, 1, 1, 1, 1, 1, NO_ACT, 1, work)
     with pytest.raises(ValueError, match="positive"):
-        cb(x16, wcb, None, out16, 0, 1, 1, 1, 1, 1, 0, 1, work)
+        cb(x16, wcb, None, out16, 0, 1, 1, 1, 1, 1, NO_ACT, 1, work)
     with pytest.raises(ValueError, match="non-negative"):
-        cb(x16, wcb, None, out16, 1, 1, -1, 1, 1, 1, 0, 1, work)
+        cb(x16, wcb, None, out16, 1, 1, -1, 1, 1, 1, NO_ACT, 1, work)
     # the row kernel's guards, and every kernel's check of its scratch buffer
     rows = conv_depthwise.f32_conv2d_depthwise_rows
     with pytest.raises(ValueError, match="stride"):
-        rows(x16, np.zeros((16, 9), np.float32), None, out16, 3, 1, 1, 0, 1, work)
+        rows(x16, np.zeros((16, 9), np.float32), None, out16, 3, 1, 1, NO_ACT, 1, work)
     with pytest.raises(ValueError, match="w2d"):
-        rows(x16, np.zeros((16, 4), np.float32), None, out16, 1, 1, 1, 0, 1, work)
+        rows(x16, np.zeros((16, 4), np.float32), None, out16, 1, 1, 1, NO_ACT, 1, work)
     with pytest.raises(ValueError, match="work"):
-        rows(x16, np.zeros((16, 9), np.float32), None, out16, 1, 1, 1, 0, 1, work[:8])
+        rows(x16, np.zeros((16, 9), np.float32), None, out16, 1, 1, 1, NO_ACT, 1, work[:8])
     with pytest.raises(ValueError, match="64-byte"):
-        rows(x16, np.zeros((16, 9), np.float32), None, out16, 1, 1, 1, 0, 1, work[1:])
+        rows(x16, np.zeros((16, 9), np.float32), None, out16, 1, 1, 1, NO_ACT, 1, work[1:])
     with pytest.raises(ValueError, match="work"):
-        cb(x16, wcb, None, out16, 1, 1, 1, 1, 1, 1, 0, 1, work[:8])
+        cb(x16, wcb, None, out16, 1, 1, 1, 1, 1, 1, NO_ACT, 1, work[:8])
     with pytest.raises(ValueError, match="work"):
         conv_depthwise.f32_conv2d_depthwise(x, w2d, None, out, 3, 3, 1, 1, 1, 1, 1, 1,
-                                            1 << 16, 0, 1, work[:8])
+                                            1 << 16, NO_ACT, 1, work[:8])
     workspace.give(work)
 
 

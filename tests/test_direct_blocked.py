@@ -17,6 +17,7 @@ import engine
 from engine import dispatch
 from engine._kernels import conv_direct_blocked as kernel
 from engine.ops.direct_blocked import rows_per_block
+from engine.ops.activation import NO_ACT
 from reference import conv2d_ref
 
 RTOL = 1e-5
@@ -183,7 +184,7 @@ def test_kernel_rejects_bad_arguments(rng):
     x = rng.standard_normal((1, 4, 10, 10), dtype=np.float32)
     out = np.empty((1, 8, 10, 10), np.float32)
     wpack = np.zeros(8 * 4 * 9, np.float32)
-    args = (3, 3, 1, 1, 1, 1, 1, 1, 1, 10, 0, 1)
+    args = (3, 3, 1, 1, 1, 1, 1, 1, 1, 10, NO_ACT, 1)
     with pytest.raises(ValueError, match="work"):
         kernel.f32_conv2d_direct_blocked(x, wpack, None, out, np.empty(10, np.float32), *args)
     work = np.empty(1 << 16, np.float32)

@@ -54,7 +54,8 @@ def test_layout_rules():
     assert blocked_kernel(dw, residual=True)[0] is None
     assert blocked_kernel(pw, residual=True)[0] == "pointwise"
     assert blocked_kernel(pw, residual=False)[0] is None
-    assert blocked_kernel(pw, activation="sigmoid")[0] is None
+    assert blocked_kernel(pw, activation="sigmoid")[0] == "pointwise"
+    assert blocked_kernel(pw, activation="swish")[0] is None
     assert why_not_layout("auto") is None and "layout must be one of" in why_not_layout("NCHW")
 
 

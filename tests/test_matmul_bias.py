@@ -15,7 +15,7 @@ import pytest
 import engine
 from engine._kernels import conv_pointwise
 from engine._threads import threads_for
-from engine.ops.activation import _float64_activation
+from engine.ops.activation import float64_activation
 from engine.ops.packed_gemm import pack_rows
 
 onnx = pytest.importorskip("onnx")
@@ -75,7 +75,7 @@ def test_fused_linear_layer_equals_the_unfused_nodes_bit_for_bit(rng, a_shape, a
     z = x.astype(np.float64) @ w + bias
     ref = {None: z, "relu": np.maximum(z, 0)}.get(act)
     if act == "gelu":
-        ref = _float64_activation("gelu", z)
+        ref = float64_activation("gelu", z)
     terms = np.abs(x).astype(np.float64) @ np.abs(w) + np.abs(bias)
     assert np.all(np.abs(outs[0] - ref) <= 1e-5 * terms + 1e-30)
 

@@ -40,11 +40,11 @@ def onnx_model(nodes, inits, x_shape, outputs=("y",)):
     return h.make_model(g, opset_imports=[h.make_opsetid("", 17)], ir_version=9)
 
 
-def conv_sigmoid(batch="N", w=W8):
-    """x (batch, 1, 16, 16) -> Conv 3x3 pad 1 -> c -> Sigmoid -> y: c lives in the arena (a
-    Sigmoid is not fused), y is returned; each is batch * channels * 16 * 16 * 4 bytes."""
+def conv_softsign(batch="N", w=W8):
+    """x (batch, 1, 16, 16) -> Conv 3x3 pad 1 -> c -> Softsign -> y: c lives in the arena (a
+    Softsign is not fused), y is returned; each is batch * channels * 16 * 16 * 4 bytes."""
     return onnx_model([h.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1], name="conv"),
-                       h.make_node("Sigmoid", ["c"], ["y"], name="sigmoid")],
+                       h.make_node("Softsign", ["c"], ["y"], name="softsign")],
                       {"w": w}, (batch, 1, 16, 16))
 
 
@@ -55,13 +55,14 @@ def activation_bytes(batch, channels=8):
 # ------------------------------------------------------------------------------ models, in process
 
 def test_free_batch_model_runs_under_a_generous_budget_and_reports_its_memory():
-    model = engine.load(conv_sigmoid(), max_memory=64 * MiB)
+    model = engine.load(conv_softsign(), max_memory=64 * MiB)
     before = model.memory()
     assert before["weights"] == W8.nbytes and before["arena_per_thread"] == 0
     assert before["max_memory"] == 64 * MiB and before["arenas"] == {}
     x = RNG.standard_normal((3, 1, 16, 16)).astype(np.float32)
     y = model(x)
-    expected = 1 / (1 + np.exp(-conv2d_ref(x, W8, pads=((1, 1), (1, 1)))))
+    c = conv2d_ref(x, W8, pads=((1, 1), (1, 1)))
+    expected = c / (1 + np.abs(c))
     np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-6)
     mem = model.memory()
     assert mem["weights"] == W8.nbytes
@@ -79,7 +80,7 @@ def test_free_batch_model_runs_under_a_generous_budget_and_reports_its_memory():
 
 def test_a_run_beyond_the_budget_is_refused_naming_the_input_and_tensors():
     budget = 3 * activation_bytes(8)       # a batch of 8 fits (2 activations + weights)
-    model = engine.load(conv_sigmoid(), max_memory=budget)
+    model = engine.load(conv_softsign(), max_memory=budget)
     with pytest.raises(engine.ModelError) as e:
         model.run({"x": np.zeros((64, 1, 16, 16), np.float32)})
     text = str(e.value)
@@ -92,8 +93,8 @@ def test_a_run_beyond_the_budget_is_refused_naming_the_input_and_tensors():
 
 def test_a_declared_shape_beyond_the_budget_is_refused_at_load():
     with pytest.raises(engine.ModelError, match=r"x: 64x1x16x16.*max_memory.*'c' 64x8x16x16"):
-        engine.load(conv_sigmoid(batch=64), max_memory=256 * KiB)
-    assert engine.load(conv_sigmoid(batch=64), max_memory=2 * MiB).memory()["planned"] > 0
+        engine.load(conv_softsign(batch=64), max_memory=256 * KiB)
+    assert engine.load(conv_softsign(batch=64), max_memory=2 * MiB).memory()["planned"] > 0
 
 
 def test_conv_pads_beyond_the_budget_are_refused_at_load():
@@ -145,19 +146,19 @@ def test_a_value_computed_while_planning_is_refused_before_it_is_computed():
 def test_the_default_budget_is_half_the_usable_memory():
     assert default_max_memory() == int(engine.memory.usable_bytes() * engine.memory.RAM_FRACTION)
     assert default_max_memory() > 0
-    model = engine.load(conv_sigmoid())
+    model = engine.load(conv_softsign())
     assert model.memory()["max_memory"] == default_max_memory()
 
 
 @pytest.mark.parametrize("bad", [0, -1, "1GB", True, float("nan"), [1]])
 def test_a_bad_max_memory_is_a_value_error_naming_it(bad):
     with pytest.raises(ValueError, match="max_memory"):
-        engine.load(conv_sigmoid(), max_memory=bad)
+        engine.load(conv_softsign(), max_memory=bad)
 
 
 def test_an_infinite_budget_is_accepted():
     assert resolve_max_memory(math.inf) == math.inf
-    assert engine.load(conv_sigmoid(batch=2), max_memory=math.inf).memory()["planned"] > 0
+    assert engine.load(conv_softsign(batch=2), max_memory=math.inf).memory()["planned"] > 0
 
 
 # ------------------------------------------------------------------------------ functional API
@@ -253,12 +254,12 @@ CHILD = textwrap.dedent("""
 
 
 def native_file_with_batch(path, batch):
-    """A native file of conv_sigmoid (16 channels) whose graph JSON declares ``batch``."""
+    """A native file of conv_softsign (16 channels) whose graph JSON declares ``batch``."""
     from safetensors import safe_open
     from safetensors.numpy import save_file
     w16 = np.ones((16, 1, 3, 3), np.float32)
     free = os.path.join(path, "free.safetensors")
-    engine.load(conv_sigmoid(w=w16)).save(free)
+    engine.load(conv_softsign(w=w16)).save(free)
     with safe_open(free, framework="numpy") as f:
         metadata, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
     graph = json.loads(metadata["graph"])

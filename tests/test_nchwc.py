@@ -16,13 +16,19 @@ from engine.ops import blocked
 from concurrency import run_concurrently
 from reference import conv2d_ref
 
-from engine.ops.activation import _float64_activation
+from engine.ops.activation import NO_ACT, apply_activation, float64_activation, kernel_act
 
-# the output steps' activation codes (engine/ops/activation.py ACTIVATION_CODES) in float64
-ACTS = {0: lambda v: v, 1: lambda v: np.maximum(v, 0), 2: lambda v: np.clip(v, 0, 6),
-        3: lambda v: _float64_activation("silu", v),
-        4: lambda v: _float64_activation("hardswish", v),
-        5: lambda v: _float64_activation("gelu", v)}
+# the output steps' activations (engine/ops/activation.py) and their float64 forms
+ACTS = {a: (lambda v, a=a: float64_activation(a, v))
+        for a in (None, "relu", "relu6", "silu", "hardswish", "gelu", "sigmoid", "tanh",
+                  "mish", "softplus", "elu(0.5)", "leaky_relu(0.1)", "hardsigmoid(0.2,0.5)",
+                  "clip(-1,2)")}
+BAD_ACT = {"code": 99, "alpha": 0.0, "beta": 0.0}
+
+
+def at_zero(act):
+    """What the output step gives a padding channel: act(0 + 0)."""
+    return apply_activation(np.zeros(1, np.float32), act)[0]
 
 
 def f32(rng, *shape):
@@ -65,7 +71,8 @@ def run_pointwise(x, w, b, residual, act, threads, group_slack=1.0):
     wp, bp = blocked.pack_pointwise(w, b)
     out = np.full(blocked.blocked_shape((n, k, h, wd)), np.nan, np.float32)
     r = None if residual is None else blocked.to_blocked(residual)
-    nchwc.f32_pointwise_blocked(blocked.to_blocked(x), wp, bp, r, out, act, threads, group_slack)
+    nchwc.f32_pointwise_blocked(blocked.to_blocked(x), wp, bp, r, out, kernel_act(act), threads,
+                                group_slack)
     return out
 
 
@@ -87,9 +94,9 @@ def test_pointwise_matches_reference_and_is_thread_independent(rng, n, c, k, h, 
             got = run_pointwise(x, wt, b, r, act, 1)
             for slack in (1.0, 0.0, 1e9):      # either split: pixels, groups of blocks
                 np.testing.assert_array_equal(got, run_pointwise(x, wt, b, r, act, 2, slack))
-            # the padding channels of the output are zero
-            assert not np.any(got.reshape(n, -1, h, w, 16).transpose(0, 1, 4, 2, 3)
-                              .reshape(n, -1, h, w)[:, k:])
+            # the padding channels of the output hold act(0): zero, or finite (sigmoid's 0.5)
+            pad = got.reshape(n, -1, h, w, 16).transpose(0, 1, 4, 2, 3).reshape(n, -1, h, w)
+            assert np.all(pad[:, k:] == at_zero(act))
             ref = conv2d_ref(x, wt, b) + (0 if r is None else r)
             check_close(blocked.from_blocked(got, k), ACTS[act](ref), scale)
 
@@ -99,18 +106,18 @@ def test_pointwise_refuses_inconsistent_arguments(rng):
     wp, bp = blocked.pack_pointwise(f32(rng, 40, 20, 1, 1), f32(rng, 40))
     out = np.zeros((1, 3, 3, 3, 16), np.float32)
     with pytest.raises(ValueError, match="wpack"):
-        nchwc.f32_pointwise_blocked(x, wp[:-1], bp, None, out, 0, 1)
+        nchwc.f32_pointwise_blocked(x, wp[:-1], bp, None, out, NO_ACT, 1)
     with pytest.raises(ValueError, match="bias"):
-        nchwc.f32_pointwise_blocked(x, wp, bp[:16], None, out, 0, 1)
+        nchwc.f32_pointwise_blocked(x, wp, bp[:16], None, out, NO_ACT, 1)
     with pytest.raises(ValueError, match="residual"):
-        nchwc.f32_pointwise_blocked(x, wp, bp, np.zeros((1, 3, 3, 2, 16), np.float32), out, 0,
-                                    1)
+        nchwc.f32_pointwise_blocked(x, wp, bp, np.zeros((1, 3, 3, 2, 16), np.float32), out,
+                                    NO_ACT, 1)
     with pytest.raises(ValueError, match="out"):
-        nchwc.f32_pointwise_blocked(x, wp, bp, None, np.zeros((1, 3, 3, 4, 16), np.float32), 0,
-                                    1)
+        nchwc.f32_pointwise_blocked(x, wp, bp, None, np.zeros((1, 3, 3, 4, 16), np.float32),
+                                    NO_ACT, 1)
     with pytest.raises(ValueError, match="channel-blocked"):
-        nchwc.f32_pointwise_blocked(x, wp, bp, None, np.zeros((1, 3, 3, 3, 8), np.float32), 0,
-                                    1)
+        nchwc.f32_pointwise_blocked(x, wp, bp, None, np.zeros((1, 3, 3, 3, 8), np.float32),
+                                    NO_ACT, 1)
 
 
 # -------------------------------------------------------------------------------- depthwise
@@ -124,7 +131,7 @@ def run_depthwise(x, w, b, stride, pads, dilation, act, threads, by_blocks=False
     wp, bp = blocked.pack_depthwise(w, b)
     out = np.full((n, blocked.blocks(c), oh, ow, 16), np.nan, np.float32)
     nchwc.f32_depthwise_blocked(blocked.to_blocked(x), wp, bp, out, stride[0], stride[1], pt, pl,
-                                dilation[0], dilation[1], act, threads, by_blocks)
+                                dilation[0], dilation[1], kernel_act(act), threads, by_blocks)
     return blocked.from_blocked(out, c)
 
 
@@ -156,7 +163,7 @@ def test_depthwise_matches_reference_and_is_thread_independent(rng, n, c, h, w, 
     x, wt, b = f32(rng, n, c, h, w), f32(rng, c, 1, *kernel), f32(rng, c)
     ref = conv2d_ref(x, wt, b, stride, pads, dilation, groups=c)
     scale = float(np.abs(x).max() * np.abs(wt).sum(axis=(1, 2, 3)).max() + np.abs(b).max())
-    for act in (0, 2, 3, 4, 5):
+    for act in (None, "relu6", "silu", "hardswish", "gelu", "tanh", "leaky_relu(0.1)"):
         got = run_depthwise(x, wt, b, stride, pads, dilation, act, 1)
         for threads, by_blocks in ((2, False), (2, True), (1, True)):   # either work order
             np.testing.assert_array_equal(
@@ -169,14 +176,14 @@ def test_depthwise_refuses_inconsistent_arguments(rng):
     wp, bp = blocked.pack_depthwise(f32(rng, 20, 1, 3, 3), f32(rng, 20))
     out = np.zeros((1, 2, 6, 6, 16), np.float32)
     with pytest.raises(ValueError, match="w must have shape"):
-        nchwc.f32_depthwise_blocked(x, wp[:1], bp, out, 1, 1, 1, 1, 1, 1, 0, 1)
+        nchwc.f32_depthwise_blocked(x, wp[:1], bp, out, 1, 1, 1, 1, 1, 1, NO_ACT, 1)
     with pytest.raises(ValueError, match="bias"):
-        nchwc.f32_depthwise_blocked(x, wp, bp[:20], out, 1, 1, 1, 1, 1, 1, 0, 1)
+        nchwc.f32_depthwise_blocked(x, wp, bp[:20], out, 1, 1, 1, 1, 1, 1, NO_ACT, 1)
     with pytest.raises(ValueError, match="strides"):
-        nchwc.f32_depthwise_blocked(x, wp, bp, out, 0, 1, 1, 1, 1, 1, 0, 1)
+        nchwc.f32_depthwise_blocked(x, wp, bp, out, 0, 1, 1, 1, 1, 1, NO_ACT, 1)
     with pytest.raises(ValueError, match="blocks"):
         nchwc.f32_depthwise_blocked(x, wp, bp, np.zeros((1, 3, 6, 6, 16), np.float32), 1, 1,
-                                    1, 1, 1, 1, 0, 1)
+                                    1, 1, 1, 1, NO_ACT, 1)
 
 
 # (N, C, K, H, W, kernel, stride, pad, dilation): a network's first layer and its variants
@@ -193,11 +200,11 @@ def test_direct_to_blocked_matches_reference_and_is_thread_independent(rng, n, c
     ref = conv2d_ref(x, wt, b, (s, s), ((p, p), (p, p)), (d, d))
     scale = float(np.abs(x).max() * np.abs(wt).sum(axis=(1, 2, 3)).max() + np.abs(b).max())
     wp, bp = blocked.pack_direct(wt, b)
-    for act in (0, 2, 3, 4):
+    for act in (None, "relu6", "silu", "hardswish", "elu(0.5)"):
         outs = []
         for t in (1, 2):
             out = np.full((n, blocked.blocks(k)) + ref.shape[2:] + (16,), np.nan, np.float32)
-            nchwc.f32_direct_to_blocked(x, wp, bp, out, s, s, p, p, d, d, act, t)
+            nchwc.f32_direct_to_blocked(x, wp, bp, out, s, s, p, p, d, d, kernel_act(act), t)
             outs.append(out)
         np.testing.assert_array_equal(outs[0], outs[1])
         check_close(blocked.from_blocked(outs[0], k), ACTS[act](ref), scale)
@@ -217,12 +224,12 @@ def test_grouped_blocked_matches_reference_and_is_thread_independent(rng, n, c, 
     ref = conv2d_ref(x, wt, b, (s, s), ((p, p), (p, p)), (d, d), c // g)
     scale = float(np.abs(x).max() * np.abs(wt).sum(axis=(1, 2, 3)).max() + np.abs(b).max())
     wp, bp = blocked.pack_grouped(wt, g, b)
-    for act in (0, 1, 3):
+    for act in (None, "relu", "silu", "sigmoid"):
         outs = []
         for t in (1, 2):
             out = np.full((n, blocked.blocks(c)) + ref.shape[2:] + (16,), np.nan, np.float32)
             nchwc.f32_grouped_blocked(blocked.to_blocked(x), wp, bp, out, s, s, p, p, d, d,
-                                      act, t)
+                                      kernel_act(act), t)
             outs.append(out)
         np.testing.assert_array_equal(outs[0], outs[1])
         assert not np.any(np.isnan(outs[0]))
@@ -234,14 +241,14 @@ def test_grouped_blocked_refuses_inconsistent_arguments(rng):
     wp, bp = blocked.pack_grouped(f32(rng, 32, 16, 3, 3), 16, None)
     out = np.zeros((1, 2, 5, 5, 16), np.float32)
     with pytest.raises(ValueError, match="w must"):
-        nchwc.f32_grouped_blocked(x, wp[:1], bp, out, 1, 1, 1, 1, 1, 1, 0, 1)
+        nchwc.f32_grouped_blocked(x, wp[:1], bp, out, 1, 1, 1, 1, 1, 1, NO_ACT, 1)
     with pytest.raises(ValueError, match="bias"):
-        nchwc.f32_grouped_blocked(x, wp, bp[:16], out, 1, 1, 1, 1, 1, 1, 0, 1)
+        nchwc.f32_grouped_blocked(x, wp, bp[:16], out, 1, 1, 1, 1, 1, 1, NO_ACT, 1)
     with pytest.raises(ValueError, match="act"):
-        nchwc.f32_grouped_blocked(x, wp, bp, out, 1, 1, 1, 1, 1, 1, 7, 1)
+        nchwc.f32_grouped_blocked(x, wp, bp, out, 1, 1, 1, 1, 1, 1, BAD_ACT, 1)
     with pytest.raises(ValueError, match="out"):
         nchwc.f32_grouped_blocked(x, wp, bp, np.zeros((1, 3, 5, 5, 16), np.float32), 1, 1, 1,
-                                  1, 1, 1, 0, 1)
+                                  1, 1, 1, NO_ACT, 1)
 
 
 def test_direct_to_blocked_refuses_inconsistent_arguments(rng):
@@ -249,14 +256,15 @@ def test_direct_to_blocked_refuses_inconsistent_arguments(rng):
     wp, bp = blocked.pack_direct(f32(rng, 20, 3, 3, 3), f32(rng, 20))
     out = np.zeros((1, 2, 8, 8, 16), np.float32)
     with pytest.raises(ValueError, match="w must have shape"):
-        nchwc.f32_direct_to_blocked(f32(rng, 1, 4, 8, 8), wp, bp, out, 1, 1, 1, 1, 1, 1, 0, 1)
+        nchwc.f32_direct_to_blocked(f32(rng, 1, 4, 8, 8), wp, bp, out, 1, 1, 1, 1, 1, 1, NO_ACT,
+                                    1)
     with pytest.raises(ValueError, match="bias"):
-        nchwc.f32_direct_to_blocked(x, wp, bp[:16], out, 1, 1, 1, 1, 1, 1, 0, 1)
+        nchwc.f32_direct_to_blocked(x, wp, bp[:16], out, 1, 1, 1, 1, 1, 1, NO_ACT, 1)
     with pytest.raises(ValueError, match="strides"):
-        nchwc.f32_direct_to_blocked(x, wp, bp, out, 1, 0, 1, 1, 1, 1, 0, 1)
+        nchwc.f32_direct_to_blocked(x, wp, bp, out, 1, 0, 1, 1, 1, 1, NO_ACT, 1)
     with pytest.raises(ValueError, match="images"):
         nchwc.f32_direct_to_blocked(x, wp, bp, np.zeros((2, 2, 8, 8, 16), np.float32), 1, 1, 1,
-                                    1, 1, 1, 0, 1)
+                                    1, 1, 1, NO_ACT, 1)
 
 
 def test_global_average_pool_on_blocks(rng):

@@ -16,10 +16,12 @@ import engine
 from engine._kernels import nchwc, pool_nchw16c
 from engine.graph import Graph, Model, Node, TensorSpec
 from engine.ops import blocked
-from engine.ops.activation import _float64_activation
+from engine.ops.activation import NO_ACT, apply_activation, float64_activation, kernel_act
 from reference import conv2d_ref
 
-ACTS = {0: lambda v: v, 1: lambda v: np.maximum(v, 0), 3: lambda v: _float64_activation("silu", v)}
+ACTS = {a: (lambda v, a=a: float64_activation(a, v))
+        for a in (None, "relu", "silu", "mish", "leaky_relu(0.1)", "hardsigmoid(0.2,0.5)")}
+BAD_ACT = {"code": 99, "alpha": 0.0, "beta": 0.0}
 REL = 1e-6
 
 
@@ -41,7 +43,7 @@ def run_dense(x, wt, b, residual, stride, pads, dilation, act, threads, garbage=
     out = np.full(blocked.blocked_shape((n, k, oh, ow)), np.nan, np.float32)
     r = None if residual is None else blocked.to_blocked(residual)
     nchwc.f32_conv2d_nchw16c(xb, c, wp, bp, r, out, kh, kw, stride[0], stride[1], pads[0][0],
-                             pads[1][0], dilation[0], dilation[1], act, threads)
+                             pads[1][0], dilation[0], dilation[1], kernel_act(act), threads)
     return out
 
 
@@ -77,11 +79,14 @@ def test_dense_matches_reference_per_element_and_is_thread_independent(rng, n, c
         for r in (None, res):
             got = run_dense(x, wt, b, r, s, p, d, act, 1, garbage=3.0)
             np.testing.assert_array_equal(got, run_dense(x, wt, b, r, s, p, d, act, 2))
-            # the padding channels of the output are zero
+            # the padding channels of the output hold act(0): zero, or finite (0.5 here)
             kb = blocked.blocks(k)
-            assert not np.any(got.reshape(n, kb, -1, 16)[:, -1, :, k - (kb - 1) * 16:])
+            pad = got.reshape(n, kb, -1, 16)[:, -1, :, k - (kb - 1) * 16:]
+            assert np.all(pad == apply_activation(np.zeros(1, np.float32), act)[0])
             want = ACTS[act](ref + (0 if r is None else r))
-            bound = REL * (terms + (0 if r is None else np.abs(r))) + 1e-30
+            # the activations have slopes up to 1.1 and round within 4 ulp of their own
+            bound = (1.1 * REL * (terms + (0 if r is None else np.abs(r))) + 1e-30
+                     + 4 * 2.0 ** -24 * np.abs(want))
             err = np.abs(blocked.from_blocked(got, k).astype(np.float64) - want)
             worst = np.unravel_index(np.argmax(err / bound), err.shape)
             assert np.all(err <= bound), (f"act {act}: error {err[worst]:.3g} at {worst} "
@@ -93,8 +98,9 @@ def test_dense_two_threads_split_a_layer_that_has_work_for_both(rng):
     groups, and the result is the one thread's, bit for bit."""
     x, wt = f32(rng, 1, 128, 28, 28), f32(rng, 256, 128, 3, 3)
     pads = ((1, 1), (1, 1))
-    one = run_dense(x, wt, None, None, (2, 2), pads, (1, 1), 1, 1)
-    np.testing.assert_array_equal(one, run_dense(x, wt, None, None, (2, 2), pads, (1, 1), 1, 2))
+    one = run_dense(x, wt, None, None, (2, 2), pads, (1, 1), "relu", 1)
+    np.testing.assert_array_equal(one, run_dense(x, wt, None, None, (2, 2), pads, (1, 1), "relu",
+                                                  2))
     ref = np.maximum(conv2d_ref(x, wt, None, (2, 2), pads), 0)
     scale = conv2d_ref(np.abs(x), np.abs(wt), None, (2, 2), pads)
     assert np.all(np.abs(blocked.from_blocked(one, 256) - ref) <= REL * scale + 1e-30)
@@ -107,7 +113,7 @@ def test_dense_nonfinite_inputs_spread_like_the_direct_sum(rng):
     x[0, 3, 0, 0] = np.inf
     x[0, 5, 7, 7] = np.nan
     got = blocked.from_blocked(run_dense(x, wt, None, None, (2, 2), ((1, 1), (1, 1)), (1, 1),
-                                         0, 1), 16)
+                                         None, 1), 16)
     with np.errstate(invalid="ignore"):
         ref = conv2d_ref(x, wt, None, (2, 2), ((1, 1), (1, 1)))
     np.testing.assert_array_equal(np.isnan(got), np.isnan(ref))
@@ -119,7 +125,7 @@ def test_dense_refuses_inconsistent_arguments(rng):
     wp, bp = blocked.pack_dense(f32(rng, 20, 30, 3, 3), f32(rng, 20))
     out = np.zeros((1, 2, 3, 3, 16), np.float32)
 
-    def call(x=x, channels=30, wp=wp, bp=bp, res=None, out=out, kh=3, sh=2, act=0):
+    def call(x=x, channels=30, wp=wp, bp=bp, res=None, out=out, kh=3, sh=2, act=NO_ACT):
         nchwc.f32_conv2d_nchw16c(x, channels, wp, bp, res, out, kh, 3, sh, 2, 1, 1, 1, 1, act, 1)
     call()
     with pytest.raises(ValueError, match="channels"):
@@ -133,7 +139,7 @@ def test_dense_refuses_inconsistent_arguments(rng):
     with pytest.raises(ValueError, match="bias"):
         call(bp=bp[:16])
     with pytest.raises(ValueError, match="act"):
-        call(act=9)
+        call(act=BAD_ACT)
     with pytest.raises(ValueError, match="strides"):
         call(sh=0)
     with pytest.raises(ValueError, match="residual"):
@@ -365,8 +371,8 @@ def test_batch_norm_on_blocks(rng):
     sp[:40], tp[:40] = s, t
     xb = blocked.to_blocked(x)
     xb[:, -1, :, :, 8:] = 5.0          # finite garbage in the padding lanes
-    for act, f in ((0, lambda v: v), (1, lambda v: np.maximum(v, 0)),
-                   (2, lambda v: np.clip(v, 0, 6))):
+    for act, f in ((NO_ACT, lambda v: v), (kernel_act("relu"), lambda v: np.maximum(v, 0)),
+                   (kernel_act("relu6"), lambda v: np.clip(v, 0, 6))):
         outs = []
         for threads in (1, 2):
             out = np.full_like(xb, np.nan)
@@ -381,9 +387,9 @@ def test_batch_norm_on_blocks(rng):
         assert np.all(np.abs(blocked.from_blocked(outs[0], 40) - want) <= bound)
         assert not np.any(outs[0][:, -1, :, :, 8:])
     with pytest.raises(ValueError, match="do not fit"):
-        nchwc.f32_scale_shift_blocked(xb, sp[:40], tp, xb.copy(), 0, 1)
+        nchwc.f32_scale_shift_blocked(xb, sp[:40], tp, xb.copy(), NO_ACT, 1)
     with pytest.raises(ValueError, match="act"):
-        nchwc.f32_scale_shift_blocked(xb, sp, tp, xb.copy(), 9, 1)
+        nchwc.f32_scale_shift_blocked(xb, sp, tp, xb.copy(), BAD_ACT, 1)
 
 
 def test_a_densenet_layer_stays_blocked_through_its_batch_norms(rng):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from ..ops.activation import ACTIVATION_CODES
+from ..ops.activation import is_activation
 from .conv import ConvParams, is_depthwise, is_pointwise
 
 LAYOUTS = ("auto", "nchw", "nchw16c")
@@ -71,10 +71,10 @@ def blocked_kernel(p: ConvParams, activation=None,
     "grouped" (groups of GROUPED_MIN_WIDTH to 16 channels each way, within blocks), "direct"
     (one group, at most BLOCKED_DIRECT_MAX_TAPS taps, NCHW in), "dense" (one group, any other
     kernel but Winograd's 3x3 stride 1), or None.
-    activation: the fused one (any engine/ops/activation.py code); residual: None
+    activation: the fused one (any of engine/ops/activation.py); residual: None
     without one, True if it has the output's shape (the pointwise and dense kernels add one),
     False if it broadcasts."""
-    if activation not in ACTIVATION_CODES:
+    if not is_activation(activation):
         return None, f"no channel-blocked kernel applies the activation {activation!r}"
     if residual is False:
         return None, ("the residual broadcasts: the blocked kernels add only one of the "

@@ -13,7 +13,7 @@ from ..dispatch.layout import (POINTWISE_GROUP_SLACK, choose_depthwise_blocked_s
 from .._kernels import nchwc, pool_nchw16c
 from .._threads import threads_for
 from ..ops import blocked
-from ..ops.activation import ACTIVATION_CODES
+from ..ops.activation import kernel_act
 from ..ops.pool import onnx_avgpool_divisor
 from .ops import F32, Info, Op
 
@@ -170,7 +170,7 @@ class BlockedBatchNorm(_Internal):
 
     def build(self, ins, outs, i, o):
         a, b, s, t = i[0], o[0], self.scale, self.shift
-        act = ACTIVATION_CODES[self.activation]
+        act = kernel_act(self.activation)
         single = outs[0].size < MIN_CONVERT_ELEMENTS
 
         def step(env, nt):
@@ -224,7 +224,7 @@ class BlockedConv(_Internal):
         self.conv, self.conv_kind = conv, kind
         self.logical_ins, self.logical_outs = ins, outs
         self.pads, self.conv_shape = conv.geometry(ins)
-        self.act = ACTIVATION_CODES[conv.activation]
+        self.act = kernel_act(conv.activation)
         self.macs = math.prod(self.conv_shape) * math.prod(conv.w.shape[1:])
         self._flops = conv.flops(ins, outs)
         # packed once per Conv, shared by every plan (see rewrite's side_by_side)

@@ -24,6 +24,7 @@ import math
 
 import numpy as np
 
+from ..ops.activation import parse as parse_activation
 from .ir import Graph, Node
 from .ops import OPS
 
@@ -317,13 +318,10 @@ def _squeeze_excite_at(m: _Match, mul: Node):
         return None
     for k in (0, 1):
         x, s = mul.inputs[1 - k], mul.inputs[k]
-        gate = m.producers.get(s)
-        if gate is None or gate.op not in ("Sigmoid", "HardSigmoid") \
-                or m.only_reader(s) is not mul:
+        found = _se_gate(m, s, mul)
+        if found is None:
             continue
-        fc2 = m.made_by(gate.inputs[0], "Conv")
-        if fc2 is None or fc2.attrs.get("activation") or m.only_reader(fc2.outputs[0]) is not gate:
-            continue
+        gate_nodes, fc2, attrs = found
         fc1 = m.made_by(fc2.inputs[0], "Conv")
         if fc1 is None or m.only_reader(fc1.outputs[0]) is not fc2:
             continue
@@ -344,13 +342,37 @@ def _squeeze_excite_at(m: _Match, mul: Node):
                             m.g.constants[second[0]].shape[:2])
         if (c2, r2) != (c, r):
             continue
-        attrs = {"gate": gate.op.lower()}
-        if gate.op == "HardSigmoid":
-            attrs["alpha"] = float(gate.attrs.get("alpha", 0.2))
-            attrs["beta"] = float(gate.attrs.get("beta", 0.5))
         if fc1.attrs.get("activation"):
             attrs["activation"] = fc1.attrs["activation"]
-        return [pool, fc1, fc2, gate, mul], x, first, second, attrs
+        return [pool, fc1, fc2] + gate_nodes + [mul], x, first, second, attrs
+    return None
+
+
+def _se_gate(m: _Match, s: str, mul: Node):
+    """The gate of a squeeze-excite whose per-channel factors ``s`` the Mul reads: a Sigmoid or
+    HardSigmoid after the second 1x1 convolution, or fused into it as its activation. Returns
+    (gate nodes to remove besides the convolution, that convolution, the SqueezeExcite
+    attributes for the gate), or None."""
+    node = m.producers.get(s)
+    if node is None or m.only_reader(s) is not mul:
+        return None
+    if node.op in ("Sigmoid", "HardSigmoid"):
+        fc2 = m.made_by(node.inputs[0], "Conv")
+        if fc2 is None or fc2.attrs.get("activation") \
+                or m.only_reader(fc2.outputs[0]) is not node:
+            return None
+        attrs = {"gate": node.op.lower()}
+        if node.op == "HardSigmoid":
+            attrs["alpha"] = float(node.attrs.get("alpha", 0.2))
+            attrs["beta"] = float(node.attrs.get("beta", 0.5))
+        return [node], fc2, attrs
+    if node.op != "Conv" or not node.attrs.get("activation"):
+        return None
+    act = parse_activation(node.attrs["activation"])
+    if act.kind == "sigmoid":
+        return [], node, {"gate": "sigmoid"}
+    if act.kind == "hardsigmoid":
+        return [], node, {"gate": "hardsigmoid", "alpha": act.alpha, "beta": act.beta}
     return None
 
 

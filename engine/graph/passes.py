@@ -9,8 +9,8 @@
   Gelu node;
 - ``fold_batchnorm``: BatchNormalization after a convolution is folded into its weights and
   bias (computed in float64, stored in float32);
-- ``fuse_activations``: Relu, Clip(0, 6) or Clip(0, none), SiLU, HardSwish and exact Gelu
-  after a convolution become the convolution's ``activation``, applied in the kernel's output
+- ``fuse_activations``: Relu, Clip, SiLU, HardSwish, Gelu, Sigmoid, Tanh, Softplus, Mish,
+  Elu, LeakyRelu, HardSigmoid and PRelu with one slope after a convolution become the convolution's ``activation``, applied in the kernel's output
   step;
 - ``fuse_residual``: an Add of a convolution's output and another tensor becomes a fourth
   convolution input, added in the same plan step (followed by a fused activation if any);
@@ -22,9 +22,12 @@ in ``graph.notes`` for explain().
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..errors import ModelError
+from ..ops.activation import canonical
 from .fusions import fuse_gelu, fuse_layer_norm, fuse_squeeze_excite
 from .ir import Graph, Node
 from .ops import OPS, Info
@@ -164,33 +167,58 @@ def fold_batchnorm(g: Graph) -> int:
     return count
 
 
-# activation nodes a convolution's output step applies (engine/ops/activation.py)
-_FUSED_ACTIVATIONS = {"Relu": "relu", "SiLU": "silu", "HardSwish": "hardswish"}
+# activation nodes a convolution's output step applies (engine/ops/activation.py), with the
+# ONNX defaults of their attributes
+_FUSED_ACTIVATIONS = {"Relu": "relu", "SiLU": "silu", "HardSwish": "hardswish",
+                      "Sigmoid": "sigmoid", "Tanh": "tanh", "Softplus": "softplus",
+                      "Mish": "mish"}
+
+
+_NOT_SCALAR = object()
+
+
+def _scalar_constant(g: Graph, name: str):
+    """The float value of a one-element float constant input, None if the input is absent,
+    _NOT_SCALAR if it is anything else."""
+    if not name:
+        return None
+    v = g.constants.get(name)
+    if v is None or v.size != 1 or v.dtype.kind != "f":
+        return _NOT_SCALAR
+    return float(v.reshape(()))
 
 
 def _activation_of(g: Graph, node: Node):
-    """The activation a convolution kernel can apply for ``node`` ("relu", "relu6", "silu",
-    "hardswish", "gelu"), or None."""
+    """The activation a convolution kernel can apply for ``node`` (an engine/ops/activation.py
+    spelling), or None."""
+    attrs = node.attrs
     if node.op in _FUSED_ACTIVATIONS:
         return _FUSED_ACTIVATIONS[node.op]
-    if node.op == "Gelu" and node.attrs.get("approximate", "none") == "none":
-        return "gelu"
-    if node.op != "Clip":
+    if node.op == "Gelu":
+        return {"none": "gelu", "tanh": "gelu_tanh"}.get(attrs.get("approximate", "none"))
+    if node.op == "LeakyRelu":
+        return canonical(f"leaky_relu({float(attrs.get('alpha', 0.01))})")
+    if node.op == "Elu":
+        return canonical(f"elu({float(attrs.get('alpha', 1.0))})")
+    if node.op == "HardSigmoid":
+        return canonical(f"hardsigmoid({float(attrs.get('alpha', 0.2))},"
+                         f"{float(attrs.get('beta', 0.5))})")
+    if node.op == "PRelu" and len(node.inputs) == 2:
+        slope = _scalar_constant(g, node.inputs[1])   # one slope for every channel
+        if slope is None or slope is _NOT_SCALAR or not math.isfinite(slope):
+            return None
+        return canonical(f"leaky_relu({slope})")
+    if node.op != "Clip" or node.attrs.get("min") is not None or "max" in node.attrs:
         return None
-    bounds = []
-    for k in (1, 2):
-        name = node.inputs[k] if len(node.inputs) > k else ""
-        if name and name not in g.constants:
-            return None
-        v = g.constants[name] if name else None
-        if v is not None and v.size != 1:
-            return None
-        bounds.append(None if v is None else float(v.reshape(())))
-    if bounds == [0.0, None]:
-        return "relu"
-    if bounds == [0.0, 6.0]:
-        return "relu6"
-    return None
+    bounds = [_scalar_constant(g, node.inputs[k] if len(node.inputs) > k else "")
+              for k in (1, 2)]
+    if any(b is _NOT_SCALAR for b in bounds):
+        return None
+    lo, hi = (-math.inf if bounds[0] is None else bounds[0],
+              math.inf if bounds[1] is None else bounds[1])
+    if math.isnan(lo) or math.isnan(hi) or lo > hi:
+        return None
+    return canonical(f"clip({lo},{hi})")
 
 
 def fuse_activations(g: Graph) -> int:

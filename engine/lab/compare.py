@@ -16,7 +16,7 @@ import numpy as np
 
 from .. import dispatch
 from .._threads import get_num_threads
-from ..ops.activation import _float64_activation
+from ..ops.activation import float64_activation
 from ..ops.conv2d import Conv2d
 from ..ops.workspace import workspace
 from ..timing import time_alternating
@@ -231,7 +231,7 @@ def compare(layer_or_params, x=None, algorithms="all", repeat=None, peers=(), *,
     (pt, pb), (pl, pr) = g.pads      # ONNX order below: begins, then ends
     ref_pre = Conv2d(w64, b64, stride, (pt, pl, pb, pr), dilation, groups,
                      algorithm="direct")(x64)
-    ref = _reference_activation(ref_pre, activation)
+    ref = ref_pre if activation is None else float64_activation(activation, ref_pre)
     rows, runners, outs = [], {}, {}
     for a, layer in layers.items():
         out = np.empty(layer.output_shape(x.shape), np.float32)
@@ -267,15 +267,6 @@ def compare(layer_or_params, x=None, algorithms="all", repeat=None, peers=(), *,
     rows.sort(key=lambda r: r["ms"])
     return rows
 
-
-def _reference_activation(y, activation):
-    if activation == "relu":
-        return np.maximum(y, 0)
-    if activation == "relu6":
-        return np.clip(y, 0, 6)
-    if activation is not None:
-        return _float64_activation(activation, y)
-    return y
 
 
 def layer_text(layer_or_params, x=None) -> str:

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..ops import blocked
 from ..ops.conv2d import Conv2d
-from .compare import _reference_activation
+from ..ops.activation import float64_activation
 
 
 def _conv_of(step):
@@ -62,7 +62,7 @@ def conv_errors(plan, feeds: list, num_threads: int = 1) -> dict:
                      (pt, pl, pb, pr), conv.dilations, conv.group, algorithm="direct")(x)
         if r is not None:
             ref = ref + r
-        ref = _reference_activation(ref, conv.activation)
+        ref = float64_activation(conv.activation, ref)
         scale = float(np.abs(ref).max()) if ref.size else 0.0
         err = float(np.abs(y - ref).max()) if ref.size else 0.0
         errors[index[id(step)]] = err / scale if scale > 0 else err

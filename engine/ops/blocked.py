@@ -1,11 +1,12 @@
 """Convolutions on channel-blocked activations (NCHW16c: [N][ceil(C/16)][H][W][16], channels
-beyond C zero), the layout the graph runner keeps chains of pointwise and depthwise layers in
+beyond C zero where a tensor is converted, finite after any step), the layout the graph runner keeps chains of pointwise and depthwise layers in
 (engine/graph/layout.py). Kernels: kernels/_nchwc.h, kernels/nchwc.pyx.
 
 Weights are rearranged once, here: pointwise weights in groups of up to four output blocks, each
 [input channel][output channel of the group]; depthwise weights [block][kh][kw][16]. Padded
-input channels get zero weights and padded output channels zero weights and bias, so the
-padding stays zero through every activation the kernels apply (none, relu, relu6).
+input channels get zero weights, so whatever finite values the padding channels carry (an
+activation such as sigmoid maps their zeros to 0.5) add nothing; padded output channels get
+zero weights and bias.
 """
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ from ..dispatch.policy import conv_signature, current_policy
 from .._threads import blas_pinned, fork_safe, resolve_threads, threads_for
 from ..shapes import conv_output_shape, ntuple, resolve_padding
 from ._validate import as_float_array, check_out, new_output
-from .activation import CLAMP_ACTIVATIONS, activation_code, apply_activation
+from .activation import CLAMP_ACTIVATIONS, apply_activation, canonical, kernel_act
 from .separable import rank1_kernels as _rank1_kernels
 
 
@@ -106,9 +106,10 @@ class Conv2d:
 
     weight: (out_channels, in_channels // groups, kh, kw); bias: (out_channels,) or None.
     stride, padding, dilation, groups follow torch.nn.functional.conv2d; padding may also be
-    "same" (SAME_UPPER for stride > 1) or "valid". activation: None, "relu", "relu6", "silu",
-    "hardswish" or "gelu" (exact), applied in the kernel's output step together with the bias
-    (by the kernels that only clamp, as one vector pass right after them). algorithm: "auto" or a name from
+    "same" (SAME_UPPER for stride > 1) or "valid". activation: None or a name of
+    engine/ops/activation.py ("relu", "relu6", "silu", "gelu", "tanh", "leaky_relu(0.1)",
+    "hardsigmoid", "clip(-1,1)", ...), applied in the kernel's output step together with the
+    bias (by the kernels that only clamp, as one vector pass right after them). algorithm: "auto" or a name from
     ``engine.algorithms()``. input_size: the (H, W) the layer will see, if known, so the
     dispatcher can weigh it. Float64 input is converted to float32 except with
     algorithm="direct", which computes and returns float64.
@@ -150,8 +151,8 @@ class Conv2d:
         self.in_channels = cg * groups
         self.out_channels = k_out
         self.kernel_size = (kh, kw)
-        self.activation = activation
-        self.act_code = activation_code(activation)
+        self.activation = canonical(activation)
+        self.act = kernel_act(activation)
         self._weight64 = w if w.dtype == np.float64 else None
         self.weight = np.ascontiguousarray(w, dtype=np.float32)
         self.transforms = TransformedWeights() if transforms is None else transforms
@@ -190,8 +191,9 @@ class Conv2d:
         self._impl = _registry()[self.algorithm](self, **options)
         # an activation the kernel's output step cannot apply runs as one vector pass after it
         self.post_activation = None
-        if getattr(self._impl, "clamp_only", False) and activation not in CLAMP_ACTIVATIONS:
-            self.act_code, self.post_activation = 0, activation
+        if getattr(self._impl, "clamp_only", False) \
+                and self.activation not in CLAMP_ACTIVATIONS:
+            self.act, self.post_activation = kernel_act(None), self.activation
         self._geometries = ShapeCache(64)
 
     @property

@@ -56,7 +56,7 @@ class Direct:
             w, b = L.weight, self.b32
         conv_direct.conv2d_direct(x, w, b, out, L.stride[0], L.stride[1], g.pads[0][0],
                                   g.pads[1][0], L.dilation[0], L.dilation[1], L.groups,
-                                  L.act_code, threads)
+                                  L.act, threads)
 
 
 def _packed_rows_shape(layer):
@@ -91,7 +91,7 @@ class Im2col:
             conv_im2col.f32_conv2d_im2col(
                 x, self.wpack, L.bias, out, kh, kw, L.stride[0],
                 L.stride[1], g.pads[0][0], g.pads[1][0], L.dilation[0], L.dilation[1],
-                L.groups, rows, cols, L.act_code, threads, work)
+                L.groups, rows, cols, L.act, threads, work)
         finally:
             workspace.give(work)
 
@@ -125,7 +125,7 @@ class Pointwise:
                 x.reshape(n, c, pixels), self.wpack, L.bias,
                 None if residual is None else residual.reshape(n, L.out_channels, pixels),
                 out.reshape(n, L.out_channels, pixels), buf, L.groups, split_rows,
-                group_panels, L.act_code, threads)
+                group_panels, L.act, threads)
         finally:
             workspace.give(buf)
 

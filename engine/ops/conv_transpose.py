@@ -30,7 +30,7 @@ from .._threads import resolve_threads, threads_for
 from ..shapes import conv_transpose_output_shape, effective_kernel, ntuple, resolve_padding
 from . import packed_gemm
 from ._validate import as_float_array, check_out, new_output
-from .activation import activation_code
+from .activation import canonical, kernel_act
 from .conv2d import Conv2d
 from .workspace import workspace
 
@@ -113,8 +113,8 @@ class ConvTranspose2d:
     weight: (in_channels, out_channels // groups, kh, kw) as torch stores it; bias:
     (out_channels,) or None. stride, padding, output_padding, groups and dilation follow
     torch.nn.functional.conv_transpose2d; padding may also be a 4-tuple
-    (top, left, bottom, right) as ONNX orders pads. activation: None, "relu" or "relu6", applied
-    with the bias in the output step. algorithm: "auto", "col2im" or "zero_insert".
+    (top, left, bottom, right) as ONNX orders pads. activation: None or a name of
+    engine/ops/activation.py, applied with the bias in the output step. algorithm: "auto", "col2im" or "zero_insert".
 
     Call as ``layer(x, output_size=None, out=None)``; output_size, (H, W) or a full NCHW
     shape, picks output_padding as torch's ConvTranspose2d does and overrides the
@@ -146,8 +146,8 @@ class ConvTranspose2d:
         self.in_channels = c_in
         self.out_channels = kg * groups
         self.kernel_size = tuple(w.shape[2:])
-        self.activation = activation
-        self.act_code = activation_code(activation)
+        self.activation = canonical(activation)
+        self.act = kernel_act(activation)
         self.weight = w
         if bias is not None:
             b = as_float_array(bias, "bias", 1)
@@ -276,7 +276,7 @@ class Col2im:
         try:
             _ct.f32_conv_transpose2d_col2im(x, self.wpack, L.bias, out, kh, kw, sh, sw,
                                             g.pads[0][0], g.pads[1][0], dh, dw, L.groups,
-                                            self.co_block, rows, L.act_code, threads, work)
+                                            self.co_block, rows, L.act, threads, work)
         finally:
             workspace.give(work)
 

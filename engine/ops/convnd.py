@@ -17,7 +17,7 @@ from .._threads import resolve_threads, threads_for
 from ..shapes import conv_output_shape, ntuple, resolve_padding
 from . import packed_gemm
 from ._validate import as_float_array, check_out, new_output
-from .activation import activation_code
+from .activation import canonical, kernel_act
 from .conv2d import Conv2d
 from .workspace import workspace
 
@@ -141,8 +141,8 @@ class Conv3d:
     """A 3-D convolution (torch.nn.functional.conv3d semantics, NCDHW) planned once.
 
     weight: (out_channels, in_channels // groups, kd, kh, kw); padding: int, 3-tuple,
-    6-tuple (all begins, then all ends), "same" or "valid". activation: None, "relu" or
-    "relu6". algorithm: "auto" or "im2col" (vol2col + packed GEMM, the only 3-D algorithm).
+    6-tuple (all begins, then all ends), "same" or "valid". activation: None or a name of
+    engine/ops/activation.py. algorithm: "auto" or "im2col" (vol2col + packed GEMM, the only 3-D algorithm).
     Float64 input is computed in float32.
     """
 
@@ -167,8 +167,8 @@ class Conv3d:
         self.groups = groups
         self.out_channels = w.shape[0]
         self.in_channels = w.shape[1] * groups
-        self.activation = activation
-        self.act_code = activation_code(activation)
+        self.activation = canonical(activation)
+        self.act = kernel_act(activation)
         self.weight = w
         # packed per group and depth tap: W_ga[Kg, Cg*kh*kw] for the micro-kernel
         kd = w.shape[2]
@@ -228,7 +228,7 @@ class Conv3d:
         try:
             _c3.f32_conv3d_vol2col(x, self.wpack, self.bias, out, kd, kh, kw, sd, sh, sw,
                                    g.pads[0][0], g.pads[1][0], g.pads[2][0], dd, dh, dw,
-                                   self.groups, slices, rows, self.act_code, threads, work)
+                                   self.groups, slices, rows, self.act, threads, work)
         finally:
             workspace.give(work)
 

@@ -17,7 +17,7 @@ from .._threads import resolve_threads, threads_for
 from ..shapes import conv_output_shape, ntuple, resolve_padding
 from . import packed_gemm
 from ._validate import as_float_array, check_out, new_output
-from .activation import activation_code
+from .activation import canonical, kernel_act
 from .workspace import workspace
 
 # Bound on one thread's column buffer. Larger than im2col's: on the deform3x3_c64_56 layer
@@ -41,8 +41,8 @@ class DeformConv2d:
     weight: (out_channels, in_channels // groups, kh, kw); bias: (out_channels,) or None.
     stride, padding, dilation and groups as for engine.Conv2d (padding may also be "same",
     "valid" or ONNX's (top, left, bottom, right)). offset_groups: the number of offset groups,
-    or None to infer it from the offset's channel count at each call. activation: None,
-    "relu" or "relu6", applied with the bias. Float64 input is computed in float32.
+    or None to infer it from the offset's channel count at each call. activation: None or
+    a name of engine/ops/activation.py, applied with the bias. Float64 input is computed in float32.
     """
 
     def __init__(self, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
@@ -70,8 +70,8 @@ class DeformConv2d:
             raise ValueError(f"padding must be an int, a tuple, 'same' or 'valid', got {padding!r}")
         resolve_padding(padding, (1, 1), (kh, kw), self.stride, self.dilation)  # check it now
         self.padding = padding
-        self.activation = activation
-        self.act_code = activation_code(activation)
+        self.activation = canonical(activation)
+        self.act = kernel_act(activation)
         self.weight = w
         # taps outer, channels inner: the column layout of kernels/deform.pyx
         # taps outer, channels inner, as the kernel's columns; packed for the micro-kernel
@@ -158,7 +158,7 @@ class DeformConv2d:
             _deform.f32_deform_conv2d(x, offset, mask, self.wpack, self.bias, out, kh, kw,
                                       self.stride[0], self.stride[1], pads[0][0], pads[1][0],
                                       self.dilation[0], self.dilation[1], self.groups,
-                                      offset_groups, rows, self.act_code, threads, work)
+                                      offset_groups, rows, self.act, threads, work)
         finally:
             workspace.give(work)
 

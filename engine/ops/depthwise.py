@@ -93,13 +93,13 @@ class Depthwise:
         try:
             if kind == "blocks":
                 conv_depthwise_cb.f32_conv2d_depthwise_cb(
-                    x, self.wcb, L.bias, out, sh, sw, pt, pl, dh, dw, L.act_code, threads, work)
+                    x, self.wcb, L.bias, out, sh, sw, pt, pl, dh, dw, L.act, threads, work)
             elif kind == "rows":
                 conv_depthwise.f32_conv2d_depthwise_rows(
-                    x, self.w2d, L.bias, out, sh, pt, pl, L.act_code, threads, work)
+                    x, self.w2d, L.bias, out, sh, pt, pl, L.act, threads, work)
             else:
                 conv_depthwise.f32_conv2d_depthwise(
                     x, self.w2d, L.bias, out, kh, kw, sh, sw, pt, pl, dh, dw,
-                    DEPTHWISE_STAGE_BYTES, L.act_code, threads, work)
+                    DEPTHWISE_STAGE_BYTES, L.act, threads, work)
         finally:
             workspace.give(work)

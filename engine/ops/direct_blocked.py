@@ -68,6 +68,6 @@ class DirectBlocked:
         try:
             _k.f32_conv2d_direct_blocked(x, self.wpack, L.bias, out, buf, kh, kw, sh, sw,
                                          g.pads[0][0], g.pads[1][0], dh, dw, L.groups, rows,
-                                         L.act_code, threads)
+                                         L.act, threads)
         finally:
             workspace.give(buf)

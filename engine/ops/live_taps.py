@@ -17,6 +17,7 @@ from .._kernels import conv_pointwise
 from .._cache import ShapeCache
 from ..shapes import live_outputs
 from . import packed_gemm
+from .activation import NO_ACT
 from .workspace import workspace
 
 
@@ -79,12 +80,12 @@ class LiveTaps:
             try:
                 conv_pointwise.f32_conv2d_pointwise(
                     xs.reshape(n, c, rh * rw), self.wpack[t], None, None, part, buf, L.groups,
-                    split_rows, group_panels, 0, threads)
+                    split_rows, group_panels, NO_ACT, threads)
             finally:
                 workspace.give(buf)
             with np.errstate(invalid="ignore", over="ignore"):   # inf - inf: NaN, as summed
                 out[:, :, oy0:oy1, ox0:ox1] += part.reshape(n, k, rh, rw)
-        if L.act_code == 1:
+        if L.activation == "relu":
             np.maximum(out, 0, out=out)
-        elif L.act_code == 2:
+        elif L.activation == "relu6":
             np.clip(out, 0, 6, out=out)

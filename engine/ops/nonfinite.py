@@ -16,4 +16,4 @@ def fix_nonfinite(layer, x, out, pads, threads) -> int:
     """
     return conv_nonfinite.f32_conv2d_fix_nonfinite(
         x, layer.weight, out, layer.stride[0], layer.stride[1], pads[0][0], pads[1][0],
-        layer.dilation[0], layer.dilation[1], layer.groups, layer.act_code, threads)
+        layer.dilation[0], layer.dilation[1], layer.groups, layer.act, threads)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._validate import as_float_array
-from .activation import activation_code, apply_activation
+from .activation import apply_activation, canonical
 from .conv2d import Conv2d
 
 
@@ -49,8 +49,8 @@ class OctaveConv2d:
     (x_h); likewise int(alpha_out * out_channels) for the output, as in the paper's reference
     code. bias: (out_channels,) or None, split the same way. stride, padding and dilation
     apply to each of the four convolutions (a strided octave layer is strided on both
-    resolutions; the paper's code average-pools first instead). activation: None, "relu" or
-    "relu6", applied after each output's two paths are added. x_l has half x_h's size
+    resolutions; the paper's code average-pools first instead). activation: None or a name
+    of engine/ops/activation.py, applied after each output's two paths are added. x_l has half x_h's size
     (floor); x_h's size must make both paths of each output the same size, which even sizes
     with "same"-style padding do.
     """
@@ -66,8 +66,7 @@ class OctaveConv2d:
             bias = as_float_array(bias, "bias", 1, dtype=np.float64)
             if bias.shape != (k,):
                 raise ValueError(f"bias must have shape ({k},), got {bias.shape}")
-        self.activation = activation
-        activation_code(activation)   # validate it now
+        self.activation = canonical(activation)
         b_h = None if bias is None else bias[:self.k_h]
         b_l = None if bias is None else bias[self.k_h:]
         kw = dict(stride=stride, padding=padding, dilation=dilation, num_threads=num_threads)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._kernels import conv_pointwise
-from .activation import activation_code
+from .activation import kernel_act
 from .workspace import populated_zeros, workspace
 
 ROW_BLOCK = conv_pointwise.ROW_BLOCK     # rows of A per packed block (MR)
@@ -84,7 +84,7 @@ class ConstantRight:
         if self.ones:
             rows.append(np.asarray(bias, np.float32).reshape(1, self.n))
         self.b = np.ascontiguousarray(np.concatenate(rows)).reshape(1, -1, self.n)
-        self.act = activation_code(activation)
+        self.act = kernel_act(activation)
 
     def run(self, a: np.ndarray, out: np.ndarray, threads: int) -> None:
         """a: C-contiguous float32 (M, K); out: C-contiguous float32 (M, N)."""

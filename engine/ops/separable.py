@@ -86,7 +86,7 @@ class Separable:
         xs = np.where(np.isfinite(x), x, np.float32(0)) if nonfinite else x
         conv_separable.f32_conv2d_separable(
             xs, self.col, self.row, L.bias, out, L.stride[0], L.stride[1], g.pads[0][0],
-            g.pads[1][0], L.dilation[0], L.dilation[1], SEPARABLE_ROWS_PER_BLOCK, L.act_code,
+            g.pads[1][0], L.dilation[0], L.dilation[1], SEPARABLE_ROWS_PER_BLOCK, L.act,
             threads)
         if nonfinite:
             from .nonfinite import fix_nonfinite

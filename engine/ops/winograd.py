@@ -261,7 +261,7 @@ class Winograd:
                 x, self.upack, L.groups, self.bias, out, p.rows, p.blocks, p.phase_tiles,
                 p.phase_start, p.phase_cols, p.colmap, self.tile, p.J, p.hbuf, p.max_tiles,
                 g.pads[0][0], g.pads[1][0], L.dilation[0], L.dilation[1], work, panels,
-                p.mchunk, p.group_panels, L.act_code, threads, _CHECK_NONFINITE)
+                p.mchunk, p.group_panels, L.act, threads, _CHECK_NONFINITE)
         finally:
             workspace.give(panels)
             workspace.give(work)

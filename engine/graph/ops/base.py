@@ -24,7 +24,7 @@ import numpy as np
 from ... import shapes
 from ...errors import ModelError
 from ...memory import current_max_memory, format_bytes
-from ...ops.activation import ACTIVATION_CODES
+from ...ops.activation import is_activation
 
 F32 = np.dtype(np.float32)
 I64 = np.dtype(np.int64)
@@ -122,7 +122,7 @@ _KINDS = {
     "str": lambda v: isinstance(v, str),
     "ints": lambda v: isinstance(v, (list, tuple)) and all(_is_int(e) for e in v),
     "floats": lambda v: isinstance(v, (list, tuple)) and all(_is_num(e) for e in v),
-    "act": lambda v: (v is None or isinstance(v, str)) and v in ACTIVATION_CODES,
+    "act": lambda v: v is None or (isinstance(v, str) and is_activation(v)),
     "num": _is_num,
 }
 
@@ -184,6 +184,13 @@ class Op:
 
     def attr(self, name, default=None):
         return self.node.attrs.get(name, default)
+
+    def finite_attr(self, name, default: float) -> float:
+        """A float attribute, checked finite."""
+        value = float(self.attr(name, default))
+        if not math.isfinite(value):
+            raise self.error(f"{name} must be finite, got {value}")
+        return value
 
     def input_name(self, i):
         return self.node.inputs[i] if i < len(self.node.inputs) else ""

@@ -1,13 +1,14 @@
 """Elementwise node plans: unary activations (Relu, Sigmoid, Tanh, LeakyRelu, HardSigmoid,
 HardSwish), Clip and PRelu; binary arithmetic with NumPy broadcasting (Add, Sub, Mul, Div) and
-the variadic Sum. A ufunc with ``out=`` is their right implementation; steps that read each
-input once before writing may run in place.
+the variadic Sum. The activations the convolutions fuse run as one vector pass of the same
+kernels (engine/ops/activation.py); elsewhere a ufunc with ``out=`` is the right
+implementation. Steps that read each input once before writing may run in place.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from ...ops.activation import vector_activation
+from ...ops.activation import canonical, vector_activation
 from .base import F32, Info, Op, register, same_shape_inputs
 
 
@@ -57,99 +58,81 @@ class Relu(Unary):
         return step
 
 
-@register
-class Sigmoid(Unary):
-    kind = "Sigmoid"
+class VectorUnary(Unary):
+    """An activation of engine/ops/activation.py, one vector pass (kernels/activation.pyx):
+    ``activation()`` names it, with the node's parameters."""
     threaded = True
     flops_per_element = 4
 
+    def activation(self) -> str:
+        raise NotImplementedError
+
     def kernel(self):
-        return vector_activation("sigmoid")
-
-
-def sigmoid(x, out):
-    """1 / (1 + exp(-x)) in four vectorised NumPy passes (NumPy's float32 exp uses the CPU's
-    vector units; scipy.special.expit does not and took 4x longer on a 96x112x112 tensor),
-    within 2.1e-7 relative of the float64 value. exp overflows to inf for x below about -88,
-    which gives the exact 0; +-inf give 0 and 1, NaN stays NaN."""
-    np.negative(x, out=out)
-    with np.errstate(over="ignore"):
-        np.exp(out, out=out)
-    out += 1
-    np.reciprocal(out, out=out)
+        return vector_activation(canonical(self.activation()))
 
 
 @register
-class SiLU(Unary):
+class Sigmoid(VectorUnary):
+    kind = "Sigmoid"
+
+    def activation(self):
+        return "sigmoid"
+
+
+@register
+class SiLU(VectorUnary):
     """x * sigmoid(x) (SiLU, Swish), the engine's own node for the Sigmoid + Mul pair that
     exporters write (engine/graph/passes.py fuse_silu): one step and one output instead of two."""
     kind = "SiLU"
     onnx = False
-    threaded = True
-
-    def kernel(self):
-        return vector_activation("silu")
-
     flops_per_element = 5
 
+    def activation(self):
+        return "silu"
+
 
 @register
-class Tanh(Unary):
+class Tanh(VectorUnary):
     kind = "Tanh"
 
-    def kernel(self):
-        return lambda x, out: np.tanh(x, out=out)
+    def activation(self):
+        return "tanh"
 
 
 @register
-class LeakyRelu(Unary):
+class LeakyRelu(VectorUnary):
     kind = "LeakyRelu"
     attributes = {"alpha": "float"}
-    single_pass = False
+    flops_per_element = 1
 
     def setup(self, constants):
-        self.alpha = np.float32(self.attr("alpha", 0.01))
+        self.alpha = self.finite_attr("alpha", 0.01)
 
-    def kernel(self):
-        # x for x >= 0, alpha*x otherwise: the larger of the two when alpha <= 1, the smaller
-        # when alpha > 1 (two ufunc passes, no mask)
-        alpha = self.alpha
-        pick = np.maximum if alpha <= 1 else np.minimum
-
-        def run(x, out):
-            np.multiply(x, alpha, out=out)
-            pick(x, out, out=out)
-        return run
+    def activation(self):
+        return f"leaky_relu({self.alpha})"
 
 
 @register
-class HardSigmoid(Unary):
+class HardSigmoid(VectorUnary):
     kind = "HardSigmoid"
     attributes = {"alpha": "float", "beta": "float"}
+    flops_per_element = 2
 
     def setup(self, constants):
-        self.alpha = np.float32(self.attr("alpha", 0.2))
-        self.beta = np.float32(self.attr("beta", 0.5))
+        self.alpha = self.finite_attr("alpha", 0.2)
+        self.beta = self.finite_attr("beta", 0.5)
 
-    def kernel(self):
-        alpha, beta = self.alpha, self.beta
-
-        def run(x, out):
-            np.multiply(x, alpha, out=out)
-            np.add(out, beta, out=out)
-            np.clip(out, 0.0, 1.0, out=out)
-        return run
+    def activation(self):
+        return f"hardsigmoid({self.alpha},{self.beta})"
 
 
 @register
-class HardSwish(Unary):
-    """x min(max(x/6 + 1/2, 0), 1), one vector pass (kernels/activation.pyx)."""
+class HardSwish(VectorUnary):
+    """x min(max(x/6 + 1/2, 0), 1)."""
     kind = "HardSwish"
-    threaded = True
-    flops_per_element = 4
 
-    def kernel(self):
-        return vector_activation("hardswish")
+    def activation(self):
+        return "hardswish"
 
 
 @register

@@ -2,10 +2,11 @@
 variadic Min, Max and Mean.
 
 Float32 in and out (Neg, Abs and Sign also take int64, for shape arithmetic; Min and Max any
-number type). Each is a few NumPy ufunc passes with ``out=``; NaN and infinities are values,
-not errors, so the steps that can make them run with NumPy's warnings off. The formulas are
-arranged to stay accurate where the textbook form cancels or overflows (Softplus and Mish for
-large |x|, Gelu's tails, Elu's expm1). Nodes whose inputs are all constants are computed
+number type). Gelu, Elu, Softplus and Mish are one vector pass of the kernels the
+convolutions fuse them with (engine/ops/activation.py); the rest are a few NumPy ufunc passes
+with ``out=``. NaN and infinities are values, not errors, so the steps that can make them run
+with NumPy's warnings off. The formulas are arranged to stay accurate where the textbook form
+cancels or overflows (Softplus and Mish for large |x|, Gelu's tails, Elu's expm1). Nodes whose inputs are all constants are computed
 while planning by the planner's folding (plan.infer_nodes), through these same steps.
 """
 from __future__ import annotations
@@ -15,8 +16,7 @@ import math
 import numpy as np
 
 from .base import F32, I64, Info, register
-from ...ops.activation import vector_activation
-from .elementwise import Binary, Sum, Unary, sigmoid
+from .elementwise import Binary, Sum, Unary, VectorUnary
 
 
 def broadcast(op, a, b):
@@ -147,13 +147,13 @@ class Erf(Unary):
 
 
 @register
-class Gelu(Unary):
-    """Opset 20: ``approximate`` "none", x/2 (1 + erf(x/sqrt 2)), or "tanh",
-    x/2 (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
+class Gelu(VectorUnary):
+    """Opset 20: ``approximate`` "none", x/2 (1 + erf(x/sqrt 2)), computed as x Phi(x) with
+    Phi = erfc(-x / sqrt 2) / 2 (no 1 + erf cancellation for x < 0, where Gelu is tiny but not
+    0), or "tanh", x/2 (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), computed as x sigmoid(2u)."""
     kind = "Gelu"
     attributes = {"approximate": "str"}
-    single_pass = False     # the tanh form reads x again
-    threaded = True
+    flops_per_element = 8
 
     def setup(self, constants):
         self.approximate = self.attr("approximate", "none")
@@ -161,46 +161,21 @@ class Gelu(Unary):
             raise self.error(f"approximate must be 'none' or 'tanh', got "
                              f"{self.approximate!r}")
 
-    flops_per_element = 8
-
-    def kernel(self):
-        if self.approximate == "tanh":
-            return lambda x, out, num_threads: gelu_tanh(x, out)
-        # x Phi(x) with Phi = erfc(-x / sqrt 2) / 2 in one vector pass (kernels/activation.pyx):
-        # no 1 + erf cancellation for x < 0, where Gelu is tiny but not 0
-        return vector_activation("gelu")
-
-
-# 1 + tanh(u) = 2 sigmoid(2u), so Gelu's tanh form is x sigmoid(2u) with
-# 2u = x (k0 + k1 x^2): no cancellation for x < 0, and an infinite u gives 0 or x
-_K0 = np.float32(2 * math.sqrt(2 / math.pi))
-_K1 = np.float32(2 * math.sqrt(2 / math.pi) * 0.044715)
-
-
-def gelu_tanh(x, out):
-    with np.errstate(all="ignore"):
-        np.square(x, out=out)
-        out *= _K1
-        out += _K0
-        out *= x
-        sigmoid(out, out)
-        out *= x
+    def activation(self):
+        return "gelu" if self.approximate == "none" else "gelu_tanh"
 
 
 @register
-class Elu(Unary):
+class Elu(VectorUnary):
     """x for x > 0, alpha (exp(x) - 1) otherwise (expm1: exact near 0)."""
     kind = "Elu"
     attributes = {"alpha": "float"}
-    single_pass = False
 
     def setup(self, constants):
-        self.alpha = np.float32(self.attr("alpha", 1.0))
+        self.alpha = self.finite_attr("alpha", 1.0)
 
-    flops_per_element = 4
-
-    def kernel(self):
-        return exponential_linear(self.alpha)
+    def activation(self):
+        return f"elu({self.alpha})"
 
 
 def exponential_linear(alpha, gamma=1, divisor=1):
@@ -263,43 +238,24 @@ class Celu(Unary):
         return exponential_linear(self.alpha, divisor=self.alpha)
 
 
-def softplus(x, out):
-    """log(1 + exp(x)) as max(x, 0) + log1p(exp(-|x|)): exp never overflows, and log1p keeps
-    the small values of x << 0 exact. (np.logaddexp(x, 0) is the same in one pass but 30x
-    slower: scalar code.)"""
-    np.absolute(x, out=out)
-    np.negative(out, out=out)
-    np.exp(out, out=out)
-    np.log1p(out, out=out)
-    np.add(out, x, out=out, where=x > 0)
-
-
 @register
-class Softplus(Unary):
+class Softplus(VectorUnary):
+    """log(1 + exp(x)) as max(x, 0) + log1p(exp(-|x|)): exp never overflows, and the small
+    values of x << 0 stay exact."""
     kind = "Softplus"
-    single_pass = False
 
-    flops_per_element = 5
-
-    def kernel(self):
-        return softplus
+    def activation(self):
+        return "softplus"
 
 
 @register
-class Mish(Unary):
-    """x tanh(softplus(x))."""
+class Mish(VectorUnary):
+    """x tanh(softplus(x)), as x n (n + 2) / (n (n + 2) + 2) with n = exp(x)."""
     kind = "Mish"
-    single_pass = False
-
     flops_per_element = 7
 
-    def kernel(self):
-        def mish(x, out):
-            with np.errstate(invalid="ignore"):   # -inf * tanh(0) is NaN, as in the formula
-                softplus(x, out)
-                np.tanh(out, out=out)
-                out *= x
-        return mish
+    def activation(self):
+        return "mish"
 
 
 @register

@@ -16,7 +16,7 @@ import numpy as np
 from ..._kernels.activation import f32_scale_shift
 from ..._kernels.layer_norm import f32_layer_norm_rows
 from ..._threads import threads_for
-from ...ops.activation import ACTIVATION_CODES, apply_activation
+from ...ops.activation import apply_activation, canonical, kernel_act
 from .base import F32, Info, Op, register, same_shape_inputs
 
 # the stash_type values taken (ONNX element types float32 and float64): the statistics here are
@@ -98,10 +98,10 @@ class BatchNormalization(Op):
     attributes = {"epsilon": "float", "spatial": "int", "activation": "str"}
 
     def setup(self, constants):
-        self.activation = self.attr("activation")
-        if self.activation not in ACTIVATION_CODES:
-            raise self.error(f"activation must be one of {list(ACTIVATION_CODES)[1:]}, got "
-                             f"{self.activation!r}")
+        try:
+            self.activation = canonical(self.attr("activation"))
+        except ValueError as e:
+            raise self.error(str(e)) from None
         self.eps = float(self.attr("epsilon", 1e-5))
         self.spatial = bool(self.attr("spatial", 1))
         self.runtime = any(self.input_name(k) not in constants for k in range(1, 5))
@@ -166,7 +166,7 @@ class BatchNormalization(Op):
             # one pass over X, (N, C, positions) as the kernel sees it
             shape = outs[0].shape
             planes = shape[:2] + (math.prod(shape[2:]),)
-            code, size = ACTIVATION_CODES[act], math.prod(shape)
+            code, size = kernel_act(act), math.prod(shape)
 
             def affine(x, out, s, t, nt):
                 f32_scale_shift(x.reshape(planes), s, t, out.reshape(planes), code,

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..._kernels import nchwc
 from ...ops import blocked
-from ...ops.activation import ACTIVATION_CODES
+from ...ops.activation import canonical, kernel_act
 from .base import F32, Info, Op, register, same_shape_inputs
 
 # Elements below which the pool and the scaling run on one thread (as the layout changes do,
@@ -52,8 +52,11 @@ class SqueezeExcite(Op):
         self.w1t = np.ascontiguousarray(w1.reshape(r, c).T)
         self.w2t = np.ascontiguousarray(w2.reshape(c, r).T)
         self.b1, self.b2 = b1, b2
-        self.activation = self.attr("activation")
-        self.act_code = ACTIVATION_CODES[self.activation]
+        try:
+            self.activation = canonical(self.attr("activation"))
+        except ValueError as e:
+            raise self.error(str(e)) from None
+        self.act = kernel_act(self.activation)
         self.gate = self.attr("gate", "sigmoid")
         if self.gate not in ("sigmoid", "hardsigmoid"):
             raise self.error(f"gate must be 'sigmoid' or 'hardsigmoid', got {self.gate!r}")
@@ -77,7 +80,7 @@ class SqueezeExcite(Op):
         """(N, C) channel means -> (N, width) scale factors (width >= C; zeros past C), by
         kernels/nchwc.pyx f32_se_gates: no BLAS call, so no thread pool to pin."""
         out = np.empty((pooled.shape[0], width or self.channels), np.float32)
-        nchwc.f32_se_gates(pooled, self.w1t, self.b1, self.w2t, self.b2, self.act_code,
+        nchwc.f32_se_gates(pooled, self.w1t, self.b1, self.w2t, self.b2, self.act,
                            0 if self.gate == "sigmoid" else 1, self.alpha, self.beta, out)
         return out
 
