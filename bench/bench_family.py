@@ -116,19 +116,46 @@ def maxpool_cases():
     return cases
 
 
+def conv_then(op, attrs, x, w):
+    """A 3x3 convolution (padding 1) and the activation ``op`` after it, as an ONNX model."""
+    from onnx import TensorProto, helper, numpy_helper
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1] * 4),
+             helper.make_node(op, ["c"], ["y"], **attrs)]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x.shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    return model, {"x": x}
+
+
 def activation_cases():
-    """Sigmoid and exact GELU on ConvNeXt's largest activation (1.2M floats), and its layer
-    norm (3136 rows of 96): one-node models, run by the engine's graph runner as by ONNX
-    Runtime. FLOPs: one per element, for the GFLOP/s column to read as elements per ns."""
+    """The activations on ConvNeXt's largest activation (1.2M floats), and its layer norm
+    (3136 rows of 96): one-node models, run by the engine's graph runner as by ONNX Runtime.
+    FLOPs: one per element, for the GFLOP/s column to read as elements per ns. Then a 3x3
+    convolution with each activation after it (YOLO's LeakyRelu, a generator's Tanh, Mish):
+    the engine fuses it into the output step; FLOPs those of the convolution."""
     x = _rand(1, 384, 56, 56, scale=3.0)
     cases = []
-    for op, opset, torch_fn in (("Sigmoid", 17, lambda t: t.sigmoid),
-                                ("Gelu", 20, lambda t: t.nn.functional.gelu)):
-        model, feeds = onnx_single_node(op, [("x", x)], [], {}, opset=opset)
+    F = lambda name: (lambda t: getattr(t.nn.functional, name))   # noqa: E731
+    for op, opset, attrs, torch_fn in (
+            ("Sigmoid", 17, {}, lambda t: t.sigmoid), ("Gelu", 20, {}, F("gelu")),
+            ("Tanh", 17, {}, lambda t: t.tanh), ("Mish", 18, {}, F("mish")),
+            ("Softplus", 17, {}, F("softplus")), ("Elu", 17, {}, F("elu")),
+            ("LeakyRelu", 17, {"alpha": 0.1}, F("leaky_relu")),
+            ("HardSigmoid", 17, {}, F("hardsigmoid"))):
+        model, feeds = onnx_single_node(op, [("x", x)], [], attrs, opset=opset)
         cases.append(Case(f"{op.lower()}_1x384x56x56", float(x.size),
                           lambda model=model, feeds=feeds: (
                               lambda m=engine.load(model): lambda: m.run(feeds))(),
                           model, feeds, _torch_call(torch_fn, x), note="vector pass"))
+    xc, w = _rand(1, 64, 56, 56), _rand(64, 64, 3, 3, scale=0.05)
+    for op, attrs in (("LeakyRelu", {"alpha": 0.1}), ("Tanh", {}), ("Mish", {})):
+        model, feeds = conv_then(op, attrs, xc, w)
+        cases.append(Case(f"conv3x3_c64_56+{op.lower()}", 2.0 * 64 * 64 * 9 * 56 * 56,
+                          lambda model=model, feeds=feeds: (
+                              lambda m=engine.load(model): lambda: m.run(feeds))(),
+                          model, feeds, None, note="fused in the output step"))
     rows = _rand(1, 56, 56, 96)
     scale, bias = _rand(96), _rand(96)
     model, feeds = onnx_single_node("LayerNormalization", [("x", rows)],
