@@ -523,31 +523,24 @@ def f32_conv3x3_winograd(const float[:, :, :, ::1] x, const float[::1] upack, in
     # the input transform's whole-strip copies; the GEMMs read only the first T of each row
     cdef float* V = xpad + padded(N * C * plane + STRIP)
     cdef float* M = V + padded(E * C * (<Py_ssize_t>max_tiles + STRIP))
-    cdef const Py_ssize_t* rt = &rows[0, 0]
-    cdef const Py_ssize_t* tw = &phase_tiles[0]
-    cdef const Py_ssize_t* ts = &phase_start[0]
-    cdef const Py_ssize_t* tc = &phase_cols[0, 0]
+    cdef TileTables tt
+    tt.rows = &rows[0, 0]
+    tt.tw = &phase_tiles[0]
+    tt.ts = &phase_start[0]
+    tt.tc = &phase_cols[0, 0]
+    tt.ntiles = ntiles
     cdef const Py_ssize_t* cmap = &colmap[0] if colmap.shape[0] else NULL
-    cdef const float* bptr = &bias[0]
     cdef const float* xptr = &x[0, 0, 0, 0]
-    cdef const float* uptr = &upack[0]
-    cdef float* yptr = &out[0, 0, 0, 0]
-    cdef Py_ssize_t blk, r0, r1, T, ldv, it, c, k, g, e, r
-    cdef const Py_ssize_t* row
-    cdef const float* xrow
-    cdef int nt_pad = <int>max(1, min(num_threads, N * C))
-    cdef int nt_in = <int>max(1, min(num_threads, C))
     if mchunk < MR or mchunk % MR or group_panels < 1:
         raise ValueError(f"mchunk must be a positive multiple of {MR} and group_panels "
                          f"positive, got {mchunk} and {group_panels}")
-    cdef Py_ssize_t GP = group_panels, per_thread = GP * Cg * NR
-    check_scratch(panels, max(1, num_threads) * per_thread, "panels")
-    cdef Py_ssize_t nchunks = (Kg + mchunk - 1) // mchunk
-    cdef Py_ssize_t npanels, npg, pg, p, pa, pb, p0, mb, mb1, ch
-    cdef float* buf
-    cdef float* pbase = &panels[0]
-    cdef int nt_gemm
-    cdef int nt_out = <int>max(1, min(num_threads, K))
+    cdef GemmShape gs
+    gs.groups, gs.E, gs.K, gs.Kg, gs.C, gs.Cg, gs.nmb = groups, E, K, Kg, C, Cg, nmb
+    gs.mchunk, gs.GP = mchunk, group_panels
+    gs.per_thread = group_panels * Cg * NR
+    check_scratch(panels, max(1, num_threads) * gs.per_thread, "panels")
+    cdef Py_ssize_t blk, it, r0, r1, T
+    cdef int nt_pad = <int>max(1, min(num_threads, N * C))
     cdef Py_ssize_t nonfinite_planes = 0
     with nogil:
         memset(xpad + N * C * plane, 0, STRIP * sizeof(float))
@@ -556,52 +549,91 @@ def f32_conv3x3_winograd(const float[:, :, :, ::1] x, const float[::1] upack, in
             nonfinite_planes += pad_plane(xptr + it * H * W, H, W, xpad + it * plane, hbuf, J,
                                           pt, pl, dw, m, cmap, colmap.shape[0], check_nonfinite)
         for blk in range(nblocks):
-            r0 = blocks[blk, 0]
-            r1 = blocks[blk, 1]
-            T = blocks[blk, 2]
-            ldv = T + STRIP
-            for c in prange(C, num_threads=nt_in, schedule="static"):
-                for r in range(r0, r1):
-                    row = rt + r * ROW_COLS
-                    xrow = (xpad + (row[ROW_N] * C + c) * plane
-                            + (row[ROW_A] + dh * m * row[ROW_TI]) * lrow)
-                    if m == 2:
-                        f23_input_row(xrow, dh * lrow, J, dw, tw, ts,
-                                      V + c * ldv + row[ROW_T0], C * ldv)
-                    else:
-                        f43_input_row(xrow, dh * lrow, J, dw, tw, ts,
-                                      V + c * ldv + row[ROW_T0], C * ldv)
-            # M[e][g*Kg + k, t] = sum_c U[g, e][k, c] V[e][g*Cg + c, t]
-            npanels = (T + NR - 1) // NR
-            npg = (npanels + GP - 1) // GP
-            nt_gemm = <int>max(1, min(num_threads, groups * E * nchunks * npg))
-            for it in prange(groups * E * nchunks * npg, num_threads=nt_gemm,
-                             schedule="static"):
-                pg = it % npg
-                ch = (it // npg) % nchunks
-                e = (it // (npg * nchunks)) % E
-                g = it // (npg * nchunks * E)
-                pa = pg * GP
-                pb = min(npanels, pa + GP)
-                buf = pbase + threadid() * per_thread
-                ce_pg_pack_panels(V + (e * C + g * Cg) * ldv + pa * NR, ldv, <int>Cg,
-                                  <int>min(T - pa * NR, GP * NR), buf)
-                mb1 = min(nmb, (ch + 1) * mchunk // MR)
-                for mb in range(ch * mchunk // MR, mb1):
-                    for p in range(pa, pb):
-                        p0 = p * NR
-                        ce_pg_block(uptr + ((g * E + e) * nmb + mb) * Cg * MR,
-                                    buf + (p - pa) * Cg * NR, <int>Cg,
-                                    M + (e * K + g * Kg + mb * MR) * T + p0, T, NULL, NULL, no_act(),
-                                    <int>min(MR, Kg - mb * MR), <int>min(NR, T - p0))
-            for k in prange(K, num_threads=nt_out, schedule="static"):
-                if m == 2:
-                    f23_output_block(M + k * T, K * T, T, rt + r0 * ROW_COLS, ntiles,
-                                     yptr + k * OH * OW, K * OH * OW, OW, dh, dw, tw, ts, tc,
-                                     bptr[k], act)
-                else:
-                    f43_output_block(M + k * T, K * T, T, rt + r0 * ROW_COLS, ntiles,
-                                     yptr + k * OH * OW, K * OH * OW, OW, dh, dw, tw, ts, tc,
-                                     bptr[k], act)
+            r0, r1, T = blocks[blk, 0], blocks[blk, 1], blocks[blk, 2]
+            input_phase(xpad, plane, lrow, C, m, dh, dw, J, &tt, r0, r1, T, V, num_threads)
+            gemm_phase(&upack[0], V, T + STRIP, T, M, &gs, &panels[0], num_threads)
+            output_phase(M, T, K, m, &tt, r0, &out[0, 0, 0, 0], OH, OW, dh, dw, &bias[0], act,
+                         num_threads)
     return nonfinite_planes
+
+
+# ---- The three phases of one block of tiles --------------------------------------------------
+
+cdef struct TileTables:
+    const Py_ssize_t* rows      # the tile rows, ROW_COLS values each
+    const Py_ssize_t* tw        # tiles of each column phase per tile row
+    const Py_ssize_t* ts        # the first tile of each column phase
+    const Py_ssize_t* tc        # per phase, how many tiles have an output column c
+    Py_ssize_t ntiles           # tiles per tile row
+
+
+cdef struct GemmShape:
+    Py_ssize_t groups, E, K, Kg, C, Cg, nmb, mchunk, GP, per_thread
+
+
+cdef void input_phase(const float* xpad, Py_ssize_t plane, Py_ssize_t lrow, Py_ssize_t C, int m,
+                      int dh, int dw, int J, const TileTables* tt, Py_ssize_t r0, Py_ssize_t r1,
+                      Py_ssize_t T, float* V, int num_threads) noexcept nogil:
+    """V[e][c, t] for the tile rows [r0, r1): each channel's rows of tiles, transformed, one
+    thread per channel (its V rows are its own); rows of V are T + STRIP floats apart."""
+    cdef Py_ssize_t ldv = T + STRIP, c, r
+    cdef const Py_ssize_t* row
+    cdef const float* xrow
+    for c in prange(C, num_threads=<int>max(1, min(num_threads, C)), schedule="static"):
+        for r in range(r0, r1):
+            row = tt.rows + r * ROW_COLS
+            xrow = xpad + (row[ROW_N] * C + c) * plane + (row[ROW_A] + dh * m * row[ROW_TI]) * lrow
+            if m == 2:
+                f23_input_row(xrow, dh * lrow, J, dw, tt.tw, tt.ts, V + c * ldv + row[ROW_T0],
+                              C * ldv)
+            else:
+                f43_input_row(xrow, dh * lrow, J, dw, tt.tw, tt.ts, V + c * ldv + row[ROW_T0],
+                              C * ldv)
+
+
+cdef void gemm_phase(const float* uptr, const float* V, Py_ssize_t ldv, Py_ssize_t T, float* M,
+                     const GemmShape* s, float* pbase, int num_threads) noexcept nogil:
+    """M[e][g*Kg + k, t] = sum_c U[g, e][k, c] V[e][g*Cg + c, t]: work items of mchunk rows of
+    U by GP panels of tiles, each packing its panels into its thread's part of pbase."""
+    cdef Py_ssize_t MR = CE_PG_MR, NR = CE_PG_NR
+    cdef Py_ssize_t npanels = (T + NR - 1) // NR
+    cdef Py_ssize_t npg = (npanels + s.GP - 1) // s.GP
+    cdef Py_ssize_t nchunks = (s.Kg + s.mchunk - 1) // s.mchunk
+    cdef Py_ssize_t items = s.groups * s.E * nchunks * npg
+    cdef Py_ssize_t it, pg, ch, e, g, pa, pb, p, p0, mb
+    cdef float* buf
+    for it in prange(items, num_threads=<int>max(1, min(num_threads, items)), schedule="static"):
+        pg = it % npg
+        ch = (it // npg) % nchunks
+        e = (it // (npg * nchunks)) % s.E
+        g = it // (npg * nchunks * s.E)
+        pa = pg * s.GP
+        pb = min(npanels, pa + s.GP)
+        buf = pbase + threadid() * s.per_thread
+        ce_pg_pack_panels(V + (e * s.C + g * s.Cg) * ldv + pa * NR, ldv, <int>s.Cg,
+                          <int>min(T - pa * NR, s.GP * NR), buf)
+        for mb in range(ch * s.mchunk // MR, min(s.nmb, (ch + 1) * s.mchunk // MR)):
+            for p in range(pa, pb):
+                p0 = p * NR
+                ce_pg_block(uptr + ((g * s.E + e) * s.nmb + mb) * s.Cg * MR,
+                            buf + (p - pa) * s.Cg * NR, <int>s.Cg,
+                            M + (e * s.K + g * s.Kg + mb * MR) * T + p0, T, NULL, NULL,
+                            no_act(), <int>min(MR, s.Kg - mb * MR), <int>min(NR, T - p0))
+
+
+cdef void output_phase(const float* M, Py_ssize_t T, Py_ssize_t K, int m, const TileTables* tt,
+                       Py_ssize_t r0, float* yptr, Py_ssize_t OH, Py_ssize_t OW, int dh, int dw,
+                       const float* bptr, ce_act_t act, int num_threads) noexcept nogil:
+    """The output transform, bias and activation of the block's tiles, one thread per output
+    channel."""
+    cdef Py_ssize_t k
+    for k in prange(K, num_threads=<int>max(1, min(num_threads, K)), schedule="static"):
+        if m == 2:
+            f23_output_block(M + k * T, K * T, T, tt.rows + r0 * ROW_COLS, tt.ntiles,
+                             yptr + k * OH * OW, K * OH * OW, OW, dh, dw, tt.tw, tt.ts, tt.tc,
+                             bptr[k], act)
+        else:
+            f43_output_block(M + k * T, K * T, T, tt.rows + r0 * ROW_COLS, tt.ntiles,
+                             yptr + k * OH * OW, K * OH * OW, OW, dh, dw, tt.tw, tt.ts, tt.tc,
+                             bptr[k], act)
 
