@@ -139,3 +139,14 @@ def test_prelu_per_channel_and_runtime_clip_stay_steps(rng):
         (rng.uniform(0, 0.5, (20, 1, 1))).astype(np.float32), "p0"))
     m = engine.load(model)
     assert [n.op for n in m.graph.nodes] == ["Conv", "PRelu", "Conv"]
+
+
+@pytest.mark.parametrize("case", ["LeakyRelu", "HardSigmoid", "Clip", "Elu", "GeluTanh"])
+def test_fused_activation_survives_the_native_file(rng, case, tmp_path):
+    model, _ = two_layers(rng, case)
+    m = engine.load(model)
+    m.save(tmp_path / "m.safetensors")
+    again = engine.load(tmp_path / "m.safetensors")
+    assert again.graph.nodes[0].attrs["activation"] == CASES[case][3]
+    x = rng.standard_normal((1, 24, 40, 40)).astype(np.float32)
+    np.testing.assert_array_equal(again.run({"x": x})["y"], m.run({"x": x})["y"])

@@ -176,7 +176,9 @@ class Op:
             if kind is None:
                 raise error(f"unknown attribute {key!r}")
             if not _KINDS[kind](value):
-                raise error(f"attribute {key!r} must be {kind}, got {value!r}")
+                what = {"act": "an activation of engine/ops/activation.py (as 'relu', "
+                               "'leaky_relu(0.1)')"}.get(kind, kind)
+                raise error(f"attribute {key!r} must be {what}, got {value!r}")
 
     # -- helpers ------------------------------------------------------------------------------
     def error(self, message) -> ModelError:
