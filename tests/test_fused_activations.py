@@ -150,3 +150,35 @@ def test_fused_activation_survives_the_native_file(rng, case, tmp_path):
     assert again.graph.nodes[0].attrs["activation"] == CASES[case][3]
     x = rng.standard_normal((1, 24, 40, 40)).astype(np.float32)
     np.testing.assert_array_equal(again.run({"x": x})["y"], m.run({"x": x})["y"])
+
+
+def test_mish_written_out_becomes_one_fused_activation(rng):
+    """x * tanh(softplus(x)), nn.Mish as torch.onnx writes it below opset 18, after a Conv:
+    one Mish node, then the convolution's activation; a chain whose Softplus output is read
+    elsewhere too stays as it is."""
+    w = (rng.standard_normal((8, 4, 3, 3)) / 4).astype(np.float32)
+    x = (rng.standard_normal((1, 4, 12, 12)) * 3).astype(np.float32)
+
+    def model(extra_output):
+        nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1] * 4),
+                 helper.make_node("Softplus", ["c"], ["s"]),
+                 helper.make_node("Tanh", ["s"], ["t"]),
+                 helper.make_node("Mul", ["c", "t"], ["y"])]
+        outs = [helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None)
+                for n in (["y", "s"] if extra_output else ["y"])]
+        graph = helper.make_graph(
+            nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, x.shape)],
+            outs, [numpy_helper.from_array(w, "w")])
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+    m = engine.load(model(False))
+    assert [n.op for n in m.graph.nodes] == ["Conv"]
+    assert m.graph.nodes[0].attrs["activation"] == "mish"
+    c = conv2d_ref(x, w, None, (1, 1), ((1, 1), (1, 1)))
+    want = float64_activation("mish", c)
+    bound = 1.5 * 1e-5 * conv2d_ref(np.abs(x), np.abs(w), None, (1, 1), ((1, 1), (1, 1))) \
+        + 8 * 2.0 ** -24 * np.abs(want) + 1e-7
+    assert np.all(np.abs(m.run({"x": x})["y"] - want) <= bound)
+    kept = engine.load(model(True))
+    assert [n.op for n in kept.graph.nodes] == ["Conv", "Softplus", "Tanh", "Mul"]
+    np.testing.assert_allclose(kept.run({"x": x})["y"], want, rtol=1e-5, atol=1e-5)

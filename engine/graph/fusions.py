@@ -8,6 +8,8 @@
 - ``fuse_gelu``: x * 0.5 * (1 + erf(x / sqrt(2))) in any association of the product, and with
   x * (1/sqrt(2)) for the division: nn.GELU() as torch.onnx writes it at every opset up to 20;
   one Gelu node (approximate="none") instead of five;
+- ``fuse_mish``: x * tanh(softplus(x)): nn.Mish as torch.onnx writes it below opset 18; one
+  Mish node instead of three;
 - ``fuse_squeeze_excite``: GlobalAveragePool (or ReduceMean over H and W) -> 1x1 Conv (with
   its fused activation) -> 1x1 Conv -> Sigmoid or HardSigmoid -> Mul by the pooled tensor:
   MobileNetV3's, EfficientNet's and RegNetY's squeeze-and-excitation; one SqueezeExcite node
@@ -291,6 +293,29 @@ def fuse_gelu(g: Graph) -> int:
     return _fuse_each(g, _gelu_at, lambda found: Node(
         "Gelu", found[0][-1].name, [found[1]], [found[0][-1].outputs[0]],
         {"approximate": "none"}))
+
+
+# ============================================================================ Mish
+
+def _mish_at(m: _Match, softplus: Node):
+    """Mul(x, Tanh(Softplus(x))) around ``softplus``: (chain in order, x), or None."""
+    if softplus.op != "Softplus" or len(softplus.inputs) != 1:
+        return None
+    x = softplus.inputs[0]
+    tanh = m.only_reader(softplus.outputs[0])
+    if tanh is None or tanh.op != "Tanh":
+        return None
+    mul = m.only_reader(tanh.outputs[0])
+    if mul is None or mul.op != "Mul" or mul.attrs or m.other(mul, tanh.outputs[0]) != x:
+        return None
+    return [softplus, tanh, mul], x
+
+
+def fuse_mish(g: Graph) -> int:
+    """Each x * tanh(softplus(x)) becomes one Mish node (which a convolution before it then
+    applies in its output step)."""
+    return _fuse_each(g, _mish_at, lambda found: Node(
+        "Mish", found[0][-1].name, [found[1]], [found[0][-1].outputs[0]]))
 
 
 # ============================================================================ squeeze-excite

@@ -28,7 +28,7 @@ import numpy as np
 
 from ..errors import ModelError
 from ..ops.activation import canonical
-from .fusions import fuse_gelu, fuse_layer_norm, fuse_squeeze_excite
+from .fusions import fuse_gelu, fuse_layer_norm, fuse_mish, fuse_squeeze_excite
 from .ir import Graph, Node
 from .ops import OPS, Info
 from .ops.base import NeedsValue
@@ -334,6 +334,9 @@ def optimize(g: Graph, input_shapes=None) -> None:
     n = fuse_gelu(g)
     if n:
         notes.append(f"fused {n} erf-form GELUs into Gelu")
+    n = fuse_mish(g)
+    if n:
+        notes.append(f"fused {n} Softplus + Tanh + Mul chains into Mish")
     n = fold_batchnorm(g)
     if n:
         notes.append(f"folded {n} BatchNormalization nodes into convolution weights")
