@@ -421,3 +421,28 @@ def test_ops_keep_no_per_shape_state():
                                 found.append(f"{klass.__name__}.{name} sets self.{e.attr}")
     assert len(classes) > 80
     assert not sorted(set(found)), sorted(set(found))
+
+
+def test_free_batch_is_planned_at_load_for_batch_one():
+    """Only the batch free: batch 1 is planned (weights transformed) at load, so its first
+    run makes nothing; other batches plan at their first run and share the transforms."""
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal((16, 8, 3, 3)).astype(np.float32)
+    g = Graph([Node("Conv", "c", ["x", "w"], ["y"], {"pads": [1, 1, 1, 1]})],
+              [TensorSpec("x", (None, 8, 20, 20), "float32")], [TensorSpec("y", None, "float32")],
+              {"w": w})
+    model = Model(g)
+    op = model._ops["c"]
+    made = op.transforms.made
+    assert made >= 1 and len(model._plans) == 1
+    x = rng.standard_normal((1, 8, 20, 20)).astype(np.float32)
+    y1 = model(x)
+    assert op.transforms.made == made and len(model._plans) == 1
+    y2 = model(np.concatenate([x, x]))
+    assert len(model._plans) == 2
+    np.testing.assert_array_equal(y2[1], y1[0])
+    # a free spatial size is not guessed
+    free = Model(Graph([Node("Relu", "r", ["x"], ["y"])],
+                       [TensorSpec("x", (1, 8, None, None), "float32")],
+                       [TensorSpec("y", None, "float32")], {}))
+    assert len(free._plans) == 0

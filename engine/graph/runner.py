@@ -39,8 +39,9 @@ class Model:
     Loading optimises the graph once (constants and BatchNormalization folded, activations and
     residual adds fused) and makes one plan per operator (weights transformed once). Each
     concrete set of input shapes gets a plan of its own: shapes inferred, steps bound, memory
-    laid out; with every input dimension declared it is made at load, otherwise on the first
-    run with each shape (the last MAX_PLANS are kept).
+    laid out; with every input dimension declared it is made at load (and for batch 1 when only
+    the batch is free), otherwise on the first run with each shape (the last MAX_PLANS are
+    kept).
 
     num_threads: kernel threads for this model's runs; None follows engine.set_num_threads.
     layout: "auto" lets engine/dispatch/layout.py choose which convolutions run in the
@@ -98,6 +99,14 @@ class Model:
             else:
                 self._outputs = [TensorSpec(s.name, info.shape, info.dtype.name)
                                  for s, info in zip(graph.outputs, plan.output_infos)]
+        elif self._batch_free(graph):
+            # only the batch is free: plan batch 1 now (the serving case), so that its first
+            # run costs what the next do and the weights are transformed at load, as ONNX
+            # Runtime prepacks them; a model this plan does not fit plans at its first run
+            try:
+                self._plan(tuple((1,) + tuple(s.shape[1:]) for s in self._inputs))
+            except (NeedsValue, ModelError, ValueError, MemoryError):
+                pass
 
     def _check_weights(self, graph):
         """The constants (as loaded and folded) alone must fit the budget."""
@@ -107,6 +116,13 @@ class Model:
             raise ModelError(f"the model's constants take {format_bytes(size)}, more than its "
                              f"memory budget (max_memory) of {format_bytes(self.max_memory)}; "
                              f"the largest: {largest_tensors(tensors)}")
+
+    @staticmethod
+    def _batch_free(graph) -> bool:
+        """Every input is an image-like tensor (rank 3 or more) with only its batch free."""
+        return bool(graph.inputs) and all(
+            len(s.shape) >= 3 and s.shape[0] is None and None not in s.shape[1:]
+            for s in graph.inputs)
 
     @staticmethod
     def _declared_shapes(graph):
