@@ -149,7 +149,7 @@ def test_residual_fusion_keeps_both_operands_alive(rng):
              Node("Add", "add", ["r", "c"], ["s"]),
              Node("Relu", "r2", ["s"], ["y"])]
     model = Model(Graph(nodes, [spec("x", (1, 4, 9, 9))], [spec("y")],
-                        {"w1": w1, "w2": w2, "w3": w3}))
+                        {"w1": w1, "w2": w2, "w3": w3}), layout="nchw")   # no layout changes
     assert [n.op for n in model.graph.nodes] == ["Conv"] * 3
     assert model.graph.nodes[2].inputs[3] == "r"
     x = f32(rng, 1, 4, 9, 9)

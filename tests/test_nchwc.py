@@ -405,7 +405,9 @@ def test_conv_kind_rules(rng):
                 (1, 4, 9, 9)) == "depthwise"
     assert kind(f32(rng, 8, 1, 3, 3), {"group": 4}, (1, 4, 9, 9)) is None   # multiplier 2
     assert kind(f32(rng, 8, 3, 3, 3), {"strides": [2, 2]}, (1, 3, 9, 9)) == "direct"
-    assert kind(f32(rng, 8, 4, 3, 3), {}, (1, 4, 9, 9)) is None          # 36 taps
+    # 3x3 stride 1: blocked unless NCHW's rules give it Winograd (or it is dilated)
+    assert kind(f32(rng, 8, 4, 3, 3), {}, (1, 4, 9, 9)) == "dense"       # 36 taps: direct
+    assert kind(f32(rng, 256, 256, 3, 3), {"pads": [1] * 4}, (1, 256, 14, 14)) is None
     # groups inside blocks: 16 or 8 channels each way
     assert kind(f32(rng, 64, 16, 3, 3), {"group": 4}, (1, 64, 9, 9)) == "grouped"
     assert kind(f32(rng, 24, 8, 3, 3), {"group": 3}, (1, 24, 9, 9)) == "grouped"

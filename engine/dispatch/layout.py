@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Optional
 
 from ..ops.activation import is_activation
-from .conv import ConvParams, is_depthwise, is_pointwise
+from .conv import ConvParams, choose_conv2d, is_depthwise, is_pointwise
 
 LAYOUTS = ("auto", "nchw", "nchw16c")
 
@@ -59,9 +59,16 @@ def why_not_layout(layout) -> Optional[str]:
 
 
 def winograd_shaped(p: ConvParams) -> bool:
-    """3x3, stride 1: Winograd's layers, which run faster on NCHW than any blocked kernel
-    (dilated ones by phases)."""
-    return p.kernel == (3, 3) and p.stride == (1, 1)
+    """3x3 stride 1 layers that the NCHW rules give Winograd, and dilated ones (phases, live
+    taps, taps dropped past the map): those run faster on NCHW than any blocked kernel. The
+    others (few channels: direct loops, or im2col) the dense blocked kernel runs faster, and
+    without layout changes (bench/bench_zoo.py, SqueezeNet's expand layers)."""
+    if p.kernel != (3, 3) or p.stride != (1, 1):
+        return False
+    if p.dilation != (1, 1):      # phases, live taps, taps dropped past the map: NCHW's own
+        return True
+    algorithm, _ = choose_conv2d(p)
+    return algorithm.startswith("winograd")
 
 
 def blocked_kernel(p: ConvParams, activation=None,
