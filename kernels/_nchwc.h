@@ -78,7 +78,7 @@ CE_DEFINE_VEC_ACT(ce_nc_act, ce_nc_vf, ce_nc_vi)
  * NP and NK are constants in each instance (ce_nc_pw_tiles), so a plane's last, partial
  * tile costs its own pixels only. */
 static inline __attribute__((always_inline)) void
-ce_nc_pw_tile(const float *restrict x, ptrdiff_t P, int Cb, const float *restrict w,
+ce_nc_pw_tile(const float *restrict x, ptrdiff_t P, int Cb, int tail, const float *restrict w,
               const int NK, const int NP, const float *restrict bias, const float *res,
               float *out, ce_act_t act, int first, int last)
 {
@@ -94,7 +94,9 @@ ce_nc_pw_tile(const float *restrict x, ptrdiff_t P, int Cb, const float *restric
     const ptrdiff_t wstep = NK * B;
     for (int cb = 0; cb < Cb; cb++) {
         const float *xb = x + cb * P * B;
-        for (int c = 0; c < CE_NC_B; c++, w += wstep) {
+        /* the padding channels of a last, partial input block have zero weights: skipped */
+        const int nc = cb == Cb - 1 ? tail : CE_NC_B;
+        for (int c = 0; c < nc; c++, w += wstep) {
             ce_nc_vf w0 = CE_NC_LD(w), w1 = {0}, w2 = {0}, w3 = {0};
             if (NK > 1) w1 = CE_NC_LD(w + B);
             if (NK > 2) w2 = CE_NC_LD(w + 2 * B);
@@ -115,16 +117,16 @@ ce_nc_pw_tile(const float *restrict x, ptrdiff_t P, int Cb, const float *restric
 #undef CE_NC_PIX
 }
 
-typedef void (*ce_nc_pw_tile_fn)(const float *, ptrdiff_t, int, const float *, const float *,
-                                 const float *, float *, ce_act_t, int, int);
+typedef void (*ce_nc_pw_tile_fn)(const float *, ptrdiff_t, int, int, const float *,
+                                 const float *, const float *, float *, ce_act_t, int, int);
 
 #define CE_NC_PW_TILE_N(NK, NP)                                                             \
     static void ce_nc_pw_tile_##NK##_##NP(const float *restrict x, ptrdiff_t P, int Cb,     \
-                                          const float *restrict w, const float *bias,       \
-                                          const float *res, float *out, ce_act_t act, int first, \
-                                          int last)                                         \
+                                          int tail, const float *restrict w,                \
+                                          const float *bias, const float *res, float *out,  \
+                                          ce_act_t act, int first, int last)                \
     {                                                                                       \
-        ce_nc_pw_tile(x, P, Cb, w, NK, NP, bias, res, out, act, first, last);               \
+        ce_nc_pw_tile(x, P, Cb, tail, w, NK, NP, bias, res, out, act, first, last);         \
     }
 #define CE_NC_PW_TILES_NK(NK)                                                               \
     CE_NC_PW_TILE_N(NK, 1) CE_NC_PW_TILE_N(NK, 2) CE_NC_PW_TILE_N(NK, 3)                    \
@@ -144,14 +146,15 @@ static const ce_nc_pw_tile_fn ce_nc_pw_tiles[CE_NC_GROUP][CE_NC_TILE_PIXELS] = {
 
 /* Tiles t0 .. t1 (of 6 pixels) of the output blocks of group g, for one image, in batches of
  * CE_NC_BATCH input blocks.
- *   x: the image's input [Cb][P][16]; wpack: all groups' weights, group g at
+ *   x: the image's input [Cb][P][16], its last block's first ``tail`` channels real (1 to 16);
+ *   wpack: all groups' weights, group g at
  *   g * 4 * 16 * Cb * 16 floats, holding min(4, Kb - 4g) blocks; bias: Kb * 16 values;
  *   res/out: the image's [Kb][P][16]. */
 #define CE_NC_BATCH 8
 
-static void ce_nc_pw_group(const float *x, ptrdiff_t P, int Cb, const float *wpack, int Kb,
-                           int g, const float *bias, const float *res, float *out, ce_act_t act,
-                           ptrdiff_t t0, ptrdiff_t t1)
+static void ce_nc_pw_group(const float *x, ptrdiff_t P, int Cb, int tail, const float *wpack,
+                           int Kb, int g, const float *bias, const float *res, float *out,
+                           ce_act_t act, ptrdiff_t t0, ptrdiff_t t1)
 {
     const ptrdiff_t B = CE_NC_B;
     int kb0 = g * CE_NC_GROUP;
@@ -168,7 +171,8 @@ static void ce_nc_pw_group(const float *x, ptrdiff_t P, int Cb, const float *wpa
             const float *xs = x + ((ptrdiff_t)c0 * P + p0) * B;
             const float *rs = res ? res + ob + p0 * B : NULL;
             float *os = out + ob + p0 * B;
-            ce_nc_pw_tiles[nk - 1][np - 1](xs, P, nb, w, bb, rs, os, act, first, last);
+            ce_nc_pw_tiles[nk - 1][np - 1](xs, P, nb, last ? tail : CE_NC_B, w, bb, rs, os,
+                                           act, first, last);
         }
     }
 }

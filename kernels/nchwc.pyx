@@ -17,9 +17,9 @@ cdef extern from "_nchwc.h":
     void ce_nc_to_blocked(const float *src, Py_ssize_t P, int nc, float *dst) nogil
     void ce_nc_from_blocked(const float *src, Py_ssize_t P, int nc, float *dst) nogil
     void ce_nc_block_mean(const float *src, Py_ssize_t P, float *mean, int nc) nogil
-    void ce_nc_pw_group(const float *x, Py_ssize_t P, int Cb, const float *wpack, int Kb,
-                        int g, const float *bias, const float *res, float *out, ce_act_t act,
-                        Py_ssize_t t0, Py_ssize_t t1) nogil
+    void ce_nc_pw_group(const float *x, Py_ssize_t P, int Cb, int tail, const float *wpack,
+                        int Kb, int g, const float *bias, const float *res, float *out,
+                        ce_act_t act, Py_ssize_t t0, Py_ssize_t t1) nogil
     void ce_nc_dw_row(const float *x, int H, int W, int OW, int oy, int sh, int sw, int pt,
                       int pl, int kh, int kw, int dh, int dw, const float *w,
                       const float *bias, float *out, ce_act_t act) nogil
@@ -273,11 +273,12 @@ def pointwise_pack_floats(Py_ssize_t in_blocks, Py_ssize_t out_blocks):
 
 def f32_pointwise_blocked(const float[:, :, :, :, ::1] x, const float[::1] wpack,
                           const float[::1] bias, residual, float[:, :, :, :, ::1] out, ce_act_t act,
-                          int num_threads, double group_slack=1.0):
+                          int num_threads, double group_slack=1.0, Py_ssize_t channels=0):
     """out = act(W @ x + bias (+ residual)) per pixel, all in blocks. wpack: the weights packed
     by engine.ops.blocked.pack_pointwise, groups of up to GROUP output blocks, each
     [Cb * 16][blocks * 16]; bias: Kb * 16 values (zero beyond K); residual: None or an array
-    of out's shape.
+    of out's shape. channels: x's real channels (0: all of its blocks'); the padding ones after
+    them, whose weights are zero, are skipped.
 
     The threads share either the tiles of pixels (all output channels each) or the groups of
     output blocks (all pixels each): the groups when that leaves the busiest thread less than
@@ -299,6 +300,12 @@ def f32_pointwise_blocked(const float[:, :, :, :, ::1] x, const float[::1] wpack
         return
     if Cb == 0:
         raise ValueError("x must have at least one channel")
+    if channels == 0:
+        channels = Cb * CE_NC_B
+    if not (Cb - 1) * CE_NC_B < channels <= Cb * CE_NC_B:
+        raise ValueError(f"channels must be in ({(Cb - 1) * CE_NC_B}, {Cb * CE_NC_B}] for "
+                         f"{Cb} blocks, got {channels}")
+    cdef int tail = <int>(channels - (Cb - 1) * CE_NC_B)
     cdef Py_ssize_t T = (P + CE_NC_TILE_PIXELS - 1) // CE_NC_TILE_PIXELS
     cdef Py_ssize_t G = (Kb + CE_NC_GROUP - 1) // CE_NC_GROUP
     cdef int nt = <int>max(1, num_threads)
@@ -331,7 +338,7 @@ def f32_pointwise_blocked(const float[:, :, :, :, ::1] x, const float[::1] wpack
             while c0 < b:
                 c1 = min(b, c0 + chunk)
                 for g in range(g_lo, g_hi):
-                    ce_nc_pw_group(xp + n * xs, P, <int>Cb, wp, <int>Kb, <int>g, bp,
+                    ce_nc_pw_group(xp + n * xs, P, <int>Cb, tail, wp, <int>Kb, <int>g, bp,
                                    (rbase + n * os) if rbase != NULL else NULL, op + n * os,
                                    act, c0, c1)
                 c0 = c1

@@ -118,6 +118,29 @@ def test_pointwise_refuses_inconsistent_arguments(rng):
     with pytest.raises(ValueError, match="channel-blocked"):
         nchwc.f32_pointwise_blocked(x, wp, bp, None, np.zeros((1, 3, 3, 3, 8), np.float32),
                                     NO_ACT, 1)
+    for bad in (16, 33, -1):     # x has 2 blocks: 17 to 32 real channels
+        with pytest.raises(ValueError, match="channels"):
+            nchwc.f32_pointwise_blocked(x, wp, bp, None, out, NO_ACT, 1, 1.0, bad)
+
+
+@pytest.mark.parametrize("c", [20, 24, 33, 47])
+def test_pointwise_skips_the_padding_channels_it_is_told_of(rng, c):
+    """With x's real channel count given, the padding lanes of its last block are never read:
+    NaN there changes nothing (without it, NaN * 0 would spread), at 1 and 2 threads."""
+    x = f32(rng, 2, c, 13, 11)
+    w, b = f32(rng, 40, c, 1, 1), f32(rng, 40)
+    wp, bp = blocked.pack_pointwise(w, b)
+    xb = blocked.to_blocked(x)
+    xb[:, -1, :, :, c % 16 or 16:] = np.nan
+    outs = []
+    for threads in (1, 2):
+        out = np.empty((2, 3, 13, 11, 16), np.float32)
+        nchwc.f32_pointwise_blocked(xb, wp, bp, None, out, NO_ACT, threads, 1.0, c)
+        outs.append(blocked.from_blocked(out, 40))
+    np.testing.assert_array_equal(outs[0], outs[1])
+    ref = conv2d_ref(x, w, b)
+    scale = float(np.abs(x).max() * np.abs(w).sum(axis=1).max() + 10)
+    check_close(outs[0], ref, scale)
 
 
 # -------------------------------------------------------------------------------- depthwise

@@ -265,10 +265,11 @@ class BlockedConv(_Internal):
             r = i[3] if len(i) > 3 and i[3] >= 0 else -1
 
             slack = POINTWISE_GROUP_SLACK if self.split[0] == "groups" else 0.0
+            channels = self.logical_ins[0].shape[1]
 
             def step(env, nt):
                 nchwc.f32_pointwise_blocked(env[a], w, bias, env[r] if r >= 0 else None,
-                                            env[b], act, threads_for(macs, nt), slack)
+                                            env[b], act, threads_for(macs, nt), slack, channels)
             return step
         (sh, sw), (dh, dw) = self.conv.strides, self.conv.dilations
         pt, pl = self.pads[0][0], self.pads[1][0]
