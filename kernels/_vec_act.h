@@ -32,14 +32,16 @@ typedef struct { int code; float alpha, beta; } ce_act_t;
     static inline vf name(vf v, ce_act_t act)                                               \
     {                                                                                       \
         const vf zero = {0};                                                                \
-        switch (act.code) {                                                                 \
-        case CE_ACT_CODE_NONE:                                                              \
+        /* the clamps first, by two tests (a jump table cost the MobileNets 2-5%) */        \
+        if (act.code == CE_ACT_CODE_NONE)                                                   \
             return v;                                                                       \
-        case CE_ACT_CODE_RELU:                                                              \
-            return name##_m_select(v < zero, v, zero);                                      \
-        case CE_ACT_CODE_RELU6:                                                             \
+        if (act.code <= CE_ACT_CODE_RELU6) {                                                \
             v = name##_m_select(v < zero, v, zero);                                         \
-            return name##_m_select(v > zero + 6.0f, v, zero + 6.0f);                        \
+            if (act.code == CE_ACT_CODE_RELU6)                                              \
+                v = name##_m_select(v > zero + 6.0f, v, zero + 6.0f);                       \
+            return v;                                                                       \
+        }                                                                                   \
+        switch (act.code) {                                                                 \
         case CE_ACT_CODE_SILU:                                                              \
             return v * name##_m_sigmoid(v);                                                 \
         case CE_ACT_CODE_HARDSWISH:                                                         \
