@@ -3,9 +3,9 @@
  * (kernels/_vec_act.h) compute them with the same formulas.
  *
  * CE_DEFINE_VEC_MATH(p, vf, vi) defines, for the float vector type vf and the int vector vi of
- * the same size: p##_select, p##_exp, p##_expm1, p##_sigmoid, p##_gelu (exact, erf form),
- * p##_gelu_tanh, p##_hardswish, p##_tanh, p##_softplus, p##_mish (and p##_log1p01, log1p on
- * [0, 1]).
+ * the same size: p##_select, p##_reduce (exp's range reduction), p##_exp, p##_expm1,
+ * p##_sigmoid, p##_gelu (exact, erf form), p##_gelu_tanh, p##_hardswish, p##_tanh,
+ * p##_softplus, p##_mish (and p##_log1p01, log1p on [0, 1]).
  *
  * exp: e^x = 2^n e^r with n = round(x / ln 2) and r = x - n ln 2, ln 2 in two parts so that r
  * is exact (Cody and Waite); |r| <= ln2/2, where the Taylor polynomial of degree 7 is within
@@ -70,13 +70,20 @@
         return (vf)(((vi)a & ~mask) | ((vi)b & mask));                                      \
     }                                                                                       \
                                                                                             \
-    static inline vf p##_exp(vf x)                                                          \
+    /* x = n ln 2 + r, |r| <= ln2/2, for x clamped to [-104, 88.8]: returns r, n in *nf */  \
+    static inline vf p##_reduce(vf x, vf *nf)                                               \
     {                                                                                       \
         const vf zero = {0};                                                                \
         vf c = CE_VEXP_CLAMP(p, vf, x, zero);                                               \
-        vf nf = CE_VEXP_ROUND(vf, c * 1.44269504088896341f, zero);                          \
-        vf r = c - nf * 0.693145751953125f;          /* ln 2, high part: exact product */   \
-        r = r - nf * 1.428606765330187045e-06f;      /* ln 2, low part */                   \
+        *nf = CE_VEXP_ROUND(vf, c * 1.44269504088896341f, zero);                            \
+        vf r = c - *nf * 0.693145751953125f;         /* ln 2, high part: exact product */   \
+        return r - *nf * 1.428606765330187045e-06f;  /* ln 2, low part */                   \
+    }                                                                                       \
+                                                                                            \
+    static inline vf p##_exp(vf x)                                                          \
+    {                                                                                       \
+        const vf zero = {0};                                                                \
+        vf nf, r = p##_reduce(x, &nf);                                                      \
         vf q = zero + 1.0f / 5040.0f;                                                       \
         q = q * r + 1.0f / 720.0f;                                                          \
         q = q * r + 1.0f / 120.0f;                                                          \
@@ -143,10 +150,7 @@
     static inline vf p##_expm1(vf x)                                                        \
     {                                                                                       \
         const vf zero = {0};                                                                \
-        vf c = CE_VEXP_CLAMP(p, vf, x, zero);                                               \
-        vf nf = CE_VEXP_ROUND(vf, c * 1.44269504088896341f, zero);                          \
-        vf r = c - nf * 0.693145751953125f;                                                 \
-        r = r - nf * 1.428606765330187045e-06f;                                             \
+        vf nf, r = p##_reduce(x, &nf);                                                      \
         vf q = zero + 1.0f / 40320.0f;                                                      \
         q = q * r + 1.0f / 5040.0f;                                                         \
         q = q * r + 1.0f / 720.0f;                                                          \
