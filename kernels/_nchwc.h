@@ -63,6 +63,21 @@ CE_DEFINE_VEC_ACT(ce_nc_act, ce_nc_vf, ce_nc_vi)
         CE_NC_TILE_STORE1(i, 0) CE_NC_TILE_STORE1(i, 1) CE_NC_TILE_STORE1(i, 2)             \
         CE_NC_TILE_STORE1(i, 3)                                                             \
     }
+/* The tile's stores with the activation a constant where it is none or a clamp (the common
+ * cases), so that the 24 stores test nothing (MobileNetV2's pointwise layers, 2% of their
+ * time); ``act`` is shadowed by the constant. */
+#define CE_NC_TILE_STORE_CONST(CODE)                                                        \
+    {                                                                                       \
+        const ce_act_t act = {CODE, 0.0f, 0.0f};                                            \
+        CE_NC_PIX(CE_NC_TILE_STORE)                                                         \
+    }
+#define CE_NC_TILE_STORE_ALL                                                                \
+    switch (last ? act.code : CE_ACT_CODE_NONE) {                                           \
+    case CE_ACT_CODE_NONE: CE_NC_TILE_STORE_CONST(CE_ACT_CODE_NONE) break;                  \
+    case CE_ACT_CODE_RELU: CE_NC_TILE_STORE_CONST(CE_ACT_CODE_RELU) break;                  \
+    case CE_ACT_CODE_RELU6: CE_NC_TILE_STORE_CONST(CE_ACT_CODE_RELU6) break;                \
+    default: CE_NC_PIX(CE_NC_TILE_STORE) break;                                             \
+    }
 
 /* ---- Pointwise ------------------------------------------------------------------------------
  * One tile: NP <= 6 pixels x NK <= 4 output blocks, over Cb input blocks (a batch of the
@@ -113,7 +128,7 @@ ce_nc_pw_tile(const float *restrict x, ptrdiff_t P, int Cb, int tail, const floa
 #undef CE_NC_FMA
         }
     }
-    CE_NC_PIX(CE_NC_TILE_STORE)
+    CE_NC_TILE_STORE_ALL
 #undef CE_NC_PIX
 }
 

@@ -83,7 +83,7 @@ ce_nc_conv_tile(const float *restrict x, ptrdiff_t xs, int nb, int nclast, int H
             }
         }
     }
-    CE_NC_PIX(CE_NC_TILE_STORE)
+    CE_NC_TILE_STORE_ALL
 #undef CE_NC_PIX
 }
 
