@@ -83,3 +83,36 @@ def f32_scale_shift(const float[:, :, ::1] x, const float[::1] scale, const floa
     for p in prange(N * C, nogil=True, num_threads=num_threads, schedule="static"):
         ce_scale_shift_row(&x[p // C, p % C, 0], &y[p // C, p % C, 0], L, scale[p % C],
                            shift[p % C], act)
+
+
+cdef extern from *:
+    """
+    /* y[i] = x[i] < 0 ? s * x[i] : x[i] for i < n (y may be x); NaN stays NaN */
+    static void ce_prelu_row(const float *x, float *y, long n, float s)
+    {
+        long i = 0;
+        const ce_act_vf zero = {0};
+        for (; i + CE_ACT_VW <= n; i += CE_ACT_VW) {
+            ce_act_vf v = *(const ce_act_vfu *)(x + i);
+            *(ce_act_vfu *)(y + i) = ce_act_select(v < zero, v, v * s);
+        }
+        for (; i < n; i++)
+            y[i] = x[i] < 0 ? s * x[i] : x[i];
+    }
+    """
+    void ce_prelu_row(const float *x, float *y, long n, float s) nogil
+
+
+def f32_prelu_planes(const float[:, :, ::1] x, const float[::1] slope, float[:, :, ::1] y,
+                     int num_threads):
+    """y[n, c, :] = x[n, c, :] where it is not negative, slope[c] times it where it is (PRelu
+    with one slope per channel), in one pass; y may be x. Planes go to threads whole."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2], p
+    if y.shape[0] != N or y.shape[1] != C or y.shape[2] != L or slope.shape[0] != C:
+        raise ValueError(f"f32_prelu_planes: x {tuple(x.shape)[:3]}, slope ({slope.shape[0]},) "
+                         f"and y {tuple(y.shape)[:3]} do not match")
+    if N * C == 0 or L == 0:
+        return
+    num_threads = <int>max(1, min(num_threads, N * C))
+    for p in prange(N * C, nogil=True, num_threads=num_threads, schedule="static"):
+        ce_prelu_row(&x[p // C, p % C, 0], &y[p // C, p % C, 0], L, slope[p % C])

@@ -141,6 +141,35 @@ def test_prelu_per_channel_and_runtime_clip_stay_steps(rng):
     assert [n.op for n in m.graph.nodes] == ["Conv", "PRelu", "Conv"]
 
 
+@pytest.mark.parametrize("shape", [(2, 20, 33, 17), (1, 64, 56, 56), (3, 5, 7)])
+def test_prelu_per_channel_is_one_vector_pass(rng, shape):
+    """PRelu with a slope per channel (kernels/activation.pyx f32_prelu_planes): exact (one
+    product), NaN and infinities as the formula gives them, 1 and 2 threads alike."""
+    from engine._kernels.activation import f32_prelu_planes
+    x = (rng.standard_normal(shape) * 3).astype(np.float32)
+    x.reshape(-1)[:4] = [np.nan, np.inf, -np.inf, -0.0]
+    slope = rng.uniform(-0.5, 0.5, shape[1]).astype(np.float32)
+    planes = (shape[0], shape[1], int(np.prod(shape[2:])))
+    want = np.where(x < 0, x * slope.reshape((-1,) + (1,) * (len(shape) - 2)), x)
+    outs = []
+    for threads in (1, 2):
+        out = np.empty_like(x)
+        f32_prelu_planes(x.reshape(planes), slope, out.reshape(planes), threads)
+        outs.append(out)
+    np.testing.assert_array_equal(outs[0], outs[1])
+    np.testing.assert_array_equal(outs[0], want)
+    with pytest.raises(ValueError, match="do not match"):
+        f32_prelu_planes(x.reshape(planes), slope[:-1], out.reshape(planes), 1)
+    # in a graph, beside ONNX's reference formula
+    graph = helper.make_graph(
+        [helper.make_node("PRelu", ["x", "s"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(slope.reshape((-1,) + (1,) * (len(shape) - 2)), "s")])
+    m = engine.load(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 16)]))
+    np.testing.assert_array_equal(m.run({"x": x})["y"], want)
+
+
 @pytest.mark.parametrize("case", ["LeakyRelu", "HardSigmoid", "Clip", "Elu", "GeluTanh"])
 def test_fused_activation_survives_the_native_file(rng, case, tmp_path):
     model, _ = two_layers(rng, case)

@@ -6,8 +6,11 @@ implementation. Steps that read each input once before writing may run in place.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
+from ..._threads import threads_for
 from ...ops.activation import canonical, vector_activation
 from .base import F32, Info, Op, register, same_shape_inputs
 
@@ -211,6 +214,23 @@ class PRelu(Op):
 
     def build(self, ins, outs, i, o):
         a, s, b, view = i[0], i[1], o[0], self.slope_view(ins)
+        shape = outs[0].shape
+        full = (1,) * (len(shape) - len(view)) + tuple(view)
+        if len(shape) >= 3 and full == (1, shape[1]) + (1,) * (len(shape) - 2):
+            # one slope per channel (face-recognition ResNets' PReLU): one vector pass
+            from ..._kernels.activation import f32_prelu_planes
+            planes = (shape[0], shape[1], math.prod(shape[2:]))
+            size = math.prod(shape)
+
+            def step(env, nt):
+                x, out = env[a], env[b]
+                if x.flags.c_contiguous and out.flags.c_contiguous:
+                    f32_prelu_planes(x.reshape(planes), env[s].reshape(-1), out.reshape(planes),
+                                     threads_for(size, nt))
+                else:
+                    np.multiply(x, env[s].reshape(view), out=out)
+                    np.copyto(out, x, where=x >= 0)
+            return step
 
         def step(env, nt):
             x, out = env[a], env[b]
