@@ -211,3 +211,20 @@ def test_mish_written_out_becomes_one_fused_activation(rng):
     kept = engine.load(model(True))
     assert [n.op for n in kept.graph.nodes] == ["Conv", "Softplus", "Tanh", "Mul"]
     np.testing.assert_allclose(kept.run({"x": x})["y"], want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("op,attrs", [("LeakyRelu", {"alpha": float("nan")}),
+                                      ("Elu", {"alpha": float("inf")}),
+                                      ("HardSigmoid", {"beta": 1e39}),
+                                      ("Gelu", {"approximate": "fast"})])
+def test_bad_activation_parameters_are_a_model_error_naming_the_node(op, attrs):
+    """Parameters no kernel can take (not finite in float32) are not fused, and the node's own
+    plan refuses them: engine.ModelError naming it, not another exception."""
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"]),
+             helper.make_node(op, ["c"], ["y"], name="bad_act", **attrs)]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, (1, 2, 4, 4))],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(np.ones((2, 2, 1, 1), np.float32), "w")])
+    with pytest.raises(engine.ModelError, match="bad_act"):
+        engine.load(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)]))

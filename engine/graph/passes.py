@@ -190,7 +190,15 @@ def _scalar_constant(g: Graph, name: str):
 
 def _activation_of(g: Graph, node: Node):
     """The activation a convolution kernel can apply for ``node`` (an engine/ops/activation.py
-    spelling), or None."""
+    spelling), or None (also for parameters it cannot take: the node's own plan then says
+    what is wrong with them)."""
+    try:
+        return _spelling_of(g, node)
+    except ValueError:
+        return None
+
+
+def _spelling_of(g: Graph, node: Node):
     attrs = node.attrs
     if node.op in _FUSED_ACTIVATIONS:
         return _FUSED_ACTIVATIONS[node.op]

@@ -188,10 +188,10 @@ class Op:
         return self.node.attrs.get(name, default)
 
     def finite_attr(self, name, default: float) -> float:
-        """A float attribute, checked finite."""
+        """A float attribute, checked finite in float32 (the kernels' precision)."""
         value = float(self.attr(name, default))
-        if not math.isfinite(value):
-            raise self.error(f"{name} must be finite, got {value}")
+        if not math.isfinite(value) or not np.isfinite(np.float32(value)):
+            raise self.error(f"{name} must be finite in float32, got {value}")
         return value
 
     def input_name(self, i):
