@@ -191,6 +191,8 @@ def test_kernels_refuse_shapes_that_do_not_fit(rng):
         nchwc.f32_se_gates(p, w1t, b1, w2t, randn(rng, 7), NO_ACT, 0, 0.2, 0.5,
                            np.empty((1, 16), np.float32))
     with pytest.raises(ValueError):
-        nchwc.f32_se_gates(p, w1t, b1, w2t, b2, NO_ACT, 0, 0.2, 0.5, np.empty((1, 7), np.float32))
+        nchwc.f32_se_gates(p, w1t, b1, w2t, b2, NO_ACT, 0, 0.2, 0.5,
+                           np.empty((1, 7), np.float32))
     with pytest.raises(ValueError):
-        nchwc.f32_se_gates(p, w1t, b1, w2t, b2, {"code": 99, "alpha": 0.0, "beta": 0.0}, 0, 0.2, 0.5, np.empty((1, 8), np.float32))
+        nchwc.f32_se_gates(p, w1t, b1, w2t, b2, {"code": 99, "alpha": 0.0, "beta": 0.0}, 0, 0.2,
+                           0.5, np.empty((1, 8), np.float32))

@@ -10,8 +10,8 @@
 - ``fold_batchnorm``: BatchNormalization after a convolution is folded into its weights and
   bias (computed in float64, stored in float32);
 - ``fuse_activations``: Relu, Clip, SiLU, HardSwish, Gelu, Sigmoid, Tanh, Softplus, Mish,
-  Elu, LeakyRelu, HardSigmoid and PRelu with one slope after a convolution become the convolution's ``activation``, applied in the kernel's output
-  step;
+  Elu, LeakyRelu, HardSigmoid and PRelu with one slope after a convolution become the
+  convolution's ``activation``, applied in the kernel's output step;
 - ``fuse_residual``: an Add of a convolution's output and another tensor becomes a fourth
   convolution input, added in the same plan step (followed by a fused activation if any);
 - ``fuse_squeeze_excite`` (engine/graph/fusions.py): a squeeze-and-excitation block (pool,

@@ -1,6 +1,6 @@
 """Convolutions on channel-blocked activations (NCHW16c: [N][ceil(C/16)][H][W][16], channels
-beyond C zero where a tensor is converted, finite after any step), the layout the graph runner keeps chains of pointwise and depthwise layers in
-(engine/graph/layout.py). Kernels: kernels/_nchwc.h, kernels/nchwc.pyx.
+beyond C zero where a tensor is converted, finite after any step), the layout the graph
+runner keeps chains of pointwise and depthwise layers in (engine/graph/layout.py). Kernels: kernels/_nchwc.h, kernels/nchwc.pyx.
 
 Weights are rearranged once, here: pointwise weights in groups of up to four output blocks, each
 [input channel][output channel of the group]; depthwise weights [block][kh][kw][16]. Padded

@@ -109,8 +109,8 @@ class Conv2d:
     "same" (SAME_UPPER for stride > 1) or "valid". activation: None or a name of
     engine/ops/activation.py ("relu", "relu6", "silu", "gelu", "tanh", "leaky_relu(0.1)",
     "hardsigmoid", "clip(-1,1)", ...), applied in the kernel's output step together with the
-    bias (by the kernels that only clamp, as one vector pass right after them). algorithm: "auto" or a name from
-    ``engine.algorithms()``. input_size: the (H, W) the layer will see, if known, so the
+    bias (by the kernels that only clamp, as one vector pass right after them). algorithm:
+    "auto" or a name from ``engine.algorithms()``. input_size: the (H, W) the layer will see, if known, so the
     dispatcher can weigh it. Float64 input is converted to float32 except with
     algorithm="direct", which computes and returns float64.
 

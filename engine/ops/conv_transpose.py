@@ -114,7 +114,8 @@ class ConvTranspose2d:
     (out_channels,) or None. stride, padding, output_padding, groups and dilation follow
     torch.nn.functional.conv_transpose2d; padding may also be a 4-tuple
     (top, left, bottom, right) as ONNX orders pads. activation: None or a name of
-    engine/ops/activation.py, applied with the bias in the output step. algorithm: "auto", "col2im" or "zero_insert".
+    engine/ops/activation.py, applied with the bias in the output step. algorithm: "auto",
+    "col2im" or "zero_insert".
 
     Call as ``layer(x, output_size=None, out=None)``; output_size, (H, W) or a full NCHW
     shape, picks output_padding as torch's ConvTranspose2d does and overrides the

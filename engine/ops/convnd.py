@@ -142,7 +142,8 @@ class Conv3d:
 
     weight: (out_channels, in_channels // groups, kd, kh, kw); padding: int, 3-tuple,
     6-tuple (all begins, then all ends), "same" or "valid". activation: None or a name of
-    engine/ops/activation.py. algorithm: "auto" or "im2col" (vol2col + packed GEMM, the only 3-D algorithm).
+    engine/ops/activation.py. algorithm: "auto" or "im2col" (vol2col + packed GEMM, the only
+    3-D algorithm).
     Float64 input is computed in float32.
     """
 

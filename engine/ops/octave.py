@@ -50,9 +50,9 @@ class OctaveConv2d:
     code. bias: (out_channels,) or None, split the same way. stride, padding and dilation
     apply to each of the four convolutions (a strided octave layer is strided on both
     resolutions; the paper's code average-pools first instead). activation: None or a name
-    of engine/ops/activation.py, applied after each output's two paths are added. x_l has half x_h's size
-    (floor); x_h's size must make both paths of each output the same size, which even sizes
-    with "same"-style padding do.
+    of engine/ops/activation.py, applied after each output's two paths are added. x_l has
+    half x_h's size (floor); x_h's size must make both paths of each output the same size,
+    which even sizes with "same"-style padding do.
     """
 
     def __init__(self, weight, alpha_in, alpha_out, bias=None, stride=1, padding=0,

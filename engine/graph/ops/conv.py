@@ -91,8 +91,8 @@ def _activate(out, activation):
 @register
 class Conv(Windowed):
     """Conv, with two fusions the passes may add: ``activation`` (any of
-    engine/ops/activation.py) runs in the kernel's output step, and a fourth input is a residual added to the
-    convolution's output.
+    engine/ops/activation.py) runs in the kernel's output step, and a fourth input is a
+    residual added to the convolution's output.
     Where the layer's algorithm adds a residual in its output step (pointwise; see
     Conv2d.fuses_residual) and the residual has the output's shape, the kernel does the add and
     the activation after it; otherwise the add is fused at plan level: the kernel writes the

@@ -6,8 +6,9 @@ number type). Gelu, Elu, Softplus and Mish are one vector pass of the kernels th
 convolutions fuse them with (engine/ops/activation.py); the rest are a few NumPy ufunc passes
 with ``out=``. NaN and infinities are values, not errors, so the steps that can make them run
 with NumPy's warnings off. The formulas are arranged to stay accurate where the textbook form
-cancels or overflows (Softplus and Mish for large |x|, Gelu's tails, Elu's expm1). Nodes whose inputs are all constants are computed
-while planning by the planner's folding (plan.infer_nodes), through these same steps.
+cancels or overflows (Softplus and Mish for large |x|, Gelu's tails, Elu's expm1). Nodes
+whose inputs are all constants are computed while planning by the planner's folding
+(plan.infer_nodes), through these same steps.
 """
 from __future__ import annotations
 
