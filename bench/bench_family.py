@@ -137,7 +137,9 @@ def activation_cases():
     the engine fuses it into the output step; FLOPs those of the convolution."""
     x = _rand(1, 384, 56, 56, scale=3.0)
     cases = []
-    F = lambda name: (lambda t: getattr(t.nn.functional, name))   # noqa: E731
+    def F(name):
+        return lambda t: getattr(t.nn.functional, name)
+
     for op, opset, attrs, torch_fn in (
             ("Sigmoid", 17, {}, lambda t: t.sigmoid), ("Gelu", 20, {}, F("gelu")),
             ("Tanh", 17, {}, lambda t: t.tanh), ("Mish", 18, {}, F("mish")),

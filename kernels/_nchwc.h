@@ -64,8 +64,8 @@ CE_DEFINE_VEC_ACT(ce_nc_act, ce_nc_vf, ce_nc_vi)
         CE_NC_TILE_STORE1(i, 3)                                                             \
     }
 /* The tile's stores with the activation a constant where it is none or a clamp (the common
- * cases), so that the 24 stores test nothing (MobileNetV2's pointwise layers, 2% of their
- * time); ``act`` is shadowed by the constant. */
+ * cases), so that the 24 stores test nothing: MobileNetV2's pointwise layers spent 2% more
+ * without it (bench/bench_models.py, A/B at 1 thread); ``act`` is shadowed by the constant. */
 #define CE_NC_TILE_STORE_CONST(CODE)                                                        \
     {                                                                                       \
         const ce_act_t act = {CODE, 0.0f, 0.0f};                                            \

@@ -32,7 +32,7 @@ typedef struct { int code; float alpha, beta; } ce_act_t;
     static inline vf name(vf v, ce_act_t act)                                               \
     {                                                                                       \
         const vf zero = {0};                                                                \
-        /* the clamps first, by two tests (a jump table cost the MobileNets 2-5%) */        \
+        /* the common cases, none and the clamps, by two tests before the switch */        \
         if (act.code == CE_ACT_CODE_NONE)                                                   \
             return v;                                                                       \
         if (act.code <= CE_ACT_CODE_RELU6) {                                                \

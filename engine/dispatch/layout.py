@@ -14,6 +14,7 @@ from typing import Optional
 
 from ..ops.activation import is_activation
 from .conv import ConvParams, choose_conv2d, is_depthwise, is_pointwise
+from .policy import current_policy
 
 LAYOUTS = ("auto", "nchw", "nchw16c")
 
@@ -67,7 +68,7 @@ def winograd_shaped(p: ConvParams) -> bool:
         return False
     if p.dilation != (1, 1):      # phases, live taps, taps dropped past the map: NCHW's own
         return True
-    algorithm, _ = choose_conv2d(p)
+    algorithm, _ = choose_conv2d(p, current_policy().excluded)   # as the NCHW plan would
     return algorithm.startswith("winograd")
 
 
