@@ -13,6 +13,8 @@ Groups (section/group):
   depthwise/blocks, depthwise/rows        engine/dispatch/depthwise.py
   transposed/col2im                       engine/dispatch/transposed.py
   gemm/dense                              engine/dispatch/gemm.py
+  winograd/weights                        engine/dispatch/winograd.py (U kept or made per
+                                          call) and engine/ops/winograd.py TAPS_PANELS_BYTES
   layout/convert, layout/depthwise        the thread thresholds of engine/graph/blocked_steps.py
                                           (1 against 2 threads, whatever --threads says)
   layout/dense                            engine/dispatch/layout.py DENSE_ALONE_MIN_TAPS: a
@@ -221,6 +223,26 @@ def layout_rows(group, threads=1):
         yield f"depthwise {c}ch {size}x{size} s{s} ({macs // 1000}k MACs)", fns, pick
 
 
+# -- winograd/weights: U kept or made per call, on F(4x4,3x3) layers of 8 MiB of U and more
+WINOGRAD_WEIGHTS = [L(256, 256, 14, 3), L(256, 256, 28, 3), L(256, 256, 56, 3),
+                    L(512, 512, 14, 3), L(512, 512, 28, 3), L(512, 512, 28, 3, dilation=2),
+                    L(512, 512, 28, 3, dilation=4), L(256, 256, 56, 3, dilation=2)]
+
+
+def winograd_weight_rows(group, threads):
+    for c, k, size, ks, s, p, d, g, _ in WINOGRAD_WEIGHTS:
+        w, b, x = _rand(k, c, 3, 3) / np.float32(np.sqrt(9 * c)), _rand(k), _rand(1, c, size, size)
+        fns, pick = {}, None
+        for form in ("stored", "per_call"):
+            layer = engine.Conv2d(w, b, 1, p, d, 1, "relu", "winograd_f43",
+                                  input_size=(size, size), winograd_weights=form)
+            out = np.empty(layer.output_shape(x.shape), np.float32)
+            fns[form] = (lambda layer, out: lambda: layer(x, out=out))(layer, out)
+        auto = engine.Conv2d(w, b, 1, p, d, 1, "relu", "winograd_f43", input_size=(size, size))
+        pick = auto.kernel_choice(auto.geometry(x.shape))[0]
+        yield (f"3x3" + (f" d{d}" if d > 1 else "") + f" {c}->{k} {size}"), fns, pick
+
+
 # section: (groups, rows(group, threads), the options a group's columns show)
 SECTIONS = {
     "conv": (list(CONV), lambda g, t: conv_rows(g), CONV_OPTIONS.get),
@@ -228,6 +250,7 @@ SECTIONS = {
     "transposed": (["col2im"], lambda g, t: transposed_rows(g),
                    lambda g: ["col2im", "zero_insert"]),
     "gemm": (["dense"], gemm_rows, lambda g: ["dense", "matmul"]),
+    "winograd": (["weights"], winograd_weight_rows, lambda g: ["stored", "per_call"]),
     "layout": (["convert", "depthwise", "dense"], layout_rows,
                lambda g: ["nchw", "blocked"] if g == "dense" else ["1 thread", "2 thread"]),
 }

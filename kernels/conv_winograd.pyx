@@ -56,6 +56,9 @@ from _epilogue cimport ACT_RELU6, activate, ce_act_row, ce_act_t, check_act, no_
 from _nonfinite cimport any_nonfinite, zero_nonfinite
 
 from _packed_gemm cimport CE_PG_MR, CE_PG_NR, ce_pg_block, ce_pg_pack_panels
+
+cdef extern from "_winograd_taps.h" nogil:
+    void ce_wt_column(const float* w, Py_ssize_t n, const float* G, int a, int j, float* u)
 from _scratch cimport check_scratch
 
 cdef enum:
@@ -463,6 +466,13 @@ def workspace_floats(Py_ssize_t N, Py_ssize_t C, Py_ssize_t K, Py_ssize_t hbuf, 
             + E * K * max_tiles + STRIP)
 
 
+def taps_panel_floats(int threads, Py_ssize_t cg, Py_ssize_t group_panels, int m):
+    """Floats of f32_conv3x3_winograd's panels with the weights transformed per call: per
+    thread, group_panels panels of tiles and one U block (Cg x MR) for each of the m + 2
+    elements of one column of the tile (see gemm_phase_taps)."""
+    return max(1, threads) * padded((m + 2) * (group_panels * cg * CE_PG_NR + cg * CE_PG_MR))
+
+
 def f32_conv3x3_winograd(const float[:, :, :, ::1] x, const float[::1] upack, int groups,
                          const float[::1] bias, float[:, :, :, ::1] out,
                          const Py_ssize_t[:, ::1] rows, const Py_ssize_t[:, ::1] blocks,
@@ -470,7 +480,8 @@ def f32_conv3x3_winograd(const float[:, :, :, ::1] x, const float[::1] upack, in
                          const Py_ssize_t[:, ::1] phase_cols, const Py_ssize_t[::1] colmap,
                          int m, int J, int hbuf, int max_tiles, int pt, int pl, int dh, int dw,
                          float[::1] work, float[::1] panels, int mchunk, int group_panels,
-                         ce_act_t act, int num_threads, bint check_nonfinite=True):
+                         ce_act_t act, int num_threads, bint check_nonfinite=True,
+                         const float[:, ::1] G=None):
     """out = conv3x3(x) by Winograd F(m x m, 3x3), stride 1, dilation (dh, dw).
 
     Returns the number of (image, channel) planes of x that hold a NaN or an infinity; their
@@ -488,6 +499,11 @@ def f32_conv3x3_winograd(const float[:, :, :, ::1] x, const float[::1] upack, in
     per 4 KB on every call). mchunk (a multiple of MR) and group_panels: rows of U[g, e] and
     panels of tiles per GEMM work item; panels: num_threads * group_panels * Cg * NR floats,
     64-byte aligned, for the items' panel copies.
+
+    Weights transformed per call: with G (the (m+2) x 3 matrix of U = G g G^T) given, upack
+    holds the weights themselves, packed as [groups][ceil(Kg/MR)][9][Cg][MR] (tap = 3 * kernel
+    row + kernel column), and each GEMM work item computes the U blocks it multiplies, in
+    float32 (see gemm_phase_taps); panels then holds taps_panel_floats(...) floats per thread.
     """
     check_act(act)
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
@@ -501,8 +517,12 @@ def f32_conv3x3_winograd(const float[:, :, :, ::1] x, const float[::1] upack, in
     cdef Py_ssize_t Kg = K // groups, Cg = C // groups
     cdef Py_ssize_t nmb = (Kg + MR - 1) // MR
     cdef Py_ssize_t nblocks = blocks.shape[0]
-    if upack.shape[0] != groups * E * nmb * Cg * MR:
-        raise ValueError(f"upack must hold {groups * E * nmb * Cg * MR} floats, got "
+    cdef bint taps = G is not None
+    cdef Py_ssize_t per_weight = 9 if taps else E
+    if taps and (G.shape[0] != m + 2 or G.shape[1] != 3):
+        raise ValueError(f"G must have shape ({m + 2}, 3), got ({G.shape[0]}, {G.shape[1]})")
+    if upack.shape[0] != groups * per_weight * nmb * Cg * MR:
+        raise ValueError(f"upack must hold {groups * per_weight * nmb * Cg * MR} floats, got "
                          f"{upack.shape[0]}")
     if out.shape[0] != N or bias.shape[0] != K:
         raise ValueError("x, bias and out shapes do not agree")
@@ -537,8 +557,10 @@ def f32_conv3x3_winograd(const float[:, :, :, ::1] x, const float[::1] upack, in
     cdef GemmShape gs
     gs.groups, gs.E, gs.K, gs.Kg, gs.C, gs.Cg, gs.nmb = groups, E, K, Kg, C, Cg, nmb
     gs.mchunk, gs.GP = mchunk, group_panels
-    gs.per_thread = group_panels * Cg * NR
+    gs.per_thread = (taps_panel_floats(1, Cg, group_panels, m) if taps
+                     else group_panels * Cg * NR)
     check_scratch(panels, max(1, num_threads) * gs.per_thread, "panels")
+    cdef const float* gptr = &G[0, 0] if taps else NULL
     cdef Py_ssize_t blk, it, r0, r1, T
     cdef int nt_pad = <int>max(1, min(num_threads, N * C))
     cdef Py_ssize_t nonfinite_planes = 0
@@ -551,7 +573,11 @@ def f32_conv3x3_winograd(const float[:, :, :, ::1] x, const float[::1] upack, in
         for blk in range(nblocks):
             r0, r1, T = blocks[blk, 0], blocks[blk, 1], blocks[blk, 2]
             input_phase(xpad, plane, lrow, C, m, dh, dw, J, &tt, r0, r1, T, V, num_threads)
-            gemm_phase(&upack[0], V, T + STRIP, T, M, &gs, &panels[0], num_threads)
+            if taps:
+                gemm_phase_taps(&upack[0], gptr, m + 2, V, T + STRIP, T, M, &gs, &panels[0],
+                                num_threads)
+            else:
+                gemm_phase(&upack[0], V, T + STRIP, T, M, &gs, &panels[0], num_threads)
             output_phase(M, T, K, m, &tt, r0, &out[0, 0, 0, 0], OH, OW, dh, dw, &bias[0], act,
                          num_threads)
     return nonfinite_planes
@@ -619,6 +645,48 @@ cdef void gemm_phase(const float* uptr, const float* V, Py_ssize_t ldv, Py_ssize
                             buf + (p - pa) * s.Cg * NR, <int>s.Cg,
                             M + (e * s.K + g * s.Kg + mb * MR) * T + p0, T, NULL, NULL,
                             no_act(), <int>min(MR, s.Kg - mb * MR), <int>min(NR, T - p0))
+
+
+cdef void gemm_phase_taps(const float* wtaps, const float* G, Py_ssize_t a, const float* V,
+                          Py_ssize_t ldv, Py_ssize_t T, float* M, const GemmShape* s,
+                          float* pbase, int num_threads) noexcept nogil:
+    """gemm_phase with U computed from the weights as it is used: a work item takes one
+    column j of the a x a tile elements, a chunk of U's row blocks and a group of tile panels;
+    it copies the panels of the a elements (i, j), then for each row block makes the blocks
+    U[i * a + j] of every i from the block's nine taps (_winograd_taps.h) and runs them over
+    the panels. Per weight and tile column this is 3 (a + 3) multiply-adds against the GEMMs'
+    2 a T (T tiles), and 9 floats read from memory instead of a^2."""
+    cdef Py_ssize_t MR = CE_PG_MR, NR = CE_PG_NR
+    cdef Py_ssize_t npanels = (T + NR - 1) // NR
+    cdef Py_ssize_t npg = (npanels + s.GP - 1) // s.GP
+    cdef Py_ssize_t nchunks = (s.Kg + s.mchunk - 1) // s.mchunk
+    cdef Py_ssize_t items = s.groups * a * nchunks * npg
+    cdef Py_ssize_t blk = s.Cg * MR, pe = s.GP * s.Cg * NR
+    cdef Py_ssize_t it, pg, ch, j, i, e, g, pa, pb, p, p0, mb
+    cdef float* buf
+    cdef float* ub
+    for it in prange(items, num_threads=<int>max(1, min(num_threads, items)), schedule="static"):
+        pg = it % npg
+        ch = (it // npg) % nchunks
+        j = (it // (npg * nchunks)) % a
+        g = it // (npg * nchunks * a)
+        pa = pg * s.GP
+        pb = min(npanels, pa + s.GP)
+        buf = pbase + threadid() * s.per_thread
+        ub = buf + a * pe
+        for i in range(a):
+            e = i * a + j
+            ce_pg_pack_panels(V + (e * s.C + g * s.Cg) * ldv + pa * NR, ldv, <int>s.Cg,
+                              <int>min(T - pa * NR, s.GP * NR), buf + i * pe)
+        for mb in range(ch * s.mchunk // MR, min(s.nmb, (ch + 1) * s.mchunk // MR)):
+            ce_wt_column(wtaps + (g * s.nmb + mb) * 9 * blk, blk, G, <int>a, <int>j, ub)
+            for i in range(a):
+                e = i * a + j
+                for p in range(pa, pb):
+                    p0 = p * NR
+                    ce_pg_block(ub + i * blk, buf + i * pe + (p - pa) * s.Cg * NR, <int>s.Cg,
+                                M + (e * s.K + g * s.Kg + mb * MR) * T + p0, T, NULL, NULL,
+                                no_act(), <int>min(MR, s.Kg - mb * MR), <int>min(NR, T - p0))
 
 
 cdef void output_phase(const float* M, Py_ssize_t T, Py_ssize_t K, int m, const TileTables* tt,

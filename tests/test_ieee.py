@@ -191,6 +191,18 @@ def test_auto_choices_are_among_those_tested(spec, expected):
 
 
 @pytest.mark.parametrize("algorithm, name", [(a, n) for a, n in CASES if a in (
+    "winograd_f23", "winograd_f43", "dilated_s2b")])
+def test_winograd_weights_made_per_call(algorithm, name, threads):
+    """The same per-element bounds and IEEE results with U made inside every call."""
+    spec = LAYERS[name]
+    x, wt, b, ref, mag, names = _reference(name, spec, "relu", np.random.default_rng(7))
+    c, k, h, w, ks, s, p, d, g = spec
+    layer = engine.Conv2d(wt, b, s, p, d, g, activation="relu", algorithm=algorithm,
+                          winograd_weights="per_call")
+    check_ieee(layer(x), ref, mag, algorithm, names)
+
+
+@pytest.mark.parametrize("algorithm, name", [(a, n) for a, n in CASES if a in (
     "winograd_f23", "winograd_f43", "dilated_s2b", "fft")])
 def test_nonfinite_results_do_not_depend_on_threads(algorithm, name):
     spec = LAYERS[name]

@@ -41,13 +41,18 @@ def reference(x, w, b, pads, dilation, groups, activation):
     return ref
 
 
+# Where U lives (engine/dispatch/winograd.py): kept, or made block by block in every call.
+WEIGHTS = ["stored", "per_call"]
+
+
 def run_case(rng, algorithm, n, c, k, h, w, padding=1, dilation=1, groups=1, bias=True,
-             activation=None, num_threads=None):
+             activation=None, num_threads=None, weights="auto"):
     x = rng.standard_normal((n, c, h, w)).astype(np.float32)
     wt = rng.standard_normal((k, c // groups, 3, 3)).astype(np.float32)
     b = rng.standard_normal(k).astype(np.float32) if bias else None
     layer = engine.Conv2d(wt, b, 1, padding, dilation, groups, activation=activation,
-                          algorithm=algorithm, num_threads=num_threads)
+                          algorithm=algorithm, num_threads=num_threads,
+                          winograd_weights=weights)
     assert layer.algorithm == algorithm
     y = layer(x)
     dil = (dilation, dilation) if isinstance(dilation, int) else dilation
@@ -103,49 +108,56 @@ SIZES = [1, 5, 11, 53]
 PADDINGS = [0, 1, 2, (2, 0, 1, 3), "same"]   # 4-tuple: ONNX order (top, left, bottom, right)
 
 
+@pytest.mark.parametrize("weights", WEIGHTS)
 @pytest.mark.parametrize("algorithm", ["winograd_f23", "winograd_f43"])
 @pytest.mark.parametrize("padding", PADDINGS, ids=str)
-def test_sizes_and_paddings(algorithm, padding, rng):
+def test_sizes_and_paddings(algorithm, padding, weights, rng):
     for h in SIZES:
         for w in SIZES:
             pads = resolve_padding(padding, (h, w), (3, 3), (1, 1), (1, 1))
             if not (fits(h, pads[0], 1) and fits(w, pads[1], 1)):
                 with pytest.raises(ValueError):
-                    run_case(rng, algorithm, 1, 5, 7, h, w, padding)
+                    run_case(rng, algorithm, 1, 5, 7, h, w, padding, weights=weights)
                 continue
-            run_case(rng, algorithm, 1, 5, 7, h, w, padding)
+            run_case(rng, algorithm, 1, 5, 7, h, w, padding, weights=weights)
 
 
+@pytest.mark.parametrize("weights", WEIGHTS)
 @pytest.mark.parametrize("algorithm", ["dilated_s2b", "winograd_f43"])
 @pytest.mark.parametrize("dilation", [2, 3, 4, (2, 3), (4, 1)], ids=str)
-def test_dilations(algorithm, dilation, rng):
+def test_dilations(algorithm, dilation, weights, rng):
     d = (dilation, dilation) if isinstance(dilation, int) else dilation
     # (1, 3), (2, 1): fewer outputs than phases, so some phases hold no tile at all
     for h, w in [(5, 5), (11, 53), (53, 11), (13, 8), (1, 3), (2, 1)]:
         for padding in [0, d[0], "same", (1, 4, 0, 2)]:
             pads = resolve_padding(padding, (h, w), (3, 3), (1, 1), d)
             if fits(h, pads[0], d[0]) and fits(w, pads[1], d[1]):
-                run_case(rng, algorithm, 1, 6, 5, h, w, padding, dilation)
+                run_case(rng, algorithm, 1, 6, 5, h, w, padding, dilation, weights=weights)
 
 
+@pytest.mark.parametrize("weights", WEIGHTS)
 @pytest.mark.parametrize("algorithm", ["winograd_f23", "dilated_s2b", "winograd_f43"])
 @pytest.mark.parametrize("groups", [1, 2, 4])
-def test_groups_batch_bias_activation(algorithm, groups, rng):
+def test_groups_batch_bias_activation(algorithm, groups, weights, rng):
     dilation = 2 if algorithm == "dilated_s2b" else 1
     for n, bias, activation in [(1, True, None), (3, False, "relu"), (3, True, "relu6"),
                                 (1, False, None)]:
         run_case(rng, algorithm, n, 3 * groups, 5 * groups, 11, 9, padding=dilation,
-                 dilation=dilation, groups=groups, bias=bias, activation=activation)
+                 dilation=dilation, groups=groups, bias=bias, activation=activation,
+                 weights=weights)
 
 
+@pytest.mark.parametrize("weights", WEIGHTS)
 @pytest.mark.parametrize("algorithm", ["winograd_f23", "dilated_s2b", "winograd_f43"])
-def test_many_channels(algorithm, rng):
-    """Long dot products (9 * 128 terms), where float32 error accumulates most."""
+def test_many_channels(algorithm, weights, rng):
+    """Long dot products (9 * 128 terms), where float32 error accumulates most; output
+    channels off the 8-row block of U."""
     dilation = 2 if algorithm == "dilated_s2b" else 1
-    run_case(rng, algorithm, 1, 128, 40, 14, 15, padding=dilation, dilation=dilation)
+    run_case(rng, algorithm, 1, 128, 43, 14, 15, padding=dilation, dilation=dilation,
+             weights=weights)
 
 
-def fuzz_case(rng, algorithm):
+def fuzz_case(rng, algorithm, weights="auto"):
     """One random layer; out sits between NaN guards that must stay untouched."""
     groups = int(rng.choice([1, 2, 3]))
     c, k = groups * int(rng.integers(1, 6)), groups * int(rng.integers(1, 6))
@@ -159,7 +171,8 @@ def fuzz_case(rng, algorithm):
     x = rng.standard_normal((n, c, h, w)).astype(np.float32)
     wt = rng.standard_normal((k, c // groups, 3, 3)).astype(np.float32)
     b = rng.standard_normal(k).astype(np.float32)
-    layer = engine.Conv2d(wt, b, 1, pads, d, groups, activation="relu6", algorithm=algorithm)
+    layer = engine.Conv2d(wt, b, 1, pads, d, groups, activation="relu6", algorithm=algorithm,
+                          winograd_weights=weights)
     shape = layer.output_shape(x.shape)
     size = int(np.prod(shape))
     buf = np.full(size + 64, np.nan, np.float32)
@@ -170,11 +183,12 @@ def fuzz_case(rng, algorithm):
     assert_close(out, ref, algorithm)
 
 
+@pytest.mark.parametrize("weights", WEIGHTS)
 @pytest.mark.parametrize("algorithm", ["winograd_f23", "dilated_s2b", "winograd_f43"])
-def test_random_layers_write_only_their_output(algorithm):
+def test_random_layers_write_only_their_output(algorithm, weights):
     rng = np.random.default_rng(7)
     for _ in range(40):
-        fuzz_case(rng, algorithm)
+        fuzz_case(rng, algorithm, weights)
 
 
 def test_blocks_and_split_gemms(rng, monkeypatch):
@@ -183,12 +197,15 @@ def test_blocks_and_split_gemms(rng, monkeypatch):
     monkeypatch.setattr(winograd, "MIN_BLOCK_TILES", 1)
     monkeypatch.setattr(winograd, "BLOCK_V_BYTES", 1)
     monkeypatch.setattr(packed_gemm, "split", lambda cg, kg, columns: (packed_gemm.ROW_BLOCK, 1))
+    monkeypatch.setattr(winograd, "TAPS_PANELS_BYTES", 1)
     for algorithm, dilation in [("winograd_f23", 1), ("dilated_s2b", 3), ("winograd_f43", 2)]:
-        layer, x, y = run_case(rng, algorithm, 2, 18, 9, 17, 12, padding=dilation,
-                               dilation=dilation, groups=3)
-        plan = layer._impl.plan(layer.geometry(x.shape))
-        assert len(plan.blocks) == len(plan.rows) > 1
-        assert (plan.mchunk, plan.group_panels) == (packed_gemm.ROW_BLOCK, 1)
+        for weights in WEIGHTS:
+            layer, x, y = run_case(rng, algorithm, 2, 18, 9, 17, 12, padding=dilation,
+                                   dilation=dilation, groups=3, weights=weights)
+            plan = layer._impl.plan(layer.geometry(x.shape))
+            assert len(plan.blocks) == len(plan.rows) > 1
+            assert (plan.mchunk, plan.group_panels) == (packed_gemm.ROW_BLOCK, 1)
+            assert plan.taps_split(1)[1] == 1
 
 
 def test_gemm_split():
@@ -267,8 +284,9 @@ def test_reuse_across_shapes_and_out(rng):
 
 # ---- threads -----------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("weights", WEIGHTS)
 @pytest.mark.parametrize("algorithm", ["winograd_f23", "dilated_s2b", "winograd_f43"])
-def test_one_and_two_threads_bit_identical(algorithm, rng):
+def test_one_and_two_threads_bit_identical(algorithm, weights, rng):
     dilation = 2 if algorithm == "dilated_s2b" else 1
     x = rng.standard_normal((2, 24, 40, 33)).astype(np.float32)
     w = rng.standard_normal((20, 12, 3, 3)).astype(np.float32)
@@ -276,7 +294,8 @@ def test_one_and_two_threads_bit_identical(algorithm, rng):
     ys = []
     for threads in (1, 2):
         layer = engine.Conv2d(w, b, 1, dilation, dilation, groups=2, activation="relu",
-                              algorithm=algorithm, num_threads=threads)
+                              algorithm=algorithm, num_threads=threads,
+                              winograd_weights=weights)
         ys.append(layer(x))
     assert engine.Conv2d(w, b, 1, dilation, dilation, 2).geometry(x.shape).macs > 8e5
     assert np.array_equal(ys[0], ys[1])
@@ -385,3 +404,110 @@ def test_fused_exp_activations_equal_the_separate_pass(algorithm, dilation, rng)
             out = np.empty_like(want)
             fused.run(x, out, fused.geometry(x.shape), num_threads=t)
             np.testing.assert_array_equal(out, want)
+
+
+# ---- U made per call (engine/dispatch/winograd.py) ----------------------------------------------
+
+def test_pack_taps_layout(rng):
+    k, cg, groups, mr = 19, 5, 2, packed_gemm.ROW_BLOCK
+    w = rng.standard_normal((k * groups, cg, 3, 3)).astype(np.float32)
+    got = winograd.pack_taps(w, groups)
+    nmb = -(-k // mr)
+    packed = got.reshape(groups, nmb, 9, cg, mr)
+    for g in range(groups):
+        for kk in range(nmb * mr):
+            for c in range(cg):
+                want = w[g * k + kk, c].ravel() if kk < k else np.zeros(9, np.float32)
+                assert np.array_equal(packed[g, kk // mr, :, c, kk % mr], want)
+
+
+def test_auto_keeps_u_only_where_it_is_small_or_tiles_are_few(rng):
+    from engine.dispatch import choose_winograd_weights
+    from engine.dispatch.winograd import PER_CALL_MIN_BYTES, PER_CALL_MIN_TILES
+    assert choose_winograd_weights(PER_CALL_MIN_BYTES - 1, 10**6)[0] == "stored"
+    assert choose_winograd_weights(PER_CALL_MIN_BYTES, PER_CALL_MIN_TILES - 1)[0] == "stored"
+    form, reason = choose_winograd_weights(PER_CALL_MIN_BYTES, PER_CALL_MIN_TILES)
+    assert form == "per_call" and "MiB" in reason
+    # a 512 -> 256 layer (U: 18 MiB) on a 28x28 map (49 tiles of F(4x4)) and a 14x14 one (16)
+    w = rng.standard_normal((256, 512, 3, 3)).astype(np.float32)
+    assert 4 * winograd.packed_floats(256, 512, 1, 4) >= PER_CALL_MIN_BYTES
+    layer = engine.Conv2d(w, None, 1, 1, algorithm="winograd_f43", num_threads=1)
+    assert layer.choice_name == "weights"
+    for side, form in [(28, "per_call"), (14, "stored")]:
+        x = rng.standard_normal((1, 512, side, side)).astype(np.float32)
+        assert layer.kernel_choice(layer.geometry(x.shape))[0] == form
+        y = layer(x)
+        assert_close(y, reference(x, w, None, ((1, 1), (1, 1)), (1, 1), 1, None),
+                     "winograd_f43")
+    # each form made once, and each only when a call needed it
+    assert sorted(layer.transforms._items) == ["winograd_taps", "winograd_tile4"]
+    assert layer.transforms.made == 2
+    small = engine.Conv2d(w, None, 1, 1, algorithm="winograd_f43", num_threads=1,
+                          winograd_weights="per_call")
+    small(rng.standard_normal((1, 512, 8, 8)).astype(np.float32))
+    assert list(small.transforms._items) == ["winograd_taps"]
+
+
+@pytest.mark.parametrize("algorithm, uneven", [("winograd_f23", 3), ("winograd_f43", 4)])
+def test_per_call_thread_counts_and_row_chunks_bit_identical(algorithm, uneven, rng):
+    """Work items split by rows of U (the 4 or 6 items of whole tile columns do not share
+    evenly between `uneven` threads) give the same bits as 1 and 2 threads."""
+    x = rng.standard_normal((1, 64, 40, 36)).astype(np.float32)
+    w = rng.standard_normal((60, 64, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(60).astype(np.float32)
+    layer = engine.Conv2d(w, b, 1, 1, algorithm=algorithm, winograd_weights="per_call")
+    g = layer.geometry(x.shape)
+    plan = layer._impl.plan(g)
+    assert plan.taps_split(uneven)[0] < packed_gemm.packed_rows(60)
+    assert plan.taps_split(2)[0] == packed_gemm.packed_rows(60)
+    ys = []
+    for threads in (1, 2, uneven):
+        y = np.empty(layer.output_shape(x.shape), np.float32)
+        layer.run(x, y, g, threads)
+        ys.append(y)
+    assert np.array_equal(ys[0], ys[1]) and np.array_equal(ys[0], ys[2])
+    assert_close(ys[0], reference(x, w, b, ((1, 1), (1, 1)), (1, 1), 1, None), algorithm)
+
+
+def test_winograd_weights_argument_is_checked(rng):
+    w = rng.standard_normal((8, 8, 3, 3)).astype(np.float32)
+    with pytest.raises(ValueError, match="winograd_weights must be one of"):
+        engine.Conv2d(w, None, 1, 1, algorithm="winograd_f43", winograd_weights="lazy")
+    with pytest.raises(ValueError, match="winograd_weights='per_call' needs a Winograd"):
+        engine.Conv2d(w, None, 1, 1, algorithm="im2col", winograd_weights="per_call")
+
+
+def test_kernel_checks_the_per_call_operands(rng):
+    """The kernel refuses a G of the wrong shape and weights of the wrong length before it
+    runs (a bad size would read past the array)."""
+    from engine._kernels import conv_winograd
+    from engine.ops.workspace import workspace
+    x = rng.standard_normal((1, 16, 12, 12)).astype(np.float32)
+    w = rng.standard_normal((16, 16, 3, 3)).astype(np.float32)
+    layer = engine.Conv2d(w, None, 1, 1, algorithm="winograd_f43", winograd_weights="per_call")
+    g = layer.geometry(x.shape)
+    impl, p = layer._impl, layer._impl.plan(g)
+    out = np.empty(layer.output_shape(x.shape), np.float32)
+    mchunk, gp = p.taps_split(1)
+    work = workspace.take(p.work_floats)                 # 64-byte aligned, as the kernel needs
+    panels = workspace.take(conv_winograd.taps_panel_floats(1, 16, gp, 4))
+    taps = impl.weights("per_call")
+
+    def call(upack, G):
+        return conv_winograd.f32_conv3x3_winograd(
+            x, upack, 1, impl.bias, out, p.rows, p.blocks, p.phase_tiles, p.phase_start,
+            p.phase_cols, p.colmap, 4, p.J, p.hbuf, p.max_tiles, 1, 1, 1, 1, work, panels,
+            mchunk, gp, layer.act, 1, True, G)
+    call(taps, impl.g32)
+    assert_close(out, reference(x, w, None, ((1, 1), (1, 1)), (1, 1), 1, None), "winograd_f43")
+    with pytest.raises(ValueError, match="G must have shape"):
+        call(taps, np.zeros((4, 3), np.float32))
+    with pytest.raises(ValueError, match="upack must hold"):
+        call(taps[:-8], impl.g32)
+    with pytest.raises(ValueError, match="panels"):
+        conv_winograd.f32_conv3x3_winograd(
+            x, taps, 1, impl.bias, out, p.rows, p.blocks, p.phase_tiles, p.phase_start,
+            p.phase_cols, p.colmap, 4, p.J, p.hbuf, p.max_tiles, 1, 1, 1, 1, work,
+            panels[:16], mchunk, gp, layer.act, 1, True, impl.g32)
+    workspace.give(panels)
+    workspace.give(work)

@@ -11,7 +11,8 @@ the layer's parameters returning (choice, one-line reason):
 - ``pool``: whether an ONNX pool runs on the pooling layer directly or on a padded copy;
 - ``gemm``: whether an ONNX Gemm runs on the dense kernel or numpy.matmul, and a MatMul by
   constant weights on the packed GEMM or numpy.matmul;
-- ``resize``: how each axis of an ONNX Resize is resampled (gather, taps, dense product).
+- ``resize``: how each axis of an ONNX Resize is resampled (gather, taps, dense product);
+- ``winograd``: whether a Winograd layer keeps its transformed weights or makes them per call.
 
 A plan asks once and stores the answer, explain() shows it with its reason, and a caller may
 force the choices worth comparing: ``algorithm=`` on the planned convolutions, ``kernel=`` on
@@ -32,6 +33,7 @@ from .layout import (BLOCKED_DIRECT_MAX_TAPS, LAYOUTS, blocked_kernel, choose_la
                      why_not_layout)
 from .pool import choose_pool_path
 from .resize import choose_resize_axis_path
+from .winograd import choose_winograd_weights
 from .transposed import (TRANSPOSE_ALGORITHMS, choose_conv_transpose2d,
                          choose_onnx_transpose_path, why_not_conv_transpose2d)
 
@@ -52,4 +54,6 @@ __all__ = [
     "choose_onnx_transpose_path",
     # pool, gemm
     "choose_pool_path", "choose_gemm", "choose_matmul",
+    # winograd
+    "choose_winograd_weights",
 ]

@@ -31,6 +31,10 @@ def _registry():
     return algos.REGISTRY
 
 
+# The algorithms engine/ops/winograd.py runs, which take winograd_weights=.
+_WINOGRAD = ("winograd_f23", "winograd_f43", "dilated_s2b")
+
+
 class TransformedWeights:
     """The transformed weights of one convolution's algorithms, keyed by algorithm (and, for
     FFT, plane size): shared by the planned layers of one weight, so each transform is made
@@ -114,6 +118,10 @@ class Conv2d:
     dispatcher can weigh it. Float64 input is converted to float32 except with
     algorithm="direct", which computes and returns float64.
 
+    depthwise_kernel ("auto", "blocks", "rows", "planes") forces the depthwise algorithm's
+    kernel; winograd_weights ("auto", "stored", "per_call") whether a Winograd algorithm keeps
+    its transformed weights or makes them in every call (engine/dispatch/winograd.py).
+
     transforms: a TransformedWeights shared by layers made from the same weight, bias, stride,
     dilation and groups (a graph's Conv node makes one layer per input size and activation):
     each algorithm's transformed weights are then made once and shared by all of them.
@@ -121,7 +129,7 @@ class Conv2d:
 
     def __init__(self, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
                  activation=None, algorithm="auto", *, input_size=None, num_threads=None,
-                 transforms=None, depthwise_kernel="auto"):
+                 transforms=None, depthwise_kernel="auto", winograd_weights="auto"):
         # float32 weights are used as given (no copy); float64 ones are kept for the float64
         # path and rounded once for the float32 kernels
         given = weight if isinstance(weight, np.ndarray) else None
@@ -187,14 +195,18 @@ class Conv2d:
         if depthwise_kernel != "auto" and self.algorithm != "depthwise":
             raise ValueError(f"depthwise_kernel={depthwise_kernel!r} needs the depthwise "
                              f"algorithm, got {self.algorithm!r}")
-        options = {"kernel": depthwise_kernel} if self.algorithm == "depthwise" else {}
+        if winograd_weights != "auto" and self.algorithm not in _WINOGRAD:
+            raise ValueError(f"winograd_weights={winograd_weights!r} needs a Winograd "
+                             f"algorithm, got {self.algorithm!r}")
+        options = ({"kernel": depthwise_kernel} if self.algorithm == "depthwise"
+                   else {"weights": winograd_weights} if self.algorithm in _WINOGRAD else {})
+        self._geometries = ShapeCache(64)
         self._impl = _registry()[self.algorithm](self, **options)
         # an activation the kernel's output step cannot apply runs as one vector pass after it
         self.post_activation = None
         if getattr(self._impl, "clamp_only", False) \
                 and self.activation not in CLAMP_ACTIVATIONS:
             self.act, self.post_activation = kernel_act(None), self.activation
-        self._geometries = ShapeCache(64)
 
     @property
     def weight64(self) -> np.ndarray:
@@ -283,9 +295,15 @@ class Conv2d:
     # -- reporting ----------------------------------------------------------------------------
     def kernel_choice(self, g):
         """(kernel, reason) for geometry ``g`` where the algorithm has several kernels
-        (depthwise: engine/dispatch/depthwise.py), else None."""
+        (depthwise: engine/dispatch/depthwise.py) or forms of its weights (Winograd:
+        engine/dispatch/winograd.py), else None."""
         choose = getattr(self._impl, "kernel_choice", None)
         return None if choose is None else choose(g)
+
+    @property
+    def choice_name(self) -> str:
+        """What kernel_choice chooses, in words: "kernel", or "weights" for Winograd."""
+        return getattr(self._impl, "choice_name", "kernel")
 
     def __repr__(self):
         kh, kw = self.kernel_size

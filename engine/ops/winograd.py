@@ -34,6 +34,7 @@ import numpy as np
 from .nonfinite import fix_nonfinite
 from .._cache import ShapeCache
 from .._threads import resolve_threads
+from ..dispatch.winograd import choose_winograd_weights
 from ..shapes import phase_tiles
 from .._kernels import conv_winograd, winograd_weights
 from . import packed_gemm
@@ -50,6 +51,10 @@ BLOCK_V_BYTES = 768 << 10
 MIN_BLOCK_TILES = 192
 # Bound on V + M of one block (a block holds at least one tile row, whatever its size).
 WORKSPACE_BYTES = 16 << 20
+# Panels one work item copies when U is made per call: those of the m + 2 elements of a tile
+# column, kept in L2 while every row block of U passes over them (bench/bench_dispatch.py
+# winograd/weights).
+TAPS_PANELS_BYTES = 1024 << 10
 
 # Benchmarks only (bench/bench_ieee.py): False skips the non-finite test and fix-up, so that a
 # NaN or infinity spreads over whole tiles, as before the test existed.
@@ -125,6 +130,21 @@ def packed_floats(k: int, cg: int, groups: int, m: int) -> int:
     return groups * (m + 2) ** 2 * packed_gemm.packed_rows(k // groups) * cg
 
 
+def pack_taps(w: np.ndarray, groups: int) -> np.ndarray:
+    """The weights as given (float32) in the layout of the per-call transform
+    (kernels/conv_winograd.pyx gemm_phase_taps): [groups][ceil(Kg/MR)][9][Cg][MR], rows beyond
+    Kg zero."""
+    k, cg = w.shape[:2]
+    kg, mr = k // groups, packed_gemm.ROW_BLOCK
+    nmb = -(-kg // mr)
+    rows = np.zeros((groups, nmb * mr, cg, 9), np.float32)
+    rows[:, :kg] = w.reshape(groups, kg, cg, 9)
+    out = populated_zeros(groups * nmb * 9 * cg * mr)
+    out.reshape(groups, nmb, 9, cg, mr)[...] = \
+        rows.reshape(groups, nmb, mr, cg, 9).transpose(0, 1, 4, 3, 2)
+    return out
+
+
 def pack_weights(w: np.ndarray, groups: int, m: int, threads: int) -> np.ndarray:
     """U[g, e, Kg, Cg] = (G w[k, c] G^T)[e] in float64, rounded once, packed for the
     micro-kernel (packed_gemm.pack_rows' layout over the groups * (m+2)^2 matrices), made in
@@ -192,9 +212,29 @@ class TilePlan:
 
         self.mchunk, self.group_panels = packed_gemm.split(
             c_in // groups, c_out // groups, self.max_tiles)
+        self.groups, self.cg, self.kg = groups, c_in // groups, c_out // groups
+        self.weights = None     # Winograd.kernel_choice's answer, once asked
+        self._taps_splits = {}
         self._check(h, oh, ow, pt)
         self.work_floats = conv_winograd.workspace_floats(
             batch, c_in, c_out, self.hbuf, self.J, dw, m, self.max_tiles)
+
+    def taps_split(self, threads: int) -> tuple[int, int]:
+        """(mchunk, group_panels) with the weights transformed per call: an item copies the
+        panels of m + 2 elements (at most TAPS_PANELS_BYTES) and transforms the weights of
+        its rows once per group of panels, so as few groups as fit; rows are split only where
+        the items would not share evenly between the threads."""
+        if threads not in self._taps_splits:
+            a, mr, nr = self.m + 2, packed_gemm.ROW_BLOCK, packed_gemm.PANEL
+            npanels = -(-self.max_tiles // nr)
+            fit = max(1, TAPS_PANELS_BYTES // (4 * a * self.cg * nr))
+            group_panels = -(-npanels // -(-npanels // fit))
+            items = self.groups * a * -(-npanels // group_panels)
+            chunks = 1 if items % threads == 0 or items >= 4 * threads \
+                else -(-4 * threads // items)
+            rows = -(-self.kg // mr)
+            self._taps_splits[threads] = (-(-rows // min(chunks, rows)) * mr, group_panels)
+        return self._taps_splits[threads]
 
     def _check(self, h, oh, ow, pt):
         """Every address the kernel derives from these tables lies inside its buffers."""
@@ -222,27 +262,51 @@ class Winograd:
     """F(m x m, 3x3) Winograd for 3x3 stride-1 layers of any dilation and group count.
 
     Registered as "winograd_f23" (m = 2, dilation 1), "dilated_s2b" (m = 2, dilation > 1) and
-    "winograd_f43" (m = 4, any dilation). The weight transform is done once, here. Weights must
-    be finite; a NaN or infinity in the input gives NaN or infinity exactly where the direct sum
-    does (see the module docstring).
+    "winograd_f43" (m = 4, any dilation). The transformed weights are made once and kept, or,
+    for large layers with enough tiles per call, made block by block inside every call from
+    the weights as given (engine/dispatch/winograd.py; ``weights=`` "stored" or "per_call"
+    forces it). Weights must be finite; a NaN or infinity in the input gives NaN or infinity
+    exactly where the direct sum does (see the module docstring).
     """
 
     tile = 2
     uses_blas = False
+    choice_name = "weights"
+    WEIGHTS = ("auto", "stored", "per_call")
 
-    def __init__(self, layer):
+    def __init__(self, layer, weights="auto"):
         if layer.kernel_size != (3, 3) or layer.stride != (1, 1):
             raise ValueError(f"Winograd needs a 3x3 stride-1 layer, got kernel "
                              f"{layer.kernel_size} stride {layer.stride}")
-        self.layer = layer
-        self.upack = layer.transformed(
-            f"winograd_tile{self.tile}",
-            lambda: pack_weights(layer.given_weight, layer.groups, self.tile,
-                                 resolve_threads(layer.num_threads)),
-            (packed_floats(layer.out_channels, layer.weight.shape[1], layer.groups, self.tile),))
+        if weights not in self.WEIGHTS:
+            raise ValueError(f"winograd_weights must be one of {', '.join(self.WEIGHTS)}, got "
+                             f"{weights!r}")
+        self.layer, self.forced = layer, weights
+        self.u_floats = packed_floats(layer.out_channels, layer.weight.shape[1], layer.groups,
+                                      self.tile)
+        self.g32 = np.ascontiguousarray(TRANSFORMS[self.tile][1], np.float32)
         self.bias = (layer.bias if layer.bias is not None
                      else np.zeros(layer.out_channels, np.float32))
         self._plans = ShapeCache(64)
+        # made now, so that a layer planned for its input size makes nothing at its first call
+        size = layer.params.in_size
+        if size is not None:
+            form = self.kernel_choice(layer.geometry((1, layer.in_channels) + size))[0]
+        else:
+            form = "stored" if weights == "auto" else weights
+        self.weights(form)
+
+    def weights(self, form):
+        """The packed weights of ``form`` ("stored": U; "per_call": the taps), made once."""
+        L = self.layer
+        if form == "stored":
+            return L.transformed(
+                f"winograd_tile{self.tile}",
+                lambda: pack_weights(L.given_weight, L.groups, self.tile,
+                                     resolve_threads(L.num_threads)), (self.u_floats,))
+        k, cg = L.weight.shape[:2]
+        return L.transformed("winograd_taps", lambda: pack_taps(L.weight, L.groups),
+                             (L.groups * packed_gemm.packed_rows(k // L.groups) * 9 * cg,))
 
     def plan(self, g) -> TilePlan:
         L = self.layer
@@ -250,18 +314,38 @@ class Winograd:
                                                    L.dilation, self.tile, L.in_channels,
                                                    L.out_channels, L.groups))
 
+    def kernel_choice(self, g) -> tuple[str, str]:
+        """(where U lives, reason) for geometry ``g``: "stored" or "per_call", chosen for one
+        image of its size (more images only add tiles to amortise the transform over), so
+        each input size uses one form whatever the batch."""
+        if self.forced != "auto":
+            return self.forced, "forced by the caller"
+        p = self.plan(g if g.batch == 1 else g._replace(batch=1))
+        if p.weights is None:
+            p.weights = choose_winograd_weights(4 * self.u_floats, p.max_tiles)
+        return p.weights
+
     def run(self, x, out, g, threads):
         L = self.layer
         p = self.plan(g)
+        form = self.kernel_choice(g)[0]
+        cg = L.in_channels // L.groups
+        if form == "stored":
+            G, mchunk, group_panels = None, p.mchunk, p.group_panels
+            floats = packed_gemm.panel_floats(threads, cg, group_panels)
+        else:
+            G = self.g32
+            mchunk, group_panels = p.taps_split(threads)
+            floats = conv_winograd.taps_panel_floats(threads, cg, group_panels, self.tile)
+        upack = self.weights(form)
         work = workspace.take(p.work_floats)
-        panels = workspace.take(packed_gemm.panel_floats(
-            threads, L.in_channels // L.groups, p.group_panels))
+        panels = workspace.take(floats)
         try:
             nonfinite = conv_winograd.f32_conv3x3_winograd(
-                x, self.upack, L.groups, self.bias, out, p.rows, p.blocks, p.phase_tiles,
+                x, upack, L.groups, self.bias, out, p.rows, p.blocks, p.phase_tiles,
                 p.phase_start, p.phase_cols, p.colmap, self.tile, p.J, p.hbuf, p.max_tiles,
                 g.pads[0][0], g.pads[1][0], L.dilation[0], L.dilation[1], work, panels,
-                p.mchunk, p.group_panels, L.act, threads, _CHECK_NONFINITE)
+                mchunk, group_panels, L.act, threads, _CHECK_NONFINITE, G)
         finally:
             workspace.give(panels)
             workspace.give(work)

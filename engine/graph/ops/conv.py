@@ -298,7 +298,7 @@ class Conv(Windowed):
         sub = getattr(layer, "kernel_choice", None)
         sub = sub and sub(layer.geometry(x[:2] + (1,) + x[2:] if self.nd == 1 else x))
         if sub:
-            text += f" | {layer.algorithm} kernel {sub[0]}: {sub[1]}"
+            text += f" | {layer.algorithm} {layer.choice_name} {sub[0]}: {sub[1]}"
         if self.residual:
             text += " | + residual add" + (f" + {self.activation}" if self.activation else "")
             text += (" in the kernel's output step" if in_kernel and layer.fuses_residual
