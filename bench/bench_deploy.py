@@ -9,8 +9,10 @@ For each ONNX model the engine runs it from the .onnx file, from the native file
 both written next to a temporary copy first; ONNX Runtime runs the .onnx file. The runtimes
 alternate, process after process, and the medians are printed: seconds for import, load,
 first run and their sum, and RSS (MB, /proc/self/statm) after 20 runs. Also `import engine`
-alone. Input: unit-normal, the model's declared shape with a free dimension taken as 1. The
-engine's bytecode is compiled first, as installing the package does.
+alone. "idle ms": the CPU time the runtime's own threads use in the 100 ms after a run returns
+(their spin-wait; median of 5), worth measuring with --threads 2. Input: unit-normal, the
+model's declared shape with a free dimension taken as 1. The engine's bytecode is compiled
+first, as installing the package does.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ import sys
 import tempfile
 
 CHILD = r"""
-import sys, time
+import sys, threading, time
 t0 = time.perf_counter()
 import numpy as np
 kind, path, threads = sys.argv[1], sys.argv[2], int(sys.argv[3])
@@ -49,7 +51,26 @@ t3 = time.perf_counter()
 for _ in range(20):
     run(x)
 rss = int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-print(t1 - t0, t2 - t1, t3 - t2, t3 - t0, rss)
+
+
+def cpu_ns():   # CPU time of each thread but this one (the caller), from /proc
+    me, out = threading.get_native_id(), 0
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            if int(tid) != me:
+                out += int(open(f"/proc/self/task/{tid}/schedstat").read().split()[0])
+        except OSError:
+            pass
+    return out
+
+
+idle = []
+for _ in range(5):          # what the runtime's own threads burn in the 100 ms after a run
+    run(x)
+    before = cpu_ns()
+    time.sleep(0.1)
+    idle.append((cpu_ns() - before) / 1e6)
+print(t1 - t0, t2 - t1, t3 - t2, t3 - t0, rss, sorted(idle)[2])
 """
 
 IMPORT = "import time; t = time.perf_counter(); import engine; print(time.perf_counter() - t)"
@@ -82,7 +103,7 @@ def main():
              for _ in range(max(5, args.repeat))]
     print(f"import engine: {statistics.median(times):.3f} s")
     print(f"{'model':<22} {'runtime':<24} {'import':>7} {'load':>7} {'first':>7} {'cold':>7} "
-          f"{'RSS':>7}")
+          f"{'RSS':>7} {'idle ms':>8}")
     with tempfile.TemporaryDirectory() as tmp:
         for onnx_path in args.model:
             name = os.path.splitext(os.path.basename(onnx_path))[0]
@@ -103,7 +124,7 @@ def main():
             for label, values in rows.items():
                 med = [statistics.median(col) for col in zip(*values)]
                 print(f"{name:<22} {label:<24} {med[0]:7.2f} {med[1]:7.2f} {med[2]:7.2f} "
-                      f"{med[3]:7.2f} {med[4]:7.0f}")
+                      f"{med[3]:7.2f} {med[4]:7.0f} {med[5]:8.2f}")
 
 
 if __name__ == "__main__":

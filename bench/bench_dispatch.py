@@ -240,7 +240,7 @@ def winograd_weight_rows(group, threads):
             fns[form] = (lambda layer, out: lambda: layer(x, out=out))(layer, out)
         auto = engine.Conv2d(w, b, 1, p, d, 1, "relu", "winograd_f43", input_size=(size, size))
         pick = auto.kernel_choice(auto.geometry(x.shape))[0]
-        yield (f"3x3" + (f" d{d}" if d > 1 else "") + f" {c}->{k} {size}"), fns, pick
+        yield ("3x3" + (f" d{d}" if d > 1 else "") + f" {c}->{k} {size}"), fns, pick
 
 
 # section: (groups, rows(group, threads), the options a group's columns show)

@@ -106,3 +106,52 @@ def test_child_runs_when_fork_came_while_the_locks_were_held():
     with model._build_lock, model._lock:
         _in_child(lambda: np.array_equal(model.run({"x": np.repeat(x, 2, axis=0)})["y"], want)
                   and model.run({"x": x})["y"].shape == (1, 64, 56, 56))
+
+
+# multiprocessing's "fork" start method: the workers inherit this module's state, so the model
+# the parent loaded (and ran on two threads) is the one they run
+_SHARED = {}
+
+
+def _run_shared(batch):
+    model, x = _SHARED["model"], _SHARED["x"]
+    return model.run({"x": np.repeat(x, batch, axis=0)})["y"]
+
+
+def _conv_model(w):
+    pytest.importorskip("onnx")
+    from onnx import TensorProto as T, helper as h, numpy_helper as nh
+    g = h.make_graph([h.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])], "g",
+                     [h.make_tensor_value_info("x", T.FLOAT, [None, 64, 56, 56])],
+                     [h.make_tensor_value_info("y", T.FLOAT, None)], [nh.from_array(w, "w")])
+    return engine.load(h.make_model(g, opset_imports=[h.make_opsetid("", 17)], ir_version=9),
+                       num_threads=2)
+
+
+def test_multiprocessing_fork_pool_and_process():
+    """A pool of forked workers and a single forked Process, after the parent ran the model on
+    two threads: each gives the parent's result (batch 1 planned in the parent, batches 2 and
+    3 planned in the workers), within a deadline."""
+    import multiprocessing
+    w, x = _layer_and_input()
+    model = _conv_model(w)
+    want = model.run({"x": x})["y"]
+    _SHARED.update(model=model, x=x)
+    ctx = multiprocessing.get_context("fork")
+    try:
+        with ctx.Pool(2) as pool:
+            got = pool.map_async(_run_shared, [1, 2, 3, 1]).get(timeout=DEADLINE)
+        for batch, y in zip([1, 2, 3, 1], got):
+            assert np.array_equal(y, np.repeat(want, batch, axis=0))
+        queue = ctx.Queue()
+        proc = ctx.Process(target=lambda: queue.put(np.array_equal(_run_shared(1), want)))
+        proc.start()
+        try:
+            assert queue.get(timeout=DEADLINE) is True
+        finally:
+            proc.join(DEADLINE)
+            if proc.is_alive():
+                proc.kill()
+                pytest.fail("the forked Process did not finish (a hang)")
+    finally:
+        _SHARED.clear()
