@@ -490,10 +490,13 @@ def test_worker_threads_sleep_soon_after_a_call():
     here), while during the calls it did work (so the measurement sees it)."""
     import subprocess
     import sys
+    import tempfile
     env = {k: v for k, v in os.environ.items()
            if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    # from a neutral directory: `python -c` puts the working directory first on sys.path, and
+    # a checkout's engine/ (without built kernels) must not shadow the installed package
     out = subprocess.run([sys.executable, "-c", IDLE_CHILD], env=env, capture_output=True,
-                         text=True, timeout=120)
+                         text=True, timeout=120, cwd=tempfile.gettempdir())
     assert out.returncode == 0, out.stderr[-2000:]
     spin, during, idle = out.stdout.split()
     assert spin == "3000"
