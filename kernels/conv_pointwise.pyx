@@ -118,3 +118,46 @@ def f32_pack_rows(const float[:, ::1] a, float[::1] apack, int num_threads, bint
         if ones:
             for r in range(MR):
                 apack[(mb * KA + K) * MR + r] = 1.0
+
+
+def f32_gemm_prepacked(const float[::1] apack, const float[::1] bpanels, float[:, ::1] out,
+                       int KA, bint split_rows, int group_panels, ce_act_t act,
+                       int num_threads):
+    """out[M, N] = act(A @ B) with both operands packed: apack [ceil(M/MR)][KA][MR] (as
+    f32_pack_rows makes it, per call), bpanels [ceil(N/NR)][KA][NR] (a constant B packed once
+    by the plan: engine/ops/packed_gemm.py ConstantRight). The threads share the row blocks
+    (split_rows) or the panels, as f32_conv2d_pointwise does, and each takes its panels
+    group_panels at a time (a group stays in L2 while its row blocks pass over it); every
+    output is summed over k in order whatever the split."""
+    check_act(act)
+    cdef Py_ssize_t M = out.shape[0], N = out.shape[1], MR = CE_PG_MR, NR = CE_PG_NR
+    cdef Py_ssize_t nmb = (M + MR - 1) // MR, npanels = (N + NR - 1) // NR
+    if KA < 1 or group_panels < 1:
+        raise ValueError(f"KA and group_panels must be positive, got {KA} and {group_panels}")
+    if apack.shape[0] < nmb * KA * MR:
+        raise ValueError(f"apack must hold {nmb * KA * MR} floats, got {apack.shape[0]}")
+    if bpanels.shape[0] != npanels * KA * NR or <size_t>&bpanels[0] % 64:
+        raise ValueError(f"bpanels must hold {npanels * KA * NR} floats from a 64-byte "
+                         f"boundary, got {bpanels.shape[0]}")
+    if M == 0 or N == 0:
+        return
+    cdef Py_ssize_t units = nmb if split_rows else npanels
+    num_threads = <int>max(1, min(num_threads, units))
+    cdef Py_ssize_t t, lo, hi, mb_lo, mb_hi, p_lo, p_hi, pa, pb, p, mb
+    for t in prange(num_threads, nogil=True, num_threads=num_threads, schedule="static"):
+        lo = t * units // num_threads
+        hi = (t + 1) * units // num_threads
+        mb_lo, mb_hi, p_lo, p_hi = 0, nmb, 0, npanels
+        if split_rows:
+            mb_lo, mb_hi = lo, hi
+        else:
+            p_lo, p_hi = lo, hi
+        pa = p_lo
+        while pa < p_hi:
+            pb = min(p_hi, pa + group_panels)
+            for mb in range(mb_lo, mb_hi):
+                for p in range(pa, pb):
+                    ce_pg_block(&apack[mb * KA * MR], &bpanels[p * KA * NR], KA,
+                                &out[mb * MR, p * NR], N, NULL, NULL, act,
+                                <int>min(MR, M - mb * MR), <int>min(NR, N - p * NR))
+            pa = pb

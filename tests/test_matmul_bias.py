@@ -126,3 +126,61 @@ def test_a_fused_linear_layer_survives_the_native_file(rng, tmp_path):
     again = engine.load(tmp_path / "m.safetensors")
     assert [node.op for node in again.graph.nodes] == ["MatMulBias"]
     np.testing.assert_array_equal(again.run({"x": x})["y"], model.run({"x": x})["y"])
+
+
+def test_pack_panels_layout(rng):
+    from engine.ops.packed_gemm import PANEL, pack_panels
+    for k, n in [(1, 1), (5, PANEL), (7, PANEL + 3), (3, 3 * PANEL - 1)]:
+        b = rng.standard_normal((k, n)).astype(np.float32)
+        got = pack_panels(b)
+        assert got.ctypes.data % 64 == 0
+        panels = got.reshape(-1, k, PANEL)
+        for col in range(-(-n // PANEL) * PANEL):
+            want = b[:, col] if col < n else np.zeros(k, np.float32)
+            np.testing.assert_array_equal(panels[col // PANEL, :, col % PANEL], want)
+
+
+@pytest.mark.parametrize("m, k, n", [(1, 1, 1), (7, 5, 33), (49, 64, 300), (200, 40, 31),
+                                     (9, 300, 64)])
+@pytest.mark.parametrize("act", [None, "gelu", "leaky_relu(0.1)"])
+@pytest.mark.parametrize("budget", [None, 1])
+def test_constant_right_against_float64_at_one_and_two_threads(rng, m, k, n, act, budget,
+                                                               monkeypatch):
+    """Both thread splits (rows when M > N, else panels), one panel per group (budget 1) or
+    as many as fit, tails of rows and columns; per element against float64."""
+    from engine.ops import packed_gemm
+    if budget is not None:
+        monkeypatch.setattr(packed_gemm, "PANELS_BYTES", budget)
+        assert packed_gemm.share_split(k + 1, m, n, 2)[1] == 1
+    a = rng.standard_normal((m, k)).astype(np.float32)
+    b = rng.standard_normal((k, n)).astype(np.float32)
+    bias = rng.standard_normal(n).astype(np.float32)
+    gemm = packed_gemm.ConstantRight(b, bias, act)
+    outs = []
+    for threads in (1, 2):
+        out = np.full((m, n), np.nan, np.float32)
+        gemm.run(a, out, threads)
+        outs.append(out)
+    np.testing.assert_array_equal(outs[0], outs[1])
+    z = a.astype(np.float64) @ b + bias
+    ref = z if act is None else float64_activation(act, z)
+    terms = np.abs(a).astype(np.float64) @ np.abs(b) + np.abs(bias)
+    assert np.all(np.abs(outs[0] - ref) <= 1e-5 * terms + 1e-30)
+
+
+def test_prepacked_gemm_checks_its_operands(rng):
+    from engine.ops.activation import kernel_act
+    from engine.ops.packed_gemm import pack_panels
+    from engine.ops.workspace import aligned_zeros
+    b = pack_panels(rng.standard_normal((4, 40)).astype(np.float32))
+    ap = aligned_zeros(2 * 4 * 8)
+    out = np.zeros((9, 40), np.float32)
+    conv_pointwise.f32_gemm_prepacked(ap, b, out, 4, True, 1, kernel_act(None), 1)
+    with pytest.raises(ValueError, match="bpanels"):
+        conv_pointwise.f32_gemm_prepacked(ap, b[:-1], out, 4, True, 1, kernel_act(None), 1)
+    shifted = aligned_zeros(b.size + 1)[1:]        # 4 bytes past a 64-byte boundary
+    shifted[:] = b
+    with pytest.raises(ValueError, match="64-byte"):
+        conv_pointwise.f32_gemm_prepacked(ap, shifted, out, 4, True, 1, kernel_act(None), 1)
+    with pytest.raises(ValueError, match="apack"):
+        conv_pointwise.f32_gemm_prepacked(ap[:8], b, out, 4, True, 1, kernel_act(None), 1)

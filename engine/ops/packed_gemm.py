@@ -9,7 +9,7 @@ import numpy as np
 
 from .._kernels import conv_pointwise
 from .activation import kernel_act
-from .workspace import populated_zeros, workspace
+from .workspace import aligned_zeros, populated_zeros, workspace
 
 ROW_BLOCK = conv_pointwise.ROW_BLOCK     # rows of A per packed block (MR)
 PANEL = conv_pointwise.PANEL             # columns of B per panel (NR)
@@ -67,15 +67,28 @@ def panel_floats(threads: int, cg: int, group_panels: int) -> int:
     return max(1, threads) * group_panels * cg * PANEL
 
 
+def pack_panels(b: np.ndarray) -> np.ndarray:
+    """A constant B [K, N] as the micro-kernel's panels: [ceil(N/NR)][K][NR], columns beyond N
+    zero, so that a product by it copies nothing per call."""
+    k, n = b.shape
+    npanels = -(-n // PANEL)
+    out = aligned_zeros(npanels * k * PANEL)      # the kernel reads panels as aligned vectors
+    view = out.reshape(npanels, k, PANEL)
+    full = n // PANEL
+    view[:full] = b[:, :full * PANEL].reshape(k, full, PANEL).transpose(1, 0, 2)
+    if n > full * PANEL:
+        view[full, :, :n - full * PANEL] = b[:, full * PANEL:]
+    return out
+
+
 class ConstantRight:
     """out[M, N] = act(a[M, K] @ b[K, N] (+ bias[N])) for a constant b and an a computed at run
-    time (a MatMul of activations by weights: a transformer-style block's Linear layers), on the
-    engine's threads with the micro-kernel: a is packed per call as the kernel's A operand, and
-    b is read in place as its B, the way a pointwise convolution reads its input (K channels of
-    N pixels). A bias is a row appended to b, met by a column of ones in the packed a, so it is
-    the last term of each sum: the value an Add after the product gives, and the activation
-    (engine/ops/activation.py) runs in the output step. Every output is summed over k in order,
-    whatever the thread count."""
+    time (a MatMul of activations by weights: a transformer-style block's Linear layers, a
+    ConvNeXt block's MLP), on the engine's threads with the micro-kernel: b is packed into
+    panels once, here, and a as the kernel's A operand per call. A bias is a row appended to
+    b, met by a column of ones in the packed a, so it is the last term of each sum: the value
+    an Add after the product gives, and the activation (engine/ops/activation.py) runs in the
+    output step. Every output is summed over k in order, whatever the thread count."""
 
     def __init__(self, b: np.ndarray, bias=None, activation=None):
         self.k, self.n = b.shape
@@ -83,7 +96,7 @@ class ConstantRight:
         rows = [np.asarray(b, np.float32)]
         if self.ones:
             rows.append(np.asarray(bias, np.float32).reshape(1, self.n))
-        self.b = np.ascontiguousarray(np.concatenate(rows)).reshape(1, -1, self.n)
+        self.panels = pack_panels(np.concatenate(rows) if self.ones else rows[0])
         self.act = kernel_act(activation)
 
     def run(self, a: np.ndarray, out: np.ndarray, threads: int) -> None:
@@ -93,12 +106,9 @@ class ConstantRight:
         blocks = -(-m // ROW_BLOCK)
         split_rows, group_panels = share_split(ka, m, self.n, threads)
         apack = workspace.take(blocks * ka * ROW_BLOCK)
-        buf = workspace.take(panel_floats(threads, ka, group_panels))
         try:
             conv_pointwise.f32_pack_rows(a, apack, threads, self.ones)
-            conv_pointwise.f32_conv2d_pointwise(
-                self.b, apack[:blocks * ka * ROW_BLOCK], None, None, out.reshape(1, m, self.n),
-                buf, 1, split_rows, group_panels, self.act, threads)
+            conv_pointwise.f32_gemm_prepacked(apack, self.panels, out, ka, split_rows,
+                                              group_panels, self.act, threads)
         finally:
-            workspace.give(buf)
             workspace.give(apack)

@@ -25,6 +25,14 @@ def populated_zeros(count: int, dtype=np.float32) -> np.ndarray:
     return np.frombuffer(buf, dtype, count)
 
 
+def aligned_zeros(count: int) -> np.ndarray:
+    """populated_zeros(count) float32 starting on a 64-byte boundary: for what a kernel reads
+    as aligned vectors (the packed GEMM's B panels)."""
+    raw = populated_zeros(count + 16)
+    start = (-raw.ctypes.data % 64) // 4
+    return raw[start:start + count]
+
+
 class WorkspacePool:
     """Scratch buffers reused across calls and layers.
 
@@ -84,9 +92,7 @@ class WorkspacePool:
             return free.pop(best)
         # 64-byte aligned start, so the kernel's sub-buffers are aligned too; made present at
         # once, as it is kept and reused
-        raw = populated_zeros(floats + 16)
-        start = (-raw.ctypes.data % 64) // 4
-        return raw[start:start + floats]
+        return aligned_zeros(floats)
 
     def give(self, buf: np.ndarray) -> None:
         self._count(-buf.size)

@@ -56,6 +56,14 @@ class MatMul(Op):
     kind = "MatMul"
     n_inputs = (2, 2)
 
+    def constant_right(self, b, bias=None, activation=None) -> ConstantRight:
+        """The packed product by the constant ``b``: its panels made once for the node and
+        shared by every plan (the constants and the activation are the node's own)."""
+        gemm = self.__dict__.get("_constant_right")
+        if gemm is None:
+            gemm = self._constant_right = ConstantRight(b, bias, activation)
+        return gemm
+
     def infer(self, ins):
         a, b = ins
         if a.dtype != b.dtype or a.dtype.kind not in "fiu":
@@ -81,7 +89,7 @@ class MatMul(Op):
     def build(self, ins, outs, i, o):
         a, b, c = i[0], i[1], o[0]
         if self.path(ins, outs)[0] == "packed":
-            return packed_step(ConstantRight(ins[1].value), ins, a, c)
+            return packed_step(self.constant_right(ins[1].value), ins, a, c)
 
         def step(env, nt):
             np.matmul(env[a], env[b], out=env[c])
@@ -128,7 +136,7 @@ class MatMulBias(MatMul):
         a, b, bias, c = i[0], i[1], i[2], o[0]
         act = self.activation
         if self.path(ins, outs)[0] == "packed" and ins[2].value is not None:
-            return packed_step(ConstantRight(ins[1].value, ins[2].value, act), ins, a, c)
+            return packed_step(self.constant_right(ins[1].value, ins[2].value, act), ins, a, c)
 
         def step(env, nt):
             out = env[c]
