@@ -749,3 +749,45 @@ def test_einsum_without_equation():
     m = einsum_model("ij->ji", [(2, 2)], name="bad")
     del m.graph.node[0].attribute[:]
     refused(m, f"{NODE % 'Einsum'}.*'equation' is required", {"x0": np.zeros((2, 2), np.float32)})
+
+
+# ============================================================================ Transpose
+
+@pytest.mark.parametrize("shape, perm", [
+    ((1, 96, 56, 56), (0, 2, 3, 1)),      # NCHW -> NHWC: the tiled kernel, B = 1
+    ((2, 56, 57, 40), (0, 3, 1, 2)),      # NHWC -> NCHW, edges off the 16 x 16 tiles
+    ((70, 90), (1, 0)),                   # a matrix
+    ((3, 5, 40, 33), (0, 1, 3, 2)),       # the last two axes, B = 15
+    ((4, 30, 50, 6), (0, 2, 1, 3)),       # not two swapped runs: numpy's copy
+    ((2, 3, 4, 5), (0, 2, 3, 1)),         # too small for the kernel
+])
+def test_transpose_float32_exact_at_one_and_two_threads(shape, perm):
+    from engine.graph.ops.shape import _TILED_MIN, swapped_runs
+    x = np.random.default_rng(3).standard_normal(shape).astype(np.float32)
+    m = model("Transpose", {"x": x}, perm=list(perm))
+    loaded = engine.load(m)
+    outs = [loaded.run({"x": x}, num_threads=t)["y"] for t in (1, 2)]
+    want = x.transpose(perm)
+    exact(outs[0], want)
+    exact(outs[1], want)
+    runs = swapped_runs(shape, perm)
+    assert (runs is not None and np.prod(runs) >= _TILED_MIN) == (
+        perm != (0, 2, 1, 3) and x.size >= _TILED_MIN)
+
+
+def test_transpose_of_other_element_types_and_swapped_runs():
+    from engine.graph.ops.shape import swapped_runs
+    assert swapped_runs((2, 3, 4, 5), (0, 2, 3, 1)) == (2, 3, 20)
+    assert swapped_runs((2, 3, 4, 5), (0, 3, 1, 2)) == (2, 12, 5)
+    assert swapped_runs((2, 3, 4, 5), (3, 2, 1, 0)) is None
+    assert swapped_runs((2, 3), (0, 1)) is None
+    x = np.arange(2 * 96 * 70, dtype=np.int64).reshape(2, 96, 70)
+    exact(run_engine(model("Transpose", {"x": x}, perm=[0, 2, 1]), {"x": x}),
+          x.transpose(0, 2, 1))
+
+
+def test_transpose_kernel_checks_shapes():
+    from engine._kernels import transpose as tk
+    with pytest.raises(ValueError, match="dst must have shape"):
+        tk.f32_transpose_batched(np.zeros((1, 4, 5), np.float32),
+                                 np.zeros((1, 4, 5), np.float32), 1)

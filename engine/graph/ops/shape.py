@@ -9,7 +9,8 @@ import math
 import numpy as np
 
 from ..ir import DTYPES
-from .base import I64, Info, Op, check_tensor_size, register
+from ..._kernels import transpose as _transpose
+from .base import F32, I64, Info, Op, check_tensor_size, register
 
 
 # ============================================================================ shape and copy ops
@@ -144,10 +145,41 @@ class Transpose(Op):
 
     def build(self, ins, outs, i, o):
         a, b, perm = i[0], o[0], self.perm(len(ins[0].shape))
+        batched = swapped_runs(ins[0].shape, perm)
+        if ins[0].dtype == F32 and batched is not None and math.prod(batched) >= _TILED_MIN:
+            # two runs of axes swapped (NCHW <-> NHWC, a matrix): a batched matrix transpose
+            # in 16 x 16 register tiles, at several times numpy's strided copy
+            def tiled(env, nt):
+                src = env[a]
+                if not src.flags.c_contiguous:
+                    np.copyto(env[b], src.transpose(perm))
+                    return
+                bsz, rows, cols = batched
+                _transpose.f32_transpose_batched(src.reshape(batched),
+                                                 env[b].reshape(bsz, cols, rows), nt)
+            return tiled
 
         def step(env, nt):
             np.copyto(env[b], env[a].transpose(perm))
         return step
+
+
+# Smallest Transpose (elements) run by the tiled kernel: below, numpy's copy costs as little.
+_TILED_MIN = 4096
+
+
+def swapped_runs(shape, perm):
+    """(B, R, C) when ``perm`` keeps the leading axes and swaps the two runs of axes after them
+    (perm = 0..p-1, q..n-1, p..q-1): the input is then B matrices R x C and the output their
+    transposes. Else None."""
+    n = len(perm)
+    p = next((k for k in range(n) if perm[k] != k), n)
+    if p == n:
+        return None
+    q = perm[p]
+    if tuple(perm[p:]) != tuple(range(q, n)) + tuple(range(p, q)):
+        return None
+    return (math.prod(shape[:p]), math.prod(shape[p:q]), math.prod(shape[q:]))
 
 
 @register
