@@ -188,6 +188,38 @@ def test_a_downsampling_block_runs_blocked_through_its_strided_layers(rng, threa
         engine.set_num_threads(saved)
 
 
+@pytest.mark.parametrize("residual", [False, True])
+def test_a_narrow_strided_shortcut_after_a_blocked_layer_stays_blocked(rng, residual):
+    """RegNet's first shortcut: a 1x1 stride-2 layer of 32 taps reading a blocked layer's
+    output (and with the block's sum added to it) runs on the dense blocked kernel, not on the
+    direct one that reads NCHW and would need a layout change before it."""
+    from engine.dispatch import ConvParams
+    from engine.dispatch.layout import blocked_kernel
+    p = ConvParams(32, 32, (1, 1), (2, 2), (1, 1), 1, ((0, 0), (0, 0)), (28, 28))
+    assert blocked_kernel(p)[0] == "direct"
+    assert blocked_kernel(p, blocked_input=True)[0] == "dense"
+    assert blocked_kernel(p, residual=True)[0] == "dense"
+    w = {"w0": f32(rng, 32, 32, 1, 1) * 0.2, "w1": f32(rng, 32, 32, 1, 1) * 0.2,
+         "wd": f32(rng, 32, 32, 1, 1) * 0.2, "w2": f32(rng, 32, 32, 3, 3) * 0.1}
+    nodes = [Node("Conv", "c0", ["x", "w0"], ["x0"]), Node("Relu", "r0", ["x0"], ["b0"]),
+             Node("Conv", "cd", ["b0", "wd"], ["d"], {"strides": [2, 2]})]
+    if residual:
+        nodes += [Node("Conv", "c2", ["b0", "w2"], ["a2"],
+                       {"strides": [2, 2], "pads": [1, 1, 1, 1]}),
+                  Node("Add", "add", ["a2", "d"], ["s"]), Node("Relu", "r", ["s"], ["y"])]
+    else:
+        nodes += [Node("Conv", "c1", ["d", "w1"], ["y"])]
+    g = Graph(nodes, [TensorSpec("x", (1, 32, 28, 28), "float32")],
+              [TensorSpec("y", None, "float32")], w)
+    model = Model(g)
+    line = [t for t in model.explain().splitlines() if " cd " in t or "…cd" in t or " cd" in t]
+    assert line and "dense on NCHW16c" in line[0], model.explain()
+    x = f32(rng, 1, 32, 28, 28)
+    got = model({"x": x})["y"]
+    np.testing.assert_allclose(got, Model(g, layout="nchw")({"x": x})["y"], rtol=0,
+                               atol=1e-5 * float(np.abs(got).max()))
+
+
 def test_a_lone_dense_layer_is_blocked_only_when_its_taps_pay_for_two_layout_changes(rng):
     def model(c):
         g = Graph([Node("Conv", "c", ["x", "w"], ["y"], {"pads": [0, 3, 0, 3]})],

@@ -72,8 +72,8 @@ def winograd_shaped(p: ConvParams) -> bool:
     return algorithm.startswith("winograd")
 
 
-def blocked_kernel(p: ConvParams, activation=None,
-                   residual: Optional[bool] = None) -> tuple[Optional[str], str]:
+def blocked_kernel(p: ConvParams, activation=None, residual: Optional[bool] = None,
+                   blocked_input: bool = False) -> tuple[Optional[str], str]:
     """The channel-blocked kernel able to run the layer, and why: "pointwise" (1x1 stride 1
     unpadded, one group), "depthwise" (multiplier 1, any kernel, stride, dilation, padding),
     "grouped" (groups of GROUPED_MIN_WIDTH to 16 channels each way, within blocks), "direct"
@@ -81,7 +81,10 @@ def blocked_kernel(p: ConvParams, activation=None,
     kernel but Winograd's 3x3 stride 1), or None.
     activation: the fused one (any of engine/ops/activation.py); residual: None
     without one, True if it has the output's shape (the pointwise and dense kernels add one),
-    False if it broadcasts."""
+    False if it broadcasts. A layer of few taps takes the dense kernel (blocks in, adds a
+    residual) rather than the direct one (NCHW in, no residual) when it has a residual or
+    ``blocked_input`` (its input comes from a layer that runs blocked: the direct kernel would
+    need a layout change first; RegNet's 32-channel 1x1 stride-2 shortcut)."""
     if not is_activation(activation):
         return None, f"no channel-blocked kernel applies the activation {activation!r}"
     if residual is False:
@@ -94,7 +97,8 @@ def blocked_kernel(p: ConvParams, activation=None,
         kind = "depthwise"
     elif grouped_in_blocks(p):
         kind = "grouped"
-    elif p.groups == 1 and taps <= BLOCKED_DIRECT_MAX_TAPS:
+    elif p.groups == 1 and taps <= BLOCKED_DIRECT_MAX_TAPS and (
+            winograd_shaped(p) or not blocked_input and residual is None):
         kind = "direct"
     elif p.groups == 1 and not winograd_shaped(p):
         kind = "dense"

@@ -127,10 +127,10 @@ def blocked_concat(node, ops, infos) -> bool:
     return all(sh[1] % blocked.BLOCK == 0 for sh in shapes[:-1])
 
 
-def conv_kind(op, ins) -> tuple[str | None, str, bool]:
+def conv_kind(op, ins, blocked_input=False) -> tuple[str | None, str, bool]:
     """The channel-blocked kernel able to run a Conv op inferred on ``ins`` (a kind of
     engine.dispatch.layout.blocked_kernel, or None for it to stay NCHW), why, and whether it
-    pays with no blocked neighbour."""
+    pays with no blocked neighbour. blocked_input: its input comes blocked."""
     if op.nd != 2:
         return None, f"{op.nd}-D: the channel-blocked kernels are 2-D", False
     if op.runtime_weights:
@@ -143,7 +143,7 @@ def conv_kind(op, ins) -> tuple[str | None, str, bool]:
     k, cg = op.w.shape[:2]
     p = ConvParams(cg * op.group, k, tuple(op.kernel), tuple(op.strides), tuple(op.dilations),
                    op.group, tuple(pads), tuple(ins[0].shape[2:]), ins[0].shape[0])
-    kind, why = blocked_kernel(p, op.activation, residual)
+    kind, why = blocked_kernel(p, op.activation, residual, blocked_input)
     return kind, why, pays_alone(kind, p)
 
 
@@ -198,6 +198,12 @@ def rewrite(graph: Graph, ops: dict, input_shapes: dict, layout: str = "auto"):
                     stack.append(r.outputs[0])
         return out
 
+    # a layer of few taps whose input comes from one with a blocked kernel: the dense kernel,
+    # which reads blocks, instead of the direct one, which reads NCHW
+    for name, (kind, why, alone, ins, outs) in list(found.items()):
+        src = source_conv(by_name[name].inputs[0])
+        if kind == "direct" and src is not None and found.get(src.name, (None,))[0]:
+            found[name] = conv_kind(ops[name], ins, blocked_input=True) + (ins, outs)
     keep = set()
     for name, (kind, why, alone, _, _) in found.items():
         node = by_name[name]
