@@ -17,6 +17,7 @@ Groups (section/group):
                                           call) and engine/ops/winograd.py TAPS_PANELS_BYTES
   layout/convert, layout/depthwise        the thread thresholds of engine/graph/blocked_steps.py
                                           (1 against 2 threads, whatever --threads says)
+  layout/grouped                          engine/dispatch/layout.py GROUPED_MIN_WIDTH
   layout/dense                            engine/dispatch/layout.py DENSE_ALONE_MIN_TAPS: a
                                           lone dense layer on NCHW against blocked with a
                                           layout change each way
@@ -38,7 +39,8 @@ import engine  # noqa: E402
 from engine._kernels import dense, nchwc  # noqa: E402
 from engine._threads import blas_pinned, threads_for  # noqa: E402
 from engine.dispatch import choose_gemm  # noqa: E402
-from engine.dispatch.layout import DENSE_ALONE_MIN_TAPS  # noqa: E402
+from engine.dispatch.layout import DENSE_ALONE_MIN_TAPS, GROUPED_MIN_WIDTH  # noqa: E402
+from engine.ops.activation import kernel_act  # noqa: E402
 from engine.graph.blocked_steps import MIN_CONVERT_ELEMENTS, MIN_WORK_DEPTHWISE  # noqa: E402
 from engine.ops import blocked  # noqa: E402
 from engine.ops.depthwise import Depthwise  # noqa: E402
@@ -198,9 +200,31 @@ def dense_rows(threads):
                {"nchw": lambda: layer(x), "blocked": blocked_run}, pick)
 
 
+def grouped_rows(threads):
+    """Grouped 3x3 layers with groups inside blocks: the blocked grouped kernel against the
+    NCHW algorithm the dispatcher gives the same layer (no layout change counted)."""
+    for c, g, size, s in [(128, 2, 56, 1), (128, 4, 56, 1), (256, 8, 28, 1), (512, 16, 14, 1),
+                          (256, 8, 56, 2), (64, 8, 56, 1)]:
+        wt, x = _rand(c, g, 3, 3), _rand(1, c, size, size)
+        wp, bp = blocked.pack_grouped(wt, g, np.zeros(c, np.float32))
+        xb = blocked.to_blocked(x)
+        o = (size + 2 - 3) // s + 1
+        out = np.empty(blocked.blocked_shape((1, c, o, o)), np.float32)
+        layer = engine.Conv2d(wt, None, s, 1, 1, c // g, "relu", input_size=(size, size))
+        o2 = np.empty(layer.output_shape(x.shape), np.float32)
+        fns = {"blocked": lambda: nchwc.f32_grouped_blocked(xb, wp, bp, out, s, s, 1, 1, 1, 1,
+                                                            kernel_act("relu"), threads),
+               "nchw": lambda: layer(x, out=o2)}
+        pick = "blocked" if g >= GROUPED_MIN_WIDTH else "nchw"
+        yield f"3x3 s{s} {c}ch groups of {g} {size} (nchw: {layer.algorithm})", fns, pick
+
+
 def layout_rows(group, threads=1):
     if group == "dense":
         yield from dense_rows(threads)
+        return
+    if group == "grouped":
+        yield from grouped_rows(threads)
         return
     if group == "convert":
         for c, hw in [(32, 8), (64, 16), (128, 16), (256, 16)]:
@@ -251,8 +275,9 @@ SECTIONS = {
                    lambda g: ["col2im", "zero_insert"]),
     "gemm": (["dense"], gemm_rows, lambda g: ["dense", "matmul"]),
     "winograd": (["weights"], winograd_weight_rows, lambda g: ["stored", "per_call"]),
-    "layout": (["convert", "depthwise", "dense"], layout_rows,
-               lambda g: ["nchw", "blocked"] if g == "dense" else ["1 thread", "2 thread"]),
+    "layout": (["convert", "depthwise", "dense", "grouped"], layout_rows,
+               lambda g: ["nchw", "blocked"] if g in ("dense", "grouped")
+               else ["1 thread", "2 thread"]),
 }
 
 

@@ -513,17 +513,21 @@ static void ce_nc_block_mean(const float *src, ptrdiff_t P, float *mean, int nc)
 }
 
 /* ---- Grouped, groups within a block ---------------------------------------------------------
- * A grouped convolution whose groups have g <= 16 input and g output channels, 16 / g groups to
- * a block (RegNet's group width of 16 or 8): output block cb reads input block cb only, through
- * a block-diagonal [16 in][16 out] weight matrix per tap (zeros between the groups). Four output
- * pixels at a time, each tap's 16 input values broadcast against the tap's 16 weight vectors;
- * taps outside the plane are skipped, and every output sums bias, then taps (u, v) and input
- * channels in order, whatever the pixel's position.
- *   x: the block's input plane [H][W][16]; w: [kh][kw][16][16]; bias one vector; out: the
- *   block's output row [OW][16]. */
+ * A grouped convolution whose groups have g input and g output channels, g dividing 16, 16 / g
+ * groups to a block (ResNeXt's group width of 4 and 8, RegNet's 8 and 16): output block cb
+ * reads input block cb only. For each tap and j < g, output lane l takes input lane
+ * (l / g) g + j of its own group: with g = 16 that lane broadcast from memory, else the input
+ * vector with lanes gathered by a fixed shuffle (idx[j]); so a tap costs g multiply-adds per
+ * pixel, not 16, and never reads another group's lanes (a NaN or infinity there stays there).
+ * Four output pixels at a time; taps outside the plane are skipped, and every output sums bias,
+ * then taps (u, v) and its group's input channels in order, whatever the pixel's position.
+ *   x: the block's input plane [H][W][16]; w: [kh][kw][g][16] (w[u][v][j][l]: output lane l's
+ *   weight for its group's input channel j); bias one vector; out: the block's output row
+ *   [OW][16]. */
 static inline void ce_nc_group_pixels(const float *x, int H, int W, int iy0, int ix0, int sw,
-                                      int kh, int kw, int dh, int dw, const float *w,
-                                      ce_nc_vf b, float *out, int np, ce_act_t act)
+                                      int kh, int kw, int dh, int dw, const float *w, int g,
+                                      const ce_nc_vi *idx, ce_nc_vf b, float *out, int np,
+                                      ce_act_t act)
 {
     const ptrdiff_t B = CE_NC_B;
     ce_nc_vf a[4] = {b, b, b, b};
@@ -533,10 +537,10 @@ static inline void ce_nc_group_pixels(const float *x, int H, int W, int iy0, int
             continue;
         const float *row = x + (ptrdiff_t)iy * W * B;
         for (int v = 0; v < kw; v++) {
-            const float *wt = w + (ptrdiff_t)(u * kw + v) * B * B;
+            const float *wt = w + (ptrdiff_t)(u * kw + v) * g * B;
             int ix = ix0 + v * dw;
             int inside = ix >= 0 && ix + (np - 1) * sw < W;
-            if (inside && np == 4) {
+            if (inside && np == 4 && g == CE_NC_B) {
                 const float *p0 = row + (ptrdiff_t)ix * B, *p1 = p0 + (ptrdiff_t)sw * B;
                 const float *p2 = p1 + (ptrdiff_t)sw * B, *p3 = p2 + (ptrdiff_t)sw * B;
                 for (int c = 0; c < CE_NC_B; c++) {
@@ -546,31 +550,48 @@ static inline void ce_nc_group_pixels(const float *x, int H, int W, int iy0, int
                     a[2] += wc * p2[c];
                     a[3] += wc * p3[c];
                 }
+            } else if (inside && np == 4) {
+                const float *p0 = row + (ptrdiff_t)ix * B;
+                ce_nc_vf x0 = CE_NC_LD(p0), x1 = CE_NC_LD(p0 + sw * B),
+                         x2 = CE_NC_LD(p0 + 2 * sw * B), x3 = CE_NC_LD(p0 + 3 * sw * B);
+                for (int j = 0; j < g; j++) {
+                    ce_nc_vf wj = CE_NC_LD(wt + j * B);
+                    a[0] += wj * __builtin_shuffle(x0, idx[j]);
+                    a[1] += wj * __builtin_shuffle(x1, idx[j]);
+                    a[2] += wj * __builtin_shuffle(x2, idx[j]);
+                    a[3] += wj * __builtin_shuffle(x3, idx[j]);
+                }
             } else {
-                for (int j = 0; j < np; j++) {
-                    int jx = ix + j * sw;
+                for (int p = 0; p < np; p++) {
+                    int jx = ix + p * sw;
                     if (jx < 0 || jx >= W)
                         continue;
-                    const float *pj = row + (ptrdiff_t)jx * B;
-                    for (int c = 0; c < CE_NC_B; c++)
-                        a[j] += CE_NC_LD(wt + c * B) * pj[c];
+                    ce_nc_vf xp = CE_NC_LD(row + (ptrdiff_t)jx * B);
+                    for (int j = 0; j < g; j++)
+                        a[p] += CE_NC_LD(wt + j * B) * __builtin_shuffle(xp, idx[j]);
                 }
             }
         }
     }
-    for (int j = 0; j < np; j++)
-        CE_NC_ST(out + (ptrdiff_t)j * B, ce_nc_act(a[j], act));
+    for (int p = 0; p < np; p++)
+        CE_NC_ST(out + (ptrdiff_t)p * B, ce_nc_act(a[p], act));
 }
 
 static void ce_nc_group_row(const float *x, int H, int W, int OW, int oy, int sh, int sw,
                             int pt, int pl, int kh, int kw, int dh, int dw, const float *w,
-                            const float *bias, float *out, ce_act_t act)
+                            int g, const float *bias, float *out, ce_act_t act)
 {
+    /* idx[j][l] = (l / g) g + j: lane l's input for the group's channel j */
+    ce_nc_vi idx[CE_NC_B], base;
+    for (int l = 0; l < CE_NC_B; l++)
+        base[l] = l / g * g;
+    for (int j = 0; j < g; j++)
+        idx[j] = base + j;
     const ce_nc_vf b = CE_NC_LD(bias);
     for (int ox = 0; ox < OW; ox += 4) {
         int np = OW - ox < 4 ? OW - ox : 4;
-        ce_nc_group_pixels(x, H, W, oy * sh - pt, ox * sw - pl, sw, kh, kw, dh, dw, w, b,
-                           out + (ptrdiff_t)ox * CE_NC_B, np, act);
+        ce_nc_group_pixels(x, H, W, oy * sh - pt, ox * sw - pl, sw, kh, kw, dh, dw, w, g, idx,
+                           b, out + (ptrdiff_t)ox * CE_NC_B, np, act);
     }
 }
 

@@ -24,7 +24,7 @@ cdef extern from "_nchwc.h":
                       int pl, int kh, int kw, int dh, int dw, const float *w,
                       const float *bias, float *out, ce_act_t act) nogil
     void ce_nc_group_row(const float *x, int H, int W, int OW, int oy, int sh, int sw, int pt,
-                         int pl, int kh, int kw, int dh, int dw, const float *w,
+                         int pl, int kh, int kw, int dh, int dw, const float *w, int g,
                          const float *bias, float *out, ce_act_t act) nogil
     void ce_nc_direct_row(const float *x, int C, int H, int W, int OW, int oy, int sh, int sw,
                           int pt, int pl, int kh, int kw, int dh, int dw, const float *w,
@@ -390,21 +390,21 @@ def f32_grouped_blocked(const float[:, :, :, :, ::1] x, const float[:, :, :, :, 
                         const float[::1] bias, float[:, :, :, :, ::1] out, int sh, int sw,
                         int pt, int pl, int dh, int dw, ce_act_t act, int num_threads):
     """A grouped convolution whose groups lie within blocks (16 / g groups of g input and g
-    output channels to a block): w[Cb, kh, kw, 16, 16] holds block cb's tap (u, v) as a
-    block-diagonal [input channel][output channel] matrix (engine/ops/blocked.py
-    pack_grouped); bias: Cb * 16 values. Output sizes are the caller's. Work items are output
-    rows of one block, ordered (image, row, block)."""
+    output channels to a block, g dividing 16): w[Cb, kh, kw, g, 16] holds, for block cb and
+    tap (u, v), each output lane's weight for its group's input channel j (engine/ops/
+    blocked.py pack_grouped); bias: Cb * 16 values. Output sizes are the caller's. Work items
+    are output rows of one block, ordered (image, row, block)."""
     check_act(act)
     check_same_blocks(x, out)
     cdef Py_ssize_t N = x.shape[0], Cb = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t OH = out.shape[2], OW = out.shape[3]
-    if (w.shape[0] != Cb or w.shape[3] != CE_NC_B or w.shape[4] != CE_NC_B or w.shape[1] < 1
-            or w.shape[2] < 1):
-        raise ValueError(f"w must have shape ({Cb}, kh, kw, {CE_NC_B}, {CE_NC_B}), got "
-                         f"{tuple(w.shape)}")
+    if (w.shape[0] != Cb or w.shape[3] < 1 or CE_NC_B % w.shape[3] or w.shape[4] != CE_NC_B
+            or w.shape[1] < 1 or w.shape[2] < 1):
+        raise ValueError(f"w must have shape ({Cb}, kh, kw, g, {CE_NC_B}) with g dividing "
+                         f"{CE_NC_B}, got {tuple(w.shape)}")
     check_window(Cb, bias.shape[0], H, W, OH, OW, sh, sw, pt, pl, dh, dw)
-    cdef int kh = <int>w.shape[1], kw = <int>w.shape[2]
-    cdef Py_ssize_t wblock = kh * kw * CE_NC_B * CE_NC_B
+    cdef int kh = <int>w.shape[1], kw = <int>w.shape[2], g = <int>w.shape[3]
+    cdef Py_ssize_t wblock = kh * kw * g * CE_NC_B
     if N == 0 or Cb == 0 or OH <= 0 or OW <= 0:
         return
     cdef const float* xp = &x[0, 0, 0, 0, 0]
@@ -418,7 +418,7 @@ def f32_grouped_blocked(const float[:, :, :, :, ::1] x, const float[:, :, :, :, 
         oy = (it // Cb) % OH
         n = it // (Cb * OH)
         ce_nc_group_row(xp + (n * Cb + cb) * H * W * CE_NC_B, <int>H, <int>W, <int>OW,
-                        <int>oy, sh, sw, pt, pl, kh, kw, dh, dw, wp + cb * wblock,
+                        <int>oy, sh, sw, pt, pl, kh, kw, dh, dw, wp + cb * wblock, g,
                         bp + cb * CE_NC_B, op + ((n * Cb + cb) * OH + oy) * OW * CE_NC_B, act)
 
 

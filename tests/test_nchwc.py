@@ -233,11 +233,14 @@ def test_direct_to_blocked_matches_reference_and_is_thread_independent(rng, n, c
         check_close(blocked.from_blocked(outs[0], k), ACTS[act](ref), scale)
 
 
-# (N, C, group width, H, W, kernel, stride, pad, dilation): RegNet's widths 16 and 8, channel
-# counts off the block size (8-wide groups in a half-filled last block), strides, dilations
+# (N, C, group width, H, W, kernel, stride, pad, dilation): RegNet's widths 16 and 8,
+# ResNeXt's 4, widths 2 and 1, channel counts off the block size (8-wide groups in a
+# half-filled last block), strides, dilations, rows whose last pixels are fewer than four
 GROUPED = [(1, 160, 16, 14, 14, 3, 1, 1, 1), (2, 40, 8, 9, 13, 3, 2, 1, 1),
            (1, 32, 16, 7, 7, 3, 1, 2, 2), (1, 64, 16, 28, 28, 3, 2, 1, 1),
-           (1, 48, 8, 5, 5, 1, 1, 0, 1), (1, 16, 16, 3, 2, 5, 1, 2, 1)]
+           (1, 48, 8, 5, 5, 1, 1, 0, 1), (1, 16, 16, 3, 2, 5, 1, 2, 1),
+           (1, 128, 4, 17, 15, 3, 1, 1, 1), (2, 36, 4, 11, 10, 3, 2, 1, 1),
+           (1, 24, 2, 9, 7, 3, 1, 2, 2), (1, 20, 1, 6, 9, 3, 1, 1, 1)]
 
 
 @pytest.mark.parametrize("n,c,g,h,w,kk,s,p,d", GROUPED)
@@ -259,12 +262,32 @@ def test_grouped_blocked_matches_reference_and_is_thread_independent(rng, n, c, 
         check_close(blocked.from_blocked(outs[0], c), ACTS[act](ref), scale)
 
 
+@pytest.mark.parametrize("g", [4, 8, 16])
+def test_grouped_blocked_keeps_a_nan_in_its_group(rng, g):
+    """A NaN in one input channel reaches only the outputs of its group (the taps of other
+    groups never read its lane), as in the direct sum."""
+    c = 32
+    x, wt = f32(rng, 1, c, 6, 6), f32(rng, c, g, 3, 3)
+    x[0, 5, 2, 3] = np.nan
+    wp, bp = blocked.pack_grouped(wt, g, None)
+    out = np.zeros((1, 2, 6, 6, 16), np.float32)
+    nchwc.f32_grouped_blocked(blocked.to_blocked(x), wp, bp, out, 1, 1, 1, 1, 1, 1, NO_ACT, 1)
+    y = blocked.from_blocked(out, c)
+    with np.errstate(invalid="ignore"):
+        ref = conv2d_ref(x, wt, None, (1, 1), ((1, 1), (1, 1)), (1, 1), c // g)
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(ref))
+    assert np.isnan(y[0, 5 // g * g:(5 // g + 1) * g]).any()
+
+
 def test_grouped_blocked_refuses_inconsistent_arguments(rng):
     x = f32(rng, 1, 2, 5, 5, 16)
     wp, bp = blocked.pack_grouped(f32(rng, 32, 16, 3, 3), 16, None)
     out = np.zeros((1, 2, 5, 5, 16), np.float32)
     with pytest.raises(ValueError, match="w must"):
         nchwc.f32_grouped_blocked(x, wp[:1], bp, out, 1, 1, 1, 1, 1, 1, NO_ACT, 1)
+    with pytest.raises(ValueError, match="g dividing"):    # groups of 3 do not tile a block
+        nchwc.f32_grouped_blocked(x, np.zeros((2, 3, 3, 3, 16), np.float32), bp, out, 1, 1, 1,
+                                  1, 1, 1, NO_ACT, 1)
     with pytest.raises(ValueError, match="bias"):
         nchwc.f32_grouped_blocked(x, wp, bp[:16], out, 1, 1, 1, 1, 1, 1, NO_ACT, 1)
     with pytest.raises(ValueError, match="act"):
@@ -431,10 +454,12 @@ def test_conv_kind_rules(rng):
     # 3x3 stride 1: blocked unless NCHW's rules give it Winograd (or it is dilated)
     assert kind(f32(rng, 8, 4, 3, 3), {}, (1, 4, 9, 9)) == "dense"       # 36 taps: direct
     assert kind(f32(rng, 256, 256, 3, 3), {"pads": [1] * 4}, (1, 256, 14, 14)) is None
-    # groups inside blocks: 16 or 8 channels each way
+    # groups inside blocks: 16, 8 or 4 channels each way
     assert kind(f32(rng, 64, 16, 3, 3), {"group": 4}, (1, 64, 9, 9)) == "grouped"
     assert kind(f32(rng, 24, 8, 3, 3), {"group": 3}, (1, 24, 9, 9)) == "grouped"
-    assert kind(f32(rng, 32, 4, 3, 3), {"group": 8}, (1, 32, 9, 9)) is None   # width 4
+    assert kind(f32(rng, 32, 4, 3, 3), {"group": 8}, (1, 32, 9, 9)) == "grouped"
+    assert kind(f32(rng, 32, 2, 3, 3), {"group": 16}, (1, 32, 9, 9)) == "grouped"
+    assert kind(f32(rng, 36, 3, 3, 3), {"group": 12}, (1, 36, 9, 9)) is None  # 16 % 3
     assert kind(f32(rng, 48, 12, 3, 3), {"group": 4}, (1, 48, 9, 9)) is None  # 16 % 12
     assert kind(f32(rng, 64, 8, 3, 3), {"group": 4}, (1, 32, 9, 9)) is None   # 8 in, 16 out
 

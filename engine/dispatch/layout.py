@@ -32,11 +32,11 @@ DEPTHWISE_BLOCK_ORDER_PIXELS = 28 * 28
 POINTWISE_GROUP_MAX_PIXELS = 28 * 28
 # ... unless that leaves the busiest thread more than this times the work of a pixel split.
 POINTWISE_GROUP_SLACK = 1.15
-# Fewest channels per group the blocked grouped kernel takes: it multiplies every input lane of
-# a block with every output lane, so groups of g channels waste 16 / g of its work; at 8 that
-# is half, and a 3x3 layer of RegNetY-400MF's width still ran ahead of its NCHW algorithm and
-# two layout changes.
-GROUPED_MIN_WIDTH = 8
+# Fewest channels per group the blocked grouped kernel takes: a tap costs it g shuffles and g
+# multiply-adds per pixel. 128 channels on 56x56 in groups of 2 or 4 take it 0.55 and 0.66 ms
+# against im2col's 1.26 and 1.27 on NCHW (bench/bench_dispatch.py layout/grouped); width 1 is
+# the depthwise kernel's.
+GROUPED_MIN_WIDTH = 2
 # Fewest taps (input channels x kernel size) of a layer that the dense blocked kernel runs even
 # with no blocked neighbour, paying a layout change each way: from about here its lead over the
 # NCHW algorithms outweighs two passes over the tensors. A 1x1 layer never pays that alone: its

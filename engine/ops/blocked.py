@@ -104,17 +104,15 @@ def pack_depthwise(weight: np.ndarray, bias=None):
 
 def pack_grouped(weight: np.ndarray, groups: int, bias=None):
     """(K, g, kh, kw) weights of a grouped convolution with g input and g output channels per
-    group (16 % g == 0) and K biases -> (w[Kb, kh, kw, 16, 16], bias) as f32_grouped_blocked
-    reads them: per block and tap, the block-diagonal [input channel][output channel] matrix
-    of its 16 / g groups."""
+    group (16 % g == 0) and K biases -> (w[Kb, kh, kw, g, 16], bias) as f32_grouped_blocked
+    reads them: per block, tap and j < g, each output lane's weight for its group's input
+    channel j."""
     k, g, kh, kw = weight.shape
     kb = blocks(k)
-    w = np.zeros((kb * BLOCK, BLOCK, kh, kw), np.float32)     # [out channel][in lane]
-    for o in range(k):
-        lane0 = (o // g) * g % BLOCK                           # its group's first input lane
-        w[o, lane0:lane0 + g] = weight[o]
-    # -> [block][kh][kw][in lane][out lane]
-    return (np.ascontiguousarray(w.reshape(kb, BLOCK, BLOCK, kh, kw).transpose(0, 3, 4, 2, 1)),
+    w = np.zeros((kb * BLOCK, g, kh, kw), np.float32)          # [out channel][j]
+    w[:k] = weight
+    # -> [block][kh][kw][j][out lane]
+    return (np.ascontiguousarray(w.reshape(kb, BLOCK, g, kh, kw).transpose(0, 3, 4, 2, 1)),
             _padded_bias(bias, k))
 
 
