@@ -18,6 +18,7 @@ Groups (section/group):
   layout/convert, layout/depthwise        the thread thresholds of engine/graph/blocked_steps.py
                                           (1 against 2 threads, whatever --threads says)
   layout/grouped                          engine/dispatch/layout.py GROUPED_MIN_WIDTH
+  layout/winograd                         engine/dispatch/layout.py WINOGRAD_BLOCKED_MAX_IN
   layout/dense                            engine/dispatch/layout.py DENSE_ALONE_MIN_TAPS: a
                                           lone dense layer on NCHW against blocked with a
                                           layout change each way
@@ -39,7 +40,8 @@ import engine  # noqa: E402
 from engine._kernels import dense, nchwc  # noqa: E402
 from engine._threads import blas_pinned, threads_for  # noqa: E402
 from engine.dispatch import choose_gemm  # noqa: E402
-from engine.dispatch.layout import DENSE_ALONE_MIN_TAPS, GROUPED_MIN_WIDTH  # noqa: E402
+from engine.dispatch.layout import (DENSE_ALONE_MIN_TAPS, GROUPED_MIN_WIDTH,  # noqa: E402
+                                    winograd_shaped)
 from engine.ops.activation import kernel_act  # noqa: E402
 from engine.graph.blocked_steps import MIN_CONVERT_ELEMENTS, MIN_WORK_DEPTHWISE  # noqa: E402
 from engine.ops import blocked  # noqa: E402
@@ -219,9 +221,32 @@ def grouped_rows(threads):
         yield f"3x3 s{s} {c}ch groups of {g} {size} (nchw: {layer.algorithm})", fns, pick
 
 
+def winograd_layout_rows(threads):
+    """3x3 stride-1 layers NCHW runs by Winograd, against the dense blocked kernel on the same
+    layer (no layout change counted): WINOGRAD_BLOCKED_MAX_IN."""
+    for c, k, size in [(32, 128, 27), (48, 192, 13), (64, 256, 13), (96, 128, 28),
+                       (128, 128, 14), (256, 256, 14), (64, 64, 56)]:
+        x, w = _rand(1, c, size, size), _rand(k, c, 3, 3) / np.float32(np.sqrt(9 * c))
+        layer = engine.Conv2d(w, padding=1, input_size=(size, size))
+        y = np.empty(layer.output_shape(x.shape), np.float32)
+        wp, bp = blocked.pack_dense(w, None)
+        xb = blocked.to_blocked(x)
+        ob = np.empty(blocked.blocked_shape((1, k, size, size)), np.float32)
+        fns = {"nchw": lambda: layer(x, out=y),
+               "blocked": lambda: nchwc.f32_conv2d_nchw16c(xb, c, wp, bp, None, ob, 3, 3, 1, 1,
+                                                           1, 1, 1, 1, kernel_act(None),
+                                                           threads)}
+        p = layer.params._replace(pads=((1, 1), (1, 1)))
+        pick = "nchw" if winograd_shaped(p) else "blocked"
+        yield f"3x3 {c}->{k} {size}x{size} (nchw: {layer.algorithm})", fns, pick
+
+
 def layout_rows(group, threads=1):
     if group == "dense":
         yield from dense_rows(threads)
+        return
+    if group == "winograd":
+        yield from winograd_layout_rows(threads)
         return
     if group == "grouped":
         yield from grouped_rows(threads)
@@ -275,8 +300,8 @@ SECTIONS = {
                    lambda g: ["col2im", "zero_insert"]),
     "gemm": (["dense"], gemm_rows, lambda g: ["dense", "matmul"]),
     "winograd": (["weights"], winograd_weight_rows, lambda g: ["stored", "per_call"]),
-    "layout": (["convert", "depthwise", "dense", "grouped"], layout_rows,
-               lambda g: ["nchw", "blocked"] if g in ("dense", "grouped")
+    "layout": (["convert", "depthwise", "dense", "grouped", "winograd"], layout_rows,
+               lambda g: ["nchw", "blocked"] if g in ("dense", "grouped", "winograd")
                else ["1 thread", "2 thread"]),
 }
 

@@ -38,7 +38,7 @@ def close(got, ref, magnitude, rtol=RTOL):
     assert np.all(err <= bound), f"error {err[worst]:.3g} > bound {bound[worst]:.3g} at {worst}"
 
 
-def small_net(rng, batch=1, spatial=(12, 12), free=False):
+def small_net(rng, batch=1, spatial=(12, 12), free=False, layout="auto"):
     """conv(relu) -> conv + residual (relu) -> maxpool -> concat with avgpool -> flatten -> gemm.
     Returns (model, reference): reference(x) is (float64 output, its magnitude)."""
     w1 = (rng.standard_normal((8, 3, 3, 3)) * 0.3).astype(np.float32)
@@ -76,7 +76,7 @@ def small_net(rng, batch=1, spatial=(12, 12), free=False):
         fc64 = fc.astype(np.float64)
         return f @ fc64.T, f @ np.abs(fc64).T
 
-    return Model(g), reference
+    return Model(g, layout=layout), reference
 
 
 @pytest.fixture
@@ -240,7 +240,7 @@ def test_each_node_inferred_and_folded_once_per_plan(rng, monkeypatch):
 # ------------------------------------------------------------------------------ explain
 
 def test_explain_and_profile(rng):
-    model, _ = small_net(rng)
+    model, _ = small_net(rng, layout="nchw")       # NCHW: the convolutions name an algorithm
     text = model.explain()
     for word in ("Conv", "MaxPool", "Gemm", "MFLOP", "memory:", "MiB", "im2col",
                  "residual", "relu in the kernel's output step", "load-time passes"):

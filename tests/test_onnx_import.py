@@ -687,7 +687,7 @@ def test_each_conv_weight_transformed_once(rng):
              h.make_node("Concat", ["one", "ch", "minus"], ["to"], axis=0),
              h.make_node("Reshape", ["b", "to"], ["y"])]
     m = make(nodes, [vi("x", [1, c, 20, 20])], [vi("y")], inits)
-    model = engine.load(m)
+    model = engine.load(m, layout="nchw")     # the planned NCHW layers (blocked steps pack anew)
     convs = [op for op in model._ops.values() if hasattr(op, "transforms")]
     made = [op.transforms.made for op in convs]
     assert len(convs) == 2 and all(made)

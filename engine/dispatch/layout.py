@@ -37,6 +37,11 @@ POINTWISE_GROUP_SLACK = 1.15
 # against im2col's 1.26 and 1.27 on NCHW (bench/bench_dispatch.py layout/grouped); width 1 is
 # the depthwise kernel's.
 GROUPED_MIN_WIDTH = 2
+# Most input channels per group of a 3x3 layer that NCHW would run by F(2x2,3x3) and that runs
+# on the dense blocked kernel instead: one thread, ms, F(2x2) / dense blocked: 32->128 on 27x27
+# 0.47 / 0.48, 48->192 13x13 0.30 / 0.25, 64->256 13x13 0.45 / 0.45, but 256->256 14x14
+# 1.44 / 2.02 (bench/bench_dispatch.py layout/winograd), and blocked it needs no layout change.
+WINOGRAD_BLOCKED_MAX_IN = 64
 # Fewest taps (input channels x kernel size) of a layer that the dense blocked kernel runs even
 # with no blocked neighbour, paying a layout change each way: from about here its lead over the
 # NCHW algorithms outweighs two passes over the tensors. A 1x1 layer never pays that alone: its
@@ -60,16 +65,19 @@ def why_not_layout(layout) -> Optional[str]:
 
 
 def winograd_shaped(p: ConvParams) -> bool:
-    """3x3 stride 1 layers that the NCHW rules give Winograd, and dilated ones (phases, live
+    """3x3 stride 1 layers that the NCHW rules give Winograd F(4x4,3x3), or F(2x2,3x3) with
+    more than WINOGRAD_BLOCKED_MAX_IN input channels per group, and dilated ones (phases, live
     taps, taps dropped past the map): those run faster on NCHW than any blocked kernel. The
-    others (few channels: direct loops, or im2col) the dense blocked kernel runs faster, and
-    without layout changes (bench/bench_zoo.py, SqueezeNet's expand layers)."""
+    others (few channels: direct loops, im2col, a narrow F(2x2,3x3)) the dense blocked kernel
+    runs as fast or faster, and without layout changes (bench/bench_zoo.py, SqueezeNet's
+    expand layers; bench/bench_dispatch.py layout/winograd)."""
     if p.kernel != (3, 3) or p.stride != (1, 1):
         return False
     if p.dilation != (1, 1):      # phases, live taps, taps dropped past the map: NCHW's own
         return True
     algorithm, _ = choose_conv2d(p, current_policy().excluded)   # as the NCHW plan would
-    return algorithm.startswith("winograd")
+    return algorithm == "winograd_f43" or (
+        algorithm == "winograd_f23" and p.in_channels // p.groups > WINOGRAD_BLOCKED_MAX_IN)
 
 
 def blocked_kernel(p: ConvParams, activation=None, residual: Optional[bool] = None,
