@@ -21,6 +21,26 @@ ROW_BLOCK = CE_PG_MR      # rows of A per packed block
 PANEL = CE_PG_NR          # columns of B per panel
 
 
+cdef struct Share:
+    Py_ssize_t mb_lo, mb_hi, p_lo, p_hi
+
+
+cdef inline Share share(Py_ssize_t t, Py_ssize_t threads, bint split_rows, Py_ssize_t nmb,
+                        Py_ssize_t npanels) noexcept nogil:
+    """Thread t's share of the row blocks [mb_lo, mb_hi) and panels [p_lo, p_hi): a range of
+    one of them (the row blocks when split_rows), as even as whole units allow, all of the
+    other."""
+    cdef Share s
+    cdef Py_ssize_t units = nmb if split_rows else npanels
+    cdef Py_ssize_t lo = t * units // threads, hi = (t + 1) * units // threads
+    s.mb_lo, s.mb_hi, s.p_lo, s.p_hi = 0, nmb, 0, npanels
+    if split_rows:
+        s.mb_lo, s.mb_hi = lo, hi
+    else:
+        s.p_lo, s.p_hi = lo, hi
+    return s
+
+
 def f32_conv2d_pointwise(const float[:, :, ::1] x, const float[::1] apack, bias, residual,
                          float[:, :, ::1] out, float[::1] work, int groups, bint split_rows,
                          int group_panels, ce_act_t act, int num_threads):
@@ -63,28 +83,22 @@ def f32_conv2d_pointwise(const float[:, :, ::1] x, const float[::1] apack, bias,
     if residual is not None:
         r = residual
         rptr = &r[0, 0, 0]
-    cdef Py_ssize_t t, lo, hi, mb_lo, mb_hi, p_lo, p_hi, plane, n, g, pa, pb, p, p0, mb, m0
+    cdef Py_ssize_t t, plane, n, g, pa, pb, p, p0, mb, m0
+    cdef Share sh
     cdef float* buf
     cdef const float* res
     for t in prange(num_threads, nogil=True, num_threads=num_threads, schedule="static"):
-        # this thread's share of the units: [lo, hi), as even as whole units allow
-        lo = t * units // num_threads
-        hi = (t + 1) * units // num_threads
-        mb_lo, mb_hi, p_lo, p_hi = 0, nmb, 0, npanels
-        if split_rows:
-            mb_lo, mb_hi = lo, hi
-        else:
-            p_lo, p_hi = lo, hi
+        sh = share(t, num_threads, split_rows, nmb, npanels)
         buf = &work[0] + threadid() * per_thread
         for plane in range(N * groups):
             n = plane // groups
             g = plane % groups
-            pa = p_lo
-            while pa < p_hi:
-                pb = min(p_hi, pa + GP)
+            pa = sh.p_lo
+            while pa < sh.p_hi:
+                pb = min(sh.p_hi, pa + GP)
                 ce_pg_pack_panels(&x[n, g * Cg, pa * NR], P, <int>Cg,
                                   <int>min(P - pa * NR, (pb - pa) * NR), buf)
-                for mb in range(mb_lo, mb_hi):
+                for mb in range(sh.mb_lo, sh.mb_hi):
                     m0 = g * Kg + mb * MR
                     for p in range(pa, pb):
                         p0 = p * NR
@@ -143,19 +157,14 @@ def f32_gemm_prepacked(const float[::1] apack, const float[::1] bpanels, float[:
         return
     cdef Py_ssize_t units = nmb if split_rows else npanels
     num_threads = <int>max(1, min(num_threads, units))
-    cdef Py_ssize_t t, lo, hi, mb_lo, mb_hi, p_lo, p_hi, pa, pb, p, mb
+    cdef Py_ssize_t t, pa, pb, p, mb
+    cdef Share sh
     for t in prange(num_threads, nogil=True, num_threads=num_threads, schedule="static"):
-        lo = t * units // num_threads
-        hi = (t + 1) * units // num_threads
-        mb_lo, mb_hi, p_lo, p_hi = 0, nmb, 0, npanels
-        if split_rows:
-            mb_lo, mb_hi = lo, hi
-        else:
-            p_lo, p_hi = lo, hi
-        pa = p_lo
-        while pa < p_hi:
-            pb = min(p_hi, pa + group_panels)
-            for mb in range(mb_lo, mb_hi):
+        sh = share(t, num_threads, split_rows, nmb, npanels)
+        pa = sh.p_lo
+        while pa < sh.p_hi:
+            pb = min(sh.p_hi, pa + group_panels)
+            for mb in range(sh.mb_lo, sh.mb_hi):
                 for p in range(pa, pb):
                     ce_pg_block(&apack[mb * KA * MR], &bpanels[p * KA * NR], KA,
                                 &out[mb * MR, p * NR], N, NULL, NULL, act,
