@@ -262,6 +262,17 @@ def test_grouped_blocked_matches_reference_and_is_thread_independent(rng, n, c, 
         check_close(blocked.from_blocked(outs[0], c), ACTS[act](ref), scale)
 
 
+@pytest.mark.parametrize("kind, shape", [("grouped", (40, g, 3, 3)) for g in (2, 4, 8, 16)]
+                         + [("pointwise", (40, 24, 1, 1)), ("depthwise", (40, 1, 5, 5)),
+                            ("dense", (40, 24, 3, 3)), ("direct", (40, 3, 7, 7))])
+def test_packed_shapes_are_what_the_packing_makes(rng, kind, shape):
+    """A native file's stored packs are used only where their shapes are these."""
+    w, b = f32(rng, *shape), f32(rng, shape[0])
+    made = (blocked.pack_grouped(w, shape[1], b) if kind == "grouped"
+            else getattr(blocked, f"pack_{kind}")(w, b))
+    assert tuple(a.shape for a in made) == blocked.packed_shapes(kind, shape)
+
+
 @pytest.mark.parametrize("g", [4, 8, 16])
 def test_grouped_blocked_keeps_a_nan_in_its_group(rng, g):
     """A NaN in one input channel reaches only the outputs of its group (the taps of other

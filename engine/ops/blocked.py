@@ -59,7 +59,7 @@ def packed_shapes(kind: str, weight_shape) -> tuple:
     if kind == "depthwise":
         return (blocks(k), kh, kw, BLOCK), bias
     if kind == "grouped":
-        return (blocks(k), kh, kw, BLOCK, BLOCK), bias
+        return (blocks(k), kh, kw, c, BLOCK), bias
     if kind == "dense":
         return (blocks(k) * blocks(c) * kh * kw * BLOCK * BLOCK,), bias
     return (blocks(k), c, kh, kw, BLOCK), bias
