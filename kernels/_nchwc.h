@@ -32,6 +32,9 @@ typedef int ce_nc_vi __attribute__((vector_size(64)));
 
 /* activations and weights come from numpy arrays: no alignment is assumed */
 #define CE_NC_LD(p) ((ce_nc_vf)(*(const ce_nc_vfu *)(p)))
+typedef float ce_nc_hf __attribute__((vector_size(32)));       /* half a block */
+typedef float ce_nc_hfu __attribute__((vector_size(32), aligned(4), may_alias));
+#define CE_NC_HLD(p) ((ce_nc_hf)(*(const ce_nc_hfu *)(p)))
 #define CE_NC_ST(p, v) (*(ce_nc_vfu *)(p) = (v))
 
 CE_DEFINE_VEC_ACT(ce_nc_act, ce_nc_vf, ce_nc_vi)
@@ -519,6 +522,7 @@ static void ce_nc_block_mean(const float *src, ptrdiff_t P, float *mean, int nc)
  * (l / g) g + j of its own group: with g = 16 that lane broadcast from memory, else the input
  * vector with lanes gathered by a fixed shuffle (idx[j]); so a tap costs g multiply-adds per
  * pixel, not 16, and never reads another group's lanes (a NaN or infinity there stays there).
+ * g = 8, on four pixels whose every tap lies inside the row: ce_nc_group_pixels8.
  * Four output pixels at a time; taps outside the plane are skipped, and every output sums bias,
  * then taps (u, v) and its group's input channels in order, whatever the pixel's position.
  *   x: the block's input plane [H][W][16]; w: [kh][kw][g][16] (w[u][v][j][l]: output lane l's
@@ -577,6 +581,49 @@ static inline void ce_nc_group_pixels(const float *x, int H, int W, int iy0, int
         CE_NC_ST(out + (ptrdiff_t)p * B, ce_nc_act(a[p], act));
 }
 
+/* g = 8, four pixels whose every tap lies inside the row: each half of the lanes against its
+ * group's inputs broadcast from memory, 8-float vectors, no shuffles; per lane the same
+ * multiply-adds in the same order as ce_nc_group_pixels. */
+static inline void ce_nc_group_pixels8(const float *x, int H, int W, int iy0, int ix0, int sw,
+                                       int kh, int kw, int dh, int dw, const float *w,
+                                       ce_nc_vf b, float *out, ce_act_t act)
+{
+    const ptrdiff_t B = CE_NC_B;
+    ce_nc_hf lo[4], hi[4];
+    for (int p = 0; p < 4; p++) {
+        lo[p] = (ce_nc_hf){b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]};
+        hi[p] = (ce_nc_hf){b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]};
+    }
+    for (int u = 0; u < kh; u++) {
+        int iy = iy0 + u * dh;
+        if (iy < 0 || iy >= H)
+            continue;
+        const float *row = x + (ptrdiff_t)iy * W * B;
+        for (int v = 0; v < kw; v++) {
+            const float *wt = w + (ptrdiff_t)(u * kw + v) * 8 * B;
+            const float *p0 = row + (ptrdiff_t)(ix0 + v * dw) * B, *p1 = p0 + (ptrdiff_t)sw * B;
+            const float *p2 = p1 + (ptrdiff_t)sw * B, *p3 = p2 + (ptrdiff_t)sw * B;
+            for (int j = 0; j < 8; j++) {
+                ce_nc_hf wl = CE_NC_HLD(wt + j * B), wh = CE_NC_HLD(wt + j * B + 8);
+                lo[0] += wl * p0[j];
+                hi[0] += wh * p0[8 + j];
+                lo[1] += wl * p1[j];
+                hi[1] += wh * p1[8 + j];
+                lo[2] += wl * p2[j];
+                hi[2] += wh * p2[8 + j];
+                lo[3] += wl * p3[j];
+                hi[3] += wh * p3[8 + j];
+            }
+        }
+    }
+    for (int p = 0; p < 4; p++) {
+        float t[16];
+        memcpy(t, &lo[p], sizeof lo[p]);
+        memcpy(t + 8, &hi[p], sizeof hi[p]);
+        CE_NC_ST(out + (ptrdiff_t)p * B, ce_nc_act(CE_NC_LD(t), act));
+    }
+}
+
 static void ce_nc_group_row(const float *x, int H, int W, int OW, int oy, int sh, int sw,
                             int pt, int pl, int kh, int kw, int dh, int dw, const float *w,
                             int g, const float *bias, float *out, ce_act_t act)
@@ -590,8 +637,13 @@ static void ce_nc_group_row(const float *x, int H, int W, int OW, int oy, int sh
     const ce_nc_vf b = CE_NC_LD(bias);
     for (int ox = 0; ox < OW; ox += 4) {
         int np = OW - ox < 4 ? OW - ox : 4;
-        ce_nc_group_pixels(x, H, W, oy * sh - pt, ox * sw - pl, sw, kh, kw, dh, dw, w, g, idx,
-                           b, out + (ptrdiff_t)ox * CE_NC_B, np, act);
+        int ix0 = ox * sw - pl;
+        if (g == 8 && np == 4 && ix0 >= 0 && ix0 + (kw - 1) * dw + 3 * sw < W)
+            ce_nc_group_pixels8(x, H, W, oy * sh - pt, ix0, sw, kh, kw, dh, dw, w, b,
+                                out + (ptrdiff_t)ox * CE_NC_B, act);
+        else
+            ce_nc_group_pixels(x, H, W, oy * sh - pt, ix0, sw, kh, kw, dh, dw, w, g, idx, b,
+                               out + (ptrdiff_t)ox * CE_NC_B, np, act);
     }
 }
 
