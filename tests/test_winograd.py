@@ -511,3 +511,30 @@ def test_kernel_checks_the_per_call_operands(rng):
             panels[:16], mchunk, gp, layer.act, 1, True, impl.g32)
     workspace.give(panels)
     workspace.give(work)
+
+
+def test_a_model_chooses_the_form_for_all_its_winograd_layers(rng):
+    """engine.load(..., winograd_weights=) decides for every Winograd layer of the model;
+    "auto" leaves it to the rule; a bad value is refused naming the argument."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto as T, helper as h, numpy_helper as nh
+    w = (rng.standard_normal((256, 512, 3, 3)) * 0.02).astype(np.float32)
+    g = h.make_graph([h.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])], "g",
+                     [h.make_tensor_value_info("x", T.FLOAT, [1, 512, 28, 28])],
+                     [h.make_tensor_value_info("y", T.FLOAT, None)], [nh.from_array(w, "w")])
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 17)], ir_version=9)
+    x = rng.standard_normal((1, 512, 28, 28)).astype(np.float32)
+    ys = {}
+    for form in ("auto", "stored", "per_call"):
+        model = engine.load(m, winograd_weights=form)
+        text = model.explain()
+        want = "per_call" if form == "auto" else form
+        assert f"weights {want}" in text, text
+        assert ("forced by the caller" in text) == (form != "auto")
+        ys[form] = model.run({"x": x})["y"]
+    ref = reference(x, w, None, ((1, 1), (1, 1)), (1, 1), 1, None)
+    for y in ys.values():
+        assert_close(y, ref, "winograd_f43")
+    np.testing.assert_array_equal(ys["auto"], ys["per_call"])
+    with pytest.raises(ValueError, match="winograd_weights must be one of"):
+        engine.load(m, winograd_weights="never")

@@ -26,11 +26,17 @@ STRICT_MAX_REL_ERROR = 5e-6
 STRICT_EXCLUDED = frozenset({"winograd_f43"})
 
 
+WINOGRAD_WEIGHTS = ("auto", "stored", "per_call")
+
+
 class ChoicePolicy(NamedTuple):
     """accuracy: "fast" (the rules) or "strict" (no algorithm of STRICT_EXCLUDED); wisdom:
-    {layer signature: entry} of measured choices (engine/lab/wisdom.py), or empty."""
+    {layer signature: entry} of measured choices (engine/lab/wisdom.py), or empty;
+    winograd_weights: "auto" (engine/dispatch/winograd.py decides per layer), or "stored" /
+    "per_call" for every Winograd layer of the model."""
     accuracy: str = "fast"
     wisdom: Mapping = MappingProxyType({})
+    winograd_weights: str = "auto"
 
     @property
     def excluded(self) -> frozenset:
@@ -39,6 +45,13 @@ class ChoicePolicy(NamedTuple):
 
 DEFAULT_POLICY = ChoicePolicy()
 _current = contextvars.ContextVar("engine_choice_policy", default=DEFAULT_POLICY)
+
+
+def check_winograd_weights(value) -> str:
+    if value not in WINOGRAD_WEIGHTS:
+        raise ValueError(f"winograd_weights must be one of {', '.join(WINOGRAD_WEIGHTS)}, got "
+                         f"{value!r}")
+    return value
 
 
 def check_accuracy(accuracy) -> str:

@@ -19,7 +19,7 @@ def _is_native(path: str) -> bool:
 
 
 def load(source, *, num_threads=None, wisdom=None, accuracy="fast", max_memory=None,
-         base_dir=None, layout="auto"):
+         base_dir=None, layout="auto", winograd_weights="auto"):
     """engine.load: an ONNX file (its path, its bytes or an onnx.ModelProto) or a native file
     written by Model.save, told apart by content (the suffix only breaks a tie).
 
@@ -41,13 +41,16 @@ def load(source, *, num_threads=None, wisdom=None, accuracy="fast", max_memory=N
     made for another CPU, engine version or thread count, or that does not parse, is ignored
     with a warning (engine.lab.wisdom.WisdomWarning).
     accuracy: "fast" (the rules), or "strict": algorithms whose measured error exceeds
-    engine/dispatch/policy.py's STRICT_MAX_REL_ERROR (Winograd F(4x4,3x3)) run no layer."""
+    engine/dispatch/policy.py's STRICT_MAX_REL_ERROR (Winograd F(4x4,3x3)) run no layer.
+    winograd_weights: "auto" lets engine/dispatch/winograd.py keep each Winograd layer's
+    transformed weights or make them per call (large layers: a few percent of their time for
+    a quarter of their memory); "stored" or "per_call" decides for every one."""
     from ..graph import Model
     from ..lab import wisdom as _wisdom
     from ..memory import resolve_max_memory
     from ..dispatch.layout import why_not_layout
     max_memory = resolve_max_memory(max_memory)    # a bad value fails before the file is read
-    policy = _wisdom.policy(wisdom, accuracy, num_threads)
+    policy = _wisdom.policy(wisdom, accuracy, num_threads, winograd_weights)
     reason = why_not_layout(layout)
     if reason is not None:
         raise ValueError(reason)

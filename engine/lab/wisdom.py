@@ -19,7 +19,8 @@ import numpy as np
 
 from .. import _machine, dispatch
 from .._threads import get_num_threads, resolve_threads
-from ..dispatch.policy import ChoicePolicy, check_accuracy, conv_signature
+from ..dispatch.policy import (ChoicePolicy, check_accuracy, check_winograd_weights,
+                               conv_signature)
 from ..ops.conv2d import Conv2d
 from ..timing import Progress, time_alternating
 
@@ -105,10 +106,11 @@ def write(path, threads: int, layers: dict) -> str:
     return path
 
 
-def policy(wisdom, accuracy: str, num_threads) -> ChoicePolicy:
+def policy(wisdom, accuracy: str, num_threads, winograd_weights="auto") -> ChoicePolicy:
     """The ChoicePolicy for engine.load's ``wisdom`` (None: the default file if it exists;
-    False: none; else a path) and ``accuracy``."""
+    False: none; else a path), ``accuracy`` and ``winograd_weights``."""
     check_accuracy(accuracy)
+    check_winograd_weights(winograd_weights)
     threads = resolve_threads(num_threads) if num_threads is not None else get_num_threads()
     layers = {}
     if wisdom is None:
@@ -120,7 +122,7 @@ def policy(wisdom, accuracy: str, num_threads) -> ChoicePolicy:
             raise ValueError(f"wisdom must be a path, None or False, got "
                              f"{type(wisdom).__name__}")
         layers = read(os.fspath(wisdom), threads)
-    return ChoicePolicy(accuracy=accuracy, wisdom=layers)
+    return ChoicePolicy(accuracy=accuracy, wisdom=layers, winograd_weights=winograd_weights)
 
 
 # ============================================================================ tuning

@@ -198,6 +198,8 @@ class Conv2d:
         if winograd_weights != "auto" and self.algorithm not in _WINOGRAD:
             raise ValueError(f"winograd_weights={winograd_weights!r} needs a Winograd "
                              f"algorithm, got {self.algorithm!r}")
+        if winograd_weights == "auto":     # a model's own choice (engine.load) for its layers
+            winograd_weights = current_policy().winograd_weights
         options = ({"kernel": depthwise_kernel} if self.algorithm == "depthwise"
                    else {"weights": winograd_weights} if self.algorithm in _WINOGRAD else {})
         self._geometries = ShapeCache(64)
