@@ -1,7 +1,8 @@
 # Winograd convolution for 3x3, stride-1 kernels of any dilation: F(2x2,3x3) and F(4x4,3x3).
 #
 # A tile of m x m outputs (m = 2 or 4) needs an (m+2) x (m+2) input patch d. With the
-# transformed weights U = G g G^T (prepared once by engine/ops/winograd.py) the tile is
+# transformed weights U = G g G^T (prepared once by engine/ops/winograd.py, or made per call
+# block by block from the weights themselves: gemm_phase_taps) the tile is
 #     Y = A^T [ U (.) (B^T d B) ] A,
 # and over all channels the element-wise products become E = (m+2)^2 independent GEMMs
 #     M[e][k, t] = sum_c U[e][k, c] V[e][c, t],        V[e][c, t] = (B^T d_{c,t} B)[e].
@@ -30,7 +31,8 @@
 #   padding copy       over (image, channel) planes
 #   input transform    over input channels, writes V for one block of tiles
 #   GEMMs              over (group, e, chunk of U's rows, group of tile panels), by the packed
-#                      micro-kernel of _packed_gemm.h (U packed once by the plan)
+#                      micro-kernel of _packed_gemm.h (U packed once by the plan); with U made
+#                      per call, over (group, tile column, chunk of rows, group of panels)
 #   output transform   over output channels: A^T M A, bias, activation, only in-range outputs
 # so every value is computed by the same instructions for any count: bit-identical results.
 # The tables come from engine/ops/winograd.py, which checks that every address they imply lies

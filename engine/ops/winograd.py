@@ -2,9 +2,10 @@
 
 F(m x m, 3x3) computes an m x m output tile from an (m+2) x (m+2) input patch d as
     Y = A^T [ (G g G^T) (.) (B^T d B) ] A
-with (m+2)^2 multiplications instead of 9 m^2. The weights are transformed once, here; each
-call transforms the input, runs (m+2)^2 GEMMs per group and transforms back, all in
-kernels/conv_winograd.pyx.
+with (m+2)^2 multiplications instead of 9 m^2. The weights are transformed once, here, or for
+large layers made block by block inside every call from the weights as given
+(engine/dispatch/winograd.py); each call transforms the input, runs (m+2)^2 GEMMs per group
+and transforms back, all in kernels/conv_winograd.pyx.
 
 Dilation. A rate-(dh, dw) convolution of the zero-padded input xpad is, for every phase pair
 (a, b) with 0 <= a < dh, 0 <= b < dw, an ordinary 3x3 convolution of the sub-image
