@@ -23,9 +23,6 @@ cdef extern from "_nchwc.h":
     void ce_nc_dw_row(const float *x, int H, int W, int OW, int oy, int sh, int sw, int pt,
                       int pl, int kh, int kw, int dh, int dw, const float *w,
                       const float *bias, float *out, ce_act_t act) nogil
-    void ce_nc_group_row(const float *x, int H, int W, int OW, int oy, int sh, int sw, int pt,
-                         int pl, int kh, int kw, int dh, int dw, const float *w, int g,
-                         const float *bias, float *out, ce_act_t act) nogil
     void ce_nc_direct_row(const float *x, int C, int H, int W, int OW, int oy, int sh, int sw,
                           int pt, int pl, int kh, int kw, int dh, int dw, const float *w,
                           Py_ssize_t wstride, const float *bias, float *out,
@@ -384,6 +381,12 @@ def f32_depthwise_blocked(const float[:, :, :, :, ::1] x, const float[:, :, :, :
         ce_nc_dw_row(xp + (n * Cb + cb) * H * W * CE_NC_B, <int>H, <int>W, <int>OW, <int>oy,
                      sh, sw, pt, pl, kh, kw, dh, dw, wp + cb * taps * CE_NC_B,
                      bp + cb * CE_NC_B, op + ((n * Cb + cb) * OH + oy) * OW * CE_NC_B, act)
+
+
+cdef extern from "_nchwc_grouped.h":
+    void ce_nc_group_row(const float *x, int H, int W, int OW, int oy, int sh, int sw, int pt,
+                         int pl, int kh, int kw, int dh, int dw, const float *w, int g,
+                         const float *bias, float *out, ce_act_t act) nogil
 
 
 def f32_grouped_blocked(const float[:, :, :, :, ::1] x, const float[:, :, :, :, ::1] w,

@@ -1,0 +1,144 @@
+/* Grouped convolution on channel blocks (NCHW16c, _nchwc.h), groups within a block.
+ * A grouped convolution whose groups have g input and g output channels, g dividing 16, 16 / g
+ * groups to a block (ResNeXt's group width of 4 and 8, RegNet's 8 and 16): output block cb
+ * reads input block cb only. For each tap and j < g, output lane l takes input lane
+ * (l / g) g + j of its own group: with g = 16 that lane broadcast from memory, else the input
+ * vector with lanes gathered by a fixed shuffle (idx[j]); so a tap costs g multiply-adds per
+ * pixel, not 16, and never reads another group's lanes (a NaN or infinity there stays there).
+ * g = 8, on four pixels whose every tap lies inside the row: ce_nc_group_pixels8.
+ * Four output pixels at a time; taps outside the plane are skipped, and every output sums bias,
+ * then taps (u, v) and its group's input channels in order, whatever the pixel's position.
+ *   x: the block's input plane [H][W][16]; w: [kh][kw][g][16] (w[u][v][j][l]: output lane l's
+ *   weight for its group's input channel j); bias one vector; out: the block's output row
+ *   [OW][16]. */
+#ifndef CE_NCHWC_GROUPED_H
+#define CE_NCHWC_GROUPED_H
+
+#include <string.h>
+
+#include "_nchwc.h"
+
+typedef float ce_nc_hf __attribute__((vector_size(32)));       /* half a block */
+typedef float ce_nc_hfu __attribute__((vector_size(32), aligned(4), may_alias));
+#define CE_NC_HLD(p) ((ce_nc_hf)(*(const ce_nc_hfu *)(p)))
+
+static inline void ce_nc_group_pixels(const float *x, int H, int W, int iy0, int ix0, int sw,
+                                      int kh, int kw, int dh, int dw, const float *w, int g,
+                                      const ce_nc_vi *idx, ce_nc_vf b, float *out, int np,
+                                      ce_act_t act)
+{
+    const ptrdiff_t B = CE_NC_B;
+    ce_nc_vf a[4] = {b, b, b, b};
+    for (int u = 0; u < kh; u++) {
+        int iy = iy0 + u * dh;
+        if (iy < 0 || iy >= H)
+            continue;
+        const float *row = x + (ptrdiff_t)iy * W * B;
+        for (int v = 0; v < kw; v++) {
+            const float *wt = w + (ptrdiff_t)(u * kw + v) * g * B;
+            int ix = ix0 + v * dw;
+            int inside = ix >= 0 && ix + (np - 1) * sw < W;
+            if (inside && np == 4 && g == CE_NC_B) {
+                const float *p0 = row + (ptrdiff_t)ix * B, *p1 = p0 + (ptrdiff_t)sw * B;
+                const float *p2 = p1 + (ptrdiff_t)sw * B, *p3 = p2 + (ptrdiff_t)sw * B;
+                for (int c = 0; c < CE_NC_B; c++) {
+                    ce_nc_vf wc = CE_NC_LD(wt + c * B);
+                    a[0] += wc * p0[c];
+                    a[1] += wc * p1[c];
+                    a[2] += wc * p2[c];
+                    a[3] += wc * p3[c];
+                }
+            } else if (inside && np == 4) {
+                const float *p0 = row + (ptrdiff_t)ix * B;
+                ce_nc_vf x0 = CE_NC_LD(p0), x1 = CE_NC_LD(p0 + sw * B),
+                         x2 = CE_NC_LD(p0 + 2 * sw * B), x3 = CE_NC_LD(p0 + 3 * sw * B);
+                for (int j = 0; j < g; j++) {
+                    ce_nc_vf wj = CE_NC_LD(wt + j * B);
+                    a[0] += wj * __builtin_shuffle(x0, idx[j]);
+                    a[1] += wj * __builtin_shuffle(x1, idx[j]);
+                    a[2] += wj * __builtin_shuffle(x2, idx[j]);
+                    a[3] += wj * __builtin_shuffle(x3, idx[j]);
+                }
+            } else {
+                for (int p = 0; p < np; p++) {
+                    int jx = ix + p * sw;
+                    if (jx < 0 || jx >= W)
+                        continue;
+                    ce_nc_vf xp = CE_NC_LD(row + (ptrdiff_t)jx * B);
+                    for (int j = 0; j < g; j++)
+                        a[p] += CE_NC_LD(wt + j * B) * __builtin_shuffle(xp, idx[j]);
+                }
+            }
+        }
+    }
+    for (int p = 0; p < np; p++)
+        CE_NC_ST(out + (ptrdiff_t)p * B, ce_nc_act(a[p], act));
+}
+
+/* g = 8, four pixels whose every tap lies inside the row: each half of the lanes against its
+ * group's inputs broadcast from memory, 8-float vectors, no shuffles; per lane the same
+ * multiply-adds in the same order as ce_nc_group_pixels. */
+static inline void ce_nc_group_pixels8(const float *x, int H, int W, int iy0, int ix0, int sw,
+                                       int kh, int kw, int dh, int dw, const float *w,
+                                       ce_nc_vf b, float *out, ce_act_t act)
+{
+    const ptrdiff_t B = CE_NC_B;
+    ce_nc_hf lo[4], hi[4];
+    for (int p = 0; p < 4; p++) {
+        lo[p] = (ce_nc_hf){b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]};
+        hi[p] = (ce_nc_hf){b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]};
+    }
+    for (int u = 0; u < kh; u++) {
+        int iy = iy0 + u * dh;
+        if (iy < 0 || iy >= H)
+            continue;
+        const float *row = x + (ptrdiff_t)iy * W * B;
+        for (int v = 0; v < kw; v++) {
+            const float *wt = w + (ptrdiff_t)(u * kw + v) * 8 * B;
+            const float *p0 = row + (ptrdiff_t)(ix0 + v * dw) * B, *p1 = p0 + (ptrdiff_t)sw * B;
+            const float *p2 = p1 + (ptrdiff_t)sw * B, *p3 = p2 + (ptrdiff_t)sw * B;
+            for (int j = 0; j < 8; j++) {
+                ce_nc_hf wl = CE_NC_HLD(wt + j * B), wh = CE_NC_HLD(wt + j * B + 8);
+                lo[0] += wl * p0[j];
+                hi[0] += wh * p0[8 + j];
+                lo[1] += wl * p1[j];
+                hi[1] += wh * p1[8 + j];
+                lo[2] += wl * p2[j];
+                hi[2] += wh * p2[8 + j];
+                lo[3] += wl * p3[j];
+                hi[3] += wh * p3[8 + j];
+            }
+        }
+    }
+    for (int p = 0; p < 4; p++) {
+        float t[16];
+        memcpy(t, &lo[p], sizeof lo[p]);
+        memcpy(t + 8, &hi[p], sizeof hi[p]);
+        CE_NC_ST(out + (ptrdiff_t)p * B, ce_nc_act(CE_NC_LD(t), act));
+    }
+}
+
+static void ce_nc_group_row(const float *x, int H, int W, int OW, int oy, int sh, int sw,
+                            int pt, int pl, int kh, int kw, int dh, int dw, const float *w,
+                            int g, const float *bias, float *out, ce_act_t act)
+{
+    /* idx[j][l] = (l / g) g + j: lane l's input for the group's channel j */
+    ce_nc_vi idx[CE_NC_B], base;
+    for (int l = 0; l < CE_NC_B; l++)
+        base[l] = l / g * g;
+    for (int j = 0; j < g; j++)
+        idx[j] = base + j;
+    const ce_nc_vf b = CE_NC_LD(bias);
+    for (int ox = 0; ox < OW; ox += 4) {
+        int np = OW - ox < 4 ? OW - ox : 4;
+        int ix0 = ox * sw - pl;
+        if (g == 8 && np == 4 && ix0 >= 0 && ix0 + (kw - 1) * dw + 3 * sw < W)
+            ce_nc_group_pixels8(x, H, W, oy * sh - pt, ix0, sw, kh, kw, dh, dw, w, b,
+                                out + (ptrdiff_t)ox * CE_NC_B, act);
+        else
+            ce_nc_group_pixels(x, H, W, oy * sh - pt, ix0, sw, kh, kw, dh, dw, w, g, idx, b,
+                               out + (ptrdiff_t)ox * CE_NC_B, np, act);
+    }
+}
+
+#endif
