@@ -215,6 +215,7 @@ class TilePlan:
             c_in // groups, c_out // groups, self.max_tiles)
         self.groups, self.cg, self.kg = groups, c_in // groups, c_out // groups
         self.weights = None     # Winograd.kernel_choice's answer, once asked
+        self.packed = None      # (that form, its packed weights), for the calls
         self._taps_splits = {}
         self._check(h, oh, ow, pt)
         self.work_floats = conv_winograd.workspace_floats(
@@ -329,7 +330,10 @@ class Winograd:
     def run(self, x, out, g, threads):
         L = self.layer
         p = self.plan(g)
-        form = self.kernel_choice(g)[0]
+        if p.packed is None:       # decided and fetched once per input shape, not per call
+            form = self.kernel_choice(g)[0]
+            p.packed = (form, self.weights(form))
+        form, upack = p.packed
         cg = L.in_channels // L.groups
         if form == "stored":
             G, mchunk, group_panels = None, p.mchunk, p.group_panels
@@ -338,7 +342,6 @@ class Winograd:
             G = self.g32
             mchunk, group_panels = p.taps_split(threads)
             floats = conv_winograd.taps_panel_floats(threads, cg, group_panels, self.tile)
-        upack = self.weights(form)
         work = workspace.take(p.work_floats)
         panels = workspace.take(floats)
         try:
