@@ -28,6 +28,12 @@ ctypedef struct Window:
     Py_ssize_t pt, pl, sh, sw, dh, dw, OH, OW
 
 
+ctypedef struct Planes:
+    # the tensors' sizes: images, channels, groups, channels per group, input rows and
+    # columns (HW = H * W), output channels, taps
+    Py_ssize_t N, C, groups, Cg, H, W, HW, K, Kg, kh, kw, OHW
+
+
 cdef inline Py_ssize_t reached(const Window* q, Py_ssize_t iy, Py_ssize_t ix, Py_ssize_t u,
                                Py_ssize_t v) noexcept nogil:
     """The flat output index whose tap (u, v) reads input (iy, ix), or -1."""
@@ -36,6 +42,105 @@ cdef inline Py_ssize_t reached(const Window* q, Py_ssize_t iy, Py_ssize_t ix, Py
         return -1
     cdef Py_ssize_t ox = first_output(ix, q.pl, v, q.sw, q.dw, q.OW)
     return -1 if ox < 0 else oy * q.OW + ox
+
+
+# ---------------------------------------------------------------------------- phases, each
+# for one (image, group) or one (image, output channel) plane
+
+cdef void count_group(const Planes* p, const float* xp, Py_ssize_t ng, unsigned char* nan_in,
+                      Py_ssize_t* counts) noexcept nogil:
+    """Phase 1: mark the group's NaN positions in nan_in[HW] (any channel) and count its
+    NaNs (counts[0]) and infinities (counts[1])."""
+    cdef Py_ssize_t n = ng // p.groups, g = ng % p.groups, c, i
+    cdef const float* plane
+    for c in range(g * p.Cg, (g + 1) * p.Cg):
+        plane = xp + (n * p.C + c) * p.HW
+        if not any_nonfinite(plane, p.HW):
+            continue
+        for i in range(p.HW):
+            if plane[i] != plane[i]:
+                nan_in[i] = 1
+                counts[0] += 1
+            elif is_nonfinite(plane[i]):
+                counts[1] += 1
+
+
+cdef void list_infinities(const Planes* p, const float* xp, Py_ssize_t ng, Py_ssize_t e,
+                          Py_ssize_t* inf_at) noexcept nogil:
+    """Phase 2a: the group's infinities from row e of inf_at[:, 4] on, each as (offset in
+    the image, channel in the group, row, column)."""
+    cdef Py_ssize_t n = ng // p.groups, g = ng % p.groups, c, i
+    cdef const float* plane
+    for c in range(g * p.Cg, (g + 1) * p.Cg):
+        plane = xp + (n * p.C + c) * p.HW
+        if not any_nonfinite(plane, p.HW):
+            continue
+        for i in range(p.HW):
+            if plane[i] == plane[i] and is_nonfinite(plane[i]):
+                inf_at[4 * e] = c * p.HW + i
+                inf_at[4 * e + 1] = c - g * p.Cg
+                inf_at[4 * e + 2] = i // p.W
+                inf_at[4 * e + 3] = i % p.W
+                e = e + 1
+
+
+cdef void mark_nan_outputs(const Planes* p, const Window* q, const unsigned char* nan_in,
+                           unsigned char* nan_out) noexcept nogil:
+    """Phase 2b: the outputs of one group that read a NaN (nan_out[OHW])."""
+    cdef Py_ssize_t i, iy, ix, u, v, o
+    for i in range(p.HW):
+        if not nan_in[i]:
+            continue
+        iy = i // p.W
+        ix = i - iy * p.W
+        for u in range(p.kh):
+            for v in range(p.kw):
+                o = reached(q, iy, ix, u, v)
+                if o >= 0:
+                    nan_out[o] = 1
+
+
+cdef void add_infinite_products(const Planes* p, const Window* q, const float* xn,
+                                const float* wk, const Py_ssize_t* inf_at, Py_ssize_t first,
+                                Py_ssize_t end, float* yk) noexcept nogil:
+    """Phase 3: add to output plane yk the products of image xn's infinities first..end-1
+    (rows of inf_at) with output channel wk's weights."""
+    cdef Py_ssize_t e, cl, iy, ix, u, v, o
+    cdef float val
+    for e in range(first, end):
+        val = xn[inf_at[4 * e]]
+        cl = inf_at[4 * e + 1]
+        iy = inf_at[4 * e + 2]
+        ix = inf_at[4 * e + 3]
+        for u in range(p.kh):
+            for v in range(p.kw):
+                o = reached(q, iy, ix, u, v)
+                if o >= 0:
+                    yk[o] = yk[o] + val * wk[(cl * p.kh + u) * p.kw + v]
+
+
+cdef void activate_reached(const Planes* p, const Window* q, const Py_ssize_t* inf_at,
+                           Py_ssize_t first, Py_ssize_t end, ce_act_t act,
+                           float* yk) noexcept nogil:
+    """Phase 4: apply act once to the outputs of plane yk that infinities first..end-1 made
+    non-finite (the others are activated already)."""
+    cdef Py_ssize_t e, i, iy, ix, u, v, o
+    if (end - first) * p.kh * p.kw > p.OHW:
+        # many infinities: the whole plane is less work
+        for i in range(p.OHW):
+            if not isfinite(yk[i]):
+                yk[i] = activate(yk[i], act)
+        return
+    for e in range(first, end):
+        iy = inf_at[4 * e + 2]
+        ix = inf_at[4 * e + 3]
+        for u in range(p.kh):
+            for v in range(p.kw):
+                o = reached(q, iy, ix, u, v)
+                if o >= 0 and not isfinite(yk[o]):
+                    # once: an output several infinities reach is activated at the first
+                    # (sigmoid(inf) = 1 is finite, and not a fixed point)
+                    yk[o] = activate(yk[o], act)
 
 
 def f32_conv2d_fix_nonfinite(const float[:, :, :, ::1] x, const float[:, :, :, ::1] w,
@@ -73,14 +178,18 @@ def f32_conv2d_fix_nonfinite(const float[:, :, :, ::1] x, const float[:, :, :, :
         raise ValueError("x, weight and out shapes do not agree")
     if sh < 1 or sw < 1 or dh < 1 or dw < 1:
         raise ValueError("strides and dilations must be positive")
-    cdef Py_ssize_t Kg = K // groups, HW = H * W, OHW = OH * OW, NG = N * groups
-    if N == 0 or C == 0 or K == 0 or HW == 0 or OHW == 0:
+    cdef Py_ssize_t NG = N * groups
+    if N == 0 or C == 0 or K == 0 or H * W == 0 or OH * OW == 0:
         return 0
+    cdef Planes p
+    p.N, p.C, p.groups, p.Cg, p.H, p.W, p.HW = N, C, groups, Cg, H, W, H * W
+    p.K, p.Kg, p.kh, p.kw, p.OHW = K, K // groups, kh, kw, OH * OW
+    cdef Window q
+    q.pt, q.pl, q.sh, q.sw, q.dh, q.dw, q.OH, q.OW = pt, pl, sh, sw, dh, dw, OH, OW
     # per (image, group): NaN inputs (any channel) and the outputs they reach, the number of
-    # NaNs and infinities, and the infinities as (offset in the image, channel in the group,
-    # row, column)
-    nan_in_a = np.zeros((NG, HW), np.uint8)
-    nan_out_a = np.zeros((NG, OHW), np.uint8)
+    # NaNs and infinities, and where the infinities are
+    nan_in_a = np.zeros((NG, p.HW), np.uint8)
+    nan_out_a = np.zeros((NG, p.OHW), np.uint8)
     counts_a = np.zeros((NG, 2), np.intp)
     cdef unsigned char[:, ::1] nan_in = nan_in_a
     cdef unsigned char[:, ::1] nan_out = nan_out_a
@@ -88,29 +197,12 @@ def f32_conv2d_fix_nonfinite(const float[:, :, :, ::1] x, const float[:, :, :, :
     cdef const float* xp = &x[0, 0, 0, 0]
     cdef const float* wp = &w[0, 0, 0, 0]
     cdef float* yp = &out[0, 0, 0, 0]
-    cdef Py_ssize_t it, ng, n, g, c, i, iy, ix, u, v, o, e, k, cl
-    cdef Window q
-    q.pt, q.pl, q.sh, q.sw, q.dh, q.dw, q.OH, q.OW = pt, pl, sh, sw, dh, dw, OH, OW
-    cdef const float* plane
-    cdef float* yk
-    cdef const float* wk
-    cdef float val
+    cdef Py_ssize_t it, ng, n, k, i
     cdef int nt_groups = <int>max(1, min(num_threads, NG))
     cdef int nt_planes = <int>max(1, min(num_threads, N * K))
     with nogil:
         for ng in prange(NG, num_threads=nt_groups, schedule="static"):
-            n = ng // groups
-            g = ng % groups
-            for c in range(g * Cg, (g + 1) * Cg):
-                plane = xp + (n * C + c) * HW
-                if not any_nonfinite(plane, HW):
-                    continue
-                for i in range(HW):
-                    if plane[i] != plane[i]:
-                        nan_in[ng, i] = 1
-                        counts[ng, 0] += 1
-                    elif is_nonfinite(plane[i]):
-                        counts[ng, 1] += 1
+            count_group(&p, xp, ng, &nan_in[ng, 0], &counts[ng, 0])
     found = int(counts_a.sum())
     if found == 0:
         return 0
@@ -118,72 +210,25 @@ def f32_conv2d_fix_nonfinite(const float[:, :, :, ::1] x, const float[:, :, :, :
     np.cumsum(counts_a[:, 1], out=offsets_a[1:])
     inf_at_a = np.empty((max(1, offsets_a[NG]), 4), np.intp)
     cdef Py_ssize_t[::1] offsets = offsets_a
-    cdef Py_ssize_t[:, ::1] inf_at = inf_at_a
+    cdef Py_ssize_t[:, ::1] inf_at_v = inf_at_a
+    cdef Py_ssize_t* inf_at = &inf_at_v[0, 0]
     with nogil:
         for ng in prange(NG, num_threads=nt_groups, schedule="static"):
-            n = ng // groups
-            g = ng % groups
-            e = offsets[ng]
-            if e < offsets[ng + 1]:
-                for c in range(g * Cg, (g + 1) * Cg):
-                    plane = xp + (n * C + c) * HW
-                    if not any_nonfinite(plane, HW):
-                        continue
-                    for i in range(HW):
-                        if plane[i] == plane[i] and is_nonfinite(plane[i]):
-                            inf_at[e, 0] = c * HW + i
-                            inf_at[e, 1] = c - g * Cg
-                            inf_at[e, 2] = i // W
-                            inf_at[e, 3] = i % W
-                            e = e + 1
+            if offsets[ng] < offsets[ng + 1]:
+                list_infinities(&p, xp, ng, offsets[ng], inf_at)
             if counts[ng, 0]:
-                for i in range(HW):
-                    if not nan_in[ng, i]:
-                        continue
-                    iy = i // W
-                    ix = i - iy * W
-                    for u in range(kh):
-                        for v in range(kw):
-                            o = reached(&q, iy, ix, u, v)
-                            if o >= 0:
-                                nan_out[ng, o] = 1
+                mark_nan_outputs(&p, &q, &nan_in[ng, 0], &nan_out[ng, 0])
         for it in prange(N * K, num_threads=nt_planes, schedule="static"):
             n = it // K
             k = it % K
-            g = k // Kg
-            ng = n * groups + g
-            yk = yp + it * OHW
-            wk = wp + k * Cg * kh * kw
-            # the infinite products, then the activation of the outputs they reached
-            for e in range(offsets[ng], offsets[ng + 1]):
-                val = xp[n * C * HW + inf_at[e, 0]]
-                cl = inf_at[e, 1]
-                iy = inf_at[e, 2]
-                ix = inf_at[e, 3]
-                for u in range(kh):
-                    for v in range(kw):
-                        o = reached(&q, iy, ix, u, v)
-                        if o >= 0:
-                            yk[o] = yk[o] + val * wk[(cl * kh + u) * kw + v]
-            if act.code != 0 and (offsets[ng + 1] - offsets[ng]) * kh * kw > OHW:
-                # many infinities: the whole plane is less work (the outputs they reached are
-                # the non-finite ones; the rest are activated already)
-                for i in range(OHW):
-                    if not isfinite(yk[i]):
-                        yk[i] = activate(yk[i], act)
-            elif act.code != 0:
-                for e in range(offsets[ng], offsets[ng + 1]):
-                    iy = inf_at[e, 2]
-                    ix = inf_at[e, 3]
-                    for u in range(kh):
-                        for v in range(kw):
-                            o = reached(&q, iy, ix, u, v)
-                            if o >= 0 and not isfinite(yk[o]):
-                                # once: an output several infinities reach is activated at
-                                # the first (sigmoid(inf) = 1 is finite, and not a fixed point)
-                                yk[o] = activate(yk[o], act)
+            ng = n * groups + k // p.Kg
+            add_infinite_products(&p, &q, xp + n * C * p.HW, wp + k * Cg * kh * kw, inf_at,
+                                  offsets[ng], offsets[ng + 1], yp + it * p.OHW)
+            if act.code != 0:
+                activate_reached(&p, &q, inf_at, offsets[ng], offsets[ng + 1], act,
+                                 yp + it * p.OHW)
             if counts[ng, 0]:
-                for i in range(OHW):
+                for i in range(p.OHW):
                     if nan_out[ng, i]:
-                        yk[i] = NAN
+                        yp[it * p.OHW + i] = NAN
     return found

@@ -107,6 +107,25 @@ def test_runtime_weight_of_the_wrong_shape_is_refused(rng):
                "w": np.zeros((4, 2, 3, 3), np.float32)})
 
 
+
+def test_runtime_weights_keep_the_shape_of_the_first_plan(rng):
+    """W's shape fixes the node's window when the first plan is made (as a constant W does at
+    load); a later input size is planned with it, and a W of another shape is refused rather
+    than re-windowing a node whose earlier plans still run."""
+    node = h.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])
+    g = h.make_graph([node], "g", [h.make_tensor_value_info("x", T.FLOAT, (1, 2, None, None)),
+                                   h.make_tensor_value_info("w", T.FLOAT, (3, 2, None, None))],
+                     [h.make_tensor_value_info("y", T.FLOAT, None)])
+    m = engine.load(h.make_model(g, opset_imports=[h.make_opsetid("", 17)]))
+    w = rng.standard_normal((3, 2, 3, 3)).astype(np.float32)
+    for size in (5, 8, 5):
+        x = rng.standard_normal((1, 2, size, size)).astype(np.float32)
+        want = engine.load(model([node], [("x", x.shape)], [("w", w)])).run({"x": x})["y"]
+        close(m.run({"x": x, "w": w})["y"], want)
+    with pytest.raises(engine.ModelError, match="keep one shape"):
+        m.run({"x": rng.standard_normal((1, 2, 6, 6)).astype(np.float32),
+               "w": rng.standard_normal((3, 2, 5, 5)).astype(np.float32)})
+
 TRANSPOSED_3D = [  # (stride, dilation, padding, output_padding, groups)
     (1, 1, 0, 0, 1), (2, 1, 1, 1, 1), (3, 2, (2, 1, 0), (2, 1, 0), 2), (1, 1, 0, 0, 4),
     ((1, 2, 3), (2, 1, 1), (0, 1, 2), (0, 1, 2), 1), (2, 1, 2, 0, 2),

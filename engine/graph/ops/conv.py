@@ -64,6 +64,22 @@ class Windowed(Op):
             raise self.error(str(e)) from None
         return pads
 
+    def fix_runtime_weights(self, ins, w_index, b_index):
+        """Weights computed at run time: the first plan's W and B (shape and dtype) are checked
+        and fix the node's window, group and channels, as constant weights do in setup; a
+        later plan must meet the same, so no plan changes what an earlier one planned with."""
+        w = self.float_in(ins, w_index, "W")
+        b = ins[b_index] if len(ins) > b_index else None
+        key = (tuple(w.shape), w.dtype, None if b is None else (tuple(b.shape), b.dtype))
+        fixed = getattr(self, "_runtime_weight_key", None)
+        if fixed is None:
+            self._check_weights(*key)
+            self._runtime_weight_key = key
+        elif key != fixed:
+            raise self.error(f"W {key[0]} and B {key[2] and key[2][0]} differ from the "
+                             f"{fixed[0]} and {fixed[2] and fixed[2][0]} this node was "
+                             f"planned with: weights computed at run time keep one shape")
+
 
 def _conv_geometry(op, ins, rank) -> tuple:
     """(pads, output shape) of a convolution op (Conv, DeformConv) on X = ins[0] of ``rank``
@@ -153,9 +169,7 @@ class Conv(Windowed):
 
     def infer(self, ins):
         if self.runtime_weights:
-            w = self.float_in(ins, 1, "W")
-            b = ins[2] if len(ins) > 2 else None
-            self._check_weights(w.shape, w.dtype, None if b is None else (b.shape, b.dtype))
+            self.fix_runtime_weights(ins, 1, 2)
         _, shape = self.geometry(ins)
         if self.residual:
             r = self.float_in(ins, 3, "residual")
@@ -358,9 +372,7 @@ class ConvTranspose(Windowed):
 
     def infer(self, ins):
         if self.runtime_weights:
-            w = self.float_in(ins, 1, "W")
-            b = ins[2] if len(ins) > 2 else None
-            self._check_weights(w.shape, w.dtype, None if b is None else (b.shape, b.dtype))
+            self.fix_runtime_weights(ins, 1, 2)
         return [Info(self.geometry(ins)[1], F32)]
 
     def geometry(self, ins) -> tuple:
@@ -525,9 +537,7 @@ class DeformConv(Windowed):
 
     def infer(self, ins):
         if self.runtime_weights:
-            w = self.float_in(ins, 1, "W")
-            b = ins[3] if len(ins) > 3 else None
-            self._check_weights(w.shape, w.dtype, None if b is None else (b.shape, b.dtype))
+            self.fix_runtime_weights(ins, 1, 3)
         _, shape = self.geometry(ins)
         n, size = shape[0], shape[2:]
         taps = math.prod(self.kernel)
