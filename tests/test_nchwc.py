@@ -177,6 +177,15 @@ DEPTHWISE = [
     (1, 16, 12, 6, (7, 1), (1, 1), ((3, 3), (0, 0)), (1, 1)),
     (2, 32, 10, 19, (5, 3), (2, 2), ((2, 1), (1, 0)), (1, 1)),
     (1, 16, 70, 9, (66, 1), (1, 1), ((1, 1), (0, 0)), (1, 1)),    # past the row tables: checked
+    # 5x5 stride 1: eight columns a time, masked where they leave the plane (MobileNetV3's and
+    # EfficientNet's 7x7 and 14x14 maps, a map narrower than the kernel, a 12-column group
+    # ending on the edge, a wide row of whole groups and a tail, asymmetric and deep pads)
+    (1, 40, 7, 7, (5, 5), (1, 1), ((2, 2), (2, 2)), (1, 1)),
+    (2, 24, 14, 14, (5, 5), (1, 1), ((2, 2), (2, 2)), (1, 1)),
+    (1, 16, 3, 2, (5, 5), (1, 1), ((2, 2), (2, 2)), (1, 1)),
+    (1, 17, 5, 12, (5, 5), (1, 1), ((0, 0), (0, 0)), (1, 1)),
+    (1, 16, 6, 37, (5, 5), (1, 1), ((1, 3), (3, 1)), (1, 1)),
+    (1, 20, 4, 9, (5, 5), (1, 1), ((4, 4), (4, 4)), (1, 1)),
 ]
 
 
@@ -192,6 +201,26 @@ def test_depthwise_matches_reference_and_is_thread_independent(rng, n, c, h, w, 
             np.testing.assert_array_equal(
                 got, run_depthwise(x, wt, b, stride, pads, dilation, act, threads, by_blocks))
         check_close(got, ACTS[act](ref), scale)
+
+
+@pytest.mark.parametrize("k", [3, 5, 7])
+def test_depthwise_skips_padding_taps_of_an_infinite_weight(rng, k):
+    """A tap in the padding is skipped, not multiplied by zero: an infinite weight makes NaN or
+    inf only where its tap reads the input; elsewhere the output is what it is with that
+    weight at zero."""
+    c, h, p = 20, 9, k // 2
+    x, wt, b = f32(rng, 1, c, h, h), f32(rng, c, 1, k, k), f32(rng, c)
+    inf = wt.copy()
+    inf[:, 0, 0, 0] = np.inf
+    zero = wt.copy()
+    zero[:, 0, 0, 0] = 0
+    pads = ((p, p), (p, p))
+    got = run_depthwise(x, inf, b, (1, 1), pads, (1, 1), None, 1)
+    want = run_depthwise(x, zero, b, (1, 1), pads, (1, 1), None, 1)
+    padded = np.zeros((h, h), bool)      # outputs whose tap (0, 0) reads padding
+    padded[:p, :] = padded[:, :p] = True
+    np.testing.assert_array_equal(got[:, :, padded], want[:, :, padded])
+    assert not np.isfinite(got[:, :, ~padded]).any()
 
 
 def test_depthwise_refuses_inconsistent_arguments(rng):
