@@ -663,6 +663,29 @@ def test_row_packing_kernel_matches_numpy(rng):
         conv_pointwise.f32_pack_rows(randn(rng, 9, 4), np.zeros(40, np.float32), 1)
 
 
+@pytest.mark.parametrize("m_,k", [(1, 1), (1, 31), (1, 32), (2, 33), (1, 1000), (3, 1024)])
+def test_dense_kernel_against_float64_and_row_grouping(rng, m_, k):
+    """The matrix-vector kernel takes rows of w eight at a time and the rest one at a time:
+    each output within 1e-6 of the sum of |terms| of float64's, and the same bits whether its
+    row is in a group of eight, alone, or in another thread's range."""
+    from engine._kernels import dense
+    for n in (1, 7, 8, 9, 17, 403):
+        a, w = randn(rng, m_, k), randn(rng, n, k)
+        out = np.empty((m_, n), np.float32)
+        dense.f32_dense_rows(a, w, out, 1)
+        ref = a.astype(np.float64) @ w.T.astype(np.float64)
+        mag = np.abs(a).astype(np.float64) @ np.abs(w).T
+        assert np.all(np.abs(out - ref) <= 1e-6 * mag + 1e-30)
+        for threads in (2, 3):
+            other = np.empty_like(out)
+            dense.f32_dense_rows(a, w, other, threads)
+            np.testing.assert_array_equal(out, other)
+        if n > 5:
+            tail = np.empty((m_, n - 5), np.float32)
+            dense.f32_dense_rows(a, np.ascontiguousarray(w[5:]), tail, 1)
+            np.testing.assert_array_equal(out[:, 5:], tail)
+
+
 def test_dense_kernel_checks_shapes():
     from engine._kernels import dense
     with pytest.raises(ValueError, match="do not fit"):
