@@ -60,13 +60,36 @@ static inline void ce_nc_group_pixels(const float *x, int H, int W, int iy0, int
                     a[3] += wj * __builtin_shuffle(x3, idx[j]);
                 }
             } else {
-                for (int p = 0; p < np; p++) {
+                /* edges and the row's last pixels: the pixels whose tap lies in the plane, side
+                 * by side as above (not one dependent chain each), the same sums in the same
+                 * order */
+                const float *pp[4];
+                int in[4];
+                for (int p = 0; p < 4; p++) {
                     int jx = ix + p * sw;
-                    if (jx < 0 || jx >= W)
-                        continue;
-                    ce_nc_vf xp = CE_NC_LD(row + (ptrdiff_t)jx * B);
-                    for (int j = 0; j < g; j++)
-                        a[p] += CE_NC_LD(wt + j * B) * __builtin_shuffle(xp, idx[j]);
+                    in[p] = p < np && jx >= 0 && jx < W;
+                    pp[p] = in[p] ? row + (ptrdiff_t)jx * B : row;
+                }
+                if (g == CE_NC_B) {
+                    for (int c = 0; c < CE_NC_B; c++) {
+                        ce_nc_vf wc = CE_NC_LD(wt + c * B);
+#pragma GCC unroll 4
+                        for (int p = 0; p < 4; p++)
+                            if (in[p])
+                                a[p] += wc * pp[p][c];
+                    }
+                } else {
+                    ce_nc_vf xs[4];
+#pragma GCC unroll 4
+                    for (int p = 0; p < 4; p++)
+                        xs[p] = CE_NC_LD(pp[p]);
+                    for (int j = 0; j < g; j++) {
+                        ce_nc_vf wj = CE_NC_LD(wt + j * B);
+#pragma GCC unroll 4
+                        for (int p = 0; p < 4; p++)
+                            if (in[p])
+                                a[p] += wj * __builtin_shuffle(xs[p], idx[j]);
+                    }
                 }
             }
         }
