@@ -1,9 +1,9 @@
 # Fully connected layers at small batch: out[m, n] = dot(a[m, :], w[n, :]) for a few rows m,
 # with w[N, K] in rows (ONNX Gemm's B with transB=1, or its transpose made once by the plan).
 # The product is a matrix-vector one, bound by reading w: each thread takes a range of output
-# columns n and streams their rows of w once for all m, eight rows side by side (eight streams
-# for the prefetchers, each load of a shared by eight rows: MobileNetV3-Small's classifier,
-# its weights cold after the convolutions, went from 0.29 to 0.14 ms, bench/bench_zoo.py). Every dot product runs the same
+# columns n and streams their rows of w once for all m, eight rows side by side: eight streams
+# keep the memory busy when w is cold (a classifier after the convolutions; its time halved
+# in the model's profile, README), and each load of a serves eight rows. Every dot product runs the same
 # operations in the same order whether its row is one of four or alone (two vector
 # accumulators, then a fixed tree over the lanes), so an output has one value whatever the
 # thread count and wherever a thread's range begins.
