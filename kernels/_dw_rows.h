@@ -136,4 +136,46 @@ static void ce_dw3x3_plane(const float *x, int H, int W, int OH, int OW, int s, 
     }
 }
 
+/* acc[i] = clamp(b + sum over taps t of w[t] * P[offs[t] + i], lo, hi) for i < n: the band
+ * kernel of conv_depthwise.pyx for any kernel, stride and dilation (taps in row-major order,
+ * each a unit-stride run of the staged band). Four vectors of outputs at a time keep their
+ * sums in registers through every tap: one load per multiply-add, where a pass over acc per
+ * four taps also loaded and stored acc each time. Each sum is 0, then the taps in order, then
+ * the bias, as the passes made it. */
+static void ce_dw_band_taps(const float *P, const ptrdiff_t *offs, int ntaps, const float *w,
+                            float *acc, ptrdiff_t n, float b, float lo, float hi)
+{
+    const ptrdiff_t V = CE_DW_VW;
+    ptrdiff_t i = 0;
+    for (; i + 4 * V <= n; i += 4 * V) {
+        ce_dw_vf a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+        for (int t = 0; t < ntaps; t++) {
+            const float *p = P + offs[t] + i;
+            float wt = w[t];
+            a0 += wt * CE_DW_LD(p);
+            a1 += wt * CE_DW_LD(p + V);
+            a2 += wt * CE_DW_LD(p + 2 * V);
+            a3 += wt * CE_DW_LD(p + 3 * V);
+        }
+        *(ce_dw_vfu *)(acc + i) = ce_dw_clamp(a0 + b, lo, hi);
+        *(ce_dw_vfu *)(acc + i + V) = ce_dw_clamp(a1 + b, lo, hi);
+        *(ce_dw_vfu *)(acc + i + 2 * V) = ce_dw_clamp(a2 + b, lo, hi);
+        *(ce_dw_vfu *)(acc + i + 3 * V) = ce_dw_clamp(a3 + b, lo, hi);
+    }
+    for (; i + V <= n; i += V) {
+        ce_dw_vf a0 = {0};
+        for (int t = 0; t < ntaps; t++)
+            a0 += w[t] * CE_DW_LD(P + offs[t] + i);
+        *(ce_dw_vfu *)(acc + i) = ce_dw_clamp(a0 + b, lo, hi);
+    }
+    for (; i < n; i++) {
+        float a0 = 0;
+        for (int t = 0; t < ntaps; t++)
+            a0 += w[t] * P[offs[t] + i];
+        float v = a0 + b;
+        v = lo > v ? lo : v;
+        acc[i] = hi < v ? hi : v;
+    }
+}
+
 #endif

@@ -27,7 +27,8 @@
 # they are staged measured 3-6% slower.
 #
 # Band kernels. f32_dwconv3x3s1 and f32_dwconv3x3s2 compute acc as the nine multiply-adds of
-# shifted staged runs in one pass; any other shape takes its taps four to a pass over acc.
+# shifted staged runs in one pass; any other shape runs ce_dw_band_taps (_dw_rows.h), which
+# keeps four vectors of sums in registers through all its taps.
 # Each ends with the output step, bias and activation in the same loop; rows of acc then move
 # to their place in the output (copy_rows), unless L == OW and acc was the output itself.
 from cython.parallel cimport parallel, prange, threadid
@@ -38,6 +39,11 @@ from _dw_common cimport act_bounds, copy_floats, crfloat, rfloat, round_up, zero
 from _epilogue cimport ACT_RELU, ACT_RELU6, ce_act_t, check_act
 from _im2col cimport ceil_div_nonneg
 from _scratch cimport check_scratch
+
+cdef extern from "_dw_rows.h":
+    void ce_dw_band_taps(const float *P, const Py_ssize_t *offs, int ntaps, const float *w,
+                         float *acc, Py_ssize_t n, float b, float lo, float hi) noexcept nogil
+
 
 # floats in the widest vector (AVX-512); band runs are rounded up to whole vectors
 cdef enum:
@@ -159,42 +165,6 @@ cdef void f32_dwconv3x3s2(crfloat P, Py_ssize_t PS, Py_ssize_t L, const float* w
         acc[i] = min(max(v, lo), hi)
 
 
-cdef void f32_dwconv_band(const float* P, const Py_ssize_t* offs, Py_ssize_t ntaps,
-                          const float* w, rfloat acc, Py_ssize_t n, float b, float lo,
-                          float hi) noexcept nogil:
-    """Any kernel, stride and dilation: tap t reads P + offs[t]. Taps go four to a pass over
-    acc (fewer passes than one per tap, still few pointers live), in row-major order."""
-    cdef Py_ssize_t t = 0, i
-    cdef const float* p0
-    cdef const float* p1
-    cdef const float* p2
-    cdef const float* p3
-    cdef float w0, w1, w2, w3, v
-    for i in range(n):
-        acc[i] = 0
-    while t + 4 <= ntaps:
-        p0 = P + offs[t]
-        p1 = P + offs[t + 1]
-        p2 = P + offs[t + 2]
-        p3 = P + offs[t + 3]
-        w0 = w[t]
-        w1 = w[t + 1]
-        w2 = w[t + 2]
-        w3 = w[t + 3]
-        for i in range(n):
-            acc[i] = acc[i] + w0 * p0[i] + w1 * p1[i] + w2 * p2[i] + w3 * p3[i]
-        t = t + 4
-    while t < ntaps:
-        p0 = P + offs[t]
-        w0 = w[t]
-        for i in range(n):
-            acc[i] = acc[i] + w0 * p0[i]
-        t = t + 1
-    for i in range(n):
-        v = acc[i] + b
-        acc[i] = min(max(v, lo), hi)
-
-
 ctypedef struct Plan:
     # the layer's geometry and the staging layout, shared read-only by all threads
     Py_ssize_t H, W, OH, OW, pt, pl, band, halo, mult, ntaps
@@ -239,7 +209,7 @@ cdef void dw_channel(const Plan* q, const float* xc, float* outc, const float* w
                 # ("peeling for gaps"), and this way they run one garbage lane, not a vector
                 f32_dwconv3x3s2(P, q.PS, L, wk, acc, flat + 1, b, q.lo_act, q.hi_act)
             else:
-                f32_dwconv_band(P, q.offs, q.ntaps, wk, acc, flat, b, q.lo_act, q.hi_act)
+                ce_dw_band_taps(P, q.offs, <int>q.ntaps, wk, acc, flat, b, q.lo_act, q.hi_act)
             if L != OW:
                 copy_rows(acc, L, o, OW, nb)
         oy0 = oy0 + nb
