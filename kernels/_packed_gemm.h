@@ -65,9 +65,45 @@ static inline void ce_pg_pack_rows(const float *B, ptrdiff_t ldb, int K, int nco
 /* One row block of A packed at run time: rows r < nm of A (row stride lda) as [K][MR], rows
  * from nm on zero. Eight rows at a time are read as eight streams, a chunk of 16 columns of
  * each into registers, and written out interleaved, so both sides move whole vectors. */
+#if defined(__AVX512F__)
+/* The 8 x 16 block of rows r0..r7 (16 floats each) written as 16 columns of 8 (ap[k * 8 + r]):
+ * a transpose in three rounds of lane shuffles, eight vectors in, eight out. */
+static inline void ce_pg_transpose_8x16(const float *A, ptrdiff_t lda, float *ap)
+{
+    __m512 r[8], t[8], u[8];
+    for (int i = 0; i < 8; i++)
+        r[i] = _mm512_loadu_ps(A + i * lda);
+    for (int i = 0; i < 8; i += 2) {             /* pairs of rows, per 128-bit lane */
+        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int h = 0; h < 8; h += 4) {             /* rows h..h+3: column k % 4 = c in u[h + c] */
+        u[h] = _mm512_shuffle_ps(t[h], t[h + 2], 0x44);
+        u[h + 1] = _mm512_shuffle_ps(t[h], t[h + 2], 0xEE);
+        u[h + 2] = _mm512_shuffle_ps(t[h + 1], t[h + 3], 0x44);
+        u[h + 3] = _mm512_shuffle_ps(t[h + 1], t[h + 3], 0xEE);
+    }
+    for (int c = 0; c < 4; c += 2) {             /* columns c, c+1 (and + 4, 8, 12) */
+        __m512 m0 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0x88);        /* lanes 0, 2 */
+        __m512 m1 = _mm512_shuffle_f32x4(u[c + 1], u[5 + c], 0x88);
+        __m512 n0 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0xDD);        /* lanes 1, 3 */
+        __m512 n1 = _mm512_shuffle_f32x4(u[c + 1], u[5 + c], 0xDD);
+        _mm512_storeu_ps(ap + (c + 0) * 8, _mm512_shuffle_f32x4(m0, m1, 0x88));
+        _mm512_storeu_ps(ap + (c + 8) * 8, _mm512_shuffle_f32x4(m0, m1, 0xDD));
+        _mm512_storeu_ps(ap + (c + 4) * 8, _mm512_shuffle_f32x4(n0, n1, 0x88));
+        _mm512_storeu_ps(ap + (c + 12) * 8, _mm512_shuffle_f32x4(n0, n1, 0xDD));
+    }
+}
+#endif
+
 static inline void ce_pg_pack_a(const float *A, ptrdiff_t lda, int K, int nm, float *ap)
 {
     int k = 0;
+#if defined(__AVX512F__)
+    if (nm == CE_PG_MR && CE_PG_MR == 8)
+        for (; k + 16 <= K; k += 16)
+            ce_pg_transpose_8x16(A + k, lda, ap + (ptrdiff_t)k * 8);
+#endif
     if (nm == CE_PG_MR && CE_PG_MR == 8) {
         for (; k + 16 <= K; k += 16) {
             float t[8][16];
