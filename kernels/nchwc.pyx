@@ -44,21 +44,23 @@ def blocks(Py_ssize_t channels):
     return (channels + CE_NC_B - 1) // CE_NC_B
 
 
-cdef int check_blocked(x, str name) except -1:
-    if x.ndim != 5 or x.shape[4] != CE_NC_B:
+cdef int check_blocked(const Py_ssize_t* shape, str name) except -1:
+    """shape (of a 5-D typed memoryview: the type fixes the rank) is channel-blocked. Read from
+    the view's C shape: a view passed as a Python object would be wrapped anew on every call."""
+    if shape[4] != CE_NC_B:
         raise ValueError(f"{name} must be channel-blocked (N, C/{CE_NC_B}, H, W, {CE_NC_B}), got "
-                         f"shape {tuple(x.shape)}")
+                         f"shape {tuple(shape[i] for i in range(5))}")
     return 0
 
 
-cdef int check_same_blocks(x, out) except -1:
-    """x and out channel-blocked, with the same images and blocks (a layer from blocks to
-    blocks of as many channels)."""
+cdef int check_same_blocks(const Py_ssize_t* x, const Py_ssize_t* out) except -1:
+    """x and out (shapes) channel-blocked, with the same images and blocks (a layer from blocks
+    to blocks of as many channels)."""
     check_blocked(x, "x")
     check_blocked(out, "out")
-    if out.shape[0] != x.shape[0] or out.shape[1] != x.shape[1]:
-        raise ValueError(f"out {tuple(out.shape)} must have x's images and blocks "
-                         f"{tuple(x.shape)[:2]}")
+    if out[0] != x[0] or out[1] != x[1]:
+        raise ValueError(f"out {tuple(out[i] for i in range(5))} must have x's images and "
+                         f"blocks {(x[0], x[1])}")
     return 0
 
 
@@ -281,8 +283,8 @@ def f32_pointwise_blocked(const float[:, :, :, :, ::1] x, const float[::1] wpack
     output blocks (all pixels each): the groups when that leaves the busiest thread less than
     group_slack times what the pixel split would (1: whichever is less; 0: always pixels)."""
     check_act(act)
-    check_blocked(x, "x")
-    check_blocked(out, "out")
+    check_blocked(x.shape, "x")
+    check_blocked(out.shape, "out")
     cdef Py_ssize_t N = x.shape[0], Cb = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t Kb = out.shape[1], P = H * W
     if out.shape[0] != N or out.shape[2] != H or out.shape[3] != W:
@@ -354,7 +356,7 @@ def f32_depthwise_blocked(const float[:, :, :, :, ::1] x, const float[:, :, :, :
     a band of rows: the pixels a pointwise layer next to it, split by pixels, also gives it; or
     with by_blocks (image, block, row), so each thread takes whole blocks."""
     check_act(act)
-    check_same_blocks(x, out)
+    check_same_blocks(x.shape, out.shape)
     cdef Py_ssize_t N = x.shape[0], Cb = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t OH = out.shape[2], OW = out.shape[3]
     if w.shape[0] != Cb or w.shape[3] != CE_NC_B or w.shape[1] < 1 or w.shape[2] < 1:
@@ -398,7 +400,7 @@ def f32_grouped_blocked(const float[:, :, :, :, ::1] x, const float[:, :, :, :, 
     blocked.py pack_grouped); bias: Cb * 16 values. Output sizes are the caller's. Work items
     are output rows of one block, ordered (image, row, block)."""
     check_act(act)
-    check_same_blocks(x, out)
+    check_same_blocks(x.shape, out.shape)
     cdef Py_ssize_t N = x.shape[0], Cb = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t OH = out.shape[2], OW = out.shape[3]
     if (w.shape[0] != Cb or w.shape[3] < 1 or CE_NC_B % w.shape[3] or w.shape[4] != CE_NC_B
@@ -434,7 +436,7 @@ def f32_direct_to_blocked(const float[:, :, :, ::1] x, const float[:, :, :, :, :
     Work items are output rows of a pair of blocks (the input values loaded once for both),
     ordered (image, row, pair): bands of rows."""
     check_act(act)
-    check_blocked(out, "out")
+    check_blocked(out.shape, "out")
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t Kb = out.shape[1], OH = out.shape[2], OW = out.shape[3]
     if out.shape[0] != N:
@@ -496,8 +498,8 @@ def f32_conv2d_nchw16c(const float[:, :, :, :, ::1] x, Py_ssize_t channels,
     shape. Output sizes are the caller's (engine.shapes). Work items are bands of output rows
     of one group of output blocks, ordered (image, group, band)."""
     check_act(act)
-    check_blocked(x, "x")
-    check_blocked(out, "out")
+    check_blocked(x.shape, "x")
+    check_blocked(out.shape, "out")
     cdef Py_ssize_t N = x.shape[0], Cb = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t Kb = out.shape[1], OH = out.shape[2], OW = out.shape[3]
     if out.shape[0] != N:
