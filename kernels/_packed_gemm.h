@@ -99,19 +99,18 @@ static inline void ce_pg_transpose_8x16(const float *A, ptrdiff_t lda, float *ap
 static inline void ce_pg_pack_a(const float *A, ptrdiff_t lda, int K, int nm, float *ap)
 {
     int k = 0;
-#if defined(__AVX512F__)
-    if (nm == CE_PG_MR && CE_PG_MR == 8)
-        for (; k + 16 <= K; k += 16)
-            ce_pg_transpose_8x16(A + k, lda, ap + (ptrdiff_t)k * 8);
-#endif
     if (nm == CE_PG_MR && CE_PG_MR == 8) {
         for (; k + 16 <= K; k += 16) {
+#if defined(__AVX512F__)
+            ce_pg_transpose_8x16(A + k, lda, ap + (ptrdiff_t)k * 8);
+#else
             float t[8][16];
             for (int r = 0; r < 8; r++)
                 memcpy(t[r], A + r * lda + k, sizeof t[r]);
             for (int j = 0; j < 16; j++)
                 for (int r = 0; r < 8; r++)
                     ap[(ptrdiff_t)(k + j) * 8 + r] = t[r][j];
+#endif
         }
     }
     for (; k < K; k++)

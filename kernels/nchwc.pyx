@@ -20,9 +20,6 @@ cdef extern from "_nchwc.h":
     void ce_nc_pw_group(const float *x, Py_ssize_t P, int Cb, int tail, const float *wpack,
                         int Kb, int g, const float *bias, const float *res, float *out,
                         ce_act_t act, Py_ssize_t t0, Py_ssize_t t1) nogil
-    void ce_nc_dw_row(const float *x, int H, int W, int OW, int oy, int sh, int sw, int pt,
-                      int pl, int kh, int kw, int dh, int dw, const float *w,
-                      const float *bias, float *out, ce_act_t act) nogil
     void ce_nc_direct_row(const float *x, int C, int H, int W, int OW, int oy, int sh, int sw,
                           int pt, int pl, int kh, int kw, int dh, int dw, const float *w,
                           Py_ssize_t wstride, const float *bias, float *out,
@@ -342,6 +339,12 @@ def f32_pointwise_blocked(const float[:, :, :, :, ::1] x, const float[::1] wpack
                                    act, c0, c1)
                 c0 = c1
             n = n + 1
+
+
+cdef extern from "_nchwc_dw.h":
+    void ce_nc_dw_row(const float *x, int H, int W, int OW, int oy, int sh, int sw, int pt,
+                      int pl, int kh, int kw, int dh, int dw, const float *w,
+                      const float *bias, float *out, ce_act_t act) nogil
 
 
 def f32_depthwise_blocked(const float[:, :, :, :, ::1] x, const float[:, :, :, ::1] w,

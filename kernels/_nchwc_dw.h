@@ -1,0 +1,298 @@
+/* Depthwise convolution (multiplier 1) on channel blocks (NCHW16c, _nchwc.h): one vector of 16
+ * channels per pixel and tap, the weights [kh][kw][16] of each block side by side. Work goes by
+ * output rows of one block (ce_nc_dw_row): the columns whose taps all lie inside the plane run
+ * four (any kernel; 3x3 by its own unrolled loop) or, for a 5x5 at stride 1 on AVX-512, eight
+ * at a time; the edge columns tap by tap with every tap checked. Every output is the bias, then
+ * its taps inside the plane in row-major order (a 3x3's inside columns add each kernel row's
+ * three products first), whatever the thread count.
+ */
+#ifndef CE_NCHWC_DW_H
+#define CE_NCHWC_DW_H
+
+#include "_nchwc.h"
+
+/* One output pixel of one channel block, every tap checked against the plane's edges. */
+static inline ce_nc_vf ce_nc_dw_pixel(const float *x, int H, int W, int iy0, int ix0, int kh,
+                                      int kw, int dh, int dw, const float *w, ce_nc_vf acc)
+{
+    for (int u = 0; u < kh; u++) {
+        int iy = iy0 + u * dh;
+        if (iy < 0 || iy >= H)
+            continue;
+        const float *row = x + (ptrdiff_t)iy * W * CE_NC_B;
+        for (int v = 0; v < kw; v++) {
+            int ix = ix0 + v * dw;
+            if (ix >= 0 && ix < W)
+                acc += CE_NC_LD(w + (u * kw + v) * CE_NC_B) * CE_NC_LD(row + (ptrdiff_t)ix * CE_NC_B);
+        }
+    }
+    return acc;
+}
+
+/* The columns [lo, hi) of a 3x3 row whose taps are all inside the plane, over the NR kernel
+ * rows inside it (r: their input rows, wv: their weights), four pixels at a time so that their
+ * sums run side by side; ACT is the activation, a constant in each instance. */
+static inline __attribute__((always_inline)) void
+ce_nc_dw_interior(const float *const *r, const ce_nc_vf *wv, const int NR, ce_nc_vf b, int lo,
+                  int hi, int sw, int pl, ptrdiff_t d1, float *out, const ce_act_t ACT)
+{
+    const ptrdiff_t B = CE_NC_B;
+    int ox = lo;
+    for (; ox + 4 <= hi; ox += 4) {
+        ce_nc_vf acc[4];
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; j++) {
+            ptrdiff_t at = (ptrdiff_t)((ox + j) * sw - pl) * B;
+            ce_nc_vf sum = b;
+#pragma GCC unroll 3
+            for (int k = 0; k < NR; k++) {
+                const float *p = r[k] + at;
+                sum += (wv[3 * k] * CE_NC_LD(p) + wv[3 * k + 1] * CE_NC_LD(p + d1))
+                       + wv[3 * k + 2] * CE_NC_LD(p + 2 * d1);
+            }
+            acc[j] = sum;
+        }
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; j++)
+            CE_NC_ST(out + (ptrdiff_t)(ox + j) * B, ce_nc_act(acc[j], ACT));
+    }
+    for (; ox < hi; ox++) {
+        ptrdiff_t at = (ptrdiff_t)(ox * sw - pl) * B;
+        ce_nc_vf sum = b;
+#pragma GCC unroll 3
+        for (int k = 0; k < NR; k++) {
+            const float *p = r[k] + at;
+            sum += (wv[3 * k] * CE_NC_LD(p) + wv[3 * k + 1] * CE_NC_LD(p + d1))
+                   + wv[3 * k + 2] * CE_NC_LD(p + 2 * d1);
+        }
+        CE_NC_ST(out + (ptrdiff_t)ox * B, ce_nc_act(sum, ACT));
+    }
+}
+
+/* The columns [lo, hi) of a row whose kw taps are all inside the plane, for any kernel: over
+ * the nr kernel rows inside it (r: their input rows, wr: their kw weight vectors), four pixels
+ * at a time so that one load of a tap's weights serves four sums; each sum starts from the
+ * bias and takes the taps in row-major order, as ce_nc_dw_pixel does. */
+static void ce_nc_dw_interior_k(const float *const *r, const float *const *wr, int nr, int kw,
+                                ce_nc_vf b, int lo, int hi, int sw, int pl, ptrdiff_t d1,
+                                float *out, ce_act_t act)
+{
+    const ptrdiff_t B = CE_NC_B, st = (ptrdiff_t)sw * B;
+    int ox = lo;
+    for (; ox + 4 <= hi; ox += 4) {
+        ce_nc_vf a0 = b, a1 = b, a2 = b, a3 = b;
+        const ptrdiff_t at = (ptrdiff_t)(ox * sw - pl) * B;
+        for (int k = 0; k < nr; k++) {
+            const float *p = r[k] + at, *wk = wr[k];
+            for (int v = 0; v < kw; v++, p += d1) {
+                ce_nc_vf wv = CE_NC_LD(wk + v * B);
+                a0 += wv * CE_NC_LD(p);
+                a1 += wv * CE_NC_LD(p + st);
+                a2 += wv * CE_NC_LD(p + 2 * st);
+                a3 += wv * CE_NC_LD(p + 3 * st);
+            }
+        }
+        CE_NC_ST(out + (ptrdiff_t)ox * B, ce_nc_act(a0, act));
+        CE_NC_ST(out + (ptrdiff_t)(ox + 1) * B, ce_nc_act(a1, act));
+        CE_NC_ST(out + (ptrdiff_t)(ox + 2) * B, ce_nc_act(a2, act));
+        CE_NC_ST(out + (ptrdiff_t)(ox + 3) * B, ce_nc_act(a3, act));
+    }
+    for (; ox < hi; ox++) {
+        ce_nc_vf a0 = b;
+        const ptrdiff_t at = (ptrdiff_t)(ox * sw - pl) * B;
+        for (int k = 0; k < nr; k++) {
+            const float *p = r[k] + at, *wk = wr[k];
+            for (int v = 0; v < kw; v++, p += d1)
+                a0 += CE_NC_LD(wk + v * B) * CE_NC_LD(p);
+        }
+        CE_NC_ST(out + (ptrdiff_t)ox * B, ce_nc_act(a0, act));
+    }
+}
+
+#if defined(__AVX512F__)
+/* act over n vectors at p, in place: the switch taken once, outside the loop, and the common
+ * activations inlined (ce_nc_act itself, with every case, is too big to inline everywhere) */
+static void ce_nc_act_span(float *p, ptrdiff_t n, ce_act_t act)
+{
+    const ce_nc_vf zero = {0};
+    switch (act.code) {
+    case CE_ACT_CODE_NONE:
+        return;
+#define CE_NC_SPAN(CODE, EXPR)                                                              \
+    case CODE:                                                                              \
+        for (ptrdiff_t i = 0; i < n; i++) {                                                 \
+            ce_nc_vf v = CE_NC_LD(p + i * CE_NC_B);                                         \
+            CE_NC_ST(p + i * CE_NC_B, EXPR);                                                \
+        }                                                                                   \
+        return;
+    CE_NC_SPAN(CE_ACT_CODE_RELU, ce_nc_act_m_select(v < zero, v, zero))
+    CE_NC_SPAN(CE_ACT_CODE_SILU, v * ce_nc_act_m_sigmoid(v))
+    CE_NC_SPAN(CE_ACT_CODE_HARDSWISH, ce_nc_act_m_hardswish(v))
+#undef CE_NC_SPAN
+    default:
+        for (ptrdiff_t i = 0; i < n; i++)
+            CE_NC_ST(p + i * CE_NC_B, ce_nc_act(CE_NC_LD(p + i * CE_NC_B), act));
+    }
+}
+
+/* A 5x5 kernel, stride and dilation 1, on eight output columns from input column ix0 on (m of
+ * them in the row): the 12 input vectors of a kernel row loaded once for its five taps, eight
+ * sums side by side, each from the bias through its taps in row-major order (the order of
+ * ce_nc_dw_pixel, bit for bit). Where the twelve columns leave the plane, the loads and
+ * multiply-adds of the columns outside are masked off: nothing read outside the plane and
+ * nothing added (an infinite weight times padding is not a NaN). Why: on 14x14 and 7x7 maps
+ * most of a 5x5's pixels are edge pixels, which the four-column form runs as one dependent
+ * chain each; for 3x3 kernels and strides the four-column form measured as fast or faster. */
+static inline void ce_nc_dw8_5x5(const float *const *r, const float *const *wr, int nr,
+                                 __m512 b, int ix0, int W, float *out, int m)
+{
+    enum { NX = 12 };
+    __m512 a[8];
+#pragma GCC unroll 8
+    for (int j = 0; j < 8; j++)
+        a[j] = b;
+    if (ix0 >= 0 && ix0 + NX <= W) {
+        for (int k = 0; k < nr; k++) {
+            const float *p = r[k] + (ptrdiff_t)ix0 * CE_NC_B;
+            __m512 xv[NX];
+#pragma GCC unroll 12
+            for (int i = 0; i < NX; i++)
+                xv[i] = _mm512_loadu_ps(p + i * CE_NC_B);
+#pragma GCC unroll 5
+            for (int v = 0; v < 5; v++) {
+                __m512 wv = _mm512_loadu_ps(wr[k] + v * CE_NC_B);
+#pragma GCC unroll 8
+                for (int j = 0; j < 8; j++)
+                    a[j] = _mm512_fmadd_ps(wv, xv[j + v], a[j]);
+            }
+        }
+    } else {
+        __mmask16 in[NX];
+#pragma GCC unroll 12
+        for (int i = 0; i < NX; i++)
+            in[i] = (ix0 + i >= 0 && ix0 + i < W) ? 0xFFFF : 0;
+        for (int k = 0; k < nr; k++) {
+            const float *p = r[k] + (ptrdiff_t)ix0 * CE_NC_B;
+            __m512 xv[NX];
+#pragma GCC unroll 12
+            for (int i = 0; i < NX; i++)
+                xv[i] = _mm512_maskz_loadu_ps(in[i], p + i * CE_NC_B);
+#pragma GCC unroll 5
+            for (int v = 0; v < 5; v++) {
+                __m512 wv = _mm512_loadu_ps(wr[k] + v * CE_NC_B);
+#pragma GCC unroll 8
+                for (int j = 0; j < 8; j++)
+                    a[j] = _mm512_mask3_fmadd_ps(wv, xv[j + v], a[j], in[j + v]);
+            }
+        }
+    }
+    for (int j = 0; j < m; j++)
+        _mm512_storeu_ps(out + j * CE_NC_B, a[j]);
+}
+
+/* ce_nc_dw_row for a 5x5 kernel, stride and dilation 1 */
+static void ce_nc_dw_row_5x5(const float *x, int H, int W, int OW, int iy0, int pl,
+                             const float *w, const float *bias, float *out, ce_act_t act)
+{
+    const __m512 b = _mm512_loadu_ps(bias);
+    const float *r[5], *wr[5];
+    int nr = 0;
+    for (int u = 0; u < 5; u++) {
+        int iy = iy0 + u;
+        if (iy >= 0 && iy < H) {
+            r[nr] = x + (ptrdiff_t)iy * W * CE_NC_B;
+            wr[nr] = w + (ptrdiff_t)u * 5 * CE_NC_B;
+            nr++;
+        }
+    }
+    for (int ox0 = 0; ox0 < OW; ox0 += 8)
+        ce_nc_dw8_5x5(r, wr, nr, b, ox0 - pl, W, out + (ptrdiff_t)ox0 * CE_NC_B,
+                      OW - ox0 < 8 ? OW - ox0 : 8);
+    ce_nc_act_span(out, OW, act);       /* the row, still in L1 */
+}
+#endif
+
+/* One output row of one channel block: out[ox] for ox < OW, from the block's input plane
+ * x[H][W][16]; w: kh * kw vectors of weights (tap-major), bias one vector. Taps in the padding
+ * are skipped. The columns whose taps are all inside the plane run without checks, over the
+ * kernel rows inside it (3x3 by its own unrolled loop). */
+static void ce_nc_dw_row(const float *x, int H, int W, int OW, int oy, int sh, int sw, int pt,
+                         int pl, int kh, int kw, int dh, int dw, const float *w,
+                         const float *bias, float *out, ce_act_t act)
+{
+    const ptrdiff_t B = CE_NC_B;
+    const ce_nc_vf b = CE_NC_LD(bias);
+    int iy0 = oy * sh - pt;
+#if defined(__AVX512F__)
+    if (kh == 5 && kw == 5 && sw == 1 && dh == 1 && dw == 1) {
+        ce_nc_dw_row_5x5(x, H, W, OW, iy0, pl, w, bias, out, act);
+        return;
+    }
+#endif
+    int lo = 0, hi = 0;     /* [lo, hi): the unchecked columns */
+    {
+        /* ox * sw - pl >= 0 and ox * sw - pl + (kw - 1) * dw <= W - 1 */
+        int last = W - 1 - (kw - 1) * dw + pl;
+        lo = (pl + sw - 1) / sw;
+        hi = last < 0 ? 0 : last / sw + 1;
+        if (hi > OW) hi = OW;
+        if (lo > hi) lo = hi;
+        if (kh > 64)        /* beyond the row tables below: every column checked */
+            lo = hi = 0;
+    }
+    for (int ox = 0; ox < lo; ox++)
+        CE_NC_ST(out + ox * B, ce_nc_act(ce_nc_dw_pixel(x, H, W, iy0, ox * sw - pl, kh, kw, dh,
+                                                        dw, w, b), act));
+    if (hi > lo && !(kh == 3 && kw == 3)) {
+        /* any other kernel: its rows inside the plane (at most 64 of them) */
+        const float *r[64], *wr[64];
+        int nr = 0;
+        for (int u = 0; u < kh; u++) {
+            int iy = iy0 + u * dh;
+            if (iy >= 0 && iy < H) {
+                r[nr] = x + (ptrdiff_t)iy * W * B;
+                wr[nr] = w + (ptrdiff_t)u * kw * B;
+                nr++;
+            }
+        }
+        ce_nc_dw_interior_k(r, wr, nr, kw, b, lo, hi, sw, pl, (ptrdiff_t)dw * B, out, act);
+    } else if (hi > lo) {
+        const float *r[3];
+        ce_nc_vf wv[9];
+        int nr = 0;
+        for (int u = 0; u < 3; u++) {
+            int iy = iy0 + u * dh;
+            if (iy >= 0 && iy < H) {
+                r[nr] = x + (ptrdiff_t)iy * W * B;
+                for (int v = 0; v < 3; v++)
+                    wv[nr * 3 + v] = CE_NC_LD(w + (u * 3 + v) * B);
+                nr++;
+            }
+        }
+        const ptrdiff_t d1 = (ptrdiff_t)dw * B;
+/* the common activations as constants, so that each instance has its own output step */
+#define CE_NC_DW_ACT1(NR, CODE)                                                             \
+        case CODE: ce_nc_dw_interior(r, wv, NR, b, lo, hi, sw, pl, d1, out,                 \
+                                     (ce_act_t){CODE, 0, 0}); break;
+#define CE_NC_DW_ACT(NR)                                                                    \
+        switch (act.code) {                                                                 \
+        CE_NC_DW_ACT1(NR, CE_ACT_CODE_NONE) CE_NC_DW_ACT1(NR, CE_ACT_CODE_RELU)             \
+        CE_NC_DW_ACT1(NR, CE_ACT_CODE_RELU6) CE_NC_DW_ACT1(NR, CE_ACT_CODE_SILU)            \
+        CE_NC_DW_ACT1(NR, CE_ACT_CODE_HARDSWISH)                                            \
+        default: ce_nc_dw_interior(r, wv, NR, b, lo, hi, sw, pl, d1, out, act); break;      \
+        }
+        switch (nr) {
+        case 3: CE_NC_DW_ACT(3) break;
+        case 2: CE_NC_DW_ACT(2) break;
+        case 1: CE_NC_DW_ACT(1) break;
+        default: CE_NC_DW_ACT(0) break;
+        }
+#undef CE_NC_DW_ACT
+#undef CE_NC_DW_ACT1
+    }
+    for (int ox = hi > lo ? hi : lo; ox < OW; ox++)
+        CE_NC_ST(out + ox * B, ce_nc_act(ce_nc_dw_pixel(x, H, W, iy0, ox * sw - pl, kh, kw, dh,
+                                                        dw, w, b), act));
+}
+
+#endif
