@@ -7,7 +7,7 @@ their timing tables are this script's output, not comments in the code.
         [--repeat 15] [--only conv/fft]
 
 Groups (section/group):
-  conv/direct_blocked, conv/winograd_min, conv/f43, conv/dilated_phases, conv/live_taps,
+  conv/direct_blocked, conv/winograd_min, conv/winograd_tile, conv/dilated_phases, conv/live_taps,
   conv/fft, conv/separable
                                           engine/dispatch/conv.py
   depthwise/blocks, depthwise/rows        engine/dispatch/depthwise.py
@@ -69,9 +69,14 @@ CONV = {
                        L(16, 32, 224, 1, 2), L(64, 128, 56, 1, 2), L(256, 512, 56, 1, 2),
                        L(128, 128, 28, 3, groups=8)],
     "winograd_min": [L(4, 4, 56, 3), L(8, 8, 56, 3), L(16, 16, 56, 3)],
-    "f43": [L(64, 64, 56, 3), L(128, 128, 28, 3), L(128, 128, 14, 3), L(256, 256, 14, 3),
-            L(512, 512, 7, 3), L(256, 256, 28, 3, dilation=2),
-            L(256, 512, 28, 3, dilation=4), L(512, 512, 28, 3), L(512, 512, 28, 3, dilation=2)],
+    # the layers the tile cost model (engine/dispatch/winograd.py) was fitted to, and dilated
+    # ones, where F(4x4,3x3) is taken from F43_MIN_CHANNELS_DILATED channels
+    "winograd_tile": [L(c, c, size, 3) for c, size in
+                      [(16, 224), (64, 224), (32, 112), (64, 112), (128, 112), (64, 56),
+                       (128, 56), (256, 56), (128, 28), (256, 28), (512, 28), (128, 14),
+                       (256, 14), (512, 14), (512, 7)]]
+                     + [L(256, 256, 28, 3, dilation=2), L(256, 512, 28, 3, dilation=4),
+                        L(512, 512, 28, 3, dilation=2)],
     "dilated_phases": [L(960, 256, 14, 3, dilation=d) for d in (4, 6, 8, 12)]
                       + [L(512, 256, 28, 3, dilation=d) for d in (4, 6, 8, 12)],
     "live_taps": [L(960, 256, 14, 3, dilation=d) for d in (2, 3, 4, 6, 12)]
@@ -90,7 +95,7 @@ CONV = {
 # the options each group compares (those that cannot run a layer are shown as "-")
 CONV_OPTIONS = {"direct_blocked": ["direct_blocked", "im2col", "winograd_f23"],
                 "winograd_min": ["im2col", "winograd_f23"],
-                "f43": ["winograd_f23", "dilated_s2b", "winograd_f43"],
+                "winograd_tile": ["winograd_f23", "dilated_s2b", "winograd_f43", "winograd_f63"],
                 "dilated_phases": ["im2col", "dilated_s2b", "winograd_f43"],
                 "live_taps": ["im2col", "dilated_s2b", "live_taps"],
                 "fft": ["im2col", "fft"],

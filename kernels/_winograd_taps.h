@@ -87,11 +87,14 @@ ce_wt_column_a(const float *restrict w, ptrdiff_t n, const float *restrict G, co
     }
 }
 
-/* a = 4 (F(2x2,3x3)) or 6 (F(4x4,3x3)): each a constant inside, so the loops over i unroll. */
+/* a = 4 (F(2x2,3x3)), 6 (F(4x4,3x3)) or 8 (F(6x6,3x3)): each a constant inside, so the loops
+ * over i unroll. */
 static inline void ce_wt_column(const float *w, ptrdiff_t n, const float *G, int a, int j,
                                 float *u)
 {
-    if (a == 6)
+    if (a == 8)
+        ce_wt_column_a(w, n, G, 8, j, u);
+    else if (a == 6)
         ce_wt_column_a(w, n, G, 6, j, u);
     else
         ce_wt_column_a(w, n, G, 4, j, u);

@@ -1,6 +1,7 @@
-# Winograd convolution for 3x3, stride-1 kernels of any dilation: F(2x2,3x3) and F(4x4,3x3).
+# Winograd convolution for 3x3, stride-1 kernels of any dilation: F(2x2,3x3), F(4x4,3x3) and
+# F(6x6,3x3).
 #
-# A tile of m x m outputs (m = 2 or 4) needs an (m+2) x (m+2) input patch d. With the
+# A tile of m x m outputs (m = 2, 4 or 6) needs an (m+2) x (m+2) input patch d. With the
 # transformed weights U = G g G^T (prepared once by engine/ops/winograd.py, or made per call
 # block by block from the weights themselves: gemm_phase_taps) the tile is
 #     Y = A^T [ U (.) (B^T d B) ] A,
@@ -72,10 +73,13 @@ cdef enum:
     # exists, the slack after each buffer included, and are dropped): a 28-tile row would
     # otherwise spend half its time in gcc's 8-wide and scalar epilogues.
     LANES = 16
+    # Columns of the phase_cols table: the largest tile side
+    MAX_M = 6
 
 ctypedef (float, float) f2
 ctypedef (float, float, float, float) f4
 ctypedef (float, float, float, float, float, float) f6
+ctypedef (float, float, float, float, float, float, float, float) f8
 
 # Columns of the tile-row table (engine/ops/winograd.py builds it in this order).
 cdef enum:
@@ -127,6 +131,34 @@ cdef inline f4 at6(float m0, float m1, float m2, float m3, float m4, float m5) n
             (m1 - m2) + 8 * (m3 - m4) + m5)
 
 
+# F(6,3) (points 0, 1, -1, 2, -2, 1/2, -1/2, infinity; row 0 of toom_cook's B^T and G negated):
+#   B^T rows: 1 0 -21/4 0 21/4 0 -1 0 | 0 1 1 -17/4 -17/4 1 1 0 | 0 -1 1 17/4 -17/4 -1 1 0 |
+#             0 1/2 1/4 -5/2 -5/4 2 1 0 | 0 -1/2 1/4 5/2 -5/4 -2 1 0 |
+#             0 2 4 -5/2 -5 1/2 1 0 | 0 -2 4 5/2 -5 -1/2 1 0 | 0 -1 0 21/4 0 -21/4 0 1
+#   A^T rows: p^i over the points, and 1 at infinity in the last row.
+# Pairs of rows share their even and odd halves: (a + b, a - b).
+
+cdef inline f8 bt8(float d0, float d1, float d2, float d3, float d4, float d5, float d6,
+                   float d7) noexcept nogil:
+    cdef float a1 = (d2 + d6) - 4.25 * d4, b1 = (d1 + d5) - 4.25 * d3
+    cdef float a2 = (0.25 * d2 - 1.25 * d4) + d6, b2 = (0.5 * d1 - 2.5 * d3) + 2 * d5
+    cdef float a3 = (4 * d2 - 5 * d4) + d6, b3 = (2 * d1 - 2.5 * d3) + 0.5 * d5
+    return ((d0 - d6) + 5.25 * (d4 - d2), a1 + b1, a1 - b1, a2 + b2, a2 - b2, a3 + b3,
+            a3 - b3, (d7 - d1) + 5.25 * (d3 - d5))
+
+
+cdef inline f6 at8(float m0, float m1, float m2, float m3, float m4, float m5, float m6,
+                   float m7) noexcept nogil:
+    cdef float a1 = m1 + m2, s1 = m1 - m2, a2 = m3 + m4, s2 = m3 - m4
+    cdef float a3 = m5 + m6, s3 = m5 - m6
+    return (m0 + a1 + a2 + a3,
+            s1 + 2 * s2 + 0.5 * s3,
+            a1 + 4 * a2 + 0.25 * a3,
+            s1 + 8 * s2 + 0.125 * s3,
+            a1 + 16 * a2 + 0.0625 * a3,
+            (s1 + 32 * s2 + 0.03125 * s3) + m7)
+
+
 cdef inline void put4(f4 t, float* o) noexcept nogil:
     o[0] = t[0]
     o[STRIP] = t[1]
@@ -141,6 +173,17 @@ cdef inline void put6(f6 t, float* o) noexcept nogil:
     o[3 * STRIP] = t[3]
     o[4 * STRIP] = t[4]
     o[5 * STRIP] = t[5]
+
+
+cdef inline void put8(f8 t, float* o) noexcept nogil:
+    o[0] = t[0]
+    o[STRIP] = t[1]
+    o[2 * STRIP] = t[2]
+    o[3 * STRIP] = t[3]
+    o[4 * STRIP] = t[4]
+    o[5 * STRIP] = t[5]
+    o[6 * STRIP] = t[6]
+    o[7 * STRIP] = t[7]
 
 
 # ---- input transform: one channel, one tile row ----------------------------------------------
@@ -244,6 +287,46 @@ cdef void f43_input_row(const float* x0, Py_ssize_t rs, Py_ssize_t J, Py_ssize_t
         copy_runs(buf, 36, u0, n, J, dw, tw, start, v, es)
 
 
+cdef inline f8 col8(const float* r, Py_ssize_t rs, Py_ssize_t u) noexcept nogil:
+    # B^T along the patch column at element u of the first of 8 rows rs apart
+    return bt8(r[u], r[rs + u], r[2 * rs + u], r[3 * rs + u], r[4 * rs + u], r[5 * rs + u],
+               r[6 * rs + u], r[7 * rs + u])
+
+
+cdef void f63_input_row(const float* x0, Py_ssize_t rs, Py_ssize_t J, Py_ssize_t dw,
+                        const Py_ssize_t* tw, const Py_ssize_t* start,
+                        float* v, Py_ssize_t es) noexcept nogil:
+    """As f23_input_row for 8x8 patches: columns 0..5 are residues 0..5 at this position,
+    columns 6, 7 residues 0, 1 one position further. The column transforms go through cols
+    (64 values a lane would not fit in registers anyway), the row transforms read them back."""
+    cdef float buf[65 * STRIP]
+    cdef float cols[64 * STRIP]
+    cdef Py_ssize_t Q = dw * J
+    cdef Py_ssize_t s, j, u, n, u0, i
+    for s in range((Q + STRIP - 1) // STRIP):
+        u0 = s * STRIP
+        n = min(Q - u0, <Py_ssize_t>STRIP)
+        for j in range(whole_vectors(n)):
+            u = u0 + j
+            put8(col8(x0, rs, u), cols + j)
+            put8(col8(x0, rs, Q + u), cols + 8 * STRIP + j)
+            put8(col8(x0, rs, 2 * Q + u), cols + 16 * STRIP + j)
+            put8(col8(x0, rs, 3 * Q + u), cols + 24 * STRIP + j)
+            put8(col8(x0, rs, 4 * Q + u), cols + 32 * STRIP + j)
+            put8(col8(x0, rs, 5 * Q + u), cols + 40 * STRIP + j)
+            put8(col8(x0, rs, u + 1), cols + 48 * STRIP + j)
+            put8(col8(x0, rs, Q + u + 1), cols + 56 * STRIP + j)
+        for i in range(8):
+            # row i of the patch after the column transforms: element 8 * i + column
+            for j in range(whole_vectors(n)):
+                put8(bt8(cols[i * STRIP + j], cols[(8 + i) * STRIP + j],
+                         cols[(16 + i) * STRIP + j], cols[(24 + i) * STRIP + j],
+                         cols[(32 + i) * STRIP + j], cols[(40 + i) * STRIP + j],
+                         cols[(48 + i) * STRIP + j], cols[(56 + i) * STRIP + j]),
+                     buf + 8 * i * STRIP + j)
+        copy_runs(buf, 64, u0, n, J, dw, tw, start, v, es)
+
+
 # ---- output transform: one output channel, one block of tiles --------------------------------
 
 cdef inline void scatter_run(const float* buf, Py_ssize_t m, Py_ssize_t tj0, Py_ssize_t n,
@@ -264,12 +347,20 @@ cdef inline void scatter_run(const float* buf, Py_ssize_t m, Py_ssize_t tj0, Py_
                 for j in range(full):
                     dst[2 * j] = activate(src[j] + bias, act)
                     dst[2 * j + 1] = activate(src[STRIP + j] + bias, act)
-            else:
+            elif m == 4:
                 for j in range(full):
                     dst[4 * j] = activate(src[j] + bias, act)
                     dst[4 * j + 1] = activate(src[STRIP + j] + bias, act)
                     dst[4 * j + 2] = activate(src[2 * STRIP + j] + bias, act)
                     dst[4 * j + 3] = activate(src[3 * STRIP + j] + bias, act)
+            else:
+                for j in range(full):
+                    dst[6 * j] = activate(src[j] + bias, act)
+                    dst[6 * j + 1] = activate(src[STRIP + j] + bias, act)
+                    dst[6 * j + 2] = activate(src[2 * STRIP + j] + bias, act)
+                    dst[6 * j + 3] = activate(src[3 * STRIP + j] + bias, act)
+                    dst[6 * j + 4] = activate(src[4 * STRIP + j] + bias, act)
+                    dst[6 * j + 5] = activate(src[5 * STRIP + j] + bias, act)
     for r in range(nrows):
         for c in range(m):
             cnt = min(ncols[c] - tj0, n)
@@ -284,7 +375,7 @@ cdef inline void scatter_strip(const float* buf, Py_ssize_t m, Py_ssize_t j0, Py
                                const Py_ssize_t* tw, const Py_ssize_t* start,
                                const Py_ssize_t* cols, float bias, ce_act_t act) noexcept nogil:
     """Output step for tiles [j0, j0 + n) of a tile row (y: its first output row, column 0),
-    split into runs of one column phase each; cols[4*b + c]: tiles of phase b whose output
+    split into runs of one column phase each; cols[MAX_M*b + c]: tiles of phase b whose output
     column c exists."""
     cdef Py_ssize_t b, lo, hi
     for b in range(dw):
@@ -292,7 +383,7 @@ cdef inline void scatter_strip(const float* buf, Py_ssize_t m, Py_ssize_t j0, Py
         hi = min(j0 + n, start[b] + tw[b])
         if hi > lo:
             scatter_run(buf + lo - j0, m, lo - start[b], hi - lo, y + b, row_step, nrows, dw,
-                        cols + 4 * b, bias, act)
+                        cols + MAX_M * b, bias, act)
 
 
 cdef inline void scatter_rows(const float* buf, Py_ssize_t m, Py_ssize_t j0, Py_ssize_t n,
@@ -401,6 +492,45 @@ cdef void f43_output_block(const float* mm, Py_ssize_t es, Py_ssize_t T,
                      bias, act)
 
 
+cdef inline f6 col8m(const float* mm, Py_ssize_t es, Py_ssize_t q, Py_ssize_t jj) noexcept nogil:
+    # A^T along column jj of the 8x8 M of tile q
+    return at8(mm[jj * es + q], mm[(8 + jj) * es + q], mm[(16 + jj) * es + q],
+               mm[(24 + jj) * es + q], mm[(32 + jj) * es + q], mm[(40 + jj) * es + q],
+               mm[(48 + jj) * es + q], mm[(56 + jj) * es + q])
+
+
+cdef void f63_output_block(const float* mm, Py_ssize_t es, Py_ssize_t T,
+                           const Py_ssize_t* rows, Py_ssize_t per_row, float* yk,
+                           Py_ssize_t image_step, Py_ssize_t OW, Py_ssize_t dh, Py_ssize_t dw,
+                           const Py_ssize_t* tw, const Py_ssize_t* start,
+                           const Py_ssize_t* cols, float bias, ce_act_t act) noexcept nogil:
+    """As f23_output_block for 6x6 output tiles; the column transforms go through ks."""
+    cdef float buf[36 * STRIP]
+    cdef float ks[48 * STRIP]
+    cdef Py_ssize_t s, j, q, n, j0, i
+    for s in range((T + STRIP - 1) // STRIP):
+        j0 = s * STRIP
+        n = min(T - j0, <Py_ssize_t>STRIP)
+        for j in range(whole_vectors(n)):
+            q = j0 + j
+            put6(col8m(mm, es, q, 0), ks + j)
+            put6(col8m(mm, es, q, 1), ks + 6 * STRIP + j)
+            put6(col8m(mm, es, q, 2), ks + 12 * STRIP + j)
+            put6(col8m(mm, es, q, 3), ks + 18 * STRIP + j)
+            put6(col8m(mm, es, q, 4), ks + 24 * STRIP + j)
+            put6(col8m(mm, es, q, 5), ks + 30 * STRIP + j)
+            put6(col8m(mm, es, q, 6), ks + 36 * STRIP + j)
+            put6(col8m(mm, es, q, 7), ks + 42 * STRIP + j)
+        for i in range(6):
+            for j in range(whole_vectors(n)):
+                put6(at8(ks[i * STRIP + j], ks[(6 + i) * STRIP + j], ks[(12 + i) * STRIP + j],
+                         ks[(18 + i) * STRIP + j], ks[(24 + i) * STRIP + j],
+                         ks[(30 + i) * STRIP + j], ks[(36 + i) * STRIP + j],
+                         ks[(42 + i) * STRIP + j]), buf + 6 * i * STRIP + j)
+        finish_block(buf, 6, j0, n, rows, per_row, yk, image_step, OW, dh, dw, tw, start, cols,
+                     bias, act)
+
+
 # ---- padding copy ----------------------------------------------------------------------------
 
 cdef bint pad_plane(const float* src, Py_ssize_t H, Py_ssize_t W, float* dst, Py_ssize_t hbuf,
@@ -431,12 +561,20 @@ cdef bint pad_plane(const float* src, Py_ssize_t H, Py_ssize_t W, float* dst, Py
                 for j in range(jlo, jhi):
                     drow[j] = s[2 * j]
                     drow[J + j] = s[2 * j + 1]
-            else:
+            elif m == 4:
                 for j in range(jlo, jhi):
                     drow[j] = s[4 * j]
                     drow[J + j] = s[4 * j + 1]
                     drow[2 * J + j] = s[4 * j + 2]
                     drow[3 * J + j] = s[4 * j + 3]
+            else:
+                for j in range(jlo, jhi):
+                    drow[j] = s[6 * j]
+                    drow[J + j] = s[6 * j + 1]
+                    drow[2 * J + j] = s[6 * j + 2]
+                    drow[3 * J + j] = s[6 * j + 3]
+                    drow[4 * J + j] = s[6 * j + 4]
+                    drow[5 * J + j] = s[6 * j + 5]
             for c in range(min(m * jlo - pl, wused)):          # columns left of them ...
                 drow[colmap[c]] = srow[c]
             for c in range(max(m * jhi - pl, 0), wused):       # ... and right of them
@@ -512,8 +650,8 @@ def f32_conv3x3_winograd(const float[:, :, :, ::1] x, const float[::1] upack, in
     cdef Py_ssize_t K = out.shape[1], OH = out.shape[2], OW = out.shape[3]
     cdef Py_ssize_t E = (m + 2) * (m + 2)
     cdef Py_ssize_t MR = CE_PG_MR, NR = CE_PG_NR
-    if m not in (2, 4):
-        raise ValueError(f"m must be 2 or 4, got {m}")
+    if m not in (2, 4, 6):
+        raise ValueError(f"m must be 2, 4 or 6, got {m}")
     if groups < 1 or C % groups or K % groups:
         raise ValueError(f"groups ({groups}) must divide the {C} input and {K} output channels")
     cdef Py_ssize_t Kg = K // groups, Cg = C // groups
@@ -530,7 +668,7 @@ def f32_conv3x3_winograd(const float[:, :, :, ::1] x, const float[::1] upack, in
         raise ValueError("x, bias and out shapes do not agree")
     if rows.shape[1] != ROW_COLS or blocks.shape[1] != 3 or phase_tiles.shape[0] != dw \
             or phase_start.shape[0] != dw or colmap.shape[0] > W \
-            or phase_cols.shape[0] != dw or phase_cols.shape[1] != 4:
+            or phase_cols.shape[0] != dw or phase_cols.shape[1] != MAX_M:
         raise ValueError("malformed tile tables")
     if rows.shape[0] == 0 or nblocks == 0 or N == 0 or C == 0 or K == 0:
         return 0
@@ -614,8 +752,11 @@ cdef void input_phase(const float* xpad, Py_ssize_t plane, Py_ssize_t lrow, Py_s
             if m == 2:
                 f23_input_row(xrow, dh * lrow, J, dw, tt.tw, tt.ts, V + c * ldv + row[ROW_T0],
                               C * ldv)
-            else:
+            elif m == 4:
                 f43_input_row(xrow, dh * lrow, J, dw, tt.tw, tt.ts, V + c * ldv + row[ROW_T0],
+                              C * ldv)
+            else:
+                f63_input_row(xrow, dh * lrow, J, dw, tt.tw, tt.ts, V + c * ldv + row[ROW_T0],
                               C * ldv)
 
 
@@ -702,8 +843,12 @@ cdef void output_phase(const float* M, Py_ssize_t T, Py_ssize_t K, int m, const 
             f23_output_block(M + k * T, K * T, T, tt.rows + r0 * ROW_COLS, tt.ntiles,
                              yptr + k * OH * OW, K * OH * OW, OW, dh, dw, tt.tw, tt.ts, tt.tc,
                              bptr[k], act)
-        else:
+        elif m == 4:
             f43_output_block(M + k * T, K * T, T, tt.rows + r0 * ROW_COLS, tt.ntiles,
+                             yptr + k * OH * OW, K * OH * OW, OW, dh, dw, tt.tw, tt.ts, tt.tc,
+                             bptr[k], act)
+        else:
+            f63_output_block(M + k * T, K * T, T, tt.rows + r0 * ROW_COLS, tt.ntiles,
                              yptr + k * OH * OW, K * OH * OW, OW, dh, dw, tt.tw, tt.ts, tt.tc,
                              bptr[k], act)
 

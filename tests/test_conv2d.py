@@ -5,7 +5,10 @@ Tolerance: float32 accumulation error is bounded by a multiple of eps32 times th
     |y - ref| <= RTOL[algorithm] * conv(|x|, |w|) + 1e-6.
 Direct, im2col, pointwise and depthwise sum the same products in some order: 1e-5 (~80 eps32,
 covering reductions of a few hundred terms). Winograd adds the transforms' rounding, a few times
-larger for F(2x2,3x3): 1e-4; F(4x4,3x3) has larger transform constants: 1e-3.
+larger for F(2x2,3x3): 1e-4; F(4x4,3x3) has larger transform constants: 1e-3; F(6x6,3x3)
+larger still: 2e-3. Winograd's transforms mix the outputs of a tile, so for those an output's
+magnitude is the largest over the outputs that may share a tile with it (m - 1 tile steps,
+dilation apart, each way).
 Against PyTorch (float32 too, its magnitude computed by torch on |x|, |w|, |b|), the bound is
 the algorithm's plus im2col's, for torch's own rounding.
 """
@@ -13,6 +16,7 @@ import itertools
 
 import numpy as np
 import pytest
+from scipy.ndimage import maximum_filter
 
 import engine
 from engine import dispatch
@@ -21,8 +25,10 @@ from engine.ops.activation import NO_ACT, apply_activation, float64_activation
 from reference import conv2d_ref, same_pads_ref
 
 RTOL = {"direct": 1e-5, "im2col": 1e-5, "pointwise": 1e-5, "depthwise": 1e-5,
-        "winograd_f23": 1e-4, "dilated_s2b": 1e-4, "winograd_f43": 1e-3, "separable": 1e-5,
+        "winograd_f23": 1e-4, "dilated_s2b": 1e-4, "winograd_f43": 1e-3, "winograd_f63": 2e-3,
+        "separable": 1e-5,
         "fft": 1e-4, "direct_blocked": 1e-5, "live_taps": 1e-5}
+TILE = {"winograd_f23": 2, "dilated_s2b": 2, "winograd_f43": 4, "winograd_f63": 6}
 
 
 def _pads(padding, size, kernel, stride, dilation):
@@ -41,6 +47,11 @@ def check_against_reference(y, x, w, b, stride, pads, dilation, groups, algorith
     ref = conv2d_ref(x, w, b, stride, pads, dilation, groups)
     mag = conv2d_ref(np.abs(x), np.abs(w), None if b is None else np.abs(b), stride, pads,
                      dilation, groups)
+    m = TILE.get(algorithm)
+    if m:   # see the module docstring
+        dh, dw = dilation
+        mag = maximum_filter(mag, size=(1, 1, 2 * (m - 1) * dh + 1, 2 * (m - 1) * dw + 1),
+                             mode="constant")
     slope, own = 1.0, 0.0
     if activation == "relu":
         ref = np.maximum(ref, 0)
@@ -292,10 +303,16 @@ def test_dispatcher_rules():
     assert choose(in_channels=3, in_size=(12, 12)) == "im2col"     # too narrow for vectors
     assert choose(in_channels=16, out_channels=16) == "direct_blocked"
     assert choose(kernel=(1, 1), stride=(2, 2), pads=((0, 0), (0, 0))) == "im2col"
-    # F(4x4,3x3) from 64 channels on outputs of 28 a side and more, F(2x2,3x3) below
+    # the tile by the cost model (engine/dispatch/winograd.py): F(4x4,3x3) on ResNet's 56x56
+    # and 28x28 maps, F(2x2,3x3) on 14x14 and 7x7 (too few 4x4 tiles for 36 GEMMs), F(6x6,3x3)
+    # on VGG's 224x224 and 112x112 ones (bench/bench_dispatch.py conv/winograd_tile)
     assert choose() == "winograd_f43"
-    assert choose(in_channels=48) == "winograd_f23"
     assert choose(in_size=(14, 14)) == "winograd_f23"
+    assert choose(in_size=(224, 224)) == "winograd_f63"
+    assert choose(in_channels=128, out_channels=128, in_size=(112, 112)) == "winograd_f63"
+    assert dispatch.choose_conv2d(dispatch.ConvParams(
+        64, 64, (3, 3), (1, 1), (1, 1), 1, ((1, 1), (1, 1)), (224, 224)),
+        frozenset({"winograd_f63"}))[0] == "winograd_f43"      # the next cheapest
     assert choose(in_channels=512, out_channels=512, in_size=(7, 7)) == "winograd_f23"
     assert choose(in_channels=128, out_channels=512, in_size=(28, 28)) == "winograd_f43"
     # dilated: from 256 channels with phase sub-images large enough, else dilated_s2b

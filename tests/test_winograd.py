@@ -1,5 +1,6 @@
-"""Winograd F(2x2,3x3) ("winograd_f23", "dilated_s2b") and F(4x4,3x3) ("winograd_f43") against
-the float64 reference, with the algorithm forced so the kernel under test is what runs.
+"""Winograd F(2x2,3x3) ("winograd_f23", "dilated_s2b"), F(4x4,3x3) ("winograd_f43") and
+F(6x6,3x3) ("winograd_f63") against the float64 reference, with the algorithm forced so the
+kernel under test is what runs.
 
 Tolerances, relative to the output's magnitude: |y - ref| <= RTOL * (1 + max |ref|).
   F(2,3): 1e-5. Float32 direct sums of up to 9*Cg products are off by a few 1e-7 of the
@@ -8,6 +9,8 @@ Tolerances, relative to the output's magnitude: |y - ref| <= RTOL * (1 + max |re
   F(4,3): 1e-4. B^T has entries up to 5 and A^T up to 8, so intermediate values reach ~100x
           the inputs before they cancel, and the rounding error grows with them (observed:
           <= 6e-6 here, 1e-5 on 512 channels).
+  F(6,3): 2e-4. Points +-1/2 as well: B^T has entries up to 21/4 and A^T up to 32
+          (observed: <= 1e-5 here, 3e-5 on 512 channels).
 A wrong address, phase or transform coefficient gives errors of order 1, far above both.
 """
 import threading
@@ -23,7 +26,7 @@ from engine.shapes import resolve_padding
 from conftest import torch_or_skip
 from reference import conv2d_ref
 
-RTOL = {"winograd_f23": 1e-5, "dilated_s2b": 1e-5, "winograd_f43": 1e-4}
+RTOL = {"winograd_f23": 1e-5, "dilated_s2b": 1e-5, "winograd_f43": 1e-4, "winograd_f63": 2e-4}
 
 
 def assert_close(y, ref, algorithm):
@@ -69,7 +72,7 @@ def fits(size, pads, dilation):
 
 # ---- the transforms themselves ------------------------------------------------------------------
 
-@pytest.mark.parametrize("m", [2, 4])
+@pytest.mark.parametrize("m", [2, 4, 6])
 def test_transform_matrices_compute_correlation(m, rng):
     """A^T [(G g) (.) (B^T d)] is the valid correlation of d with g, in 1-D and in 2-D."""
     AT, G, BT = winograd.TRANSFORMS[m]
@@ -95,6 +98,21 @@ def test_f43_matrices_are_the_standard_ones():
                                        [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]])
 
 
+def test_f63_matrices_are_the_standard_ones():
+    AT, G, BT = winograd.TRANSFORMS[6]
+    np.testing.assert_array_equal(BT, [[1, 0, -21 / 4, 0, 21 / 4, 0, -1, 0],
+                                       [0, 1, 1, -17 / 4, -17 / 4, 1, 1, 0],
+                                       [0, -1, 1, 17 / 4, -17 / 4, -1, 1, 0],
+                                       [0, 1 / 2, 1 / 4, -5 / 2, -5 / 4, 2, 1, 0],
+                                       [0, -1 / 2, 1 / 4, 5 / 2, -5 / 4, -2, 1, 0],
+                                       [0, 2, 4, -5 / 2, -5, 1 / 2, 1, 0],
+                                       [0, -2, 4, 5 / 2, -5, -1 / 2, 1, 0],
+                                       [0, -1, 0, 21 / 4, 0, -21 / 4, 0, 1]])
+    np.testing.assert_allclose(G[0], [1, 0, 0])
+    np.testing.assert_allclose(G[1], [-2 / 9] * 3, rtol=1e-15)
+    np.testing.assert_allclose(AT[5], [0, 1, -1, 32, -32, 1 / 32, -1 / 32, 1])
+
+
 def test_toom_cook_rejects_wrong_points():
     with pytest.raises(ValueError):
         winograd.toom_cook((0, 1, 1, 2, -2), m=4)
@@ -109,7 +127,7 @@ PADDINGS = [0, 1, 2, (2, 0, 1, 3), "same"]   # 4-tuple: ONNX order (top, left, b
 
 
 @pytest.mark.parametrize("weights", WEIGHTS)
-@pytest.mark.parametrize("algorithm", ["winograd_f23", "winograd_f43"])
+@pytest.mark.parametrize("algorithm", ["winograd_f23", "winograd_f43", "winograd_f63"])
 @pytest.mark.parametrize("padding", PADDINGS, ids=str)
 def test_sizes_and_paddings(algorithm, padding, weights, rng):
     for h in SIZES:
@@ -123,7 +141,7 @@ def test_sizes_and_paddings(algorithm, padding, weights, rng):
 
 
 @pytest.mark.parametrize("weights", WEIGHTS)
-@pytest.mark.parametrize("algorithm", ["dilated_s2b", "winograd_f43"])
+@pytest.mark.parametrize("algorithm", ["dilated_s2b", "winograd_f43", "winograd_f63"])
 @pytest.mark.parametrize("dilation", [2, 3, 4, (2, 3), (4, 1)], ids=str)
 def test_dilations(algorithm, dilation, weights, rng):
     d = (dilation, dilation) if isinstance(dilation, int) else dilation
@@ -136,7 +154,8 @@ def test_dilations(algorithm, dilation, weights, rng):
 
 
 @pytest.mark.parametrize("weights", WEIGHTS)
-@pytest.mark.parametrize("algorithm", ["winograd_f23", "dilated_s2b", "winograd_f43"])
+@pytest.mark.parametrize("algorithm", ["winograd_f23", "dilated_s2b", "winograd_f43",
+                                       "winograd_f63"])
 @pytest.mark.parametrize("groups", [1, 2, 4])
 def test_groups_batch_bias_activation(algorithm, groups, weights, rng):
     dilation = 2 if algorithm == "dilated_s2b" else 1
@@ -148,7 +167,8 @@ def test_groups_batch_bias_activation(algorithm, groups, weights, rng):
 
 
 @pytest.mark.parametrize("weights", WEIGHTS)
-@pytest.mark.parametrize("algorithm", ["winograd_f23", "dilated_s2b", "winograd_f43"])
+@pytest.mark.parametrize("algorithm", ["winograd_f23", "dilated_s2b", "winograd_f43",
+                                       "winograd_f63"])
 def test_many_channels(algorithm, weights, rng):
     """Long dot products (9 * 128 terms), where float32 error accumulates most; output
     channels off the 8-row block of U."""
@@ -184,7 +204,8 @@ def fuzz_case(rng, algorithm, weights="auto"):
 
 
 @pytest.mark.parametrize("weights", WEIGHTS)
-@pytest.mark.parametrize("algorithm", ["winograd_f23", "dilated_s2b", "winograd_f43"])
+@pytest.mark.parametrize("algorithm", ["winograd_f23", "dilated_s2b", "winograd_f43",
+                                       "winograd_f63"])
 def test_random_layers_write_only_their_output(algorithm, weights):
     rng = np.random.default_rng(7)
     for _ in range(40):
@@ -198,7 +219,8 @@ def test_blocks_and_split_gemms(rng, monkeypatch):
     monkeypatch.setattr(winograd, "BLOCK_V_BYTES", 1)
     monkeypatch.setattr(packed_gemm, "split", lambda cg, kg, columns: (packed_gemm.ROW_BLOCK, 1))
     monkeypatch.setattr(winograd, "TAPS_PANELS_BYTES", 1)
-    for algorithm, dilation in [("winograd_f23", 1), ("dilated_s2b", 3), ("winograd_f43", 2)]:
+    for algorithm, dilation in [("winograd_f23", 1), ("dilated_s2b", 3), ("winograd_f43", 2),
+                                ("winograd_f63", 1), ("winograd_f63", 2)]:
         for weights in WEIGHTS:
             layer, x, y = run_case(rng, algorithm, 2, 18, 9, 17, 12, padding=dilation,
                                    dilation=dilation, groups=3, weights=weights)
@@ -234,7 +256,7 @@ def test_pack_rows_layout():
     assert np.all(p[:, 1, :, 10 - mr:] == 0)       # rows beyond 10: zero
 
 
-@pytest.mark.parametrize("m", [2, 4])
+@pytest.mark.parametrize("m", [2, 4, 6])
 @pytest.mark.parametrize("k, c, groups", [(64, 64, 1), (17, 5, 1), (30, 12, 3), (16, 1, 16),
                                           (40, 24, 2)])
 def test_packed_weight_transform(m, k, c, groups, rng):
@@ -285,7 +307,8 @@ def test_reuse_across_shapes_and_out(rng):
 # ---- threads -----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("weights", WEIGHTS)
-@pytest.mark.parametrize("algorithm", ["winograd_f23", "dilated_s2b", "winograd_f43"])
+@pytest.mark.parametrize("algorithm", ["winograd_f23", "dilated_s2b", "winograd_f43",
+                                       "winograd_f63"])
 def test_one_and_two_threads_bit_identical(algorithm, weights, rng):
     dilation = 2 if algorithm == "dilated_s2b" else 1
     x = rng.standard_normal((2, 24, 40, 33)).astype(np.float32)
@@ -370,7 +393,8 @@ def test_dispatcher_routes_here():
 
 # ---- torch ---------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("algorithm", ["winograd_f23", "dilated_s2b", "winograd_f43"])
+@pytest.mark.parametrize("algorithm", ["winograd_f23", "dilated_s2b", "winograd_f43",
+                                       "winograd_f63"])
 def test_against_torch(algorithm, rng):
     torch = torch_or_skip()
     dilation = (2, 3) if algorithm == "dilated_s2b" else 1
@@ -385,7 +409,8 @@ def test_against_torch(algorithm, rng):
 
 
 @pytest.mark.parametrize("algorithm, dilation", [("winograd_f23", 1), ("winograd_f43", 1),
-                                                 ("dilated_s2b", 2), ("winograd_f43", 3)])
+                                                 ("dilated_s2b", 2), ("winograd_f43", 3),
+                                                 ("winograd_f63", 1), ("winograd_f63", 2)])
 def test_fused_exp_activations_equal_the_separate_pass(algorithm, dilation, rng):
     """SiLU, GELU and HardSwish run as one vector pass over each block of output tiles (not a
     whole vector per output): the values of the convolution without activation followed by
@@ -448,7 +473,8 @@ def test_auto_keeps_u_only_where_it_is_small_or_tiles_are_few(rng):
     assert list(small.transforms._items) == ["winograd_taps"]
 
 
-@pytest.mark.parametrize("algorithm, uneven", [("winograd_f23", 3), ("winograd_f43", 4)])
+@pytest.mark.parametrize("algorithm, uneven", [("winograd_f23", 3), ("winograd_f43", 4),
+                                               ("winograd_f63", 3)])
 def test_per_call_thread_counts_and_row_chunks_bit_identical(algorithm, uneven, rng):
     """Work items split by rows of U (the 4 or 6 items of whole tile columns do not share
     evenly between `uneven` threads) give the same bits as 1 and 2 threads."""
@@ -538,3 +564,46 @@ def test_a_model_chooses_the_form_for_all_its_winograd_layers(rng):
     np.testing.assert_array_equal(ys["auto"], ys["per_call"])
     with pytest.raises(ValueError, match="winograd_weights must be one of"):
         engine.load(m, winograd_weights="never")
+
+
+# ---- the tile (engine/dispatch/winograd.py) -----------------------------------------------------
+
+@pytest.mark.parametrize("c, side", [(16, 30), (512, 14), (2048, 8)])
+def test_tile_error_is_bounded(c, side):
+    """Each tile's error on unit-normal data, max |y - float64 reference| / max |reference|,
+    stays within the figure the dispatcher holds for it (TILE_REL_ERROR), and auto only ranks
+    tiles within WINOGRAD_MAX_REL_ERROR; a tile claiming a larger error is never ranked."""
+    from engine.dispatch import winograd as wd
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((1, c, side, side)).astype(np.float32)
+    w = rng.standard_normal((32, c, 3, 3)).astype(np.float32)
+    ref = conv2d_ref(x, w, None, (1, 1), ((1, 1), (1, 1)), (1, 1))
+    errors = {}
+    for m, algorithm in wd.TILE_ALGORITHMS.items():
+        y = engine.Conv2d(w, None, 1, 1, algorithm=algorithm, num_threads=1)(x)
+        errors[m] = np.abs(y - ref).max() / np.abs(ref).max()
+        assert errors[m] <= wd.TILE_REL_ERROR[m], (algorithm, errors[m])
+    assert errors[2] < min(errors[4], errors[6])    # F(2x2)'s transforms hold only 0, +-1/2, +-1
+    ranked = [m for m, _, _ in wd.rank_winograd_tiles(64, 64, 1, lambda m: 100)]
+    assert sorted(ranked) == [m for m in wd.TILE_ALGORITHMS
+                              if wd.TILE_REL_ERROR[m] <= wd.WINOGRAD_MAX_REL_ERROR]
+
+
+def test_tile_over_the_error_bound_is_never_ranked(monkeypatch):
+    from engine.dispatch import winograd as wd
+    monkeypatch.setitem(wd.TILE_REL_ERROR, 6, 2 * wd.WINOGRAD_MAX_REL_ERROR)
+    tiles = lambda m: (-(-224 // m)) ** 2
+    assert [m for m, _, _ in wd.rank_winograd_tiles(64, 64, 1, tiles)][0] == 4
+    monkeypatch.undo()
+    assert [m for m, _, _ in wd.rank_winograd_tiles(64, 64, 1, tiles)][0] == 6
+
+
+def test_tile_cost_follows_waste_and_weights():
+    """The cost model's shape: on a 7x7 map a 6x6 tile wastes 64% of its outputs and F(2x2)
+    wins; on 224x224 with few channels the products dominate and F(6x6) wins; the estimate
+    grows with the tiles and with the transformed weights' size."""
+    from engine.dispatch import winograd as wd
+    first = lambda c, side: wd.rank_winograd_tiles(c, c, 1, lambda m: (-(-side // m)) ** 2)[0][0]
+    assert first(512, 7) == 2 and first(64, 224) == 6 and first(64, 56) == 4
+    assert wd.tile_cost_ms(6, 64, 64, 1, 200) > wd.tile_cost_ms(6, 64, 64, 1, 100)
+    assert wd.tile_cost_ms(4, 512, 512, 1, 1) > 36 * 512 * 512 * 4 / 1e9 * wd.TILE_U_MS_PER_GB

@@ -23,8 +23,7 @@ around each of them (bench/bench_models.py for the layout's, which only whole mo
 from .conv import (ALGORITHMS, DIRECT_BLOCKED_MAX_IN, DIRECT_BLOCKED_MAX_OUT,
                    DIRECT_BLOCKED_MAX_POINTWISE, DIRECT_BLOCKED_MAX_WINOGRAD,
                    DIRECT_BLOCKED_MIN_WIDTH, DIRECT_BLOCKED_STRIDED_WIDTH,
-                   FFT_MAX_SPECTRUM_BYTES, WINOGRAD_F43_MIN_CHANNELS, WINOGRAD_MIN_CHANNELS,
-                   F43_MIN_OUTPUT_SIDE, F43_MIN_CHANNELS_DILATED,
+                   FFT_MAX_SPECTRUM_BYTES, WINOGRAD_MIN_CHANNELS, F43_MIN_CHANNELS_DILATED,
                    ConvParams, choose_conv2d, conv2d_candidates, drop_padding_taps,
                    estimated_ms, fft_spectrum_bytes, why_not)
 from .depthwise import DEPTHWISE_KERNELS, choose_depthwise_kernel, why_not_depthwise_kernel
@@ -33,7 +32,8 @@ from .layout import (BLOCKED_DIRECT_MAX_TAPS, LAYOUTS, blocked_kernel, choose_la
                      why_not_layout)
 from .pool import choose_pool_path
 from .resize import choose_resize_axis_path
-from .winograd import choose_winograd_weights
+from .winograd import (WINOGRAD_MAX_REL_ERROR, choose_winograd_weights, rank_winograd_tiles,
+                       tile_cost_ms)
 from .transposed import (TRANSPOSE_ALGORITHMS, choose_conv_transpose2d,
                          choose_onnx_transpose_path, why_not_conv_transpose2d)
 
@@ -42,9 +42,11 @@ __all__ = [
     "ALGORITHMS", "ConvParams", "choose_conv2d", "why_not", "conv2d_candidates", "estimated_ms",
     "drop_padding_taps",
     "fft_spectrum_bytes", "FFT_MAX_SPECTRUM_BYTES", "WINOGRAD_MIN_CHANNELS",
-    "WINOGRAD_F43_MIN_CHANNELS", "F43_MIN_OUTPUT_SIDE", "F43_MIN_CHANNELS_DILATED", "DIRECT_BLOCKED_MAX_IN", "DIRECT_BLOCKED_MAX_OUT",
+    "F43_MIN_CHANNELS_DILATED", "DIRECT_BLOCKED_MAX_IN", "DIRECT_BLOCKED_MAX_OUT",
     "DIRECT_BLOCKED_MAX_POINTWISE", "DIRECT_BLOCKED_MAX_WINOGRAD", "DIRECT_BLOCKED_MIN_WIDTH",
     "DIRECT_BLOCKED_STRIDED_WIDTH",
+    # winograd
+    "choose_winograd_weights", "rank_winograd_tiles", "tile_cost_ms", "WINOGRAD_MAX_REL_ERROR",
     # depthwise
     "DEPTHWISE_KERNELS", "choose_depthwise_kernel", "why_not_depthwise_kernel",
     # layout
@@ -54,6 +56,4 @@ __all__ = [
     "choose_onnx_transpose_path",
     # pool, gemm
     "choose_pool_path", "choose_gemm", "choose_matmul",
-    # winograd
-    "choose_winograd_weights",
 ]

@@ -13,6 +13,8 @@ from __future__ import annotations
 import math
 from typing import NamedTuple, Optional
 
+from .winograd import TILE_ALGORITHMS, rank_winograd_tiles, tile_cost_ms
+
 # Sustained one-core rates, only for ranking the candidates explain() lists (the rules choose);
 # bench/bench_conv2d.py --algorithm NAME prints each algorithm's GFLOP/s.
 _GEMM_GFLOPS = 150.0             # the packed GEMM micro-kernel inside whole layers
@@ -30,14 +32,9 @@ FFT_MAX_SPECTRUM_BYTES = 512 << 20
 # Below this many channels per group Winograd's per-tile transforms cost more than the
 # multiplications they save (bench/bench_dispatch.py conv/winograd_min).
 WINOGRAD_MIN_CHANNELS = 8
-# F(4x4,3x3) beats F(2x2,3x3) on undilated layers from this many channels per group and an
-# output of at least F43_MIN_OUTPUT_SIDE a side: on smaller maps its 4x4 tiles are too few to
-# feed its 36 element-wise GEMMs (one thread, ms, F(4x4) / F(2x2): 64->64 56x56 1.49 / 1.58,
-# 128->128 28x28 1.37 / 1.39, 256->256 14x14 1.77 / 1.61, 512->512 7x7 4.52 / 1.90). Dilated
-# layers take it from F43_MIN_CHANNELS_DILATED channels, where their phase sub-images allow
-# (bench/bench_dispatch.py conv/f43).
-WINOGRAD_F43_MIN_CHANNELS = 64
-F43_MIN_OUTPUT_SIDE = 28
+# Undilated 3x3 layers take the tile the cost model of engine/dispatch/winograd.py picks;
+# dilated ones F(4x4,3x3) from this many channels per group, where their phase sub-images
+# allow (bench/bench_dispatch.py conv/winograd_tile).
 F43_MIN_CHANNELS_DILATED = 256
 # Dilated 3x3 layers: F(4x4,3x3) needs phase sub-images (output side / dilation) of at least
 # this many pixels, any Winograd at least DILATED_MIN_PHASE_SIDE, else im2col is faster
@@ -110,7 +107,8 @@ def is_pointwise(p: ConvParams) -> bool:
             and (p.pads is None or p.pads == ((0, 0), (0, 0))))
 
 
-ALGORITHMS = ("direct", "im2col", "pointwise", "winograd_f23", "winograd_f43", "depthwise",
+ALGORITHMS = ("direct", "im2col", "pointwise", "winograd_f23", "winograd_f43", "winograd_f63",
+              "depthwise",
               "dilated_s2b", "separable", "fft", "direct_blocked", "live_taps")
 
 
@@ -132,7 +130,7 @@ def why_not(algorithm: str, p: ConvParams) -> Optional[str]:
         if p.pads is not None and p.pads != ((0, 0), (0, 0)):
             return "pointwise needs zero padding"
         return None
-    if algorithm in ("winograd_f23", "dilated_s2b", "winograd_f43"):
+    if algorithm in ("winograd_f23", "dilated_s2b", "winograd_f43", "winograd_f63"):
         if p.kernel != (3, 3):
             return f"{algorithm} needs a 3x3 kernel, got {p.kernel[0]}x{p.kernel[1]}"
         if p.stride != (1, 1):
@@ -206,18 +204,13 @@ def estimated_ms(algorithm: str, p: ConvParams) -> float:
         return flops / _GEMM_GFLOPS / 1e6 + col_bytes / _MEMORY_GBS / 1e6
     if algorithm == "pointwise":
         return flops / _GEMM_GFLOPS / 1e6
-    if algorithm in ("winograd_f23", "dilated_s2b"):
-        tiles = p.batch * -(-oh // 2) * -(-ow // 2)
-        gemm = 2.0 * 16 * p.groups * kg * cg * tiles
-        transform_bytes = 4.0 * 16 * tiles * p.groups * (cg + kg) * 2
-        return gemm / _GEMM_GFLOPS / 1e6 + transform_bytes / _MEMORY_GBS / 1e6
-    if algorithm == "winograd_f43":
-        # 36 products per 4x4 tile; each call also streams the 36 transformed weight matrices
-        # (each GEMM work item reads them once), which is why it loses to F(2,3) on few channels
-        tiles = p.batch * -(-oh // 4) * -(-ow // 4)
-        gemm = 2.0 * 36 * p.groups * kg * cg * tiles
-        moved = 4.0 * 36 * (tiles * p.groups * (cg + kg) * 2 + p.groups * kg * cg)
-        return gemm / _GEMM_GFLOPS / 1e6 + moved / _MEMORY_GBS / 1e6
+    if algorithm in ("winograd_f23", "dilated_s2b", "winograd_f43", "winograd_f63"):
+        # the tile cost model of engine/dispatch/winograd.py, over the phase sub-images' tiles
+        from ..shapes import phase_tiles
+        m = {"winograd_f43": 4, "winograd_f63": 6}.get(algorithm, 2)
+        tiles = p.batch * sum(phase_tiles(oh, p.dilation[0], m)) * sum(
+            phase_tiles(ow, p.dilation[1], m))
+        return tile_cost_ms(m, cg, kg, p.groups, tiles)
     if algorithm == "depthwise":
         return flops / _DEPTHWISE_GFLOPS / 1e6
     if algorithm == "direct_blocked":
@@ -334,25 +327,24 @@ def _rules(p: ConvParams):
                          f"{p.out_size[0]}x{p.out_size[1]} output: phase sub-images of about "
                          f"{phase_side:.1f} pixels a side, where Winograd tiles would be "
                          f"mostly padding")
-    # F(4x4,3x3) before F(2x2,3x3) and dilated_s2b: it takes any dilation itself
-    if p.dilation == (1, 1):
-        f43 = (min(cg, kg) >= WINOGRAD_F43_MIN_CHANNELS
-               and min(p.out_size) >= F43_MIN_OUTPUT_SIDE)
-    else:
-        f43 = min(cg, kg) >= F43_MIN_CHANNELS_DILATED and phase_side >= F43_MIN_PHASE_SIDE
-    if p.kernel == (3, 3) and p.stride == (1, 1) and f43:
-        yield "winograd_f43", (f"3x3 stride 1 with {cg}->{kg} channels on a "
-                               f"{p.out_size[0]}x{p.out_size[1]} output: Winograd F(4x4,3x3) "
-                               f"needs 4x fewer multiplications than im2col (1.8x fewer than "
-                               f"F(2x2,3x3)), and with this many channels and tiles its larger "
-                               f"transforms cost less than that saves")
     if p.kernel == (3, 3) and p.stride == (1, 1) and min(cg, kg) >= WINOGRAD_MIN_CHANNELS:
         if p.dilation == (1, 1):
-            yield "winograd_f23", ("3x3 stride 1: Winograd F(2x2,3x3) needs 2.25x fewer "
-                                   "multiplications than im2col")
-        yield "dilated_s2b", (f"3x3 stride 1 dilation {p.dilation[0]}x{p.dilation[1]}: the "
-                              "phase sub-images take Winograd F(2x2,3x3), 2.25x fewer "
-                              "multiplications than im2col")
+            # the tile by the cost model of engine/dispatch/winograd.py, cheapest first
+            oh, ow = p.out_size
+            for m, _, reason in rank_winograd_tiles(
+                    cg, kg, p.groups, lambda m: p.batch * -(-oh // m) * -(-ow // m)):
+                yield TILE_ALGORITHMS[m], f"3x3 stride 1, {cg}->{kg} channels: {reason}"
+        else:
+            # F(4x4,3x3) takes any dilation itself, on wide layers with large enough phases
+            if min(cg, kg) >= F43_MIN_CHANNELS_DILATED and phase_side >= F43_MIN_PHASE_SIDE:
+                yield "winograd_f43", (f"3x3 stride 1 with {cg}->{kg} channels on a "
+                                       f"{p.out_size[0]}x{p.out_size[1]} output: Winograd "
+                                       f"F(4x4,3x3) on the phase sub-images, with this many "
+                                       f"channels its larger transforms cost less than its "
+                                       f"1.8x fewer products save")
+            yield "dilated_s2b", (f"3x3 stride 1 dilation {p.dilation[0]}x{p.dilation[1]}: the "
+                                  "phase sub-images take Winograd F(2x2,3x3), 2.25x fewer "
+                                  "multiplications than im2col")
     if p.kernel == (3, 3) and p.stride == (1, 1):
         yield "im2col", (f"3x3 stride 1 but only {min(cg, kg)} channels per group: Winograd's "
                          f"transforms would cost more than they save")

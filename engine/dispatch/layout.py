@@ -76,7 +76,7 @@ def winograd_shaped(p: ConvParams) -> bool:
     if p.dilation != (1, 1):      # phases, live taps, taps dropped past the map: NCHW's own
         return True
     algorithm, _ = choose_conv2d(p, current_policy().excluded)   # as the NCHW plan would
-    return algorithm == "winograd_f43" or (
+    return algorithm in ("winograd_f43", "winograd_f63") or (
         algorithm == "winograd_f23" and p.in_channels // p.groups > WINOGRAD_BLOCKED_MAX_IN)
 
 

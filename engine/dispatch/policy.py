@@ -20,10 +20,10 @@ ACCURACY_LEVELS = ("fast", "strict")
 # layers of bench/bench_conv2d.py (README, "The algorithm lab"): at most 2.8e-6 for the
 # GEMM-based and direct algorithms (a 512-channel sum), 5.8e-7 for Winograd F(2x2,3x3), 9.9e-7
 # for dilated_s2b, 2.8e-7 for FFT, below 2e-7 for depthwise and separable; Winograd
-# F(4x4,3x3) 3.6e-6 to 1.6e-5, above the budget from 64 channels on.
+# F(4x4,3x3) 3.6e-6 to 1.6e-5, above the budget from 64 channels on; F(6x6,3x3) up to 6e-5.
 STRICT_MAX_REL_ERROR = 5e-6
 # Algorithms whose measured error exceeds STRICT_MAX_REL_ERROR on some measured layer.
-STRICT_EXCLUDED = frozenset({"winograd_f43"})
+STRICT_EXCLUDED = frozenset({"winograd_f43", "winograd_f63"})
 
 
 WINOGRAD_WEIGHTS = ("auto", "stored", "per_call")

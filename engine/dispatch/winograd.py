@@ -34,3 +34,47 @@ def choose_winograd_weights(u_bytes: int, tiles: int) -> tuple[str, str]:
     return "per_call", (f"U would take {mb:.1f} MiB: the weights are kept as given and each "
                         f"block of U is computed where it is used ({tiles} tiles per block "
                         f"amortise it)")
+
+
+# ---- the tile: F(2x2,3x3), F(4x4,3x3) or F(6x6,3x3) -------------------------------------------
+#
+# A larger tile needs fewer products per output ((m+2)^2 / m^2: 4, 2.25, 1.78), but its tiles
+# waste more of a map whose side is not a multiple of m (a 7x7 map is 64% padding in 6x6
+# tiles), its transformed weights are (m+2)^2 / 9 times the weights (read once per call), and
+# its transforms cost more per tile. The time of a tile choice on one core is estimated as
+#     GEMM flops * GEMM cost + U bytes * U cost + tile outputs (waste included) * (C + K) * T_m,
+# with the constants below fitted (least squares on relative error) to one-thread times of
+# the three tiles on 16-512 channel layers, 7x7 to 224x224 maps (bench/bench_dispatch.py
+# conv/winograd_tile prints the times and each layer's pick).
+TILE_GEMM_MS_PER_GFLOP = 15.1
+TILE_U_MS_PER_GB = 93.7
+TILE_TRANSFORM_NS = {2: 3.00, 4: 3.46, 6: 3.49}
+# The largest error a tile may bring to be picked by auto: max |y - float64 reference| over
+# max |reference| on unit-normal data; TILE_REL_ERROR is twice the worst measured on 16-2048
+# channel layers (tests/test_winograd.py test_tile_error_is_bounded measures it again).
+WINOGRAD_MAX_REL_ERROR = 5e-4
+TILE_REL_ERROR = {2: 4e-6, 4: 6e-5, 6: 1.2e-4}
+TILE_ALGORITHMS = {2: "winograd_f23", 4: "winograd_f43", 6: "winograd_f63"}
+
+
+def tile_cost_ms(m: int, cg: int, kg: int, groups: int, tiles: int) -> float:
+    """Estimated one-core time of F(m x m, 3x3) on ``tiles`` tiles (all images and phases)."""
+    e = (m + 2) ** 2
+    gemm = 2.0 * tiles * e * cg * kg * groups
+    u = 4.0 * e * cg * kg * groups
+    transforms = tiles * m * m * (cg + kg) * groups
+    return (gemm / 1e9 * TILE_GEMM_MS_PER_GFLOP + u / 1e9 * TILE_U_MS_PER_GB
+            + transforms * TILE_TRANSFORM_NS[m] / 1e6)
+
+
+def rank_winograd_tiles(cg: int, kg: int, groups: int, tiles_of) -> list[tuple[int, float, str]]:
+    """(m, estimated ms, reason) for the tiles whose error is within WINOGRAD_MAX_REL_ERROR,
+    cheapest first; tiles_of(m): the layer's tiles of side m."""
+    costs = {m: tile_cost_ms(m, cg, kg, groups, tiles_of(m)) for m in TILE_ALGORITHMS
+             if TILE_REL_ERROR[m] <= WINOGRAD_MAX_REL_ERROR}
+    ranked = sorted(costs, key=lambda m: (costs[m], m))
+    others = ", ".join(f"F({m}x{m}) {costs[m]:.2f}" for m in ranked[1:])
+    return [(m, costs[m], f"Winograd F({m}x{m},3x3): {tiles_of(m)} tiles, estimated "
+                          f"{costs[m]:.2f} ms" + (f" (vs {others} ms)" if i == 0 and others
+                                                  else ""))
+            for i, m in enumerate(ranked)]

@@ -116,8 +116,8 @@ def real_flops(algorithm: str, layer: Conv2d, g) -> float:
     direct = 2.0 * g.macs
     (oh, ow), (kh, kw) = g.out_size, layer.kernel_size
     cg, k, n = layer.weight.shape[1], layer.out_channels, g.batch
-    if algorithm in ("winograd_f23", "winograd_f43", "dilated_s2b"):
-        m = 4 if algorithm == "winograd_f43" else 2
+    if algorithm in ("winograd_f23", "winograd_f43", "winograd_f63", "dilated_s2b"):
+        m = {"winograd_f43": 4, "winograd_f63": 6}.get(algorithm, 2)
         tiles = n * math.ceil(oh / m) * math.ceil(ow / m)
         return 2.0 * tiles * (m + 2) ** 2 * cg * k
     if algorithm == "separable":

@@ -32,7 +32,7 @@ def _registry():
 
 
 # The algorithms engine/ops/winograd.py runs, which take winograd_weights=.
-_WINOGRAD = ("winograd_f23", "winograd_f43", "dilated_s2b")
+_WINOGRAD = ("winograd_f23", "winograd_f43", "winograd_f63", "dilated_s2b")
 
 
 class TransformedWeights:

@@ -11,7 +11,7 @@ from .depthwise import Depthwise
 from .direct_blocked import DirectBlocked
 from .live_taps import LiveTaps
 from .separable import Separable
-from .winograd import WinogradF23, WinogradF43
+from .winograd import WinogradF23, WinogradF43, WinogradF63
 from .workspace import workspace
 
 # Bound on the im2col column buffer of one thread: large enough for efficient GEMMs, small
@@ -148,5 +148,6 @@ REGISTRY = {
     "winograd_f23": WinogradF23,   # dilation 1
     "dilated_s2b": WinogradF23,    # the same kernel, phase sub-images in its addressing
     "winograd_f43": WinogradF43,   # any dilation (engine/dispatch/conv.py: >= 256 channels)
+    "winograd_f63": WinogradF63,   # any dilation
     "live_taps": LiveTaps,         # dilated layers whose taps mostly read padding
 }

@@ -123,7 +123,22 @@ def toom_cook(points, m: int, r: int = 3):
 
 F43_AT, F43_G, F43_BT = toom_cook((0, 1, -1, 2, -2), m=4)
 
-TRANSFORMS = {2: (F23_AT, F23_G, F23_BT), 4: (F43_AT, F43_G, F43_BT)}
+
+def _f63():
+    # points (0, 1, -1, 2, -2, 1/2, -1/2). N_0(0) = -1, so toom_cook's row 0 of B^T (N_0's
+    # coefficients) and of G (1 / N_0(0)) come out negated; negating both keeps their product
+    # and gives the usual row 1 0 -21/4 0 21/4 0 -1 0 (what kernels/conv_winograd.pyx bt8 uses)
+    AT, G, BT = toom_cook((0, 1, -1, 2, -2, 0.5, -0.5), m=6)
+    G[0], BT[0] = -G[0], -BT[0]
+    return AT, G, BT
+
+
+F63_AT, F63_G, F63_BT = _f63()
+
+TRANSFORMS = {2: (F23_AT, F23_G, F23_BT), 4: (F43_AT, F43_G, F43_BT),
+              6: (F63_AT, F63_G, F63_BT)}
+# Columns of TilePlan.phase_cols (kernels/conv_winograd.pyx MAX_M): the largest tile side.
+MAX_TILE = 6
 
 
 def packed_floats(k: int, cg: int, groups: int, m: int) -> int:
@@ -176,7 +191,7 @@ class TilePlan:
         # b + dw*(m*tj + c) exists (c < m)
         self.phase_tiles = np.array(tw, np.intp)
         self.phase_start = np.ascontiguousarray(np.cumsum(tw) - tw, dtype=np.intp)
-        self.phase_cols = np.zeros((dw, 4), np.intp)
+        self.phase_cols = np.zeros((dw, MAX_TILE), np.intp)
         for b in range(dw):
             for c in range(m):
                 self.phase_cols[b, c] = min(max(0, -(-(ow - b - dw * c) // (dw * m))), tw[b])
@@ -263,8 +278,8 @@ class TilePlan:
 class Winograd:
     """F(m x m, 3x3) Winograd for 3x3 stride-1 layers of any dilation and group count.
 
-    Registered as "winograd_f23" (m = 2, dilation 1), "dilated_s2b" (m = 2, dilation > 1) and
-    "winograd_f43" (m = 4, any dilation). The transformed weights are made once and kept, or,
+    Registered as "winograd_f23" (m = 2, dilation 1), "dilated_s2b" (m = 2, dilation > 1),
+    "winograd_f43" (m = 4, any dilation) and "winograd_f63" (m = 6, any dilation). The transformed weights are made once and kept, or,
     for large layers with enough tiles per call, made block by block inside every call from
     the weights as given (engine/dispatch/winograd.py; ``weights=`` "stored" or "per_call"
     forces it). Weights must be finite; a NaN or infinity in the input gives NaN or infinity
@@ -363,3 +378,7 @@ class WinogradF23(Winograd):
 
 class WinogradF43(Winograd):
     tile = 4
+
+
+class WinogradF63(Winograd):
+    tile = 6
