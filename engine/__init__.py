@@ -51,6 +51,7 @@ def build_info() -> dict:
         pass
     return {"version": __version__, **flags, "openmp": _info.openmp_enabled(),
             "openmp_max_threads": _info.openmp_max_threads(), "num_threads": get_num_threads(),
+            "vector_floats": _info.vector_floats(),
             "blas": blas, "algorithms": algorithms()}
 
 

@@ -128,6 +128,38 @@ def test_gemm_paths_agree(rng):
     assert np.abs(y1 - y9).max() <= 1e-5 * scale
 
 
+def test_narrow_vectors_keep_every_layer_on_nchw(rng, monkeypatch):
+    """Kernels built for 8-float vectors (AVX2, no AVX-512) would spill the blocked kernels'
+    16-float tiles: auto then keeps every layer on NCHW and says why, a forced layout still
+    holds, and the results agree."""
+    from engine.dispatch.layout import ASSUME_VECTOR_FLOATS_ENV, blocked_layout_pays
+    pw = ConvParams(32, 64, (1, 1), (1, 1), (1, 1), 1, ((0, 0), (0, 0)), (14, 14))
+    kind, why = blocked_kernel(pw)
+    assert choose_layout(kind, why, "depthwise")[0] == "nchw16c"
+    assert blocked_layout_pays() == (True, "")
+    monkeypatch.setenv(ASSUME_VECTOR_FLOATS_ENV, "8")
+    pays, reason = blocked_layout_pays()
+    assert not pays and "8-float vectors" in reason
+    assert choose_layout(kind, why, "depthwise") == ("nchw", reason)
+    assert choose_layout(kind, why, "depthwise", forced="nchw16c")[0] == "nchw16c"
+    x = rng.standard_normal((2, 1, 16, 16)).astype(np.float32)
+    auto = engine.load(DIGITS)
+    text = auto.explain()
+    assert "NCHW16c" not in text and "8-float vectors (no AVX-512)" in text
+    ref = engine.load(DIGITS, layout="nchw16c")(x)
+    assert np.abs(auto(x) - ref).max() <= 1e-5 * np.abs(ref).max()
+
+
+def test_the_kernels_report_their_vector_width():
+    from engine._kernels import _info
+    floats = _info.vector_floats()
+    assert floats in (4, 8, 16) and engine.build_info()["vector_floats"] == floats
+    if "-march=native" in (engine.build_info()["compile_args"] or []) and os.path.exists(
+            "/proc/cpuinfo"):
+        flags = open("/proc/cpuinfo").read()
+        assert floats == (16 if " avx512f" in flags else 8 if " avx" in flags else 4)
+
+
 def test_load_forces_the_layout(rng):
     x = rng.standard_normal((2, 1, 16, 16)).astype(np.float32)
     auto = engine.load(DIGITS)

@@ -47,6 +47,27 @@ WINOGRAD_BLOCKED_MAX_IN = 64
 # NCHW algorithms outweighs two passes over the tensors. A 1x1 layer never pays that alone: its
 # input is as large as its work per tap (bench/bench_dispatch.py layout/dense).
 DENSE_ALONE_MIN_TAPS = 256
+# Floats per vector register the blocked kernels need: they keep tiles of 16-float vectors
+# (one channel block per pixel) in registers, 24 of them in the pointwise and dense tiles.
+# Built for 8-float AVX2 registers each becomes two and the tiles spill: ResNet-18 took 130 ms
+# blocked against 55 ms on NCHW at one thread (bench/bench_zoo.py with layout="nchw16c" and
+# "nchw"), so without AVX-512 auto keeps every layer on NCHW.
+BLOCKED_MIN_VECTOR_FLOATS = 16
+# Environment variable that makes the layout rules take another vector width than the build's
+# (the tests set 16 to check the AVX-512 rules on any machine, their worker processes too).
+ASSUME_VECTOR_FLOATS_ENV = "CONVENGINE_ASSUME_VECTOR_FLOATS"
+
+
+def blocked_layout_pays() -> tuple[bool, str]:
+    """Whether the kernels were built with vectors as wide as a channel block, and why not."""
+    import os
+    from .._kernels import _info
+    assumed = os.environ.get(ASSUME_VECTOR_FLOATS_ENV, "")
+    floats = int(assumed) if assumed.isdigit() else _info.vector_floats()
+    if floats >= BLOCKED_MIN_VECTOR_FLOATS:
+        return True, ""
+    return False, (f"the kernels were built for {floats}-float vectors (no AVX-512): the "
+                   f"channel-blocked kernels' 16-float tiles would spill from registers")
 
 
 def grouped_in_blocks(p: ConvParams) -> bool:
@@ -139,6 +160,9 @@ def choose_layout(kind: Optional[str], why: str, producer_kind: Optional[str] = 
         return "nchw", "forced by the caller (layout='nchw')"
     if forced == "nchw16c":
         return "nchw16c", f"{why}; forced by the caller (layout='nchw16c')"
+    pays, why_not_blocked = blocked_layout_pays()
+    if not pays:
+        return "nchw", why_not_blocked
     if kind == "direct":
         if producer_kind is not None:
             return "nchw", ("its input comes from a layer with a blocked kernel, and the direct "
