@@ -50,11 +50,28 @@ cdef extern from *:
     /* m where v > m or v is NaN takes v: the maximum's update, NaN winning as in the scan;
      * a select on masks, never a branch (on random data a branch mispredicts every other
      * element: the loops' scalar tails made pools of 110 columns 3x slower than of 112) */
+    #if defined(__AVX512F__)
     static inline ce_mp_vf ce_mp_take(ce_mp_vf m, ce_mp_vf v)
     {
         ce_mp_vi take = (v > m) | (v != v);
         return (ce_mp_vf)(((ce_mp_vi)v & take) | ((ce_mp_vi)m & ~take));
     }
+    #else
+    /* in two halves of the register width: gcc lowers the 16-lane compares of the form above
+     * to scalar compares and inserts on AVX2 (a max pool ran at 0.4 GFLOP/s) */
+    typedef float ce_mp_vh __attribute__((vector_size(32)));
+    typedef int ce_mp_vhi __attribute__((vector_size(32)));
+    typedef union { ce_mp_vf f; ce_mp_vh h[2]; } ce_mp_halves;
+    static inline ce_mp_vf ce_mp_take(ce_mp_vf m, ce_mp_vf v)
+    {
+        ce_mp_halves a = {m}, b = {v}, r;
+        for (int i = 0; i < 2; i++) {
+            ce_mp_vhi take = (b.h[i] > a.h[i]) | (b.h[i] != b.h[i]);
+            r.h[i] = (ce_mp_vh)(((ce_mp_vhi)b.h[i] & take) | ((ce_mp_vhi)a.h[i] & ~take));
+        }
+        return r.f;
+    }
+    #endif
 
     /* dst[i] = take(dst[i], src[i]) for the last n < 16 elements: masked on AVX-512 */
     static inline void ce_mp_tail(const float *src, float *dst, ptrdiff_t n)
@@ -90,6 +107,21 @@ cdef extern from *:
     static void ce_mp_rows2(const float *restrict row, ptrdiff_t n, float *restrict e,
                             float *restrict o)
     {
+    #if !defined(__AVX512F__)
+        /* without AVX-512 the 16-lane two-vector shuffles below compile to element moves
+         * (a 64x112x112 max pool took 4.7 ms on AVX2); gcc vectorises this loop itself */
+        ptrdiff_t half = n / 2;
+        for (ptrdiff_t j = 0; j < half; j++) {
+            float a = row[2 * j], b = row[2 * j + 1];
+            e[j] = (a > e[j] || a != a) ? a : e[j];
+            o[j] = (b > o[j] || b != b) ? b : o[j];
+        }
+        if (n & 1) {
+            float a = row[n - 1];
+            e[half] = (a > e[half] || a != a) ? a : e[half];
+        }
+        return;
+    #endif
         const ce_mp_vi even = {0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30};
         const ce_mp_vi odd = even + 1;
         ptrdiff_t j = 0;
