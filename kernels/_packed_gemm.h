@@ -156,6 +156,12 @@ static inline void ce_pg_store(ce_pg_vf acc, float b, const float *res, float *o
 /* One MR x NR block: C rows r < nm, columns < ncols. ap: packed A block [K][MR]; panel: B panel
  * [K][NR]; c: C[row 0, column 0] with row stride ldc; res: the residual at the same place (row
  * stride ldc) or NULL; bias: MR values or NULL. */
+#if CE_PG_NV == 1
+/* Kept out of line with one vector per row: inlined into the large OpenMP bodies that call it,
+ * gcc kept the eight sums in memory through the K loop on 8-float builds (a load and a store
+ * per multiply-add: im2col layers at 26 GFLOP/s on AVX2) */
+__attribute__((noinline))
+#endif
 static void ce_pg_block(const float *restrict ap, const float *restrict panel, int K,
                         float *c, ptrdiff_t ldc, const float *res, const float *bias, ce_act_t act,
                         int nm, int ncols)
