@@ -44,8 +44,9 @@ def choose_winograd_weights(u_bytes: int, tiles: int) -> tuple[str, str]:
 # its transforms cost more per tile. The time of a tile choice on one core is estimated as
 #     GEMM flops * GEMM cost + U bytes * U cost + tile outputs (waste included) * (C + K) * T_m,
 # with the constants below fitted (least squares on relative error) to one-thread times of
-# the three tiles on 16-512 channel layers, 7x7 to 224x224 maps (bench/bench_dispatch.py
-# conv/winograd_tile prints the times and each layer's pick).
+# the three tiles on 16-512 channel layers, 7x7 to 224x224 maps, measured on an AVX2 build
+# (bench/bench_dispatch.py conv/winograd_tile prints the times and each layer's pick; an
+# AVX-512 build's faster GEMMs shift the balance towards the transforms: refit there).
 TILE_GEMM_MS_PER_GFLOP = 15.1
 TILE_U_MS_PER_GB = 93.7
 TILE_TRANSFORM_NS = {2: 3.00, 4: 3.46, 6: 3.49}
