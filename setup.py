@@ -90,7 +90,8 @@ def _extensions():
         exts.append(Extension(
             f"engine._kernels.{name}", [path],
             include_dirs=[numpy.get_include(), "kernels"],
-            depends=sorted(glob.glob(os.path.join("kernels", "*.h"))),
+            depends=sorted(glob.glob(os.path.join("kernels", "*.h"))
+                           + glob.glob(os.path.join("kernels", "*.pxi"))),
             define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
             extra_compile_args=COMPILE_ARGS, extra_link_args=LINK_ARGS,
         ))

@@ -108,8 +108,9 @@ cdef extern from *:
                             float *restrict o)
     {
     #if !defined(__AVX512F__)
-        /* without AVX-512 the 16-lane two-vector shuffles below compile to element moves
-         * (a 64x112x112 max pool took 4.7 ms on AVX2); gcc vectorises this loop itself */
+        /* without AVX-512 the 16-lane two-vector shuffles of the other branch compile to
+         * element moves (a 64x112x112 max pool took 4.7 ms on AVX2); gcc vectorises this loop
+         * itself */
         ptrdiff_t half = n / 2;
         for (ptrdiff_t j = 0; j < half; j++) {
             float a = row[2 * j], b = row[2 * j + 1];
@@ -120,8 +121,7 @@ cdef extern from *:
             float a = row[n - 1];
             e[half] = (a > e[half] || a != a) ? a : e[half];
         }
-        return;
-    #endif
+    #else
         const ce_mp_vi even = {0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30};
         const ce_mp_vi odd = even + 1;
         ptrdiff_t j = 0;
@@ -134,22 +134,17 @@ cdef extern from *:
         if (2 * j < n) {            /* fewer than 32 columns left */
             ptrdiff_t left = n - 2 * j, ne = (left + 1) / 2, no = left / 2;
             float pe[16], po[16];
-    #if defined(__AVX512F__)
             __mmask16 ka = (__mmask16)(left >= 16 ? 0xffffu : (1u << left) - 1);
             __mmask16 kb = (__mmask16)(left > 16 ? (1u << (left - 16)) - 1 : 0);
             ce_mp_vf a = (ce_mp_vf)_mm512_maskz_loadu_ps(ka, row + 2 * j);
             ce_mp_vf b = (ce_mp_vf)_mm512_maskz_loadu_ps(kb, row + 2 * j + 16);
-    #else
-            float pa[32] = {0};
-            __builtin_memcpy(pa, row + 2 * j, (size_t)left * sizeof(float));
-            ce_mp_vf a = *(const ce_mp_vfu *)pa, b = *(const ce_mp_vfu *)(pa + 16);
-    #endif
             *(ce_mp_vfu *)pe = __builtin_shuffle(a, b, even);
             *(ce_mp_vfu *)po = __builtin_shuffle(a, b, odd);
             ce_mp_tail(pe, e + j, ne);
             if (no)
                 ce_mp_tail(po, o + j, no);
         }
+    #endif
     }
     #define CE_MP_BAND 32
 

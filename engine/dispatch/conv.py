@@ -205,12 +205,9 @@ def estimated_ms(algorithm: str, p: ConvParams) -> float:
     if algorithm == "pointwise":
         return flops / _GEMM_GFLOPS / 1e6
     if algorithm in ("winograd_f23", "dilated_s2b", "winograd_f43", "winograd_f63"):
-        # the tile cost model of engine/dispatch/winograd.py, over the phase sub-images' tiles
-        from ..shapes import phase_tiles
+        # the tile cost model of engine/dispatch/winograd.py
         m = {"winograd_f43": 4, "winograd_f63": 6}.get(algorithm, 2)
-        tiles = p.batch * sum(phase_tiles(oh, p.dilation[0], m)) * sum(
-            phase_tiles(ow, p.dilation[1], m))
-        return tile_cost_ms(m, cg, kg, p.groups, tiles)
+        return tile_cost_ms(m, cg, kg, p.groups, winograd_tiles(p, m))
     if algorithm == "depthwise":
         return flops / _DEPTHWISE_GFLOPS / 1e6
     if algorithm == "direct_blocked":
@@ -239,6 +236,14 @@ def conv2d_candidates(p: ConvParams) -> list[tuple[str, float]]:
 
 
 # -- the rules ---------------------------------------------------------------------------------
+
+def winograd_tiles(p: ConvParams, m: int) -> int:
+    """Tiles of m x m outputs over every image and phase sub-image of the layer's output."""
+    from ..shapes import phase_tiles
+    oh, ow = p.out_size
+    return p.batch * sum(phase_tiles(oh, p.dilation[0], m)) * sum(
+        phase_tiles(ow, p.dilation[1], m))
+
 
 def live_fraction(p: ConvParams) -> float:
     """The fraction of a layer's (tap, output) pairs whose input pixel lies inside the map
@@ -330,9 +335,8 @@ def _rules(p: ConvParams):
     if p.kernel == (3, 3) and p.stride == (1, 1) and min(cg, kg) >= WINOGRAD_MIN_CHANNELS:
         if p.dilation == (1, 1):
             # the tile by the cost model of engine/dispatch/winograd.py, cheapest first
-            oh, ow = p.out_size
-            for m, _, reason in rank_winograd_tiles(
-                    cg, kg, p.groups, lambda m: p.batch * -(-oh // m) * -(-ow // m)):
+            for m, _, reason in rank_winograd_tiles(cg, kg, p.groups,
+                                                    lambda m: winograd_tiles(p, m)):
                 yield TILE_ALGORITHMS[m], f"3x3 stride 1, {cg}->{kg} channels: {reason}"
         else:
             # F(4x4,3x3) takes any dilation itself, on wide layers with large enough phases

@@ -10,6 +10,7 @@ layer a blocked kernel can run, neighbours or not.
 """
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 from ..ops.activation import is_activation
@@ -60,7 +61,6 @@ ASSUME_VECTOR_FLOATS_ENV = "CONVENGINE_ASSUME_VECTOR_FLOATS"
 
 def blocked_layout_pays() -> tuple[bool, str]:
     """Whether the kernels were built with vectors as wide as a channel block, and why not."""
-    import os
     from .._kernels import _info
     assumed = os.environ.get(ASSUME_VECTOR_FLOATS_ENV, "")
     floats = int(assumed) if assumed.isdigit() else _info.vector_floats()
