@@ -129,7 +129,7 @@ def conv_rows(group):
 DEPTHWISE = {
     "blocks": [(256, n, s) for s in (1, 2) for n in (12, 14, 16, 20, 24, 28)],
     "rows": [(32, 112, 1), (96, 112, 2), (144, 56, 1), (128, 56, 1), (144, 56, 2),
-             (256, 28, 1)],
+             (256, 28, 1), (240, 56, 2), (192, 28, 2), (240, 28, 2), (576, 28, 2)],
 }
 
 
@@ -272,7 +272,8 @@ def layout_rows(group, threads=1):
         out = np.empty(blocked.blocked_shape((1, c, o, o)), np.float32)
         macs = c * o * o * 9
         fns = {f"{t} thread": (lambda t: lambda: nchwc.f32_depthwise_blocked(
-            xb, wp, bp, out, s, s, 1, 1, 1, 1, 2, t, True))(t) for t in (1, 2)}
+            xb, wp, bp, out, s, s, 1, 1, 1, 1, kernel_act("relu6"), t, True))(t)
+            for t in (1, 2)}
         pick = f"{threads_for(macs, 2, MIN_WORK_DEPTHWISE)} thread"
         yield f"depthwise {c}ch {size}x{size} s{s} ({macs // 1000}k MACs)", fns, pick
 

@@ -75,6 +75,40 @@ static inline ce_dw_vf ce_dw_clamp(ce_dw_vf v, float lo, float hi)
     return (ce_dw_vf)(((ce_dw_vi)v & ~m) | ((ce_dw_vi)vhi & m));
 }
 
+/* Stride 2 without AVX-512: each input row is split into its even and odd padded columns as
+ * it is copied into the ring (E[i] = xpad[2i] in the first half of the ring row, O[i] =
+ * xpad[2i + 1] in the second), so the taps read E[ox], O[ox], E[ox + 1] with unit-stride
+ * loads. Splitting per output vector took three two-vector shuffles per row (each several
+ * instructions on AVX2) for each tap row, and a row is read by two output rows
+ * (bench_conv2d.py, dw3x3_s2_c96_112). AVX-512 does the split in one permute per vector and
+ * keeps it. */
+#if CE_DW_VW == 16
+#define CE_DW_SPLIT_ROWS 0
+#else
+#define CE_DW_SPLIT_ROWS 1
+#endif
+
+/* One input row of W floats into the halves E, O of its ring row (see above); positions that
+ * hold no input column are not written. */
+static inline void ce_dw_copy_split(const float *src, int W, int pl, float *E, float *O)
+{
+    /* column k sits at padded column k + pl: even ones go to E, odd ones to O, at half */
+    float *ev = (pl & 1) ? O : E, *od = (pl & 1) ? E : O;
+    int e0 = pl >> 1, o0 = (pl + 1) >> 1;
+    int nodd = W / 2, m = 0;
+    for (; m + CE_DW_VW <= nodd; m += CE_DW_VW) {
+        ce_dw_vf e, o;
+        ce_dw_split(src + 2 * m, &e, &o);
+        *(ce_dw_vfu *)(ev + e0 + m) = e;
+        *(ce_dw_vfu *)(od + o0 + m) = o;
+    }
+    for (; 2 * m < W; m++) {
+        ev[e0 + m] = src[2 * m];
+        if (2 * m + 1 < W)
+            od[o0 + m] = src[2 * m + 1];
+    }
+}
+
 /* out[OH][OW] = clamp(conv3x3(x[H][W]) + b, lo, hi), stride sh = sw in {1, 2}, padding pt, pl
  * (rows and columns outside x are zero). w9: the 3x3 filter row-major. ring: this thread's
  * ce_dw_ring_floats(...) floats, zero where no row data is copied (the caller zeroes it once
@@ -98,7 +132,10 @@ static void ce_dw3x3_plane(const float *x, int H, int W, int OH, int OW, int s, 
             int slot = r % 3;
             float *dst = ring + slot * RL;
             if (held[slot] != r) {
-                memcpy(dst + pl, x + (ptrdiff_t)r * W, (size_t)W * sizeof(float));
+                if (CE_DW_SPLIT_ROWS && s == 2)
+                    ce_dw_copy_split(x + (ptrdiff_t)r * W, W, pl, dst, dst + RL / 2);
+                else
+                    memcpy(dst + pl, x + (ptrdiff_t)r * W, (size_t)W * sizeof(float));
                 held[slot] = r;
             }
             rows[u] = dst;
@@ -111,6 +148,12 @@ static void ce_dw3x3_plane(const float *x, int H, int W, int OH, int OW, int s, 
                     const float *p = rows[u] + ox;
                     acc += CE_DW_LD(p) * w[3 * u] + CE_DW_LD(p + 1) * w[3 * u + 1]
                            + CE_DW_LD(p + 2) * w[3 * u + 2];
+                }
+            } else if (CE_DW_SPLIT_ROWS) {
+                for (int u = 0; u < 3; u++) {
+                    const float *e = rows[u] + ox, *o = rows[u] + RL / 2 + ox;
+                    acc += CE_DW_LD(e) * w[3 * u] + CE_DW_LD(o) * w[3 * u + 1]
+                           + CE_DW_LD(e + 1) * w[3 * u + 2];
                 }
             } else {
                 for (int u = 0; u < 3; u++) {

@@ -9,8 +9,8 @@
  *   B panel:   [K][CE_PG_NR], the columns n0 .. n0+NR of B copied contiguous (zero beyond N),
  *              so one panel stays in L1/L2 while every row block of A passes over it.
  *
- * Micro-kernel: MR = 8 rows x NV vectors of columns held in 8 x NV vector registers; each k
- * loads NV vectors of B and does 8 x NV fused multiply-adds with broadcast A values. Every
+ * Micro-kernel: MR rows x NV vectors of columns held in MR x NV vector registers; each k
+ * loads NV vectors of B and does MR x NV fused multiply-adds with broadcast A values. Every
  * output is summed in the order k = 0 .. K-1 whatever the caller's split into panels and row
  * blocks, so results do not depend on the thread count. The output step adds the bias, an
  * optional residual tensor, and applies the activation (ce_act_t of _vec_act.h) before the one
@@ -24,17 +24,23 @@
 
 #include "_vec_act.h"
 
+/* Tile per build: the sums must stay in the 32 (AVX-512) or 16 (AVX2, SSE) vector registers
+ * with room for the B vectors and one broadcast. AVX2 takes 6 rows x 2 vectors (12 sums): per
+ * k, 8 loads feed 12 multiply-adds, where 8 rows x 1 vector needed 9 loads for 8 and left the
+ * FMA units waiting on loads (bench_conv2d.py, pw1x1_c24_144_56). */
 #if defined(__AVX512F__)
 #define CE_PG_VW 16
 #define CE_PG_NV 2
+#define CE_PG_MR 8
 #elif defined(__AVX__)
 #define CE_PG_VW 8
-#define CE_PG_NV 1
+#define CE_PG_NV 2
+#define CE_PG_MR 6
 #else
 #define CE_PG_VW 4
 #define CE_PG_NV 1
-#endif
 #define CE_PG_MR 8
+#endif
 #define CE_PG_NR (CE_PG_VW * CE_PG_NV)
 
 typedef float ce_pg_vf __attribute__((vector_size(CE_PG_VW * 4)));
@@ -99,17 +105,17 @@ static inline void ce_pg_transpose_8x16(const float *A, ptrdiff_t lda, float *ap
 static inline void ce_pg_pack_a(const float *A, ptrdiff_t lda, int K, int nm, float *ap)
 {
     int k = 0;
-    if (nm == CE_PG_MR && CE_PG_MR == 8) {
+    if (nm == CE_PG_MR) {
         for (; k + 16 <= K; k += 16) {
 #if defined(__AVX512F__)
             ce_pg_transpose_8x16(A + k, lda, ap + (ptrdiff_t)k * 8);
 #else
-            float t[8][16];
-            for (int r = 0; r < 8; r++)
+            float t[CE_PG_MR][16];
+            for (int r = 0; r < CE_PG_MR; r++)
                 memcpy(t[r], A + r * lda + k, sizeof t[r]);
             for (int j = 0; j < 16; j++)
-                for (int r = 0; r < 8; r++)
-                    ap[(ptrdiff_t)(k + j) * 8 + r] = t[r][j];
+                for (int r = 0; r < CE_PG_MR; r++)
+                    ap[(ptrdiff_t)(k + j) * CE_PG_MR + r] = t[r][j];
 #endif
         }
     }
@@ -127,7 +133,28 @@ static inline void ce_pg_pack_panels(const float *B, ptrdiff_t ldb, int K, int n
 
 CE_DEFINE_VEC_ACT(ce_pg_act, ce_pg_vf, ce_pg_vi)
 
-/* Output step of one vector: bias, residual, activation; n valid columns. */
+/* Output step of the first n < VW columns of one vector. Out of line and taking the sums by
+ * value: taking their address in ce_pg_block made gcc keep every accumulator in memory through
+ * its K loop (with 8-float vectors: a load and a store per multiply-add). */
+__attribute__((noinline))
+static void ce_pg_store_part(ce_pg_vf acc, float b, const float *res, float *out, ce_act_t act,
+                             int n)
+{
+    float tmp[CE_PG_VW];
+    *(ce_pg_vfu *)tmp = acc;
+    for (int j = 0; j < n; j++) {
+        float v = tmp[j] + b;
+        if (res)
+            v += res[j];
+        out[j] = ce_act_scalar(v, act);
+    }
+}
+
+/* Output step of one vector: bias, residual, activation; n valid columns. Forced inline:
+ * called out of line (gcc's choice on AVX2 builds) the whole vector went through the stack
+ * and a realigned frame per store, as much time as the multiply-adds on small-K pointwise
+ * layers. */
+__attribute__((always_inline))
 static inline void ce_pg_store(ce_pg_vf acc, float b, const float *res, float *out, ce_act_t act,
                                int n)
 {
@@ -137,29 +164,48 @@ static inline void ce_pg_store(ce_pg_vf acc, float b, const float *res, float *o
             acc += *(const ce_pg_vfu *)res;
         *(ce_pg_vfu *)out = ce_pg_act(acc, act);
     } else if (n > 0) {
-        /* stored through a vector pointer, not memcpy from &acc: taking the sums' address
-         * made gcc keep every accumulator of ce_pg_block in memory in its K loop (with 8-float
-         * vectors: a load and a store per multiply-add, a third of the kernel's speed) */
-        float tmp[CE_PG_VW];
-        *(ce_pg_vfu *)tmp = acc;
-        for (int j = 0; j < n; j++) {
-            float v = tmp[j] + b;
-            if (res)
-                v += res[j];
-            out[j] = ce_act_scalar(v, act);
-        }
+        ce_pg_store_part(acc, b, res, out, act, n);
     }
 }
 
+/* act over finished outputs, in place: rows r < nm (ldc apart), columns < ncols. For the
+ * activations past the clamps, a call per vector from the output step would spill the
+ * block's other sums around each call; ce_pg_block runs this over its block, and a caller
+ * may instead pass ce_pg_store_act(act) to its blocks and run this once over longer rows
+ * (ce_pg_act_later(act)): the activation's setup then costs per row, not per 16 columns. */
+static inline int ce_pg_act_later(ce_act_t act)
+{
+    return act.code > CE_ACT_CODE_RELU6;
+}
+
+static inline ce_act_t ce_pg_store_act(ce_act_t act)
+{
+    return ce_pg_act_later(act) ? (ce_act_t){CE_ACT_CODE_NONE, 0.0f, 0.0f} : act;
+}
+
+static void ce_pg_act_rows(float *c, ptrdiff_t ldc, int nm, int ncols, ce_act_t act)
+{
+    for (int r = 0; r < nm; r++) {
+        float *row = c + r * ldc;
+        int j = (int)ce_pg_act_map(row, row, ncols, 1.0f, 0.0f, act);
+        for (; j < ncols; j++)
+            row[j] = ce_act_scalar(row[j], act);
+    }
+}
+
+#if CE_PG_MR == 8
 #define CE_PG_ROWS(M) M(0) M(1) M(2) M(3) M(4) M(5) M(6) M(7)
+#else
+#define CE_PG_ROWS(M) M(0) M(1) M(2) M(3) M(4) M(5)
+#endif
 
 /* One MR x NR block: C rows r < nm, columns < ncols. ap: packed A block [K][MR]; panel: B panel
  * [K][NR]; c: C[row 0, column 0] with row stride ldc; res: the residual at the same place (row
  * stride ldc) or NULL; bias: MR values or NULL. */
-#if CE_PG_NV == 1
-/* Kept out of line with one vector per row: inlined into the large OpenMP bodies that call it,
- * gcc kept the eight sums in memory through the K loop on 8-float builds (a load and a store
- * per multiply-add: im2col layers at 26 GFLOP/s on AVX2) */
+#if CE_PG_VW < 16
+/* Kept out of line on builds with 16 vector registers: inlined into the large OpenMP bodies
+ * that call it, gcc kept the sums in memory through the K loop (a load and a store per
+ * multiply-add: im2col layers at 26 GFLOP/s on AVX2) */
 __attribute__((noinline))
 #endif
 static void ce_pg_block(const float *restrict ap, const float *restrict panel, int K,
@@ -189,17 +235,21 @@ static void ce_pg_block(const float *restrict ap, const float *restrict panel, i
     }
     int n0 = ncols < CE_PG_VW ? ncols : CE_PG_VW;
     int n1 = ncols - n0;
+    /* none and the clamps in the stores; any other activation after them */
+    const ce_act_t sact = ce_pg_store_act(act);
 #define CE_PG_OUT(r)                                                                         \
     if (r < nm) {                                                                            \
         float bv = bias ? bias[r] : 0.0f;                                                    \
         const float *rr = res ? res + r * ldc : NULL;                                        \
-        ce_pg_store(a##r, bv, rr, c + r * ldc, act, n0);                                     \
+        ce_pg_store(a##r, bv, rr, c + r * ldc, sact, n0);                                    \
         if (CE_PG_NV == 2)                                                                   \
-            ce_pg_store(b##r, bv, rr ? rr + CE_PG_VW : NULL, c + r * ldc + CE_PG_VW, act,   \
+            ce_pg_store(b##r, bv, rr ? rr + CE_PG_VW : NULL, c + r * ldc + CE_PG_VW, sact,  \
                         n1);                                                                 \
     }
     CE_PG_ROWS(CE_PG_OUT)
 #undef CE_PG_OUT
+    if (ce_pg_act_later(act))
+        ce_pg_act_rows(c, ldc, nm, ncols, act);
 }
 
 #endif

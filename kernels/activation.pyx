@@ -16,9 +16,8 @@ cdef extern from *:
      * unless stop is the end of the array */
     static void ce_act_range(const float *x, float *y, long start, long stop, ce_act_t act)
     {
-        long i = start;
-        for (; i + CE_ACT_VW <= stop; i += CE_ACT_VW)
-            *(ce_act_vfu *)(y + i) = ce_act_vec(*(const ce_act_vfu *)(x + i), act);
+        long i = start + (long)ce_act_vec_map(x + start, y + start, stop - start, 1.0f, 0.0f,
+                                              act);
         if (i < stop) {
             float pad[CE_ACT_VW] = {0};
             __builtin_memcpy(pad, x + i, (size_t)(stop - i) * sizeof(float));
@@ -34,9 +33,7 @@ cdef extern from *:
     static void ce_scale_shift_row(const float *x, float *y, long n, float s, float t,
                                    ce_act_t act)
     {
-        long i = 0;
-        for (; i + CE_ACT_VW <= n; i += CE_ACT_VW)
-            *(ce_act_vfu *)(y + i) = ce_act_vec(*(const ce_act_vfu *)(x + i) * s + t, act);
+        long i = (long)ce_act_vec_map(x, y, n, s, t, act);
         for (; i < n; i++)
             y[i] = ce_act_scalar(x[i] * s + t, act);
     }

@@ -16,7 +16,8 @@ from cython.parallel cimport prange, threadid
 from _im2col cimport im2col_rows
 
 from _epilogue cimport ce_act_t, check_act
-from _packed_gemm cimport CE_PG_MR, CE_PG_NR, ce_pg_block, ce_pg_pack_rows
+from _packed_gemm cimport (CE_PG_MR, CE_PG_NR, ce_pg_act_later, ce_pg_act_rows, ce_pg_block,
+                          ce_pg_pack_rows, ce_pg_store_act)
 from _scratch cimport check_scratch
 
 
@@ -80,6 +81,9 @@ def f32_conv2d_im2col(const float[:, :, :, ::1] x, const float[::1] wpack, bias,
     cdef float* cols
     cdef float* panels
     cdef float* dst
+    # an activation past the clamps runs over each block row at once, not per block
+    cdef bint later = ce_pg_act_later(act)
+    cdef ce_act_t sact = ce_pg_store_act(act)
     for it in prange(items, nogil=True, num_threads=num_threads, schedule="static"):
         n = it // (groups * nchunks)
         g = (it // nchunks) % groups
@@ -104,5 +108,8 @@ def f32_conv2d_im2col(const float[:, :, :, ::1] x, const float[::1] wpack, bias,
             for p in range(np_):
                 ce_pg_block(&wpack[(g * nmb + mb) * kdim * MR], panels + p * kdim * NR,
                             <int>kdim, dst + mb * MR * OH * OW + p * NR, OH * OW, NULL,
-                            (bptr + g * Kg + mb * MR) if bptr != NULL else NULL, act,
+                            (bptr + g * Kg + mb * MR) if bptr != NULL else NULL, sact,
                             <int>min(MR, Kg - mb * MR), <int>min(NR, ncols - p * NR))
+            if later:
+                ce_pg_act_rows(dst + mb * MR * OH * OW, OH * OW, <int>min(MR, Kg - mb * MR),
+                               <int>ncols, act)

@@ -14,7 +14,8 @@
 from cython.parallel cimport prange, threadid
 
 from _epilogue cimport ce_act_t, check_act
-from _packed_gemm cimport CE_PG_MR, CE_PG_NR, ce_pg_block, ce_pg_pack_a, ce_pg_pack_panels
+from _packed_gemm cimport (CE_PG_MR, CE_PG_NR, ce_pg_act_later, ce_pg_act_rows, ce_pg_block,
+                          ce_pg_pack_a, ce_pg_pack_panels, ce_pg_store_act)
 from _scratch cimport check_scratch
 
 ROW_BLOCK = CE_PG_MR      # rows of A per packed block
@@ -87,6 +88,9 @@ def f32_conv2d_pointwise(const float[:, :, ::1] x, const float[::1] apack, bias,
     cdef Share sh
     cdef float* buf
     cdef const float* res
+    # an activation past the clamps runs over each block row's panels at once, not per block
+    cdef bint later = ce_pg_act_later(act)
+    cdef ce_act_t sact = ce_pg_store_act(act)
     for t in prange(num_threads, nogil=True, num_threads=num_threads, schedule="static"):
         sh = share(t, num_threads, split_rows, nmb, npanels)
         buf = &work[0] + threadid() * per_thread
@@ -107,8 +111,11 @@ def f32_conv2d_pointwise(const float[:, :, ::1] x, const float[::1] apack, bias,
                             res = rptr + (n * K + m0) * P + p0
                         ce_pg_block(&apack[(g * nmb + mb) * Cg * MR], buf + (p - pa) * Cg * NR,
                                     <int>Cg, &out[n, m0, p0], P, res,
-                                    (bptr + m0) if bptr != NULL else NULL, act,
+                                    (bptr + m0) if bptr != NULL else NULL, sact,
                                     <int>min(MR, Kg - mb * MR), <int>min(NR, P - p0))
+                    if later:
+                        ce_pg_act_rows(&out[n, m0, pa * NR], P, <int>min(MR, Kg - mb * MR),
+                                       <int>min(P - pa * NR, (pb - pa) * NR), act)
                 pa = pb
 
 

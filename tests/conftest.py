@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import engine
-from engine.dispatch.layout import ASSUME_VECTOR_FLOATS_ENV
+from engine.dispatch.conv import ASSUME_VECTOR_FLOATS_ENV
 
 # The layout rules as a build with AVX-512 applies them, whatever this machine has: a narrower
 # build keeps every layer on NCHW (engine/dispatch/layout.py BLOCKED_MIN_VECTOR_FLOATS), which

@@ -225,6 +225,24 @@ def test_which_kernel(rng):
         == ("planes", "forced by the caller")
 
 
+def test_which_kernel_on_8_float_builds(rng, monkeypatch):
+    """Built for 8-float vectors (AVX2) the rule changes: stride 1 always on planes, stride 2
+    on rows from 14-wide outputs, each with its reason; blocks as before."""
+    from engine.dispatch.conv import ASSUME_VECTOR_FLOATS_ENV
+    monkeypatch.setenv(ASSUME_VECTOR_FLOATS_ENV, "8")
+
+    def kernel(c, size, s):
+        layer = engine.Conv2d(rng.standard_normal((c, 1, 3, 3), dtype=np.float32), stride=s,
+                              padding=1, groups=c, algorithm="depthwise")
+        return layer._impl.kernel_choice(layer.geometry((1, c) + size))
+    kind, reason = kernel(32, (112, 112), 1)
+    assert kind == "planes" and "8-float" in reason
+    assert kernel(96, (112, 112), 2)[0] == "rows"
+    assert kernel(192, (28, 28), 2)[0] == "rows"          # 14 wide
+    assert kernel(8, (26, 26), 2)[0] == "planes"          # 13 wide
+    assert kernel(960, (7, 7), 1)[0] == "blocks"
+
+
 @pytest.mark.parametrize("kernel", ["planes", "rows"])
 @pytest.mark.parametrize("s", [1, 2])
 def test_plane_rows_of_every_copy_width(rng, s, kernel):

@@ -132,7 +132,8 @@ def test_narrow_vectors_keep_every_layer_on_nchw(rng, monkeypatch):
     """Kernels built for 8-float vectors (AVX2, no AVX-512) would spill the blocked kernels'
     16-float tiles: auto then keeps every layer on NCHW and says why, a forced layout still
     holds, and the results agree."""
-    from engine.dispatch.layout import ASSUME_VECTOR_FLOATS_ENV, blocked_layout_pays
+    from engine.dispatch.conv import ASSUME_VECTOR_FLOATS_ENV
+    from engine.dispatch.layout import blocked_layout_pays
     pw = ConvParams(32, 64, (1, 1), (1, 1), (1, 1), 1, ((0, 0), (0, 0)), (14, 14))
     kind, why = blocked_kernel(pw)
     assert choose_layout(kind, why, "depthwise")[0] == "nchw16c"

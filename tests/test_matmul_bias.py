@@ -103,18 +103,19 @@ def test_only_a_constant_vector_of_the_columns_fuses(rng):
 
 
 def test_row_packing_with_a_column_of_ones(rng):
+    mr = conv_pointwise.ROW_BLOCK
     for m, k in [(1, 1), (8, 16), (13, 21), (17, 64)]:
         a = rng.standard_normal((m, k)).astype(np.float32)
-        ap = np.full(-(-m // 8) * 8 * (k + 1), np.nan, np.float32)
+        ap = np.full(-(-m // mr) * mr * (k + 1), np.nan, np.float32)
         conv_pointwise.f32_pack_rows(a, ap, 2, True)
         want = pack_rows(np.concatenate([a, np.ones((m, 1), np.float32)], axis=1), 1)
-        got = ap.reshape(-1, k + 1, 8)
+        got = ap.reshape(-1, k + 1, mr)
         # rows beyond M: zero, but for the ones column, which only meets the bias row there
-        np.testing.assert_array_equal(got[:, :k], want.reshape(-1, k + 1, 8)[:, :k])
+        np.testing.assert_array_equal(got[:, :k], want.reshape(-1, k + 1, mr)[:, :k])
         np.testing.assert_array_equal(got[:, k], 1.0)
     with pytest.raises(ValueError, match="apack"):
         conv_pointwise.f32_pack_rows(rng.standard_normal((9, 4)).astype(np.float32),
-                                     np.zeros(64, np.float32), 1, True)
+                                     np.zeros(-(-9 // mr) * mr * 5 - 1, np.float32), 1, True)
 
 
 def test_a_fused_linear_layer_survives_the_native_file(rng, tmp_path):

@@ -656,7 +656,8 @@ def test_row_packing_kernel_matches_numpy(rng):
     from engine.ops.packed_gemm import pack_rows
     for m_, k in [(1, 1), (8, 16), (13, 21), (40, 35), (17, 64)]:
         a = randn(rng, m_, k)
-        ap = np.full(-(-m_ // 8) * 8 * k, np.nan, np.float32)
+        mr = conv_pointwise.ROW_BLOCK
+        ap = np.full(-(-m_ // mr) * mr * k, np.nan, np.float32)
         conv_pointwise.f32_pack_rows(a, ap, 2)
         np.testing.assert_array_equal(ap, pack_rows(a, 1))
     with pytest.raises(ValueError, match="apack"):

@@ -237,7 +237,7 @@ def test_gemm_split():
     # 64 KB), so as few groups as fit it, and all of A per item
     rows, gp = packed_gemm.split(512, 512, 196)
     npanels, fit = -(-196 // nr), budget // (4 * 512 * nr)
-    assert rows == 512 and gp <= fit and -(-npanels // gp) == -(-npanels // fit)
+    assert rows == -(-512 // mr) * mr and gp <= fit and -(-npanels // gp) == -(-npanels // fit)
     # few columns: one group; rows rounded up to whole blocks
     assert packed_gemm.split(4, 3, 10) == (mr, -(-10 // nr))
     # pointwise shares: the threads split the larger operand

@@ -11,12 +11,26 @@ side on the layers around each threshold.
 from __future__ import annotations
 
 import math
+import os
 from typing import NamedTuple, Optional
 
 from .winograd import TILE_ALGORITHMS, rank_winograd_tiles, tile_cost_ms
 
 # Sustained one-core rates, only for ranking the candidates explain() lists (the rules choose);
 # bench/bench_conv2d.py --algorithm NAME prints each algorithm's GFLOP/s.
+# Environment variable that makes the rules take another vector width than the build's (the
+# tests set 16 to check the AVX-512 rules on any machine, their worker processes too).
+ASSUME_VECTOR_FLOATS_ENV = "CONVENGINE_ASSUME_VECTOR_FLOATS"
+
+
+def vector_floats() -> int:
+    """Floats per vector register the rules take the kernels to be built for: the build's
+    (16 with AVX-512, 8 with AVX2), or CONVENGINE_ASSUME_VECTOR_FLOATS where set."""
+    from .._kernels import _info
+    assumed = os.environ.get(ASSUME_VECTOR_FLOATS_ENV, "")
+    return int(assumed) if assumed.isdigit() else _info.vector_floats()
+
+
 _GEMM_GFLOPS = 150.0             # the packed GEMM micro-kernel inside whole layers
 _DIRECT_GFLOPS = 1.5             # the plain loops
 _DEPTHWISE_GFLOPS = 25.0         # the depthwise and separable kernels

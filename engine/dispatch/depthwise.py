@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Optional
 
 from .._kernels.conv_depthwise_cb import CHANNEL_BLOCK
-from .conv import ConvParams
+from .conv import ConvParams, vector_floats
 
 DEPTHWISE_KERNELS = ("blocks", "rows", "planes")
 
@@ -26,8 +26,12 @@ DEPTHWISE_KERNELS = ("blocks", "rows", "planes")
 # (bench/bench_dispatch.py depthwise/blocks).
 CHANNEL_BLOCK_MAX_PIXELS = 24 * 24
 # Narrowest output run row by row: on shorter rows the per-row work outweighs the staging and
-# copy-out pass it saves (bench/bench_dispatch.py depthwise/rows).
+# copy-out pass it saves (bench/bench_dispatch.py depthwise/rows, AVX-512 build).
 ROWS_MIN_WIDTH = 56
+# Built for 8-float vectors (AVX2) the plane kernel wins every stride-1 row of that bench
+# (0.28 against 0.31-0.37 ms), and rows win stride 2 down to 14-wide outputs: they split each
+# input row into even and odd columns once, where the planes read every other column.
+ROWS_MIN_WIDTH_NARROW = {1: None, 2: 14}
 
 
 def why_not_depthwise_kernel(kernel: str, p: ConvParams) -> Optional[str]:
@@ -64,11 +68,16 @@ def choose_depthwise_kernel(p: ConvParams) -> tuple[str, str]:
                           f"{CHANNEL_BLOCK_MAX_PIXELS} pixels): vectors of {CHANNEL_BLOCK} "
                           f"channels per pixel cost less than staging short rows")
     not_rows = why_not_depthwise_kernel("rows", p)
-    if not_rows is None and ow >= ROWS_MIN_WIDTH:
+    floats = vector_floats()
+    min_width = ROWS_MIN_WIDTH if floats >= 16 else ROWS_MIN_WIDTH_NARROW[p.stride[0]]
+    if not_rows is None and min_width is not None and ow >= min_width:
         return "rows", (f"3x3 stride {p.stride[0]} to a {ow}-wide output (at least "
-                        f"{ROWS_MIN_WIDTH}): row by row from three ring rows, no staging or "
+                        f"{min_width}): row by row from three ring rows, no staging or "
                         f"copy-out pass")
     staged = "staged input bands in stride phases"
+    if not_rows is None and min_width is None:
+        return "planes", (f"3x3 stride 1 on kernels built for {floats}-float vectors: the "
+                          f"plane kernel's bands beat rows at every width: {staged}")
     if not_rows is None:
         large = f" and a {h}x{w} plane too large for blocks" if not_blocks is None else ""
         return "planes", f"a {ow}-wide output is too narrow for rows{large}: {staged}"

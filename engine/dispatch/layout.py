@@ -10,11 +10,10 @@ layer a blocked kernel can run, neighbours or not.
 """
 from __future__ import annotations
 
-import os
 from typing import Optional
 
 from ..ops.activation import is_activation
-from .conv import ConvParams, choose_conv2d, is_depthwise, is_pointwise
+from .conv import ConvParams, choose_conv2d, is_depthwise, is_pointwise, vector_floats
 from .policy import current_policy
 
 LAYOUTS = ("auto", "nchw", "nchw16c")
@@ -54,16 +53,11 @@ DENSE_ALONE_MIN_TAPS = 256
 # blocked against 55 ms on NCHW at one thread (bench/bench_zoo.py with layout="nchw16c" and
 # "nchw"), so without AVX-512 auto keeps every layer on NCHW.
 BLOCKED_MIN_VECTOR_FLOATS = 16
-# Environment variable that makes the layout rules take another vector width than the build's
-# (the tests set 16 to check the AVX-512 rules on any machine, their worker processes too).
-ASSUME_VECTOR_FLOATS_ENV = "CONVENGINE_ASSUME_VECTOR_FLOATS"
 
 
 def blocked_layout_pays() -> tuple[bool, str]:
     """Whether the kernels were built with vectors as wide as a channel block, and why not."""
-    from .._kernels import _info
-    assumed = os.environ.get(ASSUME_VECTOR_FLOATS_ENV, "")
-    floats = int(assumed) if assumed.isdigit() else _info.vector_floats()
+    floats = vector_floats()
     if floats >= BLOCKED_MIN_VECTOR_FLOATS:
         return True, ""
     return False, (f"the kernels were built for {floats}-float vectors (no AVX-512): the "
