@@ -67,7 +67,9 @@ CONV = {
                        L(16, 32, 224, 3, 2), L(32, 64, 112, 3, 2), L(64, 128, 56, 3, 2),
                        L(48, 96, 56, 3, 2), L(128, 256, 28, 3, 2), L(3, 64, 224, 7, 2),
                        L(16, 32, 224, 1, 2), L(64, 128, 56, 1, 2), L(256, 512, 56, 1, 2),
-                       L(128, 128, 28, 3, groups=8)],
+                       L(128, 128, 28, 3, groups=8), L(32, 32, 14, 3), L(24, 24, 7, 3),
+                       L(32, 64, 14, 3, 2), L(208, 208, 14, 3, groups=26),
+                       L(440, 440, 7, 3, groups=55), L(208, 208, 28, 3, 2, groups=26)],
     "winograd_min": [L(4, 4, 56, 3), L(8, 8, 56, 3), L(16, 16, 56, 3)],
     # the layers the tile cost model (engine/dispatch/winograd.py) was fitted to, and dilated
     # ones, where F(4x4,3x3) is taken from F43_MIN_CHANNELS_DILATED channels

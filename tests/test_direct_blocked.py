@@ -142,6 +142,7 @@ def test_torch_cross_check(rng):
     ((2, 16, 64, 70), (24, 16, 3, 3), dict(padding=1)),
     ((1, 3, 90, 96), (16, 3, 7, 7), dict(padding=3, stride=2)),
     ((1, 8, 61, 53), (12, 4, 3, 3), dict(padding=2, dilation=2, groups=2)),
+    ((1, 440, 7, 7), (440, 8, 3, 3), dict(padding=1, groups=55)),        # RegNet's 7x7 stage
 ])
 def test_thread_count_does_not_change_result(shape, wshape, kw, rng, threads):
     x = rng.standard_normal(shape, dtype=np.float32)
@@ -178,6 +179,27 @@ def test_dispatch_and_limits():
     assert "64" in dispatch.why_not("direct_blocked", wide)
     with pytest.raises(ValueError, match="direct_blocked' cannot run"):
         engine.Conv2d(np.ones((2, 1, 1, 65), np.float32), algorithm="direct_blocked")
+
+
+def test_dispatch_on_8_float_builds(monkeypatch):
+    """With 8-float vectors (AVX2) direct_blocked takes outputs from 7 columns (grouped
+    RegNet layers, small maps), but leaves 3x3 stride-1 layers on wide maps with more than 16
+    channels a side to Winograd; the AVX-512 rule keeps its 28 columns."""
+    from engine.dispatch.conv import ASSUME_VECTOR_FLOATS_ENV
+
+    def choice(c, k, size, stride=1, groups=1):
+        return dispatch.choose_conv2d(dispatch.ConvParams(
+            c, k, (3, 3), (stride, stride), (1, 1), groups, ((1, 1), (1, 1)), (size, size)))[0]
+    grouped = (208, 208, 14, 1, 26)
+    assert choice(*grouped) != "direct_blocked"                       # 16-float rules
+    monkeypatch.setenv(ASSUME_VECTOR_FLOATS_ENV, "8")
+    assert choice(*grouped) == "direct_blocked"
+    assert choice(440, 440, 7, 1, 55) == "direct_blocked"
+    assert choice(208, 208, 28, 2, 26) == "direct_blocked"
+    assert choice(32, 32, 14) == "direct_blocked"
+    assert choice(32, 32, 112).startswith("winograd")
+    assert choice(16, 64, 112).startswith("winograd")
+    assert choice(16, 16, 224) == "direct_blocked"
 
 
 def test_kernel_rejects_bad_arguments(rng):

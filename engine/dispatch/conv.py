@@ -68,6 +68,13 @@ DIRECT_BLOCKED_MAX_POINTWISE = 32
 DIRECT_BLOCKED_MAX_WINOGRAD = 32
 # outputs from 28 columns (two 16-float vectors, little waste; narrower ones not measured);
 DIRECT_BLOCKED_MIN_WIDTH = 28
+# with 8-float vectors (AVX2) from 7 columns: on 7- and 14-wide outputs it took half the time
+# of Winograd F(2x2) and two thirds of im2col's, grouped (RegNet's 8 channels per group) or
+# not (bench/bench_dispatch.py conv/direct_blocked);
+DIRECT_BLOCKED_MIN_WIDTH_NARROW = 7
+# but there, on 3x3 stride-1 layers Winograd can run, only to outputs this wide, grouped or at
+# most 16 channels a side: on 112-wide maps F(2x2) took 2.5 ms against 3.5 (32->32, 16->64)
+DIRECT_BLOCKED_NARROW_WINOGRAD_WIDTH = 28
 # strided layers with >= 48 input channels only to outputs this wide: narrower, im2col wins.
 DIRECT_BLOCKED_STRIDED_WIDTH = 56
 # A dilated layer computed tap by tap where each tap reads the input (live_taps) when at most
@@ -282,7 +289,9 @@ def _direct_blocked_wins(p: ConvParams) -> bool:
     kh, kw = p.kernel
     if p.in_size is None:
         return False   # the width decides how much of the vectors is waste: not guessed
-    if p.dilation != (1, 1) or p.out_size[1] < DIRECT_BLOCKED_MIN_WIDTH:
+    wide = vector_floats() >= 16
+    min_width = DIRECT_BLOCKED_MIN_WIDTH if wide else DIRECT_BLOCKED_MIN_WIDTH_NARROW
+    if p.dilation != (1, 1) or p.out_size[1] < min_width:
         return False
     # blocks of 8 output channels never span groups: fewer than 8 per group leaves lanes idle
     if p.groups > 1 and kg < 8:
@@ -292,6 +301,9 @@ def _direct_blocked_wins(p: ConvParams) -> bool:
     if p.kernel == (1, 1):
         return max(cg, kg) <= DIRECT_BLOCKED_MAX_POINTWISE
     if p.kernel == (3, 3) and p.stride == (1, 1) and min(cg, kg) >= WINOGRAD_MIN_CHANNELS:
+        if not wide and p.out_size[1] > DIRECT_BLOCKED_NARROW_WINOGRAD_WIDTH \
+                and p.groups == 1 and max(cg, kg) > 16:
+            return False
         return min(cg, kg) <= DIRECT_BLOCKED_MAX_WINOGRAD
     if p.stride == (1, 1) and min(kh, kw) >= 7 and min(cg, kg) >= 8:
         return False   # the fft rule's domain
