@@ -200,6 +200,9 @@ def test_dispatch_on_8_float_builds(monkeypatch):
     assert choice(32, 32, 112).startswith("winograd")
     assert choice(16, 64, 112).startswith("winograd")
     assert choice(16, 16, 224) == "direct_blocked"
+    strided_1x1 = dispatch.ConvParams(16, 32, (1, 1), (2, 2), (1, 1), 1, ((0, 0), (0, 0)),
+                                      (224, 224))
+    assert dispatch.choose_conv2d(strided_1x1)[0] == "im2col"
 
 
 def test_kernel_rejects_bad_arguments(rng):

@@ -298,8 +298,9 @@ def _direct_blocked_wins(p: ConvParams) -> bool:
         return False
     if cg > DIRECT_BLOCKED_MAX_IN or kg > DIRECT_BLOCKED_MAX_OUT:
         return False
+    # 1x1: with 8-float vectors im2col won even 16->32 on 224x224 (0.38 vs 0.50 ms, same bench)
     if p.kernel == (1, 1):
-        return max(cg, kg) <= DIRECT_BLOCKED_MAX_POINTWISE
+        return wide and max(cg, kg) <= DIRECT_BLOCKED_MAX_POINTWISE
     if p.kernel == (3, 3) and p.stride == (1, 1) and min(cg, kg) >= WINOGRAD_MIN_CHANNELS:
         if not wide and p.out_size[1] > DIRECT_BLOCKED_NARROW_WINOGRAD_WIDTH \
                 and p.groups == 1 and max(cg, kg) > 16:
