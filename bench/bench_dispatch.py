@@ -129,14 +129,15 @@ def conv_rows(group):
 
 # -- depthwise: (C, size, stride) on 3x3, multiplier 1, relu6 -------------------------------------
 DEPTHWISE = {
-    "blocks": [(256, n, s) for s in (1, 2) for n in (12, 14, 16, 20, 24, 28)],
+    "blocks": [(256, n, s) for s in (1, 2) for n in (12, 14, 16, 20, 24, 28)]
+    + [(144, 56, 2), (96, 112, 2)],
     "rows": [(32, 112, 1), (96, 112, 2), (144, 56, 1), (128, 56, 1), (144, 56, 2),
              (256, 28, 1), (240, 56, 2), (192, 28, 2), (240, 28, 2), (576, 28, 2)],
 }
 
 
 def depthwise_rows(group, threads):
-    options = {"blocks": ["blocks", "planes"], "rows": ["rows", "planes"]}[group]
+    options = SECTIONS["depthwise"][2](group)
     for c, size, s in DEPTHWISE[group]:
         layer = engine.Conv2d(_rand(c, 1, 3, 3), _rand(c), s, 1, 1, c, "relu6", "depthwise")
         x = _rand(1, c, size, size)
@@ -303,7 +304,8 @@ def winograd_weight_rows(group, threads):
 # section: (groups, rows(group, threads), the options a group's columns show)
 SECTIONS = {
     "conv": (list(CONV), lambda g, t: conv_rows(g), CONV_OPTIONS.get),
-    "depthwise": (list(DEPTHWISE), depthwise_rows, lambda g: [g, "planes"]),
+    "depthwise": (list(DEPTHWISE), depthwise_rows,
+                  lambda g: ["blocks", "rows", "planes"] if g == "blocks" else [g, "planes"]),
     "transposed": (["col2im"], lambda g, t: transposed_rows(g),
                    lambda g: ["col2im", "zero_insert"]),
     "gemm": (["dense"], gemm_rows, lambda g: ["dense", "matmul"]),

@@ -1,7 +1,7 @@
 # Depthwise 3x3 convolution on blocks of 16 channels (engine/dispatch/depthwise.py picks it for
 # small planes; conv_depthwise.pyx holds the plane and row kernels and the conventions).
 from cython.parallel cimport parallel, prange, threadid
-from libc.string cimport memset
+from libc.string cimport memcpy, memset
 
 from _epilogue cimport ce_act_t, check_act
 from _dw_common cimport act_bounds, copy_floats, crfloat, rfloat, round_up
@@ -13,31 +13,46 @@ from _scratch cimport check_scratch
 # row by row into a padded block T whose padding stays zero, computed with one vector of CB
 # channels per pixel and tap (no row edges, no garbage lanes) into Y[p, c], and transposed
 # back. Work items are the (image, block) pairs, statically split over the threads. The
-# transposes go 16 pixels at a time, which gcc turns into sixteen vector loads, in-register
-# permutes and sixteen vector stores. Into the planes, a loop over their own stride (unknown
-# when compiling) does not vectorise, the stores to the CB planes might alias one another, so
-# the way out goes through a 16 x 16 tile with fixed strides. Computing on rows W long, border
+# transposes go 16 pixels at a time, which gcc turns into vector loads, in-register permutes
+# and vector stores. Into the planes, a loop over their own stride (unknown when compiling)
+# does not vectorise, the stores to the CB planes might alias one another, so the way out goes
+# through a CB x 16 tile with fixed strides. Computing on rows W long, border
 # columns checked tap by tap, instead of copying T0 into T measured 3-30% slower.
+cdef extern from *:
+    """
+    /* channels per block: one vector of floats (16 with AVX-512; 8 with AVX2, where blocks
+       of 16 kept 18 vectors of weights and spilled them: 256ch 14x14 0.060 -> 0.046 ms,
+       bench_dispatch.py depthwise/blocks) */
+    #if defined(__AVX512F__)
+    #define CE_DW_CB 16
+    #else
+    #define CE_DW_CB 8
+    #endif
+    """
+    enum: CE_DW_CB
+
 cdef enum:
-    CB = 16      # channels per block: one AVX-512 vector of floats
+    CB = CE_DW_CB
 
 CHANNEL_BLOCK = CB   # for the plan's weight layout (engine/ops/depthwise.py)
 
 
-cdef inline void transpose16(rfloat d, crfloat s) noexcept nogil:
-    """d[i, j] = s[j, i] for 16 x 16 floats: fixed strides, compiled to in-register permutes."""
-    cdef int i, j
-    for i in range(16):
-        for j in range(16):
-            d[i * 16 + j] = s[j * 16 + i]
+cdef inline void transpose_out(rfloat d, crfloat s) noexcept nogil:
+    """d[c, p] = s[p, c] for 16 pixels p of CB channels c: fixed strides, compiled to
+    in-register permutes."""
+    cdef int c, p
+    for c in range(CB):
+        for p in range(16):
+            d[c * 16 + p] = s[p * CB + c]
 
 
-cdef inline void transpose16_from(rfloat d, crfloat s, Py_ssize_t stride) noexcept nogil:
-    """d[i, j] = s[j*stride + i] for 16 x 16 floats: sixteen row loads, then the permutes."""
-    cdef int i, j
-    for i in range(16):
-        for j in range(16):
-            d[i * 16 + j] = s[j * stride + i]
+cdef inline void transpose_in(rfloat d, crfloat s, Py_ssize_t stride) noexcept nogil:
+    """d[p, c] = s[c*stride + p] for 16 pixels p of CB channels c: CB row loads, then the
+    permutes."""
+    cdef int c, p
+    for p in range(16):
+        for c in range(CB):
+            d[p * CB + c] = s[c * stride + p]
 
 
 cdef void cb_transpose_in(rfloat t, crfloat x, Py_ssize_t hw, rfloat tile) noexcept nogil:
@@ -46,13 +61,13 @@ cdef void cb_transpose_in(rfloat t, crfloat x, Py_ssize_t hw, rfloat tile) noexc
     cdef Py_ssize_t p0 = 0, n
     cdef int c
     while p0 + 16 <= hw:
-        transpose16_from(t + p0 * CB, x + p0, hw)
+        transpose_in(t + p0 * CB, x + p0, hw)
         p0 = p0 + 16
     if p0 < hw:
         n = hw - p0
         for c in range(CB):
             copy_floats(tile + c * 16, x + c * hw + p0, n)
-        transpose16(t + p0 * CB, tile)
+        transpose_in(t + p0 * CB, tile, 16)
 
 
 cdef void cb_transpose_out(rfloat o, crfloat y, Py_ssize_t hw, rfloat tile) noexcept nogil:
@@ -61,9 +76,13 @@ cdef void cb_transpose_out(rfloat o, crfloat y, Py_ssize_t hw, rfloat tile) noex
     cdef int c
     while p0 < hw:
         n = min(16, hw - p0)
-        transpose16(tile, y + p0 * CB)
-        for c in range(CB):
-            copy_floats(o + c * hw + p0, tile + c * 16, n)
+        transpose_out(tile, y + p0 * CB)
+        if n == 16:     # whole vectors, as transpose_out stored them: forwarded from the stores
+            for c in range(CB):
+                memcpy(o + c * hw + p0, tile + c * 16, 16 * sizeof(float))
+        else:
+            for c in range(CB):
+                copy_floats(o + c * hw + p0, tile + c * 16, n)
         p0 = p0 + 16
 
 

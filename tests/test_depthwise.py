@@ -139,7 +139,7 @@ def test_rectangular_kernels_and_strides(rng):
 @pytest.fixture(params=["planes", "blocks", "rows"])
 def kernel_path(request):
     """The kernel to force every 3x3 layer through where it applies: channel blocks (a
-    multiple of 16 channels, multiplier 1), rows (stride 1 or 2, dilation 1, multiplier 1),
+    multiple of the block's channels, multiplier 1), rows (stride 1 or 2, dilation 1, multiplier 1),
     planes."""
     return request.param
 
@@ -184,7 +184,7 @@ def test_channel_blocks_dilation_and_mixed_strides(rng):
 
 def test_which_kernel(rng):
     """The shape rule of engine/dispatch/depthwise.py: channel blocks only for 3x3, multiplier
-    1, a multiple of 16 channels and a small input plane; rows for 3x3 stride 1 or 2,
+    1, a multiple of the block's channels (16, or 8 on AVX2 builds) and a small input plane; rows for 3x3 stride 1 or 2,
     multiplier 1, on wide outputs; planes for the rest. A plan states its choice with a
     reason, and a forced kernel that cannot run the layer is refused."""
     def kernel(c, mult, k, size, s=1):
@@ -201,7 +201,8 @@ def test_which_kernel(rng):
     assert kernel(576, 1, 3, (14, 14), s=2) == "blocks"
     assert kernel(32, 1, 3, (12, 48), s=2) == "blocks"
     assert kernel(192, 1, 3, (28, 28), s=2) != "blocks"
-    assert kernel(24, 1, 3, (7, 7)) != "blocks"      # not a multiple of 16
+    cb = conv_depthwise_cb.CHANNEL_BLOCK                 # 16 with AVX-512, 8 with AVX2
+    assert kernel(cb + 8 if cb == 16 else 12, 1, 3, (7, 7)) != "blocks"   # not a multiple
     assert kernel(16, 2, 3, (7, 7)) != "blocks"      # multiplier 2
     assert kernel(16, 1, 5, (7, 7)) != "blocks"      # 5x5
     assert kernel(32, 1, 3, (112, 112)) == "rows"
@@ -216,7 +217,7 @@ def test_which_kernel(rng):
     w = rng.standard_normal((32, 1, 3, 3), dtype=np.float32)
     for forced, layer in [("rows", engine.Conv2d(w, stride=3, groups=32, algorithm="depthwise")),
                           ("rows", engine.Conv2d(w, groups=16, algorithm="depthwise")),
-                          ("blocks", engine.Conv2d(w[:24], groups=24, algorithm="depthwise")),
+                          ("blocks", engine.Conv2d(w[:12], groups=12, algorithm="depthwise")),
                           ("fast", engine.Conv2d(w, groups=32, algorithm="depthwise"))]:
         with pytest.raises(ValueError, match=f"depthwise kernel '{forced}' cannot run"):
             Depthwise(layer, kernel=forced)
@@ -238,8 +239,10 @@ def test_which_kernel_on_8_float_builds(rng, monkeypatch):
     kind, reason = kernel(32, (112, 112), 1)
     assert kind == "planes" and "8-float" in reason
     assert kernel(96, (112, 112), 2)[0] == "rows"
-    assert kernel(192, (28, 28), 2)[0] == "rows"          # 14 wide
-    assert kernel(8, (26, 26), 2)[0] == "planes"          # 13 wide
+    assert kernel(196, (28, 28), 2)[0] == "rows"          # 14 wide, not in blocks
+    assert kernel(12, (26, 26), 2)[0] == "planes"         # 13 wide, 12 channels
+    assert kernel(144, (56, 56), 2)[0] == "blocks"        # 8-channel blocks to 56x56 at s2
+    assert kernel(144, (58, 58), 2)[0] == "rows"
     assert kernel(960, (7, 7), 1)[0] == "blocks"
 
 
@@ -418,15 +421,16 @@ def test_bad_input_raises(rng):
         conv_depthwise.f32_conv2d_depthwise(x, w2d, None, out, 3, 3, 0, 1, 1, 1, 1, 1,
                                             1 << 16, NO_ACT, 1, work)
     # the channel-blocked kernel's guards
+    block = conv_depthwise_cb.CHANNEL_BLOCK
     x16 = np.zeros((1, 16, 8, 8), np.float32)
     out16 = np.zeros((1, 16, 8, 8), np.float32)
-    wcb = np.zeros((1, 9, 16), np.float32)
+    wcb = np.zeros((16 // block, 9, block), np.float32)
     cb = conv_depthwise_cb.f32_conv2d_depthwise_cb
-    with pytest.raises(ValueError, match="multiple of 16"):
-        cb(np.zeros((1, 8, 8, 8), np.float32), wcb, None, np.zeros((1, 8, 8, 8), np.float32),
+    with pytest.raises(ValueError, match=f"multiple of {block}"):
+        cb(np.zeros((1, 4, 8, 8), np.float32), wcb, None, np.zeros((1, 4, 8, 8), np.float32),
            1, 1, 1, 1, 1, 1, NO_ACT, 1, work)
     with pytest.raises(ValueError, match="wcb"):
-        cb(x16, np.zeros((1, 9, 8), np.float32), None, out16, 1, 1, 1, 1, 1, 1, NO_ACT, 1, work)
+        cb(x16, np.zeros((1, 9, 4), np.float32), None, out16, 1, 1, 1, 1, 1, 1, NO_ACT, 1, work)
     with pytest.raises(ValueError, match="out"):
         cb(x16, wcb, None, np.zeros((1, 32, 8, 8), np.float32), 1, 1, 1, 1, 1, 1, NO_ACT, 1, work)
     with pytest.raises(ValueError, match="bias"):

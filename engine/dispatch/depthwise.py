@@ -1,8 +1,9 @@
 """Which of the depthwise kernels (engine/ops/depthwise.py, kernels/conv_depthwise*.pyx) runs a
 depthwise layer on one input size, and why:
 
-- "blocks": 16 channels at a time, transposed to channels-last and computed one vector per
-  pixel (f32_conv2d_depthwise_cb): 3x3, multiplier 1, a multiple of 16 channels;
+- "blocks": one vector of channels at a time (16, or 8 on AVX2 builds), transposed to
+  channels-last and computed one vector per pixel (f32_conv2d_depthwise_cb): 3x3, multiplier
+  1, a multiple of that many channels;
 - "rows": output row by output row from a ring of three padded rows in L1, outputs stored from
   registers (f32_conv2d_depthwise_rows): 3x3, stride 1 or 2, dilation 1, multiplier 1;
 - "planes": padded input bands staged in stride phases, then one band kernel
@@ -25,6 +26,9 @@ DEPTHWISE_KERNELS = ("blocks", "rows", "planes")
 # plane kernel a staging and a copy per row, so small planes go to channel blocks
 # (bench/bench_dispatch.py depthwise/blocks).
 CHANNEL_BLOCK_MAX_PIXELS = 24 * 24
+# With 8-channel blocks (AVX2 builds) stride 2 stays in blocks up to 56x56 planes: 144ch 56x56
+# 0.17 ms against rows' 0.19, 256ch 28x28 0.08 against 0.14 (bench_dispatch.py depthwise/blocks)
+CHANNEL_BLOCK_MAX_PIXELS_NARROW_S2 = 56 * 56
 # Narrowest output run row by row: on shorter rows the per-row work outweighs the staging and
 # copy-out pass it saves (bench/bench_dispatch.py depthwise/rows, AVX-512 build).
 ROWS_MIN_WIDTH = 56
@@ -63,12 +67,15 @@ def choose_depthwise_kernel(p: ConvParams) -> tuple[str, str]:
     h, w = p.in_size
     ow = p.out_size[1]
     not_blocks = why_not_depthwise_kernel("blocks", p)
-    if not_blocks is None and h * w <= CHANNEL_BLOCK_MAX_PIXELS:
+    floats = vector_floats()
+    max_pixels = CHANNEL_BLOCK_MAX_PIXELS
+    if floats < 16 and p.stride == (2, 2):
+        max_pixels = CHANNEL_BLOCK_MAX_PIXELS_NARROW_S2
+    if not_blocks is None and h * w <= max_pixels:
         return "blocks", (f"{p.in_channels} channels on a {h}x{w} plane (at most "
-                          f"{CHANNEL_BLOCK_MAX_PIXELS} pixels): vectors of {CHANNEL_BLOCK} "
+                          f"{max_pixels} pixels): vectors of {CHANNEL_BLOCK} "
                           f"channels per pixel cost less than staging short rows")
     not_rows = why_not_depthwise_kernel("rows", p)
-    floats = vector_floats()
     min_width = ROWS_MIN_WIDTH if floats >= 16 else ROWS_MIN_WIDTH_NARROW[p.stride[0]]
     if not_rows is None and min_width is not None and ow >= min_width:
         return "rows", (f"3x3 stride {p.stride[0]} to a {ow}-wide output (at least "
