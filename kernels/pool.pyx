@@ -43,37 +43,27 @@ cdef extern from *:
     #include <immintrin.h>
     #endif
 
-    typedef float ce_mp_vf __attribute__((vector_size(64)));
-    typedef float ce_mp_vfu __attribute__((vector_size(64), aligned(4), may_alias));
-    typedef int ce_mp_vi __attribute__((vector_size(64)));
+    /* one register of floats: 16 with AVX-512, 8 otherwise (16-float vectors on AVX2 went
+       through the stack in the column pass: a 64x112x112 3x3 stride-2 pool took 0.97 ms) */
+    #if defined(__AVX512F__)
+    #define CE_MP_VW 16
+    #else
+    #define CE_MP_VW 8
+    #endif
+    typedef float ce_mp_vf __attribute__((vector_size(CE_MP_VW * 4)));
+    typedef float ce_mp_vfu __attribute__((vector_size(CE_MP_VW * 4), aligned(4), may_alias));
+    typedef int ce_mp_vi __attribute__((vector_size(CE_MP_VW * 4)));
 
     /* m where v > m or v is NaN takes v: the maximum's update, NaN winning as in the scan;
      * a select on masks, never a branch (on random data a branch mispredicts every other
      * element: the loops' scalar tails made pools of 110 columns 3x slower than of 112) */
-    #if defined(__AVX512F__)
     static inline ce_mp_vf ce_mp_take(ce_mp_vf m, ce_mp_vf v)
     {
         ce_mp_vi take = (v > m) | (v != v);
         return (ce_mp_vf)(((ce_mp_vi)v & take) | ((ce_mp_vi)m & ~take));
     }
-    #else
-    /* in two halves of the register width: gcc lowers the 16-lane compares of the form above
-     * to scalar compares and inserts on AVX2 (a max pool ran at 0.4 GFLOP/s) */
-    typedef float ce_mp_vh __attribute__((vector_size(32)));
-    typedef int ce_mp_vhi __attribute__((vector_size(32)));
-    typedef union { ce_mp_vf f; ce_mp_vh h[2]; } ce_mp_halves;
-    static inline ce_mp_vf ce_mp_take(ce_mp_vf m, ce_mp_vf v)
-    {
-        ce_mp_halves a = {m}, b = {v}, r;
-        for (int i = 0; i < 2; i++) {
-            ce_mp_vhi take = (b.h[i] > a.h[i]) | (b.h[i] != b.h[i]);
-            r.h[i] = (ce_mp_vh)(((ce_mp_vhi)b.h[i] & take) | ((ce_mp_vhi)a.h[i] & ~take));
-        }
-        return r.f;
-    }
-    #endif
 
-    /* dst[i] = take(dst[i], src[i]) for the last n < 16 elements: masked on AVX-512 */
+    /* dst[i] = take(dst[i], src[i]) for the last n < CE_MP_VW elements: masked on AVX-512 */
     static inline void ce_mp_tail(const float *src, float *dst, ptrdiff_t n)
     {
     #if defined(__AVX512F__)
@@ -95,7 +85,7 @@ cdef extern from *:
     static void ce_mp_rows(const float *restrict src, ptrdiff_t n, float *restrict t)
     {
         ptrdiff_t i = 0;
-        for (; i + 16 <= n; i += 16)
+        for (; i + CE_MP_VW <= n; i += CE_MP_VW)
             *(ce_mp_vfu *)(t + i) = ce_mp_take(*(ce_mp_vfu *)(t + i), *(const ce_mp_vfu *)(src + i));
         if (i < n)
             ce_mp_tail(src + i, t + i, n - i);
@@ -111,15 +101,26 @@ cdef extern from *:
         /* without AVX-512 the 16-lane two-vector shuffles of the other branch compile to
          * element moves (a 64x112x112 max pool took 4.7 ms on AVX2); gcc vectorises this loop
          * itself */
-        ptrdiff_t half = n / 2;
-        for (ptrdiff_t j = 0; j < half; j++) {
+        ptrdiff_t whole = n / 2 / CE_MP_VW * CE_MP_VW, j = 0;
+        for (; j < whole; j++) {
             float a = row[2 * j], b = row[2 * j + 1];
             e[j] = (a > e[j] || a != a) ? a : e[j];
             o[j] = (b > o[j] || b != b) ? b : o[j];
         }
-        if (n & 1) {
-            float a = row[n - 1];
-            e[half] = (a > e[half] || a != a) ? a : e[half];
+        if (2 * j < n) {
+            /* the last columns as one vector each, -inf beyond the row (it never wins, so the
+               buffer's slack keeps its values): a scalar tail branched on the data, and
+               mispredicted, which made 111 columns take 1.8 times as long as 112 */
+            ce_mp_vf pe = {0}, po = {0};
+            pe -= __builtin_inff();
+            po -= __builtin_inff();
+            for (ptrdiff_t k = 0; 2 * (j + k) < n; k++) {
+                pe[k] = row[2 * (j + k)];
+                if (2 * (j + k) + 1 < n)
+                    po[k] = row[2 * (j + k) + 1];
+            }
+            *(ce_mp_vfu *)(e + j) = ce_mp_take(*(ce_mp_vfu *)(e + j), pe);
+            *(ce_mp_vfu *)(o + j) = ce_mp_take(*(ce_mp_vfu *)(o + j), po);
         }
     #else
         const ce_mp_vi even = {0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30};
@@ -166,8 +167,8 @@ cdef extern from *:
      * (nearly every pool in a CNN), rows first: for a band of output rows, the maximum over
      * each window's kh input rows (one contiguous pass per row) into a buffer row padded with
      * -inf, then for each output the maximum over its kw columns of that row, in registers, one
-     * store per 16 outputs. The column pass reads rows written a band earlier, not the stores
-     * just made: reading those at shifted offsets stalled every load on store forwarding.
+     * store per vector of outputs. The column pass reads rows written a band earlier, not the
+     * stores just made: reading those at shifted offsets stalled every load on store forwarding.
      * Stride 2 keeps even and odd columns apart, so that both passes read contiguously. */
     static void ce_mp_plane(const float *x, ptrdiff_t H, ptrdiff_t W, float *y, ptrdiff_t OH,
                             ptrdiff_t OW, int kh, int kw, int sh, int sw, int ph, int pw,
@@ -196,17 +197,17 @@ cdef extern from *:
             for (ptrdiff_t oy = b0; oy < b1; oy++) {
                 const float *t = T + (oy - b0) * LT;
                 float *yrow = y + oy * OW;
-                for (ptrdiff_t ox = 0; ox < OW; ox += 16) {
+                for (ptrdiff_t ox = 0; ox < OW; ox += CE_MP_VW) {
                     ce_mp_vf m = lowest;
                     for (int v = 0; v < kw; v++) {
                         ptrdiff_t q = v - pw + P;       /* >= 0: padded column of ox = 0 */
                         const float *src = sw == 1 ? t + q : t + (q & 1 ? half : 0) + (q >> 1);
                         m = ce_mp_take(m, *(const ce_mp_vfu *)(src + ox));
                     }
-                    if (ox + 16 <= OW) {
+                    if (ox + CE_MP_VW <= OW) {
                         *(ce_mp_vfu *)(yrow + ox) = m;
                     } else {
-                        float tmp[16];
+                        float tmp[CE_MP_VW];
                         __builtin_memcpy(tmp, &m, sizeof tmp);
                         __builtin_memcpy(yrow + ox, tmp, (size_t)(OW - ox) * sizeof(float));
                     }

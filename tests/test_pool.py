@@ -137,6 +137,21 @@ def test_max_pool_sweep_matches_reference(rng):
     assert checked > 150
 
 
+@pytest.mark.parametrize("s", [1, 2])
+def test_max_pool_every_row_width(rng, s):
+    """The row passes of the index-free path on every width from 1 to 40 and 111-113 (their
+    whole vectors, and tails of every length through the padded last vector), ties, NaN and
+    -inf included, against the per-window scan."""
+    for width in list(range(1, 41)) + [111, 112, 113]:
+        for p in (0, 1):
+            x = tied_input(rng, (1, 2, 5, width))
+            if pool_len_ref(width, 3, s, p, 1, True) < 1:
+                continue
+            ref, _ = max_pool_ref(x, 3, s, p, 1, True)
+            y = engine.max_pool2d(x, 3, s, p, 1, True)
+            assert np.array_equal(y, ref, equal_nan=True), (width, s, p)
+
+
 def test_max_pool_sweep_matches_torch(rng):
     torch = pytest.importorskip("torch")
     F = torch.nn.functional
