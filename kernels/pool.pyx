@@ -63,7 +63,18 @@ cdef extern from *:
         return (ce_mp_vf)(((ce_mp_vi)v & take) | ((ce_mp_vi)m & ~take));
     }
 
-    /* dst[i] = take(dst[i], src[i]) for the last n < CE_MP_VW elements: masked on AVX-512 */
+    #if defined(__AVX2__) && !defined(__AVX512F__)
+    #include <immintrin.h>
+    /* lanes i < n set, for the masked moves of 8-float vectors */
+    static inline __m256i ce_mp_mask(ptrdiff_t n)
+    {
+        return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n),
+                                  _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    }
+    #endif
+
+    /* dst[i] = take(dst[i], src[i]) for the last n < CE_MP_VW elements, by masked moves;
+     * dst has room for a whole vector (-inf lanes beyond n leave it as it was) */
     static inline void ce_mp_tail(const float *src, float *dst, ptrdiff_t n)
     {
     #if defined(__AVX512F__)
@@ -71,6 +82,16 @@ cdef extern from *:
         ce_mp_vf v = (ce_mp_vf)_mm512_maskz_loadu_ps(k, src);
         ce_mp_vf m = (ce_mp_vf)_mm512_maskz_loadu_ps(k, dst);
         _mm512_mask_storeu_ps(dst, k, (__m512)ce_mp_take(m, v));
+    #elif defined(__AVX2__)
+        /* masked moves: memcpy of a length unknown to the compiler is a library call, three
+           per row, which made a 512x14x14 pool cost 1 us a plane (gcc turns a loop of element
+           moves back into the same call) */
+        __m256i k = ce_mp_mask(n);
+        ce_mp_vf v = (ce_mp_vf)_mm256_blendv_ps(_mm256_set1_ps(-__builtin_inff()),
+                                               _mm256_maskload_ps(src, k), (__m256)k);
+        /* dst by whole vectors (its buffer has the room): a masked load of what a masked
+           store just wrote is not forwarded from it, and stalled each row */
+        *(ce_mp_vfu *)dst = ce_mp_take(*(ce_mp_vfu *)dst, v);
     #else
         ce_mp_vf v = {0}, m = {0};
         __builtin_memcpy(&v, src, (size_t)n * sizeof(float));
@@ -207,9 +228,13 @@ cdef extern from *:
                     if (ox + CE_MP_VW <= OW) {
                         *(ce_mp_vfu *)(yrow + ox) = m;
                     } else {
+    #if defined(__AVX2__) && !defined(__AVX512F__)
+                        _mm256_maskstore_ps(yrow + ox, ce_mp_mask(OW - ox), (__m256)m);
+    #else
                         float tmp[CE_MP_VW];
                         __builtin_memcpy(tmp, &m, sizeof tmp);
                         __builtin_memcpy(yrow + ox, tmp, (size_t)(OW - ox) * sizeof(float));
+    #endif
                     }
                 }
             }
@@ -328,7 +353,7 @@ def f32_maxpool2d(const float[:, :, ::1] x, float[:, :, ::1] y, int64_t[:, :, ::
     cdef int64_t* ip
     cdef float* t
     cdef Py_ssize_t* cols
-    cdef Py_ssize_t tfloats = W
+    cdef Py_ssize_t tfloats = W + 16        # ce_mp_tail's room for a whole vector
     if P == 0:
         return
     if (sw == 1 or sw == 2) and dw == 1 and OW > 0:
