@@ -10,7 +10,8 @@ Groups (section/group):
   conv/direct_blocked, conv/winograd_min, conv/winograd_tile, conv/dilated_phases, conv/live_taps,
   conv/fft, conv/separable
                                           engine/dispatch/conv.py
-  depthwise/blocks, depthwise/rows        engine/dispatch/depthwise.py
+  depthwise/blocks, depthwise/rows,       engine/dispatch/depthwise.py
+  depthwise/wide
   transposed/col2im                       engine/dispatch/transposed.py
   gemm/dense                              engine/dispatch/gemm.py
   winograd/weights                        engine/dispatch/winograd.py (U kept or made per
@@ -133,13 +134,19 @@ DEPTHWISE = {
     + [(144, 56, 2), (96, 112, 2)],
     "rows": [(32, 112, 1), (96, 112, 2), (144, 56, 1), (128, 56, 1), (144, 56, 2),
              (256, 28, 1), (240, 56, 2), (192, 28, 2), (240, 28, 2), (576, 28, 2)],
+    # 5x5 and 7x7 kernels (the fourth number): channel blocks against planes
+    "wide": [(c, size, s, k) for k in (5, 7) for c, size, s in
+             [(576, 7, 1), (240, 14, 1), (672, 14, 1), (240, 28, 1), (144, 56, 1),
+              (288, 14, 2), (96, 28, 2), (672, 28, 2), (144, 56, 2)]],
 }
 
 
 def depthwise_rows(group, threads):
     options = SECTIONS["depthwise"][2](group)
-    for c, size, s in DEPTHWISE[group]:
-        layer = engine.Conv2d(_rand(c, 1, 3, 3), _rand(c), s, 1, 1, c, "relu6", "depthwise")
+    for c, size, s, *k in DEPTHWISE[group]:
+        k = k[0] if k else 3
+        layer = engine.Conv2d(_rand(c, 1, k, k), _rand(c), s, k // 2, 1, c, "relu6",
+                              "depthwise")
         x = _rand(1, c, size, size)
         g = layer.geometry(x.shape)
         out = np.empty(layer.output_shape(x.shape), np.float32)
@@ -148,7 +155,7 @@ def depthwise_rows(group, threads):
         for kernel in options:
             impl = Depthwise(layer, kernel=kernel)
             fns[kernel] = (lambda impl: lambda: impl.run(x, out, g, nt))(impl)
-        yield f"{c}ch {size}x{size} s{s}", fns, layer._impl.kernel_choice(g)[0]
+        yield f"{k}x{k} {c}ch {size}x{size} s{s}", fns, layer._impl.kernel_choice(g)[0]
 
 
 # -- transposed ------------------------------------------------------------------------------------
@@ -305,7 +312,8 @@ def winograd_weight_rows(group, threads):
 SECTIONS = {
     "conv": (list(CONV), lambda g, t: conv_rows(g), CONV_OPTIONS.get),
     "depthwise": (list(DEPTHWISE), depthwise_rows,
-                  lambda g: ["blocks", "rows", "planes"] if g == "blocks" else [g, "planes"]),
+                  lambda g: {"blocks": ["blocks", "rows", "planes"],
+                             "wide": ["blocks", "planes"]}.get(g, [g, "planes"])),
     "transposed": (["col2im"], lambda g, t: transposed_rows(g),
                    lambda g: ["col2im", "zero_insert"]),
     "gemm": (["dense"], gemm_rows, lambda g: ["dense", "matmul"]),

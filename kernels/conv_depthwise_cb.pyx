@@ -1,11 +1,13 @@
-# Depthwise 3x3 convolution on blocks of 16 channels (engine/dispatch/depthwise.py picks it for
-# small planes; conv_depthwise.pyx holds the plane and row kernels and the conventions).
+# Depthwise convolution on blocks of one vector of channels (engine/dispatch/depthwise.py picks
+# it for small planes; conv_depthwise.pyx holds the plane and row kernels and the conventions).
 from cython.parallel cimport parallel, prange, threadid
 from libc.string cimport memcpy, memset
 
 from _epilogue cimport ce_act_t, check_act
 from _dw_common cimport act_bounds, copy_floats, crfloat, rfloat, round_up
 from _scratch cimport check_scratch
+
+import numpy as np
 
 # Channel blocks. A small plane (7 x 7, 14 x 14) gives each channel so little arithmetic that a
 # plane's set-up (staging its rows, copying out rows of 7 floats) costs as much as its 441
@@ -33,6 +35,79 @@ cdef extern from *:
 
 cdef enum:
     CB = CE_DW_CB
+
+cdef extern from *:
+    """
+    typedef float ce_dw_cb_vf __attribute__((vector_size(CE_DW_CB * 4)));
+    typedef float ce_dw_cb_vfu __attribute__((vector_size(CE_DW_CB * 4), aligned(4), may_alias));
+
+    /* y[0 .. CE_DW_CB) = min(max(a, lo), hi), a NaN kept (as min and max in Cython) */
+    static inline void ce_dw_cb_store(float *y, ce_dw_cb_vf a, float lo, float hi)
+    {
+        float v[CE_DW_CB];
+        __builtin_memcpy(v, &a, sizeof a);
+        for (int c = 0; c < CE_DW_CB; c++) {
+            float r = lo > v[c] ? lo : v[c];
+            y[c] = hi < r ? hi : r;
+        }
+    }
+
+    /* Y[oy, ox, :] = act(b + the sum over the taps t, in order, of w[t] T[oy*sh, ox*sw]
+     * shifted by offs[t]) for any kernel, on the padded channels-last block T (rows WP pixels
+     * long): four outputs of a row share each weight vector as it is loaded (with 25 taps
+     * the weights do not fit in registers), the row's last two and one. */
+    static void ce_dw_cb_taps(const float *T, ptrdiff_t WP, ptrdiff_t sh, ptrdiff_t sw,
+                              const ptrdiff_t *offs, int ntaps, const float *w, const float *b,
+                              float lo, float hi, float *Y, ptrdiff_t OH, ptrdiff_t OW)
+    {
+        const ce_dw_cb_vf bv = *(const ce_dw_cb_vfu *)b;
+        const ptrdiff_t step = sw * CE_DW_CB;
+        for (ptrdiff_t oy = 0; oy < OH; oy++) {
+            const float *row = T + oy * sh * WP * CE_DW_CB;
+            float *y = Y + oy * OW * CE_DW_CB;
+            ptrdiff_t ox = 0;
+            for (; ox + 4 <= OW; ox += 4) {
+                const float *s = row + ox * step;
+                ce_dw_cb_vf a0 = bv, a1 = bv, a2 = bv, a3 = bv;
+                for (int t = 0; t < ntaps; t++) {
+                    const ce_dw_cb_vf wv = *(const ce_dw_cb_vfu *)(w + t * CE_DW_CB);
+                    const float *st = s + offs[t];
+                    a0 += wv * *(const ce_dw_cb_vfu *)st;
+                    a1 += wv * *(const ce_dw_cb_vfu *)(st + step);
+                    a2 += wv * *(const ce_dw_cb_vfu *)(st + 2 * step);
+                    a3 += wv * *(const ce_dw_cb_vfu *)(st + 3 * step);
+                }
+                ce_dw_cb_store(y + ox * CE_DW_CB, a0, lo, hi);
+                ce_dw_cb_store(y + (ox + 1) * CE_DW_CB, a1, lo, hi);
+                ce_dw_cb_store(y + (ox + 2) * CE_DW_CB, a2, lo, hi);
+                ce_dw_cb_store(y + (ox + 3) * CE_DW_CB, a3, lo, hi);
+            }
+            if (ox + 2 <= OW) {
+                const float *s = row + ox * step;
+                ce_dw_cb_vf a0 = bv, a1 = bv;
+                for (int t = 0; t < ntaps; t++) {
+                    const ce_dw_cb_vf wv = *(const ce_dw_cb_vfu *)(w + t * CE_DW_CB);
+                    a0 += wv * *(const ce_dw_cb_vfu *)(s + offs[t]);
+                    a1 += wv * *(const ce_dw_cb_vfu *)(s + offs[t] + step);
+                }
+                ce_dw_cb_store(y + ox * CE_DW_CB, a0, lo, hi);
+                ce_dw_cb_store(y + (ox + 1) * CE_DW_CB, a1, lo, hi);
+                ox += 2;
+            }
+            if (ox < OW) {
+                const float *s = row + ox * step;
+                ce_dw_cb_vf a0 = bv;
+                for (int t = 0; t < ntaps; t++)
+                    a0 += *(const ce_dw_cb_vfu *)(w + t * CE_DW_CB)
+                          * *(const ce_dw_cb_vfu *)(s + offs[t]);
+                ce_dw_cb_store(y + ox * CE_DW_CB, a0, lo, hi);
+            }
+        }
+    }
+    """
+    void ce_dw_cb_taps(const float *T, Py_ssize_t WP, Py_ssize_t sh, Py_ssize_t sw,
+                       const Py_ssize_t *offs, int ntaps, const float *w, const float *b,
+                       float lo, float hi, float *Y, Py_ssize_t OH, Py_ssize_t OW) nogil
 
 CHANNEL_BLOCK = CB   # for the plan's weight layout (engine/ops/depthwise.py)
 
@@ -111,25 +186,30 @@ cdef void cb_conv3x3(crfloat T, Py_ssize_t WP, Py_ssize_t sh, Py_ssize_t sw,
 
 
 cdef Py_ssize_t cb_thread_floats(Py_ssize_t H, Py_ssize_t W, Py_ssize_t OH, Py_ssize_t OW,
-                                 int sh, int sw, int dh, int dw) noexcept nogil:
+                                 int kh, int kw, int sh, int sw, int dh,
+                                 int dw) noexcept nogil:
     """Floats of one thread's buffer in f32_conv2d_depthwise_cb: T0, T, Y and a tile."""
-    cdef Py_ssize_t HP = (OH - 1) * sh + 2 * dh + 1, WP = (OW - 1) * sw + 2 * dw + 1
+    cdef Py_ssize_t HP = (OH - 1) * sh + (kh - 1) * dh + 1
+    cdef Py_ssize_t WP = (OW - 1) * sw + (kw - 1) * dw + 1
     return (round_up(H * W, 16) * CB + HP * WP * CB + round_up(OH * OW, 16) * CB + 16 * CB)
 
 
 def cb_work_floats(Py_ssize_t items, Py_ssize_t H, Py_ssize_t W, Py_ssize_t OH, Py_ssize_t OW,
-                   int sh, int sw, int dh, int dw, int num_threads):
+                   int kh, int kw, int sh, int sw, int dh, int dw, int num_threads):
     """Floats of the work buffer f32_conv2d_depthwise_cb needs (items: images x channel
     blocks), 64-byte aligned."""
-    return max(1, min(num_threads, items)) * cb_thread_floats(H, W, OH, OW, sh, sw, dh, dw)
+    return max(1, min(num_threads, items)) * cb_thread_floats(H, W, OH, OW, kh, kw, sh, sw, dh,
+                                                              dw)
 
 
 def f32_conv2d_depthwise_cb(const float[:, :, :, ::1] x, const float[:, :, ::1] wcb, bias,
-                            float[:, :, :, ::1] out, int sh, int sw, int pt, int pl, int dh,
-                            int dw, ce_act_t act, int num_threads, float[::1] work):
-    """out = depthwise conv2d(x, w) for a 3x3 kernel, multiplier 1 and C a multiple of CB,
-    in blocks of CB channels: wcb[C // CB, 9, CB] holds w[cb*CB + c, 0, u, v] at
-    [cb, u*3 + v, c] (channel_blocks in engine/ops/depthwise.py).
+                            float[:, :, :, ::1] out, int kh, int kw, int sh, int sw, int pt,
+                            int pl, int dh, int dw, ce_act_t act, int num_threads,
+                            float[::1] work):
+    """out = depthwise conv2d(x, w) for a kh x kw kernel, multiplier 1 and C a multiple of
+    CB, in blocks of CB channels: wcb[C // CB, kh*kw, CB] holds w[cb*CB + c, 0, u, v] at
+    [cb, u*kw + v, c] (channel_blocks in engine/ops/depthwise.py). 3x3 kernels keep their
+    nine weight vectors in registers; others run four outputs per weight load.
 
     Output sizes are the caller's (engine.shapes); padding beyond pt/pl is implied by them.
     work: cb_work_floats(...) floats from a 64-byte boundary (see f32_conv2d_depthwise).
@@ -137,14 +217,17 @@ def f32_conv2d_depthwise_cb(const float[:, :, :, ::1] x, const float[:, :, ::1] 
     check_act(act, 1)
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t OH = out.shape[2], OW = out.shape[3]
-    if sh < 1 or sw < 1 or dh < 1 or dw < 1 or pt < 0 or pl < 0:
-        raise ValueError("strides and dilations must be positive and pads non-negative")
+    if sh < 1 or sw < 1 or dh < 1 or dw < 1 or kh < 1 or kw < 1 or pt < 0 or pl < 0:
+        raise ValueError("kernel sizes, strides and dilations must be positive and pads "
+                         "non-negative")
     if C % CB:
         raise ValueError(f"x must have a multiple of {CB} channels, got {C}")
     if out.shape[0] != N or out.shape[1] != C:
         raise ValueError(f"out must have shape (N={N}, C={C}, OH, OW), got {tuple(out.shape)}")
-    if wcb.shape[0] != C // CB or wcb.shape[1] != 9 or wcb.shape[2] != CB:
-        raise ValueError(f"wcb must have shape ({C // CB}, 9, {CB}), got {tuple(wcb.shape)[:3]}")
+    cdef int ntaps = kh * kw
+    if wcb.shape[0] != C // CB or wcb.shape[1] != ntaps or wcb.shape[2] != CB:
+        raise ValueError(f"wcb must have shape ({C // CB}, {ntaps}, {CB}), got "
+                         f"{tuple(wcb.shape)[:3]}")
     cdef const float[::1] b
     cdef float zeros[CB]
     memset(zeros, 0, sizeof(zeros))
@@ -164,19 +247,21 @@ def f32_conv2d_depthwise_cb(const float[:, :, :, ::1] x, const float[:, :, ::1] 
     cdef float lo_act, hi_act
     act_bounds(act, &lo_act, &hi_act)
     # the padded block the output reads, and its rows [ra, rb) and columns [ca, cb) inside x
-    cdef Py_ssize_t HP = (OH - 1) * sh + 2 * dh + 1, WP = (OW - 1) * sw + 2 * dw + 1
+    cdef Py_ssize_t HP = (OH - 1) * sh + (kh - 1) * dh + 1
+    cdef Py_ssize_t WP = (OW - 1) * sw + (kw - 1) * dw + 1
     cdef Py_ssize_t ra = min(pt, HP), rb = max(ra, min(HP, pt + H))
     cdef Py_ssize_t ca = min(pl, WP), cb_ = max(ca, min(WP, pl + W))
-    cdef Py_ssize_t offs[9]
+    offs_array = np.empty(ntaps, np.intp)
+    cdef Py_ssize_t[::1] offs = offs_array
     cdef Py_ssize_t u, v
-    for u in range(3):
-        for v in range(3):
-            offs[u * 3 + v] = (u * dh * WP + v * dw) * CB
+    for u in range(kh):
+        for v in range(kw):
+            offs[u * kw + v] = (u * dh * WP + v * dw) * CB
     # T0: the block channels-last, T: padded, Y: the output channels-last, then a transpose
     # tile; T0 and Y rounded up to whole tiles of 16 pixels
     cdef Py_ssize_t t0_floats = round_up(H * W, 16) * CB, t_floats = HP * WP * CB
     cdef Py_ssize_t y_floats = round_up(OH * OW, 16) * CB
-    cdef Py_ssize_t thread_floats = cb_thread_floats(H, W, OH, OW, sh, sw, dh, dw)
+    cdef Py_ssize_t thread_floats = cb_thread_floats(H, W, OH, OW, kh, kw, sh, sw, dh, dw)
     cdef Py_ssize_t nblocks = C // CB, items = N * nblocks
     num_threads = <int>max(1, min(num_threads, items))
     # zeroed once: blocks write only the inside of T, so its padding stays zero
@@ -202,6 +287,10 @@ def f32_conv2d_depthwise_cb(const float[:, :, :, ::1] x, const float[:, :, ::1] 
                 for r in range(ra, rb):
                     copy_floats(T + (r * WP + ca) * CB,
                                 T0 + ((r - pt) * W + ca - pl) * CB, (cb_ - ca) * CB)
-            cb_conv3x3(T, WP, sh, sw, offs, wp + (it % nblocks) * 9 * CB,
-                       bptr + (it % nblocks) * bstep, lo_act, hi_act, Y, OH, OW)
+            if ntaps == 9 and kw == 3:
+                cb_conv3x3(T, WP, sh, sw, &offs[0], wp + (it % nblocks) * 9 * CB,
+                           bptr + (it % nblocks) * bstep, lo_act, hi_act, Y, OH, OW)
+            else:
+                ce_dw_cb_taps(T, WP, sh, sw, &offs[0], ntaps, wp + (it % nblocks) * ntaps * CB,
+                              bptr + (it % nblocks) * bstep, lo_act, hi_act, Y, OH, OW)
             cb_transpose_out(op + it * CB * OH * OW, Y, OH * OW, Y + y_floats)

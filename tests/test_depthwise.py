@@ -182,9 +182,54 @@ def test_channel_blocks_dilation_and_mixed_strides(rng):
         np.testing.assert_allclose(layer(x), np.clip(ref, 0, 6), rtol=0, atol=1e-5)
 
 
+def test_channel_blocks_any_kernel(rng):
+    """Kernels other than 3x3 in channel blocks (four outputs a step, then two, then one):
+    1x1 to 7x7 and rectangular kernels, strides 1-3, dilations, symmetric and asymmetric
+    padding, output widths 1-13 (every tail), against the float64 reference, per element."""
+    block = conv_depthwise_cb.CHANNEL_BLOCK
+    cases = 0
+    for i, ((kh, kw), (sh, sw), (dh, dw), pads, size) in enumerate([
+            ((5, 5), (1, 1), (1, 1), (2, 2, 2, 2), (7, 7)),
+            ((5, 5), (2, 2), (1, 1), (2, 2, 2, 2), (14, 13)),
+            ((7, 7), (1, 1), (1, 1), (3, 3, 3, 3), (9, 11)),
+            ((7, 7), (2, 2), (1, 1), (3, 3, 3, 3), (12, 12)),
+            ((1, 1), (1, 1), (1, 1), (0, 0, 0, 0), (5, 6)),
+            ((2, 2), (1, 1), (1, 1), (0, 1, 1, 0), (6, 5)),
+            ((3, 5), (1, 2), (2, 1), (1, 0, 2, 3), (10, 13)),
+            ((5, 1), (3, 1), (1, 2), (0, 2, 1, 0), (11, 4)),
+            ((5, 5), (1, 1), (2, 2), (4, 4, 4, 4), (8, 8)),
+            ((4, 4), (3, 3), (1, 1), (0, 3, 2, 1), (13, 16)),
+            ((5, 5), (1, 1), (1, 1), (0, 0, 0, 0), (5, 5)),
+            ((7, 7), (1, 1), (1, 1), (3, 3, 3, 3), (1, 3))]):
+        c = block * (1 + i % 3)
+        x = rng.uniform(-1, 1, (1 + i % 2, c) + size).astype(np.float32)
+        w = rng.uniform(-1, 1, (c, 1, kh, kw)).astype(np.float32)
+        b = rng.uniform(-1, 1, c).astype(np.float32) if i % 2 else None
+        act = (None, "relu", "relu6")[i % 3]
+        layer = engine.Conv2d(w, b, (sh, sw), pads, (dh, dw), groups=c, activation=act,
+                              algorithm="depthwise")
+        impl = Depthwise(layer, kernel="blocks")
+        g = layer.geometry(x.shape)
+        ref = _act_ref(conv2d_ref(x, w, b, (sh, sw), ((pads[0], pads[2]), (pads[1], pads[3])),
+                                  (dh, dw), groups=c), act)
+        scale = conv2d_ref(np.abs(x), np.abs(w), None if b is None else np.abs(b), (sh, sw),
+                           ((pads[0], pads[2]), (pads[1], pads[3])), (dh, dw), groups=c)
+        ys = []
+        for threads in (1, 2):
+            y = np.full(ref.shape, np.nan, np.float32)
+            impl.run(x, y, g, threads)
+            ys.append(y)
+        bad = np.abs(ys[0] - ref) > RTOL * scale + ATOL
+        assert not bad.any(), (kh, kw, sh, sw, dh, dw, pads, size, np.argwhere(bad)[0])
+        np.testing.assert_array_equal(ys[0], ys[1])
+        cases += 1
+    assert cases == 12
+
+
 def test_which_kernel(rng):
-    """The shape rule of engine/dispatch/depthwise.py: channel blocks only for 3x3, multiplier
-    1, a multiple of the block's channels (16, or 8 on AVX2 builds) and a small input plane; rows for 3x3 stride 1 or 2,
+    """The shape rule of engine/dispatch/depthwise.py: channel blocks for multiplier 1, a
+    multiple of the block's channels (16, or 8 on AVX2 builds) and a small input plane (smaller
+    still for kernels other than 3x3 at stride 1); rows for 3x3 stride 1 or 2,
     multiplier 1, on wide outputs; planes for the rest. A plan states its choice with a
     reason, and a forced kernel that cannot run the layer is refused."""
     def kernel(c, mult, k, size, s=1):
@@ -204,7 +249,11 @@ def test_which_kernel(rng):
     cb = conv_depthwise_cb.CHANNEL_BLOCK                 # 16 with AVX-512, 8 with AVX2
     assert kernel(cb + 8 if cb == 16 else 12, 1, 3, (7, 7)) != "blocks"   # not a multiple
     assert kernel(16, 2, 3, (7, 7)) != "blocks"      # multiplier 2
-    assert kernel(16, 1, 5, (7, 7)) != "blocks"      # 5x5
+    assert kernel(16, 1, 5, (7, 7)) == "blocks"      # 5x5 on a small plane
+    assert kernel(16, 1, 7, (14, 14)) == "blocks"
+    assert kernel(16, 1, 5, (15, 14)) == "planes"
+    assert kernel(16, 1, 5, (28, 28), s=2) == "blocks"
+    assert kernel(16, 1, 7, (29, 28), s=2) == "planes"
     assert kernel(32, 1, 3, (112, 112)) == "rows"
     assert kernel(96, 1, 3, (112, 112), s=2) == "rows"              # 56 wide
     assert kernel(144, 1, 3, (56, 56), s=2) == "planes"             # 28 wide
@@ -428,17 +477,23 @@ def test_bad_input_raises(rng):
     cb = conv_depthwise_cb.f32_conv2d_depthwise_cb
     with pytest.raises(ValueError, match=f"multiple of {block}"):
         cb(np.zeros((1, 4, 8, 8), np.float32), wcb, None, np.zeros((1, 4, 8, 8), np.float32),
-           1, 1, 1, 1, 1, 1, NO_ACT, 1, work)
+           3, 3, 1, 1, 1, 1, 1, 1, NO_ACT, 1, work)
     with pytest.raises(ValueError, match="wcb"):
-        cb(x16, np.zeros((1, 9, 4), np.float32), None, out16, 1, 1, 1, 1, 1, 1, NO_ACT, 1, work)
+        cb(x16, np.zeros((1, 9, 4), np.float32), None, out16, 3, 3, 1, 1, 1, 1, 1, 1, NO_ACT, 1,
+           work)
     with pytest.raises(ValueError, match="out"):
-        cb(x16, wcb, None, np.zeros((1, 32, 8, 8), np.float32), 1, 1, 1, 1, 1, 1, NO_ACT, 1, work)
+        cb(x16, wcb, None, np.zeros((1, 32, 8, 8), np.float32), 3, 3, 1, 1, 1, 1, 1, 1, NO_ACT,
+           1, work)
     with pytest.raises(ValueError, match="bias"):
-        cb(x16, wcb, np.zeros(15, np.float32), out16, 1, 1, 1, 1, 1, 1, NO_ACT, 1, work)
+        cb(x16, wcb, np.zeros(15, np.float32), out16, 3, 3, 1, 1, 1, 1, 1, 1, NO_ACT, 1, work)
     with pytest.raises(ValueError, match="positive"):
-        cb(x16, wcb, None, out16, 0, 1, 1, 1, 1, 1, NO_ACT, 1, work)
+        cb(x16, wcb, None, out16, 3, 3, 0, 1, 1, 1, 1, 1, NO_ACT, 1, work)
+    with pytest.raises(ValueError, match="positive"):
+        cb(x16, wcb, None, out16, 3, 0, 1, 1, 1, 1, 1, 1, NO_ACT, 1, work)
+    with pytest.raises(ValueError, match="wcb"):
+        cb(x16, wcb, None, out16, 5, 5, 1, 1, 1, 1, 1, 1, NO_ACT, 1, work)
     with pytest.raises(ValueError, match="non-negative"):
-        cb(x16, wcb, None, out16, 1, 1, -1, 1, 1, 1, NO_ACT, 1, work)
+        cb(x16, wcb, None, out16, 3, 3, 1, 1, -1, 1, 1, 1, NO_ACT, 1, work)
     # the row kernel's guards, and every kernel's check of its scratch buffer
     rows = conv_depthwise.f32_conv2d_depthwise_rows
     with pytest.raises(ValueError, match="stride"):
@@ -450,7 +505,7 @@ def test_bad_input_raises(rng):
     with pytest.raises(ValueError, match="64-byte"):
         rows(x16, np.zeros((16, 9), np.float32), None, out16, 1, 1, 1, NO_ACT, 1, work[1:])
     with pytest.raises(ValueError, match="work"):
-        cb(x16, wcb, None, out16, 1, 1, 1, 1, 1, 1, NO_ACT, 1, work[:8])
+        cb(x16, wcb, None, out16, 3, 3, 1, 1, 1, 1, 1, 1, NO_ACT, 1, work[:8])
     with pytest.raises(ValueError, match="work"):
         conv_depthwise.f32_conv2d_depthwise(x, w2d, None, out, 3, 3, 1, 1, 1, 1, 1, 1,
                                             1 << 16, NO_ACT, 1, work[:8])

@@ -2,8 +2,8 @@
 depthwise layer on one input size, and why:
 
 - "blocks": one vector of channels at a time (16, or 8 on AVX2 builds), transposed to
-  channels-last and computed one vector per pixel (f32_conv2d_depthwise_cb): 3x3, multiplier
-  1, a multiple of that many channels;
+  channels-last and computed one vector per pixel (f32_conv2d_depthwise_cb): any kernel,
+  multiplier 1, a multiple of that many channels;
 - "rows": output row by output row from a ring of three padded rows in L1, outputs stored from
   registers (f32_conv2d_depthwise_rows): 3x3, stride 1 or 2, dilation 1, multiplier 1;
 - "planes": padded input bands staged in stride phases, then one band kernel
@@ -29,6 +29,11 @@ CHANNEL_BLOCK_MAX_PIXELS = 24 * 24
 # With 8-channel blocks (AVX2 builds) stride 2 stays in blocks up to 56x56 planes: 144ch 56x56
 # 0.17 ms against rows' 0.19, 256ch 28x28 0.08 against 0.14 (bench_dispatch.py depthwise/blocks)
 CHANNEL_BLOCK_MAX_PIXELS_NARROW_S2 = 56 * 56
+# Kernels other than 3x3 (MobileNetV3's, EfficientNet's and MNASNet's 5x5, ConvNeXt's 7x7) have
+# no row kernel and their plane kernel stages each band; channel blocks beat it up to 14x14
+# planes at stride 1 and 28x28 at stride 2 (5x5 576ch 7x7: 0.076 against 0.108 ms, 7x7 288ch
+# 14x14 s2: 0.073 against 0.129; bench/bench_dispatch.py depthwise/wide, AVX2 build).
+WIDE_KERNEL_BLOCK_MAX_PIXELS = {1: 14 * 14, 2: 28 * 28}
 # Narrowest output run row by row: on shorter rows the per-row work outweighs the staging and
 # copy-out pass it saves (bench/bench_dispatch.py depthwise/rows, AVX-512 build).
 ROWS_MIN_WIDTH = 56
@@ -46,8 +51,6 @@ def why_not_depthwise_kernel(kernel: str, p: ConvParams) -> Optional[str]:
     if kernel not in DEPTHWISE_KERNELS:
         return (f"unknown depthwise kernel {kernel!r}; known: "
                 f"{', '.join(map(repr, DEPTHWISE_KERNELS))}")
-    if p.kernel != (3, 3):
-        return f"the {kernel} kernel needs a 3x3 kernel, got {p.kernel[0]}x{p.kernel[1]}"
     if p.out_channels != p.in_channels:
         return f"the {kernel} kernel needs channel multiplier 1, got {multiplier}"
     if kernel == "blocks":
@@ -55,6 +58,8 @@ def why_not_depthwise_kernel(kernel: str, p: ConvParams) -> Optional[str]:
             return (f"the blocks kernel needs a multiple of {CHANNEL_BLOCK} channels, got "
                     f"{p.in_channels}")
         return None
+    if p.kernel != (3, 3):
+        return f"the {kernel} kernel needs a 3x3 kernel, got {p.kernel[0]}x{p.kernel[1]}"
     if p.dilation != (1, 1):
         return f"the rows kernel needs dilation 1, got {p.dilation}"
     if p.stride not in ((1, 1), (2, 2)):
@@ -69,7 +74,9 @@ def choose_depthwise_kernel(p: ConvParams) -> tuple[str, str]:
     not_blocks = why_not_depthwise_kernel("blocks", p)
     floats = vector_floats()
     max_pixels = CHANNEL_BLOCK_MAX_PIXELS
-    if floats < 16 and p.stride == (2, 2):
+    if p.kernel != (3, 3):
+        max_pixels = WIDE_KERNEL_BLOCK_MAX_PIXELS[1 if p.stride == (1, 1) else 2]
+    elif floats < 16 and p.stride == (2, 2):
         max_pixels = CHANNEL_BLOCK_MAX_PIXELS_NARROW_S2
     if not_blocks is None and h * w <= max_pixels:
         return "blocks", (f"{p.in_channels} channels on a {h}x{w} plane (at most "

@@ -21,10 +21,11 @@ CHANNEL_BLOCK = conv_depthwise_cb.CHANNEL_BLOCK
 
 
 def channel_blocks(weight: np.ndarray) -> np.ndarray:
-    """(C, 1, 3, 3) weights as the channel-blocked kernel reads them: [C // CB, 9, CB]."""
-    c = weight.shape[0]
+    """(C, 1, kh, kw) weights as the channel-blocked kernel reads them:
+    [C // CB, kh * kw, CB]."""
+    c, taps = weight.shape[0], weight.shape[2] * weight.shape[3]
     return np.ascontiguousarray(
-        weight.reshape(c // CHANNEL_BLOCK, CHANNEL_BLOCK, 9).transpose(0, 2, 1), np.float32)
+        weight.reshape(c // CHANNEL_BLOCK, CHANNEL_BLOCK, taps).transpose(0, 2, 1), np.float32)
 
 
 class Depthwise:
@@ -80,7 +81,7 @@ class Depthwise:
             kind = self.kernel_choice(g)[0]
             if kind == "blocks":
                 floats = conv_depthwise_cb.cb_work_floats(n * c // CHANNEL_BLOCK, h, w, oh,
-                                                          ow, sh, sw, dh, dw, threads)
+                                                          ow, kh, kw, sh, sw, dh, dw, threads)
             elif kind == "rows":
                 floats = conv_depthwise.rows_work_floats(n * c, w, ow, sh, pl, threads)
             else:
@@ -93,7 +94,8 @@ class Depthwise:
         try:
             if kind == "blocks":
                 conv_depthwise_cb.f32_conv2d_depthwise_cb(
-                    x, self.wcb, L.bias, out, sh, sw, pt, pl, dh, dw, L.act, threads, work)
+                    x, self.wcb, L.bias, out, kh, kw, sh, sw, pt, pl, dh, dw, L.act, threads,
+                    work)
             elif kind == "rows":
                 conv_depthwise.f32_conv2d_depthwise_rows(
                     x, self.w2d, L.bias, out, sh, pt, pl, L.act, threads, work)

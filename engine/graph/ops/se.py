@@ -99,11 +99,12 @@ class SqueezeExcite(Op):
                 nchwc.f32_scale_blocked(x, gates(pooled, cb * blocked.BLOCK), env[b], threads)
             return step
         hw = shape[2] * shape[3]
+        gate = 0 if self.gate == "sigmoid" else 1
 
         def step(env, nt):
-            x = env[a].reshape(n, c, hw)
-            s = gates(x.mean(axis=2, dtype=np.float32) if hw else np.zeros((n, c), np.float32))
-            np.multiply(x, s[:, :, None], out=env[b].reshape(n, c, hw))
+            nchwc.f32_se_nchw(env[a].reshape(n, c, hw), self.w1t, self.b1, self.w2t, self.b2,
+                              self.act, gate, self.alpha, self.beta,
+                              env[b].reshape(n, c, hw), 1 if single else nt)
         return step
 
     def flops(self, ins, outs):
