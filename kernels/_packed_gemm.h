@@ -47,6 +47,38 @@ typedef float ce_pg_vf __attribute__((vector_size(CE_PG_VW * 4)));
 typedef float ce_pg_vfu __attribute__((vector_size(CE_PG_VW * 4), aligned(4), may_alias));
 typedef int ce_pg_vi __attribute__((vector_size(CE_PG_VW * 4)));
 
+/* Loads and stores of the first n < VW floats of a vector (the rest read as zero, not
+ * written), by masked moves where the build has them: a panel's last columns (49 pixels of a
+ * 7x7 map leave one), which as memcpy and scalar loops cost as much as a full panel's
+ * multiply-adds on the small pointwise layers (bench/bench_conv2d.py). */
+#if defined(__AVX512F__) || defined(__AVX2__)
+#include <immintrin.h>
+#define CE_PG_MASKED 1
+#if CE_PG_VW == 16
+static inline ce_pg_vf ce_pg_load_part(const float *p, int n)
+{
+    return (ce_pg_vf)_mm512_maskz_loadu_ps((__mmask16)((1u << n) - 1), p);
+}
+static inline void ce_pg_store_part_raw(float *p, ce_pg_vf v, int n)
+{
+    _mm512_mask_storeu_ps(p, (__mmask16)((1u << n) - 1), (__m512)v);
+}
+#else
+static inline __m256i ce_pg_mask(int n)
+{
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+static inline ce_pg_vf ce_pg_load_part(const float *p, int n)
+{
+    return (ce_pg_vf)_mm256_maskload_ps(p, ce_pg_mask(n));
+}
+static inline void ce_pg_store_part_raw(float *p, ce_pg_vf v, int n)
+{
+    _mm256_maskstore_ps(p, ce_pg_mask(n), (__m256)v);
+}
+#endif
+#endif
+
 /* Copy columns 0 .. ncols of K rows of B into panels of NR columns, pstride floats apart (zero
  * beyond ncols): rows 0 .. K of each panel, so a caller may fill a taller panel in slices of
  * rows. Row by row, so each row of B is read front to back: panel by panel, every 128-byte
@@ -62,8 +94,17 @@ static inline void ce_pg_pack_rows(const float *B, ptrdiff_t ldb, int K, int nco
         for (int p = 0; p < full; p++)
             memcpy(dst + p * pstride, src + p * CE_PG_NR, CE_PG_NR * sizeof(float));
         if (rest) {
+#ifdef CE_PG_MASKED
+            for (int v = 0; v < CE_PG_NV; v++) {
+                int n = rest - v * CE_PG_VW;
+                n = n < 0 ? 0 : (n > CE_PG_VW ? CE_PG_VW : n);
+                *(ce_pg_vfu *)(dst + full * pstride + v * CE_PG_VW) =
+                    ce_pg_load_part(src + full * CE_PG_NR + v * CE_PG_VW, n);
+            }
+#else
             memcpy(dst + full * pstride, src + full * CE_PG_NR, rest * sizeof(float));
             memset(dst + full * pstride + rest, 0, (CE_PG_NR - rest) * sizeof(float));
+#endif
         }
     }
 }
@@ -140,6 +181,13 @@ __attribute__((noinline))
 static void ce_pg_store_part(ce_pg_vf acc, float b, const float *res, float *out, ce_act_t act,
                              int n)
 {
+#ifdef CE_PG_MASKED
+    acc += b;
+    if (res)
+        acc += ce_pg_load_part(res, n);
+    ce_pg_store_part_raw(out, ce_pg_act(acc, act), n);
+    return;
+#endif
     float tmp[CE_PG_VW];
     *(ce_pg_vfu *)tmp = acc;
     for (int j = 0; j < n; j++) {
