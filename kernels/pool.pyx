@@ -170,6 +170,49 @@ cdef extern from *:
     }
     #define CE_MP_BAND 32
 
+    #if defined(__AVX2__) && !defined(__AVX512F__)
+    /* Stride 2 on AVX2: the maximum over a window's rows first, contiguous, into s (row of
+     * W floats, -inf for 32 beyond), then s split once into even and odd columns by two
+     * in-lane shuffles and a lane permute per 16 columns (splitting every input row, as
+     * ce_mp_rows2 does, cost three splits per output row of a 3x3 pool). */
+    #define CE_MP_SPLIT_ONCE 1
+    /* s[i] = the maximum of rows r0, r0 + rs, ... (nr >= 1 of them) at column i < n, in
+     * registers, one store per vector; -inf in the lanes past n of the last vector (s has the
+     * room). Taking each row into s in memory instead stalled every load on forwarding from
+     * the previous row's stores. */
+    static void ce_mp_vmax(const float *r0, ptrdiff_t rs, int nr, ptrdiff_t n, float *s)
+    {
+        ptrdiff_t i = 0;
+        for (; i + CE_MP_VW <= n; i += CE_MP_VW) {
+            ce_mp_vf m = *(const ce_mp_vfu *)(r0 + i);
+            for (int r = 1; r < nr; r++)
+                m = ce_mp_take(m, *(const ce_mp_vfu *)(r0 + r * rs + i));
+            *(ce_mp_vfu *)(s + i) = m;
+        }
+        if (i < n) {
+            __m256i k = ce_mp_mask(n - i);
+            __m256 ninf = _mm256_set1_ps(-__builtin_inff());
+            ce_mp_vf m = (ce_mp_vf)_mm256_blendv_ps(ninf, _mm256_maskload_ps(r0 + i, k),
+                                                    (__m256)k);
+            for (int r = 1; r < nr; r++)
+                m = ce_mp_take(m, (ce_mp_vf)_mm256_blendv_ps(
+                    ninf, _mm256_maskload_ps(r0 + r * rs + i, k), (__m256)k));
+            *(ce_mp_vfu *)(s + i) = m;
+        }
+    }
+    static void ce_mp_split2(const float *restrict s, ptrdiff_t n, float *restrict e,
+                             float *restrict o)
+    {
+        for (ptrdiff_t j = 0; 2 * j < n; j += 8) {
+            __m256 a = _mm256_loadu_ps(s + 2 * j), b = _mm256_loadu_ps(s + 2 * j + 8);
+            __m256 ev = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0));
+            __m256 od = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1));
+            _mm256_storeu_ps(e + j, (__m256)_mm256_permute4x64_pd((__m256d)ev, 0xd8));
+            _mm256_storeu_ps(o + j, (__m256)_mm256_permute4x64_pd((__m256d)od, 0xd8));
+        }
+    }
+    #endif
+
     /* Floats of one row of the band buffer of ce_mp_plane for stride sw (1 or 2): the row of
      * column maxima with -inf padding around it (for stride 2 as two halves, even and odd
      * columns), and 16 floats of slack for the last output vector's loads. */
@@ -199,12 +242,32 @@ cdef extern from *:
         const ptrdiff_t P = sw == 1 ? pw : pw + (pw & 1), half = LT / 2;
         const ce_mp_vf ninf = {0};
         const ce_mp_vf lowest = ninf - __builtin_inff();
+    #ifdef CE_MP_SPLIT_ONCE
+        float *srow = T + CE_MP_BAND * LT;         /* W + 32 floats (f32_maxpool2d) */
+        for (ptrdiff_t i = W; i < W + 32; i++)
+            srow[i] = -__builtin_inff();
+    #endif
         for (ptrdiff_t b0 = 0; b0 < OH; b0 += CE_MP_BAND) {
             ptrdiff_t b1 = b0 + CE_MP_BAND < OH ? b0 + CE_MP_BAND : OH;
             for (ptrdiff_t oy = b0; oy < b1; oy++) {
                 float *t = T + (oy - b0) * LT;
                 for (ptrdiff_t i = 0; i < LT; i++)
                     t[i] = -__builtin_inff();
+    #ifdef CE_MP_SPLIT_ONCE
+                if (sw == 2) {
+                    /* the window's rows inside the input: u in [u0, u1) */
+                    ptrdiff_t top = oy * sh - ph, u0 = 0, u1 = kh;
+                    while (u0 < u1 && top + u0 * dh < 0)
+                        u0++;
+                    while (u1 > u0 && top + (u1 - 1) * dh >= H)
+                        u1--;
+                    if (u1 > u0) {
+                        ce_mp_vmax(x + (top + u0 * dh) * W, dh * W, (int)(u1 - u0), W, srow);
+                        ce_mp_split2(srow, W, t + P / 2, t + half + P / 2);
+                    }
+                    continue;
+                }
+    #endif
                 for (int u = 0; u < kh; u++) {
                     ptrdiff_t iy = oy * sh - ph + (ptrdiff_t)u * dh;
                     if (iy < 0 || iy >= H)
@@ -357,7 +420,8 @@ def f32_maxpool2d(const float[:, :, ::1] x, float[:, :, ::1] y, int64_t[:, :, ::
     if P == 0:
         return
     if (sw == 1 or sw == 2) and dw == 1 and OW > 0:
-        tfloats = CE_MP_BAND * ce_mp_row_floats(W, OW, kw, sw, pw)
+        # the band's rows, and a row of W + 32 for the split of stride 2 (CE_MP_SPLIT_ONCE)
+        tfloats = CE_MP_BAND * ce_mp_row_floats(W, OW, kw, sw, pw) + W + 32
     num_threads = <int>max(1, min(num_threads, P))
     with nogil, parallel(num_threads=num_threads):
         # each thread's row buffers, made once; out of memory, the per-tap loops need none
