@@ -124,6 +124,25 @@ def test_many_row_blocks(rng):
     _check(x, w, None, (1, 1), ((1, 1), (1, 1)), (1, 1))
 
 
+def test_row_blocks_follow_the_work_items(rng):
+    """A grouped layer's groups are work items already: its rows stay whole unless the images
+    and groups give fewer than MIN_BLOCKS items (RegNetX's 25 groups on 7x7 maps)."""
+    from engine.ops.direct_blocked import MIN_BLOCKS
+    assert rows_per_block(16, (3, 3), (1, 1), (1, 1), (7, 7)) == 2         # 4 blocks of one image
+    assert rows_per_block(16, (3, 3), (1, 1), (1, 1), (7, 7), items=25) == 7
+    assert rows_per_block(16, (3, 3), (1, 1), (1, 1), (7, 7), items=2) == 4
+    assert rows_per_block(16, (3, 3), (1, 1), (1, 1), (7, 7), items=MIN_BLOCKS) == 7
+    # and the grouped layer on whole rows agrees with the reference at 1 and 2 threads
+    x = rng.standard_normal((1, 400, 7, 7), dtype=np.float32)
+    w = rng.standard_normal((400, 16, 3, 3), dtype=np.float32)
+    b = rng.standard_normal(400, dtype=np.float32)
+    ys = [engine.Conv2d(w, b, 1, 1, 1, 25, "relu", "direct_blocked", num_threads=t)(x)
+          for t in (1, 2)]
+    ref = np.maximum(conv2d_ref(x, w, b, (1, 1), ((1, 1), (1, 1)), (1, 1), groups=25), 0)
+    np.testing.assert_allclose(ys[0], ref, rtol=1e-5, atol=1e-4)
+    np.testing.assert_array_equal(ys[0], ys[1])
+
+
 def test_torch_cross_check(rng):
     torch = pytest.importorskip("torch")
     x = rng.standard_normal((2, 6, 29, 41), dtype=np.float32)
