@@ -22,6 +22,7 @@
 #include <stddef.h>
 #include <string.h>
 
+#include "_store_part.h"
 #include "_vec_act.h"
 
 /* Tile per build: the sums must stay in the 32 (AVX-512) or 16 (AVX2, SSE) vector registers
@@ -48,9 +49,9 @@ typedef float ce_pg_vfu __attribute__((vector_size(CE_PG_VW * 4), aligned(4), ma
 typedef int ce_pg_vi __attribute__((vector_size(CE_PG_VW * 4)));
 
 /* Loads and stores of the first n < VW floats of a vector (the rest read as zero, not
- * written), by masked moves where the build has them: a panel's last columns (49 pixels of a
- * 7x7 map leave one), which as memcpy and scalar loops cost as much as a full panel's
- * multiply-adds on the small pointwise layers (bench/bench_conv2d.py). */
+ * written): masked moves with AVX-512, a masked load and the stores of _store_part.h with
+ * AVX2. A panel's last columns (49 pixels of a 7x7 map leave one) take them; as memcpy and
+ * scalar loops they cost as much as a full panel's multiply-adds on small pointwise layers. */
 #if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
 #define CE_PG_MASKED 1
@@ -74,7 +75,7 @@ static inline ce_pg_vf ce_pg_load_part(const float *p, int n)
 }
 static inline void ce_pg_store_part_raw(float *p, ce_pg_vf v, int n)
 {
-    _mm256_maskstore_ps(p, ce_pg_mask(n), (__m256)v);
+    ce_store_first8(p, (__m256)v, n);
 }
 #endif
 #endif

@@ -65,7 +65,8 @@ cdef extern from *:
 
     #if defined(__AVX2__) && !defined(__AVX512F__)
     #include <immintrin.h>
-    /* lanes i < n set, for the masked moves of 8-float vectors */
+    #include "_store_part.h"
+    /* lanes i < n set, for the masked loads of 8-float vectors */
     static inline __m256i ce_mp_mask(ptrdiff_t n)
     {
         return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n),
@@ -292,7 +293,7 @@ cdef extern from *:
                         *(ce_mp_vfu *)(yrow + ox) = m;
                     } else {
     #if defined(__AVX2__) && !defined(__AVX512F__)
-                        _mm256_maskstore_ps(yrow + ox, ce_mp_mask(OW - ox), (__m256)m);
+                        ce_store_first8(yrow + ox, (__m256)m, (int)(OW - ox));
     #else
                         float tmp[CE_MP_VW];
                         __builtin_memcpy(tmp, &m, sizeof tmp);
