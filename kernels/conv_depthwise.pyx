@@ -182,7 +182,7 @@ cdef void dw_channel(const Plan* q, const float* xc, float* outc, const float* w
                      const float* bc, float* P) noexcept nogil:
     """All output planes of one input channel: outc[j] = conv(xc, wc[j]) (+ bc[j]), j < mult.
     P: this thread's staging buffer, its accumulator after the phase planes."""
-    cdef Py_ssize_t OH = q.OH, OW = q.OW, L = q.L, oy0 = 0, nb, flat, j
+    cdef Py_ssize_t OH = q.OH, OW = q.OW, L = q.L, oy0 = 0, nb, flat, j, r
     cdef float* accbuf = P + q.sh * q.ssw * q.PS
     cdef float* acc
     cdef float* o
@@ -202,6 +202,12 @@ cdef void dw_channel(const Plan* q, const float* xc, float* outc, const float* w
             b = bc[j] if bc != NULL else 0
             # rows of length L == OW are already the output's layout
             acc = o if L == OW else accbuf
+            if q.kind == 1 and L != OW:
+                # row by row straight into the output: the copy of acc's rows into place was a
+                # quarter of a 32ch 112x112 layer's time (0.34 -> 0.27 ms, one thread)
+                for r in range(nb):
+                    f32_dwconv3x3s1(P + r * L, L, wk, o + r * OW, OW, b, q.lo_act, q.hi_act)
+                continue
             if q.kind == 1:
                 f32_dwconv3x3s1(P, L, wk, acc, flat, b, q.lo_act, q.hi_act)
             elif q.kind == 2:
