@@ -26,6 +26,7 @@ cdef extern from *:
     """
     #include <stddef.h>
     #include <string.h>
+    #include "_store_part.h"
     /* One vector per register: 16 floats with AVX-512, 8 with AVX, 4 otherwise (SSE/NEON),
        so the accumulators fit the register file on every target. */
     #if defined(__AVX512F__)
@@ -60,6 +61,37 @@ cdef extern from *:
             }
         }
     }
+
+    #if defined(__AVX2__) && !defined(__AVX512F__)
+    #include <immintrin.h>
+    /* d[j] = src[j - pl] for lo <= j < hi, 0 for the rest of j < PL, by 8-float vectors: a
+       masked load at the row's edges (lanes outside [lo, hi) are not read), and the last
+       vector's first floats stored as 4 + 2 + 1. The memset, memcpy, memset per row it
+       replaces were library calls on a few floats each. */
+    #define CE_DB_COPY_ROW 1
+    static inline __m256i ce_db_lanes_below(int n)
+    {
+        return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    }
+    static void ce_db_copy_row(float *d, const float *src, int pl, int lo, int hi, int PL)
+    {
+        for (int j = 0; j < PL; j += 8) {
+            int a = lo - j, b = hi - j;
+            a = a < 0 ? 0 : (a > 8 ? 8 : a);
+            b = b < a ? a : (b > 8 ? 8 : b);
+            __m256 v = _mm256_setzero_ps();
+            if (a == 0 && b == 8)
+                v = _mm256_loadu_ps(src + (j - pl));
+            else if (a < b)
+                v = _mm256_maskload_ps(src + (j - pl), _mm256_andnot_si256(ce_db_lanes_below(a),
+                                                                           ce_db_lanes_below(b)));
+            if (j + 8 <= PL)
+                _mm256_storeu_ps(d + j, v);
+            else
+                ce_store_first8(d + j, v, PL - j);
+        }
+    }
+    #endif
 
     #define CE_DB_FMA1(k) a##k += x0 * wk[k];
     #define CE_DB_FMA2(k) a##k += x0 * wk[k]; b##k += x1 * wk[k];
@@ -183,6 +215,12 @@ cdef extern from *:
                     if (lo > PL) lo = PL;
                     if (hi > PL) hi = PL;
                     if (hi < lo) hi = lo;
+    #ifdef CE_DB_COPY_ROW
+                    if (s == 1) {
+                        ce_db_copy_row(d, src, pl, lo, hi, PL);
+                        continue;
+                    }
+    #endif
                     memset(d, 0, lo * sizeof(float));
                     if (s == 1) {
                         memcpy(d + lo, src + lo - pl, (hi - lo) * sizeof(float));
