@@ -606,4 +606,21 @@ def test_tile_cost_follows_waste_and_weights():
     first = lambda c, side: wd.rank_winograd_tiles(c, c, 1, lambda m: (-(-side // m)) ** 2)[0][0]
     assert first(512, 7) == 2 and first(64, 224) == 6 and first(64, 56) == 4
     assert wd.tile_cost_ms(6, 64, 64, 1, 200) > wd.tile_cost_ms(6, 64, 64, 1, 100)
+    assert wd.tile_cost_ms(4, 512, 512, 1, 1) > 36 * 512 * 512 * 4 / 1e9 * wd.WIDE_TILE_U_MS_PER_GB
+
+
+def test_tile_model_of_8_float_builds(monkeypatch):
+    """On 8-float builds the model splits the input and output transforms and rounds the
+    tiles up to whole GEMM panels: DenseNet's 128->32 layers take F(2x2) on 28x28 (F(4x4) was
+    25% slower there), ResNet's 56x56 and 28x28 layers F(4x4), few channels on 224x224 F(6x6),
+    7x7 maps F(2x2); the estimate grows with the tiles and with the weights' size."""
+    from engine.dispatch import winograd as wd
+    from engine.dispatch.conv import ASSUME_VECTOR_FLOATS_ENV
+    monkeypatch.setenv(ASSUME_VECTOR_FLOATS_ENV, "8")
+    first = lambda c, k, side: wd.rank_winograd_tiles(c, k, 1,
+                                                      lambda m: (-(-side // m)) ** 2)[0][0]
+    assert first(128, 32, 28) == 2 and first(128, 32, 7) == 2 and first(512, 128, 7) == 2
+    assert first(256, 256, 56) == 4 and first(512, 512, 28) == 4 and first(64, 128, 56) == 4
+    assert first(64, 64, 224) == 6 and first(128, 128, 112) == 6
+    assert wd.tile_cost_ms(4, 64, 64, 1, 200) > wd.tile_cost_ms(4, 64, 64, 1, 100)
     assert wd.tile_cost_ms(4, 512, 512, 1, 1) > 36 * 512 * 512 * 4 / 1e9 * wd.TILE_U_MS_PER_GB

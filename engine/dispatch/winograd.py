@@ -13,6 +13,8 @@ keeps both forms.
 """
 from __future__ import annotations
 
+from .._kernels.conv_pointwise import PANEL
+
 # A layer's weights are transformed per call when U would take at least this many bytes
 # (F(4x4): 9 MiB for 256->256, 36 MiB for 512->512; DRN-C-26's seven 512-channel layers would
 # hold 252 MiB), where the memory saved is worth the 4-12% a call costs more ...
@@ -42,14 +44,28 @@ def choose_winograd_weights(u_bytes: int, tiles: int) -> tuple[str, str]:
 # waste more of a map whose side is not a multiple of m (a 7x7 map is 64% padding in 6x6
 # tiles), its transformed weights are (m+2)^2 / 9 times the weights (read once per call), and
 # its transforms cost more per tile. The time of a tile choice on one core is estimated as
-#     GEMM flops * GEMM cost + U bytes * U cost + tile outputs (waste included) * (C + K) * T_m,
-# with the constants below fitted (least squares on relative error) to one-thread times of
-# the three tiles on 16-512 channel layers, 7x7 to 224x224 maps, measured on an AVX2 build
-# (bench/bench_dispatch.py conv/winograd_tile prints the times and each layer's pick; an
-# AVX-512 build's faster GEMMs shift the balance towards the transforms: refit there).
-TILE_GEMM_MS_PER_GFLOP = 15.1
-TILE_U_MS_PER_GB = 93.7
-TILE_TRANSFORM_NS = {2: 3.00, 4: 3.46, 6: 3.49}
+#     GEMM flops * GEMM cost + U bytes * U cost
+#         + tiles * (m+2)^2 * (C * T_in[m] + K * T_out[m]),
+# the GEMM over the tiles rounded up to whole panels of the packed micro-kernel (a 7x7 map's
+# 4 tiles of F(4x4) fill a quarter of a 16-column panel), the input and output transforms apart
+# (a 128->32 layer is mostly input transform). On 8-float (AVX2) builds the constants are
+# fitted (least squares on relative error) to one-thread times of the three tiles on 33 layers,
+# 16-512 channels, 7x7 to 224x224 maps, 15 with as many output as input channels and 18 with
+# 4x fewer or 2-4x more (DenseNet's 128->32, Inception's and SqueezeNet's expanding layers):
+# its pick is the fastest tile or within 5% of it on every one of them, where the earlier
+# model below took F(4x4) for DenseNet's 128->32 on 28x28 (0.88 ms against F(2x2)'s 0.65).
+# bench/bench_dispatch.py conv/winograd_tile prints such times.
+TILE_GEMM_MS_PER_GFLOP = 10.76
+TILE_U_MS_PER_GB = 50.3
+TILE_INPUT_NS = {2: 0.655, 4: 2.00, 6: 2.40}
+TILE_OUTPUT_NS = {2: 0.340, 4: 0.642, 6: 0.812}
+# 16-float (AVX-512) builds keep the earlier model, GEMM flops * G + U bytes * U + tile outputs
+# * (C + K) * T_m, fitted on square layers: the blocked layout's rules there
+# (engine/dispatch/layout.py winograd_shaped) were measured with its picks. Refit both on an
+# AVX-512 machine.
+WIDE_TILE_GEMM_MS_PER_GFLOP = 15.1
+WIDE_TILE_U_MS_PER_GB = 93.7
+WIDE_TILE_TRANSFORM_NS = {2: 3.00, 4: 3.46, 6: 3.49}
 # The largest error a tile may bring to be picked by auto: max |y - float64 reference| over
 # max |reference| on unit-normal data; TILE_REL_ERROR is twice the worst measured on 16-2048
 # channel layers (tests/test_winograd.py test_tile_error_is_bounded measures it again).
@@ -60,12 +76,19 @@ TILE_ALGORITHMS = {2: "winograd_f23", 4: "winograd_f43", 6: "winograd_f63"}
 
 def tile_cost_ms(m: int, cg: int, kg: int, groups: int, tiles: int) -> float:
     """Estimated one-core time of F(m x m, 3x3) on ``tiles`` tiles (all images and phases)."""
+    from .conv import vector_floats
     e = (m + 2) ** 2
-    gemm = 2.0 * tiles * e * cg * kg * groups
     u = 4.0 * e * cg * kg * groups
-    transforms = tiles * m * m * (cg + kg) * groups
+    if vector_floats() >= 16:
+        gemm = 2.0 * tiles * e * cg * kg * groups
+        transforms = tiles * m * m * (cg + kg) * groups
+        return (gemm / 1e9 * WIDE_TILE_GEMM_MS_PER_GFLOP + u / 1e9 * WIDE_TILE_U_MS_PER_GB
+                + transforms * WIDE_TILE_TRANSFORM_NS[m] / 1e6)
+    panels = -(-tiles // PANEL) * PANEL
+    gemm = 2.0 * panels * e * cg * kg * groups
+    transforms = tiles * e * groups * (cg * TILE_INPUT_NS[m] + kg * TILE_OUTPUT_NS[m])
     return (gemm / 1e9 * TILE_GEMM_MS_PER_GFLOP + u / 1e9 * TILE_U_MS_PER_GB
-            + transforms * TILE_TRANSFORM_NS[m] / 1e6)
+            + transforms / 1e6)
 
 
 def rank_winograd_tiles(cg: int, kg: int, groups: int, tiles_of) -> list[tuple[int, float, str]]:
