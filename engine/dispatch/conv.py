@@ -232,9 +232,10 @@ def estimated_ms(algorithm: str, p: ConvParams) -> float:
     if algorithm == "depthwise":
         return flops / _DEPTHWISE_GFLOPS / 1e6
     if algorithm == "direct_blocked":
-        # blocks of 8 output channels and whole 16-float vectors of output columns: the partial
-        # ones compute zeros at full cost
-        waste = (-(-kg // 8) * 8 / kg) * (-(-ow // 16) * 16 / ow)
+        # blocks of output channels and whole vectors of output columns: the partial ones
+        # compute zeros at full cost
+        from .._kernels.conv_direct_blocked import BLOCK_CHANNELS as kb, VECTOR_FLOATS as vw
+        waste = (-(-kg // kb) * kb / kg) * (-(-ow // vw) * vw / ow)
         return flops * waste / _DIRECT_BLOCKED_GFLOPS / 1e6
     if algorithm == "separable":
         # R*(kh + kw) instead of kh*kw multiply-adds; a slice that is not rank 1 is taken at
