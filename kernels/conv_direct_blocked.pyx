@@ -2,10 +2,11 @@
 #
 # With 16-32 output channels, im2col + GEMM moves a column matrix as large as its arithmetic
 # and Winograd's transforms outweigh the products they save. Here the arithmetic reads the
-# input in place: for a strip of output columns of one output row, KB = 8 output channels keep
-# their partial sums in vector registers (KB x NV vectors) while the loop runs over input
-# channels c and taps (u, v); each step loads NV input vectors and does KB x NV fused
-# multiply-adds with broadcast weights, packed once by the plan as [g][K/KB][Cg][kh][kw][KB].
+# input in place: for a strip of output columns of one output row, KB output channels (8; 4
+# with AVX2, two vectors each) keep their partial sums in vector registers (KB x NV vectors)
+# while the loop runs over input channels c and taps (u, v); each step loads NV input vectors
+# and does KB x NV fused multiply-adds with broadcast weights, packed once by the plan as
+# [g][K/KB][Cg][kh][kw][KB].
 #
 # Every tap load is one contiguous vector load from a per-thread copy of the input rows a
 # block of output rows needs: zero-padded at the borders, and each row split into its sw
