@@ -120,9 +120,9 @@ cdef extern from *:
                             float *restrict o)
     {
     #if !defined(__AVX512F__)
-        /* without AVX-512 the 16-lane two-vector shuffles of the other branch compile to
-         * element moves (a 64x112x112 max pool took 4.7 ms on AVX2); gcc vectorises this loop
-         * itself */
+        /* builds without AVX-512 and AVX2 (AVX2 splits a reduced row once instead:
+         * CE_MP_SPLIT_ONCE): the 16-lane two-vector shuffles of the other branch compile to
+         * element moves there; gcc vectorises this loop itself */
         ptrdiff_t whole = n / 2 / CE_MP_VW * CE_MP_VW, j = 0;
         for (; j < whole; j++) {
             float a = row[2 * j], b = row[2 * j + 1];
