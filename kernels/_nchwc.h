@@ -23,13 +23,20 @@
 #include "_transpose16.h"
 #include "_vec_act.h"
 
+/* A block is one vector register: 16 floats with AVX-512, 8 without (AVX2), so that a tile's
+ * sums stay in the 32 or 16 registers: 6 pixels x 4 blocks or 6 x 2, plus the weights. */
+#if defined(__AVX512F__)
 #define CE_NC_B 16            /* channels per block */
-#define CE_NC_TILE_PIXELS 6   /* pixels per pointwise tile */
 #define CE_NC_GROUP 4         /* output blocks per pointwise tile */
+#else
+#define CE_NC_B 8
+#define CE_NC_GROUP 2
+#endif
+#define CE_NC_TILE_PIXELS 6   /* pixels per pointwise tile */
 
-typedef float ce_nc_vf __attribute__((vector_size(64)));
-typedef float ce_nc_vfu __attribute__((vector_size(64), aligned(4), may_alias));
-typedef int ce_nc_vi __attribute__((vector_size(64)));
+typedef float ce_nc_vf __attribute__((vector_size(CE_NC_B * 4)));
+typedef float ce_nc_vfu __attribute__((vector_size(CE_NC_B * 4), aligned(4), may_alias));
+typedef int ce_nc_vi __attribute__((vector_size(CE_NC_B * 4)));
 
 /* activations and weights come from numpy arrays: no alignment is assumed */
 #define CE_NC_LD(p) ((ce_nc_vf)(*(const ce_nc_vfu *)(p)))
@@ -149,14 +156,20 @@ typedef void (*ce_nc_pw_tile_fn)(const float *, ptrdiff_t, int, int, const float
     CE_NC_PW_TILE_N(NK, 4) CE_NC_PW_TILE_N(NK, 5) CE_NC_PW_TILE_N(NK, 6)
 CE_NC_PW_TILES_NK(1)
 CE_NC_PW_TILES_NK(2)
+#if CE_NC_GROUP == 4
 CE_NC_PW_TILES_NK(3)
 CE_NC_PW_TILES_NK(4)
+#endif
 #undef CE_NC_PW_TILES_NK
 /* [NK - 1][NP - 1] */
 #define CE_NC_ROW(NK) {ce_nc_pw_tile_##NK##_1, ce_nc_pw_tile_##NK##_2, ce_nc_pw_tile_##NK##_3,   \
                        ce_nc_pw_tile_##NK##_4, ce_nc_pw_tile_##NK##_5, ce_nc_pw_tile_##NK##_6}
 static const ce_nc_pw_tile_fn ce_nc_pw_tiles[CE_NC_GROUP][CE_NC_TILE_PIXELS] = {
+#if CE_NC_GROUP == 4
     CE_NC_ROW(1), CE_NC_ROW(2), CE_NC_ROW(3), CE_NC_ROW(4)};
+#else
+    CE_NC_ROW(1), CE_NC_ROW(2)};
+#endif
 #undef CE_NC_ROW
 #undef CE_NC_PW_TILE_N
 
@@ -279,19 +292,27 @@ static void ce_nc_direct_row(const float *x, int C, int H, int W, int OW, int oy
 
 /* ---- Layout changes -------------------------------------------------------------------------- */
 
-/* One channel block of one image: src holds nc <= 16 planes of P pixels (plane stride P);
- * dst[P][16] gets them channel-interleaved, zero in channels nc .. 15. Whole blocks of 16
- * pixels go through the register transpose (_transpose16.h), the rest element by element. */
+/* One channel block of one image: src holds nc <= CE_NC_B planes of P pixels (plane stride
+ * P); dst[P][CE_NC_B] gets them channel-interleaved, zero in channels nc and on. Whole squares
+ * of CE_NC_B pixels go through the register transpose (_transpose16.h), the rest element by
+ * element. */
+#if CE_NC_B == 16
+#define ce_nc_transpose ce_transpose16
+#else
+#define ce_nc_transpose ce_transpose8
+#endif
+
 static void ce_nc_to_blocked(const float *src, ptrdiff_t P, int nc, float *dst)
 {
-    float tile[16][16];
+    const int B = CE_NC_B;
+    float tile[CE_NC_B][CE_NC_B];
     ptrdiff_t p0 = 0;
-    if (nc == 16)
-        for (; p0 + 16 <= P; p0 += 16)
-            ce_transpose16(src + p0, P, dst + p0 * 16, 16);
-    for (; p0 < P; p0 += 16) {
-        int n = P - p0 < 16 ? (int)(P - p0) : 16;
-        for (int c = 0; c < 16; c++) {
+    if (nc == B)
+        for (; p0 + B <= P; p0 += B)
+            ce_nc_transpose(src + p0, P, dst + p0 * B, B);
+    for (; p0 < P; p0 += B) {
+        int n = P - p0 < B ? (int)(P - p0) : B;
+        for (int c = 0; c < B; c++) {
             if (c < nc) {
                 const float *s = src + c * P + p0;
                 for (int j = 0; j < n; j++)
@@ -301,21 +322,23 @@ static void ce_nc_to_blocked(const float *src, ptrdiff_t P, int nc, float *dst)
                     tile[j][c] = 0.0f;
             }
         }
-        memcpy(dst + p0 * 16, tile, (size_t)n * 16 * sizeof(float));
+        memcpy(dst + p0 * B, tile, (size_t)n * B * sizeof(float));
     }
 }
 
-/* The inverse: channels 0 .. nc of the block src[P][16] into nc planes of P pixels at dst. */
+/* The inverse: channels 0 .. nc of the block src[P][CE_NC_B] into nc planes of P pixels at
+ * dst. */
 static void ce_nc_from_blocked(const float *src, ptrdiff_t P, int nc, float *dst)
 {
-    float tile[16][16];
+    const int B = CE_NC_B;
+    float tile[CE_NC_B][CE_NC_B];
     ptrdiff_t p0 = 0;
-    if (nc == 16)
-        for (; p0 + 16 <= P; p0 += 16)
-            ce_transpose16(src + p0 * 16, 16, dst + p0, P);
-    for (; p0 < P; p0 += 16) {
-        int n = P - p0 < 16 ? (int)(P - p0) : 16;
-        memcpy(tile, src + p0 * 16, (size_t)n * 16 * sizeof(float));
+    if (nc == B)
+        for (; p0 + B <= P; p0 += B)
+            ce_nc_transpose(src + p0 * B, B, dst + p0, P);
+    for (; p0 < P; p0 += B) {
+        int n = P - p0 < B ? (int)(P - p0) : B;
+        memcpy(tile, src + p0 * B, (size_t)n * B * sizeof(float));
         for (int c = 0; c < nc; c++) {
             float *d = dst + c * P + p0;
             for (int j = 0; j < n; j++)
@@ -324,15 +347,15 @@ static void ce_nc_from_blocked(const float *src, ptrdiff_t P, int nc, float *dst
     }
 }
 
-/* Means over the P pixels of one block src[P][16] (summed in pixel order), channels 0 .. nc
+/* Means over the P pixels of one block src[P][CE_NC_B] (summed in pixel order), channels 0 .. nc
  * into mean. */
 static void ce_nc_block_mean(const float *src, ptrdiff_t P, float *mean, int nc)
 {
     ce_nc_vf s = {0};
     for (ptrdiff_t p = 0; p < P; p++)
-        s += CE_NC_LD(src + p * 16);
+        s += CE_NC_LD(src + p * CE_NC_B);
     s = s * (1.0f / (float)P);
-    float lanes[16];
+    float lanes[CE_NC_B];
     memcpy(lanes, &s, sizeof s);
     memcpy(mean, lanes, (size_t)nc * sizeof(float));
 }

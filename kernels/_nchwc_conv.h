@@ -105,8 +105,10 @@ typedef void (*ce_nc_conv_tile_fn)(const float *, ptrdiff_t, int, int, int, int,
     CE_NC_CONV_TILE_N(NK, 4) CE_NC_CONV_TILE_N(NK, 5) CE_NC_CONV_TILE_N(NK, 6)
 CE_NC_CONV_TILES_NK(1)
 CE_NC_CONV_TILES_NK(2)
+#if CE_NC_GROUP == 4
 CE_NC_CONV_TILES_NK(3)
 CE_NC_CONV_TILES_NK(4)
+#endif
 #undef CE_NC_CONV_TILES_NK
 #undef CE_NC_CONV_TILE_N
 /* [NK - 1][NP - 1] */
@@ -114,7 +116,11 @@ CE_NC_CONV_TILES_NK(4)
                        ce_nc_conv_tile_##NK##_3, ce_nc_conv_tile_##NK##_4,                   \
                        ce_nc_conv_tile_##NK##_5, ce_nc_conv_tile_##NK##_6}
 static const ce_nc_conv_tile_fn ce_nc_conv_tiles[CE_NC_GROUP][CE_NC_TILE_PIXELS] = {
+#if CE_NC_GROUP == 4
     CE_NC_ROW(1), CE_NC_ROW(2), CE_NC_ROW(3), CE_NC_ROW(4)};
+#else
+    CE_NC_ROW(1), CE_NC_ROW(2)};
+#endif
 #undef CE_NC_ROW
 
 /* Output rows [oy0, oy1) of the output blocks of group g, for one image.

@@ -18,9 +18,11 @@
 
 #include "_nchwc.h"
 
+#if CE_NC_B == 16
 typedef float ce_nc_hf __attribute__((vector_size(32)));       /* half a block */
 typedef float ce_nc_hfu __attribute__((vector_size(32), aligned(4), may_alias));
 #define CE_NC_HLD(p) ((ce_nc_hf)(*(const ce_nc_hfu *)(p)))
+#endif
 
 static inline void ce_nc_group_pixels(const float *x, int H, int W, int iy0, int ix0, int sw,
                                       int kh, int kw, int dh, int dw, const float *w, int g,
@@ -98,6 +100,7 @@ static inline void ce_nc_group_pixels(const float *x, int H, int W, int iy0, int
         CE_NC_ST(out + (ptrdiff_t)p * B, ce_nc_act(a[p], act));
 }
 
+#if CE_NC_B == 16
 /* g = 8, four pixels whose every tap lies inside the row: each half of the lanes against its
  * group's inputs broadcast from memory, 8-float vectors, no shuffles; per lane the same
  * multiply-adds in the same order as ce_nc_group_pixels. */
@@ -140,6 +143,7 @@ static inline void ce_nc_group_pixels8(const float *x, int H, int W, int iy0, in
         CE_NC_ST(out + (ptrdiff_t)p * B, ce_nc_act(CE_NC_LD(t), act));
     }
 }
+#endif
 
 static void ce_nc_group_row(const float *x, int H, int W, int OW, int oy, int sh, int sw,
                             int pt, int pl, int kh, int kw, int dh, int dw, const float *w,
@@ -155,10 +159,12 @@ static void ce_nc_group_row(const float *x, int H, int W, int OW, int oy, int sh
     for (int ox = 0; ox < OW; ox += 4) {
         int np = OW - ox < 4 ? OW - ox : 4;
         int ix0 = ox * sw - pl;
+#if CE_NC_B == 16
         if (g == 8 && np == 4 && ix0 >= 0 && ix0 + (kw - 1) * dw + 3 * sw < W)
             ce_nc_group_pixels8(x, H, W, oy * sh - pt, ix0, sw, kh, kw, dh, dw, w, b,
                                 out + (ptrdiff_t)ox * CE_NC_B, act);
         else
+#endif
             ce_nc_group_pixels(x, H, W, oy * sh - pt, ix0, sw, kh, kw, dh, dw, w, g, idx, b,
                                out + (ptrdiff_t)ox * CE_NC_B, np, act);
     }

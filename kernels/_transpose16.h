@@ -1,5 +1,6 @@
 /* A 16 x 16 single-precision transpose in registers, for the kernels that change a layout
- * (kernels/_nchwc.h) or turn pixel-major columns into GEMM panels (kernels/deform.pyx).
+ * (kernels/_nchwc.h) or turn pixel-major columns into GEMM panels (kernels/deform.pyx), and an
+ * 8 x 8 one for the 8-channel blocks of builds without AVX-512.
  *
  * Row i of dst (dstride floats apart) = column i of the 16 rows of src (sstride floats apart).
  * Four stages, each swapping the off-diagonal halves of every 2b x 2b block (b = 8, 4, 2, 1)
@@ -41,6 +42,36 @@ static inline void ce_transpose16(const float *src, ptrdiff_t sstride, float *ds
 #undef CE_T16_STAGE
     for (int i = 0; i < 16; i++)
         *(ce_t16_vfu *)(dst + i * dstride) = r[i];
+}
+
+typedef float ce_t8_vf __attribute__((vector_size(32)));
+typedef float ce_t8_vfu __attribute__((vector_size(32), aligned(4), may_alias));
+typedef int ce_t8_vi __attribute__((vector_size(32)));
+
+/* The same for 8 rows of 8: three stages, b = 4, 2, 1. */
+static inline void ce_transpose8(const float *src, ptrdiff_t sstride, float *dst,
+                                 ptrdiff_t dstride)
+{
+    ce_t8_vf r[8];
+    for (int i = 0; i < 8; i++)
+        r[i] = *(const ce_t8_vfu *)(src + i * sstride);
+#define CE_T8_STAGE(b, lo_mask, hi_mask)                                                    \
+    {                                                                                       \
+        const ce_t8_vi lo = lo_mask, hi = hi_mask;                                          \
+        for (int i = 0; i < 8; i++)                                                         \
+            if (!(i & b)) {                                                                 \
+                ce_t8_vf a = r[i], c = r[i + b];                                            \
+                r[i] = __builtin_shuffle(a, c, lo);                                         \
+                r[i + b] = __builtin_shuffle(a, c, hi);                                     \
+            }                                                                               \
+    }
+    /* lo[j] = j has bit b ? 8 + j - b : j;  hi[j] = j has bit b ? 8 + j : j + b */
+    CE_T8_STAGE(4, ((ce_t8_vi){0, 1, 2, 3, 8, 9, 10, 11}), ((ce_t8_vi){4, 5, 6, 7, 12, 13, 14, 15}))
+    CE_T8_STAGE(2, ((ce_t8_vi){0, 1, 8, 9, 4, 5, 12, 13}), ((ce_t8_vi){2, 3, 10, 11, 6, 7, 14, 15}))
+    CE_T8_STAGE(1, ((ce_t8_vi){0, 8, 2, 10, 4, 12, 6, 14}), ((ce_t8_vi){1, 9, 3, 11, 5, 13, 7, 15}))
+#undef CE_T8_STAGE
+    for (int i = 0; i < 8; i++)
+        *(ce_t8_vfu *)(dst + i * dstride) = r[i];
 }
 
 #endif

@@ -11,10 +11,15 @@ cdef extern from *:
     """
     #include <stddef.h>
 
-    #define CE_NC_B 16      /* channels per block, as in _nchwc.h */
-    typedef float ce_np_vf __attribute__((vector_size(64)));
-    typedef float ce_np_vfu __attribute__((vector_size(64), aligned(4), may_alias));
-    typedef int ce_np_vi __attribute__((vector_size(64)));
+    /* channels per block, as in _nchwc.h */
+    #if defined(__AVX512F__)
+    #define CE_NC_B 16
+    #else
+    #define CE_NC_B 8
+    #endif
+    typedef float ce_np_vf __attribute__((vector_size(CE_NC_B * 4)));
+    typedef float ce_np_vfu __attribute__((vector_size(CE_NC_B * 4), aligned(4), may_alias));
+    typedef int ce_np_vi __attribute__((vector_size(CE_NC_B * 4)));
 
     /* One output row of one channel block: the maximum (avg == NULL) or the sum divided by
      * avg[ox] (0 where avg[ox] is 0: a window with no tap to count) over the window's taps

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import engine
+from engine.ops.blocked import NAME
 from engine.dispatch import (ConvParams, blocked_kernel, choose_conv_transpose2d, choose_gemm,
                              choose_layout, choose_onnx_transpose_path, choose_pool_path,
                              why_not_layout)
@@ -28,24 +29,24 @@ def test_layout_rules():
     assert kind == "pointwise" and why
     # blocked only next to another layer with a blocked kernel, or when forced
     assert choose_layout(kind, why)[0] == "nchw"
-    assert choose_layout(kind, why, "depthwise")[0] == "nchw16c"
-    assert choose_layout(kind, why, None, ["depthwise"])[0] == "nchw16c"
+    assert choose_layout(kind, why, "depthwise")[0] == "nchwc"
+    assert choose_layout(kind, why, None, ["depthwise"])[0] == "nchwc"
     assert choose_layout(kind, why, "depthwise", forced="nchw") == (
         "nchw", "forced by the caller (layout='nchw')")
-    assert choose_layout(kind, why, forced="nchw16c")[0] == "nchw16c"
+    assert choose_layout(kind, why, forced="nchwc")[0] == "nchwc"
     # a direct first layer reads NCHW: blocked only where its input is NCHW anyway and a
     # pointwise or depthwise layer reads its output
     first = ConvParams(3, 32, (3, 3), (2, 2), (1, 1), 1, ((1, 1), (1, 1)), (224, 224))
     kind, why = blocked_kernel(first)
     assert kind == "direct"
-    assert choose_layout(kind, why, None, ["depthwise"])[0] == "nchw16c"
+    assert choose_layout(kind, why, None, ["depthwise"])[0] == "nchwc"
     assert choose_layout(kind, why, "pointwise", ["depthwise"])[0] == "nchw"
     assert choose_layout(kind, why, None, ["direct"])[0] == "nchw"
     # no blocked kernel: NCHW even when the caller asks for blocks
     dense = ConvParams(64, 64, (3, 3), (1, 1), (1, 1), 1, ((1, 1), (1, 1)), (56, 56))
     kind, why = blocked_kernel(dense)
     assert kind is None and "576 taps" in why
-    assert choose_layout(kind, why, "pointwise", forced="nchw16c") == ("nchw", why)
+    assert choose_layout(kind, why, "pointwise", forced="nchwc") == ("nchw", why)
     # depthwise with multiplier 1 only; a residual only on pointwise, of the output's shape
     dw = ConvParams(32, 32, (3, 3), (2, 2), (2, 2), 32, ((2, 2), (2, 2)), (14, 14))
     assert blocked_kernel(dw)[0] == "depthwise"
@@ -129,24 +130,25 @@ def test_gemm_paths_agree(rng):
 
 
 def test_narrow_vectors_keep_every_layer_on_nchw(rng, monkeypatch):
-    """Kernels built for 8-float vectors (AVX2, no AVX-512) would spill the blocked kernels'
-    16-float tiles: auto then keeps every layer on NCHW and says why, a forced layout still
+    """Kernels built for vectors narrower than a channel block would spill the blocked
+    kernels' tiles: auto then keeps every layer on NCHW and says why, a forced layout still
     holds, and the results agree."""
     from engine.dispatch.conv import ASSUME_VECTOR_FLOATS_ENV
     from engine.dispatch.layout import blocked_layout_pays
+    from engine.ops.blocked import BLOCK, NAME
     pw = ConvParams(32, 64, (1, 1), (1, 1), (1, 1), 1, ((0, 0), (0, 0)), (14, 14))
     kind, why = blocked_kernel(pw)
-    assert choose_layout(kind, why, "depthwise")[0] == "nchw16c"
+    assert choose_layout(kind, why, "depthwise")[0] == "nchwc"
     assert blocked_layout_pays() == (True, "")
-    monkeypatch.setenv(ASSUME_VECTOR_FLOATS_ENV, "8")
+    monkeypatch.setenv(ASSUME_VECTOR_FLOATS_ENV, str(BLOCK // 2))
     pays, reason = blocked_layout_pays()
-    assert not pays and "8-float vectors" in reason
+    assert not pays and f"{BLOCK // 2}-float vectors" in reason
     assert choose_layout(kind, why, "depthwise") == ("nchw", reason)
-    assert choose_layout(kind, why, "depthwise", forced="nchw16c")[0] == "nchw16c"
+    assert choose_layout(kind, why, "depthwise", forced="nchwc")[0] == "nchwc"
     x = rng.standard_normal((2, 1, 16, 16)).astype(np.float32)
     auto = engine.load(DIGITS)
     text = auto.explain()
-    assert "NCHW16c" not in text and "8-float vectors (no AVX-512)" in text
+    assert NAME not in text and f"{BLOCK // 2}-float vectors" in text
     ref = engine.load(DIGITS, layout="nchw16c")(x)
     assert np.abs(auto(x) - ref).max() <= 1e-5 * np.abs(ref).max()
 
@@ -165,16 +167,18 @@ def test_load_forces_the_layout(rng):
     x = rng.standard_normal((2, 1, 16, 16)).astype(np.float32)
     auto = engine.load(DIGITS)
     nchw = engine.load(DIGITS, layout="nchw")
-    blocked = engine.load(DIGITS, layout="nchw16c")
+    blocked = engine.load(DIGITS, layout="nchwc")
+    earlier = engine.load(DIGITS, layout="nchw16c")     # the earlier name
     ref = nchw(x)
-    for model in (auto, blocked):
+    for model in (auto, blocked, earlier):
         assert np.abs(model(x) - ref).max() <= 1e-5 * np.abs(ref).max()
     text = auto.explain()
-    assert "layout nchw16c: " in text and "NCHW16c" in text and "layout auto" in text
+    assert "layout nchwc: " in text and NAME in text and "layout auto" in text
     text = nchw.explain()
-    assert "layout nchw16c" not in text and "NCHW16c" not in text
+    assert "layout nchwc" not in text and NAME not in text
     assert "forced by the caller (layout='nchw')" in text
-    assert "forced by the caller (layout='nchw16c')" in blocked.explain()
-    assert auto.layout == "auto" and nchw.layout == "nchw"
+    assert "forced by the caller (layout='nchwc')" in blocked.explain()
+    assert "forced by the caller (layout='nchwc')" in earlier.explain()
+    assert auto.layout == "auto" and nchw.layout == "nchw" and earlier.layout == "nchwc"
     with pytest.raises(ValueError, match="layout must be one of"):   # before the file is read
         engine.load("no such file", layout="blocked")

@@ -78,7 +78,7 @@ def reference(x, inits, activation):
     return y, bound
 
 
-@pytest.mark.parametrize("layout", ["nchw", "nchw16c"])
+@pytest.mark.parametrize("layout", ["nchw", "nchwc"])
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_fused_against_float64_and_threads(rng, case, layout):
     model, inits = two_layers(rng, case)
@@ -94,8 +94,8 @@ def test_fused_against_float64_and_threads(rng, case, layout):
     err = np.abs(runs[0] - want)
     worst = np.unravel_index(np.argmax(err - bound), err.shape)
     assert np.all(err <= bound), f"{err[worst]:.3g} > {bound[worst]:.3g} at {worst}"
-    if layout == "nchw16c":
-        assert "nchw16c" in m.explain()
+    if layout == "nchwc":
+        assert "nchwc" in m.explain()
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -110,7 +110,7 @@ def test_fused_matches_onnxruntime(rng, case):
     assert np.all(np.abs(got - theirs) <= 2 * bound)
 
 
-@pytest.mark.parametrize("layout", ["nchw", "nchw16c"])
+@pytest.mark.parametrize("layout", ["nchw", "nchwc"])
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_fused_step_gives_the_bits_of_the_separate_step(rng, case, layout):
     """On extreme values (NaN, infinities, +-1e30, +-100: exp's overflow and underflow) the

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import engine
+from engine.ops import blocked
 from engine.dispatch.policy import STRICT_EXCLUDED, STRICT_MAX_REL_ERROR
 from engine.lab.compare import compare, parse_layer_spec
 from engine.lab.wisdom import WisdomWarning, machine_key, tune
@@ -266,7 +267,7 @@ def test_explain_errors_match_an_independent_float64_computation(rng, tmp_path):
 
 
 def test_explain_errors_on_blocked_layers_with_a_residual(rng):
-    # pw -> dw -> pw (+ the input): NCHW16c steps, read back through the layout
+    # pw -> dw -> pw (+ the input): channel-blocked steps, read back through the layout
     c = 24
     inits = [nh.from_array((rng.standard_normal(s) * 0.3).astype(np.float32), n)
              for n, s in (("a", (48, c, 1, 1)), ("d", (48, 1, 3, 3)), ("b", (c, 48, 1, 1)))]
@@ -279,7 +280,7 @@ def test_explain_errors_on_blocked_layers_with_a_residual(rng):
     model = engine.load(h.make_model(g, opset_imports=[h.make_opsetid("", 17)]), wisdom=False)
     text = model.explain(errors=True)
     lines = [line for line in text.splitlines() if "max relative error vs float64" in line]
-    assert len(lines) == 3 and all("NCHW16c" in line for line in lines), text
+    assert len(lines) == 3 and all(blocked.NAME in line for line in lines), text
     assert max(float(line.rsplit(": ", 1)[1]) for line in lines) < 1e-5
 
 

@@ -1,4 +1,4 @@
-"""Channel-blocked (NCHW16c) kernels (kernels/nchwc.pyx) and the plan-time layout pass that runs
+"""Channel-blocked (NCHWc) kernels (kernels/nchwc.pyx) and the plan-time layout pass that runs
 chains of pointwise and depthwise layers on them (engine/graph/layout.py).
 
 References: float64 NumPy (tests/reference.py). Tolerance: max error <= 1e-5 * the largest sum
@@ -17,6 +17,9 @@ from concurrency import run_concurrently
 from reference import conv2d_ref
 
 from engine.ops.activation import NO_ACT, apply_activation, float64_activation, kernel_act
+
+B = blocked.BLOCK       # channels per block: 16 with AVX-512, 8 with AVX2
+NAME = blocked.NAME
 
 # the output steps' activations (engine/ops/activation.py) and their float64 forms
 ACTS = {a: (lambda v, a=a: float64_activation(a, v))
@@ -47,10 +50,10 @@ def test_to_and_from_blocked_are_exact_and_pad_with_zeros(rng, shape):
     x = f32(rng, *shape)
     n, c, h, w = shape
     xb = blocked.to_blocked(x, 2)
-    assert xb.shape == (n, -(-c // 16), h, w, 16)
-    ref = np.zeros((n, xb.shape[1] * 16, h, w), np.float32)
+    assert xb.shape == (n, -(-c // B), h, w, B)
+    ref = np.zeros((n, xb.shape[1] * B, h, w), np.float32)
     ref[:, :c] = x
-    np.testing.assert_array_equal(xb, ref.reshape(n, -1, 16, h, w).transpose(0, 1, 3, 4, 2))
+    np.testing.assert_array_equal(xb, ref.reshape(n, -1, B, h, w).transpose(0, 1, 3, 4, 2))
     for t in (1, 2):
         np.testing.assert_array_equal(blocked.from_blocked(xb, c, t), x)
 
@@ -58,9 +61,9 @@ def test_to_and_from_blocked_are_exact_and_pad_with_zeros(rng, shape):
 def test_layout_changes_refuse_mismatched_shapes():
     x = np.zeros((1, 20, 4, 4), np.float32)
     with pytest.raises(ValueError, match="out must have shape"):
-        nchwc.f32_to_blocked(x, np.zeros((1, 1, 4, 4, 16), np.float32), 1)
+        nchwc.f32_to_blocked(x, np.zeros((1, 1, 4, 4, B), np.float32), 1)
     with pytest.raises(ValueError, match="x must have shape"):
-        nchwc.f32_from_blocked(np.zeros((1, 2, 4, 3, 16), np.float32), x, 1)
+        nchwc.f32_from_blocked(np.zeros((1, 3, 4, 3, B), np.float32), x, 1)
 
 
 # -------------------------------------------------------------------------------- pointwise
@@ -95,7 +98,7 @@ def test_pointwise_matches_reference_and_is_thread_independent(rng, n, c, k, h, 
             for slack in (1.0, 0.0, 1e9):      # either split: pixels, groups of blocks
                 np.testing.assert_array_equal(got, run_pointwise(x, wt, b, r, act, 2, slack))
             # the padding channels of the output hold act(0): zero, or finite (sigmoid's 0.5)
-            pad = got.reshape(n, -1, h, w, 16).transpose(0, 1, 4, 2, 3).reshape(n, -1, h, w)
+            pad = got.reshape(n, -1, h, w, B).transpose(0, 1, 4, 2, 3).reshape(n, -1, h, w)
             assert np.all(pad[:, k:] == at_zero(act))
             ref = conv2d_ref(x, wt, b) + (0 if r is None else r)
             check_close(blocked.from_blocked(got, k), ACTS[act](ref), scale)
@@ -104,21 +107,21 @@ def test_pointwise_matches_reference_and_is_thread_independent(rng, n, c, k, h, 
 def test_pointwise_refuses_inconsistent_arguments(rng):
     x = blocked.to_blocked(f32(rng, 1, 20, 3, 3))
     wp, bp = blocked.pack_pointwise(f32(rng, 40, 20, 1, 1), f32(rng, 40))
-    out = np.zeros((1, 3, 3, 3, 16), np.float32)
+    out = np.zeros((1, blocked.blocks(40), 3, 3, B), np.float32)
     with pytest.raises(ValueError, match="wpack"):
         nchwc.f32_pointwise_blocked(x, wp[:-1], bp, None, out, NO_ACT, 1)
     with pytest.raises(ValueError, match="bias"):
-        nchwc.f32_pointwise_blocked(x, wp, bp[:16], None, out, NO_ACT, 1)
+        nchwc.f32_pointwise_blocked(x, wp, bp[:B], None, out, NO_ACT, 1)
     with pytest.raises(ValueError, match="residual"):
-        nchwc.f32_pointwise_blocked(x, wp, bp, np.zeros((1, 3, 3, 2, 16), np.float32), out,
+        nchwc.f32_pointwise_blocked(x, wp, bp, np.zeros(out.shape[:3] + (2, B), np.float32), out,
                                     NO_ACT, 1)
     with pytest.raises(ValueError, match="out"):
-        nchwc.f32_pointwise_blocked(x, wp, bp, None, np.zeros((1, 3, 3, 4, 16), np.float32),
+        nchwc.f32_pointwise_blocked(x, wp, bp, None, np.zeros(out.shape[:3] + (4, B), np.float32),
                                     NO_ACT, 1)
     with pytest.raises(ValueError, match="channel-blocked"):
-        nchwc.f32_pointwise_blocked(x, wp, bp, None, np.zeros((1, 3, 3, 3, 8), np.float32),
+        nchwc.f32_pointwise_blocked(x, wp, bp, None, np.zeros(out.shape[:4] + (B // 2,), np.float32),
                                     NO_ACT, 1)
-    for bad in (16, 33, -1):     # x has 2 blocks: 17 to 32 real channels
+    for bad in (x.shape[1] * B - B, x.shape[1] * B + 1, -1):   # too few or many for x's blocks
         with pytest.raises(ValueError, match="channels"):
             nchwc.f32_pointwise_blocked(x, wp, bp, None, out, NO_ACT, 1, 1.0, bad)
 
@@ -131,10 +134,10 @@ def test_pointwise_skips_the_padding_channels_it_is_told_of(rng, c):
     w, b = f32(rng, 40, c, 1, 1), f32(rng, 40)
     wp, bp = blocked.pack_pointwise(w, b)
     xb = blocked.to_blocked(x)
-    xb[:, -1, :, :, c % 16 or 16:] = np.nan
+    xb[:, -1, :, :, c % B or B:] = np.nan
     outs = []
     for threads in (1, 2):
-        out = np.empty((2, 3, 13, 11, 16), np.float32)
+        out = np.empty((2, blocked.blocks(40), 13, 11, B), np.float32)
         nchwc.f32_pointwise_blocked(xb, wp, bp, None, out, NO_ACT, threads, 1.0, c)
         outs.append(blocked.from_blocked(out, 40))
     np.testing.assert_array_equal(outs[0], outs[1])
@@ -152,7 +155,7 @@ def run_depthwise(x, w, b, stride, pads, dilation, act, threads, by_blocks=False
     oh = (h + pt + pb - dilation[0] * (kh - 1) - 1) // stride[0] + 1
     ow = (wd + pl + pr - dilation[1] * (kw - 1) - 1) // stride[1] + 1
     wp, bp = blocked.pack_depthwise(w, b)
-    out = np.full((n, blocked.blocks(c), oh, ow, 16), np.nan, np.float32)
+    out = np.full((n, blocked.blocks(c), oh, ow, B), np.nan, np.float32)
     nchwc.f32_depthwise_blocked(blocked.to_blocked(x), wp, bp, out, stride[0], stride[1], pt, pl,
                                 dilation[0], dilation[1], kernel_act(act), threads, by_blocks)
     return blocked.from_blocked(out, c)
@@ -226,7 +229,7 @@ def test_depthwise_skips_padding_taps_of_an_infinite_weight(rng, k):
 def test_depthwise_refuses_inconsistent_arguments(rng):
     x = blocked.to_blocked(f32(rng, 1, 20, 6, 6))
     wp, bp = blocked.pack_depthwise(f32(rng, 20, 1, 3, 3), f32(rng, 20))
-    out = np.zeros((1, 2, 6, 6, 16), np.float32)
+    out = np.zeros((1, blocked.blocks(20), 6, 6, B), np.float32)
     with pytest.raises(ValueError, match="w must have shape"):
         nchwc.f32_depthwise_blocked(x, wp[:1], bp, out, 1, 1, 1, 1, 1, 1, NO_ACT, 1)
     with pytest.raises(ValueError, match="bias"):
@@ -234,7 +237,7 @@ def test_depthwise_refuses_inconsistent_arguments(rng):
     with pytest.raises(ValueError, match="strides"):
         nchwc.f32_depthwise_blocked(x, wp, bp, out, 0, 1, 1, 1, 1, 1, NO_ACT, 1)
     with pytest.raises(ValueError, match="blocks"):
-        nchwc.f32_depthwise_blocked(x, wp, bp, np.zeros((1, 3, 6, 6, 16), np.float32), 1, 1,
+        nchwc.f32_depthwise_blocked(x, wp, bp, np.zeros((1, 9, 6, 6, B), np.float32), 1, 1,
                                     1, 1, 1, 1, NO_ACT, 1)
 
 
@@ -255,19 +258,21 @@ def test_direct_to_blocked_matches_reference_and_is_thread_independent(rng, n, c
     for act in (None, "relu6", "silu", "hardswish", "elu(0.5)"):
         outs = []
         for t in (1, 2):
-            out = np.full((n, blocked.blocks(k)) + ref.shape[2:] + (16,), np.nan, np.float32)
+            out = np.full((n, blocked.blocks(k)) + ref.shape[2:] + (B,), np.nan, np.float32)
             nchwc.f32_direct_to_blocked(x, wp, bp, out, s, s, p, p, d, d, kernel_act(act), t)
             outs.append(out)
         np.testing.assert_array_equal(outs[0], outs[1])
         check_close(blocked.from_blocked(outs[0], k), ACTS[act](ref), scale)
 
 
-# (N, C, group width, H, W, kernel, stride, pad, dilation): RegNet's widths 16 and 8,
-# ResNeXt's 4, widths 2 and 1, channel counts off the block size (8-wide groups in a
-# half-filled last block), strides, dilations, rows whose last pixels are fewer than four
-GROUPED = [(1, 160, 16, 14, 14, 3, 1, 1, 1), (2, 40, 8, 9, 13, 3, 2, 1, 1),
-           (1, 32, 16, 7, 7, 3, 1, 2, 2), (1, 64, 16, 28, 28, 3, 2, 1, 1),
-           (1, 48, 8, 5, 5, 1, 1, 0, 1), (1, 16, 16, 3, 2, 5, 1, 2, 1),
+# (N, C, group width, H, W, kernel, stride, pad, dilation): RegNet's widths 16 and 8 (16 where
+# a block holds 16), ResNeXt's 4, widths 2 and 1, channel counts off the block size (8-wide
+# groups in a half-filled last block), strides, dilations, rows whose last pixels are fewer
+# than four
+GROUPED = [(1, 160, B, 14, 14, 3, 1, 1, 1), (2, 40, 8, 9, 13, 3, 2, 1, 1),
+           (1, 32, B, 7, 7, 3, 1, 2, 2), (1, 64, B, 28, 28, 3, 2, 1, 1),
+           (1, 48, 8, 5, 5, 1, 1, 0, 1), (1, 16, B, 3, 2, 5, 1, 2, 1),
+           (1, 44, 4, 6, 6, 3, 1, 1, 1),
            (1, 128, 4, 17, 15, 3, 1, 1, 1), (2, 36, 4, 11, 10, 3, 2, 1, 1),
            (1, 24, 2, 9, 7, 3, 1, 2, 2), (1, 20, 1, 6, 9, 3, 1, 1, 1)]
 
@@ -282,7 +287,7 @@ def test_grouped_blocked_matches_reference_and_is_thread_independent(rng, n, c, 
     for act in (None, "relu", "silu", "sigmoid"):
         outs = []
         for t in (1, 2):
-            out = np.full((n, blocked.blocks(c)) + ref.shape[2:] + (16,), np.nan, np.float32)
+            out = np.full((n, blocked.blocks(c)) + ref.shape[2:] + (B,), np.nan, np.float32)
             nchwc.f32_grouped_blocked(blocked.to_blocked(x), wp, bp, out, s, s, p, p, d, d,
                                       kernel_act(act), t)
             outs.append(out)
@@ -291,7 +296,7 @@ def test_grouped_blocked_matches_reference_and_is_thread_independent(rng, n, c, 
         check_close(blocked.from_blocked(outs[0], c), ACTS[act](ref), scale)
 
 
-@pytest.mark.parametrize("kind, shape", [("grouped", (40, g, 3, 3)) for g in (2, 4, 8, 16)]
+@pytest.mark.parametrize("kind, shape", [("grouped", (40, g, 3, 3)) for g in sorted({2, 4, 8, B})]
                          + [("pointwise", (40, 24, 1, 1)), ("depthwise", (40, 1, 5, 5)),
                             ("dense", (40, 24, 3, 3)), ("direct", (40, 3, 7, 7))])
 def test_packed_shapes_are_what_the_packing_makes(rng, kind, shape):
@@ -302,7 +307,7 @@ def test_packed_shapes_are_what_the_packing_makes(rng, kind, shape):
     assert tuple(a.shape for a in made) == blocked.packed_shapes(kind, shape)
 
 
-@pytest.mark.parametrize("g", [4, 8, 16])
+@pytest.mark.parametrize("g", sorted({4, 8, B}))
 def test_grouped_blocked_keeps_a_nan_in_its_group(rng, g):
     """A NaN in one input channel reaches only the outputs of its group (the taps of other
     groups never read its lane), as in the direct sum."""
@@ -310,7 +315,7 @@ def test_grouped_blocked_keeps_a_nan_in_its_group(rng, g):
     x, wt = f32(rng, 1, c, 6, 6), f32(rng, c, g, 3, 3)
     x[0, 5, 2, 3] = np.nan
     wp, bp = blocked.pack_grouped(wt, g, None)
-    out = np.zeros((1, 2, 6, 6, 16), np.float32)
+    out = np.zeros((1, blocked.blocks(c), 6, 6, B), np.float32)
     nchwc.f32_grouped_blocked(blocked.to_blocked(x), wp, bp, out, 1, 1, 1, 1, 1, 1, NO_ACT, 1)
     y = blocked.from_blocked(out, c)
     with np.errstate(invalid="ignore"):
@@ -320,36 +325,36 @@ def test_grouped_blocked_keeps_a_nan_in_its_group(rng, g):
 
 
 def test_grouped_blocked_refuses_inconsistent_arguments(rng):
-    x = f32(rng, 1, 2, 5, 5, 16)
-    wp, bp = blocked.pack_grouped(f32(rng, 32, 16, 3, 3), 16, None)
-    out = np.zeros((1, 2, 5, 5, 16), np.float32)
+    x = f32(rng, 1, 2, 5, 5, B)
+    wp, bp = blocked.pack_grouped(f32(rng, 2 * B, B, 3, 3), B, None)
+    out = np.zeros((1, 2, 5, 5, B), np.float32)
     with pytest.raises(ValueError, match="w must"):
         nchwc.f32_grouped_blocked(x, wp[:1], bp, out, 1, 1, 1, 1, 1, 1, NO_ACT, 1)
     with pytest.raises(ValueError, match="g dividing"):    # groups of 3 do not tile a block
-        nchwc.f32_grouped_blocked(x, np.zeros((2, 3, 3, 3, 16), np.float32), bp, out, 1, 1, 1,
+        nchwc.f32_grouped_blocked(x, np.zeros((2, 3, 3, 3, B), np.float32), bp, out, 1, 1, 1,
                                   1, 1, 1, NO_ACT, 1)
     with pytest.raises(ValueError, match="bias"):
-        nchwc.f32_grouped_blocked(x, wp, bp[:16], out, 1, 1, 1, 1, 1, 1, NO_ACT, 1)
+        nchwc.f32_grouped_blocked(x, wp, bp[:B], out, 1, 1, 1, 1, 1, 1, NO_ACT, 1)
     with pytest.raises(ValueError, match="act"):
         nchwc.f32_grouped_blocked(x, wp, bp, out, 1, 1, 1, 1, 1, 1, BAD_ACT, 1)
     with pytest.raises(ValueError, match="out"):
-        nchwc.f32_grouped_blocked(x, wp, bp, np.zeros((1, 3, 5, 5, 16), np.float32), 1, 1, 1,
+        nchwc.f32_grouped_blocked(x, wp, bp, np.zeros((1, 3, 5, 5, B), np.float32), 1, 1, 1,
                                   1, 1, 1, NO_ACT, 1)
 
 
 def test_direct_to_blocked_refuses_inconsistent_arguments(rng):
     x = f32(rng, 1, 3, 8, 8)
     wp, bp = blocked.pack_direct(f32(rng, 20, 3, 3, 3), f32(rng, 20))
-    out = np.zeros((1, 2, 8, 8, 16), np.float32)
+    out = np.zeros((1, blocked.blocks(20), 8, 8, B), np.float32)
     with pytest.raises(ValueError, match="w must have shape"):
         nchwc.f32_direct_to_blocked(f32(rng, 1, 4, 8, 8), wp, bp, out, 1, 1, 1, 1, 1, 1, NO_ACT,
                                     1)
     with pytest.raises(ValueError, match="bias"):
-        nchwc.f32_direct_to_blocked(x, wp, bp[:16], out, 1, 1, 1, 1, 1, 1, NO_ACT, 1)
+        nchwc.f32_direct_to_blocked(x, wp, bp[:B], out, 1, 1, 1, 1, 1, 1, NO_ACT, 1)
     with pytest.raises(ValueError, match="strides"):
         nchwc.f32_direct_to_blocked(x, wp, bp, out, 1, 0, 1, 1, 1, 1, NO_ACT, 1)
     with pytest.raises(ValueError, match="images"):
-        nchwc.f32_direct_to_blocked(x, wp, bp, np.zeros((2, 2, 8, 8, 16), np.float32), 1, 1, 1,
+        nchwc.f32_direct_to_blocked(x, wp, bp, np.zeros((2,) + out.shape[1:], np.float32), 1, 1, 1,
                                     1, 1, 1, NO_ACT, 1)
 
 
@@ -421,7 +426,7 @@ def test_layout_pass_blocks_the_separable_chain(rng, threads):
     assert kinds == ["BlockedConv"] * 5 + ["BlockedGlobalAveragePool", "Flatten", "Gemm"]
     assert [s.op.conv_kind for s in model._last_plan.steps[:5]] == [
         "direct", "depthwise", "pointwise", "pointwise", "depthwise"]
-    assert "NCHW16c" in model.explain()
+    assert NAME in model.explain()
     # the graph the model keeps and saves is untouched
     assert all(n.op != "ToBlocked" for n in model.graph.nodes)
 
@@ -494,8 +499,8 @@ def test_conv_kind_rules(rng):
     # 3x3 stride 1: blocked unless NCHW's rules give it Winograd (or it is dilated)
     assert kind(f32(rng, 8, 4, 3, 3), {}, (1, 4, 9, 9)) == "dense"       # 36 taps: direct
     assert kind(f32(rng, 256, 256, 3, 3), {"pads": [1] * 4}, (1, 256, 14, 14)) is None
-    # groups inside blocks: 16, 8 or 4 channels each way
-    assert kind(f32(rng, 64, 16, 3, 3), {"group": 4}, (1, 64, 9, 9)) == "grouped"
+    # groups inside blocks: 16 (where a block holds 16), 8 or 4 channels each way
+    assert kind(f32(rng, 64, B, 3, 3), {"group": 64 // B}, (1, 64, 9, 9)) == "grouped"
     assert kind(f32(rng, 24, 8, 3, 3), {"group": 3}, (1, 24, 9, 9)) == "grouped"
     assert kind(f32(rng, 32, 4, 3, 3), {"group": 8}, (1, 32, 9, 9)) == "grouped"
     assert kind(f32(rng, 32, 2, 3, 3), {"group": 16}, (1, 32, 9, 9)) == "grouped"
@@ -521,7 +526,7 @@ def test_eight_python_threads_running_blocked_layers_match_serial_runs(rng):
 def test_blocked_weights_sit_side_by_side_in_one_buffer(rng):
     """A plan's packed weights are copied, in order, into one buffer starting on a huge-page
     boundary, each 64-byte aligned, values and shapes unchanged."""
-    arrays = [f32(rng, 5), f32(rng, 2, 3, 3, 16), f32(rng, 33)]
+    arrays = [f32(rng, 5), f32(rng, 2, 3, 3, B), f32(rng, 33)]
     views = blocked.side_by_side(arrays)
     for a, v in zip(arrays, views):
         np.testing.assert_array_equal(v, a)
@@ -624,7 +629,7 @@ def test_random_graphs_give_the_same_values_with_and_without_the_layout(seed):
     got = blocked_model.run({"x": x})
     ref = build("nchw").run({"x": x})
     # every layer a blocked kernel can run, blocked, neighbours or not
-    everywhere = build("nchw16c")
+    everywhere = build("nchwc")
     n_blocked = [k for _, k in steps_of(everywhere)].count("BlockedConv")
     assert n_blocked >= max(1, [k for _, k in steps_of(blocked_model)].count("BlockedConv"))
     forced = everywhere.run({"x": x})
@@ -665,17 +670,17 @@ def test_elementwise_steps_and_squeeze_excite_run_on_the_blocks(rng, pool):
     assert ops == ["ToBlocked", "Conv", "Conv", "SqueezeExcite", "Conv", "FromBlocked"], ops
     text = model.explain()
     assert "+ hardswish in the kernel's output step" in text
-    assert "-> relu -> 1x1 -> hardsigmoid -> scale, on the NCHW16c input in place" in text
+    assert f"-> relu -> 1x1 -> hardsigmoid -> scale, on the {NAME} input in place" in text
 
 
 def test_a_regnet_block_stays_blocked_through_its_grouped_layer(rng):
-    """pw -> grouped 3x3 (16 channels a group) -> pw + residual: the body blocked, no layout
-    change around the grouped layer, the values those of the all-NCHW plan."""
+    """pw -> grouped 3x3 (a block's channels a group) -> pw + residual: the body blocked, no
+    layout change around the grouped layer, the values those of the all-NCHW plan."""
     c = 64
-    consts = {"wa": f32(rng, c, 24, 1, 1) * 0.3, "wg": f32(rng, c, 16, 3, 3) * 0.3,
+    consts = {"wa": f32(rng, c, 24, 1, 1) * 0.3, "wg": f32(rng, c, B, 3, 3) * 0.3,
               "wb": f32(rng, c, c, 1, 1) * 0.3, "wr": f32(rng, c, 24, 1, 1) * 0.3}
     nodes = [Node("Conv", "a", ["x", "wa"], ["pa"], {"activation": "relu"}),
-             Node("Conv", "g", ["pa", "wg"], ["pg"], {"pads": [1, 1, 1, 1], "group": 4,
+             Node("Conv", "g", ["pa", "wg"], ["pg"], {"pads": [1, 1, 1, 1], "group": c // B,
                                                        "activation": "relu"}),
              Node("Conv", "b", ["pg", "wb"], ["pb"]),
              Node("Conv", "r", ["x", "wr"], ["pr"]),
@@ -689,6 +694,6 @@ def test_a_regnet_block_stays_blocked_through_its_grouped_layer(rng):
     model, ref = build("auto"), build("nchw")
     got, want = model(x), ref(x)
     assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
-    assert "grouped on NCHW16c" in model.explain()
+    assert f"grouped on {NAME}" in model.explain()
     kinds = {s.node.name: type(s.op).__name__ for s in model._last_plan.steps}
     assert kinds["a"] == kinds["g"] == kinds["b"] == "BlockedConv", kinds

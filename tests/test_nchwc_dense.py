@@ -23,6 +23,8 @@ ACTS = {a: (lambda v, a=a: float64_activation(a, v))
         for a in (None, "relu", "silu", "mish", "leaky_relu(0.1)", "hardsigmoid(0.2,0.5)")}
 BAD_ACT = {"code": 99, "alpha": 0.0, "beta": 0.0}
 REL = 1e-6
+B = blocked.BLOCK       # channels per block: 16 with AVX-512, 8 with AVX2
+NAME = blocked.NAME
 
 
 def f32(rng, *shape):
@@ -37,8 +39,8 @@ def run_dense(x, wt, b, residual, stride, pads, dilation, act, threads, garbage=
     oh = (x.shape[2] + sum(pads[0]) - dilation[0] * (kh - 1) - 1) // stride[0] + 1
     ow = (x.shape[3] + sum(pads[1]) - dilation[1] * (kw - 1) - 1) // stride[1] + 1
     xb = blocked.to_blocked(x)
-    if garbage is not None and c % 16:
-        xb[:, -1, :, :, c % 16:] = garbage
+    if garbage is not None and c % B:
+        xb[:, -1, :, :, c % B:] = garbage
     wp, bp = blocked.pack_dense(wt, b)
     out = np.full(blocked.blocked_shape((n, k, oh, ow)), np.nan, np.float32)
     r = None if residual is None else blocked.to_blocked(residual)
@@ -81,7 +83,7 @@ def test_dense_matches_reference_per_element_and_is_thread_independent(rng, n, c
             np.testing.assert_array_equal(got, run_dense(x, wt, b, r, s, p, d, act, 2))
             # the padding channels of the output hold act(0): zero, or finite (0.5 here)
             kb = blocked.blocks(k)
-            pad = got.reshape(n, kb, -1, 16)[:, -1, :, k - (kb - 1) * 16:]
+            pad = got.reshape(n, kb, -1, B)[:, -1, :, k - (kb - 1) * B:]
             assert np.all(pad == apply_activation(np.zeros(1, np.float32), act)[0])
             want = ACTS[act](ref + (0 if r is None else r))
             # the activations have slopes up to 1.1 and round within 4 ulp of their own
@@ -121,9 +123,9 @@ def test_dense_nonfinite_inputs_spread_like_the_direct_sum(rng):
 
 
 def test_dense_refuses_inconsistent_arguments(rng):
-    x = f32(rng, 1, 2, 6, 6, 16)
+    x = f32(rng, 1, blocked.blocks(30), 6, 6, B)
     wp, bp = blocked.pack_dense(f32(rng, 20, 30, 3, 3), f32(rng, 20))
-    out = np.zeros((1, 2, 3, 3, 16), np.float32)
+    out = np.zeros((1, blocked.blocks(20), 3, 3, B), np.float32)
 
     def call(x=x, channels=30, wp=wp, bp=bp, res=None, out=out, kh=3, sh=2, act=NO_ACT):
         nchwc.f32_conv2d_nchw16c(x, channels, wp, bp, res, out, kh, 3, sh, 2, 1, 1, 1, 1, act, 1)
@@ -131,23 +133,23 @@ def test_dense_refuses_inconsistent_arguments(rng):
     with pytest.raises(ValueError, match="channels"):
         call(channels=33)
     with pytest.raises(ValueError, match="channels"):
-        call(channels=16)
+        call(channels=(x.shape[1] - 1) * B)
     with pytest.raises(ValueError, match="wpack"):
         call(wp=wp[:-1])
     with pytest.raises(ValueError, match="wpack"):
         call(kh=5)
     with pytest.raises(ValueError, match="bias"):
-        call(bp=bp[:16])
+        call(bp=bp[:B])
     with pytest.raises(ValueError, match="act"):
         call(act=BAD_ACT)
     with pytest.raises(ValueError, match="strides"):
         call(sh=0)
     with pytest.raises(ValueError, match="residual"):
-        call(res=np.zeros((1, 2, 3, 4, 16), np.float32))
+        call(res=np.zeros(out.shape[:3] + (4, B), np.float32))
     with pytest.raises(ValueError, match="images"):
-        call(out=np.zeros((2, 2, 3, 3, 16), np.float32))
+        call(out=np.zeros((2,) + out.shape[1:], np.float32))
     with pytest.raises(ValueError, match="blocked"):
-        call(x=np.zeros((1, 2, 6, 6, 8), np.float32))
+        call(x=np.zeros(x.shape[:4] + (B // 2,), np.float32))
 
 
 # ------------------------------------------------------------------------- in a model's plan
@@ -179,7 +181,7 @@ def test_a_downsampling_block_runs_blocked_through_its_strided_layers(rng, threa
         blocked_model, nchw_model = Model(g), Model(g, layout="nchw")
         got = blocked_model({"x": x})["y"]
         text = blocked_model.explain()
-        assert text.count("dense on NCHW16c") == 2, text
+        assert text.count(f"dense on {NAME}") == 2, text
         np.testing.assert_allclose(got, nchw_model({"x": x})["y"], rtol=0,
                                    atol=1e-5 * float(np.abs(got).max()))
         engine.set_num_threads(1)
@@ -213,7 +215,7 @@ def test_a_narrow_strided_shortcut_after_a_blocked_layer_stays_blocked(rng, resi
               [TensorSpec("y", None, "float32")], w)
     model = Model(g)
     line = [t for t in model.explain().splitlines() if " cd " in t or "…cd" in t or " cd" in t]
-    assert line and "dense on NCHW16c" in line[0], model.explain()
+    assert line and f"dense on {NAME}" in line[0], model.explain()
     x = f32(rng, 1, 32, 28, 28)
     got = model({"x": x})["y"]
     np.testing.assert_allclose(got, Model(g, layout="nchw")({"x": x})["y"], rtol=0,
@@ -228,8 +230,8 @@ def test_a_lone_dense_layer_is_blocked_only_when_its_taps_pay_for_two_layout_cha
         return Model(g)
     wide, narrow = model(64), model(8)              # 448 and 56 taps
     x = f32(rng, 1, 64, 17, 17)
-    assert "dense on NCHW16c" in wide.explain()
-    assert "dense on NCHW16c" not in narrow.explain()
+    assert f"dense on {NAME}" in wide.explain()
+    assert f"dense on {NAME}" not in narrow.explain()
     np.testing.assert_allclose(wide({"x": x})["y"],
                                Model(wide.graph, layout="nchw")({"x": x})["y"],
                                rtol=0, atol=1e-5 * 64)
@@ -264,10 +266,10 @@ def test_max_pool_on_blocks_is_the_nchw_max_pool(rng, n, c, h, w, kernel, stride
 
 
 def test_max_pool_on_blocks_refuses_inconsistent_arguments(rng):
-    x = f32(rng, 1, 2, 8, 8, 16)
+    x = f32(rng, 1, 2, 8, 8, B)
 
     def call(out_blocks=2, kh=3, sh=2):
-        out = np.zeros((1, out_blocks, 4, 4, 16), np.float32)
+        out = np.zeros((1, out_blocks, 4, 4, B), np.float32)
         pool_nchw16c.f32_maxpool_blocked(x, out, kh, 3, sh, 2, 1, 1, 1, 1, 1)
     call()
     with pytest.raises(ValueError, match="images and blocks"):
@@ -311,8 +313,8 @@ def test_a_fire_net_stays_blocked_through_its_pools_and_concats(rng, first):
     x = f32(rng, 1, 3, 37, 37)
     model, nchw = Model(g), Model(g, layout="nchw")
     text = model.explain()
-    assert text.count("max pooling on NCHW16c") == 2, text
-    assert text.count("on NCHW16c: the inputs' blocks one after another") == 2, text
+    assert text.count(f"max pooling on {NAME}") == 2, text
+    assert text.count(f"on {NAME}: the inputs' blocks one after another") == 2, text
     got = model.run({"x": x})["y"]
     np.testing.assert_allclose(got, nchw.run({"x": x})["y"], rtol=0,
                                atol=1e-5 * float(np.abs(got).max()))
@@ -321,7 +323,7 @@ def test_a_fire_net_stays_blocked_through_its_pools_and_concats(rng, first):
 
 def test_a_concat_of_channels_off_the_block_size_stays_nchw(rng):
     """Blocks of a tensor whose channels stop mid-block cannot be followed by another's."""
-    w = {"a": f32(rng, 24, 16, 1, 1), "b": f32(rng, 16, 16, 1, 1), "c": f32(rng, 8, 40, 1, 1)}
+    w = {"a": f32(rng, 20, 16, 1, 1), "b": f32(rng, 16, 16, 1, 1), "c": f32(rng, 8, 36, 1, 1)}
     g = Graph([Node("Conv", "ca", ["x", "a"], ["ya"]), Node("Conv", "cb", ["x", "b"], ["yb"]),
                Node("Concat", "cat", ["ya", "yb"], ["z"], {"axis": 1}),
                Node("Conv", "cc", ["z", "c"], ["y"])],
@@ -388,7 +390,7 @@ def test_an_inception_branch_pool_runs_on_blocks(rng):
                   [TensorSpec("y", None, "float32")], w)
         x = f32(rng, 1, 24, 13, 13)
         model = Model(g)
-        assert "average pooling on NCHW16c" in model.explain()
+        assert f"average pooling on {NAME}" in model.explain()
         got = model.run({"x": x})["y"]
         np.testing.assert_allclose(got, Model(g, layout="nchw").run({"x": x})["y"], rtol=0,
                                    atol=1e-5 * float(np.abs(got).max()))
@@ -397,12 +399,13 @@ def test_an_inception_branch_pool_runs_on_blocks(rng):
 def test_batch_norm_on_blocks(rng):
     """An inference BatchNormalization on blocks: x * scale + shift per channel, the fused
     activation after it, padding channels kept at zero; 1 and 2 threads alike."""
-    x = f32(rng, 2, 40, 9, 11)
-    s, t = f32(rng, 40), f32(rng, 40)
-    sp, tp = np.zeros(48, np.float32), np.zeros(48, np.float32)
-    sp[:40], tp[:40] = s, t
+    c = 36                              # 4 channels in the last block
+    x = f32(rng, 2, c, 9, 11)
+    s, t = f32(rng, c), f32(rng, c)
+    sp, tp = (np.zeros(blocked.blocks(c) * B, np.float32) for _ in range(2))
+    sp[:c], tp[:c] = s, t
     xb = blocked.to_blocked(x)
-    xb[:, -1, :, :, 8:] = 5.0          # finite garbage in the padding lanes
+    xb[:, -1, :, :, c % B:] = 5.0       # finite garbage in the padding lanes
     for act, f in ((NO_ACT, lambda v: v), (kernel_act("relu"), lambda v: np.maximum(v, 0)),
                    (kernel_act("relu6"), lambda v: np.clip(v, 0, 6))):
         outs = []
@@ -416,10 +419,10 @@ def test_batch_norm_on_blocks(rng):
         prod = x.astype(np.float64) * s.reshape(1, -1, 1, 1)
         want = f(prod + t.reshape(1, -1, 1, 1))
         bound = 2.0 ** -23 * (np.abs(prod) + np.abs(t).reshape(1, -1, 1, 1))
-        assert np.all(np.abs(blocked.from_blocked(outs[0], 40) - want) <= bound)
-        assert not np.any(outs[0][:, -1, :, :, 8:])
+        assert np.all(np.abs(blocked.from_blocked(outs[0], c) - want) <= bound)
+        assert not np.any(outs[0][:, -1, :, :, c % B:])
     with pytest.raises(ValueError, match="do not fit"):
-        nchwc.f32_scale_shift_blocked(xb, sp[:40], tp, xb.copy(), NO_ACT, 1)
+        nchwc.f32_scale_shift_blocked(xb, sp[:c], tp, xb.copy(), NO_ACT, 1)
     with pytest.raises(ValueError, match="act"):
         nchwc.f32_scale_shift_blocked(xb, sp, tp, xb.copy(), BAD_ACT, 1)
 

@@ -88,7 +88,7 @@ def test_fused_block_matches_onnx_runtime(rng, case):
     # after a blocked depthwise layer it pools and scales the blocks in place
     blocked_input = case.get("before", "dw") == "dw"
     assert ("squeeze-excite in one step" in text
-            and ("on the NCHW16c input in place" in text) == blocked_input), text
+            and (f"on the {blocked.NAME} input in place" in text) == blocked_input), text
     # the same values with the whole graph on NCHW
     nchw = engine.load(m, layout="nchw")
     np.testing.assert_allclose(nchw.run({"x": x})["y"], model.run({"x": x})["y"],
@@ -165,26 +165,29 @@ def test_gates_match_float64(rng, act, gate, n, c, r):
 
 
 def test_blocked_scaling_is_exact_and_thread_independent(rng):
-    x = randn(rng, 2, 3, 7, 5, 16)
-    s = randn(rng, 2, 48)
+    B = blocked.BLOCK
+    x = randn(rng, 2, 3, 7, 5, B)
+    s = randn(rng, 2, 3 * B)
     outs = []
     for t in (1, 2):
         out = np.empty_like(x)
         nchwc.f32_scale_blocked(x, s, out, t)
         outs.append(out)
     np.testing.assert_array_equal(outs[0], outs[1])
-    np.testing.assert_array_equal(outs[0], x * s.reshape(2, 3, 1, 1, 16))
+    np.testing.assert_array_equal(outs[0], x * s.reshape(2, 3, 1, 1, B))
     y = x.copy()
     nchwc.f32_scale_blocked(y, s, y, 2)            # in place
     np.testing.assert_array_equal(y, outs[0])
 
 
 def test_kernels_refuse_shapes_that_do_not_fit(rng):
-    x = randn(rng, 1, 2, 4, 4, 16)
+    B = blocked.BLOCK
+    x = randn(rng, 1, 2, 4, 4, B)
     with pytest.raises(ValueError):
-        nchwc.f32_scale_blocked(x, randn(rng, 1, 16), np.empty_like(x), 1)
+        nchwc.f32_scale_blocked(x, randn(rng, 1, B), np.empty_like(x), 1)
     with pytest.raises(ValueError):
-        nchwc.f32_scale_blocked(x, randn(rng, 1, 32), np.empty((1, 2, 4, 3, 16), np.float32), 1)
+        nchwc.f32_scale_blocked(x, randn(rng, 1, 2 * B), np.empty((1, 2, 4, 3, B), np.float32),
+                                1)
     p, w1t, w2t = randn(rng, 1, 8), randn(rng, 8, 2), randn(rng, 2, 8)
     b1, b2 = randn(rng, 2), randn(rng, 8)
     with pytest.raises(ValueError):

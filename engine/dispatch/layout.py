@@ -5,7 +5,7 @@ rewriting (layout changes, blocked steps) is engine/graph/layout.py's; the choic
 A layer can run blocked when a channel-blocked kernel computes it (``blocked_kernel``), and
 does when a neighbour does too (``choose_layout``): converting costs a pass over the tensor,
 which only a neighbour that reads or writes blocks saves. A caller may force a layout for a
-whole model: ``engine.load(path, layout="nchw")`` runs everything on NCHW, ``"nchw16c"`` every
+whole model: ``engine.load(path, layout="nchw")`` runs everything on NCHW, ``"nchwc"`` every
 layer a blocked kernel can run, neighbours or not.
 """
 from __future__ import annotations
@@ -13,10 +13,13 @@ from __future__ import annotations
 from typing import Optional
 
 from ..ops.activation import is_activation
+from ..ops.blocked import BLOCK
 from .conv import ConvParams, choose_conv2d, is_depthwise, is_pointwise, vector_floats
 from .policy import current_policy
 
-LAYOUTS = ("auto", "nchw", "nchw16c")
+LAYOUTS = ("auto", "nchw", "nchwc")
+# The blocked layout's earlier name, from when its blocks always held 16 channels: still taken.
+ALIASES = {"nchw16c": "nchwc"}
 
 # Largest number of taps (input channels per group x kernel size) of a dense layer that reads
 # NCHW and writes channel blocks directly: a network's first layer, for which that beats its
@@ -47,34 +50,35 @@ WINOGRAD_BLOCKED_MAX_IN = 64
 # NCHW algorithms outweighs two passes over the tensors. A 1x1 layer never pays that alone: its
 # input is as large as its work per tap (bench/bench_dispatch.py layout/dense).
 DENSE_ALONE_MIN_TAPS = 256
-# Floats per vector register the blocked kernels need: they keep tiles of 16-float vectors
-# (one channel block per pixel) in registers, 24 of them in the pointwise and dense tiles.
-# Built for 8-float AVX2 registers each becomes two and the tiles spill: ResNet-18 took 130 ms
-# blocked against 55 ms on NCHW at one thread (bench/bench_zoo.py with layout="nchw16c" and
-# "nchw"), so without AVX-512 auto keeps every layer on NCHW.
-BLOCKED_MIN_VECTOR_FLOATS = 16
 
 
 def blocked_layout_pays() -> tuple[bool, str]:
-    """Whether the kernels were built with vectors as wide as a channel block, and why not."""
+    """Whether the kernels were built with vectors as wide as a channel block (BLOCK: 16
+    floats with AVX-512, 8 with AVX2), and why not: the blocked kernels keep tiles of one
+    vector per pixel and block in registers, which would spill with narrower vectors."""
     floats = vector_floats()
-    if floats >= BLOCKED_MIN_VECTOR_FLOATS:
+    if floats >= BLOCK:
         return True, ""
-    return False, (f"the kernels were built for {floats}-float vectors (no AVX-512): the "
-                   f"channel-blocked kernels' 16-float tiles would spill from registers")
+    return False, (f"the kernels were built for {floats}-float vectors: the channel-blocked "
+                   f"kernels' {BLOCK}-float tiles would spill from registers")
 
 
 def grouped_in_blocks(p: ConvParams) -> bool:
     """A grouped layer whose groups each have as many output as input channels, a divisor of
-    16 of at least GROUPED_MIN_WIDTH: its groups lie within channel blocks, so each output
-    block reads one input block (RegNet's group widths of 8 and 16)."""
+    the block size of at least GROUPED_MIN_WIDTH: its groups lie within channel blocks, so
+    each output block reads one input block (RegNet's group widths of 8 and 16)."""
     cg = p.in_channels // p.groups
-    return (p.groups > 1 and p.out_channels == p.in_channels and 16 % cg == 0
+    return (p.groups > 1 and p.out_channels == p.in_channels and BLOCK % cg == 0
             and cg >= GROUPED_MIN_WIDTH)
 
 
+def canonical_layout(layout: str) -> str:
+    """``layout`` with an alias replaced by its name (checked by why_not_layout first)."""
+    return ALIASES.get(layout, layout)
+
+
 def why_not_layout(layout) -> Optional[str]:
-    if layout in LAYOUTS:
+    if layout in LAYOUTS or layout in ALIASES:
         return None
     return f"layout must be one of {', '.join(map(repr, LAYOUTS))}, got {layout!r}"
 
@@ -143,7 +147,7 @@ def pays_alone(kind: Optional[str], p: ConvParams) -> bool:
 
 def choose_layout(kind: Optional[str], why: str, producer_kind: Optional[str] = None,
                   reader_kinds=(), forced: str = "auto", alone: bool = False) -> tuple[str, str]:
-    """"nchw16c" or "nchw" for a convolution, and why. kind, why: blocked_kernel's answer;
+    """"nchwc" or "nchw" for a convolution, and why. kind, why: blocked_kernel's answer;
     producer_kind: the blocked kernel able to run the layer that writes its input (None if
     none); reader_kinds: the blocked kernels able to run the layers that read its output as
     their input; forced: the caller's layout ("auto" to let the rules choose); alone: whether
@@ -152,8 +156,8 @@ def choose_layout(kind: Optional[str], why: str, producer_kind: Optional[str] = 
         return "nchw", why
     if forced == "nchw":
         return "nchw", "forced by the caller (layout='nchw')"
-    if forced == "nchw16c":
-        return "nchw16c", f"{why}; forced by the caller (layout='nchw16c')"
+    if forced == "nchwc":
+        return "nchwc", f"{why}; forced by the caller (layout='nchwc')"
     pays, why_not_blocked = blocked_layout_pays()
     if not pays:
         return "nchw", why_not_blocked
@@ -164,16 +168,16 @@ def choose_layout(kind: Optional[str], why: str, producer_kind: Optional[str] = 
         wanted = sorted({k for k in reader_kinds if k != "direct"})
         if not wanted:
             return "nchw", "no pointwise or depthwise layer reads its output"
-        return "nchw16c", (f"reads NCHW and writes the blocks its {' and '.join(wanted)} "
+        return "nchwc", (f"reads NCHW and writes the blocks its {' and '.join(wanted)} "
                            f"reader takes, instead of a layout change")
     if producer_kind is not None:
-        return "nchw16c", (f"{kind} after a {producer_kind} layer: no layout change between "
+        return "nchwc", (f"{kind} after a {producer_kind} layer: no layout change between "
                            f"them, no packing or transposes")
     if reader_kinds:
-        return "nchw16c", (f"{kind} before a {reader_kinds[0]} layer: no layout change between "
+        return "nchwc", (f"{kind} before a {reader_kinds[0]} layer: no layout change between "
                            f"them, no packing or transposes")
     if alone:
-        return "nchw16c", (f"{why}: with this many taps it beats the NCHW algorithms by more "
+        return "nchwc", (f"{why}: with this many taps it beats the NCHW algorithms by more "
                            f"than a layout change each way costs")
     return "nchw", (f"{kind}, but no neighbour has a blocked kernel: a layout change each way "
                     f"would cost more than the blocked kernel saves")

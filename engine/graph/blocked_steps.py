@@ -55,7 +55,7 @@ class ToBlocked(_LayoutChange):
         return [Info(blocked.blocked_shape(x.shape), F32)]
 
     def describe(self, ins, outs):
-        return "layout: NCHW -> NCHW16c for the blocked layers that read it"
+        return f"layout: NCHW -> {blocked.NAME} for the blocked layers that read it"
 
 
 class FromBlocked(_LayoutChange):
@@ -71,7 +71,7 @@ class FromBlocked(_LayoutChange):
         return [Info((n, self.channels, h, w), F32)]
 
     def describe(self, ins, outs):
-        return "layout: NCHW16c -> NCHW for a reader that needs NCHW"
+        return f"layout: {blocked.NAME} -> NCHW for a reader that needs NCHW"
 
 
 class BlockedGlobalAveragePool(_Internal):
@@ -102,7 +102,7 @@ class BlockedGlobalAveragePool(_Internal):
         return float(ins[0].size)
 
     def describe(self, ins, outs):
-        return "on the NCHW16c input in place"
+        return f"on the {blocked.NAME} input in place"
 
 
 class BlockedPool(_Internal):
@@ -147,7 +147,8 @@ class BlockedPool(_Internal):
 
     def describe(self, ins, outs):
         what = "max" if self.divisor is None else "average"
-        return f"{what} pooling on NCHW16c: one vector of 16 channels per tap"
+        return (f"{what} pooling on {blocked.NAME}: one vector of {blocked.BLOCK} channels per "
+                "tap")
 
 
 class BlockedBatchNorm(_Internal):
@@ -181,7 +182,7 @@ class BlockedBatchNorm(_Internal):
         return 2.0 * outs[0].size
 
     def describe(self, ins, outs):
-        text = "on NCHW16c: one vector of scales and shifts per block"
+        text = f"on {blocked.NAME}: one vector of scales and shifts per block"
         return text + (f" | + {self.activation} in the same pass" if self.activation else "")
 
 
@@ -209,7 +210,7 @@ class BlockedConcat(_Internal):
         return step
 
     def describe(self, ins, outs):
-        return "on NCHW16c: the inputs' blocks one after another"
+        return f"on {blocked.NAME}: the inputs' blocks one after another"
 
 
 class BlockedConv(_Internal):
@@ -228,7 +229,7 @@ class BlockedConv(_Internal):
         self.macs = math.prod(self.conv_shape) * math.prod(conv.w.shape[1:])
         self._flops = conv.flops(ins, outs)
         # packed once per Conv, shared by every plan (see rewrite's side_by_side)
-        self.pack_key = f"nchw16c_{kind}"
+        self.pack_key = f"nchw{blocked.BLOCK}c_{kind}"
         if kind == "grouped":
             def pack():
                 return blocked.pack_grouped(conv.w, conv.w.shape[1], conv.b)
@@ -306,16 +307,18 @@ class BlockedConv(_Internal):
         return self._flops
 
     def describe(self, ins, outs):
-        text = {"pointwise": "pointwise on NCHW16c: one broadcast-FMA GEMM over the input's "
+        name, b = blocked.NAME, blocked.BLOCK
+        text = {"pointwise": f"pointwise on {name}: one broadcast-FMA GEMM over the input's "
                              "channel blocks, no packing",
-                "depthwise": "depthwise on NCHW16c: one vector of 16 channels per pixel and "
+                "depthwise": f"depthwise on {name}: one vector of {b} channels per pixel and "
                              "tap, no transposes",
-                "direct": "direct NCHW -> NCHW16c: few input channels, eight output pixels a "
+                "direct": f"direct NCHW -> {name}: few input channels, eight output pixels a "
                           "time, and the layers after it read blocks",
-                "grouped": "grouped on NCHW16c: each output block from its input block, four "
+                "grouped": f"grouped on {name}: each output block from its input block, four "
                            "pixels a time",
-                "dense": "dense on NCHW16c: the pointwise tile with taps, six pixels of a row "
-                         "by four output blocks, padding read as zeros, no column matrix"
+                "dense": f"dense on {name}: the pointwise tile with taps, six pixels of a row "
+                         f"by {blocked.GROUP} output blocks, padding read as zeros, no column "
+                         "matrix"
                 }[self.conv_kind]
         if self.split is not None:
             text += f" | threads by {self.split[0]}: {self.split[1]}"

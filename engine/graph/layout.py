@@ -12,7 +12,7 @@ module rewrites the graph accordingly, with the steps of engine/graph/blocked_st
 ``rewrite(graph, ops, input_shapes, layout)`` returns the graph the plan runs, the ops for its
 nodes, each convolution's layout choice with its reason, and its own inference of the graph
 (which the plan reuses for the nodes left alone, so each is inferred once per plan): each
-blocked convolution becomes a ``BlockedConv`` writing ``<name>#nchw16c``; a ``ToBlocked`` step
+blocked convolution becomes a ``BlockedConv`` writing ``<name>#nchwc``; a ``ToBlocked`` step
 precedes the first blocked reader of an NCHW tensor, a ``FromBlocked`` step (writing the
 original name) the first NCHW reader of a blocked one; a GlobalAveragePool reading a blocked
 tensor reads it in place. Elementwise steps between blocked layers (activations, residual
@@ -28,7 +28,8 @@ from __future__ import annotations
 import math
 
 from ..dispatch.conv import ConvParams
-from ..dispatch.layout import blocked_kernel, choose_layout, pays_alone, why_not_layout
+from ..dispatch.layout import (blocked_kernel, canonical_layout, choose_layout, pays_alone,
+                               why_not_layout)
 from ..ops import blocked
 from .blocked_steps import (BlockedBatchNorm, BlockedConcat, BlockedConv,
                             BlockedGlobalAveragePool, BlockedPool, FromBlocked, ToBlocked)
@@ -36,7 +37,7 @@ from .ir import Graph, Node
 from .ops import F32
 from .plan import Inferred, infer_nodes
 
-SUFFIX = "#nchw16c"
+SUFFIX = "#nchwc"
 
 
 # Elementwise operators that may run on channel-blocked tensors unchanged: each maps finite
@@ -152,11 +153,12 @@ def rewrite(graph: Graph, ops: dict, input_shapes: dict, layout: str = "auto"):
     objects when nothing is blocked; choices {node name: (layout, reason)} for every
     convolution whose input is not computed while planning; inferred: what this pass's
     inference found, which the plan reuses for every node it did not change. layout: "auto",
-    or "nchw" / "nchw16c" to force one
+    or "nchw" / "nchwc" to force one
     (engine.dispatch.layout)."""
     reason = why_not_layout(layout)
     if reason is not None:
         raise ValueError(reason)
+    layout = canonical_layout(layout)
     infos, folded, found, choices = {}, {}, {}, {}
     for node, op, ins, outs, names in infer_nodes(graph, ops, input_shapes, infos, folded):
         if getattr(op, "kind", "") != "Conv" or any(i in folded for i in node.inputs[:1]):
@@ -212,7 +214,7 @@ def rewrite(graph: Graph, ops: dict, input_shapes: dict, layout: str = "auto"):
         reader_kinds = [found[r.name][0] for r in reader_convs(node.outputs[0])
                         if found[r.name][0] is not None]
         choices[name] = choose_layout(kind, why, producer_kind, reader_kinds, layout, alone)
-        if choices[name][0] == "nchw16c":
+        if choices[name][0] == "nchwc":
             keep.add(name)
     prior = Inferred(infos, folded, ops)
     if not keep:
@@ -243,14 +245,14 @@ def rewrite(graph: Graph, ops: dict, input_shapes: dict, layout: str = "auto"):
     def as_blocked(name):
         if name not in blocked_name:          # an NCHW tensor a blocked layer reads
             blocked_name[name] = fresh(name + SUFFIX)
-            node = Node("ToBlocked", fresh(name + ":to_nchw16c"), [name], [blocked_name[name]])
+            node = Node("ToBlocked", fresh(name + ":to_nchwc"), [name], [blocked_name[name]])
             add(node, ToBlocked(node))
         return blocked_name[name]
 
     def as_nchw(name):
         if name not in nchw_ready:            # a blocked tensor an NCHW reader needs
             nchw_ready.add(name)
-            node = Node("FromBlocked", fresh(name + ":from_nchw16c"), [blocked_name[name]],
+            node = Node("FromBlocked", fresh(name + ":from_nchwc"), [blocked_name[name]],
                         [name])
             add(node, FromBlocked(node, infos[name].shape[1]))
         return name

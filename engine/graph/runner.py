@@ -8,7 +8,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from .._threads import blas_pinned, fork_safe, resolve_threads
-from ..dispatch.layout import why_not_layout
+from ..dispatch.layout import canonical_layout, why_not_layout
 from ..dispatch.policy import DEFAULT_POLICY, choice_policy
 from ..errors import ModelError
 from ..memory import format_bytes, memory_budget, release_free_heap, resolve_max_memory
@@ -45,8 +45,9 @@ class Model:
 
     num_threads: kernel threads for this model's runs; None follows engine.set_num_threads.
     layout: "auto" lets engine/dispatch/layout.py choose which convolutions run in the
-    channel-blocked layout (NCHW16c); "nchw" runs every one on NCHW, "nchw16c" every one a
-    blocked kernel can run (for comparing the layouts).
+    channel-blocked layout (NCHWc: 16 channels a block with AVX-512, 8 with AVX2); "nchw" runs
+    every one on NCHW, "nchwc" every one a blocked kernel can run (for comparing the layouts;
+    "nchw16c", its earlier name, is taken too).
     max_memory: the bytes a plan may make the model hold (weights, transformed weights, values
     computed while planning, one thread's activation arena, the arrays a run returns; see
     Plan.budget_parts); None for engine.memory.default_max_memory(), half of the RAM. Loading
@@ -70,7 +71,7 @@ class Model:
         reason = why_not_layout(layout)
         if reason is not None:
             raise ValueError(reason)
-        self._layout = layout
+        self._layout = canonical_layout(layout)
         graph.check()
         static = self._declared_shapes(graph)
         with memory_budget(self.max_memory), choice_policy(self.policy):
@@ -144,7 +145,7 @@ class Model:
 
     @property
     def layout(self) -> str:
-        """The layout asked for at load: "auto", "nchw" or "nchw16c"."""
+        """The layout asked for at load: "auto", "nchw" or "nchwc"."""
         return self._layout
 
     @property

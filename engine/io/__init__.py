@@ -34,7 +34,7 @@ def load(source, *, num_threads=None, wisdom=None, accuracy="fast", max_memory=N
     engine.ModelError naming the largest tensors, before anything that size is allocated.
     ``model.memory()`` reports what a loaded model holds.
     layout: "auto" lets engine/dispatch/layout.py choose which convolutions run in the
-    channel-blocked layout (NCHW16c); "nchw" or "nchw16c" forces one for every convolution
+    channel-blocked layout (NCHWc); "nchw" or "nchwc" forces one for every convolution
     a blocked kernel can run (for comparing the layouts).
     wisdom: a file written by engine.tune whose measured choices replace the rules' for the
     layers it names; None reads the per-user default file if there is one, False none. A file

@@ -1,9 +1,11 @@
-"""Convolutions on channel-blocked activations (NCHW16c: [N][ceil(C/16)][H][W][16], channels
-beyond C zero where a tensor is converted, finite after any step), the layout the graph
-runner keeps chains of pointwise and depthwise layers in (engine/graph/layout.py). Kernels: kernels/_nchwc.h, kernels/nchwc.pyx.
+"""Convolutions on channel-blocked activations (NCHWc: [N][ceil(C/B)][H][W][B], B = BLOCK
+channels a block, one vector register: 16 with AVX-512, 8 with AVX2; channels beyond C zero
+where a tensor is converted, finite after any step), the layout the graph runner keeps chains
+of pointwise and depthwise layers in (engine/graph/layout.py). Kernels: kernels/_nchwc.h,
+kernels/nchwc.pyx.
 
-Weights are rearranged once, here: pointwise weights in groups of up to four output blocks, each
-[input channel][output channel of the group]; depthwise weights [block][kh][kw][16]. Padded
+Weights are rearranged once, here: pointwise weights in groups of up to GROUP output blocks,
+each [input channel][output channel of the group]; depthwise weights [block][kh][kw][B]. Padded
 input channels get zero weights, so whatever finite values the padding channels carry (an
 activation such as sigmoid maps their zeros to 0.5) add nothing; padded output channels get
 zero weights and bias.
@@ -16,6 +18,7 @@ from .._kernels import nchwc
 
 BLOCK = nchwc.BLOCK
 GROUP = nchwc.GROUP
+NAME = f"NCHW{BLOCK}c"          # the layout's name in explain()
 # Boundary the weights of a plan's blocked layers start on: one transparent huge page.
 HUGE_PAGE = 2 << 20
 
@@ -25,7 +28,7 @@ def blocks(channels: int) -> int:
 
 
 def blocked_shape(shape) -> tuple:
-    """(N, C, H, W) -> the blocked array's shape (N, ceil(C/16), H, W, 16)."""
+    """(N, C, H, W) -> the blocked array's shape (N, ceil(C/B), H, W, B)."""
     n, c, h, w = shape
     return (n, blocks(c), h, w, BLOCK)
 

@@ -112,7 +112,7 @@ class SqueezeExcite(Op):
 
     def describe(self, ins, outs):
         act = f" -> {self.activation}" if self.activation else ""
-        where = "on the NCHW16c input in place" if len(ins[0].shape) == 5 else "on NCHW"
+        where = f"on the {blocked.NAME} input in place" if len(ins[0].shape) == 5 else "on NCHW"
         return (f"squeeze-excite in one step: mean -> 1x1 ({self.w1t.shape[0]}->"
                 f"{self.w1t.shape[1]}){act} -> 1x1 -> {self.gate} -> scale, {where}")
 
