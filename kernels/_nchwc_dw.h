@@ -110,31 +110,6 @@ static void ce_nc_dw_interior_k(const float *const *r, const float *const *wr, i
 }
 
 #if defined(__AVX512F__)
-/* act over n vectors at p, in place: the switch taken once, outside the loop, and the common
- * activations inlined (ce_nc_act itself, with every case, is too big to inline everywhere) */
-static void ce_nc_act_span(float *p, ptrdiff_t n, ce_act_t act)
-{
-    const ce_nc_vf zero = {0};
-    switch (act.code) {
-    case CE_ACT_CODE_NONE:
-        return;
-#define CE_NC_SPAN(CODE, EXPR)                                                              \
-    case CODE:                                                                              \
-        for (ptrdiff_t i = 0; i < n; i++) {                                                 \
-            ce_nc_vf v = CE_NC_LD(p + i * CE_NC_B);                                         \
-            CE_NC_ST(p + i * CE_NC_B, EXPR);                                                \
-        }                                                                                   \
-        return;
-    CE_NC_SPAN(CE_ACT_CODE_RELU, ce_nc_act_m_select(v < zero, v, zero))
-    CE_NC_SPAN(CE_ACT_CODE_SILU, v * ce_nc_act_m_sigmoid(v))
-    CE_NC_SPAN(CE_ACT_CODE_HARDSWISH, ce_nc_act_m_hardswish(v))
-#undef CE_NC_SPAN
-    default:
-        for (ptrdiff_t i = 0; i < n; i++)
-            CE_NC_ST(p + i * CE_NC_B, ce_nc_act(CE_NC_LD(p + i * CE_NC_B), act));
-    }
-}
-
 /* A 5x5 kernel, stride and dilation 1, on eight output columns from input column ix0 on (m of
  * them in the row): the 12 input vectors of a kernel row loaded once for its five taps, eight
  * sums side by side, each from the bias through its taps in row-major order (the order of
@@ -208,7 +183,8 @@ static void ce_nc_dw_row_5x5(const float *x, int H, int W, int OW, int iy0, int 
     for (int ox0 = 0; ox0 < OW; ox0 += 8)
         ce_nc_dw8_5x5(r, wr, nr, b, ox0 - pl, W, out + (ptrdiff_t)ox0 * CE_NC_B,
                       OW - ox0 < 8 ? OW - ox0 : 8);
-    ce_nc_act_span(out, OW, act);       /* the row, still in L1 */
+    if (act.code != CE_ACT_CODE_NONE)   /* the row, still in L1 */
+        ce_nc_act_map(out, out, (ptrdiff_t)OW * CE_NC_B, 1.0f, 0.0f, act);
 }
 #endif
 
@@ -216,9 +192,9 @@ static void ce_nc_dw_row_5x5(const float *x, int H, int W, int OW, int iy0, int 
  * x[H][W][16]; w: kh * kw vectors of weights (tap-major), bias one vector. Taps in the padding
  * are skipped. The columns whose taps are all inside the plane run without checks, over the
  * kernel rows inside it (3x3 by its own unrolled loop). */
-static void ce_nc_dw_row(const float *x, int H, int W, int OW, int oy, int sh, int sw, int pt,
-                         int pl, int kh, int kw, int dh, int dw, const float *w,
-                         const float *bias, float *out, ce_act_t act)
+static void ce_nc_dw_row_act(const float *x, int H, int W, int OW, int oy, int sh, int sw,
+                             int pt, int pl, int kh, int kw, int dh, int dw, const float *w,
+                             const float *bias, float *out, ce_act_t act)
 {
     const ptrdiff_t B = CE_NC_B;
     const ce_nc_vf b = CE_NC_LD(bias);
@@ -277,8 +253,7 @@ static void ce_nc_dw_row(const float *x, int H, int W, int OW, int oy, int sh, i
 #define CE_NC_DW_ACT(NR)                                                                    \
         switch (act.code) {                                                                 \
         CE_NC_DW_ACT1(NR, CE_ACT_CODE_NONE) CE_NC_DW_ACT1(NR, CE_ACT_CODE_RELU)             \
-        CE_NC_DW_ACT1(NR, CE_ACT_CODE_RELU6) CE_NC_DW_ACT1(NR, CE_ACT_CODE_SILU)            \
-        CE_NC_DW_ACT1(NR, CE_ACT_CODE_HARDSWISH)                                            \
+        CE_NC_DW_ACT1(NR, CE_ACT_CODE_RELU6)                                                \
         default: ce_nc_dw_interior(r, wv, NR, b, lo, hi, sw, pl, d1, out, act); break;      \
         }
         switch (nr) {
@@ -293,6 +268,20 @@ static void ce_nc_dw_row(const float *x, int H, int W, int OW, int oy, int sh, i
     for (int ox = hi > lo ? hi : lo; ox < OW; ox++)
         CE_NC_ST(out + ox * B, ce_nc_act(ce_nc_dw_pixel(x, H, W, iy0, ox * sw - pl, kh, kw, dh,
                                                         dw, w, b), act));
+}
+
+/* ce_nc_dw_row_act with an activation past the clamps mapped over the row once it is written
+ * (ce_nc_act_span) */
+static void ce_nc_dw_row(const float *x, int H, int W, int OW, int oy, int sh, int sw, int pt,
+                         int pl, int kh, int kw, int dh, int dw, const float *w,
+                         const float *bias, float *out, ce_act_t act)
+{
+    const ce_act_t none = {CE_ACT_CODE_NONE, 0.0f, 0.0f};
+    int inline_act = CE_NC_ACT_INLINE(act.code);
+    ce_nc_dw_row_act(x, H, W, OW, oy, sh, sw, pt, pl, kh, kw, dh, dw, w, bias, out,
+                     inline_act ? act : none);
+    if (!inline_act)
+        ce_nc_act_span(out, OW, act);
 }
 
 #endif
