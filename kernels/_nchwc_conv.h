@@ -139,6 +139,9 @@ static void ce_nc_conv_band(const float *x, int C, int H, int W, int Kb, int OH,
     const ptrdiff_t per_block = (ptrdiff_t)kh * kw * B * nk * B;
     const float *wg = w + (ptrdiff_t)kb0 * Cb * kh * kw * B * B;
     const float *bb = bias + kb0 * B;
+    /* a row in tiles of as even widths as its pixels allow: 7 as 3 + 4, not 6 + 1, whose one
+     * pixel keeps only NK sums in flight, too few to hide the multiply-add's latency */
+    const int tiles = (OW + CE_NC_TILE_PIXELS - 1) / CE_NC_TILE_PIXELS;
     for (int c0 = 0; c0 < Cb; c0 += batch) {
         int nb = Cb - c0 < batch ? Cb - c0 : batch;
         int first = c0 == 0, last = c0 + nb == Cb;
@@ -146,8 +149,8 @@ static void ce_nc_conv_band(const float *x, int C, int H, int W, int Kb, int OH,
         const float *xb = x + c0 * xs, *wb = wg + c0 * per_block;
         for (int oy = oy0; oy < oy1; oy++) {
             ptrdiff_t o0 = (ptrdiff_t)kb0 * os + (ptrdiff_t)oy * OW * B;
-            for (int ox = 0; ox < OW; ox += CE_NC_TILE_PIXELS) {
-                int np = OW - ox < CE_NC_TILE_PIXELS ? OW - ox : CE_NC_TILE_PIXELS;
+            for (int t = 0; t < tiles; t++) {
+                int ox = t * OW / tiles, np = (t + 1) * OW / tiles - ox;
                 ptrdiff_t at = o0 + (ptrdiff_t)ox * B;
                 ce_nc_conv_tiles[nk - 1][np - 1](
                     xb, xs, nb, nclast, H, W, oy * sh - pt, ox * sw - pl, sw, kh, kw, dh, dw,

@@ -7,6 +7,7 @@
 # Results do not depend on the thread count: each output is computed whole by one thread, in an
 # order fixed by the shapes.
 from cython.parallel cimport prange
+from libc.string cimport memcpy
 
 from _epilogue cimport ce_act_t, check_act
 
@@ -128,6 +129,35 @@ def f32_from_blocked(const float[:, :, :, :, ::1] x, float[:, :, :, ::1] out, in
         cb = it % Cb
         ce_nc_from_blocked(xp + it * P * CE_NC_B, P, <int>min(CE_NC_B, C - cb * CE_NC_B),
                            op + (n * C + cb * CE_NC_B) * P)
+
+
+def f32_subsample_blocked(const float[:, :, :, :, ::1] x, float[:, :, :, :, ::1] out, int sh,
+                          int sw, int num_threads):
+    """out[n, cb, oy, ox] = x[n, cb, oy * sh, ox * sw] (one vector per pixel): the input of a
+    1x1 convolution with strides and no padding, which the pointwise kernel then runs on whole
+    tiles of pixels. The threads take ranges of output rows."""
+    check_blocked(x.shape, "x")
+    check_blocked(out.shape, "out")
+    cdef Py_ssize_t N = x.shape[0], Cb = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t OH = out.shape[2], OW = out.shape[3]
+    if sh < 1 or sw < 1:
+        raise ValueError(f"strides must be positive, got {sh}x{sw}")
+    if out.shape[0] != N or out.shape[1] != Cb or OH != (H + sh - 1) // sh or OW != (W + sw - 1) // sw:
+        raise ValueError(f"out {tuple(out.shape)} must be x {tuple(x.shape)} taken every "
+                         f"{sh}x{sw} pixels")
+    if N == 0 or Cb == 0 or OH == 0 or OW == 0:
+        return
+    cdef const float* xp = &x[0, 0, 0, 0, 0]
+    cdef float* op = &out[0, 0, 0, 0, 0]
+    cdef Py_ssize_t it, ox, rows = N * Cb * OH
+    cdef const float* src
+    cdef float* dst
+    num_threads = <int>max(1, min(num_threads, rows))
+    for it in prange(rows, nogil=True, num_threads=num_threads, schedule="static"):
+        src = xp + ((it // OH) * H + (it % OH) * sh) * W * CE_NC_B
+        dst = op + it * OW * CE_NC_B
+        for ox in range(OW):
+            memcpy(dst + ox * CE_NC_B, src + ox * sw * CE_NC_B, CE_NC_B * sizeof(float))
 
 
 def f32_global_avg_blocked(const float[:, :, :, :, ::1] x, float[:, ::1] out,

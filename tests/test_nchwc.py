@@ -66,6 +66,22 @@ def test_layout_changes_refuse_mismatched_shapes():
         nchwc.f32_from_blocked(np.zeros((1, 3, 4, 3, B), np.float32), x, 1)
 
 
+@pytest.mark.parametrize("shape, strides", [((1, 20, 9, 7), (2, 2)), ((2, 8, 5, 6), (3, 1)),
+                                            ((1, 33, 1, 4), (1, 2)), ((1, 16, 28, 28), (2, 2))])
+def test_subsample_takes_every_stride_pixel(rng, shape, strides):
+    xb = blocked.to_blocked(f32(rng, *shape))
+    want = xb[:, :, ::strides[0], ::strides[1]]
+    for t in (1, 2):
+        out = np.full(want.shape, np.nan, np.float32)
+        nchwc.f32_subsample_blocked(xb, out, *strides, t)
+        np.testing.assert_array_equal(out, want)
+    with pytest.raises(ValueError, match="taken every"):
+        nchwc.f32_subsample_blocked(xb, np.zeros(want.shape[:3] + (want.shape[3] + 1, B),
+                                                  np.float32), *strides, 1)
+    with pytest.raises(ValueError, match="strides"):
+        nchwc.f32_subsample_blocked(xb, want.copy(), 0, 1, 1)
+
+
 # -------------------------------------------------------------------------------- pointwise
 
 def run_pointwise(x, w, b, residual, act, threads, group_slack=1.0):
@@ -485,7 +501,8 @@ def test_conv_kind_rules(rng):
         return kind
     assert kind(f32(rng, 8, 4, 1, 1), {}, (1, 4, 5, 5)) == "pointwise"
     assert kind(f32(rng, 8, 4, 1, 1), {}, (1, 4, 5, 5), "relu6") == "pointwise"
-    assert kind(f32(rng, 8, 40, 1, 1), {"strides": [2, 2]}, (1, 40, 5, 5)) == "dense"
+    # a strided 1x1: the pointwise kernel on the input taken every stride pixels
+    assert kind(f32(rng, 8, 40, 1, 1), {"strides": [2, 2]}, (1, 40, 5, 5)) == "pointwise"
     assert kind(f32(rng, 8, 40, 1, 1), {"pads": [1, 1, 1, 1]}, (1, 40, 5, 5)) == "dense"
     assert kind(f32(rng, 8, 40, 1, 7), {"pads": [0, 3, 0, 3]}, (1, 40, 5, 9)) == "dense"
     assert kind(f32(rng, 8, 40, 3, 3), {"strides": [2, 2]}, (1, 40, 9, 9)) == "dense"

@@ -181,7 +181,9 @@ def test_a_downsampling_block_runs_blocked_through_its_strided_layers(rng, threa
         blocked_model, nchw_model = Model(g), Model(g, layout="nchw")
         got = blocked_model({"x": x})["y"]
         text = blocked_model.explain()
-        assert text.count(f"dense on {NAME}") == 2, text
+        # the 3x3 stride 2 on the dense kernel, the 1x1 stride-2 shortcut on the pointwise one
+        assert text.count(f"dense on {NAME}") == 1, text
+        assert text.count("on the input taken every 2x2 pixels") == 1, text
         np.testing.assert_allclose(got, nchw_model({"x": x})["y"], rtol=0,
                                    atol=1e-5 * float(np.abs(got).max()))
         engine.set_num_threads(1)
@@ -193,14 +195,15 @@ def test_a_downsampling_block_runs_blocked_through_its_strided_layers(rng, threa
 @pytest.mark.parametrize("residual", [False, True])
 def test_a_narrow_strided_shortcut_after_a_blocked_layer_stays_blocked(rng, residual):
     """RegNet's first shortcut: a 1x1 stride-2 layer of 32 taps reading a blocked layer's
-    output (and with the block's sum added to it) runs on the dense blocked kernel, not on the
-    direct one that reads NCHW and would need a layout change before it."""
+    output (and with the block's sum added to it) runs on the pointwise blocked kernel (on the
+    input taken every other pixel), not on the direct one that reads NCHW and would need a
+    layout change before it; reading NCHW with no residual, the direct one."""
     from engine.dispatch import ConvParams
     from engine.dispatch.layout import blocked_kernel
     p = ConvParams(32, 32, (1, 1), (2, 2), (1, 1), 1, ((0, 0), (0, 0)), (28, 28))
     assert blocked_kernel(p)[0] == "direct"
-    assert blocked_kernel(p, blocked_input=True)[0] == "dense"
-    assert blocked_kernel(p, residual=True)[0] == "dense"
+    assert blocked_kernel(p, blocked_input=True)[0] == "pointwise"
+    assert blocked_kernel(p, residual=True)[0] == "pointwise"
     w = {"w0": f32(rng, 32, 32, 1, 1) * 0.2, "w1": f32(rng, 32, 32, 1, 1) * 0.2,
          "wd": f32(rng, 32, 32, 1, 1) * 0.2, "w2": f32(rng, 32, 32, 3, 3) * 0.1}
     nodes = [Node("Conv", "c0", ["x", "w0"], ["x0"]), Node("Relu", "r0", ["x0"], ["b0"]),
@@ -215,7 +218,7 @@ def test_a_narrow_strided_shortcut_after_a_blocked_layer_stays_blocked(rng, resi
               [TensorSpec("y", None, "float32")], w)
     model = Model(g)
     line = [t for t in model.explain().splitlines() if " cd " in t or "…cd" in t or " cd" in t]
-    assert line and f"dense on {NAME}" in line[0], model.explain()
+    assert line and "on the input taken every 2x2 pixels" in line[0], model.explain()
     x = f32(rng, 1, 32, 28, 28)
     got = model({"x": x})["y"]
     np.testing.assert_allclose(got, Model(g, layout="nchw")({"x": x})["y"], rtol=0,

@@ -101,8 +101,8 @@ def winograd_shaped(p: ConvParams) -> bool:
 
 def blocked_kernel(p: ConvParams, activation=None, residual: Optional[bool] = None,
                    blocked_input: bool = False) -> tuple[Optional[str], str]:
-    """The channel-blocked kernel able to run the layer, and why: "pointwise" (1x1 stride 1
-    unpadded, one group), "depthwise" (multiplier 1, any kernel, stride, dilation, padding),
+    """The channel-blocked kernel able to run the layer, and why: "pointwise" (1x1 unpadded,
+    one group; with strides the input is subsampled first), "depthwise" (multiplier 1, any kernel, stride, dilation, padding),
     "grouped" (groups of GROUPED_MIN_WIDTH to 16 channels each way, within blocks), "direct"
     (one group, at most BLOCKED_DIRECT_MAX_TAPS taps, NCHW in), "dense" (one group, any other
     kernel but Winograd's 3x3 stride 1), or None.
@@ -118,14 +118,17 @@ def blocked_kernel(p: ConvParams, activation=None, residual: Optional[bool] = No
         return None, ("the residual broadcasts: the blocked kernels add only one of the "
                       "output's shape")
     taps = p.in_channels * p.kernel[0] * p.kernel[1]
-    if is_pointwise(p) and p.groups == 1:
-        kind = "pointwise"
+    direct = (p.groups == 1 and taps <= BLOCKED_DIRECT_MAX_TAPS
+              and (winograd_shaped(p) or not blocked_input and residual is None))
+    if p.kernel == (1, 1) and p.groups == 1 and (
+            p.pads is None or p.pads == ((0, 0), (0, 0))) and (
+            p.stride == (1, 1) or not direct):
+        kind = "pointwise"      # with strides, on the input taken every stride pixels
     elif is_depthwise(p) and p.out_channels == p.in_channels:
         kind = "depthwise"
     elif grouped_in_blocks(p):
         kind = "grouped"
-    elif p.groups == 1 and taps <= BLOCKED_DIRECT_MAX_TAPS and (
-            winograd_shaped(p) or not blocked_input and residual is None):
+    elif direct:
         kind = "direct"
     elif p.groups == 1 and not winograd_shaped(p):
         kind = "dense"
