@@ -459,3 +459,26 @@ def test_a_densenet_layer_stays_blocked_through_its_batch_norms(rng):
     got = model.run({"x": x})["y"]
     np.testing.assert_allclose(got, Model(graph, layout="nchw").run({"x": x})["y"], rtol=0,
                                atol=1e-5 * float(np.abs(got).max()))
+
+
+def test_eight_float_builds_keep_wide_and_stem_dense_layers_on_nchw(monkeypatch):
+    """Built for 8-float vectors, the dense blocked kernel takes neither layers of over
+    DENSE_8F_MAX_TAPS taps nor stems of fewer input channels than DENSE_8F_MIN_IN_CHANNELS (it
+    ran them slower than NCHW) and says why; narrower layers it still takes; 16-float builds
+    take all of them."""
+    from engine.dispatch import ConvParams
+    from engine.dispatch.conv import ASSUME_VECTOR_FLOATS_ENV
+    from engine.dispatch.layout import DENSE_8F_MAX_TAPS, blocked_kernel
+    pads = ((1, 1), (1, 1))
+    wide = ConvParams(256, 256, (3, 3), (2, 2), (1, 1), 1, pads, (14, 14))
+    stem = ConvParams(3, 64, (7, 7), (2, 2), (1, 1), 1, ((3, 3), (3, 3)), (224, 224))
+    narrow = ConvParams(64, 64, (3, 3), (2, 2), (1, 1), 1, pads, (28, 28))
+    assert 64 * 9 <= DENSE_8F_MAX_TAPS < 256 * 9
+    monkeypatch.setenv(ASSUME_VECTOR_FLOATS_ENV, "16")
+    assert [blocked_kernel(p, blocked_input=True)[0] for p in (wide, stem, narrow)] == [
+        "dense"] * 3
+    monkeypatch.setenv(ASSUME_VECTOR_FLOATS_ENV, "8")
+    for p in (wide, stem):
+        kind, why = blocked_kernel(p, blocked_input=True)
+        assert kind is None and "8-float vectors" in why, why
+    assert blocked_kernel(narrow, blocked_input=True)[0] == "dense"

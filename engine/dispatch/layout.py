@@ -50,6 +50,13 @@ WINOGRAD_BLOCKED_MAX_IN = 64
 # NCHW algorithms outweighs two passes over the tensors. A 1x1 layer never pays that alone: its
 # input is as large as its work per tap (bench/bench_dispatch.py layout/dense).
 DENSE_ALONE_MIN_TAPS = 256
+# On 8-float builds (AVX2, tiles of 6 pixels x 2 blocks), most taps of a layer the dense
+# blocked kernel runs, and fewest input channels: from 1152 taps the 3x3 stride-2 layers of
+# ResNet-18/50 ran 11-40% slower than on NCHW (im2col and the packed GEMM), and the 7x7
+# stride-2 stems on 3 channels, whose tile does a tap's pointer work for 3 channels,
+# 4.3 ms against 3.1 (bench/bench_zoo.py, DenseNet-121, ResNet-50, ResNet-18).
+DENSE_8F_MAX_TAPS = 1024
+DENSE_8F_MIN_IN_CHANNELS = 8
 
 
 def blocked_layout_pays() -> tuple[bool, str]:
@@ -136,6 +143,12 @@ def blocked_kernel(p: ConvParams, activation=None, residual: Optional[bool] = No
         return None, (f"no channel-blocked kernel for {p.kernel[0]}x{p.kernel[1]} "
                       f"stride {p.stride[0]}x{p.stride[1]} {p.in_channels}->{p.out_channels} "
                       f"groups {p.groups} ({taps} taps)")
+    if kind == "dense" and vector_floats() < 16 and (
+            taps > DENSE_8F_MAX_TAPS or p.in_channels < DENSE_8F_MIN_IN_CHANNELS):
+        return None, (f"{p.in_channels}->{p.out_channels} {p.kernel[0]}x{p.kernel[1]} ({taps} "
+                      f"taps): built for {vector_floats()}-float vectors, the dense blocked "
+                      f"kernel runs layers of over {DENSE_8F_MAX_TAPS} taps or under "
+                      f"{DENSE_8F_MIN_IN_CHANNELS} input channels slower than NCHW")
     if residual is not None and kind not in ("pointwise", "dense"):
         return None, "a residual add, which only the pointwise and dense blocked kernels make"
     return kind, f"the {kind} blocked kernel runs it"
