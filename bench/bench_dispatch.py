@@ -24,7 +24,7 @@ Groups (section/group):
                                           lone dense layer on NCHW against blocked with a
                                           layout change each way
 The layout's own choices (which layers run blocked, how blocked kernels split their threads)
-only show in whole models: bench/bench_models.py --layout auto|nchw|nchw16c.
+only show in whole models: bench/bench_models.py --layout auto|nchw|nchwc.
 """
 from __future__ import annotations
 

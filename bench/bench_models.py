@@ -100,7 +100,7 @@ def main(argv=None) -> int:
     p.add_argument("--repeat", type=int, default=11)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--size", type=int, default=224)
-    p.add_argument("--layout", default="auto", choices=["auto", "nchw", "nchw16c"],
+    p.add_argument("--layout", default="auto", choices=["auto", "nchw", "nchwc", "nchw16c"],
                    help="engine.load's layout: the blocked layout where it pays, or forced")
     p.add_argument("--model-dir", default=None,
                    help="take NAME.onnx from here if present; with --keep, write exports here")

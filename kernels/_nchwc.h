@@ -1,10 +1,11 @@
-/* Kernels on channel-blocked activations (NCHW16c): a tensor of C channels is stored as
- * [N][ceil(C / 16)][H][W][16], each pixel holding 16 consecutive channels side by side, the
- * channels beyond C zero. One vector of 16 floats is then one pixel of one channel block, so
+/* Kernels on channel-blocked activations (NCHWc): a tensor of C channels is stored as
+ * [N][ceil(C / B)][H][W][B], each pixel holding B = CE_NC_B consecutive channels side by side
+ * (one vector register: 16 with AVX-512, 8 with AVX2), the channels beyond C zero. One vector
+ * is then one pixel of one channel block, so
  *
  *   - a pointwise convolution needs no packing: for each input channel it broadcasts the
- *     channel's value at a few pixels and multiplies it into vectors of 16 output channels'
- *     weights (the weights packed once per group of up to four output blocks);
+ *     channel's value at a few pixels and multiplies it into vectors of B output channels'
+ *     weights (the weights packed once per group of up to CE_NC_GROUP output blocks);
  *   - a depthwise convolution is nine vector loads and fused multiply-adds per output pixel,
  *     with no transposes and no staging (_nchwc_dw.h; dense layers in _nchwc_conv.h, grouped
  *     ones in _nchwc_grouped.h).
@@ -12,7 +13,8 @@
  * Every output is summed over the input channels (pointwise) or taps (depthwise) in one fixed
  * order, whatever the caller's split of the work, so results do not depend on the thread count.
  * The output step adds the bias, an optional residual in the same layout, and applies the
- * activation (ce_act_t of _vec_act.h) before the one store.
+ * activation (ce_act_t of _vec_act.h) before the one store, or maps it over what was stored
+ * (ce_nc_act_span).
  */
 #ifndef CE_NCHWC_H
 #define CE_NCHWC_H

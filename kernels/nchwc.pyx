@@ -1,6 +1,6 @@
-# Kernels on channel-blocked activations, [N][ceil(C / 16)][H][W][16] (NCHW16c; the layout and
-# the micro-kernels are described in _nchwc.h): the layout changes to and from NCHW, pointwise
-# and depthwise convolution, and the global average pool. The graph runner keeps chains of
+# Kernels on channel-blocked activations, [N][ceil(C / B)][H][W][B] (NCHWc, B = BLOCK: 16 with
+# AVX-512, 8 with AVX2; the layout and the micro-kernels are described in _nchwc.h): the layout
+# changes to and from NCHW, pointwise and depthwise convolution, and the global average pool. The graph runner keeps chains of
 # pointwise and depthwise layers in this layout (engine/graph/layout.py).
 #
 # Every kernel checks the shapes it is given against one another before it releases the GIL.
@@ -605,13 +605,16 @@ def dense_pack_floats(Py_ssize_t in_blocks, Py_ssize_t out_blocks, int kh, int k
 def f32_conv2d_nchw16c(const float[:, :, :, :, ::1] x, Py_ssize_t channels,
                        const float[::1] wpack, const float[::1] bias, residual,
                        float[:, :, :, :, ::1] out, int kh, int kw, int sh, int sw, int pt,
-                       int pl, int dh, int dw, ce_act_t act, int num_threads):
-    """A dense convolution (one group) from blocks to blocks: out = act(conv(x) + bias
-    (+ residual)). x holds ``channels`` channels in its blocks; wpack: the weights packed by
+                       int pl, int dh, int dw, ce_act_t act, int num_threads, int groups=1):
+    """A dense convolution from blocks to blocks: out = act(conv(x) + bias (+ residual)).
+    x holds ``channels`` channels in its blocks; wpack: the weights packed by
     engine.ops.blocked.pack_dense (groups of up to GROUP output blocks, each
-    [Cb][kh][kw][16][blocks * 16]); bias: Kb * 16 values; residual: None or an array of out's
-    shape. Output sizes are the caller's (engine.shapes). Work items are bands of output rows
-    of one group of output blocks, ordered (image, group, band)."""
+    [Cb][kh][kw][B][blocks * B]); bias: Kb * B values; residual: None or an array of out's
+    shape. ``groups`` > 1: a grouped convolution whose groups each fill whole blocks in and
+    out (RegNet's 16-channel groups in 8-channel blocks), each group the dense one of its
+    blocks, its packs one after another. Output sizes are the caller's (engine.shapes). Work
+    items are bands of output rows of one group of output blocks, ordered (image, group,
+    band)."""
     check_act(act)
     check_blocked(x.shape, "x")
     check_blocked(out.shape, "out")
@@ -621,39 +624,47 @@ def f32_conv2d_nchw16c(const float[:, :, :, :, ::1] x, Py_ssize_t channels,
         raise ValueError(f"out {tuple(out.shape)} must have x's {N} images")
     if not (Cb - 1) * CE_NC_B < channels <= Cb * CE_NC_B:
         raise ValueError(f"channels ({channels}) must fill x's {Cb} blocks")
+    if groups < 1 or (groups > 1 and (channels != Cb * CE_NC_B or Cb % groups or Kb % groups)):
+        raise ValueError(f"groups ({groups}) must split x's {Cb} full blocks and out's {Kb} "
+                         f"blocks evenly")
     if kh < 1 or kw < 1:
         raise ValueError(f"the kernel must be at least 1x1, got {kh}x{kw}")
-    if wpack.shape[0] != dense_pack_floats(Cb, Kb, kh, kw):
-        raise ValueError(f"wpack must hold {dense_pack_floats(Cb, Kb, kh, kw)} floats, got "
-                         f"{wpack.shape[0]}")
+    cdef Py_ssize_t Cg = Cb // groups, Kg = Kb // groups
+    cdef Py_ssize_t per_group = dense_pack_floats(Cg, Kg, kh, kw)
+    if wpack.shape[0] != groups * per_group:
+        raise ValueError(f"wpack must hold {groups * per_group} floats, got {wpack.shape[0]}")
     check_window(Kb, bias.shape[0], H, W, OH, OW, sh, sw, pt, pl, dh, dw)
     cdef const float* rbase = residual_base(residual, out)
     if N == 0 or Kb == 0 or OH <= 0 or OW <= 0:
         return
-    cdef Py_ssize_t G = (Kb + CE_NC_GROUP - 1) // CE_NC_GROUP
+    cdef int cg = <int>(channels if groups == 1 else Cg * CE_NC_B)
+    cdef Py_ssize_t G = (Kg + CE_NC_GROUP - 1) // CE_NC_GROUP      # tiles' groups of blocks
     cdef int nt = <int>max(1, num_threads)
     cdef Py_ssize_t block_bytes = kh * kw * CE_NC_B * CE_NC_GROUP * CE_NC_B * 4
-    cdef int batch = <int>max(1, min(Cb, DENSE_BATCH_BYTES // block_bytes))
+    cdef int batch = <int>max(1, min(Cg, DENSE_BATCH_BYTES // block_bytes))
     cdef Py_ssize_t band = max(1, min(OH, DENSE_BAND_BYTES // (OW * CE_NC_GROUP * CE_NC_B * 4)))
     # at least two items per thread, for balance
-    while band > 1 and N * G * ((OH + band - 1) // band) < 2 * nt:
+    while band > 1 and N * groups * G * ((OH + band - 1) // band) < 2 * nt:
         band = (band + 1) // 2
     cdef Py_ssize_t nbands = (OH + band - 1) // band
-    cdef Py_ssize_t items = N * G * nbands, it, n, g, b
+    cdef Py_ssize_t items = N * groups * G * nbands, it, n, g, b, q
     nt = <int>min(nt, items)
     cdef const float* xp = &x[0, 0, 0, 0, 0]
     cdef float* op = &out[0, 0, 0, 0, 0]
     cdef const float* wp = &wpack[0]
     cdef const float* bp = &bias[0]
     cdef Py_ssize_t xs = Cb * H * W * CE_NC_B, os = Kb * OH * OW * CE_NC_B
+    cdef Py_ssize_t xg = Cg * H * W * CE_NC_B, og = Kg * OH * OW * CE_NC_B
     for it in prange(items, nogil=True, num_threads=nt, schedule="static"):
         b = it % nbands
         g = (it // nbands) % G
-        n = it // (nbands * G)
-        ce_nc_conv_band(xp + n * xs, <int>channels, <int>H, <int>W, <int>Kb, <int>OH, <int>OW,
+        q = (it // (nbands * G)) % groups
+        n = it // (nbands * G * groups)
+        ce_nc_conv_band(xp + n * xs + q * xg, cg, <int>H, <int>W, <int>Kg, <int>OH, <int>OW,
                         <int>g, <int>(b * band), <int>min(OH, (b + 1) * band), sh, sw, pt, pl,
-                        kh, kw, dh, dw, wp, bp, (rbase + n * os) if rbase != NULL else NULL,
-                        op + n * os, act, batch)
+                        kh, kw, dh, dw, wp + q * per_group, bp + q * Kg * CE_NC_B,
+                        (rbase + n * os + q * og) if rbase != NULL else NULL,
+                        op + n * os + q * og, act, batch)
 
 
 cdef extern from *:

@@ -523,7 +523,10 @@ def test_conv_kind_rules(rng):
     assert kind(f32(rng, 32, 2, 3, 3), {"group": 16}, (1, 32, 9, 9)) == "grouped"
     assert kind(f32(rng, 36, 3, 3, 3), {"group": 12}, (1, 36, 9, 9)) is None  # 16 % 3
     assert kind(f32(rng, 48, 12, 3, 3), {"group": 4}, (1, 48, 9, 9)) is None  # 16 % 12
-    assert kind(f32(rng, 64, 8, 3, 3), {"group": 4}, (1, 32, 9, 9)) is None   # 8 in, 16 out
+    # 8 in, 16 out: whole blocks each way where a block holds 8 (the dense kernel group by
+    # group), else neither in one block nor in whole ones
+    assert kind(f32(rng, 64, 8, 3, 3), {"group": 4}, (1, 32, 9, 9)) == (
+        "dense" if 8 % B == 0 else None)
 
 
 def test_eight_python_threads_running_blocked_layers_match_serial_runs(rng):

@@ -482,3 +482,62 @@ def test_eight_float_builds_keep_wide_and_stem_dense_layers_on_nchw(monkeypatch)
         kind, why = blocked_kernel(p, blocked_input=True)
         assert kind is None and "8-float vectors" in why, why
     assert blocked_kernel(narrow, blocked_input=True)[0] == "dense"
+
+
+# (N, groups, input and output blocks per group, H, W, kernel, stride, pad): RegNet's
+# 16-channel groups (two blocks where a block holds 8), groups of several blocks, more output
+# than input blocks, strides and a 1x1
+GROUPS_OF_BLOCKS = [(1, 5, 2, 2, 14, 14, 3, 1, 1), (2, 3, 1, 2, 9, 11, 3, 2, 1),
+                    (1, 2, 3, 1, 7, 7, 3, 1, 1), (1, 4, 1, 1, 5, 6, 1, 1, 0)]
+
+
+@pytest.mark.parametrize("n,groups,cbg,kbg,h,w,kk,s,p", GROUPS_OF_BLOCKS)
+def test_dense_runs_groups_of_whole_blocks(rng, n, groups, cbg, kbg, h, w, kk, s, p):
+    """Each group of whole input and output blocks is the dense convolution of its blocks:
+    per element within REL of the sum of |terms| (the direct sum of tests/reference.py), with
+    a residual and an activation, 1 and 2 threads bit-identical."""
+    c, k = groups * cbg * B, groups * kbg * B
+    x, wt, b = f32(rng, n, c, h, w), f32(rng, k, c // groups, kk, kk), f32(rng, k)
+    pads = ((p, p), (p, p))
+    ref = conv2d_ref(x, wt, b, (s, s), pads, (1, 1), groups)
+    terms = conv2d_ref(np.abs(x), np.abs(wt), np.abs(b), (s, s), pads, (1, 1), groups)
+    res = f32(rng, *ref.shape)
+    wp, bp = blocked.pack_dense(wt, b, groups)
+    assert (wp.shape, bp.shape) == blocked.packed_shapes("dense", wt.shape)
+    outs = []
+    for t in (1, 2):
+        out = np.full(blocked.blocked_shape(ref.shape), np.nan, np.float32)
+        nchwc.f32_conv2d_nchw16c(blocked.to_blocked(x), c, wp, bp, blocked.to_blocked(res), out,
+                                 kk, kk, s, s, p, p, 1, 1, kernel_act("relu"), t, groups)
+        outs.append(out)
+    np.testing.assert_array_equal(outs[0], outs[1])
+    want = np.maximum(ref + res, 0)
+    err = np.abs(blocked.from_blocked(outs[0], k).astype(np.float64) - want)
+    assert np.all(err <= REL * (terms + np.abs(res)) + 1e-30)
+    with pytest.raises(ValueError, match="groups"):      # groups must split whole blocks
+        nchwc.f32_conv2d_nchw16c(blocked.to_blocked(x), c, wp, bp, None, outs[0], kk, kk, s, s,
+                                 p, p, 1, 1, NO_ACT, 1, groups * cbg * 2)
+
+
+def test_a_grouped_layer_of_whole_block_groups_runs_dense_and_blocked(rng):
+    """Groups of two blocks each way (RegNet-X's 16-channel groups on 8-channel blocks) run
+    on the dense blocked kernel between blocked layers, values those of the NCHW plan."""
+    from engine.dispatch import ConvParams
+    from engine.dispatch.layout import blocked_kernel
+    c = 6 * B
+    p = ConvParams(c, c, (3, 3), (2, 2), (1, 1), 3, ((1, 1), (1, 1)), (14, 14))
+    assert blocked_kernel(p, blocked_input=True)[0] == "dense"
+    w = {"wa": f32(rng, c, 24, 1, 1) * 0.3, "wg": f32(rng, c, 2 * B, 3, 3) * 0.2,
+         "wb": f32(rng, c, c, 1, 1) * 0.2}
+    g = Graph([Node("Conv", "a", ["x", "wa"], ["pa"], {"activation": "relu"}),
+               Node("Conv", "g", ["pa", "wg"], ["pg"], {"pads": [1, 1, 1, 1], "group": 3,
+                                                         "strides": [2, 2]}),
+               Node("Relu", "r", ["pg"], ["rg"]), Node("Conv", "b", ["rg", "wb"], ["y"])],
+              [TensorSpec("x", (1, 24, 14, 14), "float32")], [TensorSpec("y", None, "float32")],
+              w)
+    x = f32(rng, 1, 24, 14, 14)
+    model = Model(g)
+    got = model({"x": x})["y"]
+    np.testing.assert_allclose(got, Model(g, layout="nchw")({"x": x})["y"], rtol=0,
+                               atol=1e-5 * float(np.abs(got).max()))
+    assert "each of its 3 groups on its own blocks" in model.explain()

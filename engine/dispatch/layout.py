@@ -84,6 +84,15 @@ def canonical_layout(layout: str) -> str:
     return ALIASES.get(layout, layout)
 
 
+def groups_fill_blocks(p: ConvParams) -> bool:
+    """A grouped layer whose groups each take and make whole channel blocks (RegNet's group
+    width of 16 where a block holds 8): the dense blocked kernel runs each group on its own
+    blocks."""
+    return (p.groups > 1 and p.in_channels % p.groups == 0 and p.out_channels % p.groups == 0
+            and (p.in_channels // p.groups) % BLOCK == 0
+            and (p.out_channels // p.groups) % BLOCK == 0)
+
+
 def why_not_layout(layout) -> Optional[str]:
     if layout in LAYOUTS or layout in ALIASES:
         return None
@@ -112,7 +121,7 @@ def blocked_kernel(p: ConvParams, activation=None, residual: Optional[bool] = No
     one group; with strides the input is subsampled first), "depthwise" (multiplier 1, any kernel, stride, dilation, padding),
     "grouped" (groups of GROUPED_MIN_WIDTH to 16 channels each way, within blocks), "direct"
     (one group, at most BLOCKED_DIRECT_MAX_TAPS taps, NCHW in), "dense" (one group, any other
-    kernel but Winograd's 3x3 stride 1), or None.
+    kernel but Winograd's 3x3 stride 1; or groups of whole blocks each way), or None.
     activation: the fused one (any of engine/ops/activation.py); residual: None
     without one, True if it has the output's shape (the pointwise and dense kernels add one),
     False if it broadcasts. A layer of few taps takes the dense kernel (blocks in, adds a
@@ -124,7 +133,7 @@ def blocked_kernel(p: ConvParams, activation=None, residual: Optional[bool] = No
     if residual is False:
         return None, ("the residual broadcasts: the blocked kernels add only one of the "
                       "output's shape")
-    taps = p.in_channels * p.kernel[0] * p.kernel[1]
+    taps = p.in_channels // p.groups * p.kernel[0] * p.kernel[1]
     direct = (p.groups == 1 and taps <= BLOCKED_DIRECT_MAX_TAPS
               and (winograd_shaped(p) or not blocked_input and residual is None))
     if p.kernel == (1, 1) and p.groups == 1 and (
@@ -137,8 +146,8 @@ def blocked_kernel(p: ConvParams, activation=None, residual: Optional[bool] = No
         kind = "grouped"
     elif direct:
         kind = "direct"
-    elif p.groups == 1 and not winograd_shaped(p):
-        kind = "dense"
+    elif (p.groups == 1 or groups_fill_blocks(p)) and not winograd_shaped(p):
+        kind = "dense"      # a grouped one group after another
     else:
         return None, (f"no channel-blocked kernel for {p.kernel[0]}x{p.kernel[1]} "
                       f"stride {p.stride[0]}x{p.stride[1]} {p.in_channels}->{p.out_channels} "
@@ -158,7 +167,7 @@ def pays_alone(kind: Optional[str], p: ConvParams) -> bool:
     """Whether a layer whose blocked kernel is ``kind`` runs blocked with no blocked neighbour:
     a dense one, not 1x1, of at least DENSE_ALONE_MIN_TAPS taps."""
     return (kind == "dense" and p.kernel != (1, 1)
-            and p.in_channels * p.kernel[0] * p.kernel[1] >= DENSE_ALONE_MIN_TAPS)
+            and p.in_channels // p.groups * p.kernel[0] * p.kernel[1] >= DENSE_ALONE_MIN_TAPS)
 
 
 def choose_layout(kind: Optional[str], why: str, producer_kind: Optional[str] = None,

@@ -236,10 +236,11 @@ class BlockedConv(_Internal):
                 return blocked.pack_grouped(conv.w, conv.w.shape[1], conv.b)
         else:
             def pack():
+                if kind == "dense":
+                    return blocked.pack_dense(conv.w, conv.b, conv.group)
                 return {"pointwise": blocked.pack_pointwise,
                         "depthwise": blocked.pack_depthwise,
-                        "direct": blocked.pack_direct,
-                        "dense": blocked.pack_dense}[kind](conv.w, conv.b)
+                        "direct": blocked.pack_direct}[kind](conv.w, conv.b)
         self.w, self.b = conv.transforms.get(self.pack_key, pack,
                                              blocked.packed_shapes(kind, conv.w.shape))
         # how the kernel's threads share the layer (engine.dispatch.layout), None for direct
@@ -299,11 +300,12 @@ class BlockedConv(_Internal):
             r = i[3] if len(i) > 3 and i[3] >= 0 else -1
             channels = self.logical_ins[0].shape[1]
             kh, kw = self.conv.w.shape[2:]
+            groups = self.conv.group
 
             def step(env, nt):
                 nchwc.f32_conv2d_nchw16c(env[a], channels, w, bias, env[r] if r >= 0 else None,
                                          env[b], kh, kw, sh, sw, pt, pl, dh, dw, act,
-                                         threads_for(macs, nt))
+                                         threads_for(macs, nt), groups)
             return step
         if self.conv_kind == "direct":
             def step(env, nt):
@@ -341,6 +343,8 @@ class BlockedConv(_Internal):
                          f"by {blocked.GROUP} output blocks, padding read as zeros, no column "
                          "matrix"
                 }[self.conv_kind]
+        if self.conv_kind == "dense" and self.conv.group > 1:
+            text += f", each of its {self.conv.group} groups on its own blocks"
         if self.conv_kind == "pointwise" and tuple(self.conv.strides) != (1, 1):
             sh, sw = self.conv.strides
             text += f", on the input taken every {sh}x{sw} pixels"

@@ -79,11 +79,16 @@ def pack_pointwise(weight: np.ndarray, bias=None):
     return np.concatenate(parts), _padded_bias(bias, k)
 
 
-def pack_dense(weight: np.ndarray, bias=None):
+def pack_dense(weight: np.ndarray, bias=None, groups: int = 1):
     """(K, C, kh, kw) weights and K biases -> (wpack, bias) as f32_conv2d_nchw16c reads them:
-    groups of up to four output blocks, each [input block][kh][kw][16][blocks * 16] (input
+    groups of up to GROUP output blocks, each [input block][kh][kw][B][blocks * B] (input
     channel within its block, output channel of the group). The pointwise packing is the
-    1x1 case of this one."""
+    1x1 case of this one. With ``groups`` > 1 (each group's K / groups output channels
+    filling whole blocks), each group's packing in turn."""
+    if groups > 1:
+        kg = weight.shape[0] // groups
+        parts = [pack_dense(weight[q * kg:(q + 1) * kg])[0] for q in range(groups)]
+        return np.concatenate(parts), _padded_bias(bias, weight.shape[0])
     k, c, kh, kw = weight.shape
     kb, cb = blocks(k), blocks(c)
     w = np.zeros((kb * BLOCK, cb * BLOCK, kh, kw), np.float32)
