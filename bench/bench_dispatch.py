@@ -208,7 +208,7 @@ def dense_rows(threads):
 
         def blocked_run():
             nchwc.f32_to_blocked(x, xb, threads)
-            nchwc.f32_conv2d_nchw16c(xb, c, wp, bp, None, ob, kh, kw, s, s, pads[0], pads[1],
+            nchwc.f32_conv2d_nchwc(xb, c, wp, bp, None, ob, kh, kw, s, s, pads[0], pads[1],
                                      1, 1, 0, threads)
             nchwc.f32_from_blocked(ob, y, threads)
         taps = c * kh * kw
@@ -248,7 +248,7 @@ def winograd_layout_rows(threads):
         xb = blocked.to_blocked(x)
         ob = np.empty(blocked.blocked_shape((1, k, size, size)), np.float32)
         fns = {"nchw": lambda: layer(x, out=y),
-               "blocked": lambda: nchwc.f32_conv2d_nchw16c(xb, c, wp, bp, None, ob, 3, 3, 1, 1,
+               "blocked": lambda: nchwc.f32_conv2d_nchwc(xb, c, wp, bp, None, ob, 3, 3, 1, 1,
                                                            1, 1, 1, 1, kernel_act(None),
                                                            threads)}
         p = layer.params._replace(pads=((1, 1), (1, 1)))

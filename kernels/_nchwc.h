@@ -111,8 +111,8 @@ static inline void ce_nc_act_span(float *p, ptrdiff_t n, ce_act_t act)
  * One tile: NP <= 6 pixels x NK <= 4 output blocks, over Cb input blocks (a batch of the
  * input channels: the weights of a batch stay in L1 while the tiles of a chunk pass over them).
  *   x:    the input at the tile's first pixel of the batch's first block; blocks P pixels apart;
- *   w:    the batch's packed weights [Cb * 16][NK * 16] (input channel, output channel);
- *   bias: NK * 16 values; res/out: the tile's first pixel of its first output block, blocks
+ *   w:    the batch's packed weights [Cb * B][NK * B] (input channel, output channel);
+ *   bias: NK * B values; res/out: the tile's first pixel of its first output block, blocks
  *         P pixels apart; res may be NULL.
  *   first: start from zero, else from the partial sums in out; last: finish (bias, residual,
  *         activation), else store the partial sums. The sums run over the channels in order
@@ -195,10 +195,10 @@ static const ce_nc_pw_tile_fn ce_nc_pw_tiles[CE_NC_GROUP][CE_NC_TILE_PIXELS] = {
 
 /* Tiles t0 .. t1 (of 6 pixels) of the output blocks of group g, for one image, in batches of
  * CE_NC_BATCH input blocks.
- *   x: the image's input [Cb][P][16], its last block's first ``tail`` channels real (1 to 16);
+ *   x: the image's input [Cb][P][B], its last block's first ``tail`` channels real (1 to 16);
  *   wpack: all groups' weights, group g at
- *   g * 4 * 16 * Cb * 16 floats, holding min(4, Kb - 4g) blocks; bias: Kb * 16 values;
- *   res/out: the image's [Kb][P][16]. */
+ *   g * 4 * 16 * Cb * B floats, holding min(4, Kb - 4g) blocks; bias: Kb * B values;
+ *   res/out: the image's [Kb][P][B]. */
 #define CE_NC_BATCH 8
 
 static void ce_nc_pw_group(const float *x, ptrdiff_t P, int Cb, int tail, const float *wpack,
@@ -231,7 +231,7 @@ static void ce_nc_pw_group(const float *x, ptrdiff_t P, int Cb, int tail, const 
  * writing channel blocks: eight output pixels of NK <= 2 blocks at a time, each tap's weights
  * NK vectors multiplied by the input value at each pixel (a broadcast, shared by the blocks).
  * Taps outside the plane are skipped, with the same order of sums as inside it.
- *   x: the image's C planes H x W; w: the first block's [C][kh][kw][16] weights, the second's
+ *   x: the image's C planes H x W; w: the first block's [C][kh][kw][B] weights, the second's
  *   wstride floats on; bias: NK vectors; out: the first block's output row (OW pixels of 16),
  *   the second's ostride floats on. */
 #define CE_NC_DIRECT_PIXELS 8

@@ -1,5 +1,5 @@
 /* Dense convolution (one group, any kernel, stride, dilation and padding) from channel blocks
- * to channel blocks (NCHW16c, _nchwc.h): the pointwise tile of _nchwc.h with taps. A tile is
+ * to channel blocks (NCHWc, _nchwc.h): the pointwise tile of _nchwc.h with taps. A tile is
  * NP <= 6 output pixels of one output row by NK <= 4 output blocks; for each input block, tap
  * (u, v) and input channel c it broadcasts the input value under each of its pixels and
  * multiplies it into the NK weight vectors of (c, u, v): 6 x 4 fused multiply-adds per four
@@ -10,7 +10,7 @@
  * A stride or dilation only changes which columns are read.
  *
  * Weights (engine/ops/blocked.py pack_dense): per group of up to four output blocks,
- * [input block][u][v][c < 16][NK * 16], zero beyond the layer's channels. The input blocks go
+ * [input block][u][v][c < B][NK * B], zero beyond the layer's channels. The input blocks go
  * in batches whose weights stay in L2 while the tiles of a band of output rows pass over them;
  * the sums of a batch are stored in the output and the next batch starts from them (exact,
  * they are the float32 accumulators), so the order of the sums, input block after block, tap
@@ -26,7 +26,7 @@ static const float ce_nc_zero_block[CE_NC_B] __attribute__((aligned(64))) = {0};
  *   x: the batch's first input block at the image's pixel (0, 0); blocks xs floats apart;
  *   H, W: the input plane; iy0: the input row of tap u = 0 (oy * sh - pt); ix0: the input
  *   column of pixel 0, tap v = 0 (ox * sw - pl);
- *   nclast: input channels of the batch's last block (16 but for the layer's last block);
+ *   nclast: input channels of the batch's last block (B but for the layer's last block);
  *   w: the batch's packed weights; bias: NK vectors; res/out: the tile's first pixel of its
  *   first output block, blocks os floats apart (res NULL without a residual);
  *   first: start from zero, else from out; last: finish (bias, residual, activation). */
@@ -124,9 +124,9 @@ static const ce_nc_conv_tile_fn ce_nc_conv_tiles[CE_NC_GROUP][CE_NC_TILE_PIXELS]
 #undef CE_NC_ROW
 
 /* Output rows [oy0, oy1) of the output blocks of group g, for one image.
- *   x: the image's input [Cb][H][W][16], C channels; w: every group's packed weights, group g
- *   at g * 4 * 16 * Cb * kh * kw * 16 floats, holding min(4, Kb - 4g) blocks; bias: Kb * 16
- *   values; res/out: the image's [Kb][OH][OW][16]; batch: input blocks per batch. */
+ *   x: the image's input [Cb][H][W][B], C channels; w: every group's packed weights, group g
+ *   at g * GROUP * B * Cb * kh * kw * B floats, holding min(GROUP, Kb - GROUP g) blocks; bias: Kb * B
+ *   values; res/out: the image's [Kb][OH][OW][B]; batch: input blocks per batch. */
 static void ce_nc_conv_band(const float *x, int C, int H, int W, int Kb, int OH, int OW,
                             int g, int oy0, int oy1, int sh, int sw, int pt, int pl, int kh,
                             int kw, int dh, int dw, const float *w, const float *bias,

@@ -1,5 +1,5 @@
-/* Depthwise convolution (multiplier 1) on channel blocks (NCHW16c, _nchwc.h): one vector of 16
- * channels per pixel and tap, the weights [kh][kw][16] of each block side by side. Work goes by
+/* Depthwise convolution (multiplier 1) on channel blocks (NCHWc, _nchwc.h): one vector of B
+ * channels per pixel and tap, the weights [kh][kw][B] of each block side by side. Work goes by
  * output rows of one block (ce_nc_dw_row): the columns whose taps all lie inside the plane run
  * four (any kernel; 3x3 by its own unrolled loop) or, for a 5x5 at stride 1 on AVX-512, eight
  * at a time; the edge columns tap by tap with every tap checked. Every output is the bias, then
@@ -189,7 +189,7 @@ static void ce_nc_dw_row_5x5(const float *x, int H, int W, int OW, int iy0, int 
 #endif
 
 /* One output row of one channel block: out[ox] for ox < OW, from the block's input plane
- * x[H][W][16]; w: kh * kw vectors of weights (tap-major), bias one vector. Taps in the padding
+ * x[H][W][B]; w: kh * kw vectors of weights (tap-major), bias one vector. Taps in the padding
  * are skipped. The columns whose taps are all inside the plane run without checks, over the
  * kernel rows inside it (3x3 by its own unrolled loop). */
 static void ce_nc_dw_row_act(const float *x, int H, int W, int OW, int oy, int sh, int sw,

@@ -1,16 +1,17 @@
-/* Grouped convolution on channel blocks (NCHW16c, _nchwc.h), groups within a block.
- * A grouped convolution whose groups have g input and g output channels, g dividing 16, 16 / g
+/* Grouped convolution on channel blocks (NCHWc, _nchwc.h), groups within a block.
+ * A grouped convolution whose groups have g input and g output channels, g dividing B, B / g
  * groups to a block (ResNeXt's group width of 4 and 8, RegNet's 8 and 16): output block cb
  * reads input block cb only. For each tap and j < g, output lane l takes input lane
- * (l / g) g + j of its own group: with g = 16 that lane broadcast from memory, else the input
+ * (l / g) g + j of its own group: with g = B that lane broadcast from memory, else the input
  * vector with lanes gathered by a fixed shuffle (idx[j]); so a tap costs g multiply-adds per
- * pixel, not 16, and never reads another group's lanes (a NaN or infinity there stays there).
- * g = 8, on four pixels whose every tap lies inside the row: ce_nc_group_pixels8.
+ * pixel, not B, and never reads another group's lanes (a NaN or infinity there stays there).
+ * g = 8 in 16-channel blocks, on four pixels whose every tap lies inside the row:
+ * ce_nc_group_pixels8.
  * Four output pixels at a time; taps outside the plane are skipped, and every output sums bias,
  * then taps (u, v) and its group's input channels in order, whatever the pixel's position.
- *   x: the block's input plane [H][W][16]; w: [kh][kw][g][16] (w[u][v][j][l]: output lane l's
+ *   x: the block's input plane [H][W][B]; w: [kh][kw][g][B] (w[u][v][j][l]: output lane l's
  *   weight for its group's input channel j); bias one vector; out: the block's output row
- *   [OW][16]. */
+ *   [OW][B]. */
 #ifndef CE_NCHWC_GROUPED_H
 #define CE_NCHWC_GROUPED_H
 

@@ -90,7 +90,7 @@ cdef const float* residual_base(residual, out) except? NULL:
 
 
 def f32_to_blocked(const float[:, :, :, ::1] x, float[:, :, :, :, ::1] out, int num_threads):
-    """out[n, c // 16, h, w, c % 16] = x[n, c, h, w], zero in the channels beyond C."""
+    """out[n, c // B, h, w, c % B] = x[n, c, h, w], zero in the channels beyond C."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], P = x.shape[2] * x.shape[3]
     cdef Py_ssize_t Cb = (C + CE_NC_B - 1) // CE_NC_B
     if (out.shape[0] != N or out.shape[1] != Cb or out.shape[2] != x.shape[2]
@@ -111,7 +111,7 @@ def f32_to_blocked(const float[:, :, :, ::1] x, float[:, :, :, :, ::1] out, int 
 
 
 def f32_from_blocked(const float[:, :, :, :, ::1] x, float[:, :, :, ::1] out, int num_threads):
-    """out[n, c, h, w] = x[n, c // 16, h, w, c % 16] for the C channels of out."""
+    """out[n, c, h, w] = x[n, c // B, h, w, c % B] for the C channels of out."""
     cdef Py_ssize_t N = out.shape[0], C = out.shape[1], P = out.shape[2] * out.shape[3]
     cdef Py_ssize_t Cb = (C + CE_NC_B - 1) // CE_NC_B
     if (x.shape[0] != N or x.shape[1] != Cb or x.shape[2] != out.shape[2]
@@ -355,8 +355,8 @@ def f32_se_nchw(const float[:, :, ::1] x, const float[:, ::1] w1t, const float[:
 
 def f32_scale_blocked(const float[:, :, :, :, ::1] x, const float[:, ::1] s,
                       float[:, :, :, :, ::1] out, int num_threads=1):
-    """out[n, cb, :, :, j] = x[n, cb, :, :, j] * s[n, cb * 16 + j]: every channel of x scaled
-    by its own factor (s holds Cb * 16 of them; out may be x); the threads take ranges of
+    """out[n, cb, :, :, j] = x[n, cb, :, :, j] * s[n, cb * B + j]: every channel of x scaled
+    by its own factor (s holds Cb * B of them; out may be x); the threads take ranges of
     blocks."""
     cdef Py_ssize_t N = x.shape[0], Cb = x.shape[1], P = x.shape[2] * x.shape[3]
     if (tuple(out.shape) != tuple(x.shape) or x.shape[4] != CE_NC_B or s.shape[0] != N
@@ -384,7 +384,7 @@ def f32_pointwise_blocked(const float[:, :, :, :, ::1] x, const float[::1] wpack
                           int num_threads, double group_slack=1.0, Py_ssize_t channels=0):
     """out = act(W @ x + bias (+ residual)) per pixel, all in blocks. wpack: the weights packed
     by engine.ops.blocked.pack_pointwise, groups of up to GROUP output blocks, each
-    [Cb * 16][blocks * 16]; bias: Kb * 16 values (zero beyond K); residual: None or an array
+    [Cb * B][blocks * B]; bias: Kb * B values (zero beyond K); residual: None or an array
     of out's shape. channels: x's real channels (0: all of its blocks'); the padding ones after
     them, whose weights are zero, are skipped.
 
@@ -463,8 +463,8 @@ def f32_depthwise_blocked(const float[:, :, :, :, ::1] x, const float[:, :, :, :
                           const float[::1] bias, float[:, :, :, :, ::1] out, int sh, int sw,
                           int pt, int pl, int dh, int dw, ce_act_t act, int num_threads,
                           bint by_blocks=False):
-    """Depthwise convolution (multiplier 1) in blocks: w[Cb, kh, kw, 16] holds channel
-    cb*16 + j's tap (u, v) at [cb, u, v, j] (zero beyond C); bias: Cb * 16 values. Output
+    """Depthwise convolution (multiplier 1) in blocks: w[Cb, kh, kw, B] holds channel
+    cb*B + j's tap (u, v) at [cb, u, v, j] (zero beyond C); bias: Cb * B values. Output
     sizes are the caller's (engine.shapes); padding beyond pt / pl is implied by them.
 
     Work items are output rows of one block, ordered (image, row, block), so each thread takes
@@ -509,10 +509,10 @@ cdef extern from "_nchwc_grouped.h":
 def f32_grouped_blocked(const float[:, :, :, :, ::1] x, const float[:, :, :, :, ::1] w,
                         const float[::1] bias, float[:, :, :, :, ::1] out, int sh, int sw,
                         int pt, int pl, int dh, int dw, ce_act_t act, int num_threads):
-    """A grouped convolution whose groups lie within blocks (16 / g groups of g input and g
-    output channels to a block, g dividing 16): w[Cb, kh, kw, g, 16] holds, for block cb and
+    """A grouped convolution whose groups lie within blocks (B / g groups of g input and g
+    output channels to a block, g dividing B): w[Cb, kh, kw, g, B] holds, for block cb and
     tap (u, v), each output lane's weight for its group's input channel j (engine/ops/
-    blocked.py pack_grouped); bias: Cb * 16 values. Output sizes are the caller's. Work items
+    blocked.py pack_grouped); bias: Cb * B values. Output sizes are the caller's. Work items
     are output rows of one block, ordered (image, row, block)."""
     check_act(act)
     check_same_blocks(x.shape, out.shape)
@@ -546,8 +546,8 @@ def f32_direct_to_blocked(const float[:, :, :, ::1] x, const float[:, :, :, :, :
                           const float[::1] bias, float[:, :, :, :, ::1] out, int sh, int sw,
                           int pt, int pl, int dh, int dw, ce_act_t act, int num_threads):
     """A dense convolution (one group) from NCHW x to channel-blocked out, for layers with few
-    input channels: w[Kb, C, kh, kw, 16] holds output channel kb*16 + j's weights at [kb, ..., j]
-    (zero beyond K); bias: Kb * 16 values. Output sizes are the caller's (engine.shapes).
+    input channels: w[Kb, C, kh, kw, B] holds output channel kb*B + j's weights at [kb, ..., j]
+    (zero beyond K); bias: Kb * B values. Output sizes are the caller's (engine.shapes).
     Work items are output rows of a pair of blocks (the input values loaded once for both),
     ordered (image, row, pair): bands of rows."""
     check_act(act)
@@ -602,7 +602,7 @@ def dense_pack_floats(Py_ssize_t in_blocks, Py_ssize_t out_blocks, int kh, int k
     return in_blocks * out_blocks * kh * kw * CE_NC_B * CE_NC_B
 
 
-def f32_conv2d_nchw16c(const float[:, :, :, :, ::1] x, Py_ssize_t channels,
+def f32_conv2d_nchwc(const float[:, :, :, :, ::1] x, Py_ssize_t channels,
                        const float[::1] wpack, const float[::1] bias, residual,
                        float[:, :, :, :, ::1] out, int kh, int kw, int sh, int sw, int pt,
                        int pl, int dh, int dw, ce_act_t act, int num_threads, int groups=1):
@@ -686,8 +686,8 @@ cdef extern from *:
 def f32_scale_shift_blocked(const float[:, :, :, :, ::1] x, const float[::1] scale,
                             const float[::1] shift, float[:, :, :, :, ::1] out, ce_act_t act,
                             int num_threads=1):
-    """out[n, cb, :, :, j] = act(x[n, cb, :, :, j] * scale[c] + shift[c]), c = cb * 16 + j (an
-    inference BatchNormalization on blocks; scale and shift hold Cb * 16 values, zero for the
+    """out[n, cb, :, :, j] = act(x[n, cb, :, :, j] * scale[c] + shift[c]), c = cb * B + j (an
+    inference BatchNormalization on blocks; scale and shift hold Cb * B values, zero for the
     padding channels, which every activation keeps at zero; out may be x). The threads take
     ranges of blocks."""
     check_act(act)

@@ -6,9 +6,10 @@ import pytest
 import engine
 from engine.dispatch.conv import ASSUME_VECTOR_FLOATS_ENV
 
-# The layout rules as a build with AVX-512 applies them, whatever this machine has: a narrower
-# build keeps every layer on NCHW (engine/dispatch/layout.py BLOCKED_MIN_VECTOR_FLOATS), which
-# would leave the blocked kernels' tests nothing to run; the kernels are the ones built here.
+# The dispatch and layout rules as a build with AVX-512 applies them, whatever this machine has
+# (8-float builds have rules of their own, which their tests set this for), so that the tests'
+# expectations hold on any machine; the kernels are the ones built here, with their own block
+# size (engine.ops.blocked.BLOCK).
 # Set for the whole session, so that worker processes (dask clusters, forks) share it; the
 # test of the narrow rule sets it itself.
 os.environ[ASSUME_VECTOR_FLOATS_ENV] = "16"

@@ -1,4 +1,4 @@
-"""The dense convolution on channel blocks (kernels/_nchwc_conv.h, nchwc.f32_conv2d_nchw16c) and
+"""The dense convolution on channel blocks (kernels/_nchwc_conv.h, nchwc.f32_conv2d_nchwc) and
 the layers the layout pass gives it: strided 3x3 and 1x1 downsampling, 1xk / kx1, larger
 kernels, padded 1x1; and the max pool and Concat that keep a network blocked between them
 (ResNet's stem, SqueezeNet's and GoogLeNet's fire and inception modules). Max pooling is exact:
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import engine
-from engine._kernels import nchwc, pool_nchw16c
+from engine._kernels import nchwc, pool_nchwc
 from engine.graph import Graph, Model, Node, TensorSpec
 from engine.ops import blocked
 from engine.ops.activation import NO_ACT, apply_activation, float64_activation, kernel_act
@@ -44,7 +44,7 @@ def run_dense(x, wt, b, residual, stride, pads, dilation, act, threads, garbage=
     wp, bp = blocked.pack_dense(wt, b)
     out = np.full(blocked.blocked_shape((n, k, oh, ow)), np.nan, np.float32)
     r = None if residual is None else blocked.to_blocked(residual)
-    nchwc.f32_conv2d_nchw16c(xb, c, wp, bp, r, out, kh, kw, stride[0], stride[1], pads[0][0],
+    nchwc.f32_conv2d_nchwc(xb, c, wp, bp, r, out, kh, kw, stride[0], stride[1], pads[0][0],
                              pads[1][0], dilation[0], dilation[1], kernel_act(act), threads)
     return out
 
@@ -128,7 +128,7 @@ def test_dense_refuses_inconsistent_arguments(rng):
     out = np.zeros((1, blocked.blocks(20), 3, 3, B), np.float32)
 
     def call(x=x, channels=30, wp=wp, bp=bp, res=None, out=out, kh=3, sh=2, act=NO_ACT):
-        nchwc.f32_conv2d_nchw16c(x, channels, wp, bp, res, out, kh, 3, sh, 2, 1, 1, 1, 1, act, 1)
+        nchwc.f32_conv2d_nchwc(x, channels, wp, bp, res, out, kh, 3, sh, 2, 1, 1, 1, 1, act, 1)
     call()
     with pytest.raises(ValueError, match="channels"):
         call(channels=33)
@@ -261,7 +261,7 @@ def test_max_pool_on_blocks_is_the_nchw_max_pool(rng, n, c, h, w, kernel, stride
     outs = []
     for t in (1, 2):
         out = np.full(blocked.blocked_shape(ref.shape), 7.0, np.float32)
-        pool_nchw16c.f32_maxpool_blocked(blocked.to_blocked(x), out, *kernel, *stride, *pads,
+        pool_nchwc.f32_maxpool_blocked(blocked.to_blocked(x), out, *kernel, *stride, *pads,
                                          *dilation, t)
         outs.append(out)
     np.testing.assert_array_equal(outs[0], outs[1])
@@ -273,7 +273,7 @@ def test_max_pool_on_blocks_refuses_inconsistent_arguments(rng):
 
     def call(out_blocks=2, kh=3, sh=2):
         out = np.zeros((1, out_blocks, 4, 4, B), np.float32)
-        pool_nchw16c.f32_maxpool_blocked(x, out, kh, 3, sh, 2, 1, 1, 1, 1, 1)
+        pool_nchwc.f32_maxpool_blocked(x, out, kh, 3, sh, 2, 1, 1, 1, 1, 1)
     call()
     with pytest.raises(ValueError, match="images and blocks"):
         call(out_blocks=3)
@@ -371,7 +371,7 @@ def test_average_pool_on_blocks_matches_reference(rng, n, c, h, w, kernel, strid
     outs = []
     for t in (1, 2):
         out = np.full(blocked.blocked_shape(ref.shape), 7.0, np.float32)
-        pool_nchw16c.f32_avgpool_blocked(blocked.to_blocked(x), out, div.astype(np.float32),
+        pool_nchwc.f32_avgpool_blocked(blocked.to_blocked(x), out, div.astype(np.float32),
                                          *kernel, *stride, pads[0][0], pads[1][0], *dilation, t)
         outs.append(out)
     np.testing.assert_array_equal(outs[0], outs[1])
@@ -507,7 +507,7 @@ def test_dense_runs_groups_of_whole_blocks(rng, n, groups, cbg, kbg, h, w, kk, s
     outs = []
     for t in (1, 2):
         out = np.full(blocked.blocked_shape(ref.shape), np.nan, np.float32)
-        nchwc.f32_conv2d_nchw16c(blocked.to_blocked(x), c, wp, bp, blocked.to_blocked(res), out,
+        nchwc.f32_conv2d_nchwc(blocked.to_blocked(x), c, wp, bp, blocked.to_blocked(res), out,
                                  kk, kk, s, s, p, p, 1, 1, kernel_act("relu"), t, groups)
         outs.append(out)
     np.testing.assert_array_equal(outs[0], outs[1])
@@ -515,7 +515,7 @@ def test_dense_runs_groups_of_whole_blocks(rng, n, groups, cbg, kbg, h, w, kk, s
     err = np.abs(blocked.from_blocked(outs[0], k).astype(np.float64) - want)
     assert np.all(err <= REL * (terms + np.abs(res)) + 1e-30)
     with pytest.raises(ValueError, match="groups"):      # groups must split whole blocks
-        nchwc.f32_conv2d_nchw16c(blocked.to_blocked(x), c, wp, bp, None, outs[0], kk, kk, s, s,
+        nchwc.f32_conv2d_nchwc(blocked.to_blocked(x), c, wp, bp, None, outs[0], kk, kk, s, s,
                                  p, p, 1, 1, NO_ACT, 1, groups * cbg * 2)
 
 

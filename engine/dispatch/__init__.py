@@ -4,7 +4,7 @@ the layer's parameters returning (choice, one-line reason):
 - ``conv``: the 2-D convolution algorithm (``choose_conv2d``, ``why_not``, the candidates and
   cost estimates explain() lists);
 - ``depthwise``: which depthwise kernel runs a depthwise layer on one input size;
-- ``layout``: which convolutions run in the channel-blocked layout (NCHW16c), and how the
+- ``layout``: which convolutions run in the channel-blocked layout (NCHWc), and how the
   blocked kernels split their work between threads;
 - ``transposed``: the transposed convolution's algorithm, and whether an ONNX ConvTranspose's
   pads go to the planned layer or to a window copied out of its output;

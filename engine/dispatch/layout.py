@@ -1,4 +1,4 @@
-"""Which convolutions the graph runner keeps in the channel-blocked layout (NCHW16c,
+"""Which convolutions the graph runner keeps in the channel-blocked layout (NCHWc,
 kernels/_nchwc.h), and how the blocked kernels split their work between threads. The graph
 rewriting (layout changes, blocked steps) is engine/graph/layout.py's; the choices are here.
 
@@ -119,7 +119,7 @@ def blocked_kernel(p: ConvParams, activation=None, residual: Optional[bool] = No
                    blocked_input: bool = False) -> tuple[Optional[str], str]:
     """The channel-blocked kernel able to run the layer, and why: "pointwise" (1x1 unpadded,
     one group; with strides the input is subsampled first), "depthwise" (multiplier 1, any kernel, stride, dilation, padding),
-    "grouped" (groups of GROUPED_MIN_WIDTH to 16 channels each way, within blocks), "direct"
+    "grouped" (groups of GROUPED_MIN_WIDTH to BLOCK channels each way, within blocks), "direct"
     (one group, at most BLOCKED_DIRECT_MAX_TAPS taps, NCHW in), "dense" (one group, any other
     kernel but Winograd's 3x3 stride 1; or groups of whole blocks each way), or None.
     activation: the fused one (any of engine/ops/activation.py); residual: None

@@ -1,7 +1,7 @@
 """The steps the layout pass (engine/graph/layout.py) puts in a plan: layout changes between
-NCHW and NCHW16c, and the convolutions, pools, batch normalizations, Concats and global
+NCHW and NCHWc, and the convolutions, pools, batch normalizations, Concats and global
 average pools that read and write channel blocks (kernels/_nchwc.h, nchwc.pyx,
-pool_nchw16c.pyx). Each is made per plan from the graph's node and its NCHW shapes."""
+pool_nchwc.pyx). Each is made per plan from the graph's node and its NCHW shapes."""
 from __future__ import annotations
 
 import math
@@ -10,7 +10,7 @@ import numpy as np
 
 from ..dispatch.layout import (POINTWISE_GROUP_SLACK, choose_depthwise_blocked_split,
                                choose_pointwise_blocked_split)
-from .._kernels import nchwc, pool_nchw16c
+from .._kernels import nchwc, pool_nchwc
 from .._threads import threads_for
 from ..ops import blocked
 from ..ops.activation import kernel_act
@@ -107,7 +107,7 @@ class BlockedGlobalAveragePool(_Internal):
 
 
 class BlockedPool(_Internal):
-    """A 2-D MaxPool (no indices) or AveragePool on blocks (kernels/pool_nchw16c.pyx): ``pool``
+    """A 2-D MaxPool (no indices) or AveragePool on blocks (kernels/pool_nchwc.pyx): ``pool``
     is the graph's op, ``x``/``y`` its NCHW Infos for this plan's shapes."""
 
     def __init__(self, node, pool, x, y):
@@ -136,10 +136,10 @@ class BlockedPool(_Internal):
         single = outs[0].size < MIN_CONVERT_ELEMENTS
         if divisor is None:
             def step(env, nt):
-                pool_nchw16c.f32_maxpool_blocked(env[a], env[b], *args, 1 if single else nt)
+                pool_nchwc.f32_maxpool_blocked(env[a], env[b], *args, 1 if single else nt)
         else:
             def step(env, nt):
-                pool_nchw16c.f32_avgpool_blocked(env[a], env[b], divisor, *args,
+                pool_nchwc.f32_avgpool_blocked(env[a], env[b], divisor, *args,
                                                  1 if single else nt)
         return step
 
@@ -303,7 +303,7 @@ class BlockedConv(_Internal):
             groups = self.conv.group
 
             def step(env, nt):
-                nchwc.f32_conv2d_nchw16c(env[a], channels, w, bias, env[r] if r >= 0 else None,
+                nchwc.f32_conv2d_nchwc(env[a], channels, w, bias, env[r] if r >= 0 else None,
                                          env[b], kh, kw, sh, sw, pt, pl, dh, dw, act,
                                          threads_for(macs, nt), groups)
             return step

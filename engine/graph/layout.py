@@ -1,5 +1,5 @@
 """The channel-blocked layout in a plan: chains of convolutions that have a blocked kernel
-run on channel-blocked activations (NCHW16c, engine/ops/blocked.py), the rest of the graph
+run on channel-blocked activations (NCHWc, engine/ops/blocked.py), the rest of the graph
 on NCHW.
 
 In NCHW a pointwise layer has to pack its input into panels and a small depthwise layer has to

@@ -80,7 +80,7 @@ def pack_pointwise(weight: np.ndarray, bias=None):
 
 
 def pack_dense(weight: np.ndarray, bias=None, groups: int = 1):
-    """(K, C, kh, kw) weights and K biases -> (wpack, bias) as f32_conv2d_nchw16c reads them:
+    """(K, C, kh, kw) weights and K biases -> (wpack, bias) as f32_conv2d_nchwc reads them:
     groups of up to GROUP output blocks, each [input block][kh][kw][B][blocks * B] (input
     channel within its block, output channel of the group). The pointwise packing is the
     1x1 case of this one. With ``groups`` > 1 (each group's K / groups output channels

@@ -1,5 +1,5 @@
-# Max and average pooling on channel-blocked tensors (NCHW16c, kernels/_nchwc.h): one vector of
-# 16 channels per tap, so a pool between blocked layers needs no layout change. Windows follow
+# Max and average pooling on channel-blocked tensors (NCHWc, kernels/_nchwc.h): one vector of
+# a block's channels per tap, so a pool between blocked layers needs no layout change. Windows follow
 # ONNX: taps in the padding or past a ceil-mode end are skipped (max: ONNX's -inf padding;
 # average: the caller's divisor per output, engine.ops.pool.onnx_avgpool_divisor). Each output
 # takes its taps in row-major order from 0 (average) or -inf (max), as the NCHW kernels of
