@@ -484,6 +484,19 @@ def test_eight_float_builds_keep_wide_and_stem_dense_layers_on_nchw(monkeypatch)
     assert blocked_kernel(narrow, blocked_input=True)[0] == "dense"
 
 
+def test_eight_float_builds_run_one_block_groups_on_the_dense_kernel(monkeypatch):
+    """Groups of exactly one block: the grouped kernel on 16-float builds, the dense one group
+    by group on 8-float builds (its six pixels' sums hide the latency four could not)."""
+    from engine.dispatch import ConvParams
+    from engine.dispatch.conv import ASSUME_VECTOR_FLOATS_ENV
+    from engine.dispatch.layout import blocked_kernel
+    p = ConvParams(8 * B, 8 * B, (3, 3), (1, 1), (1, 1), 8, ((1, 1), (1, 1)), (14, 14))
+    monkeypatch.setenv(ASSUME_VECTOR_FLOATS_ENV, "16")
+    assert blocked_kernel(p, blocked_input=True)[0] == "grouped"
+    monkeypatch.setenv(ASSUME_VECTOR_FLOATS_ENV, "8")
+    assert blocked_kernel(p, blocked_input=True)[0] == "dense"
+
+
 # (N, groups, input and output blocks per group, H, W, kernel, stride, pad): RegNet's
 # 16-channel groups (two blocks where a block holds 8), groups of several blocks, more output
 # than input blocks, strides and a 1x1
