@@ -22,27 +22,9 @@
 #include <stddef.h>
 #include <string.h>
 
+#include "_nchwc_block.h"
 #include "_transpose16.h"
 #include "_vec_act.h"
-
-/* A block is one vector register: 16 floats with AVX-512, 8 without (AVX2), so that a tile's
- * sums stay in the 32 or 16 registers: 6 pixels x 4 blocks or 6 x 2, plus the weights. */
-#if defined(__AVX512F__)
-#define CE_NC_B 16            /* channels per block */
-#define CE_NC_GROUP 4         /* output blocks per pointwise tile */
-#else
-#define CE_NC_B 8
-#define CE_NC_GROUP 2
-#endif
-#define CE_NC_TILE_PIXELS 6   /* pixels per pointwise tile */
-
-typedef float ce_nc_vf __attribute__((vector_size(CE_NC_B * 4)));
-typedef float ce_nc_vfu __attribute__((vector_size(CE_NC_B * 4), aligned(4), may_alias));
-typedef int ce_nc_vi __attribute__((vector_size(CE_NC_B * 4)));
-
-/* activations and weights come from numpy arrays: no alignment is assumed */
-#define CE_NC_LD(p) ((ce_nc_vf)(*(const ce_nc_vfu *)(p)))
-#define CE_NC_ST(p, v) (*(ce_nc_vfu *)(p) = (v))
 
 CE_DEFINE_VEC_ACT(ce_nc_act, ce_nc_vf, ce_nc_vi)
 

@@ -1,6 +1,6 @@
-# Max and average pooling on channel-blocked tensors (NCHWc, kernels/_nchwc.h): one vector of
-# a block's channels per tap, so a pool between blocked layers needs no layout change. Windows follow
-# ONNX: taps in the padding or past a ceil-mode end are skipped (max: ONNX's -inf padding;
+# Max and average pooling on channel-blocked tensors (NCHWc, kernels/_nchwc_block.h): one
+# vector of a block's channels per tap, so a pool between blocked layers needs no layout change.
+# Windows follow ONNX: taps in the padding or past a ceil-mode end are skipped (max: ONNX's -inf padding;
 # average: the caller's divisor per output, engine.ops.pool.onnx_avgpool_divisor). Each output
 # takes its taps in row-major order from 0 (average) or -inf (max), as the NCHW kernels of
 # kernels/pool.pyx do, so values are theirs. Work items are output rows of one block, ordered
@@ -11,15 +11,7 @@ cdef extern from *:
     """
     #include <stddef.h>
 
-    /* channels per block, as in _nchwc.h */
-    #if defined(__AVX512F__)
-    #define CE_NC_B 16
-    #else
-    #define CE_NC_B 8
-    #endif
-    typedef float ce_np_vf __attribute__((vector_size(CE_NC_B * 4)));
-    typedef float ce_np_vfu __attribute__((vector_size(CE_NC_B * 4), aligned(4), may_alias));
-    typedef int ce_np_vi __attribute__((vector_size(CE_NC_B * 4)));
+    #include "_nchwc_block.h"
 
     /* One output row of one channel block: the maximum (avg == NULL) or the sum divided by
      * avg[ox] (0 where avg[ox] is 0: a window with no tap to count) over the window's taps
@@ -29,10 +21,10 @@ cdef extern from *:
                                const float *avg, float *out)
     {
         const ptrdiff_t B = CE_NC_B;
-        const ce_np_vf zero = {0};
+        const ce_nc_vf zero = {0};
         int iy0 = oy * sh - pt;
         for (int ox = 0; ox < OW; ox++) {
-            ce_np_vf m = avg ? zero : zero - __builtin_inff();
+            ce_nc_vf m = avg ? zero : zero - __builtin_inff();
             int ix0 = ox * sw - pl;
             for (int u = 0; u < kh; u++) {
                 int iy = iy0 + u * dh;
@@ -43,18 +35,18 @@ cdef extern from *:
                     int ix = ix0 + v * dw;
                     if (ix < 0 || ix >= W)
                         continue;
-                    ce_np_vf t = *(const ce_np_vfu *)(row + (ptrdiff_t)ix * B);
+                    ce_nc_vf t = CE_NC_LD(row + (ptrdiff_t)ix * B);
                     if (avg) {
                         m += t;
                     } else {
-                        ce_np_vi take = (t > m) | (t != t);
-                        m = (ce_np_vf)(((ce_np_vi)t & take) | ((ce_np_vi)m & ~take));
+                        ce_nc_vi take = (t > m) | (t != t);
+                        m = (ce_nc_vf)(((ce_nc_vi)t & take) | ((ce_nc_vi)m & ~take));
                     }
                 }
             }
             if (avg)
                 m = avg[ox] > 0.0f ? m / avg[ox] : zero;
-            *(ce_np_vfu *)(out + (ptrdiff_t)ox * B) = m;
+            CE_NC_ST(out + (ptrdiff_t)ox * B, m);
         }
     }
     """

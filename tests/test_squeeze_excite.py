@@ -1,5 +1,5 @@
 """Squeeze-and-excitation as one step (engine/graph/fusions.py fuse_squeeze_excite,
-engine/graph/ops/se.py, kernels/nchwc.pyx f32_se_gates and f32_scale_blocked).
+engine/graph/ops/se.py, kernels/squeeze_excite.pyx f32_se_gates, kernels/nchwc.pyx f32_scale_blocked).
 
 The fused step is checked against ONNX Runtime on the unfused graph, per element with
 test_onnx_import's bound (1e-5 of |ref| + rms(ref): float32 sums in another order), on NCHW and
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import engine
-from engine._kernels import nchwc
+from engine._kernels import nchwc, squeeze_excite
 from engine.ops import blocked
 from engine.ops.activation import float64_activation, kernel_act
 from engine.ops.activation import NO_ACT
@@ -142,7 +142,7 @@ def test_gates_match_float64(rng, act, gate, n, c, r):
     w2, b2 = randn(rng, c, r, scale=0.5), randn(rng, c)
     width = blocked.blocks(c) * blocked.BLOCK
     out = np.full((n, width), np.nan, np.float32)
-    nchwc.f32_se_gates(p, np.ascontiguousarray(w1.T), b1, np.ascontiguousarray(w2.T), b2,
+    squeeze_excite.f32_se_gates(p, np.ascontiguousarray(w1.T), b1, np.ascontiguousarray(w2.T), b2,
                        kernel_act(act), gate, 1 / 6, 0.5, out)
     p64, w164, w264 = p.astype(np.float64), w1.astype(np.float64), w2.astype(np.float64)
     hidden = p64 @ w164.T + b1
@@ -191,11 +191,11 @@ def test_kernels_refuse_shapes_that_do_not_fit(rng):
     p, w1t, w2t = randn(rng, 1, 8), randn(rng, 8, 2), randn(rng, 2, 8)
     b1, b2 = randn(rng, 2), randn(rng, 8)
     with pytest.raises(ValueError):
-        nchwc.f32_se_gates(p, w1t, b1, w2t, randn(rng, 7), NO_ACT, 0, 0.2, 0.5,
+        squeeze_excite.f32_se_gates(p, w1t, b1, w2t, randn(rng, 7), NO_ACT, 0, 0.2, 0.5,
                            np.empty((1, 16), np.float32))
     with pytest.raises(ValueError):
-        nchwc.f32_se_gates(p, w1t, b1, w2t, b2, NO_ACT, 0, 0.2, 0.5,
+        squeeze_excite.f32_se_gates(p, w1t, b1, w2t, b2, NO_ACT, 0, 0.2, 0.5,
                            np.empty((1, 7), np.float32))
     with pytest.raises(ValueError):
-        nchwc.f32_se_gates(p, w1t, b1, w2t, b2, {"code": 99, "alpha": 0.0, "beta": 0.0}, 0, 0.2,
+        squeeze_excite.f32_se_gates(p, w1t, b1, w2t, b2, {"code": 99, "alpha": 0.0, "beta": 0.0}, 0, 0.2,
                            0.5, np.empty((1, 8), np.float32))

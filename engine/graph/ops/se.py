@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..._kernels import nchwc
+from ..._kernels import nchwc, squeeze_excite
 from ...ops import blocked
 from ...ops.activation import canonical, kernel_act
 from .base import F32, Info, Op, register, same_shape_inputs
@@ -78,9 +78,9 @@ class SqueezeExcite(Op):
 
     def gates(self, pooled: np.ndarray, width=None) -> np.ndarray:
         """(N, C) channel means -> (N, width) scale factors (width >= C; zeros past C), by
-        kernels/nchwc.pyx f32_se_gates: no BLAS call, so no thread pool to pin."""
+        kernels/squeeze_excite.pyx f32_se_gates: no BLAS call, so no thread pool to pin."""
         out = np.empty((pooled.shape[0], width or self.channels), np.float32)
-        nchwc.f32_se_gates(pooled, self.w1t, self.b1, self.w2t, self.b2, self.act,
+        squeeze_excite.f32_se_gates(pooled, self.w1t, self.b1, self.w2t, self.b2, self.act,
                            0 if self.gate == "sigmoid" else 1, self.alpha, self.beta, out)
         return out
 
@@ -102,9 +102,9 @@ class SqueezeExcite(Op):
         gate = 0 if self.gate == "sigmoid" else 1
 
         def step(env, nt):
-            nchwc.f32_se_nchw(env[a].reshape(n, c, hw), self.w1t, self.b1, self.w2t, self.b2,
-                              self.act, gate, self.alpha, self.beta,
-                              env[b].reshape(n, c, hw), 1 if single else nt)
+            squeeze_excite.f32_se_nchw(env[a].reshape(n, c, hw), self.w1t, self.b1, self.w2t,
+                                       self.b2, self.act, gate, self.alpha, self.beta,
+                                       env[b].reshape(n, c, hw), 1 if single else nt)
         return step
 
     def flops(self, ins, outs):

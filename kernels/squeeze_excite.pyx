@@ -1,0 +1,173 @@
+# Squeeze-and-excitation (engine/graph/ops/se.py): the per-channel gates computed from pooled
+# channels, gate(W2 act(W1 p + b1) + b2), and the whole block on NCHW in one call (plane means,
+# gates, scaling). The blocked form pools and scales with kernels/nchwc.pyx's
+# f32_global_avg_blocked and f32_scale_blocked around f32_se_gates.
+#
+# Every kernel checks the shapes it is given against one another before it releases the GIL.
+# The means and scalings are split between threads by planes, each computed whole by one
+# thread in a fixed order, so results do not depend on the thread count.
+from cython.parallel cimport prange
+
+from _epilogue cimport ce_act_t, check_act
+
+import numpy as np
+
+cdef extern from "_vec_act.h":
+    pass
+
+
+cdef extern from *:
+    """
+    /* A squeeze-excite's gates for one image: h = act(W1 p + b1) (R values), then
+     * g = gate(W2 h + b2) (C values, the rest of out's Cpad set to 0). w1t: [C][R], w2t: [R][C]
+     * (each product runs over rows of the transposed weights, so the inner loop is a vector
+     * over outputs); gate 0 is the sigmoid, 1 max(0, min(1, alpha v + beta)). h: R floats of
+     * scratch. */
+    static void ce_se_gates(const float *restrict p, int C, int R,
+                               const float *restrict w1t, const float *restrict b1,
+                               const float *restrict w2t, const float *restrict b2,
+                               ce_act_t act, int gate, float alpha, float beta,
+                               float *restrict h, float *restrict out, int Cpad)
+    {
+        for (int r = 0; r < R; r++)
+            h[r] = 0.0f;
+        for (int c = 0; c < C; c++) {
+            const float v = p[c], *w = w1t + (ptrdiff_t)c * R;
+            for (int r = 0; r < R; r++)
+                h[r] += w[r] * v;
+        }
+        for (int r = 0; r < R; r++)
+            h[r] += b1[r];
+        ce_act_row(h, R, 0.0f, act);
+        for (int c = 0; c < Cpad; c++)
+            out[c] = c < C ? b2[c] : 0.0f;
+        for (int r = 0; r < R; r++) {
+            const float v = h[r], *w = w2t + (ptrdiff_t)r * C;
+            for (int c = 0; c < C; c++)
+                out[c] += w[c] * v;
+        }
+        int c = 0;
+        if (gate == 0) {
+            for (; c + CE_ACT_VW <= C; c += CE_ACT_VW)
+                *(ce_act_vfu *)(out + c) = ce_act_vec_m_sigmoid(*(const ce_act_vfu *)(out + c));
+            for (; c < C; c++) {
+                ce_act_vf v = {out[c]};
+                out[c] = ce_act_vec_m_sigmoid(v)[0];
+            }
+        } else {
+            for (; c < C; c++) {
+                float v = out[c] * alpha + beta;
+                out[c] = v < 0.0f ? 0.0f : (v > 1.0f ? 1.0f : v);
+            }
+        }
+    }
+    """
+    void ce_se_gates(const float *p, int C, int R, const float *w1t, const float *b1,
+                        const float *w2t, const float *b2, ce_act_t act, int gate, float alpha,
+                        float beta, float *h, float *out, int Cpad) nogil
+
+
+def f32_se_gates(const float[:, ::1] pooled, const float[:, ::1] w1t, const float[::1] b1,
+                 const float[:, ::1] w2t, const float[::1] b2, ce_act_t act, int gate, float alpha,
+                 float beta, float[:, ::1] out):
+    """out[n, :C] = gate(W2 act(W1 pooled[n] + b1) + b2), out[n, C:] = 0: a squeeze-excite's
+    per-channel factors from its pooled channels (w1t = W1.T, (C, R); w2t = W2.T, (R, C));
+    act: an activation (engine/ops/activation.py kernel_act); gate 0: sigmoid, 1: hard sigmoid
+    max(0, min(1, alpha v + beta)). One thread: the products are small."""
+    se_gates(pooled, w1t, b1, w2t, b2, act, gate, alpha, beta, out)
+
+
+cdef int se_gates(const float[:, ::1] pooled, const float[:, ::1] w1t, const float[::1] b1,
+                  const float[:, ::1] w2t, const float[::1] b2, ce_act_t act, int gate,
+                  float alpha, float beta, float[:, ::1] out) except -1:
+    check_act(act)
+    cdef Py_ssize_t N = pooled.shape[0], C = pooled.shape[1], R = w1t.shape[1]
+    if (w1t.shape[0] != C or b1.shape[0] != R or w2t.shape[0] != R or w2t.shape[1] != C
+            or b2.shape[0] != C or out.shape[0] != N or out.shape[1] < C or R < 1
+            or gate not in (0, 1)):
+        raise ValueError(f"pooled {tuple(pooled.shape)[:2]}, W1.T {tuple(w1t.shape)[:2]}, "
+                         f"W2.T {tuple(w2t.shape)[:2]} and out {tuple(out.shape)[:2]} do not "
+                         f"fit, or gate {gate} unknown")
+    cdef float[::1] h = np.empty(R, np.float32)
+    cdef Py_ssize_t n
+    if C == 0:
+        return 0
+    with nogil:
+        for n in range(N):
+            ce_se_gates(&pooled[n, 0], <int>C, <int>R, &w1t[0, 0], &b1[0], &w2t[0, 0],
+                           &b2[0], act, gate, alpha, beta, &h[0], &out[n, 0],
+                           <int>out.shape[1])
+    return 0
+
+
+cdef extern from *:
+    """
+    /* A squeeze-excite on NCHW, the plane of one channel at a time: its sum (vector partial
+     * sums, in an order fixed by the plane's size) and its scaling. */
+    static float ce_se_plane_sum(const float *x, Py_ssize_t P)
+    {
+        ce_act_vf s0 = {0}, s1 = {0};
+        Py_ssize_t p = 0;
+        for (; p + 2 * CE_ACT_VW <= P; p += 2 * CE_ACT_VW) {
+            s0 += *(const ce_act_vfu *)(x + p);
+            s1 += *(const ce_act_vfu *)(x + p + CE_ACT_VW);
+        }
+        if (p + CE_ACT_VW <= P) {
+            s0 += *(const ce_act_vfu *)(x + p);
+            p += CE_ACT_VW;
+        }
+        s0 += s1;
+        /* the lanes pairwise, then the tail: a short dependency chain per plane */
+        float lanes[CE_ACT_VW], tail = 0.0f;
+        __builtin_memcpy(lanes, &s0, sizeof s0);
+        for (int w = CE_ACT_VW / 2; w > 0; w /= 2)
+            for (int j = 0; j < w; j++)
+                lanes[j] += lanes[j + w];
+        for (; p < P; p++)
+            tail += x[p];
+        return lanes[0] + tail;
+    }
+
+    static void ce_se_plane_scale(const float *x, Py_ssize_t P, float g, float *out)
+    {
+        Py_ssize_t p = 0;
+        for (; p + CE_ACT_VW <= P; p += CE_ACT_VW)
+            *(ce_act_vfu *)(out + p) = *(const ce_act_vfu *)(x + p) * g;
+        for (; p < P; p++)
+            out[p] = x[p] * g;
+    }
+    """
+    float ce_se_plane_sum(const float *x, Py_ssize_t P) nogil
+    void ce_se_plane_scale(const float *x, Py_ssize_t P, float g, float *out) nogil
+
+
+def f32_se_nchw(const float[:, :, ::1] x, const float[:, ::1] w1t, const float[::1] b1,
+                const float[:, ::1] w2t, const float[::1] b2, ce_act_t act, int gate,
+                float alpha, float beta, float[:, :, ::1] out, int num_threads=1):
+    """A squeeze-excite on x (N, C, H*W) in one call: out[n, c] = x[n, c] * g[n, c], the gates
+    of f32_se_gates from the planes' means (out may be x: each plane is read before it is
+    written). The threads take ranges of planes for the means and the scaling; the gates run
+    on one thread."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], P = x.shape[2]
+    if tuple(out.shape) != tuple(x.shape):
+        raise ValueError(f"out {tuple(out.shape)[:3]} does not fit x {tuple(x.shape)[:3]}")
+    pooled = np.empty((N, C), np.float32)
+    gates = np.empty((N, C), np.float32)
+    cdef float[:, ::1] pv = pooled
+    cdef float[:, ::1] gv = gates
+    if N == 0 or C == 0:
+        return
+    cdef const float* xp = &x[0, 0, 0]
+    cdef float* op = &out[0, 0, 0]
+    cdef float* pp = &pv[0, 0]
+    cdef float* gp = &gv[0, 0]
+    cdef Py_ssize_t it
+    num_threads = <int>max(1, min(num_threads, N * C))
+    cdef float inv = 1.0 / P if P else 0.0
+    for it in prange(N * C, nogil=True, num_threads=num_threads, schedule="static"):
+        pp[it] = ce_se_plane_sum(xp + it * P, P) * inv
+    se_gates(pv, w1t, b1, w2t, b2, act, gate, alpha, beta, gv)
+    if P == 0:
+        return
+    for it in prange(N * C, nogil=True, num_threads=num_threads, schedule="static"):
+        ce_se_plane_scale(xp + it * P, P, gp[it], op + it * P)
