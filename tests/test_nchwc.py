@@ -135,7 +135,8 @@ def test_pointwise_refuses_inconsistent_arguments(rng):
         nchwc.f32_pointwise_blocked(x, wp, bp, None, np.zeros(out.shape[:3] + (4, B), np.float32),
                                     NO_ACT, 1)
     with pytest.raises(ValueError, match="channel-blocked"):
-        nchwc.f32_pointwise_blocked(x, wp, bp, None, np.zeros(out.shape[:4] + (B // 2,), np.float32),
+        nchwc.f32_pointwise_blocked(x, wp, bp, None,
+                                    np.zeros(out.shape[:4] + (B // 2,), np.float32),
                                     NO_ACT, 1)
     for bad in (x.shape[1] * B - B, x.shape[1] * B + 1, -1):   # too few or many for x's blocks
         with pytest.raises(ValueError, match="channels"):

@@ -14,7 +14,7 @@ from typing import Optional
 
 from ..ops.activation import is_activation
 from ..ops.blocked import BLOCK
-from .conv import ConvParams, choose_conv2d, is_depthwise, is_pointwise, vector_floats
+from .conv import ConvParams, choose_conv2d, is_depthwise, vector_floats
 from .policy import current_policy
 
 LAYOUTS = ("auto", "nchw", "nchwc")
@@ -121,8 +121,9 @@ def winograd_shaped(p: ConvParams) -> bool:
 def blocked_kernel(p: ConvParams, activation=None, residual: Optional[bool] = None,
                    blocked_input: bool = False) -> tuple[Optional[str], str]:
     """The channel-blocked kernel able to run the layer, and why: "pointwise" (1x1 unpadded,
-    one group; with strides the input is subsampled first), "depthwise" (multiplier 1, any kernel, stride, dilation, padding),
-    "grouped" (groups of GROUPED_MIN_WIDTH to BLOCK channels each way, within blocks), "direct"
+    one group; with strides the input is subsampled first), "depthwise" (multiplier 1, any
+    kernel, stride, dilation, padding), "grouped" (groups of GROUPED_MIN_WIDTH to BLOCK
+    channels each way, within blocks), "direct"
     (one group, at most BLOCKED_DIRECT_MAX_TAPS taps, NCHW in), "dense" (one group, any other
     kernel but Winograd's 3x3 stride 1; or groups of whole blocks each way), or None.
     activation: the fused one (any of engine/ops/activation.py); residual: None
@@ -197,16 +198,16 @@ def choose_layout(kind: Optional[str], why: str, producer_kind: Optional[str] = 
         if not wanted:
             return "nchw", "no pointwise or depthwise layer reads its output"
         return "nchwc", (f"reads NCHW and writes the blocks its {' and '.join(wanted)} "
-                           f"reader takes, instead of a layout change")
+                         f"reader takes, instead of a layout change")
     if producer_kind is not None:
         return "nchwc", (f"{kind} after a {producer_kind} layer: no layout change between "
-                           f"them, no packing or transposes")
+                         f"them, no packing or transposes")
     if reader_kinds:
         return "nchwc", (f"{kind} before a {reader_kinds[0]} layer: no layout change between "
-                           f"them, no packing or transposes")
+                         f"them, no packing or transposes")
     if alone:
         return "nchwc", (f"{why}: with this many taps it beats the NCHW algorithms by more "
-                           f"than a layout change each way costs")
+                         f"than a layout change each way costs")
     return "nchw", (f"{kind}, but no neighbour has a blocked kernel: a layout change each way "
                     f"would cost more than the blocked kernel saves")
 

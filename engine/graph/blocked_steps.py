@@ -215,9 +215,10 @@ class BlockedConcat(_Internal):
 
 
 class BlockedConv(_Internal):
-    """A Conv on blocked tensors (any kind of engine.dispatch.layout.blocked_kernel). Made per plan: ``conv`` is the graph's
-    Conv op, ``ins``/``outs`` its NCHW Infos for this plan's shapes. Inputs: X, W, B as the
-    Conv's (W and B unread: the weights are packed here), and the residual, blocked."""
+    """A Conv on blocked tensors (any kind of engine.dispatch.layout.blocked_kernel). Made per
+    plan: ``conv`` is the graph's Conv op, ``ins``/``outs`` its NCHW Infos for this plan's
+    shapes. Inputs: X, W, B as the Conv's (W and B unread: the weights are packed here), and
+    the residual, blocked."""
     kind = "Conv"
     n_inputs = (1, 4)
 
@@ -287,7 +288,8 @@ class BlockedConv(_Internal):
                 buf = workspace.take(size)
                 try:
                     xs = buf[:size].reshape(taken)
-                    nchwc.f32_subsample_blocked(env[a], xs, *strides, nt)
+                    nchwc.f32_subsample_blocked(env[a], xs, *strides,
+                                                1 if size < MIN_CONVERT_ELEMENTS else nt)
                     nchwc.f32_pointwise_blocked(xs, w, bias, env[r] if r >= 0 else None,
                                                 env[b], act, threads_for(macs, nt), slack,
                                                 channels)
