@@ -18,6 +18,8 @@ Groups (section/group):
                                           call) and engine/ops/winograd.py TAPS_PANELS_BYTES
   layout/convert, layout/depthwise        the thread thresholds of engine/graph/blocked_steps.py
                                           (1 against 2 threads, whatever --threads says)
+  layout/dw_planes                        kernels/_nchwc_dw.h CE_NC_DW_PLANE_VECS: blocked
+                                          depthwise by whole planes or row by row
   layout/grouped                          engine/dispatch/layout.py GROUPED_MIN_WIDTH
   layout/winograd                         engine/dispatch/layout.py WINOGRAD_BLOCKED_MAX_IN
   layout/dense                            engine/dispatch/layout.py DENSE_ALONE_MIN_TAPS: a
@@ -256,6 +258,24 @@ def winograd_layout_rows(threads):
         yield f"3x3 {c}->{k} {size}x{size} (nchw: {layer.algorithm})", fns, pick
 
 
+def dw_plane_rows(threads):
+    """Blocked depthwise (relu6) by zero-bordered whole planes against row by row, on the maps
+    of MobileNetV3, MNASNet and EfficientNet and around the plane buffer's size."""
+    for c, size, s, k in [(1152, 7, 1, 5), (1152, 7, 1, 3), (480, 14, 1, 5), (480, 14, 1, 3),
+                          (240, 28, 1, 5), (240, 28, 1, 3), (144, 56, 2, 5), (144, 56, 1, 3),
+                          (96, 112, 2, 3), (32, 112, 1, 3), (96, 56, 1, 7), (192, 28, 1, 7)]:
+        p = k // 2
+        wp, bp = blocked.pack_depthwise(_rand(c, 1, k, k), _rand(c))
+        xb = blocked.to_blocked(_rand(1, c, size, size))
+        o = (size + 2 * p - k) // s + 1
+        out = np.empty(blocked.blocked_shape((1, c, o, o)), np.float32)
+        fns = {form: (lambda planes: lambda: nchwc.f32_depthwise_blocked(
+            xb, wp, bp, out, s, s, p, p, 1, 1, kernel_act("relu6"), threads, False, planes))(
+                form == "planes") for form in ("rows", "planes")}
+        pick = "planes" if nchwc.depthwise_plane_fits(size, size, o, s, k, k, 1) else "rows"
+        yield f"{k}x{k} {c}ch {size}x{size} s{s}", fns, pick
+
+
 def layout_rows(group, threads=1):
     if group == "dense":
         yield from dense_rows(threads)
@@ -265,6 +285,9 @@ def layout_rows(group, threads=1):
         return
     if group == "grouped":
         yield from grouped_rows(threads)
+        return
+    if group == "dw_planes":
+        yield from dw_plane_rows(threads)
         return
     if group == "convert":
         for c, hw in [(32, 8), (64, 16), (128, 16), (256, 16)]:
@@ -318,9 +341,10 @@ SECTIONS = {
                    lambda g: ["col2im", "zero_insert"]),
     "gemm": (["dense"], gemm_rows, lambda g: ["dense", "matmul"]),
     "winograd": (["weights"], winograd_weight_rows, lambda g: ["stored", "per_call"]),
-    "layout": (["convert", "depthwise", "dense", "grouped", "winograd"], layout_rows,
+    "layout": (["convert", "depthwise", "dw_planes", "dense", "grouped", "winograd"],
+               layout_rows,
                lambda g: ["nchw", "blocked"] if g in ("dense", "grouped", "winograd")
-               else ["1 thread", "2 thread"]),
+               else ["rows", "planes"] if g == "dw_planes" else ["1 thread", "2 thread"]),
 }
 
 

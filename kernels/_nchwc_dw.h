@@ -2,9 +2,11 @@
  * channels per pixel and tap, the weights [kh][kw][B] of each block side by side. Work goes by
  * output rows of one block (ce_nc_dw_row): the columns whose taps all lie inside the plane run
  * four (any kernel; 3x3 by its own unrolled loop) or, for a 5x5 at stride 1 on AVX-512, eight
- * at a time; the edge columns tap by tap with every tap checked. Every output is the bias, then
- * its taps inside the plane in row-major order (a 3x3's inside columns add each kernel row's
- * three products first), whatever the thread count.
+ * at a time; the edge columns with every tap checked, one at a time for a 3x3, four at a time
+ * for wider kernels. On 8-float builds small planes go whole through a zero-bordered copy
+ * (ce_nc_dw_plane). Every output is the bias, then its taps in row-major order (a 3x3's inside
+ * columns row by row add each kernel row's three products first); which path a plane takes
+ * depends on its shape and weights, never on the thread count.
  */
 #ifndef CE_NCHWC_DW_H
 #define CE_NCHWC_DW_H
@@ -27,6 +29,56 @@ static inline ce_nc_vf ce_nc_dw_pixel(const float *x, int H, int W, int iy0, int
         }
     }
     return acc;
+}
+
+/* Up to four output columns (m of them, sw apart, the first at input column ix0), every tap
+ * checked against the plane, their sums side by side: one pixel at a time, each edge pixel is
+ * a chain of dependent multiply-adds, and on small maps (a 5x5 on 7x7 or 14x14) most pixels
+ * are edge pixels. Each sum takes the bias, then its taps inside the plane in row-major order,
+ * as ce_nc_dw_pixel does. */
+static inline void ce_nc_dw4_checked(const float *x, int H, int W, int iy0, int ix0, int sw,
+                                     int kh, int kw, int dh, int dw, const float *w,
+                                     ce_nc_vf b, int m, float *out, ce_act_t act)
+{
+    ce_nc_vf a0 = b, a1 = b, a2 = b, a3 = b;
+    const unsigned uW = (unsigned)W;
+    for (int u = 0; u < kh; u++) {
+        int iy = iy0 + u * dh;
+        if (iy < 0 || iy >= H)
+            continue;
+        const float *row = x + (ptrdiff_t)iy * W * CE_NC_B;
+        const float *wu = w + (ptrdiff_t)u * kw * CE_NC_B;
+        for (int v = 0; v < kw; v++) {
+            const ce_nc_vf wv = CE_NC_LD(wu + v * CE_NC_B);
+            const int ix = ix0 + v * dw;
+            if ((unsigned)ix < uW)
+                a0 += wv * CE_NC_LD(row + (ptrdiff_t)ix * CE_NC_B);
+            if (m > 1 && (unsigned)(ix + sw) < uW)
+                a1 += wv * CE_NC_LD(row + (ptrdiff_t)(ix + sw) * CE_NC_B);
+            if (m > 2 && (unsigned)(ix + 2 * sw) < uW)
+                a2 += wv * CE_NC_LD(row + (ptrdiff_t)(ix + 2 * sw) * CE_NC_B);
+            if (m > 3 && (unsigned)(ix + 3 * sw) < uW)
+                a3 += wv * CE_NC_LD(row + (ptrdiff_t)(ix + 3 * sw) * CE_NC_B);
+        }
+    }
+    CE_NC_ST(out, ce_nc_act(a0, act));
+    if (m > 1)
+        CE_NC_ST(out + CE_NC_B, ce_nc_act(a1, act));
+    if (m > 2)
+        CE_NC_ST(out + 2 * CE_NC_B, ce_nc_act(a2, act));
+    if (m > 3)
+        CE_NC_ST(out + 3 * CE_NC_B, ce_nc_act(a3, act));
+}
+
+/* m (1 to 4) edge columns: one pixel alone as a single chain, more side by side */
+static inline void ce_nc_dw_edge(const float *x, int H, int W, int iy0, int ix0, int sw, int kh,
+                                 int kw, int dh, int dw, const float *w, ce_nc_vf b, int m,
+                                 float *out, ce_act_t act)
+{
+    if (m == 1)
+        CE_NC_ST(out, ce_nc_act(ce_nc_dw_pixel(x, H, W, iy0, ix0, kh, kw, dh, dw, w, b), act));
+    else
+        ce_nc_dw4_checked(x, H, W, iy0, ix0, sw, kh, kw, dh, dw, w, b, m, out, act);
 }
 
 /* The columns [lo, hi) of a 3x3 row whose taps are all inside the plane, over the NR kernel
@@ -216,9 +268,14 @@ static void ce_nc_dw_row_act(const float *x, int H, int W, int OW, int oy, int s
         if (kh > 64)        /* beyond the row tables below: every column checked */
             lo = hi = 0;
     }
-    for (int ox = 0; ox < lo; ox++)
-        CE_NC_ST(out + ox * B, ce_nc_act(ce_nc_dw_pixel(x, H, W, iy0, ox * sw - pl, kh, kw, dh,
-                                                        dw, w, b), act));
+    /* kernels wider than 3: the unchecked columns in whole groups of four, the others checked
+     * four at a time (a 3x3's edge pixels are short chains: one at a time measured faster) */
+    const int grouped = kw > 3;
+    if (grouped)
+        hi = lo + (hi - lo) / 4 * 4;
+    for (int ox = 0; ox < lo; ox += grouped ? 4 : 1)
+        ce_nc_dw_edge(x, H, W, iy0, ox * sw - pl, sw, kh, kw, dh, dw, w, b,
+                      grouped ? (lo - ox < 4 ? lo - ox : 4) : 1, out + (ptrdiff_t)ox * B, act);
     if (hi > lo && !(kh == 3 && kw == 3)) {
         /* any other kernel: its rows inside the plane (at most 64 of them) */
         const float *r[64], *wr[64];
@@ -265,9 +322,9 @@ static void ce_nc_dw_row_act(const float *x, int H, int W, int OW, int oy, int s
 #undef CE_NC_DW_ACT
 #undef CE_NC_DW_ACT1
     }
-    for (int ox = hi > lo ? hi : lo; ox < OW; ox++)
-        CE_NC_ST(out + ox * B, ce_nc_act(ce_nc_dw_pixel(x, H, W, iy0, ox * sw - pl, kh, kw, dh,
-                                                        dw, w, b), act));
+    for (int ox = hi > lo ? hi : lo; ox < OW; ox += grouped ? 4 : 1)
+        ce_nc_dw_edge(x, H, W, iy0, ox * sw - pl, sw, kh, kw, dh, dw, w, b,
+                      grouped ? (OW - ox < 4 ? OW - ox : 4) : 1, out + (ptrdiff_t)ox * B, act);
 }
 
 /* ce_nc_dw_row_act with an activation past the clamps mapped over the row once it is written
@@ -282,6 +339,121 @@ static void ce_nc_dw_row(const float *x, int H, int W, int OW, int oy, int sh, i
                      inline_act ? act : none);
     if (!inline_act)
         ce_nc_act_span(out, OW, act);
+}
+
+/* Small planes on 8-float builds: the block's input plane is copied once into a buffer whose
+ * columns run on into zeros on both sides, and every output row then runs eight columns at a
+ * time unchecked, eight sums side by side (enough to cover the multiply-add latency; four cover
+ * half). On 7x7 and 14x14 maps most of a 5x5's pixels are edge pixels, and row by row the
+ * checks and per-row setup cost more than the taps. Kernel rows outside the plane are skipped;
+ * the zero columns add products of a weight and zero, which leave every sum as it was (but for
+ * the sign of a zero) when the weights are finite: a block with a non-finite weight goes row
+ * by row, where taps in the padding are skipped. AVX-512 builds keep their rows (not measured
+ * there). */
+/* the buffer, in vectors (64 KB): larger planes gained little (bench/bench_dispatch.py --only
+ * layout/dw_planes) */
+#define CE_NC_DW_PLANE_VECS 2048
+
+static inline int ce_nc_dw_plane_cols(int OW, int sw, int kw, int dw)
+{
+    return ((OW + 7) / 8 * 8 - 1) * sw + (kw - 1) * dw + 1;
+}
+
+/* Whether ce_nc_dw_plane takes this layer: the buffer fits and the kernel is wider than 3. */
+static inline int ce_nc_dw_plane_fits(int H, int W, int OW, int sw, int kh, int kw, int dw)
+{
+#if CE_NC_B == 8
+    (void)W;
+    return kw >= 3 && kh <= 16 && sw <= 2
+           && (long)H * ce_nc_dw_plane_cols(OW, sw, kw, dw) <= CE_NC_DW_PLANE_VECS;
+#else
+    (void)H; (void)W; (void)OW; (void)sw; (void)kh; (void)kw; (void)dw;
+    return 0;
+#endif
+}
+
+/* Eight output columns from buffer column c0 (m of them stored): the nr kernel rows r (their
+ * weights wr, kw taps each, dw columns apart), columns SW apart. */
+static inline __attribute__((always_inline)) void
+ce_nc_dw8_buffered(const float *const *r, const float *const *wr, int nr, int kw, ptrdiff_t d1,
+                   const int SW, ce_nc_vf b, ptrdiff_t c0, int m, float *out, ce_act_t act)
+{
+    const ptrdiff_t B = CE_NC_B;
+    ce_nc_vf a[8];
+#pragma GCC unroll 8
+    for (int j = 0; j < 8; j++)
+        a[j] = b;
+    for (int k = 0; k < nr; k++) {
+        const float *p = r[k] + c0 * B, *wk = wr[k];
+        for (int v = 0; v < kw; v++, p += d1) {
+            const ce_nc_vf wv = CE_NC_LD(wk + v * B);
+#pragma GCC unroll 8
+            for (int j = 0; j < 8; j++)
+                a[j] += wv * CE_NC_LD(p + j * SW * B);
+        }
+    }
+#pragma GCC unroll 8
+    for (int j = 0; j < 8; j++)
+        if (j < m)
+            CE_NC_ST(out + j * B, ce_nc_act(a[j], act));
+}
+
+/* One block plane, out[OH][OW] from x[H][W], when ce_nc_dw_plane_fits says so. */
+static void ce_nc_dw_plane(const float *x, int H, int W, int OH, int OW, int sh, int sw, int pt,
+                           int pl, int kh, int kw, int dh, int dw, const float *w,
+                           const float *bias, float *out, ce_act_t act)
+{
+    const ptrdiff_t B = CE_NC_B;
+    ce_nc_vf check = {0};
+    for (int t = 0; t < kh * kw; t++)
+        check *= CE_NC_LD(w + t * B);         /* zero, or NaN past a NaN or an infinity */
+    for (int j = 0; j < CE_NC_B; j++)
+        if (check[j] != 0.0f) {
+            for (int oy = 0; oy < OH; oy++)
+                ce_nc_dw_row(x, H, W, OW, oy, sh, sw, pt, pl, kh, kw, dh, dw, w, bias,
+                             out + (ptrdiff_t)oy * OW * B, act);
+            return;
+        }
+    const int cols = ce_nc_dw_plane_cols(OW, sw, kw, dw);
+    float buf[CE_NC_DW_PLANE_VECS * CE_NC_B] __attribute__((aligned(64)));
+    const ce_nc_vf zero = {0};
+    for (int iy = 0; iy < H; iy++) {
+        const float *src = x + (ptrdiff_t)iy * W * B;
+        float *dst = buf + (ptrdiff_t)iy * cols * B;
+        for (int c = 0; c < cols; c++) {
+            const int ix = c - pl;
+            CE_NC_ST(dst + c * B, (unsigned)ix < (unsigned)W ? CE_NC_LD(src + ix * B) : zero);
+        }
+    }
+    const ce_nc_vf b = CE_NC_LD(bias);
+    const ce_act_t none = {CE_ACT_CODE_NONE, 0.0f, 0.0f};
+    const int inline_act = CE_NC_ACT_INLINE(act.code);
+    const ce_act_t store_act = inline_act ? act : none;
+    const ptrdiff_t d1 = (ptrdiff_t)dw * B;
+    for (int oy = 0; oy < OH; oy++) {
+        const float *r[16], *wr[16];
+        int nr = 0;
+        for (int u = 0; u < kh; u++) {
+            const int iy = oy * sh - pt + u * dh;
+            if (iy >= 0 && iy < H) {
+                r[nr] = buf + (ptrdiff_t)iy * cols * B;
+                wr[nr] = w + (ptrdiff_t)u * kw * B;
+                nr++;
+            }
+        }
+        float *o = out + (ptrdiff_t)oy * OW * B;
+        for (int ox = 0; ox < OW; ox += 8) {
+            const int m = OW - ox < 8 ? OW - ox : 8;
+            if (sw == 1)
+                ce_nc_dw8_buffered(r, wr, nr, kw, d1, 1, b, ox, m, o + (ptrdiff_t)ox * B,
+                                   store_act);
+            else
+                ce_nc_dw8_buffered(r, wr, nr, kw, d1, 2, b, (ptrdiff_t)ox * 2, m,
+                                   o + (ptrdiff_t)ox * B, store_act);
+        }
+    }
+    if (!inline_act)
+        ce_nc_act_span(out, (ptrdiff_t)OH * OW, act);
 }
 
 #endif

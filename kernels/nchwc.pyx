@@ -300,19 +300,30 @@ cdef extern from "_nchwc_dw.h":
     void ce_nc_dw_row(const float *x, int H, int W, int OW, int oy, int sh, int sw, int pt,
                       int pl, int kh, int kw, int dh, int dw, const float *w,
                       const float *bias, float *out, ce_act_t act) nogil
+    bint ce_nc_dw_plane_fits(int H, int W, int OW, int sw, int kh, int kw, int dw) nogil
+    void ce_nc_dw_plane(const float *x, int H, int W, int OH, int OW, int sh, int sw, int pt,
+                        int pl, int kh, int kw, int dh, int dw, const float *w,
+                        const float *bias, float *out, ce_act_t act) nogil
+
+
+def depthwise_plane_fits(int H, int W, int OW, int sw, int kh, int kw, int dw):
+    """Whether f32_depthwise_blocked takes each block's plane whole, through a zero-bordered
+    copy (8-float builds: kernels 3 wide or more, stride 1 or 2, small planes)."""
+    return bool(ce_nc_dw_plane_fits(H, W, OW, sw, kh, kw, dw))
 
 
 def f32_depthwise_blocked(const float[:, :, :, :, ::1] x, const float[:, :, :, ::1] w,
                           const float[::1] bias, float[:, :, :, :, ::1] out, int sh, int sw,
                           int pt, int pl, int dh, int dw, ce_act_t act, int num_threads,
-                          bint by_blocks=False):
+                          bint by_blocks=False, bint planes=True):
     """Depthwise convolution (multiplier 1) in blocks: w[Cb, kh, kw, B] holds channel
     cb*B + j's tap (u, v) at [cb, u, v, j] (zero beyond C); bias: Cb * B values. Output
     sizes are the caller's (engine.shapes); padding beyond pt / pl is implied by them.
 
     Work items are output rows of one block, ordered (image, row, block), so each thread takes
     a band of rows: the pixels a pointwise layer next to it, split by pixels, also gives it; or
-    with by_blocks (image, block, row), so each thread takes whole blocks."""
+    with by_blocks (image, block, row), so each thread takes whole blocks. Small planes
+    (depthwise_plane_fits) are work items of their own, unless planes is False."""
     check_act(act)
     check_same_blocks(x.shape, out.shape)
     cdef Py_ssize_t N = x.shape[0], Cb = x.shape[1], H = x.shape[2], W = x.shape[3]
@@ -329,6 +340,14 @@ def f32_depthwise_blocked(const float[:, :, :, :, ::1] x, const float[:, :, :, :
     cdef const float* wp = &w[0, 0, 0, 0]
     cdef const float* bp = &bias[0]
     cdef Py_ssize_t items = N * OH * Cb, it, n, oy, cb
+    if planes and ce_nc_dw_plane_fits(<int>H, <int>W, <int>OW, sw, kh, kw, dw):
+        items = N * Cb
+        num_threads = <int>max(1, min(num_threads, items))
+        for it in prange(items, nogil=True, num_threads=num_threads, schedule="static"):
+            ce_nc_dw_plane(xp + it * H * W * CE_NC_B, <int>H, <int>W, <int>OH, <int>OW, sh, sw,
+                           pt, pl, kh, kw, dh, dw, wp + (it % Cb) * taps * CE_NC_B,
+                           bp + (it % Cb) * CE_NC_B, op + it * OH * OW * CE_NC_B, act)
+        return
     num_threads = <int>max(1, min(num_threads, items))
     for it in prange(items, nogil=True, num_threads=num_threads, schedule="static"):
         if by_blocks:
