@@ -242,7 +242,8 @@ def winograd_layout_rows(threads):
     """3x3 stride-1 layers NCHW runs by Winograd, against the dense blocked kernel on the same
     layer (no layout change counted): WINOGRAD_BLOCKED_MAX_IN."""
     for c, k, size in [(32, 128, 27), (48, 192, 13), (64, 256, 13), (96, 128, 28),
-                       (128, 128, 14), (256, 256, 14), (64, 64, 56)]:
+                       (128, 128, 14), (256, 256, 14), (64, 64, 56), (128, 32, 56),
+                       (128, 32, 28), (128, 32, 14), (128, 32, 7), (256, 64, 14)]:
         x, w = _rand(1, c, size, size), _rand(k, c, 3, 3) / np.float32(np.sqrt(9 * c))
         layer = engine.Conv2d(w, padding=1, input_size=(size, size))
         y = np.empty(layer.output_shape(x.shape), np.float32)

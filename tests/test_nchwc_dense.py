@@ -484,6 +484,36 @@ def test_eight_float_builds_keep_wide_and_stem_dense_layers_on_nchw(monkeypatch)
     assert blocked_kernel(narrow, blocked_input=True)[0] == "dense"
 
 
+def test_eight_float_builds_take_small_layers_on_small_maps_whatever_their_taps(monkeypatch):
+    """8-float builds: a layer with at most DENSE_8F_SMALL_MAP_PIXELS output pixels and
+    DENSE_8F_SMALL_WEIGHT_BYTES of weights runs on the dense blocked kernel past
+    DENSE_8F_MAX_TAPS, F(2x2,3x3)'s 3x3 stride-1 layers included (DenseNet's 128->32);
+    the same layer on a larger map or with more output channels, and any layer of an unknown
+    size, does not; 16-float builds keep F(2x2,3x3) on NCHW."""
+    from engine.dispatch import ConvParams
+    from engine.dispatch.conv import ASSUME_VECTOR_FLOATS_ENV
+    from engine.dispatch.layout import (DENSE_8F_MAX_TAPS, DENSE_8F_SMALL_MAP_PIXELS,
+                                        DENSE_8F_SMALL_WEIGHT_BYTES, blocked_kernel,
+                                        winograd_shaped)
+    pads = ((1, 1), (1, 1))
+    small = ConvParams(128, 32, (3, 3), (1, 1), (1, 1), 1, pads, (14, 14))
+    seven = small._replace(in_size=(7, 7))
+    larger_map = small._replace(in_size=(28, 28))
+    more_out = small._replace(out_channels=128)
+    unknown = small._replace(in_size=None)
+    strided = ConvParams(128, 32, (3, 3), (2, 2), (1, 1), 1, pads, (28, 28))
+    assert 128 * 9 > DENSE_8F_MAX_TAPS and 14 * 14 <= DENSE_8F_SMALL_MAP_PIXELS < 28 * 28
+    assert 4 * 32 * 128 * 9 <= DENSE_8F_SMALL_WEIGHT_BYTES < 4 * 128 * 128 * 9
+    monkeypatch.setenv(ASSUME_VECTOR_FLOATS_ENV, "8")
+    for p in (small, seven, strided):
+        assert not winograd_shaped(p)
+        assert blocked_kernel(p, blocked_input=True)[0] == "dense"
+    for p in (larger_map, more_out, unknown):
+        assert blocked_kernel(p, blocked_input=True)[0] is None
+    monkeypatch.setenv(ASSUME_VECTOR_FLOATS_ENV, "16")
+    assert winograd_shaped(small) and blocked_kernel(small, blocked_input=True)[0] is None
+
+
 def test_eight_float_builds_run_one_block_groups_on_the_dense_kernel(monkeypatch):
     """Groups of exactly one block: the grouped kernel on 16-float builds, the dense one group
     by group on 8-float builds (its six pixels' sums hide the latency four could not)."""

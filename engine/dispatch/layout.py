@@ -57,6 +57,14 @@ DENSE_ALONE_MIN_TAPS = 256
 # 4.3 ms against 3.1 (bench/bench_zoo.py, DenseNet-121, ResNet-50, ResNet-18).
 DENSE_8F_MAX_TAPS = 1024
 DENSE_8F_MIN_IN_CHANNELS = 8
+# On 8-float builds, layers on small maps with small weights run on the dense blocked kernel
+# whatever their taps, F(2x2,3x3) ones included: with at most this many output pixels and
+# weights of at most half a 512 KiB L2, DenseNet's 128->32 3x3 layers ran 0.20 against 0.24 ms
+# (14x14) and 0.07 against 0.17 (7x7) by F(2x2,3x3); with 590 KiB of weights (128->128 on
+# 14x14) F(2x2,3x3) stayed ahead, and on 28x28 they tie (bench/bench_dispatch.py
+# layout/winograd).
+DENSE_8F_SMALL_MAP_PIXELS = 196
+DENSE_8F_SMALL_WEIGHT_BYTES = 256 * 1024
 
 
 def blocked_layout_pays() -> tuple[bool, str]:
@@ -115,7 +123,20 @@ def winograd_shaped(p: ConvParams) -> bool:
         return True
     algorithm, _ = choose_conv2d(p, current_policy().excluded)   # as the NCHW plan would
     return algorithm in ("winograd_f43", "winograd_f63") or (
-        algorithm == "winograd_f23" and p.in_channels // p.groups > WINOGRAD_BLOCKED_MAX_IN)
+        algorithm == "winograd_f23" and p.in_channels // p.groups > WINOGRAD_BLOCKED_MAX_IN
+        and not small_dense(p))
+
+
+def small_dense(p: ConvParams) -> bool:
+    """On 8-float builds, a one-group layer of a known input size with at most
+    DENSE_8F_SMALL_MAP_PIXELS output pixels and DENSE_8F_SMALL_WEIGHT_BYTES of weights: the
+    dense blocked kernel runs it faster than NCHW's algorithms, however many taps it has."""
+    if vector_floats() >= 16 or p.groups != 1 or p.in_size is None or p.pads is None:
+        return False
+    oh, ow = p.out_size
+    weight_bytes = 4 * p.out_channels * p.in_channels * p.kernel[0] * p.kernel[1]
+    return (oh * ow <= DENSE_8F_SMALL_MAP_PIXELS
+            and weight_bytes <= DENSE_8F_SMALL_WEIGHT_BYTES)
 
 
 def blocked_kernel(p: ConvParams, activation=None, residual: Optional[bool] = None,
@@ -157,11 +178,13 @@ def blocked_kernel(p: ConvParams, activation=None, residual: Optional[bool] = No
                       f"stride {p.stride[0]}x{p.stride[1]} {p.in_channels}->{p.out_channels} "
                       f"groups {p.groups} ({taps} taps)")
     if kind == "dense" and vector_floats() < 16 and (
-            taps > DENSE_8F_MAX_TAPS or p.in_channels < DENSE_8F_MIN_IN_CHANNELS):
+            taps > DENSE_8F_MAX_TAPS and not small_dense(p)
+            or p.in_channels < DENSE_8F_MIN_IN_CHANNELS):
         return None, (f"{p.in_channels}->{p.out_channels} {p.kernel[0]}x{p.kernel[1]} ({taps} "
                       f"taps): built for {vector_floats()}-float vectors, the dense blocked "
-                      f"kernel runs layers of over {DENSE_8F_MAX_TAPS} taps or under "
-                      f"{DENSE_8F_MIN_IN_CHANNELS} input channels slower than NCHW")
+                      f"kernel runs layers of over {DENSE_8F_MAX_TAPS} taps (but small ones "
+                      f"on small maps) or under {DENSE_8F_MIN_IN_CHANNELS} input channels "
+                      f"slower than NCHW")
     if residual is not None and kind not in ("pointwise", "dense"):
         return None, "a residual add, which only the pointwise and dense blocked kernels make"
     return kind, f"the {kind} blocked kernel runs it"
