@@ -3,8 +3,10 @@
 # Windows follow ONNX: taps in the padding or past a ceil-mode end are skipped (max: ONNX's -inf padding;
 # average: the caller's divisor per output, engine.ops.pool.onnx_avgpool_divisor). Each output
 # takes its taps in row-major order from 0 (average) or -inf (max), as the NCHW kernels of
-# kernels/pool.pyx do, so values are theirs. Work items are output rows of one block, ordered
-# (image, block, row); every output is computed whole by one thread.
+# kernels/pool.pyx do, so values are theirs (but for a NaN's payload: a maximum over a NaN is
+# NaN). Work items are output rows of one block, ordered (image, block, row); every output is
+# computed whole by one thread. Columns whose windows lie inside the row go four at a time,
+# their maxima or sums side by side: one by one, each output was a chain of dependent steps.
 from cython.parallel cimport prange
 
 cdef extern from *:
@@ -13,40 +15,121 @@ cdef extern from *:
 
     #include "_nchwc_block.h"
 
+    #if defined(__AVX512F__)
+    #include <immintrin.h>
+    #define CE_NC_MAX(t, m) ((ce_nc_vf)_mm512_max_ps((__m512)(t), (__m512)(m)))
+    #else
+    #include <immintrin.h>
+    #define CE_NC_MAX(t, m) ((ce_nc_vf)_mm256_max_ps((__m256)(t), (__m256)(m)))
+    #endif
+
+    /* One output pixel, every tap checked: the maximum (avg == 0) or the sum of the window's
+     * taps inside the plane, in row-major order; the maximum takes NaN as the NCHW kernels
+     * do (the first NaN met). */
+    static inline ce_nc_vf ce_nc_pool_pixel(const float *x, int H, int W, int iy0, int ix0,
+                                            int kh, int kw, int dh, int dw, int avg)
+    {
+        const ptrdiff_t B = CE_NC_B;
+        const ce_nc_vf zero = {0};
+        ce_nc_vf m = avg ? zero : zero - __builtin_inff();
+        for (int u = 0; u < kh; u++) {
+            int iy = iy0 + u * dh;
+            if (iy < 0 || iy >= H)
+                continue;
+            const float *row = x + (ptrdiff_t)iy * W * B;
+            for (int v = 0; v < kw; v++) {
+                int ix = ix0 + v * dw;
+                if (ix < 0 || ix >= W)
+                    continue;
+                ce_nc_vf t = CE_NC_LD(row + (ptrdiff_t)ix * B);
+                if (avg) {
+                    m += t;
+                } else {
+                    ce_nc_vi take = (t > m) | (t != t);
+                    m = (ce_nc_vf)(((ce_nc_vi)t & take) | ((ce_nc_vi)m & ~take));
+                }
+            }
+        }
+        return m;
+    }
+
+    /* Four pixels whose windows lie inside the row (at input columns ix, ix + sw, ...), over
+     * the nr rows r inside the plane, their maxima or sums side by side. The maximum as
+     * max(t, m), which keeps m where t is NaN or equal to it (the first of +0 and -0, as
+     * ce_nc_pool_pixel), with the NaNs met noted apart and given back at the end. */
+    static inline void ce_nc_pool4(const float *const *r, int nr, int kw, int dw, int sw,
+                                   ptrdiff_t ix, int avg, ce_nc_vf *res)
+    {
+        const ptrdiff_t B = CE_NC_B, st = (ptrdiff_t)sw * B;
+        const ce_nc_vf zero = {0};
+        ce_nc_vf a0, a1, a2, a3;
+        a0 = a1 = a2 = a3 = avg ? zero : zero - __builtin_inff();
+        ce_nc_vi n0 = {0}, n1 = {0}, n2 = {0}, n3 = {0};
+        for (int k = 0; k < nr; k++) {
+            const float *p = r[k] + ix * B;
+            for (int v = 0; v < kw; v++, p += (ptrdiff_t)dw * B) {
+                ce_nc_vf t0 = CE_NC_LD(p), t1 = CE_NC_LD(p + st), t2 = CE_NC_LD(p + 2 * st),
+                         t3 = CE_NC_LD(p + 3 * st);
+                if (avg) {
+                    a0 += t0; a1 += t1; a2 += t2; a3 += t3;
+                } else {
+                    a0 = CE_NC_MAX(t0, a0); n0 |= t0 != t0;
+                    a1 = CE_NC_MAX(t1, a1); n1 |= t1 != t1;
+                    a2 = CE_NC_MAX(t2, a2); n2 |= t2 != t2;
+                    a3 = CE_NC_MAX(t3, a3); n3 |= t3 != t3;
+                }
+            }
+        }
+        if (!avg) {
+            const ce_nc_vi qnan = (ce_nc_vi)(zero + __builtin_nanf(""));
+            a0 = (ce_nc_vf)(((ce_nc_vi)a0 & ~n0) | (qnan & n0));
+            a1 = (ce_nc_vf)(((ce_nc_vi)a1 & ~n1) | (qnan & n1));
+            a2 = (ce_nc_vf)(((ce_nc_vi)a2 & ~n2) | (qnan & n2));
+            a3 = (ce_nc_vf)(((ce_nc_vi)a3 & ~n3) | (qnan & n3));
+        }
+        res[0] = a0; res[1] = a1; res[2] = a2; res[3] = a3;
+    }
+
     /* One output row of one channel block: the maximum (avg == NULL) or the sum divided by
      * avg[ox] (0 where avg[ox] is 0: a window with no tap to count) over the window's taps
-     * inside the plane; the maximum takes NaN as the NCHW kernels do. */
+     * inside the plane. The columns whose windows lie inside the row four at a time, the
+     * others (and any row of a window over 32 rows) tap by tap. */
     static void ce_nc_pool_row(const float *x, int H, int W, int OW, int oy, int sh, int sw,
                                int pt, int pl, int kh, int kw, int dh, int dw,
                                const float *avg, float *out)
     {
         const ptrdiff_t B = CE_NC_B;
         const ce_nc_vf zero = {0};
+        const int is_avg = avg != NULL;
         int iy0 = oy * sh - pt;
+        /* ox * sw - pl >= 0 and ox * sw - pl + (kw - 1) * dw <= W - 1 */
+        int last = W - 1 - (kw - 1) * dw + pl;
+        int lo = (pl + sw - 1) / sw, hi = last < 0 ? 0 : last / sw + 1;
+        if (hi > OW) hi = OW;
+        if (lo > hi || kh > 32) lo = hi = 0;
+        hi = lo + (hi - lo) / 4 * 4;
+        const float *r[32];
+        int nr = 0;
+        for (int u = 0; u < kh && hi > lo; u++) {
+            int iy = iy0 + u * dh;
+            if (iy >= 0 && iy < H)
+                r[nr++] = x + (ptrdiff_t)iy * W * B;
+        }
         for (int ox = 0; ox < OW; ox++) {
-            ce_nc_vf m = avg ? zero : zero - __builtin_inff();
-            int ix0 = ox * sw - pl;
-            for (int u = 0; u < kh; u++) {
-                int iy = iy0 + u * dh;
-                if (iy < 0 || iy >= H)
-                    continue;
-                const float *row = x + (ptrdiff_t)iy * W * B;
-                for (int v = 0; v < kw; v++) {
-                    int ix = ix0 + v * dw;
-                    if (ix < 0 || ix >= W)
-                        continue;
-                    ce_nc_vf t = CE_NC_LD(row + (ptrdiff_t)ix * B);
-                    if (avg) {
-                        m += t;
-                    } else {
-                        ce_nc_vi take = (t > m) | (t != t);
-                        m = (ce_nc_vf)(((ce_nc_vi)t & take) | ((ce_nc_vi)m & ~take));
-                    }
-                }
+            ce_nc_vf m[4];
+            int n = 1;
+            if (ox >= lo && ox < hi) {
+                ce_nc_pool4(r, nr, kw, dw, sw, (ptrdiff_t)ox * sw - pl, is_avg, m);
+                n = 4;
+            } else {
+                m[0] = ce_nc_pool_pixel(x, H, W, iy0, ox * sw - pl, kh, kw, dh, dw, is_avg);
             }
-            if (avg)
-                m = avg[ox] > 0.0f ? m / avg[ox] : zero;
-            CE_NC_ST(out + (ptrdiff_t)ox * B, m);
+            for (int j = 0; j < n; j++) {
+                if (avg)
+                    m[j] = avg[ox + j] > 0.0f ? m[j] / avg[ox + j] : zero;
+                CE_NC_ST(out + (ptrdiff_t)(ox + j) * B, m[j]);
+            }
+            ox += n - 1;
         }
     }
     """
