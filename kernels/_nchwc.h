@@ -210,13 +210,19 @@ static void ce_nc_pw_group(const float *x, ptrdiff_t P, int Cb, int tail, const 
 
 /* ---- Direct, NCHW in ---------------------------------------------------------------------------
  * A dense convolution with few input channels (a network's first layer) reading NCHW planes and
- * writing channel blocks: eight output pixels of NK <= 2 blocks at a time, each tap's weights
+ * writing channel blocks: CE_NC_DIRECT_PIXELS output pixels of NK <= 2 blocks at a time (six
+ * on 8-float builds, where eight by two spilled from the 16 registers and ran 25% slower:
+ * bench/bench_dispatch.py conv/direct_blocked), each tap's weights
  * NK vectors multiplied by the input value at each pixel (a broadcast, shared by the blocks).
  * Taps outside the plane are skipped, with the same order of sums as inside it.
  *   x: the image's C planes H x W; w: the first block's [C][kh][kw][B] weights, the second's
  *   wstride floats on; bias: NK vectors; out: the first block's output row (OW pixels of 16),
  *   the second's ostride floats on. */
+#if CE_NC_B == 8
+#define CE_NC_DIRECT_PIXELS 6   /* 6 x 2 sums, 2 weights and a broadcast fit 16 registers */
+#else
 #define CE_NC_DIRECT_PIXELS 8
+#endif
 
 static inline __attribute__((always_inline)) void
 ce_nc_direct_chunk(const float *x, int C, int H, int W, int iy0, int ix0, int sw, int kh,
@@ -240,7 +246,8 @@ ce_nc_direct_chunk(const float *x, int C, int H, int W, int iy0, int ix0, int sw
                 ce_nc_vf wv = CE_NC_LD(w), wv1 = NK > 1 ? CE_NC_LD(w + wstride) : wv;
                 int ix = ix0 + v * dw;
 #define CE_NC_TAP(j, a, c)                                                                  \
-                if (!checked || (j < np && ix + j * sw >= 0 && ix + j * sw < W)) {          \
+                if (j < CE_NC_DIRECT_PIXELS                                                 \
+                    && (!checked || (j < np && ix + j * sw >= 0 && ix + j * sw < W))) {     \
                     float xv = row[ix + j * sw];                                            \
                     a += wv * xv;                                                           \
                     if (NK > 1)                                                             \
@@ -253,8 +260,8 @@ ce_nc_direct_chunk(const float *x, int C, int H, int W, int iy0, int ix0, int sw
             }
         }
     }
-    ce_nc_vf acc[CE_NC_DIRECT_PIXELS] = {a0, a1, a2, a3, a4, a5, a6, a7};
-    ce_nc_vf acc1[CE_NC_DIRECT_PIXELS] = {c0, c1, c2, c3, c4, c5, c6, c7};
+    ce_nc_vf acc[8] = {a0, a1, a2, a3, a4, a5, a6, a7};
+    ce_nc_vf acc1[8] = {c0, c1, c2, c3, c4, c5, c6, c7};
     for (int j = 0; j < np; j++) {
         CE_NC_ST(out + j * CE_NC_B, ce_nc_act(acc[j], act));
         if (NK > 1)

@@ -337,8 +337,8 @@ class BlockedConv(_Internal):
                              "channel blocks, no packing",
                 "depthwise": f"depthwise on {name}: one vector of {b} channels per pixel and "
                              "tap, no transposes",
-                "direct": f"direct NCHW -> {name}: few input channels, eight output pixels a "
-                          "time, and the layers after it read blocks",
+                "direct": f"direct NCHW -> {name}: few input channels, a tile of output "
+                          "pixels by two blocks a time, and the layers after it read blocks",
                 "grouped": f"grouped on {name}: each output block from its input block, four "
                            "pixels a time",
                 "dense": f"dense on {name}: the pointwise tile with taps, six pixels of a row "
