@@ -400,6 +400,40 @@ def test_an_inception_branch_pool_runs_on_blocks(rng):
                                    atol=1e-5 * float(np.abs(got).max()))
 
 
+def test_a_pool_reads_the_blocks_made_for_its_neighbour(rng):
+    """An NCHW tensor read by a blocked pointwise layer and by a pool whose reader is blocked
+    too: the pool reads the blocks made for the pointwise layer (Inception's branch pools
+    beside its 1x1 branches), with no layout change before or after it; a pool whose reader
+    runs on NCHW stays there. Values as the NCHW plan's."""
+    def graph(blocked_reader):
+        w = {"a": f32(rng, 32, 24, 1, 1) * 0.3, "b": f32(rng, 16, 24, 1, 1) * 0.3,
+             "d": f32(rng, 32, 1, 3, 3) * 0.3, "e": f32(rng, 16, 1, 3, 3) * 0.3}
+        branch = ([Node("Conv", "cb", ["p", "b"], ["yb0"], {"activation": "relu"}),
+                   Node("Conv", "ce", ["yb0", "e"], ["yb"], {"pads": [1, 1, 1, 1],
+                                                            "group": 16})]
+                  if blocked_reader else
+                  [Node("Conv", "cb", ["p", "b"], ["yb"], {"activation": "relu"})])
+        return Graph([Node("Conv", "ca", ["x", "a"], ["ya0"], {"activation": "relu"}),
+                      Node("Conv", "cd", ["ya0", "d"], ["ya"], {"pads": [1, 1, 1, 1],
+                                                              "group": 32}),
+                      Node("AveragePool", "pool", ["x"], ["p"],
+                           {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1]})] + branch
+                     + [Node("Concat", "cat", ["ya", "yb"], ["y"], {"axis": 1})],
+                     [TensorSpec("x", (1, 24, 13, 13), "float32")],
+                     [TensorSpec("y", None, "float32")], w)
+    x = f32(rng, 1, 24, 13, 13)
+    for blocked_reader in (True, False):
+        g = graph(blocked_reader)
+        model = Model(g)
+        text = model.explain()
+        assert (f"average pooling on {NAME}" in text) == blocked_reader, text
+        if blocked_reader:      # x's blocks, shared by ca and the pool; y's NCHW
+            assert text.count("ToBlocked") == 1 and text.count("FromBlocked") == 1, text
+        got = model.run({"x": x})["y"]
+        np.testing.assert_allclose(got, Model(g, layout="nchw").run({"x": x})["y"], rtol=0,
+                                   atol=1e-5 * float(np.abs(got).max()))
+
+
 def test_batch_norm_on_blocks(rng):
     """An inference BatchNormalization on blocks: x * scale + shift per channel, the fused
     activation after it, padding channels kept at zero; 1 and 2 threads alike."""
