@@ -57,10 +57,13 @@ def main(argv=None) -> int:
     p.add_argument("--repeat", type=int, default=11)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--model-dir", default=None, help="read and write the exports here")
+    p.add_argument("--batch", type=int, default=1,
+                   help="images per run (the exports' batch dimension is free)")
     args = p.parse_args(argv)
     import onnxruntime
     print(f"convengine {engine.__version__}, onnxruntime {onnxruntime.__version__}, "
-          f"opset {args.opset}, batch 1, median of {args.repeat} alternating runs after "
+          f"opset {args.opset}, batch {args.batch}, median of {args.repeat} alternating runs "
+          f"after "
           f"{args.warmup} warm-up")
     if os.environ.get("OPENBLAS_CORETYPE") or os.environ.get("OPENBLAS_L2_SIZE"):
         print("note: OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE are set; run with env -u ...")
@@ -80,7 +83,8 @@ def main(argv=None) -> int:
             except ValueError as e:
                 rows.append([name, "no", str(e)[:90]] + [""] * 6)
                 continue
-            x = np.random.default_rng(0).standard_normal(zoo.input_shape(name), np.float32)
+            x = np.random.default_rng(0).standard_normal(zoo.input_shape(name, args.batch),
+                                                         np.float32)
             row = [name, "yes"]
             for k, n in enumerate(args.threads):
                 engine.set_num_threads(n)
