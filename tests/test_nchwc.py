@@ -674,6 +674,27 @@ def test_random_graphs_give_the_same_values_with_and_without_the_layout(seed):
         assert np.abs(forced[name] - ref[name]).max() <= 1e-5 * scale, name
 
 
+def test_explain_says_when_a_depthwise_layer_goes_by_whole_planes(rng):
+    """pw -> 5x5 depthwise on 7x7 -> pw: on 8-float builds the depthwise step says it takes
+    each block's plane whole (ce_nc_dw_plane), on 16-float builds it does not; values as the
+    NCHW plan's either way."""
+    c = 3 * B
+    w = {"a": f32(rng, c, 16, 1, 1) * 0.3, "d": f32(rng, c, 1, 5, 5) * 0.3,
+         "p": f32(rng, 16, c, 1, 1) * 0.3}
+    g = Graph([Node("Conv", "pa", ["x", "a"], ["ya"], {"activation": "relu"}),
+               Node("Conv", "dw", ["ya", "d"], ["yd"], {"pads": [2, 2, 2, 2], "group": c}),
+               Node("Conv", "pb", ["yd", "p"], ["y"])],
+              [TensorSpec("x", (1, 16, 7, 7), "float32")], [TensorSpec("y", None, "float32")], w)
+    model = Model(g)
+    text = model.explain()
+    assert f"depthwise on {NAME}" in text, text
+    assert ("plane whole through a zero-bordered copy" in text) == (B == 8), text
+    x = f32(rng, 1, 16, 7, 7)
+    got = model.run({"x": x})["y"]
+    np.testing.assert_allclose(got, Model(g, layout="nchw").run({"x": x})["y"], rtol=0,
+                               atol=1e-5 * float(np.abs(got).max()))
+
+
 @pytest.mark.parametrize("pool", ["GlobalAveragePool", "ReduceMean"])
 def test_elementwise_steps_and_squeeze_excite_run_on_the_blocks(rng, pool):
     """pw -> HardSwish -> dw -> squeeze-excite (GAP, 1x1, 1x1, HardSigmoid, per-channel Mul)

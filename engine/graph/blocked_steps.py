@@ -350,6 +350,13 @@ class BlockedConv(_Internal):
         if self.conv_kind == "pointwise" and tuple(self.conv.strides) != (1, 1):
             sh, sw = self.conv.strides
             text += f", on the input taken every {sh}x{sw} pixels"
+        if self.conv_kind == "depthwise":
+            h, w = ins[0].shape[2:4]
+            kh, kw = self.conv.w.shape[2:]
+            if nchwc.depthwise_plane_fits(h, w, self.conv_shape[3], self.conv.strides[1], kh,
+                                          kw, self.conv.dilations[1]):
+                text += (", each block's plane whole through a zero-bordered copy, eight "
+                         "columns a time (a block with a non-finite weight row by row)")
         if self.split is not None:
             text += f" | threads by {self.split[0]}: {self.split[1]}"
         if self.conv.residual:
