@@ -398,10 +398,11 @@ ce_nc_dw8_buffered(const float *const *r, const float *const *wr, int nr, int kw
             CE_NC_ST(out + j * B, ce_nc_act(a[j], act));
 }
 
-/* One block plane, out[OH][OW] from x[H][W], when ce_nc_dw_plane_fits says so. */
+/* One block plane, out[OH][OW] from x[H][W], when ce_nc_dw_plane_fits says so; buf: the
+ * calling thread's CE_NC_DW_PLANE_VECS vectors. */
 static void ce_nc_dw_plane(const float *x, int H, int W, int OH, int OW, int sh, int sw, int pt,
                            int pl, int kh, int kw, int dh, int dw, const float *w,
-                           const float *bias, float *out, ce_act_t act)
+                           const float *bias, float *out, ce_act_t act, float *buf)
 {
     const ptrdiff_t B = CE_NC_B;
     ce_nc_vf check = {0};
@@ -415,7 +416,6 @@ static void ce_nc_dw_plane(const float *x, int H, int W, int OH, int OW, int sh,
             return;
         }
     const int cols = ce_nc_dw_plane_cols(OW, sw, kw, dw);
-    float buf[CE_NC_DW_PLANE_VECS * CE_NC_B] __attribute__((aligned(64)));
     const ce_nc_vf zero = {0};
     for (int iy = 0; iy < H; iy++) {
         const float *src = x + (ptrdiff_t)iy * W * B;

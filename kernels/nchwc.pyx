@@ -7,7 +7,8 @@
 # Every kernel checks the shapes it is given against one another before it releases the GIL.
 # Results do not depend on the thread count: each output is computed whole by one thread, in an
 # order fixed by the shapes.
-from cython.parallel cimport prange
+from cython.parallel cimport prange, threadid
+from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy
 
 from _epilogue cimport ce_act_t, check_act
@@ -300,10 +301,16 @@ cdef extern from "_nchwc_dw.h":
     void ce_nc_dw_row(const float *x, int H, int W, int OW, int oy, int sh, int sw, int pt,
                       int pl, int kh, int kw, int dh, int dw, const float *w,
                       const float *bias, float *out, ce_act_t act) nogil
+    int CE_NC_DW_PLANE_VECS
     bint ce_nc_dw_plane_fits(int H, int W, int OW, int sw, int kh, int kw, int dw) nogil
     void ce_nc_dw_plane(const float *x, int H, int W, int OH, int OW, int sh, int sw, int pt,
                         int pl, int kh, int kw, int dh, int dw, const float *w,
-                        const float *bias, float *out, ce_act_t act) nogil
+                        const float *bias, float *out, ce_act_t act, float *buf) nogil
+
+
+def depthwise_plane_scratch(int num_threads):
+    """Floats of f32_depthwise_blocked's scratch for small planes at num_threads."""
+    return max(1, num_threads) * CE_NC_DW_PLANE_VECS * CE_NC_B + 16   # + 64-byte alignment
 
 
 def depthwise_plane_fits(int H, int W, int OW, int sw, int kh, int kw, int dw):
@@ -315,7 +322,7 @@ def depthwise_plane_fits(int H, int W, int OW, int sw, int kh, int kw, int dw):
 def f32_depthwise_blocked(const float[:, :, :, :, ::1] x, const float[:, :, :, ::1] w,
                           const float[::1] bias, float[:, :, :, :, ::1] out, int sh, int sw,
                           int pt, int pl, int dh, int dw, ce_act_t act, int num_threads,
-                          bint by_blocks=False, bint planes=True):
+                          bint by_blocks=False, bint planes=True, float[::1] scratch=None):
     """Depthwise convolution (multiplier 1) in blocks: w[Cb, kh, kw, B] holds channel
     cb*B + j's tap (u, v) at [cb, u, v, j] (zero beyond C); bias: Cb * B values. Output
     sizes are the caller's (engine.shapes); padding beyond pt / pl is implied by them.
@@ -325,7 +332,9 @@ def f32_depthwise_blocked(const float[:, :, :, :, ::1] x, const float[:, :, :, :
     block) planes, whole. Either way it goes plane by plane and row by row within a plane
     (row by row across the blocks jumped between planes: 2.8 against 1.9 ms for 144 channels
     on 56x56 at batch 8, one thread). Small planes (depthwise_plane_fits) are work items of
-    their own, unless planes is False."""
+    their own, unless planes is False; each thread then copies them into its part of scratch
+    (depthwise_plane_scratch(num_threads) floats; allocated here if None: a buffer the caller
+    keeps is already present in memory and cache)."""
     check_act(act)
     check_same_blocks(x.shape, out.shape)
     cdef Py_ssize_t N = x.shape[0], Cb = x.shape[1], H = x.shape[2], W = x.shape[3]
@@ -342,13 +351,30 @@ def f32_depthwise_blocked(const float[:, :, :, :, ::1] x, const float[:, :, :, :
     cdef const float* wp = &w[0, 0, 0, 0]
     cdef const float* bp = &bias[0]
     cdef Py_ssize_t items = N * OH * Cb, it, n, oy, cb
+    cdef float* bufs = NULL
+    cdef float* owned = NULL
+    cdef Py_ssize_t per_thread = CE_NC_DW_PLANE_VECS * CE_NC_B
     if planes and ce_nc_dw_plane_fits(<int>H, <int>W, <int>OW, sw, kh, kw, dw):
         items = N * Cb
         num_threads = <int>max(1, min(num_threads, items))
-        for it in prange(items, nogil=True, num_threads=num_threads, schedule="static"):
-            ce_nc_dw_plane(xp + it * H * W * CE_NC_B, <int>H, <int>W, <int>OH, <int>OW, sh, sw,
-                           pt, pl, kh, kw, dh, dw, wp + (it % Cb) * taps * CE_NC_B,
-                           bp + (it % Cb) * CE_NC_B, op + it * OH * OW * CE_NC_B, act)
+        # each thread's zero-bordered plane: 64 KB, too much for the stacks of a service's
+        # threads
+        if scratch is not None and scratch.shape[0] >= num_threads * per_thread + 16:
+            bufs = &scratch[0]
+        else:
+            owned = bufs = <float*>malloc((num_threads * per_thread + 16) * sizeof(float))
+            if bufs == NULL:
+                raise MemoryError("no memory for the depthwise planes' buffers")
+        # from a 64-byte boundary: vectors split across cache lines cost 20-30%
+        bufs = bufs + (16 - (<size_t>bufs // sizeof(float)) % 16) % 16
+        try:
+            for it in prange(items, nogil=True, num_threads=num_threads, schedule="static"):
+                ce_nc_dw_plane(xp + it * H * W * CE_NC_B, <int>H, <int>W, <int>OH, <int>OW,
+                               sh, sw, pt, pl, kh, kw, dh, dw, wp + (it % Cb) * taps * CE_NC_B,
+                               bp + (it % Cb) * CE_NC_B, op + it * OH * OW * CE_NC_B, act,
+                               bufs + threadid() * per_thread)
+        finally:
+            free(owned)
         return
     # the band of thread t: units [lo, hi) of (image, row) pairs, or (image, block) planes
     cdef Py_ssize_t units = N * Cb if by_blocks else N * OH, t, lo, hi, u, n0, n1, y0, y1

@@ -322,10 +322,23 @@ class BlockedConv(_Internal):
             return step
 
         by_blocks = self.split[0] == "blocks"
+        kh, kw = self.conv.w.shape[2:]
+        h, wd = ins[0].shape[2:4]
+        if not nchwc.depthwise_plane_fits(h, wd, self.conv_shape[3], sw, kh, kw, dw):
+            def step(env, nt):
+                nchwc.f32_depthwise_blocked(env[a], w, bias, env[b], sh, sw, pt, pl, dh, dw,
+                                            act, threads_for(macs, nt, MIN_WORK_DEPTHWISE),
+                                            by_blocks)
+            return step
 
-        def step(env, nt):
-            nchwc.f32_depthwise_blocked(env[a], w, bias, env[b], sh, sw, pt, pl, dh, dw, act,
-                                        threads_for(macs, nt, MIN_WORK_DEPTHWISE), by_blocks)
+        def step(env, nt):      # by whole planes, each thread's copy in a kept buffer
+            nt = threads_for(macs, nt, MIN_WORK_DEPTHWISE)
+            buf = workspace.take(nchwc.depthwise_plane_scratch(nt))
+            try:
+                nchwc.f32_depthwise_blocked(env[a], w, bias, env[b], sh, sw, pt, pl, dh, dw,
+                                            act, nt, by_blocks, True, buf)
+            finally:
+                workspace.give(buf)
         return step
 
     def flops(self, ins, outs):
