@@ -20,6 +20,9 @@ Groups (section/group):
                                           (1 against 2 threads, whatever --threads says)
   layout/dw_planes                        kernels/_nchwc_dw.h CE_NC_DW_PLANE_VECS: blocked
                                           depthwise by whole planes or row by row
+  layout/dense_padded                     engine/dispatch/layout.py DENSE_PADDED_MAX_BYTES:
+                                          the dense blocked kernel with checked taps or on a
+                                          padded copy of its input
   layout/grouped                          engine/dispatch/layout.py GROUPED_MIN_WIDTH
   layout/winograd                         engine/dispatch/layout.py WINOGRAD_BLOCKED_MAX_IN
   layout/dense                            engine/dispatch/layout.py DENSE_ALONE_MIN_TAPS: a
@@ -44,7 +47,7 @@ from engine._kernels import dense, nchwc  # noqa: E402
 from engine._threads import blas_pinned, threads_for  # noqa: E402
 from engine.dispatch import choose_gemm  # noqa: E402
 from engine.dispatch.layout import (DENSE_ALONE_MIN_TAPS, GROUPED_MIN_WIDTH,  # noqa: E402
-                                    winograd_shaped)
+                                    dense_padded, winograd_shaped)
 from engine.ops.activation import kernel_act  # noqa: E402
 from engine.graph.blocked_steps import MIN_CONVERT_ELEMENTS, MIN_WORK_DEPTHWISE  # noqa: E402
 from engine.ops import blocked  # noqa: E402
@@ -277,6 +280,27 @@ def dw_plane_rows(threads):
         yield f"{k}x{k} {c}ch {size}x{size} s{s}", fns, pick
 
 
+def dense_padded_rows(threads):
+    """The dense blocked kernel (relu) with taps checked on its input against the same on a
+    copy of the input with the padding as zeros (tiles across rows), copy included:
+    SqueezeNet's expand layers, DenseNet's 3x3 on 14x14 and 7x7, a strided one, VGG-like."""
+    for c, k, size, s in [(16, 64, 55, 1), (32, 128, 27, 1), (48, 192, 13, 1), (64, 256, 13, 1),
+                          (128, 32, 14, 1), (128, 32, 7, 1), (64, 128, 56, 2),
+                          (128, 128, 28, 1)]:
+        w = _rand(k, c, 3, 3) / np.float32(np.sqrt(9 * c))
+        wp, bp = blocked.pack_dense(w, None)
+        xb = blocked.to_blocked(_rand(1, c, size, size))
+        o = (size + 2 - 3) // s + 1
+        out = np.empty(blocked.blocked_shape((1, k, o, o)), np.float32)
+        scratch = np.zeros(nchwc.dense_padded_floats(1, xb.shape[1], o, o, 3, 3, s, s, 1, 1),
+                           np.float32)
+        fns = {form: (lambda scr: lambda: nchwc.f32_conv2d_nchwc(
+            xb, c, wp, bp, None, out, 3, 3, s, s, 1, 1, 1, 1, kernel_act("relu"), threads, 1,
+            scr))(scratch if form == "padded" else None) for form in ("checked", "padded")}
+        pick = "padded" if dense_padded(1, True, 4 * scratch.size)[0] else "checked"
+        yield f"3x3 {c}->{k} {size}x{size} s{s}", fns, pick
+
+
 def layout_rows(group, threads=1):
     if group == "dense":
         yield from dense_rows(threads)
@@ -289,6 +313,9 @@ def layout_rows(group, threads=1):
         return
     if group == "dw_planes":
         yield from dw_plane_rows(threads)
+        return
+    if group == "dense_padded":
+        yield from dense_padded_rows(threads)
         return
     if group == "convert":
         for c, hw in [(32, 8), (64, 16), (128, 16), (256, 16)]:
@@ -342,10 +369,12 @@ SECTIONS = {
                    lambda g: ["col2im", "zero_insert"]),
     "gemm": (["dense"], gemm_rows, lambda g: ["dense", "matmul"]),
     "winograd": (["weights"], winograd_weight_rows, lambda g: ["stored", "per_call"]),
-    "layout": (["convert", "depthwise", "dw_planes", "dense", "grouped", "winograd"],
+    "layout": (["convert", "depthwise", "dw_planes", "dense_padded", "dense", "grouped",
+                "winograd"],
                layout_rows,
                lambda g: ["nchw", "blocked"] if g in ("dense", "grouped", "winograd")
-               else ["rows", "planes"] if g == "dw_planes" else ["1 thread", "2 thread"]),
+               else ["rows", "planes"] if g == "dw_planes"
+               else ["checked", "padded"] if g == "dense_padded" else ["1 thread", "2 thread"]),
 }
 
 

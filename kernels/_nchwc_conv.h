@@ -160,4 +160,131 @@ static void ce_nc_conv_band(const float *x, int C, int H, int W, int Kb, int OH,
     }
 }
 
+/* ---- Padded input ------------------------------------------------------------------------------
+ * The same tile on a copy of the input whose planes carry the padding as zeros (Hp x Wp, the
+ * input's row r at row r + pt, its column c at column c + pl): no tap is checked, a tap moves
+ * every pixel's pointer by one offset, and a tile's six pixels may run on into the next output
+ * row, so that narrow maps (13x13, 7x7) fill whole tiles. base[i]: pixel i's window origin,
+ * floats into a padded plane; the input blocks of the batch xs floats apart. Products of a
+ * weight and a padding zero are added: the caller takes this path only with finite weights. */
+static inline __attribute__((always_inline)) void
+ce_nc_convp_tile(const float *restrict x, ptrdiff_t xs, int nb, int nclast,
+                 const ptrdiff_t *base, int kh, int kw, ptrdiff_t ustep, ptrdiff_t vstep,
+                 const float *restrict w, const float *restrict bias, const float *res,
+                 float *out, ptrdiff_t os, ce_act_t act, int first, int last, const int NK,
+                 const int NP)
+{
+    const ptrdiff_t B = CE_NC_B, wstep = NK * CE_NC_B;
+#define CE_NC_PIX(M) M(0) M(1) M(2) M(3) M(4) M(5)
+#define CE_NC_DECL(i) ce_nc_vf a##i##_0 = {0}, a##i##_1 = {0}, a##i##_2 = {0}, a##i##_3 = {0};
+    CE_NC_PIX(CE_NC_DECL)
+#undef CE_NC_DECL
+    if (!first) {
+        CE_NC_PIX(CE_NC_TILE_LOAD)
+    }
+    for (int cb = 0; cb < nb; cb++) {
+        const int nc = cb == nb - 1 ? nclast : CE_NC_B;
+#define CE_NC_BASE(i) const float *b##i = x + cb * xs + (i < NP ? base[i] : 0);
+        CE_NC_PIX(CE_NC_BASE)
+#undef CE_NC_BASE
+        for (int u = 0; u < kh; u++) {
+            for (int v = 0; v < kw; v++, w += CE_NC_B * wstep) {
+                const ptrdiff_t off = u * ustep + v * vstep;
+#define CE_NC_PTR(i) const float *p##i = b##i + off;
+                CE_NC_PIX(CE_NC_PTR)
+#undef CE_NC_PTR
+                const float *wc = w;
+                for (int c = 0; c < nc; c++, wc += wstep) {
+                    ce_nc_vf w0 = CE_NC_LD(wc), w1 = {0}, w2 = {0}, w3 = {0};
+                    if (NK > 1) w1 = CE_NC_LD(wc + B);
+                    if (NK > 2) w2 = CE_NC_LD(wc + 2 * B);
+                    if (NK > 3) w3 = CE_NC_LD(wc + 3 * B);
+#define CE_NC_FMA(i)                                                                        \
+                    if (i < NP) {                                                           \
+                        float xv = p##i[c];                                                 \
+                        a##i##_0 += w0 * xv;                                                \
+                        if (NK > 1) a##i##_1 += w1 * xv;                                    \
+                        if (NK > 2) a##i##_2 += w2 * xv;                                    \
+                        if (NK > 3) a##i##_3 += w3 * xv;                                    \
+                    }
+                    CE_NC_PIX(CE_NC_FMA)
+#undef CE_NC_FMA
+                }
+            }
+        }
+    }
+    CE_NC_TILE_STORE_ALL
+#undef CE_NC_PIX
+}
+
+typedef void (*ce_nc_convp_tile_fn)(const float *, ptrdiff_t, int, int, const ptrdiff_t *, int,
+                                    int, ptrdiff_t, ptrdiff_t, const float *, const float *,
+                                    const float *, float *, ptrdiff_t, ce_act_t, int, int);
+
+#define CE_NC_CONVP_TILE_N(NK, NP)                                                          \
+    static void ce_nc_convp_tile_##NK##_##NP(                                               \
+        const float *x, ptrdiff_t xs, int nb, int nclast, const ptrdiff_t *base, int kh,    \
+        int kw, ptrdiff_t ustep, ptrdiff_t vstep, const float *w, const float *bias,        \
+        const float *res, float *out, ptrdiff_t os, ce_act_t act, int first, int last)      \
+    {                                                                                       \
+        ce_nc_convp_tile(x, xs, nb, nclast, base, kh, kw, ustep, vstep, w, bias, res, out,  \
+                         os, act, first, last, NK, NP);                                     \
+    }
+#define CE_NC_CONVP_TILES_NK(NK)                                                            \
+    CE_NC_CONVP_TILE_N(NK, 1) CE_NC_CONVP_TILE_N(NK, 2) CE_NC_CONVP_TILE_N(NK, 3)           \
+    CE_NC_CONVP_TILE_N(NK, 4) CE_NC_CONVP_TILE_N(NK, 5) CE_NC_CONVP_TILE_N(NK, 6)
+CE_NC_CONVP_TILES_NK(1)
+CE_NC_CONVP_TILES_NK(2)
+#if CE_NC_GROUP == 4
+CE_NC_CONVP_TILES_NK(3)
+CE_NC_CONVP_TILES_NK(4)
+#endif
+#undef CE_NC_CONVP_TILES_NK
+#undef CE_NC_CONVP_TILE_N
+#define CE_NC_ROW(NK) {ce_nc_convp_tile_##NK##_1, ce_nc_convp_tile_##NK##_2,                 \
+                       ce_nc_convp_tile_##NK##_3, ce_nc_convp_tile_##NK##_4,                 \
+                       ce_nc_convp_tile_##NK##_5, ce_nc_convp_tile_##NK##_6}
+static const ce_nc_convp_tile_fn ce_nc_convp_tiles[CE_NC_GROUP][CE_NC_TILE_PIXELS] = {
+#if CE_NC_GROUP == 4
+    CE_NC_ROW(1), CE_NC_ROW(2), CE_NC_ROW(3), CE_NC_ROW(4)};
+#else
+    CE_NC_ROW(1), CE_NC_ROW(2)};
+#endif
+#undef CE_NC_ROW
+
+/* Output pixels [q0, q1) (row-major over the plane) of the output blocks of group g, for one
+ * image, from its padded input xpad [Cb][Hp][Wp][B]; as ce_nc_conv_band otherwise. */
+static void ce_nc_convp_band(const float *xpad, int C, int Hp, int Wp, int Kb, int OH, int OW,
+                             int g, ptrdiff_t q0, ptrdiff_t q1, int sh, int sw, int kh, int kw,
+                             int dh, int dw, const float *w, const float *bias,
+                             const float *res, float *out, ce_act_t act, int batch)
+{
+    const ptrdiff_t B = CE_NC_B, xs = (ptrdiff_t)Hp * Wp * B, os = (ptrdiff_t)OH * OW * B;
+    const int Cb = (C + CE_NC_B - 1) / CE_NC_B;
+    const int kb0 = g * CE_NC_GROUP;
+    const int nk = Kb - kb0 < CE_NC_GROUP ? Kb - kb0 : CE_NC_GROUP;
+    const ptrdiff_t per_block = (ptrdiff_t)kh * kw * B * nk * B;
+    const float *wg = w + (ptrdiff_t)kb0 * Cb * kh * kw * B * B;
+    const float *bb = bias + kb0 * B;
+    for (int c0 = 0; c0 < Cb; c0 += batch) {
+        int nb = Cb - c0 < batch ? Cb - c0 : batch;
+        int first = c0 == 0, last = c0 + nb == Cb;
+        int nclast = last ? C - (Cb - 1) * CE_NC_B : CE_NC_B;
+        const float *xb = xpad + c0 * xs, *wb = wg + c0 * per_block;
+        for (ptrdiff_t q = q0; q < q1; q += CE_NC_TILE_PIXELS) {
+            int np = q1 - q < CE_NC_TILE_PIXELS ? (int)(q1 - q) : CE_NC_TILE_PIXELS;
+            ptrdiff_t base[CE_NC_TILE_PIXELS];
+            for (int i = 0; i < np; i++) {
+                ptrdiff_t oy = (q + i) / OW, ox = (q + i) % OW;
+                base[i] = (oy * sh * Wp + ox * sw) * B;
+            }
+            ptrdiff_t at = (ptrdiff_t)kb0 * os + q * B;
+            ce_nc_convp_tiles[nk - 1][np - 1](xb, xs, nb, nclast, base, kh, kw,
+                                              (ptrdiff_t)dh * Wp * B, (ptrdiff_t)dw * B, wb,
+                                              bb, res ? res + at : NULL, out + at, os, act,
+                                              first, last);
+        }
+    }
+}
+
 #endif

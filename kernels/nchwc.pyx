@@ -9,7 +9,7 @@
 # order fixed by the shapes.
 from cython.parallel cimport prange, threadid
 from libc.stdlib cimport free, malloc
-from libc.string cimport memcpy
+from libc.string cimport memcpy, memset
 
 from _epilogue cimport ce_act_t, check_act
 
@@ -493,6 +493,17 @@ cdef extern from "_nchwc_conv.h":
                          int oy0, int oy1, int sh, int sw, int pt, int pl, int kh, int kw,
                          int dh, int dw, const float *w, const float *bias, const float *res,
                          float *out, ce_act_t act, int batch) nogil
+    void ce_nc_convp_band(const float *xpad, int C, int Hp, int Wp, int Kb, int OH, int OW,
+                          int g, Py_ssize_t q0, Py_ssize_t q1, int sh, int sw, int kh, int kw,
+                          int dh, int dw, const float *w, const float *bias, const float *res,
+                          float *out, ce_act_t act, int batch) nogil
+
+
+def dense_padded_floats(Py_ssize_t N, Py_ssize_t Cb, Py_ssize_t OH, Py_ssize_t OW, int kh,
+                        int kw, int sh, int sw, int dh, int dw):
+    """Floats of f32_conv2d_nchwc's scratch for its padded input (scratch=)."""
+    cdef Py_ssize_t hp = (OH - 1) * sh + (kh - 1) * dh + 1, wp = (OW - 1) * sw + (kw - 1) * dw + 1
+    return N * Cb * hp * wp * CE_NC_B + 16          # + 64-byte alignment
 
 # Bytes of packed weights per batch of input blocks, kept in L2 while a band of output rows
 # passes over them; and bytes of output sums per band, kept there between batches
@@ -509,7 +520,8 @@ def dense_pack_floats(Py_ssize_t in_blocks, Py_ssize_t out_blocks, int kh, int k
 def f32_conv2d_nchwc(const float[:, :, :, :, ::1] x, Py_ssize_t channels,
                        const float[::1] wpack, const float[::1] bias, residual,
                        float[:, :, :, :, ::1] out, int kh, int kw, int sh, int sw, int pt,
-                       int pl, int dh, int dw, ce_act_t act, int num_threads, int groups=1):
+                       int pl, int dh, int dw, ce_act_t act, int num_threads, int groups=1,
+                       float[::1] scratch=None):
     """A dense convolution from blocks to blocks: out = act(conv(x) + bias (+ residual)).
     x holds ``channels`` channels in its blocks; wpack: the weights packed by
     engine.ops.blocked.pack_dense (groups of up to GROUP output blocks, each
@@ -518,7 +530,9 @@ def f32_conv2d_nchwc(const float[:, :, :, :, ::1] x, Py_ssize_t channels,
     out (RegNet's 16-channel groups in 8-channel blocks), each group the dense one of its
     blocks, its packs one after another. Output sizes are the caller's (engine.shapes). Work
     items are bands of output rows of one group of output blocks, ordered (image, group,
-    band)."""
+    band). With scratch (dense_padded_floats of it, one group) the input is first copied with
+    its padding as zeros and the tiles run on it unchecked, across rows (ce_nc_convp_band):
+    padding then adds products of a weight and zero, so the weights must be finite."""
     check_act(act)
     check_blocked(x.shape, "x")
     check_blocked(out.shape, "out")
@@ -559,6 +573,45 @@ def f32_conv2d_nchwc(const float[:, :, :, :, ::1] x, Py_ssize_t channels,
     cdef const float* bp = &bias[0]
     cdef Py_ssize_t xs = Cb * H * W * CE_NC_B, os = Kb * OH * OW * CE_NC_B
     cdef Py_ssize_t xg = Cg * H * W * CE_NC_B, og = Kg * OH * OW * CE_NC_B
+    cdef Py_ssize_t hp = (OH - 1) * sh + (kh - 1) * dh + 1, wpd = (OW - 1) * sw + (kw - 1) * dw + 1
+    cdef Py_ssize_t ps = hp * wpd * CE_NC_B, r, iy, lo, hi, tb
+    cdef float* xpad
+    if scratch is not None and groups == 1:
+        if scratch.shape[0] < dense_padded_floats(N, Cb, OH, OW, kh, kw, sh, sw, dh, dw):
+            raise ValueError(f"scratch must hold "
+                             f"{dense_padded_floats(N, Cb, OH, OW, kh, kw, sh, sw, dh, dw)} "
+                             f"floats, got {scratch.shape[0]}")
+        xpad = &scratch[0]
+        xpad = xpad + (16 - (<size_t>xpad // sizeof(float)) % 16) % 16
+        # padded row r holds input row r - pt, its column c input column c - pl
+        lo = min(max(pl, 0), wpd)
+        hi = min(max(pl + W, lo), wpd)
+        for it in prange(N * Cb * hp, nogil=True, num_threads=nt, schedule="static"):
+            r = it % hp
+            iy = r - pt
+            if iy < 0 or iy >= H:
+                memset(xpad + it * wpd * CE_NC_B, 0, wpd * CE_NC_B * sizeof(float))
+            else:
+                memset(xpad + it * wpd * CE_NC_B, 0, lo * CE_NC_B * sizeof(float))
+                memcpy(xpad + (it * wpd + lo) * CE_NC_B,
+                       xp + ((it // hp) * H * W + iy * W + (lo - pl)) * CE_NC_B,
+                       (hi - lo) * CE_NC_B * sizeof(float))
+                memset(xpad + (it * wpd + hi) * CE_NC_B, 0, (wpd - hi) * CE_NC_B * sizeof(float))
+        # bands of whole tiles on the plane's grid of 6-pixel tiles, which the thread count
+        # leaves as it is: a pixel's tile, and so its sums, never depend on it
+        tb = max(1, band * OW // CE_NC_TILE_PIXELS)
+        nbands = (OH * OW + tb * CE_NC_TILE_PIXELS - 1) // (tb * CE_NC_TILE_PIXELS)
+        items = N * G * nbands
+        for it in prange(items, nogil=True, num_threads=nt, schedule="static"):
+            b = it % nbands
+            g = (it // nbands) % G
+            n = it // (nbands * G)
+            ce_nc_convp_band(xpad + n * Cb * ps, cg, <int>hp, <int>wpd, <int>Kb, <int>OH,
+                             <int>OW, <int>g, b * tb * CE_NC_TILE_PIXELS,
+                             min(OH * OW, (b + 1) * tb * CE_NC_TILE_PIXELS), sh, sw, kh, kw,
+                             dh, dw, wp, bp, (rbase + n * os) if rbase != NULL else NULL,
+                             op + n * os, act, batch)
+        return
     for it in prange(items, nogil=True, num_threads=nt, schedule="static"):
         b = it % nbands
         g = (it // nbands) % G

@@ -31,9 +31,12 @@ def f32(rng, *shape):
     return rng.standard_normal(shape).astype(np.float32)
 
 
-def run_dense(x, wt, b, residual, stride, pads, dilation, act, threads, garbage=None):
+def run_dense(x, wt, b, residual, stride, pads, dilation, act, threads, garbage=None,
+              padded=False):
     """The kernel on x (NCHW, converted to blocks), back in NCHW. garbage: a finite value
-    written into the padding channels of the input's last block, which must not matter."""
+    written into the padding channels of the input's last block, which must not matter.
+    padded: on a copy of the input with its padding as zeros (the kernel's scratch, given
+    from an odd float so that the kernel's own 64-byte alignment is needed)."""
     n, c = x.shape[:2]
     k, _, kh, kw = wt.shape
     oh = (x.shape[2] + sum(pads[0]) - dilation[0] * (kh - 1) - 1) // stride[0] + 1
@@ -44,8 +47,14 @@ def run_dense(x, wt, b, residual, stride, pads, dilation, act, threads, garbage=
     wp, bp = blocked.pack_dense(wt, b)
     out = np.full(blocked.blocked_shape((n, k, oh, ow)), np.nan, np.float32)
     r = None if residual is None else blocked.to_blocked(residual)
+    scratch = None
+    if padded:
+        floats = nchwc.dense_padded_floats(n, blocked.blocks(c), oh, ow, kh, kw, *stride,
+                                           *dilation)
+        scratch = np.full(floats + 1, np.nan, np.float32)[1:]
     nchwc.f32_conv2d_nchwc(xb, c, wp, bp, r, out, kh, kw, stride[0], stride[1], pads[0][0],
-                             pads[1][0], dilation[0], dilation[1], kernel_act(act), threads)
+                             pads[1][0], dilation[0], dilation[1], kernel_act(act), threads,
+                             1, scratch)
     return out
 
 
@@ -70,17 +79,21 @@ DENSE = [
 ]
 
 
+@pytest.mark.parametrize("padded", [False, True])
 @pytest.mark.parametrize("n,c,k,h,w,kk,s,p,d", DENSE)
 def test_dense_matches_reference_per_element_and_is_thread_independent(rng, n, c, k, h, w, kk,
-                                                                       s, p, d):
+                                                                       s, p, d, padded):
+    """Both forms: taps checked on the input, or unchecked on a padded copy whose tiles run
+    across output rows."""
     x, wt, b = f32(rng, n, c, h, w), f32(rng, k, c, *kk), f32(rng, k)
     ref = conv2d_ref(x, wt, b, s, p, d)
     terms = conv2d_ref(np.abs(x), np.abs(wt), np.abs(b), s, p, d)
     res = f32(rng, *ref.shape)
     for act in ACTS:
         for r in (None, res):
-            got = run_dense(x, wt, b, r, s, p, d, act, 1, garbage=3.0)
-            np.testing.assert_array_equal(got, run_dense(x, wt, b, r, s, p, d, act, 2))
+            got = run_dense(x, wt, b, r, s, p, d, act, 1, garbage=3.0, padded=padded)
+            np.testing.assert_array_equal(got, run_dense(x, wt, b, r, s, p, d, act, 2,
+                                                         padded=padded))
             # the padding channels of the output hold act(0): zero, or finite (0.5 here)
             kb = blocked.blocks(k)
             pad = got.reshape(n, kb, -1, B)[:, -1, :, k - (kb - 1) * B:]
@@ -547,6 +560,45 @@ def test_eight_float_builds_take_small_layers_on_small_maps_whatever_their_taps(
         assert blocked_kernel(p, blocked_input=True)[0] is None
     monkeypatch.setenv(ASSUME_VECTOR_FLOATS_ENV, "16")
     assert winograd_shaped(small) and blocked_kernel(small, blocked_input=True)[0] is None
+
+
+def test_the_padded_input_form_is_taken_where_it_was_measured(monkeypatch, rng):
+    """dense_padded: on 8-float builds, one group, finite weights and a copy of at most
+    DENSE_PADDED_MAX_BYTES; explain() says which form a blocked dense layer takes (a model
+    with an infinite weight keeps the checked form: padding adds weight x 0 in the other),
+    and the padded form's values are the NCHW plan's."""
+    from engine.dispatch.conv import ASSUME_VECTOR_FLOATS_ENV
+    from engine.dispatch.layout import DENSE_PADDED_MAX_BYTES, dense_padded
+    monkeypatch.setenv(ASSUME_VECTOR_FLOATS_ENV, "8")
+    assert dense_padded(1, True, 1 << 20)[0]
+    for args in ((2, True, 1 << 20), (1, False, 1 << 20), (1, True, DENSE_PADDED_MAX_BYTES + 1)):
+        assert not dense_padded(*args)[0]
+    monkeypatch.setenv(ASSUME_VECTOR_FLOATS_ENV, "16")
+    assert not dense_padded(1, True, 1 << 20)[0]
+    monkeypatch.setenv(ASSUME_VECTOR_FLOATS_ENV, "8")
+
+    def graph(w3):
+        w = {"a": f32(rng, 32, 16, 1, 1) * 0.3, "b": w3, "c": f32(rng, 16, 32, 1, 1) * 0.3}
+        return Graph([Node("Conv", "pa", ["x", "a"], ["ya"], {"activation": "relu"}),
+                      Node("Conv", "d3", ["ya", "b"], ["yb"], {"pads": [1, 1, 1, 1],
+                                                              "activation": "relu"}),
+                      Node("Conv", "pc", ["yb", "c"], ["y"])],
+                     [TensorSpec("x", (1, 16, 9, 9), "float32")],
+                     [TensorSpec("y", None, "float32")], w)
+    x = f32(rng, 1, 16, 9, 9)
+    w3 = f32(rng, 32, 32, 3, 3) * 0.1
+    for weights, form in ((w3, "the input copied with its padding"),
+                          (np.where(np.arange(w3.size).reshape(w3.shape) == 7, np.inf, w3)
+                           .astype(np.float32), "a weight is not finite")):
+        g = graph(weights)
+        model = Model(g)
+        text = model.explain()
+        assert f"dense on {NAME}" in text and form in text, text
+        if weights is w3:
+            got = model.run({"x": x})["y"]
+            want = Model(g, layout="nchw").run({"x": x})["y"]
+            np.testing.assert_allclose(got, want, rtol=0,
+                                       atol=1e-5 * float(np.abs(want).max()))
 
 
 def test_eight_float_builds_run_one_block_groups_on_the_dense_kernel(monkeypatch):

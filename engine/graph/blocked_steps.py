@@ -9,6 +9,7 @@ import math
 import numpy as np
 
 from ..dispatch.layout import (POINTWISE_GROUP_SLACK, choose_depthwise_blocked_split,
+                               dense_padded,
                                choose_pointwise_blocked_split)
 from .._kernels import nchwc, pool_nchwc
 from .._threads import threads_for
@@ -250,6 +251,16 @@ class BlockedConv(_Internal):
             self.split = choose_pointwise_blocked_split(self.conv_shape[2:])
         elif kind == "depthwise":
             self.split = choose_depthwise_blocked_split(ins[0].shape[2:])
+        # dense: the input copied with its padding as zeros (engine.dispatch.layout)
+        self.padded, self.padded_floats = (False, ""), 0
+        if kind == "dense":
+            n, c = ins[0].shape[:2]
+            kh, kw = conv.w.shape[2:]
+            self.padded_floats = nchwc.dense_padded_floats(
+                n, blocked.blocks(c), *self.conv_shape[2:], kh, kw, *conv.strides,
+                *conv.dilations)
+            self.padded = dense_padded(conv.group, bool(np.isfinite(conv.w).all()),
+                                       4 * self.padded_floats)
 
     def infer(self, ins):
         if self.conv_kind == "direct":
@@ -304,10 +315,23 @@ class BlockedConv(_Internal):
             kh, kw = self.conv.w.shape[2:]
             groups = self.conv.group
 
+            if not self.padded[0]:
+                def step(env, nt):
+                    nchwc.f32_conv2d_nchwc(env[a], channels, w, bias,
+                                           env[r] if r >= 0 else None, env[b], kh, kw, sh, sw,
+                                           pt, pl, dh, dw, act, threads_for(macs, nt), groups)
+                return step
+            floats = self.padded_floats
+
             def step(env, nt):
-                nchwc.f32_conv2d_nchwc(env[a], channels, w, bias, env[r] if r >= 0 else None,
-                                         env[b], kh, kw, sh, sw, pt, pl, dh, dw, act,
-                                         threads_for(macs, nt), groups)
+                buf = workspace.take(floats)
+                try:
+                    nchwc.f32_conv2d_nchwc(env[a], channels, w, bias,
+                                           env[r] if r >= 0 else None, env[b], kh, kw, sh, sw,
+                                           pt, pl, dh, dw, act, threads_for(macs, nt), groups,
+                                           buf)
+                finally:
+                    workspace.give(buf)
             return step
         if self.conv_kind == "direct":
             def step(env, nt):
@@ -360,6 +384,8 @@ class BlockedConv(_Internal):
                 }[self.conv_kind]
         if self.conv_kind == "dense" and self.conv.group > 1:
             text += f", each of its {self.conv.group} groups on its own blocks"
+        if self.conv_kind == "dense":
+            text += f"; {self.padded[1]}"
         if self.conv_kind == "pointwise" and tuple(self.conv.strides) != (1, 1):
             sh, sw = self.conv.strides
             text += f", on the input taken every {sh}x{sw} pixels"
