@@ -43,7 +43,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from _harness import time_alternating  # noqa: E402
 
 import engine  # noqa: E402
-from engine._kernels import dense, nchwc  # noqa: E402
+from engine._kernels import dense, nchwc, nchwc_window  # noqa: E402
 from engine._threads import blas_pinned, threads_for  # noqa: E402
 from engine.dispatch import choose_gemm  # noqa: E402
 from engine.dispatch.layout import (DENSE_ALONE_MIN_TAPS, GROUPED_MIN_WIDTH,  # noqa: E402
@@ -234,7 +234,7 @@ def grouped_rows(threads):
         out = np.empty(blocked.blocked_shape((1, c, o, o)), np.float32)
         layer = engine.Conv2d(wt, None, s, 1, 1, c // g, "relu", input_size=(size, size))
         o2 = np.empty(layer.output_shape(x.shape), np.float32)
-        fns = {"blocked": lambda: nchwc.f32_grouped_blocked(xb, wp, bp, out, s, s, 1, 1, 1, 1,
+        fns = {"blocked": lambda: nchwc_window.f32_grouped_blocked(xb, wp, bp, out, s, s, 1, 1, 1, 1,
                                                             kernel_act("relu"), threads),
                "nchw": lambda: layer(x, out=o2)}
         pick = "blocked" if g >= GROUPED_MIN_WIDTH else "nchw"
@@ -273,10 +273,10 @@ def dw_plane_rows(threads):
         xb = blocked.to_blocked(_rand(1, c, size, size))
         o = (size + 2 * p - k) // s + 1
         out = np.empty(blocked.blocked_shape((1, c, o, o)), np.float32)
-        fns = {form: (lambda planes: lambda: nchwc.f32_depthwise_blocked(
+        fns = {form: (lambda planes: lambda: nchwc_window.f32_depthwise_blocked(
             xb, wp, bp, out, s, s, p, p, 1, 1, kernel_act("relu6"), threads, False, planes))(
                 form == "planes") for form in ("rows", "planes")}
-        pick = "planes" if nchwc.depthwise_plane_fits(size, size, o, s, k, k, 1) else "rows"
+        pick = "planes" if nchwc_window.depthwise_plane_fits(size, size, o, s, k, k, 1) else "rows"
         yield f"{k}x{k} {c}ch {size}x{size} s{s}", fns, pick
 
 
@@ -332,7 +332,7 @@ def layout_rows(group, threads=1):
         o = (size + 2 - 3) // s + 1
         out = np.empty(blocked.blocked_shape((1, c, o, o)), np.float32)
         macs = c * o * o * 9
-        fns = {f"{t} thread": (lambda t: lambda: nchwc.f32_depthwise_blocked(
+        fns = {f"{t} thread": (lambda t: lambda: nchwc_window.f32_depthwise_blocked(
             xb, wp, bp, out, s, s, 1, 1, 1, 1, kernel_act("relu6"), t, True))(t)
             for t in (1, 2)}
         pick = f"{threads_for(macs, 2, MIN_WORK_DEPTHWISE)} thread"

@@ -1,14 +1,14 @@
 # Kernels on channel-blocked activations, [N][ceil(C / B)][H][W][B] (NCHWc, B = BLOCK: 16 with
 # AVX-512, 8 with AVX2; the layout and the micro-kernels are described in _nchwc.h): the layout
-# changes to and from NCHW, subsampling, pointwise, depthwise, grouped and dense convolution,
-# per-channel scaling and batch normalization, and the global average pool. The graph runner
-# keeps chains of these layers in this layout (engine/graph/layout.py).
+# changes to and from NCHW, subsampling, pointwise and dense convolution, per-channel scaling and
+# batch normalization, and the global average pool (depthwise and grouped convolution:
+# nchwc_window.pyx). The graph runner keeps chains of these layers in this layout
+# (engine/graph/layout.py).
 #
 # Every kernel checks the shapes it is given against one another before it releases the GIL.
 # Results do not depend on the thread count: each output is computed whole by one thread, in an
 # order fixed by the shapes.
-from cython.parallel cimport prange, threadid
-from libc.stdlib cimport free, malloc
+from cython.parallel cimport prange
 from libc.string cimport memcpy, memset
 
 from _epilogue cimport ce_act_t, check_act
@@ -43,38 +43,7 @@ def blocks(Py_ssize_t channels):
     return (channels + CE_NC_B - 1) // CE_NC_B
 
 
-cdef int check_blocked(const Py_ssize_t* shape, str name) except -1:
-    """shape (of a 5-D typed memoryview: the type fixes the rank) is channel-blocked. Read from
-    the view's C shape: a view passed as a Python object would be wrapped anew on every call."""
-    if shape[4] != CE_NC_B:
-        raise ValueError(f"{name} must be channel-blocked (N, C/{CE_NC_B}, H, W, {CE_NC_B}), got "
-                         f"shape {tuple(shape[i] for i in range(5))}")
-    return 0
-
-
-cdef int check_same_blocks(const Py_ssize_t* x, const Py_ssize_t* out) except -1:
-    """x and out (shapes) channel-blocked, with the same images and blocks (a layer from blocks
-    to blocks of as many channels)."""
-    check_blocked(x, "x")
-    check_blocked(out, "out")
-    if out[0] != x[0] or out[1] != x[1]:
-        raise ValueError(f"out {tuple(out[i] for i in range(5))} must have x's images and "
-                         f"blocks {(x[0], x[1])}")
-    return 0
-
-
-cdef int check_window(Py_ssize_t blocks, Py_ssize_t nbias, Py_ssize_t H, Py_ssize_t W,
-                      Py_ssize_t OH, Py_ssize_t OW, int sh, int sw, int pt, int pl, int dh,
-                      int dw) except -1:
-    """The checks every windowed blocked kernel makes before its loops: bias length, strides,
-    dilations, pads, and a plane of a size the kernels' int arithmetic takes."""
-    if nbias != blocks * CE_NC_B:
-        raise ValueError(f"bias must hold {blocks * CE_NC_B} floats, got {nbias}")
-    if sh < 1 or sw < 1 or dh < 1 or dw < 1 or pt < 0 or pl < 0:
-        raise ValueError("strides and dilations must be positive and pads non-negative")
-    if H == 0 or W == 0 or H > 1 << 30 or W > 1 << 30 or OH > 1 << 30 or OW > 1 << 30:
-        raise ValueError(f"the input plane {H}x{W} must be non-empty and of sane size")
-    return 0
+include "_nchwc_checks.pxi"
 
 
 cdef const float* residual_base(residual, out) except? NULL:
@@ -295,155 +264,6 @@ def f32_pointwise_blocked(const float[:, :, :, :, ::1] x, const float[::1] wpack
                                    act, c0, c1)
                 c0 = c1
             n = n + 1
-
-
-cdef extern from "_nchwc_dw.h":
-    void ce_nc_dw_row(const float *x, int H, int W, int OW, int oy, int sh, int sw, int pt,
-                      int pl, int kh, int kw, int dh, int dw, const float *w,
-                      const float *bias, float *out, ce_act_t act) nogil
-    int CE_NC_DW_PLANE_VECS
-    bint ce_nc_dw_plane_fits(int H, int W, int OW, int sw, int kh, int kw, int dw) nogil
-    void ce_nc_dw_plane(const float *x, int H, int W, int OH, int OW, int sh, int sw, int pt,
-                        int pl, int kh, int kw, int dh, int dw, const float *w,
-                        const float *bias, float *out, ce_act_t act, float *buf) nogil
-
-
-def depthwise_plane_scratch(int num_threads):
-    """Floats of f32_depthwise_blocked's scratch for small planes at num_threads."""
-    return max(1, num_threads) * CE_NC_DW_PLANE_VECS * CE_NC_B + 16   # + 64-byte alignment
-
-
-def depthwise_plane_fits(int H, int W, int OW, int sw, int kh, int kw, int dw):
-    """Whether f32_depthwise_blocked takes each block's plane whole, through a zero-bordered
-    copy (8-float builds: kernels 3 wide or more, stride 1 or 2, small planes)."""
-    return bool(ce_nc_dw_plane_fits(H, W, OW, sw, kh, kw, dw))
-
-
-def f32_depthwise_blocked(const float[:, :, :, :, ::1] x, const float[:, :, :, ::1] w,
-                          const float[::1] bias, float[:, :, :, :, ::1] out, int sh, int sw,
-                          int pt, int pl, int dh, int dw, ce_act_t act, int num_threads,
-                          bint by_blocks=False, bint planes=True, float[::1] scratch=None):
-    """Depthwise convolution (multiplier 1) in blocks: w[Cb, kh, kw, B] holds channel
-    cb*B + j's tap (u, v) at [cb, u, v, j] (zero beyond C); bias: Cb * B values. Output
-    sizes are the caller's (engine.shapes); padding beyond pt / pl is implied by them.
-
-    Each thread takes a band of (image, row) pairs, every block of each: the pixels a pointwise
-    layer next to it, split by pixels, also gives it; or with by_blocks a band of (image,
-    block) planes, whole. Either way it goes plane by plane and row by row within a plane
-    (row by row across the blocks jumped between planes: 2.8 against 1.9 ms for 144 channels
-    on 56x56 at batch 8, one thread). Small planes (depthwise_plane_fits) are work items of
-    their own, unless planes is False; each thread then copies them into its part of scratch
-    (depthwise_plane_scratch(num_threads) floats; allocated here if None: a buffer the caller
-    keeps is already present in memory and cache)."""
-    check_act(act)
-    check_same_blocks(x.shape, out.shape)
-    cdef Py_ssize_t N = x.shape[0], Cb = x.shape[1], H = x.shape[2], W = x.shape[3]
-    cdef Py_ssize_t OH = out.shape[2], OW = out.shape[3]
-    if w.shape[0] != Cb or w.shape[3] != CE_NC_B or w.shape[1] < 1 or w.shape[2] < 1:
-        raise ValueError(f"w must have shape ({Cb}, kh, kw, {CE_NC_B}), got {tuple(w.shape)}")
-    check_window(Cb, bias.shape[0], H, W, OH, OW, sh, sw, pt, pl, dh, dw)
-    cdef int kh = <int>w.shape[1], kw = <int>w.shape[2]
-    cdef Py_ssize_t taps = kh * kw
-    if N == 0 or Cb == 0 or OH <= 0 or OW <= 0:
-        return
-    cdef const float* xp = &x[0, 0, 0, 0, 0]
-    cdef float* op = &out[0, 0, 0, 0, 0]
-    cdef const float* wp = &w[0, 0, 0, 0]
-    cdef const float* bp = &bias[0]
-    cdef Py_ssize_t items = N * OH * Cb, it, n, oy, cb
-    cdef float* bufs = NULL
-    cdef float* owned = NULL
-    cdef Py_ssize_t per_thread = CE_NC_DW_PLANE_VECS * CE_NC_B
-    if planes and ce_nc_dw_plane_fits(<int>H, <int>W, <int>OW, sw, kh, kw, dw):
-        items = N * Cb
-        num_threads = <int>max(1, min(num_threads, items))
-        # each thread's zero-bordered plane: 64 KB, too much for the stacks of a service's
-        # threads
-        if scratch is not None and scratch.shape[0] >= num_threads * per_thread + 16:
-            bufs = &scratch[0]
-        else:
-            owned = bufs = <float*>malloc((num_threads * per_thread + 16) * sizeof(float))
-            if bufs == NULL:
-                raise MemoryError("no memory for the depthwise planes' buffers")
-        # from a 64-byte boundary: vectors split across cache lines cost 20-30%
-        bufs = bufs + (16 - (<size_t>bufs // sizeof(float)) % 16) % 16
-        try:
-            for it in prange(items, nogil=True, num_threads=num_threads, schedule="static"):
-                ce_nc_dw_plane(xp + it * H * W * CE_NC_B, <int>H, <int>W, <int>OH, <int>OW,
-                               sh, sw, pt, pl, kh, kw, dh, dw, wp + (it % Cb) * taps * CE_NC_B,
-                               bp + (it % Cb) * CE_NC_B, op + it * OH * OW * CE_NC_B, act,
-                               bufs + threadid() * per_thread)
-        finally:
-            free(owned)
-        return
-    # the band of thread t: units [lo, hi) of (image, row) pairs, or (image, block) planes
-    cdef Py_ssize_t units = N * Cb if by_blocks else N * OH, t, lo, hi, u, n0, n1, y0, y1
-    num_threads = <int>max(1, min(num_threads, units))
-    for t in prange(num_threads, nogil=True, num_threads=num_threads, schedule="static"):
-        lo = t * units // num_threads
-        hi = (t + 1) * units // num_threads
-        if by_blocks:
-            for u in range(lo, hi):
-                n = u // Cb
-                cb = u % Cb
-                for oy in range(OH):
-                    ce_nc_dw_row(xp + u * H * W * CE_NC_B, <int>H, <int>W, <int>OW, <int>oy,
-                                 sh, sw, pt, pl, kh, kw, dh, dw, wp + cb * taps * CE_NC_B,
-                                 bp + cb * CE_NC_B, op + (u * OH + oy) * OW * CE_NC_B, act)
-        else:
-            n0 = lo // OH
-            n1 = (hi + OH - 1) // OH
-            for n in range(n0, n1):
-                y0 = max(lo - n * OH, 0)
-                y1 = min(hi - n * OH, OH)
-                for cb in range(Cb):
-                    for oy in range(y0, y1):
-                        ce_nc_dw_row(xp + (n * Cb + cb) * H * W * CE_NC_B, <int>H, <int>W,
-                                     <int>OW, <int>oy, sh, sw, pt, pl, kh, kw, dh, dw,
-                                     wp + cb * taps * CE_NC_B, bp + cb * CE_NC_B,
-                                     op + ((n * Cb + cb) * OH + oy) * OW * CE_NC_B, act)
-
-
-cdef extern from "_nchwc_grouped.h":
-    void ce_nc_group_row(const float *x, int H, int W, int OW, int oy, int sh, int sw, int pt,
-                         int pl, int kh, int kw, int dh, int dw, const float *w, int g,
-                         const float *bias, float *out, ce_act_t act) nogil
-
-
-def f32_grouped_blocked(const float[:, :, :, :, ::1] x, const float[:, :, :, :, ::1] w,
-                        const float[::1] bias, float[:, :, :, :, ::1] out, int sh, int sw,
-                        int pt, int pl, int dh, int dw, ce_act_t act, int num_threads):
-    """A grouped convolution whose groups lie within blocks (B / g groups of g input and g
-    output channels to a block, g dividing B): w[Cb, kh, kw, g, B] holds, for block cb and
-    tap (u, v), each output lane's weight for its group's input channel j (engine/ops/
-    blocked.py pack_grouped); bias: Cb * B values. Output sizes are the caller's. Work items
-    are output rows of one block, ordered (image, row, block)."""
-    check_act(act)
-    check_same_blocks(x.shape, out.shape)
-    cdef Py_ssize_t N = x.shape[0], Cb = x.shape[1], H = x.shape[2], W = x.shape[3]
-    cdef Py_ssize_t OH = out.shape[2], OW = out.shape[3]
-    if (w.shape[0] != Cb or w.shape[3] < 1 or CE_NC_B % w.shape[3] or w.shape[4] != CE_NC_B
-            or w.shape[1] < 1 or w.shape[2] < 1):
-        raise ValueError(f"w must have shape ({Cb}, kh, kw, g, {CE_NC_B}) with g dividing "
-                         f"{CE_NC_B}, got {tuple(w.shape)}")
-    check_window(Cb, bias.shape[0], H, W, OH, OW, sh, sw, pt, pl, dh, dw)
-    cdef int kh = <int>w.shape[1], kw = <int>w.shape[2], g = <int>w.shape[3]
-    cdef Py_ssize_t wblock = kh * kw * g * CE_NC_B
-    if N == 0 or Cb == 0 or OH <= 0 or OW <= 0:
-        return
-    cdef const float* xp = &x[0, 0, 0, 0, 0]
-    cdef float* op = &out[0, 0, 0, 0, 0]
-    cdef const float* wp = &w[0, 0, 0, 0, 0]
-    cdef const float* bp = &bias[0]
-    cdef Py_ssize_t items = N * OH * Cb, it, n, oy, cb
-    num_threads = <int>max(1, min(num_threads, items))
-    for it in prange(items, nogil=True, num_threads=num_threads, schedule="static"):
-        cb = it % Cb
-        oy = (it // Cb) % OH
-        n = it // (Cb * OH)
-        ce_nc_group_row(xp + (n * Cb + cb) * H * W * CE_NC_B, <int>H, <int>W, <int>OW,
-                        <int>oy, sh, sw, pt, pl, kh, kw, dh, dw, wp + cb * wblock, g,
-                        bp + cb * CE_NC_B, op + ((n * Cb + cb) * OH + oy) * OW * CE_NC_B, act)
 
 
 def f32_direct_to_blocked(const float[:, :, :, ::1] x, const float[:, :, :, :, ::1] w,

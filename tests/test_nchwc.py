@@ -9,7 +9,7 @@ split the work.
 import numpy as np
 import pytest
 
-from engine._kernels import nchwc
+from engine._kernels import nchwc, nchwc_window
 from engine.graph import Graph, Model, Node, TensorSpec
 from engine.graph import layout
 from engine.ops import blocked
@@ -173,7 +173,7 @@ def run_depthwise(x, w, b, stride, pads, dilation, act, threads, by_blocks=False
     ow = (wd + pl + pr - dilation[1] * (kw - 1) - 1) // stride[1] + 1
     wp, bp = blocked.pack_depthwise(w, b)
     out = np.full((n, blocked.blocks(c), oh, ow, B), np.nan, np.float32)
-    nchwc.f32_depthwise_blocked(blocked.to_blocked(x), wp, bp, out, stride[0], stride[1], pt, pl,
+    nchwc_window.f32_depthwise_blocked(blocked.to_blocked(x), wp, bp, out, stride[0], stride[1], pt, pl,
                                 dilation[0], dilation[1], kernel_act(act), threads, by_blocks)
     return blocked.from_blocked(out, c)
 
@@ -261,13 +261,13 @@ def test_depthwise_refuses_inconsistent_arguments(rng):
     wp, bp = blocked.pack_depthwise(f32(rng, 20, 1, 3, 3), f32(rng, 20))
     out = np.zeros((1, blocked.blocks(20), 6, 6, B), np.float32)
     with pytest.raises(ValueError, match="w must have shape"):
-        nchwc.f32_depthwise_blocked(x, wp[:1], bp, out, 1, 1, 1, 1, 1, 1, NO_ACT, 1)
+        nchwc_window.f32_depthwise_blocked(x, wp[:1], bp, out, 1, 1, 1, 1, 1, 1, NO_ACT, 1)
     with pytest.raises(ValueError, match="bias"):
-        nchwc.f32_depthwise_blocked(x, wp, bp[:20], out, 1, 1, 1, 1, 1, 1, NO_ACT, 1)
+        nchwc_window.f32_depthwise_blocked(x, wp, bp[:20], out, 1, 1, 1, 1, 1, 1, NO_ACT, 1)
     with pytest.raises(ValueError, match="strides"):
-        nchwc.f32_depthwise_blocked(x, wp, bp, out, 0, 1, 1, 1, 1, 1, NO_ACT, 1)
+        nchwc_window.f32_depthwise_blocked(x, wp, bp, out, 0, 1, 1, 1, 1, 1, NO_ACT, 1)
     with pytest.raises(ValueError, match="blocks"):
-        nchwc.f32_depthwise_blocked(x, wp, bp, np.zeros((1, 9, 6, 6, B), np.float32), 1, 1,
+        nchwc_window.f32_depthwise_blocked(x, wp, bp, np.zeros((1, 9, 6, 6, B), np.float32), 1, 1,
                                     1, 1, 1, 1, NO_ACT, 1)
 
 
@@ -318,7 +318,7 @@ def test_grouped_blocked_matches_reference_and_is_thread_independent(rng, n, c, 
         outs = []
         for t in (1, 2):
             out = np.full((n, blocked.blocks(c)) + ref.shape[2:] + (B,), np.nan, np.float32)
-            nchwc.f32_grouped_blocked(blocked.to_blocked(x), wp, bp, out, s, s, p, p, d, d,
+            nchwc_window.f32_grouped_blocked(blocked.to_blocked(x), wp, bp, out, s, s, p, p, d, d,
                                       kernel_act(act), t)
             outs.append(out)
         np.testing.assert_array_equal(outs[0], outs[1])
@@ -346,7 +346,7 @@ def test_grouped_blocked_keeps_a_nan_in_its_group(rng, g):
     x[0, 5, 2, 3] = np.nan
     wp, bp = blocked.pack_grouped(wt, g, None)
     out = np.zeros((1, blocked.blocks(c), 6, 6, B), np.float32)
-    nchwc.f32_grouped_blocked(blocked.to_blocked(x), wp, bp, out, 1, 1, 1, 1, 1, 1, NO_ACT, 1)
+    nchwc_window.f32_grouped_blocked(blocked.to_blocked(x), wp, bp, out, 1, 1, 1, 1, 1, 1, NO_ACT, 1)
     y = blocked.from_blocked(out, c)
     with np.errstate(invalid="ignore"):
         ref = conv2d_ref(x, wt, None, (1, 1), ((1, 1), (1, 1)), (1, 1), c // g)
@@ -359,16 +359,16 @@ def test_grouped_blocked_refuses_inconsistent_arguments(rng):
     wp, bp = blocked.pack_grouped(f32(rng, 2 * B, B, 3, 3), B, None)
     out = np.zeros((1, 2, 5, 5, B), np.float32)
     with pytest.raises(ValueError, match="w must"):
-        nchwc.f32_grouped_blocked(x, wp[:1], bp, out, 1, 1, 1, 1, 1, 1, NO_ACT, 1)
+        nchwc_window.f32_grouped_blocked(x, wp[:1], bp, out, 1, 1, 1, 1, 1, 1, NO_ACT, 1)
     with pytest.raises(ValueError, match="g dividing"):    # groups of 3 do not tile a block
-        nchwc.f32_grouped_blocked(x, np.zeros((2, 3, 3, 3, B), np.float32), bp, out, 1, 1, 1,
+        nchwc_window.f32_grouped_blocked(x, np.zeros((2, 3, 3, 3, B), np.float32), bp, out, 1, 1, 1,
                                   1, 1, 1, NO_ACT, 1)
     with pytest.raises(ValueError, match="bias"):
-        nchwc.f32_grouped_blocked(x, wp, bp[:B], out, 1, 1, 1, 1, 1, 1, NO_ACT, 1)
+        nchwc_window.f32_grouped_blocked(x, wp, bp[:B], out, 1, 1, 1, 1, 1, 1, NO_ACT, 1)
     with pytest.raises(ValueError, match="act"):
-        nchwc.f32_grouped_blocked(x, wp, bp, out, 1, 1, 1, 1, 1, 1, BAD_ACT, 1)
+        nchwc_window.f32_grouped_blocked(x, wp, bp, out, 1, 1, 1, 1, 1, 1, BAD_ACT, 1)
     with pytest.raises(ValueError, match="out"):
-        nchwc.f32_grouped_blocked(x, wp, bp, np.zeros((1, 3, 5, 5, B), np.float32), 1, 1, 1,
+        nchwc_window.f32_grouped_blocked(x, wp, bp, np.zeros((1, 3, 5, 5, B), np.float32), 1, 1, 1,
                                   1, 1, 1, NO_ACT, 1)
 
 

@@ -1,7 +1,7 @@
 """The steps the layout pass (engine/graph/layout.py) puts in a plan: layout changes between
 NCHW and NCHWc, and the convolutions, pools, batch normalizations, Concats and global
 average pools that read and write channel blocks (kernels/_nchwc.h, nchwc.pyx,
-pool_nchwc.pyx). Each is made per plan from the graph's node and its NCHW shapes."""
+nchwc_window.pyx, pool_nchwc.pyx). Each is made per plan from the graph's node and its NCHW shapes."""
 from __future__ import annotations
 
 import math
@@ -11,7 +11,7 @@ import numpy as np
 from ..dispatch.layout import (POINTWISE_GROUP_SLACK, choose_depthwise_blocked_split,
                                dense_padded,
                                choose_pointwise_blocked_split)
-from .._kernels import nchwc, pool_nchwc
+from .._kernels import nchwc, nchwc_window, pool_nchwc
 from .._threads import threads_for
 from ..ops import blocked
 from ..ops.activation import kernel_act
@@ -341,25 +341,25 @@ class BlockedConv(_Internal):
 
         if self.conv_kind == "grouped":
             def step(env, nt):
-                nchwc.f32_grouped_blocked(env[a], w, bias, env[b], sh, sw, pt, pl, dh, dw,
+                nchwc_window.f32_grouped_blocked(env[a], w, bias, env[b], sh, sw, pt, pl, dh, dw,
                                           act, threads_for(macs, nt))
             return step
 
         by_blocks = self.split[0] == "blocks"
         kh, kw = self.conv.w.shape[2:]
         h, wd = ins[0].shape[2:4]
-        if not nchwc.depthwise_plane_fits(h, wd, self.conv_shape[3], sw, kh, kw, dw):
+        if not nchwc_window.depthwise_plane_fits(h, wd, self.conv_shape[3], sw, kh, kw, dw):
             def step(env, nt):
-                nchwc.f32_depthwise_blocked(env[a], w, bias, env[b], sh, sw, pt, pl, dh, dw,
+                nchwc_window.f32_depthwise_blocked(env[a], w, bias, env[b], sh, sw, pt, pl, dh, dw,
                                             act, threads_for(macs, nt, MIN_WORK_DEPTHWISE),
                                             by_blocks)
             return step
 
         def step(env, nt):      # by whole planes, each thread's copy in a kept buffer
             nt = threads_for(macs, nt, MIN_WORK_DEPTHWISE)
-            buf = workspace.take(nchwc.depthwise_plane_scratch(nt))
+            buf = workspace.take(nchwc_window.depthwise_plane_scratch(nt))
             try:
-                nchwc.f32_depthwise_blocked(env[a], w, bias, env[b], sh, sw, pt, pl, dh, dw,
+                nchwc_window.f32_depthwise_blocked(env[a], w, bias, env[b], sh, sw, pt, pl, dh, dw,
                                             act, nt, by_blocks, True, buf)
             finally:
                 workspace.give(buf)
@@ -392,7 +392,7 @@ class BlockedConv(_Internal):
         if self.conv_kind == "depthwise":
             h, w = ins[0].shape[2:4]
             kh, kw = self.conv.w.shape[2:]
-            if nchwc.depthwise_plane_fits(h, w, self.conv_shape[3], self.conv.strides[1], kh,
+            if nchwc_window.depthwise_plane_fits(h, w, self.conv_shape[3], self.conv.strides[1], kh,
                                           kw, self.conv.dilations[1]):
                 text += (", each block's plane whole through a zero-bordered copy, eight "
                          "columns a time (a block with a non-finite weight row by row)")

@@ -1,0 +1,36 @@
+# The shape checks every kernel on channel-blocked tensors makes before it releases the GIL
+# (included by nchwc.pyx and nchwc_window.pyx, which declare CE_NC_B first).
+
+
+cdef int check_blocked(const Py_ssize_t* shape, str name) except -1:
+    """shape (of a 5-D typed memoryview: the type fixes the rank) is channel-blocked. Read from
+    the view's C shape: a view passed as a Python object would be wrapped anew on every call."""
+    if shape[4] != CE_NC_B:
+        raise ValueError(f"{name} must be channel-blocked (N, C/{CE_NC_B}, H, W, {CE_NC_B}), got "
+                         f"shape {tuple(shape[i] for i in range(5))}")
+    return 0
+
+
+cdef int check_same_blocks(const Py_ssize_t* x, const Py_ssize_t* out) except -1:
+    """x and out (shapes) channel-blocked, with the same images and blocks (a layer from blocks
+    to blocks of as many channels)."""
+    check_blocked(x, "x")
+    check_blocked(out, "out")
+    if out[0] != x[0] or out[1] != x[1]:
+        raise ValueError(f"out {tuple(out[i] for i in range(5))} must have x's images and "
+                         f"blocks {(x[0], x[1])}")
+    return 0
+
+
+cdef int check_window(Py_ssize_t blocks, Py_ssize_t nbias, Py_ssize_t H, Py_ssize_t W,
+                      Py_ssize_t OH, Py_ssize_t OW, int sh, int sw, int pt, int pl, int dh,
+                      int dw) except -1:
+    """The checks every windowed blocked kernel makes before its loops: bias length, strides,
+    dilations, pads, and a plane of a size the kernels' int arithmetic takes."""
+    if nbias != blocks * CE_NC_B:
+        raise ValueError(f"bias must hold {blocks * CE_NC_B} floats, got {nbias}")
+    if sh < 1 or sw < 1 or dh < 1 or dw < 1 or pt < 0 or pl < 0:
+        raise ValueError("strides and dilations must be positive and pads non-negative")
+    if H == 0 or W == 0 or H > 1 << 30 or W > 1 << 30 or OH > 1 << 30 or OW > 1 << 30:
+        raise ValueError(f"the input plane {H}x{W} must be non-empty and of sane size")
+    return 0
