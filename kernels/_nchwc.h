@@ -69,6 +69,27 @@ static inline void ce_nc_act_span(float *p, ptrdiff_t n, ce_act_t act)
         CE_NC_TILE_STORE1(i, 0) CE_NC_TILE_STORE1(i, 1) CE_NC_TILE_STORE1(i, 2)             \
         CE_NC_TILE_STORE1(i, 3)                                                             \
     }
+/* One tap's multiply-adds into a tile's sums (the pointwise tile here, the dense ones in
+ * _nchwc_conv.h): for each input channel c < nc, its NK weight vectors from wc (advanced by
+ * wstep a channel) times XV(i, c), the input value under pixel i, for the NP pixels. */
+#define CE_NC_TILE_FMA1(i, XV)                                                              \
+    if (i < NP) {                                                                           \
+        float xv_ = XV(i, c);                                                               \
+        a##i##_0 += w0 * xv_;                                                               \
+        if (NK > 1) a##i##_1 += w1 * xv_;                                                   \
+        if (NK > 2) a##i##_2 += w2 * xv_;                                                   \
+        if (NK > 3) a##i##_3 += w3 * xv_;                                                   \
+    }
+#define CE_NC_TILE_MACS(wc, nc, wstep, XV)                                                  \
+    for (int c = 0; c < (nc); c++, wc += (wstep)) {                                         \
+        ce_nc_vf w0 = CE_NC_LD(wc), w1 = {0}, w2 = {0}, w3 = {0};                           \
+        if (NK > 1) w1 = CE_NC_LD(wc + CE_NC_B);                                            \
+        if (NK > 2) w2 = CE_NC_LD(wc + 2 * CE_NC_B);                                        \
+        if (NK > 3) w3 = CE_NC_LD(wc + 3 * CE_NC_B);                                        \
+        CE_NC_TILE_FMA1(0, XV) CE_NC_TILE_FMA1(1, XV) CE_NC_TILE_FMA1(2, XV)                \
+        CE_NC_TILE_FMA1(3, XV) CE_NC_TILE_FMA1(4, XV) CE_NC_TILE_FMA1(5, XV)                \
+    }
+
 /* The tile's stores with the activation a constant where it is none or a clamp (the common
  * cases), so that the 24 stores test nothing: MobileNetV2's pointwise layers spent 2% more
  * without it (bench/bench_models.py, A/B at 1 thread); ``act`` is shadowed by the constant. */
@@ -121,22 +142,9 @@ ce_nc_pw_tile(const float *restrict x, ptrdiff_t P, int Cb, int tail, const floa
         const float *xb = x + cb * P * B;
         /* the padding channels of a last, partial input block have zero weights: skipped */
         const int nc = cb == Cb - 1 ? tail : CE_NC_B;
-        for (int c = 0; c < nc; c++, w += wstep) {
-            ce_nc_vf w0 = CE_NC_LD(w), w1 = {0}, w2 = {0}, w3 = {0};
-            if (NK > 1) w1 = CE_NC_LD(w + B);
-            if (NK > 2) w2 = CE_NC_LD(w + 2 * B);
-            if (NK > 3) w3 = CE_NC_LD(w + 3 * B);
-#define CE_NC_FMA(i)                                                                        \
-            if (i < NP) {                                                                   \
-                float v = xb[i * B + c];                                                    \
-                a##i##_0 += w0 * v;                                                         \
-                if (NK > 1) a##i##_1 += w1 * v;                                             \
-                if (NK > 2) a##i##_2 += w2 * v;                                             \
-                if (NK > 3) a##i##_3 += w3 * v;                                             \
-            }
-            CE_NC_PIX(CE_NC_FMA)
-#undef CE_NC_FMA
-        }
+#define CE_NC_PW_XV(i, c) xb[i * B + c]
+        CE_NC_TILE_MACS(w, nc, wstep, CE_NC_PW_XV)
+#undef CE_NC_PW_XV
     }
     CE_NC_TILE_STORE_ALL
 #undef CE_NC_PIX
@@ -163,16 +171,17 @@ CE_NC_PW_TILES_NK(3)
 CE_NC_PW_TILES_NK(4)
 #endif
 #undef CE_NC_PW_TILES_NK
-/* [NK - 1][NP - 1] */
-#define CE_NC_ROW(NK) {ce_nc_pw_tile_##NK##_1, ce_nc_pw_tile_##NK##_2, ce_nc_pw_tile_##NK##_3,   \
-                       ce_nc_pw_tile_##NK##_4, ce_nc_pw_tile_##NK##_5, ce_nc_pw_tile_##NK##_6}
-static const ce_nc_pw_tile_fn ce_nc_pw_tiles[CE_NC_GROUP][CE_NC_TILE_PIXELS] = {
+/* [NK - 1][NP - 1] of the instances name##_NK_NP (here and in _nchwc_conv.h) */
+#define CE_NC_ROW(name, NK) {name##_##NK##_1, name##_##NK##_2, name##_##NK##_3,             \
+                             name##_##NK##_4, name##_##NK##_5, name##_##NK##_6}
 #if CE_NC_GROUP == 4
-    CE_NC_ROW(1), CE_NC_ROW(2), CE_NC_ROW(3), CE_NC_ROW(4)};
+#define CE_NC_TILE_TABLE(name) {CE_NC_ROW(name, 1), CE_NC_ROW(name, 2), CE_NC_ROW(name, 3),  \
+                                CE_NC_ROW(name, 4)}
 #else
-    CE_NC_ROW(1), CE_NC_ROW(2)};
+#define CE_NC_TILE_TABLE(name) {CE_NC_ROW(name, 1), CE_NC_ROW(name, 2)}
 #endif
-#undef CE_NC_ROW
+static const ce_nc_pw_tile_fn ce_nc_pw_tiles[CE_NC_GROUP][CE_NC_TILE_PIXELS] =
+    CE_NC_TILE_TABLE(ce_nc_pw_tile);
 #undef CE_NC_PW_TILE_N
 
 /* Tiles t0 .. t1 (of 6 pixels) of the output blocks of group g, for one image, in batches of

@@ -11,17 +11,6 @@ cdef int check_blocked(const Py_ssize_t* shape, str name) except -1:
     return 0
 
 
-cdef int check_same_blocks(const Py_ssize_t* x, const Py_ssize_t* out) except -1:
-    """x and out (shapes) channel-blocked, with the same images and blocks (a layer from blocks
-    to blocks of as many channels)."""
-    check_blocked(x, "x")
-    check_blocked(out, "out")
-    if out[0] != x[0] or out[1] != x[1]:
-        raise ValueError(f"out {tuple(out[i] for i in range(5))} must have x's images and "
-                         f"blocks {(x[0], x[1])}")
-    return 0
-
-
 cdef int check_window(Py_ssize_t blocks, Py_ssize_t nbias, Py_ssize_t H, Py_ssize_t W,
                       Py_ssize_t OH, Py_ssize_t OW, int sh, int sw, int pt, int pl, int dh,
                       int dw) except -1:

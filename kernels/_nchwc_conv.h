@@ -7,7 +7,9 @@
  *
  * Padding is read, not copied: a tap whose input row lies outside the plane is skipped for the
  * whole tile, and a pixel whose input column does is pointed at a block of zeros for that tap.
- * A stride or dilation only changes which columns are read.
+ * A stride or dilation only changes which columns are read. Or (ce_nc_convp_band, chosen by
+ * engine/dispatch/layout.py dense_padded) the tiles read a copy of the input with the padding
+ * as zeros, unchecked and across output rows.
  *
  * Weights (engine/ops/blocked.py pack_dense): per group of up to four output blocks,
  * [input block][u][v][c < B][NK * B], zero beyond the layer's channels. The input blocks go
@@ -22,22 +24,39 @@
 
 static const float ce_nc_zero_block[CE_NC_B] __attribute__((aligned(64))) = {0};
 
-/* One tile over input blocks [0, nb) of a batch.
- *   x: the batch's first input block at the image's pixel (0, 0); blocks xs floats apart;
- *   H, W: the input plane; iy0: the input row of tap u = 0 (oy * sh - pt); ix0: the input
- *   column of pixel 0, tap v = 0 (ox * sw - pl);
+/* the input value under pixel i for channel c: through the pixel's pointer for the tap */
+#define CE_NC_CONV_XV(i, c) p##i[c]
+
+/* Where a tile's pixels read. On the input itself (base NULL): H, W the input plane; iy0 the
+ * input row of tap u = 0 (oy * sh - pt), ix0 the input column of pixel 0 at tap v = 0
+ * (ox * sw - pl), pixels sw columns apart; a tap whose row lies outside the plane is skipped for
+ * the whole tile, a pixel whose column does reads a block of zeros. Or on a copy of the input
+ * with its padding as zeros (see ce_nc_convp_band): base[i] is pixel i's window origin, floats
+ * into a padded plane, and tap (u, v) is u * ustep + v * vstep floats on; nothing is checked
+ * and the pixels may lie on different output rows. */
+typedef struct {
+    int H, W, iy0, ix0, sw, dh, dw;
+    const ptrdiff_t *base;
+    ptrdiff_t ustep, vstep;
+} ce_nc_tile_at;
+
+/* One tile over input blocks [0, nb) of a batch; PADDED (a constant in each instance) says
+ * which way of ``at`` the pixels read.
+ *   x: the batch's first input block at the plane's pixel (0, 0); blocks xs floats apart;
  *   nclast: input channels of the batch's last block (B but for the layer's last block);
  *   w: the batch's packed weights; bias: NK vectors; res/out: the tile's first pixel of its
  *   first output block, blocks os floats apart (res NULL without a residual);
  *   first: start from zero, else from out; last: finish (bias, residual, activation). */
 static inline __attribute__((always_inline)) void
-ce_nc_conv_tile(const float *restrict x, ptrdiff_t xs, int nb, int nclast, int H, int W,
-                int iy0, int ix0, int sw, int kh, int kw, int dh, int dw,
-                const float *restrict w, const float *restrict bias, const float *res,
-                float *out, ptrdiff_t os, ce_act_t act, int first, int last, const int NK,
-                const int NP)
+ce_nc_conv_tile(const float *restrict x, ptrdiff_t xs, int nb, int nclast, int kh, int kw,
+                const ce_nc_tile_at *at, const float *restrict w, const float *restrict bias,
+                const float *res, float *out, ptrdiff_t os, ce_act_t act, int first, int last,
+                const int NK, const int NP, const int PADDED)
 {
     const ptrdiff_t B = CE_NC_B, wstep = NK * CE_NC_B;
+    const int H = at->H, W = at->W, iy0 = at->iy0, ix0 = at->ix0, sw = at->sw, dh = at->dh,
+              dw = at->dw;
+    const ptrdiff_t ustep = at->ustep, vstep = at->vstep;
 #define CE_NC_PIX(M) M(0) M(1) M(2) M(3) M(4) M(5)
 #define CE_NC_DECL(i) ce_nc_vf a##i##_0 = {0}, a##i##_1 = {0}, a##i##_2 = {0}, a##i##_3 = {0};
     CE_NC_PIX(CE_NC_DECL)
@@ -48,38 +67,29 @@ ce_nc_conv_tile(const float *restrict x, ptrdiff_t xs, int nb, int nclast, int H
     for (int cb = 0; cb < nb; cb++) {
         const float *xb = x + cb * xs;
         const int nc = cb == nb - 1 ? nclast : CE_NC_B;
+#define CE_NC_BASE(i) const float *b##i = PADDED && i < NP ? xb + at->base[i] : xb;
+        CE_NC_PIX(CE_NC_BASE)
+#undef CE_NC_BASE
         for (int u = 0; u < kh; u++) {
             const int iy = iy0 + u * dh;
-            if (iy < 0 || iy >= H) {
+            if (!PADDED && (iy < 0 || iy >= H)) {
                 w += (ptrdiff_t)kw * CE_NC_B * wstep;
                 continue;
             }
             const float *row = xb + (ptrdiff_t)iy * W * B;
             for (int v = 0; v < kw; v++, w += CE_NC_B * wstep) {
                 const int ix = ix0 + v * dw;
+                const ptrdiff_t off = u * ustep + v * vstep;
 #define CE_NC_PTR(i)                                                                        \
                 const float *p##i = ce_nc_zero_block;                                       \
-                if (i < NP && ix + i * sw >= 0 && ix + i * sw < W)                          \
+                if (PADDED)                                                                 \
+                    p##i = b##i + off;                                                      \
+                else if (i < NP && ix + i * sw >= 0 && ix + i * sw < W)                     \
                     p##i = row + (ptrdiff_t)(ix + i * sw) * B;
                 CE_NC_PIX(CE_NC_PTR)
 #undef CE_NC_PTR
                 const float *wc = w;
-                for (int c = 0; c < nc; c++, wc += wstep) {
-                    ce_nc_vf w0 = CE_NC_LD(wc), w1 = {0}, w2 = {0}, w3 = {0};
-                    if (NK > 1) w1 = CE_NC_LD(wc + B);
-                    if (NK > 2) w2 = CE_NC_LD(wc + 2 * B);
-                    if (NK > 3) w3 = CE_NC_LD(wc + 3 * B);
-#define CE_NC_FMA(i)                                                                        \
-                    if (i < NP) {                                                           \
-                        float xv = p##i[c];                                                 \
-                        a##i##_0 += w0 * xv;                                                \
-                        if (NK > 1) a##i##_1 += w1 * xv;                                    \
-                        if (NK > 2) a##i##_2 += w2 * xv;                                    \
-                        if (NK > 3) a##i##_3 += w3 * xv;                                    \
-                    }
-                    CE_NC_PIX(CE_NC_FMA)
-#undef CE_NC_FMA
-                }
+                CE_NC_TILE_MACS(wc, nc, wstep, CE_NC_CONV_XV)
             }
         }
     }
@@ -87,41 +97,40 @@ ce_nc_conv_tile(const float *restrict x, ptrdiff_t xs, int nb, int nclast, int H
 #undef CE_NC_PIX
 }
 
-typedef void (*ce_nc_conv_tile_fn)(const float *, ptrdiff_t, int, int, int, int, int, int, int,
-                                   int, int, int, int, const float *, const float *,
+typedef void (*ce_nc_conv_tile_fn)(const float *, ptrdiff_t, int, int, int, int,
+                                   const ce_nc_tile_at *, const float *, const float *,
                                    const float *, float *, ptrdiff_t, ce_act_t, int, int);
 
-#define CE_NC_CONV_TILE_N(NK, NP)                                                           \
-    static void ce_nc_conv_tile_##NK##_##NP(                                                \
-        const float *x, ptrdiff_t xs, int nb, int nclast, int H, int W, int iy0, int ix0,   \
-        int sw, int kh, int kw, int dh, int dw, const float *w, const float *bias,          \
-        const float *res, float *out, ptrdiff_t os, ce_act_t act, int first, int last)           \
+#define CE_NC_CONV_TILE_N(name, PADDED, NK, NP)                                             \
+    static void name##_##NK##_##NP(const float *x, ptrdiff_t xs, int nb, int nclast, int kh, \
+                                   int kw, const ce_nc_tile_at *at, const float *w,         \
+                                   const float *bias, const float *res, float *out,         \
+                                   ptrdiff_t os, ce_act_t act, int first, int last)         \
     {                                                                                       \
-        ce_nc_conv_tile(x, xs, nb, nclast, H, W, iy0, ix0, sw, kh, kw, dh, dw, w, bias,     \
-                        res, out, os, act, first, last, NK, NP);                            \
+        ce_nc_conv_tile(x, xs, nb, nclast, kh, kw, at, w, bias, res, out, os, act, first,   \
+                        last, NK, NP, PADDED);                                              \
     }
-#define CE_NC_CONV_TILES_NK(NK)                                                             \
-    CE_NC_CONV_TILE_N(NK, 1) CE_NC_CONV_TILE_N(NK, 2) CE_NC_CONV_TILE_N(NK, 3)              \
-    CE_NC_CONV_TILE_N(NK, 4) CE_NC_CONV_TILE_N(NK, 5) CE_NC_CONV_TILE_N(NK, 6)
-CE_NC_CONV_TILES_NK(1)
-CE_NC_CONV_TILES_NK(2)
+#define CE_NC_CONV_TILES_NK(name, PADDED, NK)                                               \
+    CE_NC_CONV_TILE_N(name, PADDED, NK, 1) CE_NC_CONV_TILE_N(name, PADDED, NK, 2)           \
+    CE_NC_CONV_TILE_N(name, PADDED, NK, 3) CE_NC_CONV_TILE_N(name, PADDED, NK, 4)           \
+    CE_NC_CONV_TILE_N(name, PADDED, NK, 5) CE_NC_CONV_TILE_N(name, PADDED, NK, 6)
 #if CE_NC_GROUP == 4
-CE_NC_CONV_TILES_NK(3)
-CE_NC_CONV_TILES_NK(4)
+#define CE_NC_CONV_TILES(name, PADDED)                                                      \
+    CE_NC_CONV_TILES_NK(name, PADDED, 1) CE_NC_CONV_TILES_NK(name, PADDED, 2)               \
+    CE_NC_CONV_TILES_NK(name, PADDED, 3) CE_NC_CONV_TILES_NK(name, PADDED, 4)
+#else
+#define CE_NC_CONV_TILES(name, PADDED)                                                      \
+    CE_NC_CONV_TILES_NK(name, PADDED, 1) CE_NC_CONV_TILES_NK(name, PADDED, 2)
 #endif
+CE_NC_CONV_TILES(ce_nc_conv_tile_checked, 0)
+CE_NC_CONV_TILES(ce_nc_conv_tile_padded, 1)
+#undef CE_NC_CONV_TILES
 #undef CE_NC_CONV_TILES_NK
 #undef CE_NC_CONV_TILE_N
-/* [NK - 1][NP - 1] */
-#define CE_NC_ROW(NK) {ce_nc_conv_tile_##NK##_1, ce_nc_conv_tile_##NK##_2,                   \
-                       ce_nc_conv_tile_##NK##_3, ce_nc_conv_tile_##NK##_4,                   \
-                       ce_nc_conv_tile_##NK##_5, ce_nc_conv_tile_##NK##_6}
-static const ce_nc_conv_tile_fn ce_nc_conv_tiles[CE_NC_GROUP][CE_NC_TILE_PIXELS] = {
-#if CE_NC_GROUP == 4
-    CE_NC_ROW(1), CE_NC_ROW(2), CE_NC_ROW(3), CE_NC_ROW(4)};
-#else
-    CE_NC_ROW(1), CE_NC_ROW(2)};
-#endif
-#undef CE_NC_ROW
+static const ce_nc_conv_tile_fn ce_nc_conv_tiles[CE_NC_GROUP][CE_NC_TILE_PIXELS] =
+    CE_NC_TILE_TABLE(ce_nc_conv_tile_checked);
+static const ce_nc_conv_tile_fn ce_nc_convp_tiles[CE_NC_GROUP][CE_NC_TILE_PIXELS] =
+    CE_NC_TILE_TABLE(ce_nc_conv_tile_padded);
 
 /* Output rows [oy0, oy1) of the output blocks of group g, for one image.
  *   x: the image's input [Cb][H][W][B], C channels; w: every group's packed weights, group g
@@ -152,105 +161,22 @@ static void ce_nc_conv_band(const float *x, int C, int H, int W, int Kb, int OH,
             for (int t = 0; t < tiles; t++) {
                 int ox = t * OW / tiles, np = (t + 1) * OW / tiles - ox;
                 ptrdiff_t at = o0 + (ptrdiff_t)ox * B;
-                ce_nc_conv_tiles[nk - 1][np - 1](
-                    xb, xs, nb, nclast, H, W, oy * sh - pt, ox * sw - pl, sw, kh, kw, dh, dw,
-                    wb, bb, res ? res + at : NULL, out + at, os, act, first, last);
+                const ce_nc_tile_at where = {H, W, oy * sh - pt, ox * sw - pl, sw, dh, dw,
+                                             NULL, 0, 0};
+                ce_nc_conv_tiles[nk - 1][np - 1](xb, xs, nb, nclast, kh, kw, &where, wb, bb,
+                                                 res ? res + at : NULL, out + at, os, act,
+                                                 first, last);
             }
         }
     }
 }
 
 /* ---- Padded input ------------------------------------------------------------------------------
- * The same tile on a copy of the input whose planes carry the padding as zeros (Hp x Wp, the
+ * The same tiles on a copy of the input whose planes carry the padding as zeros (Hp x Wp, the
  * input's row r at row r + pt, its column c at column c + pl): no tap is checked, a tap moves
  * every pixel's pointer by one offset, and a tile's six pixels may run on into the next output
- * row, so that narrow maps (13x13, 7x7) fill whole tiles. base[i]: pixel i's window origin,
- * floats into a padded plane; the input blocks of the batch xs floats apart. Products of a
- * weight and a padding zero are added: the caller takes this path only with finite weights. */
-static inline __attribute__((always_inline)) void
-ce_nc_convp_tile(const float *restrict x, ptrdiff_t xs, int nb, int nclast,
-                 const ptrdiff_t *base, int kh, int kw, ptrdiff_t ustep, ptrdiff_t vstep,
-                 const float *restrict w, const float *restrict bias, const float *res,
-                 float *out, ptrdiff_t os, ce_act_t act, int first, int last, const int NK,
-                 const int NP)
-{
-    const ptrdiff_t B = CE_NC_B, wstep = NK * CE_NC_B;
-#define CE_NC_PIX(M) M(0) M(1) M(2) M(3) M(4) M(5)
-#define CE_NC_DECL(i) ce_nc_vf a##i##_0 = {0}, a##i##_1 = {0}, a##i##_2 = {0}, a##i##_3 = {0};
-    CE_NC_PIX(CE_NC_DECL)
-#undef CE_NC_DECL
-    if (!first) {
-        CE_NC_PIX(CE_NC_TILE_LOAD)
-    }
-    for (int cb = 0; cb < nb; cb++) {
-        const int nc = cb == nb - 1 ? nclast : CE_NC_B;
-#define CE_NC_BASE(i) const float *b##i = x + cb * xs + (i < NP ? base[i] : 0);
-        CE_NC_PIX(CE_NC_BASE)
-#undef CE_NC_BASE
-        for (int u = 0; u < kh; u++) {
-            for (int v = 0; v < kw; v++, w += CE_NC_B * wstep) {
-                const ptrdiff_t off = u * ustep + v * vstep;
-#define CE_NC_PTR(i) const float *p##i = b##i + off;
-                CE_NC_PIX(CE_NC_PTR)
-#undef CE_NC_PTR
-                const float *wc = w;
-                for (int c = 0; c < nc; c++, wc += wstep) {
-                    ce_nc_vf w0 = CE_NC_LD(wc), w1 = {0}, w2 = {0}, w3 = {0};
-                    if (NK > 1) w1 = CE_NC_LD(wc + B);
-                    if (NK > 2) w2 = CE_NC_LD(wc + 2 * B);
-                    if (NK > 3) w3 = CE_NC_LD(wc + 3 * B);
-#define CE_NC_FMA(i)                                                                        \
-                    if (i < NP) {                                                           \
-                        float xv = p##i[c];                                                 \
-                        a##i##_0 += w0 * xv;                                                \
-                        if (NK > 1) a##i##_1 += w1 * xv;                                    \
-                        if (NK > 2) a##i##_2 += w2 * xv;                                    \
-                        if (NK > 3) a##i##_3 += w3 * xv;                                    \
-                    }
-                    CE_NC_PIX(CE_NC_FMA)
-#undef CE_NC_FMA
-                }
-            }
-        }
-    }
-    CE_NC_TILE_STORE_ALL
-#undef CE_NC_PIX
-}
-
-typedef void (*ce_nc_convp_tile_fn)(const float *, ptrdiff_t, int, int, const ptrdiff_t *, int,
-                                    int, ptrdiff_t, ptrdiff_t, const float *, const float *,
-                                    const float *, float *, ptrdiff_t, ce_act_t, int, int);
-
-#define CE_NC_CONVP_TILE_N(NK, NP)                                                          \
-    static void ce_nc_convp_tile_##NK##_##NP(                                               \
-        const float *x, ptrdiff_t xs, int nb, int nclast, const ptrdiff_t *base, int kh,    \
-        int kw, ptrdiff_t ustep, ptrdiff_t vstep, const float *w, const float *bias,        \
-        const float *res, float *out, ptrdiff_t os, ce_act_t act, int first, int last)      \
-    {                                                                                       \
-        ce_nc_convp_tile(x, xs, nb, nclast, base, kh, kw, ustep, vstep, w, bias, res, out,  \
-                         os, act, first, last, NK, NP);                                     \
-    }
-#define CE_NC_CONVP_TILES_NK(NK)                                                            \
-    CE_NC_CONVP_TILE_N(NK, 1) CE_NC_CONVP_TILE_N(NK, 2) CE_NC_CONVP_TILE_N(NK, 3)           \
-    CE_NC_CONVP_TILE_N(NK, 4) CE_NC_CONVP_TILE_N(NK, 5) CE_NC_CONVP_TILE_N(NK, 6)
-CE_NC_CONVP_TILES_NK(1)
-CE_NC_CONVP_TILES_NK(2)
-#if CE_NC_GROUP == 4
-CE_NC_CONVP_TILES_NK(3)
-CE_NC_CONVP_TILES_NK(4)
-#endif
-#undef CE_NC_CONVP_TILES_NK
-#undef CE_NC_CONVP_TILE_N
-#define CE_NC_ROW(NK) {ce_nc_convp_tile_##NK##_1, ce_nc_convp_tile_##NK##_2,                 \
-                       ce_nc_convp_tile_##NK##_3, ce_nc_convp_tile_##NK##_4,                 \
-                       ce_nc_convp_tile_##NK##_5, ce_nc_convp_tile_##NK##_6}
-static const ce_nc_convp_tile_fn ce_nc_convp_tiles[CE_NC_GROUP][CE_NC_TILE_PIXELS] = {
-#if CE_NC_GROUP == 4
-    CE_NC_ROW(1), CE_NC_ROW(2), CE_NC_ROW(3), CE_NC_ROW(4)};
-#else
-    CE_NC_ROW(1), CE_NC_ROW(2)};
-#endif
-#undef CE_NC_ROW
+ * row, so that narrow maps (13x13, 7x7) fill whole tiles. Products of a weight and a padding
+ * zero are added: the caller takes this path only with finite weights. */
 
 /* Output pixels [q0, q1) (row-major over the plane) of the output blocks of group g, for one
  * image, from its padded input xpad [Cb][Hp][Wp][B]; as ce_nc_conv_band otherwise. */
@@ -279,10 +205,11 @@ static void ce_nc_convp_band(const float *xpad, int C, int Hp, int Wp, int Kb, i
                 base[i] = (oy * sh * Wp + ox * sw) * B;
             }
             ptrdiff_t at = (ptrdiff_t)kb0 * os + q * B;
-            ce_nc_convp_tiles[nk - 1][np - 1](xb, xs, nb, nclast, base, kh, kw,
-                                              (ptrdiff_t)dh * Wp * B, (ptrdiff_t)dw * B, wb,
-                                              bb, res ? res + at : NULL, out + at, os, act,
-                                              first, last);
+            const ce_nc_tile_at where = {0, 0, 0, 0, 0, 0, 0, base, (ptrdiff_t)dh * Wp * B,
+                                         (ptrdiff_t)dw * B};
+            ce_nc_convp_tiles[nk - 1][np - 1](xb, xs, nb, nclast, kh, kw, &where, wb, bb,
+                                              res ? res + at : NULL, out + at, os, act, first,
+                                              last);
         }
     }
 }

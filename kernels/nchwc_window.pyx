@@ -17,6 +17,17 @@ cdef extern from "_nchwc.h":
 include "_nchwc_checks.pxi"
 
 
+cdef int check_same_blocks(const Py_ssize_t* x, const Py_ssize_t* out) except -1:
+    """x and out (shapes) channel-blocked, with the same images and blocks (a layer from blocks
+    to blocks of as many channels)."""
+    check_blocked(x, "x")
+    check_blocked(out, "out")
+    if out[0] != x[0] or out[1] != x[1]:
+        raise ValueError(f"out {tuple(out[i] for i in range(5))} must have x's images and "
+                         f"blocks {(x[0], x[1])}")
+    return 0
+
+
 cdef extern from "_nchwc_dw.h":
     void ce_nc_dw_row(const float *x, int H, int W, int OW, int oy, int sh, int sw, int pt,
                       int pl, int kh, int kw, int dh, int dw, const float *w,
