@@ -268,11 +268,13 @@ def rewrite(graph: Graph, ops: dict, input_shapes: dict, layout: str = "auto"):
         new = Node(node.op, node.name, inputs, [blocked_name[out]], dict(attrs or {}))
         add(new, make(new))
 
+    graph_outputs = {spec.name for spec in graph.outputs}
+
     def read_as_blocks(name):
         """Whether the readers of ``name`` all read blocks: blocked convolutions other than
         direct ones, and concats."""
         rs = readers.get(name, [])
-        return bool(rs) and name not in {spec.name for spec in graph.outputs} and all(
+        return bool(rs) and name not in graph_outputs and all(
             r.name in concats or (r.name in keep and k == 0 and found[r.name][0] != "direct")
             for r, k in rs)
 
