@@ -184,7 +184,7 @@ static const ce_nc_pw_tile_fn ce_nc_pw_tiles[CE_NC_GROUP][CE_NC_TILE_PIXELS] =
     CE_NC_TILE_TABLE(ce_nc_pw_tile);
 #undef CE_NC_PW_TILE_N
 
-/* Tiles t0 .. t1 (of 6 pixels) of the output blocks of group g, for one image, in batches of
+/* Tiles t0 .. t1 (ce_nc_tile_start) of the output blocks of group g, for one image, in batches of
  * CE_NC_BATCH input blocks.
  *   x: the image's input [Cb][P][B], its last block's first ``tail`` channels real (1 to 16);
  *   wpack: all groups' weights, group g at
@@ -214,8 +214,8 @@ static void ce_nc_pw_group(const float *x, ptrdiff_t P, int Cb, int tail, const 
         for (ptrdiff_t ta = t0; ta < t1; ta += CE_NC_ACT_TILES) {
             ptrdiff_t tb = t1 - ta < CE_NC_ACT_TILES ? t1 : ta + CE_NC_ACT_TILES;
             for (ptrdiff_t t = ta; t < tb; t++) {
-                ptrdiff_t p0 = t * CE_NC_TILE_PIXELS;
-                int np = P - p0 < CE_NC_TILE_PIXELS ? (int)(P - p0) : CE_NC_TILE_PIXELS;
+                ptrdiff_t p0 = ce_nc_tile_start(P, t);
+                int np = (int)(ce_nc_tile_start(P, t + 1) - p0);
                 const float *xs = x + ((ptrdiff_t)c0 * P + p0) * B;
                 const float *rs = res ? res + ob + p0 * B : NULL;
                 float *os = out + ob + p0 * B;
@@ -223,9 +223,7 @@ static void ce_nc_pw_group(const float *x, ptrdiff_t P, int Cb, int tail, const 
                                                os, tile_act, first, last);
             }
             if (later) {
-                ptrdiff_t p0 = ta * CE_NC_TILE_PIXELS, p1 = tb * CE_NC_TILE_PIXELS;
-                if (p1 > P)
-                    p1 = P;
+                ptrdiff_t p0 = ce_nc_tile_start(P, ta), p1 = ce_nc_tile_start(P, tb);
                 for (int j = 0; j < nk; j++)
                     ce_nc_act_span(out + ob + (ptrdiff_t)j * P * B + p0 * B, p1 - p0, act);
             }

@@ -178,10 +178,11 @@ static void ce_nc_conv_band(const float *x, int C, int H, int W, int Kb, int OH,
  * row, so that narrow maps (13x13, 7x7) fill whole tiles. Products of a weight and a padding
  * zero are added: the caller takes this path only with finite weights. */
 
-/* Output pixels [q0, q1) (row-major over the plane) of the output blocks of group g, for one
- * image, from its padded input xpad [Cb][Hp][Wp][B]; as ce_nc_conv_band otherwise. */
+/* Tiles [t0, t1) of the output plane (row-major, ce_nc_tile_start) of the output blocks of
+ * group g, for one image, from its padded input xpad [Cb][Hp][Wp][B]; as ce_nc_conv_band
+ * otherwise. */
 static void ce_nc_convp_band(const float *xpad, int C, int Hp, int Wp, int Kb, int OH, int OW,
-                             int g, ptrdiff_t q0, ptrdiff_t q1, int sh, int sw, int kh, int kw,
+                             int g, ptrdiff_t t0, ptrdiff_t t1, int sh, int sw, int kh, int kw,
                              int dh, int dw, const float *w, const float *bias,
                              const float *res, float *out, ce_act_t act, int batch)
 {
@@ -197,8 +198,9 @@ static void ce_nc_convp_band(const float *xpad, int C, int Hp, int Wp, int Kb, i
         int first = c0 == 0, last = c0 + nb == Cb;
         int nclast = last ? C - (Cb - 1) * CE_NC_B : CE_NC_B;
         const float *xb = xpad + c0 * xs, *wb = wg + c0 * per_block;
-        for (ptrdiff_t q = q0; q < q1; q += CE_NC_TILE_PIXELS) {
-            int np = q1 - q < CE_NC_TILE_PIXELS ? (int)(q1 - q) : CE_NC_TILE_PIXELS;
+        for (ptrdiff_t t = t0; t < t1; t++) {
+            ptrdiff_t q = ce_nc_tile_start((ptrdiff_t)OH * OW, t);
+            int np = (int)(ce_nc_tile_start((ptrdiff_t)OH * OW, t + 1) - q);
             ptrdiff_t base[CE_NC_TILE_PIXELS];
             for (int i = 0; i < np; i++) {
                 ptrdiff_t oy = (q + i) / OW, ox = (q + i) % OW;

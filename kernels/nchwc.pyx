@@ -314,7 +314,7 @@ cdef extern from "_nchwc_conv.h":
                          int dh, int dw, const float *w, const float *bias, const float *res,
                          float *out, ce_act_t act, int batch) nogil
     void ce_nc_convp_band(const float *xpad, int C, int Hp, int Wp, int Kb, int OH, int OW,
-                          int g, Py_ssize_t q0, Py_ssize_t q1, int sh, int sw, int kh, int kw,
+                          int g, Py_ssize_t t0, Py_ssize_t t1, int sh, int sw, int kh, int kw,
                           int dh, int dw, const float *w, const float *bias, const float *res,
                           float *out, ce_act_t act, int batch) nogil
 
@@ -394,7 +394,7 @@ def f32_conv2d_nchwc(const float[:, :, :, :, ::1] x, Py_ssize_t channels,
     cdef Py_ssize_t xs = Cb * H * W * CE_NC_B, os = Kb * OH * OW * CE_NC_B
     cdef Py_ssize_t xg = Cg * H * W * CE_NC_B, og = Kg * OH * OW * CE_NC_B
     cdef Py_ssize_t hp = (OH - 1) * sh + (kh - 1) * dh + 1, wpd = (OW - 1) * sw + (kw - 1) * dw + 1
-    cdef Py_ssize_t ps = hp * wpd * CE_NC_B, r, iy, lo, hi, tb
+    cdef Py_ssize_t ps = hp * wpd * CE_NC_B, r, iy, lo, hi, tb, tiles
     cdef float* xpad
     if scratch is not None and groups == 1:
         if scratch.shape[0] < dense_padded_floats(N, Cb, OH, OW, kh, kw, sh, sw, dh, dw):
@@ -417,18 +417,18 @@ def f32_conv2d_nchwc(const float[:, :, :, :, ::1] x, Py_ssize_t channels,
                        xp + ((it // hp) * H * W + iy * W + (lo - pl)) * CE_NC_B,
                        (hi - lo) * CE_NC_B * sizeof(float))
                 memset(xpad + (it * wpd + hi) * CE_NC_B, 0, (wpd - hi) * CE_NC_B * sizeof(float))
-        # bands of whole tiles on the plane's grid of 6-pixel tiles, which the thread count
-        # leaves as it is: a pixel's tile, and so its sums, never depend on it
+        # bands of whole tiles on the plane's grid of tiles (ce_nc_tile_start), which the
+        # thread count leaves as it is: a pixel's tile, and so its sums, never depend on it
         tb = max(1, band * OW // CE_NC_TILE_PIXELS)
-        nbands = (OH * OW + tb * CE_NC_TILE_PIXELS - 1) // (tb * CE_NC_TILE_PIXELS)
+        tiles = (OH * OW + CE_NC_TILE_PIXELS - 1) // CE_NC_TILE_PIXELS
+        nbands = (tiles + tb - 1) // tb
         items = N * G * nbands
         for it in prange(items, nogil=True, num_threads=nt, schedule="static"):
             b = it % nbands
             g = (it // nbands) % G
             n = it // (nbands * G)
             ce_nc_convp_band(xpad + n * Cb * ps, cg, <int>hp, <int>wpd, <int>Kb, <int>OH,
-                             <int>OW, <int>g, b * tb * CE_NC_TILE_PIXELS,
-                             min(OH * OW, (b + 1) * tb * CE_NC_TILE_PIXELS), sh, sw, kh, kw,
+                             <int>OW, <int>g, b * tb, min(tiles, (b + 1) * tb), sh, sw, kh, kw,
                              dh, dw, wp, bp, (rbase + n * os) if rbase != NULL else NULL,
                              op + n * os, act, batch)
         return
