@@ -20,9 +20,9 @@ Groups (section/group):
                                           (1 against 2 threads, whatever --threads says)
   layout/dw_planes                        kernels/_nchwc_dw.h CE_NC_DW_PLANE_VECS: blocked
                                           depthwise by whole planes or row by row
-  layout/dense_padded                     engine/dispatch/layout.py DENSE_PADDED_MAX_BYTES:
-                                          the dense blocked kernel with checked taps or on a
-                                          padded copy of its input
+  layout/dense_padded                     engine/dispatch/layout.py DENSE_PADDED_MAX_BYTES,
+                                          GROUPED_PADDED_MAX_PIXELS: the dense blocked kernel
+                                          with checked taps or on a padded copy of its input
   layout/grouped                          engine/dispatch/layout.py GROUPED_MIN_WIDTH
   layout/winograd                         engine/dispatch/layout.py WINOGRAD_BLOCKED_MAX_IN
   layout/dense                            engine/dispatch/layout.py DENSE_ALONE_MIN_TAPS: a
@@ -283,22 +283,30 @@ def dw_plane_rows(threads):
 def dense_padded_rows(threads):
     """The dense blocked kernel (relu) with taps checked on its input against the same on a
     copy of the input with the padding as zeros (tiles across rows), copy included:
-    SqueezeNet's expand layers, DenseNet's 3x3 on 14x14 and 7x7, a strided one, VGG-like."""
-    for c, k, size, s in [(16, 64, 55, 1), (32, 128, 27, 1), (48, 192, 13, 1), (64, 256, 13, 1),
-                          (128, 32, 14, 1), (128, 32, 7, 1), (64, 128, 56, 2),
-                          (128, 128, 28, 1)]:
-        w = _rand(k, c, 3, 3) / np.float32(np.sqrt(9 * c))
-        wp, bp = blocked.pack_dense(w, None)
+    SqueezeNet's expand layers, DenseNet's 3x3 on 14x14 and 7x7, a strided one, VGG-like;
+    then RegNet's grouped 3x3 (16 channels a group) and two of 32 and 64 channels a group."""
+    for c, k, size, s, per_group in [
+            (16, 64, 55, 1, 0), (32, 128, 27, 1, 0), (48, 192, 13, 1, 0), (64, 256, 13, 1, 0),
+            (128, 32, 14, 1, 0), (128, 32, 7, 1, 0), (64, 128, 56, 2, 0), (128, 128, 28, 1, 0),
+            (400, 400, 7, 1, 16), (400, 400, 14, 2, 16), (160, 160, 14, 1, 16),
+            (160, 160, 28, 2, 16), (64, 64, 28, 1, 16), (64, 64, 56, 2, 16),
+            (32, 32, 112, 2, 16), (128, 128, 28, 1, 32), (256, 256, 14, 1, 64)]:
+        groups = c // per_group if per_group else 1
+        w = _rand(k, c // groups, 3, 3) / np.float32(np.sqrt(9 * c // groups))
+        wp, bp = blocked.pack_dense(w, None, groups)
         xb = blocked.to_blocked(_rand(1, c, size, size))
         o = (size + 2 - 3) // s + 1
         out = np.empty(blocked.blocked_shape((1, k, o, o)), np.float32)
         scratch = np.zeros(nchwc.dense_padded_floats(1, xb.shape[1], o, o, 3, 3, s, s, 1, 1),
                            np.float32)
         fns = {form: (lambda scr: lambda: nchwc.f32_conv2d_nchwc(
-            xb, c, wp, bp, None, out, 3, 3, s, s, 1, 1, 1, 1, kernel_act("relu"), threads, 1,
-            scr))(scratch if form == "padded" else None) for form in ("checked", "padded")}
-        pick = "padded" if dense_padded(1, True, 4 * scratch.size)[0] else "checked"
-        yield f"3x3 {c}->{k} {size}x{size} s{s}", fns, pick
+            xb, c, wp, bp, None, out, 3, 3, s, s, 1, 1, 1, 1, kernel_act("relu"), threads,
+            groups, scr))(scratch if form == "padded" else None)
+            for form in ("checked", "padded")}
+        plane = ((o - 1) * s + 3) ** 2
+        pick = "padded" if dense_padded(groups, True, 4 * scratch.size, plane)[0] else "checked"
+        yield f"3x3 {c}->{k}" + (f" g{groups}" if groups > 1 else "") + \
+            f" {size}x{size} s{s}", fns, pick
 
 
 def layout_rows(group, threads=1):

@@ -350,7 +350,7 @@ def f32_conv2d_nchwc(const float[:, :, :, :, ::1] x, Py_ssize_t channels,
     out (RegNet's 16-channel groups in 8-channel blocks), each group the dense one of its
     blocks, its packs one after another. Output sizes are the caller's (engine.shapes). Work
     items are bands of output rows of one group of output blocks, ordered (image, group,
-    band). With scratch (dense_padded_floats of it, one group) the input is first copied with
+    band). With scratch (dense_padded_floats of it) the input is first copied with
     its padding as zeros and the tiles run on it unchecked, across rows (ce_nc_convp_band):
     padding then adds products of a weight and zero, so the weights must be finite."""
     check_act(act)
@@ -396,7 +396,7 @@ def f32_conv2d_nchwc(const float[:, :, :, :, ::1] x, Py_ssize_t channels,
     cdef Py_ssize_t hp = (OH - 1) * sh + (kh - 1) * dh + 1, wpd = (OW - 1) * sw + (kw - 1) * dw + 1
     cdef Py_ssize_t ps = hp * wpd * CE_NC_B, r, iy, lo, hi, tb, tiles
     cdef float* xpad
-    if scratch is not None and groups == 1:
+    if scratch is not None:
         if scratch.shape[0] < dense_padded_floats(N, Cb, OH, OW, kh, kw, sh, sw, dh, dw):
             raise ValueError(f"scratch must hold "
                              f"{dense_padded_floats(N, Cb, OH, OW, kh, kw, sh, sw, dh, dw)} "
@@ -422,15 +422,17 @@ def f32_conv2d_nchwc(const float[:, :, :, :, ::1] x, Py_ssize_t channels,
         tb = max(1, band * OW // CE_NC_TILE_PIXELS)
         tiles = (OH * OW + CE_NC_TILE_PIXELS - 1) // CE_NC_TILE_PIXELS
         nbands = (tiles + tb - 1) // tb
-        items = N * G * nbands
+        items = N * groups * G * nbands
         for it in prange(items, nogil=True, num_threads=nt, schedule="static"):
             b = it % nbands
             g = (it // nbands) % G
-            n = it // (nbands * G)
-            ce_nc_convp_band(xpad + n * Cb * ps, cg, <int>hp, <int>wpd, <int>Kb, <int>OH,
-                             <int>OW, <int>g, b * tb, min(tiles, (b + 1) * tb), sh, sw, kh, kw,
-                             dh, dw, wp, bp, (rbase + n * os) if rbase != NULL else NULL,
-                             op + n * os, act, batch)
+            q = (it // (nbands * G)) % groups
+            n = it // (nbands * G * groups)
+            ce_nc_convp_band(xpad + (n * Cb + q * Cg) * ps, cg, <int>hp, <int>wpd, <int>Kg,
+                             <int>OH, <int>OW, <int>g, b * tb, min(tiles, (b + 1) * tb), sh,
+                             sw, kh, kw, dh, dw, wp + q * per_group, bp + q * Kg * CE_NC_B,
+                             (rbase + n * os + q * og) if rbase != NULL else NULL,
+                             op + n * os + q * og, act, batch)
         return
     for it in prange(items, nogil=True, num_threads=nt, schedule="static"):
         b = it % nbands

@@ -563,18 +563,23 @@ def test_eight_float_builds_take_small_layers_on_small_maps_whatever_their_taps(
 
 
 def test_the_padded_input_form_is_taken_where_it_was_measured(monkeypatch, rng):
-    """dense_padded: on 8-float builds, one group, finite weights and a copy of at most
-    DENSE_PADDED_MAX_BYTES; explain() says which form a blocked dense layer takes (a model
+    """dense_padded: on 8-float builds, finite weights, a copy of at most
+    DENSE_PADDED_MAX_BYTES and, grouped, planes of at most GROUPED_PADDED_MAX_PIXELS in it;
+    explain() says which form a blocked dense layer takes (a model
     with an infinite weight keeps the checked form: padding adds weight x 0 in the other),
     and the padded form's values are the NCHW plan's."""
     from engine.dispatch.conv import ASSUME_VECTOR_FLOATS_ENV
-    from engine.dispatch.layout import DENSE_PADDED_MAX_BYTES, dense_padded
+    from engine.dispatch.layout import (DENSE_PADDED_MAX_BYTES, GROUPED_PADDED_MAX_PIXELS,
+                                        dense_padded)
     monkeypatch.setenv(ASSUME_VECTOR_FLOATS_ENV, "8")
-    assert dense_padded(1, True, 1 << 20)[0]
-    for args in ((2, True, 1 << 20), (1, False, 1 << 20), (1, True, DENSE_PADDED_MAX_BYTES + 1)):
+    big = GROUPED_PADDED_MAX_PIXELS + 1
+    assert dense_padded(1, True, 1 << 20, big)[0]
+    assert dense_padded(25, True, 1 << 20, 81)[0]
+    for args in ((2, True, 1 << 20, big), (1, False, 1 << 20, 49),
+                 (1, True, DENSE_PADDED_MAX_BYTES + 1, 49)):
         assert not dense_padded(*args)[0]
     monkeypatch.setenv(ASSUME_VECTOR_FLOATS_ENV, "16")
-    assert not dense_padded(1, True, 1 << 20)[0]
+    assert not dense_padded(1, True, 1 << 20, 49)[0]
     monkeypatch.setenv(ASSUME_VECTOR_FLOATS_ENV, "8")
 
     def graph(w3):
@@ -621,11 +626,13 @@ GROUPS_OF_BLOCKS = [(1, 5, 2, 2, 14, 14, 3, 1, 1), (2, 3, 1, 2, 9, 11, 3, 2, 1),
                     (1, 2, 3, 1, 7, 7, 3, 1, 1), (1, 4, 1, 1, 5, 6, 1, 1, 0)]
 
 
+@pytest.mark.parametrize("padded", [False, True])
 @pytest.mark.parametrize("n,groups,cbg,kbg,h,w,kk,s,p", GROUPS_OF_BLOCKS)
-def test_dense_runs_groups_of_whole_blocks(rng, n, groups, cbg, kbg, h, w, kk, s, p):
+def test_dense_runs_groups_of_whole_blocks(rng, n, groups, cbg, kbg, h, w, kk, s, p, padded):
     """Each group of whole input and output blocks is the dense convolution of its blocks:
     per element within REL of the sum of |terms| (the direct sum of tests/reference.py), with
-    a residual and an activation, 1 and 2 threads bit-identical."""
+    a residual and an activation, 1 and 2 threads bit-identical; on the input (taps checked)
+    and on a padded copy of it (scratch given NaN-filled and off 64-byte alignment)."""
     c, k = groups * cbg * B, groups * kbg * B
     x, wt, b = f32(rng, n, c, h, w), f32(rng, k, c // groups, kk, kk), f32(rng, k)
     pads = ((p, p), (p, p))
@@ -634,11 +641,16 @@ def test_dense_runs_groups_of_whole_blocks(rng, n, groups, cbg, kbg, h, w, kk, s
     res = f32(rng, *ref.shape)
     wp, bp = blocked.pack_dense(wt, b, groups)
     assert (wp.shape, bp.shape) == blocked.packed_shapes("dense", wt.shape)
+    scratch = None
+    if padded:
+        floats = nchwc.dense_padded_floats(n, c // B, *ref.shape[2:], kk, kk, s, s, 1, 1)
+        scratch = np.full(floats + 1, np.nan, np.float32)[1:]
     outs = []
     for t in (1, 2):
         out = np.full(blocked.blocked_shape(ref.shape), np.nan, np.float32)
         nchwc.f32_conv2d_nchwc(blocked.to_blocked(x), c, wp, bp, blocked.to_blocked(res), out,
-                                 kk, kk, s, s, p, p, 1, 1, kernel_act("relu"), t, groups)
+                                 kk, kk, s, s, p, p, 1, 1, kernel_act("relu"), t, groups,
+                                 scratch)
         outs.append(out)
     np.testing.assert_array_equal(outs[0], outs[1])
     want = np.maximum(ref + res, 0)

@@ -259,8 +259,10 @@ class BlockedConv(_Internal):
             self.padded_floats = nchwc.dense_padded_floats(
                 n, blocked.blocks(c), *self.conv_shape[2:], kh, kw, *conv.strides,
                 *conv.dilations)
+            plane = math.prod((o - 1) * s + (k - 1) * d + 1 for o, s, k, d in zip(
+                self.conv_shape[2:], conv.strides, (kh, kw), conv.dilations))
             self.padded = dense_padded(conv.group, bool(np.isfinite(conv.w).all()),
-                                       4 * self.padded_floats)
+                                       4 * self.padded_floats, plane)
 
     def infer(self, ins):
         if self.conv_kind == "direct":
