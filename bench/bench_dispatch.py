@@ -243,20 +243,25 @@ def grouped_rows(threads):
 
 def winograd_layout_rows(threads):
     """3x3 stride-1 layers NCHW runs by Winograd, against the dense blocked kernel on the same
-    layer (no layout change counted): WINOGRAD_BLOCKED_MAX_IN."""
+    layer (no layout change counted): WINOGRAD_BLOCKED_MAX_IN, DENSE_8F_SMALL_*."""
     for c, k, size in [(32, 128, 27), (48, 192, 13), (64, 256, 13), (96, 128, 28),
                        (128, 128, 14), (256, 256, 14), (64, 64, 56), (128, 32, 56),
-                       (128, 32, 28), (128, 32, 14), (128, 32, 7), (256, 64, 14)]:
+                       (128, 32, 28), (128, 32, 14), (128, 32, 7), (256, 64, 14),
+                       (256, 256, 7), (512, 512, 7)]:
         x, w = _rand(1, c, size, size), _rand(k, c, 3, 3) / np.float32(np.sqrt(9 * c))
         layer = engine.Conv2d(w, padding=1, input_size=(size, size))
         y = np.empty(layer.output_shape(x.shape), np.float32)
         wp, bp = blocked.pack_dense(w, None)
         xb = blocked.to_blocked(x)
         ob = np.empty(blocked.blocked_shape((1, k, size, size)), np.float32)
+        # the blocked kernel in the form its step takes (on a padded copy where that pays)
+        floats = nchwc.dense_padded_floats(1, xb.shape[1], size, size, 3, 3, 1, 1, 1, 1)
+        scratch = (np.zeros(floats, np.float32)
+                   if dense_padded(1, True, 4 * floats, (size + 2) ** 2)[0] else None)
         fns = {"nchw": lambda: layer(x, out=y),
                "blocked": lambda: nchwc.f32_conv2d_nchwc(xb, c, wp, bp, None, ob, 3, 3, 1, 1,
                                                            1, 1, 1, 1, kernel_act(None),
-                                                           threads)}
+                                                           threads, 1, scratch)}
         p = layer.params._replace(pads=((1, 1), (1, 1)))
         pick = "nchw" if winograd_shaped(p) else "blocked"
         yield f"3x3 {c}->{k} {size}x{size} (nchw: {layer.algorithm})", fns, pick

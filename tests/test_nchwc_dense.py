@@ -537,8 +537,9 @@ def test_eight_float_builds_take_small_layers_on_small_maps_whatever_their_taps(
     DENSE_8F_SMALL_WEIGHT_BYTES of weights runs on the dense blocked kernel past
     DENSE_8F_MAX_TAPS, F(2x2,3x3)'s 3x3 stride-1 layers included (DenseNet's 128->32);
     the same layer on a larger map or with more output channels, and any layer of an unknown
-    size, does not; 16-float builds keep F(2x2,3x3) on NCHW."""
-    from engine.dispatch import ConvParams
+    size, does not; F(4x4,3x3)'s layers too (SqueezeNet's 64->256 on 13x13); 16-float builds
+    keep F(2x2,3x3) on NCHW."""
+    from engine.dispatch import ConvParams, choose_conv2d
     from engine.dispatch.conv import ASSUME_VECTOR_FLOATS_ENV
     from engine.dispatch.layout import (DENSE_8F_MAX_TAPS, DENSE_8F_SMALL_MAP_PIXELS,
                                         DENSE_8F_SMALL_WEIGHT_BYTES, blocked_kernel,
@@ -547,13 +548,15 @@ def test_eight_float_builds_take_small_layers_on_small_maps_whatever_their_taps(
     small = ConvParams(128, 32, (3, 3), (1, 1), (1, 1), 1, pads, (14, 14))
     seven = small._replace(in_size=(7, 7))
     larger_map = small._replace(in_size=(28, 28))
-    more_out = small._replace(out_channels=128)
+    more_out = small._replace(out_channels=256)
+    expand = ConvParams(64, 256, (3, 3), (1, 1), (1, 1), 1, pads, (13, 13))
     unknown = small._replace(in_size=None)
     strided = ConvParams(128, 32, (3, 3), (2, 2), (1, 1), 1, pads, (28, 28))
     assert 128 * 9 > DENSE_8F_MAX_TAPS and 14 * 14 <= DENSE_8F_SMALL_MAP_PIXELS < 28 * 28
-    assert 4 * 32 * 128 * 9 <= DENSE_8F_SMALL_WEIGHT_BYTES < 4 * 128 * 128 * 9
+    assert 4 * 64 * 256 * 9 <= DENSE_8F_SMALL_WEIGHT_BYTES < 4 * 256 * 128 * 9
     monkeypatch.setenv(ASSUME_VECTOR_FLOATS_ENV, "8")
-    for p in (small, seven, strided):
+    assert choose_conv2d(expand)[0] == "winograd_f43"     # on NCHW
+    for p in (small, seven, strided, expand):
         assert not winograd_shaped(p)
         assert blocked_kernel(p, blocked_input=True)[0] == "dense"
     for p in (larger_map, more_out, unknown):

@@ -58,13 +58,15 @@ DENSE_ALONE_MIN_TAPS = 256
 DENSE_8F_MAX_TAPS = 1024
 DENSE_8F_MIN_IN_CHANNELS = 8
 # On 8-float builds, layers on small maps with small weights run on the dense blocked kernel
-# whatever their taps, F(2x2,3x3) ones included: with at most this many output pixels and
-# weights of at most half a 512 KiB L2, DenseNet's 128->32 3x3 layers ran 0.20 against 0.24 ms
-# (14x14) and 0.07 against 0.17 (7x7) by F(2x2,3x3); with 590 KiB of weights (128->128 on
-# 14x14) F(2x2,3x3) stayed ahead, and on 28x28 they tie (bench/bench_dispatch.py
-# layout/winograd).
+# whatever their taps, Winograd's layers included: with at most this many output pixels and
+# weights of at most 640 KiB (Winograd's transformed weights, 1.8-4x larger, come from beyond
+# L2 in a model), DenseNet's 128->32 3x3 layers ran 0.20 against 0.24 ms (14x14) and 0.07
+# against 0.17 (7x7) by F(2x2,3x3), and SqueezeNet 1.1 1.7% faster at one thread, 8.8% at two
+# with its 13x13 expand layers (48->192 0.30 against 0.34 ms by F(4x4,3x3), 64->256 a tie
+# alone); with 2.3 MiB of weights (256->256 on 7x7) F(2x2,3x3) stays ahead
+# (bench/bench_dispatch.py layout/winograd; models A/B in one process, bench/bench_zoo.py).
 DENSE_8F_SMALL_MAP_PIXELS = 196
-DENSE_8F_SMALL_WEIGHT_BYTES = 256 * 1024
+DENSE_8F_SMALL_WEIGHT_BYTES = 640 * 1024
 # Most bytes of the input copy (with its padding as zeros) the dense blocked kernel reads on
 # 8-float builds; larger inputs run on the original with checked taps. The copy made every
 # dense layer measured faster: SqueezeNet's 48->192 3x3 on 13x13 0.52 -> 0.31 ms, DenseNet's
@@ -152,9 +154,9 @@ def winograd_shaped(p: ConvParams) -> bool:
     if p.dilation != (1, 1):      # phases, live taps, taps dropped past the map: NCHW's own
         return True
     algorithm, _ = choose_conv2d(p, current_policy().excluded)   # as the NCHW plan would
-    return algorithm in ("winograd_f43", "winograd_f63") or (
-        algorithm == "winograd_f23" and p.in_channels // p.groups > WINOGRAD_BLOCKED_MAX_IN
-        and not small_dense(p))
+    return (algorithm in ("winograd_f43", "winograd_f63") or (
+        algorithm == "winograd_f23" and p.in_channels // p.groups > WINOGRAD_BLOCKED_MAX_IN)
+    ) and not small_dense(p)
 
 
 def small_dense(p: ConvParams) -> bool:
