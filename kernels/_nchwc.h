@@ -202,6 +202,7 @@ static void ce_nc_pw_group(const float *x, ptrdiff_t P, int Cb, int tail, const 
     int nk = Kb - kb0 < CE_NC_GROUP ? Kb - kb0 : CE_NC_GROUP;
     const float *bb = bias + kb0 * B;
     ptrdiff_t ob = (ptrdiff_t)kb0 * P * B;
+    const ce_nc_tiling tiling = ce_nc_tiles(P);
     for (int c0 = 0; c0 < Cb; c0 += CE_NC_BATCH) {
         int nb = Cb - c0 < CE_NC_BATCH ? Cb - c0 : CE_NC_BATCH;
         int first = c0 == 0, last = c0 + nb == Cb;
@@ -214,8 +215,8 @@ static void ce_nc_pw_group(const float *x, ptrdiff_t P, int Cb, int tail, const 
         for (ptrdiff_t ta = t0; ta < t1; ta += CE_NC_ACT_TILES) {
             ptrdiff_t tb = t1 - ta < CE_NC_ACT_TILES ? t1 : ta + CE_NC_ACT_TILES;
             for (ptrdiff_t t = ta; t < tb; t++) {
-                ptrdiff_t p0 = ce_nc_tile_start(P, t);
-                int np = (int)(ce_nc_tile_start(P, t + 1) - p0);
+                ptrdiff_t p0 = ce_nc_tile_start(tiling, t);
+                int np = (int)(ce_nc_tile_start(tiling, t + 1) - p0);
                 const float *xs = x + ((ptrdiff_t)c0 * P + p0) * B;
                 const float *rs = res ? res + ob + p0 * B : NULL;
                 float *os = out + ob + p0 * B;
@@ -223,7 +224,7 @@ static void ce_nc_pw_group(const float *x, ptrdiff_t P, int Cb, int tail, const 
                                                os, tile_act, first, last);
             }
             if (later) {
-                ptrdiff_t p0 = ce_nc_tile_start(P, ta), p1 = ce_nc_tile_start(P, tb);
+                ptrdiff_t p0 = ce_nc_tile_start(tiling, ta), p1 = ce_nc_tile_start(tiling, tb);
                 for (int j = 0; j < nk; j++)
                     ce_nc_act_span(out + ob + (ptrdiff_t)j * P * B + p0 * B, p1 - p0, act);
             }

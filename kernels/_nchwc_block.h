@@ -17,20 +17,25 @@
 
 #include <stddef.h>
 
-
 /* Where tile t of a plane of P pixels starts (the pointwise and the padded dense kernels): the
  * plane's ceil(P / 6) tiles as even as can be (6 or 5 pixels, say), not 6 each and a last one
  * of what is left: a tile of one pixel keeps too few sums in flight to hide the multiply-add
  * latency, and cost a 7x7 plane's 49th pixel as much as four others (RegNetX-400MF's 400->400
  * 1x1 on 7x7: 0.186 -> 0.179 ms at one thread; the model 1.5% faster, bench/bench_zoo.py).
  * Fixed by P alone, so the threads' split of the tiles changes no sum. */
-static inline ptrdiff_t ce_nc_tile_start(ptrdiff_t P, ptrdiff_t t)
+typedef struct { ptrdiff_t base, extra; } ce_nc_tiling;   /* P = T base + extra */
+
+static inline ce_nc_tiling ce_nc_tiles(ptrdiff_t P)
 {
     ptrdiff_t T = (P + CE_NC_TILE_PIXELS - 1) / CE_NC_TILE_PIXELS;
-    if (T == 0)
-        return 0;
-    ptrdiff_t base = P / T, extra = P % T;
-    return t * base + (t < extra ? t : extra);
+    ce_nc_tiling g = {T ? P / T : 0, T ? P % T : 0};
+    return g;
+}
+
+/* no division: called for every tile, some of which are a few hundred cycles of work */
+static inline ptrdiff_t ce_nc_tile_start(ce_nc_tiling g, ptrdiff_t t)
+{
+    return t * g.base + (t < g.extra ? t : g.extra);
 }
 
 typedef float ce_nc_vf __attribute__((vector_size(CE_NC_B * 4)));

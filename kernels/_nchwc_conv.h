@@ -193,14 +193,15 @@ static void ce_nc_convp_band(const float *xpad, int C, int Hp, int Wp, int Kb, i
     const ptrdiff_t per_block = (ptrdiff_t)kh * kw * B * nk * B;
     const float *wg = w + (ptrdiff_t)kb0 * Cb * kh * kw * B * B;
     const float *bb = bias + kb0 * B;
+    const ce_nc_tiling tiling = ce_nc_tiles((ptrdiff_t)OH * OW);
     for (int c0 = 0; c0 < Cb; c0 += batch) {
         int nb = Cb - c0 < batch ? Cb - c0 : batch;
         int first = c0 == 0, last = c0 + nb == Cb;
         int nclast = last ? C - (Cb - 1) * CE_NC_B : CE_NC_B;
         const float *xb = xpad + c0 * xs, *wb = wg + c0 * per_block;
         for (ptrdiff_t t = t0; t < t1; t++) {
-            ptrdiff_t q = ce_nc_tile_start((ptrdiff_t)OH * OW, t);
-            int np = (int)(ce_nc_tile_start((ptrdiff_t)OH * OW, t + 1) - q);
+            ptrdiff_t q = ce_nc_tile_start(tiling, t);
+            int np = (int)(ce_nc_tile_start(tiling, t + 1) - q);
             ptrdiff_t base[CE_NC_TILE_PIXELS];
             for (int i = 0; i < np; i++) {
                 ptrdiff_t oy = (q + i) / OW, ox = (q + i) % OW;
