@@ -232,6 +232,37 @@ static void ce_nc_pw_group(const float *x, ptrdiff_t P, int Cb, int tail, const 
     }
 }
 
+/* Units [lo, hi) of a pointwise layer's work for one thread: groups of output blocks (all
+ * tiles of every image, by_groups) or tiles of pixels counted across the images (all groups),
+ * each image's tiles in chunks of `chunk` that every group passes over in turn.
+ *   x/res/out: the first image's; xs/os: floats per image of x and of res/out; T: tiles per
+ *   image; G: groups of output blocks. */
+static void ce_nc_pw_units(const float *x, ptrdiff_t P, int Cb, int tail, const float *wpack,
+                           int Kb, const float *bias, const float *res, float *out,
+                           ce_act_t act, ptrdiff_t N, ptrdiff_t T, ptrdiff_t G, ptrdiff_t xs,
+                           ptrdiff_t os, ptrdiff_t chunk, int by_groups, ptrdiff_t lo,
+                           ptrdiff_t hi)
+{
+    ptrdiff_t g_lo = 0, g_hi = G, u_lo = 0, u_hi = N * T;
+    if (by_groups) {
+        g_lo = lo;
+        g_hi = hi;
+    } else {
+        u_lo = lo;
+        u_hi = hi;
+    }
+    for (ptrdiff_t n = u_lo / T; n * T < u_hi; n++) {
+        ptrdiff_t a = (u_lo > n * T ? u_lo : n * T) - n * T;     /* this image's tiles [a, b) */
+        ptrdiff_t b = (u_hi < (n + 1) * T ? u_hi : (n + 1) * T) - n * T;
+        for (ptrdiff_t c0 = a; c0 < b; c0 += chunk) {
+            ptrdiff_t c1 = b - c0 < chunk ? b : c0 + chunk;
+            for (ptrdiff_t g = g_lo; g < g_hi; g++)
+                ce_nc_pw_group(x + n * xs, P, Cb, tail, wpack, Kb, (int)g, bias,
+                               res ? res + n * os : NULL, out + n * os, act, c0, c1);
+        }
+    }
+}
+
 /* ---- Direct, NCHW in ---------------------------------------------------------------------------
  * A dense convolution with few input channels (a network's first layer) reading NCHW planes and
  * writing channel blocks: CE_NC_DIRECT_PIXELS output pixels of NK <= 2 blocks at a time (six

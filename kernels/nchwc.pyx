@@ -19,9 +19,10 @@ cdef extern from "_nchwc.h":
     void ce_nc_to_blocked(const float *src, Py_ssize_t P, int nc, float *dst) nogil
     void ce_nc_from_blocked(const float *src, Py_ssize_t P, int nc, float *dst) nogil
     void ce_nc_block_mean(const float *src, Py_ssize_t P, float *mean, int nc) nogil
-    void ce_nc_pw_group(const float *x, Py_ssize_t P, int Cb, int tail, const float *wpack,
-                        int Kb, int g, const float *bias, const float *res, float *out,
-                        ce_act_t act, Py_ssize_t t0, Py_ssize_t t1) nogil
+    void ce_nc_pw_units(const float *x, Py_ssize_t P, int Cb, int tail, const float *wpack,
+                        int Kb, const float *bias, const float *res, float *out, ce_act_t act,
+                        Py_ssize_t N, Py_ssize_t T, Py_ssize_t G, Py_ssize_t xs, Py_ssize_t os,
+                        Py_ssize_t chunk, int by_groups, Py_ssize_t lo, Py_ssize_t hi) nogil
     void ce_nc_direct_row(const float *x, int C, int H, int W, int OW, int oy, int sh, int sw,
                           int pt, int pl, int kh, int kw, int dh, int dw, const float *w,
                           Py_ssize_t wstride, const float *bias, float *out,
@@ -242,28 +243,15 @@ def f32_pointwise_blocked(const float[:, :, :, :, ::1] x, const float[::1] wpack
     cdef const float* wp = &wpack[0]
     cdef const float* bp = &bias[0]
     cdef Py_ssize_t xs = Cb * P * CE_NC_B, os = Kb * P * CE_NC_B
-    cdef Py_ssize_t t, lo, hi, g_lo, g_hi, u_lo, u_hi, n, a, b, c0, c1, g
+    cdef Py_ssize_t t
+    if nt == 1:     # no parallel region: entering one costs a microsecond even for one thread
+        with nogil:
+            ce_nc_pw_units(xp, P, <int>Cb, tail, wp, <int>Kb, bp, rbase, op, act, N, T, G, xs,
+                           os, chunk, split_groups, 0, units)
+        return
     for t in prange(nt, nogil=True, num_threads=nt, schedule="static"):
-        lo = t * units // nt
-        hi = (t + 1) * units // nt
-        g_lo, g_hi, u_lo, u_hi = 0, G, 0, N * T
-        if split_groups:
-            g_lo, g_hi = lo, hi
-        else:
-            u_lo, u_hi = lo, hi
-        n = u_lo // T
-        while n * T < u_hi:
-            a = max(u_lo, n * T) - n * T          # this image's tiles [a, b)
-            b = min(u_hi, (n + 1) * T) - n * T
-            c0 = a
-            while c0 < b:
-                c1 = min(b, c0 + chunk)
-                for g in range(g_lo, g_hi):
-                    ce_nc_pw_group(xp + n * xs, P, <int>Cb, tail, wp, <int>Kb, <int>g, bp,
-                                   (rbase + n * os) if rbase != NULL else NULL, op + n * os,
-                                   act, c0, c1)
-                c0 = c1
-            n = n + 1
+        ce_nc_pw_units(xp, P, <int>Cb, tail, wp, <int>Kb, bp, rbase, op, act, N, T, G, xs, os,
+                       chunk, split_groups, t * units // nt, (t + 1) * units // nt)
 
 
 def f32_direct_to_blocked(const float[:, :, :, ::1] x, const float[:, :, :, :, ::1] w,
