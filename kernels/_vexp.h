@@ -26,10 +26,10 @@
  * gelu: x Phi(x), Phi(x) = erfc(-x / sqrt 2) / 2, with erfc(z) for z >= 0 by the Chebyshev
  * fit of Numerical Recipes (erfcc: t e^(-z^2 + P(t)), t = 1 / (1 + z/2), fractional error
  * below 1.2e-7 for every z >= 0), and 1 - erfc(z) / 2 for x > 0: no cancellation on either
- * side. P by Estrin's scheme, and no second formula near 0 (erf's Taylor series there took
- * the worst error for |x| < 0.7 from 5.7 to 2.3 ulp, within the 8 ulp bound either way, for
- * 10% of the time): the map loops take two vectors at a time (p##_gelu2), whose dependent
- * chains then overlap. 1.2M values, one thread: 2.5 -> 1.7 ns each
+ * side. Near 0 (|z| < 1/2) Phi = 1/2 + erf(x / sqrt 2) / 2 by erf's Taylor series to z^15
+ * (remainder below 3e-10 relative), where the fit's 1.2e-7 would be 2 ulp of Phi. P by
+ * Estrin's scheme, and the map loops take two vectors at a time (p##_gelu2), whose long
+ * chains of dependent steps then overlap: 1.2M values, one thread, 2.5 -> 1.85 ns each
  * (bench/bench_family.py --only gelu).
  *
  * hardswish: x min(max(x/6 + 1/2, 0), 1), through the comparison masks: a NaN stays NaN.
@@ -208,6 +208,19 @@ static const float ce_vexp_exp2_8ths[16] __attribute__((aligned(64))) = {
         vf q = (p01 + t2 * p23) + t4 * (p45 + t2 * p67) + t8 * p89;                         \
         vf half_erfc = 0.5f * t * p##_exp(q - z * z);                                       \
         vf phi = p##_select(x > zero, half_erfc, 1.0f - half_erfc);                         \
+        /* erf(s) / 2 = s (1 - s^2/3 + s^4/10 - s^6/42 + s^8/216 - s^10/1320 + s^12/9360    \
+         * - s^14/75600) / sqrt(pi), s = x / sqrt 2 */                                      \
+        vf s = x * 0.70710678118654752f, s2 = s * s;                                        \
+        vf u = zero - 1.0f / 75600.0f;                                                      \
+        u = u * s2 + 1.0f / 9360.0f;                                                        \
+        u = u * s2 - 1.0f / 1320.0f;                                                        \
+        u = u * s2 + 1.0f / 216.0f;                                                         \
+        u = u * s2 - 1.0f / 42.0f;                                                          \
+        u = u * s2 + 1.0f / 10.0f;                                                          \
+        u = u * s2 - 1.0f / 3.0f;                                                           \
+        u = u * s2 + 1.0f;                                                                  \
+        vf near = 0.5f + (s * 0.56418958354775629f) * u;                                    \
+        phi = p##_select(s2 < 0.25f, phi, near);                                            \
         return x * phi;                                                                     \
     }                                                                                       \
                                                                                             \

@@ -60,6 +60,26 @@ cdef const float* residual_base(residual, out) except? NULL:
     return &r[0, 0, 0, 0, 0] if r.size else NULL
 
 
+# A kernel's items [lo, hi) for one thread: called directly at one thread, where entering an
+# OpenMP region would cost 1.4 us (a MobileNet runs some fifty kernels).
+cdef void _to_blocked_items(const float* xp, Py_ssize_t C, Py_ssize_t P, float* op,
+                            Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+    cdef Py_ssize_t Cb = (C + CE_NC_B - 1) // CE_NC_B, it, cb
+    for it in range(lo, hi):
+        cb = it % Cb
+        ce_nc_to_blocked(xp + ((it // Cb) * C + cb * CE_NC_B) * P, P,
+                         <int>min(CE_NC_B, C - cb * CE_NC_B), op + it * P * CE_NC_B)
+
+
+cdef void _from_blocked_items(const float* xp, Py_ssize_t C, Py_ssize_t P, float* op,
+                              Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+    cdef Py_ssize_t Cb = (C + CE_NC_B - 1) // CE_NC_B, it, cb
+    for it in range(lo, hi):
+        cb = it % Cb
+        ce_nc_from_blocked(xp + it * P * CE_NC_B, P, <int>min(CE_NC_B, C - cb * CE_NC_B),
+                           op + ((it // Cb) * C + cb * CE_NC_B) * P)
+
+
 def f32_to_blocked(const float[:, :, :, ::1] x, float[:, :, :, :, ::1] out, int num_threads):
     """out[n, c // B, h, w, c % B] = x[n, c, h, w], zero in the channels beyond C."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], P = x.shape[2] * x.shape[3]
@@ -72,13 +92,14 @@ def f32_to_blocked(const float[:, :, :, ::1] x, float[:, :, :, :, ::1] out, int 
         return
     cdef const float* xp = &x[0, 0, 0, 0]
     cdef float* op = &out[0, 0, 0, 0, 0]
-    cdef Py_ssize_t it, n, cb
-    num_threads = <int>max(1, min(num_threads, N * Cb))
-    for it in prange(N * Cb, nogil=True, num_threads=num_threads, schedule="static"):
-        n = it // Cb
-        cb = it % Cb
-        ce_nc_to_blocked(xp + (n * C + cb * CE_NC_B) * P, P,
-                         <int>min(CE_NC_B, C - cb * CE_NC_B), op + it * P * CE_NC_B)
+    cdef Py_ssize_t t, items = N * Cb
+    cdef int nt = <int>max(1, min(num_threads, items))
+    if nt == 1:
+        with nogil:
+            _to_blocked_items(xp, C, P, op, 0, items)
+        return
+    for t in prange(nt, nogil=True, num_threads=nt, schedule="static"):
+        _to_blocked_items(xp, C, P, op, t * items // nt, (t + 1) * items // nt)
 
 
 def f32_from_blocked(const float[:, :, :, :, ::1] x, float[:, :, :, ::1] out, int num_threads):
@@ -93,13 +114,14 @@ def f32_from_blocked(const float[:, :, :, :, ::1] x, float[:, :, :, ::1] out, in
         return
     cdef const float* xp = &x[0, 0, 0, 0, 0]
     cdef float* op = &out[0, 0, 0, 0]
-    cdef Py_ssize_t it, n, cb
-    num_threads = <int>max(1, min(num_threads, N * Cb))
-    for it in prange(N * Cb, nogil=True, num_threads=num_threads, schedule="static"):
-        n = it // Cb
-        cb = it % Cb
-        ce_nc_from_blocked(xp + it * P * CE_NC_B, P, <int>min(CE_NC_B, C - cb * CE_NC_B),
-                           op + (n * C + cb * CE_NC_B) * P)
+    cdef Py_ssize_t t, items = N * Cb
+    cdef int nt = <int>max(1, min(num_threads, items))
+    if nt == 1:
+        with nogil:
+            _from_blocked_items(xp, C, P, op, 0, items)
+        return
+    for t in prange(nt, nogil=True, num_threads=nt, schedule="static"):
+        _from_blocked_items(xp, C, P, op, t * items // nt, (t + 1) * items // nt)
 
 
 def f32_subsample_blocked(const float[:, :, :, :, ::1] x, float[:, :, :, :, ::1] out, int sh,
@@ -131,6 +153,15 @@ def f32_subsample_blocked(const float[:, :, :, :, ::1] x, float[:, :, :, :, ::1]
             memcpy(dst + ox * CE_NC_B, src + ox * sw * CE_NC_B, CE_NC_B * sizeof(float))
 
 
+cdef void _mean_items(const float* xp, Py_ssize_t C, Py_ssize_t P, float* op, Py_ssize_t lo,
+                      Py_ssize_t hi) noexcept nogil:
+    cdef Py_ssize_t Cb = (C + CE_NC_B - 1) // CE_NC_B, it, cb
+    for it in range(lo, hi):
+        cb = it % Cb
+        ce_nc_block_mean(xp + it * P * CE_NC_B, P, op + (it // Cb) * C + cb * CE_NC_B,
+                         <int>min(CE_NC_B, C - cb * CE_NC_B))
+
+
 def f32_global_avg_blocked(const float[:, :, :, :, ::1] x, float[:, ::1] out,
                            int num_threads=1):
     """out[n, c] = mean over the pixels of channel c, for the C channels of out; the threads
@@ -145,13 +176,14 @@ def f32_global_avg_blocked(const float[:, :, :, :, ::1] x, float[:, ::1] out,
         return
     cdef const float* xp = &x[0, 0, 0, 0, 0]
     cdef float* op = &out[0, 0]
-    cdef Py_ssize_t it, n, cb
-    num_threads = <int>max(1, min(num_threads, N * Cb))
-    for it in prange(N * Cb, nogil=True, num_threads=num_threads, schedule="static"):
-        n = it // Cb
-        cb = it % Cb
-        ce_nc_block_mean(xp + it * P * CE_NC_B, P, op + n * C + cb * CE_NC_B,
-                         <int>min(CE_NC_B, C - cb * CE_NC_B))
+    cdef Py_ssize_t t, items = N * Cb
+    cdef int nt = <int>max(1, min(num_threads, items))
+    if nt == 1:
+        with nogil:
+            _mean_items(xp, C, P, op, 0, items)
+        return
+    for t in prange(nt, nogil=True, num_threads=nt, schedule="static"):
+        _mean_items(xp, C, P, op, t * items // nt, (t + 1) * items // nt)
 
 
 cdef extern from *:
@@ -163,8 +195,18 @@ cdef extern from *:
         for (Py_ssize_t p = 0; p < P; p++)
             CE_NC_ST(out + p * CE_NC_B, CE_NC_LD(x + p * CE_NC_B) * v);
     }
+
+    /* blocks [lo, hi) of all images' blocks, each P pixels, its factors at s + it * B */
+    static void ce_nc_block_scales(const float *x, Py_ssize_t P, const float *s, float *out,
+                                   Py_ssize_t lo, Py_ssize_t hi)
+    {
+        for (Py_ssize_t it = lo; it < hi; it++)
+            ce_nc_block_scale(x + it * P * CE_NC_B, P, s + it * CE_NC_B,
+                              out + it * P * CE_NC_B);
+    }
     """
-    void ce_nc_block_scale(const float *x, Py_ssize_t P, const float *s, float *out) nogil
+    void ce_nc_block_scales(const float *x, Py_ssize_t P, const float *s, float *out,
+                            Py_ssize_t lo, Py_ssize_t hi) nogil
 
 
 def f32_scale_blocked(const float[:, :, :, :, ::1] x, const float[:, ::1] s,
@@ -182,10 +224,14 @@ def f32_scale_blocked(const float[:, :, :, :, ::1] x, const float[:, ::1] s,
     cdef const float* xp = &x[0, 0, 0, 0, 0]
     cdef const float* sp = &s[0, 0]
     cdef float* op = &out[0, 0, 0, 0, 0]
-    cdef Py_ssize_t it
-    num_threads = <int>max(1, min(num_threads, N * Cb))
-    for it in prange(N * Cb, nogil=True, num_threads=num_threads, schedule="static"):
-        ce_nc_block_scale(xp + it * P * CE_NC_B, P, sp + it * CE_NC_B, op + it * P * CE_NC_B)
+    cdef Py_ssize_t t, items = N * Cb
+    cdef int nt = <int>max(1, min(num_threads, items))
+    if nt == 1:                                      # _to_blocked_items says why
+        with nogil:
+            ce_nc_block_scales(xp, P, sp, op, 0, items)
+        return
+    for t in prange(nt, nogil=True, num_threads=nt, schedule="static"):
+        ce_nc_block_scales(xp, P, sp, op, t * items // nt, (t + 1) * items // nt)
 
 
 def pointwise_pack_floats(Py_ssize_t in_blocks, Py_ssize_t out_blocks):
@@ -307,6 +353,62 @@ cdef extern from "_nchwc_conv.h":
                           float *out, ce_act_t act, int batch) nogil
 
 
+cdef void _pad_rows(const float* xp, Py_ssize_t H, Py_ssize_t W, Py_ssize_t pt, Py_ssize_t pl,
+                    Py_ssize_t hp, Py_ssize_t wpd, float* xpad, Py_ssize_t lo,
+                    Py_ssize_t hi) noexcept nogil:
+    """Rows [lo, hi) of the padded copy (hp x wpd planes): padded row r holds input row
+    r - pt, its column c input column c - pl, zeros elsewhere."""
+    cdef Py_ssize_t a = min(max(pl, 0), wpd), b = min(max(pl + W, a), wpd), it, iy
+    for it in range(lo, hi):
+        iy = it % hp - pt
+        if iy < 0 or iy >= H:
+            memset(xpad + it * wpd * CE_NC_B, 0, wpd * CE_NC_B * sizeof(float))
+        else:
+            memset(xpad + it * wpd * CE_NC_B, 0, a * CE_NC_B * sizeof(float))
+            memcpy(xpad + (it * wpd + a) * CE_NC_B,
+                   xp + ((it // hp) * H * W + iy * W + (a - pl)) * CE_NC_B,
+                   (b - a) * CE_NC_B * sizeof(float))
+            memset(xpad + (it * wpd + b) * CE_NC_B, 0, (wpd - b) * CE_NC_B * sizeof(float))
+
+
+ctypedef struct DenseBands:
+    # the input (or its padded copy) and the layer, as ce_nc_conv_band / ce_nc_convp_band take
+    const float* x
+    int C, H, W, Kb, OH, OW, sh, sw, pt, pl, kh, kw, dh, dw
+    const float* w
+    const float* bias
+    const float* res
+    float* out
+    ce_act_t act
+    int batch, padded
+    # items (image, group, tiles' group, band); a band: `unit` rows (or tiles) of `units`
+    Py_ssize_t G, groups, nbands, unit, units
+    Py_ssize_t x_img, x_grp, per_group, o_img, o_grp
+
+
+cdef void _dense_bands(const DenseBands* d, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+    """Items [lo, hi) of a dense blocked layer, ordered (image, group, tiles' group, band)."""
+    cdef Py_ssize_t it, b, g, q, n, a0, a1, o
+    for it in range(lo, hi):
+        b = it % d.nbands
+        g = (it // d.nbands) % d.G
+        q = (it // (d.nbands * d.G)) % d.groups
+        n = it // (d.nbands * d.G * d.groups)
+        a0 = b * d.unit
+        a1 = min(d.units, (b + 1) * d.unit)
+        o = n * d.o_img + q * d.o_grp
+        if d.padded:
+            ce_nc_convp_band(d.x + n * d.x_img + q * d.x_grp, d.C, d.H, d.W, d.Kb, d.OH, d.OW,
+                             <int>g, a0, a1, d.sh, d.sw, d.kh, d.kw, d.dh, d.dw,
+                             d.w + q * d.per_group, d.bias + q * d.Kb * CE_NC_B,
+                             (d.res + o) if d.res != NULL else NULL, d.out + o, d.act, d.batch)
+        else:
+            ce_nc_conv_band(d.x + n * d.x_img + q * d.x_grp, d.C, d.H, d.W, d.Kb, d.OH, d.OW,
+                            <int>g, <int>a0, <int>a1, d.sh, d.sw, d.pt, d.pl, d.kh, d.kw, d.dh,
+                            d.dw, d.w + q * d.per_group, d.bias + q * d.Kb * CE_NC_B,
+                            (d.res + o) if d.res != NULL else NULL, d.out + o, d.act, d.batch)
+
+
 def dense_padded_floats(Py_ssize_t N, Py_ssize_t Cb, Py_ssize_t OH, Py_ssize_t OW, int kh,
                         int kw, int sh, int sw, int dh, int dw):
     """Floats of f32_conv2d_nchwc's scratch for its padded input (scratch=)."""
@@ -373,7 +475,7 @@ def f32_conv2d_nchwc(const float[:, :, :, :, ::1] x, Py_ssize_t channels,
     while band > 1 and N * groups * G * ((OH + band - 1) // band) < 2 * nt:
         band = (band + 1) // 2
     cdef Py_ssize_t nbands = (OH + band - 1) // band
-    cdef Py_ssize_t items = N * groups * G * nbands, it, n, g, b, q
+    cdef Py_ssize_t items = N * groups * G * nbands, it
     nt = <int>min(nt, items)
     cdef const float* xp = &x[0, 0, 0, 0, 0]
     cdef float* op = &out[0, 0, 0, 0, 0]
@@ -382,8 +484,11 @@ def f32_conv2d_nchwc(const float[:, :, :, :, ::1] x, Py_ssize_t channels,
     cdef Py_ssize_t xs = Cb * H * W * CE_NC_B, os = Kb * OH * OW * CE_NC_B
     cdef Py_ssize_t xg = Cg * H * W * CE_NC_B, og = Kg * OH * OW * CE_NC_B
     cdef Py_ssize_t hp = (OH - 1) * sh + (kh - 1) * dh + 1, wpd = (OW - 1) * sw + (kw - 1) * dw + 1
-    cdef Py_ssize_t ps = hp * wpd * CE_NC_B, r, iy, lo, hi, tb, tiles
+    cdef Py_ssize_t ps = hp * wpd * CE_NC_B, tb, tiles, rows, unit, units
+    cdef Py_ssize_t x_img, x_grp, x_row, x_col
     cdef float* xpad
+    cdef const float* xsrc
+    cdef int padded
     if scratch is not None:
         if scratch.shape[0] < dense_padded_floats(N, Cb, OH, OW, kh, kw, sh, sw, dh, dw):
             raise ValueError(f"scratch must hold "
@@ -392,46 +497,39 @@ def f32_conv2d_nchwc(const float[:, :, :, :, ::1] x, Py_ssize_t channels,
         xpad = &scratch[0]
         xpad = xpad + (16 - (<size_t>xpad // sizeof(float)) % 16) % 16
         # padded row r holds input row r - pt, its column c input column c - pl
-        lo = min(max(pl, 0), wpd)
-        hi = min(max(pl + W, lo), wpd)
-        for it in prange(N * Cb * hp, nogil=True, num_threads=nt, schedule="static"):
-            r = it % hp
-            iy = r - pt
-            if iy < 0 or iy >= H:
-                memset(xpad + it * wpd * CE_NC_B, 0, wpd * CE_NC_B * sizeof(float))
-            else:
-                memset(xpad + it * wpd * CE_NC_B, 0, lo * CE_NC_B * sizeof(float))
-                memcpy(xpad + (it * wpd + lo) * CE_NC_B,
-                       xp + ((it // hp) * H * W + iy * W + (lo - pl)) * CE_NC_B,
-                       (hi - lo) * CE_NC_B * sizeof(float))
-                memset(xpad + (it * wpd + hi) * CE_NC_B, 0, (wpd - hi) * CE_NC_B * sizeof(float))
+        rows = N * Cb * hp
+        if nt == 1:                                  # _to_blocked_items says why
+            with nogil:
+                _pad_rows(xp, H, W, pt, pl, hp, wpd, xpad, 0, rows)
+        else:
+            for it in prange(nt, nogil=True, num_threads=nt, schedule="static"):
+                _pad_rows(xp, H, W, pt, pl, hp, wpd, xpad, it * rows // nt,
+                          (it + 1) * rows // nt)
         # bands of whole tiles on the plane's grid of tiles (ce_nc_tile_start), which the
         # thread count leaves as it is: a pixel's tile, and so its sums, never depend on it
         tb = max(1, band * OW // CE_NC_TILE_PIXELS)
         tiles = (OH * OW + CE_NC_TILE_PIXELS - 1) // CE_NC_TILE_PIXELS
         nbands = (tiles + tb - 1) // tb
         items = N * groups * G * nbands
-        for it in prange(items, nogil=True, num_threads=nt, schedule="static"):
-            b = it % nbands
-            g = (it // nbands) % G
-            q = (it // (nbands * G)) % groups
-            n = it // (nbands * G * groups)
-            ce_nc_convp_band(xpad + (n * Cb + q * Cg) * ps, cg, <int>hp, <int>wpd, <int>Kg,
-                             <int>OH, <int>OW, <int>g, b * tb, min(tiles, (b + 1) * tb), sh,
-                             sw, kh, kw, dh, dw, wp + q * per_group, bp + q * Kg * CE_NC_B,
-                             (rbase + n * os + q * og) if rbase != NULL else NULL,
-                             op + n * os + q * og, act, batch)
+        x_img, x_grp, x_row, x_col = Cb * ps, Cg * ps, hp, wpd
+        unit, units = tb, tiles
+        xsrc = xpad
+        padded = 1
+    else:
+        x_img, x_grp, x_row, x_col = xs, xg, H, W
+        unit, units = band, OH
+        xsrc = xp
+        padded = 0
+    cdef DenseBands d = DenseBands(xsrc, cg, x_row, x_col, Kg, OH, OW, sh, sw, pt, pl, kh, kw,
+                                   dh, dw, wp, bp, rbase, op, act, batch, padded, G, groups,
+                                   nbands, unit, units, x_img, x_grp, per_group, os, og)
+    nt = <int>max(1, min(num_threads, items))
+    if nt == 1:                                      # _to_blocked_items says why
+        with nogil:
+            _dense_bands(&d, 0, items)
         return
-    for it in prange(items, nogil=True, num_threads=nt, schedule="static"):
-        b = it % nbands
-        g = (it // nbands) % G
-        q = (it // (nbands * G)) % groups
-        n = it // (nbands * G * groups)
-        ce_nc_conv_band(xp + n * xs + q * xg, cg, <int>H, <int>W, <int>Kg, <int>OH, <int>OW,
-                        <int>g, <int>(b * band), <int>min(OH, (b + 1) * band), sh, sw, pt, pl,
-                        kh, kw, dh, dw, wp + q * per_group, bp + q * Kg * CE_NC_B,
-                        (rbase + n * os + q * og) if rbase != NULL else NULL,
-                        op + n * os + q * og, act, batch)
+    for it in prange(nt, nogil=True, num_threads=nt, schedule="static"):
+        _dense_bands(&d, it * items // nt, (it + 1) * items // nt)
 
 
 cdef extern from *:

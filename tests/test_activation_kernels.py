@@ -10,7 +10,7 @@ within 2 ulp (measured 1.06), and the division and products add about one each.
   significant bits: 64 ulp (measured 46).
 - HardSwish: 3 + 1 / |x/6 + 1/2| ulp: x/6 + 1/2 is rounded at the scale of 1/2, which near
   x = -3, where it cancels, is many ulp of the result (NumPy's formula does the same).
-- GELU: 8 + 2 x^2 ulp (measured 5.7 for |x| < 0.7 and 1.55 x^2 in the tail): erfc's argument z = -x / sqrt 2
+- GELU: 8 + 2 x^2 ulp (measured 5 near 0 and 1.55 x^2 in the tail): erfc's argument z = -x / sqrt 2
   enters as e^(-z^2), which magnifies the rounding of z^2 by z^2. GELU's tanh form: 6 + 3|2u|
   ulp (measured 2.3|2u|), the rounding of its sigmoid's argument 2u magnified the same way.
 - LeakyRelu, HardSigmoid: one rounding (half an ulp); Relu, Relu6, Clip: exact.
