@@ -62,22 +62,30 @@ cdef const float* residual_base(residual, out) except? NULL:
 
 # A kernel's items [lo, hi) for one thread: called directly at one thread, where entering an
 # OpenMP region would cost 1.4 us (a MobileNet runs some fifty kernels).
-cdef void _to_blocked_items(const float* xp, Py_ssize_t C, Py_ssize_t P, float* op,
-                            Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
-    cdef Py_ssize_t Cb = (C + CE_NC_B - 1) // CE_NC_B, it, cb
+cdef void _layout_items(const float* src, Py_ssize_t C, Py_ssize_t P, float* dst,
+                        bint to_blocked, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+    """Blocks [lo, hi) of all images between NCHW planes and channel blocks, either way."""
+    cdef Py_ssize_t Cb = (C + CE_NC_B - 1) // CE_NC_B, it, cb, planes, block
     for it in range(lo, hi):
         cb = it % Cb
-        ce_nc_to_blocked(xp + ((it // Cb) * C + cb * CE_NC_B) * P, P,
-                         <int>min(CE_NC_B, C - cb * CE_NC_B), op + it * P * CE_NC_B)
+        planes = ((it // Cb) * C + cb * CE_NC_B) * P
+        block = it * P * CE_NC_B
+        if to_blocked:
+            ce_nc_to_blocked(src + planes, P, <int>min(CE_NC_B, C - cb * CE_NC_B), dst + block)
+        else:
+            ce_nc_from_blocked(src + block, P, <int>min(CE_NC_B, C - cb * CE_NC_B),
+                               dst + planes)
 
 
-cdef void _from_blocked_items(const float* xp, Py_ssize_t C, Py_ssize_t P, float* op,
-                              Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
-    cdef Py_ssize_t Cb = (C + CE_NC_B - 1) // CE_NC_B, it, cb
-    for it in range(lo, hi):
-        cb = it % Cb
-        ce_nc_from_blocked(xp + it * P * CE_NC_B, P, <int>min(CE_NC_B, C - cb * CE_NC_B),
-                           op + ((it // Cb) * C + cb * CE_NC_B) * P)
+cdef void _layout_change(const float* src, Py_ssize_t C, Py_ssize_t P, float* dst,
+                         bint to_blocked, Py_ssize_t items, int num_threads) noexcept nogil:
+    cdef int nt = <int>max(1, min(num_threads, items))
+    cdef Py_ssize_t t
+    if nt == 1:
+        _layout_items(src, C, P, dst, to_blocked, 0, items)
+        return
+    for t in prange(nt, num_threads=nt, schedule="static"):
+        _layout_items(src, C, P, dst, to_blocked, t * items // nt, (t + 1) * items // nt)
 
 
 def f32_to_blocked(const float[:, :, :, ::1] x, float[:, :, :, :, ::1] out, int num_threads):
@@ -92,14 +100,8 @@ def f32_to_blocked(const float[:, :, :, ::1] x, float[:, :, :, :, ::1] out, int 
         return
     cdef const float* xp = &x[0, 0, 0, 0]
     cdef float* op = &out[0, 0, 0, 0, 0]
-    cdef Py_ssize_t t, items = N * Cb
-    cdef int nt = <int>max(1, min(num_threads, items))
-    if nt == 1:
-        with nogil:
-            _to_blocked_items(xp, C, P, op, 0, items)
-        return
-    for t in prange(nt, nogil=True, num_threads=nt, schedule="static"):
-        _to_blocked_items(xp, C, P, op, t * items // nt, (t + 1) * items // nt)
+    with nogil:
+        _layout_change(xp, C, P, op, True, N * Cb, num_threads)
 
 
 def f32_from_blocked(const float[:, :, :, :, ::1] x, float[:, :, :, ::1] out, int num_threads):
@@ -114,14 +116,8 @@ def f32_from_blocked(const float[:, :, :, :, ::1] x, float[:, :, :, ::1] out, in
         return
     cdef const float* xp = &x[0, 0, 0, 0, 0]
     cdef float* op = &out[0, 0, 0, 0]
-    cdef Py_ssize_t t, items = N * Cb
-    cdef int nt = <int>max(1, min(num_threads, items))
-    if nt == 1:
-        with nogil:
-            _from_blocked_items(xp, C, P, op, 0, items)
-        return
-    for t in prange(nt, nogil=True, num_threads=nt, schedule="static"):
-        _from_blocked_items(xp, C, P, op, t * items // nt, (t + 1) * items // nt)
+    with nogil:
+        _layout_change(xp, C, P, op, False, N * Cb, num_threads)
 
 
 def f32_subsample_blocked(const float[:, :, :, :, ::1] x, float[:, :, :, :, ::1] out, int sh,
@@ -226,7 +222,7 @@ def f32_scale_blocked(const float[:, :, :, :, ::1] x, const float[:, ::1] s,
     cdef float* op = &out[0, 0, 0, 0, 0]
     cdef Py_ssize_t t, items = N * Cb
     cdef int nt = <int>max(1, min(num_threads, items))
-    if nt == 1:                                      # _to_blocked_items says why
+    if nt == 1:                                      # _layout_items says why
         with nogil:
             ce_nc_block_scales(xp, P, sp, op, 0, items)
         return
@@ -498,7 +494,7 @@ def f32_conv2d_nchwc(const float[:, :, :, :, ::1] x, Py_ssize_t channels,
         xpad = xpad + (16 - (<size_t>xpad // sizeof(float)) % 16) % 16
         # padded row r holds input row r - pt, its column c input column c - pl
         rows = N * Cb * hp
-        if nt == 1:                                  # _to_blocked_items says why
+        if nt == 1:                                  # _layout_items says why
             with nogil:
                 _pad_rows(xp, H, W, pt, pl, hp, wpd, xpad, 0, rows)
         else:
@@ -524,7 +520,7 @@ def f32_conv2d_nchwc(const float[:, :, :, :, ::1] x, Py_ssize_t channels,
                                    dh, dw, wp, bp, rbase, op, act, batch, padded, G, groups,
                                    nbands, unit, units, x_img, x_grp, per_group, os, og)
     nt = <int>max(1, min(num_threads, items))
-    if nt == 1:                                      # _to_blocked_items says why
+    if nt == 1:                                      # _layout_items says why
         with nogil:
             _dense_bands(&d, 0, items)
         return
