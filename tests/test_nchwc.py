@@ -49,12 +49,12 @@ def check_close(got, ref, scale):
 def test_to_and_from_blocked_are_exact_and_pad_with_zeros(rng, shape):
     x = f32(rng, *shape)
     n, c, h, w = shape
-    xb = blocked.to_blocked(x, 2)
-    assert xb.shape == (n, -(-c // B), h, w, B)
-    ref = np.zeros((n, xb.shape[1] * B, h, w), np.float32)
+    ref = np.zeros((n, -(-c // B) * B, h, w), np.float32)
     ref[:, :c] = x
-    np.testing.assert_array_equal(xb, ref.reshape(n, -1, B, h, w).transpose(0, 1, 3, 4, 2))
-    for t in (1, 2):
+    for t in (1, 2):        # one thread runs without a parallel region, two with one
+        xb = blocked.to_blocked(x, t)
+        assert xb.shape == (n, -(-c // B), h, w, B)
+        np.testing.assert_array_equal(xb, ref.reshape(n, -1, B, h, w).transpose(0, 1, 3, 4, 2))
         np.testing.assert_array_equal(blocked.from_blocked(xb, c, t), x)
 
 
