@@ -286,7 +286,7 @@ def f32_pointwise_blocked(const float[:, :, :, :, ::1] x, const float[::1] wpack
     cdef const float* bp = &bias[0]
     cdef Py_ssize_t xs = Cb * P * CE_NC_B, os = Kb * P * CE_NC_B
     cdef Py_ssize_t t
-    if nt == 1:     # no parallel region: entering one costs a microsecond even for one thread
+    if nt == 1:                                      # _layout_items says why
         with nogil:
             ce_nc_pw_units(xp, P, <int>Cb, tail, wp, <int>Kb, bp, rbase, op, act, N, T, G, xs,
                            os, chunk, split_groups, 0, units)
