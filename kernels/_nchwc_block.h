@@ -17,7 +17,7 @@
 
 #include <stddef.h>
 
-/* Where tile t of a plane of P pixels starts (the pointwise and the padded dense kernels): the
+/* Where tile t of a plane (or row) of P pixels starts (the pointwise and dense kernels): the
  * plane's ceil(P / 6) tiles as even as can be (6 or 5 pixels, say), not 6 each and a last one
  * of what is left: a tile of one pixel keeps too few sums in flight to hide the multiply-add
  * latency, and cost a 7x7 plane's 49th pixel as much as four others (RegNetX-400MF's 400->400

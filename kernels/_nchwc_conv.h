@@ -132,6 +132,28 @@ static const ce_nc_conv_tile_fn ce_nc_conv_tiles[CE_NC_GROUP][CE_NC_TILE_PIXELS]
 static const ce_nc_conv_tile_fn ce_nc_convp_tiles[CE_NC_GROUP][CE_NC_TILE_PIXELS] =
     CE_NC_TILE_TABLE(ce_nc_conv_tile_padded);
 
+/* Group g's share of a dense layer's packed weights and bias (layout above): its first output
+ * block kb0, its nk <= GROUP blocks, their weights wg ([Cb][kh][kw][B][nk * B], per_block
+ * floats an input block) and bias bb. Both band functions below run on it. */
+typedef struct {
+    int kb0, nk;
+    ptrdiff_t per_block;
+    const float *wg, *bb;
+} ce_nc_conv_group;
+
+static inline ce_nc_conv_group ce_nc_conv_group_of(const float *w, const float *bias, int Cb,
+                                                   int Kb, int g, int kh, int kw)
+{
+    const ptrdiff_t B = CE_NC_B;
+    ce_nc_conv_group q;
+    q.kb0 = g * CE_NC_GROUP;
+    q.nk = Kb - q.kb0 < CE_NC_GROUP ? Kb - q.kb0 : CE_NC_GROUP;
+    q.per_block = (ptrdiff_t)kh * kw * B * q.nk * B;
+    q.wg = w + (ptrdiff_t)q.kb0 * Cb * kh * kw * B * B;
+    q.bb = bias + q.kb0 * B;
+    return q;
+}
+
 /* Output rows [oy0, oy1) of the output blocks of group g, for one image.
  *   x: the image's input [Cb][H][W][B], C channels; w: every group's packed weights, group g
  *   at g * GROUP * B * Cb * kh * kw * B floats, holding min(GROUP, Kb - GROUP g) blocks; bias: Kb * B
@@ -143,29 +165,26 @@ static void ce_nc_conv_band(const float *x, int C, int H, int W, int Kb, int OH,
 {
     const ptrdiff_t B = CE_NC_B, xs = (ptrdiff_t)H * W * B, os = (ptrdiff_t)OH * OW * B;
     const int Cb = (C + CE_NC_B - 1) / CE_NC_B;
-    const int kb0 = g * CE_NC_GROUP;
-    const int nk = Kb - kb0 < CE_NC_GROUP ? Kb - kb0 : CE_NC_GROUP;
-    const ptrdiff_t per_block = (ptrdiff_t)kh * kw * B * nk * B;
-    const float *wg = w + (ptrdiff_t)kb0 * Cb * kh * kw * B * B;
-    const float *bb = bias + kb0 * B;
-    /* a row in tiles of as even widths as its pixels allow: 7 as 3 + 4, not 6 + 1, whose one
-     * pixel keeps only NK sums in flight, too few to hide the multiply-add's latency */
+    const ce_nc_conv_group q = ce_nc_conv_group_of(w, bias, Cb, Kb, g, kh, kw);
+    /* a row in even tiles (ce_nc_tile_start): 7 as 4 + 3, not 6 + 1 */
+    const ce_nc_tiling tiling = ce_nc_tiles(OW);
     const int tiles = (OW + CE_NC_TILE_PIXELS - 1) / CE_NC_TILE_PIXELS;
     for (int c0 = 0; c0 < Cb; c0 += batch) {
         int nb = Cb - c0 < batch ? Cb - c0 : batch;
         int first = c0 == 0, last = c0 + nb == Cb;
         int nclast = last ? C - (Cb - 1) * CE_NC_B : CE_NC_B;
-        const float *xb = x + c0 * xs, *wb = wg + c0 * per_block;
+        const float *xb = x + c0 * xs, *wb = q.wg + c0 * q.per_block;
         for (int oy = oy0; oy < oy1; oy++) {
-            ptrdiff_t o0 = (ptrdiff_t)kb0 * os + (ptrdiff_t)oy * OW * B;
+            ptrdiff_t o0 = (ptrdiff_t)q.kb0 * os + (ptrdiff_t)oy * OW * B;
             for (int t = 0; t < tiles; t++) {
-                int ox = t * OW / tiles, np = (t + 1) * OW / tiles - ox;
+                int ox = (int)ce_nc_tile_start(tiling, t);
+                int np = (int)ce_nc_tile_start(tiling, t + 1) - ox;
                 ptrdiff_t at = o0 + (ptrdiff_t)ox * B;
                 const ce_nc_tile_at where = {H, W, oy * sh - pt, ox * sw - pl, sw, dh, dw,
                                              NULL, 0, 0};
-                ce_nc_conv_tiles[nk - 1][np - 1](xb, xs, nb, nclast, kh, kw, &where, wb, bb,
-                                                 res ? res + at : NULL, out + at, os, act,
-                                                 first, last);
+                ce_nc_conv_tiles[q.nk - 1][np - 1](xb, xs, nb, nclast, kh, kw, &where, wb,
+                                                   q.bb, res ? res + at : NULL, out + at, os,
+                                                   act, first, last);
             }
         }
     }
@@ -188,31 +207,27 @@ static void ce_nc_convp_band(const float *xpad, int C, int Hp, int Wp, int Kb, i
 {
     const ptrdiff_t B = CE_NC_B, xs = (ptrdiff_t)Hp * Wp * B, os = (ptrdiff_t)OH * OW * B;
     const int Cb = (C + CE_NC_B - 1) / CE_NC_B;
-    const int kb0 = g * CE_NC_GROUP;
-    const int nk = Kb - kb0 < CE_NC_GROUP ? Kb - kb0 : CE_NC_GROUP;
-    const ptrdiff_t per_block = (ptrdiff_t)kh * kw * B * nk * B;
-    const float *wg = w + (ptrdiff_t)kb0 * Cb * kh * kw * B * B;
-    const float *bb = bias + kb0 * B;
+    const ce_nc_conv_group q = ce_nc_conv_group_of(w, bias, Cb, Kb, g, kh, kw);
     const ce_nc_tiling tiling = ce_nc_tiles((ptrdiff_t)OH * OW);
     for (int c0 = 0; c0 < Cb; c0 += batch) {
         int nb = Cb - c0 < batch ? Cb - c0 : batch;
         int first = c0 == 0, last = c0 + nb == Cb;
         int nclast = last ? C - (Cb - 1) * CE_NC_B : CE_NC_B;
-        const float *xb = xpad + c0 * xs, *wb = wg + c0 * per_block;
+        const float *xb = xpad + c0 * xs, *wb = q.wg + c0 * q.per_block;
         for (ptrdiff_t t = t0; t < t1; t++) {
-            ptrdiff_t q = ce_nc_tile_start(tiling, t);
-            int np = (int)(ce_nc_tile_start(tiling, t + 1) - q);
+            ptrdiff_t p0 = ce_nc_tile_start(tiling, t);
+            int np = (int)(ce_nc_tile_start(tiling, t + 1) - p0);
             ptrdiff_t base[CE_NC_TILE_PIXELS];
             for (int i = 0; i < np; i++) {
-                ptrdiff_t oy = (q + i) / OW, ox = (q + i) % OW;
+                ptrdiff_t oy = (p0 + i) / OW, ox = (p0 + i) % OW;
                 base[i] = (oy * sh * Wp + ox * sw) * B;
             }
-            ptrdiff_t at = (ptrdiff_t)kb0 * os + q * B;
+            ptrdiff_t at = (ptrdiff_t)q.kb0 * os + p0 * B;
             const ce_nc_tile_at where = {0, 0, 0, 0, 0, 0, 0, base, (ptrdiff_t)dh * Wp * B,
                                          (ptrdiff_t)dw * B};
-            ce_nc_convp_tiles[nk - 1][np - 1](xb, xs, nb, nclast, kh, kw, &where, wb, bb,
-                                              res ? res + at : NULL, out + at, os, act, first,
-                                              last);
+            ce_nc_convp_tiles[q.nk - 1][np - 1](xb, xs, nb, nclast, kh, kw, &where, wb, q.bb,
+                                                res ? res + at : NULL, out + at, os, act,
+                                                first, last);
         }
     }
 }

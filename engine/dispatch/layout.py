@@ -144,9 +144,9 @@ def why_not_layout(layout) -> Optional[str]:
 
 def winograd_shaped(p: ConvParams) -> bool:
     """3x3 stride 1 layers that the NCHW rules give Winograd F(4x4,3x3), or F(2x2,3x3) with
-    more than WINOGRAD_BLOCKED_MAX_IN input channels per group, and dilated ones (phases, live
-    taps, taps dropped past the map): those run faster on NCHW than any blocked kernel. The
-    others (few channels: direct loops, im2col, a narrow F(2x2,3x3)) the dense blocked kernel
+    more than WINOGRAD_BLOCKED_MAX_IN input channels per group, but not small ones on small maps
+    (small_dense); and dilated ones (phases, live taps, taps dropped past the map): those run
+    faster on NCHW than any blocked kernel. The others (few channels: direct loops, im2col, a narrow F(2x2,3x3)) the dense blocked kernel
     runs as fast or faster, and without layout changes (bench/bench_zoo.py, SqueezeNet's
     expand layers; bench/bench_dispatch.py layout/winograd)."""
     if p.kernel != (3, 3) or p.stride != (1, 1):
