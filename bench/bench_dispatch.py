@@ -52,6 +52,7 @@ from engine.ops.activation import kernel_act  # noqa: E402
 from engine.graph.blocked_steps import MIN_CONVERT_ELEMENTS, MIN_WORK_DEPTHWISE  # noqa: E402
 from engine.ops import blocked  # noqa: E402
 from engine.ops.depthwise import Depthwise  # noqa: E402
+from engine.shapes import input_extent  # noqa: E402
 
 rng = np.random.default_rng(0)
 
@@ -257,7 +258,8 @@ def winograd_layout_rows(threads):
         # the blocked kernel in the form its step takes (on a padded copy where that pays)
         floats = nchwc.dense_padded_floats(1, xb.shape[1], size, size, 3, 3, 1, 1, 1, 1)
         scratch = (np.zeros(floats, np.float32)
-                   if dense_padded(1, True, 4 * floats, (size + 2) ** 2)[0] else None)
+                   if dense_padded(1, True, 4 * floats, input_extent(size, 3, 1, 1) ** 2)[0]
+                   else None)
         fns = {"nchw": lambda: layer(x, out=y),
                "blocked": lambda: nchwc.f32_conv2d_nchwc(xb, c, wp, bp, None, ob, 3, 3, 1, 1,
                                                            1, 1, 1, 1, kernel_act(None),
@@ -308,7 +310,7 @@ def dense_padded_rows(threads):
             xb, c, wp, bp, None, out, 3, 3, s, s, 1, 1, 1, 1, kernel_act("relu"), threads,
             groups, scr))(scratch if form == "padded" else None)
             for form in ("checked", "padded")}
-        plane = ((o - 1) * s + 3) ** 2
+        plane = input_extent(o, 3, s, 1) ** 2
         pick = "padded" if dense_padded(groups, True, 4 * scratch.size, plane)[0] else "checked"
         yield f"3x3 {c}->{k}" + (f" g{groups}" if groups > 1 else "") + \
             f" {size}x{size} s{s}", fns, pick

@@ -71,6 +71,11 @@ def effective_kernel(k: int, d: int) -> int:
     return d * (k - 1) + 1
 
 
+def input_extent(out: int, k: int, s: int, d: int) -> int:
+    """Input pixels (padding included) that ``out`` consecutive outputs read along one axis."""
+    return (out - 1) * s + effective_kernel(k, d)
+
+
 def conv_output_size(i: int, k: int, s: int, p_begin: int, p_end: int, d: int) -> int:
     return (i + p_begin + p_end - effective_kernel(k, d)) // s + 1
 

@@ -63,8 +63,10 @@ DENSE_8F_MIN_IN_CHANNELS = 8
 # L2 in a model), DenseNet's 128->32 3x3 layers ran 0.20 against 0.24 ms (14x14) and 0.07
 # against 0.17 (7x7) by F(2x2,3x3), and SqueezeNet 1.1 1.7% faster at one thread, 8.8% at two
 # with its 13x13 expand layers (48->192 0.30 against 0.34 ms by F(4x4,3x3), 64->256 a tie
-# alone); with 2.3 MiB of weights (256->256 on 7x7) F(2x2,3x3) stays ahead
-# (bench/bench_dispatch.py layout/winograd; models A/B in one process, bench/bench_zoo.py).
+# alone), GoogLeNet 2.9%. Alone, 590 KiB layers on 14x14 still ran faster by F(2x2,3x3)
+# (128->128 and 256->64: 0.52-0.55 against 0.61-0.62 ms), which no zoo model has; with
+# 2.3 MiB of weights (256->256 on 7x7) F(2x2,3x3) stays ahead (bench/bench_dispatch.py
+# layout/winograd; models A/B in one process, bench/bench_zoo.py).
 DENSE_8F_SMALL_MAP_PIXELS = 196
 DENSE_8F_SMALL_WEIGHT_BYTES = 640 * 1024
 # Most bytes of the input copy (with its padding as zeros) the dense blocked kernel reads on
