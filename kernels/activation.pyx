@@ -1,12 +1,13 @@
 # The activations of kernels/_vec_act.h (the convolutions' fused output steps) as one pass
 # over memory, on vectors: Sigmoid, Tanh, SiLU, GELU, Mish, Softplus, Elu, LeakyRelu,
-# HardSigmoid, HardSwish, Clip. Each thread takes a contiguous range of elements
-# in whole vectors (the last vector of the array is done on a padded copy), so a result does
-# not depend on the thread count. NumPy's float32 exp is vectorised too, but each formula then
+# HardSigmoid, HardSwish, Clip. The threads of the engine's pool (kernels/_pool.h) take ranges
+# of elements in whole vectors (the last vector of the array is done on a padded copy), so a
+# result does not depend on the thread count. NumPy's float32 exp is vectorised too, but each formula then
 # takes four to twenty passes over the tensor; scipy's erfc is scalar.
-from cython.parallel cimport prange
+from _epilogue cimport ce_act_t, check_act, no_act
+from _pool cimport ce_pool_attach, ce_pool_for
 
-from _epilogue cimport ce_act_t, check_act
+ce_pool_attach()
 
 cdef extern from *:
     """
@@ -51,17 +52,61 @@ def f32_activation(const float[::1] x, float[::1] y, ce_act_t act, int num_threa
     C-contiguous, of one length (y may be x)."""
     check_act(act)
     cdef long n = x.shape[0]
-    cdef long items = (n + CHUNK - 1) // CHUNK
-    cdef long k
     if y.shape[0] != n:
         raise ValueError(f"f32_activation: x has {n} elements, y {y.shape[0]}")
     if n == 0:
         return
-    if num_threads < 1 or items < 2:
-        num_threads = 1
+    cdef ElementsJob j = ElementsJob(&x[0], &y[0], n, act)
     with nogil:
-        for k in prange(items, schedule="static", num_threads=num_threads):
-            ce_act_range(&x[0], &y[0], k * CHUNK, min(n, (k + 1) * CHUNK), act)
+        ce_pool_for(num_threads, (n + CHUNK - 1) // CHUNK, _act_chunks, &j)
+
+
+ctypedef struct ElementsJob:
+    const float* x
+    float* y
+    long n
+    ce_act_t act
+
+
+cdef void _act_chunks(void* job, int thread, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+    """Chunks [lo, hi) of CHUNK elements."""
+    cdef ElementsJob* j = <ElementsJob*>job
+    ce_act_range(j.x, j.y, lo * CHUNK, min(j.n, hi * CHUNK), j.act)
+
+
+# Planes (n, c) of x and y, each L floats; images and channels may lie apart (views)
+ctypedef struct PlanesJob:
+    const float* x
+    float* y
+    Py_ssize_t C, L, x_img, x_chan, y_img, y_chan
+    const float* a              # a value per channel: the scale or the slope
+    const float* b              # and the shift
+    ce_act_t act
+
+
+cdef PlanesJob planes_job(const float[:, :, ::1] x, float[:, :, ::1] y, const float* a,
+                          const float* b, ce_act_t act):
+    return PlanesJob(&x[0, 0, 0], &y[0, 0, 0], x.shape[1], x.shape[2], x.strides[0] // 4,
+                     x.strides[1] // 4, y.strides[0] // 4, y.strides[1] // 4, a, b, act)
+
+
+cdef void _scale_shift_planes(void* job, int thread, Py_ssize_t lo,
+                              Py_ssize_t hi) noexcept nogil:
+    cdef PlanesJob* j = <PlanesJob*>job
+    cdef Py_ssize_t p, n, c
+    for p in range(lo, hi):
+        n, c = p // j.C, p % j.C
+        ce_scale_shift_row(j.x + n * j.x_img + c * j.x_chan, j.y + n * j.y_img + c * j.y_chan,
+                           j.L, j.a[c], j.b[c], j.act)
+
+
+cdef void _prelu_planes(void* job, int thread, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+    cdef PlanesJob* j = <PlanesJob*>job
+    cdef Py_ssize_t p, n, c
+    for p in range(lo, hi):
+        n, c = p // j.C, p % j.C
+        ce_prelu_row(j.x + n * j.x_img + c * j.x_chan, j.y + n * j.y_img + c * j.y_chan, j.L,
+                     j.a[c])
 
 
 def f32_scale_shift(const float[:, :, ::1] x, const float[::1] scale, const float[::1] shift,
@@ -76,10 +121,9 @@ def f32_scale_shift(const float[:, :, ::1] x, const float[::1] scale, const floa
         raise ValueError("f32_scale_shift: shapes do not match")
     if N * C == 0 or L == 0:
         return
-    num_threads = <int>max(1, min(num_threads, N * C))
-    for p in prange(N * C, nogil=True, num_threads=num_threads, schedule="static"):
-        ce_scale_shift_row(&x[p // C, p % C, 0], &y[p // C, p % C, 0], L, scale[p % C],
-                           shift[p % C], act)
+    cdef PlanesJob j = planes_job(x, y, &scale[0], &shift[0], act)
+    with nogil:
+        ce_pool_for(num_threads, N * C, _scale_shift_planes, &j)
 
 
 cdef extern from *:
@@ -110,6 +154,6 @@ def f32_prelu_planes(const float[:, :, ::1] x, const float[::1] slope, float[:, 
                          f"and y {tuple(y.shape)[:3]} do not match")
     if N * C == 0 or L == 0:
         return
-    num_threads = <int>max(1, min(num_threads, N * C))
-    for p in prange(N * C, nogil=True, num_threads=num_threads, schedule="static"):
-        ce_prelu_row(&x[p // C, p % C, 0], &y[p // C, p % C, 0], L, slope[p % C])
+    cdef PlanesJob j = planes_job(x, y, &slope[0], NULL, no_act())
+    with nogil:
+        ce_pool_for(num_threads, N * C, _prelu_planes, &j)

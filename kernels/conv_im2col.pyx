@@ -9,16 +9,18 @@
 # run by the packed micro-kernel of _packed_gemm.h (weights packed once by the plan), whose
 # output step adds the bias and applies the activation. The columns are built one input
 # channel (kh*kw rows) at a time and copied into the chunk's panels while still in L1, so the
-# full column matrix never exists. Work items are (image, group, chunk); the chunking depends on the shapes only,
+# full column matrix never exists. Work items are (image, group, chunk), which the threads of
+# the engine's pool take in pieces (kernels/_pool.h); the chunking depends on the shapes only,
 # and every output is summed in one order, so results do not depend on the thread count.
-from cython.parallel cimport prange, threadid
-
 from _im2col cimport im2col_rows
 
 from _epilogue cimport ce_act_t, check_act
 from _packed_gemm cimport (CE_PG_MR, CE_PG_NR, ce_pg_act_later, ce_pg_act_rows, ce_pg_block,
                           ce_pg_pack_rows, ce_pg_store_act)
+from _pool cimport ce_pool_attach, ce_pool_for
 from _scratch cimport check_scratch
+
+ce_pool_attach()
 
 
 cdef inline Py_ssize_t thread_floats(Py_ssize_t kdim, Py_ssize_t taps,
@@ -71,45 +73,71 @@ def f32_conv2d_im2col(const float[:, :, :, ::1] x, const float[::1] wpack, bias,
         if b.shape[0] != K:
             raise ValueError(f"bias must hold {K} values, got {b.shape[0]}")
         bptr = &b[0]
-    if num_threads > items:
-        num_threads = <int>max(1, items)
     cdef Py_ssize_t taps = kh * kw
-    cdef Py_ssize_t cols_floats = (taps * chunk_cols + 15) // 16 * 16   # panels: 64-byte aligned
     cdef Py_ssize_t per_thread = thread_floats(kdim, taps, chunk_cols)
-    check_scratch(work, num_threads * per_thread, "work")
+    check_scratch(work, max(1, min(num_threads, items)) * per_thread, "work")
+    # images and channels may lie apart (views of a larger tensor); rows are whole planes
+    if items == 0 or K == 0 or OH * OW == 0:
+        return
+    cdef const float* xptr = &x[0, 0, 0, 0] if x.shape[1] * H * W else NULL
+    cdef Im2colJob j = Im2colJob(xptr, &wpack[0], bptr, &out[0, 0, 0, 0], &work[0],
+                                 per_thread, x.strides[0] // 4, x.strides[1] // 4,
+                                 out.strides[0] // 4, H, W, OH, OW, kh, kw, sh, sw, pt, pl,
+                                 dh, dw, groups, Cg, Kg, kdim, nmb, nchunks, row_pieces,
+                                 rows_per_chunk, cols_per_chunk, ce_pg_act_later(act),
+                                 ce_pg_store_act(act), act)
+    with nogil:
+        ce_pool_for(num_threads, items, _im2col_chunks, &j)
+
+
+ctypedef struct Im2colJob:
+    const float* x
+    const float* wpack
+    const float* bias
+    float* out
+    float* work
+    Py_ssize_t per_thread, x_img, x_chan, out_img, H, W, OH, OW
+    int kh, kw, sh, sw, pt, pl, dh, dw
+    Py_ssize_t groups, Cg, Kg, kdim, nmb, nchunks, row_pieces, rows_per_chunk, cols_per_chunk
+    bint later                  # an activation past the clamps, over each block row at once
+    ce_act_t sact, act
+
+
+cdef void _im2col_chunks(void* job, int thread, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+    """Items [lo, hi): (image, group, chunk)."""
+    cdef Im2colJob* j = <Im2colJob*>job
+    cdef Py_ssize_t MR = CE_PG_MR, NR = CE_PG_NR, OH = j.OH, OW = j.OW, Kg = j.Kg
+    cdef Py_ssize_t kdim = j.kdim, taps = j.kh * j.kw, chunk_cols
     cdef Py_ssize_t it, n, g, ch, oy0, oy1, ox0, ox1, ncols, mb, p, np_, c, pstride
-    cdef float* cols
-    cdef float* panels
+    chunk_cols = min(j.rows_per_chunk, OH) * j.cols_per_chunk
+    cdef float* cols = j.work + thread * j.per_thread
+    cdef float* panels = cols + (taps * chunk_cols + 15) // 16 * 16    # 64-byte aligned
     cdef float* dst
-    # an activation past the clamps runs over each block row at once, not per block
-    cdef bint later = ce_pg_act_later(act)
-    cdef ce_act_t sact = ce_pg_store_act(act)
-    for it in prange(items, nogil=True, num_threads=num_threads, schedule="static"):
-        n = it // (groups * nchunks)
-        g = (it // nchunks) % groups
-        ch = it % nchunks
-        oy0 = (ch // row_pieces) * rows_per_chunk
-        oy1 = min(oy0 + rows_per_chunk, OH)
-        ox0 = (ch % row_pieces) * cols_per_chunk
-        ox1 = min(ox0 + cols_per_chunk, OW)
+    for it in range(lo, hi):
+        n = it // (j.groups * j.nchunks)
+        g = (it // j.nchunks) % j.groups
+        ch = it % j.nchunks
+        oy0 = (ch // j.row_pieces) * j.rows_per_chunk
+        oy1 = min(oy0 + j.rows_per_chunk, OH)
+        ox0 = (ch % j.row_pieces) * j.cols_per_chunk
+        ox1 = min(ox0 + j.cols_per_chunk, OW)
         ncols = (oy1 - oy0) * (ox1 - ox0)
-        cols = &work[0] + threadid() * per_thread
-        panels = cols + cols_floats
         np_ = (ncols + NR - 1) // NR
         pstride = kdim * NR
         # channel by channel: its kh*kw rows of columns, still in L1, go into the panels
-        for c in range(Cg):
-            im2col_rows(&x[n, g * Cg + c, 0, 0], H * W, 1, H, W, kh, kw, sh, sw, pt, pl,
-                        dh, dw, oy0, oy1, ox0, ox1, cols)
+        for c in range(j.Cg):
+            im2col_rows(j.x + n * j.x_img + (g * j.Cg + c) * j.x_chan, j.H * j.W, 1, j.H, j.W,
+                        j.kh, j.kw, j.sh, j.sw, j.pt, j.pl, j.dh, j.dw, oy0, oy1, ox0, ox1,
+                        cols)
             ce_pg_pack_rows(cols, ncols, <int>taps, <int>ncols, panels + c * taps * NR,
                             pstride)
-        dst = &out[n, g * Kg, oy0, ox0]
-        for mb in range(nmb):
+        dst = j.out + n * j.out_img + g * Kg * OH * OW + oy0 * OW + ox0
+        for mb in range(j.nmb):
             for p in range(np_):
-                ce_pg_block(&wpack[(g * nmb + mb) * kdim * MR], panels + p * kdim * NR,
+                ce_pg_block(j.wpack + (g * j.nmb + mb) * kdim * MR, panels + p * kdim * NR,
                             <int>kdim, dst + mb * MR * OH * OW + p * NR, OH * OW, NULL,
-                            (bptr + g * Kg + mb * MR) if bptr != NULL else NULL, sact,
+                            (j.bias + g * Kg + mb * MR) if j.bias != NULL else NULL, j.sact,
                             <int>min(MR, Kg - mb * MR), <int>min(NR, ncols - p * NR))
-            if later:
+            if j.later:
                 ce_pg_act_rows(dst + mb * MR * OH * OW, OH * OW, <int>min(MR, Kg - mb * MR),
-                               <int>ncols, act)
+                               <int>ncols, j.act)

@@ -3,20 +3,21 @@
 # computed by the packed micro-kernel of _packed_gemm.h. The weights are packed once by the
 # plan; the pixel axis is cut into panels of NR columns.
 #
-# Each thread takes one share of every image and group: a range of the panels (all output
-# channels) when the input is the larger operand, a range of the 8-row blocks of weights (all
-# panels) when the weights are, the ranges as even as whole blocks and panels allow. Within its
-# share a thread copies up to group_panels panels at a time into its buffer (sized for L2),
+# The work is a range of the panels (all output channels) when the input is the larger operand,
+# of the 8-row blocks of weights (all panels) when the weights are; the threads of the engine's
+# pool (kernels/_pool.h) take it in pieces, each piece of every image and group. Within a
+# piece a thread copies up to group_panels panels at a time into its buffer (sized for L2),
 # then runs each of its weight blocks (kept in L1) over them, so output rows are written as 8
 # sequential streams and the larger operand is read from memory once. Every output is summed
 # over the input channels in order whatever the split, so results do not depend on it or on
 # the thread count.
-from cython.parallel cimport prange, threadid
-
 from _epilogue cimport ce_act_t, check_act
 from _packed_gemm cimport (CE_PG_MR, CE_PG_NR, ce_pg_act_later, ce_pg_act_rows, ce_pg_block,
                           ce_pg_pack_a, ce_pg_pack_panels, ce_pg_store_act)
+from _pool cimport ce_pool_attach, ce_pool_for
 from _scratch cimport check_scratch
+
+ce_pool_attach()
 
 ROW_BLOCK = CE_PG_MR      # rows of A per packed block
 PANEL = CE_PG_NR          # columns of B per panel
@@ -26,14 +27,11 @@ cdef struct Share:
     Py_ssize_t mb_lo, mb_hi, p_lo, p_hi
 
 
-cdef inline Share share(Py_ssize_t t, Py_ssize_t threads, bint split_rows, Py_ssize_t nmb,
+cdef inline Share share(Py_ssize_t lo, Py_ssize_t hi, bint split_rows, Py_ssize_t nmb,
                         Py_ssize_t npanels) noexcept nogil:
-    """Thread t's share of the row blocks [mb_lo, mb_hi) and panels [p_lo, p_hi): a range of
-    one of them (the row blocks when split_rows), as even as whole units allow, all of the
-    other."""
+    """The row blocks [mb_lo, mb_hi) and panels [p_lo, p_hi) of units [lo, hi) of the row
+    blocks (split_rows) or of the panels: all of the other."""
     cdef Share s
-    cdef Py_ssize_t units = nmb if split_rows else npanels
-    cdef Py_ssize_t lo = t * units // threads, hi = (t + 1) * units // threads
     s.mb_lo, s.mb_hi, s.p_lo, s.p_hi = 0, nmb, 0, npanels
     if split_rows:
         s.mb_lo, s.mb_hi = lo, hi
@@ -70,10 +68,8 @@ def f32_conv2d_pointwise(const float[:, :, ::1] x, const float[::1] apack, bias,
         raise ValueError(f"apack holds {apack.shape[0]} floats, expected {groups * nmb * Cg * MR}")
     if N == 0 or P == 0 or K == 0:
         return
-    cdef Py_ssize_t units = nmb if split_rows else npanels
-    num_threads = <int>max(1, min(num_threads, units))
     cdef Py_ssize_t per_thread = GP * Cg * NR
-    check_scratch(work, num_threads * per_thread, "work")
+    check_scratch(work, max(1, num_threads) * per_thread, "work")
     cdef const float[::1] b
     cdef const float* bptr = NULL
     cdef const float[:, :, ::1] r
@@ -84,39 +80,64 @@ def f32_conv2d_pointwise(const float[:, :, ::1] x, const float[::1] apack, bias,
     if residual is not None:
         r = residual
         rptr = &r[0, 0, 0]
-    cdef Py_ssize_t t, plane, n, g, pa, pb, p, p0, mb, m0
-    cdef Share sh
-    cdef float* buf
-    cdef const float* res
     # an activation past the clamps runs over each block row's panels at once, not per block
-    cdef bint later = ce_pg_act_later(act)
-    cdef ce_act_t sact = ce_pg_store_act(act)
-    for t in prange(num_threads, nogil=True, num_threads=num_threads, schedule="static"):
-        sh = share(t, num_threads, split_rows, nmb, npanels)
-        buf = &work[0] + threadid() * per_thread
-        for plane in range(N * groups):
-            n = plane // groups
-            g = plane % groups
-            pa = sh.p_lo
-            while pa < sh.p_hi:
-                pb = min(sh.p_hi, pa + GP)
-                ce_pg_pack_panels(&x[n, g * Cg, pa * NR], P, <int>Cg,
-                                  <int>min(P - pa * NR, (pb - pa) * NR), buf)
-                for mb in range(sh.mb_lo, sh.mb_hi):
-                    m0 = g * Kg + mb * MR
-                    for p in range(pa, pb):
-                        p0 = p * NR
-                        res = NULL
-                        if rptr != NULL:
-                            res = rptr + (n * K + m0) * P + p0
-                        ce_pg_block(&apack[(g * nmb + mb) * Cg * MR], buf + (p - pa) * Cg * NR,
-                                    <int>Cg, &out[n, m0, p0], P, res,
-                                    (bptr + m0) if bptr != NULL else NULL, sact,
-                                    <int>min(MR, Kg - mb * MR), <int>min(NR, P - p0))
-                    if later:
-                        ce_pg_act_rows(&out[n, m0, pa * NR], P, <int>min(MR, Kg - mb * MR),
-                                       <int>min(P - pa * NR, (pb - pa) * NR), act)
-                pa = pb
+    # images may lie apart (views of a larger tensor); channels are P floats apart, as the
+    # micro-kernel's row strides take them
+    cdef PointwiseJob j = PointwiseJob(&x[0, 0, 0], &apack[0], bptr, rptr, &out[0, 0, 0],
+                                       &work[0], per_thread, N, groups, Cg, Kg, K, P, nmb,
+                                       npanels, GP, split_rows, ce_pg_act_later(act),
+                                       ce_pg_store_act(act), act, x.strides[0] // 4,
+                                       out.strides[0] // 4,
+                                       r.strides[0] // 4 if rptr != NULL else 0)
+    with nogil:
+        ce_pool_for(num_threads, nmb if split_rows else npanels, _pointwise_units, &j)
+
+
+ctypedef struct PointwiseJob:
+    const float* x
+    const float* apack
+    const float* bias
+    const float* res
+    float* out
+    float* work
+    Py_ssize_t per_thread, N, groups, Cg, Kg, K, P, nmb, npanels, GP
+    bint split_rows, later
+    ce_act_t sact, act
+    Py_ssize_t x_img, out_img, res_img
+
+
+cdef void _pointwise_units(void* job, int thread, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+    """Units [lo, hi) of the row blocks or the panels, of every image and group."""
+    cdef PointwiseJob* j = <PointwiseJob*>job
+    cdef Py_ssize_t MR = CE_PG_MR, NR = CE_PG_NR, P = j.P, Cg = j.Cg, Kg = j.Kg
+    cdef Py_ssize_t plane, n, g, pa, pb, p, p0, mb, m0
+    cdef Share sh = share(lo, hi, j.split_rows, j.nmb, j.npanels)
+    cdef float* buf = j.work + thread * j.per_thread
+    cdef const float* res
+    for plane in range(j.N * j.groups):
+        n = plane // j.groups
+        g = plane % j.groups
+        pa = sh.p_lo
+        while pa < sh.p_hi:
+            pb = min(sh.p_hi, pa + j.GP)
+            ce_pg_pack_panels(j.x + n * j.x_img + g * Cg * P + pa * NR, P, <int>Cg,
+                              <int>min(P - pa * NR, (pb - pa) * NR), buf)
+            for mb in range(sh.mb_lo, sh.mb_hi):
+                m0 = g * Kg + mb * MR
+                for p in range(pa, pb):
+                    p0 = p * NR
+                    res = NULL
+                    if j.res != NULL:
+                        res = j.res + n * j.res_img + m0 * P + p0
+                    ce_pg_block(j.apack + (g * j.nmb + mb) * Cg * MR, buf + (p - pa) * Cg * NR,
+                                <int>Cg, j.out + n * j.out_img + m0 * P + p0, P, res,
+                                (j.bias + m0) if j.bias != NULL else NULL, j.sact,
+                                <int>min(MR, Kg - mb * MR), <int>min(NR, P - p0))
+                if j.later:
+                    ce_pg_act_rows(j.out + n * j.out_img + m0 * P + pa * NR, P,
+                                   <int>min(MR, Kg - mb * MR),
+                                   <int>min(P - pa * NR, (pb - pa) * NR), j.act)
+            pa = pb
 
 
 def f32_pack_rows(const float[:, ::1] a, float[::1] apack, int num_threads, bint ones=False):
@@ -132,13 +153,28 @@ def f32_pack_rows(const float[:, ::1] a, float[::1] apack, int num_threads, bint
         raise ValueError(f"apack must hold {nmb * KA * MR} floats, got {apack.shape[0]}")
     if M == 0 or K == 0:
         return
-    cdef Py_ssize_t mb, r
-    num_threads = <int>max(1, min(num_threads, nmb))
-    for mb in prange(nmb, nogil=True, num_threads=num_threads, schedule="static"):
-        ce_pg_pack_a(&a[mb * MR, 0], K, <int>K, <int>min(MR, M - mb * MR), &apack[mb * KA * MR])
-        if ones:
+    cdef PackJob j = PackJob(&a[0, 0], M, K, KA, ones, &apack[0])
+    with nogil:
+        ce_pool_for(num_threads, nmb, _pack_blocks, &j)
+
+
+ctypedef struct PackJob:
+    const float* a
+    Py_ssize_t M, K, KA
+    bint ones
+    float* apack
+
+
+cdef void _pack_blocks(void* job, int thread, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+    """Row blocks [lo, hi)."""
+    cdef PackJob* j = <PackJob*>job
+    cdef Py_ssize_t MR = CE_PG_MR, mb, r
+    for mb in range(lo, hi):
+        ce_pg_pack_a(j.a + mb * MR * j.K, j.K, <int>j.K, <int>min(MR, j.M - mb * MR),
+                     j.apack + mb * j.KA * MR)
+        if j.ones:
             for r in range(MR):
-                apack[(mb * KA + K) * MR + r] = 1.0
+                j.apack[(mb * j.KA + j.K) * MR + r] = 1.0
 
 
 def f32_gemm_prepacked(const float[::1] apack, const float[::1] bpanels, float[:, ::1] out,
@@ -162,26 +198,39 @@ def f32_gemm_prepacked(const float[::1] apack, const float[::1] bpanels, float[:
                          f"boundary, got {bpanels.shape[0]}")
     if M == 0 or N == 0:
         return
-    cdef Py_ssize_t units = nmb if split_rows else npanels
-    num_threads = <int>max(1, min(num_threads, units))
-    cdef Py_ssize_t t, pa, pb, p, mb
-    cdef Share sh
     # an activation past the clamps over a row block's panels at once, as in
     # f32_conv2d_pointwise: block by block, the map's setup came every 16 columns (ConvNeXt's
     # GELU on 3136 x 384 outputs, 1.5x its cost over whole rows)
-    cdef bint later = ce_pg_act_later(act)
-    cdef ce_act_t sact = ce_pg_store_act(act)
-    for t in prange(num_threads, nogil=True, num_threads=num_threads, schedule="static"):
-        sh = share(t, num_threads, split_rows, nmb, npanels)
-        pa = sh.p_lo
-        while pa < sh.p_hi:
-            pb = min(sh.p_hi, pa + group_panels)
-            for mb in range(sh.mb_lo, sh.mb_hi):
-                for p in range(pa, pb):
-                    ce_pg_block(&apack[mb * KA * MR], &bpanels[p * KA * NR], KA,
-                                &out[mb * MR, p * NR], N, NULL, NULL, sact,
-                                <int>min(MR, M - mb * MR), <int>min(NR, N - p * NR))
-                if later:
-                    ce_pg_act_rows(&out[mb * MR, pa * NR], N, <int>min(MR, M - mb * MR),
-                                   <int>(min(N, pb * NR) - pa * NR), act)
-            pa = pb
+    cdef GemmJob j = GemmJob(&apack[0], &bpanels[0], &out[0, 0], M, N, KA, nmb, npanels,
+                             group_panels, split_rows, ce_pg_act_later(act),
+                             ce_pg_store_act(act), act)
+    with nogil:
+        ce_pool_for(num_threads, nmb if split_rows else npanels, _gemm_units, &j)
+
+
+ctypedef struct GemmJob:
+    const float* apack
+    const float* bpanels
+    float* out
+    Py_ssize_t M, N, KA, nmb, npanels, GP
+    bint split_rows, later
+    ce_act_t sact, act
+
+
+cdef void _gemm_units(void* job, int thread, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+    """Units [lo, hi) of the row blocks or the panels."""
+    cdef GemmJob* j = <GemmJob*>job
+    cdef Py_ssize_t MR = CE_PG_MR, NR = CE_PG_NR, M = j.M, N = j.N, KA = j.KA, pa, pb, p, mb
+    cdef Share sh = share(lo, hi, j.split_rows, j.nmb, j.npanels)
+    pa = sh.p_lo
+    while pa < sh.p_hi:
+        pb = min(sh.p_hi, pa + j.GP)
+        for mb in range(sh.mb_lo, sh.mb_hi):
+            for p in range(pa, pb):
+                ce_pg_block(j.apack + mb * KA * MR, j.bpanels + p * KA * NR, <int>KA,
+                            j.out + mb * MR * N + p * NR, N, NULL, NULL, j.sact,
+                            <int>min(MR, M - mb * MR), <int>min(NR, N - p * NR))
+            if j.later:
+                ce_pg_act_rows(j.out + mb * MR * N + pa * NR, N, <int>min(MR, M - mb * MR),
+                               <int>(min(N, pb * NR) - pa * NR), j.act)
+        pa = pb

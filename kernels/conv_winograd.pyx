@@ -31,7 +31,8 @@
 # V and M list the tiles of a block tile row after tile row, phase after phase (tile row r of a
 # block starts at tile t0 = rows[r, ROW_T0], phase b at t0 + phase_start[b]), without gaps.
 #
-# Work split, all prange(schedule="static") over outputs, independent of the thread count:
+# Work split, all ranges of outputs that the threads of the engine's pool take in pieces
+# (kernels/_pool.h), independent of the thread count:
 #   padding copy       over (image, channel) planes
 #   input transform    over input channels, writes V for one block of tiles
 #   GEMMs              over (group, e, chunk of U's rows, group of tile panels), by the packed
@@ -53,7 +54,6 @@
 # f32_conv2d_fix_nonfinite (at the end; the fft path uses it too) gives the outputs whose window
 # holds a non-finite value the direct sum's NaN or infinity. Weights are assumed finite: the
 # fix-up adds the non-finite inputs' products alone, which an infinite weight would not cover.
-from cython.parallel cimport prange, threadid
 from libc.string cimport memset, memcpy
 
 import numpy as np
@@ -62,10 +62,13 @@ from _epilogue cimport ACT_RELU6, activate, ce_act_row, ce_act_t, check_act, no_
 from _nonfinite cimport any_nonfinite, zero_nonfinite
 
 from _packed_gemm cimport CE_PG_MR, CE_PG_NR, ce_pg_block, ce_pg_pack_panels
+from _pool cimport CE_POOL_MAX_THREADS, ce_pool_attach, ce_pool_for
 
 cdef extern from "_winograd_taps.h" nogil:
     void ce_wt_column(const float* w, Py_ssize_t n, const float* G, int a, int j, float* u)
 from _scratch cimport check_scratch
+
+ce_pool_attach()
 
 cdef enum:
     # Tiles per inner loop: the loop writes a small local buffer (which gcc knows aliases
@@ -274,14 +277,14 @@ def f32_conv3x3_winograd(const float[:, :, :, ::1] x, const float[::1] upack, in
     check_scratch(panels, max(1, num_threads) * gs.per_thread, "panels")
     cdef const float* gptr = &G[0, 0] if taps else NULL
     cdef Py_ssize_t blk, it, r0, r1, T
-    cdef int nt_pad = <int>max(1, min(num_threads, N * C))
-    cdef Py_ssize_t nonfinite_planes = 0
+    cdef Py_ssize_t nonfinite[CE_POOL_MAX_THREADS]
+    cdef PadJob pj = PadJob(xptr, H, W, xpad, plane, hbuf, J, pt, pl, dw, m, cmap,
+                            colmap.shape[0], check_nonfinite, &nonfinite[0])
+    memset(nonfinite, 0, sizeof(nonfinite))
     with nogil:
         memset(xpad + N * C * plane, 0, STRIP * sizeof(float))
         memset(M + E * K * <Py_ssize_t>max_tiles, 0, STRIP * sizeof(float))
-        for it in prange(N * C, num_threads=nt_pad, schedule="static"):
-            nonfinite_planes += pad_plane(xptr + it * H * W, H, W, xpad + it * plane, hbuf, J,
-                                          pt, pl, dw, m, cmap, colmap.shape[0], check_nonfinite)
+        ce_pool_for(num_threads, N * C, _pad_planes, &pj)
         for blk in range(nblocks):
             r0, r1, T = blocks[blk, 0], blocks[blk, 1], blocks[blk, 2]
             input_phase(xpad, plane, lrow, C, m, dh, dw, J, &tt, r0, r1, T, V, num_threads)
@@ -292,7 +295,30 @@ def f32_conv3x3_winograd(const float[:, :, :, ::1] x, const float[::1] upack, in
                 gemm_phase(&upack[0], V, T + STRIP, T, M, &gs, &panels[0], num_threads)
             output_phase(M, T, K, m, &tt, r0, &out[0, 0, 0, 0], OH, OW, dh, dw, &bias[0], act,
                          num_threads)
-    return nonfinite_planes
+    for it in range(1, CE_POOL_MAX_THREADS):
+        nonfinite[0] += nonfinite[it]
+    return nonfinite[0]
+
+
+ctypedef struct PadJob:
+    const float* x
+    Py_ssize_t H, W
+    float* xpad
+    Py_ssize_t plane, hbuf, J, pt, pl, dw, m
+    const Py_ssize_t* colmap
+    Py_ssize_t wused
+    bint check
+    Py_ssize_t* nonfinite       # per thread: planes with a NaN or infinity
+
+
+cdef void _pad_planes(void* job, int thread, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+    """(image, channel) planes [lo, hi) into the padded layout."""
+    cdef PadJob* j = <PadJob*>job
+    cdef Py_ssize_t it
+    for it in range(lo, hi):
+        j.nonfinite[thread] += pad_plane(j.x + it * j.H * j.W, j.H, j.W, j.xpad + it * j.plane,
+                                         j.hbuf, j.J, j.pt, j.pl, j.dw, j.m, j.colmap, j.wused,
+                                         j.check)
 
 
 # ---- The three phases of one block of tiles --------------------------------------------------
@@ -314,11 +340,30 @@ cdef void input_phase(const float* xpad, Py_ssize_t plane, Py_ssize_t lrow, Py_s
                       Py_ssize_t T, float* V, int num_threads) noexcept nogil:
     """V[e][c, t] for the tile rows [r0, r1): each channel's rows of tiles, transformed, one
     thread per channel (its V rows are its own); rows of V are T + STRIP floats apart."""
-    cdef Py_ssize_t ldv = T + STRIP, c, r
+    cdef InputJob j = InputJob(xpad, plane, lrow, C, m, dh, dw, J, tt, r0, r1, T, V)
+    ce_pool_for(num_threads, C, _input_channels, &j)
+
+
+ctypedef struct InputJob:
+    const float* xpad
+    Py_ssize_t plane, lrow, C
+    int m, dh, dw, J
+    const TileTables* tt
+    Py_ssize_t r0, r1, T
+    float* V
+
+
+cdef void _input_channels(void* job, int thread, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+    cdef InputJob* jb = <InputJob*>job
+    cdef const float* xpad = jb.xpad
+    cdef Py_ssize_t plane = jb.plane, lrow = jb.lrow, C = jb.C, ldv = jb.T + STRIP, c, r
+    cdef int m = jb.m, dh = jb.dh, dw = jb.dw, J = jb.J
+    cdef const TileTables* tt = jb.tt
+    cdef float* V = jb.V
     cdef const Py_ssize_t* row
     cdef const float* xrow
-    for c in prange(C, num_threads=<int>max(1, min(num_threads, C)), schedule="static"):
-        for r in range(r0, r1):
+    for c in range(lo, hi):
+        for r in range(jb.r0, jb.r1):
             row = tt.rows + r * ROW_COLS
             xrow = xpad + (row[ROW_N] * C + c) * plane + (row[ROW_A] + dh * m * row[ROW_TI]) * lrow
             if m == 2:
@@ -336,21 +381,44 @@ cdef void gemm_phase(const float* uptr, const float* V, Py_ssize_t ldv, Py_ssize
                      const GemmShape* s, float* pbase, int num_threads) noexcept nogil:
     """M[e][g*Kg + k, t] = sum_c U[g, e][k, c] V[e][g*Cg + c, t]: work items of mchunk rows of
     U by GP panels of tiles, each packing its panels into its thread's part of pbase."""
+    cdef GemmJob j = GemmJob(uptr, NULL, 0, V, ldv, T, M, s, pbase)
+    cdef Py_ssize_t npanels = (T + CE_PG_NR - 1) // CE_PG_NR
+    cdef Py_ssize_t nchunks = (s.Kg + s.mchunk - 1) // s.mchunk
+    ce_pool_for(num_threads, s.groups * s.E * nchunks * ((npanels + s.GP - 1) // s.GP),
+                _gemm_items, &j)
+
+
+ctypedef struct GemmJob:
+    const float* w              # U packed, or with G the weights' taps
+    const float* G
+    Py_ssize_t a
+    const float* V
+    Py_ssize_t ldv, T
+    float* M
+    const GemmShape* s
+    float* pbase
+
+
+cdef void _gemm_items(void* job, int thread, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+    cdef GemmJob* jb = <GemmJob*>job
+    cdef const GemmShape* s = jb.s
+    cdef const float* uptr = jb.w
+    cdef const float* V = jb.V
+    cdef float* M = jb.M
+    cdef Py_ssize_t ldv = jb.ldv, T = jb.T
     cdef Py_ssize_t MR = CE_PG_MR, NR = CE_PG_NR
     cdef Py_ssize_t npanels = (T + NR - 1) // NR
     cdef Py_ssize_t npg = (npanels + s.GP - 1) // s.GP
     cdef Py_ssize_t nchunks = (s.Kg + s.mchunk - 1) // s.mchunk
-    cdef Py_ssize_t items = s.groups * s.E * nchunks * npg
     cdef Py_ssize_t it, pg, ch, e, g, pa, pb, p, p0, mb
-    cdef float* buf
-    for it in prange(items, num_threads=<int>max(1, min(num_threads, items)), schedule="static"):
+    cdef float* buf = jb.pbase + thread * s.per_thread
+    for it in range(lo, hi):
         pg = it % npg
         ch = (it // npg) % nchunks
         e = (it // (npg * nchunks)) % s.E
         g = it // (npg * nchunks * s.E)
         pa = pg * s.GP
         pb = min(npanels, pa + s.GP)
-        buf = pbase + threadid() * s.per_thread
         ce_pg_pack_panels(V + (e * s.C + g * s.Cg) * ldv + pa * NR, ldv, <int>s.Cg,
                           <int>min(T - pa * NR, s.GP * NR), buf)
         for mb in range(ch * s.mchunk // MR, min(s.nmb, (ch + 1) * s.mchunk // MR)):
@@ -371,24 +439,36 @@ cdef void gemm_phase_taps(const float* wtaps, const float* G, Py_ssize_t a, cons
     U[i * a + j] of every i from the block's nine taps (_winograd_taps.h) and runs them over
     the panels. Per weight and tile column this is 3 (a + 3) multiply-adds against the GEMMs'
     2 a T (T tiles), and 9 floats read from memory instead of a^2."""
+    cdef GemmJob jb = GemmJob(wtaps, G, a, V, ldv, T, M, s, pbase)
+    cdef Py_ssize_t npanels = (T + CE_PG_NR - 1) // CE_PG_NR
+    cdef Py_ssize_t nchunks = (s.Kg + s.mchunk - 1) // s.mchunk
+    ce_pool_for(num_threads, s.groups * a * nchunks * ((npanels + s.GP - 1) // s.GP),
+                _gemm_taps_items, &jb)
+
+
+cdef void _gemm_taps_items(void* job, int thread, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+    cdef GemmJob* jb = <GemmJob*>job
+    cdef const GemmShape* s = jb.s
+    cdef const float* wtaps = jb.w
+    cdef const float* G = jb.G
+    cdef const float* V = jb.V
+    cdef float* M = jb.M
+    cdef Py_ssize_t a = jb.a, ldv = jb.ldv, T = jb.T
     cdef Py_ssize_t MR = CE_PG_MR, NR = CE_PG_NR
     cdef Py_ssize_t npanels = (T + NR - 1) // NR
     cdef Py_ssize_t npg = (npanels + s.GP - 1) // s.GP
     cdef Py_ssize_t nchunks = (s.Kg + s.mchunk - 1) // s.mchunk
-    cdef Py_ssize_t items = s.groups * a * nchunks * npg
     cdef Py_ssize_t blk = s.Cg * MR, pe = s.GP * s.Cg * NR
     cdef Py_ssize_t it, pg, ch, j, i, e, g, pa, pb, p, p0, mb
-    cdef float* buf
-    cdef float* ub
-    for it in prange(items, num_threads=<int>max(1, min(num_threads, items)), schedule="static"):
+    cdef float* buf = jb.pbase + thread * s.per_thread
+    cdef float* ub = buf + a * pe
+    for it in range(lo, hi):
         pg = it % npg
         ch = (it // npg) % nchunks
         j = (it // (npg * nchunks)) % a
         g = it // (npg * nchunks * a)
         pa = pg * s.GP
         pb = min(npanels, pa + s.GP)
-        buf = pbase + threadid() * s.per_thread
-        ub = buf + a * pe
         for i in range(a):
             e = i * a + j
             ce_pg_pack_panels(V + (e * s.C + g * s.Cg) * ldv + pa * NR, ldv, <int>s.Cg,
@@ -409,8 +489,33 @@ cdef void output_phase(const float* M, Py_ssize_t T, Py_ssize_t K, int m, const 
                        const float* bptr, ce_act_t act, int num_threads) noexcept nogil:
     """The output transform, bias and activation of the block's tiles, one thread per output
     channel."""
-    cdef Py_ssize_t k
-    for k in prange(K, num_threads=<int>max(1, min(num_threads, K)), schedule="static"):
+    cdef OutputJob j = OutputJob(M, T, K, m, tt, r0, yptr, OH, OW, dh, dw, bptr, act)
+    ce_pool_for(num_threads, K, _output_channels, &j)
+
+
+ctypedef struct OutputJob:
+    const float* M
+    Py_ssize_t T, K
+    int m
+    const TileTables* tt
+    Py_ssize_t r0
+    float* y
+    Py_ssize_t OH, OW
+    int dh, dw
+    const float* bias
+    ce_act_t act
+
+
+cdef void _output_channels(void* job, int thread, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+    cdef OutputJob* jb = <OutputJob*>job
+    cdef const float* M = jb.M
+    cdef Py_ssize_t T = jb.T, K = jb.K, r0 = jb.r0, OH = jb.OH, OW = jb.OW, k
+    cdef int m = jb.m, dh = jb.dh, dw = jb.dw
+    cdef const TileTables* tt = jb.tt
+    cdef float* yptr = jb.y
+    cdef const float* bptr = jb.bias
+    cdef ce_act_t act = jb.act
+    for k in range(lo, hi):
         if m == 2:
             f23_output_block(M + k * T, K * T, T, tt.rows + r0 * ROW_COLS, tt.ntiles,
                              yptr + k * OH * OW, K * OH * OW, OW, dh, dw, tt.tw, tt.ts, tt.tc,

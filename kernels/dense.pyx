@@ -1,13 +1,15 @@
 # Fully connected layers at small batch: out[m, n] = dot(a[m, :], w[n, :]) for a few rows m,
 # with w[N, K] in rows (ONNX Gemm's B with transB=1, or its transpose made once by the plan).
-# The product is a matrix-vector one, bound by reading w: each thread takes a range of output
-# columns n and streams their rows of w once for all m, eight rows side by side: eight streams
-# keep the memory busy when w is cold (a classifier after the convolutions; its time halved
-# in the model's profile, README), and each load of a serves eight rows. Every dot product runs the same
-# operations in the same order whether its row is one of four or alone (two vector
-# accumulators, then a fixed tree over the lanes), so an output has one value whatever the
-# thread count and wherever a thread's range begins.
-from cython.parallel cimport prange
+# The product is a matrix-vector one, bound by reading w: the threads of the engine's pool
+# (kernels/_pool.h) take ranges of output columns n, and stream their rows of w once for all
+# m, eight rows side by side: eight streams keep the memory busy when w is cold (a classifier
+# after the convolutions; its time halved in the model's profile, README), and each load of a
+# serves eight rows. Every dot product runs the same operations in the same order whether its
+# row is one of four or alone (two vector accumulators, then a fixed tree over the lanes), so
+# an output has one value whatever the thread count and wherever a thread's range begins.
+from _pool cimport ce_pool_attach, ce_pool_for
+
+ce_pool_attach()
 
 cdef extern from *:
     """
@@ -91,9 +93,19 @@ def f32_dense_rows(const float[:, ::1] a, const float[:, ::1] w, float[:, ::1] o
     if K == 0:
         out[:, :] = 0
         return
-    num_threads = <int>max(1, min(num_threads, N))
-    cdef Py_ssize_t t, chunk = (N + num_threads - 1) // num_threads
-    for t in prange(num_threads, nogil=True, num_threads=num_threads, schedule="static"):
-        if t * chunk < N:
-            ce_dn_rows(&a[0, 0], M, K, &w[0, 0], t * chunk, min(N, (t + 1) * chunk),
-                       &out[0, 0], N)
+    cdef DenseJob j = DenseJob(&a[0, 0], M, K, &w[0, 0], &out[0, 0], N)
+    with nogil:
+        ce_pool_for(num_threads, N, _dense_columns, &j)
+
+
+ctypedef struct DenseJob:
+    const float* a
+    Py_ssize_t M, K
+    const float* w
+    float* out
+    Py_ssize_t ldo
+
+
+cdef void _dense_columns(void* job, int thread, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+    cdef DenseJob* j = <DenseJob*>job
+    ce_dn_rows(j.a, j.M, j.K, j.w, lo, hi, j.out, j.ldo)

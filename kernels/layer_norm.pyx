@@ -4,9 +4,11 @@
 # spread), then y = (d - c) / sqrt(var + eps) * scale + bias with c = mean(d). The sums are
 # float64, a vector of floats converted to two vectors of doubles at a time, so a row's
 # statistics are those of the float64 reference within a few roundings whatever its length.
-# Rows go to threads in contiguous ranges; each row is computed whole by one thread, in one
-# order, so a result does not depend on the thread count.
-from cython.parallel cimport prange
+# The threads of the engine's pool (kernels/_pool.h) take ranges of rows; each row is computed
+# whole by one thread, in one order, so a result does not depend on the thread count.
+from _pool cimport ce_pool_attach, ce_pool_for
+
+ce_pool_attach()
 
 cdef extern from *:
     """
@@ -145,7 +147,30 @@ def f32_layer_norm_rows(const float[:, ::1] x, const float[::1] scale, bias,
         rp = &rv[0] if R else NULL
     if R == 0 or L == 0:
         return
-    num_threads = <int>max(1, min(num_threads, R))
-    for r in prange(R, nogil=True, num_threads=num_threads, schedule="static"):
-        ce_layer_norm_row(&x[r, 0], &out[r, 0], L, &scale[0], bp, eps,
-                          (mp + r) if mp != NULL else NULL, (rp + r) if rp != NULL else NULL)
+    # rows may lie apart (views of a larger tensor)
+    cdef RowsJob j = RowsJob(&x[0, 0], x.strides[0] // 4, &out[0, 0], out.strides[0] // 4, L,
+                             &scale[0], bp, eps, mp, rp)
+    with nogil:
+        ce_pool_for(num_threads, R, _norm_rows, &j)
+
+
+ctypedef struct RowsJob:
+    const float* x
+    Py_ssize_t x_row
+    float* out
+    Py_ssize_t out_row, L
+    const float* scale
+    const float* bias
+    double eps
+    float* mean
+    float* rstd
+
+
+cdef void _norm_rows(void* job, int thread, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+    """Rows [lo, hi)."""
+    cdef RowsJob* j = <RowsJob*>job
+    cdef Py_ssize_t r
+    for r in range(lo, hi):
+        ce_layer_norm_row(j.x + r * j.x_row, j.out + r * j.out_row, j.L, j.scale, j.bias, j.eps,
+                          (j.mean + r) if j.mean != NULL else NULL,
+                          (j.rstd + r) if j.rstd != NULL else NULL)

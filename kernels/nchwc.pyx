@@ -8,10 +8,10 @@
 # Every kernel checks the shapes it is given against one another before it releases the GIL.
 # Results do not depend on the thread count: each output is computed whole by one thread, in an
 # order fixed by the shapes.
-from cython.parallel cimport prange
 from libc.string cimport memcpy, memset
 
 from _epilogue cimport ce_act_t, check_act
+from _pool cimport ce_pool_attach, ce_pool_for
 
 
 cdef extern from "_nchwc.h":
@@ -27,6 +27,8 @@ cdef extern from "_nchwc.h":
                           int pt, int pl, int kh, int kw, int dh, int dw, const float *w,
                           Py_ssize_t wstride, const float *bias, float *out,
                           Py_ssize_t ostride, int nk, ce_act_t act) nogil
+
+ce_pool_attach()
 
 BLOCK = CE_NC_B                 # channels per block
 TILE_PIXELS = CE_NC_TILE_PIXELS # pixels per pointwise tile
@@ -60,17 +62,28 @@ cdef const float* residual_base(residual, out) except? NULL:
     return &r[0, 0, 0, 0, 0] if r.size else NULL
 
 
-# A kernel's items [lo, hi) for one thread: called directly at one thread, where entering an
-# OpenMP region would cost 1.4 us (a MobileNet runs some fifty kernels).
-cdef void _layout_items(const float* src, Py_ssize_t C, Py_ssize_t P, float* dst,
-                        bint to_blocked, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+# Each kernel's work is a range of items that the threads of the engine's pool take in pieces
+# (kernels/_pool.h): a function of (job, thread, lo, hi), its job a struct of the arguments.
+
+ctypedef struct LayoutJob:
+    const float* src
+    Py_ssize_t C, P
+    float* dst
+    bint to_blocked
+
+
+cdef void _layout_items(void* job, int thread, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
     """Blocks [lo, hi) of all images between NCHW planes and channel blocks, either way."""
+    cdef LayoutJob* j = <LayoutJob*>job
+    cdef const float* src = j.src
+    cdef float* dst = j.dst
+    cdef Py_ssize_t C = j.C, P = j.P
     cdef Py_ssize_t Cb = (C + CE_NC_B - 1) // CE_NC_B, it, cb, planes, block
     for it in range(lo, hi):
         cb = it % Cb
         planes = ((it // Cb) * C + cb * CE_NC_B) * P
         block = it * P * CE_NC_B
-        if to_blocked:
+        if j.to_blocked:
             ce_nc_to_blocked(src + planes, P, <int>min(CE_NC_B, C - cb * CE_NC_B), dst + block)
         else:
             ce_nc_from_blocked(src + block, P, <int>min(CE_NC_B, C - cb * CE_NC_B),
@@ -79,13 +92,8 @@ cdef void _layout_items(const float* src, Py_ssize_t C, Py_ssize_t P, float* dst
 
 cdef void _layout_change(const float* src, Py_ssize_t C, Py_ssize_t P, float* dst,
                          bint to_blocked, Py_ssize_t items, int num_threads) noexcept nogil:
-    cdef int nt = <int>max(1, min(num_threads, items))
-    cdef Py_ssize_t t
-    if nt == 1:
-        _layout_items(src, C, P, dst, to_blocked, 0, items)
-        return
-    for t in prange(nt, num_threads=nt, schedule="static"):
-        _layout_items(src, C, P, dst, to_blocked, t * items // nt, (t + 1) * items // nt)
+    cdef LayoutJob j = LayoutJob(src, C, P, dst, to_blocked)
+    ce_pool_for(num_threads, items, _layout_items, &j)
 
 
 def f32_to_blocked(const float[:, :, :, ::1] x, float[:, :, :, :, ::1] out, int num_threads):
@@ -120,6 +128,25 @@ def f32_from_blocked(const float[:, :, :, :, ::1] x, float[:, :, :, ::1] out, in
         _layout_change(xp, C, P, op, False, N * Cb, num_threads)
 
 
+ctypedef struct SubsampleJob:
+    const float* x
+    float* out
+    Py_ssize_t H, W, OH, OW, sh, sw
+
+
+cdef void _subsample_rows(void* job, int thread, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+    """Output rows [lo, hi) of all images' blocks."""
+    cdef SubsampleJob* j = <SubsampleJob*>job
+    cdef Py_ssize_t it, ox
+    cdef const float* src
+    cdef float* dst
+    for it in range(lo, hi):
+        src = j.x + ((it // j.OH) * j.H + (it % j.OH) * j.sh) * j.W * CE_NC_B
+        dst = j.out + it * j.OW * CE_NC_B
+        for ox in range(j.OW):
+            memcpy(dst + ox * CE_NC_B, src + ox * j.sw * CE_NC_B, CE_NC_B * sizeof(float))
+
+
 def f32_subsample_blocked(const float[:, :, :, :, ::1] x, float[:, :, :, :, ::1] out, int sh,
                           int sw, int num_threads):
     """out[n, cb, oy, ox] = x[n, cb, oy * sh, ox * sw] (one vector per pixel): the input of a
@@ -136,26 +163,26 @@ def f32_subsample_blocked(const float[:, :, :, :, ::1] x, float[:, :, :, :, ::1]
                          f"{sh}x{sw} pixels")
     if N == 0 or Cb == 0 or OH == 0 or OW == 0:
         return
-    cdef const float* xp = &x[0, 0, 0, 0, 0]
-    cdef float* op = &out[0, 0, 0, 0, 0]
-    cdef Py_ssize_t it, ox, rows = N * Cb * OH
-    cdef const float* src
-    cdef float* dst
-    num_threads = <int>max(1, min(num_threads, rows))
-    for it in prange(rows, nogil=True, num_threads=num_threads, schedule="static"):
-        src = xp + ((it // OH) * H + (it % OH) * sh) * W * CE_NC_B
-        dst = op + it * OW * CE_NC_B
-        for ox in range(OW):
-            memcpy(dst + ox * CE_NC_B, src + ox * sw * CE_NC_B, CE_NC_B * sizeof(float))
+    cdef SubsampleJob j = SubsampleJob(&x[0, 0, 0, 0, 0], &out[0, 0, 0, 0, 0], H, W, OH, OW,
+                                       sh, sw)
+    with nogil:
+        ce_pool_for(num_threads, N * Cb * OH, _subsample_rows, &j)
 
 
-cdef void _mean_items(const float* xp, Py_ssize_t C, Py_ssize_t P, float* op, Py_ssize_t lo,
-                      Py_ssize_t hi) noexcept nogil:
-    cdef Py_ssize_t Cb = (C + CE_NC_B - 1) // CE_NC_B, it, cb
+ctypedef struct MeanJob:
+    const float* x
+    Py_ssize_t C, P
+    float* out
+
+
+cdef void _mean_items(void* job, int thread, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+    """Blocks [lo, hi) of all images."""
+    cdef MeanJob* j = <MeanJob*>job
+    cdef Py_ssize_t Cb = (j.C + CE_NC_B - 1) // CE_NC_B, it, cb
     for it in range(lo, hi):
         cb = it % Cb
-        ce_nc_block_mean(xp + it * P * CE_NC_B, P, op + (it // Cb) * C + cb * CE_NC_B,
-                         <int>min(CE_NC_B, C - cb * CE_NC_B))
+        ce_nc_block_mean(j.x + it * j.P * CE_NC_B, j.P, j.out + (it // Cb) * j.C + cb * CE_NC_B,
+                         <int>min(CE_NC_B, j.C - cb * CE_NC_B))
 
 
 def f32_global_avg_blocked(const float[:, :, :, :, ::1] x, float[:, ::1] out,
@@ -170,16 +197,9 @@ def f32_global_avg_blocked(const float[:, :, :, :, ::1] x, float[:, ::1] out,
         raise ValueError("x must have a non-empty plane")
     if N == 0 or Cb == 0:
         return
-    cdef const float* xp = &x[0, 0, 0, 0, 0]
-    cdef float* op = &out[0, 0]
-    cdef Py_ssize_t t, items = N * Cb
-    cdef int nt = <int>max(1, min(num_threads, items))
-    if nt == 1:
-        with nogil:
-            _mean_items(xp, C, P, op, 0, items)
-        return
-    for t in prange(nt, nogil=True, num_threads=nt, schedule="static"):
-        _mean_items(xp, C, P, op, t * items // nt, (t + 1) * items // nt)
+    cdef MeanJob j = MeanJob(&x[0, 0, 0, 0, 0], C, P, &out[0, 0])
+    with nogil:
+        ce_pool_for(num_threads, N * Cb, _mean_items, &j)
 
 
 cdef extern from *:
@@ -192,17 +212,24 @@ cdef extern from *:
             CE_NC_ST(out + p * CE_NC_B, CE_NC_LD(x + p * CE_NC_B) * v);
     }
 
-    /* blocks [lo, hi) of all images' blocks, each P pixels, its factors at s + it * B */
-    static void ce_nc_block_scales(const float *x, Py_ssize_t P, const float *s, float *out,
-                                   Py_ssize_t lo, Py_ssize_t hi)
-    {
-        for (Py_ssize_t it = lo; it < hi; it++)
-            ce_nc_block_scale(x + it * P * CE_NC_B, P, s + it * CE_NC_B,
-                              out + it * P * CE_NC_B);
-    }
     """
-    void ce_nc_block_scales(const float *x, Py_ssize_t P, const float *s, float *out,
-                            Py_ssize_t lo, Py_ssize_t hi) nogil
+    void ce_nc_block_scale(const float *x, Py_ssize_t P, const float *s, float *out) nogil
+
+
+ctypedef struct ScaleJob:
+    const float* x
+    Py_ssize_t P
+    const float* s
+    float* out
+
+
+cdef void _scale_blocks(void* job, int thread, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+    """Blocks [lo, hi) of all images, each P pixels, its factors at s + it * B."""
+    cdef ScaleJob* j = <ScaleJob*>job
+    cdef Py_ssize_t it
+    for it in range(lo, hi):
+        ce_nc_block_scale(j.x + it * j.P * CE_NC_B, j.P, j.s + it * CE_NC_B,
+                          j.out + it * j.P * CE_NC_B)
 
 
 def f32_scale_blocked(const float[:, :, :, :, ::1] x, const float[:, ::1] s,
@@ -217,22 +244,35 @@ def f32_scale_blocked(const float[:, :, :, :, ::1] x, const float[:, ::1] s,
                          f"{tuple(out.shape)} do not fit")
     if N == 0 or Cb == 0 or P == 0:
         return
-    cdef const float* xp = &x[0, 0, 0, 0, 0]
-    cdef const float* sp = &s[0, 0]
-    cdef float* op = &out[0, 0, 0, 0, 0]
-    cdef Py_ssize_t t, items = N * Cb
-    cdef int nt = <int>max(1, min(num_threads, items))
-    if nt == 1:                                      # _layout_items says why
-        with nogil:
-            ce_nc_block_scales(xp, P, sp, op, 0, items)
-        return
-    for t in prange(nt, nogil=True, num_threads=nt, schedule="static"):
-        ce_nc_block_scales(xp, P, sp, op, t * items // nt, (t + 1) * items // nt)
+    cdef ScaleJob j = ScaleJob(&x[0, 0, 0, 0, 0], P, &s[0, 0], &out[0, 0, 0, 0, 0])
+    with nogil:
+        ce_pool_for(num_threads, N * Cb, _scale_blocks, &j)
 
 
 def pointwise_pack_floats(Py_ssize_t in_blocks, Py_ssize_t out_blocks):
     """Floats of the packed pointwise weights."""
     return in_blocks * CE_NC_B * out_blocks * CE_NC_B
+
+
+ctypedef struct PointwiseJob:
+    # ce_nc_pw_units's arguments but the range
+    const float* x
+    Py_ssize_t P
+    int Cb, tail
+    const float* w
+    int Kb
+    const float* bias
+    const float* res
+    float* out
+    ce_act_t act
+    Py_ssize_t N, T, G, xs, os, chunk
+    int by_groups
+
+
+cdef void _pointwise_units(void* ctx, int thread, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+    cdef PointwiseJob* a = <PointwiseJob*>ctx
+    ce_nc_pw_units(a.x, a.P, a.Cb, a.tail, a.w, a.Kb, a.bias, a.res, a.out, a.act, a.N, a.T, a.G,
+                   a.xs, a.os, a.chunk, a.by_groups, lo, hi)
 
 
 def f32_pointwise_blocked(const float[:, :, :, :, ::1] x, const float[::1] wpack,
@@ -285,15 +325,36 @@ def f32_pointwise_blocked(const float[:, :, :, :, ::1] x, const float[::1] wpack
     cdef const float* wp = &wpack[0]
     cdef const float* bp = &bias[0]
     cdef Py_ssize_t xs = Cb * P * CE_NC_B, os = Kb * P * CE_NC_B
-    cdef Py_ssize_t t
-    if nt == 1:                                      # _layout_items says why
-        with nogil:
-            ce_nc_pw_units(xp, P, <int>Cb, tail, wp, <int>Kb, bp, rbase, op, act, N, T, G, xs,
-                           os, chunk, split_groups, 0, units)
-        return
-    for t in prange(nt, nogil=True, num_threads=nt, schedule="static"):
-        ce_nc_pw_units(xp, P, <int>Cb, tail, wp, <int>Kb, bp, rbase, op, act, N, T, G, xs, os,
-                       chunk, split_groups, t * units // nt, (t + 1) * units // nt)
+    cdef PointwiseJob a = PointwiseJob(xp, P, <int>Cb, tail, wp, <int>Kb, bp, rbase, op, act, N, T, G, xs,
+                             os, chunk, split_groups)
+    with nogil:
+        ce_pool_for(nt, units, _pointwise_units, &a)
+
+
+ctypedef struct DirectJob:
+    const float* x
+    Py_ssize_t C, H, W, Kb, OH, OW
+    int sh, sw, pt, pl, kh, kw, dh, dw
+    const float* w
+    const float* bias
+    float* out
+    ce_act_t act
+
+
+cdef void _direct_rows(void* job, int thread, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+    """Items [lo, hi): output rows of a pair of blocks, ordered (image, row, pair)."""
+    cdef DirectJob* j = <DirectJob*>job
+    cdef Py_ssize_t wblock = j.C * j.kh * j.kw * CE_NC_B, pairs = (j.Kb + 1) // 2
+    cdef Py_ssize_t it, n, oy, kb
+    for it in range(lo, hi):
+        kb = 2 * (it % pairs)
+        oy = (it // pairs) % j.OH
+        n = it // (pairs * j.OH)
+        ce_nc_direct_row(j.x + n * j.C * j.H * j.W, <int>j.C, <int>j.H, <int>j.W, <int>j.OW,
+                         <int>oy, j.sh, j.sw, j.pt, j.pl, j.kh, j.kw, j.dh, j.dw,
+                         j.w + kb * wblock, wblock, j.bias + kb * CE_NC_B,
+                         j.out + ((n * j.Kb + kb) * j.OH + oy) * j.OW * CE_NC_B,
+                         j.OH * j.OW * CE_NC_B, <int>min(2, j.Kb - kb), j.act)
 
 
 def f32_direct_to_blocked(const float[:, :, :, ::1] x, const float[:, :, :, :, ::1] w,
@@ -319,23 +380,11 @@ def f32_direct_to_blocked(const float[:, :, :, ::1] x, const float[:, :, :, :, :
         return
     if C == 0:
         raise ValueError("x must have at least one channel")
-    cdef int kh = <int>w.shape[2], kw = <int>w.shape[3]
-    cdef Py_ssize_t wblock = C * kh * kw * CE_NC_B
-    cdef const float* xp = &x[0, 0, 0, 0]
-    cdef float* op = &out[0, 0, 0, 0, 0]
-    cdef const float* wp = &w[0, 0, 0, 0, 0]
-    cdef const float* bp = &bias[0]
-    cdef Py_ssize_t pairs = (Kb + 1) // 2
-    cdef Py_ssize_t items = N * OH * pairs, it, n, oy, kb
-    num_threads = <int>max(1, min(num_threads, items))
-    for it in prange(items, nogil=True, num_threads=num_threads, schedule="static"):
-        kb = 2 * (it % pairs)
-        oy = (it // pairs) % OH
-        n = it // (pairs * OH)
-        ce_nc_direct_row(xp + n * C * H * W, <int>C, <int>H, <int>W, <int>OW, <int>oy, sh, sw,
-                         pt, pl, kh, kw, dh, dw, wp + kb * wblock, wblock, bp + kb * CE_NC_B,
-                         op + ((n * Kb + kb) * OH + oy) * OW * CE_NC_B, OH * OW * CE_NC_B,
-                         <int>min(2, Kb - kb), act)
+    cdef DirectJob j = DirectJob(&x[0, 0, 0, 0], C, H, W, Kb, OH, OW, sh, sw, pt, pl,
+                                 <int>w.shape[2], <int>w.shape[3], dh, dw, &w[0, 0, 0, 0, 0],
+                                 &bias[0], &out[0, 0, 0, 0, 0], act)
+    with nogil:
+        ce_pool_for(num_threads, N * OH * ((Kb + 1) // 2), _direct_rows, &j)
 
 
 cdef extern from "_nchwc_conv.h":
@@ -349,11 +398,19 @@ cdef extern from "_nchwc_conv.h":
                           float *out, ce_act_t act, int batch) nogil
 
 
-cdef void _pad_rows(const float* xp, Py_ssize_t H, Py_ssize_t W, Py_ssize_t pt, Py_ssize_t pl,
-                    Py_ssize_t hp, Py_ssize_t wpd, float* xpad, Py_ssize_t lo,
-                    Py_ssize_t hi) noexcept nogil:
+ctypedef struct PadJob:
+    const float* x
+    Py_ssize_t H, W, pt, pl, hp, wpd
+    float* xpad
+
+
+cdef void _pad_rows(void* job, int thread, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
     """Rows [lo, hi) of the padded copy (hp x wpd planes): padded row r holds input row
     r - pt, its column c input column c - pl, zeros elsewhere."""
+    cdef PadJob* j = <PadJob*>job
+    cdef const float* xp = j.x
+    cdef float* xpad = j.xpad
+    cdef Py_ssize_t H = j.H, W = j.W, pt = j.pt, pl = j.pl, hp = j.hp, wpd = j.wpd
     cdef Py_ssize_t a = min(max(pl, 0), wpd), b = min(max(pl + W, a), wpd), it, iy
     for it in range(lo, hi):
         iy = it % hp - pt
@@ -382,8 +439,9 @@ ctypedef struct DenseBands:
     Py_ssize_t x_img, x_grp, per_group, o_img, o_grp
 
 
-cdef void _dense_bands(const DenseBands* d, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+cdef void _dense_bands(void* job, int thread, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
     """Items [lo, hi) of a dense blocked layer, ordered (image, group, tiles' group, band)."""
+    cdef const DenseBands* d = <const DenseBands*>job
     cdef Py_ssize_t it, b, g, q, n, a0, a1, o
     for it in range(lo, hi):
         b = it % d.nbands
@@ -485,6 +543,7 @@ def f32_conv2d_nchwc(const float[:, :, :, :, ::1] x, Py_ssize_t channels,
     cdef float* xpad
     cdef const float* xsrc
     cdef int padded
+    cdef PadJob pj
     if scratch is not None:
         if scratch.shape[0] < dense_padded_floats(N, Cb, OH, OW, kh, kw, sh, sw, dh, dw):
             raise ValueError(f"scratch must hold "
@@ -493,14 +552,9 @@ def f32_conv2d_nchwc(const float[:, :, :, :, ::1] x, Py_ssize_t channels,
         xpad = &scratch[0]
         xpad = xpad + (16 - (<size_t>xpad // sizeof(float)) % 16) % 16
         # padded row r holds input row r - pt, its column c input column c - pl
-        rows = N * Cb * hp
-        if nt == 1:                                  # _layout_items says why
-            with nogil:
-                _pad_rows(xp, H, W, pt, pl, hp, wpd, xpad, 0, rows)
-        else:
-            for it in prange(nt, nogil=True, num_threads=nt, schedule="static"):
-                _pad_rows(xp, H, W, pt, pl, hp, wpd, xpad, it * rows // nt,
-                          (it + 1) * rows // nt)
+        pj = PadJob(xp, H, W, pt, pl, hp, wpd, xpad)
+        with nogil:
+            ce_pool_for(num_threads, N * Cb * hp, _pad_rows, &pj)
         # bands of whole tiles on the plane's grid of tiles (ce_nc_tile_start), which the
         # thread count leaves as it is: a pixel's tile, and so its sums, never depend on it
         tb = max(1, band * OW // CE_NC_TILE_PIXELS)
@@ -519,13 +573,8 @@ def f32_conv2d_nchwc(const float[:, :, :, :, ::1] x, Py_ssize_t channels,
     cdef DenseBands d = DenseBands(xsrc, cg, x_row, x_col, Kg, OH, OW, sh, sw, pt, pl, kh, kw,
                                    dh, dw, wp, bp, rbase, op, act, batch, padded, G, groups,
                                    nbands, unit, units, x_img, x_grp, per_group, os, og)
-    nt = <int>max(1, min(num_threads, items))
-    if nt == 1:                                      # _layout_items says why
-        with nogil:
-            _dense_bands(&d, 0, items)
-        return
-    for it in prange(nt, nogil=True, num_threads=nt, schedule="static"):
-        _dense_bands(&d, it * items // nt, (it + 1) * items // nt)
+    with nogil:
+        ce_pool_for(num_threads, items, _dense_bands, &d)
 
 
 cdef extern from *:
@@ -544,6 +593,24 @@ cdef extern from *:
                             float *out, ce_act_t act) nogil
 
 
+ctypedef struct AffineJob:
+    const float* x
+    Py_ssize_t Cb, P
+    const float* scale
+    const float* shift
+    float* out
+    ce_act_t act
+
+
+cdef void _affine_blocks(void* job, int thread, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+    """Blocks [lo, hi) of all images."""
+    cdef AffineJob* j = <AffineJob*>job
+    cdef Py_ssize_t it
+    for it in range(lo, hi):
+        ce_nc_block_affine(j.x + it * j.P * CE_NC_B, j.P, j.scale + (it % j.Cb) * CE_NC_B,
+                           j.shift + (it % j.Cb) * CE_NC_B, j.out + it * j.P * CE_NC_B, j.act)
+
+
 def f32_scale_shift_blocked(const float[:, :, :, :, ::1] x, const float[::1] scale,
                             const float[::1] shift, float[:, :, :, :, ::1] out, ce_act_t act,
                             int num_threads=1):
@@ -559,12 +626,7 @@ def f32_scale_shift_blocked(const float[:, :, :, :, ::1] x, const float[::1] sca
                          f"({shift.shape[0]},) and out {tuple(out.shape)} do not fit")
     if N == 0 or Cb == 0 or P == 0:
         return
-    cdef const float* xp = &x[0, 0, 0, 0, 0]
-    cdef float* op = &out[0, 0, 0, 0, 0]
-    cdef const float* sp = &scale[0]
-    cdef const float* tp = &shift[0]
-    cdef Py_ssize_t it
-    num_threads = <int>max(1, min(num_threads, N * Cb))
-    for it in prange(N * Cb, nogil=True, num_threads=num_threads, schedule="static"):
-        ce_nc_block_affine(xp + it * P * CE_NC_B, P, sp + (it % Cb) * CE_NC_B,
-                           tp + (it % Cb) * CE_NC_B, op + it * P * CE_NC_B, act)
+    cdef AffineJob j = AffineJob(&x[0, 0, 0, 0, 0], Cb, P, &scale[0], &shift[0],
+                                 &out[0, 0, 0, 0, 0], act)
+    with nogil:
+        ce_pool_for(num_threads, N * Cb, _affine_blocks, &j)

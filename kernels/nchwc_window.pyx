@@ -5,10 +5,12 @@
 # Every kernel checks the shapes it is given against one another before it releases the GIL.
 # Results do not depend on the thread count: each output is computed whole by one thread, in an
 # order fixed by the shapes.
-from cython.parallel cimport prange
 from libc.stdlib cimport free, malloc
 
 from _epilogue cimport ce_act_t, check_act
+from _pool cimport ce_pool_attach, ce_pool_for
+
+ce_pool_attach()
 
 
 cdef extern from "_nchwc.h":
@@ -39,6 +41,7 @@ cdef extern from "_nchwc_dw.h":
                         const float *bias, float *out, ce_act_t act, float *buf) nogil
 
 
+# A layer, the job of the engine's pool (kernels/_pool.h) in either of the functions below.
 ctypedef struct DwLayer:
     const float* x
     int H, W, OH, OW, sh, sw, pt, pl, kh, kw, dh, dw
@@ -47,10 +50,15 @@ ctypedef struct DwLayer:
     float* out
     ce_act_t act
     Py_ssize_t Cb
+    bint by_blocks
+    float* bufs                 # planes: each thread's buffer, per_thread floats apart
+    Py_ssize_t per_thread
 
 
-cdef void _dw_planes(const DwLayer* d, Py_ssize_t lo, Py_ssize_t hi, float* buf) noexcept nogil:
-    """Planes [lo, hi) of all images' blocks, each whole through the buffer buf."""
+cdef void _dw_planes(void* job, int thread, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+    """Planes [lo, hi) of all images' blocks, each whole through the thread's buffer."""
+    cdef const DwLayer* d = <const DwLayer*>job
+    cdef float* buf = d.bufs + thread * d.per_thread
     cdef Py_ssize_t it, cb
     for it in range(lo, hi):
         cb = it % d.Cb
@@ -59,12 +67,13 @@ cdef void _dw_planes(const DwLayer* d, Py_ssize_t lo, Py_ssize_t hi, float* buf)
                        d.bias + cb * CE_NC_B, d.out + it * d.OH * d.OW * CE_NC_B, d.act, buf)
 
 
-cdef void _dw_rows(const DwLayer* d, bint by_blocks, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+cdef void _dw_rows(void* job, int thread, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
     """Units [lo, hi) row by row: (image, block) planes with by_blocks, else (image, row)
     pairs, every block of each, plane by plane."""
+    cdef const DwLayer* d = <const DwLayer*>job
     cdef Py_ssize_t Cb = d.Cb, OH = d.OH, taps = d.kh * d.kw, u, n, cb, oy, y0, y1
     cdef Py_ssize_t plane_in = d.H * d.W * CE_NC_B
-    if by_blocks:
+    if d.by_blocks:
         for u in range(lo, hi):
             cb = u % Cb
             for oy in range(OH):
@@ -125,15 +134,13 @@ def f32_depthwise_blocked(const float[:, :, :, :, ::1] x, const float[:, :, :, :
     cdef float* op = &out[0, 0, 0, 0, 0]
     cdef const float* wp = &w[0, 0, 0, 0]
     cdef const float* bp = &bias[0]
-    cdef Py_ssize_t items = N * OH * Cb, it
+    cdef Py_ssize_t per_thread = CE_NC_DW_PLANE_VECS * CE_NC_B
     cdef DwLayer d = DwLayer(xp, H, W, OH, OW, sh, sw, pt, pl, kh, kw, dh, dw, wp, bp, op, act,
-                             Cb)
+                             Cb, by_blocks, NULL, per_thread)
     cdef float* bufs = NULL
     cdef float* owned = NULL
-    cdef Py_ssize_t per_thread = CE_NC_DW_PLANE_VECS * CE_NC_B
     if planes and ce_nc_dw_plane_fits(<int>H, <int>W, <int>OW, sw, kh, kw, dw):
-        items = N * Cb
-        num_threads = <int>max(1, min(num_threads, items))
+        num_threads = <int>max(1, num_threads)
         # each thread's zero-bordered plane: 64 KB, too much for the stacks of a service's
         # threads
         if scratch is not None and scratch.shape[0] >= num_threads * per_thread + 16:
@@ -143,34 +150,47 @@ def f32_depthwise_blocked(const float[:, :, :, :, ::1] x, const float[:, :, :, :
             if bufs == NULL:
                 raise MemoryError("no memory for the depthwise planes' buffers")
         # from a 64-byte boundary: vectors split across cache lines cost 20-30%
-        bufs = bufs + (16 - (<size_t>bufs // sizeof(float)) % 16) % 16
+        d.bufs = bufs + (16 - (<size_t>bufs // sizeof(float)) % 16) % 16
         try:
-            if num_threads == 1:     # no parallel region: entering one costs 1.4 us
-                with nogil:
-                    _dw_planes(&d, 0, items, bufs)
-            else:
-                for it in prange(num_threads, nogil=True, num_threads=num_threads,
-                                 schedule="static"):
-                    _dw_planes(&d, it * items // num_threads, (it + 1) * items // num_threads,
-                               bufs + it * per_thread)
+            with nogil:
+                ce_pool_for(num_threads, N * Cb, _dw_planes, &d)
         finally:
             free(owned)
         return
-    # the band of thread t: units [lo, hi) of (image, row) pairs, or (image, block) planes
-    cdef Py_ssize_t units = N * Cb if by_blocks else N * OH, t
-    num_threads = <int>max(1, min(num_threads, units))
-    if num_threads == 1:
-        with nogil:
-            _dw_rows(&d, by_blocks, 0, units)
-        return
-    for t in prange(num_threads, nogil=True, num_threads=num_threads, schedule="static"):
-        _dw_rows(&d, by_blocks, t * units // num_threads, (t + 1) * units // num_threads)
+    # units of (image, row) pairs, or (image, block) planes
+    with nogil:
+        ce_pool_for(num_threads, N * Cb if by_blocks else N * OH, _dw_rows, &d)
 
 
 cdef extern from "_nchwc_grouped.h":
     void ce_nc_group_row(const float *x, int H, int W, int OW, int oy, int sh, int sw, int pt,
                          int pl, int kh, int kw, int dh, int dw, const float *w, int g,
                          const float *bias, float *out, ce_act_t act) nogil
+
+
+ctypedef struct GroupJob:
+    const float* x
+    Py_ssize_t Cb, H, W, OH, OW
+    int sh, sw, pt, pl, kh, kw, dh, dw
+    const float* w
+    int g
+    const float* bias
+    float* out
+    ce_act_t act
+
+
+cdef void _group_rows(void* job, int thread, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+    """Items [lo, hi): output rows of one block, ordered (image, row, block)."""
+    cdef GroupJob* j = <GroupJob*>job
+    cdef Py_ssize_t wblock = j.kh * j.kw * j.g * CE_NC_B, it, n, oy, cb
+    for it in range(lo, hi):
+        cb = it % j.Cb
+        oy = (it // j.Cb) % j.OH
+        n = it // (j.Cb * j.OH)
+        ce_nc_group_row(j.x + (n * j.Cb + cb) * j.H * j.W * CE_NC_B, <int>j.H, <int>j.W,
+                        <int>j.OW, <int>oy, j.sh, j.sw, j.pt, j.pl, j.kh, j.kw, j.dh, j.dw,
+                        j.w + cb * wblock, j.g, j.bias + cb * CE_NC_B,
+                        j.out + ((n * j.Cb + cb) * j.OH + oy) * j.OW * CE_NC_B, j.act)
 
 
 def f32_grouped_blocked(const float[:, :, :, :, ::1] x, const float[:, :, :, :, ::1] w,
@@ -191,19 +211,9 @@ def f32_grouped_blocked(const float[:, :, :, :, ::1] x, const float[:, :, :, :, 
                          f"{CE_NC_B}, got {tuple(w.shape)}")
     check_window(Cb, bias.shape[0], H, W, OH, OW, sh, sw, pt, pl, dh, dw)
     cdef int kh = <int>w.shape[1], kw = <int>w.shape[2], g = <int>w.shape[3]
-    cdef Py_ssize_t wblock = kh * kw * g * CE_NC_B
     if N == 0 or Cb == 0 or OH <= 0 or OW <= 0:
         return
-    cdef const float* xp = &x[0, 0, 0, 0, 0]
-    cdef float* op = &out[0, 0, 0, 0, 0]
-    cdef const float* wp = &w[0, 0, 0, 0, 0]
-    cdef const float* bp = &bias[0]
-    cdef Py_ssize_t items = N * OH * Cb, it, n, oy, cb
-    num_threads = <int>max(1, min(num_threads, items))
-    for it in prange(items, nogil=True, num_threads=num_threads, schedule="static"):
-        cb = it % Cb
-        oy = (it // Cb) % OH
-        n = it // (Cb * OH)
-        ce_nc_group_row(xp + (n * Cb + cb) * H * W * CE_NC_B, <int>H, <int>W, <int>OW,
-                        <int>oy, sh, sw, pt, pl, kh, kw, dh, dw, wp + cb * wblock, g,
-                        bp + cb * CE_NC_B, op + ((n * Cb + cb) * OH + oy) * OW * CE_NC_B, act)
+    cdef GroupJob j = GroupJob(&x[0, 0, 0, 0, 0], Cb, H, W, OH, OW, sh, sw, pt, pl, kh, kw, dh,
+                               dw, &w[0, 0, 0, 0, 0], g, &bias[0], &out[0, 0, 0, 0, 0], act)
+    with nogil:
+        ce_pool_for(num_threads, N * OH * Cb, _group_rows, &j)

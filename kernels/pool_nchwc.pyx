@@ -7,7 +7,9 @@
 # NaN). Work items are output rows of one block, ordered (image, block, row); every output is
 # computed whole by one thread. Columns whose windows lie inside the row go four at a time,
 # their maxima or sums side by side: one by one, each output was a chain of dependent steps.
-from cython.parallel cimport prange
+from _pool cimport ce_pool_attach, ce_pool_for
+
+ce_pool_attach()
 
 cdef extern from *:
     """
@@ -139,6 +141,28 @@ cdef extern from *:
                         float *out) nogil
 
 
+ctypedef struct PoolJob:
+    const float* x
+    Py_ssize_t H, W, OH, OW
+    int sh, sw, pt, pl, kh, kw, dh, dw
+    const float* avg
+    float* out
+
+
+cdef void _pool_rows(void* job, int thread, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+    """Output rows [lo, hi) of all images' blocks (the threads of the engine's pool take them
+    in pieces, kernels/_pool.h)."""
+    cdef PoolJob* j = <PoolJob*>job
+    cdef Py_ssize_t it, plane, oy
+    for it in range(lo, hi):
+        plane = it // j.OH
+        oy = it % j.OH
+        ce_nc_pool_row(j.x + plane * j.H * j.W * CE_NC_B, <int>j.H, <int>j.W, <int>j.OW, <int>oy,
+                       j.sh, j.sw, j.pt, j.pl, j.kh, j.kw, j.dh, j.dw,
+                       (j.avg + oy * j.OW) if j.avg != NULL else NULL,
+                       j.out + (plane * j.OH + oy) * j.OW * CE_NC_B)
+
+
 cdef int run_pool(const float[:, :, :, :, ::1] x, float[:, :, :, :, ::1] out, const float* avg,
                   int kh, int kw, int sh, int sw, int pt, int pl, int dh, int dw,
                   int num_threads) except -1:
@@ -156,16 +180,10 @@ cdef int run_pool(const float[:, :, :, :, ::1] x, float[:, :, :, :, ::1] out, co
         raise ValueError(f"the planes {H}x{W} and {OH}x{OW} must be of sane size")
     if N == 0 or Cb == 0 or OH == 0 or OW == 0:
         return 0
-    cdef const float* xp = &x[0, 0, 0, 0, 0]
-    cdef float* op = &out[0, 0, 0, 0, 0]
-    cdef Py_ssize_t items = N * Cb * OH, it, plane, oy
-    num_threads = <int>max(1, min(num_threads, items))
-    for it in prange(items, nogil=True, num_threads=num_threads, schedule="static"):
-        plane = it // OH
-        oy = it % OH
-        ce_nc_pool_row(xp + plane * H * W * CE_NC_B, <int>H, <int>W, <int>OW, <int>oy, sh, sw,
-                       pt, pl, kh, kw, dh, dw, (avg + oy * OW) if avg != NULL else NULL,
-                       op + (plane * OH + oy) * OW * CE_NC_B)
+    cdef PoolJob j = PoolJob(&x[0, 0, 0, 0, 0], H, W, OH, OW, sh, sw, pt, pl, kh, kw, dh, dw,
+                             avg, &out[0, 0, 0, 0, 0])
+    with nogil:
+        ce_pool_for(num_threads, N * Cb * OH, _pool_rows, &j)
     return 0
 
 
