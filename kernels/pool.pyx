@@ -1,8 +1,9 @@
-# Max and average pooling, max-unpooling and global pooling on NCHW float32 planes.
+# Max and average pooling and global pooling on NCHW float32 planes (max-unpooling:
+# kernels/unpool.pyx).
 #
-# Every kernel treats the input as P = N*C independent planes and gives whole planes to
-# threads (static schedule), so an output element is always computed by the same loop in the
-# same order whatever the thread count. Geometry (output sizes, padding limits, index ranges)
+# Every kernel treats the input as P = N*C independent planes, which the threads of the
+# engine's pool (kernels/_pool.h) take whole, so an output element is always computed by the
+# same loop in the same order whatever the thread count. Geometry (output sizes, padding limits, index ranges)
 # is checked by engine/ops/pool.py before any of these run.
 #
 # Window conventions follow PyTorch's CPU kernels, so values and indices match it exactly:
@@ -13,13 +14,13 @@
 #   avg: the window is first clipped to the padded input (so a ceil_mode window hanging past
 #        the padding does not count the overhang), that size is the count_include_pad divisor;
 #        then it is clipped to the input, which gives the other divisor and the taps summed.
-import numpy as np
-from cython.parallel cimport parallel, prange
-from libc.stdint cimport int64_t, uint64_t
-from libc.string cimport memset
+from libc.stdint cimport int64_t
 from libc.stdlib cimport free, malloc
 from libc.math cimport INFINITY
 from _im2col cimport ceil_div_nonneg
+from _pool cimport ce_pool_attach, ce_pool_for
+
+ce_pool_attach()
 
 
 cdef inline Py_ssize_t first_tap(Py_ssize_t start, Py_ssize_t d) noexcept nogil:
@@ -412,33 +413,62 @@ def f32_maxpool2d(const float[:, :, ::1] x, float[:, :, ::1] y, int64_t[:, :, ::
     """y[p] = max over each window of x[p] for planes p of (P, H, W) arrays; indices (or None)
     receives the plane-flat position iy*W + ix of each maximum."""
     cdef Py_ssize_t P = x.shape[0], H = x.shape[1], W = x.shape[2]
-    cdef Py_ssize_t OH = y.shape[1], OW = y.shape[2], p
+    cdef Py_ssize_t OH = y.shape[1], OW = y.shape[2]
     cdef bint want_idx = indices is not None
-    cdef int64_t* ip
-    cdef float* t
-    cdef Py_ssize_t* cols
     cdef Py_ssize_t tfloats = W + 16        # ce_mp_tail's room for a whole vector
     if P == 0:
         return
     if (sw == 1 or sw == 2) and dw == 1 and OW > 0:
         # the band's rows, and a row of W + 32 for the split of stride 2 (CE_MP_SPLIT_ONCE)
         tfloats = CE_MP_BAND * ce_mp_row_floats(W, OW, kw, sw, pw) + W + 32
-    num_threads = <int>max(1, min(num_threads, P))
-    with nogil, parallel(num_threads=num_threads):
-        # each thread's row buffers, made once; out of memory, the per-tap loops need none
-        t = <float*>malloc(tfloats * sizeof(float)) if not want_idx else NULL
-        cols = <Py_ssize_t*>malloc(2 * kw * sizeof(Py_ssize_t)) if not want_idx else NULL
-        if t == NULL or cols == NULL:
-            free(t)
-            free(cols)
-            t = NULL
-            cols = NULL
-        for p in prange(P, schedule="static"):
-            ip = &indices[p, 0, 0] if want_idx else NULL
-            f32_maxpool2d_plane(&x[p, 0, 0], H, W, &y[p, 0, 0], ip, OH, OW,
-                                kh, kw, sh, sw, ph, pw, dh, dw, t, cols)
-        free(t)
-        free(cols)
+    cdef int nt = <int>max(1, min(num_threads, P))
+    # each thread's row buffers; out of memory, the per-tap loops need none
+    cdef int64_t* ip = NULL
+    if want_idx:
+        ip = &indices[0, 0, 0]
+    cdef MaxPoolJob j = MaxPoolJob(&x[0, 0, 0], &y[0, 0, 0], ip, H, W, OH, OW, kh,
+                                   kw, sh, sw, ph, pw, dh, dw, NULL, tfloats, NULL, 2 * kw,
+                                   x.strides[0] // 4, y.strides[0] // 4,
+                                   indices.strides[0] // 8 if want_idx else 0)
+    if not want_idx:
+        j.rows = <float*>malloc(nt * tfloats * sizeof(float))
+        j.cols = <Py_ssize_t*>malloc(nt * 2 * kw * sizeof(Py_ssize_t))
+        if j.rows == NULL or j.cols == NULL:
+            free(j.rows)
+            free(j.cols)
+            j.rows, j.cols = NULL, NULL
+    try:
+        with nogil:
+            ce_pool_for(nt, P, _maxpool_planes, &j)
+    finally:
+        free(j.rows)
+        free(j.cols)
+
+
+ctypedef struct MaxPoolJob:
+    const float* x
+    float* y
+    int64_t* indices
+    Py_ssize_t H, W, OH, OW, kh, kw, sh, sw, ph, pw, dh, dw
+    float* rows                 # per thread: row_floats floats, or none
+    Py_ssize_t row_floats
+    Py_ssize_t* cols            # per thread: col_ints
+    Py_ssize_t col_ints
+    Py_ssize_t x_plane, y_plane, i_plane    # planes may lie apart (views)
+
+
+cdef void _maxpool_planes(void* job, int thread, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+    """Planes [lo, hi) (the threads of the engine's pool take them in pieces,
+    kernels/_pool.h)."""
+    cdef MaxPoolJob* j = <MaxPoolJob*>job
+    cdef float* t = (j.rows + thread * j.row_floats) if j.rows != NULL else NULL
+    cdef Py_ssize_t* cols = (j.cols + thread * j.col_ints) if j.cols != NULL else NULL
+    cdef Py_ssize_t p
+    for p in range(lo, hi):
+        f32_maxpool2d_plane(j.x + p * j.x_plane, j.H, j.W, j.y + p * j.y_plane,
+                            (j.indices + p * j.i_plane) if j.indices != NULL else NULL,
+                            j.OH, j.OW, j.kh, j.kw, j.sh, j.sw, j.ph, j.pw, j.dh, j.dw, t,
+                            cols)
 
 
 cdef void f32_avgpool2d_plane(const float* x, Py_ssize_t H, Py_ssize_t W,
@@ -484,13 +514,29 @@ def f32_avgpool2d(const float[:, :, ::1] x, float[:, :, ::1] y,
                   int num_threads):
     """y[p] = mean over each window of x[p] (float32 sum, PyTorch's divisor rules)."""
     cdef Py_ssize_t P = x.shape[0], H = x.shape[1], W = x.shape[2]
-    cdef Py_ssize_t OH = y.shape[1], OW = y.shape[2], p
+    cdef Py_ssize_t OH = y.shape[1], OW = y.shape[2]
     if P == 0:
         return
-    num_threads = <int>max(1, min(num_threads, P))
-    for p in prange(P, nogil=True, num_threads=num_threads, schedule="static"):
-        f32_avgpool2d_plane(&x[p, 0, 0], H, W, &y[p, 0, 0], OH, OW,
-                            kh, kw, sh, sw, ph, pw, count_include_pad)
+    cdef AvgPoolJob j = AvgPoolJob(&x[0, 0, 0], &y[0, 0, 0], H, W, OH, OW, kh, kw, sh, sw, ph,
+                                   pw, count_include_pad, x.strides[0] // 4, y.strides[0] // 4)
+    with nogil:
+        ce_pool_for(num_threads, P, _avgpool_planes, &j)
+
+
+ctypedef struct AvgPoolJob:
+    const float* x
+    float* y
+    Py_ssize_t H, W, OH, OW, kh, kw, sh, sw, ph, pw
+    bint count_include_pad
+    Py_ssize_t x_plane, y_plane
+
+
+cdef void _avgpool_planes(void* job, int thread, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+    cdef AvgPoolJob* j = <AvgPoolJob*>job
+    cdef Py_ssize_t p
+    for p in range(lo, hi):
+        f32_avgpool2d_plane(j.x + p * j.x_plane, j.H, j.W, j.y + p * j.y_plane, j.OH, j.OW,
+                            j.kh, j.kw, j.sh, j.sw, j.ph, j.pw, j.count_include_pad)
 
 
 cdef double sum_f64(const float* a, Py_ssize_t n) noexcept nogil:
@@ -514,103 +560,46 @@ cdef double sum_f64(const float* a, Py_ssize_t n) noexcept nogil:
 
 def f32_global_avgpool(const float[:, ::1] x, float[::1] y, int num_threads):
     """y[p] = mean of x[p, :], summed in float64: a whole plane can be thousands of terms."""
-    cdef Py_ssize_t P = x.shape[0], L = x.shape[1], p
+    cdef Py_ssize_t P = x.shape[0], L = x.shape[1]
     if P == 0:
         return
-    num_threads = <int>max(1, min(num_threads, P))
-    for p in prange(P, nogil=True, num_threads=num_threads, schedule="static"):
-        y[p] = <float>(sum_f64(&x[p, 0], L) / L)
+    cdef GlobalJob j = GlobalJob(&x[0, 0], x.strides[0] // 4, L, &y[0])
+    with nogil:
+        ce_pool_for(num_threads, P, _global_means, &j)
+
+
+# Rows of x (L values each, rows apart in memory) to one value each
+ctypedef struct GlobalJob:
+    const float* x
+    Py_ssize_t row, L
+    float* y
+
+
+cdef void _global_means(void* job, int thread, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+    cdef GlobalJob* j = <GlobalJob*>job
+    cdef Py_ssize_t p
+    for p in range(lo, hi):
+        j.y[p] = <float>(sum_f64(j.x + p * j.row, j.L) / j.L)
+
+
+cdef void _global_maxima(void* job, int thread, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+    cdef GlobalJob* j = <GlobalJob*>job
+    cdef Py_ssize_t p, i
+    cdef float m, v
+    for p in range(lo, hi):
+        m = -INFINITY
+        for i in range(j.L):
+            v = j.x[p * j.row + i]
+            if v > m or v != v:
+                m = v
+        j.y[p] = m
 
 
 def f32_global_maxpool(const float[:, ::1] x, float[::1] y, int num_threads):
     """y[p] = max of x[p, :]; NaN wins, as in max pooling."""
-    cdef Py_ssize_t P = x.shape[0], L = x.shape[1], p, i
-    cdef float m, v
+    cdef Py_ssize_t P = x.shape[0], L = x.shape[1]
     if P == 0:
         return
-    num_threads = <int>max(1, min(num_threads, P))
-    for p in prange(P, nogil=True, num_threads=num_threads, schedule="static"):
-        m = -INFINITY
-        for i in range(L):
-            v = x[p, i]
-            if v > m or v != v:
-                m = v
-        y[p] = m
-
-
-# Max-unpooling. One kernel serves two index conventions through plane_step:
-#   plane_step = 0          PyTorch: indices count within each (n, c) plane of the output
-#   plane_step = OH*OW      ONNX MaxUnpool: indices count over the whole output tensor, so
-#                           plane p's indices lie in [p*OH*OW, (p+1)*OH*OW)
-# Element i of plane p goes to out[p, indices[p, i] - p*plane_step]. An index that points into
-# another plane is rejected rather than followed: planes run in parallel, and writing across
-# them would make the result depend on the schedule.
-#
-# The output is mostly zeros (3 of 4 elements for 2x2 pooling) and is the bulk of the memory
-# traffic, so each plane is zero-filled and scattered into while it is still in cache, instead
-# of a whole-tensor fill followed by a scatter that brings every line in a second time.
-
-cdef inline int64_t first_out_of_range(const int64_t* idx, Py_ssize_t L, int64_t off,
-                                       Py_ssize_t out_plane) noexcept nogil:
-    # One unsigned compare catches both idx < off and idx >= off + out_plane. The scan is in
-    # blocks with a branch-free OR inside, so the common all-valid case vectorises.
-    cdef Py_ssize_t i, j, b, n
-    cdef uint64_t limit = <uint64_t>out_plane
-    cdef int any_bad
-    for b in range(0, L, 256):
-        n = min(L - b, 256)
-        any_bad = 0
-        for j in range(n):
-            any_bad = any_bad | (<uint64_t>(idx[b + j] - off) >= limit)
-        if any_bad:
-            for j in range(n):
-                if <uint64_t>(idx[b + j] - off) >= limit:
-                    return b + j
-    return -1
-
-
-def f32_unpool_first_bad_index(const int64_t[:, ::1] indices, Py_ssize_t out_plane,
-                               Py_ssize_t plane_step, int num_threads):
-    """Flat position in ``indices`` of the first element outside its output plane, or -1."""
-    cdef Py_ssize_t P = indices.shape[0], L = indices.shape[1], p, i, first = -1
-    cdef int64_t off
-    cdef int64_t[::1] bad
-    if P == 0 or L == 0:
-        return -1
-    bad = np.full(P, -1, dtype=np.int64)
-    num_threads = <int>max(1, min(num_threads, P))
-    for p in prange(P, nogil=True, num_threads=num_threads, schedule="static"):
-        off = p * plane_step
-        bad[p] = first_out_of_range(&indices[p, 0], L, off, out_plane)
-    for p in range(P):
-        if bad[p] >= 0:
-            first = p * L + bad[p]
-            break
-    return first
-
-
-def f32_max_unpool2d(const float[:, ::1] x, const int64_t[:, ::1] indices,
-                     float[:, ::1] out, Py_ssize_t plane_step, int num_threads):
-    """out[p] = zeros, then out[p, indices[p, i] - p*plane_step] = x[p, i] in order of i
-    (a repeated index keeps the last value, as PyTorch's serial loop does).
-
-    x and indices are (P, L), out is (P, OH*OW); every index must already have been checked
-    with f32_unpool_first_bad_index."""
-    cdef Py_ssize_t P = x.shape[0], L = x.shape[1], OL = out.shape[1], p, i
-    cdef float* o
-    cdef const float* xp
-    cdef const int64_t* ip
-    cdef int64_t off
-    if P == 0 or OL == 0:
-        return
-    num_threads = <int>max(1, min(num_threads, P))
-    for p in prange(P, nogil=True, num_threads=num_threads, schedule="static"):
-        o = &out[p, 0]
-        memset(o, 0, OL * sizeof(float))
-        if L == 0:
-            continue
-        xp = &x[p, 0]
-        ip = &indices[p, 0]
-        off = p * plane_step
-        for i in range(L):
-            o[ip[i] - off] = xp[i]
+    cdef GlobalJob j = GlobalJob(&x[0, 0], x.strides[0] // 4, L, &y[0])
+    with nogil:
+        ce_pool_for(num_threads, P, _global_maxima, &j)

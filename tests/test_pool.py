@@ -13,6 +13,7 @@ import pytest
 
 import engine
 from engine._kernels import pool as kernels
+from engine._kernels import unpool
 from engine.ops.pool import AvgPool2d, MaxPool2d, max_unpool2d_onnx
 from engine.shapes import pool_output_shape, unpool_output_shape, unpool_output_size
 
@@ -389,7 +390,7 @@ def test_unpool_threads_bit_identical(rng):
     for t in (1, 2):
         y2, i2 = y.reshape(32, -1), idx.reshape(32, -1)
         out = np.empty((32, 1600), np.float32)
-        kernels.f32_max_unpool2d(y2, i2, out, 0, t)
+        unpool.f32_max_unpool2d(y2, i2, out, 0, t)
         outs.append(out)
     assert np.array_equal(outs[0], outs[1])
     assert np.array_equal(outs[0].reshape(x.shape), max_unpool_ref(y, idx, (40, 40)))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._kernels import pool as _k
+from .._kernels import unpool as _unpool_k
 from .._threads import resolve_threads, threads_for
 from ..shapes import (effective_kernel, ntuple, onnx_pool_explicit_pads, pool_output_shape,
                       unpool_output_shape)
@@ -164,7 +165,7 @@ def _unpool(x, indices, out_hw, plane_step_is_plane: bool, num_threads) -> np.nd
     x2 = x.reshape(n * c, h * w)
     i2 = indices.reshape(n * c, h * w)
     threads = _threads(n * c * (plane + h * w), num_threads)
-    bad = _k.f32_unpool_first_bad_index(i2, plane, step, threads)
+    bad = _unpool_k.f32_unpool_first_bad_index(i2, plane, step, threads)
     if bad >= 0:
         at = np.unravel_index(bad, x.shape)
         value = int(indices.reshape(-1)[bad])
@@ -177,7 +178,7 @@ def _unpool(x, indices, out_hw, plane_step_is_plane: bool, num_threads) -> np.nd
         raise ValueError(f"indices must lie in [0, {plane}) (positions in a {oh}x{ow} output "
                          f"plane), got {value} at index {tuple(int(i) for i in at)}")
     out = np.empty((n, c, oh, ow), np.float32)
-    _k.f32_max_unpool2d(x2, i2, out.reshape(n * c, plane), step, threads)
+    _unpool_k.f32_max_unpool2d(x2, i2, out.reshape(n * c, plane), step, threads)
     return out
 
 
