@@ -2,8 +2,8 @@
 # over memory, on vectors: Sigmoid, Tanh, SiLU, GELU, Mish, Softplus, Elu, LeakyRelu,
 # HardSigmoid, HardSwish, Clip. The threads of the engine's pool (kernels/_pool.h) take ranges
 # of elements in whole vectors (the last vector of the array is done on a padded copy), so a
-# result does not depend on the thread count. NumPy's float32 exp is vectorised too, but each formula then
-# takes four to twenty passes over the tensor; scipy's erfc is scalar.
+# result does not depend on the thread count. NumPy's float32 exp is vectorised too, but each
+# formula then takes four to twenty passes over the tensor; scipy's erfc is scalar.
 from _epilogue cimport ce_act_t, check_act, no_act
 from _pool cimport ce_pool_attach, ce_pool_for
 

@@ -31,14 +31,38 @@
 # keeps four vectors of sums in registers through all its taps.
 # Each ends with the output step, bias and activation in the same loop; rows of acc then move
 # to their place in the output (copy_rows), unless L == OW and acc was the output itself.
-from cython.parallel cimport parallel, prange, threadid
 from libc.math cimport INFINITY
 from libc.string cimport memset, memcpy
 
 from _dw_common cimport act_bounds, copy_floats, crfloat, rfloat, round_up, zero_floats
 from _epilogue cimport ACT_RELU, ACT_RELU6, ce_act_t, check_act
 from _im2col cimport ceil_div_nonneg
+from _pool cimport CE_POOL_MAX_THREADS, ce_pool_attach, ce_pool_for
 from _scratch cimport check_scratch
+
+ce_pool_attach()
+
+
+# A layer as the threads of the engine's pool (kernels/_pool.h) take it: planes [lo, hi) per
+# piece, each thread through its own buffer, which it zeroes the first time it takes a piece
+# (it then sits in that core's cache).
+ctypedef struct PlanesJob:
+    void* plan
+    const float* x
+    float* out
+    const float* w
+    const float* bias
+    float* bufs
+    Py_ssize_t per_thread
+    char zeroed[CE_POOL_MAX_THREADS]
+
+
+cdef float* own_buffer(PlanesJob* j, int thread) noexcept nogil:
+    cdef float* buf = j.bufs + thread * j.per_thread
+    if not j.zeroed[thread]:
+        memset(buf, 0, j.per_thread * sizeof(float))
+        j.zeroed[thread] = 1
+    return buf
 
 cdef extern from "_dw_rows.h":
     void ce_dw_band_taps(const float *P, const Py_ssize_t *offs, int ntaps, const float *w,
@@ -171,6 +195,7 @@ ctypedef struct Plan:
     Py_ssize_t sh, ssw        # row and column phases of the staging
     Py_ssize_t LS, PS         # staged row length and floats per phase plane
     Py_ssize_t L              # row stride of acc
+    Py_ssize_t C, K           # input and output channels
     int kind
     float lo_act, hi_act      # the output step's clamp (act_bounds)
     const Py_ssize_t* lo      # phase_range of each column phase
@@ -325,21 +350,26 @@ def f32_conv2d_depthwise(const float[:, :, :, ::1] x, const float[:, ::1] w2d, b
             offs[u * kw + v] = (((u * dh) % sh * sw + (v * dw) % sw) * q.PS
                                 + (u * dh) // sh * q.L + (v * dw) // sw)
     q.lo, q.hi, q.offs = lo, hi, offs
-    cdef const float* xp = &x[0, 0, 0, 0]
-    cdef float* op = &out[0, 0, 0, 0]
-    cdef const float* wp = &w2d[0, 0]
+    q.C, q.K = C, K
+    cdef PlanesJob j
+    j.plan, j.x, j.out, j.w, j.bias = &q, &x[0, 0, 0, 0], &out[0, 0, 0, 0], &w2d[0, 0], bptr
+    j.bufs, j.per_thread = bufs + table_floats, thread_floats
+    memset(j.zeroed, 0, sizeof(j.zeroed))
+    with nogil:
+        ce_pool_for(num_threads, items, _channel_planes, &j)
+
+
+cdef void _channel_planes(void* job, int thread, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+    cdef PlanesJob* j = <PlanesJob*>job
+    cdef Plan* q = <Plan*>j.plan
+    cdef float* mine = own_buffer(j, thread)
     cdef Py_ssize_t it, n, c, k
-    cdef float* mine
-    # each thread zeroes its own buffer, which then sits in its own core's cache
-    with nogil, parallel(num_threads=num_threads):
-        mine = bufs + table_floats + threadid() * thread_floats
-        memset(mine, 0, thread_floats * sizeof(float))
-        for it in prange(items, schedule="static"):
-            n = it // C
-            c = it % C
-            k = c * q.mult
-            dw_channel(&q, xp + it * H * W, op + (n * K + k) * OH * OW, wp + k * q.ntaps,
-                       bptr + k if bptr != NULL else NULL, mine)
+    for it in range(lo, hi):
+        n = it // q.C
+        c = it % q.C
+        k = c * q.mult
+        dw_channel(q, j.x + it * q.H * q.W, j.out + (n * q.K + k) * q.OH * q.OW,
+                   j.w + k * q.ntaps, j.bias + k if j.bias != NULL else NULL, mine)
 
 
 # ---- Rows: 3x3, stride 1 or 2, multiplier 1, large planes (kernels/_dw_rows.h) -------------
@@ -391,17 +421,28 @@ def f32_conv2d_depthwise_rows(const float[:, :, :, ::1] x, const float[:, ::1] w
     check_scratch(work, num_threads * per_thread, "work")
     cdef float lo_act, hi_act
     act_bounds(act, &lo_act, &hi_act)
-    cdef float* bufs = &work[0]
-    cdef const float* xp = &x[0, 0, 0, 0]
-    cdef float* op = &out[0, 0, 0, 0]
-    cdef const float* wp = &w2d[0, 0]
+    cdef RowsLayer layer = RowsLayer(C, H, W, OH, OW, s, pt, pl, lo_act, hi_act)
+    cdef PlanesJob j
+    j.plan, j.x, j.out, j.w, j.bias = &layer, &x[0, 0, 0, 0], &out[0, 0, 0, 0], &w2d[0, 0], bptr
+    j.bufs, j.per_thread = &work[0], per_thread
+    memset(j.zeroed, 0, sizeof(j.zeroed))
+    with nogil:
+        ce_pool_for(num_threads, items, _ring_planes, &j)
+
+
+ctypedef struct RowsLayer:
+    Py_ssize_t C, H, W, OH, OW
+    int s, pt, pl
+    float lo_act, hi_act
+
+
+cdef void _ring_planes(void* job, int thread, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+    cdef PlanesJob* j = <PlanesJob*>job
+    cdef RowsLayer* d = <RowsLayer*>j.plan
+    cdef float* ring = own_buffer(j, thread)
     cdef Py_ssize_t it, c
-    cdef float* ring
-    with nogil, parallel(num_threads=num_threads):
-        ring = bufs + threadid() * per_thread        # zeroed by its own thread
-        memset(ring, 0, per_thread * sizeof(float))
-        for it in prange(items, schedule="static"):
-            c = it % C
-            ce_dw3x3_plane(xp + it * H * W, <int>H, <int>W, <int>OH, <int>OW, s, pt, pl,
-                           wp + c * 9, bptr[c] if bptr != NULL else 0, lo_act, hi_act,
-                           op + it * OH * OW, ring)
+    for it in range(lo, hi):
+        c = it % d.C
+        ce_dw3x3_plane(j.x + it * d.H * d.W, <int>d.H, <int>d.W, <int>d.OH, <int>d.OW, d.s,
+                       d.pt, d.pl, j.w + c * 9, j.bias[c] if j.bias != NULL else 0, d.lo_act,
+                       d.hi_act, j.out + it * d.OH * d.OW, ring)

@@ -18,10 +18,12 @@
 # Work items are (image, group, block of output rows); the row blocks depend on the shapes
 # only, and each output is summed in the same order (c, u, v) whatever the split, so the
 # result does not depend on the thread count.
-from cython.parallel cimport prange, threadid
 from libc.string cimport memcpy, memset
 
 from _epilogue cimport bias_act_row, ce_act_t, check_act
+from _pool cimport ce_pool_attach, ce_pool_for
+
+ce_pool_attach()
 
 cdef extern from *:
     """
@@ -349,27 +351,58 @@ def f32_conv2d_direct_blocked(const float[:, :, :, ::1] x, const float[::1] wpac
         voff[v] = (v * dw) % sw * PL + (v * dw) // sw
         used[(v * dw) % sw] = 1
 
-    cdef Py_ssize_t it, n, g, blk, oy0, oy1, kb, k0, nk, k
-    cdef float* buf
+    # images and channels may lie apart (views of a larger tensor); rows are whole planes
+    cdef DirectJob j = DirectJob(&x[0, 0, 0, 0], x.strides[0] // 4, x.strides[1] // 4,
+                                 &wpack[0], bptr, &out[0, 0, 0, 0], out.strides[0] // 4,
+                                 &work[0], per_thread, &voff[0], &used[0], H, W, OH, OW, Cg, Kg,
+                                 groups, nblocks, nkb, wblock, rows_per_block, row_len, PL, kh,
+                                 kw, sh, sw, pt, pl, dh, act)
+    with nogil:
+        ce_pool_for(num_threads, items, _direct_blocks, &j)
+
+
+ctypedef struct DirectJob:
+    const float* x
+    Py_ssize_t x_img, x_chan
+    const float* wpack
+    const float* bias
+    float* out
+    Py_ssize_t out_img
+    float* work
+    Py_ssize_t per_thread
+    const Py_ssize_t* voff
+    const unsigned char* used
+    Py_ssize_t H, W, OH, OW, Cg, Kg, groups, nblocks, nkb, wblock, rows_per_block, row_len, PL
+    int kh, kw, sh, sw, pt, pl, dh
+    ce_act_t act
+
+
+cdef void _direct_blocks(void* job, int thread, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+    """Items [lo, hi): blocks of output rows, ordered (image, group, block)."""
+    cdef DirectJob* j = <DirectJob*>job
+    cdef Py_ssize_t it, n, g, blk, oy0, oy1, kb, k0, nk, k, OH = j.OH, OW = j.OW
+    cdef Py_ssize_t row_len = j.row_len
+    cdef float* buf = j.work + thread * j.per_thread
     cdef float* orow
     cdef const float* wk
-    for it in prange(items, nogil=True, num_threads=num_threads, schedule="static"):
-        n = it // (groups * nblocks)
-        g = (it // nblocks) % groups
-        blk = it % nblocks
-        oy0 = blk * rows_per_block
-        oy1 = min(oy0 + rows_per_block, OH)
-        buf = &work[0] + threadid() * per_thread
-        ce_db_fill(&x[n, g * Cg, 0, 0], H * W, <int>Cg, <int>H, <int>W, <int>(oy0 * sh - pt),
-                   <int>_buffer_rows(oy1 - oy0, kh, sh, dh), sw, pl, PL, used, buf)
-        for kb in range(nkb):
+    for it in range(lo, hi):
+        n = it // (j.groups * j.nblocks)
+        g = (it // j.nblocks) % j.groups
+        blk = it % j.nblocks
+        oy0 = blk * j.rows_per_block
+        oy1 = min(oy0 + j.rows_per_block, OH)
+        ce_db_fill(j.x + n * j.x_img + g * j.Cg * j.x_chan, j.H * j.W, <int>j.Cg, <int>j.H,
+                   <int>j.W, <int>(oy0 * j.sh - j.pt),
+                   <int>_buffer_rows(oy1 - oy0, j.kh, j.sh, j.dh), j.sw, j.pl, j.PL, j.used,
+                   buf)
+        for kb in range(j.nkb):
             k0 = kb * CE_DB_KB
-            nk = min(CE_DB_KB, Kg - k0)
-            wk = &wpack[0] + (g * nkb + kb) * wblock
-            orow = &out[n, g * Kg + k0, oy0, 0]
-            ce_db_rows(buf, sh * row_len, _buffer_rows(oy1 - oy0, kh, sh, dh) * row_len,
-                       dh * row_len, voff, <int>Cg, kh, kw, wk, orow, OH * OW, <int>nk,
-                       <int>OW, <int>(oy1 - oy0))
+            nk = min(CE_DB_KB, j.Kg - k0)
+            wk = j.wpack + (g * j.nkb + kb) * j.wblock
+            orow = j.out + n * j.out_img + (g * j.Kg + k0) * OH * OW + oy0 * OW
+            ce_db_rows(buf, j.sh * row_len, _buffer_rows(oy1 - oy0, j.kh, j.sh, j.dh) * row_len,
+                       j.dh * row_len, j.voff, <int>j.Cg, j.kh, j.kw, wk, orow, OH * OW,
+                       <int>nk, <int>OW, <int>(oy1 - oy0))
             for k in range(nk):
                 bias_act_row(orow + k * OH * OW, (oy1 - oy0) * OW,
-                             bptr[g * Kg + k0 + k] if bptr != NULL else 0, act)
+                             j.bias[g * j.Kg + k0 + k] if j.bias != NULL else 0, j.act)

@@ -4,11 +4,13 @@
 # f32_global_avg_blocked and f32_scale_blocked around f32_se_gates.
 #
 # Every kernel checks the shapes it is given against one another before it releases the GIL.
-# The means and scalings are split between threads by planes, each computed whole by one
-# thread in a fixed order, so results do not depend on the thread count.
-from cython.parallel cimport prange
-
+# The means and scalings are split between the threads of the engine's pool (kernels/_pool.h)
+# by planes, each computed whole by one thread in a fixed order, so results do not depend on
+# the thread count.
 from _epilogue cimport ce_act_t, check_act
+from _pool cimport ce_pool_attach, ce_pool_for
+
+ce_pool_attach()
 
 import numpy as np
 
@@ -161,13 +163,34 @@ def f32_se_nchw(const float[:, :, ::1] x, const float[:, ::1] w1t, const float[:
     cdef float* op = &out[0, 0, 0]
     cdef float* pp = &pv[0, 0]
     cdef float* gp = &gv[0, 0]
-    cdef Py_ssize_t it
-    num_threads = <int>max(1, min(num_threads, N * C))
-    cdef float inv = 1.0 / P if P else 0.0
-    for it in prange(N * C, nogil=True, num_threads=num_threads, schedule="static"):
-        pp[it] = ce_se_plane_sum(xp + it * P, P) * inv
+    cdef SeJob j = SeJob(xp, P, 1.0 / P if P else 0.0, pp, gp, op)
+    with nogil:
+        ce_pool_for(num_threads, N * C, _plane_means, &j)
     se_gates(pv, w1t, b1, w2t, b2, act, gate, alpha, beta, gv)
     if P == 0:
         return
-    for it in prange(N * C, nogil=True, num_threads=num_threads, schedule="static"):
-        ce_se_plane_scale(xp + it * P, P, gp[it], op + it * P)
+    with nogil:
+        ce_pool_for(num_threads, N * C, _plane_scales, &j)
+
+
+ctypedef struct SeJob:
+    const float* x
+    Py_ssize_t P
+    float inv
+    float* means
+    const float* gates
+    float* out
+
+
+cdef void _plane_means(void* job, int thread, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+    cdef SeJob* j = <SeJob*>job
+    cdef Py_ssize_t it
+    for it in range(lo, hi):
+        j.means[it] = ce_se_plane_sum(j.x + it * j.P, j.P) * j.inv
+
+
+cdef void _plane_scales(void* job, int thread, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+    cdef SeJob* j = <SeJob*>job
+    cdef Py_ssize_t it
+    for it in range(lo, hi):
+        ce_se_plane_scale(j.x + it * j.P, j.P, j.gates[it], j.out + it * j.P)
