@@ -3,8 +3,11 @@
 # block, a matrix's two axes). Square tiles in registers (_transpose16.h), a tile row one
 # vector register (16 x 16 with AVX-512, 8 x 8 with AVX2: 24 against 12 GB/s for the 16 x 16
 # tile there), so every read and write is a whole register; the edges one float at a time.
-# Exact copies, split over tiles: the result never depends on the thread count.
-from cython.parallel cimport prange
+# Exact copies, split over tiles (the threads of the engine's pool, kernels/_pool.h, take them
+# in ranges): the result never depends on the thread count.
+from _pool cimport ce_pool_attach, ce_pool_for
+
+ce_pool_attach()
 
 cdef extern from *:
     """
@@ -31,19 +34,35 @@ def f32_transpose_batched(const float[:, :, ::1] src, float[:, :, ::1] dst, int 
                          f"({dst.shape[0]}, {dst.shape[1]}, {dst.shape[2]})")
     if B == 0 or R == 0 or C == 0:
         return
-    cdef Py_ssize_t tr = (R + CE_TT - 1) // CE_TT, tc = (C + CE_TT - 1) // CE_TT
-    cdef Py_ssize_t items = B * tr * tc
+    # matrices may lie apart (views); rows within one are whole
+    cdef TransposeJob j = TransposeJob(&src[0, 0, 0], src.strides[0] // 4, &dst[0, 0, 0],
+                                       dst.strides[0] // 4, R, C, (R + CE_TT - 1) // CE_TT,
+                                       (C + CE_TT - 1) // CE_TT)
+    with nogil:
+        ce_pool_for(num_threads, B * j.tr * j.tc, _transpose_tiles, &j)
+
+
+ctypedef struct TransposeJob:
+    const float* src
+    Py_ssize_t src_mat
+    float* dst
+    Py_ssize_t dst_mat, R, C, tr, tc
+
+
+cdef void _transpose_tiles(void* job, int thread, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+    """Tiles [lo, hi), ordered (matrix, tile row, tile column)."""
+    cdef TransposeJob* jb = <TransposeJob*>job
+    cdef Py_ssize_t R = jb.R, C = jb.C, tr = jb.tr, tc = jb.tc
     cdef Py_ssize_t it, b, i, j, r0, c0, r, c, nr, nc
     cdef const float* s
     cdef float* d
-    for it in prange(items, nogil=True, num_threads=<int>max(1, min(num_threads, items)),
-                     schedule="static"):
+    for it in range(lo, hi):
         b = it // (tr * tc)
         i = (it // tc) % tr
         j = it % tc
         r0, c0 = i * CE_TT, j * CE_TT
-        s = &src[b, 0, 0] + r0 * C + c0
-        d = &dst[b, 0, 0] + c0 * R + r0
+        s = jb.src + b * jb.src_mat + r0 * C + c0
+        d = jb.dst + b * jb.dst_mat + c0 * R + r0
         nr, nc = min(CE_TT, R - r0), min(CE_TT, C - c0)
         if nr == CE_TT and nc == CE_TT:
             ce_transpose_tile(s, C, d, R)
