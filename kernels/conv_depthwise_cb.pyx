@@ -1,24 +1,26 @@
 # Depthwise convolution on blocks of one vector of channels (engine/dispatch/depthwise.py picks
 # it for small planes; conv_depthwise.pyx holds the plane and row kernels and the conventions).
-from cython.parallel cimport parallel, prange, threadid
 from libc.string cimport memcpy, memset
 
 from _epilogue cimport ce_act_t, check_act
 from _dw_common cimport act_bounds, copy_floats, crfloat, rfloat, round_up
+from _pool cimport CE_POOL_MAX_THREADS, ce_pool_attach, ce_pool_for
 from _scratch cimport check_scratch
 
 import numpy as np
+
+ce_pool_attach()
 
 # Channel blocks. A small plane (7 x 7, 14 x 14) gives each channel so little arithmetic that a
 # plane's set-up (staging its rows, copying out rows of 7 floats) costs as much as its 441
 # multiply-adds. Blocks of CB channels are instead transposed to channels-last, T0[p, c], copied
 # row by row into a padded block T whose padding stays zero, computed with one vector of CB
 # channels per pixel and tap (no row edges, no garbage lanes) into Y[p, c], and transposed
-# back. Work items are the (image, block) pairs, statically split over the threads. The
-# transposes go 16 pixels at a time, which gcc turns into vector loads, in-register permutes
-# and vector stores. Into the planes, a loop over their own stride (unknown when compiling)
-# does not vectorise, the stores to the CB planes might alias one another, so the way out goes
-# through a CB x 16 tile with fixed strides. Computing on rows W long, border
+# back. Work items are the (image, block) pairs, which the threads of the engine's pool
+# (kernels/_pool.h) take in ranges. The transposes go 16 pixels at a time, which gcc turns
+# into vector loads, in-register permutes and vector stores. Into the planes, a loop over their
+# own stride (unknown when compiling) does not vectorise, the stores to the CB planes might
+# alias one another, so the way out goes through a CB x 16 tile with fixed strides. Computing on rows W long, border
 # columns checked tap by tap, instead of copying T0 into T measured 3-30% slower.
 cdef extern from *:
     """
@@ -263,34 +265,58 @@ def f32_conv2d_depthwise_cb(const float[:, :, :, ::1] x, const float[:, :, ::1] 
     cdef Py_ssize_t y_floats = round_up(OH * OW, 16) * CB
     cdef Py_ssize_t thread_floats = cb_thread_floats(H, W, OH, OW, kh, kw, sh, sw, dh, dw)
     cdef Py_ssize_t nblocks = C // CB, items = N * nblocks
-    num_threads = <int>max(1, min(num_threads, items))
-    # zeroed once: blocks write only the inside of T, so its padding stays zero
-    check_scratch(work, num_threads * thread_floats, "work")
-    cdef float* bufs = &work[0]
-    cdef const float* xp = &x[0, 0, 0, 0]
-    cdef float* op = &out[0, 0, 0, 0]
-    cdef const float* wp = &wcb[0, 0, 0]
-    cdef Py_ssize_t it, r
-    cdef float* T0
-    cdef float* T
-    cdef float* Y
-    # each thread zeroes its own buffer, which then sits in its own core's cache (zeroed by
-    # the calling thread, two threads' buffers took as long as the 576ch 14x14 layer)
-    with nogil, parallel(num_threads=num_threads):
-        T0 = bufs + threadid() * thread_floats
-        T = T0 + t0_floats
-        Y = T + t_floats
-        memset(T0, 0, thread_floats * sizeof(float))
-        for it in prange(items, schedule="static"):
-            cb_transpose_in(T0, xp + it * CB * H * W, H * W, Y + y_floats)
-            if cb_ > ca:
-                for r in range(ra, rb):
-                    copy_floats(T + (r * WP + ca) * CB,
-                                T0 + ((r - pt) * W + ca - pl) * CB, (cb_ - ca) * CB)
-            if ntaps == 9 and kw == 3:
-                cb_conv3x3(T, WP, sh, sw, &offs[0], wp + (it % nblocks) * 9 * CB,
-                           bptr + (it % nblocks) * bstep, lo_act, hi_act, Y, OH, OW)
-            else:
-                ce_dw_cb_taps(T, WP, sh, sw, &offs[0], ntaps, wp + (it % nblocks) * ntaps * CB,
-                              bptr + (it % nblocks) * bstep, lo_act, hi_act, Y, OH, OW)
-            cb_transpose_out(op + it * CB * OH * OW, Y, OH * OW, Y + y_floats)
+    check_scratch(work, max(1, min(num_threads, items)) * thread_floats, "work")
+    cdef BlocksJob j
+    j.x, j.out, j.w, j.bias, j.bstep = &x[0, 0, 0, 0], &out[0, 0, 0, 0], &wcb[0, 0, 0], bptr, bstep
+    j.offs, j.bufs, j.thread_floats = &offs[0], &work[0], thread_floats
+    j.t0_floats, j.t_floats, j.y_floats = t0_floats, t_floats, y_floats
+    j.H, j.W, j.OH, j.OW, j.WP, j.nblocks = H, W, OH, OW, WP, nblocks
+    j.ra, j.rb, j.ca, j.cb, j.pt, j.pl = ra, rb, ca, cb_, pt, pl
+    j.sh, j.sw, j.kw, j.ntaps = sh, sw, kw, ntaps
+    j.lo_act, j.hi_act = lo_act, hi_act
+    memset(j.zeroed, 0, sizeof(j.zeroed))
+    with nogil:
+        ce_pool_for(num_threads, items, _channel_blocks, &j)
+
+
+ctypedef struct BlocksJob:
+    const float* x
+    float* out
+    const float* w
+    const float* bias
+    Py_ssize_t bstep
+    const Py_ssize_t* offs
+    float* bufs
+    Py_ssize_t thread_floats, t0_floats, t_floats, y_floats
+    Py_ssize_t H, W, OH, OW, WP, nblocks, ra, rb, ca, cb, pt, pl
+    int sh, sw, kw, ntaps
+    float lo_act, hi_act
+    char zeroed[CE_POOL_MAX_THREADS]
+
+
+cdef void _channel_blocks(void* job, int thread, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+    """Blocks [lo, hi) of CB channels of all images. Each thread zeroes its buffer the first
+    time it takes a piece (it then sits in its own core's cache; zeroed by the calling thread,
+    two threads' buffers took as long as the 576ch 14x14 layer); blocks write only the inside
+    of T, so its padding stays zero."""
+    cdef BlocksJob* j = <BlocksJob*>job
+    cdef float* T0 = j.bufs + thread * j.thread_floats
+    cdef float* T = T0 + j.t0_floats
+    cdef float* Y = T + j.t_floats
+    cdef Py_ssize_t it, r, H = j.H, W = j.W, OH = j.OH, OW = j.OW, WP = j.WP, nb = j.nblocks
+    if not j.zeroed[thread]:
+        memset(T0, 0, j.thread_floats * sizeof(float))
+        j.zeroed[thread] = 1
+    for it in range(lo, hi):
+        cb_transpose_in(T0, j.x + it * CB * H * W, H * W, Y + j.y_floats)
+        if j.cb > j.ca:
+            for r in range(j.ra, j.rb):
+                copy_floats(T + (r * WP + j.ca) * CB,
+                            T0 + ((r - j.pt) * W + j.ca - j.pl) * CB, (j.cb - j.ca) * CB)
+        if j.ntaps == 9 and j.kw == 3:
+            cb_conv3x3(T, WP, j.sh, j.sw, j.offs, j.w + (it % nb) * 9 * CB,
+                       j.bias + (it % nb) * j.bstep, j.lo_act, j.hi_act, Y, OH, OW)
+        else:
+            ce_dw_cb_taps(T, WP, j.sh, j.sw, j.offs, j.ntaps, j.w + (it % nb) * j.ntaps * CB,
+                          j.bias + (it % nb) * j.bstep, j.lo_act, j.hi_act, Y, OH, OW)
+        cb_transpose_out(j.out + it * CB * OH * OW, Y, OH * OW, Y + j.y_floats)

@@ -484,10 +484,11 @@ print(os.environ.get("GOMP_SPINCOUNT"), min(during), sorted(idle)[2])
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="needs Linux's /proc")
 def test_worker_threads_sleep_soon_after_a_call():
-    """After a call returns, the kernels' OpenMP worker stops polling for work within about
-    0.1 ms (engine/_kernels/__init__.py sets the spin count unless the user did): in the 100
-    ms after a call it uses under 2 ms of CPU (libgomp's default polling used about 9 ms
-    here), while during the calls it did work (so the measurement sees it)."""
+    """After a call returns, the kernels' workers stop polling for work within about 0.1 ms
+    (the engine's pool, kernels/_pool.h CE_POOL_SPIN_NS; for the kernels still on OpenMP,
+    engine/_kernels/__init__.py sets the spin count unless the user did): in the 100 ms after
+    a call they use under 2 ms of CPU (libgomp's default polling used about 9 ms here), while
+    during the calls they did work (so the measurement sees it)."""
     import subprocess
     import sys
     import tempfile
