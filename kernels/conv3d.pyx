@@ -17,14 +17,16 @@
 # window never spans more, so the slices one output slice needs never evict one another. Item
 # sizes depend on the shapes only and every output element is summed by the same GEMMs in the
 # same tap order, so results are bit-identical for any thread count.
-from cython.parallel cimport prange, threadid
 
 import numpy as np
 
 from _epilogue cimport activate, ce_act_t, check_act, no_act
 from _im2col cimport im2col_rows
 from _packed_gemm cimport CE_PG_MR, CE_PG_NR, ce_pg_block, ce_pg_pack_panels
+from _pool cimport ce_pool_attach, ce_pool_for
 from _scratch cimport check_scratch
+
+ce_pool_attach()
 
 ROW_BLOCK = CE_PG_MR
 
@@ -90,31 +92,67 @@ def f32_conv3d_vol2col(const float[:, :, :, :, ::1] x, const float[::1] wpack, b
     check_scratch(work, num_threads * per_thread, "work")
     # which input slice each ring slot of each thread holds
     cdef Py_ssize_t[::1] tags = np.empty(num_threads * ring, dtype=np.intp)
+    # images may lie apart (views); channels are whole volumes
+    cdef Vol2colJob j = Vol2colJob(&x[0, 0, 0, 0, 0], x.strides[0] // 4, &wpack[0], bptr,
+                                   &out[0, 0, 0, 0, 0], out.strides[0] // 4, &work[0],
+                                   per_thread, &tags[0], ring, cols_floats, slot_floats, D, H,
+                                   W, OD, OH, OW, Cg, Kg, kdim2, nmb, groups, nd, nr,
+                                   slices_per_item, rows_per_item, kd, kh, kw, sd, sh, sw, pf,
+                                   pt, pl, dd, dh, dw, act)
+    with nogil:
+        ce_pool_for(num_threads, items, _vol2col_items, &j)
+
+
+ctypedef struct Vol2colJob:
+    const float* x
+    Py_ssize_t x_img
+    const float* wpack
+    const float* bias
+    float* out
+    Py_ssize_t out_img
+    float* work
+    Py_ssize_t per_thread
+    Py_ssize_t* tags            # per thread: ring slots' input slices
+    Py_ssize_t ring, cols_floats, slot_floats, D, H, W, OD, OH, OW, Cg, Kg, kdim2, nmb, groups
+    Py_ssize_t nd, nr, slices_per_item, rows_per_item
+    int kd, kh, kw, sd, sh, sw, pf, pt, pl, dd, dh, dw
+    ce_act_t act
+
+
+cdef void _vol2col_items(void* job, int thread, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+    """Items [lo, hi): slices_per_item output slices by rows_per_item rows, ordered (image,
+    group, slices, rows)."""
+    cdef Vol2colJob* j = <Vol2colJob*>job
+    cdef Py_ssize_t MR = CE_PG_MR, NR = CE_PG_NR, D = j.D, H = j.H, W = j.W, OH = j.OH
+    cdef Py_ssize_t OW = j.OW, Cg = j.Cg, Kg = j.Kg, kdim2 = j.kdim2, nmb = j.nmb
+    cdef Py_ssize_t groups = j.groups, nd = j.nd, nr = j.nr, ring = j.ring
+    cdef Py_ssize_t opix = j.OD * OH * OW
+    cdef int kd = j.kd, sd = j.sd, pf = j.pf, dd = j.dd
+    cdef const float* bptr = j.bias
+    cdef ce_act_t act = j.act
     cdef Py_ssize_t it, n, g, rest, od0, od1, oy0, oy1, ncols, od, a, iz, i, k, slot
     cdef Py_ssize_t taps, done, mb, p, np_
-    cdef float* cols
+    cdef float* cols = j.work + thread * j.per_thread
+    cdef Py_ssize_t* tag = j.tags + thread * ring
     cdef float* panels
     cdef float* dst
     cdef float* c
     cdef float bk
-    cdef Py_ssize_t* tag
-    for it in prange(items, nogil=True, num_threads=num_threads, schedule="static"):
+    for it in range(lo, hi):
         n = it // (groups * nd * nr)
         rest = it % (groups * nd * nr)
         g = rest // (nd * nr)
         rest = rest % (nd * nr)
-        od0 = (rest // nr) * slices_per_item
-        od1 = min(od0 + slices_per_item, OD)
-        oy0 = (rest % nr) * rows_per_item
-        oy1 = min(oy0 + rows_per_item, OH)
+        od0 = (rest // nr) * j.slices_per_item
+        od1 = min(od0 + j.slices_per_item, j.OD)
+        oy0 = (rest % nr) * j.rows_per_item
+        oy1 = min(oy0 + j.rows_per_item, OH)
         ncols = (oy1 - oy0) * OW
         np_ = (ncols + NR - 1) // NR
-        cols = &work[0] + threadid() * per_thread
-        tag = &tags[0] + threadid() * ring
         for i in range(ring):
             tag[i] = -1
         for od in range(od0, od1):
-            dst = &out[n, g * Kg, od, oy0, 0]
+            dst = j.out + n * j.out_img + g * Kg * opix + od * OH * OW + oy0 * OW
             taps = 0
             for a in range(kd):
                 iz = od * sd - pf + a * dd
@@ -132,10 +170,11 @@ def f32_conv3d_vol2col(const float[:, :, :, :, ::1] x, const float[::1] wpack, b
                 if iz < 0 or iz >= D:
                     continue
                 slot = iz % ring
-                panels = cols + cols_floats + slot * slot_floats
+                panels = cols + j.cols_floats + slot * j.slot_floats
                 if tag[slot] != iz:
-                    im2col_rows(&x[n, g * Cg, iz, 0, 0], D * H * W, Cg, H, W, kh, kw,
-                                sh, sw, pt, pl, dh, dw, oy0, oy1, 0, OW, cols)
+                    im2col_rows(j.x + n * j.x_img + g * Cg * D * H * W + iz * H * W, D * H * W,
+                                Cg, H, W, j.kh, j.kw, j.sh, j.sw, j.pt, j.pl, j.dh, j.dw, oy0,
+                                oy1, 0, OW, cols)
                     ce_pg_pack_panels(cols, ncols, <int>kdim2, <int>ncols, panels)
                     tag[slot] = iz
                 done = done + 1
@@ -144,7 +183,7 @@ def f32_conv3d_vol2col(const float[:, :, :, :, ::1] x, const float[::1] wpack, b
                         c = dst + mb * MR * opix + p * NR
                         # partial sums of the earlier taps come in as the residual; the last
                         # tap adds the bias and applies the activation
-                        ce_pg_block(&wpack[((g * kd + a) * nmb + mb) * kdim2 * MR],
+                        ce_pg_block(j.wpack + ((g * kd + a) * nmb + mb) * kdim2 * MR,
                                     panels + p * kdim2 * NR, <int>kdim2, c, opix,
                                     c if done > 1 else NULL,
                                     (bptr + g * Kg + mb * MR)

@@ -13,13 +13,15 @@
 # is therefore accumulated by one thread in one fixed order (chunk, channel, u, v, iy, ix), with
 # no atomics, and the block and chunk sizes come from the shapes alone: results are
 # bit-identical for any thread count.
-from cython.parallel cimport prange, threadid
 from libc.string cimport memset
 
 from _epilogue cimport bias_act_row, ce_act_t, check_act, no_act
 from _im2col cimport ceil_div_nonneg
 from _packed_gemm cimport CE_PG_MR, CE_PG_NR, ce_pg_block, ce_pg_pack_panels
+from _pool cimport ce_pool_attach, ce_pool_for
 from _scratch cimport check_scratch
+
+ce_pool_attach()
 
 
 cdef void col2im_rows(const float* cols, Py_ssize_t nco, Py_ssize_t W,
@@ -119,36 +121,66 @@ def f32_conv_transpose2d_col2im(const float[:, :, :, ::1] x, const float[::1] wp
     cdef Py_ssize_t per_thread = thread_floats(co_block * kk, Cg, chunk_cols)
     cdef Py_ssize_t cols_floats = (co_block * kk * chunk_cols + 15) // 16 * 16
     check_scratch(work, num_threads * per_thread, "work")
+    if items == 0:
+        return
+    # images may lie apart (views); channels are whole planes
+    cdef Col2imJob j = Col2imJob(&x[0, 0, 0, 0], x.strides[0] // 4, &wpack[0], bptr,
+                                 &out[0, 0, 0, 0], out.strides[0] // 4, &work[0], per_thread,
+                                 cols_floats, H, W, OH, OW, Cg, Kg, groups, nblocks, nmb,
+                                 co_block, nchunks, rows_per_chunk, kh, kw, sh, sw, pt, pl, dh,
+                                 dw, act)
+    with nogil:
+        ce_pool_for(num_threads, items, _col2im_blocks, &j)
+
+
+ctypedef struct Col2imJob:
+    const float* x
+    Py_ssize_t x_img
+    const float* wpack
+    const float* bias
+    float* out
+    Py_ssize_t out_img
+    float* work
+    Py_ssize_t per_thread, cols_floats, H, W, OH, OW, Cg, Kg, groups, nblocks, nmb, co_block
+    Py_ssize_t nchunks, rows_per_chunk
+    int kh, kw, sh, sw, pt, pl, dh, dw
+    ce_act_t act
+
+
+cdef void _col2im_blocks(void* job, int thread, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+    """Items [lo, hi): blocks of co_block output channels, ordered (image, group, block)."""
+    cdef Col2imJob* j = <Col2imJob*>job
+    cdef Py_ssize_t MR = CE_PG_MR, NR = CE_PG_NR, H = j.H, W = j.W, OH = j.OH, OW = j.OW
+    cdef Py_ssize_t Cg = j.Cg, kk = j.kh * j.kw
     cdef Py_ssize_t it, n, g, blk, c0, nco, ch, iy0, iy1, ncols, k, rows_a, mb, p
-    cdef float* cols
-    cdef float* panels
+    cdef float* cols = j.work + thread * j.per_thread
+    cdef float* panels = cols + j.cols_floats
     cdef float* outp
     cdef const float* ablk
-    for it in prange(items, nogil=True, num_threads=num_threads, schedule="static"):
-        n = it // (groups * nblocks)
-        g = (it // nblocks) % groups
-        blk = it % nblocks
-        c0 = blk * co_block
-        nco = min(co_block, Kg - c0)
+    for it in range(lo, hi):
+        n = it // (j.groups * j.nblocks)
+        g = (it // j.nblocks) % j.groups
+        blk = it % j.nblocks
+        c0 = blk * j.co_block
+        nco = min(j.co_block, j.Kg - c0)
         rows_a = nco * kk
-        ablk = &wpack[0] + (g * nblocks + blk) * nmb * Cg * MR
-        cols = &work[0] + threadid() * per_thread
-        panels = cols + cols_floats
-        outp = &out[n, g * Kg + c0, 0, 0]
+        ablk = j.wpack + (g * j.nblocks + blk) * j.nmb * Cg * MR
+        outp = j.out + n * j.out_img + (g * j.Kg + c0) * OH * OW
         memset(outp, 0, nco * OH * OW * sizeof(float))
-        for ch in range(nchunks):
-            iy0 = ch * rows_per_chunk
-            iy1 = min(iy0 + rows_per_chunk, H)
+        for ch in range(j.nchunks):
+            iy0 = ch * j.rows_per_chunk
+            iy1 = min(iy0 + j.rows_per_chunk, H)
             ncols = (iy1 - iy0) * W
             # cols[nco*kk, ncols] = W_g^T[c0*kk:(c0+nco)*kk, :] @ x_g[:, iy0*W:iy1*W]
-            ce_pg_pack_panels(&x[n, g * Cg, iy0, 0], H * W, <int>Cg, <int>ncols, panels)
+            ce_pg_pack_panels(j.x + n * j.x_img + g * Cg * H * W + iy0 * W, H * W, <int>Cg,
+                              <int>ncols, panels)
             for mb in range((rows_a + MR - 1) // MR):
                 for p in range((ncols + NR - 1) // NR):
                     ce_pg_block(ablk + mb * Cg * MR, panels + p * Cg * NR, <int>Cg,
                                 cols + mb * MR * ncols + p * NR, ncols, NULL, NULL, no_act(),
                                 <int>min(MR, rows_a - mb * MR), <int>min(NR, ncols - p * NR))
-            col2im_rows(cols, nco, W, iy0, iy1, kh, kw, sh, sw, pt, pl, dh, dw,
+            col2im_rows(cols, nco, W, iy0, iy1, j.kh, j.kw, j.sh, j.sw, j.pt, j.pl, j.dh, j.dw,
                         outp, OH, OW)
         for k in range(nco):
             bias_act_row(outp + k * OH * OW, OH * OW,
-                         bptr[g * Kg + c0 + k] if bptr != NULL else 0, act)
+                         j.bias[g * j.Kg + c0 + k] if j.bias != NULL else 0, j.act)

@@ -17,8 +17,9 @@ import engine
 
 
 def _layers(rng):
-    """Calls of four pooled kernels (pointwise and dense on blocks, Winograd and im2col on
-    NCHW) on layers large enough that every thread gets pieces, each returning its output."""
+    """Calls of five pooled kernels (pointwise and dense on blocks, Winograd, im2col and the
+    transposed convolution on NCHW) on layers large enough that every thread gets pieces, each
+    returning its output."""
     B = nchwc.BLOCK
     c, k, h = 40, 72, 30
     x = rng.standard_normal((2, c, h, h)).astype(np.float32)
@@ -41,11 +42,13 @@ def _layers(rng):
         nchwc.f32_conv2d_nchwc(xb, c, wd, bd, None, out, 3, 3, 1, 1, 1, 1, 1, 1, act, t)
         return out
 
-    def on_threads(t, **kw):
+    wt = (rng.standard_normal((c, k, 3, 3)) * 0.1).astype(np.float32)
+
+    def on_threads(t, fn=engine.conv2d, w=w3, **kw):
         old = engine.get_num_threads()
         engine.set_num_threads(t)
         try:
-            return engine.conv2d(x, w3, bias, **kw)
+            return fn(x, w, bias, **kw)
         finally:
             engine.set_num_threads(old)
 
@@ -55,7 +58,11 @@ def _layers(rng):
     def im2col(t):
         return on_threads(t, stride=2, padding=1, algorithm="im2col")
 
-    return {"pointwise": pointwise, "dense": dense, "winograd": winograd, "im2col": im2col}
+    def transposed(t):
+        return on_threads(t, engine.conv_transpose2d, wt, stride=2, padding=1)
+
+    return {"pointwise": pointwise, "dense": dense, "winograd": winograd, "im2col": im2col,
+            "transposed": transposed}
 
 
 @pytest.fixture
