@@ -4,7 +4,7 @@ Kernels take their thread count explicitly (``num_threads``), split work over ou
 over a reduction, so a result does not depend on the count. None of them calls a BLAS; the few
 ops that call np.matmul do, so the BLAS libraries loaded (numpy's OpenBLAS) are held at one
 thread while a plan or a layer that may reach them runs: ``blas_pinned()``. Their idle threads
-would otherwise spin beside the kernels' OpenMP threads.
+would otherwise spin beside the kernels' threads.
 """
 import os
 import threading

@@ -5,10 +5,11 @@
 # conv_depthwise_cb.pyx works on blocks of 16 channels in a channels-last copy, for 3x3 layers
 # on small planes (engine/dispatch/depthwise.py chooses between them by shape).
 #
-# Planes. Work items are the (image, input channel) planes, statically split over the threads;
-# each item computes all `multiplier` output planes of its channel, so an input plane is staged
-# once however many filters read it, and every output element is computed by one thread in
-# one fixed order whatever the thread count (bit-identical results).
+# Planes. Work items are the (image, input channel) planes, which the threads of the engine's
+# pool (kernels/_pool.h) take in ranges; each item computes all `multiplier` output planes of
+# its channel, so an input plane is staged once however many filters read it, and every
+# output element is computed by one thread in one fixed order whatever the thread count
+# (bit-identical results).
 #
 # Staging. A band of padded input rows is copied into a per-thread buffer, the zero padding
 # written out and rows and columns split into stride phases (space-to-depth of the plane):

@@ -112,9 +112,9 @@ def f32_depthwise_blocked(const float[:, :, :, :, ::1] x, const float[:, :, :, :
     cb*B + j's tap (u, v) at [cb, u, v, j] (zero beyond C); bias: Cb * B values. Output
     sizes are the caller's (engine.shapes); padding beyond pt / pl is implied by them.
 
-    Each thread takes a band of (image, row) pairs, every block of each: the pixels a pointwise
-    layer next to it, split by pixels, also gives it; or with by_blocks a band of (image,
-    block) planes, whole. Either way it goes plane by plane and row by row within a plane
+    The threads take ranges of (image, row) pairs, every block of each: the pixels a pointwise
+    layer next to it, split by pixels, also gives a thread; or with by_blocks ranges of
+    (image, block) planes, whole. Either way it goes plane by plane and row by row within a plane
     (row by row across the blocks jumped between planes: 2.8 against 1.9 ms for 144 channels
     on 56x56 at batch 8, one thread). Small planes (depthwise_plane_fits) are work items of
     their own, unless planes is False; each thread then copies them into its part of scratch
