@@ -72,7 +72,8 @@ def _build_flags():
         compile_args.append("-fopenmp")
         link_args.append("-fopenmp")
     else:
-        warnings.warn("the C compiler has no OpenMP: convengine kernels will run single-threaded")
+        warnings.warn("the C compiler has no OpenMP: bench/bench_pool.py cannot compare the "
+                      "kernels' pool with OpenMP regions")
     return compile_args, link_args, openmp, portable, sanitize or None
 
 

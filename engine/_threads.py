@@ -8,7 +8,6 @@ would otherwise spin beside the kernels' threads.
 """
 import os
 import threading
-import warnings
 import weakref
 
 
@@ -20,12 +19,6 @@ def _default_threads() -> int:
 
 
 _num_threads = _default_threads()
-# Whether a kernel may have run an OpenMP team of more than one thread in this process: GNU
-# OpenMP's thread pool does not survive fork, and a child that enters a parallel region with
-# more than one thread waits forever for the parent's pool. A child forked after that runs every
-# kernel on one thread (PyTorch does the same), see _after_fork_in_child.
-_parallel_used = False
-_single_after_fork = False
 
 
 def set_num_threads(n: int) -> None:
@@ -36,11 +29,6 @@ def set_num_threads(n: int) -> None:
     n = int(n)
     if n < 1:
         raise ValueError(f"num_threads must be a positive integer, got {n}")
-    if n > 1 and _single_after_fork:
-        warnings.warn("this process was forked after its parent ran multi-threaded kernels; "
-                      "GNU OpenMP cannot start threads here, so kernels stay on one thread "
-                      "(use the 'spawn' or 'forkserver' start method for more)", RuntimeWarning,
-                      stacklevel=2)
     _num_threads = n
 
 
@@ -49,19 +37,14 @@ def get_num_threads() -> int:
 
 
 def resolve_threads(num_threads=None) -> int:
-    """An explicit per-call count, or the process-wide one (1 in a child forked after the
-    parent ran multi-threaded kernels)."""
-    global _parallel_used
+    """An explicit per-call count, or the process-wide one. A forked child keeps it: the
+    kernels' pool (kernels/_pool.h) starts new workers there."""
     if num_threads is None:
         n = _num_threads
     elif int(num_threads) < 1:
         raise ValueError(f"num_threads must be a positive integer, got {num_threads}")
     else:
         n = int(num_threads)
-    if _single_after_fork:
-        return 1
-    if n > 1:
-        _parallel_used = True
     return n
 
 
@@ -80,9 +63,6 @@ def fork_safe(obj):
 
 
 def _after_fork_in_child() -> None:
-    global _single_after_fork
-    if _parallel_used:
-        _single_after_fork = True
     for obj in list(_lock_holders):
         for name, value in list(vars(obj).items()):
             make = _LOCK_FACTORIES.get(type(value))

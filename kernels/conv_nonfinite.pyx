@@ -2,13 +2,15 @@
 # non-finite input further than direct convolution does (Winograd's transforms, FFT, separable
 # of rank > 1): they compute with such inputs taken as zeros, and f32_conv2d_fix_nonfinite then
 # gives exactly the outputs that read one the value the direct sum has.
-from cython.parallel cimport prange
 from libc.math cimport NAN, isfinite
 
 import numpy as np
 
 from _epilogue cimport activate, ce_act_t, check_act
 from _nonfinite cimport any_nonfinite, is_nonfinite
+from _pool cimport ce_pool_attach, ce_pool_for
+
+ce_pool_attach()
 
 
 cdef inline Py_ssize_t first_output(Py_ssize_t i, Py_ssize_t pad, Py_ssize_t tap,
@@ -197,12 +199,11 @@ def f32_conv2d_fix_nonfinite(const float[:, :, :, ::1] x, const float[:, :, :, :
     cdef const float* xp = &x[0, 0, 0, 0]
     cdef const float* wp = &w[0, 0, 0, 0]
     cdef float* yp = &out[0, 0, 0, 0]
-    cdef Py_ssize_t it, ng, n, k, i
-    cdef int nt_groups = <int>max(1, min(num_threads, NG))
-    cdef int nt_planes = <int>max(1, min(num_threads, N * K))
+    cdef FixJob j
+    j.p, j.q, j.x, j.w, j.y, j.act = &p, &q, xp, wp, yp, act
+    j.nan_in, j.nan_out, j.counts = &nan_in[0, 0], &nan_out[0, 0], &counts[0, 0]
     with nogil:
-        for ng in prange(NG, num_threads=nt_groups, schedule="static"):
-            count_group(&p, xp, ng, &nan_in[ng, 0], &counts[ng, 0])
+        ce_pool_for(num_threads, NG, _count_groups, &j)
     found = int(counts_a.sum())
     if found == 0:
         return 0
@@ -211,24 +212,61 @@ def f32_conv2d_fix_nonfinite(const float[:, :, :, ::1] x, const float[:, :, :, :
     inf_at_a = np.empty((max(1, offsets_a[NG]), 4), np.intp)
     cdef Py_ssize_t[::1] offsets = offsets_a
     cdef Py_ssize_t[:, ::1] inf_at_v = inf_at_a
-    cdef Py_ssize_t* inf_at = &inf_at_v[0, 0]
+    j.offsets, j.inf_at = &offsets[0], &inf_at_v[0, 0]
     with nogil:
-        for ng in prange(NG, num_threads=nt_groups, schedule="static"):
-            if offsets[ng] < offsets[ng + 1]:
-                list_infinities(&p, xp, ng, offsets[ng], inf_at)
-            if counts[ng, 0]:
-                mark_nan_outputs(&p, &q, &nan_in[ng, 0], &nan_out[ng, 0])
-        for it in prange(N * K, num_threads=nt_planes, schedule="static"):
-            n = it // K
-            k = it % K
-            ng = n * groups + k // p.Kg
-            add_infinite_products(&p, &q, xp + n * C * p.HW, wp + k * Cg * kh * kw, inf_at,
-                                  offsets[ng], offsets[ng + 1], yp + it * p.OHW)
-            if act.code != 0:
-                activate_reached(&p, &q, inf_at, offsets[ng], offsets[ng + 1], act,
-                                 yp + it * p.OHW)
-            if counts[ng, 0]:
-                for i in range(p.OHW):
-                    if nan_out[ng, i]:
-                        yp[it * p.OHW + i] = NAN
+        ce_pool_for(num_threads, NG, _mark_groups, &j)
+        ce_pool_for(num_threads, N * K, _fix_planes, &j)
     return found
+
+
+# The threads of the engine's pool (kernels/_pool.h) take ranges of (image, group) pairs, then
+# of (image, output channel) planes.
+ctypedef struct FixJob:
+    const Planes* p
+    const Window* q
+    const float* x
+    const float* w
+    float* y
+    ce_act_t act
+    unsigned char* nan_in       # [NG][HW]
+    unsigned char* nan_out      # [NG][OHW]
+    Py_ssize_t* counts          # [NG][2]: NaNs, infinities
+    const Py_ssize_t* offsets   # [NG + 1]: each group's first infinity in inf_at
+    Py_ssize_t* inf_at
+
+
+cdef void _count_groups(void* job, int thread, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+    cdef FixJob* j = <FixJob*>job
+    cdef Py_ssize_t ng
+    for ng in range(lo, hi):
+        count_group(j.p, j.x, ng, j.nan_in + ng * j.p.HW, j.counts + ng * 2)
+
+
+cdef void _mark_groups(void* job, int thread, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+    cdef FixJob* j = <FixJob*>job
+    cdef Py_ssize_t ng
+    for ng in range(lo, hi):
+        if j.offsets[ng] < j.offsets[ng + 1]:
+            list_infinities(j.p, j.x, ng, j.offsets[ng], j.inf_at)
+        if j.counts[ng * 2]:
+            mark_nan_outputs(j.p, j.q, j.nan_in + ng * j.p.HW, j.nan_out + ng * j.p.OHW)
+
+
+cdef void _fix_planes(void* job, int thread, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+    cdef FixJob* j = <FixJob*>job
+    cdef const Planes* p = j.p
+    cdef Py_ssize_t it, n, k, ng, i, OHW = p.OHW
+    cdef float* y
+    for it in range(lo, hi):
+        n = it // p.K
+        k = it % p.K
+        ng = n * p.groups + k // p.Kg
+        y = j.y + it * OHW
+        add_infinite_products(p, j.q, j.x + n * p.C * p.HW, j.w + k * p.Cg * p.kh * p.kw,
+                              j.inf_at, j.offsets[ng], j.offsets[ng + 1], y)
+        if j.act.code != 0:
+            activate_reached(p, j.q, j.inf_at, j.offsets[ng], j.offsets[ng + 1], j.act, y)
+        if j.counts[ng * 2]:
+            for i in range(OHW):
+                if j.nan_out[ng * OHW + i]:
+                    y[i] = NAN

@@ -10,11 +10,13 @@
 # The intermediate is one padded row per thread, kept in L1. Work items are blocks of output
 # rows of one (image, channel) plane; every output row is computed by the same instructions
 # whatever the blocking, so results do not depend on the thread count.
-from cython.parallel cimport prange, threadid
 from libc.stdlib cimport malloc, free
 from libc.string cimport memset
 
 from _epilogue cimport bias_act_row, ce_act_t, check_act
+from _pool cimport ce_pool_attach, ce_pool_for
+
+ce_pool_attach()
 
 
 cdef inline void axpy_taps(float* y, const float* x, Py_ssize_t step, const float* c,
@@ -105,18 +107,45 @@ def f32_conv2d_separable(const float[:, :, :, ::1] x, const float[:, :, ::1] col
     cdef float* buf = <float*>malloc(num_threads * span * sizeof(float))
     if buf == NULL:
         raise MemoryError("separable row buffer")
-    cdef Py_ssize_t it, n, k, blk, oy
-    cdef float* orow
+    # images and channels may lie apart (views); rows are whole planes
+    cdef SeparableJob j = SeparableJob(&x[0, 0, 0, 0], x.strides[0] // 4, x.strides[1] // 4,
+                                       &colw[0, 0, 0], &roww[0, 0, 0], bptr, &out[0, 0, 0, 0],
+                                       out.strides[0] // 4, out.strides[1] // 4, buf, span, H,
+                                       W, OH, OW, R, K, M, kh, kw, nblocks, rows_per_block, sh,
+                                       sw, pt, pl, dh, dw, act)
     try:
-        for it in prange(items, nogil=True, num_threads=num_threads, schedule="static"):
-            n = it // (K * nblocks)
-            k = (it // nblocks) % K
-            blk = it % nblocks
-            for oy in range(blk * rows_per_block, min((blk + 1) * rows_per_block, OH)):
-                orow = &out[n, k, oy, 0]
-                separable_row(&x[n, k // M, 0, 0], H, W, &colw[0, 0, 0], &roww[0, 0, 0], R, K,
-                              kh, kw, k, oy, sh, sw, pt, pl, dh, dw, OW, span,
-                              buf + threadid() * span, orow)
-                bias_act_row(orow, OW, bptr[k] if bptr != NULL else 0, act)
+        with nogil:
+            ce_pool_for(num_threads, items, _separable_rows, &j)
     finally:
         free(buf)
+
+
+ctypedef struct SeparableJob:
+    const float* x
+    Py_ssize_t x_img, x_chan
+    const float* colw
+    const float* roww
+    const float* bias
+    float* out
+    Py_ssize_t out_img, out_chan
+    float* bufs                 # per thread: span floats
+    Py_ssize_t span, H, W, OH, OW, R, K, M, kh, kw, nblocks, rows_per_block
+    Py_ssize_t sh, sw, pt, pl, dh, dw
+    ce_act_t act
+
+
+cdef void _separable_rows(void* job, int thread, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+    """Items [lo, hi): blocks of output rows of one channel, ordered (image, channel, block)."""
+    cdef SeparableJob* j = <SeparableJob*>job
+    cdef Py_ssize_t it, n, k, blk, oy
+    cdef float* orow
+    for it in range(lo, hi):
+        n = it // (j.K * j.nblocks)
+        k = (it // j.nblocks) % j.K
+        blk = it % j.nblocks
+        for oy in range(blk * j.rows_per_block, min((blk + 1) * j.rows_per_block, j.OH)):
+            orow = j.out + n * j.out_img + k * j.out_chan + oy * j.OW
+            separable_row(j.x + n * j.x_img + (k // j.M) * j.x_chan, j.H, j.W, j.colw, j.roww,
+                          j.R, j.K, j.kh, j.kw, k, oy, j.sh, j.sw, j.pt, j.pl, j.dh, j.dw, j.OW,
+                          j.span, j.bufs + thread * j.span, orow)
+            bias_act_row(orow, j.OW, j.bias[k] if j.bias != NULL else 0, j.act)

@@ -16,13 +16,15 @@
 # registers (_transpose16.h).
 # Work items are (image, group, chunk); the chunking depends on the shapes only, so every
 # output element is computed by the same instructions for any thread count.
-from cython.parallel cimport prange, threadid
 from libc.math cimport floorf
 from libc.string cimport memset
 
 from _epilogue cimport ce_act_t, check_act
 from _packed_gemm cimport CE_PG_MR, CE_PG_NR, ce_pg_block
+from _pool cimport ce_pool_attach, ce_pool_for
 from _scratch cimport check_scratch
+
+ce_pool_attach()
 
 
 cdef extern from "_transpose16.h":
@@ -178,45 +180,85 @@ def f32_deform_conv2d(const float[:, :, :, ::1] x, const float[:, :, :, ::1] off
     if mask is not None:
         mview = mask
         mbase = &mview[0, 0, 0, 0]
-    cdef int copy_threads = <int>max(1, min(num_threads, N * (H + 2)))
     if num_threads > items:
         num_threads = <int>max(1, items)
-    check_scratch(work, xp_floats + num_threads * per_thread, "work")
-    cdef float* xp = &work[0]
-    cdef float* colbuf = xp + xp_floats
+    check_scratch(work, xp_floats + max(1, num_threads) * per_thread, "work")
+    if items == 0 or K == 0:
+        return
+    # images may lie apart (views); within one, channels and rows are whole
+    cdef DeformJob j = DeformJob(&x[0, 0, 0, 0], x.strides[0] // 4, &offset[0, 0, 0, 0],
+                                 offset.strides[0] // 4, offset.strides[1] // 4, mbase,
+                                 &wpack[0], bptr, &out[0, 0, 0, 0], out.strides[0] // 4,
+                                 &work[0], xp_floats, per_thread, cols_floats, image, C, H, W,
+                                 OH, OW, Cg, Kg, Co, kdim, taps, nchunks, rows_per_chunk,
+                                 groups, offset_groups, ostride, nmb, kh, kw, sh, sw, pt, pl,
+                                 dh, dw, act)
+    with nogil:
+        ce_pool_for(num_threads, N * (H + 2), _padded_rows, &j)
+        ce_pool_for(num_threads, items, _deform_chunks, &j)
+
+
+ctypedef struct DeformJob:
+    const float* x
+    Py_ssize_t x_img
+    const float* offset
+    Py_ssize_t off_img, off_chan
+    const float* mask           # or NULL; (N, offset_groups * taps, OH, OW), contiguous
+    const float* wpack
+    const float* bias
+    float* out
+    Py_ssize_t out_img
+    float* work                 # the padded channels-last copy, then each thread's buffers
+    Py_ssize_t xp_floats, per_thread, cols_floats, image, C, H, W, OH, OW, Cg, Kg, Co, kdim
+    Py_ssize_t taps, nchunks, rows_per_chunk, groups, offset_groups, ostride, nmb
+    int kh, kw, sh, sw, pt, pl, dh, dw
+    ce_act_t act
+
+
+cdef void _padded_rows(void* job, int thread, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+    """Rows [lo, hi) of the padded channels-last copy, H + 2 of each image."""
+    cdef DeformJob* j = <DeformJob*>job
+    cdef Py_ssize_t it, n
+    for it in range(lo, hi):
+        n = it // (j.H + 2)
+        to_padded_channels_last(j.x + n * j.x_img, j.C, j.H, j.W, it % (j.H + 2),
+                                j.work + n * j.image)
+
+
+cdef void _deform_chunks(void* job, int thread, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+    """Items [lo, hi): chunks of output rows, ordered (image, group, chunk)."""
+    cdef DeformJob* j = <DeformJob*>job
+    cdef Py_ssize_t MR = CE_PG_MR, NR = CE_PG_NR, Cg = j.Cg, Kg = j.Kg, Co = j.Co
+    cdef Py_ssize_t kdim = j.kdim, taps = j.taps, OW = j.OW, ostride = j.ostride, nmb = j.nmb
     cdef Py_ssize_t it, n, g, ch, oy0, oy1, ncols, og, c0, c1, mb, p, np_
-    cdef float* cols
-    cdef float* panels
+    cdef float* cols = j.work + j.xp_floats + thread * j.per_thread
+    cdef float* panels = cols + j.cols_floats
     cdef float* dst
     cdef const float* msk
-    for it in prange(N * (H + 2), nogil=True, num_threads=copy_threads, schedule="static"):
-        n = it // (H + 2)
-        to_padded_channels_last(&x[n, 0, 0, 0], C, H, W, it % (H + 2), xp + n * image)
-    for it in prange(items, nogil=True, num_threads=num_threads, schedule="static"):
-        n = it // (groups * nchunks)
-        g = (it // nchunks) % groups
-        ch = it % nchunks
-        oy0 = ch * rows_per_chunk
-        oy1 = min(oy0 + rows_per_chunk, OH)
+    for it in range(lo, hi):
+        n = it // (j.groups * j.nchunks)
+        g = (it // j.nchunks) % j.groups
+        ch = it % j.nchunks
+        oy0 = ch * j.rows_per_chunk
+        oy1 = min(oy0 + j.rows_per_chunk, j.OH)
         ncols = (oy1 - oy0) * OW
-        cols = colbuf + threadid() * per_thread
-        panels = cols + cols_floats
         # the offset groups that share channels with this convolution group
         for og in range((g * Cg) // Co, ((g + 1) * Cg - 1) // Co + 1):
             msk = NULL
-            if mbase != NULL:
-                msk = mbase + (n * offset_groups + og) * taps * ostride
+            if j.mask != NULL:
+                msk = j.mask + (n * j.offset_groups + og) * taps * ostride
             c0 = max(g * Cg, og * Co)
             c1 = min((g + 1) * Cg, (og + 1) * Co)
-            bilinear_columns(xp + n * image, C, H, W, &offset[n, og * 2 * taps, 0, 0], msk,
-                             ostride, kh, kw, sh, sw, pt, pl, dh, dw, OW, oy0, oy1,
-                             c0, c1, g * Cg, Cg, cols)
+            bilinear_columns(j.work + n * j.image, j.C, j.H, j.W,
+                             j.offset + n * j.off_img + og * 2 * taps * j.off_chan, msk,
+                             ostride, j.kh, j.kw, j.sh, j.sw, j.pt, j.pl, j.dh, j.dw, OW, oy0,
+                             oy1, c0, c1, g * Cg, Cg, cols)
         pack_transposed(cols, ncols, kdim, panels)
         np_ = (ncols + NR - 1) // NR
-        dst = &out[n, g * Kg, oy0, 0]
+        dst = j.out + n * j.out_img + g * Kg * ostride + oy0 * OW
         for mb in range(nmb):
             for p in range(np_):
-                ce_pg_block(&wpack[(g * nmb + mb) * kdim * MR], panels + p * kdim * NR,
+                ce_pg_block(j.wpack + (g * nmb + mb) * kdim * MR, panels + p * kdim * NR,
                             <int>kdim, dst + mb * MR * ostride + p * NR, ostride, NULL,
-                            (bptr + g * Kg + mb * MR) if bptr != NULL else NULL, act,
+                            (j.bias + g * Kg + mb * MR) if j.bias != NULL else NULL, j.act,
                             <int>min(MR, Kg - mb * MR), <int>min(NR, ncols - p * NR))

@@ -1,8 +1,11 @@
 # The Winograd weight transform U = G w G^T (engine/ops/winograd.py pack_weights), computed in
 # float64 and rounded once, written straight into the packed layout of the micro-kernel
 # (kernels/_packed_gemm.h) that kernels/conv_winograd.pyx runs its element-wise GEMMs on.
-from cython.parallel cimport prange
 from libc.string cimport memcpy
+
+from _pool cimport ce_pool_attach, ce_pool_for
+
+ce_pool_attach()
 
 
 ctypedef fused weight_t:
@@ -60,8 +63,40 @@ def f32_pack_winograd_weights(const weight_t[:, :, :, ::1] w, const double[:, ::
         raise ValueError(f"out must have {groups * E * es} floats, got {out.shape[0]}")
     for blk in range(a * 3):
         gm[blk] = G[blk // 3, blk % 3]
-    for blk in prange(groups * nmb, nogil=True, num_threads=num_threads, schedule="static"):
-        g = blk // nmb
-        kb = blk - g * nmb
-        pack_winograd_block(&w[g * kg + kb * mr, 0, 0, 0], cg * 9, min(mr, kg - kb * mr), cg,
-                            gm, a, mr, &out[(g * E * nmb + kb) * cg * mr], es)
+    cdef PackJob j = PackJob(&w[0, 0, 0, 0], w.strides[0] // sizeof(weight_t), cg, kg, nmb, mr,
+                             &gm[0], a, E, es, &out[0])
+    with nogil:
+        if weight_t is float:
+            ce_pool_for(num_threads, groups * nmb, _pack_f32, &j)
+        else:
+            ce_pool_for(num_threads, groups * nmb, _pack_f64, &j)
+
+
+# The threads of the engine's pool (kernels/_pool.h) take ranges of (group, row block) pairs.
+ctypedef struct PackJob:
+    const void* w               # float or double rows of cg * 9, `row` elements apart
+    Py_ssize_t row, cg, kg, nmb, mr
+    const double* gm
+    Py_ssize_t a, E, es
+    float* out
+
+
+cdef inline void pack_blocks(const PackJob* j, const weight_t* w, Py_ssize_t lo,
+                             Py_ssize_t hi) noexcept nogil:
+    cdef Py_ssize_t blk, g, kb
+    for blk in range(lo, hi):
+        g = blk // j.nmb
+        kb = blk - g * j.nmb
+        pack_winograd_block(w + (g * j.kg + kb * j.mr) * j.row, j.row,
+                            min(j.mr, j.kg - kb * j.mr), j.cg, j.gm, j.a, j.mr,
+                            j.out + (g * j.E * j.nmb + kb) * j.cg * j.mr, j.es)
+
+
+cdef void _pack_f32(void* job, int thread, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+    cdef PackJob* j = <PackJob*>job
+    pack_blocks(j, <const float*>j.w, lo, hi)
+
+
+cdef void _pack_f64(void* job, int thread, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+    cdef PackJob* j = <PackJob*>job
+    pack_blocks(j, <const double*>j.w, lo, hi)

@@ -1,11 +1,13 @@
 """Forked children (gunicorn's workers, multiprocessing's default start method on Linux) run the
-engine: after the parent ran kernels on two threads (GNU OpenMP's pool does not survive fork),
-and while another of the parent's threads was inside Model.run holding the engine's locks.
+engine: after the parent ran kernels on two threads (the kernels' pool starts anew in the
+child, with threads of its own), and while another of the parent's threads was inside
+Model.run holding the engine's locks.
 
 Each child gets a deadline: a child still running after it is killed and the test fails, so a
 hang cannot stall the run."""
 import os
 import signal
+import sys
 import threading
 import time
 
@@ -55,9 +57,32 @@ def test_child_runs_after_parent_used_two_threads():
     old = engine.get_num_threads()
     engine.set_num_threads(2)
     try:
-        want = engine.conv2d(x, w, padding=1, algorithm="im2col")   # two OpenMP threads
+        want = engine.conv2d(x, w, padding=1, algorithm="im2col")   # on two threads
         _in_child(lambda: np.array_equal(engine.conv2d(x, w, padding=1, algorithm="im2col"),
                                          want))
+    finally:
+        engine.set_num_threads(old)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="needs Linux's /proc")
+def test_child_keeps_its_threads():
+    """The child runs two-thread kernels on two threads: it starts a worker of its own (a
+    thread more after the call; other libraries may have started threads of their own in the
+    child before), and the bits are the parent's."""
+    w, x = _layer_and_input()
+    old = engine.get_num_threads()
+    engine.set_num_threads(2)
+    try:
+        want = engine.conv2d(x, w, padding=1, algorithm="im2col")
+
+        def child():
+            before = len(os.listdir("/proc/self/task"))
+            same = np.array_equal(engine.conv2d(x, w, padding=1, algorithm="im2col"), want)
+            after = len(os.listdir("/proc/self/task"))
+            print(f"threads before {before}, after {after}, same bits {same}, "
+                  f"num_threads {engine.get_num_threads()}", file=sys.stderr)
+            return after > before and same and engine.get_num_threads() == 2
+        _in_child(child)
     finally:
         engine.set_num_threads(old)
 

@@ -305,9 +305,10 @@ def _wait_until_other_threads_idle(me, timeout=5.0):
 def test_set_num_threads_is_followed(rng, threads):
     """engine.set_num_threads(n) reaches the kernels. Results do not depend on the thread count
     (by design), so the test watches the threads: over a few runs, at 2 a second thread of this
-    process does a large share of the CPU work (a static schedule gives it about half of each
-    convolution), at 1 no other thread does any. Per-thread CPU time, not wall time: a busy
-    machine slows the runs but does not move the work between threads."""
+    process does a share of the CPU work, at 1 no other thread does any. On a quiet machine the
+    share is about half; the kernels' pool gives the calling thread the pieces of a worker that
+    another process keeps off its core, so a busy machine moves work to the caller, and the
+    bound is well below half."""
     size = 128
     # precondition: by the engine's own work threshold, both convolutions (3->8 and 8->8, 3x3,
     # multiply-adds counted from the shapes) take two threads when given two
@@ -327,7 +328,7 @@ def test_set_num_threads_is_followed(rng, threads):
     helper = max((ns for t, ns in spent.items() if t != me), default=0)
     share = helper / sum(spent.values())
     if threads == 2:
-        assert share > 0.2, (share, spent)
+        assert share > 0.05, (share, spent)
     else:
         assert share < 0.02, (share, spent)
 
