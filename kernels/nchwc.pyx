@@ -1,7 +1,7 @@
 # Kernels on channel-blocked activations, [N][ceil(C / B)][H][W][B] (NCHWc, B = BLOCK: 16 with
 # AVX-512, 8 with AVX2; the layout and the micro-kernels are described in _nchwc.h): the layout
-# changes to and from NCHW, subsampling, pointwise and dense convolution, per-channel scaling and
-# batch normalization, and the global average pool (depthwise and grouped convolution:
+# changes to and from NCHW, subsampling, pointwise and dense convolution (per-channel means,
+# scaling and batch normalization: nchwc_channels.pyx; depthwise and grouped convolution:
 # nchwc_window.pyx). The graph runner keeps chains of these layers in this layout
 # (engine/graph/layout.py).
 #
@@ -18,7 +18,6 @@ cdef extern from "_nchwc.h":
     int CE_NC_B, CE_NC_TILE_PIXELS, CE_NC_GROUP
     void ce_nc_to_blocked(const float *src, Py_ssize_t P, int nc, float *dst) nogil
     void ce_nc_from_blocked(const float *src, Py_ssize_t P, int nc, float *dst) nogil
-    void ce_nc_block_mean(const float *src, Py_ssize_t P, float *mean, int nc) nogil
     void ce_nc_pw_units(const float *x, Py_ssize_t P, int Cb, int tail, const float *wpack,
                         int Kb, const float *bias, const float *res, float *out, ce_act_t act,
                         Py_ssize_t N, Py_ssize_t T, Py_ssize_t G, Py_ssize_t xs, Py_ssize_t os,
@@ -167,86 +166,6 @@ def f32_subsample_blocked(const float[:, :, :, :, ::1] x, float[:, :, :, :, ::1]
                                        sh, sw)
     with nogil:
         ce_pool_for(num_threads, N * Cb * OH, _subsample_rows, &j)
-
-
-ctypedef struct MeanJob:
-    const float* x
-    Py_ssize_t C, P
-    float* out
-
-
-cdef void _mean_items(void* job, int thread, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
-    """Blocks [lo, hi) of all images."""
-    cdef MeanJob* j = <MeanJob*>job
-    cdef Py_ssize_t Cb = (j.C + CE_NC_B - 1) // CE_NC_B, it, cb
-    for it in range(lo, hi):
-        cb = it % Cb
-        ce_nc_block_mean(j.x + it * j.P * CE_NC_B, j.P, j.out + (it // Cb) * j.C + cb * CE_NC_B,
-                         <int>min(CE_NC_B, j.C - cb * CE_NC_B))
-
-
-def f32_global_avg_blocked(const float[:, :, :, :, ::1] x, float[:, ::1] out,
-                           int num_threads=1):
-    """out[n, c] = mean over the pixels of channel c, for the C channels of out; the threads
-    take ranges of blocks."""
-    cdef Py_ssize_t N = x.shape[0], Cb = x.shape[1], P = x.shape[2] * x.shape[3]
-    cdef Py_ssize_t C = out.shape[1]
-    if out.shape[0] != N or (C + CE_NC_B - 1) // CE_NC_B != Cb or x.shape[4] != CE_NC_B:
-        raise ValueError(f"out {tuple(out.shape)[:2]} does not fit x {tuple(x.shape)}")
-    if P == 0:
-        raise ValueError("x must have a non-empty plane")
-    if N == 0 or Cb == 0:
-        return
-    cdef MeanJob j = MeanJob(&x[0, 0, 0, 0, 0], C, P, &out[0, 0])
-    with nogil:
-        ce_pool_for(num_threads, N * Cb, _mean_items, &j)
-
-
-cdef extern from *:
-    """
-    /* out[p][:] = x[p][:] * s for the P pixels of one block: a squeeze-excite's gate */
-    static void ce_nc_block_scale(const float *x, Py_ssize_t P, const float *s, float *out)
-    {
-        ce_nc_vf v = CE_NC_LD(s);
-        for (Py_ssize_t p = 0; p < P; p++)
-            CE_NC_ST(out + p * CE_NC_B, CE_NC_LD(x + p * CE_NC_B) * v);
-    }
-
-    """
-    void ce_nc_block_scale(const float *x, Py_ssize_t P, const float *s, float *out) nogil
-
-
-ctypedef struct ScaleJob:
-    const float* x
-    Py_ssize_t P
-    const float* s
-    float* out
-
-
-cdef void _scale_blocks(void* job, int thread, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
-    """Blocks [lo, hi) of all images, each P pixels, its factors at s + it * B."""
-    cdef ScaleJob* j = <ScaleJob*>job
-    cdef Py_ssize_t it
-    for it in range(lo, hi):
-        ce_nc_block_scale(j.x + it * j.P * CE_NC_B, j.P, j.s + it * CE_NC_B,
-                          j.out + it * j.P * CE_NC_B)
-
-
-def f32_scale_blocked(const float[:, :, :, :, ::1] x, const float[:, ::1] s,
-                      float[:, :, :, :, ::1] out, int num_threads=1):
-    """out[n, cb, :, :, j] = x[n, cb, :, :, j] * s[n, cb * B + j]: every channel of x scaled
-    by its own factor (s holds Cb * B of them; out may be x); the threads take ranges of
-    blocks."""
-    cdef Py_ssize_t N = x.shape[0], Cb = x.shape[1], P = x.shape[2] * x.shape[3]
-    if (tuple(out.shape) != tuple(x.shape) or x.shape[4] != CE_NC_B or s.shape[0] != N
-            or s.shape[1] != Cb * CE_NC_B):
-        raise ValueError(f"x {tuple(x.shape)}, s {tuple(s.shape)[:2]} and out "
-                         f"{tuple(out.shape)} do not fit")
-    if N == 0 or Cb == 0 or P == 0:
-        return
-    cdef ScaleJob j = ScaleJob(&x[0, 0, 0, 0, 0], P, &s[0, 0], &out[0, 0, 0, 0, 0])
-    with nogil:
-        ce_pool_for(num_threads, N * Cb, _scale_blocks, &j)
 
 
 def pointwise_pack_floats(Py_ssize_t in_blocks, Py_ssize_t out_blocks):
@@ -575,58 +494,3 @@ def f32_conv2d_nchwc(const float[:, :, :, :, ::1] x, Py_ssize_t channels,
                                    nbands, unit, units, x_img, x_grp, per_group, os, og)
     with nogil:
         ce_pool_for(num_threads, items, _dense_bands, &d)
-
-
-cdef extern from *:
-    """
-    /* out[p][:] = act(x[p][:] * s + t) for the P pixels of one block: an inference
-     * BatchNormalization (and the activation fused after it) on blocks */
-    static void ce_nc_block_affine(const float *x, Py_ssize_t P, const float *s, const float *t,
-                                   float *out, ce_act_t act)
-    {
-        ce_nc_vf vs = CE_NC_LD(s), vt = CE_NC_LD(t);
-        for (Py_ssize_t p = 0; p < P; p++)
-            CE_NC_ST(out + p * CE_NC_B, ce_nc_act(CE_NC_LD(x + p * CE_NC_B) * vs + vt, act));
-    }
-    """
-    void ce_nc_block_affine(const float *x, Py_ssize_t P, const float *s, const float *t,
-                            float *out, ce_act_t act) nogil
-
-
-ctypedef struct AffineJob:
-    const float* x
-    Py_ssize_t Cb, P
-    const float* scale
-    const float* shift
-    float* out
-    ce_act_t act
-
-
-cdef void _affine_blocks(void* job, int thread, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
-    """Blocks [lo, hi) of all images."""
-    cdef AffineJob* j = <AffineJob*>job
-    cdef Py_ssize_t it
-    for it in range(lo, hi):
-        ce_nc_block_affine(j.x + it * j.P * CE_NC_B, j.P, j.scale + (it % j.Cb) * CE_NC_B,
-                           j.shift + (it % j.Cb) * CE_NC_B, j.out + it * j.P * CE_NC_B, j.act)
-
-
-def f32_scale_shift_blocked(const float[:, :, :, :, ::1] x, const float[::1] scale,
-                            const float[::1] shift, float[:, :, :, :, ::1] out, ce_act_t act,
-                            int num_threads=1):
-    """out[n, cb, :, :, j] = act(x[n, cb, :, :, j] * scale[c] + shift[c]), c = cb * B + j (an
-    inference BatchNormalization on blocks; scale and shift hold Cb * B values, zero for the
-    padding channels, which every activation keeps at zero; out may be x). The threads take
-    ranges of blocks."""
-    check_act(act)
-    cdef Py_ssize_t N = x.shape[0], Cb = x.shape[1], P = x.shape[2] * x.shape[3]
-    if (tuple(out.shape) != tuple(x.shape) or x.shape[4] != CE_NC_B
-            or scale.shape[0] != Cb * CE_NC_B or shift.shape[0] != Cb * CE_NC_B):
-        raise ValueError(f"x {tuple(x.shape)}, scale ({scale.shape[0]},), shift "
-                         f"({shift.shape[0]},) and out {tuple(out.shape)} do not fit")
-    if N == 0 or Cb == 0 or P == 0:
-        return
-    cdef AffineJob j = AffineJob(&x[0, 0, 0, 0, 0], Cb, P, &scale[0], &shift[0],
-                                 &out[0, 0, 0, 0, 0], act)
-    with nogil:
-        ce_pool_for(num_threads, N * Cb, _affine_blocks, &j)

@@ -9,7 +9,7 @@ split the work.
 import numpy as np
 import pytest
 
-from engine._kernels import nchwc, nchwc_window
+from engine._kernels import nchwc, nchwc_channels, nchwc_window
 from engine.graph import Graph, Model, Node, TensorSpec
 from engine.graph import layout
 from engine.ops import blocked
@@ -391,14 +391,14 @@ def test_direct_to_blocked_refuses_inconsistent_arguments(rng):
 def test_global_average_pool_on_blocks(rng):
     x = f32(rng, 2, 40, 7, 5)
     out = np.empty((2, 40), np.float32)
-    nchwc.f32_global_avg_blocked(blocked.to_blocked(x), out)
+    nchwc_channels.f32_global_avg_blocked(blocked.to_blocked(x), out)
     ref = x.astype(np.float64).mean(axis=(2, 3))
     assert np.abs(out - ref).max() <= 1e-6 * np.abs(x).max()
     out2 = np.empty((2, 40), np.float32)
-    nchwc.f32_global_avg_blocked(blocked.to_blocked(x), out2, 2)
+    nchwc_channels.f32_global_avg_blocked(blocked.to_blocked(x), out2, 2)
     np.testing.assert_array_equal(out, out2)
     with pytest.raises(ValueError, match="does not fit"):
-        nchwc.f32_global_avg_blocked(blocked.to_blocked(x), np.empty((2, 50), np.float32))
+        nchwc_channels.f32_global_avg_blocked(blocked.to_blocked(x), np.empty((2, 50), np.float32))
 
 
 # ------------------------------------------------------------------------------ layout pass

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import engine
-from engine._kernels import _info, nchwc, pool_nchwc
+from engine._kernels import _info, nchwc, nchwc_channels, pool_nchwc
 from engine.graph import Graph, Model, Node, TensorSpec
 from engine.ops import blocked
 from engine.ops.activation import NO_ACT, apply_activation, float64_activation, kernel_act
@@ -462,7 +462,7 @@ def test_batch_norm_on_blocks(rng):
         outs = []
         for threads in (1, 2):
             out = np.full_like(xb, np.nan)
-            nchwc.f32_scale_shift_blocked(xb, sp, tp, out, act, threads)
+            nchwc_channels.f32_scale_shift_blocked(xb, sp, tp, out, act, threads)
             outs.append(out)
         np.testing.assert_array_equal(outs[0], outs[1])
         # float64 reference; the kernel's multiply-add rounds once (per element: 1 ulp of the
@@ -473,9 +473,9 @@ def test_batch_norm_on_blocks(rng):
         assert np.all(np.abs(blocked.from_blocked(outs[0], c) - want) <= bound)
         assert not np.any(outs[0][:, -1, :, :, c % B:])
     with pytest.raises(ValueError, match="do not fit"):
-        nchwc.f32_scale_shift_blocked(xb, sp[:c], tp, xb.copy(), NO_ACT, 1)
+        nchwc_channels.f32_scale_shift_blocked(xb, sp[:c], tp, xb.copy(), NO_ACT, 1)
     with pytest.raises(ValueError, match="act"):
-        nchwc.f32_scale_shift_blocked(xb, sp, tp, xb.copy(), BAD_ACT, 1)
+        nchwc_channels.f32_scale_shift_blocked(xb, sp, tp, xb.copy(), BAD_ACT, 1)
 
 
 def test_a_densenet_layer_stays_blocked_through_its_batch_norms(rng):

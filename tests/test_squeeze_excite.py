@@ -1,5 +1,6 @@
 """Squeeze-and-excitation as one step (engine/graph/fusions.py fuse_squeeze_excite,
-engine/graph/ops/se.py, kernels/squeeze_excite.pyx f32_se_gates, kernels/nchwc.pyx f32_scale_blocked).
+engine/graph/ops/se.py, kernels/squeeze_excite.pyx f32_se_gates, kernels/nchwc_channels.pyx
+f32_scale_blocked).
 
 The fused step is checked against ONNX Runtime on the unfused graph, per element with
 test_onnx_import's bound (1e-5 of |ref| + rms(ref): float32 sums in another order), on NCHW and
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 
 import engine
-from engine._kernels import nchwc, squeeze_excite
+from engine._kernels import nchwc_channels, squeeze_excite
 from engine.ops import blocked
 from engine.ops.activation import float64_activation, kernel_act
 from engine.ops.activation import NO_ACT
@@ -171,12 +172,12 @@ def test_blocked_scaling_is_exact_and_thread_independent(rng):
     outs = []
     for t in (1, 2):
         out = np.empty_like(x)
-        nchwc.f32_scale_blocked(x, s, out, t)
+        nchwc_channels.f32_scale_blocked(x, s, out, t)
         outs.append(out)
     np.testing.assert_array_equal(outs[0], outs[1])
     np.testing.assert_array_equal(outs[0], x * s.reshape(2, 3, 1, 1, B))
     y = x.copy()
-    nchwc.f32_scale_blocked(y, s, y, 2)            # in place
+    nchwc_channels.f32_scale_blocked(y, s, y, 2)            # in place
     np.testing.assert_array_equal(y, outs[0])
 
 
@@ -184,10 +185,10 @@ def test_kernels_refuse_shapes_that_do_not_fit(rng):
     B = blocked.BLOCK
     x = randn(rng, 1, 2, 4, 4, B)
     with pytest.raises(ValueError):
-        nchwc.f32_scale_blocked(x, randn(rng, 1, B), np.empty_like(x), 1)
+        nchwc_channels.f32_scale_blocked(x, randn(rng, 1, B), np.empty_like(x), 1)
     with pytest.raises(ValueError):
-        nchwc.f32_scale_blocked(x, randn(rng, 1, 2 * B), np.empty((1, 2, 4, 3, B), np.float32),
-                                1)
+        nchwc_channels.f32_scale_blocked(x, randn(rng, 1, 2 * B),
+                                         np.empty((1, 2, 4, 3, B), np.float32), 1)
     p, w1t, w2t = randn(rng, 1, 8), randn(rng, 8, 2), randn(rng, 2, 8)
     b1, b2 = randn(rng, 2), randn(rng, 8)
     with pytest.raises(ValueError):

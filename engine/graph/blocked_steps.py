@@ -11,7 +11,7 @@ import numpy as np
 from ..dispatch.layout import (POINTWISE_GROUP_SLACK, choose_depthwise_blocked_split,
                                dense_padded,
                                choose_pointwise_blocked_split)
-from .._kernels import nchwc, nchwc_window, pool_nchwc
+from .._kernels import nchwc, nchwc_channels, nchwc_window, pool_nchwc
 from .._threads import threads_for
 from ..ops import blocked
 from ..ops.activation import kernel_act
@@ -98,7 +98,7 @@ class BlockedGlobalAveragePool(_Internal):
         single = ins[0].size < MIN_CONVERT_ELEMENTS
 
         def step(env, nt):
-            nchwc.f32_global_avg_blocked(env[a], env[b].reshape(n, c), 1 if single else nt)
+            nchwc_channels.f32_global_avg_blocked(env[a], env[b].reshape(n, c), 1 if single else nt)
         return step
 
     def flops(self, ins, outs):
@@ -178,7 +178,7 @@ class BlockedBatchNorm(_Internal):
         single = outs[0].size < MIN_CONVERT_ELEMENTS
 
         def step(env, nt):
-            nchwc.f32_scale_shift_blocked(env[a], s, t, env[b], act, 1 if single else nt)
+            nchwc_channels.f32_scale_shift_blocked(env[a], s, t, env[b], act, 1 if single else nt)
         return step
 
     def flops(self, ins, outs):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..._kernels import nchwc, squeeze_excite
+from ..._kernels import nchwc_channels, squeeze_excite
 from ...ops import blocked
 from ...ops.activation import canonical, kernel_act
 from .base import F32, Info, Op, register, same_shape_inputs
@@ -95,8 +95,9 @@ class SqueezeExcite(Op):
             def step(env, nt):
                 x, threads = env[a], 1 if single else nt
                 pooled = np.empty((n, c), np.float32)
-                nchwc.f32_global_avg_blocked(x, pooled, threads)
-                nchwc.f32_scale_blocked(x, gates(pooled, cb * blocked.BLOCK), env[b], threads)
+                nchwc_channels.f32_global_avg_blocked(x, pooled, threads)
+                nchwc_channels.f32_scale_blocked(x, gates(pooled, cb * blocked.BLOCK), env[b],
+                                                 threads)
             return step
         hw = shape[2] * shape[3]
         gate = 0 if self.gate == "sigmoid" else 1
