@@ -15,6 +15,27 @@ ctypedef (float, float, float, float, float, float, float, float) f8
 #   B^T = [[1,0,-1,0],[0,1,1,0],[0,-1,1,0],[0,1,0,-1]],   A^T = [[1,1,1,0],[0,1,-1,-1]].
 # F(4,3): see the derivation in engine/ops/winograd.py (points 0, 1, -1, 2, -2, infinity).
 
+# Float constants for the transforms below. Written as Python numbers (4 * d) Cython emits
+# double literals (4.0 * d), and gcc then computes the transforms in double vectors at half the
+# width with conversions on both sides (perf on bench_conv2d.py's conv3x3_c64_56).
+cdef extern from *:
+    float F0_03125 "0.03125f"
+    float F0_0625 "0.0625f"
+    float F0_125 "0.125f"
+    float F0_25 "0.25f"
+    float F0_5 "0.5f"
+    float F1_25 "1.25f"
+    float F2 "2.0f"
+    float F2_5 "2.5f"
+    float F4 "4.0f"
+    float F4_25 "4.25f"
+    float F5 "5.0f"
+    float F5_25 "5.25f"
+    float F8 "8.0f"
+    float F16 "16.0f"
+    float F32 "32.0f"
+
+
 cdef inline f4 bt4(float d0, float d1, float d2, float d3) noexcept nogil:
     return (d0 - d2, d1 + d2, d2 - d1, d1 - d3)
 
@@ -24,19 +45,19 @@ cdef inline f2 at4(float m0, float m1, float m2, float m3) noexcept nogil:
 
 
 cdef inline f6 bt6(float d0, float d1, float d2, float d3, float d4, float d5) noexcept nogil:
-    return (4 * d0 - 5 * d2 + d4,
-            (d3 + d4) - 4 * (d1 + d2),
-            4 * (d1 - d2) + (d4 - d3),
-            2 * (d3 - d1) + (d4 - d2),
-            2 * (d1 - d3) + (d4 - d2),
-            4 * d1 - 5 * d3 + d5)
+    return (F4 * d0 - F5 * d2 + d4,
+            (d3 + d4) - F4 * (d1 + d2),
+            F4 * (d1 - d2) + (d4 - d3),
+            F2 * (d3 - d1) + (d4 - d2),
+            F2 * (d1 - d3) + (d4 - d2),
+            F4 * d1 - F5 * d3 + d5)
 
 
 cdef inline f4 at6(float m0, float m1, float m2, float m3, float m4, float m5) noexcept nogil:
     return (m0 + (m1 + m2) + (m3 + m4),
-            (m1 - m2) + 2 * (m3 - m4),
-            (m1 + m2) + 4 * (m3 + m4),
-            (m1 - m2) + 8 * (m3 - m4) + m5)
+            (m1 - m2) + F2 * (m3 - m4),
+            (m1 + m2) + F4 * (m3 + m4),
+            (m1 - m2) + F8 * (m3 - m4) + m5)
 
 
 # F(6,3) (points 0, 1, -1, 2, -2, 1/2, -1/2, infinity; row 0 of toom_cook's B^T and G negated):
@@ -48,11 +69,11 @@ cdef inline f4 at6(float m0, float m1, float m2, float m3, float m4, float m5) n
 
 cdef inline f8 bt8(float d0, float d1, float d2, float d3, float d4, float d5, float d6,
                    float d7) noexcept nogil:
-    cdef float a1 = (d2 + d6) - 4.25 * d4, b1 = (d1 + d5) - 4.25 * d3
-    cdef float a2 = (0.25 * d2 - 1.25 * d4) + d6, b2 = (0.5 * d1 - 2.5 * d3) + 2 * d5
-    cdef float a3 = (4 * d2 - 5 * d4) + d6, b3 = (2 * d1 - 2.5 * d3) + 0.5 * d5
-    return ((d0 - d6) + 5.25 * (d4 - d2), a1 + b1, a1 - b1, a2 + b2, a2 - b2, a3 + b3,
-            a3 - b3, (d7 - d1) + 5.25 * (d3 - d5))
+    cdef float a1 = (d2 + d6) - F4_25 * d4, b1 = (d1 + d5) - F4_25 * d3
+    cdef float a2 = (F0_25 * d2 - F1_25 * d4) + d6, b2 = (F0_5 * d1 - F2_5 * d3) + F2 * d5
+    cdef float a3 = (F4 * d2 - F5 * d4) + d6, b3 = (F2 * d1 - F2_5 * d3) + F0_5 * d5
+    return ((d0 - d6) + F5_25 * (d4 - d2), a1 + b1, a1 - b1, a2 + b2, a2 - b2, a3 + b3,
+            a3 - b3, (d7 - d1) + F5_25 * (d3 - d5))
 
 
 cdef inline f6 at8(float m0, float m1, float m2, float m3, float m4, float m5, float m6,
@@ -60,11 +81,11 @@ cdef inline f6 at8(float m0, float m1, float m2, float m3, float m4, float m5, f
     cdef float a1 = m1 + m2, s1 = m1 - m2, a2 = m3 + m4, s2 = m3 - m4
     cdef float a3 = m5 + m6, s3 = m5 - m6
     return (m0 + a1 + a2 + a3,
-            s1 + 2 * s2 + 0.5 * s3,
-            a1 + 4 * a2 + 0.25 * a3,
-            s1 + 8 * s2 + 0.125 * s3,
-            a1 + 16 * a2 + 0.0625 * a3,
-            (s1 + 32 * s2 + 0.03125 * s3) + m7)
+            s1 + F2 * s2 + F0_5 * s3,
+            a1 + F4 * a2 + F0_25 * a3,
+            s1 + F8 * s2 + F0_125 * s3,
+            a1 + F16 * a2 + F0_0625 * a3,
+            (s1 + F32 * s2 + F0_03125 * s3) + m7)
 
 
 cdef inline void put4(f4 t, float* o) noexcept nogil:
