@@ -20,6 +20,7 @@ from scipy.ndimage import maximum_filter
 
 import engine
 from engine import dispatch
+from engine.dispatch.conv import vector_floats
 from engine._threads import threads_for
 from engine.ops.activation import NO_ACT, apply_activation, float64_activation
 from reference import conv2d_ref, same_pads_ref
@@ -304,10 +305,12 @@ def test_dispatcher_rules():
     assert choose(in_channels=16, out_channels=16) == "direct_blocked"
     assert choose(kernel=(1, 1), stride=(2, 2), pads=((0, 0), (0, 0))) == "im2col"
     # the tile by the cost model (engine/dispatch/winograd.py): F(4x4,3x3) on ResNet's 56x56
-    # and 28x28 maps, F(2x2,3x3) on 14x14 and 7x7 (too few 4x4 tiles for 36 GEMMs), F(6x6,3x3)
-    # on VGG's 224x224 and 112x112 ones (bench/bench_dispatch.py conv/winograd_tile)
+    # and 28x28 maps, F(2x2,3x3) on 7x7 (too few 4x4 tiles for 36 GEMMs), F(6x6,3x3) on VGG's
+    # 224x224 and 112x112 ones (bench/bench_winograd_tiles.py); on 14x14, F(4x4)'s 16 tiles
+    # fill one vector of GEMM columns of a 16-float build, but only half a panel of 8-float one
     assert choose() == "winograd_f43"
-    assert choose(in_size=(14, 14)) == "winograd_f23"
+    wide = "winograd_f43" if vector_floats() >= 16 else "winograd_f23"
+    assert choose(in_channels=256, out_channels=256, in_size=(14, 14)) == wide
     assert choose(in_size=(224, 224)) == "winograd_f63"
     assert choose(in_channels=128, out_channels=128, in_size=(112, 112)) == "winograd_f63"
     assert dispatch.choose_conv2d(dispatch.ConvParams(
@@ -318,7 +321,8 @@ def test_dispatcher_rules():
     # dilated: from 256 channels with phase sub-images large enough, else dilated_s2b
     assert choose(dilation=(2, 2), pads=((2, 2), (2, 2))) == "dilated_s2b"
     wide = dict(in_channels=256, out_channels=512, in_size=(28, 28))
-    assert choose(**wide) == "winograd_f43"
+    # 256->512 on 28x28: F(6x6) 7.4 ms against F(4x4)'s 8.0 on one AVX-512 core
+    assert choose(**wide) == ("winograd_f63" if vector_floats() >= 16 else "winograd_f43")
     assert choose(dilation=(4, 4), pads=((4, 4), (4, 4)), **wide) == "winograd_f43"
     assert choose(dilation=(4, 4), pads=((4, 4), (4, 4)), in_channels=128,
                   in_size=(28, 28)) == "dilated_s2b"

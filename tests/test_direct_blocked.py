@@ -192,7 +192,7 @@ def test_dispatch_and_limits():
     assert dispatch.estimated_ms("direct_blocked", p) > 0
     # without the input size the width (vector waste) is unknown: the rule stays out
     unsized = dispatch.ConvParams(16, 16, (3, 3), (1, 1), (1, 1), 1, ((1, 1), (1, 1)))
-    assert dispatch.choose_conv2d(unsized)[0] == "winograd_f23"
+    assert dispatch.choose_conv2d(unsized)[0].startswith("winograd_f")
     assert "direct_blocked" in dict(dispatch.conv2d_candidates(p))
     wide = dispatch.ConvParams(3, 16, (1, 65), (1, 1), (1, 1), 1, ((0, 0), (0, 0)), (8, 80))
     assert "64" in dispatch.why_not("direct_blocked", wide)

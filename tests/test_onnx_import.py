@@ -723,8 +723,11 @@ def test_each_conv_weight_transformed_once(rng):
     assert [op.transforms.made for op in convs] == made
     assert all(op.transforms.made == len(op.transforms.keys()) for op in convs)
     sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
-    np.testing.assert_allclose(model.run({"x": x})["y"], sess.run(None, {"x": x})[0],
-                               rtol=1e-4, atol=1e-4)
+    ref = sess.run(None, {"x": x})[0]
+    # the 3x3 layer may run Winograd F(4x4,3x3): its error is stated relative to the largest
+    # output (engine/dispatch/winograd.py TILE_REL_ERROR)
+    np.testing.assert_allclose(model.run({"x": x})["y"], ref, rtol=0,
+                               atol=1e-4 * np.abs(ref).max())
 
 
 class ShapeCacheView(dict):
@@ -742,7 +745,8 @@ def test_sigmoid_times_input_fuses_into_silu(rng, order):
              h.make_node("Mul", ["t", "t"], ["y"])]
     m = make(nodes, [vi("x", [2, 8, 12, 12])], [vi("y")], inits)
     x = randn(rng, 2, 8, 12, 12) * 4
-    model, got = run_both(m, {"x": x})
+    # rtol for a Winograd F(4x4,3x3) convolution (engine/dispatch/winograd.py TILE_REL_ERROR)
+    model, got = run_both(m, {"x": x}, rtol=1e-4)
     # the SiLU then runs in the convolution's output step
     assert ops_of(model).count("SiLU") == 0 and ops_of(model).count("Sigmoid") == 1
     assert "fused 1 Sigmoid + Mul pairs into SiLU" in model.explain()

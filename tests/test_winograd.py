@@ -386,7 +386,8 @@ def test_bad_input_raises(rng):
 
 def test_dispatcher_routes_here():
     w = np.zeros((16, 16, 3, 3), np.float32)
-    assert engine.Conv2d(w, None, 1, 1).algorithm == "winograd_f23"
+    # the tile depends on the cost model (engine/dispatch/winograd.py); any is Winograd
+    assert engine.Conv2d(w, None, 1, 1).algorithm.startswith("winograd_f")
     assert engine.Conv2d(w, None, 1, 2, 2).algorithm == "dilated_s2b"
     assert "winograd_f43" in engine.algorithms()
 
@@ -606,7 +607,7 @@ def test_tile_cost_follows_waste_and_weights():
     first = lambda c, side: wd.rank_winograd_tiles(c, c, 1, lambda m: (-(-side // m)) ** 2)[0][0]
     assert first(512, 7) == 2 and first(64, 224) == 6 and first(64, 56) == 4
     assert wd.tile_cost_ms(6, 64, 64, 1, 200) > wd.tile_cost_ms(6, 64, 64, 1, 100)
-    assert wd.tile_cost_ms(4, 512, 512, 1, 1) > 36 * 512 * 512 * 4 / 1e9 * wd.WIDE_TILE_U_MS_PER_GB
+    assert wd.tile_cost_ms(4, 512, 512, 1, 1) > 36 * 512 * 512 * 4 / 1e9 * wd.TILE_MODELS[16].u_ms_per_gb
 
 
 def test_tile_model_of_8_float_builds(monkeypatch):
@@ -623,4 +624,4 @@ def test_tile_model_of_8_float_builds(monkeypatch):
     assert first(256, 256, 56) == 4 and first(512, 512, 28) == 4 and first(64, 128, 56) == 4
     assert first(64, 64, 224) == 6 and first(128, 128, 112) == 6
     assert wd.tile_cost_ms(4, 64, 64, 1, 200) > wd.tile_cost_ms(4, 64, 64, 1, 100)
-    assert wd.tile_cost_ms(4, 512, 512, 1, 1) > 36 * 512 * 512 * 4 / 1e9 * wd.TILE_U_MS_PER_GB
+    assert wd.tile_cost_ms(4, 512, 512, 1, 1) > 36 * 512 * 512 * 4 / 1e9 * wd.TILE_MODELS[8].u_ms_per_gb

@@ -13,6 +13,8 @@ keeps both forms.
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from .._kernels.conv_pointwise import PANEL
 
 # A layer's weights are transformed per call when U would take at least this many bytes
@@ -46,26 +48,34 @@ def choose_winograd_weights(u_bytes: int, tiles: int) -> tuple[str, str]:
 # its transforms cost more per tile. The time of a tile choice on one core is estimated as
 #     GEMM flops * GEMM cost + U bytes * U cost
 #         + tiles * (m+2)^2 * (C * T_in[m] + K * T_out[m]),
-# the GEMM over the tiles rounded up to whole panels of the packed micro-kernel (a 7x7 map's
-# 4 tiles of F(4x4) fill a quarter of a 16-column panel), the input and output transforms apart
-# (a 128->32 layer is mostly input transform). On 8-float (AVX2) builds the constants are
-# fitted (least squares on relative error) to one-thread times of the three tiles on 33 layers,
-# 16-512 channels, 7x7 to 224x224 maps, 15 with as many output as input channels and 18 with
-# 4x fewer or 2-4x more (DenseNet's 128->32, Inception's and SqueezeNet's expanding layers):
-# its pick is the fastest tile or within 5% of it on every one of them, where the earlier
-# model below took F(4x4) for DenseNet's 128->32 on 28x28 (0.88 ms against F(2x2)'s 0.65).
-# bench/bench_dispatch.py conv/winograd_tile prints such times.
-TILE_GEMM_MS_PER_GFLOP = 10.76
-TILE_U_MS_PER_GB = 50.3
-TILE_INPUT_NS = {2: 0.655, 4: 2.00, 6: 2.40}
-TILE_OUTPUT_NS = {2: 0.340, 4: 0.642, 6: 0.812}
-# 16-float (AVX-512) builds keep the earlier model, GEMM flops * G + U bytes * U + tile outputs
-# * (C + K) * T_m, fitted on square layers: the blocked layout's rules there
-# (engine/dispatch/layout.py winograd_shaped) were measured with its picks. Refit both on an
-# AVX-512 machine.
-WIDE_TILE_GEMM_MS_PER_GFLOP = 15.1
-WIDE_TILE_U_MS_PER_GB = 93.7
-WIDE_TILE_TRANSFORM_NS = {2: 3.00, 4: 3.46, 6: 3.49}
+# the GEMM over the columns the packed micro-kernel computes (gemm_columns), the input and
+# output transforms apart (a 128->32 layer is mostly input transform). The constants are
+# fitted (non-negative least squares on relative error) to one-thread times of the three tiles
+# on 33 layers, 16-512 channels, 7x7 to 224x224 maps, 18 with as many output as input channels
+# and 15 with 4x fewer or 2-4x more (DenseNet's 128->32, Inception's and SqueezeNet's expanding
+# layers), by bench/bench_winograd_tiles.py, which also prints each pick's loss against the
+# fastest tile.
+class TileModel(NamedTuple):
+    gemm_ms_per_gflop: float
+    u_ms_per_gb: float
+    input_ns: dict
+    output_ns: dict
+    whole_panels: bool      # the GEMM's columns rounded up to whole panels, else to vectors
+
+
+# Per vector width of the build. 8 floats (AVX2, Zen 3): fitted with the GEMM's columns rounded
+# up to whole panels; it picks the fastest tile or one within 5% of it on every layer, where the
+# earlier model took F(4x4) for DenseNet's 128->32 on 28x28 (0.88 ms against F(2x2)'s 0.65).
+# 16 floats (AVX-512, Zen 4): the columns rounded up to vectors, as the micro-kernel runs a
+# last panel of at most 16 columns as one vector (14x14 maps: F(4x4)'s 16 tiles fill one). Its
+# pick is the fastest tile on 29 of the 33 layers, within 3% on three more, and 36% slower on
+# DenseNet's 128->32 on 14x14 (F(4x4) 0.22 ms against F(2x2)'s 0.16); the mean loss is 1.3%.
+TILE_MODELS = {
+    8: TileModel(10.76, 50.3, {2: 0.655, 4: 2.00, 6: 2.40}, {2: 0.340, 4: 0.642, 6: 0.812},
+                 True),
+    16: TileModel(10.4, 35.4, {2: 0.435, 4: 0.808, 6: 1.11}, {2: 0.241, 4: 0.269, 6: 0.395},
+                  False),
+}
 # The largest error a tile may bring to be picked by auto: max |y - float64 reference| over
 # max |reference| on unit-normal data; TILE_REL_ERROR is twice the worst measured on 16-2048
 # channel layers (tests/test_winograd.py test_tile_error_is_bounded measures it again).
@@ -74,20 +84,32 @@ TILE_REL_ERROR = {2: 4e-6, 4: 6e-5, 6: 1.2e-4}
 TILE_ALGORITHMS = {2: "winograd_f23", 4: "winograd_f43", 6: "winograd_f63"}
 
 
+def tile_model() -> TileModel:
+    from .conv import vector_floats
+    return TILE_MODELS[16 if vector_floats() >= 16 else 8]
+
+
+def gemm_columns(tiles: int, whole_panels: bool = False) -> int:
+    """The columns the packed micro-kernel computes for ``tiles`` columns: whole panels of
+    PANEL, the last one as whole vectors (or a whole panel)."""
+    from .conv import vector_floats
+    full, rest = divmod(tiles, PANEL)
+    if rest and not whole_panels:
+        vector = min(vector_floats(), PANEL)
+        rest = -(-rest // vector) * vector
+    elif rest:
+        rest = PANEL
+    return full * PANEL + rest
+
+
 def tile_cost_ms(m: int, cg: int, kg: int, groups: int, tiles: int) -> float:
     """Estimated one-core time of F(m x m, 3x3) on ``tiles`` tiles (all images and phases)."""
-    from .conv import vector_floats
+    model = tile_model()
     e = (m + 2) ** 2
     u = 4.0 * e * cg * kg * groups
-    if vector_floats() >= 16:
-        gemm = 2.0 * tiles * e * cg * kg * groups
-        transforms = tiles * m * m * (cg + kg) * groups
-        return (gemm / 1e9 * WIDE_TILE_GEMM_MS_PER_GFLOP + u / 1e9 * WIDE_TILE_U_MS_PER_GB
-                + transforms * WIDE_TILE_TRANSFORM_NS[m] / 1e6)
-    panels = -(-tiles // PANEL) * PANEL
-    gemm = 2.0 * panels * e * cg * kg * groups
-    transforms = tiles * e * groups * (cg * TILE_INPUT_NS[m] + kg * TILE_OUTPUT_NS[m])
-    return (gemm / 1e9 * TILE_GEMM_MS_PER_GFLOP + u / 1e9 * TILE_U_MS_PER_GB
+    gemm = 2.0 * gemm_columns(tiles, model.whole_panels) * e * cg * kg * groups
+    transforms = tiles * e * groups * (cg * model.input_ns[m] + kg * model.output_ns[m])
+    return (gemm / 1e9 * model.gemm_ms_per_gflop + u / 1e9 * model.u_ms_per_gb
             + transforms / 1e6)
 
 
