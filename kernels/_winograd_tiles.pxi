@@ -267,21 +267,13 @@ cdef inline void scatter_run(const float* buf, Py_ssize_t m, Py_ssize_t tj0, Py_
     cdef const float* src
     cdef float* dst
     if dw == 1:
-        # columns interleave with a constant stride: gcc vectorises these with permutes
         full = max(min(ncols[m - 1] - tj0, n), 0)       # tiles whose m columns all exist
         for r in range(nrows):
             dst = y + r * row_step + m * tj0
             src = buf + m * r * STRIP
-            if m == 2:
-                for j in range(full):
-                    dst[2 * j] = activate(src[j] + bias, act)
-                    dst[2 * j + 1] = activate(src[STRIP + j] + bias, act)
-            elif m == 4:
-                for j in range(full):
-                    dst[4 * j] = activate(src[j] + bias, act)
-                    dst[4 * j + 1] = activate(src[STRIP + j] + bias, act)
-                    dst[4 * j + 2] = activate(src[2 * STRIP + j] + bias, act)
-                    dst[4 * j + 3] = activate(src[3 * STRIP + j] + bias, act)
+            if m != 6:
+                # interleaved by vector shuffles, with the output step (_winograd_rows.h)
+                ce_wr_interleave(src, STRIP, <int>m, full, dst, bias, act)
             else:
                 for j in range(full):
                     dst[6 * j] = activate(src[j] + bias, act)

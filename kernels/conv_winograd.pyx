@@ -64,6 +64,9 @@ from _nonfinite cimport any_nonfinite, zero_nonfinite
 from _packed_gemm cimport CE_PG_MR, CE_PG_NR, ce_pg_block, ce_pg_pack_panels
 from _pool cimport CE_POOL_MAX_THREADS, ce_pool_attach, ce_pool_for
 
+cdef extern from "_winograd_rows.h" nogil:
+    void ce_wr_interleave(const float* src, Py_ssize_t sstride, int m, Py_ssize_t n, float* dst,
+                          float b, ce_act_t act)
 cdef extern from "_winograd_taps.h" nogil:
     void ce_wt_column(const float* w, Py_ssize_t n, const float* G, int a, int j, float* u)
 from _scratch cimport check_scratch

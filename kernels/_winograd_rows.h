@@ -1,0 +1,117 @@
+/* Winograd's output rows (kernels/_winograd_tiles.pxi, scatter_run): the m outputs of a row of
+ * consecutive tiles side by side with the output step, dst[m*j + c] = act(src[c*sstride + j] +
+ * b) for tiles j < n and columns c < m, for m = 2 and 4. The output transform leaves column c of
+ * every tile in its own row of its strip buffer; written element by element the interleave ran
+ * scalar and took most of the output phase's time (perf on bench_conv2d.py's conv3x3_c64_56).
+ * Here whole vectors of tiles are interleaved with two rounds of two-vector shuffles, and the
+ * bias and activation are applied in registers: a second pass over the stored row waited for
+ * the output's cache lines. */
+#ifndef CE_WINOGRAD_ROWS_H
+#define CE_WINOGRAD_ROWS_H
+
+#include <stddef.h>
+
+#include "_vec_act.h"
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+#if defined(__AVX512F__)
+#define CE_WR_VW 16
+#elif defined(__AVX__)
+#define CE_WR_VW 8
+#else
+#define CE_WR_VW 0
+#endif
+
+#if CE_WR_VW
+typedef float ce_wr_vf __attribute__((vector_size(CE_WR_VW * 4)));
+typedef float ce_wr_vfu __attribute__((vector_size(CE_WR_VW * 4), aligned(4), may_alias));
+typedef int ce_wr_vi __attribute__((vector_size(CE_WR_VW * 4)));
+#define CE_WR_LD(p) ((ce_wr_vf)(*(const ce_wr_vfu *)(p)))
+#define CE_WR_ST(p, v) (*(ce_wr_vfu *)(p) = (v))
+CE_DEFINE_VEC_ACT(ce_wr_act, ce_wr_vf, ce_wr_vi)
+
+#if CE_WR_VW == 16
+/* pairs: a[i], b[i] for the first and second half of the lanes */
+static const ce_wr_vi ce_wr_pairs_lo = {0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23};
+static const ce_wr_vi ce_wr_pairs_hi = {8, 24, 9, 25, 10, 26, 11, 27,
+                                        12, 28, 13, 29, 14, 30, 15, 31};
+/* quads from two vectors of pairs: a's pair i, then b's pair i */
+static const ce_wr_vi ce_wr_quads_lo = {0, 1, 16, 17, 2, 3, 18, 19, 4, 5, 20, 21, 6, 7, 22, 23};
+static const ce_wr_vi ce_wr_quads_hi = {8, 9, 24, 25, 10, 11, 26, 27,
+                                        12, 13, 28, 29, 14, 15, 30, 31};
+#else
+static const ce_wr_vi ce_wr_pairs_lo = {0, 8, 1, 9, 2, 10, 3, 11};
+static const ce_wr_vi ce_wr_pairs_hi = {4, 12, 5, 13, 6, 14, 7, 15};
+static const ce_wr_vi ce_wr_quads_lo = {0, 1, 8, 9, 2, 3, 10, 11};
+static const ce_wr_vi ce_wr_quads_hi = {4, 5, 12, 13, 6, 7, 14, 15};
+#endif
+
+/* The first n floats of v to p (n < VW): a masked store with AVX-512. */
+static inline void ce_wr_store_part(float *p, ce_wr_vf v, int n)
+{
+#if CE_WR_VW == 16
+    _mm512_mask_storeu_ps(p, (__mmask16)((1u << n) - 1), (__m512)v);
+#else
+    float t[CE_WR_VW];
+    __builtin_memcpy(t, &v, sizeof t);
+    for (int i = 0; i < n; i++)
+        p[i] = t[i];
+#endif
+}
+
+/* The four vectors of outputs of VW tiles (two for m = 2) from the m source rows at j. */
+static inline int ce_wr_tiles(const float *src, ptrdiff_t sstride, int m, ptrdiff_t j, float b,
+                              ce_act_t act, ce_wr_vf *o)
+{
+    ce_wr_vf a0 = CE_WR_LD(src + j) + b, a1 = CE_WR_LD(src + sstride + j) + b;
+    ce_wr_vf lo01 = __builtin_shuffle(a0, a1, ce_wr_pairs_lo);
+    ce_wr_vf hi01 = __builtin_shuffle(a0, a1, ce_wr_pairs_hi);
+    if (m == 2) {
+        o[0] = ce_wr_act(lo01, act);
+        o[1] = ce_wr_act(hi01, act);
+        return 2;
+    }
+    ce_wr_vf a2 = CE_WR_LD(src + 2 * sstride + j) + b, a3 = CE_WR_LD(src + 3 * sstride + j) + b;
+    ce_wr_vf lo23 = __builtin_shuffle(a2, a3, ce_wr_pairs_lo);
+    ce_wr_vf hi23 = __builtin_shuffle(a2, a3, ce_wr_pairs_hi);
+    o[0] = ce_wr_act(__builtin_shuffle(lo01, lo23, ce_wr_quads_lo), act);
+    o[1] = ce_wr_act(__builtin_shuffle(lo01, lo23, ce_wr_quads_hi), act);
+    o[2] = ce_wr_act(__builtin_shuffle(hi01, hi23, ce_wr_quads_lo), act);
+    o[3] = ce_wr_act(__builtin_shuffle(hi01, hi23, ce_wr_quads_hi), act);
+    return 4;
+}
+#endif
+
+/* dst[m*j + c] = act(src[c*sstride + j] + b) for j < n, c < m (m = 2 or 4 vectorised, any m
+ * in a scalar loop). Each source row is read in whole vectors: up to n rounded up to a
+ * multiple of the vector width (16 or 8 floats) must be readable; dst gets m*n floats. */
+static inline void ce_wr_interleave(const float *src, ptrdiff_t sstride, int m, ptrdiff_t n,
+                                    float *dst, float b, ce_act_t act)
+{
+    ptrdiff_t j = 0;
+#if CE_WR_VW
+    const ptrdiff_t V = CE_WR_VW;
+    if (m == 2 || m == 4) {
+        ce_wr_vf o[4];
+        for (; j < n; j += V) {
+            int nv = ce_wr_tiles(src, sstride, m, j, b, act, o);
+            ptrdiff_t left = m * (n - j);        /* floats of this row still to write */
+            float *d = dst + m * j;
+            for (int i = 0; i < nv && left > 0; i++, left -= V, d += V) {
+                if (left >= V)
+                    CE_WR_ST(d, o[i]);
+                else
+                    ce_wr_store_part(d, o[i], (int)left);
+            }
+        }
+        return;
+    }
+#endif
+    for (; j < n; j++)
+        for (int c = 0; c < m; c++)
+            dst[m * j + c] = ce_act_scalar(src[c * sstride + j] + b, act);
+}
+
+#endif
