@@ -257,7 +257,9 @@ def test_which_kernel(rng):
     assert kernel(32, 1, 3, (112, 112)) == "rows"
     assert kernel(96, 1, 3, (112, 112), s=2) == "rows"              # 56 wide
     assert kernel(144, 1, 3, (56, 56), s=2) == "planes"             # 28 wide
-    assert kernel(192, 1, 3, (28, 28)) == "planes"
+    assert kernel(192, 1, 3, (28, 28)) == "rows"                    # 28 wide, two rows a time
+    assert kernel(64, 1, 3, (60, 14)) == "rows"
+    assert kernel(64, 1, 3, (60, 13)) == "planes"                   # 13 wide: too narrow
     assert kernel(32, 2, 3, (112, 112)) == "planes"                 # multiplier 2
     assert kernel(32, 1, 5, (112, 112)) == "planes"                 # 5x5
     assert kernel(32, 1, 3, (112, 112), s=3) == "planes"

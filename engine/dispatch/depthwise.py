@@ -34,9 +34,10 @@ CHANNEL_BLOCK_MAX_PIXELS_NARROW_S2 = 56 * 56
 # planes at stride 1 and 28x28 at stride 2 (5x5 576ch 7x7: 0.076 against 0.108 ms, 7x7 288ch
 # 14x14 s2: 0.073 against 0.129; bench/bench_dispatch.py depthwise/wide, AVX2 build).
 WIDE_KERNEL_BLOCK_MAX_PIXELS = {1: 14 * 14, 2: 28 * 28}
-# Narrowest output run row by row: on shorter rows the per-row work outweighs the staging and
-# copy-out pass it saves (bench/bench_dispatch.py depthwise/rows, AVX-512 build).
-ROWS_MIN_WIDTH = 56
+# Narrowest output run row by row, per stride: on shorter rows the per-row work outweighs the
+# staging and copy-out pass it saves (bench/bench_dispatch.py depthwise/rows, AVX-512 build).
+# Stride 1 computes two rows at a time and wins from 14-wide outputs on; stride 2 one row.
+ROWS_MIN_WIDTH = {1: 14, 2: 56}
 # Built for 8-float vectors (AVX2) the plane kernel wins every stride-1 row of that bench
 # (0.28 against 0.31-0.37 ms), and rows win stride 2 down to 14-wide outputs: they split each
 # input row into even and odd columns once, where the planes read every other column.
@@ -83,7 +84,7 @@ def choose_depthwise_kernel(p: ConvParams) -> tuple[str, str]:
                           f"{max_pixels} pixels): vectors of {CHANNEL_BLOCK} "
                           f"channels per pixel cost less than staging short rows")
     not_rows = why_not_depthwise_kernel("rows", p)
-    min_width = ROWS_MIN_WIDTH if floats >= 16 else ROWS_MIN_WIDTH_NARROW[p.stride[0]]
+    min_width = (ROWS_MIN_WIDTH if floats >= 16 else ROWS_MIN_WIDTH_NARROW).get(p.stride[0])
     if not_rows is None and min_width is not None and ow >= min_width:
         return "rows", (f"3x3 stride {p.stride[0]} to a {ow}-wide output (at least "
                         f"{min_width}): row by row from three ring rows, no staging or "
