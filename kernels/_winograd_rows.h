@@ -1,4 +1,8 @@
-/* Winograd's output rows (kernels/_winograd_tiles.pxi, scatter_run): the m outputs of a row of
+/* Rows of Winograd's V and of its output (kernels/_winograd_tiles.pxi).
+ *
+ * V: ce_wr_copy_tiles packs the lanes of a strip of input transforms that are tiles into V.
+ *
+ * Output: ce_wr_interleave (scatter_run) puts the m outputs of a row of
  * consecutive tiles side by side with the output step, dst[m*j + c] = act(src[c*sstride + j] +
  * b) for tiles j < n and columns c < m, for m = 2 and 4. The output transform leaves column c of
  * every tile in its own row of its strip buffer; written element by element the interleave ran
@@ -46,6 +50,34 @@ static const ce_wr_vi ce_wr_pairs_lo = {0, 8, 1, 9, 2, 10, 3, 11};
 static const ce_wr_vi ce_wr_pairs_hi = {4, 12, 5, 13, 6, 14, 7, 15};
 static const ce_wr_vi ce_wr_quads_lo = {0, 1, 8, 9, 2, 3, 10, 11};
 static const ce_wr_vi ce_wr_quads_hi = {4, 5, 12, 13, 6, 7, 14, 15};
+#endif
+
+/* With dilation the lanes of a strip hold each column phase's tiles followed by positions
+ * that are not tiles, and V lists the tiles without gaps. Copied phase by phase, one store of
+ * a few tiles per phase and element, the copy waited on its stores (perf on bench_conv2d.py's
+ * conv3x3_d4_c512_28: 4 stores of 2 tiles for every 8). With AVX-512 the tiles of each half
+ * strip are packed in a register (vcompressps) and stored as one vector per element. */
+#if CE_WR_VW == 16
+#define CE_WR_COMPRESS 1
+/* For e < E: the lanes of buf[e*bstride .. + 32) whose bit is set in mask, in order, to
+ * dst[e*es ..]. Each store writes 16 floats: up to 15 past the tiles, where the caller has
+ * room (later tiles of the row, rewritten after, or slack). */
+static inline void ce_wr_copy_tiles(const float *buf, ptrdiff_t bstride, ptrdiff_t E,
+                                    unsigned long long mask, float *dst, ptrdiff_t es)
+{
+    __mmask16 m0 = (__mmask16)(mask & 0xFFFF), m1 = (__mmask16)((mask >> 16) & 0xFFFF);
+    int c0 = __builtin_popcount(m0);
+    for (ptrdiff_t e = 0; e < E; e++) {
+        const float *src = buf + e * bstride;
+        float *d = dst + e * es;
+        if (m0)
+            _mm512_storeu_ps(d, _mm512_maskz_compress_ps(m0, _mm512_loadu_ps(src)));
+        if (m1)
+            _mm512_storeu_ps(d + c0, _mm512_maskz_compress_ps(m1, _mm512_loadu_ps(src + 16)));
+    }
+}
+#else
+#define CE_WR_COMPRESS 0
 #endif
 
 /* The first n floats of v to p (n < VW): a masked store with AVX-512. */

@@ -129,7 +129,20 @@ cdef inline void copy_runs(const float* buf, Py_ssize_t E, Py_ssize_t u0, Py_ssi
     dilation 4 on a 28x28 image): the stores are what this loop waits for."""
     cdef Py_ssize_t b, lo, hi, e
     cdef const float* src
-    cdef float* dst
+    cdef float* dst = NULL
+    cdef unsigned long long mask = 0
+    if CE_WR_COMPRESS and dw > 1:
+        # the strip's tiles, packed in registers and stored as whole vectors (_winograd_rows.h)
+        for b in range(dw):
+            lo = max(u0, b * J)
+            hi = min(u0 + n, b * J + tw[b])
+            if hi > lo:
+                mask |= ((1ULL << (hi - lo)) - 1) << (lo - u0)
+                if dst == NULL:
+                    dst = v + start[b] + lo - b * J
+        if mask:
+            ce_wr_copy_tiles(buf, STRIP, E, mask, dst, es)
+        return
     for b in range(dw):
         lo = max(u0, b * J)
         hi = min(u0 + n, b * J + tw[b])

@@ -65,6 +65,9 @@ from _packed_gemm cimport CE_PG_MR, CE_PG_NR, ce_pg_block, ce_pg_pack_panels
 from _pool cimport CE_POOL_MAX_THREADS, ce_pool_attach, ce_pool_for
 
 cdef extern from "_winograd_rows.h" nogil:
+    int CE_WR_COMPRESS
+    void ce_wr_copy_tiles(const float* buf, Py_ssize_t bstride, Py_ssize_t E,
+                          unsigned long long mask, float* dst, Py_ssize_t es)
     void ce_wr_interleave(const float* src, Py_ssize_t sstride, int m, Py_ssize_t n, float* dst,
                           float b, ce_act_t act)
 cdef extern from "_winograd_taps.h" nogil:

@@ -145,8 +145,9 @@ def test_sizes_and_paddings(algorithm, padding, weights, rng):
 @pytest.mark.parametrize("dilation", [2, 3, 4, (2, 3), (4, 1)], ids=str)
 def test_dilations(algorithm, dilation, weights, rng):
     d = (dilation, dilation) if isinstance(dilation, int) else dilation
-    # (1, 3), (2, 1): fewer outputs than phases, so some phases hold no tile at all
-    for h, w in [(5, 5), (11, 53), (53, 11), (13, 8), (1, 3), (2, 1)]:
+    # (1, 3), (2, 1): fewer outputs than phases, so some phases hold no tile at all; (7, 140):
+    # rows of tiles over several strips of 32, each packing the tiles of several phases
+    for h, w in [(5, 5), (11, 53), (53, 11), (13, 8), (1, 3), (2, 1), (7, 140)]:
         for padding in [0, d[0], "same", (1, 4, 0, 2)]:
             pads = resolve_padding(padding, (h, w), (3, 3), (1, 1), d)
             if fits(h, pads[0], d[0]) and fits(w, pads[1], d[1]):
