@@ -8,7 +8,8 @@ Times F(2x2,3x3), F(4x4,3x3) and F(6x6,3x3) on one thread over a set of 3x3 stri
 more output than input channels: DenseNet's 128->32, SqueezeNet's and Inception's expanding
 layers), alternating the three tiles run by run, medians. It then fits the model's constants
 
-    GEMM flops over the columns the micro-kernel computes * G + U bytes * U + tiles * (m+2)^2 * (C * In[m] + K * Out[m])
+    GEMM flops over the columns the micro-kernel computes * G + U bytes * U
+        + tiles * (m+2)^2 * (C * In[m] + K * Out[m]) + (m+2)^2 * Call
 
 by non-negative least squares on the relative error, and prints them, the constants in use,
 and for each layer the fastest tile, the tile each set of constants picks and the time lost by
@@ -50,12 +51,13 @@ def tiles(m, side):
 
 def features(m, c, k, side):
     """The model's terms for one layer and tile: [GEMM GFLOP, U GB, then the per-tile input
-    and output transform counts of each tile size in turn] (ms = features @ constants)."""
+    and output transform counts of each tile size in turn, then the tile elements (one GEMM
+    and its work items each, per call)] (ms = features @ constants)."""
     e, t = (m + 2) ** 2, tiles(m, side)
     row = [2.0 * wd.gemm_columns(t) * e * c * k / 1e9, 4.0 * e * c * k / 1e9]
     for n in TILES:
         row += [t * e * c / 1e6 if n == m else 0.0, t * e * k / 1e6 if n == m else 0.0]
-    return row
+    return row + [e / 1e3]
 
 
 def measure(layers, repeat):
@@ -123,6 +125,7 @@ def main(argv=None):
                                      for i, m in enumerate(TILES)) + "}")
     print("OUTPUT_NS = {" + ", ".join(f"{m}: {coef[3 + 2 * i]:.3g}"
                                       for i, m in enumerate(TILES)) + "}")
+    print(f"ELEMENT_US = {coef[-1]:.3g}")
     print(f"{'layer':>18}  {'F(2) ms':>8} {'F(4) ms':>8} {'F(6) ms':>8}  best  fitted  in use"
           f"  lost by fitted / in use")
     lost_fit, lost_use = [], []

@@ -310,8 +310,8 @@ def test_weights_only_a_transform_reads_leave_memory(tmp_path, rng):
     Model(Graph(nodes, [TensorSpec("t0", (1, c, 28, 28), "float32")],
                 [TensorSpec("t3", None, "float32")], consts)).save(path)
     loaded = engine.load(path)
-    assert {layer.algorithm for op in loaded._ops.values()
-            for layer in op._layers.values()} <= {"winograd_f23", "winograd_f43"}
+    assert all(layer.algorithm.startswith("winograd_f") for op in loaded._ops.values()
+               for layer in op._layers.values())
     loaded.run({"t0": f(1, c, 28, 28)})
     size_kib = os.path.getsize(path) / 1024
     assert _mapped_rss_kib(path) < 0.1 * size_kib, (_mapped_rss_kib(path), size_kib)

@@ -47,34 +47,40 @@ def choose_winograd_weights(u_bytes: int, tiles: int) -> tuple[str, str]:
 # tiles), its transformed weights are (m+2)^2 / 9 times the weights (read once per call), and
 # its transforms cost more per tile. The time of a tile choice on one core is estimated as
 #     GEMM flops * GEMM cost + U bytes * U cost
-#         + tiles * (m+2)^2 * (C * T_in[m] + K * T_out[m]),
+#         + tiles * (m+2)^2 * (C * T_in[m] + K * T_out[m]) + (m+2)^2 * T_element,
 # the GEMM over the columns the packed micro-kernel computes (gemm_columns), the input and
-# output transforms apart (a 128->32 layer is mostly input transform). The constants are
-# fitted (non-negative least squares on relative error) to one-thread times of the three tiles
-# on 33 layers, 16-512 channels, 7x7 to 224x224 maps, 18 with as many output as input channels
-# and 15 with 4x fewer or 2-4x more (DenseNet's 128->32, Inception's and SqueezeNet's expanding
-# layers), by bench/bench_winograd_tiles.py, which also prints each pick's loss against the
-# fastest tile.
+# output transforms apart (a 128->32 layer is mostly input transform), and a cost per tile
+# element and call (its GEMM's work items, whatever their size: what separates the tiles on
+# small maps with few output channels). The constants are fitted (non-negative least squares
+# on relative error) to one-thread times of the three tiles on 33 layers, 16-512 channels, 7x7
+# to 224x224 maps, 18 with as many output as input channels and 15 with 4x fewer or 2-4x more
+# (DenseNet's 128->32, Inception's and SqueezeNet's expanding layers), by
+# bench/bench_winograd_tiles.py, which also prints each pick's loss against the fastest tile.
 class TileModel(NamedTuple):
     gemm_ms_per_gflop: float
     u_ms_per_gb: float
     input_ns: dict
     output_ns: dict
+    element_us: float
     whole_panels: bool      # the GEMM's columns rounded up to whole panels, else to vectors
 
 
-# Per vector width of the build. 8 floats (AVX2, Zen 3): fitted with the GEMM's columns rounded
-# up to whole panels; it picks the fastest tile or one within 5% of it on every layer, where the
-# earlier model took F(4x4) for DenseNet's 128->32 on 28x28 (0.88 ms against F(2x2)'s 0.65).
-# 16 floats (AVX-512, Zen 4): the columns rounded up to vectors, as the micro-kernel runs a
-# last panel of at most 16 columns as one vector (14x14 maps: F(4x4)'s 16 tiles fill one). Its
-# pick is the fastest tile on 29 of the 33 layers, within 3% on three more, and 36% slower on
-# DenseNet's 128->32 on 14x14 (F(4x4) 0.22 ms against F(2x2)'s 0.16); the mean loss is 1.3%.
+# Per vector width of the build. 8 floats (AVX2, Zen 3): fitted without the element term and
+# with the GEMM's columns rounded up to whole panels; it picks the fastest tile or one within
+# 5% of it on every layer, where the earlier model took F(4x4) for DenseNet's 128->32 on 28x28
+# (0.88 ms against F(2x2)'s 0.65). 16 floats (AVX-512, Zen 4): the columns rounded up to
+# vectors, as the micro-kernel runs a last panel of at most 16 columns as one vector (14x14
+# maps: F(4x4)'s 16 tiles fill one). Its pick is the fastest tile on 30 of the 33 layers; the
+# other three lose 0.5%, 3.7% (64->64 on 14x14: 0.151 against 0.146 ms) and 15% (256->256 on
+# 28x28 takes F(6x6): 4.33 against F(4x4)'s 3.77 ms in that run; 4.50 against 4.62 in a
+# rerun, where F(6x6) was the faster: the two are within this machine's noise).
+# Without the element term DenseNet's 128->32 on 14x14 took F(4x4), 0.22 ms against F(2x2)'s
+# 0.16, in each of its 24 layers.
 TILE_MODELS = {
     8: TileModel(10.76, 50.3, {2: 0.655, 4: 2.00, 6: 2.40}, {2: 0.340, 4: 0.642, 6: 0.812},
-                 True),
-    16: TileModel(10.4, 35.4, {2: 0.435, 4: 0.808, 6: 1.11}, {2: 0.241, 4: 0.269, 6: 0.395},
-                  False),
+                 0.0, True),
+    16: TileModel(10.9, 20.2, {2: 0.342, 4: 0.683, 6: 0.925}, {2: 0.215, 4: 0.181, 6: 0.258},
+                  1.38, False),
 }
 # The largest error a tile may bring to be picked by auto: max |y - float64 reference| over
 # max |reference| on unit-normal data; TILE_REL_ERROR is twice the worst measured on 16-2048
@@ -110,7 +116,7 @@ def tile_cost_ms(m: int, cg: int, kg: int, groups: int, tiles: int) -> float:
     gemm = 2.0 * gemm_columns(tiles, model.whole_panels) * e * cg * kg * groups
     transforms = tiles * e * groups * (cg * model.input_ns[m] + kg * model.output_ns[m])
     return (gemm / 1e9 * model.gemm_ms_per_gflop + u / 1e9 * model.u_ms_per_gb
-            + transforms / 1e6)
+            + transforms / 1e6 + e * model.element_us / 1e3)
 
 
 def rank_winograd_tiles(cg: int, kg: int, groups: int, tiles_of) -> list[tuple[int, float, str]]:
