@@ -17,9 +17,8 @@
 
 #include <stddef.h>
 #include <string.h>
-#if defined(__AVX512F__)
-#include <immintrin.h>
-#endif
+
+#include "_store_part.h"
 
 #if defined(__AVX512F__)
 #define CE_DW_VW 16
@@ -112,18 +111,6 @@ static inline void ce_dw_copy_split(const float *src, int W, int pl, float *E, f
     }
 }
 
-/* The first n floats of v to p, n < VW: a masked store with AVX-512. */
-static inline void ce_dw_store_part(float *p, ce_dw_vf v, int n)
-{
-#if CE_DW_VW == 16
-    _mm512_mask_storeu_ps(p, (__mmask16)((1u << n) - 1), (__m512)v);
-#else
-    float t[CE_DW_VW];
-    memcpy(t, &v, sizeof t);
-    memcpy(p, t, (size_t)n * sizeof(float));
-#endif
-}
-
 /* One output vector at p's row: a whole vector where it runs into later output rows of the
  * plane (written after it), else only the n < VW outputs that exist. */
 static inline void ce_dw_store(float *orow, int ox, int OW, int n_after, ce_dw_vf acc)
@@ -132,7 +119,7 @@ static inline void ce_dw_store(float *orow, int ox, int OW, int n_after, ce_dw_v
     if (n >= CE_DW_VW || n_after >= CE_DW_VW - n)
         *(ce_dw_vfu *)(orow + ox) = acc;
     else
-        ce_dw_store_part(orow + ox, acc, n);
+        ce_store_first(orow + ox, (ce_sp_vf)acc, n);
 }
 
 /* One tap row of an output vector, summed as (a w0 + b w1) + c w2 in that order: the single-

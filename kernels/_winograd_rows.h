@@ -15,6 +15,7 @@
 
 #include <stddef.h>
 
+#include "_store_part.h"
 #include "_vec_act.h"
 #if defined(__AVX512F__)
 #include <immintrin.h>
@@ -80,19 +81,6 @@ static inline void ce_wr_copy_tiles(const float *buf, ptrdiff_t bstride, ptrdiff
 #define CE_WR_COMPRESS 0
 #endif
 
-/* The first n floats of v to p (n < VW): a masked store with AVX-512. */
-static inline void ce_wr_store_part(float *p, ce_wr_vf v, int n)
-{
-#if CE_WR_VW == 16
-    _mm512_mask_storeu_ps(p, (__mmask16)((1u << n) - 1), (__m512)v);
-#else
-    float t[CE_WR_VW];
-    __builtin_memcpy(t, &v, sizeof t);
-    for (int i = 0; i < n; i++)
-        p[i] = t[i];
-#endif
-}
-
 /* The four vectors of outputs of VW tiles (two for m = 2) from the m source rows at j. */
 static inline int ce_wr_tiles(const float *src, ptrdiff_t sstride, int m, ptrdiff_t j, float b,
                               ce_act_t act, ce_wr_vf *o)
@@ -135,7 +123,7 @@ static inline void ce_wr_interleave(const float *src, ptrdiff_t sstride, int m, 
                 if (left >= V)
                     CE_WR_ST(d, o[i]);
                 else
-                    ce_wr_store_part(d, o[i], (int)left);
+                    ce_store_first(d, (ce_sp_vf)o[i], (int)left);
             }
         }
         return;
