@@ -67,6 +67,15 @@ static inline void ce_dw_split(const float *p, ce_dw_vf *even, ce_dw_vf *odd)
     *odd = __builtin_shuffle(a, b, o);
 }
 
+/* Lanes 1 .. VW of a, b side by side: a vector one element further along. */
+#if CE_DW_VW == 16
+static const ce_dw_vi ce_dw_next_lane = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16};
+#elif CE_DW_VW == 8
+static const ce_dw_vi ce_dw_next_lane = {1, 2, 3, 4, 5, 6, 7, 8};
+#else
+static const ce_dw_vi ce_dw_next_lane = {1, 2, 3, 4};
+#endif
+
 static inline ce_dw_vf ce_dw_clamp(ce_dw_vf v, float lo, float hi)
 {
     /* C has no vector ?:, so the clamps select through the comparison masks */
@@ -181,6 +190,29 @@ static void ce_dw3x3_plane(const float *x, int H, int W, int OH, int OW, int s, 
                 ce_dw_store(orow + OW, ox, OW, after - OW, ce_dw_clamp(a1, lo, hi));
             }
             oy += 2;
+            continue;
+        }
+        if (s == 2 && !CE_DW_SPLIT_ROWS) {
+            /* the even and odd lanes of each tap row, split once: the third tap's (the even
+               lanes one column on) are the even lanes shifted by one lane with the next
+               vector's first, where a second split per vector took two more loads and
+               shuffles (bench_conv2d.py, dw3x3_s2_c96_112) */
+            ce_dw_vf e[3], o[3];
+            for (int u = 0; u < 3; u++)
+                ce_dw_split(rows[u], &e[u], &o[u]);
+            for (int ox = 0; ox < OW; ox += CE_DW_VW) {
+                ce_dw_vf acc = (ce_dw_vf){0} + b;
+                for (int u = 0; u < 3; u++) {
+                    ce_dw_vf en, on;
+                    ce_dw_split(rows[u] + 2 * (ox + CE_DW_VW), &en, &on);
+                    ce_dw_vf e1 = __builtin_shuffle(e[u], en, ce_dw_next_lane);
+                    acc += e[u] * w[3 * u] + o[u] * w[3 * u + 1] + e1 * w[3 * u + 2];
+                    e[u] = en;
+                    o[u] = on;
+                }
+                ce_dw_store(orow, ox, OW, after, ce_dw_clamp(acc, lo, hi));
+            }
+            oy++;
             continue;
         }
         for (int ox = 0; ox < OW; ox += CE_DW_VW) {
