@@ -326,6 +326,31 @@ def test_channel_blocks_threads_bit_identical(rng, s):
     assert np.isfinite(outs[0]).all()
 
 
+@pytest.mark.parametrize("s, size", [(1, (57, 56)), (1, (56, 30)), (2, (112, 113))])
+def test_rows_threads_bit_identical(rng, s, size):
+    """The row kernel (two output rows at a time at stride 1, odd and even output heights; the
+    split tap rows at stride 2) on planes large enough for both threads to run: the same bits
+    at 1, 2 and 3 threads, within the reference's bounds."""
+    x = rng.standard_normal((1, 48) + size).astype(np.float32)
+    w = rng.standard_normal((48, 1, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(48).astype(np.float32)
+    layer = engine.Conv2d(w, b, s, 1, groups=48, activation="relu6", algorithm="depthwise")
+    g = layer.geometry(x.shape)
+    assert layer._impl.kernel_choice(g)[0] == "rows"
+    outs = []
+    for t in (1, 2, 3):
+        out = np.full(layer.output_shape(x.shape), np.nan, np.float32)
+        layer._impl.run(x, out, g, t)
+        outs.append(out)
+    assert np.array_equal(outs[0], outs[1]) and np.array_equal(outs[0], outs[2])
+    ref = np.clip(conv2d_ref(x.astype(np.float64), w.astype(np.float64), b.astype(np.float64),
+                             (s, s), ((1, 1), (1, 1)), (1, 1), groups=48), 0, 6)
+    # nine products and the bias in float32: a few ulp of the sum of their magnitudes
+    mag = conv2d_ref(np.abs(x).astype(np.float64), np.abs(w).astype(np.float64),
+                     np.abs(b).astype(np.float64), (s, s), ((1, 1), (1, 1)), (1, 1), groups=48)
+    assert np.all(np.abs(outs[0] - ref) <= 1e-6 * mag + 1e-7)
+
+
 def test_channel_blocks_nan_reaches_exactly_its_receptive_field(rng):
     x = rng.uniform(-1, 1, (1, 16, 9, 8)).astype(np.float32)
     x[0, 3, 4, 0] = np.nan           # left border
