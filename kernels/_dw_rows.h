@@ -220,19 +220,11 @@ static void ce_dw3x3_plane(const float *x, int H, int W, int OH, int OW, int s, 
             if (s == 1) {
                 for (int u = 0; u < 3; u++)
                     acc += CE_DW_TAPS(rows[u] + ox, w, 3 * u);
-            } else if (CE_DW_SPLIT_ROWS) {
+            } else {        /* stride 2 on rows split as they were copied */
                 for (int u = 0; u < 3; u++) {
                     const float *e = rows[u] + ox, *o = rows[u] + RL / 2 + ox;
                     acc += CE_DW_LD(e) * w[3 * u] + CE_DW_LD(o) * w[3 * u + 1]
                            + CE_DW_LD(e + 1) * w[3 * u + 2];
-                }
-            } else {
-                for (int u = 0; u < 3; u++) {
-                    const float *p = rows[u] + 2 * ox;
-                    ce_dw_vf e0, o0, e1, o1;
-                    ce_dw_split(p, &e0, &o0);
-                    ce_dw_split(p + 2, &e1, &o1);
-                    acc += e0 * w[3 * u] + o0 * w[3 * u + 1] + e1 * w[3 * u + 2];
                 }
             }
             ce_dw_store(orow, ox, OW, after, ce_dw_clamp(acc, lo, hi));
