@@ -77,8 +77,6 @@ static inline void ce_wr_copy_tiles(const float *buf, ptrdiff_t bstride, ptrdiff
             _mm512_storeu_ps(d + c0, _mm512_maskz_compress_ps(m1, _mm512_loadu_ps(src + 16)));
     }
 }
-#else
-#define CE_WR_COMPRESS 0
 #endif
 
 /* The four vectors of outputs of VW tiles (two for m = 2) from the m source rows at j. */
@@ -101,6 +99,22 @@ static inline int ce_wr_tiles(const float *src, ptrdiff_t sstride, int m, ptrdif
     o[2] = ce_wr_act(__builtin_shuffle(hi01, hi23, ce_wr_quads_lo), act);
     o[3] = ce_wr_act(__builtin_shuffle(hi01, hi23, ce_wr_quads_hi), act);
     return 4;
+}
+#endif
+
+#ifndef CE_WR_COMPRESS
+/* Without AVX-512 the caller copies phase by phase (CE_WR_COMPRESS 0); this is the same copy
+ * lane by lane, for completeness, and writes only the tiles. */
+#define CE_WR_COMPRESS 0
+static inline void ce_wr_copy_tiles(const float *buf, ptrdiff_t bstride, ptrdiff_t E,
+                                    unsigned long long mask, float *dst, ptrdiff_t es)
+{
+    for (ptrdiff_t e = 0; e < E; e++) {
+        ptrdiff_t t = 0;
+        for (int l = 0; l < 32; l++)
+            if (mask >> l & 1)
+                dst[e * es + t++] = buf[e * bstride + l];
+    }
 }
 #endif
 
