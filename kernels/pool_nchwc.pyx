@@ -20,9 +20,18 @@ cdef extern from *:
     #if defined(__AVX512F__)
     #include <immintrin.h>
     #define CE_NC_MAX(t, m) ((ce_nc_vf)_mm512_max_ps((__m512)(t), (__m512)(m)))
-    #else
+    #elif defined(__AVX__)
     #include <immintrin.h>
     #define CE_NC_MAX(t, m) ((ce_nc_vf)_mm256_max_ps((__m256)(t), (__m256)(m)))
+    #else
+    /* builds without AVX (CONVENGINE_PORTABLE=1): the same select, m where t is not larger
+       (a NaN in either gives m, as maxps does) */
+    static inline ce_nc_vf ce_nc_max_select(ce_nc_vf t, ce_nc_vf m)
+    {
+        ce_nc_vi k = t > m;
+        return (ce_nc_vf)(((ce_nc_vi)t & k) | ((ce_nc_vi)m & ~k));
+    }
+    #define CE_NC_MAX(t, m) ce_nc_max_select(t, m)
     #endif
 
     /* One output pixel, every tap checked: the maximum (avg == 0) or the sum of the window's

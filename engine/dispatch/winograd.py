@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from .._kernels.conv_pointwise import PANEL
 
 # A layer's weights are transformed per call when U would take at least this many bytes
 # (F(4x4): 9 MiB for 256->256, 36 MiB for 512->512; DRN-C-26's seven 512-channel layers would
@@ -96,16 +95,17 @@ def tile_model() -> TileModel:
 
 
 def gemm_columns(tiles: int, whole_panels: bool = False) -> int:
-    """The columns the packed micro-kernel computes for ``tiles`` columns: whole panels of
-    PANEL, the last one as whole vectors (or a whole panel)."""
+    """The columns the packed micro-kernel computes for ``tiles`` columns: whole panels of two
+    vectors (its panel on AVX2 and AVX-512 builds), the last one as whole vectors (or a whole
+    panel). From the vector width the rules assume (engine/dispatch/conv.py vector_floats), so
+    that a build's tests can ask for another width's choices."""
     from .conv import vector_floats
-    full, rest = divmod(tiles, PANEL)
-    if rest and not whole_panels:
-        vector = min(vector_floats(), PANEL)
-        rest = -(-rest // vector) * vector
-    elif rest:
-        rest = PANEL
-    return full * PANEL + rest
+    vector = vector_floats()
+    panel = 2 * vector
+    full, rest = divmod(tiles, panel)
+    if rest:
+        rest = panel if whole_panels else -(-rest // vector) * vector
+    return full * panel + rest
 
 
 def tile_cost_ms(m: int, cg: int, kg: int, groups: int, tiles: int) -> float:
