@@ -28,6 +28,8 @@ Groups (section/group):
   layout/dense                            engine/dispatch/layout.py DENSE_ALONE_MIN_TAPS: a
                                           lone dense layer on NCHW against blocked with a
                                           layout change each way
+  layout/pointwise                        engine/dispatch/layout.py POINTWISE_ALONE_MIN_WASTE:
+                                          the same for a lone 1x1 layer (a one-node model)
 The layout's own choices (which layers run blocked, how blocked kernels split their threads)
 only show in whole models: bench/bench_models.py --layout auto|nchw|nchwc.
 """
@@ -40,7 +42,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _harness import time_alternating  # noqa: E402
+from _harness import onnx_single_node, time_alternating  # noqa: E402
 
 import engine  # noqa: E402
 from engine._kernels import dense, nchwc, nchwc_window  # noqa: E402
@@ -48,6 +50,7 @@ from engine._threads import blas_pinned, threads_for  # noqa: E402
 from engine.dispatch import choose_gemm  # noqa: E402
 from engine.dispatch.layout import (DENSE_ALONE_MIN_TAPS, GROUPED_MIN_WIDTH,  # noqa: E402
                                     dense_padded, winograd_shaped)
+from engine.dispatch.layout import POINTWISE_ALONE_MIN_WASTE  # noqa: E402
 from engine.ops.activation import kernel_act  # noqa: E402
 from engine.graph.blocked_steps import MIN_CONVERT_ELEMENTS, MIN_WORK_DEPTHWISE  # noqa: E402
 from engine.ops import blocked  # noqa: E402
@@ -224,6 +227,23 @@ def dense_rows(threads):
                {"nchw": lambda: layer(x), "blocked": blocked_run}, pick)
 
 
+def pointwise_alone_rows(threads):
+    """A lone 1x1 layer (a one-node ONNX model) planned on NCHW against blocked with a layout
+    change each way, on maps whose NCHW GEMM wastes more or fewer columns."""
+    engine.set_num_threads(threads)
+    for c, k, size in [(512, 2048, 7), (2048, 512, 7), (512, 512, 7), (160, 960, 7),
+                       (64, 256, 7), (256, 1024, 14), (1024, 256, 14), (128, 512, 28),
+                       (64, 256, 56)]:
+        x, w = _rand(1, c, size, size), _rand(k, c, 1, 1) / np.float32(np.sqrt(c))
+        model, feeds = onnx_single_node("Conv", [("x", x)], [("w", w)], dict(kernel_shape=[1, 1]))
+        fns = {lay: (lambda m: lambda: m.run(feeds))(engine.load(model, layout=lay))
+               for lay in ("nchw", "nchwc")}
+        auto = engine.load(model).explain()
+        pick = "blocked" if "layout nchwc" in auto else "nchw"
+        yield (f"1x1 {c}->{k} {size}x{size} (waste limit {POINTWISE_ALONE_MIN_WASTE})",
+               {"nchw": fns["nchw"], "blocked": fns["nchwc"]}, pick)
+
+
 def grouped_rows(threads):
     """Grouped 3x3 layers with groups inside blocks: the blocked grouped kernel against the
     NCHW algorithm the dispatcher gives the same layer (no layout change counted)."""
@@ -321,6 +341,9 @@ def layout_rows(group, threads=1):
     if group == "dense":
         yield from dense_rows(threads)
         return
+    if group == "pointwise":
+        yield from pointwise_alone_rows(threads)
+        return
     if group == "winograd":
         yield from winograd_layout_rows(threads)
         return
@@ -385,10 +408,10 @@ SECTIONS = {
                    lambda g: ["col2im", "zero_insert"]),
     "gemm": (["dense"], gemm_rows, lambda g: ["dense", "matmul"]),
     "winograd": (["weights"], winograd_weight_rows, lambda g: ["stored", "per_call"]),
-    "layout": (["convert", "depthwise", "dw_planes", "dense_padded", "dense", "grouped",
-                "winograd"],
+    "layout": (["convert", "depthwise", "dw_planes", "dense_padded", "dense", "pointwise",
+                "grouped", "winograd"],
                layout_rows,
-               lambda g: ["nchw", "blocked"] if g in ("dense", "grouped", "winograd")
+               lambda g: ["nchw", "blocked"] if g in ("dense", "pointwise", "grouped", "winograd")
                else ["rows", "planes"] if g == "dw_planes"
                else ["checked", "padded"] if g == "dense_padded" else ["1 thread", "2 thread"]),
 }

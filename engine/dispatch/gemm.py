@@ -38,3 +38,18 @@ def choose_matmul(rows: int, constant_b: bool) -> tuple[str, str]:
         return "numpy", f"{rows} rows of A (fewer than {PACKED_MIN_ROWS}): numpy.matmul"
     return "packed", (f"{rows} rows of activations times constant weights: the packed "
                       f"micro-kernel on the engine's threads, the same sums at any thread count")
+
+
+def gemm_columns(columns: int, whole_panels: bool = False) -> int:
+    """The columns the packed micro-kernel (kernels/_packed_gemm.h) computes for a GEMM of
+    ``columns`` columns: whole panels of two vectors (its panel on AVX2 and AVX-512 builds),
+    the last one as whole vectors (or a whole panel). Winograd's tile model and the layout of
+    lone 1x1 layers ask it. From the vector width the rules assume (engine/dispatch/conv.py
+    vector_floats), so that a build's tests can ask for another width's choices."""
+    from .conv import vector_floats
+    vector = vector_floats()
+    panel = 2 * vector
+    full, rest = divmod(columns, panel)
+    if rest:
+        rest = panel if whole_panels else -(-rest // vector) * vector
+    return full * panel + rest

@@ -15,6 +15,7 @@ from typing import Optional
 from ..ops.activation import is_activation
 from ..ops.blocked import BLOCK
 from .conv import ConvParams, choose_conv2d, is_depthwise, vector_floats
+from .gemm import gemm_columns
 from .policy import current_policy
 
 LAYOUTS = ("auto", "nchw", "nchwc")
@@ -50,6 +51,14 @@ WINOGRAD_BLOCKED_MAX_IN = 64
 # NCHW algorithms outweighs two passes over the tensors. A 1x1 layer never pays that alone: its
 # input is as large as its work per tap (bench/bench_dispatch.py layout/dense).
 DENSE_ALONE_MIN_TAPS = 256
+# A 1x1 layer runs blocked with no blocked neighbour when the NCHW GEMM over its map computes at
+# least this many times its pixels (a 7x7 map's 49 columns take 64: the blocked kernel cuts the
+# map into even tiles), and its weights are large enough to pay the two layout changes:
+# ResNet-50's last 512->2048 on 7x7, 1.21 ms on NCHW against 0.96 blocked with both changes;
+# 256->1024 on 14x14 (208 columns for 196) 1.01 against 0.98 (bench/bench_dispatch.py
+# layout/pointwise).
+POINTWISE_ALONE_MIN_WASTE = 1.25
+POINTWISE_ALONE_MIN_WEIGHTS = 1 << 17
 # On 8-float builds (AVX2, tiles of 6 pixels x 2 blocks), most taps of a layer the dense
 # blocked kernel runs, and fewest input channels: from 1152 taps the 3x3 stride-2 layers of
 # ResNet-18/50 ran 11-40% slower than on NCHW (im2col and the packed GEMM), and the 7x7
@@ -226,7 +235,15 @@ def blocked_kernel(p: ConvParams, activation=None, residual: Optional[bool] = No
 
 def pays_alone(kind: Optional[str], p: ConvParams) -> bool:
     """Whether a layer whose blocked kernel is ``kind`` runs blocked with no blocked neighbour:
-    a dense one, not 1x1, of at least DENSE_ALONE_MIN_TAPS taps."""
+    a dense one, not 1x1, of at least DENSE_ALONE_MIN_TAPS taps; or a 1x1 layer on a map
+    whose NCHW GEMM computes many columns for nothing (see POINTWISE_ALONE_MIN_WASTE)."""
+    if kind == "pointwise":
+        if p.in_size is None or p.groups != 1:
+            return False
+        oh, ow = p.out_size
+        pixels = oh * ow
+        return (pixels > 0 and gemm_columns(pixels) >= POINTWISE_ALONE_MIN_WASTE * pixels
+                and p.in_channels * p.out_channels >= POINTWISE_ALONE_MIN_WEIGHTS)
     return (kind == "dense" and p.kernel != (1, 1)
             and p.in_channels // p.groups * p.kernel[0] * p.kernel[1] >= DENSE_ALONE_MIN_TAPS)
 
@@ -263,8 +280,8 @@ def choose_layout(kind: Optional[str], why: str, producer_kind: Optional[str] = 
         return "nchwc", (f"{kind} before a {reader_kinds[0]} layer: no layout change between "
                          f"them, no packing or transposes")
     if alone:
-        return "nchwc", (f"{why}: with this many taps it beats the NCHW algorithms by more "
-                         f"than a layout change each way costs")
+        return "nchwc", (f"{why}: alone it beats the NCHW algorithms by more than a layout "
+                         f"change each way costs ({'a small map' if kind == 'pointwise' else 'this many taps'})")
     return "nchw", (f"{kind}, but no neighbour has a blocked kernel: a layout change each way "
                     f"would cost more than the blocked kernel saves")
 

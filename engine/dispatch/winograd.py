@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from .gemm import gemm_columns
+
 
 # A layer's weights are transformed per call when U would take at least this many bytes
 # (F(4x4): 9 MiB for 256->256, 36 MiB for 512->512; DRN-C-26's seven 512-channel layers would
@@ -92,20 +94,6 @@ TILE_ALGORITHMS = {2: "winograd_f23", 4: "winograd_f43", 6: "winograd_f63"}
 def tile_model() -> TileModel:
     from .conv import vector_floats
     return TILE_MODELS[16 if vector_floats() >= 16 else 8]
-
-
-def gemm_columns(tiles: int, whole_panels: bool = False) -> int:
-    """The columns the packed micro-kernel computes for ``tiles`` columns: whole panels of two
-    vectors (its panel on AVX2 and AVX-512 builds), the last one as whole vectors (or a whole
-    panel). From the vector width the rules assume (engine/dispatch/conv.py vector_floats), so
-    that a build's tests can ask for another width's choices."""
-    from .conv import vector_floats
-    vector = vector_floats()
-    panel = 2 * vector
-    full, rest = divmod(tiles, panel)
-    if rest:
-        rest = panel if whole_panels else -(-rest // vector) * vector
-    return full * panel + rest
 
 
 def tile_cost_ms(m: int, cg: int, kg: int, groups: int, tiles: int) -> float:
