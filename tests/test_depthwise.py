@@ -309,21 +309,29 @@ def test_plane_rows_of_every_copy_width(rng, s, kernel):
                     activation=("relu6", None)[i % 2], blocks=False, kernel=kernel)
 
 
-@pytest.mark.parametrize("s", [1, 2])
-def test_channel_blocks_threads_bit_identical(rng, s):
-    x = rng.standard_normal((2, 64, 14, 13)).astype(np.float32)
-    w = rng.standard_normal((64, 1, 3, 3)).astype(np.float32)
-    b = rng.standard_normal(64).astype(np.float32)
-    layer = engine.Conv2d(w, b, s, 1, groups=64, activation="relu6", algorithm="depthwise")
+def _relu6_layer_at_thread_counts(rng, shape, s, kernel):
+    """A 3x3 depthwise relu6 layer with bias on a random input of ``shape``, run by the
+    expected ``kernel`` at 1, 2 and 3 threads: (x, w, b, output), the outputs checked equal."""
+    c = shape[1]
+    x = rng.standard_normal(shape).astype(np.float32)
+    w = rng.standard_normal((c, 1, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(c).astype(np.float32)
+    layer = engine.Conv2d(w, b, s, 1, groups=c, activation="relu6", algorithm="depthwise")
     g = layer.geometry(x.shape)
-    assert layer._impl.kernel_choice(g)[0] == "blocks"
+    assert layer._impl.kernel_choice(g)[0] == kernel
     outs = []
     for t in (1, 2, 3):
         out = np.full(layer.output_shape(x.shape), np.nan, np.float32)
         layer._impl.run(x, out, g, t)
         outs.append(out)
     assert np.array_equal(outs[0], outs[1]) and np.array_equal(outs[0], outs[2])
-    assert np.isfinite(outs[0]).all()
+    return x, w, b, outs[0]
+
+
+@pytest.mark.parametrize("s", [1, 2])
+def test_channel_blocks_threads_bit_identical(rng, s):
+    y = _relu6_layer_at_thread_counts(rng, (2, 64, 14, 13), s, "blocks")[3]
+    assert np.isfinite(y).all()
 
 
 @pytest.mark.parametrize("s, size", [(1, (57, 56)), (1, (56, 30)), (2, (112, 113))])
@@ -331,24 +339,13 @@ def test_rows_threads_bit_identical(rng, s, size):
     """The row kernel (two output rows at a time at stride 1, odd and even output heights; the
     split tap rows at stride 2) on planes large enough for both threads to run: the same bits
     at 1, 2 and 3 threads, within the reference's bounds."""
-    x = rng.standard_normal((1, 48) + size).astype(np.float32)
-    w = rng.standard_normal((48, 1, 3, 3)).astype(np.float32)
-    b = rng.standard_normal(48).astype(np.float32)
-    layer = engine.Conv2d(w, b, s, 1, groups=48, activation="relu6", algorithm="depthwise")
-    g = layer.geometry(x.shape)
-    assert layer._impl.kernel_choice(g)[0] == "rows"
-    outs = []
-    for t in (1, 2, 3):
-        out = np.full(layer.output_shape(x.shape), np.nan, np.float32)
-        layer._impl.run(x, out, g, t)
-        outs.append(out)
-    assert np.array_equal(outs[0], outs[1]) and np.array_equal(outs[0], outs[2])
+    x, w, b, y = _relu6_layer_at_thread_counts(rng, (1, 48) + size, s, "rows")
     ref = np.clip(conv2d_ref(x.astype(np.float64), w.astype(np.float64), b.astype(np.float64),
                              (s, s), ((1, 1), (1, 1)), (1, 1), groups=48), 0, 6)
     # nine products and the bias in float32: a few ulp of the sum of their magnitudes
     mag = conv2d_ref(np.abs(x).astype(np.float64), np.abs(w).astype(np.float64),
                      np.abs(b).astype(np.float64), (s, s), ((1, 1), (1, 1)), (1, 1), groups=48)
-    assert np.all(np.abs(outs[0] - ref) <= 1e-6 * mag + 1e-7)
+    assert np.all(np.abs(y - ref) <= 1e-6 * mag + 1e-7)
 
 
 def test_channel_blocks_nan_reaches_exactly_its_receptive_field(rng):
