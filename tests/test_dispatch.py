@@ -182,3 +182,29 @@ def test_load_forces_the_layout(rng):
     assert auto.layout == "auto" and nchw.layout == "nchw" and earlier.layout == "nchwc"
     with pytest.raises(ValueError, match="layout must be one of"):   # before the file is read
         engine.load("no such file", layout="blocked")
+
+
+def test_a_lone_pointwise_layer_runs_blocked_on_a_small_map(rng):
+    """A 1x1 layer with no blocked neighbour runs blocked where the NCHW GEMM computes many
+    columns for nothing (49 pixels take 64) and its weights pay the two layout changes; on
+    larger maps, or with few weights, it stays NCHW. The values are the NCHW plan's."""
+    from engine.dispatch.layout import pays_alone
+
+    def params(c, k, size):
+        return ConvParams(c, k, (1, 1), (1, 1), (1, 1), 1, ((0, 0), (0, 0)), (size, size))
+    assert pays_alone("pointwise", params(512, 2048, 7))
+    assert pays_alone("pointwise", params(2048, 512, 7))
+    assert not pays_alone("pointwise", params(512, 2048, 28))    # 784 columns: no waste
+    assert not pays_alone("pointwise", params(64, 256, 7))       # weights too few to pay
+    assert not pays_alone("pointwise", ConvParams(512, 2048, (1, 1), (1, 1), (1, 1), 1,
+                                                  ((0, 0), (0, 0))))      # size unknown
+    w = rng.standard_normal((512, 384, 1, 1)).astype(np.float32)
+    nodes = [Node("Conv", "c", ["x", "w"], ["y"], {})]
+    graph = lambda: Graph(nodes, [TensorSpec("x", (1, 384, 7, 7), "float32")],  # noqa: E731
+                          [TensorSpec("y", None, "float32")], {"w": w})
+    model, plain = Model(graph()), Model(graph(), layout="nchw")
+    assert "layout nchwc" in model.explain() and "alone" in model.explain()
+    assert "layout nchwc" not in plain.explain()
+    x = rng.standard_normal((1, 384, 7, 7)).astype(np.float32)
+    np.testing.assert_allclose(model.run({"x": x})["y"], plain.run({"x": x})["y"],
+                               rtol=1e-5, atol=1e-5)

@@ -543,32 +543,6 @@ def test_conv_kind_rules(rng):
         "dense" if 8 % B == 0 else None)
 
 
-def test_a_lone_pointwise_layer_runs_blocked_on_a_small_map(rng):
-    """A 1x1 layer with no blocked neighbour runs blocked where the NCHW GEMM computes many
-    columns for nothing (49 pixels take 64) and its weights pay the two layout changes; on
-    larger maps, or with few weights, it stays NCHW. The values are the NCHW plan's."""
-    from engine.dispatch import ConvParams
-    from engine.dispatch.layout import pays_alone
-
-    def params(c, k, size):
-        return ConvParams(c, k, (1, 1), (1, 1), (1, 1), 1, ((0, 0), (0, 0)), (size, size))
-    assert pays_alone("pointwise", params(512, 2048, 7))
-    assert pays_alone("pointwise", params(2048, 512, 7))
-    assert not pays_alone("pointwise", params(512, 2048, 28))    # 784 columns: no waste
-    assert not pays_alone("pointwise", params(64, 256, 7))       # weights too few to pay
-    assert not pays_alone("pointwise", ConvParams(512, 2048, (1, 1), (1, 1), (1, 1), 1,
-                                                  ((0, 0), (0, 0))))      # size unknown
-    w = f32(rng, 512, 384, 1, 1)
-    nodes = [Node("Conv", "c", ["x", "w"], ["y"], {})]
-    graph = lambda: Graph(nodes, [spec("x", (1, 384, 7, 7))], [spec("y")], {"w": w})  # noqa: E731
-    model, plain = Model(graph()), Model(graph(), layout="nchw")
-    assert "layout nchwc" in model.explain() and "alone" in model.explain()
-    assert "layout nchwc" not in plain.explain()
-    x = f32(rng, 1, 384, 7, 7)
-    np.testing.assert_allclose(model.run({"x": x})["y"], plain.run({"x": x})["y"],
-                               rtol=1e-5, atol=1e-5)
-
-
 def test_eight_python_threads_running_blocked_layers_match_serial_runs(rng):
     """Each call gets its own activation buffers, blocked ones included."""
     nodes, consts = separable_net(rng)
