@@ -24,7 +24,8 @@ Groups (section/group):
                                           GROUPED_PADDED_MAX_PIXELS: the dense blocked kernel
                                           with checked taps or on a padded copy of its input
   layout/grouped                          engine/dispatch/layout.py GROUPED_MIN_WIDTH
-  layout/winograd                         engine/dispatch/layout.py WINOGRAD_BLOCKED_MAX_IN
+  layout/winograd                         engine/dispatch/layout.py WINOGRAD_BLOCKED_MIN_IN,
+                                          WINOGRAD_BLOCKED_MAX_IN
   layout/dense                            engine/dispatch/layout.py DENSE_ALONE_MIN_TAPS: a
                                           lone dense layer on NCHW against blocked with a
                                           layout change each way
@@ -45,11 +46,14 @@ sys.path.insert(0, os.path.dirname(__file__))
 from _harness import onnx_single_node, time_alternating  # noqa: E402
 
 import engine  # noqa: E402
-from engine._kernels import dense, nchwc, nchwc_window  # noqa: E402
+from engine._kernels import dense, nchwc, nchwc_window, nchwc_winograd  # noqa: E402
 from engine._threads import blas_pinned, threads_for  # noqa: E402
 from engine.dispatch import choose_gemm  # noqa: E402
 from engine.dispatch.layout import (DENSE_ALONE_MIN_TAPS, GROUPED_MIN_WIDTH,  # noqa: E402
-                                    dense_padded, winograd_shaped)
+                                    dense_padded, winograd_blocked, winograd_shaped)
+from engine.dispatch.conv import vector_floats  # noqa: E402
+from engine.dispatch.winograd import choose_blocked_tile  # noqa: E402
+from engine.ops.workspace import workspace  # noqa: E402
 from engine.dispatch.layout import POINTWISE_ALONE_MIN_WASTE  # noqa: E402
 from engine.ops.activation import kernel_act  # noqa: E402
 from engine.graph.blocked_steps import MIN_CONVERT_ELEMENTS, MIN_WORK_DEPTHWISE  # noqa: E402
@@ -264,9 +268,13 @@ def grouped_rows(threads):
 
 
 def winograd_layout_rows(threads):
-    """3x3 stride-1 layers NCHW runs by Winograd, against the dense blocked kernel on the same
-    layer (no layout change counted): WINOGRAD_BLOCKED_MAX_IN, DENSE_8F_SMALL_*."""
-    for c, k, size in [(32, 128, 27), (48, 192, 13), (64, 256, 13), (96, 128, 28),
+    """3x3 stride-1 layers: NCHW's algorithm, the dense blocked kernel and (16-float builds)
+    Winograd on blocks with the tile engine/dispatch/winograd.py's blocked model picks, on the
+    same layer (no layout change counted): WINOGRAD_BLOCKED_MIN_IN, WINOGRAD_BLOCKED_MAX_IN,
+    DENSE_8F_SMALL_*."""
+    wide = vector_floats() >= 16
+    for c, k, size in [(8, 8, 56), (12, 24, 56), (16, 16, 56), (16, 64, 55), (32, 128, 27),
+                       (48, 192, 13), (64, 256, 13), (96, 128, 28),
                        (128, 128, 14), (256, 256, 14), (64, 64, 56), (128, 32, 56),
                        (128, 32, 28), (128, 32, 14), (128, 32, 7), (256, 64, 14),
                        (256, 256, 7), (512, 512, 7)]:
@@ -287,7 +295,22 @@ def winograd_layout_rows(threads):
                                                            threads, 1, scratch)}
         p = layer.params._replace(pads=((1, 1), (1, 1)))
         pick = "nchw" if winograd_shaped(p) else "blocked"
-        yield f"3x3 {c}->{k} {size}x{size} (nchw: {layer.algorithm})", fns, pick
+        m = None
+        if wide:
+            m, _ = choose_blocked_tile(c, k, 1, (size, size))
+            up, ub = blocked.pack_winograd(w, None, m)
+            strip = nchwc_winograd.strip_tiles(xb.shape[1], ob.shape[1], m,
+                                               (-(-size // m)) ** 2)
+            work = workspace.take(nchwc_winograd.work_floats(xb.shape[1], ob.shape[1], m,
+                                                             strip))
+            fns["winograd_blocked"] = (lambda up, ub, m, work: lambda: (
+                nchwc_winograd.f32_winograd_blocked(xb, c, up, ub, None, ob, m, 1, 1,
+                                                    kernel_act(None), threads, work)))(
+                up, ub, m, work)
+            if winograd_blocked(p):
+                pick = "winograd_blocked"
+        tile = f", blocked F({m}x{m})" if m else ""
+        yield f"3x3 {c}->{k} {size}x{size} (nchw: {layer.algorithm}{tile})", fns, pick
 
 
 def dw_plane_rows(threads):
@@ -411,7 +434,8 @@ SECTIONS = {
     "layout": (["convert", "depthwise", "dw_planes", "dense_padded", "dense", "pointwise",
                 "grouped", "winograd"],
                layout_rows,
-               lambda g: ["nchw", "blocked"] if g in ("dense", "pointwise", "grouped", "winograd")
+               lambda g: ["nchw", "blocked", "winograd_blocked"] if g == "winograd"
+               else ["nchw", "blocked"] if g in ("dense", "pointwise", "grouped")
                else ["rows", "planes"] if g == "dw_planes"
                else ["checked", "padded"] if g == "dense_padded" else ["1 thread", "2 thread"]),
 }
@@ -433,16 +457,16 @@ def main(argv=None):
                 print(f"\n## {name}, {threads} thread{'s' if threads > 1 else ''}: median ms, "
                       f"* the dispatcher's pick")
                 header = options(group)
-                print(f"{'layer':<40}" + "".join(f"{o:>16}" for o in header))
+                print(f"{'layer':<40}" + "".join(f"{o:>17}" for o in header))
                 for label, fns, pick in rows(group, threads):
                     times = time_alternating(fns, args.repeat)
                     cells = []
                     for o in header:
                         if o not in times:
-                            cells.append(f"{'-':>16}")
+                            cells.append(f"{'-':>17}")
                             continue
                         mark = "*" if o == pick else " "
-                        cells.append(f"{times[o][0]:15.3f}{mark}")
+                        cells.append(f"{times[o][0]:16.3f}{mark}")
                     extra = "" if pick in header else f"  (auto: {pick})"
                     print(f"{label:<40}" + "".join(cells) + extra, flush=True)
 

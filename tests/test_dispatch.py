@@ -14,6 +14,7 @@ from engine.ops.blocked import NAME
 from engine.dispatch import (ConvParams, blocked_kernel, choose_conv_transpose2d, choose_gemm,
                              choose_layout, choose_onnx_transpose_path, choose_pool_path,
                              why_not_layout)
+from engine.dispatch.layout import pays_alone
 from engine.graph import Graph, Model, Node, TensorSpec
 
 DIGITS = os.path.join(os.path.dirname(engine.__file__), "data", "digits_net.safetensors")
@@ -42,8 +43,16 @@ def test_layout_rules():
     assert choose_layout(kind, why, None, ["depthwise"])[0] == "nchwc"
     assert choose_layout(kind, why, "pointwise", ["depthwise"])[0] == "nchw"
     assert choose_layout(kind, why, None, ["direct"])[0] == "nchw"
+    # 3x3 stride 1 from 16 input channels: Winograd on blocks (16-float rules), a residual too;
+    # fewer channels, groups or dilation: not
+    square = ConvParams(64, 64, (3, 3), (1, 1), (1, 1), 1, ((1, 1), (1, 1)), (56, 56))
+    assert blocked_kernel(square) == ("winograd", "the winograd blocked kernel runs it")
+    assert blocked_kernel(square, residual=True)[0] == "winograd" and pays_alone("winograd",
+                                                                                 square)
+    assert blocked_kernel(square._replace(in_channels=4, out_channels=8))[0] == "dense"
+    assert blocked_kernel(square._replace(groups=2))[0] != "winograd"
     # no blocked kernel: NCHW even when the caller asks for blocks
-    dense = ConvParams(64, 64, (3, 3), (1, 1), (1, 1), 1, ((1, 1), (1, 1)), (56, 56))
+    dense = square._replace(dilation=(2, 2), pads=((2, 2), (2, 2)))
     kind, why = blocked_kernel(dense)
     assert kind is None and "576 taps" in why
     assert choose_layout(kind, why, "pointwise", forced="nchwc") == ("nchw", why)
@@ -188,7 +197,6 @@ def test_a_lone_pointwise_layer_runs_blocked_on_a_small_map(rng):
     """A 1x1 layer with no blocked neighbour runs blocked where the NCHW GEMM computes many
     columns for nothing (49 pixels take 64) and its weights pay the two layout changes; on
     larger maps, or with few weights, it stays NCHW. The values are the NCHW plan's."""
-    from engine.dispatch.layout import pays_alone
 
     def params(c, k, size):
         return ConvParams(c, k, (1, 1), (1, 1), (1, 1), 1, ((0, 0), (0, 0)), (size, size))

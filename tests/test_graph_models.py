@@ -126,7 +126,7 @@ def test_model_matches_onnxruntime_and_torch(exported, tmp_path):
     assert f"folded {folds} BatchNormalization" in notes
     assert f"fused {sum(activations.values())} activations" in notes
     text = model.explain()
-    assert "depthwise" in text or "winograd_f23" in text
+    assert "depthwise" in text or "winograd_f" in text
     # each convolution's transformed weights made once per algorithm, shared by the
     # load-time and run-time plans and by the layers a fusion remade
     model(x)

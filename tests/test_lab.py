@@ -158,15 +158,17 @@ def test_the_plot_shows_the_rows(tmp_path):
 def test_tune_round_trip_and_refused_files(rng, tmp_path):
     path = conv_model(rng, tmp_path / "m.onnx")
     wisdom = tmp_path / "w.json"
-    result = tune(path, path=str(wisdom), repeat=2, progress=False)
+    # on NCHW, where every layer has algorithms to choose from (blocked ones have none)
+    result = tune(engine.load(path, layout="nchw", wisdom=False), path=str(wisdom), repeat=2,
+                  progress=False)
     data = json.loads(wisdom.read_text())
     assert data["key"] == machine_key(engine.get_num_threads())
     assert len(data["layers"]) == 5 and data["layers"] == result["layers"]
     for entry in data["layers"].values():
         assert entry["ms"] <= entry["rule_ms"]
     x = rng.standard_normal((1, 3, 28, 28), dtype=np.float32)
-    ruled = engine.load(path, wisdom=False)
-    tuned = engine.load(path, wisdom=str(wisdom))
+    ruled = engine.load(path, layout="nchw", wisdom=False)
+    tuned = engine.load(path, layout="nchw", wisdom=str(wisdom))
     y0, y1 = ruled(x), tuned(x)
     np.testing.assert_allclose(y1, y0, rtol=1e-4, atol=1e-4 * float(np.abs(y0).max()))
     text = tuned.explain()
@@ -175,7 +177,8 @@ def test_tune_round_trip_and_refused_files(rng, tmp_path):
     sig, entry = next(iter(data["layers"].items()))
     data["layers"][sig] = dict(entry, algorithm="im2col")
     wisdom.write_text(json.dumps(data))
-    assert "im2col: tuned: measured" in engine.load(path, wisdom=str(wisdom)).explain()
+    assert "im2col: tuned: measured" in engine.load(path, layout="nchw",
+                                                    wisdom=str(wisdom)).explain()
     # corrupt, foreign and stale files: a warning, and the rules
     for text_, why in [("{not json", "not used"),
                        (json.dumps(dict(data, key=dict(data["key"], cpu="another CPU"))),
@@ -189,11 +192,11 @@ def test_tune_round_trip_and_refused_files(rng, tmp_path):
                        (json.dumps([1, 2]), "not a convengine wisdom file")]:
         wisdom.write_text(text_)
         with pytest.warns(WisdomWarning, match=why):
-            m = engine.load(path, wisdom=str(wisdom))
+            m = engine.load(path, layout="nchw", wisdom=str(wisdom))
         assert "tuned" not in m.explain()
         np.testing.assert_array_equal(m(x), y0)
     with pytest.raises(ValueError, match="wisdom"):
-        engine.load(path, wisdom=3)
+        engine.load(path, layout="nchw", wisdom=3)
 
 
 def test_the_default_wisdom_file_is_the_per_user_one(rng, tmp_path, monkeypatch):
@@ -231,7 +234,7 @@ def test_strict_accuracy_keeps_the_large_tile_off_and_its_bound_holds(rng, tmp_p
     fast = engine.load(path, wisdom=False)
     strict = engine.load(path, wisdom=False, accuracy="strict")
     fast_text, strict_text = fast.explain(errors=True), strict.explain(errors=True)
-    assert "winograd_f43" in fast_text            # the 256-channel layer, by the rules
+    assert any(a in fast_text for a in STRICT_EXCLUDED)   # the 256-channel layer, by the rules
     assert not any(a in strict_text for a in STRICT_EXCLUDED)
     errors = [float(line.rsplit("max relative error vs float64: ", 1)[1])
               for line in strict_text.splitlines() if "max relative error" in line]

@@ -538,7 +538,7 @@ def test_eight_float_builds_take_small_layers_on_small_maps_whatever_their_taps(
     DENSE_8F_MAX_TAPS, F(2x2,3x3)'s 3x3 stride-1 layers included (DenseNet's 128->32);
     the same layer on a larger map or with more output channels, and any layer of an unknown
     size, does not; F(4x4,3x3)'s layers too (SqueezeNet's 64->256 on 13x13); 16-float builds
-    keep F(2x2,3x3) on NCHW."""
+    run Winograd on blocks."""
     from engine.dispatch import ConvParams, choose_conv2d
     from engine.dispatch.conv import ASSUME_VECTOR_FLOATS_ENV
     from engine.dispatch.layout import (DENSE_8F_MAX_TAPS, DENSE_8F_SMALL_MAP_PIXELS,
@@ -563,7 +563,7 @@ def test_eight_float_builds_take_small_layers_on_small_maps_whatever_their_taps(
     for p in (larger_map, more_out, unknown):
         assert blocked_kernel(p, blocked_input=True)[0] is None
     monkeypatch.setenv(ASSUME_VECTOR_FLOATS_ENV, "16")
-    assert winograd_shaped(small) and blocked_kernel(small, blocked_input=True)[0] is None
+    assert blocked_kernel(small, blocked_input=True)[0] == "winograd"
 
 
 def test_the_padded_input_form_is_taken_where_it_was_measured(monkeypatch, rng):

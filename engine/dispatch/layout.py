@@ -41,9 +41,16 @@ POINTWISE_GROUP_SLACK = 1.15
 # against im2col's 1.26 and 1.27 on NCHW (bench/bench_dispatch.py layout/grouped); width 1 is
 # the depthwise kernel's.
 GROUPED_MIN_WIDTH = 2
-# Most input channels per group of a 3x3 layer that NCHW would run by F(2x2,3x3) and that runs
-# on the dense blocked kernel instead: one thread, ms, F(2x2) / dense blocked: 32->128 on 27x27
-# 0.47 / 0.48, 48->192 13x13 0.30 / 0.25, 64->256 13x13 0.45 / 0.45, but 256->256 14x14
+# Fewest input channels of a 3x3 stride-1 layer that Winograd runs on blocks (16-float builds,
+# one group, no dilation: kernels/nchwc_winograd.pyx); below it the dense blocked kernel does.
+# One thread, ms, Winograd on blocks / dense blocked / NCHW's algorithm: 8->8 56x56
+# 0.071 / 0.082 / 0.054 (direct loops), 16->16 56x56 0.084 / 0.142 / 0.173, 64->64 56x56
+# 0.72 / 1.99 / 1.03, 256->256 14x14 0.77 / 2.40 / 1.13, 512->512 7x7 1.28 / 2.43 / 1.60
+# (bench/bench_dispatch.py layout/winograd).
+WINOGRAD_BLOCKED_MIN_IN = 8
+# On 8-float builds, most input channels per group of a 3x3 layer that NCHW would run by
+# F(2x2,3x3) and that runs on the dense blocked kernel instead: one thread, ms, F(2x2) / dense
+# blocked: 32->128 on 27x27 0.47 / 0.48, 48->192 13x13 0.30 / 0.25, 64->256 13x13 0.45 / 0.45, but 256->256 14x14
 # 1.44 / 2.02 (bench/bench_dispatch.py layout/winograd), and blocked it needs no layout change.
 WINOGRAD_BLOCKED_MAX_IN = 64
 # Fewest taps (input channels x kernel size) of a layer that the dense blocked kernel runs even
@@ -153,6 +160,17 @@ def why_not_layout(layout) -> Optional[str]:
     return f"layout must be one of {', '.join(map(repr, LAYOUTS))}, got {layout!r}"
 
 
+def winograd_blocked(p: ConvParams) -> bool:
+    """A 3x3 stride-1 undilated one-group layer of at least WINOGRAD_BLOCKED_MIN_IN input
+    channels on a 16-float build, with a Winograd tile the policy allows: the Winograd kernel
+    on blocks runs it."""
+    from .winograd import TILE_ALGORITHMS
+    return (vector_floats() >= 16 and p.kernel == (3, 3) and p.stride == (1, 1)
+            and p.dilation == (1, 1) and p.groups == 1
+            and p.in_channels >= WINOGRAD_BLOCKED_MIN_IN
+            and not set(TILE_ALGORITHMS.values()) <= set(current_policy().excluded))
+
+
 def winograd_shaped(p: ConvParams) -> bool:
     """3x3 stride 1 layers that the NCHW rules give Winograd F(4x4,3x3), or F(2x2,3x3) with
     more than WINOGRAD_BLOCKED_MAX_IN input channels per group, but not small ones on small maps
@@ -184,7 +202,8 @@ def small_dense(p: ConvParams) -> bool:
 
 def blocked_kernel(p: ConvParams, activation=None, residual: Optional[bool] = None,
                    blocked_input: bool = False) -> tuple[Optional[str], str]:
-    """The channel-blocked kernel able to run the layer, and why: "pointwise" (1x1 unpadded,
+    """The channel-blocked kernel able to run the layer, and why: "winograd"
+    (winograd_blocked), "pointwise" (1x1 unpadded,
     one group; with strides the input is subsampled first), "depthwise" (multiplier 1, any
     kernel, stride, dilation, padding), "grouped" (groups of GROUPED_MIN_WIDTH to BLOCK
     channels each way, within blocks), "direct"
@@ -214,6 +233,8 @@ def blocked_kernel(p: ConvParams, activation=None, residual: Optional[bool] = No
         kind = "grouped"
     elif direct:
         kind = "direct"
+    elif winograd_blocked(p):
+        kind = "winograd"
     elif (p.groups == 1 or groups_fill_blocks(p)) and not winograd_shaped(p):
         kind = "dense"      # a grouped one group after another
     else:
@@ -228,15 +249,16 @@ def blocked_kernel(p: ConvParams, activation=None, residual: Optional[bool] = No
                       f"kernel runs layers of over {DENSE_8F_MAX_TAPS} taps (but small ones "
                       f"on small maps) or under {DENSE_8F_MIN_IN_CHANNELS} input channels "
                       f"slower than NCHW")
-    if residual is not None and kind not in ("pointwise", "dense"):
-        return None, "a residual add, which only the pointwise and dense blocked kernels make"
+    if residual is not None and kind not in ("pointwise", "dense", "winograd"):
+        return None, ("a residual add, which only the pointwise, dense and Winograd blocked "
+                      "kernels make")
     return kind, f"the {kind} blocked kernel runs it"
 
 
 def pays_alone(kind: Optional[str], p: ConvParams) -> bool:
     """Whether a layer whose blocked kernel is ``kind`` runs blocked with no blocked neighbour:
-    a dense one, not 1x1, of at least DENSE_ALONE_MIN_TAPS taps; or a 1x1 layer on a map
-    whose NCHW GEMM computes many columns for nothing (see POINTWISE_ALONE_MIN_WASTE)."""
+    a dense or Winograd one, not 1x1, of at least DENSE_ALONE_MIN_TAPS taps; or a 1x1 layer on
+    a map whose NCHW GEMM computes many columns for nothing (see POINTWISE_ALONE_MIN_WASTE)."""
     if kind == "pointwise":
         if p.in_size is None or p.groups != 1:
             return False
@@ -244,7 +266,7 @@ def pays_alone(kind: Optional[str], p: ConvParams) -> bool:
         pixels = oh * ow
         return (pixels > 0 and gemm_columns(pixels) >= POINTWISE_ALONE_MIN_WASTE * pixels
                 and p.in_channels * p.out_channels >= POINTWISE_ALONE_MIN_WEIGHTS)
-    return (kind == "dense" and p.kernel != (1, 1)
+    return (kind in ("dense", "winograd") and p.kernel != (1, 1)
             and p.in_channels // p.groups * p.kernel[0] * p.kernel[1] >= DENSE_ALONE_MIN_TAPS)
 
 

@@ -64,6 +64,7 @@ class TileModel(NamedTuple):
     output_ns: dict
     element_us: float
     whole_panels: bool      # the GEMM's columns rounded up to whole panels, else to vectors
+    overlap: bool = False   # the GEMM stage costs the larger of its flops' and U's terms
 
 
 # Per vector width of the build. 8 floats (AVX2, Zen 3): fitted without the element term and
@@ -91,26 +92,72 @@ TILE_REL_ERROR = {2: 4e-6, 4: 6e-5, 6: 1.2e-4}
 TILE_ALGORITHMS = {2: "winograd_f23", 4: "winograd_f43", 6: "winograd_f63"}
 
 
-def tile_model() -> TileModel:
+# The kernel on channel-blocked tensors (kernels/nchwc_winograd.pyx, 16-float builds): its
+# GEMMs are the pointwise kernel's over the tiles, which read U once per strip of tiles and
+# overlap that read with their multiply-adds, so the GEMM stage costs the larger of the two
+# (512->512 on 7x7: F(2x2)'s GEMMs are bound by their flops, F(4x4)'s by U's 38 MB). Fitted by
+# bench/bench_winograd_tiles.py --blocked on the same 33 layers: its pick is the fastest tile
+# on 26, within 2.1% on four more, and 4.4-6.6% slower on three (64->128 on 56x56, 128->32 on
+# 14x14, 16->16 on 224x224).
+BLOCKED_TILE_MODEL = TileModel(7.94, 46.3, {2: 0.211, 4: 0.31, 6: 0.291},
+                               {2: 0.149, 4: 0.245, 6: 0.328}, 0.0, False, overlap=True)
+
+
+def tile_model(blocked: bool = False) -> TileModel:
     from .conv import vector_floats
+    if blocked:
+        return BLOCKED_TILE_MODEL
     return TILE_MODELS[16 if vector_floats() >= 16 else 8]
 
 
-def tile_cost_ms(m: int, cg: int, kg: int, groups: int, tiles: int) -> float:
-    """Estimated one-core time of F(m x m, 3x3) on ``tiles`` tiles (all images and phases)."""
-    model = tile_model()
+def tile_columns(tiles: int, blocked: bool = False) -> int:
+    """The GEMM columns the kernel computes for ``tiles`` tiles: the packed micro-kernel's
+    (gemm_columns), or on blocks the tiles (the pointwise kernel's tiles end with them)."""
+    if blocked:
+        return tiles
+    return gemm_columns(tiles, tile_model().whole_panels)
+
+
+def u_passes(m: int, cg: int, kg: int, tiles: int, blocked: bool = False) -> int:
+    """How many times a call reads U: once, or on blocks once per strip of tiles."""
+    if not blocked:
+        return 1
+    from .._kernels.nchwc_winograd import BLOCK, strip_tiles
+    cb, kb = -(-cg // BLOCK), -(-kg // BLOCK)
+    return -(-tiles // strip_tiles(cb, kb, m, tiles))
+
+
+def tile_cost_ms(m: int, cg: int, kg: int, groups: int, tiles: int,
+                 blocked: bool = False) -> float:
+    """Estimated one-core time of F(m x m, 3x3) on ``tiles`` tiles (all images and phases),
+    on NCHW or on blocks."""
+    model = tile_model(blocked)
     e = (m + 2) ** 2
-    u = 4.0 * e * cg * kg * groups
-    gemm = 2.0 * gemm_columns(tiles, model.whole_panels) * e * cg * kg * groups
+    u = 4.0 * e * cg * kg * groups * u_passes(m, cg, kg, tiles, blocked)
+    gemm = 2.0 * tile_columns(tiles, blocked) * e * cg * kg * groups
     transforms = tiles * e * groups * (cg * model.input_ns[m] + kg * model.output_ns[m])
-    return (gemm / 1e9 * model.gemm_ms_per_gflop + u / 1e9 * model.u_ms_per_gb
-            + transforms / 1e6 + e * model.element_us / 1e3)
+    gemm_ms, u_ms = gemm / 1e9 * model.gemm_ms_per_gflop, u / 1e9 * model.u_ms_per_gb
+    core = max(gemm_ms, u_ms) if model.overlap else gemm_ms + u_ms
+    return core + transforms / 1e6 + e * model.element_us / 1e3
 
 
-def rank_winograd_tiles(cg: int, kg: int, groups: int, tiles_of) -> list[tuple[int, float, str]]:
+def choose_blocked_tile(c: int, k: int, batch: int, out_size) -> tuple[int, str]:
+    """(m, reason): the tile of the Winograd kernel on blocks for a C->K 3x3 layer of this
+    output size, by BLOCKED_TILE_MODEL, among those the policy allows."""
+    from .policy import current_policy
+    oh, ow = out_size
+    excluded = current_policy().excluded
+    ranked = [(m, why) for m, _, why in rank_winograd_tiles(
+        c, k, 1, lambda m: batch * -(-oh // m) * -(-ow // m), blocked=True)
+        if TILE_ALGORITHMS[m] not in excluded]
+    return ranked[0]
+
+
+def rank_winograd_tiles(cg: int, kg: int, groups: int, tiles_of,
+                        blocked: bool = False) -> list[tuple[int, float, str]]:
     """(m, estimated ms, reason) for the tiles whose error is within WINOGRAD_MAX_REL_ERROR,
-    cheapest first; tiles_of(m): the layer's tiles of side m."""
-    costs = {m: tile_cost_ms(m, cg, kg, groups, tiles_of(m)) for m in TILE_ALGORITHMS
+    cheapest first; tiles_of(m): the layer's tiles of side m; blocked: the kernel on blocks."""
+    costs = {m: tile_cost_ms(m, cg, kg, groups, tiles_of(m), blocked) for m in TILE_ALGORITHMS
              if TILE_REL_ERROR[m] <= WINOGRAD_MAX_REL_ERROR}
     ranked = sorted(costs, key=lambda m: (costs[m], m))
     others = ", ".join(f"F({m}x{m}) {costs[m]:.2f}" for m in ranked[1:])

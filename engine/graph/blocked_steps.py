@@ -1,7 +1,8 @@
 """The steps the layout pass (engine/graph/layout.py) puts in a plan: layout changes between
 NCHW and NCHWc, and the convolutions, pools, batch normalizations, Concats and global
 average pools that read and write channel blocks (kernels/_nchwc.h, nchwc.pyx,
-nchwc_window.pyx, pool_nchwc.pyx). Each is made per plan from the graph's node and its NCHW shapes."""
+nchwc_window.pyx, nchwc_winograd.pyx, pool_nchwc.pyx). Each is made per plan from the graph's
+node and its NCHW shapes."""
 from __future__ import annotations
 
 import math
@@ -11,7 +12,8 @@ import numpy as np
 from ..dispatch.layout import (POINTWISE_GROUP_SLACK, choose_depthwise_blocked_split,
                                dense_padded,
                                choose_pointwise_blocked_split)
-from .._kernels import nchwc, nchwc_channels, nchwc_window, pool_nchwc
+from ..dispatch.winograd import TILE_ALGORITHMS, choose_blocked_tile
+from .._kernels import nchwc, nchwc_channels, nchwc_window, nchwc_winograd, pool_nchwc
 from .._threads import threads_for
 from ..ops import blocked
 from ..ops.activation import kernel_act
@@ -226,9 +228,17 @@ class BlockedConv(_Internal):
 
     def __init__(self, node, conv, kind, ins, outs):
         super().__init__(node)
-        self.conv, self.conv_kind = conv, kind
         self.logical_ins, self.logical_outs = ins, outs
         self.pads, self.conv_shape = conv.geometry(ins)
+        self.tile = None
+        if kind == "winograd":
+            if np.isfinite(conv.w).all():
+                self.tile, self.tile_why = choose_blocked_tile(
+                    conv.w.shape[1], conv.w.shape[0], self.conv_shape[0], self.conv_shape[2:])
+                kind = f"winograd{self.tile}"
+            else:   # U would mix an infinite weight into every product of its tile
+                kind = "dense"
+        self.conv, self.conv_kind = conv, kind
         self.act = kernel_act(conv.activation)
         self.macs = math.prod(self.conv_shape) * math.prod(conv.w.shape[1:])
         self._flops = conv.flops(ins, outs)
@@ -237,6 +247,9 @@ class BlockedConv(_Internal):
         if kind == "grouped":
             def pack():
                 return blocked.pack_grouped(conv.w, conv.w.shape[1], conv.b)
+        elif self.tile is not None:
+            def pack():
+                return blocked.pack_winograd(conv.w, conv.b, self.tile)
         else:
             def pack():
                 if kind == "dense":
@@ -336,6 +349,8 @@ class BlockedConv(_Internal):
                 finally:
                     workspace.give(buf)
             return step
+        if self.tile is not None:
+            return self._winograd_step(i, a, b, pt, pl)
         if self.conv_kind == "direct":
             def step(env, nt):
                 nchwc.f32_direct_to_blocked(env[a], w, bias, env[b], sh, sw, pt, pl, dh, dw,
@@ -368,11 +383,50 @@ class BlockedConv(_Internal):
                 workspace.give(buf)
         return step
 
+    def _winograd_step(self, i, a, b, pt, pl):
+        r = i[3] if len(i) > 3 and i[3] >= 0 else -1
+        w, bias, act, macs, m, conv = self.w, self.b, self.act, self.macs, self.tile, self.conv
+        channels = self.logical_ins[0].shape[1]
+        n, k, oh, ow = self.conv_shape
+        cb, kb = blocked.blocks(channels), blocked.blocks(k)
+        strip = nchwc_winograd.strip_tiles(cb, kb, m, n * -(-oh // m) * -(-ow // m))
+        floats = nchwc_winograd.work_floats(cb, kb, m, strip)
+        dense_key = f"nchw{blocked.BLOCK}c_dense"
+
+        def dense_pack():
+            return blocked.pack_dense(conv.w, conv.b, 1)
+
+        def step(env, nt):
+            nt = threads_for(macs, nt)
+            res = env[r] if r >= 0 else None
+            buf = workspace.take(floats)
+            try:
+                done = nchwc_winograd.f32_winograd_blocked(env[a], channels, w, bias, res,
+                                                           env[b], m, pt, pl, act, nt, buf)
+            finally:
+                workspace.give(buf)
+            if not done:    # a non-finite input: the direct sums, whose NaN and Inf stay put
+                wd, bd = conv.transforms.get(dense_key, dense_pack,
+                                             blocked.packed_shapes("dense", conv.w.shape))
+                nchwc.f32_conv2d_nchwc(env[a], channels, wd, bd, res, env[b], 3, 3, 1, 1, pt,
+                                       pl, 1, 1, act, nt)
+        return step
+
     def flops(self, ins, outs):
         return self._flops
 
     def describe(self, ins, outs):
         name, b = blocked.NAME, blocked.BLOCK
+        if self.tile is not None:
+            text = (f"{TILE_ALGORITHMS[self.tile]} on {name}: the transforms on vectors of {b} "
+                    f"channels, {(self.tile + 2) ** 2} pointwise GEMMs over the tiles; "
+                    f"{self.tile_why}; an input with a non-finite value runs the dense "
+                    f"blocked kernel")
+            if self.conv.residual:
+                text += " | + residual add"
+            if self.conv.activation:
+                text += f" | + {self.conv.activation} in the kernel's output step"
+            return text
         text = {"pointwise": f"pointwise on {name}: one broadcast-FMA GEMM over the input's "
                              "channel blocks, no packing",
                 "depthwise": f"depthwise on {name}: one vector of {b} channels per pixel and "

@@ -2,7 +2,7 @@
 channels a block, one vector register: 16 with AVX-512, 8 with AVX2; channels beyond C zero
 where a tensor is converted, finite after any step), the layout the graph runner keeps chains
 of pointwise and depthwise layers in (engine/graph/layout.py). Kernels: kernels/_nchwc.h,
-kernels/nchwc.pyx, kernels/nchwc_window.pyx.
+kernels/nchwc.pyx, kernels/nchwc_window.pyx, kernels/nchwc_winograd.pyx.
 
 Weights are rearranged once, here: pointwise weights in groups of up to GROUP output blocks,
 each [input channel][output channel of the group]; depthwise weights [block][kh][kw][B]. Padded
@@ -65,6 +65,9 @@ def packed_shapes(kind: str, weight_shape) -> tuple:
         return (blocks(k), kh, kw, c, BLOCK), bias
     if kind == "dense":
         return (blocks(k) * blocks(c) * kh * kw * BLOCK * BLOCK,), bias
+    if kind.startswith("winograd"):         # "winograd2", "winograd4", "winograd6"
+        a = int(kind[len("winograd"):]) + 2
+        return (a * a * blocks(k) * BLOCK * blocks(c) * BLOCK,), bias
     return (blocks(k), c, kh, kw, BLOCK), bias
 
 
@@ -122,6 +125,20 @@ def pack_grouped(weight: np.ndarray, groups: int, bias=None):
     # -> [block][kh][kw][j][out lane]
     return (np.ascontiguousarray(w.reshape(kb, BLOCK, g, kh, kw).transpose(0, 3, 4, 2, 1)),
             _padded_bias(bias, k))
+
+
+def pack_winograd(weight: np.ndarray, bias=None, m: int = 4):
+    """(K, C, 3, 3) weights and K biases -> (upack, bias) as f32_winograd_blocked reads them:
+    for each of the (m + 2)^2 elements e of F(m x m, 3x3), U[e] = (G g G^T)[e] (computed in
+    float64, rounded once) packed as pack_pointwise packs a 1x1 layer's weights."""
+    from .winograd import TRANSFORMS
+    k, c = weight.shape[:2]
+    g = TRANSFORMS[m][1]
+    u = np.einsum("ia,kcab,jb->ijkc", g, weight.astype(np.float64), g)
+    a = m + 2
+    parts = [pack_pointwise(u[e // a, e % a].astype(np.float32)[:, :, None, None])[0]
+             for e in range(a * a)]
+    return np.concatenate(parts), _padded_bias(bias, k)
 
 
 def pack_direct(weight: np.ndarray, bias=None):

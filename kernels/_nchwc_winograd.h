@@ -1,0 +1,313 @@
+/* Winograd F(m x m, 3x3), stride 1, no dilation, on channel-blocked tensors (NCHWc, _nchwc.h),
+ * m = 2, 4 or 6, a = m + 2.
+ *
+ * A tile's transforms mix its pixels and never its channels, so on blocks they run on whole
+ * vectors of B channels: V = B^T d B for one input block of one tile is a^2 vector loads, the
+ * 1-D transforms on vectors and a^2 stores, with no transposes and no padded copy (the taps
+ * outside the input read zero vectors). The GEMMs
+ *     M[e][k, t] = sum_c U[e][k, c] V[e][c, t]     (e < a^2)
+ * are then a^2 pointwise convolutions over "pixels" that are tiles: V[e] is stored as a
+ * blocked tensor [Cb][S][B] of S tiles, and the pointwise kernel (ce_nc_pw_group, with U[e]
+ * packed as its weights) writes M[e] as [Kb][S][B]; the output transform Y = A^T M A reads a
+ * tile's a^2 vectors of one output block and writes m x m output vectors with the bias, the
+ * residual and the activation.
+ *
+ * The tiles (tile rows of every image in turn) are taken S at a time, a strip, so that V and
+ * M stay in cache between the three phases; each phase splits its strip among the pool's
+ * threads (input: block x tile, GEMM: element x group of output blocks, output: block x
+ * tile). Every value is computed by the same instructions whatever the split: the results do
+ * not depend on the thread count.
+ *
+ * The transforms are those of kernels/_winograd_tiles.pxi (F(2,3), F(4,3), F(6,3) with the
+ * rows of engine/ops/winograd.py's TRANSFORMS), here on vectors.
+ *
+ * NaN and infinity: B^T d B takes differences, so one infinite input would spread NaN over its
+ * tiles' outputs. The input phase folds every V vector into a check sum (v * 0 is NaN for a
+ * non-finite v, else 0); if one is not finite, the call stops before the GEMMs, writing no
+ * output, and says so: its caller then runs the layer by the dense blocked kernel, whose sums
+ * follow the direct convolution's.
+ */
+#ifndef CE_NCHWC_WINOGRAD_H
+#define CE_NCHWC_WINOGRAD_H
+
+#include "_nchwc.h"
+#include "_pool.h"
+
+#define CE_NW_MAX_A 8
+
+/* ---- 1-D transforms on vectors: in[k * is] -> out[k * os] ---- */
+#define CE_NW_INLINE static inline __attribute__((always_inline)) void
+
+CE_NW_INLINE ce_nw_bt4(const ce_nc_vf *d, int is, ce_nc_vf *o, int os)
+{
+    ce_nc_vf d0 = d[0], d1 = d[is], d2 = d[2 * is], d3 = d[3 * is];
+    o[0] = d0 - d2;
+    o[os] = d1 + d2;
+    o[2 * os] = d2 - d1;
+    o[3 * os] = d1 - d3;
+}
+
+CE_NW_INLINE ce_nw_at4(const ce_nc_vf *m, int is, ce_nc_vf *o, int os)
+{
+    ce_nc_vf m0 = m[0], m1 = m[is], m2 = m[2 * is], m3 = m[3 * is];
+    o[0] = m0 + m1 + m2;
+    o[os] = m1 - m2 - m3;
+}
+
+CE_NW_INLINE ce_nw_bt6(const ce_nc_vf *d, int is, ce_nc_vf *o, int os)
+{
+    ce_nc_vf d0 = d[0], d1 = d[is], d2 = d[2 * is], d3 = d[3 * is], d4 = d[4 * is],
+             d5 = d[5 * is];
+    o[0] = 4.0f * d0 - 5.0f * d2 + d4;
+    o[os] = (d3 + d4) - 4.0f * (d1 + d2);
+    o[2 * os] = 4.0f * (d1 - d2) + (d4 - d3);
+    o[3 * os] = 2.0f * (d3 - d1) + (d4 - d2);
+    o[4 * os] = 2.0f * (d1 - d3) + (d4 - d2);
+    o[5 * os] = 4.0f * d1 - 5.0f * d3 + d5;
+}
+
+CE_NW_INLINE ce_nw_at6(const ce_nc_vf *m, int is, ce_nc_vf *o, int os)
+{
+    ce_nc_vf m0 = m[0], m1 = m[is], m2 = m[2 * is], m3 = m[3 * is], m4 = m[4 * is],
+             m5 = m[5 * is];
+    o[0] = m0 + (m1 + m2) + (m3 + m4);
+    o[os] = (m1 - m2) + 2.0f * (m3 - m4);
+    o[2 * os] = (m1 + m2) + 4.0f * (m3 + m4);
+    o[3 * os] = (m1 - m2) + 8.0f * (m3 - m4) + m5;
+}
+
+CE_NW_INLINE ce_nw_bt8(const ce_nc_vf *d, int is, ce_nc_vf *o, int os)
+{
+    ce_nc_vf d0 = d[0], d1 = d[is], d2 = d[2 * is], d3 = d[3 * is], d4 = d[4 * is],
+             d5 = d[5 * is], d6 = d[6 * is], d7 = d[7 * is];
+    ce_nc_vf a1 = (d2 + d6) - 4.25f * d4, b1 = (d1 + d5) - 4.25f * d3;
+    ce_nc_vf a2 = (0.25f * d2 - 1.25f * d4) + d6, b2 = (0.5f * d1 - 2.5f * d3) + 2.0f * d5;
+    ce_nc_vf a3 = (4.0f * d2 - 5.0f * d4) + d6, b3 = (2.0f * d1 - 2.5f * d3) + 0.5f * d5;
+    o[0] = (d0 - d6) + 5.25f * (d4 - d2);
+    o[os] = a1 + b1;
+    o[2 * os] = a1 - b1;
+    o[3 * os] = a2 + b2;
+    o[4 * os] = a2 - b2;
+    o[5 * os] = a3 + b3;
+    o[6 * os] = a3 - b3;
+    o[7 * os] = (d7 - d1) + 5.25f * (d3 - d5);
+}
+
+CE_NW_INLINE ce_nw_at8(const ce_nc_vf *m, int is, ce_nc_vf *o, int os)
+{
+    ce_nc_vf m0 = m[0], m7 = m[7 * is];
+    ce_nc_vf a1 = m[is] + m[2 * is], s1 = m[is] - m[2 * is];
+    ce_nc_vf a2 = m[3 * is] + m[4 * is], s2 = m[3 * is] - m[4 * is];
+    ce_nc_vf a3 = m[5 * is] + m[6 * is], s3 = m[5 * is] - m[6 * is];
+    o[0] = m0 + a1 + a2 + a3;
+    o[os] = s1 + 2.0f * s2 + 0.5f * s3;
+    o[2 * os] = a1 + 4.0f * a2 + 0.25f * a3;
+    o[3 * os] = s1 + 8.0f * s2 + 0.125f * s3;
+    o[4 * os] = a1 + 16.0f * a2 + 0.0625f * a3;
+    o[5 * os] = (s1 + 32.0f * s2 + 0.03125f * s3) + m7;
+}
+
+CE_NW_INLINE ce_nw_bt(const int A, const ce_nc_vf *d, int is, ce_nc_vf *o, int os)
+{
+    if (A == 4)
+        ce_nw_bt4(d, is, o, os);
+    else if (A == 6)
+        ce_nw_bt6(d, is, o, os);
+    else
+        ce_nw_bt8(d, is, o, os);
+}
+
+CE_NW_INLINE ce_nw_at(const int A, const ce_nc_vf *m, int is, ce_nc_vf *o, int os)
+{
+    if (A == 4)
+        ce_nw_at4(m, is, o, os);
+    else if (A == 6)
+        ce_nw_at6(m, is, o, os);
+    else
+        ce_nw_at8(m, is, o, os);
+}
+
+/* ---- one tile of one block ---- */
+
+/* V = B^T d B of the A x A patch at (iy0, ix0) of one block's plane x [H][W][B] (outside it:
+ * zeros; ``inside``: the patch lies within the plane), element e stored at v + e * es; each
+ * stored vector folded into *chk. */
+CE_NW_INLINE ce_nw_input_tile(const float *x, int H, int W, int iy0, int ix0, const int A,
+                              const int inside, float *v, ptrdiff_t es, ce_nc_vf *chk)
+{
+    ce_nc_vf d[CE_NW_MAX_A][CE_NW_MAX_A], t[CE_NW_MAX_A][CE_NW_MAX_A];
+    const ce_nc_vf zero = {0};
+    for (int r = 0; r < A; r++)
+        for (int c = 0; c < A; c++) {
+            int iy = iy0 + r, ix = ix0 + c;
+            if (inside || (iy >= 0 && iy < H && ix >= 0 && ix < W))
+                d[r][c] = CE_NC_LD(x + ((ptrdiff_t)iy * W + ix) * CE_NC_B);
+            else
+                d[r][c] = zero;
+        }
+    for (int c = 0; c < A; c++)
+        ce_nw_bt(A, &d[0][c], CE_NW_MAX_A, &t[0][c], CE_NW_MAX_A);
+    ce_nc_vf k = *chk;
+    for (int r = 0; r < A; r++) {
+        ce_nw_bt(A, &t[r][0], 1, &d[r][0], 1);
+        for (int c = 0; c < A; c++) {
+            CE_NC_ST(v + (ptrdiff_t)(r * A + c) * es, d[r][c]);
+            k += d[r][c] * 0.0f;
+        }
+    }
+    *chk = k;
+}
+
+/* Y = A^T M A of one tile of one output block (element e of M at mm + e * es), plus the bias
+ * and the residual (res: NULL, or the tile's first output pixel), the ny x nx outputs that
+ * exist stored from out (rows OW pixels apart), with the activation if it is inline. */
+CE_NW_INLINE ce_nw_output_tile(const float *mm, ptrdiff_t es, const int A, ce_nc_vf bias,
+                               const float *res, float *out, int OW, int ny, int nx,
+                               ce_act_t act)
+{
+    const int m = A - 2;
+    ce_nc_vf d[CE_NW_MAX_A][CE_NW_MAX_A], t[CE_NW_MAX_A][CE_NW_MAX_A];
+    for (int r = 0; r < A; r++)
+        for (int c = 0; c < A; c++)
+            d[r][c] = CE_NC_LD(mm + (ptrdiff_t)(r * A + c) * es);
+    for (int c = 0; c < A; c++)
+        ce_nw_at(A, &d[0][c], CE_NW_MAX_A, &t[0][c], CE_NW_MAX_A);
+    for (int r = 0; r < m; r++) {
+        if (r >= ny)
+            break;
+        ce_nw_at(A, &t[r][0], 1, &d[r][0], 1);
+        for (int c = 0; c < m && c < nx; c++) {
+            ptrdiff_t o = ((ptrdiff_t)r * OW + c) * CE_NC_B;
+            ce_nc_vf y = d[r][c] + bias;
+            if (res)
+                y += CE_NC_LD(res + o);
+            CE_NC_ST(out + o, ce_nc_act(y, act));
+        }
+    }
+}
+
+/* ---- the three phases of a strip ---- */
+
+typedef struct {
+    const float *x;             /* input [N][Cb][H][W][B] */
+    int Cb, tail, H, W, pt, pl; /* tail: real channels of the last input block (1 to B) */
+    int A, TH, TW, OH, OW, Kb;  /* tile side a = m + 2; tiles per column and row */
+    const float *u;             /* a^2 pointwise packs of U[e], ue floats apart */
+    ptrdiff_t ue;
+    const float *zero;          /* Kb * B zeros: the GEMMs' bias */
+    const float *bias, *res;    /* Kb * B values; residual [N][Kb][OH][OW][B] or NULL */
+    float *out;                 /* [N][Kb][OH][OW][B] */
+    ce_act_t act;
+    float *V, *M;               /* [a^2][Cb][S][B], [a^2][Kb][S][B] */
+    ptrdiff_t s0, S;            /* the strip: tiles s0 .. s0 + S of all images' tiles */
+    int bad[CE_POOL_MAX_THREADS];
+} ce_nw_job;
+
+static inline void ce_nw_input_units_a(ce_nw_job *j, int thread, ptrdiff_t lo, ptrdiff_t hi,
+                                       const int A)
+{
+    const int m = A - 2;
+    const ptrdiff_t B = CE_NC_B, per_image = (ptrdiff_t)j->TH * j->TW, plane =
+        (ptrdiff_t)j->H * j->W * B;
+    const ptrdiff_t es = (ptrdiff_t)j->Cb * j->S * B;
+    ce_nc_vf chk = {0};
+    for (ptrdiff_t u = lo; u < hi; u++) {
+        ptrdiff_t cb = u / j->S, t = u % j->S, g = j->s0 + t;
+        ptrdiff_t n = g / per_image, r = g % per_image;
+        int iy0 = (int)(r / j->TW) * m - j->pt, ix0 = (int)(r % j->TW) * m - j->pl;
+        const float *x = j->x + (n * j->Cb + cb) * plane;
+        float *v = j->V + (cb * j->S + t) * B;
+        if (iy0 >= 0 && ix0 >= 0 && iy0 + A <= j->H && ix0 + A <= j->W)
+            ce_nw_input_tile(x, j->H, j->W, iy0, ix0, A, 1, v, es, &chk);
+        else
+            ce_nw_input_tile(x, j->H, j->W, iy0, ix0, A, 0, v, es, &chk);
+    }
+    float lanes[CE_NC_B];
+    memcpy(lanes, &chk, sizeof chk);
+    for (int i = 0; i < CE_NC_B; i++)
+        if (lanes[i] != 0.0f)
+            j->bad[thread] = 1;
+}
+
+static void ce_nw_input_units(void *ctx, int thread, Py_ssize_t lo, Py_ssize_t hi)
+{
+    ce_nw_job *j = (ce_nw_job *)ctx;
+    if (j->A == 4)
+        ce_nw_input_units_a(j, thread, lo, hi, 4);
+    else if (j->A == 6)
+        ce_nw_input_units_a(j, thread, lo, hi, 6);
+    else
+        ce_nw_input_units_a(j, thread, lo, hi, 8);
+}
+
+/* units: element e x group g of output blocks */
+static void ce_nw_gemm_units(void *ctx, int thread, Py_ssize_t lo, Py_ssize_t hi)
+{
+    ce_nw_job *j = (ce_nw_job *)ctx;
+    const ptrdiff_t B = CE_NC_B, G = (j->Kb + CE_NC_GROUP - 1) / CE_NC_GROUP;
+    const ptrdiff_t T = (j->S + CE_NC_TILE_PIXELS - 1) / CE_NC_TILE_PIXELS;
+    const ce_act_t none = {CE_ACT_CODE_NONE, 0.0f, 0.0f};
+    (void)thread;
+    for (ptrdiff_t u = lo; u < hi; u++) {
+        ptrdiff_t e = u / G, g = u % G;
+        ce_nc_pw_group(j->V + e * j->Cb * j->S * B, j->S, j->Cb, j->tail, j->u + e * j->ue,
+                       j->Kb, (int)g, j->zero, NULL, j->M + e * j->Kb * j->S * B, none, 0, T);
+    }
+}
+
+static inline void ce_nw_output_units_a(ce_nw_job *j, ptrdiff_t lo, ptrdiff_t hi, const int A)
+{
+    const int m = A - 2;
+    const ptrdiff_t B = CE_NC_B, per_image = (ptrdiff_t)j->TH * j->TW;
+    const ptrdiff_t oplane = (ptrdiff_t)j->OH * j->OW * B, es = (ptrdiff_t)j->Kb * j->S * B;
+    const int inline_act = CE_NC_ACT_INLINE(j->act.code);
+    const ce_act_t none = {CE_ACT_CODE_NONE, 0.0f, 0.0f};
+    for (ptrdiff_t u = lo; u < hi; u++) {
+        ptrdiff_t kb = u / j->S, t = u % j->S, g = j->s0 + t;
+        ptrdiff_t n = g / per_image, r = g % per_image;
+        int oy = (int)(r / j->TW) * m, ox = (int)(r % j->TW) * m;
+        int ny = j->OH - oy < m ? j->OH - oy : m, nx = j->OW - ox < m ? j->OW - ox : m;
+        ptrdiff_t o = (n * j->Kb + kb) * oplane + ((ptrdiff_t)oy * j->OW + ox) * B;
+        ce_nw_output_tile(j->M + (kb * j->S + t) * B, es, A, CE_NC_LD(j->bias + kb * B),
+                          j->res ? j->res + o : NULL, j->out + o, j->OW, ny, nx,
+                          inline_act ? j->act : none);
+        if (!inline_act)
+            for (int i = 0; i < ny; i++)
+                ce_nc_act_span(j->out + o + (ptrdiff_t)i * j->OW * B, nx, j->act);
+    }
+}
+
+/* units: output block x tile */
+static void ce_nw_output_units(void *ctx, int thread, Py_ssize_t lo, Py_ssize_t hi)
+{
+    ce_nw_job *j = (ce_nw_job *)ctx;
+    (void)thread;
+    if (j->A == 4)
+        ce_nw_output_units_a(j, lo, hi, 4);
+    else if (j->A == 6)
+        ce_nw_output_units_a(j, lo, hi, 6);
+    else
+        ce_nw_output_units_a(j, lo, hi, 8);
+}
+
+/* The whole layer, strip by strip of at most S tiles (N images of TH x TW tiles each).
+ * Returns 1 if an input was not finite (nothing written), else 0. */
+static int ce_nw_run(ce_nw_job *j, ptrdiff_t N, ptrdiff_t S, int nt)
+{
+    const ptrdiff_t total = N * j->TH * j->TW;
+    const ptrdiff_t E = (ptrdiff_t)j->A * j->A, G = (j->Kb + CE_NC_GROUP - 1) / CE_NC_GROUP;
+    for (ptrdiff_t s0 = 0; s0 < total; s0 += S) {
+        j->s0 = s0;
+        j->S = total - s0 < S ? total - s0 : S;
+        memset(j->bad, 0, sizeof j->bad);
+        ce_pool_for(nt, j->Cb * j->S, ce_nw_input_units, j);
+        for (int i = 0; i < CE_POOL_MAX_THREADS; i++)
+            if (j->bad[i])
+                return 1;
+        ce_pool_for(nt, E * G, ce_nw_gemm_units, j);
+        ce_pool_for(nt, j->Kb * j->S, ce_nw_output_units, j);
+    }
+    return 0;
+}
+
+#endif

@@ -1,0 +1,116 @@
+# Winograd F(m x m, 3x3) convolution on channel-blocked tensors (m = 2, 4, 6; stride 1, no
+# dilation, one group): the transforms on vectors of channels, the GEMMs by the pointwise
+# kernel. The method, the strips and the handling of non-finite inputs are described in
+# _nchwc_winograd.h; the weights are transformed and packed by engine.ops.blocked.
+#
+# The shapes are checked against one another before the GIL is released; every load of the
+# input is bounds-checked in the kernel (a tile's taps outside the plane read zeros).
+from _epilogue cimport ce_act_t, check_act
+from _pool cimport CE_POOL_MAX_THREADS, ce_pool_attach
+from _scratch cimport check_scratch
+
+cdef extern from "_nchwc_winograd.h" nogil:
+    int CE_NC_B
+    ctypedef struct ce_nw_job:
+        const float *x
+        int Cb, tail, H, W, pt, pl
+        int A, TH, TW, OH, OW, Kb
+        const float *u
+        Py_ssize_t ue
+        const float *zero
+        const float *bias
+        const float *res
+        float *out
+        ce_act_t act
+        float *V
+        float *M
+        Py_ssize_t s0, S
+    int ce_nw_run(ce_nw_job *j, Py_ssize_t N, Py_ssize_t S, int nt)
+
+ce_pool_attach()
+
+BLOCK = CE_NC_B
+# Bytes of V and M (the transformed inputs and the GEMMs' outputs) of one strip of tiles, kept
+# in L2 between the three phases; a strip takes at least MIN_STRIP_TILES tiles, over which the
+# GEMMs stream all of U once (bench/bench_winograd_tiles.py --blocked).
+STRIP_BYTES = 768 << 10
+MIN_STRIP_TILES = 48
+
+include "_nchwc_checks.pxi"
+
+
+def strip_tiles(Py_ssize_t in_blocks, Py_ssize_t out_blocks, int m, Py_ssize_t tiles):
+    """Tiles per strip for a layer of ``tiles`` tiles in all: a multiple of the pointwise
+    kernel's six pixels, V and M of a strip about STRIP_BYTES."""
+    cdef Py_ssize_t a = m + 2
+    cdef Py_ssize_t per_tile = a * a * (in_blocks + out_blocks) * CE_NC_B * 4
+    cdef Py_ssize_t s = max(MIN_STRIP_TILES, STRIP_BYTES // max(1, per_tile)) // 6 * 6
+    return max(1, min(s, tiles))
+
+
+def work_floats(Py_ssize_t in_blocks, Py_ssize_t out_blocks, int m, Py_ssize_t strip):
+    """Floats of the work buffer f32_winograd_blocked needs: V and M of a strip, and a zero
+    bias for the GEMMs."""
+    cdef Py_ssize_t a = m + 2
+    return a * a * (in_blocks + out_blocks) * strip * CE_NC_B + out_blocks * CE_NC_B
+
+
+def f32_winograd_blocked(const float[:, :, :, :, ::1] x, Py_ssize_t channels,
+                         const float[::1] upack, const float[::1] bias, residual,
+                         float[:, :, :, :, ::1] out, int m, int pt, int pl, ce_act_t act,
+                         int num_threads, float[::1] work):
+    """out = act(conv3x3(x, W) + bias (+ residual)), stride 1, pads pt (top) and pl (left),
+    the bottom and right ones implied by out's size, by F(m x m, 3x3) on blocks.
+    channels: x's real channels; upack: the a^2 = (m + 2)^2 elements' weights U[e], each packed
+    as engine.ops.blocked.pack_pointwise packs a 1x1 layer's; bias: out's blocks x BLOCK values;
+    residual: None or an array of out's shape; work: work_floats(...) floats of the strip
+    strip_tiles(...) gives, from a 64-byte boundary.
+
+    Returns False, having written any part of out, if an input is not finite (its caller runs
+    the layer by a kernel whose sums follow the direct convolution's), else True."""
+    check_act(act)
+    check_blocked(x.shape, "x")
+    check_blocked(out.shape, "out")
+    if m not in (2, 4, 6):
+        raise ValueError(f"m must be 2, 4 or 6, got {m}")
+    cdef Py_ssize_t N = x.shape[0], Cb = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t Kb = out.shape[1], OH = out.shape[2], OW = out.shape[3]
+    if out.shape[0] != N:
+        raise ValueError(f"out holds {out.shape[0]} images, x {N}")
+    if Cb == 0 or not (Cb - 1) * CE_NC_B < channels <= Cb * CE_NC_B:
+        raise ValueError(f"channels must be in ({(Cb - 1) * CE_NC_B}, {Cb * CE_NC_B}] for "
+                         f"{Cb} blocks, got {channels}")
+    check_window(Kb, bias.shape[0], H, W, OH, OW, 1, 1, pt, pl, 1, 1)
+    cdef Py_ssize_t a = m + 2, ue = Cb * CE_NC_B * Kb * CE_NC_B
+    if upack.shape[0] != a * a * ue:
+        raise ValueError(f"upack must hold {a * a * ue} floats, got {upack.shape[0]}")
+    cdef const float* rbase = NULL
+    cdef const float[:, :, :, :, ::1] r
+    if residual is not None:
+        if tuple(residual.shape) != tuple(out.shape)[:5]:
+            raise ValueError(f"residual must have out's shape {tuple(out.shape)[:5]}, got "
+                             f"{tuple(residual.shape)}")
+        r = residual
+        rbase = &r[0, 0, 0, 0, 0] if r.size else NULL
+    if N == 0 or Kb == 0 or OH == 0 or OW == 0:
+        return True
+    cdef Py_ssize_t TH = (OH + m - 1) // m, TW = (OW + m - 1) // m
+    cdef Py_ssize_t S = strip_tiles(Cb, Kb, m, N * TH * TW)
+    check_scratch(work, work_floats(Cb, Kb, m, S), "work")
+    cdef float* wp = &work[0]
+    cdef Py_ssize_t vfloats = a * a * Cb * S * CE_NC_B, mfloats = a * a * Kb * S * CE_NC_B
+    cdef Py_ssize_t i
+    for i in range(Kb * CE_NC_B):
+        wp[vfloats + mfloats + i] = 0.0
+    cdef ce_nw_job j
+    j.x = &x[0, 0, 0, 0, 0]
+    j.Cb, j.tail, j.H, j.W, j.pt, j.pl = Cb, channels - (Cb - 1) * CE_NC_B, H, W, pt, pl
+    j.A, j.TH, j.TW, j.OH, j.OW, j.Kb = a, TH, TW, OH, OW, Kb
+    j.u, j.ue = &upack[0], ue
+    j.zero = wp + vfloats + mfloats
+    j.bias, j.res, j.out, j.act = &bias[0], rbase, &out[0, 0, 0, 0, 0], act
+    j.V, j.M = wp, wp + vfloats
+    cdef int nt = max(1, min(num_threads, CE_POOL_MAX_THREADS)), bad
+    with nogil:
+        bad = ce_nw_run(&j, N, S, nt)
+    return not bad

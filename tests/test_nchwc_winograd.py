@@ -1,0 +1,213 @@
+"""Winograd F(2x2), F(4x4) and F(6x6) on channel blocks (kernels/nchwc_winograd.pyx,
+_nchwc_winograd.h) and the layers the layout pass gives it: 3x3 stride 1, one group, from
+WINOGRAD_BLOCKED_MIN_IN input channels.
+
+Reference: float64 NumPy (tests/reference.py). Tolerance, per output element: REL[m] times the
+largest sum of |terms| (|x| * |w| over a window, plus |bias| and |residual|) among the outputs
+of an (m+2) x (m+2) neighbourhood, as the transforms mix a tile's whole patch. The worst
+measured on this file's layers, as a fraction of that: 1.4e-7 (F(2x2)), 2.6e-6 (F(4x4)),
+3.9e-6 (F(6x6)); the bounds are 4-7x that. 1 and 2 threads must give bit-identical results.
+"""
+import numpy as np
+import pytest
+from scipy.ndimage import maximum_filter
+
+import engine
+from engine._kernels import nchwc_winograd as nw
+from engine.dispatch.layout import WINOGRAD_BLOCKED_MIN_IN
+from engine.dispatch.policy import ChoicePolicy
+from engine.graph import Graph, Model, Node, TensorSpec
+from engine.ops import blocked
+from engine.ops.activation import NO_ACT, float64_activation, kernel_act
+from reference import conv2d_ref
+
+REL = {2: 1e-6, 4: 1e-5, 6: 2e-5}
+B = blocked.BLOCK
+ACTS = (None, "relu", "silu", "hardsigmoid(0.2,0.5)")
+
+
+def f32(rng, *shape):
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+def work_for(xb, k, m, oh, ow):
+    n, cb = xb.shape[:2]
+    strip = nw.strip_tiles(cb, blocked.blocks(k), m, n * -(-oh // m) * -(-ow // m))
+    work = np.full(nw.work_floats(cb, blocked.blocks(k), m, strip) + 32, np.nan, np.float32)
+    return work[(-work.ctypes.data % 64) // 4:]
+
+
+def run(x, wt, b, residual, pads, m, act, threads, garbage=None):
+    """The kernel on x (NCHW, converted to blocks): (ran, output blocks). garbage: a finite
+    value in the padding channels of the input's last block, which must not matter."""
+    n, c, h, w = x.shape
+    k = wt.shape[0]
+    oh, ow = h + sum(pads[0]) - 2, w + sum(pads[1]) - 2
+    xb = blocked.to_blocked(x)
+    if garbage is not None and c % B:
+        xb[:, -1, :, :, c % B:] = garbage
+    upack, bias = blocked.pack_winograd(wt, b, m)
+    out = np.full(blocked.blocked_shape((n, k, oh, ow)), np.nan, np.float32)
+    r = None if residual is None else blocked.to_blocked(residual)
+    ran = nw.f32_winograd_blocked(xb, c, upack, bias, r, out, m, pads[0][0], pads[1][0],
+                                  kernel_act(act), threads, work_for(xb, k, m, oh, ow))
+    return ran, out
+
+
+# (N, C, K, H, W, pads ((top, bottom), (left, right))): channels off the block size and past a
+# batch of 8 input blocks (130), output blocks 1 to 5 (every size of the pointwise kernel's
+# last group), maps that end in every tail of a tile, maps smaller than a tile, asymmetric and
+# zero pads, two images, and a layer of several strips (64 channels on 58x58)
+LAYERS = [
+    (1, 16, 16, 8, 8, ((1, 1), (1, 1))),
+    (1, 20, 33, 13, 11, ((1, 1), (1, 1))),
+    (2, 5, 7, 9, 10, ((0, 0), (0, 0))),
+    (1, 40, 70, 7, 7, ((2, 0), (1, 2))),
+    (1, 3, 17, 30, 31, ((1, 1), (1, 1))),
+    (1, 130, 48, 6, 5, ((1, 1), (0, 1))),
+    (1, 24, 80, 3, 3, ((1, 1), (1, 1))),
+    (1, 8, 8, 1, 2, ((1, 1), (1, 1))),
+    (1, 64, 24, 58, 58, ((1, 1), (1, 1))),
+]
+
+
+@pytest.mark.parametrize("m", [2, 4, 6])
+@pytest.mark.parametrize("n,c,k,h,w,pads", LAYERS)
+def test_winograd_blocked_matches_reference_per_element_and_is_thread_independent(
+        rng, n, c, k, h, w, pads, m):
+    x, wt, b = f32(rng, n, c, h, w), f32(rng, k, c, 3, 3), f32(rng, k)
+    ref = conv2d_ref(x, wt, b, (1, 1), pads)
+    terms = conv2d_ref(np.abs(x), np.abs(wt), np.abs(b), (1, 1), pads)
+    res = f32(rng, *ref.shape)
+    for act in ACTS:
+        for r in (None, res):
+            ran, got = run(x, wt, b, r, pads, m, act, 1, garbage=3.0)
+            ran2, got2 = run(x, wt, b, r, pads, m, act, 2)
+            assert ran and ran2
+            np.testing.assert_array_equal(got, got2)
+            want = float64_activation(act, ref + (0 if r is None else r))
+            scale = maximum_filter(terms + (0 if r is None else np.abs(r)),
+                                   size=(1, 1, m + 2, m + 2))
+            # the activations have slopes up to 1.1 and round within 4 ulp of their own
+            bound = 1.1 * REL[m] * scale + 1e-30 + 4 * 2.0 ** -24 * np.abs(want)
+            err = np.abs(blocked.from_blocked(got, k).astype(np.float64) - want)
+            worst = np.unravel_index(np.argmax(err / bound), err.shape)
+            assert np.all(err <= bound), (f"act {act}: error {err[worst]:.3g} at {worst} "
+                                          f"over {bound[worst]:.3g}")
+
+
+def test_two_threads_split_a_layer_of_several_strips(rng):
+    """ResNet's 256->256 on 14x14 and a map of several strips: bit-identical at 1 and 2
+    threads, each tile size."""
+    for c, size in ((256, 14), (64, 56)):
+        x, wt = f32(rng, 1, c, size, size), f32(rng, c, c, 3, 3)
+        for m in (2, 4, 6):
+            one = run(x, wt, None, None, ((1, 1), (1, 1)), m, "relu", 1)[1]
+            np.testing.assert_array_equal(one, run(x, wt, None, None, ((1, 1), (1, 1)), m,
+                                                   "relu", 2)[1])
+
+
+def test_a_nonfinite_input_is_reported_and_not_spread(rng):
+    """The kernel says so when an input is not finite, wherever it lies (a later strip
+    too); the graph step then runs the dense blocked kernel, whose NaN and Inf reach only the
+    outputs whose window holds them."""
+    x, wt = f32(rng, 1, 64, 58, 58), f32(rng, 16, 64, 3, 3)
+    assert run(x, wt, None, None, ((1, 1), (1, 1)), 4, None, 1)[0]
+    for y, xx, v in ((0, 0, np.inf), (57, 57, np.nan), (30, 2, -np.inf)):
+        bad = x.copy()
+        bad[0, 5, y, xx] = v
+        assert not run(bad, wt, None, None, ((1, 1), (1, 1)), 4, None, 2)[0]
+    x = f32(rng, 1, 32, 12, 12)
+    x[0, 3, 0, 0] = np.inf
+    x[0, 7, 6, 6] = np.nan
+    g, (w1, _, _) = conv_net(rng, 32, 32, 12)
+    g.nodes = g.nodes[:1]
+    g.outputs = [TensorSpec("a", None, "float32")]
+    net = Model(g)
+    assert "winograd_f" in net.explain()
+    got = net({"x": x})["a"]
+    with np.errstate(invalid="ignore"):
+        ref = conv2d_ref(x, w1, None, (1, 1), ((1, 1), (1, 1)))
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(ref))
+    np.testing.assert_array_equal(np.isinf(got), np.isinf(ref))
+    fin = np.isfinite(ref)
+    assert np.allclose(got[fin], ref[fin], rtol=1e-4, atol=1e-4 * np.abs(ref[fin]).max())
+
+
+def test_winograd_blocked_refuses_inconsistent_arguments(rng):
+    x = blocked.to_blocked(f32(rng, 1, 30, 8, 8))
+    upack, bias = blocked.pack_winograd(f32(rng, 20, 30, 3, 3), f32(rng, 20), 4)
+    out = np.zeros(blocked.blocked_shape((1, 20, 8, 8)), np.float32)
+    work = work_for(x, 20, 4, 8, 8)
+
+    def call(x=x, channels=30, up=upack, bp=bias, res=None, out=out, m=4, pt=1, act=NO_ACT,
+             work=work):
+        return nw.f32_winograd_blocked(x, channels, up, bp, res, out, m, pt, 1, act, 1, work)
+    assert call()
+    with pytest.raises(ValueError, match="channels"):
+        call(channels=33)
+    with pytest.raises(ValueError, match="upack"):
+        call(up=upack[:-1])
+    with pytest.raises(ValueError, match="upack"):
+        call(m=2)
+    with pytest.raises(ValueError, match="m must be"):
+        call(m=3)
+    with pytest.raises(ValueError, match="bias"):
+        call(bp=bias[:B])
+    with pytest.raises(ValueError, match="pads"):
+        call(pt=-1)
+    with pytest.raises(ValueError, match="residual"):
+        call(res=np.zeros(out.shape[:3] + (4, B), np.float32))
+    with pytest.raises(ValueError, match="images"):
+        call(out=np.zeros((2,) + out.shape[1:], np.float32))
+    with pytest.raises(ValueError, match="work"):
+        call(work=work[:100])
+    with pytest.raises(ValueError, match="work"):
+        call(work=work[1:])
+    with pytest.raises(ValueError, match="blocked"):
+        call(x=np.zeros(x.shape[:4] + (B // 2,), np.float32))
+
+
+# ------------------------------------------------------------------------- in a model's plan
+
+def conv_net(rng, c, k, size=None):
+    """x -> 3x3 c->k (relu) -> 3x3 k->k (+ x's first conv's output as residual, relu)."""
+    w1 = f32(rng, k, c, 3, 3) / np.float32(np.sqrt(9 * c))
+    w2 = f32(rng, k, k, 3, 3) / np.float32(np.sqrt(9 * k))
+    b2 = f32(rng, k)
+    nodes = [Node("Conv", "c1", ["x", "w1"], ["a"], {"pads": [1, 1, 1, 1]}),
+             Node("Relu", "r1", ["a"], ["ar"]),
+             Node("Conv", "c2", ["ar", "w2", "b2"], ["b"], {"pads": [1, 1, 1, 1]}),
+             Node("Add", "add", ["b", "ar"], ["s"]),
+             Node("Relu", "r2", ["s"], ["y"])]
+    g = Graph(nodes, [TensorSpec("x", (1, c, size, size) if size else None, "float32")],
+              [TensorSpec("y", None, "float32")], {"w1": w1, "w2": w2, "b2": b2})
+    return g, (w1, w2, b2)
+
+
+@pytest.mark.parametrize("c,k,size", [(32, 32, 12), (64, 48, 28), (WINOGRAD_BLOCKED_MIN_IN,
+                                                                     20, 9)])
+def test_a_residual_pair_runs_on_blocks_by_winograd(rng, c, k, size, threads):
+    """Both 3x3 layers by Winograd on blocks, the second with its residual add and relu
+    fused, no layout change between them; the values are the NCHW plan's."""
+    g, (w1, w2, b2) = conv_net(rng, c, k, size)
+    net = Model(g)
+    x = f32(rng, 1, c, size, size)
+    text = net.explain()
+    assert text.count(f"on {blocked.NAME}: the transforms") == 2 and "+ residual add" in text
+    assert text.count("ToBlocked") == 1
+    a = np.maximum(conv2d_ref(x, w1, None, (1, 1), ((1, 1), (1, 1))), 0)
+    ref = np.maximum(conv2d_ref(a, w2, b2, (1, 1), ((1, 1), (1, 1))) + a, 0)
+    got = net({"x": x})["y"]
+    assert np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max()
+    nchw = Model(g, layout="nchw")
+    assert f"on {blocked.NAME}" not in nchw.explain()
+    assert np.abs(got - nchw({"x": x})["y"]).max() <= 1e-4 * np.abs(ref).max()
+
+
+def test_strict_accuracy_keeps_the_large_tiles_off_the_blocked_layers(rng):
+    g, _ = conv_net(rng, 64, 64, 28)
+    strict = Model(g, policy=ChoicePolicy(accuracy="strict"))
+    text = strict.explain()
+    assert "winograd_f23 on" in text and "winograd_f43" not in text and \
+        "winograd_f63" not in text
