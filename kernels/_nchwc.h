@@ -193,20 +193,20 @@ static const ce_nc_pw_tile_fn ce_nc_pw_tiles[CE_NC_GROUP][CE_NC_TILE_PIXELS] =
 #define CE_NC_BATCH 8
 #define CE_NC_ACT_TILES 8
 
-static void ce_nc_pw_group(const float *x, ptrdiff_t P, int Cb, int tail, const float *wpack,
-                           int Kb, int g, const float *bias, const float *res, float *out,
-                           ce_act_t act, ptrdiff_t t0, ptrdiff_t t1)
+/* The same, with the group's weights [Cb * B][nk * B] at wg (output blocks kb0 .. kb0 + nk):
+ * for a caller that makes them itself (Winograd's weights made per call, _nchwc_winograd.h). */
+static void ce_nc_pw_group_w(const float *x, ptrdiff_t P, int Cb, int tail, const float *wg,
+                             int kb0, int nk, const float *bias, const float *res, float *out,
+                             ce_act_t act, ptrdiff_t t0, ptrdiff_t t1)
 {
     const ptrdiff_t B = CE_NC_B;
-    int kb0 = g * CE_NC_GROUP;
-    int nk = Kb - kb0 < CE_NC_GROUP ? Kb - kb0 : CE_NC_GROUP;
     const float *bb = bias + kb0 * B;
     ptrdiff_t ob = (ptrdiff_t)kb0 * P * B;
     const ce_nc_tiling tiling = ce_nc_tiles(P);
     for (int c0 = 0; c0 < Cb; c0 += CE_NC_BATCH) {
         int nb = Cb - c0 < CE_NC_BATCH ? Cb - c0 : CE_NC_BATCH;
         int first = c0 == 0, last = c0 + nb == Cb;
-        const float *w = wpack + ((ptrdiff_t)kb0 * Cb + (ptrdiff_t)c0 * nk) * B * B;
+        const float *w = wg + (ptrdiff_t)c0 * nk * B * B;
         /* an activation past the clamps: mapped over runs of CE_NC_ACT_TILES tiles once
          * they are stored (still in L1), not tile by tile, where a call's setup cost as much
          * as a quarter of the activation itself (EfficientNet-B0's 16->96 SiLU expand) */
@@ -230,6 +230,16 @@ static void ce_nc_pw_group(const float *x, ptrdiff_t P, int Cb, int tail, const 
             }
         }
     }
+}
+
+static void ce_nc_pw_group(const float *x, ptrdiff_t P, int Cb, int tail, const float *wpack,
+                           int Kb, int g, const float *bias, const float *res, float *out,
+                           ce_act_t act, ptrdiff_t t0, ptrdiff_t t1)
+{
+    int kb0 = g * CE_NC_GROUP;
+    int nk = Kb - kb0 < CE_NC_GROUP ? Kb - kb0 : CE_NC_GROUP;
+    ce_nc_pw_group_w(x, P, Cb, tail, wpack + (ptrdiff_t)kb0 * Cb * CE_NC_B * CE_NC_B, kb0, nk,
+                     bias, res, out, act, t0, t1);
 }
 
 /* Units [lo, hi) of a pointwise layer's work for one thread: groups of output blocks (all

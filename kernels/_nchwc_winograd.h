@@ -1,5 +1,7 @@
-/* Winograd F(m x m, 3x3), stride 1, no dilation, on channel-blocked tensors (NCHWc, _nchwc.h),
- * m = 2, 4 or 6, a = m + 2.
+/* Winograd F(m x m, 3x3), stride 1, on channel-blocked tensors (NCHWc, _nchwc.h), m = 2, 4 or
+ * 6, a = m + 2; with dilation (dh, dw) on the phase sub-images: a tile of phase (p, q) has its
+ * outputs and its patch dh rows and dw columns apart, starting at output (p, q) (the
+ * space-to-batch view of kernels/conv_winograd.pyx, folded into the addressing here too).
  *
  * A tile's transforms mix its pixels and never its channels, so on blocks they run on whole
  * vectors of B channels: V = B^T d B for one input block of one tile is a^2 vector loads, the
@@ -11,6 +13,12 @@
  * packed as its weights) writes M[e] as [Kb][S][B]; the output transform Y = A^T M A reads a
  * tile's a^2 vectors of one output block and writes m x m output vectors with the bias, the
  * residual and the activation.
+ *
+ * U is made once (engine.ops.blocked.pack_winograd), or per call where it would take too much
+ * memory (engine/dispatch/winograd.py): then each GEMM work item (one column j of the tile
+ * elements, one group of output blocks) makes U[i][j] for every row i from the weights, its
+ * 3x3 taps side by side for the group's output channels, into the thread's buffer, sharing
+ * the product with G^T of column j between the rows.
  *
  * The tiles (tile rows of every image in turn) are taken S at a time, a strip, so that V and
  * M stay in cache between the three phases; each phase splits its strip among the pool's
@@ -129,17 +137,18 @@ CE_NW_INLINE ce_nw_at(const int A, const ce_nc_vf *m, int is, ce_nc_vf *o, int o
 
 /* ---- one tile of one block ---- */
 
-/* V = B^T d B of the A x A patch at (iy0, ix0) of one block's plane x [H][W][B] (outside it:
- * zeros; ``inside``: the patch lies within the plane), element e stored at v + e * es; each
- * stored vector folded into *chk. */
-CE_NW_INLINE ce_nw_input_tile(const float *x, int H, int W, int iy0, int ix0, const int A,
-                              const int inside, float *v, ptrdiff_t es, ce_nc_vf *chk)
+/* V = B^T d B of the A x A patch at (iy0, ix0) of one block's plane x [H][W][B], its rows dh
+ * and its columns dw apart (outside the plane: zeros; ``inside``: the patch lies within it),
+ * element e stored at v + e * es; each stored vector folded into *chk. */
+CE_NW_INLINE ce_nw_input_tile(const float *x, int H, int W, int iy0, int ix0, int dh, int dw,
+                              const int A, const int inside, float *v, ptrdiff_t es,
+                              ce_nc_vf *chk)
 {
     ce_nc_vf d[CE_NW_MAX_A][CE_NW_MAX_A], t[CE_NW_MAX_A][CE_NW_MAX_A];
     const ce_nc_vf zero = {0};
     for (int r = 0; r < A; r++)
         for (int c = 0; c < A; c++) {
-            int iy = iy0 + r, ix = ix0 + c;
+            int iy = iy0 + r * dh, ix = ix0 + c * dw;
             if (inside || (iy >= 0 && iy < H && ix >= 0 && ix < W))
                 d[r][c] = CE_NC_LD(x + ((ptrdiff_t)iy * W + ix) * CE_NC_B);
             else
@@ -160,10 +169,11 @@ CE_NW_INLINE ce_nw_input_tile(const float *x, int H, int W, int iy0, int ix0, co
 
 /* Y = A^T M A of one tile of one output block (element e of M at mm + e * es), plus the bias
  * and the residual (res: NULL, or the tile's first output pixel), the ny x nx outputs that
- * exist stored from out (rows OW pixels apart), with the activation if it is inline. */
+ * exist stored from out (rows dh * OW pixels apart, columns dw), with the activation if it is
+ * inline. */
 CE_NW_INLINE ce_nw_output_tile(const float *mm, ptrdiff_t es, const int A, ce_nc_vf bias,
-                               const float *res, float *out, int OW, int ny, int nx,
-                               ce_act_t act)
+                               const float *res, float *out, int OW, int dh, int dw, int ny,
+                               int nx, ce_act_t act)
 {
     const int m = A - 2;
     ce_nc_vf d[CE_NW_MAX_A][CE_NW_MAX_A], t[CE_NW_MAX_A][CE_NW_MAX_A];
@@ -177,7 +187,7 @@ CE_NW_INLINE ce_nw_output_tile(const float *mm, ptrdiff_t es, const int A, ce_nc
             break;
         ce_nw_at(A, &t[r][0], 1, &d[r][0], 1);
         for (int c = 0; c < m && c < nx; c++) {
-            ptrdiff_t o = ((ptrdiff_t)r * OW + c) * CE_NC_B;
+            ptrdiff_t o = ((ptrdiff_t)r * dh * OW + (ptrdiff_t)c * dw) * CE_NC_B;
             ce_nc_vf y = d[r][c] + bias;
             if (res)
                 y += CE_NC_LD(res + o);
@@ -191,36 +201,56 @@ CE_NW_INLINE ce_nw_output_tile(const float *mm, ptrdiff_t es, const int A, ce_nc
 typedef struct {
     const float *x;             /* input [N][Cb][H][W][B] */
     int Cb, tail, H, W, pt, pl; /* tail: real channels of the last input block (1 to B) */
-    int A, TH, TW, OH, OW, Kb;  /* tile side a = m + 2; tiles per column and row */
-    const float *u;             /* a^2 pointwise packs of U[e], ue floats apart */
+    int A, TH, TW, OH, OW, Kb;  /* tile side a = m + 2; tiles per column and row of a phase */
+    int dh, dw;                 /* dilation: dh x dw phases */
+    const float *u;             /* a^2 pointwise packs of U[e], ue floats apart; or NULL, */
     ptrdiff_t ue;
+    const float *taps;          /* ... and per group of output blocks [C][9][blocks * B] */
+    const float *gm;            /* G, a x 3 */
+    int C;                      /* real input channels */
+    float *ubuf;                /* per call: a buffers of U[i][j] of one group per thread */
+    ptrdiff_t ubuf_floats;      /* floats per thread */
     const float *zero;          /* Kb * B zeros: the GEMMs' bias */
     const float *bias, *res;    /* Kb * B values; residual [N][Kb][OH][OW][B] or NULL */
     float *out;                 /* [N][Kb][OH][OW][B] */
     ce_act_t act;
     float *V, *M;               /* [a^2][Cb][S][B], [a^2][Kb][S][B] */
-    ptrdiff_t s0, S;            /* the strip: tiles s0 .. s0 + S of all images' tiles */
+    ptrdiff_t s0, S;            /* the strip: tiles s0 .. s0 + S of all images' tiles, each
+                                   image's phase row after phase row, its tile rows in turn,
+                                   each across the column phases */
     int bad[CE_POOL_MAX_THREADS];
 } ce_nw_job;
+
+/* Where tile g (counted over all images) has its first output: image *n, row *oy, column *ox. */
+static inline void ce_nw_tile_at(const ce_nw_job *j, ptrdiff_t g, const int m, ptrdiff_t *n,
+                                 int *oy, int *ox)
+{
+    const ptrdiff_t row_tiles = (ptrdiff_t)j->dw * j->TW;
+    const ptrdiff_t per_image = (ptrdiff_t)j->dh * j->TH * row_tiles;
+    ptrdiff_t r = g % per_image, row = r / row_tiles, col = r % row_tiles;
+    *n = g / per_image;
+    *oy = (int)(row / j->TH) + j->dh * (int)(row % j->TH) * m;
+    *ox = (int)(col / j->TW) + j->dw * (int)(col % j->TW) * m;
+}
 
 static inline void ce_nw_input_units_a(ce_nw_job *j, int thread, ptrdiff_t lo, ptrdiff_t hi,
                                        const int A)
 {
-    const int m = A - 2;
-    const ptrdiff_t B = CE_NC_B, per_image = (ptrdiff_t)j->TH * j->TW, plane =
-        (ptrdiff_t)j->H * j->W * B;
+    const int m = A - 2, dh = j->dh, dw = j->dw;
+    const ptrdiff_t B = CE_NC_B, plane = (ptrdiff_t)j->H * j->W * B;
     const ptrdiff_t es = (ptrdiff_t)j->Cb * j->S * B;
     ce_nc_vf chk = {0};
     for (ptrdiff_t u = lo; u < hi; u++) {
-        ptrdiff_t cb = u / j->S, t = u % j->S, g = j->s0 + t;
-        ptrdiff_t n = g / per_image, r = g % per_image;
-        int iy0 = (int)(r / j->TW) * m - j->pt, ix0 = (int)(r % j->TW) * m - j->pl;
+        ptrdiff_t cb = u / j->S, t = u % j->S, n;
+        int oy, ox;
+        ce_nw_tile_at(j, j->s0 + t, m, &n, &oy, &ox);
+        int iy0 = oy - j->pt, ix0 = ox - j->pl;
         const float *x = j->x + (n * j->Cb + cb) * plane;
         float *v = j->V + (cb * j->S + t) * B;
-        if (iy0 >= 0 && ix0 >= 0 && iy0 + A <= j->H && ix0 + A <= j->W)
-            ce_nw_input_tile(x, j->H, j->W, iy0, ix0, A, 1, v, es, &chk);
+        if (iy0 >= 0 && ix0 >= 0 && iy0 + (A - 1) * dh < j->H && ix0 + (A - 1) * dw < j->W)
+            ce_nw_input_tile(x, j->H, j->W, iy0, ix0, dh, dw, A, 1, v, es, &chk);
         else
-            ce_nw_input_tile(x, j->H, j->W, iy0, ix0, A, 0, v, es, &chk);
+            ce_nw_input_tile(x, j->H, j->W, iy0, ix0, dh, dw, A, 0, v, es, &chk);
     }
     float lanes[CE_NC_B];
     memcpy(lanes, &chk, sizeof chk);
@@ -240,6 +270,53 @@ static void ce_nw_input_units(void *ctx, int thread, Py_ssize_t lo, Py_ssize_t h
         ce_nw_input_units_a(j, thread, lo, hi, 8);
 }
 
+/* U[i][j] for i < a of one group (nk blocks from kb0) into u[i] ([Cb * B][nk * B], rows from
+ * C on untouched: the pointwise kernel skips them), from its taps [C][9][nk * B]. */
+static void ce_nw_make_u(const ce_nw_job *j, int jj, int kb0, int nk, float *u)
+{
+    const ptrdiff_t B = CE_NC_B, row = (ptrdiff_t)nk * B, per_i = (ptrdiff_t)j->Cb * B * row;
+    const int A = j->A;
+    const float *taps = j->taps + (ptrdiff_t)kb0 * B * j->C * 9;
+    const float g0 = j->gm[jj * 3], g1 = j->gm[jj * 3 + 1], g2 = j->gm[jj * 3 + 2];
+    for (int c = 0; c < j->C; c++)
+        for (int kv = 0; kv < nk; kv++) {
+            const float *w = taps + (ptrdiff_t)c * 9 * row + kv * B;
+            /* t[a] = sum_b g[a][b] G[jj][b]: the taps' rows times column jj of G^T */
+            ce_nc_vf t0 = CE_NC_LD(w) * g0 + CE_NC_LD(w + row) * g1 + CE_NC_LD(w + 2 * row) * g2;
+            ce_nc_vf t1 = CE_NC_LD(w + 3 * row) * g0 + CE_NC_LD(w + 4 * row) * g1
+                          + CE_NC_LD(w + 5 * row) * g2;
+            ce_nc_vf t2 = CE_NC_LD(w + 6 * row) * g0 + CE_NC_LD(w + 7 * row) * g1
+                          + CE_NC_LD(w + 8 * row) * g2;
+            float *o = u + (ptrdiff_t)c * row + kv * B;
+            for (int i = 0; i < A; i++)
+                CE_NC_ST(o + i * per_i, t0 * j->gm[i * 3] + t1 * j->gm[i * 3 + 1]
+                                        + t2 * j->gm[i * 3 + 2]);
+        }
+}
+
+/* per call: units group g of output blocks x column jj, the columns of a group in turn, so
+ * that the group's taps come from cache after the first (read from memory for every column,
+ * they took 43% more time than U made once on 512->512 28x28) */
+static void ce_nw_gemm_taps_units(void *ctx, int thread, Py_ssize_t lo, Py_ssize_t hi)
+{
+    ce_nw_job *j = (ce_nw_job *)ctx;
+    const ptrdiff_t B = CE_NC_B, G = (j->Kb + CE_NC_GROUP - 1) / CE_NC_GROUP;
+    const ptrdiff_t T = (j->S + CE_NC_TILE_PIXELS - 1) / CE_NC_TILE_PIXELS;
+    const ce_act_t none = {CE_ACT_CODE_NONE, 0.0f, 0.0f};
+    float *u = j->ubuf + thread * j->ubuf_floats;
+    for (ptrdiff_t it = lo; it < hi; it++) {
+        int jj = (int)(it % j->A), kb0 = (int)(it / j->A) * CE_NC_GROUP;
+        int nk = j->Kb - kb0 < CE_NC_GROUP ? j->Kb - kb0 : CE_NC_GROUP;
+        const ptrdiff_t per_i = (ptrdiff_t)j->Cb * B * nk * B;
+        ce_nw_make_u(j, jj, kb0, nk, u);
+        for (int i = 0; i < j->A; i++) {
+            ptrdiff_t e = (ptrdiff_t)i * j->A + jj;
+            ce_nc_pw_group_w(j->V + e * j->Cb * j->S * B, j->S, j->Cb, j->tail, u + i * per_i,
+                             kb0, nk, j->zero, NULL, j->M + e * j->Kb * j->S * B, none, 0, T);
+        }
+    }
+}
+
 /* units: element e x group g of output blocks */
 static void ce_nw_gemm_units(void *ctx, int thread, Py_ssize_t lo, Py_ssize_t hi)
 {
@@ -257,23 +334,31 @@ static void ce_nw_gemm_units(void *ctx, int thread, Py_ssize_t lo, Py_ssize_t hi
 
 static inline void ce_nw_output_units_a(ce_nw_job *j, ptrdiff_t lo, ptrdiff_t hi, const int A)
 {
-    const int m = A - 2;
-    const ptrdiff_t B = CE_NC_B, per_image = (ptrdiff_t)j->TH * j->TW;
+    const int m = A - 2, dh = j->dh, dw = j->dw;
+    const ptrdiff_t B = CE_NC_B;
     const ptrdiff_t oplane = (ptrdiff_t)j->OH * j->OW * B, es = (ptrdiff_t)j->Kb * j->S * B;
     const int inline_act = CE_NC_ACT_INLINE(j->act.code);
     const ce_act_t none = {CE_ACT_CODE_NONE, 0.0f, 0.0f};
     for (ptrdiff_t u = lo; u < hi; u++) {
-        ptrdiff_t kb = u / j->S, t = u % j->S, g = j->s0 + t;
-        ptrdiff_t n = g / per_image, r = g % per_image;
-        int oy = (int)(r / j->TW) * m, ox = (int)(r % j->TW) * m;
-        int ny = j->OH - oy < m ? j->OH - oy : m, nx = j->OW - ox < m ? j->OW - ox : m;
+        ptrdiff_t kb = u / j->S, t = u % j->S, n;
+        int oy, ox;
+        ce_nw_tile_at(j, j->s0 + t, m, &n, &oy, &ox);
+        /* the outputs of the tile inside the map: rows oy, oy + dh, ... below OH */
+        int ny = oy < j->OH ? (j->OH - oy + dh - 1) / dh : 0;
+        int nx = ox < j->OW ? (j->OW - ox + dw - 1) / dw : 0;
+        ny = ny < m ? ny : m;
+        nx = nx < m ? nx : m;
+        if (ny == 0 || nx == 0)
+            continue;
         ptrdiff_t o = (n * j->Kb + kb) * oplane + ((ptrdiff_t)oy * j->OW + ox) * B;
         ce_nw_output_tile(j->M + (kb * j->S + t) * B, es, A, CE_NC_LD(j->bias + kb * B),
-                          j->res ? j->res + o : NULL, j->out + o, j->OW, ny, nx,
+                          j->res ? j->res + o : NULL, j->out + o, j->OW, dh, dw, ny, nx,
                           inline_act ? j->act : none);
         if (!inline_act)
             for (int i = 0; i < ny; i++)
-                ce_nc_act_span(j->out + o + (ptrdiff_t)i * j->OW * B, nx, j->act);
+                for (int c = 0; c < nx; c += dw == 1 ? nx : 1)     /* a row, or its pixels */
+                    ce_nc_act_span(j->out + o + ((ptrdiff_t)i * dh * j->OW + c * dw) * B,
+                                   dw == 1 ? nx : 1, j->act);
     }
 }
 
@@ -290,11 +375,12 @@ static void ce_nw_output_units(void *ctx, int thread, Py_ssize_t lo, Py_ssize_t 
         ce_nw_output_units_a(j, lo, hi, 8);
 }
 
-/* The whole layer, strip by strip of at most S tiles (N images of TH x TW tiles each).
+/* The whole layer, strip by strip of at most S tiles (N images of dh x dw phases of TH x TW
+ * tiles each).
  * Returns 1 if an input was not finite (nothing written), else 0. */
 static int ce_nw_run(ce_nw_job *j, ptrdiff_t N, ptrdiff_t S, int nt)
 {
-    const ptrdiff_t total = N * j->TH * j->TW;
+    const ptrdiff_t total = N * j->dh * j->dw * j->TH * j->TW;
     const ptrdiff_t E = (ptrdiff_t)j->A * j->A, G = (j->Kb + CE_NC_GROUP - 1) / CE_NC_GROUP;
     for (ptrdiff_t s0 = 0; s0 < total; s0 += S) {
         j->s0 = s0;
@@ -304,7 +390,10 @@ static int ce_nw_run(ce_nw_job *j, ptrdiff_t N, ptrdiff_t S, int nt)
         for (int i = 0; i < CE_POOL_MAX_THREADS; i++)
             if (j->bad[i])
                 return 1;
-        ce_pool_for(nt, E * G, ce_nw_gemm_units, j);
+        if (j->u)
+            ce_pool_for(nt, E * G, ce_nw_gemm_units, j);
+        else
+            ce_pool_for(nt, j->A * G, ce_nw_gemm_taps_units, j);
         ce_pool_for(nt, j->Kb * j->S, ce_nw_output_units, j);
     }
     return 0;

@@ -1,4 +1,4 @@
-# Winograd F(m x m, 3x3) convolution on channel-blocked tensors (m = 2, 4, 6; stride 1, no
+# Winograd F(m x m, 3x3) convolution on channel-blocked tensors (m = 2, 4, 6; stride 1, any
 # dilation, one group): the transforms on vectors of channels, the GEMMs by the pointwise
 # kernel. The method, the strips and the handling of non-finite inputs are described in
 # _nchwc_winograd.h; the weights are transformed and packed by engine.ops.blocked.
@@ -10,13 +10,19 @@ from _pool cimport CE_POOL_MAX_THREADS, ce_pool_attach
 from _scratch cimport check_scratch
 
 cdef extern from "_nchwc_winograd.h" nogil:
-    int CE_NC_B
+    int CE_NC_B, CE_NC_GROUP
     ctypedef struct ce_nw_job:
         const float *x
         int Cb, tail, H, W, pt, pl
         int A, TH, TW, OH, OW, Kb
+        int dh, dw
         const float *u
         Py_ssize_t ue
+        const float *taps
+        const float *gm
+        int C
+        float *ubuf
+        Py_ssize_t ubuf_floats
         const float *zero
         const float *bias
         const float *res
@@ -35,36 +41,61 @@ BLOCK = CE_NC_B
 # GEMMs stream all of U once (bench/bench_winograd_tiles.py --blocked).
 STRIP_BYTES = 768 << 10
 MIN_STRIP_TILES = 48
+# With U made per call, each strip makes it again: strips of up to this many bytes (in L3),
+# one for DRN-C-26's 512-channel layers on 28x28.
+PER_CALL_STRIP_BYTES = 16 << 20
 
 include "_nchwc_checks.pxi"
 
 
-def strip_tiles(Py_ssize_t in_blocks, Py_ssize_t out_blocks, int m, Py_ssize_t tiles):
+def layer_tiles(Py_ssize_t N, Py_ssize_t OH, Py_ssize_t OW, int m, int dh=1, int dw=1):
+    """Tiles of a layer of N images of OH x OW outputs: each of the dh x dw phases covered by
+    m x m tiles."""
+    cdef Py_ssize_t rows = ((OH + dh - 1) // dh + m - 1) // m
+    cdef Py_ssize_t cols = ((OW + dw - 1) // dw + m - 1) // m
+    return N * dh * dw * rows * cols
+
+
+def strip_tiles(Py_ssize_t in_blocks, Py_ssize_t out_blocks, int m, Py_ssize_t tiles,
+                bint per_call=False):
     """Tiles per strip for a layer of ``tiles`` tiles in all: a multiple of the pointwise
-    kernel's six pixels, V and M of a strip about STRIP_BYTES."""
+    kernel's six pixels, V and M of a strip about STRIP_BYTES (PER_CALL_STRIP_BYTES with U
+    made per call)."""
     cdef Py_ssize_t a = m + 2
     cdef Py_ssize_t per_tile = a * a * (in_blocks + out_blocks) * CE_NC_B * 4
-    cdef Py_ssize_t s = max(MIN_STRIP_TILES, STRIP_BYTES // max(1, per_tile)) // 6 * 6
+    cdef Py_ssize_t limit = PER_CALL_STRIP_BYTES if per_call else STRIP_BYTES
+    cdef Py_ssize_t s = max(MIN_STRIP_TILES, limit // max(1, per_tile)) // 6 * 6
     return max(1, min(s, tiles))
 
 
-def work_floats(Py_ssize_t in_blocks, Py_ssize_t out_blocks, int m, Py_ssize_t strip):
-    """Floats of the work buffer f32_winograd_blocked needs: V and M of a strip, and a zero
-    bias for the GEMMs."""
+def work_floats(Py_ssize_t in_blocks, Py_ssize_t out_blocks, int m, Py_ssize_t strip,
+                int per_call_threads=0):
+    """Floats of the work buffer f32_winograd_blocked needs: V and M of a strip, a zero bias
+    for the GEMMs, and with U made per call a buffer for each of per_call_threads threads."""
     cdef Py_ssize_t a = m + 2
-    return a * a * (in_blocks + out_blocks) * strip * CE_NC_B + out_blocks * CE_NC_B
+    return (a * a * (in_blocks + out_blocks) * strip * CE_NC_B + out_blocks * CE_NC_B
+            + per_call_threads * u_buffer_floats(in_blocks, m))
+
+
+cdef Py_ssize_t u_buffer_floats(Py_ssize_t in_blocks, int m):
+    # U[i][j] of one group of output blocks for every row i
+    return (m + 2) * in_blocks * CE_NC_B * CE_NC_GROUP * CE_NC_B
 
 
 def f32_winograd_blocked(const float[:, :, :, :, ::1] x, Py_ssize_t channels,
                          const float[::1] upack, const float[::1] bias, residual,
                          float[:, :, :, :, ::1] out, int m, int pt, int pl, ce_act_t act,
-                         int num_threads, float[::1] work):
-    """out = act(conv3x3(x, W) + bias (+ residual)), stride 1, pads pt (top) and pl (left),
-    the bottom and right ones implied by out's size, by F(m x m, 3x3) on blocks.
+                         int num_threads, float[::1] work, int dh=1, int dw=1,
+                         const float[:, ::1] g=None):
+    """out = act(conv3x3(x, W) + bias (+ residual)), stride 1, dilation (dh, dw), pads pt
+    (top) and pl (left), the bottom and right ones implied by out's size, by F(m x m, 3x3) on
+    blocks.
     channels: x's real channels; upack: the a^2 = (m + 2)^2 elements' weights U[e], each packed
-    as engine.ops.blocked.pack_pointwise packs a 1x1 layer's; bias: out's blocks x BLOCK values;
-    residual: None or an array of out's shape; work: work_floats(...) floats of the strip
-    strip_tiles(...) gives, from a 64-byte boundary.
+    as engine.ops.blocked.pack_pointwise packs a 1x1 layer's; or with g (G, a x 3) given, the
+    weights' taps as engine.ops.blocked.pack_winograd_taps arranges them, U made per call;
+    bias: out's blocks x BLOCK values; residual: None or an array of out's shape; work:
+    work_floats(...) floats of the strip strip_tiles(...) gives (with per_call_threads =
+    num_threads if U is made per call), from a 64-byte boundary.
 
     Returns False, having written any part of out, if an input is not finite (its caller runs
     the layer by a kernel whose sums follow the direct convolution's), else True."""
@@ -80,10 +111,18 @@ def f32_winograd_blocked(const float[:, :, :, :, ::1] x, Py_ssize_t channels,
     if Cb == 0 or not (Cb - 1) * CE_NC_B < channels <= Cb * CE_NC_B:
         raise ValueError(f"channels must be in ({(Cb - 1) * CE_NC_B}, {Cb * CE_NC_B}] for "
                          f"{Cb} blocks, got {channels}")
-    check_window(Kb, bias.shape[0], H, W, OH, OW, 1, 1, pt, pl, 1, 1)
+    check_window(Kb, bias.shape[0], H, W, OH, OW, 1, 1, pt, pl, dh, dw)
+    if dh > 1 << 27 or dw > 1 << 27 or pt > 1 << 30 or pl > 1 << 30:
+        # a patch's last row, iy0 + 7 dh, must fit the kernel's int arithmetic
+        raise ValueError(f"dilations ({dh}, {dw}) and pads ({pt}, {pl}) must be at most 2^27 "
+                         f"and 2^30")
     cdef Py_ssize_t a = m + 2, ue = Cb * CE_NC_B * Kb * CE_NC_B
-    if upack.shape[0] != a * a * ue:
-        raise ValueError(f"upack must hold {a * a * ue} floats, got {upack.shape[0]}")
+    cdef bint per_call = g is not None
+    cdef Py_ssize_t want = Kb * CE_NC_B * channels * 9 if per_call else a * a * ue
+    if upack.shape[0] != want:
+        raise ValueError(f"upack must hold {want} floats, got {upack.shape[0]}")
+    if per_call and (g.shape[0] != a or g.shape[1] != 3):
+        raise ValueError(f"g must be G of F({m},3), {a} x 3, got {tuple(g.shape)[:2]}")
     cdef const float* rbase = NULL
     cdef const float[:, :, :, :, ::1] r
     if residual is not None:
@@ -94,9 +133,17 @@ def f32_winograd_blocked(const float[:, :, :, :, ::1] x, Py_ssize_t channels,
         rbase = &r[0, 0, 0, 0, 0] if r.size else NULL
     if N == 0 or Kb == 0 or OH == 0 or OW == 0:
         return True
-    cdef Py_ssize_t TH = (OH + m - 1) // m, TW = (OW + m - 1) // m
-    cdef Py_ssize_t S = strip_tiles(Cb, Kb, m, N * TH * TW)
-    check_scratch(work, work_floats(Cb, Kb, m, S), "work")
+    cdef Py_ssize_t TH = ((OH + dh - 1) // dh + m - 1) // m    # tiles per phase
+    cdef Py_ssize_t TW = ((OW + dw - 1) // dw + m - 1) // m
+    cdef Py_ssize_t S = strip_tiles(Cb, Kb, m, layer_tiles(N, OH, OW, m, dh, dw), per_call)
+    cdef int nt = max(1, min(num_threads, CE_POOL_MAX_THREADS)), bad
+    check_scratch(work, work_floats(Cb, Kb, m, S, nt if per_call else 0), "work")
+    cdef float gm[8 * 3]
+    cdef Py_ssize_t r_, c_
+    if per_call:
+        for r_ in range(a):
+            for c_ in range(3):
+                gm[r_ * 3 + c_] = g[r_, c_]
     cdef float* wp = &work[0]
     cdef Py_ssize_t vfloats = a * a * Cb * S * CE_NC_B, mfloats = a * a * Kb * S * CE_NC_B
     cdef Py_ssize_t i
@@ -106,11 +153,14 @@ def f32_winograd_blocked(const float[:, :, :, :, ::1] x, Py_ssize_t channels,
     j.x = &x[0, 0, 0, 0, 0]
     j.Cb, j.tail, j.H, j.W, j.pt, j.pl = Cb, channels - (Cb - 1) * CE_NC_B, H, W, pt, pl
     j.A, j.TH, j.TW, j.OH, j.OW, j.Kb = a, TH, TW, OH, OW, Kb
-    j.u, j.ue = &upack[0], ue
+    j.dh, j.dw = dh, dw
+    j.u, j.ue = (NULL if per_call else &upack[0]), ue
+    j.taps, j.gm, j.C = &upack[0], gm, channels
+    j.ubuf = wp + vfloats + mfloats + Kb * CE_NC_B
+    j.ubuf_floats = u_buffer_floats(Cb, m)
     j.zero = wp + vfloats + mfloats
     j.bias, j.res, j.out, j.act = &bias[0], rbase, &out[0, 0, 0, 0, 0], act
     j.V, j.M = wp, wp + vfloats
-    cdef int nt = max(1, min(num_threads, CE_POOL_MAX_THREADS)), bad
     with nogil:
         bad = ce_nw_run(&j, N, S, nt)
     return not bad

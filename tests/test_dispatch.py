@@ -43,16 +43,17 @@ def test_layout_rules():
     assert choose_layout(kind, why, None, ["depthwise"])[0] == "nchwc"
     assert choose_layout(kind, why, "pointwise", ["depthwise"])[0] == "nchw"
     assert choose_layout(kind, why, None, ["direct"])[0] == "nchw"
-    # 3x3 stride 1 from 16 input channels: Winograd on blocks (16-float rules), a residual too;
-    # fewer channels, groups or dilation: not
+    # 3x3 stride 1 from 8 input channels: Winograd on blocks (16-float rules), a residual too,
+    # dilated too where NCHW's rules would run it by Winograd; fewer channels or groups: not
     square = ConvParams(64, 64, (3, 3), (1, 1), (1, 1), 1, ((1, 1), (1, 1)), (56, 56))
     assert blocked_kernel(square) == ("winograd", "the winograd blocked kernel runs it")
     assert blocked_kernel(square, residual=True)[0] == "winograd" and pays_alone("winograd",
                                                                                  square)
     assert blocked_kernel(square._replace(in_channels=4, out_channels=8))[0] == "dense"
     assert blocked_kernel(square._replace(groups=2))[0] != "winograd"
-    # no blocked kernel: NCHW even when the caller asks for blocks
-    dense = square._replace(dilation=(2, 2), pads=((2, 2), (2, 2)))
+    assert blocked_kernel(square._replace(dilation=(2, 2), pads=((2, 2),) * 2))[0] == "winograd"
+    # no blocked kernel (a rate past the map: NCHW's live taps): NCHW even when forced
+    dense = square._replace(dilation=(12, 12), pads=((12, 12),) * 2, in_size=(14, 14))
     kind, why = blocked_kernel(dense)
     assert kind is None and "576 taps" in why
     assert choose_layout(kind, why, "pointwise", forced="nchwc") == ("nchw", why)

@@ -203,10 +203,10 @@ def test_the_default_wisdom_file_is_the_per_user_one(rng, tmp_path, monkeypatch)
     import engine.lab.wisdom as wmod
     monkeypatch.setattr(wmod, "default_path", lambda: str(tmp_path / "cache" / "wisdom.json"))
     path = conv_model(rng, tmp_path / "m.onnx", c=16, wide=16, size=12)
-    tune(path, repeat=1, progress=False)
+    tune(engine.load(path, layout="nchw", wisdom=False), repeat=1, progress=False)
     assert (tmp_path / "cache" / "wisdom.json").exists()
-    assert "tuned: measured" in engine.load(path).explain()
-    assert "tuned" not in engine.load(path, wisdom=False).explain()
+    assert "tuned: measured" in engine.load(path, layout="nchw").explain()
+    assert "tuned" not in engine.load(path, layout="nchw", wisdom=False).explain()
 
 
 def test_tune_takes_a_free_batch_as_one_and_refuses_other_free_dimensions(rng, tmp_path):

@@ -520,14 +520,17 @@ def test_conv_kind_rules(rng):
     assert kind(f32(rng, 8, 40, 1, 1), {"pads": [1, 1, 1, 1]}, (1, 40, 5, 5)) == "dense"
     assert kind(f32(rng, 8, 40, 1, 7), {"pads": [0, 3, 0, 3]}, (1, 40, 5, 9)) == "dense"
     assert kind(f32(rng, 8, 40, 3, 3), {"strides": [2, 2]}, (1, 40, 9, 9)) == "dense"
-    assert kind(f32(rng, 8, 40, 3, 3), {"dilations": [2, 2]}, (1, 40, 9, 9)) is None
+    assert kind(f32(rng, 8, 40, 3, 3), {"dilations": [2, 2]}, (1, 40, 9, 9)) == "winograd"
+    # a rate past the map: most taps read padding, NCHW's live taps
+    assert kind(f32(rng, 8, 40, 3, 3), {"dilations": [12, 12], "pads": [12] * 4},
+                (1, 40, 14, 14)) is None
     assert kind(f32(rng, 8, 4, 1, 1), {"strides": [2, 2]}, (1, 4, 5, 5)) == "direct"
     assert kind(f32(rng, 8, 2, 1, 1), {"group": 2}, (1, 4, 5, 5)) is None
     assert kind(f32(rng, 4, 1, 3, 3), {"group": 4, "dilations": [2, 2]},
                 (1, 4, 9, 9)) == "depthwise"
     assert kind(f32(rng, 8, 1, 3, 3), {"group": 4}, (1, 4, 9, 9)) is None   # multiplier 2
     assert kind(f32(rng, 8, 3, 3, 3), {"strides": [2, 2]}, (1, 3, 9, 9)) == "direct"
-    # 3x3 stride 1: Winograd on blocks from 16 input channels, dense below
+    # 3x3 stride 1: Winograd on blocks from 8 input channels, dense below
     assert kind(f32(rng, 8, 4, 3, 3), {}, (1, 4, 9, 9)) == "dense"       # 36 taps: direct
     assert kind(f32(rng, 256, 256, 3, 3), {"pads": [1] * 4}, (1, 256, 14, 14)) == "winograd"
     # groups inside blocks: 16 (where a block holds 16), 8 or 4 channels each way

@@ -30,64 +30,84 @@ def f32(rng, *shape):
     return rng.standard_normal(shape).astype(np.float32)
 
 
-def work_for(xb, k, m, oh, ow):
+def work_for(xb, k, m, oh, ow, dh=1, dw=1, per_call_threads=0):
     n, cb = xb.shape[:2]
-    strip = nw.strip_tiles(cb, blocked.blocks(k), m, n * -(-oh // m) * -(-ow // m))
-    work = np.full(nw.work_floats(cb, blocked.blocks(k), m, strip) + 32, np.nan, np.float32)
+    strip = nw.strip_tiles(cb, blocked.blocks(k), m, nw.layer_tiles(n, oh, ow, m, dh, dw),
+                           per_call_threads > 0)
+    work = np.full(nw.work_floats(cb, blocked.blocks(k), m, strip, per_call_threads) + 32,
+                   np.nan, np.float32)
     return work[(-work.ctypes.data % 64) // 4:]
 
 
-def run(x, wt, b, residual, pads, m, act, threads, garbage=None):
+def run(x, wt, b, residual, pads, m, act, threads, garbage=None, dilation=(1, 1),
+        per_call=False):
     """The kernel on x (NCHW, converted to blocks): (ran, output blocks). garbage: a finite
-    value in the padding channels of the input's last block, which must not matter."""
+    value in the padding channels of the input's last block, which must not matter.
+    per_call: U made per call from the weights' taps."""
     n, c, h, w = x.shape
     k = wt.shape[0]
-    oh, ow = h + sum(pads[0]) - 2, w + sum(pads[1]) - 2
+    dh, dw = dilation
+    oh, ow = h + sum(pads[0]) - 2 * dh, w + sum(pads[1]) - 2 * dw
     xb = blocked.to_blocked(x)
     if garbage is not None and c % B:
         xb[:, -1, :, :, c % B:] = garbage
-    upack, bias = blocked.pack_winograd(wt, b, m)
+    if per_call:
+        upack, bias = blocked.pack_winograd_taps(wt, b)
+    else:
+        upack, bias = blocked.pack_winograd(wt, b, m)
     out = np.full(blocked.blocked_shape((n, k, oh, ow)), np.nan, np.float32)
     r = None if residual is None else blocked.to_blocked(residual)
     ran = nw.f32_winograd_blocked(xb, c, upack, bias, r, out, m, pads[0][0], pads[1][0],
-                                  kernel_act(act), threads, work_for(xb, k, m, oh, ow))
+                                  kernel_act(act), threads,
+                                  work_for(xb, k, m, oh, ow, dh, dw, threads if per_call else 0),
+                                  dh, dw, blocked.winograd_g(m) if per_call else None)
     return ran, out
 
 
-# (N, C, K, H, W, pads ((top, bottom), (left, right))): channels off the block size and past a
-# batch of 8 input blocks (130), output blocks 1 to 5 (every size of the pointwise kernel's
-# last group), maps that end in every tail of a tile, maps smaller than a tile, asymmetric and
-# zero pads, two images, and a layer of several strips (64 channels on 58x58)
+# (N, C, K, H, W, pads ((top, bottom), (left, right)), dilation): channels off the block size
+# and past a batch of 8 input blocks (130), output blocks 1 to 5 (every size of the pointwise
+# kernel's last group), maps that end in every tail of a tile, maps smaller than a tile,
+# asymmetric and zero pads, two images, a layer of several strips (64 channels on 58x58), and
+# dilations: DRN's 2 and 4, unequal ones, phase maps of one or two pixels, a rate past the map
 LAYERS = [
-    (1, 16, 16, 8, 8, ((1, 1), (1, 1))),
-    (1, 20, 33, 13, 11, ((1, 1), (1, 1))),
-    (2, 5, 7, 9, 10, ((0, 0), (0, 0))),
-    (1, 40, 70, 7, 7, ((2, 0), (1, 2))),
-    (1, 3, 17, 30, 31, ((1, 1), (1, 1))),
-    (1, 130, 48, 6, 5, ((1, 1), (0, 1))),
-    (1, 24, 80, 3, 3, ((1, 1), (1, 1))),
-    (1, 8, 8, 1, 2, ((1, 1), (1, 1))),
-    (1, 64, 24, 58, 58, ((1, 1), (1, 1))),
+    (1, 16, 16, 8, 8, ((1, 1), (1, 1)), (1, 1)),
+    (1, 20, 33, 13, 11, ((1, 1), (1, 1)), (1, 1)),
+    (2, 5, 7, 9, 10, ((0, 0), (0, 0)), (1, 1)),
+    (1, 40, 70, 7, 7, ((2, 0), (1, 2)), (1, 1)),
+    (1, 3, 17, 30, 31, ((1, 1), (1, 1)), (1, 1)),
+    (1, 130, 48, 6, 5, ((1, 1), (0, 1)), (1, 1)),
+    (1, 24, 80, 3, 3, ((1, 1), (1, 1)), (1, 1)),
+    (1, 8, 8, 1, 2, ((1, 1), (1, 1)), (1, 1)),
+    (1, 64, 24, 58, 58, ((1, 1), (1, 1)), (1, 1)),
+    (1, 32, 24, 28, 28, ((2, 2), (2, 2)), (2, 2)),
+    (1, 20, 17, 29, 27, ((4, 4), (4, 4)), (4, 4)),
+    (2, 8, 9, 13, 15, ((4, 3), (1, 4)), (4, 3)),
+    (1, 16, 16, 7, 9, ((5, 5), (5, 5)), (5, 5)),
+    (1, 24, 40, 14, 14, ((12, 12), (12, 12)), (12, 12)),
 ]
 
 
+@pytest.mark.parametrize("per_call", [False, True], ids=["stored", "per_call"])
 @pytest.mark.parametrize("m", [2, 4, 6])
-@pytest.mark.parametrize("n,c,k,h,w,pads", LAYERS)
+@pytest.mark.parametrize("n,c,k,h,w,pads,d", LAYERS)
 def test_winograd_blocked_matches_reference_per_element_and_is_thread_independent(
-        rng, n, c, k, h, w, pads, m):
+        rng, n, c, k, h, w, pads, d, m, per_call):
+    """U made once (in float64, rounded once) or per call (in float32) from the taps."""
     x, wt, b = f32(rng, n, c, h, w), f32(rng, k, c, 3, 3), f32(rng, k)
-    ref = conv2d_ref(x, wt, b, (1, 1), pads)
-    terms = conv2d_ref(np.abs(x), np.abs(wt), np.abs(b), (1, 1), pads)
+    ref = conv2d_ref(x, wt, b, (1, 1), pads, d)
+    terms = conv2d_ref(np.abs(x), np.abs(wt), np.abs(b), (1, 1), pads, d)
     res = f32(rng, *ref.shape)
     for act in ACTS:
         for r in (None, res):
-            ran, got = run(x, wt, b, r, pads, m, act, 1, garbage=3.0)
-            ran2, got2 = run(x, wt, b, r, pads, m, act, 2)
+            ran, got = run(x, wt, b, r, pads, m, act, 1, garbage=3.0, dilation=d,
+                           per_call=per_call)
+            ran2, got2 = run(x, wt, b, r, pads, m, act, 2, dilation=d, per_call=per_call)
             assert ran and ran2
             np.testing.assert_array_equal(got, got2)
             want = float64_activation(act, ref + (0 if r is None else r))
+            # a tile's patch: m + 2 samples d apart each way
             scale = maximum_filter(terms + (0 if r is None else np.abs(r)),
-                                   size=(1, 1, m + 2, m + 2))
+                                   size=(1, 1, (m + 2) * d[0], (m + 2) * d[1]))
             # the activations have slopes up to 1.1 and round within 4 ulp of their own
             bound = 1.1 * REL[m] * scale + 1e-30 + 4 * 2.0 ** -24 * np.abs(want)
             err = np.abs(blocked.from_blocked(got, k).astype(np.float64) - want)
@@ -102,9 +122,12 @@ def test_two_threads_split_a_layer_of_several_strips(rng):
     for c, size in ((256, 14), (64, 56)):
         x, wt = f32(rng, 1, c, size, size), f32(rng, c, c, 3, 3)
         for m in (2, 4, 6):
-            one = run(x, wt, None, None, ((1, 1), (1, 1)), m, "relu", 1)[1]
-            np.testing.assert_array_equal(one, run(x, wt, None, None, ((1, 1), (1, 1)), m,
-                                                   "relu", 2)[1])
+            for per_call in (False, True):
+                one = run(x, wt, None, None, ((1, 1), (1, 1)), m, "relu", 1,
+                          per_call=per_call)[1]
+                two = run(x, wt, None, None, ((1, 1), (1, 1)), m, "relu", 2,
+                          per_call=per_call)[1]
+                np.testing.assert_array_equal(one, two)
 
 
 def test_a_nonfinite_input_is_reported_and_not_spread(rng):
@@ -152,6 +175,14 @@ def test_winograd_blocked_refuses_inconsistent_arguments(rng):
         call(m=2)
     with pytest.raises(ValueError, match="m must be"):
         call(m=3)
+    taps, _ = blocked.pack_winograd_taps(f32(rng, 20, 30, 3, 3))
+    with pytest.raises(ValueError, match="g must be"):
+        nw.f32_winograd_blocked(x, 30, taps, bias, None, out, 4, 1, 1, NO_ACT, 1,
+                                work_for(x, 20, 4, 8, 8, per_call_threads=1), 1, 1,
+                                blocked.winograd_g(2))
+    with pytest.raises(ValueError, match="work"):       # no room for the U buffers
+        nw.f32_winograd_blocked(x, 30, taps, bias, None, out, 4, 1, 1, NO_ACT, 1, work, 1, 1,
+                                blocked.winograd_g(4))
     with pytest.raises(ValueError, match="bias"):
         call(bp=bias[:B])
     with pytest.raises(ValueError, match="pads"):

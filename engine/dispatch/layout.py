@@ -161,14 +161,22 @@ def why_not_layout(layout) -> Optional[str]:
 
 
 def winograd_blocked(p: ConvParams) -> bool:
-    """A 3x3 stride-1 undilated one-group layer of at least WINOGRAD_BLOCKED_MIN_IN input
-    channels on a 16-float build, with a Winograd tile the policy allows: the Winograd kernel
-    on blocks runs it."""
+    """A 3x3 stride-1 one-group layer of at least WINOGRAD_BLOCKED_MIN_IN input channels on a
+    16-float build, with a Winograd tile the policy allows, and if dilated one that NCHW's
+    rules give Winograd or space-to-batch (not live taps or taps dropped past the map: most
+    of its taps read padding): the Winograd kernel on blocks runs it, on the phase
+    sub-images."""
     from .winograd import TILE_ALGORITHMS
-    return (vector_floats() >= 16 and p.kernel == (3, 3) and p.stride == (1, 1)
-            and p.dilation == (1, 1) and p.groups == 1
-            and p.in_channels >= WINOGRAD_BLOCKED_MIN_IN
-            and not set(TILE_ALGORITHMS.values()) <= set(current_policy().excluded))
+    if not (vector_floats() >= 16 and p.kernel == (3, 3) and p.stride == (1, 1)
+            and p.groups == 1 and p.in_channels >= WINOGRAD_BLOCKED_MIN_IN
+            and not set(TILE_ALGORITHMS.values()) <= set(current_policy().excluded)):
+        return False
+    if p.dilation == (1, 1):
+        return True
+    if p.in_size is None or p.pads is None:
+        return False
+    algorithm, _ = choose_conv2d(p, current_policy().excluded)
+    return algorithm in set(TILE_ALGORITHMS.values()) | {"dilated_s2b"}
 
 
 def winograd_shaped(p: ConvParams) -> bool:

@@ -12,7 +12,8 @@ import numpy as np
 from ..dispatch.layout import (POINTWISE_GROUP_SLACK, choose_depthwise_blocked_split,
                                dense_padded,
                                choose_pointwise_blocked_split)
-from ..dispatch.winograd import TILE_ALGORITHMS, choose_blocked_tile
+from ..dispatch.policy import current_policy
+from ..dispatch.winograd import TILE_ALGORITHMS, choose_blocked_tile, choose_winograd_weights
 from .._kernels import nchwc, nchwc_channels, nchwc_window, nchwc_winograd, pool_nchwc
 from .._threads import threads_for
 from ..ops import blocked
@@ -230,15 +231,13 @@ class BlockedConv(_Internal):
         super().__init__(node)
         self.logical_ins, self.logical_outs = ins, outs
         self.pads, self.conv_shape = conv.geometry(ins)
-        self.tile = None
+        self.conv, self.tile = conv, None
         if kind == "winograd":
             if np.isfinite(conv.w).all():
-                self.tile, self.tile_why = choose_blocked_tile(
-                    conv.w.shape[1], conv.w.shape[0], self.conv_shape[0], self.conv_shape[2:])
-                kind = f"winograd{self.tile}"
+                kind = self._choose_winograd()
             else:   # U would mix an infinite weight into every product of its tile
                 kind = "dense"
-        self.conv, self.conv_kind = conv, kind
+        self.conv_kind = kind
         self.act = kernel_act(conv.activation)
         self.macs = math.prod(self.conv_shape) * math.prod(conv.w.shape[1:])
         self._flops = conv.flops(ins, outs)
@@ -247,6 +246,9 @@ class BlockedConv(_Internal):
         if kind == "grouped":
             def pack():
                 return blocked.pack_grouped(conv.w, conv.w.shape[1], conv.b)
+        elif kind == "winograd_taps":
+            def pack():
+                return blocked.pack_winograd_taps(conv.w, conv.b)
         elif self.tile is not None:
             def pack():
                 return blocked.pack_winograd(conv.w, conv.b, self.tile)
@@ -383,14 +385,33 @@ class BlockedConv(_Internal):
                 workspace.give(buf)
         return step
 
+    def _choose_winograd(self) -> str:
+        """The tile, and where U lives (as the NCHW Winograd layers decide it: made once, or
+        per call where it would take too much memory); the kind of packed weights."""
+        w, (n, _, oh, ow), dilation = self.conv.w, self.conv_shape, tuple(self.conv.dilations)
+        k, c = w.shape[:2]
+        self.tile, self.tile_why = choose_blocked_tile(c, k, n, (oh, ow), dilation)
+        forced = current_policy().winograd_weights
+        if forced != "auto":
+            self.u_form = (forced, "forced by the caller")
+        else:
+            self.u_form = choose_winograd_weights(
+                4 * (self.tile + 2) ** 2 * c * k,
+                nchwc_winograd.layer_tiles(1, oh, ow, self.tile, *dilation))
+        return "winograd_taps" if self.u_form[0] == "per_call" else f"winograd{self.tile}"
+
     def _winograd_step(self, i, a, b, pt, pl):
         r = i[3] if len(i) > 3 and i[3] >= 0 else -1
         w, bias, act, macs, m, conv = self.w, self.b, self.act, self.macs, self.tile, self.conv
         channels = self.logical_ins[0].shape[1]
         n, k, oh, ow = self.conv_shape
         cb, kb = blocked.blocks(channels), blocked.blocks(k)
-        strip = nchwc_winograd.strip_tiles(cb, kb, m, n * -(-oh // m) * -(-ow // m))
-        floats = nchwc_winograd.work_floats(cb, kb, m, strip)
+        dh, dw = conv.dilations
+        per_call = self.u_form[0] == "per_call"
+        g = blocked.winograd_g(m) if per_call else None
+        strip = nchwc_winograd.strip_tiles(cb, kb, m,
+                                           nchwc_winograd.layer_tiles(n, oh, ow, m, dh, dw),
+                                           per_call)
         dense_key = f"nchw{blocked.BLOCK}c_dense"
 
         def dense_pack():
@@ -399,17 +420,19 @@ class BlockedConv(_Internal):
         def step(env, nt):
             nt = threads_for(macs, nt)
             res = env[r] if r >= 0 else None
-            buf = workspace.take(floats)
+            buf = workspace.take(nchwc_winograd.work_floats(cb, kb, m, strip,
+                                                            nt if per_call else 0))
             try:
                 done = nchwc_winograd.f32_winograd_blocked(env[a], channels, w, bias, res,
-                                                           env[b], m, pt, pl, act, nt, buf)
+                                                           env[b], m, pt, pl, act, nt, buf,
+                                                           dh, dw, g)
             finally:
                 workspace.give(buf)
             if not done:    # a non-finite input: the direct sums, whose NaN and Inf stay put
                 wd, bd = conv.transforms.get(dense_key, dense_pack,
                                              blocked.packed_shapes("dense", conv.w.shape))
                 nchwc.f32_conv2d_nchwc(env[a], channels, wd, bd, res, env[b], 3, 3, 1, 1, pt,
-                                       pl, 1, 1, act, nt)
+                                       pl, dh, dw, act, nt)
         return step
 
     def flops(self, ins, outs):
@@ -420,8 +443,11 @@ class BlockedConv(_Internal):
         if self.tile is not None:
             text = (f"{TILE_ALGORITHMS[self.tile]} on {name}: the transforms on vectors of {b} "
                     f"channels, {(self.tile + 2) ** 2} pointwise GEMMs over the tiles; "
-                    f"{self.tile_why}; an input with a non-finite value runs the dense "
-                    f"blocked kernel")
+                    f"{self.tile_why}; weights {self.u_form[0]}: {self.u_form[1]}; an input "
+                    f"with a non-finite value runs the dense blocked kernel")
+            dh, dw = self.conv.dilations
+            if (dh, dw) != (1, 1):
+                text += f" | dilated {dh}x{dw}: tiles of its {dh * dw} phase sub-images"
             if self.conv.residual:
                 text += " | + residual add"
             if self.conv.activation:

@@ -65,6 +65,8 @@ def packed_shapes(kind: str, weight_shape) -> tuple:
         return (blocks(k), kh, kw, c, BLOCK), bias
     if kind == "dense":
         return (blocks(k) * blocks(c) * kh * kw * BLOCK * BLOCK,), bias
+    if kind == "winograd_taps":
+        return (blocks(k) * BLOCK * c * 9,), bias
     if kind.startswith("winograd"):         # "winograd2", "winograd4", "winograd6"
         a = int(kind[len("winograd"):]) + 2
         return (a * a * blocks(k) * BLOCK * blocks(c) * BLOCK,), bias
@@ -139,6 +141,25 @@ def pack_winograd(weight: np.ndarray, bias=None, m: int = 4):
     parts = [pack_pointwise(u[e // a, e % a].astype(np.float32)[:, :, None, None])[0]
              for e in range(a * a)]
     return np.concatenate(parts), _padded_bias(bias, k)
+
+
+def pack_winograd_taps(weight: np.ndarray, bias=None):
+    """(K, C, 3, 3) weights and K biases -> (taps, bias) for f32_winograd_blocked with U made
+    per call: per group of up to GROUP output blocks, [C][9][the group's blocks * B], the
+    padded output channels zero."""
+    k, c = weight.shape[:2]
+    kb = blocks(k)
+    w = np.zeros((kb * BLOCK, c, 9), np.float32)
+    w[:k] = weight.reshape(k, c, 9)
+    parts = [np.ascontiguousarray(w[g * BLOCK:min(kb, g + GROUP) * BLOCK].transpose(1, 2, 0))
+             .ravel() for g in range(0, kb, GROUP)]
+    return np.concatenate(parts), _padded_bias(bias, k)
+
+
+def winograd_g(m: int) -> np.ndarray:
+    """G of F(m, 3) (engine/ops/winograd.py), float32, for U made per call."""
+    from .winograd import TRANSFORMS
+    return np.ascontiguousarray(TRANSFORMS[m][1], np.float32)
 
 
 def pack_direct(weight: np.ndarray, bias=None):
