@@ -299,10 +299,8 @@ def winograd_layout_rows(threads):
         if wide:
             m, _ = choose_blocked_tile(c, k, 1, (size, size))
             up, ub = blocked.pack_winograd(w, None, m)
-            strip = nchwc_winograd.strip_tiles(xb.shape[1], ob.shape[1], m,
-                                               (-(-size // m)) ** 2)
-            work = workspace.take(nchwc_winograd.work_floats(xb.shape[1], ob.shape[1], m,
-                                                             strip))
+            work = workspace.take(blocked.winograd_work_floats(1, c, k, (size, size), m,
+                                                               threads=threads))
             fns["winograd_blocked"] = (lambda up, ub, m, work: lambda: (
                 nchwc_winograd.f32_winograd_blocked(xb, c, up, ub, None, ob, m, 1, 1,
                                                     kernel_act(None), threads, work)))(

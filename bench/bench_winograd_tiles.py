@@ -74,8 +74,7 @@ def blocked_runner(x, w, m):
     xb = blocked.to_blocked(x)
     upack, bias = blocked.pack_winograd(w, None, m)
     out = np.empty(blocked.blocked_shape((n, k, side, side)), np.float32)
-    strip = nw.strip_tiles(xb.shape[1], out.shape[1], m, n * tiles(m, side))
-    work = np.empty(nw.work_floats(xb.shape[1], out.shape[1], m, strip) + 16, np.float32)
+    work = np.empty(blocked.winograd_work_floats(n, c, k, (side, side), m) + 16, np.float32)
     work = work[(-work.ctypes.data % 64) // 4:]
     act = kernel_act(None)
     return lambda: nw.f32_winograd_blocked(xb, c, upack, bias, None, out, m, 1, 1, act, 1,

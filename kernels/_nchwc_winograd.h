@@ -21,10 +21,11 @@
  * the product with G^T of column j between the rows.
  *
  * The tiles (tile rows of every image in turn) are taken S at a time, a strip, so that V and
- * M stay in cache between the three phases; each phase splits its strip among the pool's
- * threads (input: block x tile, GEMM: element x group of output blocks, output: block x
- * tile). Every value is computed by the same instructions whatever the split: the results do
- * not depend on the thread count.
+ * M stay in cache between the three phases. A layer of many strips gives each thread whole
+ * strips, each with its own V and M, and no waits between the phases; one of few strips splits
+ * each phase of a strip among the threads (input: block x tile, GEMM: element x group of output
+ * blocks, output: block x tile), waiting for each. Every value is computed by the same
+ * instructions whatever the split: the results do not depend on the thread count.
  *
  * The transforms are those of kernels/_winograd_tiles.pxi (F(2,3), F(4,3), F(6,3) with the
  * rows of engine/ops/winograd.py's TRANSFORMS), here on vectors.
@@ -375,13 +376,49 @@ static void ce_nw_output_units(void *ctx, int thread, Py_ssize_t lo, Py_ssize_t 
         ce_nw_output_units_a(j, lo, hi, 8);
 }
 
+/* Strips [lo, hi) of S tiles, by one thread with its own V and M (stored U only). */
+typedef struct {
+    const ce_nw_job *j;
+    ptrdiff_t S, total, vm_floats;      /* V and M of one thread */
+    int bad[CE_POOL_MAX_THREADS];
+} ce_nw_strips_job;
+
+static void ce_nw_strip_units(void *ctx, int thread, Py_ssize_t lo, Py_ssize_t hi)
+{
+    ce_nw_strips_job *sj = (ce_nw_strips_job *)ctx;
+    ce_nw_job j = *sj->j;
+    const ptrdiff_t E = (ptrdiff_t)j.A * j.A, G = (j.Kb + CE_NC_GROUP - 1) / CE_NC_GROUP;
+    j.V += thread * sj->vm_floats;
+    j.M = j.V + E * j.Cb * sj->S * CE_NC_B;
+    memset(j.bad, 0, sizeof j.bad);
+    for (ptrdiff_t s = lo; s < hi; s++) {
+        j.s0 = s * sj->S;
+        j.S = sj->total - j.s0 < sj->S ? sj->total - j.s0 : sj->S;
+        ce_nw_input_units(&j, 0, 0, j.Cb * j.S);
+        if (j.bad[0]) {
+            sj->bad[thread] = 1;
+            return;
+        }
+        ce_nw_gemm_units(&j, 0, 0, E * G);
+        ce_nw_output_units(&j, 0, 0, j.Kb * j.S);
+    }
+}
+
 /* The whole layer, strip by strip of at most S tiles (N images of dh x dw phases of TH x TW
- * tiles each).
- * Returns 1 if an input was not finite (nothing written), else 0. */
-static int ce_nw_run(ce_nw_job *j, ptrdiff_t N, ptrdiff_t S, int nt)
+ * tiles each); by_strips: each thread whole strips (j->V then holds nt times V and M of a
+ * strip). Returns 1 if an input was not finite (the output then partly written), else 0. */
+static int ce_nw_run(ce_nw_job *j, ptrdiff_t N, ptrdiff_t S, int nt, int by_strips)
 {
     const ptrdiff_t total = N * j->dh * j->dw * j->TH * j->TW;
     const ptrdiff_t E = (ptrdiff_t)j->A * j->A, G = (j->Kb + CE_NC_GROUP - 1) / CE_NC_GROUP;
+    if (by_strips) {
+        ce_nw_strips_job sj = {j, S, total, E * (j->Cb + j->Kb) * S * CE_NC_B, {0}};
+        ce_pool_for(nt, (total + S - 1) / S, ce_nw_strip_units, &sj);
+        for (int i = 0; i < CE_POOL_MAX_THREADS; i++)
+            if (sj.bad[i])
+                return 1;
+        return 0;
+    }
     for (ptrdiff_t s0 = 0; s0 < total; s0 += S) {
         j->s0 = s0;
         j->S = total - s0 < S ? total - s0 : S;

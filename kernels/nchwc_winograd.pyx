@@ -31,7 +31,7 @@ cdef extern from "_nchwc_winograd.h" nogil:
         float *V
         float *M
         Py_ssize_t s0, S
-    int ce_nw_run(ce_nw_job *j, Py_ssize_t N, Py_ssize_t S, int nt)
+    int ce_nw_run(ce_nw_job *j, Py_ssize_t N, Py_ssize_t S, int nt, int by_strips)
 
 ce_pool_attach()
 
@@ -44,6 +44,11 @@ MIN_STRIP_TILES = 48
 # With U made per call, each strip makes it again: strips of up to this many bytes (in L3),
 # one for DRN-C-26's 512-channel layers on 28x28.
 PER_CALL_STRIP_BYTES = 16 << 20
+# A layer of at least this many strips per thread gives each thread whole strips (its own V
+# and M, no waits between the phases). DRN-C-26's 16->16 on 224x224 (15 strips): 1.54 ms at
+# one thread, 1.23 at two sharing each phase, 0.62 by whole strips; ResNet-50's Winograd
+# layers alike with 1 or 2 here (bench/bench_models.py and bench/bench_zoo.py profiles).
+STRIPS_PER_THREAD = 2
 
 include "_nchwc_checks.pxi"
 
@@ -68,13 +73,21 @@ def strip_tiles(Py_ssize_t in_blocks, Py_ssize_t out_blocks, int m, Py_ssize_t t
     return max(1, min(s, tiles))
 
 
+def by_strips(Py_ssize_t tiles, Py_ssize_t strip, int threads, bint per_call=False):
+    """Whether each thread takes whole strips (stored U, at least STRIPS_PER_THREAD strips a
+    thread), rather than sharing each phase of every strip."""
+    return (not per_call and threads > 1
+            and (tiles + strip - 1) // strip >= STRIPS_PER_THREAD * threads)
+
+
 def work_floats(Py_ssize_t in_blocks, Py_ssize_t out_blocks, int m, Py_ssize_t strip,
-                int per_call_threads=0):
-    """Floats of the work buffer f32_winograd_blocked needs: V and M of a strip, a zero bias
-    for the GEMMs, and with U made per call a buffer for each of per_call_threads threads."""
+                int per_call_threads=0, int strip_threads=1):
+    """Floats of the work buffer f32_winograd_blocked needs: V and M of a strip (for each of
+    strip_threads threads where they take whole strips: by_strips), a zero bias for the
+    GEMMs, and with U made per call a buffer for each of per_call_threads threads."""
     cdef Py_ssize_t a = m + 2
-    return (a * a * (in_blocks + out_blocks) * strip * CE_NC_B + out_blocks * CE_NC_B
-            + per_call_threads * u_buffer_floats(in_blocks, m))
+    return (max(1, strip_threads) * a * a * (in_blocks + out_blocks) * strip * CE_NC_B
+            + out_blocks * CE_NC_B + per_call_threads * u_buffer_floats(in_blocks, m))
 
 
 cdef Py_ssize_t u_buffer_floats(Py_ssize_t in_blocks, int m):
@@ -95,7 +108,8 @@ def f32_winograd_blocked(const float[:, :, :, :, ::1] x, Py_ssize_t channels,
     weights' taps as engine.ops.blocked.pack_winograd_taps arranges them, U made per call;
     bias: out's blocks x BLOCK values; residual: None or an array of out's shape; work:
     work_floats(...) floats of the strip strip_tiles(...) gives (with per_call_threads =
-    num_threads if U is made per call), from a 64-byte boundary.
+    num_threads if U is made per call, strip_threads = num_threads if by_strips(...)), from a
+    64-byte boundary.
 
     Returns False, having written any part of out, if an input is not finite (its caller runs
     the layer by a kernel whose sums follow the direct convolution's), else True."""
@@ -135,9 +149,12 @@ def f32_winograd_blocked(const float[:, :, :, :, ::1] x, Py_ssize_t channels,
         return True
     cdef Py_ssize_t TH = ((OH + dh - 1) // dh + m - 1) // m    # tiles per phase
     cdef Py_ssize_t TW = ((OW + dw - 1) // dw + m - 1) // m
-    cdef Py_ssize_t S = strip_tiles(Cb, Kb, m, layer_tiles(N, OH, OW, m, dh, dw), per_call)
+    cdef Py_ssize_t tiles = layer_tiles(N, OH, OW, m, dh, dw)
+    cdef Py_ssize_t S = strip_tiles(Cb, Kb, m, tiles, per_call)
     cdef int nt = max(1, min(num_threads, CE_POOL_MAX_THREADS)), bad
-    check_scratch(work, work_floats(Cb, Kb, m, S, nt if per_call else 0), "work")
+    cdef bint strips = by_strips(tiles, S, nt, per_call)
+    check_scratch(work, work_floats(Cb, Kb, m, S, nt if per_call else 0, nt if strips else 1),
+                  "work")
     cdef float gm[8 * 3]
     cdef Py_ssize_t r_, c_
     if per_call:
@@ -146,6 +163,8 @@ def f32_winograd_blocked(const float[:, :, :, :, ::1] x, Py_ssize_t channels,
                 gm[r_ * 3 + c_] = g[r_, c_]
     cdef float* wp = &work[0]
     cdef Py_ssize_t vfloats = a * a * Cb * S * CE_NC_B, mfloats = a * a * Kb * S * CE_NC_B
+    if strips:      # V and M of each thread side by side, then the zero bias
+        vfloats, mfloats = nt * (vfloats + mfloats) - mfloats, mfloats
     cdef Py_ssize_t i
     for i in range(Kb * CE_NC_B):
         wp[vfloats + mfloats + i] = 0.0
@@ -162,5 +181,5 @@ def f32_winograd_blocked(const float[:, :, :, :, ::1] x, Py_ssize_t channels,
     j.bias, j.res, j.out, j.act = &bias[0], rbase, &out[0, 0, 0, 0, 0], act
     j.V, j.M = wp, wp + vfloats
     with nogil:
-        bad = ce_nw_run(&j, N, S, nt)
+        bad = ce_nw_run(&j, N, S, nt, strips)
     return not bad

@@ -30,12 +30,10 @@ def f32(rng, *shape):
     return rng.standard_normal(shape).astype(np.float32)
 
 
-def work_for(xb, k, m, oh, ow, dh=1, dw=1, per_call_threads=0):
-    n, cb = xb.shape[:2]
-    strip = nw.strip_tiles(cb, blocked.blocks(k), m, nw.layer_tiles(n, oh, ow, m, dh, dw),
-                           per_call_threads > 0)
-    work = np.full(nw.work_floats(cb, blocked.blocks(k), m, strip, per_call_threads) + 32,
-                   np.nan, np.float32)
+def work_for(xb, k, m, oh, ow, dh=1, dw=1, threads=1, per_call=False):
+    floats = blocked.winograd_work_floats(xb.shape[0], xb.shape[1] * B, k, (oh, ow), m,
+                                          (dh, dw), threads, per_call)
+    work = np.full(floats + 32, np.nan, np.float32)
     return work[(-work.ctypes.data % 64) // 4:]
 
 
@@ -59,7 +57,7 @@ def run(x, wt, b, residual, pads, m, act, threads, garbage=None, dilation=(1, 1)
     r = None if residual is None else blocked.to_blocked(residual)
     ran = nw.f32_winograd_blocked(xb, c, upack, bias, r, out, m, pads[0][0], pads[1][0],
                                   kernel_act(act), threads,
-                                  work_for(xb, k, m, oh, ow, dh, dw, threads if per_call else 0),
+                                  work_for(xb, k, m, oh, ow, dh, dw, threads, per_call),
                                   dh, dw, blocked.winograd_g(m) if per_call else None)
     return ran, out
 
@@ -178,7 +176,7 @@ def test_winograd_blocked_refuses_inconsistent_arguments(rng):
     taps, _ = blocked.pack_winograd_taps(f32(rng, 20, 30, 3, 3))
     with pytest.raises(ValueError, match="g must be"):
         nw.f32_winograd_blocked(x, 30, taps, bias, None, out, 4, 1, 1, NO_ACT, 1,
-                                work_for(x, 20, 4, 8, 8, per_call_threads=1), 1, 1,
+                                work_for(x, 20, 4, 8, 8, per_call=True), 1, 1,
                                 blocked.winograd_g(2))
     with pytest.raises(ValueError, match="work"):       # no room for the U buffers
         nw.f32_winograd_blocked(x, 30, taps, bias, None, out, 4, 1, 1, NO_ACT, 1, work, 1, 1,

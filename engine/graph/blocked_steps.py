@@ -405,13 +405,9 @@ class BlockedConv(_Internal):
         w, bias, act, macs, m, conv = self.w, self.b, self.act, self.macs, self.tile, self.conv
         channels = self.logical_ins[0].shape[1]
         n, k, oh, ow = self.conv_shape
-        cb, kb = blocked.blocks(channels), blocked.blocks(k)
         dh, dw = conv.dilations
         per_call = self.u_form[0] == "per_call"
         g = blocked.winograd_g(m) if per_call else None
-        strip = nchwc_winograd.strip_tiles(cb, kb, m,
-                                           nchwc_winograd.layer_tiles(n, oh, ow, m, dh, dw),
-                                           per_call)
         dense_key = f"nchw{blocked.BLOCK}c_dense"
 
         def dense_pack():
@@ -420,8 +416,8 @@ class BlockedConv(_Internal):
         def step(env, nt):
             nt = threads_for(macs, nt)
             res = env[r] if r >= 0 else None
-            buf = workspace.take(nchwc_winograd.work_floats(cb, kb, m, strip,
-                                                            nt if per_call else 0))
+            buf = workspace.take(blocked.winograd_work_floats(n, channels, k, (oh, ow), m,
+                                                              (dh, dw), nt, per_call))
             try:
                 done = nchwc_winograd.f32_winograd_blocked(env[a], channels, w, bias, res,
                                                            env[b], m, pt, pl, act, nt, buf,

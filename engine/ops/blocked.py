@@ -156,6 +156,18 @@ def pack_winograd_taps(weight: np.ndarray, bias=None):
     return np.concatenate(parts), _padded_bias(bias, k)
 
 
+def winograd_work_floats(n: int, c: int, k: int, out_size, m: int, dilation=(1, 1),
+                         threads: int = 1, per_call: bool = False) -> int:
+    """Floats of the work buffer f32_winograd_blocked needs for this layer (n images, c -> k
+    channels, out_size outputs) at this thread count."""
+    from .._kernels import nchwc_winograd as nw
+    cb, kb = blocks(c), blocks(k)
+    tiles = nw.layer_tiles(n, *out_size, m, *dilation)
+    strip = nw.strip_tiles(cb, kb, m, tiles, per_call)
+    return nw.work_floats(cb, kb, m, strip, threads if per_call else 0,
+                          threads if nw.by_strips(tiles, strip, threads, per_call) else 1)
+
+
 def winograd_g(m: int) -> np.ndarray:
     """G of F(m, 3) (engine/ops/winograd.py), float32, for U made per call."""
     from .winograd import TRANSFORMS
