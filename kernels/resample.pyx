@@ -7,6 +7,7 @@
 # engine's pool (kernels/_pool.h) take in ranges, so the result does not depend on the thread
 # count.
 from libc.stdint cimport int64_t
+from libc.stdlib cimport free, malloc
 
 from _pool cimport ce_pool_attach, ce_pool_for
 
@@ -17,7 +18,7 @@ ce_pool_attach()
 ctypedef struct ResizeJob:
     const float* x
     float* y
-    Py_ssize_t x_plane, y_plane, W, OH, OW
+    Py_ssize_t x_plane, y_plane, H, W, OH, OW
     const int64_t* y0
     const int64_t* y1
     const float* wy0
@@ -47,7 +48,8 @@ def f32_resize_nearest2d(const float[:, :, ::1] x, float[:, :, ::1] y,
     if P == 0 or OH == 0 or OW == 0:
         return
     cdef ResizeJob j = ResizeJob(&x[0, 0, 0], &y[0, 0, 0], x.strides[0] // 4, y.strides[0] // 4,
-                                 W, OH, OW, &ys[0], NULL, NULL, NULL, &xs[0], NULL, NULL, NULL)
+                                 x.shape[1], W, OH, OW, &ys[0], NULL, NULL, NULL, &xs[0], NULL,
+                                 NULL, NULL)
     with nogil:
         ce_pool_for(num_threads, P, _nearest_planes, &j)
 
@@ -62,14 +64,32 @@ cdef void _nearest_planes(void* job, int thread, Py_ssize_t lo, Py_ssize_t hi) n
 cdef void f32_bilinear_plane(const float* x, Py_ssize_t W, float* y, Py_ssize_t OH,
                              Py_ssize_t OW, const int64_t* y0, const int64_t* y1,
                              const float* wy0, const float* wy1, const int64_t* x0,
-                             const int64_t* x1, const float* wx0,
-                             const float* wx1) noexcept nogil:
+                             const int64_t* x1, const float* wx0, const float* wx1,
+                             float* rows, Py_ssize_t H) noexcept nogil:
     # Rows first blended along x, then the two rows along y: PyTorch's order of operations.
-    cdef Py_ssize_t oy, ox
+    # With ``rows`` (H * OW floats) every input row is blended along x once, and an output
+    # row is two vector streams: an enlarging resize reads each input row for several output
+    # rows (DeepLabV3's 8x upsampling of its class scores, bench_zoo.py).
+    cdef Py_ssize_t oy, ox, iy
     cdef const float* r0
     cdef const float* r1
     cdef float* dst
     cdef float a, b, t0, t1
+    if rows != NULL:
+        for iy in range(H):
+            r0 = x + iy * W
+            dst = rows + iy * OW
+            for ox in range(OW):
+                dst[ox] = r0[x0[ox]] * wx0[ox] + r0[x1[ox]] * wx1[ox]
+        for oy in range(OH):
+            r0 = rows + y0[oy] * OW
+            r1 = rows + y1[oy] * OW
+            a = wy0[oy]
+            b = wy1[oy]
+            dst = y + oy * OW
+            for ox in range(OW):
+                dst[ox] = r0[ox] * a + r1[ox] * b
+        return
     for oy in range(OH):
         r0 = x + y0[oy] * W
         r1 = x + y1[oy] * W
@@ -93,7 +113,7 @@ def f32_resize_bilinear2d(const float[:, :, ::1] x, float[:, :, ::1] y,
     if P == 0 or OH == 0 or OW == 0:
         return
     cdef ResizeJob j = ResizeJob(&x[0, 0, 0], &y[0, 0, 0], x.strides[0] // 4, y.strides[0] // 4,
-                                 W, OH, OW, &y0[0], &y1[0], &wy0[0], &wy1[0], &x0[0], &x1[0],
+                                 x.shape[1], W, OH, OW, &y0[0], &y1[0], &wy0[0], &wy1[0], &x0[0], &x1[0],
                                  &wx0[0], &wx1[0])
     with nogil:
         ce_pool_for(num_threads, P, _bilinear_planes, &j)
@@ -102,6 +122,11 @@ def f32_resize_bilinear2d(const float[:, :, ::1] x, float[:, :, ::1] y,
 cdef void _bilinear_planes(void* job, int thread, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
     cdef ResizeJob* j = <ResizeJob*>job
     cdef Py_ssize_t p
+    cdef float* rows = NULL
+    if j.OH > j.H:
+        # without the memory, the plane is blended straight from the input
+        rows = <float*>malloc(j.H * j.OW * sizeof(float))
     for p in range(lo, hi):
         f32_bilinear_plane(j.x + p * j.x_plane, j.W, j.y + p * j.y_plane, j.OH, j.OW, j.y0,
-                           j.y1, j.wy0, j.wy1, j.x0, j.x1, j.wx0, j.wx1)
+                           j.y1, j.wy0, j.wy1, j.x0, j.x1, j.wx0, j.wx1, rows, j.H)
+    free(rows)
