@@ -26,6 +26,8 @@ Groups (section/group):
   layout/grouped                          engine/dispatch/layout.py GROUPED_MIN_WIDTH
   layout/winograd                         engine/dispatch/layout.py WINOGRAD_BLOCKED_MIN_IN,
                                           WINOGRAD_BLOCKED_MAX_IN
+  layout/live_taps                        engine/dispatch/layout.py live_taps_blocked: dilated
+                                          layers past the map, NCHW against blocked
   layout/dense                            engine/dispatch/layout.py DENSE_ALONE_MIN_TAPS: a
                                           lone dense layer on NCHW against blocked with a
                                           layout change each way
@@ -46,11 +48,14 @@ sys.path.insert(0, os.path.dirname(__file__))
 from _harness import onnx_single_node, time_alternating  # noqa: E402
 
 import engine  # noqa: E402
-from engine._kernels import dense, nchwc, nchwc_window, nchwc_winograd  # noqa: E402
+from engine._kernels import (dense, nchwc, nchwc_taps, nchwc_window,  # noqa: E402
+                             nchwc_winograd)
 from engine._threads import blas_pinned, threads_for  # noqa: E402
 from engine.dispatch import choose_gemm  # noqa: E402
 from engine.dispatch.layout import (DENSE_ALONE_MIN_TAPS, GROUPED_MIN_WIDTH,  # noqa: E402
-                                    dense_padded, winograd_blocked, winograd_shaped)
+                                    dense_padded, live_taps_blocked, winograd_blocked,
+                                    winograd_shaped)
+from engine.ops.live_taps import tap_rectangles  # noqa: E402
 from engine.dispatch.conv import vector_floats  # noqa: E402
 from engine.dispatch.winograd import choose_blocked_tile  # noqa: E402
 from engine.ops.workspace import workspace  # noqa: E402
@@ -311,6 +316,35 @@ def winograd_layout_rows(threads):
         yield f"3x3 {c}->{k} {size}x{size} (nchw: {layer.algorithm}{tile})", fns, pick
 
 
+def live_taps_layout_rows(threads):
+    """Dilated 3x3 layers whose taps mostly read padding, their plane kept (DeepLabV3's ASPP
+    at 224x224: rates 6, 12, 24 on MobileNetV3's 14x14 and ResNet-50's 28x28, and a rate of 4
+    where most taps are live): NCHW's algorithm against the live-taps kernel on blocks, the
+    same layer (no layout change counted). live_taps_blocked."""
+    for c, k, size, rate in [(960, 256, 14, 6), (960, 256, 14, 12), (960, 256, 14, 24),
+                             (512, 256, 28, 12), (512, 256, 28, 24), (256, 256, 28, 4)]:
+        x = _rand(1, c, size, size)
+        w = _rand(k, c, 3, 3) / np.float32(np.sqrt(9 * c))
+        layer = engine.Conv2d(w, None, 1, rate, rate, input_size=(size, size),
+                              activation="relu")
+        y = np.empty(layer.output_shape(x.shape), np.float32)
+        pads = ((rate, rate), (rate, rate))
+        rects = tap_rectangles((size, size), (size, size), (3, 3), (1, 1), (rate, rate),
+                               (rate, rate))
+        wt, bt = blocked.pack_live_taps(w, [t for t, *_ in rects], None)
+        table = np.array([(i, *oy, *ox, *iy) for i, (_, oy, ox, iy) in enumerate(rects)],
+                         np.int32).reshape(-1, 7)
+        xb = blocked.to_blocked(x)
+        ob = np.empty(blocked.blocked_shape((1, k, size, size)), np.float32)
+        fns = {"nchw": lambda: layer(x, out=y),
+               "blocked": lambda: nchwc_taps.f32_live_taps_blocked(
+                   xb, c, wt, bt, table, ob, kernel_act("relu"), threads)}
+        p = layer.params._replace(pads=pads)
+        pick = "blocked" if live_taps_blocked(p) else "nchw"
+        yield (f"3x3 {c}->{k} {size}x{size} rate {rate}, {len(rects)} taps live (nchw: "
+               f"{layer.algorithm})"), fns, pick
+
+
 def dw_plane_rows(threads):
     """Blocked depthwise (relu6) by zero-bordered whole planes against row by row, on the maps
     of MobileNetV3, MNASNet and EfficientNet and around the plane buffer's size."""
@@ -371,6 +405,9 @@ def layout_rows(group, threads=1):
     if group == "grouped":
         yield from grouped_rows(threads)
         return
+    if group == "live_taps":
+        yield from live_taps_layout_rows(threads)
+        return
     if group == "dw_planes":
         yield from dw_plane_rows(threads)
         return
@@ -430,10 +467,10 @@ SECTIONS = {
     "gemm": (["dense"], gemm_rows, lambda g: ["dense", "matmul"]),
     "winograd": (["weights"], winograd_weight_rows, lambda g: ["stored", "per_call"]),
     "layout": (["convert", "depthwise", "dw_planes", "dense_padded", "dense", "pointwise",
-                "grouped", "winograd"],
+                "grouped", "winograd", "live_taps"],
                layout_rows,
                lambda g: ["nchw", "blocked", "winograd_blocked"] if g == "winograd"
-               else ["nchw", "blocked"] if g in ("dense", "pointwise", "grouped")
+               else ["nchw", "blocked"] if g in ("dense", "pointwise", "grouped", "live_taps")
                else ["rows", "planes"] if g == "dw_planes"
                else ["checked", "padded"] if g == "dense_padded" else ["1 thread", "2 thread"]),
 }

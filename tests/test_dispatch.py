@@ -52,9 +52,11 @@ def test_layout_rules():
     assert blocked_kernel(square._replace(in_channels=4, out_channels=8))[0] == "dense"
     assert blocked_kernel(square._replace(groups=2))[0] != "winograd"
     assert blocked_kernel(square._replace(dilation=(2, 2), pads=((2, 2),) * 2))[0] == "winograd"
-    # no blocked kernel (a rate past the map: NCHW's live taps): NCHW even when forced
-    dense = square._replace(dilation=(12, 12), pads=((12, 12),) * 2, in_size=(14, 14))
-    kind, why = blocked_kernel(dense)
+    # a rate past the map, its plane kept: live taps on blocks; the plane shrunk by a row: no
+    # blocked kernel (NCHW's live taps), NCHW even when forced
+    past = square._replace(dilation=(12, 12), pads=((12, 12),) * 2, in_size=(14, 14))
+    assert blocked_kernel(past)[0] == "live_taps"
+    kind, why = blocked_kernel(past._replace(pads=((12, 11), (12, 12))))
     assert kind is None and "576 taps" in why
     assert choose_layout(kind, why, "pointwise", forced="nchwc") == ("nchw", why)
     # depthwise with multiplier 1 only; a residual only on pointwise, of the output's shape

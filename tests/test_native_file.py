@@ -256,7 +256,8 @@ def test_not_a_model_at_all(tmp_path):
 
 def big_net(rng, c=64, side=24):
     """3x3 layers wide enough for Winograd and a pointwise one, all blocked, and a dilated
-    layer whose taps mostly read padding, on NCHW (live taps)."""
+    layer whose taps mostly read padding, its output a row shorter than its input: on NCHW
+    (live taps)."""
     f = lambda *s: (rng.standard_normal(s) * 0.1).astype(np.float32)  # noqa: E731
     consts = {"w1": f(c, 3, 3, 3), "w2": f(c, c, 3, 3), "w3": f(c, c, 1, 1), "dw": f(c, 1, 3, 3),
               "w4": f(2 * c, c, 3, 3)}
@@ -264,7 +265,7 @@ def big_net(rng, c=64, side=24):
              Node("Conv", "wino", ["a", "w2"], ["b"], {"pads": [1, 1, 1, 1]}),
              Node("Conv", "point", ["b", "w3"], ["c"]),
              Node("Conv", "depth", ["c", "dw"], ["d"], {"pads": [1, 1, 1, 1], "group": c}),
-             Node("Conv", "dilated", ["d", "w4"], ["y"], {"pads": [8, 8, 8, 8],
+             Node("Conv", "dilated", ["d", "w4"], ["y"], {"pads": [8, 8, 7, 8],
                                                           "dilations": [8, 8]})]
     return Model(Graph(nodes, [TensorSpec("x", (1, 3, side, side), "float32")],
                        [TensorSpec("y", None, "float32")], consts))

@@ -14,7 +14,7 @@ from typing import Optional
 
 from ..ops.activation import is_activation
 from ..ops.blocked import BLOCK
-from .conv import ConvParams, choose_conv2d, is_depthwise, vector_floats
+from .conv import ConvParams, choose_conv2d, drop_padding_taps, is_depthwise, vector_floats
 from .gemm import gemm_columns
 from .policy import current_policy
 
@@ -179,6 +179,25 @@ def winograd_blocked(p: ConvParams) -> bool:
     return algorithm in set(TILE_ALGORITHMS.values()) | {"dilated_s2b"}
 
 
+def live_taps_blocked(p: ConvParams) -> bool:
+    """A one-group stride-1 layer of a known input size, its output plane the input's, on a
+    16-float build, that NCHW's rules run tap by tap (live_taps), or whose taps past the map
+    leave a 1x1 (drop_padding_taps): the live-taps kernel on blocks runs each tap that reads
+    the input as a pointwise pass over its rectangle of outputs (kernels/_nchwc_taps.h).
+    On DeepLabV3's ASPP layers it ties with NCHW's live taps at one thread or beats them
+    (960->256 at rate 12 on 14x14: 1.68 against 2.28 ms) and leads at two, where those split
+    each tap's small GEMM (0.81 against 1.71 ms); where most taps are live it loses to
+    Winograd (bench/bench_dispatch.py layout/live_taps)."""
+    if not (vector_floats() >= 16 and p.groups == 1 and p.stride == (1, 1)
+            and p.kernel != (1, 1) and p.in_size is not None and p.pads is not None
+            and tuple(p.out_size) == tuple(p.in_size)):
+        return False
+    dropped = drop_padding_taps(p.in_size, p.kernel, p.stride, p.pads, p.dilation)
+    if dropped is not None and all(first == last for first, last in dropped[:2]):
+        return True
+    return choose_conv2d(p, current_policy().excluded)[0] == "live_taps"
+
+
 def winograd_shaped(p: ConvParams) -> bool:
     """3x3 stride 1 layers that the NCHW rules give Winograd F(4x4,3x3), or F(2x2,3x3) with
     more than WINOGRAD_BLOCKED_MAX_IN input channels per group, but not small ones on small maps
@@ -216,7 +235,8 @@ def blocked_kernel(p: ConvParams, activation=None, residual: Optional[bool] = No
     kernel, stride, dilation, padding), "grouped" (groups of GROUPED_MIN_WIDTH to BLOCK
     channels each way, within blocks), "direct"
     (one group, at most BLOCKED_DIRECT_MAX_TAPS taps, NCHW in), "dense" (one group, any other
-    kernel but Winograd's 3x3 stride 1; or groups of whole blocks each way), or None.
+    kernel but Winograd's 3x3 stride 1; or groups of whole blocks each way), "live_taps"
+    (live_taps_blocked), or None.
     activation: the fused one (any of engine/ops/activation.py); residual: None
     without one, True if it has the output's shape (the pointwise and dense kernels add one),
     False if it broadcasts. A layer of few taps takes the dense kernel (blocks in, adds a
@@ -243,6 +263,8 @@ def blocked_kernel(p: ConvParams, activation=None, residual: Optional[bool] = No
         kind = "direct"
     elif winograd_blocked(p):
         kind = "winograd"
+    elif live_taps_blocked(p):
+        kind = "live_taps"
     elif (p.groups == 1 or groups_fill_blocks(p)) and not winograd_shaped(p):
         kind = "dense"      # a grouped one group after another
     else:

@@ -1,8 +1,8 @@
 """The steps the layout pass (engine/graph/layout.py) puts in a plan: layout changes between
 NCHW and NCHWc, and the convolutions, pools, batch normalizations, Concats and global
 average pools that read and write channel blocks (kernels/_nchwc.h, nchwc.pyx,
-nchwc_window.pyx, nchwc_winograd.pyx, pool_nchwc.pyx). Each is made per plan from the graph's
-node and its NCHW shapes."""
+nchwc_window.pyx, nchwc_winograd.pyx, nchwc_taps.pyx, pool_nchwc.pyx). Each is made per plan
+from the graph's node and its NCHW shapes."""
 from __future__ import annotations
 
 import math
@@ -14,10 +14,12 @@ from ..dispatch.layout import (POINTWISE_GROUP_SLACK, choose_depthwise_blocked_s
                                choose_pointwise_blocked_split)
 from ..dispatch.policy import current_policy
 from ..dispatch.winograd import TILE_ALGORITHMS, choose_blocked_tile, choose_winograd_weights
-from .._kernels import nchwc, nchwc_channels, nchwc_window, nchwc_winograd, pool_nchwc
+from .._kernels import (nchwc, nchwc_channels, nchwc_taps, nchwc_window, nchwc_winograd,
+                        pool_nchwc)
 from .._threads import threads_for
 from ..ops import blocked
 from ..ops.activation import kernel_act
+from ..ops.live_taps import tap_rectangles
 from ..ops.pool import onnx_avgpool_divisor
 from ..ops.workspace import workspace
 from ..shapes import input_extent
@@ -243,7 +245,17 @@ class BlockedConv(_Internal):
         self._flops = conv.flops(ins, outs)
         # packed once per Conv, shared by every plan (see rewrite's side_by_side)
         self.pack_key = f"nchw{blocked.BLOCK}c_{kind}"
-        if kind == "grouped":
+        shapes = blocked.packed_shapes(kind, conv.w.shape)
+        if kind == "live_taps":
+            # only the taps that read the input at this plan's size
+            self._live_taps_rects(ins)
+            taps = [t for t, *_ in self.rects]
+            self.pack_key += "_" + "_".join(map(str, taps))
+            shapes = blocked.packed_shapes(f"live_taps{len(taps)}", conv.w.shape)
+
+            def pack():
+                return blocked.pack_live_taps(conv.w, taps, conv.b)
+        elif kind == "grouped":
             def pack():
                 return blocked.pack_grouped(conv.w, conv.w.shape[1], conv.b)
         elif kind == "winograd_taps":
@@ -259,8 +271,7 @@ class BlockedConv(_Internal):
                 return {"pointwise": blocked.pack_pointwise,
                         "depthwise": blocked.pack_depthwise,
                         "direct": blocked.pack_direct}[kind](conv.w, conv.b)
-        self.w, self.b = conv.transforms.get(self.pack_key, pack,
-                                             blocked.packed_shapes(kind, conv.w.shape))
+        self.w, self.b = conv.transforms.get(self.pack_key, pack, shapes)
         # how the kernel's threads share the layer (engine.dispatch.layout), None for direct
         self.split = None
         if kind == "pointwise":
@@ -359,6 +370,28 @@ class BlockedConv(_Internal):
                                             act, threads_for(macs, nt))
             return step
 
+        if self.conv_kind == "live_taps":
+            channels, table = self.logical_ins[0].shape[1], self.rect_table
+            live_macs = macs * sum((r[2] - r[1]) * (r[4] - r[3]) for r in self.rects) / (
+                math.prod(self.conv_shape[2:]) * math.prod(self.conv.w.shape[2:]))
+
+            h, wd = self.conv_shape[2:]
+            if len(self.rects) == 1 and self.rects[0][1:] == (0, h, 0, wd, 0, 0):
+                # one tap, each output reading its own pixel: a pointwise layer
+                wt = w[0]
+                split = choose_pointwise_blocked_split((h, wd))[0]
+                slack = POINTWISE_GROUP_SLACK if split == "groups" else 0.0
+
+                def step(env, nt):
+                    nchwc.f32_pointwise_blocked(env[a], wt, bias, None, env[b], act,
+                                                threads_for(live_macs, nt), slack, channels)
+                return step
+
+            def step(env, nt):
+                nchwc_taps.f32_live_taps_blocked(env[a], channels, w, bias, table, env[b], act,
+                                                 threads_for(live_macs, nt))
+            return step
+
         if self.conv_kind == "grouped":
             def step(env, nt):
                 nchwc_window.f32_grouped_blocked(env[a], w, bias, env[b], sh, sw, pt, pl, dh, dw,
@@ -384,6 +417,17 @@ class BlockedConv(_Internal):
             finally:
                 workspace.give(buf)
         return step
+
+    def _live_taps_rects(self, ins):
+        """The rectangles of the taps that read the input (engine/ops/live_taps.py), as
+        f32_live_taps_blocked reads them, each naming its row of the packed weights."""
+        conv = self.conv
+        rects = tap_rectangles(ins[0].shape[2:], self.conv_shape[2:], conv.w.shape[2:],
+                               conv.strides, conv.dilations,
+                               (self.pads[0][0], self.pads[1][0]))
+        self.rects = [(t, *oy, *ox, *iy) for t, oy, ox, iy in rects]
+        self.rect_table = np.array([(k, *r[1:]) for k, r in enumerate(self.rects)],
+                                   np.int32).reshape(-1, 7)
 
     def _choose_winograd(self) -> str:
         """The tile, and where U lives (as the NCHW Winograd layers decide it: made once, or
@@ -448,6 +492,15 @@ class BlockedConv(_Internal):
                 text += " | + residual add"
             if self.conv.activation:
                 text += f" | + {self.conv.activation} in the kernel's output step"
+            return text
+        if self.conv_kind == "live_taps":
+            kh, kw = self.conv.w.shape[2:]
+            pairs = sum((r[2] - r[1]) * (r[4] - r[3]) for r in self.rects)
+            text = (f"live taps on {name}: {len(self.rects)} of {kh * kw} taps read the input "
+                    f"({pairs} of {kh * kw * math.prod(self.conv_shape[2:])} tap-output "
+                    f"pairs), each a pointwise pass over its rectangle of outputs")
+            if self.conv.activation:
+                text += f" | + {self.conv.activation} mapped over the output"
             return text
         text = {"pointwise": f"pointwise on {name}: one broadcast-FMA GEMM over the input's "
                              "channel blocks, no packing",

@@ -2,7 +2,8 @@
 channels a block, one vector register: 16 with AVX-512, 8 with AVX2; channels beyond C zero
 where a tensor is converted, finite after any step), the layout the graph runner keeps chains
 of pointwise and depthwise layers in (engine/graph/layout.py). Kernels: kernels/_nchwc.h,
-kernels/nchwc.pyx, kernels/nchwc_window.pyx, kernels/nchwc_winograd.pyx.
+kernels/nchwc.pyx, kernels/nchwc_window.pyx, kernels/nchwc_winograd.pyx,
+kernels/nchwc_taps.pyx.
 
 Weights are rearranged once, here: pointwise weights in groups of up to GROUP output blocks,
 each [input channel][output channel of the group]; depthwise weights [block][kh][kw][B]. Padded
@@ -65,6 +66,9 @@ def packed_shapes(kind: str, weight_shape) -> tuple:
         return (blocks(k), kh, kw, c, BLOCK), bias
     if kind == "dense":
         return (blocks(k) * blocks(c) * kh * kw * BLOCK * BLOCK,), bias
+    if kind.startswith("live_taps"):      # "live_taps<n>": the n taps that read the input
+        n = int(kind[len("live_taps"):] or kh * kw)
+        return (n, blocks(k) * BLOCK * blocks(c) * BLOCK), bias
     if kind == "winograd_taps":
         return (blocks(k) * BLOCK * c * 9,), bias
     if kind.startswith("winograd"):         # "winograd2", "winograd4", "winograd6"
@@ -154,6 +158,15 @@ def pack_winograd_taps(weight: np.ndarray, bias=None):
     parts = [np.ascontiguousarray(w[g * BLOCK:min(kb, g + GROUP) * BLOCK].transpose(1, 2, 0))
              .ravel() for g in range(0, kb, GROUP)]
     return np.concatenate(parts), _padded_bias(bias, k)
+
+
+def pack_live_taps(weight: np.ndarray, taps, bias=None):
+    """(K, C, kh, kw) weights, the row-major indices of the taps that read the input, and K
+    biases -> (wtaps, bias) as f32_live_taps_blocked reads them: one row per tap in ``taps``,
+    its (K, C) weights packed by pack_pointwise."""
+    k, c, _, kw = weight.shape
+    rows = [pack_pointwise(weight[:, :, t // kw, t % kw, None, None])[0] for t in taps]
+    return np.stack(rows), _padded_bias(bias, k)
 
 
 def winograd_work_floats(n: int, c: int, k: int, out_size, m: int, dilation=(1, 1),

@@ -21,6 +21,26 @@ from .activation import NO_ACT
 from .workspace import workspace
 
 
+def tap_rectangles(in_size, out_size, kernel, stride, dilation, pads_begin):
+    """[(tap index, (oy0, oy1), (ox0, ox1), (iy0, ix0))] for the taps of a kernel that read the
+    input, in row-major tap order: outputs [oy0, oy1) x [ox0, ox1) read it under the tap, from
+    (iy0, ix0) on (every stride pixels). pads_begin: the top and left padding."""
+    (kh, kw), (sh, sw), (dh, dw) = kernel, stride, dilation
+    (h, w), (oh, ow), (pt, pl) = in_size, out_size, pads_begin
+    out = []
+    for u in range(kh):
+        oy0, oy1 = live_outputs(h, oh, sh, pt, u * dh)
+        if oy0 == oy1:
+            continue
+        for v in range(kw):
+            ox0, ox1 = live_outputs(w, ow, sw, pl, v * dw)
+            if ox0 == ox1:
+                continue
+            out.append((u * kw + v, (oy0, oy1), (ox0, ox1),
+                        (oy0 * sh - pt + u * dh, ox0 * sw - pl + v * dw)))
+    return out
+
+
 class LiveTaps:
     """Per-tap GEMMs over each tap's live rectangle of outputs."""
 
@@ -43,23 +63,10 @@ class LiveTaps:
         self._rects = ShapeCache(16)
 
     def rectangles(self, g):
-        """[(tap index, (oy0, oy1), (ox0, ox1), (iy0, ix0))] for the taps that read the input."""
+        """tap_rectangles for this layer at the geometry ``g``."""
         L = self.layer
-        (kh, kw), (sh, sw), (dh, dw) = L.kernel_size, L.stride, L.dilation
-        (h, w), (oh, ow) = g.in_size, g.out_size
-        pt, pl = g.pads[0][0], g.pads[1][0]
-        out = []
-        for u in range(kh):
-            oy0, oy1 = live_outputs(h, oh, sh, pt, u * dh)
-            if oy0 == oy1:
-                continue
-            for v in range(kw):
-                ox0, ox1 = live_outputs(w, ow, sw, pl, v * dw)
-                if ox0 == ox1:
-                    continue
-                out.append((u * kw + v, (oy0, oy1), (ox0, ox1),
-                            (oy0 * sh - pt + u * dh, ox0 * sw - pl + v * dw)))
-        return out
+        return tap_rectangles(g.in_size, g.out_size, L.kernel_size, L.stride, L.dilation,
+                              (g.pads[0][0], g.pads[1][0]))
 
     def run(self, x, out, g, threads):
         L = self.layer
