@@ -14,6 +14,7 @@ Groups (section/group):
   depthwise/wide
   transposed/col2im                       engine/dispatch/transposed.py
   gemm/dense                              engine/dispatch/gemm.py
+  gemm/se_gates                           engine/graph/ops/se.py MIN_THREADED_GATE_WEIGHTS
   winograd/weights                        engine/dispatch/winograd.py (U kept or made per
                                           call) and engine/ops/winograd.py TAPS_PANELS_BYTES
   layout/convert, layout/depthwise        the thread thresholds of engine/graph/blocked_steps.py
@@ -49,7 +50,7 @@ from _harness import onnx_single_node, time_alternating  # noqa: E402
 
 import engine  # noqa: E402
 from engine._kernels import (dense, nchwc, nchwc_taps, nchwc_window,  # noqa: E402
-                             nchwc_winograd)
+                             nchwc_winograd, squeeze_excite)
 from engine._threads import blas_pinned, threads_for  # noqa: E402
 from engine.dispatch import choose_gemm  # noqa: E402
 from engine.dispatch.layout import (DENSE_ALONE_MIN_TAPS, GROUPED_MIN_WIDTH,  # noqa: E402
@@ -62,6 +63,7 @@ from engine.ops.workspace import workspace  # noqa: E402
 from engine.dispatch.layout import POINTWISE_ALONE_MIN_WASTE  # noqa: E402
 from engine.ops.activation import kernel_act  # noqa: E402
 from engine.graph.blocked_steps import MIN_CONVERT_ELEMENTS, MIN_WORK_DEPTHWISE  # noqa: E402
+from engine.graph.ops.se import MIN_THREADED_GATE_WEIGHTS  # noqa: E402
 from engine.ops import blocked  # noqa: E402
 from engine.ops.depthwise import Depthwise  # noqa: E402
 from engine.shapes import input_extent  # noqa: E402
@@ -190,7 +192,25 @@ def transposed_rows(group):
 
 
 # -- gemm: the classifier of MobileNetV2 (1280 -> 1000) at a few batch sizes ---------------------
+def se_gate_rows():
+    """A squeeze-excite's two products on one thread and on two (engine/graph/ops/se.py
+    MIN_THREADED_GATE_WEIGHTS), on the shapes of MobileNetV3 (72->24, 672->168, 960->240),
+    EfficientNet-B0 (1152->48) and RegNetY-400MF (440->110), weights read from cache."""
+    for c, r in [(72, 24), (440, 110), (1152, 48), (672, 168), (960, 240)]:
+        p = _rand(1, c)
+        w1t, w2t = _rand(c, r), _rand(r, c)
+        b1, b2 = _rand(r), _rand(c)
+        out = np.empty((1, c), np.float32)
+        fns = {f"{t} thread": (lambda t: lambda: squeeze_excite.f32_se_gates(
+            p, w1t, b1, w2t, b2, kernel_act("relu"), 1, 0.2, 0.5, out, t))(t) for t in (1, 2)}
+        pick = "2 thread" if c * r >= MIN_THREADED_GATE_WEIGHTS else "1 thread"
+        yield f"{c}->{r}->{c} ({c * r // 1024}K weights a product)", fns, pick
+
+
 def gemm_rows(group, threads):
+    if group == "se_gates":
+        yield from se_gate_rows()
+        return
     k, n = 1280, 1000
     bmat = _rand(k, n)
     w = np.ascontiguousarray(bmat.T)      # what the Gemm step packs once
@@ -464,7 +484,8 @@ SECTIONS = {
                              "wide": ["blocks", "planes"]}.get(g, [g, "planes"])),
     "transposed": (["col2im"], lambda g, t: transposed_rows(g),
                    lambda g: ["col2im", "zero_insert"]),
-    "gemm": (["dense"], gemm_rows, lambda g: ["dense", "matmul"]),
+    "gemm": (["dense", "se_gates"], gemm_rows,
+             lambda g: ["1 thread", "2 thread"] if g == "se_gates" else ["dense", "matmul"]),
     "winograd": (["weights"], winograd_weight_rows, lambda g: ["stored", "per_call"]),
     "layout": (["convert", "depthwise", "dw_planes", "dense_padded", "dense", "pointwise",
                 "grouped", "winograd", "live_taps"],

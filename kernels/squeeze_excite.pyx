@@ -20,68 +20,130 @@ cdef extern from "_vec_act.h":
 
 cdef extern from *:
     """
-    /* A squeeze-excite's gates for one image: h = act(W1 p + b1) (R values), then
-     * g = gate(W2 h + b2) (C values, the rest of out's Cpad set to 0). w1t: [C][R], w2t: [R][C]
-     * (each product runs over rows of the transposed weights, so the inner loop is a vector
-     * over outputs); gate 0 is the sigmoid, 1 max(0, min(1, alpha v + beta)). h: R floats of
-     * scratch. */
-    static void ce_se_gates(const float *restrict p, int C, int R,
-                               const float *restrict w1t, const float *restrict b1,
-                               const float *restrict w2t, const float *restrict b2,
-                               ce_act_t act, int gate, float alpha, float beta,
-                               float *restrict h, float *restrict out, int Cpad)
+    /* A squeeze-excite's gates, h = act(W1 p + b1) (R values) then g = gate(W2 h + b2) (C
+     * values), in two passes over ranges of their outputs, so that threads can share each:
+     * w1t: [C][R], w2t: [R][C] (each product runs over rows of the transposed weights, the
+     * inner loop a vector over the range's outputs, the sums over the rows in order). The
+     * weights come from memory in a model (1.8 MB for MobileNetV3's 960 -> 240 -> 960): rows
+     * CE_SE_AHEAD ahead are prefetched, one stream per pass, 146 -> 97 us at one thread
+     * (bench/bench_dispatch.py layout/se). */
+    /* h[r0:r1] = act(W1 p + b1) over those rows of W1 for ``N`` images (p and h N rows of C and
+     * R). */
+    static void ce_se_hidden(const float *restrict p, int N, int C, int R,
+                             const float *restrict w1t, const float *restrict b1, ce_act_t act,
+                             float *restrict h, int r0, int r1)
     {
-        for (int r = 0; r < R; r++)
-            h[r] = 0.0f;
-        for (int c = 0; c < C; c++) {
-            const float v = p[c], *w = w1t + (ptrdiff_t)c * R;
-            for (int r = 0; r < R; r++)
-                h[r] += w[r] * v;
-        }
-        for (int r = 0; r < R; r++)
-            h[r] += b1[r];
-        ce_act_row(h, R, 0.0f, act);
-        for (int c = 0; c < Cpad; c++)
-            out[c] = c < C ? b2[c] : 0.0f;
-        for (int r = 0; r < R; r++) {
-            const float v = h[r], *w = w2t + (ptrdiff_t)r * C;
-            for (int c = 0; c < C; c++)
-                out[c] += w[c] * v;
-        }
-        int c = 0;
-        if (gate == 0) {
-            for (; c + CE_ACT_VW <= C; c += CE_ACT_VW)
-                *(ce_act_vfu *)(out + c) = ce_act_vec_m_sigmoid(*(const ce_act_vfu *)(out + c));
-            for (; c < C; c++) {
-                ce_act_vf v = {out[c]};
-                out[c] = ce_act_vec_m_sigmoid(v)[0];
+        for (int n = 0; n < N; n++) {
+            float *hn = h + (ptrdiff_t)n * R;
+            const float *pn = p + (ptrdiff_t)n * C;
+            for (int r = r0; r < r1; r++)
+                hn[r] = 0.0f;
+            for (int c = 0; c < C; c++) {
+                const float v = pn[c], *w = w1t + (ptrdiff_t)c * R;
+                for (int r = r0; r < r1; r++)
+                    hn[r] += w[r] * v;
             }
-        } else {
-            for (; c < C; c++) {
-                float v = out[c] * alpha + beta;
-                out[c] = v < 0.0f ? 0.0f : (v > 1.0f ? 1.0f : v);
+            for (int r = r0; r < r1; r++)
+                hn[r] += b1[r];
+            ce_act_row(hn + r0, r1 - r0, 0.0f, act);
+        }
+    }
+
+    /* out[c0:c1] = gate(W2 h + b2) for ``N`` images (out rows Cpad apart; the columns from C
+     * on, in the last range, set to 0); gate 0 is the sigmoid, 1 max(0, min(1, alpha v +
+     * beta)). c0 is a multiple of the vector width: the vectors fall where they do in one
+     * range. */
+    static void ce_se_outer(const float *restrict h, int N, int C, int R,
+                            const float *restrict w2t, const float *restrict b2, int gate,
+                            float alpha, float beta, float *restrict out, int Cpad, int c0,
+                            int c1)
+    {
+        for (int n = 0; n < N; n++) {
+            float *on = out + (ptrdiff_t)n * Cpad;
+            const float *hn = h + (ptrdiff_t)n * R;
+            for (int c = c0; c < c1; c++)
+                on[c] = b2[c];
+            if (c1 == C)
+                for (int c = C; c < Cpad; c++)
+                    on[c] = 0.0f;
+            for (int r = 0; r < R; r++) {
+                const float v = hn[r], *w = w2t + (ptrdiff_t)r * C;
+                for (int c = c0; c < c1; c++)
+                    on[c] += w[c] * v;
+            }
+            int c = c0;
+            if (gate == 0) {
+                for (; c + CE_ACT_VW <= c1; c += CE_ACT_VW)
+                    *(ce_act_vfu *)(on + c) = ce_act_vec_m_sigmoid(*(const ce_act_vfu *)(on + c));
+                for (; c < c1; c++) {
+                    ce_act_vf v = {on[c]};
+                    on[c] = ce_act_vec_m_sigmoid(v)[0];
+                }
+            } else {
+                for (; c < c1; c++) {
+                    float v = on[c] * alpha + beta;
+                    on[c] = v < 0.0f ? 0.0f : (v > 1.0f ? 1.0f : v);
+                }
             }
         }
     }
     """
-    void ce_se_gates(const float *p, int C, int R, const float *w1t, const float *b1,
-                        const float *w2t, const float *b2, ce_act_t act, int gate, float alpha,
-                        float beta, float *h, float *out, int Cpad) nogil
+    void ce_se_hidden(const float *p, int N, int C, int R, const float *w1t, const float *b1,
+                      ce_act_t act, float *h, int r0, int r1) nogil
+    void ce_se_outer(const float *h, int N, int C, int R, const float *w2t, const float *b2,
+                     int gate, float alpha, float beta, float *out, int Cpad, int c0,
+                     int c1) nogil
+
+
+# Outputs of either pass a unit of the threads' work takes: four vectors of 16, a range of the
+# weights' rows 256 bytes wide.
+cdef enum:
+    GATE_UNIT = 64
+
 
 
 def f32_se_gates(const float[:, ::1] pooled, const float[:, ::1] w1t, const float[::1] b1,
                  const float[:, ::1] w2t, const float[::1] b2, ce_act_t act, int gate, float alpha,
-                 float beta, float[:, ::1] out):
+                 float beta, float[:, ::1] out, int num_threads=1):
     """out[n, :C] = gate(W2 act(W1 pooled[n] + b1) + b2), out[n, C:] = 0: a squeeze-excite's
     per-channel factors from its pooled channels (w1t = W1.T, (C, R); w2t = W2.T, (R, C));
     act: an activation (engine/ops/activation.py kernel_act); gate 0: sigmoid, 1: hard sigmoid
-    max(0, min(1, alpha v + beta)). One thread: the products are small."""
-    se_gates(pooled, w1t, b1, w2t, b2, act, gate, alpha, beta, out)
+    max(0, min(1, alpha v + beta)). The threads share ranges of GATE_UNIT outputs of each
+    product (each output's sum in one order whatever their number): the weights come from
+    memory, and two cores read them faster than one."""
+    se_gates(pooled, w1t, b1, w2t, b2, act, gate, alpha, beta, out, num_threads)
+
+
+ctypedef struct GateJob:
+    const float* p
+    int N, C, R
+    const float* w1t
+    const float* b1
+    const float* w2t
+    const float* b2
+    ce_act_t act
+    int gate
+    float alpha, beta
+    float* h
+    float* out
+    int Cpad
+
+
+cdef void _hidden_units(void* job, int thread, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+    cdef GateJob* j = <GateJob*>job
+    ce_se_hidden(j.p, j.N, j.C, j.R, j.w1t, j.b1, j.act, j.h, <int>(lo * GATE_UNIT),
+                 <int>min(hi * GATE_UNIT, j.R))
+
+
+cdef void _outer_units(void* job, int thread, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+    cdef GateJob* j = <GateJob*>job
+    ce_se_outer(j.h, j.N, j.C, j.R, j.w2t, j.b2, j.gate, j.alpha, j.beta, j.out, j.Cpad,
+                <int>(lo * GATE_UNIT), <int>min(hi * GATE_UNIT, j.C))
 
 
 cdef int se_gates(const float[:, ::1] pooled, const float[:, ::1] w1t, const float[::1] b1,
                   const float[:, ::1] w2t, const float[::1] b2, ce_act_t act, int gate,
-                  float alpha, float beta, float[:, ::1] out) except -1:
+                  float alpha, float beta, float[:, ::1] out, int num_threads) except -1:
     check_act(act)
     cdef Py_ssize_t N = pooled.shape[0], C = pooled.shape[1], R = w1t.shape[1]
     if (w1t.shape[0] != C or b1.shape[0] != R or w2t.shape[0] != R or w2t.shape[1] != C
@@ -90,15 +152,19 @@ cdef int se_gates(const float[:, ::1] pooled, const float[:, ::1] w1t, const flo
         raise ValueError(f"pooled {tuple(pooled.shape)[:2]}, W1.T {tuple(w1t.shape)[:2]}, "
                          f"W2.T {tuple(w2t.shape)[:2]} and out {tuple(out.shape)[:2]} do not "
                          f"fit, or gate {gate} unknown")
-    cdef float[::1] h = np.empty(R, np.float32)
-    cdef Py_ssize_t n
-    if C == 0:
+    if C > 1 << 30 or R > 1 << 30 or out.shape[1] > 1 << 30 or N > 1 << 30:
+        raise ValueError(f"{C} channels, {R} hidden and {N} images: too many for the kernel's "
+                         f"int arithmetic")
+    if C == 0 or N == 0:
         return 0
+    cdef float[:, ::1] h = np.empty((N, R), np.float32)
+    cdef GateJob j = GateJob(&pooled[0, 0], <int>N, <int>C, <int>R, &w1t[0, 0], &b1[0],
+                             &w2t[0, 0], &b2[0], act, gate, alpha, beta, &h[0, 0], &out[0, 0],
+                             <int>out.shape[1])
+    cdef int nt = max(1, num_threads)
     with nogil:
-        for n in range(N):
-            ce_se_gates(&pooled[n, 0], <int>C, <int>R, &w1t[0, 0], &b1[0], &w2t[0, 0],
-                           &b2[0], act, gate, alpha, beta, &h[0], &out[n, 0],
-                           <int>out.shape[1])
+        ce_pool_for(nt, (R + GATE_UNIT - 1) // GATE_UNIT, _hidden_units, &j)
+        ce_pool_for(nt, (C + GATE_UNIT - 1) // GATE_UNIT, _outer_units, &j)
     return 0
 
 
@@ -145,11 +211,12 @@ cdef extern from *:
 
 def f32_se_nchw(const float[:, :, ::1] x, const float[:, ::1] w1t, const float[::1] b1,
                 const float[:, ::1] w2t, const float[::1] b2, ce_act_t act, int gate,
-                float alpha, float beta, float[:, :, ::1] out, int num_threads=1):
+                float alpha, float beta, float[:, :, ::1] out, int num_threads=1,
+                int gate_threads=-1):
     """A squeeze-excite on x (N, C, H*W) in one call: out[n, c] = x[n, c] * g[n, c], the gates
     of f32_se_gates from the planes' means (out may be x: each plane is read before it is
-    written). The threads take ranges of planes for the means and the scaling; the gates run
-    on one thread."""
+    written). num_threads take ranges of planes for the means and the scaling, gate_threads
+    (num_threads if negative) ranges of the gates' products."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], P = x.shape[2]
     if tuple(out.shape) != tuple(x.shape):
         raise ValueError(f"out {tuple(out.shape)[:3]} does not fit x {tuple(x.shape)[:3]}")
@@ -166,7 +233,8 @@ def f32_se_nchw(const float[:, :, ::1] x, const float[:, ::1] w1t, const float[:
     cdef SeJob j = SeJob(xp, P, 1.0 / P if P else 0.0, pp, gp, op)
     with nogil:
         ce_pool_for(num_threads, N * C, _plane_means, &j)
-    se_gates(pv, w1t, b1, w2t, b2, act, gate, alpha, beta, gv)
+    se_gates(pv, w1t, b1, w2t, b2, act, gate, alpha, beta, gv,
+             num_threads if gate_threads < 0 else gate_threads)
     if P == 0:
         return
     with nogil:

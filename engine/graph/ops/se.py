@@ -19,6 +19,10 @@ from .base import F32, Info, Op, register, same_shape_inputs
 # Elements below which the pool and the scaling run on one thread (as the layout changes do,
 # bench/bench_dispatch.py layout/convert).
 MIN_THREADED_ELEMENTS = 1 << 14
+# Fewest weights in each of the gates' products (C x R) for which the threads share them:
+# MobileNetV3's 960->240 (225K) gains from a second thread, its 672->168 (110K) loses
+# (bench/bench_dispatch.py gemm/se_gates).
+MIN_THREADED_GATE_WEIGHTS = 1 << 17
 
 
 @register
@@ -76,12 +80,16 @@ class SqueezeExcite(Op):
     def inplace_inputs(self, ins, outs):
         return same_shape_inputs(ins, outs, (0,))     # the pool reads x before any write
 
-    def gates(self, pooled: np.ndarray, width=None) -> np.ndarray:
+    def gate_threads(self, threads: int) -> int:
+        return threads if self.w1t.size >= MIN_THREADED_GATE_WEIGHTS else 1
+
+    def gates(self, pooled: np.ndarray, width=None, threads=1) -> np.ndarray:
         """(N, C) channel means -> (N, width) scale factors (width >= C; zeros past C), by
         kernels/squeeze_excite.pyx f32_se_gates: no BLAS call, so no thread pool to pin."""
         out = np.empty((pooled.shape[0], width or self.channels), np.float32)
         squeeze_excite.f32_se_gates(pooled, self.w1t, self.b1, self.w2t, self.b2, self.act,
-                           0 if self.gate == "sigmoid" else 1, self.alpha, self.beta, out)
+                                    0 if self.gate == "sigmoid" else 1, self.alpha, self.beta,
+                                    out, threads)
         return out
 
     def build(self, ins, outs, i, o):
@@ -96,8 +104,9 @@ class SqueezeExcite(Op):
                 x, threads = env[a], 1 if single else nt
                 pooled = np.empty((n, c), np.float32)
                 nchwc_channels.f32_global_avg_blocked(x, pooled, threads)
-                nchwc_channels.f32_scale_blocked(x, gates(pooled, cb * blocked.BLOCK), env[b],
-                                                 threads)
+                nchwc_channels.f32_scale_blocked(x, gates(pooled, cb * blocked.BLOCK,
+                                                                   self.gate_threads(nt)),
+                                                 env[b], threads)
             return step
         hw = shape[2] * shape[3]
         gate = 0 if self.gate == "sigmoid" else 1
@@ -105,7 +114,8 @@ class SqueezeExcite(Op):
         def step(env, nt):
             squeeze_excite.f32_se_nchw(env[a].reshape(n, c, hw), self.w1t, self.b1, self.w2t,
                                        self.b2, self.act, gate, self.alpha, self.beta,
-                                       env[b].reshape(n, c, hw), 1 if single else nt)
+                                       env[b].reshape(n, c, hw), 1 if single else nt,
+                                       self.gate_threads(nt))
         return step
 
     def flops(self, ins, outs):
