@@ -201,6 +201,40 @@ def test_pools_match_reference_sweep(rng, nd):
     assert ran >= 50
 
 
+def test_separable_max_pool_3d_matches_reference_sweep(rng):
+    """A 3-D MaxPool without Indices runs as two 2-D pools (frames, then T): random windows
+    (asymmetric pads, dilation, ceil_mode, every auto_pad), a NaN in some inputs (it wins,
+    as in the reference), values equal to the reference's and to ONNX Runtime's where it
+    follows the spec, 1 and 2 threads bit-identical."""
+    ort = pytest.importorskip("onnxruntime")
+    ran = 0
+    for trial in range(60):
+        auto_pad = ("NOTSET", "NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID")[trial % 5]
+        size, kernel, strides, dilations, pads, ceil = random_window(rng, 3, auto_pad,
+                                                                     max_size=7)
+        m = node_model([h.make_node("MaxPool", ["x"], ["y"],
+                                    **attrs(kernel, strides, dilations, pads, ceil, auto_pad))],
+                       (2, 3) + size, [("y", T.FLOAT)])
+        x = rng.standard_normal((2, 3) + size).astype(np.float32)
+        if trial % 4 == 0:
+            x.reshape(-1)[rng.integers(0, x.size)] = np.nan
+        model = engine.load(m)
+        assert ", separable:" in model.explain()
+        want, _ = reference("max", x, kernel, strides, dilations, pads, ceil)
+        one, two = (model.run({"x": x}, num_threads=t)["y"] for t in (1, 2))
+        np.testing.assert_array_equal(one, want.astype(np.float32))
+        np.testing.assert_array_equal(one, two)
+        spec_like = not (auto_pad.startswith("SAME") and (
+            any(d > 1 for d in dilations) or any(k < s for k, s in zip(kernel, strides))))
+        if spec_like and not np.isnan(x).any() and not has_empty_window(
+                size, kernel, strides, dilations, pads, ceil):
+            sess = ort.InferenceSession(m.SerializeToString(),
+                                        providers=["CPUExecutionProvider"])
+            np.testing.assert_array_equal(one, sess.run(None, {"x": x})[0])
+        ran += 1
+    assert ran == 60
+
+
 def test_pools_match_onnxruntime(rng):
     """Random 1-D to 3-D windows, values and whole-tensor indices (both storage orders) as
     ONNX Runtime computes them; windows that miss the input and SAME with dilation or with a
@@ -381,7 +415,7 @@ def test_numpy_path_equals_kernel_paths(rng, nd):
 def test_explain_shows_the_path(rng):
     x_shapes = {"x": (1, 2, 6, 7, 8)}
     cases = [  # (op, rank, attributes, path, words in the reason)
-        ("MaxPool", 3, dict(kernel_shape=[2, 2, 2]), "numpy", "3-D"),
+        ("MaxPool", 3, dict(kernel_shape=[2, 2, 2]), "separable", "3-D max"),
         ("AveragePool", 3, dict(kernel_shape=[3, 3, 3], pads=[1] * 6), "numpy", "3-D"),
         ("AveragePool", 2, dict(kernel_shape=[2, 2], dilations=[2, 1]), "numpy", "dilations"),
         ("LpPool", 2, dict(kernel_shape=[2, 2], p=2), "numpy", "Lp pooling has no kernel"),
@@ -398,6 +432,10 @@ def test_explain_shows_the_path(rng):
         text = m.explain()
         assert f", {path}:" in text and words in text, text
         m.run({"x": rng.standard_normal(shape).astype(np.float32)})
+    # with Indices, a 3-D max pool stays on NumPy's path
+    m = engine.load(node_model([h.make_node("MaxPool", ["x"], ["y", "i"], kernel_shape=[2] * 3)],
+                               x_shapes["x"], [("y", T.FLOAT), ("i", T.INT64)]))
+    assert ", numpy: 3-D: the pooling kernels are 2-D" in m.explain()
 
 
 # ------------------------------------------------------------------------------ hand-checked

@@ -4,8 +4,9 @@ pools (GlobalLpPool too) and MaxUnpool.
 The pooling layers are 2-D and follow PyTorch (symmetric padding of at most half the kernel);
 1-D pools run them with H = 1, and ONNX pools outside that range run on an explicitly padded
 copy of the input (the choice is engine/dispatch/pool.py's), its pads from engine.shapes, the
-average's divisors and MaxPool's whole-tensor indices from engine.ops.pool. What no kernel
-takes (3-D pools, dilated averages, Lp pooling) runs in NumPy (engine.ops.pool.OnnxWindowPool).
+average's divisors and MaxPool's whole-tensor indices from engine.ops.pool. A 3-D max pool runs
+as two 2-D ones. What no kernel takes (other 3-D pools, dilated averages, Lp pooling) runs in
+NumPy (engine.ops.pool.OnnxWindowPool).
 """
 from __future__ import annotations
 
@@ -89,7 +90,8 @@ class Pool(Windowed):
         in_size, out_size = x_shape[2:], out_shape[2:]
         pads = self.pads_for(in_size)
         path, _ = choose_pool_path(in_size, out_size, self.kernel, self.strides,
-                                   self.dilations, pads, self.ceil, self.mode)
+                                   self.dilations, pads, self.ceil, self.mode,
+                                   self.mode == "max" and self.wants_indices())
         if path == "direct":
             return
         explicit = shapes.onnx_pool_explicit_pads(in_size, out_size, self.kernel, self.strides,
@@ -100,12 +102,16 @@ class Pool(Windowed):
             raise self.error(f"kernel_shape {list(self.kernel)}: pooling in NumPy takes at most "
                              f"{MAX_NUMPY_AXIS_TAPS} taps along an axis")
 
+    def wants_indices(self) -> bool:
+        return len(self.node.outputs) > 1 and bool(self.node.outputs[1])
+
     def path(self, ins, outs) -> tuple[str, str]:
-        """"direct", "padded" or "numpy" for these shapes, and why
+        """"direct", "padded", "separable" or "numpy" for these shapes, and why
         (engine.dispatch.choose_pool_path)."""
         in_size = ins[0].shape[2:]
         return choose_pool_path(in_size, outs[0].shape[2:], self.kernel, self.strides,
-                                self.dilations, self.pads_for(in_size), self.ceil, self.mode)
+                                self.dilations, self.pads_for(in_size), self.ceil, self.mode,
+                                self.mode == "max" and self.wants_indices())
 
     def describe(self, ins, outs):
         path, reason = self.path(ins, outs)
@@ -174,10 +180,60 @@ class MaxPool(Pool):
             outs.append(Info(outs[0].shape, I64))
         return outs
 
+    def max2d(self, key, x4, o4, kernel, stride, dil, pads):
+        """run(x, out, threads) of a 2-D max pool of these 4-D shapes, no indices: the layer
+        taking the pads, or on a copy padded with -inf (engine.dispatch.choose_pool_path).
+        ``key`` names the layers made for it among the node's."""
+        from ...ops.pool import MaxPool2d
+        path, _ = choose_pool_path(x4[2:], o4[2:], kernel, stride, dil, pads, self.ceil)
+        if path == "direct":
+            pad = tuple(p for p, _ in pads)
+            run = self.layer(key + ("direct", pad), lambda: MaxPool2d(
+                kernel, stride, pad, dil, self.ceil)).run
+            return lambda x, out, nt: run(x, out, None, nt)
+        widths = self.padded_widths(x4, o4, kernel, stride, dil, pads)
+        run = self.layer(key + ("padded",), lambda: MaxPool2d(kernel, stride, 0, dil, False)).run
+
+        def padded(x, out, nt):
+            run(np.pad(x, widths, constant_values=-np.inf), out, None, nt)
+        return padded
+
+    def build_separable(self, ins, outs, i, o):
+        """A 3-D max pool as two 2-D ones: each frame's H x W into a buffer, then T with the
+        frame's pooled pixels as the columns of a (T, OH * OW) plane (skipped for a window of
+        one frame, stride 1, no padding along T)."""
+        from ...ops.workspace import workspace
+        n, c, t, h, w = ins[0].shape
+        ot, oh, ow = outs[0].shape[2:]
+        (kt, kh, kw), (st, sh, sw), (dt, dh, dw) = self.kernel, self.strides, self.dilations
+        pads = self.pads_for((t, h, w))
+        p, a, b = n * c, i[0], o[0]
+        frames = self.max2d(("frames",), (p, t, h, w), (p, t, oh, ow), (kh, kw), (sh, sw),
+                            (dh, dw), pads[1:])
+        if (kt, st) == (1, 1) and pads[0] == (0, 0):
+            def step(env, nt):
+                frames(env[a].reshape(p, t, h, w), env[b].reshape(p, t, oh, ow), nt)
+            return step
+        frames_t = self.max2d(("time",), (p, 1, t, oh * ow), (p, 1, ot, oh * ow), (kt, 1),
+                              (st, 1), (dt, 1), (pads[0], (0, 0)))
+        size = p * t * oh * ow
+
+        def step(env, nt):
+            buf = workspace.take(size)
+            try:
+                mid = buf[:size]
+                frames(env[a].reshape(p, t, h, w), mid.reshape(p, t, oh, ow), nt)
+                frames_t(mid.reshape(p, 1, t, oh * ow), env[b].reshape(p, 1, ot, oh * ow), nt)
+            finally:
+                workspace.give(buf)
+        return step
+
     def build(self, ins, outs, i, o):
         from ...ops.pool import MaxPool2d, onnx_avgpool_divisor, onnx_max_indices
         want_idx = len(o) > 1 and bool(self.node.outputs[1])
         path = self.path(ins, outs)[0]
+        if path == "separable":
+            return self.build_separable(ins, outs, i, o)
         if path == "numpy":
             if not want_idx:
                 return self.build_numpy(ins, outs, i, o)
