@@ -40,6 +40,7 @@ only show in whole models: bench/bench_models.py --layout auto|nchw|nchwc.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import sys
 
@@ -208,24 +209,39 @@ def se_gate_rows():
 
 
 def gemm_rows(group, threads):
+    """A classifier's product (RegNetX's 400->1000, MobileNetV3's 1280->1000) for 1, 8 and 32
+    rows: the dense kernel with the rows of w one after another or eight side by side
+    (kernels/dense.pyx SINGLE_ROW_MAX_M), and NumPy's matmul (engine/dispatch/gemm.py). Each
+    call reads the next of copies of the weights filling 64 MiB, so that they come from
+    memory, as after a model's convolutions."""
     if group == "se_gates":
         yield from se_gate_rows()
         return
-    k, n = 1280, 1000
-    bmat = _rand(k, n)
-    w = np.ascontiguousarray(bmat.T)      # what the Gemm step packs once
-    for rows in (1, 8, 32):
-        a = _rand(rows, k)
-        out = np.empty((rows, n), np.float32)
-        nt = threads_for(rows * w.size, threads)
+    for k, n in ((400, 1000), (1280, 1000)):
+        bmat = _rand(k, n)
+        copies = -(-(64 << 20) // bmat.nbytes)
+        ring = [(np.ascontiguousarray(bmat.T), bmat.copy()) for _ in range(copies)]
+        for rows in (1, 8, 32):
+            a = _rand(rows, k)
+            out = np.empty((rows, n), np.float32)
+            nt = threads_for(rows * k * n, threads)
+            turn = itertools.count()
 
-        def run_matmul():
-            with blas_pinned():            # as the model runs it
-                np.matmul(a, bmat, out=out)
-        fns = {"dense": (lambda a, out, nt: lambda: dense.f32_dense_rows(a, w, out, nt))(
-                   a, out, nt),
-               "matmul": run_matmul}
-        yield f"{rows}x{k} @ {k}x{n}", fns, choose_gemm(rows, True, False)[0]
+            def dense_fn(together, a=a, out=out, nt=nt, turn=turn):
+                def run():
+                    w = ring[next(turn) % copies][0]
+                    dense.f32_dense_rows(a, w, out, nt, together)
+                return run
+
+            def run_matmul(a=a, out=out, turn=turn):
+                b = ring[next(turn) % copies][1]
+                with blas_pinned():            # as the model runs it
+                    np.matmul(a, b, out=out)
+            fns = {"1 row": dense_fn(1), "8 rows": dense_fn(8), "matmul": run_matmul}
+            pick = choose_gemm(rows, True, False)[0]
+            if pick == "dense":
+                pick = "1 row" if rows <= dense.SINGLE_ROW_MAX_M else "8 rows"
+            yield f"{rows}x{k} @ {k}x{n}", fns, pick
 
 
 # -- layout: where a second thread starts to pay --------------------------------------------------
@@ -485,7 +501,8 @@ SECTIONS = {
     "transposed": (["col2im"], lambda g, t: transposed_rows(g),
                    lambda g: ["col2im", "zero_insert"]),
     "gemm": (["dense", "se_gates"], gemm_rows,
-             lambda g: ["1 thread", "2 thread"] if g == "se_gates" else ["dense", "matmul"]),
+             lambda g: ["1 thread", "2 thread"] if g == "se_gates"
+             else ["1 row", "8 rows", "matmul"]),
     "winograd": (["weights"], winograd_weight_rows, lambda g: ["stored", "per_call"]),
     "layout": (["convert", "depthwise", "dw_planes", "dense_padded", "dense", "pointwise",
                 "grouped", "winograd", "live_taps"],

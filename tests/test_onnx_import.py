@@ -666,9 +666,10 @@ def test_row_packing_kernel_matches_numpy(rng):
 
 @pytest.mark.parametrize("m_,k", [(1, 1), (1, 31), (1, 32), (2, 33), (1, 1000), (3, 1024)])
 def test_dense_kernel_against_float64_and_row_grouping(rng, m_, k):
-    """The matrix-vector kernel takes rows of w eight at a time and the rest one at a time:
-    each output within 1e-6 of the sum of |terms| of float64's, and the same bits whether its
-    row is in a group of eight, alone, or in another thread's range."""
+    """The matrix-vector kernel takes rows of w eight at a time and the rest one at a time (all
+    one at a time for one row of a): each output within 1e-6 of the sum of |terms| of
+    float64's, and the same bits whether its row is in a group of eight, alone, or in another
+    thread's range."""
     from engine._kernels import dense
     for n in (1, 7, 8, 9, 17, 403):
         a, w = randn(rng, m_, k), randn(rng, n, k)
@@ -681,6 +682,10 @@ def test_dense_kernel_against_float64_and_row_grouping(rng, m_, k):
             other = np.empty_like(out)
             dense.f32_dense_rows(a, w, other, threads)
             np.testing.assert_array_equal(out, other)
+        for together in (1, 8):
+            other = np.empty_like(out)
+            dense.f32_dense_rows(a, w, other, 2, together)
+            np.testing.assert_array_equal(out, other)
         if n > 5:
             tail = np.empty((m_, n - 5), np.float32)
             dense.f32_dense_rows(a, np.ascontiguousarray(w[5:]), tail, 1)
@@ -692,6 +697,9 @@ def test_dense_kernel_checks_shapes():
     with pytest.raises(ValueError, match="do not fit"):
         dense.f32_dense_rows(np.zeros((2, 5), np.float32), np.zeros((3, 4), np.float32),
                              np.zeros((2, 3), np.float32), 1)
+    with pytest.raises(ValueError, match="together"):
+        dense.f32_dense_rows(np.zeros((2, 4), np.float32), np.zeros((3, 4), np.float32),
+                             np.zeros((2, 3), np.float32), 1, 4)
 
 
 def test_each_conv_weight_transformed_once(rng):
