@@ -48,14 +48,17 @@ def blocks(Py_ssize_t channels):
 include "_nchwc_checks.pxi"
 
 
-cdef const float* residual_base(residual, out) except? NULL:
-    """The first element of ``residual`` (None, or a blocked array of out's shape, checked), or
-    NULL. The caller's reference keeps the array, and so the pointer, alive."""
+cdef const float* residual_base(residual, const Py_ssize_t* out_shape) except? NULL:
+    """The first element of ``residual`` (None, or a blocked array of the shape out_shape
+    points at, checked), or NULL. The caller's reference keeps the array, and so the pointer,
+    alive. (The shape, not the output's view: a view passed as an object would be wrapped
+    anew on every call, a third of a small layer's call.)"""
     cdef const float[:, :, :, :, ::1] r
     if residual is None:
         return NULL
-    if tuple(residual.shape) != tuple(out.shape)[:5]:
-        raise ValueError(f"residual must have out's shape {tuple(out.shape)[:5]}, got "
+    want = tuple(out_shape[i] for i in range(5))
+    if tuple(residual.shape) != want:
+        raise ValueError(f"residual must have out's shape {want}, got "
                          f"{tuple(residual.shape)}")
     r = residual
     return &r[0, 0, 0, 0, 0] if r.size else NULL
@@ -218,7 +221,7 @@ def f32_pointwise_blocked(const float[:, :, :, :, ::1] x, const float[::1] wpack
                          f"{wpack.shape[0]}")
     if bias.shape[0] != Kb * CE_NC_B:
         raise ValueError(f"bias must hold {Kb * CE_NC_B} floats, got {bias.shape[0]}")
-    cdef const float* rbase = residual_base(residual, out)
+    cdef const float* rbase = residual_base(residual, &out.shape[0])
     if N == 0 or Kb == 0 or P == 0:
         return
     if Cb == 0:
@@ -435,7 +438,7 @@ def f32_conv2d_nchwc(const float[:, :, :, :, ::1] x, Py_ssize_t channels,
     if wpack.shape[0] != groups * per_group:
         raise ValueError(f"wpack must hold {groups * per_group} floats, got {wpack.shape[0]}")
     check_window(Kb, bias.shape[0], H, W, OH, OW, sh, sw, pt, pl, dh, dw)
-    cdef const float* rbase = residual_base(residual, out)
+    cdef const float* rbase = residual_base(residual, &out.shape[0])
     if N == 0 or Kb == 0 or OH <= 0 or OW <= 0:
         return
     cdef int cg = <int>(channels if groups == 1 else Cg * CE_NC_B)
