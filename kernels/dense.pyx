@@ -6,10 +6,10 @@
 # 1) the rows of w are read one after another, one stream through the matrix that the
 # hardware prefetcher follows, where eight side by side are eight short streams (a row of 400
 # floats is 25 lines): weights from memory, one thread, RegNetX's 400->1000 classifier 0.161
-# -> 0.065 ms, MobileNetV3's 1280->1000 0.260 -> 0.167 (bench/bench_dispatch.py gemm/dense). Every dot product runs the same
-# operations in the same order whether its row is one of eight or alone (two vector
-# accumulators, then a fixed tree over the lanes), so an output has one value whatever the
-# thread count, the rows of a and wherever a thread's range begins.
+# -> 0.065 ms, MobileNetV3's 1280->1000 0.260 -> 0.167 (bench/bench_dispatch.py gemm/dense).
+# Every dot product runs the same operations in the same order whether its row is one of
+# eight or alone (two vector accumulators, then a fixed tree over the lanes), so an output has
+# one value whatever the thread count, the rows of a and wherever a thread's range begins.
 from _pool cimport ce_pool_attach, ce_pool_for
 
 ce_pool_attach()

@@ -113,8 +113,8 @@ def f32_resize_bilinear2d(const float[:, :, ::1] x, float[:, :, ::1] y,
     if P == 0 or OH == 0 or OW == 0:
         return
     cdef ResizeJob j = ResizeJob(&x[0, 0, 0], &y[0, 0, 0], x.strides[0] // 4, y.strides[0] // 4,
-                                 x.shape[1], W, OH, OW, &y0[0], &y1[0], &wy0[0], &wy1[0], &x0[0], &x1[0],
-                                 &wx0[0], &wx1[0])
+                                 x.shape[1], W, OH, OW, &y0[0], &y1[0], &wy0[0], &wy1[0],
+                                 &x0[0], &x1[0], &wx0[0], &wx1[0])
     with nogil:
         ce_pool_for(num_threads, P, _bilinear_planes, &j)
 
