@@ -84,7 +84,7 @@ def f32_live_taps_blocked(const float[:, :, :, :, ::1] x, Py_ssize_t channels,
     cdef ce_nt_job j
     j.x = &x[0, 0, 0, 0, 0]
     j.Cb, j.tail, j.H, j.W, j.Kb = Cb, channels - (Cb - 1) * CE_NC_B, H, W, Kb
-    j.w, j.tap_floats = &wtaps[0, 0], tap_floats
+    j.w, j.tap_floats = (&wtaps[0, 0] if wtaps.shape[0] else NULL), tap_floats
     j.rects = <const ce_nt_rect*>&rects[0, 0] if rects.shape[0] else NULL
     j.nrects = rects.shape[0]
     j.bias, j.act, j.out = &bias[0], act, &out[0, 0, 0, 0, 0]

@@ -128,6 +128,10 @@ def test_live_taps_blocked_refuses_inconsistent_arguments(rng):
         call(bias=bias[:-1])
     with pytest.raises(ValueError, match="wtaps"):
         call(wtaps=np.ascontiguousarray(wtaps[:, :-B]))
+    # no tap reads the input: the bias everywhere
+    none, bias0 = blocked.pack_live_taps(wt, [], np.arange(16, dtype=np.float32))
+    call(wtaps=none, bias=bias0, rects=np.zeros((0, 7), np.int32))
+    np.testing.assert_array_equal(blocked.from_blocked(out, 16)[0, :, 3, 5], np.arange(16))
 
 
 def test_the_rule_takes_mostly_dead_taps_with_the_plane_kept():

@@ -372,8 +372,8 @@ class BlockedConv(_Internal):
 
         if self.conv_kind == "live_taps":
             channels, table = self.logical_ins[0].shape[1], self.rect_table
-            live_macs = macs * sum((r[2] - r[1]) * (r[4] - r[3]) for r in self.rects) / (
-                math.prod(self.conv_shape[2:]) * math.prod(self.conv.w.shape[2:]))
+            live_macs = macs * self.live_pairs / (math.prod(self.conv_shape[2:])
+                                                  * math.prod(self.conv.w.shape[2:]))
 
             h, wd = self.conv_shape[2:]
             if len(self.rects) == 1 and self.rects[0][1:] == (0, h, 0, wd, 0, 0):
@@ -426,6 +426,7 @@ class BlockedConv(_Internal):
                                conv.strides, conv.dilations,
                                (self.pads[0][0], self.pads[1][0]))
         self.rects = [(t, *oy, *ox, *iy) for t, oy, ox, iy in rects]
+        self.live_pairs = sum((r[2] - r[1]) * (r[4] - r[3]) for r in self.rects)
         self.rect_table = np.array([(k, *r[1:]) for k, r in enumerate(self.rects)],
                                    np.int32).reshape(-1, 7)
 
@@ -495,10 +496,10 @@ class BlockedConv(_Internal):
             return text
         if self.conv_kind == "live_taps":
             kh, kw = self.conv.w.shape[2:]
-            pairs = sum((r[2] - r[1]) * (r[4] - r[3]) for r in self.rects)
+            pairs = kh * kw * math.prod(self.conv_shape[2:])
             text = (f"live taps on {name}: {len(self.rects)} of {kh * kw} taps read the input "
-                    f"({pairs} of {kh * kw * math.prod(self.conv_shape[2:])} tap-output "
-                    f"pairs), each a pointwise pass over its rectangle of outputs")
+                    f"({self.live_pairs} of {pairs} tap-output pairs), each a pointwise pass "
+                    f"over its rectangle of outputs")
             if self.conv.activation:
                 text += f" | + {self.conv.activation} mapped over the output"
             return text

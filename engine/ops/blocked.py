@@ -166,6 +166,9 @@ def pack_live_taps(weight: np.ndarray, taps, bias=None):
     its (K, C) weights packed by pack_pointwise."""
     k, c, _, kw = weight.shape
     rows = [pack_pointwise(weight[:, :, t // kw, t % kw, None, None])[0] for t in taps]
+    if not rows:
+        return np.zeros((0, blocks(k) * BLOCK * blocks(c) * BLOCK), np.float32), \
+            _padded_bias(bias, k)
     return np.stack(rows), _padded_bias(bias, k)
 
 
