@@ -57,7 +57,7 @@ from engine.dispatch import choose_gemm  # noqa: E402
 from engine.dispatch.layout import (DENSE_ALONE_MIN_TAPS, GROUPED_MIN_WIDTH,  # noqa: E402
                                     dense_padded, live_taps_blocked, winograd_blocked,
                                     winograd_shaped)
-from engine.ops.live_taps import tap_rectangles  # noqa: E402
+from engine.shapes import tap_rectangles  # noqa: E402
 from engine.dispatch.conv import vector_floats  # noqa: E402
 from engine.dispatch.winograd import choose_blocked_tile  # noqa: E402
 from engine.ops.workspace import workspace  # noqa: E402

@@ -26,6 +26,7 @@ __all__ = [
     "conv_transpose_output_shape",
     "transpose_output_padding", "receptive_field", "phase_tiles", "pool_output_shape", "unpool_output_size",
     "unpool_output_shape", "interpolate_output_size", "interpolate_output_shape", "INDEX_MAX", "live_taps", "live_window",
+    "live_outputs", "tap_rectangles",
     "check_extent",
 ]
 
@@ -372,6 +373,26 @@ def live_outputs(n_in: int, n_out: int, s: int, p_begin: int, offset: int) -> tu
     lo = min(n_out, max(0, -(start // s)))                 # ceil(-start / s)
     hi = min(n_out, (n_in - 1 - start) // s + 1) if n_in - 1 - start >= 0 else 0
     return lo, max(lo, hi)
+
+
+def tap_rectangles(in_size, out_size, kernel, stride, dilation, pads_begin):
+    """[(tap index, (oy0, oy1), (ox0, ox1), (iy0, ix0))] for the taps of a kernel that read the
+    input, in row-major tap order: outputs [oy0, oy1) x [ox0, ox1) read it under the tap, from
+    (iy0, ix0) on (every stride pixels). pads_begin: the top and left padding."""
+    (kh, kw), (sh, sw), (dh, dw) = kernel, stride, dilation
+    (h, w), (oh, ow), (pt, pl) = in_size, out_size, pads_begin
+    out = []
+    for u in range(kh):
+        oy0, oy1 = live_outputs(h, oh, sh, pt, u * dh)
+        if oy0 == oy1:
+            continue
+        for v in range(kw):
+            ox0, ox1 = live_outputs(w, ow, sw, pl, v * dw)
+            if ox0 == ox1:
+                continue
+            out.append((u * kw + v, (oy0, oy1), (ox0, ox1),
+                        (oy0 * sh - pt + u * dh, ox0 * sw - pl + v * dw)))
+    return out
 
 
 def live_window(i: int, k: int, s: int, p_begin: int, p_end: int,

@@ -16,7 +16,7 @@ from engine.dispatch.layout import live_taps_blocked
 from engine.graph import Graph, Model, Node, TensorSpec
 from engine.ops import blocked
 from engine.ops.activation import float64_activation, kernel_act
-from engine.ops.live_taps import tap_rectangles
+from engine.shapes import tap_rectangles
 from reference import conv2d_ref
 
 B = blocked.BLOCK

@@ -22,8 +22,9 @@ def choose_pool_path(in_size, out_size, kernel, stride, dilation, pads,
     numpy = "so NumPy reduces strided views of a padded copy"
     if len(kernel) == 3:
         if op == "max" and not indices:
-            # S3D's 3x3x3 stride-1 pools: 59 ms in NumPy at one thread, not threaded
-            # (bench/bench_zoo.py s3d)
+            # S3D's 3x3x3 stride-1 pools took 59 ms in NumPy at one thread, unthreaded; the
+            # model went from 1.03 / 1.20 of ONNX Runtime to 0.96 / 0.97 at one / two threads
+            # (bench/bench_zoo.py --models s3d)
             return "separable", ("3-D max: the 2-D pooling kernel over each frame's H x W, "
                                  "then over T (a maximum is the same in any order)")
         return "numpy", f"3-D: the pooling kernels are 2-D, {numpy}"

@@ -19,10 +19,9 @@ from .._kernels import (nchwc, nchwc_channels, nchwc_taps, nchwc_window, nchwc_w
 from .._threads import threads_for
 from ..ops import blocked
 from ..ops.activation import kernel_act
-from ..ops.live_taps import tap_rectangles
 from ..ops.pool import onnx_avgpool_divisor
 from ..ops.workspace import workspace
-from ..shapes import input_extent
+from ..shapes import input_extent, tap_rectangles
 from .ops import F32, Info, Op
 
 # Multiply-adds per thread of a blocked depthwise step, a quarter of threads_for's default:
@@ -245,13 +244,13 @@ class BlockedConv(_Internal):
         self._flops = conv.flops(ins, outs)
         # packed once per Conv, shared by every plan (see rewrite's side_by_side)
         self.pack_key = f"nchw{blocked.BLOCK}c_{kind}"
-        shapes = blocked.packed_shapes(kind, conv.w.shape)
+        shape_kind = kind
         if kind == "live_taps":
             # only the taps that read the input at this plan's size
             self._live_taps_rects(ins)
             taps = [t for t, *_ in self.rects]
             self.pack_key += "_" + "_".join(map(str, taps))
-            shapes = blocked.packed_shapes(f"live_taps{len(taps)}", conv.w.shape)
+            shape_kind = f"live_taps{len(taps)}"
 
             def pack():
                 return blocked.pack_live_taps(conv.w, taps, conv.b)
@@ -271,7 +270,8 @@ class BlockedConv(_Internal):
                 return {"pointwise": blocked.pack_pointwise,
                         "depthwise": blocked.pack_depthwise,
                         "direct": blocked.pack_direct}[kind](conv.w, conv.b)
-        self.w, self.b = conv.transforms.get(self.pack_key, pack, shapes)
+        self.w, self.b = conv.transforms.get(self.pack_key, pack,
+                                             blocked.packed_shapes(shape_kind, conv.w.shape))
         # how the kernel's threads share the layer (engine.dispatch.layout), None for direct
         self.split = None
         if kind == "pointwise":

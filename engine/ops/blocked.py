@@ -67,8 +67,7 @@ def packed_shapes(kind: str, weight_shape) -> tuple:
     if kind == "dense":
         return (blocks(k) * blocks(c) * kh * kw * BLOCK * BLOCK,), bias
     if kind.startswith("live_taps"):      # "live_taps<n>": the n taps that read the input
-        n = int(kind[len("live_taps"):] or kh * kw)
-        return (n, blocks(k) * BLOCK * blocks(c) * BLOCK), bias
+        return (int(kind[len("live_taps"):]), blocks(k) * BLOCK * blocks(c) * BLOCK), bias
     if kind == "winograd_taps":
         return (blocks(k) * BLOCK * c * 9,), bias
     if kind.startswith("winograd"):         # "winograd2", "winograd4", "winograd6"

@@ -15,30 +15,10 @@ import numpy as np
 
 from .._kernels import conv_pointwise
 from .._cache import ShapeCache
-from ..shapes import live_outputs
+from ..shapes import tap_rectangles
 from . import packed_gemm
 from .activation import NO_ACT
 from .workspace import workspace
-
-
-def tap_rectangles(in_size, out_size, kernel, stride, dilation, pads_begin):
-    """[(tap index, (oy0, oy1), (ox0, ox1), (iy0, ix0))] for the taps of a kernel that read the
-    input, in row-major tap order: outputs [oy0, oy1) x [ox0, ox1) read it under the tap, from
-    (iy0, ix0) on (every stride pixels). pads_begin: the top and left padding."""
-    (kh, kw), (sh, sw), (dh, dw) = kernel, stride, dilation
-    (h, w), (oh, ow), (pt, pl) = in_size, out_size, pads_begin
-    out = []
-    for u in range(kh):
-        oy0, oy1 = live_outputs(h, oh, sh, pt, u * dh)
-        if oy0 == oy1:
-            continue
-        for v in range(kw):
-            ox0, ox1 = live_outputs(w, ow, sw, pl, v * dw)
-            if ox0 == ox1:
-                continue
-            out.append((u * kw + v, (oy0, oy1), (ox0, ox1),
-                        (oy0 * sh - pt + u * dh, ox0 * sw - pl + v * dw)))
-    return out
 
 
 class LiveTaps:

@@ -91,7 +91,7 @@ class Pool(Windowed):
         pads = self.pads_for(in_size)
         path, _ = choose_pool_path(in_size, out_size, self.kernel, self.strides,
                                    self.dilations, pads, self.ceil, self.mode,
-                                   self.mode == "max" and self.wants_indices())
+                                   self.wants_indices())
         if path == "direct":
             return
         explicit = shapes.onnx_pool_explicit_pads(in_size, out_size, self.kernel, self.strides,
@@ -103,6 +103,7 @@ class Pool(Windowed):
                              f"{MAX_NUMPY_AXIS_TAPS} taps along an axis")
 
     def wants_indices(self) -> bool:
+        """Whether the node's second output (MaxPool's Indices) is asked for."""
         return len(self.node.outputs) > 1 and bool(self.node.outputs[1])
 
     def path(self, ins, outs) -> tuple[str, str]:
@@ -111,7 +112,7 @@ class Pool(Windowed):
         in_size = ins[0].shape[2:]
         return choose_pool_path(in_size, outs[0].shape[2:], self.kernel, self.strides,
                                 self.dilations, self.pads_for(in_size), self.ceil, self.mode,
-                                self.mode == "max" and self.wants_indices())
+                                self.wants_indices())
 
     def describe(self, ins, outs):
         path, reason = self.path(ins, outs)
@@ -180,23 +181,27 @@ class MaxPool(Pool):
             outs.append(Info(outs[0].shape, I64))
         return outs
 
-    def max2d(self, key, x4, o4, kernel, stride, dil, pads):
-        """run(x, out, threads) of a 2-D max pool of these 4-D shapes, no indices: the layer
-        taking the pads, or on a copy padded with -inf (engine.dispatch.choose_pool_path).
-        ``key`` names the layers made for it among the node's."""
+    def max2d(self, key, x4, o4, kernel, stride, dil, pads, indices=False):
+        """(run, widths) of a 2-D max pool of these 4-D shapes: the layer's run(x, out,
+        indices, threads), taking the pads itself (widths None) or run on a copy of x padded
+        with -inf by np.pad ``widths`` (engine.dispatch.choose_pool_path). ``key`` names the
+        layers made for it among the node's."""
         from ...ops.pool import MaxPool2d
         path, _ = choose_pool_path(x4[2:], o4[2:], kernel, stride, dil, pads, self.ceil)
         if path == "direct":
             pad = tuple(p for p, _ in pads)
-            run = self.layer(key + ("direct", pad), lambda: MaxPool2d(
-                kernel, stride, pad, dil, self.ceil)).run
-            return lambda x, out, nt: run(x, out, None, nt)
+            return self.layer(key + ("direct", pad), lambda: MaxPool2d(
+                kernel, stride, pad, dil, self.ceil, return_indices=indices)).run, None
         widths = self.padded_widths(x4, o4, kernel, stride, dil, pads)
-        run = self.layer(key + ("padded",), lambda: MaxPool2d(kernel, stride, 0, dil, False)).run
+        return self.layer(key + ("padded",), lambda: MaxPool2d(
+            kernel, stride, 0, dil, False, return_indices=indices)).run, widths
 
-        def padded(x, out, nt):
-            run(np.pad(x, widths, constant_values=-np.inf), out, None, nt)
-        return padded
+    def max2d_values(self, key, x4, o4, kernel, stride, dil, pads):
+        """pool(x, out, threads): max2d's layer without indices, the padding done."""
+        run, widths = self.max2d(key, x4, o4, kernel, stride, dil, pads)
+        if widths is None:
+            return lambda x, out, nt: run(x, out, None, nt)
+        return lambda x, out, nt: run(np.pad(x, widths, constant_values=-np.inf), out, None, nt)
 
     def build_separable(self, ins, outs, i, o):
         """A 3-D max pool as two 2-D ones: each frame's H x W into a buffer, then T with the
@@ -208,14 +213,14 @@ class MaxPool(Pool):
         (kt, kh, kw), (st, sh, sw), (dt, dh, dw) = self.kernel, self.strides, self.dilations
         pads = self.pads_for((t, h, w))
         p, a, b = n * c, i[0], o[0]
-        frames = self.max2d(("frames",), (p, t, h, w), (p, t, oh, ow), (kh, kw), (sh, sw),
-                            (dh, dw), pads[1:])
+        frames = self.max2d_values(("frames",), (p, t, h, w), (p, t, oh, ow), (kh, kw),
+                                   (sh, sw), (dh, dw), pads[1:])
         if (kt, st) == (1, 1) and pads[0] == (0, 0):
             def step(env, nt):
                 frames(env[a].reshape(p, t, h, w), env[b].reshape(p, t, oh, ow), nt)
             return step
-        frames_t = self.max2d(("time",), (p, 1, t, oh * ow), (p, 1, ot, oh * ow), (kt, 1),
-                              (st, 1), (dt, 1), (pads[0], (0, 0)))
+        frames_t = self.max2d_values(("time",), (p, 1, t, oh * ow), (p, 1, ot, oh * ow),
+                                     (kt, 1), (st, 1), (dt, 1), (pads[0], (0, 0)))
         size = p * t * oh * ow
 
         def step(env, nt):
@@ -229,8 +234,8 @@ class MaxPool(Pool):
         return step
 
     def build(self, ins, outs, i, o):
-        from ...ops.pool import MaxPool2d, onnx_avgpool_divisor, onnx_max_indices
-        want_idx = len(o) > 1 and bool(self.node.outputs[1])
+        from ...ops.pool import onnx_avgpool_divisor, onnx_max_indices
+        want_idx = self.wants_indices()
         path = self.path(ins, outs)[0]
         if path == "separable":
             return self.build_separable(ins, outs, i, o)
@@ -245,26 +250,14 @@ class MaxPool(Pool):
             return step
         x4, o4, kernel, stride, dil, pads = self.views(ins[0].shape, outs[0].shape)
         a, b = i[0], o[0]
-        idx = o[1] if want_idx else None
-        if path == "direct":
-            pad = tuple(p for p, _ in pads)
-            layer = self.layer(("direct", pad), lambda: MaxPool2d(
-                kernel, stride, pad, dil, self.ceil, return_indices=want_idx))
-            widths = None
-        else:
-            widths = self.padded_widths(x4, o4, kernel, stride, dil, pads)
-            layer = self.layer(("padded",), lambda: MaxPool2d(kernel, stride, 0, dil, False,
-                                                            return_indices=want_idx))
-        run = layer.run
         if not want_idx:
-            if widths is None:
-                def step(env, nt):
-                    run(env[a].reshape(x4), env[b].reshape(o4), None, nt)
-            else:
-                def step(env, nt):
-                    xp = np.pad(env[a].reshape(x4), widths, constant_values=-np.inf)
-                    run(xp, env[b].reshape(o4), None, nt)
+            pool = self.max2d_values((), x4, o4, kernel, stride, dil, pads)
+
+            def step(env, nt):
+                pool(env[a].reshape(x4), env[b].reshape(o4), nt)
             return step
+        idx = o[1]
+        run, widths = self.max2d((), x4, o4, kernel, stride, dil, pads, indices=True)
         # ONNX counts indices over the whole tensor, in the unpadded planes
         empty = onnx_avgpool_divisor(x4[2:], o4[2:], kernel, stride, dil, pads, False) == 0
         convert = onnx_max_indices(x4, None if widths is None else widths[2:],
