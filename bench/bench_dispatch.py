@@ -27,6 +27,9 @@ Groups (section/group):
   layout/grouped                          engine/dispatch/layout.py GROUPED_MIN_WIDTH
   layout/winograd                         engine/dispatch/layout.py WINOGRAD_BLOCKED_MIN_IN,
                                           WINOGRAD_BLOCKED_MAX_IN
+  layout/grouped_winograd                 engine/dispatch/layout.py
+                                          GROUPED_WINOGRAD_MIN_PIXELS: groups of whole blocks,
+                                          the grouped kernel against Winograd, weights cold
   layout/live_taps                        engine/dispatch/layout.py live_taps_blocked: dilated
                                           layers past the map, NCHW against blocked
   layout/dense                            engine/dispatch/layout.py DENSE_ALONE_MIN_TAPS: a
@@ -308,6 +311,46 @@ def grouped_rows(threads):
         yield f"3x3 s{s} {c}ch groups of {g} {size} (nchw: {layer.algorithm})", fns, pick
 
 
+def grouped_winograd_rows(threads):
+    """RegNet-X's 3x3 layers in 16-channel groups and ResNeXt-50's 14x14 one (16-float builds):
+    the blocked grouped kernel against Winograd on blocks with the tile the blocked model
+    picks. Each call reads the next of copies of the weights (U or the taps) filling 64 MiB,
+    so that they come from memory, as in a model."""
+    if vector_floats() < 16:
+        return
+    for c, g, size in [(32, 2, 56), (64, 4, 56), (64, 4, 28), (128, 8, 28), (160, 10, 14),
+                       (512, 32, 14), (400, 25, 7)]:
+        cg = c // g
+        wt, x = _rand(c, cg, 3, 3) / np.float32(np.sqrt(9 * cg)), _rand(1, c, size, size)
+        xb = blocked.to_blocked(x)
+        ob = np.empty_like(xb)
+        m, _ = choose_blocked_tile(c, c, 1, (size, size), (1, 1), g)
+        packs = {"blocked": blocked.pack_grouped(wt, cg, None),
+                 "winograd_blocked": blocked.pack_winograd(wt, None, m, g)}
+        work = workspace.take(blocked.winograd_work_floats(1, c, c, (size, size), m,
+                                                           threads=threads, groups=g))
+        act = kernel_act("relu")
+
+        def ring_of(pack):
+            copies = -(-(64 << 20) // pack[0].nbytes)
+            return [(pack[0].copy(), pack[1]) for _ in range(copies)], itertools.count()
+        rings = {k: ring_of(v) for k, v in packs.items()}
+
+        def grouped_run(ring=rings["blocked"]):
+            w, b = ring[0][next(ring[1]) % len(ring[0])]
+            nchwc_window.f32_grouped_blocked(xb, w, b, ob, 1, 1, 1, 1, 1, 1, act, threads)
+
+        def winograd_run(ring=rings["winograd_blocked"], m=m, work=work, g=g):
+            u, b = ring[0][next(ring[1]) % len(ring[0])]
+            nchwc_winograd.f32_winograd_blocked(xb, c, u, b, None, ob, m, 1, 1, act, threads,
+                                                work, 1, 1, None, g)
+        p = engine.Conv2d(wt, None, 1, 1, 1, g, input_size=(size, size)).params._replace(
+            pads=((1, 1), (1, 1)))
+        pick = "winograd_blocked" if winograd_blocked(p) else "blocked"
+        yield (f"3x3 {c}ch groups of {cg} {size}x{size} F({m}x{m})",
+               {"blocked": grouped_run, "winograd_blocked": winograd_run}, pick)
+
+
 def winograd_layout_rows(threads):
     """3x3 stride-1 layers: NCHW's algorithm, the dense blocked kernel and (16-float builds)
     Winograd on blocks with the tile engine/dispatch/winograd.py's blocked model picks, on the
@@ -441,6 +484,9 @@ def layout_rows(group, threads=1):
     if group == "grouped":
         yield from grouped_rows(threads)
         return
+    if group == "grouped_winograd":
+        yield from grouped_winograd_rows(threads)
+        return
     if group == "live_taps":
         yield from live_taps_layout_rows(threads)
         return
@@ -505,9 +551,10 @@ SECTIONS = {
              else ["1 row", "8 rows", "matmul"]),
     "winograd": (["weights"], winograd_weight_rows, lambda g: ["stored", "per_call"]),
     "layout": (["convert", "depthwise", "dw_planes", "dense_padded", "dense", "pointwise",
-                "grouped", "winograd", "live_taps"],
+                "grouped", "winograd", "grouped_winograd", "live_taps"],
                layout_rows,
                lambda g: ["nchw", "blocked", "winograd_blocked"] if g == "winograd"
+               else ["blocked", "winograd_blocked"] if g == "grouped_winograd"
                else ["nchw", "blocked"] if g in ("dense", "pointwise", "grouped", "live_taps")
                else ["rows", "planes"] if g == "dw_planes"
                else ["checked", "padded"] if g == "dense_padded" else ["1 thread", "2 thread"]),

@@ -30,6 +30,10 @@
  * The transforms are those of kernels/_winograd_tiles.pxi (F(2,3), F(4,3), F(6,3) with the
  * rows of engine/ops/winograd.py's TRANSFORMS), here on vectors.
  *
+ * Groups (RegNet's 3x3 layers, whose groups each take and make whole blocks): each group is a
+ * layer of its own blocks in and out, its U packed after the previous group's; the strips of
+ * every group are the work units, so that a thread takes whole (group, strip) pairs.
+ *
  * NaN and infinity: B^T d B takes differences, so one infinite input would spread NaN over its
  * tiles' outputs. The input phase folds every V vector into a check sum (v * 0 is NaN for a
  * non-finite v, else 0); if one is not finite, the call stops before the GEMMs, writing no
@@ -200,8 +204,8 @@ CE_NW_INLINE ce_nw_output_tile(const float *mm, ptrdiff_t es, const int A, ce_nc
 /* ---- the three phases of a strip ---- */
 
 typedef struct {
-    const float *x;             /* input [N][Cb][H][W][B] */
-    int Cb, tail, H, W, pt, pl; /* tail: real channels of the last input block (1 to B) */
+    const float *x;             /* input [N][groups * Cb][H][W][B] */
+    int Cb, tail, H, W, pt, pl; /* blocks of a group; tail: real channels of its last block */
     int A, TH, TW, OH, OW, Kb;  /* tile side a = m + 2; tiles per column and row of a phase */
     int dh, dw;                 /* dilation: dh x dw phases */
     const float *u;             /* a^2 pointwise packs of U[e], ue floats apart; or NULL, */
@@ -212,8 +216,10 @@ typedef struct {
     float *ubuf;                /* per call: a buffers of U[i][j] of one group per thread */
     ptrdiff_t ubuf_floats;      /* floats per thread */
     const float *zero;          /* Kb * B zeros: the GEMMs' bias */
-    const float *bias, *res;    /* Kb * B values; residual [N][Kb][OH][OW][B] or NULL */
-    float *out;                 /* [N][Kb][OH][OW][B] */
+    const float *bias, *res;    /* Kb * B values; residual [N][groups * Kb][OH][OW][B] or NULL */
+    float *out;                 /* [N][groups * Kb][OH][OW][B] */
+    ptrdiff_t x_img, o_img;     /* floats between images of x and of out (and res) */
+    int groups, last_tail;      /* the last group's tail (the others' last blocks are full) */
     ce_act_t act;
     float *V, *M;               /* [a^2][Cb][S][B], [a^2][Kb][S][B] */
     ptrdiff_t s0, S;            /* the strip: tiles s0 .. s0 + S of all images' tiles, each
@@ -246,7 +252,7 @@ static inline void ce_nw_input_units_a(ce_nw_job *j, int thread, ptrdiff_t lo, p
         int oy, ox;
         ce_nw_tile_at(j, j->s0 + t, m, &n, &oy, &ox);
         int iy0 = oy - j->pt, ix0 = ox - j->pl;
-        const float *x = j->x + (n * j->Cb + cb) * plane;
+        const float *x = j->x + n * j->x_img + cb * plane;
         float *v = j->V + (cb * j->S + t) * B;
         if (iy0 >= 0 && ix0 >= 0 && iy0 + (A - 1) * dh < j->H && ix0 + (A - 1) * dw < j->W)
             ce_nw_input_tile(x, j->H, j->W, iy0, ix0, dh, dw, A, 1, v, es, &chk);
@@ -351,7 +357,7 @@ static inline void ce_nw_output_units_a(ce_nw_job *j, ptrdiff_t lo, ptrdiff_t hi
         nx = nx < m ? nx : m;
         if (ny == 0 || nx == 0)
             continue;
-        ptrdiff_t o = (n * j->Kb + kb) * oplane + ((ptrdiff_t)oy * j->OW + ox) * B;
+        ptrdiff_t o = n * j->o_img + kb * oplane + ((ptrdiff_t)oy * j->OW + ox) * B;
         ce_nw_output_tile(j->M + (kb * j->S + t) * B, es, A, CE_NC_LD(j->bias + kb * B),
                           j->res ? j->res + o : NULL, j->out + o, j->OW, dh, dw, ny, nx,
                           inline_act ? j->act : none);
@@ -376,7 +382,23 @@ static void ce_nw_output_units(void *ctx, int thread, Py_ssize_t lo, Py_ssize_t 
         ce_nw_output_units_a(j, lo, hi, 8);
 }
 
-/* Strips [lo, hi) of S tiles, by one thread with its own V and M (stored U only). */
+/* Group q's view of the layer: its input and output blocks, its U, bias and tail. */
+static inline void ce_nw_group(ce_nw_job *j, const ce_nw_job *all, int q)
+{
+    const ptrdiff_t B = CE_NC_B, E = (ptrdiff_t)all->A * all->A;
+    *j = *all;
+    j->x += (ptrdiff_t)q * all->Cb * all->H * all->W * B;
+    if (all->u)
+        j->u += (ptrdiff_t)q * E * all->ue;
+    j->bias += (ptrdiff_t)q * all->Kb * B;
+    j->out += (ptrdiff_t)q * all->Kb * all->OH * all->OW * B;
+    if (all->res)
+        j->res += (ptrdiff_t)q * all->Kb * all->OH * all->OW * B;
+    j->tail = q == all->groups - 1 ? all->last_tail : CE_NC_B;
+}
+
+/* (Group, strip) units [lo, hi), each strip of S tiles, by one thread with its own V and M
+ * (stored U only). */
 typedef struct {
     const ce_nw_job *j;
     ptrdiff_t S, total, vm_floats;      /* V and M of one thread */
@@ -386,12 +408,15 @@ typedef struct {
 static void ce_nw_strip_units(void *ctx, int thread, Py_ssize_t lo, Py_ssize_t hi)
 {
     ce_nw_strips_job *sj = (ce_nw_strips_job *)ctx;
-    ce_nw_job j = *sj->j;
-    const ptrdiff_t E = (ptrdiff_t)j.A * j.A, G = (j.Kb + CE_NC_GROUP - 1) / CE_NC_GROUP;
-    j.V += thread * sj->vm_floats;
-    j.M = j.V + E * j.Cb * sj->S * CE_NC_B;
-    memset(j.bad, 0, sizeof j.bad);
-    for (ptrdiff_t s = lo; s < hi; s++) {
+    const ptrdiff_t strips = (sj->total + sj->S - 1) / sj->S;
+    ce_nw_job j;
+    for (ptrdiff_t unit = lo; unit < hi; unit++) {
+        ptrdiff_t s = unit % strips;
+        ce_nw_group(&j, sj->j, (int)(unit / strips));
+        const ptrdiff_t E = (ptrdiff_t)j.A * j.A, G = (j.Kb + CE_NC_GROUP - 1) / CE_NC_GROUP;
+        j.V += thread * sj->vm_floats;
+        j.M = j.V + E * j.Cb * sj->S * CE_NC_B;
+        memset(j.bad, 0, sizeof j.bad);
         j.s0 = s * sj->S;
         j.S = sj->total - j.s0 < sj->S ? sj->total - j.s0 : sj->S;
         ce_nw_input_units(&j, 0, 0, j.Cb * j.S);
@@ -404,21 +429,12 @@ static void ce_nw_strip_units(void *ctx, int thread, Py_ssize_t lo, Py_ssize_t h
     }
 }
 
-/* The whole layer, strip by strip of at most S tiles (N images of dh x dw phases of TH x TW
- * tiles each); by_strips: each thread whole strips (j->V then holds nt times V and M of a
- * strip). Returns 1 if an input was not finite (the output then partly written), else 0. */
-static int ce_nw_run(ce_nw_job *j, ptrdiff_t N, ptrdiff_t S, int nt, int by_strips)
+/* Group q strip by strip, the threads sharing each phase of a strip. */
+static int ce_nw_run_group(const ce_nw_job *all, int q, ptrdiff_t total, ptrdiff_t S, int nt)
 {
-    const ptrdiff_t total = N * j->dh * j->dw * j->TH * j->TW;
+    ce_nw_job job, *j = &job;
+    ce_nw_group(j, all, q);
     const ptrdiff_t E = (ptrdiff_t)j->A * j->A, G = (j->Kb + CE_NC_GROUP - 1) / CE_NC_GROUP;
-    if (by_strips) {
-        ce_nw_strips_job sj = {j, S, total, E * (j->Cb + j->Kb) * S * CE_NC_B, {0}};
-        ce_pool_for(nt, (total + S - 1) / S, ce_nw_strip_units, &sj);
-        for (int i = 0; i < CE_POOL_MAX_THREADS; i++)
-            if (sj.bad[i])
-                return 1;
-        return 0;
-    }
     for (ptrdiff_t s0 = 0; s0 < total; s0 += S) {
         j->s0 = s0;
         j->S = total - s0 < S ? total - s0 : S;
@@ -433,6 +449,28 @@ static int ce_nw_run(ce_nw_job *j, ptrdiff_t N, ptrdiff_t S, int nt, int by_stri
             ce_pool_for(nt, j->A * G, ce_nw_gemm_taps_units, j);
         ce_pool_for(nt, j->Kb * j->S, ce_nw_output_units, j);
     }
+    return 0;
+}
+
+/* The whole layer, group by group, strip by strip of at most S tiles (N images of dh x dw
+ * phases of TH x TW tiles each); by_strips: each thread whole (group, strip) units (all->V
+ * then holds nt times V and M of a strip). Returns 1 if an input was not finite (the output
+ * then partly written), else 0. */
+static int ce_nw_run(ce_nw_job *all, ptrdiff_t N, ptrdiff_t S, int nt, int by_strips)
+{
+    const ptrdiff_t total = N * all->dh * all->dw * all->TH * all->TW;
+    const ptrdiff_t E = (ptrdiff_t)all->A * all->A;
+    if (by_strips) {
+        ce_nw_strips_job sj = {all, S, total, E * (all->Cb + all->Kb) * S * CE_NC_B, {0}};
+        ce_pool_for(nt, all->groups * ((total + S - 1) / S), ce_nw_strip_units, &sj);
+        for (int i = 0; i < CE_POOL_MAX_THREADS; i++)
+            if (sj.bad[i])
+                return 1;
+        return 0;
+    }
+    for (int q = 0; q < all->groups; q++)
+        if (ce_nw_run_group(all, q, total, S, nt))
+            return 1;
     return 0;
 }
 

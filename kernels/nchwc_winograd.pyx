@@ -1,5 +1,5 @@
 # Winograd F(m x m, 3x3) convolution on channel-blocked tensors (m = 2, 4, 6; stride 1, any
-# dilation, one group): the transforms on vectors of channels, the GEMMs by the pointwise
+# dilation, groups of whole blocks): the transforms on vectors of channels, the GEMMs by the pointwise
 # kernel. The method, the strips and the handling of non-finite inputs are described in
 # _nchwc_winograd.h; the weights are transformed and packed by engine.ops.blocked.
 #
@@ -27,6 +27,8 @@ cdef extern from "_nchwc_winograd.h" nogil:
         const float *bias
         const float *res
         float *out
+        Py_ssize_t x_img, o_img
+        int groups, last_tail
         ce_act_t act
         float *V
         float *M
@@ -73,11 +75,12 @@ def strip_tiles(Py_ssize_t in_blocks, Py_ssize_t out_blocks, int m, Py_ssize_t t
     return max(1, min(s, tiles))
 
 
-def by_strips(Py_ssize_t tiles, Py_ssize_t strip, int threads, bint per_call=False):
-    """Whether each thread takes whole strips (stored U, at least STRIPS_PER_THREAD strips a
-    thread), rather than sharing each phase of every strip."""
+def by_strips(Py_ssize_t tiles, Py_ssize_t strip, int threads, bint per_call=False,
+              Py_ssize_t groups=1):
+    """Whether each thread takes whole (group, strip) units (stored U, at least
+    STRIPS_PER_THREAD of them a thread), rather than sharing each phase of every strip."""
     return (not per_call and threads > 1
-            and (tiles + strip - 1) // strip >= STRIPS_PER_THREAD * threads)
+            and groups * ((tiles + strip - 1) // strip) >= STRIPS_PER_THREAD * threads)
 
 
 def work_floats(Py_ssize_t in_blocks, Py_ssize_t out_blocks, int m, Py_ssize_t strip,
@@ -99,17 +102,19 @@ def f32_winograd_blocked(const float[:, :, :, :, ::1] x, Py_ssize_t channels,
                          const float[::1] upack, const float[::1] bias, residual,
                          float[:, :, :, :, ::1] out, int m, int pt, int pl, ce_act_t act,
                          int num_threads, float[::1] work, int dh=1, int dw=1,
-                         const float[:, ::1] g=None):
+                         const float[:, ::1] g=None, int groups=1):
     """out = act(conv3x3(x, W) + bias (+ residual)), stride 1, dilation (dh, dw), pads pt
     (top) and pl (left), the bottom and right ones implied by out's size, by F(m x m, 3x3) on
     blocks.
     channels: x's real channels; upack: the a^2 = (m + 2)^2 elements' weights U[e], each packed
-    as engine.ops.blocked.pack_pointwise packs a 1x1 layer's; or with g (G, a x 3) given, the
-    weights' taps as engine.ops.blocked.pack_winograd_taps arranges them, U made per call;
-    bias: out's blocks x BLOCK values; residual: None or an array of out's shape; work:
-    work_floats(...) floats of the strip strip_tiles(...) gives (with per_call_threads =
-    num_threads if U is made per call, strip_threads = num_threads if by_strips(...)), from a
-    64-byte boundary.
+    as engine.ops.blocked.pack_pointwise packs a 1x1 layer's (per group, one group after
+    another); or with g (G, a x 3) given, the weights' taps as
+    engine.ops.blocked.pack_winograd_taps arranges them, U made per call (one group only);
+    bias: out's blocks x BLOCK values; residual: None or an array of out's shape; groups: each
+    takes x's blocks / groups blocks in turn and makes out's blocks / groups, all full but the
+    last input block; work: work_floats(...) floats of one group's blocks and the strip
+    strip_tiles(...) gives (with per_call_threads = num_threads if U is made per call,
+    strip_threads = num_threads if by_strips(...)), from a 64-byte boundary.
 
     Returns False, having written any part of out, if an input is not finite (its caller runs
     the layer by a kernel whose sums follow the direct convolution's), else True."""
@@ -125,14 +130,18 @@ def f32_winograd_blocked(const float[:, :, :, :, ::1] x, Py_ssize_t channels,
     if Cb == 0 or not (Cb - 1) * CE_NC_B < channels <= Cb * CE_NC_B:
         raise ValueError(f"channels must be in ({(Cb - 1) * CE_NC_B}, {Cb * CE_NC_B}] for "
                          f"{Cb} blocks, got {channels}")
+    cdef bint per_call = g is not None
+    if groups < 1 or Cb % groups or Kb % groups or (groups > 1 and per_call):
+        raise ValueError(f"groups ({groups}) must split x's {Cb} and out's {Kb} blocks evenly, "
+                         f"and with U made per call be 1")
     check_window(Kb, bias.shape[0], H, W, OH, OW, 1, 1, pt, pl, dh, dw)
     if dh > 1 << 27 or dw > 1 << 27 or pt > 1 << 30 or pl > 1 << 30:
         # a patch's last row, iy0 + 7 dh, must fit the kernel's int arithmetic
         raise ValueError(f"dilations ({dh}, {dw}) and pads ({pt}, {pl}) must be at most 2^27 "
                          f"and 2^30")
-    cdef Py_ssize_t a = m + 2, ue = Cb * CE_NC_B * Kb * CE_NC_B
-    cdef bint per_call = g is not None
-    cdef Py_ssize_t want = Kb * CE_NC_B * channels * 9 if per_call else a * a * ue
+    cdef Py_ssize_t Cg = Cb // groups, Kg = Kb // groups
+    cdef Py_ssize_t a = m + 2, ue = Cg * CE_NC_B * Kg * CE_NC_B
+    cdef Py_ssize_t want = Kb * CE_NC_B * channels * 9 if per_call else groups * a * a * ue
     if upack.shape[0] != want:
         raise ValueError(f"upack must hold {want} floats, got {upack.shape[0]}")
     if per_call and (g.shape[0] != a or g.shape[1] != 3):
@@ -150,10 +159,10 @@ def f32_winograd_blocked(const float[:, :, :, :, ::1] x, Py_ssize_t channels,
     cdef Py_ssize_t TH = ((OH + dh - 1) // dh + m - 1) // m    # tiles per phase
     cdef Py_ssize_t TW = ((OW + dw - 1) // dw + m - 1) // m
     cdef Py_ssize_t tiles = layer_tiles(N, OH, OW, m, dh, dw)
-    cdef Py_ssize_t S = strip_tiles(Cb, Kb, m, tiles, per_call)
+    cdef Py_ssize_t S = strip_tiles(Cg, Kg, m, tiles, per_call)
     cdef int nt = max(1, min(num_threads, CE_POOL_MAX_THREADS)), bad
-    cdef bint strips = by_strips(tiles, S, nt, per_call)
-    check_scratch(work, work_floats(Cb, Kb, m, S, nt if per_call else 0, nt if strips else 1),
+    cdef bint strips = by_strips(tiles, S, nt, per_call, groups)
+    check_scratch(work, work_floats(Cg, Kg, m, S, nt if per_call else 0, nt if strips else 1),
                   "work")
     cdef float gm[8 * 3]
     cdef Py_ssize_t r_, c_
@@ -162,23 +171,26 @@ def f32_winograd_blocked(const float[:, :, :, :, ::1] x, Py_ssize_t channels,
             for c_ in range(3):
                 gm[r_ * 3 + c_] = g[r_, c_]
     cdef float* wp = &work[0]
-    cdef Py_ssize_t vfloats = a * a * Cb * S * CE_NC_B, mfloats = a * a * Kb * S * CE_NC_B
+    cdef Py_ssize_t vfloats = a * a * Cg * S * CE_NC_B, mfloats = a * a * Kg * S * CE_NC_B
     if strips:      # V and M of each thread side by side, then the zero bias
         vfloats, mfloats = nt * (vfloats + mfloats) - mfloats, mfloats
     cdef Py_ssize_t i
-    for i in range(Kb * CE_NC_B):
+    for i in range(Kg * CE_NC_B):
         wp[vfloats + mfloats + i] = 0.0
     cdef ce_nw_job j
     j.x = &x[0, 0, 0, 0, 0]
-    j.Cb, j.tail, j.H, j.W, j.pt, j.pl = Cb, channels - (Cb - 1) * CE_NC_B, H, W, pt, pl
-    j.A, j.TH, j.TW, j.OH, j.OW, j.Kb = a, TH, TW, OH, OW, Kb
+    j.Cb, j.tail, j.H, j.W, j.pt, j.pl = Cg, CE_NC_B, H, W, pt, pl
+    j.last_tail = channels - (Cb - 1) * CE_NC_B
+    j.A, j.TH, j.TW, j.OH, j.OW, j.Kb = a, TH, TW, OH, OW, Kg
     j.dh, j.dw = dh, dw
     j.u, j.ue = (NULL if per_call else &upack[0]), ue
     j.taps, j.gm, j.C = &upack[0], gm, channels
-    j.ubuf = wp + vfloats + mfloats + Kb * CE_NC_B
-    j.ubuf_floats = u_buffer_floats(Cb, m)
+    j.ubuf = wp + vfloats + mfloats + Kg * CE_NC_B
+    j.ubuf_floats = u_buffer_floats(Cg, m)
     j.zero = wp + vfloats + mfloats
     j.bias, j.res, j.out, j.act = &bias[0], rbase, &out[0, 0, 0, 0, 0], act
+    j.x_img, j.o_img = Cb * H * W * CE_NC_B, Kb * OH * OW * CE_NC_B
+    j.groups = <int>groups
     j.V, j.M = wp, wp + vfloats
     with nogil:
         bad = ce_nw_run(&j, N, S, nt, strips)

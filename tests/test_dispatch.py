@@ -50,7 +50,13 @@ def test_layout_rules():
     assert blocked_kernel(square, residual=True)[0] == "winograd" and pays_alone("winograd",
                                                                                  square)
     assert blocked_kernel(square._replace(in_channels=4, out_channels=8))[0] == "dense"
-    assert blocked_kernel(square._replace(groups=2))[0] != "winograd"
+    # groups of whole blocks from GROUPED_WINOGRAD_MIN_PIXELS outputs; smaller maps, groups
+    # within a block and dilated groups: not
+    assert blocked_kernel(square._replace(groups=2))[0] == "winograd"
+    assert blocked_kernel(square._replace(groups=2, in_size=(14, 14)))[0] != "winograd"
+    assert blocked_kernel(square._replace(groups=8))[0] == "grouped"
+    assert blocked_kernel(square._replace(groups=2, dilation=(2, 2),
+                                          pads=((2, 2),) * 2))[0] != "winograd"
     assert blocked_kernel(square._replace(dilation=(2, 2), pads=((2, 2),) * 2))[0] == "winograd"
     # a rate past the map, its plane kept: live taps on blocks; the plane shrunk by a row: no
     # blocked kernel (NCHW's live taps), NCHW even when forced

@@ -1,6 +1,7 @@
 """Winograd F(2x2), F(4x4) and F(6x6) on channel blocks (kernels/nchwc_winograd.pyx,
-_nchwc_winograd.h) and the layers the layout pass gives it: 3x3 stride 1, one group, from
-WINOGRAD_BLOCKED_MIN_IN input channels.
+_nchwc_winograd.h) and the layers the layout pass gives it: 3x3 stride 1, one group from
+WINOGRAD_BLOCKED_MIN_IN input channels, or groups of whole blocks on maps of
+GROUPED_WINOGRAD_MIN_PIXELS outputs.
 
 Reference: float64 NumPy (tests/reference.py). Tolerance, per output element: REL[m] times the
 largest sum of |terms| (|x| * |w| over a window, plus |bias| and |residual|) among the outputs
@@ -14,7 +15,7 @@ from scipy.ndimage import maximum_filter
 
 import engine
 from engine._kernels import nchwc_winograd as nw
-from engine.dispatch.layout import WINOGRAD_BLOCKED_MIN_IN
+from engine.dispatch.layout import GROUPED_WINOGRAD_MIN_PIXELS, WINOGRAD_BLOCKED_MIN_IN
 from engine.dispatch.policy import ChoicePolicy
 from engine.graph import Graph, Model, Node, TensorSpec
 from engine.ops import blocked
@@ -30,15 +31,15 @@ def f32(rng, *shape):
     return rng.standard_normal(shape).astype(np.float32)
 
 
-def work_for(xb, k, m, oh, ow, dh=1, dw=1, threads=1, per_call=False):
+def work_for(xb, k, m, oh, ow, dh=1, dw=1, threads=1, per_call=False, groups=1):
     floats = blocked.winograd_work_floats(xb.shape[0], xb.shape[1] * B, k, (oh, ow), m,
-                                          (dh, dw), threads, per_call)
+                                          (dh, dw), threads, per_call, groups)
     work = np.full(floats + 32, np.nan, np.float32)
     return work[(-work.ctypes.data % 64) // 4:]
 
 
 def run(x, wt, b, residual, pads, m, act, threads, garbage=None, dilation=(1, 1),
-        per_call=False):
+        per_call=False, groups=1):
     """The kernel on x (NCHW, converted to blocks): (ran, output blocks). garbage: a finite
     value in the padding channels of the input's last block, which must not matter.
     per_call: U made per call from the weights' taps."""
@@ -52,13 +53,14 @@ def run(x, wt, b, residual, pads, m, act, threads, garbage=None, dilation=(1, 1)
     if per_call:
         upack, bias = blocked.pack_winograd_taps(wt, b)
     else:
-        upack, bias = blocked.pack_winograd(wt, b, m)
+        upack, bias = blocked.pack_winograd(wt, b, m, groups)
     out = np.full(blocked.blocked_shape((n, k, oh, ow)), np.nan, np.float32)
     r = None if residual is None else blocked.to_blocked(residual)
     ran = nw.f32_winograd_blocked(xb, c, upack, bias, r, out, m, pads[0][0], pads[1][0],
                                   kernel_act(act), threads,
-                                  work_for(xb, k, m, oh, ow, dh, dw, threads, per_call),
-                                  dh, dw, blocked.winograd_g(m) if per_call else None)
+                                  work_for(xb, k, m, oh, ow, dh, dw, threads, per_call,
+                                           groups),
+                                  dh, dw, blocked.winograd_g(m) if per_call else None, groups)
     return ran, out
 
 
@@ -112,6 +114,42 @@ def test_winograd_blocked_matches_reference_per_element_and_is_thread_independen
             worst = np.unravel_index(np.argmax(err / bound), err.shape)
             assert np.all(err <= bound), (f"act {act}: error {err[worst]:.3g} at {worst} "
                                           f"over {bound[worst]:.3g}")
+
+
+# (N, groups, C / groups, K / groups, H, W, pads): whole blocks a group, one or two each way,
+# RegNet's maps, a small map of one strip, two images, asymmetric pads
+GROUPED = [
+    (1, 8, B, B, 28, 28, ((1, 1), (1, 1))),
+    (1, 3, 2 * B, B, 13, 9, ((1, 1), (1, 1))),
+    (2, 4, B, 2 * B, 11, 17, ((2, 0), (1, 1))),
+    (1, 25, B, B, 7, 7, ((1, 1), (1, 1))),
+    (1, 2, B, B, 58, 58, ((1, 1), (1, 1))),
+]
+
+
+@pytest.mark.parametrize("m", [2, 4, 6])
+@pytest.mark.parametrize("n,groups,cg,kg,h,w,pads", GROUPED)
+def test_grouped_winograd_blocked_matches_reference_per_element(rng, n, groups, cg, kg, h, w,
+                                                                pads, m):
+    """Each group a layer of its own blocks, U packed group after group: against float64 per
+    element (the bound of the one-group sweep above), with a residual and activations, and
+    bit-identical at 1 and 2 threads (whole (group, strip) units or shared phases)."""
+    c, k = groups * cg, groups * kg
+    x, wt, b = f32(rng, n, c, h, w), f32(rng, k, cg, 3, 3), f32(rng, k)
+    ref = conv2d_ref(x, wt, b, (1, 1), pads, groups=groups)
+    terms = conv2d_ref(np.abs(x), np.abs(wt), np.abs(b), (1, 1), pads, groups=groups)
+    res = f32(rng, *ref.shape)
+    for act, r in ((None, None), ("relu", res), ("silu", None)):
+        ran, got = run(x, wt, b, r, pads, m, act, 1, groups=groups)
+        ran2, got2 = run(x, wt, b, r, pads, m, act, 2, groups=groups)
+        assert ran and ran2
+        np.testing.assert_array_equal(got, got2)
+        want = float64_activation(act, ref + (0 if r is None else r))
+        scale = maximum_filter(terms + (0 if r is None else np.abs(r)),
+                               size=(1, 1, m + 2, m + 2))
+        bound = 1.1 * REL[m] * scale + 1e-30 + 4 * 2.0 ** -24 * np.abs(want)
+        err = np.abs(blocked.from_blocked(got, k).astype(np.float64) - want)
+        assert np.all(err <= bound), f"act {act}: worst {np.max(err / bound):.3g} of the bound"
 
 
 def test_two_threads_split_a_layer_of_several_strips(rng):
@@ -195,6 +233,17 @@ def test_winograd_blocked_refuses_inconsistent_arguments(rng):
         call(work=work[1:])
     with pytest.raises(ValueError, match="blocked"):
         call(x=np.zeros(x.shape[:4] + (B // 2,), np.float32))
+    # groups must split the blocks both ways, and U made per call takes one group
+    x2 = blocked.to_blocked(f32(rng, 1, 2 * B, 8, 8))
+    up2, b2 = blocked.pack_winograd(f32(rng, 3 * B, B, 3, 3), None, 4, 2)
+    out3 = np.zeros(blocked.blocked_shape((1, 3 * B, 8, 8)), np.float32)
+    with pytest.raises(ValueError, match="groups"):
+        nw.f32_winograd_blocked(x2, 2 * B, up2, b2, None, out3, 4, 1, 1, NO_ACT, 1,
+                                work_for(x2, 3 * B, 4, 8, 8, groups=1), groups=2)
+    with pytest.raises(ValueError, match="groups"):
+        nw.f32_winograd_blocked(x2, 2 * B, taps[:0], b2, None, out3[:, :2], 4, 1, 1, NO_ACT,
+                                1, work_for(x2, 2 * B, 4, 8, 8, per_call=True), 1, 1,
+                                blocked.winograd_g(4), 2)
 
 
 # ------------------------------------------------------------------------- in a model's plan
@@ -240,3 +289,47 @@ def test_strict_accuracy_keeps_the_large_tiles_off_the_blocked_layers(rng):
     text = strict.explain()
     assert "winograd_f23 on" in text and "winograd_f43" not in text and \
         "winograd_f63" not in text
+
+
+def grouped_net(rng, c, groups, size):
+    """x -> 1x1 c->c (relu) -> 3x3 grouped c->c (relu): RegNet-X's body, its groups of whole
+    blocks."""
+    w1 = f32(rng, c, c, 1, 1) / np.float32(np.sqrt(c))
+    w2 = f32(rng, c, c // groups, 3, 3) / np.float32(np.sqrt(9 * c / groups))
+    b2 = f32(rng, c)
+    nodes = [Node("Conv", "c1", ["x", "w1"], ["a"]),
+             Node("Relu", "r1", ["a"], ["ar"]),
+             Node("Conv", "c2", ["ar", "w2", "b2"], ["b"],
+                  {"pads": [1, 1, 1, 1], "group": groups}),
+             Node("Relu", "r2", ["b"], ["y"])]
+    g = Graph(nodes, [TensorSpec("x", (1, c, size, size), "float32")],
+              [TensorSpec("y", None, "float32")], {"w1": w1, "w2": w2, "b2": b2})
+    return g, (w1, w2, b2)
+
+
+@pytest.mark.skipif(B != 16, reason="Winograd on blocks runs on 16-float builds")
+def test_grouped_layers_of_whole_blocks_run_by_winograd_on_large_maps(rng):
+    """On a map of GROUPED_WINOGRAD_MIN_PIXELS outputs the grouped 3x3 runs by Winograd on
+    blocks (the values the NCHW plan's, to the Winograd bound); on a smaller one the grouped
+    kernel keeps it, its U would come from memory on every call. A non-finite input takes the
+    dense kernel's grouped sums."""
+    side = int(np.sqrt(GROUPED_WINOGRAD_MIN_PIXELS))
+    for size, winograd in ((side, True), (side // 2, False)):
+        g, (w1, w2, b2) = grouped_net(rng, 8 * B, 8, size)
+        net = Model(g)
+        text = net.explain()
+        assert ("winograd_f" in text) == winograd, text
+        x = f32(rng, 1, 8 * B, size, size)
+        a = np.maximum(conv2d_ref(x, w1), 0)
+        ref = np.maximum(conv2d_ref(a, w2, b2, (1, 1), ((1, 1), (1, 1)), groups=8), 0)
+        got = net({"x": x})["y"]
+        assert np.abs(got - ref).max() <= 2e-5 * np.abs(ref).max()
+        if winograd:
+            x[0, 3, 5, 5] = np.inf
+            with np.errstate(invalid="ignore"):
+                a = np.maximum(conv2d_ref(x, w1), 0)
+                ref = np.maximum(conv2d_ref(a, w2, b2, (1, 1), ((1, 1), (1, 1)), groups=8), 0)
+            got = net({"x": x})["y"]
+            np.testing.assert_array_equal(np.isnan(got), np.isnan(ref))
+            fin = np.isfinite(ref)
+            assert np.abs(got[fin] - ref[fin]).max() <= 1e-4 * np.abs(ref[fin]).max()

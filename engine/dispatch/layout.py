@@ -41,6 +41,12 @@ POINTWISE_GROUP_SLACK = 1.15
 # against im2col's 1.26 and 1.27 on NCHW (bench/bench_dispatch.py layout/grouped); width 1 is
 # the depthwise kernel's.
 GROUPED_MIN_WIDTH = 2
+# Fewest output pixels of a 3x3 stride-1 layer in groups of whole blocks that Winograd runs on
+# blocks. U is up to four times the weights and comes from memory on every call: in RegNet-X
+# (one thread, weights cold) F(6x6) took 0.114 ms against the grouped kernel's 0.148 on 28x28,
+# but on 14x14 and 7x7 both took 0.10-0.11, as on ResNeXt-50's 14x14 layers (0.34-0.37);
+# alone, weights warm, it led on every map (bench/bench_dispatch.py layout/grouped_winograd).
+GROUPED_WINOGRAD_MIN_PIXELS = 28 * 28
 # Fewest input channels of a 3x3 stride-1 layer that Winograd runs on blocks (16-float builds,
 # one group, no dilation: kernels/nchwc_winograd.pyx); below it the dense blocked kernel does.
 # One thread, ms, Winograd on blocks / dense blocked / NCHW's algorithm: 8->8 56x56
@@ -161,14 +167,19 @@ def why_not_layout(layout) -> Optional[str]:
 
 
 def winograd_blocked(p: ConvParams) -> bool:
-    """A 3x3 stride-1 one-group layer of at least WINOGRAD_BLOCKED_MIN_IN input channels on a
-    16-float build, with a Winograd tile the policy allows, and if dilated one that NCHW's
-    rules give Winograd or space-to-batch (not live taps or taps dropped past the map: most
-    of its taps read padding): the Winograd kernel on blocks runs it, on the phase
-    sub-images."""
+    """A 3x3 stride-1 layer of at least WINOGRAD_BLOCKED_MIN_IN input channels on a 16-float
+    build, with a Winograd tile the policy allows, of one group or undilated with groups of
+    whole blocks, and if dilated one that NCHW's rules give Winograd or space-to-batch (not
+    live taps or taps dropped past the map: most of its taps read padding): the Winograd
+    kernel on blocks runs it, on the phase sub-images, a group's blocks at a time. Grouped,
+    only on maps of GROUPED_WINOGRAD_MIN_PIXELS outputs or more."""
     from .winograd import TILE_ALGORITHMS
+    grouped_ok = (groups_fill_blocks(p) and p.dilation == (1, 1) and p.in_size is not None
+                  and p.pads is not None
+                  and p.out_size[0] * p.out_size[1] >= GROUPED_WINOGRAD_MIN_PIXELS)
     if not (vector_floats() >= 16 and p.kernel == (3, 3) and p.stride == (1, 1)
-            and p.groups == 1 and p.in_channels >= WINOGRAD_BLOCKED_MIN_IN
+            and (p.groups == 1 or grouped_ok)
+            and p.in_channels // p.groups >= WINOGRAD_BLOCKED_MIN_IN
             and not set(TILE_ALGORITHMS.values()) <= set(current_policy().excluded)):
         return False
     if p.dilation == (1, 1):
@@ -257,12 +268,12 @@ def blocked_kernel(p: ConvParams, activation=None, residual: Optional[bool] = No
         kind = "pointwise"      # with strides, on the input taken every stride pixels
     elif is_depthwise(p) and p.out_channels == p.in_channels:
         kind = "depthwise"
-    elif grouped_in_blocks(p) and not (groups_fill_blocks(p) and vector_floats() < 16):
-        kind = "grouped"
     elif direct:
         kind = "direct"
     elif winograd_blocked(p):
         kind = "winograd"
+    elif grouped_in_blocks(p) and not (groups_fill_blocks(p) and vector_floats() < 16):
+        kind = "grouped"
     elif live_taps_blocked(p):
         kind = "live_taps"
     elif (p.groups == 1 or groups_fill_blocks(p)) and not winograd_shaped(p):

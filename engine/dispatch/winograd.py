@@ -142,14 +142,15 @@ def tile_cost_ms(m: int, cg: int, kg: int, groups: int, tiles: int,
 
 
 def choose_blocked_tile(c: int, k: int, batch: int, out_size,
-                        dilation=(1, 1)) -> tuple[int, str]:
+                        dilation=(1, 1), groups: int = 1) -> tuple[int, str]:
     """(m, reason): the tile of the Winograd kernel on blocks for a C->K 3x3 layer of this
-    output size and dilation, by BLOCKED_TILE_MODEL, among those the policy allows."""
+    output size, dilation and groups, by BLOCKED_TILE_MODEL, among those the policy allows."""
     from .._kernels.nchwc_winograd import layer_tiles
     from .policy import current_policy
     excluded = current_policy().excluded
     ranked = [(m, why) for m, _, why in rank_winograd_tiles(
-        c, k, 1, lambda m: layer_tiles(batch, *out_size, m, *dilation), blocked=True)
+        c // groups, k // groups, groups, lambda m: layer_tiles(batch, *out_size, m, *dilation),
+        blocked=True)
         if TILE_ALGORITHMS[m] not in excluded]
     return ranked[0]
 

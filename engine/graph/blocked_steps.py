@@ -262,7 +262,7 @@ class BlockedConv(_Internal):
                 return blocked.pack_winograd_taps(conv.w, conv.b)
         elif self.tile is not None:
             def pack():
-                return blocked.pack_winograd(conv.w, conv.b, self.tile)
+                return blocked.pack_winograd(conv.w, conv.b, self.tile, conv.group)
         else:
             def pack():
                 if kind == "dense":
@@ -434,10 +434,13 @@ class BlockedConv(_Internal):
         """The tile, and where U lives (as the NCHW Winograd layers decide it: made once, or
         per call where it would take too much memory); the kind of packed weights."""
         w, (n, _, oh, ow), dilation = self.conv.w, self.conv_shape, tuple(self.conv.dilations)
-        k, c = w.shape[:2]
-        self.tile, self.tile_why = choose_blocked_tile(c, k, n, (oh, ow), dilation)
+        groups = self.conv.group
+        k, c = w.shape[0], w.shape[1] * groups
+        self.tile, self.tile_why = choose_blocked_tile(c, k, n, (oh, ow), dilation, groups)
         forced = current_policy().winograd_weights
-        if forced != "auto":
+        if groups > 1:      # the kernel makes U per call for one group only; grouped U is small
+            self.u_form = ("stored", "a grouped layer's U is stored")
+        elif forced != "auto":
             self.u_form = (forced, "forced by the caller")
         else:
             self.u_form = choose_winograd_weights(
@@ -451,29 +454,30 @@ class BlockedConv(_Internal):
         channels = self.logical_ins[0].shape[1]
         n, k, oh, ow = self.conv_shape
         dh, dw = conv.dilations
+        groups = conv.group
         per_call = self.u_form[0] == "per_call"
         g = blocked.winograd_g(m) if per_call else None
         dense_key = f"nchw{blocked.BLOCK}c_dense"
 
         def dense_pack():
-            return blocked.pack_dense(conv.w, conv.b, 1)
+            return blocked.pack_dense(conv.w, conv.b, groups)
 
         def step(env, nt):
             nt = threads_for(macs, nt)
             res = env[r] if r >= 0 else None
             buf = workspace.take(blocked.winograd_work_floats(n, channels, k, (oh, ow), m,
-                                                              (dh, dw), nt, per_call))
+                                                              (dh, dw), nt, per_call, groups))
             try:
                 done = nchwc_winograd.f32_winograd_blocked(env[a], channels, w, bias, res,
                                                            env[b], m, pt, pl, act, nt, buf,
-                                                           dh, dw, g)
+                                                           dh, dw, g, groups)
             finally:
                 workspace.give(buf)
             if not done:    # a non-finite input: the direct sums, whose NaN and Inf stay put
                 wd, bd = conv.transforms.get(dense_key, dense_pack,
                                              blocked.packed_shapes("dense", conv.w.shape))
                 nchwc.f32_conv2d_nchwc(env[a], channels, wd, bd, res, env[b], 3, 3, 1, 1, pt,
-                                       pl, dh, dw, act, nt)
+                                       pl, dh, dw, act, nt, groups)
         return step
 
     def flops(self, ins, outs):

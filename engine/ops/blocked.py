@@ -47,7 +47,7 @@ def from_blocked(xb: np.ndarray, channels: int, num_threads: int = 1) -> np.ndar
     return out
 
 
-def _padded_bias(bias, channels):
+def padded_bias(bias, channels):
     b = np.zeros(blocks(channels) * BLOCK, np.float32)
     if bias is not None:
         b[:channels] = bias
@@ -71,7 +71,7 @@ def packed_shapes(kind: str, weight_shape) -> tuple:
     if kind == "winograd_taps":
         return (blocks(k) * BLOCK * c * 9,), bias
     if kind.startswith("winograd"):         # "winograd2", "winograd4", "winograd6"
-        a = int(kind[len("winograd"):]) + 2
+        a = int(kind[len("winograd"):]) + 2     # c: a group's channels, whole blocks if many
         return (a * a * blocks(k) * BLOCK * blocks(c) * BLOCK,), bias
     return (blocks(k), c, kh, kw, BLOCK), bias
 
@@ -84,7 +84,7 @@ def pack_pointwise(weight: np.ndarray, bias=None):
     w[:k, :c] = weight.reshape(k, c)
     parts = [np.ascontiguousarray(w[g * BLOCK:min(kb, g + GROUP) * BLOCK].T).ravel()
              for g in range(0, kb, GROUP)]
-    return np.concatenate(parts), _padded_bias(bias, k)
+    return np.concatenate(parts), padded_bias(bias, k)
 
 
 def pack_dense(weight: np.ndarray, bias=None, groups: int = 1):
@@ -96,7 +96,7 @@ def pack_dense(weight: np.ndarray, bias=None, groups: int = 1):
     if groups > 1:
         kg = weight.shape[0] // groups
         parts = [pack_dense(weight[q * kg:(q + 1) * kg])[0] for q in range(groups)]
-        return np.concatenate(parts), _padded_bias(bias, weight.shape[0])
+        return np.concatenate(parts), padded_bias(bias, weight.shape[0])
     k, c, kh, kw = weight.shape
     kb, cb = blocks(k), blocks(c)
     w = np.zeros((kb * BLOCK, cb * BLOCK, kh, kw), np.float32)
@@ -105,7 +105,7 @@ def pack_dense(weight: np.ndarray, bias=None, groups: int = 1):
     w = w.reshape(kb * BLOCK, cb, BLOCK, kh, kw).transpose(1, 3, 4, 2, 0)
     parts = [np.ascontiguousarray(w[..., g * BLOCK:min(kb, g + GROUP) * BLOCK]).ravel()
              for g in range(0, kb, GROUP)]
-    return np.concatenate(parts), _padded_bias(bias, k)
+    return np.concatenate(parts), padded_bias(bias, k)
 
 
 def pack_depthwise(weight: np.ndarray, bias=None):
@@ -115,7 +115,7 @@ def pack_depthwise(weight: np.ndarray, bias=None):
     w = np.zeros((cb * BLOCK, kh, kw), np.float32)
     w[:c] = weight[:, 0]
     return (np.ascontiguousarray(w.reshape(cb, BLOCK, kh, kw).transpose(0, 2, 3, 1)),
-            _padded_bias(bias, c))
+            padded_bias(bias, c))
 
 
 def pack_grouped(weight: np.ndarray, groups: int, bias=None):
@@ -129,21 +129,27 @@ def pack_grouped(weight: np.ndarray, groups: int, bias=None):
     w[:k] = weight
     # -> [block][kh][kw][j][out lane]
     return (np.ascontiguousarray(w.reshape(kb, BLOCK, g, kh, kw).transpose(0, 3, 4, 2, 1)),
-            _padded_bias(bias, k))
+            padded_bias(bias, k))
 
 
-def pack_winograd(weight: np.ndarray, bias=None, m: int = 4):
-    """(K, C, 3, 3) weights and K biases -> (upack, bias) as f32_winograd_blocked reads them:
-    for each of the (m + 2)^2 elements e of F(m x m, 3x3), U[e] = (G g G^T)[e] (computed in
-    float64, rounded once) packed as pack_pointwise packs a 1x1 layer's weights."""
+def pack_winograd(weight: np.ndarray, bias=None, m: int = 4, groups: int = 1):
+    """(K, C / groups, 3, 3) weights and K biases -> (upack, bias) as f32_winograd_blocked
+    reads them: for each of the (m + 2)^2 elements e of F(m x m, 3x3), U[e] = (G g G^T)[e]
+    (computed in float64, rounded once) packed as pack_pointwise packs a 1x1 layer's; with
+    ``groups`` > 1 (each group's channels filling whole blocks), each group's packing in
+    turn."""
     from .winograd import TRANSFORMS
+    if groups > 1:
+        kg = weight.shape[0] // groups
+        parts = [pack_winograd(weight[q * kg:(q + 1) * kg], None, m)[0] for q in range(groups)]
+        return np.concatenate(parts), padded_bias(bias, weight.shape[0])
     k, c = weight.shape[:2]
     g = TRANSFORMS[m][1]
     u = np.einsum("ia,kcab,jb->ijkc", g, weight.astype(np.float64), g)
     a = m + 2
     parts = [pack_pointwise(u[e // a, e % a].astype(np.float32)[:, :, None, None])[0]
              for e in range(a * a)]
-    return np.concatenate(parts), _padded_bias(bias, k)
+    return np.concatenate(parts), padded_bias(bias, k)
 
 
 def pack_winograd_taps(weight: np.ndarray, bias=None):
@@ -156,7 +162,7 @@ def pack_winograd_taps(weight: np.ndarray, bias=None):
     w[:k] = weight.reshape(k, c, 9)
     parts = [np.ascontiguousarray(w[g * BLOCK:min(kb, g + GROUP) * BLOCK].transpose(1, 2, 0))
              .ravel() for g in range(0, kb, GROUP)]
-    return np.concatenate(parts), _padded_bias(bias, k)
+    return np.concatenate(parts), padded_bias(bias, k)
 
 
 def pack_live_taps(weight: np.ndarray, taps, bias=None):
@@ -167,20 +173,21 @@ def pack_live_taps(weight: np.ndarray, taps, bias=None):
     rows = [pack_pointwise(weight[:, :, t // kw, t % kw, None, None])[0] for t in taps]
     if not rows:
         return np.zeros((0, blocks(k) * BLOCK * blocks(c) * BLOCK), np.float32), \
-            _padded_bias(bias, k)
-    return np.stack(rows), _padded_bias(bias, k)
+            padded_bias(bias, k)
+    return np.stack(rows), padded_bias(bias, k)
 
 
 def winograd_work_floats(n: int, c: int, k: int, out_size, m: int, dilation=(1, 1),
-                         threads: int = 1, per_call: bool = False) -> int:
+                         threads: int = 1, per_call: bool = False, groups: int = 1) -> int:
     """Floats of the work buffer f32_winograd_blocked needs for this layer (n images, c -> k
-    channels, out_size outputs) at this thread count."""
+    channels in ``groups`` groups of whole blocks, out_size outputs) at this thread count."""
     from .._kernels import nchwc_winograd as nw
-    cb, kb = blocks(c), blocks(k)
+    cb, kb = blocks(c) // groups, blocks(k) // groups
     tiles = nw.layer_tiles(n, *out_size, m, *dilation)
     strip = nw.strip_tiles(cb, kb, m, tiles, per_call)
     return nw.work_floats(cb, kb, m, strip, threads if per_call else 0,
-                          threads if nw.by_strips(tiles, strip, threads, per_call) else 1)
+                          threads if nw.by_strips(tiles, strip, threads, per_call, groups)
+                          else 1)
 
 
 def winograd_g(m: int) -> np.ndarray:
@@ -197,7 +204,7 @@ def pack_direct(weight: np.ndarray, bias=None):
     w = np.zeros((kb * BLOCK, c, kh, kw), np.float32)
     w[:k] = weight
     return (np.ascontiguousarray(w.reshape(kb, BLOCK, c, kh, kw).transpose(0, 2, 3, 4, 1)),
-            _padded_bias(bias, k))
+            padded_bias(bias, k))
 
 
 def side_by_side(arrays: list) -> list:
