@@ -7,8 +7,8 @@ their timing tables are this script's output, not comments in the code.
         [--repeat 15] [--only conv/fft]
 
 Groups (section/group):
-  conv/direct_blocked, conv/winograd_min, conv/winograd_tile, conv/dilated_phases, conv/live_taps,
-  conv/fft, conv/separable
+  conv/direct_blocked, conv/blocked_bands, conv/winograd_min, conv/winograd_tile,
+  conv/dilated_phases, conv/live_taps, conv/fft, conv/separable
                                           engine/dispatch/conv.py
   depthwise/blocks, depthwise/rows,       engine/dispatch/depthwise.py
   depthwise/wide
@@ -95,6 +95,10 @@ CONV = {
                        L(128, 128, 28, 3, groups=8), L(32, 32, 14, 3), L(24, 24, 7, 3),
                        L(32, 64, 14, 3, 2), L(208, 208, 14, 3, groups=26),
                        L(440, 440, 7, 3, groups=55), L(208, 208, 28, 3, 2, groups=26)],
+    "blocked_bands": [L(16, 32, 112, 3, 2), L(32, 64, 56, 3, 2), L(64, 128, 56, 3, 2),
+                      L(48, 96, 56, 3, 2), L(128, 256, 28, 3, 2), L(256, 512, 14, 3, 2),
+                      L(24, 40, 56, 5, 2), L(96, 96, 28, 3, 2), L(3, 64, 224, 7, 2),
+                      L(8, 16, 112, 3, 2)],
     "winograd_min": [L(4, 4, 56, 3), L(8, 8, 56, 3), L(16, 16, 56, 3)],
     # the layers the tile cost model (engine/dispatch/winograd.py) was fitted to, and dilated
     # ones, where F(4x4,3x3) is taken from F43_MIN_CHANNELS_DILATED channels
@@ -121,6 +125,7 @@ CONV = {
 }
 # the options each group compares (those that cannot run a layer are shown as "-")
 CONV_OPTIONS = {"direct_blocked": ["direct_blocked", "im2col", "winograd_f23"],
+                "blocked_bands": ["blocked_bands", "direct_blocked", "im2col"],
                 "winograd_min": ["im2col", "winograd_f23"],
                 "winograd_tile": ["winograd_f23", "dilated_s2b", "winograd_f43", "winograd_f63"],
                 "dilated_phases": ["im2col", "dilated_s2b", "winograd_f43"],

@@ -380,8 +380,8 @@ static void ce_nc_direct_row(const float *x, int C, int H, int W, int OW, int oy
 
 /* ---- Layout changes -------------------------------------------------------------------------- */
 
-/* One channel block of one image: src holds nc <= CE_NC_B planes of P pixels (plane stride
- * P); dst[P][CE_NC_B] gets them channel-interleaved, zero in channels nc and on. Whole squares
+/* One channel block of one image: src holds nc <= CE_NC_B planes, ps floats apart, of which
+ * the first P pixels are taken; dst[P][CE_NC_B] gets them channel-interleaved, zero in channels nc and on. Whole squares
  * of CE_NC_B pixels go through the register transpose (_transpose16.h), the rest element by
  * element. */
 #if CE_NC_B == 16
@@ -390,19 +390,19 @@ static void ce_nc_direct_row(const float *x, int C, int H, int W, int OW, int oy
 #define ce_nc_transpose ce_transpose8
 #endif
 
-static void ce_nc_to_blocked(const float *src, ptrdiff_t P, int nc, float *dst)
+static void ce_nc_to_blocked(const float *src, ptrdiff_t ps, ptrdiff_t P, int nc, float *dst)
 {
     const int B = CE_NC_B;
     float tile[CE_NC_B][CE_NC_B];
     ptrdiff_t p0 = 0;
     if (nc == B)
         for (; p0 + B <= P; p0 += B)
-            ce_nc_transpose(src + p0, P, dst + p0 * B, B);
+            ce_nc_transpose(src + p0, ps, dst + p0 * B, B);
     for (; p0 < P; p0 += B) {
         int n = P - p0 < B ? (int)(P - p0) : B;
         for (int c = 0; c < B; c++) {
             if (c < nc) {
-                const float *s = src + c * P + p0;
+                const float *s = src + c * ps + p0;
                 for (int j = 0; j < n; j++)
                     tile[j][c] = s[j];
             } else {
@@ -414,21 +414,21 @@ static void ce_nc_to_blocked(const float *src, ptrdiff_t P, int nc, float *dst)
     }
 }
 
-/* The inverse: channels 0 .. nc of the block src[P][CE_NC_B] into nc planes of P pixels at
- * dst. */
-static void ce_nc_from_blocked(const float *src, ptrdiff_t P, int nc, float *dst)
+/* The inverse: channels 0 .. nc of the block src[P][CE_NC_B] into the first P pixels of nc
+ * planes at dst, ps floats apart. */
+static void ce_nc_from_blocked(const float *src, ptrdiff_t P, int nc, float *dst, ptrdiff_t ps)
 {
     const int B = CE_NC_B;
     float tile[CE_NC_B][CE_NC_B];
     ptrdiff_t p0 = 0;
     if (nc == B)
         for (; p0 + B <= P; p0 += B)
-            ce_nc_transpose(src + p0 * B, B, dst + p0, P);
+            ce_nc_transpose(src + p0 * B, B, dst + p0, ps);
     for (; p0 < P; p0 += B) {
         int n = P - p0 < B ? (int)(P - p0) : B;
         memcpy(tile, src + p0 * B, (size_t)n * B * sizeof(float));
         for (int c = 0; c < nc; c++) {
-            float *d = dst + c * P + p0;
+            float *d = dst + c * ps + p0;
             for (int j = 0; j < n; j++)
                 d[j] = tile[j][c];
         }

@@ -16,8 +16,10 @@ from _pool cimport ce_pool_attach, ce_pool_for
 
 cdef extern from "_nchwc.h":
     int CE_NC_B, CE_NC_TILE_PIXELS, CE_NC_GROUP
-    void ce_nc_to_blocked(const float *src, Py_ssize_t P, int nc, float *dst) nogil
-    void ce_nc_from_blocked(const float *src, Py_ssize_t P, int nc, float *dst) nogil
+    void ce_nc_to_blocked(const float *src, Py_ssize_t ps, Py_ssize_t P, int nc,
+                          float *dst) nogil
+    void ce_nc_from_blocked(const float *src, Py_ssize_t P, int nc, float *dst,
+                            Py_ssize_t ps) nogil
     void ce_nc_pw_units(const float *x, Py_ssize_t P, int Cb, int tail, const float *wpack,
                         int Kb, const float *bias, const float *res, float *out, ce_act_t act,
                         Py_ssize_t N, Py_ssize_t T, Py_ssize_t G, Py_ssize_t xs, Py_ssize_t os,
@@ -86,10 +88,11 @@ cdef void _layout_items(void* job, int thread, Py_ssize_t lo, Py_ssize_t hi) noe
         planes = ((it // Cb) * C + cb * CE_NC_B) * P
         block = it * P * CE_NC_B
         if j.to_blocked:
-            ce_nc_to_blocked(src + planes, P, <int>min(CE_NC_B, C - cb * CE_NC_B), dst + block)
+            ce_nc_to_blocked(src + planes, P, P, <int>min(CE_NC_B, C - cb * CE_NC_B),
+                             dst + block)
         else:
             ce_nc_from_blocked(src + block, P, <int>min(CE_NC_B, C - cb * CE_NC_B),
-                               dst + planes)
+                               dst + planes, P)
 
 
 cdef void _layout_change(const float* src, Py_ssize_t C, Py_ssize_t P, float* dst,
@@ -314,6 +317,12 @@ cdef extern from "_nchwc_conv.h":
                          int oy0, int oy1, int sh, int sw, int pt, int pl, int kh, int kw,
                          int dh, int dw, const float *w, const float *bias, const float *res,
                          float *out, ce_act_t act, int batch) nogil
+    Py_ssize_t ce_nc_band_floats(int C, int K, int W, int OW, int rows, int kh, int sh,
+                                 int dh) nogil
+    void ce_nc_conv_nchw_band(const float *x, int C, int H, int W, int K, int OH, int OW,
+                              int oy0, int oy1, int sh, int sw, int pt, int pl, int kh, int kw,
+                              int dh, int dw, const float *w, const float *bias, float *out,
+                              ce_act_t act, int batch, float *scratch) nogil
     void ce_nc_convp_band(const float *xpad, int C, int Hp, int Wp, int Kb, int OH, int OW,
                           int g, Py_ssize_t t0, Py_ssize_t t1, int sh, int sw, int kh, int kw,
                           int dh, int dw, const float *w, const float *bias, const float *res,
@@ -497,3 +506,79 @@ def f32_conv2d_nchwc(const float[:, :, :, :, ::1] x, Py_ssize_t channels,
                                    nbands, unit, units, x_img, x_grp, per_group, os, og)
     with nogil:
         ce_pool_for(num_threads, items, _dense_bands, &d)
+
+
+def nchw_band_floats(Py_ssize_t C, Py_ssize_t K, Py_ssize_t W, Py_ssize_t OW, int rows, int kh,
+                     int sh, int dh, int num_threads):
+    """Floats of f32_conv2d_nchw_bands' work buffer: each thread's band of input rows and of
+    outputs in blocks (bands of ``rows`` output rows), and 64-byte alignment."""
+    if min(C, K, W, OW, rows, kh, sh, dh) < 1 or max(C, K, W, OW) > 1 << 30:
+        raise ValueError("channels, widths, rows, kernel, stride and dilation must be positive")
+    return max(1, num_threads) * ce_nc_band_floats(<int>C, <int>K, <int>W, <int>OW, rows, kh,
+                                                   sh, dh) + 16
+
+
+ctypedef struct NchwBands:
+    const float* x
+    float* out
+    const float* w
+    const float* bias
+    float* work
+    Py_ssize_t per_thread, x_img, o_img, nbands
+    int C, H, W, K, OH, OW, rows, sh, sw, pt, pl, kh, kw, dh, dw, batch
+    ce_act_t act
+
+
+cdef void _nchw_bands(void* job, int thread, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+    """Items [lo, hi): (image, band of output rows)."""
+    cdef const NchwBands* d = <const NchwBands*>job
+    cdef Py_ssize_t it, n, oy0
+    for it in range(lo, hi):
+        n = it // d.nbands
+        oy0 = (it % d.nbands) * d.rows
+        ce_nc_conv_nchw_band(d.x + n * d.x_img, d.C, d.H, d.W, d.K, d.OH, d.OW, <int>oy0,
+                             <int>min(oy0 + d.rows, d.OH), d.sh, d.sw, d.pt, d.pl, d.kh, d.kw,
+                             d.dh, d.dw, d.w, d.bias, d.out + n * d.o_img, d.act, d.batch,
+                             d.work + thread * d.per_thread)
+
+
+def f32_conv2d_nchw_bands(const float[:, :, :, ::1] x, const float[::1] wpack,
+                          const float[::1] bias, float[:, :, :, ::1] out, int kh, int kw,
+                          int sh, int sw, int pt, int pl, int dh, int dw, ce_act_t act,
+                          int rows, int num_threads, float[::1] work):
+    """A dense one-group convolution from NCHW to NCHW by the dense blocked kernel, band by
+    band (ce_nc_conv_nchw_band): out = act(conv(x) + bias). wpack, bias: as
+    engine.ops.blocked.pack_dense makes them; rows: output rows a band; work:
+    nchw_band_floats(...) floats. Output sizes are the caller's (engine.shapes). Work items are
+    (image, band); the sums are f32_conv2d_nchwc's, whatever the bands and threads."""
+    check_act(act)
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t K = out.shape[1], OH = out.shape[2], OW = out.shape[3]
+    if out.shape[0] != N:
+        raise ValueError(f"out {tuple(out.shape)[:4]} must have x's {N} images")
+    if kh < 1 or kw < 1 or rows < 1 or C < 1 or K < 1:
+        raise ValueError(f"the kernel ({kh}x{kw}), rows a band ({rows}) and channels "
+                         f"({C} -> {K}) must be positive")
+    cdef Py_ssize_t Cb = (C + CE_NC_B - 1) // CE_NC_B, Kb = (K + CE_NC_B - 1) // CE_NC_B
+    if wpack.shape[0] != dense_pack_floats(Cb, Kb, kh, kw):
+        raise ValueError(f"wpack must hold {dense_pack_floats(Cb, Kb, kh, kw)} floats, got "
+                         f"{wpack.shape[0]}")
+    check_window(Kb, bias.shape[0], H, W, OH, OW, sh, sw, pt, pl, dh, dw)
+    if N == 0 or OH <= 0 or OW <= 0:
+        return
+    rows = <int>min(rows, OH)
+    cdef Py_ssize_t nbands = (OH + rows - 1) // rows
+    cdef int nt = <int>max(1, min(num_threads, N * nbands))
+    cdef Py_ssize_t per = ce_nc_band_floats(<int>C, <int>K, <int>W, <int>OW, rows, kh, sh, dh)
+    if work.shape[0] < nt * per + 16:
+        raise ValueError(f"work must hold {nt * per + 16} floats, got {work.shape[0]}")
+    cdef float* wp = &work[0]
+    wp = wp + (16 - (<size_t>wp // sizeof(float)) % 16) % 16
+    cdef Py_ssize_t block_bytes = kh * kw * CE_NC_B * CE_NC_GROUP * CE_NC_B * 4
+    cdef NchwBands d = NchwBands(&x[0, 0, 0, 0], &out[0, 0, 0, 0], &wpack[0], &bias[0], wp,
+                                 per, C * H * W, K * OH * OW, nbands, <int>C, <int>H, <int>W,
+                                 <int>K, <int>OH, <int>OW, rows, sh, sw, pt, pl, kh, kw, dh,
+                                 dw, <int>max(1, min(Cb, DENSE_BATCH_BYTES // block_bytes)),
+                                 act)
+    with nogil:
+        ce_pool_for(nt, N * nbands, _nchw_bands, &d)

@@ -1,7 +1,7 @@
 # Winograd F(m x m, 3x3) convolution on channel-blocked tensors (m = 2, 4, 6; stride 1, any
-# dilation, groups of whole blocks): the transforms on vectors of channels, the GEMMs by the pointwise
-# kernel. The method, the strips and the handling of non-finite inputs are described in
-# _nchwc_winograd.h; the weights are transformed and packed by engine.ops.blocked.
+# dilation, groups of whole blocks): the transforms on vectors of channels, the GEMMs by the
+# pointwise kernel. The method, the strips and the handling of non-finite inputs are described
+# in _nchwc_winograd.h; the weights are transformed and packed by engine.ops.blocked.
 #
 # The shapes are checked against one another before the GIL is released; every load of the
 # input is bounds-checked in the kernel (a tile's taps outside the plane read zeros).

@@ -108,6 +108,78 @@ def test_dense_matches_reference_per_element_and_is_thread_independent(rng, n, c
                                           f"over {bound[worst]:.3g}")
 
 
+def run_bands(x, wt, b, stride, pads, dilation, act, threads, rows):
+    """f32_conv2d_nchw_bands on x (NCHW in and out), bands of ``rows`` output rows, its work
+    buffer given from an odd float and full of NaN."""
+    n, c = x.shape[:2]
+    k, _, kh, kw = wt.shape
+    oh = (x.shape[2] + sum(pads[0]) - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    ow = (x.shape[3] + sum(pads[1]) - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    wp, bp = blocked.pack_dense(wt, b)
+    out = np.full((n, k, oh, ow), np.nan, np.float32)
+    floats = nchwc.nchw_band_floats(c, k, x.shape[3], ow, min(rows, oh), kh, stride[0],
+                                    dilation[0], threads)
+    work = np.full(floats + 1, np.nan, np.float32)[1:]
+    nchwc.f32_conv2d_nchw_bands(x, wp, bp, out, kh, kw, stride[0], stride[1], pads[0][0],
+                                pads[1][0], dilation[0], dilation[1], kernel_act(act), rows,
+                                threads, work)
+    return out
+
+
+@pytest.mark.parametrize("n,c,k,h,w,kk,s,p,d", DENSE)
+def test_dense_by_bands_from_nchw_is_the_dense_kernel_bit_for_bit(rng, n, c, k, h, w, kk, s, p,
+                                                                  d):
+    """NCHW in and out, each band of output rows converted to blocks and back by its thread:
+    the dense kernel's sums, bit for bit, for bands of one row, of several (with a short last
+    band), and of the whole map, at 1 and 2 threads; so within the reference bound above."""
+    x, wt, b = f32(rng, n, c, h, w), f32(rng, k, c, *kk), f32(rng, k)
+    for act in (None, "silu"):
+        want = blocked.from_blocked(run_dense(x, wt, b, None, s, p, d, act, 1), k)
+        for rows in (1, 3, 1 << 20):
+            for threads in (1, 2):
+                got = run_bands(x, wt, b, s, p, d, act, threads, rows)
+                np.testing.assert_array_equal(got, want, err_msg=f"rows {rows}, {threads}t")
+
+
+def test_dense_by_bands_reads_only_padding_in_some_bands(rng):
+    """Pads larger than the map: a band whose rows read no input row gets bias and
+    activation alone; the others their sums. Against float64 per element."""
+    x, wt, b = f32(rng, 1, 20, 5, 6), f32(rng, 24, 20, 3, 3), f32(rng, 24)
+    pads = ((6, 7), (2, 1))
+    got = run_bands(x, wt, b, (2, 1), pads, (1, 1), "relu", 2, 2)
+    ref = np.maximum(conv2d_ref(x, wt, b, (2, 1), pads), 0)
+    scale = conv2d_ref(np.abs(x), np.abs(wt), np.abs(b), (2, 1), pads)
+    assert np.all(np.abs(got - ref) <= REL * scale + 1e-30)
+
+
+def test_dense_by_bands_refuses_inconsistent_arguments(rng):
+    x, wt, b = f32(rng, 1, 30, 8, 8), f32(rng, 20, 30, 3, 3), f32(rng, 20)
+    wp, bp = blocked.pack_dense(wt, b)
+    out = np.zeros((1, 20, 8, 8), np.float32)
+    work = np.zeros(nchwc.nchw_band_floats(30, 20, 8, 8, 2, 3, 1, 1, 1), np.float32)
+
+    def call(x=x, wp=wp, bp=bp, out=out, rows=2, work=work, threads=1):
+        nchwc.f32_conv2d_nchw_bands(x, wp, bp, out, 3, 3, 1, 1, 1, 1, 1, 1, NO_ACT, rows,
+                                    threads, work)
+    call()
+    with pytest.raises(ValueError, match="wpack"):
+        call(wp=wp[:-1])
+    with pytest.raises(ValueError, match="bias"):
+        call(bp=bp[:B])
+    with pytest.raises(ValueError, match="images"):
+        call(out=np.zeros((2, 20, 8, 8), np.float32))
+    with pytest.raises(ValueError, match="rows"):
+        call(rows=0)
+    with pytest.raises(ValueError, match="work"):
+        call(work=work[:-20])
+    with pytest.raises(ValueError, match="work"):        # two threads need two bands' room
+        call(threads=2)
+    with pytest.raises(ValueError):
+        call(x=np.zeros((1, 30, 8, 8), np.float32)[:, :, :, ::2])
+    with pytest.raises(ValueError, match="positive"):
+        nchwc.nchw_band_floats(30, 20, 8, 8, 0, 3, 1, 1, 1)
+
+
 def test_dense_two_threads_split_a_layer_that_has_work_for_both(rng):
     """A downsampling layer of ResNet's size: the two threads take different bands and
     groups, and the result is the one thread's, bit for bit."""

@@ -36,6 +36,7 @@ _DIRECT_GFLOPS = 1.5             # the plain loops
 _DEPTHWISE_GFLOPS = 25.0         # the depthwise and separable kernels
 _DIRECT_BLOCKED_GFLOPS = 150.0   # register-blocked direct loops, where the rules choose them
 _MEMORY_GBS = 12.0               # the data an algorithm moves besides its GEMM
+_LAYOUT_GBS = 40.0               # NCHW <-> blocks of a tensor in cache (layout/convert)
 _FFT_GFLOPS = 8.0                # scipy.fft real 2-D transforms (2.5 n log2 n), with the copies
 _SPECTRAL_MAC_GFLOPS = 40.0      # per-frequency complex products, when not bound by memory
 
@@ -77,6 +78,14 @@ DIRECT_BLOCKED_MIN_WIDTH_NARROW = 7
 DIRECT_BLOCKED_NARROW_WINOGRAD_WIDTH = 28
 # strided layers with >= 48 input channels only to outputs this wide: narrower, im2col wins.
 DIRECT_BLOCKED_STRIDED_WIDTH = 56
+# Strided one-group layers that the dense channel-blocked tiles run from NCHW to NCHW band by
+# band (blocked_bands, 16-float builds): from this many input channels (3->64 7x7 took 2.7 ms
+# there against direct_blocked's 2.2), while the weights, which each band reads again, stay
+# near the core (64->128 3x3 stride 2 on 56x56, 295 KB: 1.03 ms against im2col's 1.19;
+# 128->256 on 28x28, 1.2 MB: 1.26 against 1.31; 256->512 on 14x14, 4.7 MB: 1.82 against
+# 1.45) (bench/bench_dispatch.py conv/blocked_bands).
+BANDS_MIN_IN = 16
+BANDS_MAX_WEIGHT_BYTES = 2 << 20
 # A dilated layer computed tap by tap where each tap reads the input (live_taps) when at most
 # this fraction of its tap-output pairs do: it wins from 0.66 (rate 4 on 14x14, rate 8 on
 # 28x28) down, and at 0.18 (rate 12 on 14x14, DeepLabV3's ASPP on MobileNetV3) takes a fifth
@@ -130,12 +139,34 @@ def is_pointwise(p: ConvParams) -> bool:
 
 ALGORITHMS = ("direct", "im2col", "pointwise", "winograd_f23", "winograd_f43", "winograd_f63",
               "depthwise",
-              "dilated_s2b", "separable", "fft", "direct_blocked", "live_taps")
+              "dilated_s2b", "separable", "fft", "direct_blocked", "live_taps",
+              "blocked_bands", "blocked_winograd")
 
 
 def why_not(algorithm: str, p: ConvParams) -> Optional[str]:
     """None if ``algorithm`` can run the layer, else the reason it cannot."""
     if algorithm in ("direct", "im2col", "live_taps"):
+        return None
+    if algorithm == "blocked_winograd":
+        from .layout import groups_fill_blocks
+        if p.kernel != (3, 3) or p.stride != (1, 1):
+            return (f"blocked_winograd needs a 3x3 kernel and stride 1, got "
+                    f"{p.kernel[0]}x{p.kernel[1]} stride {p.stride}")
+        from .._kernels.nchwc import BLOCK
+        if p.groups != 1 and not groups_fill_blocks(p):
+            return (f"blocked_winograd needs one group or groups of whole channel blocks "
+                    f"(multiples of {BLOCK} channels each way), got {p.in_channels}->"
+                    f"{p.out_channels} in {p.groups} groups")
+        if vector_floats() < 16:
+            return (f"blocked_winograd needs 16-float vectors, the kernels were built for "
+                    f"{vector_floats()}")
+        return None
+    if algorithm == "blocked_bands":
+        if p.groups != 1:
+            return f"blocked_bands runs one group, got {p.groups}"
+        if vector_floats() < 16:
+            return (f"blocked_bands needs 16-float vectors, the kernels were built for "
+                    f"{vector_floats()}: its tiles would spill from registers")
         return None
     if algorithm == "direct_blocked":
         # the tap offsets and stride phases of one row live in fixed arrays in the kernel
@@ -237,6 +268,22 @@ def estimated_ms(algorithm: str, p: ConvParams) -> float:
         from .._kernels.conv_direct_blocked import BLOCK_CHANNELS as kb, VECTOR_FLOATS as vw
         waste = (-(-kg // kb) * kb / kg) * (-(-ow // vw) * vw / ow)
         return flops * waste / _DIRECT_BLOCKED_GFLOPS / 1e6
+    if algorithm == "blocked_winograd":
+        from .winograd import choose_blocked_tile
+        from .._kernels.nchwc_winograd import layer_tiles
+        m = choose_blocked_tile(p.in_channels, p.out_channels, p.batch, (oh, ow), p.dilation,
+                                p.groups)[0]
+        ih, iw = p.in_size or (oh, ow)
+        moved = 4.0 * p.batch * (p.in_channels * ih * iw + p.out_channels * oh * ow)
+        return (tile_cost_ms(m, cg, kg, p.groups, layer_tiles(p.batch, oh, ow, m, *p.dilation),
+                             True) + moved / _LAYOUT_GBS / 1e6)
+    if algorithm == "blocked_bands":
+        # output channels in whole blocks; the input and the output change layout once each
+        from .._kernels.nchwc import BLOCK
+        waste = -(-kg // BLOCK) * BLOCK / kg
+        ih, iw = p.in_size or (oh * p.stride[0], ow * p.stride[1])
+        moved = 4.0 * p.batch * (p.in_channels * ih * iw + p.out_channels * oh * ow)
+        return flops * waste / _DIRECT_BLOCKED_GFLOPS / 1e6 + moved / _LAYOUT_GBS / 1e6
     if algorithm == "separable":
         # R*(kh + kw) instead of kh*kw multiply-adds; a slice that is not rank 1 is taken at
         # full rank, the worst case
@@ -280,6 +327,16 @@ def live_fraction(p: ConvParams) -> float:
                                           for t in range(k)))
         frac *= live / max(1, k * o)
     return frac
+
+
+def _bands_win(p: ConvParams) -> bool:
+    """Where bench/bench_dispatch.py conv/blocked_bands puts blocked_bands ahead: strided,
+    not 1x1, BANDS_MIN_IN input channels or more, weights of at most BANDS_MAX_WEIGHT_BYTES."""
+    return (p.groups == 1 and p.stride != (1, 1) and p.kernel != (1, 1)
+            and p.in_size is not None and vector_floats() >= 16
+            and p.in_channels >= BANDS_MIN_IN
+            and 4 * p.in_channels * p.out_channels * p.kernel[0] * p.kernel[1]
+            <= BANDS_MAX_WEIGHT_BYTES)
 
 
 def _direct_blocked_wins(p: ConvParams) -> bool:
@@ -339,6 +396,16 @@ def _rules(p: ConvParams):
         yield "depthwise", "groups == in_channels: one small filter per channel, no GEMM to feed"
     if is_pointwise(p):
         yield "pointwise", "1x1 stride-1 unpadded: the convolution is one GEMM on the input"
+    if p.groups > 1 and p.kernel == (3, 3) and p.stride == (1, 1):
+        from .layout import winograd_blocked
+        if winograd_blocked(p):
+            yield "blocked_winograd", (f"3x3 stride 1 in {p.groups} groups of {cg}->{kg} "
+                                       f"channels, whole channel blocks: Winograd on blocks, "
+                                       f"a group at a time, the layout changed around it")
+    if _bands_win(p):
+        yield "blocked_bands", (f"{cg}->{kg} channels, stride {p.stride[0]}x{p.stride[1]}: the "
+                                f"channel-blocked tiles, each band of rows moved to blocks and "
+                                f"back by the thread that computes it")
     if _direct_blocked_wins(p):
         yield "direct_blocked", (f"{cg}->{kg} channels on a {p.out_size[1]}-wide output: "
                                  f"direct loops with register-resident sums beat a GEMM "

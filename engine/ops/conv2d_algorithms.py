@@ -2,11 +2,13 @@
 and runs one kernel from engine._kernels. Their ``run`` takes checked arrays and never decides."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .._cache import ShapeCache
-from .._kernels import conv_direct, conv_im2col, conv_pointwise
-from . import packed_gemm
+from .._kernels import conv_direct, conv_im2col, conv_pointwise, nchwc, nchwc_winograd
+from . import blocked, packed_gemm
 from .depthwise import Depthwise
 from .direct_blocked import DirectBlocked
 from .live_taps import LiveTaps
@@ -130,6 +132,109 @@ class Pointwise:
             workspace.give(buf)
 
 
+# Bound on one band's input rows and outputs in blocks (BlockedBands), kept in L2 beside the
+# packed weights; and bands at least, where the rows allow, so that two threads share an image.
+# 64->128 3x3 stride 2 on 56x56 (bench/bench_dispatch.py conv/blocked_bands).
+BAND_BYTES = 256 << 10
+MIN_BANDS = 4
+
+
+def band_rows(c: int, k: int, in_width: int, out_size, kernel_h: int, stride_h: int,
+              dilation_h: int) -> int:
+    """Output rows a band: as many as keep its input rows and outputs within BAND_BYTES, in
+    at least MIN_BANDS bands of near-equal size. Depends on the shape only."""
+    oh, ow = out_size
+    cb, kb = blocked.blocks(c) * blocked.BLOCK, blocked.blocks(k) * blocked.BLOCK
+    per_row = 4 * (cb * in_width * stride_h + kb * ow)
+    halo = 4 * cb * in_width * max(0, (kernel_h - 1) * dilation_h + 1 - stride_h)
+    rows = max(1, (BAND_BYTES - halo) // per_row)
+    nbands = max(-(-oh // rows), min(oh, MIN_BANDS))
+    return -(-oh // nbands)
+
+
+class BlockedBands:
+    """A one-group layer from NCHW to NCHW on the dense channel-blocked kernel
+    (kernels/_nchwc_conv.h), band by band of output rows: each band's input rows go to blocks
+    and its outputs back to planes in the thread that computes it; weights packed once as
+    engine.ops.blocked.pack_dense packs them."""
+
+    uses_blas = False
+
+    def __init__(self, layer):
+        self.layer = layer
+        kind = "dense"
+        self.wpack = layer.transformed(
+            "blocked_dense", lambda: blocked.pack_dense(layer.weight, None)[0],
+            blocked.packed_shapes(kind, layer.weight.shape)[0])
+        self.bias = blocked.padded_bias(layer.bias, layer.out_channels)
+
+    def run(self, x, out, g, threads):
+        L = self.layer
+        (kh, kw), (sh, sw), (dh, dw) = L.kernel_size, L.stride, L.dilation
+        rows = band_rows(L.in_channels, L.out_channels, x.shape[3], g.out_size, kh, sh, dh)
+        work = workspace.take(nchwc.nchw_band_floats(L.in_channels, L.out_channels,
+                                                     x.shape[3], g.out_size[1], rows, kh, sh,
+                                                     dh, threads))
+        try:
+            nchwc.f32_conv2d_nchw_bands(x, self.wpack, self.bias, out, kh, kw, sh, sw,
+                                        g.pads[0][0], g.pads[1][0], dh, dw, L.act, rows,
+                                        threads, work)
+        finally:
+            workspace.give(work)
+
+
+class BlockedWinograd:
+    """Winograd F(m x m, 3x3) on channel blocks (kernels/nchwc_winograd.pyx), one group or
+    groups of whole blocks, the input converted to blocks and the output back around it; the
+    tile by engine/dispatch/winograd.py's blocked model per input shape, U packed once per
+    tile. An input with a non-finite value runs the dense blocked kernel, whose sums follow
+    the direct convolution's."""
+
+    uses_blas = False
+
+    def __init__(self, layer):
+        self.layer = layer
+        self.bias = blocked.padded_bias(layer.bias, layer.out_channels)
+        self._tiles = ShapeCache(16)
+
+    def tile(self, batch: int, out_size) -> int:
+        from ..dispatch.winograd import choose_blocked_tile
+        L = self.layer
+        return self._tiles.get((batch, tuple(out_size)), lambda: choose_blocked_tile(
+            L.in_channels, L.out_channels, batch, out_size, L.dilation, L.groups)[0])
+
+    def run(self, x, out, g, threads):
+        L = self.layer
+        n, c, h, w = x.shape
+        k, (oh, ow), (dh, dw) = L.out_channels, g.out_size, L.dilation
+        m = self.tile(n, (oh, ow))
+        up = L.transformed(f"blocked_winograd{m}",
+                           lambda: blocked.pack_winograd(L.weight, None, m, L.groups)[0],
+                           blocked.packed_shapes(f"winograd{m}", L.weight.shape)[0])
+        xshape, oshape = blocked.blocked_shape(x.shape), blocked.blocked_shape((n, k, oh, ow))
+        xb = workspace.take(math.prod(xshape))
+        ob = workspace.take(math.prod(oshape))
+        work = workspace.take(blocked.winograd_work_floats(n, c, k, (oh, ow), m, (dh, dw),
+                                                           threads, False, L.groups))
+        try:
+            xbv = xb[:math.prod(xshape)].reshape(xshape)
+            obv = ob[:math.prod(oshape)].reshape(oshape)
+            nchwc.f32_to_blocked(x, xbv, threads)
+            pt, pl = g.pads[0][0], g.pads[1][0]
+            if not nchwc_winograd.f32_winograd_blocked(xbv, c, up, self.bias, None, obv, m, pt,
+                                                       pl, L.act, threads, work, dh, dw, None,
+                                                       L.groups):
+                wd = L.transformed("blocked_dense", lambda: blocked.pack_dense(
+                    L.weight, None, L.groups)[0], blocked.packed_shapes("dense",
+                                                                        L.weight.shape)[0])
+                nchwc.f32_conv2d_nchwc(xbv, c, wd, self.bias, None, obv, 3, 3, 1, 1, pt, pl,
+                                       dh, dw, L.act, threads, L.groups)
+            nchwc.f32_from_blocked(obv, out, threads)
+        finally:
+            for buf in (work, ob, xb):
+                workspace.give(buf)
+
+
 def _fft(layer, **options):
     """The FFT algorithm, imported by the first layer that runs it: scipy.fft takes a quarter
     of a second to import, which a model without such a layer should not pay."""
@@ -150,4 +255,6 @@ REGISTRY = {
     "winograd_f43": WinogradF43,   # any dilation (engine/dispatch/conv.py: >= 256 channels)
     "winograd_f63": WinogradF63,   # any dilation
     "live_taps": LiveTaps,         # dilated layers whose taps mostly read padding
+    "blocked_bands": BlockedBands, # one group, 16-float builds: the blocked tiles, NCHW kept
+    "blocked_winograd": BlockedWinograd,   # 3x3 stride 1, groups of whole blocks, 16 floats
 }
