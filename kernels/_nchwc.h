@@ -381,9 +381,9 @@ static void ce_nc_direct_row(const float *x, int C, int H, int W, int OW, int oy
 /* ---- Layout changes -------------------------------------------------------------------------- */
 
 /* One channel block of one image: src holds nc <= CE_NC_B planes, ps floats apart, of which
- * the first P pixels are taken; dst[P][CE_NC_B] gets them channel-interleaved, zero in channels nc and on. Whole squares
- * of CE_NC_B pixels go through the register transpose (_transpose16.h), the rest element by
- * element. */
+ * the first P pixels are taken; dst[P][CE_NC_B] gets them channel-interleaved, zero in
+ * channels nc and on. Whole squares of CE_NC_B pixels go through the register transpose
+ * (_transpose16.h), the rest element by element. */
 #if CE_NC_B == 16
 #define ce_nc_transpose ce_transpose16
 #else
