@@ -49,7 +49,11 @@ def test_layout_rules():
     assert blocked_kernel(square) == ("winograd", "the winograd blocked kernel runs it")
     assert blocked_kernel(square, residual=True)[0] == "winograd" and pays_alone("winograd",
                                                                                  square)
-    assert blocked_kernel(square._replace(in_channels=4, out_channels=8))[0] == "dense"
+    assert blocked_kernel(square._replace(in_channels=5, out_channels=8))[0] == "dense"
+    # an image's channels read as they are up to a 7x7 kernel (ResNet's stem), not 11x11
+    stem = ConvParams(3, 64, (7, 7), (2, 2), (1, 1), 1, ((3, 3), (3, 3)), (224, 224))
+    assert blocked_kernel(stem)[0] == "direct"
+    assert blocked_kernel(stem._replace(kernel=(11, 11), stride=(4, 4)))[0] == "dense"
     # groups of whole blocks from GROUPED_WINOGRAD_MIN_PIXELS outputs; smaller maps, groups
     # within a block and dilated groups: not
     assert blocked_kernel(square._replace(groups=2))[0] == "winograd"

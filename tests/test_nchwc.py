@@ -531,7 +531,7 @@ def test_conv_kind_rules(rng):
     assert kind(f32(rng, 8, 1, 3, 3), {"group": 4}, (1, 4, 9, 9)) is None   # multiplier 2
     assert kind(f32(rng, 8, 3, 3, 3), {"strides": [2, 2]}, (1, 3, 9, 9)) == "direct"
     # 3x3 stride 1: Winograd on blocks from 8 input channels, dense below
-    assert kind(f32(rng, 8, 4, 3, 3), {}, (1, 4, 9, 9)) == "dense"       # 36 taps: direct
+    assert kind(f32(rng, 8, 5, 3, 3), {}, (1, 5, 9, 9)) == "dense"       # 45 taps, 5 channels
     assert kind(f32(rng, 256, 256, 3, 3), {"pads": [1] * 4}, (1, 256, 14, 14)) == "winograd"
     # groups inside blocks: 16 (where a block holds 16), 8 or 4 channels each way
     assert kind(f32(rng, 64, B, 3, 3), {"group": 64 // B}, (1, 64, 9, 9)) == "grouped"

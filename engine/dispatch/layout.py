@@ -24,8 +24,14 @@ ALIASES = {"nchw16c": "nchwc"}
 
 # Largest number of taps (input channels per group x kernel size) of a dense layer that reads
 # NCHW and writes channel blocks directly: a network's first layer, for which that beats its
-# NCHW algorithm plus a layout change (bench/bench_models.py, MobileNetV1's first layer).
+# NCHW algorithm plus a layout change (bench/bench_models.py, MobileNetV1's first layer); and
+# an image's channels at most, with kernels up to 7x7: a 7x7 stride-2 stem on 224x224 took
+# 2.40 / 1.20 ms (1 / 2 threads) against 2.43 / 1.43 for a layout change and the dense
+# kernel; in the model (A/B in one process) SqueezeNet 1.0 1.4% / 5.5% faster, GoogLeNet 1% /
+# 2%, ResNet-50 alike; AlexNet's 11x11 stride 4 3% slower at one thread, so not it.
 BLOCKED_DIRECT_MAX_TAPS = 32
+BLOCKED_DIRECT_IMAGE_CHANNELS = 4
+BLOCKED_DIRECT_IMAGE_KERNEL = 49
 # Largest input plane a blocked depthwise layer splits between threads by channel blocks
 # rather than by bands of rows: the pointwise layer before it wrote the plane by blocks up to
 # this size, so each thread reads what it wrote (bench/bench_models.py, MobileNetV1 and V2).
@@ -260,7 +266,9 @@ def blocked_kernel(p: ConvParams, activation=None, residual: Optional[bool] = No
         return None, ("the residual broadcasts: the blocked kernels add only one of the "
                       "output's shape")
     taps = p.in_channels // p.groups * p.kernel[0] * p.kernel[1]
-    direct = (p.groups == 1 and taps <= BLOCKED_DIRECT_MAX_TAPS
+    direct = (p.groups == 1 and (taps <= BLOCKED_DIRECT_MAX_TAPS
+                                 or p.in_channels <= BLOCKED_DIRECT_IMAGE_CHANNELS
+                                 and p.kernel[0] * p.kernel[1] <= BLOCKED_DIRECT_IMAGE_KERNEL)
               and (winograd_shaped(p) or not blocked_input and residual is None))
     if p.kernel == (1, 1) and p.groups == 1 and (
             p.pads is None or p.pads == ((0, 0), (0, 0))) and (
