@@ -125,7 +125,8 @@ CONV = {
 }
 # the options each group compares (those that cannot run a layer are shown as "-")
 CONV_OPTIONS = {"direct_blocked": ["direct_blocked", "im2col", "winograd_f23"],
-                "blocked_bands": ["blocked_bands", "direct_blocked", "im2col"],
+                "blocked_bands": ["blocked_bands", "blocked_dense", "direct_blocked",
+                                  "im2col"],
                 "winograd_min": ["im2col", "winograd_f23"],
                 "winograd_tile": ["winograd_f23", "dilated_s2b", "winograd_f43", "winograd_f63"],
                 "dilated_phases": ["im2col", "dilated_s2b", "winograd_f43"],
@@ -272,7 +273,7 @@ def dense_rows(threads):
         def blocked_run():
             nchwc.f32_to_blocked(x, xb, threads)
             nchwc.f32_conv2d_nchwc(xb, c, wp, bp, None, ob, kh, kw, s, s, pads[0], pads[1],
-                                     1, 1, 0, threads)
+                                     1, 1, kernel_act(None), threads)
             nchwc.f32_from_blocked(ob, y, threads)
         taps = c * kh * kw
         pick = "blocked" if taps >= DENSE_ALONE_MIN_TAPS and kh * kw > 1 else "nchw"

@@ -29,7 +29,7 @@ RTOL = {"direct": 1e-5, "im2col": 1e-5, "pointwise": 1e-5, "depthwise": 1e-5,
         "winograd_f23": 1e-4, "dilated_s2b": 1e-4, "winograd_f43": 1e-3, "winograd_f63": 2e-3,
         "separable": 1e-5,
         "fft": 1e-4, "direct_blocked": 1e-5, "live_taps": 1e-5, "blocked_bands": 1e-5,
-        "blocked_winograd": 2e-3}
+        "blocked_dense": 1e-5, "blocked_winograd": 2e-3}
 # blocked_winograd's tile is chosen per shape: the largest one's bound
 TILE = {"winograd_f23": 2, "dilated_s2b": 2, "winograd_f43": 4, "winograd_f63": 6,
         "blocked_winograd": 6}
@@ -299,16 +299,21 @@ def test_dispatcher_rules():
         return dispatch.choose_conv2d(dispatch.ConvParams(**base))[0]
     assert choose(kernel=(1, 1), pads=((0, 0), (0, 0))) == "pointwise"
     assert choose(groups=64) == "depthwise"
-    # strided: the blocked tiles by bands on 16-float builds, from 16 input channels while the
-    # weights take at most 2 MiB; else direct_blocked on narrow layers, im2col on wide ones
+    # strided: the blocked tiles on 16-float builds from 16 input channels, by bands while the
+    # weights take at most 1 MiB and the output is 28 wide, over the whole layer else;
+    # elsewhere direct_blocked on narrow layers, im2col on wide ones
     wide = vector_floats() >= 16
     assert choose(stride=(2, 2)) == ("blocked_bands" if wide else "im2col")  # 64 in, 28 wide
     assert choose(stride=(2, 2), in_channels=32, in_size=(112, 112)) == (
         "blocked_bands" if wide else "direct_blocked")
     assert choose(stride=(2, 2), in_channels=8, in_size=(112, 112)) == "direct_blocked"
-    assert choose(stride=(2, 2), in_channels=256, out_channels=512) == "im2col"
+    assert choose(stride=(2, 2), in_channels=256, out_channels=512) == (
+        "blocked_dense" if wide else "im2col")
     assert choose(stride=(2, 2), in_channels=128, out_channels=128) == (
         "blocked_bands" if wide else "im2col")
+    if wide:
+        assert choose(stride=(2, 2), in_channels=96, out_channels=96,
+                      in_size=(28, 28)) == "blocked_dense"
     assert choose(kernel=(7, 7), in_channels=3) == "direct_blocked"
     assert choose(in_channels=3) == "direct_blocked"    # too few channels for Winograd
     assert choose(in_channels=3, in_size=(12, 12)) == "im2col"     # too narrow for vectors

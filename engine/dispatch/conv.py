@@ -78,14 +78,18 @@ DIRECT_BLOCKED_MIN_WIDTH_NARROW = 7
 DIRECT_BLOCKED_NARROW_WINOGRAD_WIDTH = 28
 # strided layers with >= 48 input channels only to outputs this wide: narrower, im2col wins.
 DIRECT_BLOCKED_STRIDED_WIDTH = 56
-# Strided one-group layers that the dense channel-blocked tiles run from NCHW to NCHW band by
-# band (blocked_bands, 16-float builds): from this many input channels (3->64 7x7 took 2.7 ms
-# there against direct_blocked's 2.2), while the weights, which each band reads again, stay
-# near the core (64->128 3x3 stride 2 on 56x56, 295 KB: 1.03 ms against im2col's 1.19;
-# 128->256 on 28x28, 1.2 MB: 1.26 against 1.31; 256->512 on 14x14, 4.7 MB: 1.82 against
-# 1.45) (bench/bench_dispatch.py conv/blocked_bands).
+# Strided one-group layers that the dense channel-blocked tiles run from NCHW to NCHW
+# (16-float builds), from this many input channels (3->64 7x7 took 2.7 ms there against
+# direct_blocked's 2.2): band by band (blocked_bands) while the weights, which each band reads
+# again, take at most BANDS_MAX_WEIGHT_BYTES and the output rows fill tiles, from
+# BANDS_MIN_WIDTH (64->128 3x3 stride 2 on 56x56, 295 KB: 1.05 ms against im2col's 1.20, and
+# the whole layer's 1.07); else the whole layer on a padded copy, its tiles across rows
+# (blocked_dense; 128->256 on 28x28, 1.2 MB: 1.06 against the bands' 1.12 and im2col's 1.32;
+# 256->512 on 14x14, 4.7 MB: 1.05 against 1.27 and 1.47; 96->96 on 28x28: 0.32 against 0.38
+# and 0.44) (bench/bench_dispatch.py conv/blocked_bands, one thread).
 BANDS_MIN_IN = 16
-BANDS_MAX_WEIGHT_BYTES = 2 << 20
+BANDS_MAX_WEIGHT_BYTES = 1 << 20
+BANDS_MIN_WIDTH = 28
 # A dilated layer computed tap by tap where each tap reads the input (live_taps) when at most
 # this fraction of its tap-output pairs do: it wins from 0.66 (rate 4 on 14x14, rate 8 on
 # 28x28) down, and at 0.18 (rate 12 on 14x14, DeepLabV3's ASPP on MobileNetV3) takes a fifth
@@ -140,7 +144,7 @@ def is_pointwise(p: ConvParams) -> bool:
 ALGORITHMS = ("direct", "im2col", "pointwise", "winograd_f23", "winograd_f43", "winograd_f63",
               "depthwise",
               "dilated_s2b", "separable", "fft", "direct_blocked", "live_taps",
-              "blocked_bands", "blocked_winograd")
+              "blocked_bands", "blocked_dense", "blocked_winograd")
 
 
 def why_not(algorithm: str, p: ConvParams) -> Optional[str]:
@@ -161,11 +165,11 @@ def why_not(algorithm: str, p: ConvParams) -> Optional[str]:
             return (f"blocked_winograd needs 16-float vectors, the kernels were built for "
                     f"{vector_floats()}")
         return None
-    if algorithm == "blocked_bands":
+    if algorithm in ("blocked_bands", "blocked_dense"):
         if p.groups != 1:
-            return f"blocked_bands runs one group, got {p.groups}"
+            return f"{algorithm} runs one group, got {p.groups}"
         if vector_floats() < 16:
-            return (f"blocked_bands needs 16-float vectors, the kernels were built for "
+            return (f"{algorithm} needs 16-float vectors, the kernels were built for "
                     f"{vector_floats()}: its tiles would spill from registers")
         return None
     if algorithm == "direct_blocked":
@@ -277,7 +281,7 @@ def estimated_ms(algorithm: str, p: ConvParams) -> float:
         moved = 4.0 * p.batch * (p.in_channels * ih * iw + p.out_channels * oh * ow)
         return (tile_cost_ms(m, cg, kg, p.groups, layer_tiles(p.batch, oh, ow, m, *p.dilation),
                              True) + moved / _LAYOUT_GBS / 1e6)
-    if algorithm == "blocked_bands":
+    if algorithm in ("blocked_bands", "blocked_dense"):
         # output channels in whole blocks; the input and the output change layout once each
         from .._kernels.nchwc import BLOCK
         waste = -(-kg // BLOCK) * BLOCK / kg
@@ -329,14 +333,19 @@ def live_fraction(p: ConvParams) -> float:
     return frac
 
 
-def _bands_win(p: ConvParams) -> bool:
-    """Where bench/bench_dispatch.py conv/blocked_bands puts blocked_bands ahead: strided,
-    not 1x1, BANDS_MIN_IN input channels or more, weights of at most BANDS_MAX_WEIGHT_BYTES."""
-    return (p.groups == 1 and p.stride != (1, 1) and p.kernel != (1, 1)
+def _blocked_strided(p: ConvParams) -> Optional[str]:
+    """Where bench/bench_dispatch.py conv/blocked_bands puts the blocked tiles ahead: strided,
+    not 1x1, BANDS_MIN_IN input channels or more; "blocked_bands" for weights of at most
+    BANDS_MAX_WEIGHT_BYTES on outputs of BANDS_MIN_WIDTH columns or more, else
+    "blocked_dense"; None elsewhere."""
+    if not (p.groups == 1 and p.stride != (1, 1) and p.kernel != (1, 1)
             and p.in_size is not None and vector_floats() >= 16
-            and p.in_channels >= BANDS_MIN_IN
-            and 4 * p.in_channels * p.out_channels * p.kernel[0] * p.kernel[1]
-            <= BANDS_MAX_WEIGHT_BYTES)
+            and p.in_channels >= BANDS_MIN_IN):
+        return None
+    weight_bytes = 4 * p.in_channels * p.out_channels * p.kernel[0] * p.kernel[1]
+    if weight_bytes <= BANDS_MAX_WEIGHT_BYTES and p.out_size[1] >= BANDS_MIN_WIDTH:
+        return "blocked_bands"
+    return "blocked_dense"
 
 
 def _direct_blocked_wins(p: ConvParams) -> bool:
@@ -402,10 +411,16 @@ def _rules(p: ConvParams):
             yield "blocked_winograd", (f"3x3 stride 1 in {p.groups} groups of {cg}->{kg} "
                                        f"channels, whole channel blocks: Winograd on blocks, "
                                        f"a group at a time, the layout changed around it")
-    if _bands_win(p):
+    blocked_strided = _blocked_strided(p)
+    if blocked_strided == "blocked_bands":
         yield "blocked_bands", (f"{cg}->{kg} channels, stride {p.stride[0]}x{p.stride[1]}: the "
                                 f"channel-blocked tiles, each band of rows moved to blocks and "
                                 f"back by the thread that computes it")
+    elif blocked_strided == "blocked_dense":
+        yield "blocked_dense", (f"{cg}->{kg} channels, stride {p.stride[0]}x{p.stride[1]}: the "
+                                f"channel-blocked tiles over the whole layer, across its rows "
+                                f"(weights past {BANDS_MAX_WEIGHT_BYTES >> 20} MiB or an "
+                                f"output under {BANDS_MIN_WIDTH} wide)")
     if _direct_blocked_wins(p):
         yield "direct_blocked", (f"{cg}->{kg} channels on a {p.out_size[1]}-wide output: "
                                  f"direct loops with register-resident sums beat a GEMM "

@@ -183,6 +183,47 @@ class BlockedBands:
             workspace.give(work)
 
 
+class BlockedDense:
+    """A one-group layer from NCHW to NCHW on the dense channel-blocked kernel
+    (kernels/_nchwc_conv.h) over the whole layer: the input converted to blocks, with finite
+    weights copied with its padding as zeros so that the tiles run across output rows (a
+    7x7 output fills whole 6-pixel tiles), and the output converted back; weights packed
+    once as BlockedBands packs them. For layers of large weights, which each band of
+    BlockedBands would read again."""
+
+    uses_blas = False
+
+    def __init__(self, layer):
+        self.layer = layer
+        self.wpack = layer.transformed(
+            "blocked_dense", lambda: blocked.pack_dense(layer.weight, None)[0],
+            blocked.packed_shapes("dense", layer.weight.shape)[0])
+        self.bias = blocked.padded_bias(layer.bias, layer.out_channels)
+        self.padded = bool(np.isfinite(layer.weight).all())
+
+    def run(self, x, out, g, threads):
+        L = self.layer
+        n, c, h, w = x.shape
+        (kh, kw), (sh, sw), (dh, dw) = L.kernel_size, L.stride, L.dilation
+        xshape = blocked.blocked_shape(x.shape)
+        oshape = blocked.blocked_shape((n, L.out_channels) + tuple(g.out_size))
+        pad_floats = (nchwc.dense_padded_floats(n, xshape[1], *g.out_size, kh, kw, sh, sw, dh,
+                                                dw) if self.padded else 0)
+        bufs = [workspace.take(math.prod(xshape)), workspace.take(math.prod(oshape)),
+                workspace.take(max(1, pad_floats))]
+        try:
+            xb = bufs[0][:math.prod(xshape)].reshape(xshape)
+            ob = bufs[1][:math.prod(oshape)].reshape(oshape)
+            nchwc.f32_to_blocked(x, xb, threads)
+            nchwc.f32_conv2d_nchwc(xb, c, self.wpack, self.bias, None, ob, kh, kw, sh, sw,
+                                   g.pads[0][0], g.pads[1][0], dh, dw, L.act, threads, 1,
+                                   bufs[2] if self.padded else None)
+            nchwc.f32_from_blocked(ob, out, threads)
+        finally:
+            for buf in reversed(bufs):
+                workspace.give(buf)
+
+
 class BlockedWinograd:
     """Winograd F(m x m, 3x3) on channel blocks (kernels/nchwc_winograd.pyx), one group or
     groups of whole blocks, the input converted to blocks and the output back around it; the
@@ -256,5 +297,6 @@ REGISTRY = {
     "winograd_f63": WinogradF63,   # any dilation
     "live_taps": LiveTaps,         # dilated layers whose taps mostly read padding
     "blocked_bands": BlockedBands, # one group, 16-float builds: the blocked tiles, NCHW kept
+    "blocked_dense": BlockedDense,         # one group, 16 floats: blocks, whole layer
     "blocked_winograd": BlockedWinograd,   # 3x3 stride 1, groups of whole blocks, 16 floats
 }
