@@ -115,15 +115,12 @@ cdef extern from *:
     }
 
     /* The same for stride 2, split by parity: e[j] takes row[2j], o[j] row[2j + 1], so that
-     * the column pass reads both contiguously; 32 columns at a time, deinterleaved by two
-     * two-vector shuffles (left to the compiler, it stored them one float at a time) */
+     * the column pass reads both contiguously. Builds without AVX2 only: AVX2 and AVX-512
+     * split a window's maximum row once instead (CE_MP_SPLIT_ONCE); gcc vectorises this loop
+     * itself. */
     static void ce_mp_rows2(const float *restrict row, ptrdiff_t n, float *restrict e,
                             float *restrict o)
     {
-    #if !defined(__AVX512F__)
-        /* builds without AVX-512 and AVX2 (AVX2 splits a reduced row once instead:
-         * CE_MP_SPLIT_ONCE): the 16-lane two-vector shuffles of the other branch compile to
-         * element moves there; gcc vectorises this loop itself */
         ptrdiff_t whole = n / 2 / CE_MP_VW * CE_MP_VW, j = 0;
         for (; j < whole; j++) {
             float a = row[2 * j], b = row[2 * j + 1];
@@ -145,39 +142,29 @@ cdef extern from *:
             *(ce_mp_vfu *)(e + j) = ce_mp_take(*(ce_mp_vfu *)(e + j), pe);
             *(ce_mp_vfu *)(o + j) = ce_mp_take(*(ce_mp_vfu *)(o + j), po);
         }
-    #else
-        const ce_mp_vi even = {0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30};
-        const ce_mp_vi odd = even + 1;
-        ptrdiff_t j = 0;
-        for (; 2 * j + 32 <= n; j += 16) {
-            ce_mp_vf a = *(const ce_mp_vfu *)(row + 2 * j);
-            ce_mp_vf b = *(const ce_mp_vfu *)(row + 2 * j + 16);
-            *(ce_mp_vfu *)(e + j) = ce_mp_take(*(ce_mp_vfu *)(e + j), __builtin_shuffle(a, b, even));
-            *(ce_mp_vfu *)(o + j) = ce_mp_take(*(ce_mp_vfu *)(o + j), __builtin_shuffle(a, b, odd));
-        }
-        if (2 * j < n) {            /* fewer than 32 columns left */
-            ptrdiff_t left = n - 2 * j, ne = (left + 1) / 2, no = left / 2;
-            float pe[16], po[16];
-            __mmask16 ka = (__mmask16)(left >= 16 ? 0xffffu : (1u << left) - 1);
-            __mmask16 kb = (__mmask16)(left > 16 ? (1u << (left - 16)) - 1 : 0);
-            ce_mp_vf a = (ce_mp_vf)_mm512_maskz_loadu_ps(ka, row + 2 * j);
-            ce_mp_vf b = (ce_mp_vf)_mm512_maskz_loadu_ps(kb, row + 2 * j + 16);
-            *(ce_mp_vfu *)pe = __builtin_shuffle(a, b, even);
-            *(ce_mp_vfu *)po = __builtin_shuffle(a, b, odd);
-            ce_mp_tail(pe, e + j, ne);
-            if (no)
-                ce_mp_tail(po, o + j, no);
-        }
-    #endif
     }
     #define CE_MP_BAND 32
 
-    #if defined(__AVX2__) && !defined(__AVX512F__)
-    /* Stride 2 on AVX2: the maximum over a window's rows first, contiguous, into s (row of
-     * W floats, -inf for 32 beyond), then s split once into even and odd columns by two
-     * in-lane shuffles and a lane permute per 16 columns (splitting every input row, as
-     * ce_mp_rows2 does, cost three splits per output row of a 3x3 pool). */
+    #if defined(__AVX2__) || defined(__AVX512F__)
+    /* Stride 2: the maximum over a window's rows first, contiguous, into s (row of W floats,
+     * -inf for 32 beyond), then s split once into even and odd columns (splitting every input
+     * row, as ce_mp_rows2 does, took three splits and three loads and stores of the halves per
+     * output row of a 3x3 pool; on AVX-512 a 64x112x112 3x3 stride-2 pool went from 0.33 to
+     * 0.18 ms, with a masked store of each output row's last vector; bench/bench_family.py
+     * maxpool3_s2_c64_112). */
     #define CE_MP_SPLIT_ONCE 1
+    /* the first n < CE_MP_VW floats at p, -inf in the other lanes (none of them read) */
+    static inline ce_mp_vf ce_mp_load_lowest(const float *p, ptrdiff_t n)
+    {
+    #if defined(__AVX512F__)
+        return (ce_mp_vf)_mm512_mask_loadu_ps(_mm512_set1_ps(-__builtin_inff()),
+                                              (__mmask16)((1u << n) - 1), p);
+    #else
+        __m256i k = ce_mp_mask(n);
+        return (ce_mp_vf)_mm256_blendv_ps(_mm256_set1_ps(-__builtin_inff()),
+                                          _mm256_maskload_ps(p, k), (__m256)k);
+    #endif
+    }
     /* s[i] = the maximum of rows r0, r0 + rs, ... (nr >= 1 of them) at column i < n, in
      * registers, one store per vector; -inf in the lanes past n of the last vector (s has the
      * room). Taking each row into s in memory instead stalled every load on forwarding from
@@ -192,52 +179,13 @@ cdef extern from *:
             *(ce_mp_vfu *)(s + i) = m;
         }
         if (i < n) {
-            __m256i k = ce_mp_mask(n - i);
-            __m256 ninf = _mm256_set1_ps(-__builtin_inff());
-            ce_mp_vf m = (ce_mp_vf)_mm256_blendv_ps(ninf, _mm256_maskload_ps(r0 + i, k),
-                                                    (__m256)k);
+            ce_mp_vf m = ce_mp_load_lowest(r0 + i, n - i);
             for (int r = 1; r < nr; r++)
-                m = ce_mp_take(m, (ce_mp_vf)_mm256_blendv_ps(
-                    ninf, _mm256_maskload_ps(r0 + r * rs + i, k), (__m256)k));
+                m = ce_mp_take(m, ce_mp_load_lowest(r0 + r * rs + i, n - i));
             *(ce_mp_vfu *)(s + i) = m;
         }
     }
-    static void ce_mp_split2(const float *restrict s, ptrdiff_t n, float *restrict e,
-                             float *restrict o)
-    {
-        for (ptrdiff_t j = 0; 2 * j < n; j += 8) {
-            __m256 a = _mm256_loadu_ps(s + 2 * j), b = _mm256_loadu_ps(s + 2 * j + 8);
-            __m256 ev = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0));
-            __m256 od = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1));
-            _mm256_storeu_ps(e + j, (__m256)_mm256_permute4x64_pd((__m256d)ev, 0xd8));
-            _mm256_storeu_ps(o + j, (__m256)_mm256_permute4x64_pd((__m256d)od, 0xd8));
-        }
-    }
-    #elif defined(__AVX512F__)
-    /* The same on AVX-512: splitting every input row (ce_mp_rows2) took each into the even
-     * and odd halves in memory, three loads and stores of the halves per output row of a 3x3
-     * pool; the maximum over the rows in registers, split once, took a 64x112x112 3x3
-     * stride-2 pool from 0.33 to 0.18 ms, with a masked store of each output row's last vector
-     * (bench/bench_family.py maxpool3_s2_c64_112) */
-    #define CE_MP_SPLIT_ONCE 1
-    static void ce_mp_vmax(const float *r0, ptrdiff_t rs, int nr, ptrdiff_t n, float *s)
-    {
-        ptrdiff_t i = 0;
-        for (; i + CE_MP_VW <= n; i += CE_MP_VW) {
-            ce_mp_vf m = *(const ce_mp_vfu *)(r0 + i);
-            for (int r = 1; r < nr; r++)
-                m = ce_mp_take(m, *(const ce_mp_vfu *)(r0 + r * rs + i));
-            *(ce_mp_vfu *)(s + i) = m;
-        }
-        if (i < n) {
-            __mmask16 k = (__mmask16)((1u << (n - i)) - 1);
-            __m512 ninf = _mm512_set1_ps(-__builtin_inff());
-            ce_mp_vf m = (ce_mp_vf)_mm512_mask_loadu_ps(ninf, k, r0 + i);
-            for (int r = 1; r < nr; r++)
-                m = ce_mp_take(m, (ce_mp_vf)_mm512_mask_loadu_ps(ninf, k, r0 + r * rs + i));
-            *(ce_mp_vfu *)(s + i) = m;
-        }
-    }
+    #if defined(__AVX512F__)
     static void ce_mp_split2(const float *restrict s, ptrdiff_t n, float *restrict e,
                              float *restrict o)
     {
@@ -249,6 +197,20 @@ cdef extern from *:
             *(ce_mp_vfu *)(o + j) = __builtin_shuffle(a, b, odd);
         }
     }
+    #else
+    /* two in-lane shuffles and a lane permute per 16 columns */
+    static void ce_mp_split2(const float *restrict s, ptrdiff_t n, float *restrict e,
+                             float *restrict o)
+    {
+        for (ptrdiff_t j = 0; 2 * j < n; j += 8) {
+            __m256 a = _mm256_loadu_ps(s + 2 * j), b = _mm256_loadu_ps(s + 2 * j + 8);
+            __m256 ev = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0));
+            __m256 od = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1));
+            _mm256_storeu_ps(e + j, (__m256)_mm256_permute4x64_pd((__m256d)ev, 0xd8));
+            _mm256_storeu_ps(o + j, (__m256)_mm256_permute4x64_pd((__m256d)od, 0xd8));
+        }
+    }
+    #endif
     #endif
 
     /* Floats of one row of the band buffer of ce_mp_plane for stride sw (1 or 2): the row of
