@@ -201,16 +201,18 @@ static void ce_nc_conv_band(const float *x, int C, int H, int W, int Kb, int OH,
  * kernel's, in its order.
  *   x, out: the image's NCHW planes; w, bias: as ce_nc_conv_band; scratch:
  *   ce_nc_band_floats(...) floats from a 64-byte boundary. */
-static inline ptrdiff_t ce_nc_band_in_rows(int rows, int kh, int sh, int dh)
+/* input rows a band of ``rows`` output rows reads at most: its window's, or the plane's H */
+static inline ptrdiff_t ce_nc_band_in_rows(int rows, int kh, int sh, int dh, int H)
 {
-    return (ptrdiff_t)(rows - 1) * sh + (ptrdiff_t)(kh - 1) * dh + 1;
+    ptrdiff_t n = (ptrdiff_t)(rows - 1) * sh + (ptrdiff_t)(kh - 1) * dh + 1;
+    return n < H ? n : H;
 }
 
-static inline ptrdiff_t ce_nc_band_floats(int C, int K, int W, int OW, int rows, int kh, int sh,
-                                          int dh)
+static inline ptrdiff_t ce_nc_band_floats(int C, int K, int H, int W, int OW, int rows, int kh,
+                                          int sh, int dh)
 {
     const ptrdiff_t B = CE_NC_B, in = (ptrdiff_t)(C + B - 1) / B * B * W;
-    return (in * ce_nc_band_in_rows(rows, kh, sh, dh) + 15) / 16 * 16
+    return (in * ce_nc_band_in_rows(rows, kh, sh, dh, H) + 15) / 16 * 16
            + (ptrdiff_t)(K + B - 1) / B * B * rows * OW;
 }
 
@@ -222,12 +224,13 @@ static void ce_nc_conv_nchw_band(const float *x, int C, int H, int W, int K, int
     const int B = CE_NC_B, Cb = (C + B - 1) / B, Kb = (K + B - 1) / B, rows = oy1 - oy0;
     const ptrdiff_t plane = (ptrdiff_t)H * W, oplane = (ptrdiff_t)OH * OW;
     /* the input rows [a, b) the band reads; rows outside them are padding */
-    ptrdiff_t a = (ptrdiff_t)oy0 * sh - pt, b = a + ce_nc_band_in_rows(rows, kh, sh, dh);
+    ptrdiff_t a = (ptrdiff_t)oy0 * sh - pt;
+    ptrdiff_t b = a + (ptrdiff_t)(rows - 1) * sh + (ptrdiff_t)(kh - 1) * dh + 1;
     a = a < 0 ? 0 : (a > H ? H : a);
     b = b > H ? H : (b < a ? a : b);
     const ptrdiff_t in_pixels = (b - a) * W;
     float *xin = scratch;
-    float *ob = scratch + ((ptrdiff_t)Cb * B * W * ce_nc_band_in_rows(rows, kh, sh, dh) + 15)
+    float *ob = scratch + ((ptrdiff_t)Cb * B * W * ce_nc_band_in_rows(rows, kh, sh, dh, H) + 15)
                           / 16 * 16;
     for (int cb = 0; cb < Cb; cb++)
         ce_nc_to_blocked(x + (ptrdiff_t)cb * B * plane + a * W, plane, in_pixels,

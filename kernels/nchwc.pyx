@@ -317,7 +317,7 @@ cdef extern from "_nchwc_conv.h":
                          int oy0, int oy1, int sh, int sw, int pt, int pl, int kh, int kw,
                          int dh, int dw, const float *w, const float *bias, const float *res,
                          float *out, ce_act_t act, int batch) nogil
-    Py_ssize_t ce_nc_band_floats(int C, int K, int W, int OW, int rows, int kh, int sh,
+    Py_ssize_t ce_nc_band_floats(int C, int K, int H, int W, int OW, int rows, int kh, int sh,
                                  int dh) nogil
     void ce_nc_conv_nchw_band(const float *x, int C, int H, int W, int K, int OH, int OW,
                               int oy0, int oy1, int sh, int sw, int pt, int pl, int kh, int kw,
@@ -508,14 +508,15 @@ def f32_conv2d_nchwc(const float[:, :, :, :, ::1] x, Py_ssize_t channels,
         ce_pool_for(num_threads, items, _dense_bands, &d)
 
 
-def nchw_band_floats(Py_ssize_t C, Py_ssize_t K, Py_ssize_t W, Py_ssize_t OW, int rows, int kh,
-                     int sh, int dh, int num_threads):
-    """Floats of f32_conv2d_nchw_bands' work buffer: each thread's band of input rows and of
-    outputs in blocks (bands of ``rows`` output rows), and 64-byte alignment."""
-    if min(C, K, W, OW, rows, kh, sh, dh) < 1 or max(C, K, W, OW) > 1 << 30:
-        raise ValueError("channels, widths, rows, kernel, stride and dilation must be positive")
-    return max(1, num_threads) * ce_nc_band_floats(<int>C, <int>K, <int>W, <int>OW, rows, kh,
-                                                   sh, dh) + 16
+def nchw_band_floats(Py_ssize_t C, Py_ssize_t K, Py_ssize_t H, Py_ssize_t W, Py_ssize_t OW,
+                     int rows, int kh, int sh, int dh, int num_threads):
+    """Floats of f32_conv2d_nchw_bands' work buffer: each thread's band of input rows (at most
+    the input's H) and of outputs in blocks (bands of ``rows`` output rows), and 64-byte
+    alignment."""
+    if min(C, K, H, W, OW, rows, kh, sh, dh) < 1 or max(C, K, H, W, OW) > 1 << 30:
+        raise ValueError("channels, sizes, rows, kernel, stride and dilation must be positive")
+    return max(1, num_threads) * ce_nc_band_floats(<int>C, <int>K, <int>H, <int>W, <int>OW,
+                                                   rows, kh, sh, dh) + 16
 
 
 ctypedef struct NchwBands:
@@ -569,7 +570,8 @@ def f32_conv2d_nchw_bands(const float[:, :, :, ::1] x, const float[::1] wpack,
     rows = <int>min(rows, OH)
     cdef Py_ssize_t nbands = (OH + rows - 1) // rows
     cdef int nt = <int>max(1, min(num_threads, N * nbands))
-    cdef Py_ssize_t per = ce_nc_band_floats(<int>C, <int>K, <int>W, <int>OW, rows, kh, sh, dh)
+    cdef Py_ssize_t per = ce_nc_band_floats(<int>C, <int>K, <int>H, <int>W, <int>OW, rows, kh,
+                                            sh, dh)
     if work.shape[0] < nt * per + 16:
         raise ValueError(f"work must hold {nt * per + 16} floats, got {work.shape[0]}")
     cdef float* wp = &work[0]

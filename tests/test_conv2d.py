@@ -291,6 +291,23 @@ def test_auto_matches_reference_and_explains(rng):
         assert f"* {layer.algorithm}" in text
 
 
+@pytest.mark.parametrize("algorithm", ["blocked_bands", "blocked_dense"])
+def test_blocked_strided_layers_with_a_dilation_past_the_map(algorithm, rng):
+    """A rate of 4096 rows on a 9-row map: a band buffers the map's rows at most, and the
+    padded copy (8201 rows, 23 MB) is skipped past DENSE_PADDED_MAX_BYTES for checked taps;
+    the values are the reference's."""
+    p = dispatch.ConvParams(20, 24, (3, 3), (2, 2), (1 << 12, 1), 1,
+                            ((1 << 12, 1 << 12), (1, 1)), (9, 9))
+    if dispatch.why_not(algorithm, p):
+        pytest.skip(dispatch.why_not(algorithm, p))
+    x = rng.standard_normal((2, 20, 9, 9), dtype=np.float32)
+    w = rng.standard_normal((24, 20, 3, 3), dtype=np.float32)
+    y = engine.conv2d(x, w, None, 2, (1 << 12, 1), (1 << 12, 1),
+                      algorithm=algorithm)
+    check_against_reference(y, x, w, None, (2, 2), ((1 << 12, 1 << 12), (1, 1)),
+                            (1 << 12, 1), 1, algorithm)
+
+
 def test_dispatcher_rules():
     def choose(**kw):
         base = dict(in_channels=64, out_channels=64, kernel=(3, 3), stride=(1, 1),

@@ -117,8 +117,8 @@ def run_bands(x, wt, b, stride, pads, dilation, act, threads, rows):
     ow = (x.shape[3] + sum(pads[1]) - dilation[1] * (kw - 1) - 1) // stride[1] + 1
     wp, bp = blocked.pack_dense(wt, b)
     out = np.full((n, k, oh, ow), np.nan, np.float32)
-    floats = nchwc.nchw_band_floats(c, k, x.shape[3], ow, min(rows, oh), kh, stride[0],
-                                    dilation[0], threads)
+    floats = nchwc.nchw_band_floats(c, k, x.shape[2], x.shape[3], ow, min(rows, oh), kh,
+                                    stride[0], dilation[0], threads)
     work = np.full(floats + 1, np.nan, np.float32)[1:]
     nchwc.f32_conv2d_nchw_bands(x, wp, bp, out, kh, kw, stride[0], stride[1], pads[0][0],
                                 pads[1][0], dilation[0], dilation[1], kernel_act(act), rows,
@@ -152,11 +152,24 @@ def test_dense_by_bands_reads_only_padding_in_some_bands(rng):
     assert np.all(np.abs(got - ref) <= REL * scale + 1e-30)
 
 
+def test_dense_by_bands_with_a_dilation_past_the_map_buffers_the_map_at_most(rng):
+    """A band's input rows are its window's or the plane's, whichever are fewer: a dilation of
+    4096 rows on a 9-row map needs no more scratch than the map, and gives the reference."""
+    x, wt, b = f32(rng, 1, 20, 9, 9), f32(rng, 24, 20, 3, 3), f32(rng, 24)
+    d, pads = (1 << 12, 1), ((1 << 12, 1 << 12), (1, 1))
+    floats = nchwc.nchw_band_floats(20, 24, 9, 9, 5, 2, 3, 2, d[0], 1)
+    assert floats <= 2 * (blocked.blocks(20) * B * 9 * 9 + blocked.blocks(24) * B * 2 * 5) + 64
+    got = run_bands(x, wt, b, (2, 2), pads, d, None, 2, 2)
+    ref = conv2d_ref(x, wt, b, (2, 2), pads, d)
+    scale = conv2d_ref(np.abs(x), np.abs(wt), np.abs(b), (2, 2), pads, d)
+    assert np.all(np.abs(got - ref) <= REL * scale + 1e-30)
+
+
 def test_dense_by_bands_refuses_inconsistent_arguments(rng):
     x, wt, b = f32(rng, 1, 30, 8, 8), f32(rng, 20, 30, 3, 3), f32(rng, 20)
     wp, bp = blocked.pack_dense(wt, b)
     out = np.zeros((1, 20, 8, 8), np.float32)
-    work = np.zeros(nchwc.nchw_band_floats(30, 20, 8, 8, 2, 3, 1, 1, 1), np.float32)
+    work = np.zeros(nchwc.nchw_band_floats(30, 20, 8, 8, 8, 2, 3, 1, 1, 1), np.float32)
 
     def call(x=x, wp=wp, bp=bp, out=out, rows=2, work=work, threads=1):
         nchwc.f32_conv2d_nchw_bands(x, wp, bp, out, 3, 3, 1, 1, 1, 1, 1, 1, NO_ACT, rows,
@@ -177,7 +190,7 @@ def test_dense_by_bands_refuses_inconsistent_arguments(rng):
     with pytest.raises(ValueError):
         call(x=np.zeros((1, 30, 8, 8), np.float32)[:, :, :, ::2])
     with pytest.raises(ValueError, match="positive"):
-        nchwc.nchw_band_floats(30, 20, 8, 8, 0, 3, 1, 1, 1)
+        nchwc.nchw_band_floats(30, 20, 8, 8, 8, 0, 3, 1, 1, 1)
 
 
 def test_dense_two_threads_split_a_layer_that_has_work_for_both(rng):

@@ -173,8 +173,8 @@ class BlockedBands:
         (kh, kw), (sh, sw), (dh, dw) = L.kernel_size, L.stride, L.dilation
         rows = band_rows(L.in_channels, L.out_channels, x.shape[3], g.out_size, kh, sh, dh)
         work = workspace.take(nchwc.nchw_band_floats(L.in_channels, L.out_channels,
-                                                     x.shape[3], g.out_size[1], rows, kh, sh,
-                                                     dh, threads))
+                                                     x.shape[2], x.shape[3], g.out_size[1],
+                                                     rows, kh, sh, dh, threads))
         try:
             nchwc.f32_conv2d_nchw_bands(x, self.wpack, self.bias, out, kh, kw, sh, sw,
                                         g.pads[0][0], g.pads[1][0], dh, dw, L.act, rows,
@@ -187,9 +187,10 @@ class BlockedDense:
     """A one-group layer from NCHW to NCHW on the dense channel-blocked kernel
     (kernels/_nchwc_conv.h) over the whole layer: the input converted to blocks, with finite
     weights copied with its padding as zeros so that the tiles run across output rows (a
-    7x7 output fills whole 6-pixel tiles), and the output converted back; weights packed
-    once as BlockedBands packs them. For layers of large weights, which each band of
-    BlockedBands would read again."""
+    7x7 output fills whole 6-pixel tiles; a copy of at most DENSE_PADDED_MAX_BYTES, else the
+    taps are checked), and the output converted back; weights packed once as BlockedBands
+    packs them. For layers of large weights, which each band of BlockedBands would read
+    again, and narrow outputs."""
 
     uses_blas = False
 
@@ -199,16 +200,19 @@ class BlockedDense:
             "blocked_dense", lambda: blocked.pack_dense(layer.weight, None)[0],
             blocked.packed_shapes("dense", layer.weight.shape)[0])
         self.bias = blocked.padded_bias(layer.bias, layer.out_channels)
-        self.padded = bool(np.isfinite(layer.weight).all())
+        self.finite = bool(np.isfinite(layer.weight).all())
 
     def run(self, x, out, g, threads):
+        from ..dispatch.layout import DENSE_PADDED_MAX_BYTES
         L = self.layer
         n, c, h, w = x.shape
         (kh, kw), (sh, sw), (dh, dw) = L.kernel_size, L.stride, L.dilation
         xshape = blocked.blocked_shape(x.shape)
         oshape = blocked.blocked_shape((n, L.out_channels) + tuple(g.out_size))
-        pad_floats = (nchwc.dense_padded_floats(n, xshape[1], *g.out_size, kh, kw, sh, sw, dh,
-                                                dw) if self.padded else 0)
+        pad_floats = nchwc.dense_padded_floats(n, xshape[1], *g.out_size, kh, kw, sh, sw, dh,
+                                               dw)
+        padded = self.finite and 4 * pad_floats <= DENSE_PADDED_MAX_BYTES
+        pad_floats = pad_floats if padded else 0
         bufs = [workspace.take(math.prod(xshape)), workspace.take(math.prod(oshape)),
                 workspace.take(max(1, pad_floats))]
         try:
@@ -217,7 +221,7 @@ class BlockedDense:
             nchwc.f32_to_blocked(x, xb, threads)
             nchwc.f32_conv2d_nchwc(xb, c, self.wpack, self.bias, None, ob, kh, kw, sh, sw,
                                    g.pads[0][0], g.pads[1][0], dh, dw, L.act, threads, 1,
-                                   bufs[2] if self.padded else None)
+                                   bufs[2] if padded else None)
             nchwc.f32_from_blocked(ob, out, threads)
         finally:
             for buf in reversed(bufs):
