@@ -162,10 +162,9 @@ class BlockedBands:
 
     def __init__(self, layer):
         self.layer = layer
-        kind = "dense"
         self.wpack = layer.transformed(
             "blocked_dense", lambda: blocked.pack_dense(layer.weight, None)[0],
-            blocked.packed_shapes(kind, layer.weight.shape)[0])
+            blocked.packed_shapes("dense", layer.weight.shape)[0])
         self.bias = blocked.padded_bias(layer.bias, layer.out_channels)
 
     def run(self, x, out, g, threads):
@@ -183,23 +182,15 @@ class BlockedBands:
             workspace.give(work)
 
 
-class BlockedDense:
-    """A one-group layer from NCHW to NCHW on the dense channel-blocked kernel
-    (kernels/_nchwc_conv.h) over the whole layer: the input converted to blocks, with finite
-    weights copied with its padding as zeros so that the tiles run across output rows (a
-    7x7 output fills whole 6-pixel tiles; a copy of at most DENSE_PADDED_MAX_BYTES, else the
-    taps are checked), and the output converted back; weights packed once as BlockedBands
-    packs them. For layers of large weights, which each band of BlockedBands would read
-    again, and narrow outputs."""
-
-    uses_blas = False
+class BlockedDense(BlockedBands):
+    """The same kernel and weights over the whole layer: the input converted to blocks, with
+    finite weights copied with its padding as zeros so that the tiles run across output rows
+    (a 7x7 output fills whole 6-pixel tiles; a copy of at most DENSE_PADDED_MAX_BYTES, else
+    the taps are checked), and the output converted back. For layers of large weights, which
+    each band would read again, and narrow outputs."""
 
     def __init__(self, layer):
-        self.layer = layer
-        self.wpack = layer.transformed(
-            "blocked_dense", lambda: blocked.pack_dense(layer.weight, None)[0],
-            blocked.packed_shapes("dense", layer.weight.shape)[0])
-        self.bias = blocked.padded_bias(layer.bias, layer.out_channels)
+        super().__init__(layer)
         self.finite = bool(np.isfinite(layer.weight).all())
 
     def run(self, x, out, g, threads):
