@@ -478,29 +478,12 @@ def dense_padded_rows(threads):
 
 
 def layout_rows(group, threads=1):
-    if group == "dense":
-        yield from dense_rows(threads)
-        return
-    if group == "pointwise":
-        yield from pointwise_alone_rows(threads)
-        return
-    if group == "winograd":
-        yield from winograd_layout_rows(threads)
-        return
-    if group == "grouped":
-        yield from grouped_rows(threads)
-        return
-    if group == "grouped_winograd":
-        yield from grouped_winograd_rows(threads)
-        return
-    if group == "live_taps":
-        yield from live_taps_layout_rows(threads)
-        return
-    if group == "dw_planes":
-        yield from dw_plane_rows(threads)
-        return
-    if group == "dense_padded":
-        yield from dense_padded_rows(threads)
+    rows = {"dense": dense_rows, "pointwise": pointwise_alone_rows,
+            "winograd": winograd_layout_rows, "grouped": grouped_rows,
+            "grouped_winograd": grouped_winograd_rows, "live_taps": live_taps_layout_rows,
+            "dw_planes": dw_plane_rows, "dense_padded": dense_padded_rows}.get(group)
+    if rows is not None:
+        yield from rows(threads)
         return
     if group == "convert":
         for c, hw in [(32, 8), (64, 16), (128, 16), (256, 16)]:

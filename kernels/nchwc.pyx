@@ -407,6 +407,13 @@ DENSE_BATCH_BYTES = 256 << 10
 DENSE_BAND_BYTES = 64 << 10
 
 
+cdef inline int dense_batch(Py_ssize_t in_blocks, int kh, int kw) noexcept:
+    """Input blocks a batch of the dense kernel: their weights for one group of output blocks
+    within DENSE_BATCH_BYTES."""
+    cdef Py_ssize_t block_bytes = kh * kw * CE_NC_B * CE_NC_GROUP * CE_NC_B * 4
+    return <int>max(1, min(in_blocks, DENSE_BATCH_BYTES // block_bytes))
+
+
 def dense_pack_floats(Py_ssize_t in_blocks, Py_ssize_t out_blocks, int kh, int kw):
     """Floats of the packed dense weights."""
     return in_blocks * out_blocks * kh * kw * CE_NC_B * CE_NC_B
@@ -453,8 +460,7 @@ def f32_conv2d_nchwc(const float[:, :, :, :, ::1] x, Py_ssize_t channels,
     cdef int cg = <int>(channels if groups == 1 else Cg * CE_NC_B)
     cdef Py_ssize_t G = (Kg + CE_NC_GROUP - 1) // CE_NC_GROUP      # tiles' groups of blocks
     cdef int nt = <int>max(1, num_threads)
-    cdef Py_ssize_t block_bytes = kh * kw * CE_NC_B * CE_NC_GROUP * CE_NC_B * 4
-    cdef int batch = <int>max(1, min(Cg, DENSE_BATCH_BYTES // block_bytes))
+    cdef int batch = dense_batch(Cg, kh, kw)
     cdef Py_ssize_t band = max(1, min(OH, DENSE_BAND_BYTES // (OW * CE_NC_GROUP * CE_NC_B * 4)))
     # at least two items per thread, for balance
     while band > 1 and N * groups * G * ((OH + band - 1) // band) < 2 * nt:
@@ -576,11 +582,10 @@ def f32_conv2d_nchw_bands(const float[:, :, :, ::1] x, const float[::1] wpack,
         raise ValueError(f"work must hold {nt * per + 16} floats, got {work.shape[0]}")
     cdef float* wp = &work[0]
     wp = wp + (16 - (<size_t>wp // sizeof(float)) % 16) % 16
-    cdef Py_ssize_t block_bytes = kh * kw * CE_NC_B * CE_NC_GROUP * CE_NC_B * 4
     cdef NchwBands d = NchwBands(&x[0, 0, 0, 0], &out[0, 0, 0, 0], &wpack[0], &bias[0], wp,
                                  per, C * H * W, K * OH * OW, nbands, <int>C, <int>H, <int>W,
                                  <int>K, <int>OH, <int>OW, rows, sh, sw, pt, pl, kh, kw, dh,
-                                 dw, <int>max(1, min(Cb, DENSE_BATCH_BYTES // block_bytes)),
+                                 dw, dense_batch(Cb, kh, kw),
                                  act)
     with nogil:
         ce_pool_for(nt, N * nbands, _nchw_bands, &d)

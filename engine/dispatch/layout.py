@@ -119,7 +119,10 @@ def dense_padded(groups: int, finite_weights: bool, copy_bytes: int,
     a copy of at most DENSE_PADDED_MAX_BYTES, and for more than one group planes of at most
     GROUPED_PADDED_MAX_PIXELS pixels in the copy."""
     if vector_floats() >= 16:
-        return False, "the tiles check their taps (AVX-512 builds: not measured)"
+        # the copy won 14-37% on single 7x7-14x14 layers (bench/bench_dispatch.py
+        # layout/dense_padded) but nothing beyond noise in ResNet-50, ResNeXt-50, GoogLeNet
+        # and ResNet-18 (A/B in one process)
+        return False, "the tiles check their taps (AVX-512 builds: no gain in the models)"
     if not finite_weights:
         return False, "the tiles check their taps (a weight is not finite)"
     if copy_bytes > DENSE_PADDED_MAX_BYTES:

@@ -190,11 +190,12 @@ class BlockedDense(BlockedBands):
     each band would read again, and narrow outputs."""
 
     def __init__(self, layer):
+        from ..dispatch.layout import DENSE_PADDED_MAX_BYTES
         super().__init__(layer)
         self.finite = bool(np.isfinite(layer.weight).all())
+        self.max_copy_bytes = DENSE_PADDED_MAX_BYTES
 
     def run(self, x, out, g, threads):
-        from ..dispatch.layout import DENSE_PADDED_MAX_BYTES
         L = self.layer
         n, c, h, w = x.shape
         (kh, kw), (sh, sw), (dh, dw) = L.kernel_size, L.stride, L.dilation
@@ -202,7 +203,7 @@ class BlockedDense(BlockedBands):
         oshape = blocked.blocked_shape((n, L.out_channels) + tuple(g.out_size))
         pad_floats = nchwc.dense_padded_floats(n, xshape[1], *g.out_size, kh, kw, sh, sw, dh,
                                                dw)
-        padded = self.finite and 4 * pad_floats <= DENSE_PADDED_MAX_BYTES
+        padded = self.finite and 4 * pad_floats <= self.max_copy_bytes
         pad_floats = pad_floats if padded else 0
         bufs = [workspace.take(math.prod(xshape)), workspace.take(math.prod(oshape)),
                 workspace.take(max(1, pad_floats))]
