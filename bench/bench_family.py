@@ -1,6 +1,6 @@
 """The rest of the layer suite (shared/BENCHMARKS.md): transposed, 1-D, 3-D, deformable
 convolution, max pooling and max-unpooling, the exp-based activations and layer
-normalisation, next to ONNX Runtime and PyTorch, 1 and 2 threads.
+normalisation, matrix products by constant weights, next to ONNX Runtime and PyTorch, 1 and 2 threads.
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/bench_family.py [--threads 1 2]
 """
@@ -171,6 +171,22 @@ def activation_cases():
     return cases
 
 
+def matmul_cases():
+    """ConvNeXt-Tiny's MLP products on its first stage's 3136 pixels (96 -> 384 -> 96) and on
+    its last stage's 49 (768 -> 3072 -> 768): a MatMul of activations by constant weights, the
+    engine's packed GEMM reading the activations in place."""
+    cases = []
+    for m, k, n in ((3136, 96, 384), (3136, 384, 96), (49, 768, 3072), (49, 3072, 768)):
+        a, w = _rand(1, m, k), _rand(k, n, scale=k ** -0.5)
+        model, feeds = onnx_single_node("MatMul", [("a", a)], [("w", w)], {}, opset=17)
+        cases.append(Case(f"matmul_{m}x{k}x{n}", 2.0 * m * k * n,
+                          lambda model=model, feeds=feeds: (
+                              lambda m=engine.load(model): lambda: m.run(feeds))(),
+                          model, feeds, _torch_call(lambda t: t.matmul, a, w),
+                          note="packed B, A in place"))
+    return cases
+
+
 CASES = [conv_transpose_case, conv1d_case, conv3d_case, deform_case, unpool_case]
 
 
@@ -180,7 +196,8 @@ def main(argv=None):
     ap.add_argument("--repeat", type=int, default=15)
     ap.add_argument("--only", help="cases whose name contains this")
     args = ap.parse_args(argv)
-    cases = [make() for make in CASES] + maxpool_cases() + activation_cases()
+    cases = ([make() for make in CASES] + maxpool_cases() + activation_cases()
+             + matmul_cases())
     if args.only:
         cases = [c for c in cases if args.only in c.name]
     results = run_cases(cases, args.threads, args.repeat)

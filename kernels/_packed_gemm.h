@@ -5,7 +5,9 @@
  * Layouts
  *   A packed:  [ceil(M / CE_PG_MR)][K][CE_PG_MR], rows beyond M zero. Row block i holds, for
  *              every k, the MR weights A[i*MR + r, k] side by side, so the micro-kernel reads
- *              them in order and broadcasts each to a vector.
+ *              them in order and broadcasts each to a vector. A matrix computed at run time
+ *              (a MatMul's activations) is instead read in place, row by row
+ *              (ce_pg_block_rows).
  *   B panel:   [K][CE_PG_NR], the columns n0 .. n0+NR of B copied contiguous (zero beyond N),
  *              so one panel stays in L1/L2 while every row block of A passes over it.
  *
@@ -108,62 +110,6 @@ static inline void ce_pg_pack_rows(const float *B, ptrdiff_t ldb, int K, int nco
 #endif
         }
     }
-}
-
-/* One row block of A packed at run time: rows r < nm of A (row stride lda) as [K][MR], rows
- * from nm on zero. Eight rows at a time are read as eight streams, a chunk of 16 columns of
- * each into registers, and written out interleaved, so both sides move whole vectors. */
-#if defined(__AVX512F__)
-/* The 8 x 16 block of rows r0..r7 (16 floats each) written as 16 columns of 8 (ap[k * 8 + r]):
- * a transpose in three rounds of lane shuffles, eight vectors in, eight out. */
-static inline void ce_pg_transpose_8x16(const float *A, ptrdiff_t lda, float *ap)
-{
-    __m512 r[8], t[8], u[8];
-    for (int i = 0; i < 8; i++)
-        r[i] = _mm512_loadu_ps(A + i * lda);
-    for (int i = 0; i < 8; i += 2) {             /* pairs of rows, per 128-bit lane */
-        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
-        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
-    }
-    for (int h = 0; h < 8; h += 4) {             /* rows h..h+3: column k % 4 = c in u[h + c] */
-        u[h] = _mm512_shuffle_ps(t[h], t[h + 2], 0x44);
-        u[h + 1] = _mm512_shuffle_ps(t[h], t[h + 2], 0xEE);
-        u[h + 2] = _mm512_shuffle_ps(t[h + 1], t[h + 3], 0x44);
-        u[h + 3] = _mm512_shuffle_ps(t[h + 1], t[h + 3], 0xEE);
-    }
-    for (int c = 0; c < 4; c += 2) {             /* columns c, c+1 (and + 4, 8, 12) */
-        __m512 m0 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0x88);        /* lanes 0, 2 */
-        __m512 m1 = _mm512_shuffle_f32x4(u[c + 1], u[5 + c], 0x88);
-        __m512 n0 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0xDD);        /* lanes 1, 3 */
-        __m512 n1 = _mm512_shuffle_f32x4(u[c + 1], u[5 + c], 0xDD);
-        _mm512_storeu_ps(ap + (c + 0) * 8, _mm512_shuffle_f32x4(m0, m1, 0x88));
-        _mm512_storeu_ps(ap + (c + 8) * 8, _mm512_shuffle_f32x4(m0, m1, 0xDD));
-        _mm512_storeu_ps(ap + (c + 4) * 8, _mm512_shuffle_f32x4(n0, n1, 0x88));
-        _mm512_storeu_ps(ap + (c + 12) * 8, _mm512_shuffle_f32x4(n0, n1, 0xDD));
-    }
-}
-#endif
-
-static inline void ce_pg_pack_a(const float *A, ptrdiff_t lda, int K, int nm, float *ap)
-{
-    int k = 0;
-    if (nm == CE_PG_MR) {
-        for (; k + 16 <= K; k += 16) {
-#if defined(__AVX512F__)
-            ce_pg_transpose_8x16(A + k, lda, ap + (ptrdiff_t)k * 8);
-#else
-            float t[CE_PG_MR][16];
-            for (int r = 0; r < CE_PG_MR; r++)
-                memcpy(t[r], A + r * lda + k, sizeof t[r]);
-            for (int j = 0; j < 16; j++)
-                for (int r = 0; r < CE_PG_MR; r++)
-                    ap[(ptrdiff_t)(k + j) * CE_PG_MR + r] = t[r][j];
-#endif
-        }
-    }
-    for (; k < K; k++)
-        for (int r = 0; r < CE_PG_MR; r++)
-            ap[(ptrdiff_t)k * CE_PG_MR + r] = r < nm ? A[r * lda + k] : 0.0f;
 }
 
 /* The K rows of B as whole panels [K][NR], one after another. */
@@ -299,6 +245,78 @@ static void ce_pg_block(const float *restrict ap, const float *restrict panel, i
 #undef CE_PG_OUT
     if (ce_pg_act_later(act))
         ce_pg_act_rows(c, ldc, nm, ncols, act);
+}
+
+/* One block of A @ B with A read in place: rows r < nm of A from a (row stride lda), so a
+ * product of activations by constant weights packs nothing per call; packing A cost up to a
+ * tenth of the product where B has few panels (ConvNeXt's 384 -> 96 MatMul,
+ * bench/bench_family.py --only matmul). colbias: the block's NR column biases (zero past N)
+ * or NULL, added after the sum over k as an Add after the product adds it. Otherwise as
+ * ce_pg_block (no residual). Inlined with nm a constant (ce_pg_block_rows), so a block of
+ * fewer rows does only its own multiply-adds: the 49 rows of a 7x7 map end in a block of
+ * one. */
+__attribute__((always_inline))
+static inline void ce_pg_rows_body(const float *a, ptrdiff_t lda, const float *restrict panel,
+                                   int K, float *c, ptrdiff_t ldc, const float *colbias,
+                                   ce_act_t act, const int nm, int ncols)
+{
+#define CE_PG_DECL(r) ce_pg_vf a##r = {0}, b##r = {0};                                   \
+    const float *p##r = a + (r < nm ? r : 0) * lda;
+    CE_PG_ROWS(CE_PG_DECL)
+#undef CE_PG_DECL
+    const float *bp = panel;
+    if (ncols > CE_PG_VW && CE_PG_NV == 2) {
+        for (int k = 0; k < K; k++, bp += CE_PG_NR) {
+            ce_pg_vf x0 = *(const ce_pg_vf *)bp;
+            ce_pg_vf x1 = *(const ce_pg_vf *)(bp + CE_PG_VW);
+#define CE_PG_FMA2(r) if (r < nm) { a##r += x0 * p##r[k]; b##r += x1 * p##r[k]; }
+            CE_PG_ROWS(CE_PG_FMA2)
+#undef CE_PG_FMA2
+        }
+    } else {
+        for (int k = 0; k < K; k++, bp += CE_PG_NR) {
+            ce_pg_vf x0 = *(const ce_pg_vf *)bp;
+#define CE_PG_FMA1(r) if (r < nm) a##r += x0 * p##r[k];
+            CE_PG_ROWS(CE_PG_FMA1)
+#undef CE_PG_FMA1
+        }
+    }
+    ce_pg_vf c0 = {0}, c1 = {0};
+    if (colbias) {
+        c0 = *(const ce_pg_vfu *)colbias;
+        if (CE_PG_NV == 2)
+            c1 = *(const ce_pg_vfu *)(colbias + CE_PG_VW);
+    }
+    int n0 = ncols < CE_PG_VW ? ncols : CE_PG_VW;
+    int n1 = ncols - n0;
+    const ce_act_t sact = ce_pg_store_act(act);
+#define CE_PG_OUT(r)                                                                         \
+    if (r < nm) {                                                                            \
+        ce_pg_store(colbias ? a##r + c0 : a##r, 0.0f, NULL, c + r * ldc, sact, n0);          \
+        if (CE_PG_NV == 2)                                                                   \
+            ce_pg_store(colbias ? b##r + c1 : b##r, 0.0f, NULL, c + r * ldc + CE_PG_VW, sact, \
+                        n1);                                                                 \
+    }
+    CE_PG_ROWS(CE_PG_OUT)
+#undef CE_PG_OUT
+    if (ce_pg_act_later(act))
+        ce_pg_act_rows(c, ldc, nm, ncols, act);
+}
+
+static void ce_pg_block_rows(const float *a, ptrdiff_t lda, const float *restrict panel, int K,
+                             float *c, ptrdiff_t ldc, const float *colbias, ce_act_t act,
+                             int nm, int ncols)
+{
+    switch (nm < CE_PG_MR ? nm : CE_PG_MR) {
+#define CE_PG_CASE(r)                                                                        \
+    case r + 1:                                                                              \
+        ce_pg_rows_body(a, lda, panel, K, c, ldc, colbias, act, r + 1, ncols);               \
+        break;
+    CE_PG_ROWS(CE_PG_CASE)
+#undef CE_PG_CASE
+    default:
+        break;
+    }
 }
 
 #endif

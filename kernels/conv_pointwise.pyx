@@ -13,7 +13,7 @@
 # the thread count.
 from _epilogue cimport ce_act_t, check_act
 from _packed_gemm cimport (CE_PG_MR, CE_PG_NR, ce_pg_act_later, ce_pg_act_rows, ce_pg_block,
-                          ce_pg_pack_a, ce_pg_pack_panels, ce_pg_store_act)
+                          ce_pg_block_rows, ce_pg_pack_panels, ce_pg_store_act)
 from _pool cimport ce_pool_attach, ce_pool_for
 from _scratch cimport check_scratch
 
@@ -140,68 +140,40 @@ cdef void _pointwise_units(void* job, int thread, Py_ssize_t lo, Py_ssize_t hi) 
             pa = pb
 
 
-def f32_pack_rows(const float[:, ::1] a, float[::1] apack, int num_threads, bint ones=False):
-    """a[M, K] -> apack[ceil(M/MR)][K][MR] (rows beyond M zero): a matrix computed at run time
-    made the A operand of the micro-kernel (a MatMul's activations times its constant weights,
-    engine/ops/packed_gemm.py ConstantRight); the threads take ranges of row blocks. ones: a
-    column of ones follows the K of each row ([K + 1][MR] per block), which multiplies a bias
-    row appended to B: the bias is then the last term of each sum, added as an Add after the
-    product would add it."""
-    cdef Py_ssize_t M = a.shape[0], K = a.shape[1], MR = CE_PG_MR
-    cdef Py_ssize_t nmb = (M + MR - 1) // MR, KA = K + (1 if ones else 0)
-    if apack.shape[0] < nmb * KA * MR:
-        raise ValueError(f"apack must hold {nmb * KA * MR} floats, got {apack.shape[0]}")
-    if M == 0 or K == 0:
-        return
-    cdef PackJob j = PackJob(&a[0, 0], M, K, KA, ones, &apack[0])
-    with nogil:
-        ce_pool_for(num_threads, nmb, _pack_blocks, &j)
-
-
-ctypedef struct PackJob:
-    const float* a
-    Py_ssize_t M, K, KA
-    bint ones
-    float* apack
-
-
-cdef void _pack_blocks(void* job, int thread, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
-    """Row blocks [lo, hi)."""
-    cdef PackJob* j = <PackJob*>job
-    cdef Py_ssize_t MR = CE_PG_MR, mb, r
-    for mb in range(lo, hi):
-        ce_pg_pack_a(j.a + mb * MR * j.K, j.K, <int>j.K, <int>min(MR, j.M - mb * MR),
-                     j.apack + mb * j.KA * MR)
-        if j.ones:
-            for r in range(MR):
-                j.apack[(mb * j.KA + j.K) * MR + r] = 1.0
-
-
-def f32_gemm_prepacked(const float[::1] apack, const float[::1] bpanels, float[:, ::1] out,
-                       int KA, bint split_rows, int group_panels, ce_act_t act,
-                       int num_threads):
-    """out[M, N] = act(A @ B) with both operands packed: apack [ceil(M/MR)][KA][MR] (as
-    f32_pack_rows makes it, per call), bpanels [ceil(N/NR)][KA][NR] (a constant B packed once
-    by the plan: engine/ops/packed_gemm.py ConstantRight). The threads share the row blocks
-    (split_rows) or the panels, as f32_conv2d_pointwise does, and each takes its panels
+def f32_gemm_rows(const float[:, ::1] a, const float[::1] bpanels, const float[::1] colbias,
+                  float[:, ::1] out, bint split_rows, int group_panels, ce_act_t act,
+                  int num_threads):
+    """out[M, N] = act(a @ B (+ colbias)) with a [M, K] read in place (a matrix computed at run
+    time: a MatMul's activations) and B a constant packed once as bpanels [ceil(N/NR)][K][NR]
+    (engine/ops/packed_gemm.py ConstantRight). colbias: N biases padded with zeros to whole
+    panels, or empty for none; each is added after its output's sum. The threads share the row
+    blocks (split_rows) or the panels, as f32_conv2d_pointwise does, and each takes its panels
     group_panels at a time (a group stays in L2 while its row blocks pass over it); every
     output is summed over k in order whatever the split."""
     check_act(act)
-    cdef Py_ssize_t M = out.shape[0], N = out.shape[1], MR = CE_PG_MR, NR = CE_PG_NR
-    cdef Py_ssize_t nmb = (M + MR - 1) // MR, npanels = (N + NR - 1) // NR
-    if KA < 1 or group_panels < 1:
-        raise ValueError(f"KA and group_panels must be positive, got {KA} and {group_panels}")
-    if apack.shape[0] < nmb * KA * MR:
-        raise ValueError(f"apack must hold {nmb * KA * MR} floats, got {apack.shape[0]}")
-    if bpanels.shape[0] != npanels * KA * NR or <size_t>&bpanels[0] % 64:
-        raise ValueError(f"bpanels must hold {npanels * KA * NR} floats from a 64-byte "
+    cdef Py_ssize_t M = a.shape[0], K = a.shape[1], N = out.shape[1], NR = CE_PG_NR
+    cdef Py_ssize_t nmb = (M + CE_PG_MR - 1) // CE_PG_MR, npanels = (N + NR - 1) // NR
+    if out.shape[0] != M:
+        raise ValueError(f"out must have {M} rows (those of a), got {out.shape[0]}")
+    if group_panels < 1:
+        raise ValueError(f"group_panels must be positive, got {group_panels}")
+    if bpanels.shape[0] != npanels * K * NR or <size_t>&bpanels[0] % 64:
+        raise ValueError(f"bpanels must hold {npanels * K * NR} floats from a 64-byte "
                          f"boundary, got {bpanels.shape[0]}")
+    if colbias.shape[0] not in (0, npanels * NR):
+        raise ValueError(f"colbias must hold 0 or {npanels * NR} floats, got "
+                         f"{colbias.shape[0]}")
+    if K == 0:
+        raise ValueError("a must have at least one column")
     if M == 0 or N == 0:
         return
     # an activation past the clamps over a row block's panels at once, as in
     # f32_conv2d_pointwise: block by block, the map's setup came every 16 columns (ConvNeXt's
     # GELU on 3136 x 384 outputs, 1.5x its cost over whole rows)
-    cdef GemmJob j = GemmJob(&apack[0], &bpanels[0], &out[0, 0], M, N, KA, nmb, npanels,
+    cdef const float* cb = NULL
+    if colbias.shape[0]:
+        cb = &colbias[0]
+    cdef GemmJob j = GemmJob(&a[0, 0], &bpanels[0], cb, &out[0, 0], M, N, K, nmb, npanels,
                              group_panels, split_rows, ce_pg_act_later(act),
                              ce_pg_store_act(act), act)
     with nogil:
@@ -209,10 +181,11 @@ def f32_gemm_prepacked(const float[::1] apack, const float[::1] bpanels, float[:
 
 
 ctypedef struct GemmJob:
-    const float* apack
+    const float* a
     const float* bpanels
+    const float* colbias
     float* out
-    Py_ssize_t M, N, KA, nmb, npanels, GP
+    Py_ssize_t M, N, K, nmb, npanels, GP
     bint split_rows, later
     ce_act_t sact, act
 
@@ -220,16 +193,17 @@ ctypedef struct GemmJob:
 cdef void _gemm_units(void* job, int thread, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
     """Units [lo, hi) of the row blocks or the panels."""
     cdef GemmJob* j = <GemmJob*>job
-    cdef Py_ssize_t MR = CE_PG_MR, NR = CE_PG_NR, M = j.M, N = j.N, KA = j.KA, pa, pb, p, mb
+    cdef Py_ssize_t MR = CE_PG_MR, NR = CE_PG_NR, M = j.M, N = j.N, K = j.K, pa, pb, p, mb
     cdef Share sh = share(lo, hi, j.split_rows, j.nmb, j.npanels)
     pa = sh.p_lo
     while pa < sh.p_hi:
         pb = min(sh.p_hi, pa + j.GP)
         for mb in range(sh.mb_lo, sh.mb_hi):
             for p in range(pa, pb):
-                ce_pg_block(j.apack + mb * KA * MR, j.bpanels + p * KA * NR, <int>KA,
-                            j.out + mb * MR * N + p * NR, N, NULL, NULL, j.sact,
-                            <int>min(MR, M - mb * MR), <int>min(NR, N - p * NR))
+                ce_pg_block_rows(j.a + mb * MR * K, K, j.bpanels + p * K * NR, <int>K,
+                                 j.out + mb * MR * N + p * NR, N,
+                                 j.colbias + p * NR if j.colbias != NULL else NULL, j.sact,
+                                 <int>min(MR, M - mb * MR), <int>min(NR, N - p * NR))
             if j.later:
                 ce_pg_act_rows(j.out + mb * MR * N + pa * NR, N, <int>min(MR, M - mb * MR),
                                <int>(min(N, pb * NR) - pa * NR), j.act)

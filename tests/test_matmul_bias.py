@@ -4,8 +4,8 @@ fuse_matmul_bias, fuse_activations) into one step of the packed GEMM, as exporte
 Linear layer on a tensor of more than two dimensions (ConvNeXt's, an MLP block's).
 
 The fused step must give the unfused nodes' values bit for bit: the bias is the last term of
-each sum (a row of B met by a column of ones in the packed A), which rounds as the Add after
-the product does, and the activation is the same vector formula. Against float64 and ONNX
+each sum (added after the sum over k, in the output step), which rounds as the Add after the
+product does, and the activation is the same vector formula. Against float64 and ONNX
 Runtime as in tests/test_onnx_import.py: per element, 1e-5 of the sum of |terms| (and the
 activation's own stated error, tests/test_activation_kernels.py, far below it).
 """
@@ -15,8 +15,9 @@ import pytest
 import engine
 from engine._kernels import conv_pointwise
 from engine._threads import threads_for
-from engine.ops.activation import float64_activation
-from engine.ops.packed_gemm import pack_rows
+from engine.ops.activation import float64_activation, kernel_act
+from engine.ops.packed_gemm import ConstantRight, pack_panels
+from engine.ops.workspace import aligned_zeros
 
 onnx = pytest.importorskip("onnx")
 from onnx import TensorProto as T  # noqa: E402
@@ -102,20 +103,68 @@ def test_only_a_constant_vector_of_the_columns_fuses(rng):
                                    x @ w + bias, rtol=1e-5, atol=1e-5)
 
 
-def test_row_packing_with_a_column_of_ones(rng):
-    mr = conv_pointwise.ROW_BLOCK
-    for m, k in [(1, 1), (8, 16), (13, 21), (17, 64)]:
+def test_the_kernel_reads_a_in_place_over_every_tail(rng):
+    """f32_gemm_rows against float64 for row counts off the 8-row block, columns off the panel,
+    K from 1, with and without bias, relu and gelu: per element 1e-5 of the sum of |terms|
+    (with the bias) plus GELU's own error; bit-identical at 1 and 2 threads, and for either
+    split of the work."""
+    mr, nr = conv_pointwise.ROW_BLOCK, conv_pointwise.PANEL
+    for m, k, n in [(1, 1, 1), (7, 3, 5), (8, 16, nr), (13, 21, nr + 3), (17, 64, 2 * nr - 1),
+                    (130, 40, 3 * nr + 7)]:
         a = rng.standard_normal((m, k)).astype(np.float32)
-        ap = np.full(-(-m // mr) * mr * (k + 1), np.nan, np.float32)
-        conv_pointwise.f32_pack_rows(a, ap, 2, True)
-        want = pack_rows(np.concatenate([a, np.ones((m, 1), np.float32)], axis=1), 1)
-        got = ap.reshape(-1, k + 1, mr)
-        # rows beyond M: zero, but for the ones column, which only meets the bias row there
-        np.testing.assert_array_equal(got[:, :k], want.reshape(-1, k + 1, mr)[:, :k])
-        np.testing.assert_array_equal(got[:, k], 1.0)
-    with pytest.raises(ValueError, match="apack"):
-        conv_pointwise.f32_pack_rows(rng.standard_normal((9, 4)).astype(np.float32),
-                                     np.zeros(-(-9 // mr) * mr * 5 - 1, np.float32), 1, True)
+        b = rng.standard_normal((k, n)).astype(np.float32)
+        bias = rng.standard_normal(n).astype(np.float32)
+        panels = pack_panels(b)
+        for with_bias in (False, True):
+            cb = np.zeros(-(-n // nr) * nr if with_bias else 0, np.float32)
+            if with_bias:
+                cb[:n] = bias
+            for act in (None, "relu", "gelu"):
+                z = a.astype(np.float64) @ b + (bias if with_bias else 0.0)
+                want = float64_activation(act, z)
+                terms = np.abs(a).astype(np.float64) @ np.abs(b) + (
+                    np.abs(bias) if with_bias else 0.0)
+                outs = []
+                for threads, split_rows in ((1, False), (2, False), (2, True)):
+                    out = np.full((m, n), np.nan, np.float32)
+                    conv_pointwise.f32_gemm_rows(a, panels, cb, out, split_rows, 1,
+                                                 kernel_act(act), threads)
+                    outs.append(out)
+                for out in outs[1:]:
+                    np.testing.assert_array_equal(out, outs[0])
+                assert np.all(np.abs(outs[0] - want) <= 1e-5 * terms + 1e-6 * np.abs(want)
+                              + 1e-30), (m, k, n, with_bias, act)
+
+
+def test_the_kernel_checks_its_operands(rng):
+    nr = conv_pointwise.PANEL
+    a = rng.standard_normal((9, 4)).astype(np.float32)
+    panels = pack_panels(rng.standard_normal((4, 6)).astype(np.float32))
+    out = np.zeros((9, 6), np.float32)
+    act = kernel_act(None)
+    with pytest.raises(ValueError, match="bpanels"):
+        conv_pointwise.f32_gemm_rows(a[:, :3].copy(), panels, np.zeros(0, np.float32), out,
+                                     False, 1, act, 1)
+    with pytest.raises(ValueError, match="colbias"):
+        conv_pointwise.f32_gemm_rows(a, panels, np.zeros(6, np.float32), out, False, 1, act, 1)
+    with pytest.raises(ValueError, match="out must have 9 rows"):
+        conv_pointwise.f32_gemm_rows(a, panels, np.zeros(nr, np.float32), out[:8], False, 1,
+                                     act, 1)
+    with pytest.raises(ValueError, match="group_panels"):
+        conv_pointwise.f32_gemm_rows(a, panels, np.zeros(0, np.float32), out, False, 0, act, 1)
+    shifted = aligned_zeros(panels.size + 1)[1:]        # 4 bytes past a 64-byte boundary
+    shifted[:] = panels
+    with pytest.raises(ValueError, match="64-byte"):
+        conv_pointwise.f32_gemm_rows(a, shifted, np.zeros(0, np.float32), out, False, 1, act, 1)
+
+
+def test_a_product_over_no_terms_is_its_bias():
+    w = np.zeros((0, 5), np.float32)
+    bias = np.arange(5, dtype=np.float32) - 2
+    gemm = ConstantRight(w, bias, "relu")
+    out = np.full((3, 5), np.nan, np.float32)
+    gemm.run(np.zeros((3, 0), np.float32), out, 2)
+    np.testing.assert_array_equal(out, np.maximum(bias, 0)[None].repeat(3, 0))
 
 
 def test_a_fused_linear_layer_survives_the_native_file(rng, tmp_path):
@@ -167,21 +216,3 @@ def test_constant_right_against_float64_at_one_and_two_threads(rng, m, k, n, act
     ref = z if act is None else float64_activation(act, z)
     terms = np.abs(a).astype(np.float64) @ np.abs(b) + np.abs(bias)
     assert np.all(np.abs(outs[0] - ref) <= 1e-5 * terms + 1e-30)
-
-
-def test_prepacked_gemm_checks_its_operands(rng):
-    from engine.ops.activation import kernel_act
-    from engine.ops.packed_gemm import pack_panels
-    from engine.ops.workspace import aligned_zeros
-    b = pack_panels(rng.standard_normal((4, 40)).astype(np.float32))
-    ap = aligned_zeros(2 * 4 * 8)
-    out = np.zeros((9, 40), np.float32)
-    conv_pointwise.f32_gemm_prepacked(ap, b, out, 4, True, 1, kernel_act(None), 1)
-    with pytest.raises(ValueError, match="bpanels"):
-        conv_pointwise.f32_gemm_prepacked(ap, b[:-1], out, 4, True, 1, kernel_act(None), 1)
-    shifted = aligned_zeros(b.size + 1)[1:]        # 4 bytes past a 64-byte boundary
-    shifted[:] = b
-    with pytest.raises(ValueError, match="64-byte"):
-        conv_pointwise.f32_gemm_prepacked(ap, shifted, out, 4, True, 1, kernel_act(None), 1)
-    with pytest.raises(ValueError, match="apack"):
-        conv_pointwise.f32_gemm_prepacked(ap[:8], b, out, 4, True, 1, kernel_act(None), 1)

@@ -651,19 +651,6 @@ def test_matmul_by_constant_weights(rng, a_shape):
     assert np.all(np.abs(outs[0] - ref) <= 1e-5 * mag + 1e-6)
 
 
-def test_row_packing_kernel_matches_numpy(rng):
-    from engine._kernels import conv_pointwise
-    from engine.ops.packed_gemm import pack_rows
-    for m_, k in [(1, 1), (8, 16), (13, 21), (40, 35), (17, 64)]:
-        a = randn(rng, m_, k)
-        mr = conv_pointwise.ROW_BLOCK
-        ap = np.full(-(-m_ // mr) * mr * k, np.nan, np.float32)
-        conv_pointwise.f32_pack_rows(a, ap, 2)
-        np.testing.assert_array_equal(ap, pack_rows(a, 1))
-    with pytest.raises(ValueError, match="apack"):
-        conv_pointwise.f32_pack_rows(randn(rng, 9, 4), np.zeros(40, np.float32), 1)
-
-
 @pytest.mark.parametrize("m_,k", [(1, 1), (1, 31), (1, 32), (2, 33), (1, 1000), (3, 1024)])
 def test_dense_kernel_against_float64_and_row_grouping(rng, m_, k):
     """The matrix-vector kernel takes rows of w eight at a time and the rest one at a time (all

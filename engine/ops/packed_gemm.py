@@ -8,8 +8,8 @@ from __future__ import annotations
 import numpy as np
 
 from .._kernels import conv_pointwise
-from .activation import kernel_act
-from .workspace import aligned_zeros, populated_zeros, workspace
+from .activation import apply_activation, kernel_act
+from .workspace import aligned_zeros, populated_zeros
 
 ROW_BLOCK = conv_pointwise.ROW_BLOCK     # rows of A per packed block (MR)
 PANEL = conv_pointwise.PANEL             # columns of B per panel (NR)
@@ -85,30 +85,26 @@ class ConstantRight:
     """out[M, N] = act(a[M, K] @ b[K, N] (+ bias[N])) for a constant b and an a computed at run
     time (a MatMul of activations by weights: a transformer-style block's Linear layers, a
     ConvNeXt block's MLP), on the engine's threads with the micro-kernel: b is packed into
-    panels once, here, and a as the kernel's A operand per call. A bias is a row appended to
-    b, met by a column of ones in the packed a, so it is the last term of each sum: the value
-    an Add after the product gives, and the activation (engine/ops/activation.py) runs in the
-    output step. Every output is summed over k in order, whatever the thread count."""
+    panels once, here, and a is read in place. The bias is added after each output's sum over
+    k, the value an Add after the product gives, and the activation
+    (engine/ops/activation.py) runs in the output step. Every output is summed over k in
+    order, whatever the thread count."""
 
     def __init__(self, b: np.ndarray, bias=None, activation=None):
         self.k, self.n = b.shape
-        self.ones = bias is not None
-        rows = [np.asarray(b, np.float32)]
-        if self.ones:
-            rows.append(np.asarray(bias, np.float32).reshape(1, self.n))
-        self.panels = pack_panels(np.concatenate(rows) if self.ones else rows[0])
-        self.act = kernel_act(activation)
+        self.panels = pack_panels(np.asarray(b, np.float32))
+        self.bias = np.zeros(0 if bias is None else -(-self.n // PANEL) * PANEL, np.float32)
+        if bias is not None:
+            self.bias[:self.n] = np.asarray(bias, np.float32).reshape(self.n)
+        self.act, self.activation = kernel_act(activation), activation
 
     def run(self, a: np.ndarray, out: np.ndarray, threads: int) -> None:
         """a: C-contiguous float32 (M, K); out: C-contiguous float32 (M, N)."""
         m, k = a.shape
-        ka = k + self.ones
-        blocks = -(-m // ROW_BLOCK)
-        split_rows, group_panels = share_split(ka, m, self.n, threads)
-        apack = workspace.take(blocks * ka * ROW_BLOCK)
-        try:
-            conv_pointwise.f32_pack_rows(a, apack, threads, self.ones)
-            conv_pointwise.f32_gemm_prepacked(apack, self.panels, out, ka, split_rows,
-                                              group_panels, self.act, threads)
-        finally:
-            workspace.give(apack)
+        if k == 0:                          # empty sums: the bias alone
+            out[...] = self.bias[:self.n] if self.bias.size else 0.0
+            apply_activation(out, self.activation, threads)
+            return
+        split_rows, group_panels = share_split(k, m, self.n, threads)
+        conv_pointwise.f32_gemm_rows(a, self.panels, self.bias, out, split_rows, group_panels,
+                                     self.act, threads)
