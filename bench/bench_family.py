@@ -1,6 +1,7 @@
 """The rest of the layer suite (shared/BENCHMARKS.md): transposed, 1-D, 3-D, deformable
 convolution, max pooling and max-unpooling, the exp-based activations and layer
-normalisation, matrix products by constant weights, next to ONNX Runtime and PyTorch, 1 and 2 threads.
+normalisation, matrix products by constant weights, next to ONNX Runtime and PyTorch, 1 and 2
+threads.
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/bench_family.py [--threads 1 2]
 """
