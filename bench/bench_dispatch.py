@@ -298,6 +298,24 @@ def pointwise_alone_rows(threads):
                {"nchw": fns["nchw"], "blocked": fns["nchwc"]}, pick)
 
 
+def depthwise_alone_rows(threads):
+    """A lone depthwise layer (a one-node ONNX model) planned on NCHW against blocked with a
+    layout change each way: ConvNeXt-Tiny's 7x7 layers, 5x5 ones (EfficientNet, MnasNet), and
+    a 3x3 one."""
+    engine.set_num_threads(threads)
+    for c, size, k in [(96, 56, 7), (192, 28, 7), (384, 14, 7), (768, 7, 7), (96, 56, 5),
+                       (240, 28, 5), (672, 14, 5), (144, 56, 3)]:
+        x, w = _rand(1, c, size, size), _rand(c, 1, k, k) / np.float32(k)
+        model, feeds = onnx_single_node("Conv", [("x", x)], [("w", w)],
+                                        dict(kernel_shape=[k, k], group=c, pads=[k // 2] * 4))
+        fns = {lay: (lambda m: lambda: m.run(feeds))(engine.load(model, layout=lay))
+               for lay in ("nchw", "nchwc")}
+        auto = engine.load(model).explain()
+        pick = "blocked" if "layout nchwc" in auto else "nchw"
+        yield (f"dw {k}x{k} {c}ch {size}x{size}",
+               {"nchw": fns["nchw"], "blocked": fns["nchwc"]}, pick)
+
+
 def grouped_rows(threads):
     """Grouped 3x3 layers with groups inside blocks: the blocked grouped kernel against the
     NCHW algorithm the dispatcher gives the same layer (no layout change counted)."""
@@ -479,6 +497,7 @@ def dense_padded_rows(threads):
 
 def layout_rows(group, threads=1):
     rows = {"dense": dense_rows, "pointwise": pointwise_alone_rows,
+            "depthwise_alone": depthwise_alone_rows,
             "winograd": winograd_layout_rows, "grouped": grouped_rows,
             "grouped_winograd": grouped_winograd_rows, "live_taps": live_taps_layout_rows,
             "dw_planes": dw_plane_rows, "dense_padded": dense_padded_rows}.get(group)
@@ -540,11 +559,12 @@ SECTIONS = {
              else ["1 row", "8 rows", "matmul"]),
     "winograd": (["weights"], winograd_weight_rows, lambda g: ["stored", "per_call"]),
     "layout": (["convert", "depthwise", "dw_planes", "dense_padded", "dense", "pointwise",
-                "grouped", "winograd", "grouped_winograd", "live_taps"],
+                "depthwise_alone", "grouped", "winograd", "grouped_winograd", "live_taps"],
                layout_rows,
                lambda g: ["nchw", "blocked", "winograd_blocked"] if g == "winograd"
                else ["blocked", "winograd_blocked"] if g == "grouped_winograd"
-               else ["nchw", "blocked"] if g in ("dense", "pointwise", "grouped", "live_taps")
+               else ["nchw", "blocked"] if g in ("dense", "pointwise", "depthwise_alone",
+                                                 "grouped", "live_taps")
                else ["rows", "planes"] if g == "dw_planes"
                else ["checked", "padded"] if g == "dense_padded" else ["1 thread", "2 thread"]),
 }

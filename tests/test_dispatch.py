@@ -229,3 +229,32 @@ def test_a_lone_pointwise_layer_runs_blocked_on_a_small_map(rng):
     x = rng.standard_normal((1, 384, 7, 7)).astype(np.float32)
     np.testing.assert_allclose(model.run({"x": x})["y"], plain.run({"x": x})["y"],
                                rtol=1e-5, atol=1e-5)
+
+
+def test_a_lone_depthwise_layer_of_many_taps_runs_blocked(rng):
+    """A 5x5 or 7x7 depthwise layer with no blocked neighbour (ConvNeXt's, between residual
+    Adds and a channels-last LayerNorm) runs blocked with a layout change each way; a 3x3 one
+    stays NCHW. Per element the blocked plan agrees with the NCHW one and both with the float64
+    reference within 1e-5 of the sum of |terms| (a depthwise output's at most 49 products)."""
+    def params(k, groups=96):
+        return ConvParams(96, 96, (k, k), (1, 1), (1, 1), groups, ((k // 2,) * 2,) * 2, (28, 28))
+    assert pays_alone("depthwise", params(7)) and pays_alone("depthwise", params(5))
+    assert not pays_alone("depthwise", params(3))
+    for k, blocked in ((7, True), (3, False)):
+        w = rng.standard_normal((96, 1, k, k)).astype(np.float32)
+        nodes = [Node("Conv", "c", ["x", "w"], ["y"], {"group": 96, "pads": [k // 2] * 4})]
+        graph = Graph(nodes, [TensorSpec("x", (1, 96, 28, 28), "float32")],
+                      [TensorSpec("y", None, "float32")], {"w": w})
+        model, plain = Model(graph), Model(graph, layout="nchw")
+        assert ("layout nchwc" in model.explain()) == blocked
+        x = rng.standard_normal((1, 96, 28, 28)).astype(np.float32)
+        xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (k // 2,) * 2, (k // 2,) * 2))
+        ref = np.zeros((1, 96, 28, 28))
+        terms = np.zeros_like(ref)
+        for i in range(k):
+            for j in range(k):
+                tap = xp[:, :, i:i + 28, j:j + 28] * w[:, 0, i, j][None, :, None, None]
+                ref += tap
+                terms += np.abs(tap)
+        for y in (model.run({"x": x})["y"], plain.run({"x": x})["y"]):
+            assert np.all(np.abs(y - ref) <= 1e-5 * terms + 1e-30)

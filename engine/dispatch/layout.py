@@ -77,6 +77,11 @@ DENSE_ALONE_MIN_TAPS = 256
 # 256->1024 on 14x14 (208 columns for 196) 1.01 against 0.98 (bench/bench_dispatch.py
 # layout/pointwise).
 POINTWISE_ALONE_MIN_WASTE = 1.25
+# Fewest taps of a depthwise layer that runs blocked with no blocked neighbour: 5x5 and 7x7
+# (ConvNeXt's, EfficientNet's and MnasNet's) take 0.65-0.93 of their NCHW time blocked with a
+# layout change each way, at 1 and 2 threads; a 3x3 layer ties (bench/bench_dispatch.py
+# layout/depthwise_alone).
+DEPTHWISE_ALONE_MIN_TAPS = 25
 POINTWISE_ALONE_MIN_WEIGHTS = 1 << 17
 # On 8-float builds (AVX2, tiles of 6 pixels x 2 blocks), most taps of a layer the dense
 # blocked kernel runs, and fewest input channels: from 1152 taps the 3x3 stride-2 layers of
@@ -309,8 +314,9 @@ def blocked_kernel(p: ConvParams, activation=None, residual: Optional[bool] = No
 
 def pays_alone(kind: Optional[str], p: ConvParams) -> bool:
     """Whether a layer whose blocked kernel is ``kind`` runs blocked with no blocked neighbour:
-    a dense or Winograd one, not 1x1, of at least DENSE_ALONE_MIN_TAPS taps; or a 1x1 layer on
-    a map whose NCHW GEMM computes many columns for nothing (see POINTWISE_ALONE_MIN_WASTE)."""
+    a dense or Winograd one, not 1x1, of at least DENSE_ALONE_MIN_TAPS taps; a depthwise one
+    of at least DEPTHWISE_ALONE_MIN_TAPS taps; or a 1x1 layer on a map whose NCHW GEMM computes
+    many columns for nothing (see POINTWISE_ALONE_MIN_WASTE)."""
     if kind == "pointwise":
         if p.in_size is None or p.groups != 1:
             return False
@@ -318,6 +324,8 @@ def pays_alone(kind: Optional[str], p: ConvParams) -> bool:
         pixels = oh * ow
         return (pixels > 0 and gemm_columns(pixels) >= POINTWISE_ALONE_MIN_WASTE * pixels
                 and p.in_channels * p.out_channels >= POINTWISE_ALONE_MIN_WEIGHTS)
+    if kind == "depthwise":
+        return p.kernel[0] * p.kernel[1] >= DEPTHWISE_ALONE_MIN_TAPS
     return (kind in ("dense", "winograd") and p.kernel != (1, 1)
             and p.in_channels // p.groups * p.kernel[0] * p.kernel[1] >= DENSE_ALONE_MIN_TAPS)
 
