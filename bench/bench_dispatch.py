@@ -202,17 +202,26 @@ def transposed_rows(group):
 
 
 # -- gemm: the classifier of MobileNetV2 (1280 -> 1000) at a few batch sizes ---------------------
-def se_gate_rows():
+def se_gate_rows(cold=False):
     """A squeeze-excite's two products on one thread and on two (engine/graph/ops/se.py
     MIN_THREADED_GATE_WEIGHTS), on the shapes of MobileNetV3 (72->24, 672->168, 960->240),
-    EfficientNet-B0 (1152->48) and RegNetY-400MF (440->110), weights read from cache."""
+    EfficientNet-B0 (1152->48) and RegNetY-400MF (440->110), weights read from cache; cold:
+    each call reads the next of copies of the weights filling 64 MiB, as in a model."""
     for c, r in [(72, 24), (440, 110), (1152, 48), (672, 168), (960, 240)]:
         p = _rand(1, c)
-        w1t, w2t = _rand(c, r), _rand(r, c)
+        copies = -(-(64 << 20) // (8 * c * r)) if cold else 1
+        ring = [(_rand(c, r), _rand(r, c)) for _ in range(copies)]
         b1, b2 = _rand(r), _rand(c)
         out = np.empty((1, c), np.float32)
-        fns = {f"{t} thread": (lambda t: lambda: squeeze_excite.f32_se_gates(
-            p, w1t, b1, w2t, b2, kernel_act("relu"), 1, 0.2, 0.5, out, t))(t) for t in (1, 2)}
+        turn = itertools.count()
+
+        def gates(t):
+            def run():
+                w1t, w2t = ring[next(turn) % copies]
+                squeeze_excite.f32_se_gates(p, w1t, b1, w2t, b2, kernel_act("relu"), 1, 0.2,
+                                            0.5, out, t)
+            return run
+        fns = {f"{t} thread": gates(t) for t in (1, 2)}
         pick = "2 thread" if c * r >= MIN_THREADED_GATE_WEIGHTS else "1 thread"
         yield f"{c}->{r}->{c} ({c * r // 1024}K weights a product)", fns, pick
 
@@ -223,8 +232,8 @@ def gemm_rows(group, threads):
     (kernels/dense.pyx SINGLE_ROW_MAX_M), and NumPy's matmul (engine/dispatch/gemm.py). Each
     call reads the next of copies of the weights filling 64 MiB, so that they come from
     memory, as after a model's convolutions."""
-    if group == "se_gates":
-        yield from se_gate_rows()
+    if group.startswith("se_gates"):
+        yield from se_gate_rows(cold=group == "se_gates_cold")
         return
     for k, n in ((400, 1000), (1280, 1000)):
         bmat = _rand(k, n)
@@ -554,8 +563,8 @@ SECTIONS = {
                              "wide": ["blocks", "planes"]}.get(g, [g, "planes"])),
     "transposed": (["col2im"], lambda g, t: transposed_rows(g),
                    lambda g: ["col2im", "zero_insert"]),
-    "gemm": (["dense", "se_gates"], gemm_rows,
-             lambda g: ["1 thread", "2 thread"] if g == "se_gates"
+    "gemm": (["dense", "se_gates", "se_gates_cold"], gemm_rows,
+             lambda g: ["1 thread", "2 thread"] if g.startswith("se_gates")
              else ["1 row", "8 rows", "matmul"]),
     "winograd": (["weights"], winograd_weight_rows, lambda g: ["stored", "per_call"]),
     "layout": (["convert", "depthwise", "dw_planes", "dense_padded", "dense", "pointwise",

@@ -24,9 +24,18 @@ cdef extern from *:
      * values), in two passes over ranges of their outputs, so that threads can share each:
      * w1t: [C][R], w2t: [R][C] (each product runs over rows of the transposed weights, the
      * inner loop a vector over the range's outputs, the sums over the rows in order). The
-     * weights come from memory in a model (1.8 MB for MobileNetV3's 960 -> 240 -> 960): rows
-     * CE_SE_AHEAD ahead are prefetched, one stream per pass, 146 -> 97 us at one thread
-     * (bench/bench_dispatch.py layout/se). */
+     * weights come from memory in a model (1.8 MB for MobileNetV3's 960 -> 240 -> 960): each
+     * pass prefetches its range of the row CE_SE_AHEAD rows on, which at one thread took
+     * 960 -> 240 -> 960 from 166 to 118 us and 672 -> 168 -> 672 from 81 to 54, weights cold
+     * (bench/bench_dispatch.py gemm/se_gates_cold); at two threads alike with and without. */
+    #define CE_SE_AHEAD 4
+    /* the cache lines of floats [lo, hi) of a row, for reading soon */
+    static inline void ce_se_prefetch(const float *row, int lo, int hi)
+    {
+        for (int i = lo; i < hi; i += 16)
+            __builtin_prefetch(row + i, 0, 0);
+    }
+
     /* h[r0:r1] = act(W1 p + b1) over those rows of W1 for ``N`` images (p and h N rows of C and
      * R). */
     static void ce_se_hidden(const float *restrict p, int N, int C, int R,
@@ -40,6 +49,8 @@ cdef extern from *:
                 hn[r] = 0.0f;
             for (int c = 0; c < C; c++) {
                 const float v = pn[c], *w = w1t + (ptrdiff_t)c * R;
+                if (c + CE_SE_AHEAD < C)
+                    ce_se_prefetch(w + CE_SE_AHEAD * (ptrdiff_t)R, r0, r1);
                 for (int r = r0; r < r1; r++)
                     hn[r] += w[r] * v;
             }
@@ -68,6 +79,8 @@ cdef extern from *:
                     on[c] = 0.0f;
             for (int r = 0; r < R; r++) {
                 const float v = hn[r], *w = w2t + (ptrdiff_t)r * C;
+                if (r + CE_SE_AHEAD < R)
+                    ce_se_prefetch(w + CE_SE_AHEAD * (ptrdiff_t)C, c0, c1);
                 for (int c = c0; c < c1; c++)
                     on[c] += w[c] * v;
             }
