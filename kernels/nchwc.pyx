@@ -238,9 +238,10 @@ def f32_pointwise_blocked(const float[:, :, :, :, ::1] x, const float[::1] wpack
     cdef Py_ssize_t T = (P + CE_NC_TILE_PIXELS - 1) // CE_NC_TILE_PIXELS
     cdef Py_ssize_t G = (Kb + CE_NC_GROUP - 1) // CE_NC_GROUP
     cdef int nt = <int>max(1, num_threads)
-    # the busiest thread's tiles x groups under each split
-    cdef Py_ssize_t by_pixels = (N * T + nt - 1) // nt * G
-    cdef Py_ssize_t by_groups = (G + nt - 1) // nt * N * T
+    # the busiest thread's tiles x output blocks under each split; a thread dealt whole groups
+    # may hold only full ones (5 blocks in groups of 4 and 1 are 4 against 1)
+    cdef Py_ssize_t by_pixels = (N * T + nt - 1) // nt * Kb
+    cdef Py_ssize_t by_groups = (G + nt - 1) // nt * min(Kb, <Py_ssize_t>CE_NC_GROUP) * N * T
     cdef bint split_groups = nt > 1 and by_groups < by_pixels * group_slack
     cdef Py_ssize_t units = G if split_groups else N * T
     nt = <int>min(nt, units)
