@@ -200,6 +200,20 @@ cdef void _pointwise_units(void* ctx, int thread, Py_ssize_t lo, Py_ssize_t hi) 
                    a.xs, a.os, a.chunk, a.by_groups, lo, hi)
 
 
+cpdef bint pointwise_by_groups(Py_ssize_t N, Py_ssize_t P, Py_ssize_t Kb, int nt,
+                               double group_slack):
+    """Whether f32_pointwise_blocked's threads share the groups of output blocks rather than
+    the tiles of pixels, for N images of P pixels and Kb output blocks: when the busiest
+    thread's tiles x blocks are under group_slack times the pixel split's."""
+    cdef Py_ssize_t T = (P + CE_NC_TILE_PIXELS - 1) // CE_NC_TILE_PIXELS
+    cdef Py_ssize_t G = (Kb + CE_NC_GROUP - 1) // CE_NC_GROUP
+    # a thread dealt whole groups may hold only full ones (5 blocks in groups of 4 and 1 are 4
+    # against 1)
+    cdef Py_ssize_t by_pixels = (N * T + nt - 1) // nt * Kb
+    cdef Py_ssize_t by_groups = (G + nt - 1) // nt * min(Kb, <Py_ssize_t>CE_NC_GROUP) * N * T
+    return nt > 1 and by_groups < by_pixels * group_slack
+
+
 def f32_pointwise_blocked(const float[:, :, :, :, ::1] x, const float[::1] wpack,
                           const float[::1] bias, residual, float[:, :, :, :, ::1] out, ce_act_t act,
                           int num_threads, double group_slack=1.0, Py_ssize_t channels=0):
@@ -238,11 +252,7 @@ def f32_pointwise_blocked(const float[:, :, :, :, ::1] x, const float[::1] wpack
     cdef Py_ssize_t T = (P + CE_NC_TILE_PIXELS - 1) // CE_NC_TILE_PIXELS
     cdef Py_ssize_t G = (Kb + CE_NC_GROUP - 1) // CE_NC_GROUP
     cdef int nt = <int>max(1, num_threads)
-    # the busiest thread's tiles x output blocks under each split; a thread dealt whole groups
-    # may hold only full ones (5 blocks in groups of 4 and 1 are 4 against 1)
-    cdef Py_ssize_t by_pixels = (N * T + nt - 1) // nt * Kb
-    cdef Py_ssize_t by_groups = (G + nt - 1) // nt * min(Kb, <Py_ssize_t>CE_NC_GROUP) * N * T
-    cdef bint split_groups = nt > 1 and by_groups < by_pixels * group_slack
+    cdef bint split_groups = pointwise_by_groups(N, P, Kb, nt, group_slack)
     cdef Py_ssize_t units = G if split_groups else N * T
     nt = <int>min(nt, units)
     cdef Py_ssize_t chunk = max(1, CHUNK_BYTES // (CE_NC_TILE_PIXELS * Cb * CE_NC_B * 4))

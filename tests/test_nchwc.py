@@ -755,3 +755,19 @@ def test_a_regnet_block_stays_blocked_through_its_grouped_layer(rng):
     assert f"grouped on {NAME}" in model.explain()
     kinds = {s.node.name: type(s.op).__name__ for s in model._last_plan.steps}
     assert kinds["a"] == kinds["g"] == kinds["b"] == "BlockedConv", kinds
+
+
+def test_pointwise_threads_share_groups_only_when_even():
+    """Two threads take groups of output blocks only when that leaves neither much more than
+    half: two and nine whole groups yes; a group and a block no (on AVX-512's groups of 4: 5
+    blocks, as 4 against 1), nor 25 blocks on a 7x7 map; a slack of 0 never; one thread
+    never."""
+    from engine._kernels.nchwc import pointwise_by_groups
+    group = 4 if B == 16 else 2
+    assert pointwise_by_groups(1, 196, 2 * group, 2, 1.15)
+    assert pointwise_by_groups(1, 196, 9 * group, 2, 1.15)
+    assert not pointwise_by_groups(1, 196, group + 1, 2, 1.15)
+    if group == 4:
+        assert not pointwise_by_groups(1, 49, 25, 2, 1.15)     # RegNet-X's 400 channels
+    assert not pointwise_by_groups(1, 196, 2 * group, 2, 0.0)
+    assert not pointwise_by_groups(1, 196, 2 * group, 1, 1.15)
