@@ -15,7 +15,7 @@ from _pool cimport ce_pool_attach, ce_pool_for
 
 
 cdef extern from "_nchwc.h":
-    int CE_NC_B, CE_NC_TILE_PIXELS, CE_NC_GROUP
+    int CE_NC_B, CE_NC_TILE_PIXELS, CE_NC_GROUP, CE_NC_DIRECT_BLOCKS
     void ce_nc_to_blocked(const float *src, Py_ssize_t ps, Py_ssize_t P, int nc,
                           float *dst) nogil
     void ce_nc_from_blocked(const float *src, Py_ssize_t P, int nc, float *dst,
@@ -278,19 +278,21 @@ ctypedef struct DirectJob:
 
 
 cdef void _direct_rows(void* job, int thread, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
-    """Items [lo, hi): output rows of a pair of blocks, ordered (image, row, pair)."""
+    """Items [lo, hi): output rows of a set of CE_NC_DIRECT_BLOCKS blocks, ordered (image,
+    row, set)."""
     cdef DirectJob* j = <DirectJob*>job
-    cdef Py_ssize_t wblock = j.C * j.kh * j.kw * CE_NC_B, pairs = (j.Kb + 1) // 2
+    cdef Py_ssize_t wblock = j.C * j.kh * j.kw * CE_NC_B, S = CE_NC_DIRECT_BLOCKS
+    cdef Py_ssize_t sets = (j.Kb + S - 1) // S
     cdef Py_ssize_t it, n, oy, kb
     for it in range(lo, hi):
-        kb = 2 * (it % pairs)
-        oy = (it // pairs) % j.OH
-        n = it // (pairs * j.OH)
+        kb = S * (it % sets)
+        oy = (it // sets) % j.OH
+        n = it // (sets * j.OH)
         ce_nc_direct_row(j.x + n * j.C * j.H * j.W, <int>j.C, <int>j.H, <int>j.W, <int>j.OW,
                          <int>oy, j.sh, j.sw, j.pt, j.pl, j.kh, j.kw, j.dh, j.dw,
                          j.w + kb * wblock, wblock, j.bias + kb * CE_NC_B,
                          j.out + ((n * j.Kb + kb) * j.OH + oy) * j.OW * CE_NC_B,
-                         j.OH * j.OW * CE_NC_B, <int>min(2, j.Kb - kb), j.act)
+                         j.OH * j.OW * CE_NC_B, <int>min(S, j.Kb - kb), j.act)
 
 
 def f32_direct_to_blocked(const float[:, :, :, ::1] x, const float[:, :, :, :, ::1] w,
@@ -299,8 +301,8 @@ def f32_direct_to_blocked(const float[:, :, :, ::1] x, const float[:, :, :, :, :
     """A dense convolution (one group) from NCHW x to channel-blocked out, for layers with few
     input channels: w[Kb, C, kh, kw, B] holds output channel kb*B + j's weights at [kb, ..., j]
     (zero beyond K); bias: Kb * B values. Output sizes are the caller's (engine.shapes).
-    Work items are output rows of a pair of blocks (the input values loaded once for both),
-    ordered (image, row, pair): bands of rows."""
+    Work items are output rows of a set of blocks (four with AVX-512, else two; the input
+    values loaded once for the set), ordered (image, row, set): bands of rows."""
     check_act(act)
     check_blocked(out.shape, "out")
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
@@ -320,7 +322,8 @@ def f32_direct_to_blocked(const float[:, :, :, ::1] x, const float[:, :, :, :, :
                                  <int>w.shape[2], <int>w.shape[3], dh, dw, &w[0, 0, 0, 0, 0],
                                  &bias[0], &out[0, 0, 0, 0, 0], act)
     with nogil:
-        ce_pool_for(num_threads, N * OH * ((Kb + 1) // 2), _direct_rows, &j)
+        ce_pool_for(num_threads, N * OH * ((Kb + CE_NC_DIRECT_BLOCKS - 1)
+                                           // CE_NC_DIRECT_BLOCKS), _direct_rows, &j)
 
 
 cdef extern from "_nchwc_conv.h":

@@ -275,7 +275,11 @@ def test_depthwise_refuses_inconsistent_arguments(rng):
 DIRECT = [(1, 3, 32, 30, 30, 3, 2, 1, 1), (2, 3, 20, 9, 13, 3, 1, 1, 1),
           (1, 1, 33, 10, 10, 5, 2, 2, 1), (1, 2, 16, 7, 7, 3, 1, 2, 2),
           (1, 1, 16, 1, 1, 3, 1, 1, 1),
-          (1, 3, 16, 5, 30, 3, 3, 0, 1), (1, 3, 8, 17, 40, 3, 1, 1, 1)]
+          (1, 3, 16, 5, 30, 3, 3, 0, 1), (1, 3, 8, 17, 40, 3, 1, 1, 1),
+          # four blocks at a time on AVX-512 (six pixels a chunk), then the rest as a pair and
+          # one: ResNet's 7x7 stride-2 stem on a small image, 5, 7 and 8 blocks
+          (1, 3, 64, 23, 29, 7, 2, 3, 1), (2, 3, 70, 11, 14, 3, 1, 1, 1),
+          (1, 4, 100, 9, 20, 5, 2, 2, 2), (1, 3, 128, 6, 13, 3, 1, 1, 1)]
 
 
 @pytest.mark.parametrize("n,c,k,h,w,kk,s,p,d", DIRECT)
