@@ -15,7 +15,7 @@ from _pool cimport ce_pool_attach, ce_pool_for
 
 
 cdef extern from "_nchwc.h":
-    int CE_NC_B, CE_NC_TILE_PIXELS, CE_NC_GROUP, CE_NC_DIRECT_BLOCKS
+    int CE_NC_B, CE_NC_TILE_PIXELS, CE_NC_GROUP, CE_NC_DIRECT_BLOCKS, CE_NC_BATCH
     void ce_nc_to_blocked(const float *src, Py_ssize_t ps, Py_ssize_t P, int nc,
                           float *dst) nogil
     void ce_nc_from_blocked(const float *src, Py_ssize_t P, int nc, float *dst,
@@ -34,6 +34,7 @@ ce_pool_attach()
 BLOCK = CE_NC_B                 # channels per block
 TILE_PIXELS = CE_NC_TILE_PIXELS # pixels per pointwise tile
 GROUP = CE_NC_GROUP             # output blocks per pointwise tile
+BATCH = CE_NC_BATCH             # input blocks a pointwise pass sums before storing
 # Bytes of input one pointwise chunk of tiles reads, kept in L2 while every group of output
 # blocks passes over it (the weights of each batch of 8 input blocks, 32 KB, stay in L1 over
 # the chunk's tiles). Every chunk streams all the weights once, so chunks are large: half of
@@ -239,6 +240,12 @@ def f32_pointwise_blocked(const float[:, :, :, :, ::1] x, const float[::1] wpack
     if bias.shape[0] != Kb * CE_NC_B:
         raise ValueError(f"bias must hold {Kb * CE_NC_B} floats, got {bias.shape[0]}")
     cdef const float* rbase = residual_base(residual, &out.shape[0])
+    # the residual may be out itself (its buffer taken over, engine/graph/blocked_steps.py):
+    # each output then reads its residual where it is stored, once its sum is whole; with
+    # more than BATCH input blocks the partial sums stored between passes would overwrite it
+    if rbase == &out[0, 0, 0, 0, 0] and rbase != NULL and Cb > CE_NC_BATCH:
+        raise ValueError(f"residual may be out only for at most {CE_NC_BATCH} input blocks, "
+                         f"got {Cb}")
     if N == 0 or Kb == 0 or P == 0:
         return
     if Cb == 0:

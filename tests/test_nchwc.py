@@ -11,6 +11,7 @@ import pytest
 
 from engine._kernels import nchwc, nchwc_channels, nchwc_window
 from engine.graph import Graph, Model, Node, TensorSpec
+from engine.graph import blocked_steps as layout_steps
 from engine.graph import layout
 from engine.ops import blocked
 from concurrency import run_concurrently
@@ -775,3 +776,59 @@ def test_pointwise_threads_share_groups_only_when_even():
         assert not pointwise_by_groups(1, 49, 25, 2, 1.15)     # RegNet-X's 400 channels
     assert not pointwise_by_groups(1, 196, 2 * group, 2, 0.0)
     assert not pointwise_by_groups(1, 196, 2 * group, 1, 1.15)
+
+
+def residual_graph(c, own_input=False):
+    """t = relu(conv1x1(x)); y = relu(conv1x1(t) + x), or relu(conv1x1(x) + x): x (blocked)
+    dies at the second convolution, which adds it."""
+    rng = np.random.default_rng(5)
+    w1, w2 = (f32(rng, c, c, 1, 1) / np.float32(np.sqrt(c)) for _ in range(2))
+    nodes = [Node("Relu", "r0", ["x0"], ["x"]),
+             Node("Conv", "c1", ["x", "w1"], ["a"]), Node("Relu", "r1", ["a"], ["t"]),
+             Node("Conv", "c2", ["x" if own_input else "t", "w2"], ["b"]),
+             Node("Add", "add", ["b", "x"], ["s"]), Node("Relu", "r2", ["s"], ["y"])]
+    graph = Graph(nodes, [TensorSpec("x0", (1, c, 10, 12), "float32")],
+                  [TensorSpec("y", None, "float32")], {"w1": w1, "w2": w2})
+    return Model(graph, layout="nchwc"), (w1, w2)
+
+
+def arena_tensors(model, shape):
+    return int(model.explain({"x0": shape}).split("memory: ")[1].split()[0])
+
+
+@pytest.mark.parametrize("c", [4 * B, nchwc.BATCH * B, nchwc.BATCH * B + 3])
+def test_a_pointwise_layer_takes_over_its_dying_residual(rng, c, monkeypatch):
+    """The 1x1 layer with a residual add writes into the residual's buffer when the residual
+    dies there and the kernel sums each output whole before storing it (at most nchwc.BATCH
+    input blocks): one buffer fewer, the same values bit for bit as a plan that keeps them
+    apart, within 1e-5 of the sum of |terms| of float64, at 1 and 2 threads. With more input
+    blocks, or where the layer reads the residual as its own input, it does not take it."""
+    x0 = f32(rng, 1, c, 10, 12)
+    taking, (w1, w2) = residual_graph(c)
+    n_taking = arena_tensors(taking, x0.shape)
+    outs = {t: taking.run({"x0": x0}, num_threads=t)["y"] for t in (1, 2)}
+    monkeypatch.setattr(layout_steps.BlockedConv, "inplace_inputs", lambda *a: ())
+    apart, _ = residual_graph(c)
+    takes = blocked.blocks(c) <= nchwc.BATCH
+    assert n_taking == arena_tensors(apart, x0.shape) - (1 if takes else 0)
+    x = np.maximum(x0.astype(np.float64), 0)
+    t = np.maximum(conv2d_ref(x, w1), 0)
+    z, terms = conv2d_ref(t, w2) + x, conv2d_ref(t, np.abs(w2)) + x
+    for threads, y in outs.items():
+        np.testing.assert_array_equal(y, apart.run({"x0": x0}, num_threads=threads)["y"])
+        assert np.all(np.abs(y - np.maximum(z, 0)) <= 1e-5 * terms + 1e-30)
+    monkeypatch.undo()
+    own, _ = residual_graph(c, own_input=True)
+    y = own.run({"x0": x0})["y"]
+    want = np.maximum(conv2d_ref(x, w2) + x, 0)
+    assert np.all(np.abs(y - want) <= 1e-5 * (conv2d_ref(x, np.abs(w2)) + x) + 1e-30)
+
+
+def test_the_pointwise_kernel_refuses_a_residual_it_would_overwrite(rng):
+    c = (nchwc.BATCH + 1) * B
+    w = f32(rng, c, c, 1, 1)
+    wp, bp = blocked.pack_pointwise(w, np.zeros(c, np.float32))
+    x = blocked.to_blocked(f32(rng, 1, c, 4, 4))
+    out = np.zeros_like(x)
+    with pytest.raises(ValueError, match="residual may be out"):
+        nchwc.f32_pointwise_blocked(x, wp, bp, out, out, kernel_act(None), 1)

@@ -22,7 +22,7 @@ from ..ops.activation import kernel_act
 from ..ops.pool import onnx_avgpool_divisor
 from ..ops.workspace import workspace
 from ..shapes import input_extent, tap_rectangles
-from .ops import F32, Info, Op
+from .ops import F32, Info, Op, same_shape_inputs
 
 # Multiply-adds per thread of a blocked depthwise step, a quarter of threads_for's default:
 # depthwise layers move much more data per multiply-add, so a second thread pays on smaller
@@ -227,6 +227,7 @@ class BlockedConv(_Internal):
     the residual, blocked."""
     kind = "Conv"
     n_inputs = (1, 4)
+    inplace_exclusive = True
 
     def __init__(self, node, conv, kind, ins, outs):
         super().__init__(node)
@@ -290,6 +291,17 @@ class BlockedConv(_Internal):
                 self.conv_shape[2:], (kh, kw), conv.strides, conv.dilations))
             self.padded = dense_padded(conv.group, bool(np.isfinite(conv.w).all()),
                                        4 * self.padded_floats, plane)
+
+    def inplace_inputs(self, ins, outs):
+        """A pointwise layer's residual where the kernel sums each output whole before storing
+        it (at most nchwc.BATCH input blocks): the output then takes over the residual's
+        buffer, and each store lands where its residual was read, one stream fewer than a
+        residual and an output apart (128->256 on 56x56 with a residual, one thread: 1.96 ->
+        1.88 ms, 1.84 with none)."""
+        if (self.conv_kind == "pointwise"
+                and blocked.blocks(self.logical_ins[0].shape[1]) <= nchwc.BATCH):
+            return same_shape_inputs(ins, outs, (3,))
+        return ()
 
     def infer(self, ins):
         if self.conv_kind == "direct":

@@ -368,7 +368,13 @@ class Plan:
                 if k == 0:
                     for c in s.op.inplace_inputs(s.ins, s.outs):
                         r = root[s.node.inputs[c]]
-                        if kind[r] == "arena" and max(last[m] for m in members[r]) == t:
+                        # not a buffer another input reads too, for a step that reads it
+                        # elsewhere than it writes (Op.inplace_exclusive)
+                        shared = s.op.inplace_exclusive and any(
+                            root.get(n) == r for j, n in enumerate(s.node.inputs)
+                            if j != c and n)
+                        if (kind[r] == "arena" and not shared
+                                and max(last[m] for m in members[r]) == t):
                             taken = r
                             break
                 if taken is not None:

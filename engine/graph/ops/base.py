@@ -261,6 +261,11 @@ class Op:
         """Inputs whose buffer output 0 may take over when they die at this node."""
         return ()
 
+    # True for a step that may take an input's buffer only where no other of its inputs is
+    # that buffer: one that reads its other inputs at other positions than it writes (a
+    # convolution adding a residual, y = conv(x) + x, would read what it wrote)
+    inplace_exclusive = False
+
     def flops(self, ins, outs) -> float:
         return 0.0
 
