@@ -309,7 +309,11 @@ GROUPED = [(1, 160, B, 14, 14, 3, 1, 1, 1), (2, 40, 8, 9, 13, 3, 2, 1, 1),
            (1, 48, 8, 5, 5, 1, 1, 0, 1), (1, 16, B, 3, 2, 5, 1, 2, 1),
            (1, 44, 4, 6, 6, 3, 1, 1, 1),
            (1, 128, 4, 17, 15, 3, 1, 1, 1), (2, 36, 4, 11, 10, 3, 2, 1, 1),
-           (1, 24, 2, 9, 7, 3, 1, 2, 2), (1, 20, 1, 6, 9, 3, 1, 1, 1)]
+           (1, 24, 2, 9, 7, 3, 1, 2, 2), (1, 20, 1, 6, 9, 3, 1, 1, 1),
+           # widths 4 and 2 at unit stride: rows of eight pixels inside the row, each input
+           # shuffled once for its three taps (with the rest of the row by four)
+           (1, 32, 2, 9, 21, 3, 1, 1, 1), (1, 48, 4, 3, 30, 3, 1, 0, 1),
+           (2, 64, 4, 5, 19, 3, 1, 1, 1)]
 
 
 @pytest.mark.parametrize("n,c,g,h,w,kk,s,p,d", GROUPED)
