@@ -836,3 +836,24 @@ def test_the_pointwise_kernel_refuses_a_residual_it_would_overwrite(rng):
     out = np.zeros_like(x)
     with pytest.raises(ValueError, match="residual may be out"):
         nchwc.f32_pointwise_blocked(x, wp, bp, out, out, kernel_act(None), 1)
+
+
+def test_reading_the_shape_of_a_blocked_tensor_needs_no_layout_change(rng):
+    """Shape and Size of a tensor the plan holds only blocked give its NCHW shape, folded
+    while planning: no FromBlocked for them, so the global average pool beside them reads the
+    blocks in place (DeepLabV3's pooling branch takes its Resize size from the backbone's
+    output)."""
+    w = f32(rng, 40, 24, 1, 1)
+    nodes = [Node("Conv", "c", ["x", "w"], ["y"]), Node("Shape", "s", ["y"], ["s"], {"start": 1}),
+             Node("Size", "n", ["y"], ["n"]), Node("GlobalAveragePool", "g", ["y"], ["g"])]
+    graph = Graph(nodes, [TensorSpec("x", (None, 24, 7, 9), "float32")],   # a free batch
+                  [TensorSpec(o, None, None) for o in ("g", "s", "n")], {"w": w})
+    model = Model(graph, layout="nchwc")
+    text = model.explain({"x": (2, 24, 7, 9)})
+    assert "FromBlocked" not in text and f"on the {blocked.NAME} input in place" in text
+    x = f32(rng, 2, 24, 7, 9)
+    out = model.run({"x": x})
+    np.testing.assert_array_equal(out["s"], [40, 7, 9])
+    assert int(out["n"]) == 2 * 40 * 7 * 9
+    want = conv2d_ref(x, w).mean(axis=(2, 3), keepdims=True)
+    np.testing.assert_allclose(out["g"], want, rtol=1e-5, atol=1e-5)

@@ -53,6 +53,18 @@ class _LayoutChange(_Internal):
         return step
 
 
+class BlockedShape(_Internal):
+    """Shape or Size of a tensor the plan holds blocked only: the graph's op on the logical
+    (NCHW) shape, folded while planning, so that reading a shape needs no layout change."""
+
+    def __init__(self, node, op, logical):
+        super().__init__(node)
+        self.kind, self.op, self.logical = op.kind, op, logical
+
+    def infer(self, ins):
+        return self.op.infer([Info(self.logical.shape, self.logical.dtype)])
+
+
 class ToBlocked(_LayoutChange):
     kind = "ToBlocked"
     kernel = nchwc.f32_to_blocked

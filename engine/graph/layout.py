@@ -32,7 +32,8 @@ from ..dispatch.layout import (blocked_kernel, canonical_layout, choose_layout, 
                                why_not_layout)
 from ..ops import blocked
 from .blocked_steps import (BlockedBatchNorm, BlockedConcat, BlockedConv,
-                            BlockedGlobalAveragePool, BlockedPool, FromBlocked, ToBlocked)
+                            BlockedGlobalAveragePool, BlockedPool, BlockedShape, FromBlocked,
+                            ToBlocked)
 from .ir import Graph, Node
 from .ops import F32
 from .plan import Inferred, infer_nodes
@@ -315,6 +316,14 @@ def rewrite(graph: Graph, ops: dict, input_shapes: dict, layout: str = "auto"):
                       and k not in weights else n
                       for k, n in enumerate(node.inputs)]
             add_blocked(node, inputs, lambda new: ops[node.name], node.attrs)
+        elif (node.op in ("Shape", "Size") and node.inputs[0] in blocked_name
+              and node.inputs[0] not in nchw_ready):
+            # the shape alone, known while planning: no layout change for it (DeepLabV3's
+            # pooling branch takes its Resize size from the backbone's output, whose NCHW
+            # copy nothing else read)
+            x = node.inputs[0]
+            new = Node(node.op, node.name, [blocked_name[x]], list(node.outputs))
+            add(new, BlockedShape(new, ops[node.name], infos[x]))
         else:
             for name in node.inputs:
                 if name and name in blocked_name and name not in nchw_ready:
