@@ -298,13 +298,17 @@ def pointwise_alone_rows(threads):
                        (64, 256, 7), (256, 1024, 14), (1024, 256, 14), (128, 512, 28),
                        (64, 256, 56)]:
         x, w = _rand(1, c, size, size), _rand(k, c, 1, 1) / np.float32(np.sqrt(c))
-        model, feeds = onnx_single_node("Conv", [("x", x)], [("w", w)], dict(kernel_shape=[1, 1]))
-        fns = {lay: (lambda m: lambda: m.run(feeds))(engine.load(model, layout=lay))
-               for lay in ("nchw", "nchwc")}
-        auto = engine.load(model).explain()
-        pick = "blocked" if "layout nchwc" in auto else "nchw"
         yield (f"1x1 {c}->{k} {size}x{size} (waste limit {POINTWISE_ALONE_MIN_WASTE})",
-               {"nchw": fns["nchw"], "blocked": fns["nchwc"]}, pick)
+               *lone_layer_fns(x, w, dict(kernel_shape=[1, 1])))
+
+
+def lone_layer_fns(x, w, attrs):
+    """A one-Conv ONNX model run planned on NCHW ("nchw") and blocked with a layout change each
+    way ("blocked"), and which of the two the dispatcher picks."""
+    model, feeds = onnx_single_node("Conv", [("x", x)], [("w", w)], attrs)
+    fns = {name: (lambda m: lambda: m.run(feeds))(engine.load(model, layout=lay))
+           for name, lay in (("nchw", "nchw"), ("blocked", "nchwc"))}
+    return fns, "blocked" if "layout nchwc" in engine.load(model).explain() else "nchw"
 
 
 def depthwise_alone_rows(threads):
@@ -315,14 +319,8 @@ def depthwise_alone_rows(threads):
     for c, size, k in [(96, 56, 7), (192, 28, 7), (384, 14, 7), (768, 7, 7), (96, 56, 5),
                        (240, 28, 5), (672, 14, 5), (144, 56, 3)]:
         x, w = _rand(1, c, size, size), _rand(c, 1, k, k) / np.float32(k)
-        model, feeds = onnx_single_node("Conv", [("x", x)], [("w", w)],
-                                        dict(kernel_shape=[k, k], group=c, pads=[k // 2] * 4))
-        fns = {lay: (lambda m: lambda: m.run(feeds))(engine.load(model, layout=lay))
-               for lay in ("nchw", "nchwc")}
-        auto = engine.load(model).explain()
-        pick = "blocked" if "layout nchwc" in auto else "nchw"
         yield (f"dw {k}x{k} {c}ch {size}x{size}",
-               {"nchw": fns["nchw"], "blocked": fns["nchwc"]}, pick)
+               *lone_layer_fns(x, w, dict(kernel_shape=[k, k], group=c, pads=[k // 2] * 4)))
 
 
 def grouped_rows(threads):
