@@ -185,12 +185,17 @@ static const ce_nc_pw_tile_fn ce_nc_pw_tiles[CE_NC_GROUP][CE_NC_TILE_PIXELS] =
 #undef CE_NC_PW_TILE_N
 
 /* Tiles t0 .. t1 (ce_nc_tile_start) of the output blocks of group g, for one image, in batches of
- * CE_NC_BATCH input blocks.
+ * CE_NC_BATCH input blocks: each output summed whole in registers up to 1024 input channels,
+ * its partial sums stored and read back between batches only above. Batches of 8 blocks
+ * (weights in L1 over a chunk of tiles) ran 0-7% slower than whole sums on layers of 16-128
+ * blocks in, input and output cold, one thread, and residual layers 5-10% slower, which whole
+ * sums also let write into their residual (engine/graph/blocked_steps.py); ResNet-50 and
+ * MobileNetV2 1-6% faster A/B (bench/bench_dispatch.py layout/pointwise_batch).
  *   x: the image's input [Cb][P][B], its last block's first ``tail`` channels real (1 to 16);
  *   wpack: all groups' weights, group g at
  *   g * 4 * 16 * Cb * B floats, holding min(4, Kb - 4g) blocks; bias: Kb * B values;
  *   res/out: the image's [Kb][P][B]. */
-#define CE_NC_BATCH 8
+#define CE_NC_BATCH 64
 #define CE_NC_ACT_TILES 8
 
 /* The same, with the group's weights [Cb * B][nk * B] at wg (output blocks kb0 .. kb0 + nk):

@@ -36,10 +36,10 @@ TILE_PIXELS = CE_NC_TILE_PIXELS # pixels per pointwise tile
 GROUP = CE_NC_GROUP             # output blocks per pointwise tile
 BATCH = CE_NC_BATCH             # input blocks a pointwise pass sums before storing
 # Bytes of input one pointwise chunk of tiles reads, kept in L2 while every group of output
-# blocks passes over it (the weights of each batch of 8 input blocks, 32 KB, stay in L1 over
-# the chunk's tiles). Every chunk streams all the weights once, so chunks are large: half of
-# L2. Measured one thread, ms, chunks of 96 KB / 256 KB / 1 MB: 512->512 14x14 0.72 / 0.65 /
-# 0.64, 1024->1024 7x7 0.99 / 0.79 / 0.74. Batches of 4 or 16 blocks were slower than 8.
+# blocks passes over it. Every chunk streams all the weights once, so chunks are large.
+# Measured one thread, ms, chunks of 96 KB / 256 KB / 1 MB (with batches of 8 input blocks):
+# 512->512 14x14 0.72 / 0.65 / 0.64, 1024->1024 7x7 0.99 / 0.79 / 0.74; ResNeXt-50 with
+# chunks of 128 KB to 2 MB alike.
 CHUNK_BYTES = 1024 << 10
 
 
