@@ -53,7 +53,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from _harness import onnx_single_node, time_alternating  # noqa: E402
 
 import engine  # noqa: E402
-from engine._kernels import (dense, nchwc, nchwc_taps, nchwc_window,  # noqa: E402
+from engine._kernels import (dense, nchwc, nchwc_dense, nchwc_taps, nchwc_window,  # noqa: E402
                              nchwc_winograd, squeeze_excite)
 from engine._threads import blas_pinned, threads_for  # noqa: E402
 from engine.dispatch import choose_gemm  # noqa: E402
@@ -281,7 +281,7 @@ def dense_rows(threads):
 
         def blocked_run():
             nchwc.f32_to_blocked(x, xb, threads)
-            nchwc.f32_conv2d_nchwc(xb, c, wp, bp, None, ob, kh, kw, s, s, pads[0], pads[1],
+            nchwc_dense.f32_conv2d_nchwc(xb, c, wp, bp, None, ob, kh, kw, s, s, pads[0], pads[1],
                                      1, 1, kernel_act(None), threads)
             nchwc.f32_from_blocked(ob, y, threads)
         taps = c * kh * kw
@@ -400,12 +400,12 @@ def winograd_layout_rows(threads):
         xb = blocked.to_blocked(x)
         ob = np.empty(blocked.blocked_shape((1, k, size, size)), np.float32)
         # the blocked kernel in the form its step takes (on a padded copy where that pays)
-        floats = nchwc.dense_padded_floats(1, xb.shape[1], size, size, 3, 3, 1, 1, 1, 1)
+        floats = nchwc_dense.dense_padded_floats(1, xb.shape[1], size, size, 3, 3, 1, 1, 1, 1)
         scratch = (np.zeros(floats, np.float32)
                    if dense_padded(1, True, 4 * floats, input_extent(size, 3, 1, 1) ** 2)[0]
                    else None)
         fns = {"nchw": lambda: layer(x, out=y),
-               "blocked": lambda: nchwc.f32_conv2d_nchwc(xb, c, wp, bp, None, ob, 3, 3, 1, 1,
+               "blocked": lambda: nchwc_dense.f32_conv2d_nchwc(xb, c, wp, bp, None, ob, 3, 3, 1, 1,
                                                            1, 1, 1, 1, kernel_act(None),
                                                            threads, 1, scratch)}
         p = layer.params._replace(pads=((1, 1), (1, 1)))
@@ -490,9 +490,9 @@ def dense_padded_rows(threads):
         xb = blocked.to_blocked(_rand(1, c, size, size))
         o = (size + 2 - 3) // s + 1
         out = np.empty(blocked.blocked_shape((1, k, o, o)), np.float32)
-        scratch = np.zeros(nchwc.dense_padded_floats(1, xb.shape[1], o, o, 3, 3, s, s, 1, 1),
+        scratch = np.zeros(nchwc_dense.dense_padded_floats(1, xb.shape[1], o, o, 3, 3, s, s, 1, 1),
                            np.float32)
-        fns = {form: (lambda scr: lambda: nchwc.f32_conv2d_nchwc(
+        fns = {form: (lambda scr: lambda: nchwc_dense.f32_conv2d_nchwc(
             xb, c, wp, bp, None, out, 3, 3, s, s, 1, 1, 1, 1, kernel_act("relu"), threads,
             groups, scr))(scratch if form == "padded" else None)
             for form in ("checked", "padded")}

@@ -1,8 +1,8 @@
-"""The dense convolution on channel blocks (kernels/_nchwc_conv.h, nchwc.f32_conv2d_nchwc) and
-the layers the layout pass gives it: strided 3x3 and 1x1 downsampling, 1xk / kx1, larger
-kernels, padded 1x1; and the max pool and Concat that keep a network blocked between them
-(ResNet's stem, SqueezeNet's and GoogLeNet's fire and inception modules). Max pooling is exact:
-the engine's NCHW max pool is its reference.
+"""The dense convolution on channel blocks (kernels/_nchwc_conv.h,
+nchwc_dense.f32_conv2d_nchwc) and the layers the layout pass gives it: strided 3x3 and 1x1
+downsampling, 1xk / kx1, larger kernels, padded 1x1; and the max pool and Concat that keep a
+network blocked between them (ResNet's stem, SqueezeNet's and GoogLeNet's fire and inception
+modules). Max pooling is exact: the engine's NCHW max pool is its reference.
 
 Reference: float64 NumPy (tests/reference.py). Tolerance, per output element: 1e-6 times the
 sum of |terms| that element adds (|x| * |w| over its window, plus |bias| and |residual|), about
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import engine
-from engine._kernels import _info, nchwc, nchwc_channels, pool_nchwc
+from engine._kernels import _info, nchwc, nchwc_channels, nchwc_dense, pool_nchwc
 from engine.graph import Graph, Model, Node, TensorSpec
 from engine.ops import blocked
 from engine.ops.activation import NO_ACT, apply_activation, float64_activation, kernel_act
@@ -49,10 +49,10 @@ def run_dense(x, wt, b, residual, stride, pads, dilation, act, threads, garbage=
     r = None if residual is None else blocked.to_blocked(residual)
     scratch = None
     if padded:
-        floats = nchwc.dense_padded_floats(n, blocked.blocks(c), oh, ow, kh, kw, *stride,
-                                           *dilation)
+        floats = nchwc_dense.dense_padded_floats(n, blocked.blocks(c), oh, ow, kh, kw, *stride,
+                                                 *dilation)
         scratch = np.full(floats + 1, np.nan, np.float32)[1:]
-    nchwc.f32_conv2d_nchwc(xb, c, wp, bp, r, out, kh, kw, stride[0], stride[1], pads[0][0],
+    nchwc_dense.f32_conv2d_nchwc(xb, c, wp, bp, r, out, kh, kw, stride[0], stride[1], pads[0][0],
                              pads[1][0], dilation[0], dilation[1], kernel_act(act), threads,
                              1, scratch)
     return out
@@ -117,12 +117,12 @@ def run_bands(x, wt, b, stride, pads, dilation, act, threads, rows):
     ow = (x.shape[3] + sum(pads[1]) - dilation[1] * (kw - 1) - 1) // stride[1] + 1
     wp, bp = blocked.pack_dense(wt, b)
     out = np.full((n, k, oh, ow), np.nan, np.float32)
-    floats = nchwc.nchw_band_floats(c, k, x.shape[2], x.shape[3], ow, min(rows, oh), kh,
-                                    stride[0], dilation[0], threads)
+    floats = nchwc_dense.nchw_band_floats(c, k, x.shape[2], x.shape[3], ow, min(rows, oh), kh,
+                                          stride[0], dilation[0], threads)
     work = np.full(floats + 1, np.nan, np.float32)[1:]
-    nchwc.f32_conv2d_nchw_bands(x, wp, bp, out, kh, kw, stride[0], stride[1], pads[0][0],
-                                pads[1][0], dilation[0], dilation[1], kernel_act(act), rows,
-                                threads, work)
+    nchwc_dense.f32_conv2d_nchw_bands(x, wp, bp, out, kh, kw, stride[0], stride[1], pads[0][0],
+                                      pads[1][0], dilation[0], dilation[1], kernel_act(act), rows,
+                                      threads, work)
     return out
 
 
@@ -157,7 +157,7 @@ def test_dense_by_bands_with_a_dilation_past_the_map_buffers_the_map_at_most(rng
     4096 rows on a 9-row map needs no more scratch than the map, and gives the reference."""
     x, wt, b = f32(rng, 1, 20, 9, 9), f32(rng, 24, 20, 3, 3), f32(rng, 24)
     d, pads = (1 << 12, 1), ((1 << 12, 1 << 12), (1, 1))
-    floats = nchwc.nchw_band_floats(20, 24, 9, 9, 5, 2, 3, 2, d[0], 1)
+    floats = nchwc_dense.nchw_band_floats(20, 24, 9, 9, 5, 2, 3, 2, d[0], 1)
     assert floats <= 2 * (blocked.blocks(20) * B * 9 * 9 + blocked.blocks(24) * B * 2 * 5) + 64
     got = run_bands(x, wt, b, (2, 2), pads, d, None, 2, 2)
     ref = conv2d_ref(x, wt, b, (2, 2), pads, d)
@@ -169,11 +169,11 @@ def test_dense_by_bands_refuses_inconsistent_arguments(rng):
     x, wt, b = f32(rng, 1, 30, 8, 8), f32(rng, 20, 30, 3, 3), f32(rng, 20)
     wp, bp = blocked.pack_dense(wt, b)
     out = np.zeros((1, 20, 8, 8), np.float32)
-    work = np.zeros(nchwc.nchw_band_floats(30, 20, 8, 8, 8, 2, 3, 1, 1, 1), np.float32)
+    work = np.zeros(nchwc_dense.nchw_band_floats(30, 20, 8, 8, 8, 2, 3, 1, 1, 1), np.float32)
 
     def call(x=x, wp=wp, bp=bp, out=out, rows=2, work=work, threads=1):
-        nchwc.f32_conv2d_nchw_bands(x, wp, bp, out, 3, 3, 1, 1, 1, 1, 1, 1, NO_ACT, rows,
-                                    threads, work)
+        nchwc_dense.f32_conv2d_nchw_bands(x, wp, bp, out, 3, 3, 1, 1, 1, 1, 1, 1, NO_ACT, rows,
+                                          threads, work)
     call()
     with pytest.raises(ValueError, match="wpack"):
         call(wp=wp[:-1])
@@ -190,7 +190,7 @@ def test_dense_by_bands_refuses_inconsistent_arguments(rng):
     with pytest.raises(ValueError):
         call(x=np.zeros((1, 30, 8, 8), np.float32)[:, :, :, ::2])
     with pytest.raises(ValueError, match="positive"):
-        nchwc.nchw_band_floats(30, 20, 8, 8, 8, 0, 3, 1, 1, 1)
+        nchwc_dense.nchw_band_floats(30, 20, 8, 8, 8, 0, 3, 1, 1, 1)
 
 
 def test_dense_two_threads_split_a_layer_that_has_work_for_both(rng):
@@ -226,7 +226,8 @@ def test_dense_refuses_inconsistent_arguments(rng):
     out = np.zeros((1, blocked.blocks(20), 3, 3, B), np.float32)
 
     def call(x=x, channels=30, wp=wp, bp=bp, res=None, out=out, kh=3, sh=2, act=NO_ACT):
-        nchwc.f32_conv2d_nchwc(x, channels, wp, bp, res, out, kh, 3, sh, 2, 1, 1, 1, 1, act, 1)
+        nchwc_dense.f32_conv2d_nchwc(x, channels, wp, bp, res, out, kh, 3, sh, 2, 1, 1, 1, 1,
+                                     act, 1)
     call()
     with pytest.raises(ValueError, match="channels"):
         call(channels=33)
@@ -734,21 +735,21 @@ def test_dense_runs_groups_of_whole_blocks(rng, n, groups, cbg, kbg, h, w, kk, s
     assert (wp.shape, bp.shape) == blocked.packed_shapes("dense", wt.shape)
     scratch = None
     if padded:
-        floats = nchwc.dense_padded_floats(n, c // B, *ref.shape[2:], kk, kk, s, s, 1, 1)
+        floats = nchwc_dense.dense_padded_floats(n, c // B, *ref.shape[2:], kk, kk, s, s, 1, 1)
         scratch = np.full(floats + 1, np.nan, np.float32)[1:]
     outs = []
     for t in (1, 2):
         out = np.full(blocked.blocked_shape(ref.shape), np.nan, np.float32)
-        nchwc.f32_conv2d_nchwc(blocked.to_blocked(x), c, wp, bp, blocked.to_blocked(res), out,
-                                 kk, kk, s, s, p, p, 1, 1, kernel_act("relu"), t, groups,
-                                 scratch)
+        nchwc_dense.f32_conv2d_nchwc(blocked.to_blocked(x), c, wp, bp, blocked.to_blocked(res),
+                                     out, kk, kk, s, s, p, p, 1, 1, kernel_act("relu"), t,
+                                     groups, scratch)
         outs.append(out)
     np.testing.assert_array_equal(outs[0], outs[1])
     want = np.maximum(ref + res, 0)
     err = np.abs(blocked.from_blocked(outs[0], k).astype(np.float64) - want)
     assert np.all(err <= REL * (terms + np.abs(res)) + 1e-30)
     with pytest.raises(ValueError, match="groups"):      # groups must split whole blocks
-        nchwc.f32_conv2d_nchwc(blocked.to_blocked(x), c, wp, bp, None, outs[0], kk, kk, s, s,
+        nchwc_dense.f32_conv2d_nchwc(blocked.to_blocked(x), c, wp, bp, None, outs[0], kk, kk, s, s,
                                  p, p, 1, 1, NO_ACT, 1, groups * cbg * 2)
 
 

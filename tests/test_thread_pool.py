@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from engine._kernels import _pool, nchwc
+from engine._kernels import _pool, nchwc, nchwc_dense
 from engine.ops import blocked
 from engine.ops.activation import kernel_act
 import engine
@@ -39,7 +39,7 @@ def _layers(rng):
 
     def dense(t):
         out = np.empty((2, -(-k // B), h, h, B), np.float32)
-        nchwc.f32_conv2d_nchwc(xb, c, wd, bd, None, out, 3, 3, 1, 1, 1, 1, 1, 1, act, t)
+        nchwc_dense.f32_conv2d_nchwc(xb, c, wd, bd, None, out, 3, 3, 1, 1, 1, 1, 1, 1, act, t)
         return out
 
     wt = (rng.standard_normal((c, k, 3, 3)) * 0.1).astype(np.float32)

@@ -14,8 +14,8 @@ from ..dispatch.layout import (POINTWISE_GROUP_SLACK, choose_depthwise_blocked_s
                                choose_pointwise_blocked_split)
 from ..dispatch.policy import current_policy
 from ..dispatch.winograd import TILE_ALGORITHMS, choose_blocked_tile, choose_winograd_weights
-from .._kernels import (nchwc, nchwc_channels, nchwc_taps, nchwc_window, nchwc_winograd,
-                        pool_nchwc)
+from .._kernels import (nchwc, nchwc_channels, nchwc_dense, nchwc_taps, nchwc_window,
+                        nchwc_winograd, pool_nchwc)
 from .._threads import threads_for
 from ..ops import blocked
 from ..ops.activation import kernel_act
@@ -296,7 +296,7 @@ class BlockedConv(_Internal):
         if kind == "dense":
             n, c = ins[0].shape[:2]
             kh, kw = conv.w.shape[2:]
-            self.padded_floats = nchwc.dense_padded_floats(
+            self.padded_floats = nchwc_dense.dense_padded_floats(
                 n, blocked.blocks(c), *self.conv_shape[2:], kh, kw, *conv.strides,
                 *conv.dilations)
             plane = math.prod(input_extent(o, k, s, d) for o, k, s, d in zip(
@@ -370,19 +370,20 @@ class BlockedConv(_Internal):
 
             if not self.padded[0]:
                 def step(env, nt):
-                    nchwc.f32_conv2d_nchwc(env[a], channels, w, bias,
-                                           env[r] if r >= 0 else None, env[b], kh, kw, sh, sw,
-                                           pt, pl, dh, dw, act, threads_for(macs, nt), groups)
+                    nchwc_dense.f32_conv2d_nchwc(env[a], channels, w, bias,
+                                                 env[r] if r >= 0 else None, env[b], kh, kw, sh,
+                                                 sw, pt, pl, dh, dw, act, threads_for(macs, nt),
+                                                 groups)
                 return step
             floats = self.padded_floats
 
             def step(env, nt):
                 buf = workspace.take(floats)
                 try:
-                    nchwc.f32_conv2d_nchwc(env[a], channels, w, bias,
-                                           env[r] if r >= 0 else None, env[b], kh, kw, sh, sw,
-                                           pt, pl, dh, dw, act, threads_for(macs, nt), groups,
-                                           buf)
+                    nchwc_dense.f32_conv2d_nchwc(env[a], channels, w, bias,
+                                                 env[r] if r >= 0 else None, env[b], kh, kw, sh,
+                                                 sw, pt, pl, dh, dw, act, threads_for(macs, nt),
+                                                 groups, buf)
                 finally:
                     workspace.give(buf)
             return step
@@ -500,8 +501,8 @@ class BlockedConv(_Internal):
             if not done:    # a non-finite input: the direct sums, whose NaN and Inf stay put
                 wd, bd = conv.transforms.get(dense_key, dense_pack,
                                              blocked.packed_shapes("dense", conv.w.shape))
-                nchwc.f32_conv2d_nchwc(env[a], channels, wd, bd, res, env[b], 3, 3, 1, 1, pt,
-                                       pl, dh, dw, act, nt, groups)
+                nchwc_dense.f32_conv2d_nchwc(env[a], channels, wd, bd, res, env[b], 3, 3, 1, 1, pt,
+                                             pl, dh, dw, act, nt, groups)
         return step
 
     def flops(self, ins, outs):

@@ -2,7 +2,7 @@
 channels a block, one vector register: 16 with AVX-512, 8 with AVX2; channels beyond C zero
 where a tensor is converted, finite after any step), the layout the graph runner keeps chains
 of pointwise and depthwise layers in (engine/graph/layout.py). Kernels: kernels/_nchwc.h,
-kernels/nchwc.pyx, kernels/nchwc_window.pyx, kernels/nchwc_winograd.pyx,
+kernels/nchwc.pyx, kernels/nchwc_dense.pyx, kernels/nchwc_window.pyx, kernels/nchwc_winograd.pyx,
 kernels/nchwc_taps.pyx.
 
 Weights are rearranged once, here: pointwise weights in groups of up to GROUP output blocks,

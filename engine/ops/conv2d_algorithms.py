@@ -7,7 +7,8 @@ import math
 import numpy as np
 
 from .._cache import ShapeCache
-from .._kernels import conv_direct, conv_im2col, conv_pointwise, nchwc, nchwc_winograd
+from .._kernels import (conv_direct, conv_im2col, conv_pointwise, nchwc, nchwc_dense,
+                        nchwc_winograd)
 from . import blocked, packed_gemm
 from .depthwise import Depthwise
 from .direct_blocked import DirectBlocked
@@ -171,13 +172,13 @@ class BlockedBands:
         L = self.layer
         (kh, kw), (sh, sw), (dh, dw) = L.kernel_size, L.stride, L.dilation
         rows = band_rows(L.in_channels, L.out_channels, x.shape[3], g.out_size, kh, sh, dh)
-        work = workspace.take(nchwc.nchw_band_floats(L.in_channels, L.out_channels,
-                                                     x.shape[2], x.shape[3], g.out_size[1],
-                                                     rows, kh, sh, dh, threads))
+        work = workspace.take(nchwc_dense.nchw_band_floats(L.in_channels, L.out_channels,
+                                                           x.shape[2], x.shape[3], g.out_size[1],
+                                                           rows, kh, sh, dh, threads))
         try:
-            nchwc.f32_conv2d_nchw_bands(x, self.wpack, self.bias, out, kh, kw, sh, sw,
-                                        g.pads[0][0], g.pads[1][0], dh, dw, L.act, rows,
-                                        threads, work)
+            nchwc_dense.f32_conv2d_nchw_bands(x, self.wpack, self.bias, out, kh, kw, sh, sw,
+                                              g.pads[0][0], g.pads[1][0], dh, dw, L.act, rows,
+                                              threads, work)
         finally:
             workspace.give(work)
 
@@ -201,8 +202,8 @@ class BlockedDense(BlockedBands):
         (kh, kw), (sh, sw), (dh, dw) = L.kernel_size, L.stride, L.dilation
         xshape = blocked.blocked_shape(x.shape)
         oshape = blocked.blocked_shape((n, L.out_channels) + tuple(g.out_size))
-        pad_floats = nchwc.dense_padded_floats(n, xshape[1], *g.out_size, kh, kw, sh, sw, dh,
-                                               dw)
+        pad_floats = nchwc_dense.dense_padded_floats(n, xshape[1], *g.out_size, kh, kw, sh, sw, dh,
+                                                     dw)
         padded = self.finite and 4 * pad_floats <= self.max_copy_bytes
         pad_floats = pad_floats if padded else 0
         bufs = [workspace.take(math.prod(xshape)), workspace.take(math.prod(oshape)),
@@ -211,9 +212,9 @@ class BlockedDense(BlockedBands):
             xb = bufs[0][:math.prod(xshape)].reshape(xshape)
             ob = bufs[1][:math.prod(oshape)].reshape(oshape)
             nchwc.f32_to_blocked(x, xb, threads)
-            nchwc.f32_conv2d_nchwc(xb, c, self.wpack, self.bias, None, ob, kh, kw, sh, sw,
-                                   g.pads[0][0], g.pads[1][0], dh, dw, L.act, threads, 1,
-                                   bufs[2] if padded else None)
+            nchwc_dense.f32_conv2d_nchwc(xb, c, self.wpack, self.bias, None, ob, kh, kw, sh, sw,
+                                         g.pads[0][0], g.pads[1][0], dh, dw, L.act, threads, 1,
+                                         bufs[2] if padded else None)
             nchwc.f32_from_blocked(ob, out, threads)
         finally:
             for buf in reversed(bufs):
@@ -264,8 +265,8 @@ class BlockedWinograd:
                 wd = L.transformed("blocked_dense", lambda: blocked.pack_dense(
                     L.weight, None, L.groups)[0], blocked.packed_shapes("dense",
                                                                         L.weight.shape)[0])
-                nchwc.f32_conv2d_nchwc(xbv, c, wd, self.bias, None, obv, 3, 3, 1, 1, pt, pl,
-                                       dh, dw, L.act, threads, L.groups)
+                nchwc_dense.f32_conv2d_nchwc(xbv, c, wd, self.bias, None, obv, 3, 3, 1, 1, pt, pl,
+                                             dh, dw, L.act, threads, L.groups)
             nchwc.f32_from_blocked(obv, out, threads)
         finally:
             for buf in (work, ob, xb):
