@@ -1,4 +1,4 @@
-"""Whole-model benchmark: MobileNetV1, MobileNetV2 and DRN-C-26 at 224x224, batch 1.
+"""Whole-model benchmark: MobileNetV1, MobileNetV2, DRN-C-26 and ResNet-50 at 224x224, batch 1.
 
 Run it with the OpenBLAS tuning variables unset (they slow a current OpenBLAS), alone on the
 machine:
@@ -12,6 +12,10 @@ and PyTorch eager (torch.set_num_threads(n)) on the same input, alternating run 
 of --repeat runs after warm-up. The table gives milliseconds, the ratio of this engine's time
 to the best peer's (below 1: faster than every peer), the model's GFLOP (direct-convolution
 count) and this engine's effective GFLOP/s and CPU/wall ratio (about n for n busy threads).
+
+ResNet-50 is the file the onnx package ships in its test data (light_resnet50.onnx: Caffe2's
+ResNet-50 at opset 9, BatchNormalization and Sum nodes, weights made by ConstantOfShape), run
+by this engine and ONNX Runtime only.
 
 Peers are optional: a missing torch or onnxruntime is reported as missing. Without torch the
 models cannot be built: give --model-dir with NAME.onnx files written earlier by --keep.
@@ -32,9 +36,9 @@ sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 import engine  # noqa: E402
 from engine.cli import format_table, time_alternating  # noqa: E402
 
-MODELS = ["mobilenet_v1", "mobilenet_v2", "drn_c_26"]
+MODELS = ["mobilenet_v1", "mobilenet_v2", "drn_c_26", "resnet50_onnx"]
 TITLES = {"mobilenet_v1": "MobileNetV1", "mobilenet_v2": "MobileNetV2",
-          "drn_c_26": "DRN-C-26"}
+          "drn_c_26": "DRN-C-26", "resnet50_onnx": "ResNet-50 (onnx test data)"}
 
 
 def optional(name):
@@ -44,8 +48,32 @@ def optional(name):
         return None
 
 
+def conv_gflop(path):
+    """Direct-convolution GFLOP of an ONNX file's Conv nodes, from ONNX's shape inference."""
+    import onnx
+    m = onnx.shape_inference.infer_shapes(onnx.load(path))
+    dims = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+            for v in list(m.graph.value_info) + list(m.graph.input) + list(m.graph.output)}
+    dims.update({t.name: list(t.dims) for t in m.graph.initializer})
+    total = 0
+    for node in m.graph.node:
+        if node.op_type == "Conv" and node.output[0] in dims and node.input[1] in dims:
+            w = dims[node.input[1]]
+            total += 2 * np.prod(dims[node.output[0]]) * np.prod(w[1:])
+    return total / 1e9
+
+
 def prepare(name, directory, size, keep_dir):
     """(onnx path, GFLOP or None, torch module or None) for one model, or a reason it is absent."""
+    if name == "resnet50_onnx":
+        onnx = optional("onnx")
+        if onnx is None:
+            return "onnx is missing"
+        path = os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data", "light",
+                            "light_resnet50.onnx")
+        if size != 224:
+            return "a fixed 224x224 input"
+        return (path, conv_gflop(path), None) if os.path.exists(path) else f"{path} is missing"
     torch_models = optional("torch_models") if optional("torch") else None
     cached = os.path.join(keep_dir, f"{name}.onnx") if keep_dir else None
     if torch_models is None:
@@ -140,17 +168,18 @@ def main(argv=None) -> int:
                 continue
             x = np.random.default_rng(0).standard_normal(
                 (1, 3, args.size, args.size), dtype=np.float32)
+            feed = {model.inputs[0].name: x}
             for n in args.threads:
                 engine.set_num_threads(n)
                 peers, missing = peers_for(onnx_path, module, n)
-                ours = next(iter(model.run({"input": x}).values()))
+                ours = next(iter(model.run(feed).values()))
                 for peer, fn in peers.items():
                     ref = fn(x)
                     err = float(np.abs(ours - ref).max() / max(np.abs(ref).max(), 1e-30))
                     if err > 1e-3:
                         notes.append(f"{TITLES[name]} {n}t: output differs from {peer} "
                                      f"(max error {err:.1e} of the output's range)")
-                runners = {"convengine": lambda: model.run({"input": x})}
+                runners = {"convengine": lambda: model.run(feed)}
                 runners.update({k: (lambda fn=fn: fn(x)) for k, fn in peers.items()})
                 res = time_alternating(runners, args.repeat, args.warmup,
                                        progress_label=f"{TITLES[name]} {n}t")

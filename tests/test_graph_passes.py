@@ -161,6 +161,30 @@ def test_residual_fusion_keeps_both_operands_alive(rng):
     assert plan.buffers == 2 and plan.arena_bytes == 2 * 1344   # 1296 bytes, 64-aligned
 
 
+
+@pytest.mark.parametrize("layout", ["nchw", "nchwc"])
+def test_sum_of_two_is_a_fused_residual(rng, layout):
+    """Caffe2's ResNets add residuals with Sum (opset <= 12 exports): read as Add, the Sum and
+    its Relu run in the convolution's step; a Sum of one is an Identity and of three stays."""
+    w1, w2 = f32(rng, 32, 32, 3, 3, scale=0.1), f32(rng, 32, 32, 1, 1, scale=0.3)
+    nodes = [Node("Conv", "c1", ["x", "w1"], ["a"], {"pads": [1, 1, 1, 1]}),
+             Node("Sum", "one", ["a"], ["a1"]),
+             Node("Conv", "c2", ["a1", "w2"], ["b"]),
+             Node("Sum", "two", ["b", "x"], ["s"]),
+             Node("Relu", "r", ["s"], ["t"]),
+             Node("Sum", "three", ["t", "x", "a"], ["y"])]
+    model = Model(Graph(nodes, [spec("x", (1, 32, 12, 12))], [spec("y")],
+                        {"w1": w1, "w2": w2}), layout=layout)
+    assert [n.op for n in model.graph.nodes] == ["Conv", "Conv", "Sum"]
+    assert "read 2 Sum nodes" in model.explain()
+    x = f32(rng, 1, 32, 12, 12)
+    a, ma = conv_ref(x, w1, pads=((1, 1), (1, 1)))
+    b, mb = conv_ref(a, w2)
+    mb = conv2d_ref(ma, np.abs(w2))
+    t = np.maximum(b + x, 0)
+    close(model(x), t + x + a, mb + 2 * np.abs(x) + ma)
+
+
 # ------------------------------------------------------------------------------ folding
 
 def test_identities_removed_and_exported_names_kept(rng):

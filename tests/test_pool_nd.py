@@ -286,6 +286,39 @@ def test_dilated_average_pool_2d_matches_onnxruntime(rng):
                                                       pads, ceil, bool(cip))[0], **TOL)
 
 
+
+@pytest.mark.parametrize("layout", ["nchw", "nchwc"])
+def test_average_pool_over_the_whole_map_is_a_global_average(rng, layout):
+    """A window that is the whole unpadded map (Caffe2's ResNets end on one) runs as a global
+    average, on NCHW or on the blocks of the convolution before it, whatever its stride,
+    ceil_mode and count_include_pad; with pads, or a window short of the map, it does not."""
+    w = (rng.standard_normal((20, 20, 1, 1)) * 0.3).astype(np.float32)
+    cases = [((7, 7), (1, 1), False, 0, [0] * 4, True), ((7, 7), (2, 3), True, 1, [0] * 4, True),
+             ((5, 7), (5, 7), False, 1, [0] * 4, True), ((7, 7), (1, 1), False, 0, [1, 0, 0, 0],
+                                                        False),
+             ((6, 7), (1, 1), False, 0, [0] * 4, False)]
+    for kernel, strides, ceil, cip, pads, whole in cases:
+        size = (kernel[0] + (0 if whole or pads[0] else 1), kernel[1])
+        pool = h.make_node("AveragePool", ["c"], ["y"], kernel_shape=list(kernel),
+                           strides=list(strides), ceil_mode=int(ceil), count_include_pad=cip,
+                           pads=pads)
+        conv = h.make_node("Conv", ["x", "w"], ["c"])
+        g = h.make_graph([conv, pool], "g",
+                         [h.make_tensor_value_info("x", T.FLOAT, [1, 20] + list(size))],
+                         [h.make_tensor_value_info("y", T.FLOAT, None)],
+                         [onnx.numpy_helper.from_array(w, "w")])
+        m = h.make_model(g, opset_imports=[h.make_opsetid("", 19)], ir_version=9)
+        model = engine.load(m, layout=layout)
+        assert ("over the whole map" in model.explain()
+                or "AveragePool" in model.explain() and "in place" in model.explain()) == whole
+        x = rng.standard_normal((1, 20) + size).astype(np.float32)
+        c = np.einsum("oi,nihw->nohw", w[:, :, 0, 0].astype(np.float64), x)
+        ref = reference("avg", c, kernel, strides, (1, 1), [(pads[0], pads[2]),
+                                                           (pads[1], pads[3])],
+                        ceil, bool(cip))[0]
+        np.testing.assert_allclose(model.run({"x": x})["y"], ref, **TOL)
+
+
 # ------------------------------------------------------------------------------ torch
 
 def torch_pads(pads):

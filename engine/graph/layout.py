@@ -93,6 +93,15 @@ def _spatial_mean(node, ops, infos) -> bool:
         return False
 
 
+def _global_mean(node, ops, infos) -> bool:
+    """Whether a node averages each whole plane of a 4-D tensor: GlobalAveragePool, a
+    ReduceMean over H and W, or an AveragePool whose window is the whole map."""
+    if node.op == "AveragePool":
+        x = infos.get(node.inputs[0])
+        return x is not None and ops[node.name].whole_map(x.shape)
+    return node.op == "GlobalAveragePool" or _spatial_mean(node, ops, infos)
+
+
 def blocked_pool(node, ops, infos) -> bool:
     """Whether a MaxPool or AveragePool can run on blocks: 2-D, without MaxPool's indices."""
     op = ops.get(node.name)
@@ -288,9 +297,9 @@ def rewrite(graph: Graph, ops: dict, input_shapes: dict, layout: str = "auto"):
                 inputs.append(as_blocked(node.inputs[3]))
             new = Node(node.op, node.name, inputs, [blocked_name[node.outputs[0]]])
             add(new, BlockedConv(new, ops[node.name], kind, ins, outs))
-        elif (node.op in ("GlobalAveragePool", "ReduceMean")
+        elif (node.op in ("GlobalAveragePool", "ReduceMean", "AveragePool")
               and node.inputs[0] in blocked_name and node.inputs[0] not in nchw_ready
-              and (node.op == "GlobalAveragePool" or _spatial_mean(node, ops, infos))):
+              and _global_mean(node, ops, infos)):
             new = Node(node.op, node.name, [blocked_name[node.inputs[0]]], list(node.outputs))
             keepdims = len(infos[node.outputs[0]].shape) == 4
             add(new, BlockedGlobalAveragePool(new, infos[node.inputs[0]].shape[1], keepdims))

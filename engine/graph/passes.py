@@ -1,5 +1,7 @@
 """Graph rewrites run once when a model loads, each keeping the outputs' values:
 
+- ``sums_as_adds``: a Sum of two tensors (what older exporters write for a residual) becomes
+  an Add, and a Sum of one an Identity, so the passes below see them;
 - ``remove_identities``: Identity nodes (Dropout becomes one on import) disappear;
 - ``fold_constants``: nodes whose inputs are all constants are computed, and so, when every
   input dimension is declared, is everything that depends on input shapes only (Shape, and the
@@ -59,6 +61,17 @@ def check_nodes(g: Graph) -> None:
         cls = OPS.get(node.op)
         if cls is not None:
             cls.check_node(node)
+
+
+def sums_as_adds(g: Graph) -> int:
+    """Sum of two inputs -> Add, of one -> Identity (the same values: Sum adds its inputs in
+    order with the same broadcasting). A Sum of three or more stays one step."""
+    count = 0
+    for node in g.nodes:
+        if node.op == "Sum" and len(node.inputs) <= 2 and all(node.inputs):
+            node.op = "Add" if len(node.inputs) == 2 else "Identity"
+            count += 1
+    return count
 
 
 def remove_identities(g: Graph) -> int:
@@ -330,6 +343,9 @@ def optimize(g: Graph, input_shapes=None) -> None:
     g.check()
     check_nodes(g)
     notes = []
+    n = sums_as_adds(g)
+    if n:
+        notes.append(f"read {n} Sum nodes of one or two inputs as Identity or Add")
     n = remove_identities(g)
     if n:
         notes.append(f"removed {n} Identity/Dropout nodes")

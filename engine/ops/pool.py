@@ -455,13 +455,18 @@ def max_unpool2d(x, indices, kernel_size, stride=None, padding=0, output_size=No
     return MaxUnpool2d(kernel_size, stride, padding)(x, indices, output_size)
 
 
-def global_avg_pool2d(x):
-    """Mean over each (n, c) plane, shape (N, C, 1, 1) (sums in float64)."""
+def global_avg_pool2d(x, out=None, num_threads=None):
+    """Mean over each (n, c) plane, shape (N, C, 1, 1) (sums in float64), into ``out`` if
+    given (float32, C-contiguous, that shape)."""
     x = _nchw(x)
     n, c, h, w = x.shape
-    out = np.empty((n, c, 1, 1), np.float32)
+    if out is None:
+        out = np.empty((n, c, 1, 1), np.float32)
+    elif out.shape != (n, c, 1, 1) or out.dtype != np.float32 or not out.flags.c_contiguous:
+        raise ValueError(f"out must be a C-contiguous float32 array of shape {(n, c, 1, 1)}, "
+                         f"got {out.dtype} {out.shape}")
     _k.f32_global_avgpool(x.reshape(n * c, h * w), out.reshape(n * c),
-                          _threads(x.size, None))
+                          _threads(x.size, num_threads))
     return out
 
 

@@ -115,6 +115,8 @@ class Pool(Windowed):
                                 self.wants_indices())
 
     def describe(self, ins, outs):
+        if self.mode == "avg" and self.whole_map(ins[0].shape):
+            return f"{self.what} over the whole map: a global average"
         path, reason = self.path(ins, outs)
         return f"{self.what}, {path}: {reason}"
 
@@ -287,8 +289,22 @@ class AveragePool(Pool):
             raise self.error(f"count_include_pad must be 0 or 1, got {self.include_pad}")
         self.include_pad = bool(self.include_pad)
 
+    def whole_map(self, x_shape) -> bool:
+        """Whether the window is the whole unpadded 2-D map (ResNets exported from Caffe2
+        end on a 7x7 AveragePool): a global average then, whatever the stride or
+        count_include_pad."""
+        return (self.nd == 2 and len(x_shape) == 4 and tuple(self.kernel) == tuple(x_shape[2:])
+                and all(d == 1 for d in self.dilations)
+                and all(p == 0 for pair in self.pads_for(x_shape[2:]) for p in pair))
+
     def build(self, ins, outs, i, o):
-        from ...ops.pool import AvgPool2d, onnx_avgpool_scale
+        from ...ops.pool import AvgPool2d, global_avg_pool2d, onnx_avgpool_scale
+        if self.whole_map(ins[0].shape):
+            a, b = i[0], o[0]
+
+            def step(env, nt):
+                global_avg_pool2d(env[a], out=env[b], num_threads=nt)
+            return step
         path = self.path(ins, outs)[0]
         if path == "numpy":
             return self.build_numpy(ins, outs, i, o, count_include_pad=self.include_pad)
