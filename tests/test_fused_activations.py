@@ -228,3 +228,49 @@ def test_bad_activation_parameters_are_a_model_error_naming_the_node(op, attrs):
         [numpy_helper.from_array(np.ones((2, 2, 1, 1), np.float32), "w")])
     with pytest.raises(engine.ModelError, match="bad_act"):
         engine.load(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)]))
+
+
+def classifier(rng, case, rows, gemm_output=False):
+    """x (rows x 40) -> Gemm (transB, bias, alpha 0.5) -> activation -> y; with
+    ``gemm_output`` the Gemm's output is a graph output too (the activation stays a step)."""
+    op, attrs, extra, _ = CASES[case]
+    inits = {"w": (rng.standard_normal((30, 40)) / 4).astype(np.float32),
+             "b": rng.standard_normal(30).astype(np.float32)}
+    names = []
+    for k, v in enumerate(extra):
+        inits[f"p{k}"] = np.asarray(v, np.float32)
+        names.append(f"p{k}")
+    nodes = [helper.make_node("Gemm", ["x", "w", "b"], ["g"], name="fc", transB=1, alpha=0.5),
+             helper.make_node(op, ["g"] + names, ["y"], name="act", **attrs)]
+    outs = [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)]
+    if gemm_output:
+        outs.append(helper.make_tensor_value_info("g", onnx.TensorProto.FLOAT, None))
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, (rows, 40))],
+        outs, [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)]), inits
+
+
+@pytest.mark.parametrize("rows", [1, 20])     # the dense kernel, numpy's matmul
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_activation_fused_into_a_gemm(rng, case, rows):
+    """A classifier's activation (MobileNetV3's HardSwish) runs in the Gemm's step: against
+    float64, and bit for bit the separate step's values on extreme inputs."""
+    fused = engine.load(classifier(np.random.default_rng(0), case, rows)[0])
+    model, inits = classifier(np.random.default_rng(0), case, rows, gemm_output=True)
+    separate = engine.load(model)
+    assert [n.op for n in fused.graph.nodes] == ["Gemm"]
+    assert fused.graph.nodes[0].attrs["activation"] == CASES[case][3]
+    assert "fused 1 activations into matrix products" in fused.explain()
+    assert [n.op for n in separate.graph.nodes] == ["Gemm", CASES[case][0]]
+    x = rng.standard_normal((rows, 40)).astype(np.float32)
+    w, b = inits["w"].astype(np.float64), inits["b"].astype(np.float64)
+    g = 0.5 * x @ w.T + b
+    want = float64_activation(CASES[case][3], g)
+    bound = 1.5e-5 * (0.5 * np.abs(x) @ np.abs(w).T + np.abs(b)) + 4 * 2.0 ** -23 * np.abs(want)
+    got = fused.run({"x": x})["y"]
+    assert np.all(np.abs(got - want) <= bound + 1e-30)
+    x[0, :3] = [np.nan, np.inf, -np.inf]
+    x[-1] *= 1e30
+    with np.errstate(all="ignore"):
+        np.testing.assert_array_equal(fused.run({"x": x})["y"], separate.run({"x": x})["y"])

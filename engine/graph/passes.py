@@ -12,8 +12,8 @@
 - ``fold_batchnorm``: BatchNormalization after a convolution is folded into its weights and
   bias (computed in float64, stored in float32);
 - ``fuse_activations``: Relu, Clip, SiLU, HardSwish, Gelu, Sigmoid, Tanh, Softplus, Mish,
-  Elu, LeakyRelu, HardSigmoid and PRelu with one slope after a convolution become the
-  convolution's ``activation``, applied in the kernel's output step;
+  Elu, LeakyRelu, HardSigmoid and PRelu with one slope after a convolution (or a Gemm) become
+  its ``activation``, applied in the kernel's output step (the Gemm's step);
 - ``fuse_residual``: an Add of a convolution's output and another tensor becomes a fourth
   convolution input, added in the same plan step (followed by a fused activation if any);
 - ``fuse_squeeze_excite`` (engine/graph/fusions.py): a squeeze-and-excitation block (pool,
@@ -243,11 +243,11 @@ def _spelling_of(g: Graph, node: Node):
 
 
 def fuse_activations(g: Graph) -> int:
-    """An activation after a Conv, a MatMulBias, or a BatchNormalization left standing, moves
-    into that node (its kernel applies it in the same pass)."""
+    """An activation after a Conv, a Gemm, a MatMulBias, or a BatchNormalization left standing,
+    moves into that node (its kernel applies it in the same pass, or its step right after)."""
     count = 0
     for conv in list(g.nodes):
-        if conv.op not in ("Conv", "BatchNormalization", "MatMulBias") \
+        if conv.op not in ("Conv", "BatchNormalization", "MatMulBias", "Gemm") \
                 or conv.attrs.get("activation") \
                 or conv not in g.nodes:
             continue
@@ -370,14 +370,14 @@ def optimize(g: Graph, input_shapes=None) -> None:
     n_silu = fuse_silu(g)
     if n_silu:
         notes.append(f"fused {n_silu} Sigmoid + Mul pairs into SiLU")
-    def fused(op):
-        return sum(1 for node in g.nodes if node.op == op and node.attrs.get("activation"))
-    n_bn, n_mm = -fused("BatchNormalization"), -fused("MatMulBias")
+    def fused(*ops):
+        return sum(1 for node in g.nodes if node.op in ops and node.attrs.get("activation"))
+    n_bn, n_mm = -fused("BatchNormalization"), -fused("MatMulBias", "Gemm")
     n = fuse_activations(g)
     n_res = fuse_residual(g)
     n += fuse_activations(g)
     n_bn += fused("BatchNormalization")
-    n_mm += fused("MatMulBias")
+    n_mm += fused("MatMulBias", "Gemm")
     if n - n_bn - n_mm:
         notes.append(f"fused {n - n_bn - n_mm} activations into convolutions")
     if n_bn:

@@ -150,9 +150,12 @@ class MatMulBias(MatMul):
 class Gemm(Op):
     kind = "Gemm"
     n_inputs = (2, 3)
-    attributes = {"alpha": "float", "beta": "float", "transA": "int", "transB": "int"}
+    # activation: the engine's fusion (engine/graph/passes.py), run on the output in the step
+    attributes = {"alpha": "float", "beta": "float", "transA": "int", "transB": "int",
+                  "activation": "act"}
 
     def setup(self, constants):
+        self.activation = self.attr("activation", None)
         self.alpha = np.float32(self.attr("alpha", 1.0))
         self.beta = np.float32(self.attr("beta", 1.0))
         self.ta = bool(self.attr("transA", 0))
@@ -186,10 +189,12 @@ class Gemm(Op):
 
     def describe(self, ins, outs):
         path, reason = self.path(ins, outs)
-        return f"{path}: {reason}"
+        return f"{path}: {reason}" + (f" | + {self.activation} in the same step"
+                                      if self.activation else "")
 
     def build(self, ins, outs, i, o):
         a, b, y = i[0], i[1], o[0]
+        act = self.activation
         c = i[2] if len(i) > 2 and ins[2] is not None else None
         ta, tb, alpha, beta = self.ta, self.tb, self.alpha, self.beta
         cval = ins[2].value if c is not None else None
@@ -222,4 +227,6 @@ class Gemm(Op):
                     np.add(out, env[c] * beta, out=out)
                 else:
                     np.add(out, env[c], out=out)
+            if act is not None:
+                apply_activation(out, act, nt)
         return step
