@@ -12,7 +12,8 @@ the layer's parameters returning (choice, one-line reason):
 - ``gemm``: whether an ONNX Gemm runs on the dense kernel or numpy.matmul, and a MatMul by
   constant weights on the packed GEMM or numpy.matmul;
 - ``resize``: how each axis of an ONNX Resize is resampled (gather, taps, dense product);
-- ``winograd``: whether a Winograd layer keeps its transformed weights or makes them per call.
+- ``winograd``: whether a Winograd layer keeps its transformed weights or makes them per call;
+- ``batch``: whether a batch runs whole or as chunks of images, each on its own thread.
 
 A plan asks once and stores the answer, explain() shows it with its reason, and a caller may
 force the choices worth comparing: ``algorithm=`` on the planned convolutions, ``kernel=`` on
