@@ -341,16 +341,16 @@ static void ce_nc_dw_row(const float *x, int H, int W, int OW, int oy, int sh, i
         ce_nc_act_span(out, OW, act);
 }
 
-/* Small planes on 8-float builds: the block's input plane is copied once into a buffer whose
+/* Small planes: the block's input plane is copied once into a buffer whose
  * columns run on into zeros on both sides, and every output row then runs eight columns at a
  * time unchecked, eight sums side by side (enough to cover the multiply-add latency; four cover
  * half). On 7x7 and 14x14 maps most of a 5x5's pixels are edge pixels, and row by row the
  * checks and per-row setup cost more than the taps. Kernel rows outside the plane are skipped;
  * the zero columns add products of a weight and zero, which leave every sum as it was (but for
  * the sign of a zero) when the weights are finite: a block with a non-finite weight goes row
- * by row, where taps in the padding are skipped. AVX-512 builds keep their rows (not measured
- * there). */
-/* the buffer, in vectors (64 KB): larger planes gained little (bench/bench_dispatch.py --only
+ * by row, where taps in the padding are skipped. AVX-512 builds take planes of up to
+ * CE_NC_DW_PLANE_MAX_H rows. */
+/* the buffer, in vectors (64 KB of 8 floats, 128 KB of 16): larger planes gained little (bench/bench_dispatch.py --only
  * layout/dw_planes) */
 #define CE_NC_DW_PLANE_VECS 2048
 
@@ -360,16 +360,27 @@ static inline int ce_nc_dw_plane_cols(int OW, int sw, int kw, int dw)
 }
 
 /* Whether ce_nc_dw_plane takes this layer: the buffer fits and the kernel is wider than 3. */
+/* Tallest plane taken whole on 16-float builds, for kernels 5 wide or more and for 3x3: 5x5
+ * on 7x7 and 14x14 maps ran in 0.67-0.90 of the rows' time alone (0.73-0.89 at stride 2), 3x3
+ * on 7x7 in 0.52-0.71; but 3x3 on 14x14 in 0.81-1.00 alone and 1.1-1.8 within
+ * MobileNetV3-Large (copying the plane costs more beside nine taps), 28x28 0.90-1.25
+ * (bench/bench_dispatch.py layout/dw_planes, one and two threads; the model by per-step
+ * profiles of both builds). MobileNetV3-Small 1-5% faster, MobileNetV3-Large 0.5-1% (A/B of
+ * the builds in one process). 8-float builds take any plane the buffer holds. */
+#if CE_NC_B == 16
+#define CE_NC_DW_PLANE_MAX_H 16
+#define CE_NC_DW_PLANE_MAX_H_3 8
+#else
+#define CE_NC_DW_PLANE_MAX_H CE_NC_DW_PLANE_VECS
+#define CE_NC_DW_PLANE_MAX_H_3 CE_NC_DW_PLANE_VECS
+#endif
+
 static inline int ce_nc_dw_plane_fits(int H, int W, int OW, int sw, int kh, int kw, int dw)
 {
-#if CE_NC_B == 8
     (void)W;
     return kw >= 3 && kh <= 16 && sw <= 2
+           && H <= (kw >= 5 ? CE_NC_DW_PLANE_MAX_H : CE_NC_DW_PLANE_MAX_H_3)
            && (long)H * ce_nc_dw_plane_cols(OW, sw, kw, dw) <= CE_NC_DW_PLANE_VECS;
-#else
-    (void)H; (void)W; (void)OW; (void)sw; (void)kh; (void)kw; (void)dw;
-    return 0;
-#endif
 }
 
 /* Eight output columns from buffer column c0 (m of them stored): the nr kernel rows r (their

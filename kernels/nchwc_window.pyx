@@ -100,7 +100,7 @@ def depthwise_plane_scratch(int num_threads):
 
 def depthwise_plane_fits(int H, int W, int OW, int sw, int kh, int kw, int dw):
     """Whether f32_depthwise_blocked takes each block's plane whole, through a zero-bordered
-    copy (8-float builds: kernels 3 wide or more, stride 1 or 2, small planes)."""
+    copy (kernels 3 wide or more, stride 1 or 2, small planes: _nchwc_dw.h)."""
     return bool(ce_nc_dw_plane_fits(H, W, OW, sw, kh, kw, dw))
 
 
@@ -141,8 +141,8 @@ def f32_depthwise_blocked(const float[:, :, :, :, ::1] x, const float[:, :, :, :
     cdef float* owned = NULL
     if planes and ce_nc_dw_plane_fits(<int>H, <int>W, <int>OW, sw, kh, kw, dw):
         num_threads = <int>max(1, num_threads)
-        # each thread's zero-bordered plane: 64 KB, too much for the stacks of a service's
-        # threads
+        # each thread's zero-bordered plane: 64 or 128 KB, too much for the stacks of a
+        # service's threads
         if scratch is not None and scratch.shape[0] >= num_threads * per_thread + 16:
             bufs = &scratch[0]
         else:

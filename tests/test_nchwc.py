@@ -207,7 +207,7 @@ DEPTHWISE = [
     (1, 17, 5, 12, (5, 5), (1, 1), ((0, 0), (0, 0)), (1, 1)),
     (1, 16, 6, 37, (5, 5), (1, 1), ((1, 3), (3, 1)), (1, 1)),
     (1, 20, 4, 9, (5, 5), (1, 1), ((4, 4), (4, 4)), (1, 1)),
-    # on 8-float builds the planes above fit the zero-bordered buffer (ce_nc_dw_plane); these
+    # the planes above fit the zero-bordered buffer (ce_nc_dw_plane, 16 rows or fewer); these
     # do not (too large, stride 3, more than 16 kernel rows) and run row by row, the edge
     # columns of kernels wider than 3 four at a time with checked taps; and a strided, dilated,
     # asymmetric one that does
@@ -687,24 +687,26 @@ def test_random_graphs_give_the_same_values_with_and_without_the_layout(seed):
 
 
 def test_explain_says_when_a_depthwise_layer_goes_by_whole_planes(rng):
-    """pw -> 5x5 depthwise on 7x7 -> pw: on 8-float builds the depthwise step says it takes
-    each block's plane whole (ce_nc_dw_plane), on 16-float builds it does not; values as the
-    NCHW plan's either way."""
+    """pw -> 5x5 depthwise on 7x7 -> pw: the depthwise step says it takes each block's plane
+    whole (ce_nc_dw_plane), and on 28x28 says so only on 8-float builds (16-float builds take
+    planes of at most 16 rows); values as the NCHW plan's either way."""
     c = 3 * B
     w = {"a": f32(rng, c, 16, 1, 1) * 0.3, "d": f32(rng, c, 1, 5, 5) * 0.3,
          "p": f32(rng, 16, c, 1, 1) * 0.3}
-    g = Graph([Node("Conv", "pa", ["x", "a"], ["ya"], {"activation": "relu"}),
-               Node("Conv", "dw", ["ya", "d"], ["yd"], {"pads": [2, 2, 2, 2], "group": c}),
-               Node("Conv", "pb", ["yd", "p"], ["y"])],
-              [TensorSpec("x", (1, 16, 7, 7), "float32")], [TensorSpec("y", None, "float32")], w)
-    model = Model(g)
-    text = model.explain()
-    assert f"depthwise on {NAME}" in text, text
-    assert ("plane whole through a zero-bordered copy" in text) == (B == 8), text
-    x = f32(rng, 1, 16, 7, 7)
-    got = model.run({"x": x})["y"]
-    np.testing.assert_allclose(got, Model(g, layout="nchw").run({"x": x})["y"], rtol=0,
-                               atol=1e-5 * float(np.abs(got).max()))
+    for size, planes in ((7, True), (28, B == 8)):
+        g = Graph([Node("Conv", "pa", ["x", "a"], ["ya"], {"activation": "relu"}),
+                   Node("Conv", "dw", ["ya", "d"], ["yd"], {"pads": [2, 2, 2, 2], "group": c}),
+                   Node("Conv", "pb", ["yd", "p"], ["y"])],
+                  [TensorSpec("x", (1, 16, size, size), "float32")],
+                  [TensorSpec("y", None, "float32")], w)
+        model = Model(g)
+        text = model.explain()
+        assert f"depthwise on {NAME}" in text, text
+        assert ("plane whole through a zero-bordered copy" in text) == planes, text
+        x = f32(rng, 1, 16, size, size)
+        got = model.run({"x": x})["y"]
+        np.testing.assert_allclose(got, Model(g, layout="nchw").run({"x": x})["y"], rtol=0,
+                                   atol=1e-5 * float(np.abs(got).max()))
 
 
 @pytest.mark.parametrize("pool", ["GlobalAveragePool", "ReduceMean"])
