@@ -345,3 +345,26 @@ def test_optimize_is_idempotent(rng):
     passes.optimize(g)
     assert before == [(n.op, n.inputs, n.outputs, dict(n.attrs)) for n in g.nodes]
     assert len(before) == 1 and before[0][3] == {"pads": [1, 1, 1, 1], "activation": "relu"}
+
+
+def test_onnx_test_data_resnet50_stays_blocked_end_to_end():
+    """The ResNet-50 the onnx package ships (Caffe2's, opset 9: Sum residuals, a 7x7
+    AveragePool) runs blocked from stem to pool, with no layout change, and gives the file's
+    expected output."""
+    onnx = pytest.importorskip("onnx")
+    import os
+    from onnx import numpy_helper
+    path = os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data", "light",
+                        "light_resnet50.onnx")
+    if not os.path.exists(path):
+        pytest.skip("this onnx package has no light test models")
+    model = engine.load(path)
+    text = model.explain()
+    assert "read 16 Sum nodes" in text and "fused 16 residual Adds" in text, text
+    assert "FromBlocked" not in text and "ToBlocked" not in text, text    # no layout change
+    assert "im2col" not in text, text
+    assert "AveragePool        1x128x7x7x16 -> 1x2048x1x1" in text, text
+    want = numpy_helper.to_array(onnx.load_tensor(path[:-5] + "_output_0.pb"))
+    x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
+    np.testing.assert_allclose(model.run({model.inputs[0].name: x})[model.outputs[0].name],
+                               want, rtol=1e-5, atol=1e-7)

@@ -859,3 +859,48 @@ def test_reading_the_shape_of_a_blocked_tensor_needs_no_layout_change(rng):
     assert int(out["n"]) == 2 * 40 * 7 * 9
     want = conv2d_ref(x, w).mean(axis=(2, 3), keepdims=True)
     np.testing.assert_allclose(out["g"], want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode, transform, blocked_resize", [
+    ("linear", "half_pixel", True), ("nearest", "asymmetric", True),
+    ("cubic", "align_corners", True), ("linear", "tf_crop_and_resize", False)])
+def test_a_pooled_branch_resized_back_stays_blocked(rng, mode, transform, blocked_resize):
+    """DeepLabV3's image pooling: GlobalAveragePool -> 1x1 -> Resize back to the map's size
+    (sizes from the map's Shape) -> Concat with the map -> 1x1. A 1x1 map resized reads its
+    one pixel at every tap: copied to every pixel on blocks, no layout change; but not a
+    crop-and-resize, whose region may fall outside the input (extrapolation value 0 here).
+    32 channels: a blocked Concat takes whole blocks but for its last input."""
+    ort = pytest.importorskip("onnxruntime")
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto as T
+    from onnx import helper as h
+    from onnx import numpy_helper as nh
+    c = 32
+    inits = {"w": f32(rng, c, 8, 3, 3) * 0.3, "wp": f32(rng, c, c, 1, 1) * 0.3,
+             "wo": f32(rng, 16, 2 * c, 1, 1) * 0.3, "two": np.array([2], np.int64),
+             "four": np.array([4], np.int64), "zero": np.array([0], np.int64),
+             "roi": np.array([0, 0, -0.5, -0.5, 1, 1, 1.5, 1.5], np.float32)}
+    attrs = {"mode": mode, "coordinate_transformation_mode": transform}
+    nodes = [h.make_node("Conv", ["x", "w"], ["m"], pads=[1, 1, 1, 1]),
+             h.make_node("GlobalAveragePool", ["m"], ["g"]),
+             h.make_node("Conv", ["g", "wp"], ["p"]),
+             h.make_node("Shape", ["m"], ["s"]),
+             h.make_node("Slice", ["s", "two", "four", "zero"], ["hw"]),
+             h.make_node("Slice", ["s", "zero", "two", "zero"], ["nc"]),
+             h.make_node("Concat", ["nc", "hw"], ["size"], axis=0),
+             h.make_node("Resize", ["p", "roi" if transform == "tf_crop_and_resize" else "",
+                                    "", "size"], ["r"], **attrs),
+             h.make_node("Concat", ["m", "r"], ["cat"], axis=1),
+             h.make_node("Conv", ["cat", "wo"], ["y"])]
+    g = h.make_graph(nodes, "g", [h.make_tensor_value_info("x", T.FLOAT, [1, 8, 9, 11])],
+                     [h.make_tensor_value_info("y", T.FLOAT, None)],
+                     [nh.from_array(v, k) for k, v in inits.items()])
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 19)], ir_version=9)
+    from engine import load
+    model = load(m, layout="nchwc")
+    text = model.explain()
+    assert ("a 1x1 map resized on" in text) == blocked_resize, text
+    x = f32(rng, 1, 8, 9, 11)
+    want = ort.InferenceSession(m.SerializeToString(),
+                                providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(model.run({"x": x})["y"], want, rtol=1e-5, atol=1e-5)

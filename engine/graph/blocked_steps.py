@@ -93,6 +93,35 @@ class FromBlocked(_LayoutChange):
         return f"layout: {blocked.NAME} -> NCHW for a reader that needs NCHW"
 
 
+class BlockedBroadcast(_Internal):
+    """A Resize of a 1x1 map (DeepLabV3's image-pooling branch, back to the backbone's size):
+    every tap of every output pixel reads the one input pixel, so each block's vector is copied
+    to every pixel, blocked in and out. ``shape``: the NCHW output shape."""
+    kind = "Resize"
+
+    def __init__(self, node, shape):
+        super().__init__(node)
+        self.shape = tuple(shape)
+
+    def infer(self, ins):
+        x = self.float_in(ins, 0, "X", 5)
+        want = blocked.blocked_shape(self.shape)
+        if x.shape[:2] != want[:2] or x.shape[2:4] != (1, 1):
+            raise self.error(f"X must be the 1x1 blocks {want[:2] + (1, 1, want[4])}, got "
+                             f"{x.shape}")
+        return [Info(want, F32)]
+
+    def build(self, ins, outs, i, o):
+        a, b = i[0], o[0]
+
+        def step(env, nt):
+            np.copyto(env[b], env[a])          # broadcast along H and W
+        return step
+
+    def describe(self, ins, outs):
+        return f"a 1x1 map resized on {blocked.NAME}: each block's vector copied to every pixel"
+
+
 class BlockedGlobalAveragePool(_Internal):
     """GlobalAveragePool, or a ReduceMean over H and W (``keepdims`` 0 drops them), reading
     the blocks in place."""

@@ -31,7 +31,7 @@ from ..dispatch.conv import ConvParams
 from ..dispatch.layout import (blocked_kernel, canonical_layout, choose_layout, pays_alone,
                                why_not_layout)
 from ..ops import blocked
-from .blocked_steps import (BlockedBatchNorm, BlockedConcat, BlockedConv,
+from .blocked_steps import (BlockedBatchNorm, BlockedBroadcast, BlockedConcat, BlockedConv,
                             BlockedGlobalAveragePool, BlockedPool, BlockedShape, FromBlocked,
                             ToBlocked)
 from .ir import Graph, Node
@@ -100,6 +100,18 @@ def _global_mean(node, ops, infos) -> bool:
         x = infos.get(node.inputs[0])
         return x is not None and ops[node.name].whole_map(x.shape)
     return node.op == "GlobalAveragePool" or _spatial_mean(node, ops, infos)
+
+
+def broadcast_resize(node, infos) -> bool:
+    """Whether a Resize takes a 4-D 1x1 map to a larger one of the same images and channels:
+    every tap then reads the one pixel, in every mode but tf_crop_and_resize (whose region may
+    fall outside the input and read the extrapolation value)."""
+    if node.op != "Resize" or node.attrs.get("coordinate_transformation_mode") == \
+            "tf_crop_and_resize" or node.outputs[0] not in infos:
+        return False
+    x, y = infos.get(node.inputs[0]), infos[node.outputs[0]]
+    return (x is not None and len(x.shape) == 4 and x.shape[2:] == (1, 1) and x.dtype == F32
+            and len(y.shape) == 4 and y.shape[:2] == x.shape[:2])
 
 
 def blocked_pool(node, ops, infos) -> bool:
@@ -311,6 +323,11 @@ def rewrite(graph: Graph, ops: dict, input_shapes: dict, layout: str = "auto"):
                 node.inputs[0] in blocked_name and read_as_blocks(node.outputs[0]))):
             add_blocked(node, [blocked_name[node.inputs[0]]], lambda new: BlockedPool(
                 new, ops[node.name], infos[node.inputs[0]], infos[node.outputs[0]]))
+        elif (node.inputs[0] in native and broadcast_resize(node, infos)
+              and read_as_blocks(node.outputs[0])):
+            # DeepLabV3's pooled branch back to the map's size, for the Concat that reads blocks
+            add_blocked(node, [blocked_name[node.inputs[0]]], lambda new: BlockedBroadcast(
+                new, infos[node.outputs[0]].shape))
         elif node.name in norms and (node.inputs[0] in native or (      # as pools
                 node.inputs[0] in blocked_name and read_as_blocks(node.outputs[0]))):
             add_blocked(node, [blocked_name[node.inputs[0]]], lambda new: BlockedBatchNorm(

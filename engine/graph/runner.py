@@ -345,6 +345,8 @@ class Model:
         def at(k):
             return {name: (k,) + tuple(sh[1:]) for name, sh in zip(names, shapes)}
         n = shapes[0][0]
+        # an optimisation only: whatever goes wrong here (a graph these shapes do not fit, an
+        # operator the proof cannot read), the batch runs whole and reports its own errors
         try:
             one = self._infer(at(1))
             c, why = choose_batch_chunk(n, self._flops(one[0]))
@@ -352,9 +354,9 @@ class Model:
                 return None
             whole = self._infer(at(n))
             chunk = one if c == 1 else self._infer(at(c))
-        except (ModelError, ValueError, NeedsValue, MemoryError):
-            return None
-        if images_apart(self.graph, (whole[0], chunk[0]), (whole[1], chunk[1]), n, c):
+            if images_apart(self.graph, (whole[0], chunk[0]), (whole[1], chunk[1]), n, c):
+                return None
+        except Exception:
             return None
         return c, why
 
