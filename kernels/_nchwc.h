@@ -454,6 +454,43 @@ static void ce_nc_direct_row_act(const float *x, int C, int H, int W, int OW, in
     }
 }
 
+/* The usual stem (3 channels, 3x3, stride 2, padding 1) of two blocks with its geometry and
+ * output step as constants: every loop bound and offset then folds. 3->32 on 224x224 0.265 ->
+ * 0.234 ms, one thread; MobileNetV2 2% and RegNetX-400MF 1% faster A/B. Of one block (3->16)
+ * it ran 0.136 -> 0.145 in the engine's build (0.147 -> 0.137 in a C program alone), so
+ * that stays general. The same sums in the same order as ce_nc_direct_row_act. */
+static inline __attribute__((always_inline)) void
+ce_nc_stem3_row(const float *x, int H, int W, int OW, int oy, const float *w,
+                ptrdiff_t wstride, const float *bias, float *out, ptrdiff_t ostride,
+                const int NK, const ce_act_t act)
+{
+    int iy0 = oy * 2 - 1;
+    int rows_inside = iy0 >= 0 && iy0 + 2 < H;
+    for (int ox = 0; ox < OW; ox += CE_NC_DIRECT_PIXELS) {
+        int np = OW - ox < CE_NC_DIRECT_PIXELS ? OW - ox : CE_NC_DIRECT_PIXELS;
+        int ix0 = ox * 2 - 1;
+        int inside = rows_inside && np == CE_NC_DIRECT_PIXELS && ix0 >= 0
+                     && ix0 + (CE_NC_DIRECT_PIXELS - 1) * 2 + 2 < W;
+        float *o = out + (ptrdiff_t)ox * CE_NC_B;
+        if (inside)
+            ce_nc_direct_chunk(x, 3, H, W, iy0, ix0, 2, 3, 3, 1, 1, w, wstride, bias, o,
+                               ostride, act, np, NK, 0);
+        else
+            ce_nc_direct_chunk(x, 3, H, W, iy0, ix0, 2, 3, 3, 1, 1, w, wstride, bias, o,
+                               ostride, act, np, NK, 1);
+    }
+}
+
+#define CE_NC_STEM3_ACT(NK, CODE)                                                           \
+    ce_nc_stem3_row(x, H, W, OW, oy, w, wstride, bias, out, ostride, NK,                    \
+                    (ce_act_t){CODE, 0.0f, 0.0f})
+#define CE_NC_STEM3(NK)                                                                     \
+    switch (inline_act ? act.code : CE_ACT_CODE_NONE) {                                     \
+    case CE_ACT_CODE_RELU: CE_NC_STEM3_ACT(NK, CE_ACT_CODE_RELU); break;                    \
+    case CE_ACT_CODE_RELU6: CE_NC_STEM3_ACT(NK, CE_ACT_CODE_RELU6); break;                  \
+    default: CE_NC_STEM3_ACT(NK, CE_ACT_CODE_NONE); break;                                  \
+    }
+
 static void ce_nc_direct_row(const float *x, int C, int H, int W, int OW, int oy, int sh,
                              int sw, int pt, int pl, int kh, int kw, int dh, int dw,
                              const float *w, ptrdiff_t wstride, const float *bias, float *out,
@@ -461,8 +498,13 @@ static void ce_nc_direct_row(const float *x, int C, int H, int W, int OW, int oy
 {
     const ce_act_t none = {CE_ACT_CODE_NONE, 0.0f, 0.0f};
     int inline_act = CE_NC_ACT_INLINE(act.code);
-    ce_nc_direct_row_act(x, C, H, W, OW, oy, sh, sw, pt, pl, kh, kw, dh, dw, w, wstride, bias,
-                         out, ostride, nk, inline_act ? act : none);
+    if (C == 3 && kh == 3 && kw == 3 && sh == 2 && sw == 2 && pt == 1 && pl == 1 && dh == 1
+        && dw == 1 && nk == 2) {
+        CE_NC_STEM3(2)
+    } else {
+        ce_nc_direct_row_act(x, C, H, W, OW, oy, sh, sw, pt, pl, kh, kw, dh, dw, w, wstride,
+                             bias, out, ostride, nk, inline_act ? act : none);
+    }
     if (!inline_act)
         for (int j = 0; j < nk; j++)
             ce_nc_act_span(out + j * ostride, OW, act);

@@ -280,7 +280,11 @@ DIRECT = [(1, 3, 32, 30, 30, 3, 2, 1, 1), (2, 3, 20, 9, 13, 3, 1, 1, 1),
           # four blocks at a time on AVX-512 (six pixels a chunk), then the rest as a pair and
           # one: ResNet's 7x7 stride-2 stem on a small image, 5, 7 and 8 blocks
           (1, 3, 64, 23, 29, 7, 2, 3, 1), (2, 3, 70, 11, 14, 3, 1, 1, 1),
-          (1, 4, 100, 9, 20, 5, 2, 2, 2), (1, 3, 128, 6, 13, 3, 1, 1, 1)]
+          (1, 4, 100, 9, 20, 5, 2, 2, 2), (1, 3, 128, 6, 13, 3, 1, 1, 1),
+          # the usual stem with its geometry as constants (two blocks, kernels/_nchwc.h
+          # ce_nc_stem3_row): odd sizes, a partial block, two images, a map of edges only
+          (2, 3, 24, 17, 21, 3, 2, 1, 1), (1, 3, 2 * B, 2, 3, 3, 2, 1, 1),
+          (1, 3, 2 * B, 33, 40, 3, 2, 1, 1)]
 
 
 @pytest.mark.parametrize("n,c,k,h,w,kk,s,p,d", DIRECT)
@@ -290,7 +294,7 @@ def test_direct_to_blocked_matches_reference_and_is_thread_independent(rng, n, c
     ref = conv2d_ref(x, wt, b, (s, s), ((p, p), (p, p)), (d, d))
     scale = float(np.abs(x).max() * np.abs(wt).sum(axis=(1, 2, 3)).max() + np.abs(b).max())
     wp, bp = blocked.pack_direct(wt, b)
-    for act in (None, "relu6", "silu", "hardswish", "elu(0.5)"):
+    for act in (None, "relu", "relu6", "silu", "hardswish", "elu(0.5)"):
         outs = []
         for t in (1, 2):
             out = np.full((n, blocked.blocks(k)) + ref.shape[2:] + (B,), np.nan, np.float32)
