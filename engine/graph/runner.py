@@ -1,11 +1,9 @@
 """Model: a loaded graph, planned once per input shape and run from any number of threads."""
 from __future__ import annotations
 
-import os
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -16,7 +14,7 @@ from ..dispatch.policy import DEFAULT_POLICY, choice_policy
 from ..errors import ModelError
 from ..memory import format_bytes, memory_budget, release_free_heap, resolve_max_memory
 from . import layout, passes
-from .batch import images_apart
+from .batch import graph_flops, images_apart, run_chunks
 from .ir import Graph, TensorSpec
 from .ops.base import NeedsValue
 from .plan import Plan, held_bytes, infer_nodes, largest_tensors, shape_text
@@ -37,25 +35,6 @@ def _shape_text(shape):
     return shape_text(shape)
 
 
-_CHUNK_POOLS: dict = {}
-
-
-def _chunk_pool(workers: int) -> ThreadPoolExecutor:
-    """The process's threads for running chunks, kept between runs (threads made per run
-    started on the caller's core: MobileNetV2 at batch 8 took 35 ms instead of 28), made anew
-    in a forked child, which has none of its parent's threads."""
-    key = (os.getpid(), workers)
-    pool = _CHUNK_POOLS.get(key)
-    if pool is None:
-        with _CHUNK_POOLS_LOCK:
-            pool = _CHUNK_POOLS.get(key)
-            if pool is None:
-                pool = _CHUNK_POOLS[key] = ThreadPoolExecutor(
-                    workers, thread_name_prefix="convengine-chunk")
-    return pool
-
-
-_CHUNK_POOLS_LOCK = threading.Lock()
 
 
 class Model:
@@ -326,15 +305,7 @@ class Model:
         return infos, value
 
     def _flops(self, infos) -> float:
-        total = 0.0
-        for node in self.graph.nodes:
-            ins = [infos.get(n) if n else None for n in node.inputs]
-            outs = [infos.get(n) for n in node.outputs if n]
-            try:
-                total += float(self._ops[node.name].flops(ins, outs))
-            except Exception:       # an op that cannot count for these shapes counts nothing
-                pass
-        return total
+        return graph_flops(self.graph, self._ops, infos)
 
     def _find_split(self, shapes: tuple):
         """(images a chunk, why) when a batch of these input shapes runs as chunks, else
@@ -377,44 +348,20 @@ class Model:
         return found
 
     def _run_chunks(self, arrays, per, threads, profile):
-        """The batch as chunks of ``per`` images, each on one of up to ``threads`` threads
-        (the chunk's kernels on the rest), outputs written into the batch's; None when the
-        chunks' plans do not fit the memory budget even one at a time (the batch then runs
-        whole, and its plan says what it needs)."""
+        """The batch as chunks of ``per`` images (engine/graph/batch.py run_chunks), or None
+        when the chunks' plans do not fit the memory budget even one at a time (the batch then
+        runs whole, and its plan says what it needs)."""
         n = arrays[0].shape[0]
-        bounds = [(lo, min(lo + per, n)) for lo in range(0, n, per)]
         plans = {}
         try:
-            for lo, hi in bounds:
-                if hi - lo not in plans:
-                    plans[hi - lo] = self._plan_for([x[lo:hi] for x in arrays])
+            for lo in range(0, n, per):
+                size = min(per, n - lo)
+                if size not in plans:
+                    plans[size] = self._plan_for([x[lo:lo + size] for x in arrays])
         except ModelError:
             return None
-        plan = self._last_plan = plans[per]
-        outputs = {name: ((n,) + info.shape[1:], info.dtype)
-                   for name, info in zip(plan.outputs, plan.output_infos)}
-        whole = sum(int(np.prod(shape)) * dtype.itemsize for shape, dtype in outputs.values())
-        parts = plan.budget_parts()
-        workers = min(threads, len(bounds))
-        while workers > 1 and (plan.planned_bytes + whole + (workers - 1) * (
-                parts["arena"] + parts["per_run"]) > self.max_memory):
-            workers -= 1            # fewer chunks at once: the same plans, the same values
-        if plan.planned_bytes + whole > self.max_memory:
-            return None
-        inner = max(1, threads // workers)
-        result = {name: np.empty(shape, dtype) for name, (shape, dtype) in outputs.items()}
-
-        def run(k):
-            lo, hi = bounds[k]
-            for name, value in plans[hi - lo].run([x[lo:hi] for x in arrays], inner,
-                                                  profile).items():
-                result[name][lo:hi] = value
-        if workers == 1:
-            for k in range(len(bounds)):
-                run(k)
-        else:
-            list(_chunk_pool(workers).map(run, range(len(bounds))))
-        return result
+        self._last_plan = plans[per]
+        return run_chunks(plans, per, arrays, threads, profile, self.max_memory)
 
     def run(self, feeds, *, profile=False, num_threads=None) -> dict:
         """Outputs by name for the inputs ``feeds`` ({name: array}; dtype and declared
