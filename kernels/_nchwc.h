@@ -398,6 +398,30 @@ ce_nc_direct_chunk4(const float *x, int C, int H, int W, int iy0, int ix0, int s
 #define CE_NC_DIRECT_BLOCKS 2
 #endif
 
+/* The output row's pixels CE_NC_DIRECT_PIXELS at a time for NK <= 2 blocks, the taps of a
+ * chunk whose window lies inside the plane unchecked. */
+static inline __attribute__((always_inline)) void
+ce_nc_direct_pixels(const float *x, int C, int H, int W, int OW, int iy0, int rows_inside,
+                    int sw, int pl, int kh, int kw, int dh, int dw, const float *w,
+                    ptrdiff_t wstride, const float *bias, float *out, ptrdiff_t ostride,
+                    const int NK, ce_act_t act)
+{
+    for (int ox = 0; ox < OW; ox += CE_NC_DIRECT_PIXELS) {
+        int np = OW - ox < CE_NC_DIRECT_PIXELS ? OW - ox : CE_NC_DIRECT_PIXELS;
+        int ix0 = ox * sw - pl;
+        ptrdiff_t last = (ptrdiff_t)ix0 + (CE_NC_DIRECT_PIXELS - 1) * (ptrdiff_t)sw
+                         + (ptrdiff_t)(kw - 1) * dw;
+        int inside = rows_inside && np == CE_NC_DIRECT_PIXELS && ix0 >= 0 && last < W;
+        float *o = out + (ptrdiff_t)ox * CE_NC_B;
+        if (inside)
+            ce_nc_direct_chunk(x, C, H, W, iy0, ix0, sw, kh, kw, dh, dw, w, wstride, bias, o,
+                               ostride, act, np, NK, 0);
+        else
+            ce_nc_direct_chunk(x, C, H, W, iy0, ix0, sw, kh, kw, dh, dw, w, wstride, bias, o,
+                               ostride, act, np, NK, 1);
+    }
+}
+
 /* One output row of nk (1 .. CE_NC_DIRECT_BLOCKS) consecutive blocks. */
 static void ce_nc_direct_row_act(const float *x, int C, int H, int W, int OW, int oy, int sh,
                              int sw, int pt, int pl, int kh, int kw, int dh, int dw,
@@ -432,26 +456,12 @@ static void ce_nc_direct_row_act(const float *x, int C, int H, int W, int OW, in
         return;
     }
 #endif
-    for (int ox = 0; ox < OW; ox += CE_NC_DIRECT_PIXELS) {
-        int np = OW - ox < CE_NC_DIRECT_PIXELS ? OW - ox : CE_NC_DIRECT_PIXELS;
-        int ix0 = ox * sw - pl;
-        ptrdiff_t last = (ptrdiff_t)ix0 + (CE_NC_DIRECT_PIXELS - 1) * (ptrdiff_t)sw
-                         + (ptrdiff_t)(kw - 1) * dw;
-        int inside = rows_inside && np == CE_NC_DIRECT_PIXELS && ix0 >= 0 && last < W;
-        float *o = out + (ptrdiff_t)ox * CE_NC_B;
-        if (nk == 2 && inside)
-            ce_nc_direct_chunk(x, C, H, W, iy0, ix0, sw, kh, kw, dh, dw, w, wstride, bias, o,
-                               ostride, act, np, 2, 0);
-        else if (nk == 2)
-            ce_nc_direct_chunk(x, C, H, W, iy0, ix0, sw, kh, kw, dh, dw, w, wstride, bias, o,
-                               ostride, act, np, 2, 1);
-        else if (inside)
-            ce_nc_direct_chunk(x, C, H, W, iy0, ix0, sw, kh, kw, dh, dw, w, wstride, bias, o,
-                               ostride, act, np, 1, 0);
-        else
-            ce_nc_direct_chunk(x, C, H, W, iy0, ix0, sw, kh, kw, dh, dw, w, wstride, bias, o,
-                               ostride, act, np, 1, 1);
-    }
+    if (nk == 2)
+        ce_nc_direct_pixels(x, C, H, W, OW, iy0, rows_inside, sw, pl, kh, kw, dh, dw, w,
+                            wstride, bias, out, ostride, 2, act);
+    else
+        ce_nc_direct_pixels(x, C, H, W, OW, iy0, rows_inside, sw, pl, kh, kw, dh, dw, w,
+                            wstride, bias, out, ostride, 1, act);
 }
 
 /* The usual stem (3 channels, 3x3, stride 2, padding 1) of two blocks with its geometry and
@@ -459,31 +469,10 @@ static void ce_nc_direct_row_act(const float *x, int C, int H, int W, int OW, in
  * 0.234 ms, one thread; MobileNetV2 2% and RegNetX-400MF 1% faster A/B. Of one block (3->16)
  * it ran 0.136 -> 0.145 in the engine's build (0.147 -> 0.137 in a C program alone), so
  * that stays general. The same sums in the same order as ce_nc_direct_row_act. */
-static inline __attribute__((always_inline)) void
-ce_nc_stem3_row(const float *x, int H, int W, int OW, int oy, const float *w,
-                ptrdiff_t wstride, const float *bias, float *out, ptrdiff_t ostride,
-                const int NK, const ce_act_t act)
-{
-    int iy0 = oy * 2 - 1;
-    int rows_inside = iy0 >= 0 && iy0 + 2 < H;
-    for (int ox = 0; ox < OW; ox += CE_NC_DIRECT_PIXELS) {
-        int np = OW - ox < CE_NC_DIRECT_PIXELS ? OW - ox : CE_NC_DIRECT_PIXELS;
-        int ix0 = ox * 2 - 1;
-        int inside = rows_inside && np == CE_NC_DIRECT_PIXELS && ix0 >= 0
-                     && ix0 + (CE_NC_DIRECT_PIXELS - 1) * 2 + 2 < W;
-        float *o = out + (ptrdiff_t)ox * CE_NC_B;
-        if (inside)
-            ce_nc_direct_chunk(x, 3, H, W, iy0, ix0, 2, 3, 3, 1, 1, w, wstride, bias, o,
-                               ostride, act, np, NK, 0);
-        else
-            ce_nc_direct_chunk(x, 3, H, W, iy0, ix0, 2, 3, 3, 1, 1, w, wstride, bias, o,
-                               ostride, act, np, NK, 1);
-    }
-}
-
 #define CE_NC_STEM3_ACT(NK, CODE)                                                           \
-    ce_nc_stem3_row(x, H, W, OW, oy, w, wstride, bias, out, ostride, NK,                    \
-                    (ce_act_t){CODE, 0.0f, 0.0f})
+    ce_nc_direct_pixels(x, 3, H, W, OW, oy * 2 - 1, oy * 2 - 1 >= 0 && oy * 2 + 1 < H, 2, 1,  \
+                        3, 3, 1, 1, w, wstride, bias, out, ostride, NK,                     \
+                        (ce_act_t){CODE, 0.0f, 0.0f})
 #define CE_NC_STEM3(NK)                                                                     \
     switch (inline_act ? act.code : CE_ACT_CODE_NONE) {                                     \
     case CE_ACT_CODE_RELU: CE_NC_STEM3_ACT(NK, CE_ACT_CODE_RELU); break;                    \

@@ -242,8 +242,9 @@ _CHUNK_POOLS_LOCK = threading.Lock()
 
 def chunk_pool(workers: int) -> ThreadPoolExecutor:
     """The process's threads for running chunks, kept between runs (threads made per run
-    started on the caller's core: MobileNetV2 at batch 8 took 35 ms instead of 28), made anew
-    in a forked child, which has none of its parent's threads."""
+    started on the caller's core: MobileNetV2 at batch 8, two threads, took 35 ms instead of
+    28, A/B of the two in one process), made anew in a forked child, which has none of its
+    parent's threads."""
     key = (os.getpid(), workers)
     pool = _CHUNK_POOLS.get(key)
     if pool is None:

@@ -35,8 +35,6 @@ def _shape_text(shape):
     return shape_text(shape)
 
 
-
-
 class Model:
     """A CNN ready to run: ``model.run({name: array})`` or ``model(x)``.
 
