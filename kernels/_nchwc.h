@@ -280,9 +280,10 @@ static void ce_nc_pw_units(const float *x, ptrdiff_t P, int Cb, int tail, const 
 
 /* ---- Direct, NCHW in ---------------------------------------------------------------------------
  * A dense convolution with few input channels (a network's first layer) reading NCHW planes and
- * writing channel blocks: CE_NC_DIRECT_PIXELS output pixels of NK <= 2 blocks at a time (six
+ * writing channel blocks: CE_NC_DIRECT_PIXELS output pixels of NK = 2 blocks at a time (six
  * on 8-float builds, where eight by two spilled from the 16 registers and ran 25% slower:
- * bench/bench_dispatch.py conv/direct_blocked), each tap's weights
+ * bench/bench_dispatch.py conv/direct_blocked), twice as many of one block in the same
+ * registers, each tap's weights
  * NK vectors multiplied by the input value at each pixel (a broadcast, shared by the blocks).
  * Taps outside the plane are skipped, with the same order of sums as inside it.
  *   x: the image's C planes H x W; w: the first block's [C][kh][kw][B] weights, the second's
@@ -300,6 +301,7 @@ ce_nc_direct_chunk(const float *x, int C, int H, int W, int iy0, int ix0, int sw
                    float *out, ptrdiff_t ostride, ce_act_t act, int np, const int NK,
                    const int checked)
 {
+    const int P = CE_NC_DIRECT_PIXELS;
     ce_nc_vf b = CE_NC_LD(bias), b1 = NK > 1 ? CE_NC_LD(bias + CE_NC_B) : b;
     ce_nc_vf a0 = b, a1 = b, a2 = b, a3 = b, a4 = b, a5 = b, a6 = b, a7 = b;
     ce_nc_vf c0 = b1, c1 = b1, c2 = b1, c3 = b1, c4 = b1, c5 = b1, c6 = b1, c7 = b1;
@@ -322,7 +324,11 @@ ce_nc_direct_chunk(const float *x, int C, int H, int W, int iy0, int ix0, int sw
                     a += wv * xv;                                                           \
                     if (NK > 1)                                                             \
                         c += wv1 * xv;                                                      \
-                }
+                }                                                                           \
+                if (NK == 1 && j < CE_NC_DIRECT_PIXELS                                      \
+                    && (!checked || (j + CE_NC_DIRECT_PIXELS < np && ix + (j + P) * sw >= 0 \
+                                     && ix + (j + P) * sw < W)))                            \
+                    c += wv * row[ix + (j + P) * sw];
                 CE_NC_TAP(0, a0, c0) CE_NC_TAP(1, a1, c1) CE_NC_TAP(2, a2, c2)
                 CE_NC_TAP(3, a3, c3) CE_NC_TAP(4, a4, c4) CE_NC_TAP(5, a5, c5)
                 CE_NC_TAP(6, a6, c6) CE_NC_TAP(7, a7, c7)
@@ -333,9 +339,12 @@ ce_nc_direct_chunk(const float *x, int C, int H, int W, int iy0, int ix0, int sw
     ce_nc_vf acc[8] = {a0, a1, a2, a3, a4, a5, a6, a7};
     ce_nc_vf acc1[8] = {c0, c1, c2, c3, c4, c5, c6, c7};
     for (int j = 0; j < np; j++) {
+        if (NK == 1) {
+            CE_NC_ST(out + j * CE_NC_B, ce_nc_act(j < P ? acc[j] : acc1[j - P], act));
+            continue;
+        }
         CE_NC_ST(out + j * CE_NC_B, ce_nc_act(acc[j], act));
-        if (NK > 1)
-            CE_NC_ST(out + ostride + j * CE_NC_B, ce_nc_act(acc1[j], act));
+        CE_NC_ST(out + ostride + j * CE_NC_B, ce_nc_act(acc1[j], act));
     }
 }
 
@@ -398,28 +407,54 @@ ce_nc_direct_chunk4(const float *x, int C, int H, int W, int iy0, int ix0, int s
 #define CE_NC_DIRECT_BLOCKS 2
 #endif
 
-/* The output row's pixels CE_NC_DIRECT_PIXELS at a time for NK <= 2 blocks, the taps of a
- * chunk whose window lies inside the plane unchecked. */
+/* The output pixels [*in0, *in1) of a row whose windows lie inside the row's width. */
+static inline void ce_nc_inside_pixels(int W, int OW, int sw, int pl, int kw, int dw, int *in0,
+                                       int *in1)
+{
+    ptrdiff_t lim = (ptrdiff_t)W - 1 + pl - (ptrdiff_t)(kw - 1) * dw;   /* ox * sw <= lim */
+    ptrdiff_t a = pl > 0 ? (pl + sw - 1) / sw : 0, b = lim < 0 ? 0 : lim / sw + 1;
+    a = a < OW ? a : OW;
+    b = b < OW ? b : OW;
+    *in0 = (int)a;
+    *in1 = (int)(b > a ? b : a);
+}
+
+/* A row's chunks of STEP pixels, CHUNK(ox, np, checked) each. Those whose windows lie inside
+ * run unchecked; where the right edge needs no padding, the last of them ends at the row's
+ * end, over pixels the one before it wrote (the same sums again), rather than running
+ * checked. One call of each kind: every call is the chunk's whole body inlined. */
+#define CE_NC_DIRECT_ROW_CHUNKS(STEP, CHUNK)                                                \
+    do {                                                                                    \
+        int in0_ = 0, in1_ = 0;                                                             \
+        if (rows_inside)                                                                    \
+            ce_nc_inside_pixels(W, OW, sw, pl, kw, dw, &in0_, &in1_);                       \
+        for (int ox_ = 0; ox_ < OW; ox_ += (STEP)) {                                        \
+            int at_ = ox_, inside_ = ox_ >= in0_ && ox_ + (STEP) <= in1_;                   \
+            if (!inside_ && ox_ >= in0_ && in1_ == OW && OW - (STEP) >= in0_) {             \
+                at_ = OW - (STEP);                                                          \
+                inside_ = 1;                                                                \
+            }                                                                               \
+            if (inside_)                                                                    \
+                CHUNK(at_, (STEP), 0);                                                      \
+            else                                                                            \
+                CHUNK(at_, OW - at_ < (STEP) ? OW - at_ : (STEP), 1);                       \
+        }                                                                                   \
+    } while (0)
+
+/* The output row's pixels CE_NC_DIRECT_PIXELS at a time for two blocks, twice as many for one
+ * (its second set of sums holds the second half). */
 static inline __attribute__((always_inline)) void
 ce_nc_direct_pixels(const float *x, int C, int H, int W, int OW, int iy0, int rows_inside,
                     int sw, int pl, int kh, int kw, int dh, int dw, const float *w,
                     ptrdiff_t wstride, const float *bias, float *out, ptrdiff_t ostride,
                     const int NK, ce_act_t act)
 {
-    for (int ox = 0; ox < OW; ox += CE_NC_DIRECT_PIXELS) {
-        int np = OW - ox < CE_NC_DIRECT_PIXELS ? OW - ox : CE_NC_DIRECT_PIXELS;
-        int ix0 = ox * sw - pl;
-        ptrdiff_t last = (ptrdiff_t)ix0 + (CE_NC_DIRECT_PIXELS - 1) * (ptrdiff_t)sw
-                         + (ptrdiff_t)(kw - 1) * dw;
-        int inside = rows_inside && np == CE_NC_DIRECT_PIXELS && ix0 >= 0 && last < W;
-        float *o = out + (ptrdiff_t)ox * CE_NC_B;
-        if (inside)
-            ce_nc_direct_chunk(x, C, H, W, iy0, ix0, sw, kh, kw, dh, dw, w, wstride, bias, o,
-                               ostride, act, np, NK, 0);
-        else
-            ce_nc_direct_chunk(x, C, H, W, iy0, ix0, sw, kh, kw, dh, dw, w, wstride, bias, o,
-                               ostride, act, np, NK, 1);
-    }
+#define CE_NC_DIRECT_CHUNK(ox, np, checked)                                                 \
+    ce_nc_direct_chunk(x, C, H, W, iy0, (ox) * sw - pl, sw, kh, kw, dh, dw, w, wstride,     \
+                       bias, out + (ptrdiff_t)(ox) * CE_NC_B, ostride, act, np, NK, checked)
+    CE_NC_DIRECT_ROW_CHUNKS(NK == 1 ? 2 * CE_NC_DIRECT_PIXELS : CE_NC_DIRECT_PIXELS,
+                            CE_NC_DIRECT_CHUNK);
+#undef CE_NC_DIRECT_CHUNK
 }
 
 /* One output row of nk (1 .. CE_NC_DIRECT_BLOCKS) consecutive blocks. */
@@ -432,19 +467,11 @@ static void ce_nc_direct_row_act(const float *x, int C, int H, int W, int OW, in
     int rows_inside = iy0 >= 0 && iy0 + (kh - 1) * dh < H;
 #if CE_NC_DIRECT_BLOCKS == 4
     if (nk == 4) {
-        for (int ox = 0; ox < OW; ox += CE_NC_DIRECT4_PIXELS) {
-            int np = OW - ox < CE_NC_DIRECT4_PIXELS ? OW - ox : CE_NC_DIRECT4_PIXELS;
-            int ix0 = ox * sw - pl;
-            ptrdiff_t last = (ptrdiff_t)ix0 + (CE_NC_DIRECT4_PIXELS - 1) * (ptrdiff_t)sw
-                             + (ptrdiff_t)(kw - 1) * dw;
-            float *o = out + (ptrdiff_t)ox * CE_NC_B;
-            if (rows_inside && np == CE_NC_DIRECT4_PIXELS && ix0 >= 0 && last < W)
-                ce_nc_direct_chunk4(x, C, H, W, iy0, ix0, sw, kh, kw, dh, dw, w, wstride, bias,
-                                    o, ostride, act, np, 0);
-            else
-                ce_nc_direct_chunk4(x, C, H, W, iy0, ix0, sw, kh, kw, dh, dw, w, wstride, bias,
-                                    o, ostride, act, np, 1);
-        }
+#define CE_NC_DIRECT4_CHUNK(ox, np, checked)                                                \
+        ce_nc_direct_chunk4(x, C, H, W, iy0, (ox) * sw - pl, sw, kh, kw, dh, dw, w, wstride, \
+                            bias, out + (ptrdiff_t)(ox) * CE_NC_B, ostride, act, np, checked)
+        CE_NC_DIRECT_ROW_CHUNKS(CE_NC_DIRECT4_PIXELS, CE_NC_DIRECT4_CHUNK);
+#undef CE_NC_DIRECT4_CHUNK
         return;
     }
     if (nk == 3) {      /* a pair, then one */
@@ -456,19 +483,34 @@ static void ce_nc_direct_row_act(const float *x, int C, int H, int W, int OW, in
         return;
     }
 #endif
-    if (nk == 2)
-        ce_nc_direct_pixels(x, C, H, W, OW, iy0, rows_inside, sw, pl, kh, kw, dh, dw, w,
-                            wstride, bias, out, ostride, 2, act);
-    else
-        ce_nc_direct_pixels(x, C, H, W, OW, iy0, rows_inside, sw, pl, kh, kw, dh, dw, w,
-                            wstride, bias, out, ostride, 1, act);
+    /* strides 1 and 2 as constants: each pixel's input is then an offset in the load's
+     * address, where a stride from memory took a register per pixel, more than there are */
+#define CE_NC_DIRECT_PIXELS_AT(NK, SW)                                                      \
+    ce_nc_direct_pixels(x, C, H, W, OW, iy0, rows_inside, SW, pl, kh, kw, dh, dw, w,        \
+                        wstride, bias, out, ostride, NK, act)
+    if (nk == 2) {
+        if (sw == 1)
+            CE_NC_DIRECT_PIXELS_AT(2, 1);
+        else if (sw == 2)
+            CE_NC_DIRECT_PIXELS_AT(2, 2);
+        else
+            CE_NC_DIRECT_PIXELS_AT(2, sw);
+    } else {
+        if (sw == 1)
+            CE_NC_DIRECT_PIXELS_AT(1, 1);
+        else if (sw == 2)
+            CE_NC_DIRECT_PIXELS_AT(1, 2);
+        else
+            CE_NC_DIRECT_PIXELS_AT(1, sw);
+    }
+#undef CE_NC_DIRECT_PIXELS_AT
 }
 
-/* The usual stem (3 channels, 3x3, stride 2, padding 1) of two blocks with its geometry and
- * output step as constants: every loop bound and offset then folds. 3->32 on 224x224 0.265 ->
- * 0.234 ms, one thread; MobileNetV2 2% and RegNetX-400MF 1% faster A/B. Of one block (3->16)
- * it ran 0.136 -> 0.145 in the engine's build (0.147 -> 0.137 in a C program alone), so
- * that stays general. The same sums in the same order as ce_nc_direct_row_act. */
+/* The usual stem (3 channels, 3x3, stride 2, padding 1) of one or two blocks with its geometry
+ * and output step as constants: every loop bound and offset then folds. 3->32 on 224x224
+ * 0.265 -> 0.234 ms, one thread; MobileNetV2 2% and RegNetX-400MF 1% faster A/B. Of one block
+ * (3->16, sixteen pixels a chunk) 0.141 -> 0.107 ms, with the stride alone a constant 0.122.
+ * The same sums in the same order as ce_nc_direct_row_act. */
 #define CE_NC_STEM3_ACT(NK, CODE)                                                           \
     ce_nc_direct_pixels(x, 3, H, W, OW, oy * 2 - 1, oy * 2 - 1 >= 0 && oy * 2 + 1 < H, 2, 1,  \
                         3, 3, 1, 1, w, wstride, bias, out, ostride, NK,                     \
@@ -488,8 +530,12 @@ static void ce_nc_direct_row(const float *x, int C, int H, int W, int OW, int oy
     const ce_act_t none = {CE_ACT_CODE_NONE, 0.0f, 0.0f};
     int inline_act = CE_NC_ACT_INLINE(act.code);
     if (C == 3 && kh == 3 && kw == 3 && sh == 2 && sw == 2 && pt == 1 && pl == 1 && dh == 1
-        && dw == 1 && nk == 2) {
-        CE_NC_STEM3(2)
+        && dw == 1 && nk <= 2) {
+        if (nk == 2) {
+            CE_NC_STEM3(2)
+        } else {
+            CE_NC_STEM3(1)
+        }
     } else {
         ce_nc_direct_row_act(x, C, H, W, OW, oy, sh, sw, pt, pl, kh, kw, dh, dw, w, wstride,
                              bias, out, ostride, nk, inline_act ? act : none);

@@ -284,7 +284,14 @@ DIRECT = [(1, 3, 32, 30, 30, 3, 2, 1, 1), (2, 3, 20, 9, 13, 3, 1, 1, 1),
           # the usual stem with its geometry as constants (two blocks, kernels/_nchwc.h
           # ce_nc_stem3_row): odd sizes, a partial block, two images, a map of edges only
           (2, 3, 24, 17, 21, 3, 2, 1, 1), (1, 3, 2 * B, 2, 3, 3, 2, 1, 1),
-          (1, 3, 2 * B, 33, 40, 3, 2, 1, 1)]
+          (1, 3, 2 * B, 33, 40, 3, 2, 1, 1),
+          # rows long enough for unchecked chunks at strides 1, 2 and 3, of one block (twice
+          # the pixels), a partial block and four blocks: the last chunk ending at the row's
+          # end over the pixels before it (no right padding needed), or a checked one
+          (1, 3, B, 9, 70, 3, 2, 1, 1), (1, 3, 8, 6, 67, 3, 2, 0, 1),
+          (1, 3, B, 5, 45, 3, 1, 1, 1), (1, 2, B, 9, 50, 3, 1, 2, 2),
+          (1, 3, B, 8, 100, 3, 3, 1, 1), (1, 3, 4 * B, 9, 64, 3, 2, 1, 1),
+          (2, 3, 3 * B, 7, 58, 5, 2, 2, 1)]
 
 
 @pytest.mark.parametrize("n,c,k,h,w,kk,s,p,d", DIRECT)
