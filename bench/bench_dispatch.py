@@ -69,6 +69,7 @@ from engine.ops.activation import kernel_act  # noqa: E402
 from engine.graph.blocked_steps import MIN_CONVERT_ELEMENTS, MIN_WORK_DEPTHWISE  # noqa: E402
 from engine.graph.ops.se import MIN_THREADED_GATE_WEIGHTS  # noqa: E402
 from engine.ops import blocked  # noqa: E402
+from engine.ops.packed_gemm import ConstantRight  # noqa: E402
 from engine.ops.depthwise import Depthwise  # noqa: E402
 from engine.shapes import input_extent  # noqa: E402
 
@@ -227,19 +228,21 @@ def se_gate_rows(cold=False):
 
 
 def gemm_rows(group, threads):
-    """A classifier's product (RegNetX's 400->1000, MobileNetV3's 1280->1000) for 1, 8 and 32
-    rows: the dense kernel with the rows of w one after another or eight side by side
-    (kernels/dense.pyx SINGLE_ROW_MAX_M), and NumPy's matmul (engine/dispatch/gemm.py). Each
-    call reads the next of copies of the weights filling 64 MiB, so that they come from
-    memory, as after a model's convolutions."""
+    """A classifier's product (RegNetX's 400->1000, MobileNetV3's 1280->1000) and ConvNeXt's
+    768->3072 for 1, 2, 8 and 32 rows: the dense kernel with the rows of w one after another
+    or eight side by side (kernels/dense.pyx SINGLE_ROW_MAX_M), the packed micro-kernel
+    (engine/ops/packed_gemm.py) and NumPy's matmul (engine/dispatch/gemm.py). Each call reads
+    the next of copies of the weights filling 64 MiB, so that they come from memory, as after a
+    model's convolutions."""
     if group.startswith("se_gates"):
         yield from se_gate_rows(cold=group == "se_gates_cold")
         return
-    for k, n in ((400, 1000), (1280, 1000)):
+    for k, n in ((400, 1000), (1280, 1000), (768, 3072)):
         bmat = _rand(k, n)
         copies = -(-(64 << 20) // bmat.nbytes)
-        ring = [(np.ascontiguousarray(bmat.T), bmat.copy()) for _ in range(copies)]
-        for rows in (1, 8, 32):
+        ring = [(np.ascontiguousarray(bmat.T), bmat.copy(), ConstantRight(bmat))
+                for _ in range(copies)]
+        for rows in (1, 2, 8, 32):
             a = _rand(rows, k)
             out = np.empty((rows, n), np.float32)
             nt = threads_for(rows * k * n, threads)
@@ -255,7 +258,11 @@ def gemm_rows(group, threads):
                 b = ring[next(turn) % copies][1]
                 with blas_pinned():            # as the model runs it
                     np.matmul(a, b, out=out)
-            fns = {"1 row": dense_fn(1), "8 rows": dense_fn(8), "matmul": run_matmul}
+
+            def run_packed(a=a, out=out, turn=turn):
+                ring[next(turn) % copies][2].run(a, out, threads_for(rows * k * n, threads))
+            fns = {"1 row": dense_fn(1), "8 rows": dense_fn(8), "packed": run_packed,
+                   "matmul": run_matmul}
             pick = choose_gemm(rows, True, False)[0]
             if pick == "dense":
                 pick = "1 row" if rows <= dense.SINGLE_ROW_MAX_M else "8 rows"
@@ -563,7 +570,7 @@ SECTIONS = {
                    lambda g: ["col2im", "zero_insert"]),
     "gemm": (["dense", "se_gates", "se_gates_cold"], gemm_rows,
              lambda g: ["1 thread", "2 thread"] if g.startswith("se_gates")
-             else ["1 row", "8 rows", "matmul"]),
+             else ["1 row", "8 rows", "packed", "matmul"]),
     "winograd": (["weights"], winograd_weight_rows, lambda g: ["stored", "per_call"]),
     "layout": (["convert", "depthwise", "dw_planes", "dense_padded", "dense", "pointwise",
                 "depthwise_alone", "grouped", "winograd", "grouped_winograd", "live_taps"],

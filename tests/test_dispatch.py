@@ -12,7 +12,8 @@ import pytest
 import engine
 from engine.ops.blocked import NAME
 from engine.dispatch import (ConvParams, blocked_kernel, choose_conv_transpose2d, choose_gemm,
-                             choose_layout, choose_onnx_transpose_path, choose_pool_path,
+                             choose_layout, choose_matmul, choose_onnx_transpose_path,
+                             choose_pool_path,
                              why_not_layout)
 from engine.dispatch.layout import pays_alone
 from engine.graph import Graph, Model, Node, TensorSpec
@@ -92,12 +93,14 @@ def test_pool_gemm_and_transposed_rules():
                             False)[0] == "padded"
     assert choose_pool_path((8, 8), (4, 4), (3, 3), (3, 3), (1, 1), ((2, 2), (2, 2)),
                             False)[0] == "padded"
-    # the dense kernel: constant B, A not transposed, at most 8 rows
+    # constant B, A not transposed: the dense kernel for one row, the packed one beyond
     assert choose_gemm(1, True, False)[0] == "dense"
-    assert choose_gemm(8, True, False)[0] == "dense"
-    assert choose_gemm(9, True, False)[0] == "matmul"
+    assert choose_gemm(2, True, False)[0] == choose_gemm(300, True, False)[0] == "packed"
     assert choose_gemm(1, False, False)[0] == "matmul"
-    assert choose_gemm(1, True, True)[0] == "matmul"
+    assert choose_gemm(1, True, True)[0] == choose_gemm(8, True, True)[0] == "matmul"
+    # MatMul by constant float32 weights: packed from one row on
+    assert choose_matmul(1, True)[0] == choose_matmul(12, True)[0] == "packed"
+    assert choose_matmul(0, True)[0] == choose_matmul(12, False)[0] == "numpy"
     # transposed: col2im always; ONNX pads to the layer unless negative or beyond its reach
     assert choose_conv_transpose2d((2, 2))[0] == choose_conv_transpose2d((1, 1))[0] == "col2im"
     assert choose_onnx_transpose_path(((1, 1), (1, 1)), (1, 0), (2, 2), (1, 1))[0] == "layer"
@@ -136,13 +139,13 @@ def test_explain_shows_every_choice(rng, rows):
     assert "pads: window, negative pads (-1,) crop the output" in text
     assert "max pooling, direct: symmetric pads" in text
     assert "average pooling, padded: pads ((0, 2), (0, 2)) differ" in text
-    assert ("dense: 1 row of A" if rows == 1 else "matmul: 9 rows of A") in text
+    assert ("dense: 1 row of A" if rows == 1 else "packed: 9 rows of A") in text
     assert text.count("layout nchw: ") == 2            # pw and dw: no neighbour is blocked
     assert "col2im: stride (2, 2)" in text
 
 
 def test_gemm_paths_agree(rng):
-    """The dense kernel (1 row per image) and numpy.matmul (9 rows) on the same weights."""
+    """The dense kernel (1 row per image) and the packed one (9 rows) on the same weights."""
     x = rng.standard_normal((9, 16, 16, 16)).astype(np.float32)
     one, many = small_graph(np.random.default_rng(5), 1), small_graph(np.random.default_rng(5), 9)
     y9 = many.run({"x": x})["y"]

@@ -1,43 +1,44 @@
 """How an ONNX Gemm and a MatMul run (engine/graph/ops/linalg.py), and why. Gemm: "dense",
 the matrix-vector kernel on the engine's threads (kernels/dense.pyx), which streams constant
-weights once per call; or "matmul", numpy.matmul. MatMul by constant weights: "packed", the
-engine's packed GEMM on its threads (engine/ops/packed_gemm.py ConstantRight); or "numpy".
+weights once per call; "packed", the engine's packed GEMM (engine/ops/packed_gemm.py
+ConstantRight), its weights packed into panels once; or "matmul", numpy.matmul. MatMul by
+constant weights: "packed", or "numpy".
 """
 from __future__ import annotations
 
-# Most rows of A the dense kernel takes: a dot product per row and output, bound by reading
-# the weights, which pays at a batch of a few rows; beyond, numpy's GEMM reuses each weight from
-# cache across rows (bench/bench_dispatch.py gemm/dense times both at 1, 8 and 32 rows).
-DENSE_MAX_ROWS = 8
+# Most rows of A the dense kernel takes: one. Its single stream through the weights beat the
+# packed micro-kernel on one row of a classifier from memory (1280->1000: 0.18 vs 0.22 ms at
+# one thread); from two rows on the packed kernel won (two rows 0.20 vs 0.31 ms, eight 0.30 vs
+# 0.66, 768->3072 and 3072->768 alike), and NumPy's matmul, which packs the weights on every
+# call, lost to both at every row count up to 32, from memory or from cache
+# (bench/bench_dispatch.py gemm/dense).
+DENSE_MAX_ROWS = 1
 
 
 def choose_gemm(rows: int, constant_b: bool, trans_a: bool) -> tuple[str, str]:
-    """"dense" or "matmul" for a Gemm with ``rows`` rows of A, and why."""
+    """"dense", "packed" or "matmul" for a Gemm with ``rows`` rows of A, and why."""
     if not constant_b:
         return "matmul", "B is computed at run time: numpy.matmul"
     if trans_a:
         return "matmul", "A is transposed (transA): numpy.matmul"
-    if rows > DENSE_MAX_ROWS:
-        return "matmul", (f"{rows} rows of A (more than {DENSE_MAX_ROWS}): numpy.matmul, "
-                          f"whose GEMM reuses each weight across rows")
-    return "dense", (f"{rows} row{'s' if rows > 1 else ''} of A times constant weights: "
-                     f"matrix-vector products on the engine's threads, the weights read once")
-
-
-# Fewest rows of A for which a MatMul by constant weights runs on the packed micro-kernel
-# rather than numpy.matmul (bench/bench_dispatch.py gemm/matmul).
-PACKED_MIN_ROWS = 16
+    if rows <= DENSE_MAX_ROWS:
+        return "dense", ("1 row of A times constant weights: matrix-vector products on the "
+                         "engine's threads, the weights read once")
+    return "packed", (f"{rows} rows of A times constant weights: the packed micro-kernel on "
+                      f"the engine's threads, the weights packed once")
 
 
 def choose_matmul(rows: int, constant_b: bool) -> tuple[str, str]:
     """"packed" or "numpy" for a MatMul whose A has ``rows`` rows (its leading dimensions
-    flattened); constant_b: B is a constant float32 matrix."""
+    flattened); constant_b: B is a constant float32 matrix. The packed micro-kernel beat
+    numpy.matmul from one row on (see DENSE_MAX_ROWS)."""
     if not constant_b:
         return "numpy", "B is not a constant float32 matrix: numpy.matmul"
-    if rows < PACKED_MIN_ROWS:
-        return "numpy", f"{rows} rows of A (fewer than {PACKED_MIN_ROWS}): numpy.matmul"
-    return "packed", (f"{rows} rows of activations times constant weights: the packed "
-                      f"micro-kernel on the engine's threads, the same sums at any thread count")
+    if rows == 0:
+        return "numpy", "no rows of A: numpy.matmul"
+    return "packed", (f"{rows} row{'s' if rows != 1 else ''} of activations times constant "
+                      f"weights: the packed micro-kernel on the engine's threads, the same sums "
+                      f"at any thread count")
 
 
 def gemm_columns(columns: int, whole_panels: bool = False) -> int:

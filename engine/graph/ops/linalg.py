@@ -1,6 +1,7 @@
 """Matrix product node plans: MatMul (numpy.matmul's broadcasting; activations times constant
-weights on the engine's packed GEMM) and Gemm, which runs a fully connected layer at small
-batch on the engine's threads (kernels/dense.pyx). The choices are engine/dispatch/gemm.py's.
+weights on the engine's packed GEMM) and Gemm, which runs a fully connected layer on the
+engine's threads: one row on the matrix-vector kernel (kernels/dense.pyx), more on the packed
+GEMM. The choices are engine/dispatch/gemm.py's.
 """
 from __future__ import annotations
 
@@ -79,8 +80,8 @@ class MatMul(Op):
     def path(self, ins, outs) -> tuple[str, str]:
         """"packed" or "numpy" for these shapes, and why (engine.dispatch.choose_matmul)."""
         a, b = ins
-        rows = math.prod(a.shape[:-1]) if len(a.shape) >= 2 else 0
-        return choose_matmul(rows, a.dtype == F32 and b.value is not None and len(b.shape) == 2)
+        return choose_matmul(math.prod(a.shape[:-1]),
+                             a.dtype == F32 and b.value is not None and len(b.shape) == 2)
 
     def describe(self, ins, outs):
         path, reason = self.path(ins, outs)
@@ -184,8 +185,19 @@ class Gemm(Op):
         return 2.0 * outs[0].size * k
 
     def path(self, ins, outs) -> tuple[str, str]:
-        """"dense" or "matmul" for these shapes, and why (engine.dispatch.choose_gemm)."""
+        """"dense", "packed" or "matmul" for these shapes, and why
+        (engine.dispatch.choose_gemm)."""
         return choose_gemm(outs[0].shape[0], ins[1].value is not None, self.ta)
+
+    def constant_right(self, b, bias, activation) -> ConstantRight:
+        """The packed product by the constant B (K, N) as the node holds it, made once for
+        the node and shared by every plan; with the bias and activation where they fuse."""
+        key = (None if bias is None else bias.tobytes(), activation)
+        cached = self.__dict__.get("_constant_right")
+        if cached is None or cached[0] != key:
+            value = np.ascontiguousarray(b.T if self.tb else b, dtype=np.float32)
+            cached = self._constant_right = (key, ConstantRight(value, bias, activation))
+        return cached[1]
 
     def describe(self, ins, outs):
         path, reason = self.path(ins, outs)
@@ -201,7 +213,29 @@ class Gemm(Op):
         if cval is not None:
             cval = (cval * beta).astype(np.float32) if beta != 1 else cval
         rows = ins[0].shape[1 if ta else 0]
-        if self.path(ins, outs)[0] == "dense":
+        path = self.path(ins, outs)[0]
+        n = outs[0].shape[1]
+        if path == "packed" and alpha == 1 and (c is None or (
+                cval is not None and cval.size == n and cval.shape[-1:] == (n,))):
+            # the bias and the activation in the packed kernel's output step: one pass
+            gemm = self.constant_right(ins[1].value,
+                                       None if c is None else cval.reshape(n), act)
+            k = ins[0].shape[1]
+            work = rows * k * n
+
+            def step(env, nt):
+                gemm.run(np.ascontiguousarray(env[a]), env[y], threads_for(work, nt))
+            return step
+        if path == "packed":
+            gemm = self.constant_right(ins[1].value, None, None)
+            k = ins[0].shape[1]
+            work = rows * k * n
+
+            def product(env, nt):
+                out = env[y]
+                gemm.run(np.ascontiguousarray(env[a]), out, threads_for(work, nt))
+                return out
+        elif path == "dense":
             w = np.ascontiguousarray(ins[1].value if tb else ins[1].value.T, dtype=np.float32)
             work = rows * w.size
 
