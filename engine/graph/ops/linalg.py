@@ -1,7 +1,6 @@
 """Matrix product node plans: MatMul (numpy.matmul's broadcasting; activations times constant
-weights on the engine's packed GEMM) and Gemm, which runs a fully connected layer on the
-engine's threads: one row on the matrix-vector kernel (kernels/dense.pyx), more on the packed
-GEMM. The choices are engine/dispatch/gemm.py's.
+weights on the engine's packed GEMM) and Gemm, whose fully connected layers by constant weights
+run on the packed GEMM too. The choices are engine/dispatch/gemm.py's.
 """
 from __future__ import annotations
 
@@ -9,7 +8,6 @@ import math
 
 import numpy as np
 
-from ..._kernels import dense as _dense
 from ..._threads import threads_for
 from ...dispatch.gemm import choose_gemm, choose_matmul
 from ...ops.activation import apply_activation
@@ -185,8 +183,7 @@ class Gemm(Op):
         return 2.0 * outs[0].size * k
 
     def path(self, ins, outs) -> tuple[str, str]:
-        """"dense", "packed" or "matmul" for these shapes, and why
-        (engine.dispatch.choose_gemm)."""
+        """"packed" or "matmul" for these shapes, and why (engine.dispatch.choose_gemm)."""
         return choose_gemm(outs[0].shape[0], ins[1].value is not None, self.ta)
 
     def constant_right(self, b, bias, activation) -> ConstantRight:
@@ -234,15 +231,6 @@ class Gemm(Op):
             def product(env, nt):
                 out = env[y]
                 gemm.run(np.ascontiguousarray(env[a]), out, threads_for(work, nt))
-                return out
-        elif path == "dense":
-            w = np.ascontiguousarray(ins[1].value if tb else ins[1].value.T, dtype=np.float32)
-            work = rows * w.size
-
-            def product(env, nt):
-                out = env[y]
-                _dense.f32_dense_rows(np.ascontiguousarray(env[a]), w, out,
-                                      threads_for(work, nt))
                 return out
         else:
             def product(env, nt):
