@@ -488,21 +488,19 @@ static void ce_nc_direct_row_act(const float *x, int C, int H, int W, int OW, in
 #define CE_NC_DIRECT_PIXELS_AT(NK, SW)                                                      \
     ce_nc_direct_pixels(x, C, H, W, OW, iy0, rows_inside, SW, pl, kh, kw, dh, dw, w,        \
                         wstride, bias, out, ostride, NK, act)
+#define CE_NC_DIRECT_STRIDES(NK)                                                            \
+    if (sw == 1)                                                                            \
+        CE_NC_DIRECT_PIXELS_AT(NK, 1);                                                      \
+    else if (sw == 2)                                                                       \
+        CE_NC_DIRECT_PIXELS_AT(NK, 2);                                                      \
+    else                                                                                    \
+        CE_NC_DIRECT_PIXELS_AT(NK, sw);
     if (nk == 2) {
-        if (sw == 1)
-            CE_NC_DIRECT_PIXELS_AT(2, 1);
-        else if (sw == 2)
-            CE_NC_DIRECT_PIXELS_AT(2, 2);
-        else
-            CE_NC_DIRECT_PIXELS_AT(2, sw);
+        CE_NC_DIRECT_STRIDES(2)
     } else {
-        if (sw == 1)
-            CE_NC_DIRECT_PIXELS_AT(1, 1);
-        else if (sw == 2)
-            CE_NC_DIRECT_PIXELS_AT(1, 2);
-        else
-            CE_NC_DIRECT_PIXELS_AT(1, sw);
+        CE_NC_DIRECT_STRIDES(1)
     }
+#undef CE_NC_DIRECT_STRIDES
 #undef CE_NC_DIRECT_PIXELS_AT
 }
 
