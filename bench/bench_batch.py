@@ -1,5 +1,6 @@
 """A batch run whole against the same batch in chunks of 1, 2 and 4 images, beside ONNX Runtime
-(engine/dispatch/batch.py MIN_CHUNK_FLOPS: which chunk the engine picks).
+(engine/dispatch/batch.py MIN_CHUNK_FLOPS and MIN_CHUNK_FLOPS_PER_WEIGHT_BYTE: which chunk the
+engine picks).
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/bench_batch.py \
         [--models mobilenet_v2 resnet50] [--batch 8 32] [--threads 2] [--model-dir DIR]
@@ -40,6 +41,7 @@ def main(argv=None) -> int:
     import onnxruntime as ort
     rows = []
     auto = batch_rules.MIN_CHUNK_FLOPS
+    auto_bytes = batch_rules.MIN_CHUNK_FLOPS_PER_WEIGHT_BYTE
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
             path = export(name, 17, args.model_dir or tmp)
@@ -53,10 +55,13 @@ def main(argv=None) -> int:
                             {model.inputs[0].name: (1,) + tuple(model.inputs[0].shape[1:])})[0])
                         batch_rules.MIN_CHUNK_FLOPS = (
                             auto if per == 0 else 1e30 if per is None else per * flops * 0.999)
+                        batch_rules.MIN_CHUNK_FLOPS_PER_WEIGHT_BYTE = auto_bytes if per == 0 \
+                            else 0.0
                         shape = (n,) + tuple(model.inputs[0].shape[1:])
                         model._split((shape,))       # decided now, with this threshold
                         models[label] = model
                     batch_rules.MIN_CHUNK_FLOPS = auto
+                    batch_rules.MIN_CHUNK_FLOPS_PER_WEIGHT_BYTE = auto_bytes
                     x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
                     feed = {models["whole"].inputs[0].name: x}
                     opts = ort.SessionOptions()

@@ -28,8 +28,10 @@ TOL = dict(rtol=1e-5, atol=1e-5)
 
 @pytest.fixture(autouse=True)
 def small_chunks(monkeypatch):
-    """One image a chunk whatever the graph's work (the tests' graphs are small)."""
+    """One image a chunk whatever the graph's work and weights (the tests' graphs are
+    small)."""
     monkeypatch.setattr(batch_rules, "MIN_CHUNK_FLOPS", 1.0)
+    monkeypatch.setattr(batch_rules, "MIN_CHUNK_FLOPS_PER_WEIGHT_BYTE", 0.0)
 
 
 def model(tail, extra_inits=(), x_shape=("N", 8, 10, 10), out_rank=None):
@@ -170,10 +172,21 @@ def test_uneven_chunks_and_a_batch_too_small_to_split(monkeypatch):
 
 def test_chunk_rule(monkeypatch):
     monkeypatch.setattr(batch_rules, "MIN_CHUNK_FLOPS", 1e9)
-    assert batch_rules.choose_batch_chunk(1, 1e6)[0] == 1
-    assert batch_rules.choose_batch_chunk(32, 0.6e9)[0] == 2
-    assert batch_rules.choose_batch_chunk(8, 8e9)[0] == 1
-    assert batch_rules.choose_batch_chunk(8, 1e6)[0] == 8
+    monkeypatch.setattr(batch_rules, "MIN_CHUNK_FLOPS_PER_WEIGHT_BYTE", 40.0)
+    choose = batch_rules.choose_batch_chunk
+    assert choose(1, 1e6)[0] == 1
+    assert choose(32, 0.6e9)[0] == choose(8, 0.6e9, 14e6)[0] == 2      # MobileNetV2
+    assert choose(8, 8e9)[0] == choose(8, 8.2e9, 102e6)[0] == 1         # ResNet-50
+    assert choose(8, 1e6)[0] == 8
+    # AlexNet: 1.4 GFLOP and 244 MB of weights an image, which every chunk reads again
+    assert choose(3, 1.43e9, 244e6)[0] == 3
+    assert choose(8, 1.43e9, 244e6) == (4, choose(8, 1.43e9, 244e6)[1])
+    assert "2 chunks of 4 images" in choose(8, 1.43e9, 244e6)[1]
+    # chunks as even as their count allows: 7 images needing 3 a chunk run 3 + 3 + 1 ...
+    assert choose(7, 0.4e9)[0] == 3
+    # ... and 5 needing 3 run 3 + 2, not 4 + 1
+    assert choose(5, 0.34e9)[0] == 3 and "2 chunks" in choose(5, 0.34e9)[1]
+    assert choose(9, 0.2e9)[0] == 5 and "2 chunks" in choose(9, 0.2e9)[1]
 
 
 def test_chunked_runs_from_several_threads_at_once():

@@ -21,17 +21,32 @@ import math
 # (bench/bench_batch.py).
 MIN_CHUNK_FLOPS = 1e9
 
+# Work a chunk takes at least per byte of the model's weights, which every chunk reads again,
+# mostly from memory. AlexNet's 234 MB of classifier weights streamed at 25 GB/s (9.3 ms a
+# read) and its convolutions ran at 100-200 GFLOP/s: a byte read costs about the time of 4-8
+# FLOPs, and 40 FLOPs a byte keep the reading near a tenth of a chunk's time. At batch 3 in
+# chunks of one image (1.4 GFLOP, 244 MB) it took 55 ms against ONNX Runtime's 49, reading the
+# classifier three times (bench/bench_batch.py).
+MIN_CHUNK_FLOPS_PER_WEIGHT_BYTE = 40.0
 
-def choose_batch_chunk(images: int, flops_per_image: float) -> tuple[int, str]:
-    """(images a chunk, why) for a batch of ``images`` whose graph treats images apart; a
-    chunk of the whole batch means it runs as one plan."""
+
+def choose_batch_chunk(images: int, flops_per_image: float,
+                       weight_bytes: float = 0.0) -> tuple[int, str]:
+    """(images a chunk, why) for a batch of ``images`` whose graph treats images apart and
+    reads ``weight_bytes`` of weights; a chunk of the whole batch means it runs as one plan.
+    The chunks are as even as their count allows."""
     if images < 2:
         return images, "one image"
-    per = max(1, math.ceil(MIN_CHUNK_FLOPS / max(flops_per_image, 1.0)))
+    flops = max(flops_per_image, 1.0)
+    need = max(MIN_CHUNK_FLOPS, MIN_CHUNK_FLOPS_PER_WEIGHT_BYTE * weight_bytes)
+    per = max(1, math.ceil(need / flops))
+    reason = (f"{flops_per_image / 1e6:.0f} MFLOP an image, {weight_bytes / 2**20:.0f} MiB of "
+              f"weights: a chunk takes at least {MIN_CHUNK_FLOPS / 1e9:g} GFLOP and "
+              f"{MIN_CHUNK_FLOPS_PER_WEIGHT_BYTE:g} FLOPs a byte of weights, which each chunk "
+              f"reads again")
     if per >= images:
-        return images, (f"{flops_per_image / 1e6:.0f} MFLOP an image: the batch is one chunk "
-                        f"of at least {MIN_CHUNK_FLOPS / 1e9:g} GFLOP")
+        return images, f"the batch is one chunk ({reason})"
     chunks = math.ceil(images / per)
-    return per, (f"{chunks} chunks of {per} image{'s' if per > 1 else ''} "
-                 f"({flops_per_image / 1e6:.0f} MFLOP an image, at least "
-                 f"{MIN_CHUNK_FLOPS / 1e9:g} GFLOP a chunk), each a plan on its own thread")
+    per = math.ceil(images / chunks)
+    return per, (f"{chunks} chunks of {per} image{'s' if per > 1 else ''} ({reason}), each a "
+                 f"plan on its own thread")

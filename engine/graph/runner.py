@@ -318,7 +318,8 @@ class Model:
         # operator the proof cannot read), the batch runs whole and reports its own errors
         try:
             one = self._infer(at(1))
-            c, why = choose_batch_chunk(n, self._flops(one[0]))
+            c, why = choose_batch_chunk(n, self._flops(one[0]), sum(
+                v.nbytes for v in self.graph.constants.values()))
             if c >= n:
                 return None
             whole = self._infer(at(n))
