@@ -10,6 +10,7 @@ Groups (section/group):
   conv/direct_blocked, conv/blocked_bands, conv/winograd_min, conv/winograd_tile,
   conv/dilated_phases, conv/live_taps, conv/fft, conv/separable
                                           engine/dispatch/conv.py
+  conv/one_pixel                          engine/ops/conv2d_algorithms.py Pointwise.one_pixel
   depthwise/blocks, depthwise/rows,       engine/dispatch/depthwise.py
   depthwise/wide
   transposed/col2im                       engine/dispatch/transposed.py
@@ -157,6 +158,21 @@ def conv_rows(group):
             fns[a] = (lambda layer, out: lambda: layer(x, out=out))(layer, out)
         auto = engine.Conv2d(w, b, s, p, d, g, "relu", input_size=(size, size)).algorithm
         yield label, fns, auto
+
+
+def one_pixel_rows():
+    """A 1x1 layer on a map of one pixel (after a global pool: DeepLabV3's image pooling,
+    LR-ASPP's scale branch): the pointwise algorithm's product of the pixel by the transposed
+    weights ("rows", what it runs) against its GEMM on panels of pixels ("panels")."""
+    for c, k in ((960, 128), (960, 256), (2048, 256), (576, 144)):
+        w = _rand(k, c, 1, 1) / np.float32(np.sqrt(c))
+        layer = engine.Conv2d(w, _rand(k), activation="relu", algorithm="pointwise")
+        x, out = _rand(1, c, 1, 1), np.empty((1, k, 1, 1), np.float32)
+        impl = layer._impl
+        yield (f"1x1 {c}->{k} on 1x1", {"rows": lambda layer=layer, x=x, out=out: layer(
+            x, out=out), "panels": lambda impl=impl, x=x, out=out: impl.run_panels(
+            x, out, engine.get_num_threads())},
+            "rows")
 
 
 # -- depthwise: (C, size, stride) on 3x3, multiplier 1, relu6 -------------------------------------
@@ -549,7 +565,9 @@ def winograd_weight_rows(group, threads):
 
 # section: (groups, rows(group, threads), the options a group's columns show)
 SECTIONS = {
-    "conv": (list(CONV), lambda g, t: conv_rows(g), CONV_OPTIONS.get),
+    "conv": (list(CONV) + ["one_pixel"],
+             lambda g, t: one_pixel_rows() if g == "one_pixel" else conv_rows(g),
+             lambda g: ["rows", "panels"] if g == "one_pixel" else CONV_OPTIONS[g]),
     "depthwise": (list(DEPTHWISE), depthwise_rows,
                   lambda g: {"blocks": ["blocks", "rows", "planes"],
                              "wide": ["blocks", "planes"]}.get(g, [g, "planes"])),

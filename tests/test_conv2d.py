@@ -251,6 +251,44 @@ def test_pointwise_residual_in_output_step(shape, activation, rng):
     assert np.all(np.abs(outs[0] - ref) <= RTOL["pointwise"] * (mag + np.abs(r)) + 1e-6)
 
 
+@pytest.mark.parametrize("n,c,k", [(1, 960, 128), (3, 2048, 256), (2, 5, 3), (1, 1, 40)])
+@pytest.mark.parametrize("activation", [None, "relu", "hardsigmoid", "sigmoid"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_pointwise_on_one_pixel_is_a_product_by_the_transposed_weights(n, c, k, activation, bias,
+                                                                       rng):
+    # on a 1x1 map each image's pixel times the transposed weights (the packed GEMM by rows):
+    # against float64 per element, 1 vs 2 threads bit-identical; two groups and a residual
+    # keep the GEMM on panels of pixels, with the same values within the bound
+    x = rng.standard_normal((n, c, 1, 1), dtype=np.float32)
+    w = rng.standard_normal((k, c, 1, 1), dtype=np.float32) / np.float32(np.sqrt(c))
+    b = rng.standard_normal(k, dtype=np.float32) if bias else None
+    layer = engine.Conv2d(w, b, activation=activation, algorithm="pointwise")
+    g = layer.geometry(x.shape)
+    outs = []
+    for threads in (1, 2):
+        y = np.full((n, k, 1, 1), np.nan, np.float32)
+        layer.run(x, y, g, threads)
+        outs.append(y)
+    assert np.array_equal(outs[0], outs[1])
+    assert layer._impl._by_rows is not None
+    pre = conv2d_ref(x, w, b, (1, 1), ((0, 0), (0, 0)), (1, 1), 1)
+    mag = conv2d_ref(np.abs(x), np.abs(w), None if b is None else np.abs(b), (1, 1),
+                     ((0, 0), (0, 0)), (1, 1), 1)
+    ref = float64_activation(activation, pre)
+    # the activations' slopes are at most 1: the product's error passes through unscaled
+    assert np.all(np.abs(outs[0] - ref) <= RTOL["pointwise"] * mag + 1e-6)
+    panels = np.empty_like(outs[0])
+    layer._impl.run_panels(x, panels, 1)
+    assert np.all(np.abs(panels - ref) <= RTOL["pointwise"] * mag + 1e-6)
+    if c % 2 == 0 and k % 2 == 0:
+        grouped = engine.Conv2d(w[:, : c // 2], b, groups=2, activation=activation,
+                                algorithm="pointwise")
+        ref2 = float64_activation(activation, conv2d_ref(x, w[:, : c // 2], b, (1, 1),
+                                                         ((0, 0), (0, 0)), (1, 1), 2))
+        assert np.allclose(grouped(x), ref2, rtol=1e-4, atol=1e-5)
+        assert grouped._impl._by_rows is None
+
+
 def test_pointwise_residual_of_another_shape_is_refused(rng):
     layer = engine.Conv2d(rng.standard_normal((8, 4, 1, 1), dtype=np.float32),
                           algorithm="pointwise")
