@@ -1,9 +1,9 @@
 # Kernels on channel-blocked activations, [N][ceil(C / B)][H][W][B] (NCHWc, B = BLOCK: 16 with
 # AVX-512, 8 with AVX2; the layout and the micro-kernels are described in _nchwc.h): the layout
-# changes to and from NCHW, subsampling, pointwise convolution and the direct stem (dense
-# convolution: nchwc_dense.pyx; per-channel means, scaling and batch normalization:
-# nchwc_channels.pyx; depthwise and grouped convolution: nchwc_window.pyx). The graph runner
-# keeps chains of these layers in this layout (engine/graph/layout.py).
+# changes to and from NCHW, subsampling, pointwise convolution and the direct stem
+# (_nchwc_direct.h; dense convolution: nchwc_dense.pyx; per-channel means, scaling and batch
+# normalization: nchwc_channels.pyx; depthwise and grouped convolution: nchwc_window.pyx). The
+# graph runner keeps chains of these layers in this layout (engine/graph/layout.py).
 #
 # Every kernel checks the shapes it is given against one another before it releases the GIL.
 # Results do not depend on the thread count: each output is computed whole by one thread, in an
@@ -14,8 +14,15 @@ from _epilogue cimport ce_act_t, check_act
 from _pool cimport ce_pool_attach, ce_pool_for
 
 
+cdef extern from "_nchwc_direct.h":
+    int CE_NC_DIRECT_BLOCKS
+    void ce_nc_direct_row(const float *x, int C, int H, int W, int OW, int oy, int sh, int sw,
+                          int pt, int pl, int kh, int kw, int dh, int dw, const float *w,
+                          Py_ssize_t wstride, const float *bias, float *out,
+                          Py_ssize_t ostride, int nk, ce_act_t act) nogil
+
 cdef extern from "_nchwc.h":
-    int CE_NC_B, CE_NC_TILE_PIXELS, CE_NC_GROUP, CE_NC_DIRECT_BLOCKS, CE_NC_BATCH
+    int CE_NC_B, CE_NC_TILE_PIXELS, CE_NC_GROUP, CE_NC_BATCH
     void ce_nc_to_blocked(const float *src, Py_ssize_t ps, Py_ssize_t P, int nc,
                           float *dst) nogil
     void ce_nc_from_blocked(const float *src, Py_ssize_t P, int nc, float *dst,
@@ -24,10 +31,6 @@ cdef extern from "_nchwc.h":
                         int Kb, const float *bias, const float *res, float *out, ce_act_t act,
                         Py_ssize_t N, Py_ssize_t T, Py_ssize_t G, Py_ssize_t xs, Py_ssize_t os,
                         Py_ssize_t chunk, int by_groups, Py_ssize_t lo, Py_ssize_t hi) nogil
-    void ce_nc_direct_row(const float *x, int C, int H, int W, int OW, int oy, int sh, int sw,
-                          int pt, int pl, int kh, int kw, int dh, int dw, const float *w,
-                          Py_ssize_t wstride, const float *bias, float *out,
-                          Py_ssize_t ostride, int nk, ce_act_t act) nogil
 
 ce_pool_attach()
 
