@@ -14,7 +14,7 @@ Groups (section/group):
   depthwise/blocks, depthwise/rows,       engine/dispatch/depthwise.py
   depthwise/wide
   transposed/col2im                       engine/dispatch/transposed.py
-  gemm/rows                               engine/dispatch/gemm.py
+  gemm/dense                              engine/dispatch/gemm.py
   gemm/se_gates                           engine/graph/ops/se.py MIN_THREADED_GATE_WEIGHTS
   winograd/weights                        engine/dispatch/winograd.py (U kept or made per
                                           call) and engine/ops/winograd.py TAPS_PANELS_BYTES
@@ -54,7 +54,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from _harness import onnx_single_node, time_alternating  # noqa: E402
 
 import engine  # noqa: E402
-from engine._kernels import (nchwc, nchwc_dense, nchwc_taps, nchwc_window,  # noqa: E402
+from engine._kernels import (dense, nchwc, nchwc_dense, nchwc_taps, nchwc_window,  # noqa: E402
                              nchwc_winograd, squeeze_excite)
 from engine._threads import blas_pinned, threads_for  # noqa: E402
 from engine.dispatch import choose_gemm  # noqa: E402
@@ -245,31 +245,44 @@ def se_gate_rows(cold=False):
 
 def gemm_rows(group, threads):
     """A classifier's product (RegNetX's 400->1000, MobileNetV3's 1280->1000) and ConvNeXt's
-    768->3072 for 1, 2, 12 and 32 rows: the packed micro-kernel (engine/ops/packed_gemm.py)
-    and NumPy's matmul (engine/dispatch/gemm.py). Each call reads the next of copies of the
-    weights filling 64 MiB, so that they come from memory, as after a model's convolutions."""
+    768->3072 for 1, 2, 8 and 32 rows: the dense kernel with the rows of w one after another
+    or eight side by side (kernels/dense.pyx SINGLE_ROW_MAX_M), the packed micro-kernel
+    (engine/ops/packed_gemm.py) and NumPy's matmul (engine/dispatch/gemm.py). Each call reads
+    the next of copies of the weights filling 64 MiB, so that they come from memory, as after a
+    model's convolutions."""
     if group.startswith("se_gates"):
         yield from se_gate_rows(cold=group == "se_gates_cold")
         return
     for k, n in ((400, 1000), (1280, 1000), (768, 3072)):
         bmat = _rand(k, n)
         copies = -(-(64 << 20) // bmat.nbytes)
-        ring = [(bmat.copy(), ConstantRight(bmat)) for _ in range(copies)]
-        for rows in (1, 2, 12, 32):
+        ring = [(np.ascontiguousarray(bmat.T), bmat.copy(), ConstantRight(bmat))
+                for _ in range(copies)]
+        for rows in (1, 2, 8, 32):
             a = _rand(rows, k)
             out = np.empty((rows, n), np.float32)
             nt = threads_for(rows * k * n, threads)
             turn = itertools.count()
 
+            def dense_fn(together, a=a, out=out, nt=nt, turn=turn):
+                def run():
+                    w = ring[next(turn) % copies][0]
+                    dense.f32_dense_rows(a, w, out, nt, together)
+                return run
+
             def run_matmul(a=a, out=out, turn=turn):
-                b = ring[next(turn) % copies][0]
+                b = ring[next(turn) % copies][1]
                 with blas_pinned():            # as the model runs it
                     np.matmul(a, b, out=out)
 
-            def run_packed(a=a, out=out, nt=nt, turn=turn):
-                ring[next(turn) % copies][1].run(a, out, nt)
-            yield (f"{rows}x{k} @ {k}x{n}", {"packed": run_packed, "matmul": run_matmul},
-                   choose_gemm(rows, True, False)[0])
+            def run_packed(a=a, out=out, turn=turn):
+                ring[next(turn) % copies][2].run(a, out, threads_for(rows * k * n, threads))
+            fns = {"1 row": dense_fn(1), "8 rows": dense_fn(8), "packed": run_packed,
+                   "matmul": run_matmul}
+            pick = choose_gemm(rows, True, False)[0]
+            if pick == "dense":
+                pick = "1 row" if rows <= dense.SINGLE_ROW_MAX_M else "8 rows"
+            yield f"{rows}x{k} @ {k}x{n}", fns, pick
 
 
 # -- layout: where a second thread starts to pay --------------------------------------------------
@@ -573,9 +586,9 @@ SECTIONS = {
                              "wide": ["blocks", "planes"]}.get(g, [g, "planes"])),
     "transposed": (["col2im"], lambda g, t: transposed_rows(g),
                    lambda g: ["col2im", "zero_insert"]),
-    "gemm": (["rows", "se_gates", "se_gates_cold"], gemm_rows,
+    "gemm": (["dense", "se_gates", "se_gates_cold"], gemm_rows,
              lambda g: ["1 thread", "2 thread"] if g.startswith("se_gates")
-             else ["packed", "matmul"]),
+             else ["1 row", "8 rows", "packed", "matmul"]),
     "winograd": (["weights"], winograd_weight_rows, lambda g: ["stored", "per_call"]),
     "layout": (["convert", "depthwise", "dw_planes", "dense_padded", "dense", "pointwise",
                 "depthwise_alone", "grouped", "winograd", "grouped_winograd", "live_taps"],

@@ -93,9 +93,9 @@ def test_pool_gemm_and_transposed_rules():
                             False)[0] == "padded"
     assert choose_pool_path((8, 8), (4, 4), (3, 3), (3, 3), (1, 1), ((2, 2), (2, 2)),
                             False)[0] == "padded"
-    # constant B, A not transposed: the packed micro-kernel
-    assert choose_gemm(1, True, False)[0] == choose_gemm(300, True, False)[0] == "packed"
-    assert choose_gemm(0, True, False)[0] == "matmul"
+    # constant B, A not transposed: the dense kernel for one row, the packed one beyond
+    assert choose_gemm(1, True, False)[0] == "dense"
+    assert choose_gemm(2, True, False)[0] == choose_gemm(300, True, False)[0] == "packed"
     assert choose_gemm(1, False, False)[0] == "matmul"
     assert choose_gemm(1, True, True)[0] == choose_gemm(8, True, True)[0] == "matmul"
     # MatMul by constant float32 weights: packed from one row on
@@ -139,13 +139,13 @@ def test_explain_shows_every_choice(rng, rows):
     assert "pads: window, negative pads (-1,) crop the output" in text
     assert "max pooling, direct: symmetric pads" in text
     assert "average pooling, padded: pads ((0, 2), (0, 2)) differ" in text
-    assert ("packed: 1 row of A" if rows == 1 else "packed: 9 rows of A") in text
+    assert ("dense: 1 row of A" if rows == 1 else "packed: 9 rows of A") in text
     assert text.count("layout nchw: ") == 2            # pw and dw: no neighbour is blocked
     assert "col2im: stride (2, 2)" in text
 
 
 def test_gemm_paths_agree(rng):
-    """The packed kernel on 1 row per image and on 9 rows, the same weights."""
+    """The dense kernel (1 row per image) and the packed one (9 rows) on the same weights."""
     x = rng.standard_normal((9, 16, 16, 16)).astype(np.float32)
     one, many = small_graph(np.random.default_rng(5), 1), small_graph(np.random.default_rng(5), 9)
     y9 = many.run({"x": x})["y"]

@@ -617,8 +617,9 @@ GEMM_FORMS = [(0.5, 2.0, ("n",)), (1.0, 1.0, (1, "n")), (1.0, 1.0, None), (1.0, 
 @pytest.mark.parametrize("trans_b", [0, 1])
 @pytest.mark.parametrize("alpha,beta,c_shape", GEMM_FORMS)
 def test_gemm_with_constant_weights(rng, rows, trans_b, alpha, beta, c_shape):
-    # the packed micro-kernel (K = 1000, N = 401: a panel's tail; large enough for two
-    # threads) against ONNX Runtime and float64, and 1 vs 2 threads bit-identical.
+    # one row: the engine's matrix-vector kernel (K = 1000: four-vector steps and a tail;
+    # large enough for two threads); more: the packed micro-kernel. Both against ONNX Runtime
+    # and float64, and 1 vs 2 threads bit-identical.
     k, n = 1000, 401
     assert threads_for(k * n, 2) == 2
     w = randn(rng, n, k) if trans_b else randn(rng, k, n)
@@ -631,9 +632,12 @@ def test_gemm_with_constant_weights(rng, rows, trans_b, alpha, beta, c_shape):
              [vi("x", [rows, k])], [vi("y")], inits)
     feeds = {"x": randn(rng, rows, k)}
     model, got = run_both(m, feeds)
-    assert f"packed: {rows} row" in model.explain()
+    assert ("dense: 1 row" if rows == 1 else f"packed: {rows} rows") in model.explain()
     outs = [model.run(feeds, num_threads=t)["y"] for t in (1, 2)]
     assert np.array_equal(outs[0], outs[1])
+    if rows == 1 and trans_b:
+        # one row reads the weights where they were loaded: no second, packed copy
+        assert model._last_plan.transformed_bytes < w.nbytes // 2
     x64 = feeds["x"].astype(np.float64)
     ref = alpha * (x64 @ (w.T if trans_b else w))
     if c_shape is not None:
@@ -663,6 +667,44 @@ def test_matmul_by_constant_weights(rng, a_shape):
     ref = x.astype(np.float64) @ w
     mag = np.abs(x).astype(np.float64) @ np.abs(w)
     assert np.all(np.abs(outs[0] - ref) <= 1e-5 * mag + 1e-6)
+
+
+@pytest.mark.parametrize("m_,k", [(1, 1), (1, 31), (1, 32), (2, 33), (1, 1000), (3, 1024)])
+def test_dense_kernel_against_float64_and_row_grouping(rng, m_, k):
+    """The matrix-vector kernel takes rows of w eight at a time and the rest one at a time (all
+    one at a time for one row of a): each output within 1e-6 of the sum of |terms| of
+    float64's, and the same bits whether its row is in a group of eight, alone, or in another
+    thread's range."""
+    from engine._kernels import dense
+    for n in (1, 7, 8, 9, 17, 403):
+        a, w = randn(rng, m_, k), randn(rng, n, k)
+        out = np.empty((m_, n), np.float32)
+        dense.f32_dense_rows(a, w, out, 1)
+        ref = a.astype(np.float64) @ w.T.astype(np.float64)
+        mag = np.abs(a).astype(np.float64) @ np.abs(w).T
+        assert np.all(np.abs(out - ref) <= 1e-6 * mag + 1e-30)
+        for threads in (2, 3):
+            other = np.empty_like(out)
+            dense.f32_dense_rows(a, w, other, threads)
+            np.testing.assert_array_equal(out, other)
+        for together in (1, 8):
+            other = np.empty_like(out)
+            dense.f32_dense_rows(a, w, other, 2, together)
+            np.testing.assert_array_equal(out, other)
+        if n > 5:
+            tail = np.empty((m_, n - 5), np.float32)
+            dense.f32_dense_rows(a, np.ascontiguousarray(w[5:]), tail, 1)
+            np.testing.assert_array_equal(out[:, 5:], tail)
+
+
+def test_dense_kernel_checks_shapes():
+    from engine._kernels import dense
+    with pytest.raises(ValueError, match="do not fit"):
+        dense.f32_dense_rows(np.zeros((2, 5), np.float32), np.zeros((3, 4), np.float32),
+                             np.zeros((2, 3), np.float32), 1)
+    with pytest.raises(ValueError, match="together"):
+        dense.f32_dense_rows(np.zeros((2, 4), np.float32), np.zeros((3, 4), np.float32),
+                             np.zeros((2, 3), np.float32), 1, 4)
 
 
 def test_each_conv_weight_transformed_once(rng):

@@ -9,8 +9,8 @@ the layer's parameters returning (choice, one-line reason):
 - ``transposed``: the transposed convolution's algorithm, and whether an ONNX ConvTranspose's
   pads go to the planned layer or to a window copied out of its output;
 - ``pool``: whether an ONNX pool runs on the pooling layer directly or on a padded copy;
-- ``gemm``: whether an ONNX Gemm, and a MatMul, by constant weights run on the packed GEMM
-  or numpy.matmul;
+- ``gemm``: whether an ONNX Gemm runs on the dense kernel (one row), the packed GEMM or
+  numpy.matmul, and a MatMul by constant weights on the packed GEMM or numpy.matmul;
 - ``resize``: how each axis of an ONNX Resize is resampled (gather, taps, dense product);
 - ``winograd``: whether a Winograd layer keeps its transformed weights or makes them per call;
 - ``batch``: whether a batch runs whole or as chunks of images, each on its own thread.

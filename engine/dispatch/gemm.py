@@ -1,35 +1,40 @@
-"""How an ONNX Gemm and a MatMul run (engine/graph/ops/linalg.py), and why: "packed", the
-engine's packed GEMM (engine/ops/packed_gemm.py ConstantRight) on its threads, its constant
-weights packed into panels once; or numpy.matmul ("matmul" for a Gemm, "numpy" for a MatMul).
-
-NumPy's matmul packs the weights on every call: from memory, at one thread, 2 rows of a
-1280->1000 classifier took 0.61 ms against the packed kernel's 0.24, 12 rows of ConvNeXt's
-768->3072 1.66 against 0.66; one row is level (bench/bench_dispatch.py gemm/rows). A
-matrix-vector kernel reading each row of the weights in one stream beat the packed kernel on
-one row from memory (1280->1000: 0.15-0.19 against 0.21-0.22 ms) but lost from cache (0.10
-against 0.08) and from two rows on; inside whole models the packed kernel's one row ran as
-fast or faster (MobileNetV3-Small 0.975-0.987 of the time, MobileNetV2, RegNetX-400MF,
-MobileNetV3-Large and EfficientNet-B0 0.99-1.00, A/B in one process at one thread), so the
-matrix-vector kernel was retired.
+"""How an ONNX Gemm and a MatMul run (engine/graph/ops/linalg.py), and why. Gemm: "dense",
+the matrix-vector kernel on the engine's threads (kernels/dense.pyx), which streams constant
+weights once per call; "packed", the engine's packed GEMM (engine/ops/packed_gemm.py
+ConstantRight), its weights packed into panels once; or "matmul", numpy.matmul. MatMul by
+constant weights: "packed", or "numpy".
 """
 from __future__ import annotations
 
+# Most rows of A the dense kernel takes: one. It reads the weights where they were loaded; the
+# packed kernel holds a second, packed copy of them (VGG-16 at batch 1: 762 MiB transformed or
+# packed against 290, MobileNetV3-Small 11.8 against 5.6), for no gain at one row: inside
+# whole models the two ran within 0.975-1.00 of each other (A/B in one process at one
+# thread), alone from memory the dense kernel's single stream through the weights won
+# (1280->1000: 0.18 vs 0.22 ms), from cache it lost (0.10 vs 0.08). From two rows on the packed
+# kernel won (two rows 0.20 vs 0.31 ms, eight 0.30 vs 0.66, 768->3072 and 3072->768 alike), and
+# NumPy's matmul, which packs the weights on every call, lost to both at every row count up to
+# 32, from memory or from cache (bench/bench_dispatch.py gemm/dense).
+DENSE_MAX_ROWS = 1
+
 
 def choose_gemm(rows: int, constant_b: bool, trans_a: bool) -> tuple[str, str]:
-    """"packed" or "matmul" for a Gemm with ``rows`` rows of A, and why."""
+    """"dense", "packed" or "matmul" for a Gemm with ``rows`` rows of A, and why."""
     if not constant_b:
         return "matmul", "B is computed at run time: numpy.matmul"
     if trans_a:
         return "matmul", "A is transposed (transA): numpy.matmul"
-    if rows == 0:
-        return "matmul", "no rows of A: numpy.matmul"
-    return "packed", (f"{rows} row{'s' if rows != 1 else ''} of A times constant weights: the "
-                      f"packed micro-kernel on the engine's threads, the weights packed once")
+    if rows <= DENSE_MAX_ROWS:
+        return "dense", ("1 row of A times constant weights: matrix-vector products on the "
+                         "engine's threads, the weights read once")
+    return "packed", (f"{rows} rows of A times constant weights: the packed micro-kernel on "
+                      f"the engine's threads, the weights packed once")
 
 
 def choose_matmul(rows: int, constant_b: bool) -> tuple[str, str]:
     """"packed" or "numpy" for a MatMul whose A has ``rows`` rows (its leading dimensions
-    flattened); constant_b: B is a constant float32 matrix."""
+    flattened); constant_b: B is a constant float32 matrix. The packed micro-kernel beat
+    numpy.matmul from one row on (see DENSE_MAX_ROWS)."""
     if not constant_b:
         return "numpy", "B is not a constant float32 matrix: numpy.matmul"
     if rows == 0:

@@ -1,6 +1,7 @@
 """Matrix product node plans: MatMul (numpy.matmul's broadcasting; activations times constant
-weights on the engine's packed GEMM) and Gemm, whose fully connected layers by constant weights
-run on the packed GEMM too. The choices are engine/dispatch/gemm.py's.
+weights on the engine's packed GEMM) and Gemm, which runs a fully connected layer on the
+engine's threads: one row on the matrix-vector kernel (kernels/dense.pyx), more on the packed
+GEMM. The choices are engine/dispatch/gemm.py's.
 """
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import math
 
 import numpy as np
 
+from ..._kernels import dense as _dense
 from ..._threads import threads_for
 from ...dispatch.gemm import choose_gemm, choose_matmul
 from ...ops.activation import apply_activation
@@ -183,7 +185,8 @@ class Gemm(Op):
         return 2.0 * outs[0].size * k
 
     def path(self, ins, outs) -> tuple[str, str]:
-        """"packed" or "matmul" for these shapes, and why (engine.dispatch.choose_gemm)."""
+        """"dense", "packed" or "matmul" for these shapes, and why
+        (engine.dispatch.choose_gemm)."""
         return choose_gemm(outs[0].shape[0], ins[1].value is not None, self.ta)
 
     def constant_right(self, b, bias, activation) -> ConstantRight:
@@ -212,25 +215,29 @@ class Gemm(Op):
         rows = ins[0].shape[1 if ta else 0]
         path = self.path(ins, outs)[0]
         n = outs[0].shape[1]
-        if path == "packed" and alpha == 1 and (c is None or (
-                cval is not None and cval.size == n and cval.shape[-1:] == (n,))):
-            # the bias and the activation in the packed kernel's output step: one pass
-            gemm = self.constant_right(ins[1].value,
-                                       None if c is None else cval.reshape(n), act)
-            k = ins[0].shape[1]
-            work = rows * k * n
-
-            def step(env, nt):
-                gemm.run(np.ascontiguousarray(env[a]), env[y], threads_for(work, nt))
-            return step
         if path == "packed":
-            gemm = self.constant_right(ins[1].value, None, None)
-            k = ins[0].shape[1]
-            work = rows * k * n
+            # the bias and the activation in the packed kernel's output step where they fit it
+            fused = alpha == 1 and (c is None or (cval is not None and cval.size == n
+                                                  and cval.shape[-1:] == (n,)))
+            gemm = self.constant_right(ins[1].value,
+                                       cval.reshape(n) if fused and c is not None else None,
+                                       act if fused else None)
+            work = rows * ins[0].shape[1] * n
 
             def product(env, nt):
                 out = env[y]
                 gemm.run(np.ascontiguousarray(env[a]), out, threads_for(work, nt))
+                return out
+            if fused:
+                return product
+        elif path == "dense":
+            w = np.ascontiguousarray(ins[1].value if tb else ins[1].value.T, dtype=np.float32)
+            work = rows * w.size
+
+            def product(env, nt):
+                out = env[y]
+                _dense.f32_dense_rows(np.ascontiguousarray(env[a]), w, out,
+                                      threads_for(work, nt))
                 return out
         else:
             def product(env, nt):
