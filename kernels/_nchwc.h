@@ -142,6 +142,12 @@ ce_nc_pw_tile(const float *restrict x, ptrdiff_t P, int Cb, int tail, const floa
         const float *xb = x + cb * P * B;
         /* the padding channels of a last, partial input block have zero weights: skipped */
         const int nc = cb == Cb - 1 ? tail : CE_NC_B;
+        /* the next tile's pixels of this block, a line at a time: a tile reads a few lines
+         * from each of Cb planes, more streams than the hardware prefetcher follows (AVX2,
+         * 8-channel blocks: ResNet-50's 256->64 layers 2.1x ONNX Runtime's time without it,
+         * 1.0x with, bench/bench_conv2d.py and per-layer profiles) */
+        for (int l = 0; l < NP * CE_NC_B; l += 16)
+            __builtin_prefetch(xb + NP * B + l);
 #define CE_NC_PW_XV(i, c) xb[i * B + c]
         CE_NC_TILE_MACS(w, nc, wstep, CE_NC_PW_XV)
 #undef CE_NC_PW_XV
