@@ -148,7 +148,13 @@ def test_graphs_that_mix_images_run_whole(case):
     model_, want, got = run_both(m, x)
     assert model_._split(((4, 8, 10, 10),)) is None
     assert model_._last_split is None
-    np.testing.assert_allclose(got[1], want, **TOL)
+    if case == "gram_of_rows":
+        # a sum of 800 products: each element's error bound scales with the sum of their
+        # magnitudes, at most sqrt(G_ii G_jj) (Cauchy-Schwarz), not with the element itself
+        scale = np.sqrt(np.outer(np.diag(want), np.diag(want)))
+        assert np.all(np.abs(got[1] - want) <= 1e-6 * scale)
+    else:
+        np.testing.assert_allclose(got[1], want, **TOL)
     np.testing.assert_array_equal(got[1], got[2])
 
 

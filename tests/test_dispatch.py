@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import engine
-from engine.ops.blocked import NAME
+from engine.ops.blocked import BLOCK, NAME
 from engine.dispatch import (ConvParams, blocked_kernel, choose_conv_transpose2d, choose_gemm,
                              choose_layout, choose_matmul, choose_onnx_transpose_path,
                              choose_pool_path,
@@ -59,7 +59,8 @@ def test_layout_rules():
     # within a block and dilated groups: not
     assert blocked_kernel(square._replace(groups=2))[0] == "winograd"
     assert blocked_kernel(square._replace(groups=2, in_size=(14, 14)))[0] != "winograd"
-    assert blocked_kernel(square._replace(groups=8))[0] == "grouped"
+    # groups of half a block (8 channels with 16-float blocks): within blocks
+    assert blocked_kernel(square._replace(groups=128 // BLOCK))[0] == "grouped"
     assert blocked_kernel(square._replace(groups=2, dilation=(2, 2),
                                           pads=((2, 2),) * 2))[0] != "winograd"
     assert blocked_kernel(square._replace(dilation=(2, 2), pads=((2, 2),) * 2))[0] == "winograd"
@@ -160,7 +161,6 @@ def test_narrow_vectors_keep_every_layer_on_nchw(rng, monkeypatch):
     holds, and the results agree."""
     from engine.dispatch.conv import ASSUME_VECTOR_FLOATS_ENV
     from engine.dispatch.layout import blocked_layout_pays
-    from engine.ops.blocked import BLOCK, NAME
     pw = ConvParams(32, 64, (1, 1), (1, 1), (1, 1), 1, ((0, 0), (0, 0)), (14, 14))
     kind, why = blocked_kernel(pw)
     assert choose_layout(kind, why, "depthwise")[0] == "nchwc"
