@@ -45,7 +45,8 @@ def f32_conv2d_im2col(const float[:, :, :, ::1] x, const float[::1] wpack, bias,
     """out = conv2d(x, w) with wpack the weights W[K, Cg*kh*kw] packed per group as
     [ceil(Kg/MR)][Cg*kh*kw][MR]; output sizes are the caller's (engine.shapes). Chunks are
     rows_per_chunk whole rows, or, with rows_per_chunk == 1, cols_per_chunk columns of one
-    row. work: work_floats(Cg*kh*kw, chunk columns, num_threads) floats, 64-byte aligned."""
+    row; the row chunks split the rows evenly, an even number of them. work:
+    work_floats(Cg*kh*kw, chunk columns, num_threads) floats, 64-byte aligned."""
     check_act(act)
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t K = out.shape[1], OH = out.shape[2], OW = out.shape[3]
@@ -63,7 +64,13 @@ def f32_conv2d_im2col(const float[:, :, :, ::1] x, const float[::1] wpack, bias,
     if rows_per_chunk > 1 or cols_per_chunk > OW:
         cols_per_chunk = OW
     cdef Py_ssize_t row_pieces = (OW + cols_per_chunk - 1) // cols_per_chunk
-    cdef Py_ssize_t nchunks = (OH + rows_per_chunk - 1) // rows_per_chunk * row_pieces
+    # whole rows in an even number of chunks, as even as can be: 17 rows of at most 5 as 4, 4,
+    # 4 and 5, not 5, 5, 5 and 2, which left two threads 10 rows against 7 (Inception-v3's
+    # 17x17 layers); none longer than rows_per_chunk
+    cdef Py_ssize_t row_chunks = (OH + rows_per_chunk - 1) // rows_per_chunk
+    if row_chunks % 2 and 1 < row_chunks < OH:
+        row_chunks += 1
+    cdef Py_ssize_t nchunks = row_chunks * row_pieces
     cdef Py_ssize_t items = N * groups * nchunks
     cdef Py_ssize_t chunk_cols = min(rows_per_chunk, OH) * cols_per_chunk
     cdef const float[::1] b
@@ -83,9 +90,9 @@ def f32_conv2d_im2col(const float[:, :, :, ::1] x, const float[::1] wpack, bias,
     cdef Im2colJob j = Im2colJob(xptr, &wpack[0], bptr, &out[0, 0, 0, 0], &work[0],
                                  per_thread, x.strides[0] // 4, x.strides[1] // 4,
                                  out.strides[0] // 4, H, W, OH, OW, kh, kw, sh, sw, pt, pl,
-                                 dh, dw, groups, Cg, Kg, kdim, nmb, nchunks, row_pieces,
-                                 rows_per_chunk, cols_per_chunk, ce_pg_act_later(act),
-                                 ce_pg_store_act(act), act)
+                                 dh, dw, groups, Cg, Kg, kdim, nmb, nchunks, row_chunks,
+                                 row_pieces, rows_per_chunk, cols_per_chunk,
+                                 ce_pg_act_later(act), ce_pg_store_act(act), act)
     with nogil:
         ce_pool_for(num_threads, items, _im2col_chunks, &j)
 
@@ -98,7 +105,8 @@ ctypedef struct Im2colJob:
     float* work
     Py_ssize_t per_thread, x_img, x_chan, out_img, H, W, OH, OW
     int kh, kw, sh, sw, pt, pl, dh, dw
-    Py_ssize_t groups, Cg, Kg, kdim, nmb, nchunks, row_pieces, rows_per_chunk, cols_per_chunk
+    Py_ssize_t groups, Cg, Kg, kdim, nmb, nchunks, row_chunks, row_pieces, rows_per_chunk
+    Py_ssize_t cols_per_chunk
     bint later                  # an activation past the clamps, over each block row at once
     ce_act_t sact, act
 
@@ -117,8 +125,8 @@ cdef void _im2col_chunks(void* job, int thread, Py_ssize_t lo, Py_ssize_t hi) no
         n = it // (j.groups * j.nchunks)
         g = (it // j.nchunks) % j.groups
         ch = it % j.nchunks
-        oy0 = (ch // j.row_pieces) * j.rows_per_chunk
-        oy1 = min(oy0 + j.rows_per_chunk, OH)
+        oy0 = (ch // j.row_pieces) * OH // j.row_chunks
+        oy1 = (ch // j.row_pieces + 1) * OH // j.row_chunks
         ox0 = (ch % j.row_pieces) * j.cols_per_chunk
         ox1 = min(ox0 + j.cols_per_chunk, OW)
         ncols = (oy1 - oy0) * (ox1 - ox0)

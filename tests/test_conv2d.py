@@ -509,3 +509,30 @@ def test_im2col_cuts_long_rows_into_an_even_number_of_bounded_pieces(kdim, ow):
     assert rows == 1
     assert -(-ow // cols) % 2 == 0
     assert cols * kdim * 4 <= IM2COL_CHUNK_BYTES
+
+
+@pytest.mark.parametrize("oh,rows", [(17, 5), (9, 2), (7, 3), (10, 10), (13, 1)])
+def test_im2col_row_chunks_split_the_rows_evenly(oh, rows):
+    """Whole rows in an even number of chunks of even length (17 rows of at most 5 as 4, 4, 4
+    and 5): every output row is written (the output starts as NaN) and matches the float64
+    reference per element, with the same bits at one and two threads."""
+    from engine._kernels import conv_im2col
+    from engine.ops import packed_gemm
+    rng = np.random.default_rng(oh)
+    c, k, h = 6, 13, oh + 2
+    x = rng.standard_normal((2, c, h, 11)).astype(np.float32)
+    w = rng.standard_normal((k, c, 3, 3)).astype(np.float32)
+    wpack = packed_gemm.pack_rows(w.reshape(k, -1), 1)
+    want = conv2d_ref(x, w, None, (1, 1), ((0, 0), (0, 0)), (1, 1), 1)
+    got = {}
+    for nt in (1, 2):
+        out = np.full((2, k, oh, 9), np.nan, np.float32)
+        work = np.zeros(conv_im2col.work_floats(c * 9, 9, rows * 9, nt) + 16, np.float32)
+        start = (-work.ctypes.data % 64) // 4
+        conv_im2col.f32_conv2d_im2col(x, wpack, None, out, 3, 3, 1, 1, 0, 0, 1, 1, 1, rows, 9,
+                                      NO_ACT, nt, work[start:start + work.size - 16])
+        got[nt] = out
+    # each output sums 54 products of unit normals in float32
+    bound = 54 * 2.0 ** -23 * np.abs(x).max() * np.abs(w).max() * 4
+    assert np.all(np.abs(got[1] - want) <= bound)
+    np.testing.assert_array_equal(got[1], got[2])

@@ -28,7 +28,8 @@ def im2col_chunk(kdim: int, out_size) -> tuple[int, int]:
     buffer bound, else pieces of one row; and at least two chunks for layers of more than one
     row's worth of columns, so two threads share an image. Rows are cut into an even number of
     pieces, so that two threads get equal shares (a 1-D layer of 4096 columns had 7 pieces,
-    4 against 3: 0.53 ms at two threads, 0.44 with 8). Depends on the shape only."""
+    4 against 3: 0.53 ms at two threads, 0.44 with 8); whole rows go in an even number of
+    chunks of even length too (the kernel's). Depends on the shape only."""
     oh, ow = out_size
     budget = max(16, IM2COL_CHUNK_BYTES // (4 * kdim))      # output pixels per chunk
     if ow <= budget:
