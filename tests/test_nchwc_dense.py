@@ -597,14 +597,16 @@ def test_a_densenet_layer_stays_blocked_through_its_batch_norms(rng):
 
 def test_eight_float_builds_keep_wide_and_stem_dense_layers_on_nchw(monkeypatch):
     """Built for 8-float vectors, the dense blocked kernel takes neither layers of over
-    DENSE_8F_MAX_TAPS taps nor stems of fewer input channels than DENSE_8F_MIN_IN_CHANNELS (it
-    ran them slower than NCHW) and says why; narrower layers it still takes; 16-float builds
-    take all of them."""
+    DENSE_8F_MAX_TAPS taps that it would read without its padded copy of the input, nor stems
+    of fewer input channels than DENSE_8F_MIN_IN_CHANNELS (it ran them slower than NCHW), and
+    says why; narrower layers, and wide ones with the copy, it takes; 16-float builds take all
+    of them."""
     from engine.dispatch import ConvParams
     from engine.dispatch.conv import ASSUME_VECTOR_FLOATS_ENV
-    from engine.dispatch.layout import DENSE_8F_MAX_TAPS, blocked_kernel
+    from engine.dispatch.layout import DENSE_8F_MAX_TAPS, blocked_kernel, padded_copy_fits
     pads = ((1, 1), (1, 1))
     wide = ConvParams(256, 256, (3, 3), (2, 2), (1, 1), 1, pads, (14, 14))
+    huge = wide._replace(in_size=(400, 400))        # a 165 MB copy
     stem = ConvParams(3, 64, (7, 7), (2, 2), (1, 1), 1, ((3, 3), (3, 3)), (224, 224))
     narrow = ConvParams(64, 64, (3, 3), (2, 2), (1, 1), 1, pads, (28, 28))
     assert 64 * 9 <= DENSE_8F_MAX_TAPS < 256 * 9
@@ -612,10 +614,14 @@ def test_eight_float_builds_keep_wide_and_stem_dense_layers_on_nchw(monkeypatch)
     assert [blocked_kernel(p, blocked_input=True)[0] for p in (wide, stem, narrow)] == [
         "dense"] * 3
     monkeypatch.setenv(ASSUME_VECTOR_FLOATS_ENV, "8")
-    for p in (wide, stem):
+    # past DENSE_8F_MAX_TAPS only with the padded copy of its input: not on a map whose copy
+    # is over DENSE_PADDED_MAX_BYTES, nor of an unknown size
+    assert padded_copy_fits(wide) and not padded_copy_fits(huge)
+    for p in (huge, wide._replace(in_size=None), stem):
         kind, why = blocked_kernel(p, blocked_input=True)
         assert kind is None and "8-float vectors" in why, why
-    assert blocked_kernel(narrow, blocked_input=True)[0] == "dense"
+    for p in (narrow, wide):
+        assert blocked_kernel(p, blocked_input=True)[0] == "dense"
 
 
 def test_eight_float_builds_take_small_layers_on_small_maps_whatever_their_taps(monkeypatch):

@@ -10,10 +10,12 @@ layer a blocked kernel can run, neighbours or not.
 """
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 from ..ops.activation import is_activation
 from ..ops.blocked import BLOCK
+from ..shapes import input_extent
 from .conv import ConvParams, choose_conv2d, drop_padding_taps, is_depthwise, vector_floats
 from .gemm import gemm_columns
 from .policy import current_policy
@@ -84,10 +86,14 @@ POINTWISE_ALONE_MIN_WASTE = 1.25
 DEPTHWISE_ALONE_MIN_TAPS = 25
 POINTWISE_ALONE_MIN_WEIGHTS = 1 << 17
 # On 8-float builds (AVX2, tiles of 6 pixels x 2 blocks), most taps of a layer the dense
-# blocked kernel runs, and fewest input channels: from 1152 taps the 3x3 stride-2 layers of
-# ResNet-18/50 ran 11-40% slower than on NCHW (im2col and the packed GEMM), and the 7x7
-# stride-2 stems on 3 channels, whose tile does a tap's pointer work for 3 channels,
-# 4.3 ms against 3.1 (bench/bench_zoo.py, DenseNet-121, ResNet-50, ResNet-18).
+# blocked kernel runs reading its input as it is (taps checked), and fewest input channels.
+# Read unchecked from a padded copy of the input (dense_padded) it takes any number of taps:
+# against ONNX Runtime's Conv alone, one thread, 192->192 1x7 on 17x17 1.01x (im2col and the
+# packed GEMM 1.48x, checked taps 1.61x), 128->128 3x3 stride 2 on 56x56 1.21x (1.54x,
+# 1.88x); Inception-v3 0.87 of its time at one and two threads, AlexNet 0.93, ResNet-18
+# 0.97-0.99, ResNet-50 0.99-1.00 (A/B in one process, bench/bench_zoo.py models). The 7x7
+# stride-2 stems on 3 channels, whose tile does a tap's pointer work for 3 channels, ran
+# 4.3 ms against 3.1 (ResNet-50).
 DENSE_8F_MAX_TAPS = 1024
 DENSE_8F_MIN_IN_CHANNELS = 8
 # On 8-float builds, layers on small maps with small weights run on the dense blocked kernel
@@ -240,6 +246,19 @@ def winograd_shaped(p: ConvParams) -> bool:
     ) and not small_dense(p)
 
 
+def padded_copy_fits(p: ConvParams) -> bool:
+    """Whether the dense blocked kernel's copy of one image's input with its padding (the
+    window the output reads, channels in whole blocks) is known to fit DENSE_PADDED_MAX_BYTES;
+    with more than one group, only planes of at most GROUPED_PADDED_MAX_PIXELS take it."""
+    if p.in_size is None or p.pads is None:
+        return False
+    plane = math.prod(input_extent(o, k, s, d) for o, k, s, d in zip(
+        p.out_size, p.kernel, p.stride, p.dilation))
+    copy_bytes = 4 * -(-p.in_channels // BLOCK) * BLOCK * plane
+    return copy_bytes <= DENSE_PADDED_MAX_BYTES and (
+        p.groups == 1 or plane <= GROUPED_PADDED_MAX_PIXELS)
+
+
 def small_dense(p: ConvParams) -> bool:
     """On 8-float builds, a one-group layer of a known input size with at most
     DENSE_8F_SMALL_MAP_PIXELS output pixels and DENSE_8F_SMALL_WEIGHT_BYTES of weights: the
@@ -299,13 +318,13 @@ def blocked_kernel(p: ConvParams, activation=None, residual: Optional[bool] = No
                       f"stride {p.stride[0]}x{p.stride[1]} {p.in_channels}->{p.out_channels} "
                       f"groups {p.groups} ({taps} taps)")
     if kind == "dense" and vector_floats() < 16 and (
-            taps > DENSE_8F_MAX_TAPS and not small_dense(p)
+            taps > DENSE_8F_MAX_TAPS and not small_dense(p) and not padded_copy_fits(p)
             or p.in_channels < DENSE_8F_MIN_IN_CHANNELS):
         return None, (f"{p.in_channels}->{p.out_channels} {p.kernel[0]}x{p.kernel[1]} ({taps} "
                       f"taps): built for {vector_floats()}-float vectors, the dense blocked "
-                      f"kernel runs layers of over {DENSE_8F_MAX_TAPS} taps (but small ones "
-                      f"on small maps) or under {DENSE_8F_MIN_IN_CHANNELS} input channels "
-                      f"slower than NCHW")
+                      f"kernel runs layers of over {DENSE_8F_MAX_TAPS} taps without its padded "
+                      f"copy of the input (but small ones on small maps) or under "
+                      f"{DENSE_8F_MIN_IN_CHANNELS} input channels slower than NCHW")
     if residual is not None and kind not in ("pointwise", "dense", "winograd"):
         return None, ("a residual add, which only the pointwise, dense and Winograd blocked "
                       "kernels make")
