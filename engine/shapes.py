@@ -77,6 +77,14 @@ def input_extent(out: int, k: int, s: int, d: int) -> int:
     return (out - 1) * s + effective_kernel(k, d)
 
 
+def window_pixels(out_size, kernel, stride, dilation) -> int:
+    """Input pixels (padding included) of the window an output plane of ``out_size`` reads."""
+    n = 1
+    for o, k, s, d in zip(out_size, kernel, stride, dilation):
+        n *= input_extent(o, k, s, d)
+    return n
+
+
 def conv_output_size(i: int, k: int, s: int, p_begin: int, p_end: int, d: int) -> int:
     return (i + p_begin + p_end - effective_kernel(k, d)) // s + 1
 

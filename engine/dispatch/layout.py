@@ -10,12 +10,11 @@ layer a blocked kernel can run, neighbours or not.
 """
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 from ..ops.activation import is_activation
 from ..ops.blocked import BLOCK
-from ..shapes import input_extent
+from ..shapes import window_pixels
 from .conv import ConvParams, choose_conv2d, drop_padding_taps, is_depthwise, vector_floats
 from .gemm import gemm_columns
 from .policy import current_policy
@@ -247,16 +246,14 @@ def winograd_shaped(p: ConvParams) -> bool:
 
 
 def padded_copy_fits(p: ConvParams) -> bool:
-    """Whether the dense blocked kernel's copy of one image's input with its padding (the
-    window the output reads, channels in whole blocks) is known to fit DENSE_PADDED_MAX_BYTES;
-    with more than one group, only planes of at most GROUPED_PADDED_MAX_PIXELS take it."""
+    """Whether the dense blocked kernel is known to read one image's input from its padded
+    copy (dense_padded, the weights taken as finite): the window the output reads, channels
+    in whole blocks."""
     if p.in_size is None or p.pads is None:
         return False
-    plane = math.prod(input_extent(o, k, s, d) for o, k, s, d in zip(
-        p.out_size, p.kernel, p.stride, p.dilation))
+    plane = window_pixels(p.out_size, p.kernel, p.stride, p.dilation)
     copy_bytes = 4 * -(-p.in_channels // BLOCK) * BLOCK * plane
-    return copy_bytes <= DENSE_PADDED_MAX_BYTES and (
-        p.groups == 1 or plane <= GROUPED_PADDED_MAX_PIXELS)
+    return dense_padded(p.groups, True, copy_bytes, plane)[0]
 
 
 def small_dense(p: ConvParams) -> bool:

@@ -21,7 +21,7 @@ from ..ops import blocked
 from ..ops.activation import kernel_act
 from ..ops.pool import onnx_avgpool_divisor
 from ..ops.workspace import workspace
-from ..shapes import input_extent, tap_rectangles
+from ..shapes import tap_rectangles, window_pixels
 from .ops import F32, Info, Op, same_shape_inputs
 
 # Multiply-adds per thread of a blocked depthwise step, a quarter of threads_for's default:
@@ -328,8 +328,7 @@ class BlockedConv(_Internal):
             self.padded_floats = nchwc_dense.dense_padded_floats(
                 n, blocked.blocks(c), *self.conv_shape[2:], kh, kw, *conv.strides,
                 *conv.dilations)
-            plane = math.prod(input_extent(o, k, s, d) for o, k, s, d in zip(
-                self.conv_shape[2:], (kh, kw), conv.strides, conv.dilations))
+            plane = window_pixels(self.conv_shape[2:], (kh, kw), conv.strides, conv.dilations)
             self.padded = dense_padded(conv.group, bool(np.isfinite(conv.w).all()),
                                        4 * self.padded_floats, plane)
 
