@@ -346,6 +346,73 @@ def test_blocked_strided_layers_with_a_dilation_past_the_map(algorithm, rng):
                             (1 << 12, 1), 1, algorithm)
 
 
+@pytest.mark.parametrize("kernel,stride,dil,pad", [
+    ((3, 3), 1, 1, 1), ((3, 3), 2, 1, 1), ((5, 5), 1, 2, "same"), ((1, 3), 1, 1, (0, 1, 0, 2)),
+    ((3, 3), 3, 1, 0), ((1, 1), 2, 1, 0)])
+def test_blocked_dense_runs_groups_of_whole_blocks(kernel, stride, dil, pad, rng):
+    """blocked_dense takes groups whose channels fill whole blocks each way (16 a group: one
+    or two blocks), each group on its own blocks: the reference's values, and 1 and 2 threads
+    bit-identical on a layer large enough for two."""
+    for size, groups, batch in [((7, 9), 2, 3), ((40, 40), 4, 1), ((1, 1), 2, 1)]:
+        c = k = 16 * groups
+        x = rng.standard_normal((batch, c) + size, dtype=np.float32)
+        w = rng.standard_normal((k, 16) + kernel, dtype=np.float32)
+        b = rng.standard_normal(k, dtype=np.float32)
+        try:
+            layer = engine.Conv2d(w, b, stride, pad, dil, groups, algorithm="blocked_dense")
+            g = layer.geometry(x.shape)
+        except ValueError as e:
+            assert "larger than" in str(e) or "kernel" in str(e)
+            continue
+        ys = []
+        for threads in (1, 2):
+            y = np.empty(layer.output_shape(x.shape), np.float32)
+            layer.run(x, y, g, threads)
+            ys.append(y)
+        np.testing.assert_array_equal(ys[0], ys[1])
+        check_against_reference(ys[0], x, w, b, (stride, stride), g.pads, (dil, dil), groups,
+                                "blocked_dense")
+        if size == (40, 40):
+            assert threads_for(g.macs, 2) == 2
+    p = dispatch.ConvParams(24, 24, (3, 3), (1, 1), (1, 1), 2, ((1, 1), (1, 1)), (8, 8))
+    assert "whole channel blocks" in dispatch.why_not("blocked_dense", p)   # 12 a group
+    assert "runs one group," in dispatch.why_not("blocked_bands", p._replace(
+        in_channels=32, out_channels=32))
+
+
+def test_eight_float_builds_run_layers_alone_on_blocks(monkeypatch):
+    """On 8-float builds the NCHW rules give a layer alone the dense blocked tiles, a layout
+    change each way, wherever a graph would give it the dense blocked kernel (strided 3x3,
+    3x3 of few channels, 5x5), and Winograd on blocks to 3x3 layers in groups of whole
+    blocks on maps of 28x28 and more; Winograd-shaped layers keep NCHW Winograd and the
+    3-channel stem direct_blocked (bench/bench_conv2d.py --algorithm)."""
+    from engine.dispatch.conv import ASSUME_VECTOR_FLOATS_ENV, choose_nchw_kernels
+    monkeypatch.setenv(ASSUME_VECTOR_FLOATS_ENV, "8")
+
+    def choose(**kw):
+        base = dict(in_channels=64, out_channels=128, kernel=(3, 3), stride=(2, 2),
+                    dilation=(1, 1), groups=1, pads=((1, 1), (1, 1)), in_size=(56, 56))
+        base.update(kw)
+        p = dispatch.ConvParams(**base)
+        return dispatch.choose_conv2d(p)[0], choose_nchw_kernels(p)[0]
+    assert choose() == ("blocked_dense", "im2col")
+    assert choose(in_channels=16, out_channels=32, in_size=(112, 112)) == (
+        "blocked_dense", "direct_blocked")
+    assert choose(in_channels=32, out_channels=32, stride=(1, 1), kernel=(5, 5),
+                  pads=((2, 2), (2, 2)), in_size=(28, 28))[0] == "blocked_dense"
+    grouped = dict(in_channels=128, out_channels=128, stride=(1, 1), groups=8)
+    assert choose(**grouped, in_size=(28, 28))[0] == "blocked_winograd"
+    assert choose(**grouped, in_size=(14, 14))[0] == "blocked_dense"
+    assert choose(**dict(grouped, groups=32), in_size=(14, 14))[0] != "blocked_dense"  # 4 a group
+    assert choose(in_channels=256, out_channels=256, stride=(1, 1))[0] == "winograd_f43"
+    assert choose(in_channels=3, out_channels=64, kernel=(7, 7), pads=((3, 3), (3, 3)),
+                  in_size=(224, 224))[0] == "direct_blocked"
+    assert choose(kernel=(1, 1), stride=(1, 1), pads=((0, 0), (0, 0)))[0] == "pointwise"
+    assert choose(in_size=None)[0] not in dispatch.conv.BLOCKED_ALGORITHMS
+    monkeypatch.setenv(ASSUME_VECTOR_FLOATS_ENV, "16")
+    assert choose()[0] == "blocked_bands"
+
+
 def test_dispatcher_rules():
     def choose(**kw):
         base = dict(in_channels=64, out_channels=64, kernel=(3, 3), stride=(1, 1),

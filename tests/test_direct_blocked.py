@@ -203,11 +203,13 @@ def test_dispatch_and_limits():
 def test_dispatch_on_8_float_builds(monkeypatch):
     """With 8-float vectors (AVX2) direct_blocked takes outputs from 7 columns (grouped
     RegNet layers, small maps), but leaves 3x3 stride-1 layers on wide maps with more than 16
-    channels a side to Winograd; the AVX-512 rule keeps its 28 columns."""
-    from engine.dispatch.conv import ASSUME_VECTOR_FLOATS_ENV
+    channels a side to Winograd; the AVX-512 rule keeps its 28 columns. These are the rules
+    among the NCHW kernels (a layer alone may go to channel blocks before them: tests/
+    test_conv2d.py test_eight_float_builds_run_layers_alone_on_blocks)."""
+    from engine.dispatch.conv import ASSUME_VECTOR_FLOATS_ENV, choose_nchw_kernels
 
     def choice(c, k, size, stride=1, groups=1):
-        return dispatch.choose_conv2d(dispatch.ConvParams(
+        return choose_nchw_kernels(dispatch.ConvParams(
             c, k, (3, 3), (stride, stride), (1, 1), groups, ((1, 1), (1, 1)), (size, size)))[0]
     grouped = (208, 208, 14, 1, 26)
     assert choice(*grouped) != "direct_blocked"                       # 16-float rules
@@ -221,7 +223,7 @@ def test_dispatch_on_8_float_builds(monkeypatch):
     assert choice(16, 16, 224) == "direct_blocked"
     strided_1x1 = dispatch.ConvParams(16, 32, (1, 1), (2, 2), (1, 1), 1, ((0, 0), (0, 0)),
                                       (224, 224))
-    assert dispatch.choose_conv2d(strided_1x1)[0] == "im2col"
+    assert choose_nchw_kernels(strided_1x1)[0] == "im2col"
 
 
 def test_kernel_rejects_bad_arguments(rng):

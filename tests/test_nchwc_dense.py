@@ -632,7 +632,7 @@ def test_eight_float_builds_take_small_layers_on_small_maps_whatever_their_taps(
     size, does not; F(4x4,3x3)'s layers too (SqueezeNet's 64->256 on 13x13); 16-float builds
     run Winograd on blocks."""
     from engine.dispatch import ConvParams, choose_conv2d
-    from engine.dispatch.conv import ASSUME_VECTOR_FLOATS_ENV
+    from engine.dispatch.conv import ASSUME_VECTOR_FLOATS_ENV, choose_nchw_kernels
     from engine.dispatch.layout import (DENSE_8F_MAX_TAPS, DENSE_8F_SMALL_MAP_PIXELS,
                                         DENSE_8F_SMALL_WEIGHT_BYTES, blocked_kernel,
                                         winograd_shaped)
@@ -648,7 +648,8 @@ def test_eight_float_builds_take_small_layers_on_small_maps_whatever_their_taps(
     assert 4 * 64 * 256 * 9 <= DENSE_8F_SMALL_WEIGHT_BYTES < 4 * 256 * 128 * 9
     monkeypatch.setenv(ASSUME_VECTOR_FLOATS_ENV, "8")
     if _info.vector_floats() == 8:     # the NCHW tile model counts the build's GEMM panels
-        assert choose_conv2d(expand)[0] == "winograd_f43"
+        assert choose_nchw_kernels(expand)[0] == "winograd_f43"
+        assert choose_conv2d(expand)[0] == "blocked_dense"     # alone, NCHW in and out
     for p in (small, seven, strided, expand):
         assert not winograd_shaped(p)
         assert blocked_kernel(p, blocked_input=True)[0] == "dense"

@@ -147,6 +147,12 @@ ALGORITHMS = ("direct", "im2col", "pointwise", "winograd_f23", "winograd_f43", "
               "blocked_bands", "blocked_dense", "blocked_winograd")
 
 
+def _why_not_blocked_build() -> Optional[str]:
+    from .layout import blocked_layout_pays
+    pays, why = blocked_layout_pays()
+    return None if pays else why
+
+
 def why_not(algorithm: str, p: ConvParams) -> Optional[str]:
     """None if ``algorithm`` can run the layer, else the reason it cannot."""
     if algorithm in ("direct", "im2col", "live_taps"):
@@ -161,17 +167,14 @@ def why_not(algorithm: str, p: ConvParams) -> Optional[str]:
             return (f"blocked_winograd needs one group or groups of whole channel blocks "
                     f"(multiples of {BLOCK} channels each way), got {p.in_channels}->"
                     f"{p.out_channels} in {p.groups} groups")
-        if vector_floats() < 16:
-            return (f"blocked_winograd needs 16-float vectors, the kernels were built for "
-                    f"{vector_floats()}")
-        return None
+        return _why_not_blocked_build()
     if algorithm in ("blocked_bands", "blocked_dense"):
-        if p.groups != 1:
-            return f"{algorithm} runs one group, got {p.groups}"
-        if vector_floats() < 16:
-            return (f"{algorithm} needs 16-float vectors, the kernels were built for "
-                    f"{vector_floats()}: its tiles would spill from registers")
-        return None
+        from .layout import groups_fill_blocks
+        if p.groups != 1 and not (algorithm == "blocked_dense" and groups_fill_blocks(p)):
+            return (f"{algorithm} runs one group" + (" or groups of whole channel blocks"
+                                                     if algorithm == "blocked_dense" else "")
+                    + f", got {p.in_channels}->{p.out_channels} in {p.groups} groups")
+        return _why_not_blocked_build()
     if algorithm == "direct_blocked":
         # the tap offsets and stride phases of one row live in fixed arrays in the kernel
         if p.kernel[1] > 64 or p.stride[1] > 64:
@@ -384,14 +387,49 @@ def choose_conv2d(p: ConvParams, exclude=frozenset()) -> tuple[str, str]:
     """The ordered rules. The first that matches decides, skipping algorithms in ``exclude``
     (accuracy="strict" keeps engine/dispatch/policy.py STRICT_EXCLUDED out). Never chosen:
     "direct" (the reference loops and the float64 path)."""
-    for algorithm, reason in _rules(p):
+    for algorithm, reason in _rules(p, exclude):
         if algorithm not in exclude:
             return algorithm, reason
     return "im2col", "general case: im2col + GEMM handles any stride, padding and dilation"
 
 
-def _rules(p: ConvParams):
-    """(algorithm, reason) of every rule that matches, in order; the last always does."""
+def choose_nchw_kernels(p: ConvParams, exclude=frozenset()) -> tuple[str, str]:
+    """choose_conv2d among the algorithms that run on NCHW itself, without a layout change
+    to channel blocks: what a layer would run if it did not run blocked (engine/dispatch/
+    layout.py asks it)."""
+    return choose_conv2d(p, frozenset(exclude) | BLOCKED_ALGORITHMS)
+
+
+# The algorithms that change the layout to channel blocks and back around the layer.
+BLOCKED_ALGORITHMS = frozenset({"blocked_bands", "blocked_dense", "blocked_winograd"})
+
+
+def _blocked_on_8_floats(p: ConvParams) -> Optional[str]:
+    """On 8-float (AVX2) builds, where a layer runs faster on channel blocks with a layout
+    change each way than by the NCHW algorithms: "blocked_winograd" for 3x3 stride-1 layers in
+    groups of whole blocks with at least GROUPED_WINOGRAD_MIN_PIXELS outputs, "blocked_dense"
+    wherever a graph would give the layer the dense blocked kernel (engine/dispatch/layout.py
+    blocked_kernel); else None. One thread, against ONNX Runtime's Conv alone: strided 3x3
+    layers (16->32 to 512->512) 1.10-1.32x against 1.3-3.3x by im2col or direct_blocked,
+    stride-1 3x3 of 8 to 64 channels and 5x5 1.06-1.27x against 1.33-1.97x, RegNet's and
+    ResNeXt's grouped 3x3 0.78-0.90x (Winograd, 28x28 and 56x56) and 1.07-1.18x (dense,
+    14x14 and 7x7) against 1.5-1.8x by direct_blocked (bench/bench_conv2d.py --algorithm)."""
+    from .layout import (GROUPED_WINOGRAD_MIN_PIXELS, blocked_kernel, blocked_layout_pays,
+                         groups_fill_blocks)
+    if (vector_floats() >= 16 or p.in_size is None or p.pads is None
+            or not blocked_layout_pays()[0]):
+        return None
+    if (p.groups > 1 and groups_fill_blocks(p) and p.kernel == (3, 3) and p.stride == (1, 1)
+            and p.dilation == (1, 1)
+            and p.out_size[0] * p.out_size[1] >= GROUPED_WINOGRAD_MIN_PIXELS):
+        return "blocked_winograd"
+    return "blocked_dense" if blocked_kernel(p)[0] == "dense" else None
+
+
+def _rules(p: ConvParams, exclude=frozenset()):
+    """(algorithm, reason) of every rule that matches, in order; the last always does. A rule
+    that asks the blocked rules (which ask choose_nchw_kernels) is skipped when ``exclude``
+    holds its algorithms."""
     cg, kg = p.in_channels // p.groups, p.out_channels // p.groups
     kh, kw = p.kernel
     # Rank-1 filters (Gaussian, Sobel, box) on one input channel per group: the two passes beat
@@ -405,6 +443,15 @@ def _rules(p: ConvParams):
         yield "depthwise", "groups == in_channels: one small filter per channel, no GEMM to feed"
     if is_pointwise(p):
         yield "pointwise", "1x1 stride-1 unpadded: the convolution is one GEMM on the input"
+    blocked_8f = None if BLOCKED_ALGORITHMS <= set(exclude) else _blocked_on_8_floats(p)
+    if blocked_8f == "blocked_winograd":
+        yield blocked_8f, (f"3x3 stride 1 in {p.groups} groups of {cg}->{kg} channels, whole "
+                           f"channel blocks, {p.out_size[0]}x{p.out_size[1]} outputs: Winograd "
+                           f"on blocks (8-float build), the layout changed around it")
+    elif blocked_8f == "blocked_dense":
+        yield blocked_8f, (f"{cg}->{kg} channels {kh}x{kw} stride {p.stride[0]}x{p.stride[1]} "
+                           f"in {p.groups} group(s): the dense channel-blocked tiles (8-float "
+                           f"build), the layout changed around them")
     if p.groups > 1 and p.kernel == (3, 3) and p.stride == (1, 1):
         from .layout import winograd_blocked
         if winograd_blocked(p):

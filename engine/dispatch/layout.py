@@ -15,7 +15,7 @@ from typing import Optional
 from ..ops.activation import is_activation
 from ..ops.blocked import BLOCK
 from ..shapes import window_pixels
-from .conv import ConvParams, choose_conv2d, drop_padding_taps, is_depthwise, vector_floats
+from .conv import ConvParams, choose_nchw_kernels, drop_padding_taps, is_depthwise, vector_floats
 from .gemm import gemm_columns
 from .policy import current_policy
 
@@ -205,7 +205,7 @@ def winograd_blocked(p: ConvParams) -> bool:
         return True
     if p.in_size is None or p.pads is None:
         return False
-    algorithm, _ = choose_conv2d(p, current_policy().excluded)
+    algorithm, _ = choose_nchw_kernels(p, current_policy().excluded)
     return algorithm in set(TILE_ALGORITHMS.values()) | {"dilated_s2b"}
 
 
@@ -225,7 +225,7 @@ def live_taps_blocked(p: ConvParams) -> bool:
     dropped = drop_padding_taps(p.in_size, p.kernel, p.stride, p.pads, p.dilation)
     if dropped is not None and all(first == last for first, last in dropped[:2]):
         return True
-    return choose_conv2d(p, current_policy().excluded)[0] == "live_taps"
+    return choose_nchw_kernels(p, current_policy().excluded)[0] == "live_taps"
 
 
 def winograd_shaped(p: ConvParams) -> bool:
@@ -239,7 +239,7 @@ def winograd_shaped(p: ConvParams) -> bool:
         return False
     if p.dilation != (1, 1):      # phases, live taps, taps dropped past the map: NCHW's own
         return True
-    algorithm, _ = choose_conv2d(p, current_policy().excluded)   # as the NCHW plan would
+    algorithm, _ = choose_nchw_kernels(p, current_policy().excluded)   # as the NCHW plan would
     return (algorithm in ("winograd_f43", "winograd_f63") or (
         algorithm == "winograd_f23" and p.in_channels // p.groups > WINOGRAD_BLOCKED_MAX_IN)
     ) and not small_dense(p)

@@ -187,7 +187,7 @@ class BlockedBands:
     def __init__(self, layer):
         self.layer = layer
         self.wpack = layer.transformed(
-            "blocked_dense", lambda: blocked.pack_dense(layer.weight, None)[0],
+            "blocked_dense", lambda: blocked.pack_dense(layer.weight, None, layer.groups)[0],
             blocked.packed_shapes("dense", layer.weight.shape)[0])
         self.bias = blocked.padded_bias(layer.bias, layer.out_channels)
 
@@ -236,7 +236,7 @@ class BlockedDense(BlockedBands):
             ob = bufs[1][:math.prod(oshape)].reshape(oshape)
             nchwc.f32_to_blocked(x, xb, threads)
             nchwc_dense.f32_conv2d_nchwc(xb, c, self.wpack, self.bias, None, ob, kh, kw, sh, sw,
-                                         g.pads[0][0], g.pads[1][0], dh, dw, L.act, threads, 1,
+                                         g.pads[0][0], g.pads[1][0], dh, dw, L.act, threads, L.groups,
                                          bufs[2] if padded else None)
             nchwc.f32_from_blocked(ob, out, threads)
         finally:
