@@ -41,10 +41,15 @@ ce_nc_direct_chunk(const float *x, int C, int H, int W, int iy0, int ix0, int sw
             for (int v = 0; v < kw; v++, w += CE_NC_B) {
                 ce_nc_vf wv = CE_NC_LD(w), wv1 = NK > 1 ? CE_NC_LD(w + wstride) : wv;
                 int ix = ix0 + v * dw;
+                /* inside the row, the pixels' inputs as offsets from one pointer: with the
+                 * stride a constant they fold into the loads' addresses, where indices were
+                 * hoisted to the stack and reloaded for each load */
+                const float *px = checked ? row : row + ix;
+#define CE_NC_DIRECT_X(j) (checked ? row[(ptrdiff_t)ix + (j) * sw] : px[(j) * sw])
 #define CE_NC_TAP(j, a, c)                                                                  \
                 if (j < CE_NC_DIRECT_PIXELS                                                 \
                     && (!checked || (j < np && ix + j * sw >= 0 && ix + j * sw < W))) {     \
-                    float xv = row[ix + j * sw];                                            \
+                    float xv = CE_NC_DIRECT_X(j);                                           \
                     a += wv * xv;                                                           \
                     if (NK > 1)                                                             \
                         c += wv1 * xv;                                                      \
@@ -52,11 +57,12 @@ ce_nc_direct_chunk(const float *x, int C, int H, int W, int iy0, int ix0, int sw
                 if (NK == 1 && j < CE_NC_DIRECT_PIXELS                                      \
                     && (!checked || (j + CE_NC_DIRECT_PIXELS < np && ix + (j + P) * sw >= 0 \
                                      && ix + (j + P) * sw < W)))                            \
-                    c += wv * row[ix + (j + P) * sw];
+                    c += wv * CE_NC_DIRECT_X(j + P);
                 CE_NC_TAP(0, a0, c0) CE_NC_TAP(1, a1, c1) CE_NC_TAP(2, a2, c2)
                 CE_NC_TAP(3, a3, c3) CE_NC_TAP(4, a4, c4) CE_NC_TAP(5, a5, c5)
                 CE_NC_TAP(6, a6, c6) CE_NC_TAP(7, a7, c7)
 #undef CE_NC_TAP
+#undef CE_NC_DIRECT_X
             }
         }
     }
@@ -105,7 +111,7 @@ ce_nc_direct_chunk4(const float *x, int C, int H, int W, int iy0, int ix0, int s
                 int ix = ix0 + v * dw;
 #define CE_NC_D4_TAP(j)                                                                     \
                 if (!checked || (j < np && ix + j * sw >= 0 && ix + j * sw < W)) {          \
-                    float xv = row[ix + j * sw];                                            \
+                    float xv = row[(ptrdiff_t)ix + j * sw];                                 \
                     a##j += w0 * xv;                                                        \
                     b##j += w1 * xv;                                                        \
                     c##j += w2 * xv;                                                        \
