@@ -627,36 +627,41 @@ def test_eight_float_builds_keep_wide_and_stem_dense_layers_on_nchw(monkeypatch)
 def test_eight_float_builds_take_small_layers_on_small_maps_whatever_their_taps(monkeypatch):
     """8-float builds: a layer with at most DENSE_8F_SMALL_MAP_PIXELS output pixels and
     DENSE_8F_SMALL_WEIGHT_BYTES of weights runs on the dense blocked kernel past
-    DENSE_8F_MAX_TAPS, F(2x2,3x3)'s 3x3 stride-1 layers included (DenseNet's 128->32);
-    the same layer on a larger map or with more output channels, and any layer of an unknown
-    size, does not; F(4x4,3x3)'s layers too (SqueezeNet's 64->256 on 13x13); 16-float builds
-    run Winograd on blocks."""
+    DENSE_8F_MAX_TAPS (a strided 128->32), as do larger ones whose padded copy fits; of an
+    unknown size, NCHW. 3x3 stride-1 layers run by Winograd
+    on blocks (SqueezeNet's 64->256 on 13x13, DenseNet's 128->32 on 14x14), but for those of
+    fewer than WINOGRAD_BLOCKED_8F_MIN_OUT output channels on maps of under
+    WINOGRAD_BLOCKED_8F_MIN_PIXELS outputs (DenseNet's 128->32 on 7x7): the dense kernel,
+    small as they are, or NCHW."""
     from engine.dispatch import ConvParams, choose_conv2d
     from engine.dispatch.conv import ASSUME_VECTOR_FLOATS_ENV, choose_nchw_kernels
     from engine.dispatch.layout import (DENSE_8F_MAX_TAPS, DENSE_8F_SMALL_MAP_PIXELS,
-                                        DENSE_8F_SMALL_WEIGHT_BYTES, blocked_kernel,
-                                        winograd_shaped)
+                                        DENSE_8F_SMALL_WEIGHT_BYTES,
+                                        WINOGRAD_BLOCKED_8F_MIN_OUT,
+                                        WINOGRAD_BLOCKED_8F_MIN_PIXELS, blocked_kernel)
     pads = ((1, 1), (1, 1))
     small = ConvParams(128, 32, (3, 3), (1, 1), (1, 1), 1, pads, (14, 14))
     seven = small._replace(in_size=(7, 7))
-    larger_map = small._replace(in_size=(28, 28))
-    more_out = small._replace(out_channels=256)
     expand = ConvParams(64, 256, (3, 3), (1, 1), (1, 1), 1, pads, (13, 13))
-    unknown = small._replace(in_size=None)
     strided = ConvParams(128, 32, (3, 3), (2, 2), (1, 1), 1, pads, (28, 28))
     assert 128 * 9 > DENSE_8F_MAX_TAPS and 14 * 14 <= DENSE_8F_SMALL_MAP_PIXELS < 28 * 28
     assert 4 * 64 * 256 * 9 <= DENSE_8F_SMALL_WEIGHT_BYTES < 4 * 256 * 128 * 9
+    assert 32 < WINOGRAD_BLOCKED_8F_MIN_OUT and 49 < WINOGRAD_BLOCKED_8F_MIN_PIXELS <= 14 * 14
     monkeypatch.setenv(ASSUME_VECTOR_FLOATS_ENV, "8")
     if _info.vector_floats() == 8:     # the NCHW tile model counts the build's GEMM panels
         assert choose_nchw_kernels(expand)[0] == "winograd_f43"
-        assert choose_conv2d(expand)[0] == "blocked_dense"     # alone, NCHW in and out
-    for p in (small, seven, strided, expand):
-        assert not winograd_shaped(p)
+        assert choose_conv2d(expand)[0] == "winograd_f43"   # alone, NCHW in and out
+    for p in (seven, strided, strided._replace(in_size=(27, 27))):
         assert blocked_kernel(p, blocked_input=True)[0] == "dense"
-    for p in (larger_map, more_out, unknown):
-        assert blocked_kernel(p, blocked_input=True)[0] is None
+    for p in (small, expand, small._replace(in_size=(28, 28)), seven._replace(out_channels=64),
+              small._replace(in_size=None)):
+        assert blocked_kernel(p, blocked_input=True)[0] == "winograd"
+    # larger: the padded copy's form (padded_copy_fits) or, of an unknown size, NCHW
+    for p in (strided._replace(in_size=(56, 56)), strided._replace(out_channels=256)):
+        assert blocked_kernel(p, blocked_input=True)[0] == "dense"
+    assert blocked_kernel(strided._replace(in_size=None), blocked_input=True)[0] is None
     monkeypatch.setenv(ASSUME_VECTOR_FLOATS_ENV, "16")
-    assert blocked_kernel(small, blocked_input=True)[0] == "winograd"
+    assert blocked_kernel(seven, blocked_input=True)[0] == "winograd"
 
 
 def test_the_padded_input_form_is_taken_where_it_was_measured(monkeypatch, rng):

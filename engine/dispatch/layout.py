@@ -54,12 +54,23 @@ GROUPED_MIN_WIDTH = 2
 # but on 14x14 and 7x7 both took 0.10-0.11, as on ResNeXt-50's 14x14 layers (0.34-0.37);
 # alone, weights warm, it led on every map (bench/bench_dispatch.py layout/grouped_winograd).
 GROUPED_WINOGRAD_MIN_PIXELS = 28 * 28
-# Fewest input channels of a 3x3 stride-1 layer that Winograd runs on blocks (16-float builds,
-# one group, no dilation: kernels/nchwc_winograd.pyx); below it the dense blocked kernel does.
-# One thread, ms, Winograd on blocks / dense blocked / NCHW's algorithm: 8->8 56x56
-# 0.071 / 0.082 / 0.054 (direct loops), 16->16 56x56 0.084 / 0.142 / 0.173, 64->64 56x56
-# 0.72 / 1.99 / 1.03, 256->256 14x14 0.77 / 2.40 / 1.13, 512->512 7x7 1.28 / 2.43 / 1.60
-# (bench/bench_dispatch.py layout/winograd).
+# On 8-float builds, Winograd on blocks runs one-group 3x3 layers too, but for those of fewer
+# than WINOGRAD_BLOCKED_8F_MIN_OUT output channels on maps under WINOGRAD_BLOCKED_8F_MIN_PIXELS
+# outputs, where its transforms outweigh what it saves: alone, one thread, against ONNX
+# Runtime's Conv, 128->32 on 7x7 1.61x against the dense blocked kernel's 1.33x, but on 14x14
+# 1.13x against 1.29x, 16->32 on 28x28 1.06x against 1.20x, 512->512 on 7x7 0.75x against
+# 1.01x, SqueezeNet's 48->192 on 13x13 0.97x against 1.38x (bench/bench_conv2d.py
+# --algorithm); in the models (A/B in one process, one thread) ResNet-18 0.85 of its time,
+# ResNet-50 0.93, DenseNet-121 0.79, GoogLeNet 0.90, Inception-v3 0.90, SqueezeNet 1.0 and
+# 1.1 0.80 and 0.86, VGG-11 0.85, FCN-ResNet50 0.83 (bench/bench_zoo.py models).
+WINOGRAD_BLOCKED_8F_MIN_OUT = 64
+WINOGRAD_BLOCKED_8F_MIN_PIXELS = 14 * 14
+# Fewest input channels of a 3x3 stride-1 layer that Winograd runs on blocks
+# (kernels/nchwc_winograd.pyx); below it the dense blocked kernel does. A 16-float build, one
+# group, no dilation, one thread, ms, Winograd on blocks / dense blocked / NCHW's algorithm:
+# 8->8 56x56 0.071 / 0.082 / 0.054 (direct loops), 16->16 56x56 0.084 / 0.142 / 0.173, 64->64
+# 56x56 0.72 / 1.99 / 1.03, 256->256 14x14 0.77 / 2.40 / 1.13, 512->512 7x7 1.28 / 2.43 /
+# 1.60 (bench/bench_dispatch.py layout/winograd).
 WINOGRAD_BLOCKED_MIN_IN = 8
 # On 8-float builds, most input channels per group of a 3x3 layer that NCHW would run by
 # F(2x2,3x3) and that runs on the dense blocked kernel instead: one thread, ms, F(2x2) / dense
@@ -186,18 +197,21 @@ def why_not_layout(layout) -> Optional[str]:
 
 
 def winograd_blocked(p: ConvParams) -> bool:
-    """A 3x3 stride-1 layer of at least WINOGRAD_BLOCKED_MIN_IN input channels on a 16-float
-    build, with a Winograd tile the policy allows, of one group or undilated with groups of
+    """A 3x3 stride-1 layer of at least WINOGRAD_BLOCKED_MIN_IN input channels, with a
+    Winograd tile the policy allows, of one group or (16-float builds) undilated with groups of
     whole blocks, and if dilated one that NCHW's rules give Winograd or space-to-batch (not
     live taps or taps dropped past the map: most of its taps read padding): the Winograd
     kernel on blocks runs it, on the phase sub-images, a group's blocks at a time. Grouped,
-    only on maps of GROUPED_WINOGRAD_MIN_PIXELS outputs or more."""
+    only on maps of GROUPED_WINOGRAD_MIN_PIXELS outputs or more; on 8-float builds not a layer
+    of few output channels on a small map (WINOGRAD_BLOCKED_8F_MIN_OUT)."""
     from .winograd import TILE_ALGORITHMS
     grouped_ok = (groups_fill_blocks(p) and p.dilation == (1, 1) and p.in_size is not None
                   and p.pads is not None
                   and p.out_size[0] * p.out_size[1] >= GROUPED_WINOGRAD_MIN_PIXELS)
-    if not (vector_floats() >= 16 and p.kernel == (3, 3) and p.stride == (1, 1)
-            and (p.groups == 1 or grouped_ok)
+    few_outputs_small_map = (p.out_channels < WINOGRAD_BLOCKED_8F_MIN_OUT
+                             and p.out_size[0] * p.out_size[1] < WINOGRAD_BLOCKED_8F_MIN_PIXELS)
+    if not ((vector_floats() >= 16 or p.groups == 1 and not few_outputs_small_map)
+            and p.kernel == (3, 3) and p.stride == (1, 1) and (p.groups == 1 or grouped_ok)
             and p.in_channels // p.groups >= WINOGRAD_BLOCKED_MIN_IN
             and not set(TILE_ALGORITHMS.values()) <= set(current_policy().excluded)):
         return False
