@@ -173,16 +173,21 @@ def test_fused_activation_on_extreme_outputs(algorithm, activation, rng):
     kw = dict(padding=pad, dilation=dil, groups=ckg[2])
     layer = engine.Conv2d(w, None, activation=activation, algorithm=algorithm, **kw)
     plain = engine.Conv2d(w, None, algorithm=algorithm, **kw)
-    g = layer.geometry(x.shape)
+    y = run_at_one_and_two_threads(layer, x, layer.geometry(x.shape))
+    want = apply_activation(plain(x), activation)
+    assert np.array_equal(np.isnan(y), np.isnan(want))
+    np.testing.assert_array_max_ulp(np.nan_to_num(y), np.nan_to_num(want), maxulp=2)
+
+
+def run_at_one_and_two_threads(layer, x, g):
+    """The layer's output at one thread, after checking that two give the same bits."""
     ys = []
     for threads in (1, 2):
         y = np.empty(layer.output_shape(x.shape), np.float32)
         layer.run(x, y, g, threads)
         ys.append(y)
     np.testing.assert_array_equal(ys[0], ys[1])
-    want = apply_activation(plain(x), activation)
-    assert np.array_equal(np.isnan(ys[0]), np.isnan(want))
-    np.testing.assert_array_max_ulp(np.nan_to_num(ys[0]), np.nan_to_num(want), maxulp=2)
+    return ys[0]
 
 
 # Layers big enough that the kernels really use two threads (threads_for checks the work).
@@ -364,13 +369,8 @@ def test_blocked_dense_runs_groups_of_whole_blocks(kernel, stride, dil, pad, rng
         except ValueError as e:
             assert "larger than" in str(e) or "kernel" in str(e)
             continue
-        ys = []
-        for threads in (1, 2):
-            y = np.empty(layer.output_shape(x.shape), np.float32)
-            layer.run(x, y, g, threads)
-            ys.append(y)
-        np.testing.assert_array_equal(ys[0], ys[1])
-        check_against_reference(ys[0], x, w, b, (stride, stride), g.pads, (dil, dil), groups,
+        y = run_at_one_and_two_threads(layer, x, g)
+        check_against_reference(y, x, w, b, (stride, stride), g.pads, (dil, dil), groups,
                                 "blocked_dense")
         if size == (40, 40):
             assert threads_for(g.macs, 2) == 2
