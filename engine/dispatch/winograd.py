@@ -92,8 +92,9 @@ TILE_REL_ERROR = {2: 4e-6, 4: 6e-5, 6: 1.2e-4}
 TILE_ALGORITHMS = {2: "winograd_f23", 4: "winograd_f43", 6: "winograd_f63"}
 
 
-# The kernel on channel-blocked tensors (kernels/nchwc_winograd.pyx; fitted on a 16-float
-# build, used on 8-float ones too): its
+# The kernel on channel-blocked tensors (kernels/nchwc_winograd.pyx), fitted on a 16-float
+# build and used on 8-float ones too: refitted on the AVX2 machine, a model picked tiles that
+# lost 5.0% on average against this one's 3.5% (bench_winograd_tiles.py --blocked). Its
 # GEMMs are the pointwise kernel's over the tiles, which read U once per strip of tiles and
 # overlap that read with their multiply-adds, so the GEMM stage costs the larger of the two
 # (512->512 on 7x7: F(2x2)'s GEMMs are bound by their flops, F(4x4)'s by U's 38 MB). Fitted by
