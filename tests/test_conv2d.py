@@ -402,6 +402,11 @@ def test_eight_float_builds_run_layers_alone_on_blocks(monkeypatch):
                   pads=((2, 2), (2, 2)), in_size=(28, 28))[0] == "blocked_dense"
     grouped = dict(in_channels=128, out_channels=128, stride=(1, 1), groups=8)
     assert choose(**grouped, in_size=(28, 28))[0] == "blocked_winograd"
+    # alone only: in a graph the dense kernel keeps it (engine/dispatch/layout.py)
+    from engine.dispatch.layout import blocked_kernel, winograd_blocked
+    p28 = dispatch.ConvParams(128, 128, (3, 3), (1, 1), (1, 1), 8, ((1, 1), (1, 1)), (28, 28))
+    assert winograd_blocked(p28, alone=True) and not winograd_blocked(p28)
+    assert blocked_kernel(p28)[0] == "dense"
     assert choose(**grouped, in_size=(14, 14))[0] == "blocked_dense"
     assert choose(**dict(grouped, groups=32), in_size=(14, 14))[0] != "blocked_dense"  # 4 a group
     assert choose(in_channels=256, out_channels=256, stride=(1, 1))[0] == "winograd_f43"

@@ -682,6 +682,12 @@ def test_the_padded_input_form_is_taken_where_it_was_measured(monkeypatch, rng):
         assert not dense_padded(*args)[0]
     monkeypatch.setenv(ASSUME_VECTOR_FLOATS_ENV, "16")
     assert not dense_padded(1, True, 1 << 20, 49)[0]
+    # a layer alone (engine.Conv2d's blocked_dense) takes the copy on any build, by the same
+    # limits
+    assert dense_padded(1, True, 1 << 20, 49, alone=True)[0]
+    for args in ((2, True, 1 << 20, big), (1, False, 1 << 20, 49),
+                 (1, True, DENSE_PADDED_MAX_BYTES + 1, 49)):
+        assert not dense_padded(*args, alone=True)[0]
     monkeypatch.setenv(ASSUME_VECTOR_FLOATS_ENV, "8")
 
     def graph(w3):

@@ -170,10 +170,11 @@ def why_not(algorithm: str, p: ConvParams) -> Optional[str]:
         return _why_not_blocked_build()
     if algorithm in ("blocked_bands", "blocked_dense"):
         from .layout import groups_fill_blocks
-        if p.groups != 1 and not (algorithm == "blocked_dense" and groups_fill_blocks(p)):
-            return (f"{algorithm} runs one group" + (" or groups of whole channel blocks"
-                                                     if algorithm == "blocked_dense" else "")
-                    + f", got {p.in_channels}->{p.out_channels} in {p.groups} groups")
+        grouped = algorithm == "blocked_dense"
+        if p.groups != 1 and not (grouped and groups_fill_blocks(p)):
+            takes = "one group or groups of whole channel blocks" if grouped else "one group"
+            return (f"{algorithm} runs {takes}, got {p.in_channels}->{p.out_channels} in "
+                    f"{p.groups} groups")
         return _why_not_blocked_build()
     if algorithm == "direct_blocked":
         # the tap offsets and stride phases of one row live in fixed arrays in the kernel
@@ -404,32 +405,23 @@ def choose_nchw_kernels(p: ConvParams, exclude=frozenset()) -> tuple[str, str]:
 BLOCKED_ALGORITHMS = frozenset({"blocked_bands", "blocked_dense", "blocked_winograd"})
 
 
-def _blocked_on_8_floats(p: ConvParams) -> Optional[str]:
-    """On 8-float (AVX2) builds, where a layer runs faster on channel blocks with a layout
-    change each way than by the NCHW algorithms: "blocked_winograd" for 3x3 stride-1 layers in
-    groups of whole blocks with at least GROUPED_WINOGRAD_MIN_PIXELS outputs, "blocked_dense"
-    wherever a graph would give the layer the dense blocked kernel (engine/dispatch/layout.py
-    blocked_kernel); else None. One thread, against ONNX Runtime's Conv alone: strided 3x3
-    layers (16->32 to 512->512) 1.10-1.32x against 1.3-3.3x by im2col or direct_blocked,
-    stride-1 3x3 of 8 to 64 channels and 5x5 1.06-1.27x against 1.33-1.97x, RegNet's and
-    ResNeXt's grouped 3x3 0.78-0.90x (Winograd, 28x28 and 56x56) and 1.07-1.18x (dense,
-    14x14 and 7x7) against 1.5-1.8x by direct_blocked (bench/bench_conv2d.py --algorithm)."""
-    from .layout import (GROUPED_WINOGRAD_MIN_PIXELS, blocked_kernel, blocked_layout_pays,
-                         groups_fill_blocks)
-    if (vector_floats() >= 16 or p.in_size is None or p.pads is None
-            or not blocked_layout_pays()[0]):
-        return None
-    if (p.groups > 1 and groups_fill_blocks(p) and p.kernel == (3, 3) and p.stride == (1, 1)
-            and p.dilation == (1, 1)
-            and p.out_size[0] * p.out_size[1] >= GROUPED_WINOGRAD_MIN_PIXELS):
-        return "blocked_winograd"
-    return "blocked_dense" if blocked_kernel(p)[0] == "dense" else None
+def _blocked_dense_on_8_floats(p: ConvParams) -> bool:
+    """On 8-float (AVX2) builds, whether a layer runs faster on the dense blocked tiles with a
+    layout change each way than by the NCHW algorithms: wherever a graph would give it the
+    dense blocked kernel (engine/dispatch/layout.py blocked_kernel). One thread, against ONNX
+    Runtime's Conv alone: strided 3x3 layers (16->32 to 512->512) 1.10-1.32x against 1.3-3.3x
+    by im2col or direct_blocked, stride-1 3x3 of 8 to 64 channels and 5x5 1.06-1.27x against
+    1.33-1.97x, RegNet's and ResNeXt's grouped 3x3 on 14x14 and 7x7 1.07-1.18x against
+    1.5-1.8x by direct_blocked (bench/bench_conv2d.py --algorithm)."""
+    from .layout import blocked_kernel, blocked_layout_pays
+    return (vector_floats() < 16 and p.in_size is not None and p.pads is not None
+            and blocked_layout_pays()[0] and blocked_kernel(p)[0] == "dense")
 
 
 def _rules(p: ConvParams, exclude=frozenset()):
-    """(algorithm, reason) of every rule that matches, in order; the last always does. A rule
-    that asks the blocked rules (which ask choose_nchw_kernels) is skipped when ``exclude``
-    holds its algorithms."""
+    """(algorithm, reason) of every rule that matches, in order; the last always does. The
+    8-float blocked_dense rule, which asks the layout rules (which ask choose_nchw_kernels),
+    is skipped when ``exclude`` holds blocked_dense."""
     cg, kg = p.in_channels // p.groups, p.out_channels // p.groups
     kh, kw = p.kernel
     # Rank-1 filters (Gaussian, Sobel, box) on one input channel per group: the two passes beat
@@ -443,21 +435,17 @@ def _rules(p: ConvParams, exclude=frozenset()):
         yield "depthwise", "groups == in_channels: one small filter per channel, no GEMM to feed"
     if is_pointwise(p):
         yield "pointwise", "1x1 stride-1 unpadded: the convolution is one GEMM on the input"
-    blocked_8f = None if BLOCKED_ALGORITHMS <= set(exclude) else _blocked_on_8_floats(p)
-    if blocked_8f == "blocked_winograd":
-        yield blocked_8f, (f"3x3 stride 1 in {p.groups} groups of {cg}->{kg} channels, whole "
-                           f"channel blocks, {p.out_size[0]}x{p.out_size[1]} outputs: Winograd "
-                           f"on blocks (8-float build), the layout changed around it")
-    elif blocked_8f == "blocked_dense":
-        yield blocked_8f, (f"{cg}->{kg} channels {kh}x{kw} stride {p.stride[0]}x{p.stride[1]} "
-                           f"in {p.groups} group(s): the dense channel-blocked tiles (8-float "
-                           f"build), the layout changed around them")
     if p.groups > 1 and p.kernel == (3, 3) and p.stride == (1, 1):
         from .layout import winograd_blocked
-        if winograd_blocked(p):
+        if winograd_blocked(p, alone=True):
             yield "blocked_winograd", (f"3x3 stride 1 in {p.groups} groups of {cg}->{kg} "
                                        f"channels, whole channel blocks: Winograd on blocks, "
                                        f"a group at a time, the layout changed around it")
+    if "blocked_dense" not in exclude and _blocked_dense_on_8_floats(p):
+        yield "blocked_dense", (f"{cg}->{kg} channels {kh}x{kw} stride {p.stride[0]}x"
+                                f"{p.stride[1]} in {p.groups} group(s): the dense "
+                                f"channel-blocked tiles (8-float build), the layout changed "
+                                f"around them")
     blocked_strided = _blocked_strided(p)
     if blocked_strided == "blocked_bands":
         yield "blocked_bands", (f"{cg}->{kg} channels, stride {p.stride[0]}x{p.stride[1]}: the "

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+from .._kernels import nchwc_dense
 from ..ops.activation import is_activation
 from ..ops.blocked import BLOCK
 from ..shapes import window_pixels
@@ -133,13 +134,14 @@ GROUPED_PADDED_MAX_PIXELS = 1024
 
 
 def dense_padded(groups: int, finite_weights: bool, copy_bytes: int,
-                 copy_pixels: int) -> tuple[bool, str]:
+                 copy_pixels: int, alone: bool = False) -> tuple[bool, str]:
     """Whether the dense blocked kernel reads a copy of its input with the padding as zeros
-    (its tiles then run unchecked and across output rows), and why not: 8-float builds,
-    finite weights (padding adds weight x 0, which is NaN for an infinite weight),
-    a copy of at most DENSE_PADDED_MAX_BYTES, and for more than one group planes of at most
+    (its tiles then run unchecked and across output rows), and why not: 8-float builds (or a
+    layer ``alone``, NCHW in and out: engine.ops.conv2d_algorithms.BlockedDense), finite
+    weights (padding adds weight x 0, which is NaN for an infinite weight), a copy of at most
+    DENSE_PADDED_MAX_BYTES, and for more than one group planes of at most
     GROUPED_PADDED_MAX_PIXELS pixels in the copy."""
-    if vector_floats() >= 16:
+    if vector_floats() >= 16 and not alone:
         # the copy won 14-37% on single 7x7-14x14 layers (bench/bench_dispatch.py
         # layout/dense_padded) but nothing beyond noise in ResNet-50, ResNeXt-50, GoogLeNet
         # and ResNet-18 (A/B in one process)
@@ -196,22 +198,25 @@ def why_not_layout(layout) -> Optional[str]:
     return f"layout must be one of {', '.join(map(repr, LAYOUTS))}, got {layout!r}"
 
 
-def winograd_blocked(p: ConvParams) -> bool:
+def winograd_blocked(p: ConvParams, alone: bool = False) -> bool:
     """A 3x3 stride-1 layer of at least WINOGRAD_BLOCKED_MIN_IN input channels, with a
     Winograd tile the policy allows, of one group or (16-float builds) undilated with groups of
     whole blocks, and if dilated one that NCHW's rules give Winograd or space-to-batch (not
     live taps or taps dropped past the map: most of its taps read padding): the Winograd
     kernel on blocks runs it, on the phase sub-images, a group's blocks at a time. Grouped,
-    only on maps of GROUPED_WINOGRAD_MIN_PIXELS outputs or more; on 8-float builds not a layer
-    of few output channels on a small map (WINOGRAD_BLOCKED_8F_MIN_OUT)."""
+    only on maps of GROUPED_WINOGRAD_MIN_PIXELS outputs or more, and on 8-float builds only a
+    layer ``alone`` (NCHW in and out: 0.67-0.90x ONNX Runtime's Conv on 28x28 and 56x56, where
+    in RegNet-X and ResNeXt-50 it took 1.01-1.11 of the dense kernel's time); on 8-float
+    builds not a layer of few output channels on a small map (WINOGRAD_BLOCKED_8F_MIN_OUT)."""
     from .winograd import TILE_ALGORITHMS
-    grouped_ok = (groups_fill_blocks(p) and p.dilation == (1, 1) and p.in_size is not None
-                  and p.pads is not None
-                  and p.out_size[0] * p.out_size[1] >= GROUPED_WINOGRAD_MIN_PIXELS)
-    few_outputs_small_map = (p.out_channels < WINOGRAD_BLOCKED_8F_MIN_OUT
-                             and p.out_size[0] * p.out_size[1] < WINOGRAD_BLOCKED_8F_MIN_PIXELS)
-    if not ((vector_floats() >= 16 or p.groups == 1 and not few_outputs_small_map)
-            and p.kernel == (3, 3) and p.stride == (1, 1) and (p.groups == 1 or grouped_ok)
+    wide = vector_floats() >= 16
+    outputs = p.out_size[0] * p.out_size[1]
+    one_group_ok = p.groups == 1 and (wide or not (p.out_channels < WINOGRAD_BLOCKED_8F_MIN_OUT
+                                                   and outputs < WINOGRAD_BLOCKED_8F_MIN_PIXELS))
+    grouped_ok = ((wide or alone) and groups_fill_blocks(p) and p.dilation == (1, 1)
+                  and p.in_size is not None and p.pads is not None
+                  and outputs >= GROUPED_WINOGRAD_MIN_PIXELS)
+    if not ((one_group_ok or grouped_ok) and p.kernel == (3, 3) and p.stride == (1, 1)
             and p.in_channels // p.groups >= WINOGRAD_BLOCKED_MIN_IN
             and not set(TILE_ALGORITHMS.values()) <= set(current_policy().excluded)):
         return False
@@ -262,14 +267,15 @@ def winograd_shaped(p: ConvParams) -> bool:
 
 
 def padded_copy_fits(p: ConvParams) -> bool:
-    """Whether the dense blocked kernel is known to read one image's input from its padded
-    copy (dense_padded, the weights taken as finite): the window the output reads, channels
-    in whole blocks."""
+    """Whether the dense blocked kernel is known to read its input from its padded copy
+    (dense_padded, the weights taken as finite), of the size the kernel counts."""
     if p.in_size is None or p.pads is None:
         return False
+    copy_floats = nchwc_dense.dense_padded_floats(p.batch, -(-p.in_channels // BLOCK),
+                                                  *p.out_size, *p.kernel, *p.stride,
+                                                  *p.dilation)
     plane = window_pixels(p.out_size, p.kernel, p.stride, p.dilation)
-    copy_bytes = 4 * -(-p.in_channels // BLOCK) * BLOCK * plane
-    return dense_padded(p.groups, True, copy_bytes, plane)[0]
+    return dense_padded(p.groups, True, 4 * copy_floats, plane)[0]
 
 
 def small_dense(p: ConvParams) -> bool:

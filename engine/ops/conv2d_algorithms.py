@@ -7,6 +7,8 @@ import math
 import numpy as np
 
 from .._cache import ShapeCache
+from ..dispatch.layout import dense_padded
+from ..shapes import window_pixels
 from .._kernels import (conv_direct, conv_im2col, conv_pointwise, nchwc, nchwc_dense,
                         nchwc_winograd)
 from . import blocked, packed_gemm
@@ -207,17 +209,15 @@ class BlockedBands:
 
 
 class BlockedDense(BlockedBands):
-    """The same kernel and weights over the whole layer: the input converted to blocks, with
-    finite weights copied with its padding as zeros so that the tiles run across output rows
-    (a 7x7 output fills whole 6-pixel tiles; a copy of at most DENSE_PADDED_MAX_BYTES, else
-    the taps are checked), and the output converted back. For layers of large weights, which
-    each band would read again, and narrow outputs."""
+    """The same kernel and weights over the whole layer: the input converted to blocks, copied
+    with its padding as zeros where engine/dispatch/layout.py dense_padded says (``alone``) so
+    that the tiles run across output rows (a 7x7 output fills whole 6-pixel tiles), and the
+    output converted back. For layers of large weights, which each band would read again, and
+    narrow outputs."""
 
     def __init__(self, layer):
-        from ..dispatch.layout import DENSE_PADDED_MAX_BYTES
         super().__init__(layer)
         self.finite = bool(np.isfinite(layer.weight).all())
-        self.max_copy_bytes = DENSE_PADDED_MAX_BYTES
 
     def run(self, x, out, g, threads):
         L = self.layer
@@ -225,9 +225,11 @@ class BlockedDense(BlockedBands):
         (kh, kw), (sh, sw), (dh, dw) = L.kernel_size, L.stride, L.dilation
         xshape = blocked.blocked_shape(x.shape)
         oshape = blocked.blocked_shape((n, L.out_channels) + tuple(g.out_size))
-        pad_floats = nchwc_dense.dense_padded_floats(n, xshape[1], *g.out_size, kh, kw, sh, sw, dh,
-                                                     dw)
-        padded = self.finite and 4 * pad_floats <= self.max_copy_bytes
+        pad_floats = nchwc_dense.dense_padded_floats(n, xshape[1], *g.out_size, kh, kw, sh, sw,
+                                                     dh, dw)
+        padded = dense_padded(L.groups, self.finite, 4 * pad_floats,
+                              window_pixels(g.out_size, L.kernel_size, L.stride, L.dilation),
+                              alone=True)[0]
         pad_floats = pad_floats if padded else 0
         bufs = [workspace.take(math.prod(xshape)), workspace.take(math.prod(oshape)),
                 workspace.take(max(1, pad_floats))]
@@ -236,8 +238,8 @@ class BlockedDense(BlockedBands):
             ob = bufs[1][:math.prod(oshape)].reshape(oshape)
             nchwc.f32_to_blocked(x, xb, threads)
             nchwc_dense.f32_conv2d_nchwc(xb, c, self.wpack, self.bias, None, ob, kh, kw, sh, sw,
-                                         g.pads[0][0], g.pads[1][0], dh, dw, L.act, threads, L.groups,
-                                         bufs[2] if padded else None)
+                                         g.pads[0][0], g.pads[1][0], dh, dw, L.act, threads,
+                                         L.groups, bufs[2] if padded else None)
             nchwc.f32_from_blocked(ob, out, threads)
         finally:
             for buf in reversed(bufs):
