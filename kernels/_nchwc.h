@@ -116,7 +116,8 @@ static inline void ce_nc_act_span(float *p, ptrdiff_t n, ce_act_t act)
  *   x:    the input at the tile's first pixel of the batch's first block; blocks P pixels apart;
  *   w:    the batch's packed weights [Cb * B][NK * B] (input channel, output channel);
  *   bias: NK * B values; res/out: the tile's first pixel of its first output block, blocks
- *         P pixels apart; res may be NULL.
+ *         ``os`` floats apart (P * B in a layer's output; a fused step's buffer has its own);
+ *         res may be NULL.
  *   first: start from zero, else from the partial sums in out; last: finish (bias, residual,
  *         activation), else store the partial sums. The sums run over the channels in order
  *         whatever the batches, and partial sums are stored exactly, so batching changes no
@@ -126,14 +127,13 @@ static inline void ce_nc_act_span(float *p, ptrdiff_t n, ce_act_t act)
 static inline __attribute__((always_inline)) void
 ce_nc_pw_tile(const float *restrict x, ptrdiff_t P, int Cb, int tail, const float *restrict w,
               const int NK, const int NP, const float *restrict bias, const float *res,
-              float *out, ce_act_t act, int first, int last)
+              float *out, ptrdiff_t os, ce_act_t act, int first, int last)
 {
     const ptrdiff_t B = CE_NC_B;
 #define CE_NC_PIX(M) M(0) M(1) M(2) M(3) M(4) M(5)
 #define CE_NC_DECL(i) ce_nc_vf a##i##_0 = {0}, a##i##_1 = {0}, a##i##_2 = {0}, a##i##_3 = {0};
     CE_NC_PIX(CE_NC_DECL)
 #undef CE_NC_DECL
-    const ptrdiff_t os = P * B;
     if (!first) {
         CE_NC_PIX(CE_NC_TILE_LOAD)
     }
@@ -157,15 +157,16 @@ ce_nc_pw_tile(const float *restrict x, ptrdiff_t P, int Cb, int tail, const floa
 }
 
 typedef void (*ce_nc_pw_tile_fn)(const float *, ptrdiff_t, int, int, const float *,
-                                 const float *, const float *, float *, ce_act_t, int, int);
+                                 const float *, const float *, float *, ptrdiff_t, ce_act_t,
+                                 int, int);
 
 #define CE_NC_PW_TILE_N(NK, NP)                                                             \
     static void ce_nc_pw_tile_##NK##_##NP(const float *restrict x, ptrdiff_t P, int Cb,     \
                                           int tail, const float *restrict w,                \
                                           const float *bias, const float *res, float *out,  \
-                                          ce_act_t act, int first, int last)                \
+                                          ptrdiff_t os, ce_act_t act, int first, int last)  \
     {                                                                                       \
-        ce_nc_pw_tile(x, P, Cb, tail, w, NK, NP, bias, res, out, act, first, last);         \
+        ce_nc_pw_tile(x, P, Cb, tail, w, NK, NP, bias, res, out, os, act, first, last);     \
     }
 #define CE_NC_PW_TILES_NK(NK)                                                               \
     CE_NC_PW_TILE_N(NK, 1) CE_NC_PW_TILE_N(NK, 2) CE_NC_PW_TILE_N(NK, 3)                    \
@@ -232,7 +233,7 @@ static void ce_nc_pw_group_w(const float *x, ptrdiff_t P, int Cb, int tail, cons
                 const float *rs = res ? res + ob + p0 * B : NULL;
                 float *os = out + ob + p0 * B;
                 ce_nc_pw_tiles[nk - 1][np - 1](xs, P, nb, last ? tail : CE_NC_B, w, bb, rs,
-                                               os, tile_act, first, last);
+                                               os, P * B, tile_act, first, last);
             }
             if (later) {
                 ptrdiff_t p0 = ce_nc_tile_start(tiling, ta), p1 = ce_nc_tile_start(tiling, tb);

@@ -76,8 +76,8 @@ static void ce_nt_unit(const ce_nt_job *j, ptrdiff_t u)
                     float *os = out + ((ptrdiff_t)oy * j->W + ox) * B;
                     /* neither first nor last: the sums continue from ``out`` and are stored
                      * as they are */
-                    ce_nc_pw_tiles[nk - 1][np - 1](xs, P, nb, tail, w, j->bias, NULL, os, none,
-                                                   0, 0);
+                    ce_nc_pw_tiles[nk - 1][np - 1](xs, P, nb, tail, w, j->bias, NULL, os,
+                                                   P * B, none, 0, 0);
                 }
             }
         }

@@ -1,5 +1,6 @@
 # Windowed kernels on channel-blocked activations (NCHWc, _nchwc.h): depthwise convolution
-# (_nchwc_dw.h) and grouped convolution with groups inside blocks (_nchwc_grouped.h). The dense
+# (_nchwc_dw.h), grouped convolution with groups inside blocks (_nchwc_grouped.h), and a
+# pointwise layer fused into the depthwise one that reads it (_nchwc_expand.h). The dense
 # and pointwise kernels and the layout changes are in nchwc.pyx.
 #
 # Every kernel checks the shapes it is given against one another before it releases the GIL.
@@ -8,7 +9,7 @@
 from libc.stdlib cimport free, malloc
 
 from _epilogue cimport ce_act_t, check_act
-from _pool cimport ce_pool_attach, ce_pool_for
+from _pool cimport ce_pool_attach, ce_pool_for, ce_pool_run
 
 ce_pool_attach()
 
@@ -217,3 +218,121 @@ def f32_grouped_blocked(const float[:, :, :, :, ::1] x, const float[:, :, :, :, 
                                dw, &w[0, 0, 0, 0, 0], g, &bias[0], &out[0, 0, 0, 0, 0], act)
     with nogil:
         ce_pool_for(num_threads, N * OH * Cb, _group_rows, &j)
+
+
+cdef extern from "_nchwc_expand.h":
+    ctypedef struct ce_nc_xdw_job:
+        const float *x
+        int Cb, tail
+        const float *wp
+        const float *bp
+        ce_act_t pact
+        int Kb
+        int H, W, OH, OW, sh, sw, pt, pl, kh, kw
+        const float *wd
+        const float *bd
+        ce_act_t dact
+        float *out
+        int cols
+        float *bufs
+        Py_ssize_t per_thread
+    int ce_nc_xdw_cols(int W, int OW, int sw, int kw, int pl) nogil
+    Py_ssize_t ce_nc_xdw_ring_floats(int Kb, int kh, int cols) nogil
+    void ce_nc_xdw_units(const ce_nc_xdw_job *j, float *ring, Py_ssize_t lo,
+                         Py_ssize_t hi) nogil
+
+
+cdef void _xdw_units(void* job, int thread, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+    cdef const ce_nc_xdw_job* j = <const ce_nc_xdw_job*>job
+    ce_nc_xdw_units(j, j.bufs + thread * j.per_thread, lo, hi)
+
+
+def expand_depthwise_scratch(Py_ssize_t expanded_blocks, int W, int OW, int sw, int kh, int kw,
+                             int pl, int num_threads):
+    """Floats of f32_expand_depthwise_blocked's scratch: each thread's ring of kh rows of
+    every expanded block, from a 64-byte boundary."""
+    cdef Py_ssize_t ring = ce_nc_xdw_ring_floats(<int>expanded_blocks, kh,
+                                                 ce_nc_xdw_cols(W, OW, sw, kw, pl))
+    ring = (ring + 15) // 16 * 16
+    return max(1, num_threads) * ring + 16
+
+
+def f32_expand_depthwise_blocked(const float[:, :, :, :, ::1] x, const float[::1] wpack,
+                                 const float[::1] pbias, ce_act_t pact, Py_ssize_t channels,
+                                 const float[:, :, :, ::1] wd, const float[::1] dbias,
+                                 float[:, :, :, :, ::1] out, int sh, int sw, int pt, int pl,
+                                 ce_act_t dact, int num_threads, float[::1] scratch=None):
+    """A pointwise layer (wpack, pbias, pact: as nchwc.f32_pointwise_blocked's, ``channels``
+    of x's real) and the depthwise layer that reads its output (wd[Kb, kh, kw, B], dbias,
+    dact: as f32_depthwise_blocked's, stride sh x sw with sw 1 or 2, no dilation), in one
+    pass: out = depthwise(pointwise(x)) without the expanded map (_nchwc_expand.h). The
+    depthwise weights must be finite (the kernel reads the padding as zeros).
+
+    The threads take one range of (image, output row) pairs each; a range expands the rows
+    of its first window again. scratch: expand_depthwise_scratch(...) floats, or None to
+    allocate them here."""
+    check_act(pact)
+    check_act(dact)
+    check_blocked(x.shape, "x")
+    check_blocked(out.shape, "out")
+    cdef Py_ssize_t N = x.shape[0], Cb = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t Kb = out.shape[1], OH = out.shape[2], OW = out.shape[3]
+    if out.shape[0] != N:
+        raise ValueError(f"out {tuple(out.shape)} must have x's {N} images")
+    if wpack.shape[0] != Cb * CE_NC_B * Kb * CE_NC_B:
+        raise ValueError(f"wpack must hold {Cb * CE_NC_B * Kb * CE_NC_B} floats, got "
+                         f"{wpack.shape[0]}")
+    if pbias.shape[0] != Kb * CE_NC_B:
+        raise ValueError(f"pbias must hold {Kb * CE_NC_B} floats, got {pbias.shape[0]}")
+    if wd.shape[0] != Kb or wd.shape[3] != CE_NC_B or not 1 <= wd.shape[1] <= 16 \
+            or wd.shape[2] < 1:
+        raise ValueError(f"wd must have shape ({Kb}, kh <= 16, kw, {CE_NC_B}), got "
+                         f"{tuple(wd.shape)}")
+    if sw not in (1, 2):
+        raise ValueError(f"sw must be 1 or 2, got {sw}")
+    check_window(Kb, dbias.shape[0], H, W, OH, OW, sh, sw, pt, pl, 1, 1)
+    if N == 0 or Kb == 0 or OH <= 0 or OW <= 0:
+        return
+    if Cb == 0:
+        raise ValueError("x must have at least one channel")
+    if channels == 0:
+        channels = Cb * CE_NC_B
+    if not (Cb - 1) * CE_NC_B < channels <= Cb * CE_NC_B:
+        raise ValueError(f"channels must be in ({(Cb - 1) * CE_NC_B}, {Cb * CE_NC_B}] for "
+                         f"{Cb} blocks, got {channels}")
+    cdef int kh = <int>wd.shape[1], kw = <int>wd.shape[2]
+    cdef int cols = ce_nc_xdw_cols(<int>W, <int>OW, sw, kw, pl)
+    cdef Py_ssize_t ring = (ce_nc_xdw_ring_floats(<int>Kb, kh, cols) + 15) // 16 * 16
+    cdef int nt = <int>min(max(1, num_threads), N * OH)
+    cdef Py_ssize_t need = nt * ring + 16
+    cdef float* bufs = NULL
+    cdef float* owned = NULL
+    if scratch is not None and scratch.shape[0] >= need:
+        bufs = &scratch[0]
+    else:
+        owned = bufs = <float*>malloc(need * sizeof(float))
+        if bufs == NULL:
+            raise MemoryError("no memory for the expanded rows' rings")
+    cdef ce_nc_xdw_job j
+    j.x = &x[0, 0, 0, 0, 0]
+    j.Cb = <int>Cb
+    j.tail = <int>(channels - (Cb - 1) * CE_NC_B)
+    j.wp = &wpack[0]
+    j.bp = &pbias[0]
+    j.pact = pact
+    j.Kb = <int>Kb
+    j.H, j.W, j.OH, j.OW = <int>H, <int>W, <int>OH, <int>OW
+    j.sh, j.sw, j.pt, j.pl, j.kh, j.kw = sh, sw, pt, pl, kh, kw
+    j.wd = &wd[0, 0, 0, 0]
+    j.bd = &dbias[0]
+    j.dact = dact
+    j.out = &out[0, 0, 0, 0, 0]
+    j.cols = cols
+    # from a 64-byte boundary: vectors split across cache lines cost 20-30%
+    j.bufs = bufs + (16 - (<size_t>bufs // sizeof(float)) % 16) % 16
+    j.per_thread = ring
+    try:
+        with nogil:
+            ce_pool_run(nt, N * OH, nt, _xdw_units, &j)
+    finally:
+        free(owned)

@@ -13,6 +13,7 @@ from engine._kernels import nchwc, nchwc_channels, nchwc_window
 from engine.graph import Graph, Model, Node, TensorSpec
 from engine.graph import blocked_steps as layout_steps
 from engine.graph import layout
+from engine.dispatch import layout as layout_rules
 from engine.ops import blocked
 from concurrency import run_concurrently
 from reference import conv2d_ref
@@ -270,6 +271,161 @@ def test_depthwise_refuses_inconsistent_arguments(rng):
     with pytest.raises(ValueError, match="blocks"):
         nchwc_window.f32_depthwise_blocked(x, wp, bp, np.zeros((1, 9, 6, 6, B), np.float32), 1, 1,
                                     1, 1, 1, 1, NO_ACT, 1)
+
+
+# ------------------------------------------------------- pointwise fused into depthwise
+
+def run_expand_depthwise(x, w1, b1, pact, wd, bd, stride, pads, dact, threads, scratch=None):
+    """The fused pair on blocks: depthwise(pointwise(x)), NCHW in and out."""
+    n, c, h, wdt = x.shape
+    e, _, kh, kw = wd.shape
+    (pt, pb), (pl, pr) = pads
+    oh = (h + pt + pb - kh) // stride[0] + 1
+    ow = (wdt + pl + pr - kw) // stride[1] + 1
+    wp, bp = blocked.pack_pointwise(w1, b1)
+    wdp, bdp = blocked.pack_depthwise(wd, bd)
+    out = np.full((n, blocked.blocks(e), oh, ow, B), np.nan, np.float32)
+    nchwc_window.f32_expand_depthwise_blocked(blocked.to_blocked(x), wp, bp, kernel_act(pact), c,
+                                              wdp, bdp, out, stride[0], stride[1], pt, pl,
+                                              kernel_act(dact), threads, scratch)
+    return blocked.from_blocked(out, e)
+
+
+# (N, C, E, H, W, kernel, stride, pads): channels off the block size, one-pixel and narrow
+# maps, rows of one tile and of several with a short last one, 3x3 / 5x5 / 7x1 / 1x3, strides
+# 1 and 2 (3 down the rows), asymmetric, zero and deep pads, and more input channels than
+# one batch of the pointwise kernel (64 blocks): partial sums stored in the ring and resumed
+EXPAND_DEPTHWISE = [
+    (1, 16, 32, 12, 12, (3, 3), (1, 1), ((1, 1), (1, 1))),
+    (2, 5, 20, 9, 13, (3, 3), (2, 2), ((1, 1), (1, 1))),
+    (1, 24, 72, 11, 37, (5, 5), (2, 2), ((2, 2), (2, 2))),
+    (1, 17, 36, 7, 7, (3, 3), (1, 1), ((0, 1), (1, 0))),
+    (1, 8, 16, 1, 1, (3, 3), (1, 1), ((1, 1), (1, 1))),
+    (2, 12, 24, 2, 3, (3, 3), (2, 2), ((1, 1), (1, 1))),
+    (1, 20, 40, 10, 19, (7, 1), (1, 1), ((3, 3), (0, 0))),
+    (1, 20, 24, 6, 25, (1, 3), (3, 2), ((0, 0), (1, 1))),
+    (1, 16, 16, 8, 8, (3, 3), (1, 1), ((0, 0), (0, 0))),
+    (1, 16, 20, 6, 9, (5, 5), (1, 1), ((4, 4), (4, 4))),
+    (1, 64 * B + 3, 24, 3, 7, (3, 3), (1, 1), ((1, 1), (1, 1))),
+]
+
+
+@pytest.mark.parametrize("n,c,e,h,w,kernel,stride,pads", EXPAND_DEPTHWISE)
+def test_expand_depthwise_matches_reference_and_is_thread_independent(rng, n, c, e, h, w,
+                                                                      kernel, stride, pads):
+    x, w1, b1 = f32(rng, n, c, h, w), f32(rng, e, c, 1, 1) * 0.3, f32(rng, e)
+    wd, bd = f32(rng, e, 1, *kernel) * 0.3, f32(rng, e)
+    mid = conv2d_ref(x, w1, b1)
+    scale = (float(np.abs(x).max() * np.abs(w1).sum(axis=1).max() + np.abs(b1).max() + 1)
+             * float(np.abs(wd).sum(axis=(1, 2, 3)).max() + 1) + float(np.abs(bd).max()))
+    for pact, dact in ((None, None), ("relu6", "relu6"), ("hardswish", "hardswish"),
+                       ("silu", None), ("relu", "gelu")):
+        ref = ACTS[dact](conv2d_ref(ACTS[pact](mid), wd, bd, stride, pads, groups=e))
+        got = run_expand_depthwise(x, w1, b1, pact, wd, bd, stride, pads, dact, 1)
+        check_close(got, ref, scale)
+        for threads in (2, 3):      # each range expands the rows of its first window itself
+            np.testing.assert_array_equal(
+                got, run_expand_depthwise(x, w1, b1, pact, wd, bd, stride, pads, dact, threads))
+
+
+def test_expand_depthwise_takes_a_kept_scratch_buffer(rng):
+    x, w1, b1 = f32(rng, 1, 16, 9, 11), f32(rng, 24, 16, 1, 1), f32(rng, 24)
+    wd, bd = f32(rng, 24, 1, 3, 3), f32(rng, 24)
+    pads = ((1, 1), (1, 1))
+    floats = nchwc_window.expand_depthwise_scratch(blocked.blocks(24), 11, 11, 1, 3, 3, 1, 2)
+    scratch = np.full(floats, np.nan, np.float32)     # the kernel zeroes what it reads
+    np.testing.assert_array_equal(
+        run_expand_depthwise(x, w1, b1, "relu", wd, bd, (1, 1), pads, None, 2, scratch),
+        run_expand_depthwise(x, w1, b1, "relu", wd, bd, (1, 1), pads, None, 2))
+
+
+def test_expand_depthwise_refuses_inconsistent_arguments(rng):
+    x = blocked.to_blocked(f32(rng, 1, 20, 6, 6))
+    wp, bp = blocked.pack_pointwise(f32(rng, 24, 20, 1, 1), f32(rng, 24))
+    wd, bd = blocked.pack_depthwise(f32(rng, 24, 1, 3, 3), f32(rng, 24))
+    out = np.zeros((1, blocked.blocks(24), 6, 6, B), np.float32)
+
+    def run(**kw):
+        a = dict(x=x, wpack=wp, pbias=bp, pact=NO_ACT, channels=20, wd=wd, dbias=bd, out=out,
+                 sh=1, sw=1, pt=1, pl=1, dact=NO_ACT, num_threads=1)
+        a.update(kw)
+        nchwc_window.f32_expand_depthwise_blocked(*a.values())
+
+    run()
+    with pytest.raises(ValueError, match="wpack"):
+        run(wpack=wp[:-1])
+    with pytest.raises(ValueError, match="pbias"):
+        run(pbias=bp[:3])
+    with pytest.raises(ValueError, match="wd must have shape"):
+        run(wd=wd[:1])
+    with pytest.raises(ValueError, match="bias must hold"):
+        run(dbias=bd[:3])
+    with pytest.raises(ValueError, match="sw must be 1 or 2"):
+        run(sw=3)
+    with pytest.raises(ValueError, match="channels"):
+        run(channels=B * blocked.blocks(20) + 1)
+    with pytest.raises(ValueError, match="images"):
+        run(out=np.zeros((2, blocked.blocks(24), 6, 6, B), np.float32))
+    with pytest.raises(ValueError, match="code"):
+        run(dact=BAD_ACT)
+
+
+def expand_net(c, e, k=3, stride=2, finite=True, second_reader=False):
+    """pw (relu6) -> dw k x k (relu6) -> pw, MobileNetV2's inverted bottleneck; optionally a
+    non-finite depthwise weight or a second reader of the expanded map."""
+    rng = np.random.default_rng(3)
+    consts = {"w1": f32(rng, e, c, 1, 1) * 0.3, "w2": f32(rng, e, 1, k, k) * 0.3,
+              "w3": f32(rng, c, e, 1, 1) * 0.3, "lo": np.array(0, np.float32),
+              "hi": np.array(6, np.float32)}
+    if not finite:
+        consts["w2"][0, 0, 0, 0] = np.inf
+    p = k // 2
+    nodes = [Node("Conv", "expand", ["x", "w1"], ["p"]),
+             Node("Clip", "c1", ["p", "lo", "hi"], ["pr"]),
+             Node("Conv", "dw", ["pr", "w2"], ["d"],
+                  {"pads": [p, p, p, p], "group": e, "strides": [stride, stride]}),
+             Node("Clip", "c2", ["d", "lo", "hi"], ["dr"]),
+             Node("Conv", "project", ["dr", "w3"], ["y"])]
+    outputs = [spec("y")]
+    if second_reader:
+        nodes.append(Node("Conv", "other", ["pr", "w3"], ["y2"]))
+        outputs.append(spec("y2"))
+    return Graph(nodes, [spec("x", (None, c, None, None))], outputs, consts)
+
+
+def test_a_large_expanded_map_is_never_stored(rng, threads):
+    c, e, hw = 16, 96, 56          # 96 x 56 x 56 floats: over EXPAND_DEPTHWISE_MIN_FLOATS
+    assert e * hw * hw >= layout_rules.EXPAND_DEPTHWISE_MIN_FLOATS
+    x = f32(rng, 2, c, hw, hw)
+    model = Model(expand_net(c, e))
+    y = model(x)
+    kinds = [k for _, k in steps_of(model)]
+    assert "BlockedExpandDepthwise" in kinds and kinds.count("BlockedConv") == 1
+    assert "in one pass" in model.explain() and "is never stored" in model.explain()
+    ref = Model(expand_net(c, e), layout="nchw")(x)
+    assert np.abs(y - ref).max() <= 1e-5 * np.abs(ref).max()
+    # a small map, a non-finite depthwise weight or a second reader keep the two steps
+    small = Model(expand_net(c, e))
+    small(x[:, :, :14, :14])
+    assert "BlockedExpandDepthwise" not in [k for _, k in steps_of(small)]
+    for net in (expand_net(c, e, finite=False), expand_net(c, e, second_reader=True)):
+        m = Model(net)
+        m(x)
+        assert "BlockedExpandDepthwise" not in [k for _, k in steps_of(m)]
+
+
+def test_expand_depthwise_rule():
+    ok, why = layout_rules.fuse_expand_depthwise(96, (112, 112), (3, 3), (2, 2), (1, 1), 30000,
+                                                 True)
+    assert ok and "never stored" in why
+    for args, words in [(((3, 3), (1, 1), (2, 2), 30000, True), "undilated"),
+                        (((3, 3), (1, 3), (1, 1), 30000, True), "stride 1 or 2"),
+                        (((3, 3), (1, 1), (1, 1), 30000, False), "non-finite"),
+                        (((3, 3), (1, 1), (1, 1), 1 << 20, True), "would not stay in L2")]:
+        ok, why = layout_rules.fuse_expand_depthwise(96, (112, 112), *args)
+        assert not ok and words in why
+    ok, why = layout_rules.fuse_expand_depthwise(96, (14, 14), (3, 3), (1, 1), (1, 1), 3000, True)
+    assert not ok and "stays in cache" in why
 
 
 # (N, C, K, H, W, kernel, stride, pad, dilation): a network's first layer and its variants

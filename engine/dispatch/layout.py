@@ -426,3 +426,38 @@ def choose_pointwise_blocked_split(out_size) -> tuple[str, str]:
                           f"each thread reads part of the weights and writes whole blocks; "
                           f"by pixels if that is over {POINTWISE_GROUP_SLACK}x as uneven")
     return "pixels", f"a {h}x{w} output (over {POINTWISE_GROUP_MAX_PIXELS} pixels)"
+
+
+# Smallest expanded map (floats per image, 1 MiB) whose pointwise layer runs fused into the
+# depthwise layer that reads it. With a 32 MB L3 the unfused pair costs little more: A/B in
+# one process (AVX2), MobileNetV3-Large 0.97-1.00 of its time at batch 1, MobileNetV2 and V3
+# 0.96-0.98 at batch 8 (two threads), and each thread's arena 20-48% smaller (MobileNetV2 5.7
+# -> 3.8 MiB); fusing the smaller maps too (14x14, 28x28) was 3-13% slower, their rows too
+# short for whole pointwise tiles (bench/bench_zoo.py models).
+EXPAND_DEPTHWISE_MIN_FLOATS = 1 << 18
+# Most floats a thread's ring of expanded rows may take: half of a 512 KB L2.
+EXPAND_DEPTHWISE_MAX_RING_FLOATS = 64 << 10
+
+
+def fuse_expand_depthwise(expanded, size, kernel, strides, dilations, ring_floats,
+                          finite) -> tuple[bool, str]:
+    """Whether a pointwise layer (stride 1) of ``expanded`` output channels on a map of
+    ``size`` runs in one pass with the depthwise layer that alone reads its output
+    (kernel, strides, dilations: the depthwise layer's; ring_floats: a thread's ring of its
+    rows, nchwc_window.expand_depthwise_scratch for one thread; finite: its weights are), and
+    why. The expanded map is then never stored whole (kernels/_nchwc_expand.h)."""
+    h, w = size
+    if tuple(dilations) != (1, 1) or strides[1] not in (1, 2) or kernel[0] > 16:
+        return False, "the fused kernel takes undilated depthwise layers of stride 1 or 2 wide"
+    if not finite:
+        return False, "a non-finite depthwise weight: the fused kernel reads padding as zeros"
+    floats = expanded * h * w
+    if floats < EXPAND_DEPTHWISE_MIN_FLOATS:
+        return False, (f"the expanded map ({floats * 4 >> 10} KiB an image) stays in cache "
+                       f"between the two layers")
+    if ring_floats > EXPAND_DEPTHWISE_MAX_RING_FLOATS:
+        return False, (f"a thread's ring of {kernel[0]} expanded rows ({ring_floats * 4 >> 10} "
+                       f"KiB) would not stay in L2")
+    return True, (f"the expanded map ({floats * 4 >> 10} KiB an image) is never stored: each "
+                  f"thread expands rows into a ring of {kernel[0]} "
+                  f"({ring_floats * 4 >> 10} KiB) that the depthwise layer reads")

@@ -593,3 +593,58 @@ class BlockedConv(_Internal):
         if self.conv.activation:
             text += f" | + {self.conv.activation} in the kernel's output step"
         return text
+
+
+class BlockedExpandDepthwise(_Internal):
+    """A blocked pointwise layer and the blocked depthwise layer that alone reads its output,
+    as one step (nchwc_window.f32_expand_depthwise_blocked): the expanded map is never stored
+    whole. ``pw`` and ``dw`` are their BlockedConv ops, which keep their packed weights; the
+    step reads the pointwise layer's input and writes the depthwise layer's output.
+    engine.dispatch.layout.fuse_expand_depthwise decides."""
+    kind = "Conv"
+    n_inputs = (1, 1)
+
+    def __init__(self, node, pw: BlockedConv, dw: BlockedConv, why: str):
+        super().__init__(node)
+        self.pw, self.dw, self.why = pw, dw, why
+
+    def infer(self, ins):
+        x = self.float_in(ins, 0, "X", 5)
+        want = blocked.blocked_shape(self.pw.logical_ins[0].shape)
+        if x.shape != want:
+            raise self.error(f"X must have the blocked shape {want}, got {x.shape}")
+        return [Info(blocked.blocked_shape(self.dw.conv_shape), F32)]
+
+    def build(self, ins, outs, i, o):
+        a, b = i[0], o[0]
+        pw, dw = self.pw, self.dw
+        channels = pw.logical_ins[0].shape[1]
+        (sh, sw), (pt, pl) = dw.conv.strides, (dw.pads[0][0], dw.pads[1][0])
+        kh, kw = dw.conv.w.shape[2:]
+        expanded = blocked.blocks(pw.conv_shape[1])
+        width, out_width = pw.conv_shape[3], dw.conv_shape[3]
+        macs = pw.macs + dw.macs
+        wp, bp, pact, wd, bd, dact = pw.w, pw.b, pw.act, dw.w, dw.b, dw.act
+
+        def step(env, nt):
+            nt = threads_for(macs, nt)
+            buf = workspace.take(nchwc_window.expand_depthwise_scratch(
+                expanded, width, out_width, sw, kh, kw, pl, nt))
+            try:
+                nchwc_window.f32_expand_depthwise_blocked(env[a], wp, bp, pact, channels, wd,
+                                                          bd, env[b], sh, sw, pt, pl, dact, nt,
+                                                          buf)
+            finally:
+                workspace.give(buf)
+        return step
+
+    def flops(self, ins, outs):
+        return self.pw._flops + self.dw._flops
+
+    def describe(self, ins, outs):
+        text = (f"pointwise {self.pw.node.name} and this depthwise layer in one pass on "
+                f"{blocked.NAME}: {self.why}")
+        for conv, which in ((self.pw.conv, "pointwise"), (self.dw.conv, "depthwise")):
+            if conv.activation:
+                text += f" | + {conv.activation} after the {which} layer"
+        return text

@@ -28,12 +28,15 @@ from __future__ import annotations
 import math
 
 from ..dispatch.conv import ConvParams
-from ..dispatch.layout import (blocked_kernel, canonical_layout, choose_layout, pays_alone,
-                               why_not_layout)
+import numpy as np
+
+from .._kernels import nchwc_window
+from ..dispatch.layout import (blocked_kernel, canonical_layout, choose_layout,
+                               fuse_expand_depthwise, pays_alone, why_not_layout)
 from ..ops import blocked
 from .blocked_steps import (BlockedBatchNorm, BlockedBroadcast, BlockedConcat, BlockedConv,
-                            BlockedGlobalAveragePool, BlockedPool, BlockedShape, FromBlocked,
-                            ToBlocked)
+                            BlockedExpandDepthwise, BlockedGlobalAveragePool, BlockedPool,
+                            BlockedShape, FromBlocked, ToBlocked)
 from .ir import Graph, Node
 from .ops import F32
 from .plan import Inferred, infer_nodes
@@ -364,6 +367,57 @@ def rewrite(graph: Graph, ops: dict, input_shapes: dict, layout: str = "auto"):
     for op, w in zip(loose, blocked.side_by_side([op.w for op in loose])):
         op.w = w
         op.conv.transforms.rearrange(op.pack_key, (w, op.b))
+    new_nodes = _fuse_expand_depthwise(new_nodes, new_ops, graph_outputs)
     out = Graph(new_nodes, graph.inputs, graph.outputs, graph.constants, graph.name)
     return out, new_ops, choices, prior
+
+
+def _fuse_expand_depthwise(nodes, ops, graph_outputs):
+    """``nodes`` with each blocked pointwise layer (stride 1, no residual) whose output only
+    a blocked depthwise layer reads, and that engine.dispatch.layout.fuse_expand_depthwise
+    takes, run together with it as one BlockedExpandDepthwise step (named as the depthwise
+    layer, in its place); ``ops`` updated to match."""
+    readers: dict = {}
+    for n in nodes:
+        for name in n.inputs:
+            if name:
+                readers.setdefault(name, []).append(n)
+    fused = {}
+    for n in nodes:
+        pw = ops[n.name]
+        if not (isinstance(pw, BlockedConv) and pw.conv_kind == "pointwise"
+                and tuple(pw.conv.strides) == (1, 1) and not any(n.inputs[3:])):
+            continue
+        rs = readers.get(n.outputs[0], [])
+        if len(rs) != 1 or n.outputs[0] in graph_outputs:
+            continue
+        r, dw = rs[0], ops[rs[0].name]
+        if not (isinstance(dw, BlockedConv) and dw.conv_kind == "depthwise"
+                and r.inputs[0] == n.outputs[0] and not any(r.inputs[3:])):
+            continue
+        kh, kw = dw.conv.w.shape[2:]
+        ring = nchwc_window.expand_depthwise_scratch(
+            blocked.blocks(pw.conv_shape[1]), pw.conv_shape[3], dw.conv_shape[3],
+            dw.conv.strides[1], kh, kw, dw.pads[1][0], 1)
+        ok, why = fuse_expand_depthwise(pw.conv_shape[1], pw.conv_shape[2:], (kh, kw),
+                                        dw.conv.strides, dw.conv.dilations, ring,
+                                        bool(np.isfinite(dw.conv.w).all()))
+        if ok:
+            fused[r.name] = (n, why)
+    if not fused:
+        return nodes
+    dropped = {pw.name for pw, _ in fused.values()}
+    out = []
+    for n in nodes:
+        if n.name in dropped:
+            continue
+        if n.name in fused:
+            pw, why = fused[n.name]
+            new = Node(n.op, n.name, [pw.inputs[0]], list(n.outputs))
+            ops[n.name] = BlockedExpandDepthwise(new, ops[pw.name], ops[n.name], why)
+            n = new
+        out.append(n)
+    for name in dropped:
+        del ops[name]
+    return out
 
