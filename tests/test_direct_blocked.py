@@ -143,6 +143,25 @@ def test_row_blocks_follow_the_work_items(rng):
     np.testing.assert_array_equal(ys[0], ys[1])
 
 
+def test_more_threads_cut_more_row_blocks_without_changing_a_value(rng):
+    """From two threads on, MIN_ITEMS_PER_THREAD items a thread (a 7x7 stride-2 stem's 112
+    rows in 8 blocks, not 4): the blocks differ between thread counts, the sums do not."""
+    from engine.ops.direct_blocked import MIN_ITEMS_PER_THREAD
+    stem = (3, (7, 7), (2, 2), (1, 1), (112, 112))
+    assert -(-112 // rows_per_block(*stem)) == 4
+    assert -(-112 // rows_per_block(*stem, threads=2)) == 2 * MIN_ITEMS_PER_THREAD
+    assert rows_per_block(16, (3, 3), (1, 1), (1, 1), (7, 7), items=25, threads=2) == 7
+    x = rng.standard_normal((1, 3, 61, 67), dtype=np.float32)
+    w = rng.standard_normal((20, 3, 7, 7), dtype=np.float32)
+    b = rng.standard_normal(20, dtype=np.float32)
+    ys = [engine.Conv2d(w, b, 2, 3, algorithm="direct_blocked", num_threads=t)(x)
+          for t in (1, 2, 3)]
+    ref = conv2d_ref(x, w, b, (2, 2), ((3, 3), (3, 3)), (1, 1))
+    np.testing.assert_allclose(ys[0], ref, rtol=1e-5, atol=1e-4 * np.abs(ref).max())
+    np.testing.assert_array_equal(ys[0], ys[1])
+    np.testing.assert_array_equal(ys[0], ys[2])
+
+
 def test_torch_cross_check(rng):
     torch = pytest.importorskip("torch")
     x = rng.standard_normal((2, 6, 29, 41), dtype=np.float32)
