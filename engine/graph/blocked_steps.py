@@ -235,13 +235,25 @@ class BlockedBatchNorm(_Internal):
 
 
 class BlockedConcat(_Internal):
-    """Concat along the channels of blocked tensors: the blocks one after another."""
+    """Concat along the channels of blocked tensors: the blocks one after another. For one
+    image each input is one run of the output's bytes, where the memory planner may have it
+    written in the first place (``placements``); the step copies the others."""
     kind = "Concat"
     n_inputs = (1, None)
 
     def __init__(self, node, channels):
         super().__init__(node)
         self.channels = channels
+        self.placed_inputs = frozenset()
+
+    def placements(self, ins, outs):
+        if outs[0].shape[0] != 1:
+            return []
+        spots, at = [], 0
+        for k, x in enumerate(ins):
+            spots.append((k, at))
+            at += x.size * x.dtype.itemsize
+        return spots
 
     def infer(self, ins):
         xs = [self.float_in(ins, k, "inputs", 5) for k in range(len(ins))]
@@ -251,14 +263,31 @@ class BlockedConcat(_Internal):
         return [Info((n, blocked.blocks(self.channels), h, w, b), F32)]
 
     def build(self, ins, outs, i, o):
-        srcs, b = list(i), o[0]
+        b, placed = o[0], self.placed_inputs
+        if not placed:
+            srcs = list(i)
+
+            def step(env, nt):
+                np.concatenate([env[k] for k in srcs], axis=1, out=env[b])
+            return step
+        copies, at = [], 0
+        for k, x in enumerate(ins):
+            if k not in placed:
+                copies.append((i[k], at, at + x.shape[1]))
+            at += x.shape[1]
 
         def step(env, nt):
-            np.concatenate([env[k] for k in srcs], axis=1, out=env[b])
+            out = env[b]
+            for k, lo, hi in copies:
+                out[:, lo:hi] = env[k]
         return step
 
     def describe(self, ins, outs):
-        return f"on {blocked.NAME}: the inputs' blocks one after another"
+        text = f"on {blocked.NAME}: the inputs' blocks one after another"
+        if self.placed_inputs:
+            text += (f"; {len(self.placed_inputs)} of {len(ins)} written in place by the "
+                     f"steps that make them, not copied")
+        return text
 
 
 class BlockedConv(_Internal):

@@ -7,8 +7,10 @@ Made once per input shape (the runner caches a few), it holds
   addition to the constants folded at load), computed here once;
 - a static memory plan: every intermediate tensor gets an offset in one arena, tensors whose
   lifetimes (producing step to last reading step) do not overlap share bytes (greedy first
-  fit, largest first), elementwise steps write over an input that dies with them, and views
-  (Reshape, Flatten, Squeeze, Unsqueeze) share their input's bytes;
+  fit, largest first), elementwise steps write over an input that dies with them, views
+  (Reshape, Flatten, Squeeze, Unsqueeze) share their input's bytes, and the inputs of a step
+  that holds them side by side (a blocked Concat of one image, ``Op.placements``) are written
+  where its output keeps them, a buffer living from the first of them to the last reader;
 - the memory budget: what the plan makes the model hold (see ``Plan.budget_parts``) is checked
   against ``max_memory`` after the shapes are inferred and the memory laid out, before any
   layer is made, its weights transformed, or an arena allocated (ModelError naming the largest
@@ -349,13 +351,24 @@ class Plan:
                 root[name], kind[name] = name, "const"
         outputs = set(self.outputs)
         produced_at = {n: t for t, s in enumerate(steps) for n in s.names}
+        # tensors a Concat holds, written where its output keeps them (a byte offset in it)
+        sub = {}
+        for name, (r, offset) in self._placements(steps, outputs).items():
+            if r not in root:
+                root[r], kind[r] = r, "arena"
+                members.setdefault(r, [r])
+            root[name], sub[name] = r, offset
+            members[r].append(name)
         for t, s in enumerate(steps):
             storage = s.op.storage
             for k, (name, info) in enumerate(zip(s.names, s.outs)):
                 last.setdefault(name, t)
+                if name in root:        # placed in a Concat's output
+                    continue
                 if storage == "view" and k == 0:
                     r = root[s.node.inputs[0]]
                     root[name] = r
+                    sub[name] = sub.get(s.node.inputs[0], 0)
                     members.setdefault(r, [r]).append(name)
                     continue
                 if storage == "alloc":
@@ -373,7 +386,10 @@ class Plan:
                         shared = s.op.inplace_exclusive and any(
                             root.get(n) == r for j, n in enumerate(s.node.inputs)
                             if j != c and n)
+                        # (and one where the buffer starts: a Concat's later inputs sit
+                        # further in, where the output would not fall on them)
                         if (kind[r] == "arena" and not shared
+                                and sub.get(s.node.inputs[c], 0) == 0
                                 and max(last[m] for m in members[r]) == t):
                             taken = r
                             break
@@ -392,7 +408,7 @@ class Plan:
             info = infos[r]
             nbytes = info.size * info.dtype.itemsize
             naive += nbytes
-            start = produced_at[r]
+            start = min(produced_at[m] for m in members[r])
             stop = max(last[m] for m in members[r])
             blocks.append([r, start, max(start, stop), -(-nbytes // ALIGN) * ALIGN, 0])
         placed = []
@@ -416,7 +432,8 @@ class Plan:
         for name, r in root.items():
             if name in slots and kind.get(r) == "arena":
                 info = infos[name]
-                self.layout.append((slots[name], offsets[r], info.shape, info.dtype))
+                self.layout.append((slots[name], offsets[r] + sub.get(name, 0), info.shape,
+                                    info.dtype))
         self.template = [None] * len(slots)
         for name, s in slots.items():
             if name in self.folded:
@@ -443,6 +460,52 @@ class Plan:
                 own = kind.get(root[name]) == "fresh" and root[name] == name
                 self.output_plan.append((name, slots[name], "own" if own else "copy"))
         self.kind, self.root = kind, root
+
+    def _placements(self, steps, outputs) -> dict:
+        """{tensor: (buffer, byte offset)}: the inputs of a step that keeps them side by side
+        in its output (``Op.placements``, a blocked Concat of one image) written there by the
+        steps that make them, so that the Concat copies nothing. Concats are taken last
+        first: DenseNet's block ends in a Concat of all its layers' outputs, and each layer's
+        own Concat of those before it is then a first part of that one, placed too.
+
+        A tensor is placed once: one written by a "write" step (not a view, an input, a
+        constant or a graph output) and in no other Concat's place; the others are copied.
+        A placed tensor lives as long as its buffer, so no step takes it over in place."""
+        producer = {n: s for s in steps for n in s.names[:1]}
+        place = {}
+
+        def placeable(name):
+            s = producer.get(name)
+            return (s is not None and s.op.storage == "write" and name not in outputs
+                    and name not in place)
+
+        for s in reversed(steps):
+            spots = s.op.placements(s.ins, s.outs)
+            c = s.names[0] if s.names else None
+            if not spots or c in outputs:
+                continue
+            if c not in place:
+                got = [place.get(s.node.inputs[k]) for k, _ in spots]
+                if all(g is not None for g in got):
+                    r, base = got[0][0], got[0][1] - spots[0][1]
+                    if all(g == (r, base + off) for g, (_, off) in zip(got, spots)):
+                        place[c] = (r, base)     # a first part of a later Concat's output
+                        continue
+                r, base = c, 0
+            else:
+                r, base = place[c]
+            for k, off in spots:
+                name = s.node.inputs[k]
+                if name and placeable(name) and name != r:
+                    place[name] = (r, base + off)
+        for s in steps:     # what each Concat then finds in place
+            spots = s.op.placements(s.ins, s.outs)
+            if spots and s.names[0] not in outputs:
+                r, base = place.get(s.names[0], (s.names[0], 0))
+                s.op.placed_inputs = frozenset(
+                    k for k, off in spots if place.get(s.node.inputs[k]) == (r, base + off)
+                    and s.node.inputs.index(s.node.inputs[k]) == k)
+        return place
 
     def env(self) -> list:
         env = getattr(self._local, "env", None)

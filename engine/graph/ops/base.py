@@ -261,6 +261,12 @@ class Op:
         """Inputs whose buffer output 0 may take over when they die at this node."""
         return ()
 
+    def placements(self, ins, outs) -> list:
+        """(input index, byte offset) of the inputs this step's output 0 holds as they are,
+        at that offset: the memory planner may have their makers write them there
+        (engine/graph/plan.py), and then tells the step which (``placed_inputs``)."""
+        return []
+
     # True for a step that may take an input's buffer only where no other of its inputs is
     # that buffer: one that reads its other inputs at other positions than it writes (a
     # convolution adding a residual, y = conv(x) + x, would read what it wrote)
