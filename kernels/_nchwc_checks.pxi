@@ -39,3 +39,27 @@ cdef const float* residual_base(residual, const Py_ssize_t* out_shape) except? N
                          f"{tuple(residual.shape)}")
     r = residual
     return &r[0, 0, 0, 0, 0] if r.size else NULL
+
+
+cdef Py_ssize_t real_channels(Py_ssize_t Cb, Py_ssize_t channels) except -1:
+    """The real channels of an input of Cb blocks: ``channels``, 0 meaning all of its blocks';
+    the padding ones after them, whose weights are zero, the pointwise tiles skip."""
+    if Cb == 0:
+        raise ValueError("x must have at least one channel")
+    if channels == 0:
+        channels = Cb * CE_NC_B
+    if not (Cb - 1) * CE_NC_B < channels <= Cb * CE_NC_B:
+        raise ValueError(f"channels must be in ({(Cb - 1) * CE_NC_B}, {Cb * CE_NC_B}] for "
+                         f"{Cb} blocks, got {channels}")
+    return channels
+
+
+cdef int check_pointwise_pack(Py_ssize_t Cb, Py_ssize_t Kb, Py_ssize_t wfloats,
+                              Py_ssize_t bfloats, str wname, str bname) except -1:
+    """Packed pointwise weights (pack_pointwise) for Cb input and Kb output blocks."""
+    if wfloats != Cb * CE_NC_B * Kb * CE_NC_B:
+        raise ValueError(f"{wname} must hold {Cb * CE_NC_B * Kb * CE_NC_B} floats, got "
+                         f"{wfloats}")
+    if bfloats != Kb * CE_NC_B:
+        raise ValueError(f"{bname} must hold {Kb * CE_NC_B} floats, got {bfloats}")
+    return 0

@@ -221,11 +221,7 @@ def f32_pointwise_blocked(const float[:, :, :, :, ::1] x, const float[::1] wpack
     cdef Py_ssize_t Kb = out.shape[1], P = H * W
     if out.shape[0] != N or out.shape[2] != H or out.shape[3] != W:
         raise ValueError(f"out {tuple(out.shape)} must match x {tuple(x.shape)} but in channels")
-    if wpack.shape[0] != Cb * CE_NC_B * Kb * CE_NC_B:
-        raise ValueError(f"wpack must hold {Cb * CE_NC_B * Kb * CE_NC_B} floats, got "
-                         f"{wpack.shape[0]}")
-    if bias.shape[0] != Kb * CE_NC_B:
-        raise ValueError(f"bias must hold {Kb * CE_NC_B} floats, got {bias.shape[0]}")
+    check_pointwise_pack(Cb, Kb, wpack.shape[0], bias.shape[0], "wpack", "bias")
     cdef const float* rbase = residual_base(residual, &out.shape[0])
     # the residual may be out itself (its buffer taken over, engine/graph/blocked_steps.py):
     # each output then reads its residual where it is stored, once its sum is whole; with
@@ -235,13 +231,7 @@ def f32_pointwise_blocked(const float[:, :, :, :, ::1] x, const float[::1] wpack
                          f"got {Cb}")
     if N == 0 or Kb == 0 or P == 0:
         return
-    if Cb == 0:
-        raise ValueError("x must have at least one channel")
-    if channels == 0:
-        channels = Cb * CE_NC_B
-    if not (Cb - 1) * CE_NC_B < channels <= Cb * CE_NC_B:
-        raise ValueError(f"channels must be in ({(Cb - 1) * CE_NC_B}, {Cb * CE_NC_B}] for "
-                         f"{Cb} blocks, got {channels}")
+    channels = real_channels(Cb, channels)
     cdef int tail = <int>(channels - (Cb - 1) * CE_NC_B)
     cdef Py_ssize_t T = (P + CE_NC_TILE_PIXELS - 1) // CE_NC_TILE_PIXELS
     cdef Py_ssize_t G = (Kb + CE_NC_GROUP - 1) // CE_NC_GROUP

@@ -279,11 +279,7 @@ def f32_expand_depthwise_blocked(const float[:, :, :, :, ::1] x, const float[::1
     cdef Py_ssize_t Kb = out.shape[1], OH = out.shape[2], OW = out.shape[3]
     if out.shape[0] != N:
         raise ValueError(f"out {tuple(out.shape)} must have x's {N} images")
-    if wpack.shape[0] != Cb * CE_NC_B * Kb * CE_NC_B:
-        raise ValueError(f"wpack must hold {Cb * CE_NC_B * Kb * CE_NC_B} floats, got "
-                         f"{wpack.shape[0]}")
-    if pbias.shape[0] != Kb * CE_NC_B:
-        raise ValueError(f"pbias must hold {Kb * CE_NC_B} floats, got {pbias.shape[0]}")
+    check_pointwise_pack(Cb, Kb, wpack.shape[0], pbias.shape[0], "wpack", "pbias")
     if wd.shape[0] != Kb or wd.shape[3] != CE_NC_B or not 1 <= wd.shape[1] <= 16 \
             or wd.shape[2] < 1:
         raise ValueError(f"wd must have shape ({Kb}, kh <= 16, kw, {CE_NC_B}), got "
@@ -293,13 +289,7 @@ def f32_expand_depthwise_blocked(const float[:, :, :, :, ::1] x, const float[::1
     check_window(Kb, dbias.shape[0], H, W, OH, OW, sh, sw, pt, pl, 1, 1)
     if N == 0 or Kb == 0 or OH <= 0 or OW <= 0:
         return
-    if Cb == 0:
-        raise ValueError("x must have at least one channel")
-    if channels == 0:
-        channels = Cb * CE_NC_B
-    if not (Cb - 1) * CE_NC_B < channels <= Cb * CE_NC_B:
-        raise ValueError(f"channels must be in ({(Cb - 1) * CE_NC_B}, {Cb * CE_NC_B}] for "
-                         f"{Cb} blocks, got {channels}")
+    channels = real_channels(Cb, channels)
     cdef int kh = <int>wd.shape[1], kw = <int>wd.shape[2]
     cdef int cols = ce_nc_xdw_cols(<int>W, <int>OW, sw, kw, pl)
     cdef Py_ssize_t ring = (ce_nc_xdw_ring_floats(<int>Kb, kh, cols) + 15) // 16 * 16
