@@ -11,6 +11,16 @@ cdef int check_blocked(const Py_ssize_t* shape, str name) except -1:
     return 0
 
 
+cdef int check_blocked_io(const Py_ssize_t* x, const Py_ssize_t* out) except -1:
+    """x and out (shapes) channel-blocked, with the same images: a layer from blocks to
+    blocks."""
+    check_blocked(x, "x")
+    check_blocked(out, "out")
+    if out[0] != x[0]:
+        raise ValueError(f"out {tuple(out[i] for i in range(5))} must have x's {x[0]} images")
+    return 0
+
+
 cdef int check_window(Py_ssize_t blocks, Py_ssize_t nbias, Py_ssize_t H, Py_ssize_t W,
                       Py_ssize_t OH, Py_ssize_t OW, int sh, int sw, int pt, int pl, int dh,
                       int dw) except -1:

@@ -409,6 +409,22 @@ ce_nc_dw8_buffered(const float *const *r, const float *const *wr, int nr, int kw
             CE_NC_ST(out + j * B, ce_nc_act(a[j], act));
 }
 
+/* A row of OW outputs, eight at a time, from rows r that run on into zeros (column c of a
+ * row under output column c / sw, stride sw 1 or 2) */
+static inline void ce_nc_dw8_row(const float *const *r, const float *const *wr, int nr, int kw,
+                                 ptrdiff_t d1, int sw, ce_nc_vf b, int OW, float *o,
+                                 ce_act_t act)
+{
+    for (int ox = 0; ox < OW; ox += 8) {
+        const int m = OW - ox < 8 ? OW - ox : 8;
+        if (sw == 1)
+            ce_nc_dw8_buffered(r, wr, nr, kw, d1, 1, b, ox, m, o + (ptrdiff_t)ox * CE_NC_B, act);
+        else
+            ce_nc_dw8_buffered(r, wr, nr, kw, d1, 2, b, (ptrdiff_t)ox * 2, m,
+                               o + (ptrdiff_t)ox * CE_NC_B, act);
+    }
+}
+
 /* One block plane, out[OH][OW] from x[H][W], when ce_nc_dw_plane_fits says so; buf: the
  * calling thread's CE_NC_DW_PLANE_VECS vectors. */
 static void ce_nc_dw_plane(const float *x, int H, int W, int OH, int OW, int sh, int sw, int pt,
@@ -452,16 +468,7 @@ static void ce_nc_dw_plane(const float *x, int H, int W, int OH, int OW, int sh,
                 nr++;
             }
         }
-        float *o = out + (ptrdiff_t)oy * OW * B;
-        for (int ox = 0; ox < OW; ox += 8) {
-            const int m = OW - ox < 8 ? OW - ox : 8;
-            if (sw == 1)
-                ce_nc_dw8_buffered(r, wr, nr, kw, d1, 1, b, ox, m, o + (ptrdiff_t)ox * B,
-                                   store_act);
-            else
-                ce_nc_dw8_buffered(r, wr, nr, kw, d1, 2, b, (ptrdiff_t)ox * 2, m,
-                                   o + (ptrdiff_t)ox * B, store_act);
-        }
+        ce_nc_dw8_row(r, wr, nr, kw, d1, sw, b, OW, out + (ptrdiff_t)oy * OW * B, store_act);
     }
     if (!inline_act)
         ce_nc_act_span(out, (ptrdiff_t)OH * OW, act);

@@ -119,16 +119,8 @@ static void ce_nc_xdw_units(const ce_nc_xdw_job *j, float *ring, ptrdiff_t lo, p
                         nr++;
                     }
                 }
-                const ce_nc_vf b = CE_NC_LD(j->bd + kb * B);
-                for (int ox = 0; ox < j->OW; ox += 8) {
-                    const int m = j->OW - ox < 8 ? j->OW - ox : 8;
-                    if (j->sw == 1)
-                        ce_nc_dw8_buffered(r, wr, nr, kw, B, 1, b, ox, m, o + (ptrdiff_t)ox * B,
-                                           store_act);
-                    else
-                        ce_nc_dw8_buffered(r, wr, nr, kw, B, 2, b, (ptrdiff_t)ox * 2, m,
-                                           o + (ptrdiff_t)ox * B, store_act);
-                }
+                ce_nc_dw8_row(r, wr, nr, kw, B, j->sw, CE_NC_LD(j->bd + kb * B), j->OW, o,
+                              store_act);
                 if (!inline_act)
                     ce_nc_act_span(o, j->OW, j->dact);
             }

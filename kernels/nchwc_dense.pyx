@@ -144,12 +144,9 @@ def f32_conv2d_nchwc(const float[:, :, :, :, ::1] x, Py_ssize_t channels,
     its padding as zeros and the tiles run on it unchecked, across rows (ce_nc_convp_band):
     padding then adds products of a weight and zero, so the weights must be finite."""
     check_act(act)
-    check_blocked(x.shape, "x")
-    check_blocked(out.shape, "out")
+    check_blocked_io(x.shape, out.shape)
     cdef Py_ssize_t N = x.shape[0], Cb = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t Kb = out.shape[1], OH = out.shape[2], OW = out.shape[3]
-    if out.shape[0] != N:
-        raise ValueError(f"out {tuple(out.shape)} must have x's {N} images")
     if not (Cb - 1) * CE_NC_B < channels <= Cb * CE_NC_B:
         raise ValueError(f"channels ({channels}) must fill x's {Cb} blocks")
     if groups < 1 or (groups > 1 and (channels != Cb * CE_NC_B or Cb % groups or Kb % groups)):

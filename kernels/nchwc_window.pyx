@@ -273,12 +273,9 @@ def f32_expand_depthwise_blocked(const float[:, :, :, :, ::1] x, const float[::1
     allocate them here."""
     check_act(pact)
     check_act(dact)
-    check_blocked(x.shape, "x")
-    check_blocked(out.shape, "out")
+    check_blocked_io(x.shape, out.shape)
     cdef Py_ssize_t N = x.shape[0], Cb = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t Kb = out.shape[1], OH = out.shape[2], OW = out.shape[3]
-    if out.shape[0] != N:
-        raise ValueError(f"out {tuple(out.shape)} must have x's {N} images")
     check_pointwise_pack(Cb, Kb, wpack.shape[0], pbias.shape[0], "wpack", "pbias")
     if wd.shape[0] != Kb or wd.shape[3] != CE_NC_B or not 1 <= wd.shape[1] <= 16 \
             or wd.shape[2] < 1:
