@@ -1075,10 +1075,11 @@ def test_a_pooled_branch_resized_back_stays_blocked(rng, mode, transform, blocke
 
 # ------------------------------------------------------------ Concat inputs written in place
 
-def dense_block_net(rng, c=16, growth=8, layers=3, extra=None):
+def dense_block_net(rng, c=2 * B, growth=B, layers=3, extra=None):
     """DenseNet's block: each layer a 3x3 conv (relu) on the Concat of the block's input and
     every layer's output before it; the block ends in the Concat of all of them, then a 1x1.
-    ``extra``: further nodes (reading the names above) and their outputs."""
+    ``extra``: further nodes (reading the names above) and their outputs. Whole blocks of
+    channels, so that the Concats run on blocks with either block size."""
     consts, nodes = {}, [Node("Conv", "stem", ["x", "w0"], ["f0"], {"pads": [1, 1, 1, 1]}),
                          Node("Relu", "r0", ["f0"], ["x0"])]
     consts["w0"] = f32(rng, c, 3, 3, 3) * 0.3
@@ -1165,7 +1166,7 @@ def test_a_step_writes_over_a_placed_input_only_where_the_buffer_starts(rng, thr
     """a and b sit side by side in their Concat's output f; b dies at a Relu after f's last
     reader. The Relu may not take the buffer over from b, which sits past a: its output
     would start where a does and run over b as it reads it."""
-    c = 16
+    c = B
     consts = {"wa": f32(rng, c, c, 1, 1), "wb": f32(rng, 3 * c, c, 1, 1),
               "wf": f32(rng, c, 4 * c, 1, 1), "wz": f32(rng, c, 3 * c, 1, 1)}
 
