@@ -27,10 +27,10 @@ from __future__ import annotations
 
 import math
 
-from ..dispatch.conv import ConvParams
 import numpy as np
 
 from .._kernels import nchwc_window
+from ..dispatch.conv import ConvParams
 from ..dispatch.layout import (blocked_kernel, canonical_layout, choose_layout,
                                fuse_expand_depthwise, pays_alone, why_not_layout)
 from ..ops import blocked
