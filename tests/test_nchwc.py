@@ -404,6 +404,13 @@ def test_a_large_expanded_map_is_never_stored(rng, threads):
     assert "in one pass" in model.explain() and "is never stored" in model.explain()
     ref = Model(expand_net(c, e), layout="nchw")(x)
     assert np.abs(y - ref).max() <= 1e-5 * np.abs(ref).max()
+    # explain(errors=True) measures the fused step against both layers in float64
+    from engine.lab.errors import conv_errors
+    plan = model._last_plan
+    errors = conv_errors(plan, [x])
+    fused = [k for k, s in enumerate(plan.steps)
+             if type(s.op).__name__ == "BlockedExpandDepthwise"]
+    assert fused and all(0 < errors[k] < 1e-5 for k in fused)
     # a small map, a non-finite depthwise weight or a second reader keep the two steps
     small = Model(expand_net(c, e))
     small(x[:, :, :14, :14])

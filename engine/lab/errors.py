@@ -17,14 +17,17 @@ from ..ops.activation import float64_activation
 
 
 def _conv_of(step):
-    """The graph Conv op of a convolution step (NCHW or blocked), its layout, else None."""
-    from ..graph.blocked_steps import BlockedConv
+    """The graph Conv ops a convolution step runs, in order (NCHW or blocked; two for a
+    pointwise layer fused into the depthwise one after it), and its layout, else None."""
+    from ..graph.blocked_steps import BlockedConv, BlockedExpandDepthwise
     from ..graph.ops.conv import Conv
     op = step.op
     if isinstance(op, BlockedConv):
-        return op.conv, op.conv_kind
+        return [op.conv], op.conv_kind
+    if isinstance(op, BlockedExpandDepthwise):
+        return [op.pw.conv, op.dw.conv], "pointwise"
     if isinstance(op, Conv) and op.nd == 2 and not op.runtime_weights:
-        return op, None
+        return [op], None
     return None
 
 
@@ -44,25 +47,27 @@ def conv_errors(plan, feeds: list, num_threads: int = 1) -> dict:
         found = _conv_of(step)
         if found is None:
             return
-        conv, kind = found
-        x = _nchw(env[step.i[0]], kind, conv.w_shape[1] * conv.group, True)
+        convs, kind = found
+        first, last = convs[0], convs[-1]
+        x = _nchw(env[step.i[0]], kind, first.w_shape[1] * first.group, True)
         r = None
-        if conv.residual and len(step.i) > 3 and step.i[3] >= 0:
-            r = _nchw(env[step.i[3]], kind, conv.w_shape[0], False)
-        kept[id(step)] = (conv, kind, x, r)
+        if last.residual and len(step.i) > 3 and step.i[3] >= 0:
+            r = _nchw(env[step.i[3]], kind, last.w_shape[0], False)
+        kept[id(step)] = (convs, kind, x, r)
 
     def after(step, env):
         if id(step) not in kept:
             return
-        conv, kind, x, r = kept.pop(id(step))
-        y = _nchw(env[step.o[0]], kind, conv.w_shape[0], False)
-        (pt, pb), (pl, pr) = conv.pads_for(x.shape[2:])
-        ref = Conv2d(conv.w.astype(np.float64),
-                     None if conv.b is None else conv.b.astype(np.float64), conv.strides,
-                     (pt, pl, pb, pr), conv.dilations, conv.group, algorithm="direct")(x)
-        if r is not None:
-            ref = ref + r
-        ref = float64_activation(conv.activation, ref)
+        convs, kind, ref, r = kept.pop(id(step))
+        y = _nchw(env[step.o[0]], kind, convs[-1].w_shape[0], False)
+        for k, conv in enumerate(convs):
+            (pt, pb), (pl, pr) = conv.pads_for(ref.shape[2:])
+            ref = Conv2d(conv.w.astype(np.float64),
+                         None if conv.b is None else conv.b.astype(np.float64), conv.strides,
+                         (pt, pl, pb, pr), conv.dilations, conv.group, algorithm="direct")(ref)
+            if r is not None and k == len(convs) - 1:
+                ref = ref + r
+            ref = float64_activation(conv.activation, ref)
         scale = float(np.abs(ref).max()) if ref.size else 0.0
         err = float(np.abs(y - ref).max()) if ref.size else 0.0
         errors[index[id(step)]] = err / scale if scale > 0 else err
