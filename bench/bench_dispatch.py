@@ -19,6 +19,7 @@ Groups (section/group):
   winograd/weights                        engine/dispatch/winograd.py (U kept or made per
                                           call) and engine/ops/winograd.py TAPS_PANELS_BYTES
   layout/convert, layout/depthwise        the thread thresholds of engine/graph/blocked_steps.py
+                                          and blocked_conv.py
                                           (1 against 2 threads, whatever --threads says)
   layout/dw_planes                        kernels/_nchwc_dw.h CE_NC_DW_PLANE_VECS: blocked
                                           depthwise by whole planes or row by row
@@ -67,7 +68,8 @@ from engine.dispatch.winograd import choose_blocked_tile  # noqa: E402
 from engine.ops.workspace import workspace  # noqa: E402
 from engine.dispatch.layout import POINTWISE_ALONE_MIN_WASTE  # noqa: E402
 from engine.ops.activation import kernel_act  # noqa: E402
-from engine.graph.blocked_steps import MIN_CONVERT_ELEMENTS, MIN_WORK_DEPTHWISE  # noqa: E402
+from engine.graph.blocked_conv import MIN_WORK_DEPTHWISE  # noqa: E402
+from engine.graph.blocked_steps import MIN_CONVERT_ELEMENTS  # noqa: E402
 from engine.graph.ops.se import MIN_THREADED_GATE_WEIGHTS  # noqa: E402
 from engine.ops import blocked  # noqa: E402
 from engine.ops.packed_gemm import ConstantRight  # noqa: E402

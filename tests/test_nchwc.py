@@ -11,7 +11,7 @@ import pytest
 
 from engine._kernels import nchwc, nchwc_channels, nchwc_window
 from engine.graph import Graph, Model, Node, TensorSpec
-from engine.graph import blocked_steps as layout_steps
+from engine.graph import blocked_conv
 from engine.graph import layout
 from engine.dispatch import layout as layout_rules
 from engine.ops import blocked
@@ -987,7 +987,7 @@ def test_a_pointwise_layer_takes_over_its_dying_residual(rng, c, monkeypatch):
     taking, (w1, w2) = residual_graph(c)
     n_taking = arena_tensors(taking, x0.shape)
     outs = {t: taking.run({"x0": x0}, num_threads=t)["y"] for t in (1, 2)}
-    monkeypatch.setattr(layout_steps.BlockedConv, "inplace_inputs", lambda *a: ())
+    monkeypatch.setattr(blocked_conv.BlockedConv, "inplace_inputs", lambda *a: ())
     apart, _ = residual_graph(c)
     takes = blocked.blocks(c) <= nchwc.BATCH
     assert n_taking == arena_tensors(apart, x0.shape) - (1 if takes else 0)

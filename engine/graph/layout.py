@@ -7,7 +7,8 @@ transpose its planes; in the blocked layout neither does (kernels/_nchwc.h). A M
 blocked from its first layer (few input channels: it reads NCHW and writes blocks directly) to
 the global average pool, which reads the blocks in place. Which layers run blocked, and how the
 blocked kernels share their work between threads, is engine/dispatch/layout.py's choice; this
-module rewrites the graph accordingly, with the steps of engine/graph/blocked_steps.py.
+module rewrites the graph accordingly, with the steps of engine/graph/blocked_conv.py (the
+convolutions) and engine/graph/blocked_steps.py (the rest).
 
 ``rewrite(graph, ops, input_shapes, layout)`` returns the graph the plan runs, the ops for its
 nodes, each convolution's layout choice with its reason, and its own inference of the graph
@@ -34,9 +35,10 @@ from ..dispatch.conv import ConvParams
 from ..dispatch.layout import (blocked_kernel, canonical_layout, choose_layout,
                                fuse_expand_depthwise, pays_alone, why_not_layout)
 from ..ops import blocked
-from .blocked_steps import (BlockedBatchNorm, BlockedBroadcast, BlockedConcat, BlockedConv,
-                            BlockedExpandDepthwise, BlockedGlobalAveragePool, BlockedPool,
-                            BlockedShape, FromBlocked, ToBlocked)
+from .blocked_conv import BlockedConv, BlockedExpandDepthwise
+from .blocked_steps import (BlockedBatchNorm, BlockedBroadcast, BlockedConcat,
+                            BlockedGlobalAveragePool, BlockedPool, BlockedShape, FromBlocked,
+                            ToBlocked)
 from .ir import Graph, Node
 from .ops import F32
 from .plan import Inferred, infer_nodes

@@ -19,7 +19,7 @@ from ..ops.activation import float64_activation
 def _conv_of(step):
     """The graph Conv ops a convolution step runs, in order (NCHW or blocked; two for a
     pointwise layer fused into the depthwise one after it), and its layout, else None."""
-    from ..graph.blocked_steps import BlockedConv, BlockedExpandDepthwise
+    from ..graph.blocked_conv import BlockedConv, BlockedExpandDepthwise
     from ..graph.ops.conv import Conv
     op = step.op
     if isinstance(op, BlockedConv):
