@@ -448,7 +448,8 @@ def fuse_expand_depthwise(expanded, size, kernel, strides, dilations, ring_float
     why. The expanded map is then never stored whole (kernels/_nchwc_expand.h)."""
     h, w = size
     if tuple(dilations) != (1, 1) or strides[1] not in (1, 2) or kernel[0] > 16:
-        return False, "the fused kernel takes undilated depthwise layers of stride 1 or 2 wide"
+        return False, ("the fused kernel takes undilated depthwise layers of stride 1 or 2 "
+                       "across, at most 16 rows tall")
     if not finite:
         return False, "a non-finite depthwise weight: the fused kernel reads padding as zeros"
     floats = expanded * h * w
