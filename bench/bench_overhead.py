@@ -78,7 +78,7 @@ def main():
     elem_graph, elem_shape = elementwise_chain(args.layers)
     elem = Model(elem_graph)
     for t in args.threads:
-        rows.append(("dw/pw chain, NCHW16c", t, per_node_us(blocked, shape, t, args.repeat)))
+        rows.append(("dw/pw chain, NCHWc", t, per_node_us(blocked, shape, t, args.repeat)))
         rows.append(("dw/pw chain, NCHW", t, per_node_us(nchw, shape, t, args.repeat)))
         rows.append(("Relu/Add chain", t, per_node_us(elem, elem_shape, t, args.repeat)))
     print(f"{'chain':<24} {'threads':>7} {'us per node':>12}")

@@ -1,5 +1,9 @@
 # The shape checks every kernel on channel-blocked tensors makes before it releases the GIL
 # (included by the nchwc*.pyx modules, which declare CE_NC_B first), and the residual's pointer.
+cimport numpy as cnp
+from _arrays cimport f32_arg, f32_array
+
+cnp.import_array()     # the NumPy C API f32_arg calls, once per module
 
 
 cdef int check_blocked(const Py_ssize_t* shape, str name) except -1:
@@ -38,17 +42,15 @@ cdef int check_window(Py_ssize_t blocks, Py_ssize_t nbias, Py_ssize_t H, Py_ssiz
 cdef const float* residual_base(residual, const Py_ssize_t* out_shape) except? NULL:
     """The first element of ``residual`` (None, or a blocked array of the shape out_shape
     points at, checked), or NULL. The caller's reference keeps the array, and so the pointer,
-    alive. (The shape, not the output's view: a view passed as an object would be wrapped
-    anew on every call, a third of a small layer's call.)"""
-    cdef const float[:, :, :, :, ::1] r
+    alive."""
     if residual is None:
         return NULL
-    want = tuple(out_shape[i] for i in range(5))
-    if tuple(residual.shape) != want:
-        raise ValueError(f"residual must have out's shape {want}, got "
-                         f"{tuple(residual.shape)}")
-    r = residual
-    return &r[0, 0, 0, 0, 0] if r.size else NULL
+    cdef f32_array r = f32_arg(residual, 5, "residual", False)
+    for i in range(5):
+        if r.shape[i] != out_shape[i]:
+            raise ValueError(f"residual must have out's shape "
+                             f"{tuple(out_shape[j] for j in range(5))}, got {residual.shape}")
+    return r.p
 
 
 cdef Py_ssize_t real_channels(Py_ssize_t Cb, Py_ssize_t channels) except -1:

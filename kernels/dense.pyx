@@ -10,9 +10,12 @@
 # Every dot product runs the same operations in the same order whether its row is one of
 # eight or alone (two vector accumulators, then a fixed tree over the lanes), so an output has
 # one value whatever the thread count, the rows of a and wherever a thread's range begins.
+cimport numpy as cnp
+from _arrays cimport f32_arg, f32_array
 from _pool cimport ce_pool_attach, ce_pool_for
 
 ce_pool_attach()
+cnp.import_array()     # the NumPy C API f32_arg calls
 
 cdef extern from *:
     """
@@ -88,14 +91,16 @@ cdef extern from *:
 SINGLE_ROW_MAX_M = 1
 
 
-def f32_dense_rows(const float[:, ::1] a, const float[:, ::1] w, float[:, ::1] out,
-                   int num_threads, int together=0):
+def f32_dense_rows(a, w, out, int num_threads, int together=0):
     """out[M, N] = a[M, K] @ w[N, K].T. together: rows of w read side by side, 1 or 8 (0:
     1 up to SINGLE_ROW_MAX_M rows of a, else 8); the values are the same either way."""
-    cdef Py_ssize_t M = a.shape[0], K = a.shape[1], N = w.shape[0]
-    if w.shape[1] != K or out.shape[0] != M or out.shape[1] != N:
-        raise ValueError(f"a {tuple(a.shape)[:2]}, w {tuple(w.shape)[:2]} and out "
-                         f"{tuple(out.shape)[:2]} do not fit out = a @ w.T")
+    cdef f32_array av = f32_arg(a, 2, "a", False)
+    cdef f32_array wv = f32_arg(w, 2, "w", False)
+    cdef f32_array outv = f32_arg(out, 2, "out", True)
+    cdef Py_ssize_t M = av.shape[0], K = av.shape[1], N = wv.shape[0]
+    if wv.shape[1] != K or outv.shape[0] != M or outv.shape[1] != N:
+        raise ValueError(f"a {a.shape[:2]}, w {w.shape[:2]} and out "
+                         f"{out.shape[:2]} do not fit out = a @ w.T")
     if M == 0 or N == 0:
         return
     if K == 0:
@@ -105,7 +110,7 @@ def f32_dense_rows(const float[:, ::1] a, const float[:, ::1] w, float[:, ::1] o
         together = 1 if M <= SINGLE_ROW_MAX_M else 8
     if together not in (1, 8):
         raise ValueError(f"together must be 0, 1 or 8, got {together}")
-    cdef DenseJob j = DenseJob(&a[0, 0], M, K, &w[0, 0], &out[0, 0], N, together)
+    cdef DenseJob j = DenseJob(av.p, M, K, wv.p, outv.p, N, together)
     with nogil:
         ce_pool_for(num_threads, N, _dense_columns, &j)
 

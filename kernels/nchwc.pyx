@@ -89,34 +89,38 @@ cdef void _layout_change(const float* src, Py_ssize_t C, Py_ssize_t P, float* ds
     ce_pool_for(num_threads, items, _layout_items, &j)
 
 
-def f32_to_blocked(const float[:, :, :, ::1] x, float[:, :, :, :, ::1] out, int num_threads):
+def f32_to_blocked(x, out, int num_threads):
     """out[n, c // B, h, w, c % B] = x[n, c, h, w], zero in the channels beyond C."""
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], P = x.shape[2] * x.shape[3]
+    cdef f32_array xv = f32_arg(x, 4, "x", False)
+    cdef f32_array outv = f32_arg(out, 5, "out", True)
+    cdef Py_ssize_t N = xv.shape[0], C = xv.shape[1], P = xv.shape[2] * xv.shape[3]
     cdef Py_ssize_t Cb = (C + CE_NC_B - 1) // CE_NC_B
-    if (out.shape[0] != N or out.shape[1] != Cb or out.shape[2] != x.shape[2]
-            or out.shape[3] != x.shape[3] or out.shape[4] != CE_NC_B):
+    if (outv.shape[0] != N or outv.shape[1] != Cb or outv.shape[2] != xv.shape[2]
+            or outv.shape[3] != xv.shape[3] or outv.shape[4] != CE_NC_B):
         raise ValueError(f"out must have shape ({N}, {Cb}, {x.shape[2]}, {x.shape[3]}, "
-                         f"{CE_NC_B}) for x {tuple(x.shape)[:4]}, got {tuple(out.shape)}")
+                         f"{CE_NC_B}) for x {x.shape[:4]}, got {out.shape}")
     if N == 0 or Cb == 0 or P == 0:
         return
-    cdef const float* xp = &x[0, 0, 0, 0]
-    cdef float* op = &out[0, 0, 0, 0, 0]
+    cdef const float* xp = xv.p
+    cdef float* op = outv.p
     with nogil:
         _layout_change(xp, C, P, op, True, N * Cb, num_threads)
 
 
-def f32_from_blocked(const float[:, :, :, :, ::1] x, float[:, :, :, ::1] out, int num_threads):
+def f32_from_blocked(x, out, int num_threads):
     """out[n, c, h, w] = x[n, c // B, h, w, c % B] for the C channels of out."""
-    cdef Py_ssize_t N = out.shape[0], C = out.shape[1], P = out.shape[2] * out.shape[3]
+    cdef f32_array xv = f32_arg(x, 5, "x", False)
+    cdef f32_array outv = f32_arg(out, 4, "out", True)
+    cdef Py_ssize_t N = outv.shape[0], C = outv.shape[1], P = outv.shape[2] * outv.shape[3]
     cdef Py_ssize_t Cb = (C + CE_NC_B - 1) // CE_NC_B
-    if (x.shape[0] != N or x.shape[1] != Cb or x.shape[2] != out.shape[2]
-            or x.shape[3] != out.shape[3] or x.shape[4] != CE_NC_B):
+    if (xv.shape[0] != N or xv.shape[1] != Cb or xv.shape[2] != outv.shape[2]
+            or xv.shape[3] != outv.shape[3] or xv.shape[4] != CE_NC_B):
         raise ValueError(f"x must have shape ({N}, {Cb}, {out.shape[2]}, {out.shape[3]}, "
-                         f"{CE_NC_B}) for out {tuple(out.shape)[:4]}, got {tuple(x.shape)}")
+                         f"{CE_NC_B}) for out {out.shape[:4]}, got {x.shape}")
     if N == 0 or Cb == 0 or P == 0:
         return
-    cdef const float* xp = &x[0, 0, 0, 0, 0]
-    cdef float* op = &out[0, 0, 0, 0]
+    cdef const float* xp = xv.p
+    cdef float* op = outv.p
     with nogil:
         _layout_change(xp, C, P, op, False, N * Cb, num_threads)
 
@@ -140,23 +144,24 @@ cdef void _subsample_rows(void* job, int thread, Py_ssize_t lo, Py_ssize_t hi) n
             memcpy(dst + ox * CE_NC_B, src + ox * j.sw * CE_NC_B, CE_NC_B * sizeof(float))
 
 
-def f32_subsample_blocked(const float[:, :, :, :, ::1] x, float[:, :, :, :, ::1] out, int sh,
-                          int sw, int num_threads):
+def f32_subsample_blocked(x, out, int sh, int sw, int num_threads):
     """out[n, cb, oy, ox] = x[n, cb, oy * sh, ox * sw] (one vector per pixel): the input of a
     1x1 convolution with strides and no padding, which the pointwise kernel then runs on whole
     tiles of pixels. The threads take ranges of output rows."""
-    check_blocked(x.shape, "x")
-    check_blocked(out.shape, "out")
-    cdef Py_ssize_t N = x.shape[0], Cb = x.shape[1], H = x.shape[2], W = x.shape[3]
-    cdef Py_ssize_t OH = out.shape[2], OW = out.shape[3]
+    cdef f32_array xv = f32_arg(x, 5, "x", False)
+    cdef f32_array outv = f32_arg(out, 5, "out", True)
+    check_blocked(xv.shape, "x")
+    check_blocked(outv.shape, "out")
+    cdef Py_ssize_t N = xv.shape[0], Cb = xv.shape[1], H = xv.shape[2], W = xv.shape[3]
+    cdef Py_ssize_t OH = outv.shape[2], OW = outv.shape[3]
     if sh < 1 or sw < 1:
         raise ValueError(f"strides must be positive, got {sh}x{sw}")
-    if out.shape[0] != N or out.shape[1] != Cb or OH != (H + sh - 1) // sh or OW != (W + sw - 1) // sw:
-        raise ValueError(f"out {tuple(out.shape)} must be x {tuple(x.shape)} taken every "
+    if outv.shape[0] != N or outv.shape[1] != Cb or OH != (H + sh - 1) // sh or OW != (W + sw - 1) // sw:
+        raise ValueError(f"out {out.shape} must be x {x.shape} taken every "
                          f"{sh}x{sw} pixels")
     if N == 0 or Cb == 0 or OH == 0 or OW == 0:
         return
-    cdef SubsampleJob j = SubsampleJob(&x[0, 0, 0, 0, 0], &out[0, 0, 0, 0, 0], H, W, OH, OW,
+    cdef SubsampleJob j = SubsampleJob(xv.p, outv.p, H, W, OH, OW,
                                        sh, sw)
     with nogil:
         ce_pool_for(num_threads, N * Cb * OH, _subsample_rows, &j)
@@ -202,31 +207,32 @@ cpdef bint pointwise_by_groups(Py_ssize_t N, Py_ssize_t P, Py_ssize_t Kb, int nt
     return nt > 1 and by_groups < by_pixels * group_slack
 
 
-def f32_pointwise_blocked(const float[:, :, :, :, ::1] x, const float[::1] wpack,
-                          const float[::1] bias, residual, float[:, :, :, :, ::1] out, ce_act_t act,
-                          int num_threads, double group_slack=1.0, Py_ssize_t channels=0):
-    """out = act(W @ x + bias (+ residual)) per pixel, all in blocks. wpack: the weights packed
-    by engine.ops.blocked.pack_pointwise, groups of up to GROUP output blocks, each
-    [Cb * B][blocks * B]; bias: Kb * B values (zero beyond K); residual: None or an array
-    of out's shape. channels: x's real channels (0: all of its blocks'); the padding ones after
-    them, whose weights are zero, are skipped.
+def f32_pointwise_blocked(x, wpack, bias, residual, out, ce_act_t act, int num_threads,
+                          double group_slack=1.0, Py_ssize_t channels=0):
+    """out = act(W @ x + bias (+ residual)) per pixel, all in blocks (float32 arrays). wpack:
+    the weights packed by engine.ops.blocked.pack_pointwise, groups of up to GROUP output
+    blocks, each [Cb * B][blocks * B]; bias: Kb * B values (zero beyond K); residual: None or
+    an array of out's shape. channels: x's real channels (0: all of its blocks'); the padding
+    ones after them, whose weights are zero, are skipped.
 
     The threads share either the tiles of pixels (all output channels each) or the groups of
     output blocks (all pixels each): the groups when that leaves the busiest thread less than
     group_slack times what the pixel split would (1: whichever is less; 0: always pixels)."""
     check_act(act)
-    check_blocked(x.shape, "x")
-    check_blocked(out.shape, "out")
-    cdef Py_ssize_t N = x.shape[0], Cb = x.shape[1], H = x.shape[2], W = x.shape[3]
-    cdef Py_ssize_t Kb = out.shape[1], P = H * W
-    if out.shape[0] != N or out.shape[2] != H or out.shape[3] != W:
-        raise ValueError(f"out {tuple(out.shape)} must match x {tuple(x.shape)} but in channels")
-    check_pointwise_pack(Cb, Kb, wpack.shape[0], bias.shape[0], "wpack", "bias")
-    cdef const float* rbase = residual_base(residual, &out.shape[0])
+    cdef f32_array xv = f32_arg(x, 5, "x", False), ov = f32_arg(out, 5, "out", True)
+    cdef f32_array wv = f32_arg(wpack, 1, "wpack", False), bv = f32_arg(bias, 1, "bias", False)
+    check_blocked(xv.shape, "x")
+    check_blocked(ov.shape, "out")
+    cdef Py_ssize_t N = xv.shape[0], Cb = xv.shape[1], H = xv.shape[2], W = xv.shape[3]
+    cdef Py_ssize_t Kb = ov.shape[1], P = H * W
+    if ov.shape[0] != N or ov.shape[2] != H or ov.shape[3] != W:
+        raise ValueError(f"out {out.shape} must match x {x.shape} but in channels")
+    check_pointwise_pack(Cb, Kb, wv.size, bv.size, "wpack", "bias")
+    cdef const float* rbase = residual_base(residual, ov.shape)
     # the residual may be out itself (its buffer taken over, engine/graph/blocked_steps.py):
     # each output then reads its residual where it is stored, once its sum is whole; with
     # more than BATCH input blocks the partial sums stored between passes would overwrite it
-    if rbase == &out[0, 0, 0, 0, 0] and rbase != NULL and Cb > CE_NC_BATCH:
+    if rbase == ov.p and rbase != NULL and Cb > CE_NC_BATCH:
         raise ValueError(f"residual may be out only for at most {CE_NC_BATCH} input blocks, "
                          f"got {Cb}")
     if N == 0 or Kb == 0 or P == 0:
@@ -240,13 +246,9 @@ def f32_pointwise_blocked(const float[:, :, :, :, ::1] x, const float[::1] wpack
     cdef Py_ssize_t units = G if split_groups else N * T
     nt = <int>min(nt, units)
     cdef Py_ssize_t chunk = max(1, CHUNK_BYTES // (CE_NC_TILE_PIXELS * Cb * CE_NC_B * 4))
-    cdef const float* xp = &x[0, 0, 0, 0, 0]
-    cdef float* op = &out[0, 0, 0, 0, 0]
-    cdef const float* wp = &wpack[0]
-    cdef const float* bp = &bias[0]
     cdef Py_ssize_t xs = Cb * P * CE_NC_B, os = Kb * P * CE_NC_B
-    cdef PointwiseJob a = PointwiseJob(xp, P, <int>Cb, tail, wp, <int>Kb, bp, rbase, op, act, N, T, G, xs,
-                             os, chunk, split_groups)
+    cdef PointwiseJob a = PointwiseJob(xv.p, P, <int>Cb, tail, wv.p, <int>Kb, bv.p, rbase, ov.p,
+                                       act, N, T, G, xs, os, chunk, split_groups)
     with nogil:
         ce_pool_for(nt, units, _pointwise_units, &a)
 
@@ -279,32 +281,35 @@ cdef void _direct_rows(void* job, int thread, Py_ssize_t lo, Py_ssize_t hi) noex
                          j.OH * j.OW * CE_NC_B, <int>min(S, j.Kb - kb), j.act)
 
 
-def f32_direct_to_blocked(const float[:, :, :, ::1] x, const float[:, :, :, :, ::1] w,
-                          const float[::1] bias, float[:, :, :, :, ::1] out, int sh, int sw,
-                          int pt, int pl, int dh, int dw, ce_act_t act, int num_threads):
+def f32_direct_to_blocked(x, w, bias, out, int sh, int sw, int pt, int pl, int dh, int dw,
+                          ce_act_t act, int num_threads):
     """A dense convolution (one group) from NCHW x to channel-blocked out, for layers with few
     input channels: w[Kb, C, kh, kw, B] holds output channel kb*B + j's weights at [kb, ..., j]
     (zero beyond K); bias: Kb * B values. Output sizes are the caller's (engine.shapes).
     Work items are output rows of a set of blocks (four with AVX-512, else two; the input
     values loaded once for the set), ordered (image, row, set): bands of rows."""
+    cdef f32_array xv = f32_arg(x, 4, "x", False)
+    cdef f32_array wv = f32_arg(w, 5, "w", False)
+    cdef f32_array biasv = f32_arg(bias, 1, "bias", False)
+    cdef f32_array outv = f32_arg(out, 5, "out", True)
     check_act(act)
-    check_blocked(out.shape, "out")
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
-    cdef Py_ssize_t Kb = out.shape[1], OH = out.shape[2], OW = out.shape[3]
-    if out.shape[0] != N:
-        raise ValueError(f"out {tuple(out.shape)} must have x's {N} images")
-    if (w.shape[0] != Kb or w.shape[1] != C or w.shape[4] != CE_NC_B or w.shape[2] < 1
-            or w.shape[3] < 1):
+    check_blocked(outv.shape, "out")
+    cdef Py_ssize_t N = xv.shape[0], C = xv.shape[1], H = xv.shape[2], W = xv.shape[3]
+    cdef Py_ssize_t Kb = outv.shape[1], OH = outv.shape[2], OW = outv.shape[3]
+    if outv.shape[0] != N:
+        raise ValueError(f"out {out.shape} must have x's {N} images")
+    if (wv.shape[0] != Kb or wv.shape[1] != C or wv.shape[4] != CE_NC_B or wv.shape[2] < 1
+            or wv.shape[3] < 1):
         raise ValueError(f"w must have shape ({Kb}, {C}, kh, kw, {CE_NC_B}), got "
-                         f"{tuple(w.shape)}")
-    check_window(Kb, bias.shape[0], H, W, OH, OW, sh, sw, pt, pl, dh, dw)
+                         f"{w.shape}")
+    check_window(Kb, biasv.shape[0], H, W, OH, OW, sh, sw, pt, pl, dh, dw)
     if N == 0 or Kb == 0 or OH <= 0 or OW <= 0:
         return
     if C == 0:
         raise ValueError("x must have at least one channel")
-    cdef DirectJob j = DirectJob(&x[0, 0, 0, 0], C, H, W, Kb, OH, OW, sh, sw, pt, pl,
-                                 <int>w.shape[2], <int>w.shape[3], dh, dw, &w[0, 0, 0, 0, 0],
-                                 &bias[0], &out[0, 0, 0, 0, 0], act)
+    cdef DirectJob j = DirectJob(xv.p, C, H, W, Kb, OH, OW, sh, sw, pt, pl,
+                                 <int>wv.shape[2], <int>wv.shape[3], dh, dw, wv.p,
+                                 biasv.p, outv.p, act)
     with nogil:
         ce_pool_for(num_threads, N * OH * ((Kb + CE_NC_DIRECT_BLOCKS - 1)
                                            // CE_NC_DIRECT_BLOCKS), _direct_rows, &j)

@@ -5,9 +5,12 @@
 # (kernels/_pool.h) take ranges of blocks; every output is computed whole by one thread, so
 # results do not depend on the thread count.
 from _epilogue cimport ce_act_t, check_act
+cimport numpy as cnp
+from _arrays cimport f32_arg, f32_array
 from _pool cimport ce_pool_attach, ce_pool_for
 
 ce_pool_attach()
+cnp.import_array()     # the NumPy C API f32_arg calls
 
 
 cdef extern from "_nchwc.h":
@@ -31,19 +34,20 @@ cdef void _mean_items(void* job, int thread, Py_ssize_t lo, Py_ssize_t hi) noexc
                          <int>min(CE_NC_B, j.C - cb * CE_NC_B))
 
 
-def f32_global_avg_blocked(const float[:, :, :, :, ::1] x, float[:, ::1] out,
-                           int num_threads=1):
+def f32_global_avg_blocked(x, out, int num_threads=1):
     """out[n, c] = mean over the pixels of channel c, for the C channels of out; the threads
     take ranges of blocks."""
-    cdef Py_ssize_t N = x.shape[0], Cb = x.shape[1], P = x.shape[2] * x.shape[3]
-    cdef Py_ssize_t C = out.shape[1]
-    if out.shape[0] != N or (C + CE_NC_B - 1) // CE_NC_B != Cb or x.shape[4] != CE_NC_B:
-        raise ValueError(f"out {tuple(out.shape)[:2]} does not fit x {tuple(x.shape)}")
+    cdef f32_array xv = f32_arg(x, 5, "x", False)
+    cdef f32_array outv = f32_arg(out, 2, "out", True)
+    cdef Py_ssize_t N = xv.shape[0], Cb = xv.shape[1], P = xv.shape[2] * xv.shape[3]
+    cdef Py_ssize_t C = outv.shape[1]
+    if outv.shape[0] != N or (C + CE_NC_B - 1) // CE_NC_B != Cb or xv.shape[4] != CE_NC_B:
+        raise ValueError(f"out {out.shape[:2]} does not fit x {x.shape}")
     if P == 0:
         raise ValueError("x must have a non-empty plane")
     if N == 0 or Cb == 0:
         return
-    cdef MeanJob j = MeanJob(&x[0, 0, 0, 0, 0], C, P, &out[0, 0])
+    cdef MeanJob j = MeanJob(xv.p, C, P, outv.p)
     with nogil:
         ce_pool_for(num_threads, N * Cb, _mean_items, &j)
 
@@ -78,19 +82,21 @@ cdef void _scale_blocks(void* job, int thread, Py_ssize_t lo, Py_ssize_t hi) noe
                           j.out + it * j.P * CE_NC_B)
 
 
-def f32_scale_blocked(const float[:, :, :, :, ::1] x, const float[:, ::1] s,
-                      float[:, :, :, :, ::1] out, int num_threads=1):
+def f32_scale_blocked(x, s, out, int num_threads=1):
     """out[n, cb, :, :, j] = x[n, cb, :, :, j] * s[n, cb * B + j]: every channel of x scaled
     by its own factor (s holds Cb * B of them; out may be x); the threads take ranges of
     blocks."""
-    cdef Py_ssize_t N = x.shape[0], Cb = x.shape[1], P = x.shape[2] * x.shape[3]
-    if (tuple(out.shape) != tuple(x.shape) or x.shape[4] != CE_NC_B or s.shape[0] != N
-            or s.shape[1] != Cb * CE_NC_B):
-        raise ValueError(f"x {tuple(x.shape)}, s {tuple(s.shape)[:2]} and out "
-                         f"{tuple(out.shape)} do not fit")
+    cdef f32_array xv = f32_arg(x, 5, "x", False)
+    cdef f32_array sv = f32_arg(s, 2, "s", False)
+    cdef f32_array outv = f32_arg(out, 5, "out", True)
+    cdef Py_ssize_t N = xv.shape[0], Cb = xv.shape[1], P = xv.shape[2] * xv.shape[3]
+    if (out.shape != x.shape or xv.shape[4] != CE_NC_B or sv.shape[0] != N
+            or sv.shape[1] != Cb * CE_NC_B):
+        raise ValueError(f"x {x.shape}, s {s.shape[:2]} and out "
+                         f"{out.shape} do not fit")
     if N == 0 or Cb == 0 or P == 0:
         return
-    cdef ScaleJob j = ScaleJob(&x[0, 0, 0, 0, 0], P, &s[0, 0], &out[0, 0, 0, 0, 0])
+    cdef ScaleJob j = ScaleJob(xv.p, P, sv.p, outv.p)
     with nogil:
         ce_pool_for(num_threads, N * Cb, _scale_blocks, &j)
 
@@ -129,22 +135,24 @@ cdef void _affine_blocks(void* job, int thread, Py_ssize_t lo, Py_ssize_t hi) no
                            j.shift + (it % j.Cb) * CE_NC_B, j.out + it * j.P * CE_NC_B, j.act)
 
 
-def f32_scale_shift_blocked(const float[:, :, :, :, ::1] x, const float[::1] scale,
-                            const float[::1] shift, float[:, :, :, :, ::1] out, ce_act_t act,
-                            int num_threads=1):
+def f32_scale_shift_blocked(x, scale, shift, out, ce_act_t act, int num_threads=1):
     """out[n, cb, :, :, j] = act(x[n, cb, :, :, j] * scale[c] + shift[c]), c = cb * B + j (an
     inference BatchNormalization on blocks; scale and shift hold Cb * B values, zero for the
     padding channels, which every activation keeps at zero; out may be x). The threads take
     ranges of blocks."""
+    cdef f32_array xv = f32_arg(x, 5, "x", False)
+    cdef f32_array scalev = f32_arg(scale, 1, "scale", False)
+    cdef f32_array shiftv = f32_arg(shift, 1, "shift", False)
+    cdef f32_array outv = f32_arg(out, 5, "out", True)
     check_act(act)
-    cdef Py_ssize_t N = x.shape[0], Cb = x.shape[1], P = x.shape[2] * x.shape[3]
-    if (tuple(out.shape) != tuple(x.shape) or x.shape[4] != CE_NC_B
-            or scale.shape[0] != Cb * CE_NC_B or shift.shape[0] != Cb * CE_NC_B):
-        raise ValueError(f"x {tuple(x.shape)}, scale ({scale.shape[0]},), shift "
-                         f"({shift.shape[0]},) and out {tuple(out.shape)} do not fit")
+    cdef Py_ssize_t N = xv.shape[0], Cb = xv.shape[1], P = xv.shape[2] * xv.shape[3]
+    if (out.shape != x.shape or xv.shape[4] != CE_NC_B
+            or scalev.shape[0] != Cb * CE_NC_B or shiftv.shape[0] != Cb * CE_NC_B):
+        raise ValueError(f"x {x.shape}, scale ({scale.shape[0]},), shift "
+                         f"({shift.shape[0]},) and out {out.shape} do not fit")
     if N == 0 or Cb == 0 or P == 0:
         return
-    cdef AffineJob j = AffineJob(&x[0, 0, 0, 0, 0], Cb, P, &scale[0], &shift[0],
-                                 &out[0, 0, 0, 0, 0], act)
+    cdef AffineJob j = AffineJob(xv.p, Cb, P, scalev.p, shiftv.p,
+                                 outv.p, act)
     with nogil:
         ce_pool_for(num_threads, N * Cb, _affine_blocks, &j)

@@ -127,11 +127,9 @@ def dense_pack_floats(Py_ssize_t in_blocks, Py_ssize_t out_blocks, int kh, int k
     return in_blocks * out_blocks * kh * kw * CE_NC_B * CE_NC_B
 
 
-def f32_conv2d_nchwc(const float[:, :, :, :, ::1] x, Py_ssize_t channels,
-                       const float[::1] wpack, const float[::1] bias, residual,
-                       float[:, :, :, :, ::1] out, int kh, int kw, int sh, int sw, int pt,
-                       int pl, int dh, int dw, ce_act_t act, int num_threads, int groups=1,
-                       float[::1] scratch=None):
+def f32_conv2d_nchwc(x, Py_ssize_t channels, wpack, bias, residual, out, int kh, int kw, int sh,
+                     int sw, int pt, int pl, int dh, int dw, ce_act_t act, int num_threads,
+                     int groups=1, scratch=None):
     """A dense convolution from blocks to blocks: out = act(conv(x) + bias (+ residual)).
     x holds ``channels`` channels in its blocks; wpack: the weights packed by
     engine.ops.blocked.pack_dense (groups of up to GROUP output blocks, each
@@ -143,10 +141,17 @@ def f32_conv2d_nchwc(const float[:, :, :, :, ::1] x, Py_ssize_t channels,
     band). With scratch (dense_padded_floats of it) the input is first copied with
     its padding as zeros and the tiles run on it unchecked, across rows (ce_nc_convp_band):
     padding then adds products of a weight and zero, so the weights must be finite."""
+    cdef f32_array xv = f32_arg(x, 5, "x", False)
+    cdef f32_array wpackv = f32_arg(wpack, 1, "wpack", False)
+    cdef f32_array biasv = f32_arg(bias, 1, "bias", False)
+    cdef f32_array outv = f32_arg(out, 5, "out", True)
+    cdef f32_array scratchv
+    if scratch is not None:
+        scratchv = f32_arg(scratch, 1, "scratch", True)
     check_act(act)
-    check_blocked_io(x.shape, out.shape)
-    cdef Py_ssize_t N = x.shape[0], Cb = x.shape[1], H = x.shape[2], W = x.shape[3]
-    cdef Py_ssize_t Kb = out.shape[1], OH = out.shape[2], OW = out.shape[3]
+    check_blocked_io(xv.shape, outv.shape)
+    cdef Py_ssize_t N = xv.shape[0], Cb = xv.shape[1], H = xv.shape[2], W = xv.shape[3]
+    cdef Py_ssize_t Kb = outv.shape[1], OH = outv.shape[2], OW = outv.shape[3]
     if not (Cb - 1) * CE_NC_B < channels <= Cb * CE_NC_B:
         raise ValueError(f"channels ({channels}) must fill x's {Cb} blocks")
     if groups < 1 or (groups > 1 and (channels != Cb * CE_NC_B or Cb % groups or Kb % groups)):
@@ -156,10 +161,10 @@ def f32_conv2d_nchwc(const float[:, :, :, :, ::1] x, Py_ssize_t channels,
         raise ValueError(f"the kernel must be at least 1x1, got {kh}x{kw}")
     cdef Py_ssize_t Cg = Cb // groups, Kg = Kb // groups
     cdef Py_ssize_t per_group = dense_pack_floats(Cg, Kg, kh, kw)
-    if wpack.shape[0] != groups * per_group:
+    if wpackv.shape[0] != groups * per_group:
         raise ValueError(f"wpack must hold {groups * per_group} floats, got {wpack.shape[0]}")
-    check_window(Kb, bias.shape[0], H, W, OH, OW, sh, sw, pt, pl, dh, dw)
-    cdef const float* rbase = residual_base(residual, &out.shape[0])
+    check_window(Kb, biasv.shape[0], H, W, OH, OW, sh, sw, pt, pl, dh, dw)
+    cdef const float* rbase = residual_base(residual, &outv.shape[0])
     if N == 0 or Kb == 0 or OH <= 0 or OW <= 0:
         return
     cdef int cg = <int>(channels if groups == 1 else Cg * CE_NC_B)
@@ -173,10 +178,10 @@ def f32_conv2d_nchwc(const float[:, :, :, :, ::1] x, Py_ssize_t channels,
     cdef Py_ssize_t nbands = (OH + band - 1) // band
     cdef Py_ssize_t items = N * groups * G * nbands, it
     nt = <int>min(nt, items)
-    cdef const float* xp = &x[0, 0, 0, 0, 0]
-    cdef float* op = &out[0, 0, 0, 0, 0]
-    cdef const float* wp = &wpack[0]
-    cdef const float* bp = &bias[0]
+    cdef const float* xp = xv.p
+    cdef float* op = outv.p
+    cdef const float* wp = wpackv.p
+    cdef const float* bp = biasv.p
     cdef Py_ssize_t xs = Cb * H * W * CE_NC_B, os = Kb * OH * OW * CE_NC_B
     cdef Py_ssize_t xg = Cg * H * W * CE_NC_B, og = Kg * OH * OW * CE_NC_B
     cdef Py_ssize_t hp = (OH - 1) * sh + (kh - 1) * dh + 1, wpd = (OW - 1) * sw + (kw - 1) * dw + 1
@@ -187,11 +192,11 @@ def f32_conv2d_nchwc(const float[:, :, :, :, ::1] x, Py_ssize_t channels,
     cdef int padded
     cdef PadJob pj
     if scratch is not None:
-        if scratch.shape[0] < dense_padded_floats(N, Cb, OH, OW, kh, kw, sh, sw, dh, dw):
+        if scratchv.shape[0] < dense_padded_floats(N, Cb, OH, OW, kh, kw, sh, sw, dh, dw):
             raise ValueError(f"scratch must hold "
                              f"{dense_padded_floats(N, Cb, OH, OW, kh, kw, sh, sw, dh, dw)} "
                              f"floats, got {scratch.shape[0]}")
-        xpad = &scratch[0]
+        xpad = scratchv.p
         xpad = xpad + (16 - (<size_t>xpad // sizeof(float)) % 16) % 16
         # padded row r holds input row r - pt, its column c input column c - pl
         pj = PadJob(xp, H, W, pt, pl, hp, wpd, xpad)
@@ -254,28 +259,31 @@ cdef void _nchw_bands(void* job, int thread, Py_ssize_t lo, Py_ssize_t hi) noexc
                              d.work + thread * d.per_thread)
 
 
-def f32_conv2d_nchw_bands(const float[:, :, :, ::1] x, const float[::1] wpack,
-                          const float[::1] bias, float[:, :, :, ::1] out, int kh, int kw,
-                          int sh, int sw, int pt, int pl, int dh, int dw, ce_act_t act,
-                          int rows, int num_threads, float[::1] work):
+def f32_conv2d_nchw_bands(x, wpack, bias, out, int kh, int kw, int sh, int sw, int pt, int pl,
+                          int dh, int dw, ce_act_t act, int rows, int num_threads, work):
     """A dense one-group convolution from NCHW to NCHW by the dense blocked kernel, band by
     band (ce_nc_conv_nchw_band): out = act(conv(x) + bias). wpack, bias: as
     engine.ops.blocked.pack_dense makes them; rows: output rows a band; work:
     nchw_band_floats(...) floats. Output sizes are the caller's (engine.shapes). Work items are
     (image, band); the sums are f32_conv2d_nchwc's, whatever the bands and threads."""
+    cdef f32_array xv = f32_arg(x, 4, "x", False)
+    cdef f32_array wpackv = f32_arg(wpack, 1, "wpack", False)
+    cdef f32_array biasv = f32_arg(bias, 1, "bias", False)
+    cdef f32_array outv = f32_arg(out, 4, "out", True)
+    cdef f32_array workv = f32_arg(work, 1, "work", True)
     check_act(act)
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
-    cdef Py_ssize_t K = out.shape[1], OH = out.shape[2], OW = out.shape[3]
-    if out.shape[0] != N:
-        raise ValueError(f"out {tuple(out.shape)[:4]} must have x's {N} images")
+    cdef Py_ssize_t N = xv.shape[0], C = xv.shape[1], H = xv.shape[2], W = xv.shape[3]
+    cdef Py_ssize_t K = outv.shape[1], OH = outv.shape[2], OW = outv.shape[3]
+    if outv.shape[0] != N:
+        raise ValueError(f"out {out.shape[:4]} must have x's {N} images")
     if kh < 1 or kw < 1 or rows < 1 or C < 1 or K < 1:
         raise ValueError(f"the kernel ({kh}x{kw}), rows a band ({rows}) and channels "
                          f"({C} -> {K}) must be positive")
     cdef Py_ssize_t Cb = (C + CE_NC_B - 1) // CE_NC_B, Kb = (K + CE_NC_B - 1) // CE_NC_B
-    if wpack.shape[0] != dense_pack_floats(Cb, Kb, kh, kw):
+    if wpackv.shape[0] != dense_pack_floats(Cb, Kb, kh, kw):
         raise ValueError(f"wpack must hold {dense_pack_floats(Cb, Kb, kh, kw)} floats, got "
                          f"{wpack.shape[0]}")
-    check_window(Kb, bias.shape[0], H, W, OH, OW, sh, sw, pt, pl, dh, dw)
+    check_window(Kb, biasv.shape[0], H, W, OH, OW, sh, sw, pt, pl, dh, dw)
     if N == 0 or OH <= 0 or OW <= 0:
         return
     rows = <int>min(rows, OH)
@@ -283,11 +291,11 @@ def f32_conv2d_nchw_bands(const float[:, :, :, ::1] x, const float[::1] wpack,
     cdef int nt = <int>max(1, min(num_threads, N * nbands))
     cdef Py_ssize_t per = ce_nc_band_floats(<int>C, <int>K, <int>H, <int>W, <int>OW, rows, kh,
                                             sh, dh)
-    if work.shape[0] < nt * per + 16:
+    if workv.shape[0] < nt * per + 16:
         raise ValueError(f"work must hold {nt * per + 16} floats, got {work.shape[0]}")
-    cdef float* wp = &work[0]
+    cdef float* wp = workv.p
     wp = wp + (16 - (<size_t>wp // sizeof(float)) % 16) % 16
-    cdef NchwBands d = NchwBands(&x[0, 0, 0, 0], &out[0, 0, 0, 0], &wpack[0], &bias[0], wp,
+    cdef NchwBands d = NchwBands(xv.p, outv.p, wpackv.p, biasv.p, wp,
                                  per, C * H * W, K * OH * OW, nbands, <int>C, <int>H, <int>W,
                                  <int>K, <int>OH, <int>OW, rows, sh, sw, pt, pl, kh, kw, dh,
                                  dw, dense_batch(Cb, kh, kw),

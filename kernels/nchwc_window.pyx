@@ -105,10 +105,9 @@ def depthwise_plane_fits(int H, int W, int OW, int sw, int kh, int kw, int dw):
     return bool(ce_nc_dw_plane_fits(H, W, OW, sw, kh, kw, dw))
 
 
-def f32_depthwise_blocked(const float[:, :, :, :, ::1] x, const float[:, :, :, ::1] w,
-                          const float[::1] bias, float[:, :, :, :, ::1] out, int sh, int sw,
-                          int pt, int pl, int dh, int dw, ce_act_t act, int num_threads,
-                          bint by_blocks=False, bint planes=True, float[::1] scratch=None):
+def f32_depthwise_blocked(x, w, bias, out, int sh, int sw, int pt, int pl, int dh, int dw,
+                          ce_act_t act, int num_threads, bint by_blocks=False, bint planes=True,
+                          scratch=None):
     """Depthwise convolution (multiplier 1) in blocks: w[Cb, kh, kw, B] holds channel
     cb*B + j's tap (u, v) at [cb, u, v, j] (zero beyond C); bias: Cb * B values. Output
     sizes are the caller's (engine.shapes); padding beyond pt / pl is implied by them.
@@ -121,20 +120,27 @@ def f32_depthwise_blocked(const float[:, :, :, :, ::1] x, const float[:, :, :, :
     their own, unless planes is False; each thread then copies them into its part of scratch
     (depthwise_plane_scratch(num_threads) floats; allocated here if None: a buffer the caller
     keeps is already present in memory and cache)."""
+    cdef f32_array xv = f32_arg(x, 5, "x", False)
+    cdef f32_array wv = f32_arg(w, 4, "w", False)
+    cdef f32_array biasv = f32_arg(bias, 1, "bias", False)
+    cdef f32_array outv = f32_arg(out, 5, "out", True)
+    cdef f32_array scratchv
+    if scratch is not None:
+        scratchv = f32_arg(scratch, 1, "scratch", True)
     check_act(act)
-    check_same_blocks(x.shape, out.shape)
-    cdef Py_ssize_t N = x.shape[0], Cb = x.shape[1], H = x.shape[2], W = x.shape[3]
-    cdef Py_ssize_t OH = out.shape[2], OW = out.shape[3]
-    if w.shape[0] != Cb or w.shape[3] != CE_NC_B or w.shape[1] < 1 or w.shape[2] < 1:
-        raise ValueError(f"w must have shape ({Cb}, kh, kw, {CE_NC_B}), got {tuple(w.shape)}")
-    check_window(Cb, bias.shape[0], H, W, OH, OW, sh, sw, pt, pl, dh, dw)
-    cdef int kh = <int>w.shape[1], kw = <int>w.shape[2]
+    check_same_blocks(xv.shape, outv.shape)
+    cdef Py_ssize_t N = xv.shape[0], Cb = xv.shape[1], H = xv.shape[2], W = xv.shape[3]
+    cdef Py_ssize_t OH = outv.shape[2], OW = outv.shape[3]
+    if wv.shape[0] != Cb or wv.shape[3] != CE_NC_B or wv.shape[1] < 1 or wv.shape[2] < 1:
+        raise ValueError(f"w must have shape ({Cb}, kh, kw, {CE_NC_B}), got {w.shape}")
+    check_window(Cb, biasv.shape[0], H, W, OH, OW, sh, sw, pt, pl, dh, dw)
+    cdef int kh = <int>wv.shape[1], kw = <int>wv.shape[2]
     if N == 0 or Cb == 0 or OH <= 0 or OW <= 0:
         return
-    cdef const float* xp = &x[0, 0, 0, 0, 0]
-    cdef float* op = &out[0, 0, 0, 0, 0]
-    cdef const float* wp = &w[0, 0, 0, 0]
-    cdef const float* bp = &bias[0]
+    cdef const float* xp = xv.p
+    cdef float* op = outv.p
+    cdef const float* wp = wv.p
+    cdef const float* bp = biasv.p
     cdef Py_ssize_t per_thread = CE_NC_DW_PLANE_VECS * CE_NC_B
     cdef DwLayer d = DwLayer(xp, H, W, OH, OW, sh, sw, pt, pl, kh, kw, dh, dw, wp, bp, op, act,
                              Cb, by_blocks, NULL, per_thread)
@@ -144,8 +150,8 @@ def f32_depthwise_blocked(const float[:, :, :, :, ::1] x, const float[:, :, :, :
         num_threads = <int>max(1, num_threads)
         # each thread's zero-bordered plane: 64 or 128 KB, too much for the stacks of a
         # service's threads
-        if scratch is not None and scratch.shape[0] >= num_threads * per_thread + 16:
-            bufs = &scratch[0]
+        if scratch is not None and scratchv.shape[0] >= num_threads * per_thread + 16:
+            bufs = scratchv.p
         else:
             owned = bufs = <float*>malloc((num_threads * per_thread + 16) * sizeof(float))
             if bufs == NULL:
@@ -194,28 +200,31 @@ cdef void _group_rows(void* job, int thread, Py_ssize_t lo, Py_ssize_t hi) noexc
                         j.out + ((n * j.Cb + cb) * j.OH + oy) * j.OW * CE_NC_B, j.act)
 
 
-def f32_grouped_blocked(const float[:, :, :, :, ::1] x, const float[:, :, :, :, ::1] w,
-                        const float[::1] bias, float[:, :, :, :, ::1] out, int sh, int sw,
-                        int pt, int pl, int dh, int dw, ce_act_t act, int num_threads):
+def f32_grouped_blocked(x, w, bias, out, int sh, int sw, int pt, int pl, int dh, int dw,
+                        ce_act_t act, int num_threads):
     """A grouped convolution whose groups lie within blocks (B / g groups of g input and g
     output channels to a block, g dividing B): w[Cb, kh, kw, g, B] holds, for block cb and
     tap (u, v), each output lane's weight for its group's input channel j (engine/ops/
     blocked.py pack_grouped); bias: Cb * B values. Output sizes are the caller's. Work items
     are output rows of one block, ordered (image, row, block)."""
+    cdef f32_array xv = f32_arg(x, 5, "x", False)
+    cdef f32_array wv = f32_arg(w, 5, "w", False)
+    cdef f32_array biasv = f32_arg(bias, 1, "bias", False)
+    cdef f32_array outv = f32_arg(out, 5, "out", True)
     check_act(act)
-    check_same_blocks(x.shape, out.shape)
-    cdef Py_ssize_t N = x.shape[0], Cb = x.shape[1], H = x.shape[2], W = x.shape[3]
-    cdef Py_ssize_t OH = out.shape[2], OW = out.shape[3]
-    if (w.shape[0] != Cb or w.shape[3] < 1 or CE_NC_B % w.shape[3] or w.shape[4] != CE_NC_B
-            or w.shape[1] < 1 or w.shape[2] < 1):
+    check_same_blocks(xv.shape, outv.shape)
+    cdef Py_ssize_t N = xv.shape[0], Cb = xv.shape[1], H = xv.shape[2], W = xv.shape[3]
+    cdef Py_ssize_t OH = outv.shape[2], OW = outv.shape[3]
+    if (wv.shape[0] != Cb or wv.shape[3] < 1 or CE_NC_B % wv.shape[3] or wv.shape[4] != CE_NC_B
+            or wv.shape[1] < 1 or wv.shape[2] < 1):
         raise ValueError(f"w must have shape ({Cb}, kh, kw, g, {CE_NC_B}) with g dividing "
-                         f"{CE_NC_B}, got {tuple(w.shape)}")
-    check_window(Cb, bias.shape[0], H, W, OH, OW, sh, sw, pt, pl, dh, dw)
-    cdef int kh = <int>w.shape[1], kw = <int>w.shape[2], g = <int>w.shape[3]
+                         f"{CE_NC_B}, got {w.shape}")
+    check_window(Cb, biasv.shape[0], H, W, OH, OW, sh, sw, pt, pl, dh, dw)
+    cdef int kh = <int>wv.shape[1], kw = <int>wv.shape[2], g = <int>wv.shape[3]
     if N == 0 or Cb == 0 or OH <= 0 or OW <= 0:
         return
-    cdef GroupJob j = GroupJob(&x[0, 0, 0, 0, 0], Cb, H, W, OH, OW, sh, sw, pt, pl, kh, kw, dh,
-                               dw, &w[0, 0, 0, 0, 0], g, &bias[0], &out[0, 0, 0, 0, 0], act)
+    cdef GroupJob j = GroupJob(xv.p, Cb, H, W, OH, OW, sh, sw, pt, pl, kh, kw, dh,
+                               dw, wv.p, g, biasv.p, outv.p, act)
     with nogil:
         ce_pool_for(num_threads, N * OH * Cb, _group_rows, &j)
 
@@ -257,11 +266,9 @@ def expand_depthwise_scratch(Py_ssize_t expanded_blocks, int W, int OW, int sw, 
     return max(1, num_threads) * ring + 16
 
 
-def f32_expand_depthwise_blocked(const float[:, :, :, :, ::1] x, const float[::1] wpack,
-                                 const float[::1] pbias, ce_act_t pact, Py_ssize_t channels,
-                                 const float[:, :, :, ::1] wd, const float[::1] dbias,
-                                 float[:, :, :, :, ::1] out, int sh, int sw, int pt, int pl,
-                                 ce_act_t dact, int num_threads, float[::1] scratch=None):
+def f32_expand_depthwise_blocked(x, wpack, pbias, ce_act_t pact, Py_ssize_t channels, wd, dbias,
+                                 out, int sh, int sw, int pt, int pl, ce_act_t dact,
+                                 int num_threads, scratch=None):
     """A pointwise layer (wpack, pbias, pact: as nchwc.f32_pointwise_blocked's, ``channels``
     of x's real) and the depthwise layer that reads its output (wd[Kb, kh, kw, B], dbias,
     dact: as f32_depthwise_blocked's, stride sh x sw with sw 1 or 2, no dilation), in one
@@ -271,49 +278,58 @@ def f32_expand_depthwise_blocked(const float[:, :, :, :, ::1] x, const float[::1
     The threads take one range of (image, output row) pairs each; a range expands the rows
     of its first window again. scratch: expand_depthwise_scratch(...) floats, or None to
     allocate them here."""
+    cdef f32_array xv = f32_arg(x, 5, "x", False)
+    cdef f32_array wpackv = f32_arg(wpack, 1, "wpack", False)
+    cdef f32_array pbiasv = f32_arg(pbias, 1, "pbias", False)
+    cdef f32_array wdv = f32_arg(wd, 4, "wd", False)
+    cdef f32_array dbiasv = f32_arg(dbias, 1, "dbias", False)
+    cdef f32_array outv = f32_arg(out, 5, "out", True)
+    cdef f32_array scratchv
+    if scratch is not None:
+        scratchv = f32_arg(scratch, 1, "scratch", True)
     check_act(pact)
     check_act(dact)
-    check_blocked_io(x.shape, out.shape)
-    cdef Py_ssize_t N = x.shape[0], Cb = x.shape[1], H = x.shape[2], W = x.shape[3]
-    cdef Py_ssize_t Kb = out.shape[1], OH = out.shape[2], OW = out.shape[3]
-    check_pointwise_pack(Cb, Kb, wpack.shape[0], pbias.shape[0], "wpack", "pbias")
-    if wd.shape[0] != Kb or wd.shape[3] != CE_NC_B or not 1 <= wd.shape[1] <= 16 \
-            or wd.shape[2] < 1:
+    check_blocked_io(xv.shape, outv.shape)
+    cdef Py_ssize_t N = xv.shape[0], Cb = xv.shape[1], H = xv.shape[2], W = xv.shape[3]
+    cdef Py_ssize_t Kb = outv.shape[1], OH = outv.shape[2], OW = outv.shape[3]
+    check_pointwise_pack(Cb, Kb, wpackv.shape[0], pbiasv.shape[0], "wpack", "pbias")
+    if wdv.shape[0] != Kb or wdv.shape[3] != CE_NC_B or not 1 <= wdv.shape[1] <= 16 \
+            or wdv.shape[2] < 1:
         raise ValueError(f"wd must have shape ({Kb}, kh <= 16, kw, {CE_NC_B}), got "
-                         f"{tuple(wd.shape)}")
+                         f"{wd.shape}")
     if sw not in (1, 2):
         raise ValueError(f"sw must be 1 or 2, got {sw}")
-    check_window(Kb, dbias.shape[0], H, W, OH, OW, sh, sw, pt, pl, 1, 1)
+    check_window(Kb, dbiasv.shape[0], H, W, OH, OW, sh, sw, pt, pl, 1, 1)
     if N == 0 or Kb == 0 or OH <= 0 or OW <= 0:
         return
     channels = real_channels(Cb, channels)
-    cdef int kh = <int>wd.shape[1], kw = <int>wd.shape[2]
+    cdef int kh = <int>wdv.shape[1], kw = <int>wdv.shape[2]
     cdef int cols = ce_nc_xdw_cols(<int>W, <int>OW, sw, kw, pl)
     cdef Py_ssize_t ring = (ce_nc_xdw_ring_floats(<int>Kb, kh, cols) + 15) // 16 * 16
     cdef int nt = <int>min(max(1, num_threads), N * OH)
     cdef Py_ssize_t need = nt * ring + 16
     cdef float* bufs = NULL
     cdef float* owned = NULL
-    if scratch is not None and scratch.shape[0] >= need:
-        bufs = &scratch[0]
+    if scratch is not None and scratchv.shape[0] >= need:
+        bufs = scratchv.p
     else:
         owned = bufs = <float*>malloc(need * sizeof(float))
         if bufs == NULL:
             raise MemoryError("no memory for the expanded rows' rings")
     cdef ce_nc_xdw_job j
-    j.x = &x[0, 0, 0, 0, 0]
+    j.x = xv.p
     j.Cb = <int>Cb
     j.tail = <int>(channels - (Cb - 1) * CE_NC_B)
-    j.wp = &wpack[0]
-    j.bp = &pbias[0]
+    j.wp = wpackv.p
+    j.bp = pbiasv.p
     j.pact = pact
     j.Kb = <int>Kb
     j.H, j.W, j.OH, j.OW = <int>H, <int>W, <int>OH, <int>OW
     j.sh, j.sw, j.pt, j.pl, j.kh, j.kw = sh, sw, pt, pl, kh, kw
-    j.wd = &wd[0, 0, 0, 0]
-    j.bd = &dbias[0]
+    j.wd = wdv.p
+    j.bd = dbiasv.p
     j.dact = dact
-    j.out = &out[0, 0, 0, 0, 0]
+    j.out = outv.p
     j.cols = cols
     # from a 64-byte boundary: vectors split across cache lines cost 20-30%
     j.bufs = bufs + (16 - (<size_t>bufs // sizeof(float)) % 16) % 16

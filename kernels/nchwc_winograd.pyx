@@ -7,7 +7,6 @@
 # input is bounds-checked in the kernel (a tile's taps outside the plane read zeros).
 from _epilogue cimport ce_act_t, check_act
 from _pool cimport CE_POOL_MAX_THREADS, ce_pool_attach
-from _scratch cimport check_scratch
 
 cdef extern from "_nchwc_winograd.h" nogil:
     int CE_NC_B, CE_NC_GROUP
@@ -98,11 +97,9 @@ cdef Py_ssize_t u_buffer_floats(Py_ssize_t in_blocks, int m):
     return (m + 2) * in_blocks * CE_NC_B * CE_NC_GROUP * CE_NC_B
 
 
-def f32_winograd_blocked(const float[:, :, :, :, ::1] x, Py_ssize_t channels,
-                         const float[::1] upack, const float[::1] bias, residual,
-                         float[:, :, :, :, ::1] out, int m, int pt, int pl, ce_act_t act,
-                         int num_threads, float[::1] work, int dh=1, int dw=1,
-                         const float[:, ::1] g=None, int groups=1):
+def f32_winograd_blocked(x, Py_ssize_t channels, upack, bias, residual, out, int m, int pt, int pl,
+                         ce_act_t act, int num_threads, work, int dh=1, int dw=1, g=None,
+                         int groups=1):
     """out = act(conv3x3(x, W) + bias (+ residual)), stride 1, dilation (dh, dw), pads pt
     (top) and pl (left), the bottom and right ones implied by out's size, by F(m x m, 3x3) on
     blocks.
@@ -118,14 +115,22 @@ def f32_winograd_blocked(const float[:, :, :, :, ::1] x, Py_ssize_t channels,
 
     Returns False, having written any part of out, if an input is not finite (its caller runs
     the layer by a kernel whose sums follow the direct convolution's), else True."""
+    cdef f32_array xv = f32_arg(x, 5, "x", False)
+    cdef f32_array upackv = f32_arg(upack, 1, "upack", False)
+    cdef f32_array biasv = f32_arg(bias, 1, "bias", False)
+    cdef f32_array outv = f32_arg(out, 5, "out", True)
+    cdef f32_array workv = f32_arg(work, 1, "work", True)
+    cdef f32_array gv
+    if g is not None:
+        gv = f32_arg(g, 2, "g", False)
     check_act(act)
-    check_blocked(x.shape, "x")
-    check_blocked(out.shape, "out")
+    check_blocked(xv.shape, "x")
+    check_blocked(outv.shape, "out")
     if m not in (2, 4, 6):
         raise ValueError(f"m must be 2, 4 or 6, got {m}")
-    cdef Py_ssize_t N = x.shape[0], Cb = x.shape[1], H = x.shape[2], W = x.shape[3]
-    cdef Py_ssize_t Kb = out.shape[1], OH = out.shape[2], OW = out.shape[3]
-    if out.shape[0] != N:
+    cdef Py_ssize_t N = xv.shape[0], Cb = xv.shape[1], H = xv.shape[2], W = xv.shape[3]
+    cdef Py_ssize_t Kb = outv.shape[1], OH = outv.shape[2], OW = outv.shape[3]
+    if outv.shape[0] != N:
         raise ValueError(f"out holds {out.shape[0]} images, x {N}")
     if Cb == 0 or not (Cb - 1) * CE_NC_B < channels <= Cb * CE_NC_B:
         raise ValueError(f"channels must be in ({(Cb - 1) * CE_NC_B}, {Cb * CE_NC_B}] for "
@@ -134,7 +139,7 @@ def f32_winograd_blocked(const float[:, :, :, :, ::1] x, Py_ssize_t channels,
     if groups < 1 or Cb % groups or Kb % groups or (groups > 1 and per_call):
         raise ValueError(f"groups ({groups}) must split x's {Cb} and out's {Kb} blocks evenly, "
                          f"and with U made per call be 1")
-    check_window(Kb, bias.shape[0], H, W, OH, OW, 1, 1, pt, pl, dh, dw)
+    check_window(Kb, biasv.shape[0], H, W, OH, OW, 1, 1, pt, pl, dh, dw)
     if dh > 1 << 27 or dw > 1 << 27 or pt > 1 << 30 or pl > 1 << 30:
         # a patch's last row, iy0 + 7 dh, must fit the kernel's int arithmetic
         raise ValueError(f"dilations ({dh}, {dw}) and pads ({pt}, {pl}) must be at most 2^27 "
@@ -142,18 +147,11 @@ def f32_winograd_blocked(const float[:, :, :, :, ::1] x, Py_ssize_t channels,
     cdef Py_ssize_t Cg = Cb // groups, Kg = Kb // groups
     cdef Py_ssize_t a = m + 2, ue = Cg * CE_NC_B * Kg * CE_NC_B
     cdef Py_ssize_t want = Kb * CE_NC_B * channels * 9 if per_call else groups * a * a * ue
-    if upack.shape[0] != want:
+    if upackv.shape[0] != want:
         raise ValueError(f"upack must hold {want} floats, got {upack.shape[0]}")
-    if per_call and (g.shape[0] != a or g.shape[1] != 3):
-        raise ValueError(f"g must be G of F({m},3), {a} x 3, got {tuple(g.shape)[:2]}")
-    cdef const float* rbase = NULL
-    cdef const float[:, :, :, :, ::1] r
-    if residual is not None:
-        if tuple(residual.shape) != tuple(out.shape)[:5]:
-            raise ValueError(f"residual must have out's shape {tuple(out.shape)[:5]}, got "
-                             f"{tuple(residual.shape)}")
-        r = residual
-        rbase = &r[0, 0, 0, 0, 0] if r.size else NULL
+    if per_call and (gv.shape[0] != a or gv.shape[1] != 3):
+        raise ValueError(f"g must be G of F({m},3), {a} x 3, got {g.shape[:2]}")
+    cdef const float* rbase = residual_base(residual, outv.shape)
     if N == 0 or Kb == 0 or OH == 0 or OW == 0:
         return True
     cdef Py_ssize_t TH = ((OH + dh - 1) // dh + m - 1) // m    # tiles per phase
@@ -162,15 +160,17 @@ def f32_winograd_blocked(const float[:, :, :, :, ::1] x, Py_ssize_t channels,
     cdef Py_ssize_t S = strip_tiles(Cg, Kg, m, tiles, per_call)
     cdef int nt = max(1, min(num_threads, CE_POOL_MAX_THREADS)), bad
     cdef bint strips = by_strips(tiles, S, nt, per_call, groups)
-    check_scratch(work, work_floats(Cg, Kg, m, S, nt if per_call else 0, nt if strips else 1),
-                  "work")
+    cdef Py_ssize_t need = work_floats(Cg, Kg, m, S, nt if per_call else 0, nt if strips else 1)
+    if workv.shape[0] < need or <size_t>workv.p % 64:
+        raise ValueError(f"work must hold {need} floats from a 64-byte boundary, got "
+                         f"{workv.shape[0]}")
     cdef float gm[8 * 3]
     cdef Py_ssize_t r_, c_
     if per_call:
         for r_ in range(a):
             for c_ in range(3):
                 gm[r_ * 3 + c_] = g[r_, c_]
-    cdef float* wp = &work[0]
+    cdef float* wp = workv.p
     cdef Py_ssize_t vfloats = a * a * Cg * S * CE_NC_B, mfloats = a * a * Kg * S * CE_NC_B
     if strips:      # V and M of each thread side by side, then the zero bias
         vfloats, mfloats = nt * (vfloats + mfloats) - mfloats, mfloats
@@ -178,17 +178,17 @@ def f32_winograd_blocked(const float[:, :, :, :, ::1] x, Py_ssize_t channels,
     for i in range(Kg * CE_NC_B):
         wp[vfloats + mfloats + i] = 0.0
     cdef ce_nw_job j
-    j.x = &x[0, 0, 0, 0, 0]
+    j.x = xv.p
     j.Cb, j.tail, j.H, j.W, j.pt, j.pl = Cg, CE_NC_B, H, W, pt, pl
     j.last_tail = channels - (Cb - 1) * CE_NC_B
     j.A, j.TH, j.TW, j.OH, j.OW, j.Kb = a, TH, TW, OH, OW, Kg
     j.dh, j.dw = dh, dw
-    j.u, j.ue = (NULL if per_call else &upack[0]), ue
-    j.taps, j.gm, j.C = &upack[0], gm, channels
+    j.u, j.ue = (NULL if per_call else upackv.p), ue
+    j.taps, j.gm, j.C = upackv.p, gm, channels
     j.ubuf = wp + vfloats + mfloats + Kg * CE_NC_B
     j.ubuf_floats = u_buffer_floats(Cg, m)
     j.zero = wp + vfloats + mfloats
-    j.bias, j.res, j.out, j.act = &bias[0], rbase, &out[0, 0, 0, 0, 0], act
+    j.bias, j.res, j.out, j.act = biasv.p, rbase, outv.p, act
     j.x_img, j.o_img = Cb * H * W * CE_NC_B, Kb * OH * OW * CE_NC_B
     j.groups = <int>groups
     j.V, j.M = wp, wp + vfloats

@@ -8,9 +8,14 @@
 # by planes, each computed whole by one thread in a fixed order, so results do not depend on
 # the thread count.
 from _epilogue cimport ce_act_t, check_act
+from libc.stdlib cimport free, malloc
+
+cimport numpy as cnp
+from _arrays cimport f32_arg, f32_array
 from _pool cimport ce_pool_attach, ce_pool_for
 
 ce_pool_attach()
+cnp.import_array()     # the NumPy C API f32_arg calls
 
 import numpy as np
 
@@ -115,9 +120,8 @@ cdef enum:
 
 
 
-def f32_se_gates(const float[:, ::1] pooled, const float[:, ::1] w1t, const float[::1] b1,
-                 const float[:, ::1] w2t, const float[::1] b2, ce_act_t act, int gate, float alpha,
-                 float beta, float[:, ::1] out, int num_threads=1):
+def f32_se_gates(pooled, w1t, b1, w2t, b2, ce_act_t act, int gate, float alpha, float beta,
+                 out, int num_threads=1):
     """out[n, :C] = gate(W2 act(W1 pooled[n] + b1) + b2), out[n, C:] = 0: a squeeze-excite's
     per-channel factors from its pooled channels (w1t = W1.T, (C, R); w2t = W2.T, (R, C));
     act: an activation (engine/ops/activation.py kernel_act); gate 0: sigmoid, 1: hard sigmoid
@@ -154,30 +158,37 @@ cdef void _outer_units(void* job, int thread, Py_ssize_t lo, Py_ssize_t hi) noex
                 <int>(lo * GATE_UNIT), <int>min(hi * GATE_UNIT, j.C))
 
 
-cdef int se_gates(const float[:, ::1] pooled, const float[:, ::1] w1t, const float[::1] b1,
-                  const float[:, ::1] w2t, const float[::1] b2, ce_act_t act, int gate,
-                  float alpha, float beta, float[:, ::1] out, int num_threads) except -1:
+cdef int se_gates(pooled, w1t, b1, w2t, b2, ce_act_t act, int gate, float alpha, float beta,
+                  out, int num_threads) except -1:
+    """f32_se_gates on float32 arrays (pooled, w1t, w2t, out 2-D; b1, b2 1-D)."""
     check_act(act)
-    cdef Py_ssize_t N = pooled.shape[0], C = pooled.shape[1], R = w1t.shape[1]
-    if (w1t.shape[0] != C or b1.shape[0] != R or w2t.shape[0] != R or w2t.shape[1] != C
-            or b2.shape[0] != C or out.shape[0] != N or out.shape[1] < C or R < 1
+    cdef f32_array pv = f32_arg(pooled, 2, "pooled", False), ov = f32_arg(out, 2, "out", True)
+    cdef f32_array w1 = f32_arg(w1t, 2, "w1t", False), w2 = f32_arg(w2t, 2, "w2t", False)
+    cdef f32_array c1 = f32_arg(b1, 1, "b1", False), c2 = f32_arg(b2, 1, "b2", False)
+    cdef Py_ssize_t N = pv.shape[0], C = pv.shape[1], R = w1.shape[1]
+    if (w1.shape[0] != C or c1.shape[0] != R or w2.shape[0] != R or w2.shape[1] != C
+            or c2.shape[0] != C or ov.shape[0] != N or ov.shape[1] < C or R < 1
             or gate not in (0, 1)):
-        raise ValueError(f"pooled {tuple(pooled.shape)[:2]}, W1.T {tuple(w1t.shape)[:2]}, "
-                         f"W2.T {tuple(w2t.shape)[:2]} and out {tuple(out.shape)[:2]} do not "
-                         f"fit, or gate {gate} unknown")
-    if C > 1 << 30 or R > 1 << 30 or out.shape[1] > 1 << 30 or N > 1 << 30:
+        raise ValueError(f"pooled {pooled.shape}, W1.T {w1t.shape}, W2.T {w2t.shape} and out "
+                         f"{out.shape} do not fit, or gate {gate} unknown")
+    if C > 1 << 30 or R > 1 << 30 or ov.shape[1] > 1 << 30 or N > 1 << 30:
         raise ValueError(f"{C} channels, {R} hidden and {N} images: too many for the kernel's "
                          f"int arithmetic")
     if C == 0 or N == 0:
         return 0
-    cdef float[:, ::1] h = np.empty((N, R), np.float32)
-    cdef GateJob j = GateJob(&pooled[0, 0], <int>N, <int>C, <int>R, &w1t[0, 0], &b1[0],
-                             &w2t[0, 0], &b2[0], act, gate, alpha, beta, &h[0, 0], &out[0, 0],
-                             <int>out.shape[1])
+    # the hidden activations, N x R floats, freed on return
+    cdef float* h = <float*>malloc(N * R * sizeof(float))
+    if h == NULL:
+        raise MemoryError("no memory for the squeeze-excite's hidden values")
+    cdef GateJob j = GateJob(pv.p, <int>N, <int>C, <int>R, w1.p, c1.p, w2.p, c2.p, act, gate,
+                             alpha, beta, h, ov.p, <int>ov.shape[1])
     cdef int nt = max(1, num_threads)
-    with nogil:
-        ce_pool_for(nt, (R + GATE_UNIT - 1) // GATE_UNIT, _hidden_units, &j)
-        ce_pool_for(nt, (C + GATE_UNIT - 1) // GATE_UNIT, _outer_units, &j)
+    try:
+        with nogil:
+            ce_pool_for(nt, (R + GATE_UNIT - 1) // GATE_UNIT, _hidden_units, &j)
+            ce_pool_for(nt, (C + GATE_UNIT - 1) // GATE_UNIT, _outer_units, &j)
+    finally:
+        free(h)
     return 0
 
 
@@ -222,8 +233,7 @@ cdef extern from *:
     void ce_se_plane_scale(const float *x, Py_ssize_t P, float g, float *out) nogil
 
 
-def f32_se_nchw(const float[:, :, ::1] x, const float[:, ::1] w1t, const float[::1] b1,
-                const float[:, ::1] w2t, const float[::1] b2, ce_act_t act, int gate,
+def f32_se_nchw(const float[:, :, ::1] x, w1t, b1, w2t, b2, ce_act_t act, int gate,
                 float alpha, float beta, float[:, :, ::1] out, int num_threads=1,
                 int gate_threads=-1):
     """A squeeze-excite on x (N, C, H*W) in one call: out[n, c] = x[n, c] * g[n, c], the gates
@@ -246,7 +256,7 @@ def f32_se_nchw(const float[:, :, ::1] x, const float[:, ::1] w1t, const float[:
     cdef SeJob j = SeJob(xp, P, 1.0 / P if P else 0.0, pp, gp, op)
     with nogil:
         ce_pool_for(num_threads, N * C, _plane_means, &j)
-    se_gates(pv, w1t, b1, w2t, b2, act, gate, alpha, beta, gv,
+    se_gates(pooled, w1t, b1, w2t, b2, act, gate, alpha, beta, gates,
              num_threads if gate_threads < 0 else gate_threads)
     if P == 0:
         return

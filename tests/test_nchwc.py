@@ -9,7 +9,7 @@ split the work.
 import numpy as np
 import pytest
 
-from engine._kernels import nchwc, nchwc_channels, nchwc_window
+from engine._kernels import dense, nchwc, nchwc_channels, nchwc_window, squeeze_excite
 from engine.graph import Graph, Model, Node, TensorSpec
 from engine.graph import blocked_conv
 from engine.graph import layout
@@ -143,6 +143,57 @@ def test_pointwise_refuses_inconsistent_arguments(rng):
     for bad in (x.shape[1] * B - B, x.shape[1] * B + 1, -1):   # too few or many for x's blocks
         with pytest.raises(ValueError, match="channels"):
             nchwc.f32_pointwise_blocked(x, wp, bp, None, out, NO_ACT, 1, 1.0, bad)
+
+
+def _bad_arrays(a: np.ndarray):
+    """Versions of ``a`` a kernel must refuse (name, array), each with the same shape where it
+    can have it: another dtype, byte order or rank, a strided view, not an array at all."""
+    wide = np.zeros(a.shape[:-1] + (2 * a.shape[-1],), np.float32)
+    return [("float64", a.astype(np.float64)), ("big-endian", a.astype(">f4")),
+            ("rank", a.reshape((1,) + a.shape)), ("strided", wide[..., ::2]),
+            ("list", a.tolist()), ("None", None)]
+
+
+def test_kernels_take_only_contiguous_native_float32_arrays(rng):
+    """The blocked kernels read their arrays through NumPy's C API: every other kind of
+    argument gets a ValueError naming it, an output must be writable, and a read-only input
+    is read."""
+    x = blocked.to_blocked(f32(rng, 1, 16, 3, 3))
+    wp, bp = blocked.pack_pointwise(f32(rng, 16, 16, 1, 1), f32(rng, 16))
+    out = np.zeros(x.shape, np.float32)
+    args = {"x": x, "wpack": wp, "bias": bp, "out": out}
+
+    def call(**kw):
+        a = dict(args, **kw)
+        nchwc.f32_pointwise_blocked(a["x"], a["wpack"], a["bias"], None, a["out"], NO_ACT, 1)
+
+    for name in args:
+        for kind, bad in _bad_arrays(args[name]):
+            with pytest.raises(ValueError, match=name):
+                call(**{name: bad})
+    frozen = out.copy()
+    frozen.flags.writeable = False
+    with pytest.raises(ValueError, match="out must be writable"):
+        call(out=frozen)
+    ro = x.copy()
+    ro.flags.writeable = False
+    call(x=ro)
+    want = out.copy()
+    call()
+    np.testing.assert_array_equal(out, want)
+    # the depthwise, squeeze-excite and dense-row kernels check the same way
+    wd = np.ascontiguousarray(f32(rng, 2, 3, 3, B))
+    for kind, bad in _bad_arrays(wd):
+        with pytest.raises(ValueError, match="w"):
+            nchwc_window.f32_depthwise_blocked(x, bad, bp, out, 1, 1, 1, 1, 1, 1, NO_ACT, 1)
+    pooled = np.zeros((1, 16), np.float32)
+    for kind, bad in _bad_arrays(pooled):
+        with pytest.raises(ValueError, match="pooled"):
+            squeeze_excite.f32_se_gates(bad, f32(rng, 16, 4), f32(rng, 4), f32(rng, 4, 16),
+                                        f32(rng, 16), NO_ACT, 0, 0.0, 0.0, pooled.copy())
+    for kind, bad in _bad_arrays(pooled):
+        with pytest.raises(ValueError, match="out"):
+            dense.f32_dense_rows(pooled, f32(rng, 16, 16), bad, 1)
 
 
 @pytest.mark.parametrize("c", [20, 24, 33, 47])

@@ -8,6 +8,8 @@ import threading
 
 import numpy as np
 
+from .._threads import fork_safe
+
 
 def populated_zeros(count: int, dtype=np.float32) -> np.ndarray:
     """Zeroed memory made present at once (MAP_POPULATE), in small pages, for what is
@@ -47,12 +49,18 @@ class WorkspacePool:
     def __init__(self, keep: int = 4, max_bytes: int = 256 << 20):
         self.keep, self.max_bytes = keep, max_bytes
         self._local = threading.local()
+        # threads inside tracking(): while none is, take and give count nothing (a take and
+        # give was 1.5 us of a small step's Python, most of it probing for the counters)
+        self._tracking = 0
+        self._tracking_lock = threading.Lock()
+        fork_safe(self)
 
     def _free(self) -> list:
-        free = getattr(self._local, "free", None)
-        if free is None:
+        try:
+            return self._local.free
+        except AttributeError:
             free = self._local.free = []
-        return free
+            return free
 
     @contextlib.contextmanager
     def tracking(self):
@@ -61,9 +69,13 @@ class WorkspacePool:
         # fresh buffers of the sizes asked for, not larger ones kept from other layers
         saved, self._local.free = self._free(), []
         self._local.held = self._local.peak = 0
+        with self._tracking_lock:
+            self._tracking += 1
         try:
             yield self
         finally:
+            with self._tracking_lock:
+                self._tracking -= 1
             self._local.tracked = getattr(self._local, "peak", 0)
             del self._local.held, self._local.peak
             self._local.free = saved
@@ -73,29 +85,29 @@ class WorkspacePool:
         return getattr(self._local, "tracked", 0)
 
     def _count(self, floats: int) -> None:
-        if hasattr(self._local, "held"):
+        if self._tracking and hasattr(self._local, "held"):
             self._local.held += floats
             self._local.peak = max(self._local.peak, self._local.held)
 
     def take(self, floats: int) -> np.ndarray:
-        buf = self._take(floats)
-        self._count(buf.size)
-        return buf
-
-    def _take(self, floats: int) -> np.ndarray:
         free = self._free()
-        best = -1
+        at = -1
         for i, b in enumerate(free):
-            if b.size >= floats and (best < 0 or b.size < free[best].size):
-                best = i
-        if best >= 0:
-            return free.pop(best)
-        # 64-byte aligned start, so the kernel's sub-buffers are aligned too; made present at
-        # once, as it is kept and reused
-        return aligned_zeros(floats)
+            if b.size >= floats and (at < 0 or b.size < free[at].size):
+                at = i
+        if at >= 0:
+            best = free.pop(at)
+        else:
+            # 64-byte aligned start, so the kernel's sub-buffers are aligned too; made
+            # present at once, as it is kept and reused
+            best = aligned_zeros(floats)
+        if self._tracking:
+            self._count(best.size)
+        return best
 
     def give(self, buf: np.ndarray) -> None:
-        self._count(-buf.size)
+        if self._tracking:
+            self._count(-buf.size)
         if buf.nbytes > self.max_bytes:
             return
         free = self._free()
