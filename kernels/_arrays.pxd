@@ -38,3 +38,22 @@ cdef inline f32_array f32_arg(object a, int ndim, str name, bint writable) excep
     v.size = cnp.PyArray_SIZE(arr)
     v.p = <float*>cnp.PyArray_DATA(arr) if v.size else NULL
     return v
+
+
+cdef inline int check_scratch_array(f32_array v, Py_ssize_t need, str name) except -1:
+    """A scratch buffer (1-D, from f32_arg) holds ``need`` floats from a 64-byte boundary: the
+    kernels read their panels and staging rows as aligned vectors."""
+    if v.shape[0] < need or <size_t>v.p % 64:
+        raise ValueError(f"{name} must hold {need} floats from a 64-byte boundary, got "
+                         f"{v.shape[0]}")
+    return 0
+
+
+cdef inline const float* f32_optional(object a, Py_ssize_t n, str name) except? NULL:
+    """None, or a float32 vector of n values (checked as f32_arg does): its first element."""
+    if a is None:
+        return NULL
+    cdef f32_array v = f32_arg(a, 1, name, False)
+    if v.shape[0] != n:
+        raise ValueError(f"{name} must hold {n} values, got {v.shape[0]}")
+    return v.p

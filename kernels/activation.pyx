@@ -5,9 +5,12 @@
 # result does not depend on the thread count. NumPy's float32 exp is vectorised too, but each
 # formula then takes four to twenty passes over the tensor; scipy's erfc is scalar.
 from _epilogue cimport ce_act_t, check_act, no_act
+cimport numpy as cnp
+from _arrays cimport f32_arg, f32_array
 from _pool cimport ce_pool_attach, ce_pool_for
 
 ce_pool_attach()
+cnp.import_array()     # the NumPy C API f32_arg calls
 
 cdef extern from *:
     """
@@ -47,16 +50,18 @@ cdef extern from *:
 cdef long CHUNK = 16384
 
 
-def f32_activation(const float[::1] x, float[::1] y, ce_act_t act, int num_threads):
+def f32_activation(x, y, ce_act_t act, int num_threads):
     """y = act(x) elementwise (act: engine/ops/activation.py kernel_act), x and y flat,
     C-contiguous, of one length (y may be x)."""
+    cdef f32_array xv = f32_arg(x, 1, "x", False)
+    cdef f32_array yv = f32_arg(y, 1, "y", True)
     check_act(act)
-    cdef long n = x.shape[0]
-    if y.shape[0] != n:
+    cdef long n = xv.shape[0]
+    if yv.shape[0] != n:
         raise ValueError(f"f32_activation: x has {n} elements, y {y.shape[0]}")
     if n == 0:
         return
-    cdef ElementsJob j = ElementsJob(&x[0], &y[0], n, act)
+    cdef ElementsJob j = ElementsJob(xv.p, yv.p, n, act)
     with nogil:
         ce_pool_for(num_threads, (n + CHUNK - 1) // CHUNK, _act_chunks, &j)
 
@@ -109,19 +114,22 @@ cdef void _prelu_planes(void* job, int thread, Py_ssize_t lo, Py_ssize_t hi) noe
                      j.a[c])
 
 
-def f32_scale_shift(const float[:, :, ::1] x, const float[::1] scale, const float[::1] shift,
-                    float[:, :, ::1] y, ce_act_t act, int num_threads):
+def f32_scale_shift(x, scale, shift, y, ce_act_t act, int num_threads):
     """y[n, c, :] = act(x[n, c, :] * scale[c] + shift[c]) in one pass (an inference
     BatchNormalization and the activation fused after it). y may be x. Planes go to threads
     whole, so a value does not depend on the thread count."""
+    cdef f32_array xv = f32_arg(x, 3, "x", False)
+    cdef f32_array scalev = f32_arg(scale, 1, "scale", False)
+    cdef f32_array shiftv = f32_arg(shift, 1, "shift", False)
+    cdef f32_array yv = f32_arg(y, 3, "y", True)
     check_act(act)
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2], p
-    if y.shape[0] != N or y.shape[1] != C or y.shape[2] != L or scale.shape[0] != C \
-            or shift.shape[0] != C:
+    cdef Py_ssize_t N = xv.shape[0], C = xv.shape[1], L = xv.shape[2], p
+    if yv.shape[0] != N or yv.shape[1] != C or yv.shape[2] != L or scalev.shape[0] != C \
+            or shiftv.shape[0] != C:
         raise ValueError("f32_scale_shift: shapes do not match")
     if N * C == 0 or L == 0:
         return
-    cdef PlanesJob j = planes_job(x, y, &scale[0], &shift[0], act)
+    cdef PlanesJob j = planes_job(x, y, scalev.p, shiftv.p, act)
     with nogil:
         ce_pool_for(num_threads, N * C, _scale_shift_planes, &j)
 
@@ -144,16 +152,18 @@ cdef extern from *:
     void ce_prelu_row(const float *x, float *y, long n, float s) nogil
 
 
-def f32_prelu_planes(const float[:, :, ::1] x, const float[::1] slope, float[:, :, ::1] y,
-                     int num_threads):
+def f32_prelu_planes(x, slope, y, int num_threads):
     """y[n, c, :] = x[n, c, :] where it is not negative, slope[c] times it where it is (PRelu
     with one slope per channel), in one pass; y may be x. Planes go to threads whole."""
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2], p
-    if y.shape[0] != N or y.shape[1] != C or y.shape[2] != L or slope.shape[0] != C:
-        raise ValueError(f"f32_prelu_planes: x {tuple(x.shape)[:3]}, slope ({slope.shape[0]},) "
-                         f"and y {tuple(y.shape)[:3]} do not match")
+    cdef f32_array xv = f32_arg(x, 3, "x", False)
+    cdef f32_array slopev = f32_arg(slope, 1, "slope", False)
+    cdef f32_array yv = f32_arg(y, 3, "y", True)
+    cdef Py_ssize_t N = xv.shape[0], C = xv.shape[1], L = xv.shape[2], p
+    if yv.shape[0] != N or yv.shape[1] != C or yv.shape[2] != L or slopev.shape[0] != C:
+        raise ValueError(f"f32_prelu_planes: x {x.shape[:3]}, slope ({slope.shape[0]},) "
+                         f"and y {y.shape[:3]} do not match")
     if N * C == 0 or L == 0:
         return
-    cdef PlanesJob j = planes_job(x, y, &slope[0], NULL, no_act())
+    cdef PlanesJob j = planes_job(x, y, slopev.p, NULL, no_act())
     with nogil:
         ce_pool_for(num_threads, N * C, _prelu_planes, &j)

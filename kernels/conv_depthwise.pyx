@@ -38,10 +38,12 @@ from libc.string cimport memset, memcpy
 from _dw_common cimport act_bounds, copy_floats, crfloat, rfloat, round_up, zero_floats
 from _epilogue cimport ACT_RELU, ACT_RELU6, ce_act_t, check_act
 from _im2col cimport ceil_div_nonneg
+cimport numpy as cnp
+from _arrays cimport check_scratch_array, f32_arg, f32_array, f32_optional
 from _pool cimport CE_POOL_MAX_THREADS, ce_pool_attach, ce_pool_for
-from _scratch cimport check_scratch
 
 ce_pool_attach()
+cnp.import_array()     # the NumPy C API f32_arg calls
 
 
 # A layer as the threads of the engine's pool (kernels/_pool.h) take it: planes [lo, hi) per
@@ -291,10 +293,8 @@ def plane_work_floats(Py_ssize_t items, Py_ssize_t H, Py_ssize_t W, Py_ssize_t O
     return table_floats_for(sw, kh, kw) + max(1, min(num_threads, items)) * per_thread
 
 
-def f32_conv2d_depthwise(const float[:, :, :, ::1] x, const float[:, ::1] w2d, bias,
-                         float[:, :, :, ::1] out, int kh, int kw, int sh, int sw, int pt,
-                         int pl, int dh, int dw, Py_ssize_t stage_bytes, ce_act_t act,
-                         int num_threads, float[::1] work):
+def f32_conv2d_depthwise(x, w2d, bias, out, int kh, int kw, int sh, int sw, int pt, int pl, int dh,
+                         int dw, Py_ssize_t stage_bytes, ce_act_t act, int num_threads, work):
     """out = depthwise conv2d(x, w) for w2d[K, kh*kw], K = C * multiplier.
 
     Output sizes are the caller's (engine.shapes); padding beyond pt/pl is implied by them.
@@ -303,26 +303,24 @@ def f32_conv2d_depthwise(const float[:, :, :, ::1] x, const float[:, ::1] w2d, b
     caller: a fresh allocation above glibc's mmap threshold costs a page fault per 4 KB on every
     call (and zeroing it in one thread moves it between cores).
     """
+    cdef f32_array xv = f32_arg(x, 4, "x", False)
+    cdef f32_array w2dv = f32_arg(w2d, 2, "w2d", False)
+    cdef f32_array outv = f32_arg(out, 4, "out", True)
+    cdef f32_array workv = f32_arg(work, 1, "work", True)
     check_act(act, 1)
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
-    cdef Py_ssize_t K = out.shape[1], OH = out.shape[2], OW = out.shape[3]
+    cdef Py_ssize_t N = xv.shape[0], C = xv.shape[1], H = xv.shape[2], W = xv.shape[3]
+    cdef Py_ssize_t K = outv.shape[1], OH = outv.shape[2], OW = outv.shape[3]
     if kh < 1 or kw < 1 or sh < 1 or sw < 1 or dh < 1 or dw < 1 or pt < 0 or pl < 0:
         raise ValueError("kernel sizes, strides and dilations must be positive and pads "
                          "non-negative")
-    if out.shape[0] != N or K < C or K % C:
+    if outv.shape[0] != N or K < C or K % C:
         raise ValueError(f"out must have shape (N={N}, a multiple of C={C}, OH, OW), "
-                         f"got {tuple(out.shape)}")
-    if w2d.shape[0] != K or w2d.shape[1] != kh * kw:
-        raise ValueError(f"w2d must have shape ({K}, {kh * kw}), got {tuple(w2d.shape)[:2]}")
-    cdef const float[::1] b
-    cdef const float* bptr = NULL
-    if bias is not None:
-        b = bias
-        if b.shape[0] != K:
-            raise ValueError(f"bias must have {K} values, got {b.shape[0]}")
-        bptr = &b[0]
+                         f"got {out.shape}")
+    if w2dv.shape[0] != K or w2dv.shape[1] != kh * kw:
+        raise ValueError(f"w2d must have shape ({K}, {kh * kw}), got {w2d.shape[:2]}")
+    cdef const float* bptr = f32_optional(bias, K, "bias")
     if H == 0 or W == 0:
-        raise ValueError(f"x must have non-empty spatial dimensions, got {tuple(x.shape)}")
+        raise ValueError(f"x must have non-empty spatial dimensions, got {x.shape}")
     if N == 0 or C == 0 or OH <= 0 or OW <= 0:
         return
     cdef Plan q
@@ -338,8 +336,8 @@ def f32_conv2d_depthwise(const float[:, :, :, ::1] x, const float[:, ::1] w2d, b
     # threads' buffers, zeroed once: staging never writes the padding columns, so they stay
     # zero (numpy arrays for the tables cost about a microsecond each)
     cdef Py_ssize_t table_floats = table_floats_for(sw, kh, kw)
-    check_scratch(work, table_floats + num_threads * thread_floats, "work")
-    cdef float* bufs = &work[0]
+    check_scratch_array(workv, table_floats + num_threads * thread_floats, "work")
+    cdef float* bufs = workv.p
     cdef Py_ssize_t* lo = <Py_ssize_t*>bufs
     cdef Py_ssize_t* hi = lo + sw
     cdef Py_ssize_t* offs = hi + sw
@@ -353,7 +351,7 @@ def f32_conv2d_depthwise(const float[:, :, :, ::1] x, const float[:, ::1] w2d, b
     q.lo, q.hi, q.offs = lo, hi, offs
     q.C, q.K = C, K
     cdef PlanesJob j
-    j.plan, j.x, j.out, j.w, j.bias = &q, &x[0, 0, 0, 0], &out[0, 0, 0, 0], &w2d[0, 0], bptr
+    j.plan, j.x, j.out, j.w, j.bias = &q, xv.p, outv.p, w2dv.p, bptr
     j.bufs, j.per_thread = bufs + table_floats, thread_floats
     memset(j.zeroed, 0, sizeof(j.zeroed))
     with nogil:
@@ -388,44 +386,41 @@ def rows_work_floats(Py_ssize_t items, Py_ssize_t W, Py_ssize_t OW, int s, int p
     return max(1, min(num_threads, items)) * ce_dw_ring_floats(<int>OW, s, pl, <int>W)
 
 
-def f32_conv2d_depthwise_rows(const float[:, :, :, ::1] x, const float[:, ::1] w2d, bias,
-                              float[:, :, :, ::1] out, int s, int pt, int pl, ce_act_t act,
-                              int num_threads, float[::1] work):
+def f32_conv2d_depthwise_rows(x, w2d, bias, out, int s, int pt, int pl, ce_act_t act,
+                              int num_threads, work):
     """out = depthwise conv2d(x, w) for a 3x3 kernel, stride s (1 or 2) in both directions,
     dilation 1 and multiplier 1, plane by plane and output row by output row (_dw_rows.h).
     w2d[C, 9]; output sizes are the caller's (engine.shapes); work: rows_work_floats(...)
     floats, 64-byte aligned."""
+    cdef f32_array xv = f32_arg(x, 4, "x", False)
+    cdef f32_array w2dv = f32_arg(w2d, 2, "w2d", False)
+    cdef f32_array outv = f32_arg(out, 4, "out", True)
+    cdef f32_array workv = f32_arg(work, 1, "work", True)
     check_act(act, 1)
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
-    cdef Py_ssize_t OH = out.shape[2], OW = out.shape[3]
+    cdef Py_ssize_t N = xv.shape[0], C = xv.shape[1], H = xv.shape[2], W = xv.shape[3]
+    cdef Py_ssize_t OH = outv.shape[2], OW = outv.shape[3]
     if s not in (1, 2) or pt < 0 or pl < 0:
         raise ValueError(f"stride must be 1 or 2 and pads non-negative, got {s}, {pt}, {pl}")
-    if out.shape[0] != N or out.shape[1] != C:
-        raise ValueError(f"out must have shape (N={N}, C={C}, OH, OW), got {tuple(out.shape)}")
-    if w2d.shape[0] != C or w2d.shape[1] != 9:
-        raise ValueError(f"w2d must have shape ({C}, 9), got {tuple(w2d.shape)[:2]}")
+    if outv.shape[0] != N or outv.shape[1] != C:
+        raise ValueError(f"out must have shape (N={N}, C={C}, OH, OW), got {out.shape}")
+    if w2dv.shape[0] != C or w2dv.shape[1] != 9:
+        raise ValueError(f"w2d must have shape ({C}, 9), got {w2d.shape[:2]}")
     if H == 0 or W == 0 or OH <= 0 or OW <= 0 or H > 1 << 30 or W > 1 << 30:
-        raise ValueError(f"x {tuple(x.shape)} and out {tuple(out.shape)} must have non-empty "
+        raise ValueError(f"x {x.shape} and out {out.shape} must have non-empty "
                          f"planes")
-    cdef const float[::1] b
-    cdef const float* bptr = NULL
-    if bias is not None:
-        b = bias
-        if b.shape[0] != C:
-            raise ValueError(f"bias must have {C} values, got {b.shape[0]}")
-        bptr = &b[0]
+    cdef const float* bptr = f32_optional(bias, C, "bias")
     if N == 0 or C == 0:
         return
     cdef Py_ssize_t items = N * C
     num_threads = <int>max(1, min(num_threads, items))
     cdef Py_ssize_t per_thread = ce_dw_ring_floats(<int>OW, s, pl, <int>W)
-    check_scratch(work, num_threads * per_thread, "work")
+    check_scratch_array(workv, num_threads * per_thread, "work")
     cdef float lo_act, hi_act
     act_bounds(act, &lo_act, &hi_act)
     cdef RowsLayer layer = RowsLayer(C, H, W, OH, OW, s, pt, pl, lo_act, hi_act)
     cdef PlanesJob j
-    j.plan, j.x, j.out, j.w, j.bias = &layer, &x[0, 0, 0, 0], &out[0, 0, 0, 0], &w2d[0, 0], bptr
-    j.bufs, j.per_thread = &work[0], per_thread
+    j.plan, j.x, j.out, j.w, j.bias = &layer, xv.p, outv.p, w2dv.p, bptr
+    j.bufs, j.per_thread = workv.p, per_thread
     memset(j.zeroed, 0, sizeof(j.zeroed))
     with nogil:
         ce_pool_for(num_threads, items, _ring_planes, &j)

@@ -14,10 +14,12 @@
 from _epilogue cimport ce_act_t, check_act
 from _packed_gemm cimport (CE_PG_MR, CE_PG_NR, ce_pg_act_later, ce_pg_act_rows, ce_pg_block,
                           ce_pg_block_rows, ce_pg_pack_panels, ce_pg_store_act)
+cimport numpy as cnp
+from _arrays cimport check_scratch_array, f32_arg, f32_array, f32_optional
 from _pool cimport ce_pool_attach, ce_pool_for
-from _scratch cimport check_scratch
 
 ce_pool_attach()
+cnp.import_array()     # the NumPy C API f32_arg calls
 
 ROW_BLOCK = CE_PG_MR      # rows of A per packed block
 PANEL = CE_PG_NR          # columns of B per panel
@@ -40,17 +42,20 @@ cdef inline Share share(Py_ssize_t lo, Py_ssize_t hi, bint split_rows, Py_ssize_
     return s
 
 
-def f32_conv2d_pointwise(const float[:, :, ::1] x, const float[::1] apack, bias, residual,
-                         float[:, :, ::1] out, float[::1] work, int groups, bint split_rows,
+def f32_conv2d_pointwise(x, apack, bias, residual, out, work, int groups, bint split_rows,
                          int group_panels, ce_act_t act, int num_threads):
     """x[N, C, P] -> out[N, K, P] (+ residual[N, K, P]) with apack the weights packed per
     group as [ceil(Kg/MR)][Cg][MR]. split_rows: the threads share the weight blocks (else the
     panels); group_panels: panels copied at a time; work: num_threads * group_panels * Cg * NR
     floats, 64-byte aligned."""
+    cdef f32_array xv = f32_arg(x, 3, "x", False)
+    cdef f32_array apackv = f32_arg(apack, 1, "apack", False)
+    cdef f32_array outv = f32_arg(out, 3, "out", True)
+    cdef f32_array workv = f32_arg(work, 1, "work", True)
     check_act(act)
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], P = x.shape[2], K = out.shape[1]
-    if groups < 1 or C % groups or K % groups or out.shape[0] != N or out.shape[2] != P:
-        raise ValueError(f"x {tuple(x.shape)[:3]}, out {tuple(out.shape)[:3]} and groups "
+    cdef Py_ssize_t N = xv.shape[0], C = xv.shape[1], P = xv.shape[2], K = outv.shape[1]
+    if groups < 1 or C % groups or K % groups or outv.shape[0] != N or outv.shape[2] != P:
+        raise ValueError(f"x {x.shape[:3]}, out {out.shape[:3]} and groups "
                          f"{groups} do not agree")
     cdef Py_ssize_t Cg = C // groups, Kg = K // groups
     cdef Py_ssize_t MR = CE_PG_MR, NR = CE_PG_NR
@@ -59,36 +64,32 @@ def f32_conv2d_pointwise(const float[:, :, ::1] x, const float[::1] apack, bias,
     cdef Py_ssize_t GP = group_panels
     if bias is not None and len(bias) != K:
         raise ValueError(f"bias must hold {K} values, got {len(bias)}")
-    if residual is not None and tuple(residual.shape) != tuple(out.shape)[:3]:
-        raise ValueError(f"residual must have the output's shape {tuple(out.shape)[:3]}, got "
+    if residual is not None and residual.shape != out.shape:
+        raise ValueError(f"residual must have the output's shape {out.shape[:3]}, got "
                          f"{tuple(residual.shape)}")
     if GP < 1:
         raise ValueError(f"group_panels must be positive, got {GP}")
-    if apack.shape[0] != groups * nmb * Cg * MR:
+    if apackv.shape[0] != groups * nmb * Cg * MR:
         raise ValueError(f"apack holds {apack.shape[0]} floats, expected {groups * nmb * Cg * MR}")
     if N == 0 or P == 0 or K == 0:
         return
     cdef Py_ssize_t per_thread = GP * Cg * NR
-    check_scratch(work, max(1, num_threads) * per_thread, "work")
-    cdef const float[::1] b
-    cdef const float* bptr = NULL
-    cdef const float[:, :, ::1] r
+    check_scratch_array(workv, max(1, num_threads) * per_thread, "work")
+    cdef const float* bptr = f32_optional(bias, K, "bias")
+    cdef f32_array r
     cdef const float* rptr = NULL
-    if bias is not None:
-        b = bias
-        bptr = &b[0]
     if residual is not None:
-        r = residual
-        rptr = &r[0, 0, 0]
+        r = f32_arg(residual, 3, "residual", False)
+        rptr = r.p
     # an activation past the clamps runs over each block row's panels at once, not per block
     # images may lie apart (views of a larger tensor); channels are P floats apart, as the
     # micro-kernel's row strides take them
-    cdef PointwiseJob j = PointwiseJob(&x[0, 0, 0], &apack[0], bptr, rptr, &out[0, 0, 0],
-                                       &work[0], per_thread, N, groups, Cg, Kg, K, P, nmb,
+    cdef PointwiseJob j = PointwiseJob(xv.p, apackv.p, bptr, rptr, outv.p,
+                                       workv.p, per_thread, N, groups, Cg, Kg, K, P, nmb,
                                        npanels, GP, split_rows, ce_pg_act_later(act),
                                        ce_pg_store_act(act), act, x.strides[0] // 4,
                                        out.strides[0] // 4,
-                                       r.strides[0] // 4 if rptr != NULL else 0)
+                                       residual.strides[0] // 4 if rptr != NULL else 0)
     with nogil:
         ce_pool_for(num_threads, nmb if split_rows else npanels, _pointwise_units, &j)
 
@@ -140,8 +141,7 @@ cdef void _pointwise_units(void* job, int thread, Py_ssize_t lo, Py_ssize_t hi) 
             pa = pb
 
 
-def f32_gemm_rows(const float[:, ::1] a, const float[::1] bpanels, const float[::1] colbias,
-                  float[:, ::1] out, bint split_rows, int group_panels, ce_act_t act,
+def f32_gemm_rows(a, bpanels, colbias, out, bint split_rows, int group_panels, ce_act_t act,
                   int num_threads):
     """out[M, N] = act(a @ B (+ colbias)) with a [M, K] read in place (a matrix computed at run
     time: a MatMul's activations) and B a constant packed once as bpanels [ceil(N/NR)][K][NR]
@@ -150,17 +150,21 @@ def f32_gemm_rows(const float[:, ::1] a, const float[::1] bpanels, const float[:
     blocks (split_rows) or the panels, as f32_conv2d_pointwise does, and each takes its panels
     group_panels at a time (a group stays in L2 while its row blocks pass over it); every
     output is summed over k in order whatever the split."""
+    cdef f32_array av = f32_arg(a, 2, "a", False)
+    cdef f32_array bpanelsv = f32_arg(bpanels, 1, "bpanels", False)
+    cdef f32_array colbiasv = f32_arg(colbias, 1, "colbias", False)
+    cdef f32_array outv = f32_arg(out, 2, "out", True)
     check_act(act)
-    cdef Py_ssize_t M = a.shape[0], K = a.shape[1], N = out.shape[1], NR = CE_PG_NR
+    cdef Py_ssize_t M = av.shape[0], K = av.shape[1], N = outv.shape[1], NR = CE_PG_NR
     cdef Py_ssize_t nmb = (M + CE_PG_MR - 1) // CE_PG_MR, npanels = (N + NR - 1) // NR
-    if out.shape[0] != M:
+    if outv.shape[0] != M:
         raise ValueError(f"out must have {M} rows (those of a), got {out.shape[0]}")
     if group_panels < 1:
         raise ValueError(f"group_panels must be positive, got {group_panels}")
-    if bpanels.shape[0] != npanels * K * NR or <size_t>&bpanels[0] % 64:
+    if bpanelsv.shape[0] != npanels * K * NR or <size_t>bpanelsv.p % 64:
         raise ValueError(f"bpanels must hold {npanels * K * NR} floats from a 64-byte "
                          f"boundary, got {bpanels.shape[0]}")
-    if colbias.shape[0] not in (0, npanels * NR):
+    if colbiasv.shape[0] not in (0, npanels * NR):
         raise ValueError(f"colbias must hold 0 or {npanels * NR} floats, got "
                          f"{colbias.shape[0]}")
     if K == 0:
@@ -171,9 +175,9 @@ def f32_gemm_rows(const float[:, ::1] a, const float[::1] bpanels, const float[:
     # f32_conv2d_pointwise: block by block, the map's setup came every 16 columns (ConvNeXt's
     # GELU on 3136 x 384 outputs, 1.5x its cost over whole rows)
     cdef const float* cb = NULL
-    if colbias.shape[0]:
-        cb = &colbias[0]
-    cdef GemmJob j = GemmJob(&a[0, 0], &bpanels[0], cb, &out[0, 0], M, N, K, nmb, npanels,
+    if colbiasv.shape[0]:
+        cb = colbiasv.p
+    cdef GemmJob j = GemmJob(av.p, bpanelsv.p, cb, outv.p, M, N, K, nmb, npanels,
                              group_panels, split_rows, ce_pg_act_later(act),
                              ce_pg_store_act(act), act)
     with nogil:
