@@ -7,8 +7,8 @@ cnp.import_array()     # the NumPy C API f32_arg calls, once per module
 
 
 cdef int check_blocked(const Py_ssize_t* shape, str name) except -1:
-    """shape (of a 5-D typed memoryview: the type fixes the rank) is channel-blocked. Read from
-    the view's C shape: a view passed as a Python object would be wrapped anew on every call."""
+    """shape (a 5-D array's, from f32_arg or a typed memoryview, which fixed the rank) is
+    channel-blocked."""
     if shape[4] != CE_NC_B:
         raise ValueError(f"{name} must be channel-blocked (N, C/{CE_NC_B}, H, W, {CE_NC_B}), got "
                          f"shape {tuple(shape[i] for i in range(5))}")
