@@ -314,11 +314,7 @@ class BlockedConv(_Internal):
             dh, dw = self.conv.dilations
             if (dh, dw) != (1, 1):
                 text += f" | dilated {dh}x{dw}: tiles of its {dh * dw} phase sub-images"
-            if self.conv.residual:
-                text += " | + residual add"
-            if self.conv.activation:
-                text += f" | + {self.conv.activation} in the kernel's output step"
-            return text
+            return self._describe_suffix(text)
         if self.conv_kind == "live_taps":
             kh, kw = self.conv.w.shape[2:]
             pairs = kh * kw * math.prod(self.conv_shape[2:])
@@ -356,6 +352,10 @@ class BlockedConv(_Internal):
                          "columns a time (a block with a non-finite weight row by row)")
         if self.split is not None:
             text += f" | threads by {self.split[0]}: {self.split[1]}"
+        return self._describe_suffix(text)
+
+    def _describe_suffix(self, text: str) -> str:
+        """What every kind's description ends with: the residual and activation it fuses."""
         if self.conv.residual:
             text += " | + residual add"
         if self.conv.activation:
