@@ -215,8 +215,8 @@ class BlockedConv(_Internal):
 
         if self.conv_kind == "grouped":
             def step(env, nt):
-                nchwc_window.f32_grouped_blocked(env[a], w, bias, env[b], sh, sw, pt, pl, dh, dw,
-                                          act, threads_for(macs, nt))
+                nchwc_window.f32_grouped_blocked(env[a], w, bias, env[b], sh, sw, pt, pl, dh,
+                                                 dw, act, threads_for(macs, nt))
             return step
 
         by_blocks = self.split[0] == "blocks"
@@ -224,17 +224,18 @@ class BlockedConv(_Internal):
         h, wd = ins[0].shape[2:4]
         if not nchwc_window.depthwise_plane_fits(h, wd, self.conv_shape[3], sw, kh, kw, dw):
             def step(env, nt):
-                nchwc_window.f32_depthwise_blocked(env[a], w, bias, env[b], sh, sw, pt, pl, dh, dw,
-                                            act, threads_for(macs, nt, MIN_WORK_DEPTHWISE),
-                                            by_blocks)
+                nchwc_window.f32_depthwise_blocked(env[a], w, bias, env[b], sh, sw, pt, pl, dh,
+                                                   dw, act,
+                                                   threads_for(macs, nt, MIN_WORK_DEPTHWISE),
+                                                   by_blocks)
             return step
 
         def step(env, nt):      # by whole planes, each thread's copy in a kept buffer
             nt = threads_for(macs, nt, MIN_WORK_DEPTHWISE)
             buf = workspace.take(nchwc_window.depthwise_plane_scratch(nt))
             try:
-                nchwc_window.f32_depthwise_blocked(env[a], w, bias, env[b], sh, sw, pt, pl, dh, dw,
-                                            act, nt, by_blocks, True, buf)
+                nchwc_window.f32_depthwise_blocked(env[a], w, bias, env[b], sh, sw, pt, pl, dh,
+                                                   dw, act, nt, by_blocks, True, buf)
             finally:
                 workspace.give(buf)
         return step
@@ -346,8 +347,8 @@ class BlockedConv(_Internal):
         if self.conv_kind == "depthwise":
             h, w = ins[0].shape[2:4]
             kh, kw = self.conv.w.shape[2:]
-            if nchwc_window.depthwise_plane_fits(h, w, self.conv_shape[3], self.conv.strides[1], kh,
-                                          kw, self.conv.dilations[1]):
+            if nchwc_window.depthwise_plane_fits(h, w, self.conv_shape[3], self.conv.strides[1],
+                                                 kh, kw, self.conv.dilations[1]):
                 text += (", each block's plane whole through a zero-bordered copy, eight "
                          "columns a time (a block with a non-finite weight row by row)")
         if self.split is not None:
