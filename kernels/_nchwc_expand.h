@@ -70,13 +70,9 @@ static void ce_nc_xdw_expand_row(const ce_nc_xdw_job *j, ptrdiff_t n, int iy, fl
             const int nb = j->Cb - c0 < CE_NC_BATCH ? j->Cb - c0 : CE_NC_BATCH;
             const int first = c0 == 0, last = c0 + nb == j->Cb;
             const float *w = wg + (ptrdiff_t)c0 * nk * B * B;
-            for (ptrdiff_t t = 0; t < T; t++) {
-                const ptrdiff_t p0 = ce_nc_tile_start(tiling, t);
-                const int np = (int)(ce_nc_tile_start(tiling, t + 1) - p0);
-                ce_nc_pw_tiles[nk - 1][np - 1](x + ((ptrdiff_t)c0 * P + p0) * B, P, nb,
-                                               last ? j->tail : CE_NC_B, w, j->bp + kb0 * B,
-                                               NULL, d + p0 * B, bs, tile_act, first, last);
-            }
+            ce_nc_pw_span(tiling, 0, T, nk, x + (ptrdiff_t)c0 * P * B, P, nb,
+                          last ? j->tail : CE_NC_B, w, j->bp + kb0 * B, NULL, d, bs, tile_act,
+                          first, last);
         }
         if (later)
             for (int k = 0; k < nk; k++)

@@ -69,15 +69,20 @@ static void ce_nt_unit(const ce_nt_job *j, ptrdiff_t u)
             const float *w = wg + (ptrdiff_t)c0 * nk * B * B;
             for (int oy = oy0; oy < oy1; oy++) {
                 int iy = t->iy0 + (oy - t->oy0);
-                for (int ox = t->ox0; ox < t->ox1; ox += CE_NC_TILE_PIXELS) {
-                    int np = t->ox1 - ox < CE_NC_TILE_PIXELS ? t->ox1 - ox : CE_NC_TILE_PIXELS;
-                    int ix = t->ix0 + (ox - t->ox0);
-                    const float *xs = x + ((ptrdiff_t)c0 * P + (ptrdiff_t)iy * j->W + ix) * B;
-                    float *os = out + ((ptrdiff_t)oy * j->W + ox) * B;
-                    /* neither first nor last: the sums continue from ``out`` and are stored
-                     * as they are */
-                    ce_nc_pw_tiles[nk - 1][np - 1](xs, P, nb, tail, w, j->bias, NULL, os,
-                                                   P * B, none, 0, 0);
+                /* the row's whole tiles in one run, then what is left; neither first nor
+                 * last: the sums continue from ``out`` and are stored as they are */
+                const int span = t->ox1 - t->ox0, full = span / CE_NC_TILE_PIXELS;
+                const int rest = span - full * CE_NC_TILE_PIXELS;
+                const float *xs = x + ((ptrdiff_t)c0 * P + (ptrdiff_t)iy * j->W + t->ix0) * B;
+                float *os = out + ((ptrdiff_t)oy * j->W + t->ox0) * B;
+                if (full)
+                    ce_nc_pw_runs[nk - 1][CE_NC_TILE_PIXELS - 1](xs, P, nb, tail, w, j->bias,
+                                                                 NULL, os, P * B, none, 0, 0,
+                                                                 full);
+                if (rest) {
+                    const ptrdiff_t at = (ptrdiff_t)full * CE_NC_TILE_PIXELS * B;
+                    ce_nc_pw_runs[nk - 1][rest - 1](xs + at, P, nb, tail, w, j->bias, NULL,
+                                                    os + at, P * B, none, 0, 0, 1);
                 }
             }
         }
