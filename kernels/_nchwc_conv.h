@@ -270,13 +270,19 @@ static void ce_nc_convp_band(const float *xpad, int C, int Hp, int Wp, int Kb, i
         int first = c0 == 0, last = c0 + nb == Cb;
         int nclast = last ? C - (Cb - 1) * CE_NC_B : CE_NC_B;
         const float *xb = xpad + c0 * xs, *wb = q.wg + c0 * q.per_block;
+        /* the output pixel (oy, ox) of each tile pixel in turn: one division a band, not two a
+         * pixel (a tile of a grouped layer's two-block groups is a few hundred cycles) */
+        ptrdiff_t p = ce_nc_tile_start(tiling, t0), oy = p / OW, ox = p % OW;
         for (ptrdiff_t t = t0; t < t1; t++) {
             ptrdiff_t p0 = ce_nc_tile_start(tiling, t);
             int np = (int)(ce_nc_tile_start(tiling, t + 1) - p0);
             ptrdiff_t base[CE_NC_TILE_PIXELS];
             for (int i = 0; i < np; i++) {
-                ptrdiff_t oy = (p0 + i) / OW, ox = (p0 + i) % OW;
                 base[i] = (oy * sh * Wp + ox * sw) * B;
+                if (++ox == OW) {
+                    ox = 0;
+                    oy++;
+                }
             }
             ptrdiff_t at = (ptrdiff_t)q.kb0 * os + p0 * B;
             const ce_nc_tile_at where = {0, 0, 0, 0, 0, 0, 0, base, (ptrdiff_t)dh * Wp * B,
