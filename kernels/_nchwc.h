@@ -166,6 +166,57 @@ typedef void (*ce_nc_pw_run_fn)(const float *, ptrdiff_t, int, int, const float 
                                 const float *, const float *, float *, ptrdiff_t, ce_act_t,
                                 int, int, ptrdiff_t);
 
+/* A last group of one output block (3, 5, 9 or 15 blocks in groups of two) on two tiles of
+ * NP pixels at once: 2 NP sums in flight where one tile has NP, which the multiply-add latency
+ * then bounds at three quarters of the rate (a one-block tile also gets half the multiply-adds
+ * of a two-block one for its broadcasts). Each pixel's sum as in ce_nc_pw_tile, in the same
+ * order. */
+static inline __attribute__((always_inline)) void
+ce_nc_pw_tile_pair(const float *restrict x, ptrdiff_t P, int Cb, int tail,
+                   const float *restrict w, const int NP, const float *restrict bias,
+                   const float *res, float *out, ce_act_t act, int first, int last)
+{
+    const ptrdiff_t B = CE_NC_B;
+    ce_nc_vf a[2 * CE_NC_TILE_PIXELS];
+#pragma GCC unroll 12
+    for (int i = 0; i < 2 * NP; i++)
+        a[i] = first ? (ce_nc_vf){0} : CE_NC_LD(out + i * B);
+    for (int cb = 0; cb < Cb; cb++) {
+        const float *xb = x + cb * P * B;
+        const int nc = cb == Cb - 1 ? tail : CE_NC_B;
+        for (int l = 0; l < 2 * NP * CE_NC_B; l += 16)
+            __builtin_prefetch(xb + 2 * NP * B + l);
+        for (int c = 0; c < nc; c++, w += B) {
+            const ce_nc_vf w0 = CE_NC_LD(w);
+#pragma GCC unroll 12
+            for (int i = 0; i < 2 * NP; i++)
+                a[i] += w0 * xb[i * B + c];
+        }
+    }
+    const ce_nc_vf b = last ? CE_NC_LD(bias) : (ce_nc_vf){0};
+#define CE_NC_PAIR_STORE(CODE)                                                              \
+    for (int i = 0; i < 2 * NP; i++) {                                                      \
+        ce_nc_vf v = a[i];                                                                  \
+        if (last) {                                                                         \
+            v += b;                                                                         \
+            if (res)                                                                        \
+                v += CE_NC_LD(res + i * B);                                                 \
+            v = ce_nc_act(v, (ce_act_t){CODE, 0.0f, 0.0f});                                 \
+        }                                                                                   \
+        CE_NC_ST(out + i * B, v);                                                           \
+    }
+    switch (last ? act.code : CE_ACT_CODE_NONE) {
+    case CE_ACT_CODE_NONE: CE_NC_PAIR_STORE(CE_ACT_CODE_NONE) break;
+    case CE_ACT_CODE_RELU: CE_NC_PAIR_STORE(CE_ACT_CODE_RELU) break;
+    case CE_ACT_CODE_RELU6: CE_NC_PAIR_STORE(CE_ACT_CODE_RELU6) break;
+    default:
+        CE_NC_PAIR_STORE(CE_ACT_CODE_NONE)
+        ce_nc_act_span(out, 2 * NP, act);
+        break;
+    }
+#undef CE_NC_PAIR_STORE
+}
+
 #define CE_NC_PW_RUN_N(NK, NP)                                                              \
     static void ce_nc_pw_run_##NK##_##NP(const float *restrict x, ptrdiff_t P, int Cb,      \
                                          int tail, const float *restrict w,                 \
@@ -173,7 +224,14 @@ typedef void (*ce_nc_pw_run_fn)(const float *, ptrdiff_t, int, int, const float 
                                          ptrdiff_t os, ce_act_t act, int first, int last,   \
                                          ptrdiff_t n)                                       \
     {                                                                                       \
-        for (ptrdiff_t k = 0; k < n; k++) {                                                 \
+        ptrdiff_t k = 0;                                                                    \
+        if (NK == 1)                                                                        \
+            for (; k + 2 <= n; k += 2) {                                                    \
+                const ptrdiff_t at = k * NP * CE_NC_B;                                      \
+                ce_nc_pw_tile_pair(x + at, P, Cb, tail, w, NP, bias,                        \
+                                   res ? res + at : NULL, out + at, act, first, last);      \
+            }                                                                               \
+        for (; k < n; k++) {                                                                \
             const ptrdiff_t at = k * NP * CE_NC_B;                                          \
             ce_nc_pw_tile(x + at, P, Cb, tail, w, NK, NP, bias, res ? res + at : NULL,      \
                           out + at, os, act, first, last);                                  \

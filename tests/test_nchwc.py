@@ -93,11 +93,12 @@ def run_pointwise(x, w, b, residual, act, threads, group_slack=1.0):
 
 
 # (N, C, K, H, W): channel counts off the block size, every number of output blocks in the
-# last group (1..4), pixel counts with every tail of a 6-pixel tile, batches; small planes with
-# many output blocks make the threads split the groups, large planes the pixels
+# last group (1..4; a group of one block runs its tiles in pairs), pixel counts with every tail
+# of a 6-pixel tile, batches; small planes with many output blocks make the threads split the
+# groups, large planes the pixels; over 1024 input channels, the partial sums of two passes
 POINTWISE = [(1, 16, 16, 4, 4), (1, 3, 5, 1, 1), (2, 24, 144, 9, 7), (1, 17, 70, 5, 13),
              (1, 64, 48, 2, 5), (1, 40, 200, 1, 7), (3, 8, 33, 3, 3), (1, 100, 20, 11, 11),
-             (1, 320, 96, 7, 7)]
+             (1, 320, 96, 7, 7), (1, 1100, 40, 5, 9)]
 
 
 @pytest.mark.parametrize("n,c,k,h,w", POINTWISE)
