@@ -525,7 +525,7 @@ static void ce_nc_pw_units(const float *x, ptrdiff_t P, int Cb, int tail, const 
     }
 }
 
-/* ---- Layout changes -------------------------------------------------------------------------- */
+/* ---- Layout changes ------------------------------------------------------------------------- */
 
 /* One channel block of one image: src holds nc <= CE_NC_B planes, ps floats apart, of which
  * the first P pixels are taken; dst[P][CE_NC_B] gets them channel-interleaved, zero in

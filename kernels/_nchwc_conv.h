@@ -156,8 +156,8 @@ static inline ce_nc_conv_group ce_nc_conv_group_of(const float *w, const float *
 
 /* Output rows [oy0, oy1) of the output blocks of group g, for one image.
  *   x: the image's input [Cb][H][W][B], C channels; w: every group's packed weights, group g
- *   at g * GROUP * B * Cb * kh * kw * B floats, holding min(GROUP, Kb - GROUP g) blocks; bias: Kb * B
- *   values; res/out: the image's [Kb][OH][OW][B]; batch: input blocks per batch. */
+ *   at g * GROUP * B * Cb * kh * kw * B floats, holding min(GROUP, Kb - GROUP g) blocks;
+ *   bias: Kb * B values; res/out: the image's [Kb][OH][OW][B]; batch: input blocks per batch. */
 static void ce_nc_conv_band(const float *x, int C, int H, int W, int Kb, int OH, int OW,
                             int g, int oy0, int oy1, int sh, int sw, int pt, int pl, int kh,
                             int kw, int dh, int dw, const float *w, const float *bias,

@@ -222,8 +222,9 @@ def run_depthwise(x, w, b, stride, pads, dilation, act, threads, by_blocks=False
     ow = (wd + pl + pr - dilation[1] * (kw - 1) - 1) // stride[1] + 1
     wp, bp = blocked.pack_depthwise(w, b)
     out = np.full((n, blocked.blocks(c), oh, ow, B), np.nan, np.float32)
-    nchwc_window.f32_depthwise_blocked(blocked.to_blocked(x), wp, bp, out, stride[0], stride[1], pt, pl,
-                                dilation[0], dilation[1], kernel_act(act), threads, by_blocks)
+    nchwc_window.f32_depthwise_blocked(blocked.to_blocked(x), wp, bp, out, stride[0],
+                                       stride[1], pt, pl, dilation[0], dilation[1],
+                                       kernel_act(act), threads, by_blocks)
     return blocked.from_blocked(out, c)
 
 
@@ -510,7 +511,8 @@ def test_grouped_blocked_keeps_a_nan_in_its_group(rng, g):
     x[0, 5, 2, 3] = np.nan
     wp, bp = blocked.pack_grouped(wt, g, None)
     out = np.zeros((1, blocked.blocks(c), 6, 6, B), np.float32)
-    nchwc_window.f32_grouped_blocked(blocked.to_blocked(x), wp, bp, out, 1, 1, 1, 1, 1, 1, NO_ACT, 1)
+    nchwc_window.f32_grouped_blocked(blocked.to_blocked(x), wp, bp, out, 1, 1, 1, 1, 1, 1,
+                                     NO_ACT, 1)
     y = blocked.from_blocked(out, c)
     with np.errstate(invalid="ignore"):
         ref = conv2d_ref(x, wt, None, (1, 1), ((1, 1), (1, 1)), (1, 1), c // g)
@@ -525,8 +527,8 @@ def test_grouped_blocked_refuses_inconsistent_arguments(rng):
     with pytest.raises(ValueError, match="w must"):
         nchwc_window.f32_grouped_blocked(x, wp[:1], bp, out, 1, 1, 1, 1, 1, 1, NO_ACT, 1)
     with pytest.raises(ValueError, match="g dividing"):    # groups of 3 do not tile a block
-        nchwc_window.f32_grouped_blocked(x, np.zeros((2, 3, 3, 3, B), np.float32), bp, out, 1, 1, 1,
-                                  1, 1, 1, NO_ACT, 1)
+        nchwc_window.f32_grouped_blocked(x, np.zeros((2, 3, 3, 3, B), np.float32), bp, out,
+                                         1, 1, 1, 1, 1, 1, NO_ACT, 1)
     with pytest.raises(ValueError, match="bias"):
         nchwc_window.f32_grouped_blocked(x, wp, bp[:B], out, 1, 1, 1, 1, 1, 1, NO_ACT, 1)
     with pytest.raises(ValueError, match="act"):
