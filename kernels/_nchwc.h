@@ -483,6 +483,27 @@ static void ce_nc_pw_quad(const float *x, ptrdiff_t P, int Cb, int tail, const f
 #else
 #define CE_NC_QUAD 0
 #endif
+/* groups of output blocks a unit of pointwise work takes together (two to a quad, above) */
+#define CE_NC_PW_PAIR (CE_NC_QUAD ? 2 : 1)
+
+/* Groups [g_lo, g_hi) over tiles t0 .. t1 of one image, two full ones at a time where the
+ * quad runs them. */
+static void ce_nc_pw_groups(const float *x, ptrdiff_t P, int Cb, int tail, const float *wpack,
+                            int Kb, ptrdiff_t g_lo, ptrdiff_t g_hi, const float *bias,
+                            const float *res, float *out, ce_act_t act, ptrdiff_t t0,
+                            ptrdiff_t t1)
+{
+    for (ptrdiff_t g = g_lo; g < g_hi; g++) {
+#if CE_NC_QUAD
+        if (g + 1 < g_hi && (g + 2) * CE_NC_GROUP <= Kb) {
+            ce_nc_pw_quad(x, P, Cb, tail, wpack, (int)g, bias, res, out, act, t0, t1);
+            g++;
+            continue;
+        }
+#endif
+        ce_nc_pw_group(x, P, Cb, tail, wpack, Kb, (int)g, bias, res, out, act, t0, t1);
+    }
+}
 
 /* Units [lo, hi) of a pointwise layer's work for one thread: groups of output blocks (all
  * tiles of every image, by_groups) or tiles of pixels counted across the images (all groups),
@@ -508,19 +529,8 @@ static void ce_nc_pw_units(const float *x, ptrdiff_t P, int Cb, int tail, const 
         ptrdiff_t b = (u_hi < (n + 1) * T ? u_hi : (n + 1) * T) - n * T;
         for (ptrdiff_t c0 = a; c0 < b; c0 += chunk) {
             ptrdiff_t c1 = b - c0 < chunk ? b : c0 + chunk;
-            for (ptrdiff_t g = g_lo; g < g_hi; g++) {
-#if CE_NC_QUAD
-                /* two full groups side by side (above) */
-                if (g + 1 < g_hi && (g + 2) * CE_NC_GROUP <= Kb) {
-                    ce_nc_pw_quad(x + n * xs, P, Cb, tail, wpack, (int)g, bias,
-                                  res ? res + n * os : NULL, out + n * os, act, c0, c1);
-                    g++;
-                    continue;
-                }
-#endif
-                ce_nc_pw_group(x + n * xs, P, Cb, tail, wpack, Kb, (int)g, bias,
-                               res ? res + n * os : NULL, out + n * os, act, c0, c1);
-            }
+            ce_nc_pw_groups(x + n * xs, P, Cb, tail, wpack, Kb, g_lo, g_hi, bias,
+                            res ? res + n * os : NULL, out + n * os, act, c0, c1);
         }
     }
 }

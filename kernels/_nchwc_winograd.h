@@ -332,10 +332,13 @@ static void ce_nw_gemm_units(void *ctx, int thread, Py_ssize_t lo, Py_ssize_t hi
     const ptrdiff_t T = (j->S + CE_NC_TILE_PIXELS - 1) / CE_NC_TILE_PIXELS;
     const ce_act_t none = {CE_ACT_CODE_NONE, 0.0f, 0.0f};
     (void)thread;
+    /* a unit takes CE_NC_PW_PAIR groups, which the pointwise kernel runs together */
+    const ptrdiff_t G2 = (G + CE_NC_PW_PAIR - 1) / CE_NC_PW_PAIR;
     for (ptrdiff_t u = lo; u < hi; u++) {
-        ptrdiff_t e = u / G, g = u % G;
-        ce_nc_pw_group(j->V + e * j->Cb * j->S * B, j->S, j->Cb, j->tail, j->u + e * j->ue,
-                       j->Kb, (int)g, j->zero, NULL, j->M + e * j->Kb * j->S * B, none, 0, T);
+        ptrdiff_t e = u / G2, g = u % G2 * CE_NC_PW_PAIR;
+        ce_nc_pw_groups(j->V + e * j->Cb * j->S * B, j->S, j->Cb, j->tail, j->u + e * j->ue,
+                        j->Kb, g, g + CE_NC_PW_PAIR < G ? g + CE_NC_PW_PAIR : G, j->zero, NULL,
+                        j->M + e * j->Kb * j->S * B, none, 0, T);
     }
 }
 
@@ -424,7 +427,7 @@ static void ce_nw_strip_units(void *ctx, int thread, Py_ssize_t lo, Py_ssize_t h
             sj->bad[thread] = 1;
             return;
         }
-        ce_nw_gemm_units(&j, 0, 0, E * G);
+        ce_nw_gemm_units(&j, 0, 0, E * ((G + CE_NC_PW_PAIR - 1) / CE_NC_PW_PAIR));
         ce_nw_output_units(&j, 0, 0, j.Kb * j.S);
     }
 }
@@ -444,7 +447,7 @@ static int ce_nw_run_group(const ce_nw_job *all, int q, ptrdiff_t total, ptrdiff
             if (j->bad[i])
                 return 1;
         if (j->u)
-            ce_pool_for(nt, E * G, ce_nw_gemm_units, j);
+            ce_pool_for(nt, E * ((G + CE_NC_PW_PAIR - 1) / CE_NC_PW_PAIR), ce_nw_gemm_units, j);
         else
             ce_pool_for(nt, j->A * G, ce_nw_gemm_taps_units, j);
         ce_pool_for(nt, j->Kb * j->S, ce_nw_output_units, j);
