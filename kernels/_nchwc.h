@@ -442,6 +442,22 @@ typedef void (*ce_nc_pw_quad_fn)(const float *, ptrdiff_t, int, int, const float
 static const ce_nc_pw_quad_fn ce_nc_pw_quads[3] = {ce_nc_pw_quad_1, ce_nc_pw_quad_2,
                                                    ce_nc_pw_quad_3};
 
+/* Pixels [pa, pb) of 4 output blocks in threes, over one batch of nb input blocks: x, res
+ * and out at pixel 0 (of the batch, of the first block), blocks os floats apart; wa, wb the
+ * batch's weights of the two groups; act done in the stores (none or a clamp). */
+static void ce_nc_pw_quad_px(const float *x, ptrdiff_t P, int nb, int tail, const float *wa,
+                             const float *wb, const float *bias, const float *res, float *out,
+                             ptrdiff_t os, ce_act_t act, int first, int last, ptrdiff_t pa,
+                             ptrdiff_t pb)
+{
+    const ptrdiff_t B = CE_NC_B;
+    for (ptrdiff_t p0 = pa; p0 < pb; p0 += 3) {
+        int np = pb - p0 < 3 ? (int)(pb - p0) : 3;
+        ce_nc_pw_quads[np - 1](x + p0 * B, P, nb, tail, wa, wb, bias,
+                               res ? res + p0 * B : NULL, out + p0 * B, os, act, first, last);
+    }
+}
+
 /* Groups g and g + 1, both full (4 output blocks from kb0 = g * GROUP), over tiles t0 .. t1 of
  * one image: ce_nc_pw_group_w's passes, batches and activation, on 3-pixel halves. */
 static void ce_nc_pw_quad(const float *x, ptrdiff_t P, int Cb, int tail, const float *wpack,
@@ -468,12 +484,8 @@ static void ce_nc_pw_quad(const float *x, ptrdiff_t P, int Cb, int tail, const f
             ptrdiff_t pa = ce_nc_tile_start(tiling, ta), pb = ce_nc_tile_start(tiling, tb);
             /* the run's pixels in threes, then what is left (a tile's pixels, whichever
              * tile holds them, sum the same way) */
-            for (ptrdiff_t p0 = pa; p0 < pb; p0 += 3) {
-                int np = pb - p0 < 3 ? (int)(pb - p0) : 3;
-                ce_nc_pw_quads[np - 1](xs + p0 * B, P, nb, ntail, wa, wb, bb,
-                                       res ? res + ob + p0 * B : NULL, out + ob + p0 * B,
-                                       P * B, tile_act, first, last);
-            }
+            ce_nc_pw_quad_px(xs, P, nb, ntail, wa, wb, bb, res ? res + ob : NULL, out + ob,
+                             P * B, tile_act, first, last, pa, pb);
             if (later)
                 for (int j = 0; j < 4; j++)
                     ce_nc_act_span(out + ob + (ptrdiff_t)j * P * B + pa * B, pb - pa, act);
