@@ -423,14 +423,18 @@ ce_nc_pw_quad_tile(const float *restrict x, ptrdiff_t P, int Cb, int tail,
 #undef CE_NC_PIX
 }
 
+/* n runs of NP pixels side by side, one call (as ce_nc_pw_runs) */
 #define CE_NC_PW_QUAD_N(NP)                                                                 \
     static void ce_nc_pw_quad_##NP(const float *x, ptrdiff_t P, int Cb, int tail,           \
                                    const float *wa, const float *wb, const float *bias,     \
                                    const float *res, float *out, ptrdiff_t os, ce_act_t act, \
-                                   int first, int last)                                     \
+                                   int first, int last, ptrdiff_t n)                        \
     {                                                                                       \
-        ce_nc_pw_quad_tile(x, P, Cb, tail, wa, wb, NP, bias, res, out, os, act, first,      \
-                           last);                                                           \
+        for (ptrdiff_t k = 0; k < n; k++) {                                                 \
+            const ptrdiff_t at = k * NP * CE_NC_B;                                          \
+            ce_nc_pw_quad_tile(x + at, P, Cb, tail, wa, wb, NP, bias, res ? res + at : NULL, \
+                               out + at, os, act, first, last);                             \
+        }                                                                                   \
     }
 CE_NC_PW_QUAD_N(1)
 CE_NC_PW_QUAD_N(2)
@@ -438,7 +442,7 @@ CE_NC_PW_QUAD_N(3)
 #undef CE_NC_PW_QUAD_N
 typedef void (*ce_nc_pw_quad_fn)(const float *, ptrdiff_t, int, int, const float *,
                                  const float *, const float *, const float *, float *,
-                                 ptrdiff_t, ce_act_t, int, int);
+                                 ptrdiff_t, ce_act_t, int, int, ptrdiff_t);
 static const ce_nc_pw_quad_fn ce_nc_pw_quads[3] = {ce_nc_pw_quad_1, ce_nc_pw_quad_2,
                                                    ce_nc_pw_quad_3};
 
@@ -450,11 +454,15 @@ static void ce_nc_pw_quad_px(const float *x, ptrdiff_t P, int nb, int tail, cons
                              ptrdiff_t os, ce_act_t act, int first, int last, ptrdiff_t pa,
                              ptrdiff_t pb)
 {
-    const ptrdiff_t B = CE_NC_B;
-    for (ptrdiff_t p0 = pa; p0 < pb; p0 += 3) {
-        int np = pb - p0 < 3 ? (int)(pb - p0) : 3;
-        ce_nc_pw_quads[np - 1](x + p0 * B, P, nb, tail, wa, wb, bias,
-                               res ? res + p0 * B : NULL, out + p0 * B, os, act, first, last);
+    const ptrdiff_t B = CE_NC_B, full = (pb - pa) / 3, rest = (pb - pa) % 3;
+    if (full)
+        ce_nc_pw_quads[2](x + pa * B, P, nb, tail, wa, wb, bias, res ? res + pa * B : NULL,
+                          out + pa * B, os, act, first, last, full);
+    if (rest) {
+        const ptrdiff_t p0 = pa + 3 * full;
+        ce_nc_pw_quads[rest - 1](x + p0 * B, P, nb, tail, wa, wb, bias,
+                                 res ? res + p0 * B : NULL, out + p0 * B, os, act, first, last,
+                                 1);
     }
 }
 
@@ -479,8 +487,9 @@ static void ce_nc_pw_quad(const float *x, ptrdiff_t P, int Cb, int tail, const f
         const ce_act_t tile_act = later ? (ce_act_t){CE_ACT_CODE_NONE, 0.0f, 0.0f} : act;
         const float *xs = x + (ptrdiff_t)c0 * P * B;
         const int ntail = last ? tail : CE_NC_B;
-        for (ptrdiff_t ta = t0; ta < t1; ta += CE_NC_ACT_TILES) {
-            ptrdiff_t tb = t1 - ta < CE_NC_ACT_TILES ? t1 : ta + CE_NC_ACT_TILES;
+        const ptrdiff_t step = later ? CE_NC_ACT_TILES : t1 - t0;
+        for (ptrdiff_t ta = t0; ta < t1; ta += step) {
+            ptrdiff_t tb = t1 - ta < step ? t1 : ta + step;
             ptrdiff_t pa = ce_nc_tile_start(tiling, ta), pb = ce_nc_tile_start(tiling, tb);
             /* the run's pixels in threes, then what is left (a tile's pixels, whichever
              * tile holds them, sum the same way) */
