@@ -351,10 +351,9 @@ static void ce_nc_pw_group(const float *x, ptrdiff_t P, int Cb, int tail, const 
  * of the kernel: 1.80 -> 1.36 ms; ResNet-like 1x1 layers 8-24% faster. */
 #define CE_NC_QUAD 1
 
-#define CE_NC_Q_CH(c)                                                                       \
-    "vbroadcastss " #c "*4(%[x]), %%ymm13\n\t"                                              \
-    "vbroadcastss " #c "*4+32(%[x]), %%ymm14\n\t"                                           \
-    "vbroadcastss " #c "*4+64(%[x]), %%ymm15\n\t"                                           \
+/* one input channel c of a quad: its three pixels' values already broadcast in ymm13-15,
+ * the four weight vectors of c at wa (blocks 0, 1) and wb (blocks 2, 3) */
+#define CE_NC_Q_FMAS(c)                                                                     \
     "vmovups " #c "*64(%[wa]), %%ymm12\n\t"                                                 \
     "vfmadd231ps %%ymm12, %%ymm13, %[a00]\n\t"                                              \
     "vfmadd231ps %%ymm12, %%ymm14, %[a10]\n\t"                                              \
@@ -371,6 +370,17 @@ static void ce_nc_pw_group(const float *x, ptrdiff_t P, int Cb, int tail, const 
     "vfmadd231ps %%ymm12, %%ymm13, %[a03]\n\t"                                              \
     "vfmadd231ps %%ymm12, %%ymm14, %[a13]\n\t"                                              \
     "vfmadd231ps %%ymm12, %%ymm15, %[a23]\n\t"
+/* the pixels side by side in a block (the pointwise layer) */
+#define CE_NC_Q_CH(c)                                                                       \
+    "vbroadcastss " #c "*4(%[x]), %%ymm13\n\t"                                              \
+    "vbroadcastss " #c "*4+32(%[x]), %%ymm14\n\t"                                           \
+    "vbroadcastss " #c "*4+64(%[x]), %%ymm15\n\t"                                           \
+    CE_NC_Q_FMAS(c)
+/* the quad's twelve sums as asm operands %[a00] .. %[a23] */
+#define CE_NC_Q_SUMS                                                                        \
+    [a00] "+x"(a0_0), [a01] "+x"(a0_1), [a02] "+x"(a0_2), [a03] "+x"(a0_3),                 \
+    [a10] "+x"(a1_0), [a11] "+x"(a1_1), [a12] "+x"(a1_2), [a13] "+x"(a1_3),                 \
+    [a20] "+x"(a2_0), [a21] "+x"(a2_1), [a22] "+x"(a2_2), [a23] "+x"(a2_3)
 
 /* NP <= 3 pixels of 4 output blocks: blocks 0, 1 with the weights wa ([Cb * B][2 * B], as
  * ce_nc_pw_tile's w for NK = 2), blocks 2, 3 with wb; the rest as ce_nc_pw_tile. */
@@ -397,9 +407,7 @@ ce_nc_pw_quad_tile(const float *restrict x, ptrdiff_t P, int Cb, int tail,
         if (NP == 3 && (cb < Cb - 1 || tail == CE_NC_B)) {
             __asm__(CE_NC_Q_CH(0) CE_NC_Q_CH(1) CE_NC_Q_CH(2) CE_NC_Q_CH(3)
                     CE_NC_Q_CH(4) CE_NC_Q_CH(5) CE_NC_Q_CH(6) CE_NC_Q_CH(7)
-                    : [a00] "+x"(a0_0), [a01] "+x"(a0_1), [a02] "+x"(a0_2), [a03] "+x"(a0_3),
-                      [a10] "+x"(a1_0), [a11] "+x"(a1_1), [a12] "+x"(a1_2), [a13] "+x"(a1_3),
-                      [a20] "+x"(a2_0), [a21] "+x"(a2_1), [a22] "+x"(a2_2), [a23] "+x"(a2_3)
+                    : CE_NC_Q_SUMS
                     : [x] "r"(xb), [wa] "r"(wa), [wb] "r"(wb)
                     : "xmm12", "xmm13", "xmm14", "xmm15", "memory");
             continue;

@@ -294,4 +294,155 @@ static void ce_nc_convp_band(const float *xpad, int C, int Hp, int Wp, int Kb, i
     }
 }
 
+#if CE_NC_QUAD
+/* ---- Two groups at once on a padded input, on AVX2 ------------------------------------------
+ * The quad of _nchwc.h with taps: 3 pixels x 4 output blocks (groups g and g + 1, both full),
+ * each pixel's input at its own pointer for the tap (the window origins of ce_nc_convp_band),
+ * the 8 channels of a block in assembly. A tile of up to 6 pixels runs as two parts of up to
+ * 3; every sum as the two-block tile's, block after block, tap after tap, channel after
+ * channel, so results do not change. */
+#define CE_NC_QC_CH(c)                                                                      \
+    "vbroadcastss " #c "*4(%[p0]), %%ymm13\n\t"                                             \
+    "vbroadcastss " #c "*4(%[p1]), %%ymm14\n\t"                                             \
+    "vbroadcastss " #c "*4(%[p2]), %%ymm15\n\t"                                             \
+    CE_NC_Q_FMAS(c)
+
+/* NP <= 3 pixels whose window origins are base[0 .. NP), floats into each input block of the
+ * batch x (blocks xs apart); tap (u, v) ustep u + vstep v floats on. wa, wb: the two groups'
+ * weights of the batch ([block][u][v][c][2 * B] each); the rest as ce_nc_conv_tile. */
+static inline __attribute__((always_inline)) void
+ce_nc_convq_tile(const float *restrict x, ptrdiff_t xs, int nb, int nclast, int kh, int kw,
+                 const ptrdiff_t *base, ptrdiff_t ustep, ptrdiff_t vstep,
+                 const float *restrict wa, const float *restrict wb, const int NP,
+                 const float *restrict bias, const float *res, float *out, ptrdiff_t os,
+                 ce_act_t act, int first, int last)
+{
+    const ptrdiff_t B = CE_NC_B;
+    const int NK = 4;
+#define CE_NC_PIX(M) M(0) M(1) M(2)
+#define CE_NC_DECL(i) ce_nc_vf a##i##_0 = {0}, a##i##_1 = {0}, a##i##_2 = {0}, a##i##_3 = {0};
+    CE_NC_PIX(CE_NC_DECL)
+#undef CE_NC_DECL
+    if (!first) {
+        CE_NC_PIX(CE_NC_TILE_LOAD)
+    }
+    for (int cb = 0; cb < nb; cb++) {
+        const float *xb = x + cb * xs;
+        const int nc = cb == nb - 1 ? nclast : CE_NC_B;
+        const float *b0 = xb + base[0], *b1 = xb + base[NP > 1 ? 1 : 0];
+        const float *b2 = xb + base[NP > 2 ? 2 : 0];
+        for (int u = 0; u < kh; u++)
+            for (int v = 0; v < kw; v++, wa += 2 * B * B, wb += 2 * B * B) {
+                const ptrdiff_t off = u * ustep + v * vstep;
+                const float *p0 = b0 + off, *p1 = b1 + off, *p2 = b2 + off;
+                if (NP == 3 && nc == CE_NC_B) {
+                    __asm__(CE_NC_QC_CH(0) CE_NC_QC_CH(1) CE_NC_QC_CH(2) CE_NC_QC_CH(3)
+                            CE_NC_QC_CH(4) CE_NC_QC_CH(5) CE_NC_QC_CH(6) CE_NC_QC_CH(7)
+                            : CE_NC_Q_SUMS
+                            : [p0] "r"(p0), [p1] "r"(p1), [p2] "r"(p2), [wa] "r"(wa),
+                              [wb] "r"(wb)
+                            : "xmm12", "xmm13", "xmm14", "xmm15", "memory");
+                    continue;
+                }
+                for (int c = 0; c < nc; c++) {
+#define CE_NC_QC_FMA(i)                                                                     \
+                    if (i < NP) {                                                           \
+                        const float xv = p##i[c];                                           \
+                        a##i##_0 += CE_NC_LD(wa + c * 2 * B) * xv;                          \
+                        a##i##_1 += CE_NC_LD(wa + c * 2 * B + B) * xv;                      \
+                        a##i##_2 += CE_NC_LD(wb + c * 2 * B) * xv;                          \
+                        a##i##_3 += CE_NC_LD(wb + c * 2 * B + B) * xv;                      \
+                    }
+                    CE_NC_PIX(CE_NC_QC_FMA)
+#undef CE_NC_QC_FMA
+                }
+            }
+    }
+    CE_NC_TILE_STORE_ALL
+#undef CE_NC_PIX
+}
+
+#define CE_NC_CONVQ_N(NP)                                                                   \
+    static void ce_nc_convq_##NP(const float *x, ptrdiff_t xs, int nb, int nclast, int kh,  \
+                                 int kw, const ptrdiff_t *base, ptrdiff_t ustep,            \
+                                 ptrdiff_t vstep, const float *wa, const float *wb,         \
+                                 const float *bias, const float *res, float *out,           \
+                                 ptrdiff_t os, ce_act_t act, int first, int last)           \
+    {                                                                                       \
+        ce_nc_convq_tile(x, xs, nb, nclast, kh, kw, base, ustep, vstep, wa, wb, NP, bias,   \
+                         res, out, os, act, first, last);                                   \
+    }
+CE_NC_CONVQ_N(1)
+CE_NC_CONVQ_N(2)
+CE_NC_CONVQ_N(3)
+#undef CE_NC_CONVQ_N
+typedef void (*ce_nc_convq_fn)(const float *, ptrdiff_t, int, int, int, int, const ptrdiff_t *,
+                               ptrdiff_t, ptrdiff_t, const float *, const float *,
+                               const float *, const float *, float *, ptrdiff_t, ce_act_t, int,
+                               int);
+static const ce_nc_convq_fn ce_nc_convqs[3] = {ce_nc_convq_1, ce_nc_convq_2, ce_nc_convq_3};
+
+/* ce_nc_convp_band for groups g and g + 1 at once, both full. */
+static void ce_nc_convp_quad_band(const float *xpad, int C, int Hp, int Wp, int Kb, int OH,
+                                  int OW, int g, ptrdiff_t t0, ptrdiff_t t1, int sh, int sw,
+                                  int kh, int kw, int dh, int dw, const float *w,
+                                  const float *bias, const float *res, float *out, ce_act_t act,
+                                  int batch)
+{
+    const ptrdiff_t B = CE_NC_B, xs = (ptrdiff_t)Hp * Wp * B, os = (ptrdiff_t)OH * OW * B;
+    const int Cb = (C + CE_NC_B - 1) / CE_NC_B;
+    const ce_nc_conv_group qa = ce_nc_conv_group_of(w, bias, Cb, Kb, g, kh, kw);
+    const ce_nc_conv_group qb = ce_nc_conv_group_of(w, bias, Cb, Kb, g + 1, kh, kw);
+    const ce_nc_tiling tiling = ce_nc_tiles((ptrdiff_t)OH * OW);
+    for (int c0 = 0; c0 < Cb; c0 += batch) {
+        int nb = Cb - c0 < batch ? Cb - c0 : batch;
+        int first = c0 == 0, last = c0 + nb == Cb;
+        int nclast = last ? C - (Cb - 1) * CE_NC_B : CE_NC_B;
+        const float *xb = xpad + c0 * xs;
+        const float *wa = qa.wg + c0 * qa.per_block, *wb = qb.wg + c0 * qb.per_block;
+        ptrdiff_t p = ce_nc_tile_start(tiling, t0), oy = p / OW, ox = p % OW;
+        for (ptrdiff_t t = t0; t < t1; t++) {
+            ptrdiff_t p0 = ce_nc_tile_start(tiling, t);
+            int np = (int)(ce_nc_tile_start(tiling, t + 1) - p0);
+            ptrdiff_t base[CE_NC_TILE_PIXELS];
+            for (int i = 0; i < np; i++) {
+                base[i] = (oy * sh * Wp + ox * sw) * B;
+                if (++ox == OW) {
+                    ox = 0;
+                    oy++;
+                }
+            }
+            for (int h = 0; h < np; h += 3) {
+                const int n = np - h < 3 ? np - h : 3;
+                const ptrdiff_t at = (ptrdiff_t)qa.kb0 * os + (p0 + h) * B;
+                ce_nc_convqs[n - 1](xb, xs, nb, nclast, kh, kw, base + h, (ptrdiff_t)dh * Wp * B,
+                                    (ptrdiff_t)dw * B, wa, wb, qa.bb, res ? res + at : NULL,
+                                    out + at, os, act, first, last);
+            }
+        }
+    }
+}
+#endif
+
+/* Groups [g_lo, g_hi) of ce_nc_convp_band, two full ones at a time where the quad runs them. */
+static void ce_nc_convp_groups(const float *xpad, int C, int Hp, int Wp, int Kb, int OH, int OW,
+                               int g_lo, int g_hi, ptrdiff_t t0, ptrdiff_t t1, int sh, int sw,
+                               int kh, int kw, int dh, int dw, const float *w,
+                               const float *bias, const float *res, float *out, ce_act_t act,
+                               int batch)
+{
+    for (int g = g_lo; g < g_hi; g++) {
+#if CE_NC_QUAD
+        if (g + 1 < g_hi && (g + 2) * CE_NC_GROUP <= Kb) {
+            ce_nc_convp_quad_band(xpad, C, Hp, Wp, Kb, OH, OW, g, t0, t1, sh, sw, kh, kw, dh, dw,
+                                  w, bias, res, out, act, batch);
+            g++;
+            continue;
+        }
+#endif
+        ce_nc_convp_band(xpad, C, Hp, Wp, Kb, OH, OW, g, t0, t1, sh, sw, kh, kw, dh, dw, w, bias,
+                         res, out, act, batch);
+    }
+}
+
 #endif

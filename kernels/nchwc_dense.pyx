@@ -13,7 +13,7 @@ from _epilogue cimport ce_act_t, check_act
 from _pool cimport ce_pool_attach, ce_pool_for
 
 cdef extern from "_nchwc.h":
-    int CE_NC_B, CE_NC_TILE_PIXELS, CE_NC_GROUP
+    int CE_NC_B, CE_NC_TILE_PIXELS, CE_NC_GROUP, CE_NC_PW_PAIR
 
 ce_pool_attach()
 
@@ -31,10 +31,10 @@ cdef extern from "_nchwc_conv.h":
                               int oy0, int oy1, int sh, int sw, int pt, int pl, int kh, int kw,
                               int dh, int dw, const float *w, const float *bias, float *out,
                               ce_act_t act, int batch, float *scratch) nogil
-    void ce_nc_convp_band(const float *xpad, int C, int Hp, int Wp, int Kb, int OH, int OW,
-                          int g, Py_ssize_t t0, Py_ssize_t t1, int sh, int sw, int kh, int kw,
-                          int dh, int dw, const float *w, const float *bias, const float *res,
-                          float *out, ce_act_t act, int batch) nogil
+    void ce_nc_convp_groups(const float *xpad, int C, int Hp, int Wp, int Kb, int OH, int OW,
+                            int g_lo, int g_hi, Py_ssize_t t0, Py_ssize_t t1, int sh, int sw,
+                            int kh, int kw, int dh, int dw, const float *w, const float *bias,
+                            const float *res, float *out, ce_act_t act, int batch) nogil
 
 
 ctypedef struct PadJob:
@@ -73,8 +73,10 @@ ctypedef struct DenseBands:
     float* out
     ce_act_t act
     int batch, padded
-    # items (image, group, tiles' group, band); a band: `unit` rows (or tiles) of `units`
-    Py_ssize_t G, groups, nbands, unit, units
+    # items (image, group, tiles' groups, band): G tiles' groups, gstep of them an item (two
+    # on a padded input, which the quad of kernels/_nchwc_conv.h runs together), GI items;
+    # a band: `unit` rows (or tiles) of `units`
+    Py_ssize_t G, gstep, GI, groups, nbands, unit, units
     Py_ssize_t x_img, x_grp, per_group, o_img, o_grp
 
 
@@ -84,17 +86,19 @@ cdef void _dense_bands(void* job, int thread, Py_ssize_t lo, Py_ssize_t hi) noex
     cdef Py_ssize_t it, b, g, q, n, a0, a1, o
     for it in range(lo, hi):
         b = it % d.nbands
-        g = (it // d.nbands) % d.G
-        q = (it // (d.nbands * d.G)) % d.groups
-        n = it // (d.nbands * d.G * d.groups)
+        g = (it // d.nbands) % d.GI * d.gstep
+        q = (it // (d.nbands * d.GI)) % d.groups
+        n = it // (d.nbands * d.GI * d.groups)
         a0 = b * d.unit
         a1 = min(d.units, (b + 1) * d.unit)
         o = n * d.o_img + q * d.o_grp
         if d.padded:
-            ce_nc_convp_band(d.x + n * d.x_img + q * d.x_grp, d.C, d.H, d.W, d.Kb, d.OH, d.OW,
-                             <int>g, a0, a1, d.sh, d.sw, d.kh, d.kw, d.dh, d.dw,
-                             d.w + q * d.per_group, d.bias + q * d.Kb * CE_NC_B,
-                             (d.res + o) if d.res != NULL else NULL, d.out + o, d.act, d.batch)
+            ce_nc_convp_groups(d.x + n * d.x_img + q * d.x_grp, d.C, d.H, d.W, d.Kb, d.OH,
+                               d.OW, <int>g, <int>min(g + d.gstep, d.G), a0, a1, d.sh, d.sw,
+                               d.kh, d.kw, d.dh, d.dw, d.w + q * d.per_group,
+                               d.bias + q * d.Kb * CE_NC_B,
+                               (d.res + o) if d.res != NULL else NULL, d.out + o, d.act,
+                               d.batch)
         else:
             ce_nc_conv_band(d.x + n * d.x_img + q * d.x_grp, d.C, d.H, d.W, d.Kb, d.OH, d.OW,
                             <int>g, <int>a0, <int>a1, d.sh, d.sw, d.pt, d.pl, d.kh, d.kw, d.dh,
@@ -190,6 +194,7 @@ def f32_conv2d_nchwc(x, Py_ssize_t channels, wpack, bias, residual, out, int kh,
     cdef float* xpad
     cdef const float* xsrc
     cdef int padded
+    cdef Py_ssize_t gstep = 1
     cdef PadJob pj
     if scratch is not None:
         if scratchv.shape[0] < dense_padded_floats(N, Cb, OH, OW, kh, kw, sh, sw, dh, dw):
@@ -207,7 +212,8 @@ def f32_conv2d_nchwc(x, Py_ssize_t channels, wpack, bias, residual, out, int kh,
         tb = max(1, band * OW // CE_NC_TILE_PIXELS)
         tiles = (OH * OW + CE_NC_TILE_PIXELS - 1) // CE_NC_TILE_PIXELS
         nbands = (tiles + tb - 1) // tb
-        items = N * groups * G * nbands
+        gstep = CE_NC_PW_PAIR
+        items = N * groups * ((G + gstep - 1) // gstep) * nbands
         x_img, x_grp, x_row, x_col = Cb * ps, Cg * ps, hp, wpd
         unit, units = tb, tiles
         xsrc = xpad
@@ -218,8 +224,9 @@ def f32_conv2d_nchwc(x, Py_ssize_t channels, wpack, bias, residual, out, int kh,
         xsrc = xp
         padded = 0
     cdef DenseBands d = DenseBands(xsrc, cg, x_row, x_col, Kg, OH, OW, sh, sw, pt, pl, kh, kw,
-                                   dh, dw, wp, bp, rbase, op, act, batch, padded, G, groups,
-                                   nbands, unit, units, x_img, x_grp, per_group, os, og)
+                                   dh, dw, wp, bp, rbase, op, act, batch, padded, G, gstep,
+                                   (G + gstep - 1) // gstep, groups, nbands, unit, units, x_img,
+                                   x_grp, per_group, os, og)
     with nogil:
         ce_pool_for(num_threads, items, _dense_bands, &d)
 
