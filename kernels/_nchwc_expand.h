@@ -66,6 +66,25 @@ static void ce_nc_xdw_expand_row(const ce_nc_xdw_job *j, ptrdiff_t n, int iy, fl
         const int nk = j->Kb - kb0 < CE_NC_GROUP ? j->Kb - kb0 : CE_NC_GROUP;
         const float *wg = j->wp + (ptrdiff_t)kb0 * j->Cb * B * B;
         float *d = dst + kb0 * bs;
+#if CE_NC_QUAD
+        /* two full groups at once, as the pointwise layer runs them (_nchwc.h) */
+        if (kb0 + 2 * CE_NC_GROUP <= j->Kb) {
+            const float *wgb = wg + (ptrdiff_t)CE_NC_GROUP * j->Cb * B * B;
+            for (int c0 = 0; c0 < j->Cb; c0 += CE_NC_BATCH) {
+                const int nb = j->Cb - c0 < CE_NC_BATCH ? j->Cb - c0 : CE_NC_BATCH;
+                const int first = c0 == 0, last = c0 + nb == j->Cb;
+                const ptrdiff_t wo = (ptrdiff_t)c0 * 2 * B * B;
+                ce_nc_pw_quad_px(x + (ptrdiff_t)c0 * P * B, P, nb, last ? j->tail : CE_NC_B,
+                                 wg + wo, wgb + wo, j->bp + kb0 * B, NULL, d, bs, tile_act,
+                                 first, last, 0, j->W);
+            }
+            if (later)
+                for (int k = 0; k < 2 * CE_NC_GROUP; k++)
+                    ce_nc_act_span(d + k * bs, j->W, j->pact);
+            kb0 += CE_NC_GROUP;
+            continue;
+        }
+#endif
         for (int c0 = 0; c0 < j->Cb; c0 += CE_NC_BATCH) {
             const int nb = j->Cb - c0 < CE_NC_BATCH ? j->Cb - c0 : CE_NC_BATCH;
             const int first = c0 == 0, last = c0 + nb == j->Cb;
