@@ -382,6 +382,26 @@ static void ce_nc_pw_group(const float *x, ptrdiff_t P, int Cb, int tail, const 
     [a10] "+x"(a1_0), [a11] "+x"(a1_1), [a12] "+x"(a1_2), [a13] "+x"(a1_3),                 \
     [a20] "+x"(a2_0), [a21] "+x"(a2_1), [a22] "+x"(a2_2), [a23] "+x"(a2_3)
 
+/* A quad tile's pixels, and its twelve sums a##i##_##j declared: from zero, or (not first)
+ * from out, as CE_NC_TILE_LOAD reads them (NK = 4, NP, out and os in scope) */
+#define CE_NC_Q_PIX(M) M(0) M(1) M(2)
+#define CE_NC_Q_DECL(i) ce_nc_vf a##i##_0 = {0}, a##i##_1 = {0}, a##i##_2 = {0}, a##i##_3 = {0};
+/* input channel c's multiply-adds into pixel i's four sums in C (a pixel count below three,
+ * or a last block's real channels), XV(i, c) the input value under pixel i */
+#define CE_NC_Q_MACS(i, XV)                                                                 \
+    if (i < NP) {                                                                           \
+        const float xv = XV(i, c);                                                          \
+        a##i##_0 += CE_NC_LD(wa + c * 2 * B) * xv;                                          \
+        a##i##_1 += CE_NC_LD(wa + c * 2 * B + B) * xv;                                      \
+        a##i##_2 += CE_NC_LD(wb + c * 2 * B) * xv;                                          \
+        a##i##_3 += CE_NC_LD(wb + c * 2 * B + B) * xv;                                      \
+    }
+#define CE_NC_Q_OPEN                                                                        \
+    CE_NC_Q_PIX(CE_NC_Q_DECL)                                                               \
+    if (!first) {                                                                           \
+        CE_NC_Q_PIX(CE_NC_TILE_LOAD)                                                        \
+    }
+
 /* NP <= 3 pixels of 4 output blocks: blocks 0, 1 with the weights wa ([Cb * B][2 * B], as
  * ce_nc_pw_tile's w for NK = 2), blocks 2, 3 with wb; the rest as ce_nc_pw_tile. */
 static inline __attribute__((always_inline)) void
@@ -392,13 +412,8 @@ ce_nc_pw_quad_tile(const float *restrict x, ptrdiff_t P, int Cb, int tail,
 {
     const ptrdiff_t B = CE_NC_B;
     const int NK = 4;
-#define CE_NC_PIX(M) M(0) M(1) M(2)
-#define CE_NC_DECL(i) ce_nc_vf a##i##_0 = {0}, a##i##_1 = {0}, a##i##_2 = {0}, a##i##_3 = {0};
-    CE_NC_PIX(CE_NC_DECL)
-#undef CE_NC_DECL
-    if (!first) {
-        CE_NC_PIX(CE_NC_TILE_LOAD)
-    }
+#define CE_NC_PIX CE_NC_Q_PIX
+    CE_NC_Q_OPEN
     for (int cb = 0; cb < Cb; cb++, wa += 2 * B * B, wb += 2 * B * B) {
         const float *xb = x + cb * P * B;
         /* the next three pixels of this block (96 bytes), as ce_nc_pw_tile does */
@@ -415,16 +430,11 @@ ce_nc_pw_quad_tile(const float *restrict x, ptrdiff_t P, int Cb, int tail,
         /* fewer pixels, or the last block's real channels: the same sums in C */
         const int nc = cb == Cb - 1 ? tail : CE_NC_B;
         for (int c = 0; c < nc; c++) {
-#define CE_NC_Q_FMA(i)                                                                      \
-            if (i < NP) {                                                                   \
-                const float xv = xb[i * B + c];                                             \
-                a##i##_0 += CE_NC_LD(wa + c * 2 * B) * xv;                                  \
-                a##i##_1 += CE_NC_LD(wa + c * 2 * B + B) * xv;                              \
-                a##i##_2 += CE_NC_LD(wb + c * 2 * B) * xv;                                  \
-                a##i##_3 += CE_NC_LD(wb + c * 2 * B + B) * xv;                              \
-            }
+#define CE_NC_Q_XV(i, c) xb[i * B + c]
+#define CE_NC_Q_FMA(i) CE_NC_Q_MACS(i, CE_NC_Q_XV)
             CE_NC_PIX(CE_NC_Q_FMA)
 #undef CE_NC_Q_FMA
+#undef CE_NC_Q_XV
         }
     }
     CE_NC_TILE_STORE_ALL

@@ -253,6 +253,21 @@ static void ce_nc_conv_nchw_band(const float *x, int C, int H, int W, int K, int
  * row, so that narrow maps (13x13, 7x7) fill whole tiles. Products of a weight and a padding
  * zero are added: the caller takes this path only with finite weights. */
 
+/* The window origins of np output pixels from (oy, ox) on, row after row of OW: base[i], floats
+ * into a padded plane Wp wide; (oy, ox) is left at the pixel after them. Stepped, not divided:
+ * a tile of a grouped layer's two-block groups is a few hundred cycles. */
+static inline void ce_nc_window_origins(ptrdiff_t *base, int np, ptrdiff_t *oy, ptrdiff_t *ox,
+                                        int OW, int sh, int sw, int Wp)
+{
+    for (int i = 0; i < np; i++) {
+        base[i] = (*oy * sh * Wp + *ox * sw) * CE_NC_B;
+        if (++*ox == OW) {
+            *ox = 0;
+            ++*oy;
+        }
+    }
+}
+
 /* Tiles [t0, t1) of the output plane (row-major, ce_nc_tile_start) of the output blocks of
  * group g, for one image, from its padded input xpad [Cb][Hp][Wp][B]; as ce_nc_conv_band
  * otherwise. */
@@ -270,20 +285,13 @@ static void ce_nc_convp_band(const float *xpad, int C, int Hp, int Wp, int Kb, i
         int first = c0 == 0, last = c0 + nb == Cb;
         int nclast = last ? C - (Cb - 1) * CE_NC_B : CE_NC_B;
         const float *xb = xpad + c0 * xs, *wb = q.wg + c0 * q.per_block;
-        /* the output pixel (oy, ox) of each tile pixel in turn: one division a band, not two a
-         * pixel (a tile of a grouped layer's two-block groups is a few hundred cycles) */
+        /* the output pixel (oy, ox) of the first tile's first pixel: one division a band */
         ptrdiff_t p = ce_nc_tile_start(tiling, t0), oy = p / OW, ox = p % OW;
         for (ptrdiff_t t = t0; t < t1; t++) {
             ptrdiff_t p0 = ce_nc_tile_start(tiling, t);
             int np = (int)(ce_nc_tile_start(tiling, t + 1) - p0);
             ptrdiff_t base[CE_NC_TILE_PIXELS];
-            for (int i = 0; i < np; i++) {
-                base[i] = (oy * sh * Wp + ox * sw) * B;
-                if (++ox == OW) {
-                    ox = 0;
-                    oy++;
-                }
-            }
+            ce_nc_window_origins(base, np, &oy, &ox, OW, sh, sw, Wp);
             ptrdiff_t at = (ptrdiff_t)q.kb0 * os + p0 * B;
             const ce_nc_tile_at where = {0, 0, 0, 0, 0, 0, 0, base, (ptrdiff_t)dh * Wp * B,
                                          (ptrdiff_t)dw * B};
@@ -319,13 +327,8 @@ ce_nc_convq_tile(const float *restrict x, ptrdiff_t xs, int nb, int nclast, int 
 {
     const ptrdiff_t B = CE_NC_B;
     const int NK = 4;
-#define CE_NC_PIX(M) M(0) M(1) M(2)
-#define CE_NC_DECL(i) ce_nc_vf a##i##_0 = {0}, a##i##_1 = {0}, a##i##_2 = {0}, a##i##_3 = {0};
-    CE_NC_PIX(CE_NC_DECL)
-#undef CE_NC_DECL
-    if (!first) {
-        CE_NC_PIX(CE_NC_TILE_LOAD)
-    }
+#define CE_NC_PIX CE_NC_Q_PIX
+    CE_NC_Q_OPEN
     for (int cb = 0; cb < nb; cb++) {
         const float *xb = x + cb * xs;
         const int nc = cb == nb - 1 ? nclast : CE_NC_B;
@@ -345,14 +348,7 @@ ce_nc_convq_tile(const float *restrict x, ptrdiff_t xs, int nb, int nclast, int 
                     continue;
                 }
                 for (int c = 0; c < nc; c++) {
-#define CE_NC_QC_FMA(i)                                                                     \
-                    if (i < NP) {                                                           \
-                        const float xv = p##i[c];                                           \
-                        a##i##_0 += CE_NC_LD(wa + c * 2 * B) * xv;                          \
-                        a##i##_1 += CE_NC_LD(wa + c * 2 * B + B) * xv;                      \
-                        a##i##_2 += CE_NC_LD(wb + c * 2 * B) * xv;                          \
-                        a##i##_3 += CE_NC_LD(wb + c * 2 * B + B) * xv;                      \
-                    }
+#define CE_NC_QC_FMA(i) CE_NC_Q_MACS(i, CE_NC_CONV_XV)
                     CE_NC_PIX(CE_NC_QC_FMA)
 #undef CE_NC_QC_FMA
                 }
@@ -405,13 +401,7 @@ static void ce_nc_convp_quad_band(const float *xpad, int C, int Hp, int Wp, int 
             ptrdiff_t p0 = ce_nc_tile_start(tiling, t);
             int np = (int)(ce_nc_tile_start(tiling, t + 1) - p0);
             ptrdiff_t base[CE_NC_TILE_PIXELS];
-            for (int i = 0; i < np; i++) {
-                base[i] = (oy * sh * Wp + ox * sw) * B;
-                if (++ox == OW) {
-                    ox = 0;
-                    oy++;
-                }
-            }
+            ce_nc_window_origins(base, np, &oy, &ox, OW, sh, sw, Wp);
             for (int h = 0; h < np; h += 3) {
                 const int n = np - h < 3 ? np - h : 3;
                 const ptrdiff_t at = (ptrdiff_t)qa.kb0 * os + (p0 + h) * B;
