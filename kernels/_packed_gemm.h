@@ -247,70 +247,82 @@ static void ce_pg_block(const float *restrict ap, const float *restrict panel, i
         ce_pg_act_rows(c, ldc, nm, ncols, act);
 }
 
-/* One block of A @ B with A read in place: rows r < nm of A from a (row stride lda), so a
- * product of activations by constant weights packs nothing per call; packing A cost up to a
- * tenth of the product where B has few panels (ConvNeXt's 384 -> 96 MatMul,
- * bench/bench_family.py --only matmul). colbias: the block's NR column biases (zero past N)
- * or NULL, added after the sum over k as an Add after the product adds it. Otherwise as
- * ce_pg_block (no residual). Inlined with nm a constant (ce_pg_block_rows), so a block of
- * fewer rows does only its own multiply-adds: the 49 rows of a 7x7 map end in a block of
- * one. */
+/* Rows r < nm of A @ B over the panels [0, npanels) of B, A read in place: rows of a (row
+ * stride lda), so a product of activations by constant weights packs nothing per call; packing
+ * A cost up to a tenth of the product where B has few panels (ConvNeXt's 384 -> 96 MatMul,
+ * bench/bench_family.py --only matmul). panels: npanels panels [K][NR], K * NR floats apart;
+ * c: C[row 0, column of panel 0] (row stride ldc), ncols columns from there; colbias: the
+ * panels' NR biases each (zero past N) or NULL, added after the sum over k as an Add after the
+ * product adds it. One call walks the panels (its setup paid once a row block). Each k reads
+ * a new line of the panel, from L2 once the panels outgrow L1; the line four k ahead is asked
+ * for in the loop, as the hardware prefetcher left the multiply-adds waiting on it (ConvNeXt's
+ * MLP shapes 4-12% faster, bench/bench_family.py --only matmul). Inlined with nm a constant
+ * (ce_pg_block_rows), so a block of fewer rows does only its own multiply-adds: the 49 rows of
+ * a 7x7 map end in a block of one. */
 __attribute__((always_inline))
-static inline void ce_pg_rows_body(const float *a, ptrdiff_t lda, const float *restrict panel,
-                                   int K, float *c, ptrdiff_t ldc, const float *colbias,
-                                   ce_act_t act, const int nm, int ncols)
+static inline void ce_pg_rows_body(const float *a, ptrdiff_t lda, const float *restrict panels,
+                                   int K, int npanels, float *c, ptrdiff_t ldc,
+                                   const float *colbias, ce_act_t act, const int nm, int ncols)
 {
-#define CE_PG_DECL(r) ce_pg_vf a##r = {0}, b##r = {0};                                   \
-    const float *p##r = a + (r < nm ? r : 0) * lda;
-    CE_PG_ROWS(CE_PG_DECL)
-#undef CE_PG_DECL
-    const float *bp = panel;
-    if (ncols > CE_PG_VW && CE_PG_NV == 2) {
-        for (int k = 0; k < K; k++, bp += CE_PG_NR) {
-            ce_pg_vf x0 = *(const ce_pg_vf *)bp;
-            ce_pg_vf x1 = *(const ce_pg_vf *)(bp + CE_PG_VW);
-#define CE_PG_FMA2(r) if (r < nm) { a##r += x0 * p##r[k]; b##r += x1 * p##r[k]; }
-            CE_PG_ROWS(CE_PG_FMA2)
-#undef CE_PG_FMA2
-        }
-    } else {
-        for (int k = 0; k < K; k++, bp += CE_PG_NR) {
-            ce_pg_vf x0 = *(const ce_pg_vf *)bp;
-#define CE_PG_FMA1(r) if (r < nm) a##r += x0 * p##r[k];
-            CE_PG_ROWS(CE_PG_FMA1)
-#undef CE_PG_FMA1
-        }
-    }
-    ce_pg_vf c0 = {0}, c1 = {0};
-    if (colbias) {
-        c0 = *(const ce_pg_vfu *)colbias;
-        if (CE_PG_NV == 2)
-            c1 = *(const ce_pg_vfu *)(colbias + CE_PG_VW);
-    }
-    int n0 = ncols < CE_PG_VW ? ncols : CE_PG_VW;
-    int n1 = ncols - n0;
+#define CE_PG_ROW(r) const float *p##r = a + (r < nm ? r : 0) * lda;
+    CE_PG_ROWS(CE_PG_ROW)
+#undef CE_PG_ROW
     const ce_act_t sact = ce_pg_store_act(act);
+    for (int p = 0; p < npanels; p++) {
+        const float *bp = panels + (ptrdiff_t)p * K * CE_PG_NR;
+        float *cp = c + p * CE_PG_NR;
+        int left = ncols - p * CE_PG_NR;
+        int n0 = left < CE_PG_VW ? left : CE_PG_VW;
+        int n1 = left - n0 < CE_PG_VW ? left - n0 : CE_PG_VW;
+#define CE_PG_DECL(r) ce_pg_vf a##r = {0}, b##r = {0};
+        CE_PG_ROWS(CE_PG_DECL)
+#undef CE_PG_DECL
+        if (n1 > 0 && CE_PG_NV == 2) {
+#pragma GCC unroll 4
+            for (int k = 0; k < K; k++, bp += CE_PG_NR) {
+                __builtin_prefetch(bp + 4 * CE_PG_NR);
+                ce_pg_vf x0 = *(const ce_pg_vf *)bp;
+                ce_pg_vf x1 = *(const ce_pg_vf *)(bp + CE_PG_VW);
+#define CE_PG_FMA2(r) if (r < nm) { a##r += x0 * p##r[k]; b##r += x1 * p##r[k]; }
+                CE_PG_ROWS(CE_PG_FMA2)
+#undef CE_PG_FMA2
+            }
+        } else {
+            for (int k = 0; k < K; k++, bp += CE_PG_NR) {
+                ce_pg_vf x0 = *(const ce_pg_vf *)bp;
+#define CE_PG_FMA1(r) if (r < nm) a##r += x0 * p##r[k];
+                CE_PG_ROWS(CE_PG_FMA1)
+#undef CE_PG_FMA1
+            }
+        }
+        ce_pg_vf c0 = {0}, c1 = {0};
+        if (colbias) {
+            c0 = *(const ce_pg_vfu *)(colbias + p * CE_PG_NR);
+            if (CE_PG_NV == 2)
+                c1 = *(const ce_pg_vfu *)(colbias + p * CE_PG_NR + CE_PG_VW);
+        }
 #define CE_PG_OUT(r)                                                                         \
-    if (r < nm) {                                                                            \
-        ce_pg_store(colbias ? a##r + c0 : a##r, 0.0f, NULL, c + r * ldc, sact, n0);          \
-        if (CE_PG_NV == 2)                                                                   \
-            ce_pg_store(colbias ? b##r + c1 : b##r, 0.0f, NULL, c + r * ldc + CE_PG_VW, sact, \
-                        n1);                                                                 \
-    }
-    CE_PG_ROWS(CE_PG_OUT)
+        if (r < nm) {                                                                        \
+            ce_pg_store(colbias ? a##r + c0 : a##r, 0.0f, NULL, cp + r * ldc, sact, n0);     \
+            if (CE_PG_NV == 2)                                                               \
+                ce_pg_store(colbias ? b##r + c1 : b##r, 0.0f, NULL, cp + r * ldc + CE_PG_VW, \
+                            sact, n1);                                                       \
+        }
+        CE_PG_ROWS(CE_PG_OUT)
 #undef CE_PG_OUT
+    }
     if (ce_pg_act_later(act))
         ce_pg_act_rows(c, ldc, nm, ncols, act);
 }
 
-static void ce_pg_block_rows(const float *a, ptrdiff_t lda, const float *restrict panel, int K,
-                             float *c, ptrdiff_t ldc, const float *colbias, ce_act_t act,
-                             int nm, int ncols)
+static void ce_pg_block_rows(const float *a, ptrdiff_t lda, const float *restrict panels, int K,
+                             int npanels, float *c, ptrdiff_t ldc, const float *colbias,
+                             ce_act_t act, int nm, int ncols)
 {
     switch (nm < CE_PG_MR ? nm : CE_PG_MR) {
 #define CE_PG_CASE(r)                                                                        \
     case r + 1:                                                                              \
-        ce_pg_rows_body(a, lda, panel, K, c, ldc, colbias, act, r + 1, ncols);               \
+        ce_pg_rows_body(a, lda, panels, K, npanels, c, ldc, colbias, act, r + 1, ncols);     \
         break;
     CE_PG_ROWS(CE_PG_CASE)
 #undef CE_PG_CASE

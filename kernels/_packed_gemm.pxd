@@ -11,9 +11,9 @@ cdef extern from "_packed_gemm.h":
                          Py_ssize_t pstride) nogil
     void ce_pg_block(const float *ap, const float *panel, int K, float *c, Py_ssize_t ldc,
                      const float *res, const float *bias, ce_act_t act, int nm, int ncols) nogil
-    void ce_pg_block_rows(const float *a, Py_ssize_t lda, const float *panel, int K, float *c,
-                          Py_ssize_t ldc, const float *colbias, ce_act_t act, int nm,
-                          int ncols) nogil
+    void ce_pg_block_rows(const float *a, Py_ssize_t lda, const float *panels, int K,
+                          int npanels, float *c, Py_ssize_t ldc, const float *colbias,
+                          ce_act_t act, int nm, int ncols) nogil
     bint ce_pg_act_later(ce_act_t act) nogil
     ce_act_t ce_pg_store_act(ce_act_t act) nogil
     void ce_pg_act_rows(float *c, Py_ssize_t ldc, int nm, int ncols, ce_act_t act) nogil

@@ -178,8 +178,7 @@ def f32_gemm_rows(a, bpanels, colbias, out, bint split_rows, int group_panels, c
     if colbiasv.shape[0]:
         cb = colbiasv.p
     cdef GemmJob j = GemmJob(av.p, bpanelsv.p, cb, outv.p, M, N, K, nmb, npanels,
-                             group_panels, split_rows, ce_pg_act_later(act),
-                             ce_pg_store_act(act), act)
+                             group_panels, split_rows, act)
     with nogil:
         ce_pool_for(num_threads, nmb if split_rows else npanels, _gemm_units, &j)
 
@@ -190,25 +189,22 @@ ctypedef struct GemmJob:
     const float* colbias
     float* out
     Py_ssize_t M, N, K, nmb, npanels, GP
-    bint split_rows, later
-    ce_act_t sact, act
+    bint split_rows
+    ce_act_t act
 
 
 cdef void _gemm_units(void* job, int thread, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
     """Units [lo, hi) of the row blocks or the panels."""
     cdef GemmJob* j = <GemmJob*>job
-    cdef Py_ssize_t MR = CE_PG_MR, NR = CE_PG_NR, M = j.M, N = j.N, K = j.K, pa, pb, p, mb
+    cdef Py_ssize_t MR = CE_PG_MR, NR = CE_PG_NR, M = j.M, N = j.N, K = j.K, pa, pb, mb
     cdef Share sh = share(lo, hi, j.split_rows, j.nmb, j.npanels)
     pa = sh.p_lo
     while pa < sh.p_hi:
         pb = min(sh.p_hi, pa + j.GP)
         for mb in range(sh.mb_lo, sh.mb_hi):
-            for p in range(pa, pb):
-                ce_pg_block_rows(j.a + mb * MR * K, K, j.bpanels + p * K * NR, <int>K,
-                                 j.out + mb * MR * N + p * NR, N,
-                                 j.colbias + p * NR if j.colbias != NULL else NULL, j.sact,
-                                 <int>min(MR, M - mb * MR), <int>min(NR, N - p * NR))
-            if j.later:
-                ce_pg_act_rows(j.out + mb * MR * N + pa * NR, N, <int>min(MR, M - mb * MR),
-                               <int>(min(N, pb * NR) - pa * NR), j.act)
+            ce_pg_block_rows(j.a + mb * MR * K, K, j.bpanels + pa * K * NR, <int>K,
+                             <int>(pb - pa), j.out + mb * MR * N + pa * NR, N,
+                             j.colbias + pa * NR if j.colbias != NULL else NULL, j.act,
+                             <int>min(MR, M - mb * MR), <int>(min(N, pb * NR) - pa * NR))
         pa = pb
+

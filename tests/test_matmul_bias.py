@@ -106,8 +106,9 @@ def test_only_a_constant_vector_of_the_columns_fuses(rng):
 def test_the_kernel_reads_a_in_place_over_every_tail(rng):
     """f32_gemm_rows against float64 for row counts off the 8-row block, columns off the panel,
     K from 1, with and without bias, relu and gelu: per element 1e-5 of the sum of |terms|
-    (with the bias) plus GELU's own error; bit-identical at 1 and 2 threads, and for either
-    split of the work."""
+    (with the bias) plus GELU's own error; bit-identical at 1 and 2 threads, for either split
+    of the work, and for one or two panels a call (a call's run of panels starting past the
+    first, ending on the tail)."""
     mr, nr = conv_pointwise.ROW_BLOCK, conv_pointwise.PANEL
     for m, k, n in [(1, 1, 1), (7, 3, 5), (8, 16, nr), (13, 21, nr + 3), (17, 64, 2 * nr - 1),
                     (130, 40, 3 * nr + 7)]:
@@ -125,9 +126,10 @@ def test_the_kernel_reads_a_in_place_over_every_tail(rng):
                 terms = np.abs(a).astype(np.float64) @ np.abs(b) + (
                     np.abs(bias) if with_bias else 0.0)
                 outs = []
-                for threads, split_rows in ((1, False), (2, False), (2, True)):
+                for threads, split_rows, gp in ((1, False, 1), (2, False, 1), (2, True, 1),
+                                                (1, True, 2), (2, True, 2)):
                     out = np.full((m, n), np.nan, np.float32)
-                    conv_pointwise.f32_gemm_rows(a, panels, cb, out, split_rows, 1,
+                    conv_pointwise.f32_gemm_rows(a, panels, cb, out, split_rows, gp,
                                                  kernel_act(act), threads)
                     outs.append(out)
                 for out in outs[1:]:
