@@ -277,11 +277,11 @@ static void ce_nw_input_units(void *ctx, int thread, Py_ssize_t lo, Py_ssize_t h
         ce_nw_input_units_a(j, thread, lo, hi, 8);
 }
 
-/* U[i][j] for i < a of one group (nk blocks from kb0) into u[i] ([Cb * B][nk * B], rows from
- * C on untouched: the pointwise kernel skips them), from its taps [C][9][nk * B]. */
-static void ce_nw_make_u(const ce_nw_job *j, int jj, int kb0, int nk, float *u)
+/* U[i][j] for i < a of one group (nk blocks from kb0) into u + i * per_i ([Cb * B][nk * B],
+ * rows from C on untouched: the pointwise kernel skips them), from its taps [C][9][nk * B]. */
+static void ce_nw_make_u(const ce_nw_job *j, int jj, int kb0, int nk, float *u, ptrdiff_t per_i)
 {
-    const ptrdiff_t B = CE_NC_B, row = (ptrdiff_t)nk * B, per_i = (ptrdiff_t)j->Cb * B * row;
+    const ptrdiff_t B = CE_NC_B, row = (ptrdiff_t)nk * B;
     const int A = j->A;
     const float *taps = j->taps + (ptrdiff_t)kb0 * B * j->C * 9;
     const float g0 = j->gm[jj * 3], g1 = j->gm[jj * 3 + 1], g2 = j->gm[jj * 3 + 2];
@@ -301,9 +301,11 @@ static void ce_nw_make_u(const ce_nw_job *j, int jj, int kb0, int nk, float *u)
         }
 }
 
-/* per call: units group g of output blocks x column jj, the columns of a group in turn, so
- * that the group's taps come from cache after the first (read from memory for every column,
- * they took 43% more time than U made once on 512->512 28x28) */
+/* per call: units (CE_NC_PW_PAIR groups of output blocks, which the pointwise kernel runs
+ * together) x column jj, the columns of a unit's groups in turn, so that their taps come from
+ * cache after the first (read from memory for every column, they took 43% more time than U
+ * made once on 512->512 28x28). U of the unit's groups for element i lies as the pointwise
+ * kernel's packed weights of those groups, one group after the other. */
 static void ce_nw_gemm_taps_units(void *ctx, int thread, Py_ssize_t lo, Py_ssize_t hi)
 {
     ce_nw_job *j = (ce_nw_job *)ctx;
@@ -312,14 +314,23 @@ static void ce_nw_gemm_taps_units(void *ctx, int thread, Py_ssize_t lo, Py_ssize
     const ce_act_t none = {CE_ACT_CODE_NONE, 0.0f, 0.0f};
     float *u = j->ubuf + thread * j->ubuf_floats;
     for (ptrdiff_t it = lo; it < hi; it++) {
-        int jj = (int)(it % j->A), kb0 = (int)(it / j->A) * CE_NC_GROUP;
-        int nk = j->Kb - kb0 < CE_NC_GROUP ? j->Kb - kb0 : CE_NC_GROUP;
+        const int jj = (int)(it % j->A);
+        const ptrdiff_t g0 = it / j->A * CE_NC_PW_PAIR;
+        const ptrdiff_t g1 = g0 + CE_NC_PW_PAIR < G ? g0 + CE_NC_PW_PAIR : G;
+        const int kb0 = (int)g0 * CE_NC_GROUP;
+        const int nk = j->Kb - kb0 < (g1 - g0) * CE_NC_GROUP ? j->Kb - kb0
+                                                              : (int)(g1 - g0) * CE_NC_GROUP;
         const ptrdiff_t per_i = (ptrdiff_t)j->Cb * B * nk * B;
-        ce_nw_make_u(j, jj, kb0, nk, u);
+        for (ptrdiff_t g = g0; g < g1; g++) {
+            const int kb = (int)g * CE_NC_GROUP;
+            const int nkg = j->Kb - kb < CE_NC_GROUP ? j->Kb - kb : CE_NC_GROUP;
+            ce_nw_make_u(j, jj, kb, nkg, u + (ptrdiff_t)(kb - kb0) * j->Cb * B * B, per_i);
+        }
         for (int i = 0; i < j->A; i++) {
             ptrdiff_t e = (ptrdiff_t)i * j->A + jj;
-            ce_nc_pw_group_w(j->V + e * j->Cb * j->S * B, j->S, j->Cb, j->tail, u + i * per_i,
-                             kb0, nk, j->zero, NULL, j->M + e * j->Kb * j->S * B, none, 0, T);
+            ce_nc_pw_groups(j->V + e * j->Cb * j->S * B, j->S, j->Cb, j->tail, u + i * per_i,
+                            nk, 0, g1 - g0, j->zero, NULL,
+                            j->M + e * j->Kb * j->S * B + (ptrdiff_t)kb0 * j->S * B, none, 0, T);
         }
     }
 }
@@ -449,7 +460,8 @@ static int ce_nw_run_group(const ce_nw_job *all, int q, ptrdiff_t total, ptrdiff
         if (j->u)
             ce_pool_for(nt, E * ((G + CE_NC_PW_PAIR - 1) / CE_NC_PW_PAIR), ce_nw_gemm_units, j);
         else
-            ce_pool_for(nt, j->A * G, ce_nw_gemm_taps_units, j);
+            ce_pool_for(nt, j->A * ((G + CE_NC_PW_PAIR - 1) / CE_NC_PW_PAIR),
+                        ce_nw_gemm_taps_units, j);
         ce_pool_for(nt, j->Kb * j->S, ce_nw_output_units, j);
     }
     return 0;

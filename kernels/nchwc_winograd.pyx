@@ -9,7 +9,7 @@ from _epilogue cimport ce_act_t, check_act
 from _pool cimport CE_POOL_MAX_THREADS, ce_pool_attach
 
 cdef extern from "_nchwc_winograd.h" nogil:
-    int CE_NC_B, CE_NC_GROUP
+    int CE_NC_B, CE_NC_GROUP, CE_NC_PW_PAIR
     ctypedef struct ce_nw_job:
         const float *x
         int Cb, tail, H, W, pt, pl
@@ -93,8 +93,8 @@ def work_floats(Py_ssize_t in_blocks, Py_ssize_t out_blocks, int m, Py_ssize_t s
 
 
 cdef Py_ssize_t u_buffer_floats(Py_ssize_t in_blocks, int m):
-    # U[i][j] of one group of output blocks for every row i
-    return (m + 2) * in_blocks * CE_NC_B * CE_NC_GROUP * CE_NC_B
+    # U[i][j] of one unit's groups of output blocks for every row i
+    return (m + 2) * in_blocks * CE_NC_B * CE_NC_GROUP * CE_NC_PW_PAIR * CE_NC_B
 
 
 def f32_winograd_blocked(x, Py_ssize_t channels, upack, bias, residual, out, int m, int pt, int pl,
