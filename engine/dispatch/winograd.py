@@ -20,8 +20,8 @@ from .gemm import gemm_columns
 
 # A layer's weights are transformed per call when U would take at least this many bytes
 # (F(4x4): 9 MiB for 256->256, 36 MiB for 512->512; DRN-C-26's seven 512-channel layers would
-# hold 252 MiB), where the memory saved is worth the time a call costs more (DRN-C-26 on AVX2:
-# 1% at one thread, 9% at two; 4-12% a layer on AVX-512) ...
+# hold 252 MiB), where the memory saved is worth the time a call may cost more (DRN-C-26 on
+# AVX2: within 1-4% of U stored at one and two threads; 4-12% a layer on AVX-512) ...
 PER_CALL_MIN_BYTES = 16 << 20
 # ... and each call has at least this many tiles to amortise the transform over
 # (bench/bench_dispatch.py winograd/weights).
