@@ -76,6 +76,11 @@ DENSE = [
     (1, 24, 50, 5, 11, (1, 1), (1, 1), ((1, 1), (1, 1)), (1, 1)),
     (1, 5, 5, 1, 1, (3, 3), (1, 1), ((1, 1), (1, 1)), (1, 1)),
     (1, 48, 40, 6, 6, (5, 5), (1, 1), ((0, 0), (0, 0)), (1, 1)),
+    # no padding: the unchecked tiles read the input in place (ConvNeXt's 2x2 stride 2), on
+    # planes wider and taller than the windows reach; a bottom and right pad still copies
+    (1, 24, 48, 14, 14, (2, 2), (2, 2), ((0, 0), (0, 0)), (1, 1)),
+    (1, 16, 40, 15, 13, (2, 2), (2, 2), ((0, 0), (0, 0)), (1, 1)),
+    (2, 16, 16, 7, 7, (2, 2), (2, 2), ((0, 1), (0, 1)), (1, 1)),
 ]
 
 

@@ -134,13 +134,16 @@ GROUPED_PADDED_MAX_PIXELS = 1024
 
 
 def dense_padded(groups: int, finite_weights: bool, copy_bytes: int,
-                 copy_pixels: int, alone: bool = False) -> tuple[bool, str]:
+                 copy_pixels: int, alone: bool = False,
+                 in_place: bool = False) -> tuple[bool, str]:
     """Whether the dense blocked kernel reads a copy of its input with the padding as zeros
     (its tiles then run unchecked and across output rows), and why not: 8-float builds (or a
     layer ``alone``, NCHW in and out: engine.ops.conv2d_algorithms.BlockedDense), finite
     weights (padding adds weight x 0, which is NaN for an infinite weight), a copy of at most
     DENSE_PADDED_MAX_BYTES, and for more than one group planes of at most
-    GROUPED_PADDED_MAX_PIXELS pixels in the copy."""
+    GROUPED_PADDED_MAX_PIXELS pixels in the copy. ``in_place``: the windows need no padding,
+    and the unchecked tiles read the input itself (kernels/nchwc_dense.pyx
+    dense_reads_in_place)."""
     if vector_floats() >= 16 and not alone:
         # the copy won 14-37% on single 7x7-14x14 layers (bench/bench_dispatch.py
         # layout/dense_padded) but nothing beyond noise in ResNet-50, ResNeXt-50, GoogLeNet
@@ -152,6 +155,9 @@ def dense_padded(groups: int, finite_weights: bool, copy_bytes: int,
         return False, f"the tiles check their taps (a padded copy of {copy_bytes >> 20} MiB)"
     if groups > 1 and copy_pixels > GROUPED_PADDED_MAX_PIXELS:
         return False, f"the tiles check their taps (grouped, padded planes of {copy_pixels} pixels)"
+    if in_place:
+        return True, ("the input read in place (no padding to add), tiles unchecked and "
+                      "across rows")
     return True, "the input copied with its padding, tiles unchecked and across rows"
 
 

@@ -93,12 +93,16 @@ class BlockedConv(_Internal):
         if kind == "dense":
             n, c = ins[0].shape[:2]
             kh, kw = conv.w.shape[2:]
-            self.padded_floats = nchwc_dense.dense_padded_floats(
+            in_place = nchwc_dense.dense_reads_in_place(
+                *ins[0].shape[2:], *self.conv_shape[2:], kh, kw, *conv.strides,
+                self.pads[0][0], self.pads[1][0], *conv.dilations)
+            # reading the input in place the kernel takes no copy (a token buffer then)
+            self.padded_floats = 16 if in_place else nchwc_dense.dense_padded_floats(
                 n, blocked.blocks(c), *self.conv_shape[2:], kh, kw, *conv.strides,
                 *conv.dilations)
             plane = window_pixels(self.conv_shape[2:], (kh, kw), conv.strides, conv.dilations)
             self.padded = dense_padded(conv.group, bool(np.isfinite(conv.w).all()),
-                                       4 * self.padded_floats, plane)
+                                       4 * self.padded_floats, plane, in_place=in_place)
 
     def inplace_inputs(self, ins, outs):
         """A pointwise layer's residual where the kernel sums each output whole before storing
