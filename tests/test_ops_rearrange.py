@@ -786,6 +786,19 @@ def test_transpose_of_other_element_types_and_swapped_runs():
           x.transpose(0, 2, 1))
 
 
+@pytest.mark.parametrize("shape", [(1, 3136, 96), (2, 131, 77), (3, 13, 1000), (1, 200, 9),
+                                   (1, 1, 40), (2, 8, 8)])
+def test_transpose_kernel_tiles_and_edges_exact_at_one_and_two_threads(shape):
+    """The tiled kernel alone: edge tiles either way, a single row, several matrices; exact
+    at 1 and 2 threads."""
+    from engine._kernels import transpose as tk
+    src = np.random.default_rng(5).standard_normal(shape).astype(np.float32)
+    for threads in (1, 2):
+        dst = np.full((shape[0], shape[2], shape[1]), np.nan, np.float32)
+        tk.f32_transpose_batched(src, dst, threads)
+        exact(dst, src.transpose(0, 2, 1))
+
+
 def test_transpose_kernel_checks_shapes():
     from engine._kernels import transpose as tk
     with pytest.raises(ValueError, match="dst must have shape"):
