@@ -54,6 +54,10 @@ def rng():
     return np.random.default_rng(11)
 
 
+def f32(rng, *shape):
+    return rng.standard_normal(shape).astype(np.float32)
+
+
 @pytest.mark.parametrize("a_shape", [(1, 28, 28, 96), (2, 7, 40), (1, 5, 3)])
 @pytest.mark.parametrize("act", [None, "relu", "gelu"])
 def test_fused_linear_layer_equals_the_unfused_nodes_bit_for_bit(rng, a_shape, act):
@@ -218,3 +222,58 @@ def test_constant_right_against_float64_at_one_and_two_threads(rng, m, k, n, act
     ref = z if act is None else float64_activation(act, z)
     terms = np.abs(a).astype(np.float64) @ np.abs(b) + np.abs(bias)
     assert np.all(np.abs(outs[0] - ref) <= 1e-5 * terms + 1e-30)
+
+
+def scaled_linear(w, bias, gamma, through_transpose, extra_reader=False):
+    """x (NHWC) -> MatMul(W) -> Add(bias) [-> Transpose to NCHW] -> Mul(gamma): a Linear layer
+    and a layer scale, as ConvNeXt's block ends."""
+    nodes = [h.make_node("MatMul", ["x", "W"], ["mm"]), h.make_node("Add", ["mm", "B"], ["z"])]
+    t = "z"
+    if through_transpose:
+        nodes.append(h.make_node("Transpose", ["z"], ["t"], perm=[0, 3, 1, 2]))
+        t = "t"
+    nodes.append(h.make_node("Mul", [t, "G"], ["y"]))
+    outputs = [vi("y")] + ([vi(t)] if extra_reader else [])
+    g = h.make_graph(nodes, "scaled", [vi("x", [2, 5, 7, w.shape[0]])], outputs,
+                     [nh.from_array(v, k) for k, v in (("W", w), ("B", bias), ("G", gamma))])
+    return h.make_model(g, opset_imports=[h.make_opsetid("", 17)], ir_version=9)
+
+
+@pytest.mark.parametrize("through_transpose, gamma_shape, folds", [
+    (True, (24, 1, 1), True),           # ConvNeXt's layer scale on NCHW
+    (True, (1, 24, 1, 1), True),
+    (False, (24,), True),               # straight after the product
+    (True, (7,), False),                # along the width: not the product's columns
+    (False, (1, 1, 24), False),         # could broadcast the rank up: left alone
+    (True, (24, 5, 1), False),          # not one value per column
+])
+def test_a_per_column_scale_folds_into_the_product(rng, through_transpose, gamma_shape,
+                                                   folds):
+    """engine/graph/passes.py fold_scale_into_matmul_bias: where the Mul's constant scales
+    only the product's columns the Mul is gone and B, bias are scaled; elsewhere the nodes
+    stay. Either way per element against float64: 1e-5 of the sum of |terms| times |scale|."""
+    k, n = 16, 24
+    w, bias = f32(rng, k, n), f32(rng, n)
+    gamma = (rng.standard_normal(gamma_shape) * 0.1).astype(np.float32)
+    x = f32(rng, 2, 5, 7, k)
+    model = engine.load(scaled_linear(w, bias, gamma, through_transpose))
+    ops = [node.op for node in model.graph.nodes]
+    assert ("Mul" not in ops) == folds and "MatMulBias" in ops
+    got = model.run({"x": x})["y"]
+    z = x.astype(np.float64) @ w + bias
+    terms = np.abs(x).astype(np.float64) @ np.abs(w) + np.abs(bias)
+    if through_transpose:
+        z, terms = z.transpose(0, 3, 1, 2), terms.transpose(0, 3, 1, 2)
+    want, bound = z * gamma, 1e-5 * terms * np.abs(gamma) + 1e-30
+    assert got.shape == want.shape
+    assert np.all(np.abs(got - want) <= bound)
+
+
+def test_a_scale_does_not_fold_past_a_product_read_twice(rng):
+    """The Transpose's output also a graph output: it must keep the unscaled values."""
+    w, bias, gamma = f32(rng, 16, 24), f32(rng, 24), f32(rng, 24, 1, 1)
+    x = f32(rng, 2, 5, 7, 16)
+    out = engine.load(scaled_linear(w, bias, gamma, True, extra_reader=True)).run({"x": x})
+    want = (x.astype(np.float64) @ w + bias).transpose(0, 3, 1, 2)
+    np.testing.assert_allclose(out["t"], want, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(out["y"], want * gamma, rtol=1e-5, atol=1e-4)
