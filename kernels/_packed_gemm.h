@@ -255,10 +255,11 @@ static void ce_pg_block(const float *restrict ap, const float *restrict panel, i
  * panels' NR biases each (zero past N) or NULL, added after the sum over k as an Add after the
  * product adds it. One call walks the panels (its setup paid once a row block). Each k reads
  * a new line of the panel, from L2 once the panels outgrow L1; the line four k ahead is asked
- * for in the loop, as the hardware prefetcher left the multiply-adds waiting on it (ConvNeXt's
- * MLP shapes 4-12% faster, bench/bench_family.py --only matmul). Inlined with nm a constant
- * (ce_pg_block_rows), so a block of fewer rows does only its own multiply-adds: the 49 rows of
- * a 7x7 map end in a block of one. */
+ * for in the loop, as the hardware prefetcher left the multiply-adds waiting on it (one
+ * thread, old and new loops in one process: ConvNeXt's eight MLP shapes 1-13% faster, 53-68
+ * GFLOP/s; bench/bench_family.py --only matmul times them beside ONNX Runtime). Inlined with
+ * nm a constant (ce_pg_block_rows), so a block of fewer rows does only its own multiply-adds:
+ * the 49 rows of a 7x7 map end in a block of one. */
 __attribute__((always_inline))
 static inline void ce_pg_rows_body(const float *a, ptrdiff_t lda, const float *restrict panels,
                                    int K, int npanels, float *c, ptrdiff_t ldc,

@@ -106,15 +106,6 @@ cdef void _dense_bands(void* job, int thread, Py_ssize_t lo, Py_ssize_t hi) noex
                             (d.res + o) if d.res != NULL else NULL, d.out + o, d.act, d.batch)
 
 
-def dense_reads_in_place(Py_ssize_t H, Py_ssize_t W, Py_ssize_t OH, Py_ssize_t OW, int kh,
-                         int kw, int sh, int sw, int pt, int pl, int dh, int dw):
-    """Whether the unchecked tiles (scratch=) read the input itself: no padding on the top
-    and left, and every window inside the plane (ConvNeXt's 2x2 stride-2 layers, Inception's
-    unpadded 3x3 ones), so that there is nothing to copy."""
-    return (pt == 0 and pl == 0 and (OH - 1) * sh + (kh - 1) * dh + 1 <= H
-            and (OW - 1) * sw + (kw - 1) * dw + 1 <= W)
-
-
 def dense_padded_floats(Py_ssize_t N, Py_ssize_t Cb, Py_ssize_t OH, Py_ssize_t OW, int kh,
                         int kw, int sh, int sw, int dh, int dw):
     """Floats of f32_conv2d_nchwc's scratch for its padded input (scratch=)."""
@@ -153,9 +144,10 @@ def f32_conv2d_nchwc(x, Py_ssize_t channels, wpack, bias, residual, out, int kh,
     items are bands of output rows of one group of output blocks, ordered (image, group,
     band). With scratch (dense_padded_floats of it) the input is first copied with
     its padding as zeros and the tiles run on it unchecked, across rows (ce_nc_convp_band):
-    padding then adds products of a weight and zero, so the weights must be finite. Where
-    dense_reads_in_place, the tiles read the input itself and scratch (any size) is unused:
-    a copy took 10% of a 2x2 stride-2 layer's time (ConvNeXt's 96->192 on 56x56)."""
+    padding then adds products of a weight and zero, so the weights must be finite. Where the
+    windows need no padding (no pad on the top and left, every window inside the plane) the
+    tiles read the input itself and scratch (any size) is unused: a copy took 10% of a 2x2
+    stride-2 layer's time (ConvNeXt's 96->192 on 56x56)."""
     cdef f32_array xv = f32_arg(x, 5, "x", False)
     cdef f32_array wpackv = f32_arg(wpack, 1, "wpack", False)
     cdef f32_array biasv = f32_arg(bias, 1, "bias", False)
@@ -207,8 +199,7 @@ def f32_conv2d_nchwc(x, Py_ssize_t channels, wpack, bias, residual, out, int kh,
     cdef int padded
     cdef Py_ssize_t gstep = 1
     cdef PadJob pj
-    if scratch is not None and dense_reads_in_place(H, W, OH, OW, kh, kw, sh, sw, pt, pl, dh,
-                                                    dw):
+    if scratch is not None and pt == 0 and pl == 0 and hp <= H and wpd <= W:
         # the unchecked tiles on the input itself, its planes H x W
         hp, wpd, ps = H, W, H * W * CE_NC_B
         xpad = <float*>xp

@@ -15,7 +15,7 @@ from typing import Optional
 from .._kernels import nchwc_dense
 from ..ops.activation import is_activation
 from ..ops.blocked import BLOCK
-from ..shapes import window_pixels
+from ..shapes import input_extent, window_pixels
 from .conv import ConvParams, choose_nchw_kernels, drop_padding_taps, is_depthwise, vector_floats
 from .gemm import gemm_columns
 from .policy import current_policy
@@ -133,17 +133,28 @@ DENSE_PADDED_MAX_BYTES = 16 << 20
 GROUPED_PADDED_MAX_PIXELS = 1024
 
 
+def dense_copy_floats(batch: int, in_channels: int, in_size, out_size, kernel, stride,
+                      dilation, pads_begin) -> int:
+    """Floats of the dense blocked kernel's padded copy of its input (kernels/nchwc_dense.pyx
+    dense_padded_floats); 0 where the windows need no padding, no pad before either axis and
+    every window inside the plane (ConvNeXt's 2x2 stride-2 layers, Inception's unpadded 3x3
+    ones): the kernel's unchecked tiles then read the input itself."""
+    if all(p == 0 and input_extent(o, k, s, d) <= i for i, o, k, s, d, p
+           in zip(in_size, out_size, kernel, stride, dilation, pads_begin)):
+        return 0
+    return nchwc_dense.dense_padded_floats(batch, -(-in_channels // BLOCK), *out_size,
+                                           *kernel, *stride, *dilation)
+
+
 def dense_padded(groups: int, finite_weights: bool, copy_bytes: int,
-                 copy_pixels: int, alone: bool = False,
-                 in_place: bool = False) -> tuple[bool, str]:
+                 copy_pixels: int, alone: bool = False) -> tuple[bool, str]:
     """Whether the dense blocked kernel reads a copy of its input with the padding as zeros
     (its tiles then run unchecked and across output rows), and why not: 8-float builds (or a
     layer ``alone``, NCHW in and out: engine.ops.conv2d_algorithms.BlockedDense), finite
     weights (padding adds weight x 0, which is NaN for an infinite weight), a copy of at most
     DENSE_PADDED_MAX_BYTES, and for more than one group planes of at most
-    GROUPED_PADDED_MAX_PIXELS pixels in the copy. ``in_place``: the windows need no padding,
-    and the unchecked tiles read the input itself (kernels/nchwc_dense.pyx
-    dense_reads_in_place)."""
+    GROUPED_PADDED_MAX_PIXELS pixels in the copy. copy_bytes 0: the windows need no padding
+    and the unchecked tiles read the input itself (dense_copy_floats)."""
     if vector_floats() >= 16 and not alone:
         # the copy won 14-37% on single 7x7-14x14 layers (bench/bench_dispatch.py
         # layout/dense_padded) but nothing beyond noise in ResNet-50, ResNeXt-50, GoogLeNet
@@ -155,7 +166,7 @@ def dense_padded(groups: int, finite_weights: bool, copy_bytes: int,
         return False, f"the tiles check their taps (a padded copy of {copy_bytes >> 20} MiB)"
     if groups > 1 and copy_pixels > GROUPED_PADDED_MAX_PIXELS:
         return False, f"the tiles check their taps (grouped, padded planes of {copy_pixels} pixels)"
-    if in_place:
+    if copy_bytes == 0:
         return True, ("the input read in place (no padding to add), tiles unchecked and "
                       "across rows")
     return True, "the input copied with its padding, tiles unchecked and across rows"
@@ -277,9 +288,8 @@ def padded_copy_fits(p: ConvParams) -> bool:
     (dense_padded, the weights taken as finite), of the size the kernel counts."""
     if p.in_size is None or p.pads is None:
         return False
-    copy_floats = nchwc_dense.dense_padded_floats(p.batch, -(-p.in_channels // BLOCK),
-                                                  *p.out_size, *p.kernel, *p.stride,
-                                                  *p.dilation)
+    copy_floats = dense_copy_floats(p.batch, p.in_channels, p.in_size, p.out_size, p.kernel,
+                                    p.stride, p.dilation, [b for b, _ in p.pads])
     plane = window_pixels(p.out_size, p.kernel, p.stride, p.dilation)
     return dense_padded(p.groups, True, 4 * copy_floats, plane)[0]
 

@@ -11,7 +11,8 @@ import math
 import numpy as np
 
 from ..dispatch.layout import (POINTWISE_GROUP_SLACK, choose_depthwise_blocked_split,
-                               choose_pointwise_blocked_split, dense_padded)
+                               choose_pointwise_blocked_split, dense_copy_floats,
+                               dense_padded)
 from ..dispatch.policy import current_policy
 from ..dispatch.winograd import TILE_ALGORITHMS, choose_blocked_tile, choose_winograd_weights
 from .._kernels import nchwc, nchwc_dense, nchwc_taps, nchwc_window, nchwc_winograd
@@ -93,16 +94,12 @@ class BlockedConv(_Internal):
         if kind == "dense":
             n, c = ins[0].shape[:2]
             kh, kw = conv.w.shape[2:]
-            in_place = nchwc_dense.dense_reads_in_place(
-                *ins[0].shape[2:], *self.conv_shape[2:], kh, kw, *conv.strides,
-                self.pads[0][0], self.pads[1][0], *conv.dilations)
-            # reading the input in place the kernel takes no copy (a token buffer then)
-            self.padded_floats = 16 if in_place else nchwc_dense.dense_padded_floats(
-                n, blocked.blocks(c), *self.conv_shape[2:], kh, kw, *conv.strides,
-                *conv.dilations)
+            self.padded_floats = dense_copy_floats(
+                n, c, ins[0].shape[2:], self.conv_shape[2:], (kh, kw), conv.strides,
+                conv.dilations, (self.pads[0][0], self.pads[1][0]))
             plane = window_pixels(self.conv_shape[2:], (kh, kw), conv.strides, conv.dilations)
             self.padded = dense_padded(conv.group, bool(np.isfinite(conv.w).all()),
-                                       4 * self.padded_floats, plane, in_place=in_place)
+                                       4 * self.padded_floats, plane)
 
     def inplace_inputs(self, ins, outs):
         """A pointwise layer's residual where the kernel sums each output whole before storing
@@ -178,7 +175,7 @@ class BlockedConv(_Internal):
             floats = self.padded_floats
 
             def step(env, nt):
-                buf = workspace.take(floats)
+                buf = workspace.take(max(1, floats))      # 0: the input read in place
                 try:
                     nchwc_dense.f32_conv2d_nchwc(env[a], channels, w, bias,
                                                  env[r] if r >= 0 else None, env[b], kh, kw, sh,

@@ -332,7 +332,7 @@ def fold_scale_into_matmul_bias(g: Graph) -> int:
     back to NCHW), folds into the product: B' = B diag(s), bias' = bias s, one pass over the
     tensor fewer. Each value rounds once where the product and the Mul rounded twice, as a
     folded BatchNormalization does."""
-    count = 0
+    count, producers = 0, g.producers()
     for mul in list(g.nodes):
         if mul.op != "Mul" or len(mul.inputs) != 2:
             continue
@@ -340,11 +340,11 @@ def fold_scale_into_matmul_bias(g: Graph) -> int:
                   and mul.inputs[1 - k] not in g.constants), None)
         if k is None:
             continue
-        t, producers = mul.inputs[1 - k], g.producers()
+        t = mul.inputs[1 - k]
         node, tr, rank, axis = producers.get(t), None, None, -1
         if node is not None and node.op == "Transpose" and node.attrs.get("perm") is not None:
             tr, perm = node, list(node.attrs["perm"])
-            rank, axis = len(perm), list(perm).index(len(perm) - 1)
+            rank, axis = len(perm), perm.index(len(perm) - 1)
             node = producers.get(tr.inputs[0])
         if node is None or node.op != "MatMulBias" or node.attrs.get("activation") \
                 or _single_reader(g, node.outputs[0]) is None \
@@ -363,6 +363,7 @@ def fold_scale_into_matmul_bias(g: Graph) -> int:
         g.constants[b_name] = (bias.astype(np.float64) * v).astype(np.float32)
         node.inputs = [node.inputs[0], w_name, b_name]
         (tr or node).outputs = [mul.outputs[0]]
+        producers[mul.outputs[0]] = tr or node
         g.nodes.remove(mul)
         count += 1
     if count:

@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from .._cache import ShapeCache
-from ..dispatch.layout import dense_padded
+from ..dispatch.layout import dense_copy_floats, dense_padded
 from ..shapes import window_pixels
 from .._kernels import (conv_direct, conv_im2col, conv_pointwise, nchwc, nchwc_dense,
                         nchwc_winograd)
@@ -225,8 +225,8 @@ class BlockedDense(BlockedBands):
         (kh, kw), (sh, sw), (dh, dw) = L.kernel_size, L.stride, L.dilation
         xshape = blocked.blocked_shape(x.shape)
         oshape = blocked.blocked_shape((n, L.out_channels) + tuple(g.out_size))
-        pad_floats = nchwc_dense.dense_padded_floats(n, xshape[1], *g.out_size, kh, kw, sh, sw,
-                                                     dh, dw)
+        pad_floats = dense_copy_floats(n, c, (h, w), g.out_size, L.kernel_size, L.stride,
+                                       L.dilation, (g.pads[0][0], g.pads[1][0]))
         padded = dense_padded(L.groups, self.finite, 4 * pad_floats,
                               window_pixels(g.out_size, L.kernel_size, L.stride, L.dilation),
                               alone=True)[0]
