@@ -26,11 +26,14 @@
  * gelu: x Phi(x), Phi(x) = erfc(-x / sqrt 2) / 2, with erfc(z) for z >= 0 by the Chebyshev
  * fit of Numerical Recipes (erfcc: t e^(-z^2 + P(t)), t = 1 / (1 + z/2), fractional error
  * below 1.2e-7 for every z >= 0), and 1 - erfc(z) / 2 for x > 0: no cancellation on either
- * side. Near 0 (|z| < 1/2) Phi = 1/2 + erf(x / sqrt 2) / 2 by erf's Taylor series to z^15
- * (remainder below 3e-10 relative), where the fit's 1.2e-7 would be 2 ulp of Phi. P by
- * Estrin's scheme, and the map loops take two vectors at a time (p##_gelu2), whose long
- * chains of dependent steps then overlap: 1.2M values, one thread, 2.5 -> 1.85 ns each
- * (bench/bench_family.py --only gelu).
+ * side. P is taken in u = 1 - t = z t / 2 (its coefficients re-expanded about t = 1), so that
+ * near z = 0, where P's terms in t cancel, it is small and exact to its rounding: no second
+ * formula there (a Taylor series of erf cost a sixth of the time), and -z^2 enters as
+ * -(x / 2) x in one multiply-add. Worst errors on a sweep of [-14, 14]: 4.4 ulp near 0,
+ * 17 ulp at x = -4, 124 at x = -11.5 (against 8, 57 and 217 with P in t and z^2 from the
+ * rounded z); 4.5 -> 3.8 ns a value on an AVX2 Zen 1 core. P by Estrin's scheme, and the map
+ * loops take two vectors at a time (p##_gelu2), whose long chains of dependent steps then
+ * overlap: 1.2M values, one thread, 2.5 -> 1.85 ns each (bench/bench_family.py --only gelu).
  *
  * hardswish: x min(max(x/6 + 1/2, 0), 1), through the comparison masks: a NaN stays NaN.
  *
@@ -197,30 +200,23 @@ static const float ce_vexp_exp2_8ths[16] __attribute__((aligned(64))) = {
     __attribute__((always_inline)) static inline vf p##_gelu(vf x)                          \
     {                                                                                       \
         const vf zero = {0};                                                                \
+        /* z = |x| / sqrt 2, at most 1e4: past it the result is x or 0 either way, and       \
+         * z t below would be inf x 0 */                                                    \
         vf z = p##_select(x < zero, x, -x) * 0.70710678118654752f;                          \
+        z = p##_select(z > zero + 1e4f, z, zero + 1e4f);                                    \
         vf t = 1.0f / (1.0f + 0.5f * z);                                                    \
-        /* the fit's degree-9 polynomial in t by Estrin's scheme: four levels of            \
-         * multiply-adds where Horner's chain has nine, on the path every lane waits on */   \
-        vf t2 = t * t, t4 = t2 * t2, t8 = t4 * t4;                                          \
-        vf p01 = t * 1.00002368f - 1.26551223f, p23 = t * 0.09678418f + 0.37409196f;        \
-        vf p45 = t * 0.27886807f - 0.18628806f, p67 = t * 1.48851587f - 1.13520398f;        \
-        vf p89 = t * 0.17087277f - 0.82215223f;                                             \
-        vf q = (p01 + t2 * p23) + t4 * (p45 + t2 * p67) + t8 * p89;                         \
-        vf half_erfc = 0.5f * t * p##_exp(q - z * z);                                       \
+        /* the fit's degree-9 polynomial in u = 1 - t (z t / 2, exact near 0, where 1 - t   \
+         * would lose it), by Estrin's scheme: its terms stay below 2.2 in all, where in t  \
+         * they cancel near z = 0 */                                                        \
+        vf u = (0.5f * z) * t;                                                              \
+        vf u2 = u * u, u4 = u2 * u2, u8 = u4 * u4;                                          \
+        vf e12 = u * -0.30267231f - 1.25677255f, e34 = u * 0.25736096f + 0.15292371f;       \
+        vf e56 = u * 0.61745735f - 0.2159216f, e78 = u * 0.7157027f - 1.06271775f;          \
+        vf q = u * ((e12 + u2 * e34) + u4 * (e56 + u2 * e78) + u8 * -0.17087277f);          \
+        /* -z^2 as -(x / 2) x: one rounding, in the multiply-add, where z^2 from the        \
+         * rounded z carried twice its error into e^(-z^2), 128 ulp at x = -11 */            \
+        vf half_erfc = 0.5f * t * p##_exp(q - (0.5f * x) * x);                              \
         vf phi = p##_select(x > zero, half_erfc, 1.0f - half_erfc);                         \
-        /* erf(s) / 2 = s (1 - s^2/3 + s^4/10 - s^6/42 + s^8/216 - s^10/1320 + s^12/9360    \
-         * - s^14/75600) / sqrt(pi), s = x / sqrt 2 */                                      \
-        vf s = x * 0.70710678118654752f, s2 = s * s;                                        \
-        vf u = zero - 1.0f / 75600.0f;                                                      \
-        u = u * s2 + 1.0f / 9360.0f;                                                        \
-        u = u * s2 - 1.0f / 1320.0f;                                                        \
-        u = u * s2 + 1.0f / 216.0f;                                                         \
-        u = u * s2 - 1.0f / 42.0f;                                                          \
-        u = u * s2 + 1.0f / 10.0f;                                                          \
-        u = u * s2 - 1.0f / 3.0f;                                                           \
-        u = u * s2 + 1.0f;                                                                  \
-        vf near = 0.5f + (s * 0.56418958354775629f) * u;                                    \
-        phi = p##_select(s2 < 0.25f, phi, near);                                            \
         return x * phi;                                                                     \
     }                                                                                       \
                                                                                             \
