@@ -265,30 +265,30 @@ class Conv3d:
     def frame_layers(self, g: Geometry3d):
         """The 2-D layers of the depth taps (weights w[:, :, a], the frames' spatial padding,
         no bias or activation) for this geometry, or None where vol2col runs it; sets
-        algorithm and reason to the choice."""
+        algorithm and reason to the choice, made once per geometry (layers vol2col runs are
+        not kept)."""
         if not self.frames_shaped or self.requested == "im2col":
             return None
 
         def make():
             (pt, pb), (pl, pr) = g.pads[1:]
-            layers = [Conv2d(np.ascontiguousarray(self.weight[:, :, a]), None, 1,
-                             (pt, pl, pb, pr), 1, 1, algorithm="auto",
-                             input_size=g.in_size[1:])
-                      for a in range(self.kernel_size[0])]
-            return layers
+            first = Conv2d(np.ascontiguousarray(self.weight[:, :, 0]), None, 1,
+                           (pt, pl, pb, pr), 1, 1, algorithm="auto", input_size=g.in_size[1:])
+            if self.requested == "auto" and first.algorithm not in FRAME_ALGORITHMS:
+                return None, (f"vol2col + packed GEMM: a depth tap's 2-D layer would take "
+                              f"{first.algorithm}, not Winograd")
+            layers = [first] + [Conv2d(np.ascontiguousarray(self.weight[:, :, a]), None, 1,
+                                       (pt, pl, pb, pr), 1, 1, algorithm="auto",
+                                       input_size=g.in_size[1:])
+                                for a in range(1, self.kernel_size[0])]
+            return layers, (
+                f"{self.kernel_size[0]} depth tap(s), each a 2-D {first.algorithm} layer over "
+                f"the frames it reads, summed in tap order"
+                + (", forced by the caller" if self.requested == "frames" else
+                   ": Winograd's fewer multiplications than vol2col's GEMM"))
 
-        layers = self._frame_layers.get((g.in_size, g.pads), make)
-        algorithm = layers[0].algorithm
-        if self.requested == "auto" and algorithm not in FRAME_ALGORITHMS:
-            self.algorithm, self.reason = "im2col", (
-                f"vol2col + packed GEMM: a depth tap's 2-D layer would take {algorithm}, "
-                f"not Winograd")
-            return None
-        self.algorithm = "frames"
-        self.reason = (f"{self.kernel_size[0]} depth tap(s), each a 2-D {algorithm} layer over "
-                       f"the frames it reads, summed in tap order"
-                       + (", forced by the caller" if self.requested == "frames" else
-                          ": Winograd's fewer multiplications than vol2col's GEMM"))
+        layers, self.reason = self._frame_layers.get((g.in_size, g.pads), make)
+        self.algorithm = "im2col" if layers is None else "frames"
         return layers
 
     def _run_frames(self, x, out, g: Geometry3d, layers, threads) -> None:
