@@ -1,6 +1,6 @@
 """Conv3d's "frames" path: a layer of 3x3 frames run as one 2-D convolution per depth tap over
-the frames that tap reads, summed in tap order (engine/ops/convnd.py), against the float64
-reference, vol2col and ONNX Runtime."""
+the frames that tap reads, summed in an order fixed by the shapes (engine/ops/convnd.py),
+against the float64 reference, vol2col and ONNX Runtime."""
 import itertools
 
 import numpy as np

@@ -18,11 +18,11 @@ from .._kernels import activation as _act
 from .._kernels import conv3d as _c3
 from ..dispatch.winograd import TILE_ALGORITHMS
 from .._threads import resolve_threads, threads_for
-from ..shapes import conv_output_shape, ntuple, resolve_padding
+from ..shapes import conv_output_shape, live_outputs, ntuple, resolve_padding
 from . import packed_gemm
 from ._validate import as_float_array, check_out, new_output
 from .activation import canonical, kernel_act
-from .conv2d import Conv2d
+from .conv2d import Conv2d, TransformedWeights
 from .workspace import workspace
 
 # Bound on one thread's ring of 2-D column matrices (kernels/conv3d.pyx), and the number of
@@ -151,7 +151,8 @@ class Conv3d:
     6-tuple (all begins, then all ends), "same" or "valid". activation: None or a name of
     engine/ops/activation.py. algorithm: "auto", "im2col" (vol2col + packed GEMM) or "frames"
     (3x3 frames, spatial stride and dilation 1, one group: one 2-D convolution per depth tap
-    over the frames the tap reads, by the 2-D dispatcher, summed in tap order). "auto" takes
+    over the frames the tap reads, by the 2-D dispatcher, summed in an order fixed by the
+    shapes). "auto" takes
     "frames" for an input size where the 2-D dispatcher gives the taps' layer Winograd, which
     does 2.25-5x fewer multiplications than vol2col's GEMM; else "im2col".
     Float64 input is computed in float32.
@@ -199,6 +200,8 @@ class Conv3d:
         self.num_threads = num_threads
         self._geometries = ShapeCache(64)
         self._frame_layers = ShapeCache(16)
+        # each depth tap's transformed weights, shared by its 2-D layers of every input size
+        self._tap_transforms = [TransformedWeights() for _ in range(self.kernel_size[0])]
 
     @functools.cached_property
     def wpack(self) -> np.ndarray:
@@ -270,20 +273,21 @@ class Conv3d:
         if not self.frames_shaped or self.requested == "im2col":
             return None
 
-        def make():
+        def tap_layer(a):
             (pt, pb), (pl, pr) = g.pads[1:]
-            first = Conv2d(np.ascontiguousarray(self.weight[:, :, 0]), None, 1,
-                           (pt, pl, pb, pr), 1, 1, algorithm="auto", input_size=g.in_size[1:])
+            return Conv2d(np.ascontiguousarray(self.weight[:, :, a]), None, 1, (pt, pl, pb, pr),
+                          1, 1, algorithm="auto", input_size=g.in_size[1:],
+                          transforms=self._tap_transforms[a])
+
+        def make():
+            first = tap_layer(0)
             if self.requested == "auto" and first.algorithm not in FRAME_ALGORITHMS:
                 return None, (f"vol2col + packed GEMM: a depth tap's 2-D layer would take "
                               f"{first.algorithm}, not Winograd")
-            layers = [first] + [Conv2d(np.ascontiguousarray(self.weight[:, :, a]), None, 1,
-                                       (pt, pl, pb, pr), 1, 1, algorithm="auto",
-                                       input_size=g.in_size[1:])
-                                for a in range(1, self.kernel_size[0])]
+            layers = [first] + [tap_layer(a) for a in range(1, self.kernel_size[0])]
             return layers, (
                 f"{self.kernel_size[0]} depth tap(s), each a 2-D {first.algorithm} layer over "
-                f"the frames it reads, summed in tap order"
+                f"the frames it reads, summed in a fixed order"
                 + (", forced by the caller" if self.requested == "frames" else
                    ": Winograd's fewer multiplications than vol2col's GEMM"))
 
@@ -292,37 +296,46 @@ class Conv3d:
         return layers
 
     def _run_frames(self, x, out, g: Geometry3d, layers, threads) -> None:
-        """The frames of x (N, C, D, H, W) laid out as images (N, D + pads, C, H, W), each
-        depth tap's 2-D layer run on the frames its outputs read (a batch of N x OD), the
-        taps' outputs added in order, bias and activation in one pass, then back to NCDHW."""
+        """The frames of x (N, C, D, H, W) laid out as images (N, D, C, H, W); each depth tap's
+        2-D layer run on the frames it reads, for the output frames whose input frame under
+        it lies inside the clip (engine.shapes.live_outputs: no frame of padding is convolved),
+        and added into their sums; a tap that every output frame reads writes the sums first
+        (else they start from zero); bias and activation in one pass, then back to NCDHW.
+        The order of the sums is fixed by the shapes."""
         n, c, d, h, w = x.shape
-        (p0, p1), od, k = g.pads[0], g.out_size[0], self.out_channels
-        sd, dd = self.stride[0], self.dilation[0]
+        (p0, _), od, k = g.pads[0], g.out_size[0], self.out_channels
+        kd, sd, dd = self.kernel_size[0], self.stride[0], self.dilation[0]
         oh, ow = g.out_size[1:]
-        frames = d + p0 + p1
-        nx, ny = n * frames * c * h * w, n * od * k * oh * ow
+        ranges = [live_outputs(d, od, sd, p0, a * dd) for a in range(kd)]
+        order = sorted(range(kd), key=lambda a: ranges[a] != (0, od))     # a whole tap first
+        nx, ny = n * d * c * h * w, n * od * k * oh * ow
         buf = workspace.take(nx + 2 * ny)
         try:
-            xp = buf[:nx].reshape(n, frames, c, h, w)
-            xp[:, :p0] = 0
-            xp[:, p0 + d:] = 0
-            xp[:, p0:p0 + d] = x.transpose(0, 2, 1, 3, 4)
-            acc = buf[nx:nx + ny].reshape(n * od, k, oh, ow)
-            part = buf[nx + ny:nx + 2 * ny].reshape(n * od, k, oh, ow)
-            for a, layer in enumerate(layers):
-                # output frame o reads input frame o * sd + a * dd of the padded frames
-                sel = xp[:, a * dd:a * dd + (od - 1) * sd + 1:sd]
-                sel = np.ascontiguousarray(sel).reshape(n * od, c, h, w)
-                dst = acc if a == 0 else part
-                layer.run(sel, dst, layer.geometry(sel.shape), threads)
-                if a:
-                    np.add(acc, part, out=acc)
+            frames = buf[:nx].reshape(n, d, c, h, w)
+            frames[...] = x.transpose(0, 2, 1, 3, 4)
+            acc = buf[nx:nx + ny].reshape(n, od, k, oh, ow)
+            whole = ranges[order[0]] == (0, od)
+            if not whole:
+                acc.fill(0)
+            for j, a in enumerate(order):
+                lo, hi = ranges[a]
+                if lo == hi:
+                    continue
+                i0 = lo * sd - p0 + a * dd          # the input frame of output frame lo
+                sel = np.ascontiguousarray(frames[:, i0:i0 + (hi - lo - 1) * sd + 1:sd])
+                sel = sel.reshape(n * (hi - lo), c, h, w)
+                first = j == 0 and whole
+                dst = acc if first else buf[nx + ny:nx + ny + n * (hi - lo) * k * oh * ow]
+                dst = dst.reshape(n * (hi - lo), k, oh, ow)
+                layers[a].run(sel, dst, layers[a].geometry(sel.shape), threads)
+                if not first:
+                    acc[:, lo:hi] += dst.reshape(n, hi - lo, k, oh, ow)
             if self.bias is not None or self.act["code"] != 0:
                 flat = acc.reshape(n * od, k, oh * ow)
                 shift = self.bias if self.bias is not None else np.zeros(k, np.float32)
                 _act.f32_scale_shift(flat, np.ones(k, np.float32), shift, flat, self.act,
                                      threads)
-            out[...] = acc.reshape(n, od, k, oh, ow).transpose(0, 2, 1, 3, 4)
+            out[...] = acc.transpose(0, 2, 1, 3, 4)
         finally:
             workspace.give(buf)
 
